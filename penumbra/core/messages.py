@@ -1,0 +1,671 @@
+"""Every event a machine takes in and every command it gives out.
+
+Theory of operation
+-------------------
+A core machine is driven by ``handle(event, now) -> list[Command]``.  Events
+are what happened (a message arrived, a timer fired, a worker crashed);
+commands are what the machine wants done (send a message, start a worker,
+fetch an object).  Both are frozen, slotted dataclasses, built with keyword
+arguments, and both carry a ``stimulus_id``: the id of the external stimulus
+that caused them, so a story can be told for any task ("what happened to X,
+and why").
+
+Three rules keep the drivers thin and the machines testable:
+
+1. **Every I/O command completes with an event.**  ``Fetch`` ends in
+   ``FetchCompleted`` or ``FetchFailed``; ``StartWorker`` in ``WorkerStarted``
+   or ``WorkerStartFailed``; ``Execute`` in ``TaskFinished``, ``TaskRaised``
+   or ``WorkerCrashed``.  A driver never decides anything; it reports.
+2. **Each failure mode is its own event** (``WorkerCrashed``,
+   ``FetchFailed``, ``NodeDied`` ...), never a generic error.
+3. **Time is an argument.**  A machine wanting to be woken returns
+   ``SetTimer(at=..., key=...)``; the driver later delivers ``TimerFired``
+   with the same key.  Timers cannot be cancelled: a machine ignores a key it
+   no longer expects.
+
+``Message`` events travel between machines: a machine emits
+``Send(to=address, msg=message)`` and the driver delivers ``message`` to the
+machine at ``address`` as an event.  Addresses are strings: ``"head"``,
+``"node:<id>"``, ``"gcs:<shard>:<replica>"``, and clients (drivers and
+workers) named by the transport.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Hashable
+
+from .ids import ActorId, ObjectId, TaskId
+from .records import (
+    ActorEntry,
+    ChainConfig,
+    ErrorInfo,
+    NodeLoad,
+    ObjectInfo,
+)
+from .specs import ResourceSet, TaskSpec
+from .tables import Op, Query
+
+_frozen = dataclass(frozen=True, slots=True, kw_only=True)
+
+
+# ===========================================================================
+# Base classes
+
+
+@_frozen
+class Event:
+    stimulus_id: str = ""
+
+
+@_frozen
+class Command:
+    stimulus_id: str = ""
+
+
+@_frozen
+class Message(Event):
+    """An event that travels from one machine to another via ``Send``."""
+
+
+# ===========================================================================
+# Generic commands and events
+
+
+@_frozen
+class Send(Command):
+    to: str
+    msg: Message
+
+
+@_frozen
+class SetTimer(Command):
+    at: float
+    key: Hashable
+
+
+@_frozen
+class TimerFired(Event):
+    key: Hashable
+
+
+@_frozen
+class Log(Command):
+    """Something a person should see (``level``: 'warning', 'info', ...).
+
+    ``job_id`` routes it to that job's driver when set.
+    """
+
+    level: str
+    text: str
+    job_id: int | None = None
+
+
+# ===========================================================================
+# GCS: chain replication (replica <-> replica, client <-> replica)
+
+
+@_frozen
+class GcsWrite(Message):
+    """A client asks the chain head to apply ``op``.
+
+    ``req_id`` is unique per client; ``low_water`` is the client's lowest
+    request id still outstanding, so replicas may forget dedup entries below
+    it.  A replica that is not the head drops the request (the client retries
+    after a timeout or a new chain config).
+    """
+
+    client: str
+    req_id: int
+    op: Op
+    shard: int = 0
+    low_water: int = 0
+
+
+@_frozen
+class GcsRead(Message):
+    """A client asks the chain tail to answer ``query``."""
+
+    client: str
+    req_id: int
+    query: Query
+    shard: int = 0
+
+
+@_frozen
+class GcsReply(Message):
+    """The tail's answer to a write (after it is committed) or a read."""
+
+    req_id: int
+    result: Any
+    shard: int = 0
+
+
+@_frozen
+class GcsForward(Message):
+    """Replica to successor: apply the write with sequence number ``seq``."""
+
+    shard: int
+    epoch: int
+    seq: int
+    client: str
+    req_id: int
+    op: Op
+    low_water: int = 0
+
+
+@_frozen
+class GcsAck(Message):
+    """Successor to predecessor: everything up to ``seq`` is committed."""
+
+    shard: int
+    epoch: int
+    seq: int
+
+
+@_frozen
+class GcsNotify(Message):
+    """Pub/sub: ``key`` of ``table`` changed to ``value`` (``None``: deleted).
+
+    Sent by the tail after the change is committed.  Delivery is at least
+    once (a new tail re-sends what the old one may not have); ``version`` is
+    the shard's sequence number, so a subscriber can drop stale repeats.
+    """
+
+    table: str
+    key: Hashable
+    value: Any
+    version: int
+    shard: int = 0
+
+
+@_frozen
+class ChainConfigMsg(Message):
+    """The chain master's current configuration of one shard."""
+
+    config: ChainConfig
+
+
+@_frozen
+class StateTransferRequest(Message):
+    """A joining replica asks the current tail for a snapshot."""
+
+    replica: str
+    shard: int
+
+
+@_frozen
+class StateSnapshot(Message):
+    """The tail's state for a joining replica, as of ``seq``."""
+
+    shard: int
+    epoch: int
+    seq: int
+    snapshot: Any
+    dedup: Any
+
+
+@_frozen
+class ReplicaHeartbeat(Message):
+    replica: str
+    shard: int
+    seq: int = 0
+
+
+@_frozen
+class ReplicaJoin(Message):
+    """A (re)started replica asks the chain master to be added to a chain."""
+
+    replica: str
+    shard: int
+
+
+@_frozen
+class ReplicaReady(Message):
+    """A joining replica has its snapshot and can become the tail."""
+
+    replica: str
+    shard: int
+    seq: int
+
+
+# ===========================================================================
+# Clients (drivers and workers) <-> their node
+
+
+@_frozen
+class RegisterClient(Message):
+    """A driver (or worker acting as a client) connects to its node."""
+
+    client: str
+    job_id: int = 0
+    is_driver: bool = True
+
+
+@_frozen
+class ClientDisconnected(Message):
+    client: str
+
+
+@_frozen
+class SubmitTask(Message):
+    """Submit a task or an actor call (``spec.actor_id``) or actor creation."""
+
+    client: str
+    spec: TaskSpec
+
+
+@_frozen
+class WatchObjects(Message):
+    """Tell ``client`` (``ObjectsReady``) as each object becomes available.
+
+    With ``fetch``, remote objects are pulled into this node's store; that is
+    what ``get`` and ``wait(fetch_local=True)`` need.
+    """
+
+    client: str
+    req_id: int
+    object_ids: tuple[ObjectId, ...]
+    fetch: bool = True
+
+
+@_frozen
+class CancelWatch(Message):
+    client: str
+    req_id: int
+
+
+@_frozen
+class ObjectsReady(Message):
+    """Node to client: these watched objects are available on the node."""
+
+    req_id: int
+    objects: tuple[tuple[ObjectId, ObjectInfo], ...]
+
+
+@_frozen
+class PutObject(Message):
+    """A client stored an object in the node's store; admit and record it.
+
+    The node answers ``PutDone`` or ``PutFailed`` (store full).  The object is
+    pinned for ``client`` until ``ReleaseObjects`` or disconnect.
+    """
+
+    client: str
+    req_id: int
+    object_id: ObjectId
+    size: int
+
+
+@_frozen
+class PutDone(Message):
+    req_id: int
+    object_id: ObjectId
+
+
+@_frozen
+class PutFailed(Message):
+    req_id: int
+    object_id: ObjectId
+    error: ErrorInfo
+
+
+@_frozen
+class ReleaseObjects(Message):
+    client: str
+    object_ids: tuple[ObjectId, ...]
+
+
+@_frozen
+class CancelTask(Message):
+    """Cancel a task (``force``: kill its worker; ``recursive``: children)."""
+
+    client: str
+    task_id: TaskId
+    force: bool = False
+    recursive: bool = True
+
+
+@_frozen
+class KillActor(Message):
+    client: str
+    actor_id: ActorId
+    no_restart: bool = True
+
+
+@_frozen
+class WorkerBlocked(Message):
+    """A worker waits in ``get`` for non-local objects: lend out its CPU."""
+
+    worker_id: str
+
+
+@_frozen
+class WorkerUnblocked(Message):
+    worker_id: str
+
+
+@_frozen
+class ClientGcsRequest(Message):
+    """A client's read or write through its node (``get_actor``, ``nodes``)."""
+
+    client: str
+    req_id: int
+    request: Op | Query
+
+
+@_frozen
+class ClientGcsReply(Message):
+    req_id: int
+    result: Any
+
+
+@_frozen
+class ActorRegistered(Message):
+    """Node to client: the named actor's registration result.
+
+    ``error`` is set when the name is taken (the holder's id in ``holder``).
+    """
+
+    req_id: int
+    actor_id: ActorId
+    error: str = ""
+    holder: ActorId | None = None
+
+
+# ===========================================================================
+# Node <-> its worker processes (commands out, events in)
+
+
+@_frozen
+class StartWorker(Command):
+    worker_id: str
+
+
+@_frozen
+class WorkerStarted(Event):
+    worker_id: str
+
+
+@_frozen
+class WorkerStartFailed(Event):
+    worker_id: str
+    reason: str
+
+
+@_frozen
+class Execute(Command):
+    """Run ``spec`` on ``worker_id``.  Completes with ``TaskFinished``,
+    ``TaskRaised`` or ``WorkerCrashed``.  ``attempt`` counts from 0."""
+
+    worker_id: str
+    spec: TaskSpec
+    attempt: int = 0
+
+
+@_frozen
+class TaskFinished(Event):
+    """The task returned.  ``outputs`` are (object id, size) of each return,
+    already written to the node's store by the driver."""
+
+    worker_id: str
+    task_id: TaskId
+    outputs: tuple[tuple[ObjectId, int], ...]
+    duration: float = 0.0
+
+
+@_frozen
+class TaskRaised(Event):
+    """The user's code raised.  ``retryable`` is the worker's reading of the
+    spec's ``retry_exceptions``; ``error`` carries the serialized exception."""
+
+    worker_id: str
+    task_id: TaskId
+    error: ErrorInfo
+    retryable: bool = False
+    duration: float = 0.0
+
+
+@_frozen
+class WorkerCrashed(Event):
+    """The worker process died (killed, segfault, OOM) or exited."""
+
+    worker_id: str
+    reason: str = ""
+
+
+@_frozen
+class KillWorker(Command):
+    worker_id: str
+    reason: str = ""
+
+
+@_frozen
+class InterruptTask(Command):
+    """Ask a worker to interrupt a running task (non-force cancel)."""
+
+    worker_id: str
+    task_id: TaskId
+
+
+@_frozen
+class CheckpointActor(Command):
+    """Ask an actor's worker to save its state as object ``object_id``.
+
+    Completes with ``ActorCheckpointed`` (or ``WorkerCrashed``).
+    """
+
+    worker_id: str
+    actor_id: ActorId
+    index: int
+    object_id: ObjectId
+
+
+@_frozen
+class ActorCheckpointed(Event):
+    worker_id: str
+    actor_id: ActorId
+    index: int
+    object_id: ObjectId
+    size: int
+
+
+# ===========================================================================
+# Objects: a node's store and transfers between nodes
+
+
+@_frozen
+class Fetch(Command):
+    """Copy ``object_id`` from ``from_node``'s store into ours.
+
+    Completes with ``FetchCompleted`` or ``FetchFailed``.
+    """
+
+    object_id: ObjectId
+    from_node: str
+    size: int
+
+
+@_frozen
+class FetchCompleted(Event):
+    object_id: ObjectId
+    size: int
+
+
+@_frozen
+class FetchFailed(Event):
+    object_id: ObjectId
+    from_node: str
+    reason: str = ""
+
+
+@_frozen
+class Evict(Command):
+    """Free the bytes of ``object_id`` in this node's store."""
+
+    object_id: ObjectId
+
+
+@_frozen
+class StoreError(Command):
+    """Materialise ``error`` as the value of these objects in our store."""
+
+    object_ids: tuple[ObjectId, ...]
+    error: ErrorInfo
+
+
+# ===========================================================================
+# Scheduling: nodes <-> head (global scheduler, monitor)
+
+
+@_frozen
+class NodeJoin(Message):
+    node_id: str
+    resources: ResourceSet
+    address: str = ""
+
+
+@_frozen
+class NodeWelcome(Message):
+    """Head to a joining node: the GCS chains to talk to."""
+
+    configs: tuple[ChainConfig, ...]
+
+
+@_frozen
+class Heartbeat(Message):
+    node_id: str
+    load: NodeLoad
+
+
+@_frozen
+class ForwardTask(Message):
+    """Local scheduler to global scheduler: place this task for me.
+
+    ``reason`` is one of 'overloaded', 'infeasible', 'remote_inputs',
+    'resubmit'.
+    """
+
+    spec: TaskSpec
+    from_node: str
+    reason: str
+    attempt: int = 0
+
+
+@_frozen
+class PlaceTask(Message):
+    """Global scheduler to a node: run this task here."""
+
+    spec: TaskSpec
+    attempt: int = 0
+    reconstruction: bool = False
+
+
+@_frozen
+class ReconstructObject(Message):
+    """A node found ``object_id`` lost; ask the head to rebuild it."""
+
+    object_id: ObjectId
+    node_id: str
+
+
+@_frozen
+class ObjectUnrecoverable(Message):
+    """Head to node: ``object_id`` cannot be rebuilt; use ``error``."""
+
+    object_id: ObjectId
+    error: ErrorInfo
+
+
+@_frozen
+class NodeDied(Event):
+    """Delivered to the head's monitor by a driver that *knows* (the
+    simulator's omniscient view, or an orderly ``penumbra stop``); the
+    monitor otherwise infers death from missed heartbeats."""
+
+    node_id: str
+
+
+@_frozen
+class ClusterStatusRequest(Message):
+    client: str
+    req_id: int
+
+
+@_frozen
+class ClusterStatus(Message):
+    req_id: int
+    nodes: tuple[tuple[str, bool, NodeLoad | None], ...]
+
+
+# ===========================================================================
+# Actors
+
+
+@_frozen
+class ActorCall(Message):
+    """Caller's node to the actor's host node: run this method call.
+
+    ``incarnation`` is the incarnation the caller's node believes alive;
+    ``floor`` is the caller's lowest sequence number not yet resolved, so a
+    restarted actor knows where that caller's order resumes.
+    """
+
+    spec: TaskSpec
+    from_node: str
+    incarnation: int
+    floor: int = 0
+    attempt: int = 0
+
+
+@_frozen
+class ActorCallDone(Message):
+    """Host node to caller's node: these calls are resolved (ran or failed)."""
+
+    actor_id: ActorId
+    caller_id: str
+    sequence_nos: tuple[int, ...]
+
+
+@_frozen
+class ActorCallStale(Message):
+    """Host to caller's node: the call's incarnation is not the live one."""
+
+    spec: TaskSpec
+    incarnation: int
+
+
+@_frozen
+class StartActor(Message):
+    """Head to a node: (re)create this actor here (placement was decided)."""
+
+    entry: ActorEntry
+    replay: tuple[TaskSpec, ...] = ()
+
+
+@_frozen
+class ActorReported(Message):
+    """Node to head: the actor's worker died or its constructor failed."""
+
+    actor_id: ActorId
+    incarnation: int
+    node_id: str
+    error: ErrorInfo
+    creation_failed: bool = False
+
+
+@_frozen
+class KillActorRequest(Message):
+    """Node to head: a client asked to kill an actor."""
+
+    actor_id: ActorId
+    no_restart: bool = True
+
+
+@_frozen
+class StopActor(Message):
+    """Head to host node: kill the actor's worker now."""
+
+    actor_id: ActorId
+    incarnation: int
+    reason: str = ""

@@ -1,0 +1,725 @@
+"""The GCS data model: tables, the operations on them, and their effects.
+
+Theory of operation
+-------------------
+A GCS shard is a replicated state machine whose state is a set of tables and
+whose log is a sequence of *operations*.  This module holds both: the op
+types (frozen dataclasses, so they travel in messages and replicate as data)
+and ``Tables.apply``, the deterministic function that applies one op.
+Replicas that apply the same ops in the same order hold the same tables; that
+is all chain replication (``gcs.py``) needs from us.
+
+``apply`` returns the op's *result* (sent back to the writer) and the list of
+*changes* ``(table, key, new_record_or_None)`` that pub/sub turns into
+notifications.  Reads (``Query`` subclasses) never change anything and are
+answered by ``Tables.read``.
+
+The tables
+~~~~~~~~~~
+``nodes``      node id -> NodeEntry          (kept on shard 0)
+``names``      (namespace, name) -> ActorId  (kept on shard 0)
+``kv``         str -> object                 (kept on shard 0)
+``functions``  function id -> Payload
+``tasks``      TaskId -> TaskEntry           (the lineage)
+``objects``    ObjectId -> ObjectEntry       (locations, sizes, errors)
+``actors``     ActorId -> ActorEntry
+``actor_log``  (ActorId, index) -> TaskId    (paper-style replay log)
+
+Two secondary indexes are derived from the tables (never replicated, rebuilt
+after a state transfer): tasks not yet finished by node, and objects by the
+node holding a copy.  They answer "what did the dead node have?" without a
+scan.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Hashable
+
+from .ids import ActorId, ObjectId, TaskId
+from .records import (
+    ActorEntry,
+    ActorState,
+    ErrorInfo,
+    NodeEntry,
+    ObjectEntry,
+    TaskEntry,
+    TaskState,
+)
+from .specs import Payload, TaskSpec
+
+__all__ = [
+    "TABLES",
+    "Op",
+    "Query",
+    "Tables",
+    "Change",
+    # ops
+    "PutNode",
+    "NodeDown",
+    "PutFunction",
+    "AddTask",
+    "SetTaskNode",
+    "RetryTask",
+    "FinishTask",
+    "AddLocation",
+    "RemoveLocation",
+    "PutActor",
+    "RegisterName",
+    "UnregisterName",
+    "AppendActorLog",
+    "KvPut",
+    "KvDelete",
+    "Subscribe",
+    "Unsubscribe",
+    # queries
+    "Get",
+    "GetMany",
+    "Scan",
+    "TasksOnNode",
+    "ObjectsOnNode",
+    "ActorsOnNode",
+    "ActorLogRange",
+    "key_shard",
+    "shards_for",
+]
+
+TABLES = ("nodes", "names", "kv", "functions", "tasks", "objects", "actors", "actor_log")
+_SHARD0_TABLES = frozenset({"nodes", "names", "kv"})
+
+Change = tuple[str, Hashable, Any]
+
+
+def key_shard(table: str, key: Hashable, num_shards: int) -> int:
+    """Which shard holds ``key`` of ``table``."""
+    if num_shards == 1 or table in _SHARD0_TABLES:
+        return 0
+    if table == "actor_log":
+        key = key[0]  # all of an actor's log on the actor's shard
+    return int.from_bytes(bytes(key[:4]), "big") % num_shards  # type: ignore[index]
+
+
+def shards_for(route: tuple[str, Hashable], num_shards: int) -> range | tuple[int]:
+    """Every shard an op or query with this route must reach."""
+    table, key = route
+    if num_shards == 1 or table in _SHARD0_TABLES:
+        return (0,)
+    if key is None:
+        return range(num_shards)
+    return (key_shard(table, key, num_shards),)
+
+
+# ---------------------------------------------------------------------------
+# Operations (writes)
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    """A write.
+
+    ``route()`` gives the (table, key) that decides the shard; a key of
+    ``None`` means every shard (``NodeDown``, table-wide subscriptions),
+    except for the small tables kept whole on shard 0.
+    """
+
+    def route(self) -> tuple[str, Hashable]:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, slots=True)
+class PutNode(Op):
+    entry: NodeEntry
+
+    def route(self):
+        return ("nodes", self.entry.node_id)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeDown(Op):
+    """A node died: mark it dead and drop every location it held.
+
+    Applied on every shard.  Objects left with no location become lost and
+    their subscribers are told.
+    """
+
+    node_id: str
+
+    def route(self):
+        return ("", None)
+
+
+@dataclass(frozen=True, slots=True)
+class PutFunction(Op):
+    function_id: bytes
+    payload: Payload
+
+    def route(self):
+        return ("functions", self.function_id)
+
+
+@dataclass(frozen=True, slots=True)
+class AddTask(Op):
+    """Record a submitted task at ``node`` (the lineage write).
+
+    Re-submitting a known task (a re-executed parent submits its children
+    again) moves it back to PENDING at the new node but keeps its counters.
+    """
+
+    spec: TaskSpec
+    node: str
+
+    def route(self):
+        return ("tasks", self.spec.task_id)
+
+
+@dataclass(frozen=True, slots=True)
+class SetTaskNode(Op):
+    task_id: TaskId
+    node: str
+
+    def route(self):
+        return ("tasks", self.task_id)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryTask(Op):
+    """A task is being executed again at ``node``.
+
+    ``reconstruction`` says whether this re-run rebuilds lost outputs (as
+    opposed to retrying a failed attempt); both consume ``max_retries``.
+    """
+
+    task_id: TaskId
+    node: str
+    reconstruction: bool = False
+
+    def route(self):
+        return ("tasks", self.task_id)
+
+
+@dataclass(frozen=True, slots=True)
+class FinishTask(Op):
+    """A task ended: its outputs exist at ``node`` (values) or hold ``error``."""
+
+    task_id: TaskId
+    node: str
+    outputs: tuple[tuple[ObjectId, int], ...]
+    error: ErrorInfo | None = None
+    attempt: int = 0
+
+    def route(self):
+        return ("tasks", self.task_id)
+
+
+@dataclass(frozen=True, slots=True)
+class AddLocation(Op):
+    """``node`` holds a copy of the object (a put, or a fetched replica)."""
+
+    object_id: ObjectId
+    node: str
+    size: int
+    error: ErrorInfo | None = None
+
+    def route(self):
+        return ("objects", self.object_id)
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveLocation(Op):
+    object_id: ObjectId
+    node: str
+
+    def route(self):
+        return ("objects", self.object_id)
+
+
+@dataclass(frozen=True, slots=True)
+class PutActor(Op):
+    """Write an actor row.
+
+    If ``expect_incarnation`` is given, the write applies only when the stored
+    row has that incarnation (a compare-and-set that keeps a slow reporter
+    from overwriting a newer restart).  The result is the stored row.
+    """
+
+    entry: ActorEntry
+    expect_incarnation: int | None = None
+
+    def route(self):
+        return ("actors", self.entry.spec.actor_id)
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterName(Op):
+    """Claim a unique actor name; the result is the actor id that holds it."""
+
+    namespace: str
+    name: str
+    actor_id: ActorId
+
+    def route(self):
+        return ("names", (self.namespace, self.name))
+
+
+@dataclass(frozen=True, slots=True)
+class UnregisterName(Op):
+    namespace: str
+    name: str
+    actor_id: ActorId
+
+    def route(self):
+        return ("names", (self.namespace, self.name))
+
+
+@dataclass(frozen=True, slots=True)
+class AppendActorLog(Op):
+    actor_id: ActorId
+    index: int
+    task_id: TaskId
+
+    def route(self):
+        return ("actor_log", (self.actor_id, self.index))
+
+
+@dataclass(frozen=True, slots=True)
+class KvPut(Op):
+    key: str
+    value: Any
+    overwrite: bool = True
+
+    def route(self):
+        return ("kv", self.key)
+
+
+@dataclass(frozen=True, slots=True)
+class KvDelete(Op):
+    key: str
+
+    def route(self):
+        return ("kv", self.key)
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe(Op):
+    """Subscribe ``subscriber`` to a key (or, with ``key=None``, a table).
+
+    The subscriber is immediately sent the key's current record, so a
+    subscriber that joins late misses nothing.
+    """
+
+    subscriber: str
+    table: str
+    key: Hashable = None
+
+    def route(self):
+        return (self.table, self.key)
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe(Op):
+    subscriber: str
+    table: str
+    key: Hashable = None
+
+    def route(self):
+        return (self.table, self.key)
+
+
+# ---------------------------------------------------------------------------
+# Queries (reads, answered at the tail)
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """A read, answered at the tail; routed like ``Op``."""
+
+    def route(self) -> tuple[str, Hashable]:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, slots=True)
+class Get(Query):
+    table: str
+    key: Hashable
+
+    def route(self):
+        return (self.table, self.key)
+
+
+@dataclass(frozen=True, slots=True)
+class GetMany(Query):
+    """Several keys of one table that live on one shard (the client groups)."""
+
+    table: str
+    keys: tuple
+
+    def route(self):
+        return (self.table, self.keys[0])
+
+
+@dataclass(frozen=True, slots=True)
+class Scan(Query):
+    """Every row of a table on this shard (use for small tables only)."""
+
+    table: str
+
+    def route(self):
+        return (self.table, None)
+
+
+@dataclass(frozen=True, slots=True)
+class TasksOnNode(Query):
+    node: str
+
+    def route(self):
+        return ("tasks", None)
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectsOnNode(Query):
+    node: str
+
+    def route(self):
+        return ("objects", None)
+
+
+@dataclass(frozen=True, slots=True)
+class ActorsOnNode(Query):
+    node: str
+
+    def route(self):
+        return ("actors", None)
+
+
+@dataclass(frozen=True, slots=True)
+class ActorLogRange(Query):
+    actor_id: ActorId
+    start: int
+    end: int
+
+    def route(self):
+        return ("actor_log", (self.actor_id, self.start))
+
+
+# ---------------------------------------------------------------------------
+
+
+class Tables:
+    """The tables of one shard replica and the function that changes them."""
+
+    __slots__ = ("data", "subs", "_tasks_by_node", "_objects_by_node")
+
+    def __init__(self) -> None:
+        self.data: dict[str, dict] = {t: {} for t in TABLES}
+        # (table, key-or-None) -> set of subscriber addresses
+        self.subs: dict[tuple[str, Hashable], set[str]] = {}
+        self._tasks_by_node: dict[str, set[TaskId]] = {}
+        self._objects_by_node: dict[str, set[ObjectId]] = {}
+
+    # -- replication support --------------------------------------------------
+    def snapshot(self) -> tuple[dict, dict]:
+        """A copy for state transfer (records are immutable: shallow copies)."""
+        return (
+            {t: dict(rows) for t, rows in self.data.items()},
+            {k: set(v) for k, v in self.subs.items()},
+        )
+
+    @classmethod
+    def restore(cls, snap: tuple[dict, dict]) -> "Tables":
+        t = cls()
+        data, subs = snap
+        t.data = {name: dict(rows) for name, rows in data.items()}
+        t.subs = {k: set(v) for k, v in subs.items()}
+        for tid, entry in t.data["tasks"].items():
+            if entry.state is TaskState.PENDING and entry.node:
+                t._tasks_by_node.setdefault(entry.node, set()).add(tid)
+        for oid, entry in t.data["objects"].items():
+            for n in entry.locations:
+                t._objects_by_node.setdefault(n, set()).add(oid)
+        return t
+
+    def fingerprint(self) -> tuple:
+        """A comparable summary of the replicated state (for tests/checkers)."""
+        return tuple(
+            (name, tuple(sorted((repr(k), repr(v)) for k, v in rows.items())))
+            for name, rows in sorted(self.data.items())
+        )
+
+    # -- subscriptions ----------------------------------------------------------
+    def subscribers(self, table: str, key: Hashable) -> set[str]:
+        a = self.subs.get((table, key))
+        b = self.subs.get((table, None))
+        if a and b:
+            return a | b
+        return a or b or set()
+
+    # -- reads --------------------------------------------------------------------
+    def read(self, q: Query) -> Any:
+        d = self.data
+        if isinstance(q, Get):
+            return d[q.table].get(q.key)
+        if isinstance(q, GetMany):
+            rows = d[q.table]
+            return tuple(rows.get(k) for k in q.keys)
+        if isinstance(q, Scan):
+            return tuple(d[q.table].values())
+        if isinstance(q, TasksOnNode):
+            tasks = d["tasks"]
+            return tuple(tasks[t] for t in sorted(self._tasks_by_node.get(q.node, ())))
+        if isinstance(q, ObjectsOnNode):
+            return tuple(sorted(self._objects_by_node.get(q.node, ())))
+        if isinstance(q, ActorsOnNode):
+            return tuple(
+                e
+                for e in d["actors"].values()
+                if e.node == q.node and e.state in (ActorState.ALIVE, ActorState.PENDING)
+            )
+        if isinstance(q, ActorLogRange):
+            log = d["actor_log"]
+            out = []
+            for i in range(q.start, q.end):
+                tid = log.get((q.actor_id, i))
+                if tid is None:
+                    break
+                out.append(d["tasks"].get(tid))
+            return tuple(out)
+        raise TypeError(f"unknown GCS query {q!r}")
+
+    # -- writes -------------------------------------------------------------------
+    def apply(self, op: Op) -> tuple[Any, list[Change]]:
+        """Apply one op; return (result, changes).  Deterministic."""
+        handler = _APPLY.get(type(op))
+        if handler is None:
+            raise TypeError(f"unknown GCS op {op!r}")
+        return handler(self, op)
+
+    # index helpers
+    def _index_task(self, tid: TaskId, old: TaskEntry | None, new: TaskEntry) -> None:
+        if old is not None and old.state is TaskState.PENDING and old.node:
+            s = self._tasks_by_node.get(old.node)
+            if s is not None:
+                s.discard(tid)
+        if new.state is TaskState.PENDING and new.node:
+            self._tasks_by_node.setdefault(new.node, set()).add(tid)
+
+    def _put_task(self, tid: TaskId, new: TaskEntry) -> list[Change]:
+        rows = self.data["tasks"]
+        self._index_task(tid, rows.get(tid), new)
+        rows[tid] = new
+        return [("tasks", tid, new)]
+
+    def _put_object(self, oid: ObjectId, old: ObjectEntry | None, new: ObjectEntry) -> Change:
+        old_locs = old.locations if old is not None else frozenset()
+        if old_locs != new.locations:
+            by = self._objects_by_node
+            for n in old_locs - new.locations:
+                s = by.get(n)
+                if s is not None:
+                    s.discard(oid)
+            for n in new.locations - old_locs:
+                by.setdefault(n, set()).add(oid)
+        self.data["objects"][oid] = new
+        return ("objects", oid, new)
+
+
+# Each handler: (tables, op) -> (result, changes)
+
+
+def _put_node(t: Tables, op: PutNode):
+    t.data["nodes"][op.entry.node_id] = op.entry
+    return True, [("nodes", op.entry.node_id, op.entry)]
+
+
+def _node_down(t: Tables, op: NodeDown):
+    changes: list[Change] = []
+    nodes = t.data["nodes"]
+    entry = nodes.get(op.node_id)
+    if entry is not None and entry.alive:
+        entry = replace(entry, alive=False)
+        nodes[op.node_id] = entry
+        changes.append(("nodes", op.node_id, entry))
+    objs = t.data["objects"]
+    lost = []
+    for oid in sorted(t._objects_by_node.pop(op.node_id, ())):
+        old = objs[oid]
+        new = replace(old, locations=old.locations - {op.node_id})
+        objs[oid] = new
+        changes.append(("objects", oid, new))
+        if new.lost:
+            lost.append(oid)
+    return tuple(lost), changes
+
+
+def _put_function(t: Tables, op: PutFunction):
+    rows = t.data["functions"]
+    if op.function_id in rows:
+        return False, []
+    rows[op.function_id] = op.payload
+    return True, [("functions", op.function_id, op.payload)]
+
+
+def _add_task(t: Tables, op: AddTask):
+    tid = op.spec.task_id
+    old = t.data["tasks"].get(tid)
+    if old is None:
+        new = TaskEntry(spec=op.spec, node=op.node)
+    else:
+        new = replace(old, spec=op.spec, state=TaskState.PENDING, node=op.node)
+    return new, t._put_task(tid, new)
+
+
+def _set_task_node(t: Tables, op: SetTaskNode):
+    old = t.data["tasks"].get(op.task_id)
+    if old is None or old.state is not TaskState.PENDING:
+        return old, []
+    new = replace(old, node=op.node)
+    return new, t._put_task(op.task_id, new)
+
+
+def _retry_task(t: Tables, op: RetryTask):
+    old = t.data["tasks"].get(op.task_id)
+    if old is None:
+        return None, []
+    if op.reconstruction:
+        new = replace(
+            old,
+            state=TaskState.PENDING,
+            node=op.node,
+            attempt=old.attempt + 1,
+            reconstructions=old.reconstructions + 1,
+        )
+    else:
+        new = replace(old, state=TaskState.PENDING, node=op.node, attempt=old.attempt + 1)
+    return new, t._put_task(op.task_id, new)
+
+
+def _finish_task(t: Tables, op: FinishTask):
+    changes: list[Change] = []
+    old = t.data["tasks"].get(op.task_id)
+    if old is not None:
+        state = TaskState.FAILED if op.error is not None else TaskState.FINISHED
+        new = replace(old, state=state, node=op.node, attempt=max(old.attempt, op.attempt))
+        changes += t._put_task(op.task_id, new)
+    objs = t.data["objects"]
+    for oid, size in op.outputs:
+        prev = objs.get(oid)
+        if op.error is not None:
+            # an error lives in the entry itself; no location needed
+            entry = ObjectEntry(oid, size=size, locations=frozenset(), created=True, error=op.error)
+        else:
+            locs = (prev.locations if prev is not None and prev.error is None else frozenset())
+            entry = ObjectEntry(oid, size=size, locations=locs | {op.node}, created=True)
+        changes.append(t._put_object(oid, prev, entry))
+    return True, changes
+
+
+def _add_location(t: Tables, op: AddLocation):
+    objs = t.data["objects"]
+    prev = objs.get(op.object_id)
+    if op.error is not None:
+        entry = ObjectEntry(op.object_id, size=op.size, created=True, error=op.error)
+    elif prev is None:
+        entry = ObjectEntry(op.object_id, size=op.size, locations=frozenset({op.node}), created=True)
+    elif op.node in prev.locations and prev.created:
+        return True, []
+    else:
+        entry = replace(prev, size=op.size, locations=prev.locations | {op.node}, created=True)
+    return True, [t._put_object(op.object_id, prev, entry)]
+
+
+def _remove_location(t: Tables, op: RemoveLocation):
+    objs = t.data["objects"]
+    prev = objs.get(op.object_id)
+    if prev is None or op.node not in prev.locations:
+        return False, []
+    entry = replace(prev, locations=prev.locations - {op.node})
+    return True, [t._put_object(op.object_id, prev, entry)]
+
+
+def _put_actor(t: Tables, op: PutActor):
+    rows = t.data["actors"]
+    aid = op.entry.spec.actor_id
+    old = rows.get(aid)
+    if op.expect_incarnation is not None:
+        if old is None or old.incarnation != op.expect_incarnation or old.state is ActorState.DEAD:
+            return old, []
+    rows[aid] = op.entry
+    return op.entry, [("actors", aid, op.entry)]
+
+
+def _register_name(t: Tables, op: RegisterName):
+    rows = t.data["names"]
+    key = (op.namespace, op.name)
+    holder = rows.get(key)
+    if holder is not None:
+        return holder, []
+    rows[key] = op.actor_id
+    return op.actor_id, [("names", key, op.actor_id)]
+
+
+def _unregister_name(t: Tables, op: UnregisterName):
+    rows = t.data["names"]
+    key = (op.namespace, op.name)
+    if rows.get(key) != op.actor_id:
+        return False, []
+    del rows[key]
+    return True, [("names", key, None)]
+
+
+def _append_actor_log(t: Tables, op: AppendActorLog):
+    key = (op.actor_id, op.index)
+    t.data["actor_log"][key] = op.task_id
+    return True, [("actor_log", key, op.task_id)]
+
+
+def _kv_put(t: Tables, op: KvPut):
+    rows = t.data["kv"]
+    if not op.overwrite and op.key in rows:
+        return False, []
+    rows[op.key] = op.value
+    return True, [("kv", op.key, op.value)]
+
+
+def _kv_delete(t: Tables, op: KvDelete):
+    rows = t.data["kv"]
+    if op.key not in rows:
+        return False, []
+    del rows[op.key]
+    return True, [("kv", op.key, None)]
+
+
+def _subscribe(t: Tables, op: Subscribe):
+    t.subs.setdefault((op.table, op.key), set()).add(op.subscriber)
+    current = t.data[op.table].get(op.key) if op.key is not None else None
+    return current, []
+
+
+def _unsubscribe(t: Tables, op: Unsubscribe):
+    s = t.subs.get((op.table, op.key))
+    if s is None or op.subscriber not in s:
+        return False, []
+    s.discard(op.subscriber)
+    if not s:
+        del t.subs[(op.table, op.key)]
+    return True, []
+
+
+_APPLY = {
+    PutNode: _put_node,
+    NodeDown: _node_down,
+    PutFunction: _put_function,
+    AddTask: _add_task,
+    SetTaskNode: _set_task_node,
+    RetryTask: _retry_task,
+    FinishTask: _finish_task,
+    AddLocation: _add_location,
+    RemoveLocation: _remove_location,
+    PutActor: _put_actor,
+    RegisterName: _register_name,
+    UnregisterName: _unregister_name,
+    AppendActorLog: _append_actor_log,
+    KvPut: _kv_put,
+    KvDelete: _kv_delete,
+    Subscribe: _subscribe,
+    Unsubscribe: _unsubscribe,
+}

@@ -43,7 +43,7 @@ from .records import (
     NodeLoad,
     ObjectInfo,
 )
-from .specs import ResourceSet, TaskSpec
+from .specs import Payload, ResourceSet, TaskSpec
 from .tables import Op, Query
 
 _frozen = dataclass(frozen=True, slots=True, kw_only=True)
@@ -362,12 +362,12 @@ class ClientGcsReply(Message):
 
 @_frozen
 class ActorRegistered(Message):
-    """Node to client: the named actor's registration result.
+    """Node to client: the named actor's registration result (the client
+    matches it by ``actor_id``).
 
     ``error`` is set when the name is taken (the holder's id in ``holder``).
     """
 
-    req_id: int
     actor_id: ActorId
     error: str = ""
     holder: ActorId | None = None
@@ -401,6 +401,8 @@ class Execute(Command):
     worker_id: str
     spec: TaskSpec
     attempt: int = 0
+    # actor creation only: restore this checkpoint instead of a fresh state
+    checkpoint: Payload | None = None
 
 
 @_frozen
@@ -450,7 +452,7 @@ class InterruptTask(Command):
 
 @_frozen
 class CheckpointActor(Command):
-    """Ask an actor's worker to save its state as object ``object_id``.
+    """Ask an actor's worker to save its state (after ``index`` calls).
 
     Completes with ``ActorCheckpointed`` (or ``WorkerCrashed``).
     """
@@ -458,16 +460,17 @@ class CheckpointActor(Command):
     worker_id: str
     actor_id: ActorId
     index: int
-    object_id: ObjectId
 
 
 @_frozen
 class ActorCheckpointed(Event):
+    """The actor's state after ``index`` calls, serialized (kept in the GCS,
+    so it survives the node)."""
+
     worker_id: str
     actor_id: ActorId
     index: int
-    object_id: ObjectId
-    size: int
+    payload: Payload
 
 
 # ===========================================================================
@@ -587,6 +590,13 @@ class NodeDied(Event):
 
 
 @_frozen
+class JobFinished(Message):
+    """A driver exited: its non-detached actors die with it (Ray's rule)."""
+
+    job_id: int
+
+
+@_frozen
 class ClusterStatusRequest(Message):
     client: str
     req_id: int
@@ -637,10 +647,12 @@ class ActorCallStale(Message):
 
 @_frozen
 class StartActor(Message):
-    """Head to a node: (re)create this actor here (placement was decided)."""
+    """Head to a node: (re)create this actor here (placement was decided),
+    restoring ``checkpoint`` and replaying ``replay`` (paper-style)."""
 
     entry: ActorEntry
     replay: tuple[TaskSpec, ...] = ()
+    checkpoint: Payload | None = None
 
 
 @_frozen
@@ -652,6 +664,7 @@ class ActorReported(Message):
     node_id: str
     error: ErrorInfo
     creation_failed: bool = False
+    entry: ActorEntry | None = None  # the row as the node knows it
 
 
 @_frozen

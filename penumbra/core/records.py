@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
-from .ids import ActorId, ObjectId, TaskId
+from .ids import ObjectId
 from .specs import EMPTY, ActorSpec, Payload, ResourceSet, TaskSpec
 
 __all__ = [

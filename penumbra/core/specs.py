@@ -196,6 +196,7 @@ class ActorSpec:
     is_async: bool = False
     name: str | None = None
     namespace: str = ""
+    detached: bool = False  # outlives its driver (Ray's lifetime="detached")
     # Paper-style recovery: replay the methods executed since the last
     # checkpoint when the actor restarts (off by default, as in Ray).
     replay: bool = False

@@ -1,0 +1,628 @@
+"""Actors: placement and restart, ordered calls, replay.
+
+Theory of operation
+-------------------
+Three parts cooperate through the GCS actor table (``ActorEntry`` rows):
+
+``ActorManager`` (in the head) owns the lifecycle::
+
+    PENDING --created--> ALIVE --worker or node died--> RESTARTING --> ALIVE
+       |                   |                                |
+       \\--constructor raised / killed / restarts used up --> DEAD
+
+  Each restart bumps ``incarnation``.  Writes are compare-and-set on the
+  incarnation, so a late report about an old incarnation changes nothing.
+
+``ActorRouter`` (in every node) sends a client's method calls to the node
+hosting the actor, as the actor's row says.  It remembers every call that is
+not yet *resolved* (ran, or failed), so when the row changes it can act:
+
+  * ALIVE (new incarnation): send buffered calls; calls that were in flight
+    to the old incarnation are re-sent if ``max_task_retries`` allows, and
+    otherwise fail with ``ActorDiedError`` (at most once, Ray's default);
+  * RESTARTING: hold new calls; fail (or keep, to retry) in-flight ones;
+  * DEAD: fail every pending call with the death cause.
+
+``ActorHost`` (in the node that runs the actor) executes calls *in order per
+caller*: a call runs only when its sequence number is the next one expected
+from its caller.  A caller that appears for the first time in an incarnation
+starts at the ``floor`` its node sends with each call (the caller's lowest
+unresolved sequence number), so calls given up on by the caller do not leave
+a gap that would stall the actor.  ``max_concurrency`` calls may run at once.
+
+Paper-style recovery (``ActorSpec.replay``): the host logs each executed call
+in the GCS (``AppendActorLog``), and checkpoints every
+``checkpoint_interval`` calls.  On restart the manager reads the checkpoint
+and the calls logged since, and the new host replays them before serving new
+calls: the actor's state is rebuilt along its stateful edges.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from .ids import ActorId, ObjectId, TaskId
+from .messages import (
+    ActorCall,
+    CheckpointActor,
+    ActorCallDone,
+    ActorCallStale,
+    ActorReported,
+    Command,
+    Execute,
+    KillWorker,
+    Send,
+    StartActor,
+    StopActor,
+)
+from .records import ActorEntry, ActorState, ErrorInfo, ErrorKind, ObjectInfo
+from .specs import EMPTY, Payload, ResourceSet, TaskSpec
+from .tables import (
+    ActorLogRange,
+    AddTask,
+    AppendActorLog,
+    Get,
+    KvPut,
+    PutActor,
+    Subscribe,
+    UnregisterName,
+)
+
+if TYPE_CHECKING:
+    from .head import HeadMachine
+    from .node import NodeMachine
+
+__all__ = ["ActorRouter", "ActorHost", "ActorManager", "ActorStart", "checkpoint_key"]
+
+
+def checkpoint_key(actor_id: ActorId) -> str:
+    return f"checkpoint:{actor_id.hex()}"
+
+
+def _died(entry: ActorEntry | None, name: str, why: str) -> ErrorInfo:
+    if entry is not None and entry.death_cause is not None:
+        cause = entry.death_cause
+        return ErrorInfo(ErrorKind.ACTOR_DIED, f"the actor {name} is dead: {cause.message}", cause.payload, task_name=name)
+    return ErrorInfo(ErrorKind.ACTOR_DIED, f"the actor {name} died {why}", task_name=name)
+
+
+# ===========================================================================
+# Caller side
+
+
+@dataclass(slots=True)
+class _Pending:
+    spec: TaskSpec
+    attempt: int = 0
+    sent_to: int | None = None  # incarnation the call was sent to
+
+
+@dataclass(slots=True)
+class _Route:
+    actor_id: ActorId
+    entry: ActorEntry | None = None
+    pending: dict[tuple[str, int], _Pending] = field(default_factory=dict)
+
+
+class ActorRouter:
+    def __init__(self, node: "NodeMachine") -> None:
+        self.node = node
+        self.routes: dict[ActorId, _Route] = {}
+
+    def _route(self, aid: ActorId, now: float, sid: str) -> tuple[_Route, list[Command]]:
+        r = self.routes.get(aid)
+        if r is not None:
+            return r, []
+        r = self.routes[aid] = _Route(aid)
+        return r, self.node.gcs_write(Subscribe(self.node.address, "actors", aid), None, now, sid)
+
+    def submit(self, spec: TaskSpec, now: float, sid: str) -> list[Command]:
+        r, cmds = self._route(spec.actor_id, now, sid)
+        key = (spec.caller_id, spec.sequence_no)
+        p = r.pending[key] = _Pending(spec)
+        self.node.story_add(spec.task_id, now, sid, f"actor call {spec.method} #{spec.sequence_no}")
+        return cmds + self._send_if_alive(r, p, now, sid)
+
+    def _floor(self, r: _Route, caller: str) -> int:
+        return min((s for (c, s) in r.pending if c == caller), default=0)
+
+    def _send_if_alive(self, r: _Route, p: _Pending, now: float, sid: str) -> list[Command]:
+        e = r.entry
+        if e is None or e.state in (ActorState.PENDING, ActorState.RESTARTING):
+            return []  # buffered until ALIVE
+        if e.state is ActorState.DEAD:
+            return self._fail(r, p, _died(e, p.spec.display_name(), ""), now, sid)
+        p.sent_to = e.incarnation
+        return [Send(to=e.node, msg=ActorCall(
+            spec=p.spec, from_node=self.node.address, incarnation=e.incarnation,
+            floor=self._floor(r, p.spec.caller_id), attempt=p.attempt, stimulus_id=sid,
+        ))]
+
+    def _fail(self, r: _Route, p: _Pending, error: ErrorInfo, now: float, sid: str) -> list[Command]:
+        r.pending.pop((p.spec.caller_id, p.spec.sequence_no), None)
+        self.node.story_add(p.spec.task_id, now, sid, f"actor call failed: {error.message}")
+        return self.node.fail_outputs(p.spec, error, p.attempt, now, sid)
+
+    def on_entry(self, aid: ActorId, entry: ActorEntry | None, now: float, sid: str) -> list[Command]:
+        r = self.routes.get(aid)
+        if r is None or entry is None:
+            return []
+        old = r.entry
+        if old is not None and (entry.incarnation, _rank(entry.state)) < (old.incarnation, _rank(old.state)):
+            return []  # stale
+        r.entry = entry
+        cmds: list[Command] = []
+        for p in sorted(r.pending.values(), key=lambda p: (p.spec.caller_id, p.spec.sequence_no)):
+            if entry.state is ActorState.DEAD:
+                cmds += self._fail(r, p, _died(entry, p.spec.display_name(), ""), now, sid)
+            elif p.sent_to is not None and p.sent_to < entry.incarnation:
+                # the call went to an incarnation that died
+                if _may_retry(entry, p):
+                    p.attempt += 1
+                    p.sent_to = None
+                    cmds += self._send_if_alive(r, p, now, sid)
+                else:
+                    cmds += self._fail(r, p, ErrorInfo(
+                        ErrorKind.ACTOR_DIED,
+                        f"the actor died while the call {p.spec.display_name()} was in flight; it is "
+                        f"not retried (max_task_retries={entry.spec.max_task_retries}); set "
+                        f"max_task_retries to retry calls across restarts",
+                        task_name=p.spec.display_name(),
+                    ), now, sid)
+            elif p.sent_to is None and entry.state is ActorState.ALIVE:
+                cmds += self._send_if_alive(r, p, now, sid)
+        return cmds
+
+    def on_done(self, ev: ActorCallDone) -> None:
+        r = self.routes.get(ev.actor_id)
+        if r is None:
+            return
+        for s in ev.sequence_nos:
+            r.pending.pop((ev.caller_id, s), None)
+
+    def on_stale(self, ev: ActorCallStale, now: float, sid: str) -> list[Command]:
+        r = self.routes.get(ev.spec.actor_id)
+        if r is None:
+            return []
+        p = r.pending.get((ev.spec.caller_id, ev.spec.sequence_no))
+        if p is None:
+            return []
+        if r.entry is not None and r.entry.incarnation > ev.incarnation and p.sent_to is not None and p.sent_to < r.entry.incarnation:
+            return []  # handled when we saw the new incarnation
+        # the host did not know the actor (yet): it never ran there; resend later
+        p.sent_to = None
+        if r.entry is not None and r.entry.state is ActorState.ALIVE and r.entry.incarnation > ev.incarnation:
+            return self._send_if_alive(r, p, now, sid)
+        return []
+
+    def cancel(self, tid: TaskId, now: float, sid: str) -> tuple[bool, list[Command]]:
+        for r in self.routes.values():
+            for p in list(r.pending.values()):
+                if p.spec.task_id == tid and p.sent_to is None:
+                    return True, self._fail(r, p, ErrorInfo(ErrorKind.TASK_CANCELLED, f"task {p.spec.display_name()} was cancelled", task_name=p.spec.display_name()), now, sid)
+        return False, []
+
+    def validate(self) -> None:
+        for r in self.routes.values():
+            for (c, s), p in r.pending.items():
+                assert p.spec.caller_id == c and p.spec.sequence_no == s
+
+
+def _rank(state: ActorState) -> int:
+    return {ActorState.PENDING: 0, ActorState.RESTARTING: 0, ActorState.ALIVE: 1, ActorState.DEAD: 2}[state]
+
+
+def _may_retry(entry: ActorEntry, p: _Pending) -> bool:
+    n = entry.spec.max_task_retries
+    return n < 0 or p.attempt < n
+
+
+# ===========================================================================
+# Host side
+
+
+@dataclass(frozen=True, slots=True)
+class ActorStart:
+    """What a node needs to (re)create an actor: its row, the checkpoint to
+    restore (paper-style recovery) and the logged calls to replay after it."""
+
+    entry: ActorEntry
+    replay: tuple[TaskSpec, ...] = ()
+    checkpoint: Payload | None = None
+
+
+@dataclass(slots=True)
+class _Call:
+    spec: TaskSpec
+    from_node: str
+    attempt: int
+    missing: set[ObjectId] = field(default_factory=set)
+    replay: bool = False
+
+
+@dataclass(slots=True)
+class _Hosted:
+    entry: ActorEntry
+    worker: str
+    held: ResourceSet
+    queue: dict[str, dict[int, _Call]] = field(default_factory=dict)
+    next_seq: dict[str, int] = field(default_factory=dict)
+    arrival: deque = field(default_factory=deque)  # (caller, seq) in arrival order
+    running: dict[TaskId, _Call] = field(default_factory=dict)
+    replay: deque = field(default_factory=deque)
+    executed: int = 0  # calls executed in this actor's whole life (log index)
+    checkpointing: bool = False
+
+
+class ActorHost:
+    def __init__(self, node: "NodeMachine") -> None:
+        self.node = node
+        self.actors: dict[ActorId, _Hosted] = {}
+        self.by_worker: dict[str, ActorId] = {}
+
+    def held(self) -> ResourceSet:
+        total = EMPTY
+        for h in self.actors.values():
+            total = total + h.held
+        return total
+
+    def owns_worker(self, wid: str) -> bool:
+        return wid in self.by_worker
+
+    # ------------------------------------------------------------------ creation
+    def created(self, spec: TaskSpec, start: "ActorStart", wid: str, now: float, sid: str) -> list[Command]:
+        entry = start.entry
+        held = self.node.scheduler.acquire_or_borrow(entry.spec.resources)
+        h = _Hosted(entry=replace(entry, state=ActorState.ALIVE, node=self.node.address), worker=wid, held=held)
+        h.executed = entry.checkpoint_index
+        for s in start.replay:
+            h.replay.append(_Call(s, "", 0, replay=True))
+        self.actors[entry.spec.actor_id] = h
+        self.by_worker[wid] = entry.spec.actor_id
+        cmds = self.node.gcs_write(
+            PutActor(h.entry, expect_incarnation=entry.incarnation),
+            ("actor-alive", entry.spec.actor_id, entry.incarnation), now, sid,
+        )
+        return cmds + self._dispatch(h, now, sid)
+
+    def on_alive_written(self, aid: ActorId, incarnation: int, stored: ActorEntry | None, now: float, sid: str) -> list[Command]:
+        """The CAS that marks the actor ALIVE came back with the stored row."""
+        h = self.actors.get(aid)
+        if h is None or h.entry.incarnation != incarnation:
+            return []
+        if stored is None or stored.incarnation != incarnation or stored.state is not ActorState.ALIVE:
+            # killed (or restarted elsewhere) while we created it
+            return self._stop(h, "the actor was killed or restarted elsewhere during creation", now, sid)
+        return []
+
+    # ------------------------------------------------------------------ calls
+    def on_call(self, ev: ActorCall, now: float, sid: str) -> list[Command]:
+        spec = ev.spec
+        h = self.actors.get(spec.actor_id)
+        if h is None or h.entry.incarnation != ev.incarnation:
+            cur = h.entry.incarnation if h is not None else -1
+            return [Send(to=ev.from_node, msg=ActorCallStale(spec=spec, incarnation=cur, stimulus_id=sid))]
+        caller = spec.caller_id
+        nxt = h.next_seq.get(caller)
+        if nxt is None or nxt < ev.floor:
+            h.next_seq[caller] = ev.floor
+            nxt = ev.floor
+            # calls below the floor were given up on by the caller
+            q = h.queue.get(caller)
+            if q:
+                for s in [s for s in q if s < nxt]:
+                    del q[s]
+        if spec.sequence_no < nxt or spec.sequence_no in h.queue.get(caller, {}):
+            return []  # a repeat of a call we already have or ran
+        call = _Call(spec, ev.from_node, ev.attempt)
+        h.queue.setdefault(caller, {})[spec.sequence_no] = call
+        h.arrival.append((caller, spec.sequence_no))
+        cmds: list[Command] = []
+        objects = self.node.objects
+        missing = [d for d in spec.dependencies if not objects.is_local(d)]
+        if missing:
+            call.missing = set(missing)
+            token = ("actor-call", spec.actor_id, spec.task_id)
+            for d in sorted(call.missing):
+                cmds += objects.want(d, token, True, now, sid)
+        return cmds + self._dispatch(h, now, sid)
+
+    def on_input_ready(self, aid: ActorId, tid: TaskId, oid: ObjectId, info: ObjectInfo, now: float, sid: str) -> list[Command]:
+        h = self.actors.get(aid)
+        if h is None:
+            return []
+        for q in h.queue.values():
+            for call in q.values():
+                if call.spec.task_id == tid and oid in call.missing:
+                    call.missing.discard(oid)
+                    return self._dispatch(h, now, sid)
+        return []
+
+    def _dispatch(self, h: _Hosted, now: float, sid: str) -> list[Command]:
+        cmds: list[Command] = []
+        limit = max(1, h.entry.spec.max_concurrency)
+        if h.checkpointing:
+            return cmds
+        # replayed calls first, one at a time, in log order
+        if h.replay:
+            if not h.running:
+                call = h.replay.popleft()
+                h.running[call.spec.task_id] = call
+                self.node.story_add(call.spec.task_id, now, sid, "replaying on restarted actor")
+                cmds.append(Execute(worker_id=h.worker, spec=call.spec, attempt=call.attempt, stimulus_id=sid))
+            return cmds
+        arrival = h.arrival
+        scanned = 0
+        n = len(arrival)
+        while len(h.running) < limit and scanned < n:
+            caller, seq = arrival[0]
+            arrival.rotate(-1)
+            scanned += 1
+            q = h.queue.get(caller)
+            call = q.get(seq) if q else None
+            if call is None:
+                arrival.pop()  # stale arrival record (rotated to the end)
+                continue
+            if seq != h.next_seq.get(caller) or call.missing:
+                continue
+            arrival.pop()
+            del q[seq]
+            h.next_seq[caller] = seq + 1
+            h.running[call.spec.task_id] = call
+            error = self._input_error(call)
+            if error is not None:
+                del h.running[call.spec.task_id]
+                cmds += self._resolve_failed(h, call, error, now, sid)
+                continue
+            self._pin(call, True)
+            self.node.story_add(call.spec.task_id, now, sid, f"running on actor worker {h.worker}")
+            cmds.append(Execute(worker_id=h.worker, spec=call.spec, attempt=call.attempt, stimulus_id=sid))
+        return cmds
+
+    def _input_error(self, call: _Call) -> ErrorInfo | None:
+        for d in call.spec.dependencies:
+            e = self.node.objects.error_of(d)
+            if e is not None:
+                return e
+        return None
+
+    def _pin(self, call: _Call, on: bool) -> None:
+        store = self.node.objects.store
+        holder = ("task", call.spec.task_id)
+        for d in call.spec.dependencies:
+            if on:
+                if d in store.objects:
+                    store.pin(d, holder)
+            else:
+                store.unpin(d, holder)
+
+    def on_finished(self, wid: str, tid: TaskId, outputs, now: float, sid: str) -> list[Command]:
+        aid = self.by_worker.get(wid)
+        h = self.actors.get(aid) if aid is not None else None
+        if h is None:
+            return []
+        call = h.running.pop(tid, None)
+        if call is None:
+            return []
+        self._pin(call, False)
+        cmds = self.node.store_outputs(call.spec, outputs, call.attempt, now, sid)
+        cmds += self._executed(h, call, now, sid)
+        return cmds + self._dispatch(h, now, sid)
+
+    def on_raised(self, wid: str, tid: TaskId, error: ErrorInfo, now: float, sid: str) -> list[Command]:
+        aid = self.by_worker.get(wid)
+        h = self.actors.get(aid) if aid is not None else None
+        if h is None:
+            return []
+        call = h.running.pop(tid, None)
+        if call is None:
+            return []
+        self._pin(call, False)
+        cmds = self.node.fail_outputs(call.spec, error, call.attempt, now, sid)
+        cmds += self._executed(h, call, now, sid)
+        return cmds + self._dispatch(h, now, sid)
+
+    def _resolve_failed(self, h: _Hosted, call: _Call, error: ErrorInfo, now: float, sid: str) -> list[Command]:
+        cmds = self.node.fail_outputs(call.spec, error, call.attempt, now, sid)
+        if call.from_node:
+            cmds.append(Send(to=call.from_node, msg=ActorCallDone(actor_id=call.spec.actor_id, caller_id=call.spec.caller_id, sequence_nos=(call.spec.sequence_no,), stimulus_id=sid)))
+        return cmds
+
+    def _executed(self, h: _Hosted, call: _Call, now: float, sid: str) -> list[Command]:
+        cmds: list[Command] = []
+        if call.from_node:
+            cmds.append(Send(to=call.from_node, msg=ActorCallDone(actor_id=call.spec.actor_id, caller_id=call.spec.caller_id, sequence_nos=(call.spec.sequence_no,), stimulus_id=sid)))
+        spec = h.entry.spec
+        if spec.replay:
+            index = h.executed
+            h.executed += 1
+            if not call.replay:
+                cmds += self.node.gcs_write(AddTask(call.spec, self.node.address), None, now, sid)
+                cmds += self.node.gcs_write(AppendActorLog(spec.actor_id, index, call.spec.task_id), None, now, sid)
+            if spec.checkpoint_interval and h.executed % spec.checkpoint_interval == 0 and not h.replay:
+                h.checkpointing = True
+                cmds.append(CheckpointActor(worker_id=h.worker, actor_id=spec.actor_id, index=h.executed, stimulus_id=sid))
+        return cmds
+
+    def on_checkpointed(self, aid: ActorId, index: int, payload: Payload, now: float, sid: str) -> list[Command]:
+        h = self.actors.get(aid)
+        if h is None:
+            return []
+        h.checkpointing = False
+        cmds = self.node.gcs_write(KvPut(checkpoint_key(aid), (index, payload)), None, now, sid)
+        h.entry = replace(h.entry, checkpoint_index=index, executed=h.executed)
+        cmds += self.node.gcs_write(PutActor(h.entry, expect_incarnation=h.entry.incarnation), None, now, sid)
+        return cmds + self._dispatch(h, now, sid)
+
+    # ------------------------------------------------------------------ death
+    def on_worker_died(self, wid: str, reason: str, now: float, sid: str) -> list[Command]:
+        aid = self.by_worker.pop(wid, None)
+        if aid is None:
+            return []
+        h = self.actors.pop(aid)
+        self.node.scheduler.release(h.held)
+        self.node.scheduler.release_actor_worker(wid)
+        for call in h.running.values():
+            self._pin(call, False)
+        token_calls = [c for q in h.queue.values() for c in q.values() if c.missing]
+        for c in token_calls:
+            token = ("actor-call", aid, c.spec.task_id)
+            for d in c.missing:
+                self.node.objects.unwant(d, token, now, sid)
+        self.node.story_add(h.entry.creation.task_id, now, sid, f"actor worker {wid} died: {reason}")
+        error = ErrorInfo(ErrorKind.ACTOR_DIED, f"the actor's worker process died: {reason}", task_name=h.entry.spec.cls.name)
+        return [Send(to=self.node.head, msg=ActorReported(
+            actor_id=aid, incarnation=h.entry.incarnation, node_id=self.node.address, error=error, stimulus_id=sid,
+        ))]
+
+    def on_stop(self, ev: StopActor, now: float, sid: str) -> list[Command]:
+        h = self.actors.get(ev.actor_id)
+        if h is None or h.entry.incarnation > ev.incarnation:
+            return []
+        return self._stop(h, ev.reason, now, sid)
+
+    def _stop(self, h: _Hosted, reason: str, now: float, sid: str) -> list[Command]:
+        return [KillWorker(worker_id=h.worker, reason=reason or "actor stopped", stimulus_id=sid)]
+
+    def validate(self) -> None:
+        for aid, h in self.actors.items():
+            assert self.by_worker.get(h.worker) == aid
+            assert len(h.running) <= max(1, h.entry.spec.max_concurrency)
+            for caller, q in h.queue.items():
+                nxt = h.next_seq.get(caller, 0)
+                for s in q:
+                    assert s >= nxt, f"queued call {caller}#{s} below next expected {nxt}"
+
+
+# ===========================================================================
+# Head side
+
+
+@dataclass(slots=True)
+class _Restart:
+    entry: ActorEntry
+    checkpoint: Any = None
+    replay: tuple[TaskSpec, ...] = ()
+    reads: int = 0
+
+
+class ActorManager:
+    def __init__(self, head: "HeadMachine") -> None:
+        self.head = head
+        self.actors: dict[ActorId, ActorEntry] = {}
+        self.restarts: dict[ActorId, _Restart] = {}
+        self.replayed = 0  # methods replayed in all restarts (Figure 11b)
+
+    def on_entry(self, aid: ActorId, entry: ActorEntry | None) -> None:
+        if entry is None:
+            return
+        old = self.actors.get(aid)
+        if old is None or (entry.incarnation, _rank(entry.state)) >= (old.incarnation, _rank(old.state)):
+            self.actors[aid] = entry
+
+    def on_node_dead(self, node: str, now: float, sid: str) -> list[Command]:
+        cmds: list[Command] = []
+        for aid, e in sorted(self.actors.items()):
+            if e.node == node and e.state is ActorState.ALIVE:
+                cmds += self._restart_or_die(e, ErrorInfo(ErrorKind.ACTOR_DIED, f"the node {node} hosting the actor died", task_name=e.spec.cls.name), now, sid)
+        return cmds
+
+    def on_creation_lost(self, spec: TaskSpec, now: float, sid: str) -> list[Command]:
+        """The creation task was queued on a node that died: place it again."""
+        e = self.actors.get(spec.actor_creation.actor_id)
+        if e is None or e.state not in (ActorState.PENDING, ActorState.RESTARTING):
+            return []
+        return self._place(_Restart(e), now, sid)
+
+    def on_reported(self, ev: ActorReported, now: float) -> list[Command]:
+        e = self.actors.get(ev.actor_id)
+        if e is None and ev.entry is not None:
+            e = self.actors[ev.actor_id] = ev.entry  # the table's notice is late
+        if e is None or e.incarnation != ev.incarnation or e.state is ActorState.DEAD:
+            return []
+        if ev.creation_failed:
+            return self._die(e, ev.error, now, ev.stimulus_id)
+        return self._restart_or_die(e, ev.error, now, ev.stimulus_id)
+
+    def kill(self, aid: ActorId, no_restart: bool, now: float, sid: str) -> list[Command]:
+        e = self.actors.get(aid)
+        if e is None or e.state is ActorState.DEAD:
+            return []
+        cmds: list[Command] = []
+        if e.node:
+            cmds.append(Send(to=e.node, msg=StopActor(actor_id=aid, incarnation=e.incarnation, reason="killed by penumbra.kill()", stimulus_id=sid)))
+        if no_restart:
+            return cmds + self._die(e, ErrorInfo(ErrorKind.ACTOR_DIED, "it was killed by penumbra.kill()", task_name=e.spec.cls.name), now, sid)
+        return cmds + self._restart_or_die(e, ErrorInfo(ErrorKind.ACTOR_DIED, "it was killed by penumbra.kill(no_restart=False)", task_name=e.spec.cls.name), now, sid)
+
+    def on_job_finished(self, job_id: int, now: float, sid: str) -> list[Command]:
+        cmds: list[Command] = []
+        for aid, e in sorted(self.actors.items()):
+            if e.creation.job_id == job_id and e.state is not ActorState.DEAD and not e.spec.detached:
+                cmds += self.kill(aid, True, now, sid)
+        return cmds
+
+    def _die(self, e: ActorEntry, cause: ErrorInfo, now: float, sid: str) -> list[Command]:
+        dead = replace(e, state=ActorState.DEAD, death_cause=cause)
+        self.actors[e.spec.actor_id] = dead
+        self.restarts.pop(e.spec.actor_id, None)
+        gcs = self.head.gcs
+        cmds = gcs.write(PutActor(dead), None, now, sid)
+        if e.spec.name:
+            cmds += gcs.write(UnregisterName(e.spec.namespace, e.spec.name, e.spec.actor_id), None, now, sid)
+        return cmds
+
+    def _restart_or_die(self, e: ActorEntry, cause: ErrorInfo, now: float, sid: str) -> list[Command]:
+        limit = e.spec.max_restarts
+        if not (limit < 0 or e.restarts < limit):
+            if limit:
+                cause = replace(cause, message=f"{cause.message}; it was restarted {e.restarts} times (max_restarts={limit})")
+            return self._die(e, cause, now, sid)
+        new = replace(e, state=ActorState.RESTARTING, node="", incarnation=e.incarnation + 1, restarts=e.restarts + 1)
+        self.actors[e.spec.actor_id] = new
+        cmds = self.head.gcs.write(PutActor(new), None, now, sid)
+        r = self.restarts[e.spec.actor_id] = _Restart(new)
+        if not e.spec.replay:
+            return cmds + self._place(r, now, sid)
+        # read the checkpoint, then the calls logged since it
+        r.reads = 1
+        return cmds + self.head.gcs.read(Get("kv", checkpoint_key(e.spec.actor_id)), ("actor-ckpt", e.spec.actor_id, new.incarnation), now, sid)
+
+    def on_checkpoint_read(self, aid: ActorId, incarnation: int, value: Any, now: float, sid: str) -> list[Command]:
+        r = self.restarts.get(aid)
+        if r is None or r.entry.incarnation != incarnation:
+            return []
+        start = 0
+        if value is not None:
+            start, payload = value
+            r.checkpoint = payload
+        r.entry = replace(r.entry, checkpoint_index=start)
+        return self.head.gcs.read(ActorLogRange(aid, start, start + 1_000_000), ("actor-log", aid, incarnation), now, sid)
+
+    def on_log_read(self, aid: ActorId, incarnation: int, entries: tuple, now: float, sid: str) -> list[Command]:
+        r = self.restarts.get(aid)
+        if r is None or r.entry.incarnation != incarnation:
+            return []
+        r.replay = tuple(e.spec for e in entries if e is not None)
+        self.replayed += len(r.replay)
+        return self._place(r, now, sid)
+
+    def _place(self, r: _Restart, now: float, sid: str) -> list[Command]:
+        aid = r.entry.spec.actor_id
+
+        def placed(node: str, now: float, sid: str) -> list[Command]:
+            self.restarts.pop(aid, None)
+            cur = self.actors.get(aid)
+            if cur is None or cur.incarnation != r.entry.incarnation or cur.state is ActorState.DEAD:
+                return []
+            return [Send(to=node, msg=StartActor(entry=r.entry, replay=r.replay, checkpoint=r.checkpoint, stimulus_id=sid))]
+
+        return self.head.scheduler.submit(r.entry.creation, 0, now, sid, on_placed=placed)
+
+    def validate(self) -> None:
+        for aid, e in self.actors.items():
+            assert e.spec.actor_id == aid
+            assert e.restarts <= e.spec.max_restarts or e.spec.max_restarts < 0
+

@@ -1,0 +1,570 @@
+"""A GCS shard replica (chain replication, pub/sub) and the chain master.
+
+Theory of operation
+-------------------
+Each GCS shard is a chain of replicas ``head -> ... -> tail`` (van Renesse &
+Schneider's chain replication, as in the Ray paper).  The tables and the op
+log are in ``tables.py``; this module only orders and replicates ops.
+
+Writes
+    A client sends ``GcsWrite`` to the head.  The head gives the op the next
+    sequence number, applies it, and sends ``GcsForward`` to its successor;
+    each replica applies in sequence order and forwards.  The tail applies,
+    *commits*: it replies ``GcsReply`` to the client, sends ``GcsNotify`` to
+    the subscribers of what changed, and sends ``GcsAck`` upstream.  A replica
+    keeps every entry it forwarded in its *log* until the ack comes back, so
+    it can re-send it after a failure.
+Reads
+    ``GcsRead`` goes to the tail, which has only committed writes: reads are
+    linearizable.
+Duplicates
+    Clients retry.  Every replica remembers ``(client, req_id) -> (seq,
+    result)`` for requests it applied (forgetting those below the client's
+    ``low_water``), so a retried write is applied once and answered with the
+    first result.
+Failures
+    The chain master (``ChainMaster``, run by the head) watches
+    ``ReplicaHeartbeat``; a silent replica is cut out and a new
+    ``ChainConfig`` with a higher epoch goes to every replica and client.
+    When a replica gets a new predecessor it sends it ``GcsSync`` with its
+    sequence number; the predecessor re-sends every logged entry above it,
+    then ``GcsCaughtUp``.  A replica that becomes the tail commits every entry
+    in its log (replies may repeat: clients drop duplicates).
+Joining
+    A (re)started replica sends ``ReplicaJoin`` to the master, which answers
+    with the shard's config; the joiner asks the tail for a snapshot
+    (``StateTransferRequest``/``StateSnapshot``).  From the snapshot on, the
+    tail retains its log so nothing committed after the snapshot is missed.
+    The joiner reports ``ReplicaReady`` and the master appends it as the new
+    tail; it serves reads only once its predecessor says it has caught up.
+
+The invariant that matters: **no acknowledged write is lost while one replica
+of the chain lives.**  A client is acknowledged only by the tail; every
+replica before the tail has the entry (it was forwarded through them), so any
+surviving replica that becomes the tail has it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .messages import (
+    ChainConfigMsg,
+    Command,
+    Event,
+    GcsAck,
+    GcsForward,
+    GcsNotify,
+    GcsRead,
+    GcsReply,
+    GcsWrite,
+    Message,
+    ReplicaHeartbeat,
+    ReplicaJoin,
+    ReplicaReady,
+    Send,
+    SetTimer,
+    StateSnapshot,
+    StateTransferRequest,
+    TimerFired,
+)
+from .records import ChainConfig
+from .tables import Change, Op, Subscribe, Tables
+
+__all__ = [
+    "GcsSync",
+    "GcsCaughtUp",
+    "GcsReplica",
+    "ChainMaster",
+    "GcsTiming",
+]
+
+_frozen = dataclass(frozen=True, slots=True, kw_only=True)
+
+
+@_frozen
+class GcsSync(Message):
+    """New successor to predecessor: I have applied up to ``seq``."""
+
+    shard: int
+    epoch: int
+    seq: int
+    replica: str
+
+
+@_frozen
+class GcsCaughtUp(Message):
+    """Predecessor to successor: you now have everything up to ``seq``."""
+
+    shard: int
+    epoch: int
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class GcsTiming:
+    """Timeouts of the GCS (seconds).  Defaults follow Figure 10a's setting:
+    failure detection well within 30 ms of a replica dying."""
+
+    heartbeat_interval: float = 0.005
+    heartbeat_timeout: float = 0.020
+    resend_after: float = 0.010
+    client_retry_after: float = 0.050
+
+
+@dataclass(slots=True)
+class _Entry:
+    seq: int
+    client: str
+    req_id: int
+    op: Op
+    low_water: int
+    result: Any
+    changes: list[Change]
+    direct: tuple[str, Change] | None = None
+
+
+class GcsReplica:
+    """One replica of one GCS shard.  ``handle(event, now) -> commands``."""
+
+    def __init__(
+        self,
+        replica_id: str,
+        shard: int,
+        master: str = "head",
+        timing: GcsTiming = GcsTiming(),
+        config: ChainConfig | None = None,
+        joining: bool = False,
+    ) -> None:
+        self.replica_id = replica_id
+        self.shard = shard
+        self.master = master
+        self.timing = timing
+        self.config: ChainConfig | None = config
+        self.tables = Tables()
+        self.seq = 0  # last applied
+        self.committed = 0  # known committed (acked by the tail)
+        self.log: dict[int, _Entry] = {}  # applied, not yet acked downstream
+        self.dedup: dict[str, dict[int, tuple[int, Any]]] = {}
+        self.retain_from: int | None = None  # tail keeps log after a snapshot
+        # After a new predecessor, wait for its GcsCaughtUp before serving
+        # reads, and serve them only once seq >= reads_from.
+        self._awaiting_catchup = False
+        self.reads_from: int = 0
+        self.pending_reads: list[GcsRead] = []
+        self.joining = joining
+        self.active = config is not None and replica_id in config.replicas
+        self._timer_started = False
+        self._last_forward_at: float = 0.0
+
+    # ------------------------------------------------------------------ roles
+    @property
+    def is_head(self) -> bool:
+        c = self.config
+        return c is not None and self.active and c.replicas[0] == self.replica_id
+
+    @property
+    def is_tail(self) -> bool:
+        c = self.config
+        return c is not None and self.active and c.replicas[-1] == self.replica_id
+
+    def _successor(self) -> str | None:
+        return self.config.successor(self.replica_id) if self.active else None
+
+    def _predecessor(self) -> str | None:
+        return self.config.predecessor(self.replica_id) if self.active else None
+
+    # ------------------------------------------------------------------ entry
+    def start(self, now: float) -> list[Command]:
+        """Commands to issue when the replica boots (heartbeats, joining)."""
+        cmds: list[Command] = [SetTimer(at=now + self.timing.heartbeat_interval, key=("gcs", "tick"))]
+        self._timer_started = True
+        cmds.append(Send(to=self.master, msg=ReplicaHeartbeat(replica=self.replica_id, shard=self.shard, seq=self.seq)))
+        if self.joining:
+            cmds.append(Send(to=self.master, msg=ReplicaJoin(replica=self.replica_id, shard=self.shard)))
+        return cmds
+
+    def handle(self, event: Event, now: float) -> list[Command]:
+        h = _HANDLERS.get(type(event))
+        if h is None:
+            return []
+        return h(self, event, now)
+
+    # ------------------------------------------------------------------ writes
+    def _on_write(self, ev: GcsWrite, now: float) -> list[Command]:
+        if not self.is_head or self.joining:
+            return []  # not the head (any more): the client will retry
+        seen = self.dedup.get(ev.client)
+        if seen is not None and ev.req_id in seen:
+            seq, result = seen[ev.req_id]
+            if seq <= self.committed or self.is_tail:
+                return [Send(to=ev.client, msg=GcsReply(req_id=ev.req_id, result=result, shard=self.shard, stimulus_id=ev.stimulus_id))]
+            return []  # in flight down the chain; the tail will answer
+        self.seq += 1
+        entry = self._apply(self.seq, ev.client, ev.req_id, ev.op, ev.low_water)
+        return self._after_apply(entry, ev.stimulus_id, now)
+
+    def _on_forward(self, ev: GcsForward, now: float) -> list[Command]:
+        if not self.active or self.joining or ev.shard != self.shard:
+            return []
+        if ev.seq <= self.seq:
+            # a re-send of something we have; tell the sender where we are
+            pred = self._predecessor()
+            if self.is_tail and pred is not None:
+                return [Send(to=pred, msg=GcsAck(shard=self.shard, epoch=self.config.epoch, seq=self.seq))]
+            return []
+        if ev.seq != self.seq + 1:
+            return []  # a gap (a lost message): the predecessor re-sends
+        self.seq = ev.seq
+        entry = self._apply(ev.seq, ev.client, ev.req_id, ev.op, ev.low_water)
+        return self._after_apply(entry, ev.stimulus_id, now)
+
+    def _apply(self, seq: int, client: str, req_id: int, op: Op, low_water: int) -> _Entry:
+        result, changes = self.tables.apply(op)
+        seen = self.dedup.setdefault(client, {})
+        seen[req_id] = (seq, result)
+        if low_water and len(seen) > 8:
+            for r in [r for r in seen if r < low_water]:
+                del seen[r]
+        entry = _Entry(seq, client, req_id, op, low_water, result, changes)
+        if isinstance(op, Subscribe) and op.key is not None and result is not None:
+            # a late subscriber is sent the current value at once, so it
+            # cannot miss a change made before it subscribed
+            entry.direct = (op.subscriber, (op.table, op.key, result))
+        return entry
+
+    def _after_apply(self, entry: _Entry, sid: str, now: float) -> list[Command]:
+        succ = self._successor()
+        if succ is None:  # we are the tail
+            self.committed = entry.seq
+            cmds = self._commit(entry, sid)
+            if self.retain_from is not None:
+                self.log[entry.seq] = entry
+            pred = self._predecessor()
+            if pred is not None:
+                cmds.append(Send(to=pred, msg=GcsAck(shard=self.shard, epoch=self.config.epoch, seq=entry.seq, stimulus_id=sid)))
+            if self.pending_reads and self._can_read():
+                cmds += self._serve_pending_reads()
+            return cmds
+        self.log[entry.seq] = entry
+        self._last_forward_at = now
+        return [Send(to=succ, msg=self._forward_msg(entry, sid))]
+
+    def _forward_msg(self, e: _Entry, sid: str = "") -> GcsForward:
+        return GcsForward(
+            shard=self.shard, epoch=self.config.epoch, seq=e.seq, client=e.client,
+            req_id=e.req_id, op=e.op, low_water=e.low_water, stimulus_id=sid,
+        )
+
+    def _commit(self, e: _Entry, sid: str) -> list[Command]:
+        """The tail's side effects of a committed entry: reply and notify."""
+        cmds: list[Command] = [Send(to=e.client, msg=GcsReply(req_id=e.req_id, result=e.result, shard=self.shard, stimulus_id=sid))]
+        if e.direct is not None:
+            sub, (table, key, value) = e.direct
+            cmds.append(Send(to=sub, msg=GcsNotify(table=table, key=key, value=value, version=e.seq, shard=self.shard, stimulus_id=sid)))
+        subscribers = self.tables.subscribers
+        for table, key, value in e.changes:
+            for sub in sorted(subscribers(table, key)):
+                cmds.append(Send(to=sub, msg=GcsNotify(table=table, key=key, value=value, version=e.seq, shard=self.shard, stimulus_id=sid)))
+        return cmds
+
+    def _on_ack(self, ev: GcsAck, now: float) -> list[Command]:
+        if not self.active or ev.shard != self.shard:
+            return []
+        if ev.seq > self.committed:
+            self.committed = ev.seq
+        for s in [s for s in self.log if s <= ev.seq]:
+            if self.retain_from is None or s <= self.retain_from:
+                del self.log[s]
+        pred = self._predecessor()
+        if pred is not None:
+            return [Send(to=pred, msg=GcsAck(shard=self.shard, epoch=self.config.epoch, seq=ev.seq, stimulus_id=ev.stimulus_id))]
+        return []
+
+    # ------------------------------------------------------------------ reads
+    def _on_read(self, ev: GcsRead, now: float) -> list[Command]:
+        if not self.is_tail or self.joining:
+            return []
+        if not self._can_read():
+            self.pending_reads.append(ev)
+            return []
+        return [Send(to=ev.client, msg=GcsReply(req_id=ev.req_id, result=self.tables.read(ev.query), shard=self.shard, stimulus_id=ev.stimulus_id))]
+
+    def _can_read(self) -> bool:
+        return not self._awaiting_catchup and self.seq >= self.reads_from
+
+    def _serve_pending_reads(self) -> list[Command]:
+        reads, self.pending_reads = self.pending_reads, []
+        return [
+            Send(to=r.client, msg=GcsReply(req_id=r.req_id, result=self.tables.read(r.query), shard=self.shard, stimulus_id=r.stimulus_id))
+            for r in reads
+        ]
+
+    # ------------------------------------------------------------------ reconfiguration
+    def _on_config(self, ev: ChainConfigMsg, now: float) -> list[Command]:
+        new = ev.config
+        if new.shard != self.shard:
+            return []
+        if self.config is not None and new.epoch <= self.config.epoch:
+            return []
+        old = self.config
+        old_pred = old.predecessor(self.replica_id) if old and self.replica_id in old.replicas else None
+        old_succ = old.successor(self.replica_id) if old and self.replica_id in old.replicas else None
+        self.config = new
+        if self.replica_id not in new.replicas:
+            self.active = False
+            return []
+        if self.joining:
+            return []  # we are added only after ReplicaReady
+        self.active = True
+        cmds: list[Command] = []
+        pred = new.predecessor(self.replica_id)
+        succ = new.successor(self.replica_id)
+        if pred is not None and pred != old_pred:
+            # tell our new predecessor where we are, so it re-sends the rest
+            self._awaiting_catchup = True
+            cmds.append(Send(to=pred, msg=GcsSync(shard=self.shard, epoch=new.epoch, seq=self.seq, replica=self.replica_id, stimulus_id=ev.stimulus_id)))
+        if pred is None:
+            self._awaiting_catchup = False
+        if succ is None and old_succ is not None:
+            # we became the tail: everything we applied is now committed
+            for s in sorted(self.log):
+                e = self.log[s]
+                cmds += self._commit(e, ev.stimulus_id)
+            self.committed = self.seq
+            if self.retain_from is None:
+                self.log.clear()
+            if pred is not None:
+                cmds.append(Send(to=pred, msg=GcsAck(shard=self.shard, epoch=new.epoch, seq=self.seq)))
+            cmds += self._serve_pending_reads()
+        return cmds
+
+    def _on_sync(self, ev: GcsSync, now: float) -> list[Command]:
+        if not self.active or ev.shard != self.shard or self._successor() != ev.replica:
+            return []
+        cmds: list[Command] = [
+            Send(to=ev.replica, msg=self._forward_msg(self.log[s], ev.stimulus_id))
+            for s in sorted(self.log)
+            if s > ev.seq
+        ]
+        cmds.append(Send(to=ev.replica, msg=GcsCaughtUp(shard=self.shard, epoch=self.config.epoch, seq=self.seq)))
+        # the joiner has our history now; stop retaining
+        self.retain_from = None
+        for s in [s for s in self.log if s <= self.committed and s <= ev.seq]:
+            del self.log[s]
+        return cmds
+
+    def _on_caught_up(self, ev: GcsCaughtUp, now: float) -> list[Command]:
+        if ev.shard != self.shard:
+            return []
+        if not self._awaiting_catchup:
+            return []
+        self._awaiting_catchup = False
+        self.reads_from = ev.seq
+        if self.is_tail and self._can_read():
+            return self._serve_pending_reads()
+        return []
+
+    # ------------------------------------------------------------------ joining
+    def _on_transfer_request(self, ev: StateTransferRequest, now: float) -> list[Command]:
+        if not self.is_tail or ev.shard != self.shard:
+            return []
+        self.retain_from = self.seq if self.retain_from is None else min(self.retain_from, self.seq)
+        snap = self.tables.snapshot()
+        dedup = {c: dict(v) for c, v in self.dedup.items()}
+        return [Send(to=ev.replica, msg=StateSnapshot(shard=self.shard, epoch=self.config.epoch, seq=self.seq, snapshot=snap, dedup=dedup, stimulus_id=ev.stimulus_id))]
+
+    def _on_snapshot(self, ev: StateSnapshot, now: float) -> list[Command]:
+        if not self.joining or ev.shard != self.shard:
+            return []
+        self.tables = Tables.restore(ev.snapshot)
+        self.dedup = {c: dict(v) for c, v in ev.dedup.items()}
+        self.seq = self.committed = ev.seq
+        self.log.clear()
+        self.joining = False
+        self.active = False  # until the master adds us
+        return [Send(to=self.master, msg=ReplicaReady(replica=self.replica_id, shard=self.shard, seq=ev.seq, stimulus_id=ev.stimulus_id))]
+
+    def _on_joined_config(self, ev: ChainConfigMsg, now: float) -> list[Command]:
+        """Config handling while joining: find the tail to copy from."""
+        new = ev.config
+        if new.shard != self.shard or (self.config is not None and new.epoch <= self.config.epoch):
+            return []
+        if self.replica_id in new.replicas:
+            return self._on_config(ev, now)
+        self.config = new
+        return [Send(to=new.tail, msg=StateTransferRequest(replica=self.replica_id, shard=self.shard, stimulus_id=ev.stimulus_id))]
+
+    def _dispatch_config(self, ev: ChainConfigMsg, now: float) -> list[Command]:
+        if self.joining:
+            return self._on_joined_config(ev, now)
+        if not self.active and self.config is not None and self.replica_id not in ev.config.replicas:
+            # we were ready and waiting to be appended; copy again if the tail changed
+            self.config = ev.config if ev.config.epoch > self.config.epoch else self.config
+            return []
+        return self._on_config(ev, now)
+
+    # ------------------------------------------------------------------ timers
+    def _on_timer(self, ev: TimerFired, now: float) -> list[Command]:
+        if ev.key != ("gcs", "tick"):
+            return []
+        cmds: list[Command] = [
+            SetTimer(at=now + self.timing.heartbeat_interval, key=("gcs", "tick")),
+            Send(to=self.master, msg=ReplicaHeartbeat(replica=self.replica_id, shard=self.shard, seq=self.seq)),
+        ]
+        pred = self._predecessor()
+        if pred is not None and self._awaiting_catchup:
+            cmds.append(Send(to=pred, msg=GcsSync(shard=self.shard, epoch=self.config.epoch, seq=self.seq, replica=self.replica_id)))
+        succ = self._successor()
+        if succ is not None and self.log and now - self._last_forward_at >= self.timing.resend_after:
+            # nothing acked for a while: re-send (the successor drops repeats)
+            pending = [s for s in sorted(self.log) if s > self.committed]
+            for s in pending[:256]:
+                cmds.append(Send(to=succ, msg=self._forward_msg(self.log[s])))
+            if pending:
+                self._last_forward_at = now
+        return cmds
+
+    # ------------------------------------------------------------------ checks
+    def validate(self) -> None:
+        assert self.committed <= self.seq, (self.committed, self.seq)
+        for s in self.log:
+            assert s <= self.seq, (s, self.seq)
+        if self.active and self.config is not None:
+            assert self.replica_id in self.config.replicas
+
+    def __repr__(self) -> str:
+        role = "head" if self.is_head else "tail" if self.is_tail else "mid" if self.active else "off"
+        return f"<GcsReplica {self.replica_id} shard={self.shard} {role} seq={self.seq}>"
+
+
+_HANDLERS = {
+    GcsWrite: GcsReplica._on_write,
+    GcsForward: GcsReplica._on_forward,
+    GcsAck: GcsReplica._on_ack,
+    GcsRead: GcsReplica._on_read,
+    ChainConfigMsg: GcsReplica._dispatch_config,
+    GcsSync: GcsReplica._on_sync,
+    GcsCaughtUp: GcsReplica._on_caught_up,
+    StateTransferRequest: GcsReplica._on_transfer_request,
+    StateSnapshot: GcsReplica._on_snapshot,
+    TimerFired: GcsReplica._on_timer,
+}
+
+
+# ===========================================================================
+
+
+@dataclass(slots=True)
+class _ShardView:
+    config: ChainConfig
+    joining: dict[str, float] = field(default_factory=dict)  # replica -> since
+
+
+class ChainMaster:
+    """Keeps each shard's chain configuration; run inside the head.
+
+    It cuts out replicas whose heartbeats stop and appends replicas that
+    finished joining.  Every change goes, with a new epoch, to the shard's
+    replicas (old and new) and to every listener (nodes and the head's own
+    GCS client), which is how clients learn where to send.
+    """
+
+    def __init__(self, configs: list[ChainConfig], timing: GcsTiming = GcsTiming()) -> None:
+        self.timing = timing
+        self.shards = {c.shard: _ShardView(c) for c in configs}
+        self.last_seen: dict[str, float] = {}
+        self.dead: set[str] = set()
+        self.listeners: list[str] = []
+        self.changes = 0
+
+    def configs(self) -> tuple[ChainConfig, ...]:
+        return tuple(self.shards[s].config for s in sorted(self.shards))
+
+    def start(self, now: float) -> list[Command]:
+        for v in self.shards.values():
+            for r in v.config.replicas:
+                self.last_seen[r] = now
+        return [SetTimer(at=now + self.timing.heartbeat_interval, key=("chain", "check"))]
+
+    def add_listener(self, address: str) -> None:
+        if address not in self.listeners:
+            self.listeners.append(address)
+
+    def remove_listener(self, address: str) -> None:
+        if address in self.listeners:
+            self.listeners.remove(address)
+
+    def handle(self, event: Event, now: float) -> list[Command]:
+        if isinstance(event, ReplicaHeartbeat):
+            if event.replica not in self.dead:
+                self.last_seen[event.replica] = now
+            return []
+        if isinstance(event, TimerFired) and event.key == ("chain", "check"):
+            return self._check(now) + [SetTimer(at=now + self.timing.heartbeat_interval, key=("chain", "check"))]
+        if isinstance(event, ReplicaJoin):
+            return self._on_join(event, now)
+        if isinstance(event, ReplicaReady):
+            return self._on_ready(event, now)
+        return []
+
+    def _broadcast(self, view: _ShardView, extra: tuple[str, ...] = (), sid: str = "") -> list[Command]:
+        msg = ChainConfigMsg(config=view.config, stimulus_id=sid)
+        targets = list(dict.fromkeys(view.config.replicas + tuple(view.joining) + extra))
+        targets += [l for l in self.listeners if l not in targets]
+        return [Send(to=t, msg=msg) for t in targets]
+
+    def _check(self, now: float) -> list[Command]:
+        cmds: list[Command] = []
+        limit = now - self.timing.heartbeat_timeout
+        for shard in sorted(self.shards):
+            view = self.shards[shard]
+            live = tuple(r for r in view.config.replicas if self.last_seen.get(r, now) >= limit)
+            gone = [r for r in view.config.replicas if r not in live]
+            for r in list(view.joining):
+                if self.last_seen.get(r, now) < limit:
+                    del view.joining[r]
+            if not gone:
+                continue
+            if not live:
+                # every replica is gone: nothing can be done; keep the config
+                continue
+            self.dead.update(gone)
+            view.config = ChainConfig(shard=shard, epoch=view.config.epoch + 1, replicas=live)
+            self.changes += 1
+            cmds += self._broadcast(view, sid=f"chain-cut:{','.join(gone)}")
+        return cmds
+
+    def _on_join(self, ev: ReplicaJoin, now: float) -> list[Command]:
+        view = self.shards.get(ev.shard)
+        if view is None:
+            return []
+        self.dead.discard(ev.replica)
+        self.last_seen[ev.replica] = now
+        if ev.replica in view.config.replicas:
+            # restarted with empty state but still listed: cut it first
+            view.config = ChainConfig(
+                shard=ev.shard, epoch=view.config.epoch + 1,
+                replicas=tuple(r for r in view.config.replicas if r != ev.replica),
+            )
+            self.changes += 1
+            view.joining[ev.replica] = now
+            return self._broadcast(view, sid=ev.stimulus_id)
+        view.joining[ev.replica] = now
+        return [Send(to=ev.replica, msg=ChainConfigMsg(config=view.config, stimulus_id=ev.stimulus_id))]
+
+    def _on_ready(self, ev: ReplicaReady, now: float) -> list[Command]:
+        view = self.shards.get(ev.shard)
+        if view is None or ev.replica not in view.joining:
+            return []
+        del view.joining[ev.replica]
+        self.last_seen[ev.replica] = now
+        view.config = ChainConfig(shard=ev.shard, epoch=view.config.epoch + 1, replicas=view.config.replicas + (ev.replica,))
+        self.changes += 1
+        return self._broadcast(view, sid=ev.stimulus_id)
+
+    def validate(self) -> None:
+        for s, v in self.shards.items():
+            assert v.config.shard == s
+            assert len(set(v.config.replicas)) == len(v.config.replicas)

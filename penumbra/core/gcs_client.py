@@ -1,0 +1,183 @@
+"""The GCS client embedded in every machine that talks to the GCS.
+
+Theory of operation
+-------------------
+A machine (a node, the head) asks for a write or a read and gives a
+*token*; when the answer comes the client calls the owner's ``on_reply``
+with ``(token, result, now, stimulus_id)``.  The client hides sharding and failures:
+
+* an op is routed to its shard (``tables.shards_for``); an op for every shard
+  (``NodeDown``, ``TasksOnNode``) completes once all shards answered, with a
+  tuple of their results in shard order;
+* writes go to the chain head, reads to the tail, as the latest
+  ``ChainConfig`` says;
+* a request unanswered for ``retry_after`` seconds, or outstanding when a new
+  config arrives, is sent again with the same ``req_id`` (replicas apply a
+  write once and answer repeats with the first result);
+* requests made before any config is known wait for one.
+
+Notifications (``GcsNotify``) are filtered: one whose version is not newer
+than the last seen for that key is a repeat and is dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Hashable
+
+from .messages import ChainConfigMsg, Command, GcsNotify, GcsRead, GcsReply, GcsWrite, Send, SetTimer, TimerFired
+from .records import ChainConfig
+from .tables import Op, Query, shards_for
+
+__all__ = ["GcsClient"]
+
+ReplyFn = Callable[[Hashable, Any, float, str], list[Command]]
+
+
+@dataclass(slots=True)
+class _Req:
+    req_id: int
+    shard: int
+    request: Op | Query
+    token: Hashable
+    sent_at: float
+    group: "_Group | None"
+    sid: str
+
+
+@dataclass(slots=True)
+class _Group:
+    token: Hashable
+    results: dict[int, Any]
+    expected: int
+
+
+class GcsClient:
+    def __init__(self, address: str, on_reply: ReplyFn, retry_after: float = 0.05) -> None:
+        self.address = address
+        self.on_reply = on_reply
+        self.retry_after = retry_after
+        self.configs: dict[int, ChainConfig] = {}
+        self.num_shards = 0
+        self.next_req = 1
+        self.outstanding: dict[int, _Req] = {}
+        self.waiting: list[_Req] = []  # made before any config arrived
+        self.versions: dict[tuple[str, Hashable], int] = {}
+        self._timer_armed = False
+
+    # ------------------------------------------------------------------ config
+    def set_configs(self, configs: tuple[ChainConfig, ...] | list[ChainConfig], now: float) -> list[Command]:
+        cmds: list[Command] = []
+        for c in configs:
+            cmds += self._config(c, now)
+        return cmds
+
+    def _config(self, c: ChainConfig, now: float) -> list[Command]:
+        old = self.configs.get(c.shard)
+        if old is not None and old.epoch >= c.epoch:
+            return []
+        self.configs[c.shard] = c
+        self.num_shards = max(self.num_shards, c.shard + 1)
+        cmds: list[Command] = []
+        if self.waiting and len(self.configs) == self.num_shards:
+            waiting, self.waiting = self.waiting, []
+            for r in waiting:
+                cmds += self._issue(r.request, r.token, now, r.sid)
+        # the chain changed: re-send what was outstanding on this shard now
+        for r in self.outstanding.values():
+            if r.shard == c.shard:
+                r.sent_at = now
+                cmds.append(self._send(r))
+        return cmds
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.configs) and len(self.configs) == self.num_shards
+
+    # ------------------------------------------------------------------ requests
+    def write(self, op: Op, token: Hashable, now: float, sid: str = "") -> list[Command]:
+        return self._issue(op, token, now, sid)
+
+    def read(self, query: Query, token: Hashable, now: float, sid: str = "") -> list[Command]:
+        return self._issue(query, token, now, sid)
+
+    def _issue(self, request: Op | Query, token: Hashable, now: float, sid: str) -> list[Command]:
+        if not self.ready:
+            self.waiting.append(_Req(0, 0, request, token, now, None, sid))
+            return []
+        shards = shards_for(request.route(), self.num_shards)
+        group = _Group(token, {}, len(shards)) if len(shards) > 1 or isinstance(shards, range) else None
+        cmds: list[Command] = []
+        for shard in shards:
+            r = _Req(self.next_req, shard, request, token, now, group, sid)
+            self.next_req += 1
+            self.outstanding[r.req_id] = r
+            cmds.append(self._send(r))
+        if not self._timer_armed:
+            self._timer_armed = True
+            cmds.append(SetTimer(at=now + self.retry_after, key=("gcs-client", "retry")))
+        return cmds
+
+    def _send(self, r: _Req) -> Send:
+        config = self.configs[r.shard]
+        if isinstance(r.request, Query):
+            return Send(to=config.tail, msg=GcsRead(client=self.address, req_id=r.req_id, query=r.request, shard=r.shard, stimulus_id=r.sid))
+        low = min(self.outstanding) if self.outstanding else r.req_id
+        return Send(to=config.head, msg=GcsWrite(client=self.address, req_id=r.req_id, op=r.request, shard=r.shard, low_water=low, stimulus_id=r.sid))
+
+    # ------------------------------------------------------------------ events
+    def handle(self, event, now: float) -> list[Command]:
+        """Route one of the client's events; returns None if not ours."""
+        t = type(event)
+        if t is GcsReply:
+            return self._on_reply(event, now)
+        if t is ChainConfigMsg:
+            return self._config(event.config, now)
+        if t is TimerFired and event.key == ("gcs-client", "retry"):
+            return self._on_retry(now)
+        raise TypeError(f"GcsClient cannot handle {event!r}")
+
+    def owns(self, event) -> bool:
+        t = type(event)
+        return t is GcsReply or t is ChainConfigMsg or (t is TimerFired and event.key == ("gcs-client", "retry"))
+
+    def _on_reply(self, ev: GcsReply, now: float) -> list[Command]:
+        r = self.outstanding.pop(ev.req_id, None)
+        if r is None:
+            return []  # a repeat
+        if r.group is None:
+            return self.on_reply(r.token, ev.result, now, ev.stimulus_id or r.sid)
+        g = r.group
+        g.results[r.shard] = ev.result
+        if len(g.results) < g.expected:
+            return []
+        results = tuple(g.results[s] for s in sorted(g.results))
+        return self.on_reply(g.token, results, now, ev.stimulus_id or r.sid)
+
+    def _on_retry(self, now: float) -> list[Command]:
+        cmds: list[Command] = []
+        for r in self.outstanding.values():
+            if now - r.sent_at >= self.retry_after:
+                r.sent_at = now
+                cmds.append(self._send(r))
+        if self.outstanding or self.waiting:
+            cmds.append(SetTimer(at=now + self.retry_after, key=("gcs-client", "retry")))
+        else:
+            self._timer_armed = False
+        return cmds
+
+    def fresh(self, ev: GcsNotify) -> bool:
+        """True if this notification is newer than what we saw for its key."""
+        k = (ev.table, ev.key)
+        last = self.versions.get(k)
+        if last is not None and ev.version <= last:
+            return False
+        self.versions[k] = ev.version
+        return True
+
+    def forget(self, table: str, key: Hashable) -> None:
+        self.versions.pop((table, key), None)
+
+    def validate(self) -> None:
+        for rid, r in self.outstanding.items():
+            assert rid == r.req_id

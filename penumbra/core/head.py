@@ -1,0 +1,252 @@
+"""The head: global scheduler, monitor, chain master, actor manager, recovery.
+
+Theory of operation
+-------------------
+One machine at address ``"head"`` hosts the cluster-wide roles of the paper
+that hold no durable state of their own (all of it is in the GCS):
+
+* the **monitor** keeps the membership: a node joins with ``NodeJoin`` and
+  stays alive while its heartbeats arrive; silent for ``node_timeout`` (or
+  reported dead by a driver that knows), it is declared dead: the GCS drops
+  its object locations (``NodeDown`` on every shard), its pending tasks are
+  re-submitted, its actors restarted;
+* the **chain master** (``gcs.ChainMaster``) keeps each GCS shard's chain;
+* the **global scheduler** (``scheduler.GlobalScheduler``) places forwarded
+  tasks;
+* the **actor manager** (``actors.ActorManager``) restarts or buries actors;
+* **recovery** (``lineage.Recovery``) rebuilds lost objects from lineage.
+
+Every GCS reply comes back with the token given at the request; the table
+``_on_gcs_reply`` routes each kind of token to its role.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Hashable
+
+from .actors import ActorManager
+from .gcs import ChainMaster, GcsTiming
+from .gcs_client import GcsClient
+from .ids import TaskId
+from .lineage import Recovery
+from .messages import (
+    ActorReported,
+    ChainConfigMsg,
+    ClusterStatus,
+    ClusterStatusRequest,
+    Command,
+    Event,
+    ForwardTask,
+    GcsNotify,
+    GcsReply,
+    Heartbeat,
+    JobFinished,
+    KillActorRequest,
+    NodeDied,
+    NodeJoin,
+    NodeWelcome,
+    ReconstructObject,
+    ReplicaHeartbeat,
+    ReplicaJoin,
+    ReplicaReady,
+    Send,
+    SetTimer,
+    TimerFired,
+)
+from .records import ChainConfig, NodeEntry, TaskState
+from .scheduler import GlobalConfig, GlobalScheduler, Rng
+from .tables import NodeDown, PutNode, Subscribe, Unsubscribe
+
+__all__ = ["HeadConfig", "HeadMachine"]
+
+
+@dataclass(frozen=True, slots=True)
+class HeadConfig:
+    chains: tuple[ChainConfig, ...]
+    scheduler: GlobalConfig = GlobalConfig()
+    gcs_timing: GcsTiming = GcsTiming()
+    node_timeout: float = 1.0
+    check_interval: float = 0.1
+    gcs_retry_after: float = 0.05
+
+
+class HeadMachine:
+    address = "head"
+
+    def __init__(self, config: HeadConfig, rng: Rng) -> None:
+        self.config = config
+        self.gcs = GcsClient(self.address, self._on_gcs_reply, retry_after=config.gcs_retry_after)
+        self.chain = ChainMaster(list(config.chains), config.gcs_timing)
+        self.scheduler = GlobalScheduler(self, config.scheduler, rng)
+        self.actors = ActorManager(self)
+        self.recovery = Recovery(self)
+        self.last_seen: dict[str, float] = {}
+        self.dead_nodes: set[str] = set()
+        self.watched_tasks: set[TaskId] = set()
+        self.stories: dict[Hashable, list] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self, now: float) -> list[Command]:
+        cmds = self.chain.start(now)
+        cmds += self.gcs.set_configs(self.chain.configs(), now)
+        cmds += self.gcs.write(Subscribe(self.address, "actors", None), None, now, "head-start")
+        cmds.append(SetTimer(at=now + self.config.check_interval, key=("head", "monitor")))
+        return cmds
+
+    def handle(self, event: Event, now: float) -> list[Command]:
+        h = _HANDLERS.get(type(event))
+        if h is None:
+            return []
+        return h(self, event, now)
+
+    # ------------------------------------------------------------------ membership
+    def _on_join(self, ev: NodeJoin, now: float) -> list[Command]:
+        node = ev.node_id
+        self.dead_nodes.discard(node)
+        self.last_seen[node] = now
+        self.chain.add_listener(node)
+        cmds = self.gcs.write(PutNode(NodeEntry(node, ev.resources, True, ev.address)), None, now, ev.stimulus_id)
+        cmds.append(Send(to=node, msg=NodeWelcome(configs=self.chain.configs(), stimulus_id=ev.stimulus_id)))
+        cmds += self.scheduler.add_node(node, ev.resources, now, ev.stimulus_id)
+        return cmds
+
+    def _on_heartbeat(self, ev: Heartbeat, now: float) -> list[Command]:
+        if ev.node_id in self.dead_nodes or ev.node_id not in self.last_seen:
+            return []
+        self.last_seen[ev.node_id] = now
+        self.scheduler.on_heartbeat(ev.node_id, ev.load, now)
+        return []
+
+    def _on_node_died(self, ev: NodeDied, now: float) -> list[Command]:
+        return self.node_dead(ev.node_id, now, ev.stimulus_id or f"node-died:{ev.node_id}")
+
+    def node_dead(self, node: str, now: float, sid: str) -> list[Command]:
+        if node in self.dead_nodes:
+            return []
+        self.dead_nodes.add(node)
+        self.last_seen.pop(node, None)
+        self.scheduler.remove_node(node)
+        self.chain.remove_listener(node)
+        # first drop its locations everywhere, then re-home its work
+        return self.gcs.write(NodeDown(node), ("node-down", node), now, sid)
+
+    def _on_timer(self, ev: TimerFired, now: float) -> list[Command]:
+        key = ev.key
+        if self.gcs.owns(ev):
+            return self.gcs.handle(ev, now)
+        if key == ("head", "monitor"):
+            cmds: list[Command] = [SetTimer(at=now + self.config.check_interval, key=("head", "monitor"))]
+            limit = now - self.config.node_timeout
+            for node in sorted(n for n, t in self.last_seen.items() if t < limit):
+                cmds += self.node_dead(node, now, f"heartbeat-timeout:{node}")
+            return cmds
+        if isinstance(key, tuple) and key and key[0] == "chain":
+            return self._chain(ev, now)
+        return []
+
+    # ------------------------------------------------------------------ GCS chains
+    def _chain(self, ev: Event, now: float) -> list[Command]:
+        cmds = self.chain.handle(ev, now)
+        # our own client follows the chain master directly
+        return cmds + self.gcs.set_configs(self.chain.configs(), now)
+
+    # ------------------------------------------------------------------ scheduling
+    def _on_forward(self, ev: ForwardTask, now: float) -> list[Command]:
+        return self.scheduler.submit(ev.spec, ev.attempt, now, ev.stimulus_id)
+
+    def _on_reconstruct(self, ev: ReconstructObject, now: float) -> list[Command]:
+        return self.recovery.on_request(ev.object_id, ev.node_id, now, ev.stimulus_id)
+
+    def watch_task(self, tid: TaskId, now: float, sid: str) -> list[Command]:
+        """Follow a re-executed task until it ends (to end its rebuild)."""
+        if tid in self.watched_tasks:
+            return []
+        self.watched_tasks.add(tid)
+        return self.gcs.write(Subscribe(self.address, "tasks", tid), None, now, sid)
+
+    # ------------------------------------------------------------------ actors
+    def _on_actor_reported(self, ev: ActorReported, now: float) -> list[Command]:
+        return self.actors.on_reported(ev, now)
+
+    def _on_kill_actor(self, ev: KillActorRequest, now: float) -> list[Command]:
+        return self.actors.kill(ev.actor_id, ev.no_restart, now, ev.stimulus_id)
+
+    def _on_job_finished(self, ev: JobFinished, now: float) -> list[Command]:
+        return self.actors.on_job_finished(ev.job_id, now, ev.stimulus_id)
+
+    # ------------------------------------------------------------------ GCS replies
+    def _on_gcs(self, ev: Event, now: float) -> list[Command]:
+        return self.gcs.handle(ev, now)
+
+    def _on_gcs_reply(self, token: Hashable, result: Any, now: float, sid: str) -> list[Command]:
+        if token is None:
+            return []
+        kind = token[0]
+        if kind == "gs-deps":
+            return self.scheduler.on_deps(token[1], token[2], result, now, sid)
+        if kind == "rec-obj":
+            return self.recovery.on_object_row(token[1], token[2], result, now, sid)
+        if kind == "rec-task":
+            return self.recovery.on_task_row(token[1], token[2], result, now, sid)
+        if kind == "rec-node":
+            return self.recovery.on_tasks_on_node(token[1], result, now, sid)
+        if kind == "node-down":
+            node = token[1]
+            cmds = self.actors.on_node_dead(node, now, sid)
+            return cmds + self.recovery.on_node_dead(node, now, sid)
+        if kind == "actor-ckpt":
+            return self.actors.on_checkpoint_read(token[1], token[2], result, now, sid)
+        if kind == "actor-log":
+            return self.actors.on_log_read(token[1], token[2], result, now, sid)
+        raise ValueError(f"head: unknown GCS reply token {token!r}")
+
+    def _on_notify(self, ev: GcsNotify, now: float) -> list[Command]:
+        if not self.gcs.fresh(ev):
+            return []
+        if ev.table == "actors":
+            self.actors.on_entry(ev.key, ev.value)
+            return []
+        if ev.table == "tasks" and ev.value is not None and ev.value.state is not TaskState.PENDING:
+            tid = ev.key
+            self.recovery.on_rebuilt(tid)
+            if tid in self.watched_tasks:
+                self.watched_tasks.discard(tid)
+                self.gcs.forget("tasks", tid)
+                return self.gcs.write(Unsubscribe(self.address, "tasks", tid), None, now, ev.stimulus_id)
+        return []
+
+    # ------------------------------------------------------------------ status
+    def _on_status(self, ev: ClusterStatusRequest, now: float) -> list[Command]:
+        rows = tuple(
+            (n, v.alive, v.load) for n, v in sorted(self.scheduler.nodes.items())
+        )
+        return [Send(to=ev.client, msg=ClusterStatus(req_id=ev.req_id, nodes=rows, stimulus_id=ev.stimulus_id))]
+
+    def validate(self) -> None:
+        self.gcs.validate()
+        self.chain.validate()
+        self.scheduler.validate()
+        self.actors.validate()
+        self.recovery.validate()
+        assert not (self.dead_nodes & set(self.last_seen)), "a dead node is still monitored"
+
+
+_HANDLERS = {
+    NodeJoin: HeadMachine._on_join,
+    Heartbeat: HeadMachine._on_heartbeat,
+    NodeDied: HeadMachine._on_node_died,
+    TimerFired: HeadMachine._on_timer,
+    ForwardTask: HeadMachine._on_forward,
+    ReconstructObject: HeadMachine._on_reconstruct,
+    ActorReported: HeadMachine._on_actor_reported,
+    KillActorRequest: HeadMachine._on_kill_actor,
+    JobFinished: HeadMachine._on_job_finished,
+    GcsReply: HeadMachine._on_gcs,
+    GcsNotify: HeadMachine._on_notify,
+    ClusterStatusRequest: HeadMachine._on_status,
+    ReplicaHeartbeat: HeadMachine._chain,
+    ReplicaJoin: HeadMachine._chain,
+    ReplicaReady: HeadMachine._chain,
+    ChainConfigMsg: HeadMachine._on_gcs,
+}

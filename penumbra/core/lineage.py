@@ -1,0 +1,267 @@
+"""Lineage-based recovery: which tasks to re-run to rebuild lost objects.
+
+Theory of operation
+-------------------
+The GCS task table is the lineage: every task's spec names the objects it
+consumed.  When an object is lost (every copy was on nodes that died, or was
+evicted), the objects it was computed from may be lost too, and so on up the
+graph.  ``plan_reconstruction`` is the pure decision: given the lost objects
+wanted and what is known of the lineage, the *minimal* set of tasks to re-run
+is the producers of the wanted lost objects plus, recursively, the producers
+of their lost inputs; nothing whose output still exists anywhere is re-run.
+The tasks come back in topological order (networkx), producers first.
+
+``Recovery`` (in the head) gathers that lineage from the GCS.  It starts from
+a ``ReconstructObject`` request and walks up by reading object rows and task
+rows until every frontier object is either available or a lost object whose
+producing task is known, then plans and re-submits through the global
+scheduler.  Rules:
+
+* ``put`` objects have no lineage: losing one is final (``ObjectLostError``);
+* outputs of actor methods are not rebuilt (Ray's rule; the actor's own
+  recovery, with ``replay``, re-creates them when it replays);
+* each re-execution spends the task's ``max_retries`` budget; a task without
+  budget left fails its outputs with ``ObjectLostError`` naming the cause, and
+  everything downstream fails with it;
+* at most one reconstruction per object is in flight; requests for an object
+  already being rebuilt are folded into it.
+
+Tasks pending on a node that dies are re-submitted the same way (also
+spending the budget); once the budget is gone their outputs hold
+``NodeDiedError``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Iterable
+
+import networkx as nx
+
+from .ids import ObjectId, TaskId
+from .messages import Command, ObjectUnrecoverable, Send
+from .records import ErrorInfo, ErrorKind, ObjectEntry, TaskEntry, TaskState
+from .specs import TaskSpec
+from .tables import FinishTask, Get, RetryTask, TasksOnNode
+
+if TYPE_CHECKING:
+    from .head import HeadMachine
+
+__all__ = ["plan_reconstruction", "LineageCycleError", "Recovery"]
+
+
+class LineageCycleError(ValueError):
+    """The lineage has a cycle; ids are hashes so this means corrupt input."""
+
+
+def plan_reconstruction(
+    wanted: Iterable[ObjectId],
+    specs: dict[TaskId, TaskSpec],
+    lost: set[ObjectId],
+) -> list[TaskId]:
+    """The tasks to re-run, producers first, to rebuild ``wanted``.
+
+    Args:
+        wanted: lost objects someone needs.
+        specs: the known lineage: task id -> spec, for at least the producers
+            of every lost object reachable from ``wanted``.
+        lost: every object known to be lost (created once, no copy left).
+
+    Raises:
+        KeyError: a needed producer's spec is missing from ``specs``.
+        LineageCycleError: the lineage is not a DAG.
+    """
+    graph = nx.DiGraph()
+    frontier = [o.task_id for o in wanted if o in lost]
+    seen: set[TaskId] = set()
+    while frontier:
+        tid = frontier.pop()
+        if tid in seen:
+            continue
+        seen.add(tid)
+        graph.add_node(tid)
+        for dep in specs[tid].dependencies:
+            if dep in lost:
+                producer = dep.task_id
+                graph.add_edge(producer, tid)
+                frontier.append(producer)
+    try:
+        return list(nx.lexicographical_topological_sort(graph))
+    except nx.NetworkXUnfeasible as e:
+        raise LineageCycleError(f"lineage cycle among {sorted(t.short() for t in graph)}") from e
+
+
+@dataclass(slots=True)
+class _Job:
+    """One reconstruction: the lineage walk in progress."""
+
+    target: ObjectId
+    requesters: set[str]
+    objects: dict[ObjectId, ObjectEntry | None] = field(default_factory=dict)
+    tasks: dict[TaskId, TaskEntry | None] = field(default_factory=dict)
+    reads: int = 0
+
+
+class Recovery:
+    def __init__(self, head: "HeadMachine") -> None:
+        self.head = head
+        self.jobs: dict[ObjectId, _Job] = {}
+        self.rebuilding: dict[TaskId, float] = {}  # task -> when re-submitted
+        self.rebuild_timeout = 30.0
+        self.reexecuted = 0
+        self.resubmitted = 0
+
+    # ------------------------------------------------------------------ lost objects
+    def on_request(self, oid: ObjectId, requester: str, now: float, sid: str) -> list[Command]:
+        job = self.jobs.get(oid)
+        if job is not None:
+            job.requesters.add(requester)
+            return []
+        since = self.rebuilding.get(oid.task_id)
+        if since is not None and now - since < self.rebuild_timeout:
+            return []  # its producer is being re-run already
+        if oid.is_put:
+            return [self._unrecoverable(oid, requester, ErrorInfo(
+                ErrorKind.OBJECT_LOST,
+                f"object {oid.short()} was created by put() and its only copies were lost; "
+                f"put objects have no lineage to rebuild them from",
+            ), sid)]
+        job = self.jobs[oid] = _Job(oid, {requester})
+        return self._read_object(job, oid, now, sid)
+
+    def _unrecoverable(self, oid: ObjectId, node: str, error: ErrorInfo, sid: str) -> Send:
+        return Send(to=node, msg=ObjectUnrecoverable(object_id=oid, error=error, stimulus_id=sid))
+
+    def _read_object(self, job: _Job, oid: ObjectId, now: float, sid: str) -> list[Command]:
+        job.objects[oid] = None
+        job.reads += 1
+        return self.head.gcs.read(Get("objects", oid), ("rec-obj", job.target, oid), now, sid)
+
+    def _read_task(self, job: _Job, tid: TaskId, now: float, sid: str) -> list[Command]:
+        job.tasks[tid] = None
+        job.reads += 1
+        return self.head.gcs.read(Get("tasks", tid), ("rec-task", job.target, tid), now, sid)
+
+    def _lost(self, entry: ObjectEntry | None) -> bool:
+        if entry is None or not entry.created or entry.error is not None:
+            return False
+        dead = self.head.dead_nodes
+        return not any(n not in dead for n in entry.locations)
+
+    def on_object_row(self, target: ObjectId, oid: ObjectId, entry: ObjectEntry | None, now: float, sid: str) -> list[Command]:
+        job = self.jobs.get(target)
+        if job is None:
+            return []
+        job.reads -= 1
+        job.objects[oid] = entry
+        cmds: list[Command] = []
+        if oid == target and not self._lost(entry):
+            # not lost (any more), or never created: the requester's
+            # subscription will see it; nothing to rebuild
+            del self.jobs[target]
+            return []
+        if self._lost(entry) and not oid.is_put and oid.task_id not in job.tasks:
+            # (a lost put input has no producer to read: the plan fails it)
+            cmds += self._read_task(job, oid.task_id, now, sid)
+        return cmds + self._maybe_plan(job, now, sid)
+
+    def on_task_row(self, target: ObjectId, tid: TaskId, entry: TaskEntry | None, now: float, sid: str) -> list[Command]:
+        job = self.jobs.get(target)
+        if job is None:
+            return []
+        job.reads -= 1
+        job.tasks[tid] = entry
+        cmds: list[Command] = []
+        if entry is not None and entry.state is not TaskState.PENDING:
+            for dep in entry.spec.dependencies:
+                if dep not in job.objects:
+                    cmds += self._read_object(job, dep, now, sid)
+        return cmds + self._maybe_plan(job, now, sid)
+
+    def _maybe_plan(self, job: _Job, now: float, sid: str) -> list[Command]:
+        if job.reads:
+            return []
+        del self.jobs[job.target]
+        lost = {o for o, e in job.objects.items() if self._lost(e)}
+        specs = {t: e.spec for t, e in job.tasks.items() if e is not None}
+        cmds: list[Command] = []
+        unrecoverable: ErrorInfo | None = None
+        blocked: set[TaskId] = set()
+        for o in sorted(lost):
+            t = job.tasks.get(o.task_id)
+            if o.is_put:
+                unrecoverable = ErrorInfo(ErrorKind.OBJECT_LOST, f"object {o.short()}, an input needed to rebuild {job.target.short()}, was created by put() and lost")
+                blocked.add(o.task_id)
+            elif t is None:
+                unrecoverable = ErrorInfo(ErrorKind.OBJECT_LOST, f"the lineage of object {o.short()} is not in the GCS")
+                blocked.add(o.task_id)
+            elif t.spec.actor_id is not None:
+                unrecoverable = ErrorInfo(ErrorKind.OBJECT_LOST, f"object {o.short()} was returned by actor method {t.spec.display_name()}; outputs of actor methods are not reconstructed")
+                blocked.add(o.task_id)
+        if unrecoverable is not None and job.target.task_id in blocked:
+            return [self._unrecoverable(job.target, r, unrecoverable, sid) for r in sorted(job.requesters)]
+        try:
+            plan = plan_reconstruction([job.target], {t: s for t, s in specs.items() if t not in blocked}, lost - {o for o in lost if o.task_id in blocked})
+        except (KeyError, ValueError) as e:
+            err = ErrorInfo(ErrorKind.OBJECT_LOST, f"object {job.target.short()} cannot be reconstructed: {e}")
+            return [self._unrecoverable(job.target, r, err, sid) for r in sorted(job.requesters)]
+        for tid in plan:
+            if tid in self.rebuilding and now - self.rebuilding[tid] < self.rebuild_timeout:
+                continue
+            entry = job.tasks[tid]
+            spec = entry.spec
+            limit = spec.max_retries
+            if limit >= 0 and entry.attempt >= limit:
+                err = ErrorInfo(
+                    ErrorKind.OBJECT_LOST,
+                    f"object {job.target.short()} was lost and rebuilding it needs task "
+                    f"{spec.display_name()} to run again, but its retry budget is spent "
+                    f"(max_retries={limit}, executions so far={entry.attempt + 1})",
+                    task_name=spec.display_name(),
+                )
+                outputs = tuple((o, 0) for o in spec.return_ids)
+                cmds += self.head.gcs.write(FinishTask(tid, "", outputs, err), None, now, sid)
+                continue
+            self.rebuilding[tid] = now
+            self.reexecuted += 1
+            cmds += self.head.watch_task(tid, now, sid)
+            cmds += self.head.gcs.write(RetryTask(tid, "", reconstruction=True), None, now, sid)
+            cmds += self.head.scheduler.submit(spec, entry.attempt + 1, now, sid, reconstruction=True)
+        return cmds
+
+    def on_rebuilt(self, tid: TaskId) -> None:
+        self.rebuilding.pop(tid, None)
+
+    # ------------------------------------------------------------------ dead nodes
+    def on_node_dead(self, node: str, now: float, sid: str) -> list[Command]:
+        return self.head.gcs.read(TasksOnNode(node), ("rec-node", node), now, sid)
+
+    def on_tasks_on_node(self, node: str, per_shard: tuple, now: float, sid: str) -> list[Command]:
+        cmds: list[Command] = []
+        entries = sorted((e for rows in per_shard for e in rows), key=lambda e: e.spec.task_id)
+        for e in entries:
+            spec = e.spec
+            if spec.actor_id is not None:
+                continue  # actor calls are resolved by their callers' nodes
+            if spec.is_actor_creation:
+                cmds += self.head.actors.on_creation_lost(spec, now, sid)
+                continue
+            limit = spec.max_retries
+            if limit >= 0 and e.attempt >= limit:
+                err = ErrorInfo(
+                    ErrorKind.NODE_DIED,
+                    f"the node {node} running task {spec.display_name()} died, and the task "
+                    f"has no retries left (max_retries={limit})",
+                    task_name=spec.display_name(),
+                )
+                outputs = tuple((o, 0) for o in spec.return_ids)
+                cmds += self.head.gcs.write(FinishTask(spec.task_id, "", outputs, err, e.attempt), None, now, sid)
+                continue
+            self.resubmitted += 1
+            cmds += self.head.gcs.write(RetryTask(spec.task_id, ""), None, now, sid)
+            cmds += self.head.scheduler.submit(spec, e.attempt + 1, now, sid)
+        return cmds
+
+    def validate(self) -> None:
+        for target, job in self.jobs.items():
+            assert job.reads >= 0, (target, job.reads)

@@ -1,0 +1,519 @@
+"""A node: local scheduler, object manager, actor host and router, GCS client.
+
+Theory of operation
+-------------------
+``NodeMachine`` is the one machine per node (its address is its node id, e.g.
+``"node:3"``).  It composes the per-node roles and routes every event to the
+one that owns it; the roles call back into the node for what they share
+(GCS writes, storing task outputs, failing outputs with an error, stories).
+
+Clients (the drivers and the workers of this node, which submit nested
+tasks) talk only to their node: ``SubmitTask``, ``WatchObjects`` (for
+``get``/``wait``), ``PutObject``, ``CancelTask``, ``KillActor``.  Answers to a
+client are batched: every object that became ready for a watch while one
+event was handled goes out in a single ``ObjectsReady``.
+
+Waiter tokens (what the object manager hands back when an object is ready):
+
+========================  ==================================================
+token                     owner
+========================  ==================================================
+``("task", tid)``         the local scheduler (a task's input)
+``("actor-call", a, t)``  the actor host (a method call's input)
+``("watch", c, r)``       client ``c``'s watch ``r`` (``get``/``wait``)
+========================  ==================================================
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Hashable
+
+from .actors import ActorHost, ActorRouter, ActorStart
+from .gcs_client import GcsClient
+from .ids import ObjectId, TaskId
+from .messages import (
+    ActorCall,
+    ActorCallDone,
+    ActorCallStale,
+    ActorCheckpointed,
+    ActorRegistered,
+    ActorReported,
+    CancelTask,
+    CancelWatch,
+    ChainConfigMsg,
+    ClientDisconnected,
+    ClientGcsReply,
+    ClientGcsRequest,
+    ClusterStatus,
+    ClusterStatusRequest,
+    Command,
+    Event,
+    FetchCompleted,
+    FetchFailed,
+    GcsNotify,
+    GcsReply,
+    Heartbeat,
+    JobFinished,
+    KillActor,
+    KillActorRequest,
+    NodeJoin,
+    NodeWelcome,
+    ObjectsReady,
+    ObjectUnrecoverable,
+    PlaceTask,
+    PutDone,
+    PutFailed,
+    PutObject,
+    RegisterClient,
+    ReleaseObjects,
+    Send,
+    SetTimer,
+    StartActor,
+    StopActor,
+    SubmitTask,
+    TaskFinished,
+    TaskRaised,
+    TimerFired,
+    WatchObjects,
+    WorkerBlocked,
+    WorkerCrashed,
+    WorkerStarted,
+    WorkerStartFailed,
+    WorkerUnblocked,
+    Evict,
+)
+from .objects import ObjectManager
+from .records import ActorEntry, ErrorInfo, NodeEntry, ObjectEntry, ObjectInfo
+from .scheduler import LocalScheduler, SchedulerConfig
+from .specs import ResourceSet, TaskSpec
+from .tables import FinishTask, PutActor, RegisterName, Subscribe
+
+__all__ = ["NodeConfig", "NodeMachine"]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    resources: ResourceSet
+    object_store_memory: int = 1 << 30
+    scheduler: SchedulerConfig = SchedulerConfig()
+    heartbeat_interval: float = 0.1
+    head: str = "head"
+    gcs_retry_after: float = 0.05
+    story_limit: int = 10_000
+
+
+@dataclass(slots=True)
+class _Watch:
+    client: str
+    remaining: set[ObjectId]
+    fetch: bool
+
+
+class NodeMachine:
+    def __init__(self, node_id: str, config: NodeConfig) -> None:
+        self.node_id = node_id
+        self.address = node_id
+        self.config = config
+        self.head = config.head
+        self.gcs = GcsClient(self.address, self._on_gcs_reply, retry_after=config.gcs_retry_after)
+        self.objects = ObjectManager(
+            node_id, self.address, config.object_store_memory,
+            self.gcs_write, self._on_ready, self._on_located, head=config.head,
+        )
+        self.scheduler = LocalScheduler(self, config.resources, config.scheduler)
+        self.host = ActorHost(self)
+        self.router = ActorRouter(self)
+        self.clients: dict[str, int] = {}  # client -> job id (drivers)
+        self.watches: dict[tuple[str, int], _Watch] = {}
+        self.outbox: dict[tuple[str, int], list[tuple[ObjectId, ObjectInfo]]] = {}
+        self.relays: dict[int, tuple[str, int]] = {}
+        self.next_relay = 1
+        self.nodes: dict[str, bool] = {}
+        self.stories: OrderedDict[TaskId, list] = OrderedDict()
+        self.welcomed = False
+
+    # ------------------------------------------------------------------ shared services
+    def gcs_write(self, op, token: Hashable, now: float, sid: str) -> list[Command]:
+        return self.gcs.write(op, token, now, sid)
+
+    def story_add(self, tid: TaskId, now: float, sid: str, what: str) -> None:
+        s = self.stories.get(tid)
+        if s is None:
+            s = self.stories[tid] = []
+            if len(self.stories) > self.config.story_limit:
+                self.stories.popitem(last=False)
+        s.append((now, sid, what))
+
+    def story(self, tid: TaskId) -> list[tuple[float, str, str]]:
+        """What happened to ``tid`` on this node, oldest first."""
+        return list(self.stories.get(tid, ()))
+
+    def store_outputs(self, spec: TaskSpec, outputs, attempt: int, now: float, sid: str) -> list[Command]:
+        expected = set(spec.return_ids)
+        outputs = tuple((o, s) for o, s in outputs if o in expected)
+        cmds: list[Command] = []
+        admitted: list[ObjectId] = []
+        for oid, size in outputs:
+            adm, c = self.objects.add_local(oid, size, now, sid, record=False)
+            if not adm.ok:
+                for a in admitted:
+                    self.objects.store.remove(a)
+                    cmds.append(Evict(object_id=a, stimulus_id=sid))
+                cmds.append(Evict(object_id=oid, stimulus_id=sid))
+                return cmds + self.fail_outputs(spec, adm.error, attempt, now, sid)
+            admitted.append(oid)
+            cmds += c
+        cmds += self.gcs.write(FinishTask(spec.task_id, self.node_id, outputs, None, attempt), None, now, sid)
+        return cmds
+
+    def fail_outputs(self, spec: TaskSpec, error: ErrorInfo, attempt: int, now: float, sid: str) -> list[Command]:
+        cmds: list[Command] = []
+        for oid in spec.return_ids:
+            cmds += self.objects.add_error(oid, error, now, sid)
+        outputs = tuple((o, 0) for o in spec.return_ids)
+        cmds += self.gcs.write(FinishTask(spec.task_id, self.node_id, outputs, error, attempt), None, now, sid)
+        return cmds
+
+    def actor_created(self, spec: TaskSpec, start: ActorStart, wid: str, now: float, sid: str) -> list[Command]:
+        return self.host.created(spec, start, wid, now, sid)
+
+    def actor_creation_failed(self, spec: TaskSpec, start: ActorStart | None, error: ErrorInfo, now: float, sid: str) -> list[Command]:
+        entry = start.entry if start is not None else ActorEntry(spec.actor_creation, spec)
+        return [Send(to=self.head, msg=ActorReported(
+            actor_id=spec.actor_creation.actor_id, incarnation=entry.incarnation, node_id=self.address,
+            error=error, creation_failed=True, entry=entry, stimulus_id=sid,
+        ))]
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self, now: float) -> list[Command]:
+        cmds: list[Command] = [Send(to=self.head, msg=NodeJoin(node_id=self.node_id, resources=self.config.resources, address=self.address, stimulus_id=f"join:{self.node_id}"))]
+        cmds += self.scheduler.start(now)
+        cmds.append(SetTimer(at=now + self.config.heartbeat_interval, key=("node", "heartbeat")))
+        return cmds
+
+    def handle(self, event: Event, now: float) -> list[Command]:
+        h = _HANDLERS.get(type(event))
+        if h is None:
+            return []
+        cmds = h(self, event, now)
+        if self.outbox:
+            cmds += self._flush_outbox(event.stimulus_id)
+        return cmds
+
+    def _flush_outbox(self, sid: str) -> list[Command]:
+        out, self.outbox = self.outbox, {}
+        return [
+            Send(to=client, msg=ObjectsReady(req_id=req_id, objects=tuple(objs), stimulus_id=sid))
+            for (client, req_id), objs in out.items()
+        ]
+
+    def _on_welcome(self, ev: NodeWelcome, now: float) -> list[Command]:
+        cmds = self.gcs.set_configs(ev.configs, now)
+        if not self.welcomed:
+            self.welcomed = True
+            cmds += self.gcs.write(Subscribe(self.address, "nodes", None), None, now, ev.stimulus_id)
+        return cmds
+
+    def _on_timer(self, ev: TimerFired, now: float) -> list[Command]:
+        key = ev.key
+        if self.gcs.owns(ev):
+            return self.gcs.handle(ev, now)
+        if key == ("node", "heartbeat"):
+            return [
+                SetTimer(at=now + self.config.heartbeat_interval, key=("node", "heartbeat")),
+                Send(to=self.head, msg=Heartbeat(node_id=self.node_id, load=self.scheduler.load())),
+            ]
+        if key[0] == "sched":
+            return self.scheduler.on_retry_timer(now, ev.stimulus_id)
+        if key[0] == "obj":
+            return self.objects.on_recheck(key[2], now, ev.stimulus_id)
+        return []
+
+    # ------------------------------------------------------------------ clients
+    def _on_register_client(self, ev: RegisterClient, now: float) -> list[Command]:
+        if ev.is_driver:
+            self.clients[ev.client] = ev.job_id
+        return []
+
+    def _on_client_disconnected(self, ev: ClientDisconnected, now: float) -> list[Command]:
+        cmds: list[Command] = []
+        self.objects.store.unpin_holder(("client", ev.client))
+        for key in [k for k in self.watches if k[0] == ev.client]:
+            cmds += self._drop_watch(key, now, ev.stimulus_id)
+        job = self.clients.pop(ev.client, None)
+        if job is not None and job not in self.clients.values():
+            cmds.append(Send(to=self.head, msg=JobFinished(job_id=job, stimulus_id=ev.stimulus_id)))
+        return cmds
+
+    def _on_submit(self, ev: SubmitTask, now: float) -> list[Command]:
+        spec = ev.spec
+        sid = ev.stimulus_id
+        if spec.actor_id is not None:
+            return self.router.submit(spec, now, sid)
+        if spec.actor_creation is not None:
+            a = spec.actor_creation
+            if a.name:
+                return self.gcs.write(RegisterName(a.namespace, a.name, a.actor_id), ("register", ev.client, spec), now, sid)
+            return self._create_actor(spec, ev.client, now, sid)
+        return self.scheduler.submit(spec, now, sid)
+
+    def _create_actor(self, spec: TaskSpec, client: str, now: float, sid: str) -> list[Command]:
+        entry = ActorEntry(spec.actor_creation, spec, owner=client)
+        cmds = self.gcs.write(PutActor(entry), None, now, sid)
+        return cmds + self.scheduler.submit(spec, now, sid, actor=ActorStart(entry))
+
+    def _on_watch(self, ev: WatchObjects, now: float) -> list[Command]:
+        key = (ev.client, ev.req_id)
+        self.watches[key] = _Watch(ev.client, set(ev.object_ids), ev.fetch)
+        token = ("watch", ev.client, ev.req_id)
+        cmds: list[Command] = []
+        for oid in dict.fromkeys(ev.object_ids):
+            if key not in self.watches:
+                break
+            cmds += self.objects.want(oid, token, ev.fetch, now, ev.stimulus_id)
+        return cmds
+
+    def _on_cancel_watch(self, ev: CancelWatch, now: float) -> list[Command]:
+        return self._drop_watch((ev.client, ev.req_id), now, ev.stimulus_id)
+
+    def _drop_watch(self, key: tuple[str, int], now: float, sid: str) -> list[Command]:
+        w = self.watches.pop(key, None)
+        if w is None:
+            return []
+        token = ("watch",) + key
+        cmds: list[Command] = []
+        for oid in w.remaining:
+            cmds += self.objects.unwant(oid, token, now, sid)
+        return cmds
+
+    def _watch_ready(self, key: tuple[str, int], oid: ObjectId, info: ObjectInfo) -> None:
+        w = self.watches.get(key)
+        if w is None or oid not in w.remaining:
+            return
+        w.remaining.discard(oid)
+        self.outbox.setdefault(key, []).append((oid, info))
+        if not w.remaining:
+            del self.watches[key]
+
+    def _on_put(self, ev: PutObject, now: float) -> list[Command]:
+        adm, cmds = self.objects.add_local(ev.object_id, ev.size, now, ev.stimulus_id, pin=("client", ev.client))
+        if not adm.ok:
+            return cmds + [Evict(object_id=ev.object_id, stimulus_id=ev.stimulus_id),
+                           Send(to=ev.client, msg=PutFailed(req_id=ev.req_id, object_id=ev.object_id, error=adm.error, stimulus_id=ev.stimulus_id))]
+        return cmds + [Send(to=ev.client, msg=PutDone(req_id=ev.req_id, object_id=ev.object_id, stimulus_id=ev.stimulus_id))]
+
+    def _on_release(self, ev: ReleaseObjects, now: float) -> list[Command]:
+        holder = ("client", ev.client)
+        for oid in ev.object_ids:
+            self.objects.store.unpin(oid, holder)
+        return []
+
+    def _on_cancel(self, ev: CancelTask, now: float) -> list[Command]:
+        found, cmds = self.scheduler.cancel(ev.task_id, ev.force, now, ev.stimulus_id)
+        if not found:
+            found, cmds = self.router.cancel(ev.task_id, now, ev.stimulus_id)
+        return cmds
+
+    def _on_kill_actor(self, ev: KillActor, now: float) -> list[Command]:
+        return [Send(to=self.head, msg=KillActorRequest(actor_id=ev.actor_id, no_restart=ev.no_restart, stimulus_id=ev.stimulus_id))]
+
+    def _on_client_gcs(self, ev: ClientGcsRequest, now: float) -> list[Command]:
+        from .tables import Query
+
+        token = ("client", ev.client, ev.req_id)
+        if isinstance(ev.request, Query):
+            return self.gcs.read(ev.request, token, now, ev.stimulus_id)
+        return self.gcs.write(ev.request, token, now, ev.stimulus_id)
+
+    def _on_status_request(self, ev: ClusterStatusRequest, now: float) -> list[Command]:
+        rid = self.next_relay
+        self.next_relay += 1
+        self.relays[rid] = (ev.client, ev.req_id)
+        return [Send(to=self.head, msg=ClusterStatusRequest(client=self.address, req_id=rid, stimulus_id=ev.stimulus_id))]
+
+    def _on_status(self, ev: ClusterStatus, now: float) -> list[Command]:
+        to = self.relays.pop(ev.req_id, None)
+        if to is None:
+            return []
+        return [Send(to=to[0], msg=ClusterStatus(req_id=to[1], nodes=ev.nodes, stimulus_id=ev.stimulus_id))]
+
+    # ------------------------------------------------------------------ workers
+    def _on_worker_started(self, ev: WorkerStarted, now: float) -> list[Command]:
+        return self.scheduler.on_worker_started(ev.worker_id, now, ev.stimulus_id)
+
+    def _on_worker_start_failed(self, ev: WorkerStartFailed, now: float) -> list[Command]:
+        return self.scheduler.on_worker_start_failed(ev.worker_id, ev.reason, now, ev.stimulus_id)
+
+    def _on_task_finished(self, ev: TaskFinished, now: float) -> list[Command]:
+        if self.host.owns_worker(ev.worker_id):
+            return self.host.on_finished(ev.worker_id, ev.task_id, ev.outputs, now, ev.stimulus_id)
+        return self.scheduler.on_task_finished(ev.worker_id, ev.task_id, ev.outputs, ev.duration, now, ev.stimulus_id)
+
+    def _on_task_raised(self, ev: TaskRaised, now: float) -> list[Command]:
+        if self.host.owns_worker(ev.worker_id):
+            return self.host.on_raised(ev.worker_id, ev.task_id, ev.error, now, ev.stimulus_id)
+        return self.scheduler.on_task_raised(ev.worker_id, ev.task_id, ev.error, ev.retryable, now, ev.stimulus_id)
+
+    def _on_worker_crashed(self, ev: WorkerCrashed, now: float) -> list[Command]:
+        if self.host.owns_worker(ev.worker_id):
+            return self.host.on_worker_died(ev.worker_id, ev.reason, now, ev.stimulus_id) + self.scheduler.dispatch(now, ev.stimulus_id)
+        return self.scheduler.on_worker_crashed(ev.worker_id, ev.reason, now, ev.stimulus_id)
+
+    def _on_blocked(self, ev: WorkerBlocked, now: float) -> list[Command]:
+        return self.scheduler.on_blocked(ev.worker_id, now, ev.stimulus_id)
+
+    def _on_unblocked(self, ev: WorkerUnblocked, now: float) -> list[Command]:
+        return self.scheduler.on_unblocked(ev.worker_id, now, ev.stimulus_id)
+
+    def _on_checkpointed(self, ev: ActorCheckpointed, now: float) -> list[Command]:
+        return self.host.on_checkpointed(ev.actor_id, ev.index, ev.payload, now, ev.stimulus_id)
+
+    # ------------------------------------------------------------------ objects
+    def _on_ready(self, oid: ObjectId, info: ObjectInfo, waiters: list[Hashable], now: float, sid: str) -> list[Command]:
+        cmds: list[Command] = []
+        for token in waiters:
+            kind = token[0]
+            if kind == "task":
+                cmds += self.scheduler.on_input_ready(token[1], oid, info, now, sid)
+            elif kind == "watch":
+                self._watch_ready((token[1], token[2]), oid, info)
+            elif kind == "actor-call":
+                cmds += self.host.on_input_ready(token[1], token[2], oid, info, now, sid)
+        return cmds
+
+    def _on_located(self, oid: ObjectId, entry: ObjectEntry, waiters: list[Hashable], now: float, sid: str) -> list[Command]:
+        cmds: list[Command] = []
+        for token in waiters:
+            kind = token[0]
+            if kind == "task":
+                cmds += self.scheduler.on_located(token[1], oid, entry, now, sid)
+            elif kind == "watch":
+                self._watch_ready((token[1], token[2]), oid, ObjectInfo(size=entry.size, error=entry.error))
+        return cmds
+
+    def _on_fetch_completed(self, ev: FetchCompleted, now: float) -> list[Command]:
+        return self.objects.on_fetch_completed(ev.object_id, ev.size, now, ev.stimulus_id)[1]
+
+    def _on_fetch_failed(self, ev: FetchFailed, now: float) -> list[Command]:
+        return self.objects.on_fetch_failed(ev.object_id, ev.from_node, now, ev.stimulus_id)
+
+    def _on_unrecoverable(self, ev: ObjectUnrecoverable, now: float) -> list[Command]:
+        return self.objects.on_object_unrecoverable(ev.object_id, ev.error, now, ev.stimulus_id)
+
+    # ------------------------------------------------------------------ scheduling and actors
+    def _on_place(self, ev: PlaceTask, now: float) -> list[Command]:
+        spec = ev.spec
+        actor = ActorStart(ActorEntry(spec.actor_creation, spec)) if spec.actor_creation is not None else None
+        return self.scheduler.submit(spec, now, ev.stimulus_id, placed=True, attempt=ev.attempt, record=False,
+                                     reconstruction=ev.reconstruction, actor=actor)
+
+    def _on_start_actor(self, ev: StartActor, now: float) -> list[Command]:
+        start = ActorStart(ev.entry, ev.replay, ev.checkpoint)
+        return self.scheduler.submit(ev.entry.creation, now, ev.stimulus_id, placed=True, record=False, actor=start)
+
+    def _on_actor_call(self, ev: ActorCall, now: float) -> list[Command]:
+        return self.host.on_call(ev, now, ev.stimulus_id)
+
+    def _on_call_done(self, ev: ActorCallDone, now: float) -> list[Command]:
+        self.router.on_done(ev)
+        return []
+
+    def _on_call_stale(self, ev: ActorCallStale, now: float) -> list[Command]:
+        return self.router.on_stale(ev, now, ev.stimulus_id)
+
+    def _on_stop_actor(self, ev: StopActor, now: float) -> list[Command]:
+        return self.host.on_stop(ev, now, ev.stimulus_id)
+
+    # ------------------------------------------------------------------ GCS
+    def _on_gcs(self, ev: Event, now: float) -> list[Command]:
+        return self.gcs.handle(ev, now)
+
+    def _on_gcs_reply(self, token: Hashable, result: Any, now: float, sid: str) -> list[Command]:
+        if token is None:
+            return []
+        kind = token[0]
+        if kind == "client":
+            return [Send(to=token[1], msg=ClientGcsReply(req_id=token[2], result=result, stimulus_id=sid))]
+        if kind == "actor-alive":
+            return self.host.on_alive_written(token[1], token[2], result, now, sid)
+        if kind == "register":
+            client, spec = token[1], token[2]
+            a = spec.actor_creation
+            if result != a.actor_id:
+                return [Send(to=client, msg=ActorRegistered(
+                    actor_id=a.actor_id, holder=result,
+                    error=f"an actor named {a.name!r} already exists in namespace {a.namespace!r}; "
+                          f"use penumbra.get_actor({a.name!r}) to get a handle to it, or pick another name",
+                    stimulus_id=sid,
+                ))]
+            cmds = [Send(to=client, msg=ActorRegistered(actor_id=a.actor_id, stimulus_id=sid))]
+            return cmds + self._create_actor(spec, client, now, sid)
+        raise ValueError(f"node {self.node_id}: unknown GCS reply token {token!r}")
+
+    def _on_notify(self, ev: GcsNotify, now: float) -> list[Command]:
+        if not self.gcs.fresh(ev):
+            return []
+        table = ev.table
+        if table == "objects":
+            return self.objects.on_entry(ev.key, ev.value, now, ev.stimulus_id)
+        if table == "actors":
+            return self.router.on_entry(ev.key, ev.value, now, ev.stimulus_id)
+        if table == "nodes":
+            entry: NodeEntry = ev.value
+            if entry is None or entry.node_id == self.node_id:
+                return []
+            self.nodes[entry.node_id] = entry.alive
+            self.scheduler.other_nodes_alive = sum(1 for a in self.nodes.values() if a)
+            if not entry.alive:
+                return self.objects.on_node_dead(entry.node_id, now, ev.stimulus_id)
+        return []
+
+    # ------------------------------------------------------------------ checks
+    def validate(self) -> None:
+        self.objects.validate()
+        self.scheduler.validate(self.host.held())
+        self.host.validate()
+        self.router.validate()
+        self.gcs.validate()
+        for key, w in self.watches.items():
+            assert w.remaining, f"watch {key} has nothing left but is still open"
+
+
+_HANDLERS = {
+    NodeWelcome: NodeMachine._on_welcome,
+    TimerFired: NodeMachine._on_timer,
+    RegisterClient: NodeMachine._on_register_client,
+    ClientDisconnected: NodeMachine._on_client_disconnected,
+    SubmitTask: NodeMachine._on_submit,
+    WatchObjects: NodeMachine._on_watch,
+    CancelWatch: NodeMachine._on_cancel_watch,
+    PutObject: NodeMachine._on_put,
+    ReleaseObjects: NodeMachine._on_release,
+    CancelTask: NodeMachine._on_cancel,
+    KillActor: NodeMachine._on_kill_actor,
+    ClientGcsRequest: NodeMachine._on_client_gcs,
+    ClusterStatusRequest: NodeMachine._on_status_request,
+    ClusterStatus: NodeMachine._on_status,
+    WorkerStarted: NodeMachine._on_worker_started,
+    WorkerStartFailed: NodeMachine._on_worker_start_failed,
+    TaskFinished: NodeMachine._on_task_finished,
+    TaskRaised: NodeMachine._on_task_raised,
+    WorkerCrashed: NodeMachine._on_worker_crashed,
+    WorkerBlocked: NodeMachine._on_blocked,
+    WorkerUnblocked: NodeMachine._on_unblocked,
+    ActorCheckpointed: NodeMachine._on_checkpointed,
+    FetchCompleted: NodeMachine._on_fetch_completed,
+    FetchFailed: NodeMachine._on_fetch_failed,
+    ObjectUnrecoverable: NodeMachine._on_unrecoverable,
+    PlaceTask: NodeMachine._on_place,
+    StartActor: NodeMachine._on_start_actor,
+    ActorCall: NodeMachine._on_actor_call,
+    ActorCallDone: NodeMachine._on_call_done,
+    ActorCallStale: NodeMachine._on_call_stale,
+    StopActor: NodeMachine._on_stop_actor,
+    GcsReply: NodeMachine._on_gcs,
+    ChainConfigMsg: NodeMachine._on_gcs,
+    GcsNotify: NodeMachine._on_notify,
+}

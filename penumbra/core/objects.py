@@ -1,0 +1,426 @@
+"""Objects on a node: store accounting, and finding and pulling objects.
+
+Theory of operation
+-------------------
+``StoreAccounting`` is the bookkeeping of one node's object store: which
+objects are in it, their sizes, who pins them, and least-recently-used order.
+It never touches bytes (the driver's store does); it decides.  Rules:
+
+* ``used`` never exceeds ``capacity``;
+* a pinned object is never evicted (pins are counted per holder: a task using
+  the object as an input, a client that ``put`` it);
+* to admit an object, unpinned objects are evicted oldest first, and only if
+  that frees enough room; otherwise nothing is evicted and admission fails
+  with the sizes involved (the user sees ``ObjectStoreFullError``).
+
+``ObjectManager`` answers "make object X available here" for the node's
+scheduler and clients.  It is fed by the GCS: it subscribes to X's object
+table row and reacts to each version of it:
+
+=====================  ====================================================
+row says               manager does
+=====================  ====================================================
+not created yet        waits (the creating task is pending somewhere)
+holds an error         materialises the error locally; X is available
+has live locations     fetches from one (``Fetch``), unless only locating
+created, no location   X is lost: asks the head to reconstruct it
+=====================  ====================================================
+
+A fetch that fails tries the next location; with none left it waits for the
+row to change.  Waiters are tokens chosen by the owner (the node), which the
+manager hands back through ``on_ready(oid, info, waiters)``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Callable, Hashable
+
+from .ids import ObjectId
+from .messages import (
+    Command,
+    Evict,
+    Fetch,
+    ReconstructObject,
+    Send,
+    SetTimer,
+    StoreError,
+)
+from .records import ErrorInfo, ErrorKind, ObjectEntry, ObjectInfo
+from .tables import AddLocation, RemoveLocation, Subscribe, Unsubscribe
+
+__all__ = ["StoreAccounting", "Admission", "ObjectManager"]
+
+
+@dataclass(slots=True)
+class _Stored:
+    size: int
+    pins: dict[Hashable, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    ok: bool
+    evicted: tuple[ObjectId, ...] = ()
+    error: ErrorInfo | None = None
+
+
+class StoreAccounting:
+    """Capacity, pins and LRU order of one node's object store."""
+
+    def __init__(self, capacity: int) -> None:
+        if capacity <= 0:
+            raise ValueError(f"object store capacity must be > 0 bytes, got {capacity}")
+        self.capacity = capacity
+        self.used = 0
+        self.pinned_bytes = 0
+        self.objects: OrderedDict[ObjectId, _Stored] = OrderedDict()  # LRU first
+        self.evictions = 0
+
+    def __contains__(self, oid: ObjectId) -> bool:
+        return oid in self.objects
+
+    def size_of(self, oid: ObjectId) -> int:
+        return self.objects[oid].size
+
+    def touch(self, oid: ObjectId) -> None:
+        if oid in self.objects:
+            self.objects.move_to_end(oid)
+
+    def is_pinned(self, oid: ObjectId) -> bool:
+        o = self.objects.get(oid)
+        return o is not None and bool(o.pins)
+
+    def admit(self, oid: ObjectId, size: int, pin: Hashable | None = None) -> Admission:
+        """Make room for and record ``oid``; evicts unpinned objects (LRU)."""
+        if size < 0:
+            raise ValueError(f"object size must be >= 0, got {size}")
+        existing = self.objects.get(oid)
+        if existing is not None:
+            self.objects.move_to_end(oid)
+            if pin is not None:
+                self.pin(oid, pin)
+            return Admission(True)
+        need = self.used + size - self.capacity
+        victims: list[ObjectId] = []
+        if need > 0:
+            freed = 0
+            for vid, v in self.objects.items():
+                if v.pins:
+                    continue
+                victims.append(vid)
+                freed += v.size
+                if freed >= need:
+                    break
+            if freed < need:
+                return Admission(
+                    False,
+                    error=ErrorInfo(
+                        ErrorKind.OBJECT_STORE_FULL,
+                        f"cannot store object {oid.short()} of {size} bytes: the object store "
+                        f"holds {self.used} of {self.capacity} bytes, {self.pinned_bytes} of them "
+                        f"pinned (in use by running tasks or held by clients that put them). "
+                        f"Free references to objects you no longer need, or start the node "
+                        f"with a larger object_store_memory.",
+                    ),
+                )
+            for vid in victims:
+                self._drop(vid)
+            self.evictions += len(victims)
+        self.objects[oid] = _Stored(size)
+        self.used += size
+        if pin is not None:
+            self.pin(oid, pin)
+        return Admission(True, tuple(victims))
+
+    def pin(self, oid: ObjectId, holder: Hashable) -> None:
+        o = self.objects[oid]
+        if not o.pins:
+            self.pinned_bytes += o.size
+        o.pins[holder] = o.pins.get(holder, 0) + 1
+
+    def unpin(self, oid: ObjectId, holder: Hashable) -> None:
+        o = self.objects.get(oid)
+        if o is None:
+            return
+        n = o.pins.get(holder, 0)
+        if n <= 1:
+            o.pins.pop(holder, None)
+        else:
+            o.pins[holder] = n - 1
+        if not o.pins and n:
+            self.pinned_bytes -= o.size
+
+    def unpin_holder(self, holder: Hashable) -> None:
+        for oid, o in self.objects.items():
+            if holder in o.pins:
+                del o.pins[holder]
+                if not o.pins:
+                    self.pinned_bytes -= o.size
+
+    def remove(self, oid: ObjectId) -> bool:
+        """Forget ``oid`` even if pinned (its bytes are gone: node reset)."""
+        if oid not in self.objects:
+            return False
+        self._drop(oid)
+        return True
+
+    def _drop(self, oid: ObjectId) -> None:
+        o = self.objects.pop(oid)
+        self.used -= o.size
+        if o.pins:
+            self.pinned_bytes -= o.size
+
+    def validate(self) -> None:
+        assert 0 <= self.used <= self.capacity, (self.used, self.capacity)
+        assert self.used == sum(o.size for o in self.objects.values()), "used != sum of sizes"
+        assert self.pinned_bytes == sum(o.size for o in self.objects.values() if o.pins)
+        for oid, o in self.objects.items():
+            assert all(n > 0 for n in o.pins.values()), (oid, o.pins)
+
+
+# ===========================================================================
+
+
+@dataclass(slots=True)
+class _Want:
+    oid: ObjectId
+    waiters: dict[Hashable, bool]  # token -> wants it local (fetch)
+    entry: ObjectEntry | None = None
+    subscribed: bool = False
+    fetching_from: str | None = None
+    failed_from: set[str] = field(default_factory=set)
+    reconstruct_asked_at: float | None = None
+    located_told: set[Hashable] = field(default_factory=set)
+
+    @property
+    def fetch(self) -> bool:
+        return any(self.waiters.values())
+
+
+OnReady = Callable[[ObjectId, ObjectInfo, list[Hashable], float, str], list[Command]]
+OnLocated = Callable[[ObjectId, ObjectEntry, list[Hashable], float, str], list[Command]]
+GcsWriteFn = Callable[..., list[Command]]
+
+
+class ObjectManager:
+    """Makes objects available on one node; see the module docstring."""
+
+    RECONSTRUCT_RETRY = 1.0  # seconds before asking the head again
+    FETCH_RETRY = 0.2
+
+    def __init__(
+        self,
+        node_id: str,
+        address: str,
+        capacity: int,
+        gcs_write: GcsWriteFn,
+        on_ready: OnReady,
+        on_located: OnLocated,
+        head: str = "head",
+    ) -> None:
+        self.node_id = node_id
+        self.address = address
+        self.store = StoreAccounting(capacity)
+        self.gcs_write = gcs_write
+        self.on_ready = on_ready
+        self.on_located = on_located
+        self.head = head
+        self.errors: dict[ObjectId, ErrorInfo] = {}
+        self.wants: dict[ObjectId, _Want] = {}
+        self.dead_nodes: set[str] = set()
+        self.fetches_started = 0
+        self.bytes_fetched = 0
+        self.fetch_retry_armed = False
+
+    # ------------------------------------------------------------------ queries
+    def is_local(self, oid: ObjectId) -> bool:
+        return oid in self.store.objects or oid in self.errors
+
+    def info(self, oid: ObjectId) -> ObjectInfo:
+        err = self.errors.get(oid)
+        if err is not None:
+            return ObjectInfo(size=0, error=err)
+        return ObjectInfo(size=self.store.objects[oid].size)
+
+    def error_of(self, oid: ObjectId) -> ErrorInfo | None:
+        return self.errors.get(oid)
+
+    # ------------------------------------------------------------------ local objects
+    def add_local(self, oid: ObjectId, size: int, now: float, sid: str, pin: Hashable | None = None, record: bool = True) -> tuple[Admission, list[Command]]:
+        """A new object was written into our store (a task output, a put, a
+        fetched copy).  Admit it, evicting as needed."""
+        adm = self.store.admit(oid, size, pin)
+        cmds: list[Command] = []
+        if not adm.ok:
+            return adm, cmds
+        for vid in adm.evicted:
+            cmds.append(Evict(object_id=vid, stimulus_id=sid))
+            cmds += self.gcs_write(RemoveLocation(vid, self.node_id), None, now, sid)
+        if record:
+            cmds += self.gcs_write(AddLocation(oid, self.node_id, size), None, now, sid)
+        cmds += self._resolve(oid, now, sid)
+        return adm, cmds
+
+    def add_error(self, oid: ObjectId, error: ErrorInfo, now: float, sid: str, materialise: bool = True) -> list[Command]:
+        """``oid`` holds ``error`` (its task failed); it is available here."""
+        if oid in self.errors:
+            return []
+        self.errors[oid] = error
+        cmds: list[Command] = []
+        if materialise:
+            cmds.append(StoreError(object_ids=(oid,), error=error, stimulus_id=sid))
+        return cmds + self._resolve(oid, now, sid)
+
+    def _resolve(self, oid: ObjectId, now: float, sid: str) -> list[Command]:
+        w = self.wants.pop(oid, None)
+        if w is None:
+            return []
+        cmds: list[Command] = []
+        if w.subscribed:
+            cmds += self.gcs_write(Unsubscribe(self.address, "objects", oid), None, now, sid)
+        return cmds + self.on_ready(oid, self.info(oid), list(w.waiters), now, sid)
+
+    # ------------------------------------------------------------------ wanting
+    def want(self, oid: ObjectId, token: Hashable, fetch: bool, now: float, sid: str) -> list[Command]:
+        """Register interest; ``on_ready`` fires when ``oid`` is local (if
+        ``fetch``) and ``on_located`` when its row is known (if not)."""
+        if self.is_local(oid):
+            self.store.touch(oid)
+            return self.on_ready(oid, self.info(oid), [token], now, sid)
+        w = self.wants.get(oid)
+        if w is None:
+            w = self.wants[oid] = _Want(oid, {})
+        w.waiters[token] = w.waiters.get(token, False) or fetch
+        cmds: list[Command] = []
+        if not w.subscribed:
+            w.subscribed = True
+            cmds += self.gcs_write(Subscribe(self.address, "objects", oid), None, now, sid)
+        elif w.entry is not None:
+            cmds += self._react(w, now, sid)
+        return cmds
+
+    def unwant(self, oid: ObjectId, token: Hashable, now: float, sid: str) -> list[Command]:
+        w = self.wants.get(oid)
+        if w is None or token not in w.waiters:
+            return []
+        del w.waiters[token]
+        if w.waiters:
+            return []
+        if w.fetching_from is not None:
+            return []  # let the fetch finish; the copy may be useful
+        del self.wants[oid]
+        if w.subscribed:
+            return self.gcs_write(Unsubscribe(self.address, "objects", oid), None, now, sid)
+        return []
+
+    def on_entry(self, oid: ObjectId, entry: ObjectEntry | None, now: float, sid: str) -> list[Command]:
+        """A new version of ``oid``'s object table row."""
+        w = self.wants.get(oid)
+        if w is None or entry is None:
+            return []
+        w.entry = entry
+        return self._react(w, now, sid)
+
+    def _live_locations(self, entry: ObjectEntry, w: _Want) -> list[str]:
+        return sorted(
+            n for n in entry.locations
+            if n != self.node_id and n not in self.dead_nodes and n not in w.failed_from
+        )
+
+    def _react(self, w: _Want, now: float, sid: str) -> list[Command]:
+        e = w.entry
+        if e is None or not e.created:
+            return []
+        if e.error is not None:
+            return self.add_error(w.oid, e.error, now, sid)
+        cmds: list[Command] = []
+        # locate-only waiters learn where it is
+        untold = [t for t, fetch in w.waiters.items() if not fetch and t not in w.located_told]
+        if untold:
+            w.located_told.update(untold)
+            cmds += self.on_located(w.oid, e, untold, now, sid)
+        if not w.fetch or w.fetching_from is not None or w.oid not in self.wants:
+            return cmds
+        locs = self._live_locations(e, w)
+        if locs:
+            # spread load over replicas deterministically by object id
+            src = locs[int.from_bytes(w.oid[:2], "big") % len(locs)]
+            w.fetching_from = src
+            self.fetches_started += 1
+            cmds.append(Fetch(object_id=w.oid, from_node=src, size=e.size, stimulus_id=sid))
+            return cmds
+        # (a row naming only us, while we lack the bytes, means our copy was
+        # evicted and the removal is still in flight: the object is lost)
+        live_somewhere = any(n not in self.dead_nodes and n != self.node_id for n in e.locations)
+        if not live_somewhere:
+            # lost: every copy is gone (or only on dead nodes)
+            if w.reconstruct_asked_at is None or now - w.reconstruct_asked_at >= self.RECONSTRUCT_RETRY:
+                w.reconstruct_asked_at = now
+                cmds.append(Send(to=self.head, msg=ReconstructObject(object_id=w.oid, node_id=self.node_id, stimulus_id=sid)))
+                cmds.append(SetTimer(at=now + self.RECONSTRUCT_RETRY, key=("obj", "recheck", w.oid)))
+        else:
+            # every live copy failed us; try them again a little later
+            w.failed_from.clear()
+            cmds.append(SetTimer(at=now + self.FETCH_RETRY, key=("obj", "recheck", w.oid)))
+        return cmds
+
+    def on_recheck(self, oid: ObjectId, now: float, sid: str) -> list[Command]:
+        w = self.wants.get(oid)
+        if w is None:
+            return []
+        return self._react(w, now, sid)
+
+    # ------------------------------------------------------------------ fetches
+    def on_fetch_completed(self, oid: ObjectId, size: int, now: float, sid: str) -> tuple[Admission | None, list[Command]]:
+        w = self.wants.get(oid)
+        if w is not None:
+            w.fetching_from = None
+        self.bytes_fetched += size
+        if self.is_local(oid):
+            return None, []
+        adm, cmds = self.add_local(oid, size, now, sid)
+        if not adm.ok:
+            cmds.append(Evict(object_id=oid, stimulus_id=sid))
+            if w is not None:
+                # tell fetch-waiters: the store is full of pinned objects
+                self.wants.pop(oid, None)
+                if w.subscribed:
+                    cmds += self.gcs_write(Unsubscribe(self.address, "objects", oid), None, now, sid)
+                cmds += self.on_ready(oid, ObjectInfo(size=size, error=adm.error), list(w.waiters), now, sid)
+        return adm, cmds
+
+    def on_fetch_failed(self, oid: ObjectId, from_node: str, now: float, sid: str) -> list[Command]:
+        w = self.wants.get(oid)
+        if w is None:
+            return []
+        w.fetching_from = None
+        w.failed_from.add(from_node)
+        if not w.waiters:
+            del self.wants[oid]
+            if w.subscribed:
+                return self.gcs_write(Unsubscribe(self.address, "objects", oid), None, now, sid)
+            return []
+        return self._react(w, now, sid)
+
+    # ------------------------------------------------------------------ cluster events
+    def on_node_dead(self, node: str, now: float, sid: str) -> list[Command]:
+        self.dead_nodes.add(node)
+        cmds: list[Command] = []
+        for w in list(self.wants.values()):
+            if w.entry is not None and node in w.entry.locations and w.fetching_from is None:
+                cmds += self._react(w, now, sid)
+        return cmds
+
+    def on_object_unrecoverable(self, oid: ObjectId, error: ErrorInfo, now: float, sid: str) -> list[Command]:
+        if oid not in self.wants:
+            return []
+        return self.add_error(oid, error, now, sid)
+
+    def validate(self) -> None:
+        self.store.validate()
+        for oid, w in self.wants.items():
+            assert not self.is_local(oid) or w.fetching_from is not None or not w.waiters, (
+                f"{oid} is local but still wanted by {list(w.waiters)}"
+            )

@@ -1,0 +1,770 @@
+"""The bottom-up scheduler: a local scheduler per node, one global scheduler.
+
+Theory of operation
+-------------------
+A task goes to the local scheduler of the node where it was submitted.  The
+local scheduler keeps it unless one of the paper's three reasons says to
+*forward* it to the global scheduler (and the task was not placed here by the
+global scheduler already, which would ping-pong):
+
+==============  ===========================================================
+reason          when
+==============  ===========================================================
+infeasible      this node's *total* resources cannot satisfy the request
+overloaded      more than ``forward_queue_threshold`` tasks queue here and
+                another node is alive
+remote_inputs   the inputs held on other nodes total at least
+                ``forward_remote_bytes``
+==============  ===========================================================
+
+A kept task moves through these states; each transition is one line of its
+story::
+
+    submitted -> waiting (inputs not local) -> ready -> running -> finished
+                     |                          ^   |        \\-> failed(reason)
+                     \\-> forwarded             |   \\-> retry (worker died)
+                                                \\------------/
+
+*ready* tasks are dispatched in FIFO order to idle workers when their
+resources fit.  Resources are fixed point (``ResourceSet``): never negative,
+never above capacity.  A worker that blocks in ``get`` lends its CPUs back
+(otherwise nested tasks deadlock on a small node); when it unblocks it takes
+them back if free, and otherwise runs on *debt* that the next releases repay
+first.  The invariant, checked by ``validate()``::
+
+    available + sum(held - lent over running workers) - debt == total
+
+The global scheduler filters the alive nodes whose total resources fit, then
+prefers those with the resources available now, and among them picks the
+lowest estimated wait::
+
+    (queue length + tasks it placed since the last heartbeat)
+        x mean task time  +  remote input bytes / bandwidth
+
+with loads from heartbeats (exponential averages kept by the nodes) and input
+sizes and locations read from the GCS.  A task no node can ever satisfy is
+kept pending, reported once with a warning naming the request and the
+cluster's resources, and placed when a node that fits joins.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .ids import ObjectId, TaskId
+from .messages import (
+    Command,
+    Execute,
+    ForwardTask,
+    InterruptTask,
+    KillWorker,
+    Log,
+    PlaceTask,
+    Send,
+    SetTimer,
+    StartWorker,
+)
+from .records import ErrorInfo, ErrorKind, NodeLoad, ObjectEntry, ObjectInfo
+from .specs import EMPTY, ResourceSet, TaskSpec
+from .tables import AddTask, GetMany, RetryTask, SetTaskNode, key_shard
+
+if TYPE_CHECKING:
+    from .node import NodeMachine
+
+__all__ = ["SchedulerConfig", "LocalScheduler", "GlobalScheduler", "GlobalConfig", "Rng"]
+
+
+class Rng(Protocol):
+    """The part of ``random.Random`` the core uses (passed in, seeded)."""
+
+    def random(self) -> float: ...
+
+    def randrange(self, n: int) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    forward_queue_threshold: int = 100
+    forward_remote_bytes: int = 100 * 1024 * 1024
+    max_workers: int = 0  # 0: 4 x CPUs (at least 4); blocked workers don't count
+    prestart_workers: int = -1  # -1: one per CPU
+    heartbeat_interval: float = 0.1
+    ema_alpha: float = 0.2
+    dispatch_scan: int = 64
+    worker_retry_after: float = 0.5
+    history_limit: int = 100_000  # finished tasks remembered (for stories)
+
+
+# task states
+WAITING = "waiting"
+LOCATING = "locating"
+READY = "ready"
+RUNNING = "running"
+
+
+@dataclass(slots=True, eq=False)
+class _Task:
+    spec: TaskSpec
+    state: str
+    attempt: int = 0
+    placed: bool = False
+    missing: set[ObjectId] = field(default_factory=set)
+    worker: str | None = None
+    started_at: float = 0.0
+    cancelled: bool = False
+    reconstruction: bool = False
+    actor: Any = None  # for actor creation: (ActorEntry, replay specs)
+
+
+# worker states
+STARTING = "starting"
+IDLE = "idle"
+BUSY = "busy"
+ACTOR = "actor"
+
+
+@dataclass(slots=True, eq=False)
+class _Worker:
+    worker_id: str
+    state: str
+    task: TaskId | None = None
+    held: ResourceSet = EMPTY
+    lent: ResourceSet = EMPTY
+    blocked: bool = False
+
+
+class LocalScheduler:
+    """A node's local scheduler and worker pool.  Part of ``NodeMachine``."""
+
+    def __init__(self, node: "NodeMachine", resources: ResourceSet, config: SchedulerConfig) -> None:
+        self.node = node
+        self.config = config
+        self.total = resources
+        self.available = resources
+        self.debt = EMPTY
+        self.tasks: dict[TaskId, _Task] = {}
+        self.ready: deque[TaskId] = deque()
+        self.workers: dict[str, _Worker] = {}
+        self.idle: deque[str] = deque()
+        self.next_worker = 0
+        self.pending_starts = 0
+        self.retry_armed = False
+        self.done: OrderedDict[TaskId, str] = OrderedDict()  # task -> 'finished'|'failed:...'|'forwarded'
+        self.mean_task_time = 0.0
+        self.finished_count = 0
+        self.failed_count = 0
+        self.forwarded_count = 0
+        self.other_nodes_alive = 0
+        self._locating: dict[TaskId, dict[ObjectId, ObjectEntry]] = {}
+        cpus = resources.get("CPU")
+        self.max_workers = config.max_workers or max(4, int(4 * cpus))
+        self.prestart = config.prestart_workers if config.prestart_workers >= 0 else max(1, int(cpus))
+
+    # ------------------------------------------------------------------ setup
+    def start(self, now: float) -> list[Command]:
+        cmds: list[Command] = []
+        for _ in range(min(self.prestart, self.max_workers)):
+            cmds.append(self._start_worker("prestart"))
+        return cmds
+
+    def _start_worker(self, sid: str) -> StartWorker:
+        wid = f"{self.node.node_id}/w{self.next_worker}"
+        self.next_worker += 1
+        self.workers[wid] = _Worker(wid, STARTING)
+        self.pending_starts += 1
+        return StartWorker(worker_id=wid, stimulus_id=sid)
+
+    @property
+    def queue_length(self) -> int:
+        return len(self.tasks) - self.running_count
+
+    @property
+    def running_count(self) -> int:
+        return sum(1 for w in self.workers.values() if w.state == BUSY)
+
+    def load(self) -> NodeLoad:
+        running = self.running_count
+        return NodeLoad(
+            queue_length=len(self.tasks) - running,
+            running=running,
+            available=self.available,
+            total=self.total,
+            mean_task_time=self.mean_task_time,
+            store_used=self.node.objects.store.used,
+            store_capacity=self.node.objects.store.capacity,
+            num_workers=len(self.workers),
+        )
+
+    def _story(self, tid: TaskId, now: float, sid: str, what: str) -> None:
+        self.node.story_add(tid, now, sid, what)
+
+    def _remember(self, tid: TaskId, outcome: str) -> None:
+        self.done[tid] = outcome
+        if len(self.done) > self.config.history_limit:
+            self.done.popitem(last=False)
+
+    # ------------------------------------------------------------------ submission
+    def submit(self, spec: TaskSpec, now: float, sid: str, placed: bool = False, attempt: int = 0,
+               record: bool = True, reconstruction: bool = False, actor: Any = None) -> list[Command]:
+        tid = spec.task_id
+        if tid in self.tasks:
+            return []  # already here (a duplicate placement)
+        self.done.pop(tid, None)
+        cmds: list[Command] = []
+        if record:
+            cmds += self.node.gcs_write(AddTask(spec, self.node.node_id), None, now, sid)
+        self._story(tid, now, sid, f"submitted{' (placed)' if placed else ''} attempt={attempt}")
+        if not placed:
+            reason = None
+            if not spec.resources.is_subset_of(self.total):
+                reason = "infeasible"
+            elif self.other_nodes_alive and self.queue_length >= self.config.forward_queue_threshold:
+                reason = "overloaded"
+            if reason is not None:
+                return cmds + self._forward(spec, reason, attempt, now, sid, reconstruction)
+        elif not spec.resources.is_subset_of(self.total):
+            return cmds + self._forward(spec, "infeasible", attempt, now, sid, reconstruction)
+        t = _Task(spec, WAITING, attempt=attempt, placed=placed, reconstruction=reconstruction, actor=actor)
+        self.tasks[tid] = t
+        return cmds + self._resolve_inputs(t, now, sid)
+
+    def _resolve_inputs(self, t: _Task, now: float, sid: str) -> list[Command]:
+        objects = self.node.objects
+        deps = t.spec.dependencies
+        missing = {d for d in deps if not objects.is_local(d)}
+        # inputs already here that hold errors fail the task at once
+        for d in deps:
+            if d not in missing:
+                err = objects.error_of(d)
+                if err is not None:
+                    return self._fail(t, err, now, sid, f"input {d.short()} holds an error")
+        if not missing:
+            return self._make_ready(t, now, sid)
+        t.missing = missing
+        cmds: list[Command] = []
+        locate_first = (
+            not t.placed and self.other_nodes_alive and self.config.forward_remote_bytes > 0
+        )
+        t.state = LOCATING if locate_first else WAITING
+        token = ("task", t.spec.task_id)
+        for d in sorted(missing):
+            cmds += objects.want(d, token, not locate_first, now, sid)
+            if t.state not in (LOCATING, WAITING) or t.spec.task_id not in self.tasks:
+                break  # resolved synchronously (or failed)
+        return cmds
+
+    def on_located(self, tid: TaskId, oid: ObjectId, entry: ObjectEntry, now: float, sid: str) -> list[Command]:
+        """A dependency's row is known (locate phase, before fetching)."""
+        t = self.tasks.get(tid)
+        if t is None or t.state != LOCATING:
+            return []
+        # rows of the inputs located so far (kept off the hot path)
+        sizes = self._locating.setdefault(tid, {})
+        sizes[oid] = entry
+        if len(sizes) < len(t.missing):
+            return []
+        self._locating.pop(tid, None)
+        remote = sum(e.size for e in sizes.values())
+        objects = self.node.objects
+        token = ("task", tid)
+        if remote >= self.config.forward_remote_bytes:
+            cmds: list[Command] = []
+            for d in t.missing:
+                cmds += objects.unwant(d, token, now, sid)
+            del self.tasks[tid]
+            return cmds + self._forward(t.spec, "remote_inputs", t.attempt, now, sid, t.reconstruction)
+        t.state = WAITING
+        cmds = []
+        for d in sorted(t.missing):
+            cmds += objects.want(d, token, True, now, sid)
+        return cmds
+
+    def on_input_ready(self, tid: TaskId, oid: ObjectId, info: ObjectInfo, now: float, sid: str) -> list[Command]:
+        t = self.tasks.get(tid)
+        if t is None or oid not in t.missing:
+            return []
+        if info.error is not None:
+            return self._fail(t, info.error, now, sid, f"input {oid.short()} holds an error")
+        t.missing.discard(oid)
+        if t.missing:
+            return []
+        return self._make_ready(t, now, sid)
+
+    def _make_ready(self, t: _Task, now: float, sid: str) -> list[Command]:
+        t.state = READY
+        t.missing = set()
+        self.ready.append(t.spec.task_id)
+        self._story(t.spec.task_id, now, sid, "ready")
+        return self.dispatch(now, sid)
+
+    def _forward(self, spec: TaskSpec, reason: str, attempt: int, now: float, sid: str, reconstruction: bool = False) -> list[Command]:
+        self.forwarded_count += 1
+        self._remember(spec.task_id, "forwarded")
+        self._story(spec.task_id, now, sid, f"forwarded ({reason})")
+        return [Send(to=self.node.head, msg=ForwardTask(spec=spec, from_node=self.node.node_id, reason=reason, attempt=attempt, stimulus_id=sid))]
+
+    # ------------------------------------------------------------------ dispatch
+    def dispatch(self, now: float, sid: str) -> list[Command]:
+        cmds: list[Command] = []
+        ready = self.ready
+        scanned = 0
+        skipped: list[TaskId] = []
+        while ready and scanned < self.config.dispatch_scan:
+            tid = ready[0]
+            t = self.tasks.get(tid)
+            if t is None or t.state != READY:
+                ready.popleft()
+                continue
+            req = t.spec.resources
+            if not req.is_subset_of(self.available):
+                skipped.append(ready.popleft())
+                scanned += 1
+                continue
+            if not self.idle:
+                if self._alive_pool() < self.max_workers:
+                    needed = len(ready) - self.pending_starts
+                    for _ in range(max(0, min(needed, self.max_workers - self._alive_pool()))):
+                        cmds.append(self._start_worker(sid))
+                break
+            ready.popleft()
+            wid = self.idle.popleft()
+            cmds += self._run(t, wid, now, sid)
+        if skipped:
+            ready.extendleft(reversed(skipped))
+        return cmds
+
+    def _alive_pool(self) -> int:
+        return sum(1 for w in self.workers.values() if w.state != ACTOR and not w.blocked)
+
+    def _run(self, t: _Task, wid: str, now: float, sid: str) -> list[Command]:
+        w = self.workers[wid]
+        req = t.spec.resources
+        self.available = self.available - req
+        w.state = BUSY
+        w.task = t.spec.task_id
+        w.held = req
+        t.state = RUNNING
+        t.worker = wid
+        t.started_at = now
+        store = self.node.objects.store
+        holder = ("task", t.spec.task_id)
+        for d in t.spec.dependencies:
+            if d in store.objects:
+                store.pin(d, holder)
+        self._story(t.spec.task_id, now, sid, f"running on {wid} attempt={t.attempt}")
+        checkpoint = t.actor.checkpoint if t.actor is not None else None
+        return [Execute(worker_id=wid, spec=t.spec, attempt=t.attempt, checkpoint=checkpoint, stimulus_id=sid)]
+
+    def _release(self, w: _Worker) -> None:
+        give = w.held - w.lent
+        if not self.debt.is_empty():
+            pay = give.min_with(self.debt)
+            self.debt = self.debt - pay
+            give = give - pay
+        self.available = self.available + give
+        w.held = EMPTY
+        w.lent = EMPTY
+        w.blocked = False
+
+    def _unpin_inputs(self, t: _Task) -> None:
+        store = self.node.objects.store
+        holder = ("task", t.spec.task_id)
+        for d in t.spec.dependencies:
+            store.unpin(d, holder)
+
+    # ------------------------------------------------------------------ workers
+    def on_worker_started(self, wid: str, now: float, sid: str) -> list[Command]:
+        w = self.workers.get(wid)
+        if w is None or w.state != STARTING:
+            return []
+        self.pending_starts -= 1
+        w.state = IDLE
+        self.idle.append(wid)
+        return self.dispatch(now, sid)
+
+    def on_worker_start_failed(self, wid: str, reason: str, now: float, sid: str) -> list[Command]:
+        w = self.workers.pop(wid, None)
+        if w is None:
+            return []
+        self.pending_starts -= 1
+        cmds: list[Command] = [Log(level="warning", text=f"node {self.node.node_id}: worker {wid} failed to start: {reason}", stimulus_id=sid)]
+        if not self.retry_armed:
+            self.retry_armed = True
+            cmds.append(SetTimer(at=now + self.config.worker_retry_after, key=("sched", "retry")))
+        return cmds
+
+    def on_retry_timer(self, now: float, sid: str) -> list[Command]:
+        self.retry_armed = False
+        return self.dispatch(now, sid)
+
+    def on_blocked(self, wid: str, now: float, sid: str) -> list[Command]:
+        w = self.workers.get(wid)
+        if w is None or w.state != BUSY or w.blocked:
+            return []
+        w.blocked = True
+        lend = w.held.only(("CPU",))
+        w.lent = lend
+        self.available = self.available + lend
+        if w.task is not None:
+            self._story(w.task, now, sid, f"worker {wid} blocked in get; lent {lend}")
+        return self.dispatch(now, sid)
+
+    def on_unblocked(self, wid: str, now: float, sid: str) -> list[Command]:
+        w = self.workers.get(wid)
+        if w is None or not w.blocked:
+            return []
+        w.blocked = False
+        lent = w.lent
+        take = lent.min_with(self.available)
+        self.available = self.available - take
+        self.debt = self.debt + (lent - take)
+        w.lent = EMPTY
+        return []
+
+    def on_worker_crashed(self, wid: str, reason: str, now: float, sid: str) -> list[Command]:
+        w = self.workers.pop(wid, None)
+        if w is None:
+            return []
+        if w.state == STARTING:
+            self.pending_starts -= 1
+        try:
+            self.idle.remove(wid)
+        except ValueError:
+            pass
+        cmds: list[Command] = []
+        tid = w.task
+        self._release(w)
+        if tid is not None:
+            t = self.tasks.get(tid)
+            if t is not None:
+                self._unpin_inputs(t)
+                if t.cancelled:
+                    cmds += self._fail(t, ErrorInfo(ErrorKind.TASK_CANCELLED, f"task {t.spec.display_name()} was cancelled", task_name=t.spec.display_name()), now, sid, "cancelled (worker killed)")
+                elif t.actor is not None or t.spec.is_actor_creation:
+                    cmds += self._fail(t, ErrorInfo(ErrorKind.ACTOR_DIED, f"the worker creating actor {t.spec.display_name()} died: {reason}", task_name=t.spec.display_name()), now, sid, f"creation worker died: {reason}")
+                else:
+                    cmds += self._retry_or_fail(
+                        t, ErrorInfo(ErrorKind.WORKER_CRASHED, f"the worker running {t.spec.display_name()} died: {reason}", task_name=t.spec.display_name()),
+                        now, sid, f"worker {wid} died: {reason}",
+                    )
+        # keep the prestarted pool alive
+        if self._alive_pool() + self.pending_starts < self.prestart:
+            cmds.append(self._start_worker(sid))
+        return cmds + self.dispatch(now, sid)
+
+    def _retry_or_fail(self, t: _Task, error: ErrorInfo, now: float, sid: str, why: str) -> list[Command]:
+        limit = t.spec.max_retries
+        if limit < 0 or t.attempt < limit:
+            tid = t.spec.task_id
+            t.attempt += 1
+            t.state = WAITING
+            t.worker = None
+            self._story(tid, now, sid, f"retry {t.attempt} after: {why}")
+            cmds = self.node.gcs_write(RetryTask(tid, self.node.node_id), None, now, sid)
+            return cmds + self._resolve_inputs(t, now, sid)
+        return self._fail(t, error, now, sid, why)
+
+    # ------------------------------------------------------------------ completion
+    def on_task_finished(self, wid: str, tid: TaskId, outputs, duration: float, now: float, sid: str) -> list[Command]:
+        w = self.workers.get(wid)
+        t = self.tasks.get(tid)
+        if w is None or t is None or w.task != tid:
+            return []
+        self._release(w)
+        w.task = None
+        self._unpin_inputs(t)
+        elapsed = duration if duration > 0 else now - t.started_at
+        a = self.config.ema_alpha
+        self.mean_task_time = elapsed if self.finished_count == 0 else (1 - a) * self.mean_task_time + a * elapsed
+        if t.cancelled:
+            w.state = IDLE
+            self.idle.append(wid)
+            return self._fail(t, ErrorInfo(ErrorKind.TASK_CANCELLED, f"task {t.spec.display_name()} was cancelled", task_name=t.spec.display_name()), now, sid, "cancelled") + self.dispatch(now, sid)
+        if t.spec.is_actor_creation:
+            # the worker now belongs to the actor; the node's actor host takes it
+            w.state = ACTOR
+            del self.tasks[tid]
+            self.finished_count += 1
+            self._remember(tid, "finished")
+            self._story(tid, now, sid, f"actor created on {wid}")
+            cmds = self.node.actor_created(t.spec, t.actor, wid, now, sid)
+            return cmds + self.dispatch(now, sid)
+        w.state = IDLE
+        self.idle.append(wid)
+        cmds = self.node.store_outputs(t.spec, outputs, t.attempt, now, sid)
+        del self.tasks[tid]
+        self.finished_count += 1
+        self._remember(tid, "finished")
+        self._story(tid, now, sid, "finished")
+        return cmds + self.dispatch(now, sid)
+
+    def on_task_raised(self, wid: str, tid: TaskId, error: ErrorInfo, retryable: bool, now: float, sid: str) -> list[Command]:
+        w = self.workers.get(wid)
+        t = self.tasks.get(tid)
+        if w is None or t is None or w.task != tid:
+            return []
+        self._release(w)
+        w.task = None
+        w.state = IDLE
+        self.idle.append(wid)
+        self._unpin_inputs(t)
+        if t.spec.is_actor_creation:
+            cmds = self.node.actor_creation_failed(t.spec, t.actor, error, now, sid)
+            del self.tasks[tid]
+            self.failed_count += 1
+            self._remember(tid, f"failed:{error.kind.value}")
+            return cmds + self.dispatch(now, sid)
+        if retryable and not t.cancelled and error.kind is ErrorKind.TASK_ERROR:
+            cmds = self._retry_or_fail(t, error, now, sid, "the task raised (retry_exceptions)")
+        else:
+            cmds = self._fail(t, error, now, sid, f"raised {error.kind.value}")
+        return cmds + self.dispatch(now, sid)
+
+    def _fail(self, t: _Task, error: ErrorInfo, now: float, sid: str, why: str) -> list[Command]:
+        tid = t.spec.task_id
+        if t.state in (WAITING, LOCATING):
+            token = ("task", tid)
+            for d in t.missing:
+                self.node.objects.unwant(d, token, now, sid)
+        self.tasks.pop(tid, None)
+        self._locating.pop(tid, None)
+        self.failed_count += 1
+        self._remember(tid, f"failed:{error.kind.value}")
+        self._story(tid, now, sid, f"failed: {why}")
+        if t.spec.is_actor_creation:
+            return self.node.actor_creation_failed(t.spec, t.actor, error, now, sid)
+        return self.node.fail_outputs(t.spec, error, t.attempt, now, sid)
+
+    # ------------------------------------------------------------------ cancel
+    def cancel(self, tid: TaskId, force: bool, now: float, sid: str) -> tuple[bool, list[Command]]:
+        t = self.tasks.get(tid)
+        if t is None:
+            return False, []
+        err = ErrorInfo(ErrorKind.TASK_CANCELLED, f"task {t.spec.display_name()} was cancelled", task_name=t.spec.display_name())
+        if t.state != RUNNING:
+            return True, self._fail(t, err, now, sid, "cancelled while queued")
+        t.cancelled = True
+        self._story(tid, now, sid, f"cancel requested (force={force})")
+        if force:
+            return True, [KillWorker(worker_id=t.worker, reason="task cancelled with force=True", stimulus_id=sid)]
+        return True, [InterruptTask(worker_id=t.worker, task_id=tid, stimulus_id=sid)]
+
+    # ------------------------------------------------------------------ actors
+    def release_actor_worker(self, wid: str) -> None:
+        """An actor's worker is gone for good (killed or crashed)."""
+        self.workers.pop(wid, None)
+
+    def acquire(self, req: ResourceSet) -> bool:
+        if not req.is_subset_of(self.available):
+            return False
+        self.available = self.available - req
+        return True
+
+    def acquire_or_borrow(self, req: ResourceSet) -> ResourceSet:
+        """Take ``req`` for an actor's lifetime; what is not free now becomes
+        debt (the creation task just released at least as much, unless debt
+        from blocked workers absorbed it)."""
+        take = req.min_with(self.available)
+        self.available = self.available - take
+        self.debt = self.debt + (req - take)
+        return req
+
+    def release(self, req: ResourceSet) -> None:
+        give = req
+        if not self.debt.is_empty():
+            pay = give.min_with(self.debt)
+            self.debt = self.debt - pay
+            give = give - pay
+        self.available = self.available + give
+
+    # ------------------------------------------------------------------ checks
+    def state_of(self, tid: TaskId) -> str | None:
+        t = self.tasks.get(tid)
+        if t is not None:
+            return t.state
+        return self.done.get(tid)
+
+    def validate(self, actor_held: ResourceSet = EMPTY) -> None:
+        assert self.available.is_nonnegative(), f"negative available resources {self.available}"
+        assert self.available.is_subset_of(self.total), f"available {self.available} above total {self.total}"
+        assert self.debt.is_nonnegative()
+        in_use = EMPTY
+        for w in self.workers.values():
+            if w.state == BUSY:
+                in_use = in_use + (w.held - w.lent)
+        lhs = self.available + in_use + actor_held - self.debt
+        assert lhs == self.total, f"resource leak: available {self.available} + in use {in_use} + actors {actor_held} - debt {self.debt} != total {self.total}"
+        running = {w.task for w in self.workers.values() if w.state == BUSY}
+        for tid, t in self.tasks.items():
+            assert t.state in (WAITING, LOCATING, READY, RUNNING), t.state
+            assert (t.state == RUNNING) == (tid in running), f"{tid} state {t.state} vs workers"
+            assert tid not in self.done, f"{tid} both live and done"
+        assert self.pending_starts == sum(1 for w in self.workers.values() if w.state == STARTING)
+        for wid in self.idle:
+            assert self.workers[wid].state == IDLE
+
+
+# ===========================================================================
+
+
+@dataclass(frozen=True, slots=True)
+class GlobalConfig:
+    bandwidth: float = 1.0e9  # bytes/s, for the remote-input term
+    locality_aware: bool = True
+    node_timeout: float = 1.0  # heartbeats missed for this long: node dead
+
+
+@dataclass(slots=True)
+class _NodeView:
+    node_id: str
+    total: ResourceSet
+    load: NodeLoad | None = None
+    alive: bool = True
+    placed_since: int = 0
+    last_heartbeat: float = 0.0
+    reserved: ResourceSet = EMPTY
+
+
+@dataclass(slots=True)
+class _Pending:
+    spec: TaskSpec
+    attempt: int
+    reconstruction: bool
+    sid: str
+    deps: dict[ObjectId, ObjectEntry | None] = field(default_factory=dict)
+    waiting_reads: int = 0
+    on_placed: Any = None  # callback (node) -> commands, for actors
+
+
+class GlobalScheduler:
+    """Places forwarded tasks; part of the head machine."""
+
+    def __init__(self, head, config: GlobalConfig, rng: Rng) -> None:
+        self.head = head
+        self.config = config
+        self.rng = rng
+        self.nodes: dict[str, _NodeView] = {}
+        self.pending: dict[TaskId, _Pending] = {}
+        self.infeasible: dict[TaskId, _Pending] = {}
+        self.warned: set[ResourceSet] = set()
+        self.placements = 0
+
+    # ------------------------------------------------------------------ membership
+    def add_node(self, node_id: str, total: ResourceSet, now: float, sid: str) -> list[Command]:
+        self.nodes[node_id] = _NodeView(node_id, total, last_heartbeat=now)
+        # a new node may make infeasible tasks feasible
+        cmds: list[Command] = []
+        for tid, p in list(self.infeasible.items()):
+            if p.spec.resources.is_subset_of(total):
+                del self.infeasible[tid]
+                cmds += self._place(p, now, p.sid)
+        return cmds
+
+    def remove_node(self, node_id: str) -> None:
+        v = self.nodes.get(node_id)
+        if v is not None:
+            v.alive = False
+
+    def on_heartbeat(self, node_id: str, load: NodeLoad, now: float) -> None:
+        v = self.nodes.get(node_id)
+        if v is None or not v.alive:
+            return
+        v.load = load
+        v.total = load.total
+        v.placed_since = 0
+        v.reserved = EMPTY
+        v.last_heartbeat = now
+
+    def alive_nodes(self) -> list[str]:
+        return [n for n, v in self.nodes.items() if v.alive]
+
+    # ------------------------------------------------------------------ placement
+    def submit(self, spec: TaskSpec, attempt: int, now: float, sid: str, reconstruction: bool = False, on_placed=None) -> list[Command]:
+        p = _Pending(spec, attempt, reconstruction, sid, on_placed=on_placed)
+        deps = spec.dependencies
+        if not deps or not self.config.locality_aware:
+            return self._place(p, now, sid)
+        # read the inputs' sizes and locations from the GCS, grouped by shard
+        self.pending[spec.task_id] = p
+        for d in deps:
+            p.deps[d] = None
+        by_shard: dict[int, list[ObjectId]] = {}
+        n = self.head.gcs.num_shards or 1
+        for d in dict.fromkeys(deps):
+            by_shard.setdefault(key_shard("objects", d, n), []).append(d)
+        cmds: list[Command] = []
+        for shard in sorted(by_shard):
+            keys = tuple(by_shard[shard])
+            p.waiting_reads += 1
+            cmds += self.head.gcs.read(GetMany("objects", keys), ("gs-deps", spec.task_id, keys), now, sid)
+        return cmds
+
+    def on_deps(self, tid: TaskId, keys: tuple, rows: tuple, now: float, sid: str) -> list[Command]:
+        p = self.pending.get(tid)
+        if p is None:
+            return []
+        for k, row in zip(keys, rows):
+            p.deps[k] = row
+        p.waiting_reads -= 1
+        if p.waiting_reads > 0:
+            return []
+        del self.pending[tid]
+        return self._place(p, now, sid)
+
+    def _place(self, p: _Pending, now: float, sid: str) -> list[Command]:
+        req = p.spec.resources
+        feasible = [v for v in self.nodes.values() if v.alive and req.is_subset_of(v.total)]
+        if not feasible:
+            self.infeasible[p.spec.task_id] = p
+            if req not in self.warned:
+                self.warned.add(req)
+                cluster = {v.node_id: v.total.to_dict() for v in self.nodes.values() if v.alive}
+                return [Log(
+                    level="warning",
+                    text=(
+                        f"task {p.spec.display_name()} requests {req.to_dict()}, which no node in the "
+                        f"cluster can satisfy (nodes: {cluster}). It stays pending until a node with "
+                        f"these resources joins; add one (penumbra start --address ... --resources ...) "
+                        f"or lower the request."
+                    ),
+                    job_id=p.spec.job_id,
+                    stimulus_id=sid,
+                )]
+            return []
+        def free_now(v: _NodeView) -> bool:
+            avail = v.load.available if v.load is not None else v.total
+            return req.is_subset_of(avail - v.reserved)
+        candidates = [v for v in feasible if free_now(v)] or feasible
+        bw = self.config.bandwidth
+        best: list[_NodeView] = []
+        best_score = None
+        for v in candidates:
+            load = v.load
+            q = (load.queue_length if load else 0) + v.placed_since
+            mean = load.mean_task_time if load and load.mean_task_time > 0 else 1e-3
+            score = q * mean
+            if self.config.locality_aware and p.deps:
+                remote = 0
+                for oid, row in p.deps.items():
+                    if row is not None and v.node_id not in row.locations:
+                        remote += row.size
+                score += remote / bw
+            if best_score is None or score < best_score - 1e-12:
+                best, best_score = [v], score
+            elif abs(score - best_score) <= 1e-12:
+                best.append(v)
+        chosen = best[0] if len(best) == 1 else best[self.rng.randrange(len(best))]
+        chosen.placed_since += 1
+        chosen.reserved = chosen.reserved + req
+        self.placements += 1
+        if p.on_placed is not None:
+            return p.on_placed(chosen.node_id, now, sid)
+        cmds: list[Command] = [Send(to=chosen.node_id, msg=PlaceTask(spec=p.spec, attempt=p.attempt, reconstruction=p.reconstruction, stimulus_id=sid))]
+        cmds += self.head.gcs.write(SetTaskNode(p.spec.task_id, chosen.node_id), None, now, sid)
+        return cmds
+
+    def validate(self) -> None:
+        for tid in self.infeasible:
+            assert tid not in self.pending

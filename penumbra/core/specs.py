@@ -201,6 +201,8 @@ class ActorSpec:
     # checkpoint when the actor restarts (off by default, as in Ray).
     replay: bool = False
     checkpoint_interval: int = 0  # methods between checkpoints; 0 = never
+    # (name, num_returns) of the class's methods, for building handles
+    methods: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,1 @@
+"""The public API's implementation (re-exported by ``penumbra``)."""

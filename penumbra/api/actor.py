@@ -1,0 +1,211 @@
+"""``@penumbra.remote`` classes: actors, their handles and methods."""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import threading
+from typing import Any
+
+from ..core.ids import ActorId, actor_id_of, child_task_id
+from ..core.specs import EMPTY, ActorSpec, FunctionDescriptor, TaskSpec
+from .args import pack_args
+from .context import current_runtime, task_context
+from .options import ACTOR_OPTIONS, METHOD_OPTIONS, actor_resources, validate
+from .refs import ObjectRef
+from .remote_function import _Exported, _put
+
+__all__ = ["ActorClass", "ActorHandle", "ActorMethod", "method"]
+
+_seq_lock = threading.Lock()
+_seqs: dict[tuple[int, ActorId], itertools.count] = {}
+
+
+def method(*, num_returns: int | None = None, **other):
+    """Decorate an actor method to set its options (``num_returns``)."""
+    opts = validate({"num_returns": num_returns, **other} if num_returns is not None else other,
+                    METHOD_OPTIONS, "an actor method")
+
+    def deco(fn):
+        fn.__penumbra_method_options__ = opts
+        return fn
+
+    return deco
+
+
+def _method_table(cls: type) -> tuple[tuple[str, int], ...]:
+    out = []
+    for name, member in inspect.getmembers(cls):
+        if name.startswith("__") and name not in ("__call__",):
+            continue
+        if not callable(member):
+            continue
+        opts = getattr(member, "__penumbra_method_options__", {})
+        out.append((name, opts.get("num_returns", 1) if opts.get("num_returns") is not None else 1))
+    return tuple(sorted(out))
+
+
+def _is_async(cls: type) -> bool:
+    return any(inspect.iscoroutinefunction(m) or inspect.isasyncgenfunction(m) for _, m in inspect.getmembers(cls))
+
+
+class ActorClass:
+    """A class whose instances run as actors: ``Cls.remote(...)``."""
+
+    def __init__(self, cls: type, options: dict[str, Any], _exported: _Exported | None = None) -> None:
+        self._cls = cls
+        self._name = f"{cls.__module__}.{cls.__qualname__}"
+        self._options = validate(options, ACTOR_OPTIONS, f"actor class {self._name}")
+        self._exported = _exported or _Exported()
+        self._methods = _method_table(cls)
+        self._is_async = _is_async(cls)
+        self.__doc__ = cls.__doc__
+        self.__name__ = cls.__name__
+        self.__qualname__ = cls.__qualname__
+        self.__module__ = cls.__module__
+
+    def __call__(self, *args, **kwargs):
+        raise TypeError(
+            f"Actors cannot be instantiated directly. Instead of '{self._cls.__name__}()', "
+            f"use '{self._cls.__name__}.remote()'."
+        )
+
+    def options(self, **options) -> "ActorClass":
+        return ActorClass(self._cls, {**self._options, **options}, self._exported)
+
+    def remote(self, *args, **kwargs) -> "ActorHandle":
+        o = self._options
+        rt = current_runtime()
+        if o.get("get_if_exists") and o.get("name"):
+            from .functions import get_actor
+
+            try:
+                return get_actor(o["name"], o.get("namespace"))
+            except ValueError:
+                pass
+        fd = self._exported.ensure(self._cls, self._name, rt)
+        ctx = task_context()
+        payload, deps, keep = pack_args(args, kwargs, _put)
+        tid = child_task_id(ctx.task_id, next(ctx.submitted))
+        aid = actor_id_of(tid)
+        life, placement = actor_resources(o)
+        max_conc = o.get("max_concurrency") or (1000 if self._is_async else 1)
+        namespace = o.get("namespace") if o.get("namespace") is not None else rt.namespace
+        aspec = ActorSpec(
+            actor_id=aid, cls=fd, resources=life,
+            max_restarts=o.get("max_restarts") or 0,
+            max_task_retries=o.get("max_task_retries") or 0,
+            max_concurrency=max_conc, is_async=self._is_async,
+            name=o.get("name"), namespace=namespace,
+            detached=o.get("lifetime") == "detached",
+            replay=bool(o.get("replay")), checkpoint_interval=o.get("checkpoint_interval") or 0,
+            methods=self._methods,
+        )
+        spec = TaskSpec(
+            task_id=tid, job_id=ctx.job_id, parent_task_id=ctx.task_id, function=fd,
+            args=payload, dependencies=deps, num_returns=0, resources=placement,
+            max_retries=0, actor_creation=aspec, name=f"{self._cls.__name__}.__init__",
+        )
+        try:
+            rt.create_actor(spec, timeout=60.0)
+        except ValueError:
+            if o.get("get_if_exists") and o.get("name"):
+                from .functions import get_actor
+
+                return get_actor(o["name"], o.get("namespace"))
+            raise
+        del keep
+        return ActorHandle(aid, self._cls.__name__, self._methods, self._is_async, fd)
+
+    def __repr__(self) -> str:
+        return f"<penumbra actor class {self._name}>"
+
+
+class ActorHandle:
+    """A reference to an actor; pass it to tasks and other actors freely."""
+
+    def __init__(self, actor_id: ActorId, class_name: str, methods: tuple[tuple[str, int], ...],
+                 is_async: bool = False, cls: FunctionDescriptor | None = None) -> None:
+        self._actor_id = ActorId(actor_id)
+        self._class_name = class_name
+        self._methods = dict(methods)
+        self._is_async = is_async
+        self._cls = cls or FunctionDescriptor(b"", class_name)
+
+    def __getattr__(self, name: str) -> "ActorMethod":
+        methods = self.__dict__.get("_methods")
+        if methods is None or name.startswith("__"):
+            raise AttributeError(name)
+        if name not in methods:
+            raise AttributeError(
+                f"actor {self._class_name} has no method {name!r}; its methods are: {', '.join(sorted(methods))}"
+            )
+        return ActorMethod(self, name, methods[name])
+
+    @property
+    def actor_id(self) -> ActorId:
+        return self._actor_id
+
+    def __reduce__(self):
+        return (ActorHandle, (bytes(self._actor_id), self._class_name, tuple(self._methods.items()), self._is_async, self._cls))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ActorHandle) and other._actor_id == self._actor_id
+
+    def __hash__(self) -> int:
+        return hash(self._actor_id)
+
+    def __repr__(self) -> str:
+        return f"Actor({self._class_name}, {self._actor_id.hex()})"
+
+
+class ActorMethod:
+    def __init__(self, handle: ActorHandle, name: str, num_returns: int, options: dict | None = None) -> None:
+        self._handle = handle
+        self._name = name
+        self._num_returns = num_returns
+        self._options = options or {}
+
+    def __call__(self, *args, **kwargs):
+        raise TypeError(
+            f"Actor methods cannot be called directly. Instead of 'actor.{self._name}()', "
+            f"try 'actor.{self._name}.remote()'."
+        )
+
+    def options(self, **options) -> "ActorMethod":
+        opts = validate({**self._options, **options}, METHOD_OPTIONS, f"actor method {self._name}")
+        n = opts.get("num_returns", self._num_returns)
+        return ActorMethod(self._handle, self._name, self._num_returns if n is None else n, opts)
+
+    def remote(self, *args, **kwargs):
+        h = self._handle
+        rt = current_runtime()
+        ctx = task_context()
+        payload, deps, keep = pack_args(args, kwargs, _put)
+        n = self._num_returns
+        key = (id(rt), h._actor_id)
+        with _seq_lock:
+            counter = _seqs.get(key)
+            if counter is None:
+                counter = _seqs[key] = itertools.count()
+            tid = child_task_id(ctx.task_id, next(ctx.submitted))
+            spec = TaskSpec(
+                task_id=tid, job_id=ctx.job_id, parent_task_id=ctx.task_id,
+                function=FunctionDescriptor(h._cls.function_id, f"{h._class_name}.{self._name}"),
+                args=payload, dependencies=deps, num_returns=n, resources=EMPTY, max_retries=0,
+                actor_id=h._actor_id, caller_id=rt.client_id, sequence_no=next(counter), method=self._name,
+                name=self._options.get("name") or "",
+            )
+            # submitted under the lock: calls reach the node in sequence order
+            rt.submit(spec)
+        del keep
+        if n == 1:
+            return ObjectRef(spec.return_ids[0])
+        if n == 0:
+            return None
+        return [ObjectRef(o) for o in spec.return_ids]
+
+
+def reset_sequences() -> None:
+    with _seq_lock:
+        _seqs.clear()

@@ -1,0 +1,95 @@
+"""The one runtime context of a process, and the current task.
+
+``current_runtime()`` is the runtime ``init`` connected (or the worker's own).
+The *task context* says which task is running on this thread: ids of tasks
+and objects created here derive from it, so it must be exact.  It lives in a
+``contextvars.ContextVar`` so that threaded and async actors, which run
+several calls at once, each see their own.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import itertools
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ..core.ids import ActorId, TaskId, driver_task_id
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
+
+__all__ = ["TaskContext", "current_runtime", "set_runtime", "task_context", "use_task_context", "driver_context"]
+
+_runtime: "Runtime | None" = None
+_lock = threading.RLock()
+
+
+@dataclass(slots=True, eq=False)
+class TaskContext:
+    task_id: TaskId
+    job_id: int
+    actor_id: ActorId | None = None
+    attempt: int = 0
+    name: str = ""
+    # the n-th task submitted / object put while this task runs
+    submitted: itertools.count = field(default_factory=itertools.count)
+    puts: itertools.count = field(default_factory=lambda: itertools.count(1))
+
+
+_driver_ctx: TaskContext | None = None
+_task_ctx: contextvars.ContextVar[TaskContext | None] = contextvars.ContextVar("penumbra_task", default=None)
+
+
+def current_runtime() -> "Runtime":
+    rt = _runtime
+    if rt is None:
+        from ..exceptions import PenumbraError
+
+        raise PenumbraError(
+            "penumbra is not initialized: call penumbra.init() first "
+            "(or init(address='host:port') to join a running cluster)"
+        )
+    return rt
+
+
+def runtime_or_none() -> "Runtime | None":
+    return _runtime
+
+
+def set_runtime(rt: "Runtime | None", job_id: int | None = None) -> None:
+    global _runtime, _driver_ctx
+    with _lock:
+        _runtime = rt
+        _driver_ctx = TaskContext(driver_task_id(job_id), job_id) if rt is not None and job_id is not None else None
+
+
+def driver_context() -> TaskContext | None:
+    return _driver_ctx
+
+
+def task_context() -> TaskContext:
+    ctx = _task_ctx.get()
+    if ctx is not None:
+        return ctx
+    if _driver_ctx is not None:
+        return _driver_ctx
+    current_runtime()  # raises the not-initialized error
+    raise RuntimeError("no task context")
+
+
+class use_task_context:
+    """``with use_task_context(ctx):`` makes ``ctx`` current on this thread."""
+
+    __slots__ = ("ctx", "token")
+
+    def __init__(self, ctx: TaskContext) -> None:
+        self.ctx = ctx
+
+    def __enter__(self) -> TaskContext:
+        self.token = _task_ctx.set(self.ctx)
+        return self.ctx
+
+    def __exit__(self, *exc) -> None:
+        _task_ctx.reset(self.token)

@@ -1,0 +1,374 @@
+"""The top-level API: ``init``, ``get``, ``wait``, ``put`` and friends."""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from ..core.ids import ActorId, put_object_id
+from ..core.tables import Get
+from ..exceptions import from_error_info
+from . import context
+from .actor import ActorClass, ActorHandle, reset_sequences
+from .args import loads
+from .context import current_runtime, task_context
+from .refs import ObjectRef, _reset_for_shutdown, mark_owned_put
+from .remote_function import RemoteFunction
+from .runtime import ErrorValue
+
+__all__ = [
+    "init", "shutdown", "is_initialized", "remote", "get", "wait", "put", "cancel", "kill",
+    "get_actor", "nodes", "cluster_resources", "available_resources", "get_runtime_context",
+    "RuntimeContext", "ClusterInfo",
+]
+
+
+@dataclass
+class ClusterInfo:
+    """What ``init`` returns (Ray: ``RayContext``)."""
+
+    address: str
+    node_id: str
+    job_id: int
+    dashboard_url: str | None = None
+    address_info: dict = field(default_factory=dict)
+
+    def __enter__(self) -> "ClusterInfo":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        shutdown()
+
+    def __getitem__(self, key: str) -> Any:  # Ray lets you index the context
+        return self.address_info[key]
+
+
+def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus: float | None = None,
+         resources: dict[str, float] | None = None, object_store_memory: int | None = None,
+         namespace: str | None = None, ignore_reinit_error: bool = False, simulated: Any = None,
+         log_to_driver: bool = True, include_dashboard: bool | None = None, logging_level: Any = None,
+         _token: str | None = None, _system_config: dict | None = None, **kwargs) -> ClusterInfo:
+    """Start or join a cluster and make it current in this process.
+
+    Args:
+        address: ``None`` (or ``"local"``) starts an embedded cluster on this
+            machine: a GCS, a node daemon and one worker per CPU, all stopped
+            by ``shutdown``.  ``"host:port"`` joins a cluster started with
+            ``penumbra start --head``; ``"auto"`` finds the one started last
+            on this machine (or ``$PENUMBRA_ADDRESS``).
+        num_cpus, num_gpus, resources: the embedded node's resources
+            (default: the machine's CPUs, no GPUs).
+        object_store_memory: the embedded node's object store capacity in
+            bytes.
+        namespace: the namespace of named actors.
+        simulated: run this program on penumbra's simulator instead (a
+            ``penumbra.sim.SimConfig`` or ``True``), with virtual time.
+
+    Raises:
+        RuntimeError: already initialized (pass ``ignore_reinit_error=True``).
+        ConnectionError: the cluster at ``address`` cannot be reached, or
+            refused our token.
+    """
+    if context.runtime_or_none() is not None:
+        if ignore_reinit_error:
+            rt = context.current_runtime()
+            return ClusterInfo(getattr(rt, "address", ""), rt.node_id, rt.job_id)
+        raise RuntimeError(
+            "penumbra.init() was called twice: this process is already connected to a cluster. "
+            "Call penumbra.shutdown() first, or pass ignore_reinit_error=True."
+        )
+    unknown = set(kwargs) - {"_temp_dir", "_node_ip_address", "runtime_env", "configure_logging", "log_style", "local_mode", "dashboard_host", "dashboard_port", "_plasma_directory"}
+    if unknown:
+        raise TypeError(f"init() got unexpected keyword argument(s): {', '.join(sorted(unknown))}")
+    if kwargs.get("runtime_env"):
+        raise ValueError("runtime_env is not supported by penumbra: install dependencies on every node instead")
+    if simulated:
+        from ..sim.runtime import start_simulated
+
+        rt = start_simulated(simulated, num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
+                             object_store_memory=object_store_memory, namespace=namespace or "")
+    else:
+        from ..transports.client import connect, start_local
+
+        if address in (None, "local"):
+            rt = start_local(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
+                             object_store_memory=object_store_memory, namespace=namespace or "",
+                             log_to_driver=log_to_driver, system_config=_system_config or {})
+        else:
+            if address == "auto":
+                from ..transports.cluster_file import find_cluster
+
+                address = find_cluster()
+            if any(v is not None for v in (num_cpus, num_gpus, resources, object_store_memory)):
+                raise ValueError(
+                    "num_cpus, num_gpus, resources and object_store_memory describe a new node; when joining "
+                    "an existing cluster (address=...), give them to 'penumbra start' instead"
+                )
+            rt = connect(address, token=_token, namespace=namespace or "", log_to_driver=log_to_driver)
+    context.set_runtime(rt, rt.job_id)
+    return ClusterInfo(getattr(rt, "address", ""), rt.node_id, rt.job_id,
+                       address_info={"address": getattr(rt, "address", ""), "node_id": rt.node_id,
+                                     "gcs_address": getattr(rt, "address", "")})
+
+
+def shutdown() -> None:
+    """Disconnect; an embedded cluster is stopped and its shared memory freed."""
+    rt = context.runtime_or_none()
+    if rt is None:
+        return
+    context.set_runtime(None)
+    _reset_for_shutdown()
+    reset_sequences()
+    rt.shutdown()
+
+
+def is_initialized() -> bool:
+    return context.runtime_or_none() is not None
+
+
+def remote(*args, **kwargs):
+    """Make a function a remote function, or a class an actor class.
+
+    ``@remote`` or ``@remote(num_cpus=..., num_returns=..., ...)``.
+    """
+    if len(args) == 1 and not kwargs and callable(args[0]):
+        return _make_remote(args[0], {})
+    if args:
+        raise TypeError(
+            "@remote takes either a function/class or only keyword options, e.g. "
+            "@remote(num_cpus=2); got positional arguments " + repr(args)
+        )
+
+    def deco(obj):
+        return _make_remote(obj, kwargs)
+
+    return deco
+
+
+def _make_remote(obj, options: dict):
+    if isinstance(obj, type):
+        return ActorClass(obj, options)
+    if callable(obj):
+        return RemoteFunction(obj, options)
+    raise TypeError(f"@remote can decorate functions and classes, not {type(obj).__name__}")
+
+
+def _check_timeout(timeout: Any) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or timeout < 0:
+        raise ValueError(f"timeout must be None or a number of seconds >= 0, got {timeout!r}")
+    return float(timeout)
+
+
+def _raise_if_error(value: Any) -> Any:
+    if type(value) is ErrorValue:
+        raise from_error_info(value.info, loads)
+    return value
+
+
+def get(object_refs, *, timeout: float | None = None):
+    """The value(s) of one ref or a list of refs, waiting until ready.
+
+    Raises:
+        GetTimeoutError: not ready within ``timeout`` seconds.
+        TaskError: the task raised (also an instance of the user's class).
+        WorkerCrashedError, ActorDiedError, ObjectLostError, TaskCancelledError.
+    """
+    timeout = _check_timeout(timeout)
+    rt = current_runtime()
+    if type(object_refs) is ObjectRef:
+        return _raise_if_error(rt.get_objects([object_refs._id], timeout)[0])
+    if not isinstance(object_refs, (list, tuple)):
+        raise ValueError(
+            f"'object_refs' must be an ObjectRef or a list of ObjectRefs, got {type(object_refs).__name__}"
+        )
+    ids = []
+    for i, r in enumerate(object_refs):
+        if type(r) is not ObjectRef:
+            raise TypeError(f"get() expects ObjectRefs, but item {i} is a {type(r).__name__}: {r!r}")
+        ids.append(r._id)
+    if not ids:
+        return []
+    values = rt.get_objects(ids, timeout)
+    return [_raise_if_error(v) for v in values]
+
+
+def wait(object_refs: Sequence[ObjectRef], *, num_returns: int = 1, timeout: float | None = None,
+         fetch_local: bool = True) -> tuple[list[ObjectRef], list[ObjectRef]]:
+    """Wait until ``num_returns`` of the refs are ready or ``timeout`` passes.
+
+    Returns ``(ready, not_ready)``, both in the order of ``object_refs``.
+    """
+    if isinstance(object_refs, ObjectRef):
+        raise TypeError("wait() expects a list of ObjectRefs, not a single ObjectRef; use wait([ref])")
+    if not isinstance(object_refs, (list, tuple)):
+        raise TypeError(f"wait() expects a list of ObjectRefs, got {type(object_refs).__name__}")
+    for i, r in enumerate(object_refs):
+        if type(r) is not ObjectRef:
+            raise TypeError(f"wait() expects ObjectRefs, but item {i} is a {type(r).__name__}: {r!r}")
+    if len(set(object_refs)) != len(object_refs):
+        raise ValueError("wait() requires a list of unique ObjectRefs")
+    if isinstance(num_returns, bool) or not isinstance(num_returns, int) or num_returns < 1 and object_refs:
+        raise ValueError(f"num_returns must be a positive integer, got {num_returns!r}")
+    if num_returns > len(object_refs):
+        raise ValueError(f"num_returns ({num_returns}) cannot exceed the number of refs ({len(object_refs)})")
+    timeout = _check_timeout(timeout)
+    if not object_refs:
+        return [], []
+    rt = current_runtime()
+    ready_ids = rt.wait_objects([r._id for r in object_refs], num_returns, timeout, fetch_local)
+    ready, not_ready = [], []
+    for r in object_refs:
+        if r._id in ready_ids and len(ready) < num_returns:
+            ready.append(r)
+        else:
+            not_ready.append(r)
+    return ready, not_ready
+
+
+def put(value: Any) -> ObjectRef:
+    """Store ``value`` in the object store; returns its ref.
+
+    The object stays pinned while this process holds a ref to it.  ``put``
+    objects cannot be rebuilt from lineage if every copy is lost.
+    """
+    if isinstance(value, ObjectRef):
+        raise TypeError(
+            "put() of an ObjectRef is not allowed: pass the ref itself, or put() the value it refers to"
+        )
+    rt = current_runtime()
+    ctx = task_context()
+    oid = put_object_id(ctx.task_id, next(ctx.puts))
+    rt.put_object(oid, value)
+    mark_owned_put(oid)
+    return ObjectRef(oid)
+
+
+def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
+    """Cancel the task that produces ``object_ref``; ``get`` then raises
+    ``TaskCancelledError``.  ``force`` kills the worker running it."""
+    if type(object_ref) is not ObjectRef:
+        raise TypeError(f"cancel() expects an ObjectRef, got {type(object_ref).__name__}")
+    current_runtime().cancel(object_ref._id.task_id, force, recursive)
+
+
+def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
+    """Kill an actor; calls in flight fail with ``ActorDiedError``.
+
+    With ``no_restart=False`` it is restarted if ``max_restarts`` allows.
+    """
+    if not isinstance(actor, ActorHandle):
+        raise TypeError(f"kill() expects an actor handle, got {type(actor).__name__}")
+    current_runtime().kill_actor(actor._actor_id, no_restart)
+
+
+def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
+    """A handle to the named actor.  Raises ``ValueError`` if there is none."""
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"get_actor() needs a non-empty name, got {name!r}")
+    rt = current_runtime()
+    ns = rt.namespace if namespace is None else namespace
+    aid = rt.gcs_request(Get("names", (ns, name)), timeout=30.0)
+    if aid is None:
+        raise ValueError(f"Failed to look up actor with name '{name}' in namespace '{ns}': no such actor "
+                         f"(it was never created, or it died)")
+    entry = rt.gcs_request(Get("actors", ActorId(aid)), timeout=30.0)
+    if entry is None:
+        raise ValueError(f"actor '{name}' is registered but its record is missing; retry shortly")
+    s = entry.spec
+    return ActorHandle(s.actor_id, s.cls.name.rsplit(".", 1)[-1], s.methods, s.is_async, s.cls)
+
+
+def _status():
+    return current_runtime().cluster_status(timeout=30.0)
+
+
+def nodes() -> list[dict]:
+    """Every node the cluster has seen, alive or dead."""
+    out = []
+    for node_id, alive, load in _status().nodes:
+        total = load.total.to_dict() if load is not None else {}
+        out.append({
+            "NodeID": node_id, "Alive": alive, "alive": alive, "Resources": total,
+            "NodeManagerAddress": "127.0.0.1", "NodeName": node_id,
+        })
+    return out
+
+
+def cluster_resources() -> dict[str, float]:
+    """Total resources of the alive nodes."""
+    total: dict[str, float] = {}
+    for _, alive, load in _status().nodes:
+        if alive and load is not None:
+            for k, v in load.total.to_dict().items():
+                total[k] = total.get(k, 0.0) + v
+    return total
+
+
+def available_resources() -> dict[str, float]:
+    """Resources free right now on the alive nodes (as of their heartbeats)."""
+    total: dict[str, float] = {}
+    for _, alive, load in _status().nodes:
+        if alive and load is not None:
+            for k, v in load.available.to_dict().items():
+                if v:
+                    total[k] = total.get(k, 0.0) + v
+    return total
+
+
+class RuntimeContext:
+    """What ``get_runtime_context()`` returns: ids of the current job, task,
+    node, worker and actor."""
+
+    def __init__(self, rt, ctx) -> None:
+        self._rt = rt
+        self._ctx = ctx
+
+    def get_job_id(self) -> str:
+        return f"{self._rt.job_id:08x}"
+
+    @property
+    def job_id(self):
+        return self.get_job_id()
+
+    def get_task_id(self) -> str | None:
+        return None if not self._rt.is_worker else self._ctx.task_id.hex()
+
+    def get_node_id(self) -> str:
+        return self._rt.node_id
+
+    @property
+    def node_id(self):
+        return self.get_node_id()
+
+    def get_worker_id(self) -> str:
+        return self._rt.client_id
+
+    def get_actor_id(self) -> str | None:
+        a = self._ctx.actor_id
+        return a.hex() if a is not None else None
+
+    @property
+    def namespace(self) -> str:
+        return self._rt.namespace
+
+    @property
+    def was_current_actor_reconstructed(self) -> bool:
+        return self._ctx.actor_id is not None and getattr(self._rt, "actor_incarnation", 0) > 0
+
+    def get_assigned_resources(self) -> dict:
+        return dict(getattr(self._rt, "assigned_resources", {}) or {})
+
+    @property
+    def current_actor(self) -> ActorHandle:
+        a = self._ctx.actor_id
+        if a is None:
+            raise RuntimeError("current_actor is only available inside an actor")
+        return self._rt.current_actor_handle()
+
+
+def get_runtime_context() -> RuntimeContext:
+    return RuntimeContext(current_runtime(), task_context())
+

@@ -1,0 +1,120 @@
+"""Validating ``@remote(...)`` and ``.options(...)`` arguments.
+
+Every mistake is reported where it is made (at decoration or at the
+``.options`` call), naming the option, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, Mapping
+
+from ..core.specs import ResourceSet
+
+__all__ = ["TASK_OPTIONS", "ACTOR_OPTIONS", "validate", "task_resources", "actor_resources", "exception_names"]
+
+_COMMON = {"num_cpus", "num_gpus", "resources", "memory", "name", "scheduling_strategy", "runtime_env",
+           "accelerator_type", "label_selector", "_metadata"}
+TASK_OPTIONS = _COMMON | {"num_returns", "max_retries", "retry_exceptions", "max_calls"}
+ACTOR_OPTIONS = _COMMON | {"max_restarts", "max_task_retries", "max_concurrency", "namespace", "lifetime",
+                           "get_if_exists", "concurrency_groups", "replay", "checkpoint_interval"}
+METHOD_OPTIONS = {"num_returns", "name", "max_task_retries", "retry_exceptions", "concurrency_group"}
+
+
+def _number(name: str, v: Any, *, minimum: float = 0) -> float:
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or v != v or v < minimum:
+        raise ValueError(f"option {name} must be a number >= {minimum:g}, got {v!r}")
+    return float(v)
+
+
+def _int(name: str, v: Any, *, minimum: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < minimum:
+        raise ValueError(f"option {name} must be an integer >= {minimum}, got {v!r}")
+    return int(v)
+
+
+def validate(opts: Mapping[str, Any], allowed: set[str], what: str) -> dict[str, Any]:
+    """Check option names and values; returns a normalized copy."""
+    unknown = sorted(set(opts) - allowed)
+    if unknown:
+        raise TypeError(
+            f"invalid option(s) {', '.join(map(repr, unknown))} for {what}; "
+            f"valid options are: {', '.join(sorted(o for o in allowed if not o.startswith('_')))}"
+        )
+    out = dict(opts)
+    for key in ("num_cpus", "num_gpus", "memory"):
+        if out.get(key) is not None:
+            out[key] = _number(key, out[key])
+    if out.get("resources") is not None:
+        res = out["resources"]
+        if not isinstance(res, Mapping):
+            raise TypeError(f"option resources must be a dict of name -> amount, got {type(res).__name__}")
+        for k, v in res.items():
+            if k in ("CPU", "GPU"):
+                raise ValueError(f"use num_cpus/num_gpus instead of resources={{{k!r}: ...}}")
+            if not isinstance(k, str) or not k:
+                raise TypeError(f"resource names must be non-empty strings, got {k!r}")
+            _number(f"resources[{k!r}]", v)
+    if "num_returns" in out and out["num_returns"] is not None:
+        out["num_returns"] = _int("num_returns", out["num_returns"], minimum=0)
+    for key in ("max_retries", "max_restarts", "max_task_retries"):
+        if out.get(key) is not None:
+            out[key] = _int(key, out[key], minimum=-1)
+    if out.get("max_concurrency") is not None:
+        out["max_concurrency"] = _int("max_concurrency", out["max_concurrency"], minimum=1)
+    if out.get("checkpoint_interval") is not None:
+        out["checkpoint_interval"] = _int("checkpoint_interval", out["checkpoint_interval"], minimum=0)
+    if "retry_exceptions" in out and out["retry_exceptions"] is not None:
+        r = out["retry_exceptions"]
+        if not isinstance(r, bool):
+            if not isinstance(r, (list, tuple)) or not all(isinstance(c, type) and issubclass(c, BaseException) for c in r):
+                raise TypeError(f"option retry_exceptions must be a bool or a list of exception classes, got {r!r}")
+    if out.get("name") is not None and (not isinstance(out["name"], str) or not out["name"]):
+        raise TypeError(f"option name must be a non-empty string, got {out['name']!r}")
+    if out.get("namespace") is not None and not isinstance(out["namespace"], str):
+        raise TypeError(f"option namespace must be a string, got {out['namespace']!r}")
+    if out.get("lifetime") not in (None, "detached", "non_detached"):
+        raise ValueError(f"option lifetime must be None, 'detached' or 'non_detached', got {out['lifetime']!r}")
+    if out.get("runtime_env"):
+        raise ValueError("runtime_env is not supported by penumbra: install dependencies on every node instead")
+    return out
+
+
+def _base_amounts(opts: Mapping[str, Any]) -> dict[str, float]:
+    amounts: dict[str, float] = {}
+    if opts.get("num_gpus"):
+        amounts["GPU"] = opts["num_gpus"]
+    if opts.get("memory"):
+        amounts["memory"] = opts["memory"]
+    for k, v in (opts.get("resources") or {}).items():
+        if v:
+            amounts[k] = float(v)
+    return amounts
+
+
+def task_resources(opts: Mapping[str, Any]) -> ResourceSet:
+    """A task needs 1 CPU unless it says otherwise."""
+    amounts = _base_amounts(opts)
+    cpus = opts.get("num_cpus")
+    amounts["CPU"] = 1.0 if cpus is None else cpus
+    return ResourceSet.from_dict(amounts)
+
+
+def actor_resources(opts: Mapping[str, Any]) -> tuple[ResourceSet, ResourceSet]:
+    """(held for the actor's life, needed to place it).
+
+    Ray's rule: an actor that does not set ``num_cpus`` needs 1 CPU to be
+    placed and holds none while it lives; one that sets it holds that many.
+    """
+    amounts = _base_amounts(opts)
+    cpus = opts.get("num_cpus")
+    if cpus is not None:
+        amounts["CPU"] = cpus
+        life = ResourceSet.from_dict(amounts)
+        return life, life
+    life = ResourceSet.from_dict(amounts)
+    return life, life + ResourceSet.of(CPU=1)
+
+
+def exception_names(classes) -> tuple[str, ...]:
+    return tuple(f"{c.__module__}.{c.__qualname__}" for c in classes)

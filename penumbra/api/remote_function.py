@@ -1,0 +1,112 @@
+"""``@penumbra.remote`` functions."""
+
+from __future__ import annotations
+
+import functools
+import threading
+from typing import Any
+
+from ..core.ids import child_task_id
+from ..core.specs import FunctionDescriptor, TaskSpec
+from .args import dumps, function_id, pack_args
+from .context import current_runtime, task_context
+from .options import TASK_OPTIONS, exception_names, task_resources, validate
+from .refs import ObjectRef
+
+__all__ = ["RemoteFunction"]
+
+
+class _Exported:
+    """A pickled function and the runtimes it was exported to."""
+
+    __slots__ = ("descriptor", "blob", "runtimes", "lock")
+
+    def __init__(self) -> None:
+        self.descriptor: FunctionDescriptor | None = None
+        self.blob: bytes | None = None
+        self.runtimes: set[int] = set()
+        self.lock = threading.Lock()
+
+    def ensure(self, obj: Any, name: str, rt) -> FunctionDescriptor:
+        if id(rt) in self.runtimes:
+            return self.descriptor
+        with self.lock:
+            if self.descriptor is None:
+                # pickled at first use, not at decoration: the function may
+                # refer to globals defined after it (as in Ray)
+                try:
+                    self.blob = dumps(obj)
+                except Exception as e:
+                    from ..exceptions import SerializationError
+
+                    raise SerializationError(
+                        f"{name} could not be serialized to ship it to workers: {type(e).__name__}: {e}. "
+                        f"Remote functions and classes must be picklable by cloudpickle (do not close over "
+                        f"locks, sockets, open files or similar)."
+                    ) from None
+                self.descriptor = FunctionDescriptor(function_id(self.blob), name)
+            if id(rt) not in self.runtimes:
+                rt.export_function(self.descriptor.function_id, self.blob)
+                self.runtimes.add(id(rt))
+        return self.descriptor
+
+
+class RemoteFunction:
+    """A function that runs as a task: call ``.remote(...)`` to get refs."""
+
+    def __init__(self, fn, options: dict[str, Any], _exported: _Exported | None = None) -> None:
+        if not callable(fn):
+            raise TypeError(f"@remote needs a function or a class, got {fn!r}")
+        self._function = fn
+        self._name = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+        self._options = validate(options, TASK_OPTIONS, f"remote function {self._name}")
+        self._exported = _exported or _Exported()
+        o = self._options
+        self._resources = task_resources(o)
+        self._num_returns = 1 if o.get("num_returns") is None else o["num_returns"]
+        self._max_retries = 3 if o.get("max_retries") is None else o["max_retries"]
+        r = o.get("retry_exceptions")
+        self._retry = False if r is None else (r if isinstance(r, bool) else exception_names(r))
+        self._task_name = o.get("name") or ""
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args, **kwargs):
+        raise TypeError(
+            f"Remote functions cannot be called directly. Instead of running "
+            f"'{self._function.__name__}()', try '{self._function.__name__}.remote()'."
+        )
+
+    def options(self, **options) -> "RemoteFunction":
+        """A copy of this remote function with some options overridden."""
+        merged = {**self._options, **options}
+        return RemoteFunction(self._function, merged, self._exported)
+
+    def remote(self, *args, **kwargs):
+        rt = current_runtime()
+        fd = self._exported.ensure(self._function, self._name, rt)
+        ctx = task_context()
+        payload, deps, keep = pack_args(args, kwargs, _put)
+        tid = child_task_id(ctx.task_id, next(ctx.submitted))
+        spec = TaskSpec(
+            task_id=tid, job_id=ctx.job_id, parent_task_id=ctx.task_id, function=fd,
+            args=payload, dependencies=deps, num_returns=self._num_returns,
+            resources=self._resources, max_retries=self._max_retries,
+            retry_exceptions=self._retry, name=self._task_name,
+        )
+        rt.submit(spec)
+        del keep  # implicit puts stay pinned by the task's dependency pin
+        n = self._num_returns
+        if n == 1:
+            return ObjectRef(spec.return_ids[0])
+        if n == 0:
+            return None
+        return [ObjectRef(o) for o in spec.return_ids]
+
+    def __repr__(self) -> str:
+        return f"<penumbra remote function {self._name}>"
+
+
+def _put(value):
+    from .functions import put
+
+    return put(value)

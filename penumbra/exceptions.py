@@ -1,0 +1,221 @@
+"""Exceptions raised by penumbra, with Ray's names as aliases.
+
+The one to know is ``TaskError`` (Ray: ``RayTaskError``): when a task raises,
+``get`` raises an exception that is *both* a ``TaskError`` and an instance of
+the user's own exception class, carrying the remote traceback::
+
+    try:
+        penumbra.get(f.remote())
+    except ValueError as e:          # the user's class still matches
+        print(e)                     # includes the remote traceback
+
+A task that depends on a failed task fails with the same cause.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import traceback as _traceback
+from typing import Any
+
+__all__ = [
+    "PenumbraError",
+    "TaskError",
+    "WorkerCrashedError",
+    "NodeDiedError",
+    "ActorError",
+    "ActorDiedError",
+    "ActorUnavailableError",
+    "ObjectLostError",
+    "ObjectReconstructionFailedError",
+    "GetTimeoutError",
+    "TaskCancelledError",
+    "ObjectStoreFullError",
+    "SerializationError",
+    "RuntimeEnvError",
+    "from_error_info",
+    # Ray's names
+    "RayError",
+    "RayTaskError",
+    "RayActorError",
+]
+
+
+class PenumbraError(Exception):
+    """Base class of every penumbra error (Ray: ``RayError``)."""
+
+
+class TaskError(PenumbraError):
+    """A task raised.  ``cause`` is the original exception (when it could be
+    pickled); ``traceback_str`` is the remote traceback as text.
+
+    ``get`` raises ``as_instanceof_cause()`` of this: an object of a class
+    derived from both ``TaskError`` and ``type(cause)``.
+    """
+
+    def __init__(self, function_name: str = "", traceback_str: str = "", cause: BaseException | None = None,
+                 pid: int | None = None, host: str | None = None, cause_repr: str = "") -> None:
+        self.function_name = function_name
+        self.traceback_str = traceback_str
+        self.cause = cause
+        self.pid = pid
+        self.host = host
+        self.cause_repr = cause_repr or (repr(cause) if cause is not None else "")
+        super().__init__(self._message())
+
+    @classmethod
+    def from_exception(cls, function_name: str, exc: BaseException) -> "TaskError":
+        tb = "".join(_traceback.format_exception(type(exc), exc, exc.__traceback__))
+        return cls(function_name, tb, exc, os.getpid(), socket.gethostname())
+
+    def _message(self) -> str:
+        where = f" (pid={self.pid}, host={self.host})" if self.pid else ""
+        head = f"{type(self.cause).__name__ if self.cause is not None else 'TaskError'}: task {self.function_name}{where} raised:"
+        return f"{head}\n{self.traceback_str.rstrip()}" if self.traceback_str else f"{head} {self.cause_repr}"
+
+    def __str__(self) -> str:
+        return self._message()
+
+    def __reduce__(self):
+        return (TaskError, (self.function_name, self.traceback_str, self.cause, self.pid, self.host, self.cause_repr))
+
+    def as_instanceof_cause(self) -> "TaskError":
+        """An exception that is a ``TaskError`` and an instance of the cause's
+        class, so ``except UserError`` still catches it."""
+        cause = self.cause
+        if cause is None:
+            return self
+        cause_cls = type(cause)
+        if isinstance(cause, TaskError):
+            return cause
+        try:
+            cls = _dual_classes.get(cause_cls)
+            if cls is None:
+                cls = _make_dual(cause_cls)
+                _dual_classes[cause_cls] = cls
+            inst = cls.__new__(cls)
+        except TypeError:
+            return self  # the class cannot be subclassed (final, slots clash)
+        TaskError.__init__(inst, self.function_name, self.traceback_str, cause, self.pid, self.host, self.cause_repr)
+        inst.args = getattr(cause, "args", ())
+        return inst
+
+
+_dual_classes: dict[type, type] = {}
+
+
+def _make_dual(cause_cls: type) -> type:
+    def __getattr__(self, name: str) -> Any:
+        cause = self.__dict__.get("cause")
+        if cause is None:
+            raise AttributeError(name)
+        return getattr(cause, name)
+
+    def __str__(self) -> str:
+        return TaskError._message(self)
+
+    def __reduce__(self):
+        return (TaskError, (self.function_name, self.traceback_str, self.cause, self.pid, self.host, self.cause_repr))
+
+    name = f"TaskError({cause_cls.__name__})"
+    return type(name, (TaskError, cause_cls), {
+        "__getattr__": __getattr__, "__str__": __str__, "__reduce__": __reduce__,
+        "__init__": lambda self, *a, **k: None, "__module__": cause_cls.__module__,
+    })
+
+
+class WorkerCrashedError(PenumbraError):
+    """The worker running the task died (killed, crashed, out of memory) and
+    the task has no retries left (``max_retries``)."""
+
+
+class NodeDiedError(PenumbraError):
+    """The node running the task died and the task has no retries left."""
+
+
+class ActorError(PenumbraError):
+    """The actor is dead or unreachable (Ray: ``RayActorError``)."""
+
+    def __init__(self, message: str = "", actor_id: str | None = None) -> None:
+        self.actor_id = actor_id
+        super().__init__(message)
+
+
+class ActorDiedError(ActorError):
+    """The actor died (its process or node failed, it was killed, its
+    constructor raised, or its restarts ran out)."""
+
+
+class ActorUnavailableError(ActorError):
+    """The actor is temporarily unreachable (restarting)."""
+
+
+class ObjectLostError(PenumbraError):
+    """An object's every copy was lost and it cannot be rebuilt (it was made
+    by ``put``, or its lineage's retry budget is spent)."""
+
+
+class ObjectReconstructionFailedError(ObjectLostError):
+    """Rebuilding a lost object from its lineage failed."""
+
+
+class GetTimeoutError(PenumbraError, TimeoutError):
+    """``get`` timed out before the objects were ready."""
+
+
+class TaskCancelledError(PenumbraError):
+    """The task was cancelled with ``penumbra.cancel``."""
+
+
+class ObjectStoreFullError(PenumbraError):
+    """The object store is full of pinned objects and cannot take this one."""
+
+
+class SerializationError(PenumbraError, TypeError):
+    """A value could not be serialized (or deserialized)."""
+
+
+class RuntimeEnvError(PenumbraError):
+    """The function or class could not be loaded in the worker."""
+
+
+# Ray's names
+RayError = PenumbraError
+RayTaskError = TaskError
+RayActorError = ActorError
+
+
+def from_error_info(info, deserialize=None) -> BaseException:
+    """The exception to raise for an ``ErrorInfo`` stored in an object.
+
+    ``deserialize`` turns ``info.payload.data`` back into a ``TaskError``
+    (the transport's serializer); without it, or if that fails, the message
+    is used.
+    """
+    from .core.records import ErrorKind
+
+    kind = info.kind
+    if kind is ErrorKind.TASK_ERROR:
+        err = None
+        if info.payload is not None and info.payload.data is not None and deserialize is not None:
+            try:
+                err = deserialize(info.payload.data)
+            except Exception as e:  # the user's exception class is not importable here
+                err = TaskError(info.task_name, info.message, None, cause_repr=f"<could not deserialize: {e}>")
+        if isinstance(err, TaskError):
+            return err.as_instanceof_cause()
+        if isinstance(err, BaseException):
+            return err
+        return TaskError(info.task_name, info.message)
+    cls = {
+        ErrorKind.WORKER_CRASHED: WorkerCrashedError,
+        ErrorKind.NODE_DIED: NodeDiedError,
+        ErrorKind.ACTOR_DIED: ActorDiedError,
+        ErrorKind.ACTOR_UNAVAILABLE: ActorUnavailableError,
+        ErrorKind.OBJECT_LOST: ObjectLostError,
+        ErrorKind.TASK_CANCELLED: TaskCancelledError,
+        ErrorKind.OBJECT_STORE_FULL: ObjectStoreFullError,
+        ErrorKind.RUNTIME_ENV: RuntimeEnvError,
+    }.get(kind, PenumbraError)
+    return cls(info.message)

@@ -67,27 +67,37 @@ class GcsClient:
 
     # ------------------------------------------------------------------ config
     def set_configs(self, configs: tuple[ChainConfig, ...] | list[ChainConfig], now: float) -> list[Command]:
+        # take every shard's config before routing the requests that waited
+        # for one: with only a prefix known, ``num_shards`` is too small and
+        # a request would go to the wrong shard
         cmds: list[Command] = []
         for c in configs:
-            cmds += self._config(c, now)
-        return cmds
+            cmds += self._config(c, now, flush=False)
+        return cmds + self._flush_waiting(now)
 
-    def _config(self, c: ChainConfig, now: float) -> list[Command]:
+    def _config(self, c: ChainConfig, now: float, flush: bool = True) -> list[Command]:
         old = self.configs.get(c.shard)
         if old is not None and old.epoch >= c.epoch:
             return []
         self.configs[c.shard] = c
         self.num_shards = max(self.num_shards, c.shard + 1)
         cmds: list[Command] = []
-        if self.waiting and len(self.configs) == self.num_shards:
-            waiting, self.waiting = self.waiting, []
-            for r in waiting:
-                cmds += self._issue(r.request, r.token, now, r.sid)
         # the chain changed: re-send what was outstanding on this shard now
         for r in self.outstanding.values():
             if r.shard == c.shard:
                 r.sent_at = now
                 cmds.append(self._send(r))
+        if flush:
+            cmds += self._flush_waiting(now)
+        return cmds
+
+    def _flush_waiting(self, now: float) -> list[Command]:
+        if not self.waiting or not self.ready:
+            return []
+        waiting, self.waiting = self.waiting, []
+        cmds: list[Command] = []
+        for r in waiting:
+            cmds += self._issue(r.request, r.token, now, r.sid)
         return cmds
 
     @property

@@ -1,0 +1,469 @@
+"""gcs.py and gcs_client.py: chain replication, pub/sub, the chain master,
+and the client's routing, grouping, retries and notification filter."""
+
+from __future__ import annotations
+
+import pytest
+
+from penumbra.core.gcs import ChainMaster, GcsCaughtUp, GcsReplica, GcsSync, GcsTiming
+from penumbra.core.gcs_client import GcsClient
+from penumbra.core.messages import (
+    ChainConfigMsg,
+    GcsAck,
+    GcsForward,
+    GcsNotify,
+    GcsRead,
+    GcsReply,
+    GcsWrite,
+    ReplicaHeartbeat,
+    ReplicaJoin,
+    ReplicaReady,
+    Send,
+    SetTimer,
+    StateSnapshot,
+    StateTransferRequest,
+    TimerFired,
+)
+from penumbra.core.records import ChainConfig
+from penumbra.core.tables import AddLocation, Get, KvPut, NodeDown, Subscribe, TasksOnNode
+from penumbra.verification.memnet import MemNet
+
+R = ("gcs:0:0", "gcs:0:1", "gcs:0:2")
+CFG = ChainConfig(shard=0, epoch=1, replicas=R)
+
+
+def sends(cmds, kind=None, to=None):
+    return [c for c in cmds if isinstance(c, Send) and (kind is None or isinstance(c.msg, kind))
+            and (to is None or c.to == to)]
+
+
+def one(cmds, kind, to=None):
+    found = sends(cmds, kind, to)
+    assert len(found) == 1, (kind, to, cmds)
+    return found[0].msg
+
+
+def chain3():
+    return [GcsReplica(r, 0, config=CFG) for r in R]
+
+
+def write(client, req_id, op, low_water=0):
+    return GcsWrite(client=client, req_id=req_id, op=op, low_water=low_water)
+
+
+# ----------------------------------------------------------------------------- one write, by hand
+
+
+def test_write_flows_head_to_tail_then_acks_back() -> None:
+    head, mid, tail = chain3()
+    cmds = head.handle(write("c", 1, KvPut("k", 1)), 0.0)
+    fwd = one(cmds, GcsForward, to=R[1])
+    assert (fwd.seq, fwd.epoch, fwd.req_id) == (1, 1, 1)
+    assert not sends(cmds, GcsReply)  # the head never answers a write
+    assert head.log.keys() == {1} and head.committed == 0
+    fwd2 = one(mid.handle(fwd, 0.0), GcsForward, to=R[2])
+    cmds = tail.handle(fwd2, 0.0)
+    reply = one(cmds, GcsReply, to="c")
+    assert (reply.req_id, reply.result) == (1, True)
+    ack = one(cmds, GcsAck, to=R[1])
+    assert tail.committed == 1 and not tail.log
+    ack2 = one(mid.handle(ack, 0.0), GcsAck, to=R[0])
+    assert not mid.log and mid.committed == 1
+    assert head.handle(ack2, 0.0) == [] and not head.log and head.committed == 1
+    for r in (head, mid, tail):
+        r.validate()
+        assert r.tables.data["kv"] == {"k": 1}
+
+
+def test_reads_only_at_tail_and_writes_only_at_head() -> None:
+    head, mid, tail = chain3()
+    read = GcsRead(client="c", req_id=7, query=Get("kv", "k"))
+    assert head.handle(read, 0.0) == [] and mid.handle(read, 0.0) == []
+    assert one(tail.handle(read, 0.0), GcsReply, to="c").result is None
+    assert tail.handle(write("c", 1, KvPut("k", 1)), 0.0) == []  # not the head: dropped
+    assert mid.handle(write("c", 1, KvPut("k", 1)), 0.0) == []
+    assert tail.seq == mid.seq == 0
+
+
+def test_notifications_come_from_the_tail_after_commit() -> None:
+    head, mid, tail = chain3()
+    oid = b"o" * 20
+
+    def through(ev):
+        out = []
+        f1 = one(head.handle(ev, 0.0), GcsForward)
+        f2 = one(mid.handle(f1, 0.0), GcsForward)
+        out += tail.handle(f2, 0.0)
+        return out
+
+    through(write("sub", 1, Subscribe("sub", "objects", oid)))
+    through(write("all", 1, Subscribe("all", "objects", None)))
+    cmds = through(write("w", 1, AddLocation(oid, "node:0", 5)))
+    notes = {c.to: c.msg for c in sends(cmds, GcsNotify)}
+    assert set(notes) == {"sub", "all"}
+    assert notes["sub"].value.locations == {"node:0"} and notes["sub"].version == 3
+    # a late subscriber is sent the current row at once
+    cmds = through(write("late", 1, Subscribe("late", "objects", oid)))
+    note = one(cmds, GcsNotify, to="late")
+    assert note.key == oid and note.value.locations == {"node:0"} and note.version == 4
+
+
+def test_retried_write_is_applied_once() -> None:
+    head, mid, tail = chain3()
+    op = KvPut("k", "v", overwrite=False)
+    f1 = one(head.handle(write("c", 1, op), 0.0), GcsForward)
+    # a retry while in flight: nothing applied, nothing sent (the tail will answer)
+    assert head.handle(write("c", 1, op), 0.0) == [] and head.seq == 1
+    f2 = one(mid.handle(f1, 0.0), GcsForward)
+    # the same forward twice is dropped by the successor (the tail acks its position)
+    assert mid.handle(f1, 0.0) == [] and mid.seq == 1
+    cmds = tail.handle(f2, 0.0)
+    assert one(cmds, GcsReply).result is True
+    assert one(tail.handle(f2, 0.0), GcsAck).seq == 1 and tail.seq == 1
+    for c in sends(cmds, GcsAck):
+        for c2 in sends(mid.handle(c.msg, 0.0), GcsAck):
+            head.handle(c2.msg, 0.0)
+    # after commit, a retry is answered by the head with the first result
+    reply = one(head.handle(write("c", 1, op), 0.0), GcsReply, to="c")
+    assert reply.result is True and head.seq == 1
+    # a different request id is a new write (KvPut with overwrite=False now fails)
+    f = one(head.handle(write("c", 2, op), 0.0), GcsForward)
+    assert f.seq == 2
+
+
+def test_dedup_entries_below_low_water_are_forgotten() -> None:
+    (solo,) = [GcsReplica("g", 0, config=ChainConfig(0, 1, ("g",)))]
+    for i in range(1, 21):
+        solo.handle(write("c", i, KvPut(f"k{i}", i), low_water=i), 0.0)
+    assert set(solo.dedup["c"]) == {20} or len(solo.dedup["c"]) <= 9
+    assert 20 in solo.dedup["c"]
+
+
+def test_forward_gap_is_dropped_until_resent() -> None:
+    head, mid, tail = chain3()
+    f1 = one(head.handle(write("c", 1, KvPut("a", 1)), 0.0), GcsForward)
+    f2 = one(head.handle(write("c", 2, KvPut("b", 2)), 0.0), GcsForward)
+    assert mid.handle(f2, 0.0) == [] and mid.seq == 0  # a gap: wait for seq 1
+    # the head re-sends unacked entries on its tick once resend_after has passed
+    cmds = head.handle(TimerFired(key=("gcs", "tick")), 1.0)
+    resent = [c.msg.seq for c in sends(cmds, GcsForward, to=R[1])]
+    assert resent == [1, 2]
+    assert one(cmds, ReplicaHeartbeat, to="head").seq == 2
+    assert any(isinstance(c, SetTimer) for c in cmds)
+    mid.handle(f1, 1.0)
+    mid.handle(f2, 1.0)
+    assert mid.seq == 2
+
+
+# ----------------------------------------------------------------------------- reconfiguration, by hand
+
+
+def test_new_tail_commits_its_log() -> None:
+    head, mid, tail = chain3()
+    f1 = one(head.handle(write("c", 1, KvPut("a", 1)), 0.0), GcsForward)
+    mid.handle(f1, 0.0)  # the tail dies before seeing it
+    new = ChainConfig(0, 2, R[:2])
+    cmds = mid.handle(ChainConfigMsg(config=new), 0.1)
+    assert one(cmds, GcsReply, to="c").result is True
+    assert one(cmds, GcsAck, to=R[0]).seq == 1
+    assert mid.is_tail and mid.committed == 1 and not mid.log
+    # old configs are ignored
+    assert mid.handle(ChainConfigMsg(config=CFG), 0.2) == [] and mid.config.epoch == 2
+    head.handle(ChainConfigMsg(config=new), 0.1)
+    assert head.is_head and not head.is_tail
+
+
+def test_middle_replica_dies_and_predecessor_resyncs() -> None:
+    head, mid, tail = chain3()
+    f1 = one(head.handle(write("c", 1, KvPut("a", 1)), 0.0), GcsForward)
+    one(mid.handle(f1, 0.0), GcsForward)  # lost with the mid
+    new = ChainConfig(0, 2, (R[0], R[2]))
+    head.handle(ChainConfigMsg(config=new), 0.1)
+    cmds = tail.handle(ChainConfigMsg(config=new), 0.1)
+    sync = one(cmds, GcsSync, to=R[0])
+    assert sync.seq == 0 and tail._awaiting_catchup
+    # reads wait for the catch-up
+    assert tail.handle(GcsRead(client="r", req_id=1, query=Get("kv", "a")), 0.1) == []
+    cmds = head.handle(sync, 0.1)
+    resent = sends(cmds, GcsForward, to=R[2])
+    caught = one(cmds, GcsCaughtUp, to=R[2])
+    assert [c.msg.seq for c in resent] == [1] and caught.seq == 1
+    out = tail.handle(resent[0].msg, 0.1)
+    assert one(out, GcsReply, to="c").result is True
+    out = tail.handle(caught, 0.1)
+    assert one(out, GcsReply, to="r").result == 1  # the pending read, after catch-up
+
+
+# ----------------------------------------------------------------------------- through memnet
+
+
+class ClientMachine:
+    """A GCS client as a memnet machine; records replies and notifications."""
+
+    def __init__(self, address: str, configs, retry_after: float = 0.05) -> None:
+        self.address = address
+        self.configs = list(configs)
+        self.gcs = GcsClient(address, self._on_reply, retry_after=retry_after)
+        self.replies: dict = {}
+        self.notes: list[GcsNotify] = []
+
+    def _on_reply(self, token, result, now, sid):
+        self.replies[token] = result
+        return []
+
+    def start(self, now):
+        return self.gcs.set_configs(self.configs, now)
+
+    def handle(self, ev, now):
+        if isinstance(ev, GcsNotify):
+            if self.gcs.fresh(ev):
+                self.notes.append(ev)
+            return []
+        if self.gcs.owns(ev):
+            return self.gcs.handle(ev, now)
+        return []
+
+    def validate(self):
+        self.gcs.validate()
+
+
+def make_chain(n=3, shard=0, clients=("c",), latency=0.001):
+    cfg = ChainConfig(shard, 1, tuple(f"gcs:{shard}:{i}" for i in range(n)))
+    net = MemNet(latency=latency)
+    master = ChainMaster([cfg])
+    for c in clients:
+        master.add_listener(c)
+    net.add("head", master)
+    for r in cfg.replicas:
+        net.add(r, GcsReplica(r, shard, config=cfg))
+    cms = {}
+    for c in clients:
+        cms[c] = ClientMachine(c, [cfg])
+        net.add(c, cms[c])
+    return net, master, cms
+
+
+def do_write(net, client, op, token):
+    net._execute(client.address, client.gcs.write(op, token, net.now))
+
+
+def do_read(net, client, q, token):
+    net._execute(client.address, client.gcs.read(q, token, net.now))
+
+
+def replicas(net):
+    return [m for m in net.machines.values() if isinstance(m, GcsReplica) and m.active]
+
+
+def test_replica_death_is_cut_and_writes_survive() -> None:
+    net, master, cms = make_chain()
+    c = cms["c"]
+    for i in range(5):
+        do_write(net, c, KvPut(f"k{i}", i), i)
+    net.run_for(0.01)
+    assert len(c.replies) == 5
+    net.crash("gcs:0:1")
+    for i in range(5, 10):
+        do_write(net, c, KvPut(f"k{i}", i), i)
+    net.run_for(0.2)
+    assert master.shards[0].config == ChainConfig(0, 2, ("gcs:0:0", "gcs:0:2"))
+    assert len(c.replies) == 10
+    net.crash("gcs:0:2")  # the tail
+    for i in range(10, 15):
+        do_write(net, c, KvPut(f"k{i}", i), i)
+    net.run_for(0.2)
+    assert master.shards[0].config.replicas == ("gcs:0:0",)
+    assert len(c.replies) == 15
+    do_read(net, c, Get("kv", "k14"), "read")
+    net.run_for(0.05)
+    assert c.replies["read"] == 14
+    assert net.machines["gcs:0:0"].tables.data["kv"] == {f"k{i}": i for i in range(15)}
+
+
+def test_head_death_client_retries_at_new_head() -> None:
+    net, master, cms = make_chain()
+    c = cms["c"]
+    do_write(net, c, KvPut("a", 1), "a")
+    net.run_for(0.01)
+    net.crash("gcs:0:0")
+    do_write(net, c, KvPut("b", 2), "b")  # sent to the dead head; retried after the new config
+    net.run_for(0.3)
+    assert c.replies == {"a": True, "b": True}
+    assert master.shards[0].config.head == "gcs:0:1"
+    assert c.gcs.configs[0].epoch == 2
+
+
+def test_replica_joins_by_state_transfer() -> None:
+    net, master, cms = make_chain(n=2)
+    c = cms["c"]
+    for i in range(10):
+        do_write(net, c, KvPut(f"k{i}", i), i)
+    do_write(net, c, Subscribe("c", "kv", "k1"), "sub")
+    net.run_for(0.01)
+    joiner = GcsReplica("gcs:0:9", 0, joining=True)
+    net.add("gcs:0:9", joiner)
+    # writes keep coming while it copies
+    for i in range(10, 30):
+        do_write(net, c, KvPut(f"k{i}", i), i)
+        net.run_for(0.002)
+    net.run_for(0.2)
+    assert master.shards[0].config.replicas == ("gcs:0:0", "gcs:0:1", "gcs:0:9")
+    assert joiner.is_tail and joiner.seq == net.machines["gcs:0:0"].seq
+    prints = {r.tables.fingerprint() for r in replicas(net)}
+    assert len(prints) == 1
+    assert joiner.tables.subs == net.machines["gcs:0:0"].tables.subs
+    # the joiner, now the tail, answers reads and sends notifications
+    do_write(net, c, KvPut("k1", "new"), "k1-new")
+    do_read(net, c, Get("kv", "k29"), "read")
+    net.run_for(0.05)
+    assert c.replies["read"] == 29
+    assert c.notes[-1].value == "new"
+    seen = [n.version for n in c.notes]
+    assert seen == sorted(set(seen))  # no repeats got through the filter
+
+
+def test_restarted_replica_still_listed_is_cut_then_rejoins() -> None:
+    net, master, cms = make_chain(n=2)
+    c = cms["c"]
+    do_write(net, c, KvPut("a", 1), "a")
+    net.run_for(0.01)
+    net.crash("gcs:0:1")
+    net.add("gcs:0:1", GcsReplica("gcs:0:1", 0, joining=True))  # back at once, empty
+    do_write(net, c, KvPut("b", 2), "b")
+    net.run_for(0.3)
+    assert c.replies == {"a": True, "b": True}
+    assert master.shards[0].config.replicas == ("gcs:0:0", "gcs:0:1")
+    assert len({r.tables.fingerprint() for r in replicas(net)}) == 1
+    assert net.machines["gcs:0:1"].tables.data["kv"] == {"a": 1, "b": 2}
+
+
+def test_chain_master_keeps_config_when_every_replica_is_gone() -> None:
+    cm = ChainMaster([CFG], GcsTiming())
+    cm.start(0.0)
+    cmds = cm.handle(TimerFired(key=("chain", "check")), 1.0)
+    assert [c for c in cmds if isinstance(c, Send)] == []
+    assert cm.shards[0].config == CFG
+    cm.handle(ReplicaHeartbeat(replica=R[0], shard=0), 1.0)
+    cmds = cm.handle(TimerFired(key=("chain", "check")), 1.01)
+    cfg = cmds[0].msg.config
+    assert cfg.replicas == (R[0],) and cfg.epoch == 2 and cm.dead == {R[1], R[2]}
+    # a dead replica's late heartbeat does not revive it; a join does
+    cm.handle(ReplicaHeartbeat(replica=R[1], shard=0), 1.02)
+    assert R[1] in cm.dead
+    cmds = cm.handle(ReplicaJoin(replica=R[1], shard=0), 1.03)
+    assert sends(cmds, ChainConfigMsg, to=R[1]) and R[1] not in cm.dead
+    cmds = cm.handle(ReplicaReady(replica=R[1], shard=0, seq=0), 1.04)
+    assert cm.shards[0].config.replicas == (R[0], R[1])
+    assert cm.handle(ReplicaReady(replica="stranger", shard=0, seq=0), 1.05) == []
+    cm.validate()
+
+
+def test_joiner_copies_from_tail() -> None:
+    tail = GcsReplica("t", 0, config=ChainConfig(0, 1, ("t",)))
+    tail.handle(write("c", 1, KvPut("a", 1)), 0.0)
+    joiner = GcsReplica("j", 0, joining=True)
+    cmds = joiner.handle(ChainConfigMsg(config=tail.config), 0.0)
+    req = one(cmds, StateTransferRequest, to="t")
+    snap = one(tail.handle(req, 0.0), StateSnapshot, to="j")
+    assert snap.seq == 1 and tail.retain_from == 1
+    ready = one(joiner.handle(snap, 0.0), ReplicaReady, to="head")
+    assert ready.seq == 1 and joiner.tables.data["kv"] == {"a": 1}
+    # a write committed after the snapshot is retained for the joiner
+    tail.handle(write("c", 2, KvPut("b", 2)), 0.0)
+    assert 2 in tail.log
+
+
+# ----------------------------------------------------------------------------- GcsClient
+
+
+TWO = (ChainConfig(0, 1, ("g0a", "g0b")), ChainConfig(1, 1, ("g1a", "g1b")))
+
+
+class Recorder:
+    def __init__(self):
+        self.got = []
+
+    def __call__(self, token, result, now, sid):
+        self.got.append((token, result))
+        return []
+
+
+def key_on(shard: int) -> bytes:
+    return bytes([0, 0, 0, shard]) + bytes(16)
+
+
+def test_client_waits_for_config_then_routes() -> None:
+    rec = Recorder()
+    c = GcsClient("me", rec, retry_after=0.05)
+    assert c.write(AddLocation(key_on(1), "n", 1), "w", 0.0) == [] and not c.ready
+    cmds = c.set_configs(TWO, 0.0)
+    (w,) = sends(cmds)
+    assert w.to == "g1a" and isinstance(w.msg, GcsWrite) and w.msg.shard == 1
+    cmds = c.read(Get("objects", key_on(0)), "r", 0.0)
+    r = one(cmds, GcsRead)
+    assert sends(cmds)[0].to == "g0b"  # reads go to the tail
+    assert c.write(KvPut("x", 1), "kv", 0.0)[0].to == "g0a"  # kv lives on shard 0
+    c.handle(GcsReply(req_id=r.req_id, result="row", shard=0), 0.0)
+    assert rec.got == [("r", "row")]
+    # a repeated reply is dropped
+    c.handle(GcsReply(req_id=r.req_id, result="row", shard=0), 0.0)
+    assert rec.got == [("r", "row")]
+
+
+def test_client_groups_broadcasts() -> None:
+    rec = Recorder()
+    c = GcsClient("me", rec)
+    c.set_configs(TWO, 0.0)
+    cmds = c.write(NodeDown("node:1"), "down", 0.0)
+    targets = {s.to: s.msg.req_id for s in sends(cmds, GcsWrite)}
+    assert set(targets) == {"g0a", "g1a"}
+    c.handle(GcsReply(req_id=targets["g1a"], result=("b",), shard=1), 0.0)
+    assert rec.got == []
+    c.handle(GcsReply(req_id=targets["g0a"], result=("a",), shard=0), 0.0)
+    assert rec.got == [("down", (("a",), ("b",)))]  # in shard order
+    cmds = c.read(TasksOnNode("node:1"), "tasks", 0.0)
+    assert {s.to for s in sends(cmds, GcsRead)} == {"g0b", "g1b"}
+
+
+def test_client_retries_on_timeout_and_on_new_config() -> None:
+    rec = Recorder()
+    c = GcsClient("me", rec, retry_after=0.05)
+    c.set_configs(TWO, 0.0)
+    cmds = c.write(KvPut("x", 1), "w", 0.0)
+    (timer,) = [x for x in cmds if isinstance(x, SetTimer)]
+    first = one(cmds, GcsWrite)
+    assert c.handle(TimerFired(key=timer.key), 0.01)[-1].at == pytest.approx(0.06)  # too early
+    cmds = c.handle(TimerFired(key=timer.key), 0.06)
+    again = one(cmds, GcsWrite, to="g0a")
+    assert again.req_id == first.req_id  # same id: the replica dedups
+    # a newer config moves the request to the new head at once
+    cmds = c.handle(ChainConfigMsg(config=ChainConfig(0, 2, ("g0b",))), 0.07)
+    assert one(cmds, GcsWrite, to="g0b").req_id == first.req_id
+    assert c.handle(ChainConfigMsg(config=ChainConfig(0, 1, ("g0a",))), 0.08) == []  # stale
+    c.handle(GcsReply(req_id=first.req_id, result=True), 0.09)
+    assert rec.got == [("w", True)]
+    cmds = c.handle(TimerFired(key=timer.key), 0.2)
+    assert cmds == [] and not c._timer_armed  # nothing outstanding: timer disarmed
+    with pytest.raises(TypeError):
+        c.handle(TimerFired(key="other"), 0.3)
+    assert not c.owns(TimerFired(key="other"))
+
+
+def test_client_low_water_is_lowest_outstanding() -> None:
+    c = GcsClient("me", Recorder())
+    c.set_configs(TWO[:1], 0.0)
+    a = one(c.write(KvPut("a", 1), "a", 0.0), GcsWrite)
+    b = one(c.write(KvPut("b", 1), "b", 0.0), GcsWrite)
+    assert (a.low_water, b.low_water) == (a.req_id, a.req_id)
+    c.handle(GcsReply(req_id=a.req_id, result=True), 0.0)
+    d = one(c.write(KvPut("d", 1), "d", 0.0), GcsWrite)
+    assert d.low_water == b.req_id
+
+
+def test_client_notification_filter() -> None:
+    c = GcsClient("me", Recorder())
+    n = lambda v: GcsNotify(table="objects", key=b"k", value=v, version=v)
+    assert c.fresh(n(3)) and not c.fresh(n(3)) and not c.fresh(n(2)) and c.fresh(n(4))
+    assert c.fresh(GcsNotify(table="tasks", key=b"k", value=1, version=1))  # keyed per table
+    c.forget("objects", b"k")
+    assert c.fresh(n(1))

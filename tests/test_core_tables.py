@@ -1,0 +1,249 @@
+"""tables.py: every op of ``Tables.apply``, the queries and the indexes."""
+
+from __future__ import annotations
+
+import pytest
+
+from penumbra.core.ids import actor_id_of, return_object_id
+from penumbra.core.records import (
+    ActorEntry,
+    ActorState,
+    ErrorInfo,
+    ErrorKind,
+    NodeEntry,
+    TaskState,
+)
+from penumbra.core.specs import ActorSpec, FunctionDescriptor, Payload, ResourceSet
+from penumbra.core.tables import (
+    ActorLogRange,
+    ActorsOnNode,
+    AddLocation,
+    AddTask,
+    AppendActorLog,
+    FinishTask,
+    Get,
+    GetMany,
+    KvDelete,
+    KvPut,
+    NodeDown,
+    ObjectsOnNode,
+    PutActor,
+    PutFunction,
+    PutNode,
+    Query,
+    RegisterName,
+    RemoveLocation,
+    RetryTask,
+    Scan,
+    SetTaskNode,
+    Subscribe,
+    Tables,
+    TasksOnNode,
+    UnregisterName,
+    Unsubscribe,
+    key_shard,
+    shards_for,
+)
+
+ERR = ErrorInfo(ErrorKind.TASK_ERROR, "boom")
+
+
+def check_indexes(t: Tables) -> None:
+    """The derived indexes equal what a scan of the tables says."""
+    rebuilt = Tables.restore(t.snapshot())
+    by_node = {n: s for n, s in t._tasks_by_node.items() if s}
+    assert by_node == {n: s for n, s in rebuilt._tasks_by_node.items() if s}
+    objs = {n: s for n, s in t._objects_by_node.items() if s}
+    assert objs == {n: s for n, s in rebuilt._objects_by_node.items() if s}
+
+
+def test_task_lifecycle_and_index(core) -> None:
+    t = Tables()
+    s = core.spec()
+    entry, changes = t.apply(AddTask(s, "node:0"))
+    assert entry.state is TaskState.PENDING and entry.node == "node:0" and entry.attempt == 0
+    assert changes == [("tasks", s.task_id, entry)]
+    assert t.read(TasksOnNode("node:0")) == (entry,)
+    moved, _ = t.apply(SetTaskNode(s.task_id, "node:1"))
+    assert moved.node == "node:1"
+    assert t.read(TasksOnNode("node:0")) == () and t.read(TasksOnNode("node:1")) == (moved,)
+    retried, _ = t.apply(RetryTask(s.task_id, "node:2"))
+    assert retried.attempt == 1 and retried.reconstructions == 0 and retried.node == "node:2"
+    rec, _ = t.apply(RetryTask(s.task_id, "node:2", reconstruction=True))
+    assert rec.attempt == 2 and rec.reconstructions == 1
+    oid = s.return_ids[0]
+    ok, changes = t.apply(FinishTask(s.task_id, "node:2", ((oid, 100),), attempt=2))
+    assert ok is True
+    done = t.data["tasks"][s.task_id]
+    assert done.state is TaskState.FINISHED and done.attempt == 2
+    assert [c[0] for c in changes] == ["tasks", "objects"]
+    obj = t.data["objects"][oid]
+    assert obj.created and obj.locations == {"node:2"} and obj.size == 100 and not obj.lost
+    assert t.read(TasksOnNode("node:2")) == ()  # finished tasks leave the index
+    assert t.read(ObjectsOnNode("node:2")) == (oid,)
+    # SetTaskNode on a finished task changes nothing
+    assert t.apply(SetTaskNode(s.task_id, "node:9")) == (done, [])
+    # re-submission (a re-executed parent) keeps the counters
+    again, _ = t.apply(AddTask(s, "node:3"))
+    assert again.state is TaskState.PENDING and again.attempt == 2 and again.reconstructions == 1
+    assert t.apply(RetryTask(core.spec().task_id, "n")) == (None, [])
+    check_indexes(t)
+
+
+def test_finish_with_error_and_retry_after_error(core) -> None:
+    t = Tables()
+    s = core.spec()
+    oid = s.return_ids[0]
+    t.apply(AddTask(s, "node:0"))
+    t.apply(FinishTask(s.task_id, "node:0", ((oid, 0),), error=ERR))
+    assert t.data["tasks"][s.task_id].state is TaskState.FAILED
+    e = t.data["objects"][oid]
+    assert e.error == ERR and not e.locations and e.created and not e.lost
+    # a later successful run replaces the error with a location
+    t.apply(FinishTask(s.task_id, "node:1", ((oid, 8),)))
+    e = t.data["objects"][oid]
+    assert e.error is None and e.locations == {"node:1"}
+    # FinishTask without a task row still records outputs (a put or a lost row)
+    other = core.spec()
+    assert t.apply(FinishTask(other.task_id, "node:1", ((other.return_ids[0], 5),)))[0] is True
+    assert other.task_id not in t.data["tasks"]
+    check_indexes(t)
+
+
+def test_locations_and_node_down(core) -> None:
+    t = Tables()
+    a, b = core.spec().return_ids[0], core.spec().return_ids[0]
+    t.apply(PutNode(NodeEntry("node:0", ResourceSet.of(CPU=1))))
+    assert t.apply(AddLocation(a, "node:0", 10)) == (True, [("objects", a, t.data["objects"][a])])
+    assert t.apply(AddLocation(a, "node:0", 10)) == (True, [])  # idempotent, no change
+    t.apply(AddLocation(a, "node:1", 10))
+    t.apply(AddLocation(b, "node:0", 20))
+    assert t.read(ObjectsOnNode("node:0")) == tuple(sorted((a, b)))
+    lost, changes = t.apply(NodeDown("node:0"))
+    assert lost == (b,)  # a survives on node:1
+    assert t.data["nodes"]["node:0"].alive is False
+    assert ("nodes", "node:0") == changes[0][:2]
+    assert {c[1] for c in changes[1:]} == {a, b}
+    assert t.data["objects"][b].lost and not t.data["objects"][a].lost
+    assert t.read(ObjectsOnNode("node:0")) == ()
+    # a second NodeDown changes nothing
+    assert t.apply(NodeDown("node:0")) == ((), [])
+    assert t.apply(RemoveLocation(a, "node:1"))[0] is True
+    assert t.data["objects"][a].lost
+    assert t.apply(RemoveLocation(a, "node:1")) == (False, [])
+    # an error location holds no node
+    t.apply(AddLocation(a, "node:5", 0, error=ERR))
+    assert t.data["objects"][a].error == ERR and not t.data["objects"][a].locations
+    check_indexes(t)
+
+
+def test_functions_kv_names(core) -> None:
+    t = Tables()
+    assert t.apply(PutFunction(b"f", Payload(3))) == (True, [("functions", b"f", Payload(3))])
+    assert t.apply(PutFunction(b"f", Payload(4))) == (False, [])
+    assert t.read(Get("functions", b"f")) == Payload(3)
+    assert t.apply(KvPut("k", 1))[0] is True
+    assert t.apply(KvPut("k", 2, overwrite=False)) == (False, [])
+    assert t.apply(KvPut("k", 3)) == (True, [("kv", "k", 3)])
+    assert t.apply(KvDelete("k")) == (True, [("kv", "k", None)])
+    assert t.apply(KvDelete("k")) == (False, [])
+    a1, a2 = actor_id_of(core.spec().task_id), actor_id_of(core.spec().task_id)
+    assert t.apply(RegisterName("ns", "x", a1)) == (a1, [("names", ("ns", "x"), a1)])
+    assert t.apply(RegisterName("ns", "x", a2)) == (a1, [])  # the holder is the answer
+    assert t.apply(RegisterName("other", "x", a2))[0] == a2
+    assert t.apply(UnregisterName("ns", "x", a2)) == (False, [])  # not the holder
+    assert t.apply(UnregisterName("ns", "x", a1)) == (True, [("names", ("ns", "x"), None)])
+    assert t.apply(RegisterName("ns", "x", a2))[0] == a2
+
+
+def _actor(core, **kw):
+    creation = core.spec()
+    spec = ActorSpec(actor_id=actor_id_of(creation.task_id), cls=FunctionDescriptor(b"C", "C"), **kw)
+    return ActorEntry(spec, creation)
+
+
+def test_actors_cas_and_log(core) -> None:
+    t = Tables()
+    e = _actor(core)
+    aid = e.spec.actor_id
+    assert t.apply(PutActor(e)) == (e, [("actors", aid, e)])
+    alive = ActorEntry(e.spec, e.creation, state=ActorState.ALIVE, node="node:0")
+    # compare-and-set on the incarnation
+    assert t.apply(PutActor(alive, expect_incarnation=1)) == (e, [])
+    assert t.apply(PutActor(alive, expect_incarnation=0))[0] == alive
+    assert t.read(ActorsOnNode("node:0")) == (alive,)
+    dead = ActorEntry(e.spec, e.creation, state=ActorState.DEAD)
+    t.apply(PutActor(dead))
+    assert t.apply(PutActor(alive, expect_incarnation=0)) == (dead, [])  # dead is final for CAS
+    assert t.read(ActorsOnNode("node:0")) == ()
+    # CAS on a missing row does nothing
+    other = _actor(core)
+    assert t.apply(PutActor(other, expect_incarnation=0)) == (None, [])
+    # the replay log, read as task rows
+    specs = [core.spec() for _ in range(3)]
+    for i, s in enumerate(specs):
+        t.apply(AddTask(s, "node:0"))
+        assert t.apply(AppendActorLog(aid, i, s.task_id))[0] is True
+    rows = t.read(ActorLogRange(aid, 1, 10))
+    assert [r.spec for r in rows] == specs[1:]  # stops at the first gap
+
+
+def test_subscriptions(core) -> None:
+    t = Tables()
+    oid = core.spec().return_ids[0]
+    assert t.apply(Subscribe("c1", "objects", oid)) == (None, [])
+    t.apply(Subscribe("c2", "objects", None))
+    assert t.subscribers("objects", oid) == {"c1", "c2"}
+    assert t.subscribers("objects", b"other") == {"c2"}
+    t.apply(AddLocation(oid, "n", 1))
+    current, _ = t.apply(Subscribe("c3", "objects", oid))  # late: gets the current row
+    assert current == t.data["objects"][oid]
+    assert t.apply(Unsubscribe("c1", "objects", oid)) == (True, [])
+    assert t.apply(Unsubscribe("c1", "objects", oid)) == (False, [])
+    assert t.subscribers("objects", oid) == {"c2", "c3"}
+    t.apply(Unsubscribe("c3", "objects", oid))
+    assert ("objects", oid) not in t.subs
+
+
+def test_reads_and_errors(core) -> None:
+    t = Tables()
+    specs = [core.spec() for _ in range(3)]
+    for s in specs:
+        t.apply(AddTask(s, "node:0"))
+    keys = tuple(s.task_id for s in specs) + (core.spec().task_id,)
+    rows = t.read(GetMany("tasks", keys))
+    assert [r.spec for r in rows[:3]] == specs and rows[3] is None
+    assert len(t.read(Scan("tasks"))) == 3
+    with pytest.raises(TypeError, match="unknown GCS query"):
+        t.read(Query())
+    with pytest.raises(TypeError, match="unknown GCS op"):
+        t.apply(object())  # type: ignore[arg-type]
+
+
+def test_snapshot_restore_and_fingerprint(core) -> None:
+    t = Tables()
+    for i in range(5):
+        s = core.spec()
+        t.apply(AddTask(s, f"node:{i % 2}"))
+        if i % 2:
+            t.apply(FinishTask(s.task_id, "node:1", ((s.return_ids[0], i),)))
+    t.apply(Subscribe("c", "tasks", None))
+    u = Tables.restore(t.snapshot())
+    assert u.fingerprint() == t.fingerprint()
+    assert u.subs == t.subs
+    assert u.read(TasksOnNode("node:0")) == t.read(TasksOnNode("node:0"))
+    # the snapshot is a copy: changing one does not change the other
+    u.apply(KvPut("x", 1))
+    assert u.fingerprint() != t.fingerprint()
+    check_indexes(t)
+
+
+def test_routing() -> None:
+    assert shards_for(("nodes", "node:1"), 4) == (0,)
+    assert shards_for(("kv", "x"), 4) == (0,)
+    assert list(shards_for(("", None), 3)) == [0, 1, 2]
+    assert list(shards_for(("tasks", None), 3)) == [0, 1, 2]
+    key = bytes([0, 0, 0, 5]) + bytes(12)
+    assert shards_for(("tasks", key), 4) == (1,)
+    assert key_shard("actor_log", (key, 7), 4) == key_shard("actors", key, 4) == 1
+    assert shards_for(("tasks", key), 1) == (0,)

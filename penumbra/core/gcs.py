@@ -122,7 +122,7 @@ class _Entry:
     low_water: int
     result: Any
     changes: list[Change]
-    direct: tuple[str, Change] | None = None
+    direct: tuple[str, list[Change]] | None = None  # (subscriber, current rows)
 
 
 class GcsReplica:
@@ -228,10 +228,17 @@ class GcsReplica:
             for r in [r for r in seen if r < low_water]:
                 del seen[r]
         entry = _Entry(seq, client, req_id, op, low_water, result, changes)
-        if isinstance(op, Subscribe) and op.key is not None and result is not None:
+        if isinstance(op, Subscribe):
             # a late subscriber is sent the current value at once, so it
-            # cannot miss a change made before it subscribed
-            entry.direct = (op.subscriber, (op.table, op.key, result))
+            # cannot miss a change made before it subscribed; a table-wide
+            # subscriber is sent every row this shard holds
+            if op.key is not None:
+                if result is not None:
+                    entry.direct = (op.subscriber, [(op.table, op.key, result)])
+            else:
+                rows = self.tables.data[op.table]
+                if rows:
+                    entry.direct = (op.subscriber, [(op.table, k, v) for k, v in rows.items()])
         return entry
 
     def _after_apply(self, entry: _Entry, sid: str, now: float) -> list[Command]:
@@ -261,8 +268,9 @@ class GcsReplica:
         """The tail's side effects of a committed entry: reply and notify."""
         cmds: list[Command] = [Send(to=e.client, msg=GcsReply(req_id=e.req_id, result=e.result, shard=self.shard, stimulus_id=sid))]
         if e.direct is not None:
-            sub, (table, key, value) = e.direct
-            cmds.append(Send(to=sub, msg=GcsNotify(table=table, key=key, value=value, version=e.seq, shard=self.shard, stimulus_id=sid)))
+            sub, rows = e.direct
+            for table, key, value in rows:
+                cmds.append(Send(to=sub, msg=GcsNotify(table=table, key=key, value=value, version=e.seq, shard=self.shard, stimulus_id=sid)))
         subscribers = self.tables.subscribers
         for table, key, value in e.changes:
             for sub in sorted(subscribers(table, key)):

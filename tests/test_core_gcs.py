@@ -467,3 +467,21 @@ def test_client_notification_filter() -> None:
     assert c.fresh(GcsNotify(table="tasks", key=b"k", value=1, version=1))  # keyed per table
     c.forget("objects", b"k")
     assert c.fresh(n(1))
+
+
+def test_late_table_subscriber_gets_every_row() -> None:
+    """A node subscribing to the ``nodes`` table after others joined must
+    learn of them (otherwise it never forwards for load)."""
+    from penumbra.core.records import NodeEntry
+    from penumbra.core.specs import ResourceSet
+    from penumbra.core.tables import PutNode
+
+    solo = GcsReplica("g", 0, config=ChainConfig(0, 1, ("g",)))
+    solo.handle(write("head", 1, PutNode(NodeEntry("node:0", ResourceSet.of(CPU=1)))), 0.0)
+    solo.handle(write("head", 2, PutNode(NodeEntry("node:1", ResourceSet.of(CPU=1)))), 0.0)
+    cmds = solo.handle(write("node:1", 1, Subscribe("node:1", "nodes", None)), 0.0)
+    notes = sends(cmds, GcsNotify, to="node:1")
+    assert sorted(n.msg.key for n in notes) == ["node:0", "node:1"]
+    assert all(n.msg.version == 3 for n in notes)
+    # an empty table sends nothing
+    assert not sends(solo.handle(write("x", 1, Subscribe("x", "actors", None)), 0.0), GcsNotify)

@@ -100,12 +100,18 @@ def key_shard(table: str, key: Hashable, num_shards: int) -> int:
 
 
 def shards_for(route: tuple[str, Hashable], num_shards: int) -> range | tuple[int]:
-    """Every shard an op or query with this route must reach."""
+    """Every shard an op or query with this route must reach.
+
+    A route to every shard is a ``range`` even with one shard, so the client
+    always answers it with a tuple of per-shard results.
+    """
     table, key = route
-    if num_shards == 1 or table in _SHARD0_TABLES:
+    if table in _SHARD0_TABLES:
         return (0,)
     if key is None:
         return range(num_shards)
+    if num_shards == 1:
+        return (0,)
     return (key_shard(table, key, num_shards),)
 
 

@@ -209,7 +209,8 @@ class HeadMachine:
             return []
         if ev.table == "tasks" and ev.value is not None and ev.value.state is not TaskState.PENDING:
             tid = ev.key
-            self.recovery.on_rebuilt(tid)
+            if not self.recovery.on_rebuilt(tid, ev.value.attempt):
+                return []  # the row of the run before the re-run we wait for
             if tid in self.watched_tasks:
                 self.watched_tasks.discard(tid)
                 self.gcs.forget("tasks", tid)

@@ -107,6 +107,7 @@ class Recovery:
         self.head = head
         self.jobs: dict[ObjectId, _Job] = {}
         self.rebuilding: dict[TaskId, float] = {}  # task -> when re-submitted
+        self.rebuild_attempt: dict[TaskId, int] = {}  # task -> attempt of the re-run
         self.rebuild_timeout = 30.0
         self.reexecuted = 0
         self.resubmitted = 0
@@ -223,14 +224,23 @@ class Recovery:
                 cmds += self.head.gcs.write(FinishTask(tid, "", outputs, err), None, now, sid)
                 continue
             self.rebuilding[tid] = now
+            self.rebuild_attempt[tid] = entry.attempt + 1
             self.reexecuted += 1
             cmds += self.head.watch_task(tid, now, sid)
             cmds += self.head.gcs.write(RetryTask(tid, "", reconstruction=True), None, now, sid)
             cmds += self.head.scheduler.submit(spec, entry.attempt + 1, now, sid, reconstruction=True)
         return cmds
 
-    def on_rebuilt(self, tid: TaskId) -> None:
+    def on_rebuilt(self, tid: TaskId, attempt: int | None = None) -> bool:
+        """``tid``'s row shows it ended.  True if that ends the re-run we
+        started; False if the row is older (the finished row that the head's
+        own subscription is sent first, before the re-run is recorded)."""
+        expected = self.rebuild_attempt.get(tid)
+        if expected is not None and attempt is not None and attempt < expected:
+            return False
         self.rebuilding.pop(tid, None)
+        self.rebuild_attempt.pop(tid, None)
+        return True
 
     # ------------------------------------------------------------------ dead nodes
     def on_node_dead(self, node: str, now: float, sid: str) -> list[Command]:

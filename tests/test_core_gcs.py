@@ -425,6 +425,15 @@ def test_client_groups_broadcasts() -> None:
     assert {s.to for s in sends(cmds, GcsRead)} == {"g0b", "g1b"}
 
 
+def test_client_groups_broadcasts_even_with_one_shard() -> None:
+    rec = Recorder()
+    c = GcsClient("me", rec)
+    c.set_configs(TWO[:1], 0.0)
+    r = one(c.read(TasksOnNode("node:1"), "tasks", 0.0), GcsRead)
+    c.handle(GcsReply(req_id=r.req_id, result=("row",)), 0.0)
+    assert rec.got == [("tasks", (("row",),))]  # a tuple of per-shard results
+
+
 def test_client_retries_on_timeout_and_on_new_config() -> None:
     rec = Recorder()
     c = GcsClient("me", rec, retry_after=0.05)

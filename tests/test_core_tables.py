@@ -247,3 +247,6 @@ def test_routing() -> None:
     assert shards_for(("tasks", key), 4) == (1,)
     assert key_shard("actor_log", (key, 7), 4) == key_shard("actors", key, 4) == 1
     assert shards_for(("tasks", key), 1) == (0,)
+    assert shards_for(("tasks", None), 1) == range(1)  # every shard: grouped, even one
+    assert shards_for(("", None), 1) == range(1)
+    assert shards_for(("nodes", None), 3) == (0,)

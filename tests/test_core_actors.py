@@ -1,0 +1,270 @@
+"""Actors through memnet: ordered calls, concurrency, restarts, death, names,
+kill, and paper-style replay with and without checkpoints."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from penumbra.core.ids import actor_id_of, child_task_id
+from penumbra.core.messages import (
+    ActorCall,
+    ActorRegistered,
+    KillActor,
+    ObjectsReady,
+    SubmitTask,
+    WatchObjects,
+    WorkerCrashed,
+)
+from penumbra.core.records import ActorState, ErrorKind
+from penumbra.core.specs import ActorSpec, FunctionDescriptor, ResourceSet, TaskSpec
+from penumbra.verification.memnet import crashes, ok
+
+
+class Actors:
+    """Builds actor creation specs and ordered method calls; records runs."""
+
+    def __init__(self, core, duration=0.01) -> None:
+        self.core = core
+        self.duration = duration
+        self.seq: dict = {}
+        self.log: list[tuple] = []  # (time, actor, caller, seq, method, attempt)
+        self.net = None
+
+    def behaviour(self, spec, attempt):
+        if spec.actor_id is not None:
+            self.log.append((self.net.now, spec.actor_id, spec.caller_id, spec.sequence_no, spec.method, attempt))
+            if spec.method == "die" and attempt == 0:
+                return crashes(self.duration)
+            if spec.method == "slow":
+                return ok(1.0)
+        return ok(self.duration)
+
+    def cluster(self, **kw):
+        self.net = self.core.cluster(behaviour=self.behaviour, **kw)
+        self.inbox = self.net.add_client("c:d")
+        return self.net
+
+    def create(self, node="node:0", client="c:d", **kw) -> ActorId:
+        s = self.core.spec()
+        a = ActorSpec(actor_id=actor_id_of(s.task_id), cls=FunctionDescriptor(b"C", "C"), **kw)
+        self.net.send(client, node, SubmitTask(client=client, spec=replace(s, actor_creation=a)))
+        return a.actor_id
+
+    def call(self, aid, method="m", caller="c:d", node="node:0", send=True) -> TaskSpec:
+        n = self.seq.get((aid, caller), 0)
+        self.seq[(aid, caller)] = n + 1
+        tid = child_task_id(self.core.root, self.core.count)
+        self.core.count += 1
+        spec = TaskSpec(task_id=tid, job_id=1, parent_task_id=self.core.root,
+                        function=FunctionDescriptor(b"C." + method.encode(), "C." + method),
+                        actor_id=aid, caller_id=caller, sequence_no=n, method=method)
+        if send:
+            self.net.send(caller if caller.startswith("c:") else "c:d", node, SubmitTask(client=caller, spec=spec))
+        return spec
+
+    def watch(self, specs, req_id=1, node="node:0"):
+        oids = tuple(s.return_ids[0] for s in specs)
+        self.net.send("c:d", node, WatchObjects(client="c:d", req_id=req_id, object_ids=oids))
+
+    def results(self):
+        out = {}
+        for m in self.inbox:
+            if isinstance(m, ObjectsReady):
+                out.update(dict(m.objects))
+        return out
+
+    def runs(self, aid=None, method=None):
+        return [(c, s, a) for _, ac, c, s, m, a in self.log
+                if (aid is None or ac == aid) and (method is None or m == method)]
+
+    def entry(self, aid):
+        return self.net.machines["head"].actors.actors[aid]
+
+    def host_of(self, aid):
+        node = self.entry(aid).node
+        return node, self.net.machines[node].host.actors[aid]
+
+
+def test_calls_run_in_order_per_caller_despite_reordering(core) -> None:
+    A = Actors(core)
+    net = A.cluster(nodes=2)
+    aid = A.create()
+    net.run_for(0.2)
+    held = []
+
+    def hold(src, to, msg):  # hold back the first calls of caller c:d
+        if isinstance(msg, ActorCall) and msg.spec.caller_id == "c:d" and msg.spec.sequence_no < 5 and msg.attempt == 0:
+            held.append((src, to, msg))
+            return True
+        return False
+
+    net.drop_fn = hold
+    calls = [A.call(aid) for _ in range(10)]
+    other = [A.call(aid, caller="c:e") for _ in range(5)]
+    A.watch(calls + other)
+    net.run_for(0.5)
+    assert len(held) == 5
+    assert [s for c, s, _ in A.runs(aid) if c == "c:d"] == []  # nothing ran out of order
+    assert [s for c, s, _ in A.runs(aid) if c == "c:e"] == [0, 1, 2, 3, 4]  # not blocked by c:d
+    net.drop_fn = None
+    for src, to, msg in reversed(held):
+        net.send(src, to, msg)
+    net.run_for(1.0)
+    assert [s for c, s, _ in A.runs(aid) if c == "c:d"] == list(range(10))
+    assert all(info.error is None for info in A.results().values()) and len(A.results()) == 15
+
+
+def test_max_concurrency(core) -> None:
+    A = Actors(core)
+    net = A.cluster(nodes=1, resources=[ResourceSet.of(CPU=4)])
+    aid = A.create(max_concurrency=3)
+    net.run_for(0.2)
+    calls = [A.call(aid, "slow") for _ in range(7)]
+    A.watch(calls)
+    net.run_for(5.0)
+    starts = sorted(t for t, *_ in A.log)
+    t0 = starts[0]
+    waves = [round(t - t0) for t in starts]
+    assert waves == [0, 0, 0, 1, 1, 1, 2]
+    assert len(A.results()) == 7
+
+
+def test_restart_fails_in_flight_calls_at_most_once(core) -> None:
+    A = Actors(core)
+    net = A.cluster(nodes=2)
+    aid = A.create(max_restarts=1, max_task_retries=0)
+    net.run_for(0.2)
+    before = [A.call(aid) for _ in range(2)]
+    die = A.call(aid, "die")
+    A.watch(before + [die])
+    net.run_for(1.0)
+    res = A.results()
+    assert all(res[s.return_ids[0]].error is None for s in before)
+    err = res[die.return_ids[0]].error
+    assert err.kind is ErrorKind.ACTOR_DIED and "max_task_retries=0" in err.message
+    assert A.runs(aid, "die") == [("c:d", 2, 0)]  # ran once, not retried
+    e = A.entry(aid)
+    assert e.state is ActorState.ALIVE and e.incarnation == 1 and e.restarts == 1
+    # the restarted actor serves new calls
+    after = [A.call(aid) for _ in range(3)]
+    A.watch(after, req_id=2)
+    net.run_for(1.0)
+    assert all(A.results()[s.return_ids[0]].error is None for s in after)
+
+
+def test_restart_retries_in_flight_calls_when_allowed(core) -> None:
+    A = Actors(core)
+    net = A.cluster(nodes=2)
+    aid = A.create(max_restarts=1, max_task_retries=2)
+    net.run_for(0.2)
+    calls = [A.call(aid), A.call(aid, "die"), A.call(aid), A.call(aid)]
+    A.watch(calls)
+    net.run_for(2.0)
+    res = A.results()
+    assert len(res) == 4 and all(info.error is None for info in res.values())
+    assert A.runs(aid, "die") == [("c:d", 1, 0), ("c:d", 1, 1)]
+    assert [s for c, s, _ in A.runs(aid, "m")][-2:] == [2, 3]
+
+
+def test_dead_after_max_restarts(core) -> None:
+    A = Actors(core)
+    net = A.cluster(nodes=2)
+    aid = A.create(max_restarts=1)
+    net.run_for(0.2)
+    first = A.call(aid, "die")
+    A.watch([first])
+    net.run_for(1.0)
+    second = A.call(aid, "die")
+    A.watch([second], req_id=2)
+    net.run_for(1.0)
+    e = A.entry(aid)
+    assert e.state is ActorState.DEAD and e.restarts == 1
+    assert "max_restarts=1" in e.death_cause.message
+    late = A.call(aid)
+    A.watch([late], req_id=3)
+    net.run_for(0.5)
+    err = A.results()[late.return_ids[0]].error
+    assert err.kind is ErrorKind.ACTOR_DIED and "max_restarts=1" in err.message
+    for node in ("node:0", "node:1"):
+        sched = net.machines[node].scheduler
+        assert sched.available == sched.total  # nothing held by the dead actor
+
+
+def test_actor_resources_held_for_lifetime(core) -> None:
+    A = Actors(core)
+    net = A.cluster(nodes=1, resources=[ResourceSet.of(CPU=2)])
+    A.create(resources=ResourceSet.of(CPU=1.5))
+    net.run_for(0.2)
+    sched = net.machines["node:0"].scheduler
+    assert sched.available == ResourceSet.of(CPU=0.5)
+
+
+def test_named_actor_conflict(core) -> None:
+    A = Actors(core)
+    net = A.cluster(nodes=2)
+    first = A.create(name="svc", namespace="ns")
+    net.run_for(0.2)
+    second = A.create(name="svc", namespace="ns", node="node:1")
+    third = A.create(name="svc", namespace="other", node="node:1")
+    net.run_for(0.2)
+    regs = {m.actor_id: m for m in A.inbox if isinstance(m, ActorRegistered)}
+    assert regs[first].error == "" and regs[third].error == ""
+    assert regs[second].holder == first and "already exists" in regs[second].error
+    assert "get_actor('svc')" in regs[second].error
+    assert second not in net.machines["head"].actors.actors  # never created
+
+
+def test_kill_fails_pending_calls_and_frees_name(core) -> None:
+    A = Actors(core)
+    net = A.cluster(nodes=2)
+    aid = A.create(name="svc", max_restarts=5)
+    net.run_for(0.2)
+    slow = [A.call(aid, "slow") for _ in range(3)]
+    A.watch(slow)
+    net.run_for(0.1)
+    net.send("c:d", "node:0", KillActor(client="c:d", actor_id=aid))
+    net.run_for(1.0)
+    e = A.entry(aid)
+    assert e.state is ActorState.DEAD and "killed" in e.death_cause.message
+    res = A.results()
+    assert all(res[s.return_ids[0]].error.kind is ErrorKind.ACTOR_DIED for s in slow)
+    # the name is free again
+    again = A.create(name="svc")
+    net.run_for(0.2)
+    regs = [m for m in A.inbox if isinstance(m, ActorRegistered) and m.actor_id == again]
+    assert regs and regs[0].error == ""
+
+
+def _crash_actor_worker(A, aid):
+    node, hosted = A.host_of(aid)
+    A.net.workers[hosted.worker] = (node, False)
+    A.net.inject(node, WorkerCrashed(worker_id=hosted.worker, reason="killed by test"))
+
+
+@pytest.mark.parametrize("interval, replayed", [(0, 5), (2, 1), (5, 0)])
+def test_replay_after_restart(core, interval, replayed) -> None:
+    A = Actors(core)
+    net = A.cluster(nodes=2)
+    aid = A.create(max_restarts=1, replay=True, checkpoint_interval=interval)
+    net.run_for(0.2)
+    calls = [A.call(aid) for _ in range(5)]
+    A.watch(calls)
+    net.run_for(0.5)
+    assert len(A.results()) == 5
+    _crash_actor_worker(A, aid)
+    net.run_for(1.0)
+    head = net.machines["head"]
+    assert head.actors.replayed == replayed
+    e = A.entry(aid)
+    assert e.state is ActorState.ALIVE and e.incarnation == 1
+    # the replayed calls ran again, in log order, after the restart
+    seqs = [s for c, s, _ in A.runs(aid)]
+    assert seqs == list(range(5)) + list(range(5 - replayed, 5))
+    # and new calls continue the log
+    more = A.call(aid)
+    A.watch([more], req_id=2)
+    net.run_for(0.5)
+    assert A.results()[more.return_ids[0]].error is None
+    assert A.host_of(aid)[1].executed == 6

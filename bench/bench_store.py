@@ -24,14 +24,14 @@ import statistics
 import sys
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from penumbra.transports import serialization as ser  # noqa: E402
-from penumbra.transports.shm_store import ShmStore, cleanup_session, new_session_name  # noqa: E402
+from penumbra.transports import serialization as ser
+from penumbra.transports.shm_store import ShmStore, cleanup_session, new_session_name
 
 ROOT = "/dev/shm"
 MADV_POPULATE_READ = 22
@@ -196,7 +196,7 @@ def part_a(n: int, reps: int) -> None:
             mv = memoryview(m)
             copy_mv(mv, src)
             for name, copy in COPIES.items():
-                row(f"warm (mapped, reused pages): {name}", n, best(lambda i: copy(mv, src), reps))
+                row(f"warm (mapped, reused pages): {name}", n, best(lambda i, copy=copy: copy(mv, src), reps))
             mv.release()
             m.close()
         finally:
@@ -233,6 +233,27 @@ def part_b(n: int, reps: int) -> None:
 
         row("put, arena cold (new store: fallocate + populate + copy)", n, best(cold, max(2, reps // 2)))
 
+        # Reserved at start-up (what a daemon does with reserve() in a thread).
+        def reserved(i: int) -> float:
+            s = new_session_name("benchr")
+            try:
+                st = ShmStore(s, capacity=2 * n)
+                t0 = time.perf_counter()
+                st.reserve()
+                t_res = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                st.put_serialized(oid, ser.serialize(arr))
+                t = time.perf_counter() - t0
+                st.close()
+                reserve_times.append(t_res)
+                return t
+            finally:
+                cleanup_session(s)
+
+        reserve_times: list[float] = []
+        row("put, arena after reserve() (first write to reserved pages)", n, best(reserved, max(2, reps // 2)))
+        print(f"  {'(reserve() of the ' + str(2 * n >> 20) + ' MiB arena took':<58} {min(reserve_times) * 1e3:7.1f} ms)")
+
         def put(i: int) -> float:
             store.delete(oid)
             t0 = time.perf_counter()
@@ -241,6 +262,11 @@ def part_b(n: int, reps: int) -> None:
 
         put(0)
         row("put, arena warm (serialize + create + copy + seal)", n, best(put, reps))
+        old = ser.set_copy_threads(2)
+        try:
+            row("put, arena warm, set_copy_threads(2)", n, best(put, reps))
+        finally:
+            ser.set_copy_threads(old)
 
         def get(i: int) -> float:
             t0 = time.perf_counter()
@@ -316,7 +342,7 @@ def part_c(reps: int) -> None:
         "numpy float64[100]": np.arange(100.0),
     }
     for name, v in cases.items():
-        t = min(per_op(lambda: ser.deserialize(ser.serialize(v).to_bytes())) for _ in range(3))
+        t = min(per_op(lambda v=v: ser.deserialize(ser.serialize(v).to_bytes())) for _ in range(3))
         print(f"  serialize + to_bytes + deserialize {name:<40} {t * 1e6:7.2f} us")
     session = new_session_name("benchs")
     try:

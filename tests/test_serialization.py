@@ -468,3 +468,12 @@ def test_deserialization_errors():
 def test_repr():
     assert "total_size" in repr(serialize(np.arange(3)))
     assert isinstance(serialize(1), SerializedObject)
+
+
+def test_errors_are_penumbra_serialization_errors():
+    import penumbra.exceptions as pe
+
+    with pytest.raises(pe.SerializationError):
+        serialize(threading.Lock())
+    with pytest.raises(pe.SerializationError):
+        deserialize(b"not a pickle at all, not at all")

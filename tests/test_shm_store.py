@@ -380,7 +380,7 @@ def test_unusable_root(session, tmp_path):
 
 
 def test_attach_missing_and_create_twice(session):
-    with pytest.raises(ObjectNotFoundError, match="no object store"):
+    with pytest.raises(shm.StoreNotFoundError, match="no object store"):
         ShmStore(session)
     with ShmStore(session, capacity=MiB):
         with pytest.raises(FileExistsError, match="already exists"):
@@ -414,12 +414,11 @@ def test_cleanup_removes_everything(session):
 
 def test_session_store_cleans_up_on_error():
     holder = {}
-    with pytest.raises(RuntimeError):
-        with session_store(capacity=MiB) as st:
-            holder["s"] = st.session
-            st.put_bytes(oid(1), b"x")
-            assert session_segments(st.session)
-            raise RuntimeError("test body failed")
+    with pytest.raises(RuntimeError), session_store(capacity=MiB) as st:
+        holder["s"] = st.session
+        st.put_bytes(oid(1), b"x")
+        assert session_segments(st.session)
+        raise RuntimeError("test body failed")
     assert session_segments(holder["s"]) == []
 
 
@@ -613,3 +612,87 @@ def test_fork_reopens_store(session):
         assert st.stats()["zombies"] == 1
         del held
         assert st.reap() > 0
+
+
+def test_prefault_and_reserve(session):
+    with ShmStore(session, capacity=8 * MiB, prefault=True) as st:
+        assert st.stats()["committed"] == 8 * MiB
+    cleanup_session(session)
+    with ShmStore(session, capacity=40 * MiB) as st:
+        assert st.stats()["committed"] == 0
+        assert st.reserve(MiB) == 16 * MiB  # commits in 16 MiB steps
+        st.put_bytes(oid(1), b"x" * (20 * MiB))
+        assert st.stats()["committed"] == 32 * MiB
+        assert st.reserve() == 40 * MiB
+
+
+def test_delete_between_create_and_seal(session):
+    with ShmStore(session, capacity=MiB) as st, ShmStore(session) as other:
+        v = st.create(oid(1), 2 * MiB)  # spilled to a file
+        v[:3] = b"abc"
+        assert other.delete(oid(1))
+        with pytest.raises(ObjectNotFoundError, match="deleted before seal"):
+            st.seal(oid(1))
+        assert bytes(v[:3]) == b"abc"  # the creator's view is still valid
+        assert [p for p in session_segments(session) if "-obj-" in p] == []
+        v2 = st.create(oid(2), 1000)  # in the arena: zombie until v2 dies
+        assert other.delete(oid(2))
+        assert other.stats()["zombies"] == 1
+        del v2
+        assert other.reap() == 1024
+
+
+def test_delete_never_fails_on_a_full_table(session):
+    with ShmStore(session, capacity=MiB, max_objects=16) as st:
+        views = []
+        for i in range(13):
+            st.put_bytes(oid(i), b"x")
+            views.append(st.get(oid(i)))
+        for i in range(13):  # every region is pinned: 13 zombies
+            assert st.delete(oid(i))
+        assert st.stats()["zombies"] == 13
+        del views
+        assert st.reap() == 13 * 64
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_pins_deletes_and_reaps_against_model(session, seed):
+    """Random puts, held views, deletes, dropped views and reaps: a held
+    view never changes, and all memory comes back at the end."""
+    rng = random.Random(seed)
+    cap = 2 * MiB
+    with ShmStore(session, capacity=cap, max_objects=256, spill_to_files=False) as st:
+        live: dict[bytes, int] = {}  # id -> fill byte
+        held: list[tuple[memoryview, int]] = []
+        for step in range(800):
+            op = rng.random()
+            if op < 0.4:
+                k, fill, size = oid(step), step % 251, rng.choice([1, 64, 100, 5000, rng.randrange(1, 60_000)])
+                try:
+                    st.put_bytes(k, bytes([fill]) * size)
+                except StoreFullError:
+                    continue
+                live[k] = fill
+            elif op < 0.6 and live:
+                k = rng.choice(sorted(live))
+                held.append((st.get(k), live[k]))
+            elif op < 0.8 and live:
+                k = rng.choice(sorted(live))
+                assert st.delete(k)
+                del live[k]
+            elif op < 0.95 and held:
+                held.pop(rng.randrange(len(held)))
+            else:
+                st.reap()
+            for view, fill in held:
+                assert view[0] == fill and view[-1] == fill
+            s = st.stats()
+            assert s["objects"] == len(live)
+            assert s["used"] + s["free"] == cap
+        for k in list(live):
+            st.delete(k)
+        held.clear()
+        view = None  # the loop variable above held the last view
+        st.reap()
+        s = st.stats()
+        assert s == {**s, "used": 0, "zombies": 0, "objects": 0, "largest_free": cap}

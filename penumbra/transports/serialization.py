@@ -55,29 +55,30 @@ Rules
 from __future__ import annotations
 
 import io
-import os
 import pickle
 import struct
 import sys
 import traceback
 import types
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import cloudpickle
 
 __all__ = [
-    "INLINE_THRESHOLD",
     "ALIGNMENT",
-    "SerializedObject",
-    "SerializationError",
+    "INLINE_THRESHOLD",
     "DeserializationError",
-    "serialize",
+    "SerializationError",
+    "SerializedObject",
+    "copy_into",
     "deserialize",
     "dumps",
+    "find_unserializable",
     "loads",
     "remote_traceback",
-    "find_unserializable",
-    "copy_into",
+    "serialize",
+    "set_copy_threads",
 ]
 
 #: Values whose serialized size is at most this many bytes may travel inline
@@ -95,19 +96,40 @@ _HEADER = struct.Struct("<4sIIIQ")  # magic, flags, nbuf, reserved, inband lengt
 _HEADER_SIZE = _HEADER.size  # 24
 _FLAG_REFS = 1
 
-# Buffers at least this large are copied with several threads (pyarrow's
-# parallel memcpy releases the GIL); smaller ones with one memcpy.
+# Buffers at least this large may be copied with several threads (pyarrow's
+# parallel memcpy releases the GIL); see set_copy_threads.
 _PARALLEL_COPY_MIN = 8 * 1024 * 1024
-_COPY_THREADS = max(1, min(4, os.cpu_count() or 1))
+_copy_threads = 1
+
+
+def set_copy_threads(n: int) -> int:
+    """Copy buffers of 8 MiB and more with ``n`` threads (default 1); returns
+    the previous setting.
+
+    On an idle 2-core machine two threads copy about 30% faster (9 against
+    6.5 GB/s); when the other cores are busy (workers running tasks) they are
+    slower than one, which is why one is the default.
+    """
+    global _copy_threads
+    old = _copy_threads
+    _copy_threads = max(1, int(n))
+    return old
 
 _REMOTE_TB_ATTR = "_penumbra_traceback"
 
 
 # --------------------------------------------------------------------- errors
 
+try:  # one class for the user to catch: penumbra.SerializationError
+    from ..exceptions import SerializationError as _ErrorBase
+except ImportError:  # pragma: no cover - the API layer is optional here
+    _ErrorBase = TypeError  # type: ignore[misc,assignment]
 
-class SerializationError(TypeError):
+
+class SerializationError(_ErrorBase):  # type: ignore[valid-type,misc]
     """A value could not be serialized.
+
+    A subclass of ``penumbra.SerializationError`` and of ``TypeError``.
 
     The message names the type of the value, the nested object that could not
     be pickled (found by pickling the value's parts one by one, like Ray's
@@ -147,8 +169,10 @@ class SerializationError(TypeError):
         self.original = original
 
 
-class DeserializationError(Exception):
+class DeserializationError(_ErrorBase):  # type: ignore[valid-type,misc]
     """Serialized data could not be turned back into a value.
+
+    A subclass of ``penumbra.SerializationError`` (and so of ``TypeError``).
 
     Typical causes: the data is corrupt or truncated, or the value refers to a
     module that cannot be imported in this process (the message says which).
@@ -181,7 +205,7 @@ class _ArrowPayload:
     (sending the value over the network).
     """
 
-    __slots__ = ("obj", "nbytes", "_buffer")
+    __slots__ = ("_buffer", "nbytes", "obj")
 
     def __init__(self, obj: Any) -> None:
         pa = _pa()
@@ -202,8 +226,9 @@ class _ArrowPayload:
             copy_into(dest, self._buffer)
             return
         sink = pa.FixedSizeBufferWriter(pa.py_buffer(dest))
-        sink.set_memcopy_threads(_COPY_THREADS)
-        sink.set_memcopy_threshold(_PARALLEL_COPY_MIN)
+        if _copy_threads > 1:
+            sink.set_memcopy_threads(_copy_threads)
+            sink.set_memcopy_threshold(_PARALLEL_COPY_MIN)
         self._write(sink)
         if sink.tell() != self.nbytes:  # pragma: no cover - arrow invariant
             raise RuntimeError("Arrow IPC stream size changed between sizing and writing")
@@ -272,8 +297,28 @@ def remote_traceback(exc: BaseException) -> str | None:
 # ---------------------------------------------------------------- picklers
 
 
-def _view_as(arr: Any, dtype: Any) -> Any:
-    return arr.view(dtype)
+def _rebuild_ndarray(buf: Any, dtype: Any, shape: tuple, fortran: bool) -> Any:
+    import numpy as np
+
+    flat = np.frombuffer(buf, dtype=np.uint8).view(dtype)
+    return flat.reshape(shape[::-1]).T if fortran else flat.reshape(shape)
+
+
+def _reduce_ndarray(np: Any, arr: Any) -> Any:
+    """An ndarray as one raw out-of-band buffer plus (dtype, shape, order):
+    cheaper than numpy's own reduce (no pickled globals but ours) and it
+    covers datetime64/timedelta64, which numpy pickles in-band."""
+    dtype = arr.dtype
+    if dtype.hasobject or arr.size == 0:
+        return NotImplemented
+    if arr.flags.c_contiguous:
+        flat, fortran = arr.reshape(-1), False
+    elif arr.flags.f_contiguous:
+        flat, fortran = arr.T.reshape(-1), True
+    else:
+        return NotImplemented  # numpy copies it in-band
+    d = dtype.str if dtype.fields is None and dtype.metadata is None and dtype.subdtype is None else dtype
+    return _rebuild_ndarray, (pickle.PickleBuffer(flat.view(np.uint8)), d, arr.shape, fortran)
 
 
 
@@ -285,17 +330,16 @@ class _Pickler(cloudpickle.Pickler):
         self.lazy = lazy
 
     def reducer_override(self, obj: Any) -> Any:
+        t = type(obj)
+        if t is types.FunctionType and obj.__module__ == __name__:
+            return NotImplemented  # our own rebuild helpers: by reference, fast
+        np = sys.modules.get("numpy")
+        if np is not None and t is np.ndarray:
+            return _reduce_ndarray(np, obj)
         if isinstance(obj, BaseException):
             return _reduce_exception(obj)
-        np = sys.modules.get("numpy")
-        if np is not None and type(obj) is np.ndarray and obj.dtype.kind in "mM":
-            # numpy pickles datetime64/timedelta64 in-band; send the bits as
-            # int64 out-of-band and view them back.
-            if obj.flags.c_contiguous or obj.flags.f_contiguous:
-                return _view_as, (obj.view(np.int64), obj.dtype)
         pa = sys.modules.get("pyarrow")
         if pa is not None:
-            t = type(obj)
             if t is pa.Table or t is pa.RecordBatch:
                 payload = _ArrowPayload(obj)
                 # The placeholder's identity tells the buffer callback to put
@@ -368,7 +412,7 @@ class SerializedObject:
             (:meth:`write_to`, :meth:`to_bytes`).
     """
 
-    __slots__ = ("inband", "refs", "_chunks", "_offsets", "total_size")
+    __slots__ = ("_chunks", "_offsets", "inband", "refs", "total_size")
 
     def __init__(self, inband: bytes, chunks: list | None = None, refs: list | None = None) -> None:
         self.inband = inband
@@ -446,22 +490,36 @@ class SerializedObject:
         and no refs: the pickle stream itself is returned)."""
         if not self._offsets and not self.refs:
             return self.inband
-        buf = bytearray(self.total_size)
-        self.write_to(buf)
-        return bytes(buf)
+        nbuf = len(self._chunks)
+        flags = _FLAG_REFS if self.refs else 0
+        parts: list[Any] = [_HEADER.pack(_MAGIC, flags, nbuf, 0, len(self.inband))]
+        table = []
+        for off, c in zip(self._offsets, self._chunks):
+            table.append(off)
+            table.append(c.nbytes)
+        if nbuf:
+            parts.append(struct.pack(f"<{2 * nbuf}Q", *table))
+        parts.append(self.inband)
+        pos = _HEADER_SIZE + 16 * nbuf + len(self.inband)
+        for off, c in zip(self._offsets, self._chunks):
+            if off > pos:
+                parts.append(bytes(off - pos))
+            parts.append(c.materialize() if isinstance(c, _ArrowPayload) else c)
+            pos = off + c.nbytes
+        return b"".join(parts)  # one copy
 
 
 def copy_into(dest: memoryview, src: Any) -> None:
     """Copy the bytes of ``src`` (any contiguous buffer) into ``dest``.
 
-    Buffers of 8 MiB and more are copied by pyarrow's multi-threaded memcpy,
-    which releases the GIL (about 9 GB/s on 2 cores against 6.5 for one).
+    One memcpy, or pyarrow's multi-threaded memcpy (which releases the GIL)
+    for buffers of 8 MiB and more when :func:`set_copy_threads` asked for it.
     """
     n = dest.nbytes
-    if n >= _PARALLEL_COPY_MIN:
+    if n >= _PARALLEL_COPY_MIN and _copy_threads > 1:
         pa = _pa()
         sink = pa.FixedSizeBufferWriter(pa.py_buffer(dest))
-        sink.set_memcopy_threads(_COPY_THREADS)
+        sink.set_memcopy_threads(_copy_threads)
         sink.set_memcopy_blocksize(1 << 20)
         sink.set_memcopy_threshold(_PARALLEL_COPY_MIN)
         sink.write(src if isinstance(src, pa.Buffer) else pa.py_buffer(src))
@@ -719,7 +777,10 @@ def _children(obj: Any, path: str) -> Iterable[tuple[str, Any]]:
                 break
             yield f"{path}.{name}", v
     for klass in t.__mro__:
-        for name in getattr(klass, "__slots__", ()) if isinstance(getattr(klass, "__slots__", ()), (tuple, list)) else ():
+        slots = klass.__dict__.get("__slots__", ())
+        if isinstance(slots, str):
+            slots = (slots,)
+        for name in slots:
             if name in ("__dict__", "__weakref__"):
                 continue
             try:

@@ -1,0 +1,935 @@
+"""The SimPy driver's kernel: hosts running pure machines on a simulated network.
+
+Theory of operation
+-------------------
+``SimKernel`` owns a ``simpy.Environment``, a ``Network``, a ``CostModel``, an
+optional ``Trace`` and the one ``random.Random(seed)`` every random choice
+comes from.  It carries events and commands between machines and never
+decides anything itself.
+
+**Hosts.**  ``add_host(address, machine, handlers)`` runs one machine.  A host
+is single-threaded: events delivered to it wait in its inbox and are handled
+one at a time, each charged CPU time by the cost model::
+
+    start  = max(arrival, busy_until)
+    cmds   = machine.handle(event, start)           # now == start
+    finish = start + (handling_cost(kind, type(event))
+                      + len(cmds) * per_command) * cpu_factor
+    busy_until = finish                             # commands take effect here
+
+Then each command is carried out at ``finish``: ``Send`` goes through the
+network; ``SetTimer(at, key)`` delivers ``TimerFired(key)`` to the same host
+at ``max(at, finish)``; ``Log`` is recorded (printed with
+``print_logs=True``); any other type goes to ``handlers[type](host, cmd)``,
+which may schedule events back into the host (``host.deliver_at(t, ev)``,
+``host.deliver_after(dt, ev)``), run code later (``host.call_at``), or send
+messages (``host.send``).  A command with no handler raises
+``UnhandledCommand``.  ``machine.validate()`` runs after every event when
+the host was added with ``validate_every_step=True``.
+
+**Efficiency.**  There is no SimPy process per host or per message.  Work is
+a bare heap entry in the environment's own queue: a batch of messages from
+one host to one destination at one instant is *one* entry, handed to the
+machine one message at a time.  A host that is busy schedules one wake-up at
+its ``busy_until``; when nothing else in the whole simulation is due before
+that time, it does not even do that and handles the next queued event at
+once (with ``now`` = its proper start time): the result is exactly what the
+one-wake-up-per-event schedule would produce, but the SimPy clock
+(``env.now``) may lag a host's clock (``host.now``) while it catches up.
+Inside handlers, always use ``host.now``.  ``kernel.run`` drives the queue
+with its own loop (plain SimPy events and processes run through
+``env.step``); ``env.run`` works too, only slower.
+
+**Crashes.**  ``crash(address)`` drops the machine, its inbox, its pending
+timers and handler events, and every message in flight to it; messages to
+a dead host vanish.  ``restart(address, machine)`` gives it a new machine.
+Messages a host emitted for a time after its crash (possible when it ran
+ahead, see above) are dropped too.  ``on_crash``/``on_restart`` hooks let a
+cluster layer tell others (e.g. a ``NodeDied`` to the head).
+
+**Clients.**  ``add_client(address, on_message=None, colocated_with=...)``
+makes an endpoint without a machine, for simulated programs written as
+SimPy processes: ``client.send(to, msg)``; incoming messages go to
+``on_message(msg)`` or to a mailbox served by ``yield client.recv()`` and
+``yield client.wait_for(predicate)``.  Clients cost no CPU.
+
+**Determinism.**  Heap ties break by insertion order, the network draws from
+the kernel's RNG in a fixed order, and nothing iterates over a ``set`` of
+strings, so the same seed and configuration give the same trace hash on
+every run (``summary()``).  Machines must keep that rule too (sort before
+iterating sets; take randomness from ``kernel.derive_rng(name)``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections import deque
+from heapq import heappop, heappush
+from typing import Any, Callable, Mapping
+
+import simpy
+
+from penumbra.core.messages import Event, Log, Message, Send, SetTimer, TimerFired
+
+from .costs import ZERO, CostModel
+from .network import Network
+from .trace import Trace
+
+__all__ = [
+    "SimKernel",
+    "Host",
+    "Client",
+    "UnhandledCommand",
+    "UnknownAddress",
+]
+
+_NORMAL = 1  # simpy.events.NORMAL
+_URGENT = 0  # simpy.events.URGENT
+
+
+class UnhandledCommand(RuntimeError):
+    """A machine emitted a command type its host has no handler for."""
+
+
+class UnknownAddress(KeyError):
+    """A message was sent to an address that was never added."""
+
+    def __str__(self) -> str:  # KeyError quotes its message otherwise
+        return str(self.args[0])
+
+
+# ===========================================================================
+# Heap entries.  SimPy's queue holds (time, priority, eid, event) 4-tuples;
+# the kernel pushes longer tuples (time, priority, eid, fn, ...) into the same
+# heap and dispatches them as ``fn(entry)``: no object per message.  eids are
+# unique, so tuples never compare beyond their third element.  The kernel's
+# environment subclass teaches ``env.step`` (and so ``env.run``) about them.
+#
+#   network batch: (t, 1, eid, dst._on_net, msgs, dst_epoch, src, src_epoch, depart)
+#   local events:  (t, 1, eid, dst._on_local, events, dst_epoch)
+#   host wake-up:  (t, 1, eid, host._on_wake, epoch)
+#   callback:      (t, 1, eid, kernel._on_call, fn, args, owner|None, owner_epoch)
+#   run horizon:   (t, 0, eid, kernel._on_stop, token)
+
+
+class _StopLoop(Exception):
+    pass
+
+
+class _Environment(simpy.Environment):
+    """A ``simpy.Environment`` whose ``step`` also runs kernel heap entries."""
+
+    def step(self) -> None:
+        q = self._queue
+        if q and len(q[0]) != 4:
+            item = heappop(q)
+            self._now = item[0]
+            item[3](item)
+            return
+        simpy.Environment.step(self)
+
+
+# ===========================================================================
+# Endpoints
+
+
+class _Endpoint:
+    """Something with an address on the network (a host or a client)."""
+
+    def __init__(self, kernel: "SimKernel", address: str, kind: str):
+        self.kernel = kernel
+        self.address = address
+        self.kind = kind
+        self.alive = True
+        self.epoch = 0          # bumped by crash and restart
+        self.crashed_at = float("-inf")
+        self.links: dict = {}   # dst -> Link, owned by the Network
+        self.pending: dict[str, list] = {}  # dst -> messages leaving at self.now
+        self.now = kernel.env.now
+        # bound once: heap entries refer to these
+        self._on_net = self._net_entry
+        self._on_local = self._local_entry
+
+    def _flush(self) -> None:
+        pending = self.pending
+        if pending:
+            self.pending = {}
+            transmit = self.kernel.network.transmit
+            depart = self.now
+            for dst, msgs in pending.items():
+                transmit(self, dst, msgs, depart)
+
+    def _push_local(self, t: float, events: list) -> None:
+        k = self.kernel
+        heappush(k._queue, (t, _NORMAL, next(k._eid), self._on_local, events, self.epoch))
+
+    def _call(self, now: float, fn: Callable, args: tuple) -> None:
+        fn(*args)
+
+    def _net_entry(self, item: tuple) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _local_entry(self, item: tuple) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        state = "alive" if self.alive else "dead"
+        return f"<{type(self).__name__} {self.address} {state}>"
+
+
+class Host(_Endpoint):
+    """A simulated host running one machine.
+
+    For handlers: ``address``, ``kind``, ``machine``, ``kernel``, ``now``
+    (the time the current commands take effect: use it, not ``env.now``),
+    ``rng`` (the kernel's RNG), ``state`` (a dict for handler bookkeeping,
+    such as a node's simulated worker processes; cleared on crash), and
+    ``deliver_at``/``deliver_after``/``call_at``/``call_after``/``send``.
+    """
+
+    def __init__(self, kernel: "SimKernel", address: str, machine: Any,
+                 handlers: Mapping[type, Callable], kind: str, validate: bool,
+                 cost: float | Callable[[Any], float] | None):
+        super().__init__(kernel, address, kind)
+        self.validate = validate
+        self._check_machine(machine)
+        self.machine = machine
+        self.handlers: dict[type, Callable] = dict(handlers)
+        self.inbox: deque = deque()
+        self.busy_until = kernel.env.now
+        self.wake = False
+        self.cpu_factor = 1.0
+        self.handled = 0
+        self.busy_time = 0.0
+        self.state: dict[str, Any] = {}
+        self.rng = kernel.rng
+        self._cost_override = cost
+        self._costs: dict[type, float] = {}
+        self._per_command = kernel.costs.per_command
+        self._on_wake = self._wake_entry
+
+    def _check_machine(self, machine: Any) -> None:
+        if not callable(getattr(machine, "handle", None)):
+            raise TypeError(f"host {self.address!r}: machine {machine!r} has no "
+                            f"handle(event, now) method")
+        if self.validate and not callable(getattr(machine, "validate", None)):
+            raise TypeError(f"host {self.address!r}: validate_every_step=True but "
+                            f"{type(machine).__name__} has no validate() method")
+
+    # -- API for handlers ---------------------------------------------------
+    def deliver_at(self, t: float, event: Event) -> None:
+        """Deliver ``event`` to this host's machine at time ``t`` (>= now),
+        locally (no network).  Dropped if the host crashes before then."""
+        if t < self.now:
+            raise ValueError(
+                f"host {self.address!r}: deliver_at({t!r}) is in the past (host.now is "
+                f"{self.now!r}); handlers must schedule at or after host.now")
+        if self.alive:
+            self._push_local(float(t), [event])
+
+    def deliver_after(self, dt: float, event: Event) -> None:
+        """Deliver ``event`` to this host's machine ``dt`` after ``host.now``."""
+        self.deliver_at(self.now + dt, event)
+
+    def call_at(self, t: float, fn: Callable, *args: Any) -> None:
+        """Run ``fn(*args)`` at time ``t`` unless the host crashes first.
+
+        During the call ``host.now == t`` and ``host.send`` departs at ``t``.
+        """
+        if t < self.now:
+            raise ValueError(f"host {self.address!r}: call_at({t!r}) is before host.now "
+                             f"({self.now!r})")
+        k = self.kernel
+        heappush(k._queue, (float(t), _NORMAL, next(k._eid), k._on_call, fn, args, self,
+                            self.epoch))
+
+    def call_after(self, dt: float, fn: Callable, *args: Any) -> None:
+        self.call_at(self.now + dt, fn, *args)
+
+    def send(self, to: str, msg: Message) -> None:
+        """Send ``msg`` from this host at ``host.now``, as if the machine had
+        emitted ``Send`` (for handlers and ``call_at`` callbacks)."""
+        lst = self.pending.get(to)
+        if lst is None:
+            self.pending[to] = [msg]
+        else:
+            lst.append(msg)
+        if self.kernel.trace is not None:
+            self.kernel.trace.sent(self.now, self.address, to, msg)
+
+    def _call(self, now: float, fn: Callable, args: tuple) -> None:
+        self.now = now
+        fn(*args)
+        if self.pending:
+            self._flush()
+
+    # -- the event loop of one host -------------------------------------------
+    def _net_entry(self, item: tuple) -> None:
+        if item[5] != self.epoch:
+            self.kernel._lost += len(item[4])
+            return
+        src = item[6]
+        if src.epoch != item[7] and item[8] > src.crashed_at:
+            self.kernel._lost += len(item[4])  # emitted after its sender crashed
+            return
+        self.inbox.extend(item[4])
+        if not self.wake:
+            self._drain(item[0])
+
+    def _local_entry(self, item: tuple) -> None:
+        if item[5] != self.epoch:
+            return
+        self.inbox.extend(item[4])
+        if not self.wake:
+            self._drain(item[0])
+
+    def _wake_entry(self, item: tuple) -> None:
+        if item[4] == self.epoch:
+            self.wake = False
+            self._drain(item[0])
+
+    def _cost_for(self, et: type) -> float:
+        o = self._cost_override
+        if o is None:
+            c = self.kernel.costs.handling_cost(self.kind, et)
+        elif callable(o):
+            c = -1.0  # computed per event by the override
+        else:
+            c = float(o)
+        self._costs[et] = c
+        return c
+
+    def _drain(self, T: float) -> None:
+        """Handle queued events, starting no earlier than ``T`` (= env.now)."""
+        inbox = self.inbox
+        k = self.kernel
+        queue = k._queue
+        trace = k.trace
+        costs = self._costs
+        epoch = self.epoch
+        while inbox:
+            start = self.busy_until
+            if start > T:
+                # Busy until ``start``.  Send what the previous event emitted,
+                # then handle the next event now, ahead of env.now, unless
+                # anything else in the simulation is due first.
+                if self.pending:
+                    self._flush()
+                if queue and queue[0][0] <= start:
+                    self.wake = True
+                    heappush(queue, (start, _NORMAL, next(k._eid), self._on_wake, epoch))
+                    return
+            else:
+                start = T
+            ev = inbox.popleft()
+            machine = self.machine
+            try:
+                cmds = machine.handle(ev, start)
+            except Exception as e:
+                e.add_note(f"while {self.address!r} handled {ev!r} at t={start!r}")
+                raise
+            et = ev.__class__
+            cost = costs.get(et)
+            if cost is None:
+                cost = self._cost_for(et)
+            if cost < 0:
+                cost = self._cost_override(ev)
+            if cmds:
+                cost += len(cmds) * self._per_command
+            if cost:
+                cost *= self.cpu_factor
+                self.busy_time += cost
+            finish = start + cost
+            self.busy_until = finish
+            self.now = finish
+            self.handled += 1
+            if self.validate:
+                try:
+                    machine.validate()
+                except Exception as e:
+                    e.add_note(f"invariant broken after {self.address!r} handled {ev!r} "
+                               f"at t={start!r}")
+                    raise
+            if trace is not None:
+                trace.handled(start, self.address, ev, finish, cmds)
+            if cmds:
+                pending = self.pending
+                for cmd in cmds:
+                    ct = cmd.__class__
+                    if ct is Send:
+                        to = cmd.to
+                        lst = pending.get(to)
+                        if lst is None:
+                            pending[to] = [cmd.msg]
+                        else:
+                            lst.append(cmd.msg)
+                    elif ct is SetTimer:
+                        at = cmd.at
+                        if at < finish:
+                            at = finish
+                        heappush(queue, (at, _NORMAL, next(k._eid), self._on_local, [
+                            TimerFired(key=cmd.key, stimulus_id=cmd.stimulus_id)], epoch))
+                    else:
+                        self._other(cmd, finish)
+                        if self.epoch != epoch:
+                            return  # a handler crashed this host
+                        pending = self.pending
+        pending = self.pending
+        if pending:
+            self.pending = {}
+            transmit = k.network.transmit
+            depart = self.now
+            for dst, msgs in pending.items():
+                transmit(self, dst, msgs, depart)
+
+    def _other(self, cmd: Any, finish: float) -> None:
+        ct = cmd.__class__
+        h = self.handlers.get(ct)
+        if h is None:
+            if ct is Log:
+                self.kernel._log(finish, self.address, cmd)
+                return
+            h = self.kernel._find_handler(self, ct)
+        h(self, cmd)
+
+
+class Client(_Endpoint):
+    """An endpoint without a machine, for simulated programs.
+
+    Incoming messages go to ``on_message(msg)`` when given; otherwise to a
+    mailbox from which SimPy processes take them::
+
+        client = kernel.add_client("driver:0", colocated_with="node:0")
+
+        def program(env):
+            client.send("node:0", SubmitTask(client="driver:0", spec=spec))
+            reply = yield client.wait_for(lambda m: isinstance(m, ObjectsReady))
+
+        kernel.env.process(program(kernel.env))
+
+    Sends made in one instant to one destination travel as one batch.  A
+    client costs no CPU; a program models its own with ``env.timeout``.
+    """
+
+    def __init__(self, kernel: "SimKernel", address: str, kind: str,
+                 on_message: Callable[[Message], Any] | None):
+        super().__init__(kernel, address, kind)
+        self.on_message = on_message
+        self.mailbox: deque = deque()
+        self._waiters: list[tuple[Callable[[Any], bool] | None, simpy.Event]] = []
+        self._flush_scheduled = False
+        self.received = 0
+
+    def send(self, to: str, msg: Message) -> None:
+        """Send ``msg`` to ``to`` now (``env.now``)."""
+        if not self.alive:
+            raise RuntimeError(f"client {self.address!r} is disconnected and cannot send; "
+                               f"re-add it with kernel.add_client({self.address!r})")
+        k = self.kernel
+        lst = self.pending.get(to)
+        if lst is None:
+            self.pending[to] = [msg]
+        else:
+            lst.append(msg)
+        if k.trace is not None:
+            k.trace.sent(k.env._now, self.address, to, msg)
+        if not self._flush_scheduled:
+            # Flush at the end of this instant's queue, so that everything
+            # sent now to one destination travels as one batch.
+            self._flush_scheduled = True
+            heappush(k._queue, (k.env._now, _NORMAL, next(k._eid), k._on_call,
+                                self._flush_now, (), self, self.epoch))
+
+    def _flush_now(self) -> None:
+        self._flush_scheduled = False
+        self.now = self.kernel.env._now
+        self._flush()
+
+    def recv(self) -> simpy.Event:
+        """An event that fires with the next message (mailbox first)."""
+        return self.wait_for(None)
+
+    def wait_for(self, predicate: Callable[[Any], bool] | None) -> simpy.Event:
+        """An event that fires with the first message matching ``predicate``.
+
+        A matching message already in the mailbox is taken at once.  Messages
+        are offered to waiters in the order the waiters were created; a
+        message no waiter wants goes to the mailbox.
+        """
+        ev = simpy.Event(self.kernel.env)
+        mb = self.mailbox
+        for i, m in enumerate(mb):
+            if predicate is None or predicate(m):
+                del mb[i]
+                ev.succeed(m)
+                return ev
+        self._waiters.append((predicate, ev))
+        return ev
+
+    def request(self, to: str, msg: Message,
+                match: Callable[[Any], bool] | None = None) -> simpy.Event:
+        """Send ``msg`` and return ``wait_for(match)`` (armed before sending)."""
+        ev = self.wait_for(match)
+        self.send(to, msg)
+        return ev
+
+    def _net_entry(self, item: tuple) -> None:
+        if item[5] != self.epoch:
+            self.kernel._lost += len(item[4])
+            return
+        src = item[6]
+        if src.epoch != item[7] and item[8] > src.crashed_at:
+            self.kernel._lost += len(item[4])
+            return
+        self.receive(item[4], item[0])
+
+    def _local_entry(self, item: tuple) -> None:
+        if item[5] == self.epoch:
+            self.receive(item[4], item[0])
+
+    def receive(self, items: list, now: float) -> None:
+        trace = self.kernel.trace
+        for m in items:
+            self.received += 1
+            if trace is not None:
+                trace.received(now, self.address, m)
+            if self.on_message is not None:
+                self.on_message(m)
+                continue
+            for i, (pred, ev) in enumerate(self._waiters):
+                if pred is None or pred(m):
+                    del self._waiters[i]
+                    ev.succeed(m)
+                    break
+            else:
+                self.mailbox.append(m)
+
+
+# ===========================================================================
+# The kernel
+
+
+class SimKernel:
+    """Hosts, clients, the network and the clock of one simulation.
+
+    Args:
+        seed: seeds the one ``random.Random`` all simulator randomness uses.
+        network: a ``Network`` (default: ``Network.from_costs(costs)``).
+        costs: a ``CostModel`` (default ``ZERO``: everything free).
+        trace: a ``Trace`` to record into (default: none, the fastest).
+        print_logs: print every ``Log`` command as it happens.
+        unknown_address: ``"raise"`` (default) or ``"drop"`` for a message to
+            an address that was never added.  Messages to a removed client or
+            a crashed host are always dropped silently.
+        log_limit: how many ``Log`` records ``kernel.logs`` keeps.
+    """
+
+    def __init__(
+        self,
+        seed: int = 0,
+        network: Network | None = None,
+        costs: CostModel | None = None,
+        trace: Trace | None = None,
+        *,
+        print_logs: bool = False,
+        unknown_address: str = "raise",
+        log_limit: int = 10_000,
+    ):
+        if unknown_address not in ("raise", "drop"):
+            raise ValueError(f"unknown_address must be 'raise' or 'drop', got {unknown_address!r}")
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.env: simpy.Environment = _Environment(initial_time=0.0)
+        # The environment's heap and id counter (simpy 4 internals): the
+        # kernel pushes its entries there directly.
+        self._queue: list = self.env._queue
+        self._eid = self.env._eid
+        self.costs = costs if costs is not None else ZERO
+        self.network = network if network is not None else Network.from_costs(self.costs)
+        self.network.bind(self)
+        self.trace = trace
+        self.print_logs = print_logs
+        self.unknown_address = unknown_address
+        self.logs: deque = deque(maxlen=log_limit)
+        self.hosts: dict[str, Host] = {}
+        self.clients: dict[str, Client] = {}
+        self.endpoints: dict[str, _Endpoint] = {}
+        self.handlers: dict[type, Callable] = {}
+        self.on_crash: list[Callable[["SimKernel", str], Any]] = []
+        self.on_restart: list[Callable[["SimKernel", str], Any]] = []
+        self.on_log: list[Callable[[float, str, Log], Any]] = []
+        self._lost = 0
+        self._undeliverable = 0
+
+    # ------------------------------------------------------------------
+    # building the cluster
+
+    @property
+    def now(self) -> float:
+        return self.env.now
+
+    def add_host(
+        self,
+        address: str,
+        machine: Any,
+        handlers: Mapping[type, Callable[[Host, Any], Any]] | None = None,
+        *,
+        rack: Any = 0,
+        kind: str | None = None,
+        validate_every_step: bool = False,
+        cost: float | Callable[[Any], float] | None = None,
+    ) -> Host:
+        """Run ``machine`` at ``address``.
+
+        Args:
+            handlers: ``{CommandType: fn(host, cmd)}`` for the machine's
+                non-generic commands (falls back to ``kernel.handlers``, and
+                to handlers of a command's base classes).
+            rack: the rack (any hashable) for the network topology.
+            kind: the cost model's host kind (default: the address up to the
+                first ``:``, e.g. ``"node"`` for ``"node:3"``).
+            validate_every_step: call ``machine.validate()`` after each event.
+            cost: override the per-event CPU cost: seconds, or
+                ``fn(event) -> seconds``.
+
+        Raises:
+            ValueError: the address is taken.
+            TypeError: the machine has no ``handle`` (or no ``validate`` when
+                asked to validate).
+        """
+        self._check_new(address)
+        kind = kind if kind is not None else address.split(":", 1)[0]
+        host = Host(self, address, machine, handlers or {}, kind, validate_every_step, cost)
+        host.links = self.network.place(address, rack)
+        self.hosts[address] = host
+        self.endpoints[address] = host
+        return host
+
+    def add_client(
+        self,
+        address: str,
+        on_message: Callable[[Message], Any] | None = None,
+        *,
+        colocated_with: str | None = None,
+        rack: Any = 0,
+        kind: str = "client",
+    ) -> Client:
+        """An endpoint without a machine (a driver or worker program).
+
+        ``colocated_with``: the host whose machine it runs on (loopback
+        latency to it, cut with it by partitions); otherwise it sits alone in
+        ``rack``.  Re-adding a removed client's address revives it.
+        """
+        old = self.clients.get(address)
+        if old is not None and not old.alive:
+            old.alive = True
+            old.epoch += 1
+            old.on_message = on_message
+            return old
+        self._check_new(address)
+        c = Client(self, address, kind, on_message)
+        c.links = self.network.place(address, rack, colocated_with)
+        self.clients[address] = c
+        self.endpoints[address] = c
+        return c
+
+    def remove_client(self, address: str) -> None:
+        """Disconnect a client: messages to it are dropped from now on."""
+        self.crash(address)
+
+    def _check_new(self, address: str) -> None:
+        if not isinstance(address, str) or not address:
+            raise ValueError(f"addresses are non-empty strings, got {address!r}")
+        if address in self.endpoints:
+            raise ValueError(f"address {address!r} is already in use; crash/restart a host "
+                             f"with kernel.crash()/kernel.restart() instead of re-adding it")
+
+    def host(self, address: str) -> Host:
+        try:
+            return self.hosts[address]
+        except KeyError:
+            some = ", ".join(list(self.hosts)[:8])
+            raise UnknownAddress(f"no host {address!r} (hosts: {some}...)") from None
+
+    def machine(self, address: str) -> Any:
+        """The machine at ``address`` (``None`` while the host is down)."""
+        return self.host(address).machine
+
+    def is_alive(self, address: str) -> bool:
+        ep = self.endpoints.get(address)
+        return ep is not None and ep.alive
+
+    def derive_rng(self, name: str) -> random.Random:
+        """A ``random.Random`` for ``name``, derived from the kernel's seed.
+
+        Stable across runs and processes (not ``hash()``-based), and
+        independent of how much the kernel's own RNG has been used: give one
+        to each machine that needs randomness.
+        """
+        d = hashlib.blake2b(f"{self.seed}/{name}".encode(), digest_size=8).digest()
+        return random.Random(int.from_bytes(d, "big"))
+
+    # ------------------------------------------------------------------
+    # injecting work
+
+    def inject(self, address: str, event: Event, at: float | None = None) -> None:
+        """Deliver ``event`` to ``address`` at ``at`` (default: now), locally
+        (no network), e.g. a ``NodeDied`` from the omniscient simulator.
+        Dropped if the target is down then."""
+        ep = self.endpoints.get(address)
+        if ep is None:
+            raise UnknownAddress(f"cannot inject into {address!r}: no such address")
+        t = float(self.env.now if at is None else at)
+        if t < self.env.now:
+            raise ValueError(f"inject at {t!r} is in the past (now is {self.env.now!r})")
+        if ep.alive:
+            ep._push_local(t, [event])
+
+    def send(self, src: str, to: str, msg: Message) -> None:
+        """Send ``msg`` from ``src`` (a host or a client) to ``to``, now."""
+        ep = self.endpoints.get(src)
+        if ep is None:
+            raise UnknownAddress(f"cannot send from {src!r}: no such address")
+        if isinstance(ep, Client):
+            ep.send(to, msg)
+        elif ep.alive:
+            # Via the heap, so that a handler calling this mid-step cannot
+            # disturb the host's batch of outgoing messages.
+            heappush(self._queue, (self.env.now, _NORMAL, next(self._eid), self._on_call,
+                                   ep.send, (to, msg), ep, ep.epoch))
+
+    def call_at(self, t: float, fn: Callable, *args: Any) -> None:
+        """Run ``fn(*args)`` at simulated time ``t``."""
+        if t < self.env.now:
+            raise ValueError(f"call_at({t!r}) is in the past (now is {self.env.now!r})")
+        heappush(self._queue, (float(t), _NORMAL, next(self._eid), self._on_call, fn, args,
+                               None, 0))
+
+    def call_after(self, dt: float, fn: Callable, *args: Any) -> None:
+        self.call_at(self.env.now + dt, fn, *args)
+
+    # ------------------------------------------------------------------
+    # faults on hosts
+
+    def crash(self, address: str) -> bool:
+        """Crash a host (or disconnect a client): its machine, queued events,
+        timers and in-flight messages to it are gone.  Returns False if it
+        was already down."""
+        ep = self.endpoints.get(address)
+        if ep is None:
+            raise UnknownAddress(f"cannot crash {address!r}: no such address")
+        if not ep.alive:
+            return False
+        now = self.env.now
+        ep.alive = False
+        ep.epoch += 1
+        ep.crashed_at = now
+        ep.pending = {}
+        if isinstance(ep, Host):
+            ep.machine = None
+            ep.inbox.clear()
+            ep.wake = False
+            ep.busy_until = now
+            ep.state.clear()
+        if self.trace is not None:
+            self.trace.note(now, address, "crash")
+        for hook in self.on_crash:
+            hook(self, address)
+        return True
+
+    def restart(self, address: str, machine: Any = None) -> bool:
+        """Bring a crashed host back with a new ``machine``.
+
+        Returns False if it was alive.  The new machine gets no event until
+        something is sent or injected (``on_restart`` hooks may do that).
+        """
+        ep = self.endpoints.get(address)
+        if ep is None:
+            raise UnknownAddress(f"cannot restart {address!r}: no such address")
+        if ep.alive:
+            return False
+        now = self.env.now
+        if isinstance(ep, Host):
+            if machine is None:
+                raise ValueError(f"restart({address!r}) needs a new machine object")
+            ep._check_machine(machine)
+            ep.machine = machine
+            ep.busy_until = now
+        ep.now = now
+        ep.alive = True
+        ep.epoch += 1  # anything addressed to the dead incarnation stays lost
+        if self.trace is not None:
+            self.trace.note(now, address, f"restart {type(machine).__name__}")
+        for hook in self.on_restart:
+            hook(self, address)
+        return True
+
+    def slow(self, address: str, factor: float) -> None:
+        """Multiply a host's CPU costs by ``factor`` (1.0 restores it)."""
+        if factor <= 0:
+            raise ValueError(f"slowdown factor must be > 0, got {factor!r}")
+        self.host(address).cpu_factor = float(factor)
+
+    def note(self, address: str, text: str) -> None:
+        """Record a line in the trace (faults use this)."""
+        if self.trace is not None:
+            self.trace.note(self.env.now, address, text)
+
+    # ------------------------------------------------------------------
+    # running
+
+    def run(self, until: float | None = None) -> None:
+        """Run until simulated time ``until`` (events due at exactly ``until``
+        are left for later, as ``env.run`` does), or until nothing is left."""
+        if until is None:
+            self._loop(None, None)
+            return
+        if until <= self.env.now:
+            raise ValueError(f"until ({until!r}) must be later than now ({self.env.now!r})")
+        token = [True]
+        heappush(self._queue, (float(until), _URGENT, next(self._eid), self._on_stop, token))
+        try:
+            self._loop(None, None)
+        finally:
+            token[0] = False
+
+    def run_until(self, predicate: Callable[[], bool], timeout: float,
+                  check_every: float | None = None) -> bool:
+        """Run until ``predicate()`` is true or ``timeout`` simulated seconds
+        pass; returns whether it became true.
+
+        ``predicate`` is checked after every heap entry (a batch, a timer, a
+        SimPy event), or only every ``check_every`` simulated seconds.
+        """
+        if predicate():
+            return True
+        token = [True]
+        end = self.env.now + timeout
+        heappush(self._queue, (float(end), _URGENT, next(self._eid), self._on_stop, token))
+        try:
+            return self._loop(predicate, check_every)
+        finally:
+            token[0] = False
+
+    def _loop(self, predicate: Callable[[], bool] | None,
+              check_every: float | None = None) -> bool:
+        queue = self._queue
+        env = self.env
+        simpy_step = simpy.Environment.step
+        try:
+            if predicate is None:
+                while queue:
+                    item = queue[0]
+                    if len(item) == 4:
+                        simpy_step(env)
+                    else:
+                        heappop(queue)
+                        env._now = item[0]
+                        item[3](item)
+                return False
+            next_check = env._now
+            while queue:
+                item = queue[0]
+                if len(item) == 4:
+                    simpy_step(env)
+                else:
+                    heappop(queue)
+                    env._now = item[0]
+                    item[3](item)
+                if check_every is None:
+                    if predicate():
+                        return True
+                elif env._now >= next_check:
+                    if predicate():
+                        return True
+                    next_check = env._now + check_every
+            return bool(predicate())
+        except _StopLoop:
+            return bool(predicate()) if predicate is not None else False
+
+    def _on_stop(self, item: tuple) -> None:
+        if item[4][0]:
+            raise _StopLoop
+
+    def _on_call(self, item: tuple) -> None:
+        owner = item[6]
+        if owner is None:
+            item[4](*item[5])
+        elif owner.epoch == item[7]:
+            owner._call(item[0], item[4], item[5])
+
+    # ------------------------------------------------------------------
+    # internals used by the network
+
+    def _endpoint_for_send(self, src: str, dst: str, msgs: list) -> _Endpoint | None:
+        ep = self.endpoints.get(dst)
+        if ep is None:
+            self._undeliverable += len(msgs)
+            if self.unknown_address == "raise":
+                raise UnknownAddress(
+                    f"{src!r} sent {type(msgs[0]).__name__} to {dst!r}, which was never added "
+                    f"to the simulation; add it (add_host/add_client) or pass "
+                    f"unknown_address='drop' to SimKernel")
+            return None
+        return ep
+
+    def _net_event(self, what: str, t: float, link: Any, msgs: list) -> None:
+        if self.trace is not None:
+            self.trace.network(what, t, link.src, link.dst, msgs)
+
+    def _find_handler(self, host: Host, ct: type) -> Callable:
+        for base in ct.__mro__:
+            h = host.handlers.get(base) or self.handlers.get(base)
+            if h is not None:
+                host.handlers[ct] = h
+                return h
+        known = ", ".join(sorted(t.__name__ for t in host.handlers)) or "none"
+        raise UnhandledCommand(
+            f"host {host.address!r} ({type(host.machine).__name__}) emitted a "
+            f"{ct.__name__} command but no handler is registered for it (host handlers: "
+            f"{known}). Pass handlers={{{ct.__name__}: fn}} to add_host, or set "
+            f"kernel.handlers[{ct.__name__}] = fn, where fn(host, cmd) carries it out.")
+
+    def _log(self, t: float, address: str, cmd: Log) -> None:
+        self.logs.append((t, address, cmd.level, cmd.text, cmd.job_id))
+        if self.print_logs:
+            print(f"[{t:.6f}] {address} {cmd.level}: {cmd.text}")
+        for hook in self.on_log:
+            hook(t, address, cmd)
+
+    # ------------------------------------------------------------------
+    # reporting
+
+    def stats(self) -> dict[str, Any]:
+        """Counters: events handled, messages, drops, the busiest host."""
+        handled = sum(h.handled for h in self.hosts.values())
+        busiest = max(self.hosts.values(), key=lambda h: h.busy_time, default=None)
+        out: dict[str, Any] = {
+            "time": self.env.now,
+            "hosts": len(self.hosts),
+            "clients": len(self.clients),
+            "events_handled": handled,
+            "client_messages": sum(c.received for c in self.clients.values()),
+            "lost_to_crashes": self._lost,
+            "undeliverable": self._undeliverable,
+        }
+        out["net_batches"] = self.network.batches
+        out.update({f"net_{k}": v for k, v in self.network.stats.items()})
+        if busiest is not None and self.env.now > 0:
+            out["busiest_host"] = busiest.address
+            out["busiest_utilisation"] = busiest.busy_time / self.env.now
+        return out
+
+    def summary(self, print_it: bool = True) -> str:
+        """One line of counters and the trace hash; printed by default."""
+        s = self.stats()
+        parts = [f"t={s['time']:.6f}s", f"events={s['events_handled']}",
+                 f"batches={s['net_batches']}", f"dropped={s['net_dropped']}",
+                 f"cut={s['net_cut']}", f"lost={s['lost_to_crashes']}"]
+        if self.trace is not None:
+            parts.append(f"trace={self.trace.hexdigest()}")
+        line = f"sim seed={self.seed}: " + " ".join(parts)
+        if print_it:
+            print(line)
+        return line

@@ -377,16 +377,15 @@ class ShmStore:
         self._meta_path = self._prefix + "meta"
         self._arena_path = self._prefix + "arena"
         self._closed = False
-        self._owner = capacity is not None
         if capacity is not None:
-            self._create_files(int(capacity), int(max_objects), prefault)
+            self._create_files(int(capacity), int(max_objects))
         self._open()
         if prefault and self._arena_size:
             self.reserve()
 
     # ------------------------------------------------------------ set-up
 
-    def _create_files(self, capacity: int, max_objects: int, prefault: bool) -> None:
+    def _create_files(self, capacity: int, max_objects: int) -> None:
         if capacity < 0:
             raise ValueError("capacity must be >= 0")
         if max_objects < 16:

@@ -1,0 +1,391 @@
+"""Benchmark penumbra's wire layer and the sync-to-trio bridge.
+
+Wire (server and relay run in child processes, so every number includes real
+cross-process wake-ups, as in the runtime), over a Unix socket and over TCP
+loopback:
+
+* ping-pong round trips/s: one message per round trip (``send`` then
+  ``receive``): the latency path;
+* pipelined round trips/s: 64 requests kept in flight, replies batched: the
+  throughput path of many small tasks;
+* one-way messages/s with ``send_nowait`` batching, and messages per frame;
+
+with ``--hops 2`` the client talks to an echo server through a relay process
+(client -> relay -> echo and back), like driver -> node daemon -> worker.
+
+Transports compared:
+
+* ``raw``: what ``connect_*``/``serve_*`` use, a non-blocking stdlib socket
+  driven with ``trio.lowlevel.wait_readable``/``wait_writable``;
+* ``stream``: the same Channel over trio's ``SocketStream`` (via
+  ``open_channel``/``accept_channel``), which yields on every operation.
+
+Bridge (in process): ``TrioThread.call`` round trip for a trivial coroutine
+and for one that blocks once, ``run_sync`` round trip, and the caller-side
+cost of ``submit``.
+
+Usage::
+
+    python bench/bench_wire.py                 # everything
+    python bench/bench_wire.py --quick         # 1 s per measurement
+    python bench/bench_wire.py --kind unix --transport raw --hops 2
+    python bench/bench_wire.py --only bridge
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import trio
+import trio.lowlevel
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from penumbra.transports import wire
+from penumbra.transports.bridge import TrioThread
+from penumbra.transports.wire import Ping, Pong
+
+TOKEN = "bench-token"
+WINDOW = 64
+
+
+class Small:
+    """A small message like a task submission (~60 bytes pickled)."""
+
+    __slots__ = ("args", "fn", "task_id")
+
+    def __init__(self, task_id: int) -> None:
+        self.task_id = task_id
+        self.fn = "f"
+        self.args = (task_id, "x")
+
+    def __reduce__(self):
+        return (Small, (self.task_id,))
+
+
+# --------------------------------------------------------------------- servers
+
+
+async def echo_handler(ch: wire.Channel) -> None:
+    """Ping(n) -> Pong(n); counts anything else; Ping(-1) -> Pong(count)."""
+    count = 0
+    while True:
+        try:
+            batch = await ch.receive_batch()
+        except wire.ConnectionClosed:
+            return
+        for msg in batch:
+            if type(msg) is Ping:
+                if msg.seq >= 0:
+                    ch.send_nowait(Pong(msg.seq))
+                else:
+                    ch.send_nowait(Pong(count))
+                    count = 0
+            else:
+                count += 1
+        ch.flush_nowait()  # replies go out now, as one frame
+
+
+async def _pump(src: wire.Channel, dst: wire.Channel) -> None:
+    try:
+        while True:
+            for msg in await src.receive_batch():
+                try:
+                    dst.send_nowait(msg)
+                except trio.WouldBlock:
+                    await dst.send(msg)
+            dst.flush_nowait()
+    except wire.ConnectionClosed:
+        return
+
+
+def relay_handler(upstream: str, kind: str):
+    async def handler(ch: wire.Channel) -> None:
+        up = await _connect(kind, "raw", upstream)
+        async with up, trio.open_nursery() as nursery:
+            nursery.start_soon(_pump, up, ch)
+            await _pump(ch, up)
+            nursery.cancel_scope.cancel()
+
+    return handler
+
+
+async def serve(kind: str, transport: str, address: str, upstream: str | None) -> None:
+    handler = echo_handler if upstream is None else relay_handler(upstream, kind)
+    async with trio.open_nursery() as nursery:
+        if transport == "raw":
+            if kind == "unix":
+                where = await nursery.start(wire.serve_unix, address, handler, TOKEN)
+            else:
+                host, port = await nursery.start(wire.serve_tcp, "127.0.0.1", 0, handler, TOKEN)
+                where = f"{host}:{port}"
+        else:
+
+            async def stream_handler(stream: trio.SocketStream) -> None:
+                ch = await wire.accept_channel(stream, TOKEN)
+                if ch is not None:
+                    async with ch:
+                        await handler(ch)
+
+            if kind == "unix":
+                lsock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+                await lsock.bind(address)
+                lsock.listen(64)
+                listeners = [trio.SocketListener(lsock)]
+                where = address
+            else:
+                listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+                host, port = listeners[0].socket.getsockname()[:2]
+                where = f"{host}:{port}"
+            nursery.start_soon(trio.serve_listeners, stream_handler, listeners)
+        print(f"READY {where}", flush=True)
+        # Exit when the parent closes our stdin.
+        await trio.to_thread.run_sync(sys.stdin.read, abandon_on_cancel=True)
+        nursery.cancel_scope.cancel()
+
+
+# --------------------------------------------------------------------- client
+
+
+async def _connect(kind: str, transport: str, where: str) -> wire.Channel:
+    if transport == "raw":
+        if kind == "unix":
+            return await wire.connect_unix(where, TOKEN, "bench", "client")
+        host, port = where.rsplit(":", 1)
+        return await wire.connect_tcp(host, int(port), TOKEN, "bench", "client")
+    if kind == "unix":
+        stream = await trio.open_unix_socket(where)
+    else:
+        host, port = where.rsplit(":", 1)
+        stream = await trio.open_tcp_stream(host, int(port))
+    return await wire.open_channel(stream, TOKEN, "bench", "client")
+
+
+async def pingpong(ch: wire.Channel, seconds: float) -> tuple[float, float]:
+    """Round trips/s and median round trip (us), one message per round trip."""
+    for i in range(200):  # warm up
+        await ch.send(Ping(i))
+        await ch.receive()
+    samples = []
+    n = 0
+    perf = time.perf_counter
+    start = perf()
+    deadline = start + seconds
+    while True:
+        t0 = perf()
+        await ch.send(Ping(n))
+        reply = await ch.receive()
+        t1 = perf()
+        assert reply.seq == n
+        samples.append(t1 - t0)
+        n += 1
+        if t1 >= deadline:
+            break
+    return n / (perf() - start), statistics.median(samples) * 1e6
+
+
+async def pipelined(ch: wire.Channel, seconds: float, window: int = WINDOW) -> float:
+    """Round trips/s with ``window`` requests in flight."""
+    sent = done = 0
+    for _ in range(window):
+        ch.send_nowait(Ping(sent))
+        sent += 1
+    ch.flush_nowait()
+    start = time.perf_counter()
+    deadline = start + seconds
+    stop = False
+    while done < sent:
+        batch = await ch.receive_batch()
+        done += len(batch)
+        if not stop:
+            for _ in batch:
+                ch.send_nowait(Ping(sent))
+                sent += 1
+            ch.flush_nowait()
+            stop = time.perf_counter() >= deadline
+    return done / (time.perf_counter() - start)
+
+
+async def throughput(ch: wire.Channel, seconds: float, chunk: int) -> tuple[float, float]:
+    """One-way messages/s with send_nowait batching; and messages per frame."""
+    total = 0
+    frames0 = ch.frames_sent
+    start = time.perf_counter()
+    deadline = start + seconds
+    while time.perf_counter() < deadline:
+        for i in range(chunk):
+            try:
+                ch.send_nowait(Small(i))
+            except trio.WouldBlock:
+                await ch.send(Small(i))
+        total += chunk
+        await trio.lowlevel.checkpoint()  # let the flusher run: one frame per chunk
+    await ch.send(Ping(-1))
+    reply = await ch.receive()
+    elapsed = time.perf_counter() - start
+    assert reply.seq == total, (reply.seq, total)
+    frames = ch.frames_sent - frames0
+    return total / elapsed, total / max(frames, 1)
+
+
+async def run_client(kind: str, transport: str, where: str, seconds: float) -> dict[str, float]:
+    ch = await _connect(kind, transport, where)
+    async with ch:
+        rts, median = await pingpong(ch, seconds)
+        out = {"rt": rts, "median": median, "pipelined": await pipelined(ch, seconds)}
+        out["mps"], out["per_frame"] = await throughput(ch, seconds, 1000)
+    return out
+
+
+class _Server:
+    def __init__(self, kind: str, transport: str, address: str, upstream: str | None = None) -> None:
+        cmd = [sys.executable, os.path.abspath(__file__), "--serve", "--kind", kind]
+        cmd += ["--transport", transport, "--address", address]
+        if upstream:
+            cmd += ["--upstream", upstream]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline().strip()
+        if not line.startswith("READY "):
+            self.close()
+            raise RuntimeError(f"server did not start: {line!r}")
+        self.where = line.split(" ", 1)[1]
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def bench_wire(kind: str, transport: str, hops: int, seconds: float) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        servers = [_Server(kind, transport if hops == 1 else "raw", os.path.join(tmp, "echo.sock"))]
+        try:
+            if hops == 2:
+                servers.append(_Server(kind, transport, os.path.join(tmp, "relay.sock"), servers[0].where))
+            return trio.run(run_client, kind, transport, servers[-1].where, seconds)
+        finally:
+            for s in reversed(servers):
+                s.close()
+
+
+# --------------------------------------------------------------------- bridge
+
+
+def bench_bridge(seconds: float) -> dict[str, float]:
+    async def trivial(x):
+        return x
+
+    async def blocks_once():
+        await trio.lowlevel.checkpoint()
+
+    out = {}
+    with TrioThread(name="bench") as tt:
+        for label, fn, args in [("call trivial", trivial, (1,)), ("call blocking once", blocks_once, ())]:
+            for _ in range(500):
+                tt.call(fn, *args)
+            n = 0
+            start = time.perf_counter()
+            deadline = start + seconds
+            while time.perf_counter() < deadline:
+                for _ in range(100):
+                    tt.call(fn, *args)
+                n += 100
+            out[label] = (time.perf_counter() - start) / n * 1e6
+        n = 0
+        start = time.perf_counter()
+        deadline = start + seconds
+        while time.perf_counter() < deadline:
+            for _ in range(100):
+                tt.run_sync(len, ())
+            n += 100
+        out["run_sync"] = (time.perf_counter() - start) / n * 1e6
+        # submit: caller-side cost, then end-to-end (until all have run)
+        counter = [0]
+
+        def bump():
+            counter[0] += 1
+
+        best = float("inf")
+        for _ in range(5):
+            t0 = time.perf_counter()
+            for _ in range(100_000):
+                tt.submit(bump)
+            best = min(best, (time.perf_counter() - t0) / 100_000 * 1e6)
+            tt.run_sync(len, ())
+        out["submit (caller)"] = best
+        t0 = time.perf_counter()
+        for _ in range(100_000):
+            tt.submit(bump)
+        tt.run_sync(len, ())
+        out["submit (end to end)"] = (time.perf_counter() - t0) / 100_000 * 1e6
+    # For reference: trio's own thread bridge.
+    with TrioThread(name="bench-ref") as tt:
+        token = tt.trio_token
+        n = 0
+        start = time.perf_counter()
+        deadline = start + seconds
+        while time.perf_counter() < deadline:
+            for _ in range(100):
+                trio.from_thread.run(trivial, 1, trio_token=token)
+            n += 100
+        out["trio.from_thread.run (reference)"] = (time.perf_counter() - start) / n * 1e6
+    return out
+
+
+# ----------------------------------------------------------------------- main
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--kind", choices=["unix", "tcp", "all"], default="all")
+    p.add_argument("--transport", choices=["raw", "stream", "all"], default="all")
+    p.add_argument("--hops", choices=["1", "2", "all"], default="all")
+    p.add_argument("--only", choices=["wire", "bridge", "all"], default="all")
+    p.add_argument("--seconds", type=float, default=3.0)
+    p.add_argument("--quick", action="store_true", help="1 s per measurement")
+    p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--address", help=argparse.SUPPRESS)
+    p.add_argument("--upstream", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.serve:
+        trio.run(serve, args.kind, args.transport, args.address, args.upstream)
+        return
+    seconds = 1.0 if args.quick else args.seconds
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(
+        f"python {sys.version.split()[0]}, trio {trio.__version__}, {os.cpu_count()} CPUs, "
+        f"load {load:.2f}, {seconds:g} s per measurement"
+    )
+    if args.only in ("wire", "all"):
+        kinds = ["unix", "tcp"] if args.kind == "all" else [args.kind]
+        transports = ["raw", "stream"] if args.transport == "all" else [args.transport]
+        hops = [1, 2] if args.hops == "all" else [int(args.hops)]
+        print(
+            f"{'kind':5} {'transport':9} {'hops':>4} {'pingpong rt/s':>13} {'median us':>9} "
+            f"{'pipelined rt/s':>14} {'one-way msg/s':>13} {'msg/frame':>9}"
+        )
+        for kind in kinds:
+            for transport in transports:
+                for h in hops:
+                    r = bench_wire(kind, transport, h, seconds)
+                    print(
+                        f"{kind:5} {transport:9} {h:4d} {r['rt']:13.0f} {r['median']:9.1f} "
+                        f"{r['pipelined']:14.0f} {r['mps']:13.0f} {r['per_frame']:9.1f}",
+                        flush=True,
+                    )
+    if args.only in ("bridge", "all"):
+        for label, us in bench_bridge(seconds).items():
+            print(f"bridge {label:34} {us:8.2f} us")
+
+
+if __name__ == "__main__":
+    main()

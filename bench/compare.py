@@ -44,7 +44,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 sys.path.insert(0, str(BENCH_DIR))
 
-import workloads as wl  # noqa: E402  (needs the path above; numpy only)
+import workloads as wl  # needs the path above; imports numpy only
 
 DEFAULT_RAY_PYTHON = "/work/rayenv/bin/python"
 RAY_PYTHON_ENV = "PENUMBRA_BENCH_RAY_PYTHON"
@@ -101,7 +101,13 @@ def reap(tag: str, grace_s: float = 5.0) -> list[int]:
 
 
 def run_workload(
-    system: str, python: str, workload: str, preset: str, timeout_s: float, log_path: Path
+    system: str,
+    python: str,
+    workload: str,
+    preset: str,
+    timeout_s: float,
+    log_path: Path,
+    nice: int = 0,
 ) -> dict[str, Any]:
     """One workload on one system in a fresh subprocess; always returns a result dict."""
     tag = uuid.uuid4().hex
@@ -109,20 +115,46 @@ def run_workload(
     env[wl.TAG_ENV] = tag
     # Ray would otherwise try to report usage statistics over the network.
     env["RAY_USAGE_STATS_ENABLED"] = "0"
-    if system == "penumbra":  # the working tree, for the driver and any worker it spawns
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    fd, json_path = tempfile.mkstemp(prefix=f"bench-{workload}-{system}-", suffix=".json")
+    if (
+        system == "penumbra"
+    ):  # the working tree, for the driver and any worker it spawns
+        env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")])
+        )
+    fd, json_path = tempfile.mkstemp(
+        prefix=f"bench-{workload}-{system}-", suffix=".json"
+    )
     os.close(fd)
     os.unlink(json_path)
-    cmd = [python, str(BENCH_DIR / "workloads.py"), "--api", system, "--workload", workload,
-           "--preset", preset, "--json-out", json_path]
+    cmd = [
+        python,
+        str(BENCH_DIR / "workloads.py"),
+        "--api",
+        system,
+        "--workload",
+        workload,
+        "--preset",
+        preset,
+        "--json-out",
+        json_path,
+    ]
+    if nice:  # inherited by every process the system starts
+        cmd = ["nice", "-n", str(nice), *cmd]
+    load_before = _loadavg()
     t0 = time.perf_counter()
     timed_out = False
     with open(log_path, "w") as log:
         log.write("$ " + " ".join(cmd) + "\n")
         log.flush()
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, cwd=REPO_ROOT, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=REPO_ROOT,
+            start_new_session=True,
+        )
         try:
             rc = proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -140,10 +172,19 @@ def run_workload(
         os.unlink(json_path)
     except (OSError, ValueError):
         tail = log_path.read_text(errors="replace").strip().splitlines()[-15:]
-        reason = f"timed out after {timeout_s:.0f} s" if timed_out else f"exited with code {rc}"
+        reason = (
+            f"timed out after {timeout_s:.0f} s"
+            if timed_out
+            else f"exited with code {rc}"
+        )
         result = {"ok": False, "error": f"no result: {reason}", "log_tail": tail}
     result["wall_s"] = wall
-    result["log"] = str(log_path)
+    result["loadavg_before"] = load_before
+    result["log"] = (
+        os.path.relpath(log_path, REPO_ROOT)
+        if log_path.is_relative_to(REPO_ROOT)
+        else str(log_path)
+    )
     if leftovers:
         result["leftover_pids"] = leftovers
     return result
@@ -152,8 +193,13 @@ def run_workload(
 def probe_ray(python: str) -> tuple[str | None, str | None]:
     """(ray version, None) if ``python`` imports ray, else (None, error)."""
     try:
-        out = subprocess.run([python, "-c", "import ray; print(ray.__version__)"],
-                             capture_output=True, text=True, timeout=120)
+        out = subprocess.run(
+            [python, "-c", "import ray; print(ray.__version__)"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return None, f"{type(exc).__name__}: {exc}"
     if out.returncode != 0:
@@ -182,12 +228,17 @@ def machine_info() -> dict[str, Any]:
     except OSError:
         shm = None
     try:
-        rev = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, timeout=10).stdout.strip()
+        rev = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        ).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         rev = None
     return {
-        "date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "date_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
         "cpu": _first_line_with("/proc/cpuinfo", "model name"),
         "cpus": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)),
@@ -235,8 +286,12 @@ def build_rows(results: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, 
     rows = []
     for workload, per_system in results.items():
         for i, (metric, unit, better) in enumerate(wl.METRICS[workload]):
-            row: dict[str, Any] = {"workload": workload, "metric": metric, "unit": unit,
-                                   "better": better}
+            row: dict[str, Any] = {
+                "workload": workload,
+                "metric": metric,
+                "unit": unit,
+                "better": better,
+            }
             values = {}
             for system in SYSTEMS:
                 res = per_system.get(system)
@@ -257,8 +312,10 @@ def build_rows(results: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, 
                     values[system] = v
             p, r = values.get("penumbra"), values.get("ray")
             ratio = None
-            if all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
-                   for v in (p, r)):
+            if all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+                for v in (p, r)
+            ):
                 ratio = p / r if better == "higher" else r / p
             row["ratio"] = ratio
             target = TARGETS.get((workload, metric))
@@ -280,15 +337,32 @@ def table_lines(rows: list[dict[str, Any]], markdown: bool) -> list[str]:
     body = []
     for row in rows:
         met = {True: "yes", False: "NO", None: "?" if row["target"] else ""}[row["met"]]
-        body.append([row["workload"], row["metric"], row["unit"], row["penumbra_cell"],
-                     row["ray_cell"], f"{row['ratio']:.2f}x" if row["ratio"] else "-",
-                     row["target"], met])
+        body.append(
+            [
+                row["workload"],
+                row["metric"],
+                row["unit"],
+                row["penumbra_cell"],
+                row["ray_cell"],
+                f"{row['ratio']:.2f}x" if row["ratio"] else "-",
+                row["target"],
+                met,
+            ]
+        )
     if markdown:
         out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        out += ["| " + " | ".join(c.replace("|", "/") for c in cells) + " |" for cells in body]
+        out += [
+            "| " + " | ".join(c.replace("|", "/") for c in cells) + " |"
+            for cells in body
+        ]
         return out
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
-    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(
+            c.ljust(w) for c, w in zip(cells, widths, strict=True)
+        ).rstrip()
+
     return [line(header), line(["-" * w for w in widths]), *[line(c) for c in body]]
 
 
@@ -302,25 +376,36 @@ def error_lines(results: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
     return out
 
 
-def write_markdown(path: Path, meta: dict[str, Any], rows: list[dict[str, Any]],
-                   results: dict[str, dict[str, dict[str, Any]]]) -> None:
+def write_markdown(
+    path: Path,
+    meta: dict[str, Any],
+    rows: list[dict[str, Any]],
+    results: dict[str, dict[str, dict[str, Any]]],
+) -> None:
     m = meta["machine"]
     lines = [
         f"# penumbra vs Ray benchmark ({meta['preset']} preset)",
         "",
         f"- date: {m['date_utc']}",
         f"- command: `{meta['command']}`",
-        f"- machine: {m['cpus']} CPUs ({m['cpus_usable']} usable), {m['cpu']}, "
-        f"{m['memory_gib']} GiB RAM, /dev/shm {m['dev_shm_gib']} GiB, kernel {m['kernel']}",
-        f"- load average (1/5/15 min) before: {m['loadavg_before']}, after: {m['loadavg']}",
+        (
+            f"- machine: {m['cpus']} CPUs ({m['cpus_usable']} usable), {m['cpu']}, "
+            f"{m['memory_gib']} GiB RAM, /dev/shm {m['dev_shm_gib']} GiB, kernel {m['kernel']}"
+        ),
+        f"- load average (1/5/15 min) before: {m['loadavg_before']}, after: {m['loadavg']}"
+        + (f"; workloads ran under nice {meta['nice']}" if meta.get("nice") else ""),
         f"- penumbra: git {m['penumbra_git_rev']}, Python {m['python']} ({meta['penumbra_python']})",
         f"- Ray: {meta.get('ray_version') or 'not run'} ({meta.get('ray_python') or '-'})"
         + (f"; figures from {meta['ray_from']}" if meta.get("ray_from") else ""),
         f"- init kwargs (both): `{meta['init_kwargs']}`",
-        "- statistic: median of the measured repetitions after a warm-up "
-        "(see bench/workloads.py; best and every repetition are in latest.json)",
-        "- ratio: penumbra / Ray for throughput, Ray / penumbra for time and memory, "
-        "so > 1 means penumbra is better",
+        (
+            "- statistic: median of the measured repetitions after a warm-up "
+            "(see bench/workloads.py; best and every repetition are in latest.json)"
+        ),
+        (
+            "- ratio: penumbra / Ray for throughput, Ray / penumbra for time and memory, "
+            "so > 1 means penumbra is better"
+        ),
         "",
         *table_lines(rows, markdown=True),
     ]
@@ -334,21 +419,47 @@ def write_markdown(path: Path, meta: dict[str, Any], rows: list[dict[str, Any]],
 # Main
 # --------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small sizes (default: full preset)")
-    parser.add_argument("--ray-python", default=None,
-                        help=f"interpreter with ray installed (default: ${RAY_PYTHON_ENV}, "
-                             f"else {DEFAULT_RAY_PYTHON} if it exists)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="small sizes (default: full preset)"
+    )
+    parser.add_argument(
+        "--ray-python",
+        default=None,
+        help=f"interpreter with ray installed (default: ${RAY_PYTHON_ENV}, "
+        f"else {DEFAULT_RAY_PYTHON} if it exists)",
+    )
     parser.add_argument("--no-ray", action="store_true", help="run penumbra only")
     parser.add_argument("--no-penumbra", action="store_true", help="run Ray only")
-    parser.add_argument("--ray-from", type=Path, default=None,
-                        help="take Ray's figures from an earlier results JSON instead of running Ray")
+    parser.add_argument(
+        "--ray-from",
+        type=Path,
+        default=None,
+        help="take Ray's figures from an earlier results JSON instead of running Ray",
+    )
     parser.add_argument("--only", default=None, help="comma-separated workloads to run")
-    parser.add_argument("--out", type=Path, default=BENCH_DIR / "results",
-                        help="output directory (default: bench/results)")
-    parser.add_argument("--timeout", type=float, default=None,
-                        help="seconds per workload and system (default: 180 quick, 600 full)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=BENCH_DIR / "results",
+        help="output directory (default: bench/results)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="seconds per workload and system (default: 180 quick, 600 full)",
+    )
+    parser.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="run the workloads under `nice -n N` (e.g. -10 on a shared, "
+        "busy machine; needs root for negative N)",
+    )
     parser.add_argument("--list", action="store_true", help="list workloads and exit")
     args = parser.parse_args(argv)
 
@@ -364,7 +475,9 @@ def main(argv: list[str] | None = None) -> int:
         names = [n.strip() for n in args.only.split(",") if n.strip()]
         unknown = [n for n in names if n not in wl.WORKLOADS]
         if unknown:
-            parser.error(f"unknown workload(s) {unknown}; choose from {list(wl.WORKLOADS)}")
+            parser.error(
+                f"unknown workload(s) {unknown}; choose from {list(wl.WORKLOADS)}"
+            )
 
     # Which systems, and with which interpreter.
     pythons: dict[str, str] = {}
@@ -375,10 +488,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.ray_from:
         saved = json.loads(args.ray_from.read_text())
         if saved["meta"]["preset"] != preset:
-            print(f"warning: {args.ray_from} holds the {saved['meta']['preset']} preset, "
-                  f"this run is {preset}", file=sys.stderr)
+            print(
+                f"warning: {args.ray_from} holds the {saved['meta']['preset']} preset, "
+                f"this run is {preset}",
+                file=sys.stderr,
+            )
         ray_from = {w: r["ray"] for w, r in saved["results"].items() if r.get("ray")}
-        ray_version, ray_python = saved["meta"].get("ray_version"), saved["meta"].get("ray_python")
+        ray_version, ray_python = (
+            saved["meta"].get("ray_version"),
+            saved["meta"].get("ray_python"),
+        )
     elif not args.no_ray:
         ray_python = args.ray_python or os.environ.get(RAY_PYTHON_ENV)
         if not ray_python and os.path.exists(DEFAULT_RAY_PYTHON):
@@ -386,14 +505,19 @@ def main(argv: list[str] | None = None) -> int:
         if ray_python:
             ray_version, err = probe_ray(ray_python)
             if err:
-                print(f"warning: Ray interpreter {ray_python} unusable ({err}); "
-                      "running penumbra only", file=sys.stderr)
+                print(
+                    f"warning: Ray interpreter {ray_python} unusable ({err}); "
+                    "running penumbra only",
+                    file=sys.stderr,
+                )
                 ray_python = None
             else:
                 pythons["ray"] = ray_python
         else:
-            print("note: no Ray interpreter (see bench/README.md); running penumbra only",
-                  file=sys.stderr)
+            print(
+                "note: no Ray interpreter (see bench/README.md); running penumbra only",
+                file=sys.stderr,
+            )
 
     out_dir: Path = args.out
     log_dir = out_dir / "logs"
@@ -407,10 +531,26 @@ def main(argv: list[str] | None = None) -> int:
         results[workload] = {}
         for system, python in pythons.items():
             k += 1
-            print(f"[{k:2}/{total}] {workload:22} {system:9} ...", end="", flush=True, file=sys.stderr)
-            res = run_workload(system, python, workload, preset, timeout_s,
-                               log_dir / f"{preset}-{workload}-{system}.log")
-            status = "ok" if res.get("ok") else "ERROR " + res.get("error", "").splitlines()[0][:70]
+            print(
+                f"[{k:2}/{total}] {workload:22} {system:9} ...",
+                end="",
+                flush=True,
+                file=sys.stderr,
+            )
+            res = run_workload(
+                system,
+                python,
+                workload,
+                preset,
+                timeout_s,
+                log_dir / f"{preset}-{workload}-{system}.log",
+                args.nice,
+            )
+            status = (
+                "ok"
+                if res.get("ok")
+                else "ERROR " + res.get("error", "").splitlines()[0][:70]
+            )
             print(f" {status} ({res['wall_s']:.1f} s)", file=sys.stderr, flush=True)
             results[workload][system] = res
         if workload in ray_from:
@@ -426,6 +566,7 @@ def main(argv: list[str] | None = None) -> int:
         "ray_version": ray_version,
         "ray_from": str(args.ray_from) if args.ray_from else None,
         "init_kwargs": wl.INIT_KWARGS,
+        "nice": args.nice,
         "presets": {w: wl.PRESETS[preset][w] for w in names},
         "targets": {f"{w}.{m}": t[2] for (w, m), t in TARGETS.items()},
     }

@@ -44,7 +44,8 @@ import sys
 import time
 import traceback
 import uuid
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -141,7 +142,9 @@ def cluster(ray: Any, **overrides: Any) -> Iterator[None]:
         ray.shutdown()
 
 
-def _summary(name: str, samples: list[float], best: Callable[..., float]) -> dict[str, Any]:
+def _summary(
+    name: str, samples: list[float], best: Callable[..., float]
+) -> dict[str, Any]:
     """Median as the metric, plus the best repetition and all of them."""
     return {
         name: statistics.median(samples),
@@ -163,7 +166,9 @@ def _rates(name: str, count: int, fn: Callable[[], None], reps: int) -> dict[str
 # --------------------------------------------------------------------------
 # Task throughput
 # --------------------------------------------------------------------------
-def tasks_sync(ray: Any, n: int = 1000, warmup: int = 100, reps: int = 5) -> dict[str, Any]:
+def tasks_sync(
+    ray: Any, n: int = 1000, warmup: int = 100, reps: int = 5
+) -> dict[str, Any]:
     """Round trips of one empty task: ``ray.get(f.remote())`` in a loop."""
     with cluster(ray):
         f = ray.remote(_empty_fn())
@@ -176,7 +181,9 @@ def tasks_sync(ray: Any, n: int = 1000, warmup: int = 100, reps: int = 5) -> dic
         return {**_rates("tasks_per_s", n, lambda: run(n), reps), "n": n}
 
 
-def tasks_async(ray: Any, n: int = 5000, warmup: int = 500, reps: int = 5) -> dict[str, Any]:
+def tasks_async(
+    ray: Any, n: int = 5000, warmup: int = 500, reps: int = 5
+) -> dict[str, Any]:
     """Submit ``n`` empty tasks, then ``ray.get`` the whole list."""
     with cluster(ray):
         f = ray.remote(_empty_fn())
@@ -210,7 +217,9 @@ def nested_tasks(
 
         run(warmup)
         return {
-            **_rates("child_tasks_per_s", parents * children, lambda: run(parents), reps),
+            **_rates(
+                "child_tasks_per_s", parents * children, lambda: run(parents), reps
+            ),
             "parents": parents,
             "children": children,
         }
@@ -238,7 +247,9 @@ def _actor_class() -> type:
     return Actor
 
 
-def actor_calls_sync(ray: Any, n: int = 2000, warmup: int = 200, reps: int = 5) -> dict[str, Any]:
+def actor_calls_sync(
+    ray: Any, n: int = 2000, warmup: int = 200, reps: int = 5
+) -> dict[str, Any]:
     """``ray.get(a.m.remote())`` in a loop on one actor."""
     with cluster(ray):
         a = ray.remote(_actor_class()).remote()
@@ -251,7 +262,9 @@ def actor_calls_sync(ray: Any, n: int = 2000, warmup: int = 200, reps: int = 5) 
         return {**_rates("calls_per_s", n, lambda: run(n), reps), "n": n}
 
 
-def actor_calls_async(ray: Any, n: int = 5000, warmup: int = 500, reps: int = 5) -> dict[str, Any]:
+def actor_calls_async(
+    ray: Any, n: int = 5000, warmup: int = 500, reps: int = 5
+) -> dict[str, Any]:
     """``n`` calls on one actor, then ``ray.get`` them all."""
     with cluster(ray):
         a = ray.remote(_actor_class()).remote()
@@ -278,7 +291,11 @@ def put_get_small(
                 assert ray.get(ray.put(value)) == value
 
         run(warmup)
-        return {**_rates("ops_per_s", n, lambda: run(n), reps), "n": n, "value_bytes": value_bytes}
+        return {
+            **_rates("ops_per_s", n, lambda: run(n), reps),
+            "n": n,
+            "value_bytes": value_bytes,
+        }
 
 
 def put_100mib(
@@ -364,7 +381,9 @@ def put_100mib(
 # --------------------------------------------------------------------------
 # wait
 # --------------------------------------------------------------------------
-def wait_1000(ray: Any, n: int = 1000, warmup: int = 200, reps: int = 5) -> dict[str, Any]:
+def wait_1000(
+    ray: Any, n: int = 1000, warmup: int = 200, reps: int = 5
+) -> dict[str, Any]:
     """Submit ``n`` empty tasks, then wait for them.
 
     ``wait_all_s``: one ``ray.wait(refs, num_returns=n)`` (timed from after
@@ -430,7 +449,9 @@ print(marker + json.dumps({"import_s": t1 - t0, "init_call_s": t2 - t1,
 """
 
 
-def init_to_first_result(ray: Any, reps: int = 3, child_timeout_s: float = 120.0) -> dict[str, Any]:
+def init_to_first_result(
+    ray: Any, reps: int = 3, child_timeout_s: float = 120.0
+) -> dict[str, Any]:
     """Seconds from ``ray.init()`` to the first task's result, in a fresh process.
 
     ``init`` happens once per process, so each repetition starts a new
@@ -439,15 +460,31 @@ def init_to_first_result(ray: Any, reps: int = 3, child_timeout_s: float = 120.0
     ``import_s`` (module import) is reported separately; ``process_wall_s``
     is the child's whole life, interpreter start and shutdown included.
     """
-    keys = ["init_to_first_result_s", "import_s", "init_call_s", "import_to_first_result_s",
-            "shutdown_s", "process_wall_s"]
+    keys = [
+        "init_to_first_result_s",
+        "import_s",
+        "init_call_s",
+        "import_to_first_result_s",
+        "shutdown_s",
+        "process_wall_s",
+    ]
     samples: dict[str, list[float]] = {k: [] for k in keys}
     for _ in range(reps):
         t0 = time.perf_counter()
         proc = subprocess.run(
-            [sys.executable, "-c", _COLD_START_CHILD, ray.__name__, json.dumps(sys.path),
-             json.dumps(INIT_KWARGS), RESULT_MARKER],
-            capture_output=True, text=True, timeout=child_timeout_s,
+            [
+                sys.executable,
+                "-c",
+                _COLD_START_CHILD,
+                ray.__name__,
+                json.dumps(sys.path),
+                json.dumps(INIT_KWARGS),
+                RESULT_MARKER,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=child_timeout_s,
+            check=False,
         )
         wall = time.perf_counter() - t0
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_MARKER)]
@@ -457,7 +494,7 @@ def init_to_first_result(ray: Any, reps: int = 3, child_timeout_s: float = 120.0
                 f"cold-start child failed (rc={proc.returncode}): {err[-1]}\n"
                 + "\n".join(err[-40:])
             )
-        got = json.loads(lines[-1][len(RESULT_MARKER):])
+        got = json.loads(lines[-1][len(RESULT_MARKER) :])
         got["process_wall_s"] = wall
         for k in keys:
             samples[k].append(got[k])
@@ -478,7 +515,7 @@ def _read(path: str) -> bytes:
 def _proc_stat(pid: int) -> tuple[int, int]:
     """(ppid, start time in clock ticks since boot) from /proc/<pid>/stat."""
     raw = _read(f"/proc/{pid}/stat").decode()
-    fields = raw[raw.rindex(")") + 2:].split()  # fields after "(comm)"; [0] is state
+    fields = raw[raw.rindex(")") + 2 :].split()  # fields after "(comm)"; [0] is state
     return int(fields[1]), int(fields[19])
 
 
@@ -498,7 +535,9 @@ def _memory_kib(pid: int) -> tuple[int, int]:
     return (pss if pss is not None else rss), rss
 
 
-def cluster_processes(root: int, tag: str | None, markers: list[str], since_ticks: int) -> list[int]:
+def cluster_processes(
+    root: int, tag: str | None, markers: list[str], since_ticks: int
+) -> list[int]:
     """PIDs of ``root``, its descendants, and processes started by the run.
 
     A process belongs to the run if it descends from ``root``, or carries
@@ -519,7 +558,11 @@ def cluster_processes(root: int, tag: str | None, markers: list[str], since_tick
             if tag_bytes and tag_bytes in _read(f"/proc/{pid}/environ").split(b"\0"):
                 candidates.add(pid)
             elif markers and start >= since_ticks:
-                cmdline = _read(f"/proc/{pid}/cmdline").replace(b"\0", b" ").decode(errors="replace")
+                cmdline = (
+                    _read(f"/proc/{pid}/cmdline")
+                    .replace(b"\0", b" ")
+                    .decode(errors="replace")
+                )
                 if any(m in cmdline for m in markers):
                     candidates.add(pid)
         except (OSError, ValueError):
@@ -539,7 +582,11 @@ def _label(pid: int) -> str:
     comm = _read(f"/proc/{pid}/comm").decode().strip()
     if not comm.startswith("python"):
         return comm
-    args = [a.decode(errors="replace") for a in _read(f"/proc/{pid}/cmdline").split(b"\0") if a]
+    args = [
+        a.decode(errors="replace")
+        for a in _read(f"/proc/{pid}/cmdline").split(b"\0")
+        if a
+    ]
     for i, a in enumerate(args[1:], 1):
         if a == "-m" and i + 1 < len(args):
             return f"{comm} -m {args[i + 1]}"
@@ -557,7 +604,7 @@ def _session_markers(ray: Any) -> list[str]:
     for other systems the environment tag and the process tree suffice.
     """
     try:
-        return [ray._private.worker._global_node.get_session_dir_path()]  # noqa: SLF001
+        return [ray._private.worker._global_node.get_session_dir_path()]
     except Exception:  # noqa: BLE001 -- best effort on any system
         return []
 
@@ -576,7 +623,9 @@ def measure_memory(ray: Any, tag: str | None, since_ticks: int) -> dict[str, Any
             label = _label(pid)
         except OSError:
             continue
-        procs.append({"pid": pid, "name": label, "pss_mib": pss / 1024, "rss_mib": rss / 1024})
+        procs.append(
+            {"pid": pid, "name": label, "pss_mib": pss / 1024, "rss_mib": rss / 1024}
+        )
     return {
         "pss_mib": sum(p["pss_mib"] for p in procs),
         "rss_mib": sum(p["rss_mib"] for p in procs),
@@ -648,8 +697,13 @@ def run_one(api: str, workload: str, preset: str) -> dict[str, Any]:
     """Import ``api``, run ``workload`` with ``preset`` sizes; never raises."""
     params = PRESETS[preset][workload]
     result: dict[str, Any] = {
-        "api": api, "workload": workload, "preset": preset, "params": params,
-        "python": sys.version.split()[0], "executable": sys.executable, "pid": os.getpid(),
+        "api": api,
+        "workload": workload,
+        "preset": preset,
+        "params": params,
+        "python": sys.version.split()[0],
+        "executable": sys.executable,
+        "pid": os.getpid(),
     }
     t0 = time.perf_counter()
     try:
@@ -670,8 +724,12 @@ def run_one(api: str, workload: str, preset: str) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Run one benchmark workload on one system.")
-    parser.add_argument("--api", required=True, help="module to import as `ray` (ray or penumbra)")
+    parser = argparse.ArgumentParser(
+        description="Run one benchmark workload on one system."
+    )
+    parser.add_argument(
+        "--api", required=True, help="module to import as `ray` (ray or penumbra)"
+    )
     parser.add_argument("--workload", required=True, choices=sorted(WORKLOADS))
     parser.add_argument("--preset", default="quick", choices=sorted(PRESETS))
     parser.add_argument("--json-out", help="write the result here (default: stdout)")

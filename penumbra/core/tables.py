@@ -69,6 +69,7 @@ __all__ = [
     "UnregisterName",
     "AppendActorLog",
     "KvPut",
+    "KvIncrement",
     "KvDelete",
     "Subscribe",
     "Unsubscribe",
@@ -292,6 +293,17 @@ class KvPut(Op):
     key: str
     value: Any
     overwrite: bool = True
+
+    def route(self):
+        return ("kv", self.key)
+
+
+@dataclass(frozen=True, slots=True)
+class KvIncrement(Op):
+    """Add one to an integer (missing: 0) and return the new value; used to
+    hand out cluster-unique job ids."""
+
+    key: str
 
     def route(self):
         return ("kv", self.key)
@@ -686,6 +698,13 @@ def _kv_put(t: Tables, op: KvPut):
     return True, [("kv", op.key, op.value)]
 
 
+def _kv_increment(t: Tables, op: KvIncrement):
+    rows = t.data["kv"]
+    value = int(rows.get(op.key, 0)) + 1
+    rows[op.key] = value
+    return value, [("kv", op.key, value)]
+
+
 def _kv_delete(t: Tables, op: KvDelete):
     rows = t.data["kv"]
     if op.key not in rows:
@@ -725,6 +744,7 @@ _APPLY = {
     UnregisterName: _unregister_name,
     AppendActorLog: _append_actor_log,
     KvPut: _kv_put,
+    KvIncrement: _kv_increment,
     KvDelete: _kv_delete,
     Subscribe: _subscribe,
     Unsubscribe: _unsubscribe,

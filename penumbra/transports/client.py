@@ -1,0 +1,620 @@
+"""The real runtime as seen from a driver or a worker: ``ClientRuntime``.
+
+A client talks to the daemon of its node over one ``wire`` channel, driven
+by a trio loop in a background thread (``bridge.TrioThread``); the user's
+threads only append to that loop's queue and wait on futures, so ``.remote``
+costs a few microseconds and never blocks.
+
+What goes where:
+
+* ``submit`` sends ``SubmitTask`` (fire and forget);
+* ``get``/``wait`` send ``WatchObjects`` and block on a future that the
+  receive loop resolves as ``ObjectsReady`` messages arrive (values come
+  attached: inline bytes, or a note that they are in the node's shared
+  memory, which this process then reads zero-copy);
+* ``put`` writes large values straight into shared memory and tells the
+  node (``PutObject``), small ones travel inline;
+* a worker blocked in ``get`` tells its node (``WorkerBlocked``) so that the
+  node can lend its CPU to another task (nested tasks cannot deadlock).
+
+``start_local`` starts the embedded cluster (a daemon process that hosts the
+head, the GCS and this machine's node) and connects to it; ``connect`` joins
+a cluster started with ``penumbra start``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from typing import Any, Sequence
+
+from ..api.runtime import ErrorValue, Runtime
+from ..core.ids import ActorId, ObjectId, TaskId
+from ..core.messages import (
+    ActorRegistered,
+    CancelTask,
+    CancelWatch,
+    ClientGcsReply,
+    ClientGcsRequest,
+    ClusterStatus,
+    ClusterStatusRequest,
+    KillActor,
+    ObjectsReady,
+    PutDone,
+    PutFailed,
+    PutObject,
+    ReleaseObjects,
+    SubmitTask,
+    WatchObjects,
+    WorkerBlocked,
+    WorkerUnblocked,
+)
+from ..core.specs import Payload, TaskSpec
+from ..core.tables import Get, KvIncrement, PutFunction
+from ..exceptions import GetTimeoutError, ObjectStoreFullError, PenumbraError
+from . import protocol as P
+from .bridge import TrioThread
+from .objectstore import decode_value, encode_value
+from .shm_store import ShmStore, cleanup_session, new_session_name
+from .wire import ConnectionClosed, connect_tcp, connect_unix, new_token
+
+__all__ = ["ClientRuntime", "start_local", "connect", "LocalCluster", "default_object_store_memory"]
+
+logger = logging.getLogger("penumbra")
+
+_LOCAL_CACHE_BYTES = 64 << 20
+
+
+class _Watch:
+    __slots__ = ("ids", "need", "future", "results")
+
+    def __init__(self, ids, need, future) -> None:
+        self.ids = ids
+        self.need = need
+        self.future = future
+        self.results: dict[ObjectId, tuple] = {}
+
+
+class ClientRuntime(Runtime):
+    def __init__(self, bridge: TrioThread, channel, welcome: P.ClientWelcome, *, is_worker: bool,
+                 namespace: str = "", log_to_driver: bool = True) -> None:
+        self.bridge = bridge
+        self.channel = channel
+        self.node_id = welcome.node_id
+        self.client_id = welcome.client_id
+        self.job_id = welcome.job_id
+        self.address = welcome.address
+        self.namespace = namespace
+        self.is_worker = is_worker
+        self.log_to_driver = log_to_driver
+        self.session = welcome.session
+        self.shm_root = welcome.shm_root
+        self._shm: ShmStore | None = None
+        self._reqs = itertools.count(1)
+        self._watches: dict[int, _Watch] = {}
+        self._waiters: dict[int, Any] = {}  # req id -> Future (gcs, put, status)
+        self._actor_waiters: dict[ActorId, Any] = {}
+        self._cache: OrderedDict[ObjectId, bytes] = OrderedDict()
+        self._cache_bytes = 0
+        self._functions: dict[bytes, Any] = {}
+        self._exported: set[bytes] = set()
+        self._closed = False
+        self.on_item = None  # worker hook for Run/Interrupt/Checkpoint/Exit
+        self.embedded: "LocalCluster | None" = None
+        self._release_buf: list[ObjectId] = []
+        self._release_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ plumbing
+    @property
+    def shm(self) -> ShmStore:
+        if self._shm is None:
+            self._shm = ShmStore(self.session, root=self.shm_root)
+        return self._shm
+
+    def _send(self, item: Any) -> None:
+        if self._closed:
+            raise PenumbraError("this penumbra runtime has been shut down; call penumbra.init() again")
+        self.bridge.submit(self._send_now, item)
+
+    def _send_now(self, item: Any) -> None:
+        try:
+            self.channel.send_nowait(item)
+        except Exception as e:  # closed: futures are failed by the receive loop
+            logger.debug("send failed: %s", e)
+
+    def _deliver(self, msg, attachments=None) -> None:
+        self._send(P.Deliver(self.node_id, msg, attachments, self.client_id))
+
+    async def receive_loop(self) -> None:
+        """Runs on the trio thread for the life of the connection."""
+        try:
+            async for item in self.channel:
+                if type(item) is P.Deliver:
+                    self._on_message(item)
+                elif type(item) is P.Output:
+                    self._print_output(item)
+                elif type(item) is P.ClusterLog:
+                    if self.log_to_driver:
+                        logger.warning("%s", item.text)
+                elif self.on_item is not None:
+                    self.on_item(item)
+        except ConnectionClosed as e:
+            self._fail_all(PenumbraError(f"lost the connection to the penumbra node daemon ({e.reason})"))
+        except BaseException as e:
+            self._fail_all(PenumbraError(f"the connection to the node daemon ended: {e!r}"))
+            raise
+        finally:
+            if self.on_item is not None:
+                self.on_item(P.Exit())
+
+    def _fail_all(self, exc: BaseException) -> None:
+        self._closed = True
+        for w in list(self._watches.values()):
+            w.future.set_exception(exc)
+        self._watches.clear()
+        for f in list(self._waiters.values()) + list(self._actor_waiters.values()):
+            f.set_exception(exc)
+        self._waiters.clear()
+        self._actor_waiters.clear()
+
+    def _on_message(self, d: P.Deliver) -> None:
+        msg = d.msg
+        t = type(msg)
+        if t is ObjectsReady:
+            w = self._watches.get(msg.req_id)
+            if w is None:
+                return
+            atts = d.attachments or {}
+            for oid, info in msg.objects:
+                w.results[oid] = (info, atts.get(oid))
+            if len(w.results) >= w.need:
+                del self._watches[msg.req_id]
+                w.future.set_result(w.results)
+        elif t is ClientGcsReply or t is PutDone or t is PutFailed or t is ClusterStatus:
+            f = self._waiters.pop(msg.req_id, None)
+            if f is not None:
+                f.set_result(msg)
+        elif t is ActorRegistered:
+            f = self._actor_waiters.pop(msg.actor_id, None)
+            if f is not None:
+                f.set_result(msg)
+
+    def _print_output(self, o: P.Output) -> None:
+        if not self.log_to_driver:
+            return
+        stream = sys.stderr if o.stream == "stderr" else sys.stdout
+        lines = o.text.splitlines()
+        try:
+            stream.write("".join(f"{o.prefix} {line}\n" for line in lines))
+            stream.flush()
+        except Exception:
+            pass
+
+    def _request(self, msg_factory, timeout: float | None, what: str, attachments=None):
+        rid = next(self._reqs)
+        fut = self.bridge.future()
+
+        def start() -> None:
+            self._waiters[rid] = fut
+            self._send_now(P.Deliver(self.node_id, msg_factory(rid), attachments, self.client_id))
+
+        self.bridge.submit(start)
+        try:
+            return fut.result(timeout)
+        except TimeoutError:
+            self.bridge.submit(self._waiters.pop, rid, None)
+            raise GetTimeoutError(f"{what} got no answer from the node within {timeout} s") from None
+
+    # ------------------------------------------------------------------ Runtime
+    def submit(self, spec: TaskSpec) -> None:
+        self._deliver(SubmitTask(client=self.client_id, spec=spec))
+
+    def create_actor(self, spec: TaskSpec, timeout: float | None) -> None:
+        a = spec.actor_creation
+        if not a.name:
+            self.submit(spec)
+            return
+        fut = self.bridge.future()
+        msg = P.Deliver(self.node_id, SubmitTask(client=self.client_id, spec=spec), None, self.client_id)
+
+        def start() -> None:
+            self._actor_waiters[a.actor_id] = fut
+            self._send_now(msg)
+
+        self.bridge.submit(start)
+        try:
+            reply = fut.result(timeout)
+        except TimeoutError:
+            raise GetTimeoutError(f"registering actor name {a.name!r} timed out after {timeout} s") from None
+        if reply.error:
+            raise ValueError(reply.error)
+
+    def export_function(self, function_id: bytes, blob: bytes) -> None:
+        if function_id in self._exported:
+            return
+        self.gcs_request(PutFunction(function_id, Payload(len(blob), blob)), timeout=60.0)
+        self._exported.add(function_id)
+
+    def load_function(self, function_id: bytes) -> Any:
+        fn = self._functions.get(function_id)
+        if fn is not None:
+            return fn
+        payload = self.gcs_request(Get("functions", function_id), timeout=60.0)
+        if payload is None:
+            raise PenumbraError(f"function {function_id.hex()} is not in the GCS function table")
+        from ..api.args import loads
+
+        fn = self._functions[function_id] = loads(payload.data)
+        return fn
+
+    def _remember(self, oid: ObjectId, data: bytes) -> None:
+        if len(data) > 64 << 10:
+            return
+        self._cache[oid] = data
+        self._cache_bytes += len(data)
+        while self._cache_bytes > _LOCAL_CACHE_BYTES:
+            _, old = self._cache.popitem(last=False)
+            self._cache_bytes -= len(old)
+
+    def _watch(self, ids: Sequence[ObjectId], need: int, timeout: float | None, fetch: bool) -> dict:
+        rid = next(self._reqs)
+        fut = self.bridge.future()
+        w = _Watch(ids, need, fut)
+        blocked = self.is_worker
+        uniq = tuple(dict.fromkeys(ids))
+        node, cid = self.node_id, self.client_id
+
+        def start() -> None:
+            self._watches[rid] = w
+            if blocked:
+                self._send_now(P.Deliver(node, WorkerBlocked(worker_id=cid), None, cid))
+            self._send_now(P.Deliver(node, WatchObjects(client=cid, req_id=rid, object_ids=uniq, fetch=fetch), None, cid))
+
+        self.bridge.submit(start)
+        try:
+            results = fut.result(timeout)
+            if len(results) < len(uniq):
+                # satisfied with some (wait): the node's watch is still open
+                self._send(P.Deliver(node, CancelWatch(client=cid, req_id=rid), None, cid))
+            return results
+        except TimeoutError:
+            def cancel() -> None:
+                self._watches.pop(rid, None)
+                self._send_now(P.Deliver(node, CancelWatch(client=cid, req_id=rid), None, cid))
+            self.bridge.submit(cancel)
+            partial = dict(w.results)
+            raise _WatchTimeout(partial) from None
+        finally:
+            if blocked:
+                self._send(P.Deliver(node, WorkerUnblocked(worker_id=cid), None, cid))
+
+    def get_objects(self, ids: Sequence[ObjectId], timeout: float | None) -> list[Any]:
+        cache = self._cache
+        if all(oid in cache for oid in ids):
+            return [decode_value(oid, ("i", cache[oid]), None) for oid in ids]
+        missing = [oid for oid in ids if oid not in cache]
+        for _attempt in range(3):
+            try:
+                results = self._watch(missing, len(set(missing)), timeout, True)
+            except _WatchTimeout as t:
+                not_ready = [o for o in missing if o not in t.partial]
+                raise GetTimeoutError(
+                    f"get timed out after {timeout} s: {len(not_ready)} of {len(ids)} object(s) not ready "
+                    f"(first: {not_ready[0].hex() if not_ready else '?'})"
+                ) from None
+            values: dict[ObjectId, Any] = {}
+            vanished = []
+            for oid, (info, att) in results.items():
+                if info.error is not None:
+                    values[oid] = ErrorValue(info.error)
+                    continue
+                if att is None:
+                    vanished.append(oid)
+                    continue
+                try:
+                    values[oid] = decode_value(oid, att, self._shm_for(att))
+                except KeyError:
+                    vanished.append(oid)  # evicted between the reply and our read
+            if not vanished:
+                out = []
+                for oid in ids:
+                    if oid in values:
+                        out.append(values[oid])
+                    else:
+                        out.append(decode_value(oid, ("i", cache[oid]), None))
+                return out
+            missing = vanished + [o for o in missing if o not in results]
+        raise PenumbraError("objects kept vanishing from the store while being read; the store is thrashing")
+
+    def _shm_for(self, att) -> ShmStore | None:
+        return self.shm if att[0] == "s" else None
+
+    def wait_objects(self, ids: Sequence[ObjectId], num_returns: int, timeout: float | None, fetch_local: bool) -> set[ObjectId]:
+        ready = {oid for oid in ids if oid in self._cache}
+        if len(ready) >= num_returns:
+            return ready
+        rest = [o for o in ids if o not in ready]
+        try:
+            results = self._watch(rest, num_returns - len(ready), timeout, fetch_local)
+        except _WatchTimeout as t:
+            return ready | set(t.partial)
+        return ready | set(results)
+
+    def put_object(self, oid: ObjectId, value: Any) -> None:
+        size, data = encode_value(oid, value, self.shm if _maybe_large(value) else _LazyShm(self), subject="the value passed to put()")
+        atts = {oid: ("i", data)} if data is not None else None
+        reply = self._request(lambda rid: PutObject(client=self.client_id, req_id=rid, object_id=oid, size=size), 60.0, "put()", atts)
+        if type(reply) is PutFailed:
+            raise ObjectStoreFullError(reply.error.message)
+        if data is not None:
+            self._remember(oid, data)
+
+    def release(self, oids: Sequence[ObjectId]) -> None:
+        if self._closed:
+            return
+        for oid in oids:
+            data = self._cache.pop(oid, None)
+            if data is not None:
+                self._cache_bytes -= len(data)
+        with self._release_lock:
+            first = not self._release_buf
+            self._release_buf.extend(oids)
+        if first:
+            self.bridge.submit(self._flush_release)
+
+    def _flush_release(self) -> None:
+        with self._release_lock:
+            oids, self._release_buf = self._release_buf, []
+        if oids:
+            self._send_now(P.Deliver(self.node_id, ReleaseObjects(client=self.client_id, object_ids=tuple(oids)), None, self.client_id))
+
+    def cancel(self, task_id: TaskId, force: bool, recursive: bool) -> None:
+        self._deliver(CancelTask(client=self.client_id, task_id=task_id, force=force, recursive=recursive))
+
+    def kill_actor(self, actor_id: ActorId, no_restart: bool) -> None:
+        self._deliver(KillActor(client=self.client_id, actor_id=actor_id, no_restart=no_restart))
+
+    def gcs_request(self, request: Any, timeout: float | None) -> Any:
+        reply = self._request(lambda rid: ClientGcsRequest(client=self.client_id, req_id=rid, request=request), timeout, "a GCS request")
+        return reply.result
+
+    def cluster_status(self, timeout: float | None) -> Any:
+        return self._request(lambda rid: ClusterStatusRequest(client=self.client_id, req_id=rid), timeout, "cluster status")
+
+    def shutdown(self) -> None:
+        if not self._closed:
+            self._closed = True
+            try:
+                self.bridge.call(self.channel.aclose, timeout=2.0)
+            except Exception:
+                pass
+        self.bridge.stop(timeout=5.0)
+        if self._shm is not None:
+            try:
+                self._shm.close()
+            except Exception:
+                pass
+        if self.embedded is not None:
+            self.embedded.stop()
+
+
+class _WatchTimeout(Exception):
+    def __init__(self, partial: dict) -> None:
+        self.partial = partial
+
+
+class _LazyShm:
+    """Attaches the shared-memory store only if a value turns out large."""
+
+    def __init__(self, rt: ClientRuntime) -> None:
+        self.rt = rt
+
+    def put_serialized(self, oid, s):
+        return self.rt.shm.put_serialized(oid, s)
+
+
+def _maybe_large(value: Any) -> bool:
+    n = getattr(value, "nbytes", None)
+    return isinstance(n, int) and n > (64 << 10)
+
+
+# ===========================================================================
+# Starting and joining clusters
+
+
+class LocalCluster:
+    """The embedded cluster's daemon process, owned by this driver."""
+
+    def __init__(self, proc: subprocess.Popen, session: str, session_dir: str, shm_root: str) -> None:
+        self.proc = proc
+        self.session = session
+        self.session_dir = session_dir
+        self.shm_root = shm_root
+
+    def stop(self) -> None:
+        p = self.proc
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=5)
+        # the daemon cleans up after itself; make sure, even if it crashed
+        cleanup_session(self.session, self.shm_root)
+        try:
+            import shutil
+
+            shutil.rmtree(self.session_dir, ignore_errors=True)
+        except Exception:
+            pass
+
+
+def default_object_store_memory(shm_root: str = "/dev/shm") -> int:
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        total = 8 << 30
+    want = int(total * 0.3)
+    try:
+        st = os.statvfs(shm_root)
+        want = min(want, int(st.f_bavail * st.f_frsize * 0.8))
+    except OSError:
+        pass
+    return max(64 << 20, want)
+
+
+def _spawn_daemon(cfg: dict, token: str, timeout: float = 30.0) -> tuple[subprocess.Popen, dict]:
+    r, w = os.pipe()
+    env = dict(os.environ)
+    env["PENUMBRA_TOKEN"] = token
+    env["PENUMBRA_READY_FD"] = str(w)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "penumbra.transports.daemon", "--config", json.dumps(cfg)],
+        pass_fds=(w,), env=env, start_new_session=True, stdin=subprocess.DEVNULL,
+    )
+    os.close(w)
+    buf = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while b"\n" not in buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                proc.kill()
+                raise TimeoutError(f"the penumbra daemon did not start within {timeout} s")
+            ready, _, _ = select.select([r], [], [], min(left, 0.5))
+            if ready:
+                chunk = os.read(r, 4096)
+                if not chunk:
+                    break
+                buf += chunk
+            elif proc.poll() is not None:
+                break
+    finally:
+        os.close(r)
+    if b"\n" not in buf:
+        code = proc.wait()
+        log = os.path.join(cfg["session_dir"], "daemon.log")
+        tail = ""
+        try:
+            with open(log) as f:
+                tail = "".join(f.readlines()[-20:])
+        except OSError:
+            pass
+        raise RuntimeError(f"the penumbra daemon exited with status {code} before it was ready:\n{tail}")
+    return proc, json.loads(buf.split(b"\n", 1)[0])
+
+
+def _open(bridge: TrioThread, *, unix_path: str | None, tcp: tuple[str, int] | None, token: str,
+          job_id: int, namespace: str, log_to_driver: bool) -> ClientRuntime:
+    name = f"driver:{os.getpid()}"
+
+    async def opening():
+        if unix_path is not None:
+            ch = await connect_unix(unix_path, token, "driver", name)
+        else:
+            ch = await connect_tcp(tcp[0], tcp[1], token, "driver", name)
+        ch.send_nowait(P.ClientHello(name, os.getpid(), True, job_id))
+        welcome = await ch.receive()
+        if type(welcome) is not P.ClientWelcome:
+            raise ConnectionError(f"unexpected first reply from the node: {welcome!r}")
+        return ch, welcome
+
+    ch, welcome = bridge.call(opening, timeout=30.0)
+    rt = ClientRuntime(bridge, ch, welcome, is_worker=False, namespace=namespace, log_to_driver=log_to_driver)
+    bridge.start_soon(rt.receive_loop)
+    # a cluster-unique job id from the GCS, then tell the node
+    rt.job_id = rt.gcs_request(KvIncrement("job_counter"), timeout=30.0)
+    rt._send(P.ClientHello(rt.client_id, os.getpid(), True, rt.job_id))
+    return rt
+
+
+def start_local(*, num_cpus=None, num_gpus=None, resources=None, object_store_memory=None, namespace="",
+                log_to_driver=True, system_config=None) -> ClientRuntime:
+    """Start an embedded cluster on this machine and connect to it."""
+    session = new_session_name()
+    base = os.environ.get("PENUMBRA_TMPDIR") or os.path.join(tempfile.gettempdir(), "penumbra")
+    session_dir = os.path.join(base, session)
+    os.makedirs(session_dir, exist_ok=True)
+    token = new_token()
+    shm_root = (system_config or {}).get("shm_root", "/dev/shm")
+    cpus = os.cpu_count() or 1 if num_cpus is None else num_cpus
+    cfg = {
+        "session": session, "session_dir": session_dir, "head": True,
+        "num_cpus": cpus, "num_gpus": num_gpus or 0, "resources": dict(resources or {}),
+        "object_store_memory": int(object_store_memory or default_object_store_memory(shm_root)),
+        "parent_pid": os.getpid(), "shm_root": shm_root,
+    }
+    cfg.update({k: v for k, v in (system_config or {}).items() if k in (
+        "validate", "gcs_shards", "chain_length", "node_timeout", "heartbeat_interval", "forward_queue_threshold")})
+    proc, ready = _spawn_daemon(cfg, token)
+    cluster = LocalCluster(proc, session, session_dir, shm_root)
+    bridge = TrioThread(name="penumbra-driver").start()
+    try:
+        rt = _open(bridge, unix_path=os.path.join(session_dir, "node.sock"), tcp=None, token=token,
+                   job_id=0, namespace=namespace, log_to_driver=log_to_driver)
+    except BaseException:
+        bridge.stop()
+        cluster.stop()
+        raise
+    rt.embedded = cluster
+    _register_atexit(rt)
+    return rt
+
+
+def connect(address: str, *, token: str | None = None, namespace: str = "", log_to_driver: bool = True) -> ClientRuntime:
+    """Join a running cluster at ``host:port`` (its token from ``token``,
+    ``$PENUMBRA_TOKEN`` or the cluster file written by ``penumbra start``)."""
+    from .cluster_file import read_cluster
+
+    info = read_cluster(address)
+    token = token or os.environ.get("PENUMBRA_TOKEN") or (info or {}).get("token")
+    if not token:
+        raise ConnectionError(
+            f"no token for the cluster at {address}: pass init(address, _token=...), set $PENUMBRA_TOKEN, "
+            f"or run on the machine where 'penumbra start --head' printed it"
+        )
+    host, _, port = address.rpartition(":")
+    bridge = TrioThread(name="penumbra-driver").start()
+    try:
+        unix = (info or {}).get("unix_path")
+        use_unix = unix if unix and os.path.exists(unix) else None
+        rt = _open(bridge, unix_path=use_unix, tcp=(host or "127.0.0.1", int(port)), token=token,
+                   job_id=0, namespace=namespace, log_to_driver=log_to_driver)
+    except BaseException:
+        bridge.stop()
+        raise
+    _register_atexit(rt)
+    return rt
+
+
+_atexit_done = False
+
+
+def _register_atexit(rt: ClientRuntime) -> None:
+    global _atexit_done
+    if _atexit_done:
+        return
+    _atexit_done = True
+    import atexit
+
+    def stop() -> None:
+        from ..api import functions
+
+        try:
+            functions.shutdown()
+        except Exception:
+            pass
+
+    atexit.register(stop)
+

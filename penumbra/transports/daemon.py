@@ -1,0 +1,678 @@
+"""The node daemon: one process per node, hosting the core machines.
+
+A daemon runs the core machines of its node in a trio loop
+(``host.MachineHost``) and is their hands:
+
+* **head daemons** (``penumbra start --head``, or the embedded cluster that
+  ``init()`` starts) also host the head machine and the GCS replicas;
+* every daemon hosts a ``NodeMachine``, a shared-memory object store, and a
+  pool of worker processes forked from a *zygote* (a process that imported
+  everything once, so a new worker costs a ``fork``, not an interpreter
+  start).
+
+Connections (all ``wire`` channels, token-authenticated):
+
+* drivers and workers of this node connect over the daemon's Unix socket (or
+  TCP, for a driver on another host); they are *clients* of the node;
+* node daemons connect to the head daemon over TCP; the head relays core
+  messages between nodes it cannot find directly and tells every node where
+  its peers listen (``PeerTable``);
+* object transfers go directly between the two daemons concerned
+  (``FetchRequest``/``FetchReply``).
+
+The daemon makes no decision of its own: which worker runs what, what to
+fetch and what to evict all come from the core as commands.
+
+Lifetime: an embedded daemon watches its driver (``--parent-pid``) and exits
+when the driver is gone; on exit every worker is killed and the node's
+shared memory is removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from ..core.layout import ClusterLayout, NodeShape
+from ..core.gcs import GcsReplica
+from ..core.head import HeadMachine
+from ..core.messages import (
+    CheckpointActor,
+    ClientDisconnected,
+    Evict,
+    Execute,
+    Fetch,
+    FetchCompleted,
+    FetchFailed,
+    InterruptTask,
+    KillWorker,
+    Log,
+    Message,
+    NodeDied,
+    ObjectsReady,
+    PutObject,
+    RegisterClient,
+    StartWorker,
+    StoreError,
+    TaskFinished,
+    TaskRaised,
+    ActorCheckpointed,
+    WorkerCrashed,
+    WorkerStarted,
+    WorkerStartFailed,
+)
+from ..core.node import NodeMachine
+from ..core.records import ErrorInfo, ErrorKind
+from ..core.scheduler import SchedulerConfig
+from ..core.specs import Payload, ResourceSet
+from . import protocol as P
+from .host import MachineHost
+from .objectstore import NodeObjects
+from .shm_store import ShmStore, cleanup_session
+from .wire import Channel, ConnectionClosed, connect_tcp, serve_tcp, serve_unix
+
+__all__ = ["DaemonConfig", "Daemon", "main"]
+
+logger = logging.getLogger("penumbra.daemon")
+
+
+@dataclass
+class DaemonConfig:
+    session: str
+    token: str
+    session_dir: str
+    head: bool = True
+    head_address: str = ""  # host:port of the head daemon (node role)
+    host: str = "127.0.0.1"
+    port: int = 0  # TCP port (0: any free port)
+    num_cpus: float = 1
+    num_gpus: float = 0
+    resources: dict[str, float] = field(default_factory=dict)
+    object_store_memory: int = 512 << 20
+    gcs_shards: int = 1
+    chain_length: int = 1
+    parent_pid: int = 0  # embedded: exit when this process is gone
+    validate: bool = False
+    node_timeout: float = 5.0
+    heartbeat_interval: float = 0.2
+    forward_queue_threshold: int = 100
+    shm_root: str = "/dev/shm"
+    node_id: str = ""
+
+    @property
+    def unix_path(self) -> str:
+        return os.path.join(self.session_dir, "node.sock")
+
+
+@dataclass
+class _Worker:
+    worker_id: str
+    channel: Channel | None = None
+    pid: int = 0
+    started_at: float = 0.0
+    dead: bool = False
+    job_id: int = 0
+    running: set = field(default_factory=set)
+
+
+class Daemon:
+    def __init__(self, cfg: DaemonConfig) -> None:
+        self.cfg = cfg
+        self.node_id = cfg.node_id or f"node:{socket.gethostname()}-{os.getpid()}"
+        self.host = MachineHost(route=self.route, validate=cfg.validate)
+        self.host.log_sink = self._on_log
+        self.shm = ShmStore(cfg.session, root=cfg.shm_root, capacity=cfg.object_store_memory)
+        self.objects = NodeObjects(self.shm)
+        self.clients: dict[str, Channel] = {}
+        self.client_jobs: dict[str, int] = {}
+        self.workers: dict[str, _Worker] = {}
+        self.head_channel: Channel | None = None
+        self.node_channels: dict[str, Channel] = {}  # head role: node id -> channel
+        self.peers: dict[str, str] = {}  # node id -> host:port
+        self.peer_channels: dict[str, Channel] = {}
+        self.head_node = ""  # the head daemon's own node id
+        self.fetch_waiters: dict[int, trio.MemorySendChannel] = {}
+        self.next_fetch = 1
+        self.address = ""
+        self.nursery: trio.Nursery | None = None
+        self.zygote: subprocess.Popen | None = None
+        self.stopping = False
+        self.stop_event: trio.Event | None = None
+
+    # ================================================================== routing
+    def route(self, to: str, msg: Message, src: str) -> None:
+        ch = self.clients.get(to)
+        if ch is not None:
+            self._to_client(ch, to, msg)
+            return
+        if to.startswith("node:"):
+            # direct if we have a channel to that node, else through the head
+            ch = self.node_channels.get(to) or self.peer_channels.get(to) or self.head_channel
+        elif to == "head" or to.startswith("gcs:"):
+            ch = self.head_channel
+        else:
+            ch = None
+        if ch is None:
+            logger.debug("no route to %s for %s from %s; dropped", to, type(msg).__name__, src)
+            return
+        self._send(ch, P.Deliver(to, msg, None, src))
+
+    def _send(self, ch: Channel, item: Any) -> None:
+        try:
+            ch.send_nowait(item)
+        except (ConnectionClosed, trio.WouldBlock, trio.ClosedResourceError) as e:
+            logger.debug("send to %s failed: %s", ch.peer_name, e)
+
+    def _to_client(self, ch: Channel, to: str, msg: Message) -> None:
+        atts = None
+        if type(msg) is ObjectsReady:
+            atts = {}
+            for oid, info in msg.objects:
+                if info.error is not None:
+                    atts[oid] = ("e", info.error)
+                else:
+                    a = self.objects.attachment(oid)
+                    if a is not None:
+                        atts[oid] = a
+        self._send(ch, P.Deliver(to, msg, atts))
+
+    def deliver_local(self, d: P.Deliver) -> None:
+        if d.to in self.host.machines:
+            self.host.deliver(d.to, d.msg)
+        else:
+            self.route(d.to, d.msg, d.src)
+
+    # ================================================================== logs
+    def _on_log(self, src: str, cmd: Log) -> None:
+        level = logging.WARNING if cmd.level == "warning" else logging.INFO
+        logger.log(level, "%s: %s", src, cmd.text)
+        self.forward_output(P.ClusterLog(cmd.level, cmd.text), cmd.job_id)
+
+    def forward_output(self, item: Any, job_id: int | None, from_peer: bool = False) -> None:
+        """Hand worker output or a cluster warning to the job's drivers,
+        wherever they are connected."""
+        sent = False
+        for cid, ch in list(self.clients.items()):
+            job = self.client_jobs.get(cid)
+            if job is not None and (job_id is None or job == job_id):
+                self._send(ch, item)
+                sent = True
+        if sent or from_peer:
+            return
+        wrapped = ("output", job_id, item)
+        if self.cfg.head:
+            for ch in list(self.node_channels.values()):
+                self._send(ch, wrapped)
+        elif self.head_channel is not None:
+            self._send(self.head_channel, wrapped)
+
+    # ================================================================== commands
+    def install_handlers(self) -> None:
+        h = self.host
+        h.on(StartWorker, lambda src, c: self.start_worker(c.worker_id))
+        h.on(Execute, lambda src, c: self.execute(c))
+        h.on(KillWorker, lambda src, c: self.kill_worker(c.worker_id, c.reason))
+        h.on(InterruptTask, lambda src, c: self._worker_send(c.worker_id, P.Interrupt(c.task_id)))
+        h.on(CheckpointActor, lambda src, c: self._worker_send(c.worker_id, P.Checkpoint(c.actor_id, c.index)))
+        h.on(Fetch, lambda src, c: self.nursery.start_soon(self.fetch, c))
+        h.on(Evict, lambda src, c: self.objects.delete(c.object_id))
+        h.on(StoreError, lambda src, c: [self.objects.put_error(o, c.error) for o in c.object_ids])
+
+    def _worker_send(self, wid: str, item: Any) -> None:
+        w = self.workers.get(wid)
+        if w is not None and w.channel is not None:
+            self._send(w.channel, item)
+
+    # ---------------------------------------------------------------- workers
+    def start_worker(self, wid: str) -> None:
+        self.workers[wid] = _Worker(wid, started_at=time.monotonic())
+        try:
+            self._zygote_request({"worker_id": wid})
+        except OSError as e:
+            self.workers.pop(wid, None)
+            self.host.deliver(self.node_id, WorkerStartFailed(worker_id=wid, reason=f"zygote unavailable: {e}"))
+            return
+        self.nursery.start_soon(self._worker_start_deadline, wid)
+
+    async def _worker_start_deadline(self, wid: str) -> None:
+        await trio.sleep(60.0)
+        w = self.workers.get(wid)
+        if w is not None and w.channel is None and not w.dead:
+            w.dead = True
+            self.workers.pop(wid, None)
+            self.host.deliver(self.node_id, WorkerStartFailed(worker_id=wid, reason="did not connect within 60 s"))
+
+    def _zygote_request(self, req: dict) -> None:
+        z = self.zygote
+        if z is None or z.poll() is not None:
+            raise OSError("the zygote process is not running")
+        z.stdin.write((json.dumps(req) + "\n").encode())
+        z.stdin.flush()
+
+    def execute(self, c: Execute) -> None:
+        w = self.workers.get(c.worker_id)
+        if w is None or w.channel is None or w.dead:
+            self.host.deliver(self.node_id, WorkerCrashed(worker_id=c.worker_id, reason="worker not connected"))
+            return
+        args = []
+        for dep in c.spec.dependencies:
+            a = self.objects.attachment(dep)
+            if a is None:
+                a = ("e", ErrorInfo(ErrorKind.OBJECT_LOST, f"input {dep.short()} vanished from the store"))
+            args.append(a)
+        w.running.add(c.spec.task_id)
+        w.job_id = c.spec.job_id
+        self._send(w.channel, P.Run(c.spec, c.attempt, tuple(args), c.checkpoint))
+
+    def kill_worker(self, wid: str, reason: str) -> None:
+        w = self.workers.get(wid)
+        if w is None:
+            return
+        if w.pid:
+            try:
+                os.kill(w.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if w.channel is None and not w.dead:
+            # never connected: report it gone now
+            w.dead = True
+            self.workers.pop(wid, None)
+            self.host.deliver(self.node_id, WorkerCrashed(worker_id=wid, reason=reason))
+
+    async def serve_worker(self, ch: Channel, hello: P.ClientHello) -> None:
+        wid = hello.worker_id
+        w = self.workers.get(wid)
+        if w is None or w.dead:
+            await ch.aclose()
+            return
+        w.channel = ch
+        w.pid = hello.pid
+        self.clients[wid] = ch
+        self._send(ch, P.ClientWelcome(self.node_id, self.cfg.session, self.cfg.shm_root, 0, wid, self.address))
+        self.host.deliver(self.node_id, WorkerStarted(worker_id=wid))
+        node = self.node_id
+        reason = "the worker process exited"
+        try:
+            async for item in ch:
+                t = type(item)
+                if t is P.Ran:
+                    w.running.discard(item.task_id)
+                    outs = []
+                    for oid, size, data in item.outputs:
+                        if data is not None:
+                            self.objects.put_inline(oid, data)
+                        outs.append((oid, size))
+                    self.host.deliver(node, TaskFinished(worker_id=wid, task_id=item.task_id, outputs=tuple(outs), duration=item.duration))
+                elif t is P.Raised:
+                    w.running.discard(item.task_id)
+                    self.host.deliver(node, TaskRaised(worker_id=wid, task_id=item.task_id, error=item.error, retryable=item.retryable, duration=item.duration))
+                elif t is P.Deliver:
+                    self._from_client(wid, item)
+                elif t is P.Output:
+                    self.forward_output(item, item.job_id)
+                elif t is P.Checkpointed:
+                    self.host.deliver(node, ActorCheckpointed(worker_id=wid, actor_id=item.actor_id, index=item.index, payload=Payload(len(item.state), item.state)))
+        except ConnectionClosed as e:
+            reason = f"the worker's connection closed ({e.reason})"
+        finally:
+            self.clients.pop(wid, None)
+            if not w.dead:
+                w.dead = True
+                self.workers.pop(wid, None)
+                code = _exit_status(w.pid)
+                if code:
+                    reason = f"the worker process (pid {w.pid}) died: {code}"
+                if not self.stopping:
+                    self.host.deliver(node, WorkerCrashed(worker_id=wid, reason=reason))
+
+    # ---------------------------------------------------------------- clients
+    def _from_client(self, cid: str, d: P.Deliver) -> None:
+        msg = d.msg
+        if type(msg) is PutObject and d.attachments:
+            att = d.attachments.get(msg.object_id)
+            if att is not None and att[0] == "i":
+                self.objects.put_inline(msg.object_id, att[1])
+        self.deliver_local(d)
+
+    async def serve_driver(self, ch: Channel, hello: P.ClientHello) -> None:
+        cid = hello.client_id
+        if cid in self.clients:
+            cid = f"{cid}.{os.urandom(3).hex()}"
+        self.clients[cid] = ch
+        self.client_jobs[cid] = hello.job_id
+        self._send(ch, P.ClientWelcome(self.node_id, self.cfg.session, self.cfg.shm_root, hello.job_id, cid, self.address))
+        self.host.deliver(self.node_id, RegisterClient(client=cid, job_id=hello.job_id, is_driver=hello.is_driver))
+        try:
+            async for item in ch:
+                t = type(item)
+                if t is P.Deliver:
+                    self._from_client(cid, item)
+                elif t is P.ClientHello:  # job id learned after connecting
+                    self.client_jobs[cid] = item.job_id
+                    self.host.deliver(self.node_id, RegisterClient(client=cid, job_id=item.job_id, is_driver=item.is_driver))
+                elif t is P.StopCluster:
+                    self.request_stop()
+        except ConnectionClosed:
+            pass
+        finally:
+            self.clients.pop(cid, None)
+            self.client_jobs.pop(cid, None)
+            if not self.stopping:
+                self.host.deliver(self.node_id, ClientDisconnected(client=cid))
+
+    # ---------------------------------------------------------------- peers
+    async def serve_peer(self, ch: Channel, hello: P.NodeHello, incoming: bool) -> None:
+        nid = hello.node_id
+        if self.cfg.head and incoming:
+            self.node_channels[nid] = ch
+            self.peers[nid] = hello.address
+            self._broadcast_peers()
+        else:
+            self.peer_channels[nid] = ch
+        try:
+            async for item in ch:
+                await self._from_peer(ch, item)
+        except ConnectionClosed:
+            pass
+        finally:
+            if self.node_channels.get(nid) is ch:
+                del self.node_channels[nid]
+                self.peers.pop(nid, None)
+                self._broadcast_peers()
+                if not self.stopping and "head" in self.host.machines:
+                    # the daemon is gone: tell the monitor now rather than
+                    # waiting for heartbeats to time out
+                    self.host.deliver("head", NodeDied(node_id=nid, stimulus_id=f"disconnect:{nid}"))
+            if self.peer_channels.get(nid) is ch:
+                del self.peer_channels[nid]
+
+    def _broadcast_peers(self) -> None:
+        table = P.PeerTable(dict(self.peers), self.node_id)
+        for ch in list(self.node_channels.values()):
+            self._send(ch, table)
+
+    async def _from_peer(self, ch: Channel, item: Any) -> None:
+        t = type(item)
+        if t is P.Deliver:
+            self.deliver_local(item)
+        elif t is P.FetchRequest:
+            data = self.objects.read_bytes(item.object_id)
+            if data is not None and not isinstance(data, bytes):
+                data = bytes(data)  # a shared-memory view: copy out for the wire
+            self._send(ch, P.FetchReply(item.object_id, item.req_id, data, "" if data is not None else "not here"))
+        elif t is P.FetchReply:
+            w = self.fetch_waiters.pop(item.req_id, None)
+            if w is not None:
+                w.send_nowait(item)
+        elif t is P.PeerTable:
+            self.peers = {k: v for k, v in item.peers.items() if k != self.node_id}
+            self.head_node = item.head_node
+        elif t is tuple and item and item[0] == "output":
+            self.forward_output(item[2], item[1], from_peer=not self.cfg.head)
+            if self.cfg.head:
+                for other in list(self.node_channels.values()):
+                    if other is not ch:
+                        self._send(other, item)
+
+    async def _peer_channel(self, nid: str) -> Channel | None:
+        ch = self.peer_channels.get(nid) or self.node_channels.get(nid)
+        if ch is not None:
+            return ch
+        if nid == self.head_node:
+            return self.head_channel
+        addr = self.peers.get(nid)
+        if addr is None:
+            return None
+        host, port = addr.rsplit(":", 1)
+        ch = await connect_tcp(host, int(port), self.cfg.token, "node", self.node_id)
+        ch.send_nowait(P.NodeHello(self.node_id, self.address))
+        self.nursery.start_soon(self.serve_peer, ch, P.NodeHello(nid, addr), False)
+        return ch
+
+    async def fetch(self, c: Fetch) -> None:
+        node = self.node_id
+        oid = c.object_id
+        if self.objects.has(oid):
+            self.host.deliver(node, FetchCompleted(object_id=oid, size=c.size, stimulus_id=c.stimulus_id))
+            return
+        reason = ""
+        try:
+            with trio.fail_after(30.0 + c.size / 50e6):
+                ch = await self._peer_channel(c.from_node)
+                if ch is None:
+                    raise ConnectionError(f"no connection to {c.from_node}")
+                rid = self.next_fetch
+                self.next_fetch += 1
+                send, recv = trio.open_memory_channel(1)
+                self.fetch_waiters[rid] = send
+                self._send(ch, P.FetchRequest(oid, rid))
+                reply = await recv.receive()
+            if reply.data is None:
+                reason = reply.error or "not there"
+            else:
+                data = reply.data
+                if len(data) > (1 << 20):
+                    size = await trio.to_thread.run_sync(self.objects.write_bytes, oid, data)
+                else:
+                    size = self.objects.write_bytes(oid, data)
+                self.host.deliver(node, FetchCompleted(object_id=oid, size=size, stimulus_id=c.stimulus_id))
+                return
+        except trio.TooSlowError:
+            reason = "timed out"
+        except (OSError, ConnectionClosed, ConnectionError) as e:
+            reason = str(e)
+        except Exception as e:  # a store failure: report, never crash the daemon
+            logger.exception("fetch of %s failed", oid)
+            reason = f"{type(e).__name__}: {e}"
+        self.host.deliver(node, FetchFailed(object_id=oid, from_node=c.from_node, reason=reason, stimulus_id=c.stimulus_id))
+
+    # ================================================================== connections
+    async def on_connection(self, ch: Channel) -> None:
+        role = ch.peer_role
+        try:
+            with trio.fail_after(10):
+                first = await ch.receive()
+        except (trio.TooSlowError, ConnectionClosed):
+            return
+        if role == "worker" and type(first) is P.ClientHello:
+            await self.serve_worker(ch, first)
+        elif role in ("driver", "cli") and type(first) is P.ClientHello:
+            await self.serve_driver(ch, first)
+        elif role == "node" and type(first) is P.NodeHello:
+            await self.serve_peer(ch, first, True)
+        else:
+            logger.warning("refusing %s connection from %s: unexpected first message %s", role, ch.peer_address, type(first).__name__)
+
+    async def connect_head(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        host, port = self.cfg.head_address.rsplit(":", 1)
+        ch = await connect_tcp(host, int(port), self.cfg.token, "node", self.node_id)
+        self.head_channel = ch
+        ch.send_nowait(P.NodeHello(self.node_id, self.address))
+        task_status.started()
+        try:
+            async for item in ch:
+                await self._from_peer(ch, item)
+        except ConnectionClosed as e:
+            logger.error("lost the connection to the head daemon (%s); exiting", e.reason)
+        finally:
+            self.request_stop()
+
+    # ================================================================== lifecycle
+    def request_stop(self) -> None:
+        if self.stop_event is not None:
+            self.stop_event.set()
+
+    async def _watch_parent(self) -> None:
+        pid = self.cfg.parent_pid
+        while True:
+            await trio.sleep(0.25)
+            if os.getppid() != pid and not _alive(pid):
+                logger.info("the driver (pid %d) is gone; stopping", pid)
+                self.request_stop()
+                return
+
+    def _start_zygote(self) -> None:
+        env = dict(os.environ)
+        env["PENUMBRA_TOKEN"] = self.cfg.token
+        cfg = {
+            "unix_path": self.cfg.unix_path, "session": self.cfg.session, "shm_root": self.cfg.shm_root,
+            "node_id": self.node_id, "daemon_pid": os.getpid(),
+        }
+        self.zygote = subprocess.Popen(
+            [sys.executable, "-m", "penumbra.transports.zygote", json.dumps(cfg)],
+            stdin=subprocess.PIPE, env=env, close_fds=True,
+        )
+
+    async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        cfg = self.cfg
+        self.stop_event = trio.Event()
+        self.install_handlers()
+        self._start_zygote()
+        async with trio.open_nursery() as nursery:
+            self.nursery = nursery
+            await nursery.start(serve_unix, cfg.unix_path, self.on_connection, cfg.token)
+            bound = await nursery.start(serve_tcp, cfg.host, cfg.port, self.on_connection, cfg.token)
+            self.address = f"{cfg.host}:{bound[1]}"
+            layout = ClusterLayout(
+                nodes=(NodeShape(ResourceSet.from_dict(self._resources()), cfg.object_store_memory),),
+                gcs_shards=cfg.gcs_shards, chain_length=cfg.chain_length,
+                scheduler=SchedulerConfig(forward_queue_threshold=cfg.forward_queue_threshold),
+                heartbeat_interval=cfg.heartbeat_interval, node_timeout=cfg.node_timeout,
+            )
+            if cfg.head:
+                self.host.add("head", HeadMachine(layout.head_config(), random.Random(0)))
+                for chain in layout.chains():
+                    for r in chain.replicas:
+                        self.host.add(r, GcsReplica(r, chain.shard, "head", layout.gcs_timing, config=chain))
+            else:
+                await nursery.start(self.connect_head)
+            node = NodeMachine(self.node_id, layout.node_config(layout.nodes[0]))
+            self.host.add(self.node_id, node)
+            nursery.start_soon(self.host.run)
+            if cfg.parent_pid:
+                nursery.start_soon(self._watch_parent)
+            task_status.started(self.address)
+            await self.stop_event.wait()
+            self.stopping = True
+            nursery.cancel_scope.cancel()
+
+    def _resources(self) -> dict[str, float]:
+        r = {"CPU": float(self.cfg.num_cpus)}
+        if self.cfg.num_gpus:
+            r["GPU"] = float(self.cfg.num_gpus)
+        r.update(self.cfg.resources)
+        r.setdefault("memory", 0.0)
+        return {k: v for k, v in r.items() if v}
+
+    def cleanup(self) -> None:
+        self.stopping = True
+        for w in list(self.workers.values()):
+            if w.pid:
+                try:
+                    os.kill(w.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        if self.zygote is not None and self.zygote.poll() is None:
+            try:
+                self.zygote.kill()
+                self.zygote.wait(timeout=5)
+            except Exception:
+                pass
+        try:
+            self.shm.close()
+        except Exception:
+            pass
+        cleanup_session(self.cfg.session, self.cfg.shm_root)
+        try:
+            os.unlink(self.cfg.unix_path)
+        except OSError:
+            pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def _exit_status(pid: int) -> str:
+    if not pid:
+        return ""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        return "" if state != "Z" else "exited"
+    except OSError:
+        return "killed or exited"
+
+
+def _set_pdeathsig() -> None:
+    """Die with our parent (Linux)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m penumbra.transports.daemon")
+    p.add_argument("--config", required=True, help="JSON DaemonConfig (the token comes from $PENUMBRA_TOKEN)")
+    args = p.parse_args(argv)
+    raw = json.loads(args.config)
+    raw["token"] = os.environ.pop("PENUMBRA_TOKEN", raw.get("token", ""))
+    cfg = DaemonConfig(**raw)
+    os.makedirs(cfg.session_dir, exist_ok=True)
+    logging.basicConfig(
+        filename=os.path.join(cfg.session_dir, "daemon.log"), level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if cfg.parent_pid:
+        _set_pdeathsig()
+    daemon = Daemon(cfg)
+    ready_fd = os.environ.get("PENUMBRA_READY_FD")
+
+    async def on_signals() -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for _ in signals:
+                daemon.request_stop()
+
+    async def amain() -> None:
+        async with trio.open_nursery() as n:
+            n.start_soon(on_signals)
+            address = await n.start(daemon.run)
+            msg = json.dumps({"address": address, "node_id": daemon.node_id, "pid": os.getpid()}) + "\n"
+            if ready_fd:
+                os.write(int(ready_fd), msg.encode())
+                os.close(int(ready_fd))
+            else:
+                print(msg, end="", flush=True)
+            await daemon.stop_event.wait()
+            n.cancel_scope.cancel()
+
+    try:
+        trio.run(amain)
+    finally:
+        daemon.cleanup()
+
+
+if __name__ == "__main__":
+    main()

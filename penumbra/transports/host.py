@@ -1,0 +1,149 @@
+"""Running core machines inside a trio process.
+
+``MachineHost`` is the real runtime's equivalent of the simulator's host: it
+owns the core machines that live in this process (the head, GCS replicas, a
+node), feeds them events one at a time, and carries out their commands:
+
+* ``Send`` to a machine in this process is queued locally; to any other
+  address it goes to ``route(to, msg)``, which the daemon implements with
+  channels (clients, other daemons);
+* ``SetTimer`` goes in a heap; ``TimerFired`` is delivered when trio's clock
+  passes it;
+* every other command goes to the handler registered for its type (the
+  node's worker pool, object store and transfers).
+
+Events are processed strictly one at a time, in arrival order, by a single
+trio task, so a machine never sees two events at once and never needs a
+lock.  Handlers must not block: anything slow (a transfer, a process start)
+is started as a trio task that later calls ``deliver`` with the completion
+event.  With ``validate=True`` every machine's ``validate()`` runs after each
+event (tests run that way).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+from collections import deque
+from typing import Any, Callable
+
+import trio
+
+from ..core.messages import Command, Event, Log, Message, Send, SetTimer, TimerFired
+
+__all__ = ["MachineHost"]
+
+logger = logging.getLogger("penumbra.host")
+
+Route = Callable[[str, Message, str], None]
+Handler = Callable[[str, Command], None]
+
+
+class MachineHost:
+    def __init__(self, route: Route | None = None, validate: bool = False) -> None:
+        self.machines: dict[str, Any] = {}
+        self.queue: deque[tuple[str, Event]] = deque()
+        self.timers: list[tuple[float, int, str, Any, str]] = []
+        self._seq = itertools.count()
+        self.route: Route = route or self._no_route
+        self.handlers: dict[type, Handler] = {Log: self._log}
+        self.validate = validate
+        self._wake: trio.Event | None = None
+        self.events_handled = 0
+        self.log_sink: Callable[[str, Log], None] | None = None
+        self.failed: BaseException | None = None
+
+    # ------------------------------------------------------------------ setup
+    def add(self, address: str, machine: Any) -> None:
+        """Host ``machine`` at ``address`` and issue its start commands."""
+        self.machines[address] = machine
+        start = getattr(machine, "start", None)
+        if start is not None:
+            self.execute(address, start(trio.current_time()))
+
+    def remove(self, address: str) -> None:
+        self.machines.pop(address, None)
+
+    def on(self, command_type: type, handler: Handler) -> None:
+        self.handlers[command_type] = handler
+
+    def _no_route(self, to: str, msg: Message, src: str) -> None:
+        logger.warning("no route to %s for %s from %s; dropped", to, type(msg).__name__, src)
+
+    def _log(self, src: str, cmd: Log) -> None:
+        if self.log_sink is not None:
+            self.log_sink(src, cmd)
+        else:
+            logger.log(logging.WARNING if cmd.level == "warning" else logging.INFO, "%s: %s", src, cmd.text)
+
+    # ------------------------------------------------------------------ events in
+    def deliver(self, address: str, event: Event) -> None:
+        """Queue ``event`` for the machine at ``address`` (any thread-safe
+        caller must be on the trio thread)."""
+        self.queue.append((address, event))
+        w = self._wake
+        if w is not None:
+            self._wake = None
+            w.set()
+
+    # ------------------------------------------------------------------ commands out
+    def execute(self, src: str, cmds: list[Command]) -> None:
+        for c in cmds:
+            t = type(c)
+            if t is Send:
+                to = c.to
+                if to in self.machines:
+                    self.queue.append((to, c.msg))
+                else:
+                    self.route(to, c.msg, src)
+            elif t is SetTimer:
+                heapq.heappush(self.timers, (c.at, next(self._seq), src, c.key, c.stimulus_id))
+            else:
+                h = self.handlers.get(t)
+                if h is None:
+                    raise TypeError(f"{src} issued {t.__name__}, which this process cannot carry out")
+                h(src, c)
+
+    # ------------------------------------------------------------------ the loop
+    def step_all(self, limit: int = 1 << 62) -> int:
+        """Handle what is queued and every due timer (at most ``limit``
+        events); returns how many."""
+        n = 0
+        queue = self.queue
+        machines = self.machines
+        while n < limit:
+            now = trio.current_time()
+            timers = self.timers
+            while timers and timers[0][0] <= now:
+                _, _, addr, key, sid = heapq.heappop(timers)
+                queue.append((addr, TimerFired(key=key, stimulus_id=sid)))
+            if not queue:
+                break
+            addr, ev = queue.popleft()
+            m = machines.get(addr)
+            if m is None:
+                continue
+            cmds = m.handle(ev, now)
+            n += 1
+            if cmds:
+                self.execute(addr, cmds)
+            if self.validate:
+                v = getattr(m, "validate", None)
+                if v is not None:
+                    v()
+        self.events_handled += n
+        return n
+
+    async def run(self) -> None:
+        """Process events forever (cancel the surrounding scope to stop)."""
+        while True:
+            self.step_all(limit=2000)
+            if self.queue:
+                await trio.lowlevel.checkpoint()  # let I/O tasks run, then go on
+                continue
+            deadline = self.timers[0][0] if self.timers else float("inf")
+            w = self._wake = trio.Event()
+            with trio.move_on_at(deadline):
+                await w.wait()
+            self._wake = None

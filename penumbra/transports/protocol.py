@@ -1,0 +1,181 @@
+"""Transport-level messages: what processes say beyond the core's messages.
+
+The core's messages (``penumbra.core.messages``) travel between processes
+inside ``Deliver`` envelopes.  The rest is the plumbing the core does not
+see: object bytes riding along with core messages (``Attachments``), a
+worker's conversation with its daemon (``Run``/``Ran``/``Raised``),
+transfers between node daemons (``FetchRequest``/``FetchReply``), worker
+output on its way to the driver, and membership of the daemons.
+
+An *attachment* is how an object's value travels:
+
+==================  ===================================================
+``("i", bytes)``     inline: the serialized value itself (small objects)
+``("s", size)``      in the node's shared-memory store under its id
+``("e", ErrorInfo)`` an error in place of a value
+==================  ===================================================
+
+All are frozen slotted dataclasses, pickled by the wire layer after the
+handshake (never before: see ``wire``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..core.ids import ActorId, ObjectId, TaskId
+from ..core.messages import Message
+from ..core.records import ErrorInfo
+from ..core.specs import Payload, TaskSpec
+
+_frozen = dataclass(frozen=True, slots=True)
+
+Attachment = tuple  # ("i", bytes) | ("s", int) | ("e", ErrorInfo)
+
+
+@_frozen
+class Deliver:
+    """Carry core message ``msg`` to address ``to`` (with object values)."""
+
+    to: str
+    msg: Message
+    attachments: dict[ObjectId, Attachment] | None = None
+    src: str = ""
+
+
+# -- a client (driver or worker) and its daemon ---------------------------------
+
+
+@_frozen
+class ClientHello:
+    """First message of a driver or a worker-as-client after the handshake."""
+
+    client_id: str
+    pid: int
+    is_driver: bool
+    job_id: int = 0
+    worker_id: str = ""
+
+
+@_frozen
+class ClientWelcome:
+    node_id: str
+    session: str
+    shm_root: str
+    job_id: int
+    client_id: str
+    address: str = ""
+
+
+@_frozen
+class Output:
+    """Lines a worker printed, on their way to the job's driver."""
+
+    job_id: int
+    prefix: str
+    text: str
+    stream: str = "stdout"
+
+
+@_frozen
+class ClusterLog:
+    """A warning from the cluster for the driver (an infeasible task ...)."""
+
+    level: str
+    text: str
+
+
+# -- a worker and its daemon -----------------------------------------------------
+
+
+@_frozen
+class Run:
+    """Daemon to worker: execute ``spec`` with these dependency values."""
+
+    spec: TaskSpec
+    attempt: int
+    args: tuple[Attachment, ...]  # one per dependency, in order
+    checkpoint: Payload | None = None
+
+
+@_frozen
+class Ran:
+    """Worker to daemon: the task returned.
+
+    ``outputs``: per return value, (object id, size, inline bytes or None
+    when written to the shared-memory store).
+    """
+
+    task_id: TaskId
+    outputs: tuple[tuple[ObjectId, int, bytes | None], ...]
+    duration: float
+
+
+@_frozen
+class Raised:
+    task_id: TaskId
+    error: ErrorInfo
+    retryable: bool
+    duration: float
+
+
+@_frozen
+class Interrupt:
+    task_id: TaskId
+
+
+@_frozen
+class Checkpoint:
+    actor_id: ActorId
+    index: int
+
+
+@_frozen
+class Checkpointed:
+    actor_id: ActorId
+    index: int
+    state: bytes
+
+
+@_frozen
+class Exit:
+    """Daemon to worker: finish and exit (orderly shutdown)."""
+
+
+# -- daemons ---------------------------------------------------------------------
+
+
+@_frozen
+class NodeHello:
+    """A node daemon introduces itself to the head daemon."""
+
+    node_id: str
+    address: str  # host:port where it serves transfers and peers
+
+
+@_frozen
+class PeerTable:
+    """Head daemon to node daemons: where every node daemon listens."""
+
+    peers: dict[str, str]
+    head_node: str = ""
+
+
+@_frozen
+class FetchRequest:
+    object_id: ObjectId
+    req_id: int
+
+
+@_frozen
+class FetchReply:
+    object_id: ObjectId
+    req_id: int
+    data: Any  # bytes, or None when the object is not there
+    error: str = ""
+
+
+@_frozen
+class StopCluster:
+    """A command-line client asks the head daemon to stop the cluster."""

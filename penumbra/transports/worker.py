@@ -1,0 +1,308 @@
+"""A worker process: runs tasks and actor methods for its node.
+
+A worker is forked by its node's zygote, connects to the daemon's Unix
+socket as ``role="worker"``, and then does what the daemon's ``Run``
+messages say.  User code runs on the main thread (so that ``cancel`` can
+interrupt it); the connection lives on a trio thread.  The worker is also a
+client of its node, so tasks it runs can submit tasks, ``get`` and ``put``.
+
+Actors: the first ``Run`` that creates an actor makes this worker the
+actor's for good.  ``max_concurrency > 1`` runs calls on a thread pool;
+an actor with ``async def`` methods runs them on an asyncio loop, up to
+``max_concurrency`` at once.
+
+Worker output: ``print`` goes to the driver, each line prefixed with the
+task or actor name and the pid, as in Ray.
+"""
+
+from __future__ import annotations
+
+import _thread
+import asyncio
+import concurrent.futures
+import inspect
+import io
+import os
+import queue
+import sys
+import threading
+import time
+from typing import Any
+
+from ..api import context
+from ..api.args import dumps, unpack_args
+from ..api.context import TaskContext, use_task_context
+from ..api.runtime import ErrorValue
+from ..core.records import ErrorInfo, ErrorKind
+from ..core.specs import Payload, TaskSpec
+from ..exceptions import TaskError, from_error_info
+from . import protocol as P
+from .bridge import TrioThread
+from .client import ClientRuntime
+from .objectstore import decode_value, encode_value
+from .wire import connect_unix
+
+__all__ = ["run_worker"]
+
+
+class _Forward(io.TextIOBase):
+    """sys.stdout/sys.stderr of a worker: lines go to the job's driver."""
+
+    def __init__(self, worker: "Worker", stream: str) -> None:
+        self.worker = worker
+        self.stream = stream
+        self.buf: list[str] = []
+        self.lock = threading.Lock()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, s: str) -> int:
+        with self.lock:
+            self.buf.append(s)
+            if "\n" in s:
+                self._flush()
+        return len(s)
+
+    def flush(self) -> None:
+        with self.lock:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self.buf:
+            return
+        text, self.buf = "".join(self.buf), []
+        ctx = context._task_ctx.get()
+        job = ctx.job_id if ctx is not None else self.worker.job_id
+        name = (ctx.name if ctx is not None else "") or self.worker.actor_name or "worker"
+        prefix = f"({name.rsplit('.', 1)[-1] if '.' in name and not self.worker.actor_name else name} pid={os.getpid()})"
+        self.worker.rt._send(P.Output(job, prefix, text, self.stream))
+
+
+class Worker:
+    def __init__(self, rt: ClientRuntime) -> None:
+        self.rt = rt
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.actor: Any = None
+        self.actor_name = ""
+        self.actor_spec = None
+        self.pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.async_slots: asyncio.Semaphore | None = None
+        self.current: Any = None  # task id running on the main thread
+        self.job_id = 0
+        self.incarnation = 0
+
+    # called on the trio thread
+    def on_item(self, item: Any) -> None:
+        t = type(item)
+        if t is P.Interrupt:
+            if self.current == item.task_id:
+                _thread.interrupt_main()
+            return
+        self.queue.put(item)
+
+    def loop_forever(self) -> None:
+        while True:
+            item = self.queue.get()
+            t = type(item)
+            if t is P.Run:
+                self.dispatch(item)
+            elif t is P.Checkpoint:
+                self.checkpoint(item)
+            elif t is P.Exit:
+                return
+
+    def dispatch(self, run: P.Run) -> None:
+        spec = run.spec
+        if spec.actor_id is not None and self.actor is not None:
+            if self.loop is not None:
+                asyncio.run_coroutine_threadsafe(self._run_async(run), self.loop)
+                return
+            if self.pool is not None:
+                self.pool.submit(self.execute, run)
+                return
+        self.execute(run, main=True)
+
+    # ------------------------------------------------------------------ running
+    def _args(self, run: P.Run) -> tuple[list, dict]:
+        values = []
+        for dep, att in zip(run.spec.dependencies, run.args):
+            v = decode_value(dep, att, self.rt.shm if att[0] == "s" else None)
+            if type(v) is ErrorValue:
+                raise from_error_info(v.info, _loads)
+            values.append(v)
+        return unpack_args(run.spec.args, values)
+
+    def _context(self, run: P.Run) -> TaskContext:
+        spec = run.spec
+        aid = spec.actor_id or (spec.actor_creation.actor_id if spec.actor_creation else None)
+        return TaskContext(spec.task_id, spec.job_id, aid, run.attempt, spec.display_name())
+
+    def execute(self, run: P.Run, main: bool = False) -> None:
+        spec = run.spec
+        self.job_id = spec.job_id
+        t0 = time.perf_counter()
+        if main:
+            self.current = spec.task_id
+        try:
+            with use_task_context(self._context(run)):
+                if spec.actor_creation is not None:
+                    self._create_actor(run)
+                    result = None
+                else:
+                    args, kwargs = self._args(run)
+                    if spec.actor_id is not None:
+                        fn = getattr(self.actor, spec.method)
+                    else:
+                        fn = self.rt.load_function(spec.function.function_id)
+                    result = fn(*args, **kwargs)
+                    if inspect.iscoroutine(result):
+                        result = asyncio.run(result)
+            if main:
+                self.current = None
+            self._finish(spec, result, time.perf_counter() - t0)
+        except KeyboardInterrupt:
+            self.current = None
+            self._send(P.Raised(spec.task_id, ErrorInfo(ErrorKind.TASK_CANCELLED, f"task {spec.display_name()} was cancelled", task_name=spec.display_name()), False, time.perf_counter() - t0))
+        except BaseException as e:  # noqa: BLE001 - user code may raise anything
+            if main:
+                self.current = None
+            self._raised(spec, e, time.perf_counter() - t0)
+
+    async def _run_async(self, run: P.Run) -> None:
+        spec = run.spec
+        t0 = time.perf_counter()
+        async with self.async_slots:
+            try:
+                with use_task_context(self._context(run)):
+                    args, kwargs = await asyncio.get_running_loop().run_in_executor(None, self._args, run) if spec.dependencies else self._args(run)
+                    result = getattr(self.actor, spec.method)(*args, **kwargs)
+                    if inspect.isawaitable(result):
+                        result = await result
+                self._finish(spec, result, time.perf_counter() - t0)
+            except BaseException as e:  # noqa: BLE001
+                self._raised(spec, e, time.perf_counter() - t0)
+
+    def _create_actor(self, run: P.Run) -> None:
+        spec = run.spec
+        a = spec.actor_creation
+        cls = self.rt.load_function(spec.function.function_id)
+        self.actor_name = f"{cls.__name__}"
+        if run.checkpoint is not None and run.checkpoint.data is not None:
+            obj = cls.__new__(cls)
+            state = _loads(run.checkpoint.data)
+            restore = getattr(obj, "__penumbra_restore__", None)
+            if restore is not None:
+                restore(state)
+            else:
+                obj.__dict__.update(state)
+        else:
+            args, kwargs = self._args(run)
+            obj = cls(*args, **kwargs)
+        self.actor = obj
+        self.actor_spec = a
+        if a.is_async:
+            self.loop = asyncio.new_event_loop()
+            self.async_slots = asyncio.Semaphore(max(1, a.max_concurrency))
+            threading.Thread(target=self.loop.run_forever, name="penumbra-actor-loop", daemon=True).start()
+        elif a.max_concurrency > 1:
+            self.pool = concurrent.futures.ThreadPoolExecutor(a.max_concurrency, thread_name_prefix="penumbra-actor")
+
+    def _finish(self, spec: TaskSpec, result: Any, duration: float) -> None:
+        n = spec.num_returns
+        if n == 0 or spec.actor_creation is not None:
+            values = []
+        elif n == 1:
+            values = [result]
+        else:
+            try:
+                values = list(result)
+            except TypeError:
+                values = None
+            if values is None or len(values) != n:
+                err = ValueError(
+                    f"task {spec.display_name()} has num_returns={n} but returned "
+                    f"{'a ' + type(result).__name__ if values is None else str(len(values)) + ' values'}"
+                )
+                self._raised(spec, err, duration)
+                return
+        outputs = []
+        try:
+            for oid, v in zip(spec.return_ids, values):
+                size, data = encode_value(oid, v, self.rt.shm, subject=f"the return value of {spec.display_name()}")
+                outputs.append((oid, size, data))
+        except Exception as e:  # noqa: BLE001 - unpicklable results, full store
+            self._raised(spec, e, duration)
+            return
+        self._send(P.Ran(spec.task_id, tuple(outputs), duration))
+
+    def _raised(self, spec: TaskSpec, e: BaseException, duration: float) -> None:
+        name = spec.display_name()
+        err = TaskError.from_exception(name, e)
+        try:
+            data = dumps(err)
+        except Exception:
+            # the user's exception cannot be pickled: keep its text
+            err = TaskError(name, err.traceback_str, None, err.pid, err.host, cause_repr=repr(e))
+            data = dumps(err)
+        retryable = _retryable(spec, e)
+        info = ErrorInfo(ErrorKind.TASK_ERROR, f"{type(e).__name__}: {e}", Payload(len(data), data), task_name=name)
+        self._send(P.Raised(spec.task_id, info, retryable, duration))
+
+    def checkpoint(self, c: P.Checkpoint) -> None:
+        hook = getattr(self.actor, "__penumbra_checkpoint__", None)
+        state = hook() if hook is not None else dict(vars(self.actor))
+        self._send(P.Checkpointed(c.actor_id, c.index, dumps(state)))
+
+    def _send(self, item: Any) -> None:
+        self.rt._send(item)
+
+
+def _retryable(spec: TaskSpec, e: BaseException) -> bool:
+    r = spec.retry_exceptions
+    if r is True:
+        return isinstance(e, Exception)
+    if not r:
+        return False
+    names = {f"{c.__module__}.{c.__qualname__}" for c in type(e).__mro__}
+    return any(n in names for n in r)
+
+
+def _loads(data):
+    from ..api.args import loads
+
+    return loads(data)
+
+
+def run_worker(cfg: dict, token: str, worker_id: str) -> None:
+    """Entry point of a forked worker (see ``zygote``)."""
+    bridge = TrioThread(name="penumbra-worker").start()
+
+    async def opening():
+        ch = await connect_unix(cfg["unix_path"], token, "worker", worker_id)
+        ch.send_nowait(P.ClientHello(worker_id, os.getpid(), False, 0, worker_id))
+        welcome = await ch.receive()
+        return ch, welcome
+
+    try:
+        ch, welcome = bridge.call(opening, timeout=30.0)
+    except Exception as e:
+        print(f"penumbra worker {worker_id}: cannot connect to the daemon: {e}", file=sys.__stderr__)
+        os._exit(1)
+    rt = ClientRuntime(bridge, ch, welcome, is_worker=True)
+    worker = Worker(rt)
+    rt.on_item = worker.on_item
+    context.set_runtime(rt, None)
+    bridge.start_soon(rt.receive_loop)
+    sys.stdout = _Forward(worker, "stdout")
+    sys.stderr = _Forward(worker, "stderr")
+    try:
+        worker.loop_forever()
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except Exception:
+            pass
+        bridge.stop(timeout=2.0)

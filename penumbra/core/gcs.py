@@ -180,7 +180,7 @@ class GcsReplica:
         """Commands to issue when the replica boots (heartbeats, joining)."""
         cmds: list[Command] = [SetTimer(at=now + self.timing.heartbeat_interval, key=("gcs", "tick"))]
         self._timer_started = True
-        cmds.append(Send(to=self.master, msg=ReplicaHeartbeat(replica=self.replica_id, shard=self.shard, seq=self.seq)))
+        cmds.append(Send(to=self.master, msg=self._heartbeat()))
         if self.joining:
             cmds.append(Send(to=self.master, msg=ReplicaJoin(replica=self.replica_id, shard=self.shard)))
         return cmds
@@ -191,10 +191,21 @@ class GcsReplica:
             return []
         return h(self, event, now)
 
+    def _heartbeat(self) -> ReplicaHeartbeat:
+        epoch = self.config.epoch if self.config is not None else 0
+        return ReplicaHeartbeat(replica=self.replica_id, shard=self.shard, seq=self.seq, epoch=epoch)
+
+    def _redirect(self, client: str, sid: str) -> list[Command]:
+        """A request came to the wrong replica: the client's config is old
+        (it may have missed a ChainConfigMsg); send it ours."""
+        if self.joining or not self.active or self.config is None:
+            return []
+        return [Send(to=client, msg=ChainConfigMsg(config=self.config, stimulus_id=sid))]
+
     # ------------------------------------------------------------------ writes
     def _on_write(self, ev: GcsWrite, now: float) -> list[Command]:
         if not self.is_head or self.joining:
-            return []  # not the head (any more): the client will retry
+            return self._redirect(ev.client, ev.stimulus_id)  # the client will retry
         seen = self.dedup.get(ev.client)
         if seen is not None and ev.req_id in seen:
             seq, result = seen[ev.req_id]
@@ -293,7 +304,7 @@ class GcsReplica:
     # ------------------------------------------------------------------ reads
     def _on_read(self, ev: GcsRead, now: float) -> list[Command]:
         if not self.is_tail or self.joining:
-            return []
+            return self._redirect(ev.client, ev.stimulus_id)
         if not self._can_read():
             self.pending_reads.append(ev)
             return []
@@ -419,7 +430,7 @@ class GcsReplica:
             return []
         cmds: list[Command] = [
             SetTimer(at=now + self.timing.heartbeat_interval, key=("gcs", "tick")),
-            Send(to=self.master, msg=ReplicaHeartbeat(replica=self.replica_id, shard=self.shard, seq=self.seq)),
+            Send(to=self.master, msg=self._heartbeat()),
         ]
         pred = self._predecessor()
         if pred is not None and self._awaiting_catchup:
@@ -506,8 +517,15 @@ class ChainMaster:
 
     def handle(self, event: Event, now: float) -> list[Command]:
         if isinstance(event, ReplicaHeartbeat):
-            if event.replica not in self.dead:
-                self.last_seen[event.replica] = now
+            if event.replica in self.dead:
+                return []
+            self.last_seen[event.replica] = now
+            view = self.shards.get(event.shard)
+            if view is not None and event.epoch < view.config.epoch and (
+                event.replica in view.config.replicas or (event.epoch == 0 and event.replica in view.joining)
+            ):
+                # it missed a config (a lost message would stall the chain)
+                return [Send(to=event.replica, msg=ChainConfigMsg(config=view.config, stimulus_id=event.stimulus_id))]
             return []
         if isinstance(event, TimerFired) and event.key == ("chain", "check"):
             return self._check(now) + [SetTimer(at=now + self.timing.heartbeat_interval, key=("chain", "check"))]

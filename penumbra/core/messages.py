@@ -210,6 +210,7 @@ class ReplicaHeartbeat(Message):
     replica: str
     shard: int
     seq: int = 0
+    epoch: int = 0  # the epoch of the chain config the replica has (0: none)
 
 
 @_frozen

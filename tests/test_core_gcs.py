@@ -78,10 +78,15 @@ def test_write_flows_head_to_tail_then_acks_back() -> None:
 def test_reads_only_at_tail_and_writes_only_at_head() -> None:
     head, mid, tail = chain3()
     read = GcsRead(client="c", req_id=7, query=Get("kv", "k"))
-    assert head.handle(read, 0.0) == [] and mid.handle(read, 0.0) == []
+    # a misdirected request is not served; the client is sent the config
+    # (it may have missed a ChainConfigMsg)
+    for r in (head, mid):
+        (redirect,) = r.handle(read, 0.0)
+        assert redirect.to == "c" and redirect.msg == ChainConfigMsg(config=CFG)
     assert one(tail.handle(read, 0.0), GcsReply, to="c").result is None
-    assert tail.handle(write("c", 1, KvPut("k", 1)), 0.0) == []  # not the head: dropped
-    assert mid.handle(write("c", 1, KvPut("k", 1)), 0.0) == []
+    for r in (mid, tail):
+        (redirect,) = r.handle(write("c", 1, KvPut("k", 1)), 0.0)  # not the head
+        assert isinstance(redirect.msg, ChainConfigMsg)
     assert tail.seq == mid.seq == 0
 
 
@@ -494,3 +499,39 @@ def test_late_table_subscriber_gets_every_row() -> None:
     assert all(n.msg.version == 3 for n in notes)
     # an empty table sends nothing
     assert not sends(solo.handle(write("x", 1, Subscribe("x", "actors", None)), 0.0), GcsNotify)
+
+
+def test_lost_config_messages_are_made_up_for() -> None:
+    """A replica or client that misses a ChainConfigMsg must not stall the
+    chain: replicas report their epoch in heartbeats and the master re-sends;
+    a replica answers a misdirected request with its config."""
+    net, master, cms = make_chain()
+    c = cms["c"]
+    dropped = []
+
+    def drop_first_config(src, to, msg):
+        if isinstance(msg, ChainConfigMsg) and to in ("gcs:0:0", "c") and to not in dropped:
+            dropped.append(to)
+            return True
+        return False
+
+    net.drop_fn = drop_first_config
+    net.crash("gcs:0:1")
+    do_write(net, c, KvPut("a", 1), "a")
+    net.run_for(1.0)
+    assert sorted(dropped) == ["c", "gcs:0:0"]
+    assert c.replies == {"a": True}
+    assert net.machines["gcs:0:0"].config.epoch == 2
+
+
+def test_master_resends_config_to_stale_replicas_only() -> None:
+    cm = ChainMaster([CFG])
+    cm.start(0.0)
+    assert cm.handle(ReplicaHeartbeat(replica=R[0], shard=0, epoch=1), 0.0) == []
+    cm.handle(ReplicaHeartbeat(replica=R[0], shard=0, epoch=1), 0.03)
+    cm.handle(ReplicaHeartbeat(replica=R[1], shard=0, epoch=1), 0.03)
+    cm.handle(TimerFired(key=("chain", "check")), 0.03)  # R[2] is cut: epoch 2
+    (resend,) = cm.handle(ReplicaHeartbeat(replica=R[0], shard=0, epoch=1), 0.031)
+    assert resend.to == R[0] and resend.msg.config.epoch == 2
+    assert cm.handle(ReplicaHeartbeat(replica=R[0], shard=0, epoch=2), 0.032) == []
+    assert cm.handle(ReplicaHeartbeat(replica=R[2], shard=0, epoch=1), 0.033) == []  # cut: dead

@@ -235,9 +235,17 @@ class GcsReplica:
         result, changes = self.tables.apply(op)
         seen = self.dedup.setdefault(client, {})
         seen[req_id] = (seq, result)
-        if low_water and len(seen) > 8:
-            for r in [r for r in seen if r < low_water]:
-                del seen[r]
+        if low_water:
+            # requests mostly arrive in id order: forget from the front, and
+            # sweep everything now and then for retries that arrived late
+            while seen:
+                first = next(iter(seen))
+                if first >= low_water:
+                    break
+                del seen[first]
+            if len(seen) > 4096:
+                for r in [r for r in seen if r < low_water]:
+                    del seen[r]
         entry = _Entry(seq, client, req_id, op, low_water, result, changes)
         if isinstance(op, Subscribe):
             # a late subscriber is sent the current value at once, so it

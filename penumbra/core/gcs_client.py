@@ -132,7 +132,8 @@ class GcsClient:
         config = self.configs[r.shard]
         if isinstance(r.request, Query):
             return Send(to=config.tail, msg=GcsRead(client=self.address, req_id=r.req_id, query=r.request, shard=r.shard, stimulus_id=r.sid))
-        low = min(self.outstanding) if self.outstanding else r.req_id
+        # ids are issued in increasing order, so the oldest outstanding is first
+        low = next(iter(self.outstanding)) if self.outstanding else r.req_id
         return Send(to=config.head, msg=GcsWrite(client=self.address, req_id=r.req_id, op=r.request, shard=r.shard, low_water=low, stimulus_id=r.sid))
 
     # ------------------------------------------------------------------ events

@@ -36,8 +36,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterable
 
-import networkx as nx
-
 from .ids import ObjectId, TaskId
 from .messages import Command, ObjectUnrecoverable, Send
 from .records import ErrorInfo, ErrorKind, ObjectEntry, TaskEntry, TaskState
@@ -71,6 +69,8 @@ def plan_reconstruction(
         KeyError: a needed producer's spec is missing from ``specs``.
         LineageCycleError: the lineage is not a DAG.
     """
+    import networkx as nx  # imported here: it is slow to import and rarely needed
+
     graph = nx.DiGraph()
     frontier = [o.task_id for o in wanted if o in lost]
     seen: set[TaskId] = set()

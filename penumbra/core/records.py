@@ -191,3 +191,9 @@ class ChainConfig:
         i = self.replicas.index(replica)
         return self.replicas[i - 1] if i > 0 else None
 
+
+from ._pickling import fast_reduce as _fast_reduce  # noqa: E402
+
+for _cls in (ErrorInfo, ObjectInfo, NodeLoad, TaskEntry, ObjectEntry, NodeEntry, ActorEntry, ChainConfig):
+    _cls.__reduce__ = _fast_reduce  # type: ignore[method-assign]
+del _cls

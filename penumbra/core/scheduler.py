@@ -92,7 +92,6 @@ class SchedulerConfig:
     prestart_workers: int = -1  # -1: one per CPU
     heartbeat_interval: float = 0.1
     ema_alpha: float = 0.2
-    dispatch_scan: int = 64
     worker_retry_after: float = 0.5
     history_limit: int = 100_000  # finished tasks remembered (for stories)
 
@@ -145,7 +144,7 @@ class LocalScheduler:
         self.available = resources
         self.debt = EMPTY
         self.tasks: dict[TaskId, _Task] = {}
-        self.ready: deque[TaskId] = deque()
+        self.ready: dict[ResourceSet, deque[TaskId]] = {}  # per resource shape, FIFO
         self.workers: dict[str, _Worker] = {}
         self.idle: deque[str] = deque()
         self.next_worker = 0
@@ -295,7 +294,10 @@ class LocalScheduler:
     def _make_ready(self, t: _Task, now: float, sid: str) -> list[Command]:
         t.state = READY
         t.missing = set()
-        self.ready.append(t.spec.task_id)
+        q = self.ready.get(t.spec.resources)
+        if q is None:
+            q = self.ready[t.spec.resources] = deque()
+        q.append(t.spec.task_id)
         self._story(t.spec.task_id, now, sid, "ready")
         return self.dispatch(now, sid)
 
@@ -307,32 +309,37 @@ class LocalScheduler:
 
     # ------------------------------------------------------------------ dispatch
     def dispatch(self, now: float, sid: str) -> list[Command]:
+        """Run ready tasks while resources and workers allow.
+
+        Ready tasks wait in one FIFO queue per resource shape (Ray's
+        scheduling classes), so a task that does not fit never makes the
+        scheduler rescan the tasks queued behind it.
+        """
         cmds: list[Command] = []
         ready = self.ready
-        scanned = 0
-        skipped: list[TaskId] = []
-        while ready and scanned < self.config.dispatch_scan:
-            tid = ready[0]
-            t = self.tasks.get(tid)
-            if t is None or t.state != READY:
-                ready.popleft()
-                continue
-            req = t.spec.resources
-            if not req.is_subset_of(self.available):
-                skipped.append(ready.popleft())
-                scanned += 1
-                continue
-            if not self.idle:
-                if self._alive_pool() < self.max_workers:
-                    needed = len(ready) - self.pending_starts
-                    for _ in range(max(0, min(needed, self.max_workers - self._alive_pool()))):
-                        cmds.append(self._start_worker(sid))
-                break
-            ready.popleft()
-            wid = self.idle.popleft()
-            cmds += self._run(t, wid, now, sid)
-        if skipped:
-            ready.extendleft(reversed(skipped))
+        if not ready:
+            return cmds
+        for req in list(ready):
+            q = ready[req]
+            while q:
+                if not req.is_subset_of(self.available):
+                    break
+                tid = q[0]
+                t = self.tasks.get(tid)
+                if t is None or t.state != READY:
+                    q.popleft()
+                    continue
+                if not self.idle:
+                    room = self.max_workers - self._alive_pool()
+                    if room > 0:
+                        waiting = sum(len(x) for x in ready.values()) - self.pending_starts
+                        for _ in range(max(0, min(waiting, room))):
+                            cmds.append(self._start_worker(sid))
+                    return cmds
+                q.popleft()
+                cmds += self._run(t, self.idle.popleft(), now, sid)
+            if not q:
+                del ready[req]
         return cmds
 
     def _alive_pool(self) -> int:

@@ -260,3 +260,10 @@ class TaskSpec:
         if self.actor_id is not None:
             extra = f" actor={self.actor_id.short()} {self.caller_id}#{self.sequence_no}"
         return f"TaskSpec({self.display_name()} {self.task_id.short()}{extra})"
+
+
+from ._pickling import fast_reduce as _fast_reduce  # noqa: E402
+
+for _cls in (FunctionDescriptor, Payload, ActorSpec, TaskSpec):
+    _cls.__reduce__ = _fast_reduce  # type: ignore[method-assign]
+del _cls

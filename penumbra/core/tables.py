@@ -749,3 +749,9 @@ _APPLY = {
     Subscribe: _subscribe,
     Unsubscribe: _unsubscribe,
 }
+
+
+from ._pickling import fast_reduce as _fast_reduce  # noqa: E402
+
+Op.__reduce__ = _fast_reduce  # type: ignore[method-assign]
+Query.__reduce__ = _fast_reduce  # type: ignore[method-assign]

@@ -120,6 +120,13 @@ class ActorClass:
     def __repr__(self) -> str:
         return f"<penumbra actor class {self._name}>"
 
+    def __reduce__(self):
+        return (_rebuild_class, (self._cls, self._options, self._exported.descriptor))
+
+
+def _rebuild_class(cls, options, descriptor):
+    return ActorClass(cls, options, _Exported(descriptor))
+
 
 class ActorHandle:
     """A reference to an actor; pass it to tasks and other actors freely."""

@@ -17,18 +17,24 @@ __all__ = ["RemoteFunction"]
 
 
 class _Exported:
-    """A pickled function and the runtimes it was exported to."""
+    """A pickled function and the runtimes it was exported to.
 
-    __slots__ = ("descriptor", "blob", "runtimes", "lock")
+    A remote function that travels inside another (a task calling ``f.remote``)
+    arrives with the descriptor under which it was already exported, so the
+    worker does not pickle and export it again.
+    """
 
-    def __init__(self) -> None:
-        self.descriptor: FunctionDescriptor | None = None
+    __slots__ = ("descriptor", "blob", "runtimes", "lock", "preexported")
+
+    def __init__(self, descriptor: FunctionDescriptor | None = None) -> None:
+        self.descriptor = descriptor
         self.blob: bytes | None = None
         self.runtimes: set[int] = set()
         self.lock = threading.Lock()
+        self.preexported = descriptor is not None
 
     def ensure(self, obj: Any, name: str, rt) -> FunctionDescriptor:
-        if id(rt) in self.runtimes:
+        if id(rt) in self.runtimes or self.preexported:
             return self.descriptor
         with self.lock:
             if self.descriptor is None:
@@ -104,6 +110,14 @@ class RemoteFunction:
 
     def __repr__(self) -> str:
         return f"<penumbra remote function {self._name}>"
+
+    def __reduce__(self):
+        # pickled into tasks that call it: carry the export, not the lock
+        return (_rebuild_function, (self._function, self._options, self._exported.descriptor))
+
+
+def _rebuild_function(fn, options, descriptor):
+    return RemoteFunction(fn, options, _Exported(descriptor))
 
 
 def _put(value):

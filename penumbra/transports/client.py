@@ -543,7 +543,7 @@ def start_local(*, num_cpus=None, num_gpus=None, resources=None, object_store_me
                 log_to_driver=True, system_config=None) -> ClientRuntime:
     """Start an embedded cluster on this machine and connect to it."""
     session = new_session_name()
-    base = os.environ.get("PENUMBRA_TMPDIR") or os.path.join(tempfile.gettempdir(), "penumbra")
+    base = os.environ.get("PENUMBRA_TMPDIR") or os.path.join(tempfile.gettempdir(), "penumbra-sessions")
     session_dir = os.path.join(base, session)
     os.makedirs(session_dir, exist_ok=True)
     token = new_token()

@@ -523,23 +523,13 @@ class Daemon:
                 self.request_stop()
                 return
 
-    def _start_zygote(self) -> None:
-        env = dict(os.environ)
-        env["PENUMBRA_TOKEN"] = self.cfg.token
-        cfg = {
-            "unix_path": self.cfg.unix_path, "session": self.cfg.session, "shm_root": self.cfg.shm_root,
-            "node_id": self.node_id, "daemon_pid": os.getpid(),
-        }
-        self.zygote = subprocess.Popen(
-            [sys.executable, "-m", "penumbra.transports.zygote", json.dumps(cfg)],
-            stdin=subprocess.PIPE, env=env, close_fds=True,
-        )
 
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.cfg
         self.stop_event = trio.Event()
         self.install_handlers()
-        self._start_zygote()
+        if self.zygote is None:
+            self.zygote = start_zygote(self.cfg, self.node_id)
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
             await nursery.start(serve_unix, cfg.unix_path, self.on_connection, cfg.token)
@@ -601,6 +591,22 @@ class Daemon:
             pass
 
 
+def start_zygote(cfg: DaemonConfig, node_id: str) -> subprocess.Popen:
+    """Start the worker-forking zygote (see ``zygote``); the daemon does this
+    first thing, so that the zygote's imports overlap with its own."""
+    env = dict(os.environ)
+    env["PENUMBRA_TOKEN"] = cfg.token
+    zcfg = {
+        "unix_path": cfg.unix_path, "session": cfg.session, "shm_root": cfg.shm_root,
+        "node_id": node_id, "daemon_pid": os.getpid(),
+    }
+    env.pop("PENUMBRA_READY_FD", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "penumbra.transports.zygote", json.dumps(zcfg)],
+        stdin=subprocess.PIPE, env=env, close_fds=True,
+    )
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -647,7 +653,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     if cfg.parent_pid:
         _set_pdeathsig()
+    node_id = cfg.node_id or f"node:{socket.gethostname()}-{os.getpid()}"
+    cfg.node_id = node_id
+    zygote = start_zygote(cfg, node_id)
     daemon = Daemon(cfg)
+    daemon.zygote = zygote
     ready_fd = os.environ.get("PENUMBRA_READY_FD")
 
     async def on_signals() -> None:
@@ -668,8 +678,14 @@ def main(argv: list[str] | None = None) -> None:
             await daemon.stop_event.wait()
             n.cancel_scope.cancel()
 
+    profile = os.environ.get("PENUMBRA_PROFILE_DAEMON")  # a path: write cProfile stats there
     try:
-        trio.run(amain)
+        if profile:
+            import cProfile
+
+            cProfile.runctx("trio.run(amain)", globals(), {"trio": trio, "amain": amain}, profile)
+        else:
+            trio.run(amain)
     finally:
         daemon.cleanup()
 

@@ -242,7 +242,9 @@ class ClientRuntime(Runtime):
     def export_function(self, function_id: bytes, blob: bytes) -> None:
         if function_id in self._exported:
             return
-        self.gcs_request(PutFunction(function_id, Payload(len(blob), blob)), timeout=60.0)
+        # the driver's import path travels with the function, so that a
+        # worker can import the modules the function lives in (as Ray does)
+        self.gcs_request(PutFunction(function_id, Payload(len(blob), (blob, tuple(sys.path)))), timeout=60.0)
         self._exported.add(function_id)
 
     def load_function(self, function_id: bytes) -> Any:
@@ -254,7 +256,11 @@ class ClientRuntime(Runtime):
             raise PenumbraError(f"function {function_id.hex()} is not in the GCS function table")
         from ..api.args import loads
 
-        fn = self._functions[function_id] = loads(payload.data)
+        blob, path = payload.data
+        for entry in path:
+            if entry not in sys.path:
+                sys.path.append(entry)
+        fn = self._functions[function_id] = loads(blob)
         return fn
 
     def _remember(self, oid: ObjectId, data: bytes) -> None:

@@ -167,6 +167,29 @@ async def _connect(kind: str, transport: str, where: str) -> wire.Channel:
     return await wire.open_channel(stream, TOKEN, "bench", "client")
 
 
+class CpuMeter:
+    """CPU seconds used by this process and the server processes.
+
+    Wall-clock rates swing with the machine's load; CPU time per operation
+    (all processes involved) is a steadier measure of what the code costs.
+    """
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+    def __call__(self) -> float:
+        total = time.process_time()
+        for pid in self.pids:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / self.tick
+            except OSError:  # no /proc (not Linux): client only
+                pass
+        return total
+
+
 async def pingpong(ch: wire.Channel, seconds: float) -> tuple[float, float]:
     """Round trips/s and median round trip (us), one message per round trip."""
     for i in range(200):  # warm up
@@ -234,12 +257,20 @@ async def throughput(ch: wire.Channel, seconds: float, chunk: int) -> tuple[floa
     return total / elapsed, total / max(frames, 1)
 
 
-async def run_client(kind: str, transport: str, where: str, seconds: float) -> dict[str, float]:
+async def run_client(kind: str, transport: str, where: str, seconds: float, pids: list[int]) -> dict[str, float]:
+    cpu = CpuMeter(pids)
     ch = await _connect(kind, transport, where)
     async with ch:
+        c0, t0 = cpu(), time.perf_counter()
         rts, median = await pingpong(ch, seconds)
-        out = {"rt": rts, "median": median, "pipelined": await pipelined(ch, seconds)}
+        out = {"rt": rts, "median": median}
+        out["rt_cpu"] = (cpu() - c0) / (rts * (time.perf_counter() - t0)) * 1e6
+        c0, t0 = cpu(), time.perf_counter()
+        out["pipelined"] = await pipelined(ch, seconds)
+        out["pipelined_cpu"] = (cpu() - c0) / (out["pipelined"] * (time.perf_counter() - t0)) * 1e6
+        c0, t0 = cpu(), time.perf_counter()
         out["mps"], out["per_frame"] = await throughput(ch, seconds, 1000)
+        out["mps_cpu"] = (cpu() - c0) / (out["mps"] * (time.perf_counter() - t0)) * 1e6
     return out
 
 
@@ -271,7 +302,8 @@ def bench_wire(kind: str, transport: str, hops: int, seconds: float) -> dict[str
         try:
             if hops == 2:
                 servers.append(_Server(kind, transport, os.path.join(tmp, "relay.sock"), servers[0].where))
-            return trio.run(run_client, kind, transport, servers[-1].where, seconds)
+            pids = [srv.proc.pid for srv in servers]
+            return trio.run(run_client, kind, transport, servers[-1].where, seconds, pids)
         finally:
             for s in reversed(servers):
                 s.close()
@@ -369,17 +401,19 @@ def main() -> None:
         kinds = ["unix", "tcp"] if args.kind == "all" else [args.kind]
         transports = ["raw", "stream"] if args.transport == "all" else [args.transport]
         hops = [1, 2] if args.hops == "all" else [int(args.hops)]
+        print("(cpu = CPU microseconds per operation, summed over all processes involved)")
         print(
-            f"{'kind':5} {'transport':9} {'hops':>4} {'pingpong rt/s':>13} {'median us':>9} "
-            f"{'pipelined rt/s':>14} {'one-way msg/s':>13} {'msg/frame':>9}"
+            f"{'kind':5} {'transport':9} {'hops':>4} {'pingpong rt/s':>13} {'median us':>9} {'cpu':>6} "
+            f"{'pipelined rt/s':>14} {'cpu':>6} {'one-way msg/s':>13} {'cpu':>5} {'msg/frame':>9}"
         )
         for kind in kinds:
             for transport in transports:
                 for h in hops:
                     r = bench_wire(kind, transport, h, seconds)
                     print(
-                        f"{kind:5} {transport:9} {h:4d} {r['rt']:13.0f} {r['median']:9.1f} "
-                        f"{r['pipelined']:14.0f} {r['mps']:13.0f} {r['per_frame']:9.1f}",
+                        f"{kind:5} {transport:9} {h:4d} {r['rt']:13.0f} {r['median']:9.1f} {r['rt_cpu']:6.1f} "
+                        f"{r['pipelined']:14.0f} {r['pipelined_cpu']:6.1f} "
+                        f"{r['mps']:13.0f} {r['mps_cpu']:5.2f} {r['per_frame']:9.1f}",
                         flush=True,
                     )
     if args.only in ("bridge", "all"):

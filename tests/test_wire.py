@@ -132,6 +132,8 @@ def test_round_trip_messages(kind, tmp_path):
                 ch = await wire.connect_unix(path, TOKEN, "driver", "d1")
             async with ch:
                 assert ch.peer_role == "server"
+                if kind == "tcp":
+                    assert ch._sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
                 for p in payloads:
                     await ch.send(p)
                     assert await ch.receive() == p
@@ -593,6 +595,40 @@ def test_close_wakes_blocked_receiver_and_peer_sees_eof():
             await trio.testing.wait_all_tasks_blocked()
             assert peer_result["msgs"] == [Ping(1)]
             assert len(errors) == 1 and errors[0].clean
+            nursery.cancel_scope.cancel()
+
+    run(main)
+
+
+def test_busy_channel_still_lets_other_tasks_run():
+    """Operations that never block still yield every YIELD_EVERY calls."""
+
+    async def main():
+        sent = trio.Event()
+
+        async def burst(ch):
+            for i in range(2000):
+                await ch.send(Ping(i))  # one frame each, written at once
+            sent.set()
+            await trio.sleep_forever()
+
+        async with trio.open_nursery() as nursery:
+            host, port = await nursery.start(wire.serve_tcp, "127.0.0.1", 0, burst, TOKEN)
+            ch = await wire.connect_tcp(host, port, TOKEN, "driver", "d")
+            await sent.wait()
+            ticks = 0
+
+            async def ticker():
+                nonlocal ticks
+                while True:
+                    await trio.lowlevel.checkpoint()
+                    ticks += 1
+
+            nursery.start_soon(ticker)
+            for i in range(2000):
+                assert (await ch.receive()).seq == i
+            assert ticks >= 2000 // wire.YIELD_EVERY // 2  # (about one per YIELD_EVERY)
+            await ch.aclose()
             nursery.cancel_scope.cancel()
 
     run(main)

@@ -432,10 +432,9 @@ class Channel:
             trio.BusyResourceError: another task is already receiving.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
-        if self._inbox:
-            await self._fair_tick()
-            return self._inbox.popleft()
-        await self._receive_more()
+        if not self._inbox:
+            await self._receive_more()
+        await self._fair_tick()
         return self._inbox.popleft()
 
     async def receive_batch(self) -> list[Any]:
@@ -443,8 +442,7 @@ class Channel:
         await trio.lowlevel.checkpoint_if_cancelled()
         if not self._inbox:
             await self._receive_more()
-        else:
-            await self._fair_tick()
+        await self._fair_tick()
         batch = list(self._inbox)
         self._inbox.clear()
         return batch
@@ -1078,9 +1076,16 @@ _ACCEPT_RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBU
 _ACCEPT_CONN_ERRORS = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.ECONNRESET}
 
 
-def _peer_string(family: int, addr: Any, local: str = "") -> str:
+def _peer_string(family: int, addr: Any, local: str = "", sock: socket.socket | None = None) -> str:
     if family == socket.AF_UNIX:
-        return f"unix:{addr or local}"
+        where = f"unix:{addr or local}"
+        if sock is not None and hasattr(socket, "SO_PEERCRED"):
+            try:
+                pid, _, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+                where += f" (pid {pid})"
+            except OSError:  # pragma: no cover
+                pass
+        return where
     if family == socket.AF_INET6:
         return f"[{addr[0]}]:{addr[1]}"
     return f"{addr[0]}:{addr[1]}"
@@ -1145,7 +1150,7 @@ async def _accept_loop(
                 continue
             raise
         _tune(conn)
-        peer = _peer_string(conn.family, addr, local)
+        peer = _peer_string(conn.family, addr, local, conn)
         nursery.start_soon(
             _serve_connection, conn, peer, handler, key, role, name, handshake_timeout, max_frame_size, max_outbox,
             name=f"penumbra-conn {peer}",

@@ -25,16 +25,10 @@ a cluster started with ``penumbra start``.
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import os
-import select
-import signal
-import subprocess
 import sys
-import tempfile
 import threading
-import time
 from collections import OrderedDict
 from typing import Any, Sequence
 
@@ -64,11 +58,12 @@ from ..core.tables import Get, KvIncrement, PutFunction
 from ..exceptions import GetTimeoutError, ObjectStoreFullError, PenumbraError
 from . import protocol as P
 from .bridge import TrioThread
+from .launch import DaemonProcess, spawn_daemon
 from .objectstore import decode_value, encode_value
-from .shm_store import ShmStore, cleanup_session, new_session_name
-from .wire import ConnectionClosed, connect_tcp, connect_unix, new_token
+from .shm_store import ShmStore
+from .wire import ConnectionClosed, connect_tcp, connect_unix
 
-__all__ = ["ClientRuntime", "start_local", "connect", "LocalCluster", "default_object_store_memory"]
+__all__ = ["ClientRuntime", "start_local", "connect"]
 
 logger = logging.getLogger("penumbra")
 
@@ -110,7 +105,7 @@ class ClientRuntime(Runtime):
         self._exported: set[bytes] = set()
         self._closed = False
         self.on_item = None  # worker hook for Run/Interrupt/Checkpoint/Exit
-        self.embedded: "LocalCluster | None" = None
+        self.embedded: DaemonProcess | None = None
         self._release_buf: list[ObjectId] = []
         self._release_lock = threading.Lock()
 
@@ -438,89 +433,6 @@ def _maybe_large(value: Any) -> bool:
 # Starting and joining clusters
 
 
-class LocalCluster:
-    """The embedded cluster's daemon process, owned by this driver."""
-
-    def __init__(self, proc: subprocess.Popen, session: str, session_dir: str, shm_root: str) -> None:
-        self.proc = proc
-        self.session = session
-        self.session_dir = session_dir
-        self.shm_root = shm_root
-
-    def stop(self) -> None:
-        p = self.proc
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(timeout=5)
-        # the daemon cleans up after itself; make sure, even if it crashed
-        cleanup_session(self.session, self.shm_root)
-        try:
-            import shutil
-
-            shutil.rmtree(self.session_dir, ignore_errors=True)
-        except Exception:
-            pass
-
-
-def default_object_store_memory(shm_root: str = "/dev/shm") -> int:
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError):
-        total = 8 << 30
-    want = int(total * 0.3)
-    try:
-        st = os.statvfs(shm_root)
-        want = min(want, int(st.f_bavail * st.f_frsize * 0.8))
-    except OSError:
-        pass
-    return max(64 << 20, want)
-
-
-def _spawn_daemon(cfg: dict, token: str, timeout: float = 30.0) -> tuple[subprocess.Popen, dict]:
-    r, w = os.pipe()
-    env = dict(os.environ)
-    env["PENUMBRA_TOKEN"] = token
-    env["PENUMBRA_READY_FD"] = str(w)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "penumbra.transports.daemon", "--config", json.dumps(cfg)],
-        pass_fds=(w,), env=env, start_new_session=True, stdin=subprocess.DEVNULL,
-    )
-    os.close(w)
-    buf = b""
-    deadline = time.monotonic() + timeout
-    try:
-        while b"\n" not in buf:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                proc.kill()
-                raise TimeoutError(f"the penumbra daemon did not start within {timeout} s")
-            ready, _, _ = select.select([r], [], [], min(left, 0.5))
-            if ready:
-                chunk = os.read(r, 4096)
-                if not chunk:
-                    break
-                buf += chunk
-            elif proc.poll() is not None:
-                break
-    finally:
-        os.close(r)
-    if b"\n" not in buf:
-        code = proc.wait()
-        log = os.path.join(cfg["session_dir"], "daemon.log")
-        tail = ""
-        try:
-            with open(log) as f:
-                tail = "".join(f.readlines()[-20:])
-        except OSError:
-            pass
-        raise RuntimeError(f"the penumbra daemon exited with status {code} before it was ready:\n{tail}")
-    return proc, json.loads(buf.split(b"\n", 1)[0])
-
-
 def _open(bridge: TrioThread, *, unix_path: str | None, tcp: tuple[str, int] | None, token: str,
           job_id: int, namespace: str, log_to_driver: bool) -> ClientRuntime:
     name = f"driver:{os.getpid()}"
@@ -547,33 +459,25 @@ def _open(bridge: TrioThread, *, unix_path: str | None, tcp: tuple[str, int] | N
 
 def start_local(*, num_cpus=None, num_gpus=None, resources=None, object_store_memory=None, namespace="",
                 log_to_driver=True, system_config=None) -> ClientRuntime:
-    """Start an embedded cluster on this machine and connect to it."""
-    session = new_session_name()
-    base = os.environ.get("PENUMBRA_TMPDIR") or os.path.join(tempfile.gettempdir(), "penumbra-sessions")
-    session_dir = os.path.join(base, session)
-    os.makedirs(session_dir, exist_ok=True)
-    token = new_token()
-    shm_root = (system_config or {}).get("shm_root", "/dev/shm")
-    cpus = os.cpu_count() or 1 if num_cpus is None else num_cpus
-    cfg = {
-        "session": session, "session_dir": session_dir, "head": True,
-        "num_cpus": cpus, "num_gpus": num_gpus or 0, "resources": dict(resources or {}),
-        "object_store_memory": int(object_store_memory or default_object_store_memory(shm_root)),
-        "parent_pid": os.getpid(), "shm_root": shm_root,
-    }
-    cfg.update({k: v for k, v in (system_config or {}).items() if k in (
-        "validate", "gcs_shards", "chain_length", "node_timeout", "heartbeat_interval", "forward_queue_threshold")})
-    proc, ready = _spawn_daemon(cfg, token)
-    cluster = LocalCluster(proc, session, session_dir, shm_root)
+    """Start an embedded cluster on this machine and connect to it.
+
+    The daemon listens on loopback and a Unix socket only, with a fresh
+    token, and exits with this process.
+    """
+    extra = {k: v for k, v in (system_config or {}).items() if k in (
+        "validate", "gcs_shards", "chain_length", "node_timeout", "heartbeat_interval",
+        "forward_queue_threshold", "shm_root")}
+    daemon = spawn_daemon(head=True, num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
+                          object_store_memory=object_store_memory, parent_pid=os.getpid(), **extra)
     bridge = TrioThread(name="penumbra-driver").start()
     try:
-        rt = _open(bridge, unix_path=os.path.join(session_dir, "node.sock"), tcp=None, token=token,
+        rt = _open(bridge, unix_path=daemon.unix_path, tcp=None, token=daemon.token,
                    job_id=0, namespace=namespace, log_to_driver=log_to_driver)
     except BaseException:
         bridge.stop()
-        cluster.stop()
+        daemon.stop()
         raise
-    rt.embedded = cluster
+    rt.embedded = daemon
     _register_atexit(rt)
     return rt
 

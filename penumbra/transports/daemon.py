@@ -567,6 +567,7 @@ class Daemon:
         return {k: v for k, v in r.items() if v}
 
     def cleanup(self) -> None:
+        logger.info("stopping: killing workers, removing shared memory of session %s", self.cfg.session)
         self.stopping = True
         for w in list(self.workers.values()):
             if w.pid:
@@ -580,11 +581,13 @@ class Daemon:
                 self.zygote.wait(timeout=5)
             except Exception:
                 pass
+        logger.info("cleanup: workers and zygote stopped")
         try:
             self.shm.close()
         except Exception:
-            pass
-        cleanup_session(self.cfg.session, self.cfg.shm_root)
+            logger.exception("closing the store")
+        n = cleanup_session(self.cfg.session, self.cfg.shm_root)
+        logger.info("cleanup: removed %d shared-memory files", n)
         try:
             os.unlink(self.cfg.unix_path)
         except OSError:
@@ -629,12 +632,12 @@ def _exit_status(pid: int) -> str:
 
 
 def _set_pdeathsig() -> None:
-    """Die with our parent (Linux)."""
+    """Be told (SIGTERM, so we can still clean up) when our parent dies."""
     try:
         import ctypes
 
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except Exception:
         pass
 
@@ -662,7 +665,8 @@ def main(argv: list[str] | None = None) -> None:
 
     async def on_signals() -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-            async for _ in signals:
+            async for signum in signals:
+                logger.info("signal %d: stopping", signum)
                 daemon.request_stop()
 
     async def amain() -> None:

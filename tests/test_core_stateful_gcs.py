@@ -14,6 +14,7 @@ and the network drops or delays messages.  Checked:
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -171,5 +172,11 @@ class ChainStateMachine(RuleBasedStateMachine):
 
 
 TestGcsChain = ChainStateMachine.TestCase
-TestGcsChain.settings = settings(max_examples=60, stateful_step_count=30, derandomize=True, database=None,
+TestGcsChain.settings = settings(max_examples=40, stateful_step_count=30, derandomize=True, database=None,
                                  deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@pytest.mark.slow
+class TestGcsChainLong(ChainStateMachine.TestCase):
+    settings = settings(max_examples=600, stateful_step_count=50, derandomize=True, database=None,
+                        deadline=None, suppress_health_check=list(HealthCheck))

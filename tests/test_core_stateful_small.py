@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -16,7 +17,7 @@ from penumbra.core.objects import StoreAccounting
 from penumbra.core.records import ChainConfig, NodeLoad
 from penumbra.core.specs import FunctionDescriptor, ResourceSet, TaskSpec
 
-SETTINGS = settings(max_examples=60, stateful_step_count=40, derandomize=True, database=None, deadline=None,
+SETTINGS = settings(max_examples=40, stateful_step_count=40, derandomize=True, database=None, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
 
 OIDS = [put_object_id(driver_task_id(9), i + 1) for i in range(12)]
@@ -174,3 +175,16 @@ class PlacementMachine(RuleBasedStateMachine):
 
 TestPlacement = PlacementMachine.TestCase
 TestPlacement.settings = SETTINGS
+
+
+LONG = settings(SETTINGS, max_examples=1000, stateful_step_count=60)
+
+
+@pytest.mark.slow
+class TestStoreAccountingLong(StoreMachine.TestCase):
+    settings = LONG
+
+
+@pytest.mark.slow
+class TestPlacementLong(PlacementMachine.TestCase):
+    settings = LONG

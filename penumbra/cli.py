@@ -104,7 +104,7 @@ def cmd_status(args) -> int:
     header = f"{'NODE':<32} {'STATE':<6} {'RESOURCES (used/total)':<40} {'QUEUED':>6} {'RUNNING':>7} {'WORKERS':>7}  OBJECT STORE"
     print(header)
     totals: dict[str, list[float]] = {}
-    for node_id, alive, load in status.nodes:
+    for node_id, alive, _total, load in status.nodes:
         if load is None:
             print(f"{node_id:<32} {'alive' if alive else 'dead':<6} (no heartbeat yet)")
             continue
@@ -121,7 +121,7 @@ def cmd_status(args) -> int:
         store = f"{_fmt_bytes(load.store_used)} / {_fmt_bytes(load.store_capacity)}"
         print(f"{node_id:<32} {'alive' if alive else 'dead':<6} {', '.join(parts):<40} "
               f"{load.queue_length:>6} {load.running:>7} {load.num_workers:>7}  {store}")
-    alive_n = sum(1 for _, a, _ in status.nodes if a)
+    alive_n = sum(1 for row in status.nodes if row[1])
     summary = ", ".join(f"{k} {u:g}/{t:g}" for k, (u, t) in sorted(totals.items()))
     print(f"\n{alive_n} node(s) alive; in use: {summary}")
     return 0

@@ -288,8 +288,8 @@ def _status():
 def nodes() -> list[dict]:
     """Every node the cluster has seen, alive or dead."""
     out = []
-    for node_id, alive, load in _status().nodes:
-        total = load.total.to_dict() if load is not None else {}
+    for node_id, alive, total, load in _status().nodes:
+        total = total.to_dict()
         out.append({
             "NodeID": node_id, "Alive": alive, "alive": alive, "Resources": total,
             "NodeManagerAddress": "127.0.0.1", "NodeName": node_id,
@@ -299,23 +299,24 @@ def nodes() -> list[dict]:
 
 def cluster_resources() -> dict[str, float]:
     """Total resources of the alive nodes."""
-    total: dict[str, float] = {}
-    for _, alive, load in _status().nodes:
-        if alive and load is not None:
-            for k, v in load.total.to_dict().items():
-                total[k] = total.get(k, 0.0) + v
-    return total
+    out: dict[str, float] = {}
+    for _, alive, total, _load in _status().nodes:
+        if alive:
+            for k, v in total.to_dict().items():
+                out[k] = out.get(k, 0.0) + v
+    return out
 
 
 def available_resources() -> dict[str, float]:
     """Resources free right now on the alive nodes (as of their heartbeats)."""
-    total: dict[str, float] = {}
-    for _, alive, load in _status().nodes:
-        if alive and load is not None:
-            for k, v in load.available.to_dict().items():
+    out: dict[str, float] = {}
+    for _, alive, total, load in _status().nodes:
+        if alive:
+            avail = load.available if load is not None else total
+            for k, v in avail.to_dict().items():
                 if v:
-                    total[k] = total.get(k, 0.0) + v
-    return total
+                    out[k] = out.get(k, 0.0) + v
+    return out
 
 
 class RuntimeContext:

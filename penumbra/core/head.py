@@ -220,7 +220,7 @@ class HeadMachine:
     # ------------------------------------------------------------------ status
     def _on_status(self, ev: ClusterStatusRequest, now: float) -> list[Command]:
         rows = tuple(
-            (n, v.alive, v.load) for n, v in sorted(self.scheduler.nodes.items())
+            (n, v.alive, v.total, v.load) for n, v in sorted(self.scheduler.nodes.items())
         )
         return [Send(to=ev.client, msg=ClusterStatus(req_id=ev.req_id, nodes=rows, stimulus_id=ev.stimulus_id))]
 

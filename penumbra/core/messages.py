@@ -606,7 +606,8 @@ class ClusterStatusRequest(Message):
 @_frozen
 class ClusterStatus(Message):
     req_id: int
-    nodes: tuple[tuple[str, bool, NodeLoad | None], ...]
+    # (node id, alive, total resources, latest heartbeat load or None)
+    nodes: tuple[tuple[str, bool, ResourceSet, NodeLoad | None], ...]
 
 
 # ===========================================================================

@@ -104,6 +104,31 @@ class _Route:
     actor_id: ActorId
     entry: ActorEntry | None = None
     pending: dict[tuple[str, int], _Pending] = field(default_factory=dict)
+    # the same calls by caller, in sequence order (callers submit in order),
+    # so the floor is the first key: O(1)
+    by_caller: dict[str, dict[int, None]] = field(default_factory=dict)
+
+    def add(self, p: _Pending) -> None:
+        c, s = p.spec.caller_id, p.spec.sequence_no
+        self.pending[(c, s)] = p
+        self.by_caller.setdefault(c, {})[s] = None
+
+    def remove(self, caller: str, seq: int) -> _Pending | None:
+        p = self.pending.pop((caller, seq), None)
+        if p is not None:
+            seqs = self.by_caller[caller]
+            del seqs[seq]
+            if not seqs:
+                del self.by_caller[caller]
+        return p
+
+    def floor(self, caller: str) -> int:
+        seqs = self.by_caller.get(caller)
+        if not seqs:
+            return 0
+        # a caller's calls reach its node in sequence order (the API submits
+        # under a lock, over one ordered channel), so the first is the least
+        return next(iter(seqs))
 
 
 class ActorRouter:
@@ -120,13 +145,13 @@ class ActorRouter:
 
     def submit(self, spec: TaskSpec, now: float, sid: str) -> list[Command]:
         r, cmds = self._route(spec.actor_id, now, sid)
-        key = (spec.caller_id, spec.sequence_no)
-        p = r.pending[key] = _Pending(spec)
+        p = _Pending(spec)
+        r.add(p)
         self.node.story_add(spec.task_id, now, sid, f"actor call {spec.method} #{spec.sequence_no}")
         return cmds + self._send_if_alive(r, p, now, sid)
 
     def _floor(self, r: _Route, caller: str) -> int:
-        return min((s for (c, s) in r.pending if c == caller), default=0)
+        return r.floor(caller)
 
     def _send_if_alive(self, r: _Route, p: _Pending, now: float, sid: str) -> list[Command]:
         e = r.entry
@@ -141,7 +166,7 @@ class ActorRouter:
         ))]
 
     def _fail(self, r: _Route, p: _Pending, error: ErrorInfo, now: float, sid: str) -> list[Command]:
-        r.pending.pop((p.spec.caller_id, p.spec.sequence_no), None)
+        r.remove(p.spec.caller_id, p.spec.sequence_no)
         self.node.story_add(p.spec.task_id, now, sid, f"actor call failed: {error.message}")
         return self.node.fail_outputs(p.spec, error, p.attempt, now, sid)
 
@@ -180,7 +205,7 @@ class ActorRouter:
         if r is None:
             return
         for s in ev.sequence_nos:
-            r.pending.pop((ev.caller_id, s), None)
+            r.remove(ev.caller_id, s)
 
     def on_stale(self, ev: ActorCallStale, now: float, sid: str) -> list[Command]:
         r = self.routes.get(ev.spec.actor_id)

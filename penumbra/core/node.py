@@ -121,6 +121,7 @@ class NodeMachine:
         self.objects = ObjectManager(
             node_id, self.address, config.object_store_memory,
             self.gcs_write, self._on_ready, self._on_located, head=config.head,
+            produced_here=self._produced_here,
         )
         self.scheduler = LocalScheduler(self, config.resources, config.scheduler)
         self.host = ActorHost(self)
@@ -133,6 +134,9 @@ class NodeMachine:
         self.nodes: dict[str, bool] = {}
         self.stories: OrderedDict[TaskId, list] = OrderedDict()
         self.welcomed = False
+
+    def _produced_here(self, oid: ObjectId) -> bool:
+        return not oid.is_put and oid.task_id in self.scheduler.tasks
 
     # ------------------------------------------------------------------ shared services
     def gcs_write(self, op, token: Hashable, now: float, sid: str) -> list[Command]:

@@ -219,6 +219,7 @@ class ObjectManager:
         on_ready: OnReady,
         on_located: OnLocated,
         head: str = "head",
+        produced_here: Callable[[ObjectId], bool] = lambda oid: False,
     ) -> None:
         self.node_id = node_id
         self.address = address
@@ -226,6 +227,7 @@ class ObjectManager:
         self.gcs_write = gcs_write
         self.on_ready = on_ready
         self.on_located = on_located
+        self.produced_here = produced_here
         self.head = head
         self.errors: dict[ObjectId, ErrorInfo] = {}
         self.wants: dict[ObjectId, _Want] = {}
@@ -295,10 +297,25 @@ class ObjectManager:
         w.waiters[token] = w.waiters.get(token, False) or fetch
         cmds: list[Command] = []
         if not w.subscribed:
+            if self.produced_here(oid):
+                # its task is queued or running on this node: the object will
+                # appear here (or fail here) without asking the GCS; if the
+                # task is forwarded, ``producer_left`` subscribes after all
+                return cmds
             w.subscribed = True
             cmds += self.gcs_write(Subscribe(self.address, "objects", oid), None, now, sid)
         elif w.entry is not None:
             cmds += self._react(w, now, sid)
+        return cmds
+
+    def producer_left(self, oids, now: float, sid: str) -> list[Command]:
+        """The task making ``oids`` left this node: follow them in the GCS."""
+        cmds: list[Command] = []
+        for oid in oids:
+            w = self.wants.get(oid)
+            if w is not None and not w.subscribed:
+                w.subscribed = True
+                cmds += self.gcs_write(Subscribe(self.address, "objects", oid), None, now, sid)
         return cmds
 
     def unwant(self, oid: ObjectId, token: Hashable, now: float, sid: str) -> list[Command]:

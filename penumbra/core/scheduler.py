@@ -305,7 +305,8 @@ class LocalScheduler:
         self.forwarded_count += 1
         self._remember(spec.task_id, "forwarded")
         self._story(spec.task_id, now, sid, f"forwarded ({reason})")
-        return [Send(to=self.node.head, msg=ForwardTask(spec=spec, from_node=self.node.node_id, reason=reason, attempt=attempt, stimulus_id=sid))]
+        cmds = self.node.objects.producer_left(spec.return_ids, now, sid)
+        return cmds + [Send(to=self.node.head, msg=ForwardTask(spec=spec, from_node=self.node.node_id, reason=reason, attempt=attempt, stimulus_id=sid))]
 
     # ------------------------------------------------------------------ dispatch
     def dispatch(self, now: float, sid: str) -> list[Command]:
@@ -330,11 +331,12 @@ class LocalScheduler:
                     q.popleft()
                     continue
                 if not self.idle:
+                    # start only as many workers as could run tasks right now
                     room = self.max_workers - self._alive_pool()
-                    if room > 0:
-                        waiting = sum(len(x) for x in ready.values()) - self.pending_starts
-                        for _ in range(max(0, min(waiting, room))):
-                            cmds.append(self._start_worker(sid))
+                    cpu = req.units("CPU")
+                    fits = len(q) if cpu == 0 else min(len(q), self.available.units("CPU") // cpu)
+                    for _ in range(max(0, min(fits, room) - self.pending_starts)):
+                        cmds.append(self._start_worker(sid))
                     return cmds
                 q.popleft()
                 cmds += self._run(t, self.idle.popleft(), now, sid)

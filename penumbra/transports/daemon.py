@@ -46,7 +46,7 @@ from typing import Any
 import trio
 
 from ..core.layout import ClusterLayout, NodeShape
-from ..core.gcs import GcsReplica
+from ..core.gcs import GcsReplica, GcsTiming
 from ..core.head import HeadMachine
 from ..core.messages import (
     CheckpointActor,
@@ -540,6 +540,11 @@ class Daemon:
                 gcs_shards=cfg.gcs_shards, chain_length=cfg.chain_length,
                 scheduler=SchedulerConfig(forward_queue_threshold=cfg.forward_queue_threshold),
                 heartbeat_interval=cfg.heartbeat_interval, node_timeout=cfg.node_timeout,
+                # replicas share this process and talk over reliable links:
+                # check on them at a human pace, and retry only after a long
+                # silence (a new chain config re-sends at once anyway)
+                gcs_timing=GcsTiming(heartbeat_interval=0.1, heartbeat_timeout=1.0, resend_after=0.5),
+                gcs_retry_after=2.0,
             )
             if cfg.head:
                 self.host.add("head", HeadMachine(layout.head_config(), random.Random(0)))

@@ -297,8 +297,20 @@ def run_worker(cfg: dict, token: str, worker_id: str) -> None:
     bridge.start_soon(rt.receive_loop)
     sys.stdout = _Forward(worker, "stdout")
     sys.stderr = _Forward(worker, "stderr")
+    profile_dir = os.environ.get("PENUMBRA_PROFILE_WORKER")  # a directory: write cProfile stats there
     try:
-        worker.loop_forever()
+        if profile_dir:
+            import cProfile
+
+            prof = cProfile.Profile()
+            prof.enable()
+            try:
+                worker.loop_forever()
+            finally:
+                prof.disable()
+                prof.dump_stats(os.path.join(profile_dir, f"worker-{os.getpid()}.prof"))
+        else:
+            worker.loop_forever()
     finally:
         try:
             sys.stdout.flush()

@@ -335,7 +335,8 @@ class LocalScheduler:
                     room = self.max_workers - self._alive_pool()
                     cpu = req.units("CPU")
                     fits = len(q) if cpu == 0 else min(len(q), self.available.units("CPU") // cpu)
-                    for _ in range(max(0, min(fits, room) - self.pending_starts)):
+                    # (room already counts the workers being started)
+                    for _ in range(max(0, min(fits - self.pending_starts, room))):
                         cmds.append(self._start_worker(sid))
                     return cmds
                 q.popleft()

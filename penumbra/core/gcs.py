@@ -157,6 +157,8 @@ class GcsReplica:
         self.active = config is not None and replica_id in config.replicas
         self._timer_started = False
         self._last_forward_at: float = 0.0
+        self._nb_config: ChainConfig | None = None
+        self._nb: tuple[str | None, str | None] = (None, None)
 
     # ------------------------------------------------------------------ roles
     @property
@@ -169,11 +171,19 @@ class GcsReplica:
         c = self.config
         return c is not None and self.active and c.replicas[-1] == self.replica_id
 
+    def _neighbours(self) -> tuple[str | None, str | None]:
+        """(predecessor, successor) in the current config, cached per config."""
+        c = self.config
+        if c is not self._nb_config:
+            self._nb_config = c
+            self._nb = (c.predecessor(self.replica_id), c.successor(self.replica_id))
+        return self._nb
+
     def _successor(self) -> str | None:
-        return self.config.successor(self.replica_id) if self.active else None
+        return self._neighbours()[1] if self.active else None
 
     def _predecessor(self) -> str | None:
-        return self.config.predecessor(self.replica_id) if self.active else None
+        return self._neighbours()[0] if self.active else None
 
     # ------------------------------------------------------------------ entry
     def start(self, now: float) -> list[Command]:
@@ -290,9 +300,17 @@ class GcsReplica:
             sub, rows = e.direct
             for table, key, value in rows:
                 cmds.append(Send(to=sub, msg=GcsNotify(table=table, key=key, value=value, version=e.seq, shard=self.shard, stimulus_id=sid)))
-        subscribers = self.tables.subscribers
+        subs = self.tables.subs
+        if not subs:
+            return cmds
         for table, key, value in e.changes:
-            for sub in sorted(subscribers(table, key)):
+            # (Tables.subscribers inlined: this runs for every committed change)
+            a = subs.get((table, key))
+            b = subs.get((table, None))
+            if not a and not b:
+                continue
+            targets = a | b if a and b else a or b
+            for sub in sorted(targets) if len(targets) > 1 else targets:
                 cmds.append(Send(to=sub, msg=GcsNotify(table=table, key=key, value=value, version=e.seq, shard=self.shard, stimulus_id=sid)))
         return cmds
 

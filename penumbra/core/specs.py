@@ -99,21 +99,38 @@ class ResourceSet:
         return all(v >= 0 for v in self._units.values())
 
     # -- arithmetic --------------------------------------------------------
+    # (on the scheduler's hot path: build the result directly, dropping the
+    # zeros of the touched keys only, instead of re-filtering in __init__)
+    @classmethod
+    def _wrap(cls, d: dict[str, int]) -> "ResourceSet":
+        r = object.__new__(cls)
+        r._units = d
+        r._hash = None
+        return r
+
     def __add__(self, other: "ResourceSet") -> "ResourceSet":
         if not other._units:
             return self
-        d = dict(self._units)
+        d = self._units.copy()
         for k, v in other._units.items():
-            d[k] = d.get(k, 0) + v
-        return ResourceSet(d)
+            n = d.get(k, 0) + v
+            if n:
+                d[k] = n
+            else:
+                del d[k]
+        return ResourceSet._wrap(d)
 
     def __sub__(self, other: "ResourceSet") -> "ResourceSet":
         if not other._units:
             return self
-        d = dict(self._units)
+        d = self._units.copy()
         for k, v in other._units.items():
-            d[k] = d.get(k, 0) - v
-        return ResourceSet(d)
+            n = d.get(k, 0) - v
+            if n:
+                d[k] = n
+            elif k in d:
+                del d[k]
+        return ResourceSet._wrap(d)
 
     def scaled(self, factor: int) -> "ResourceSet":
         return ResourceSet({k: v * factor for k, v in self._units.items()})

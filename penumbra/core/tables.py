@@ -33,7 +33,7 @@ scan.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any, Hashable
 
 from .ids import ActorId, ObjectId, TaskId
@@ -528,7 +528,15 @@ class Tables:
 
     def _put_object(self, oid: ObjectId, old: ObjectEntry | None, new: ObjectEntry) -> Change:
         old_locs = old.locations if old is not None else frozenset()
-        if old_locs != new.locations:
+        if not old_locs:
+            by = self._objects_by_node
+            for n in new.locations:  # the common case: a new object
+                s = by.get(n)
+                if s is None:
+                    by[n] = {oid}
+                else:
+                    s.add(oid)
+        elif old_locs != new.locations:
             by = self._objects_by_node
             for n in old_locs - new.locations:
                 s = by.get(n)
@@ -616,7 +624,8 @@ def _finish_task(t: Tables, op: FinishTask):
     old = t.data["tasks"].get(op.task_id)
     if old is not None:
         state = TaskState.FAILED if op.error is not None else TaskState.FINISHED
-        new = replace(old, state=state, node=op.node, attempt=max(old.attempt, op.attempt))
+        # (hot path: built directly rather than with dataclasses.replace)
+        new = TaskEntry(old.spec, state, op.node, max(old.attempt, op.attempt), old.reconstructions)
         changes += t._put_task(op.task_id, new)
     objs = t.data["objects"]
     for oid, size in op.outputs:
@@ -641,8 +650,15 @@ def _add_location(t: Tables, op: AddLocation):
     elif op.node in prev.locations and prev.created:
         return True, []
     else:
-        entry = replace(prev, size=op.size, locations=prev.locations | {op.node}, created=True)
+        entry = ObjectEntry(op.object_id, op.size, prev.locations | {op.node}, True, prev.error)
     return True, [t._put_object(op.object_id, prev, entry)]
+
+
+# The hot paths above build rows positionally; a new field must be added there.
+assert tuple(f.name for f in fields(TaskEntry)) == ("spec", "state", "node", "attempt", "reconstructions"), (
+    "TaskEntry changed: update _finish_task in tables.py")
+assert tuple(f.name for f in fields(ObjectEntry)) == ("object_id", "size", "locations", "created", "error"), (
+    "ObjectEntry changed: update _add_location in tables.py")
 
 
 def _remove_location(t: Tables, op: RemoveLocation):

@@ -75,6 +75,7 @@ from .tables import Change, Op, Subscribe, Tables
 __all__ = [
     "GcsSync",
     "GcsCaughtUp",
+    "GcsRejoin",
     "GcsReplica",
     "ChainMaster",
     "GcsTiming",
@@ -100,6 +101,16 @@ class GcsCaughtUp(Message):
     shard: int
     epoch: int
     seq: int
+
+
+@_frozen
+class GcsRejoin(Message):
+    """Predecessor to successor: I no longer hold the entries you lack (your
+    snapshot came from a replica that is not your predecessor, e.g. when
+    several replicas joined at once): join again, copying from the tail."""
+
+    shard: int
+    epoch: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +165,7 @@ class GcsReplica:
         self.reads_from: int = 0
         self.pending_reads: list[GcsRead] = []
         self.joining = joining
+        self.awaiting_append = False  # copied a snapshot; waiting to be added
         self.active = config is not None and replica_id in config.replicas
         self._timer_started = False
         self._last_forward_at: float = 0.0
@@ -388,12 +400,20 @@ class GcsReplica:
     def _on_sync(self, ev: GcsSync, now: float) -> list[Command]:
         if not self.active or ev.shard != self.shard or self._successor() != ev.replica:
             return []
+        if any(s not in self.log for s in range(ev.seq + 1, self.seq + 1)):
+            # it lacks entries we no longer keep: it must copy state again
+            return [Send(to=ev.replica, msg=GcsRejoin(shard=self.shard, epoch=self.config.epoch, stimulus_id=ev.stimulus_id))]
         cmds: list[Command] = [
             Send(to=ev.replica, msg=self._forward_msg(self.log[s], ev.stimulus_id))
             for s in sorted(self.log)
             if s > ev.seq
         ]
-        cmds.append(Send(to=ev.replica, msg=GcsCaughtUp(shard=self.shard, epoch=self.config.epoch, seq=self.seq)))
+        if self._can_read():
+            # only a replica that has caught up itself can vouch that the
+            # successor has every committed write once it reaches our seq
+            # (when several replicas are appended at once, ours may lag);
+            # until then the successor's timer re-sends GcsSync
+            cmds.append(Send(to=ev.replica, msg=GcsCaughtUp(shard=self.shard, epoch=self.config.epoch, seq=self.seq)))
         # the joiner has our history now; stop retaining
         self.retain_from = None
         for s in [s for s in self.log if s <= self.committed and s <= ev.seq]:
@@ -429,6 +449,7 @@ class GcsReplica:
         self.log.clear()
         self.joining = False
         self.active = False  # until the master adds us
+        self.awaiting_append = True
         return [Send(to=self.master, msg=ReplicaReady(replica=self.replica_id, shard=self.shard, seq=ev.seq, stimulus_id=ev.stimulus_id))]
 
     def _on_joined_config(self, ev: ChainConfigMsg, now: float) -> list[Command]:
@@ -450,7 +471,33 @@ class GcsReplica:
             return []
         return self._on_config(ev, now)
 
+    def _on_rejoin(self, ev: GcsRejoin, now: float) -> list[Command]:
+        c = self.config
+        if ev.shard != self.shard or not self.active or not self._awaiting_catchup or c is None or ev.epoch != c.epoch:
+            return []
+        # back to joining: the master cuts us and we copy from the tail again
+        self.joining = True
+        self.active = False
+        self._awaiting_catchup = False
+        self.log.clear()
+        self.pending_reads = []  # their clients retry at the new tail
+        return [Send(to=self.master, msg=ReplicaJoin(replica=self.replica_id, shard=self.shard, stimulus_id=ev.stimulus_id))]
+
     # ------------------------------------------------------------------ timers
+    def _join_retries(self) -> list[Command]:
+        """Re-send the joining steps whose message may have been lost."""
+        c = self.config
+        if self.joining:
+            if c is None or self.replica_id in c.replicas:
+                return [Send(to=self.master, msg=ReplicaJoin(replica=self.replica_id, shard=self.shard))]
+            return [Send(to=c.tail, msg=StateTransferRequest(replica=self.replica_id, shard=self.shard))]
+        if self.awaiting_append:
+            if c is not None and self.replica_id in c.replicas:
+                self.awaiting_append = False
+                return []
+            return [Send(to=self.master, msg=ReplicaReady(replica=self.replica_id, shard=self.shard, seq=self.seq))]
+        return []
+
     def _on_timer(self, ev: TimerFired, now: float) -> list[Command]:
         if ev.key != ("gcs", "tick"):
             return []
@@ -458,6 +505,8 @@ class GcsReplica:
             SetTimer(at=now + self.timing.heartbeat_interval, key=("gcs", "tick")),
             Send(to=self.master, msg=self._heartbeat()),
         ]
+        if self.joining or self.awaiting_append:
+            cmds += self._join_retries()
         pred = self._predecessor()
         if pred is not None and self._awaiting_catchup:
             cmds.append(Send(to=pred, msg=GcsSync(shard=self.shard, epoch=self.config.epoch, seq=self.seq, replica=self.replica_id)))
@@ -492,6 +541,7 @@ _HANDLERS = {
     ChainConfigMsg: GcsReplica._dispatch_config,
     GcsSync: GcsReplica._on_sync,
     GcsCaughtUp: GcsReplica._on_caught_up,
+    GcsRejoin: GcsReplica._on_rejoin,
     StateTransferRequest: GcsReplica._on_transfer_request,
     StateSnapshot: GcsReplica._on_snapshot,
     TimerFired: GcsReplica._on_timer,

@@ -535,3 +535,49 @@ def test_master_resends_config_to_stale_replicas_only() -> None:
     assert resend.to == R[0] and resend.msg.config.epoch == 2
     assert cm.handle(ReplicaHeartbeat(replica=R[0], shard=0, epoch=2), 0.032) == []
     assert cm.handle(ReplicaHeartbeat(replica=R[2], shard=0, epoch=1), 0.033) == []  # cut: dead
+
+
+def test_several_joiners_at_once_never_serve_stale_reads() -> None:
+    """Four replicas join a one-replica chain at once and a write is
+    acknowledged by the old tail meanwhile.  No replica may be ready to serve
+    reads without that write (found by the chain state machine: the last
+    joiners were told 'caught up' by predecessors that lagged themselves),
+    and joiners whose snapshot predates what their predecessor still logs
+    copy state again (GcsRejoin)."""
+    net, master, cms = make_chain(n=1)
+    c = cms["c"]
+    net.run_for(0.005)
+    for i in range(1, 5):
+        net.add(f"gcs:0:{i}", GcsReplica(f"gcs:0:{i}", 0, joining=True))
+    net.run_for(0.005)
+    do_write(net, c, KvPut("k0", 0), "k0")
+    steps = 0
+    while net.queue and net.now < 0.5:
+        net.step()
+        steps += 1
+        if "k0" in c.replies:
+            for r in replicas(net):
+                if not r.joining and r._can_read():
+                    assert r.tables.data["kv"].get("k0") == 0, f"{r} could serve a stale read"
+    assert c.replies == {"k0": True}
+    assert len(master.shards[0].config.replicas) == 5
+    assert len({r.tables.fingerprint() for r in replicas(net)}) == 1
+    do_read(net, c, Get("kv", "k0"), "read")
+    net.run_for(0.05)
+    assert c.replies["read"] == 0
+
+
+def test_successor_whose_gap_cannot_be_filled_rejoins() -> None:
+    from penumbra.core.gcs import GcsRejoin
+
+    pred = GcsReplica("a", 0, config=ChainConfig(0, 1, ("a",)))
+    for i in range(3):
+        pred.handle(write("c", i + 1, KvPut(f"k{i}", i)), 0.0)  # committed as tail, not logged
+    pred.handle(ChainConfigMsg(config=ChainConfig(0, 2, ("a", "b"))), 0.0)
+    cmds = pred.handle(GcsSync(shard=0, epoch=2, seq=1, replica="b"), 0.0)
+    (rejoin,) = sends(cmds, GcsRejoin, to="b")
+    succ = GcsReplica("b", 0, config=ChainConfig(0, 2, ("a", "b")))
+    succ._awaiting_catchup = True
+    (join,) = succ.handle(rejoin.msg, 0.0)
+    assert join.to == "head" and isinstance(join.msg, ReplicaJoin)
+    assert succ.joining and not succ.active

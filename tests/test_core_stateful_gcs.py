@@ -6,7 +6,8 @@ and the network drops or delays messages.  Checked:
 
 * after every step: every machine's ``validate()`` (memnet runs it), and
   every write a client saw acknowledged is held by every replica that the
-  chain master lists, is alive, and has caught up;
+  chain master lists, is alive, and could serve reads (it has caught up:
+  reads would be stale otherwise);
 * at quiet points (``settle``: faults off, time passes): every acknowledged
   write is readable at the tail through a client read, and the live
   replicas of the chain agree (``Tables.fingerprint``).
@@ -163,8 +164,8 @@ class ChainStateMachine(RuleBasedStateMachine):
         acked = self._acked()
         for r in self._live_chain():
             m = self.net.machines[r]
-            if not m.active or m.joining or m._awaiting_catchup:
-                continue
+            if not m.active or m.joining or not m._can_read():
+                continue  # (a replica that could serve reads if it were the tail must have them)
             kv = m.tables.data["kv"]
             missing = [k for k in acked if k not in kv]
             assert not missing, f"{r} lacks acknowledged writes {missing[:5]}"

@@ -416,7 +416,14 @@ class LocalScheduler:
         w.blocked = True
         lend = w.held.only(("CPU",))
         w.lent = lend
-        self.available = self.available + lend
+        give = lend
+        if not self.debt.is_empty():
+            # a worker that came back from an earlier block on debt has not
+            # really got its CPU back: what it lends repays the debt first
+            pay = give.min_with(self.debt)
+            self.debt = self.debt - pay
+            give = give - pay
+        self.available = self.available + give
         if w.task is not None:
             self._story(w.task, now, sid, f"worker {wid} blocked in get; lent {lend}")
         return self.dispatch(now, sid)

@@ -485,3 +485,27 @@ def test_task_outputs_that_do_not_fit_fail_the_task(core) -> None:
     assert [e.object_id for e in of(cmds, Evict)] == [s.return_ids[0]]
     assert box.obj_row(s.return_ids[0]).error.kind is ErrorKind.OBJECT_STORE_FULL
     assert box.sched.available == box.resources
+
+
+def test_blocking_again_after_unblocking_on_debt(core) -> None:
+    """A worker that unblocked on debt and blocks again must not lend a CPU
+    it does not have (found by the node state machine: available went above
+    total)."""
+    box = NodeBox(resources=ResourceSet.of(CPU=2))
+    a, b, c = core.spec(), core.spec(), core.spec(cpus=2)
+    (ea,) = of(box.submit(a), Execute)
+    (eb,) = of(box.submit(b), Execute)
+    box.feed(WorkerBlocked(worker_id=ea.worker_id))
+    assert of(box.submit(c), Execute) == []  # one CPU free, c needs two
+    (ec,) = of(box.feed(WorkerBlocked(worker_id=eb.worker_id)), Execute)
+    box.feed(WorkerUnblocked(worker_id=ea.worker_id))  # c holds both CPUs: debt
+    assert box.sched.debt == ResourceSet.of(CPU=1)
+    box.feed(WorkerBlocked(worker_id=ea.worker_id))  # lends what repays the debt
+    assert box.sched.debt == ResourceSet() and box.sched.available == ResourceSet()
+    box.feed(WorkerBlocked(worker_id=ec.worker_id))
+    assert box.sched.available == ResourceSet.of(CPU=2)  # never above total
+    for wid in (ea.worker_id, eb.worker_id, ec.worker_id):
+        box.feed(WorkerUnblocked(worker_id=wid))
+    for ex in (ea, eb, ec):
+        box.finish(ex)
+    assert box.sched.available == box.resources and box.sched.debt == ResourceSet()

@@ -15,7 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from penumbra.core.messages import Command, Event, Log, Message, Send, SetTimer, TimerFired
+from penumbra.core.messages import (
+    Command,
+    Event,
+    Log,
+    Message,
+    Send,
+    SetTimer,
+    TimerFired,
+)
 from penumbra.sim.costs import PAPER, ZERO, CostModel
 from penumbra.sim.faults import Crash, FaultSchedule, Restart, SlowHost
 from penumbra.sim.kernel import SimKernel, UnhandledCommand, UnknownAddress
@@ -240,6 +248,18 @@ def test_same_instant_sends_to_one_destination_are_one_batch():
     assert b.handled == 5
 
 
+def test_same_instant_sends_from_separate_steps_share_a_batch():
+    # two separate arrivals at the same instant, each step sends to "c"
+    k = SimKernel(network=net())
+    k.add_host("b", Recorder(lambda ev, now: [Send(to="c", msg=Ping(n=ev.n))]))
+    c = k.add_host("c", Recorder())
+    k.inject("b", Ping(n=1), at=1.0)
+    k.inject("b", Ping(n=2), at=1.0)
+    k.run(until=5)
+    assert c.machine.ns() == [1, 2] and c.machine.times() == [1.25, 1.25]
+    assert k.network.batches == 1
+
+
 def test_client_sends_in_one_instant_are_one_batch():
     k = SimKernel(network=net())
     b = k.add_host("b", Recorder())
@@ -325,6 +345,15 @@ def test_handler_can_send_and_call_later():
     k.inject("a", Start())
     k.run(until=5)
     assert [(t, e.n) for t, e in b.machine.seen] == [(1.25, 7)]
+
+
+def test_host_send_from_outside_a_step_leaves_now():
+    k = SimKernel(network=net())
+    a = k.add_host("a", Recorder())
+    b = k.add_host("b", Recorder())
+    k.call_at(2.0, a.send, "b", Ping(n=1))
+    k.run(until=5)
+    assert [(t, e.n) for t, e in b.machine.seen] == [(2.25, 1)]
 
 
 def test_machine_exception_names_host_and_event():
@@ -570,6 +599,32 @@ def test_client_mailbox_predicate_and_callback():
     assert res == [3, 2, 4, (2.5, 51)]
 
 
+def test_client_into_a_simpy_store():
+    import simpy
+    k = SimKernel(network=net())
+    k.add_host("server", EchoServer())
+    store = simpy.Store(k.env)
+    drv = k.add_client("driver", on_message=store.put)
+    out = []
+
+    def program(env):
+        drv.send("server", Ping(n=1, src="driver"))
+        m = yield store.get()
+        out.append((env.now, m.n))
+
+    k.env.process(program(k.env))
+    k.run(until=2)
+    assert out == [(0.5, 2)]
+
+
+def test_run_is_not_reentrant():
+    k = SimKernel()
+    k.add_host("h", Recorder(lambda ev, now: k.run(until=5) or []))
+    k.inject("h", Start())
+    with pytest.raises(RuntimeError, match="inside the simulation"):
+        k.run(until=1)
+
+
 def test_removed_client_gets_nothing():
     k = SimKernel(network=net())
     k.add_host("server", EchoServer())
@@ -582,6 +637,21 @@ def test_removed_client_gets_nothing():
     with pytest.raises(RuntimeError, match="disconnected"):
         drv.send("server", Ping())
     assert k.add_client("driver") is drv
+    drv.send("server", Ping(n=5, src="driver"))
+    k.run(until=2)
+    assert [m.n for m in drv.mailbox] == [6]
+
+
+def test_client_removed_before_its_flush_can_send_after_re_adding():
+    k = SimKernel(network=net())
+    k.add_host("server", EchoServer())
+    drv = k.add_client("driver")
+    drv.send("server", Ping(n=1, src="driver"))
+    k.remove_client("driver")  # the scheduled flush is cancelled
+    k.add_client("driver")
+    drv.send("server", Ping(n=2, src="driver"))
+    k.run(until=1)
+    assert [m.n for m in drv.mailbox] == [3]
 
 
 # ---------------------------------------------------------------------------
@@ -599,7 +669,7 @@ def _random_run(seed: int, trace: Trace | None = None) -> Trace:
             self.rng = rng
 
         def handle(self, ev, now):
-            if isinstance(ev, Ping) and ev.n < 60:
+            if isinstance(ev, Ping) and ev.n < 150:
                 peer = f"h:{self.rng.randrange(n)}"
                 return [Send(to=peer, msg=Ping(n=ev.n + 1)),
                         SetTimer(at=now + 0.001, key=("t", ev.n))]
@@ -643,12 +713,36 @@ def test_hash_is_stable_across_processes_and_hash_seeds():
 def test_trace_story_and_modes():
     t = _random_run(3, Trace(per_address=5, keep=True))
     story = t.story("h:0")
-    assert 0 < len(story) <= 5 and all(" h:0 " in ln for ln in story)
-    assert t.find("x drop") and t.find("x dup")
+    assert 0 < len(story) <= 5 and all(ln.startswith("(") and ", 'h:0', " in ln
+                                       for ln in story)
+    assert t.find("'x', 'drop'") and t.find("'x', 'dup'")
     cheap = _random_run(3, Trace(fields="type")).hexdigest()
     full = _random_run(3, Trace(fields="full")).hexdigest()
     assert len({cheap, full, t.hexdigest()}) == 3
     assert cheap == _random_run(3, Trace(fields="type")).hexdigest()
+
+
+def test_hash_does_not_depend_on_lines_or_when_it_is_read():
+    plain = _random_run(5).hexdigest()
+    assert _random_run(5, Trace(per_address=3, keep=True)).hexdigest() == plain
+
+    class Peek(Trace):
+        def handled(self, *a):
+            super().handled(*a)
+            if self.count % 1000 < 2:
+                self.hexdigest()  # reading mid-run must not change the result
+    assert _random_run(5, Peek()).hexdigest() == plain
+    assert _random_run(5).count > 4096  # more than one chunk
+
+
+def test_unpicklable_values_fall_back_to_repr():
+    tr = Trace()
+    k = SimKernel(network=net(), trace=tr)
+    k.add_host("h", Recorder(lambda ev, now: [SetTimer(at=1.0, key=lambda: 0)]
+                             if isinstance(ev, Start) else []))
+    k.inject("h", Start())
+    k.run(until=2)
+    assert len(tr.hexdigest()) == 32
 
 
 def test_trace_scrubs_memory_addresses():

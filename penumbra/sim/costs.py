@@ -38,8 +38,9 @@ All times are in seconds, all sizes in bytes, all bandwidths in bytes/second.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 __all__ = ["CostModel", "PAPER", "LOCAL", "ZERO"]
 
@@ -121,16 +122,16 @@ class CostModel:
         bw = self.store_write_bandwidth
         return self.store_put_overhead + (size / bw if bw > 0 else 0.0)
 
-    def with_(self, **changes: Any) -> "CostModel":
+    def with_(self, **changes: Any) -> CostModel:
         """A copy with ``changes`` applied (``dataclasses.replace``)."""
         return dataclasses.replace(self, **changes)
 
     # -----------------------------------------------------------------------
     @classmethod
     def from_benchmark(
-        cls, results: Mapping[str, float], *, base: "CostModel | None" = None,
+        cls, results: Mapping[str, float], *, base: CostModel | None = None,
         name: str = "LOCAL",
-    ) -> "CostModel":
+    ) -> CostModel:
         """Build a calibrated model from measurements of the real runtime.
 
         ``results`` maps field names of this class (``"per_command"``,

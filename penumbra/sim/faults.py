@@ -32,8 +32,9 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     from .kernel import SimKernel
@@ -54,12 +55,19 @@ __all__ = [
 _frozen = dataclass(frozen=True, slots=True)
 
 
+def _addresses(v: Iterable[str] | str) -> tuple[str, ...]:
+    """A sorted tuple of addresses (sets iterate in a hash-seed order)."""
+    if isinstance(v, str):
+        return (v,)
+    return tuple(sorted(v))
+
+
 class Fault:
     """Base class of faults (each subclass is a frozen dataclass)."""
 
     __slots__ = ()
 
-    def apply(self, ctx: "Installed") -> None:  # pragma: no cover - abstract
+    def apply(self, ctx: Installed) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def needs_restart_factory(self) -> bool:
@@ -78,7 +86,7 @@ class Crash(Fault):
     address: str
     restart_after: float | None = None
 
-    def apply(self, ctx: "Installed") -> None:
+    def apply(self, ctx: Installed) -> None:
         k = ctx.kernel
         if k.crash(self.address) and self.restart_after is not None:
             k.call_after(self.restart_after, ctx.restart_now, self.address)
@@ -100,7 +108,7 @@ class Restart(Fault):
 
     address: str
 
-    def apply(self, ctx: "Installed") -> None:
+    def apply(self, ctx: Installed) -> None:
         ctx.restart_now(self.address)
 
     def needs_restart_factory(self) -> bool:
@@ -122,7 +130,12 @@ class Partition(Fault):
     side_b: tuple[str, ...] | None = None
     duration: float | None = None
 
-    def apply(self, ctx: "Installed") -> None:
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "side_a", _addresses(self.side_a))
+        if self.side_b is not None:
+            object.__setattr__(self, "side_b", _addresses(self.side_b))
+
+    def apply(self, ctx: Installed) -> None:
         net = ctx.kernel.network
         pid = net.partition(self.side_a, self.side_b)
         if self.duration is not None:
@@ -141,7 +154,7 @@ class Partition(Fault):
 class Heal(Fault):
     """Remove every partition and isolation."""
 
-    def apply(self, ctx: "Installed") -> None:
+    def apply(self, ctx: Installed) -> None:
         ctx.kernel.network.heal()
 
     def __str__(self) -> str:
@@ -155,7 +168,7 @@ class Isolate(Fault):
     address: str
     duration: float | None = None
 
-    def apply(self, ctx: "Installed") -> None:
+    def apply(self, ctx: Installed) -> None:
         net = ctx.kernel.network
         pid = net.isolate(self.address)
         if self.duration is not None:
@@ -182,7 +195,13 @@ class LinkFault(Fault):
     duration: float | None = None
     both_ways: bool = False
 
-    def apply(self, ctx: "Installed") -> None:
+    def __post_init__(self) -> None:
+        for name in ("src", "dst"):
+            v = getattr(self, name)
+            if v is not None:
+                object.__setattr__(self, name, _addresses(v))
+
+    def apply(self, ctx: Installed) -> None:
         net = ctx.kernel.network
         kw = dict(drop=self.drop, delay=self.delay, duplicate=self.duplicate)
         rids = [net.add_fault(self.src, self.dst, **kw)]
@@ -213,7 +232,7 @@ class SlowHost(Fault):
     factor: float
     duration: float | None = None
 
-    def apply(self, ctx: "Installed") -> None:
+    def apply(self, ctx: Installed) -> None:
         k = ctx.kernel
         host = k.host(self.address)
         before = host.cpu_factor
@@ -236,7 +255,7 @@ class SlowHost(Fault):
 class Installed:
     """A schedule armed on a kernel (returned by ``FaultSchedule.install``)."""
 
-    kernel: "SimKernel"
+    kernel: SimKernel
     restart: Callable[[str], Any] | None
     applied: list[tuple[float, Fault]] = field(default_factory=list)
     restarts: list[tuple[float, str]] = field(default_factory=list)
@@ -315,7 +334,7 @@ class FaultSchedule:
         slow_rate: float = 0.0,
         slow_factor: float | tuple[float, float] = (2.0, 10.0),
         slow_duration: float | tuple[float, float] = (0.1, 1.0),
-    ) -> "FaultSchedule":
+    ) -> FaultSchedule:
         """Draw a schedule from ``seed``.
 
         Rates are cluster-wide faults per simulated second over
@@ -374,17 +393,17 @@ class FaultSchedule:
         return cls(events)
 
     # -- editing (for shrinking by hand) -------------------------------------
-    def without(self, index: int) -> "FaultSchedule":
+    def without(self, index: int) -> FaultSchedule:
         """This schedule minus event ``index``."""
         evs = list(self.events)
         del evs[index]
         return FaultSchedule(evs)
 
-    def truncated(self, n: int) -> "FaultSchedule":
+    def truncated(self, n: int) -> FaultSchedule:
         """The first ``n`` events."""
         return FaultSchedule(self.events[:n])
 
-    def __add__(self, other: "FaultSchedule") -> "FaultSchedule":
+    def __add__(self, other: FaultSchedule) -> FaultSchedule:
         return FaultSchedule(self.events + other.events)
 
     def __len__(self) -> int:
@@ -399,7 +418,7 @@ class FaultSchedule:
         return "\n".join(f"{t:12.6f}  {f}" for t, f in self.events)
 
     # -- running -------------------------------------------------------------
-    def install(self, kernel: "SimKernel", restart: Callable[[str], Any] | None = None,
+    def install(self, kernel: SimKernel, restart: Callable[[str], Any] | None = None,
                 *, offset: float = 0.0) -> Installed:
         """Arm every fault on ``kernel`` at ``time + offset``.
 

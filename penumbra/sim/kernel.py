@@ -28,17 +28,18 @@ messages (``host.send``).  A command with no handler raises
 the host was added with ``validate_every_step=True``.
 
 **Efficiency.**  There is no SimPy process per host or per message.  Work is
-a bare heap entry in the environment's own queue: a batch of messages from
-one host to one destination at one instant is *one* entry, handed to the
-machine one message at a time.  A host that is busy schedules one wake-up at
-its ``busy_until``; when nothing else in the whole simulation is due before
-that time, it does not even do that and handles the next queued event at
-once (with ``now`` = its proper start time): the result is exactly what the
-one-wake-up-per-event schedule would produce, but the SimPy clock
-(``env.now``) may lag a host's clock (``host.now``) while it catches up.
-Inside handlers, always use ``host.now``.  ``kernel.run`` drives the queue
-with its own loop (plain SimPy events and processes run through
-``env.step``); ``env.run`` works too, only slower.
+a plain tuple in the environment's own heap (see "Heap entries" below): a
+batch of messages from one host to one destination at one instant is *one*
+entry, handed to the machine one message at a time.  A busy host schedules
+one wake-up at its ``busy_until``; when nothing else in the whole simulation
+is due by then, it skips even that and handles its next queued event at
+once, with ``now`` = that event's proper start time.  The order of
+everything observable is exactly that of the one-wake-up-per-event schedule,
+but the SimPy clock (``env.now``) may lag a host's clock (``host.now``)
+while the host catches up: inside handlers, always use ``host.now``; and a
+``run_until`` predicate may see a host's machine slightly ahead of
+``env.now``.  ``kernel.run`` drives the heap with its own loop (SimPy events
+and processes go through ``env.step``); ``env.run`` works as well.
 
 **Crashes.**  ``crash(address)`` drops the machine, its inbox, its pending
 timers and handler events, and every message in flight to it; messages to
@@ -50,8 +51,10 @@ cluster layer tell others (e.g. a ``NodeDied`` to the head).
 **Clients.**  ``add_client(address, on_message=None, colocated_with=...)``
 makes an endpoint without a machine, for simulated programs written as
 SimPy processes: ``client.send(to, msg)``; incoming messages go to
-``on_message(msg)`` or to a mailbox served by ``yield client.recv()`` and
-``yield client.wait_for(predicate)``.  Clients cost no CPU.
+``on_message(msg)`` or to a mailbox served by ``yield client.recv()``,
+``yield client.wait_for(predicate)`` and ``yield client.request(to, msg,
+match)``.  Clients cost no CPU.  ``kernel.inject(address, event)`` delivers
+an event to a host without the network (the omniscient simulator speaking).
 
 **Determinism.**  Heap ties break by insertion order, the network draws from
 the kernel's RNG in a fixed order, and nothing iterates over a ``set`` of
@@ -65,8 +68,9 @@ from __future__ import annotations
 import hashlib
 import random
 from collections import deque
+from collections.abc import Callable, Mapping
 from heapq import heappop, heappush
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import simpy
 
@@ -137,7 +141,7 @@ class _Environment(simpy.Environment):
 class _Endpoint:
     """Something with an address on the network (a host or a client)."""
 
-    def __init__(self, kernel: "SimKernel", address: str, kind: str):
+    def __init__(self, kernel: SimKernel, address: str, kind: str):
         self.kernel = kernel
         self.address = address
         self.kind = kind
@@ -188,7 +192,7 @@ class Host(_Endpoint):
     ``deliver_at``/``deliver_after``/``call_at``/``call_after``/``send``.
     """
 
-    def __init__(self, kernel: "SimKernel", address: str, machine: Any,
+    def __init__(self, kernel: SimKernel, address: str, machine: Any,
                  handlers: Mapping[type, Callable], kind: str, validate: bool,
                  cost: float | Callable[[Any], float] | None):
         super().__init__(kernel, address, kind)
@@ -206,8 +210,9 @@ class Host(_Endpoint):
         self.rng = kernel.rng
         self._cost_override = cost
         self._costs: dict[type, float] = {}
-        self._per_command = kernel.costs.per_command
+        self._cmd_cost = kernel.costs.per_command
         self._on_wake = self._wake_entry
+        self._flush_scheduled = False
 
     def _check_machine(self, machine: Any) -> None:
         if not callable(getattr(machine, "handle", None)):
@@ -248,15 +253,30 @@ class Host(_Endpoint):
         self.call_at(self.now + dt, fn, *args)
 
     def send(self, to: str, msg: Message) -> None:
-        """Send ``msg`` from this host at ``host.now``, as if the machine had
-        emitted ``Send`` (for handlers and ``call_at`` callbacks)."""
+        """Send ``msg`` from this host, as if the machine had emitted ``Send``.
+
+        In a handler or a ``host.call_at`` callback it leaves at ``host.now``
+        with the step's other messages; called from anywhere else it leaves
+        at ``env.now`` (prefer ``kernel.send`` there).
+        """
+        if not self.alive:
+            return
+        k = self.kernel
         lst = self.pending.get(to)
         if lst is None:
             self.pending[to] = [msg]
         else:
             lst.append(msg)
-        if self.kernel.trace is not None:
-            self.kernel.trace.sent(self.now, self.address, to, msg)
+        if k.trace is not None:
+            k.trace.sent(max(self.now, k.env._now), self.address, to, msg)
+        if not self._flush_scheduled:
+            # Inside a step the step flushes first and this finds nothing.
+            self._flush_scheduled = True
+            heappush(k._queue, (k.env._now, _NORMAL, next(k._eid), k._on_call,
+                                self._flush_now, (), self, self.epoch))
+
+    def _flush_now(self) -> None:
+        self._flush_scheduled = False
 
     def _call(self, now: float, fn: Callable, args: tuple) -> None:
         self.now = now
@@ -289,16 +309,23 @@ class Host(_Endpoint):
             self.wake = False
             self._drain(item[0])
 
-    def _cost_for(self, et: type) -> float:
+    def _cost_for(self, ev: Any) -> float:
+        """CPU seconds for ``ev`` (cached per type unless ``cost`` is a
+        function); includes the slowdown factor."""
         o = self._cost_override
         if o is None:
-            c = self.kernel.costs.handling_cost(self.kind, et)
+            c = self.kernel.costs.handling_cost(self.kind, ev.__class__) * self.cpu_factor
         elif callable(o):
-            c = -1.0  # computed per event by the override
+            return float(o(ev)) * self.cpu_factor
         else:
-            c = float(o)
-        self._costs[et] = c
+            c = float(o) * self.cpu_factor
+        self._costs[ev.__class__] = c
         return c
+
+    def _set_cpu_factor(self, factor: float) -> None:
+        self.cpu_factor = factor
+        self._costs.clear()
+        self._cmd_cost = self.kernel.costs.per_command * factor
 
     def _drain(self, T: float) -> None:
         """Handle queued events, starting no earlier than ``T`` (= env.now)."""
@@ -329,16 +356,12 @@ class Host(_Endpoint):
             except Exception as e:
                 e.add_note(f"while {self.address!r} handled {ev!r} at t={start!r}")
                 raise
-            et = ev.__class__
-            cost = costs.get(et)
+            cost = costs.get(ev.__class__)
             if cost is None:
-                cost = self._cost_for(et)
-            if cost < 0:
-                cost = self._cost_override(ev)
+                cost = self._cost_for(ev)
             if cmds:
-                cost += len(cmds) * self._per_command
+                cost += len(cmds) * self._cmd_cost
             if cost:
-                cost *= self.cpu_factor
                 self.busy_time += cost
             finish = start + cost
             self.busy_until = finish
@@ -410,9 +433,10 @@ class Client(_Endpoint):
 
     Sends made in one instant to one destination travel as one batch.  A
     client costs no CPU; a program models its own with ``env.timeout``.
+    To feed a ``simpy.Store`` instead, pass ``on_message=store.put``.
     """
 
-    def __init__(self, kernel: "SimKernel", address: str, kind: str,
+    def __init__(self, kernel: SimKernel, address: str, kind: str,
                  on_message: Callable[[Message], Any] | None):
         super().__init__(kernel, address, kind)
         self.on_message = on_message
@@ -556,11 +580,12 @@ class SimKernel:
         self.clients: dict[str, Client] = {}
         self.endpoints: dict[str, _Endpoint] = {}
         self.handlers: dict[type, Callable] = {}
-        self.on_crash: list[Callable[["SimKernel", str], Any]] = []
-        self.on_restart: list[Callable[["SimKernel", str], Any]] = []
+        self.on_crash: list[Callable[[SimKernel, str], Any]] = []
+        self.on_restart: list[Callable[[SimKernel, str], Any]] = []
         self.on_log: list[Callable[[float, str, Log], Any]] = []
         self._lost = 0
         self._undeliverable = 0
+        self._running = False
 
     # ------------------------------------------------------------------
     # building the cluster
@@ -726,6 +751,8 @@ class SimKernel:
         ep.epoch += 1
         ep.crashed_at = now
         ep.pending = {}
+        if isinstance(ep, (Client, Host)):
+            ep._flush_scheduled = False
         if isinstance(ep, Host):
             ep.machine = None
             ep.inbox.clear()
@@ -769,7 +796,7 @@ class SimKernel:
         """Multiply a host's CPU costs by ``factor`` (1.0 restores it)."""
         if factor <= 0:
             raise ValueError(f"slowdown factor must be > 0, got {factor!r}")
-        self.host(address).cpu_factor = float(factor)
+        self.host(address)._set_cpu_factor(float(factor))
 
     def note(self, address: str, text: str) -> None:
         """Record a line in the trace (faults use this)."""
@@ -814,6 +841,18 @@ class SimKernel:
 
     def _loop(self, predicate: Callable[[], bool] | None,
               check_every: float | None = None) -> bool:
+        if self._running:
+            raise RuntimeError("SimKernel.run/run_until called from inside the simulation "
+                               "(a handler, callback or process); schedule work with "
+                               "call_at/inject instead")
+        self._running = True
+        try:
+            return self._loop_body(predicate, check_every)
+        finally:
+            self._running = False
+
+    def _loop_body(self, predicate: Callable[[], bool] | None,
+                   check_every: float | None) -> bool:
         queue = self._queue
         env = self.env
         simpy_step = simpy.Environment.step

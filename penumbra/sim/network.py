@@ -21,7 +21,10 @@ messages leaving ``src`` for ``dst`` at time ``depart`` occupies the link for
 So a big transfer delays later messages on the same link, but not on other
 links.  Messages handed to the network in one batch (same source, same
 destination, same simulated instant) travel and arrive together, as one
-write on a TCP connection would.  Bulk object transfers should use
+write on a TCP connection would: one heap entry.  With infinite bandwidth
+this holds even across separate steps of the sender in one instant (later
+messages join the pending entry); with finite bandwidth a later hand-over
+queues behind the earlier one on the link, as the model says.  Bulk object transfers should use
 ``transfer()``, which reserves bandwidth on a separate ``channel`` of the
 same pair (as Ray's object manager uses its own connections), so a 1 GB
 fetch does not hold up control messages.
@@ -54,9 +57,10 @@ configuration give the same run.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from heapq import heappush
 from itertools import count
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     from .costs import CostModel
@@ -120,7 +124,8 @@ class SizeModel:
 class Link:
     """A directed FIFO pipe.  ``inv_bw`` is seconds per byte (0: infinite)."""
 
-    __slots__ = ("src", "dst", "src_m", "dst_m", "latency", "inv_bw", "free_at", "level", "dst_ep")
+    __slots__ = ("src", "dst", "src_m", "dst_m", "latency", "inv_bw", "free_at", "level",
+                 "dst_ep", "last")
 
     def __init__(self, src: str, dst: str, src_m: str, dst_m: str, latency: float,
                  bandwidth: float, level: int, dst_ep: Any):
@@ -130,6 +135,7 @@ class Link:
         self.free_at = 0.0
         self.level = level
         self.dst_ep = dst_ep
+        self.last: tuple | None = None  # the last heap entry pushed on this link
 
     def __repr__(self) -> str:
         bw = f"{1 / self.inv_bw:.3g}B/s" if self.inv_bw else "inf"
@@ -189,13 +195,13 @@ class Network:
         self._ids = count(1)
         self._cut = False      # any partition or isolation active
         self._faulty = False   # any per-message rule active
-        self.batches = 0  # batches handed to the network
+        self.batches = 0  # heap entries pushed (one per arriving batch)
         self.stats = {"cut": 0, "dropped": 0, "duplicated": 0, "delayed": 0, "to_dead": 0}
         self._queue: list = []
         self._eid: Any = None
 
     @classmethod
-    def from_costs(cls, costs: "CostModel", **kw: Any) -> "Network":
+    def from_costs(cls, costs: CostModel, **kw: Any) -> Network:
         """A network with ``costs``' latencies, bandwidths and message size."""
         kw.setdefault("latency", (costs.latency_loopback, costs.latency_intra_rack,
                                   costs.latency_inter_rack))
@@ -204,13 +210,14 @@ class Network:
         kw.setdefault("message_bytes", costs.message_bytes)
         return cls(**kw)
 
-    def bind(self, kernel: "SimKernel") -> None:
+    def bind(self, kernel: SimKernel) -> None:
         """Called by ``SimKernel``: share its clock, endpoints and RNG."""
         if self.kernel is not None and self.kernel is not kernel:
             raise RuntimeError("this Network is already bound to another SimKernel; "
                                "create one Network per kernel")
         self.kernel = kernel
         self.rng = kernel.rng
+        self._env = kernel.env
         self._queue = kernel._queue
         self._eid = kernel._eid
 
@@ -381,7 +388,7 @@ class Network:
     # ------------------------------------------------------------------
     # sending (called by the kernel)
 
-    def transmit(self, src_ep: "_Endpoint", dst: str, msgs: list, depart: float) -> None:
+    def transmit(self, src_ep: _Endpoint, dst: str, msgs: list, depart: float) -> None:
         """Carry ``msgs`` from ``src_ep`` to ``dst``, leaving at ``depart``.
 
         Called by the kernel with each batch; pushes one heap entry per
@@ -394,7 +401,6 @@ class Network:
                 return
             link = self._new_link(src_ep.address, dst, dst_ep)
         dst_ep = link.dst_ep
-        self.batches += 1
         if self._cut and self._blocked(link.src_m, link.dst_m):
             self.stats["cut"] += len(msgs)
             self.kernel._net_event("cut", depart, link, msgs)
@@ -411,13 +417,24 @@ class Network:
             arrival = done + link.latency
         else:
             arrival = depart + link.latency
+            last = link.last
+            if (last is not None and last[8] == depart and last[0] > self._env._now
+                    and last[5] == dst_ep.epoch and not self._faulty):
+                # Same link, same instant, batch not delivered yet: ride along
+                # (exact: with infinite bandwidth the arrival time is the same).
+                last[4].extend(msgs)
+                return
         if not self._faulty:
-            heappush(self._queue, (arrival, 1, next(self._eid), dst_ep._on_net, msgs,
-                                   dst_ep.epoch, src_ep, src_ep.epoch, depart))
+            entry = (arrival, 1, next(self._eid), dst_ep._on_net, msgs,
+                     dst_ep.epoch, src_ep, src_ep.epoch, depart)
+            heappush(self._queue, entry)
+            link.last = entry
+            self.batches += 1
             return
         self._faulty_transmit(link, src_ep, dst_ep, msgs, depart, arrival)
 
     def _push(self, t: float, dst_ep: Any, msgs: list, src_ep: Any, depart: float) -> None:
+        self.batches += 1
         heappush(self._queue, (t, 1, next(self._eid), dst_ep._on_net, msgs,
                                dst_ep.epoch, src_ep, src_ep.epoch, depart))
 

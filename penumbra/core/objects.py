@@ -66,6 +66,9 @@ class Admission:
     error: ErrorInfo | None = None
 
 
+_ADMITTED = Admission(True)  # (immutable: shared by every plain admission)
+
+
 class StoreAccounting:
     """Capacity, pins and LRU order of one node's object store."""
 
@@ -101,7 +104,7 @@ class StoreAccounting:
             self.objects.move_to_end(oid)
             if pin is not None:
                 self.pin(oid, pin)
-            return Admission(True)
+            return _ADMITTED
         need = self.used + size - self.capacity
         victims: list[ObjectId] = []
         if need > 0:
@@ -132,7 +135,7 @@ class StoreAccounting:
         self.used += size
         if pin is not None:
             self.pin(oid, pin)
-        return Admission(True, tuple(victims))
+        return Admission(True, tuple(victims)) if victims else _ADMITTED
 
     def pin(self, oid: ObjectId, holder: Hashable) -> None:
         o = self.objects[oid]

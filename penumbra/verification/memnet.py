@@ -264,6 +264,8 @@ class MemNet:
                 raise TypeError(f"memnet: no handler for command {c!r} from {src}")
 
     def _run_task(self, node: str, c: Execute) -> None:
+        if not self.workers.get(c.worker_id, (node, True))[1]:
+            return  # a killed worker runs nothing (its WorkerCrashed is queued)
         spec = c.spec
         out = self.behaviour(spec, c.attempt)
         at = self.now + out.duration

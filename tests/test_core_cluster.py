@@ -216,3 +216,32 @@ def test_heartbeat_loss_declares_node_dead(core) -> None:
     assert head.dead_nodes == {"node:1"}
     assert net.machines["node:0"].nodes["node:1"] is False
     assert gcs_row(net, "nodes", "node:1").alive is False
+
+
+# ============================================================================ memnet itself
+
+
+def test_memnet_killed_worker_runs_nothing(core) -> None:
+    from penumbra.core.messages import Execute, KillWorker, StartWorker, TaskFinished, WorkerCrashed
+    from penumbra.verification.memnet import MemNet
+
+    class Stub:
+        def __init__(self):
+            self.seen = []
+
+        def handle(self, ev, now):
+            self.seen.append(type(ev).__name__)
+            if isinstance(ev, WorkerCrashed):
+                return []
+            return [StartWorker(worker_id="w")] if ev == "start" else []
+
+    net = MemNet()
+    stub = Stub()
+    net.add("n", stub)
+    net._execute("n", [StartWorker(worker_id="w")])
+    net.run()
+    spec = core.spec()
+    net._execute("n", [KillWorker(worker_id="w", reason="stop"), Execute(worker_id="w", spec=spec)])
+    net.run()
+    assert "WorkerCrashed" in stub.seen and "TaskFinished" not in stub.seen
+    assert spec.return_ids[0] not in net.stores["n"]

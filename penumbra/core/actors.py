@@ -492,13 +492,14 @@ class ActorHost:
         for call in h.running.values():
             self._pin(call, False)
         token_calls = [c for q in h.queue.values() for c in q.values() if c.missing]
+        cmds: list[Command] = []
         for c in token_calls:
             token = ("actor-call", aid, c.spec.task_id)
-            for d in c.missing:
-                self.node.objects.unwant(d, token, now, sid)
+            for d in sorted(c.missing):
+                cmds += self.node.objects.unwant(d, token, now, sid)
         self.node.story_add(h.entry.creation.task_id, now, sid, f"actor worker {wid} died: {reason}")
         error = ErrorInfo(ErrorKind.ACTOR_DIED, f"the actor's worker process died: {reason}", task_name=h.entry.spec.cls.name)
-        return [Send(to=self.node.head, msg=ActorReported(
+        return cmds + [Send(to=self.node.head, msg=ActorReported(
             actor_id=aid, incarnation=h.entry.incarnation, node_id=self.node.address, error=error, stimulus_id=sid,
         ))]
 

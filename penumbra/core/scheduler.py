@@ -541,18 +541,19 @@ class LocalScheduler:
 
     def _fail(self, t: _Task, error: ErrorInfo, now: float, sid: str, why: str) -> list[Command]:
         tid = t.spec.task_id
+        cmds: list[Command] = []
         if t.state in (WAITING, LOCATING):
             token = ("task", tid)
-            for d in t.missing:
-                self.node.objects.unwant(d, token, now, sid)
+            for d in sorted(t.missing):
+                cmds += self.node.objects.unwant(d, token, now, sid)
         self.tasks.pop(tid, None)
         self._locating.pop(tid, None)
         self.failed_count += 1
         self._remember(tid, f"failed:{error.kind.value}")
         self._story(tid, now, sid, f"failed: {why}")
         if t.spec.is_actor_creation:
-            return self.node.actor_creation_failed(t.spec, t.actor, error, now, sid)
-        return self.node.fail_outputs(t.spec, error, t.attempt, now, sid)
+            return cmds + self.node.actor_creation_failed(t.spec, t.actor, error, now, sid)
+        return cmds + self.node.fail_outputs(t.spec, error, t.attempt, now, sid)
 
     # ------------------------------------------------------------------ cancel
     def cancel(self, tid: TaskId, force: bool, now: float, sid: str) -> tuple[bool, list[Command]]:

@@ -268,3 +268,22 @@ def test_replay_after_restart(core, interval, replayed) -> None:
     net.run_for(0.5)
     assert A.results()[more.return_ids[0]].error is None
     assert A.host_of(aid)[1].executed == 6
+
+
+def test_dead_actor_drops_its_calls_input_subscriptions(core) -> None:
+    A = Actors(core)
+    net = A.cluster(nodes=1)
+    aid = A.create(max_restarts=0)
+    net.run_for(0.2)
+    never = core.spec().return_ids[0]  # an input that never appears
+    spec = A.call(aid, send=False)
+    spec = replace(spec, dependencies=(never,))
+    net.send("c:d", "node:0", SubmitTask(client="c:d", spec=spec))
+    net.run_for(0.1)
+    node = net.machines["node:0"]
+    assert never in node.objects.wants
+    _crash_actor_worker(A, aid)
+    net.run_for(0.01)  # well before any GCS client retry
+    assert never not in node.objects.wants
+    tail = net.machines["gcs:0:0"]
+    assert ("objects", never) not in tail.tables.subs

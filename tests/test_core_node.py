@@ -509,3 +509,15 @@ def test_blocking_again_after_unblocking_on_debt(core) -> None:
     for ex in (ea, eb, ec):
         box.finish(ex)
     assert box.sched.available == box.resources and box.sched.debt == ResourceSet()
+
+
+def test_failing_a_waiting_task_drops_its_subscriptions_at_once(core) -> None:
+    box = NodeBox()
+    missing = core.spec().return_ids[0]  # never produced
+    t = core.spec(deps=(missing,))
+    box.submit(t)
+    assert "node:0" in box.gcs.tables.subs.get(("objects", missing), ())
+    box.feed(CancelTask(client="c:driver", task_id=t.task_id))
+    assert box.obj_row(t.return_ids[0]).error.kind is ErrorKind.TASK_CANCELLED
+    assert ("objects", missing) not in box.gcs.tables.subs  # Unsubscribe was sent, not just queued
+    assert not box.node.objects.wants

@@ -239,6 +239,14 @@ class LocalScheduler:
                 err = objects.error_of(d)
                 if err is not None:
                     return self._fail(t, err, now, sid, f"input {d.short()} holds an error")
+        # inputs stay pinned from the moment they are here until the task
+        # ends: a put object whose refs the driver dropped right after the
+        # call must not be evicted while the task waits for a CPU
+        store = objects.store
+        holder = ("task", t.spec.task_id)
+        for d in deps:
+            if d not in missing and d in store.objects:
+                store.pin(d, holder)
         if not missing:
             return self._make_ready(t, now, sid)
         t.missing = missing
@@ -272,6 +280,7 @@ class LocalScheduler:
             cmds: list[Command] = []
             for d in t.missing:
                 cmds += objects.unwant(d, token, now, sid)
+            self._unpin_inputs(t)
             del self.tasks[tid]
             return cmds + self._forward(t.spec, "remote_inputs", t.attempt, now, sid, t.reconstruction)
         t.state = WAITING
@@ -287,6 +296,9 @@ class LocalScheduler:
         if info.error is not None:
             return self._fail(t, info.error, now, sid, f"input {oid.short()} holds an error")
         t.missing.discard(oid)
+        store = self.node.objects.store
+        if oid in store.objects:
+            store.pin(oid, ("task", tid))
         if t.missing:
             return []
         return self._make_ready(t, now, sid)
@@ -358,11 +370,6 @@ class LocalScheduler:
         t.state = RUNNING
         t.worker = wid
         t.started_at = now
-        store = self.node.objects.store
-        holder = ("task", t.spec.task_id)
-        for d in t.spec.dependencies:
-            if d in store.objects:
-                store.pin(d, holder)
         self._story(t.spec.task_id, now, sid, f"running on {wid} attempt={t.attempt}")
         checkpoint = t.actor.checkpoint if t.actor is not None else None
         return [Execute(worker_id=wid, spec=t.spec, attempt=t.attempt, checkpoint=checkpoint, stimulus_id=sid)]
@@ -546,6 +553,7 @@ class LocalScheduler:
             token = ("task", tid)
             for d in sorted(t.missing):
                 cmds += self.node.objects.unwant(d, token, now, sid)
+        self._unpin_inputs(t)
         self.tasks.pop(tid, None)
         self._locating.pop(tid, None)
         self.failed_count += 1

@@ -134,6 +134,7 @@ class _Entry:
     result: Any
     changes: list[Change]
     direct: tuple[str, list[Change]] | None = None  # (subscriber, current rows)
+    sent_at: float = 0.0  # when last forwarded to the successor
 
 
 class GcsReplica:
@@ -296,7 +297,7 @@ class GcsReplica:
                 cmds += self._serve_pending_reads()
             return cmds
         self.log[entry.seq] = entry
-        self._last_forward_at = now
+        entry.sent_at = self._last_forward_at = now
         return [Send(to=succ, msg=self._forward_msg(entry, sid))]
 
     def _forward_msg(self, e: _Entry, sid: str = "") -> GcsForward:
@@ -511,12 +512,18 @@ class GcsReplica:
         if pred is not None and self._awaiting_catchup:
             cmds.append(Send(to=pred, msg=GcsSync(shard=self.shard, epoch=self.config.epoch, seq=self.seq, replica=self.replica_id)))
         succ = self._successor()
-        if succ is not None and self.log and now - self._last_forward_at >= self.timing.resend_after:
-            # nothing acked for a while: re-send (the successor drops repeats)
-            pending = [s for s in sorted(self.log) if s > self.committed]
-            for s in pending[:256]:
-                cmds.append(Send(to=succ, msg=self._forward_msg(self.log[s])))
-            if pending:
+        if succ is not None and self.log:
+            # the oldest unacknowledged entry waited too long (its forward,
+            # or the ack, was lost): re-send from it (the successor drops
+            # repeats).  Judged by that entry's age, not by the last forward:
+            # under steady writes a lost forward would otherwise never be
+            # re-sent, and the successor drops everything after the gap.
+            pending = sorted(s for s in self.log if s > self.committed)
+            if pending and now - self.log[pending[0]].sent_at >= self.timing.resend_after:
+                for s in pending[:256]:
+                    e = self.log[s]
+                    e.sent_at = now
+                    cmds.append(Send(to=succ, msg=self._forward_msg(e)))
                 self._last_forward_at = now
         return cmds
 

@@ -581,3 +581,24 @@ def test_successor_whose_gap_cannot_be_filled_rejoins() -> None:
     (join,) = succ.handle(rejoin.msg, 0.0)
     assert join.to == "head" and isinstance(join.msg, ReplicaJoin)
     assert succ.joining and not succ.active
+
+
+def test_lost_forward_is_resent_under_steady_load() -> None:
+    """One GcsForward is lost while a write arrives every 2 ms: the gap must
+    be re-sent within a few resend intervals, not only once writes pause."""
+    net, master, cms = make_chain()
+    c = cms["c"]
+    dropped = []
+
+    def drop_seq3(src, to, msg):
+        if isinstance(msg, GcsForward) and msg.seq == 3 and not dropped:
+            dropped.append(msg)
+            return True
+        return False
+
+    net.drop_fn = drop_seq3
+    for i in range(100):
+        do_write(net, c, KvPut(f"k{i}", i), i)
+        net.run_for(0.002)
+    assert dropped
+    assert len(c.replies) >= 95, f"only {len(c.replies)} of 100 writes acknowledged under load"

@@ -135,6 +135,15 @@ class ActorRouter:
     def __init__(self, node: "NodeMachine") -> None:
         self.node = node
         self.routes: dict[ActorId, _Route] = {}
+        self.calls: dict[TaskId, ActorId] = {}  # unresolved calls -> their actor
+
+    def produces_here(self, tid: TaskId) -> bool:
+        """Is ``tid`` an unresolved call to an actor alive on this node?"""
+        aid = self.calls.get(tid)
+        if aid is None:
+            return False
+        e = self.routes[aid].entry
+        return e is not None and e.state is ActorState.ALIVE and e.node == self.node.address
 
     def _route(self, aid: ActorId, now: float, sid: str) -> tuple[_Route, list[Command]]:
         r = self.routes.get(aid)
@@ -147,6 +156,7 @@ class ActorRouter:
         r, cmds = self._route(spec.actor_id, now, sid)
         p = _Pending(spec)
         r.add(p)
+        self.calls[spec.task_id] = spec.actor_id
         self.node.story_add(spec.task_id, now, sid, f"actor call {spec.method} #{spec.sequence_no}")
         return cmds + self._send_if_alive(r, p, now, sid)
 
@@ -167,6 +177,7 @@ class ActorRouter:
 
     def _fail(self, r: _Route, p: _Pending, error: ErrorInfo, now: float, sid: str) -> list[Command]:
         r.remove(p.spec.caller_id, p.spec.sequence_no)
+        self.calls.pop(p.spec.task_id, None)
         self.node.story_add(p.spec.task_id, now, sid, f"actor call failed: {error.message}")
         return self.node.fail_outputs(p.spec, error, p.attempt, now, sid)
 
@@ -179,6 +190,11 @@ class ActorRouter:
             return []  # stale
         r.entry = entry
         cmds: list[Command] = []
+        if old is not None and old.node == self.node.address and (entry.node != old.node or entry.state is not ActorState.ALIVE):
+            # the actor left this node: its pending calls' outputs will be
+            # made elsewhere (if at all), so follow them in the GCS
+            for p in r.pending.values():
+                cmds += self.node.objects.producer_left(p.spec.return_ids, now, sid)
         for p in sorted(r.pending.values(), key=lambda p: (p.spec.caller_id, p.spec.sequence_no)):
             if entry.state is ActorState.DEAD:
                 cmds += self._fail(r, p, _died(entry, p.spec.display_name(), ""), now, sid)
@@ -205,7 +221,9 @@ class ActorRouter:
         if r is None:
             return
         for s in ev.sequence_nos:
-            r.remove(ev.caller_id, s)
+            p = r.remove(ev.caller_id, s)
+            if p is not None:
+                self.calls.pop(p.spec.task_id, None)
 
     def on_stale(self, ev: ActorCallStale, now: float, sid: str) -> list[Command]:
         r = self.routes.get(ev.spec.actor_id)

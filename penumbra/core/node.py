@@ -136,7 +136,10 @@ class NodeMachine:
         self.welcomed = False
 
     def _produced_here(self, oid: ObjectId) -> bool:
-        return not oid.is_put and oid.task_id in self.scheduler.tasks
+        if oid.is_put:
+            return False
+        tid = oid.task_id
+        return tid in self.scheduler.tasks or self.router.produces_here(tid)
 
     # ------------------------------------------------------------------ shared services
     def gcs_write(self, op, token: Hashable, now: float, sid: str) -> list[Command]:

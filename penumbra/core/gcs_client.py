@@ -43,6 +43,7 @@ class _Req:
     sent_at: float
     group: "_Group | None"
     sid: str
+    retries: int = 0
 
 
 @dataclass(slots=True)
@@ -170,12 +171,23 @@ class GcsClient:
         for r in self.outstanding.values():
             if now - r.sent_at >= self.retry_after:
                 r.sent_at = now
-                cmds.append(self._send(r))
+                r.retries += 1
+                send = self._send(r)
+                cmds.append(send)
+                if r.retries >= 2:
+                    cmds += self._probe(r, send)
         if self.outstanding or self.waiting:
             cmds.append(SetTimer(at=now + self.retry_after, key=("gcs-client", "retry")))
         else:
             self._timer_armed = False
         return cmds
+
+    def _probe(self, r: _Req, send: Send) -> list[Command]:
+        """A request unanswered twice: our config may be stale (a lost
+        ChainConfigMsg while the old head or tail is dead).  Send a copy to
+        the chain's other replicas; a live one that is not the head (tail)
+        does not serve it but answers with its config."""
+        return [Send(to=x, msg=send.msg) for x in self.configs[r.shard].replicas if x != send.to]
 
     def fresh(self, ev: GcsNotify) -> bool:
         """True if this notification is newer than what we saw for its key."""

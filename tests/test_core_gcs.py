@@ -602,3 +602,28 @@ def test_lost_forward_is_resent_under_steady_load() -> None:
         net.run_for(0.002)
     assert dropped
     assert len(c.replies) >= 95, f"only {len(c.replies)} of 100 writes acknowledged under load"
+
+
+def test_client_that_missed_config_while_head_is_dead_finds_the_chain() -> None:
+    net, master, cms = make_chain()
+    c = cms["c"]
+    # the master's new config never reaches the client (redirects do)
+    net.drop_fn = lambda src, to, msg: isinstance(msg, ChainConfigMsg) and to == "c" and src == "head"
+    net.crash("gcs:0:0")  # the head
+    net.run_for(0.1)
+    assert master.shards[0].config.head == "gcs:0:1" and c.gcs.configs[0].epoch == 1
+    do_write(net, c, KvPut("a", 1), "a")
+    net.run_for(0.5)
+    assert c.replies == {"a": True}  # a probe reached a live replica, which redirected
+    assert c.gcs.configs[0].head == "gcs:0:1"
+
+
+def test_client_probes_other_replicas_after_two_retries() -> None:
+    c = GcsClient("me", Recorder(), retry_after=0.05)
+    c.set_configs((ChainConfig(0, 1, ("a", "b", "c")),), 0.0)
+    c.write(KvPut("x", 1), "w", 0.0)
+    first = c.handle(TimerFired(key=("gcs-client", "retry")), 0.05)
+    assert [s.to for s in sends(first, GcsWrite)] == ["a"]
+    second = c.handle(TimerFired(key=("gcs-client", "retry")), 0.10)
+    targets = [s.to for s in sends(second, GcsWrite)]
+    assert targets == ["a", "b", "c"]

@@ -133,6 +133,8 @@ class Daemon:
         self.node_id = cfg.node_id or f"node:{socket.gethostname()}-{os.getpid()}"
         self.host = MachineHost(route=self.route, validate=cfg.validate)
         self.host.log_sink = self._on_log
+        self.host.after_batch = self._flush_dirty
+        self._dirty: set[Channel] = set()
         self.shm = ShmStore(cfg.session, root=cfg.shm_root, capacity=cfg.object_store_memory)
         self.objects = NodeObjects(self.shm)
         self.clients: dict[str, Channel] = {}
@@ -172,8 +174,27 @@ class Daemon:
     def _send(self, ch: Channel, item: Any) -> None:
         try:
             ch.send_nowait(item)
-        except (ConnectionClosed, trio.WouldBlock, trio.ClosedResourceError) as e:
+            self._dirty.add(ch)
+        except trio.WouldBlock:
+            # the peer is not reading: wait for room in a task of its own
+            self.nursery.start_soon(self._send_later, ch, item)
+        except (ConnectionClosed, trio.ClosedResourceError) as e:
             logger.debug("send to %s failed: %s", ch.peer_name, e)
+
+    async def _send_later(self, ch: Channel, item: Any) -> None:
+        try:
+            await ch.send(item)
+        except (ConnectionClosed, trio.ClosedResourceError) as e:
+            logger.debug("send to %s failed: %s", ch.peer_name, e)
+
+    def _flush_dirty(self) -> None:
+        """After a batch of events: put every queued reply on the wire now."""
+        dirty, self._dirty = self._dirty, set()
+        for ch in dirty:
+            try:
+                ch.flush_nowait()
+            except ConnectionClosed:
+                pass
 
     def _to_client(self, ch: Channel, to: str, msg: Message) -> None:
         atts = None

@@ -52,7 +52,7 @@ class MachineHost:
         self._wake: trio.Event | None = None
         self.events_handled = 0
         self.log_sink: Callable[[str, Log], None] | None = None
-        self.failed: BaseException | None = None
+        self.after_batch: Callable[[], None] | None = None  # e.g. flush channels
 
     # ------------------------------------------------------------------ setup
     def add(self, address: str, machine: Any) -> None:
@@ -139,6 +139,8 @@ class MachineHost:
         """Process events forever (cancel the surrounding scope to stop)."""
         while True:
             self.step_all(limit=2000)
+            if self.after_batch is not None:
+                self.after_batch()
             if self.queue:
                 await trio.lowlevel.checkpoint()  # let I/O tasks run, then go on
                 continue

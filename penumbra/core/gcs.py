@@ -242,6 +242,12 @@ class GcsReplica:
     def _on_forward(self, ev: GcsForward, now: float) -> list[Command]:
         if not self.active or self.joining or ev.shard != self.shard:
             return []
+        if ev.epoch != self.config.epoch:
+            # from a replica with another view of the chain: maybe one that was
+            # cut while alive and still acts on its old config; applying it
+            # would fork the history.  (Our real predecessor re-sends once our
+            # configs agree.)
+            return []
         if ev.seq <= self.seq:
             # a re-send of something we have; tell the sender where we are
             pred = self._predecessor()
@@ -328,8 +334,8 @@ class GcsReplica:
         return cmds
 
     def _on_ack(self, ev: GcsAck, now: float) -> list[Command]:
-        if not self.active or ev.shard != self.shard:
-            return []
+        if not self.active or ev.shard != self.shard or ev.epoch != self.config.epoch or ev.seq > self.seq:
+            return []  # (an ack beyond what we applied comes from a forked replica)
         if ev.seq > self.committed:
             self.committed = ev.seq
         for s in [s for s in self.log if s <= ev.seq]:
@@ -422,7 +428,7 @@ class GcsReplica:
         return cmds
 
     def _on_caught_up(self, ev: GcsCaughtUp, now: float) -> list[Command]:
-        if ev.shard != self.shard:
+        if ev.shard != self.shard or self.config is None or ev.epoch != self.config.epoch:
             return []
         if not self._awaiting_catchup:
             return []
@@ -601,6 +607,11 @@ class ChainMaster:
     def handle(self, event: Event, now: float) -> list[Command]:
         if isinstance(event, ReplicaHeartbeat):
             if event.replica in self.dead:
+                # cut while alive (its heartbeats were lost): tell it, or it
+                # goes on acting on its old config (serving stale reads)
+                view = self.shards.get(event.shard)
+                if view is not None and event.epoch and event.epoch < view.config.epoch:
+                    return [Send(to=event.replica, msg=ChainConfigMsg(config=view.config, stimulus_id=event.stimulus_id))]
                 return []
             self.last_seen[event.replica] = now
             view = self.shards.get(event.shard)

@@ -534,7 +534,11 @@ def test_master_resends_config_to_stale_replicas_only() -> None:
     (resend,) = cm.handle(ReplicaHeartbeat(replica=R[0], shard=0, epoch=1), 0.031)
     assert resend.to == R[0] and resend.msg.config.epoch == 2
     assert cm.handle(ReplicaHeartbeat(replica=R[0], shard=0, epoch=2), 0.032) == []
-    assert cm.handle(ReplicaHeartbeat(replica=R[2], shard=0, epoch=1), 0.033) == []  # cut: dead
+    # a replica cut while alive (its heartbeats were lost) is told it is out
+    (told,) = cm.handle(ReplicaHeartbeat(replica=R[2], shard=0, epoch=1), 0.033)
+    assert told.to == R[2] and R[2] not in told.msg.config.replicas
+    assert cm.handle(ReplicaHeartbeat(replica=R[2], shard=0, epoch=2), 0.034) == []
+    assert R[2] in cm.dead
 
 
 def test_several_joiners_at_once_never_serve_stale_reads() -> None:
@@ -627,3 +631,41 @@ def test_client_probes_other_replicas_after_two_retries() -> None:
     second = c.handle(TimerFired(key=("gcs-client", "retry")), 0.10)
     targets = [s.to for s in sends(second, GcsWrite)]
     assert targets == ["a", "b", "c"]
+
+
+def test_replica_cut_while_alive_cannot_fork_the_chain() -> None:
+    """The head's heartbeats are lost, so the master cuts it while it lives;
+    it misses the new config and a client that also missed it keeps writing
+    there.  The old head must not feed the new chain (found by the chain
+    state machine: committed > seq), and it learns it is out."""
+    net, master, cms = make_chain(clients=("c", "stale"))
+    c, stale = cms["c"], cms["stale"]
+    do_write(net, c, KvPut("a", 1), "a")
+    net.run_for(0.01)
+
+    def partition(src, to, msg):
+        if src == "gcs:0:0" and to == "head":
+            return True  # heartbeats lost: the master will cut it
+        if isinstance(msg, ChainConfigMsg) and to in ("gcs:0:0", "stale"):
+            return True  # neither learns of the new chain
+        return False
+
+    net.drop_fn = partition
+    net.run_for(0.05)
+    assert master.shards[0].config.replicas == ("gcs:0:1", "gcs:0:2")
+    assert net.machines["gcs:0:0"].is_head  # it still believes so
+    for i in range(5):
+        do_write(net, stale, KvPut(f"s{i}", i), f"s{i}")  # to the old head (and later probes)
+        do_write(net, c, KvPut(f"c{i}", i), f"c{i}")
+        net.run_for(0.005)
+    net.run_for(0.1)
+    new_chain = [net.machines[r] for r in ("gcs:0:1", "gcs:0:2")]
+    assert len({m.tables.fingerprint() for m in new_chain}) == 1  # (validate() ran at every step)
+    assert {f"c{i}" for i in range(5)} <= set(c.replies)
+    net.drop_fn = None
+    net.run_for(0.5)
+    assert not net.machines["gcs:0:0"].active  # told it is out
+    assert len({m.tables.fingerprint() for m in new_chain}) == 1
+    # the stale client's writes were retried at the real chain and applied once
+    assert {f"s{i}" for i in range(5)} <= set(stale.replies)
+    assert new_chain[-1].tables.data["kv"]["s4"] == 4

@@ -471,8 +471,11 @@ class NodeMachine:
             entry: NodeEntry = ev.value
             if entry is None or entry.node_id == self.node_id:
                 return []
+            # (counted incrementally: a cluster of N nodes sends each node N
+            # of these at start-up, so a recount would make start-up O(N^3))
+            was = self.nodes.get(entry.node_id, False)
             self.nodes[entry.node_id] = entry.alive
-            self.scheduler.other_nodes_alive = sum(1 for a in self.nodes.values() if a)
+            self.scheduler.other_nodes_alive += int(entry.alive) - int(was)
             if not entry.alive:
                 return self.objects.on_node_dead(entry.node_id, now, ev.stimulus_id)
         return []
@@ -486,6 +489,7 @@ class NodeMachine:
         self.gcs.validate()
         for key, w in self.watches.items():
             assert w.remaining, f"watch {key} has nothing left but is still open"
+        assert self.scheduler.other_nodes_alive == sum(1 for a in self.nodes.values() if a), "live peer count is off"
 
 
 _HANDLERS = {

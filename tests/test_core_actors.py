@@ -287,3 +287,22 @@ def test_dead_actor_drops_its_calls_input_subscriptions(core) -> None:
     assert never not in node.objects.wants
     tail = net.machines["gcs:0:0"]
     assert ("objects", never) not in tail.tables.subs
+
+
+@pytest.mark.parametrize("interval, replayed", [(0, 5), (2, 1)])
+def test_replay_after_restart_with_several_gcs_shards(core, interval, replayed) -> None:
+    # the log of an actor lives on the actor's shard, its calls' task rows on
+    # theirs: the replay must not depend on the two being the same shard
+    A = Actors(core)
+    net = A.cluster(nodes=2, shards=4)
+    aid = A.create(max_restarts=1, replay=True, checkpoint_interval=interval)
+    net.run_for(0.2)
+    calls = [A.call(aid) for _ in range(5)]
+    A.watch(calls)
+    net.run_for(0.5)
+    assert len(A.results()) == 5
+    _crash_actor_worker(A, aid)
+    net.run_for(1.0)
+    assert net.machines["head"].actors.replayed == replayed
+    seqs = [s for c, s, _ in A.runs(aid)]
+    assert seqs == list(range(5)) + list(range(5 - replayed, 5))

@@ -483,7 +483,7 @@ class ActorHost:
             h.executed += 1
             if not call.replay:
                 cmds += self.node.gcs_write(AddTask(call.spec, self.node.address), None, now, sid)
-                cmds += self.node.gcs_write(AppendActorLog(spec.actor_id, index, call.spec.task_id), None, now, sid)
+                cmds += self.node.gcs_write(AppendActorLog(spec.actor_id, index, call.spec.task_id, call.spec), None, now, sid)
             if spec.checkpoint_interval and h.executed % spec.checkpoint_interval == 0 and not h.replay:
                 h.checkpointing = True
                 cmds.append(CheckpointActor(worker_id=h.worker, actor_id=spec.actor_id, index=h.executed, stimulus_id=sid))

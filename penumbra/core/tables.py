@@ -23,7 +23,7 @@ The tables
 ``tasks``      TaskId -> TaskEntry           (the lineage)
 ``objects``    ObjectId -> ObjectEntry       (locations, sizes, errors)
 ``actors``     ActorId -> ActorEntry
-``actor_log``  (ActorId, index) -> TaskId    (paper-style replay log)
+``actor_log``  (ActorId, index) -> TaskSpec  (paper-style replay log)
 
 Two secondary indexes are derived from the tables (never replicated, rebuilt
 after a state transfer): tasks not yet finished by node, and objects by the
@@ -280,9 +280,14 @@ class UnregisterName(Op):
 
 @dataclass(frozen=True, slots=True)
 class AppendActorLog(Op):
+    """Log the ``index``-th call an actor executed.  ``spec`` is kept in the
+    log itself: the call's task row lives on the shard of its task id, which
+    is in general not the actor's shard, where the log is read."""
+
     actor_id: ActorId
     index: int
     task_id: TaskId
+    spec: TaskSpec | None = None
 
     def route(self):
         return ("actor_log", (self.actor_id, self.index))
@@ -496,10 +501,12 @@ class Tables:
             log = d["actor_log"]
             out = []
             for i in range(q.start, q.end):
-                tid = log.get((q.actor_id, i))
-                if tid is None:
+                v = log.get((q.actor_id, i))
+                if v is None:
                     break
-                out.append(d["tasks"].get(tid))
+                # the spec logged with the call (its task row may be on
+                # another shard); a bare task id: the row, if it is here
+                out.append(TaskEntry(v) if isinstance(v, TaskSpec) else d["tasks"].get(v))
             return tuple(out)
         raise TypeError(f"unknown GCS query {q!r}")
 
@@ -702,8 +709,9 @@ def _unregister_name(t: Tables, op: UnregisterName):
 
 def _append_actor_log(t: Tables, op: AppendActorLog):
     key = (op.actor_id, op.index)
-    t.data["actor_log"][key] = op.task_id
-    return True, [("actor_log", key, op.task_id)]
+    value = op.spec if op.spec is not None else op.task_id
+    t.data["actor_log"][key] = value
+    return True, [("actor_log", key, value)]
 
 
 def _kv_put(t: Tables, op: KvPut):

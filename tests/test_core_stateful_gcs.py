@@ -170,7 +170,7 @@ class ChainStateMachine(RuleBasedStateMachine):
 
 
 TestGcsChain = ChainStateMachine.TestCase
-TestGcsChain.settings = settings(max_examples=40, stateful_step_count=30, derandomize=True, database=None,
+TestGcsChain.settings = settings(max_examples=30, stateful_step_count=30, derandomize=True, database=None,
                                  deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 

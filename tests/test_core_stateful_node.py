@@ -306,7 +306,7 @@ class NodeStateMachine(RuleBasedStateMachine):
 
 
 TestNodeStateMachine = NodeStateMachine.TestCase
-TestNodeStateMachine.settings = settings(max_examples=80, stateful_step_count=50, derandomize=True, database=None,
+TestNodeStateMachine.settings = settings(max_examples=60, stateful_step_count=50, derandomize=True, database=None,
                                          deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 

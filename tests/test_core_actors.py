@@ -306,3 +306,28 @@ def test_replay_after_restart_with_several_gcs_shards(core, interval, replayed) 
     assert net.machines["head"].actors.replayed == replayed
     seqs = [s for c, s, _ in A.runs(aid)]
     assert seqs == list(range(5)) + list(range(5 - replayed, 5))
+
+
+@pytest.mark.parametrize("replay", [False, True])
+def test_actor_on_a_dead_node_restarts_once(core, replay) -> None:
+    # the node hosting a live actor dies: the head restarts the actor (with
+    # replay when asked), and the creation task's row, still pending on the
+    # dead node, must not start a second copy of the same incarnation
+    from penumbra.core.messages import NodeDied
+
+    A = Actors(core)
+    net = A.cluster(nodes=3)
+    aid = A.create(node="node:1", max_restarts=1, replay=replay)
+    net.run_for(0.2)
+    calls = [A.call(aid) for _ in range(3)]
+    A.watch(calls)
+    net.run_for(0.5)
+    assert A.entry(aid).node == "node:1" and len(A.results()) == 3
+    net.crash("node:1")
+    net.inject("head", NodeDied(node_id="node:1"))
+    net.run_for(1.5)
+    hosts = [a for a, m in net.machines.items() if a.startswith("node:") and aid in m.host.actors]
+    assert len(hosts) == 1, hosts
+    e = A.entry(aid)
+    assert e.state is ActorState.ALIVE and e.incarnation == 1 and e.node == hosts[0]
+    assert net.machines["head"].actors.replayed == (3 if replay else 0)

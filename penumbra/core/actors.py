@@ -557,6 +557,9 @@ class ActorManager:
         self.head = head
         self.actors: dict[ActorId, ActorEntry] = {}
         self.restarts: dict[ActorId, _Restart] = {}
+        # restarts placed (StartActor sent) whose actor is not up yet: a
+        # restart sent to a node that dies is placed again
+        self.starting: dict[ActorId, tuple[str, _Restart]] = {}
         self.replayed = 0  # methods replayed in all restarts (Figure 11b)
 
     def on_entry(self, aid: ActorId, entry: ActorEntry | None) -> None:
@@ -565,18 +568,31 @@ class ActorManager:
         old = self.actors.get(aid)
         if old is None or (entry.incarnation, _rank(entry.state)) >= (old.incarnation, _rank(old.state)):
             self.actors[aid] = entry
+            if entry.state is ActorState.ALIVE or entry.state is ActorState.DEAD:
+                self.starting.pop(aid, None)
 
     def on_node_dead(self, node: str, now: float, sid: str) -> list[Command]:
         cmds: list[Command] = []
         for aid, e in sorted(self.actors.items()):
             if e.node == node and e.state is ActorState.ALIVE:
                 cmds += self._restart_or_die(e, ErrorInfo(ErrorKind.ACTOR_DIED, f"the node {node} hosting the actor died", task_name=e.spec.cls.name), now, sid)
+        # restarts sent to the dead node that had not come up: place them again
+        for aid, (to, r) in sorted(self.starting.items()):
+            e = self.actors.get(aid)
+            if to == node and e is not None and e.state in (ActorState.PENDING, ActorState.RESTARTING) and e.incarnation == r.entry.incarnation:
+                del self.starting[aid]
+                self.restarts[aid] = r
+                cmds += self._place(r, now, sid)
         return cmds
 
     def on_creation_lost(self, spec: TaskSpec, now: float, sid: str) -> list[Command]:
-        """The creation task was queued on a node that died: place it again."""
+        """The first creation task was queued on a node that died: place it
+        again.  (Only while the actor was never created: the task row of a
+        creation stays pending on its node, so when the node of a live actor
+        dies this is called too, and ``on_node_dead`` restarts that actor;
+        placing it here as well would start a second copy.)"""
         e = self.actors.get(spec.actor_creation.actor_id)
-        if e is None or e.state not in (ActorState.PENDING, ActorState.RESTARTING):
+        if e is None or e.state is not ActorState.PENDING:
             return []
         return self._place(_Restart(e), now, sid)
 
@@ -661,6 +677,8 @@ class ActorManager:
             cur = self.actors.get(aid)
             if cur is None or cur.incarnation != r.entry.incarnation or cur.state is ActorState.DEAD:
                 return []
+            if cur.state is not ActorState.ALIVE:
+                self.starting[aid] = (node, r)
             return [Send(to=node, msg=StartActor(entry=r.entry, replay=r.replay, checkpoint=r.checkpoint, stimulus_id=sid))]
 
         return self.head.scheduler.submit(r.entry.creation, 0, now, sid, on_placed=placed)

@@ -65,6 +65,8 @@ __all__ = [
     "random_dag",
     "fan_in_tree",
     "ClosedLoop",
+    "ChainStream",
+    "ActorRounds",
     "ModelExecutor",
     "increment",
     "counter_update",
@@ -405,6 +407,125 @@ class ClosedLoop:
                         self._fill()
 
             d.watch(oids, done, fetch=self.fetch, record=False)
+
+
+class ChainStream:
+    """Streams ``chains`` chains of ``length`` tasks from ``driver``: link
+    k+1 of a chain is submitted when link k's output exists (its only input),
+    as a driver streaming dependent work does (Figure 11a).
+
+    Each link returns k + 1 (``increment``); the last link's output is
+    fetched to the driver's node so its value can be checked
+    (``values[c] == length``).  ``done_times`` has the time each link's
+    result was first produced; ``errors`` the links that ended in an error.
+    """
+
+    def __init__(self, driver: "SimDriver", chains: int, length: int, *, duration: float = 0.1,
+                 size: int = 8, max_retries: int = -1, resources: ResourceSet = ResourceSet.of(CPU=1)) -> None:
+        self.driver = driver
+        self.chains = chains
+        self.length = length
+        self.model = TaskModel(duration, (size,), compute=increment)
+        self.max_retries = max_retries
+        self.resources = resources
+        self.done_times: list[float] = []
+        self.specs: dict[tuple[int, int], TaskSpec] = {}
+        self.errors: list[tuple[int, int, Any]] = []
+        self.values: dict[int, Any] = {}
+        self.finished_chains = 0
+
+    def start(self) -> "ChainStream":
+        for c in range(self.chains):
+            self._submit(c, 0, ())
+        return self
+
+    def _submit(self, c: int, k: int, deps: tuple) -> None:
+        d = self.driver
+        spec = d.spec(self.model, deps=deps, resources=self.resources, name=f"chain{c}",
+                      max_retries=self.max_retries)
+        self.specs[(c, k)] = spec
+        d.submit(spec)
+        last = k + 1 == self.length
+        d.watch(spec.return_ids, lambda oid, info, now: self._done(c, k, oid, info, now), fetch=last, record=last)
+
+    def _done(self, c: int, k: int, oid: Any, info: Any, now: float) -> None:
+        self.done_times.append(now)
+        if info.error is not None:
+            self.errors.append((c, k, info.error))
+        if k + 1 < self.length:
+            self._submit(c, k + 1, (oid,))
+        else:
+            self.finished_chains += 1
+            self.values[c] = self.driver.value(oid)
+
+    @property
+    def complete(self) -> bool:
+        return self.finished_chains == self.chains
+
+    def all_correct(self) -> bool:
+        return self.complete and not self.errors and all(self.values.get(c) == self.length for c in range(self.chains))
+
+
+class ActorRounds:
+    """Calls every actor once per round, the next round when the previous
+    one is complete (Figure 11b).  Actors are counters: call k of an actor
+    must return k + 1 (``counter_update``) if every method ran exactly once
+    in order, restarts and replays included.  ``wrong`` lists calls whose
+    value was not that; ``done_times`` the time each call completed;
+    ``on_round(r)`` runs as round r starts."""
+
+    def __init__(self, driver: "SimDriver", actors: Sequence[Any], rounds: int, *, duration: float = 0.005,
+                 on_round: Callable[[int], Any] | None = None) -> None:
+        self.driver = driver
+        self.actors = list(actors)
+        self.rounds = rounds
+        self.model = TaskModel(duration, (8,), update=counter_update)
+        self.on_round = on_round
+        self.round = -1
+        self.pending = 0
+        self.done_times: list[float] = []
+        self.wrong: list[tuple[int, int, Any]] = []
+        self.errors: list[tuple[int, int, Any]] = []
+        self.finished_at: float | None = None
+
+    def start(self) -> "ActorRounds":
+        self._next()
+        return self
+
+    def _next(self) -> None:
+        self.round += 1
+        r = self.round
+        if r >= self.rounds:
+            self.finished_at = self.driver.now
+            return
+        if self.on_round is not None:
+            self.on_round(r)
+        oids = []
+        expect = {}
+        for i, a in enumerate(self.actors):
+            spec = a.call(self.model, method="incr")
+            oids.append(spec.return_ids[0])
+            expect[spec.return_ids[0]] = (i, spec.sequence_no + 1)
+        self.pending = len(oids)
+
+        def done(oid, info, now):
+            self.done_times.append(now)
+            i, want = expect[oid]
+            if info.error is not None:
+                self.errors.append((i, want - 1, info.error))
+            else:
+                got = self.driver.value(oid)
+                if got != want:
+                    self.wrong.append((i, want - 1, got))
+            self.pending -= 1
+            if self.pending == 0:
+                self._next()
+
+        self.driver.watch(oids, done, fetch=True, record=False)
+
+    @property
+    def complete(self) -> bool:
+        return self.finished_at is not None
 
 
 # ===========================================================================

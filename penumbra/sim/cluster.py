@@ -88,6 +88,7 @@ from penumbra.core.layout import ClusterLayout, NodeShape, make_node, node_addre
 from penumbra.core.messages import (
     ActorCheckpointed,
     ActorRegistered,
+    CancelTask,
     CheckpointActor,
     ClientDisconnected,
     ClientGcsReply,
@@ -581,6 +582,11 @@ class SimDriver:
         self._callbacks[rid] = callback
         self.client.send(self.node, ClusterStatusRequest(client=self.address, req_id=rid))
         return rid
+
+    def cancel(self, spec: TaskSpec, force: bool = False) -> None:
+        """Cancel a task (``force``: kill the worker running it)."""
+        if self.alive:
+            self.client.send(self.node, CancelTask(client=self.address, task_id=spec.task_id, force=force))
 
     def call_after(self, dt: float, fn: Callable, *args: Any) -> None:
         """Run ``fn(*args)`` ``dt`` seconds from now, if this driver still lives."""

@@ -121,7 +121,7 @@ class ActorClass:
         return f"<penumbra actor class {self._name}>"
 
     def __reduce__(self):
-        return (_rebuild_class, (self._cls, self._options, self._exported.descriptor))
+        return (_rebuild_class, (self._cls, self._options, self._exported.current_descriptor()))
 
 
 def _rebuild_class(cls, options, descriptor):

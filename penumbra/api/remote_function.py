@@ -33,6 +33,17 @@ class _Exported:
         self.lock = threading.Lock()
         self.preexported = descriptor is not None
 
+    def current_descriptor(self) -> FunctionDescriptor | None:
+        """The descriptor if it is known to the current cluster, else None
+        (an export to an earlier cluster, before shutdown/init, does not
+        count: that cluster's function table is gone)."""
+        from .context import runtime_or_none
+
+        rt = runtime_or_none()
+        if self.preexported or (rt is not None and id(rt) in self.runtimes):
+            return self.descriptor
+        return None
+
     def ensure(self, obj: Any, name: str, rt) -> FunctionDescriptor:
         if id(rt) in self.runtimes or self.preexported:
             return self.descriptor
@@ -112,8 +123,9 @@ class RemoteFunction:
         return f"<penumbra remote function {self._name}>"
 
     def __reduce__(self):
-        # pickled into tasks that call it: carry the export, not the lock
-        return (_rebuild_function, (self._function, self._options, self._exported.descriptor))
+        # pickled into tasks that call it: carry the export (if it was made
+        # to the cluster we are connected to now), not the lock
+        return (_rebuild_function, (self._function, self._options, self._exported.current_descriptor()))
 
 
 def _rebuild_function(fn, options, descriptor):

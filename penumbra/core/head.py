@@ -37,6 +37,7 @@ from .messages import (
     ClusterStatusRequest,
     Command,
     Event,
+    Fenced,
     ForwardTask,
     GcsNotify,
     GcsReply,
@@ -112,7 +113,10 @@ class HeadMachine:
         return cmds
 
     def _on_heartbeat(self, ev: Heartbeat, now: float) -> list[Command]:
-        if ev.node_id in self.dead_nodes or ev.node_id not in self.last_seen:
+        if ev.node_id in self.dead_nodes:
+            # declared dead while it was cut off: it must not carry on
+            return [Send(to=ev.node_id, msg=Fenced(node_id=ev.node_id, reason="declared dead after missing heartbeats", stimulus_id=ev.stimulus_id))]
+        if ev.node_id not in self.last_seen:
             return []
         self.last_seen[ev.node_id] = now
         self.scheduler.on_heartbeat(ev.node_id, ev.load, now)

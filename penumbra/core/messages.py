@@ -598,6 +598,24 @@ class JobFinished(Message):
 
 
 @_frozen
+class Fenced(Message):
+    """Head to a node it has declared dead: stop.  A node that was merely
+    cut off (a partition longer than the heartbeat timeout) must not come
+    back as a zombie: its tasks were re-run and its objects written off."""
+
+    node_id: str
+    reason: str = ""
+
+
+@_frozen
+class StopNode(Command):
+    """The node must stop for good (its driver exits the process, or the
+    simulator crashes the host); it has been declared dead."""
+
+    reason: str
+
+
+@_frozen
 class ClusterStatusRequest(Message):
     client: str
     req_id: int

@@ -50,6 +50,7 @@ from .messages import (
     ClusterStatusRequest,
     Command,
     Event,
+    Fenced,
     FetchCompleted,
     FetchFailed,
     GcsNotify,
@@ -58,6 +59,7 @@ from .messages import (
     JobFinished,
     KillActor,
     KillActorRequest,
+    Log,
     NodeJoin,
     NodeWelcome,
     ObjectsReady,
@@ -72,6 +74,7 @@ from .messages import (
     SetTimer,
     StartActor,
     StopActor,
+    StopNode,
     SubmitTask,
     TaskFinished,
     TaskRaised,
@@ -134,6 +137,7 @@ class NodeMachine:
         self.nodes: dict[str, bool] = {}
         self.stories: OrderedDict[TaskId, list] = OrderedDict()
         self.welcomed = False
+        self.fenced = False
 
     def _produced_here(self, oid: ObjectId) -> bool:
         if oid.is_put:
@@ -201,6 +205,8 @@ class NodeMachine:
         return cmds
 
     def handle(self, event: Event, now: float) -> list[Command]:
+        if self.fenced:
+            return []  # a stopped node does nothing more
         h = _HANDLERS.get(type(event))
         if h is None:
             return []
@@ -469,7 +475,11 @@ class NodeMachine:
             return self.router.on_entry(ev.key, ev.value, now, ev.stimulus_id)
         if table == "nodes":
             entry: NodeEntry = ev.value
-            if entry is None or entry.node_id == self.node_id:
+            if entry is None:
+                return []
+            if entry.node_id == self.node_id:
+                if not entry.alive:
+                    return self._fence("the cluster declared this node dead", ev.stimulus_id)
                 return []
             # (counted incrementally: a cluster of N nodes sends each node N
             # of these at start-up, so a recount would make start-up O(N^3))
@@ -479,6 +489,16 @@ class NodeMachine:
             if not entry.alive:
                 return self.objects.on_node_dead(entry.node_id, now, ev.stimulus_id)
         return []
+
+    def _on_fenced(self, ev: Fenced, now: float) -> list[Command]:
+        return self._fence(ev.reason or "the head declared this node dead", ev.stimulus_id)
+
+    def _fence(self, reason: str, sid: str) -> list[Command]:
+        if self.fenced:
+            return []
+        self.fenced = True
+        return [Log(level="warning", text=f"node {self.node_id} stops: {reason}", stimulus_id=sid),
+                StopNode(reason=reason, stimulus_id=sid)]
 
     # ------------------------------------------------------------------ checks
     def validate(self) -> None:
@@ -527,4 +547,5 @@ _HANDLERS = {
     GcsReply: NodeMachine._on_gcs,
     ChainConfigMsg: NodeMachine._on_gcs,
     GcsNotify: NodeMachine._on_notify,
+    Fenced: NodeMachine._on_fenced,
 }

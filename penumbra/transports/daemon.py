@@ -65,6 +65,7 @@ from ..core.messages import (
     PutObject,
     RegisterClient,
     StartWorker,
+    StopNode,
     StoreError,
     TaskFinished,
     TaskRaised,
@@ -250,6 +251,11 @@ class Daemon:
         h.on(Fetch, lambda src, c: self.nursery.start_soon(self.fetch, c))
         h.on(Evict, lambda src, c: self.objects.delete(c.object_id))
         h.on(StoreError, lambda src, c: [self.objects.put_error(o, c.error) for o in c.object_ids])
+        h.on(StopNode, lambda src, c: self._fenced(c.reason))
+
+    def _fenced(self, reason: str) -> None:
+        logger.error("this node was declared dead (%s); stopping", reason)
+        self.request_stop()
 
     def _worker_send(self, wid: str, item: Any) -> None:
         w = self.workers.get(wid)
@@ -593,6 +599,10 @@ class Daemon:
         return {k: v for k, v in r.items() if v}
 
     def cleanup(self) -> None:
+        # a second SIGTERM (trio has restored the default handler by now)
+        # must not cut the clean-up short
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
         logger.info("stopping: killing workers, removing shared memory of session %s", self.cfg.session)
         self.stopping = True
         for w in list(self.workers.values()):
@@ -680,6 +690,10 @@ def main(argv: list[str] | None = None) -> None:
         filename=os.path.join(cfg.session_dir, "daemon.log"), level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    import faulthandler
+
+    crash_log = open(os.path.join(cfg.session_dir, "daemon-crash.log"), "w")
+    faulthandler.enable(crash_log)
     if cfg.parent_pid:
         _set_pdeathsig()
     node_id = cfg.node_id or f"node:{socket.gethostname()}-{os.getpid()}"

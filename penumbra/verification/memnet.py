@@ -38,6 +38,7 @@ from ..core.messages import (
     Send,
     SetTimer,
     StartWorker,
+    StopNode,
     StoreError,
     TaskFinished,
     TaskRaised,
@@ -258,6 +259,8 @@ class MemNet:
                 self.stores[src].pop(c.object_id, None)
             elif t is StoreError:
                 pass  # errors live in the GCS rows; nothing to hold in memory
+            elif t is StopNode:
+                self.crash(src)
             elif t is CheckpointActor:
                 self._push(self.now, src, ActorCheckpointed(worker_id=c.worker_id, actor_id=c.actor_id, index=c.index, payload=Payload(16, c.index), stimulus_id=c.stimulus_id))
             else:

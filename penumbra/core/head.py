@@ -151,7 +151,10 @@ class HeadMachine:
 
     # ------------------------------------------------------------------ GCS chains
     def _chain(self, ev: Event, now: float) -> list[Command]:
+        before = self.chain.changes
         cmds = self.chain.handle(ev, now)
+        if self.chain.changes == before:
+            return cmds  # (most of these are heartbeats: nothing changed)
         # our own client follows the chain master directly
         return cmds + self.gcs.set_configs(self.chain.configs(), now)
 

@@ -584,7 +584,7 @@ class ChainMaster:
         self.shards = {c.shard: _ShardView(c) for c in configs}
         self.last_seen: dict[str, float] = {}
         self.dead: set[str] = set()
-        self.listeners: list[str] = []
+        self.listeners: dict[str, None] = {}  # (ordered set: one per node)
         self.changes = 0
 
     def configs(self) -> tuple[ChainConfig, ...]:
@@ -597,12 +597,10 @@ class ChainMaster:
         return [SetTimer(at=now + self.timing.heartbeat_interval, key=("chain", "check"))]
 
     def add_listener(self, address: str) -> None:
-        if address not in self.listeners:
-            self.listeners.append(address)
+        self.listeners[address] = None
 
     def remove_listener(self, address: str) -> None:
-        if address in self.listeners:
-            self.listeners.remove(address)
+        self.listeners.pop(address, None)
 
     def handle(self, event: Event, now: float) -> list[Command]:
         if isinstance(event, ReplicaHeartbeat):
@@ -632,7 +630,8 @@ class ChainMaster:
     def _broadcast(self, view: _ShardView, extra: tuple[str, ...] = (), sid: str = "") -> list[Command]:
         msg = ChainConfigMsg(config=view.config, stimulus_id=sid)
         targets = list(dict.fromkeys(view.config.replicas + tuple(view.joining) + extra))
-        targets += [l for l in self.listeners if l not in targets]
+        seen = set(targets)
+        targets += [l for l in self.listeners if l not in seen]
         return [Send(to=t, msg=msg) for t in targets]
 
     def _check(self, now: float) -> list[Command]:

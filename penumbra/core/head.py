@@ -184,7 +184,10 @@ class HeadMachine:
 
     # ------------------------------------------------------------------ GCS replies
     def _on_gcs(self, ev: Event, now: float) -> list[Command]:
-        return self.gcs.handle(ev, now)
+        cmds = self.gcs.handle(ev, now)
+        if self.recovery.pending_scans:
+            cmds += self.recovery.scan_if_settled(now)
+        return cmds
 
     def _on_gcs_reply(self, token: Hashable, result: Any, now: float, sid: str) -> list[Command]:
         if token is None:

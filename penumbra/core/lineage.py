@@ -111,6 +111,7 @@ class Recovery:
         self.rebuild_timeout = 30.0
         self.reexecuted = 0
         self.resubmitted = 0
+        self.pending_scans: list[tuple[str, int, str]] = []
 
     # ------------------------------------------------------------------ lost objects
     def on_request(self, oid: ObjectId, requester: str, now: float, sid: str) -> list[Command]:
@@ -244,7 +245,27 @@ class Recovery:
 
     # ------------------------------------------------------------------ dead nodes
     def on_node_dead(self, node: str, now: float, sid: str) -> list[Command]:
-        return self.head.gcs.read(TasksOnNode(node), ("rec-node", node), now, sid)
+        # Scan the task table for the dead node's pending tasks -- but only
+        # once every write the head issued before now has landed: a task the
+        # global scheduler placed there a moment ago may still have its
+        # SetTaskNode in flight, and a scan that misses it orphans the task.
+        self.pending_scans.append((node, self.head.gcs.next_req, sid))
+        return self.scan_if_settled(now)
+
+    def scan_if_settled(self, now: float) -> list[Command]:
+        if not self.pending_scans:
+            return []
+        outstanding = self.head.gcs.outstanding
+        oldest = next(iter(outstanding)) if outstanding else None
+        cmds: list[Command] = []
+        keep = []
+        for node, mark, sid in self.pending_scans:
+            if oldest is None or oldest >= mark:
+                cmds += self.head.gcs.read(TasksOnNode(node), ("rec-node", node), now, sid)
+            else:
+                keep.append((node, mark, sid))
+        self.pending_scans = keep
+        return cmds
 
     def on_tasks_on_node(self, node: str, per_shard: tuple, now: float, sid: str) -> list[Command]:
         cmds: list[Command] = []

@@ -1,0 +1,205 @@
+"""Invariant checkers for one swarm run.
+
+Each checker returns a list of ``Violation``s (empty: the run is good).
+
+``check_results``
+    every object the driver waited for holds what the fault-free reference
+    run computed, or an error the semantics allow (see ``allowed``);
+``check_liveness``
+    after the liveness phase, every object the driver waited for is ready
+    and no task is left pending in the GCS;
+``check_resources``
+    on a quiet cluster every live node has all its resources free;
+``check_actor_order``
+    each actor instance ran each caller's calls in sequence order, and a call
+    ran twice only where retries or replay allow it;
+``check_gcs``
+    no two replicas applied different writes at the same sequence number of a
+    shard (no fork), no write was applied twice, and every write a client saw
+    acknowledged is held by the shard's surviving tail.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..core.records import ErrorKind, TaskState
+
+__all__ = ["Violation", "GcsLedger", "check_results", "check_liveness", "check_resources",
+           "check_actor_order", "check_gcs"]
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    checker: str
+    what: str
+    key: str = ""  # the workload item concerned, if any
+
+    def __str__(self) -> str:
+        return f"[{self.checker}] {self.what}"
+
+
+# errors a run with faults may show where the reference shows a value
+RETRY_ERRORS = {ErrorKind.WORKER_CRASHED, ErrorKind.NODE_DIED, ErrorKind.OBJECT_LOST}
+ACTOR_ERRORS = {ErrorKind.ACTOR_DIED}
+
+
+def check_results(reference: dict[str, tuple], actual: dict[str, tuple], taints: dict[str, set[str]]) -> list[Violation]:
+    """``reference``/``actual``: key -> ("v", value) | ("e", kind, message).
+
+    ``taints[key]``: why this item may legitimately differ:
+    ``"retry"`` (a finite retry budget on its lineage could be exhausted by
+    faults), ``"actor"`` (an actor on its lineage may have died for good or
+    lost its state), ``"state"`` (an actor on its lineage restarted without
+    replay: values may differ).
+    """
+    out = []
+    for key, ref in sorted(reference.items()):
+        got = actual.get(key)
+        if got is None:
+            continue  # liveness reports it
+        if got == ref:
+            continue
+        t = taints.get(key, set())
+        if ref[0] == "e" and ref[1] is ErrorKind.TASK_ERROR:
+            if got[0] == "e" and got[1] is ErrorKind.TASK_ERROR and got[2] == ref[2]:
+                continue
+        if got[0] == "e":
+            kind = got[1]
+            if kind in RETRY_ERRORS and "retry" in t:
+                continue
+            if kind in ACTOR_ERRORS and "actor" in t:
+                continue
+            if kind is ErrorKind.TASK_ERROR and ref[0] == "e":
+                pass
+            out.append(Violation("results", f"{key}: expected {_fmt(ref)}, got the error {_fmt(got)} "
+                                            f"(allowed deviations for it: {sorted(t) or 'none'})", key))
+            continue
+        if "state" in t or "actor" in t:
+            continue  # an actor's state was reset (Ray semantics without replay)
+        out.append(Violation("results", f"{key}: expected {_fmt(ref)}, got {_fmt(got)}", key))
+    return out
+
+
+def _fmt(r: tuple) -> str:
+    if r[0] == "v":
+        return f"value {r[1]:#x}" if isinstance(r[1], int) else f"value {r[1]!r}"
+    return f"{r[1].value}: {r[2]}"
+
+
+def check_liveness(expected: set[str], ready: dict[str, tuple], pending_rows: list[str]) -> list[Violation]:
+    out = [Violation("liveness", f"{k} never became ready after the faults stopped", k) for k in sorted(expected - set(ready))]
+    for r in pending_rows[:20]:
+        out.append(Violation("liveness", f"the GCS still holds a pending task after quiescence: {r}"))
+    return out
+
+
+def check_resources(cluster) -> list[Violation]:
+    out = []
+    for addr in cluster.alive_nodes():
+        m = cluster.node(addr).machine
+        if m is None or m.fenced:
+            continue
+        s = m.scheduler
+        held = m.host.held()
+        if s.available + held != s.total or not s.debt.is_empty():
+            out.append(Violation("resources", f"{addr}: available {s.available} + actors {held} != total {s.total} "
+                                              f"(debt {s.debt}) on a quiet cluster"))
+        busy = [w.worker_id for w in s.workers.values() if w.state == "busy"]
+        if busy:
+            out.append(Violation("resources", f"{addr}: workers still busy on a quiet cluster: {busy}"))
+        if s.tasks:
+            out.append(Violation("resources", f"{addr}: tasks still queued on a quiet cluster: "
+                                              f"{[t.spec.display_name() for t in list(s.tasks.values())[:5]]}"))
+    return out
+
+
+def check_actor_order(log, actor_meta: dict) -> list[Violation]:
+    """``log``: ``ActorExec`` records in execution order; ``actor_meta[aid] =
+    (key, max_task_retries, replay)``."""
+    out = []
+    last: dict[tuple, int] = {}
+    runs: dict[tuple, list[str]] = {}
+    for e in log:
+        inst = (e.actor_id, e.worker_id, e.caller)
+        prev = last.get(inst)
+        if prev is not None and e.seq <= prev:
+            key = actor_meta.get(e.actor_id, ("?",))[0]
+            out.append(Violation("actor-order", f"actor {key}: on worker {e.worker_id}, call #{e.seq} of {e.caller} "
+                                                f"ran after call #{prev}", key))
+        last[inst] = e.seq
+        runs.setdefault((e.actor_id, e.caller, e.seq), []).append(e.worker_id)
+    for (aid, caller, seq), workers in sorted(runs.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
+        if len(workers) < 2:
+            continue
+        key, retries, replay = actor_meta.get(aid, ("?", 0, False))
+        if len(set(workers)) < len(workers):
+            out.append(Violation("actor-order", f"actor {key}: call #{seq} of {caller} ran twice on one instance", key))
+        elif retries == 0 and not replay:
+            out.append(Violation("actor-order", f"actor {key}: call #{seq} of {caller} ran {len(workers)} times "
+                                                f"(on {workers}) although max_task_retries=0 (at most once)", key))
+    return out
+
+
+@dataclass
+class GcsLedger:
+    """What the GCS committed, recorded while a run goes (see ``swarm``).
+
+    A write is *committed* when a tail commits it (the moment it is
+    acknowledged).  Entries a replica applied but that died with it before
+    reaching a tail were never acknowledged to anyone, so only commits count.
+    """
+
+    committed: dict[tuple[int, int], tuple[str, int, str]] = field(default_factory=dict)  # (shard, seq) -> (client, req, tail)
+    by_request: dict[tuple[int, str, int], int] = field(default_factory=dict)  # (shard, client, req) -> seq
+    acked: list[tuple[int, str, int]] = field(default_factory=list)  # writes a client saw acknowledged
+    forks: list[str] = field(default_factory=list)
+    doubles: list[str] = field(default_factory=list)
+
+    def on_commit(self, replica: str, shard: int, seq: int, client: str, req_id: int) -> None:
+        key = (shard, seq)
+        ident = (client, req_id)
+        had = self.committed.get(key)
+        if had is None:
+            self.committed[key] = (client, req_id, replica)
+        elif (had[0], had[1]) != ident:
+            self.forks.append(f"shard {shard} seq {seq}: {had[2]} committed {had[0]}#{had[1]}, "
+                              f"{replica} committed {client}#{req_id}")
+        s = self.by_request.get((shard, client, req_id))
+        if s is None:
+            self.by_request[(shard, client, req_id)] = seq
+        elif s != seq:
+            self.doubles.append(f"shard {shard}: {client}#{req_id} committed at seq {s} and again at seq {seq}")
+
+    def on_ack(self, shard: int, client: str, req_id: int) -> None:
+        self.acked.append((shard, client, req_id))
+
+
+def check_gcs(ledger: GcsLedger, tails: dict[int, Any]) -> list[Violation]:
+    """``tails[shard]``: the live tail replica of each shard at the end (None if none)."""
+    out = [Violation("gcs", f"chain fork: {f}") for f in ledger.forks[:10]]
+    out += [Violation("gcs", f"write applied twice: {d}") for d in ledger.doubles[:10]]
+    for shard, client, req in ledger.acked:
+        seq = ledger.by_request.get((shard, client, req))
+        tail = tails.get(shard)
+        if tail is None:
+            continue  # every replica of the shard died: nothing can hold it
+        if seq is None:
+            out.append(Violation("gcs", f"shard {shard}: {client}#{req} was acknowledged but never committed"))
+        elif tail.seq < seq:
+            out.append(Violation("gcs", f"shard {shard}: {client}#{req} was acknowledged at seq {seq} but the "
+                                        f"surviving tail {tail.replica_id} has only {tail.seq}: an acknowledged write was lost"))
+        if len(out) > 20:
+            break
+    return out
+
+
+def pending_task_rows(cluster, task_ids) -> list[str]:
+    """Tasks the GCS still lists as pending (read from the live tails)."""
+    rows = []
+    for tid in task_ids:
+        e = cluster.gcs_row("tasks", tid)
+        if e is not None and e.state is TaskState.PENDING:
+            rows.append(f"{e.spec.display_name()} at {e.node or '(unplaced)'}")
+    return rows

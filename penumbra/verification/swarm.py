@@ -1,0 +1,510 @@
+"""The swarm: seeded fault-injection runs of the simulator, checked.
+
+Theory of operation
+-------------------
+A *seed* determines everything about a run (FoundationDB's simulation
+testing, TigerBeetle's VOPR): the cluster's shape (nodes, CPUs, custom
+resources, GCS shards and chain length, store capacity), the workload
+(``workload.generate``) and the fault mix.  A run has two phases:
+
+* **safety**: the workload is submitted over ``horizon`` seconds while
+  faults happen: nodes crash (and a node of the same shape joins later),
+  GCS replicas crash and rejoin, a node is cut off (and fenced if the head
+  declares it dead), GCS-bound messages are dropped or duplicated, every
+  message may be delayed (so they reorder), a node runs slow, workers die
+  in the middle of tasks;
+* **liveness**: every fault is lifted, and the cluster must finish the work.
+
+The same seed then runs with no faults at all: the *reference*.  The
+checkers (``checkers``) compare the two and inspect the cluster.  Every
+machine's ``validate()`` runs after every event of both runs.
+
+A failing seed replays exactly (same trace hash); ``story`` prints what the
+machines recorded about the items concerned, and ``shrink`` (Hypothesis)
+looks for the smallest subset of the fault schedule that still fails.
+
+Fault model (what the protocol is built to tolerate): crash-stop nodes and
+replicas; partitions (a node cut off longer than the heartbeat timeout is
+declared dead and fenced); message loss and duplication on GCS traffic
+(clients retry, replicas deduplicate); delay and reordering everywhere.
+Other links behave like TCP connections: they may stall, not silently drop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..core.gcs import GcsReplica
+from ..core.gcs_client import GcsClient
+from ..core.ids import ObjectId
+from ..core.layout import ClusterLayout, NodeShape
+from ..core.records import ErrorKind
+from ..core.specs import ResourceSet
+from ..core.tables import Op
+from ..sim.cluster import SimCluster
+from ..sim.costs import PAPER
+from . import checkers as C
+from .workload import VActor, Workload, VerifyExecutor, digest, generate
+
+__all__ = ["SeedPlan", "RunResult", "plan_seed", "run_plan", "check_seed", "run_swarm", "run_swarm_cli"]
+
+
+@dataclass(frozen=True)
+class FaultPlan:
+    """The faults of one seed, as data (printable, shrinkable)."""
+
+    crashes: tuple[tuple[float, int, float], ...] = ()  # (time, node index, restart after)
+    replica_crashes: tuple[tuple[float, int, int, float], ...] = ()  # (time, shard, index, restart after)
+    isolations: tuple[tuple[float, int, float], ...] = ()  # (time, node index, duration)
+    gcs_drop: float = 0.0
+    gcs_duplicate: float = 0.0
+    delay: float = 0.0
+    slow: tuple[tuple[float, int, float, float], ...] = ()  # (time, node index, factor, duration)
+    worker_crash_rate: float = 0.0
+
+    def items(self) -> list[tuple[str, Any]]:
+        out: list[tuple[str, Any]] = [("crash", c) for c in self.crashes]
+        out += [("replica", c) for c in self.replica_crashes]
+        out += [("isolate", c) for c in self.isolations]
+        out += [("slow", c) for c in self.slow]
+        for name in ("gcs_drop", "gcs_duplicate", "delay", "worker_crash_rate"):
+            if getattr(self, name):
+                out.append((name, getattr(self, name)))
+        return out
+
+    @classmethod
+    def from_items(cls, items) -> "FaultPlan":
+        kw: dict[str, Any] = {"crashes": [], "replica_crashes": [], "isolations": [], "slow": []}
+        names = {"crash": "crashes", "replica": "replica_crashes", "isolate": "isolations", "slow": "slow"}
+        for name, v in items:
+            if name in names:
+                kw[names[name]].append(v)
+            else:
+                kw[name] = v
+        for k in ("crashes", "replica_crashes", "isolations", "slow"):
+            kw[k] = tuple(sorted(kw[k]))
+        return cls(**kw)
+
+    def describe(self) -> str:
+        return "; ".join(f"{n} {v}" for n, v in self.items()) or "no faults"
+
+
+@dataclass(frozen=True)
+class SeedPlan:
+    seed: int
+    layout: ClusterLayout
+    workload: Workload
+    faults: FaultPlan
+    horizon: float
+
+    def describe(self) -> str:
+        shapes = ", ".join(str(s.resources.to_dict()) for s in self.layout.nodes)
+        return (f"seed {self.seed}: {len(self.layout.nodes)} nodes [{shapes}], {self.layout.gcs_shards} GCS "
+                f"shard(s) x {self.layout.chain_length} replica(s); workload: {self.workload.describe()}; "
+                f"faults: {self.faults.describe()}")
+
+
+def plan_seed(seed: int) -> SeedPlan:
+    """Draw a cluster, a workload and a fault mix from ``seed``."""
+    rng = random.Random(f"penumbra-swarm-{seed}")
+    n = rng.randint(2, 5)
+    custom = ("special",) if rng.random() < 0.5 else ()
+    store = rng.choice((16 << 20, 64 << 20, 1 << 30))
+    shapes = []
+    for i in range(n):
+        res = {"CPU": rng.choice((1, 2, 2, 4))}
+        if custom and i in (1, n - 1):
+            res["special"] = 2
+        shapes.append(NodeShape(ResourceSet.from_dict(res), store))
+    chain = rng.choice((1, 2, 2, 3))
+    layout = ClusterLayout(
+        nodes=tuple(shapes), gcs_shards=rng.choice((1, 1, 2, 3)), chain_length=chain,
+        heartbeat_interval=0.05, node_timeout=0.4, gcs_retry_after=0.05,
+    )
+    horizon = round(rng.uniform(0.3, 1.2), 3)
+    workload = generate(rng, horizon=horizon, max_tasks=rng.choice((10, 25, 40)), custom=custom,
+                        large=rng.choice((1 << 20, 4 << 20)))
+    faulty = rng.random() < 0.85
+    crashes, replicas, isolations, slow = [], [], [], []
+    if faulty:
+        for _ in range(rng.choice((0, 1, 1, 2))):
+            crashes.append((round(rng.uniform(0.05, horizon), 3), rng.randint(1, n - 1), round(rng.uniform(0.05, 0.6), 3)))
+        if chain > 1 and rng.random() < 0.5:
+            replicas.append((round(rng.uniform(0.05, horizon), 3), rng.randrange(layout.gcs_shards),
+                             rng.randrange(chain), round(rng.uniform(0.05, 0.5), 3)))
+        if rng.random() < 0.25:
+            isolations.append((round(rng.uniform(0.05, horizon), 3), rng.randint(1, n - 1), round(rng.uniform(0.05, 0.8), 3)))
+        if rng.random() < 0.2:
+            slow.append((round(rng.uniform(0, horizon), 3), rng.randint(0, n - 1), rng.choice((3.0, 10.0)), round(rng.uniform(0.1, 0.5), 3)))
+    faults = FaultPlan(
+        crashes=tuple(sorted(crashes)), replica_crashes=tuple(sorted(replicas)), isolations=tuple(sorted(isolations)),
+        gcs_drop=rng.choice((0.0, 0.0, 0.02, 0.1)) if faulty else 0.0,
+        gcs_duplicate=rng.choice((0.0, 0.0, 0.05)) if faulty else 0.0,
+        delay=rng.choice((0.0, 0.0, 0.002, 0.01)) if faulty else 0.0,
+        slow=tuple(sorted(slow)),
+        worker_crash_rate=rng.choice((0.0, 0.0, 0.02, 0.05)) if faulty else 0.0,
+    )
+    return SeedPlan(seed, layout, workload, faults, horizon)
+
+
+# ===========================================================================
+
+
+@dataclass
+class RunResult:
+    seed: int
+    faulty: bool
+    results: dict[str, tuple] = field(default_factory=dict)
+    expected: set[str] = field(default_factory=set)
+    violations: list[C.Violation] = field(default_factory=list)
+    trace_hash: str = ""
+    virtual_time: float = 0.0
+    wall: float = 0.0
+    cluster: Any = None
+    keys: dict[str, ObjectId] = field(default_factory=dict)
+    taints: dict[str, set[str]] = field(default_factory=dict)
+    executor: Any = None
+
+
+@contextlib.contextmanager
+def _gcs_ledger():
+    """Record every GCS commit and every acknowledged write during a run."""
+    ledger = C.GcsLedger()
+    orig_commit = GcsReplica._commit
+    orig_reply = GcsClient._on_reply
+
+    def commit(self, e, sid):
+        ledger.on_commit(self.replica_id, self.shard, e.seq, e.client, e.req_id)
+        return orig_commit(self, e, sid)
+
+    def on_reply(self, ev, now):
+        r = self.outstanding.get(ev.req_id)
+        if r is not None and isinstance(r.request, Op):
+            ledger.on_ack(r.shard, self.address, ev.req_id)
+        return orig_reply(self, ev, now)
+
+    GcsReplica._commit = commit
+    GcsClient._on_reply = on_reply
+    try:
+        yield ledger
+    finally:
+        GcsReplica._commit = orig_commit
+        GcsClient._on_reply = orig_reply
+
+
+def _taints(plan: SeedPlan, faulty: bool) -> dict[str, set[str]]:
+    """Why each item may legitimately differ from the reference (see
+    ``checkers.check_results``); inherited along the lineage."""
+    w = plan.workload
+    taints: dict[str, set[str]] = {p.key: set() for p in w.puts}
+    deps: dict[str, tuple[str, ...]] = {}
+    for t in w.tasks:
+        own = {"retry"} if faulty and t.max_retries >= 0 else set()
+        taints[t.key] = own
+        deps[t.key] = t.deps
+    for a in w.actors:
+        for c in a.calls:
+            own = set()
+            if a.kill_at is not None:
+                own.add("actor")  # the kill races with the calls
+            if faulty:
+                if a.max_restarts >= 0 or a.max_task_retries == 0:
+                    own.add("actor")
+                if not a.replay:
+                    own.add("state")
+            taints[c.key] = own
+            deps[c.key] = c.deps
+    # inherit along dependencies (items are in submission order)
+    order = sorted(deps, key=lambda k: _at(plan, k))
+    for k in order:
+        for d in deps[k]:
+            taints[k] |= taints.get(d, set())
+    # an actor call's state carries everything earlier calls consumed
+    for a in w.actors:
+        acc: set[str] = set()
+        for c in a.calls:
+            acc |= taints[c.key]
+            taints[c.key] = set(acc)
+    return taints
+
+
+def _at(plan: SeedPlan, key: str) -> float:
+    for p in plan.workload.puts:
+        if p.key == key:
+            return p.at
+    for t in plan.workload.tasks:
+        if t.key == key:
+            return t.at
+    for a in plan.workload.actors:
+        for c in a.calls:
+            if c.key == key:
+                return c.at
+    return 0.0
+
+
+def run_plan(plan: SeedPlan, *, faults: bool = True, validate: bool = True, max_virtual: float = 40.0,
+             trace: Any = "key") -> RunResult:
+    """Run one seed's plan (with or without its faults) and check it."""
+    t0 = time.perf_counter()
+    fp = plan.faults if faults else FaultPlan()
+    rng = random.Random(f"penumbra-swarm-exec-{plan.seed}")
+    executor = VerifyExecutor(crash_rate=fp.worker_crash_rate, rng=rng)
+    res = RunResult(plan.seed, faults, executor=executor)
+    with _gcs_ledger() as ledger:
+        cluster = SimCluster(plan.layout, costs=PAPER, seed=plan.seed, executor=executor, validate=validate,
+                             trace=trace)
+        res.cluster = cluster
+        cluster.wait_ready(timeout=10.0)
+        base = cluster.now
+        d = cluster.driver("node:0")
+        keys: dict[str, ObjectId] = res.keys
+        ready: dict[str, tuple] = res.results
+        oid_key: dict[ObjectId, str] = {}
+
+        def on_ready(oid, info, now):
+            key = oid_key[oid]
+            if info.error is not None:
+                ready[key] = ("e", info.error.kind, info.error.message if info.error.kind is ErrorKind.TASK_ERROR else "")
+            else:
+                node = cluster.nodes.get(d.node)
+                item = node.store.get(oid) if node is not None else None
+                ready[key] = ("v", item[1] if item is not None else None)
+
+        def watch(key: str, oid: ObjectId) -> None:
+            keys[key] = oid
+            oid_key[oid] = key
+            res.expected.add(key)
+            d.watch([oid], on_ready)
+
+        # schedule the workload
+        w = plan.workload
+        actors: dict[str, Any] = {}
+        events: list[tuple[float, int, Callable]] = []
+        idx = 0
+        for p in w.puts:
+            events.append((p.at, idx, lambda p=p: watch(p.key, d.put(p.size, digest("put", p.key)))))
+            idx += 1
+        for t in w.tasks:
+            def submit_task(t=t):
+                spec = d.spec(t.model, deps=[keys[k] for k in t.deps], resources=t.resources, name=t.key,
+                              max_retries=t.max_retries)
+                d.submit(spec)
+                watch(t.key, spec.return_ids[0])
+            events.append((t.at, idx, submit_task))
+            idx += 1
+        for a in w.actors:
+            def create(a=a):
+                actors[a.key] = d.create_actor(VActor(a.key), cls=f"A{a.key}", max_restarts=a.max_restarts,
+                                               max_task_retries=a.max_task_retries, replay=a.replay,
+                                               checkpoint_interval=a.checkpoint_interval)
+            events.append((a.at, idx, create))
+            idx += 1
+            for c in a.calls:
+                def call(a=a, c=c):
+                    spec = actors[a.key].call(c.model, method="m", deps=[keys[k] for k in c.deps])
+                    watch(c.key, spec.return_ids[0])
+                events.append((c.at, idx, call))
+                idx += 1
+            if a.kill_at is not None:
+                events.append((a.kill_at, idx, lambda a=a: actors[a.key].kill(no_restart=True)))
+                idx += 1
+        for at, _, fn in sorted(events, key=lambda e: (e[0], e[1])):
+            cluster.kernel.call_at(base + at, d._guarded, fn, ())
+        # the faults of the safety phase
+        node_addrs = list(cluster.nodes)
+        if faults:
+            _install_faults(cluster, fp, node_addrs, base, plan)
+        end_safety = base + plan.horizon + 0.3
+        cluster.run(end_safety)
+        # liveness phase: lift every fault
+        net = cluster.kernel.network
+        net.heal()
+        net.remove_fault()
+        for a, node in list(cluster.nodes.items()):
+            if node.alive:
+                cluster.kernel.slow(a, 1.0)
+        executor.crash_rate = 0.0
+        cluster.run_until(lambda: res.expected <= set(ready), timeout=max_virtual)
+        # quiesce: kill the actors, let everything settle
+        for h in actors.values():
+            h.kill(no_restart=True)
+        cluster.run_for(2.0)
+        res.virtual_time = cluster.now - base
+        res.trace_hash = cluster.trace_hash()
+        # checks that need the live cluster
+        res.violations += C.check_liveness(res.expected, ready, C.pending_task_rows(
+            cluster, [keys[t.key].task_id for t in w.tasks if t.key in keys]))
+        res.violations += C.check_resources(cluster)
+        meta = {h.actor_id: (k, next(a for a in w.actors if a.key == k).max_task_retries,
+                             next(a for a in w.actors if a.key == k).replay) for k, h in actors.items()}
+        res.violations += C.check_actor_order(executor.actor_log, meta)
+        tails = {}
+        for shard, view in cluster.head.chain.shards.items():
+            tail = view.config.tail if view.config.replicas else None
+            rep = cluster.replica(tail) if tail else None
+            tails[shard] = rep
+        res.violations += C.check_gcs(ledger, tails)
+    res.taints = _taints(plan, faults)
+    res.wall = time.perf_counter() - t0
+    return res
+
+
+def _install_faults(cluster: SimCluster, fp: FaultPlan, nodes: list[str], base: float, plan: SeedPlan) -> None:
+    k = cluster.kernel
+    for at, i, restart in fp.crashes:
+        addr = nodes[i]
+        k.call_at(base + at, cluster.crash_node, addr, restart)
+    for at, shard, i, restart in fp.replica_crashes:
+        chain = plan.layout.chains()[shard]
+        addr = chain.replicas[i]
+
+        def crash_replica(addr=addr, shard=shard, restart=restart):
+            view = cluster.head.chain.shards[shard]
+            live = [r for r in view.config.replicas if cluster.replica(r) is not None]
+            if addr in live and len(live) > 1:  # never the last replica of a chain
+                cluster.crash_replica(addr, restart_after=restart)
+        k.call_at(base + at, crash_replica)
+    for at, i, duration in fp.isolations:
+        addr = nodes[i]
+
+        def isolate(addr=addr, duration=duration):
+            if cluster.nodes[addr].alive:
+                cluster.isolate(addr, duration=duration)
+                # if the head fences it meanwhile, a node of its shape joins
+                k.call_after(duration, _replace_if_fenced, cluster, addr)
+        k.call_at(base + at, isolate)
+    for at, i, factor, duration in fp.slow:
+        def slow(addr=nodes[i], factor=factor, duration=duration):
+            if cluster.nodes[addr].alive:
+                cluster.slow(addr, factor, duration)
+        k.call_at(base + at, slow)
+    replicas = list(cluster.replicas)
+    if fp.gcs_drop or fp.gcs_duplicate:
+        cluster.link_fault(None, replicas, drop=fp.gcs_drop, duplicate=fp.gcs_duplicate)
+    if fp.delay:
+        cluster.link_fault(None, None, delay=fp.delay)
+
+
+def _replace_if_fenced(cluster: SimCluster, addr: str) -> None:
+    node = cluster.nodes.get(addr)
+    if node is not None and not node.alive:
+        cluster.add_node(like=addr)
+
+
+# ===========================================================================
+
+
+@dataclass
+class SeedReport:
+    seed: int
+    ok: bool
+    violations: list[C.Violation]
+    trace_hash: str
+    wall: float
+    plan: SeedPlan
+    run: RunResult | None = None
+    reference: RunResult | None = None
+
+    def summary(self) -> str:
+        status = "ok" if self.ok else f"FAILED ({len(self.violations)} violations)"
+        return f"seed {self.seed}: {status}, trace {self.trace_hash[:16]}, {self.wall:.2f}s"
+
+
+def check_seed(seed: int, *, plan: SeedPlan | None = None, validate: bool = True) -> SeedReport:
+    """Run ``seed`` with its faults and without, and compare."""
+    plan = plan or plan_seed(seed)
+    t0 = time.perf_counter()
+    ref = run_plan(plan, faults=False, validate=validate)
+    run = run_plan(plan, faults=True, validate=validate) if plan.faults.items() else ref
+    violations = list(run.violations)
+    if ref is not run:
+        violations += [C.Violation("reference", f"(fault-free run) {v.what}", v.key) for v in ref.violations]
+    violations += C.check_results(ref.results, run.results, run.taints)
+    return SeedReport(seed, not violations, violations, run.trace_hash, time.perf_counter() - t0, plan, run, ref)
+
+
+def story(report: SeedReport, limit: int = 6) -> str:
+    """What the machines recorded about the items a failing seed is about."""
+    lines = [report.plan.describe()]
+    run = report.run
+    if run is None or run.cluster is None:
+        return "\n".join(lines)
+    keys = [v.key for v in report.violations if v.key][:limit]
+    for v in report.violations[:20]:
+        lines.append(f"  {v}")
+    for key in keys:
+        oid = run.keys.get(key)
+        if oid is None:
+            continue
+        lines.append(f"-- story of {key} (task {oid.task_id.short()}):")
+        for addr, node in run.cluster.nodes.items():
+            m = node.machine if node.alive else None
+            if m is None and node.host is not None:
+                m = node.host.machine
+            if m is None:
+                continue
+            for t, sid, what in m.story(oid.task_id):
+                lines.append(f"   {t:9.4f} {addr:<10} {what}  [{sid}]")
+    return "\n".join(lines)
+
+
+def run_swarm(seeds, *, stop_on_failure: bool = False, progress: bool = False, validate: bool = True) -> list[SeedReport]:
+    reports = []
+    seeds = list(seeds)
+    for i, s in enumerate(seeds):
+        r = check_seed(s, validate=validate)
+        r.run = r.reference = None if r.ok else r.run  # keep memory flat
+        reports.append(r)
+        if progress:
+            bad = sum(1 for x in reports if not x.ok)
+            print(f"\r  {i + 1}/{len(seeds)} seeds, {bad} failing", end="", file=sys.stderr, flush=True)
+        if stop_on_failure and not r.ok:
+            break
+    if progress:
+        print(file=sys.stderr)
+    return reports
+
+
+def shrink(seed: int, max_examples: int = 60) -> FaultPlan:
+    """The smallest subset of ``seed``'s faults that still fails (Hypothesis)."""
+    from hypothesis import HealthCheck, find, settings
+    from hypothesis import strategies as st
+
+    plan = plan_seed(seed)
+    items = plan.faults.items()
+
+    def fails(mask) -> bool:
+        sub = FaultPlan.from_items([it for it, keep in zip(items, mask) if keep])
+        return not check_seed(seed, plan=dataclasses.replace(plan, faults=sub), validate=False).ok
+
+    mask = find(st.lists(st.booleans(), min_size=len(items), max_size=len(items)), fails,
+                settings=settings(max_examples=max_examples, database=None, deadline=None,
+                                  suppress_health_check=list(HealthCheck)))
+    return FaultPlan.from_items([it for it, keep in zip(items, mask) if keep])
+
+
+def run_swarm_cli(args) -> int:
+    if args.seed is not None:
+        r = check_seed(args.seed)
+        print(r.summary())
+        print(story(r))
+        if not r.ok and getattr(args, "shrink", False):
+            small = shrink(args.seed)
+            print(f"shrunk fault schedule: {small.describe()}")
+        return 0 if r.ok else 1
+    t0 = time.perf_counter()
+    reports = run_swarm(range(args.seeds), progress=True)
+    bad = [r for r in reports if not r.ok]
+    print(f"{len(reports)} seeds in {time.perf_counter() - t0:.1f}s: {len(reports) - len(bad)} ok, {len(bad)} failing")
+    for r in bad[:10]:
+        print(r.summary())
+        for v in r.violations[:5]:
+            print(f"   {v}")
+        print(f"   replay: penumbra verify --seed {r.seed}")
+    return 0 if not bad else 1

@@ -1,0 +1,363 @@
+"""Random deterministic workloads for the verification swarm.
+
+A ``Workload`` is drawn from a seed: puts, a dynamic task graph (tasks whose
+inputs are earlier outputs or puts, some submitting nested child tasks and
+waiting for them, some raising), and actors with ordered method calls (some
+restartable, some with paper-style replay and checkpoints, some killed).
+Everything it computes is a deterministic function of its inputs, so a
+fault-free *reference run* tells what every object must hold; a run with
+faults must produce the same values, or an error the semantics allow.
+
+Values are 64-bit digests: a task's value digests its key, its inputs'
+values and its children's values; an actor's state digests its previous
+state and the call; a call returns the new state.
+
+``VerifyExecutor`` is the simulator's executor for these models.  It runs
+nested tasks by making the worker a client of its node (``SubmitTask``,
+``WatchObjects``, ``WorkerBlocked``/``WorkerUnblocked``), and records every
+actor method execution so the checkers can verify ordering.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..core.ids import ActorId, ObjectId, TaskId, child_task_id
+from ..core.messages import (
+    Execute,
+    ObjectsReady,
+    SubmitTask,
+    WatchObjects,
+    WorkerBlocked,
+    WorkerUnblocked,
+)
+from ..core.records import ErrorInfo, ErrorKind
+from ..core.specs import FunctionDescriptor, Payload, ResourceSet, TaskSpec
+from ..sim.cluster import Executor, Outcome
+
+__all__ = ["VTask", "VChild", "VActor", "VCall", "TaskPlan", "ActorPlan", "CallPlan", "PutPlan",
+           "Workload", "generate", "VerifyExecutor", "digest"]
+
+
+def digest(*parts: Any) -> int:
+    return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=8).digest(), "big")
+
+
+# -- models (travel in TaskSpec.args.data) -----------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class VChild:
+    key: str
+    size: int = 8
+    duration: float = 0.001
+    raises: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class VTask:
+    key: str
+    size: int = 8
+    duration: float = 0.001
+    raises: bool = False
+    children: tuple[VChild, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class VActor:
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class VCall:
+    key: str
+    size: int = 8
+    duration: float = 0.001
+
+
+# -- the plan ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PutPlan:
+    key: str
+    size: int
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class TaskPlan:
+    key: str
+    deps: tuple[str, ...]  # keys of puts / tasks / calls
+    model: VTask
+    resources: ResourceSet
+    max_retries: int
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class CallPlan:
+    key: str
+    deps: tuple[str, ...]
+    model: VCall
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ActorPlan:
+    key: str
+    max_restarts: int
+    max_task_retries: int
+    replay: bool
+    checkpoint_interval: int
+    at: float
+    calls: tuple[CallPlan, ...]
+    kill_at: float | None = None  # the driver kills it (no restart) then
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    puts: tuple[PutPlan, ...]
+    tasks: tuple[TaskPlan, ...]
+    actors: tuple[ActorPlan, ...]
+
+    def size(self) -> int:
+        return len(self.puts) + len(self.tasks) + sum(len(a.calls) for a in self.actors)
+
+    def describe(self) -> str:
+        nested = sum(1 for t in self.tasks if t.model.children)
+        raising = sum(1 for t in self.tasks if t.model.raises)
+        return (f"{len(self.puts)} puts, {len(self.tasks)} tasks ({nested} nested, {raising} raising), "
+                f"{len(self.actors)} actors with {sum(len(a.calls) for a in self.actors)} calls")
+
+
+def generate(rng: random.Random, *, horizon: float = 1.0, max_tasks: int = 40, custom: tuple[str, ...] = (),
+             large: int = 2 << 20) -> Workload:
+    """A random workload whose submissions spread over ``horizon`` seconds.
+
+    ``custom``: names of custom resources some node has (a task may ask for
+    one).  ``large``: the size of "large" objects (to make stores evict).
+    """
+    puts = []
+    for i in range(rng.randint(0, 4)):
+        puts.append(PutPlan(f"p{i}", rng.choice((64, 4096, large)), round(rng.uniform(0, horizon * 0.3), 4)))
+    keys_at: list[tuple[str, float]] = [(p.key, p.at) for p in puts]
+    tasks = []
+    n = rng.randint(max(4, max_tasks // 4), max_tasks)
+    for i in range(n):
+        at = round(rng.uniform(0, horizon), 4)
+        earlier = [k for k, t in keys_at if t <= at]
+        ndeps = min(len(earlier), rng.choice((0, 0, 1, 1, 2, 3)))
+        deps = tuple(rng.sample(earlier, ndeps)) if ndeps else ()
+        children: tuple[VChild, ...] = ()
+        if rng.random() < 0.15:
+            children = tuple(VChild(f"t{i}c{j}", rng.choice((8, 512)), round(rng.uniform(0.0005, 0.02), 4),
+                                    rng.random() < 0.05) for j in range(rng.randint(1, 3)))
+        model = VTask(
+            f"t{i}",
+            size=rng.choice((8, 8, 256, 65536, large)),
+            duration=round(rng.choice((0.0005, 0.002, 0.01, 0.05)), 4),
+            raises=rng.random() < 0.05,
+            children=children,
+        )
+        cpu = rng.choice((1, 1, 1, 0.5, 0.25, 2))
+        res = {"CPU": cpu}
+        if custom and rng.random() < 0.15:
+            res[rng.choice(custom)] = 1
+        max_retries = -1 if rng.random() < 0.8 else rng.choice((0, 1, 2))
+        tasks.append(TaskPlan(f"t{i}", deps, model, ResourceSet.from_dict(res), max_retries, at))
+        keys_at.append((f"t{i}", at))
+    actors = []
+    for a in range(rng.randint(0, 3)):
+        at = round(rng.uniform(0, horizon * 0.5), 4)
+        replay = rng.random() < 0.5
+        calls = []
+        t = at
+        for c in range(rng.randint(2, 12)):
+            t = round(t + rng.uniform(0.001, horizon / 8), 4)
+            earlier = [k for k, tt in keys_at if tt <= t and not k.startswith(f"a{a}.")]
+            deps = (rng.choice(earlier),) if earlier and rng.random() < 0.3 else ()
+            calls.append(CallPlan(f"a{a}.c{c}", deps, VCall(f"a{a}.c{c}", duration=rng.choice((0.0005, 0.005, 0.02))), t))
+            keys_at.append((f"a{a}.c{c}", t))
+        kill_at = round(t + rng.uniform(0.0, 0.2), 4) if rng.random() < 0.15 else None
+        actors.append(ActorPlan(
+            f"a{a}",
+            max_restarts=-1 if replay or rng.random() < 0.5 else rng.choice((0, 1)),
+            max_task_retries=-1 if replay or rng.random() < 0.5 else 0,
+            replay=replay,
+            checkpoint_interval=rng.choice((0, 2, 3)) if replay else 0,
+            at=at,
+            calls=tuple(calls),
+            kill_at=kill_at,
+        ))
+    return Workload(tuple(puts), tuple(tasks), tuple(actors))
+
+
+# ===========================================================================
+
+
+@dataclass(slots=True)
+class _Waiting:
+    """A parent task whose worker waits for its children."""
+
+    node: Any
+    worker: Any
+    cmd: Execute
+    inputs: tuple
+    children: tuple[TaskSpec, ...]
+    values: dict[ObjectId, Any] = field(default_factory=dict)
+    req_id: int = 0
+    done: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ActorExec:
+    """One actor method execution, as the worker saw it."""
+
+    actor_id: ActorId
+    worker_id: str
+    caller: str
+    seq: int
+    task_id: TaskId
+    at: float
+
+
+class VerifyExecutor(Executor):
+    """Runs ``VTask``/``VActor``/``VCall`` models with real values."""
+
+    def __init__(self, crash_rate: float = 0.0, rng: random.Random | None = None) -> None:
+        self.crash_rate = crash_rate  # chance a task's worker dies mid-task (a fault)
+        self.rng = rng or random.Random(0)
+        self.actor_log: list[ActorExec] = []
+        self.instances: dict[ActorId, list[str]] = {}  # actor -> workers it ran on
+        self.crashes = 0
+        self._clients: dict[str, Any] = {}
+        self._waiting: dict[tuple[str, int], _Waiting] = {}
+        self._next_req = 1
+        self.cluster = None
+
+    # -- helpers --------------------------------------------------------------
+    def _inputs(self, node, spec: TaskSpec) -> tuple | ErrorInfo:
+        out = []
+        for d in spec.dependencies:
+            item = node.store.get(d)
+            if item is None:
+                return ErrorInfo(ErrorKind.OBJECT_LOST, f"input {d.short()} is not in the store")
+            out.append(item[1])
+        return tuple(out)
+
+    def _maybe_crash(self) -> bool:
+        if self.crash_rate and self.rng.random() < self.crash_rate:
+            self.crashes += 1
+            return True
+        return False
+
+    # -- the executor interface --------------------------------------------------
+    def execute(self, node, worker, cmd: Execute) -> Outcome | None:
+        spec = cmd.spec
+        model = spec.args.data
+        inputs = self._inputs(node, spec)
+        if isinstance(inputs, ErrorInfo):
+            return Outcome("raise", error=inputs)
+        if isinstance(model, VActor):
+            if cmd.checkpoint is not None and cmd.checkpoint.data is not None:
+                worker.actor_state = cmd.checkpoint.data
+            else:
+                worker.actor_state = digest("init", model.key, inputs)
+            self.instances.setdefault(spec.actor_creation.actor_id, []).append(worker.worker_id)
+            return Outcome("ok", 0.001)
+        if isinstance(model, VCall):
+            self.actor_log.append(ActorExec(spec.actor_id, worker.worker_id, spec.caller_id, spec.sequence_no,
+                                            spec.task_id, node.cluster.now))
+            if self._maybe_crash():
+                return Outcome("crash", model.duration / 2)
+            worker.actor_state = digest(worker.actor_state, model.key, inputs)
+            return Outcome("ok", model.duration, values=(worker.actor_state,), sizes=(model.size,))
+        if isinstance(model, (VTask, VChild)):
+            if self._maybe_crash():
+                return Outcome("crash", model.duration / 2)
+            if model.raises:
+                name = spec.display_name()
+                return Outcome("raise", model.duration, error=ErrorInfo(
+                    ErrorKind.TASK_ERROR, f"{model.key} raised (by design)", Payload(16, model.key), task_name=name))
+            children = getattr(model, "children", ())
+            if not children:
+                return Outcome("ok", model.duration, values=(digest(model.key, inputs),), sizes=(model.size,))
+            return self._start_children(node, worker, cmd, model, inputs)
+        raise TypeError(f"VerifyExecutor cannot run {model!r}")
+
+    def checkpoint(self, node, worker, cmd) -> Payload:
+        return Payload(64, worker.actor_state)
+
+    def worker_gone(self, node, worker) -> None:
+        for key in [k for k in self._waiting if k[0] == worker.worker_id]:
+            self._waiting[key].done = True
+            del self._waiting[key]
+        client = self._clients.pop(worker.worker_id, None)
+        if client is not None:
+            try:
+                node.cluster.kernel.remove_client(worker.worker_id)
+            except Exception:
+                pass
+
+    # -- nested tasks: the worker acts as a client of its node ---------------------
+    def _client(self, node, worker):
+        c = self._clients.get(worker.worker_id)
+        if c is None:
+            kernel = node.cluster.kernel
+            wid = worker.worker_id
+            c = kernel.add_client(wid, lambda msg, wid=wid: self._on_message(wid, msg), colocated_with=node.address, kind="worker")
+            self._clients[wid] = c
+        return c
+
+    def _start_children(self, node, worker, cmd: Execute, model: VTask, inputs: tuple) -> None:
+        spec = cmd.spec
+        fn = FunctionDescriptor(b"verify:child", "child")
+        kids = tuple(
+            TaskSpec(task_id=child_task_id(spec.task_id, j), job_id=spec.job_id, parent_task_id=spec.task_id,
+                     function=fn, args=Payload(0, ch), resources=ResourceSet.of(CPU=0.5), max_retries=-1,
+                     name=ch.key)
+            for j, ch in enumerate(model.children)
+        )
+        client = self._client(node, worker)
+        rid = self._next_req
+        self._next_req += 1
+        w = _Waiting(node, worker, cmd, inputs, kids, req_id=rid)
+        self._waiting[(worker.worker_id, rid)] = w
+        me = worker.worker_id
+        for k in kids:
+            client.send(node.address, SubmitTask(client=me, spec=k))
+        client.send(node.address, WorkerBlocked(worker_id=me))
+        client.send(node.address, WatchObjects(client=me, req_id=rid, object_ids=tuple(k.return_ids[0] for k in kids), fetch=True))
+        return None
+
+    def _on_message(self, wid: str, msg: Any) -> None:
+        if type(msg) is not ObjectsReady:
+            return
+        w = self._waiting.get((wid, msg.req_id))
+        if w is None or w.done:
+            return
+        for oid, info in msg.objects:
+            if info.error is not None:
+                w.values[oid] = info.error
+            else:
+                item = w.node.store.get(oid)
+                w.values[oid] = item[1] if item is not None else ErrorInfo(ErrorKind.OBJECT_LOST, "child output vanished")
+        if len(w.values) < len(w.children):
+            return
+        w.done = True
+        del self._waiting[(wid, msg.req_id)]
+        client = self._clients.get(wid)
+        if client is not None:
+            client.send(w.node.address, WorkerUnblocked(worker_id=wid))
+        model = w.cmd.spec.args.data
+        vals = [w.values[k.return_ids[0]] for k in w.children]
+        errors = [v for v in vals if isinstance(v, ErrorInfo)]
+        if errors:
+            out = Outcome("raise", model.duration, error=errors[0])
+        else:
+            out = Outcome("ok", model.duration, values=(digest(model.key, w.inputs, tuple(vals)),), sizes=(model.size,))
+        w.node.complete(w.worker, w.cmd, out)

@@ -67,9 +67,9 @@ def test_task_lifecycle_and_index(core) -> None:
     moved, _ = t.apply(SetTaskNode(s.task_id, "node:1"))
     assert moved.node == "node:1"
     assert t.read(TasksOnNode("node:0")) == () and t.read(TasksOnNode("node:1")) == (moved,)
-    retried, _ = t.apply(RetryTask(s.task_id, "node:2"))
+    retried, _ = t.apply(RetryTask(s.task_id, "node:2", attempt=1))
     assert retried.attempt == 1 and retried.reconstructions == 0 and retried.node == "node:2"
-    rec, _ = t.apply(RetryTask(s.task_id, "node:2", reconstruction=True))
+    rec, _ = t.apply(RetryTask(s.task_id, "node:2", reconstruction=True, attempt=2))
     assert rec.attempt == 2 and rec.reconstructions == 1
     oid = s.return_ids[0]
     ok, changes = t.apply(FinishTask(s.task_id, "node:2", ((oid, 100),), attempt=2))
@@ -83,11 +83,35 @@ def test_task_lifecycle_and_index(core) -> None:
     assert t.read(ObjectsOnNode("node:2")) == (oid,)
     # SetTaskNode on a finished task changes nothing
     assert t.apply(SetTaskNode(s.task_id, "node:9")) == (done, [])
-    # re-submission (a re-executed parent) keeps the counters
-    again, _ = t.apply(AddTask(s, "node:3"))
-    assert again.state is TaskState.PENDING and again.attempt == 2 and again.reconstructions == 1
-    assert t.apply(RetryTask(core.spec().task_id, "n")) == (None, [])
+    # re-submission (a re-executed parent, or a late write) keeps the outcome
+    again, changes = t.apply(AddTask(s, "node:3"))
+    assert again.state is TaskState.FINISHED and again.attempt == 2 and changes == []
+    assert t.apply(RetryTask(core.spec().task_id, "n", attempt=1)) == (None, [])
     check_indexes(t)
+
+
+def test_task_writes_that_land_out_of_order_do_not_undo_a_finish(core) -> None:
+    """Found by the swarm: a retry's RetryTask and FinishTask from one node
+    can land in either order (retries, reordering links); the row must end
+    FINISHED either way, and a stale retry must not reopen it."""
+    s = core.spec()
+    oid = s.return_ids[0]
+    for order in ("retry-first", "finish-first"):
+        t = Tables()
+        t.apply(AddTask(s, "node:0"))
+        ops = [RetryTask(s.task_id, "node:0", attempt=1), FinishTask(s.task_id, "node:0", ((oid, 8),), attempt=1)]
+        if order == "finish-first":
+            ops.reverse()
+        for op in ops:
+            t.apply(op)
+        row = t.data["tasks"][s.task_id]
+        assert row.state is TaskState.FINISHED and row.attempt == 1, order
+        assert t.read(TasksOnNode("node:0")) == ()
+        # an older attempt's finish after a newer retry is stale too
+        t.apply(RetryTask(s.task_id, "node:1", attempt=2))
+        t.apply(FinishTask(s.task_id, "node:0", ((oid, 8),), attempt=1))
+        assert t.data["tasks"][s.task_id].state is TaskState.PENDING
+        check_indexes(t)
 
 
 def test_finish_with_error_and_retry_after_error(core) -> None:

@@ -228,7 +228,7 @@ class Recovery:
             self.rebuild_attempt[tid] = entry.attempt + 1
             self.reexecuted += 1
             cmds += self.head.watch_task(tid, now, sid)
-            cmds += self.head.gcs.write(RetryTask(tid, "", reconstruction=True), None, now, sid)
+            cmds += self.head.gcs.write(RetryTask(tid, "", reconstruction=True, attempt=entry.attempt + 1), None, now, sid)
             cmds += self.head.scheduler.submit(spec, entry.attempt + 1, now, sid, reconstruction=True)
         return cmds
 
@@ -289,7 +289,7 @@ class Recovery:
                 cmds += self.head.gcs.write(FinishTask(spec.task_id, "", outputs, err, e.attempt), None, now, sid)
                 continue
             self.resubmitted += 1
-            cmds += self.head.gcs.write(RetryTask(spec.task_id, ""), None, now, sid)
+            cmds += self.head.gcs.write(RetryTask(spec.task_id, "", attempt=e.attempt + 1), None, now, sid)
             cmds += self.head.scheduler.submit(spec, e.attempt + 1, now, sid)
         return cmds
 

@@ -486,7 +486,7 @@ class LocalScheduler:
             t.state = WAITING
             t.worker = None
             self._story(tid, now, sid, f"retry {t.attempt} after: {why}")
-            cmds = self.node.gcs_write(RetryTask(tid, self.node.node_id), None, now, sid)
+            cmds = self.node.gcs_write(RetryTask(tid, self.node.node_id, attempt=t.attempt), None, now, sid)
             return cmds + self._resolve_inputs(t, now, sid)
         return self._fail(t, error, now, sid, why)
 

@@ -190,15 +190,19 @@ class SetTaskNode(Op):
 
 @dataclass(frozen=True, slots=True)
 class RetryTask(Op):
-    """A task is being executed again at ``node``.
+    """A task is being executed again at ``node``, as attempt ``attempt``.
 
     ``reconstruction`` says whether this re-run rebuilds lost outputs (as
     opposed to retrying a failed attempt); both consume ``max_retries``.
+    Applied only if ``attempt`` is newer than the row's: writes from one
+    client may land out of order (retries, reordering links), and a stale
+    retry must not turn a finished task back into a pending one.
     """
 
     task_id: TaskId
     node: str
     reconstruction: bool = False
+    attempt: int = 0
 
     def route(self):
         return ("tasks", self.task_id)
@@ -596,8 +600,13 @@ def _add_task(t: Tables, op: AddTask):
     old = t.data["tasks"].get(tid)
     if old is None:
         new = TaskEntry(spec=op.spec, node=op.node)
+    elif old.state is TaskState.PENDING:
+        new = replace(old, spec=op.spec, node=op.node)
     else:
-        new = replace(old, spec=op.spec, state=TaskState.PENDING, node=op.node)
+        # submitted again after it ended (a re-executed parent submits its
+        # children again, or this write arrived after the finish): the row
+        # keeps its outcome; a re-run that finishes records itself anyway
+        return old, []
     return new, t._put_task(tid, new)
 
 
@@ -611,25 +620,25 @@ def _set_task_node(t: Tables, op: SetTaskNode):
 
 def _retry_task(t: Tables, op: RetryTask):
     old = t.data["tasks"].get(op.task_id)
-    if old is None:
-        return None, []
+    if old is None or op.attempt <= old.attempt:
+        return old, []  # stale: a newer attempt is already recorded
     if op.reconstruction:
         new = replace(
             old,
             state=TaskState.PENDING,
             node=op.node,
-            attempt=old.attempt + 1,
+            attempt=op.attempt,
             reconstructions=old.reconstructions + 1,
         )
     else:
-        new = replace(old, state=TaskState.PENDING, node=op.node, attempt=old.attempt + 1)
+        new = replace(old, state=TaskState.PENDING, node=op.node, attempt=op.attempt)
     return new, t._put_task(op.task_id, new)
 
 
 def _finish_task(t: Tables, op: FinishTask):
     changes: list[Change] = []
     old = t.data["tasks"].get(op.task_id)
-    if old is not None:
+    if old is not None and op.attempt >= old.attempt:  # (an older attempt's end is stale)
         state = TaskState.FAILED if op.error is not None else TaskState.FINISHED
         # (hot path: built directly rather than with dataclasses.replace)
         new = TaskEntry(old.spec, state, op.node, max(old.attempt, op.attempt), old.reconstructions)

@@ -783,7 +783,7 @@ def test_summary_prints_hash(capsys):
 def test_paper_costs_match_the_paper():
     per_task = (4 * PAPER.handle["node"] + 4 * PAPER.per_command + PAPER.task_scheduling)
     assert 16_000 < 1 / per_task < 20_000   # Figure 8b: ~18K tasks/s per node
-    assert PAPER.handling_cost("node", "SubmitTask") == pytest.approx(23e-6)
+    assert PAPER.handling_cost("node", "SubmitTask") == pytest.approx(8e-6 + PAPER.task_scheduling)  # calibrated by fig8b
     assert PAPER.handling_cost("node", "TaskFinished") == pytest.approx(8e-6)
     assert PAPER.handling_cost("head", "ForwardTask") == pytest.approx(28e-6)
     assert PAPER.bandwidth_intra_rack == pytest.approx(3.125e9)

@@ -14,7 +14,12 @@ The node-local world (``SimNode``, one per node address)
     * **the byte store**: ``store[object_id] = (size, value)``: what the node's
       shared-memory store holds (the core's ``StoreAccounting`` decides, this
       holds);
-    * **worker processes** (``SimWorker``): ``StartWorker`` takes
+    * **worker processes** (``SimWorker``), which talk to the node over
+      their own connections: their events (and those of transfers) are
+      delivered ``urgent``, ahead of the network messages queued at the
+      node, as the real daemon serves its connections fairly and does not
+      keep its workers waiting behind a flood of submissions.
+      ``StartWorker`` takes
       ``worker_start`` seconds; ``Execute`` asks the *executor* for an
       ``Outcome`` and completes after ``task_overhead + duration`` (scaled by
       the host's slowdown) plus the time to write the outputs;
@@ -247,7 +252,7 @@ class SimNode:
         if delay is None:
             w.alive = False
             del self.workers[cmd.worker_id]
-            host.deliver_at(host.now, WorkerStartFailed(worker_id=cmd.worker_id, reason="the executor refused to start it", stimulus_id=cmd.stimulus_id))
+            host.deliver_at(host.now, WorkerStartFailed(worker_id=cmd.worker_id, reason="the executor refused to start it", stimulus_id=cmd.stimulus_id), urgent=True)
             return
         host.call_at(host.now + delay * host.cpu_factor, self._worker_up, w, cmd.stimulus_id)
 
@@ -255,7 +260,7 @@ class SimNode:
         if not w.alive:
             return
         w.started = True
-        self.host.deliver_now(WorkerStarted(worker_id=w.worker_id, stimulus_id=sid))
+        self.host.deliver_now(WorkerStarted(worker_id=w.worker_id, stimulus_id=sid), urgent=True)
 
     def on_execute(self, host: Host, cmd: Execute) -> None:
         w = self.workers.get(cmd.worker_id)
@@ -314,15 +319,15 @@ class SimNode:
                 for hook in c.on_task_done:
                     hook(self, spec, cmd.attempt, host.now)
             host.deliver_now(TaskFinished(worker_id=w.worker_id, task_id=tid, outputs=tuple(outputs),
-                                          duration=elapsed, stimulus_id=sid))
+                                          duration=elapsed, stimulus_id=sid), urgent=True)
         elif kind == "raise":
             err = out.error or _error(ErrorKind.TASK_ERROR, f"{spec.display_name()} raised", spec.display_name())
             host.deliver_now(TaskRaised(worker_id=w.worker_id, task_id=tid, error=err,
-                                        retryable=out.retryable, duration=elapsed, stimulus_id=sid))
+                                        retryable=out.retryable, duration=elapsed, stimulus_id=sid), urgent=True)
         elif kind == "crash":
             self._kill(w)
             host.deliver_now(WorkerCrashed(worker_id=w.worker_id, reason="the worker process died while running "
-                                           f"{spec.display_name()} (modelled crash)", stimulus_id=sid))
+                                           f"{spec.display_name()} (modelled crash)", stimulus_id=sid), urgent=True)
         else:
             raise ValueError(f"unknown outcome kind {kind!r} (ok, raise, crash, hang)")
 
@@ -337,7 +342,7 @@ class SimNode:
         if w is None or not w.alive:
             return
         self._kill(w)
-        host.deliver_at(host.now, WorkerCrashed(worker_id=cmd.worker_id, reason=cmd.reason or "killed", stimulus_id=cmd.stimulus_id))
+        host.deliver_at(host.now, WorkerCrashed(worker_id=cmd.worker_id, reason=cmd.reason or "killed", stimulus_id=cmd.stimulus_id), urgent=True)
 
     def on_interrupt(self, host: Host, cmd: InterruptTask) -> None:
         w = self.workers.get(cmd.worker_id)
@@ -347,7 +352,7 @@ class SimNode:
         host.deliver_at(host.now, TaskRaised(
             worker_id=cmd.worker_id, task_id=cmd.task_id,
             error=_error(ErrorKind.TASK_CANCELLED, "the task was interrupted (cancelled)"),
-            stimulus_id=cmd.stimulus_id))
+            stimulus_id=cmd.stimulus_id), urgent=True)
 
     def on_checkpoint(self, host: Host, cmd: CheckpointActor) -> None:
         w = self.workers.get(cmd.worker_id)
@@ -360,7 +365,7 @@ class SimNode:
     def _checkpointed(self, w: SimWorker, cmd: CheckpointActor, payload: Payload) -> None:
         if w.alive:
             self.host.deliver_now(ActorCheckpointed(worker_id=w.worker_id, actor_id=cmd.actor_id, index=cmd.index,
-                                                    payload=payload, stimulus_id=cmd.stimulus_id))
+                                                    payload=payload, stimulus_id=cmd.stimulus_id), urgent=True)
 
     def on_fetch(self, host: Host, cmd: Fetch) -> None:
         c = self.cluster
@@ -372,14 +377,14 @@ class SimNode:
             reason = ("no such node" if src is None else "the source node is dead" if not src.alive
                       else "the source node does not hold the object")
             rtt = 2 * net.latency(me, cmd.from_node) if src is not None else 0.0
-            host.deliver_at(host.now + rtt, FetchFailed(object_id=oid, from_node=cmd.from_node, reason=reason, stimulus_id=cmd.stimulus_id))
+            host.deliver_at(host.now + rtt, FetchFailed(object_id=oid, from_node=cmd.from_node, reason=reason, stimulus_id=cmd.stimulus_id), urgent=True)
             return
         item = src.store[oid]
         size = item[0]
         start = host.now + net.latency(me, src.address)  # the request reaches the source
         done = None if net.is_cut(me, src.address) else net.transfer(src.address, me, size, start)
         if done is None:
-            host.deliver_at(host.now, FetchFailed(object_id=oid, from_node=cmd.from_node, reason="partitioned from the source node", stimulus_id=cmd.stimulus_id))
+            host.deliver_at(host.now, FetchFailed(object_id=oid, from_node=cmd.from_node, reason="partitioned from the source node", stimulus_id=cmd.stimulus_id), urgent=True)
             return
         done += c.costs.store_put_overhead
         host.call_at(done, self._fetched, src, oid, item, cmd.stimulus_id)
@@ -388,11 +393,11 @@ class SimNode:
         net = self.cluster.kernel.network
         if not src.alive or net.is_cut(src.address, self.address):
             self.host.deliver_now(FetchFailed(object_id=oid, from_node=src.address,
-                                              reason="the source node died or was cut off during the transfer", stimulus_id=sid))
+                                              reason="the source node died or was cut off during the transfer", stimulus_id=sid), urgent=True)
             return
         self.store[oid] = item
         self.fetched_bytes += item[0]
-        self.host.deliver_now(FetchCompleted(object_id=oid, size=item[0], stimulus_id=sid))
+        self.host.deliver_now(FetchCompleted(object_id=oid, size=item[0], stimulus_id=sid), urgent=True)
 
     def on_evict(self, host: Host, cmd: Evict) -> None:
         self.store.pop(cmd.object_id, None)
@@ -473,6 +478,10 @@ class SimDriver:
         self._next_req = 1
         self._functions: dict[str, FunctionDescriptor] = {}
         self.registered: dict[ActorId, ActorRegistered] = {}
+        # CPU of the driver program per submitted task (0: free, the default;
+        # cluster.driver(cpu=True) takes the cost model's client_call)
+        self.call_cost = 0.0
+        self.busy_until = 0.0
         self.client.send(node, RegisterClient(client=address, job_id=job_id, is_driver=True))
 
     @property
@@ -507,6 +516,9 @@ class SimDriver:
     # ------------------------------------------------------------------ sending
     def submit(self, spec: TaskSpec) -> TaskSpec:
         if self.alive:
+            if self.call_cost:
+                self.submit_many((spec,))
+                return spec
             if self.keep_submit_times:
                 self.submitted_at[spec.task_id] = self.now
             self.client.send(self.node, SubmitTask(client=self.address, spec=spec))
@@ -514,6 +526,15 @@ class SimDriver:
 
     def submit_many(self, specs: Iterable[TaskSpec]) -> None:
         if not self.alive:
+            return
+        if self.call_cost:
+            # the program's own CPU: each .remote() takes call_cost seconds
+            # of the driver's (single) thread before its message leaves
+            t = self.busy_until if self.busy_until > self.now else self.now
+            for s in specs:
+                t += self.call_cost
+                self.kernel.call_at(t, self._send_one, s)
+            self.busy_until = t
             return
         send = self.client.send
         node = self.node
@@ -524,6 +545,12 @@ class SimDriver:
             if keep:
                 self.submitted_at[s.task_id] = now
             send(node, SubmitTask(client=me, spec=s))
+
+    def _send_one(self, spec: TaskSpec) -> None:
+        if self.alive:
+            if self.keep_submit_times:
+                self.submitted_at[spec.task_id] = self.now
+            self.client.send(self.node, SubmitTask(client=self.address, spec=spec))
 
     def remote(self, model: Any = None, **kw: Any) -> TaskSpec:
         """``spec`` + ``submit``: returns the spec (its ``return_ids`` are the futures)."""
@@ -539,8 +566,17 @@ class SimDriver:
         rid = self._next_req
         self._next_req += 1
         self._watches[rid] = _Watch(callback, len(set(oids)), record)
-        self.client.send(self.node, WatchObjects(client=self.address, req_id=rid, object_ids=tuple(oids), fetch=fetch))
+        msg = WatchObjects(client=self.address, req_id=rid, object_ids=tuple(oids), fetch=fetch)
+        if self.call_cost and self.busy_until > self.now:
+            # in program order: after the submissions still in the driver
+            self.kernel.call_at(self.busy_until, self._send_msg, msg)
+        else:
+            self.client.send(self.node, msg)
         return rid
+
+    def _send_msg(self, msg: Any) -> None:
+        if self.alive:
+            self.client.send(self.node, msg)
 
     def put(self, size: int, value: Any = None, callback: Callable[[Any], Any] | None = None) -> ObjectId:
         """Write an object into this node's store, then tell the node
@@ -981,8 +1017,12 @@ class SimCluster:
         return self.now
 
     # ------------------------------------------------------------------ drivers
-    def driver(self, node: str = "node:0", *, job_id: int | None = None, name: str | None = None) -> SimDriver:
-        """A new driver program on ``node`` (its own job unless ``job_id``)."""
+    def driver(self, node: str = "node:0", *, job_id: int | None = None, name: str | None = None,
+               cpu: bool = False) -> SimDriver:
+        """A new driver program on ``node`` (its own job unless ``job_id``).
+
+        ``cpu``: model the program's own CPU (``costs.client_call`` per
+        submitted task, one thread); by default drivers cost nothing."""
         if node not in self.nodes or not self.nodes[node].alive:
             raise ValueError(f"cannot place a driver on {node!r}: no such live node (live: {self.alive_nodes()[:8]})")
         if job_id is None:
@@ -990,6 +1030,8 @@ class SimCluster:
             self.next_job += 1
         address = name or f"driver:{job_id}:{len(self.drivers)}"
         d = SimDriver(self, address, node, job_id)
+        if cpu:
+            d.call_cost = self.costs.client_call
         self.drivers[address] = d
         return d
 

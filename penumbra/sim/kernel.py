@@ -17,6 +17,8 @@ one at a time, each charged CPU time by the cost model::
                       + len(cmds) * per_command) * cpu_factor
     busy_until = finish                             # commands take effect here
 
+Events a handler delivers with ``urgent=True`` (``deliver_at``,
+``deliver_now``) wait in a second queue that is served before the inbox.
 Then each command is carried out at ``finish``: ``Send`` goes through the
 network; ``SetTimer(at, key)`` delivers ``TimerFired(key)`` to the same host
 at ``max(at, finish)``; ``Log`` is recorded (printed with
@@ -201,6 +203,7 @@ class Host(_Endpoint):
         self.machine = machine
         self.handlers: dict[type, Callable] = dict(handlers)
         self.inbox: deque = deque()
+        self.urgent: deque = deque()  # local events handled before the inbox
         self.busy_until = kernel.env.now
         self.wake = False
         self.cpu_factor = 1.0
@@ -212,6 +215,7 @@ class Host(_Endpoint):
         self._costs: dict[type, float] = {}
         self._cmd_cost = kernel.costs.per_command
         self._on_wake = self._wake_entry
+        self._on_urgent = self._urgent_entry
         self._flush_scheduled = False
 
     def _check_machine(self, machine: Any) -> None:
@@ -223,15 +227,24 @@ class Host(_Endpoint):
                             f"{type(machine).__name__} has no validate() method")
 
     # -- API for handlers ---------------------------------------------------
-    def deliver_at(self, t: float, event: Event) -> None:
+    def deliver_at(self, t: float, event: Event, urgent: bool = False) -> None:
         """Deliver ``event`` to this host's machine at time ``t`` (>= now),
-        locally (no network).  Dropped if the host crashes before then."""
+        locally (no network).  Dropped if the host crashes before then.
+
+        ``urgent``: the event goes ahead of the messages waiting in the
+        inbox (as a machine serving several connections fairly would not
+        keep, say, its worker processes waiting behind a flood from one
+        client)."""
         if t < self.now:
             raise ValueError(
                 f"host {self.address!r}: deliver_at({t!r}) is in the past (host.now is "
                 f"{self.now!r}); handlers must schedule at or after host.now")
         if self.alive:
-            self._push_local(float(t), [event])
+            if urgent:
+                k = self.kernel
+                heappush(k._queue, (float(t), _NORMAL, next(k._eid), self._on_urgent, [event], self.epoch))
+            else:
+                self._push_local(float(t), [event])
 
     def deliver_after(self, dt: float, event: Event) -> None:
         """Deliver ``event`` to this host's machine ``dt`` after ``host.now``."""
@@ -278,14 +291,15 @@ class Host(_Endpoint):
     def _flush_now(self) -> None:
         self._flush_scheduled = False
 
-    def deliver_now(self, event: Event) -> None:
+    def deliver_now(self, event: Event, urgent: bool = False) -> None:
         """From a ``call_at`` callback on this host: hand ``event`` to the
         machine at ``host.now`` at once (queued behind its inbox if it is
-        busy), without a heap round trip.  Equivalent to ``deliver_at(now)``
-        except that it goes ahead of other entries due at the same instant."""
+        busy, or ahead of it if ``urgent``), without a heap round trip.
+        Equivalent to ``deliver_at(now)`` except that it goes ahead of other
+        entries due at the same instant."""
         if not self.alive:
             return
-        self.inbox.append(event)
+        (self.urgent if urgent else self.inbox).append(event)
         if not self.wake:
             self._drain(self.now)
 
@@ -349,6 +363,13 @@ class Host(_Endpoint):
         if not self.wake:
             self._drain(item[0])
 
+    def _urgent_entry(self, item: tuple) -> None:
+        if item[5] != self.epoch:
+            return
+        self.urgent.extend(item[4])
+        if not self.wake:
+            self._drain(item[0])
+
     def _wake_entry(self, item: tuple) -> None:
         if item[4] == self.epoch:
             self.wake = False
@@ -375,12 +396,13 @@ class Host(_Endpoint):
     def _drain(self, T: float) -> None:
         """Handle queued events, starting no earlier than ``T`` (= env.now)."""
         inbox = self.inbox
+        urgent = self.urgent
         k = self.kernel
         queue = k._queue
         trace = k.trace
         costs = self._costs
         epoch = self.epoch
-        while inbox:
+        while inbox or urgent:
             start = self.busy_until
             if start > T:
                 # Busy until ``start``.  Send what the previous event emitted,
@@ -394,7 +416,7 @@ class Host(_Endpoint):
                     return
             else:
                 start = T
-            ev = inbox.popleft()
+            ev = urgent.popleft() if urgent else inbox.popleft()
             machine = self.machine
             try:
                 cmds = machine.handle(ev, start)
@@ -801,6 +823,7 @@ class SimKernel:
         if isinstance(ep, Host):
             ep.machine = None
             ep.inbox.clear()
+            ep.urgent.clear()
             ep.wake = False
             ep.busy_until = now
             ep.state.clear()

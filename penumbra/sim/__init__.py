@@ -1,4 +1,66 @@
-"""penumbra.sim."""
+"""penumbra.sim: the core's state machines on a SimPy discrete-event cluster.
+
+Layers, bottom up: ``kernel`` (hosts, clients, the clock), ``network``
+(latency, bandwidth, faults), ``costs`` (what simulated work costs: PAPER,
+LOCAL, ZERO), ``faults`` (schedules as data), ``trace`` (the run's hash),
+``cluster`` (``SimCluster``: head, GCS chains and nodes built from
+``core.layout``, the node-local world, drivers, failures), ``workloads``
+(modelled tasks and task graphs), ``experiments`` (the paper's figures,
+``penumbra sim``), ``plots``, and ``runtime`` (real programs written against
+the public API, on the simulator: ``penumbra.init(simulated=SimConfig(...))``).
+"""
+
+from .cluster import (
+    AddNode,
+    CrashNode,
+    Executor,
+    Outcome,
+    SimActor,
+    SimCluster,
+    SimDriver,
+    SimNode,
+    SimWorker,
+)
+from .costs import LOCAL, PAPER, ZERO, CostModel
+from .faults import (
+    Crash,
+    Fault,
+    FaultSchedule,
+    Heal,
+    Isolate,
+    LinkFault,
+    Partition,
+    Restart,
+    SlowHost,
+)
+from .kernel import SimKernel
+from .network import Network
+from .trace import Trace
+from .workloads import (
+    ActorRounds,
+    ChainStream,
+    ClosedLoop,
+    Dist,
+    Graph,
+    GraphTask,
+    ModelExecutor,
+    TaskModel,
+    chains,
+    fan_in_tree,
+    independent,
+    random_dag,
+)
+
+__all__ = [
+    "SimCluster", "SimDriver", "SimNode", "SimWorker", "SimActor", "Outcome", "Executor",
+    "CrashNode", "AddNode",
+    "CostModel", "PAPER", "LOCAL", "ZERO",
+    "Fault", "FaultSchedule", "Crash", "Restart", "Partition", "Heal", "Isolate", "LinkFault", "SlowHost",
+    "SimKernel", "Network", "Trace",
+    "TaskModel", "Dist", "Graph", "GraphTask", "ModelExecutor", "ClosedLoop", "ChainStream", "ActorRounds",
+    "chains", "independent", "random_dag", "fan_in_tree",
+    "SimConfig", "SimRuntime",
+]
 
 
 def __getattr__(name: str):

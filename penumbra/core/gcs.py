@@ -159,6 +159,9 @@ class GcsReplica:
         self.committed = 0  # known committed (acked by the tail)
         self.log: dict[int, _Entry] = {}  # applied, not yet acked downstream
         self.dedup: dict[str, dict[int, tuple[int, Any]]] = {}
+        # per client: the highest low_water it sent (every id below it was
+        # answered and will never be needed again)
+        self.floors: dict[str, int] = {}
         self.retain_from: int | None = None  # tail keeps log after a snapshot
         # After a new predecessor, wait for its GcsCaughtUp before serving
         # reads, and serve them only once seq >= reads_from.
@@ -235,6 +238,12 @@ class GcsReplica:
             if seq <= self.committed or self.is_tail:
                 return [Send(to=ev.client, msg=GcsReply(req_id=ev.req_id, result=result, shard=self.shard, stimulus_id=ev.stimulus_id))]
             return []  # in flight down the chain; the tail will answer
+        if ev.req_id < self.floors.get(ev.client, 0):
+            # below what the client said it no longer waits for: a stale copy
+            # (a late duplicate or an old retry) of a write already answered,
+            # whose dedup entry we have forgotten.  Applying it again would
+            # apply it twice (found by the swarm: "write applied twice").
+            return []
         self.seq += 1
         entry = self._apply(self.seq, ev.client, ev.req_id, ev.op, ev.low_water)
         return self._after_apply(entry, ev.stimulus_id, now)
@@ -264,6 +273,8 @@ class GcsReplica:
         result, changes = self.tables.apply(op)
         seen = self.dedup.setdefault(client, {})
         seen[req_id] = (seq, result)
+        if low_water > self.floors.get(client, 0):
+            self.floors[client] = low_water
         if low_water:
             # requests mostly arrive in id order: forget from the front, and
             # sweep everything now and then for retries that arrived late
@@ -444,14 +455,16 @@ class GcsReplica:
             return []
         self.retain_from = self.seq if self.retain_from is None else min(self.retain_from, self.seq)
         snap = self.tables.snapshot()
-        dedup = {c: dict(v) for c, v in self.dedup.items()}
+        dedup = ({c: dict(v) for c, v in self.dedup.items()}, dict(self.floors))
         return [Send(to=ev.replica, msg=StateSnapshot(shard=self.shard, epoch=self.config.epoch, seq=self.seq, snapshot=snap, dedup=dedup, stimulus_id=ev.stimulus_id))]
 
     def _on_snapshot(self, ev: StateSnapshot, now: float) -> list[Command]:
         if not self.joining or ev.shard != self.shard:
             return []
         self.tables = Tables.restore(ev.snapshot)
-        self.dedup = {c: dict(v) for c, v in ev.dedup.items()}
+        dedup, floors = ev.dedup
+        self.dedup = {c: dict(v) for c, v in dedup.items()}
+        self.floors = dict(floors)
         self.seq = self.committed = ev.seq
         self.log.clear()
         self.joining = False

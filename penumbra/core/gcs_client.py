@@ -22,6 +22,7 @@ than the last seen for that key is a repeat and is dropped.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Hashable
 
@@ -44,6 +45,7 @@ class _Req:
     group: "_Group | None"
     sid: str
     retries: int = 0
+    key: tuple | None = None  # (table, key) of a single-key write, for ordering
 
 
 @dataclass(slots=True)
@@ -63,6 +65,7 @@ class GcsClient:
         self.next_req = 1
         self.outstanding: dict[int, _Req] = {}
         self.waiting: list[_Req] = []  # made before any config arrived
+        self.key_queues: dict[tuple, deque[_Req]] = {}  # single-key writes waiting their turn
         self.versions: dict[tuple[str, Hashable], int] = {}
         self._timer_armed = False
 
@@ -116,18 +119,36 @@ class GcsClient:
         if not self.ready:
             self.waiting.append(_Req(0, 0, request, token, now, None, sid))
             return []
-        shards = shards_for(request.route(), self.num_shards)
+        route = request.route()
+        shards = shards_for(route, self.num_shards)
         group = _Group(token, {}, len(shards)) if len(shards) > 1 or isinstance(shards, range) else None
         cmds: list[Command] = []
+        key = route if group is None and route[1] is not None and isinstance(request, Op) else None
         for shard in shards:
-            r = _Req(self.next_req, shard, request, token, now, group, sid)
-            self.next_req += 1
-            self.outstanding[r.req_id] = r
-            cmds.append(self._send(r))
+            r = _Req(0, shard, request, token, now, group, sid, key=key)
+            if key is not None:
+                # writes to one key go out one at a time, in the order they
+                # were made: a retried or reordered AddTask must never land
+                # after the same task's FinishTask
+                q = self.key_queues.get(key)
+                if q is not None:
+                    q.append(r)
+                    continue
+                self.key_queues[key] = deque()
+            cmds.append(self._start(r, now))
         if not self._timer_armed:
             self._timer_armed = True
             cmds.append(SetTimer(at=now + self.retry_after, key=("gcs-client", "retry")))
         return cmds
+
+    def _start(self, r: _Req, now: float) -> Send:
+        # ids are handed out when a request is sent, so they increase in send
+        # order and ``low_water`` never passes a request still to be sent
+        r.req_id = self.next_req
+        self.next_req += 1
+        r.sent_at = now
+        self.outstanding[r.req_id] = r
+        return self._send(r)
 
     def _send(self, r: _Req) -> Send:
         config = self.configs[r.shard]
@@ -157,8 +178,15 @@ class GcsClient:
         r = self.outstanding.pop(ev.req_id, None)
         if r is None:
             return []  # a repeat
+        cmds: list[Command] = []
+        if r.key is not None:
+            q = self.key_queues.get(r.key)
+            if q:
+                cmds.append(self._start(q.popleft(), now))
+            else:
+                self.key_queues.pop(r.key, None)
         if r.group is None:
-            return self.on_reply(r.token, ev.result, now, ev.stimulus_id or r.sid)
+            return cmds + self.on_reply(r.token, ev.result, now, ev.stimulus_id or r.sid)
         g = r.group
         g.results[r.shard] = ev.result
         if len(g.results) < g.expected:

@@ -105,6 +105,7 @@ class TaskEntry:
     node: str = ""
     attempt: int = 0
     reconstructions: int = 0
+    placed: bool = False  # ``node`` was chosen by the global scheduler
 
 
 @dataclass(frozen=True, slots=True)

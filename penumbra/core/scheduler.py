@@ -68,7 +68,7 @@ from .messages import (
 )
 from .records import ErrorInfo, ErrorKind, NodeLoad, ObjectEntry, ObjectInfo
 from .specs import EMPTY, ResourceSet, TaskSpec
-from .tables import AddTask, GetMany, RetryTask, SetTaskNode, key_shard
+from .tables import AddTask, GetMany, RetryTask, key_shard
 
 if TYPE_CHECKING:
     from .node import NodeMachine
@@ -788,7 +788,8 @@ class GlobalScheduler:
         if p.on_placed is not None:
             return p.on_placed(chosen.node_id, now, sid)
         cmds: list[Command] = [Send(to=chosen.node_id, msg=PlaceTask(spec=p.spec, attempt=p.attempt, reconstruction=p.reconstruction, stimulus_id=sid))]
-        cmds += self.head.gcs.write(SetTaskNode(p.spec.task_id, chosen.node_id), None, now, sid)
+        # (the spec too: this write may land before the submitting node's)
+        cmds += self.head.gcs.write(AddTask(p.spec, chosen.node_id, placed=True), None, now, sid)
         return cmds
 
     def validate(self) -> None:

@@ -168,12 +168,16 @@ class PutFunction(Op):
 class AddTask(Op):
     """Record a submitted task at ``node`` (the lineage write).
 
-    Re-submitting a known task (a re-executed parent submits its children
-    again) moves it back to PENDING at the new node but keeps its counters.
+    ``placed``: the global scheduler chose ``node``.  Writes from different
+    clients can land in any order, so a placement always wins over the
+    submitting node's own record, whichever lands first.  A task that
+    already ended keeps its outcome (a re-executed parent submits its
+    children again; a late write must not reopen a finished task).
     """
 
     spec: TaskSpec
     node: str
+    placed: bool = False
 
     def route(self):
         return ("tasks", self.spec.task_id)
@@ -599,9 +603,11 @@ def _add_task(t: Tables, op: AddTask):
     tid = op.spec.task_id
     old = t.data["tasks"].get(tid)
     if old is None:
-        new = TaskEntry(spec=op.spec, node=op.node)
+        new = TaskEntry(spec=op.spec, node=op.node, placed=op.placed)
     elif old.state is TaskState.PENDING:
-        new = replace(old, spec=op.spec, node=op.node)
+        if old.placed and not op.placed:
+            return old, []  # the submitting node's record, landing after the placement
+        new = replace(old, spec=op.spec, node=op.node, placed=old.placed or op.placed)
     else:
         # submitted again after it ended (a re-executed parent submits its
         # children again, or this write arrived after the finish): the row
@@ -641,7 +647,7 @@ def _finish_task(t: Tables, op: FinishTask):
     if old is not None and op.attempt >= old.attempt:  # (an older attempt's end is stale)
         state = TaskState.FAILED if op.error is not None else TaskState.FINISHED
         # (hot path: built directly rather than with dataclasses.replace)
-        new = TaskEntry(old.spec, state, op.node, max(old.attempt, op.attempt), old.reconstructions)
+        new = TaskEntry(old.spec, state, op.node, max(old.attempt, op.attempt), old.reconstructions, old.placed)
         changes += t._put_task(op.task_id, new)
     objs = t.data["objects"]
     for oid, size in op.outputs:
@@ -671,7 +677,7 @@ def _add_location(t: Tables, op: AddLocation):
 
 
 # The hot paths above build rows positionally; a new field must be added there.
-assert tuple(f.name for f in fields(TaskEntry)) == ("spec", "state", "node", "attempt", "reconstructions"), (
+assert tuple(f.name for f in fields(TaskEntry)) == ("spec", "state", "node", "attempt", "reconstructions", "placed"), (
     "TaskEntry changed: update _finish_task in tables.py")
 assert tuple(f.name for f in fields(ObjectEntry)) == ("object_id", "size", "locations", "created", "error"), (
     "ObjectEntry changed: update _add_location in tables.py")

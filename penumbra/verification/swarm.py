@@ -128,8 +128,11 @@ def plan_seed(seed: int) -> SeedPlan:
         heartbeat_interval=0.05, node_timeout=0.4, gcs_retry_after=0.05,
     )
     horizon = round(rng.uniform(0.3, 1.2), 3)
+    special_cpus = [s.resources.get("CPU") for s in shapes if s.resources.get("special")]
     workload = generate(rng, horizon=horizon, max_tasks=rng.choice((10, 25, 40)), custom=custom,
-                        large=rng.choice((1 << 20, 4 << 20)))
+                        large=rng.choice((1 << 20, 4 << 20)),
+                        max_cpu=max(s.resources.get("CPU") for s in shapes),
+                        custom_cpu=min(special_cpus) if special_cpus else 1)
     faulty = rng.random() < 0.85
     crashes, replicas, isolations, slow = [], [], [], []
     if faulty:

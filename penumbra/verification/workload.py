@@ -135,11 +135,14 @@ class Workload:
 
 
 def generate(rng: random.Random, *, horizon: float = 1.0, max_tasks: int = 40, custom: tuple[str, ...] = (),
-             large: int = 2 << 20) -> Workload:
+             large: int = 2 << 20, max_cpu: float = 2, custom_cpu: float = 1) -> Workload:
     """A random workload whose submissions spread over ``horizon`` seconds.
 
     ``custom``: names of custom resources some node has (a task may ask for
     one).  ``large``: the size of "large" objects (to make stores evict).
+    ``max_cpu``: the most CPUs of any node, and ``custom_cpu`` the fewest of
+    a node with the custom resources: every task fits somewhere (an
+    infeasible task rightly stays pending forever).
     """
     puts = []
     for i in range(rng.randint(0, 4)):
@@ -163,10 +166,11 @@ def generate(rng: random.Random, *, horizon: float = 1.0, max_tasks: int = 40, c
             raises=rng.random() < 0.05,
             children=children,
         )
-        cpu = rng.choice((1, 1, 1, 0.5, 0.25, 2))
+        cpu = min(rng.choice((1, 1, 1, 0.5, 0.25, 2)), max_cpu)
         res = {"CPU": cpu}
         if custom and rng.random() < 0.15:
             res[rng.choice(custom)] = 1
+            res["CPU"] = min(cpu, custom_cpu)
         max_retries = -1 if rng.random() < 0.8 else rng.choice((0, 1, 2))
         tasks.append(TaskPlan(f"t{i}", deps, model, ResourceSet.from_dict(res), max_retries, at))
         keys_at.append((f"t{i}", at))

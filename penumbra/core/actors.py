@@ -61,7 +61,6 @@ from .records import ActorEntry, ActorState, ErrorInfo, ErrorKind, ObjectInfo
 from .specs import EMPTY, Payload, ResourceSet, TaskSpec
 from .tables import (
     ActorLogRange,
-    AddTask,
     AppendActorLog,
     Get,
     KvPut,
@@ -297,6 +296,8 @@ class _Hosted:
     replay: deque = field(default_factory=deque)
     executed: int = 0  # calls executed in this actor's whole life (log index)
     checkpointing: bool = False
+    checkpoint_due: int = 0  # a checkpoint to take once every call is logged
+    unlogged: dict = field(default_factory=dict)  # replay actors: results held until logged
 
 
 class ActorHost:
@@ -450,6 +451,8 @@ class ActorHost:
         if call is None:
             return []
         self._pin(call, False)
+        if h.entry.spec.replay and not call.replay:
+            return self._log_then_release(h, call, ("ok", outputs), now, sid) + self._dispatch(h, now, sid)
         cmds = self.node.store_outputs(call.spec, outputs, call.attempt, now, sid)
         cmds += self._executed(h, call, now, sid)
         return cmds + self._dispatch(h, now, sid)
@@ -463,9 +466,47 @@ class ActorHost:
         if call is None:
             return []
         self._pin(call, False)
+        if h.entry.spec.replay and not call.replay:
+            return self._log_then_release(h, call, ("error", error), now, sid) + self._dispatch(h, now, sid)
         cmds = self.node.fail_outputs(call.spec, error, call.attempt, now, sid)
         cmds += self._executed(h, call, now, sid)
         return cmds + self._dispatch(h, now, sid)
+
+    # -- paper-style replay: a call's result becomes visible only once the call
+    # is in the actor's log, so a restart replays every call whose effect
+    # anyone saw, and a call nobody saw is retried instead (never both)
+    def _log_then_release(self, h: "_Hosted", call: "_Call", result: tuple, now: float, sid: str) -> list[Command]:
+        spec = h.entry.spec
+        index = h.executed
+        h.executed += 1
+        h.unlogged[call.spec.task_id] = (call, result)
+        token = ("actor-logged", spec.actor_id, h.entry.incarnation, call.spec.task_id)
+        cmds = self.node.gcs_write(AppendActorLog(spec.actor_id, index, call.spec.task_id, call.spec), token, now, sid)
+        if spec.checkpoint_interval and h.executed % spec.checkpoint_interval == 0:
+            # pause here: the checkpoint must hold exactly h.executed calls,
+            # and be taken only once all of them are logged
+            h.checkpointing = True
+            h.checkpoint_due = h.executed
+        return cmds
+
+    def on_logged(self, aid: ActorId, incarnation: int, tid: TaskId, now: float, sid: str) -> list[Command]:
+        h = self.actors.get(aid)
+        if h is None or h.entry.incarnation != incarnation:
+            return []
+        item = h.unlogged.pop(tid, None)
+        if item is None:
+            return []
+        call, (kind, value) = item
+        if kind == "ok":
+            cmds = self.node.store_outputs(call.spec, value, call.attempt, now, sid)
+        else:
+            cmds = self.node.fail_outputs(call.spec, value, call.attempt, now, sid)
+        if call.from_node:
+            cmds.append(Send(to=call.from_node, msg=ActorCallDone(actor_id=aid, caller_id=call.spec.caller_id, sequence_nos=(call.spec.sequence_no,), stimulus_id=sid)))
+        if h.checkpoint_due and not h.unlogged:
+            index, h.checkpoint_due = h.checkpoint_due, 0
+            cmds.append(CheckpointActor(worker_id=h.worker, actor_id=aid, index=index, stimulus_id=sid))
+        return cmds
 
     def _resolve_failed(self, h: _Hosted, call: _Call, error: ErrorInfo, now: float, sid: str) -> list[Command]:
         cmds = self.node.fail_outputs(call.spec, error, call.attempt, now, sid)
@@ -474,19 +515,14 @@ class ActorHost:
         return cmds
 
     def _executed(self, h: _Hosted, call: _Call, now: float, sid: str) -> list[Command]:
+        """A call ended and its result is visible: tell its caller.  (Calls of
+        replay actors go through ``_log_then_release`` instead; a replayed
+        call only advances the count.)"""
         cmds: list[Command] = []
         if call.from_node:
             cmds.append(Send(to=call.from_node, msg=ActorCallDone(actor_id=call.spec.actor_id, caller_id=call.spec.caller_id, sequence_nos=(call.spec.sequence_no,), stimulus_id=sid)))
-        spec = h.entry.spec
-        if spec.replay:
-            index = h.executed
+        if h.entry.spec.replay:
             h.executed += 1
-            if not call.replay:
-                cmds += self.node.gcs_write(AddTask(call.spec, self.node.address), None, now, sid)
-                cmds += self.node.gcs_write(AppendActorLog(spec.actor_id, index, call.spec.task_id, call.spec), None, now, sid)
-            if spec.checkpoint_interval and h.executed % spec.checkpoint_interval == 0 and not h.replay:
-                h.checkpointing = True
-                cmds.append(CheckpointActor(worker_id=h.worker, actor_id=spec.actor_id, index=h.executed, stimulus_id=sid))
         return cmds
 
     def on_checkpointed(self, aid: ActorId, index: int, payload: Payload, now: float, sid: str) -> list[Command]:

@@ -451,6 +451,8 @@ class NodeMachine:
             return [Send(to=token[1], msg=ClientGcsReply(req_id=token[2], result=result, stimulus_id=sid))]
         if kind == "actor-alive":
             return self.host.on_alive_written(token[1], token[2], result, now, sid)
+        if kind == "actor-logged":
+            return self.host.on_logged(token[1], token[2], token[3], now, sid)
         if kind == "register":
             client, spec = token[1], token[2]
             a = spec.actor_creation

@@ -358,3 +358,21 @@ def test_zero_costs_run_in_no_time():
     t = c.wait_ready()
     d, specs = run_graph(c, chains(2, 3, duration=0.0))
     assert c.now == t
+
+
+def test_trace_hash_does_not_depend_on_the_process_hash_seed():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys; sys.path.insert(0, 'tests'); from test_sim_cluster import _faulty_run; "
+            "print(_faulty_run(1)[0])")
+    root = Path(__file__).resolve().parents[1]
+    out = set()
+    for seed in ("1", "2"):
+        env = dict(os.environ, PYTHONHASHSEED=seed)
+        p = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr[-2000:]
+        out.add(p.stdout.strip().splitlines()[-1])
+    assert len(out) == 1, out

@@ -278,20 +278,27 @@ class SimNode:
         if host is None or not self.alive or not w.alive:
             return
         costs = self.cluster.costs
+        # (called from a command handler, host.now is the time; from
+        # elsewhere, e.g. an executor's callback, the host may be idle since
+        # an earlier time)
+        now = host.now
+        env_now = self.cluster.kernel.env._now
+        if env_now > now:
+            now = env_now
         if at is None:
-            t = host.now + (costs.task_overhead + out.duration) * host.cpu_factor
+            t = now + (costs.task_overhead + out.duration) * host.cpu_factor
             if out.kind == "ok":
                 sizes = out.sizes or _EIGHT
                 for i in range(len(cmd.spec.return_ids)):
                     t += costs.store_write_time(sizes[i] if i < len(sizes) else 8)
         else:
-            t = at if at > host.now else host.now
+            t = at if at > now else now
         if out.kind == "hang":
             w.running[cmd.spec.task_id] = -1
             return
         token = w.next_token = w.next_token + 1
         w.running[cmd.spec.task_id] = token
-        host.call_at(t, self._completed, w, cmd, out, token, t - host.now)
+        host.call_at(t, self._completed, w, cmd, out, token, t - now)
 
     def _completed(self, w: SimWorker, cmd: Execute, out: Outcome, token: int, elapsed: float) -> None:
         spec = cmd.spec

@@ -323,6 +323,10 @@ class ActorHost:
         h.executed = entry.checkpoint_index
         for s in start.replay:
             h.replay.append(_Call(s, "", 0, replay=True))
+            # a replayed call counts as executed: if its caller sends it
+            # again (it never saw the result), it must not run twice
+            if s.sequence_no + 1 > h.next_seq.get(s.caller_id, 0):
+                h.next_seq[s.caller_id] = s.sequence_no + 1
         self.actors[entry.spec.actor_id] = h
         self.by_worker[wid] = entry.spec.actor_id
         cmds = self.node.gcs_write(
@@ -358,8 +362,15 @@ class ActorHost:
             if q:
                 for s in [s for s in q if s < nxt]:
                     del q[s]
-        if spec.sequence_no < nxt or spec.sequence_no in h.queue.get(caller, {}):
-            return []  # a repeat of a call we already have or ran
+        if spec.sequence_no in h.queue.get(caller, {}):
+            return []  # a repeat of a call we already have
+        if spec.sequence_no < nxt:
+            # a repeat of a call that ran (or was replayed): its outputs exist
+            # (or will, once logged); let the caller stop waiting for it
+            tid = spec.task_id
+            if tid in h.running or tid in h.unlogged or any(c.spec.task_id == tid for c in h.replay):
+                return []
+            return [Send(to=ev.from_node, msg=ActorCallDone(actor_id=spec.actor_id, caller_id=caller, sequence_nos=(spec.sequence_no,), stimulus_id=sid))]
         call = _Call(spec, ev.from_node, ev.attempt)
         h.queue.setdefault(caller, {})[spec.sequence_no] = call
         h.arrival.append((caller, spec.sequence_no))

@@ -158,6 +158,7 @@ class GcsReplica:
         self.seq = 0  # last applied
         self.committed = 0  # known committed (acked by the tail)
         self.log: dict[int, _Entry] = {}  # applied, not yet acked downstream
+        self.succ_seq = 0  # the highest seq our successor is known to have applied
         self.dedup: dict[str, dict[int, tuple[int, Any]]] = {}
         # per client: the highest low_water it sent (every id below it was
         # answered and will never be needed again)
@@ -349,6 +350,8 @@ class GcsReplica:
             return []  # (an ack beyond what we applied comes from a forked replica)
         if ev.seq > self.committed:
             self.committed = ev.seq
+        if ev.seq > self.succ_seq:
+            self.succ_seq = ev.seq
         for s in [s for s in self.log if s <= ev.seq]:
             if self.retain_from is None or s <= self.retain_from:
                 del self.log[s]
@@ -396,6 +399,8 @@ class GcsReplica:
         cmds: list[Command] = []
         pred = new.predecessor(self.replica_id)
         succ = new.successor(self.replica_id)
+        if succ != old_succ:
+            self.succ_seq = 0  # unknown until it acks or syncs
         if pred is not None and pred != old_pred:
             # tell our new predecessor where we are, so it re-sends the rest
             self._awaiting_catchup = True
@@ -418,6 +423,7 @@ class GcsReplica:
     def _on_sync(self, ev: GcsSync, now: float) -> list[Command]:
         if not self.active or ev.shard != self.shard or self._successor() != ev.replica:
             return []
+        self.succ_seq = ev.seq
         if any(s not in self.log for s in range(ev.seq + 1, self.seq + 1)):
             # it lacks entries we no longer keep: it must copy state again
             return [Send(to=ev.replica, msg=GcsRejoin(shard=self.shard, epoch=self.config.epoch, stimulus_id=ev.stimulus_id))]
@@ -537,7 +543,11 @@ class GcsReplica:
             # repeats).  Judged by that entry's age, not by the last forward:
             # under steady writes a lost forward would otherwise never be
             # re-sent, and the successor drops everything after the gap.
-            pending = sorted(s for s in self.log if s > self.committed)
+            # (what the successor lacks is judged by what *it* acknowledged:
+            # our own commit point can be ahead of it -- a former tail that
+            # committed entries itself before a new tail joined behind it;
+            # found by the swarm: acknowledged writes lost after a rejoin)
+            pending = sorted(s for s in self.log if s > self.succ_seq)
             if pending and now - self.log[pending[0]].sent_at >= self.timing.resend_after:
                 for s in pending[:256]:
                     e = self.log[s]

@@ -311,6 +311,7 @@ TestNodeStateMachine.settings = settings(max_examples=60, stateful_step_count=50
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # (the suite's default is 120 s)
 class TestNodeStateMachineLong(NodeStateMachine.TestCase):
     settings = settings(max_examples=2000, stateful_step_count=80, derandomize=True, database=None,
                         deadline=None, suppress_health_check=list(HealthCheck))

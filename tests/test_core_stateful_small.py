@@ -181,10 +181,12 @@ LONG = settings(SETTINGS, max_examples=1000, stateful_step_count=60)
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # (the suite's default is 120 s)
 class TestStoreAccountingLong(StoreMachine.TestCase):
     settings = LONG
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # (the suite's default is 120 s)
 class TestPlacementLong(PlacementMachine.TestCase):
     settings = LONG

@@ -409,7 +409,8 @@ def fig8a(size: str = "quick", preset: str = "paper", seed: int = 0, progress: b
     res.summary["gap at the largest input"] = gaps[-1]
     res.checks["every task finished without error"] = all(r[8] == 0 for r in rows)
     res.checks["the gap grows with the input size"] = gaps[-1] > gaps[0] and all(b >= a * 0.8 for a, b in zip(gaps, gaps[1:]))
-    res.checks["gap of 10x-1000x at the largest input"] = 10 <= gaps[-1] <= 1000
+    if preset == "paper":  # (the paper's claim, for its hardware)
+        res.checks["gap of 10x-1000x at the largest input"] = 10 <= gaps[-1] <= 1000
     res.checks["aware latency stays within 3x across sizes"] = max(aware_m) <= 3 * min(aware_m)
     res.series = {"sizes": [s / MB for s in sizes], "aware": aware_m, "unaware": unaware_m}
     res.wall_seconds = time.perf_counter() - t0
@@ -461,11 +462,20 @@ def fig10a(size: str = "quick", preset: str = "paper", seed: int = 0, progress: 
     _run_with_progress(c, end, prog)
     state["stop"] = True
     c.run_until(lambda: state["outstanding"] == 0, 1.0)
-    # read every acknowledged write back
+    rejoined = victim in c.head.chain.shards[0].config.replicas
+    # read every acknowledged write back (a few reads in flight at a time:
+    # a flood would hold up the replicas' heartbeats and get them cut)
     got: dict[str, Any] = {}
-    for _, _, key, _ in ops:
-        d.gcs(Get("kv", key), lambda v, key=key: got.__setitem__(key, v))
-    c.run_until(lambda: len(got) == len(ops), 5.0)
+    keys = [k for _, _, k, _ in ops]
+
+    def read_next() -> None:
+        if keys:
+            key = keys.pop()
+            d.gcs(Get("kv", key), lambda v, key=key: (got.__setitem__(key, v), read_next()))
+
+    for _ in range(concurrency * 4):
+        read_next()
+    c.run_until(lambda: len(got) == len(ops), 60.0)
     prog.close()
     lost = [k for _, _, k, v in ops if got.get(k) != v]
     lat = [b - a for a, b, _, _ in ops]
@@ -488,7 +498,7 @@ def fig10a(size: str = "quick", preset: str = "paper", seed: int = 0, progress: 
     res.summary["chain reconfigurations"] = c.head.chain.changes
     res.checks["max client latency under 30 ms (failure detection included)"] = max(lat) < 0.030
     res.checks["no acknowledged write lost"] = not lost and len(got) == len(ops)
-    res.checks["the killed replica rejoined the chain"] = victim in c.head.chain.shards[0].config.replicas
+    res.checks["the killed replica rejoined the chain"] = rejoined
     res.series = {"sent": [a - start for a, _, _, _ in ops], "latency_ms": [x * 1e3 for x in lat],
                   "kill": kill_at - start, "back": back_at - start}
     res.wall_seconds = time.perf_counter() - t0w

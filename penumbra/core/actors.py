@@ -333,6 +333,14 @@ class ActorHost:
             PutActor(h.entry, expect_incarnation=entry.incarnation),
             ("actor-alive", entry.spec.actor_id, entry.incarnation), now, sid,
         )
+        objects = self.node.objects
+        for call in h.replay:
+            missing = {d for d in call.spec.dependencies if not objects.is_local(d)}
+            if missing:
+                call.missing = missing
+                token = ("actor-call", entry.spec.actor_id, call.spec.task_id)
+                for d in sorted(missing):
+                    cmds += objects.want(d, token, True, now, sid)
         return cmds + self._dispatch(h, now, sid)
 
     def on_alive_written(self, aid: ActorId, incarnation: int, stored: ActorEntry | None, now: float, sid: str) -> list[Command]:
@@ -388,11 +396,11 @@ class ActorHost:
         h = self.actors.get(aid)
         if h is None:
             return []
-        for q in h.queue.values():
-            for call in q.values():
-                if call.spec.task_id == tid and oid in call.missing:
-                    call.missing.discard(oid)
-                    return self._dispatch(h, now, sid)
+        calls = [c for q in h.queue.values() for c in q.values()]
+        for call in list(h.replay) + calls:
+            if call.spec.task_id == tid and oid in call.missing:
+                call.missing.discard(oid)
+                return self._dispatch(h, now, sid)
         return []
 
     def _dispatch(self, h: _Hosted, now: float, sid: str) -> list[Command]:
@@ -402,7 +410,9 @@ class ActorHost:
             return cmds
         # replayed calls first, one at a time, in log order
         if h.replay:
-            if not h.running:
+            # (a replayed call needs its inputs local like any call: found by
+            # the swarm, a replay that ran without them lost the call)
+            if not h.running and not h.replay[0].missing:
                 call = h.replay.popleft()
                 h.running[call.spec.task_id] = call
                 self.node.story_add(call.spec.task_id, now, sid, "replaying on restarted actor")

@@ -39,6 +39,7 @@ calls: the actor's state is rebuilt along its stateful edges.
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -103,31 +104,27 @@ class _Route:
     actor_id: ActorId
     entry: ActorEntry | None = None
     pending: dict[tuple[str, int], _Pending] = field(default_factory=dict)
-    # the same calls by caller, in sequence order (callers submit in order),
-    # so the floor is the first key: O(1)
-    by_caller: dict[str, dict[int, None]] = field(default_factory=dict)
+    # the calls' sequence numbers by caller, as heaps (removal is lazy), so
+    # the floor is O(log n).  (Not insertion order: the swarm found that
+    # submissions can reach the node out of order.)
+    by_caller: dict[str, list[int]] = field(default_factory=dict)
 
     def add(self, p: _Pending) -> None:
         c, s = p.spec.caller_id, p.spec.sequence_no
         self.pending[(c, s)] = p
-        self.by_caller.setdefault(c, {})[s] = None
+        heapq.heappush(self.by_caller.setdefault(c, []), s)
 
     def remove(self, caller: str, seq: int) -> _Pending | None:
-        p = self.pending.pop((caller, seq), None)
-        if p is not None:
-            seqs = self.by_caller[caller]
-            del seqs[seq]
-            if not seqs:
-                del self.by_caller[caller]
-        return p
+        return self.pending.pop((caller, seq), None)
 
     def floor(self, caller: str) -> int:
-        seqs = self.by_caller.get(caller)
-        if not seqs:
+        heap = self.by_caller.get(caller)
+        while heap and (caller, heap[0]) not in self.pending:
+            heapq.heappop(heap)
+        if not heap:
+            self.by_caller.pop(caller, None)
             return 0
-        # a caller's calls reach its node in sequence order (the API submits
-        # under a lock, over one ordered channel), so the first is the least
-        return next(iter(seqs))
+        return heap[0]
 
 
 class ActorRouter:

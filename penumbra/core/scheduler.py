@@ -268,12 +268,18 @@ class LocalScheduler:
         if t is None or t.state != LOCATING:
             return []
         # rows of the inputs located so far (kept off the hot path)
-        sizes = self._locating.setdefault(tid, {})
-        sizes[oid] = entry
-        if len(sizes) < len(t.missing):
+        self._locating.setdefault(tid, {})[oid] = entry
+        return self._decide_locality(t, now, sid)
+
+    def _decide_locality(self, t: _Task, now: float, sid: str) -> list[Command]:
+        """Once every input still missing is located: forward the task if
+        its remote inputs are large, else fetch them here."""
+        tid = t.spec.task_id
+        sizes = self._locating.get(tid, {})
+        if any(d not in sizes for d in t.missing):
             return []
         self._locating.pop(tid, None)
-        remote = sum(e.size for e in sizes.values())
+        remote = sum(sizes[d].size for d in t.missing)
         objects = self.node.objects
         token = ("task", tid)
         if remote >= self.config.forward_remote_bytes:
@@ -300,7 +306,12 @@ class LocalScheduler:
         if oid in store.objects:
             store.pin(oid, ("task", tid))
         if t.missing:
+            if t.state == LOCATING:
+                # the inputs left may all be located already (found by the
+                # swarm: a task waited forever once its other inputs arrived)
+                return self._decide_locality(t, now, sid)
             return []
+        self._locating.pop(tid, None)
         return self._make_ready(t, now, sid)
 
     def _make_ready(self, t: _Task, now: float, sid: str) -> list[Command]:

@@ -108,6 +108,7 @@ class _Route:
     # the floor is O(log n).  (Not insertion order: the swarm found that
     # submissions can reach the node out of order.)
     by_caller: dict[str, list[int]] = field(default_factory=dict)
+    changed_at: float = 0.0
 
     def add(self, p: _Pending) -> None:
         c, s = p.spec.caller_id, p.spec.sequence_no
@@ -146,7 +147,18 @@ class ActorRouter:
         if r is not None:
             return r, []
         r = self.routes[aid] = _Route(aid)
-        return r, self.node.gcs_write(Subscribe(self.node.address, "actors", aid), None, now, sid)
+        # (the reply carries the row as it is now: see ObjectManager._subscribe)
+        return r, self.node.gcs_write(Subscribe(self.node.address, "actors", aid), ("actor-sub", aid), now, sid)
+
+    def on_refresh(self, now: float, sid: str) -> list[Command]:
+        """Re-read the rows of actors we have calls waiting for (a lost
+        notification must not strand them); called by the node's timer."""
+        cmds: list[Command] = []
+        for aid, r in self.routes.items():
+            if r.pending and now - r.changed_at >= 1.0:
+                r.changed_at = now
+                cmds += self.node.gcs_read(Get("actors", aid), ("actor-sub", aid), now, sid)
+        return cmds
 
     def submit(self, spec: TaskSpec, now: float, sid: str) -> list[Command]:
         r, cmds = self._route(spec.actor_id, now, sid)
@@ -184,6 +196,7 @@ class ActorRouter:
         old = r.entry
         if old is not None and (entry.incarnation, _rank(entry.state)) < (old.incarnation, _rank(old.state)):
             return []  # stale
+        r.changed_at = now
         r.entry = entry
         cmds: list[Command] = []
         if old is not None and old.node == self.node.address and (entry.node != old.node or entry.state is not ActorState.ALIVE):

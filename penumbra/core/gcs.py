@@ -51,6 +51,7 @@ from typing import Any
 
 from .messages import (
     ChainConfigMsg,
+    Fenced,
     Command,
     Event,
     GcsAck,
@@ -239,6 +240,10 @@ class GcsReplica:
             if seq <= self.committed or self.is_tail:
                 return [Send(to=ev.client, msg=GcsReply(req_id=ev.req_id, result=result, shard=self.shard, stimulus_id=ev.stimulus_id))]
             return []  # in flight down the chain; the tail will answer
+        if ev.client in self.tables.data["dead_nodes"]:
+            # a node declared dead (cut off, not crashed) must not write: its
+            # work was handed to others.  Tell it to stop.
+            return [Send(to=ev.client, msg=Fenced(node_id=ev.client, reason="the GCS refuses writes from a node declared dead", stimulus_id=ev.stimulus_id))]
         if ev.req_id < self.floors.get(ev.client, 0):
             # below what the client said it no longer waits for: a stale copy
             # (a late duplicate or an old retry) of a write already answered,

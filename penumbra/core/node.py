@@ -124,7 +124,7 @@ class NodeMachine:
         self.objects = ObjectManager(
             node_id, self.address, config.object_store_memory,
             self.gcs_write, self._on_ready, self._on_located, head=config.head,
-            produced_here=self._produced_here,
+            produced_here=self._produced_here, gcs_read=self.gcs_read,
         )
         self.scheduler = LocalScheduler(self, config.resources, config.scheduler)
         self.host = ActorHost(self)
@@ -148,6 +148,9 @@ class NodeMachine:
     # ------------------------------------------------------------------ shared services
     def gcs_write(self, op, token: Hashable, now: float, sid: str) -> list[Command]:
         return self.gcs.write(op, token, now, sid)
+
+    def gcs_read(self, query, token: Hashable, now: float, sid: str) -> list[Command]:
+        return self.gcs.read(query, token, now, sid)
 
     def story_add(self, tid: TaskId, now: float, sid: str, what: str) -> None:
         s = self.stories.get(tid)
@@ -241,6 +244,8 @@ class NodeMachine:
         if key[0] == "sched":
             return self.scheduler.on_retry_timer(now, ev.stimulus_id)
         if key[0] == "obj":
+            if key[1] == "refresh":
+                return self.objects.on_refresh(now, ev.stimulus_id) + self.router.on_refresh(now, ev.stimulus_id)
             return self.objects.on_recheck(key[2], now, ev.stimulus_id)
         return []
 
@@ -451,6 +456,10 @@ class NodeMachine:
             return [Send(to=token[1], msg=ClientGcsReply(req_id=token[2], result=result, stimulus_id=sid))]
         if kind == "actor-alive":
             return self.host.on_alive_written(token[1], token[2], result, now, sid)
+        if kind == "obj-sub":
+            return self.objects.on_entry(token[1], result, now, sid)
+        if kind == "actor-sub":
+            return self.router.on_entry(token[1], result, now, sid)
         if kind == "actor-logged":
             return self.host.on_logged(token[1], token[2], token[3], now, sid)
         if kind == "register":

@@ -48,7 +48,7 @@ from .messages import (
     StoreError,
 )
 from .records import ErrorInfo, ErrorKind, ObjectEntry, ObjectInfo
-from .tables import AddLocation, RemoveLocation, Subscribe, Unsubscribe
+from .tables import AddLocation, Get, RemoveLocation, Subscribe, Unsubscribe
 
 __all__ = ["StoreAccounting", "Admission", "ObjectManager"]
 
@@ -196,6 +196,7 @@ class _Want:
     failed_from: set[str] = field(default_factory=set)
     reconstruct_asked_at: float | None = None
     located_told: set[Hashable] = field(default_factory=set)
+    changed_at: float = 0.0  # when we last learned something about its row
 
     @property
     def fetch(self) -> bool:
@@ -212,6 +213,7 @@ class ObjectManager:
 
     RECONSTRUCT_RETRY = 1.0  # seconds before asking the head again
     FETCH_RETRY = 0.2
+    REFRESH = 1.0  # seconds without news before re-reading a wanted object's row
 
     def __init__(
         self,
@@ -223,11 +225,14 @@ class ObjectManager:
         on_located: OnLocated,
         head: str = "head",
         produced_here: Callable[[ObjectId], bool] = lambda oid: False,
+        gcs_read: GcsWriteFn | None = None,
     ) -> None:
         self.node_id = node_id
         self.address = address
         self.store = StoreAccounting(capacity)
         self.gcs_write = gcs_write
+        self.gcs_read = gcs_read
+        self.refresh_armed = False
         self.on_ready = on_ready
         self.on_located = on_located
         self.produced_here = produced_here
@@ -306,7 +311,7 @@ class ObjectManager:
                 # task is forwarded, ``producer_left`` subscribes after all
                 return cmds
             w.subscribed = True
-            cmds += self.gcs_write(Subscribe(self.address, "objects", oid), None, now, sid)
+            cmds += self._subscribe(w, now, sid)
         elif w.entry is not None:
             cmds += self._react(w, now, sid)
         return cmds
@@ -317,8 +322,33 @@ class ObjectManager:
         for oid in oids:
             w = self.wants.get(oid)
             if w is not None and not w.subscribed:
-                w.subscribed = True
-                cmds += self.gcs_write(Subscribe(self.address, "objects", oid), None, now, sid)
+                cmds += self._subscribe(w, now, sid)
+        return cmds
+
+    def _subscribe(self, w: _Want, now: float, sid: str) -> list[Command]:
+        # the reply carries the row as it is now (``on_entry`` via the node),
+        # so a notification lost on the way does not leave us waiting
+        w.subscribed = True
+        w.changed_at = now
+        cmds = self.gcs_write(Subscribe(self.address, "objects", w.oid), ("obj-sub", w.oid), now, sid)
+        if not self.refresh_armed:
+            self.refresh_armed = True
+            cmds.append(SetTimer(at=now + self.REFRESH, key=("obj", "refresh", None)))
+        return cmds
+
+    def on_refresh(self, now: float, sid: str) -> list[Command]:
+        """Re-read the rows of objects we have waited on for a while without
+        news: a notification can be lost (a partition), and pub/sub alone
+        would then never tell us."""
+        cmds: list[Command] = []
+        for w in self.wants.values():
+            if w.subscribed and w.fetching_from is None and now - w.changed_at >= self.REFRESH:
+                w.changed_at = now
+                cmds += self.gcs_read(Get("objects", w.oid), ("obj-sub", w.oid), now, sid)
+        if self.wants:
+            cmds.append(SetTimer(at=now + self.REFRESH, key=("obj", "refresh", None)))
+        else:
+            self.refresh_armed = False
         return cmds
 
     def unwant(self, oid: ObjectId, token: Hashable, now: float, sid: str) -> list[Command]:
@@ -341,6 +371,7 @@ class ObjectManager:
         if w is None or entry is None:
             return []
         w.entry = entry
+        w.changed_at = now
         return self._react(w, now, sid)
 
     def _live_locations(self, entry: ObjectEntry, w: _Want) -> list[str]:

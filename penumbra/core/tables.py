@@ -24,6 +24,10 @@ The tables
 ``objects``    ObjectId -> ObjectEntry       (locations, sizes, errors)
 ``actors``     ActorId -> ActorEntry
 ``actor_log``  (ActorId, index) -> TaskSpec  (paper-style replay log)
+``finished_early`` TaskId -> (state, node, attempt): a finish that landed
+               before the task's AddTask (writes from different clients race)
+``dead_nodes`` node id -> True, on every shard: writes from a node declared
+               dead are refused (it is fenced; see ``gcs``)
 
 Two secondary indexes are derived from the tables (never replicated, rebuilt
 after a state transfer): tasks not yet finished by node, and objects by the
@@ -85,7 +89,7 @@ __all__ = [
     "shards_for",
 ]
 
-TABLES = ("nodes", "names", "kv", "functions", "tasks", "objects", "actors", "actor_log")
+TABLES = ("nodes", "names", "kv", "functions", "tasks", "objects", "actors", "actor_log", "finished_early", "dead_nodes")
 _SHARD0_TABLES = frozenset({"nodes", "names", "kv"})
 
 Change = tuple[str, Hashable, Any]
@@ -573,6 +577,7 @@ def _put_node(t: Tables, op: PutNode):
 
 def _node_down(t: Tables, op: NodeDown):
     changes: list[Change] = []
+    t.data["dead_nodes"][op.node_id] = True
     nodes = t.data["nodes"]
     entry = nodes.get(op.node_id)
     if entry is not None and entry.alive:
@@ -603,7 +608,13 @@ def _add_task(t: Tables, op: AddTask):
     tid = op.spec.task_id
     old = t.data["tasks"].get(tid)
     if old is None:
-        new = TaskEntry(spec=op.spec, node=op.node, placed=op.placed)
+        early = t.data["finished_early"].pop(tid, None)
+        if early is not None:
+            # its FinishTask (from the node that ran it) landed first
+            state, node, attempt = early
+            new = TaskEntry(spec=op.spec, state=state, node=node, attempt=attempt, placed=op.placed)
+        else:
+            new = TaskEntry(spec=op.spec, node=op.node, placed=op.placed)
     elif old.state is TaskState.PENDING:
         if old.placed and not op.placed:
             return old, []  # the submitting node's record, landing after the placement
@@ -644,7 +655,16 @@ def _retry_task(t: Tables, op: RetryTask):
 def _finish_task(t: Tables, op: FinishTask):
     changes: list[Change] = []
     old = t.data["tasks"].get(op.task_id)
-    if old is not None and op.attempt >= old.attempt:  # (an older attempt's end is stale)
+    if old is None:
+        # writes from different clients land in any order: this task's
+        # AddTask (from the node it was submitted to) may still be on its
+        # way; keep the outcome for it (found by the swarm: a finished task
+        # stayed pending forever)
+        early = t.data["finished_early"]
+        prev = early.get(op.task_id)
+        if prev is None or op.attempt >= prev[2]:
+            early[op.task_id] = (TaskState.FAILED if op.error is not None else TaskState.FINISHED, op.node, op.attempt)
+    elif op.attempt >= old.attempt:  # (an older attempt's end is stale)
         state = TaskState.FAILED if op.error is not None else TaskState.FINISHED
         # (hot path: built directly rather than with dataclasses.replace)
         new = TaskEntry(old.spec, state, op.node, max(old.attempt, op.attempt), old.reconstructions, old.placed)

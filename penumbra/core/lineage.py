@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Iterable
 
 from .ids import ObjectId, TaskId
 from .messages import Command, ObjectUnrecoverable, Send
-from .records import ErrorInfo, ErrorKind, ObjectEntry, TaskEntry, TaskState
+from .records import ActorState, ErrorInfo, ErrorKind, ObjectEntry, TaskEntry, TaskState
 from .specs import TaskSpec
 from .tables import FinishTask, Get, RetryTask, TasksOnNode
 
@@ -157,6 +157,22 @@ class Recovery:
         job.reads -= 1
         job.objects[oid] = entry
         cmds: list[Command] = []
+        if entry is not None and entry.actor_id is not None and self._lost(entry):
+            # an actor method's output: no lineage of its own.  An actor with
+            # replay rebuilds it when it restarts and replays the call; any
+            # other actor's outputs are gone for good (Ray's rule).
+            a = self.head.actors.actors.get(entry.actor_id)
+            if a is not None and a.spec.replay and a.state is not ActorState.DEAD:
+                job.objects[oid] = None  # not lost for planning: it will come back
+                if oid == target:
+                    del self.jobs[target]
+                    return []
+                return self._maybe_plan(job, now, sid)
+            if oid == target:
+                del self.jobs[target]
+                err = ErrorInfo(ErrorKind.OBJECT_LOST, f"object {oid.short()} was returned by a method of an actor "
+                                f"that is dead or keeps no replay log; outputs of actor methods are not reconstructed")
+                return [self._unrecoverable(oid, r, err, sid) for r in sorted(job.requesters)]
         if oid == target and not self._lost(entry):
             # not lost (any more), or never created: the requester's
             # subscription will see it; nothing to rebuild

@@ -179,7 +179,7 @@ class NodeMachine:
                 return cmds + self.fail_outputs(spec, adm.error, attempt, now, sid)
             admitted.append(oid)
             cmds += c
-        cmds += self.gcs.write(FinishTask(spec.task_id, self.node_id, outputs, None, attempt), None, now, sid)
+        cmds += self.gcs.write(FinishTask(spec.task_id, self.node_id, outputs, None, attempt, spec.actor_id), None, now, sid)
         return cmds
 
     def fail_outputs(self, spec: TaskSpec, error: ErrorInfo, attempt: int, now: float, sid: str) -> list[Command]:
@@ -187,7 +187,7 @@ class NodeMachine:
         for oid in spec.return_ids:
             cmds += self.objects.add_error(oid, error, now, sid)
         outputs = tuple((o, 0) for o in spec.return_ids)
-        cmds += self.gcs.write(FinishTask(spec.task_id, self.node_id, outputs, error, attempt), None, now, sid)
+        cmds += self.gcs.write(FinishTask(spec.task_id, self.node_id, outputs, error, attempt, spec.actor_id), None, now, sid)
         return cmds
 
     def actor_created(self, spec: TaskSpec, start: ActorStart, wid: str, now: float, sid: str) -> list[Command]:

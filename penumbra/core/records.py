@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
-from .ids import ObjectId
+from .ids import ActorId, ObjectId
 from .specs import EMPTY, ActorSpec, Payload, ResourceSet, TaskSpec
 
 __all__ = [
@@ -121,6 +121,7 @@ class ObjectEntry:
     locations: frozenset[str] = frozenset()
     created: bool = False
     error: ErrorInfo | None = None
+    actor_id: ActorId | None = None  # returned by this actor's method
 
     @property
     def lost(self) -> bool:

@@ -225,6 +225,7 @@ class FinishTask(Op):
     outputs: tuple[tuple[ObjectId, int], ...]
     error: ErrorInfo | None = None
     attempt: int = 0
+    actor_id: ActorId | None = None  # an actor method call's outputs
 
     def route(self):
         return ("tasks", self.task_id)
@@ -674,10 +675,10 @@ def _finish_task(t: Tables, op: FinishTask):
         prev = objs.get(oid)
         if op.error is not None:
             # an error lives in the entry itself; no location needed
-            entry = ObjectEntry(oid, size=size, locations=frozenset(), created=True, error=op.error)
+            entry = ObjectEntry(oid, size=size, locations=frozenset(), created=True, error=op.error, actor_id=op.actor_id)
         else:
             locs = (prev.locations if prev is not None and prev.error is None else frozenset())
-            entry = ObjectEntry(oid, size=size, locations=locs | {op.node}, created=True)
+            entry = ObjectEntry(oid, size=size, locations=locs | {op.node}, created=True, actor_id=op.actor_id)
         changes.append(t._put_object(oid, prev, entry))
     return True, changes
 
@@ -692,14 +693,14 @@ def _add_location(t: Tables, op: AddLocation):
     elif op.node in prev.locations and prev.created:
         return True, []
     else:
-        entry = ObjectEntry(op.object_id, op.size, prev.locations | {op.node}, True, prev.error)
+        entry = ObjectEntry(op.object_id, op.size, prev.locations | {op.node}, True, prev.error, prev.actor_id)
     return True, [t._put_object(op.object_id, prev, entry)]
 
 
 # The hot paths above build rows positionally; a new field must be added there.
 assert tuple(f.name for f in fields(TaskEntry)) == ("spec", "state", "node", "attempt", "reconstructions", "placed"), (
     "TaskEntry changed: update _finish_task in tables.py")
-assert tuple(f.name for f in fields(ObjectEntry)) == ("object_id", "size", "locations", "created", "error"), (
+assert tuple(f.name for f in fields(ObjectEntry)) == ("object_id", "size", "locations", "created", "error", "actor_id"), (
     "ObjectEntry changed: update _add_location in tables.py")
 
 

@@ -42,7 +42,8 @@ class Violation:
 
 # errors a run with faults may show where the reference shows a value
 RETRY_ERRORS = {ErrorKind.WORKER_CRASHED, ErrorKind.NODE_DIED, ErrorKind.OBJECT_LOST}
-ACTOR_ERRORS = {ErrorKind.ACTOR_DIED}
+# (outputs of a dead actor's methods are not rebuilt: Ray's rule)
+ACTOR_ERRORS = {ErrorKind.ACTOR_DIED, ErrorKind.OBJECT_LOST}
 
 
 def check_results(reference: dict[str, tuple], actual: dict[str, tuple], taints: dict[str, set[str]]) -> list[Violation]:
@@ -52,7 +53,8 @@ def check_results(reference: dict[str, tuple], actual: dict[str, tuple], taints:
     ``"retry"`` (a finite retry budget on its lineage could be exhausted by
     faults), ``"actor"`` (an actor on its lineage may have died for good or
     lost its state), ``"state"`` (an actor on its lineage restarted without
-    replay: values may differ).
+    replay: values may differ), ``"store"`` (the object store is small
+    enough that whether it is full at a given moment depends on timing).
     """
     out = []
     for key, ref in sorted(reference.items()):
@@ -62,6 +64,8 @@ def check_results(reference: dict[str, tuple], actual: dict[str, tuple], taints:
         if got == ref:
             continue
         t = taints.get(key, set())
+        if "store" in t and ErrorKind.OBJECT_STORE_FULL in (ref[1] if ref[0] == "e" else None, got[1] if got[0] == "e" else None):
+            continue  # which objects are pinned when the store fills depends on timing
         if ref[0] == "e" and ref[1] is ErrorKind.TASK_ERROR:
             if got[0] == "e" and got[1] is ErrorKind.TASK_ERROR and got[2] == ref[2]:
                 continue

@@ -227,6 +227,12 @@ def _taints(plan: SeedPlan, faulty: bool) -> dict[str, set[str]]:
                     own.add("state")
             taints[c.key] = own
             deps[c.key] = c.deps
+    # a small store fills up, and when depends on timing
+    store = min(s.object_store_memory for s in plan.layout.nodes)
+    biggest = max([t.model.size for t in w.tasks] + [p.size for p in w.puts] + [1])
+    if store < 8 * biggest:
+        for k in taints:
+            taints[k].add("store")
     # inherit along dependencies (items are in submission order)
     order = sorted(deps, key=lambda k: _at(plan, k))
     for k in order:

@@ -115,6 +115,7 @@ class _Task:
     cancelled: bool = False
     reconstruction: bool = False
     actor: Any = None  # for actor creation: (ActorEntry, replay specs)
+    errors: dict | None = None  # inputs that arrived holding errors
 
 
 # worker states
@@ -233,12 +234,13 @@ class LocalScheduler:
         objects = self.node.objects
         deps = t.spec.dependencies
         missing = {d for d in deps if not objects.is_local(d)}
-        # inputs already here that hold errors fail the task at once
-        for d in deps:
-            if d not in missing:
-                err = objects.error_of(d)
-                if err is not None:
-                    return self._fail(t, err, now, sid, f"input {d.short()} holds an error")
+        if not missing:
+            # an input that holds an error fails the task with that error
+            # (the first such input in argument order, as a worker reading
+            # its arguments in order would see)
+            err = self._first_input_error(t)
+            if err is not None:
+                return self._fail(t, err[1], now, sid, f"input {err[0].short()} holds an error")
         # inputs stay pinned from the moment they are here until the task
         # ends: a put object whose refs the driver dropped right after the
         # call must not be evicted while the task waits for a CPU
@@ -299,12 +301,20 @@ class LocalScheduler:
         t = self.tasks.get(tid)
         if t is None or oid not in t.missing:
             return []
-        if info.error is not None:
-            return self._fail(t, info.error, now, sid, f"input {oid.short()} holds an error")
         t.missing.discard(oid)
+        if info.error is not None:
+            if t.errors is None:
+                t.errors = {}
+            t.errors[oid] = info.error
         store = self.node.objects.store
         if oid in store.objects:
             store.pin(oid, ("task", tid))
+        if not t.missing and (t.errors or any(self.node.objects.error_of(d) for d in t.spec.dependencies)):
+            # every input is in and some hold errors: fail with the first
+            # one in argument order (found by the swarm: the cause picked
+            # depended on which failed input arrived first)
+            err = self._first_input_error(t)
+            return self._fail(t, err[1], now, sid, f"input {err[0].short()} holds an error")
         if t.missing:
             if t.state == LOCATING:
                 # the inputs left may all be located already (found by the
@@ -313,6 +323,14 @@ class LocalScheduler:
             return []
         self._locating.pop(tid, None)
         return self._make_ready(t, now, sid)
+
+    def _first_input_error(self, t: _Task) -> tuple[ObjectId, ErrorInfo] | None:
+        objects = self.node.objects
+        for d in t.spec.dependencies:
+            err = objects.error_of(d) or (t.errors.get(d) if t.errors else None)
+            if err is not None:
+                return d, err
+        return None
 
     def _make_ready(self, t: _Task, now: float, sid: str) -> list[Command]:
         t.state = READY
@@ -496,6 +514,7 @@ class LocalScheduler:
             t.attempt += 1
             t.state = WAITING
             t.worker = None
+            t.errors = None
             self._story(tid, now, sid, f"retry {t.attempt} after: {why}")
             cmds = self.node.gcs_write(RetryTask(tid, self.node.node_id, attempt=t.attempt), None, now, sid)
             return cmds + self._resolve_inputs(t, now, sid)

@@ -238,10 +238,14 @@ def _taints(plan: SeedPlan, faulty: bool) -> dict[str, set[str]]:
     for k in order:
         for d in deps[k]:
             taints[k] |= taints.get(d, set())
-    # an actor call's state carries everything earlier calls consumed
+    # an actor call's state carries everything earlier calls consumed: if an
+    # earlier call may have failed (its input failed, its actor died), the
+    # state it left -- and so every later value -- may differ
     for a in w.actors:
         acc: set[str] = set()
         for c in a.calls:
+            if acc:
+                acc.add("state")
             acc |= taints[c.key]
             taints[c.key] = set(acc)
     return taints

@@ -221,7 +221,8 @@ class GcsReplica:
 
     def _heartbeat(self) -> ReplicaHeartbeat:
         epoch = self.config.epoch if self.config is not None else 0
-        return ReplicaHeartbeat(replica=self.replica_id, shard=self.shard, seq=self.seq, epoch=epoch)
+        caught_up = self.active and not self.joining and self._can_read()
+        return ReplicaHeartbeat(replica=self.replica_id, shard=self.shard, seq=self.seq, epoch=epoch, caught_up=caught_up)
 
     def _redirect(self, client: str, sid: str) -> list[Command]:
         """A request came to the wrong replica: the client's config is old
@@ -239,7 +240,10 @@ class GcsReplica:
             seq, result = seen[ev.req_id]
             if seq <= self.committed or self.is_tail:
                 return [Send(to=ev.client, msg=GcsReply(req_id=ev.req_id, result=result, shard=self.shard, stimulus_id=ev.stimulus_id))]
-            return []  # in flight down the chain; the tail will answer
+            # in flight down the chain; the tail will answer.  Unless its
+            # reply and the acks were lost: ask down the chain again (a
+            # replica that knows it committed acks back up)
+            return self._ask_downstream(seq, ev.stimulus_id)
         if ev.client in self.tables.data["dead_nodes"]:
             # a node declared dead (cut off, not crashed) must not write: its
             # work was handed to others.  Tell it to stop.
@@ -264,11 +268,17 @@ class GcsReplica:
             # configs agree.)
             return []
         if ev.seq <= self.seq:
-            # a re-send of something we have; tell the sender where we are
+            # a re-send of something we have: the ack it waits for was lost.
+            # Tell the sender what we know is committed (everything, at the
+            # tail); a middle replica that does not know yet re-sends
+            # downstream itself, and the answer comes back up.
             pred = self._predecessor()
-            if self.is_tail and pred is not None:
-                return [Send(to=pred, msg=GcsAck(shard=self.shard, epoch=self.config.epoch, seq=self.seq))]
-            return []
+            done = self.seq if self.is_tail else self.committed
+            if done >= ev.seq:
+                if pred is not None:
+                    return [Send(to=pred, msg=GcsAck(shard=self.shard, epoch=self.config.epoch, seq=done))]
+                return []
+            return self._ask_downstream(ev.seq, ev.stimulus_id)
         if ev.seq != self.seq + 1:
             return []  # a gap (a lost message): the predecessor re-sends
         self.seq = ev.seq
@@ -322,6 +332,15 @@ class GcsReplica:
         self.log[entry.seq] = entry
         entry.sent_at = self._last_forward_at = now
         return [Send(to=succ, msg=self._forward_msg(entry, sid))]
+
+    def _ask_downstream(self, seq: int, sid: str) -> list[Command]:
+        """Re-send entry ``seq`` (applied here, not known committed) to our
+        successor, whose answer is an ack if it knows more."""
+        succ = self._successor()
+        e = self.log.get(seq)
+        if succ is None or e is None:
+            return []
+        return [Send(to=succ, msg=self._forward_msg(e, sid))]
 
     def _forward_msg(self, e: _Entry, sid: str = "") -> GcsForward:
         return GcsForward(
@@ -611,6 +630,7 @@ class ChainMaster:
         self.timing = timing
         self.shards = {c.shard: _ShardView(c) for c in configs}
         self.last_seen: dict[str, float] = {}
+        self.caught_up: dict[str, bool] = {}  # from heartbeats; absent: an original member
         self.dead: set[str] = set()
         self.listeners: dict[str, None] = {}  # (ordered set: one per node)
         self.changes = 0
@@ -641,6 +661,8 @@ class ChainMaster:
                 return []
             self.last_seen[event.replica] = now
             view = self.shards.get(event.shard)
+            if view is not None and event.replica in view.config.replicas and event.epoch == view.config.epoch:
+                self.caught_up[event.replica] = event.caught_up
             if view is not None and event.epoch < view.config.epoch and (
                 event.replica in view.config.replicas or (event.epoch == 0 and event.replica in view.joining)
             ):
@@ -674,8 +696,10 @@ class ChainMaster:
                     del view.joining[r]
             if not gone:
                 continue
-            if not live:
-                # every replica is gone: nothing can be done; keep the config
+            if not any(self.caught_up.get(r, True) for r in live):
+                # every replica is gone, or only members still catching up
+                # are left (they lack acknowledged writes): cutting would lose
+                # them, so keep the config and wait (a false suspicion heals)
                 continue
             self.dead.update(gone)
             view.config = ChainConfig(shard=shard, epoch=view.config.epoch + 1, replicas=live)
@@ -707,6 +731,7 @@ class ChainMaster:
             return []
         del view.joining[ev.replica]
         self.last_seen[ev.replica] = now
+        self.caught_up[ev.replica] = False  # until its heartbeat says it synced
         view.config = ChainConfig(shard=ev.shard, epoch=view.config.epoch + 1, replicas=view.config.replicas + (ev.replica,))
         self.changes += 1
         return self._broadcast(view, sid=ev.stimulus_id)

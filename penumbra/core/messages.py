@@ -211,6 +211,7 @@ class ReplicaHeartbeat(Message):
     shard: int
     seq: int = 0
     epoch: int = 0  # the epoch of the chain config the replica has (0: none)
+    caught_up: bool = True  # holds every committed write (a new member: once synced)
 
 
 @_frozen

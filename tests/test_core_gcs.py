@@ -117,11 +117,14 @@ def test_retried_write_is_applied_once() -> None:
     head, mid, tail = chain3()
     op = KvPut("k", "v", overwrite=False)
     f1 = one(head.handle(write("c", 1, op), 0.0), GcsForward)
-    # a retry while in flight: nothing applied, nothing sent (the tail will answer)
-    assert head.handle(write("c", 1, op), 0.0) == [] and head.seq == 1
+    # a retry while in flight: nothing applied, no reply (the tail will
+    # answer); the entry is asked down the chain again in case acks were lost
+    again = head.handle(write("c", 1, op), 0.0)
+    assert head.seq == 1 and not sends(again, GcsReply)
+    assert [c.msg.seq for c in sends(again, GcsForward, to=R[1])] == [1]
     f2 = one(mid.handle(f1, 0.0), GcsForward)
-    # the same forward twice is dropped by the successor (the tail acks its position)
-    assert mid.handle(f1, 0.0) == [] and mid.seq == 1
+    # the same forward twice is not applied twice (the mid passes the question on)
+    assert [c.msg.seq for c in sends(mid.handle(f1, 0.0), GcsForward, to=R[2])] == [1] and mid.seq == 1
     cmds = tail.handle(f2, 0.0)
     assert one(cmds, GcsReply).result is True
     assert one(tail.handle(f2, 0.0), GcsAck).seq == 1 and tail.seq == 1
@@ -669,3 +672,18 @@ def test_replica_cut_while_alive_cannot_fork_the_chain() -> None:
     # the stale client's writes were retried at the real chain and applied once
     assert {f"s{i}" for i in range(5)} <= set(stale.replies)
     assert new_chain[-1].tables.data["kv"]["s4"] == 4
+
+
+def test_lost_acks_and_reply_do_not_leave_a_write_unanswered() -> None:
+    """The tail's reply and the acks of a write are all lost.  The client's
+    retries reach the head, which only answers once it knows the write is
+    committed: a middle replica that gets a re-sent entry it already has
+    must say what it knows is committed (found by the chain state machine:
+    the write stayed unanswered forever)."""
+    net, master, cms = make_chain(n=4)
+    c = cms["c"]
+    net.drop_fn = lambda src, to, msg: isinstance(msg, (GcsAck, GcsReply)) and net.now < 0.01
+    do_write(net, c, KvPut("a", 1), "a")
+    net.run_for(0.5)
+    assert c.replies == {"a": True}
+    assert all(r.committed == 1 and not r.log for r in replicas(net))

@@ -347,7 +347,8 @@ def run_plan(plan: SeedPlan, *, faults: bool = True, validate: bool = True, max_
             if node.alive:
                 cluster.kernel.slow(a, 1.0)
         executor.crash_rate = 0.0
-        cluster.run_until(lambda: res.expected <= set(ready), timeout=max_virtual)
+        total = w.size()  # every item submitted, and every one ready
+        cluster.run_until(lambda: len(res.expected) == total and res.expected <= set(ready), timeout=max_virtual)
         # quiesce: kill the actors, let everything settle
         for h in actors.values():
             h.kill(no_restart=True)

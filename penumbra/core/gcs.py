@@ -661,8 +661,11 @@ class ChainMaster:
                 return []
             self.last_seen[event.replica] = now
             view = self.shards.get(event.shard)
-            if view is not None and event.replica in view.config.replicas and event.epoch == view.config.epoch:
-                self.caught_up[event.replica] = event.caught_up
+            if event.caught_up and view is not None and event.replica in view.config.replicas and event.epoch == view.config.epoch:
+                # sticky: a member that has synced once holds every
+                # acknowledged write from then on, even while it re-syncs
+                # with a new predecessor after a cut
+                self.caught_up[event.replica] = True
             if view is not None and event.epoch < view.config.epoch and (
                 event.replica in view.config.replicas or (event.epoch == 0 and event.replica in view.joining)
             ):

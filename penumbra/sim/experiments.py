@@ -709,7 +709,7 @@ def run_quick_demo() -> None:
     print("Figure 8b in miniature: empty tasks, one driver per node (PAPER cost model)")
     rows = []
     for n in (2, 4, 8):
-        p = run_scalability_point(n, PAPER, 0, warm_tasks=20, measure_tasks=40)
+        p = run_scalability_point(n, PAPER, 0, warm_tasks=100, measure_tasks=100)
         rows.append((n, p["throughput"]))
         print(f"  {n:2d} nodes: {p['throughput']:>12,.0f} tasks/s of simulated time ({p['per_node']:,.0f} per node)")
     a, b, r2 = linear_fit([r[0] for r in rows], [r[1] for r in rows])

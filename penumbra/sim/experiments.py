@@ -512,10 +512,10 @@ def fig10a(size: str = "quick", preset: str = "paper", seed: int = 0, progress: 
 def fig11a(size: str = "quick", preset: str = "paper", seed: int = 0, progress: bool = True) -> ExperimentResult:
     costs = preset_costs(preset)
     if size == "quick":
-        n, cpus, chains, length = 4, 2, 16, 25
+        n, cpus, chains, length = 4, 2, 16, 30
         kills, adds, horizon, binw = [(1.0, "node:2"), (1.5, "node:3")], [2.5, 3.0], 30.0, 0.25
     else:
-        n, cpus, chains, length = 10, 4, 60, 60
+        n, cpus, chains, length = 10, 4, 60, 120
         kills, adds, horizon, binw = [(3.0, "node:7"), (4.0, "node:8"), (5.0, "node:9")], [7.0, 8.0, 9.0], 120.0, 0.5
     layout = ClusterLayout(nodes=(NodeShape(ResourceSet.of(CPU=cpus)),) * n, gcs_shards=2, chain_length=2,
                            scheduler=SchedulerConfig(forward_queue_threshold=2), node_timeout=0.5)
@@ -558,7 +558,8 @@ def fig11a(size: str = "quick", preset: str = "paper", seed: int = 0, progress: 
         ["time (s)", "tasks/s (first runs)", "tasks/s (re-executions)", "results/s (driver)", "nodes alive"],
         rows, hashes=[c.trace_hash()], size=size, preset=preset, seed=seed)
     before = [r[3] for r in rows if kills and r[0] + binw <= kills[0][0] and r[0] >= binw]
-    after = [r[3] for r in rows if adds and r[0] >= adds[-1] + 1.0 and r[0] + binw <= (end - start) - 1.0]
+    # (a steady stretch once the nodes are back, before chains run out)
+    after = [r[3] for r in rows if adds and adds[-1] + 1.0 <= r[0] and r[0] + binw <= min(adds[-1] + 4.0, end - start - 1.0)]
     res.summary["tasks"] = chains * length
     res.summary["results produced"] = len(s.done_times)
     res.summary["re-executions"] = sum(1 for _, again in execs if again)

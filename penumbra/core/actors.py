@@ -150,6 +150,17 @@ class ActorRouter:
         # (the reply carries the row as it is now: see ObjectManager._subscribe)
         return r, self.node.gcs_write(Subscribe(self.node.address, "actors", aid), ("actor-sub", aid), now, sid)
 
+    def refresh_hosted(self, now: float, sid: str) -> list[Command]:
+        """Re-read the rows of the actors this node hosts (a lost
+        notification must not leave a superseded instance running)."""
+        cmds: list[Command] = []
+        for aid in self.node.host.actors:
+            r = self.routes.get(aid)
+            if r is not None and now - r.changed_at >= 1.0:
+                r.changed_at = now
+                cmds += self.node.gcs_read(Get("actors", aid), ("actor-sub", aid), now, sid)
+        return cmds
+
     def on_refresh(self, now: float, sid: str) -> list[Command]:
         """Re-read the rows of actors we have calls waiting for (a lost
         notification must not strand them); called by the node's timer."""
@@ -339,7 +350,9 @@ class ActorHost:
                 h.next_seq[s.caller_id] = s.sequence_no + 1
         self.actors[entry.spec.actor_id] = h
         self.by_worker[wid] = entry.spec.actor_id
-        cmds = self.node.gcs_write(
+        # follow the actor's row (to stop if superseded; see on_entry)
+        _, cmds = self.node.router._route(entry.spec.actor_id, now, sid)
+        cmds += self.node.gcs_write(
             PutActor(h.entry, expect_incarnation=entry.incarnation),
             ("actor-alive", entry.spec.actor_id, entry.incarnation), now, sid,
         )
@@ -352,6 +365,18 @@ class ActorHost:
                 for d in sorted(missing):
                     cmds += objects.want(d, token, True, now, sid)
         return cmds + self._dispatch(h, now, sid)
+
+    def on_entry(self, aid: ActorId, entry: ActorEntry | None, now: float, sid: str) -> list[Command]:
+        """The actor's row changed: an instance whose incarnation was
+        superseded (or buried) stops at once -- the head may have restarted
+        the actor elsewhere without knowing where this one ran."""
+        h = self.actors.get(aid)
+        if h is None or entry is None:
+            return []
+        mine = h.entry.incarnation
+        if entry.incarnation > mine or (entry.state is ActorState.DEAD and entry.incarnation >= mine):
+            return self._stop(h, "this actor instance was superseded by a newer incarnation", now, sid)
+        return []
 
     def on_alive_written(self, aid: ActorId, incarnation: int, stored: ActorEntry | None, now: float, sid: str) -> list[Command]:
         """The CAS that marks the actor ALIVE came back with the stored row."""
@@ -446,6 +471,11 @@ class ActorHost:
             del q[seq]
             h.next_seq[caller] = seq + 1
             h.running[call.spec.task_id] = call
+            # the caller's next call may have been passed over earlier in
+            # this pass: scan everything again (found by the swarm: a call
+            # that failed on its input left the one after it waiting forever)
+            scanned = 0
+            n = len(arrival)
             error = self._input_error(call)
             if error is not None:
                 del h.running[call.spec.task_id]
@@ -512,7 +542,7 @@ class ActorHost:
         h.executed += 1
         h.unlogged[call.spec.task_id] = (call, result)
         token = ("actor-logged", spec.actor_id, h.entry.incarnation, call.spec.task_id)
-        cmds = self.node.gcs_write(AppendActorLog(spec.actor_id, index, call.spec.task_id, call.spec), token, now, sid)
+        cmds = self.node.gcs_write(AppendActorLog(spec.actor_id, index, call.spec.task_id, call.spec, h.entry.incarnation), token, now, sid)
         if spec.checkpoint_interval and h.executed % spec.checkpoint_interval == 0:
             # pause here: the checkpoint must hold exactly h.executed calls,
             # and be taken only once all of them are logged
@@ -520,13 +550,19 @@ class ActorHost:
             h.checkpoint_due = h.executed
         return cmds
 
-    def on_logged(self, aid: ActorId, incarnation: int, tid: TaskId, now: float, sid: str) -> list[Command]:
+    def on_logged(self, aid: ActorId, incarnation: int, tid: TaskId, accepted: bool, now: float, sid: str) -> list[Command]:
         h = self.actors.get(aid)
         if h is None or h.entry.incarnation != incarnation:
             return []
         item = h.unlogged.pop(tid, None)
         if item is None:
             return []
+        if accepted is False:
+            # the GCS says we are not the live incarnation (we were killed or
+            # restarted elsewhere and did not hear): our results must never
+            # be seen; the callers retry on the live one.  Stop.
+            h.unlogged.clear()
+            return self._stop(h, "this actor instance was superseded by a newer incarnation", now, sid)
         call, (kind, value) = item
         if kind == "ok":
             cmds = self.node.store_outputs(call.spec, value, call.attempt, now, sid)

@@ -205,6 +205,7 @@ class NodeMachine:
         cmds: list[Command] = [Send(to=self.head, msg=NodeJoin(node_id=self.node_id, resources=self.config.resources, address=self.address, stimulus_id=f"join:{self.node_id}"))]
         cmds += self.scheduler.start(now)
         cmds.append(SetTimer(at=now + self.config.heartbeat_interval, key=("node", "heartbeat")))
+        cmds.append(SetTimer(at=now + ObjectManager.REFRESH, key=("node", "refresh")))
         return cmds
 
     def handle(self, event: Event, now: float) -> list[Command]:
@@ -243,9 +244,13 @@ class NodeMachine:
             ]
         if key[0] == "sched":
             return self.scheduler.on_retry_timer(now, ev.stimulus_id)
+        if key == ("node", "refresh"):
+            # the safety net under pub/sub: re-read rows we waited on too long
+            sid = ev.stimulus_id
+            return ([SetTimer(at=now + ObjectManager.REFRESH, key=("node", "refresh"))]
+                    + self.objects.on_refresh(now, sid) + self.router.on_refresh(now, sid)
+                    + self.router.refresh_hosted(now, sid))
         if key[0] == "obj":
-            if key[1] == "refresh":
-                return self.objects.on_refresh(now, ev.stimulus_id) + self.router.on_refresh(now, ev.stimulus_id)
             return self.objects.on_recheck(key[2], now, ev.stimulus_id)
         return []
 
@@ -459,9 +464,9 @@ class NodeMachine:
         if kind == "obj-sub":
             return self.objects.on_entry(token[1], result, now, sid)
         if kind == "actor-sub":
-            return self.router.on_entry(token[1], result, now, sid)
+            return self._actor_row(token[1], result, now, sid)
         if kind == "actor-logged":
-            return self.host.on_logged(token[1], token[2], token[3], now, sid)
+            return self.host.on_logged(token[1], token[2], token[3], result, now, sid)
         if kind == "register":
             client, spec = token[1], token[2]
             a = spec.actor_creation
@@ -483,7 +488,7 @@ class NodeMachine:
         if table == "objects":
             return self.objects.on_entry(ev.key, ev.value, now, ev.stimulus_id)
         if table == "actors":
-            return self.router.on_entry(ev.key, ev.value, now, ev.stimulus_id)
+            return self._actor_row(ev.key, ev.value, now, ev.stimulus_id)
         if table == "nodes":
             entry: NodeEntry = ev.value
             if entry is None:
@@ -500,6 +505,9 @@ class NodeMachine:
             if not entry.alive:
                 return self.objects.on_node_dead(entry.node_id, now, ev.stimulus_id)
         return []
+
+    def _actor_row(self, aid, entry, now: float, sid: str) -> list[Command]:
+        return self.router.on_entry(aid, entry, now, sid) + self.host.on_entry(aid, entry, now, sid)
 
     def _on_fenced(self, ev: Fenced, now: float) -> list[Command]:
         return self._fence(ev.reason or "the head declared this node dead", ev.stimulus_id)

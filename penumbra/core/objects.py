@@ -232,7 +232,6 @@ class ObjectManager:
         self.store = StoreAccounting(capacity)
         self.gcs_write = gcs_write
         self.gcs_read = gcs_read
-        self.refresh_armed = False
         self.on_ready = on_ready
         self.on_located = on_located
         self.produced_here = produced_here
@@ -330,11 +329,7 @@ class ObjectManager:
         # so a notification lost on the way does not leave us waiting
         w.subscribed = True
         w.changed_at = now
-        cmds = self.gcs_write(Subscribe(self.address, "objects", w.oid), ("obj-sub", w.oid), now, sid)
-        if not self.refresh_armed:
-            self.refresh_armed = True
-            cmds.append(SetTimer(at=now + self.REFRESH, key=("obj", "refresh", None)))
-        return cmds
+        return self.gcs_write(Subscribe(self.address, "objects", w.oid), ("obj-sub", w.oid), now, sid)
 
     def on_refresh(self, now: float, sid: str) -> list[Command]:
         """Re-read the rows of objects we have waited on for a while without
@@ -345,10 +340,6 @@ class ObjectManager:
             if w.subscribed and w.fetching_from is None and now - w.changed_at >= self.REFRESH:
                 w.changed_at = now
                 cmds += self.gcs_read(Get("objects", w.oid), ("obj-sub", w.oid), now, sid)
-        if self.wants:
-            cmds.append(SetTimer(at=now + self.REFRESH, key=("obj", "refresh", None)))
-        else:
-            self.refresh_armed = False
         return cmds
 
     def unwant(self, oid: ObjectId, token: Hashable, now: float, sid: str) -> list[Command]:

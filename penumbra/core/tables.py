@@ -301,6 +301,10 @@ class AppendActorLog(Op):
     index: int
     task_id: TaskId
     spec: TaskSpec | None = None
+    # the incarnation that executed the call: a log entry from an instance
+    # that is no longer the live one is refused (result: False), so a zombie
+    # (killed or restarted elsewhere before it heard) cannot fork the log
+    incarnation: int | None = None
 
     def route(self):
         return ("actor_log", (self.actor_id, self.index))
@@ -744,6 +748,10 @@ def _unregister_name(t: Tables, op: UnregisterName):
 
 
 def _append_actor_log(t: Tables, op: AppendActorLog):
+    if op.incarnation is not None:
+        row = t.data["actors"].get(op.actor_id)  # (the log lives on the actor's shard)
+        if row is None or row.incarnation != op.incarnation or row.state is not ActorState.ALIVE:
+            return False, []
     key = (op.actor_id, op.index)
     value = op.spec if op.spec is not None else op.task_id
     t.data["actor_log"][key] = value

@@ -54,6 +54,12 @@ from .workload import VActor, Workload, VerifyExecutor, digest, generate
 
 __all__ = ["SeedPlan", "RunResult", "plan_seed", "run_plan", "check_seed", "run_swarm", "run_swarm_cli"]
 
+# A fault-free run must finish within this much virtual time after its last
+# submission: nothing in a fault-free run waits for a timeout (the slowest
+# legitimate cases -- queues of 50 ms tasks on one CPU, evicted inputs being
+# rebuilt -- take about 1.3 s over 150 seeds).
+REFERENCE_SLACK = 3.0
+
 
 @dataclass(frozen=True)
 class FaultPlan:
@@ -67,9 +73,11 @@ class FaultPlan:
     delay: float = 0.0
     slow: tuple[tuple[float, int, float, float], ...] = ()  # (time, node index, factor, duration)
     worker_crash_rate: float = 0.0
+    actor_kills: tuple[tuple[float, int], ...] = ()  # (time, actor index): kill, allowing a restart
 
     def items(self) -> list[tuple[str, Any]]:
         out: list[tuple[str, Any]] = [("crash", c) for c in self.crashes]
+        out += [("actor_kill", c) for c in self.actor_kills]
         out += [("replica", c) for c in self.replica_crashes]
         out += [("isolate", c) for c in self.isolations]
         out += [("slow", c) for c in self.slow]
@@ -80,14 +88,15 @@ class FaultPlan:
 
     @classmethod
     def from_items(cls, items) -> "FaultPlan":
-        kw: dict[str, Any] = {"crashes": [], "replica_crashes": [], "isolations": [], "slow": []}
-        names = {"crash": "crashes", "replica": "replica_crashes", "isolate": "isolations", "slow": "slow"}
+        kw: dict[str, Any] = {"crashes": [], "replica_crashes": [], "isolations": [], "slow": [], "actor_kills": []}
+        names = {"crash": "crashes", "replica": "replica_crashes", "isolate": "isolations", "slow": "slow",
+                 "actor_kill": "actor_kills"}
         for name, v in items:
             if name in names:
                 kw[names[name]].append(v)
             else:
                 kw[name] = v
-        for k in ("crashes", "replica_crashes", "isolations", "slow"):
+        for k in ("crashes", "replica_crashes", "isolations", "slow", "actor_kills"):
             kw[k] = tuple(sorted(kw[k]))
         return cls(**kw)
 
@@ -149,7 +158,12 @@ def plan_seed(seed: int) -> SeedPlan:
             isolations.append((round(rng.uniform(0.05, horizon), 3), rng.randint(1, n - 1), round(rng.uniform(0.7, 1.2), 3)))
         if rng.random() < 0.2:
             slow.append((round(rng.uniform(0, horizon), 3), rng.randint(0, n - 1), rng.choice((3.0, 10.0)), round(rng.uniform(0.1, 0.5), 3)))
+    kills = []
+    if faulty and workload.actors and rng.random() < 0.4:
+        for _ in range(rng.randint(1, 3)):
+            kills.append((round(rng.uniform(0.05, horizon), 3), rng.randrange(len(workload.actors))))
     faults = FaultPlan(
+        actor_kills=tuple(sorted(kills)),
         crashes=tuple(sorted(crashes)), replica_crashes=tuple(sorted(replicas)), isolations=tuple(sorted(isolations)),
         gcs_drop=rng.choice((0.0, 0.0, 0.02, 0.1)) if faulty else 0.0,
         gcs_duplicate=rng.choice((0.0, 0.0, 0.05)) if faulty else 0.0,
@@ -172,6 +186,7 @@ class RunResult:
     violations: list[C.Violation] = field(default_factory=list)
     trace_hash: str = ""
     virtual_time: float = 0.0
+    done_at: float = 0.0  # when the last result came (virtual seconds)
     wall: float = 0.0
     cluster: Any = None
     keys: dict[str, ObjectId] = field(default_factory=dict)
@@ -205,14 +220,20 @@ def _gcs_ledger():
         GcsClient._on_reply = orig_reply
 
 
-def _taints(plan: SeedPlan, faulty: bool) -> dict[str, set[str]]:
+def _taints(plan: SeedPlan, faulty: bool, executions: dict | None = None, keys: dict | None = None) -> dict[str, set[str]]:
     """Why each item may legitimately differ from the reference (see
-    ``checkers.check_results``); inherited along the lineage."""
+    ``checkers.check_results``); inherited along the lineage.
+
+    ``"retry"`` is precise: a task earns it only if it used at least
+    ``max_retries + 1`` attempts in the run (its budget could be spent)."""
     w = plan.workload
     taints: dict[str, set[str]] = {p.key: set() for p in w.puts}
     deps: dict[str, tuple[str, ...]] = {}
+    executions = executions or {}
+    keys = keys or {}
     for t in w.tasks:
-        own = {"retry"} if faulty and t.max_retries >= 0 else set()
+        ran = executions.get(keys[t.key].task_id, 0) if t.key in keys else 0
+        own = {"retry"} if faulty and t.max_retries >= 0 and ran >= t.max_retries + 1 else set()
         taints[t.key] = own
         deps[t.key] = t.deps
     for a in w.actors:
@@ -224,7 +245,10 @@ def _taints(plan: SeedPlan, faulty: bool) -> dict[str, set[str]]:
                 if a.max_restarts >= 0 or a.max_task_retries == 0:
                     own.add("actor")
                 if not a.replay:
+                    # state resets on restart, and outputs on a dead host
+                    # are not rebuilt (Ray's rules)
                     own.add("state")
+                    own.add("actor")
             taints[c.key] = own
             deps[c.key] = c.deps
     # a small store fills up, and when depends on timing
@@ -336,7 +360,7 @@ def run_plan(plan: SeedPlan, *, faults: bool = True, validate: bool = True, max_
         # the faults of the safety phase
         node_addrs = list(cluster.nodes)
         if faults:
-            _install_faults(cluster, fp, node_addrs, base, plan)
+            _install_faults(cluster, fp, node_addrs, base, plan, actors, d)
         end_safety = base + plan.horizon + 0.3
         cluster.run(end_safety)
         # liveness phase: lift every fault
@@ -349,6 +373,7 @@ def run_plan(plan: SeedPlan, *, faults: bool = True, validate: bool = True, max_
         executor.crash_rate = 0.0
         total = w.size()  # every item submitted, and every one ready
         cluster.run_until(lambda: len(res.expected) == total and res.expected <= set(ready), timeout=max_virtual)
+        res.done_at = cluster.now - base
         # quiesce: kill the actors, let everything settle
         for h in actors.values():
             h.kill(no_restart=True)
@@ -368,13 +393,40 @@ def run_plan(plan: SeedPlan, *, faults: bool = True, validate: bool = True, max_
             rep = cluster.replica(tail) if tail else None
             tails[shard] = rep
         res.violations += C.check_gcs(ledger, tails)
-    res.taints = _taints(plan, faults)
+    # attempts a task used: its executions, or the GCS's count where the node
+    # running (or queueing) it died and it was handed on without running
+    used = dict(executor.executions)
+    for t in w.tasks:
+        if t.key in keys:
+            tid = keys[t.key].task_id
+            row = cluster.gcs_row("tasks", tid)
+            if row is not None:
+                used[tid] = max(used.get(tid, 0), row.attempt + 1)
+    res.taints = _taints(plan, faults, used, keys)
+    # bounded restarts: an actor never restarts more than max_restarts times
+    for k, h in actors.items():
+        a = next(a for a in w.actors if a.key == k)
+        n = len(executor.instances.get(h.actor_id, [])) - 1
+        if a.max_restarts >= 0 and n > a.max_restarts:
+            res.violations.append(C.Violation("actor-restarts", f"actor {k} restarted {n} times, more than max_restarts={a.max_restarts}", k))
+    if not faults and res.done_at > plan.horizon + REFERENCE_SLACK:
+        res.violations.append(C.Violation("timeliness", f"the fault-free run took {res.done_at:.2f}s of virtual time to finish work "
+                                                        f"submitted over {plan.horizon:.2f}s (allowed: {REFERENCE_SLACK}s more): something stalled"))
     res.wall = time.perf_counter() - t0
     return res
 
 
-def _install_faults(cluster: SimCluster, fp: FaultPlan, nodes: list[str], base: float, plan: SeedPlan) -> None:
+def _install_faults(cluster: SimCluster, fp: FaultPlan, nodes: list[str], base: float, plan: SeedPlan,
+                    actors: dict | None = None, driver=None) -> None:
     k = cluster.kernel
+    for at, i in fp.actor_kills:
+        key = plan.workload.actors[i].key
+
+        def kill(key=key):
+            h = (actors or {}).get(key)
+            if h is not None:
+                h.kill(no_restart=False)  # restarts if max_restarts allows
+        k.call_at(base + at, driver._guarded, kill, ())
     for at, i, restart in fp.crashes:
         addr = nodes[i]
         k.call_at(base + at, cluster.crash_node, addr, restart)
@@ -438,8 +490,19 @@ def check_seed(seed: int, *, plan: SeedPlan | None = None, validate: bool = True
     """Run ``seed`` with its faults and without, and compare."""
     plan = plan or plan_seed(seed)
     t0 = time.perf_counter()
-    ref = run_plan(plan, faults=False, validate=validate)
-    run = run_plan(plan, faults=True, validate=validate) if plan.faults.items() else ref
+    try:
+        ref = run_plan(plan, faults=False, validate=validate)
+        run = run_plan(plan, faults=True, validate=validate) if plan.faults.items() else ref
+    except AssertionError as e:
+        # a machine's validate() found one of its invariants broken
+        v = C.Violation("invariant", f"a state machine's validate() failed: {e}")
+        return SeedReport(seed, False, [v], "", time.perf_counter() - t0, plan)
+    except Exception as e:  # a crash inside a machine is a bug too
+        import traceback
+
+        tb = traceback.format_exc(limit=-3)
+        v = C.Violation("crash", f"a machine raised {type(e).__name__}: {e}\n{tb}")
+        return SeedReport(seed, False, [v], "", time.perf_counter() - t0, plan)
     violations = list(run.violations)
     if ref is not run:
         violations += [C.Violation("reference", f"(fault-free run) {v.what}", v.key) for v in ref.violations]
@@ -479,12 +542,13 @@ def run_swarm(seeds, *, stop_on_failure: bool = False, progress: bool = False, v
         r = check_seed(s, validate=validate)
         r.run = r.reference = None if r.ok else r.run  # keep memory flat
         reports.append(r)
-        if progress:
+        if progress and (sys.stderr.isatty() or (i + 1) % 50 == 0 or i + 1 == len(seeds)):
             bad = sum(1 for x in reports if not x.ok)
-            print(f"\r  {i + 1}/{len(seeds)} seeds, {bad} failing", end="", file=sys.stderr, flush=True)
+            end = "" if sys.stderr.isatty() else "\n"
+            print(f"\r  {i + 1}/{len(seeds)} seeds, {bad} failing", end=end, file=sys.stderr, flush=True)
         if stop_on_failure and not r.ok:
             break
-    if progress:
+    if progress and sys.stderr.isatty():
         print(file=sys.stderr)
     return reports
 

@@ -236,6 +236,7 @@ class VerifyExecutor(Executor):
         self.crash_rate = crash_rate  # chance a task's worker dies mid-task (a fault)
         self.rng = rng or random.Random(0)
         self.actor_log: list[ActorExec] = []
+        self.executions: dict[TaskId, int] = {}  # task -> times it started (crashed or not)
         self.instances: dict[ActorId, list[str]] = {}  # actor -> workers it ran on
         self.crashes = 0
         self._clients: dict[str, Any] = {}
@@ -281,6 +282,7 @@ class VerifyExecutor(Executor):
             worker.actor_state = digest(worker.actor_state, model.key, inputs)
             return Outcome("ok", model.duration, values=(worker.actor_state,), sizes=(model.size,))
         if isinstance(model, (VTask, VChild)):
+            self.executions[spec.task_id] = self.executions.get(spec.task_id, 0) + 1
             if self._maybe_crash():
                 return Outcome("crash", model.duration / 2)
             if model.raises:

@@ -1,0 +1,240 @@
+"""Realistic bugs, each a small change to ``core/``, to prove the swarm has teeth.
+
+Each entry patches one function of the core (as a bad commit would) inside a
+context manager; ``test_swarm_finds_planted_bugs`` runs the swarm with each
+bug planted and requires a violation within the default seed budget.  The
+list doubles as documentation of what the checkers catch.
+
+The patches replace whole methods with a copy that differs by a line or two
+from the real one: keeping them short is the point (a bug is a small diff).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable
+
+from ..core import actors as A
+from ..core import gcs as G
+from ..core import lineage as L
+from ..core import objects as O
+from ..core import scheduler as S
+from ..core import tables as T
+from ..core.messages import GcsReply, Send
+
+__all__ = ["Bug", "BUGS", "planted"]
+
+
+@dataclass(frozen=True)
+class Bug:
+    name: str
+    description: str
+    install: Callable[[], Callable[[], None]]  # plants the bug; returns an undo
+
+
+def _patch(obj, attr, new) -> Callable[[], None]:
+    old = getattr(obj, attr)
+    setattr(obj, attr, new)
+    return lambda: setattr(obj, attr, old)
+
+
+# ---------------------------------------------------------------------------
+
+
+def _no_release_on_crash():
+    orig = S.LocalScheduler.on_worker_crashed
+
+    def on_worker_crashed(self, wid, reason, now, sid):
+        w = self.workers.get(wid)
+        if w is not None:
+            w.held = w.lent = S.EMPTY  # BUG: the crashed worker's resources are forgotten, not released
+        return orig(self, wid, reason, now, sid)
+
+    return _patch(S.LocalScheduler, "on_worker_crashed", on_worker_crashed)
+
+
+def _retry_budget_off_by_one():
+    orig = S.LocalScheduler._retry_or_fail
+
+    def _retry_or_fail(self, t, error, now, sid, why):
+        limit = t.spec.max_retries
+        if limit >= 0 and t.attempt + 1 >= limit:  # BUG: should be t.attempt >= limit
+            return self._fail(t, error, now, sid, why)
+        return orig(self, t, error, now, sid, why)
+
+    return _patch(S.LocalScheduler, "_retry_or_fail", _retry_or_fail)
+
+
+def _late_subscriber_not_told():
+    orig = T._APPLY[T.Subscribe]
+
+    def _subscribe(t, op):
+        orig(t, op)
+        return None, []  # BUG: the current value is not handed to a late subscriber
+
+    def undo_direct(self, seq, client, req_id, op, low_water):
+        e = orig_apply(self, seq, client, req_id, op, low_water)
+        e.direct = None
+        return e
+
+    orig_apply = G.GcsReplica._apply
+    u1 = _patch(T, "_APPLY", {**T._APPLY, T.Subscribe: _subscribe})
+    u2 = _patch(G.GcsReplica, "_apply", undo_direct)
+
+    def undo():
+        u2()
+        u1()
+
+    return undo
+
+
+def _head_acks_before_tail():
+    orig = G.GcsReplica._after_apply
+
+    def _after_apply(self, entry, sid, now):
+        cmds = orig(self, entry, sid, now)
+        if self.is_head and not self.is_tail:
+            # BUG: the head acknowledges as soon as it applied the write
+            cmds.append(Send(to=entry.client, msg=GcsReply(req_id=entry.req_id, result=entry.result, shard=self.shard)))
+        return cmds
+
+    return _patch(G.GcsReplica, "_after_apply", _after_apply)
+
+
+def _lineage_only_own_task():
+    def plan_reconstruction(wanted, specs, lost):
+        # BUG: re-run the lost object's own task only, not its lost ancestors
+        return sorted({o.task_id for o in wanted if o in lost})
+
+    return _patch(L, "plan_reconstruction", plan_reconstruction)
+
+
+def _actor_ignores_floor_after_restart():
+    from dataclasses import replace
+
+    orig = A.ActorHost.on_call
+
+    def on_call(self, ev, now, sid):
+        # BUG: a caller's order (in a new incarnation) starts at whichever of
+        # its calls arrives first, not at the floor its node sent
+        return orig(self, replace(ev, floor=ev.spec.sequence_no), now, sid)
+
+    return _patch(A.ActorHost, "on_call", on_call)
+
+
+def _handler(module, msg_type, fn) -> Callable[[], None]:
+    """Replace a machine's handler for ``msg_type`` (machines dispatch through
+    a module-level table, so patching the method alone would not do)."""
+    table = module._HANDLERS
+    old = table[msg_type]
+    table[msg_type] = fn
+    return lambda: table.__setitem__(msg_type, old)
+
+
+def _gcs_no_dedup():
+    from ..core.messages import GcsWrite
+
+    orig = G._HANDLERS[GcsWrite]
+
+    def _on_write(self, ev, now):
+        seen = self.dedup.get(ev.client)
+        if seen is not None:
+            seen.pop(ev.req_id, None)  # BUG: a retried write is applied again
+        self.floors.pop(ev.client, None)
+        return orig(self, ev, now)
+
+    return _handler(G, GcsWrite, _on_write)
+
+
+def _dead_node_tasks_not_resubmitted():
+    def on_tasks_on_node(self, node, per_shard, now, sid):
+        return []  # BUG: the dead node's pending tasks are forgotten
+
+    return _patch(L.Recovery, "on_tasks_on_node", on_tasks_on_node)
+
+
+def _blocked_worker_keeps_cpu():
+    def on_blocked(self, wid, now, sid):
+        return []  # BUG: a worker blocked in get keeps its CPU (nested tasks deadlock)
+
+    return _patch(S.LocalScheduler, "on_blocked", on_blocked)
+
+
+def _fetch_failure_not_retried():
+    def on_fetch_failed(self, oid, from_node, now, sid):
+        w = self.wants.get(oid)
+        if w is not None:
+            w.fetching_from = None  # BUG: no other location is tried
+        return []
+
+    return _patch(O.ObjectManager, "on_fetch_failed", on_fetch_failed)
+
+
+def _actor_restarts_not_counted():
+    orig = A.ActorManager._restart_or_die
+
+    def _restart_or_die(self, e, cause, now, sid):
+        from dataclasses import replace
+
+        return orig(self, replace(e, restarts=0), cause, now, sid)  # BUG: restarts never add up
+
+    return _patch(A.ActorManager, "_restart_or_die", _restart_or_die)
+
+
+def _successor_resync_ignored():
+    def _on_sync(self, ev, now):
+        return []  # BUG: a new successor's GcsSync is ignored: it never catches up
+
+    return _handler(G, G.GcsSync, _on_sync)
+
+
+def _task_inputs_not_pinned():
+    def pin(self, oid, holder):
+        if isinstance(holder, tuple) and holder and holder[0] == "task":
+            return  # BUG: inputs of queued and running tasks are not pinned
+        return orig(self, oid, holder)
+
+    orig = O.StoreAccounting.pin
+    return _patch(O.StoreAccounting, "pin", pin)
+
+
+def _finish_can_be_undone():
+    orig = T._APPLY[T.AddTask]
+
+    def _add_task(t, op):
+        old = t.data["tasks"].get(op.spec.task_id)
+        if old is not None and old.state is not T.TaskState.PENDING:
+            # BUG: a late re-submission reopens a finished task
+            t.data["tasks"].pop(op.spec.task_id)
+            t._index_task(op.spec.task_id, old, T.TaskEntry(old.spec, T.TaskState.FAILED))
+        return orig(t, op)
+
+    return _patch(T, "_APPLY", {**T._APPLY, T.AddTask: _add_task})
+
+
+BUGS: tuple[Bug, ...] = (
+    Bug("no-release-on-crash", "a crashed worker's resources are not released", _no_release_on_crash),
+    Bug("retry-budget-off-by-one", "one retry fewer than max_retries", _retry_budget_off_by_one),
+    Bug("late-subscriber", "a subscriber that joins after a change is not sent the current value", _late_subscriber_not_told),
+    Bug("head-acks-early", "the chain head acknowledges a write before the tail has it", _head_acks_before_tail),
+    Bug("lineage-own-task-only", "reconstruction re-runs the lost object's task, not its lost ancestors", _lineage_only_own_task),
+    Bug("actor-order-after-restart", "a restarted actor orders a caller's calls from whichever arrives first", _actor_ignores_floor_after_restart),
+    Bug("gcs-no-dedup", "the GCS applies a retried write again", _gcs_no_dedup),
+    Bug("dead-node-tasks-lost", "tasks pending on a dead node are not re-submitted", _dead_node_tasks_not_resubmitted),
+    Bug("blocked-worker-keeps-cpu", "a worker blocked in get does not lend its CPU", _blocked_worker_keeps_cpu),
+    Bug("fetch-no-failover", "a failed fetch does not try another copy", _fetch_failure_not_retried),
+    Bug("actor-restarts-uncounted", "actor restarts are not counted against max_restarts", _actor_restarts_not_counted),
+    Bug("successor-never-resyncs", "a replica ignores its new successor's sync request", _successor_resync_ignored),
+    Bug("inputs-not-pinned", "task inputs are not pinned while the task waits or runs", _task_inputs_not_pinned),
+    Bug("finish-undone", "a late AddTask reopens a finished task", _finish_can_be_undone),
+)
+
+
+@contextlib.contextmanager
+def planted(bug: Bug):
+    undo = bug.install()
+    try:
+        yield bug
+    finally:
+        undo()

@@ -109,6 +109,9 @@ class _Route:
     # submissions can reach the node out of order.)
     by_caller: dict[str, list[int]] = field(default_factory=dict)
     changed_at: float = 0.0
+    # per caller: every call below this has reached us; calls above a gap wait
+    received: dict[str, int] = field(default_factory=dict)
+    ahead: dict[str, set[int]] = field(default_factory=dict)
 
     def add(self, p: _Pending) -> None:
         c, s = p.spec.caller_id, p.spec.sequence_no
@@ -177,7 +180,34 @@ class ActorRouter:
         r.add(p)
         self.calls[spec.task_id] = spec.actor_id
         self.node.story_add(spec.task_id, now, sid, f"actor call {spec.method} #{spec.sequence_no}")
-        return cmds + self._send_if_alive(r, p, now, sid)
+        # A caller's calls leave for the actor in sequence order, with no gap:
+        # one that arrives ahead of an earlier one waits for it.  (Found by
+        # the swarm: with submissions reordered on the way, a call sent
+        # ahead carried a floor above the call still to come, and the actor
+        # skipped that one.)
+        caller, seq = spec.caller_id, spec.sequence_no
+        nxt = r.received.get(caller, 0)
+        if seq > nxt:
+            r.ahead.setdefault(caller, set()).add(seq)
+            return cmds
+        if seq < nxt:
+            return cmds + self._send_if_alive(r, p, now, sid)  # (a re-submission)
+        ahead = r.ahead.get(caller)
+        released = [p]
+        nxt += 1
+        while ahead and nxt in ahead:
+            ahead.discard(nxt)
+            q = r.pending.get((caller, nxt))
+            if q is not None:
+                released.append(q)
+            nxt += 1
+        r.received[caller] = nxt
+        for q in released:
+            cmds += self._send_if_alive(r, q, now, sid)
+        return cmds
+
+    def _sendable(self, r: _Route, p: _Pending) -> bool:
+        return p.spec.sequence_no < r.received.get(p.spec.caller_id, 0)
 
     def _floor(self, r: _Route, caller: str) -> int:
         return r.floor(caller)
@@ -232,7 +262,7 @@ class ActorRouter:
                         f"max_task_retries to retry calls across restarts",
                         task_name=p.spec.display_name(),
                     ), now, sid)
-            elif p.sent_to is None and entry.state is ActorState.ALIVE:
+            elif p.sent_to is None and entry.state is ActorState.ALIVE and self._sendable(r, p):
                 cmds += self._send_if_alive(r, p, now, sid)
         return cmds
 

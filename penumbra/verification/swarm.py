@@ -452,9 +452,18 @@ def _install_faults(cluster: SimCluster, fp: FaultPlan, nodes: list[str], base: 
         def isolate(addr=addr, duration=duration):
             if cluster.nodes[addr].alive:
                 cluster.isolate(addr, duration=duration)
-                # if the head fences it meanwhile, a node of its shape joins
-                k.call_after(duration, _replace_if_fenced, cluster, addr)
+                fenced_watch.add(addr)
         k.call_at(base + at, isolate)
+
+    # a cut node that the head declared dead stops (fencing) whenever it
+    # hears so; a node of its shape then joins, as an operator would add one
+    fenced_watch: set[str] = set()
+
+    def on_crash(kernel, address: str) -> None:
+        if address in fenced_watch:
+            fenced_watch.discard(address)
+            kernel.call_after(0.05, lambda: cluster.add_node(like=address))
+    k.on_crash.append(on_crash)
     for at, i, factor, duration in fp.slow:
         def slow(addr=nodes[i], factor=factor, duration=duration):
             if cluster.nodes[addr].alive:
@@ -465,12 +474,6 @@ def _install_faults(cluster: SimCluster, fp: FaultPlan, nodes: list[str], base: 
         cluster.link_fault(None, replicas, drop=fp.gcs_drop, duplicate=fp.gcs_duplicate)
     if fp.delay:
         cluster.link_fault(None, None, delay=fp.delay)
-
-
-def _replace_if_fenced(cluster: SimCluster, addr: str) -> None:
-    node = cluster.nodes.get(addr)
-    if node is not None and not node.alive:
-        cluster.add_node(like=addr)
 
 
 # ===========================================================================

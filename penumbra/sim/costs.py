@@ -203,11 +203,9 @@ PAPER = CostModel(
     # Serialising one flatbuffer message and a send() syscall: ~2 us.
     per_command=2e-6,
     # See "node" above: 55.6 us/task - 4 x 8 us - 4 x 2 us ~= 15 us.
-    # Calibrated with the Figure 8b experiment (penumbra sim fig8b): a
-    # driver also watches its tasks (one WatchObjects per 16 tasks, one
-    # ObjectsReady sent per task), which adds ~2 us per task, so 13 us here
-    # gives the measured ~18,100 tasks/s per node (1.81M at 100 nodes).
-    task_scheduling=13e-6,
+    # Checked with the Figure 8b experiment (penumbra sim fig8b): in steady
+    # state a node then runs ~18,300 empty tasks/s (1.83M at 100 nodes).
+    task_scheduling=15e-6,
     # One global placement decision (filter by resources, pick the lowest
     # estimated wait); the paper's global scheduler is not its bottleneck
     # because most tasks stay local (bottom-up).  Estimate: 20 us.

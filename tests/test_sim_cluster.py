@@ -376,3 +376,17 @@ def test_trace_hash_does_not_depend_on_the_process_hash_seed():
         assert p.returncode == 0, p.stderr[-2000:]
         out.add(p.stdout.strip().splitlines()[-1])
     assert len(out) == 1, out
+
+
+def test_random_replica_crashes_restart_empty_and_rejoin():
+    c = SimCluster(spread_layout(3, shards=2, chain=2), seed=7, validate=True)
+    c.wait_ready()
+    sched = c.random_faults(5, horizon=1.5, start=c.now, protect=["node:0", "node:1", "node:2"], replicas=True,
+                            crash_rate=4.0, restart_after=0.1, max_down=1)
+    assert sched.events and all(f.address.startswith("gcs:") for _, f in sched)
+    inst = c.install(sched)
+    g = chains(6, 12, duration=0.05)
+    d, specs = run_graph(c, g, timeout=60)
+    assert [d.value(s.return_ids[0]) for s in specs] == g.expected()
+    c.run_for(1.0)
+    assert inst.restarts and all(len(v.config.replicas) == 2 for v in c.head.chain.shards.values())

@@ -651,11 +651,25 @@ class ActorCall(Message):
 
 @_frozen
 class ActorCallDone(Message):
-    """Host node to caller's node: these calls are resolved (ran or failed)."""
+    """Host node to caller's node: these calls are resolved (ran or failed)
+    by the actor's ``incarnation``."""
 
     actor_id: ActorId
     caller_id: str
     sequence_nos: tuple[int, ...]
+    incarnation: int = -1
+
+
+@_frozen
+class ActorFloor(Message):
+    """Caller's node to the actor's host: this caller's calls below ``floor``
+    are all resolved.  Sent when an older incarnation resolved a call the
+    live one was told to wait for (otherwise every call carries its floor)."""
+
+    actor_id: ActorId
+    caller_id: str
+    floor: int
+    incarnation: int
 
 
 @_frozen

@@ -37,6 +37,7 @@ from .messages import (
     ActorCall,
     ActorCallDone,
     ActorCallStale,
+    ActorFloor,
     ActorCheckpointed,
     ActorRegistered,
     ActorReported,
@@ -440,8 +441,10 @@ class NodeMachine:
         return self.host.on_call(ev, now, ev.stimulus_id)
 
     def _on_call_done(self, ev: ActorCallDone, now: float) -> list[Command]:
-        self.router.on_done(ev)
-        return []
+        return self.router.on_done(ev, now, ev.stimulus_id)
+
+    def _on_floor(self, ev: ActorFloor, now: float) -> list[Command]:
+        return self.host.on_floor(ev, now, ev.stimulus_id)
 
     def _on_call_stale(self, ev: ActorCallStale, now: float) -> list[Command]:
         return self.router.on_stale(ev, now, ev.stimulus_id)
@@ -561,6 +564,7 @@ _HANDLERS = {
     StartActor: NodeMachine._on_start_actor,
     ActorCall: NodeMachine._on_actor_call,
     ActorCallDone: NodeMachine._on_call_done,
+    ActorFloor: NodeMachine._on_floor,
     ActorCallStale: NodeMachine._on_call_stale,
     StopActor: NodeMachine._on_stop_actor,
     GcsReply: NodeMachine._on_gcs,

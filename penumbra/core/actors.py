@@ -351,6 +351,7 @@ class _Call:
     attempt: int
     missing: set[ObjectId] = field(default_factory=set)
     replay: bool = False
+    pinned: set[ObjectId] = field(default_factory=set)  # inputs we hold in the store
 
 
 @dataclass(slots=True)
@@ -407,6 +408,7 @@ class ActorHost:
         objects = self.node.objects
         for call in h.replay:
             missing = {d for d in call.spec.dependencies if not objects.is_local(d)}
+            self._hold(call, [d for d in call.spec.dependencies if d not in missing])
             if missing:
                 call.missing = missing
                 token = ("actor-call", entry.spec.actor_id, call.spec.task_id)
@@ -452,7 +454,7 @@ class ActorHost:
             q = h.queue.get(caller)
             if q:
                 for s in [s for s in q if s < nxt]:
-                    del q[s]
+                    self._pin(q.pop(s), False)
         if spec.sequence_no in h.queue.get(caller, {}):
             return []  # a repeat of a call we already have
         if spec.sequence_no < nxt:
@@ -468,6 +470,7 @@ class ActorHost:
         cmds: list[Command] = []
         objects = self.node.objects
         missing = [d for d in spec.dependencies if not objects.is_local(d)]
+        self._hold(call, [d for d in spec.dependencies if d not in missing])
         if missing:
             call.missing = set(missing)
             token = ("actor-call", spec.actor_id, spec.task_id)
@@ -486,7 +489,7 @@ class ActorHost:
         q = h.queue.get(caller)
         if q:
             for s in [s for s in q if s < ev.floor]:
-                del q[s]
+                self._pin(q.pop(s), False)
         return self._dispatch(h, now, sid)
 
     def on_input_ready(self, aid: ActorId, tid: TaskId, oid: ObjectId, info: ObjectInfo, now: float, sid: str) -> list[Command]:
@@ -497,6 +500,7 @@ class ActorHost:
         for call in list(h.replay) + calls:
             if call.spec.task_id == tid and oid in call.missing:
                 call.missing.discard(oid)
+                self._hold(call, (oid,))
                 return self._dispatch(h, now, sid)
         return []
 
@@ -555,15 +559,26 @@ class ActorHost:
                 return e
         return None
 
-    def _pin(self, call: _Call, on: bool) -> None:
+    def _hold(self, call: _Call, oids) -> None:
+        """Pin a queued call's inputs as they become local, so they cannot
+        be evicted before it runs (found by the swarm: a call that waited
+        behind others ran without its evicted input)."""
         store = self.node.objects.store
         holder = ("task", call.spec.task_id)
-        for d in call.spec.dependencies:
-            if on:
-                if d in store.objects:
-                    store.pin(d, holder)
-            else:
-                store.unpin(d, holder)
+        for d in oids:
+            if d not in call.pinned and d in store.objects:
+                store.pin(d, holder)
+                call.pinned.add(d)
+
+    def _pin(self, call: _Call, on: bool) -> None:
+        if on:
+            self._hold(call, call.spec.dependencies)
+            return
+        store = self.node.objects.store
+        holder = ("task", call.spec.task_id)
+        for d in call.pinned:
+            store.unpin(d, holder)
+        call.pinned.clear()
 
     def on_finished(self, wid: str, tid: TaskId, outputs, now: float, sid: str) -> list[Command]:
         aid = self.by_worker.get(wid)
@@ -672,7 +687,7 @@ class ActorHost:
         h = self.actors.pop(aid)
         self.node.scheduler.release(h.held)
         self.node.scheduler.release_actor_worker(wid)
-        for call in h.running.values():
+        for call in list(h.running.values()) + [c for q in h.queue.values() for c in q.values()] + list(h.replay):
             self._pin(call, False)
         token_calls = [c for q in h.queue.values() for c in q.values() if c.missing]
         cmds: list[Command] = []

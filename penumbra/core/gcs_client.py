@@ -123,7 +123,7 @@ class GcsClient:
         shards = shards_for(route, self.num_shards)
         group = _Group(token, {}, len(shards)) if len(shards) > 1 or isinstance(shards, range) else None
         cmds: list[Command] = []
-        key = route if group is None and route[1] is not None and isinstance(request, Op) else None
+        key = request.order_key() if group is None and route[1] is not None and isinstance(request, Op) else None
         for shard in shards:
             r = _Req(0, shard, request, token, now, group, sid, key=key)
             if key is not None:

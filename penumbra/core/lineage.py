@@ -33,7 +33,7 @@ spending the budget); once the budget is gone their outputs hold
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Iterable
 
 from .ids import ObjectId, TaskId
@@ -173,6 +173,11 @@ class Recovery:
                 err = ErrorInfo(ErrorKind.OBJECT_LOST, f"object {oid.short()} was returned by a method of an actor "
                                 f"that is dead or keeps no replay log; outputs of actor methods are not reconstructed")
                 return [self._unrecoverable(oid, r, err, sid) for r in sorted(job.requesters)]
+        if oid == target and entry is not None and entry.locations & job.requesters:
+            # the requester is listed but lacks it (its eviction's removal is
+            # still on the way): only other copies count
+            entry = replace(entry, locations=entry.locations - job.requesters)
+            job.objects[oid] = entry
         if oid == target and not self._lost(entry):
             # not lost (any more), or never created: the requester's
             # subscription will see it; nothing to rebuild

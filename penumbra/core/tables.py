@@ -136,6 +136,11 @@ class Op:
     def route(self) -> tuple[str, Hashable]:
         raise NotImplementedError
 
+    def order_key(self) -> tuple[str, Hashable]:
+        """Writes with the same order key from one client are applied in the
+        order they were made (see ``GcsClient``); by default the route."""
+        return self.route()
+
 
 @dataclass(frozen=True, slots=True)
 class PutNode(Op):
@@ -243,6 +248,15 @@ class AddLocation(Op):
     def route(self):
         return ("objects", self.object_id)
 
+    def order_key(self):
+        # ordered with the task's own writes: a copy's removal must not land
+        # before the FinishTask that recorded it (found by the swarm: a stale
+        # location outlived the eviction and stalled everyone who wanted it)
+        oid = self.object_id
+        if len(oid) != 20 or oid[16] & 0x80:  # (a put object has no task writes)
+            return self.route()
+        return ("tasks", TaskId(oid[:16]))
+
 
 @dataclass(frozen=True, slots=True)
 class RemoveLocation(Op):
@@ -251,6 +265,15 @@ class RemoveLocation(Op):
 
     def route(self):
         return ("objects", self.object_id)
+
+    def order_key(self):
+        # ordered with the task's own writes: a copy's removal must not land
+        # before the FinishTask that recorded it (found by the swarm: a stale
+        # location outlived the eviction and stalled everyone who wanted it)
+        oid = self.object_id
+        if len(oid) != 20 or oid[16] & 0x80:  # (a put object has no task writes)
+            return self.route()
+        return ("tasks", TaskId(oid[:16]))
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,7 +52,8 @@ from ..sim.costs import PAPER
 from . import checkers as C
 from .workload import VActor, Workload, VerifyExecutor, digest, generate
 
-__all__ = ["SeedPlan", "RunResult", "plan_seed", "run_plan", "check_seed", "run_swarm", "run_swarm_cli"]
+__all__ = ["SeedPlan", "FaultPlan", "RunResult", "SeedReport", "plan_seed", "run_plan", "check_seed", "check_plan",
+           "run_swarm", "run_swarm_cli", "story", "shrink"]
 
 # A fault-free run must finish within this much virtual time after its last
 # submission: nothing in a fault-free run waits for a timeout (the slowest
@@ -520,6 +521,11 @@ def check_seed(seed: int, *, plan: SeedPlan | None = None, validate: bool = True
         violations += [C.Violation("reference", f"(fault-free run) {v.what}", v.key) for v in ref.violations]
     violations += C.check_results(ref.results, run.results, run.taints)
     return SeedReport(seed, not violations, violations, run.trace_hash, time.perf_counter() - t0, plan, run, ref)
+
+
+def check_plan(plan: SeedPlan, validate: bool = True) -> SeedReport:
+    """``check_seed`` for a plan built by hand or by a Hypothesis strategy."""
+    return check_seed(plan.seed, plan=plan, validate=validate)
 
 
 def story(report: SeedReport, limit: int = 6) -> str:

@@ -414,9 +414,11 @@ def run_plan(plan: SeedPlan, *, faults: bool = True, validate: bool = True, max_
                 used[tid] = max(used.get(tid, 0), row.attempt + 1)
     res.taints = _taints(plan, faults, used, keys)
     # bounded restarts: an actor never restarts more than max_restarts times
+    # (each restart is a new incarnation in its GCS row)
     for k, h in actors.items():
         a = next(a for a in w.actors if a.key == k)
-        n = len(executor.instances.get(h.actor_id, [])) - 1
+        row = cluster.gcs_row("actors", h.actor_id)
+        n = row.incarnation if row is not None else 0
         if a.max_restarts >= 0 and n > a.max_restarts:
             res.violations.append(C.Violation("actor-restarts", f"actor {k} restarted {n} times, more than max_restarts={a.max_restarts}", k))
     if not faults and res.done_at > plan.horizon + REFERENCE_SLACK:

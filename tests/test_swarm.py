@@ -57,7 +57,7 @@ def test_same_seed_same_trace_and_results():
 # it, e.g. after a change that alters schedules).
 HINTS = {
     "no-release-on-crash": 5,
-    "retry-budget-off-by-one": 183,
+    "retry-budget-off-by-one": 114,
     "late-subscriber": 284,
     "head-acks-early": 4,
     "actor-order-after-restart": 0,

@@ -58,7 +58,7 @@ def test_same_seed_same_trace_and_results():
 HINTS = {
     "no-release-on-crash": 5,
     "retry-budget-off-by-one": 114,
-    "late-subscriber": 284,
+    "late-subscriber": 0,
     "head-acks-early": 4,
     "actor-order-after-restart": 0,
     "gcs-no-dedup": 0,

@@ -466,6 +466,8 @@ class NodeMachine:
             return self.host.on_alive_written(token[1], token[2], result, now, sid)
         if kind == "obj-sub":
             return self.objects.on_entry(token[1], result, now, sid)
+        if kind == "obj-refresh":
+            return self.objects.on_entry(token[1], result, now, sid, refresh=True)
         if kind == "actor-sub":
             return self._actor_row(token[1], result, now, sid)
         if kind == "actor-logged":

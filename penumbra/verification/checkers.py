@@ -121,6 +121,20 @@ def check_resources(cluster) -> list[Violation]:
     return out
 
 
+def check_no_rescues(cluster) -> list[Violation]:
+    """In a run without faults no notification is lost, so the nodes' safety
+    net (re-reading a wanted object's row after a quiet second) must never
+    be what tells a node about a change: if it is, pub/sub dropped one."""
+    out = []
+    for addr in cluster.alive_nodes():
+        m = cluster.node(addr).machine
+        if m is not None and m.objects.refresh_rescues:
+            out.append(Violation("pubsub", f"{addr}: {m.objects.refresh_rescues} object row change(s) reached the node "
+                                           f"only through its periodic re-read, in a run without faults: a pub/sub "
+                                           f"notification was never sent"))
+    return out
+
+
 def check_actor_order(log, actor_meta: dict) -> list[Violation]:
     """``log``: ``ActorExec`` records in execution order; ``actor_meta[aid] =
     (key, max_task_retries, replay)``."""

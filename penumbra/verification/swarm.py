@@ -403,6 +403,8 @@ def run_plan(plan: SeedPlan, *, faults: bool = True, validate: bool = True, max_
             rep = cluster.replica(tail) if tail else None
             tails[shard] = rep
         res.violations += C.check_gcs(ledger, tails)
+        if not faults:
+            res.violations += C.check_no_rescues(cluster)
     # attempts a task used: its executions, or the GCS's count where the node
     # running (or queueing) it died and it was handed on without running
     used = dict(executor.executions)

@@ -9,6 +9,14 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import settings
+
+# Tests are deterministic: Hypothesis draws the same examples on every run
+# and machine (no example database, no random seed).  Explore more with
+# ``--hypothesis-profile=explore``.
+settings.register_profile("deterministic", derandomize=True, database=None, deadline=None)
+settings.register_profile("explore", derandomize=False, deadline=None)
+settings.load_profile("deterministic")
 
 
 class CoreKit:

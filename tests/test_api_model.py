@@ -27,7 +27,7 @@ def test_api_state_machine_on_the_simulator():
 
     OnSim.ray = ray
     run_state_machine_as_test(OnSim, settings=settings(
-        max_examples=30, stateful_step_count=25, deadline=None, database=None,
+        max_examples=100, stateful_step_count=30, deadline=None, database=None, derandomize=True,
         suppress_health_check=list(HealthCheck)))
 
 
@@ -39,7 +39,7 @@ def test_api_state_machine_on_the_real_runtime():
 
         OnReal.ray = ray
         run_state_machine_as_test(OnReal, settings=settings(
-            max_examples=6, stateful_step_count=15, deadline=None, database=None,
+            max_examples=10, stateful_step_count=15, deadline=None, database=None, derandomize=True,
             suppress_health_check=list(HealthCheck)))
     finally:
         ray.shutdown()

@@ -257,6 +257,10 @@ def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True
 def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
     """Kill an actor; calls in flight fail with ``ActorDiedError``.
 
+    Calls this process makes after ``kill`` returns raise ``ActorDiedError``
+    at ``get``.  The kill itself is asynchronous, as in Ray: a call made
+    from *another* process at the same moment may still run first.
+
     With ``no_restart=False`` it is restarted if ``max_restarts`` allows.
     """
     if not isinstance(actor, ActorHandle):

@@ -22,14 +22,20 @@ class _Exported:
     A remote function that travels inside another (a task calling ``f.remote``)
     arrives with the descriptor under which it was already exported, so the
     worker does not pickle and export it again.
+
+    The pickle is made afresh for each runtime: what it embeds (the
+    descriptors of the remote functions it calls) is only true of the
+    cluster it was made for.  (A pickle cached across ``shutdown``/``init``
+    told the next cluster's workers that an inner function was exported when
+    that cluster had never seen it.)
     """
 
     __slots__ = ("descriptor", "blob", "runtimes", "lock", "preexported")
 
     def __init__(self, descriptor: FunctionDescriptor | None = None) -> None:
-        self.descriptor = descriptor
+        self.descriptor = descriptor  # the descriptor of the latest export
         self.blob: bytes | None = None
-        self.runtimes: set[int] = set()
+        self.runtimes: dict[int, FunctionDescriptor] = {}  # id(runtime) -> its export
         self.lock = threading.Lock()
         self.preexported = descriptor is not None
 
@@ -39,20 +45,24 @@ class _Exported:
         count: that cluster's function table is gone)."""
         from .context import runtime_or_none
 
-        rt = runtime_or_none()
-        if self.preexported or (rt is not None and id(rt) in self.runtimes):
+        if self.preexported:
             return self.descriptor
-        return None
+        rt = runtime_or_none()
+        return self.runtimes.get(id(rt)) if rt is not None else None
 
     def ensure(self, obj: Any, name: str, rt) -> FunctionDescriptor:
-        if id(rt) in self.runtimes or self.preexported:
+        if self.preexported:
             return self.descriptor
+        fd = self.runtimes.get(id(rt))
+        if fd is not None:
+            return fd
         with self.lock:
-            if self.descriptor is None:
+            fd = self.runtimes.get(id(rt))
+            if fd is None:
                 # pickled at first use, not at decoration: the function may
                 # refer to globals defined after it (as in Ray)
                 try:
-                    self.blob = dumps(obj)
+                    blob = dumps(obj)
                 except Exception as e:
                     from ..exceptions import SerializationError
 
@@ -61,11 +71,11 @@ class _Exported:
                         f"Remote functions and classes must be picklable by cloudpickle (do not close over "
                         f"locks, sockets, open files or similar)."
                     ) from None
-                self.descriptor = FunctionDescriptor(function_id(self.blob), name)
-            if id(rt) not in self.runtimes:
-                rt.export_function(self.descriptor.function_id, self.blob)
-                self.runtimes.add(id(rt))
-        return self.descriptor
+                fd = FunctionDescriptor(function_id(blob), name)
+                rt.export_function(fd.function_id, blob)
+                self.blob, self.descriptor = blob, fd
+                self.runtimes[id(rt)] = fd
+        return fd
 
 
 class RemoteFunction:

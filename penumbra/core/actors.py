@@ -137,6 +137,11 @@ class ActorRouter:
         self.node = node
         self.routes: dict[ActorId, _Route] = {}
         self.calls: dict[TaskId, ActorId] = {}  # unresolved calls -> their actor
+        # actors a client of this node killed for good: later calls from
+        # here fail at once (the kill and the calls travel one FIFO channel,
+        # so "a call made after kill() raises ActorDiedError" holds even
+        # before the head has processed the kill)
+        self.killed: set[ActorId] = set()
 
     def produces_here(self, tid: TaskId) -> bool:
         """Is ``tid`` an unresolved call to an actor alive on this node?"""
@@ -175,7 +180,16 @@ class ActorRouter:
                 cmds += self.node.gcs_read(Get("actors", aid), ("actor-sub", aid), now, sid)
         return cmds
 
+    def killed_here(self, aid: ActorId) -> None:
+        self.killed.add(aid)
+
     def submit(self, spec: TaskSpec, now: float, sid: str) -> list[Command]:
+        if spec.actor_id in self.killed:
+            name = spec.display_name()
+            self.node.story_add(spec.task_id, now, sid, f"actor call {spec.method} after kill()")
+            return self.node.fail_outputs(spec, ErrorInfo(
+                ErrorKind.ACTOR_DIED, f"the actor {name} is dead: it was killed by penumbra.kill()", task_name=name),
+                0, now, sid)
         r, cmds = self._route(spec.actor_id, now, sid)
         p = _Pending(spec)
         r.add(p)

@@ -341,6 +341,8 @@ class NodeMachine:
         return cmds
 
     def _on_kill_actor(self, ev: KillActor, now: float) -> list[Command]:
+        if ev.no_restart:
+            self.router.killed_here(ev.actor_id)
         return [Send(to=self.head, msg=KillActorRequest(actor_id=ev.actor_id, no_restart=ev.no_restart, stimulus_id=ev.stimulus_id))]
 
     def _on_client_gcs(self, ev: ClientGcsRequest, now: float) -> list[Command]:

@@ -722,6 +722,15 @@ def main(argv: list[str] | None = None) -> None:
             await daemon.stop_event.wait()
             n.cancel_scope.cancel()
 
+    # While trio runs, its signal receiver owns these signals; when it closes
+    # it restores the handler it found.  Make that a harmless one, so that a
+    # signal landing between trio's exit and ``cleanup`` cannot kill us with
+    # our shared memory still on disk (``cleanup`` then ignores them).
+    def _late_signal(signum, frame) -> None:
+        logger.info("signal %d while stopping: already stopping", signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, _late_signal)
     profile = os.environ.get("PENUMBRA_PROFILE_DAEMON")  # a path: write cProfile stats there
     try:
         if profile:

@@ -288,7 +288,16 @@ def run_worker(cfg: dict, token: str, worker_id: str) -> None:
     try:
         ch, welcome = bridge.call(opening, timeout=30.0)
     except Exception as e:
-        print(f"penumbra worker {worker_id}: cannot connect to the daemon: {e}", file=sys.__stderr__)
+        # The usual cause is a daemon shutting down while this worker was
+        # still starting; the daemon then kills our zygote, and we die with
+        # it (PR_SET_PDEATHSIG) within a moment.  Say something only if we
+        # are still alive after that moment: then it is a real problem.
+        zygote = os.getppid()
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline and os.getppid() == zygote:
+            time.sleep(0.05)
+        if os.getppid() == zygote:
+            print(f"penumbra worker {worker_id}: cannot connect to the daemon: {e}", file=sys.__stderr__)
         os._exit(1)
     rt = ClientRuntime(bridge, ch, welcome, is_worker=True)
     worker = Worker(rt)

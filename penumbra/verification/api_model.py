@@ -87,14 +87,15 @@ class ApiMachine(RuleBasedStateMachine):
     def task_on_a_ref(self, x, b):
         ref = self.f["add"].remote(x, b)
         ex = self.values[x]
-        self.values[ref] = ex if isinstance(ex, tuple) else ex + b  # an error propagates
+        self.values[ref] = ex if _failed(ex) else ex + b  # an error propagates
         return ref
 
     @rule(target=refs, x=refs, y=refs)
     def task_on_two_refs(self, x, y):
         ref = self.f["add"].remote(x, y)
         ex, ey = self.values[x], self.values[y]
-        self.values[ref] = ex if isinstance(ex, tuple) else (ey if isinstance(ey, tuple) else ex + ey)
+        # the first failed argument's error is the task's
+        self.values[ref] = ex if _failed(ex) else (ey if _failed(ey) else ex + ey)
         return ref
 
     @rule(target=refs)
@@ -176,3 +177,8 @@ class _ActorDied:
 
     def __repr__(self) -> str:
         return "ActorDied"
+
+
+def _failed(v: Any) -> bool:
+    """Is the model value an error (which a dependent task inherits)?"""
+    return isinstance(v, (tuple, _ActorDied))

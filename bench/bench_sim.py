@@ -385,7 +385,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", choices=("throughput", "big", "fidelity"))
     ap.add_argument("--nodes", type=int, default=1000)
-    ap.add_argument("--warm", type=float, default=100, help="warm-up, in tasks per node")
+    ap.add_argument("--warm", type=float, default=300, help="warm-up, in tasks per node (steady state from ~300)")
     ap.add_argument("--measure", type=float, default=40, help="measured window, in tasks per node")
     ap.add_argument("--breakdown", action="store_true")
     ap.add_argument("--profile", action="store_true")

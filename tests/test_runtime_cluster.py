@@ -165,7 +165,10 @@ def _alive(pid: int) -> bool:
 def test_killed_driver_leaves_no_orphans_and_no_shared_memory(tmp_path):
     script = tmp_path / "driver.py"
     script.write_text(DRIVER)
-    p = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    # The driver imports this checkout, whether or not it is installed.
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    p = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env)
     try:
         p.stdout.readline()
         session = p.stdout.readline().strip()

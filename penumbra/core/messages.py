@@ -722,6 +722,18 @@ class StopActor(Message):
 # Messages cross processes by the hundred thousand per second: pickle them
 # as (class, field values) instead of the slower dataclass default.
 from ._pickling import fast_reduce as _fast_reduce  # noqa: E402
+from ._pickling import install as _install_pickling  # noqa: E402
 
 Event.__reduce__ = _fast_reduce  # type: ignore[method-assign]
 Command.__reduce__ = _fast_reduce  # type: ignore[method-assign]
+
+
+def _all_subclasses(cls: type) -> list[type]:
+    out = []
+    for sub in cls.__subclasses__():
+        out.append(sub)
+        out.extend(_all_subclasses(sub))
+    return out
+
+
+_install_pickling(*{c for base in (Event, Command) for c in _all_subclasses(base)})

@@ -194,8 +194,6 @@ class ChainConfig:
         return self.replicas[i - 1] if i > 0 else None
 
 
-from ._pickling import fast_reduce as _fast_reduce  # noqa: E402
+from ._pickling import install as _install_pickling  # noqa: E402
 
-for _cls in (ErrorInfo, ObjectInfo, NodeLoad, TaskEntry, ObjectEntry, NodeEntry, ActorEntry, ChainConfig):
-    _cls.__reduce__ = _fast_reduce  # type: ignore[method-assign]
-del _cls
+_install_pickling(ErrorInfo, ObjectInfo, NodeLoad, TaskEntry, ObjectEntry, NodeEntry, ActorEntry, ChainConfig)

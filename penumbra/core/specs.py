@@ -279,8 +279,6 @@ class TaskSpec:
         return f"TaskSpec({self.display_name()} {self.task_id.short()}{extra})"
 
 
-from ._pickling import fast_reduce as _fast_reduce  # noqa: E402
+from ._pickling import install as _install_pickling  # noqa: E402
 
-for _cls in (FunctionDescriptor, Payload, ActorSpec, TaskSpec):
-    _cls.__reduce__ = _fast_reduce  # type: ignore[method-assign]
-del _cls
+_install_pickling(FunctionDescriptor, Payload, ActorSpec, TaskSpec)

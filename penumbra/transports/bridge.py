@@ -320,6 +320,7 @@ class TrioThread:
         self._futures: weakref.WeakSet[Future] = weakref.WeakSet()
         self._rfd = self._wfd = -1
         self._efd = False
+        self._idle_hooks: list[Callable[[], None]] = []
 
     def __repr__(self) -> str:
         return f"<TrioThread {self.name!r} {self._state}>"
@@ -555,6 +556,7 @@ class TrioThread:
             while True:
                 if not jobs:
                     done_in_batch = 0
+                    self._run_idle_hooks()
                     self._sleeping = True
                     if not jobs:
                         await trio.lowlevel.wait_readable(rfd)
@@ -599,7 +601,22 @@ class TrioThread:
                 done_in_batch += 1
                 if done_in_batch >= max_batch:
                     done_in_batch = 0
+                    self._run_idle_hooks()
                     await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def on_idle(self, hook: Callable[[], None]) -> None:
+        """Call ``hook()`` on the trio thread each time the dispatcher has
+        run every queued job (before it sleeps).  For work that is best done
+        once per burst of jobs, such as putting the messages they queued on
+        the wire as one frame without waking another task."""
+        self._idle_hooks.append(hook)
+
+    def _run_idle_hooks(self) -> None:
+        for hook in self._idle_hooks:
+            try:
+                hook()
+            except Exception:
+                logger.exception("%s: idle hook %r raised", self.name, hook)
 
     @staticmethod
     async def _finish_call(scope: trio.CancelScope, coro: Any, trap: Any, fut: Future) -> None:

@@ -108,6 +108,7 @@ class ClientRuntime(Runtime):
         self.embedded: DaemonProcess | None = None
         self._release_buf: list[ObjectId] = []
         self._release_lock = threading.Lock()
+        bridge.on_idle(self._flush)
 
     # ------------------------------------------------------------------ plumbing
     @property
@@ -122,10 +123,17 @@ class ClientRuntime(Runtime):
         self.bridge.submit(self._send_now, item)
 
     def _send_now(self, item: Any) -> None:
+        # on the trio thread; ``_flush`` runs when the burst of jobs is done
         try:
-            self.channel.send_nowait(item)
+            self.channel.send_nowait(item, defer_flush=True)
         except Exception as e:  # closed: futures are failed by the receive loop
             logger.debug("send failed: %s", e)
+
+    def _flush(self) -> None:
+        try:
+            self.channel.flush_nowait()
+        except Exception as e:
+            logger.debug("flush failed: %s", e)
 
     def _deliver(self, msg, attachments=None) -> None:
         self._send(P.Deliver(self.node_id, msg, attachments, self.client_id))

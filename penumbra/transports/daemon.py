@@ -211,8 +211,9 @@ class Daemon:
         self._send(ch, P.Deliver(to, msg, atts))
 
     def deliver_local(self, d: P.Deliver) -> None:
+        # (called from connection loops, which pump at the end of each batch)
         if d.to in self.host.machines:
-            self.host.deliver(d.to, d.msg)
+            self.host.post(d.to, d.msg)
         else:
             self.route(d.to, d.msg, d.src)
 
@@ -341,16 +342,18 @@ class Daemon:
                         if data is not None:
                             self.objects.put_inline(oid, data)
                         outs.append((oid, size))
-                    self.host.deliver(node, TaskFinished(worker_id=wid, task_id=item.task_id, outputs=tuple(outs), duration=item.duration))
+                    self.host.post(node, TaskFinished(worker_id=wid, task_id=item.task_id, outputs=tuple(outs), duration=item.duration))
                 elif t is P.Raised:
                     w.running.discard(item.task_id)
-                    self.host.deliver(node, TaskRaised(worker_id=wid, task_id=item.task_id, error=item.error, retryable=item.retryable, duration=item.duration))
+                    self.host.post(node, TaskRaised(worker_id=wid, task_id=item.task_id, error=item.error, retryable=item.retryable, duration=item.duration))
                 elif t is P.Deliver:
                     self._from_client(wid, item)
                 elif t is P.Output:
                     self.forward_output(item, item.job_id)
                 elif t is P.Checkpointed:
-                    self.host.deliver(node, ActorCheckpointed(worker_id=wid, actor_id=item.actor_id, index=item.index, payload=Payload(len(item.state), item.state)))
+                    self.host.post(node, ActorCheckpointed(worker_id=wid, actor_id=item.actor_id, index=item.index, payload=Payload(len(item.state), item.state)))
+                if not ch.buffered:
+                    self.host.pump()
         except ConnectionClosed as e:
             reason = f"the worker's connection closed ({e.reason})"
         finally:
@@ -391,6 +394,8 @@ class Daemon:
                     self.host.deliver(self.node_id, RegisterClient(client=cid, job_id=item.job_id, is_driver=item.is_driver))
                 elif t is P.StopCluster:
                     self.request_stop()
+                if not ch.buffered:
+                    self.host.pump()
         except ConnectionClosed:
             pass
         finally:
@@ -411,6 +416,8 @@ class Daemon:
         try:
             async for item in ch:
                 await self._from_peer(ch, item)
+                if not ch.buffered:
+                    self.host.pump()
         except ConnectionClosed:
             pass
         finally:
@@ -531,6 +538,8 @@ class Daemon:
         try:
             async for item in ch:
                 await self._from_peer(ch, item)
+                if not ch.buffered:
+                    self.host.pump()
         except ConnectionClosed as e:
             logger.error("lost the connection to the head daemon (%s); exiting", e.reason)
         finally:

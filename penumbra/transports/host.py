@@ -12,9 +12,11 @@ node), feeds them events one at a time, and carries out their commands:
 * every other command goes to the handler registered for its type (the
   node's worker pool, object store and transfers).
 
-Events are processed strictly one at a time, in arrival order, by a single
-trio task, so a machine never sees two events at once and never needs a
-lock.  Handlers must not block: anything slow (a transfer, a process start)
+Events are processed strictly one at a time, in arrival order, on the trio
+thread, so a machine never sees two events at once and never needs a lock.
+Connection tasks call :meth:`MachineHost.pump` at the end of each batch they
+receive, so a message is handled (and the replies are on the wire) without
+waking another task; the ``run`` task covers timers and anything left.  Handlers must not block: anything slow (a transfer, a process start)
 is started as a trio task that later calls ``deliver`` with the completion
 event.  With ``validate=True`` every machine's ``validate()`` runs after each
 event (tests run that way).
@@ -53,6 +55,8 @@ class MachineHost:
         self.events_handled = 0
         self.log_sink: Callable[[str, Log], None] | None = None
         self.after_batch: Callable[[], None] | None = None  # e.g. flush channels
+        self._pumping = False
+        self._deadline = float("inf")  # when ``run`` wakes for the next timer
 
     # ------------------------------------------------------------------ setup
     def add(self, address: str, machine: Any) -> None:
@@ -79,13 +83,18 @@ class MachineHost:
 
     # ------------------------------------------------------------------ events in
     def deliver(self, address: str, event: Event) -> None:
-        """Queue ``event`` for the machine at ``address`` (any thread-safe
-        caller must be on the trio thread)."""
+        """Queue ``event`` for the machine at ``address`` and wake the
+        ``run`` task to handle it (call on the trio thread)."""
         self.queue.append((address, event))
         w = self._wake
         if w is not None:
             self._wake = None
             w.set()
+
+    def post(self, address: str, event: Event) -> None:
+        """Queue ``event`` without waking anyone: the caller promises to
+        call :meth:`pump` before it next waits."""
+        self.queue.append((address, event))
 
     # ------------------------------------------------------------------ commands out
     def execute(self, src: str, cmds: list[Command]) -> None:
@@ -135,16 +144,35 @@ class MachineHost:
         self.events_handled += n
         return n
 
-    async def run(self) -> None:
-        """Process events forever (cancel the surrounding scope to stop)."""
-        while True:
+    def pump(self) -> None:
+        """Handle what is queued now, on the caller's task, then flush
+        (``after_batch``).  Cheaper than waking the ``run`` task for every
+        batch a connection receives.  Not re-entrant: a call from inside a
+        handler does nothing (the outer loop picks the events up)."""
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
             self.step_all(limit=2000)
             if self.after_batch is not None:
                 self.after_batch()
+        finally:
+            self._pumping = False
+        w = self._wake
+        if w is not None and (self.queue or (self.timers and self.timers[0][0] < self._deadline)):
+            # more than one batch's worth, or a timer due before the one
+            # ``run`` sleeps until: let it go on
+            self._wake = None
+            w.set()
+
+    async def run(self) -> None:
+        """Process events forever (cancel the surrounding scope to stop)."""
+        while True:
+            self.pump()
             if self.queue:
                 await trio.lowlevel.checkpoint()  # let I/O tasks run, then go on
                 continue
-            deadline = self.timers[0][0] if self.timers else float("inf")
+            deadline = self._deadline = self.timers[0][0] if self.timers else float("inf")
             w = self._wake = trio.Event()
             with trio.move_on_at(deadline):
                 await w.wait()

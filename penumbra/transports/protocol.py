@@ -181,9 +181,7 @@ class StopCluster:
     """A command-line client asks the head daemon to stop the cluster."""
 
 
-from ..core._pickling import fast_reduce as _fast_reduce  # noqa: E402
+from ..core._pickling import install as _install_pickling  # noqa: E402
 
-for _cls in (Deliver, ClientHello, ClientWelcome, Output, ClusterLog, Run, Ran, Raised, Interrupt,
-             Checkpoint, Checkpointed, Exit, NodeHello, PeerTable, FetchRequest, FetchReply, StopCluster):
-    _cls.__reduce__ = _fast_reduce  # type: ignore[method-assign]
-del _cls
+_install_pickling(Deliver, ClientHello, ClientWelcome, Output, ClusterLog, Run, Ran, Raised, Interrupt,
+                  Checkpoint, Checkpointed, Exit, NodeHello, PeerTable, FetchRequest, FetchReply, StopCluster)

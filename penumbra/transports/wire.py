@@ -381,6 +381,12 @@ class Channel:
         return self._error is not None
 
     @property
+    def buffered(self) -> int:
+        """Messages received and decoded but not yet taken by ``receive``
+        (zero at the end of a batch: a good moment to act on what came)."""
+        return len(self._inbox)
+
+    @property
     def outbox_size(self) -> int:
         """Messages queued and not yet encoded."""
         return len(self._outbox)
@@ -602,11 +608,14 @@ class Channel:
 
     # ------------------------------------------------------------------ send
 
-    def send_nowait(self, msg: Any) -> None:
+    def send_nowait(self, msg: Any, *, defer_flush: bool = False) -> None:
         """Queue ``msg``; the flusher writes the whole queue as one frame.
 
         Cheap (an append) and never yields.  The flusher runs once the
-        calling task yields, so a burst of calls becomes one frame.
+        calling task yields, so a burst of calls becomes one frame.  With
+        ``defer_flush`` the flusher is not woken: the caller promises to call
+        :meth:`flush_nowait` before it yields (one frame, one system call,
+        no task switch).
 
         Raises:
             trio.WouldBlock: ``max_outbox`` messages are already queued (the
@@ -619,7 +628,7 @@ class Channel:
         if len(outbox) >= self.max_outbox:
             raise trio.WouldBlock
         outbox.append(msg)
-        if not self._writing:
+        if not self._writing and not defer_flush:
             self._wake_flusher()
 
     async def send(self, msg: Any) -> None:

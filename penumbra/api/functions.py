@@ -89,13 +89,22 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
         rt = start_simulated(simulated, num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
                              object_store_memory=object_store_memory, namespace=namespace or "")
     else:
-        from ..transports.client import connect, start_local
-
         if address in (None, "local"):
-            rt = start_local(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
-                             object_store_memory=object_store_memory, namespace=namespace or "",
-                             log_to_driver=log_to_driver, system_config=_system_config or {})
+            # start the daemon before importing the client side (trio and
+            # friends): its start-up and our imports then overlap
+            from ..transports.launch import start_embedded
+
+            pending = start_embedded(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
+                                     object_store_memory=object_store_memory, system_config=_system_config or {})
+            try:
+                from ..transports.client import start_local
+            except BaseException:
+                pending.kill()
+                raise
+            rt = start_local(pending, namespace=namespace or "", log_to_driver=log_to_driver)
         else:
+            from ..transports.client import connect
+
             if address == "auto":
                 from ..transports.cluster_file import find_cluster
 

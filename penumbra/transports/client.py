@@ -58,7 +58,7 @@ from ..core.tables import Get, KvIncrement, PutFunction
 from ..exceptions import GetTimeoutError, ObjectStoreFullError, PenumbraError
 from . import protocol as P
 from .bridge import TrioThread
-from .launch import DaemonProcess, spawn_daemon
+from .launch import DaemonProcess, PendingDaemon
 from .objectstore import decode_value, encode_value
 from .shm_store import ShmStore
 from .wire import ConnectionClosed, connect_tcp, connect_unix
@@ -356,8 +356,17 @@ class ClientRuntime(Runtime):
         try:
             results = self._watch(rest, num_returns - len(ready), timeout, fetch_local)
         except _WatchTimeout as t:
-            return ready | set(t.partial)
+            results = t.partial
+        # The node reports every ready object it knows of, not just the
+        # first: keeping the small ones makes the next wait() on the rest
+        # (the process-as-they-come loop) answer locally.
+        self._remember_inline(results)
         return ready | set(results)
+
+    def _remember_inline(self, results: dict) -> None:
+        for oid, (info, att) in results.items():
+            if att is not None and att[0] == "i" and info.error is None:
+                self._remember(oid, att[1])
 
     def put_object(self, oid: ObjectId, value: Any) -> None:
         size, data = encode_value(oid, value, self.shm if _maybe_large(value) else _LazyShm(self), subject="the value passed to put()")
@@ -465,18 +474,13 @@ def _open(bridge: TrioThread, *, unix_path: str | None, tcp: tuple[str, int] | N
     return rt
 
 
-def start_local(*, num_cpus=None, num_gpus=None, resources=None, object_store_memory=None, namespace="",
-                log_to_driver=True, system_config=None) -> ClientRuntime:
-    """Start an embedded cluster on this machine and connect to it.
+def start_local(pending: PendingDaemon, *, namespace="", log_to_driver=True) -> ClientRuntime:
+    """Connect to the embedded cluster ``launch.start_embedded`` started.
 
     The daemon listens on loopback and a Unix socket only, with a fresh
     token, and exits with this process.
     """
-    extra = {k: v for k, v in (system_config or {}).items() if k in (
-        "validate", "gcs_shards", "chain_length", "node_timeout", "heartbeat_interval",
-        "forward_queue_threshold", "shm_root")}
-    daemon = spawn_daemon(head=True, num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
-                          object_store_memory=object_store_memory, parent_pid=os.getpid(), **extra)
+    daemon = pending.wait_ready()
     bridge = TrioThread(name="penumbra-driver").start()
     try:
         rt = _open(bridge, unix_path=daemon.unix_path, tcp=None, token=daemon.token,

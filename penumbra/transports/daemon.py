@@ -37,7 +37,6 @@ import os
 import random
 import signal
 import socket
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -83,6 +82,7 @@ from .host import MachineHost
 from .objectstore import NodeObjects
 from .shm_store import ShmStore, cleanup_session
 from .wire import Channel, ConnectionClosed, connect_tcp, serve_tcp, serve_unix
+from .zygote import ZygoteHandle, fork_zygote
 
 __all__ = ["DaemonConfig", "Daemon", "main"]
 
@@ -150,7 +150,7 @@ class Daemon:
         self.next_fetch = 1
         self.address = ""
         self.nursery: trio.Nursery | None = None
-        self.zygote: subprocess.Popen | None = None
+        self.zygote: ZygoteHandle | None = None  # set by ``main``
         self.stopping = False
         self.stop_event: trio.Event | None = None
 
@@ -564,8 +564,6 @@ class Daemon:
         cfg = self.cfg
         self.stop_event = trio.Event()
         self.install_handlers()
-        if self.zygote is None:
-            self.zygote = start_zygote(self.cfg, self.node_id)
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
             await nursery.start(serve_unix, cfg.unix_path, self.on_connection, cfg.token)
@@ -639,20 +637,14 @@ class Daemon:
             pass
 
 
-def start_zygote(cfg: DaemonConfig, node_id: str) -> subprocess.Popen:
-    """Start the worker-forking zygote (see ``zygote``); the daemon does this
-    first thing, so that the zygote's imports overlap with its own."""
-    env = dict(os.environ)
-    env["PENUMBRA_TOKEN"] = cfg.token
+def start_zygote(cfg: DaemonConfig, node_id: str, close_fds: tuple[int, ...] = ()) -> ZygoteHandle:
+    """Fork the worker-forking zygote (see ``zygote``).  ``main`` does this
+    before it starts a thread or opens a socket."""
     zcfg = {
         "unix_path": cfg.unix_path, "session": cfg.session, "shm_root": cfg.shm_root,
         "node_id": node_id, "daemon_pid": os.getpid(),
     }
-    env.pop("PENUMBRA_READY_FD", None)
-    return subprocess.Popen(
-        [sys.executable, "-m", "penumbra.transports.zygote", json.dumps(zcfg)],
-        stdin=subprocess.PIPE, env=env, close_fds=True,
-    )
+    return fork_zygote(zcfg, cfg.token, close_fds)
 
 
 def _alive(pid: int) -> bool:
@@ -707,10 +699,11 @@ def main(argv: list[str] | None = None) -> None:
         _set_pdeathsig()
     node_id = cfg.node_id or f"node:{socket.gethostname()}-{os.getpid()}"
     cfg.node_id = node_id
-    zygote = start_zygote(cfg, node_id)
+    ready_fd = os.environ.get("PENUMBRA_READY_FD")
+    log_fds = tuple(h.stream.fileno() for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler))
+    zygote = start_zygote(cfg, node_id, close_fds=(crash_log.fileno(), *log_fds, *([int(ready_fd)] if ready_fd else [])))
     daemon = Daemon(cfg)
     daemon.zygote = zygote
-    ready_fd = os.environ.get("PENUMBRA_READY_FD")
 
     async def on_signals() -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:

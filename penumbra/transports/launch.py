@@ -1,7 +1,10 @@
 """Starting daemons: for ``penumbra start``, ``init()`` and test clusters.
 
 ``spawn_daemon`` starts one daemon process and waits until it serves (or
-fails, with the tail of its log in the error).  ``Cluster`` starts a head and
+fails, with the tail of its log in the error); ``start_daemon`` and
+``PendingDaemon.wait_ready`` are its two halves, for a caller with work to
+do while the daemon starts.  This module imports neither trio nor numpy, so
+that ``init()`` starts its daemon first and imports those meanwhile.  ``Cluster`` starts a head and
 any number of extra nodes on this machine, the way Ray's
 ``cluster_utils.Cluster`` does, for tests and experiments.
 """
@@ -19,10 +22,9 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-from .shm_store import cleanup_session, new_session_name
-from .wire import new_token
+from .session import new_session_name, new_token
 
-__all__ = ["DaemonProcess", "spawn_daemon", "sessions_dir", "Cluster", "default_object_store_memory"]
+__all__ = ["DaemonProcess", "PendingDaemon", "spawn_daemon", "start_daemon", "sessions_dir", "Cluster", "default_object_store_memory"]
 
 
 def sessions_dir() -> str:
@@ -76,7 +78,7 @@ class DaemonProcess:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait(timeout=5)
-        cleanup_session(self.session, self.shm_root)
+        _cleanup_shm(self.session, self.shm_root)
         shutil.rmtree(self.session_dir, ignore_errors=True)
 
     def kill(self) -> None:
@@ -84,14 +86,13 @@ class DaemonProcess:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=10)
-        cleanup_session(self.session, self.shm_root)
+        _cleanup_shm(self.session, self.shm_root)
 
 
-def spawn_daemon(*, head: bool, token: str | None = None, head_address: str = "", num_cpus: float | None = None,
+def start_daemon(*, head: bool, token: str | None = None, head_address: str = "", num_cpus: float | None = None,
                  num_gpus: float = 0, resources: dict | None = None, object_store_memory: int | None = None,
-                 parent_pid: int = 0, host: str = "127.0.0.1", port: int = 0, timeout: float = 30.0,
-                 detach: bool = True, **extra) -> DaemonProcess:
-    """Start a daemon and wait until it serves.
+                 parent_pid: int = 0, host: str = "127.0.0.1", port: int = 0, detach: bool = True, **extra) -> PendingDaemon:
+    """Start a daemon process; ``wait_ready`` on the result waits until it serves.
 
     Args:
         head: host the head and the GCS too.
@@ -115,41 +116,107 @@ def spawn_daemon(*, head: bool, token: str | None = None, head_address: str = ""
     env = dict(os.environ)
     env["PENUMBRA_TOKEN"] = token
     env["PENUMBRA_READY_FD"] = str(w)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "penumbra.transports.daemon", "--config", json.dumps(cfg)],
-        pass_fds=(w,), env=env, start_new_session=detach, stdin=subprocess.DEVNULL,
-    )
-    os.close(w)
-    buf = b""
-    deadline = time.monotonic() + timeout
     try:
-        while b"\n" not in buf:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                proc.kill()
-                raise TimeoutError(f"the penumbra daemon did not start within {timeout} s")
-            ready, _, _ = select.select([r], [], [], min(left, 0.5))
-            if ready:
-                chunk = os.read(r, 4096)
-                if not chunk:
-                    break
-                buf += chunk
-            elif proc.poll() is not None:
-                break
-    finally:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "penumbra.transports.daemon", "--config", json.dumps(cfg)],
+            pass_fds=(w,), env=env, start_new_session=detach, stdin=subprocess.DEVNULL,
+        )
+    except BaseException:
         os.close(r)
-    if b"\n" not in buf:
-        code = proc.wait()
-        tail = ""
+        raise
+    finally:
+        os.close(w)
+    return PendingDaemon(proc, r, session, session_dir, shm_root, token)
+
+
+@dataclass
+class PendingDaemon:
+    """A daemon process that has not said it serves yet."""
+
+    proc: subprocess.Popen
+    ready_fd: int
+    session: str
+    session_dir: str
+    shm_root: str
+    token: str
+
+    def kill(self) -> None:
+        """Give up on it: SIGKILL, and remove whatever it created."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
         try:
-            with open(os.path.join(session_dir, "daemon.log")) as f:
-                tail = "".join(f.readlines()[-20:])
+            os.close(self.ready_fd)
         except OSError:
             pass
-        cleanup_session(session, shm_root)
-        raise RuntimeError(f"the penumbra daemon exited with status {code} before it was ready:\n{tail}")
-    info = json.loads(buf.split(b"\n", 1)[0])
-    return DaemonProcess(proc, session, session_dir, shm_root, info["address"], info["node_id"], token)
+        _cleanup_shm(self.session, self.shm_root)
+        shutil.rmtree(self.session_dir, ignore_errors=True)
+
+    def wait_ready(self, timeout: float = 30.0) -> DaemonProcess:
+        """Wait for the daemon's address; on failure (or timeout) it is
+        killed, and the error carries the tail of its log."""
+        proc, r = self.proc, self.ready_fd
+        buf = b""
+        deadline = time.monotonic() + timeout
+        try:
+            while b"\n" not in buf:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    proc.kill()
+                    proc.wait(timeout=10)
+                    _cleanup_shm(self.session, self.shm_root)
+                    raise TimeoutError(f"the penumbra daemon did not start within {timeout} s")
+                ready, _, _ = select.select([r], [], [], min(left, 0.5))
+                if ready:
+                    chunk = os.read(r, 4096)
+                    if not chunk:
+                        break
+                    buf += chunk
+                elif proc.poll() is not None:
+                    break
+        except BaseException:
+            if proc.poll() is None:  # interrupted: do not leave it behind
+                proc.kill()
+                proc.wait(timeout=10)
+                _cleanup_shm(self.session, self.shm_root)
+            raise
+        finally:
+            os.close(r)
+        if b"\n" not in buf:
+            code = proc.wait()
+            tail = ""
+            try:
+                with open(os.path.join(self.session_dir, "daemon.log")) as f:
+                    tail = "".join(f.readlines()[-20:])
+            except OSError:
+                pass
+            _cleanup_shm(self.session, self.shm_root)
+            raise RuntimeError(f"the penumbra daemon exited with status {code} before it was ready:\n{tail}")
+        info = json.loads(buf.split(b"\n", 1)[0])
+        return DaemonProcess(proc, self.session, self.session_dir, self.shm_root, info["address"], info["node_id"],
+                             self.token)
+
+
+def start_embedded(*, num_cpus=None, num_gpus=None, resources=None, object_store_memory=None,
+                   system_config=None) -> PendingDaemon:
+    """Start the daemon of ``init()``'s embedded cluster: the head, with a
+    fresh token, exiting with this process."""
+    extra = {k: v for k, v in (system_config or {}).items() if k in (
+        "validate", "gcs_shards", "chain_length", "node_timeout", "heartbeat_interval",
+        "forward_queue_threshold", "shm_root")}
+    return start_daemon(head=True, num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
+                        object_store_memory=object_store_memory, parent_pid=os.getpid(), **extra)
+
+
+def spawn_daemon(*, timeout: float = 30.0, **kwargs) -> DaemonProcess:
+    """Start a daemon and wait until it serves (``start_daemon``'s arguments)."""
+    return start_daemon(**kwargs).wait_ready(timeout)
+
+
+def _cleanup_shm(session: str, shm_root: str) -> int:
+    from .shm_store import cleanup_session
+
+    return cleanup_session(session, shm_root)
 
 
 class Cluster:

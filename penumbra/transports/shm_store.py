@@ -83,6 +83,7 @@ from typing import Any
 import numpy as np
 
 from .serialization import SerializedObject, copy_into
+from .session import new_session_name
 
 __all__ = [
     "ID_SIZE",
@@ -196,11 +197,6 @@ def _check_session(session: str) -> str:
 
 def _prefix(session: str, root: str) -> str:
     return os.path.join(root, f"{PREFIX}{_check_session(session)}-")
-
-
-def new_session_name(prefix: str = "s") -> str:
-    """A fresh, unique session name (``<prefix><pid>_<random hex>``)."""
-    return f"{prefix}{os.getpid()}_{secrets.token_hex(4)}"
 
 
 def session_segments(session: str, root: str = ROOT) -> list[str]:

@@ -90,6 +90,8 @@ from typing import Any, Self
 
 import trio
 
+from .session import new_token
+
 __all__ = [
     "DEFAULT_MAX_OUTBOX",
     "HANDSHAKE_TIMEOUT",
@@ -195,13 +197,6 @@ class Ping:
 class Pong:
     seq: int
     payload: bytes = b""
-
-
-def new_token(nbytes: int = 32) -> str:
-    """A fresh random cluster token (hex), for ``serve_*``/``connect_*``."""
-    import secrets
-
-    return secrets.token_hex(nbytes)
 
 
 def encode_frame(body: bytes) -> bytes:

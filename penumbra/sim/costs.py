@@ -246,23 +246,24 @@ PAPER = CostModel(
 
 # ===========================================================================
 # LOCAL: penumbra's own runtime on this machine (2 shared cores), calibrated
-# with ``python bench/bench_sim.py --only fidelity --reps 7`` (2026-11-26,
-# load average ~2): the real embedded runtime (``penumbra.init(num_cpus=2)``)
-# ran empty tasks at a median of 1,290/s async (range 909-1,703 over 7 runs),
-# 378/s sync (227-626) and 1,416/s in batches of 50 (529-1,928); per task, the
-# workers used 0.32 ms of CPU, the driver 0.125 ms.  From these:
+# with ``python bench/bench_sim.py --only fidelity --reps 5`` (2026-11-26,
+# load average ~0.6, git 8ccae11): the real embedded runtime
+# (``penumbra.init(num_cpus=2)``) ran empty tasks at a median of 1,568/s async
+# (range 1,498-1,912 over 5 runs), 568/s sync (483-768) and 1,447/s in
+# batches of 50 (1,187-1,775); per task, the workers used 0.47 ms of CPU
+# (with two hops), the driver 0.175 ms.  From these:
 #
 # * the node's whole per-task cost is the async rate (``node_tasks_per_s``:
 #   on one shared machine the daemon, the workers and the driver contend for
 #   two cores; the node is where the model puts that);
 # * a worker's ``task_overhead`` is its CPU per task plus two process hops
 #   (daemon -> worker -> daemon), and ``client_call`` the driver's CPU;
-# * the one-way hop latency (0.36 ms: a message through trio, a socket and
+# * the one-way hop latency (0.24 ms: a message through trio, a socket and
 #   the other process's event loop, far above a raw socket's ~20 us) is
 #   fitted so that the simulated sync rate matches the measured one.
 #
-# The simulator then predicts 1,515 async tasks/s (+17%) and 1,318/s in
-# batches of 50 (-7%, a workload not used to fit).  Fields not measured
+# The simulator then predicts 1,869 async tasks/s (+19%) and 1,611/s in
+# batches of 50 (+11%, a workload not used to fit).  Fields not measured
 # (below, in ``_LOCAL_BASE``) are estimates of the right order.  Re-run the
 # benchmark and paste its ``from_benchmark`` line here after changing the
 # runtime.
@@ -293,12 +294,12 @@ _LOCAL_BASE = CostModel(
 
 LOCAL = CostModel.from_benchmark(
     {
-        "node_tasks_per_s": 1290.0,
-        "task_overhead": 0.001028,
-        "client_call": 0.000125,
-        "latency_loopback": 0.000357,
-        "latency_intra_rack": 0.000357,  # one machine: every hop is local
-        "latency_inter_rack": 0.000357,
+        "node_tasks_per_s": 1568.0,
+        "task_overhead": 0.000473,
+        "client_call": 0.000175,
+        "latency_loopback": 0.000237,
+        "latency_intra_rack": 0.000237,  # one machine: every hop is local
+        "latency_inter_rack": 0.000237,
     },
     base=_LOCAL_BASE,
     name="LOCAL",

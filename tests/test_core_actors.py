@@ -331,3 +331,30 @@ def test_actor_on_a_dead_node_restarts_once(core, replay) -> None:
     e = A.entry(aid)
     assert e.state is ActorState.ALIVE and e.incarnation == 1 and e.node == hosts[0]
     assert net.machines["head"].actors.replayed == (3 if replay else 0)
+
+
+def test_restart_while_first_creation_still_queued_is_not_lost(core) -> None:
+    """kill(no_restart=False) of an actor whose creation is still waiting for
+    a CPU: the head's restart lands on the node that holds the queued
+    creation, which must create the newer incarnation (a swarm find: the
+    restart was once taken for a duplicate and the actor never came up)."""
+    A = Actors(core)
+    net = A.cluster(nodes=1, resources=[ResourceSet.of(CPU=1)])
+    blocker = A.create(max_restarts=0, resources=ResourceSet.of(CPU=1))  # holds the CPU
+    net.run_for(0.2)
+    assert A.entry(blocker).state is ActorState.ALIVE
+    aid = A.create(max_restarts=-1)
+    net.run_for(0.2)
+    assert A.entry(aid).state is ActorState.PENDING  # its creation waits for the CPU
+    calls = [A.call(aid) for _ in range(3)]
+    A.watch(calls)
+    net.send("c:d", "node:0", KillActor(client="c:d", actor_id=aid, no_restart=False))
+    net.run_for(0.5)
+    assert A.entry(aid).incarnation == 1
+    net.send("c:d", "node:0", KillActor(client="c:d", actor_id=blocker))  # frees the CPU
+    net.run_for(2.0)
+    e = A.entry(aid)
+    assert e.state is ActorState.ALIVE and e.incarnation == 1
+    res = A.results()
+    assert [res[s.return_ids[0]].error for s in calls] == [None, None, None]
+    assert [s for c, s, _ in A.runs(aid)] == [0, 1, 2]

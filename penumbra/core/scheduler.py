@@ -158,6 +158,9 @@ class LocalScheduler:
         self.forwarded_count = 0
         self.other_nodes_alive = 0
         self._locating: dict[TaskId, dict[ObjectId, ObjectEntry]] = {}
+        # restarts of an actor whose older creation was already running here
+        # when the head restarted it: started once that creation is over
+        self.restart_after: dict[TaskId, Any] = {}
         cpus = resources.get("CPU")
         self.max_workers = config.max_workers or max(4, int(4 * cpus))
         self.prestart = config.prestart_workers if config.prestart_workers >= 0 else max(1, int(cpus))
@@ -210,6 +213,8 @@ class LocalScheduler:
                record: bool = True, reconstruction: bool = False, actor: Any = None) -> list[Command]:
         tid = spec.task_id
         if tid in self.tasks:
+            if actor is not None:
+                return self._newer_start(self.tasks[tid], actor, now, sid)
             return []  # already here (a duplicate placement)
         self.done.pop(tid, None)
         cmds: list[Command] = []
@@ -229,6 +234,31 @@ class LocalScheduler:
         t = _Task(spec, WAITING, attempt=attempt, placed=placed, reconstruction=reconstruction, actor=actor)
         self.tasks[tid] = t
         return cmds + self._resolve_inputs(t, now, sid)
+
+    def _newer_start(self, t: _Task, actor: Any, now: float, sid: str) -> list[Command]:
+        """The head restarted an actor (a kill, a lost node) while an older
+        creation of it is still here: this node creates the newer
+        incarnation instead -- at once if the old creation has not started,
+        else when it is over (it then fails its alive-CAS and stops).
+        Without this the newer start is taken for a duplicate and lost."""
+        have = t.actor.entry.incarnation if t.actor is not None else 0
+        if actor.entry.incarnation <= have:
+            return []  # a duplicate of the start we have
+        tid = t.spec.task_id
+        if t.state == RUNNING:
+            self.restart_after[tid] = actor
+            self._story(tid, now, sid, f"incarnation {actor.entry.incarnation} starts after the running creation")
+        else:
+            t.actor = actor
+            t.placed = True
+            self._story(tid, now, sid, f"now creates incarnation {actor.entry.incarnation}")
+        return []
+
+    def _creation_over(self, tid: TaskId, now: float, sid: str) -> list[Command]:
+        actor = self.restart_after.pop(tid, None)
+        if actor is None:
+            return []
+        return self.submit(actor.entry.creation, now, sid, placed=True, record=False, actor=actor)
 
     def _resolve_inputs(self, t: _Task, now: float, sid: str) -> list[Command]:
         objects = self.node.objects
@@ -544,6 +574,7 @@ class LocalScheduler:
             self._remember(tid, "finished")
             self._story(tid, now, sid, f"actor created on {wid}")
             cmds = self.node.actor_created(t.spec, t.actor, wid, now, sid)
+            cmds += self._creation_over(tid, now, sid)
             return cmds + self.dispatch(now, sid)
         w.state = IDLE
         self.idle.append(wid)
@@ -569,6 +600,7 @@ class LocalScheduler:
             del self.tasks[tid]
             self.failed_count += 1
             self._remember(tid, f"failed:{error.kind.value}")
+            cmds += self._creation_over(tid, now, sid)
             return cmds + self.dispatch(now, sid)
         if retryable and not t.cancelled and error.kind is ErrorKind.TASK_ERROR:
             cmds = self._retry_or_fail(t, error, now, sid, "the task raised (retry_exceptions)")
@@ -590,7 +622,8 @@ class LocalScheduler:
         self._remember(tid, f"failed:{error.kind.value}")
         self._story(tid, now, sid, f"failed: {why}")
         if t.spec.is_actor_creation:
-            return cmds + self.node.actor_creation_failed(t.spec, t.actor, error, now, sid)
+            cmds += self.node.actor_creation_failed(t.spec, t.actor, error, now, sid)
+            return cmds + self._creation_over(tid, now, sid)
         return cmds + self.node.fail_outputs(t.spec, error, t.attempt, now, sid)
 
     # ------------------------------------------------------------------ cancel
@@ -658,6 +691,8 @@ class LocalScheduler:
             assert (t.state == RUNNING) == (tid in running), f"{tid} state {t.state} vs workers"
             assert tid not in self.done, f"{tid} both live and done"
         assert self.pending_starts == sum(1 for w in self.workers.values() if w.state == STARTING)
+        for tid in self.restart_after:
+            assert tid in self.tasks and self.tasks[tid].state == RUNNING, f"deferred restart of {tid} without its running creation"
         for wid in self.idle:
             assert self.workers[wid].state == IDLE
 

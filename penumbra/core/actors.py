@@ -836,13 +836,23 @@ class ActorManager:
             return self._die(e, cause, now, sid)
         new = replace(e, state=ActorState.RESTARTING, node="", incarnation=e.incarnation + 1, restarts=e.restarts + 1)
         self.actors[e.spec.actor_id] = new
-        cmds = self.head.gcs.write(PutActor(new), None, now, sid)
-        r = self.restarts[e.spec.actor_id] = _Restart(new)
-        if not e.spec.replay:
-            return cmds + self._place(r, now, sid)
+        self.restarts[e.spec.actor_id] = _Restart(new)
+        # Nothing more until the GCS has the new row: from then on the old
+        # instance can neither log a call (its appends name the old
+        # incarnation) nor come alive, so the log read below is final.  Read
+        # earlier, a call the old instance logged (and released) after the
+        # read would be missing from the replay (swarm seed 193).
+        return self.head.gcs.write(PutActor(new), ("actor-restarting", e.spec.actor_id, new.incarnation), now, sid)
+
+    def on_restarting_written(self, aid: ActorId, incarnation: int, now: float, sid: str) -> list[Command]:
+        r = self.restarts.get(aid)
+        if r is None or r.entry.incarnation != incarnation:
+            return []
+        if not r.entry.spec.replay:
+            return self._place(r, now, sid)
         # read the checkpoint, then the calls logged since it
         r.reads = 1
-        return cmds + self.head.gcs.read(Get("kv", checkpoint_key(e.spec.actor_id)), ("actor-ckpt", e.spec.actor_id, new.incarnation), now, sid)
+        return self.head.gcs.read(Get("kv", checkpoint_key(aid)), ("actor-ckpt", aid, incarnation), now, sid)
 
     def on_checkpoint_read(self, aid: ActorId, incarnation: int, value: Any, now: float, sid: str) -> list[Command]:
         r = self.restarts.get(aid)

@@ -47,7 +47,9 @@ two boolean tests):
   uniform random extra delay in ``[0, delay]`` (which reorders messages),
   duplicate with probability ``duplicate`` (the copy draws its own delay).
   A rule applies to messages whose source (address or machine) is in
-  ``src`` and whose destination is in ``dst`` (``None``: any).
+  ``src`` and whose destination is in ``dst`` (``None``: any), between two
+  machines: loopback links (a worker or driver and its own node) are local
+  pipes, which in the real runtime neither lose, repeat nor reorder.
 
 All randomness comes from the kernel's ``random.Random`` (bound by
 ``SimKernel``), in a deterministic order, so the same seed and
@@ -154,6 +156,8 @@ class FaultRule:
     duplicate: float = 0.0
 
     def matches(self, link: Link) -> bool:
+        if link.src_m == link.dst_m:
+            return False  # a local pipe (see the module docstring)
         s, d = self.src, self.dst
         return ((s is None or link.src in s or link.src_m in s)
                 and (d is None or link.dst in d or link.dst_m in d))

@@ -358,3 +358,42 @@ def test_restart_while_first_creation_still_queued_is_not_lost(core) -> None:
     res = A.results()
     assert [res[s.return_ids[0]].error for s in calls] == [None, None, None]
     assert [s for c, s, _ in A.runs(aid)] == [0, 1, 2]
+
+
+def test_replay_call_whose_record_died_with_its_node_fails_instead_of_hanging(core) -> None:
+    """A replay actor's host logs two calls (and checkpoints them) but dies
+    before its records of their outputs reach the GCS.  Their caller must
+    not be told they are done before the records land (it then waited
+    forever: swarm seeds 395, 959), and the restarted actor must neither run
+    them again (their effect is in the checkpoint) nor leave them hanging:
+    their gets raise ObjectLostError, and later calls go on exactly."""
+    from penumbra.core.messages import GcsWrite, NodeDied
+    from penumbra.core.tables import FinishTask
+
+    A = Actors(core)
+    net = A.cluster(nodes=3)
+    aid = A.create(node="node:1", max_restarts=-1, max_task_retries=-1, replay=True, checkpoint_interval=2)
+    net.run_for(0.2)
+    assert A.entry(aid).node == "node:1"
+
+    def lose_records(src, to, msg):
+        return src == "node:1" and isinstance(msg, GcsWrite) and isinstance(msg.op, FinishTask)
+
+    net.drop_fn = lose_records
+    calls = [A.call(aid) for _ in range(2)]
+    A.watch(calls)
+    net.run_for(0.5)
+    assert [s for c, s, _ in A.runs(aid)] == [0, 1] and A.results() == {}
+    net.crash("node:1")
+    net.inject("head", NodeDied(node_id="node:1"))
+    net.drop_fn = None
+    net.run_for(2.0)
+    e = A.entry(aid)
+    assert e.state is ActorState.ALIVE and e.incarnation == 1 and e.node != "node:1"
+    res = A.results()
+    assert [res[s.return_ids[0]].error.kind for s in calls] == [ErrorKind.OBJECT_LOST] * 2
+    more = A.call(aid)
+    A.watch([more], req_id=2)
+    net.run_for(0.5)
+    assert A.results()[more.return_ids[0]].error is None
+    assert [s for c, s, _ in A.runs(aid)] == [0, 1, 2]  # nothing ran twice

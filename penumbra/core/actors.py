@@ -356,6 +356,9 @@ class ActorStart:
     entry: ActorEntry
     replay: tuple[TaskSpec, ...] = ()
     checkpoint: Payload | None = None
+    # per caller, the next sequence number after the calls the checkpoint
+    # holds (they ran on an earlier instance and must not run again)
+    seqs: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(slots=True)
@@ -381,7 +384,10 @@ class _Hosted:
     executed: int = 0  # calls executed in this actor's whole life (log index)
     checkpointing: bool = False
     checkpoint_due: int = 0  # a checkpoint to take once every call is logged
+    checkpoint_seqs: tuple = ()  # next_seq per caller as of the checkpoint being taken
     unlogged: dict = field(default_factory=dict)  # replay actors: results held until logged
+    releasing: dict = field(default_factory=dict)  # tid -> call whose outputs' record is on its way to the GCS
+    covered: dict = field(default_factory=dict)  # tid -> (spec, from_node, attempt): asked again, row being read
 
 
 class ActorHost:
@@ -405,6 +411,8 @@ class ActorHost:
         held = self.node.scheduler.acquire_or_borrow(entry.spec.resources)
         h = _Hosted(entry=replace(entry, state=ActorState.ALIVE, node=self.node.address), worker=wid, held=held)
         h.executed = entry.checkpoint_index
+        for caller, nxt in start.seqs:
+            h.next_seq[caller] = nxt
         for s in start.replay:
             h.replay.append(_Call(s, "", 0, replay=True))
             # a replayed call counts as executed: if its caller sends it
@@ -472,12 +480,26 @@ class ActorHost:
         if spec.sequence_no in h.queue.get(caller, {}):
             return []  # a repeat of a call we already have
         if spec.sequence_no < nxt:
-            # a repeat of a call that ran (or was replayed): its outputs exist
-            # (or will, once logged); let the caller stop waiting for it
+            # a repeat of a call that ran (or is being replayed): the caller
+            # hears when its outputs are recorded
             tid = spec.task_id
-            if tid in h.running or tid in h.unlogged or any(c.spec.task_id == tid for c in h.replay):
+            if tid in h.unlogged or tid in h.covered:
                 return []
-            return [Send(to=ev.from_node, msg=ActorCallDone(actor_id=spec.actor_id, caller_id=caller, sequence_nos=(spec.sequence_no,), incarnation=h.entry.incarnation, stimulus_id=sid))]
+            known = h.running.get(tid) or h.releasing.get(tid) or next((c for c in h.replay if c.spec.task_id == tid), None)
+            if known is not None:
+                if not known.from_node:
+                    known.from_node = ev.from_node  # (a replayed call: tell its caller too)
+                return []
+            # It ran on an earlier instance (its effect is in the state we
+            # restored) or ran here and was released.  Its outputs exist if
+            # that instance recorded them before it died: read the row.
+            # (Found by the swarm, seeds 395 and 959: told "done" before its
+            # record reached the GCS, the caller waited forever on an object
+            # the dead instance never recorded.)
+            if not spec.return_ids:
+                return [Send(to=ev.from_node, msg=ActorCallDone(actor_id=spec.actor_id, caller_id=caller, sequence_nos=(spec.sequence_no,), incarnation=h.entry.incarnation, stimulus_id=sid))]
+            h.covered[tid] = (spec, ev.from_node, ev.attempt)
+            return self.node.gcs_read(Get("objects", spec.return_ids[0]), ("actor-covered", spec.actor_id, h.entry.incarnation, tid), now, sid)
         call = _Call(spec, ev.from_node, ev.attempt)
         h.queue.setdefault(caller, {})[spec.sequence_no] = call
         h.arrival.append((caller, spec.sequence_no))
@@ -605,8 +627,8 @@ class ActorHost:
         self._pin(call, False)
         if h.entry.spec.replay and not call.replay:
             return self._log_then_release(h, call, ("ok", outputs), now, sid) + self._dispatch(h, now, sid)
-        cmds = self.node.store_outputs(call.spec, outputs, call.attempt, now, sid)
-        cmds += self._executed(h, call, now, sid)
+        cmds = self._release(h, call, ("ok", outputs), now, sid)
+        self._executed(h)
         return cmds + self._dispatch(h, now, sid)
 
     def on_raised(self, wid: str, tid: TaskId, error: ErrorInfo, now: float, sid: str) -> list[Command]:
@@ -620,8 +642,8 @@ class ActorHost:
         self._pin(call, False)
         if h.entry.spec.replay and not call.replay:
             return self._log_then_release(h, call, ("error", error), now, sid) + self._dispatch(h, now, sid)
-        cmds = self.node.fail_outputs(call.spec, error, call.attempt, now, sid)
-        cmds += self._executed(h, call, now, sid)
+        cmds = self._release(h, call, ("error", error), now, sid)
+        self._executed(h)
         return cmds + self._dispatch(h, now, sid)
 
     # -- paper-style replay: a call's result becomes visible only once the call
@@ -654,41 +676,86 @@ class ActorHost:
             # be seen; the callers retry on the live one.  Stop.
             h.unlogged.clear()
             return self._stop(h, "this actor instance was superseded by a newer incarnation", now, sid)
-        call, (kind, value) = item
-        if kind == "ok":
-            cmds = self.node.store_outputs(call.spec, value, call.attempt, now, sid)
-        else:
-            cmds = self.node.fail_outputs(call.spec, value, call.attempt, now, sid)
-        if call.from_node:
-            cmds.append(Send(to=call.from_node, msg=ActorCallDone(actor_id=aid, caller_id=call.spec.caller_id, sequence_nos=(call.spec.sequence_no,), incarnation=h.entry.incarnation, stimulus_id=sid)))
+        call, result = item
+        cmds = self._release(h, call, result, now, sid)
         if h.checkpoint_due and not h.unlogged:
             index, h.checkpoint_due = h.checkpoint_due, 0
+            # the callers' order as of the checkpoint: a restart from it
+            # must not run these calls again (found by the swarm, seed 959:
+            # a call whose caller never heard it was done ran twice)
+            seqs = dict(h.next_seq)
+            for c in h.running.values():
+                caller = c.spec.caller_id
+                seqs[caller] = min(seqs.get(caller, c.spec.sequence_no), c.spec.sequence_no)
+            h.checkpoint_seqs = tuple(sorted(seqs.items()))
             cmds.append(CheckpointActor(worker_id=h.worker, actor_id=aid, index=index, stimulus_id=sid))
         return cmds
 
     def _resolve_failed(self, h: _Hosted, call: _Call, error: ErrorInfo, now: float, sid: str) -> list[Command]:
-        cmds = self.node.fail_outputs(call.spec, error, call.attempt, now, sid)
-        if call.from_node:
-            cmds.append(Send(to=call.from_node, msg=ActorCallDone(actor_id=call.spec.actor_id, caller_id=call.spec.caller_id, sequence_nos=(call.spec.sequence_no,), incarnation=h.entry.incarnation, stimulus_id=sid)))
-        return cmds
+        return self._release(h, call, ("error", error), now, sid)
 
-    def _executed(self, h: _Hosted, call: _Call, now: float, sid: str) -> list[Command]:
-        """A call ended and its result is visible: tell its caller.  (Calls of
-        replay actors go through ``_log_then_release`` instead; a replayed
-        call only advances the count.)"""
-        cmds: list[Command] = []
-        if call.from_node:
-            cmds.append(Send(to=call.from_node, msg=ActorCallDone(actor_id=call.spec.actor_id, caller_id=call.spec.caller_id, sequence_nos=(call.spec.sequence_no,), incarnation=h.entry.incarnation, stimulus_id=sid)))
+    def _release(self, h: _Hosted, call: _Call, result: tuple, now: float, sid: str) -> list[Command]:
+        """Record a call's outputs (or its error) here and in the GCS; its
+        caller hears the call is done only once the GCS has the record
+        (``on_released``).  Told earlier, a caller whose call's record died
+        with this node would wait forever for an object nobody records; not
+        told, it sends the call again to the next incarnation, which finds
+        out what became of it (``on_covered_row``)."""
+        kind, value = result
+        tid = call.spec.task_id
+        h.releasing[tid] = call
+        token = ("actor-released", call.spec.actor_id, h.entry.incarnation, tid)
+        if kind == "ok":
+            return self.node.store_outputs(call.spec, value, call.attempt, now, sid, token)
+        return self.node.fail_outputs(call.spec, value, call.attempt, now, sid, token)
+
+    def on_released(self, aid: ActorId, incarnation: int, tid: TaskId, now: float, sid: str) -> list[Command]:
+        h = self.actors.get(aid)
+        if h is None or h.entry.incarnation != incarnation:
+            return []
+        call = h.releasing.pop(tid, None)
+        if call is None or not call.from_node:
+            return []
+        return [Send(to=call.from_node, msg=ActorCallDone(actor_id=aid, caller_id=call.spec.caller_id, sequence_nos=(call.spec.sequence_no,), incarnation=incarnation, stimulus_id=sid))]
+
+    def on_covered_row(self, aid: ActorId, incarnation: int, tid: TaskId, entry: Any, now: float, sid: str) -> list[Command]:
+        """The row of a call asked for again after it ran (see ``on_call``)."""
+        h = self.actors.get(aid)
+        if h is None or h.entry.incarnation != incarnation:
+            return []
+        item = h.covered.pop(tid, None)
+        if item is None:
+            return []
+        spec, from_node, attempt = item
+        if entry is not None and entry.created:
+            return [Send(to=from_node, msg=ActorCallDone(actor_id=aid, caller_id=spec.caller_id, sequence_nos=(spec.sequence_no,), incarnation=incarnation, stimulus_id=sid))]
+        # The instance that ran it died before recording its outputs.  Its
+        # effect on the state is kept (the checkpoint we restored holds it),
+        # so running it again would apply it twice; and no restart replays
+        # it (replay starts at that checkpoint).  Its outputs are lost.
+        name = spec.display_name()
+        error = ErrorInfo(
+            ErrorKind.OBJECT_LOST,
+            f"the result of {name} was lost: the actor instance that ran it died before recording it, and "
+            f"the call is part of the actor's checkpoint, so it is neither run again nor replayed",
+            task_name=name,
+        )
+        self.node.story_add(tid, now, sid, "result lost with an earlier instance; the call is in the checkpoint")
+        return self._release(h, _Call(spec, from_node, attempt), ("error", error), now, sid)
+
+    def _executed(self, h: _Hosted) -> None:
+        """A call (not logged: a replayed one, or any call of an actor
+        without replay) ended.  (Calls of replay actors go through
+        ``_log_then_release``; a replayed call only advances the count.)"""
         if h.entry.spec.replay:
             h.executed += 1
-        return cmds
 
     def on_checkpointed(self, aid: ActorId, index: int, payload: Payload, now: float, sid: str) -> list[Command]:
         h = self.actors.get(aid)
         if h is None:
             return []
         h.checkpointing = False
-        cmds = self.node.gcs_write(KvPut(checkpoint_key(aid), (index, payload)), None, now, sid)
+        cmds = self.node.gcs_write(KvPut(checkpoint_key(aid), (index, payload, h.checkpoint_seqs)), None, now, sid)
         h.entry = replace(h.entry, checkpoint_index=index, executed=h.executed)
         cmds += self.node.gcs_write(PutActor(h.entry, expect_incarnation=h.entry.incarnation), None, now, sid)
         return cmds + self._dispatch(h, now, sid)
@@ -744,6 +811,7 @@ class _Restart:
     checkpoint: Any = None
     replay: tuple[TaskSpec, ...] = ()
     reads: int = 0
+    seqs: tuple[tuple[str, int], ...] = ()
 
 
 class ActorManager:
@@ -755,6 +823,14 @@ class ActorManager:
         # restart sent to a node that dies is placed again
         self.starting: dict[ActorId, tuple[str, _Restart]] = {}
         self.replayed = 0  # methods replayed in all restarts (Figure 11b)
+        # per actor: the incarnation last restarted with replay, and the
+        # calls it replays (their lost outputs come back; see ``replays``)
+        self.replaying: dict[ActorId, tuple[int, frozenset[TaskId]]] = {}
+
+    def replays(self, aid: ActorId, incarnation: int, tid: TaskId) -> bool:
+        """Does incarnation ``incarnation`` of ``aid`` replay call ``tid``?"""
+        inc, calls = self.replaying.get(aid, (-1, frozenset()))
+        return inc == incarnation and tid in calls
 
     def on_entry(self, aid: ActorId, entry: ActorEntry | None) -> None:
         if entry is None:
@@ -860,8 +936,9 @@ class ActorManager:
             return []
         start = 0
         if value is not None:
-            start, payload = value
+            start, payload = value[0], value[1]
             r.checkpoint = payload
+            r.seqs = tuple(value[2]) if len(value) > 2 else ()
         r.entry = replace(r.entry, checkpoint_index=start)
         return self.head.gcs.read(ActorLogRange(aid, start, start + 1_000_000), ("actor-log", aid, incarnation), now, sid)
 
@@ -871,6 +948,7 @@ class ActorManager:
             return []
         r.replay = tuple(e.spec for e in entries if e is not None)
         self.replayed += len(r.replay)
+        self.replaying[aid] = (incarnation, frozenset(s.task_id for s in r.replay))
         return self._place(r, now, sid)
 
     def _place(self, r: _Restart, now: float, sid: str) -> list[Command]:
@@ -883,7 +961,7 @@ class ActorManager:
                 return []
             if cur.state is not ActorState.ALIVE:
                 self.starting[aid] = (node, r)
-            return [Send(to=node, msg=StartActor(entry=r.entry, replay=r.replay, checkpoint=r.checkpoint, stimulus_id=sid))]
+            return [Send(to=node, msg=StartActor(entry=r.entry, replay=r.replay, checkpoint=r.checkpoint, seqs=r.seqs, stimulus_id=sid))]
 
         return self.head.scheduler.submit(r.entry.creation, 0, now, sid, on_placed=placed)
 

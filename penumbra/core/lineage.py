@@ -19,7 +19,10 @@ scheduler.  Rules:
 
 * ``put`` objects have no lineage: losing one is final (``ObjectLostError``);
 * outputs of actor methods are not rebuilt (Ray's rule; the actor's own
-  recovery, with ``replay``, re-creates them when it replays);
+  recovery, with ``replay``, re-creates those of the calls it replays, i.e.
+  the calls since the checkpoint it restarts from: a checkpoint ends the
+  lineage of the calls before it, whose lost outputs raise
+  ``ObjectLostError``);
 * each re-execution spends the task's ``max_retries`` budget; a task without
   budget left fails its outputs with ``ObjectLostError`` naming the cause, and
   everything downstream fails with it;
@@ -159,10 +162,16 @@ class Recovery:
         cmds: list[Command] = []
         if entry is not None and entry.actor_id is not None and self._lost(entry):
             # an actor method's output: no lineage of its own.  An actor with
-            # replay rebuilds it when it restarts and replays the call; any
-            # other actor's outputs are gone for good (Ray's rule).
+            # replay rebuilds it when a restart replays the call: one under
+            # way, or the live incarnation's own replay.  A call from before
+            # the checkpoint the live incarnation started from is replayed by
+            # no restart (checkpoints only move forward): its output is gone,
+            # as is every output of any other actor (Ray's rule).  (Found by
+            # the swarm, seed 959: such outputs were waited for forever.)
             a = self.head.actors.actors.get(entry.actor_id)
-            if a is not None and a.spec.replay and a.state is not ActorState.DEAD:
+            if a is not None and a.spec.replay and (
+                    a.state in (ActorState.PENDING, ActorState.RESTARTING)
+                    or (a.state is ActorState.ALIVE and self.head.actors.replays(entry.actor_id, a.incarnation, oid.task_id))):
                 job.objects[oid] = None  # not lost for planning: it will come back
                 if oid == target:
                     del self.jobs[target]
@@ -170,8 +179,14 @@ class Recovery:
                 return self._maybe_plan(job, now, sid)
             if oid == target:
                 del self.jobs[target]
-                err = ErrorInfo(ErrorKind.OBJECT_LOST, f"object {oid.short()} was returned by a method of an actor "
-                                f"that is dead or keeps no replay log; outputs of actor methods are not reconstructed")
+                if a is not None and a.spec.replay and a.state is not ActorState.DEAD:
+                    err = ErrorInfo(ErrorKind.OBJECT_LOST, f"object {oid.short()} was returned by a method of actor "
+                                    f"{a.spec.cls.name} that ran before the actor's latest checkpoint, and its only "
+                                    f"copies were lost; a restart replays only the calls since the checkpoint, so "
+                                    f"outputs of earlier calls are not reconstructed")
+                else:
+                    err = ErrorInfo(ErrorKind.OBJECT_LOST, f"object {oid.short()} was returned by a method of an actor "
+                                    f"that is dead or keeps no replay log; outputs of actor methods are not reconstructed")
                 return [self._unrecoverable(oid, r, err, sid) for r in sorted(job.requesters)]
         if oid == target and entry is not None and entry.locations & job.requesters:
             # the requester is listed but lacks it (its eviction's removal is

@@ -688,6 +688,9 @@ class StartActor(Message):
     entry: ActorEntry
     replay: tuple[TaskSpec, ...] = ()
     checkpoint: Payload | None = None
+    # per caller, the next sequence number after the calls the checkpoint
+    # holds: those ran already and must not run again
+    seqs: tuple[tuple[str, int], ...] = ()
 
 
 @_frozen

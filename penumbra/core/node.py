@@ -165,7 +165,10 @@ class NodeMachine:
         """What happened to ``tid`` on this node, oldest first."""
         return list(self.stories.get(tid, ()))
 
-    def store_outputs(self, spec: TaskSpec, outputs, attempt: int, now: float, sid: str) -> list[Command]:
+    def store_outputs(self, spec: TaskSpec, outputs, attempt: int, now: float, sid: str,
+                      token: Hashable = None) -> list[Command]:
+        """Record a task's outputs here and in the GCS (``token``: reply
+        to the owner once the GCS has the record)."""
         expected = set(spec.return_ids)
         outputs = tuple((o, s) for o, s in outputs if o in expected)
         cmds: list[Command] = []
@@ -177,18 +180,19 @@ class NodeMachine:
                     self.objects.store.remove(a)
                     cmds.append(Evict(object_id=a, stimulus_id=sid))
                 cmds.append(Evict(object_id=oid, stimulus_id=sid))
-                return cmds + self.fail_outputs(spec, adm.error, attempt, now, sid)
+                return cmds + self.fail_outputs(spec, adm.error, attempt, now, sid, token)
             admitted.append(oid)
             cmds += c
-        cmds += self.gcs.write(FinishTask(spec.task_id, self.node_id, outputs, None, attempt, spec.actor_id), None, now, sid)
+        cmds += self.gcs.write(FinishTask(spec.task_id, self.node_id, outputs, None, attempt, spec.actor_id), token, now, sid)
         return cmds
 
-    def fail_outputs(self, spec: TaskSpec, error: ErrorInfo, attempt: int, now: float, sid: str) -> list[Command]:
+    def fail_outputs(self, spec: TaskSpec, error: ErrorInfo, attempt: int, now: float, sid: str,
+                     token: Hashable = None) -> list[Command]:
         cmds: list[Command] = []
         for oid in spec.return_ids:
             cmds += self.objects.add_error(oid, error, now, sid)
         outputs = tuple((o, 0) for o in spec.return_ids)
-        cmds += self.gcs.write(FinishTask(spec.task_id, self.node_id, outputs, error, attempt, spec.actor_id), None, now, sid)
+        cmds += self.gcs.write(FinishTask(spec.task_id, self.node_id, outputs, error, attempt, spec.actor_id), token, now, sid)
         return cmds
 
     def actor_created(self, spec: TaskSpec, start: ActorStart, wid: str, now: float, sid: str) -> list[Command]:
@@ -436,7 +440,7 @@ class NodeMachine:
                                      reconstruction=ev.reconstruction, actor=actor)
 
     def _on_start_actor(self, ev: StartActor, now: float) -> list[Command]:
-        start = ActorStart(ev.entry, ev.replay, ev.checkpoint)
+        start = ActorStart(ev.entry, ev.replay, ev.checkpoint, ev.seqs)
         return self.scheduler.submit(ev.entry.creation, now, ev.stimulus_id, placed=True, record=False, actor=start)
 
     def _on_actor_call(self, ev: ActorCall, now: float) -> list[Command]:
@@ -474,6 +478,10 @@ class NodeMachine:
             return self._actor_row(token[1], result, now, sid)
         if kind == "actor-logged":
             return self.host.on_logged(token[1], token[2], token[3], result, now, sid)
+        if kind == "actor-released":
+            return self.host.on_released(token[1], token[2], token[3], now, sid)
+        if kind == "actor-covered":
+            return self.host.on_covered_row(token[1], token[2], token[3], result, now, sid)
         if kind == "register":
             client, spec = token[1], token[2]
             a = spec.actor_creation

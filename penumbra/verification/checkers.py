@@ -53,7 +53,10 @@ def check_results(reference: dict[str, tuple], actual: dict[str, tuple], taints:
     ``"retry"`` (a finite retry budget on its lineage could be exhausted by
     faults), ``"actor"`` (an actor on its lineage may have died for good or
     lost its state), ``"state"`` (an actor on its lineage restarted without
-    replay: values may differ), ``"store"`` (the object store is small
+    replay: values may differ), ``"lost"`` (an output of a replay actor's
+    call from before the checkpoint its restart started from may have been
+    lost with its node: ``OBJECT_LOST``, never a different value),
+    ``"store"`` (the object store is small
     enough that whether it is full at a given moment depends on timing).
     """
     out = []
@@ -76,6 +79,8 @@ def check_results(reference: dict[str, tuple], actual: dict[str, tuple], taints:
             if kind in RETRY_ERRORS and "retry" in t:
                 continue
             if kind in ACTOR_ERRORS and "actor" in t:
+                continue
+            if kind is ErrorKind.OBJECT_LOST and "lost" in t:
                 continue
             if kind is ErrorKind.TASK_ERROR and ref[0] == "e":
                 pass

@@ -240,9 +240,22 @@ def _taints(plan: SeedPlan, faulty: bool, executions: dict | None = None, keys: 
         own = {"retry"} if faulty and t.max_retries >= 0 and ran >= t.max_retries + 1 else set()
         taints[t.key] = own
         deps[t.key] = t.deps
+    # a node's store dies with the node (crash, or fenced after a cut)
+    loses_nodes = faulty and bool(plan.faults.crashes or plan.faults.isolations)
     for a in w.actors:
         for c in a.calls:
             own = set()
+            if a.replay and loses_nodes:
+                # A replay actor rebuilds its state exactly, but the outputs
+                # of calls before the checkpoint a restart starts from are
+                # not rebuilt (penumbra's documented replay semantics, see
+                # core/actors.py and core/lineage.py: the checkpoint ends
+                # their lineage, as in the paper; re-running them would apply
+                # their effect on the state twice).  If such an output's only
+                # copy was on a node that died, its get raises
+                # ObjectLostError.  The state -- every later value -- is
+                # unaffected, so this does not spread to later calls.
+                own.add("lost")
             if a.kill_at is not None:
                 own.add("actor")  # the kill races with the calls
             if faulty:
@@ -261,6 +274,12 @@ def _taints(plan: SeedPlan, faulty: bool, executions: dict | None = None, keys: 
     if store < 8 * biggest:
         for k in taints:
             taints[k].add("store")
+        # an evicted output of a replay actor's call is rebuilt only by a
+        # restart that replays the call (see "lost" above)
+        for a in w.actors:
+            if a.replay:
+                for c in a.calls:
+                    taints[c.key].add("lost")
     # inherit along dependencies (items are in submission order)
     order = sorted(deps, key=lambda k: _at(plan, k))
     for k in order:
@@ -274,7 +293,15 @@ def _taints(plan: SeedPlan, faulty: bool, executions: dict | None = None, keys: 
         for c in a.calls:
             if acc:
                 acc.add("state")
-            acc |= taints[c.key]
+            mine = taints[c.key]
+            if "lost" in mine and not any("lost" in taints.get(d, ()) for d in deps[c.key]):
+                # only its own output may be lost (after it ran): the state
+                # it leaves is exact
+                mine = mine - {"lost"}
+                acc |= mine
+                taints[c.key] = acc | {"lost"}
+                continue
+            acc |= mine
             taints[c.key] = set(acc)
     return taints
 

@@ -397,3 +397,34 @@ def test_replay_call_whose_record_died_with_its_node_fails_instead_of_hanging(co
     net.run_for(0.5)
     assert A.results()[more.return_ids[0]].error is None
     assert [s for c, s, _ in A.runs(aid)] == [0, 1, 2]  # nothing ran twice
+
+
+@pytest.mark.parametrize("what", ["crash", "kill"])
+def test_head_acts_on_an_actor_whose_table_notice_is_late(core, what) -> None:
+    """The head learns actors from its subscription to the actor table; a
+    report (worker died) or a kill that arrives before the notice must not
+    be ignored: the head reads the row and acts (the real daemon once lost
+    the head's first subscription, and a crashed actor stayed ALIVE)."""
+    from penumbra.core.messages import GcsNotify
+
+    A = Actors(core)
+    net = A.cluster(nodes=1)
+    net.drop_fn = lambda src, to, msg: to == "head" and isinstance(msg, GcsNotify) and msg.table == "actors"
+    aid = A.create(max_restarts=1)
+    net.run_for(0.3)
+    head = net.machines["head"]
+    assert aid not in head.actors.actors  # the head has not heard of it
+    host = net.machines["node:0"].host
+    if what == "crash":
+        wid = host.actors[aid].worker
+        A.net.workers[wid] = ("node:0", False)
+        A.net.inject("node:0", WorkerCrashed(worker_id=wid, reason="killed by test"))
+        net.run_for(1.0)
+        e = head.actors.actors[aid]
+        assert e.incarnation == 1 and e.restarts == 1
+        assert host.actors[aid].entry.incarnation == 1  # running again
+    else:
+        net.send("c:d", "node:0", KillActor(client="c:d", actor_id=aid))
+        net.run_for(1.0)
+        assert head.actors.actors[aid].state is ActorState.DEAD
+        assert aid not in net.machines["node:0"].host.actors

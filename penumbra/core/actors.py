@@ -52,6 +52,7 @@ from .messages import (
     ActorCallDone,
     ActorCallStale,
     ActorReported,
+    KillActorRequest,
     Command,
     Execute,
     KillWorker,
@@ -866,18 +867,33 @@ class ActorManager:
             return []
         return self._place(_Restart(e), now, sid)
 
-    def on_reported(self, ev: ActorReported, now: float) -> list[Command]:
+    def on_reported(self, ev: ActorReported, now: float, reread: bool = False) -> list[Command]:
         e = self.actors.get(ev.actor_id)
         if e is None and ev.entry is not None:
             e = self.actors[ev.actor_id] = ev.entry  # the table's notice is late
+        if (e is None or e.incarnation < ev.incarnation) and not reread:
+            # the table's notice of this actor (or of this incarnation) has
+            # not reached us yet: read the row, then decide (ignoring the
+            # report would leave a dead actor ALIVE in the table for good)
+            return self.head.gcs.read(Get("actors", ev.actor_id), ("actor-reread", ev), now, ev.stimulus_id)
         if e is None or e.incarnation != ev.incarnation or e.state is ActorState.DEAD:
             return []
         if ev.creation_failed:
             return self._die(e, ev.error, now, ev.stimulus_id)
         return self._restart_or_die(e, ev.error, now, ev.stimulus_id)
 
-    def kill(self, aid: ActorId, no_restart: bool, now: float, sid: str) -> list[Command]:
+    def on_reread(self, ev: Any, row: ActorEntry | None, now: float, sid: str) -> list[Command]:
+        """The row ``on_reported`` or ``kill`` asked for; decide again, once."""
+        self.on_entry(ev.actor_id, row)
+        if type(ev) is ActorReported:
+            return self.on_reported(ev, now, reread=True)
+        return self.kill(ev.actor_id, ev.no_restart, now, sid, reread=True)
+
+    def kill(self, aid: ActorId, no_restart: bool, now: float, sid: str, reread: bool = False) -> list[Command]:
         e = self.actors.get(aid)
+        if e is None and not reread:
+            # an actor created a moment ago: its row's notice is on its way
+            return self.head.gcs.read(Get("actors", aid), ("actor-reread", KillActorRequest(actor_id=aid, no_restart=no_restart, stimulus_id=sid)), now, sid)
         if e is None or e.state is ActorState.DEAD:
             return []
         cmds: list[Command] = []

@@ -205,6 +205,8 @@ class HeadMachine:
             node = token[1]
             cmds = self.actors.on_node_dead(node, now, sid)
             return cmds + self.recovery.on_node_dead(node, now, sid)
+        if kind == "actor-reread":
+            return self.actors.on_reread(token[1], result, now, sid)
         if kind == "actor-restarting":
             return self.actors.on_restarting_written(token[1], token[2], now, sid)
         if kind == "actor-ckpt":

@@ -581,14 +581,17 @@ class Daemon:
                 gcs_retry_after=2.0,
             )
             if cfg.head:
-                self.host.add("head", HeadMachine(layout.head_config(), random.Random(0)))
-                for chain in layout.chains():
-                    for r in chain.replicas:
-                        self.host.add(r, GcsReplica(r, chain.shard, "head", layout.gcs_timing, config=chain))
+                # together: the head's first words go to the replicas (a
+                # subscription to the actor table lost here used to leave
+                # the head blind to actors for the GCS client's 2 s retry)
+                self.host.add(("head", HeadMachine(layout.head_config(), random.Random(0))), *(
+                    (r, GcsReplica(r, chain.shard, "head", layout.gcs_timing, config=chain))
+                    for chain in layout.chains() for r in chain.replicas
+                ))
             else:
                 await nursery.start(self.connect_head)
             node = NodeMachine(self.node_id, layout.node_config(layout.nodes[0]))
-            self.host.add(self.node_id, node)
+            self.host.add((self.node_id, node))
             nursery.start_soon(self.host.run)
             if cfg.parent_pid:
                 nursery.start_soon(self._watch_parent)

@@ -59,12 +59,19 @@ class MachineHost:
         self._deadline = float("inf")  # when ``run`` wakes for the next timer
 
     # ------------------------------------------------------------------ setup
-    def add(self, address: str, machine: Any) -> None:
-        """Host ``machine`` at ``address`` and issue its start commands."""
-        self.machines[address] = machine
-        start = getattr(machine, "start", None)
-        if start is not None:
-            self.execute(address, start(trio.current_time()))
+    def add(self, *machines: tuple[str, Any]) -> None:
+        """Host each ``(address, machine)``, then issue their start commands.
+
+        Machines that talk to each other at start (the head subscribes to
+        the GCS replicas) must be added in one call: a message to a machine
+        not hosted yet would leave the process and be lost."""
+        for address, machine in machines:
+            self.machines[address] = machine
+        now = trio.current_time()
+        for address, machine in machines:
+            start = getattr(machine, "start", None)
+            if start is not None:
+                self.execute(address, start(now))
 
     def remove(self, address: str) -> None:
         self.machines.pop(address, None)

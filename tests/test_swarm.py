@@ -59,7 +59,7 @@ HINTS = {
     "no-release-on-crash": 5,
     "retry-budget-off-by-one": 114,
     "late-subscriber": 0,
-    "head-acks-early": 4,
+    "head-acks-early": 1,
     "actor-order-after-restart": 0,
     "gcs-no-dedup": 0,
     "dead-node-tasks-lost": 4,

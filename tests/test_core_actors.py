@@ -428,3 +428,31 @@ def test_head_acts_on_an_actor_whose_table_notice_is_late(core, what) -> None:
         net.run_for(1.0)
         assert head.actors.actors[aid].state is ActorState.DEAD
         assert aid not in net.machines["node:0"].host.actors
+
+
+def test_sequential_actor_calls_are_sent_ahead_and_fail_together(core) -> None:
+    """A max_concurrency=1 actor's host sends calls ahead to its worker (which
+    runs them in arrival order), up to PIPELINE_DEPTH; a replay actor's host
+    does not (its checkpoints must hold exactly the calls before them).  When
+    the worker dies, every call it held fails (at-most-once by default)."""
+    from penumbra.core.actors import PIPELINE_DEPTH
+
+    A = Actors(core)
+    net = A.cluster(nodes=1)
+    seq = A.create(max_restarts=1)
+    rep = A.create(max_restarts=1, replay=True)
+    net.run_for(0.3)
+    calls = [A.call(seq, "slow") for _ in range(PIPELINE_DEPTH + 4)]
+    A.call(rep, "slow"), A.call(rep, "slow")
+    A.watch(calls)
+    net.run_for(0.1)
+    host = net.machines["node:0"].host
+    assert len(host.actors[seq].running) == PIPELINE_DEPTH
+    assert len(host.actors[rep].running) == 1
+    _crash_actor_worker(A, seq)
+    net.run_for(2.0)
+    res = A.results()
+    # every call already sent to the dead instance fails, started or not
+    # (Ray's at-most-once default: a call submitted to an actor that
+    # became unreachable reports RayActorError)
+    assert all(res[s.return_ids[0]].error.kind is ErrorKind.ACTOR_DIED for s in calls)

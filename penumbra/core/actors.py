@@ -61,7 +61,7 @@ from .messages import (
     StopActor,
 )
 from .records import ActorEntry, ActorState, ErrorInfo, ErrorKind, ObjectInfo
-from .specs import EMPTY, Payload, ResourceSet, TaskSpec
+from .specs import EMPTY, ActorSpec, Payload, ResourceSet, TaskSpec
 from .tables import (
     ActorLogRange,
     AppendActorLog,
@@ -336,6 +336,24 @@ class ActorRouter:
                 assert p.spec.caller_id == c and p.spec.sequence_no == s
 
 
+# calls sent ahead to a sequential actor's worker (see ``_in_flight_limit``)
+PIPELINE_DEPTH = 16
+
+
+def _in_flight_limit(spec: ActorSpec) -> int:
+    """How many calls the host lets its actor's worker hold at once.
+
+    A sequential actor's worker runs calls in the order they reach it, so
+    they are sent ahead: the next call is already there when one ends,
+    instead of a round trip later (Ray pipelines actor calls too).  Not for
+    replay actors: a checkpoint must hold exactly the calls executed before
+    it.  A threaded or async actor gets ``max_concurrency``."""
+    limit = max(1, spec.max_concurrency)
+    if limit == 1 and not spec.replay:
+        return PIPELINE_DEPTH
+    return limit
+
+
 def _rank(state: ActorState) -> int:
     return {ActorState.PENDING: 0, ActorState.RESTARTING: 0, ActorState.ALIVE: 1, ActorState.DEAD: 2}[state]
 
@@ -543,7 +561,7 @@ class ActorHost:
 
     def _dispatch(self, h: _Hosted, now: float, sid: str) -> list[Command]:
         cmds: list[Command] = []
-        limit = max(1, h.entry.spec.max_concurrency)
+        limit = _in_flight_limit(h.entry.spec)
         if h.checkpointing:
             return cmds
         # replayed calls first, one at a time, in log order
@@ -795,7 +813,7 @@ class ActorHost:
     def validate(self) -> None:
         for aid, h in self.actors.items():
             assert self.by_worker.get(h.worker) == aid
-            assert len(h.running) <= max(1, h.entry.spec.max_concurrency)
+            assert len(h.running) <= _in_flight_limit(h.entry.spec)
             for caller, q in h.queue.items():
                 nxt = h.next_seq.get(caller, 0)
                 for s in q:

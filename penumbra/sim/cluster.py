@@ -189,7 +189,7 @@ class Executor:
 class SimWorker:
     """A simulated worker process on a node."""
 
-    __slots__ = ("worker_id", "alive", "started", "running", "actor_state", "tasks_run", "next_token")
+    __slots__ = ("worker_id", "alive", "started", "running", "actor_state", "tasks_run", "next_token", "free_at")
 
     def __init__(self, worker_id: str) -> None:
         self.worker_id = worker_id
@@ -199,6 +199,7 @@ class SimWorker:
         self.actor_state: Any = None
         self.tasks_run = 0
         self.next_token = 0
+        self.free_at = 0.0  # a sequential actor's worker: when its last call ends
 
     def __repr__(self) -> str:
         return f"<SimWorker {self.worker_id} {'alive' if self.alive else 'dead'} running={len(self.running)}>"
@@ -286,7 +287,13 @@ class SimNode:
         if env_now > now:
             now = env_now
         if at is None:
-            t = now + (costs.task_overhead + out.duration) * host.cpu_factor
+            start = now
+            if cmd.spec.actor_id is not None and self._sequential(cmd.spec.actor_id):
+                # the node sends a sequential actor's calls ahead (see
+                # ``core.actors``); its worker runs them one after another
+                if w.free_at > start:
+                    start = w.free_at
+            t = start + (costs.task_overhead + out.duration) * host.cpu_factor
             if out.kind == "ok":
                 sizes = out.sizes or _EIGHT
                 for i in range(len(cmd.spec.return_ids)):
@@ -296,9 +303,16 @@ class SimNode:
         if out.kind == "hang":
             w.running[cmd.spec.task_id] = -1
             return
+        if t > w.free_at:
+            w.free_at = t
         token = w.next_token = w.next_token + 1
         w.running[cmd.spec.task_id] = token
         host.call_at(t, self._completed, w, cmd, out, token, t - now)
+
+    def _sequential(self, aid) -> bool:
+        m = self.machine
+        h = m.host.actors.get(aid) if m is not None else None
+        return h is not None and h.entry.spec.max_concurrency <= 1
 
     def _completed(self, w: SimWorker, cmd: Execute, out: Outcome, token: int, elapsed: float) -> None:
         spec = cmd.spec

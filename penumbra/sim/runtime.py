@@ -103,6 +103,7 @@ import itertools
 import logging
 import sys
 import threading
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -827,6 +828,7 @@ class SimRuntime(_SimClient):
         tid = fiber.cmd.spec.task_id
         if out is not None and w.alive and w.running.get(tid) == 0 and fiber.node.alive:
             fiber.node.complete(w, fiber.cmd, out)
+        self.executor.next_in_line(fiber.node, w)
 
     def _forget(self, fiber: _Fiber) -> None:
         fiber.thread.join()  # it is done: only the thread's exit is left
@@ -930,6 +932,10 @@ class PythonExecutor(Executor):
 
     def __init__(self, sim: SimRuntime) -> None:
         self.sim = sim
+        # a sequential actor's worker runs one call at a time, in the order
+        # its node sent them (the node sends calls ahead): the calls waiting
+        # behind the running one, per worker
+        self.lines: dict[str, deque[Execute]] = {}
 
     def start_worker(self, node: SimNode, worker_id: str) -> float | None:
         return node.cluster.costs.worker_start
@@ -937,12 +943,32 @@ class PythonExecutor(Executor):
     def execute(self, node: SimNode, worker: SimWorker, cmd: Execute) -> Outcome | None:
         # running, its completion not yet scheduled: lets InterruptTask find it
         worker.running[cmd.spec.task_id] = 0
+        aid = cmd.spec.actor_id
+        if aid is not None and node._sequential(aid):
+            line = self.lines.get(worker.worker_id)
+            if line is not None:
+                line.append(cmd)  # behind the call running now
+                return None
+            self.lines[worker.worker_id] = deque()
         node.host.call_at(node.host.now, self._start, node, worker, cmd)
         return None
+
+    def next_in_line(self, node: SimNode, worker: SimWorker) -> None:
+        """A call on ``worker`` is over: start the one waiting behind it
+        (when the finished one's completion is due)."""
+        line = self.lines.get(worker.worker_id)
+        if line is None:
+            return
+        if not line or not worker.alive:
+            del self.lines[worker.worker_id]
+            return
+        cmd = line.popleft()
+        node.host.call_at(max(node.host.now, worker.free_at), self._start, node, worker, cmd)
 
     def _start(self, node: SimNode, worker: SimWorker, cmd: Execute) -> None:
         sim = self.sim
         if sim is None or not worker.alive or worker.running.get(cmd.spec.task_id) != 0:
+            self.next_in_line(node, worker)  # (cancelled or gone: the next one's turn)
             return
         spec = cmd.spec
         sim.executions.append((sim.kernel.now, node.address, worker.worker_id, spec.display_name(), cmd.attempt))

@@ -49,6 +49,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._fastinit import install_init as _install_init
 from .messages import (
     ChainConfigMsg,
     Fenced,
@@ -606,6 +607,8 @@ _HANDLERS = {
     StateSnapshot: GcsReplica._on_snapshot,
     TimerFired: GcsReplica._on_timer,
 }
+
+_install_init(GcsSync, GcsCaughtUp, GcsRejoin)
 
 
 # ===========================================================================

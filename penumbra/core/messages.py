@@ -725,6 +725,7 @@ class StopActor(Message):
 # Messages cross processes by the hundred thousand per second: pickle them
 # as (class, field values) instead of the slower dataclass default.
 from ._pickling import fast_reduce as _fast_reduce  # noqa: E402
+from ._fastinit import install_init as _install_init  # noqa: E402
 from ._pickling import install as _install_pickling  # noqa: E402
 
 Event.__reduce__ = _fast_reduce  # type: ignore[method-assign]
@@ -740,3 +741,4 @@ def _all_subclasses(cls: type) -> list[type]:
 
 
 _install_pickling(*{c for base in (Event, Command) for c in _all_subclasses(base)})
+_install_init(*{c for base in (Event, Command) for c in _all_subclasses(base)})

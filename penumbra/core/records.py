@@ -194,6 +194,8 @@ class ChainConfig:
         return self.replicas[i - 1] if i > 0 else None
 
 
+from ._fastinit import install_init as _install_init  # noqa: E402
 from ._pickling import install as _install_pickling  # noqa: E402
 
 _install_pickling(ErrorInfo, ObjectInfo, NodeLoad, TaskEntry, ObjectEntry, NodeEntry, ActorEntry, ChainConfig)
+_install_init(ErrorInfo, ObjectInfo, NodeLoad, TaskEntry, ObjectEntry, NodeEntry, ActorEntry, ChainConfig)

@@ -279,6 +279,8 @@ class TaskSpec:
         return f"TaskSpec({self.display_name()} {self.task_id.short()}{extra})"
 
 
+from ._fastinit import install_init as _install_init  # noqa: E402
 from ._pickling import install as _install_pickling  # noqa: E402
 
 _install_pickling(FunctionDescriptor, Payload, ActorSpec, TaskSpec)
+_install_init(FunctionDescriptor, Payload, ActorSpec, TaskSpec)

@@ -846,3 +846,7 @@ from ._pickling import fast_reduce as _fast_reduce  # noqa: E402
 
 Op.__reduce__ = _fast_reduce  # type: ignore[method-assign]
 Query.__reduce__ = _fast_reduce  # type: ignore[method-assign]
+
+from ._fastinit import install_init as _install_init  # noqa: E402
+
+_install_init(*Op.__subclasses__(), *Query.__subclasses__())

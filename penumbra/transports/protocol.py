@@ -181,7 +181,10 @@ class StopCluster:
     """A command-line client asks the head daemon to stop the cluster."""
 
 
+from ..core._fastinit import install_init as _install_init  # noqa: E402
 from ..core._pickling import install as _install_pickling  # noqa: E402
 
-_install_pickling(Deliver, ClientHello, ClientWelcome, Output, ClusterLog, Run, Ran, Raised, Interrupt,
-                  Checkpoint, Checkpointed, Exit, NodeHello, PeerTable, FetchRequest, FetchReply, StopCluster)
+_MESSAGES = (Deliver, ClientHello, ClientWelcome, Output, ClusterLog, Run, Ran, Raised, Interrupt,
+             Checkpoint, Checkpointed, Exit, NodeHello, PeerTable, FetchRequest, FetchReply, StopCluster)
+_install_pickling(*_MESSAGES)
+_install_init(*_MESSAGES)

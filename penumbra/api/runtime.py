@@ -10,11 +10,13 @@ a process (see ``context``).
 from __future__ import annotations
 
 import abc
+import sys
 from typing import Any, Sequence
 
 from ..core.ids import ActorId, ObjectId, TaskId
 from ..core.records import ErrorInfo
-from ..core.specs import TaskSpec
+from ..core.specs import Payload, TaskSpec
+from ..core.tables import Get, PutFunction
 
 __all__ = ["Runtime", "ErrorValue"]
 
@@ -34,6 +36,9 @@ class Runtime(abc.ABC):
     node_id: str
     namespace: str = ""
     is_worker: bool = False
+    # functions and classes this process exported / loaded (set per instance)
+    _exported: set[bytes]
+    _functions: dict[bytes, Any]
 
     @abc.abstractmethod
     def submit(self, spec: TaskSpec) -> None:
@@ -44,9 +49,14 @@ class Runtime(abc.ABC):
         """Submit an actor creation task; for a named actor, wait until the
         name is registered and raise ``ValueError`` if it is taken."""
 
-    @abc.abstractmethod
     def export_function(self, function_id: bytes, blob: bytes) -> None:
         """Make a pickled function or class available to every worker."""
+        if function_id in self._exported:
+            return
+        # the driver's import path travels with the function, so that a
+        # worker can import the modules the function lives in (as Ray does)
+        self.gcs_request(PutFunction(function_id, Payload(len(blob), (blob, tuple(sys.path)))), timeout=60.0)
+        self._exported.add(function_id)
 
     @abc.abstractmethod
     def get_objects(self, ids: Sequence[ObjectId], timeout: float | None) -> list[Any]:
@@ -83,5 +93,21 @@ class Runtime(abc.ABC):
     @abc.abstractmethod
     def shutdown(self) -> None: ...
 
-    def load_function(self, function_id: bytes) -> Any:  # worker side
-        raise NotImplementedError
+    def load_function(self, function_id: bytes) -> Any:
+        """A function or class ``export_function`` made available (worker side)."""
+        fn = self._functions.get(function_id)
+        if fn is not None:
+            return fn
+        payload = self.gcs_request(Get("functions", function_id), timeout=60.0)
+        if payload is None:
+            from ..exceptions import PenumbraError
+
+            raise PenumbraError(f"function {function_id.hex()} is not in the GCS function table")
+        from .args import loads
+
+        blob, path = payload.data
+        for entry in path:
+            if entry not in sys.path:
+                sys.path.append(entry)
+        fn = self._functions[function_id] = loads(blob)
+        return fn

@@ -354,6 +354,12 @@ def _in_flight_limit(spec: ActorSpec) -> int:
     return limit
 
 
+def _call_done(to: str, spec: TaskSpec, incarnation: int, sid: str) -> Send:
+    """Tell the caller's node that ``spec`` (an actor call) is done."""
+    return Send(to=to, msg=ActorCallDone(actor_id=spec.actor_id, caller_id=spec.caller_id,
+                                         sequence_nos=(spec.sequence_no,), incarnation=incarnation, stimulus_id=sid))
+
+
 def _rank(state: ActorState) -> int:
     return {ActorState.PENDING: 0, ActorState.RESTARTING: 0, ActorState.ALIVE: 1, ActorState.DEAD: 2}[state]
 
@@ -516,7 +522,7 @@ class ActorHost:
             # record reached the GCS, the caller waited forever on an object
             # the dead instance never recorded.)
             if not spec.return_ids:
-                return [Send(to=ev.from_node, msg=ActorCallDone(actor_id=spec.actor_id, caller_id=caller, sequence_nos=(spec.sequence_no,), incarnation=h.entry.incarnation, stimulus_id=sid))]
+                return [_call_done(ev.from_node, spec, h.entry.incarnation, sid)]
             h.covered[tid] = (spec, ev.from_node, ev.attempt)
             return self.node.gcs_read(Get("objects", spec.return_ids[0]), ("actor-covered", spec.actor_id, h.entry.incarnation, tid), now, sid)
         call = _Call(spec, ev.from_node, ev.attempt)
@@ -735,7 +741,7 @@ class ActorHost:
         call = h.releasing.pop(tid, None)
         if call is None or not call.from_node:
             return []
-        return [Send(to=call.from_node, msg=ActorCallDone(actor_id=aid, caller_id=call.spec.caller_id, sequence_nos=(call.spec.sequence_no,), incarnation=incarnation, stimulus_id=sid))]
+        return [_call_done(call.from_node, call.spec, incarnation, sid)]
 
     def on_covered_row(self, aid: ActorId, incarnation: int, tid: TaskId, entry: Any, now: float, sid: str) -> list[Command]:
         """The row of a call asked for again after it ran (see ``on_call``)."""
@@ -747,7 +753,7 @@ class ActorHost:
             return []
         spec, from_node, attempt = item
         if entry is not None and entry.created:
-            return [Send(to=from_node, msg=ActorCallDone(actor_id=aid, caller_id=spec.caller_id, sequence_nos=(spec.sequence_no,), incarnation=incarnation, stimulus_id=sid))]
+            return [_call_done(from_node, spec, incarnation, sid)]
         # The instance that ran it died before recording its outputs.  Its
         # effect on the state is kept (the checkpoint we restored holds it),
         # so running it again would apply it twice; and no restart replays

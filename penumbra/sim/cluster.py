@@ -189,7 +189,8 @@ class Executor:
 class SimWorker:
     """A simulated worker process on a node."""
 
-    __slots__ = ("worker_id", "alive", "started", "running", "actor_state", "tasks_run", "next_token", "free_at")
+    __slots__ = ("worker_id", "alive", "started", "running", "actor_state", "tasks_run", "next_token", "sequential",
+                 "free_at")
 
     def __init__(self, worker_id: str) -> None:
         self.worker_id = worker_id
@@ -199,7 +200,10 @@ class SimWorker:
         self.actor_state: Any = None
         self.tasks_run = 0
         self.next_token = 0
-        self.free_at = 0.0  # a sequential actor's worker: when its last call ends
+        # hosts an actor that runs one call at a time (max_concurrency 1),
+        # as a real worker does: its node sends calls ahead (core.actors)
+        self.sequential = False
+        self.free_at = 0.0  # (sequential) when its last call ends
 
     def __repr__(self) -> str:
         return f"<SimWorker {self.worker_id} {'alive' if self.alive else 'dead'} running={len(self.running)}>"
@@ -267,6 +271,9 @@ class SimNode:
         w = self.workers.get(cmd.worker_id)
         if w is None or not w.alive:
             return  # a killed worker runs nothing (its WorkerCrashed is on its way)
+        a = cmd.spec.actor_creation
+        if a is not None:
+            w.sequential = a.max_concurrency <= 1
         out = self.cluster.executor.execute(self, w, cmd)
         if out is not None:
             self.complete(w, cmd, out)
@@ -288,11 +295,8 @@ class SimNode:
             now = env_now
         if at is None:
             start = now
-            if cmd.spec.actor_id is not None and self._sequential(cmd.spec.actor_id):
-                # the node sends a sequential actor's calls ahead (see
-                # ``core.actors``); its worker runs them one after another
-                if w.free_at > start:
-                    start = w.free_at
+            if w.sequential and w.free_at > start:
+                start = w.free_at  # behind the call before it
             t = start + (costs.task_overhead + out.duration) * host.cpu_factor
             if out.kind == "ok":
                 sizes = out.sizes or _EIGHT
@@ -308,11 +312,6 @@ class SimNode:
         token = w.next_token = w.next_token + 1
         w.running[cmd.spec.task_id] = token
         host.call_at(t, self._completed, w, cmd, out, token, t - now)
-
-    def _sequential(self, aid) -> bool:
-        m = self.machine
-        h = m.host.actors.get(aid) if m is not None else None
-        return h is not None and h.entry.spec.max_concurrency <= 1
 
     def _completed(self, w: SimWorker, cmd: Execute, out: Outcome, token: int, elapsed: float) -> None:
         spec = cmd.spec

@@ -101,7 +101,6 @@ import asyncio
 import inspect
 import itertools
 import logging
-import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -109,8 +108,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..api import context
-from ..api.args import dumps, loads, unpack_args
 from ..api.context import TaskContext, use_task_context
+from ..api.execution import actor_state, call_args, restore_actor, split_returns, task_error
 from ..api.refs import ObjectRef
 from ..api.runtime import ErrorValue, Runtime
 from ..core.ids import ActorId, ObjectId, TaskId
@@ -139,13 +138,11 @@ from ..core.messages import (
 )
 from ..core.records import ErrorInfo, ErrorKind
 from ..core.specs import Payload, ResourceSet, TaskSpec
-from ..core.tables import Get, KvIncrement, PutFunction
+from ..core.tables import KvIncrement
 from ..exceptions import (
     GetTimeoutError,
     ObjectStoreFullError,
     PenumbraError,
-    TaskError,
-    from_error_info,
 )
 from ..transports.serialization import deserialize, serialize
 from .cluster import (
@@ -507,23 +504,6 @@ class _SimClient(Runtime):
         reply = registered.pop(a.actor_id)
         if reply.error:
             raise ValueError(reply.error)
-
-    def export_function(self, function_id: bytes, blob: bytes) -> None:
-        if function_id in self._exported:
-            return
-        self.gcs_request(PutFunction(function_id, Payload(len(blob), (blob, tuple(sys.path)))), timeout=60.0)
-        self._exported.add(function_id)
-
-    def load_function(self, function_id: bytes) -> Any:
-        fn = self._functions.get(function_id)
-        if fn is not None:
-            return fn
-        payload = self.gcs_request(Get("functions", function_id), timeout=60.0)
-        if payload is None:
-            raise PenumbraError(f"function {function_id.hex()} is not in the GCS function table")
-        blob, _path = payload.data  # one process: the driver's sys.path is ours already
-        fn = self._functions[function_id] = loads(blob)
-        return fn
 
     def get_objects(self, ids: Sequence[ObjectId], timeout: float | None) -> list[Any]:
         missing = list(dict.fromkeys(ids))
@@ -943,8 +923,7 @@ class PythonExecutor(Executor):
     def execute(self, node: SimNode, worker: SimWorker, cmd: Execute) -> Outcome | None:
         # running, its completion not yet scheduled: lets InterruptTask find it
         worker.running[cmd.spec.task_id] = 0
-        aid = cmd.spec.actor_id
-        if aid is not None and node._sequential(aid):
+        if worker.sequential and cmd.spec.actor_id is not None:
             line = self.lines.get(worker.worker_id)
             if line is not None:
                 line.append(cmd)  # behind the call running now
@@ -1022,73 +1001,39 @@ class PythonExecutor(Executor):
                 v: Any = ErrorValue(ErrorInfo(ErrorKind.OBJECT_LOST, f"input {dep.short()} vanished from the store"))
             else:
                 v = _decode(item)
-            if type(v) is ErrorValue:
-                raise from_error_info(v.info, loads)
             values.append(v)
-        return unpack_args(spec.args, values)
+        return call_args(spec, values)
 
     def _create_actor(self, fiber: _Fiber) -> None:
         cmd = fiber.cmd
         cls = fiber.rt.load_function(cmd.spec.function.function_id)
         if cmd.checkpoint is not None and cmd.checkpoint.data is not None:
-            obj = cls.__new__(cls)
-            state = loads(cmd.checkpoint.data)
-            restore = getattr(obj, "__penumbra_restore__", None)
-            if restore is not None:
-                restore(state)
-            else:
-                obj.__dict__.update(state)
+            obj = restore_actor(cls, cmd.checkpoint.data)
         else:
             args, kwargs = self._args(fiber)
             obj = cls(*args, **kwargs)
         fiber.worker.actor_state = obj
 
     def _finish(self, spec: TaskSpec, result: Any, duration: float) -> Outcome:
-        n = spec.num_returns
-        if n == 0 or spec.actor_creation is not None:
-            values: list | None = []
-        elif n == 1:
-            values = [result]
-        else:
-            try:
-                values = list(result)
-            except TypeError:
-                values = None
-            if values is None or len(values) != n:
-                err = ValueError(
-                    f"task {spec.display_name()} has num_returns={n} but returned "
-                    f"{'a ' + type(result).__name__ if values is None else str(len(values)) + ' values'}"
-                )
-                return self._raised(spec, err, duration)
         datas, sizes = [], []
         try:
-            for v in values:
+            for v in split_returns(spec, result):
                 data = serialize(v, ref_type=ObjectRef, subject=f"the return value of {spec.display_name()}").to_bytes()
                 datas.append(data)
                 sizes.append(len(data))
-        except Exception as e:  # noqa: BLE001 - unpicklable results
+        except Exception as e:  # noqa: BLE001 - a num_returns mismatch, unpicklable results
             return self._raised(spec, e, duration)
         return Outcome("ok", duration, values=tuple(datas), sizes=tuple(sizes))
 
     def _raised(self, spec: TaskSpec, e: BaseException, duration: float) -> Outcome:
-        name = spec.display_name()
-        err = TaskError.from_exception(name, e)
-        try:
-            data = dumps(err)
-        except Exception:
-            # the user's exception cannot be pickled: keep its text
-            err = TaskError(name, err.traceback_str, None, err.pid, err.host, cause_repr=repr(e))
-            data = dumps(err)
-        info = ErrorInfo(ErrorKind.TASK_ERROR, f"{type(e).__name__}: {e}", Payload(len(data), data), task_name=name)
-        return Outcome("raise", duration, error=info, retryable=_retryable(spec, e))
+        info, retryable = task_error(spec, e)
+        return Outcome("raise", duration, error=info, retryable=retryable)
 
     # ------------------------------------------------------------------ on the loop thread
     def checkpoint(self, node: SimNode, worker: SimWorker, cmd: CheckpointActor) -> Payload:
         actor = worker.actor_state
         try:
-            hook = getattr(actor, "__penumbra_checkpoint__", None)
-            state = hook() if hook is not None else dict(vars(actor))
-            data = dumps(state)
+            data = actor_state(actor)
         except Exception as e:  # noqa: BLE001 - the real worker process would die of it
             logger.warning("checkpointing actor %s failed (%s: %s): its worker dies", cmd.actor_id.short(),
                            type(e).__name__, e)
@@ -1102,16 +1047,6 @@ class PythonExecutor(Executor):
             self.sim.worker_gone(node, worker)
         else:
             worker.actor_state = None
-
-
-def _retryable(spec: TaskSpec, e: BaseException) -> bool:
-    r = spec.retry_exceptions
-    if r is True:
-        return isinstance(e, Exception)
-    if not r:
-        return False
-    names = {f"{c.__module__}.{c.__qualname__}" for c in type(e).__mro__}
-    return any(n in names for n in r)
 
 
 # ===========================================================================

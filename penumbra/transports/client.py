@@ -53,8 +53,8 @@ from ..core.messages import (
     WorkerBlocked,
     WorkerUnblocked,
 )
-from ..core.specs import Payload, TaskSpec
-from ..core.tables import Get, KvIncrement, PutFunction
+from ..core.specs import TaskSpec
+from ..core.tables import KvIncrement
 from ..exceptions import GetTimeoutError, ObjectStoreFullError, PenumbraError
 from . import protocol as P
 from .bridge import TrioThread
@@ -241,30 +241,6 @@ class ClientRuntime(Runtime):
             raise GetTimeoutError(f"registering actor name {a.name!r} timed out after {timeout} s") from None
         if reply.error:
             raise ValueError(reply.error)
-
-    def export_function(self, function_id: bytes, blob: bytes) -> None:
-        if function_id in self._exported:
-            return
-        # the driver's import path travels with the function, so that a
-        # worker can import the modules the function lives in (as Ray does)
-        self.gcs_request(PutFunction(function_id, Payload(len(blob), (blob, tuple(sys.path)))), timeout=60.0)
-        self._exported.add(function_id)
-
-    def load_function(self, function_id: bytes) -> Any:
-        fn = self._functions.get(function_id)
-        if fn is not None:
-            return fn
-        payload = self.gcs_request(Get("functions", function_id), timeout=60.0)
-        if payload is None:
-            raise PenumbraError(f"function {function_id.hex()} is not in the GCS function table")
-        from ..api.args import loads
-
-        blob, path = payload.data
-        for entry in path:
-            if entry not in sys.path:
-                sys.path.append(entry)
-        fn = self._functions[function_id] = loads(blob)
-        return fn
 
     def _remember(self, oid: ObjectId, data: bytes) -> None:
         if len(data) > 64 << 10:

@@ -142,15 +142,18 @@ class PendingDaemon:
 
     def kill(self) -> None:
         """Give up on it: SIGKILL, and remove whatever it created."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
+        self._stop_process()
         try:
             os.close(self.ready_fd)
         except OSError:
             pass
-        _cleanup_shm(self.session, self.shm_root)
         shutil.rmtree(self.session_dir, ignore_errors=True)
+
+    def _stop_process(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        _cleanup_shm(self.session, self.shm_root)
 
     def wait_ready(self, timeout: float = 30.0) -> DaemonProcess:
         """Wait for the daemon's address; on failure (or timeout) it is
@@ -162,9 +165,6 @@ class PendingDaemon:
             while b"\n" not in buf:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    proc.kill()
-                    proc.wait(timeout=10)
-                    _cleanup_shm(self.session, self.shm_root)
                     raise TimeoutError(f"the penumbra daemon did not start within {timeout} s")
                 ready, _, _ = select.select([r], [], [], min(left, 0.5))
                 if ready:
@@ -175,10 +175,7 @@ class PendingDaemon:
                 elif proc.poll() is not None:
                     break
         except BaseException:
-            if proc.poll() is None:  # interrupted: do not leave it behind
-                proc.kill()
-                proc.wait(timeout=10)
-                _cleanup_shm(self.session, self.shm_root)
+            self._stop_process()  # timed out or interrupted: do not leave it behind
             raise
         finally:
             os.close(r)
@@ -190,7 +187,7 @@ class PendingDaemon:
                     tail = "".join(f.readlines()[-20:])
             except OSError:
                 pass
-            _cleanup_shm(self.session, self.shm_root)
+            self._stop_process()
             raise RuntimeError(f"the penumbra daemon exited with status {code} before it was ready:\n{tail}")
         info = json.loads(buf.split(b"\n", 1)[0])
         return DaemonProcess(proc, self.session, self.session_dir, self.shm_root, info["address"], info["node_id"],

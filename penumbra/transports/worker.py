@@ -30,12 +30,10 @@ import time
 from typing import Any
 
 from ..api import context
-from ..api.args import dumps, unpack_args
 from ..api.context import TaskContext, use_task_context
-from ..api.runtime import ErrorValue
+from ..api.execution import actor_state, call_args, restore_actor, split_returns, task_error
 from ..core.records import ErrorInfo, ErrorKind
-from ..core.specs import Payload, TaskSpec
-from ..exceptions import TaskError, from_error_info
+from ..core.specs import TaskSpec
 from . import protocol as P
 from .bridge import TrioThread
 from .client import ClientRuntime
@@ -126,13 +124,8 @@ class Worker:
 
     # ------------------------------------------------------------------ running
     def _args(self, run: P.Run) -> tuple[list, dict]:
-        values = []
-        for dep, att in zip(run.spec.dependencies, run.args):
-            v = decode_value(dep, att, self.rt.shm if att[0] == "s" else None)
-            if type(v) is ErrorValue:
-                raise from_error_info(v.info, _loads)
-            values.append(v)
-        return unpack_args(run.spec.args, values)
+        shm = self.rt.shm if any(att[0] == "s" for att in run.args) else None
+        return call_args(run.spec, [decode_value(dep, att, shm) for dep, att in zip(run.spec.dependencies, run.args)])
 
     def _context(self, run: P.Run) -> TaskContext:
         spec = run.spec
@@ -190,13 +183,7 @@ class Worker:
         cls = self.rt.load_function(spec.function.function_id)
         self.actor_name = f"{cls.__name__}"
         if run.checkpoint is not None and run.checkpoint.data is not None:
-            obj = cls.__new__(cls)
-            state = _loads(run.checkpoint.data)
-            restore = getattr(obj, "__penumbra_restore__", None)
-            if restore is not None:
-                restore(state)
-            else:
-                obj.__dict__.update(state)
+            obj = restore_actor(cls, run.checkpoint.data)
         else:
             args, kwargs = self._args(run)
             obj = cls(*args, **kwargs)
@@ -210,69 +197,25 @@ class Worker:
             self.pool = concurrent.futures.ThreadPoolExecutor(a.max_concurrency, thread_name_prefix="penumbra-actor")
 
     def _finish(self, spec: TaskSpec, result: Any, duration: float) -> None:
-        n = spec.num_returns
-        if n == 0 or spec.actor_creation is not None:
-            values = []
-        elif n == 1:
-            values = [result]
-        else:
-            try:
-                values = list(result)
-            except TypeError:
-                values = None
-            if values is None or len(values) != n:
-                err = ValueError(
-                    f"task {spec.display_name()} has num_returns={n} but returned "
-                    f"{'a ' + type(result).__name__ if values is None else str(len(values)) + ' values'}"
-                )
-                self._raised(spec, err, duration)
-                return
         outputs = []
         try:
-            for oid, v in zip(spec.return_ids, values):
+            for oid, v in zip(spec.return_ids, split_returns(spec, result)):
                 size, data = encode_value(oid, v, self.rt.shm, subject=f"the return value of {spec.display_name()}")
                 outputs.append((oid, size, data))
-        except Exception as e:  # noqa: BLE001 - unpicklable results, full store
+        except Exception as e:  # noqa: BLE001 - a num_returns mismatch, unpicklable results, full store
             self._raised(spec, e, duration)
             return
         self._send(P.Ran(spec.task_id, tuple(outputs), duration))
 
     def _raised(self, spec: TaskSpec, e: BaseException, duration: float) -> None:
-        name = spec.display_name()
-        err = TaskError.from_exception(name, e)
-        try:
-            data = dumps(err)
-        except Exception:
-            # the user's exception cannot be pickled: keep its text
-            err = TaskError(name, err.traceback_str, None, err.pid, err.host, cause_repr=repr(e))
-            data = dumps(err)
-        retryable = _retryable(spec, e)
-        info = ErrorInfo(ErrorKind.TASK_ERROR, f"{type(e).__name__}: {e}", Payload(len(data), data), task_name=name)
+        info, retryable = task_error(spec, e)
         self._send(P.Raised(spec.task_id, info, retryable, duration))
 
     def checkpoint(self, c: P.Checkpoint) -> None:
-        hook = getattr(self.actor, "__penumbra_checkpoint__", None)
-        state = hook() if hook is not None else dict(vars(self.actor))
-        self._send(P.Checkpointed(c.actor_id, c.index, dumps(state)))
+        self._send(P.Checkpointed(c.actor_id, c.index, actor_state(self.actor)))
 
     def _send(self, item: Any) -> None:
         self.rt._send(item)
-
-
-def _retryable(spec: TaskSpec, e: BaseException) -> bool:
-    r = spec.retry_exceptions
-    if r is True:
-        return isinstance(e, Exception)
-    if not r:
-        return False
-    names = {f"{c.__module__}.{c.__qualname__}" for c in type(e).__mro__}
-    return any(n in names for n in r)
-
-
-def _loads(data):
-    from ..api.args import loads
-
-    return loads(data)
 
 
 def run_worker(cfg: dict, token: str, worker_id: str) -> None:

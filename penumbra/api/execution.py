@@ -1,0 +1,100 @@
+"""What a worker does with a task, whichever driver runs it.
+
+The real worker process (``penumbra.transports.worker``) and the simulator's
+Python executor (``penumbra.sim.runtime``) run the same user code with the
+same rules; the rules live here, once: how inputs become arguments, how a
+result becomes ``num_returns`` values, how an exception becomes the error
+every caller sees, and how an actor's state is checkpointed and restored.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..core.records import ErrorInfo, ErrorKind
+from ..core.specs import Payload, TaskSpec
+from ..exceptions import TaskError, from_error_info
+from .args import dumps, loads, unpack_args
+from .runtime import ErrorValue
+
+__all__ = ["call_args", "split_returns", "task_error", "actor_state", "restore_actor"]
+
+
+def call_args(spec: TaskSpec, values: list[Any]) -> tuple[list, dict]:
+    """The call's ``(args, kwargs)`` from its decoded inputs, in dependency
+    order; an input that holds an error raises it (the task fails with the
+    same cause)."""
+    for v in values:
+        if type(v) is ErrorValue:
+            raise from_error_info(v.info, loads)
+    return unpack_args(spec.args, values)
+
+
+def split_returns(spec: TaskSpec, result: Any) -> list[Any]:
+    """The task's return values (none for an actor creation).
+
+    Raises:
+        ValueError: the function returned a different number of values
+            than ``num_returns`` says.
+    """
+    n = spec.num_returns
+    if n == 0 or spec.actor_creation is not None:
+        return []
+    if n == 1:
+        return [result]
+    try:
+        values = list(result)
+    except TypeError:
+        values = None
+    if values is None or len(values) != n:
+        raise ValueError(
+            f"task {spec.display_name()} has num_returns={n} but returned "
+            f"{'a ' + type(result).__name__ if values is None else str(len(values)) + ' values'}"
+        )
+    return values
+
+
+def task_error(spec: TaskSpec, e: BaseException) -> tuple[ErrorInfo, bool]:
+    """The error a failed task leaves for its callers, and whether
+    ``retry_exceptions`` asks for another attempt."""
+    name = spec.display_name()
+    err = TaskError.from_exception(name, e)
+    try:
+        data = dumps(err)
+    except Exception:
+        # the user's exception cannot be pickled: keep its text
+        err = TaskError(name, err.traceback_str, None, err.pid, err.host, cause_repr=repr(e))
+        data = dumps(err)
+    info = ErrorInfo(ErrorKind.TASK_ERROR, f"{type(e).__name__}: {e}", Payload(len(data), data), task_name=name)
+    return info, _retryable(spec, e)
+
+
+def _retryable(spec: TaskSpec, e: BaseException) -> bool:
+    r = spec.retry_exceptions
+    if r is True:
+        return isinstance(e, Exception)
+    if not r:
+        return False
+    names = {f"{c.__module__}.{c.__qualname__}" for c in type(e).__mro__}
+    return any(n in names for n in r)
+
+
+def actor_state(actor: Any) -> bytes:
+    """An actor's checkpoint: ``__penumbra_checkpoint__()`` if it has one,
+    else its ``__dict__``, pickled."""
+    hook = getattr(actor, "__penumbra_checkpoint__", None)
+    return dumps(hook() if hook is not None else dict(vars(actor)))
+
+
+def restore_actor(cls: type, data: bytes) -> Any:
+    """An instance of ``cls`` rebuilt from a checkpoint, without running its
+    constructor: ``__penumbra_restore__(state)`` if it has one, else its
+    ``__dict__`` is set."""
+    obj = cls.__new__(cls)
+    state = loads(data)
+    restore = getattr(obj, "__penumbra_restore__", None)
+    if restore is not None:
+        restore(state)
+    else:
+        obj.__dict__.update(state)
+    return obj

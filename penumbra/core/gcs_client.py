@@ -28,7 +28,7 @@ from typing import Any, Callable, Hashable
 
 from .messages import ChainConfigMsg, Command, GcsNotify, GcsRead, GcsReply, GcsWrite, Send, SetTimer, TimerFired
 from .records import ChainConfig
-from .tables import Op, Query, shards_for
+from .tables import Op, Query, key_shard, shards_for
 
 __all__ = ["GcsClient"]
 
@@ -65,7 +65,7 @@ class GcsClient:
         self.next_req = 1
         self.outstanding: dict[int, _Req] = {}
         self.waiting: list[_Req] = []  # made before any config arrived
-        self.key_queues: dict[tuple, deque[_Req]] = {}  # single-key writes waiting their turn
+        self.key_queues: dict[tuple, deque[_Req] | None] = {}  # single-key writes waiting their turn
         self.versions: dict[tuple[str, Hashable], int] = {}
         self._timer_armed = False
 
@@ -120,22 +120,37 @@ class GcsClient:
             self.waiting.append(_Req(0, 0, request, token, now, None, sid))
             return []
         route = request.route()
+        if route[1] is not None and isinstance(request, Op):
+            # the common case, a write of one key: one shard, in key order
+            return self._issue_keyed(request, key_shard(route[0], route[1], self.num_shards), token, now, sid)
         shards = shards_for(route, self.num_shards)
         group = _Group(token, {}, len(shards)) if len(shards) > 1 or isinstance(shards, range) else None
         cmds: list[Command] = []
-        key = request.order_key() if group is None and route[1] is not None and isinstance(request, Op) else None
+        # (reads, and writes to a whole table; neither waits for its key)
         for shard in shards:
-            r = _Req(0, shard, request, token, now, group, sid, key=key)
-            if key is not None:
-                # writes to one key go out one at a time, in the order they
-                # were made: a retried or reordered AddTask must never land
-                # after the same task's FinishTask
-                q = self.key_queues.get(key)
-                if q is not None:
-                    q.append(r)
-                    continue
-                self.key_queues[key] = deque()
-            cmds.append(self._start(r, now))
+            cmds.append(self._start(_Req(0, shard, request, token, now, group, sid), now))
+        if not self._timer_armed:
+            self._timer_armed = True
+            cmds.append(SetTimer(at=now + self.retry_after, key=("gcs-client", "retry")))
+        return cmds
+
+    def _issue_keyed(self, op: Op, shard: int, token: Hashable, now: float, sid: str) -> list[Command]:
+        key = op.order_key()
+        r = _Req(0, shard, op, token, now, None, sid, key=key)
+        key_queues = self.key_queues
+        # writes to one key go out one at a time, in the order they were
+        # made: a retried or reordered AddTask must never land after the same
+        # task's FinishTask.  (``None``: one write of this key is in flight
+        # and none waits; a queue is made only when a second comes, rarely.)
+        if key in key_queues:
+            q = key_queues[key]
+            if q is None:
+                q = key_queues[key] = deque()
+            q.append(r)
+            cmds: list[Command] = []
+        else:
+            key_queues[key] = None
+            cmds = [self._start(r, now)]
         if not self._timer_armed:
             self._timer_armed = True
             cmds.append(SetTimer(at=now + self.retry_after, key=("gcs-client", "retry")))
@@ -144,11 +159,16 @@ class GcsClient:
     def _start(self, r: _Req, now: float) -> Send:
         # ids are handed out when a request is sent, so they increase in send
         # order and ``low_water`` never passes a request still to be sent
-        r.req_id = self.next_req
-        self.next_req += 1
+        r.req_id = rid = self.next_req
+        self.next_req = rid + 1
         r.sent_at = now
-        self.outstanding[r.req_id] = r
-        return self._send(r)
+        outstanding = self.outstanding
+        outstanding[rid] = r
+        config = self.configs[r.shard]
+        if isinstance(r.request, Query):
+            return Send(to=config.replicas[-1], msg=GcsRead(client=self.address, req_id=rid, query=r.request, shard=r.shard, stimulus_id=r.sid))
+        # ids are issued in increasing order, so the oldest outstanding is first
+        return Send(to=config.replicas[0], msg=GcsWrite(client=self.address, req_id=rid, op=r.request, shard=r.shard, low_water=next(iter(outstanding)), stimulus_id=r.sid))
 
     def _send(self, r: _Req) -> Send:
         config = self.configs[r.shard]

@@ -140,6 +140,7 @@ class LocalScheduler:
 
     def __init__(self, node: "NodeMachine", resources: ResourceSet, config: SchedulerConfig) -> None:
         self.node = node
+        self._story = node.story_add  # one call, not two, on the hot path
         self.config = config
         self.total = resources
         self.available = resources
@@ -147,6 +148,7 @@ class LocalScheduler:
         self.tasks: dict[TaskId, _Task] = {}
         self.ready: dict[ResourceSet, deque[TaskId]] = {}  # per resource shape, FIFO
         self.workers: dict[str, _Worker] = {}
+        self.busy = 0  # workers in state BUSY (kept, not counted: the forwarding rule asks per submit)
         self.idle: deque[str] = deque()
         self.next_worker = 0
         self.pending_starts = 0
@@ -185,7 +187,7 @@ class LocalScheduler:
 
     @property
     def running_count(self) -> int:
-        return sum(1 for w in self.workers.values() if w.state == BUSY)
+        return self.busy
 
     def load(self) -> NodeLoad:
         running = self.running_count
@@ -201,7 +203,7 @@ class LocalScheduler:
         )
 
     def _story(self, tid: TaskId, now: float, sid: str, what: str) -> None:
-        self.node.story_add(tid, now, sid, what)
+        self.node.story_add(tid, now, sid, what)  # (rebound to the node's in __init__)
 
     def _remember(self, tid: TaskId, outcome: str) -> None:
         self.done[tid] = outcome
@@ -261,8 +263,10 @@ class LocalScheduler:
         return self.submit(actor.entry.creation, now, sid, placed=True, record=False, actor=actor)
 
     def _resolve_inputs(self, t: _Task, now: float, sid: str) -> list[Command]:
-        objects = self.node.objects
         deps = t.spec.dependencies
+        if not deps:
+            return self._make_ready(t, now, sid)
+        objects = self.node.objects
         missing = {d for d in deps if not objects.is_local(d)}
         if not missing:
             # an input that holds an error fails the task with that error
@@ -424,6 +428,7 @@ class LocalScheduler:
         req = t.spec.resources
         self.available = self.available - req
         w.state = BUSY
+        self.busy += 1
         w.task = t.spec.task_id
         w.held = req
         t.state = RUNNING
@@ -512,6 +517,8 @@ class LocalScheduler:
             return []
         if w.state == STARTING:
             self.pending_starts -= 1
+        elif w.state == BUSY:
+            self.busy -= 1
         try:
             self.idle.remove(wid)
         except ValueError:
@@ -558,6 +565,8 @@ class LocalScheduler:
             return []
         self._release(w)
         w.task = None
+        if w.state == BUSY:
+            self.busy -= 1
         self._unpin_inputs(t)
         elapsed = duration if duration > 0 else now - t.started_at
         a = self.config.ema_alpha
@@ -592,6 +601,8 @@ class LocalScheduler:
             return []
         self._release(w)
         w.task = None
+        if w.state == BUSY:
+            self.busy -= 1
         w.state = IDLE
         self.idle.append(wid)
         self._unpin_inputs(t)
@@ -643,7 +654,9 @@ class LocalScheduler:
     # ------------------------------------------------------------------ actors
     def release_actor_worker(self, wid: str) -> None:
         """An actor's worker is gone for good (killed or crashed)."""
-        self.workers.pop(wid, None)
+        w = self.workers.pop(wid, None)
+        if w is not None and w.state == BUSY:
+            self.busy -= 1
 
     def acquire(self, req: ResourceSet) -> bool:
         if not req.is_subset_of(self.available):
@@ -691,6 +704,7 @@ class LocalScheduler:
             assert (t.state == RUNNING) == (tid in running), f"{tid} state {t.state} vs workers"
             assert tid not in self.done, f"{tid} both live and done"
         assert self.pending_starts == sum(1 for w in self.workers.values() if w.state == STARTING)
+        assert self.busy == sum(1 for w in self.workers.values() if w.state == BUSY), "busy worker count is off"
         for tid in self.restart_after:
             assert tid in self.tasks and self.tasks[tid].state == RUNNING, f"deferred restart of {tid} without its running creation"
         for wid in self.idle:

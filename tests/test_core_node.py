@@ -474,6 +474,33 @@ def test_put_admission_pins_and_store_full(core) -> None:
     assert not box.node.objects.store.is_pinned(b)
 
 
+def test_free_deletes_a_private_put_unless_something_still_uses_it(core) -> None:
+    """``ReleaseObjects(free=True)``: the owner's last ref died and never left
+    it, so the object goes now (Evict + location removed), not when LRU
+    eviction gets to it; one a task still pins is only released."""
+    from penumbra.core.ids import put_object_id
+
+    box = NodeBox(store=1_000, resources=ResourceSet.of(CPU=1))
+    a, b = put_object_id(core.root, 1), put_object_id(core.root, 2)
+    for i, oid in enumerate((a, b)):
+        box.feed(PutObject(client="c:driver", req_id=i + 1, object_id=oid, size=100))
+    blocker = core.spec()
+    (eb,) = of(box.submit(blocker), Execute)  # takes the only CPU: the next task waits, pinning b
+    user = core.spec(deps=(b,))
+    box.submit(user)
+    store = box.node.objects.store
+    cmds = box.feed(ReleaseObjects(client="c:driver", object_ids=(a, b), free=True))
+    assert [e.object_id for e in of(cmds, Evict)] == [a]
+    assert a not in store and box.obj_row(a).locations == frozenset() and store.used == 100
+    assert b in store and store.is_pinned(b) and box.obj_row(b).locations == {"node:0"}
+    (eu,) = of(box.finish(eb), Execute)
+    assert eu.spec == user
+    box.finish(eu)
+    assert b in store and not store.is_pinned(b)  # released, cached: LRU decides now
+    assert box.node.objects.freed == 1
+    box.node.validate()
+
+
 def test_task_outputs_that_do_not_fit_fail_the_task(core) -> None:
     from penumbra.core.ids import put_object_id
 

@@ -185,6 +185,44 @@ def test_put_get_small_and_put_of_ref_refused():
         ray.put(ref)
 
 
+@ray.remote
+class Keeper:
+    def __init__(self):
+        self.kept = None
+
+    def keep(self, box):
+        self.kept = box[0]
+        return True
+
+    def total(self):
+        return int(ray.get(self.kept).sum())
+
+
+def test_private_put_memory_is_reused_and_a_shared_put_survives_its_owner_dropping_it():
+    from penumbra.api.context import current_runtime
+
+    shm = current_runtime().shm
+    a = np.ones(8 << 20, dtype=np.uint8)
+    private = ray.put(a)
+    view = ray.get(private)
+    oid = bytes(private.id)
+    assert shm.contains(oid)
+    del private
+    assert not shm.contains(oid)  # deleted by the owner at once: its pages serve the next put
+    assert int(view.sum()) == 8 << 20  # a value already read stays valid
+    del view
+    again = ray.put(a)
+    assert int(ray.get(again).sum()) == 8 << 20
+    shared = ray.put(a)
+    sid = bytes(shared.id)
+    k = Keeper.remote()
+    assert ray.get(k.keep.remote([shared]))  # the ref left the driver, nested in an argument
+    del shared
+    assert shm.contains(sid)
+    assert ray.get(k.total.remote()) == 8 << 20
+    ray.kill(k)
+
+
 def test_large_numpy_is_zero_copy_and_read_only():
     a = np.arange(4_000_000, dtype=np.float64)
     ref = ray.put(a)

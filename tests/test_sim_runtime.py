@@ -409,6 +409,36 @@ def test_put_get_numpy_arrays_copy_semantics_and_sizes(start):
     assert out.shape == (300_000,) and int(out.sum()) == 7 * 300_000
 
 
+def test_a_private_put_is_freed_when_its_last_ref_dies_and_a_shared_one_is_kept(start):
+    sim = start()
+    node = sim.cluster.nodes["node:0"]
+    store = node.machine.objects.store
+    private = ray.put(np.ones(100_000))
+    shared = ray.put(np.ones(100_000))
+
+    @ray.remote
+    class Keeper:
+        def __init__(self):
+            self.kept = None
+
+        def keep(self, box):
+            self.kept = box[0]  # a ref nested in an argument: it left the driver
+            return True
+
+        def total(self):
+            return int(ray.get(self.kept).sum())
+
+    k = Keeper.remote()
+    assert ray.get(k.keep.remote([shared]))
+    pid, sid = private.id, shared.id
+    assert pid in store and sid in store
+    del private, shared
+    assert ray.get(double.remote(1)) == 2  # a round trip after the releases
+    assert pid not in store and pid not in node.store and node.machine.objects.freed == 1
+    assert sid in store  # (still pinned here: the simulation's refcounts are one process's, the actor's ref counts)
+    assert ray.get(k.total.remote()) == 100_000
+
+
 def test_objects_cross_nodes(start):
     start(SimConfig(nodes=[{"CPU": 2}, {"CPU": 2, "far": 1}]))
 

@@ -18,7 +18,7 @@ import cloudpickle
 from ..core.ids import ObjectId
 from ..core.specs import Payload
 from ..exceptions import SerializationError
-from .refs import ObjectRef
+from .refs import ObjectRef, mark_escaped
 
 __all__ = ["INLINE_ARG_LIMIT", "pack_args", "unpack_args", "dumps", "loads", "function_id", "EMPTY_ARGS"]
 
@@ -124,6 +124,8 @@ def pack_args(args: tuple, kwargs: dict, put: Callable[[Any], ObjectRef]) -> tup
                 new_kwargs[k] = _Dep(len(deps))
                 deps.append(ref._id)
         data = dumps((new_args, new_kwargs))
+    for d in deps:
+        mark_escaped(d)  # the task may keep the ref (an actor, a return value)
     return Payload(len(data), data), tuple(deps), keep
 
 

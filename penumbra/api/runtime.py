@@ -73,8 +73,10 @@ class Runtime(abc.ABC):
         """Store ``value`` as ``oid`` (pinned until released)."""
 
     @abc.abstractmethod
-    def release(self, oids: Sequence[ObjectId]) -> None:
-        """This process holds no more references to these put objects."""
+    def release(self, oids: Sequence[ObjectId], free: bool = False) -> None:
+        """This process holds no more references to these put objects
+        (``free``: and their refs never left it, so they can be deleted
+        now; see ``refs``)."""
 
     @abc.abstractmethod
     def cancel(self, task_id: TaskId, force: bool, recursive: bool) -> None: ...

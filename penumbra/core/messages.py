@@ -314,8 +314,13 @@ class PutFailed(Message):
 
 @_frozen
 class ReleaseObjects(Message):
+    """``client`` holds no more refs to these objects it put: unpin them.
+    ``free``: no ref to them ever left the client either, so nobody can ask
+    for them again: delete them now (unless something else pins them)."""
+
     client: str
     object_ids: tuple[ObjectId, ...]
+    free: bool = False
 
 
 @_frozen

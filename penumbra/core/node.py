@@ -169,8 +169,13 @@ class NodeMachine:
                       token: Hashable = None) -> list[Command]:
         """Record a task's outputs here and in the GCS (``token``: reply
         to the owner once the GCS has the record)."""
-        expected = set(spec.return_ids)
-        outputs = tuple((o, s) for o, s in outputs if o in expected)
+        rids = spec.return_ids
+        # (the usual case, outputs exactly the return ids in order, as
+        # tuples, is kept as it is; anything else is filtered to them)
+        if (type(outputs) is not tuple or len(outputs) != len(rids)
+                or any(type(o) is not tuple or o[0] != r for o, r in zip(outputs, rids))):
+            expected = set(rids)
+            outputs = tuple((o, s) for o, s in outputs if o in expected)
         cmds: list[Command] = []
         admitted: list[ObjectId] = []
         for oid, size in outputs:
@@ -336,7 +341,12 @@ class NodeMachine:
         holder = ("client", ev.client)
         for oid in ev.object_ids:
             self.objects.store.unpin(oid, holder)
-        return []
+        if not ev.free:
+            return []
+        cmds: list[Command] = []
+        for oid in ev.object_ids:
+            cmds += self.objects.free(oid, now, ev.stimulus_id)
+        return cmds
 
     def _on_cancel(self, ev: CancelTask, now: float) -> list[Command]:
         found, cmds = self.scheduler.cancel(ev.task_id, ev.force, now, ev.stimulus_id)
@@ -462,6 +472,9 @@ class NodeMachine:
     def _on_gcs(self, ev: Event, now: float) -> list[Command]:
         return self.gcs.handle(ev, now)
 
+    def _on_gcs_reply_msg(self, ev: GcsReply, now: float) -> list[Command]:
+        return self.gcs._on_reply(ev, now)
+
     def _on_gcs_reply(self, token: Hashable, result: Any, now: float, sid: str) -> list[Command]:
         if token is None:
             return []
@@ -579,7 +592,7 @@ _HANDLERS = {
     ActorFloor: NodeMachine._on_floor,
     ActorCallStale: NodeMachine._on_call_stale,
     StopActor: NodeMachine._on_stop_actor,
-    GcsReply: NodeMachine._on_gcs,
+    GcsReply: NodeMachine._on_gcs_reply_msg,
     ChainConfigMsg: NodeMachine._on_gcs,
     GcsNotify: NodeMachine._on_notify,
     Fenced: NodeMachine._on_fenced,

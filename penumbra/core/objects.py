@@ -240,6 +240,7 @@ class ObjectManager:
         self.wants: dict[ObjectId, _Want] = {}
         self.dead_nodes: set[str] = set()
         self.fetches_started = 0
+        self.freed = 0  # objects deleted by ``free`` (their owner's last ref died)
         self.bytes_fetched = 0
         self.fetch_retry_armed = False
         # refresh reads that found news pub/sub had not delivered: expected
@@ -274,6 +275,17 @@ class ObjectManager:
             cmds += self.gcs_write(AddLocation(oid, self.node_id, size), None, now, sid)
         cmds += self._resolve(oid, now, sid)
         return adm, cmds
+
+    def free(self, oid: ObjectId, now: float, sid: str) -> list[Command]:
+        """Delete ``oid`` now, not when LRU eviction gets to it: its owner
+        dropped the last ref, which never left the owner.  Kept if anything
+        still pins it or waits for it (then it was shared after all)."""
+        o = self.store.objects.get(oid)
+        if o is None or o.pins or oid in self.wants:
+            return []
+        self.store.remove(oid)
+        self.freed += 1
+        return [Evict(object_id=oid, stimulus_id=sid)] + self.gcs_write(RemoveLocation(oid, self.node_id), None, now, sid)
 
     def add_error(self, oid: ObjectId, error: ErrorInfo, now: float, sid: str, materialise: bool = True) -> list[Command]:
         """``oid`` holds ``error`` (its task failed); it is available here."""

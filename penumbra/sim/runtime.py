@@ -568,8 +568,8 @@ class _SimClient(Runtime):
         if self.alive:
             self.client.send(self.node_id, msg)
 
-    def release(self, oids: Sequence[ObjectId]) -> None:
-        self.sim.release(oids)
+    def release(self, oids: Sequence[ObjectId], free: bool = False) -> None:
+        self.sim.release(oids, free)
 
     def cancel(self, task_id: TaskId, force: bool, recursive: bool) -> None:
         self._send(CancelTask(client=self.client_id, task_id=task_id, force=force, recursive=recursive))
@@ -775,10 +775,10 @@ class SimRuntime(_SimClient):
             self.shells.append(rt)
         return rt
 
-    def release(self, oids: Sequence[ObjectId]) -> None:
+    def release(self, oids: Sequence[ObjectId], free: bool = False) -> None:
         """The last ref to these put objects died: the client that put each
         one releases its pin (refcounts are per process; all of the
-        simulation's clients share this one)."""
+        simulation's clients share this one).  ``free``: delete them too."""
         if self.closed:
             return
         by_owner: dict[str, tuple[_SimClient, list[ObjectId]]] = {}
@@ -787,7 +787,7 @@ class SimRuntime(_SimClient):
             if owner is not None and owner.alive:
                 by_owner.setdefault(owner.client_id, (owner, []))[1].append(oid)
         for owner, lst in by_owner.values():
-            owner.client.send(owner.node_id, ReleaseObjects(client=owner.client_id, object_ids=tuple(lst)))
+            owner.client.send(owner.node_id, ReleaseObjects(client=owner.client_id, object_ids=tuple(lst), free=free))
 
     def start_fiber(self, fiber: _Fiber) -> None:
         fiber.thread.start()

@@ -107,6 +107,7 @@ class ClientRuntime(Runtime):
         self.on_item = None  # worker hook for Run/Interrupt/Checkpoint/Exit
         self.embedded: DaemonProcess | None = None
         self._release_buf: list[ObjectId] = []
+        self._free_buf: list[ObjectId] = []
         self._release_lock = threading.Lock()
         bridge.on_idle(self._flush)
 
@@ -353,24 +354,35 @@ class ClientRuntime(Runtime):
         if data is not None:
             self._remember(oid, data)
 
-    def release(self, oids: Sequence[ObjectId]) -> None:
+    def release(self, oids: Sequence[ObjectId], free: bool = False) -> None:
         if self._closed:
             return
         for oid in oids:
             data = self._cache.pop(oid, None)
             if data is not None:
                 self._cache_bytes -= len(data)
+            elif free and self._shm is not None:
+                # nobody else can name it: delete it here and now, so the
+                # next put reuses its (already mapped, warm) pages instead of
+                # faulting in new ones; the node is told below and forgets it
+                try:
+                    self._shm.delete(oid)
+                except Exception:  # noqa: BLE001 - the node's Evict retries the delete
+                    pass
         with self._release_lock:
-            first = not self._release_buf
-            self._release_buf.extend(oids)
+            first = not self._release_buf and not self._free_buf
+            (self._free_buf if free else self._release_buf).extend(oids)
         if first:
             self.bridge.submit(self._flush_release)
 
     def _flush_release(self) -> None:
         with self._release_lock:
             oids, self._release_buf = self._release_buf, []
+            frees, self._free_buf = self._free_buf, []
         if oids:
             self._send_now(P.Deliver(self.node_id, ReleaseObjects(client=self.client_id, object_ids=tuple(oids)), None, self.client_id))
+        if frees:
+            self._send_now(P.Deliver(self.node_id, ReleaseObjects(client=self.client_id, object_ids=tuple(frees), free=True), None, self.client_id))
 
     def cancel(self, task_id: TaskId, force: bool, recursive: bool) -> None:
         self._deliver(CancelTask(client=self.client_id, task_id=task_id, force=force, recursive=recursive))

@@ -501,6 +501,33 @@ def test_free_deletes_a_private_put_unless_something_still_uses_it(core) -> None
     box.node.validate()
 
 
+def test_gpu_instances_pack_fractions_and_wait_for_a_whole_gpu(core) -> None:
+    box = NodeBox(resources=ResourceSet.of(CPU=4, GPU=2))
+    half = ResourceSet.of(CPU=1, GPU=0.5)
+    a, b, c = (core.spec(resources=half) for _ in range(3))
+    ea, eb, ec = (of(box.submit(s), Execute)[0] for s in (a, b, c))
+    assert (ea.gpu_ids, eb.gpu_ids, ec.gpu_ids) == ((0,), (0,), (1,))  # fractions pack first-fit
+    box.finish(ea)
+    # 1 GPU's worth of units is free (half of each), but no whole GPU is
+    d = core.spec(resources=ResourceSet.of(CPU=1, GPU=1))
+    assert not of(box.submit(d), Execute)
+    assert box.sched.available.get("GPU") == 1.0 and box.sched.state_of(d.task_id) == "ready"
+    (ed,) = of(box.finish(eb), Execute)
+    assert ed.spec == d and ed.gpu_ids == (0,)
+    box.finish(ec)
+    box.finish(ed)
+    two = core.spec(resources=ResourceSet.of(CPU=1, GPU=2))
+    (e2,) = of(box.submit(two), Execute)
+    assert e2.gpu_ids == (0, 1)
+    # the worker dies: the retry gets the GPUs back
+    (again,) = of(box.feed(WorkerCrashed(worker_id=e2.worker_id, reason="test")), Execute)
+    assert again.spec == two and again.gpu_ids == (0, 1)
+    box.finish(again)
+    assert box.sched.gpus.free == [10_000, 10_000] and not box.sched.gpus.held
+    assert not of(box.submit(core.spec()), Execute)[0].gpu_ids
+    box.node.validate()
+
+
 def test_task_outputs_that_do_not_fit_fail_the_task(core) -> None:
     from penumbra.core.ids import put_object_id
 

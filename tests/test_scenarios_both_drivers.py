@@ -63,3 +63,29 @@ def test_scenario_same_result_on_both_drivers(name, real_results, sim_results):
     assert status == "ok", f"{name} failed on the real runtime: {real}"
     for label, results in sim_results.items():
         assert results[name] == ("ok", real), f"{name} on {label}: {results[name]!r} != real {real!r}"
+
+
+def test_gpu_ids_same_on_both_drivers_and_cuda_visible_devices_set():
+    import os
+
+    from penumbra.verification.scenarios import GPU_SCENARIOS
+
+    @ray.remote(num_gpus=1)
+    def visible():
+        return os.environ.get("CUDA_VISIBLE_DEVICES"), ray.get_gpu_ids()
+
+    results = {}
+    for label, kw in (("real", {}), ("sim", {"simulated": True})):
+        ray.init(num_cpus=2, num_gpus=2, **kw)
+        try:
+            results[label] = {name: fn(ray) for name, fn in GPU_SCENARIOS.items()}
+            if label == "real":
+                env, ids = ray.get(visible.remote())
+                assert env == ",".join(map(str, ids)) and len(ids) == 1
+        finally:
+            ray.shutdown()
+    assert results["real"] == results["sim"]
+    assert results["real"]["gpu_ids"] == {
+        "actor": [0], "one": [1], "half": ([1], {"GPU": ["1"]}), "none": [], "driver": [],
+        "actor again": [0], "both": [0, 1],
+    }

@@ -68,6 +68,8 @@ HINTS = {
     "successor-never-resyncs": 4,
     "inputs-not-pinned": 64,
     "finish-undone": 2,
+    "gpu-fraction-overcommit": 6,
+    "gpus-kept-by-crashed-worker": 23,
 }
 
 

@@ -36,6 +36,7 @@ class TaskContext:
     # the n-th task submitted / object put while this task runs
     submitted: itertools.count = field(default_factory=itertools.count)
     puts: itertools.count = field(default_factory=lambda: itertools.count(1))
+    gpu_ids: tuple = ()  # what get_gpu_ids() returns (the GPUs the task or actor holds)
 
 
 _driver_ctx: TaskContext | None = None

@@ -9,6 +9,7 @@ every caller sees, and how an actor's state is checkpointed and restored.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from ..core.records import ErrorInfo, ErrorKind
@@ -17,7 +18,34 @@ from ..exceptions import TaskError, from_error_info
 from .args import dumps, loads, unpack_args
 from .runtime import ErrorValue
 
-__all__ = ["call_args", "split_returns", "task_error", "actor_state", "restore_actor"]
+__all__ = ["call_args", "split_returns", "task_error", "actor_state", "restore_actor", "gpu_ids_for", "set_visible_gpus"]
+
+# The GPUs this process was started with, if someone restricted them: the
+# node's GPU instance i is then the i-th of these (Ray's rule).
+_STARTED_VISIBLE = os.environ.get("CUDA_VISIBLE_DEVICES")
+_STARTED_IDS = [x for x in _STARTED_VISIBLE.split(",") if x] if _STARTED_VISIBLE else []
+
+
+def gpu_ids_for(indices: tuple[int, ...]) -> tuple:
+    """What ``get_gpu_ids()`` returns for the node's GPU instances
+    ``indices``: the indices themselves, or, when the process was started
+    with ``CUDA_VISIBLE_DEVICES``, the entries of it they name (strings, as
+    Ray returns them then)."""
+    if not _STARTED_IDS:
+        return tuple(indices)
+    return tuple(_STARTED_IDS[i] if i < len(_STARTED_IDS) else str(i) for i in indices)
+
+
+def set_visible_gpus(ids: tuple) -> None:
+    """Point ``CUDA_VISIBLE_DEVICES`` at a task's GPUs (a task without GPUs
+    sees what the process was started with).  Process-wide: only for a
+    worker process, one task (or one actor) at a time."""
+    if ids:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in ids)
+    elif _STARTED_VISIBLE is None:
+        os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+    else:
+        os.environ["CUDA_VISIBLE_DEVICES"] = _STARTED_VISIBLE
 
 
 def call_args(spec: TaskSpec, values: list[Any]) -> tuple[list, dict]:

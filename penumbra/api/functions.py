@@ -372,6 +372,10 @@ class RuntimeContext:
     def was_current_actor_reconstructed(self) -> bool:
         return self._ctx.actor_id is not None and getattr(self._rt, "actor_incarnation", 0) > 0
 
+    def get_accelerator_ids(self) -> dict[str, list[str]]:
+        """The accelerators this task or actor holds: ``{"GPU": [ids]}``."""
+        return {"GPU": [str(i) for i in self._ctx.gpu_ids]}
+
     def get_assigned_resources(self) -> dict:
         return dict(getattr(self._rt, "assigned_resources", {}) or {})
 
@@ -381,6 +385,18 @@ class RuntimeContext:
         if a is None:
             raise RuntimeError("current_actor is only available inside an actor")
         return self._rt.current_actor_handle()
+
+
+def get_gpu_ids() -> list:
+    """The GPUs this task or actor holds (``num_gpus``), as indices on its
+    node -- or, if the node was started with ``CUDA_VISIBLE_DEVICES``, as the
+    entries of it (strings).  Empty in the driver and in tasks without GPUs.
+
+    A task's ``CUDA_VISIBLE_DEVICES`` is set to these while it runs.  Tasks
+    with fractional ``num_gpus`` share a GPU: ``0.5`` and ``0.5`` get the
+    same id.
+    """
+    return list(task_context().gpu_ids)
 
 
 def get_runtime_context() -> RuntimeContext:

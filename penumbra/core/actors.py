@@ -578,7 +578,8 @@ class ActorHost:
                 call = h.replay.popleft()
                 h.running[call.spec.task_id] = call
                 self.node.story_add(call.spec.task_id, now, sid, "replaying on restarted actor")
-                cmds.append(Execute(worker_id=h.worker, spec=call.spec, attempt=call.attempt, stimulus_id=sid))
+                cmds.append(Execute(worker_id=h.worker, spec=call.spec, attempt=call.attempt,
+                                    gpu_ids=self.node.scheduler.gpus.ids_of(h.worker), stimulus_id=sid))
             return cmds
         arrival = h.arrival
         scanned = 0
@@ -610,7 +611,8 @@ class ActorHost:
                 continue
             self._pin(call, True)
             self.node.story_add(call.spec.task_id, now, sid, f"running on actor worker {h.worker}")
-            cmds.append(Execute(worker_id=h.worker, spec=call.spec, attempt=call.attempt, stimulus_id=sid))
+            cmds.append(Execute(worker_id=h.worker, spec=call.spec, attempt=call.attempt,
+                                gpu_ids=self.node.scheduler.gpus.ids_of(h.worker), stimulus_id=sid))
         return cmds
 
     def _input_error(self, call: _Call) -> ErrorInfo | None:

@@ -410,6 +410,9 @@ class Execute(Command):
     attempt: int = 0
     # actor creation only: restore this checkpoint instead of a fresh state
     checkpoint: Payload | None = None
+    # the GPU instances (indices on the node) the task or actor holds: what
+    # ``get_gpu_ids()`` returns and ``CUDA_VISIBLE_DEVICES`` is set to
+    gpu_ids: tuple[int, ...] = ()
 
 
 @_frozen

@@ -53,6 +53,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .gpus import GpuInstances
 from .ids import ObjectId, TaskId
 from .messages import (
     Command,
@@ -148,6 +149,7 @@ class LocalScheduler:
         self.tasks: dict[TaskId, _Task] = {}
         self.ready: dict[ResourceSet, deque[TaskId]] = {}  # per resource shape, FIFO
         self.workers: dict[str, _Worker] = {}
+        self.gpus = GpuInstances(resources.units("GPU"))
         self.busy = 0  # workers in state BUSY (kept, not counted: the forwarding rule asks per submit)
         self.idle: deque[str] = deque()
         self.next_worker = 0
@@ -397,9 +399,12 @@ class LocalScheduler:
             return cmds
         for req in list(ready):
             q = ready[req]
+            gpu = req.units("GPU")
             while q:
                 if not req.is_subset_of(self.available):
                     break
+                if gpu and self.gpus.pick(gpu) is None:
+                    break  # the units are there but not on whole instances (see gpus.py)
                 tid = q[0]
                 t = self.tasks.get(tid)
                 if t is None or t.state != READY:
@@ -434,9 +439,17 @@ class LocalScheduler:
         t.state = RUNNING
         t.worker = wid
         t.started_at = now
-        self._story(t.spec.task_id, now, sid, f"running on {wid} attempt={t.attempt}")
+        gpu_ids: tuple[int, ...] = ()
+        gpu = req.units("GPU")
+        if gpu:
+            gpus = self.gpus
+            gpus.take(wid, gpus.pick(gpu))  # (dispatch checked that they fit)
+            gpu_ids = gpus.ids_of(wid)
+            self._story(t.spec.task_id, now, sid, f"running on {wid} attempt={t.attempt} GPUs {list(gpu_ids)}")
+        else:
+            self._story(t.spec.task_id, now, sid, f"running on {wid} attempt={t.attempt}")
         checkpoint = t.actor.checkpoint if t.actor is not None else None
-        return [Execute(worker_id=wid, spec=t.spec, attempt=t.attempt, checkpoint=checkpoint, stimulus_id=sid)]
+        return [Execute(worker_id=wid, spec=t.spec, attempt=t.attempt, checkpoint=checkpoint, gpu_ids=gpu_ids, stimulus_id=sid)]
 
     def _release(self, w: _Worker) -> None:
         give = w.held - w.lent
@@ -526,6 +539,7 @@ class LocalScheduler:
         cmds: list[Command] = []
         tid = w.task
         self._release(w)
+        self.gpus.give_back(wid)
         if tid is not None:
             t = self.tasks.get(tid)
             if t is not None:
@@ -572,6 +586,7 @@ class LocalScheduler:
         a = self.config.ema_alpha
         self.mean_task_time = elapsed if self.finished_count == 0 else (1 - a) * self.mean_task_time + a * elapsed
         if t.cancelled:
+            self.gpus.give_back(wid)
             w.state = IDLE
             self.idle.append(wid)
             return self._fail(t, ErrorInfo(ErrorKind.TASK_CANCELLED, f"task {t.spec.display_name()} was cancelled", task_name=t.spec.display_name()), now, sid, "cancelled") + self.dispatch(now, sid)
@@ -585,6 +600,8 @@ class LocalScheduler:
             cmds = self.node.actor_created(t.spec, t.actor, wid, now, sid)
             cmds += self._creation_over(tid, now, sid)
             return cmds + self.dispatch(now, sid)
+        if self.gpus.held:
+            self.gpus.give_back(wid)
         w.state = IDLE
         self.idle.append(wid)
         cmds = self.node.store_outputs(t.spec, outputs, t.attempt, now, sid)
@@ -603,6 +620,8 @@ class LocalScheduler:
         w.task = None
         if w.state == BUSY:
             self.busy -= 1
+        if self.gpus.held:
+            self.gpus.give_back(wid)
         w.state = IDLE
         self.idle.append(wid)
         self._unpin_inputs(t)
@@ -654,6 +673,7 @@ class LocalScheduler:
     # ------------------------------------------------------------------ actors
     def release_actor_worker(self, wid: str) -> None:
         """An actor's worker is gone for good (killed or crashed)."""
+        self.gpus.give_back(wid)
         w = self.workers.pop(wid, None)
         if w is not None and w.state == BUSY:
             self.busy -= 1
@@ -705,6 +725,10 @@ class LocalScheduler:
             assert tid not in self.done, f"{tid} both live and done"
         assert self.pending_starts == sum(1 for w in self.workers.values() if w.state == STARTING)
         assert self.busy == sum(1 for w in self.workers.values() if w.state == BUSY), "busy worker count is off"
+        self.gpus.validate()
+        for wid in self.gpus.held:
+            w = self.workers.get(wid)
+            assert w is not None and w.state in (BUSY, ACTOR), f"GPUs held by {wid}, which runs nothing"
         for tid in self.restart_after:
             assert tid in self.tasks and self.tasks[tid].state == RUNNING, f"deferred restart of {tid} without its running creation"
         for wid in self.idle:

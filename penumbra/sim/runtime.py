@@ -961,7 +961,9 @@ class PythonExecutor(Executor):
         rt = fiber.rt
         rt.job_id = spec.job_id
         aid = spec.actor_id or (spec.actor_creation.actor_id if spec.actor_creation else None)
-        ctx = TaskContext(spec.task_id, spec.job_id, aid, cmd.attempt, spec.display_name())
+        # (GPU ids only: the simulation's tasks share one process, so no
+        # CUDA_VISIBLE_DEVICES)
+        ctx = TaskContext(spec.task_id, spec.job_id, aid, cmd.attempt, spec.display_name(), gpu_ids=tuple(cmd.gpu_ids))
         duration = float(self.sim._task_time(spec))
         try:
             with use_task_context(ctx):

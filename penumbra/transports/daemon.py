@@ -302,7 +302,7 @@ class Daemon:
             args.append(a)
         w.running.add(c.spec.task_id)
         w.job_id = c.spec.job_id
-        self._send(w.channel, P.Run(c.spec, c.attempt, tuple(args), c.checkpoint))
+        self._send(w.channel, P.Run(c.spec, c.attempt, tuple(args), c.checkpoint, c.gpu_ids))
 
     def kill_worker(self, wid: str, reason: str) -> None:
         w = self.workers.get(wid)

@@ -97,6 +97,7 @@ class Run:
     attempt: int
     args: tuple[Attachment, ...]  # one per dependency, in order
     checkpoint: Payload | None = None
+    gpu_ids: tuple[int, ...] = ()  # GPU instances on the node the task or actor holds
 
 
 @_frozen

@@ -31,7 +31,7 @@ from typing import Any
 
 from ..api import context
 from ..api.context import TaskContext, use_task_context
-from ..api.execution import actor_state, call_args, restore_actor, split_returns, task_error
+from ..api.execution import actor_state, call_args, gpu_ids_for, restore_actor, set_visible_gpus, split_returns, task_error
 from ..core.records import ErrorInfo, ErrorKind
 from ..core.specs import TaskSpec
 from . import protocol as P
@@ -81,6 +81,7 @@ class Worker:
     def __init__(self, rt: ClientRuntime) -> None:
         self.rt = rt
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._visible: tuple = ()  # the GPU ids CUDA_VISIBLE_DEVICES was last set to
         self.actor: Any = None
         self.actor_name = ""
         self.actor_spec = None
@@ -130,7 +131,7 @@ class Worker:
     def _context(self, run: P.Run) -> TaskContext:
         spec = run.spec
         aid = spec.actor_id or (spec.actor_creation.actor_id if spec.actor_creation else None)
-        return TaskContext(spec.task_id, spec.job_id, aid, run.attempt, spec.display_name())
+        return TaskContext(spec.task_id, spec.job_id, aid, run.attempt, spec.display_name(), gpu_ids=gpu_ids_for(run.gpu_ids))
 
     def execute(self, run: P.Run, main: bool = False) -> None:
         spec = run.spec
@@ -139,7 +140,11 @@ class Worker:
         if main:
             self.current = spec.task_id
         try:
-            with use_task_context(self._context(run)):
+            ctx = self._context(run)
+            if ctx.gpu_ids != self._visible:
+                self._visible = ctx.gpu_ids
+                set_visible_gpus(ctx.gpu_ids)
+            with use_task_context(ctx):
                 if spec.actor_creation is not None:
                     self._create_actor(run)
                     result = None

@@ -213,6 +213,32 @@ def _finish_can_be_undone():
     return _patch(T, "_APPLY", {**T._APPLY, T.AddTask: _add_task})
 
 
+def _gpu_fraction_overcommit():
+    from ..core import gpus as GP
+
+    orig = GP.GpuInstances.pick
+
+    def pick(self, units):
+        if 0 < units < GP.UNIT:
+            return ((0, units),)  # BUG: a fraction goes on GPU 0 whether or not it has room left
+        return orig(self, units)
+
+    return _patch(GP.GpuInstances, "pick", pick)
+
+
+def _gpus_kept_by_crashed_worker():
+    orig = S.LocalScheduler.on_worker_crashed
+
+    def on_worker_crashed(self, wid, reason, now, sid):
+        held = self.gpus.held.get(wid)
+        cmds = orig(self, wid, reason, now, sid)
+        if held:
+            self.gpus.take(wid, held)  # BUG: as if ``give_back(wid)`` were missing: the dead worker keeps them
+        return cmds
+
+    return _patch(S.LocalScheduler, "on_worker_crashed", on_worker_crashed)
+
+
 BUGS: tuple[Bug, ...] = (
     Bug("no-release-on-crash", "a crashed worker's resources are not released", _no_release_on_crash),
     Bug("retry-budget-off-by-one", "one retry fewer than max_retries", _retry_budget_off_by_one),
@@ -226,6 +252,8 @@ BUGS: tuple[Bug, ...] = (
     Bug("successor-never-resyncs", "a replica ignores its new successor's sync request", _successor_resync_ignored),
     Bug("inputs-not-pinned", "task inputs are not pinned while the task waits or runs", _task_inputs_not_pinned),
     Bug("finish-undone", "a late AddTask reopens a finished task", _finish_can_be_undone),
+    Bug("gpu-fraction-overcommit", "a fractional GPU request is put on GPU 0 even when it is full", _gpu_fraction_overcommit),
+    Bug("gpus-kept-by-crashed-worker", "a crashed worker's GPU instances are not given back", _gpus_kept_by_crashed_worker),
 )
 
 # Changes that look like bugs but that the rest of the design makes harmless,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-__all__ = ["SCENARIOS", "run_all"]
+__all__ = ["SCENARIOS", "GPU_SCENARIOS", "run_all"]
 
 
 def fan_out_fan_in(ray) -> Any:
@@ -163,6 +163,44 @@ def named_actor(ray) -> Any:
     ray.get(r.set.remote("x", 42))
     return ray.get(ray.get_actor("scenario-registry").get.remote("x"))
 
+
+def gpu_ids(ray) -> Any:
+    """Which GPUs tasks and actors get (needs a node with 2 GPUs): an actor
+    keeps its GPU for life, a fraction packs onto a GPU already in use, a
+    task without GPUs and the driver get none, and a 2-GPU task waits for
+    the actor's GPU to come back when the actor is killed."""
+
+    @ray.remote(num_gpus=1)
+    class Holder:
+        def ids(self):
+            return ray.get_gpu_ids()
+
+    @ray.remote(num_gpus=1)
+    def one():
+        return ray.get_gpu_ids()
+
+    @ray.remote(num_gpus=0.5)
+    def half():
+        return ray.get_gpu_ids(), ray.get_runtime_context().get_accelerator_ids()
+
+    @ray.remote
+    def none():
+        return ray.get_gpu_ids()
+
+    @ray.remote(num_gpus=2)
+    def both():
+        return ray.get_gpu_ids()
+
+    h = Holder.remote()
+    out = {"actor": ray.get(h.ids.remote()), "one": ray.get(one.remote()), "half": ray.get(half.remote()),
+           "none": ray.get(none.remote()), "driver": ray.get_gpu_ids(), "actor again": ray.get(h.ids.remote())}
+    ray.kill(h)
+    out["both"] = ray.get(both.remote(), timeout=60)
+    return out
+
+
+#: Scenarios that need GPUs on the cluster (``init(num_gpus=2)``).
+GPU_SCENARIOS: dict[str, Callable[[Any], Any]] = {"gpu_ids": gpu_ids}
 
 SCENARIOS: dict[str, Callable[[Any], Any]] = {
     f.__name__: f

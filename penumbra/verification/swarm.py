@@ -50,7 +50,7 @@ from ..core.tables import Op
 from ..sim.cluster import SimCluster
 from ..sim.costs import PAPER
 from . import checkers as C
-from .workload import VActor, Workload, VerifyExecutor, digest, generate
+from .workload import VActor, Workload, VerifyExecutor, add_gpus, digest, generate
 
 __all__ = ["SeedPlan", "FaultPlan", "RunResult", "SeedReport", "plan_seed", "run_plan", "check_seed", "check_plan",
            "run_swarm", "run_swarm_cli", "story", "shrink"]
@@ -146,6 +146,16 @@ def plan_seed(seed: int) -> SeedPlan:
                         large=rng.choice((1 << 20, 4 << 20)),
                         max_cpu=max(s.resources.get("CPU") for s in shapes),
                         custom_cpu=min(special_cpus) if special_cpus else 1)
+    # GPUs on a third of the seeds, drawn from their own generator so that
+    # the rest of each seed's plan is what it was before GPUs came in.
+    # Node 0 never crashes or is cut off: a GPU node always lives.
+    grng = random.Random(f"penumbra-swarm-gpus-{seed}")
+    if grng.random() < 0.3:
+        gpu_nodes = {0, n - 1} if grng.random() < 0.5 else {0}
+        shapes = [dataclasses.replace(s, resources=s.resources + ResourceSet.of(GPU=2)) if i in gpu_nodes else s
+                  for i, s in enumerate(shapes)]
+        layout = dataclasses.replace(layout, nodes=tuple(shapes))
+        workload = add_gpus(workload, grng, cpu_cap=min(shapes[i].resources.get("CPU") for i in gpu_nodes))
     faulty = rng.random() < 0.85
     crashes, replicas, isolations, slow = [], [], [], []
     if faulty:
@@ -377,9 +387,11 @@ def run_plan(plan: SeedPlan, *, faults: bool = True, validate: bool = True, max_
             idx += 1
         for a in w.actors:
             def create(a=a):
+                gpu = ResourceSet.of(GPU=a.gpus) if a.gpus else ResourceSet()
                 actors[a.key] = d.create_actor(VActor(a.key), cls=f"A{a.key}", max_restarts=a.max_restarts,
                                                max_task_retries=a.max_task_retries, replay=a.replay,
-                                               checkpoint_interval=a.checkpoint_interval)
+                                               checkpoint_interval=a.checkpoint_interval,
+                                               resources=gpu, placement=gpu + ResourceSet.of(CPU=1))
             events.append((a.at, idx, create))
             idx += 1
             for c in a.calls:

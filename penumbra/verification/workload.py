@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..core.ids import ActorId, ObjectId, TaskId, child_task_id
@@ -116,6 +116,7 @@ class ActorPlan:
     at: float
     calls: tuple[CallPlan, ...]
     kill_at: float | None = None  # the driver kills it (no restart) then
+    gpus: float = 0.0  # GPUs it holds for life (placed with 1 CPU more)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +133,27 @@ class Workload:
         raising = sum(1 for t in self.tasks if t.model.raises)
         return (f"{len(self.puts)} puts, {len(self.tasks)} tasks ({nested} nested, {raising} raising), "
                 f"{len(self.actors)} actors with {sum(len(a.calls) for a in self.actors)} calls")
+
+
+def add_gpus(w: Workload, rng: random.Random, cpu_cap: float) -> Workload:
+    """Some tasks ask for GPUs (a quarter, a half or one), and perhaps one
+    actor holds half a GPU for life; for a cluster where nodes of at least
+    ``cpu_cap`` CPUs have 2 GPUs each.  A GPU task asks for no custom
+    resource and at most ``cpu_cap`` CPUs, so it fits a GPU node; with at
+    most half a GPU held by an actor, a whole GPU is always left for tasks.
+    """
+    tasks = []
+    for t in w.tasks:
+        r = t.resources
+        if rng.random() < 0.3 and set(r.to_dict()) == {"CPU"}:
+            r = ResourceSet.from_dict({"CPU": min(r.get("CPU"), cpu_cap), "GPU": rng.choice((0.25, 0.5, 1))})
+            t = replace(t, resources=r)
+        tasks.append(t)
+    actors = list(w.actors)
+    if actors and rng.random() < 0.5:
+        i = rng.randrange(len(actors))
+        actors[i] = replace(actors[i], gpus=0.5)
+    return replace(w, tasks=tuple(tasks), actors=tuple(actors))
 
 
 def generate(rng: random.Random, *, horizon: float = 1.0, max_tasks: int = 40, custom: tuple[str, ...] = (),

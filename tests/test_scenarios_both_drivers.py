@@ -86,6 +86,6 @@ def test_gpu_ids_same_on_both_drivers_and_cuda_visible_devices_set():
             ray.shutdown()
     assert results["real"] == results["sim"]
     assert results["real"]["gpu_ids"] == {
-        "actor": [0], "one": [1], "half": ([1], {"GPU": ["1"]}), "none": [], "driver": [],
-        "actor again": [0], "both": [0, 1],
+        "actor": [0], "one": [1], "half": ([1], {"GPU": ["1"]}, {"CPU": 1.0, "GPU": 0.5}), "none": [], "driver": [],
+        "actor again": [0], "actor holds": {"GPU": 1.0}, "both": [0, 1],
     }

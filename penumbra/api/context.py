@@ -37,6 +37,7 @@ class TaskContext:
     submitted: itertools.count = field(default_factory=itertools.count)
     puts: itertools.count = field(default_factory=lambda: itertools.count(1))
     gpu_ids: tuple = ()  # what get_gpu_ids() returns (the GPUs the task or actor holds)
+    resources: dict = field(default_factory=dict)  # what get_assigned_resources() returns
 
 
 _driver_ctx: TaskContext | None = None

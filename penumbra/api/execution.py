@@ -18,12 +18,26 @@ from ..exceptions import TaskError, from_error_info
 from .args import dumps, loads, unpack_args
 from .runtime import ErrorValue
 
-__all__ = ["call_args", "split_returns", "task_error", "actor_state", "restore_actor", "gpu_ids_for", "set_visible_gpus"]
+__all__ = ["call_args", "split_returns", "task_error", "actor_state", "restore_actor", "gpu_ids_for", "set_visible_gpus",
+           "assigned_resources"]
 
 # The GPUs this process was started with, if someone restricted them: the
 # node's GPU instance i is then the i-th of these (Ray's rule).
 _STARTED_VISIBLE = os.environ.get("CUDA_VISIBLE_DEVICES")
 _STARTED_IDS = [x for x in _STARTED_VISIBLE.split(",") if x] if _STARTED_VISIBLE else []
+
+
+def assigned_resources(spec: TaskSpec, actor_life: Any = None) -> dict[str, float]:
+    """What ``get_assigned_resources()`` returns while ``spec`` runs: a
+    task's request; for an actor (its creation and its methods) what it
+    holds for life (``actor_life``: that ``ResourceSet``, for a method) --
+    ``{}`` by default, as in Ray, since an actor that does not ask for CPUs
+    holds none while it lives."""
+    if spec.actor_creation is not None:
+        return spec.actor_creation.resources.to_dict()
+    if spec.actor_id is not None:
+        return actor_life.to_dict() if actor_life is not None else {}
+    return spec.resources.to_dict()
 
 
 def gpu_ids_for(indices: tuple[int, ...]) -> tuple:

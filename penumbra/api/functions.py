@@ -377,7 +377,10 @@ class RuntimeContext:
         return {"GPU": [str(i) for i in self._ctx.gpu_ids]}
 
     def get_assigned_resources(self) -> dict:
-        return dict(getattr(self._rt, "assigned_resources", {}) or {})
+        """The resources this task holds (``{"CPU": 1.0}`` by default), or
+        those its actor holds for life (``{}`` by default); ``{}`` in the
+        driver."""
+        return dict(self._ctx.resources)
 
     @property
     def current_actor(self) -> ActorHandle:

@@ -109,7 +109,7 @@ from typing import Any
 
 from ..api import context
 from ..api.context import TaskContext, use_task_context
-from ..api.execution import actor_state, call_args, restore_actor, split_returns, task_error
+from ..api.execution import actor_state, assigned_resources, call_args, restore_actor, split_returns, task_error
 from ..api.refs import ObjectRef
 from ..api.runtime import ErrorValue, Runtime
 from ..core.ids import ActorId, ObjectId, TaskId
@@ -916,6 +916,7 @@ class PythonExecutor(Executor):
         # its node sent them (the node sends calls ahead): the calls waiting
         # behind the running one, per worker
         self.lines: dict[str, deque[Execute]] = {}
+        self.actor_life: dict[str, Any] = {}  # worker -> the resources its actor holds for life
 
     def start_worker(self, node: SimNode, worker_id: str) -> float | None:
         return node.cluster.costs.worker_start
@@ -963,7 +964,10 @@ class PythonExecutor(Executor):
         aid = spec.actor_id or (spec.actor_creation.actor_id if spec.actor_creation else None)
         # (GPU ids only: the simulation's tasks share one process, so no
         # CUDA_VISIBLE_DEVICES)
-        ctx = TaskContext(spec.task_id, spec.job_id, aid, cmd.attempt, spec.display_name(), gpu_ids=tuple(cmd.gpu_ids))
+        if spec.actor_creation is not None:
+            self.actor_life[fiber.worker.worker_id] = spec.actor_creation.resources
+        ctx = TaskContext(spec.task_id, spec.job_id, aid, cmd.attempt, spec.display_name(), gpu_ids=tuple(cmd.gpu_ids),
+                          resources=assigned_resources(spec, self.actor_life.get(fiber.worker.worker_id)))
         duration = float(self.sim._task_time(spec))
         try:
             with use_task_context(ctx):

@@ -31,7 +31,16 @@ from typing import Any
 
 from ..api import context
 from ..api.context import TaskContext, use_task_context
-from ..api.execution import actor_state, call_args, gpu_ids_for, restore_actor, set_visible_gpus, split_returns, task_error
+from ..api.execution import (
+    actor_state,
+    assigned_resources,
+    call_args,
+    gpu_ids_for,
+    restore_actor,
+    set_visible_gpus,
+    split_returns,
+    task_error,
+)
 from ..core.records import ErrorInfo, ErrorKind
 from ..core.specs import TaskSpec
 from . import protocol as P
@@ -131,7 +140,9 @@ class Worker:
     def _context(self, run: P.Run) -> TaskContext:
         spec = run.spec
         aid = spec.actor_id or (spec.actor_creation.actor_id if spec.actor_creation else None)
-        return TaskContext(spec.task_id, spec.job_id, aid, run.attempt, spec.display_name(), gpu_ids=gpu_ids_for(run.gpu_ids))
+        life = self.actor_spec.resources if self.actor_spec is not None else None
+        return TaskContext(spec.task_id, spec.job_id, aid, run.attempt, spec.display_name(), gpu_ids=gpu_ids_for(run.gpu_ids),
+                           resources=assigned_resources(spec, life))
 
     def execute(self, run: P.Run, main: bool = False) -> None:
         spec = run.spec

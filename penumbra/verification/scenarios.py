@@ -175,13 +175,17 @@ def gpu_ids(ray) -> Any:
         def ids(self):
             return ray.get_gpu_ids()
 
+        def assigned(self):
+            return ray.get_runtime_context().get_assigned_resources()
+
     @ray.remote(num_gpus=1)
     def one():
         return ray.get_gpu_ids()
 
     @ray.remote(num_gpus=0.5)
     def half():
-        return ray.get_gpu_ids(), ray.get_runtime_context().get_accelerator_ids()
+        ctx = ray.get_runtime_context()
+        return ray.get_gpu_ids(), ctx.get_accelerator_ids(), ctx.get_assigned_resources()
 
     @ray.remote
     def none():
@@ -193,7 +197,8 @@ def gpu_ids(ray) -> Any:
 
     h = Holder.remote()
     out = {"actor": ray.get(h.ids.remote()), "one": ray.get(one.remote()), "half": ray.get(half.remote()),
-           "none": ray.get(none.remote()), "driver": ray.get_gpu_ids(), "actor again": ray.get(h.ids.remote())}
+           "none": ray.get(none.remote()), "driver": ray.get_gpu_ids(), "actor again": ray.get(h.ids.remote()),
+           "actor holds": ray.get(h.assigned.remote())}
     ray.kill(h)
     out["both"] = ray.get(both.remote(), timeout=60)
     return out

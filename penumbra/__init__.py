@@ -17,7 +17,11 @@ memory on this machine or a cluster) or, with ``init(simulated=...)``, on the
 discrete-event simulator.
 """
 
-from . import exceptions
+from . import _codecache
+
+_codecache.install()  # before any module that defines the protocol's dataclasses
+
+from . import exceptions  # noqa: E402
 from .api.actor import ActorClass, ActorHandle, method
 from .api.functions import (
     ClusterInfo,

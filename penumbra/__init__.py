@@ -21,7 +21,7 @@ from . import _codecache
 
 _codecache.install()  # before any module that defines the protocol's dataclasses
 
-from . import exceptions  # noqa: E402
+from . import exceptions, util  # noqa: E402
 from .api.actor import ActorClass, ActorHandle, method
 from .api.functions import (
     ClusterInfo,
@@ -71,4 +71,5 @@ __all__ = [
     "RuntimeContext",
     "ClusterInfo",
     "exceptions",
+    "util",
 ]

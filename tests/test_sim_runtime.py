@@ -553,3 +553,44 @@ def test_cluster_info_and_shutdown_with_tasks_in_flight(start):
     with pytest.raises(exc.GetTimeoutError):
         ray.get(refs, timeout=1)
     # shutdown (in the fixture) unwinds the three parked task threads
+
+
+# ----------------------------------------------------------------- ray.util
+
+
+def test_actor_pool_errors_and_timeouts(start):
+    """(ActorPool's results on both drivers: scenarios.actor_pool.)"""
+    start()
+
+    @ray.remote
+    class Slow:
+        def work(self, v):
+            simrt.sleep(v)  # virtual time
+            return v
+
+    a, b = Slow.remote(), Slow.remote()
+    pool = ray.util.ActorPool([a, b])
+    with pytest.raises(StopIteration):
+        pool.get_next()
+    with pytest.raises(TypeError, match="must return the ObjectRef"):
+        pool.submit(lambda actor, v: v, 1)
+    assert pool.has_free()  # the actor came back after the bad submission
+    with pytest.raises(ValueError, match="already in the pool"):
+        pool.push(a)
+    pool.submit(lambda actor, v: actor.work.remote(v), 5.0)
+    pool.submit(lambda actor, v: actor.work.remote(v), 0.1)
+    pool.submit(lambda actor, v: actor.work.remote(v), 0.2)  # waits for an actor
+    assert not pool.has_free() and pool.pop_idle() is None
+    assert pool.get_next_unordered() == 0.1
+    with pytest.raises(ValueError, match="get_next_unordered"):
+        pool.get_next()
+    with pytest.raises(TimeoutError):
+        pool.get_next_unordered(timeout=0.05)
+    assert sorted(pool.get_next_unordered() for _ in range(2)) == [0.2, 5.0]
+    assert not pool.has_next()
+    # in order again once drained; a timed-out result can be given up
+    pool.submit(lambda actor, v: actor.work.remote(v), 3.0)
+    pool.submit(lambda actor, v: actor.work.remote(v), 0.1)
+    with pytest.raises(TimeoutError):
+        pool.get_next(timeout=0.5, ignore_if_timedout=True)
+    assert pool.get_next() == 0.1 and not pool.has_next()

@@ -204,6 +204,31 @@ def gpu_ids(ray) -> Any:
     return out
 
 
+def actor_pool(ray) -> Any:
+    @ray.remote
+    class Doubler:
+        def __init__(self):
+            self.calls = 0
+
+        def double(self, v):
+            self.calls += 1
+            return 2 * v
+
+        def count(self):
+            return self.calls
+
+    actors = [Doubler.remote() for _ in range(3)]
+    pool = ray.util.ActorPool(actors)
+    ordered = list(pool.map(lambda a, v: a.double.remote(v), range(10)))
+    unordered = sorted(pool.map_unordered(lambda a, v: a.double.remote(v), range(7)))
+    for v in (100, 101, 102, 103, 104):  # more than there are actors: some wait for one
+        pool.submit(lambda a, v: a.double.remote(v), v)
+    in_order = [pool.get_next() for _ in range(5)]
+    idle = pool.pop_idle()
+    pool.push(idle)
+    return ordered, unordered, in_order, pool.has_next(), pool.has_free(), sum(ray.get([a.count.remote() for a in actors]))
+
+
 #: Scenarios that need GPUs on the cluster (``init(num_gpus=2)``).
 GPU_SCENARIOS: dict[str, Callable[[Any], Any]] = {"gpu_ids": gpu_ids}
 
@@ -212,6 +237,7 @@ SCENARIOS: dict[str, Callable[[Any], Any]] = {
     for f in (
         fan_out_fan_in, nested_tasks, dependency_chain, multiple_returns, actor_ordering,
         actor_handle_in_tasks, errors_propagate, wait_semantics, put_and_share, named_actor,
+        actor_pool,
     )
 }
 

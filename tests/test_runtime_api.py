@@ -485,3 +485,15 @@ def test_worker_output_reaches_driver(capfd):
             break
         time.sleep(0.05)
     assert f"(talk pid={pid}) hello from a worker" in out
+
+
+def test_a_generator_method_fails_with_a_clear_error():
+    @ray.remote
+    class Gen:
+        def values(self):
+            yield 1
+
+    g = Gen.remote()
+    with pytest.raises(TypeError, match="generator function.*num_returns=N"):
+        ray.get(g.values.remote(), timeout=60)
+    ray.kill(g)

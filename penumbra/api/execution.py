@@ -9,6 +9,7 @@ every caller sees, and how an actor's state is checkpointed and restored.
 
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Any
 
@@ -83,6 +84,8 @@ def split_returns(spec: TaskSpec, result: Any) -> list[Any]:
     if n == 0 or spec.actor_creation is not None:
         return []
     if n == 1:
+        if inspect.isgenerator(result) or inspect.isasyncgen(result):
+            raise TypeError(_generator_message(spec.display_name()))
         return [result]
     try:
         values = list(result)
@@ -94,6 +97,18 @@ def split_returns(spec: TaskSpec, result: Any) -> list[Any]:
             f"{'a ' + type(result).__name__ if values is None else str(len(values)) + ' values'}"
         )
     return values
+
+
+def _generator_message(name: str) -> str:
+    return (f"{name} is a generator function: penumbra does not stream a generator's values "
+            f"(Ray's num_returns='streaming'). Give it num_returns=N to collect exactly N yielded "
+            f"values as N refs, or return a list.")
+
+
+def generator_needs_num_returns(fn: Any, num_returns: int, name: str) -> None:
+    """Raise at the call site for a generator function left at one return."""
+    if num_returns == 1 and (inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)):
+        raise TypeError(_generator_message(name))
 
 
 def task_error(spec: TaskSpec, e: BaseException) -> tuple[ErrorInfo, bool]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import threading
 from typing import Any
 
@@ -10,6 +11,7 @@ from ..core.ids import child_task_id
 from ..core.specs import FunctionDescriptor, TaskSpec
 from .args import dumps, function_id, pack_args
 from .context import current_runtime, task_context
+from .execution import generator_needs_num_returns
 from .options import TASK_OPTIONS, exception_names, task_resources, validate
 from .refs import ObjectRef
 
@@ -95,6 +97,7 @@ class RemoteFunction:
         r = o.get("retry_exceptions")
         self._retry = False if r is None else (r if isinstance(r, bool) else exception_names(r))
         self._task_name = o.get("name") or ""
+        self._generator = inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args, **kwargs):
@@ -112,6 +115,8 @@ class RemoteFunction:
         rt = current_runtime()
         fd = self._exported.ensure(self._function, self._name, rt)
         ctx = task_context()
+        if self._num_returns == 1 and self._generator:
+            generator_needs_num_returns(self._function, 1, self._name)
         payload, deps, keep = pack_args(args, kwargs, _put)
         tid = child_task_id(ctx.task_id, next(ctx.submitted))
         spec = TaskSpec(

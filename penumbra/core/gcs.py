@@ -234,29 +234,31 @@ class GcsReplica:
 
     # ------------------------------------------------------------------ writes
     def _on_write(self, ev: GcsWrite, now: float) -> list[Command]:
+        client = ev.client
+        req_id = ev.req_id
         if not self.is_head or self.joining:
-            return self._redirect(ev.client, ev.stimulus_id)  # the client will retry
-        seen = self.dedup.get(ev.client)
-        if seen is not None and ev.req_id in seen:
-            seq, result = seen[ev.req_id]
+            return self._redirect(client, ev.stimulus_id)  # the client will retry
+        seen = self.dedup.get(client)
+        if seen is not None and req_id in seen:
+            seq, result = seen[req_id]
             if seq <= self.committed or self.is_tail:
-                return [Send(to=ev.client, msg=GcsReply(req_id=ev.req_id, result=result, shard=self.shard, stimulus_id=ev.stimulus_id))]
+                return [Send(to=client, msg=GcsReply(req_id=req_id, result=result, shard=self.shard, stimulus_id=ev.stimulus_id))]
             # in flight down the chain; the tail will answer.  Unless its
             # reply and the acks were lost: ask down the chain again (a
             # replica that knows it committed acks back up)
             return self._ask_downstream(seq, ev.stimulus_id)
-        if ev.client in self.tables.data["dead_nodes"]:
+        if client in self.tables.data["dead_nodes"]:
             # a node declared dead (cut off, not crashed) must not write: its
             # work was handed to others.  Tell it to stop.
-            return [Send(to=ev.client, msg=Fenced(node_id=ev.client, reason="the GCS refuses writes from a node declared dead", stimulus_id=ev.stimulus_id))]
-        if ev.req_id < self.floors.get(ev.client, 0):
+            return [Send(to=client, msg=Fenced(node_id=client, reason="the GCS refuses writes from a node declared dead", stimulus_id=ev.stimulus_id))]
+        if req_id < self.floors.get(client, 0):
             # below what the client said it no longer waits for: a stale copy
             # (a late duplicate or an old retry) of a write already answered,
             # whose dedup entry we have forgotten.  Applying it again would
             # apply it twice (found by the swarm: "write applied twice").
             return []
-        self.seq += 1
-        entry = self._apply(self.seq, ev.client, ev.req_id, ev.op, ev.low_water)
+        self.seq = seq = self.seq + 1
+        entry = self._apply(seq, client, req_id, ev.op, ev.low_water)
         return self._after_apply(entry, ev.stimulus_id, now)
 
     def _on_forward(self, ev: GcsForward, now: float) -> list[Command]:
@@ -288,10 +290,13 @@ class GcsReplica:
 
     def _apply(self, seq: int, client: str, req_id: int, op: Op, low_water: int) -> _Entry:
         result, changes = self.tables.apply(op)
-        seen = self.dedup.setdefault(client, {})
+        seen = self.dedup.get(client)
+        if seen is None:
+            seen = self.dedup[client] = {}
         seen[req_id] = (seq, result)
-        if low_water > self.floors.get(client, 0):
-            self.floors[client] = low_water
+        floors = self.floors
+        if low_water > floors.get(client, 0):
+            floors[client] = low_water
         if low_water:
             # requests mostly arrive in id order: forget from the front, and
             # sweep everything now and then for retries that arrived late
@@ -318,13 +323,12 @@ class GcsReplica:
         return entry
 
     def _after_apply(self, entry: _Entry, sid: str, now: float) -> list[Command]:
-        succ = self._successor()
+        pred, succ = self._neighbours() if self.active else (None, None)
         if succ is None:  # we are the tail
             self.committed = entry.seq
             cmds = self._commit(entry, sid)
             if self.retain_from is not None:
                 self.log[entry.seq] = entry
-            pred = self._predecessor()
             if pred is not None:
                 cmds.append(Send(to=pred, msg=GcsAck(shard=self.shard, epoch=self.config.epoch, seq=entry.seq, stimulus_id=sid)))
             if self.pending_reads and self._can_read():

@@ -11,7 +11,7 @@ command.  ``.pyc`` files cannot help: the source is made at run time.
 
 How: ``install()`` points the ``exec`` these three modules use at a
 function that compiles each source text once per machine and keeps the code
-object in a file (``marshal``, one per Python version), loaded at the next
+object in a file (``marshal``, one per bytecode version), loaded at the next
 import.  Only penumbra's own generated code goes through it (for
 ``dataclasses``, classes defined in ``penumbra`` modules); anything else is
 plain ``exec``.  The code object of a given text is exactly what ``exec``
@@ -46,7 +46,12 @@ _owner = 0  # the process that installed the cache; a forked child does not writ
 
 def _cache_path() -> str:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "penumbra", f"codecache-{sys.implementation.cache_tag}.marshal")
+    # (the bytecode magic number too: code objects are only valid for the
+    # interpreter build that made them, exactly as for .pyc files)
+    from importlib.util import MAGIC_NUMBER
+
+    tag = f"{sys.implementation.cache_tag}-{MAGIC_NUMBER.hex()}"
+    return os.path.join(base, "penumbra", f"codecache-{tag}.marshal")
 
 
 def _load(path: str) -> None:

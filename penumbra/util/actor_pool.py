@@ -71,29 +71,24 @@ class ActorPool:
     def map(self, fn: Callable[[Any, Any], Any], values) -> Iterator[Any]:
         """Apply ``fn`` over ``values`` on the pool; an iterator of the
         results in the order of ``values`` (iterate it to get them all)."""
-        self._drain_for("map")
-        for v in values:
-            self.submit(fn, v)
-
-        def results():
-            while self.has_next():
-                yield self.get_next()
-
-        return results()
+        return self._map(fn, values, self.get_next)
 
     def map_unordered(self, fn: Callable[[Any, Any], Any], values) -> Iterator[Any]:
         """Like ``map``, but results come as they finish."""
-        self._drain_for("map_unordered")
+        return self._map(fn, values, self.get_next_unordered)
+
+    def _map(self, fn, values, next_result: Callable[[], Any]) -> Iterator[Any]:
+        self._drain()
         for v in values:
             self.submit(fn, v)
 
         def results():
             while self.has_next():
-                yield self.get_next_unordered()
+                yield next_result()
 
         return results()
 
-    def _drain_for(self, what: str) -> None:
+    def _drain(self) -> None:
         # what is still in flight from earlier use would be mixed into this
         # map's results: collect it first (Ray does the same)
         while self.has_next():

@@ -533,24 +533,50 @@ class SerializedObject:
 def copy_into(dest: memoryview, src: Any) -> None:
     """Copy the bytes of ``src`` (any contiguous buffer) into ``dest``.
 
-    One memcpy, or pyarrow's multi-threaded memcpy (which releases the GIL)
-    for buffers of 8 MiB and more (see :func:`set_copy_threads`).
+    One memcpy, or for buffers of 8 MiB and more one slice per thread (see
+    :func:`set_copy_threads`): numpy's copy releases the GIL, so the slices
+    copy in parallel.  (Not pyarrow's parallel memcpy: importing pyarrow
+    would cost the first large put some 40 ms.)
     """
-    n = dest.nbytes
-    threads = _threads_for(n)
-    if threads > 1:
-        pa = _pa()
-        sink = pa.FixedSizeBufferWriter(pa.py_buffer(dest))
-        sink.set_memcopy_threads(threads)
-        sink.set_memcopy_blocksize(1 << 20)
-        sink.set_memcopy_threshold(_PARALLEL_COPY_MIN)
-        sink.write(src if isinstance(src, pa.Buffer) else pa.py_buffer(src))
-        sink.close()
-        return
     s = src if isinstance(src, memoryview) else memoryview(src)
     if s.format != "B" or s.ndim != 1:
         s = s.cast("B")
-    dest[:] = s
+    n = dest.nbytes
+    threads = _threads_for(n)
+    if threads <= 1:
+        dest[:] = s
+        return
+    import numpy as np
+
+    d = np.frombuffer(dest, dtype=np.uint8)
+    a = np.frombuffer(s, dtype=np.uint8)
+    step = -(-n // threads)
+    step += -step % 4096  # slices start on page boundaries
+    pool = _copy_pool()
+    rest = [pool.submit(np.copyto, d[i : i + step], a[i : i + step]) for i in range(step, n, step)]
+    np.copyto(d[:step], a[:step])
+    for f in rest:
+        f.result()
+
+
+_pool = None
+
+
+def _copy_pool():
+    global _pool
+    if _pool is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="penumbra-copy")
+    return _pool
+
+
+def _forget_pool() -> None:
+    global _pool
+    _pool = None  # its threads did not survive the fork
+
+
+os.register_at_fork(after_in_child=_forget_pool)
 
 
 # ----------------------------------------------------------------- serialize

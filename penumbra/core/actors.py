@@ -430,6 +430,12 @@ class ActorHost:
     def owns_worker(self, wid: str) -> bool:
         return wid in self.by_worker
 
+    def _instance(self, aid: ActorId, incarnation: int) -> "_Hosted | None":
+        """The actor hosted here, if it is still that incarnation (a reply
+        about an earlier one, or one stopped since, is for nobody)."""
+        h = self.actors.get(aid)
+        return h if h is not None and h.entry.incarnation == incarnation else None
+
     # ------------------------------------------------------------------ creation
     def created(self, spec: TaskSpec, start: "ActorStart", wid: str, now: float, sid: str) -> list[Command]:
         entry = start.entry
@@ -477,8 +483,8 @@ class ActorHost:
 
     def on_alive_written(self, aid: ActorId, incarnation: int, stored: ActorEntry | None, now: float, sid: str) -> list[Command]:
         """The CAS that marks the actor ALIVE came back with the stored row."""
-        h = self.actors.get(aid)
-        if h is None or h.entry.incarnation != incarnation:
+        h = self._instance(aid, incarnation)
+        if h is None:
             return []
         if stored is None or stored.incarnation != incarnation or stored.state is not ActorState.ALIVE:
             # killed (or restarted elsewhere) while we created it
@@ -607,7 +613,7 @@ class ActorHost:
             error = self._input_error(call)
             if error is not None:
                 del h.running[call.spec.task_id]
-                cmds += self._resolve_failed(h, call, error, now, sid)
+                cmds += self._release(h, call, ("error", error), now, sid)
                 continue
             self._pin(call, True)
             self.node.story_add(call.spec.task_id, now, sid, f"running on actor worker {h.worker}")
@@ -691,8 +697,8 @@ class ActorHost:
         return cmds
 
     def on_logged(self, aid: ActorId, incarnation: int, tid: TaskId, accepted: bool, now: float, sid: str) -> list[Command]:
-        h = self.actors.get(aid)
-        if h is None or h.entry.incarnation != incarnation:
+        h = self._instance(aid, incarnation)
+        if h is None:
             return []
         item = h.unlogged.pop(tid, None)
         if item is None:
@@ -718,9 +724,6 @@ class ActorHost:
             cmds.append(CheckpointActor(worker_id=h.worker, actor_id=aid, index=index, stimulus_id=sid))
         return cmds
 
-    def _resolve_failed(self, h: _Hosted, call: _Call, error: ErrorInfo, now: float, sid: str) -> list[Command]:
-        return self._release(h, call, ("error", error), now, sid)
-
     def _release(self, h: _Hosted, call: _Call, result: tuple, now: float, sid: str) -> list[Command]:
         """Record a call's outputs (or its error) here and in the GCS; its
         caller hears the call is done only once the GCS has the record
@@ -737,8 +740,8 @@ class ActorHost:
         return self.node.fail_outputs(call.spec, value, call.attempt, now, sid, token)
 
     def on_released(self, aid: ActorId, incarnation: int, tid: TaskId, now: float, sid: str) -> list[Command]:
-        h = self.actors.get(aid)
-        if h is None or h.entry.incarnation != incarnation:
+        h = self._instance(aid, incarnation)
+        if h is None:
             return []
         call = h.releasing.pop(tid, None)
         if call is None or not call.from_node:
@@ -747,8 +750,8 @@ class ActorHost:
 
     def on_covered_row(self, aid: ActorId, incarnation: int, tid: TaskId, entry: Any, now: float, sid: str) -> list[Command]:
         """The row of a call asked for again after it ran (see ``on_call``)."""
-        h = self.actors.get(aid)
-        if h is None or h.entry.incarnation != incarnation:
+        h = self._instance(aid, incarnation)
+        if h is None:
             return []
         item = h.covered.pop(tid, None)
         if item is None:

@@ -162,21 +162,17 @@ class GcsClient:
         r.req_id = rid = self.next_req
         self.next_req = rid + 1
         r.sent_at = now
-        outstanding = self.outstanding
-        outstanding[rid] = r
-        config = self.configs[r.shard]
-        if isinstance(r.request, Query):
-            return Send(to=config.replicas[-1], msg=GcsRead(client=self.address, req_id=rid, query=r.request, shard=r.shard, stimulus_id=r.sid))
-        # ids are issued in increasing order, so the oldest outstanding is first
-        return Send(to=config.replicas[0], msg=GcsWrite(client=self.address, req_id=rid, op=r.request, shard=r.shard, low_water=next(iter(outstanding)), stimulus_id=r.sid))
+        self.outstanding[rid] = r
+        return self._send(r)
 
     def _send(self, r: _Req) -> Send:
         config = self.configs[r.shard]
         if isinstance(r.request, Query):
-            return Send(to=config.tail, msg=GcsRead(client=self.address, req_id=r.req_id, query=r.request, shard=r.shard, stimulus_id=r.sid))
-        # ids are issued in increasing order, so the oldest outstanding is first
-        low = next(iter(self.outstanding)) if self.outstanding else r.req_id
-        return Send(to=config.head, msg=GcsWrite(client=self.address, req_id=r.req_id, op=r.request, shard=r.shard, low_water=low, stimulus_id=r.sid))
+            return Send(to=config.replicas[-1], msg=GcsRead(client=self.address, req_id=r.req_id, query=r.request, shard=r.shard, stimulus_id=r.sid))
+        # ids are issued in increasing order, so the oldest outstanding is
+        # first (``r`` itself is outstanding: it is never empty here)
+        return Send(to=config.replicas[0], msg=GcsWrite(client=self.address, req_id=r.req_id, op=r.request, shard=r.shard,
+                                                        low_water=next(iter(self.outstanding)), stimulus_id=r.sid))
 
     # ------------------------------------------------------------------ events
     def handle(self, event, now: float) -> list[Command]:

@@ -748,5 +748,6 @@ def _all_subclasses(cls: type) -> list[type]:
     return out
 
 
-_install_pickling(*{c for base in (Event, Command) for c in _all_subclasses(base)})
-_install_init(*{c for base in (Event, Command) for c in _all_subclasses(base)})
+_PROTOCOL = {c for base in (Event, Command) for c in _all_subclasses(base)}
+_install_pickling(*_PROTOCOL)
+_install_init(*_PROTOCOL)

@@ -141,7 +141,9 @@ class LocalScheduler:
 
     def __init__(self, node: "NodeMachine", resources: ResourceSet, config: SchedulerConfig) -> None:
         self.node = node
-        self._story = node.story_add  # one call, not two, on the hot path
+        # each step of a task's story, kept by the node (bound once: it runs
+        # several times per task)
+        self._story = node.story_add
         self.config = config
         self.total = resources
         self.available = resources
@@ -203,9 +205,6 @@ class LocalScheduler:
             store_capacity=self.node.objects.store.capacity,
             num_workers=len(self.workers),
         )
-
-    def _story(self, tid: TaskId, now: float, sid: str, what: str) -> None:
-        self.node.story_add(tid, now, sid, what)  # (rebound to the node's in __init__)
 
     def _remember(self, tid: TaskId, outcome: str) -> None:
         self.done[tid] = outcome
@@ -403,7 +402,8 @@ class LocalScheduler:
             while q:
                 if not req.is_subset_of(self.available):
                     break
-                if gpu and self.gpus.pick(gpu) is None:
+                gpus = self.gpus.pick(gpu) if gpu else ()
+                if gpus is None:
                     break  # the units are there but not on whole instances (see gpus.py)
                 tid = q[0]
                 t = self.tasks.get(tid)
@@ -420,7 +420,7 @@ class LocalScheduler:
                         cmds.append(self._start_worker(sid))
                     return cmds
                 q.popleft()
-                cmds += self._run(t, self.idle.popleft(), now, sid)
+                cmds += self._run(t, self.idle.popleft(), gpus, now, sid)
             if not q:
                 del ready[req]
         return cmds
@@ -428,7 +428,7 @@ class LocalScheduler:
     def _alive_pool(self) -> int:
         return sum(1 for w in self.workers.values() if w.state != ACTOR and not w.blocked)
 
-    def _run(self, t: _Task, wid: str, now: float, sid: str) -> list[Command]:
+    def _run(self, t: _Task, wid: str, gpus: tuple, now: float, sid: str) -> list[Command]:
         w = self.workers[wid]
         req = t.spec.resources
         self.available = self.available - req
@@ -440,18 +440,20 @@ class LocalScheduler:
         t.worker = wid
         t.started_at = now
         gpu_ids: tuple[int, ...] = ()
-        gpu = req.units("GPU")
-        if gpu:
-            gpus = self.gpus
-            gpus.take(wid, gpus.pick(gpu))  # (dispatch checked that they fit)
-            gpu_ids = gpus.ids_of(wid)
+        if gpus:
+            self.gpus.take(wid, gpus)
+            gpu_ids = tuple(i for i, _ in gpus)
             self._story(t.spec.task_id, now, sid, f"running on {wid} attempt={t.attempt} GPUs {list(gpu_ids)}")
         else:
             self._story(t.spec.task_id, now, sid, f"running on {wid} attempt={t.attempt}")
         checkpoint = t.actor.checkpoint if t.actor is not None else None
         return [Execute(worker_id=wid, spec=t.spec, attempt=t.attempt, checkpoint=checkpoint, gpu_ids=gpu_ids, stimulus_id=sid)]
 
-    def _release(self, w: _Worker) -> None:
+    def _release(self, w: _Worker, keep_gpus: bool = False) -> None:
+        """What ``w``'s task held goes back (its GPU instances too, unless
+        they stay with the actor it just created)."""
+        if self.gpus.held and not keep_gpus:
+            self.gpus.give_back(w.worker_id)
         give = w.held - w.lent
         if not self.debt.is_empty():
             pay = give.min_with(self.debt)
@@ -539,7 +541,6 @@ class LocalScheduler:
         cmds: list[Command] = []
         tid = w.task
         self._release(w)
-        self.gpus.give_back(wid)
         if tid is not None:
             t = self.tasks.get(tid)
             if t is not None:
@@ -577,7 +578,8 @@ class LocalScheduler:
         t = self.tasks.get(tid)
         if w is None or t is None or w.task != tid:
             return []
-        self._release(w)
+        # (an actor's creation keeps its GPUs: they are the actor's now)
+        self._release(w, keep_gpus=t.spec.is_actor_creation and not t.cancelled)
         w.task = None
         if w.state == BUSY:
             self.busy -= 1
@@ -586,7 +588,6 @@ class LocalScheduler:
         a = self.config.ema_alpha
         self.mean_task_time = elapsed if self.finished_count == 0 else (1 - a) * self.mean_task_time + a * elapsed
         if t.cancelled:
-            self.gpus.give_back(wid)
             w.state = IDLE
             self.idle.append(wid)
             return self._fail(t, ErrorInfo(ErrorKind.TASK_CANCELLED, f"task {t.spec.display_name()} was cancelled", task_name=t.spec.display_name()), now, sid, "cancelled") + self.dispatch(now, sid)
@@ -600,8 +601,6 @@ class LocalScheduler:
             cmds = self.node.actor_created(t.spec, t.actor, wid, now, sid)
             cmds += self._creation_over(tid, now, sid)
             return cmds + self.dispatch(now, sid)
-        if self.gpus.held:
-            self.gpus.give_back(wid)
         w.state = IDLE
         self.idle.append(wid)
         cmds = self.node.store_outputs(t.spec, outputs, t.attempt, now, sid)
@@ -620,8 +619,6 @@ class LocalScheduler:
         w.task = None
         if w.state == BUSY:
             self.busy -= 1
-        if self.gpus.held:
-            self.gpus.give_back(wid)
         w.state = IDLE
         self.idle.append(wid)
         self._unpin_inputs(t)

@@ -85,7 +85,7 @@ def split_returns(spec: TaskSpec, result: Any) -> list[Any]:
         return []
     if n == 1:
         if inspect.isgenerator(result) or inspect.isasyncgen(result):
-            raise TypeError(_generator_message(spec.display_name()))
+            raise TypeError(generator_message(spec.display_name()))
         return [result]
     try:
         values = list(result)
@@ -99,16 +99,12 @@ def split_returns(spec: TaskSpec, result: Any) -> list[Any]:
     return values
 
 
-def _generator_message(name: str) -> str:
+def generator_message(name: str) -> str:
+    """Why a generator function needs ``num_returns=N`` (raised at the call
+    site for a remote function, by the call for an actor method)."""
     return (f"{name} is a generator function: penumbra does not stream a generator's values "
             f"(Ray's num_returns='streaming'). Give it num_returns=N to collect exactly N yielded "
             f"values as N refs, or return a list.")
-
-
-def generator_needs_num_returns(fn: Any, num_returns: int, name: str) -> None:
-    """Raise at the call site for a generator function left at one return."""
-    if num_returns == 1 and (inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)):
-        raise TypeError(_generator_message(name))
 
 
 def task_error(spec: TaskSpec, e: BaseException) -> tuple[ErrorInfo, bool]:

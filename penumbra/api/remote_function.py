@@ -11,7 +11,7 @@ from ..core.ids import child_task_id
 from ..core.specs import FunctionDescriptor, TaskSpec
 from .args import dumps, function_id, pack_args
 from .context import current_runtime, task_context
-from .execution import generator_needs_num_returns
+from .execution import generator_message
 from .options import TASK_OPTIONS, exception_names, task_resources, validate
 from .refs import ObjectRef
 
@@ -116,7 +116,7 @@ class RemoteFunction:
         fd = self._exported.ensure(self._function, self._name, rt)
         ctx = task_context()
         if self._num_returns == 1 and self._generator:
-            generator_needs_num_returns(self._function, 1, self._name)
+            raise TypeError(generator_message(self._name))
         payload, deps, keep = pack_args(args, kwargs, _put)
         tid = child_task_id(ctx.task_id, next(ctx.submitted))
         spec = TaskSpec(

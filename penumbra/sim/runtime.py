@@ -966,7 +966,7 @@ class PythonExecutor(Executor):
         # CUDA_VISIBLE_DEVICES)
         if spec.actor_creation is not None:
             self.actor_life[fiber.worker.worker_id] = spec.actor_creation.resources
-        ctx = TaskContext(spec.task_id, spec.job_id, aid, cmd.attempt, spec.display_name(), gpu_ids=tuple(cmd.gpu_ids),
+        ctx = TaskContext(spec.task_id, spec.job_id, aid, cmd.attempt, spec.display_name(), gpu_ids=cmd.gpu_ids,
                           resources=assigned_resources(spec, self.actor_life.get(fiber.worker.worker_id)))
         duration = float(self.sim._task_time(spec))
         try:

@@ -364,7 +364,10 @@ class ClientRuntime(Runtime):
             elif free and self._shm is not None:
                 # nobody else can name it: delete it here and now, so the
                 # next put reuses its (already mapped, warm) pages instead of
-                # faulting in new ones; the node is told below and forgets it
+                # faulting in new ones; the node is told below and forgets
+                # it.  (Nothing on the node can pin or want a private object:
+                # a task argument or a pickled ref makes it shared, so the
+                # core's ``free`` never keeps one whose bytes are gone.)
                 try:
                     self._shm.delete(oid)
                 except Exception:  # noqa: BLE001 - the node's Evict retries the delete

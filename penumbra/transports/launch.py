@@ -83,10 +83,7 @@ class DaemonProcess:
 
     def kill(self) -> None:
         """SIGKILL, as a crash would (shared memory is cleaned afterwards)."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        _cleanup_shm(self.session, self.shm_root)
+        _kill(self.proc, self.session, self.shm_root)
 
 
 def start_daemon(*, head: bool, token: str | None = None, head_address: str = "", num_cpus: float | None = None,
@@ -142,18 +139,12 @@ class PendingDaemon:
 
     def kill(self) -> None:
         """Give up on it: SIGKILL, and remove whatever it created."""
-        self._stop_process()
+        _kill(self.proc, self.session, self.shm_root)
         try:
             os.close(self.ready_fd)
         except OSError:
             pass
         shutil.rmtree(self.session_dir, ignore_errors=True)
-
-    def _stop_process(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        _cleanup_shm(self.session, self.shm_root)
 
     def wait_ready(self, timeout: float = 30.0) -> DaemonProcess:
         """Wait for the daemon's address; on failure (or timeout) it is
@@ -175,7 +166,7 @@ class PendingDaemon:
                 elif proc.poll() is not None:
                     break
         except BaseException:
-            self._stop_process()  # timed out or interrupted: do not leave it behind
+            _kill(proc, self.session, self.shm_root)  # timed out or interrupted: do not leave it behind
             raise
         finally:
             os.close(r)
@@ -187,7 +178,7 @@ class PendingDaemon:
                     tail = "".join(f.readlines()[-20:])
             except OSError:
                 pass
-            self._stop_process()
+            _kill(proc, self.session, self.shm_root)
             raise RuntimeError(f"the penumbra daemon exited with status {code} before it was ready:\n{tail}")
         info = json.loads(buf.split(b"\n", 1)[0])
         return DaemonProcess(proc, self.session, self.session_dir, self.shm_root, info["address"], info["node_id"],
@@ -208,6 +199,14 @@ def start_embedded(*, num_cpus=None, num_gpus=None, resources=None, object_store
 def spawn_daemon(*, timeout: float = 30.0, **kwargs) -> DaemonProcess:
     """Start a daemon and wait until it serves (``start_daemon``'s arguments)."""
     return start_daemon(**kwargs).wait_ready(timeout)
+
+
+def _kill(proc: subprocess.Popen, session: str, shm_root: str) -> None:
+    """SIGKILL a daemon (if it still runs) and remove its shared memory."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(timeout=10)
+    _cleanup_shm(session, shm_root)
 
 
 def _cleanup_shm(session: str, shm_root: str) -> int:

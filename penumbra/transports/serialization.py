@@ -97,8 +97,8 @@ _HEADER = struct.Struct("<4sIIIQ")  # magic, flags, nbuf, reserved, inband lengt
 _HEADER_SIZE = _HEADER.size  # 24
 _FLAG_REFS = 1
 
-# Buffers at least this large may be copied with several threads (pyarrow's
-# parallel memcpy releases the GIL); see set_copy_threads.
+# Buffers at least this large are copied with several threads (see
+# copy_into and set_copy_threads).
 _PARALLEL_COPY_MIN = 8 * 1024 * 1024
 _copy_threads = 0  # 0: as many as the usable cores, at most 4 (see _threads_for)
 
@@ -567,6 +567,7 @@ def _copy_pool():
     if _pool is None:
         from concurrent.futures import ThreadPoolExecutor
 
+        # (the caller copies one slice itself: up to 4 threads by default)
         _pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="penumbra-copy")
     return _pool
 

@@ -174,7 +174,10 @@ class Daemon:
 
     def _send(self, ch: Channel, item: Any) -> None:
         try:
-            ch.send_nowait(item)
+            # Inside a pump, ``_flush_dirty`` writes the channel once the
+            # batch is handled: waking its flusher task too would cost a
+            # task switch per frame for a flusher that finds nothing to do.
+            ch.send_nowait(item, defer_flush=self.host._pumping)
             self._dirty.add(ch)
         except trio.WouldBlock:
             # the peer is not reading: wait for room in a task of its own

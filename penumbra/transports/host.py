@@ -161,10 +161,12 @@ class MachineHost:
         self._pumping = True
         try:
             self.step_all(limit=2000)
-            if self.after_batch is not None:
-                self.after_batch()
         finally:
             self._pumping = False
+            # (in ``finally``: replies queued with ``defer_flush`` before a
+            # handler raised must still go out)
+            if self.after_batch is not None:
+                self.after_batch()
         w = self._wake
         if w is not None and (self.queue or (self.timers and self.timers[0][0] < self._deadline)):
             # more than one batch's worth, or a timer due before the one

@@ -14,6 +14,7 @@ import pytest
 from penumbra.core.gcs import GcsReplica
 from penumbra.core.messages import (
     CancelTask,
+    CancelWatch,
     ClientDisconnected,
     Evict,
     Execute,
@@ -453,6 +454,38 @@ def test_watch_without_fetch_reports_location(core) -> None:
     (ready,) = msgs(box.out, ObjectsReady)
     assert ready.req_id == 3 and ready.objects[0][1].size == 30
     assert not of(box.out, Fetch)
+
+
+def test_a_watch_with_need_reports_once_that_many_are_ready(core) -> None:
+    box = NodeBox(resources=ResourceSet.of(CPU=4))
+    specs = [core.spec() for _ in range(4)]
+    execs = [of(box.submit(s), Execute)[0] for s in specs]
+    oids = tuple(s.return_ids[0] for s in specs)
+    # need=3 of 4: nothing until the third is ready, then the three at once,
+    # then the last on its own
+    box.feed(WatchObjects(client="c:driver", req_id=1, object_ids=oids, need=3))
+    counts = []
+    for ex in execs:
+        box.finish(ex)
+        counts.append(len(msgs(box.out, ObjectsReady, to="c:driver")))
+    assert counts == [0, 0, 1, 2]
+    sent = msgs(box.out, ObjectsReady, to="c:driver")
+    assert [[o for o, _ in m.objects] for m in sent] == [list(oids[:3]), [oids[3]]]
+    assert not box.node.watches
+    # the default (need=1) reports each one as it comes; objects already
+    # here count at once (need=2, both local: one report with both)
+    box.feed(WatchObjects(client="c:driver", req_id=2, object_ids=oids[:2], need=2))
+    (m,) = [m for m in msgs(box.out, ObjectsReady, to="c:driver") if m.req_id == 2]
+    assert [o for o, _ in m.objects] == list(oids[:2])
+    # a cancelled watch drops what it held
+    more = [core.spec() for _ in range(2)]
+    ex2 = [of(box.submit(s), Execute)[0] for s in more]
+    box.feed(WatchObjects(client="c:driver", req_id=3, object_ids=tuple(s.return_ids[0] for s in more), need=2))
+    box.finish(ex2[0])
+    assert box.node.watches[("c:driver", 3)].held
+    box.feed(CancelWatch(client="c:driver", req_id=3))
+    box.finish(ex2[1])
+    assert not [m for m in msgs(box.out, ObjectsReady, to="c:driver") if m.req_id == 3]
 
 
 def test_put_admission_pins_and_store_full(core) -> None:

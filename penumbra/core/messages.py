@@ -262,13 +262,18 @@ class WatchObjects(Message):
     """Tell ``client`` (``ObjectsReady``) as each object becomes available.
 
     With ``fetch``, remote objects are pulled into this node's store; that is
-    what ``get`` and ``wait(fetch_local=True)`` need.
+    what ``get`` and ``wait(fetch_local=True)`` need.  With ``need`` > 1 the
+    node holds its reports until that many objects are ready and then sends
+    them together (after that, each as it comes): a ``get`` of N results
+    with no timeout hears once, not N times.  A client that must know what
+    is ready at any moment (a timeout may cut it short) leaves ``need`` at 1.
     """
 
     client: str
     req_id: int
     object_ids: tuple[ObjectId, ...]
     fetch: bool = True
+    need: int = 1
 
 
 @_frozen

@@ -108,11 +108,19 @@ class NodeConfig:
     story_limit: int = 10_000
 
 
+# a watch with ``need`` holds at most this many ready objects before reporting
+_HOLD_MAX = 1024
+
+
 @dataclass(slots=True)
 class _Watch:
     client: str
     remaining: set[ObjectId]
     fetch: bool
+    need: int = 1
+    # ready objects not reported yet, until ``need`` of them are (None:
+    # report each one as it comes)
+    held: list[tuple[ObjectId, ObjectInfo]] | None = None
 
 
 class NodeMachine:
@@ -299,7 +307,9 @@ class NodeMachine:
 
     def _on_watch(self, ev: WatchObjects, now: float) -> list[Command]:
         key = (ev.client, ev.req_id)
-        self.watches[key] = _Watch(ev.client, set(ev.object_ids), ev.fetch)
+        remaining = set(ev.object_ids)
+        need = min(ev.need, len(remaining))
+        self.watches[key] = _Watch(ev.client, remaining, ev.fetch, need, [] if need > 1 else None)
         token = ("watch", ev.client, ev.req_id)
         cmds: list[Command] = []
         for oid in dict.fromkeys(ev.object_ids):
@@ -326,7 +336,17 @@ class NodeMachine:
         if w is None or oid not in w.remaining:
             return
         w.remaining.discard(oid)
-        self.outbox.setdefault(key, []).append((oid, info))
+        held = w.held
+        if held is None:
+            self.outbox.setdefault(key, []).append((oid, info))
+        else:
+            held.append((oid, info))
+            if len(held) < w.need and len(held) < _HOLD_MAX and w.remaining:
+                return
+            # (in chunks of at most _HOLD_MAX, so no report grows unbounded)
+            w.need -= len(held)
+            w.held = [] if w.need > 1 else None
+            self.outbox.setdefault(key, []).extend(held)
         if not w.remaining:
             del self.watches[key]
 
@@ -556,6 +576,7 @@ class NodeMachine:
         self.gcs.validate()
         for key, w in self.watches.items():
             assert w.remaining, f"watch {key} has nothing left but is still open"
+            assert w.held is None or len(w.held) < min(w.need, _HOLD_MAX), f"watch {key} holds {len(w.held)} reports, enough to send"
         assert self.scheduler.other_nodes_alive == sum(1 for a in self.nodes.values() if a), "live peer count is off"
 
 

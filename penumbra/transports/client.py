@@ -259,12 +259,15 @@ class ClientRuntime(Runtime):
         blocked = self.is_worker
         uniq = tuple(dict.fromkeys(ids))
         node, cid = self.node_id, self.client_id
+        # without a timeout nothing needs the partial answer: let the node
+        # report once, when ``need`` objects are ready
+        batch = need if timeout is None else 1
 
         def start() -> None:
             self._watches[rid] = w
             if blocked:
                 self._send_now(P.Deliver(node, WorkerBlocked(worker_id=cid), None, cid))
-            self._send_now(P.Deliver(node, WatchObjects(client=cid, req_id=rid, object_ids=uniq, fetch=fetch), None, cid))
+            self._send_now(P.Deliver(node, WatchObjects(client=cid, req_id=rid, object_ids=uniq, fetch=fetch, need=batch), None, cid))
 
         self.bridge.submit(start)
         try:

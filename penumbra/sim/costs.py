@@ -246,32 +246,32 @@ PAPER = CostModel(
 
 # ===========================================================================
 # LOCAL: penumbra's own runtime on this machine (2 shared cores), calibrated
-# with ``python bench/bench_sim.py --only fidelity --reps 5`` (2026-11-26,
-# load average ~0.6, git 8ccae11): the real embedded runtime
-# (``penumbra.init(num_cpus=2)``) ran empty tasks at a median of 1,568/s async
-# (range 1,498-1,912 over 5 runs), 568/s sync (483-768) and 1,447/s in
-# batches of 50 (1,187-1,775); per task, the workers used 0.47 ms of CPU
-# (with two hops), the driver 0.175 ms.  From these:
+# with ``python bench/bench_sim.py --only fidelity --reps 5`` (2026-11-26
+# 12:19 UTC, git 5c1002d + the batched get reports of a244ef7): the real
+# embedded runtime (``penumbra.init(num_cpus=2)``) ran empty tasks at a
+# median of 2,757/s async (range 1,935-3,113 over 5 runs), 864/s sync
+# (679-987) and 2,307/s in batches of 50 (1,909-3,029); per task, the
+# workers used 0.38 ms of CPU (with two hops), the driver 0.04 ms (a get of
+# many results now hears once, so the driver no longer wakes per task).
+# From these:
 #
 # * the node's whole per-task cost is the async rate (``node_tasks_per_s``:
 #   on one shared machine the daemon, the workers and the driver contend for
 #   two cores; the node is where the model puts that);
 # * a worker's ``task_overhead`` is its CPU per task plus two process hops
 #   (daemon -> worker -> daemon), and ``client_call`` the driver's CPU;
-# * the one-way hop latency (0.24 ms: a message through trio, a socket and
+# * the one-way hop latency (0.19 ms: a message through trio, a socket and
 #   the other process's event loop, far above a raw socket's ~20 us) is
 #   fitted so that the simulated sync rate matches the measured one.
 #
-# The simulator then predicts 1,869 async tasks/s (+19%) and 1,611/s in
-# batches of 50 (+11%, a workload not used to fit).  Re-checked at git
-# 789d2fb (a faster runtime: 1,913 async, 645 sync, 1,617 in batches of 50,
-# medians of 5): this model predicts -2%, -12% and -0%; a fresh fit would
-# over-predict async by 24% (the fit takes the async rate for the node's
-# whole cost, and the simulated node overlaps more than the real one), so
-# this one stays.  Fields not measured
-# (below, in ``_LOCAL_BASE``) are estimates of the right order.  Re-run the
-# benchmark and paste its ``from_benchmark`` line here after changing the
-# runtime.
+# The simulator then predicts 3,094 async tasks/s (+12%), 864 sync (+0%)
+# and 2,831/s in batches of 50 (+23%, a workload not used to fit).  This
+# machine's speed moves by 1.5x within an hour: two later runs (a faster
+# spell: 3,127 and 3,283 async, 1,126 and 994 sync, 2,901 and 2,668 in
+# batches of 50) put this model at -1%/-6%, -23%/-13% and -2%/+6%.  Fields
+# not measured (below, in ``_LOCAL_BASE``) are estimates of the right order.
+# Re-run the benchmark and paste its ``from_benchmark`` line here after
+# changing the runtime.
 
 _LOCAL_BASE = CostModel(
     name="LOCAL base (estimates)",
@@ -299,12 +299,12 @@ _LOCAL_BASE = CostModel(
 
 LOCAL = CostModel.from_benchmark(
     {
-        "node_tasks_per_s": 1568.0,
-        "task_overhead": 0.000473,
-        "client_call": 0.000175,
-        "latency_loopback": 0.000237,
-        "latency_intra_rack": 0.000237,  # one machine: every hop is local
-        "latency_inter_rack": 0.000237,
+        "node_tasks_per_s": 2757.0,
+        "task_overhead": 0.000377,
+        "client_call": 0.00004,
+        "latency_loopback": 0.000188,
+        "latency_intra_rack": 0.000188,  # one machine: every hop is local
+        "latency_inter_rack": 0.000188,
     },
     base=_LOCAL_BASE,
     name="LOCAL",

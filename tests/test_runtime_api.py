@@ -177,6 +177,68 @@ def test_wait_on_a_thousand_refs():
     assert ray.get(refs[-1]) == 1998
 
 
+def test_a_wait_loop_is_served_by_one_open_watch():
+    from penumbra.api.context import current_runtime
+    from penumbra.core.messages import WatchObjects
+
+    rt = current_runtime()
+    watches = []
+    send_now = rt._send_now
+
+    def counting(item):  # (runs on the trio thread)
+        if isinstance(getattr(item, "msg", None), WatchObjects):
+            watches.append(item.msg)
+        send_now(item)
+
+    rt._send_now = counting
+    try:
+        # process-as-they-come: each result exactly once
+        refs = [double.remote(i) for i in range(300)]
+        rest, seen = refs, []
+        while rest:
+            ready, rest = ray.wait(rest, num_returns=1, timeout=60)
+            assert len(ready) == 1
+            seen.append(ray.get(ready[0]))
+        assert sorted(seen) == [2 * i for i in range(300)]
+        # the first wait opened a watch on all 300; the rest waited on it
+        # (without it: one watch of the remaining refs per round)
+        assert len(watches) <= 3, [len(w.object_ids) for w in watches]
+        # a loop given up half way: a get of everything still works, and a
+        # wait with a timeout over refs the open watch does not cover too
+        refs = [double.remote(i) for i in range(100)]
+        ready, rest = ray.wait(refs, num_returns=1)
+        assert ray.get(refs) == [2 * i for i in range(100)]
+        more = [double.remote(i) for i in range(5)]
+        ready, rest = ray.wait(more + refs[:3], num_returns=8, timeout=60)
+        assert len(ready) == 8 and not rest
+    finally:
+        rt._send_now = send_now
+
+
+def test_waits_from_several_threads_at_once():
+    @ray.remote
+    def after(t, x):
+        time.sleep(t)
+        return x
+
+    refs = [after.remote(0.05 * (i % 4), i) for i in range(40)]
+    out: dict[int, list] = {}
+
+    def loop(k, mine):
+        got, rest = [], mine
+        while rest:
+            ready, rest = ray.wait(rest, num_returns=1, timeout=60)
+            got += ray.get(ready)
+        out[k] = sorted(got)
+
+    threads = [threading.Thread(target=loop, args=(k, refs[k::2])) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert out == {0: list(range(0, 40, 2)), 1: list(range(1, 40, 2))}
+
+
 def test_put_get_small_and_put_of_ref_refused():
     ref = ray.put({"a": [1, 2, 3]})
     assert ray.get(ref) == {"a": [1, 2, 3]}

@@ -80,6 +80,35 @@ class _Watch:
         self.results: dict[ObjectId, tuple] = {}
 
 
+class _Linger:
+    """The node watch a ``wait()`` left open, serving the next ones.
+
+    ``ready, rest = wait(rest, num_returns=1)`` in a loop would otherwise
+    send the node all of ``rest`` every round and cancel it again: O(n)
+    work per result.  Instead the watch stays open and keeps reporting;
+    a later wait over ids it covers just waits here for its reports.
+
+    The trio thread writes everything; user threads only look ids up in
+    ``ready`` (single dict reads are atomic).
+    """
+
+    __slots__ = ("rid", "fetch", "unreported", "ready", "inline_bytes", "waiters")
+
+    def __init__(self, rid: int, ids, fetch: bool) -> None:
+        self.rid = rid
+        self.fetch = fetch
+        self.unreported = set(ids)  # the node will still report these
+        self.ready: dict[ObjectId, tuple] = {}  # reported: oid -> (info, attachment)
+        self.inline_bytes = 0
+        self.waiters: list[tuple[_Watch, frozenset]] = []
+
+    def covers(self, ids, fetch: bool) -> bool:
+        if fetch and not self.fetch:
+            return False
+        unreported, ready = self.unreported, self.ready
+        return all(o in unreported or o in ready for o in ids)
+
+
 class ClientRuntime(Runtime):
     def __init__(self, bridge: TrioThread, channel, welcome: P.ClientWelcome, *, is_worker: bool,
                  namespace: str = "", log_to_driver: bool = True) -> None:
@@ -97,6 +126,7 @@ class ClientRuntime(Runtime):
         self._shm: ShmStore | None = None
         self._reqs = itertools.count(1)
         self._watches: dict[int, _Watch] = {}
+        self._linger: _Linger | None = None
         self._waiters: dict[int, Any] = {}  # req id -> Future (gcs, put, status)
         self._actor_waiters: dict[ActorId, Any] = {}
         self._cache: OrderedDict[ObjectId, bytes] = OrderedDict()
@@ -177,6 +207,9 @@ class ClientRuntime(Runtime):
         if t is ObjectsReady:
             w = self._watches.get(msg.req_id)
             if w is None:
+                lg = self._linger
+                if lg is not None and lg.rid == msg.req_id:
+                    self._on_linger_report(lg, msg.objects, d.attachments or {})
                 return
             atts = d.attachments or {}
             for oid, info in msg.objects:
@@ -192,6 +225,31 @@ class ClientRuntime(Runtime):
             f = self._actor_waiters.pop(msg.actor_id, None)
             if f is not None:
                 f.set_result(msg)
+
+    def _on_linger_report(self, lg: _Linger, objects, atts: dict) -> None:
+        for oid, info in objects:
+            lg.unreported.discard(oid)
+            att = atts.get(oid)
+            if att is not None and att[0] == "i":
+                # (what ``_remember`` would keep, within its budget; past
+                # it, only the fact that the object is ready)
+                if len(att[1]) > 64 << 10 or lg.inline_bytes + len(att[1]) > _LOCAL_CACHE_BYTES:
+                    att = None
+                else:
+                    lg.inline_bytes += len(att[1])
+            lg.ready[oid] = (info, att)
+        if not lg.waiters:
+            return
+        still = []
+        for w, idset in lg.waiters:
+            for oid, _ in objects:
+                if oid in idset:
+                    w.results[oid] = lg.ready[oid]
+            if len(w.results) >= w.need:
+                w.future.set_result(w.results)
+            else:
+                still.append((w, idset))
+        lg.waiters = still
 
     def _print_output(self, o: P.Output) -> None:
         if not self.log_to_driver:
@@ -292,15 +350,28 @@ class ClientRuntime(Runtime):
         if all(oid in cache for oid in ids):
             return [decode_value(oid, ("i", cache[oid]), None) for oid in ids]
         missing = [oid for oid in ids if oid not in cache]
+        # what an open wait() watch already reported (a large result in a
+        # process-as-they-come loop) needs no second trip to the node
+        known = self._reported(missing)
         for _attempt in range(3):
+            todo = [o for o in missing if o not in known] if known else missing
             try:
-                results = self._watch(missing, len(set(missing)), timeout, True)
+                if todo:
+                    # a get that goes to the node is past any wait() loop:
+                    # stop the open watch's reports (one per object)
+                    self.bridge.submit(self._close_idle_linger)
+                    results = self._watch(todo, len(set(todo)), timeout, True)
+                else:
+                    results = {}
             except _WatchTimeout as t:
-                not_ready = [o for o in missing if o not in t.partial]
+                not_ready = [o for o in todo if o not in t.partial]
                 raise GetTimeoutError(
                     f"get timed out after {timeout} s: {len(not_ready)} of {len(ids)} object(s) not ready "
                     f"(first: {not_ready[0].hex() if not_ready else '?'})"
                 ) from None
+            if known:
+                results.update(known)
+                known = {}
             values: dict[ObjectId, Any] = {}
             vanished = []
             for oid, (info, att) in results.items():
@@ -325,23 +396,111 @@ class ClientRuntime(Runtime):
             missing = vanished + [o for o in missing if o not in results]
         raise PenumbraError("objects kept vanishing from the store while being read; the store is thrashing")
 
+    def _reported(self, ids) -> dict:
+        """Reports the open wait() watch holds for ``ids`` (local objects)."""
+        lg = self._linger
+        if lg is None or not lg.fetch or not lg.ready:
+            return {}
+        ready = lg.ready
+        out = {}
+        for oid in ids:
+            r = ready.get(oid)
+            if r is not None and (r[1] is not None or r[0].error is not None):
+                out[oid] = r
+        return out
+
+    def _close_idle_linger(self) -> None:
+        # (trio thread)
+        lg = self._linger
+        if lg is None or lg.waiters:
+            return
+        self._linger = None
+        if lg.unreported:
+            self._send_now(P.Deliver(self.node_id, CancelWatch(client=self.client_id, req_id=lg.rid), None, self.client_id))
+
     def _shm_for(self, att) -> ShmStore | None:
         return self.shm if att[0] == "s" else None
 
     def wait_objects(self, ids: Sequence[ObjectId], num_returns: int, timeout: float | None, fetch_local: bool) -> set[ObjectId]:
-        ready = {oid for oid in ids if oid in self._cache}
+        cache = self._cache
+        lg = self._linger
+        reported = lg.ready if lg is not None and (lg.fetch or not fetch_local) else {}
+        ready = {oid for oid in ids if oid in cache or oid in reported}
         if len(ready) >= num_returns:
+            self._remember_inline({o: reported[o] for o in ready if o in reported})
             return ready
         rest = [o for o in ids if o not in ready]
         try:
-            results = self._watch(rest, num_returns - len(ready), timeout, fetch_local)
+            results = self._wait_watch(rest, num_returns - len(ready), timeout, fetch_local)
         except _WatchTimeout as t:
             results = t.partial
         # The node reports every ready object it knows of, not just the
-        # first: keeping the small ones makes the next wait() on the rest
-        # (the process-as-they-come loop) answer locally.
+        # first, and goes on reporting (``_Linger``): keeping the small ones
+        # makes the next wait() on the rest (the process-as-they-come loop)
+        # answer locally.
         self._remember_inline(results)
         return ready | set(results)
+
+    def _wait_watch(self, ids: Sequence[ObjectId], need: int, timeout: float | None, fetch: bool) -> dict:
+        """``_watch`` for ``wait``: served by the open ``_Linger`` if it
+        covers ``ids``, else by a new node watch that stays open after."""
+        fut = self.bridge.future()
+        w = _Watch(ids, need, fut)
+        uniq = tuple(dict.fromkeys(ids))
+        blocked = self.is_worker
+        node, cid = self.node_id, self.client_id
+        entry = (w, frozenset(uniq))
+        state: dict[str, _Linger] = {}
+
+        def start() -> None:
+            if blocked:
+                self._send_now(P.Deliver(node, WorkerBlocked(worker_id=cid), None, cid))
+            lg = self._linger
+            if lg is None or not lg.covers(uniq, fetch):
+                if lg is not None and not lg.waiters and lg.unreported:
+                    self._send_now(P.Deliver(node, CancelWatch(client=cid, req_id=lg.rid), None, cid))
+                elif lg is not None and lg.waiters:
+                    # another thread still waits on the open one: this
+                    # wait gets a watch of its own, closed when it is done
+                    self._watches[rid] = w
+                    self._send_now(P.Deliver(node, WatchObjects(client=cid, req_id=rid, object_ids=uniq, fetch=fetch,
+                                                                need=need if timeout is None else 1), None, cid))
+                    return
+                lg = self._linger = _Linger(rid, uniq, fetch)
+                # (held until ``need`` are ready, as for get: then one report
+                # answers this wait, and the watch reports each one after)
+                self._send_now(P.Deliver(node, WatchObjects(client=cid, req_id=rid, object_ids=uniq, fetch=fetch,
+                                                            need=need if timeout is None else 1), None, cid))
+            state["linger"] = lg
+            for oid in uniq:  # (reported while this call was on its way here)
+                r = lg.ready.get(oid)
+                if r is not None:
+                    w.results[oid] = r
+            if len(w.results) >= need:
+                fut.set_result(w.results)
+            else:
+                lg.waiters.append(entry)
+
+        rid = next(self._reqs)
+        self.bridge.submit(start)
+        try:
+            results = fut.result(timeout)
+            if "linger" not in state and len(results) < len(uniq):
+                self._send(P.Deliver(node, CancelWatch(client=cid, req_id=rid), None, cid))
+            return results
+        except TimeoutError:
+            def give_up() -> None:
+                lg = state.get("linger")
+                if lg is not None:
+                    if entry in lg.waiters:
+                        lg.waiters.remove(entry)
+                elif self._watches.pop(rid, None) is not None:
+                    self._send_now(P.Deliver(node, CancelWatch(client=cid, req_id=rid), None, cid))
+            self.bridge.submit(give_up)
+            raise _WatchTimeout(dict(w.results)) from None
+        finally:
+            if blocked:
+                self._send(P.Deliver(node, WorkerUnblocked(worker_id=cid), None, cid))
 
     def _remember_inline(self, results: dict) -> None:
         for oid, (info, att) in results.items():

@@ -231,6 +231,11 @@ class Worker:
         self._send(P.Checkpointed(c.actor_id, c.index, actor_state(self.actor)))
 
     def _send(self, item: Any) -> None:
+        if type(item) is P.Ran or type(item) is P.Raised:
+            rt = self.rt
+            if rt._linger is not None:
+                # a wait() loop's open watch ends with the task that ran it
+                rt.bridge.submit(rt._close_idle_linger)
         self.rt._send(item)
 
 

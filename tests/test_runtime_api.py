@@ -215,6 +215,47 @@ def test_a_wait_loop_is_served_by_one_open_watch():
         rt._send_now = send_now
 
 
+@ray.remote
+class Gate:
+    def __init__(self):
+        import asyncio
+
+        self.opened = asyncio.Event()
+
+    async def wait(self):
+        await self.opened.wait()
+        return "opened"
+
+    async def open(self):
+        self.opened.set()
+        return True
+
+
+def test_a_wait_is_not_held_behind_another_threads_wait():
+    # thread A waits for all of three refs, two of them behind a gate: the
+    # node holds A's reports until all three are ready.  Thread B's wait for
+    # the one that is ready must not queue behind A's (it used to).
+    from penumbra.api.context import current_runtime
+
+    rt = current_runtime()
+    gate = Gate.options(max_concurrency=4).remote()
+    shut = [gate.wait.remote(), gate.wait.remote()]
+    fast = double.remote(21)
+    out = {}
+    a = threading.Thread(target=lambda: out.setdefault("a", ray.wait(shut + [fast], num_returns=3)))
+    a.start()
+    deadline = time.monotonic() + 30
+    while not (rt._linger is not None and rt._linger.waiters) and a.is_alive():
+        assert time.monotonic() < deadline, "thread A's wait never started"
+        time.sleep(0.001)
+    ready, rest = ray.wait([fast], num_returns=1, timeout=30)
+    assert ready == [fast] and ray.get(fast) == 42
+    assert ray.wait(shut, timeout=0)[0] == []  # the gate is still shut
+    assert ray.get(gate.open.remote()) is True
+    a.join(30)
+    assert out["a"] == (shut + [fast], [])
+
+
 def test_waits_from_several_threads_at_once():
     @ray.remote
     def after(t, x):

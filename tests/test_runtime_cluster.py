@@ -189,6 +189,48 @@ def test_killed_driver_leaves_no_orphans_and_no_shared_memory(tmp_path):
             p.kill()
 
 
+def test_a_dead_daemon_fails_a_waiting_wait_instead_of_hanging():
+    # (the second wait rides on the watch the first one left open)
+    import threading
+
+    import penumbra.api.context as c
+
+    ray.init(num_cpus=1)
+    try:
+        @ray.remote
+        def hang():
+            time.sleep(120)
+
+        @ray.remote
+        def one():
+            return 1
+
+        refs = [one.remote(), hang.remote()]
+        ready, rest = ray.wait(refs, num_returns=1, timeout=60)
+        assert ready == refs[:1]
+        rt = c.current_runtime()
+        out = {}
+
+        def waiter():
+            try:
+                out["result"] = ray.wait(rest, num_returns=1)
+            except BaseException as e:  # noqa: BLE001 - the test looks at it
+                out["error"] = e
+
+        t = threading.Thread(target=waiter)
+        t.start()
+        deadline = time.monotonic() + 30
+        while not (rt._linger is not None and rt._linger.waiters):
+            assert time.monotonic() < deadline, "the second wait never reached the open watch"
+            time.sleep(0.001)
+        os.kill(rt.embedded.pid, signal.SIGKILL)
+        t.join(30)
+        assert not t.is_alive(), "wait() hung after its daemon died"
+        assert isinstance(out.get("error"), exc.PenumbraError), out
+    finally:
+        ray.shutdown()
+
+
 def test_shutdown_stops_everything_and_frees_shared_memory():
     ray.init(num_cpus=1)
     from penumbra.api.context import current_runtime

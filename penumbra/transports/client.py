@@ -92,20 +92,27 @@ class _Linger:
     ``ready`` (single dict reads are atomic).
     """
 
-    __slots__ = ("rid", "fetch", "unreported", "ready", "inline_bytes", "waiters")
+    __slots__ = ("rid", "fetch", "unreported", "ready", "inline_bytes", "waiters", "held_until")
 
-    def __init__(self, rid: int, ids, fetch: bool) -> None:
+    def __init__(self, rid: int, ids, fetch: bool, need: int) -> None:
         self.rid = rid
         self.fetch = fetch
         self.unreported = set(ids)  # the node will still report these
         self.ready: dict[ObjectId, tuple] = {}  # reported: oid -> (info, attachment)
         self.inline_bytes = 0
         self.waiters: list[tuple[_Watch, frozenset]] = []
+        # the node holds its reports until this many are ready (the need
+        # of the wait that opened the watch): until then, a report that
+        # another wait needs may sit on the node
+        self.held_until = need
 
     def covers(self, ids, fetch: bool) -> bool:
         if fetch and not self.fetch:
             return False
-        unreported, ready = self.unreported, self.ready
+        ready = self.ready
+        if len(ready) < self.held_until and self.unreported:
+            return False
+        unreported = self.unreported
         return all(o in unreported or o in ready for o in ids)
 
 
@@ -182,6 +189,9 @@ class ClientRuntime(Runtime):
                         logger.warning("%s", item.text)
                 elif self.on_item is not None:
                     self.on_item(item)
+            # an orderly close (the daemon exited, or was killed between
+            # frames): whatever still waits on it must fail, not hang
+            self._fail_all(PenumbraError("the penumbra node daemon closed the connection"))
         except ConnectionClosed as e:
             self._fail_all(PenumbraError(f"lost the connection to the penumbra node daemon ({e.reason})"))
         except BaseException as e:
@@ -196,6 +206,11 @@ class ClientRuntime(Runtime):
         for w in list(self._watches.values()):
             w.future.set_exception(exc)
         self._watches.clear()
+        lg, self._linger = self._linger, None
+        if lg is not None:
+            for w, _ in lg.waiters:
+                w.future.set_exception(exc)
+            lg.waiters = []
         for f in list(self._waiters.values()) + list(self._actor_waiters.values()):
             f.set_exception(exc)
         self._waiters.clear()
@@ -456,7 +471,7 @@ class ClientRuntime(Runtime):
             if blocked:
                 self._send_now(P.Deliver(node, WorkerBlocked(worker_id=cid), None, cid))
             lg = self._linger
-            if lg is None or not lg.covers(uniq, fetch):
+            if lg is None or lg.waiters or not lg.covers(uniq, fetch):
                 if lg is not None and not lg.waiters and lg.unreported:
                     self._send_now(P.Deliver(node, CancelWatch(client=cid, req_id=lg.rid), None, cid))
                 elif lg is not None and lg.waiters:
@@ -466,11 +481,12 @@ class ClientRuntime(Runtime):
                     self._send_now(P.Deliver(node, WatchObjects(client=cid, req_id=rid, object_ids=uniq, fetch=fetch,
                                                                 need=need if timeout is None else 1), None, cid))
                     return
-                lg = self._linger = _Linger(rid, uniq, fetch)
                 # (held until ``need`` are ready, as for get: then one report
                 # answers this wait, and the watch reports each one after)
+                hold = need if timeout is None else 1
+                lg = self._linger = _Linger(rid, uniq, fetch, hold)
                 self._send_now(P.Deliver(node, WatchObjects(client=cid, req_id=rid, object_ids=uniq, fetch=fetch,
-                                                            need=need if timeout is None else 1), None, cid))
+                                                            need=hold), None, cid))
             state["linger"] = lg
             for oid in uniq:  # (reported while this call was on its way here)
                 r = lg.ready.get(oid)
@@ -488,16 +504,26 @@ class ClientRuntime(Runtime):
             if "linger" not in state and len(results) < len(uniq):
                 self._send(P.Deliver(node, CancelWatch(client=cid, req_id=rid), None, cid))
             return results
-        except TimeoutError:
+        except BaseException as e:
+            # a timeout, or an interrupt (Ctrl-C): leave nothing behind that
+            # would hold the open watch or a node watch forever
             def give_up() -> None:
                 lg = state.get("linger")
                 if lg is not None:
                     if entry in lg.waiters:
                         lg.waiters.remove(entry)
-                elif self._watches.pop(rid, None) is not None:
+                else:
+                    # (its last report may have just completed it: cancel
+                    # anyway, the node ignores a watch it no longer has)
+                    self._watches.pop(rid, None)
                     self._send_now(P.Deliver(node, CancelWatch(client=cid, req_id=rid), None, cid))
-            self.bridge.submit(give_up)
-            raise _WatchTimeout(dict(w.results)) from None
+            try:
+                self.bridge.submit(give_up)
+            except RuntimeError:
+                pass  # the loop is gone, and the watches with it
+            if isinstance(e, TimeoutError):
+                raise _WatchTimeout(dict(w.results)) from None
+            raise
         finally:
             if blocked:
                 self._send(P.Deliver(node, WorkerUnblocked(worker_id=cid), None, cid))

@@ -49,6 +49,13 @@ class Runtime(abc.ABC):
         """Submit an actor creation task; for a named actor, wait until the
         name is registered and raise ``ValueError`` if it is taken."""
 
+    @staticmethod
+    def report_need(need: int, timeout: float | None) -> int:
+        """``WatchObjects.need`` for a wait on ``need`` objects: without a
+        timeout nothing needs the partial answer, so the node may report
+        once, when ``need`` are ready; with one, each report as it comes."""
+        return need if timeout is None else 1
+
     def export_function(self, function_id: bytes, blob: bytes) -> None:
         """Make a pickled function or class available to every worker."""
         if function_id in self._exported:

@@ -475,10 +475,8 @@ class _SimClient(Runtime):
         if blocked:
             self._send(WorkerBlocked(worker_id=cid))
         try:
-            # (as the real client: one report when ``need`` are ready, unless
-            # a timeout may need the partial answer)
-            batch = need if timeout is None else 1
-            self._send(WatchObjects(client=cid, req_id=rid, object_ids=uniq, fetch=fetch, need=batch))
+            self._send(WatchObjects(client=cid, req_id=rid, object_ids=uniq, fetch=fetch,
+                                    need=self.report_need(need, timeout)))
             if not self._block(lambda: w.done, timeout):
                 self._watches.pop(rid, None)
                 if self.alive:

@@ -325,41 +325,6 @@ class ClientRuntime(Runtime):
             _, old = self._cache.popitem(last=False)
             self._cache_bytes -= len(old)
 
-    def _watch(self, ids: Sequence[ObjectId], need: int, timeout: float | None, fetch: bool) -> dict:
-        rid = next(self._reqs)
-        fut = self.bridge.future()
-        w = _Watch(ids, need, fut)
-        blocked = self.is_worker
-        uniq = tuple(dict.fromkeys(ids))
-        node, cid = self.node_id, self.client_id
-        # without a timeout nothing needs the partial answer: let the node
-        # report once, when ``need`` objects are ready
-        batch = need if timeout is None else 1
-
-        def start() -> None:
-            self._watches[rid] = w
-            if blocked:
-                self._send_now(P.Deliver(node, WorkerBlocked(worker_id=cid), None, cid))
-            self._send_now(P.Deliver(node, WatchObjects(client=cid, req_id=rid, object_ids=uniq, fetch=fetch, need=batch), None, cid))
-
-        self.bridge.submit(start)
-        try:
-            results = fut.result(timeout)
-            if len(results) < len(uniq):
-                # satisfied with some (wait): the node's watch is still open
-                self._send(P.Deliver(node, CancelWatch(client=cid, req_id=rid), None, cid))
-            return results
-        except TimeoutError:
-            def cancel() -> None:
-                self._watches.pop(rid, None)
-                self._send_now(P.Deliver(node, CancelWatch(client=cid, req_id=rid), None, cid))
-            self.bridge.submit(cancel)
-            partial = dict(w.results)
-            raise _WatchTimeout(partial) from None
-        finally:
-            if blocked:
-                self._send(P.Deliver(node, WorkerUnblocked(worker_id=cid), None, cid))
-
     def get_objects(self, ids: Sequence[ObjectId], timeout: float | None) -> list[Any]:
         cache = self._cache
         if all(oid in cache for oid in ids):
@@ -374,7 +339,7 @@ class ClientRuntime(Runtime):
                 if todo:
                     # a get that goes to the node is past any wait() loop:
                     # stop the open watch's reports (one per object)
-                    self.bridge.submit(self._close_idle_linger)
+                    self.close_wait_watch()
                     results = self._watch(todo, len(set(todo)), timeout, True)
                 else:
                     results = {}
@@ -424,6 +389,12 @@ class ClientRuntime(Runtime):
                 out[oid] = r
         return out
 
+    def close_wait_watch(self) -> None:
+        """Close the watch a wait() left open (see ``_Linger``), unless a
+        wait is still using it."""
+        if self._linger is not None:
+            self.bridge.submit(self._close_idle_linger)
+
     def _close_idle_linger(self) -> None:
         # (trio thread)
         lg = self._linger
@@ -446,7 +417,7 @@ class ClientRuntime(Runtime):
             return ready
         rest = [o for o in ids if o not in ready]
         try:
-            results = self._wait_watch(rest, num_returns - len(ready), timeout, fetch_local)
+            results = self._watch(rest, num_returns - len(ready), timeout, fetch_local, linger=True)
         except _WatchTimeout as t:
             results = t.partial
         # The node reports every ready object it knows of, not just the
@@ -456,37 +427,40 @@ class ClientRuntime(Runtime):
         self._remember_inline(results)
         return ready | set(results)
 
-    def _wait_watch(self, ids: Sequence[ObjectId], need: int, timeout: float | None, fetch: bool) -> dict:
-        """``_watch`` for ``wait``: served by the open ``_Linger`` if it
-        covers ``ids``, else by a new node watch that stays open after."""
+    def _watch(self, ids: Sequence[ObjectId], need: int, timeout: float | None, fetch: bool,
+               linger: bool = False) -> dict:
+        """Wait until ``need`` of ``ids`` are ready; their reports.
+
+        With ``linger`` (``wait``), the open ``_Linger`` serves it if it
+        covers ``ids``; else a new node watch does and stays open after."""
         fut = self.bridge.future()
         w = _Watch(ids, need, fut)
         uniq = tuple(dict.fromkeys(ids))
         blocked = self.is_worker
         node, cid = self.node_id, self.client_id
+        hold = self.report_need(need, timeout)
         entry = (w, frozenset(uniq))
-        state: dict[str, _Linger] = {}
+        state: dict[str, _Linger] = {}  # "linger": the open watch that serves this one
 
         def start() -> None:
             if blocked:
                 self._send_now(P.Deliver(node, WorkerBlocked(worker_id=cid), None, cid))
-            lg = self._linger
-            if lg is None or lg.waiters or not lg.covers(uniq, fetch):
-                if lg is not None and not lg.waiters and lg.unreported:
-                    self._send_now(P.Deliver(node, CancelWatch(client=cid, req_id=lg.rid), None, cid))
-                elif lg is not None and lg.waiters:
-                    # another thread still waits on the open one: this
-                    # wait gets a watch of its own, closed when it is done
+            lg = self._linger if linger else None
+            if lg is not None and not lg.waiters and lg.covers(uniq, fetch):
+                pass  # served by the open watch
+            else:
+                if lg is not None and lg.waiters:
+                    lg = None  # it serves its waiters and no one else
+                elif linger:
+                    if lg is not None and lg.unreported:
+                        self._send_now(P.Deliver(node, CancelWatch(client=cid, req_id=lg.rid), None, cid))
+                    lg = self._linger = _Linger(rid, uniq, fetch, hold)  # stays open after
+                if lg is None:  # a watch of its own, closed when it is done
                     self._watches[rid] = w
-                    self._send_now(P.Deliver(node, WatchObjects(client=cid, req_id=rid, object_ids=uniq, fetch=fetch,
-                                                                need=need if timeout is None else 1), None, cid))
-                    return
-                # (held until ``need`` are ready, as for get: then one report
-                # answers this wait, and the watch reports each one after)
-                hold = need if timeout is None else 1
-                lg = self._linger = _Linger(rid, uniq, fetch, hold)
                 self._send_now(P.Deliver(node, WatchObjects(client=cid, req_id=rid, object_ids=uniq, fetch=fetch,
                                                             need=hold), None, cid))
+                if lg is None:
+                    return
             state["linger"] = lg
             for oid in uniq:  # (reported while this call was on its way here)
                 r = lg.ready.get(oid)
@@ -502,6 +476,7 @@ class ClientRuntime(Runtime):
         try:
             results = fut.result(timeout)
             if "linger" not in state and len(results) < len(uniq):
+                # satisfied with some (wait): the node's watch is still open
                 self._send(P.Deliver(node, CancelWatch(client=cid, req_id=rid), None, cid))
             return results
         except BaseException as e:

@@ -173,7 +173,7 @@ class Worker:
             self._finish(spec, result, time.perf_counter() - t0)
         except KeyboardInterrupt:
             self.current = None
-            self._send(P.Raised(spec.task_id, ErrorInfo(ErrorKind.TASK_CANCELLED, f"task {spec.display_name()} was cancelled", task_name=spec.display_name()), False, time.perf_counter() - t0))
+            self._done(P.Raised(spec.task_id, ErrorInfo(ErrorKind.TASK_CANCELLED, f"task {spec.display_name()} was cancelled", task_name=spec.display_name()), False, time.perf_counter() - t0))
         except BaseException as e:  # noqa: BLE001 - user code may raise anything
             if main:
                 self.current = None
@@ -221,21 +221,22 @@ class Worker:
         except Exception as e:  # noqa: BLE001 - a num_returns mismatch, unpicklable results, full store
             self._raised(spec, e, duration)
             return
-        self._send(P.Ran(spec.task_id, tuple(outputs), duration))
+        self._done(P.Ran(spec.task_id, tuple(outputs), duration))
 
     def _raised(self, spec: TaskSpec, e: BaseException, duration: float) -> None:
         info, retryable = task_error(spec, e)
-        self._send(P.Raised(spec.task_id, info, retryable, duration))
+        self._done(P.Raised(spec.task_id, info, retryable, duration))
 
     def checkpoint(self, c: P.Checkpoint) -> None:
         self._send(P.Checkpointed(c.actor_id, c.index, actor_state(self.actor)))
 
     def _send(self, item: Any) -> None:
-        if type(item) is P.Ran or type(item) is P.Raised:
-            rt = self.rt
-            if rt._linger is not None:
-                # a wait() loop's open watch ends with the task that ran it
-                rt.bridge.submit(rt._close_idle_linger)
+        self.rt._send(item)
+
+    def _done(self, item: P.Ran | P.Raised) -> None:
+        """The task is over: report it (a wait() loop's open watch ends
+        with the task that ran it)."""
+        self.rt.close_wait_watch()
         self.rt._send(item)
 
 

@@ -94,6 +94,7 @@ from penumbra.core.messages import (
     ActorCheckpointed,
     ActorRegistered,
     CancelTask,
+    CancelWatch,
     CheckpointActor,
     ClientDisconnected,
     ClientGcsReply,
@@ -577,22 +578,29 @@ class SimDriver:
         return self.submit(self.spec(model, **kw))
 
     def watch(self, oids: Sequence[ObjectId], callback: Callable[[ObjectId, ObjectInfo, float], Any] | None = None,
-              *, fetch: bool = True, record: bool = True) -> int:
+              *, fetch: bool = True, record: bool = True, need: int = 1) -> int:
         """Be told as each object becomes available (``callback(oid, info,
         now)``; with ``record``, also ``ready[oid]``).  ``fetch``: pull the
-        objects into this driver's node (as ``get`` does)."""
+        objects into this driver's node (as ``get`` does).  ``need``: the
+        node may hold its reports until that many are ready (see
+        ``WatchObjects``).  Returns the watch's id, for ``cancel_watch``."""
         if not self.alive or not oids:
             return 0
         rid = self._next_req
         self._next_req += 1
         self._watches[rid] = _Watch(callback, len(set(oids)), record)
-        msg = WatchObjects(client=self.address, req_id=rid, object_ids=tuple(oids), fetch=fetch)
+        msg = WatchObjects(client=self.address, req_id=rid, object_ids=tuple(oids), fetch=fetch, need=need)
         if self.call_cost and self.busy_until > self.now:
             # in program order: after the submissions still in the driver
             self.kernel.call_at(self.busy_until, self._send_msg, msg)
         else:
             self.client.send(self.node, msg)
         return rid
+
+    def cancel_watch(self, rid: int) -> None:
+        """Stop a watch (a ``wait`` that has its answer, or gave up)."""
+        if self._watches.pop(rid, None) is not None and self.alive:
+            self._send_msg(CancelWatch(client=self.address, req_id=rid))
 
     def _send_msg(self, msg: Any) -> None:
         if self.alive:

@@ -440,6 +440,10 @@ class Host(_Endpoint):
                 except Exception as e:
                     e.add_note(f"invariant broken after {self.address!r} handled {ev!r} "
                                f"at t={start!r}")
+                    e.sim_event = (self.address, start, ev, cmds)  # for the verification swarm's story
+                    if trace is not None:
+                        trace.handled(start, self.address, ev, finish, cmds)
+                        trace.note(start, self.address, f"invariant broken: {e}")
                     raise
             if trace is not None:
                 trace.handled(start, self.address, ev, finish, cmds)

@@ -113,23 +113,27 @@ class ApiMachine(RuleBasedStateMachine):
     # -- reading refs ------------------------------------------------------------
     @rule(ref=refs)
     def get(self, ref):
+        self._check(ref, self.timeout)
+
+    def _check(self, ref, timeout):
+        """``get(ref)`` answers what the model says."""
         expected = self.values[ref]
         if isinstance(expected, tuple):
             try:
-                self.ray.get(ref, timeout=self.timeout)
+                self.ray.get(ref, timeout=timeout)
             except expected[1] as e:
                 assert isinstance(e, self.ray.exceptions.TaskError), type(e)
             else:
                 raise AssertionError(f"get({ref}) should have raised {expected[1].__name__}")
         elif isinstance(expected, _ActorDied):
             try:
-                self.ray.get(ref, timeout=self.timeout)
+                self.ray.get(ref, timeout=timeout)
             except self.ray.exceptions.ActorDiedError:
                 pass
             else:
                 raise AssertionError(f"a call to a killed actor returned instead of raising ActorDiedError")
         else:
-            assert self.ray.get(ref, timeout=self.timeout) == expected
+            assert self.ray.get(ref, timeout=timeout) == expected
 
     @rule(data=st.data())
     def wait_all(self, data):
@@ -139,6 +143,28 @@ class ApiMachine(RuleBasedStateMachine):
                                     max_size=5, unique=True))
         ready, not_ready = self.ray.wait(chosen, num_returns=len(chosen), timeout=self.timeout)
         assert ready == chosen and not_ready == []
+
+    @rule(data=st.data(), fetch_local=st.booleans())
+    def wait_some(self, data, fetch_local):
+        """``wait`` for some of the refs, perhaps with a timeout: the answer
+        splits the refs in their order, has ``num_returns`` ready unless the
+        timeout cut it short, and a ready ref's ``get`` answers what the
+        model says."""
+        if not self.values:
+            return
+        chosen = data.draw(st.lists(st.sampled_from(sorted(self.values, key=lambda r: r.hex())), min_size=1,
+                                    max_size=6, unique=True))
+        k = data.draw(st.integers(1, len(chosen)))
+        timeout = data.draw(st.sampled_from([None, 0.0, 0.01]))
+        ready, not_ready = self.ray.wait(chosen, num_returns=k, timeout=self.timeout if timeout is None else timeout,
+                                         fetch_local=fetch_local)
+        assert len(ready) + len(not_ready) == len(chosen) and set(ready) | set(not_ready) == set(chosen)
+        assert ready == [r for r in chosen if r in ready] and not_ready == [r for r in chosen if r in not_ready]
+        assert len(ready) <= k
+        if timeout is None:
+            assert len(ready) == k, f"wait(num_returns={k}) with no timeout returned {len(ready)} ready"
+        for r in ready:
+            self._check(r, self.timeout)
 
     # -- actors ------------------------------------------------------------------
     @rule(target=actors, start=st.integers(0, 10))

@@ -16,7 +16,12 @@ Each checker returns a list of ``Violation``s (empty: the run is good).
 ``check_gcs``
     no two replicas applied different writes at the same sequence number of a
     shard (no fork), no write was applied twice, and every write a client saw
-    acknowledged is held by the shard's surviving tail.
+    acknowledged is held by the shard's surviving tail;
+``check_waits``
+    every ``wait`` returned: one with no timeout with exactly
+    ``num_returns`` refs, one with a timeout no later than that; no ref was
+    reported ready twice, and none before it existed (on the waiter's node
+    when fetching, anywhere otherwise) unless it was reported as an error.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from typing import Any
 from ..core.records import ErrorKind, TaskState
 
 __all__ = ["Violation", "GcsLedger", "check_results", "check_liveness", "check_resources",
-           "check_actor_order", "check_gcs"]
+           "check_no_rescues", "pending_task_rows", "check_actor_order", "check_gcs", "WaitOutcome", "check_waits"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,8 +87,6 @@ def check_results(reference: dict[str, tuple], actual: dict[str, tuple], taints:
                 continue
             if kind is ErrorKind.OBJECT_LOST and "lost" in t:
                 continue
-            if kind is ErrorKind.TASK_ERROR and ref[0] == "e":
-                pass
             out.append(Violation("results", f"{key}: expected {_fmt(ref)}, got the error {_fmt(got)} "
                                             f"(allowed deviations for it: {sorted(t) or 'none'})", key))
             continue
@@ -228,3 +231,47 @@ def pending_task_rows(cluster, task_ids) -> list[str]:
         if e is not None and e.state is TaskState.PENDING:
             rows.append(f"{e.spec.display_name()} at {e.node or '(unplaced)'}")
     return rows
+
+
+@dataclass
+class WaitOutcome:
+    """What one ``wait`` saw (filled in by the swarm's driver as reports come)."""
+
+    started: float
+    ready: list[str] = field(default_factory=list)  # keys, in report order
+    done: bool = False
+    timed_out: bool = False
+    finished: float = 0.0
+    twice: list[str] = field(default_factory=list)  # keys reported ready again
+    early: list[str] = field(default_factory=list)  # keys reported before they existed
+
+
+def check_waits(plans, outcomes: dict[str, WaitOutcome]) -> list[Violation]:
+    """``plans``: the workload's ``WaitPlan``s; ``outcomes``: key -> outcome."""
+    out = []
+    for p in plans:
+        o = outcomes.get(p.key)
+        what = f"wait {p.key} over {len(p.refs)} refs (num_returns={p.num_returns}, timeout={p.timeout})"
+        if o is None:
+            out.append(Violation("waits", f"{what} was never issued", p.key))
+            continue
+        if not o.done:
+            out.append(Violation("waits", f"{what} never returned ({len(o.ready)} ready)", p.key))
+            continue
+        if o.timed_out:
+            if p.timeout is None:
+                out.append(Violation("waits", f"{what} timed out without a timeout", p.key))
+            elif len(o.ready) >= p.num_returns:
+                out.append(Violation("waits", f"{what} timed out with enough refs ready", p.key))
+        elif len(o.ready) != p.num_returns:
+            out.append(Violation("waits", f"{what} returned {len(o.ready)} ready refs", p.key))
+        if p.timeout is not None and o.finished - o.started > p.timeout + 1e-9:
+            out.append(Violation("waits", f"{what} returned after {o.finished - o.started:.4f}s", p.key))
+        if not set(o.ready) <= set(p.refs):
+            out.append(Violation("waits", f"{what} reported refs it was not given: {sorted(set(o.ready) - set(p.refs))}", p.key))
+        if o.twice:
+            out.append(Violation("waits", f"{what}: reported ready twice: {o.twice}", p.key))
+        if o.early:
+            out.append(Violation("waits", f"{what}: reported ready before the object existed"
+                                          f"{' on the waiting node' if p.fetch else ''}: {o.early}", p.key))
+    return out

@@ -42,15 +42,16 @@ from typing import Any, Callable
 
 from ..core.gcs import GcsReplica, GcsTiming
 from ..core.gcs_client import GcsClient
-from ..core.ids import ObjectId
+from ..core.ids import ObjectId, TaskId
 from ..core.layout import ClusterLayout, NodeShape
-from ..core.records import ErrorKind
+from ..core.records import ActorState, ErrorKind
 from ..core.specs import ResourceSet
 from ..core.tables import Op
-from ..sim.cluster import SimCluster
+from ..sim.cluster import SimActor, SimCluster, SimNode
 from ..sim.costs import PAPER
+from ..sim.trace import Trace
 from . import checkers as C
-from .workload import VActor, Workload, VerifyExecutor, add_gpus, digest, generate
+from .workload import VActor, Workload, VerifyExecutor, add_callers, add_gpus, add_waits, digest, generate
 
 __all__ = ["SeedPlan", "FaultPlan", "RunResult", "SeedReport", "plan_seed", "run_plan", "check_seed", "check_plan",
            "run_swarm", "run_swarm_cli", "story", "shrink"]
@@ -156,6 +157,9 @@ def plan_seed(seed: int) -> SeedPlan:
                   for i, s in enumerate(shapes)]
         layout = dataclasses.replace(layout, nodes=tuple(shapes))
         workload = add_gpus(workload, grng, cpu_cap=min(shapes[i].resources.get("CPU") for i in gpu_nodes))
+    # Waits too, from their own generator (the rest of the plan is as before).
+    workload = add_waits(workload, random.Random(f"penumbra-swarm-waits-{seed}"), horizon)
+    workload = add_callers(workload, random.Random(f"penumbra-swarm-callers-{seed}"))
     faulty = rng.random() < 0.85
     crashes, replicas, isolations, slow = [], [], [], []
     if faulty:
@@ -206,6 +210,28 @@ class RunResult:
     keys: dict[str, ObjectId] = field(default_factory=dict)
     taints: dict[str, set[str]] = field(default_factory=dict)
     executor: Any = None
+    disturbed: set[str] | None = None  # actors that restarted, died or were killed
+    waits: dict[str, C.WaitOutcome] = field(default_factory=dict)
+    broken_by: tuple | None = None  # (address, time, event, commands) after which validate() failed
+
+
+def _disturbed(cluster: SimCluster, executor: VerifyExecutor, plan: SeedPlan, actors: dict, faults: bool) -> set[str]:
+    """The actors whose calls a fault may have touched: each one that ran
+    on more than one worker (a restart), is not alive at the end of the
+    liveness phase (it died, or restarts ran out), or that the plan kills."""
+    w = plan.workload
+    killed = {w.actors[i].key for _, i in plan.faults.actor_kills} if faults else set()
+    out = set()
+    for a in w.actors:
+        h = actors.get(a.key)
+        if a.kill_at is not None or a.key in killed or h is None:
+            out.add(a.key)
+            continue
+        row = cluster.gcs_row("actors", h.actor_id)
+        if (row is None or row.incarnation > 0 or row.state is not ActorState.ALIVE
+                or len(executor.instances.get(h.actor_id, ())) > 1):
+            out.add(a.key)
+    return out
 
 
 @contextlib.contextmanager
@@ -234,12 +260,51 @@ def _gcs_ledger():
         GcsClient._on_reply = orig_reply
 
 
-def _taints(plan: SeedPlan, faulty: bool, executions: dict | None = None, keys: dict | None = None) -> dict[str, set[str]]:
+class _SealingStore(dict):
+    """A simulated node's byte store that notes when each object first
+    appears in it (the truth ``check_waits`` holds the node's reports to)."""
+
+    __slots__ = ("node", "log")
+
+    def __setitem__(self, oid, item) -> None:
+        key = (self.node.address, oid)
+        if key not in self.log:
+            self.log[key] = self.node.cluster.kernel.now
+            self.log.setdefault(oid, self.log[key])
+        dict.__setitem__(self, oid, item)
+
+
+@contextlib.contextmanager
+def _seal_log():
+    """``log[(node, oid)]``: when ``oid`` first appeared on ``node``;
+    ``log[oid]``: when it first appeared anywhere."""
+    log: dict[Any, float] = {}
+    orig = SimNode.__init__
+
+    def init(self, *a, **kw):
+        orig(self, *a, **kw)
+        store = _SealingStore(self.store)
+        store.node, store.log = self, log
+        self.store = store
+
+    SimNode.__init__ = init
+    try:
+        yield log
+    finally:
+        SimNode.__init__ = orig
+
+
+def _taints(plan: SeedPlan, faulty: bool, executions: dict | None = None, keys: dict | None = None,
+            disturbed: set[str] | None = None) -> dict[str, set[str]]:
     """Why each item may legitimately differ from the reference (see
     ``checkers.check_results``); inherited along the lineage.
 
     ``"retry"`` is precise: a task earns it only if it used at least
-    ``max_retries + 1`` attempts in the run (its budget could be spent)."""
+    ``max_retries + 1`` attempts in the run (its budget could be spent).
+    So are the actor taints: only the calls of an actor in ``disturbed``
+    (it restarted, died or was killed in the run) may differ; every other
+    actor's calls must return exactly the reference's values.  ``None``
+    means "unknown" and treats every actor as disturbed."""
     w = plan.workload
     taints: dict[str, set[str]] = {p.key: set() for p in w.puts}
     deps: dict[str, tuple[str, ...]] = {}
@@ -268,7 +333,7 @@ def _taints(plan: SeedPlan, faulty: bool, executions: dict | None = None, keys: 
                 own.add("lost")
             if a.kill_at is not None:
                 own.add("actor")  # the kill races with the calls
-            if faulty:
+            if faulty and (disturbed is None or a.key in disturbed):
                 if a.max_restarts >= 0 or a.max_task_retries == 0:
                     own.add("actor")
                 if not a.replay:
@@ -284,12 +349,11 @@ def _taints(plan: SeedPlan, faulty: bool, executions: dict | None = None, keys: 
     if store < 8 * biggest:
         for k in taints:
             taints[k].add("store")
-        # an evicted output of a replay actor's call is rebuilt only by a
-        # restart that replays the call (see "lost" above)
+        # an evicted output of an actor's call is not rebuilt (a replay
+        # actor's only by a restart that replays the call, see "lost" above)
         for a in w.actors:
-            if a.replay:
-                for c in a.calls:
-                    taints[c.key].add("lost")
+            for c in a.calls:
+                taints[c.key].add("lost")
     # inherit along dependencies (items are in submission order)
     order = sorted(deps, key=lambda k: _at(plan, k))
     for k in order:
@@ -330,6 +394,26 @@ def _at(plan: SeedPlan, key: str) -> float:
     return 0.0
 
 
+def _broken(res: RunResult, cluster: SimCluster, e: Exception, t0: float) -> RunResult:
+    """A run stopped by a broken invariant (``validate()``, an
+    ``AssertionError``) or by a machine raising: one violation, with the
+    trace hash up to that point (the replay check) and the event that broke
+    it (for ``story``)."""
+    import traceback
+
+    if isinstance(e, AssertionError):
+        v = C.Violation("invariant", f"a state machine's validate() failed: {e}")
+    else:
+        tb = traceback.format_exc(limit=-3)
+        v = C.Violation("crash", f"a machine raised {type(e).__name__}: {e}\n{tb}")
+    res.violations.append(v)
+    res.broken_by = getattr(e, "sim_event", None)
+    res.trace_hash = cluster.trace_hash()
+    res.virtual_time = cluster.now
+    res.wall = time.perf_counter() - t0
+    return res
+
+
 def run_plan(plan: SeedPlan, *, faults: bool = True, validate: bool = True, max_virtual: float = 40.0,
              trace: Any = "key") -> RunResult:
     """Run one seed's plan (with or without its faults) and check it."""
@@ -338,112 +422,131 @@ def run_plan(plan: SeedPlan, *, faults: bool = True, validate: bool = True, max_
     rng = random.Random(f"penumbra-swarm-exec-{plan.seed}")
     executor = VerifyExecutor(crash_rate=fp.worker_crash_rate, rng=rng)
     res = RunResult(plan.seed, faults, executor=executor)
-    with _gcs_ledger() as ledger:
+    with _gcs_ledger() as ledger, _seal_log() as sealed:
         cluster = SimCluster(plan.layout, costs=PAPER, seed=plan.seed, executor=executor, validate=validate,
                              trace=trace)
         res.cluster = cluster
-        cluster.wait_ready(timeout=10.0)
-        base = cluster.now
-        d = cluster.driver("node:0")
-        keys: dict[str, ObjectId] = res.keys
-        ready: dict[str, tuple] = res.results
-        oid_key: dict[ObjectId, str] = {}
+        try:
+            cluster.wait_ready(timeout=10.0)
+            base = cluster.now
+            d = cluster.driver("node:0")
+            # a second driver program, if some actor calls come from it
+            d1 = cluster.driver("node:0") if any(c.caller for a in plan.workload.actors for c in a.calls) else None
+            handles: dict[tuple[str, int], SimActor] = {}  # (actor, caller) -> that caller's handle
+            keys: dict[str, ObjectId] = res.keys
+            ready: dict[str, tuple] = res.results
+            oid_key: dict[ObjectId, str] = {}
 
-        def on_ready(oid, info, now):
-            key = oid_key[oid]
-            if info.error is not None:
-                ready[key] = ("e", info.error.kind, info.error.message if info.error.kind is ErrorKind.TASK_ERROR else "")
-                return
-            node = cluster.nodes.get(d.node)
-            item = node.store.get(oid) if node is not None else None
-            if item is None:
-                # evicted between the reply and our read (a small store):
-                # ask again, as a real client's get does
+            def on_ready(oid, info, now):
+                key = oid_key[oid]
+                if info.error is not None:
+                    ready[key] = ("e", info.error.kind, info.error.message if info.error.kind is ErrorKind.TASK_ERROR else "")
+                    return
+                node = cluster.nodes.get(d.node)
+                item = node.store.get(oid) if node is not None else None
+                if item is None:
+                    # evicted between the reply and our read (a small store):
+                    # ask again, as a real client's get does
+                    d.watch([oid], on_ready)
+                    return
+                ready[key] = ("v", item[1])
+
+            def watch(key: str, oid: ObjectId) -> None:
+                keys[key] = oid
+                oid_key[oid] = key
+                res.expected.add(key)
                 d.watch([oid], on_ready)
-                return
-            ready[key] = ("v", item[1])
 
-        def watch(key: str, oid: ObjectId) -> None:
-            keys[key] = oid
-            oid_key[oid] = key
-            res.expected.add(key)
-            d.watch([oid], on_ready)
-
-        # schedule the workload
-        w = plan.workload
-        actors: dict[str, Any] = {}
-        events: list[tuple[float, int, Callable]] = []
-        idx = 0
-        for p in w.puts:
-            events.append((p.at, idx, lambda p=p: watch(p.key, d.put(p.size, digest("put", p.key)))))
-            idx += 1
-        for t in w.tasks:
-            def submit_task(t=t):
-                spec = d.spec(t.model, deps=[keys[k] for k in t.deps], resources=t.resources, name=t.key,
-                              max_retries=t.max_retries)
-                d.submit(spec)
-                watch(t.key, spec.return_ids[0])
-            events.append((t.at, idx, submit_task))
-            idx += 1
-        for a in w.actors:
-            def create(a=a):
-                gpu = ResourceSet.of(GPU=a.gpus) if a.gpus else ResourceSet()
-                actors[a.key] = d.create_actor(VActor(a.key), cls=f"A{a.key}", max_restarts=a.max_restarts,
-                                               max_task_retries=a.max_task_retries, replay=a.replay,
-                                               checkpoint_interval=a.checkpoint_interval,
-                                               resources=gpu, placement=gpu + ResourceSet.of(CPU=1))
-            events.append((a.at, idx, create))
-            idx += 1
-            for c in a.calls:
-                def call(a=a, c=c):
-                    spec = actors[a.key].call(c.model, method="m", deps=[keys[k] for k in c.deps])
-                    watch(c.key, spec.return_ids[0])
-                events.append((c.at, idx, call))
+            # schedule the workload
+            w = plan.workload
+            actors: dict[str, Any] = {}
+            events: list[tuple[float, int, Callable]] = []
+            idx = 0
+            for p in w.puts:
+                events.append((p.at, idx, lambda p=p: watch(p.key, d.put(p.size, digest("put", p.key)))))
                 idx += 1
-            if a.kill_at is not None:
-                events.append((a.kill_at, idx, lambda a=a: actors[a.key].kill(no_restart=True)))
+            for t in w.tasks:
+                def submit_task(t=t):
+                    spec = d.spec(t.model, deps=[keys[k] for k in t.deps], resources=t.resources, name=t.key,
+                                  max_retries=t.max_retries)
+                    d.submit(spec)
+                    watch(t.key, spec.return_ids[0])
+                events.append((t.at, idx, submit_task))
                 idx += 1
-        for at, _, fn in sorted(events, key=lambda e: (e[0], e[1])):
-            cluster.kernel.call_at(base + at, d._guarded, fn, ())
-        # the faults of the safety phase
-        node_addrs = list(cluster.nodes)
-        if faults:
-            _install_faults(cluster, fp, node_addrs, base, plan, actors, d)
-        end_safety = base + plan.horizon + 0.3
-        cluster.run(end_safety)
-        # liveness phase: lift every fault (a cut node stays cut until its
-        # own heal: healing it early would turn a cut the head must notice
-        # into a short one that only loses messages)
-        net = cluster.kernel.network
-        net.remove_fault()
-        for a, node in list(cluster.nodes.items()):
-            if node.alive:
-                cluster.kernel.slow(a, 1.0)
-        executor.crash_rate = 0.0
-        total = w.size()  # every item submitted, and every one ready
-        cluster.run_until(lambda: len(res.expected) == total and res.expected <= set(ready), timeout=max_virtual)
-        res.done_at = cluster.now - base
-        # quiesce: kill the actors, let everything settle
-        for h in actors.values():
-            h.kill(no_restart=True)
-        cluster.run_for(2.0)
-        res.virtual_time = cluster.now - base
-        res.trace_hash = cluster.trace_hash()
-        # checks that need the live cluster
-        res.violations += C.check_liveness(res.expected, ready, C.pending_task_rows(
-            cluster, [keys[t.key].task_id for t in w.tasks if t.key in keys]))
-        res.violations += C.check_resources(cluster)
-        meta = {h.actor_id: (k, next(a for a in w.actors if a.key == k).max_task_retries,
-                             next(a for a in w.actors if a.key == k).replay) for k, h in actors.items()}
-        res.violations += C.check_actor_order(executor.actor_log, meta)
-        tails = {}
-        for shard, view in cluster.head.chain.shards.items():
-            tail = view.config.tail if view.config.replicas else None
-            rep = cluster.replica(tail) if tail else None
-            tails[shard] = rep
-        res.violations += C.check_gcs(ledger, tails)
-        if not faults:
-            res.violations += C.check_no_rescues(cluster)
+            for a in w.actors:
+                def create(a=a):
+                    gpu = ResourceSet.of(GPU=a.gpus) if a.gpus else ResourceSet()
+                    actors[a.key] = d.create_actor(VActor(a.key), cls=f"A{a.key}", max_restarts=a.max_restarts,
+                                                   max_task_retries=a.max_task_retries, replay=a.replay,
+                                                   checkpoint_interval=a.checkpoint_interval,
+                                                   resources=gpu, placement=gpu + ResourceSet.of(CPU=1))
+                events.append((a.at, idx, create))
+                idx += 1
+                for c in a.calls:
+                    def call(a=a, c=c):
+                        h = actors[a.key]
+                        if c.caller:
+                            first = h
+                            h = handles.get((a.key, c.caller))
+                            if h is None:
+                                h = handles[(a.key, c.caller)] = SimActor(d1, first.spec, first.creation)
+                        spec = h.call(c.model, method="m", deps=[keys[k] for k in c.deps])
+                        watch(c.key, spec.return_ids[0])
+                    events.append((c.at, idx, call))
+                    idx += 1
+                if a.kill_at is not None:
+                    events.append((a.kill_at, idx, lambda a=a: actors[a.key].kill(no_restart=True)))
+                    idx += 1
+            for wp in w.waits:
+                events.append((wp.at, idx, lambda wp=wp: _start_wait(wp, d, keys, res.waits, sealed, base)))
+                idx += 1
+            for at, _, fn in sorted(events, key=lambda e: (e[0], e[1])):
+                cluster.kernel.call_at(base + at, d._guarded, fn, ())
+            # the faults of the safety phase
+            node_addrs = list(cluster.nodes)
+            if faults:
+                _install_faults(cluster, fp, node_addrs, base, plan, actors, d)
+            end_safety = base + plan.horizon + 0.3
+            cluster.run(end_safety)
+            # liveness phase: lift every fault (a cut node stays cut until its
+            # own heal: healing it early would turn a cut the head must notice
+            # into a short one that only loses messages)
+            net = cluster.kernel.network
+            net.remove_fault()
+            for a, node in list(cluster.nodes.items()):
+                if node.alive:
+                    cluster.kernel.slow(a, 1.0)
+            executor.crash_rate = 0.0
+            total = w.size()  # every item submitted, and every one ready
+            cluster.run_until(lambda: len(res.expected) == total and res.expected <= set(ready)
+                              and len(res.waits) == len(w.waits) and all(o.done for o in res.waits.values()),
+                              timeout=max_virtual)
+            res.done_at = cluster.now - base
+            res.disturbed = _disturbed(cluster, executor, plan, actors, faults)
+            # quiesce: kill the actors, let everything settle
+            for h in actors.values():
+                h.kill(no_restart=True)
+            cluster.run_for(2.0)
+            res.virtual_time = cluster.now - base
+            res.trace_hash = cluster.trace_hash()
+            # checks that need the live cluster
+            res.violations += C.check_liveness(res.expected, ready, C.pending_task_rows(
+                cluster, [keys[t.key].task_id for t in w.tasks if t.key in keys]))
+            res.violations += C.check_resources(cluster)
+            res.violations += C.check_waits(w.waits, res.waits)
+            meta = {h.actor_id: (k, next(a for a in w.actors if a.key == k).max_task_retries,
+                                 next(a for a in w.actors if a.key == k).replay) for k, h in actors.items()}
+            res.violations += C.check_actor_order(executor.actor_log, meta)
+            tails = {}
+            for shard, view in cluster.head.chain.shards.items():
+                tail = view.config.tail if view.config.replicas else None
+                rep = cluster.replica(tail) if tail else None
+                tails[shard] = rep
+            res.violations += C.check_gcs(ledger, tails)
+            if not faults:
+                res.violations += C.check_no_rescues(cluster)
+        except Exception as e:  # validate() broke, or a machine raised
+            return _broken(res, cluster, e, t0)
     # attempts a task used: its executions, or the GCS's count where the node
     # running (or queueing) it died and it was handed on without running
     used = dict(executor.executions)
@@ -453,7 +556,7 @@ def run_plan(plan: SeedPlan, *, faults: bool = True, validate: bool = True, max_
             row = cluster.gcs_row("tasks", tid)
             if row is not None:
                 used[tid] = max(used.get(tid, 0), row.attempt + 1)
-    res.taints = _taints(plan, faults, used, keys)
+    res.taints = _taints(plan, faults, used, keys, res.disturbed)
     # bounded restarts: an actor never restarts more than max_restarts times
     # (each restart is a new incarnation in its GCS row)
     for k, h in actors.items():
@@ -467,6 +570,42 @@ def run_plan(plan: SeedPlan, *, faults: bool = True, validate: bool = True, max_
                                                         f"submitted over {plan.horizon:.2f}s (allowed: {REFERENCE_SLACK}s more): something stalled"))
     res.wall = time.perf_counter() - t0
     return res
+
+
+def _start_wait(wp, d, keys: dict, outcomes: dict, sealed: dict, base: float) -> None:
+    """``wait(refs, num_returns, timeout, fetch_local)``, as a client does it:
+    a watch (holding reports until ``num_returns`` when nothing can cut the
+    wait short, like ``Runtime.report_need``), a timer for the timeout, and
+    the watch cancelled once the wait has its answer."""
+    kernel = d.kernel
+    oids = [keys[k] for k in wp.refs]
+    key_of = dict(zip(oids, wp.refs))
+    o = outcomes[wp.key] = C.WaitOutcome(started=kernel.now - base)
+    rid = 0
+
+    def finish(timed_out: bool) -> None:
+        o.done, o.timed_out, o.finished = True, timed_out, kernel.now - base
+        d.cancel_watch(rid)
+
+    def on_ready(oid, info, now) -> None:
+        if o.done:
+            return
+        k = key_of[oid]
+        if k in o.ready:
+            o.twice.append(k)
+            return
+        o.ready.append(k)
+        if info.error is None:
+            at = sealed.get((d.node, oid) if wp.fetch else oid)
+            if at is None or at > now:
+                o.early.append(k)
+        if len(o.ready) >= wp.num_returns:
+            finish(False)
+
+    need = wp.num_returns if wp.timeout is None else 1
+    rid = d.watch(oids, on_ready, fetch=wp.fetch, record=False, need=need)
+    if wp.timeout is not None and not o.done:
+        kernel.call_at(kernel.now + wp.timeout, lambda: None if o.done else finish(True))
 
 
 def _install_faults(cluster: SimCluster, fp: FaultPlan, nodes: list[str], base: float, plan: SeedPlan,
@@ -542,28 +681,34 @@ class SeedReport:
         return f"seed {self.seed}: {status}, trace {self.trace_hash[:16]}, {self.wall:.2f}s"
 
 
-def check_seed(seed: int, *, plan: SeedPlan | None = None, validate: bool = True) -> SeedReport:
-    """Run ``seed`` with its faults and without, and compare."""
+def check_seed(seed: int, *, plan: SeedPlan | None = None, validate: bool = True, recent: int = 0) -> SeedReport:
+    """Run ``seed`` with its faults and without, and compare.
+
+    ``recent``: keep each address's last ``recent`` trace lines (``story``
+    prints them when an invariant broke); the trace hash is the same."""
     plan = plan or plan_seed(seed)
     t0 = time.perf_counter()
-    try:
-        ref = run_plan(plan, faults=False, validate=validate)
-        run = run_plan(plan, faults=True, validate=validate) if plan.faults.items() else ref
-    except AssertionError as e:
-        # a machine's validate() found one of its invariants broken
-        v = C.Violation("invariant", f"a state machine's validate() failed: {e}")
-        return SeedReport(seed, False, [v], "", time.perf_counter() - t0, plan)
-    except Exception as e:  # a crash inside a machine is a bug too
-        import traceback
 
-        tb = traceback.format_exc(limit=-3)
-        v = C.Violation("crash", f"a machine raised {type(e).__name__}: {e}\n{tb}")
-        return SeedReport(seed, False, [v], "", time.perf_counter() - t0, plan)
+    def trace() -> Any:
+        return Trace(fields="key", per_address=recent) if recent else "key"
+
+    ref = run_plan(plan, faults=False, validate=validate, trace=trace())
+    if ref.broken_by is not None or _stopped(ref):
+        # the fault-free run itself broke an invariant: report that run
+        vs = [C.Violation(v.checker, f"(fault-free run) {v.what}", v.key) for v in ref.violations]
+        return SeedReport(seed, False, vs, ref.trace_hash, time.perf_counter() - t0, plan, ref, ref)
+    run = run_plan(plan, faults=True, validate=validate, trace=trace()) if plan.faults.items() else ref
     violations = list(run.violations)
     if ref is not run:
         violations += [C.Violation("reference", f"(fault-free run) {v.what}", v.key) for v in ref.violations]
-    violations += C.check_results(ref.results, run.results, run.taints)
+    if not _stopped(run):
+        violations += C.check_results(ref.results, run.results, run.taints)
     return SeedReport(seed, not violations, violations, run.trace_hash, time.perf_counter() - t0, plan, run, ref)
+
+
+def _stopped(run: RunResult) -> bool:
+    """Did ``run`` stop early (an invariant broke, or a machine raised)?"""
+    return any(v.checker in ("invariant", "crash") for v in run.violations)
 
 
 def check_plan(plan: SeedPlan, validate: bool = True) -> SeedReport:
@@ -580,20 +725,59 @@ def story(report: SeedReport, limit: int = 6) -> str:
     keys = [v.key for v in report.violations if v.key][:limit]
     for v in report.violations[:20]:
         lines.append(f"  {v}")
-    for key in keys:
-        oid = run.keys.get(key)
-        if oid is None:
-            continue
-        lines.append(f"-- story of {key} (task {oid.task_id.short()}):")
+    tasks: list[tuple[str, TaskId]] = [(k, run.keys[k].task_id) for k in keys if k in run.keys]
+    if run.broken_by is not None:
+        # validate() failed: no workload item is named, so tell the story of
+        # the event that broke the invariant and of the tasks it is about
+        addr, t, ev, cmds = run.broken_by
+        lines.append(f"-- the invariant broke after {addr} handled, at {t:.4f}: {ev!r}"[:2000])
+        tr = run.cluster.kernel.trace
+        if tr is not None and tr.per_address:
+            lines.append(f"-- what {addr} did last (oldest first):")
+            lines += [f"   {ln}"[:300] for ln in tr.story(addr)]
+        back = {oid.task_id: k for k, oid in run.keys.items()}
+        for x in (ev, *(cmds or ())):
+            for tid in _task_ids(x):
+                if len(tasks) < limit and all(tid != have for _, have in tasks):
+                    tasks.append((back.get(tid, "a task"), tid))
+    for key, tid in tasks:
+        lines.append(f"-- story of {key} (task {tid.short()}):")
         for addr, node in run.cluster.nodes.items():
             m = node.machine if node.alive else None
             if m is None and node.host is not None:
                 m = node.host.machine
             if m is None:
                 continue
-            for t, sid, what in m.story(oid.task_id):
+            for t, sid, what in m.story(tid):
                 lines.append(f"   {t:9.4f} {addr:<10} {what}  [{sid}]")
     return "\n".join(lines)
+
+
+def _task_ids(ev: Any) -> list[TaskId]:
+    """The task ids an event is about (its spec, task, objects), in order."""
+    out: list[TaskId] = []
+
+    def add(x: Any) -> None:
+        if isinstance(x, TaskId):
+            tid = x
+        elif isinstance(x, ObjectId):
+            tid = x.task_id
+        elif hasattr(x, "task_id") and isinstance(getattr(x, "task_id"), TaskId):
+            tid = x.task_id
+        else:
+            return
+        if tid not in out:
+            out.append(tid)
+
+    if dataclasses.is_dataclass(ev):
+        for f in dataclasses.fields(ev):
+            v = getattr(ev, f.name, None)
+            if isinstance(v, (tuple, list)):
+                for x in v[:8]:
+                    add(x[0] if isinstance(x, tuple) and x else x)
+            else:
+                add(v)
+    return out
 
 
 def run_swarm(seeds, *, stop_on_failure: bool = False, progress: bool = False, validate: bool = True) -> list[SeedReport]:
@@ -614,34 +798,54 @@ def run_swarm(seeds, *, stop_on_failure: bool = False, progress: bool = False, v
     return reports
 
 
-def shrink(seed: int, max_examples: int = 60) -> FaultPlan:
-    """The smallest subset of ``seed``'s faults that still fails (Hypothesis)."""
+def shrink(seed: int, max_examples: int = 60, plan: SeedPlan | None = None) -> FaultPlan:
+    """The smallest subset of ``seed``'s faults that still fails (Hypothesis).
+
+    Raises ``ValueError`` if the seed does not fail at all."""
     from hypothesis import HealthCheck, find, settings
+    from hypothesis.errors import NoSuchExample
     from hypothesis import strategies as st
 
-    plan = plan_seed(seed)
+    plan = plan or plan_seed(seed)
     items = plan.faults.items()
+    # Validating every step is slow; it is needed only when that is how the
+    # seed fails (a broken invariant shows nowhere else).
+    first = check_seed(seed, plan=plan, validate=False)
+    validate = first.ok
+    if validate and check_seed(seed, plan=plan, validate=True).ok:
+        raise ValueError(f"seed {seed} does not fail: there is nothing to shrink")
 
     def fails(mask) -> bool:
         sub = FaultPlan.from_items([it for it, keep in zip(items, mask) if keep])
-        return not check_seed(seed, plan=dataclasses.replace(plan, faults=sub), validate=False).ok
+        return not check_seed(seed, plan=dataclasses.replace(plan, faults=sub), validate=validate).ok
 
-    mask = find(st.lists(st.booleans(), min_size=len(items), max_size=len(items)), fails,
-                settings=settings(max_examples=max_examples, database=None, deadline=None,
-                                  suppress_health_check=list(HealthCheck)))
+    try:
+        mask = find(st.lists(st.booleans(), min_size=len(items), max_size=len(items)), fails,
+                    settings=settings(max_examples=max_examples, database=None, deadline=None,
+                                      suppress_health_check=list(HealthCheck)))
+    except NoSuchExample:
+        return plan.faults  # no smaller schedule found in the budget: the whole one fails
     return FaultPlan.from_items([it for it, keep in zip(items, mask) if keep])
 
 
 def run_swarm_cli(args) -> int:
     if args.seed is not None:
-        r = check_seed(args.seed)
+        r = check_seed(args.seed, recent=25)
         print(r.summary())
         print(story(r))
-        if not r.ok and getattr(args, "shrink", False):
-            small = shrink(args.seed)
-            print(f"shrunk fault schedule: {small.describe()}")
+        if getattr(args, "shrink", False):
+            if r.ok:
+                print("the seed passes: nothing to shrink")
+                return 0
+            small = shrink(args.seed, plan=r.plan)
+            print(f"shrunk fault schedule ({len(small.items())} of {len(r.plan.faults.items())} faults): {small.describe()}")
+            again = check_seed(args.seed, plan=dataclasses.replace(r.plan, faults=small))
+            print(f"with only those: {again.summary()}")
+            for v in again.violations[:5]:
+                print(f"   {v}")
         return 0 if r.ok else 1
     t0 = time.perf_counter()
+    plant = f" --plant {args.plant}" if getattr(args, "plant", None) else ""
     reports = run_swarm(range(args.seeds), progress=True)
     bad = [r for r in reports if not r.ok]
     print(f"{len(reports)} seeds in {time.perf_counter() - t0:.1f}s: {len(reports) - len(bad)} ok, {len(bad)} failing")
@@ -649,5 +853,5 @@ def run_swarm_cli(args) -> int:
         print(r.summary())
         for v in r.violations[:5]:
             print(f"   {v}")
-        print(f"   replay: penumbra verify --seed {r.seed}")
+        print(f"   replay: penumbra verify --seed {r.seed}{plant}")
     return 0 if not bad else 1

@@ -9,8 +9,11 @@ fault-free *reference run* tells what every object must hold; a run with
 faults must produce the same values, or an error the semantics allow.
 
 Values are 64-bit digests: a task's value digests its key, its inputs'
-values and its children's values; an actor's state digests its previous
-state and the call; a call returns the new state.
+values and its children's values.  An actor keeps one chain per caller:
+a call digests the caller's previous link (the actor's initial state for
+its first call) with the call, and returns it.  Calls from different
+callers interleave as timing has it, but each caller's calls run in its
+order, so every value is still a deterministic function of the workload.
 
 ``VerifyExecutor`` is the simulator's executor for these models.  It runs
 nested tasks by making the worker a client of its node (``SubmitTask``,
@@ -38,8 +41,8 @@ from ..core.records import ErrorInfo, ErrorKind
 from ..core.specs import FunctionDescriptor, Payload, ResourceSet, TaskSpec
 from ..sim.cluster import Executor, Outcome
 
-__all__ = ["VTask", "VChild", "VActor", "VCall", "TaskPlan", "ActorPlan", "CallPlan", "PutPlan",
-           "Workload", "generate", "VerifyExecutor", "digest"]
+__all__ = ["VTask", "VChild", "VActor", "VCall", "TaskPlan", "ActorPlan", "CallPlan", "PutPlan", "WaitPlan",
+           "Workload", "generate", "add_gpus", "add_callers", "add_waits", "VerifyExecutor", "digest"]
 
 
 def digest(*parts: Any) -> int:
@@ -104,6 +107,7 @@ class CallPlan:
     deps: tuple[str, ...]
     model: VCall
     at: float
+    caller: int = 0  # which driver makes the call (each has its own handle)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,19 +124,72 @@ class ActorPlan:
 
 
 @dataclass(frozen=True, slots=True)
+class WaitPlan:
+    """``wait(refs, num_returns, timeout, fetch_local)`` by the driver at ``at``.
+
+    A wait has no value to compare with the reference (which objects are
+    ready first depends on timing); ``checkers.check_waits`` checks what it
+    may rely on instead."""
+
+    key: str
+    refs: tuple[str, ...]  # keys of earlier items (distinct)
+    num_returns: int
+    timeout: float | None  # virtual seconds; None: until num_returns are ready
+    fetch: bool  # fetch_local
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
 class Workload:
     puts: tuple[PutPlan, ...]
     tasks: tuple[TaskPlan, ...]
     actors: tuple[ActorPlan, ...]
+    waits: tuple[WaitPlan, ...] = ()
 
     def size(self) -> int:
+        """Items with a value (the waits are not counted)."""
         return len(self.puts) + len(self.tasks) + sum(len(a.calls) for a in self.actors)
 
     def describe(self) -> str:
         nested = sum(1 for t in self.tasks if t.model.children)
         raising = sum(1 for t in self.tasks if t.model.raises)
         return (f"{len(self.puts)} puts, {len(self.tasks)} tasks ({nested} nested, {raising} raising), "
-                f"{len(self.actors)} actors with {sum(len(a.calls) for a in self.actors)} calls")
+                f"{len(self.actors)} actors with {sum(len(a.calls) for a in self.actors)} calls, "
+                f"{len(self.waits)} waits")
+
+    def submitted_at(self) -> list[tuple[str, float]]:
+        """Every item with a value, and when the driver submits it."""
+        out = [(p.key, p.at) for p in self.puts] + [(t.key, t.at) for t in self.tasks]
+        out += [(c.key, c.at) for a in self.actors for c in a.calls]
+        return out
+
+
+def add_callers(w: Workload, rng: random.Random) -> Workload:
+    """A second driver calls some of the actors too (through its own
+    handle: its own sequence numbers, ordered independently of the first)."""
+    actors = []
+    for a in w.actors:
+        if rng.random() < 0.5:
+            a = replace(a, calls=tuple(replace(c, caller=1) if rng.random() < 0.4 else c for c in a.calls))
+        actors.append(a)
+    return replace(w, actors=tuple(actors))
+
+
+def add_waits(w: Workload, rng: random.Random, horizon: float) -> Workload:
+    """Some ``wait`` calls over items submitted earlier: for ``num_returns``
+    of them, or all, with or without a timeout, fetching or not."""
+    items = w.submitted_at()
+    waits = []
+    for i in range(rng.choice((0, 1, 2, 3, 4))):
+        at = round(rng.uniform(0, horizon), 4)
+        earlier = [k for k, t in items if t < at]
+        if not earlier:
+            continue
+        refs = tuple(rng.sample(earlier, min(len(earlier), rng.randint(1, 6))))
+        num = rng.randint(1, len(refs))
+        timeout = rng.choice((None, None, 0.001, 0.005, 0.05, 0.3))
+        waits.append(WaitPlan(f"w{i}", refs, num, timeout, rng.random() < 0.7, at))
+    return replace(w, waits=tuple(waits))
 
 
 def add_gpus(w: Workload, rng: random.Random, cpu_cap: float) -> Workload:
@@ -293,7 +350,7 @@ class VerifyExecutor(Executor):
             if cmd.checkpoint is not None and cmd.checkpoint.data is not None:
                 worker.actor_state = cmd.checkpoint.data
             else:
-                worker.actor_state = digest("init", model.key, inputs)
+                worker.actor_state = {"": digest("init", model.key, inputs)}
             self.instances.setdefault(spec.actor_creation.actor_id, []).append(worker.worker_id)
             return Outcome("ok", 0.001)
         if isinstance(model, VCall):
@@ -301,8 +358,10 @@ class VerifyExecutor(Executor):
                                             spec.task_id, node.cluster.now))
             if self._maybe_crash():
                 return Outcome("crash", model.duration / 2)
-            worker.actor_state = digest(worker.actor_state, model.key, inputs)
-            return Outcome("ok", model.duration, values=(worker.actor_state,), sizes=(model.size,))
+            state = worker.actor_state
+            link = digest(state.get(spec.caller_id, state[""]), model.key, inputs)
+            worker.actor_state = {**state, spec.caller_id: link}  # a new dict: checkpoints keep the old one
+            return Outcome("ok", model.duration, values=(link,), sizes=(model.size,))
         if isinstance(model, (VTask, VChild)):
             self.executions[spec.task_id] = self.executions.get(spec.task_id, 0) + 1
             if self._maybe_crash():

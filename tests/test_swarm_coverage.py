@@ -1,0 +1,108 @@
+"""What the swarm's default seeds actually exercise.
+
+A checker is only as good as the runs it sees: these tests pin down that the
+300 default seeds draw every cluster shape, workload feature and fault the
+verification issue lists, so a change to ``plan_seed`` cannot quietly stop
+exercising one of them.
+"""
+
+from __future__ import annotations
+
+import collections
+
+import pytest
+
+from penumbra.verification import swarm
+
+pytestmark = pytest.mark.timeout(600)
+
+SEEDS = range(300)
+
+
+@pytest.fixture(scope="module")
+def plans():
+    return [swarm.plan_seed(s) for s in SEEDS]
+
+
+def test_cluster_shapes_vary(plans):
+    nodes = {len(p.layout.nodes) for p in plans}
+    chains = {p.layout.chain_length for p in plans}
+    shards = {p.layout.gcs_shards for p in plans}
+    cpus = {s.resources.get("CPU") for p in plans for s in p.layout.nodes}
+    stores = {s.object_store_memory for p in plans for s in p.layout.nodes}
+    assert nodes == {2, 3, 4, 5}
+    assert chains == {1, 2, 3}
+    assert shards == {1, 2, 3}
+    assert {1, 2, 4} <= cpus
+    assert len(stores) >= 3
+    assert any(s.resources.get("GPU") for p in plans for s in p.layout.nodes)
+    assert any(s.resources.get("special") for p in plans for s in p.layout.nodes)
+
+
+def test_workloads_have_every_kind_of_item(plans):
+    seen = collections.Counter()
+    for p in plans:
+        w = p.workload
+        seen["puts"] += bool(w.puts)
+        seen["nested"] += any(t.model.children for t in w.tasks)
+        seen["raising"] += any(t.model.raises for t in w.tasks)
+        seen["chained"] += any(t.deps for t in w.tasks)
+        seen["bounded retries"] += any(t.max_retries >= 0 for t in w.tasks)
+        seen["large"] += any(t.model.size >= 1 << 20 for t in w.tasks)
+        seen["actors"] += bool(w.actors)
+        seen["restartable"] += any(a.max_restarts != 0 for a in w.actors)
+        seen["bounded restarts"] += any(a.max_restarts >= 0 for a in w.actors)
+        seen["replay"] += any(a.replay and a.checkpoint_interval for a in w.actors)
+        seen["killed"] += any(a.kill_at is not None for a in w.actors)
+        seen["two callers"] += any(c.caller for a in w.actors for c in a.calls)
+        seen["call deps"] += any(c.deps for a in w.actors for c in a.calls)
+        seen["waits"] += bool(w.waits)
+        seen["timed waits"] += any(x.timeout is not None for x in w.waits)
+        seen["untimed waits"] += any(x.timeout is None for x in w.waits)
+        seen["locate-only waits"] += any(not x.fetch for x in w.waits)
+        seen["partial waits"] += any(x.num_returns < len(x.refs) for x in w.waits)
+    missing = [k for k, n in seen.items() if n < 10]
+    assert not missing, f"fewer than 10 of {len(SEEDS)} seeds draw: {missing} ({dict(seen)})"
+    assert len(seen) == 18
+
+
+def test_every_fault_kind_is_drawn(plans):
+    seen = collections.Counter()
+    for p in plans:
+        f = p.faults
+        for name in ("crashes", "replica_crashes", "isolations", "slow", "actor_kills"):
+            seen[name] += bool(getattr(f, name))
+        for name in ("gcs_drop", "gcs_duplicate", "delay", "worker_crash_rate"):
+            seen[name] += getattr(f, name) > 0
+        seen["fault-free"] += not f.items()
+    missing = [k for k in ("crashes", "replica_crashes", "isolations", "slow", "actor_kills", "gcs_drop",
+                           "gcs_duplicate", "delay", "worker_crash_rate", "fault-free") if seen[k] < 10]
+    assert not missing, f"fewer than 10 of {len(SEEDS)} seeds draw: {missing} ({dict(seen)})"
+
+
+def test_runs_evict_reconstruct_interleave_and_time_out():
+    """Things only a run shows: stores evict, lost objects are rebuilt, two
+    callers' calls interleave on one actor, and waits time out."""
+    seen = collections.Counter()
+    for s in range(100):
+        r = swarm.run_plan(swarm.plan_seed(s), faults=True)
+        assert not r.violations, [str(v) for v in r.violations]
+        nodes = [n.host.machine for n in r.cluster.nodes.values() if n.host is not None and n.host.machine is not None]
+        seen["evictions"] += sum(m.objects.store.evictions for m in nodes)
+        seen["reconstructions"] += sum(e.reconstructions for e in _task_rows(r))
+        callers = collections.defaultdict(set)
+        for e in r.executor.actor_log:
+            callers[e.actor_id].add(e.caller)
+        seen["interleaved actors"] += sum(len(c) > 1 for c in callers.values())
+        seen["timed-out waits"] += sum(o.timed_out for o in r.waits.values())
+        seen["waits"] += len(r.waits)
+    assert all(seen[k] > 0 for k in ("evictions", "reconstructions", "interleaved actors", "timed-out waits")), dict(seen)
+
+
+def _task_rows(run):
+    out = []
+    for oid in run.keys.values():
+        row = run.cluster.gcs_row("tasks", oid.task_id)
+        if row is not None:
+            out.append(row)
+    return out

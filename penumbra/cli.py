@@ -8,7 +8,8 @@ simulator's experiments and the verification swarm.
     penumbra status [--address HOST:PORT]
     penumbra stop
     penumbra sim EXPERIMENT [--size quick|full]
-    penumbra verify --seeds N | --seed S
+    penumbra verify --seeds N | --seed S [--shrink] [--plant BUG]
+    penumbra verify --bugs
 """
 
 from __future__ import annotations
@@ -176,9 +177,27 @@ def cmd_sim(args) -> int:
 
 
 def cmd_verify(args) -> int:
+    if args.bugs:
+        if args.plant:
+            print("--bugs plants every bug in turn: it takes no --plant", file=sys.stderr)
+            return 2
+        from .verification.teeth import main as teeth_main
+
+        return teeth_main([])
     from .verification.swarm import run_swarm_cli
 
-    return run_swarm_cli(args)
+    if not args.plant:
+        return run_swarm_cli(args)
+    from .verification.bugs import bug_named, planted
+
+    try:
+        bug = bug_named(args.plant)
+    except KeyError as e:
+        print(f"penumbra verify --plant: {e.args[0]}", file=sys.stderr)
+        return 2
+    print(f"planted bug {bug.name}: {bug.description}")
+    with planted(bug):
+        return run_swarm_cli(args)
 
 
 def cmd_demo(args) -> int:
@@ -225,7 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = s.add_mutually_exclusive_group()
     g.add_argument("--seeds", type=int, default=100, help="run seeds 0..N-1")
     g.add_argument("--seed", type=int, help="replay one seed and print its story")
+    g.add_argument("--bugs", action="store_true",
+                   help="plant each known bug in turn and print the seed that finds it (proof the checkers have teeth)")
     s.add_argument("--shrink", action="store_true", help="shrink a failing seed's schedule")
+    s.add_argument("--plant", metavar="BUG", help="run with this known bug planted in core/ (see --bugs for the names)")
     s.set_defaults(fn=cmd_verify)
 
     s = sub.add_parser("demo", help="the quick-start job: a real workload and a short simulation")

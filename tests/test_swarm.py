@@ -6,11 +6,14 @@ thousands (``penumbra verify --seeds N`` does the same from the command line).
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from penumbra.verification import swarm
-from penumbra.verification.bugs import BUGS, planted
+from penumbra.verification import swarm, teeth
+from penumbra.verification.bugs import BUGS, bug_named, planted
 from penumbra.verification.strategies import seed_plans
 
 pytestmark = pytest.mark.timeout(900)
@@ -52,35 +55,11 @@ def test_same_seed_same_trace_and_results():
     assert c.trace_hash != a.trace_hash
 
 
-# Each planted bug, and a seed that found it (a hint: the search starts
-# there and goes round the whole default budget if the hint no longer finds
-# it, e.g. after a change that alters schedules).
-HINTS = {
-    "no-release-on-crash": 5,
-    "retry-budget-off-by-one": 114,
-    "late-subscriber": 0,
-    "head-acks-early": 1,
-    "actor-order-after-restart": 0,
-    "gcs-no-dedup": 0,
-    "dead-node-tasks-lost": 4,
-    "blocked-worker-keeps-cpu": 0,
-    "actor-restarts-uncounted": 29,
-    "successor-never-resyncs": 4,
-    "inputs-not-pinned": 64,
-    "finish-undone": 2,
-    "gpu-fraction-overcommit": 6,
-    "gpus-kept-by-crashed-worker": 23,
-}
-
-
-def _find(bug) -> int | None:
-    hint = HINTS.get(bug.name, 0)
-    order = [hint] + [s for s in range(DEFAULT_SEEDS) if s != hint]
-    with planted(bug):
-        for s in order:
-            if not swarm.check_seed(s, validate=True).ok:
-                return s
-    return None
+# Each planted bug records the seed that found it (``Bug.seed``, a hint: the
+# search starts there and goes round the whole default budget if the hint no
+# longer finds it, e.g. after a change that alters schedules).
+# ``penumbra verify --bugs`` prints the table; ``python -m
+# penumbra.verification.teeth --markdown`` the README's.
 
 
 @pytest.mark.parametrize("bug", BUGS, ids=[b.name for b in BUGS])
@@ -89,25 +68,62 @@ def test_swarm_finds_planted_bug(bug):
     the default seed budget (and the clean code passes those seeds: see
     test_swarm_default_seeds)."""
     assert len(BUGS) >= 10
-    seed = _find(bug)
-    assert seed is not None, f"the swarm did not find the planted bug {bug.name!r} in {DEFAULT_SEEDS} seeds"
-    assert seed < DEFAULT_SEEDS
+    f = teeth.find(bug, range(DEFAULT_SEEDS), hint=bug.seed)
+    assert f.found, (f"the swarm did not find the planted bug {bug.name!r} in {DEFAULT_SEEDS} seeds "
+                     f"(its recorded seed was {bug.seed})")
+    assert f.seed < DEFAULT_SEEDS
+    if f.stale:
+        # not a failure: the whole budget was searched, and a seed found it
+        msg = f.note() + " (python -m penumbra.verification.teeth --markdown regenerates the README table)"
+        print(msg)
+        warnings.warn(msg)
+
+
+@pytest.mark.parametrize("name,checker", [("replay-newest-first", "actor-order"),
+                                          ("replayed-call-runs-again", "actor-order"),
+                                          ("fetching-waiter-told-early", "waits")])
+def test_planted_bugs_fail_their_own_checker(name, checker):
+    """Bugs that a particular checker catches: the per-caller actor order
+    checker (out of order, and twice on one instance) and the wait checker
+    (ready before the bytes are there) -- not only through the values they
+    change."""
+    bug = bug_named(name)
+    f = teeth.find(bug, range(DEFAULT_SEEDS), hint=bug.seed, want=checker)
+    assert f.found, f"no seed of {DEFAULT_SEEDS} failed the {checker!r} checker with {name!r} planted"
+    assert checker in f.kinds
 
 
 def test_a_failing_seed_tells_its_story_and_shrinks():
-    bug = next(b for b in BUGS if b.name == "dead-node-tasks-lost")
+    bug = bug_named("dead-node-tasks-lost")
     with planted(bug):
-        r = swarm.check_seed(4)
+        r = swarm.check_seed(bug.seed)
         assert not r.ok
-        again = swarm.check_seed(4)
-        assert again.trace_hash == r.trace_hash  # replays exactly
+        again = swarm.check_seed(bug.seed)
+        assert again.trace_hash and again.trace_hash == r.trace_hash  # replays exactly
         text = swarm.story(r)
         assert "story of" in text and "submitted" in text
-        small = swarm.shrink(4, max_examples=25)
-        assert len(small.items()) <= len(r.plan.faults.items())
-        import dataclasses
+        small = swarm.shrink(bug.seed, max_examples=25)
+        assert 0 < len(small.items()) < len(r.plan.faults.items())
+        assert not swarm.check_seed(bug.seed, plan=dataclasses.replace(r.plan, faults=small), validate=False).ok
 
-        assert not swarm.check_seed(4, plan=dataclasses.replace(r.plan, faults=small), validate=False).ok
+
+def test_a_broken_invariant_replays_tells_its_story_and_shrinks():
+    """A bug only validate() sees: the report keeps the trace hash up to the
+    failure, the story names the event and the task it is about, and
+    shrinking validates every step as the failure needs."""
+    bug = bug_named("gpu-fraction-overcommit")
+    with planted(bug):
+        r = swarm.check_seed(bug.seed, recent=10)
+        assert [v.checker for v in r.violations] == ["invariant"]
+        plain = swarm.check_seed(bug.seed)
+        assert r.trace_hash and plain.trace_hash == r.trace_hash  # keeping lines does not change the hash
+        text = swarm.story(r)
+        assert "the invariant broke after" in text and "story of" in text and "GPUs [" in text
+        assert "invariant broken" in text  # the node's last trace lines end with it
+        small = swarm.shrink(bug.seed, max_examples=8)
+        assert len(small.items()) < len(r.plan.faults.items())
+        assert not swarm.check_seed(bug.seed, plan=dataclasses.replace(r.plan, faults=small)).ok
+    assert swarm.check_seed(bug.seed).ok  # unplanted, the same seed passes
 
 
 @given(seed_plans())

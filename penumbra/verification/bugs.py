@@ -1,9 +1,12 @@
 """Realistic bugs, each a small change to ``core/``, to prove the swarm has teeth.
 
 Each entry patches one function of the core (as a bad commit would) inside a
-context manager; ``test_swarm_finds_planted_bugs`` runs the swarm with each
+context manager; ``test_swarm_finds_planted_bug`` runs the swarm with each
 bug planted and requires a violation within the default seed budget.  The
-list doubles as documentation of what the checkers catch.
+list doubles as documentation of what the checkers catch: ``Bug.seed`` is
+the seed recorded as finding it (``teeth.find`` tries it first), and
+``penumbra verify --bugs`` prints the table (``penumbra verify --plant NAME
+--seed S`` replays one).
 
 The patches replace whole methods with a copy that differs by a line or two
 from the real one: keeping them short is the point (a bug is a small diff).
@@ -23,7 +26,7 @@ from ..core import scheduler as S
 from ..core import tables as T
 from ..core.messages import GcsReply, Send
 
-__all__ = ["Bug", "BUGS", "MASKED", "planted"]
+__all__ = ["Bug", "BUGS", "MASKED", "planted", "bug_named"]
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,9 @@ class Bug:
     name: str
     description: str
     install: Callable[[], Callable[[], None]]  # plants the bug; returns an undo
+    # the seed recorded as finding it (a hint: workload or schedule changes
+    # can move it; ``python -m penumbra.verification.teeth`` finds it again)
+    seed: int | None = None
 
 
 def _patch(obj, attr, new) -> Callable[[], None]:
@@ -121,6 +127,41 @@ def _actor_ignores_floor_after_restart():
         return orig(self, replace(ev, floor=ev.spec.sequence_no), now, sid)
 
     return _patch(A.ActorHost, "on_call", on_call)
+
+
+# (The obvious ordering bug, dispatching a caller's calls in arrival order
+# rather than sequence order, is caught by ``ActorHost.validate()`` at once:
+# it leaves a queued call below the caller's next sequence number.  The two
+# below keep the host's bookkeeping consistent, so only the execution log
+# and ``check_actor_order`` show them.)
+
+
+def _replay_newest_first():
+    orig = A.ActorHost.created
+
+    def created(self, spec, start, wid, now, sid):
+        from dataclasses import replace
+
+        # BUG: as if ``h.replay.appendleft`` stood for ``h.replay.append``:
+        # the logged calls are replayed newest first
+        return orig(self, spec, replace(start, replay=start.replay[::-1]), wid, now, sid)
+
+    return _patch(A.ActorHost, "created", created)
+
+
+def _replayed_call_runs_again():
+    orig = A.ActorHost.created
+
+    def created(self, spec, start, wid, now, sid):
+        cmds = orig(self, spec, start, wid, now, sid)
+        h = self.actors.get(start.entry.spec.actor_id)
+        if h is not None:
+            # BUG: replayed calls do not advance their caller's next_seq, so
+            # a caller that re-sends one (it never saw the result) runs it again
+            h.next_seq = dict(start.seqs)
+        return cmds
+
+    return _patch(A.ActorHost, "created", created)
 
 
 def _handler(module, msg_type, fn) -> Callable[[], None]:
@@ -239,21 +280,42 @@ def _gpus_kept_by_crashed_worker():
     return _patch(S.LocalScheduler, "on_worker_crashed", on_worker_crashed)
 
 
+def _fetching_waiters_told_located():
+    orig = O.ObjectManager._react
+
+    def _react(self, w, now, sid):
+        e = w.entry
+        cmds = []
+        if e is not None and e.created and e.error is None:
+            # BUG: should be `if not fetch`: a waiter that needs the bytes is
+            # told the object is ready as soon as its location is known
+            untold = [t for t in w.waiters if t not in w.located_told]
+            if untold:
+                w.located_told.update(untold)
+                cmds += self.on_located(w.oid, e, untold, now, sid)
+        return cmds + orig(self, w, now, sid)
+
+    return _patch(O.ObjectManager, "_react", _react)
+
+
 BUGS: tuple[Bug, ...] = (
-    Bug("no-release-on-crash", "a crashed worker's resources are not released", _no_release_on_crash),
-    Bug("retry-budget-off-by-one", "one retry fewer than max_retries", _retry_budget_off_by_one),
-    Bug("late-subscriber", "a subscriber that joins after a change is not sent the current value", _late_subscriber_not_told),
-    Bug("head-acks-early", "the chain head acknowledges a write before the tail has it", _head_acks_before_tail),
-    Bug("actor-order-after-restart", "a restarted actor orders a caller's calls from whichever arrives first", _actor_ignores_floor_after_restart),
-    Bug("gcs-no-dedup", "the GCS applies a retried write again", _gcs_no_dedup),
-    Bug("dead-node-tasks-lost", "tasks pending on a dead node are not re-submitted", _dead_node_tasks_not_resubmitted),
-    Bug("blocked-worker-keeps-cpu", "a worker blocked in get does not lend its CPU", _blocked_worker_keeps_cpu),
-    Bug("actor-restarts-uncounted", "actor restarts are not counted against max_restarts", _actor_restarts_not_counted),
-    Bug("successor-never-resyncs", "a replica ignores its new successor's sync request", _successor_resync_ignored),
-    Bug("inputs-not-pinned", "task inputs are not pinned while the task waits or runs", _task_inputs_not_pinned),
-    Bug("finish-undone", "a late AddTask reopens a finished task", _finish_can_be_undone),
-    Bug("gpu-fraction-overcommit", "a fractional GPU request is put on GPU 0 even when it is full", _gpu_fraction_overcommit),
-    Bug("gpus-kept-by-crashed-worker", "a crashed worker's GPU instances are not given back", _gpus_kept_by_crashed_worker),
+    Bug("no-release-on-crash", "a crashed worker's resources are not released", _no_release_on_crash, seed=5),
+    Bug("retry-budget-off-by-one", "one retry fewer than max_retries", _retry_budget_off_by_one, seed=114),
+    Bug("late-subscriber", "a subscriber that joins after a change is not sent the current value", _late_subscriber_not_told, seed=0),
+    Bug("head-acks-early", "the chain head acknowledges a write before the tail has it", _head_acks_before_tail, seed=4),
+    Bug("actor-order-after-restart", "a restarted actor orders a caller's calls from whichever arrives first", _actor_ignores_floor_after_restart, seed=0),
+    Bug("gcs-no-dedup", "the GCS applies a retried write again", _gcs_no_dedup, seed=0),
+    Bug("dead-node-tasks-lost", "tasks pending on a dead node are not re-submitted", _dead_node_tasks_not_resubmitted, seed=4),
+    Bug("blocked-worker-keeps-cpu", "a worker blocked in get does not lend its CPU", _blocked_worker_keeps_cpu, seed=0),
+    Bug("actor-restarts-uncounted", "actor restarts are not counted against max_restarts", _actor_restarts_not_counted, seed=29),
+    Bug("successor-never-resyncs", "a replica ignores its new successor's sync request", _successor_resync_ignored, seed=4),
+    Bug("inputs-not-pinned", "task inputs are not pinned while the task waits or runs", _task_inputs_not_pinned, seed=64),
+    Bug("finish-undone", "a late AddTask reopens a finished task", _finish_can_be_undone, seed=2),
+    Bug("gpu-fraction-overcommit", "a fractional GPU request is put on GPU 0 even when it is full", _gpu_fraction_overcommit, seed=6),
+    Bug("gpus-kept-by-crashed-worker", "a crashed worker's GPU instances are not given back", _gpus_kept_by_crashed_worker, seed=23),
+    Bug("replay-newest-first", "a restarted replay actor replays its logged calls newest first", _replay_newest_first, seed=1),
+    Bug("replayed-call-runs-again", "a call replayed on restart runs again when its caller re-sends it", _replayed_call_runs_again, seed=1),
+    Bug("fetching-waiter-told-early", "a wait that fetches is told an object is ready when its location is known, before the bytes arrive", _fetching_waiters_told_located, seed=64),
 )
 
 # Changes that look like bugs but that the rest of the design makes harmless,
@@ -272,6 +334,16 @@ MASKED: tuple[Bug, ...] = (
     Bug("lineage-own-task-only", "reconstruction re-runs the lost object's task, not its lost ancestors", _lineage_only_own_task),
     Bug("fetch-no-failover", "a failed fetch does not try another copy", _fetch_failure_not_retried),
 )
+
+
+def bug_named(name: str) -> Bug:
+    """The bug called ``name`` (in ``BUGS`` or ``MASKED``); a ``KeyError``
+    that lists the known names otherwise."""
+    for b in BUGS + MASKED:
+        if b.name == name:
+            return b
+    raise KeyError(f"no planted bug is called {name!r}; known bugs: {', '.join(b.name for b in BUGS)} "
+                   f"(and, found by nothing by design: {', '.join(b.name for b in MASKED)})")
 
 
 @contextlib.contextmanager

@@ -1,0 +1,410 @@
+"""The swarm's checkers (``penumbra.verification.checkers``) on hand-made
+inputs: for each one a clean case (no violation) and violating cases (the
+violation is reported, by the right checker, about the right item).
+
+The swarm itself only ever shows that the checkers stay quiet on correct
+runs (and, through the planted bugs, that some of them fire); these tests pin
+down what each one flags and what it lets through.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from penumbra.core.ids import ActorId
+from penumbra.core.layout import ClusterLayout, NodeShape
+from penumbra.core.records import ErrorKind
+from penumbra.core.specs import ResourceSet
+from penumbra.sim.cluster import SimCluster
+from penumbra.sim.costs import ZERO
+from penumbra.verification import checkers as C
+from penumbra.verification.workload import ActorExec
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def kinds(violations) -> list[str]:
+    return [v.checker for v in violations]
+
+
+def keys(violations) -> list[str]:
+    return [v.key for v in violations]
+
+
+# ---------------------------------------------------------------------------- check_results
+
+V1, V2 = ("v", 0x1111), ("v", 0x2222)
+
+
+def err(kind: ErrorKind, message: str = "") -> tuple:
+    return ("e", kind, message)
+
+
+def results(ref, got, taints=frozenset()):
+    """check_results over one item ``k``."""
+    return C.check_results({"k": ref}, {"k": got}, {"k": set(taints)})
+
+
+def test_results_identical_runs_are_clean():
+    ref = {"a": V1, "b": V2, "c": err(ErrorKind.TASK_ERROR, "c raised (by design)")}
+    assert C.check_results(ref, dict(ref), {}) == []
+
+
+def test_results_a_different_value_without_taint_is_a_violation():
+    out = C.check_results({"a": V1, "b": V1}, {"a": V1, "b": V2}, {"a": set(), "b": set()})
+    assert kinds(out) == ["results"] and keys(out) == ["b"]
+    assert "0x1111" in out[0].what and "0x2222" in out[0].what
+
+
+@pytest.mark.parametrize("taint", ["state", "actor"])
+def test_results_a_different_value_is_allowed_by_an_actor_taint(taint):
+    assert results(V1, V2, {taint}) == []
+
+
+@pytest.mark.parametrize("taint", ["retry", "lost", "store"])
+def test_results_taints_that_allow_only_errors_do_not_allow_a_different_value(taint):
+    out = results(V1, V2, {taint})
+    assert kinds(out) == ["results"] and keys(out) == ["k"]
+
+
+def test_results_a_missing_item_is_left_to_liveness():
+    assert C.check_results({"a": V1}, {}, {}) == []
+
+
+@pytest.mark.parametrize("kind,taint", [
+    (ErrorKind.WORKER_CRASHED, "retry"),
+    (ErrorKind.NODE_DIED, "retry"),
+    (ErrorKind.OBJECT_LOST, "retry"),
+    (ErrorKind.ACTOR_DIED, "actor"),
+    (ErrorKind.OBJECT_LOST, "actor"),
+    (ErrorKind.OBJECT_LOST, "lost"),
+    (ErrorKind.OBJECT_STORE_FULL, "store"),
+])
+def test_results_an_error_its_taint_allows_is_clean(kind, taint):
+    assert results(V1, err(kind), {taint}) == []
+
+
+@pytest.mark.parametrize("kind,taints", [
+    (ErrorKind.WORKER_CRASHED, set()),
+    (ErrorKind.NODE_DIED, {"actor", "lost", "state", "store"}),
+    (ErrorKind.ACTOR_DIED, {"retry", "state", "lost"}),
+    (ErrorKind.OBJECT_LOST, {"state", "store"}),
+    (ErrorKind.OBJECT_STORE_FULL, {"retry", "actor", "state", "lost"}),
+    (ErrorKind.TASK_ERROR, {"retry", "actor", "state", "lost", "store"}),
+])
+def test_results_an_error_no_taint_allows_is_a_violation(kind, taints):
+    out = results(V1, err(kind, "boom"), taints)
+    assert kinds(out) == ["results"] and keys(out) == ["k"]
+    assert kind.value in out[0].what
+
+
+def test_results_task_errors_must_carry_the_same_message():
+    ref = err(ErrorKind.TASK_ERROR, "t3 raised (by design)")
+    assert results(ref, err(ErrorKind.TASK_ERROR, "t3 raised (by design)")) == []
+    out = results(ref, err(ErrorKind.TASK_ERROR, "t4 raised (by design)"))
+    assert kinds(out) == ["results"] and keys(out) == ["k"]
+
+
+def test_results_a_value_where_the_reference_raised_is_a_violation():
+    out = results(err(ErrorKind.TASK_ERROR, "t3 raised (by design)"), V1, {"retry"})
+    assert kinds(out) == ["results"] and keys(out) == ["k"]
+
+
+def test_results_actor_died_in_the_reference_may_be_a_value_if_the_kill_races():
+    ref = err(ErrorKind.ACTOR_DIED)
+    assert results(ref, V1, {"actor"}) == []
+    assert kinds(results(ref, V1, {"retry"})) == ["results"]
+
+
+def test_results_store_full_in_the_reference_may_be_anything_with_the_store_taint():
+    ref = err(ErrorKind.OBJECT_STORE_FULL)
+    assert results(ref, V1, {"store"}) == []
+    assert kinds(results(ref, V1)) == ["results"]
+
+
+def test_results_reports_every_bad_item_in_key_order():
+    ref = {"b": V1, "a": V1, "c": V1}
+    got = {"b": V2, "a": err(ErrorKind.NODE_DIED), "c": V1}
+    out = C.check_results(ref, got, {})
+    assert keys(out) == ["a", "b"] and set(kinds(out)) == {"results"}
+
+
+# ---------------------------------------------------------------------------- check_liveness
+
+
+def test_liveness_clean():
+    assert C.check_liveness({"a", "b"}, {"a": V1, "b": err(ErrorKind.TASK_ERROR, "x")}, []) == []
+
+
+def test_liveness_an_item_never_ready():
+    out = C.check_liveness({"a", "b", "c"}, {"b": V1}, [])
+    assert kinds(out) == ["liveness", "liveness"] and keys(out) == ["a", "c"]
+
+
+def test_liveness_a_task_left_pending_in_the_gcs():
+    out = C.check_liveness({"a"}, {"a": V1}, ["t7 at node:1"])
+    assert kinds(out) == ["liveness"] and "t7 at node:1" in out[0].what
+
+
+def test_liveness_reports_at_most_twenty_pending_rows():
+    out = C.check_liveness(set(), {}, [f"t{i} at (unplaced)" for i in range(50)])
+    assert len(out) == 20
+
+
+def test_pending_task_rows_lists_only_pending_rows():
+    from penumbra.core.records import TaskState
+
+    def row(name, state, node):
+        return SimpleNamespace(state=state, node=node, spec=SimpleNamespace(display_name=lambda: name))
+
+    rows = {1: row("t1", TaskState.PENDING, None), 2: row("t2", TaskState.PENDING, "node:1"),
+            3: row("t3", next(s for s in TaskState if s is not TaskState.PENDING), "node:0")}
+    cluster = SimpleNamespace(gcs_row=lambda table, tid: rows.get(tid))
+    assert C.pending_task_rows(cluster, [1, 2, 3, 4]) == ["t1 at (unplaced)", "t2 at node:1"]
+
+
+# ---------------------------------------------------------------------------- check_actor_order
+
+A1, A2 = ActorId(b"\x01" * 16), ActorId(b"\x02" * 16)
+
+
+def ex(seq, caller="driver", worker="w1", actor=A1):
+    return ActorExec(actor, worker, caller, seq, None, 0.0)
+
+
+META = {A1: ("a0", -1, False), A2: ("a1", 0, False)}
+
+
+def test_actor_order_in_sequence_is_clean():
+    assert C.check_actor_order([ex(0), ex(1), ex(2), ex(0, actor=A2), ex(1, actor=A2)], META) == []
+
+
+def test_actor_order_interleaved_callers_are_fine():
+    log = [ex(0, "d1"), ex(0, "d2"), ex(1, "d1"), ex(5, "d2"), ex(2, "d1"), ex(6, "d2")]
+    assert C.check_actor_order(log, META) == []
+    # another caller's lower sequence numbers after a high one: still fine
+    assert C.check_actor_order([ex(9, "d1"), ex(0, "d2"), ex(1, "d2")], META) == []
+
+
+def test_actor_order_out_of_order_for_one_caller_is_a_violation():
+    out = C.check_actor_order([ex(0), ex(2), ex(1)], META)
+    assert kinds(out) == ["actor-order"] and keys(out) == ["a0"]
+    assert "#1" in out[0].what and "#2" in out[0].what
+
+
+def test_actor_order_a_new_instance_starts_over():
+    # a restart (new worker) re-runs calls from the start: each instance is
+    # checked on its own, and actor a0 allows task retries
+    log = [ex(0), ex(1), ex(2), ex(1, worker="w2"), ex(2, worker="w2"), ex(3, worker="w2")]
+    assert C.check_actor_order(log, META) == []
+
+
+def test_actor_order_a_call_run_twice_without_retries_is_a_violation():
+    # actor a1: max_task_retries=0, no replay: at most once
+    out = C.check_actor_order([ex(0, actor=A2), ex(1, actor=A2), ex(1, worker="w2", actor=A2)], META)
+    assert kinds(out) == ["actor-order"] and keys(out) == ["a1"]
+    assert "max_task_retries=0" in out[0].what
+
+
+def test_actor_order_a_call_run_twice_with_replay_or_retries_is_fine():
+    log = [ex(0, actor=A2), ex(0, worker="w2", actor=A2)]
+    assert C.check_actor_order(log, {A2: ("a1", 0, True)}) == []
+    assert C.check_actor_order(log, {A2: ("a1", -1, False)}) == []
+    assert C.check_actor_order(log, {A2: ("a1", 2, False)}) == []
+
+
+def test_actor_order_a_call_run_twice_on_one_instance_is_a_violation():
+    out = C.check_actor_order([ex(0), ex(1), ex(1)], META)
+    assert set(kinds(out)) == {"actor-order"} and set(keys(out)) == {"a0"}
+    assert any("twice on one instance" in v.what for v in out)
+
+
+def test_actor_order_an_unknown_actor_is_held_to_at_most_once():
+    out = C.check_actor_order([ex(0, actor=A2), ex(0, worker="w2", actor=A2)], {})
+    assert kinds(out) == ["actor-order"] and keys(out) == ["?"]
+
+
+# ---------------------------------------------------------------------------- check_gcs
+
+
+def tail(seq, name="gcs:0:1"):
+    return SimpleNamespace(seq=seq, replica_id=name)
+
+
+def ledger(*commits, acks=()):
+    led = C.GcsLedger()
+    for c in commits:
+        led.on_commit(*c)
+    for a in acks:
+        led.on_ack(*a)
+    return led
+
+
+def test_gcs_clean():
+    led = ledger(("gcs:0:1", 0, 1, "node:0", 7), ("gcs:0:1", 0, 2, "node:1", 3),
+                 ("gcs:1:0", 1, 1, "node:0", 8),
+                 acks=[(0, "node:0", 7), (0, "node:1", 3), (1, "node:0", 8)])
+    assert C.check_gcs(led, {0: tail(2), 1: tail(1, "gcs:1:0")}) == []
+
+
+def test_gcs_the_same_commit_seen_by_two_tails_is_no_fork():
+    # after a reconfiguration the new tail commits what the old one did
+    led = ledger(("gcs:0:1", 0, 1, "node:0", 7), ("gcs:0:0", 0, 1, "node:0", 7), acks=[(0, "node:0", 7)])
+    assert C.check_gcs(led, {0: tail(1, "gcs:0:0")}) == []
+
+
+def test_gcs_an_acknowledged_write_missing_from_the_tail_is_a_violation():
+    led = ledger(("gcs:0:1", 0, 1, "node:0", 7), ("gcs:0:1", 0, 2, "node:1", 3),
+                 acks=[(0, "node:0", 7), (0, "node:1", 3)])
+    out = C.check_gcs(led, {0: tail(1, "gcs:0:0")})
+    assert kinds(out) == ["gcs"] and "node:1#3" in out[0].what and "lost" in out[0].what
+    assert "node:0#7" not in out[0].what
+
+
+def test_gcs_an_acknowledged_write_never_committed_is_a_violation():
+    out = C.check_gcs(ledger(acks=[(0, "node:0", 7)]), {0: tail(5)})
+    assert kinds(out) == ["gcs"] and "node:0#7" in out[0].what and "never committed" in out[0].what
+
+
+def test_gcs_a_shard_with_no_live_tail_is_skipped():
+    assert C.check_gcs(ledger(acks=[(0, "node:0", 7)]), {0: None}) == []
+
+
+def test_gcs_a_fork_is_a_violation():
+    led = ledger(("gcs:0:1", 0, 4, "node:0", 7), ("gcs:0:2", 0, 4, "node:1", 3))
+    out = C.check_gcs(led, {0: tail(4)})
+    assert kinds(out) == ["gcs"] and "fork" in out[0].what and "seq 4" in out[0].what
+
+
+def test_gcs_a_write_applied_twice_is_a_violation():
+    led = ledger(("gcs:0:1", 0, 4, "node:0", 7), ("gcs:0:1", 0, 5, "node:0", 7), acks=[(0, "node:0", 7)])
+    out = C.check_gcs(led, {0: tail(5)})
+    assert kinds(out) == ["gcs"] and "applied twice" in out[0].what
+
+
+def test_gcs_request_ids_are_per_shard():
+    # the same (client, req id) on two shards is two different writes
+    led = ledger(("gcs:0:0", 0, 1, "node:0", 7), ("gcs:1:0", 1, 3, "node:0", 7),
+                 acks=[(0, "node:0", 7), (1, "node:0", 7)])
+    assert C.check_gcs(led, {0: tail(1), 1: tail(3)}) == []
+
+
+# ---------------------------------------------------------------------------- check_resources
+
+
+def fake_cluster(**scheduler):
+    """A one-node duck-typed cluster for check_resources."""
+    total = ResourceSet.of(CPU=2, GPU=1)
+    s = dict(total=total, available=total, debt=ResourceSet(), workers={}, tasks={})
+    s.update(scheduler)
+    held = s.pop("held", ResourceSet())
+    m = SimpleNamespace(fenced=False, scheduler=SimpleNamespace(**s), host=SimpleNamespace(held=lambda: held))
+    return SimpleNamespace(alive_nodes=lambda: ["node:0"], node=lambda a: SimpleNamespace(machine=m))
+
+
+def test_resources_fake_quiet_node_is_clean():
+    assert C.check_resources(fake_cluster()) == []
+    # an actor holding a GPU for life: available + held == total
+    assert C.check_resources(fake_cluster(available=ResourceSet.of(CPU=2), held=ResourceSet.of(GPU=1))) == []
+
+
+@pytest.mark.parametrize("tamper,words", [
+    (dict(available=ResourceSet.of(CPU=1, GPU=1)), "!= total"),
+    (dict(available=ResourceSet.of(CPU=2)), "!= total"),  # a GPU leaked
+    (dict(debt=ResourceSet.of(CPU=1)), "debt"),
+    (dict(workers={"w1": SimpleNamespace(worker_id="w1", state="busy")}), "busy"),
+    (dict(tasks={1: SimpleNamespace(spec=SimpleNamespace(display_name=lambda: "t9"))}), "t9"),
+])
+def test_resources_fake_leaks_are_violations(tamper, words):
+    out = C.check_resources(fake_cluster(**tamper))
+    assert kinds(out) == ["resources"] and "node:0" in out[0].what and words in out[0].what
+
+
+def test_resources_fenced_or_dead_machines_are_skipped():
+    c = fake_cluster(available=ResourceSet())
+    c.node("node:0").machine.fenced = True
+    assert C.check_resources(c) == []
+    assert C.check_resources(SimpleNamespace(alive_nodes=lambda: ["node:0"],
+                                             node=lambda a: SimpleNamespace(machine=None))) == []
+
+
+@pytest.fixture(scope="module")
+def quiet_cluster():
+    """A real two-node cluster that ran a few tasks and went quiet."""
+    c = SimCluster(ClusterLayout(nodes=(NodeShape(ResourceSet.of(CPU=2)), NodeShape(ResourceSet.of(CPU=1)))),
+                   costs=ZERO, seed=3, validate=True)
+    c.wait_ready(timeout=10.0)
+    d = c.driver("node:0")
+    specs = [d.submit(d.spec(None, name=f"t{i}", resources=ResourceSet.of(CPU=1))) for i in range(6)]
+    d.watch([s.return_ids[0] for s in specs])
+    assert c.run_until(lambda: d.all_ready(specs), 10.0)
+    c.run_for(1.0)
+    return c
+
+
+def test_resources_real_quiet_cluster_is_clean(quiet_cluster):
+    assert C.check_resources(quiet_cluster) == []
+    assert C.check_no_rescues(quiet_cluster) == []
+
+
+def test_resources_real_cluster_with_a_leaked_cpu(quiet_cluster):
+    s = quiet_cluster.node("node:1").machine.scheduler
+    before = s.available
+    s.available = before - ResourceSet.of(CPU=1)
+    try:
+        out = C.check_resources(quiet_cluster)
+    finally:
+        s.available = before
+    assert kinds(out) == ["resources"] and "node:1" in out[0].what
+
+
+def test_no_rescues_flags_a_refresh_rescue():
+    m = SimpleNamespace(objects=SimpleNamespace(refresh_rescues=2))
+    c = SimpleNamespace(alive_nodes=lambda: ["node:3"], node=lambda a: SimpleNamespace(machine=m))
+    out = C.check_no_rescues(c)
+    assert kinds(out) == ["pubsub"] and "node:3" in out[0].what
+    m.objects.refresh_rescues = 0
+    assert C.check_no_rescues(c) == []
+
+
+# ---------------------------------------------------------------------------- check_waits
+# (new with the swarm's waits; skipped where checkers.py does not have it)
+
+
+def wait_plan(key="w0", refs=("a", "b", "c"), num_returns=2, timeout=None, fetch=False):
+    return SimpleNamespace(key=key, refs=tuple(refs), num_returns=num_returns, timeout=timeout, fetch=fetch, at=0.0)
+
+
+def outcome(**kw):
+    if not hasattr(C, "WaitOutcome"):
+        pytest.skip("checkers.check_waits is not there")
+    base = dict(started=1.0, ready=["a", "b"], done=True, finished=1.5)
+    base.update(kw)
+    return C.WaitOutcome(**base)
+
+
+def test_waits_clean():
+    assert C.check_waits([wait_plan()], {"w0": outcome()}) == []
+    # a wait that timed out with fewer refs ready, in time
+    assert C.check_waits([wait_plan(timeout=0.5)], {"w0": outcome(ready=["a"], timed_out=True, finished=1.5)}) == []
+
+
+@pytest.mark.parametrize("plan,got,words", [
+    (wait_plan(), None, "never issued"),
+    (wait_plan(), dict(done=False), "never returned"),
+    (wait_plan(), dict(ready=["a"], timed_out=True), "timed out without a timeout"),
+    (wait_plan(timeout=1.0), dict(timed_out=True), "timed out with enough"),
+    (wait_plan(), dict(ready=["a"]), "returned 1 ready"),
+    (wait_plan(timeout=0.2), dict(finished=1.5), "returned after"),
+    (wait_plan(), dict(ready=["a", "z"]), "not given"),
+    (wait_plan(), dict(twice=["a"]), "twice"),
+    (wait_plan(fetch=True), dict(early=["b"]), "before the object existed on the waiting node"),
+])
+def test_waits_violations(plan, got, words):
+    outcomes = {} if got is None else {"w0": outcome(**got)}
+    if got is None and not hasattr(C, "check_waits"):
+        pytest.skip("checkers.check_waits is not there")
+    out = C.check_waits([plan], outcomes)
+    assert kinds(out) == ["waits"] and keys(out) == ["w0"] and words in out[0].what

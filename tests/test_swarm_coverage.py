@@ -12,6 +12,7 @@ import collections
 
 import pytest
 
+from penumbra.core.records import ErrorKind
 from penumbra.verification import swarm
 
 pytestmark = pytest.mark.timeout(600)
@@ -44,6 +45,7 @@ def test_workloads_have_every_kind_of_item(plans):
     for p in plans:
         w = p.workload
         seen["puts"] += bool(w.puts)
+        seen["puts on a node that dies"] += any(x.node in {i for _, i, _ in p.faults.crashes} for x in w.puts)
         seen["nested"] += any(t.model.children for t in w.tasks)
         seen["raising"] += any(t.model.raises for t in w.tasks)
         seen["chained"] += any(t.deps for t in w.tasks)
@@ -63,7 +65,7 @@ def test_workloads_have_every_kind_of_item(plans):
         seen["partial waits"] += any(x.num_returns < len(x.refs) for x in w.waits)
     missing = [k for k, n in seen.items() if n < 10]
     assert not missing, f"fewer than 10 of {len(SEEDS)} seeds draw: {missing} ({dict(seen)})"
-    assert len(seen) == 18
+    assert len(seen) == 19
 
 
 def test_every_fault_kind_is_drawn(plans):
@@ -81,8 +83,9 @@ def test_every_fault_kind_is_drawn(plans):
 
 
 def test_runs_evict_reconstruct_interleave_and_time_out():
-    """Things only a run shows: stores evict, lost objects are rebuilt, two
-    callers' calls interleave on one actor, and waits time out."""
+    """Things only a run shows: stores evict, lost objects are rebuilt, put
+    objects are lost for good, two callers' calls interleave on one actor,
+    and waits time out."""
     seen = collections.Counter()
     for s in range(100):
         r = swarm.run_plan(swarm.plan_seed(s), faults=True)
@@ -95,8 +98,9 @@ def test_runs_evict_reconstruct_interleave_and_time_out():
             callers[e.actor_id].add(e.caller)
         seen["interleaved actors"] += sum(len(c) > 1 for c in callers.values())
         seen["timed-out waits"] += sum(o.timed_out for o in r.waits.values())
+        seen["lost puts"] += sum(1 for k, v in r.results.items() if k.startswith("r") and v[:2] == ("e", ErrorKind.OBJECT_LOST))
         seen["waits"] += len(r.waits)
-    assert all(seen[k] > 0 for k in ("evictions", "reconstructions", "interleaved actors", "timed-out waits")), dict(seen)
+    assert all(seen[k] > 0 for k in ("evictions", "reconstructions", "interleaved actors", "timed-out waits", "lost puts")), dict(seen)
 
 
 def _task_rows(run):

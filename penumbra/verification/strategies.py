@@ -29,6 +29,8 @@ They cover what ``swarm.plan_seed`` draws, under the same constraints:
   for good by the driver after their calls (``kill_at``), called by one
   driver or two;
 * ``wait``s over earlier items, with and without timeouts, fetching or not;
+* puts by a driver on another node, perhaps one that dies (the put is then
+  lost for good, and so is what depends on it);
 * faults: node crashes (a node of the same shape comes back), GCS replica
   crashes, cuts long enough to be fenced, slow nodes, lossy and duplicating
   GCS links, delay (reordering), worker crashes, actor kills that allow a
@@ -53,7 +55,7 @@ from ..core.gcs import GcsTiming
 from ..core.layout import ClusterLayout, NodeShape
 from ..core.specs import ResourceSet
 from .swarm import FaultPlan, SeedPlan
-from .workload import ActorPlan, CallPlan, PutPlan, TaskPlan, VCall, VChild, VTask, Workload, add_callers, add_waits
+from .workload import ActorPlan, CallPlan, PutPlan, TaskPlan, VCall, VChild, VTask, Workload, add_callers, add_remote_puts, add_waits
 
 __all__ = ["layouts", "workloads", "fault_plans", "seed_plans", "workload_options"]
 
@@ -261,4 +263,8 @@ def seed_plans(draw) -> SeedPlan:
     extra = random.Random(draw(st.integers(0, 2 ** 16)))
     workload = add_callers(add_waits(workload, extra, 1.0), extra)
     faults = draw(fault_plans(len(layout.nodes), layout.chain_length, layout.gcs_shards, len(workload.actors)))
+    fails: dict[int, float] = {}
+    for at, i, *_ in sorted(faults.crashes + faults.isolations):
+        fails.setdefault(i, at)
+    workload = add_remote_puts(workload, extra, len(layout.nodes), fails)
     return SeedPlan(draw(st.integers(0, 2 ** 31)), layout, workload, faults, 1.0)

@@ -51,7 +51,7 @@ from ..sim.cluster import SimActor, SimCluster, SimNode
 from ..sim.costs import PAPER
 from ..sim.trace import Trace
 from . import checkers as C
-from .workload import VActor, Workload, VerifyExecutor, add_callers, add_gpus, add_waits, digest, generate
+from .workload import VActor, Workload, VerifyExecutor, add_callers, add_gpus, add_remote_puts, add_waits, digest, generate
 
 __all__ = ["SeedPlan", "FaultPlan", "RunResult", "SeedReport", "plan_seed", "run_plan", "check_seed", "check_plan",
            "run_swarm", "run_swarm_cli", "story", "shrink"]
@@ -180,6 +180,10 @@ def plan_seed(seed: int) -> SeedPlan:
     if faulty and workload.actors and rng.random() < 0.4:
         for _ in range(rng.randint(1, 3)):
             kills.append((round(rng.uniform(0.05, horizon), 3), rng.randrange(len(workload.actors))))
+    fails: dict[int, float] = {}
+    for at, i, *_ in sorted(crashes + isolations):
+        fails.setdefault(i, at)
+    workload = add_remote_puts(workload, random.Random(f"penumbra-swarm-remote-puts-{seed}"), n, fails)
     faults = FaultPlan(
         actor_kills=tuple(sorted(kills)),
         crashes=tuple(sorted(crashes)), replica_crashes=tuple(sorted(replicas)), isolations=tuple(sorted(isolations)),
@@ -306,7 +310,10 @@ def _taints(plan: SeedPlan, faulty: bool, executions: dict | None = None, keys: 
     actor's calls must return exactly the reference's values.  ``None``
     means "unknown" and treats every actor as disturbed."""
     w = plan.workload
-    taints: dict[str, set[str]] = {p.key: set() for p in w.puts}
+    # a put made on a node that dies (or is cut off and fenced) may be lost
+    # with it: a put has no lineage to rebuild it from
+    doomed = {i for _, i, _ in plan.faults.crashes} | {i for _, i, _ in plan.faults.isolations} if faulty else set()
+    taints: dict[str, set[str]] = {p.key: ({"lost"} if p.node in doomed and p.node else set()) for p in w.puts}
     deps: dict[str, tuple[str, ...]] = {}
     executions = executions or {}
     keys = keys or {}
@@ -462,8 +469,23 @@ def run_plan(plan: SeedPlan, *, faults: bool = True, validate: bool = True, max_
             actors: dict[str, Any] = {}
             events: list[tuple[float, int, Callable]] = []
             idx = 0
+            putters = {0: d}
             for p in w.puts:
-                events.append((p.at, idx, lambda p=p: watch(p.key, d.put(p.size, digest("put", p.key)))))
+                if p.node not in putters:
+                    putters[p.node] = cluster.driver(list(cluster.nodes)[p.node])
+                pd = putters[p.node]
+                def put(p=p, pd=pd):
+                    if not pd.alive:  # add_remote_puts keeps puts well before their node fails
+                        res.violations.append(C.Violation("harness", f"{p.key}: its driver died before the put", p.key))
+                        return
+                    oid = pd.put(p.size, digest("put", p.key))
+                    keys[p.key] = oid
+                    if p.get_at is None:
+                        watch(p.key, oid)
+                events.append((p.at, idx, put))
+                idx += 1
+                if p.get_at is not None:
+                    events.append((p.get_at, idx, lambda p=p: watch(p.key, keys[p.key]) if p.key in keys else None))
                 idx += 1
             for t in w.tasks:
                 def submit_task(t=t):

@@ -42,7 +42,7 @@ from ..core.specs import FunctionDescriptor, Payload, ResourceSet, TaskSpec
 from ..sim.cluster import Executor, Outcome
 
 __all__ = ["VTask", "VChild", "VActor", "VCall", "TaskPlan", "ActorPlan", "CallPlan", "PutPlan", "WaitPlan",
-           "Workload", "generate", "add_gpus", "add_callers", "add_waits", "VerifyExecutor", "digest"]
+           "Workload", "generate", "add_gpus", "add_callers", "add_remote_puts", "add_waits", "VerifyExecutor", "digest"]
 
 
 def digest(*parts: Any) -> int:
@@ -89,6 +89,8 @@ class PutPlan:
     key: str
     size: int
     at: float
+    node: int = 0  # index of the node whose driver puts it (0: the main driver's)
+    get_at: float | None = None  # when the main driver first asks for it (None: at once)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +175,34 @@ def add_callers(w: Workload, rng: random.Random) -> Workload:
             a = replace(a, calls=tuple(replace(c, caller=1) if rng.random() < 0.4 else c for c in a.calls))
         actors.append(a)
     return replace(w, actors=tuple(actors))
+
+
+def add_remote_puts(w: Workload, rng: random.Random, nodes: int, fails: dict[int, float]) -> Workload:
+    """A driver on another node puts an object or two, and a task uses
+    each: if that node dies, the object is lost for good (a ``put`` has no
+    lineage), and its ``get`` must raise ``ObjectLostError``, never hang or
+    return something else.  ``fails``: node index -> when it first crashes
+    or is cut off; a put on such a node happens well before that, so the
+    node has told the GCS about it (an object whose owner dies before
+    anyone hears of it is another matter: ownership, not lineage), and
+    nobody asks for it until after (a copy fetched in time survives)."""
+    if nodes < 2 or rng.random() < 0.6:
+        return w
+    doomed = sorted(fails)
+    i = rng.choice(doomed) if doomed and rng.random() < 0.7 else rng.randrange(1, nodes)
+    latest = fails.get(i, 1.0) - 0.3
+    if latest <= 0:
+        return w
+    puts, tasks = list(w.puts), list(w.tasks)
+    for j in range(rng.randint(1, 2)):
+        at = round(rng.uniform(0, latest), 4)
+        after = fails[i] if i in fails else at
+        p = PutPlan(f"r{j}", rng.choice((64, 4096)), at, node=i, get_at=round(after + rng.uniform(0.05, 0.3), 4))
+        puts.append(p)
+        model = VTask(f"r{j}t", size=8, duration=0.002)
+        tasks.append(TaskPlan(f"r{j}t", (p.key,), model, ResourceSet.of(CPU=0.5), -1,
+                              round(after + rng.uniform(0.05, 0.3), 4)))
+    return replace(w, puts=tuple(puts), tasks=tuple(tasks))
 
 
 def add_waits(w: Workload, rng: random.Random, horizon: float) -> Workload:

@@ -47,6 +47,7 @@ def test_workloads_have_every_kind_of_item(plans):
         seen["puts"] += bool(w.puts)
         seen["puts on a node that dies"] += any(x.node in {i for _, i, _ in p.faults.crashes} for x in w.puts)
         seen["nested"] += any(t.model.children for t in w.tasks)
+        seen["nested two deep"] += any(c.children for t in w.tasks for c in t.model.children)
         seen["raising"] += any(t.model.raises for t in w.tasks)
         seen["chained"] += any(t.deps for t in w.tasks)
         seen["bounded retries"] += any(t.max_retries >= 0 for t in w.tasks)
@@ -65,7 +66,7 @@ def test_workloads_have_every_kind_of_item(plans):
         seen["partial waits"] += any(x.num_returns < len(x.refs) for x in w.waits)
     missing = [k for k, n in seen.items() if n < 10]
     assert not missing, f"fewer than 10 of {len(SEEDS)} seeds draw: {missing} ({dict(seen)})"
-    assert len(seen) == 19
+    assert len(seen) == 20
 
 
 def test_every_fault_kind_is_drawn(plans):

@@ -55,7 +55,7 @@ from ..core.gcs import GcsTiming
 from ..core.layout import ClusterLayout, NodeShape
 from ..core.specs import ResourceSet
 from .swarm import FaultPlan, SeedPlan
-from .workload import ActorPlan, CallPlan, PutPlan, TaskPlan, VCall, VChild, VTask, Workload, add_callers, add_remote_puts, add_waits
+from .workload import ActorPlan, CallPlan, PutPlan, TaskPlan, VCall, VChild, VTask, Workload, add_callers, add_grandchildren, add_remote_puts, add_waits
 
 __all__ = ["layouts", "workloads", "fault_plans", "seed_plans", "workload_options"]
 
@@ -261,7 +261,7 @@ def seed_plans(draw) -> SeedPlan:
     # waits over the items, and a second caller for some actor calls, as
     # ``plan_seed`` adds them (from a drawn seed: Hypothesis shrinks it)
     extra = random.Random(draw(st.integers(0, 2 ** 16)))
-    workload = add_callers(add_waits(workload, extra, 1.0), extra)
+    workload = add_grandchildren(add_callers(add_waits(workload, extra, 1.0), extra), extra)
     faults = draw(fault_plans(len(layout.nodes), layout.chain_length, layout.gcs_shards, len(workload.actors)))
     fails: dict[int, float] = {}
     for at, i, *_ in sorted(faults.crashes + faults.isolations):

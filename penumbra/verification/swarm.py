@@ -42,7 +42,7 @@ from typing import Any, Callable
 
 from ..core.gcs import GcsReplica, GcsTiming
 from ..core.gcs_client import GcsClient
-from ..core.ids import ObjectId, TaskId
+from ..core.ids import ObjectId, TaskId, child_task_id
 from ..core.layout import ClusterLayout, NodeShape
 from ..core.records import ActorState, ErrorKind
 from ..core.specs import ResourceSet
@@ -51,7 +51,7 @@ from ..sim.cluster import SimActor, SimCluster, SimNode
 from ..sim.costs import PAPER
 from ..sim.trace import Trace
 from . import checkers as C
-from .workload import VActor, Workload, VerifyExecutor, add_callers, add_gpus, add_remote_puts, add_waits, digest, generate
+from .workload import VActor, Workload, VerifyExecutor, add_callers, add_gpus, add_grandchildren, add_remote_puts, add_waits, digest, generate
 
 __all__ = ["SeedPlan", "FaultPlan", "RunResult", "SeedReport", "plan_seed", "run_plan", "check_seed", "check_plan",
            "run_swarm", "run_swarm_cli", "story", "shrink"]
@@ -160,6 +160,7 @@ def plan_seed(seed: int) -> SeedPlan:
     # Waits too, from their own generator (the rest of the plan is as before).
     workload = add_waits(workload, random.Random(f"penumbra-swarm-waits-{seed}"), horizon)
     workload = add_callers(workload, random.Random(f"penumbra-swarm-callers-{seed}"))
+    workload = add_grandchildren(workload, random.Random(f"penumbra-swarm-depth-{seed}"))
     faulty = rng.random() < 0.85
     crashes, replicas, isolations, slow = [], [], [], []
     if faulty:
@@ -553,7 +554,7 @@ def run_plan(plan: SeedPlan, *, faults: bool = True, validate: bool = True, max_
             res.trace_hash = cluster.trace_hash()
             # checks that need the live cluster
             res.violations += C.check_liveness(res.expected, ready, C.pending_task_rows(
-                cluster, [keys[t.key].task_id for t in w.tasks if t.key in keys]))
+                cluster, [tid for t in w.tasks if t.key in keys for tid in _tree(keys[t.key].task_id, t.model)]))
             res.violations += C.check_resources(cluster)
             res.violations += C.check_waits(w.waits, res.waits)
             meta = {h.actor_id: (k, next(a for a in w.actors if a.key == k).max_task_retries,
@@ -592,6 +593,14 @@ def run_plan(plan: SeedPlan, *, faults: bool = True, validate: bool = True, max_
                                                         f"submitted over {plan.horizon:.2f}s (allowed: {REFERENCE_SLACK}s more): something stalled"))
     res.wall = time.perf_counter() - t0
     return res
+
+
+def _tree(tid: TaskId, model) -> list[TaskId]:
+    """A task's id and those of the children it submits, at every depth."""
+    out = [tid]
+    for j, ch in enumerate(getattr(model, "children", ())):
+        out += _tree(child_task_id(tid, j), ch)
+    return out
 
 
 def _start_wait(wp, d, keys: dict, outcomes: dict, sealed: dict, base: float) -> None:
@@ -742,6 +751,9 @@ def story(report: SeedReport, limit: int = 6) -> str:
     """What the machines recorded about the items a failing seed is about."""
     lines = [report.plan.describe()]
     run = report.run
+    if report.violations and all(v.checker == "reference" for v in report.violations):
+        run = report.reference  # only the fault-free run failed: its story
+        lines.append("(the fault-free reference run failed: this is its story)")
     if run is None or run.cluster is None:
         return "\n".join(lines)
     keys = [v.key for v in report.violations if v.key][:limit]

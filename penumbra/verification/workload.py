@@ -42,7 +42,7 @@ from ..core.specs import FunctionDescriptor, Payload, ResourceSet, TaskSpec
 from ..sim.cluster import Executor, Outcome
 
 __all__ = ["VTask", "VChild", "VActor", "VCall", "TaskPlan", "ActorPlan", "CallPlan", "PutPlan", "WaitPlan",
-           "Workload", "generate", "add_gpus", "add_callers", "add_remote_puts", "add_waits", "VerifyExecutor", "digest"]
+           "Workload", "generate", "add_gpus", "add_callers", "add_grandchildren", "add_remote_puts", "add_waits", "VerifyExecutor", "digest"]
 
 
 def digest(*parts: Any) -> int:
@@ -58,6 +58,7 @@ class VChild:
     size: int = 8
     duration: float = 0.001
     raises: bool = False
+    children: tuple["VChild", ...] = ()  # a child may submit (and wait for) its own
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +204,22 @@ def add_remote_puts(w: Workload, rng: random.Random, nodes: int, fails: dict[int
         tasks.append(TaskPlan(f"r{j}t", (p.key,), model, ResourceSet.of(CPU=0.5), -1,
                               round(after + rng.uniform(0.05, 0.3), 4)))
     return replace(w, puts=tuple(puts), tasks=tuple(tasks))
+
+
+def add_grandchildren(w: Workload, rng: random.Random) -> Workload:
+    """Nested tasks two deep: some children submit children of their own
+    and wait for them (the worker blocks again, lending its CPU again)."""
+    tasks = []
+    for t in w.tasks:
+        kids = t.model.children
+        if kids and rng.random() < 0.4:
+            j = rng.randrange(len(kids))
+            grand = tuple(VChild(f"{kids[j].key}g{k}", 8, round(rng.uniform(0.0005, 0.01), 4), rng.random() < 0.05)
+                          for k in range(rng.randint(1, 2)))
+            kids = kids[:j] + (replace(kids[j], children=grand),) + kids[j + 1:]
+            t = replace(t, model=replace(t.model, children=kids))
+        tasks.append(t)
+    return replace(w, tasks=tuple(tasks))
 
 
 def add_waits(w: Workload, rng: random.Random, horizon: float) -> Workload:

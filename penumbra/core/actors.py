@@ -410,7 +410,8 @@ class _Hosted:
     checkpointing: bool = False
     checkpoint_due: int = 0  # a checkpoint to take once every call is logged
     checkpoint_seqs: tuple = ()  # next_seq per caller as of the checkpoint being taken
-    unlogged: dict = field(default_factory=dict)  # replay actors: results held until logged
+    unlogged: dict = field(default_factory=dict)  # replay actors: tid -> (call, result, log index), until logged
+    logged: dict = field(default_factory=dict)  # log index -> (call, result): logged, held until every earlier call is
     releasing: dict = field(default_factory=dict)  # tid -> call whose outputs' record is on its way to the GCS
     covered: dict = field(default_factory=dict)  # tid -> (spec, from_node, attempt): asked again, row being read
 
@@ -514,7 +515,7 @@ class ActorHost:
             # a repeat of a call that ran (or is being replayed): the caller
             # hears when its outputs are recorded
             tid = spec.task_id
-            if tid in h.unlogged or tid in h.covered:
+            if tid in h.unlogged or tid in h.covered or any(c.spec.task_id == tid for c, _ in h.logged.values()):
                 return []
             known = h.running.get(tid) or h.releasing.get(tid) or next((c for c in h.replay if c.spec.task_id == tid), None)
             if known is not None:
@@ -686,7 +687,7 @@ class ActorHost:
         spec = h.entry.spec
         index = h.executed
         h.executed += 1
-        h.unlogged[call.spec.task_id] = (call, result)
+        h.unlogged[call.spec.task_id] = (call, result, index)
         token = ("actor-logged", spec.actor_id, h.entry.incarnation, call.spec.task_id)
         cmds = self.node.gcs_write(AppendActorLog(spec.actor_id, index, call.spec.task_id, call.spec, h.entry.incarnation), token, now, sid)
         if spec.checkpoint_interval and h.executed % spec.checkpoint_interval == 0:
@@ -708,9 +709,22 @@ class ActorHost:
             # restarted elsewhere and did not hear): our results must never
             # be seen; the callers retry on the live one.  Stop.
             h.unlogged.clear()
+            h.logged.clear()
             return self._stop(h, "this actor instance was superseded by a newer incarnation", now, sid)
-        call, result = item
-        cmds = self._release(h, call, result, now, sid)
+        # Release in log order: a call's result is seen only once it and
+        # every call before it are in the log.  A restart replays the log up
+        # to its first gap; a call released past a gap (an earlier append
+        # still being retried when the actor died) would have its effect
+        # seen but not replayed.  (Found by the swarm, seed 2387.)
+        call, result, index = item
+        h.logged[index] = (call, result)
+        first_gap = min((i for _, _, i in h.unlogged.values()), default=None)
+        cmds: list[Command] = []
+        for i in sorted(h.logged):
+            if first_gap is not None and i > first_gap:
+                break
+            c, r = h.logged.pop(i)
+            cmds += self._release(h, c, r, now, sid)
         if h.checkpoint_due and not h.unlogged:
             index, h.checkpoint_due = h.checkpoint_due, 0
             # the callers' order as of the checkpoint: a restart from it
@@ -829,6 +843,11 @@ class ActorHost:
                 nxt = h.next_seq.get(caller, 0)
                 for s in q:
                     assert s >= nxt, f"queued call {caller}#{s} below next expected {nxt}"
+            if h.logged:
+                # a logged result is held only behind an earlier call not yet logged
+                gap = min((i for _, _, i in h.unlogged.values()), default=None)
+                assert gap is not None and gap < min(h.logged), (
+                    f"logged results {sorted(h.logged)} held with no earlier call unlogged (first gap {gap})")
 
 
 # ===========================================================================

@@ -310,6 +310,11 @@ def test_resources_fake_quiet_node_is_clean():
     assert C.check_resources(fake_cluster(available=ResourceSet.of(CPU=2), held=ResourceSet.of(GPU=1))) == []
 
 
+def test_resources_held_after_every_actor_was_killed_is_a_leak():
+    out = C.check_resources(fake_cluster(available=ResourceSet.of(CPU=2), held=ResourceSet.of(GPU=1)), actors_gone=True)
+    assert kinds(out) == ["resources"] and "after every actor was killed" in out[0].what
+
+
 @pytest.mark.parametrize("tamper,words", [
     (dict(available=ResourceSet.of(CPU=1, GPU=1)), "!= total"),
     (dict(available=ResourceSet.of(CPU=2)), "!= total"),  # a GPU leaked

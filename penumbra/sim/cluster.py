@@ -606,11 +606,15 @@ class SimDriver:
         if self.alive:
             self.client.send(self.node, msg)
 
-    def put(self, size: int, value: Any = None, callback: Callable[[Any], Any] | None = None) -> ObjectId:
+    def put(self, size: int, value: Any = None, callback: Callable[[Any], Any] | None = None,
+            oid: ObjectId | None = None) -> ObjectId:
         """Write an object into this node's store, then tell the node
-        (``PutObject``); ``callback(PutDone | PutFailed)``."""
-        self.puts += 1
-        oid = put_object_id(self.root, self.puts)
+        (``PutObject``); ``callback(PutDone | PutFailed)``.  ``oid``: try
+        again to put an object whose put failed (the store was full), as
+        Ray's ``put`` keeps trying while it waits for space."""
+        if oid is None:
+            self.puts += 1
+            oid = put_object_id(self.root, self.puts)
         node = self.cluster.nodes[self.node]
         t = self.cluster.costs.store_write_time(size)
 

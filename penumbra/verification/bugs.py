@@ -26,7 +26,7 @@ from ..core import scheduler as S
 from ..core import tables as T
 from ..core.messages import GcsReply, Send
 
-__all__ = ["Bug", "BUGS", "MASKED", "planted", "bug_named"]
+__all__ = ["Bug", "BUGS", "REGRESSIONS", "MASKED", "planted", "bug_named"]
 
 
 @dataclass(frozen=True)
@@ -122,9 +122,11 @@ def _actor_ignores_floor_after_restart():
     orig = A.ActorHost.on_call
 
     def on_call(self, ev, now, sid):
-        # BUG: a caller's order (in a new incarnation) starts at whichever of
+        # BUG: a caller's order in a restarted actor starts at whichever of
         # its calls arrives first, not at the floor its node sent
-        return orig(self, replace(ev, floor=ev.spec.sequence_no), now, sid)
+        if ev.incarnation > 0:
+            ev = replace(ev, floor=ev.spec.sequence_no)
+        return orig(self, ev, now, sid)
 
     return _patch(A.ActorHost, "on_call", on_call)
 
@@ -280,6 +282,21 @@ def _gpus_kept_by_crashed_worker():
     return _patch(S.LocalScheduler, "on_worker_crashed", on_worker_crashed)
 
 
+def _watch_ignores_need():
+    import dataclasses
+
+    from ..core import node as N
+    from ..core.messages import WatchObjects
+
+    orig = N.NodeMachine._on_watch
+
+    def _on_watch(self, ev, now):
+        # BUG: reports held until every object is ready, whatever need says
+        return orig(self, dataclasses.replace(ev, need=len(ev.object_ids)), now)
+
+    return _handler(N, WatchObjects, _on_watch)
+
+
 def _fetching_waiters_told_located():
     orig = O.ObjectManager._react
 
@@ -303,7 +320,7 @@ BUGS: tuple[Bug, ...] = (
     Bug("retry-budget-off-by-one", "one retry fewer than max_retries", _retry_budget_off_by_one, seed=114),
     Bug("late-subscriber", "a subscriber that joins after a change is not sent the current value", _late_subscriber_not_told, seed=0),
     Bug("head-acks-early", "the chain head acknowledges a write before the tail has it", _head_acks_before_tail, seed=4),
-    Bug("actor-order-after-restart", "a restarted actor orders a caller's calls from whichever arrives first", _actor_ignores_floor_after_restart, seed=0),
+    Bug("actor-order-after-restart", "a restarted actor orders a caller's calls from whichever arrives first", _actor_ignores_floor_after_restart, seed=1),
     Bug("gcs-no-dedup", "the GCS applies a retried write again", _gcs_no_dedup, seed=0),
     Bug("dead-node-tasks-lost", "tasks pending on a dead node are not re-submitted", _dead_node_tasks_not_resubmitted, seed=4),
     Bug("blocked-worker-keeps-cpu", "a worker blocked in get does not lend its CPU", _blocked_worker_keeps_cpu, seed=0),
@@ -315,6 +332,8 @@ BUGS: tuple[Bug, ...] = (
     Bug("gpus-kept-by-crashed-worker", "a crashed worker's GPU instances are not given back", _gpus_kept_by_crashed_worker, seed=49),
     Bug("replay-newest-first", "a restarted replay actor replays its logged calls newest first", _replay_newest_first, seed=1),
     Bug("replayed-call-runs-again", "a call replayed on restart runs again when its caller re-sends it", _replayed_call_runs_again, seed=1),
+    Bug("watch-ignores-need", "a node holds a watch's reports until every object is ready, even when the "
+        "wait needs fewer (it times out told of nothing)", _watch_ignores_need, seed=0),
     Bug("fetching-waiter-told-early", "a wait that fetches is told an object is ready when its location is known, before the bytes arrive", _fetching_waiters_told_located, seed=64),
 )
 
@@ -336,10 +355,37 @@ MASKED: tuple[Bug, ...] = (
 )
 
 
+def _release_past_a_gap():
+    orig = A.ActorHost.on_logged
+
+    def on_logged(self, aid, incarnation, tid, accepted, now, sid):
+        cmds = orig(self, aid, incarnation, tid, accepted, now, sid)
+        h = self._instance(aid, incarnation)
+        if h is not None:
+            # BUG: a logged call's result is released at once, even while an
+            # earlier call's log append is still being retried
+            for i in sorted(h.logged):
+                c, r = h.logged.pop(i)
+                cmds += self._release(h, c, r, now, sid)
+        return cmds
+
+    return _patch(A.ActorHost, "on_logged", on_logged)
+
+
+# Bugs the swarm found in penumbra's own core/, planted back as they were
+# before the fix: each must still fail at the seed that found it (outside the
+# default budget: these are what the long runs are for).
+REGRESSIONS: tuple[Bug, ...] = (
+    Bug("release-past-a-gap", "a replay actor releases a logged call's result while an earlier call's log "
+        "append is still being retried: a restart replays the log only up to that gap", _release_past_a_gap,
+        seed=2387),
+)
+
+
 def bug_named(name: str) -> Bug:
-    """The bug called ``name`` (in ``BUGS`` or ``MASKED``); a ``KeyError``
-    that lists the known names otherwise."""
-    for b in BUGS + MASKED:
+    """The bug called ``name`` (in ``BUGS``, ``REGRESSIONS`` or ``MASKED``);
+    a ``KeyError`` that lists the known names otherwise."""
+    for b in BUGS + REGRESSIONS + MASKED:
         if b.name == name:
             return b
     raise KeyError(f"no planted bug is called {name!r}; known bugs: {', '.join(b.name for b in BUGS)} "

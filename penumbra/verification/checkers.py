@@ -21,7 +21,9 @@ Each checker returns a list of ``Violation``s (empty: the run is good).
     every ``wait`` returned: one with no timeout with exactly
     ``num_returns`` refs, one with a timeout no later than that; no ref was
     reported ready twice, and none before it existed (on the waiter's node
-    when fetching, anywhere otherwise) unless it was reported as an error.
+    when fetching, anywhere otherwise) unless it was reported as an error;
+    in a fault-free run, a wait that timed out was told of every ref that
+    was ready a moment before.
 """
 
 from __future__ import annotations
@@ -109,7 +111,9 @@ def check_liveness(expected: set[str], ready: dict[str, tuple], pending_rows: li
     return out
 
 
-def check_resources(cluster) -> list[Violation]:
+def check_resources(cluster, actors_gone: bool = False) -> list[Violation]:
+    """``actors_gone``: every actor was killed, so no node may still hold
+    resources for one (else an actor's life-long share counts as in use)."""
     out = []
     for addr in cluster.alive_nodes():
         m = cluster.node(addr).machine
@@ -120,6 +124,8 @@ def check_resources(cluster) -> list[Violation]:
         if s.available + held != s.total or not s.debt.is_empty():
             out.append(Violation("resources", f"{addr}: available {s.available} + actors {held} != total {s.total} "
                                               f"(debt {s.debt}) on a quiet cluster"))
+        elif actors_gone and not held.is_empty():
+            out.append(Violation("resources", f"{addr}: actors still hold {held} after every actor was killed"))
         busy = [w.worker_id for w in s.workers.values() if w.state == "busy"]
         if busy:
             out.append(Violation("resources", f"{addr}: workers still busy on a quiet cluster: {busy}"))
@@ -244,6 +250,7 @@ class WaitOutcome:
     finished: float = 0.0
     twice: list[str] = field(default_factory=list)  # keys reported ready again
     early: list[str] = field(default_factory=list)  # keys reported before they existed
+    missed: list[str] = field(default_factory=list)  # ready keys a timed-out wait was never told of (fault-free runs)
 
 
 def check_waits(plans, outcomes: dict[str, WaitOutcome]) -> list[Violation]:
@@ -271,6 +278,8 @@ def check_waits(plans, outcomes: dict[str, WaitOutcome]) -> list[Violation]:
             out.append(Violation("waits", f"{what} reported refs it was not given: {sorted(set(o.ready) - set(p.refs))}", p.key))
         if o.twice:
             out.append(Violation("waits", f"{what}: reported ready twice: {o.twice}", p.key))
+        if o.missed:
+            out.append(Violation("waits", f"{what} timed out without being told of refs that were ready: {o.missed}", p.key))
         if o.early:
             out.append(Violation("waits", f"{what}: reported ready before the object existed"
                                           f"{' on the waiting node' if p.fetch else ''}: {o.early}", p.key))

@@ -44,6 +44,7 @@ from ..core.gcs import GcsReplica, GcsTiming
 from ..core.gcs_client import GcsClient
 from ..core.ids import ObjectId, TaskId, child_task_id
 from ..core.layout import ClusterLayout, NodeShape
+from ..core.messages import PutFailed
 from ..core.records import ActorState, ErrorKind
 from ..core.specs import ResourceSet
 from ..core.tables import Op
@@ -409,11 +410,15 @@ def _broken(res: RunResult, cluster: SimCluster, e: Exception, t0: float) -> Run
     it (for ``story``)."""
     import traceback
 
-    if isinstance(e, AssertionError):
+    tb = traceback.extract_tb(e.__traceback__)
+    where = tb[-1].filename if tb else ""
+    if isinstance(e, AssertionError) and getattr(e, "sim_event", None) is not None:
         v = C.Violation("invariant", f"a state machine's validate() failed: {e}")
+    elif "/verification/" in where.replace("\\", "/"):
+        # the swarm's own code raised: a harness bug, not the system's
+        v = C.Violation("harness", f"the swarm itself raised {type(e).__name__}: {e}\n{traceback.format_exc(limit=-3)}")
     else:
-        tb = traceback.format_exc(limit=-3)
-        v = C.Violation("crash", f"a machine raised {type(e).__name__}: {e}\n{tb}")
+        v = C.Violation("crash", f"a machine raised {type(e).__name__}: {e}\n{traceback.format_exc(limit=-3)}")
     res.violations.append(v)
     res.broken_by = getattr(e, "sim_event", None)
     res.trace_hash = cluster.trace_hash()
@@ -479,7 +484,7 @@ def run_plan(plan: SeedPlan, *, faults: bool = True, validate: bool = True, max_
                     if not pd.alive:  # add_remote_puts keeps puts well before their node fails
                         res.violations.append(C.Violation("harness", f"{p.key}: its driver died before the put", p.key))
                         return
-                    oid = pd.put(p.size, digest("put", p.key))
+                    oid = _put(pd, p.size, digest("put", p.key), ready, p.key)
                     keys[p.key] = oid
                     if p.get_at is None:
                         watch(p.key, oid)
@@ -521,7 +526,8 @@ def run_plan(plan: SeedPlan, *, faults: bool = True, validate: bool = True, max_
                     events.append((a.kill_at, idx, lambda a=a: actors[a.key].kill(no_restart=True)))
                     idx += 1
             for wp in w.waits:
-                events.append((wp.at, idx, lambda wp=wp: _start_wait(wp, d, keys, res.waits, sealed, base)))
+                events.append((wp.at, idx, lambda wp=wp: _start_wait(wp, d, keys, res.waits, sealed, base,
+                                                                     None if faults else cluster)))
                 idx += 1
             for at, _, fn in sorted(events, key=lambda e: (e[0], e[1])):
                 cluster.kernel.call_at(base + at, d._guarded, fn, ())
@@ -546,6 +552,10 @@ def run_plan(plan: SeedPlan, *, faults: bool = True, validate: bool = True, max_
                               timeout=max_virtual)
             res.done_at = cluster.now - base
             res.disturbed = _disturbed(cluster, executor, plan, actors, faults)
+            # What the liveness phase delivered is the answer: the kills below
+            # end calls that still hang (ActorDiedError), which must not count.
+            res.results = dict(ready)
+            res.waits = {k: dataclasses.replace(o, ready=list(o.ready)) for k, o in res.waits.items()}
             # quiesce: kill the actors, let everything settle
             for h in actors.values():
                 h.kill(no_restart=True)
@@ -553,9 +563,9 @@ def run_plan(plan: SeedPlan, *, faults: bool = True, validate: bool = True, max_
             res.virtual_time = cluster.now - base
             res.trace_hash = cluster.trace_hash()
             # checks that need the live cluster
-            res.violations += C.check_liveness(res.expected, ready, C.pending_task_rows(
+            res.violations += C.check_liveness(res.expected, res.results, C.pending_task_rows(
                 cluster, [tid for t in w.tasks if t.key in keys for tid in _tree(keys[t.key].task_id, t.model)]))
-            res.violations += C.check_resources(cluster)
+            res.violations += C.check_resources(cluster, actors_gone=True)
             res.violations += C.check_waits(w.waits, res.waits)
             meta = {h.actor_id: (k, next(a for a in w.actors if a.key == k).max_task_retries,
                                  next(a for a in w.actors if a.key == k).replay) for k, h in actors.items()}
@@ -595,6 +605,29 @@ def run_plan(plan: SeedPlan, *, faults: bool = True, validate: bool = True, max_
     return res
 
 
+# A put that finds the store full is tried again (the same object), as
+# Ray's put waits for space, for up to PUT_TRIES x PUT_PAUSE virtual seconds;
+# then it fails with ObjectStoreFullError, as Ray's put does.
+PUT_TRIES, PUT_PAUSE = 40, 0.05
+
+
+def _put(pd, size: int, value: Any, ready: dict, key: str) -> ObjectId:
+    tries = 0
+
+    def done(msg) -> None:
+        nonlocal tries
+        if type(msg) is not PutFailed or not pd.alive:
+            return
+        tries += 1
+        if tries < PUT_TRIES:
+            pd.kernel.call_after(PUT_PAUSE, lambda: pd.alive and pd.put(size, value, done, oid=oid))
+        else:
+            ready[key] = ("e", ErrorKind.OBJECT_STORE_FULL, "")
+
+    oid = pd.put(size, value, done)
+    return oid
+
+
 def _tree(tid: TaskId, model) -> list[TaskId]:
     """A task's id and those of the children it submits, at every depth."""
     out = [tid]
@@ -603,11 +636,20 @@ def _tree(tid: TaskId, model) -> list[TaskId]:
     return out
 
 
-def _start_wait(wp, d, keys: dict, outcomes: dict, sealed: dict, base: float) -> None:
+# In a fault-free run, how long a node may take to report an object that is
+# ready (a message or two; through the GCS for a locate-only wait).
+REPORT_SLACK = 0.02
+
+
+def _start_wait(wp, d, keys: dict, outcomes: dict, sealed: dict, base: float, complete_in=None) -> None:
     """``wait(refs, num_returns, timeout, fetch_local)``, as a client does it:
     a watch (holding reports until ``num_returns`` when nothing can cut the
     wait short, like ``Runtime.report_need``), a timer for the timeout, and
-    the watch cancelled once the wait has its answer."""
+    the watch cancelled once the wait has its answer.
+
+    ``complete_in``: the cluster of a fault-free run, where a wait that
+    times out must have been told of every ref that was ready (local, if it
+    fetches) ``REPORT_SLACK`` before it gave up: ``WaitOutcome.missed``."""
     kernel = d.kernel
     oids = [keys[k] for k in wp.refs]
     key_of = dict(zip(oids, wp.refs))
@@ -617,6 +659,14 @@ def _start_wait(wp, d, keys: dict, outcomes: dict, sealed: dict, base: float) ->
     def finish(timed_out: bool) -> None:
         o.done, o.timed_out, o.finished = True, timed_out, kernel.now - base
         d.cancel_watch(rid)
+        if timed_out and complete_in is not None:
+            by = kernel.now - REPORT_SLACK
+            stores = [complete_in.nodes[d.node].store] if wp.fetch else [
+                n.store for n in complete_in.nodes.values() if n.alive]
+            for oid, k in key_of.items():
+                at = sealed.get((d.node, oid) if wp.fetch else oid)
+                if k not in o.ready and at is not None and at <= by and any(oid in s for s in stores):
+                    o.missed.append(k)
 
     def on_ready(oid, info, now) -> None:
         if o.done:
@@ -726,8 +776,8 @@ def check_seed(seed: int, *, plan: SeedPlan | None = None, validate: bool = True
     ref = run_plan(plan, faults=False, validate=validate, trace=trace())
     if ref.broken_by is not None or _stopped(ref):
         # the fault-free run itself broke an invariant: report that run
-        vs = [C.Violation(v.checker, f"(fault-free run) {v.what}", v.key) for v in ref.violations]
-        return SeedReport(seed, False, vs, ref.trace_hash, time.perf_counter() - t0, plan, ref, ref)
+        vs = [C.Violation("reference", f"(fault-free run) {v.what}", v.key) for v in ref.violations]
+        return SeedReport(seed, False, vs, ref.trace_hash, time.perf_counter() - t0, plan, None, ref)
     run = run_plan(plan, faults=True, validate=validate, trace=trace()) if plan.faults.items() else ref
     violations = list(run.violations)
     if ref is not run:
@@ -739,7 +789,7 @@ def check_seed(seed: int, *, plan: SeedPlan | None = None, validate: bool = True
 
 def _stopped(run: RunResult) -> bool:
     """Did ``run`` stop early (an invariant broke, or a machine raised)?"""
-    return any(v.checker in ("invariant", "crash") for v in run.violations)
+    return any(v.checker in ("invariant", "crash", "harness") for v in run.violations)
 
 
 def check_plan(plan: SeedPlan, validate: bool = True) -> SeedReport:
@@ -756,7 +806,7 @@ def story(report: SeedReport, limit: int = 6) -> str:
         lines.append("(the fault-free reference run failed: this is its story)")
     if run is None or run.cluster is None:
         return "\n".join(lines)
-    keys = [v.key for v in report.violations if v.key][:limit]
+    keys = _story_keys(report.plan, run, [v.key for v in report.violations if v.key])[:limit]
     for v in report.violations[:20]:
         lines.append(f"  {v}")
     tasks: list[tuple[str, TaskId]] = [(k, run.keys[k].task_id) for k in keys if k in run.keys]
@@ -785,6 +835,25 @@ def story(report: SeedReport, limit: int = 6) -> str:
             for t, sid, what in m.story(tid):
                 lines.append(f"   {t:9.4f} {addr:<10} {what}  [{sid}]")
     return "\n".join(lines)
+
+
+def _story_keys(plan: SeedPlan, run: RunResult, keys: list[str]) -> list[str]:
+    """The items whose stories explain violations about ``keys``: an item
+    itself; an actor's calls; a wait's refs (those it was told of too early
+    or never, first)."""
+    out: list[str] = []
+    actors = {a.key: a for a in plan.workload.actors}
+    waits = {w.key: w for w in plan.workload.waits}
+    for k in keys:
+        if k in actors:
+            more = [c.key for c in actors[k].calls]
+        elif k in waits:
+            o = run.waits.get(k)
+            more = (o.early + o.missed if o is not None else []) + list(waits[k].refs)
+        else:
+            more = [k]
+        out += [m for m in more if m in run.keys and m not in out]
+    return out
 
 
 def _task_ids(ev: Any) -> list[TaskId]:
@@ -819,7 +888,8 @@ def run_swarm(seeds, *, stop_on_failure: bool = False, progress: bool = False, v
     seeds = list(seeds)
     for i, s in enumerate(seeds):
         r = check_seed(s, validate=validate)
-        r.run = r.reference = None if r.ok else r.run  # keep memory flat
+        if r.ok:
+            r.run = r.reference = None  # keep memory flat
         reports.append(r)
         if progress and (sys.stderr.isatty() or (i + 1) % 50 == 0 or i + 1 == len(seeds)):
             bad = sum(1 for x in reports if not x.ok)

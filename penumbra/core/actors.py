@@ -416,6 +416,12 @@ class _Hosted:
     covered: dict = field(default_factory=dict)  # tid -> (spec, from_node, attempt): asked again, row being read
 
 
+def _first_unlogged(h: _Hosted) -> int | None:
+    """The log index of ``h``'s earliest call whose append is not yet
+    acknowledged (results from later calls wait for it)."""
+    return min((i for _, _, i in h.unlogged.values()), default=None)
+
+
 class ActorHost:
     def __init__(self, node: "NodeMachine") -> None:
         self.node = node
@@ -718,7 +724,7 @@ class ActorHost:
         # seen but not replayed.  (Found by the swarm, seed 2387.)
         call, result, index = item
         h.logged[index] = (call, result)
-        first_gap = min((i for _, _, i in h.unlogged.values()), default=None)
+        first_gap = _first_unlogged(h)
         cmds: list[Command] = []
         for i in sorted(h.logged):
             if first_gap is not None and i > first_gap:
@@ -845,7 +851,7 @@ class ActorHost:
                     assert s >= nxt, f"queued call {caller}#{s} below next expected {nxt}"
             if h.logged:
                 # a logged result is held only behind an earlier call not yet logged
-                gap = min((i for _, _, i in h.unlogged.values()), default=None)
+                gap = _first_unlogged(h)
                 assert gap is not None and gap < min(h.logged), (
                     f"logged results {sorted(h.logged)} held with no earlier call unlogged (first gap {gap})")
 

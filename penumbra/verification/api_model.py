@@ -131,7 +131,7 @@ class ApiMachine(RuleBasedStateMachine):
             except self.ray.exceptions.ActorDiedError:
                 pass
             else:
-                raise AssertionError(f"a call to a killed actor returned instead of raising ActorDiedError")
+                raise AssertionError("a call to a killed actor returned instead of raising ActorDiedError")
         else:
             assert self.ray.get(ref, timeout=timeout) == expected
 

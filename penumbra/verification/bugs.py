@@ -15,7 +15,7 @@ from the real one: keeping them short is the point (a bug is a small diff).
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from ..core import actors as A
@@ -117,8 +117,6 @@ def _lineage_only_own_task():
 
 
 def _actor_ignores_floor_after_restart():
-    from dataclasses import replace
-
     orig = A.ActorHost.on_call
 
     def on_call(self, ev, now, sid):
@@ -142,8 +140,6 @@ def _replay_newest_first():
     orig = A.ActorHost.created
 
     def created(self, spec, start, wid, now, sid):
-        from dataclasses import replace
-
         # BUG: as if ``h.replay.appendleft`` stood for ``h.replay.append``:
         # the logged calls are replayed newest first
         return orig(self, spec, replace(start, replay=start.replay[::-1]), wid, now, sid)
@@ -218,8 +214,6 @@ def _actor_restarts_not_counted():
     orig = A.ActorManager._restart_or_die
 
     def _restart_or_die(self, e, cause, now, sid):
-        from dataclasses import replace
-
         return orig(self, replace(e, restarts=0), cause, now, sid)  # BUG: restarts never add up
 
     return _patch(A.ActorManager, "_restart_or_die", _restart_or_die)
@@ -283,8 +277,6 @@ def _gpus_kept_by_crashed_worker():
 
 
 def _watch_ignores_need():
-    import dataclasses
-
     from ..core import node as N
     from ..core.messages import WatchObjects
 
@@ -292,7 +284,7 @@ def _watch_ignores_need():
 
     def _on_watch(self, ev, now):
         # BUG: reports held until every object is ready, whatever need says
-        return orig(self, dataclasses.replace(ev, need=len(ev.object_ids)), now)
+        return orig(self, replace(ev, need=len(ev.object_ids)), now)
 
     return _handler(N, WatchObjects, _on_watch)
 
@@ -388,7 +380,8 @@ def bug_named(name: str) -> Bug:
     for b in BUGS + REGRESSIONS + MASKED:
         if b.name == name:
             return b
-    raise KeyError(f"no planted bug is called {name!r}; known bugs: {', '.join(b.name for b in BUGS)} "
+    raise KeyError(f"no planted bug is called {name!r}; known bugs: {', '.join(b.name for b in BUGS)}; "
+                   f"regressions: {', '.join(b.name for b in REGRESSIONS)} "
                    f"(and, found by nothing by design: {', '.join(b.name for b in MASKED)})")
 
 

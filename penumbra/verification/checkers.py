@@ -10,6 +10,9 @@ Each checker returns a list of ``Violation``s (empty: the run is good).
     and no task is left pending in the GCS;
 ``check_resources``
     on a quiet cluster every live node has all its resources free;
+``check_no_rescues``
+    in a fault-free run, no node learned of a change by re-reading a row it
+    waited on (pub/sub dropped nothing: the ``pubsub`` kind);
 ``check_actor_order``
     each actor instance ran each caller's calls in sequence order, and a call
     ran twice only where retries or replay allow it;
@@ -60,9 +63,10 @@ def check_results(reference: dict[str, tuple], actual: dict[str, tuple], taints:
     ``"retry"`` (a finite retry budget on its lineage could be exhausted by
     faults), ``"actor"`` (an actor on its lineage may have died for good or
     lost its state), ``"state"`` (an actor on its lineage restarted without
-    replay: values may differ), ``"lost"`` (an output of a replay actor's
-    call from before the checkpoint its restart started from may have been
-    lost with its node: ``OBJECT_LOST``, never a different value),
+    replay: values may differ), ``"lost"`` (the object may be gone for good:
+    a put on a node that died, an evicted output of an actor's call, an
+    output of a replay actor's call from before the checkpoint its restart
+    started from: ``OBJECT_LOST``, never a different value),
     ``"store"`` (the object store is small
     enough that whether it is full at a given moment depends on timing).
     """

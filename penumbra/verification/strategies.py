@@ -38,8 +38,8 @@ They cover what ``swarm.plan_seed`` draws, under the same constraints:
   may only run slow.
 
 Which results may differ from the fault-free reference is decided by the
-swarm (``swarm._taints``), from the plan itself; nothing here needs to
-mirror it.  If you combine the pieces yourself, keep the contract
+swarm (``swarm._taints``), from the plan and what the run did (the attempts
+tasks used, the actors that restarted); nothing here needs to mirror it.  If you combine the pieces yourself, keep the contract
 ``seed_plans`` keeps: draw the workload with ``workload_options(layout)`` so
 that every task is feasible (an infeasible task rightly stays pending
 forever, and the liveness check reports it).
@@ -55,16 +55,12 @@ from ..core.gcs import GcsTiming
 from ..core.layout import ClusterLayout, NodeShape
 from ..core.specs import ResourceSet
 from .swarm import FaultPlan, SeedPlan
-from .workload import ActorPlan, CallPlan, PutPlan, TaskPlan, VCall, VChild, VTask, Workload, add_callers, add_grandchildren, add_remote_puts, add_waits
+from .workload import ActorPlan, CallPlan, PutPlan, TaskPlan, VCall, VChild, VTask, Workload, CUSTOM, GPUS_PER_NODE, LARGE_SIZES, STORE_SIZES, add_callers, add_grandchildren, add_remote_puts, add_waits
 
 __all__ = ["layouts", "workloads", "fault_plans", "seed_plans", "workload_options"]
 
 _TIMES = st.floats(min_value=0.0, max_value=1.0, allow_nan=False).map(lambda t: round(t, 3))
 
-CUSTOM = "special"  # the custom resource's name (as in ``swarm.plan_seed``)
-GPUS_PER_NODE = 2
-STORE_SIZES = (16 << 20, 64 << 20, 1 << 30)
-LARGE_SIZES = (1 << 20, 4 << 20)
 
 
 def _time_between(lo: float, hi: float):
@@ -263,8 +259,5 @@ def seed_plans(draw) -> SeedPlan:
     extra = random.Random(draw(st.integers(0, 2 ** 16)))
     workload = add_grandchildren(add_callers(add_waits(workload, extra, 1.0), extra), extra)
     faults = draw(fault_plans(len(layout.nodes), layout.chain_length, layout.gcs_shards, len(workload.actors)))
-    fails: dict[int, float] = {}
-    for at, i, *_ in sorted(faults.crashes + faults.isolations):
-        fails.setdefault(i, at)
-    workload = add_remote_puts(workload, extra, len(layout.nodes), fails)
+    workload = add_remote_puts(workload, extra, len(layout.nodes), faults.first_failures(), 1.0)
     return SeedPlan(draw(st.integers(0, 2 ** 31)), layout, workload, faults, 1.0)

@@ -49,10 +49,12 @@ from ..core.records import ActorState, ErrorKind
 from ..core.specs import ResourceSet
 from ..core.tables import Op
 from ..sim.cluster import SimActor, SimCluster, SimNode
+from ..api.runtime import Runtime
 from ..sim.costs import PAPER
 from ..sim.trace import Trace
 from . import checkers as C
-from .workload import VActor, Workload, VerifyExecutor, add_callers, add_gpus, add_grandchildren, add_remote_puts, add_waits, digest, generate
+from .workload import (CUSTOM, GPUS_PER_NODE, LARGE_SIZES, STORE_SIZES, VActor, VerifyExecutor, Workload, add_callers,
+                       add_gpus, add_grandchildren, add_remote_puts, add_waits, digest, generate)
 
 __all__ = ["SeedPlan", "FaultPlan", "RunResult", "SeedReport", "plan_seed", "run_plan", "check_seed", "check_plan",
            "run_swarm", "run_swarm_cli", "story", "shrink"]
@@ -106,6 +108,14 @@ class FaultPlan:
     def describe(self) -> str:
         return "; ".join(f"{n} {v}" for n, v in self.items()) or "no faults"
 
+    def first_failures(self) -> dict[int, float]:
+        """Node index -> when it first crashes or is cut off (and so loses
+        its store)."""
+        out: dict[int, float] = {}
+        for at, i, _ in sorted(self.crashes + self.isolations):
+            out.setdefault(i, at)
+        return out
+
 
 @dataclass(frozen=True)
 class SeedPlan:
@@ -126,13 +136,13 @@ def plan_seed(seed: int) -> SeedPlan:
     """Draw a cluster, a workload and a fault mix from ``seed``."""
     rng = random.Random(f"penumbra-swarm-{seed}")
     n = rng.randint(2, 5)
-    custom = ("special",) if rng.random() < 0.5 else ()
-    store = rng.choice((16 << 20, 64 << 20, 1 << 30))
+    custom = (CUSTOM,) if rng.random() < 0.5 else ()
+    store = rng.choice(STORE_SIZES)
     shapes = []
     for i in range(n):
         res = {"CPU": rng.choice((1, 2, 2, 4))}
         if custom and i in (1, n - 1):
-            res["special"] = 2
+            res[CUSTOM] = 2
         shapes.append(NodeShape(ResourceSet.from_dict(res), store))
     chain = rng.choice((1, 2, 2, 3))
     layout = ClusterLayout(
@@ -143,9 +153,9 @@ def plan_seed(seed: int) -> SeedPlan:
         gcs_timing=GcsTiming(heartbeat_interval=0.02, heartbeat_timeout=0.08, resend_after=0.04),
     )
     horizon = round(rng.uniform(0.3, 1.2), 3)
-    special_cpus = [s.resources.get("CPU") for s in shapes if s.resources.get("special")]
+    special_cpus = [s.resources.get("CPU") for s in shapes if s.resources.get(CUSTOM)]
     workload = generate(rng, horizon=horizon, max_tasks=rng.choice((10, 25, 40)), custom=custom,
-                        large=rng.choice((1 << 20, 4 << 20)),
+                        large=rng.choice(LARGE_SIZES),
                         max_cpu=max(s.resources.get("CPU") for s in shapes),
                         custom_cpu=min(special_cpus) if special_cpus else 1)
     # GPUs on a third of the seeds, drawn from their own generator so that
@@ -154,7 +164,7 @@ def plan_seed(seed: int) -> SeedPlan:
     grng = random.Random(f"penumbra-swarm-gpus-{seed}")
     if grng.random() < 0.3:
         gpu_nodes = {0, n - 1} if grng.random() < 0.5 else {0}
-        shapes = [dataclasses.replace(s, resources=s.resources + ResourceSet.of(GPU=2)) if i in gpu_nodes else s
+        shapes = [dataclasses.replace(s, resources=s.resources + ResourceSet.of(GPU=GPUS_PER_NODE)) if i in gpu_nodes else s
                   for i, s in enumerate(shapes)]
         layout = dataclasses.replace(layout, nodes=tuple(shapes))
         workload = add_gpus(workload, grng, cpu_cap=min(shapes[i].resources.get("CPU") for i in gpu_nodes))
@@ -182,10 +192,6 @@ def plan_seed(seed: int) -> SeedPlan:
     if faulty and workload.actors and rng.random() < 0.4:
         for _ in range(rng.randint(1, 3)):
             kills.append((round(rng.uniform(0.05, horizon), 3), rng.randrange(len(workload.actors))))
-    fails: dict[int, float] = {}
-    for at, i, *_ in sorted(crashes + isolations):
-        fails.setdefault(i, at)
-    workload = add_remote_puts(workload, random.Random(f"penumbra-swarm-remote-puts-{seed}"), n, fails)
     faults = FaultPlan(
         actor_kills=tuple(sorted(kills)),
         crashes=tuple(sorted(crashes)), replica_crashes=tuple(sorted(replicas)), isolations=tuple(sorted(isolations)),
@@ -195,6 +201,8 @@ def plan_seed(seed: int) -> SeedPlan:
         slow=tuple(sorted(slow)),
         worker_crash_rate=rng.choice((0.0, 0.0, 0.02, 0.05)) if faulty else 0.0,
     )
+    workload = add_remote_puts(workload, random.Random(f"penumbra-swarm-remote-puts-{seed}"), n,
+                               faults.first_failures(), 1.0)
     return SeedPlan(seed, layout, workload, faults, horizon)
 
 
@@ -216,7 +224,6 @@ class RunResult:
     keys: dict[str, ObjectId] = field(default_factory=dict)
     taints: dict[str, set[str]] = field(default_factory=dict)
     executor: Any = None
-    disturbed: set[str] | None = None  # actors that restarted, died or were killed
     waits: dict[str, C.WaitOutcome] = field(default_factory=dict)
     broken_by: tuple | None = None  # (address, time, event, commands) after which validate() failed
 
@@ -300,8 +307,7 @@ def _seal_log():
         SimNode.__init__ = orig
 
 
-def _taints(plan: SeedPlan, faulty: bool, executions: dict | None = None, keys: dict | None = None,
-            disturbed: set[str] | None = None) -> dict[str, set[str]]:
+def _taints(plan: SeedPlan, faulty: bool, executions: dict, keys: dict, disturbed: set[str]) -> dict[str, set[str]]:
     """Why each item may legitimately differ from the reference (see
     ``checkers.check_results``); inherited along the lineage.
 
@@ -309,16 +315,13 @@ def _taints(plan: SeedPlan, faulty: bool, executions: dict | None = None, keys: 
     ``max_retries + 1`` attempts in the run (its budget could be spent).
     So are the actor taints: only the calls of an actor in ``disturbed``
     (it restarted, died or was killed in the run) may differ; every other
-    actor's calls must return exactly the reference's values.  ``None``
-    means "unknown" and treats every actor as disturbed."""
+    actor's calls must return exactly the reference's values."""
     w = plan.workload
     # a put made on a node that dies (or is cut off and fenced) may be lost
     # with it: a put has no lineage to rebuild it from
-    doomed = {i for _, i, _ in plan.faults.crashes} | {i for _, i, _ in plan.faults.isolations} if faulty else set()
+    doomed = set(plan.faults.first_failures()) if faulty else set()
     taints: dict[str, set[str]] = {p.key: ({"lost"} if p.node in doomed and p.node else set()) for p in w.puts}
     deps: dict[str, tuple[str, ...]] = {}
-    executions = executions or {}
-    keys = keys or {}
     for t in w.tasks:
         ran = executions.get(keys[t.key].task_id, 0) if t.key in keys else 0
         own = {"retry"} if faulty and t.max_retries >= 0 and ran >= t.max_retries + 1 else set()
@@ -342,7 +345,7 @@ def _taints(plan: SeedPlan, faulty: bool, executions: dict | None = None, keys: 
                 own.add("lost")
             if a.kill_at is not None:
                 own.add("actor")  # the kill races with the calls
-            if faulty and (disturbed is None or a.key in disturbed):
+            if faulty and a.key in disturbed:
                 if a.max_restarts >= 0 or a.max_task_retries == 0:
                     own.add("actor")
                 if not a.replay:
@@ -364,7 +367,7 @@ def _taints(plan: SeedPlan, faulty: bool, executions: dict | None = None, keys: 
             for c in a.calls:
                 taints[c.key].add("lost")
     # inherit along dependencies (items are in submission order)
-    order = sorted(deps, key=lambda k: _at(plan, k))
+    order = sorted(deps, key=dict(w.submitted_at()).__getitem__)
     for k in order:
         for d in deps[k]:
             taints[k] |= taints.get(d, set())
@@ -387,20 +390,6 @@ def _taints(plan: SeedPlan, faulty: bool, executions: dict | None = None, keys: 
             acc |= mine
             taints[c.key] = set(acc)
     return taints
-
-
-def _at(plan: SeedPlan, key: str) -> float:
-    for p in plan.workload.puts:
-        if p.key == key:
-            return p.at
-    for t in plan.workload.tasks:
-        if t.key == key:
-            return t.at
-    for a in plan.workload.actors:
-        for c in a.calls:
-            if c.key == key:
-                return c.at
-    return 0.0
 
 
 def _broken(res: RunResult, cluster: SimCluster, e: Exception, t0: float) -> RunResult:
@@ -527,7 +516,7 @@ def run_plan(plan: SeedPlan, *, faults: bool = True, validate: bool = True, max_
                     idx += 1
             for wp in w.waits:
                 events.append((wp.at, idx, lambda wp=wp: _start_wait(wp, d, keys, res.waits, sealed, base,
-                                                                     None if faults else cluster)))
+                                                                     not faults)))
                 idx += 1
             for at, _, fn in sorted(events, key=lambda e: (e[0], e[1])):
                 cluster.kernel.call_at(base + at, d._guarded, fn, ())
@@ -551,7 +540,7 @@ def run_plan(plan: SeedPlan, *, faults: bool = True, validate: bool = True, max_
                               and len(res.waits) == len(w.waits) and all(o.done for o in res.waits.values()),
                               timeout=max_virtual)
             res.done_at = cluster.now - base
-            res.disturbed = _disturbed(cluster, executor, plan, actors, faults)
+            disturbed = _disturbed(cluster, executor, plan, actors, faults)
             # What the liveness phase delivered is the answer: the kills below
             # end calls that still hang (ActorDiedError), which must not count.
             res.results = dict(ready)
@@ -589,7 +578,7 @@ def run_plan(plan: SeedPlan, *, faults: bool = True, validate: bool = True, max_
             row = cluster.gcs_row("tasks", tid)
             if row is not None:
                 used[tid] = max(used.get(tid, 0), row.attempt + 1)
-    res.taints = _taints(plan, faults, used, keys, res.disturbed)
+    res.taints = _taints(plan, faults, used, keys, disturbed)
     # bounded restarts: an actor never restarts more than max_restarts times
     # (each restart is a new incarnation in its GCS row)
     for k, h in actors.items():
@@ -605,9 +594,10 @@ def run_plan(plan: SeedPlan, *, faults: bool = True, validate: bool = True, max_
     return res
 
 
-# A put that finds the store full is tried again (the same object), as
-# Ray's put waits for space, for up to PUT_TRIES x PUT_PAUSE virtual seconds;
-# then it fails with ObjectStoreFullError, as Ray's put does.
+# The workload's program retries a put that finds the store full (as a user
+# program catching ObjectStoreFullError would), for up to PUT_TRIES x
+# PUT_PAUSE virtual seconds, then records the error.  It puts the same
+# object again, so the refs it already handed to later items stay valid.
 PUT_TRIES, PUT_PAUSE = 40, 0.05
 
 
@@ -641,15 +631,15 @@ def _tree(tid: TaskId, model) -> list[TaskId]:
 REPORT_SLACK = 0.02
 
 
-def _start_wait(wp, d, keys: dict, outcomes: dict, sealed: dict, base: float, complete_in=None) -> None:
+def _start_wait(wp, d, keys: dict, outcomes: dict, sealed: dict, base: float, complete: bool = False) -> None:
     """``wait(refs, num_returns, timeout, fetch_local)``, as a client does it:
     a watch (holding reports until ``num_returns`` when nothing can cut the
     wait short, like ``Runtime.report_need``), a timer for the timeout, and
     the watch cancelled once the wait has its answer.
 
-    ``complete_in``: the cluster of a fault-free run, where a wait that
-    times out must have been told of every ref that was ready (local, if it
-    fetches) ``REPORT_SLACK`` before it gave up: ``WaitOutcome.missed``."""
+    ``complete``: a fault-free run, where a wait that times out must have
+    been told of every ref that was ready (local, if it fetches)
+    ``REPORT_SLACK`` before it gave up: ``WaitOutcome.missed``."""
     kernel = d.kernel
     oids = [keys[k] for k in wp.refs]
     key_of = dict(zip(oids, wp.refs))
@@ -659,10 +649,10 @@ def _start_wait(wp, d, keys: dict, outcomes: dict, sealed: dict, base: float, co
     def finish(timed_out: bool) -> None:
         o.done, o.timed_out, o.finished = True, timed_out, kernel.now - base
         d.cancel_watch(rid)
-        if timed_out and complete_in is not None:
+        if timed_out and complete:
             by = kernel.now - REPORT_SLACK
-            stores = [complete_in.nodes[d.node].store] if wp.fetch else [
-                n.store for n in complete_in.nodes.values() if n.alive]
+            nodes = d.cluster.nodes
+            stores = [nodes[d.node].store] if wp.fetch else [n.store for n in nodes.values() if n.alive]
             for oid, k in key_of.items():
                 at = sealed.get((d.node, oid) if wp.fetch else oid)
                 if k not in o.ready and at is not None and at <= by and any(oid in s for s in stores):
@@ -683,7 +673,7 @@ def _start_wait(wp, d, keys: dict, outcomes: dict, sealed: dict, base: float, co
         if len(o.ready) >= wp.num_returns:
             finish(False)
 
-    need = wp.num_returns if wp.timeout is None else 1
+    need = Runtime.report_need(wp.num_returns, wp.timeout)
     rid = d.watch(oids, on_ready, fetch=wp.fetch, record=False, need=need)
     if wp.timeout is not None and not o.done:
         kernel.call_at(kernel.now + wp.timeout, lambda: None if o.done else finish(True))
@@ -774,14 +764,14 @@ def check_seed(seed: int, *, plan: SeedPlan | None = None, validate: bool = True
         return Trace(fields="key", per_address=recent) if recent else "key"
 
     ref = run_plan(plan, faults=False, validate=validate, trace=trace())
-    if ref.broken_by is not None or _stopped(ref):
+    from_ref = [C.Violation("reference", f"(fault-free run) {v.what}", v.key) for v in ref.violations]
+    if _stopped(ref):
         # the fault-free run itself broke an invariant: report that run
-        vs = [C.Violation("reference", f"(fault-free run) {v.what}", v.key) for v in ref.violations]
-        return SeedReport(seed, False, vs, ref.trace_hash, time.perf_counter() - t0, plan, None, ref)
+        return SeedReport(seed, False, from_ref, ref.trace_hash, time.perf_counter() - t0, plan, None, ref)
     run = run_plan(plan, faults=True, validate=validate, trace=trace()) if plan.faults.items() else ref
     violations = list(run.violations)
     if ref is not run:
-        violations += [C.Violation("reference", f"(fault-free run) {v.what}", v.key) for v in ref.violations]
+        violations += from_ref
     if not _stopped(run):
         violations += C.check_results(ref.results, run.results, run.taints)
     return SeedReport(seed, not violations, violations, run.trace_hash, time.perf_counter() - t0, plan, run, ref)

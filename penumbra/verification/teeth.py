@@ -18,7 +18,7 @@ A checker is named by the ``Violation.checker`` kind it reports
 ``validate()``), ``crash`` (the system raised), ``harness`` (the swarm's own
 code raised), ``timeliness`` and ``actor-restarts``.  A
 checker that fired only on the fault-free reference run is shown as ``KIND
-(fault-free run)``.
+(fault-free run)`` (a bare ``reference`` if that run is no longer at hand).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from collections.abc import Iterable, Sequence
 
 from . import swarm
@@ -44,7 +44,6 @@ class Finding:
     kinds: tuple[str, ...] = ()  # the checkers that caught it, at that seed
     wall: float = 0.0  # seconds spent searching
     tried: int = 0  # seeds run
-    violations: tuple[str, ...] = field(default_factory=tuple)  # the first few, as printed
     want: str | None = None  # only failures with this checker's violations counted
 
     @property
@@ -108,9 +107,8 @@ def find(bug: Bug, seeds: Iterable[int] = range(DEFAULT_BUDGET), hint: int | Non
             kinds = kinds_of(r)
             if want is not None and not any(k.split(" ")[0] == want for k in kinds):
                 continue
-            return Finding(bug, s, kinds, time.perf_counter() - t0, tried,
-                           tuple(str(v) for v in r.violations[:3]), want)
-    return Finding(bug, None, (), time.perf_counter() - t0, tried, (), want)
+            return Finding(bug, s, kinds, time.perf_counter() - t0, tried, want)
+    return Finding(bug, None, (), time.perf_counter() - t0, tried, want)
 
 
 def find_all(bugs: Iterable[Bug] = BUGS, seeds: Iterable[int] = range(DEFAULT_BUDGET), *, hints: bool = True,

@@ -42,11 +42,19 @@ from ..core.specs import FunctionDescriptor, Payload, ResourceSet, TaskSpec
 from ..sim.cluster import Executor, Outcome
 
 __all__ = ["VTask", "VChild", "VActor", "VCall", "TaskPlan", "ActorPlan", "CallPlan", "PutPlan", "WaitPlan",
-           "Workload", "generate", "add_gpus", "add_callers", "add_grandchildren", "add_remote_puts", "add_waits", "VerifyExecutor", "digest"]
+           "Workload", "CUSTOM", "GPUS_PER_NODE", "STORE_SIZES", "LARGE_SIZES", "generate", "add_gpus", "add_callers", "add_grandchildren", "add_remote_puts", "add_waits", "VerifyExecutor", "digest"]
 
 
 def digest(*parts: Any) -> int:
     return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=8).digest(), "big")
+
+
+# -- the shapes both ``swarm.plan_seed`` and the strategies draw from --------------
+
+CUSTOM = "special"  # the custom resource some nodes have
+GPUS_PER_NODE = 2
+STORE_SIZES = (16 << 20, 64 << 20, 1 << 30)
+LARGE_SIZES = (1 << 20, 4 << 20)  # "large" objects (to make stores evict)
 
 
 # -- models (travel in TaskSpec.args.data) -----------------------------------------
@@ -110,7 +118,7 @@ class CallPlan:
     deps: tuple[str, ...]
     model: VCall
     at: float
-    caller: int = 0  # which driver makes the call (each has its own handle)
+    caller: int = 0  # which driver makes the call: 0, or 1 (a second driver, its own handle)
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +186,7 @@ def add_callers(w: Workload, rng: random.Random) -> Workload:
     return replace(w, actors=tuple(actors))
 
 
-def add_remote_puts(w: Workload, rng: random.Random, nodes: int, fails: dict[int, float]) -> Workload:
+def add_remote_puts(w: Workload, rng: random.Random, nodes: int, fails: dict[int, float], horizon: float) -> Workload:
     """A driver on another node puts an object or two, and a task uses
     each: if that node dies, the object is lost for good (a ``put`` has no
     lineage), and its ``get`` must raise ``ObjectLostError``, never hang or
@@ -191,7 +199,7 @@ def add_remote_puts(w: Workload, rng: random.Random, nodes: int, fails: dict[int
         return w
     doomed = sorted(fails)
     i = rng.choice(doomed) if doomed and rng.random() < 0.7 else rng.randrange(1, nodes)
-    latest = fails.get(i, 1.0) - 0.3
+    latest = fails.get(i, horizon) - 0.3
     if latest <= 0:
         return w
     puts, tasks = list(w.puts), list(w.tasks)

@@ -600,3 +600,18 @@ def test_a_generator_method_fails_with_a_clear_error():
     with pytest.raises(TypeError, match="generator function.*num_returns=N"):
         ray.get(g.values.remote(), timeout=60)
     ray.kill(g)
+
+
+def test_memory_requests_are_scheduled_against_the_nodes_memory():
+    # Ray gives every node a ``memory`` resource (70% of its available RAM)
+    total = ray.cluster_resources()["memory"]
+    assert total > 0
+
+    @ray.remote(memory=64 << 20)
+    def small():
+        return ray.get_runtime_context().get_assigned_resources().get("memory")
+
+    assert ray.get(small.remote(), timeout=60) == 64 << 20
+    a = Counter.options(memory=32 << 20).remote()
+    assert ray.get(a.inc.remote(), timeout=60) == 1
+    ray.kill(a)

@@ -102,6 +102,7 @@ class DaemonConfig:
     num_gpus: float = 0
     resources: dict[str, float] = field(default_factory=dict)
     object_store_memory: int = 512 << 20
+    memory: float | None = None  # the ``memory`` resource in bytes; None: 70% of available RAM, as Ray
     gcs_shards: int = 1
     chain_length: int = 1
     parent_pid: int = 0  # embedded: exit when this process is gone
@@ -608,7 +609,7 @@ class Daemon:
         if self.cfg.num_gpus:
             r["GPU"] = float(self.cfg.num_gpus)
         r.update(self.cfg.resources)
-        r.setdefault("memory", 0.0)
+        r.setdefault("memory", float(self.cfg.memory if self.cfg.memory is not None else available_memory() * 0.7))
         return {k: v for k, v in r.items() if v}
 
     def cleanup(self) -> None:
@@ -651,6 +652,22 @@ def start_zygote(cfg: DaemonConfig, node_id: str, close_fds: tuple[int, ...] = (
         "node_id": node_id, "daemon_pid": os.getpid(),
     }
     return fork_zygote(zcfg, cfg.token, close_fds)
+
+
+def available_memory() -> int:
+    """Bytes of memory available now (``MemAvailable``), or the physical
+    memory where /proc/meminfo cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return 8 << 30
 
 
 def _alive(pid: int) -> bool:

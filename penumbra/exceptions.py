@@ -53,11 +53,12 @@ class TaskError(PenumbraError):
     ``get`` raises ``as_instanceof_cause()`` of this: an object of a class
     derived from both ``TaskError`` and ``type(cause)``.
 
-    Nested failures (a task that ``get``\ s a failed child and does not catch
-    the error, or whose argument is a failed task's result) keep the *root*
-    exception as ``cause``, so ``except ValueError`` still catches it however
-    deep it was raised; the text names every task on the way, outermost
-    first, each with its own traceback (as Ray's ``RayTaskError`` does).
+    Nested failures (a task that calls ``get`` on a failed child and does
+    not catch the error, or whose argument is a failed task's result) keep
+    the *root* exception as ``cause``, so ``except ValueError`` still
+    catches it however deep it was raised; the text names every task on the
+    way, outermost first, each with its own traceback (as Ray's
+    ``RayTaskError`` does).
     """
 
     def __init__(self, function_name: str = "", traceback_str: str = "", cause: BaseException | None = None,
@@ -68,7 +69,9 @@ class TaskError(PenumbraError):
         self.pid = pid
         self.host = host
         self.cause_repr = cause_repr or (repr(cause) if cause is not None else "")
-        super().__init__(self._message())
+        # (not super(): in a TaskError(X), that is X's __init__, which may
+        # want other arguments -- JSONDecodeError, UnicodeDecodeError)
+        BaseException.__init__(self, self._message())
 
     @classmethod
     def from_exception(cls, function_name: str, exc: BaseException) -> "TaskError":

@@ -165,20 +165,21 @@ _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 def _format_task_traceback(exc: BaseException) -> str:
     """``exc``'s traceback as text, for a task's error.
 
-    penumbra's own frames around the user's are left out (the worker's loop
-    that called the function, the ``get`` that raised a child's error), as
-    Ray leaves out its worker's: what remains starts and ends in the user's
-    code.  A traceback entirely inside penumbra is kept whole.  When ``exc``
-    is a child task's error, its own text (naming that task, with its
-    traceback) replaces the usual last line.
+    penumbra's own frames before the user's (the worker's loop that called
+    the function) are left out, as Ray leaves out its worker's, and so are
+    those after them when ``exc`` is a child task's error (the ``get`` that
+    raised it): what remains starts in the user's code.  A traceback
+    entirely inside penumbra is kept whole.  When ``exc`` is a child task's
+    error, its own text (naming that task, with its traceback) replaces the
+    usual last line.
     """
     te = _traceback.TracebackException(type(exc), exc, exc.__traceback__)
     frames = list(te.stack)
-    mine = [not f.filename.startswith(_PACKAGE_DIR) for f in frames]
-    if any(mine):
-        first = mine.index(True)
-        last = len(mine) - 1 - mine[::-1].index(True)
-        te.stack = _traceback.StackSummary.from_list(frames[first:last + 1])
+    users = [not f.filename.startswith(_PACKAGE_DIR) for f in frames]
+    if any(users):
+        first = users.index(True)
+        end = len(users) - users[::-1].index(True) if isinstance(exc, TaskError) else len(users)
+        te.stack = _traceback.StackSummary.from_list(frames[first:end])
     lines = list(te.format())
     if isinstance(exc, TaskError):
         tail = len(list(te.format_exception_only()))

@@ -44,7 +44,7 @@ def _reduce_code(code: types.CodeType) -> Any:
 class Pickler(cloudpickle.Pickler):
     """``cloudpickle.Pickler`` whose pickled functions keep their file name."""
 
-    dispatch_table = ChainMap({types.CodeType: _reduce_code}, cloudpickle.Pickler.dispatch_table)
+    dispatch_table = ChainMap({types.CodeType: _reduce_code}, *cloudpickle.Pickler.dispatch_table.maps)
 
 
 def dumps(value: Any, protocol: int = 5) -> bytes:

@@ -116,7 +116,7 @@ class TaskError(PenumbraError):
         if isinstance(cause, TaskError):
             return cause
         if isinstance(self, cause_cls):
-            return self  # already one (a dual rebuilt, or a cause of class Exception/PenumbraError)
+            return self  # already one: a TaskError(X), or X is a base of TaskError (Exception)
         try:
             cls = _dual_classes.get(cause_cls)
             if cls is None:

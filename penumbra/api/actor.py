@@ -21,8 +21,14 @@ _seq_lock = threading.Lock()
 _seqs: dict[tuple[int, ActorId], itertools.count] = {}
 
 
-def method(*, num_returns: int | None = None, **other):
-    """Decorate an actor method to set its options (``num_returns``)."""
+def method(*args, num_returns: int | None = None, **other):
+    """Decorate an actor method to set its options (``num_returns``), as
+    ``@method(num_returns=2)``; a bare ``@method`` marks it with none.
+
+    Raises:
+        TypeError: an unknown option, or positional arguments other than
+            the one method of a bare ``@method``.
+    """
     opts = validate({"num_returns": num_returns, **other} if num_returns is not None else other,
                     METHOD_OPTIONS, "an actor method")
 
@@ -30,6 +36,10 @@ def method(*, num_returns: int | None = None, **other):
         fn.__penumbra_method_options__ = opts
         return fn
 
+    if args:
+        if len(args) == 1 and callable(args[0]) and not opts:
+            return deco(args[0])
+        raise TypeError("@method takes options by keyword only, e.g. @method(num_returns=2), or none: @method")
     return deco
 
 

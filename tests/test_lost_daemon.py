@@ -143,6 +143,8 @@ def test_killed_head_fails_a_blocked_get_and_every_later_call(cluster, tmp_path)
         "get_actor()": lambda: ray.get_actor("counter"),
         "kill()": lambda: ray.kill(counter),
         "cancel()": lambda: ray.cancel(ref),
+        "init() again": lambda: ray.init(address=address, _token=cluster.token),
+        "init(ignore_reinit_error=True)": lambda: ray.init(ignore_reinit_error=True),
     }
     for what, call in calls.items():
         err, elapsed = _outcome(call)

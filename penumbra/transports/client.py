@@ -176,6 +176,9 @@ class ClientRuntime(Runtime):
     def _lost_error(self) -> ClusterConnectionLostError:
         return ClusterConnectionLostError(self.address, self._lost or "")
 
+    def lost_error(self) -> ClusterConnectionLostError | None:
+        return self._lost_error() if self._lost is not None else None
+
     def _raise_closed(self) -> None:
         if self._lost is not None:
             raise self._lost_error()

@@ -27,7 +27,7 @@ from penumbra import exceptions as exc
 from penumbra.api import context
 from penumbra.core.messages import ClusterStatusRequest
 from penumbra.transports.launch import Cluster
-from test_runtime_cluster import _alive  # noqa: E402 - the tests' process probe
+from test_runtime_cluster import _alive  # (its /proc probe: alive and not a zombie)
 
 pytestmark = pytest.mark.timeout(180)
 

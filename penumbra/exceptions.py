@@ -34,11 +34,14 @@ __all__ = [
     "ObjectStoreFullError",
     "SerializationError",
     "RuntimeEnvError",
+    "PenumbraSystemError",
+    "ClusterConnectionLostError",
     "from_error_info",
     # Ray's names
     "RayError",
     "RayTaskError",
     "RayActorError",
+    "RaySystemError",
 ]
 
 
@@ -242,10 +245,44 @@ class RuntimeEnvError(PenumbraError):
     """The function or class could not be loaded in the worker."""
 
 
+class PenumbraSystemError(PenumbraError):
+    """penumbra itself failed, not the user's code (Ray: ``RaySystemError``,
+    which Ray raises when its raylet is killed)."""
+
+
+class ClusterConnectionLostError(PenumbraSystemError, ConnectionError):
+    """This process lost its connection to the cluster: the node daemon it
+    talks to was killed or exited (or, in a worker, its node is gone).
+
+    Every call that needs the cluster (``get``, ``wait``, ``put``,
+    ``.remote()``, ``nodes`` ...) then raises it at once, and goes on
+    raising it until ``shutdown()``; ``init()`` after that starts or joins a
+    cluster again.  It is also a ``ConnectionError``, so ``except
+    ConnectionError`` catches it.
+
+    Attributes:
+        address: the address of the cluster that was lost.
+        detail: how the connection ended, as the transport saw it.
+    """
+
+    def __init__(self, address: str = "", detail: str = "") -> None:
+        self.address = address
+        self.detail = detail
+        how = f"the connection was lost ({detail})" if detail else "the connection was lost"
+        super().__init__(
+            f"the penumbra cluster at {address or '?'} is unreachable: {how}. "
+            f"Call penumbra.shutdown() and then penumbra.init() to start or join a cluster again."
+        )
+
+    def __reduce__(self):
+        return (type(self), (self.address, self.detail))
+
+
 # Ray's names
 RayError = PenumbraError
 RayTaskError = TaskError
 RayActorError = ActorError
+RaySystemError = PenumbraSystemError
 
 
 def from_error_info(info, deserialize=None) -> BaseException:

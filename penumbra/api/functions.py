@@ -67,10 +67,16 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
 
     Raises:
         RuntimeError: already initialized (pass ``ignore_reinit_error=True``).
+        ClusterConnectionLostError: the cluster this process was connected
+            to is lost; call ``shutdown()`` first.
         ConnectionError: the cluster at ``address`` cannot be reached, or
             refused our token.
     """
-    if context.runtime_or_none() is not None:
+    current = context.runtime_or_none()
+    if current is not None:
+        lost = current.lost_error()
+        if lost is not None:
+            raise lost  # (it says to call shutdown() first)
         if ignore_reinit_error:
             rt = context.current_runtime()
             return ClusterInfo(getattr(rt, "address", ""), rt.node_id, rt.job_id)

@@ -49,6 +49,12 @@ class Runtime(abc.ABC):
         """Submit an actor creation task; for a named actor, wait until the
         name is registered and raise ``ValueError`` if it is taken."""
 
+    def lost_error(self) -> BaseException | None:
+        """The error every call raises once the connection to the cluster
+        is lost (``None`` while it is not): ``init`` says the same rather
+        than "already connected"."""
+        return None
+
     @staticmethod
     def report_need(need: int, timeout: float | None) -> int:
         """``WatchObjects.need`` for a wait on ``need`` objects: without a

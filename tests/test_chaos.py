@@ -6,8 +6,8 @@ hold at a file barrier until the fault is in, so the fault always lands
 mid-task, never by luck of timing), and requires:
 
 * exact results (every value the fault-free program computes), or, where
-  the fault takes the cluster's control away (the head), a clear error
-  within a bounded time;
+  the fault takes the cluster's control away (kill -9 of the head), a
+  ``ClusterConnectionLostError`` naming the address within a bounded time;
 * nothing left behind once the cluster is shut down: no process of any
   daemon's family, no shared-memory file of any session, no listening port.
 
@@ -269,6 +269,23 @@ def test_sigstop_of_the_head_for_several_heartbeats_changes_no_result(chaos):
     c.release()
     _check_mixed(held, sums, n=2)
     assert sum(1 for n in ray.nodes() if n["Alive"]) == 2
+
+
+def test_kill_9_of_the_head_fails_the_driver_clearly_and_promptly(chaos):
+    c = chaos()
+    held, sums = _mixed_workload(str(c.dir), n=2)
+    c.pids(1)
+    c.note_processes()
+    head = c.daemons[0]
+    t0 = time.monotonic()
+    head.kill()
+    with pytest.raises(ray.exceptions.ClusterConnectionLostError, match=head.address):
+        ray.get(sums, timeout=60)
+    # and every later call says the same, at once
+    with pytest.raises(ray.exceptions.ClusterConnectionLostError):
+        add.remote(1, 2)
+    assert time.monotonic() - t0 < 30
+    c.release()
 
 
 # ---------------------------------------------------------------------------

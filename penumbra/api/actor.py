@@ -200,7 +200,7 @@ class ActorMethod:
         ctx = task_context()
         payload, deps, keep = pack_args(args, kwargs, _put)
         n = self._num_returns
-        key = (id(rt), h._actor_id)
+        key = (rt.key, h._actor_id)
         with _seq_lock:
             counter = _seqs.get(key)
             if counter is None:

@@ -598,9 +598,7 @@ class _SimClient(Runtime):
                              "cluster status")
 
     def _strip(self) -> None:
-        """After shutdown: drop everything heavy, keep a small shell (the
-        API keys per-runtime state by ``id(runtime)``: a shell kept alive
-        keeps its id from being reused by a later runtime)."""
+        """After shutdown: drop everything heavy, keep a small shell."""
         self.alive = False
         self.client = None
         self._watches = {}

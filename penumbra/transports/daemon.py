@@ -582,6 +582,7 @@ class Daemon:
                 # silence (a new chain config re-sends at once anyway)
                 gcs_timing=GcsTiming(heartbeat_interval=0.1, heartbeat_timeout=1.0, resend_after=0.5),
                 gcs_retry_after=2.0,
+                own_node=self.node_id if cfg.head else None,
             )
             if cfg.head:
                 # together: the head's first words go to the replicas (a

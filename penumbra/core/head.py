@@ -42,6 +42,16 @@ anyone and clears every count: each node gets a fresh grace period of
 heartbeats arrive.  A node that really stopped is still found, one grace
 period later.
 
+Heartbeats lost on the way are counted in the node's own terms too: each
+carries the node's count of heartbeats sent (``seq``), and a heartbeat
+that arrives ``miss_limit`` or more past the last one read means that many
+were lost (a cut link that dropped them, as a broken connection would): the
+node is declared dead and fenced then, even though the head, paused across
+the whole cut, never saw the silence.  A paused node sends nothing while it
+is stopped, so it makes no gap; heartbeats queued behind a paused head
+arrive all in order, so they make none either; reordering by a delay
+shorter than the timeout makes gaps shorter than the limit.
+
 The node in the head's own process (``own_node``: the real runtime's head
 daemon hosts one) is never declared dead by the monitor: if the head runs,
 so does that node; its heartbeats travel no network.  ``NodeDied`` from a
@@ -141,6 +151,7 @@ class HeadMachine:
         # next check is due; how many of its own pauses the head noticed
         self.misses: dict[str, int] = {}
         self.heard: set[str] = set()
+        self.last_seq: dict[str, int] = {}  # the highest heartbeat number read
         self.check_due = 0.0
         self.pauses_noticed = 0
         self.dead_nodes: set[str] = set()
@@ -168,6 +179,7 @@ class HeadMachine:
         self.dead_nodes.discard(node)
         self.misses[node] = 0
         self.heard.add(node)
+        self.last_seq[node] = 0
         self.chain.add_listener(node)
         cmds = self.gcs.write(PutNode(NodeEntry(node, ev.resources, True, ev.address)), None, now, ev.stimulus_id)
         cmds.append(Send(to=node, msg=NodeWelcome(configs=self.chain.configs(), stimulus_id=ev.stimulus_id)))
@@ -178,9 +190,19 @@ class HeadMachine:
         if ev.node_id in self.dead_nodes:
             # declared dead while it was cut off: it must not carry on
             return [Send(to=ev.node_id, msg=Fenced(node_id=ev.node_id, reason="declared dead after missing heartbeats", stimulus_id=ev.stimulus_id))]
-        if ev.node_id not in self.misses:
+        node = ev.node_id
+        if node not in self.misses:
             return []
-        self.heard.add(ev.node_id)
+        last = self.last_seq[node]
+        if ev.seq:
+            if ev.seq - last - 1 >= self.config.miss_limit and last and node != self.config.own_node:
+                # that many of its heartbeats were lost: its link was cut,
+                # and what else it sent may be lost with them
+                cmds = self.node_dead(node, now, f"heartbeats-lost:{node}:{last + 1}-{ev.seq - 1}")
+                return cmds + self._on_heartbeat(ev, now)
+            if ev.seq > last:
+                self.last_seq[node] = ev.seq
+        self.heard.add(node)
         self.scheduler.on_heartbeat(ev.node_id, ev.load, now)
         return []
 
@@ -193,6 +215,7 @@ class HeadMachine:
         self.dead_nodes.add(node)
         self.misses.pop(node, None)
         self.heard.discard(node)
+        self.last_seq.pop(node, None)
         self.scheduler.remove_node(node)
         self.chain.remove_listener(node)
         # first drop its locations everywhere, then re-home its work

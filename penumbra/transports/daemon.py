@@ -106,11 +106,25 @@ class DaemonConfig:
     chain_length: int = 1
     parent_pid: int = 0  # embedded: exit when this process is gone
     validate: bool = False
-    node_timeout: float = 5.0
-    heartbeat_interval: float = 0.2
+    # Failure detection (see core/head.py, "The liveness rule"): a node is
+    # declared dead after about ``node_timeout`` seconds without heartbeats
+    # (a daemon that exits is noticed at once, by its closed connection).
+    # In Ray's range: its GCS checks a raylet every 3 s and gives up after 5
+    # failed checks of up to 10 s each (health_check_period_ms,
+    # health_check_failure_threshold, health_check_timeout_ms), so a
+    # process stopped for tens of seconds survives.  Tests pass short values.
+    node_timeout: float = 30.0
+    heartbeat_interval: float = 1.0
     forward_queue_threshold: int = 100
     shm_root: str = "/dev/shm"
     node_id: str = ""
+
+    def __post_init__(self) -> None:
+        if not (self.heartbeat_interval > 0 and self.node_timeout > self.heartbeat_interval):
+            raise ValueError(
+                f"node_timeout ({self.node_timeout!r} s) must be longer than heartbeat_interval "
+                f"({self.heartbeat_interval!r} s), which must be > 0: a node is declared dead after "
+                f"node_timeout without heartbeats (e.g. heartbeat_interval=1, node_timeout=30)")
 
     @property
     def unix_path(self) -> str:
@@ -258,7 +272,15 @@ class Daemon:
         h.on(StopNode, lambda src, c: self._fenced(c.reason))
 
     def _fenced(self, reason: str) -> None:
-        logger.error("this node was declared dead (%s); stopping", reason)
+        # The cluster has already re-homed this node's work (its tasks re-run
+        # elsewhere, its actors restart, its objects are rebuilt), so carrying
+        # on would run things twice: stop, and say how to come back.
+        logger.error(
+            "node %s was declared dead by the head (%s) and stops: its tasks re-run on other nodes. "
+            "A healthy node is declared dead only when the head heard none of its heartbeats for "
+            "node_timeout=%gs (this daemon was stopped or cut off that long); to add this machine "
+            "back, start a node again (penumbra start --address HEAD), and consider a longer "
+            "--node-timeout", self.node_id, reason, self.cfg.node_timeout)
         self.request_stop()
 
     def _worker_send(self, wid: str, item: Any) -> None:

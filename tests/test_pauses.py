@@ -252,6 +252,63 @@ def test_the_swarm_finds_the_old_clock_rule():
 
 
 # ============================================================================
+# the trio driver: what arrived during a pause is read before the overdue timer
+
+
+def test_trio_host_reads_what_queued_before_firing_an_overdue_timer():
+    """The trio thread freezes for 1 s (as under SIGSTOP) with a timer due
+    after 0.2 s; data reaches a socket during the freeze.  On waking, the
+    message is handled before the overdue timer fires."""
+    import socket
+    import threading
+
+    import trio
+
+    from penumbra.transports.host import MachineHost
+
+    order: list[str] = []
+
+    class Machine:
+        def start(self, now):
+            return [SetTimer(at=now + 0.2, key="tick")]
+
+        def handle(self, ev, now):
+            order.append(type(ev).__name__)
+            return []
+
+    async def main():
+        host = MachineHost()
+        mine, theirs = socket.socketpair()
+        sock = trio.socket.from_stdlib_socket(mine)
+        try:
+            async def reader():
+                await sock.recv(16)
+                host.post("m", Heartbeat(node_id="x", load=LOAD, seq=1))
+                host.pump()
+
+            async with trio.open_nursery() as nursery:
+                host.add(("m", Machine()))
+                nursery.start_soon(host.run)
+                nursery.start_soon(reader)
+                await trio.sleep(0.01)
+                sender = threading.Timer(0.3, theirs.send, (b"x",))
+                sender.start()
+                time.sleep(1.0)  # the whole process stands still
+                sender.join()
+                with trio.fail_after(5):
+                    while len(order) < 2:
+                        await trio.sleep(0.01)
+                nursery.cancel_scope.cancel()
+        finally:
+            sock.close()
+            theirs.close()
+        assert host.pauses_seen >= 1
+
+    trio.run(main)
+    assert order == ["Heartbeat", "TimerFired"]
+
+
+# ============================================================================
 # real processes: SIGSTOP and SIGCONT
 
 TIMING = {"heartbeat_interval": 0.2, "node_timeout": 2.0}

@@ -381,12 +381,16 @@ def test_real_head_stopped_longer_than_the_timeout_keeps_every_node(cluster):
     assert other.proc.poll() is None
 
 
-@pytest.mark.timeout(120)
-def test_real_node_stopped_longer_than_the_timeout_is_declared_dead_and_its_work_reruns(cluster, tmp_path):
+@pytest.mark.timeout(150)
+def test_real_node_stopped_longer_than_the_timeout_is_declared_dead_reruns_and_rejoins(cluster, tmp_path):
+    """SIGSTOP a node daemon past the timeout: it is declared dead and its
+    task re-runs elsewhere with the exact result; woken (SIGCONT), it learns
+    it was fenced, drops its workers and objects, and rejoins as a fresh
+    node that runs tasks again."""
     import penumbra as ray
 
     c, stopped = cluster
-    other = c.add_node(num_cpus=1, resources={"w": 1}, **TIMING)
+    other = c.add_node(num_cpus=1, resources={"w": 1, "only_other": 1}, **TIMING)
     ray.init(address=c.address, _token=c.token)
     c.wait_for_nodes()
     started = tmp_path / "started"
@@ -397,6 +401,10 @@ def test_real_node_stopped_longer_than_the_timeout_is_declared_dead_and_its_work
             f.write(ray.get_runtime_context().get_node_id() + "\n")
         time.sleep(2.0)
         return ray.get_runtime_context().get_node_id(), i * i
+
+    @ray.remote(resources={"only_other": 1})
+    def where():
+        return ray.get_runtime_context().get_node_id()
 
     ref = slow_square.remote(7, str(started))
     # it can only run on the other node (the head has no "w"); once that
@@ -413,6 +421,11 @@ def test_real_node_stopped_longer_than_the_timeout_is_declared_dead_and_its_work
     finally:
         os.kill(other.pid, signal.SIGCONT)
         stopped.remove(other.pid)
-    # woken, it learns it was declared dead (fenced) and stops
-    _poll(lambda: other.proc.poll() is not None, 30, "the fenced node to stop")
-    assert _alive_nodes(ray)[other.node_id] is False
+    # woken, it learns it was declared dead (fenced) and rejoins, fresh
+    fresh = _poll(lambda: [n for n, alive in _alive_nodes(ray).items()
+                           if alive and n.startswith(other.node_id + ".")], 30, "the fenced node to rejoin")
+    assert len(fresh) == 1 and other.proc.poll() is None
+    assert _alive_nodes(ray)[other.node_id] is False  # the old incarnation stays dead
+    assert ray.get(where.remote(), timeout=60) == fresh[0]
+    assert ray.get(slow_square.options(resources={"only_other": 1}).remote(5, str(started)), timeout=60) \
+        == (fresh[0], 25)

@@ -429,3 +429,16 @@ def test_real_node_stopped_longer_than_the_timeout_is_declared_dead_reruns_and_r
     assert ray.get(where.remote(), timeout=60) == fresh[0]
     assert ray.get(slow_square.options(resources={"only_other": 1}).remote(5, str(started)), timeout=60) \
         == (fresh[0], 25)
+
+
+def test_timing_settings_are_checked_where_they_are_passed():
+    from penumbra.cli import build_parser
+    from penumbra.transports.launch import start_daemon
+
+    args = build_parser().parse_args(["start", "--head", "--node-timeout", "45", "--heartbeat-interval", "2"])
+    assert (args.node_timeout, args.heartbeat_interval) == (45.0, 2.0)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["start", "--head", "--node-timeout", "0"])
+    # refused before any process starts (the default heartbeat is 1 s)
+    with pytest.raises(ValueError, match="node_timeout .* must be longer than heartbeat_interval"):
+        start_daemon(head=True, node_timeout=0.5)

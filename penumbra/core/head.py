@@ -24,7 +24,7 @@ The liveness rule (what a pause cannot fool)
 A node is judged by the heartbeats it missed, never by how far the head's
 own clock jumped.  The monitor checks every ``check_interval``; at each
 check, a node from which no heartbeat arrived since the previous check has
-*missed* once, and one that was heard has missed zero times.  A node dead
+*missed* once, and one that was heard has missed zero times.  A node is dead
 after ``miss_limit`` consecutive misses (``ceil(node_timeout /
 check_interval)``: about ``node_timeout`` of silence while the head runs
 normally).  Why not ``last_seen < now - node_timeout``: a head stopped for

@@ -85,7 +85,7 @@ class ActorClass:
 
     def remote(self, *args, **kwargs) -> "ActorHandle":
         o = self._options
-        rt = current_runtime()
+        rt = current_runtime(auto_init=True)
         if o.get("get_if_exists") and o.get("name"):
             from .functions import get_actor
 

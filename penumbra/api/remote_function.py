@@ -112,7 +112,7 @@ class RemoteFunction:
         return RemoteFunction(self._function, merged, self._exported)
 
     def remote(self, *args, **kwargs):
-        rt = current_runtime()
+        rt = current_runtime(auto_init=True)
         fd = self._exported.ensure(self._function, self._name, rt)
         ctx = task_context()
         if self._num_returns == 1 and self._generator:

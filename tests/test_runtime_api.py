@@ -423,6 +423,38 @@ def test_cancel_queued_and_running_tasks():
             ray.get(r, timeout=30)
 
 
+def test_cancel_interrupts_a_running_task_even_inside_a_blocking_call(tmp_path):
+    # Ray raises KeyboardInterrupt in a running task that is cancelled without
+    # force; one asleep in time.sleep (a blocking call) is woken by it too
+    seen = tmp_path / "seen"
+
+    @ray.remote
+    def sleeper(path):
+        try:
+            open(path + ".started", "w").close()
+            time.sleep(60)
+        except KeyboardInterrupt:
+            with open(path, "w") as f:
+                f.write(str(ray.get_runtime_context().is_canceled()))
+            raise
+
+    ref = sleeper.remote(str(seen))
+    deadline = time.monotonic() + 30
+    while not os.path.exists(str(seen) + ".started"):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    t0 = time.monotonic()
+    ray.cancel(ref)
+    with pytest.raises(exc.TaskCancelledError):
+        ray.get(ref, timeout=30)
+    assert time.monotonic() - t0 < 20  # interrupted, not slept out
+    assert seen.read_text() == "True"
+    # the worker lives on and serves the next task
+    assert ray.get(double.remote(4), timeout=30) == 8
+    with pytest.raises(RuntimeError, match="inside a task"):
+        ray.get_runtime_context().is_canceled()
+
+
 def test_infeasible_task_warns_and_stays_pending(caplog):
     @ray.remote(resources={"unobtainium": 1})
     def never():

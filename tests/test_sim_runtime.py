@@ -623,3 +623,26 @@ def test_memory_requests_run_on_simulated_nodes(start):
     # more than any node has: infeasible, so it stays pending
     with pytest.raises(ray.exceptions.GetTimeoutError):
         ray.get(whole_node.options(memory=per_node + 1).remote(), timeout=5)
+
+
+def test_is_canceled_inside_a_cancelled_task(start, tmp_path):
+    start(SimConfig(num_cpus=1))
+    seen = tmp_path / "seen"  # (the task is a pickled copy: it reports through a file)
+
+    @ray.remote
+    def long(path):
+        try:
+            simrt.sleep(100)
+        except KeyboardInterrupt:
+            with open(path, "w") as f:
+                f.write(str(ray.get_runtime_context().is_canceled()))
+            raise
+        return 1
+
+    ref = long.remote(str(seen))
+    simrt.sleep(1.0)
+    ray.cancel(ref)
+    with pytest.raises(exc.TaskCancelledError):
+        ray.get(ref)
+    simrt.sleep(0.01)  # (the node reports the cancel at once; the task's handler runs at the same instant, after)
+    assert seen.read_text() == "True"

@@ -385,6 +385,17 @@ class RuntimeContext:
     def namespace(self) -> str:
         return self._rt.namespace
 
+    def get_namespace(self) -> str:
+        return self._rt.namespace
+
+    def is_canceled(self) -> bool:
+        """Whether ``cancel`` was called on the task running here.  A running
+        task is interrupted (``KeyboardInterrupt``) when it can be; a
+        threaded actor's call cannot be, so it may poll this and stop."""
+        if self._ctx.task_id is None or not self._rt.is_worker:
+            raise RuntimeError("is_canceled() can only be called inside a task or an actor method")
+        return self._rt.task_cancelled(self._ctx.task_id)
+
     @property
     def was_current_actor_reconstructed(self) -> bool:
         return self._ctx.actor_id is not None and getattr(self._rt, "actor_incarnation", 0) > 0

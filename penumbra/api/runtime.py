@@ -57,6 +57,11 @@ class Runtime(abc.ABC):
             k = self.__dict__.setdefault("_key", next(_keys))
         return k
 
+    def task_cancelled(self, task_id: TaskId) -> bool:
+        """Whether ``cancel`` was asked for the task ``task_id`` running in
+        this worker (``RuntimeContext.is_canceled``); False in a driver."""
+        return False
+
     @abc.abstractmethod
     def submit(self, spec: TaskSpec) -> None:
         """Hand a task (or actor call, or actor creation) to the node."""

@@ -372,6 +372,9 @@ class SimNode:
         if w is None or not w.alive or cmd.task_id not in w.running:
             return  # it already ended; its completion is on its way
         del w.running[cmd.task_id]
+        interrupt = getattr(self.cluster.executor, "interrupt", None)  # (executors that run code)
+        if interrupt is not None:
+            interrupt(w, cmd.task_id)
         host.deliver_at(host.now, TaskRaised(
             worker_id=cmd.worker_id, task_id=cmd.task_id,
             error=_error(ErrorKind.TASK_CANCELLED, "the task was interrupted (cancelled)"),

@@ -77,8 +77,10 @@ Limits
     * Call the driver-side API from one thread at a time; threads started
       inside a task must not call the API.
     * ``await ref`` inside async actors is not supported (``ray.get`` works).
-    * Cancelling a running task takes effect at its next API call (the task
-      sees ``KeyboardInterrupt`` there, as the real worker raises it at once).
+    * Cancelling a running task raises ``KeyboardInterrupt`` in it at once if
+      it is parked in an API call (``sleep``, ``get``, ``wait``), as a real
+      worker's signal wakes a blocking call, and otherwise at its next API
+      call (pure computation cannot be preempted in a fiber).
     * A simulated node crash unwinds the tasks running there by raising an
       internal ``BaseException`` at their next API call; user code that
       swallows ``BaseException`` keeps its thread until shutdown.
@@ -618,6 +620,10 @@ class _WorkerRuntime(_SimClient):
         self.worker = worker
         self.fibers: list[_Fiber] = []
 
+    def task_cancelled(self, task_id: TaskId) -> bool:
+        # (the node took the task off the worker's running set: cancelled)
+        return task_id not in self.worker.running
+
     def _send(self, msg: Any) -> None:
         if not self.alive:
             if self.sim.fibers.get(threading.get_ident()) is not None:
@@ -863,6 +869,18 @@ class SimRuntime(_SimClient):
             fiber.interrupted = True  # cancelled (InterruptTask): raise once, as the real worker does
             raise KeyboardInterrupt
 
+    def interrupt(self, worker: SimWorker, task_id: TaskId) -> None:
+        """``InterruptTask`` took ``task_id`` off ``worker``: wake its fiber
+        now if it is parked (asleep, or blocked in ``get``), so it sees
+        ``KeyboardInterrupt`` at once, as a real worker's blocking call is
+        woken by the signal."""
+        rt = self.workers.get(worker.worker_id)
+        if rt is None:
+            return
+        for f in rt.fibers:
+            if f.cmd.spec.task_id == task_id and f.wait is not None and not f.done:
+                self.schedule_resume(f, f.wait, "interrupted")
+
     def kill_fiber(self, fiber: _Fiber) -> None:
         fiber.killed = True
         fiber.wait = None
@@ -941,6 +959,10 @@ class PythonExecutor(Executor):
             self.lines[worker.worker_id] = deque()
         node.host.call_at(node.host.now, self._start, node, worker, cmd)
         return None
+
+    def interrupt(self, worker: SimWorker, task_id: TaskId) -> None:
+        if self.sim is not None:
+            self.sim.interrupt(worker, task_id)
 
     def next_in_line(self, node: SimNode, worker: SimWorker) -> None:
         """A call on ``worker`` is over: start the one waiting behind it

@@ -17,13 +17,13 @@ task or actor name and the pid, as in Ray.
 
 from __future__ import annotations
 
-import _thread
 import asyncio
 import concurrent.futures
 import inspect
 import io
 import os
 import queue
+import signal
 import sys
 import threading
 import time
@@ -98,6 +98,11 @@ class Worker:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.async_slots: asyncio.Semaphore | None = None
         self.current: Any = None  # task id running on the main thread
+        self.main_ident = threading.main_thread().ident
+        # tasks ``cancel`` was asked for while they run here (is_canceled),
+        # and the async actor calls running now, to cancel them
+        self.cancelled: set = set()
+        self.async_calls: dict = {}
         self.job_id = 0
         self.incarnation = 0
 
@@ -105,8 +110,15 @@ class Worker:
     def on_item(self, item: Any) -> None:
         t = type(item)
         if t is P.Interrupt:
+            self.cancelled.add(item.task_id)
             if self.current == item.task_id:
-                _thread.interrupt_main()
+                # a real signal, not _thread.interrupt_main(): only a signal
+                # wakes the main thread from a blocking call (sleep, a
+                # socket read), so a task asleep is cancelled at once too
+                signal.pthread_kill(self.main_ident, signal.SIGINT)
+            atask = self.async_calls.get(item.task_id)
+            if atask is not None and self.loop is not None:
+                self.loop.call_soon_threadsafe(atask.cancel)
             return
         if t is P.Exit and self.rt._lost is not None:
             # The connection to the daemon is lost: nothing this worker
@@ -116,6 +128,14 @@ class Worker:
             # PR_SET_PDEATHSIG; this covers a connection lost otherwise.)
             os._exit(1)
         self.queue.put(item)
+
+    def on_sigint(self, signum, frame) -> None:
+        """SIGINT: interrupt the task on the main thread if it is the one
+        cancelled.  (Checked here, on the main thread, between bytecodes: a
+        signal that lands after that task ended, or in the next one, does
+        nothing.)"""
+        if self.current is not None and self.current in self.cancelled:
+            raise KeyboardInterrupt
 
     def loop_forever(self) -> None:
         while True:
@@ -177,19 +197,23 @@ class Worker:
                         result = asyncio.run(result)
             if main:
                 self.current = None
+            self.cancelled.discard(spec.task_id)
             self._finish(spec, result, time.perf_counter() - t0)
         except KeyboardInterrupt:
             self.current = None
+            self.cancelled.discard(spec.task_id)
             self._done(P.Raised(spec.task_id, ErrorInfo(ErrorKind.TASK_CANCELLED, f"task {spec.display_name()} was cancelled", task_name=spec.display_name()), False, time.perf_counter() - t0))
         except BaseException as e:  # noqa: BLE001 - user code may raise anything
             if main:
                 self.current = None
+            self.cancelled.discard(spec.task_id)
             self._raised(spec, e, time.perf_counter() - t0)
 
     async def _run_async(self, run: P.Run) -> None:
         spec = run.spec
         t0 = time.perf_counter()
         async with self.async_slots:
+            self.async_calls[spec.task_id] = asyncio.current_task()
             try:
                 with use_task_context(self._context(run)):
                     args, kwargs = await asyncio.get_running_loop().run_in_executor(None, self._args, run) if spec.dependencies else self._args(run)
@@ -197,8 +221,16 @@ class Worker:
                     if inspect.isawaitable(result):
                         result = await result
                 self._finish(spec, result, time.perf_counter() - t0)
+            except asyncio.CancelledError:
+                # ``cancel`` of a running async call, as in Ray
+                name = spec.display_name()
+                self._done(P.Raised(spec.task_id, ErrorInfo(ErrorKind.TASK_CANCELLED, f"task {name} was cancelled",
+                                                            task_name=name), False, time.perf_counter() - t0))
             except BaseException as e:  # noqa: BLE001
                 self._raised(spec, e, time.perf_counter() - t0)
+            finally:
+                self.async_calls.pop(spec.task_id, None)
+                self.cancelled.discard(spec.task_id)
 
     def _create_actor(self, run: P.Run) -> None:
         spec = run.spec
@@ -274,6 +306,8 @@ def run_worker(cfg: dict, token: str, worker_id: str) -> None:
     rt = ClientRuntime(bridge, ch, welcome, is_worker=True)
     worker = Worker(rt)
     rt.on_item = worker.on_item
+    rt.task_cancelled = worker.cancelled.__contains__
+    signal.signal(signal.SIGINT, worker.on_sigint)
     context.set_runtime(rt, None)
     bridge.start_soon(rt.receive_loop)
     sys.stdout = _Forward(worker, "stdout")

@@ -42,6 +42,7 @@ from .api.functions import (
     shutdown,
     wait,
 )
+from .api.generators import DynamicObjectRefGenerator, ObjectRefGenerator
 from .api.refs import ObjectRef
 from .api.remote_function import RemoteFunction
 
@@ -65,6 +66,8 @@ __all__ = [
     "get_gpu_ids",
     "get_runtime_context",
     "ObjectRef",
+    "ObjectRefGenerator",
+    "DynamicObjectRefGenerator",
     "ActorHandle",
     "ActorClass",
     "RemoteFunction",

@@ -622,18 +622,6 @@ def test_worker_output_reaches_driver(capfd):
     assert f"(talk pid={pid}) hello from a worker" in out
 
 
-def test_a_generator_method_fails_with_a_clear_error():
-    @ray.remote
-    class Gen:
-        def values(self):
-            yield 1
-
-    g = Gen.remote()
-    with pytest.raises(TypeError, match="generator function.*num_returns=N"):
-        ray.get(g.values.remote(), timeout=60)
-    ray.kill(g)
-
-
 def test_memory_requests_are_scheduled_against_the_nodes_memory():
     # Ray gives every node a ``memory`` resource (70% of its available RAM)
     total = ray.cluster_resources()["memory"]

@@ -12,6 +12,7 @@ from ..core.specs import EMPTY, ActorSpec, FunctionDescriptor, TaskSpec
 from .args import pack_args
 from .context import current_runtime, task_context
 from .options import ACTOR_OPTIONS, METHOD_OPTIONS, actor_resources, validate
+from .generators import refs_for, returns_mode
 from .refs import ObjectRef
 from .remote_function import _Exported, _put
 
@@ -51,7 +52,8 @@ def _method_table(cls: type) -> tuple[tuple[str, int], ...]:
         if not callable(member):
             continue
         opts = getattr(member, "__penumbra_method_options__", {})
-        out.append((name, opts.get("num_returns", 1) if opts.get("num_returns") is not None else 1))
+        gen = inspect.isgeneratorfunction(member) or inspect.isasyncgenfunction(member)
+        out.append((name, returns_mode(opts.get("num_returns"), gen)))
     return tuple(sorted(out))
 
 
@@ -191,8 +193,8 @@ class ActorMethod:
 
     def options(self, **options) -> "ActorMethod":
         opts = validate({**self._options, **options}, METHOD_OPTIONS, f"actor method {self._name}")
-        n = opts.get("num_returns", self._num_returns)
-        return ActorMethod(self._handle, self._name, self._num_returns if n is None else n, opts)
+        n = opts.get("num_returns")
+        return ActorMethod(self._handle, self._name, self._num_returns if n is None else returns_mode(n, False), opts)
 
     def remote(self, *args, **kwargs):
         h = self._handle
@@ -209,18 +211,14 @@ class ActorMethod:
             spec = TaskSpec(
                 task_id=tid, job_id=ctx.job_id, parent_task_id=ctx.task_id,
                 function=FunctionDescriptor(h._cls.function_id, f"{h._class_name}.{self._name}"),
-                args=payload, dependencies=deps, num_returns=n, resources=EMPTY, max_retries=0,
+                args=payload, dependencies=deps, num_returns=1 if n < 0 else n, resources=EMPTY, max_retries=0,
                 actor_id=h._actor_id, caller_id=rt.client_id, sequence_no=next(counter), method=self._name,
                 name=self._options.get("name") or "",
             )
             # submitted under the lock: calls reach the node in sequence order
             rt.submit(spec)
         del keep
-        if n == 1:
-            return ObjectRef(spec.return_ids[0])
-        if n == 0:
-            return None
-        return [ObjectRef(o) for o in spec.return_ids]
+        return refs_for(spec, n)
 
 
 def reset_sequences() -> None:

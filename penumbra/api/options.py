@@ -56,7 +56,10 @@ def validate(opts: Mapping[str, Any], allowed: set[str], what: str) -> dict[str,
             if not isinstance(k, str) or not k:
                 raise TypeError(f"resource names must be non-empty strings, got {k!r}")
             _number(f"resources[{k!r}]", v)
-    if "num_returns" in out and out["num_returns"] is not None:
+    if "num_returns" in out and out["num_returns"] is not None and out["num_returns"] not in ("streaming", "dynamic"):
+        if isinstance(out["num_returns"], str):
+            raise ValueError(f"option num_returns must be an integer >= 0, 'streaming' or 'dynamic', "
+                             f"got {out['num_returns']!r}")
         out["num_returns"] = _int("num_returns", out["num_returns"], minimum=0)
     for key in ("max_retries", "max_restarts", "max_task_retries"):
         if out.get(key) is not None:

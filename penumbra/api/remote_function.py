@@ -11,7 +11,7 @@ from ..core.ids import child_task_id
 from ..core.specs import FunctionDescriptor, TaskSpec
 from .args import dumps, function_id, pack_args
 from .context import current_runtime, task_context
-from .execution import generator_message
+from .generators import refs_for, returns_mode
 from .options import TASK_OPTIONS, exception_names, task_resources, validate
 from .refs import ObjectRef
 
@@ -92,12 +92,12 @@ class RemoteFunction:
         self._exported = _exported or _Exported()
         o = self._options
         self._resources = task_resources(o)
-        self._num_returns = 1 if o.get("num_returns") is None else o["num_returns"]
+        self._generator = inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
+        self._num_returns = returns_mode(o.get("num_returns"), self._generator)
         self._max_retries = 3 if o.get("max_retries") is None else o["max_retries"]
         r = o.get("retry_exceptions")
         self._retry = False if r is None else (r if isinstance(r, bool) else exception_names(r))
         self._task_name = o.get("name") or ""
-        self._generator = inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args, **kwargs):
@@ -115,24 +115,17 @@ class RemoteFunction:
         rt = current_runtime(auto_init=True)
         fd = self._exported.ensure(self._function, self._name, rt)
         ctx = task_context()
-        if self._num_returns == 1 and self._generator:
-            raise TypeError(generator_message(self._name))
         payload, deps, keep = pack_args(args, kwargs, _put)
         tid = child_task_id(ctx.task_id, next(ctx.submitted))
         spec = TaskSpec(
             task_id=tid, job_id=ctx.job_id, parent_task_id=ctx.task_id, function=fd,
-            args=payload, dependencies=deps, num_returns=self._num_returns,
+            args=payload, dependencies=deps, num_returns=1 if self._num_returns < 0 else self._num_returns,
             resources=self._resources, max_retries=self._max_retries,
             retry_exceptions=self._retry, name=self._task_name,
         )
         rt.submit(spec)
         del keep  # implicit puts stay pinned by the task's dependency pin
-        n = self._num_returns
-        if n == 1:
-            return ObjectRef(spec.return_ids[0])
-        if n == 0:
-            return None
-        return [ObjectRef(o) for o in spec.return_ids]
+        return refs_for(spec, self._num_returns)
 
     def __repr__(self) -> str:
         return f"<penumbra remote function {self._name}>"

@@ -112,6 +112,7 @@ from typing import Any
 from ..api import context
 from ..api.context import TaskContext, use_task_context
 from ..api.execution import actor_state, assigned_resources, call_args, restore_actor, split_returns, task_error
+from ..api.generators import is_generator_result, stream_values
 from ..api.refs import ObjectRef
 from ..api.runtime import ErrorValue, Runtime
 from ..core.ids import ActorId, ObjectId, TaskId
@@ -620,6 +621,11 @@ class _WorkerRuntime(_SimClient):
         self.worker = worker
         self.fibers: list[_Fiber] = []
 
+    def store_yielded(self, oid: ObjectId, value: Any) -> None:
+        """Store one value a generator task yielded (see ``api.generators``)."""
+        self.put_object(oid, value)
+        self.release([oid])
+
     def task_cancelled(self, task_id: TaskId) -> bool:
         # (the node took the task off the worker's running set: cancelled)
         return task_id not in self.worker.running
@@ -1018,6 +1024,8 @@ class PythonExecutor(Executor):
                     result = fn(*args, **kwargs)
                     if inspect.iscoroutine(result):
                         result = asyncio.run(result)
+                    if spec.num_returns == 1 and is_generator_result(result):
+                        result = stream_values(spec.task_id, result, rt.store_yielded)
             return self._finish(spec, result, duration)
         except _WorkerKilled:
             raise

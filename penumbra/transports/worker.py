@@ -41,6 +41,7 @@ from ..api.execution import (
     split_returns,
     task_error,
 )
+from ..api.generators import astream_values, is_generator_result, stream_values
 from ..core.records import ErrorInfo, ErrorKind
 from ..core.specs import TaskSpec
 from . import protocol as P
@@ -195,6 +196,8 @@ class Worker:
                     result = fn(*args, **kwargs)
                     if inspect.iscoroutine(result):
                         result = asyncio.run(result)
+                    if spec.num_returns == 1 and is_generator_result(result):
+                        result = stream_values(spec.task_id, result, self._store)
             if main:
                 self.current = None
             self.cancelled.discard(spec.task_id)
@@ -220,6 +223,11 @@ class Worker:
                     result = getattr(self.actor, spec.method)(*args, **kwargs)
                     if inspect.isawaitable(result):
                         result = await result
+                    if spec.num_returns == 1 and inspect.isasyncgen(result):
+                        result = await astream_values(spec.task_id, result, self._store)
+                    elif spec.num_returns == 1 and inspect.isgenerator(result):
+                        result = await asyncio.get_running_loop().run_in_executor(
+                            None, stream_values, spec.task_id, result, self._store)
                 self._finish(spec, result, time.perf_counter() - t0)
             except asyncio.CancelledError:
                 # ``cancel`` of a running async call, as in Ray
@@ -250,6 +258,12 @@ class Worker:
             threading.Thread(target=self.loop.run_forever, name="penumbra-actor-loop", daemon=True).start()
         elif a.max_concurrency > 1:
             self.pool = concurrent.futures.ThreadPoolExecutor(a.max_concurrency, thread_name_prefix="penumbra-actor")
+
+    def _store(self, oid, value: Any) -> None:
+        """Store one value a generator task yielded (see ``generators``):
+        as ``put`` does, then unpinned, like a task's output."""
+        self.rt.put_object(oid, value)
+        self.rt.release([oid])
 
     def _finish(self, spec: TaskSpec, result: Any, duration: float) -> None:
         outputs = []

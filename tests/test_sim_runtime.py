@@ -597,15 +597,14 @@ def test_actor_pool_errors_and_timeouts(start):
     assert pool.get_next() == 0.1 and not pool.has_next()
 
 
-def test_generator_functions_need_num_returns(start):
+def test_generator_functions_stream_or_collect_num_returns(start):
     start()
 
     @ray.remote
     def gen(n):
         yield from range(n)
 
-    with pytest.raises(TypeError, match="generator function.*num_returns=N"):
-        gen.remote(3)
+    assert ray.get(list(gen.remote(3))) == [0, 1, 2]  # streams by default, as in Ray
     assert ray.get(list(gen.options(num_returns=3).remote(3))) == [0, 1, 2]
     with pytest.raises(ValueError, match="num_returns=2 but returned 3 values"):
         ray.get(gen.options(num_returns=2).remote(3)[0])

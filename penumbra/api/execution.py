@@ -9,7 +9,6 @@ every caller sees, and how an actor's state is checkpointed and restored.
 
 from __future__ import annotations
 
-import inspect
 import os
 from typing import Any
 
@@ -84,9 +83,7 @@ def split_returns(spec: TaskSpec, result: Any) -> list[Any]:
     if n == 0 or spec.actor_creation is not None:
         return []
     if n == 1:
-        if inspect.isgenerator(result) or inspect.isasyncgen(result):
-            raise TypeError(generator_message(spec.display_name()))
-        return [result]
+        return [result]  # (a generator's values were streamed already: see ``generators``)
     try:
         values = list(result)
     except TypeError:
@@ -97,14 +94,6 @@ def split_returns(spec: TaskSpec, result: Any) -> list[Any]:
             f"{'a ' + type(result).__name__ if values is None else str(len(values)) + ' values'}"
         )
     return values
-
-
-def generator_message(name: str) -> str:
-    """Why a generator function needs ``num_returns=N`` (raised at the call
-    site for a remote function, by the call for an actor method)."""
-    return (f"{name} is a generator function: penumbra does not stream a generator's values "
-            f"(Ray's num_returns='streaming'). Give it num_returns=N to collect exactly N yielded "
-            f"values as N refs, or return a list.")
 
 
 def task_error(spec: TaskSpec, e: BaseException) -> tuple[ErrorInfo, bool]:

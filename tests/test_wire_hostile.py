@@ -478,3 +478,27 @@ def test_a_cancelled_receive_resumes_a_big_frame(tmp_path):
             await ch.aclose()
 
     run(main)
+
+
+def test_a_frame_with_an_empty_list_is_skipped_not_a_crash(tmp_path):
+    """An empty batch used to make receive() pop from an empty inbox (IndexError),
+    which the daemon logged as a crashed handler (found by test_daemon_fuzz)."""
+
+    async def main():
+        got = []
+
+        async def handler(ch):
+            got.append(await ch.receive())
+
+        async with trio.open_nursery() as nursery:
+            srv = await Served("tcp", tmp_path, nursery).start(handler)
+            s = await _authenticated_raw(srv)
+            await s.send_all(frame(pickle.dumps([], protocol=5)))
+            await trio.testing.wait_all_tasks_blocked()
+            await s.send_all(frame(pickle.dumps([Ping(1)], protocol=5)))
+            await wait_until(lambda: got, "the message")
+            assert got == [Ping(1)]
+            await s.aclose()
+            nursery.cancel_scope.cancel()
+
+    run(main)

@@ -511,7 +511,8 @@ class Channel:
             while not self._inbox:  # (a big frame goes straight to the inbox)
                 if self._error is not None:
                     self._raise_closed()
-                if self._end - self._start >= 4 and self._parse():
+                # (a frame may carry an empty list: keep reading then)
+                if self._end - self._start >= 4 and self._parse() and self._inbox:
                     return
                 await self._fill(self.max_frame_size)
         finally:

@@ -231,15 +231,16 @@ def test_client_survives_a_hostile_reply():
     run(main)
 
 
-def test_nesting_scan():
-    deep = wire._nests_deeper_than
-    assert not deep(hello_body(), wire.MAX_HELLO_DEPTH)
-    assert deep(b"[" * 60_000, 8)
-    assert deep(b'{"a": [[[[[[[[[1]]]]]]]]]}', 8)
-    assert not deep(b'{"a": [[[[[[[1]]]]]]]}', 8)
-    # brackets inside strings (escaped quotes included) do not count
-    assert not deep(json.dumps({"a": "[" * 100 + '\\"' + "{" * 100}).encode(), 8)
-    assert not deep(b"[]" * 30_000, 8)
+def test_hello_parsing_bounds_nesting_before_json_loads():
+    parse = wire._parse_hello
+    assert parse(hello_body())["token"] == TOKEN
+    for hostile in (b"[" * 60_000, b"{" * 65, b"[]" * 30_000, b'"' + b'\\"' * 30_000 + b"[" * 65):
+        assert parse(hostile) is None  # refused unparsed: too many brackets for a hello
+    assert parse(b'{"a": [[[[[[[1]]]]]]]}') == {"a": [[[[[[[1]]]]]]]}  # depth 8
+    assert parse(b'{"a": [[[[[[[[1]]]]]]]]}') is None  # depth 9
+    # brackets inside strings are harmless
+    assert parse(json.dumps({"token": "[" * 60}).encode()) == {"token": "[" * 60}
+    assert parse(b"\xff\xfe") is None and parse(b'{"a": ' + b"9" * 50_000 + b"}") is None
 
 
 # ------------------------------------------------------- rate-limited log

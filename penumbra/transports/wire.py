@@ -11,10 +11,13 @@ Theory of operation
     frame = length (4 bytes, unsigned, big-endian) + body (length bytes)
 
 ``length`` counts the body only.  A receiver refuses any length above its
-``max_frame_size`` (default :data:`MAX_FRAME_SIZE`, 1 GiB) *before*
-allocating anything, so a garbage or hostile length prefix ends the
-connection with a :class:`ProtocolError`; it never crashes the process or
-triggers a giant allocation.
+``max_frame_size`` (default :data:`MAX_FRAME_SIZE`, 1 GiB) with a
+:class:`ProtocolError` that ends the connection.  A frame larger than the
+receive buffer gets its own array, which starts at 256 KiB and doubles only
+as the bytes actually arrive: announcing 1 GiB and sending 4 bytes costs
+256 KiB, not a 1 GiB allocation zeroed on the event loop (a 100 MiB frame
+is received as fast as with one up-front array).  The partial frame lives
+on the channel, so a cancelled ``receive`` resumes it.
 
 **Handshake.**  The first frame in each direction is a small JSON object
 (at most :data:`MAX_HELLO_SIZE` bytes, UTF-8).  The client opens with::
@@ -28,6 +31,38 @@ A peer whose first frame is not a well-formed hello (garbage bytes, an
 oversized length prefix, non-JSON, wrong protocol version, wrong token) or
 that sends nothing within ``handshake_timeout`` seconds is refused and
 logged with its address; the server keeps serving everyone else.
+
+**Hostile peers.**  Nothing a peer sends before it authenticates can
+crash, stall or bloat a listener:
+
+* *Contained errors.*  Every exception in the server handshake is caught,
+  logged with the peer's address, and closes only that connection; nothing
+  reaches the ``serve_tcp``/``serve_unix`` nursery (before this, one hello
+  of 60,000 ``[`` -- ``RecursionError`` in ``json.loads`` -- or a token
+  holding a lone surrogate -- ``UnicodeEncodeError`` -- stopped the whole
+  daemon).  ``trio.Cancelled`` and other BaseExceptions still propagate.
+* *Bounded parsing.*  ``json.loads`` never sees a hello with more than
+  :data:`MAX_HELLO_BRACKETS` ``[``/``{`` bytes (a byte count, which bounds
+  the nesting far below the recursion limit), and a hello nesting deeper
+  than :data:`MAX_HELLO_DEPTH` is refused.  A token is compared as bytes
+  (``surrogatepass``), so any string is just a right or wrong token; role
+  and name must be encodable text.
+* *Small buffers.*  A connection receives into :data:`HANDSHAKE_BUFFER`
+  (4 KiB, enough for a hello; a larger hello grows it with the bytes that
+  come) until it authenticates, and only then gets the 256 KiB buffer.
+* *A cap on handshakes.*  Each listener runs at most ``max_handshakes``
+  (default :data:`MAX_HANDSHAKES`) handshakes at once; each is bounded by
+  ``handshake_timeout``.  At the cap the listener stops accepting, and new
+  connections wait in the kernel's accept backlog until a handshake ends.
+  They are not refused because the legitimate bursts (hundreds of workers
+  or drivers connecting at once) would then fail, while a flood can only
+  delay a good client, by at most ``handshake_timeout``; and queued
+  connections cost kernel memory only.  So 1,000 idle connections hold
+  256 x 4 KiB of buffers, not 1,000 x 256 KiB.
+* *A quiet log.*  A listener logs at most :data:`REFUSAL_LOG_BURST` refused
+  or failed handshakes per :data:`REFUSAL_LOG_INTERVAL` seconds; the rest
+  are counted, and the count is logged with the next line (or when the
+  listener stops).  :class:`ListenerStats` counts every one.
 
 .. warning::
 

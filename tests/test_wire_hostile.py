@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import pickle
+import resource
 import struct
 import tracemalloc
 from functools import partial
@@ -165,6 +166,30 @@ def test_silent_peer_is_closed_after_the_handshake_timeout(kind, tmp_path):
             await silent.aclose()
             assert srv.stats.refused == 1 and not srv.stats.handshaking
             await srv.check_serves()
+            nursery.cancel_scope.cancel()
+
+    run(main)
+
+
+def test_a_hello_larger_than_the_handshake_buffer_grows_it_with_the_bytes(tmp_path):
+    async def main():
+        async with trio.open_nursery() as nursery:
+            srv = await Served("tcp", tmp_path, nursery).start()
+            big = frame(hello_body(name="n" * 20_000))
+            s = await srv.raw()
+            await s.send_all(big[:6000])
+            await wait_until(lambda: any(ch.receive_buffer_size >= 6000 for ch in srv.stats.handshaking),
+                             "the first bytes")
+            await trio.testing.wait_all_tasks_blocked()
+            (ch,) = srv.stats.handshaking
+            assert ch.receive_buffer_size <= 2 * 6000  # grown with what came, not to the announced 20 KB
+            await s.send_all(big[6000:])
+            buf = b""
+            while len(buf) < 4 or len(buf) < 4 + struct.unpack(">I", buf[:4])[0]:
+                buf += await s.receive_some(4096)
+            assert json.loads(buf[4:])["ok"] is True
+            await wait_until(lambda: srv.stats.authenticated == 1, "authentication")
+            await s.aclose()
             nursery.cancel_scope.cancel()
 
     run(main)
@@ -348,6 +373,8 @@ def test_idle_connections_time_out_and_free_their_slots(tmp_path):
 
 def test_a_thousand_idle_connections_hold_at_most_the_cap(tmp_path):
     """The default cap: 1,000 idle peers hold 256 small buffers, not 1,000 x 256 KiB."""
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < 1400:
+        pytest.skip("needs 1,400 open files (ulimit -n)")
 
     async def main():
         async with trio.open_nursery() as nursery:

@@ -175,7 +175,9 @@ HANDSHAKE_BUFFER = 4096
 MAX_HANDSHAKES = 256
 #: A listener logs at most REFUSAL_LOG_BURST refusals per
 #: REFUSAL_LOG_INTERVAL seconds and counts the rest (reported with the next
-#: line it logs), so a flood of bad connections cannot fill the log.
+#: line it logs), so a flood of bad connections cannot fill the log.  A burst
+#: rather than one line, so that an occasional refusal (a client with the
+#: wrong token) is always logged in full.
 REFUSAL_LOG_BURST = 5
 REFUSAL_LOG_INTERVAL = 10.0
 #: Default bound on queued, not yet written messages per channel.

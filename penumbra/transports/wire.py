@@ -11,10 +11,13 @@ Theory of operation
     frame = length (4 bytes, unsigned, big-endian) + body (length bytes)
 
 ``length`` counts the body only.  A receiver refuses any length above its
-``max_frame_size`` (default :data:`MAX_FRAME_SIZE`, 1 GiB) *before*
-allocating anything, so a garbage or hostile length prefix ends the
-connection with a :class:`ProtocolError`; it never crashes the process or
-triggers a giant allocation.
+``max_frame_size`` (default :data:`MAX_FRAME_SIZE`, 1 GiB) with a
+:class:`ProtocolError` that ends the connection.  A frame larger than the
+receive buffer gets its own array, which starts at 256 KiB and doubles only
+as the bytes actually arrive: announcing 1 GiB and sending 4 bytes costs
+256 KiB, not a 1 GiB allocation zeroed on the event loop (a 100 MiB frame
+is received as fast as with one up-front array).  The partial frame lives
+on the channel, so a cancelled ``receive`` resumes it.
 
 **Handshake.**  The first frame in each direction is a small JSON object
 (at most :data:`MAX_HELLO_SIZE` bytes, UTF-8).  The client opens with::
@@ -28,6 +31,38 @@ A peer whose first frame is not a well-formed hello (garbage bytes, an
 oversized length prefix, non-JSON, wrong protocol version, wrong token) or
 that sends nothing within ``handshake_timeout`` seconds is refused and
 logged with its address; the server keeps serving everyone else.
+
+**Hostile peers.**  Nothing a peer sends before it authenticates can
+crash, stall or bloat a listener:
+
+* *Contained errors.*  Every exception in the server handshake is caught,
+  logged with the peer's address, and closes only that connection; nothing
+  reaches the ``serve_tcp``/``serve_unix`` nursery (before this, one hello
+  of 60,000 ``[`` -- ``RecursionError`` in ``json.loads`` -- or a token
+  holding a lone surrogate -- ``UnicodeEncodeError`` -- stopped the whole
+  daemon).  ``trio.Cancelled`` and other BaseExceptions still propagate.
+* *Bounded parsing.*  ``json.loads`` never sees a hello with more than
+  :data:`MAX_HELLO_BRACKETS` ``[``/``{`` bytes (a byte count, which bounds
+  the nesting far below the recursion limit), and a hello nesting deeper
+  than :data:`MAX_HELLO_DEPTH` is refused.  A token is compared as bytes
+  (``surrogatepass``), so any string is just a right or wrong token; role
+  and name must be encodable text.
+* *Small buffers.*  A connection receives into :data:`HANDSHAKE_BUFFER`
+  (4 KiB, enough for a hello; a larger hello grows it with the bytes that
+  come) until it authenticates, and only then gets the 256 KiB buffer.
+* *A cap on handshakes.*  Each listener runs at most ``max_handshakes``
+  (default :data:`MAX_HANDSHAKES`) handshakes at once; each is bounded by
+  ``handshake_timeout``.  At the cap the listener stops accepting, and new
+  connections wait in the kernel's accept backlog until a handshake ends.
+  They are not refused because the legitimate bursts (hundreds of workers
+  or drivers connecting at once) would then fail, while a flood can only
+  delay a good client, by at most ``handshake_timeout``; and queued
+  connections cost kernel memory only.  So 1,000 idle connections hold
+  256 x 4 KiB of buffers, not 1,000 x 256 KiB.
+* *A quiet log.*  A listener logs at most :data:`REFUSAL_LOG_BURST` refused
+  or failed handshakes per :data:`REFUSAL_LOG_INTERVAL` seconds; the rest
+  are counted, and the count is logged with the next line (or when the
+  listener stops).  :class:`ListenerStats` counts every one.
 
 .. warning::
 
@@ -78,6 +113,7 @@ import errno
 import hmac
 import json
 import logging
+import math
 import os
 import pickle
 import socket
@@ -85,7 +121,7 @@ import stat
 import struct
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Self
 
 import trio
@@ -103,6 +139,8 @@ __all__ = [
     "ConnectionClosed",
     "FrameTooLarge",
     "HandshakeError",
+    "ListenerStats",
+    "MAX_HANDSHAKES",
     "Ping",
     "Pong",
     "ProtocolError",
@@ -126,6 +164,22 @@ MAX_FRAME_SIZE = 1 << 30
 MAX_HELLO_SIZE = 64 * 1024
 #: Seconds a peer has to complete the handshake.
 HANDSHAKE_TIMEOUT = 10.0
+#: Deepest JSON nesting accepted in a hello (a real one is a flat object).
+MAX_HELLO_DEPTH = 8
+#: A hello with more ``[``/``{`` bytes than this is refused without parsing.
+MAX_HELLO_BRACKETS = 64
+#: Receive buffer of a connection that has not authenticated yet (a hello
+#: fits; a larger one grows it with the bytes that actually arrive).
+HANDSHAKE_BUFFER = 4096
+#: Default bound on handshakes in progress per listener.
+MAX_HANDSHAKES = 256
+#: A listener logs at most REFUSAL_LOG_BURST refusals per
+#: REFUSAL_LOG_INTERVAL seconds and counts the rest (reported with the next
+#: line it logs), so a flood of bad connections cannot fill the log.  A burst
+#: rather than one line, so that an occasional refusal (a client with the
+#: wrong token) is always logged in full.
+REFUSAL_LOG_BURST = 5
+REFUSAL_LOG_INTERVAL = 10.0
 #: Default bound on queued, not yet written messages per channel.
 DEFAULT_MAX_OUTBOX = 65536
 #: A channel yields to the scheduler after this many operations that did not block.
@@ -143,6 +197,9 @@ _RECV_BUFFER = 256 * 1024
 # Frames at most this large are sent as one buffer (header + body copied
 # together); larger ones as two buffers, to avoid copying big bodies.
 _JOIN_LIMIT = 64 * 1024
+# Zeros appended to grow a big frame's array (see _grow).  64 KiB steps
+# measured as fast as 1 MiB ones for a 100 MiB frame.
+_ZEROS = bytes(64 * 1024)
 
 
 # ===========================================================================
@@ -294,6 +351,22 @@ class _StreamTransport:
 _CONNECTION_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
+def _grow(body: bytearray, size: int) -> None:
+    """Extend ``body`` with zeros to ``size`` bytes, in place.
+
+    Appending a small cached zero block is the cheapest way found to grow
+    a bytearray: realloc remaps big arrays instead of copying them, and the
+    block stays in cache (``body += bytes(k)`` was ~2x slower: it faults in
+    a fresh zero array of k bytes only to copy it).
+    """
+    zeros = _ZEROS
+    step = len(zeros)
+    while len(body) + step <= size:
+        body += zeros
+    if len(body) < size:
+        body += zeros[: size - len(body)]
+
+
 # ===========================================================================
 # Channel
 
@@ -343,8 +416,13 @@ class Channel:
         self.messages_sent = 0
         self.messages_received = 0
         # receive side
-        self._buf = bytearray(_RECV_BUFFER)
+        # Small until the peer authenticates (a hello fits; see _authenticate),
+        # so an idle unauthenticated connection costs little memory.
+        self._buf = bytearray(HANDSHAKE_BUFFER)
         self._view = memoryview(self._buf)
+        self._big: bytearray | None = None  # a frame larger than _buf, being received
+        self._big_have = 0
+        self._big_size = 0
         self._start = 0  # first unparsed byte
         self._end = 0  # end of received bytes
         self._inbox: deque[Any] = deque()
@@ -471,7 +549,8 @@ class Channel:
             while not self._inbox:  # (a big frame goes straight to the inbox)
                 if self._error is not None:
                     self._raise_closed()
-                if self._end - self._start >= 4 and self._parse():
+                # (a frame may carry an empty list: keep reading then)
+                if self._end - self._start >= 4 and self._parse() and self._inbox:
                     return
                 await self._fill(self.max_frame_size)
         finally:
@@ -522,6 +601,9 @@ class Channel:
 
     async def _fill(self, limit: int) -> None:
         """Receive more bytes into the buffer (or read one big frame whole)."""
+        if self._big is not None:
+            await self._read_big_frame()  # resume a big frame a cancel interrupted
+            return
         start, end = self._start, self._end
         if start == end:
             self._start = self._end = start = end = 0
@@ -531,14 +613,20 @@ class Channel:
             if n > limit:
                 return  # the caller's parser reports it
             need = 4 + n
-            if need > len(self._buf):
-                await self._read_big_frame(n)
+            if need > len(self._buf) and self._authenticated:
+                self._start_big_frame(n)
+                await self._read_big_frame()
                 return
         if start and len(self._buf) - start < need:
             # Move the partial frame to the front to make room.
             self._buf[: end - start] = self._buf[start:end]
             self._end = end = end - start
             self._start = 0
+        if end == len(self._buf):
+            # Only before authentication: a hello larger than the small
+            # handshake buffer.  Grow with the bytes that actually came
+            # (doubling, up to the announced size, itself <= MAX_HELLO_SIZE).
+            self._resize_buffer(min(need, 2 * len(self._buf)))
         view = self._view[end:]
         sock = self._sock
         try:
@@ -562,26 +650,86 @@ class Channel:
             )
         self._end += k
 
-    async def _read_big_frame(self, n: int) -> None:
-        """Receive a frame larger than the buffer straight into its own array."""
+    def _resize_buffer(self, size: int) -> None:
+        """Replace the receive buffer by one of ``size`` bytes, keeping the unparsed bytes."""
         start, end = self._start, self._end
-        body = bytearray(n)
+        buf = bytearray(max(size, end - start))
+        buf[: end - start] = self._view[start:end]
+        self._buf = buf
+        self._view = memoryview(buf)
+        self._start, self._end = 0, end - start
+
+    def _start_big_frame(self, n: int) -> None:
+        """Begin a frame larger than the buffer: it gets its own growing array.
+
+        The array starts at :data:`_RECV_BUFFER` bytes and doubles only when
+        the bytes actually received fill it, so a length prefix costs nothing
+        until the peer sends that many bytes (no up-front ``bytearray(n)``,
+        which would zero up to 1 GiB on the event loop).
+        """
+        start, end = self._start, self._end
         have = end - start - 4
-        body[:have] = self._buf[start + 4 : end]
+        body = bytearray(min(n, max(have, _RECV_BUFFER)))
+        body[:have] = self._view[start + 4 : end]
         self._start = self._end = 0
-        view = memoryview(body)
-        while have < n:
+        self._big = body
+        self._big_have = have
+        self._big_size = n
+
+    async def _read_big_frame(self) -> None:
+        """Receive the rest of the big frame begun by ``_start_big_frame``, then decode it.
+
+        The partial frame lives on the channel, so a cancelled receive
+        resumes where it stopped instead of losing bytes.
+        """
+        body = self._big
+        assert body is not None
+        n = self._big_size
+        sock = self._sock
+        while self._big_have < n:
+            have = self._big_have
+            if have == len(body):
+                _grow(body, min(n, 2 * len(body)))
+            view = memoryview(body)[have:]
             try:
-                k = await self._t.recv_into(view[have:])
+                if sock is not None:
+                    while True:
+                        try:
+                            k = sock.recv_into(view)
+                            break
+                        except BlockingIOError:
+                            await trio.lowlevel.wait_readable(sock)
+                else:
+                    k = await self._t.recv_into(view)
             except _CONNECTION_ERRORS as exc:
+                self._big = None
                 raise self._io_error(exc, "receiving") from exc
+            finally:
+                view.release()  # the array can only be resized without exports
             if not k:
+                self._big = None
                 raise self._fail(
                     ProtocolError(f"{self.peer_address} closed the connection in the middle of a frame")
                 )
-            have += k
-        view.release()
+            self._big_have = have + k
+        self._big = None
         self._decode(body)
+
+    @property
+    def receive_buffer_size(self) -> int:
+        """Bytes allocated to receive: the frame buffer plus any big frame in progress.
+
+        Small (:data:`HANDSHAKE_BUFFER`) until the peer has authenticated,
+        and a big frame's array grows only with the bytes actually received.
+        """
+        big = self._big
+        return len(self._buf) + (len(big) if big is not None else 0)
+
+    def _authenticate(self) -> None:
+        """The handshake succeeded: unpickling is allowed, and the buffer grows to full size."""
+        self._authenticated = True
+        if len(self._buf) < _RECV_BUFFER:
+            self._resize_buffer(_RECV_BUFFER)
 
     async def _receive_raw_frame(self, limit: int) -> bytes:
         """One frame body, not unpickled (the handshake's JSON hello)."""
@@ -923,10 +1071,7 @@ async def _client_handshake(ch: Channel, token: str, role: str, name: str, timeo
         raise HandshakeError(f"handshake with {ch.peer_address} failed: {exc.reason}") from exc
     except _CONNECTION_ERRORS as exc:
         raise HandshakeError(f"handshake with {ch.peer_address} failed: {exc!r}") from exc
-    try:
-        reply = json.loads(body.decode("utf-8"))
-    except ValueError:
-        reply = None
+    reply = _parse_hello(body)
     if not isinstance(reply, dict) or "ok" not in reply:
         raise HandshakeError(f"{ch.peer_address} answered the hello with something that is not a penumbra reply")
     if reply.get("ok") is not True:
@@ -939,34 +1084,122 @@ async def _client_handshake(ch: Channel, token: str, role: str, name: str, timeo
     ch.peer_role = str(reply.get("role", ""))
     ch.peer_name = str(reply.get("name", ""))
     ch.peer_hello = reply
-    ch._authenticated = True
+    ch._authenticate()
     return ch
 
 
-def _validate_hello(body: bytes, token: bytes) -> tuple[str | None, dict[str, Any]]:
-    """(reason to refuse or None, hello)."""
+def _depth(value: Any) -> int:
+    """How deep lists and dicts nest in a parsed JSON value (iteratively)."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, (list, dict)):
+            deepest = max(deepest, d)
+            stack.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return deepest
+
+
+def _parse_hello(body: bytes) -> Any:
+    """The JSON value in a hello frame, or None if it is not one (never raises).
+
+    ``json.loads`` recurses once per nesting level (60,000 ``[`` raise
+    ``RecursionError``), so it never sees a body with more than
+    MAX_HELLO_BRACKETS ``[``/``{`` (counting them is a cheap byte scan and
+    bounds the depth far below the recursion limit); a value nesting deeper
+    than MAX_HELLO_DEPTH is refused after parsing.  A real hello is one flat
+    object.
+    """
+    if body.count(b"[") + body.count(b"{") > MAX_HELLO_BRACKETS:
+        return None
     try:
-        hello = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+        value = json.loads(body.decode("utf-8"))
+    except Exception:  # bad UTF-8, bad JSON, a number too long to convert ...
+        return None
+    return value if _depth(value) <= MAX_HELLO_DEPTH else None
+
+
+def _is_text(value: Any) -> bool:
+    """A str that encodes to UTF-8 (JSON can carry lone surrogates, which do not)."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _validate_hello(body: bytes, token: bytes) -> tuple[str | None, dict[str, Any]]:
+    """(reason to refuse or None, hello).  Never raises, whatever ``body`` holds."""
+    hello = _parse_hello(body)
+    if hello is None:
         return "first frame is not a JSON hello; is the peer speaking the penumbra protocol?", {}
     if not isinstance(hello, dict) or "penumbra" not in hello:
         return "first frame is not a penumbra hello", {}
     given = hello.get("token")
-    if not isinstance(given, str) or not hmac.compare_digest(given.encode("utf-8"), token):
+    # surrogatepass: a lone surrogate is just a wrong token, not an error
+    if not isinstance(given, str) or not hmac.compare_digest(given.encode("utf-8", "surrogatepass"), token):
         return "authentication failed: wrong cluster token (check the token the cluster was started with)", {}
     if hello.get("penumbra") != PROTOCOL_VERSION:
+        version = hello.get("penumbra")
+        shown = repr(version)[:40] if isinstance(version, (int, float, str)) and _is_text(repr(version)) else "?"
         reason = (
-            f"protocol version {hello.get('penumbra')!r} is not supported (server speaks "
+            f"protocol version {shown} is not supported (server speaks "
             f"{PROTOCOL_VERSION}); run the same penumbra version everywhere"
         )
         return reason, {}
-    if not isinstance(hello.get("role", ""), str) or not isinstance(hello.get("name", ""), str):
+    if not _is_text(hello.get("role", "")) or not _is_text(hello.get("name", "")):
         return "malformed hello: role and name must be strings", {}
     return None, hello
 
 
-async def _refuse(ch: Channel, reason: str) -> None:
-    logger.warning("refused connection from %s: %s", ch.peer_address, reason)
+class _HandshakeLog:
+    """A listener's log of refused and failed handshakes, rate-limited.
+
+    At most ``burst`` lines per ``interval`` seconds; further ones are
+    counted, and the count is reported with the next line logged (or when
+    the listener stops), so a flood of bad connections cannot fill the log.
+    """
+
+    def __init__(self, where: str, burst: int | None = None, interval: float | None = None) -> None:
+        self.where = where
+        self.burst = REFUSAL_LOG_BURST if burst is None else burst
+        self.interval = REFUSAL_LOG_INTERVAL if interval is None else interval
+        self.suppressed = 0  # not logged since the last line
+        self._window_end = -math.inf
+        self._used = 0
+
+    def __call__(self, level: int, msg: str, *args: Any, exc_info: BaseException | None = None) -> None:
+        now = trio.current_time()
+        if now >= self._window_end:
+            self._window_end = now + self.interval
+            self._used = 0
+        if self._used >= self.burst:
+            self.suppressed += 1
+            return
+        self._used += 1
+        if self.suppressed:
+            msg += " (%d more refused or failed handshakes on %s not logged in the last %g s)"
+            args = (*args, self.suppressed, self.where, self.interval)
+            self.suppressed = 0
+        logger.log(level, msg, *args, exc_info=exc_info)
+
+    def close(self) -> None:
+        if self.suppressed:
+            logger.warning("%d refused or failed handshakes on %s were not logged", self.suppressed, self.where)
+            self.suppressed = 0
+
+
+def _log_every_line(level: int, msg: str, *args: Any, exc_info: BaseException | None = None) -> None:
+    logger.log(level, msg, *args, exc_info=exc_info)
+
+
+_HandshakeLogger = Callable[..., None]
+
+
+async def _refuse(ch: Channel, reason: str, log: _HandshakeLogger) -> None:
+    log(logging.WARNING, "refused connection from %s: %s", ch.peer_address, reason)
     with trio.move_on_after(1.0):
         try:
             await ch._t.send_all(_hello_frame({"penumbra": PROTOCOL_VERSION, "ok": False, "error": reason}))
@@ -976,9 +1209,26 @@ async def _refuse(ch: Channel, reason: str) -> None:
 
 
 async def _server_handshake(
-    ch: Channel, token: bytes, role: str, name: str, timeout: float
+    ch: Channel, token: bytes, role: str, name: str, timeout: float, log: _HandshakeLogger = _log_every_line
 ) -> bool:
-    """Authenticate the peer on ``ch``; refuse and close it on failure."""
+    """Authenticate the peer on ``ch``; refuse and close it on failure.
+
+    Nothing the peer sends makes this raise (only trio's Cancelled and the
+    like, from outside): an unexpected exception is logged with the peer's
+    address and the connection closed.
+    """
+    try:
+        return await _server_handshake_steps(ch, token, role, name, timeout, log)
+    except Exception as exc:
+        log(logging.ERROR, "handshake with %s failed unexpectedly; closing that connection", ch.peer_address,
+            exc_info=exc)
+        await ch.aclose(flush_timeout=0)
+        return False
+
+
+async def _server_handshake_steps(
+    ch: Channel, token: bytes, role: str, name: str, timeout: float, log: _HandshakeLogger
+) -> bool:
     reason: str | None = None
     body = b""
     with trio.move_on_after(timeout) as scope:
@@ -987,7 +1237,7 @@ async def _server_handshake(
         except ProtocolError as exc:
             reason = exc.reason
         except ConnectionClosed as exc:
-            logger.info("connection from %s ended before its hello: %s", ch.peer_address, exc.reason)
+            log(logging.INFO, "connection from %s ended before its hello: %s", ch.peer_address, exc.reason)
             await ch.aclose(flush_timeout=0)
             return False
     if scope.cancelled_caught:
@@ -996,7 +1246,7 @@ async def _server_handshake(
     if reason is None:
         reason, hello = _validate_hello(body, token)
     if reason is not None:
-        await _refuse(ch, reason)
+        await _refuse(ch, reason, log)
         return False
     ch.peer_role = hello.get("role", "")
     ch.peer_name = hello.get("name", "")
@@ -1005,10 +1255,10 @@ async def _server_handshake(
         with trio.fail_after(timeout):
             await ch._t.send_all(_hello_frame({"penumbra": PROTOCOL_VERSION, "ok": True, "role": role, "name": name}))
     except (trio.TooSlowError, *_CONNECTION_ERRORS) as exc:
-        logger.info("connection from %s lost during the handshake: %r", ch.peer_address, exc)
+        log(logging.INFO, "connection from %s lost during the handshake: %r", ch.peer_address, exc)
         await ch.aclose(flush_timeout=0)
         return False
-    ch._authenticated = True
+    ch._authenticate()
     return True
 
 
@@ -1102,49 +1352,134 @@ def _tune(sock: socket.socket) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
 
 
-async def _serve_connection(
-    sock: socket.socket,
-    peer: str,
-    handler: Handler,
-    key: bytes,
-    role: str,
-    name: str,
-    handshake_timeout: float,
-    max_frame_size: int,
-    max_outbox: int,
-) -> None:
-    ch = Channel(_SocketTransport(sock), peer_address=peer, max_frame_size=max_frame_size, max_outbox=max_outbox)
+@dataclass
+class ListenerStats:
+    """What a ``serve_*`` listener is doing, for monitoring and tests.
+
+    Pass one as ``stats=`` to :func:`serve_tcp` / :func:`serve_unix`; the
+    listener keeps it up to date.
+
+    Attributes:
+        handshaking: the channels whose peers have not authenticated yet
+            (at most ``max_handshakes``).
+        peak_handshaking: the most handshakes ever in progress at once.
+        accepted: connections accepted.
+        authenticated: connections that passed the handshake.
+        refused: connections refused or lost before authenticating.
+    """
+
+    handshaking: set[Channel] = field(default_factory=set)
+    peak_handshaking: int = 0
+    accepted: int = 0
+    authenticated: int = 0
+    refused: int = 0
+
+
+@dataclass
+class _Listener:
+    """One listening socket's settings and state (shared by its connection tasks)."""
+
+    lsock: socket.socket
+    local: str
+    handler: Handler
+    key: bytes
+    role: str
+    name: str
+    handshake_timeout: float
+    max_frame_size: int
+    max_outbox: int
+    max_handshakes: int
+    slots: trio.Semaphore  # one per handshake in progress
+    log: _HandshakeLog
+    stats: ListenerStats
+
+
+async def _serve_connection(lst: _Listener, sock: socket.socket, peer: str) -> None:
+    """Handshake, then the handler.  Only BaseExceptions (Cancelled) escape.
+
+    Holds one of the listener's handshake slots until the handshake ends.
+    """
+    stats = lst.stats
+    ch: Channel | None = None
+    slot = True
     try:
-        if not await _server_handshake(ch, key, role, name, handshake_timeout):
+        ch = Channel(_SocketTransport(sock), peer_address=peer, max_frame_size=lst.max_frame_size,
+                     max_outbox=lst.max_outbox)
+        stats.handshaking.add(ch)
+        ok = await _server_handshake(ch, lst.key, lst.role, lst.name, lst.handshake_timeout, lst.log)
+        stats.handshaking.discard(ch)
+        lst.slots.release()
+        slot = False
+        if not ok:
+            stats.refused += 1
             return
+        stats.authenticated += 1
         try:
-            await handler(ch)
+            await lst.handler(ch)
         except ConnectionClosed as exc:
             logger.debug("connection from %s (%s %s) ended: %s", peer, ch.peer_role, ch.peer_name, exc.reason)
         except Exception:
             logger.exception("handler for %s (%s %s) failed; closing that connection", peer, ch.peer_role, ch.peer_name)
+    except Exception as exc:  # a bug in this module; never take the listener down
+        lst.log(logging.ERROR, "connection from %s failed; closing it", peer, exc_info=exc)
     finally:
-        await ch.aclose()
+        if slot:
+            if ch is not None:
+                stats.handshaking.discard(ch)
+            lst.slots.release()
+        if ch is None:
+            sock.close()
+        else:
+            try:
+                await ch.aclose()
+            except Exception as exc:  # pragma: no cover - closing a socket hardly fails
+                logger.debug("closing the connection from %s failed: %r", peer, exc)
 
 
-async def _accept_loop(
-    lsock: socket.socket,
-    local: str,
-    handler: Handler,
-    key: bytes,
-    role: str,
-    name: str,
-    handshake_timeout: float,
-    max_frame_size: int,
-    max_outbox: int,
-    nursery: trio.Nursery,
-) -> None:
+async def _accept_loop(lst: _Listener, nursery: trio.Nursery) -> None:
+    """Accept connections while fewer than ``max_handshakes`` are handshaking.
+
+    At the cap, new connections wait in the kernel's accept backlog (not in
+    this process's memory) until a handshake ends; see the module docstring
+    for why they are not refused.
+    """
+    lsock, local, stats = lst.lsock, lst.local, lst.stats
+    at_cap_logged = False
+    while True:
+        if lst.slots.value == 0 and not at_cap_logged:
+            lst.log(logging.WARNING, "%d handshakes in progress on %s (the limit); new connections wait in "
+                    "the backlog until one ends", len(stats.handshaking), local)
+            at_cap_logged = True
+        await lst.slots.acquire()
+        try:
+            conn, addr = await _accept(lsock, local)
+        except BaseException:
+            lst.slots.release()
+            raise
+        if lst.slots.value > 0:
+            at_cap_logged = False
+        try:
+            _tune(conn)
+            peer = _peer_string(conn.family, addr, local, conn)
+        except OSError as exc:  # the peer is already gone
+            logger.debug("dropping a connection on %s that failed at once: %r", local, exc)
+            conn.close()
+            lst.slots.release()
+            continue
+        stats.accepted += 1
+        nursery.start_soon(_serve_connection, lst, conn, peer, name=f"penumbra-conn {peer}")
+        in_progress = lst.max_handshakes - lst.slots.value
+        if in_progress > stats.peak_handshaking:
+            stats.peak_handshaking = in_progress
+
+
+async def _accept(lsock: socket.socket, local: str) -> tuple[socket.socket, Any]:
+    """The next connection on ``lsock`` (retrying errors about one connection)."""
     while True:
         try:
-            conn, addr = lsock.accept()
+            return lsock.accept()
         except BlockingIOError:
             await trio.lowlevel.wait_readable(lsock)
-            continue
         except OSError as exc:
             if exc.errno in _ACCEPT_CONN_ERRORS:
                 continue
@@ -1153,13 +1488,28 @@ async def _accept_loop(
                 await trio.sleep(0.1)
                 continue
             raise
-        _tune(conn)
-        peer = _peer_string(conn.family, addr, local, conn)
-        nursery.start_soon(
-            _serve_connection, conn, peer, handler, key, role, name, handshake_timeout, max_frame_size, max_outbox,
-            name=f"penumbra-conn {peer}",
-        )
-        await trio.lowlevel.checkpoint()
+
+
+def _new_listener(lsock: socket.socket, local: str, handler: Handler, key: bytes, role: str, name: str,
+                  handshake_timeout: float, max_frame_size: int, max_outbox: int, max_handshakes: int,
+                  stats: ListenerStats | None) -> _Listener:
+    return _Listener(lsock, local, handler, key, role, name, handshake_timeout, max_frame_size, max_outbox,
+                     max_handshakes, trio.Semaphore(max_handshakes), _HandshakeLog(local),
+                     ListenerStats() if stats is None else stats)
+
+
+async def _run_listener(lst: _Listener, task_status: Any, started: Any) -> None:
+    try:
+        async with trio.open_nursery() as nursery:
+            task_status.started(started)
+            await _accept_loop(lst, nursery)
+    finally:
+        lst.log.close()
+
+
+def _check_max_handshakes(n: int) -> None:
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"max_handshakes must be a positive int (handshakes in progress per listener), got {n!r}")
 
 
 def _close_listener(lsock: socket.socket) -> None:
@@ -1181,7 +1531,9 @@ async def serve_tcp(
     handshake_timeout: float = HANDSHAKE_TIMEOUT,
     max_frame_size: int = MAX_FRAME_SIZE,
     max_outbox: int = DEFAULT_MAX_OUTBOX,
+    max_handshakes: int = MAX_HANDSHAKES,
     backlog: int = 1024,
+    stats: ListenerStats | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Accept authenticated connections on TCP ``host:port`` until cancelled.
@@ -1193,15 +1545,23 @@ async def serve_tcp(
     ``await nursery.start(serve_tcp, ...)`` to learn it: ``started`` reports
     the bound ``(host, port)``.
 
+    Nothing a peer sends before it authenticates can raise out of here
+    (see "Hostile peers" in the module docstring).
+
     Args:
         host: address to bind; ``None`` or ``""`` for all interfaces.
         token: the shared secret clients must present.
+        handshake_timeout: seconds a peer has to send its hello.
+        max_handshakes: handshakes in progress at once; further connections
+            wait in the kernel's backlog until one ends.
+        stats: a :class:`ListenerStats` this listener keeps up to date.
 
     Raises:
         OSError: the address cannot be bound (in use, permission ...).
-        ValueError: empty token.
+        ValueError: empty token, or ``max_handshakes`` below 1.
     """
     key = _check_token(token)
+    _check_max_handshakes(max_handshakes)
     infos = await trio.socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     family, type_, proto, _, sockaddr = infos[0]
     lsock = socket.socket(family, type_, proto)
@@ -1213,11 +1573,9 @@ async def serve_tcp(
         bound = lsock.getsockname()
         local = _peer_string(family, bound)
         logger.info("listening on tcp %s", local)
-        async with trio.open_nursery() as nursery:
-            task_status.started((bound[0], bound[1]))
-            await _accept_loop(
-                lsock, local, handler, key, role, name, handshake_timeout, max_frame_size, max_outbox, nursery
-            )
+        lst = _new_listener(lsock, local, handler, key, role, name, handshake_timeout, max_frame_size, max_outbox,
+                            max_handshakes, stats)
+        await _run_listener(lst, task_status, (bound[0], bound[1]))
     finally:
         _close_listener(lsock)
 
@@ -1232,7 +1590,9 @@ async def serve_unix(
     handshake_timeout: float = HANDSHAKE_TIMEOUT,
     max_frame_size: int = MAX_FRAME_SIZE,
     max_outbox: int = DEFAULT_MAX_OUTBOX,
+    max_handshakes: int = MAX_HANDSHAKES,
     backlog: int = 1024,
+    stats: ListenerStats | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Like :func:`serve_tcp`, on a Unix domain socket at ``path``.
@@ -1243,6 +1603,7 @@ async def serve_unix(
     the token, not file permissions, guards access.
     """
     key = _check_token(token)
+    _check_max_handshakes(max_handshakes)
     path = os.fspath(path)
     _remove_stale_unix_socket(path)
     lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -1258,11 +1619,9 @@ async def serve_unix(
         lsock.listen(backlog)
         lsock.setblocking(False)
         logger.info("listening on unix %s", path)
-        async with trio.open_nursery() as nursery:
-            task_status.started(path)
-            await _accept_loop(
-                lsock, path, handler, key, role, name, handshake_timeout, max_frame_size, max_outbox, nursery
-            )
+        lst = _new_listener(lsock, path, handler, key, role, name, handshake_timeout, max_frame_size, max_outbox,
+                            max_handshakes, stats)
+        await _run_listener(lst, task_status, path)
     finally:
         _close_listener(lsock)
         if inode is not None:

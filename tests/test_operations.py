@@ -172,15 +172,18 @@ def test_status_shows_a_killed_node_as_dead(machine):
     head = machine.head()["address"]
     machine.start("--address", head, "--num-cpus", "1", "--resources", '{"doomed": 1}')
     (node,) = machine.head()["nodes"]
-    _kill_hard(node["pid"])
 
-    def dead_line():
+    def line_of_node(state: str):
         res = machine.run("status")
         assert res.returncode == 0, res.stderr
         line = next((ln for ln in res.stdout.splitlines() if ln.startswith(node["node_id"])), "")
-        return line if "dead" in line.split() else None
+        return line if state in line.split() else None
 
-    line = _wait_for("status to show the node dead", dead_line, timeout=120, every=0.5)
+    # the head has its load (a dead node used to keep showing it)
+    line = _wait_for("status to show the node's load", lambda: (line_of_node("alive") or "").find("doomed") > 0,
+                     timeout=60, every=0.2)
+    _kill_hard(node["pid"])
+    line = _wait_for("status to show the node dead", lambda: line_of_node("dead"), timeout=120, every=0.5)
     # its last load is gone with it: no resources, queues or store
     assert "CPU" not in line and "doomed" not in line and "B /" not in line, line
 

@@ -79,6 +79,12 @@ def cmd_start(args) -> int:
         print("penumbra start needs --head (a new cluster) or --address HOST:PORT (join one), not both",
               file=sys.stderr)
         return 2
+    if args.address:
+        host, _, port = args.address.rpartition(":")
+        if not host or not port.isdigit():
+            print(f"penumbra start: --address must be HOST:PORT (the head's, as 'penumbra start --head' printed it), "
+                  f"got {args.address!r}", file=sys.stderr)
+            return 2
     token = _token_from_args(args, "start")
     if args.address:
         info = cluster_file.read_cluster(args.address)

@@ -86,6 +86,14 @@ class Machine:
             self.seen.setdefault(k, {}).update(v)
         return data
 
+    def remember_node(self, res: subprocess.CompletedProcess) -> int:
+        """The pid of the node ``start`` says it started (one this machine's
+        cluster file does not record), remembered for the clean-up."""
+        pid = int(res.stdout.split("(pid ", 1)[1].split(")", 1)[0])
+        session = Path(res.stdout.split("Its log: ", 1)[1].split()[0]).parent.name
+        self.seen[f"node {pid}"] = {"pid": pid, "session": session}
+        return pid
+
     def head(self) -> dict:
         (info,) = self.clusters().values()
         return info
@@ -237,9 +245,7 @@ def test_the_token_is_on_no_command_line_nor_in_any_daemons_environment(machine)
     other = {"HOME": str(machine.root / "other-home"), "PENUMBRA_TOKEN": token}
     res = machine.run("start", "--address", head["address"], "--num-cpus", "1", env=other)
     assert res.returncode == 0, res.stderr
-    node_pid = int(res.stdout.split("(pid ", 1)[1].split(")", 1)[0])
-    node_session = Path(res.stdout.split("Its log: ", 1)[1].split()[0]).parent.name
-    machine.seen["node"] = {"pid": node_pid, "session": node_session}
+    node_pid = machine.remember_node(res)
     for pid in (head["pid"], node_pid):
         for what in ("cmdline", "environ"):
             with open(f"/proc/{pid}/{what}", "rb") as f:
@@ -256,3 +262,13 @@ def test_a_daemons_fatal_error_reaches_its_log(machine):
     log = Path(info["session_dir"], "daemon.log")
     text = _wait_for("the crash in the log", lambda: "Fatal Python error" in log.read_text() and log.read_text())
     assert "Segmentation fault" in text
+
+
+def test_the_token_flag_still_works_but_warns(machine):
+    machine.start("--head", "--port", "0", "--num-cpus", "1")
+    head = machine.head()
+    other = {"HOME": str(machine.root / "other-home")}  # no cluster file: only the flag has the token
+    res = machine.run("start", "--address", head["address"], "--num-cpus", "1", "--token", head["token"], env=other)
+    assert res.returncode == 0, res.stderr
+    machine.remember_node(res)
+    assert "deprecated" in res.stderr and "--token-file" in res.stderr

@@ -738,12 +738,27 @@ def _start_error(cfg: DaemonConfig, exc: BaseException) -> tuple[str, bool]:
         if isinstance(e, trio.TooSlowError) and not cfg.head:
             return (f"no answer from the head at {cfg.head_address} within {_JOIN_TIMEOUT:g} s: check the address "
                     f"(printed by 'penumbra start --head') and that no firewall is in the way"), False
-        if isinstance(e, OSError) and not cfg.head:
+        if isinstance(e, OSError) and not cfg.head and _is_connect_error(e):
             return (f"cannot reach the head at {cfg.head_address}: {e.strerror or e}; check the address "
                     f"(printed by 'penumbra start --head') and that the head runs ('penumbra status')"), False
     e = leaves[0]
     return (f"the daemon failed to start: {type(e).__name__}: {e} "
             f"(the traceback is in {os.path.join(cfg.session_dir, 'daemon.log')})"), True
+
+
+def _is_connect_error(e: OSError) -> bool:
+    """Whether ``e`` says a connection could not be made (refused, no route,
+    unknown host, or trio's "all attempts to connect failed" over those)."""
+    import errno as errno_mod
+
+    if isinstance(e, (ConnectionError, socket.gaierror, TimeoutError)):
+        return True
+    if e.errno in (errno_mod.ECONNREFUSED, errno_mod.EHOSTUNREACH, errno_mod.ENETUNREACH, errno_mod.ETIMEDOUT,
+                   errno_mod.EHOSTDOWN):
+        return True
+    cause = e.__cause__
+    return isinstance(cause, BaseExceptionGroup) and all(
+        isinstance(x, OSError) and _is_connect_error(x) for x in cause.exceptions)
 
 
 _JOIN_TIMEOUT = 20.0  # seconds a joining node tries to reach its head (less than launch's 30 s wait)

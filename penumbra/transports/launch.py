@@ -53,6 +53,7 @@ def private_sessions_dir() -> str:
     path = sessions_dir()
     try:
         os.makedirs(path, mode=0o700)
+        os.chmod(path, 0o700)  # whatever the umask
     except FileExistsError:
         pass
     st = os.lstat(path)

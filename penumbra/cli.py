@@ -186,20 +186,19 @@ def cmd_status(args) -> int:
 
 
 def _kill(pid: int) -> bool:
-    """SIGTERM ``pid`` if it is a penumbra daemon (a pid in an old cluster
-    entry may belong to another program by now)."""
+    """SIGTERM ``pid`` if it is one of our penumbra daemons (a pid in an old
+    cluster entry may belong to another program by now)."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            if b"penumbra.transports.daemon" not in f.read():
-                return False
-    except FileNotFoundError:
-        return False
+            cmdline: bytes | None = f.read()
     except OSError:
-        pass  # no /proc: trust the entry
+        cmdline = b"" if os.path.exists("/proc/self") else None  # gone; or no /proc: trust the entry
+    if cmdline is not None and b"penumbra.transports.daemon" not in cmdline:
+        return False
     try:
         os.kill(pid, signal.SIGTERM)
         return True
-    except ProcessLookupError:
+    except (ProcessLookupError, PermissionError):
         return False
 
 

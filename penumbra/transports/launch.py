@@ -23,7 +23,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-from .session import new_session_name, new_token, pid_alive
+from .session import new_session_name, new_token
 
 __all__ = ["DaemonProcess", "DaemonStartError", "PendingDaemon", "spawn_daemon", "start_daemon", "sessions_dir",
            "private_sessions_dir", "Cluster", "default_object_store_memory"]

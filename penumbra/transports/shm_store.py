@@ -241,7 +241,7 @@ def stale_sessions(root: str = ROOT) -> list[str]:
             continue
         if not _SESSION_RE.match(session):
             continue
-        if not _pid_alive(pid):
+        if not pid_alive(pid):
             out.append(session)
     return sorted(out)
 
@@ -261,9 +261,6 @@ def cleanup_stale_sessions(root: str = ROOT, only: set[str] | None = None) -> li
         if cleanup_session(session, root):
             done.append(session)
     return done
-
-
-_pid_alive = pid_alive
 
 
 def _space_error(what: str, e: OSError, root: str) -> ShmSpaceError:
@@ -1007,7 +1004,7 @@ class ShmStore:
         abandoned = []
         for i in np.flatnonzero(self._states == _ST_CREATED).tolist():
             key, _, kind, _, alloc, size, pid = self._read(i)
-            if pid != me and not _pid_alive(pid):
+            if pid != me and not pid_alive(pid):
                 abandoned.append((key, alloc if kind == _KIND_ARENA else size))
         for key, nbytes in abandoned:
             j = self._find(key)

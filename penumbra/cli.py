@@ -4,8 +4,8 @@ simulator's experiments and the verification swarm.
 ::
 
     penumbra start --head [--port 6380] [--num-cpus N] [--resources '{"x": 1}']
-    penumbra start --address HOST:PORT [--num-cpus N]
-    penumbra status [--address HOST:PORT]
+    penumbra start --address HOST:PORT [--port P] [--token-file FILE] [--num-cpus N]
+    penumbra status [--address HOST:PORT] [--token-file FILE]
     penumbra stop
     penumbra sim EXPERIMENT [--size quick|full]
     penumbra verify --seeds N | --seed S [--shrink] [--plant BUG]
@@ -33,46 +33,100 @@ def _resources(text: str | None) -> dict:
         raise SystemExit(f"--resources must be JSON like '{{\"special\": 2}}': {e}")
     if not isinstance(value, dict):
         raise SystemExit("--resources must be a JSON object of name -> amount")
+    for k, v in value.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+            raise SystemExit(f"--resources: the amount of {k!r} must be a number >= 0, got {v!r}")
     return value
+
+
+def _error(command: str, message: str) -> int:
+    """One line on stderr, no traceback; the exit status."""
+    print(f"penumbra {command}: {message}", file=sys.stderr)
+    return 1
+
+
+def _token_from_args(args, command: str) -> str | None:
+    """The token given explicitly: ``--token-file``, else the deprecated
+    ``--token`` (with a warning: a command line is visible to every user
+    of the machine in ``ps``).
+
+    Raises:
+        SystemExit: the token file cannot be read, or is empty.
+    """
+    if getattr(args, "token_file", None):
+        try:
+            with open(args.token_file) as f:
+                token = f.read().strip()
+        except OSError as e:
+            raise SystemExit(f"penumbra {command}: cannot read --token-file {args.token_file}: {e.strerror}")
+        if not token:
+            raise SystemExit(f"penumbra {command}: --token-file {args.token_file} is empty: put the cluster's token in it")
+        return token
+    if getattr(args, "token", None):
+        print(f"penumbra {command}: warning: --token is deprecated and will be removed: any user of this machine "
+              "can read it with ps; use --token-file FILE or $PENUMBRA_TOKEN", file=sys.stderr)
+        return args.token
+    return None
 
 
 def cmd_start(args) -> int:
     from .transports import cluster_file
-    from .transports.launch import spawn_daemon
+    from .transports.launch import DaemonStartError, spawn_daemon
 
     common = dict(num_cpus=args.num_cpus, num_gpus=args.num_gpus or 0, resources=_resources(args.resources),
                   object_store_memory=args.object_store_memory, host=args.host)
     for name in ("node_timeout", "heartbeat_interval"):
         if getattr(args, name) is not None:
             common[name] = getattr(args, name)
+    if args.head == bool(args.address):
+        print("penumbra start needs --head (a new cluster) or --address HOST:PORT (join one), not both",
+              file=sys.stderr)
+        return 2
+    if args.address:
+        host, _, port = args.address.rpartition(":")
+        if not host or not port.isdigit():
+            print(f"penumbra start: --address must be HOST:PORT (the head's, as 'penumbra start --head' printed it), "
+                  f"got {args.address!r}", file=sys.stderr)
+            return 2
+    token = _token_from_args(args, "start")
+    if args.address:
+        info = cluster_file.read_cluster(args.address)
+        token = token or os.environ.get("PENUMBRA_TOKEN") or (info or {}).get("token")
+        if not token:
+            return _error("start", f"no token for the cluster at {args.address}: put the token printed by "
+                                   "'penumbra start --head' in a file only you can read and pass --token-file FILE, "
+                                   "or set $PENUMBRA_TOKEN")
+    try:
+        if args.head:
+            port = 6380 if args.port is None else args.port
+            d = spawn_daemon(head=True, port=port, token=token, **common)
+        else:
+            d = spawn_daemon(head=False, head_address=args.address, token=token, port=args.port or 0, **common)
+    except DaemonStartError as e:
+        return _error("start", e.message)
+    except (OSError, TimeoutError) as e:  # the sessions directory refused, a timeout ...
+        return _error("start", str(e))
     if args.head:
-        d = spawn_daemon(head=True, port=args.port, token=args.token, **common)
         info = {"token": d.token, "pid": d.pid, "session": d.session, "session_dir": d.session_dir,
                 "unix_path": d.unix_path, "node_id": d.node_id, "nodes": []}
         cluster_file.write_cluster(d.address, info)
         print(f"Started the head of a penumbra cluster at {d.address} (pid {d.pid}, node {d.node_id}).")
         print(f"Cluster token (keep it secret): {d.token}")
         print("It is stored, readable only by you, in", os.path.join(cluster_file.home(), "clusters.json"))
+        print(f"Its log: {os.path.join(d.session_dir, 'daemon.log')}")
         print()
         print("Add a node from this machine:   penumbra start --address", d.address)
         print("Connect a driver:               penumbra.init(address=%r)" % d.address)
-        print("From another machine, pass the token: penumbra start --address %s --token <token>" % d.address)
+        print("From another machine, put the token in a file only you can read, then:")
+        print("                                penumbra start --address %s --token-file FILE" % d.address)
         print("Stop everything:                penumbra stop")
         return 0
-    if not args.address:
-        print("penumbra start needs --head (a new cluster) or --address HOST:PORT (join one)", file=sys.stderr)
-        return 2
-    info = cluster_file.read_cluster(args.address)
-    token = args.token or os.environ.get("PENUMBRA_TOKEN") or (info or {}).get("token")
-    if not token:
-        print(f"no token for the cluster at {args.address}: pass --token (printed by 'penumbra start --head')",
-              file=sys.stderr)
-        return 2
-    d = spawn_daemon(head=False, head_address=args.address, token=token, **common)
     if info is not None:
-        info.setdefault("nodes", []).append({"pid": d.pid, "session": d.session, "node_id": d.node_id})
+        info.setdefault("nodes", []).append({"pid": d.pid, "session": d.session, "node_id": d.node_id,
+                                             "session_dir": d.session_dir})
         cluster_file.write_cluster(args.address, info)
-    print(f"Started node {d.node_id} (pid {d.pid}), joined the cluster at {args.address}.")
+    print(f"Started node {d.node_id} (pid {d.pid}) at {d.address}, joined the cluster at {args.address}.")
+    print(f"Its log: {os.path.join(d.session_dir, 'daemon.log')}")
     return 0
 
 
@@ -93,11 +147,11 @@ def cmd_status(args) -> int:
     except ConnectionError as e:
         print(e, file=sys.stderr)
         return 1
+    token = _token_from_args(args, "status")
     try:
-        penumbra.init(address=address, _token=args.token, log_to_driver=False)
+        penumbra.init(address=address, _token=token, log_to_driver=False)
     except Exception as e:
-        print(f"cannot reach the cluster at {address}: {e}", file=sys.stderr)
-        return 1
+        return _error("status", f"cannot reach the cluster at {address}: {e}")
     try:
         from .api.context import current_runtime
 
@@ -109,8 +163,11 @@ def cmd_status(args) -> int:
     print(header)
     totals: dict[str, list[float]] = {}
     for node_id, alive, _total, load in status.nodes:
+        if not alive:  # its last load is history, not a state: say only that it is gone
+            print(f"{node_id:<32} {'dead':<6}")
+            continue
         if load is None:
-            print(f"{node_id:<32} {'alive' if alive else 'dead':<6} (no heartbeat yet)")
+            print(f"{node_id:<32} {'alive':<6} (no heartbeat yet)")
             continue
         total = load.total.to_dict()
         avail = load.available.to_dict()
@@ -118,29 +175,39 @@ def cmd_status(args) -> int:
         for k, v in total.items():
             used = v - avail.get(k, 0.0)
             parts.append(f"{k} {used:g}/{v:g}")
-            if alive:
-                t = totals.setdefault(k, [0.0, 0.0])
-                t[0] += used
-                t[1] += v
+            t = totals.setdefault(k, [0.0, 0.0])
+            t[0] += used
+            t[1] += v
         store = f"{_fmt_bytes(load.store_used)} / {_fmt_bytes(load.store_capacity)}"
-        print(f"{node_id:<32} {'alive' if alive else 'dead':<6} {', '.join(parts):<40} "
+        print(f"{node_id:<32} {'alive':<6} {', '.join(parts):<40} "
               f"{load.queue_length:>6} {load.running:>7} {load.num_workers:>7}  {store}")
     alive_n = sum(1 for row in status.nodes if row[1])
+    dead_n = len(status.nodes) - alive_n
     summary = ", ".join(f"{k} {u:g}/{t:g}" for k, (u, t) in sorted(totals.items()))
-    print(f"\n{alive_n} node(s) alive; in use: {summary}")
+    print(f"\n{alive_n} node(s) alive" + (f", {dead_n} dead" if dead_n else "") + f"; in use: {summary}")
     return 0
 
 
 def _kill(pid: int) -> bool:
+    """SIGTERM ``pid`` if it is one of our penumbra daemons (a pid in an old
+    cluster entry may belong to another program by now)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline: bytes | None = f.read()
+    except OSError:
+        cmdline = b"" if os.path.exists("/proc/self") else None  # gone; or no /proc: trust the entry
+    if cmdline is not None and b"penumbra.transports.daemon" not in cmdline:
+        return False
     try:
         os.kill(pid, signal.SIGTERM)
         return True
-    except ProcessLookupError:
+    except (ProcessLookupError, PermissionError):
         return False
 
 
 def cmd_stop(args) -> int:
     from .transports import cluster_file
+    from .transports.session import pid_alive
     from .transports.shm_store import cleanup_session
 
     clusters = cluster_file.all_clusters()
@@ -151,20 +218,17 @@ def cmd_stop(args) -> int:
         return 0
     for address, info in clusters.items():
         pids = [n.get("pid") for n in info.get("nodes", [])] + [info.get("pid")]
-        stopped = [p for p in pids if p and _kill(int(p))]
+        stopped = [p for p in pids if p and pid_alive(int(p)) and _kill(int(p))]
         deadline = time.monotonic() + 10
         for p in stopped:
-            while time.monotonic() < deadline:
-                try:
-                    os.kill(int(p), 0)
-                except ProcessLookupError:
+            while pid_alive(int(p)):  # a zombie nobody reaps counts as gone
+                if time.monotonic() > deadline:
+                    try:
+                        os.kill(int(p), signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
                     break
                 time.sleep(0.05)
-            else:
-                try:
-                    os.kill(int(p), signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
         for sess in [info.get("session")] + [n.get("session") for n in info.get("nodes", [])]:
             if sess:
                 cleanup_session(sess)
@@ -226,10 +290,14 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("start", help="start the head of a cluster, or a node joining one")
     s.add_argument("--head", action="store_true", help="start a new cluster (its head, GCS and first node)")
     s.add_argument("--address", help="HOST:PORT of the head to join")
-    s.add_argument("--port", type=int, default=6380, help="the head's TCP port (default 6380)")
+    s.add_argument("--port", type=int, default=None,
+                   help="TCP port to listen on (default: 6380 for the head, any free port for a node)")
     s.add_argument("--host", default="127.0.0.1",
                    help="interface to listen on (default loopback; 0.0.0.0 for a cluster across machines)")
-    s.add_argument("--token", help="the cluster token (joining from another machine)")
+    s.add_argument("--token-file", metavar="FILE",
+                   help="a file holding the cluster token (to join from another machine; with --head, the token "
+                        "to use). Else $PENUMBRA_TOKEN, or ~/.penumbra/clusters.json on the head's machine")
+    s.add_argument("--token", help=argparse.SUPPRESS)  # deprecated: visible in ps
     s.add_argument("--num-cpus", type=float, default=None)
     s.add_argument("--num-gpus", type=float, default=None)
     s.add_argument("--resources", help='custom resources as JSON, e.g. \'{"special": 2}\'')
@@ -243,7 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("status", help="nodes, resources, queued and running tasks, object store use")
     s.add_argument("--address")
-    s.add_argument("--token")
+    s.add_argument("--token-file", metavar="FILE", help="a file holding the cluster token (else $PENUMBRA_TOKEN "
+                                                       "or ~/.penumbra/clusters.json)")
+    s.add_argument("--token", help=argparse.SUPPRESS)  # deprecated: visible in ps
     s.set_defaults(fn=cmd_status)
 
     s = sub.add_parser("stop", help="stop the clusters started on this machine")

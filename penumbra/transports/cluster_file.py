@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 
+from .session import pid_alive
+
 __all__ = ["home", "read_cluster", "write_cluster", "remove_cluster", "find_cluster", "all_clusters"]
 
 
@@ -32,7 +34,7 @@ def all_clusters() -> dict[str, dict]:
 
 
 def _save(data: dict) -> None:
-    os.makedirs(home(), exist_ok=True)
+    os.makedirs(home(), mode=0o700, exist_ok=True)
     tmp = _path() + ".tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -66,22 +68,12 @@ def read_cluster(address: str) -> dict | None:
     return None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-
-
 def find_cluster() -> str:
     """The address of the cluster for ``init(address="auto")``."""
     env = os.environ.get("PENUMBRA_ADDRESS")
     if env:
         return env
-    live = {k: v for k, v in all_clusters().items() if _alive(int(v.get("pid", 0) or 0))}
+    live = {k: v for k, v in all_clusters().items() if pid_alive(int(v.get("pid", 0) or 0))}
     if not live:
         raise ConnectionError(
             "no running penumbra cluster found on this machine: start one with 'penumbra start --head', "

@@ -782,29 +782,104 @@ def _set_pdeathsig() -> None:
         pass
 
 
-def main(argv: list[str] | None = None) -> None:
+def _read_config(argv: list[str] | None) -> DaemonConfig:
+    """The config, token included, from the pipe ``launch`` hands us
+    (``--config-fd``): never from the command line, where ``ps`` shows it."""
     p = argparse.ArgumentParser(prog="python -m penumbra.transports.daemon")
-    p.add_argument("--config", required=True, help="JSON DaemonConfig (the token comes from $PENUMBRA_TOKEN)")
+    p.add_argument("--config-fd", type=int, required=True,
+                   help="a file descriptor to read the JSON DaemonConfig (with the token) from, to its end")
     args = p.parse_args(argv)
-    raw = json.loads(args.config)
-    raw["token"] = os.environ.pop("PENUMBRA_TOKEN", raw.get("token", ""))
-    cfg = DaemonConfig(**raw)
-    os.makedirs(cfg.session_dir, exist_ok=True)
-    logging.basicConfig(
-        filename=os.path.join(cfg.session_dir, "daemon.log"), level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    with os.fdopen(args.config_fd, "rb") as f:
+        raw = json.loads(f.read())
+    os.environ.pop("PENUMBRA_TOKEN", None)  # our workers need no other token than ours
+    return DaemonConfig(**raw)
+
+
+def _log_to_session(cfg: DaemonConfig) -> None:
+    """Log to ``<session_dir>/daemon.log`` (mode 0600), with stdout and
+    stderr redirected there at the descriptor level: tracebacks, a crash in
+    C (faulthandler writes to fd 2) and whatever runs at interpreter exit
+    land in the log too, and no caller's terminal is held open."""
+    os.makedirs(cfg.session_dir, mode=0o700, exist_ok=True)
+    fd = os.open(os.path.join(cfg.session_dir, "daemon.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.fchmod(fd, 0o600)
+    for target in (1, 2):
+        os.dup2(fd, target)
+    os.close(fd)
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import faulthandler
 
-    crash_log = open(os.path.join(cfg.session_dir, "daemon-crash.log"), "w")
-    faulthandler.enable(crash_log)
+    faulthandler.enable()  # to fd 2: the log
+
+
+def _start_error(cfg: DaemonConfig, exc: BaseException) -> tuple[str, bool]:
+    """One line saying why we could not start, and what to do about it; and
+    whether the log has more to say (an error we did not foresee)."""
+    leaves = [exc]
+    while any(isinstance(e, BaseExceptionGroup) for e in leaves):
+        leaves = [x for e in leaves for x in (e.exceptions if isinstance(e, BaseExceptionGroup) else (e,))]
+    import errno as errno_mod
+
+    from .wire import HandshakeError
+
+    for e in leaves:
+        if isinstance(e, OSError) and e.errno == errno_mod.EADDRINUSE:
+            return (f"port {cfg.port} on {cfg.host} is already in use (by another penumbra cluster, or another "
+                    f"program): choose another with --port, or stop that cluster with 'penumbra stop'"), False
+        if isinstance(e, OSError) and e.errno in (errno_mod.EADDRNOTAVAIL, errno_mod.EACCES):
+            return (f"cannot listen on {cfg.host}:{cfg.port}: {e.strerror}; choose another --host "
+                    f"(an address of this machine) or --port"), False
+        if isinstance(e, HandshakeError) and not cfg.head:
+            return (f"the head at {cfg.head_address} refused this node ({e}): check that the address is the head's "
+                    f"and give the cluster's token with --token-file or $PENUMBRA_TOKEN"), False
+        if isinstance(e, trio.TooSlowError) and not cfg.head:
+            return (f"no answer from the head at {cfg.head_address} within {_JOIN_TIMEOUT:g} s: check the address "
+                    f"(printed by 'penumbra start --head') and that no firewall is in the way"), False
+        if isinstance(e, OSError) and not cfg.head and _is_connect_error(e):
+            return (f"cannot reach the head at {cfg.head_address}: {e.strerror or e}; check the address "
+                    f"(printed by 'penumbra start --head') and that the head runs ('penumbra status')"), False
+    e = leaves[0]
+    return (f"the daemon failed to start: {type(e).__name__}: {e} "
+            f"(the traceback is in {os.path.join(cfg.session_dir, 'daemon.log')})"), True
+
+
+def _is_connect_error(e: OSError) -> bool:
+    """Whether ``e`` says a connection could not be made (refused, no route,
+    unknown host, or trio's "all attempts to connect failed" over those)."""
+    import errno as errno_mod
+
+    if isinstance(e, (ConnectionError, socket.gaierror, TimeoutError)):
+        return True
+    if e.errno in (errno_mod.ECONNREFUSED, errno_mod.EHOSTUNREACH, errno_mod.ENETUNREACH, errno_mod.ETIMEDOUT,
+                   errno_mod.EHOSTDOWN):
+        return True
+    cause = e.__cause__
+    return isinstance(cause, BaseExceptionGroup) and all(
+        isinstance(x, OSError) and _is_connect_error(x) for x in cause.exceptions)
+
+
+_JOIN_TIMEOUT = 20.0  # seconds a joining node tries to reach its head (less than launch's 30 s wait)
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = _read_config(argv)
+    _log_to_session(cfg)
+    # the shared memory of this user's daemons that died without cleaning
+    # up (SIGKILL, OOM killer): freed now, not at reboot
+    from .shm_store import cleanup_stale_sessions
+
+    try:
+        ours = set(os.listdir(os.path.dirname(cfg.session_dir)))
+        for stale in cleanup_stale_sessions(cfg.shm_root, only=ours):
+            logger.info("removed the shared memory of session %s (its daemon is gone)", stale)
+    except OSError as e:
+        logger.warning("could not look for stale sessions: %s", e)
     if cfg.parent_pid:
         _set_pdeathsig()
     node_id = cfg.node_id or f"node:{socket.gethostname()}-{os.getpid()}"
     cfg.node_id = node_id
     ready_fd = os.environ.get("PENUMBRA_READY_FD")
-    log_fds = tuple(h.stream.fileno() for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler))
-    zygote = start_zygote(cfg, node_id, close_fds=(crash_log.fileno(), *log_fds, *([int(ready_fd)] if ready_fd else [])))
+    zygote = start_zygote(cfg, node_id, close_fds=tuple([int(ready_fd)] if ready_fd else []))
     daemon = Daemon(cfg)
     daemon.zygote = zygote
 
@@ -814,16 +889,27 @@ def main(argv: list[str] | None = None) -> None:
                 logger.info("signal %d: stopping", signum)
                 daemon.request_stop()
 
+    started = False
+
+    def tell(msg: dict) -> None:
+        line = json.dumps(msg) + "\n"
+        if ready_fd:
+            os.write(int(ready_fd), line.encode())
+            os.close(int(ready_fd))
+        else:
+            print(line, end="", flush=True)
+
     async def amain() -> None:
+        nonlocal started
         async with trio.open_nursery() as n:
             n.start_soon(on_signals)
-            address = await n.start(daemon.run)
-            msg = json.dumps({"address": address, "node_id": daemon.node_id, "pid": os.getpid()}) + "\n"
-            if ready_fd:
-                os.write(int(ready_fd), msg.encode())
-                os.close(int(ready_fd))
+            if cfg.head:
+                address = await n.start(daemon.run)
             else:
-                print(msg, end="", flush=True)
+                with trio.fail_after(_JOIN_TIMEOUT):
+                    address = await n.start(daemon.run)
+            started = True
+            tell({"address": address, "node_id": daemon.node_id, "pid": os.getpid()})
             await daemon.stop_event.wait()
             n.cancel_scope.cancel()
 
@@ -849,6 +935,18 @@ def main(argv: list[str] | None = None) -> None:
                 prof.dump_stats(profile)
         else:
             trio.run(amain)
+    except BaseException as e:
+        if started:
+            raise  # its traceback goes to stderr: the log
+        # could not start: one line for whoever started us (penumbra start
+        # prints it), the traceback for the log
+        logger.error("could not start", exc_info=True)
+        message, see_log = _start_error(cfg, e)
+        try:
+            tell({"error": message, "see_log": see_log})
+        except OSError:
+            pass
+        sys.exit(1)
     finally:
         daemon.cleanup()
 

@@ -16,6 +16,7 @@ import os
 import select
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -24,12 +25,58 @@ from dataclasses import dataclass
 
 from .session import new_session_name, new_token
 
-__all__ = ["DaemonProcess", "PendingDaemon", "spawn_daemon", "start_daemon", "sessions_dir", "Cluster", "default_object_store_memory"]
+__all__ = ["DaemonProcess", "DaemonStartError", "PendingDaemon", "spawn_daemon", "start_daemon", "sessions_dir",
+           "private_sessions_dir", "Cluster", "default_object_store_memory"]
 
 
 def sessions_dir() -> str:
-    # not a valid module name, so it can never shadow an import
-    return os.environ.get("PENUMBRA_TMPDIR") or os.path.join(tempfile.gettempdir(), "penumbra-sessions")
+    """Where daemons keep their session directories (logs, Unix sockets):
+    ``$PENUMBRA_TMPDIR``, else ``<tmp>/penumbra-sessions-<uid>``.
+
+    Per user, because a session directory holds the node's socket and its
+    log: another user must not be able to read them, nor to plant a
+    directory for us to use.
+    """
+    # the "-" makes it an invalid module name, so it can never shadow an import
+    return os.environ.get("PENUMBRA_TMPDIR") or os.path.join(tempfile.gettempdir(), f"penumbra-sessions-{os.getuid()}")
+
+
+def private_sessions_dir() -> str:
+    """``sessions_dir()``, created (mode 0700) if missing, after checking
+    that it is ours and that nobody else can write in it.
+
+    Raises:
+        PermissionError: it belongs to another user, or others may write in
+            it (they could swap a session directory under us).
+        NotADirectoryError: it is not a directory (or is a symlink).
+    """
+    path = sessions_dir()
+    try:
+        os.makedirs(path, mode=0o700)
+        os.chmod(path, 0o700)  # whatever the umask
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    where = "$PENUMBRA_TMPDIR" if os.environ.get("PENUMBRA_TMPDIR") else "the default sessions directory"
+    if not stat.S_ISDIR(st.st_mode):
+        raise NotADirectoryError(
+            f"{where} {path} is not a directory (or is a symlink): remove it, or set $PENUMBRA_TMPDIR "
+            f"to a directory of yours"
+        )
+    if st.st_uid != os.getuid():
+        raise PermissionError(
+            f"{where} {path} belongs to another user (uid {st.st_uid}, you are {os.getuid()}): penumbra will "
+            f"not keep its logs and sockets there; set $PENUMBRA_TMPDIR to a directory of yours"
+        )
+    if st.st_mode & 0o022:
+        if not os.environ.get("PENUMBRA_TMPDIR"):
+            os.chmod(path, 0o700)  # ours, and only ever meant for us
+        else:
+            raise PermissionError(
+                f"$PENUMBRA_TMPDIR {path} may be written by others (mode {stat.S_IMODE(st.st_mode):o}): "
+                f"use a directory only you can write (chmod 700 {path})"
+            )
+    return path
 
 
 def default_object_store_memory(shm_root: str = "/dev/shm") -> int:
@@ -45,6 +92,19 @@ def default_object_store_memory(shm_root: str = "/dev/shm") -> int:
     except OSError:
         pass
     return max(64 << 20, want)
+
+
+class DaemonStartError(RuntimeError):
+    """A daemon could not start.  ``str()`` is one line a user can act on
+    (a busy port, an unreachable head, a refused token ...); ``log_tail`` is
+    the end of the daemon's log when it crashed instead (and ``log_path``
+    where the rest is)."""
+
+    def __init__(self, message: str, log_path: str = "", log_tail: str = "") -> None:
+        super().__init__(message + (f":\n{log_tail}" if log_tail else ""))
+        self.message = message
+        self.log_path = log_path
+        self.log_tail = log_tail
 
 
 @dataclass
@@ -99,8 +159,8 @@ def start_daemon(*, head: bool, token: str | None = None, head_address: str = ""
     """
     _check_timing(extra)
     session = new_session_name()
-    session_dir = os.path.join(sessions_dir(), session)
-    os.makedirs(session_dir, exist_ok=True)
+    session_dir = os.path.join(private_sessions_dir(), session)
+    os.mkdir(session_dir, 0o700)  # a fresh name: fails rather than reuse anything
     token = token or new_token()
     shm_root = extra.get("shm_root", "/dev/shm")
     cfg = {
@@ -108,22 +168,37 @@ def start_daemon(*, head: bool, token: str | None = None, head_address: str = ""
         "host": host, "port": port, "num_cpus": os.cpu_count() or 1 if num_cpus is None else num_cpus,
         "num_gpus": num_gpus or 0, "resources": dict(resources or {}),
         "object_store_memory": int(object_store_memory or default_object_store_memory(shm_root)),
-        "parent_pid": parent_pid, **extra,
+        "parent_pid": parent_pid, "token": token, **extra,
     }
+    # The config, token included, goes through a pipe: a command line is
+    # readable by every user (ps), an environment by ours and root, and
+    # both outlive the daemon's reading of them.
+    cfg_r, cfg_w = os.pipe()
     r, w = os.pipe()
     env = dict(os.environ)
-    env["PENUMBRA_TOKEN"] = token
+    env.pop("PENUMBRA_TOKEN", None)  # the daemon and its workers must not inherit it
     env["PENUMBRA_READY_FD"] = str(w)
+    # Its own log as stdout and stderr, from the first instruction on: the
+    # caller's terminal (or a $(...) capture, a pipe, CI) is not held open,
+    # and a traceback at import, a crash in C or at exit all land in the log.
+    log = os.open(os.path.join(session_dir, "daemon.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "penumbra.transports.daemon", "--config", json.dumps(cfg)],
-            pass_fds=(w,), env=env, start_new_session=detach, stdin=subprocess.DEVNULL,
+            [sys.executable, "-m", "penumbra.transports.daemon", "--config-fd", str(cfg_r)],
+            pass_fds=(w, cfg_r), env=env, start_new_session=detach, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
         )
     except BaseException:
         os.close(r)
+        os.close(cfg_w)
         raise
     finally:
-        os.close(w)
+        for fd in (w, cfg_r, log):
+            os.close(fd)
+    try:
+        with os.fdopen(cfg_w, "wb") as f:
+            f.write(json.dumps(cfg).encode())
+    except BrokenPipeError:
+        pass  # it died already: wait_ready reports why
     return PendingDaemon(proc, r, session, session_dir, shm_root, token)
 
 
@@ -157,7 +232,8 @@ class PendingDaemon:
             while b"\n" not in buf:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise TimeoutError(f"the penumbra daemon did not start within {timeout} s")
+                    raise TimeoutError(f"the penumbra daemon did not start within {timeout} s (its log: "
+                                       f"{os.path.join(self.session_dir, 'daemon.log')})")
                 ready, _, _ = select.select([r], [], [], min(left, 0.5))
                 if ready:
                     chunk = os.read(r, 4096)
@@ -171,17 +247,25 @@ class PendingDaemon:
             raise
         finally:
             os.close(r)
+        log_path = os.path.join(self.session_dir, "daemon.log")
         if b"\n" not in buf:
             code = proc.wait()
             tail = ""
             try:
-                with open(os.path.join(self.session_dir, "daemon.log")) as f:
+                with open(log_path) as f:
                     tail = "".join(f.readlines()[-20:])
             except OSError:
                 pass
             _kill(proc, self.session, self.shm_root)
-            raise RuntimeError(f"the penumbra daemon exited with status {code} before it was ready:\n{tail}")
+            raise DaemonStartError(f"the penumbra daemon exited with status {code} before it was ready "
+                                   f"(its log: {log_path})", log_path, tail)
         info = json.loads(buf.split(b"\n", 1)[0])
+        if "error" in info:  # it said why it cannot start
+            _kill(proc, self.session, self.shm_root)
+            if info.get("see_log"):  # an unforeseen error: its traceback is in the log
+                raise DaemonStartError(info["error"], log_path, "")
+            shutil.rmtree(self.session_dir, ignore_errors=True)  # the line says all there is to say
+            raise DaemonStartError(info["error"])
         return DaemonProcess(proc, self.session, self.session_dir, self.shm_root, info["address"], info["node_id"],
                              self.token)
 

@@ -83,7 +83,7 @@ from typing import Any
 import numpy as np
 
 from .serialization import SerializedObject, copy_into
-from .session import new_session_name
+from .session import new_session_name, pid_alive
 
 __all__ = [
     "ID_SIZE",
@@ -96,6 +96,7 @@ __all__ = [
     "StoreFullError",
     "StoreNotFoundError",
     "cleanup_session",
+    "cleanup_stale_sessions",
     "new_session_name",
     "session_segments",
     "session_store",
@@ -222,33 +223,44 @@ def cleanup_session(session: str, root: str = ROOT) -> int:
 
 
 def stale_sessions(root: str = ROOT) -> list[str]:
-    """Sessions in ``root`` whose creating process no longer exists."""
+    """This user's sessions in ``root`` whose creating process is gone
+    (exited, killed, or a zombie nobody reaps)."""
     out = []
+    me = os.getuid()
     for path in glob.glob(os.path.join(glob.escape(root), PREFIX + "*-meta")):
         session = os.path.basename(path)[len(PREFIX) : -len("-meta")]
         try:
             with open(path, "rb") as f:
+                if os.fstat(f.fileno()).st_uid != me:
+                    continue  # another user's: not ours to judge (nor to remove)
                 hdr = f.read(_H_PID + 8)
             if len(hdr) < _H_PID + 8 or hdr[:8] != _META_MAGIC:
                 continue
             pid = _U64.unpack_from(hdr, _H_PID)[0]
         except OSError:
             continue
-        if not _pid_alive(pid):
+        if not _SESSION_RE.match(session):
+            continue
+        if not pid_alive(pid):
             out.append(session)
     return sorted(out)
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def cleanup_stale_sessions(root: str = ROOT, only: set[str] | None = None) -> list[str]:
+    """Remove the files of every stale session (see :func:`stale_sessions`)
+    in ``root``, or only of those named in ``only``; the sessions removed.
+
+    A node daemon calls this as it starts, with the sessions of its sessions
+    directory, so that a SIGKILLed daemon's shared memory is freed by the
+    next ``penumbra start`` or ``init()`` rather than kept until reboot.
+    """
+    done = []
+    for session in stale_sessions(root):
+        if only is not None and session not in only:
+            continue
+        if cleanup_session(session, root):
+            done.append(session)
+    return done
 
 
 def _space_error(what: str, e: OSError, root: str) -> ShmSpaceError:
@@ -992,7 +1004,7 @@ class ShmStore:
         abandoned = []
         for i in np.flatnonzero(self._states == _ST_CREATED).tolist():
             key, _, kind, _, alloc, size, pid = self._read(i)
-            if pid != me and not _pid_alive(pid):
+            if pid != me and not pid_alive(pid):
                 abandoned.append((key, alloc if kind == _KIND_ARENA else size))
         for key, nbytes in abandoned:
             j = self._find(key)

@@ -203,8 +203,7 @@ def test_killed_embedded_daemon_fails_waits_and_named_actors_until_shutdown():
     finally:
         ray.shutdown()
     assert not os.path.exists(daemon.session_dir), "shutdown() left the dead daemon's session behind"
-    with pytest.raises(exc.PenumbraError, match="not initialized"):
-        ray.put(1)
+    assert not ray.is_initialized()  # (the lost runtime is gone: the next call starts afresh)
 
 
 def test_a_wait_registered_after_the_loss_fails_at_once(cluster):

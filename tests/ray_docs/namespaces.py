@@ -28,7 +28,7 @@ address = f"127.0.0.1:{port}"
 
 
 def cli(*args):
-    return subprocess.check_output([sys.executable, "-m", "penumbra.cli", *args], text=True, timeout=20)
+    return subprocess.check_output([sys.executable, "-m", "penumbra.cli", *args], text=True, timeout=10)
 
 
 @ray.remote

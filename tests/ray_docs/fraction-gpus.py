@@ -29,7 +29,7 @@ def f(arrivals):
     while ray.get(arrivals.count.remote()) < 4:
         if time.monotonic() > deadline:
             return False
-        time.sleep(0.05)
+        time.sleep(0.01)
     return True
 
 

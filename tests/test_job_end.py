@@ -243,3 +243,127 @@ def test_gcs_forgets_the_ended_job_keeps_the_live_one_and_nodes_drop_its_objects
     net.send("c:d2", "node:0", ClientDisconnected(client="c:d2"))
     net.run_for(0.5)
     assert {t: len(r) for t, r in (("tasks", rows(net, "tasks")), ("objects", rows(net, "objects")))} == baseline
+
+
+# ============================================================================ simulator
+
+
+def _sim_sizes(c) -> dict[str, int]:
+    """Rows per table over every shard's tail."""
+    out: dict[str, int] = {}
+    for shard in c.head.chain.shards.values():
+        for name, r in c.replica(shard.config.tail).tables.data.items():
+            out[name] = out.get(name, 0) + len(r)
+    return out
+
+
+def test_sim_driver_exit_frees_the_cluster_for_the_next_job_and_the_gcs_forgets():
+    from penumbra.sim.cluster import SimCluster
+    from penumbra.sim.workloads import TaskModel
+
+    c = SimCluster(nodes=2, cpus=2, validate=True)
+    c.wait_ready()
+    baseline = _sim_sizes(c)
+    d1 = c.driver("node:0")
+    specs = [d1.remote(TaskModel(duration=1.0)) for _ in range(200)]
+    d1.put(100)
+    assert c.run_until(lambda: sum(n.machine.scheduler.busy for n in c.nodes.values()) == 4, 10.0)
+    d1.close()
+    c.run(c.now + 0.1)
+    d2 = c.driver("node:0")
+    t0 = c.now
+    later = d2.remote(TaskModel(duration=0.01))
+    d2.watch(later.return_ids)
+    assert c.run_until(lambda: d2.all_ready([later]), 5.0)
+    # at once: not after 200 one-second tasks on 4 CPUs (50 s)
+    assert c.now - t0 < 2.0
+    assert not d2.errors()
+    finished = {s.task_id for n in c.nodes.values() for s in specs
+                if any(w == "finished" for _, _, w in n.machine.story(s.task_id))}
+    assert len(finished) < 10  # the rest never ran
+    d2.close()
+    c.run(c.now + 1.0)
+    assert c.head.ended_jobs == {d1.job_id, d2.job_id} and not c.head.ending
+    sizes = _sim_sizes(c)
+    for table in ("tasks", "objects", "finished_early", "actor_log"):
+        assert sizes[table] == baseline[table], (table, sizes, baseline)
+    for n in c.nodes.values():
+        s = n.machine.scheduler
+        assert not s.tasks and s.available == s.total
+
+
+# ============================================================================ real processes
+
+SLEEPY_DRIVER = textwrap.dedent("""
+    import os, sys, time
+    import penumbra as ray
+
+    address, token, pids = sys.argv[1:4]
+    ray.init(address=address, _token=token)
+
+    @ray.remote
+    def sleeper(i):
+        open(os.path.join(pids, str(os.getpid())), "w").close()
+        time.sleep(60)
+
+    refs = [sleeper.remote(i) for i in range(50)]
+    deadline = time.time() + 60
+    while len(os.listdir(pids)) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    print("running", len(os.listdir(pids)), flush=True)
+    # and exit with 48 tasks queued and 2 running
+""")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.timeout(180)
+def test_real_driver_exit_cancels_its_tasks_and_the_next_job_runs_at_once(tmp_path):
+    import penumbra as ray
+    from penumbra.transports.launch import Cluster
+
+    cluster = Cluster(head_node_args={"num_cpus": 2})
+    try:
+        script = tmp_path / "driver.py"
+        script.write_text(SLEEPY_DRIVER)
+        pids = tmp_path / "pids"
+        pids.mkdir()
+        repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ, PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        p = subprocess.run([sys.executable, str(script), cluster.address, cluster.token, str(pids)],
+                           capture_output=True, text=True, env=env, timeout=120)
+        assert p.returncode == 0 and p.stdout.startswith("running 2"), (p.stdout, p.stderr)
+        first = {int(f) for f in os.listdir(pids)}
+
+        ray.init(address=cluster.address, _token=cluster.token)
+
+        @ray.remote
+        def quick():
+            return os.getpid()
+
+        t0 = time.monotonic()
+        pid = ray.get(quick.remote(), timeout=30)
+        # at once, not after the first job's 50 one-minute tasks
+        assert time.monotonic() - t0 < 10
+        assert pid not in first
+        # the workers that ran the first job's tasks were killed, and none
+        # of its queued tasks ever started
+        deadline = time.monotonic() + 20
+        while any(_alive(q) for q in first) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not [q for q in first if _alive(q)], "a worker of the ended job still runs its task"
+        assert {int(f) for f in os.listdir(pids)} == first
+        # and both CPUs are free again
+        deadline = time.monotonic() + 20
+        while ray.available_resources().get("CPU") != 2.0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert ray.available_resources().get("CPU") == 2.0
+    finally:
+        ray.shutdown()
+        cluster.shutdown()

@@ -224,6 +224,8 @@ def test_gcs_forgets_the_ended_job_keeps_the_live_one_and_nodes_drop_its_objects
     for job in (j1, j2):
         assert all(s.return_ids[0] in all_objects for s in done[job.job_id])
     j1_oids = [s.return_ids[0] for s in done[1]] + [j1.put_id(1)]
+    ran_on = {n: [s.task_id for s in done[1] if net.machines[n].scheduler.state_of(s.task_id) == "finished"]
+              for n in ("node:0", "node:1")}
 
     net.send("c:d1", "node:0", ClientDisconnected(client="c:d1"))
     net.run_for(0.5)
@@ -238,6 +240,8 @@ def test_gcs_forgets_the_ended_job_keeps_the_live_one_and_nodes_drop_its_objects
     for n in ("node:0", "node:1"):
         store = net.machines[n].objects.store
         assert not [o for o in j1_oids if o in store or o in net.stores[n]], n
+        # and forgot the history of job 1's tasks that ran there
+        assert ran_on[n] and not [t for t in ran_on[n] if net.machines[n].story(t) or net.machines[n].scheduler.state_of(t)], n
     assert all(any(s.return_ids[0] in net.machines[n].objects.store for n in ("node:0", "node:1")) for s in done[2])
 
     net.send("c:d2", "node:0", ClientDisconnected(client="c:d2"))

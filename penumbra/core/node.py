@@ -323,11 +323,17 @@ class NodeMachine:
     def _on_drop_objects(self, ev: DropObjects, now: float) -> list[Command]:
         """Copies of an ended job's objects: deleted now rather than by LRU
         (their GCS rows are gone already).  One still pinned or wanted here
-        (an input of another job's task) stays until that ends."""
+        (an input of another job's task) stays until that ends.  The
+        history of the tasks that made them goes too (stories, outcomes):
+        bounded caches, but the node should not sit on an ended job's."""
         objects = self.objects
         store = objects.store
+        stories, done = self.stories, self.scheduler.done
         cmds: list[Command] = []
         for oid in ev.object_ids:
+            tid = oid.task_id
+            stories.pop(tid, None)
+            done.pop(tid, None)
             if oid in objects.wants or store.is_pinned(oid):
                 continue
             if store.remove(oid) or objects.errors.pop(oid, None) is not None:
@@ -628,6 +634,11 @@ class NodeMachine:
             assert w.remaining, f"watch {key} has nothing left but is still open"
             assert w.held is None or len(w.held) < min(w.need, _HOLD_MAX), f"watch {key} holds {len(w.held)} reports, enough to send"
         assert self.scheduler.other_nodes_alive == sum(1 for a in self.nodes.values() if a), "live peer count is off"
+        if self.ended_jobs:
+            for tid, t in self.scheduler.tasks.items():
+                a = t.spec.actor_creation
+                assert t.spec.job_id not in self.ended_jobs or (a is not None and a.detached), (
+                    f"task {tid} of ended job {t.spec.job_id} is still queued or running")
 
 
 _HANDLERS = {

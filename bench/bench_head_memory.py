@@ -2,7 +2,7 @@
 
     python bench/bench_head_memory.py                  # 100,000 tasks over 10 jobs
     python bench/bench_head_memory.py --tasks 20000    # smaller
-    PYTHONPATH=/path/to/other/checkout python bench/bench_head_memory.py   # compare
+    cd /tmp && PYTHONPATH=/path/to/checkout python /path/to/bench_head_memory.py   # compare checkouts
 
 Starts a real local cluster (one head daemon), measures the head daemon's
 memory (``VmRSS`` from ``/proc/PID/status`` and ``Pss`` from
@@ -105,6 +105,10 @@ def main() -> None:
         ap.error("--tasks and --jobs must be at least 1")
 
     repo = os.path.dirname(os.path.dirname(os.path.abspath(penumbra.__file__)))
+    here = os.path.realpath(os.getcwd())
+    if os.path.isdir(os.path.join(here, "penumbra")) and here != os.path.realpath(repo):
+        sys.exit(f"run this from another directory: the daemons start with 'python -m', which puts the current "
+                 f"directory ({here}) before PYTHONPATH, so they would run that checkout, not {repo}")
     env = dict(os.environ, PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""))
     os.environ["PYTHONPATH"] = env["PYTHONPATH"]  # (the daemons too)
     print(f"penumbra from {repo}; {args.tasks} tasks over {args.jobs} jobs on {args.cpus} CPUs")

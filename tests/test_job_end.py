@@ -305,18 +305,32 @@ SLEEPY_DRIVER = textwrap.dedent("""
     address, token, pids = sys.argv[1:4]
     ray.init(address=address, _token=token)
 
+    def started(kind):
+        open(os.path.join(pids, f"{kind}-{os.getpid()}"), "w").close()
+
     @ray.remote
-    def sleeper(i):
-        open(os.path.join(pids, str(os.getpid())), "w").close()
+    def sleeper():
+        started("sleeper")
         time.sleep(60)
 
-    refs = [sleeper.remote(i) for i in range(50)]
-    deadline = time.time() + 60
-    while len(os.listdir(pids)) < 2 and time.time() < deadline:
-        time.sleep(0.05)
+    @ray.remote
+    def parent():
+        started("parent")
+        ray.get(sleeper.remote())  # a nested task: it carries the job's id
+
+    def wait_for(n):
+        deadline = time.time() + 60
+        while len(os.listdir(pids)) < n and time.time() < deadline:
+            time.sleep(0.05)
+
+    p = parent.remote()
+    wait_for(2)  # the parent runs, blocked on its child, which runs too
+    refs = [sleeper.remote() for _ in range(48)]
+    wait_for(3)  # the parent lent its CPU: one more sleeper runs
     print("running", len(os.listdir(pids)), flush=True)
-    # and exit with 48 tasks queued and 2 running
+    # and exit with 47 tasks queued and 3 running
 """)
+
 
 
 def _alive(pid: int) -> bool:
@@ -342,8 +356,10 @@ def test_real_driver_exit_cancels_its_tasks_and_the_next_job_runs_at_once(tmp_pa
         env = dict(os.environ, PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""))
         p = subprocess.run([sys.executable, str(script), cluster.address, cluster.token, str(pids)],
                            capture_output=True, text=True, env=env, timeout=120)
-        assert p.returncode == 0 and p.stdout.startswith("running 2"), (p.stdout, p.stderr)
-        first = {int(f) for f in os.listdir(pids)}
+        assert p.returncode == 0 and p.stdout.startswith("running 3"), (p.stdout, p.stderr)
+        started = set(os.listdir(pids))
+        assert sorted(f.split("-")[0] for f in started) == ["parent", "sleeper", "sleeper"]
+        first = {int(f.split("-")[1]) for f in started}
 
         ray.init(address=cluster.address, _token=cluster.token)
 
@@ -362,7 +378,7 @@ def test_real_driver_exit_cancels_its_tasks_and_the_next_job_runs_at_once(tmp_pa
         while any(_alive(q) for q in first) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not [q for q in first if _alive(q)], "a worker of the ended job still runs its task"
-        assert {int(f) for f in os.listdir(pids)} == first
+        assert set(os.listdir(pids)) == started
         # and both CPUs are free again
         deadline = time.monotonic() + 20
         while ray.available_resources().get("CPU") != 2.0 and time.monotonic() < deadline:

@@ -33,16 +33,18 @@ from penumbra.core.messages import (
     SubmitTask,
     WatchObjects,
 )
-from penumbra.core.records import NodeEntry
+from penumbra.core.records import ActorEntry, ActorState, NodeEntry
 from penumbra.core.scheduler import SchedulerConfig
 from penumbra.core.specs import ActorSpec, FunctionDescriptor, ResourceSet, TaskSpec
 from penumbra.core.tables import (
     AddLocation,
     AddTask,
+    AppendActorLog,
     FinishTask,
     ForgetJob,
     ForgetObject,
     Get,
+    PutActor,
     PutNode,
     Tables,
     TableSizes,
@@ -143,7 +145,17 @@ def test_tables_forget_a_job_but_not_another_nor_a_detached_actor() -> None:
     t.apply(AddLocation(j1.put_id(1), "n", 10))
     t.apply(AddLocation(j2.put_id(1), "n", 10))
 
+    # replay logs: of a dead actor of job 1 (goes) and of job 1's detached actor (stays)
+    dead_actor = ActorSpec(actor_id=b"\x02" * 16, cls=FN, replay=True)
+    dead_creation = j1.spec(actor_creation=dead_actor)
+    t.apply(PutActor(ActorEntry(dead_actor, dead_creation, ActorState.DEAD)))
+    t.apply(PutActor(ActorEntry(creation.actor_creation, creation, ActorState.ALIVE)))
+    t.apply(AppendActorLog(dead_actor.actor_id, 0, b.task_id, b))
+    t.apply(AppendActorLog(creation.actor_creation.actor_id, 0, b.task_id, b))
+
     released, _ = t.apply(ForgetJob(1))
+    assert set(t.data["actor_log"]) == {(creation.actor_creation.actor_id, 0)}
+    assert set(t.data["actors"]) == {dead_actor.actor_id, creation.actor_creation.actor_id}
     assert released == tuple(sorted([(a.return_ids[0], frozenset({"n"})), (j1.put_id(1), frozenset({"n"}))]))
     tasks, objects = t.data["tasks"], t.data["objects"]
     assert set(tasks) == {creation.task_id, keep.task_id}

@@ -45,8 +45,10 @@ The GCS would otherwise grow with every task ever run.  Two ops delete rows:
   ``FinishTask`` of that job (a write still in flight when the job ended)
   is refused instead of bringing a row back.  The result lists the deleted
   objects that still had copies, so the head can tell the nodes to drop
-  them.  Rows of other jobs, of actors and of actor logs are untouched
-  (detached actors keep theirs).
+  them.  The replay logs of the job's actors that are dead (not
+  detached) go too; actor rows stay (a handle passed to another job must
+  find its actor dead, not missing), and rows of other jobs and of
+  detached actors are untouched.
 * ``ForgetObject(oid)``, written by a node that freed a put object whose
   owner dropped the last ref while the ref never left the owner (see
   ``ObjectManager.free``): nobody can name the object again.
@@ -921,6 +923,15 @@ def _forget_job(t: Tables, op: ForgetJob):
     for key in [k for k in t.subs
                 if (k[0] == "tasks" and k[1] in gone) or (k[0] == "objects" and k[1] is not None and k[1][:16] in prefixes)]:
         del t.subs[key]
+    # the replay logs of the job's actors that are dead for good (a log is
+    # read only to restart its actor); their rows stay: a handle passed to
+    # another job must still find the actor dead, not missing
+    dead = {aid for aid, e in t.data["actors"].items()
+            if e.creation.job_id == job and not e.spec.detached and e.state is ActorState.DEAD}
+    if dead:
+        log = t.data["actor_log"]
+        for key in [k for k in log if k[0] in dead]:
+            del log[key]
     return tuple(sorted(released)), []
 
 

@@ -399,3 +399,34 @@ def test_real_driver_exit_cancels_its_tasks_and_the_next_job_runs_at_once(tmp_pa
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def test_sim_job_end_while_a_node_dies_still_forgets_the_job():
+    """A node that dies before answering JobEnded no longer holds the
+    job's rows back; the survivors drop the job's work and rows go."""
+    from penumbra.core.layout import ClusterLayout, NodeShape
+    from penumbra.sim.cluster import SimCluster
+    from penumbra.sim.workloads import TaskModel
+
+    layout = ClusterLayout(nodes=(NodeShape(ResourceSet.of(CPU=2)),) * 3,
+                           scheduler=SchedulerConfig(forward_queue_threshold=2))
+    c = SimCluster(layout, validate=True)
+    c.wait_ready()
+    baseline = _sim_sizes(c)
+    d1 = c.driver("node:0")
+    first = [d1.remote(TaskModel(duration=0.05, outputs=(1000,))) for _ in range(20)]
+    second = [d1.remote(TaskModel(duration=5.0), deps=s.return_ids) for s in first]
+    assert c.run_until(lambda: all(n.machine.scheduler.busy for n in c.nodes.values()), 10.0)
+    d1.close()
+    c.crash_node("node:2")
+    c.run(c.now + 5.0)
+    assert c.head.ended_jobs == {d1.job_id} and not c.head.ending
+    sizes = _sim_sizes(c)
+    assert sizes["tasks"] == baseline["tasks"] and sizes["objects"] == baseline["objects"], (sizes, baseline)
+    for a in ("node:0", "node:1"):
+        s = c.nodes[a].machine.scheduler
+        assert not s.tasks and s.available == s.total
+        assert not [o for s2 in first for o in s2.return_ids if o in c.nodes[a].machine.objects.store]
+    # nothing of the ended job ran again after its end (no retry, no rebuild)
+    assert not [s for s in second if any(w == "finished" for n in c.nodes.values() if n.alive
+                                         for _, _, w in n.machine.story(s.task_id))]

@@ -430,3 +430,20 @@ def test_sim_job_end_while_a_node_dies_still_forgets_the_job():
     # nothing of the ended job ran again after its end (no retry, no rebuild)
     assert not [s for s in second if any(w == "finished" for n in c.nodes.values() if n.alive
                                          for _, _, w in n.machine.story(s.task_id))]
+
+
+def test_a_node_forgets_the_versions_of_object_rows_it_no_longer_follows(core) -> None:
+    """Bounded memory: the GCS client's last-seen version of an object row
+    goes when the node unsubscribes (else it grows with every object the
+    node ever waited for)."""
+    net = core.cluster(nodes=2, behaviour=lambda s, a: ok(0.05))
+    inbox = net.add_client("c:d")
+    j1 = Job(1)
+    s = j1.spec()
+    net.send("c:d", "node:1", SubmitTask(client="c:d", spec=s))
+    net.send("c:d", "node:0", WatchObjects(client="c:d", req_id=1, object_ids=s.return_ids, fetch=True))
+    net.run_for(0.5)
+    assert any(isinstance(m, ObjectsReady) for m in inbox)
+    n0 = net.machines["node:0"]
+    assert s.return_ids[0] in n0.objects.store  # fetched, after following its row
+    assert not [k for k in n0.gcs.versions if k[0] == "objects"]

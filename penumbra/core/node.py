@@ -95,7 +95,7 @@ from .objects import ObjectManager
 from .records import ActorEntry, ErrorInfo, NodeEntry, ObjectEntry, ObjectInfo
 from .scheduler import LocalScheduler, SchedulerConfig
 from .specs import ResourceSet, TaskSpec
-from .tables import FinishTask, PutActor, RegisterName, Subscribe
+from .tables import FinishTask, PutActor, RegisterName, Subscribe, Unsubscribe
 
 __all__ = ["NodeConfig", "NodeMachine"]
 
@@ -162,6 +162,10 @@ class NodeMachine:
 
     # ------------------------------------------------------------------ shared services
     def gcs_write(self, op, token: Hashable, now: float, sid: str) -> list[Command]:
+        if type(op) is Unsubscribe:
+            # the last version seen of a key we stop following: kept, it
+            # would grow with every object this node ever waited for
+            self.gcs.forget(op.table, op.key)
         return self.gcs.write(op, token, now, sid)
 
     def gcs_read(self, query, token: Hashable, now: float, sid: str) -> list[Command]:
@@ -590,6 +594,10 @@ class NodeMachine:
             return []
         table = ev.table
         if table == "objects":
+            if ev.key not in self.objects.wants:
+                # a change that crossed our unsubscribe: no version to keep
+                self.gcs.forget(table, ev.key)
+                return []
             return self.objects.on_entry(ev.key, ev.value, now, ev.stimulus_id)
         if table == "actors":
             return self._actor_row(ev.key, ev.value, now, ev.stimulus_id)

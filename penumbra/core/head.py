@@ -214,7 +214,7 @@ class HeadMachine:
         self.ended_jobs.add(job)
         cmds = self.actors.on_job_finished(job, now, sid)
         self.scheduler.drop_job(job)
-        nodes = sorted(self.last_seen)
+        nodes = sorted(self.scheduler.alive_nodes())
         self.ending[job] = set(nodes)
         for n in nodes:
             cmds.append(Send(to=n, msg=JobEnded(job_id=job, stimulus_id=sid)))
@@ -234,7 +234,7 @@ class HeadMachine:
         waiting = self.ending.get(job)
         if waiting is None:
             return []
-        waiting.intersection_update(self.last_seen)
+        waiting.intersection_update(self.scheduler.alive_nodes())
         cmds: list[Command] = [Send(to=n, msg=JobEnded(job_id=job, stimulus_id=sid)) for n in sorted(waiting)]
         if waiting:
             cmds.append(SetTimer(at=now + self.config.job_end_retry, key=("job-end", job)))
@@ -253,8 +253,9 @@ class HeadMachine:
             for oid, locations in released:
                 for n in locations:
                     by_node.setdefault(n, []).append(oid)
+        alive = set(self.scheduler.alive_nodes())
         return [Send(to=n, msg=DropObjects(object_ids=tuple(oids), stimulus_id=sid))
-                for n, oids in sorted(by_node.items()) if n in self.last_seen]
+                for n, oids in sorted(by_node.items()) if n in alive]
 
     # ------------------------------------------------------------------ GCS replies
     def _on_gcs(self, ev: Event, now: float) -> list[Command]:

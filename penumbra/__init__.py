@@ -21,7 +21,7 @@ from . import _codecache
 
 _codecache.install()  # before any module that defines the protocol's dataclasses
 
-from . import exceptions, util  # noqa: E402
+from . import actor, cloudpickle, exceptions, util  # noqa: E402
 from .api.actor import ActorClass, ActorHandle, method
 from .api.functions import (
     ClusterInfo,
@@ -70,6 +70,8 @@ __all__ = [
     "RemoteFunction",
     "RuntimeContext",
     "ClusterInfo",
+    "actor",
+    "cloudpickle",
     "exceptions",
     "util",
 ]

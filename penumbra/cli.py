@@ -42,6 +42,9 @@ def cmd_start(args) -> int:
 
     common = dict(num_cpus=args.num_cpus, num_gpus=args.num_gpus or 0, resources=_resources(args.resources),
                   object_store_memory=args.object_store_memory, host=args.host)
+    for name in ("node_timeout", "heartbeat_interval"):
+        if getattr(args, name) is not None:
+            common[name] = getattr(args, name)
     if args.head:
         d = spawn_daemon(head=True, port=args.port, token=args.token, **common)
         info = {"token": d.token, "pid": d.pid, "session": d.session, "session_dir": d.session_dir,
@@ -206,6 +209,16 @@ def cmd_demo(args) -> int:
     return demo_main(args)
 
 
+def _seconds(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return v
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="penumbra", description="penumbra: the Ray paper's system, simulator-verified")
     sub = p.add_subparsers(dest="command", required=True)
@@ -221,6 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num-gpus", type=float, default=None)
     s.add_argument("--resources", help='custom resources as JSON, e.g. \'{"special": 2}\'')
     s.add_argument("--object-store-memory", type=int, default=None, help="bytes")
+    s.add_argument("--node-timeout", type=_seconds, default=None,
+                   help="seconds without heartbeats before the head declares a node dead (default 30, "
+                        "as Ray's health checks; pass the same value to every node)")
+    s.add_argument("--heartbeat-interval", type=_seconds, default=None,
+                   help="seconds between a node's heartbeats (default 1)")
     s.set_defaults(fn=cmd_start)
 
     s = sub.add_parser("status", help="nodes, resources, queued and running tasks, object store use")

@@ -34,11 +34,14 @@ __all__ = [
     "ObjectStoreFullError",
     "SerializationError",
     "RuntimeEnvError",
+    "PenumbraSystemError",
+    "ClusterConnectionLostError",
     "from_error_info",
     # Ray's names
     "RayError",
     "RayTaskError",
     "RayActorError",
+    "RaySystemError",
 ]
 
 
@@ -52,6 +55,13 @@ class TaskError(PenumbraError):
 
     ``get`` raises ``as_instanceof_cause()`` of this: an object of a class
     derived from both ``TaskError`` and ``type(cause)``.
+
+    Nested failures (a task that calls ``get`` on a failed child and does
+    not catch the error, or whose argument is a failed task's result) keep
+    the *root* exception as ``cause``, so ``except ValueError`` still
+    catches it however deep it was raised; the text names every task on the
+    way, outermost first, each with its own traceback (as Ray's
+    ``RayTaskError`` does).
     """
 
     def __init__(self, function_name: str = "", traceback_str: str = "", cause: BaseException | None = None,
@@ -62,43 +72,64 @@ class TaskError(PenumbraError):
         self.pid = pid
         self.host = host
         self.cause_repr = cause_repr or (repr(cause) if cause is not None else "")
-        super().__init__(self._message())
+        # (not super(): in a TaskError(X), that is X's __init__, which may
+        # want other arguments -- JSONDecodeError, UnicodeDecodeError)
+        BaseException.__init__(self, self._message())
 
     @classmethod
     def from_exception(cls, function_name: str, exc: BaseException) -> "TaskError":
-        tb = "".join(_traceback.format_exception(type(exc), exc, exc.__traceback__))
+        """The error task ``function_name`` leaves when it raised ``exc``.
+
+        If ``exc`` is itself a task's error (the task did not catch a failed
+        child's error), the root cause carries on and the child's text
+        follows this task's traceback.
+        """
+        tb = _format_task_traceback(exc)
+        if isinstance(exc, TaskError):
+            return cls(function_name, tb, exc.cause, os.getpid(), socket.gethostname(), exc.cause_repr)
         return cls(function_name, tb, exc, os.getpid(), socket.gethostname())
 
     def _message(self) -> str:
         where = f" (pid={self.pid}, host={self.host})" if self.pid else ""
-        head = f"{type(self.cause).__name__ if self.cause is not None else 'TaskError'}: task {self.function_name}{where} raised:"
+        cause_name = type(self.cause).__name__ if self.cause is not None else "TaskError"
+        head = f"{cause_name}: task {self.function_name}{where} raised:"
         return f"{head}\n{self.traceback_str.rstrip()}" if self.traceback_str else f"{head} {self.cause_repr}"
 
     def __str__(self) -> str:
         return self._message()
 
+    def _state(self) -> tuple:
+        return (self.function_name, self.traceback_str, self.cause, self.pid, self.host, self.cause_repr)
+
     def __reduce__(self):
-        return (TaskError, (self.function_name, self.traceback_str, self.cause, self.pid, self.host, self.cause_repr))
+        return (TaskError, self._state())
 
     def as_instanceof_cause(self) -> "TaskError":
         """An exception that is a ``TaskError`` and an instance of the cause's
-        class, so ``except UserError`` still catches it."""
+        class, so ``except UserError`` still catches it.
+
+        A class that cannot take part (it cannot be subclassed, its
+        ``__init_subclass__`` or ``__new__`` refuses, its layout clashes)
+        gives ``self``: a plain ``TaskError`` whose ``cause`` is readable.
+        """
         cause = self.cause
         if cause is None:
             return self
         cause_cls = type(cause)
         if isinstance(cause, TaskError):
             return cause
+        if isinstance(self, cause_cls):
+            return self  # already one: a TaskError(X), or X is a base of TaskError (Exception)
         try:
             cls = _dual_classes.get(cause_cls)
             if cls is None:
                 cls = _make_dual(cause_cls)
                 _dual_classes[cause_cls] = cls
             inst = cls.__new__(cls)
-        except TypeError:
-            return self  # the class cannot be subclassed (final, slots clash)
-        TaskError.__init__(inst, self.function_name, self.traceback_str, cause, self.pid, self.host, self.cause_repr)
-        inst.args = getattr(cause, "args", ())
+            TaskError.__init__(inst, *self._state())
+            inst.args = getattr(cause, "args", ())
+        except Exception:
+            return self
         return inst
 
 
@@ -116,13 +147,47 @@ def _make_dual(cause_cls: type) -> type:
         return TaskError._message(self)
 
     def __reduce__(self):
-        return (TaskError, (self.function_name, self.traceback_str, self.cause, self.pid, self.host, self.cause_repr))
+        # rebuilt as the same dual class in any process (``except ValueError``
+        # still catches an error passed around as a value)
+        return (_rebuild_dual, TaskError._state(self))
 
     name = f"TaskError({cause_cls.__name__})"
     return type(name, (TaskError, cause_cls), {
         "__getattr__": __getattr__, "__str__": __str__, "__reduce__": __reduce__,
         "__init__": lambda self, *a, **k: None, "__module__": cause_cls.__module__,
     })
+
+
+def _rebuild_dual(*state: Any) -> TaskError:
+    return TaskError(*state).as_instanceof_cause()
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _format_task_traceback(exc: BaseException) -> str:
+    """``exc``'s traceback as text, for a task's error.
+
+    penumbra's own frames before the user's (the worker's loop that called
+    the function) are left out, as Ray leaves out its worker's, and so are
+    those after them when ``exc`` is a child task's error (the ``get`` that
+    raised it): what remains starts in the user's code.  A traceback
+    entirely inside penumbra is kept whole.  When ``exc`` is a child task's
+    error, its own text (naming that task, with its traceback) replaces the
+    usual last line.
+    """
+    te = _traceback.TracebackException(type(exc), exc, exc.__traceback__)
+    frames = list(te.stack)
+    users = [not f.filename.startswith(_PACKAGE_DIR) for f in frames]
+    if any(users):
+        first = users.index(True)
+        end = len(users) - users[::-1].index(True) if isinstance(exc, TaskError) else len(users)
+        te.stack = _traceback.StackSummary.from_list(frames[first:end])
+    lines = list(te.format())
+    if isinstance(exc, TaskError):
+        tail = len(list(te.format_exception_only()))
+        lines[len(lines) - tail:] = [exc._message() + "\n"]
+    return "".join(lines)
 
 
 class WorkerCrashedError(PenumbraError):
@@ -180,10 +245,44 @@ class RuntimeEnvError(PenumbraError):
     """The function or class could not be loaded in the worker."""
 
 
+class PenumbraSystemError(PenumbraError):
+    """penumbra itself failed, not the user's code (Ray: ``RaySystemError``,
+    which Ray raises when its raylet is killed)."""
+
+
+class ClusterConnectionLostError(PenumbraSystemError, ConnectionError):
+    """This process lost its connection to the cluster: the node daemon it
+    talks to was killed or exited (or, in a worker, its node is gone).
+
+    Every call that needs the cluster (``get``, ``wait``, ``put``,
+    ``.remote()``, ``nodes`` ...) then raises it at once, and goes on
+    raising it until ``shutdown()``; ``init()`` after that starts or joins a
+    cluster again.  It is also a ``ConnectionError``, so ``except
+    ConnectionError`` catches it.
+
+    Attributes:
+        address: the address of the cluster that was lost.
+        detail: how the connection ended, as the transport saw it.
+    """
+
+    def __init__(self, address: str = "", detail: str = "") -> None:
+        self.address = address
+        self.detail = detail
+        how = f"the connection was lost ({detail})" if detail else "the connection was lost"
+        super().__init__(
+            f"the penumbra cluster at {address or '?'} is unreachable: {how}. "
+            f"Call penumbra.shutdown() and then penumbra.init() to start or join a cluster again."
+        )
+
+    def __reduce__(self):
+        return (type(self), (self.address, self.detail))
+
+
 # Ray's names
 RayError = PenumbraError
 RayTaskError = TaskError
 RayActorError = ActorError
+RaySystemError = PenumbraSystemError
 
 
 def from_error_info(info, deserialize=None) -> BaseException:

@@ -600,3 +600,54 @@ def test_a_generator_method_fails_with_a_clear_error():
     with pytest.raises(TypeError, match="generator function.*num_returns=N"):
         ray.get(g.values.remote(), timeout=60)
     ray.kill(g)
+
+
+def test_memory_requests_are_scheduled_against_the_nodes_memory():
+    # Ray gives every node a ``memory`` resource (70% of its available RAM)
+    total = ray.cluster_resources()["memory"]
+    assert total > 0
+
+    @ray.remote(memory=64 << 20)
+    def small():
+        return ray.get_runtime_context().get_assigned_resources().get("memory")
+
+    assert ray.get(small.remote(), timeout=60) == 64 << 20
+    a = Counter.options(memory=32 << 20).remote()
+    assert ray.get(a.inc.remote(), timeout=60) == 1
+    ray.kill(a)
+
+
+def test_runtime_keys_are_never_reused_even_when_ids_are():
+    # A runtime freed after shutdown() leaves its id() to the next one; state
+    # keyed by id() (which functions a cluster has been sent) then leaked into
+    # a new cluster that had never seen them, and their tasks never ran.
+    import gc
+
+    from penumbra.api.runtime import Runtime
+
+    R = type("R", (Runtime,), {name: (lambda *a, **k: None) for name in Runtime.__abstractmethods__})
+    ids, keys = [], set()
+    for _ in range(50):
+        rt = R()
+        ids.append(id(rt))
+        keys.add(rt.key)
+        assert rt.key == rt.key
+        del rt
+        gc.collect()
+    assert len(keys) == 50
+    assert len(set(ids)) < 50  # (the hazard is real: ids were reused)
+
+
+def test_a_function_runs_on_each_of_many_successive_clusters():
+    ray.shutdown()
+    try:
+        @ray.remote
+        def plus_one(x):
+            return x + 1
+
+        for i in range(8):
+            ray.init(num_cpus=1)
+            assert ray.get(plus_one.remote(i), timeout=30) == i + 1
+            ray.shutdown()
+    finally:
+        ray.init(num_cpus=2, object_store_memory=256 << 20, _system_config={"validate": True})

@@ -52,7 +52,9 @@ def test_tasks_go_where_resources_are_and_inputs_follow(cluster):
     big = make.remote(3_000_000)  # made on the head's node (1 CPU, no "special")
     where, s = ray.get(total.remote(big), timeout=60)
     assert where == node.node_id and s == 3_000_000
-    assert ray.cluster_resources() == {"CPU": 3.0, "special": 1.0}
+    total = ray.cluster_resources()
+    assert total.pop("memory") > 0  # every node offers memory, as in Ray
+    assert total == {"CPU": 3.0, "special": 1.0}
 
 
 def test_tasks_spill_to_another_node_when_overloaded(cluster):
@@ -269,5 +271,39 @@ def test_init_twice_and_shutdown_twice():
     finally:
         ray.shutdown()
         ray.shutdown()
+    assert not ray.is_initialized()
+
+
+def test_first_api_call_starts_a_cluster_as_in_ray(monkeypatch):
+    # Ray calls init() on the first remote API call; so does penumbra
+    assert not ray.is_initialized()
+    try:
+        @ray.remote
+        def inc(x):
+            return x + 1
+
+        assert ray.get(inc.remote(1), timeout=60) == 2
+        assert ray.is_initialized()
+        with pytest.raises(RuntimeError, match="twice"):
+            ray.init()
+    finally:
+        ray.shutdown()
+    try:
+        assert ray.get(ray.put("again"), timeout=60) == "again"  # put, after a shutdown, starts one too
+    finally:
+        ray.shutdown()
+    # RAY_ENABLE_AUTO_CONNECT=0 (or PENUMBRA_ENABLE_AUTO_CONNECT=0) turns it off
+    monkeypatch.setenv("RAY_ENABLE_AUTO_CONNECT", "0")
     with pytest.raises(exc.PenumbraError, match="init"):
         ray.put(1)
+    assert not ray.is_initialized()
+
+
+def test_init_without_an_address_joins_penumbra_address(cluster, monkeypatch):
+    # as Ray's init() joins $RAY_ADDRESS
+    node = cluster.add_node(num_cpus=1)
+    monkeypatch.setenv("PENUMBRA_ADDRESS", cluster.address)
+    info = ray.init(_token=cluster.token)
+    assert info.address_info["address"] == cluster.address
+    cluster.wait_for_nodes()
+    assert {n["NodeID"] for n in ray.nodes()} >= {cluster.head.node_id, node.node_id}

@@ -502,7 +502,7 @@ def test_node_crash_from_the_fault_schedule_retries_its_task(start):
 
 def test_four_nodes_spread_tasks(start):
     sim = start(SimConfig(nodes=4, num_cpus=1, task_time=0.1, layout=SPREAD))
-    assert ray.cluster_resources() == {"CPU": 4.0}
+    assert ray.cluster_resources() == {"CPU": 4.0, "memory": 4.0 * simrt.default_memory_resource(1 << 30)}
     assert len(ray.nodes()) == 4
     t0 = sim.now
     nodes = [n for n, _ in ray.get([where.remote() for _ in range(16)])]
@@ -535,14 +535,15 @@ def test_config_validation_and_shapes():
     with pytest.raises(ValueError):
         SimConfig(nodes=[{"CPU": 1}]).shapes(num_cpus=2)
     shapes = SimConfig(nodes=2, resources={"disk": 1}).shapes(num_cpus=3)
-    assert shapes[0].resources.to_dict() == {"CPU": 3.0, "disk": 1.0} and len(shapes) == 2
+    memory = float(simrt.default_memory_resource(1 << 30))
+    assert shapes[0].resources.to_dict() == {"CPU": 3.0, "disk": 1.0, "memory": memory} and len(shapes) == 2
     with pytest.raises(TypeError):
         simrt.start_simulated(42)
 
 
 def test_cluster_info_and_shutdown_with_tasks_in_flight(start):
     start(SimConfig(nodes=[{"CPU": 2, "GPU": 1}, {"CPU": 1}]))
-    assert ray.cluster_resources() == {"CPU": 3.0, "GPU": 1.0}
+    assert ray.cluster_resources() == {"CPU": 3.0, "GPU": 1.0, "memory": 2.0 * simrt.default_memory_resource(1 << 30)}
     assert ray.available_resources()["CPU"] == 3.0
 
     @ray.remote
@@ -608,3 +609,17 @@ def test_generator_functions_need_num_returns(start):
     assert ray.get(list(gen.options(num_returns=3).remote(3))) == [0, 1, 2]
     with pytest.raises(ValueError, match="num_returns=2 but returned 3 values"):
         ray.get(gen.options(num_returns=2).remote(3)[0])
+
+
+def test_memory_requests_run_on_simulated_nodes(start):
+    start(SimConfig(nodes=2, num_cpus=1))
+    per_node = simrt.default_memory_resource(1 << 30)
+
+    @ray.remote(memory=per_node)
+    def whole_node():
+        return ray.get_runtime_context().get_node_id()
+
+    assert ray.get([whole_node.remote(), whole_node.remote()]) and ray.cluster_resources()["memory"] == 2 * per_node
+    # more than any node has: infeasible, so it stays pending
+    with pytest.raises(ray.exceptions.GetTimeoutError):
+        ray.get(whole_node.options(memory=per_node + 1).remote(), timeout=5)

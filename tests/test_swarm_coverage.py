@@ -83,6 +83,24 @@ def test_every_fault_kind_is_drawn(plans):
     assert not missing, f"fewer than 10 of {len(SEEDS)} seeds draw: {missing} ({dict(seen)})"
 
 
+def test_timing_faults_are_drawn(plans):
+    """Stop-the-world pauses of the head (in both orders of resume), of a
+    node (briefly, and long enough to be declared dead), of the driver, and
+    bursts of late heartbeats."""
+    seen = collections.Counter()
+    for p in plans:
+        for at, who, i, d, timers_first in p.faults.pauses:
+            kind = who if who != "node" else ("long node" if d >= swarm.LONG_PAUSE else "short node")
+            seen[kind] += 1
+            if who == "head":
+                seen["head, timers first" if timers_first else "head, messages first"] += 1
+        seen["late heartbeats"] += bool(p.faults.heartbeat_delays)
+    want = ("head", "head, timers first", "head, messages first", "short node", "long node", "driver",
+            "late heartbeats")
+    missing = [k for k in want if seen[k] < 10]
+    assert not missing, f"fewer than 10 of {len(SEEDS)} seeds draw: {missing} ({dict(seen)})"
+
+
 def test_runs_evict_reconstruct_interleave_and_time_out():
     """Things only a run shows: stores evict, lost objects are rebuilt, put
     objects are lost for good, two callers' calls interleave on one actor,

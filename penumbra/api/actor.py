@@ -21,8 +21,14 @@ _seq_lock = threading.Lock()
 _seqs: dict[tuple[int, ActorId], itertools.count] = {}
 
 
-def method(*, num_returns: int | None = None, **other):
-    """Decorate an actor method to set its options (``num_returns``)."""
+def method(*args, num_returns: int | None = None, **other):
+    """Decorate an actor method to set its options (``num_returns``), as
+    ``@method(num_returns=2)``; a bare ``@method`` marks it with none.
+
+    Raises:
+        TypeError: an unknown option, or positional arguments other than
+            the one method of a bare ``@method``.
+    """
     opts = validate({"num_returns": num_returns, **other} if num_returns is not None else other,
                     METHOD_OPTIONS, "an actor method")
 
@@ -30,6 +36,10 @@ def method(*, num_returns: int | None = None, **other):
         fn.__penumbra_method_options__ = opts
         return fn
 
+    if args:
+        if len(args) == 1 and callable(args[0]) and not opts:
+            return deco(args[0])
+        raise TypeError("@method takes options by keyword only, e.g. @method(num_returns=2), or none: @method")
     return deco
 
 
@@ -75,7 +85,7 @@ class ActorClass:
 
     def remote(self, *args, **kwargs) -> "ActorHandle":
         o = self._options
-        rt = current_runtime()
+        rt = current_runtime(auto_init=True)
         if o.get("get_if_exists") and o.get("name"):
             from .functions import get_actor
 
@@ -190,7 +200,7 @@ class ActorMethod:
         ctx = task_context()
         payload, deps, keep = pack_args(args, kwargs, _put)
         n = self._num_returns
-        key = (id(rt), h._actor_id)
+        key = (rt.key, h._actor_id)
         with _seq_lock:
             counter = _seqs.get(key)
             if counter is None:

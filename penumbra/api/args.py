@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import cloudpickle
 
+from .. import _codepickle
 from ..core.ids import ObjectId
 from ..core.specs import Payload
 from ..exceptions import SerializationError
@@ -39,7 +40,8 @@ class _Dep:
 
 
 def dumps(value: Any) -> bytes:
-    return cloudpickle.dumps(value, protocol=5)
+    # (keeping functions' file names: a task's traceback names the user's file)
+    return _codepickle.dumps(value, protocol=5)
 
 
 loads = cloudpickle.loads

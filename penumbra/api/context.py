@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import contextvars
 import itertools
+import os
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from ..core.ids import ActorId, TaskId, driver_task_id
 
@@ -44,9 +45,39 @@ _driver_ctx: TaskContext | None = None
 _task_ctx: contextvars.ContextVar[TaskContext | None] = contextvars.ContextVar("penumbra_task", default=None)
 
 
-def current_runtime() -> "Runtime":
+# ``init`` with no arguments, registered by ``functions`` (which imports this
+# module, so it cannot be imported from here).
+_auto_init: Callable[[], object] | None = None
+
+
+def set_auto_init(hook: Callable[[], object] | None) -> None:
+    global _auto_init
+    _auto_init = hook
+
+
+def auto_init_enabled() -> bool:
+    """Implicit init is on unless ``PENUMBRA_ENABLE_AUTO_CONNECT`` (or Ray's
+    ``RAY_ENABLE_AUTO_CONNECT``) is ``0``."""
+    for name in ("PENUMBRA_ENABLE_AUTO_CONNECT", "RAY_ENABLE_AUTO_CONNECT"):
+        v = os.environ.get(name)
+        if v is not None:
+            return v.strip().lower() not in ("0", "false", "no", "off")
+    return True
+
+
+def current_runtime(auto_init: bool = False) -> "Runtime":
+    """The current runtime.  With ``auto_init`` (the calls Ray starts a
+    cluster for: ``.remote()``, ``get``, ``wait``, ``put``, ``get_actor``,
+    ``nodes`` ...), a process that never called ``init`` gets one here, as
+    ``init()`` would start it, the way Ray's first remote API call does."""
     rt = _runtime
     if rt is None:
+        if auto_init and _auto_init is not None and auto_init_enabled():
+            with _lock:
+                if _runtime is None:
+                    _auto_init()
+            if _runtime is not None:
+                return _runtime
         from ..exceptions import PenumbraError
 
         raise PenumbraError(

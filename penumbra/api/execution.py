@@ -109,16 +109,21 @@ def generator_message(name: str) -> str:
 
 def task_error(spec: TaskSpec, e: BaseException) -> tuple[ErrorInfo, bool]:
     """The error a failed task leaves for its callers, and whether
-    ``retry_exceptions`` asks for another attempt."""
+    ``retry_exceptions`` asks for another attempt.
+
+    ``e`` may be a child's ``TaskError`` the task did not catch: the root
+    cause carries on (see ``TaskError.from_exception``)."""
     name = spec.display_name()
     err = TaskError.from_exception(name, e)
     try:
         data = dumps(err)
     except Exception:
         # the user's exception cannot be pickled: keep its text
-        err = TaskError(name, err.traceback_str, None, err.pid, err.host, cause_repr=repr(e))
+        err = TaskError(name, err.traceback_str, None, err.pid, err.host, cause_repr=err.cause_repr)
         data = dumps(err)
-    info = ErrorInfo(ErrorKind.TASK_ERROR, f"{type(e).__name__}: {e}", Payload(len(data), data), task_name=name)
+    # (the short text names the root cause, not a child's whole error text)
+    root = e.cause if isinstance(e, TaskError) and e.cause is not None else e
+    info = ErrorInfo(ErrorKind.TASK_ERROR, f"{type(root).__name__}: {root}", Payload(len(data), data), task_name=name)
     return info, _retryable(spec, e)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+import os
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -52,9 +53,14 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
     """Start or join a cluster and make it current in this process.
 
     Args:
-        address: ``None`` (or ``"local"``) starts an embedded cluster on this
+        address: ``None`` joins the cluster at ``$PENUMBRA_ADDRESS`` when
+            that is set (as Ray's ``$RAY_ADDRESS``), and otherwise, like
+            ``"local"``, starts an embedded cluster on this
             machine: a GCS, a node daemon and one worker per CPU, all stopped
-            by ``shutdown``.  ``"host:port"`` joins a cluster started with
+            by ``shutdown``.  The first ``.remote()``, ``get``, ``put``,
+            ``wait``, ``get_actor`` or ``nodes`` of a process that never
+            called ``init`` calls ``init()`` (set
+            ``PENUMBRA_ENABLE_AUTO_CONNECT=0`` to get an error instead).  ``"host:port"`` joins a cluster started with
             ``penumbra start --head``; ``"auto"`` finds the one started last
             on this machine (or ``$PENUMBRA_ADDRESS``).
         num_cpus, num_gpus, resources: the embedded node's resources
@@ -67,10 +73,16 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
 
     Raises:
         RuntimeError: already initialized (pass ``ignore_reinit_error=True``).
+        ClusterConnectionLostError: the cluster this process was connected
+            to is lost; call ``shutdown()`` first.
         ConnectionError: the cluster at ``address`` cannot be reached, or
             refused our token.
     """
-    if context.runtime_or_none() is not None:
+    current = context.runtime_or_none()
+    if current is not None:
+        lost = current.lost_error()
+        if lost is not None:
+            raise lost  # (it says to call shutdown() first)
         if ignore_reinit_error:
             rt = context.current_runtime()
             return ClusterInfo(getattr(rt, "address", ""), rt.node_id, rt.job_id)
@@ -89,6 +101,8 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
         rt = start_simulated(simulated, num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
                              object_store_memory=object_store_memory, namespace=namespace or "")
     else:
+        if address is None:
+            address = os.environ.get("PENUMBRA_ADDRESS") or None
         if address in (None, "local"):
             # start the daemon before importing the client side (trio and
             # friends): its start-up and our imports then overlap
@@ -119,6 +133,9 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
     return ClusterInfo(getattr(rt, "address", ""), rt.node_id, rt.job_id,
                        address_info={"address": getattr(rt, "address", ""), "node_id": rt.node_id,
                                      "gcs_address": getattr(rt, "address", "")})
+
+
+context.set_auto_init(init)
 
 
 def shutdown() -> None:
@@ -186,7 +203,7 @@ def get(object_refs, *, timeout: float | None = None):
         WorkerCrashedError, ActorDiedError, ObjectLostError, TaskCancelledError.
     """
     timeout = _check_timeout(timeout)
-    rt = current_runtime()
+    rt = current_runtime(auto_init=True)
     if type(object_refs) is ObjectRef:
         return _raise_if_error(rt.get_objects([object_refs._id], timeout)[0])
     if not isinstance(object_refs, (list, tuple)):
@@ -226,7 +243,7 @@ def wait(object_refs: Sequence[ObjectRef], *, num_returns: int = 1, timeout: flo
     timeout = _check_timeout(timeout)
     if not object_refs:
         return [], []
-    rt = current_runtime()
+    rt = current_runtime(auto_init=True)
     ready_ids = rt.wait_objects([r._id for r in object_refs], num_returns, timeout, fetch_local)
     ready, not_ready = [], []
     for r in object_refs:
@@ -247,7 +264,7 @@ def put(value: Any) -> ObjectRef:
         raise TypeError(
             "put() of an ObjectRef is not allowed: pass the ref itself, or put() the value it refers to"
         )
-    rt = current_runtime()
+    rt = current_runtime(auto_init=True)
     ctx = task_context()
     oid = put_object_id(ctx.task_id, next(ctx.puts))
     rt.put_object(oid, value)
@@ -281,7 +298,7 @@ def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
     """A handle to the named actor.  Raises ``ValueError`` if there is none."""
     if not isinstance(name, str) or not name:
         raise TypeError(f"get_actor() needs a non-empty name, got {name!r}")
-    rt = current_runtime()
+    rt = current_runtime(auto_init=True)
     ns = rt.namespace if namespace is None else namespace
     aid = rt.gcs_request(Get("names", (ns, name)), timeout=30.0)
     if aid is None:
@@ -295,7 +312,7 @@ def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
 
 
 def _status():
-    return current_runtime().cluster_status(timeout=30.0)
+    return current_runtime(auto_init=True).cluster_status(timeout=30.0)
 
 
 def nodes() -> list[dict]:

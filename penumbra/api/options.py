@@ -18,7 +18,8 @@ _COMMON = {"num_cpus", "num_gpus", "resources", "memory", "name", "scheduling_st
 TASK_OPTIONS = _COMMON | {"num_returns", "max_retries", "retry_exceptions", "max_calls"}
 ACTOR_OPTIONS = _COMMON | {"max_restarts", "max_task_retries", "max_concurrency", "namespace", "lifetime",
                            "get_if_exists", "concurrency_groups", "replay", "checkpoint_interval"}
-METHOD_OPTIONS = {"num_returns", "name", "max_task_retries", "retry_exceptions", "concurrency_group"}
+METHOD_OPTIONS = {"num_returns", "name", "max_task_retries", "retry_exceptions", "concurrency_group",
+                  "enable_task_events", "tensor_transport"}
 
 
 def _number(name: str, v: Any, *, minimum: float = 0) -> float:

@@ -101,6 +101,12 @@ class ObjectRef:
     def __repr__(self) -> str:
         return f"ObjectRef({self._id.hex()})"
 
+    def __class_getitem__(cls, item):
+        """``ObjectRef[int]`` in annotations, as in Ray (the type is not checked)."""
+        import types
+
+        return types.GenericAlias(cls, item)
+
     def __reduce__(self):
         _private.discard(self._id)  # pickled: it may live on elsewhere
         return (ObjectRef, (bytes(self._id),))

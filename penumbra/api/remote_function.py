@@ -37,7 +37,7 @@ class _Exported:
     def __init__(self, descriptor: FunctionDescriptor | None = None) -> None:
         self.descriptor = descriptor  # the descriptor of the latest export
         self.blob: bytes | None = None
-        self.runtimes: dict[int, FunctionDescriptor] = {}  # id(runtime) -> its export
+        self.runtimes: dict[int, FunctionDescriptor] = {}  # runtime.key -> its export
         self.lock = threading.Lock()
         self.preexported = descriptor is not None
 
@@ -50,16 +50,16 @@ class _Exported:
         if self.preexported:
             return self.descriptor
         rt = runtime_or_none()
-        return self.runtimes.get(id(rt)) if rt is not None else None
+        return self.runtimes.get(rt.key) if rt is not None else None
 
     def ensure(self, obj: Any, name: str, rt) -> FunctionDescriptor:
         if self.preexported:
             return self.descriptor
-        fd = self.runtimes.get(id(rt))
+        fd = self.runtimes.get(rt.key)
         if fd is not None:
             return fd
         with self.lock:
-            fd = self.runtimes.get(id(rt))
+            fd = self.runtimes.get(rt.key)
             if fd is None:
                 # pickled at first use, not at decoration: the function may
                 # refer to globals defined after it (as in Ray)
@@ -76,7 +76,7 @@ class _Exported:
                 fd = FunctionDescriptor(function_id(blob), name)
                 rt.export_function(fd.function_id, blob)
                 self.blob, self.descriptor = blob, fd
-                self.runtimes[id(rt)] = fd
+                self.runtimes[rt.key] = fd
         return fd
 
 
@@ -112,7 +112,7 @@ class RemoteFunction:
         return RemoteFunction(self._function, merged, self._exported)
 
     def remote(self, *args, **kwargs):
-        rt = current_runtime()
+        rt = current_runtime(auto_init=True)
         fd = self._exported.ensure(self._function, self._name, rt)
         ctx = task_context()
         if self._num_returns == 1 and self._generator:

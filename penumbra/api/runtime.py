@@ -10,6 +10,7 @@ a process (see ``context``).
 from __future__ import annotations
 
 import abc
+import itertools
 import sys
 from typing import Any, Sequence
 
@@ -30,6 +31,9 @@ class ErrorValue:
         self.info = info
 
 
+_keys = itertools.count(1)
+
+
 class Runtime(abc.ABC):
     job_id: int
     client_id: str
@@ -40,6 +44,19 @@ class Runtime(abc.ABC):
     _exported: set[bytes]
     _functions: dict[bytes, Any]
 
+    @property
+    def key(self) -> int:
+        """A number no other runtime of this process has had or will have:
+        the key of per-runtime state kept outside the runtime (which
+        functions were exported to it, actor call counters).  Not
+        ``id(runtime)``: a runtime freed after ``shutdown()`` leaves its id
+        to the next one, which would then skip exporting functions its
+        cluster has never seen, and their tasks would never run."""
+        k = self.__dict__.get("_key")
+        if k is None:
+            k = self.__dict__.setdefault("_key", next(_keys))
+        return k
+
     @abc.abstractmethod
     def submit(self, spec: TaskSpec) -> None:
         """Hand a task (or actor call, or actor creation) to the node."""
@@ -48,6 +65,12 @@ class Runtime(abc.ABC):
     def create_actor(self, spec: TaskSpec, timeout: float | None) -> None:
         """Submit an actor creation task; for a named actor, wait until the
         name is registered and raise ``ValueError`` if it is taken."""
+
+    def lost_error(self) -> BaseException | None:
+        """The error every call raises once the connection to the cluster
+        is lost (``None`` while it is not): ``init`` says the same rather
+        than "already connected"."""
+        return None
 
     @staticmethod
     def report_need(need: int, timeout: float | None) -> int:

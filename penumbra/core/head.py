@@ -9,7 +9,7 @@ that hold no durable state of their own (all of it is in the GCS):
   stays alive while its heartbeats arrive; silent for ``node_timeout`` (or
   reported dead by a driver that knows), it is declared dead: the GCS drops
   its object locations (``NodeDown`` on every shard), its pending tasks are
-  re-submitted, its actors restarted;
+  re-submitted, its actors restarted (the liveness rule is below);
 * the **chain master** (``gcs.ChainMaster``) keeps each GCS shard's chain;
 * the **global scheduler** (``scheduler.GlobalScheduler``) places forwarded
   tasks;
@@ -25,10 +25,49 @@ that hold no durable state of their own (all of it is in the GCS):
 
 Every GCS reply comes back with the token given at the request; the table
 ``_on_gcs_reply`` routes each kind of token to its role.
+
+The liveness rule (what a pause cannot fool)
+--------------------------------------------
+A node is judged by the heartbeats it missed, never by how far the head's
+own clock jumped.  The monitor checks every ``check_interval``; at each
+check, a node from which no heartbeat arrived since the previous check has
+*missed* once, and one that was heard has missed zero times.  A node is dead
+after ``miss_limit`` consecutive misses (``ceil(node_timeout /
+check_interval)``: about ``node_timeout`` of silence while the head runs
+normally).  Why not ``last_seen < now - node_timeout``: a head stopped for
+longer than the timeout (SIGSTOP, a swap storm, a long GC) wakes with its
+overdue monitor timer, and often runs it before reading the heartbeats its
+sockets queued meanwhile; the clock rule then declares every node dead,
+the healthy ones too.  Counting misses makes that one late check cost one
+miss, which the heartbeats read right after clear.
+
+Further, the head notices its own pauses: a check that runs more than
+``pause_after`` later than it was due means the head itself did not run
+(the gap is its own, not the nodes').  Such a check counts no miss against
+anyone and clears every count: each node gets a fresh grace period of
+``miss_limit`` checks from the resume, in which its queued (or next)
+heartbeats arrive.  A node that really stopped is still found, one grace
+period later.
+
+Heartbeats lost on the way are counted in the node's own terms too: each
+carries the node's count of heartbeats sent (``seq``), and a heartbeat
+that arrives ``miss_limit`` or more past the last one read means that many
+were lost (a cut link that dropped them, as a broken connection would): the
+node is declared dead and fenced then, even though the head, paused across
+the whole cut, never saw the silence.  A paused node sends nothing while it
+is stopped, so it makes no gap; heartbeats queued behind a paused head
+arrive all in order, so they make none either; reordering by a delay
+shorter than the timeout makes gaps shorter than the limit.
+
+The node in the head's own process (``own_node``: the real runtime's head
+daemon hosts one) is never declared dead by the monitor: if the head runs,
+so does that node; its heartbeats travel no network.  ``NodeDied`` from a
+driver that knows (the simulator's omniscient mode) still counts.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Hashable
 
@@ -54,6 +93,7 @@ from .messages import (
     JobEnded,
     JobFinished,
     KillActorRequest,
+    Log,
     NodeDied,
     NodeJoin,
     NodeWelcome,
@@ -81,6 +121,30 @@ class HeadConfig:
     check_interval: float = 0.1
     gcs_retry_after: float = 0.05
     job_end_retry: float = 1.0  # re-send JobEnded to nodes silent this long
+    # the node hosted in the head's own process (never declared dead by the
+    # monitor), if any
+    own_node: str | None = None
+    # a monitor check this late is the head's own pause (default: half the
+    # node timeout, at least two checks)
+    pause_after: float | None = None
+
+    def __post_init__(self) -> None:
+        if not (self.check_interval > 0 and self.node_timeout > 0):
+            raise ValueError(f"HeadConfig: check_interval ({self.check_interval!r}) and node_timeout "
+                             f"({self.node_timeout!r}) must be > 0 seconds")
+        if self.pause_after is not None and self.pause_after <= 0:
+            raise ValueError(f"HeadConfig: pause_after must be > 0 seconds (or None), got {self.pause_after!r}")
+
+    @property
+    def miss_limit(self) -> int:
+        """Consecutive checks without a heartbeat after which a node is dead."""
+        return max(1, math.ceil(self.node_timeout / self.check_interval - 1e-9))
+
+    @property
+    def pause_threshold(self) -> float:
+        if self.pause_after is not None:
+            return self.pause_after
+        return max(2 * self.check_interval, self.node_timeout / 2)
 
 
 class HeadMachine:
@@ -93,7 +157,14 @@ class HeadMachine:
         self.scheduler = GlobalScheduler(self, config.scheduler, rng)
         self.actors = ActorManager(self)
         self.recovery = Recovery(self)
-        self.last_seen: dict[str, float] = {}
+        # the monitor (see "The liveness rule"): node -> consecutive checks
+        # without a heartbeat; the nodes heard since the last check; when the
+        # next check is due; how many of its own pauses the head noticed
+        self.misses: dict[str, int] = {}
+        self.heard: set[str] = set()
+        self.last_seq: dict[str, int] = {}  # the highest heartbeat number read
+        self.check_due = 0.0
+        self.pauses_noticed = 0
         self.dead_nodes: set[str] = set()
         self.watched_tasks: set[TaskId] = set()
         self.stories: dict[Hashable, list] = {}
@@ -107,7 +178,8 @@ class HeadMachine:
         cmds = self.chain.start(now)
         cmds += self.gcs.set_configs(self.chain.configs(), now)
         cmds += self.gcs.write(Subscribe(self.address, "actors", None), None, now, "head-start")
-        cmds.append(SetTimer(at=now + self.config.check_interval, key=("head", "monitor")))
+        self.check_due = now + self.config.check_interval
+        cmds.append(SetTimer(at=self.check_due, key=("head", "monitor")))
         return cmds
 
     def handle(self, event: Event, now: float) -> list[Command]:
@@ -120,7 +192,9 @@ class HeadMachine:
     def _on_join(self, ev: NodeJoin, now: float) -> list[Command]:
         node = ev.node_id
         self.dead_nodes.discard(node)
-        self.last_seen[node] = now
+        self.misses[node] = 0
+        self.heard.add(node)
+        self.last_seq[node] = 0
         self.chain.add_listener(node)
         cmds = self.gcs.write(PutNode(NodeEntry(node, ev.resources, True, ev.address)), None, now, ev.stimulus_id)
         cmds.append(Send(to=node, msg=NodeWelcome(configs=self.chain.configs(), stimulus_id=ev.stimulus_id)))
@@ -131,9 +205,19 @@ class HeadMachine:
         if ev.node_id in self.dead_nodes:
             # declared dead while it was cut off: it must not carry on
             return [Send(to=ev.node_id, msg=Fenced(node_id=ev.node_id, reason="declared dead after missing heartbeats", stimulus_id=ev.stimulus_id))]
-        if ev.node_id not in self.last_seen:
+        node = ev.node_id
+        if node not in self.misses:
             return []
-        self.last_seen[ev.node_id] = now
+        last = self.last_seq[node]
+        if ev.seq:
+            if ev.seq - last - 1 >= self.config.miss_limit and last and node != self.config.own_node:
+                # that many of its heartbeats were lost: its link was cut,
+                # and what else it sent may be lost with them
+                cmds = self.node_dead(node, now, f"heartbeats-lost:{node}:{last + 1}-{ev.seq - 1}")
+                return cmds + self._on_heartbeat(ev, now)
+            if ev.seq > last:
+                self.last_seq[node] = ev.seq
+        self.heard.add(node)
         self.scheduler.on_heartbeat(ev.node_id, ev.load, now)
         return []
 
@@ -144,7 +228,9 @@ class HeadMachine:
         if node in self.dead_nodes:
             return []
         self.dead_nodes.add(node)
-        self.last_seen.pop(node, None)
+        self.misses.pop(node, None)
+        self.heard.discard(node)
+        self.last_seq.pop(node, None)
         self.scheduler.remove_node(node)
         self.chain.remove_listener(node)
         # first drop its locations everywhere, then re-home its work
@@ -155,16 +241,42 @@ class HeadMachine:
         if self.gcs.owns(ev):
             return self.gcs.handle(ev, now)
         if key == ("head", "monitor"):
-            cmds: list[Command] = [SetTimer(at=now + self.config.check_interval, key=("head", "monitor"))]
-            limit = now - self.config.node_timeout
-            for node in sorted(n for n, t in self.last_seen.items() if t < limit):
-                cmds += self.node_dead(node, now, f"heartbeat-timeout:{node}")
-            return cmds
+            return self._monitor(now)
         if isinstance(key, tuple) and key and key[0] == "chain":
             return self._chain(ev, now)
         if isinstance(key, tuple) and key and key[0] == "job-end":
             return self._job_end_retry(key[1], now, ev.stimulus_id)
         return []
+
+    def _monitor(self, now: float) -> list[Command]:
+        """One check of the liveness rule (see the module docstring)."""
+        cfg = self.config
+        late = now - self.check_due
+        self.check_due = now + cfg.check_interval
+        cmds: list[Command] = [SetTimer(at=self.check_due, key=("head", "monitor"))]
+        if late > cfg.pause_threshold:
+            # the head itself stood still: nobody is to blame for the gap
+            self.pauses_noticed += 1
+            for node in self.misses:
+                self.misses[node] = 0
+            self.heard.clear()
+            return cmds + [Log(level="warning", stimulus_id=f"head-pause:{self.pauses_noticed}",
+                               text=f"head: the monitor ran {late:.3f}s late (this process was paused); "
+                                    f"every node gets a fresh grace period of {cfg.miss_limit} checks")]
+        heard = self.heard
+        limit = cfg.miss_limit
+        dead: list[str] = []
+        for node, n in self.misses.items():
+            if node in heard:
+                self.misses[node] = 0
+            else:
+                self.misses[node] = n = n + 1
+                if n >= limit and node != cfg.own_node:
+                    dead.append(node)
+        heard.clear()
+        for node in sorted(dead):
+            cmds += self.node_dead(node, now, f"heartbeat-timeout:{node}")
+        return cmds
 
     # ------------------------------------------------------------------ GCS chains
     def _chain(self, ev: Event, now: float) -> list[Command]:
@@ -325,7 +437,8 @@ class HeadMachine:
         self.scheduler.validate()
         self.actors.validate()
         self.recovery.validate()
-        assert not (self.dead_nodes & set(self.last_seen)), "a dead node is still monitored"
+        assert not (self.dead_nodes & set(self.misses)), "a dead node is still monitored"
+        assert self.heard <= set(self.misses), "a heartbeat was counted for a node nobody monitors"
         for job in self.ending:
             assert job in self.ended_jobs, f"job {job} is being cleared but did not end"
         for p in list(self.scheduler.pending.values()) + list(self.scheduler.infeasible.values()):

@@ -45,6 +45,9 @@ class ClusterLayout:
     heartbeat_interval: float = 0.1
     node_timeout: float = 1.0
     gcs_retry_after: float = 0.05
+    # the node sharing the head's process (the real runtime's head daemon):
+    # the monitor never declares it dead (see core/head.py)
+    own_node: str | None = None
     extra: dict = field(default_factory=dict)
 
     def chains(self) -> tuple[ChainConfig, ...]:
@@ -61,6 +64,7 @@ class ClusterLayout:
             node_timeout=self.node_timeout,
             check_interval=min(self.heartbeat_interval, self.node_timeout / 4),
             gcs_retry_after=self.gcs_retry_after,
+            own_node=self.own_node,
         )
 
     def node_config(self, shape: NodeShape) -> NodeConfig:

@@ -554,6 +554,9 @@ class NodeWelcome(Message):
 class Heartbeat(Message):
     node_id: str
     load: NodeLoad
+    # the node's own count of heartbeats sent (1, 2, ...; 0: not counted):
+    # a gap means heartbeats were lost on the way (see core/head.py)
+    seq: int = 0
 
 
 @_frozen

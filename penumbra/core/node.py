@@ -150,6 +150,7 @@ class NodeMachine:
         self.stories: OrderedDict[TaskId, list] = OrderedDict()
         self.welcomed = False
         self.fenced = False
+        self.heartbeats_sent = 0  # numbers the heartbeats (the head spots lost ones by a gap)
         # jobs the head said are over: their tasks are refused from now on
         # (one int per job ever run on the cluster)
         self.ended_jobs: set[int] = set()
@@ -266,9 +267,11 @@ class NodeMachine:
         if self.gcs.owns(ev):
             return self.gcs.handle(ev, now)
         if key == ("node", "heartbeat"):
+            self.heartbeats_sent += 1
             return [
                 SetTimer(at=now + self.config.heartbeat_interval, key=("node", "heartbeat")),
-                Send(to=self.head, msg=Heartbeat(node_id=self.node_id, load=self.scheduler.load())),
+                Send(to=self.head, msg=Heartbeat(node_id=self.node_id, load=self.scheduler.load(),
+                                                 seq=self.heartbeats_sent)),
             ]
         if key[0] == "sched":
             return self.scheduler.on_retry_timer(now, ev.stimulus_id)

@@ -32,6 +32,7 @@ from .faults import (
     Partition,
     Restart,
     SlowHost,
+    Pause,
 )
 from .kernel import SimKernel
 from .network import Network
@@ -55,7 +56,7 @@ __all__ = [
     "SimCluster", "SimDriver", "SimNode", "SimWorker", "SimActor", "Outcome", "Executor",
     "CrashNode", "AddNode",
     "CostModel", "PAPER", "LOCAL", "ZERO",
-    "Fault", "FaultSchedule", "Crash", "Restart", "Partition", "Heal", "Isolate", "LinkFault", "SlowHost",
+    "Fault", "FaultSchedule", "Crash", "Restart", "Partition", "Heal", "Isolate", "LinkFault", "SlowHost", "Pause",
     "SimKernel", "Network", "Trace",
     "TaskModel", "Dist", "Graph", "GraphTask", "ModelExecutor", "ClosedLoop", "ChainStream", "ActorRounds",
     "chains", "independent", "random_dag", "fan_in_tree",

@@ -55,7 +55,9 @@ Failures
     under a *new* address and node id: the core never reuses one),
     ``crash_replica``/``restart_replica`` (a replica restarts empty, as
     ``GcsReplica(joining=True)``, and copies its state from the tail),
-    partitions, isolation, slow hosts, lossy links.  The same faults as data
+    partitions, isolation, slow hosts, lossy links, and stop-the-world
+    pauses (``pause``: the head, a node or a driver stands still for a while,
+    as under SIGSTOP).  The same faults as data
     (``FaultSchedule`` with ``CrashNode``/``AddNode`` and the kernel's fault
     types), scheduled or drawn from a seed, go through ``cluster.install``.
 
@@ -661,8 +663,8 @@ class SimDriver:
         self.kernel.call_after(dt, self._guarded, fn, args)
 
     def _guarded(self, fn: Callable, args: tuple) -> None:
-        if self.alive:
-            fn(*args)
+        if self.alive and not self.client.defer(self._guarded, (fn, args)):
+            fn(*args)  # (a paused driver runs it when it resumes)
 
     def close(self) -> None:
         """The driver program exits (its node disconnects it)."""
@@ -1158,6 +1160,14 @@ class SimCluster:
         k.note(address, f"slow x{factor:g}")
         if duration is not None:
             k.call_after(duration, k.slow, address, before)
+
+    def pause(self, address: str, duration: float, timers_first: bool = True) -> bool:
+        """Stop ``address`` (the head, a node, a GCS replica or a driver) for
+        ``duration`` seconds, as SIGSTOP and SIGCONT would (see
+        ``SimKernel.pause``): the head's monitor, a node's heartbeats, a
+        driver's program stand still; what is sent to it waits.  A node's
+        workers carry on.  Returns False if it is down."""
+        return self.kernel.pause(address, duration, timers_first)
 
     def link_fault(self, src: Iterable[str] | None = None, dst: Iterable[str] | None = None, *, drop: float = 0.0,
                    delay: float = 0.0, duplicate: float = 0.0, duration: float | None = None) -> int:

@@ -3,7 +3,8 @@
 Theory of operation
 -------------------
 A fault is a frozen dataclass (``Crash``, ``Restart``, ``Partition``,
-``Heal``, ``Isolate``, ``LinkFault``, ``SlowHost``); a ``FaultSchedule`` is
+``Heal``, ``Isolate``, ``LinkFault``, ``SlowHost``, ``Pause``: a
+stop-the-world pause, as SIGSTOP then SIGCONT); a ``FaultSchedule`` is
 a sorted tuple of ``(time, fault)``.  Being data, a schedule can be printed,
 compared, stored next to a failing seed, replayed, and shrunk (Hypothesis
 can generate and shrink the list of pairs; ``without(i)`` and
@@ -48,6 +49,7 @@ __all__ = [
     "Isolate",
     "LinkFault",
     "SlowHost",
+    "Pause",
     "FaultSchedule",
     "Installed",
 ]
@@ -248,6 +250,32 @@ class SlowHost(Fault):
         return f"SlowHost({self.address} x{self.factor:g}{d})"
 
 
+@_frozen
+class Pause(Fault):
+    """Stop ``address`` (a host or a driver) for ``duration`` seconds, as
+    SIGSTOP and SIGCONT would: what is sent to it queues, its timers fire
+    late; ``timers_first``: on resume its overdue timers run before the
+    queued messages (see ``SimKernel.pause``)."""
+
+    address: str
+    duration: float
+    timers_first: bool = True
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.duration, (int, float)) and self.duration > 0):
+            raise ValueError(f"Pause({self.address!r}): duration must be > 0 seconds, got {self.duration!r}")
+
+    def apply(self, ctx: Installed) -> None:
+        ctx.kernel.pause(self.address, self.duration, self.timers_first)
+
+    def targets(self) -> tuple[str, ...]:
+        return (self.address,)
+
+    def __str__(self) -> str:
+        order = "timers first" if self.timers_first else "messages first"
+        return f"Pause({self.address} for {self.duration:g}s, {order})"
+
+
 # ===========================================================================
 
 
@@ -334,6 +362,8 @@ class FaultSchedule:
         slow_rate: float = 0.0,
         slow_factor: float | tuple[float, float] = (2.0, 10.0),
         slow_duration: float | tuple[float, float] = (0.1, 1.0),
+        pause_rate: float = 0.0,
+        pause_duration: float | tuple[float, float] = (0.1, 1.0),
     ) -> FaultSchedule:
         """Draw a schedule from ``seed``.
 
@@ -390,6 +420,9 @@ class FaultSchedule:
         for t in arrivals(slow_rate):
             events.append((t, SlowHost(rng.choice(targets), _between(rng, slow_factor),
                                        _between(rng, slow_duration))))
+        for t in arrivals(pause_rate):
+            events.append((t, Pause(rng.choice(targets), _between(rng, pause_duration),
+                                    timers_first=rng.random() < 0.5)))
         return cls(events)
 
     # -- editing (for shrinking by hand) -------------------------------------

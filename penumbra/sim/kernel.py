@@ -50,6 +50,21 @@ Messages a host emitted for a time after its crash (possible when it ran
 ahead, see above) are dropped too.  ``on_crash``/``on_restart`` hooks let a
 cluster layer tell others (e.g. a ``NodeDied`` to the head).
 
+**Pauses.**  ``pause(address, duration, timers_first=True)`` stops a host
+(or client) the way SIGSTOP stops a process: it handles nothing for
+``duration`` seconds, while what is sent to it waits in its inbox (its
+socket buffers) and its timers come due there too; on resume it handles all
+of it, late, with ``now`` = the resume time and later.  In what order is
+the real question: a driver loop that fires due timers before reading its
+sockets (the trio host did) runs the overdue timers *first*
+(``timers_first=True``); one that reads what is queued first runs the
+messages first (``timers_first=False``).  Both are modelled, so the swarm
+checks that the machines survive either.  The host's worker processes and
+transfers are separate processes: they carry on (their completions queue
+like messages).  A paused client (a driver program) holds what it receives
+and the actions ``defer`` gives it until it resumes, then runs them in
+order.
+
 **Clients.**  ``add_client(address, on_message=None, colocated_with=...)``
 makes an endpoint without a machine, for simulated programs written as
 SimPy processes: ``client.send(to, msg)``; incoming messages go to
@@ -153,6 +168,7 @@ class _Endpoint:
         self.links: dict = {}   # dst -> Link, owned by the Network
         self.pending: dict[str, list] = {}  # dst -> messages leaving at self.now
         self.now = kernel.env.now
+        self.paused_until = float("-inf")  # see SimKernel.pause
         # bound once: heap entries refer to these
         self._on_net = self._net_entry
         self._on_local = self._local_entry
@@ -343,6 +359,25 @@ class Host(_Endpoint):
         if self.pending:
             self._flush()
 
+    # -- pauses (SimKernel.pause) -------------------------------------------------
+    @property
+    def paused(self) -> bool:
+        return self.kernel.env._now < self.paused_until
+
+    def _resume(self, timers_first: bool) -> None:
+        if self.kernel.env._now < self.paused_until:
+            return  # paused again meanwhile: a later resume finishes it
+        if self.kernel.trace is not None:
+            self.kernel.trace.note(self.now, self.address, "resume")
+        inbox = self.inbox
+        if inbox:
+            timers = [e for e in inbox if e.__class__ is TimerFired]
+            rest = [e for e in inbox if e.__class__ is not TimerFired]
+            inbox.clear()
+            inbox.extend(timers + rest if timers_first else rest + timers)
+        if (inbox or self.urgent) and not self.wake:
+            self._drain(self.now)
+
     # -- the event loop of one host -------------------------------------------
     def _net_entry(self, item: tuple) -> None:
         if item[5] != self.epoch:
@@ -515,12 +550,40 @@ class Client(_Endpoint):
         self._waiters: list[tuple[Callable[[Any], bool] | None, simpy.Event]] = []
         self._flush_scheduled = False
         self.received = 0
+        self._held: list | None = None  # while paused: (items, now) or (fn, args)
+
+    def defer(self, fn: Callable, args: tuple = ()) -> bool:
+        """While this client is paused, hold ``fn(*args)`` (an action of its
+        program) until it resumes and return True; otherwise return False
+        (the caller goes on at once)."""
+        if self._held is None:
+            return False
+        self._held.append((fn, args))
+        return True
+
+    def _resume(self, timers_first: bool) -> None:
+        k = self.kernel
+        if k.env._now < self.paused_until or self._held is None:
+            return
+        held, self._held = self._held, None
+        if k.trace is not None:
+            k.trace.note(k.env._now, self.address, "resume")
+        for what, extra in held:
+            if not self.alive:
+                return
+            if isinstance(what, list):
+                self.receive(what, k.env._now)
+            else:
+                what(*extra)
 
     def send(self, to: str, msg: Message) -> None:
         """Send ``msg`` to ``to`` now (``env.now``)."""
         if not self.alive:
             raise RuntimeError(f"client {self.address!r} is disconnected and cannot send; "
                                f"re-add it with kernel.add_client({self.address!r})")
+        if self._held is not None:
+            self._held.append((self.send, (to, msg)))  # paused: it leaves on resume
+            return
         k = self.kernel
         lst = self.pending.get(to)
         if lst is None:
@@ -584,6 +647,9 @@ class Client(_Endpoint):
             self.receive(item[4], item[0])
 
     def receive(self, items: list, now: float) -> None:
+        if self._held is not None:
+            self._held.append((list(items), None))  # paused: it waits in the socket
+            return
         trace = self.kernel.trace
         for m in items:
             self.received += 1
@@ -822,8 +888,11 @@ class SimKernel:
         ep.epoch += 1
         ep.crashed_at = now
         ep.pending = {}
+        ep.paused_until = float("-inf")
         if isinstance(ep, (Client, Host)):
             ep._flush_scheduled = False
+        if isinstance(ep, Client):
+            ep._held = None
         if isinstance(ep, Host):
             ep.machine = None
             ep.inbox.clear()
@@ -869,6 +938,34 @@ class SimKernel:
         if factor <= 0:
             raise ValueError(f"slowdown factor must be > 0, got {factor!r}")
         self.host(address)._set_cpu_factor(float(factor))
+
+    def pause(self, address: str, duration: float, timers_first: bool = True) -> bool:
+        """Stop ``address`` for ``duration`` seconds as SIGSTOP would (see
+        "Pauses" in the module docstring); ``timers_first``: on resume, its
+        overdue timers run before the messages that queued meanwhile (the
+        order of a driver loop that fires timers first).  Returns False if
+        it is down."""
+        if not (isinstance(duration, (int, float)) and duration > 0):
+            raise ValueError(f"pause({address!r}): duration must be > 0 seconds, got {duration!r}")
+        ep = self.endpoints.get(address)
+        if ep is None:
+            raise UnknownAddress(f"cannot pause {address!r}: no such address")
+        if not ep.alive:
+            return False
+        now = self.env.now
+        resume = now + float(duration)
+        ep.paused_until = max(ep.paused_until, resume)
+        if isinstance(ep, Host):
+            if ep.busy_until < resume:
+                ep.busy_until = resume
+        elif ep._held is None:
+            ep._held = []
+        if self.trace is not None:
+            self.trace.note(now, address, f"pause {duration:g}s")
+        # owned by the endpoint: a crash meanwhile cancels the resume
+        heappush(self._queue, (resume, _NORMAL, next(self._eid), self._on_call, ep._resume,
+                               (bool(timers_first),), ep, ep.epoch))
+        return True
 
     def note(self, address: str, text: str) -> None:
         """Record a line in the trace (faults use this)."""

@@ -258,6 +258,10 @@ class SimConfig:
                 raise ValueError(f"use num_cpus/num_gpus instead of resources={{{k!r}: ...}}")
 
         def shape(amounts: Mapping[str, float]) -> NodeShape:
+            # every node offers ``memory`` (bytes, for ``memory=`` requests), as
+            # Ray's do: Ray gives the store 30% of the node's memory and this
+            # resource 70%, so a simulated node has 7/3 of its store
+            amounts = {"memory": default_memory_resource(store), **amounts}
             return NodeShape(resources=ResourceSet.from_dict(amounts), object_store_memory=store)
 
         if isinstance(self.nodes, int):
@@ -278,6 +282,12 @@ class SimConfig:
         if not out:
             raise ValueError("SimConfig.nodes is empty")
         return tuple(out)
+
+
+def default_memory_resource(object_store_memory: int) -> int:
+    """A simulated node's ``memory`` resource: 70% of a node whose store
+    holds the other 30%, Ray's split."""
+    return object_store_memory * 7 // 3
 
 
 def _first(*values):
@@ -588,9 +598,7 @@ class _SimClient(Runtime):
                              "cluster status")
 
     def _strip(self) -> None:
-        """After shutdown: drop everything heavy, keep a small shell (the
-        API keys per-runtime state by ``id(runtime)``: a shell kept alive
-        keeps its id from being reused by a later runtime)."""
+        """After shutdown: drop everything heavy, keep a small shell."""
         self.alive = False
         self.client = None
         self._watches = {}

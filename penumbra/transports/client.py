@@ -20,6 +20,16 @@ What goes where:
 ``start_local`` starts the embedded cluster (a daemon process that hosts the
 head, the GCS and this machine's node) and connects to it; ``connect`` joins
 a cluster started with ``penumbra start``.
+
+Losing the daemon.  When the connection ends (the daemon was killed or
+exited), the receive loop records the loss (``_lost``) and fails every
+waiting future with ``ClusterConnectionLostError``.  Everything that
+registers a new future (``_watch``, ``_request``, ``create_actor``) does so
+on the trio thread, the same thread that records the loss, and checks it
+first: a future registered after the loss fails at once, so no call can
+wait on a connection that is gone, whatever the order of events.  Sends
+check it too, so ``.remote()``, ``kill`` and ``cancel`` fail the same way,
+until ``shutdown()``.
 """
 
 from __future__ import annotations
@@ -55,7 +65,7 @@ from ..core.messages import (
 )
 from ..core.specs import TaskSpec
 from ..core.tables import KvIncrement
-from ..exceptions import GetTimeoutError, ObjectStoreFullError, PenumbraError
+from ..exceptions import ClusterConnectionLostError, GetTimeoutError, ObjectStoreFullError, PenumbraError
 from . import protocol as P
 from .bridge import TrioThread
 from .launch import DaemonProcess, PendingDaemon
@@ -140,7 +150,10 @@ class ClientRuntime(Runtime):
         self._cache_bytes = 0
         self._functions: dict[bytes, Any] = {}
         self._exported: set[bytes] = set()
-        self._closed = False
+        self._closed = False  # no more sends: shut down, or the connection is lost
+        # how the connection to the daemon ended, once it has; written only
+        # on the trio thread (see ``_fail_all``), read anywhere
+        self._lost: str | None = None
         self.on_item = None  # worker hook for Run/Interrupt/Checkpoint/Exit
         self.embedded: DaemonProcess | None = None
         self._release_buf: list[ObjectId] = []
@@ -157,8 +170,36 @@ class ClientRuntime(Runtime):
 
     def _send(self, item: Any) -> None:
         if self._closed:
-            raise PenumbraError("this penumbra runtime has been shut down; call penumbra.init() again")
+            self._raise_closed()
         self.bridge.submit(self._send_now, item)
+
+    def _lost_error(self) -> ClusterConnectionLostError:
+        return ClusterConnectionLostError(self.address, self._lost or "")
+
+    def lost_error(self) -> ClusterConnectionLostError | None:
+        return self._lost_error() if self._lost is not None else None
+
+    def _raise_closed(self) -> None:
+        if self._lost is not None:
+            raise self._lost_error()
+        raise PenumbraError("this penumbra runtime has been shut down; call penumbra.init() again")
+
+    def _check_connected(self) -> None:
+        """Fail fast, on the caller's thread, once the connection is gone.
+        (Only an early answer: the registration on the trio thread is what
+        makes a lost connection fail every wait, see ``_register``.)"""
+        if self._lost is not None:
+            raise self._lost_error()
+
+    def _register(self, fut) -> bool:
+        """(trio thread) False, with ``fut`` failed, if the connection is
+        lost: the caller must then not register it.  ``_fail_all`` runs on
+        this thread too, so a future is either registered before it (and
+        failed by it) or refused here."""
+        if self._lost is None:
+            return True
+        fut.set_exception(self._lost_error())
+        return False
 
     def _send_now(self, item: Any) -> None:
         # on the trio thread; ``_flush`` runs when the burst of jobs is done
@@ -191,17 +232,26 @@ class ClientRuntime(Runtime):
                     self.on_item(item)
             # an orderly close (the daemon exited, or was killed between
             # frames): whatever still waits on it must fail, not hang
-            self._fail_all(PenumbraError("the penumbra node daemon closed the connection"))
+            self._fail_all("the node daemon closed it: it was killed or exited")
         except ConnectionClosed as e:
-            self._fail_all(PenumbraError(f"lost the connection to the penumbra node daemon ({e.reason})"))
+            self._fail_all(f"{e.reason}; the node daemon was killed or exited")
         except BaseException as e:
-            self._fail_all(PenumbraError(f"the connection to the node daemon ended: {e!r}"))
+            # (the loop stopping, as shutdown() or a worker's exit stops
+            # it, is this side closing, not a loss)
+            self._fail_all(f"the connection ended: {e!r}", local=not self.bridge.running)
             raise
         finally:
             if self.on_item is not None:
                 self.on_item(P.Exit())
 
-    def _fail_all(self, exc: BaseException) -> None:
+    def _fail_all(self, detail: str, local: bool = False) -> None:
+        """(trio thread) The connection ended: record the loss (unless this
+        side closed it) and fail everything that waits on it."""
+        if local or self._closed and self._lost is None:
+            exc: BaseException = PenumbraError("this penumbra runtime has been shut down; call penumbra.init() again")
+        else:
+            self._lost = detail
+            exc = self._lost_error()
         self._closed = True
         for w in list(self._watches.values()):
             w.future.set_exception(exc)
@@ -278,12 +328,14 @@ class ClientRuntime(Runtime):
             pass
 
     def _request(self, msg_factory, timeout: float | None, what: str, attachments=None):
+        self._check_connected()
         rid = next(self._reqs)
         fut = self.bridge.future()
 
         def start() -> None:
-            self._waiters[rid] = fut
-            self._send_now(P.Deliver(self.node_id, msg_factory(rid), attachments, self.client_id))
+            if self._register(fut):
+                self._waiters[rid] = fut
+                self._send_now(P.Deliver(self.node_id, msg_factory(rid), attachments, self.client_id))
 
         self.bridge.submit(start)
         try:
@@ -301,12 +353,14 @@ class ClientRuntime(Runtime):
         if not a.name:
             self.submit(spec)
             return
+        self._check_connected()
         fut = self.bridge.future()
         msg = P.Deliver(self.node_id, SubmitTask(client=self.client_id, spec=spec), None, self.client_id)
 
         def start() -> None:
-            self._actor_waiters[a.actor_id] = fut
-            self._send_now(msg)
+            if self._register(fut):
+                self._actor_waiters[a.actor_id] = fut
+                self._send_now(msg)
 
         self.bridge.submit(start)
         try:
@@ -326,6 +380,7 @@ class ClientRuntime(Runtime):
             self._cache_bytes -= len(old)
 
     def get_objects(self, ids: Sequence[ObjectId], timeout: float | None) -> list[Any]:
+        self._check_connected()
         cache = self._cache
         if all(oid in cache for oid in ids):
             return [decode_value(oid, ("i", cache[oid]), None) for oid in ids]
@@ -408,6 +463,7 @@ class ClientRuntime(Runtime):
         return self.shm if att[0] == "s" else None
 
     def wait_objects(self, ids: Sequence[ObjectId], num_returns: int, timeout: float | None, fetch_local: bool) -> set[ObjectId]:
+        self._check_connected()
         cache = self._cache
         lg = self._linger
         reported = lg.ready if lg is not None and (lg.fetch or not fetch_local) else {}
@@ -443,6 +499,8 @@ class ClientRuntime(Runtime):
         state: dict[str, _Linger] = {}  # "linger": the open watch that serves this one
 
         def start() -> None:
+            if not self._register(fut):
+                return
             if blocked:
                 self._send_now(P.Deliver(node, WorkerBlocked(worker_id=cid), None, cid))
             lg = self._linger if linger else None
@@ -500,7 +558,7 @@ class ClientRuntime(Runtime):
                 raise _WatchTimeout(dict(w.results)) from None
             raise
         finally:
-            if blocked:
+            if blocked and not self._closed:
                 self._send(P.Deliver(node, WorkerUnblocked(worker_id=cid), None, cid))
 
     def _remember_inline(self, results: dict) -> None:
@@ -509,6 +567,7 @@ class ClientRuntime(Runtime):
                 self._remember(oid, att[1])
 
     def put_object(self, oid: ObjectId, value: Any) -> None:
+        self._check_connected()  # (before writing to a store no one serves)
         size, data = encode_value(oid, value, self.shm if _maybe_large(value) else _LazyShm(self), subject="the value passed to put()")
         atts = {oid: ("i", data)} if data is not None else None
         reply = self._request(lambda rid: PutObject(client=self.client_id, req_id=rid, object_id=oid, size=size), 60.0, "put()", atts)

@@ -102,15 +102,30 @@ class DaemonConfig:
     num_gpus: float = 0
     resources: dict[str, float] = field(default_factory=dict)
     object_store_memory: int = 512 << 20
+    memory: float | None = None  # the ``memory`` resource in bytes; None: 70% of available RAM, as Ray
     gcs_shards: int = 1
     chain_length: int = 1
     parent_pid: int = 0  # embedded: exit when this process is gone
     validate: bool = False
-    node_timeout: float = 5.0
-    heartbeat_interval: float = 0.2
+    # Failure detection (see core/head.py, "The liveness rule"): a node is
+    # declared dead after about ``node_timeout`` seconds without heartbeats
+    # (a daemon that exits is noticed at once, by its closed connection).
+    # In Ray's range: its GCS checks a raylet every 3 s and gives up after 5
+    # failed checks of up to 10 s each (health_check_period_ms,
+    # health_check_failure_threshold, health_check_timeout_ms), so a
+    # process stopped for tens of seconds survives.  Tests pass short values.
+    node_timeout: float = 30.0
+    heartbeat_interval: float = 1.0
     forward_queue_threshold: int = 100
     shm_root: str = "/dev/shm"
     node_id: str = ""
+
+    def __post_init__(self) -> None:
+        if not (self.heartbeat_interval > 0 and self.node_timeout > self.heartbeat_interval):
+            raise ValueError(
+                f"node_timeout ({self.node_timeout!r} s) must be longer than heartbeat_interval "
+                f"({self.heartbeat_interval!r} s), which must be > 0: a node is declared dead after "
+                f"node_timeout without heartbeats (e.g. heartbeat_interval=1, node_timeout=30)")
 
     @property
     def unix_path(self) -> str:
@@ -132,6 +147,10 @@ class Daemon:
     def __init__(self, cfg: DaemonConfig) -> None:
         self.cfg = cfg
         self.node_id = cfg.node_id or f"node:{socket.gethostname()}-{os.getpid()}"
+        self.base_node_id = self.node_id
+        self.incarnation = 0  # bumped each time it rejoins after being declared dead
+        self._rejoining = False
+        self.layout: ClusterLayout | None = None
         self.host = MachineHost(route=self.route, validate=cfg.validate)
         self.host.log_sink = self._on_log
         self.host.after_batch = self._flush_dirty
@@ -258,8 +277,62 @@ class Daemon:
         h.on(StopNode, lambda src, c: self._fenced(c.reason))
 
     def _fenced(self, reason: str) -> None:
-        logger.error("this node was declared dead (%s); stopping", reason)
-        self.request_stop()
+        """The head declared this node dead (``StopNode``).
+
+        The cluster has already re-homed its work (its tasks re-run elsewhere,
+        its actors restart, its objects are rebuilt), so the old incarnation
+        must not carry on: it would run things twice.  A node daemon drops it
+        all -- workers killed, store emptied, its drivers disconnected -- and
+        rejoins the head as a fresh node under a new node id (the core never
+        reuses one).  The head daemon's own node is never declared dead by
+        the monitor; if it is fenced anyway, the daemon stops."""
+        if self.cfg.head or self.stopping:
+            logger.error("node %s was declared dead by the head (%s); stopping", self.node_id, reason)
+            self.request_stop()
+            return
+        logger.error(
+            "node %s was declared dead by the head (%s): its tasks re-run on other nodes. It drops its "
+            "workers and objects and rejoins as a new node. (A healthy node is declared dead only when "
+            "the head heard none of its heartbeats for node_timeout=%gs: this daemon was stopped or cut "
+            "off that long; consider a longer --node-timeout.)", self.node_id, reason, self.cfg.node_timeout)
+        if not self._rejoining:
+            self._rejoining = True
+            self.nursery.start_soon(self._rejoin)
+
+    async def _rejoin(self) -> None:
+        old = self.node_id
+        try:
+            self.host.remove(old)  # what still comes for it is dropped
+            for w in list(self.workers.values()):
+                w.dead = True
+                if w.pid:
+                    try:
+                        os.kill(w.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+            self.workers.clear()
+            for ch in list(self.clients.values()) + list(self.peer_channels.values()):
+                await ch.aclose()  # its drivers' state was in the old incarnation
+            self.clients.clear()
+            self.client_jobs.clear()
+            self.peer_channels.clear()
+            self.objects.inline.clear()
+            self.objects.errors.clear()
+            for key in self.shm.object_ids(sealed_only=False):
+                self.shm.delete(key)
+            self.incarnation += 1
+            self.node_id = f"{self.base_node_id}.{self.incarnation}"
+            ch, self.head_channel = self.head_channel, None
+            if ch is not None:
+                await ch.aclose()
+            await self.nursery.start(self.connect_head)
+            self.host.add((self.node_id, NodeMachine(self.node_id, self.layout.node_config(self.layout.nodes[0]))))
+            logger.warning("node %s rejoined the cluster as %s", old, self.node_id)
+        except Exception:
+            logger.exception("node %s could not rejoin the cluster after it was declared dead; stopping", old)
+            self.request_stop()
+        finally:
+            self._rejoining = False
 
     def _worker_send(self, wid: str, item: Any) -> None:
         w = self.workers.get(wid)
@@ -386,7 +459,8 @@ class Daemon:
         self.clients[cid] = ch
         self.client_jobs[cid] = hello.job_id
         self._send(ch, P.ClientWelcome(self.node_id, self.cfg.session, self.cfg.shm_root, hello.job_id, cid, self.address))
-        self.host.deliver(self.node_id, RegisterClient(client=cid, job_id=hello.job_id, is_driver=hello.is_driver))
+        node = self.node_id  # (the incarnation it registered with, see ``_rejoin``)
+        self.host.deliver(node, RegisterClient(client=cid, job_id=hello.job_id, is_driver=hello.is_driver))
         try:
             async for item in ch:
                 t = type(item)
@@ -394,7 +468,7 @@ class Daemon:
                     self._from_client(cid, item)
                 elif t is P.ClientHello:  # job id learned after connecting
                     self.client_jobs[cid] = item.job_id
-                    self.host.deliver(self.node_id, RegisterClient(client=cid, job_id=item.job_id, is_driver=item.is_driver))
+                    self.host.deliver(node, RegisterClient(client=cid, job_id=item.job_id, is_driver=item.is_driver))
                 elif t is P.StopCluster:
                     self.request_stop()
                 if not ch.buffered:
@@ -402,10 +476,11 @@ class Daemon:
         except ConnectionClosed:
             pass
         finally:
-            self.clients.pop(cid, None)
-            self.client_jobs.pop(cid, None)
+            if self.clients.get(cid) is ch:
+                self.clients.pop(cid, None)
+                self.client_jobs.pop(cid, None)
             if not self.stopping:
-                self.host.deliver(self.node_id, ClientDisconnected(client=cid))
+                self.host.deliver(node, ClientDisconnected(client=cid))
 
     # ---------------------------------------------------------------- peers
     async def serve_peer(self, ch: Channel, hello: P.NodeHello, incoming: bool) -> None:
@@ -544,9 +619,13 @@ class Daemon:
                 if not ch.buffered:
                     self.host.pump()
         except ConnectionClosed as e:
-            logger.error("lost the connection to the head daemon (%s); exiting", e.reason)
+            if self.head_channel is ch:
+                logger.error("lost the connection to the head daemon (%s); exiting", e.reason)
+        except trio.ClosedResourceError:
+            pass  # closed by ``_rejoin``
         finally:
-            self.request_stop()
+            if self.head_channel is ch:  # (not an old one ``_rejoin`` replaced)
+                self.request_stop()
 
     # ================================================================== lifecycle
     def request_stop(self) -> None:
@@ -582,7 +661,9 @@ class Daemon:
                 # silence (a new chain config re-sends at once anyway)
                 gcs_timing=GcsTiming(heartbeat_interval=0.1, heartbeat_timeout=1.0, resend_after=0.5),
                 gcs_retry_after=2.0,
+                own_node=self.node_id if cfg.head else None,
             )
+            self.layout = layout
             if cfg.head:
                 # together: the head's first words go to the replicas (a
                 # subscription to the actor table lost here used to leave
@@ -608,7 +689,7 @@ class Daemon:
         if self.cfg.num_gpus:
             r["GPU"] = float(self.cfg.num_gpus)
         r.update(self.cfg.resources)
-        r.setdefault("memory", 0.0)
+        r.setdefault("memory", float(self.cfg.memory if self.cfg.memory is not None else available_memory() * 0.7))
         return {k: v for k, v in r.items() if v}
 
     def cleanup(self) -> None:
@@ -651,6 +732,22 @@ def start_zygote(cfg: DaemonConfig, node_id: str, close_fds: tuple[int, ...] = (
         "node_id": node_id, "daemon_pid": os.getpid(),
     }
     return fork_zygote(zcfg, cfg.token, close_fds)
+
+
+def available_memory() -> int:
+    """Bytes of memory available now (``MemAvailable``), or the physical
+    memory where /proc/meminfo cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return 8 << 30
 
 
 def _alive(pid: int) -> bool:

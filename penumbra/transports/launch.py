@@ -97,6 +97,7 @@ def start_daemon(*, head: bool, token: str | None = None, head_address: str = ""
             clusters and test clusters); 0 for a standalone daemon.
         extra: further ``DaemonConfig`` fields (``validate``, ``gcs_shards`` ...).
     """
+    _check_timing(extra)
     session = new_session_name()
     session_dir = os.path.join(sessions_dir(), session)
     os.makedirs(session_dir, exist_ok=True)
@@ -183,6 +184,18 @@ class PendingDaemon:
         info = json.loads(buf.split(b"\n", 1)[0])
         return DaemonProcess(proc, self.session, self.session_dir, self.shm_root, info["address"], info["node_id"],
                              self.token)
+
+
+def _check_timing(extra: dict) -> None:
+    """Refuse heartbeat settings the daemon would refuse, here, where they
+    were passed (not as a daemon that dies at start)."""
+    hb = extra.get("heartbeat_interval", 1.0)
+    timeout = extra.get("node_timeout", 30.0)
+    ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (hb, timeout))
+    if not (ok and hb > 0 and timeout > hb):
+        raise ValueError(f"node_timeout ({timeout!r} s) must be longer than heartbeat_interval ({hb!r} s), "
+                         f"which must be > 0: a node is declared dead after node_timeout without "
+                         f"heartbeats (e.g. heartbeat_interval=1, node_timeout=30)")
 
 
 def start_embedded(*, num_cpus=None, num_gpus=None, resources=None, object_store_memory=None,

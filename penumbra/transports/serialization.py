@@ -64,7 +64,7 @@ import types
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import cloudpickle
+from .. import _codepickle
 
 __all__ = [
     "ALIGNMENT",
@@ -343,8 +343,9 @@ def _reduce_ndarray(np: Any, arr: Any) -> Any:
 
 
 
-class _Pickler(cloudpickle.Pickler):
-    """cloudpickle, plus Arrow IPC for tables and text tracebacks for exceptions."""
+class _Pickler(_codepickle.Pickler):
+    """cloudpickle (keeping functions' file names), plus Arrow IPC for tables
+    and text tracebacks for exceptions."""
 
     def __init__(self, file: Any, buffer_callback: Callable[[Any], Any] | None, lazy: dict) -> None:
         super().__init__(file, protocol=PROTOCOL, buffer_callback=buffer_callback)

@@ -108,6 +108,13 @@ class Worker:
             if self.current == item.task_id:
                 _thread.interrupt_main()
             return
+        if t is P.Exit and self.rt._lost is not None:
+            # The connection to the daemon is lost: nothing this worker
+            # runs can be reported any more, and a task running now would
+            # keep the process alive until it ends (maybe never).  (Usually
+            # the daemon's death kills us first, through the zygote's
+            # PR_SET_PDEATHSIG; this covers a connection lost otherwise.)
+            os._exit(1)
         self.queue.put(item)
 
     def loop_forever(self) -> None:

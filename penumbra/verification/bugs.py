@@ -20,11 +20,12 @@ from typing import Callable
 
 from ..core import actors as A
 from ..core import gcs as G
+from ..core import head as H
 from ..core import lineage as L
 from ..core import objects as O
 from ..core import scheduler as S
 from ..core import tables as T
-from ..core.messages import GcsReply, Send
+from ..core.messages import GcsReply, Send, SetTimer
 
 __all__ = ["Bug", "BUGS", "REGRESSIONS", "MASKED", "planted", "bug_named"]
 
@@ -307,6 +308,24 @@ def _fetching_waiters_told_located():
     return _patch(O.ObjectManager, "_react", _react)
 
 
+def _pause_kills_cluster():
+    def _monitor(self, now):
+        # BUG: liveness judged by the head's own clock (the rule before the
+        # fix): after the head stood still, its late check finds every node
+        # "silent for node_timeout" before it reads their queued heartbeats
+        seen = self.__dict__.setdefault("_seen", {})
+        for node in self.misses:
+            if node in self.heard or node not in seen:
+                seen[node] = now
+        self.heard.clear()
+        cmds = [SetTimer(at=now + self.config.check_interval, key=("head", "monitor"))]
+        for node in sorted(n for n in self.misses if seen[n] < now - self.config.node_timeout):
+            cmds += self.node_dead(node, now, f"heartbeat-timeout:{node}")
+        return cmds
+
+    return _patch(H.HeadMachine, "_monitor", _monitor)
+
+
 BUGS: tuple[Bug, ...] = (
     Bug("no-release-on-crash", "a crashed worker's resources are not released", _no_release_on_crash, seed=5),
     Bug("retry-budget-off-by-one", "one retry fewer than max_retries", _retry_budget_off_by_one, seed=114),
@@ -326,6 +345,8 @@ BUGS: tuple[Bug, ...] = (
     Bug("replayed-call-runs-again", "a call replayed on restart runs again when its caller re-sends it", _replayed_call_runs_again, seed=1),
     Bug("watch-ignores-need", "a node holds a watch's reports until every object is ready, even when the "
         "wait needs fewer (it times out told of nothing)", _watch_ignores_need, seed=0),
+    Bug("pause-kills-cluster", "the head judges liveness by its own clock: after a pause of the head, it declares "
+        "every node dead before reading their queued heartbeats", _pause_kills_cluster, seed=20),
     Bug("fetching-waiter-told-early", "a wait that fetches is told an object is ready when its location is known, before the bytes arrive", _fetching_waiters_told_located, seed=64),
 )
 

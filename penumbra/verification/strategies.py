@@ -217,7 +217,9 @@ def fault_plans(draw, nodes: int, chain_length: int = 1, shards: int = 1, actors
     nodes 1.. long enough (0.7-1.2 s) to be declared dead and fenced, slow
     nodes (any node, 3 or 10 times slower for 0.1-0.5 s), lossy and
     duplicating GCS links, delay (so messages reorder), worker crashes
-    mid-task, and kills of actors 0..``actors``-1 that allow a restart.
+    mid-task, kills of actors 0..``actors``-1 that allow a restart, and
+    timing faults: stop-the-world pauses of the head, a node or the driver,
+    and late heartbeats.
 
     Node 0, the driver's, is spared crashes and cuts: the swarm's driver and
     GPU node live there.  Fault times lie in [0.05, 1] (the workload's
@@ -234,7 +236,20 @@ def fault_plans(draw, nodes: int, chain_length: int = 1, shards: int = 1, actors
     slow = draw(st.lists(st.tuples(_TIMES, st.integers(0, nodes - 1), st.sampled_from((3.0, 10.0)),
                                    st.sampled_from((0.1, 0.5))), max_size=1))
     kills = draw(st.lists(st.tuples(at, st.integers(0, actors - 1)), max_size=3)) if actors else []
+    # timing faults (see swarm._draw_timing_faults): the head stopped past the
+    # node timeout, a node stopped briefly or long enough to be fenced, the
+    # driver stopped; either order of resume; late heartbeats from a node
+    order = st.booleans()
+    pauses = draw(st.lists(st.one_of(
+        st.tuples(at, st.just("head"), st.just(0), st.sampled_from((0.5, 1.5)), order),
+        st.tuples(at, st.just("node"), st.integers(0, nodes - 1), st.sampled_from((0.05, 0.25)), order),
+        st.tuples(at, st.just("node"), others, st.sampled_from((0.8, 1.2)), order),
+        st.tuples(at, st.just("driver"), st.just(0), st.sampled_from((0.1, 1.0)), order),
+    ), max_size=2))
+    late = draw(st.lists(st.tuples(at, st.integers(0, nodes - 1), st.sampled_from((0.05, 0.25)),
+                                   st.sampled_from((0.2, 0.8))), max_size=1))
     return FaultPlan(
+        pauses=tuple(sorted(pauses)), heartbeat_delays=tuple(sorted(late)),
         crashes=tuple(sorted(crashes)), replica_crashes=tuple(sorted(replicas)), isolations=tuple(sorted(cuts)),
         gcs_drop=draw(st.sampled_from((0.0, 0.02, 0.1))), gcs_duplicate=draw(st.sampled_from((0.0, 0.05))),
         delay=draw(st.sampled_from((0.0, 0.002, 0.01))), slow=tuple(sorted(slow)),

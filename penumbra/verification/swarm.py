@@ -12,7 +12,11 @@ resources, GCS shards and chain length, store capacity), the workload
   GCS replicas crash and rejoin, a node is cut off (and fenced if the head
   declares it dead), GCS-bound messages are dropped or duplicated, every
   message may be delayed (so they reorder), a node runs slow, workers die
-  in the middle of tasks;
+  in the middle of tasks; and timing faults: the head, a node or the
+  driver stands still for a while (a stop-the-world pause, as under SIGSTOP:
+  what is sent to it queues, its timers fire late, after resume, in either
+  order, see ``SimKernel.pause``), a node's messages to the head (its
+  heartbeats) come late in a burst;
 * **liveness**: every fault is lifted, and the cluster must finish the work.
 
 The same seed then runs with no faults at all: the *reference*.  The
@@ -26,7 +30,10 @@ looks for the smallest subset of the fault schedule that still fails.
 Fault model (what the protocol is built to tolerate): crash-stop nodes and
 replicas; partitions (a node cut off longer than the heartbeat timeout is
 declared dead and fenced); message loss and duplication on GCS traffic
-(clients retry, replicas deduplicate); delay and reordering everywhere.
+(clients retry, replicas deduplicate); delay and reordering everywhere;
+pauses of any process (a paused head declares nobody dead for its own
+pause; a node paused longer than the timeout is declared dead and fenced,
+like a cut one).
 Other links behave like TCP connections: they may stall, not silently drop.
 """
 
@@ -65,6 +72,11 @@ __all__ = ["SeedPlan", "FaultPlan", "RunResult", "SeedReport", "plan_seed", "run
 # rebuilt -- take about 1.3 s over 150 seeds).
 REFERENCE_SLACK = 3.0
 
+# A node paused at least this long may be declared dead (the swarm's
+# node_timeout is 0.4 s) and fenced; shorter node pauses (drawn up to 0.25 s)
+# must not cost it anything.
+LONG_PAUSE = 0.35
+
 
 @dataclass(frozen=True)
 class FaultPlan:
@@ -79,6 +91,10 @@ class FaultPlan:
     slow: tuple[tuple[float, int, float, float], ...] = ()  # (time, node index, factor, duration)
     worker_crash_rate: float = 0.0
     actor_kills: tuple[tuple[float, int], ...] = ()  # (time, actor index): kill, allowing a restart
+    # (time, "head" | "node" | "driver", node index (0 otherwise), duration, timers first on resume)
+    pauses: tuple[tuple[float, str, int, float, bool], ...] = ()
+    # (time, node index, up to this much extra delay, duration): its messages to the head come late
+    heartbeat_delays: tuple[tuple[float, int, float, float], ...] = ()
 
     def items(self) -> list[tuple[str, Any]]:
         out: list[tuple[str, Any]] = [("crash", c) for c in self.crashes]
@@ -86,6 +102,8 @@ class FaultPlan:
         out += [("replica", c) for c in self.replica_crashes]
         out += [("isolate", c) for c in self.isolations]
         out += [("slow", c) for c in self.slow]
+        out += [("pause", c) for c in self.pauses]
+        out += [("heartbeat_delay", c) for c in self.heartbeat_delays]
         for name in ("gcs_drop", "gcs_duplicate", "delay", "worker_crash_rate"):
             if getattr(self, name):
                 out.append((name, getattr(self, name)))
@@ -93,15 +111,15 @@ class FaultPlan:
 
     @classmethod
     def from_items(cls, items) -> "FaultPlan":
-        kw: dict[str, Any] = {"crashes": [], "replica_crashes": [], "isolations": [], "slow": [], "actor_kills": []}
         names = {"crash": "crashes", "replica": "replica_crashes", "isolate": "isolations", "slow": "slow",
-                 "actor_kill": "actor_kills"}
+                 "actor_kill": "actor_kills", "pause": "pauses", "heartbeat_delay": "heartbeat_delays"}
+        kw: dict[str, Any] = {v: [] for v in names.values()}
         for name, v in items:
             if name in names:
                 kw[names[name]].append(v)
             else:
                 kw[name] = v
-        for k in ("crashes", "replica_crashes", "isolations", "slow", "actor_kills"):
+        for k in names.values():
             kw[k] = tuple(sorted(kw[k]))
         return cls(**kw)
 
@@ -109,12 +127,17 @@ class FaultPlan:
         return "; ".join(f"{n} {v}" for n, v in self.items()) or "no faults"
 
     def first_failures(self) -> dict[int, float]:
-        """Node index -> when it first crashes or is cut off (and so loses
-        its store)."""
+        """Node index -> when it first crashes, is cut off or is paused long
+        enough to be declared dead (and so loses its store)."""
         out: dict[int, float] = {}
-        for at, i, _ in sorted(self.crashes + self.isolations):
+        for at, i, _ in sorted(self.crashes + self.isolations + self.long_node_pauses()):
             out.setdefault(i, at)
         return out
+
+    def long_node_pauses(self) -> tuple[tuple[float, int, float], ...]:
+        """``(time, node index, duration)`` of the node pauses long enough
+        (``LONG_PAUSE``) that the head may declare the node dead."""
+        return tuple((at, i, d) for at, who, i, d, _ in self.pauses if who == "node" and d >= LONG_PAUSE)
 
 
 @dataclass(frozen=True)
@@ -201,9 +224,42 @@ def plan_seed(seed: int) -> SeedPlan:
         slow=tuple(sorted(slow)),
         worker_crash_rate=rng.choice((0.0, 0.0, 0.02, 0.05)) if faulty else 0.0,
     )
+    faults = _draw_timing_faults(faults, random.Random(f"penumbra-swarm-timing-{seed}"), faulty, n, horizon)
     workload = add_remote_puts(workload, random.Random(f"penumbra-swarm-remote-puts-{seed}"), n,
                                faults.first_failures(), 1.0)
     return SeedPlan(seed, layout, workload, faults, horizon)
+
+
+def _draw_timing_faults(faults: FaultPlan, rng: random.Random, faulty: bool, n: int, horizon: float) -> FaultPlan:
+    """Pauses and late heartbeats, from their own generator (the rest of
+    each seed's plan is what it was before they came in).
+
+    * the head stops for 0.5-1.5 s, longer than the node timeout (0.4 s):
+      nobody may be declared dead for it, in either order of resume;
+    * a node stops briefly (0.05-0.25 s: it must lose nothing), or long
+      (0.7-1.2 s, nodes 1..: declared dead and fenced, as a cut node is);
+    * the driver stops for 0.1-1 s (its program and its replies wait);
+    * a node's messages to the head (its heartbeats) come up to 0.25 s late,
+      reordered, for 0.2-0.8 s (under the timeout: it must stay alive).
+    """
+    if not faulty:
+        return faults
+    pauses, late = [], []
+
+    def at() -> float:
+        return round(rng.uniform(0.05, horizon), 3)
+
+    if rng.random() < 0.15:
+        pauses.append((at(), "head", 0, round(rng.uniform(0.5, 1.5), 3), rng.random() < 0.5))
+    if rng.random() < 0.1:
+        pauses.append((at(), "node", rng.randrange(n), round(rng.uniform(0.05, 0.25), 3), rng.random() < 0.5))
+    if rng.random() < 0.08:
+        pauses.append((at(), "node", rng.randint(1, n - 1), round(rng.uniform(0.7, 1.2), 3), rng.random() < 0.5))
+    if rng.random() < 0.1:
+        pauses.append((at(), "driver", 0, round(rng.uniform(0.1, 1.0), 3), rng.random() < 0.5))
+    if rng.random() < 0.1:
+        late.append((at(), rng.randrange(n), round(rng.uniform(0.05, 0.25), 3), round(rng.uniform(0.2, 0.8), 3)))
+    return dataclasses.replace(faults, pauses=tuple(sorted(pauses)), heartbeat_delays=tuple(sorted(late)))
 
 
 # ===========================================================================
@@ -328,7 +384,7 @@ def _taints(plan: SeedPlan, faulty: bool, executions: dict, keys: dict, disturbe
         taints[t.key] = own
         deps[t.key] = t.deps
     # a node's store dies with the node (crash, or fenced after a cut)
-    loses_nodes = faulty and bool(plan.faults.crashes or plan.faults.isolations)
+    loses_nodes = faulty and bool(plan.faults.first_failures())
     for a in w.actors:
         for c in a.calls:
             own = set()
@@ -721,6 +777,20 @@ def _install_faults(cluster: SimCluster, fp: FaultPlan, nodes: list[str], base: 
             fenced_watch.discard(address)
             kernel.call_after(0.05, lambda: cluster.add_node(like=address))
     k.on_crash.append(on_crash)
+    for at, who, i, duration, timers_first in fp.pauses:
+        def pause(who=who, addr=nodes[i], duration=duration, timers_first=timers_first):
+            target = {"head": "head", "driver": driver.address if driver is not None else None}.get(who, addr)
+            if target is None or not k.is_alive(target):
+                return
+            cluster.pause(target, duration, timers_first)
+            if who == "node" and duration >= LONG_PAUSE:
+                fenced_watch.add(addr)  # declared dead, it stops when it hears so
+        k.call_at(base + at, pause)
+    for at, i, late, duration in fp.heartbeat_delays:
+        def delay_heartbeats(addr=nodes[i], late=late, duration=duration):
+            if cluster.nodes[addr].alive:
+                cluster.link_fault([addr], ["head"], delay=late, duration=duration)
+        k.call_at(base + at, delay_heartbeats)
     for at, i, factor, duration in fp.slow:
         def slow(addr=nodes[i], factor=factor, duration=duration):
             if cluster.nodes[addr].alive:

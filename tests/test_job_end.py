@@ -447,3 +447,33 @@ def test_a_node_forgets_the_versions_of_object_rows_it_no_longer_follows(core) -
     n0 = net.machines["node:0"]
     assert s.return_ids[0] in n0.objects.store  # fetched, after following its row
     assert not [k for k in n0.gcs.versions if k[0] == "objects"]
+
+
+def test_sim_a_lost_job_ended_message_is_sent_again():
+    """The head re-sends JobEnded to a node that has not answered (a lost
+    message), so the node's work of the job still goes, and then its rows."""
+    from penumbra.core.layout import ClusterLayout, NodeShape
+    from penumbra.sim.cluster import SimCluster
+    from penumbra.sim.faults import FaultSchedule, LinkFault
+    from penumbra.sim.workloads import TaskModel
+
+    layout = ClusterLayout(nodes=(NodeShape(ResourceSet.of(CPU=2)),) * 2,
+                           scheduler=SchedulerConfig(forward_queue_threshold=2))
+    c = SimCluster(layout, validate=True)
+    c.wait_ready()
+    baseline = _sim_sizes(c)
+    d1 = c.driver("node:0")
+    for _ in range(20):
+        d1.remote(TaskModel(duration=30.0))
+    assert c.run_until(lambda: all(n.machine.scheduler.busy == 2 for n in c.nodes.values()), 10.0)
+    c.install(FaultSchedule([(0.0, LinkFault(("head",), ("node:1",), drop=1.0, duration=1.5))]), offset=c.now)
+    d1.close()
+    c.run(c.now + 1.0)
+    assert c.head.ending == {d1.job_id: {"node:1"}}  # its JobEnded was lost
+    assert c.nodes["node:1"].machine.scheduler.busy == 2
+    c.run(c.now + 2.0)
+    assert not c.head.ending
+    s = c.nodes["node:1"].machine.scheduler
+    assert not s.tasks and s.available == s.total
+    sizes = _sim_sizes(c)
+    assert sizes["tasks"] == baseline["tasks"] and sizes["objects"] == baseline["objects"]

@@ -38,6 +38,12 @@ Joining
     The joiner reports ``ReplicaReady`` and the master appends it as the new
     tail; it serves reads only once its predecessor says it has caught up.
 
+Forgetting
+    Rows are deleted only by ops, like any write (``ForgetJob`` once a job
+    ended and every node dropped its work, ``ForgetObject`` for a freed
+    private put), so every replica forgets the same rows at the same point
+    of the log; the rule of what goes and when is in ``tables.py``.
+
 The invariant that matters: **no acknowledged write is lost while one replica
 of the chain lives.**  A client is acknowledged only by the tail; every
 replica before the tail has the entry (it was forwarded through them), so any

@@ -14,7 +14,14 @@ that hold no durable state of their own (all of it is in the GCS):
 * the **global scheduler** (``scheduler.GlobalScheduler``) places forwarded
   tasks;
 * the **actor manager** (``actors.ActorManager``) restarts or buries actors;
-* **recovery** (``lineage.Recovery``) rebuilds lost objects from lineage.
+* **recovery** (``lineage.Recovery``) rebuilds lost objects from lineage;
+* **job end**: when a job's driver exits (``JobFinished``), the head tells
+  every node (``JobEnded``: queued tasks dropped, running ones' workers
+  killed, resources returned), drops the job's forwarded tasks, kills its
+  non-detached actors, and refuses its tasks from then on (no retry, no
+  reconstruction).  Once every live node answered ``JobCleared``, it
+  writes ``ForgetJob`` (the job's task and object rows leave the GCS) and
+  tells the nodes holding the job's objects to drop them (``DropObjects``).
 
 Every GCS reply comes back with the token given at the request; the table
 ``_on_gcs_reply`` routes each kind of token to its role.
@@ -75,12 +82,15 @@ from .messages import (
     ClusterStatus,
     ClusterStatusRequest,
     Command,
+    DropObjects,
     Event,
     Fenced,
     ForwardTask,
     GcsNotify,
     GcsReply,
     Heartbeat,
+    JobCleared,
+    JobEnded,
     JobFinished,
     KillActorRequest,
     Log,
@@ -97,7 +107,7 @@ from .messages import (
 )
 from .records import ChainConfig, NodeEntry, TaskState
 from .scheduler import GlobalConfig, GlobalScheduler, Rng
-from .tables import NodeDown, PutNode, Subscribe, Unsubscribe
+from .tables import ForgetJob, NodeDown, PutNode, Subscribe, Unsubscribe
 
 __all__ = ["HeadConfig", "HeadMachine"]
 
@@ -110,6 +120,7 @@ class HeadConfig:
     node_timeout: float = 1.0
     check_interval: float = 0.1
     gcs_retry_after: float = 0.05
+    job_end_retry: float = 1.0  # re-send JobEnded to nodes silent this long
     # the node hosted in the head's own process (never declared dead by the
     # monitor), if any
     own_node: str | None = None
@@ -157,6 +168,10 @@ class HeadMachine:
         self.dead_nodes: set[str] = set()
         self.watched_tasks: set[TaskId] = set()
         self.stories: dict[Hashable, list] = {}
+        # jobs whose driver exited (one int per job ever run), and, for those
+        # still being cleared, the nodes that have not answered JobEnded
+        self.ended_jobs: set[int] = set()
+        self.ending: dict[int, set[str]] = {}
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, now: float) -> list[Command]:
@@ -229,6 +244,8 @@ class HeadMachine:
             return self._monitor(now)
         if isinstance(key, tuple) and key and key[0] == "chain":
             return self._chain(ev, now)
+        if isinstance(key, tuple) and key and key[0] == "job-end":
+            return self._job_end_retry(key[1], now, ev.stimulus_id)
         return []
 
     def _monitor(self, now: float) -> list[Command]:
@@ -272,6 +289,8 @@ class HeadMachine:
 
     # ------------------------------------------------------------------ scheduling
     def _on_forward(self, ev: ForwardTask, now: float) -> list[Command]:
+        if self.job_over(ev.spec):
+            return []  # forwarded just before its job ended
         return self.scheduler.submit(ev.spec, ev.attempt, now, ev.stimulus_id)
 
     def _on_reconstruct(self, ev: ReconstructObject, now: float) -> list[Command]:
@@ -291,8 +310,64 @@ class HeadMachine:
     def _on_kill_actor(self, ev: KillActorRequest, now: float) -> list[Command]:
         return self.actors.kill(ev.actor_id, ev.no_restart, now, ev.stimulus_id)
 
+    # ------------------------------------------------------------------ job end
+    def job_over(self, spec) -> bool:
+        """``spec`` is a task of a job that ended (a detached actor's
+        creation excepted): it must not run, be retried or be rebuilt."""
+        if spec.job_id not in self.ended_jobs:
+            return False
+        a = spec.actor_creation
+        return a is None or not a.detached
+
     def _on_job_finished(self, ev: JobFinished, now: float) -> list[Command]:
-        return self.actors.on_job_finished(ev.job_id, now, ev.stimulus_id)
+        job, sid = ev.job_id, ev.stimulus_id
+        if job in self.ended_jobs:
+            return []
+        self.ended_jobs.add(job)
+        cmds = self.actors.on_job_finished(job, now, sid)
+        self.scheduler.drop_job(job)
+        nodes = sorted(self.scheduler.alive_nodes())
+        self.ending[job] = set(nodes)
+        for n in nodes:
+            cmds.append(Send(to=n, msg=JobEnded(job_id=job, stimulus_id=sid)))
+        cmds.append(SetTimer(at=now + self.config.job_end_retry, key=("job-end", job)))
+        return cmds + self._forget_job_if_cleared(job, now, sid)
+
+    def _on_job_cleared(self, ev: JobCleared, now: float) -> list[Command]:
+        waiting = self.ending.get(ev.job_id)
+        if waiting is None:
+            return []
+        waiting.discard(ev.node_id)
+        return self._forget_job_if_cleared(ev.job_id, now, ev.stimulus_id)
+
+    def _job_end_retry(self, job: int, now: float, sid: str) -> list[Command]:
+        """A node has not answered JobEnded (a lost message): ask again;
+        a node that died meanwhile no longer counts."""
+        waiting = self.ending.get(job)
+        if waiting is None:
+            return []
+        waiting.intersection_update(self.scheduler.alive_nodes())
+        cmds: list[Command] = [Send(to=n, msg=JobEnded(job_id=job, stimulus_id=sid)) for n in sorted(waiting)]
+        if waiting:
+            cmds.append(SetTimer(at=now + self.config.job_end_retry, key=("job-end", job)))
+        return cmds + self._forget_job_if_cleared(job, now, sid)
+
+    def _forget_job_if_cleared(self, job: int, now: float, sid: str) -> list[Command]:
+        if self.ending.get(job):
+            return []
+        self.ending.pop(job, None)
+        return self.gcs.write(ForgetJob(job), ("job-forgotten", job), now, sid)
+
+    def _on_job_forgotten(self, per_shard: tuple, now: float, sid: str) -> list[Command]:
+        """The job's rows are gone; its objects' copies go too."""
+        by_node: dict[str, list] = {}
+        for released in per_shard:
+            for oid, locations in released:
+                for n in locations:
+                    by_node.setdefault(n, []).append(oid)
+        alive = set(self.scheduler.alive_nodes())
+        return [Send(to=n, msg=DropObjects(object_ids=tuple(oids), stimulus_id=sid))
+                for n, oids in sorted(by_node.items()) if n in alive]
 
     # ------------------------------------------------------------------ GCS replies
     def _on_gcs(self, ev: Event, now: float) -> list[Command]:
@@ -316,7 +391,13 @@ class HeadMachine:
         if kind == "node-down":
             node = token[1]
             cmds = self.actors.on_node_dead(node, now, sid)
+            for job in sorted(j for j, waiting in self.ending.items() if node in waiting):
+                # a dead node runs nothing of the job any more
+                self.ending[job].discard(node)
+                cmds += self._forget_job_if_cleared(job, now, sid)
             return cmds + self.recovery.on_node_dead(node, now, sid)
+        if kind == "job-forgotten":
+            return self._on_job_forgotten(result, now, sid)
         if kind == "actor-reread":
             return self.actors.on_reread(token[1], result, now, sid)
         if kind == "actor-restarting":
@@ -358,6 +439,10 @@ class HeadMachine:
         self.recovery.validate()
         assert not (self.dead_nodes & set(self.misses)), "a dead node is still monitored"
         assert self.heard <= set(self.misses), "a heartbeat was counted for a node nobody monitors"
+        for job in self.ending:
+            assert job in self.ended_jobs, f"job {job} is being cleared but did not end"
+        for p in list(self.scheduler.pending.values()) + list(self.scheduler.infeasible.values()):
+            assert p.on_placed is not None or not self.job_over(p.spec), f"task {p.spec.task_id} of ended job {p.spec.job_id} still waits for placement"
 
 
 _HANDLERS = {
@@ -370,6 +455,7 @@ _HANDLERS = {
     ActorReported: HeadMachine._on_actor_reported,
     KillActorRequest: HeadMachine._on_kill_actor,
     JobFinished: HeadMachine._on_job_finished,
+    JobCleared: HeadMachine._on_job_cleared,
     GcsReply: HeadMachine._on_gcs,
     GcsNotify: HeadMachine._on_notify,
     ClusterStatusRequest: HeadMachine._on_status,

@@ -27,7 +27,9 @@ scheduler.  Rules:
   budget left fails its outputs with ``ObjectLostError`` naming the cause, and
   everything downstream fails with it;
 * at most one reconstruction per object is in flight; requests for an object
-  already being rebuilt are folded into it.
+  already being rebuilt are folded into it;
+* a task of a job that ended is never re-run (its driver is gone, and its
+  rows are about to leave the GCS).
 
 Tasks pending on a node that dies are re-submitted the same way (also
 spending the budget); once the budget is gone their outputs hold
@@ -248,6 +250,8 @@ class Recovery:
                 continue
             entry = job.tasks[tid]
             spec = entry.spec
+            if self.head.job_over(spec):
+                continue
             limit = spec.max_retries
             if limit >= 0 and entry.attempt >= limit:
                 err = ErrorInfo(
@@ -258,7 +262,7 @@ class Recovery:
                     task_name=spec.display_name(),
                 )
                 outputs = tuple((o, 0) for o in spec.return_ids)
-                cmds += self.head.gcs.write(FinishTask(tid, "", outputs, err), None, now, sid)
+                cmds += self.head.gcs.write(FinishTask(tid, "", outputs, err, job_id=spec.job_id), None, now, sid)
                 continue
             self.rebuilding[tid] = now
             self.rebuild_attempt[tid] = entry.attempt + 1
@@ -310,6 +314,8 @@ class Recovery:
             spec = e.spec
             if spec.actor_id is not None:
                 continue  # actor calls are resolved by their callers' nodes
+            if self.head.job_over(spec):
+                continue  # its job ended: nothing of it runs again
             if spec.is_actor_creation:
                 cmds += self.head.actors.on_creation_lost(spec, now, sid)
                 continue
@@ -322,7 +328,7 @@ class Recovery:
                     task_name=spec.display_name(),
                 )
                 outputs = tuple((o, 0) for o in spec.return_ids)
-                cmds += self.head.gcs.write(FinishTask(spec.task_id, "", outputs, err, e.attempt), None, now, sid)
+                cmds += self.head.gcs.write(FinishTask(spec.task_id, "", outputs, err, e.attempt, job_id=spec.job_id), None, now, sid)
                 continue
             self.resubmitted += 1
             cmds += self.head.gcs.write(RetryTask(spec.task_id, "", attempt=e.attempt + 1), None, now, sid)

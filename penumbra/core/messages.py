@@ -609,7 +609,11 @@ class NodeDied(Event):
 
 @_frozen
 class JobFinished(Message):
-    """A driver exited: its non-detached actors die with it (Ray's rule)."""
+    """A driver exited or disconnected (node to head): its job ends.  The
+    head decides what that means (Ray's rule): its queued and running tasks
+    are cancelled everywhere, its non-detached actors die, its objects are
+    released and, once every node has cleared it, its GCS rows are
+    forgotten (see ``head.HeadMachine._on_job_finished``)."""
 
     job_id: int
 
@@ -736,6 +740,34 @@ class StopActor(Message):
     actor_id: ActorId
     incarnation: int
     reason: str = ""
+
+
+@_frozen
+class JobEnded(Message):
+    """Head to every node: job ``job_id`` is over.  The node drops the job's
+    queued tasks, kills the workers running its tasks (nested ones too: they
+    carry the job id), returns their resources, refuses the job's tasks from
+    now on, and answers ``JobCleared``."""
+
+    job_id: int
+
+
+@_frozen
+class JobCleared(Message):
+    """Node to head: this node holds no queued or running task of
+    ``job_id`` any more (the head forgets the job's GCS rows once every
+    live node has said so)."""
+
+    job_id: int
+    node_id: str
+
+
+@_frozen
+class DropObjects(Message):
+    """Head to a node: these objects belong to a job that ended and their
+    GCS rows are gone; delete the copies held here."""
+
+    object_ids: tuple[ObjectId, ...]
 
 
 # Messages cross processes by the hundred thousand per second: pickle them

@@ -56,7 +56,10 @@ from .messages import (
     FetchFailed,
     GcsNotify,
     GcsReply,
+    DropObjects,
     Heartbeat,
+    JobCleared,
+    JobEnded,
     JobFinished,
     KillActor,
     KillActorRequest,
@@ -92,7 +95,7 @@ from .objects import ObjectManager
 from .records import ActorEntry, ErrorInfo, NodeEntry, ObjectEntry, ObjectInfo
 from .scheduler import LocalScheduler, SchedulerConfig
 from .specs import ResourceSet, TaskSpec
-from .tables import FinishTask, PutActor, RegisterName, Subscribe
+from .tables import FinishTask, PutActor, RegisterName, Subscribe, Unsubscribe
 
 __all__ = ["NodeConfig", "NodeMachine"]
 
@@ -148,6 +151,9 @@ class NodeMachine:
         self.welcomed = False
         self.fenced = False
         self.heartbeats_sent = 0  # numbers the heartbeats (the head spots lost ones by a gap)
+        # jobs the head said are over: their tasks are refused from now on
+        # (one int per job ever run on the cluster)
+        self.ended_jobs: set[int] = set()
 
     def _produced_here(self, oid: ObjectId) -> bool:
         if oid.is_put:
@@ -157,6 +163,10 @@ class NodeMachine:
 
     # ------------------------------------------------------------------ shared services
     def gcs_write(self, op, token: Hashable, now: float, sid: str) -> list[Command]:
+        if type(op) is Unsubscribe:
+            # the last version seen of a key we stop following: kept, it
+            # would grow with every object this node ever waited for
+            self.gcs.forget(op.table, op.key)
         return self.gcs.write(op, token, now, sid)
 
     def gcs_read(self, query, token: Hashable, now: float, sid: str) -> list[Command]:
@@ -197,7 +207,7 @@ class NodeMachine:
                 return cmds + self.fail_outputs(spec, adm.error, attempt, now, sid, token)
             admitted.append(oid)
             cmds += c
-        cmds += self.gcs.write(FinishTask(spec.task_id, self.node_id, outputs, None, attempt, spec.actor_id), token, now, sid)
+        cmds += self.gcs.write(FinishTask(spec.task_id, self.node_id, outputs, None, attempt, spec.actor_id, spec.job_id), token, now, sid)
         return cmds
 
     def fail_outputs(self, spec: TaskSpec, error: ErrorInfo, attempt: int, now: float, sid: str,
@@ -206,7 +216,7 @@ class NodeMachine:
         for oid in spec.return_ids:
             cmds += self.objects.add_error(oid, error, now, sid)
         outputs = tuple((o, 0) for o in spec.return_ids)
-        cmds += self.gcs.write(FinishTask(spec.task_id, self.node_id, outputs, error, attempt, spec.actor_id), token, now, sid)
+        cmds += self.gcs.write(FinishTask(spec.task_id, self.node_id, outputs, error, attempt, spec.actor_id, spec.job_id), token, now, sid)
         return cmds
 
     def actor_created(self, spec: TaskSpec, start: ActorStart, wid: str, now: float, sid: str) -> list[Command]:
@@ -287,13 +297,61 @@ class NodeMachine:
         for key in [k for k in self.watches if k[0] == ev.client]:
             cmds += self._drop_watch(key, now, ev.stimulus_id)
         job = self.clients.pop(ev.client, None)
-        if job is not None and job not in self.clients.values():
+        # (job 0: a driver that left before it learned its job id; it
+        # submitted nothing)
+        if job and job not in self.clients.values():
             cmds.append(Send(to=self.head, msg=JobFinished(job_id=job, stimulus_id=ev.stimulus_id)))
+        return cmds
+
+    # ------------------------------------------------------------------ job end
+    def _on_job_ended(self, ev: JobEnded, now: float) -> list[Command]:
+        """The head says job ``ev.job_id`` is over (its driver exited): its
+        queued tasks go, the workers running its tasks are killed and their
+        resources come back (see ``LocalScheduler.end_job``).  Then tell the
+        head, which forgets the job's GCS rows once every node has."""
+        job = ev.job_id
+        self.ended_jobs.add(job)
+        cmds = self.scheduler.end_job(job, now, ev.stimulus_id)
+        cmds.append(Send(to=self.head, msg=JobCleared(job_id=job, node_id=self.node_id, stimulus_id=ev.stimulus_id)))
+        return cmds
+
+    def _job_over(self, spec: TaskSpec, now: float, sid: str) -> bool:
+        """``spec`` belongs to a job that ended (a nested task submitted by a
+        worker about to be killed, a placement that crossed the job's end):
+        drop it.  A detached actor's creation outlives its job."""
+        if spec.job_id not in self.ended_jobs:
+            return False
+        a = spec.actor_creation
+        if a is not None and a.detached:
+            return False
+        self.story_add(spec.task_id, now, sid, f"refused: job {spec.job_id} ended")
+        return True
+
+    def _on_drop_objects(self, ev: DropObjects, now: float) -> list[Command]:
+        """Copies of an ended job's objects: deleted now rather than by LRU
+        (their GCS rows are gone already).  One still pinned or wanted here
+        (an input of another job's task) stays until that ends.  The
+        history of the tasks that made them goes too (stories, outcomes):
+        bounded caches, but the node should not sit on an ended job's."""
+        objects = self.objects
+        store = objects.store
+        stories, done = self.stories, self.scheduler.done
+        cmds: list[Command] = []
+        for oid in ev.object_ids:
+            tid = oid.task_id
+            stories.pop(tid, None)
+            done.pop(tid, None)
+            if oid in objects.wants or store.is_pinned(oid):
+                continue
+            if store.remove(oid) or objects.errors.pop(oid, None) is not None:
+                cmds.append(Evict(object_id=oid, stimulus_id=ev.stimulus_id))
         return cmds
 
     def _on_submit(self, ev: SubmitTask, now: float) -> list[Command]:
         spec = ev.spec
         sid = ev.stimulus_id
+        if self.ended_jobs and self._job_over(spec, now, sid):
+            return []
         if spec.actor_id is not None:
             return self.router.submit(spec, now, sid)
         if spec.actor_creation is not None:
@@ -468,6 +526,8 @@ class NodeMachine:
     # ------------------------------------------------------------------ scheduling and actors
     def _on_place(self, ev: PlaceTask, now: float) -> list[Command]:
         spec = ev.spec
+        if self.ended_jobs and self._job_over(spec, now, ev.stimulus_id):
+            return []
         actor = ActorStart(ActorEntry(spec.actor_creation, spec)) if spec.actor_creation is not None else None
         return self.scheduler.submit(spec, now, ev.stimulus_id, placed=True, attempt=ev.attempt, record=False,
                                      reconstruction=ev.reconstruction, actor=actor)
@@ -537,6 +597,10 @@ class NodeMachine:
             return []
         table = ev.table
         if table == "objects":
+            if ev.key not in self.objects.wants:
+                # a change that crossed our unsubscribe: no version to keep
+                self.gcs.forget(table, ev.key)
+                return []
             return self.objects.on_entry(ev.key, ev.value, now, ev.stimulus_id)
         if table == "actors":
             return self._actor_row(ev.key, ev.value, now, ev.stimulus_id)
@@ -581,6 +645,11 @@ class NodeMachine:
             assert w.remaining, f"watch {key} has nothing left but is still open"
             assert w.held is None or len(w.held) < min(w.need, _HOLD_MAX), f"watch {key} holds {len(w.held)} reports, enough to send"
         assert self.scheduler.other_nodes_alive == sum(1 for a in self.nodes.values() if a), "live peer count is off"
+        if self.ended_jobs:
+            for tid, t in self.scheduler.tasks.items():
+                a = t.spec.actor_creation
+                assert t.spec.job_id not in self.ended_jobs or (a is not None and a.detached), (
+                    f"task {tid} of ended job {t.spec.job_id} is still queued or running")
 
 
 _HANDLERS = {
@@ -620,4 +689,6 @@ _HANDLERS = {
     ChainConfigMsg: NodeMachine._on_gcs,
     GcsNotify: NodeMachine._on_notify,
     Fenced: NodeMachine._on_fenced,
+    JobEnded: NodeMachine._on_job_ended,
+    DropObjects: NodeMachine._on_drop_objects,
 }

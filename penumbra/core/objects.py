@@ -48,7 +48,7 @@ from .messages import (
     StoreError,
 )
 from .records import ErrorInfo, ErrorKind, ObjectEntry, ObjectInfo
-from .tables import AddLocation, Get, RemoveLocation, Subscribe, Unsubscribe
+from .tables import AddLocation, ForgetObject, Get, RemoveLocation, Subscribe, Unsubscribe
 
 __all__ = ["StoreAccounting", "Admission", "ObjectManager"]
 
@@ -285,7 +285,10 @@ class ObjectManager:
             return []
         self.store.remove(oid)
         self.freed += 1
-        return [Evict(object_id=oid, stimulus_id=sid)] + self.gcs_write(RemoveLocation(oid, self.node_id), None, now, sid)
+        # a private put's row goes with it: nobody can name it again (the
+        # GCS must not keep a row per put ever made)
+        op = ForgetObject(oid) if oid.is_put else RemoveLocation(oid, self.node_id)
+        return [Evict(object_id=oid, stimulus_id=sid)] + self.gcs_write(op, None, now, sid)
 
     def add_error(self, oid: ObjectId, error: ErrorInfo, now: float, sid: str, materialise: bool = True) -> list[Command]:
         """``oid`` holds ``error`` (its task failed); it is available here."""

@@ -667,6 +667,50 @@ class LocalScheduler:
             return True, [KillWorker(worker_id=t.worker, reason="task cancelled with force=True", stimulus_id=sid)]
         return True, [InterruptTask(worker_id=t.worker, task_id=tid, stimulus_id=sid)]
 
+    # ------------------------------------------------------------------ job end
+    def end_job(self, job_id: int, now: float, sid: str) -> list[Command]:
+        """Job ``job_id`` ended (its driver exited): drop its queued tasks,
+        kill the workers running its tasks, and give their resources back
+        now (Ray's rule).  Nested tasks carry their job's id, so they go too;
+        the creation of a detached actor does not (it outlives its job).
+        Nothing is written to the GCS: the job's rows are forgotten once
+        every node has done this, and a killed worker's crash report finds
+        its worker gone (no retry)."""
+        cmds: list[Command] = []
+        ended = [t for t in self.tasks.values() if t.spec.job_id == job_id and not _outlives_job(t.spec)]
+        if not ended:
+            return cmds
+        objects = self.node.objects
+        for t in ended:
+            tid = t.spec.task_id
+            if t.state == RUNNING:
+                w = self.workers.pop(t.worker)
+                self._release(w)
+                if w.state == BUSY:
+                    self.busy -= 1
+                cmds.append(KillWorker(worker_id=w.worker_id, reason=f"job {job_id} ended (its driver exited)", stimulus_id=sid))
+            elif t.state in (WAITING, LOCATING):
+                token = ("task", tid)
+                for d in sorted(t.missing):
+                    cmds += objects.unwant(d, token, now, sid)
+            self._unpin_inputs(t)
+            del self.tasks[tid]
+            self._locating.pop(tid, None)
+            self.restart_after.pop(tid, None)
+            self._remember(tid, "cancelled:job-ended")
+            self._story(tid, now, sid, f"dropped: job {job_id} ended")
+        for req in list(self.ready):
+            q = deque(tid for tid in self.ready[req] if tid in self.tasks)
+            if q:
+                self.ready[req] = q
+            else:
+                del self.ready[req]
+        # keep the prestarted pool alive (the killed workers' crash reports
+        # will find them gone)
+        for _ in range(max(0, self.prestart - self._alive_pool())):
+            cmds.append(self._start_worker(sid))
+        return cmds + self.dispatch(now, sid)
+
     # ------------------------------------------------------------------ actors
     def release_actor_worker(self, wid: str) -> None:
         """An actor's worker is gone for good (killed or crashed)."""
@@ -730,6 +774,12 @@ class LocalScheduler:
             assert tid in self.tasks and self.tasks[tid].state == RUNNING, f"deferred restart of {tid} without its running creation"
         for wid in self.idle:
             assert self.workers[wid].state == IDLE
+
+
+def _outlives_job(spec: TaskSpec) -> bool:
+    """A detached actor's creation lives on after the job that made it."""
+    a = spec.actor_creation
+    return a is not None and a.detached
 
 
 # ===========================================================================
@@ -891,6 +941,14 @@ class GlobalScheduler:
         # (the spec too: this write may land before the submitting node's)
         cmds += self.head.gcs.write(AddTask(p.spec, chosen.node_id, placed=True), None, now, sid)
         return cmds
+
+    def drop_job(self, job_id: int) -> None:
+        """Job ``job_id`` ended: forget its forwarded tasks not placed yet
+        (actor placements stay with the actor manager, which decides)."""
+        for table in (self.pending, self.infeasible):
+            for tid in [t for t, p in table.items()
+                        if p.spec.job_id == job_id and p.on_placed is None and not _outlives_job(p.spec)]:
+                del table[tid]
 
     def validate(self) -> None:
         for tid in self.infeasible:

@@ -28,6 +28,33 @@ The tables
                before the task's AddTask (writes from different clients race)
 ``dead_nodes`` node id -> True, on every shard: writes from a node declared
                dead are refused (it is fenced; see ``gcs``)
+``ended_jobs`` job id -> True, on every shard: jobs whose rows were forgotten
+
+What is forgotten, and when
+~~~~~~~~~~~~~~~~~~~~~~~~~~~
+The GCS would otherwise grow with every task ever run.  Two ops delete rows:
+
+* ``ForgetJob(job)``, written by the head once a job has ended *and* every
+  live node has dropped the job's queued and running tasks (so no live job
+  can need the rows: a job's lineage is only ever read to rebuild that
+  job's own objects).  On every shard it deletes the rows of the job's
+  tasks (lineage) -- except the creation of a *detached* actor, which
+  outlives its job -- the rows of the objects those tasks returned or put,
+  and of the driver's own puts, and the subscriptions to those keys.  The
+  job id goes into ``ended_jobs``: from then on a late ``AddTask`` or
+  ``FinishTask`` of that job (a write still in flight when the job ended)
+  is refused instead of bringing a row back.  The result lists the deleted
+  objects that still had copies, so the head can tell the nodes to drop
+  them.  The replay logs of the job's actors that are dead (not
+  detached) go too; actor rows stay (a handle passed to another job must
+  find its actor dead, not missing), and rows of other jobs and of
+  detached actors are untouched.
+* ``ForgetObject(oid)``, written by a node that freed a put object whose
+  owner dropped the last ref while the ref never left the owner (see
+  ``ObjectManager.free``): nobody can name the object again.
+
+A task row of a job still running is never deleted: lineage reconstruction
+may need any of them.
 
 Two secondary indexes are derived from the tables (never replicated, rebuilt
 after a state transfer): tasks not yet finished by node, and objects by the
@@ -40,7 +67,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Any, Hashable
 
-from .ids import ActorId, ObjectId, TaskId
+from .ids import ActorId, ObjectId, TaskId, driver_task_id
 from .records import (
     ActorEntry,
     ActorState,
@@ -75,6 +102,8 @@ __all__ = [
     "KvPut",
     "KvIncrement",
     "KvDelete",
+    "ForgetJob",
+    "ForgetObject",
     "Subscribe",
     "Unsubscribe",
     # queries
@@ -85,11 +114,12 @@ __all__ = [
     "ObjectsOnNode",
     "ActorsOnNode",
     "ActorLogRange",
+    "TableSizes",
     "key_shard",
     "shards_for",
 ]
 
-TABLES = ("nodes", "names", "kv", "functions", "tasks", "objects", "actors", "actor_log", "finished_early", "dead_nodes")
+TABLES = ("nodes", "names", "kv", "functions", "tasks", "objects", "actors", "actor_log", "finished_early", "dead_nodes", "ended_jobs")
 _SHARD0_TABLES = frozenset({"nodes", "names", "kv"})
 
 Change = tuple[str, Hashable, Any]
@@ -231,6 +261,7 @@ class FinishTask(Op):
     error: ErrorInfo | None = None
     attempt: int = 0
     actor_id: ActorId | None = None  # an actor method call's outputs
+    job_id: int | None = None  # refused once this job's rows are forgotten
 
     def route(self):
         return ("tasks", self.task_id)
@@ -363,6 +394,33 @@ class KvDelete(Op):
 
 
 @dataclass(frozen=True, slots=True)
+class ForgetJob(Op):
+    """Job ``job_id`` ended and no node runs its tasks: delete its task and
+    object rows on every shard (see "What is forgotten" above).  The result
+    is a tuple of ``(object id, locations)`` of deleted objects that had
+    copies somewhere."""
+
+    job_id: int
+
+    def route(self):
+        return ("", None)
+
+
+@dataclass(frozen=True, slots=True)
+class ForgetObject(Op):
+    """Delete an object's row: its owner freed it, and nobody else can
+    name it (a private put)."""
+
+    object_id: ObjectId
+
+    def route(self):
+        return ("objects", self.object_id)
+
+    def order_key(self):
+        return RemoveLocation.order_key(self)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
 class Subscribe(Op):
     """Subscribe ``subscriber`` to a key (or, with ``key=None``, a table).
 
@@ -464,6 +522,15 @@ class ActorLogRange(Query):
         return ("actor_log", (self.actor_id, self.start))
 
 
+@dataclass(frozen=True, slots=True)
+class TableSizes(Query):
+    """How many rows each table holds, on every shard (for status and for
+    watching the GCS's memory: see "What is forgotten" above)."""
+
+    def route(self):
+        return ("", None)
+
+
 # ---------------------------------------------------------------------------
 
 
@@ -537,6 +604,8 @@ class Tables:
                 for e in d["actors"].values()
                 if e.node == q.node and e.state in (ActorState.ALIVE, ActorState.PENDING)
             )
+        if isinstance(q, TableSizes):
+            return tuple((name, len(rows)) for name, rows in d.items())
         if isinstance(q, ActorLogRange):
             log = d["actor_log"]
             out = []
@@ -633,6 +702,8 @@ def _put_function(t: Tables, op: PutFunction):
 
 
 def _add_task(t: Tables, op: AddTask):
+    if op.spec.job_id in t.data["ended_jobs"]:
+        return None, []  # a write still in flight when the job's rows went
     tid = op.spec.task_id
     old = t.data["tasks"].get(tid)
     if old is None:
@@ -681,6 +752,8 @@ def _retry_task(t: Tables, op: RetryTask):
 
 
 def _finish_task(t: Tables, op: FinishTask):
+    if op.job_id is not None and op.job_id in t.data["ended_jobs"]:
+        return False, []  # the job's rows are forgotten: do not bring them back
     changes: list[Change] = []
     old = t.data["tasks"].get(op.task_id)
     if old is None:
@@ -804,6 +877,68 @@ def _kv_delete(t: Tables, op: KvDelete):
     return True, [("kv", op.key, None)]
 
 
+def _drop_object_row(t: Tables, oid: ObjectId) -> ObjectEntry | None:
+    entry = t.data["objects"].pop(oid, None)
+    if entry is not None:
+        by = t._objects_by_node
+        for n in entry.locations:
+            s = by.get(n)
+            if s is not None:
+                s.discard(oid)
+                if not s:
+                    del by[n]
+    return entry
+
+
+def _forget_job(t: Tables, op: ForgetJob):
+    job = op.job_id
+    t.data["ended_jobs"][job] = True
+    tasks = t.data["tasks"]
+    # the tasks whose rows go, and the prefixes of the objects that go
+    # with them (an object id starts with the id of the task that returned
+    # or put it; the driver's own puts start with the job's root task id)
+    gone: set[bytes] = set()
+    for tid, e in tasks.items():
+        spec = e.spec
+        if spec.job_id != job:
+            continue
+        a = spec.actor_creation
+        if a is not None and a.detached:
+            continue  # a detached actor outlives its job: so does its creation
+        gone.add(tid)
+    for tid in gone:
+        old = tasks.pop(tid)
+        if old.state is TaskState.PENDING and old.node:
+            s = t._tasks_by_node.get(old.node)
+            if s is not None:
+                s.discard(tid)
+                if not s:
+                    del t._tasks_by_node[old.node]
+    prefixes = gone | {driver_task_id(job)}
+    released = []
+    for oid in [o for o in t.data["objects"] if o[:16] in prefixes]:
+        entry = _drop_object_row(t, oid)
+        if entry is not None and entry.locations:
+            released.append((oid, entry.locations))
+    for key in [k for k in t.subs
+                if (k[0] == "tasks" and k[1] in gone) or (k[0] == "objects" and k[1] is not None and k[1][:16] in prefixes)]:
+        del t.subs[key]
+    # the replay logs of the job's actors that are dead for good (a log is
+    # read only to restart its actor); their rows stay: a handle passed to
+    # another job must still find the actor dead, not missing
+    dead = {aid for aid, e in t.data["actors"].items()
+            if e.creation.job_id == job and not e.spec.detached and e.state is ActorState.DEAD}
+    if dead:
+        log = t.data["actor_log"]
+        for key in [k for k in log if k[0] in dead]:
+            del log[key]
+    return tuple(sorted(released)), []
+
+
+def _forget_object(t: Tables, op: ForgetObject):
+    return _drop_object_row(t, op.object_id) is not None, []
+
+
 def _subscribe(t: Tables, op: Subscribe):
     t.subs.setdefault((op.table, op.key), set()).add(op.subscriber)
     current = t.data[op.table].get(op.key) if op.key is not None else None
@@ -837,6 +972,8 @@ _APPLY = {
     KvPut: _kv_put,
     KvIncrement: _kv_increment,
     KvDelete: _kv_delete,
+    ForgetJob: _forget_job,
+    ForgetObject: _forget_object,
     Subscribe: _subscribe,
     Unsubscribe: _unsubscribe,
 }

@@ -179,6 +179,10 @@ class Worker:
         if main:
             self.current = spec.task_id
         try:
+            if spec.task_id in self.cancelled:
+                # cancelled between its dispatch and its start (the interrupt
+                # came before the task did): it never runs
+                raise KeyboardInterrupt
             ctx = self._context(run)
             if ctx.gpu_ids != self._visible:
                 self._visible = ctx.gpu_ids
@@ -218,6 +222,8 @@ class Worker:
         async with self.async_slots:
             self.async_calls[spec.task_id] = asyncio.current_task()
             try:
+                if spec.task_id in self.cancelled:
+                    raise asyncio.CancelledError  # (cancelled before it started)
                 with use_task_context(self._context(run)):
                     args, kwargs = await asyncio.get_running_loop().run_in_executor(None, self._args, run) if spec.dependencies else self._args(run)
                     result = getattr(self.actor, spec.method)(*args, **kwargs)

@@ -14,10 +14,7 @@ prog.py``), with this checkout on ``PYTHONPATH`` and a private
 strict xfail: when someone implements X, it passes, the test fails, and the
 message says to update the catalogue.  The same programs also run on the
 simulator (``_bootstrap.py simulated``), with the catalogue's simulator
-column as their expectations.  The programs that fail first for want of
-implicit init also run after an explicit ``penumbra.init()`` (``_bootstrap.py
-preinit``, behind the ``slow`` marker), which checks the catalogue's
-``then: Y`` claims.
+column as their expectations.
 """
 
 from __future__ import annotations
@@ -59,17 +56,6 @@ ROWS = _catalogue()
 PROGRAMS = sorted(p.name for p in DOCS.glob("*.py") if not p.name.startswith("_"))
 
 
-IMPLICIT_INIT = "implicit init"
-
-
-def _after_implicit_init(status: str) -> str | None:
-    """The status of a program once implicit init is worked around (None: not blocked by it)."""
-    parts = _blockers(status)
-    if not parts or parts[0] != IMPLICIT_INIT:
-        return None
-    return "runs" if len(parts) == 1 else "fails: " + "; then: ".join(parts[1:])
-
-
 def _blockers(status: str) -> list[str]:
     """``fails: A; then: B`` -> [A, B]."""
     if not status.startswith("fails:"):
@@ -78,17 +64,11 @@ def _blockers(status: str) -> list[str]:
 
 
 def _params(column: int) -> list:
-    """One pytest param per mirror program, marked from the catalogue's column
-    (column 3: the penumbra column past implicit init, for the programs it blocks)."""
+    """One pytest param per mirror program, marked from the catalogue's column."""
     out = []
     for name in PROGRAMS:
         row = ROWS.get(name, ("", "runs", "runs"))
-        if column == 3:
-            status = _after_implicit_init(row[1])
-            if status is None:
-                continue
-        else:
-            status = row[column]
+        status = row[column]
         marks = []
         if status.startswith("fails:"):
             why = status[len("fails:"):].strip()
@@ -153,13 +133,6 @@ def test_doc_program_runs(name, tmp_path):
 @pytest.mark.parametrize("name", _params(2))
 def test_doc_program_runs_simulated(name, tmp_path):
     run_program(name, tmp_path, mode="simulated")
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(TIMEOUT + 60)
-@pytest.mark.parametrize("name", _params(3))
-def test_doc_program_runs_after_explicit_init(name, tmp_path):
-    run_program(name, tmp_path, mode="preinit")
 
 
 # -- the catalogue is complete and consistent --------------------------------

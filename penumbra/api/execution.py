@@ -9,6 +9,8 @@ every caller sees, and how an actor's state is checkpointed and restored.
 
 from __future__ import annotations
 
+import inspect
+import itertools
 import os
 from typing import Any
 
@@ -85,7 +87,8 @@ def split_returns(spec: TaskSpec, result: Any) -> list[Any]:
     if n == 1:
         return [result]  # (a generator's values were streamed already: see ``generators``)
     try:
-        values = list(result)
+        # a generator gives its first n values (Ray does not run it further)
+        values = list(itertools.islice(result, n)) if inspect.isgenerator(result) else list(result)
     except TypeError:
         values = None
     if values is None or len(values) != n:

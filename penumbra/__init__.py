@@ -21,7 +21,7 @@ from . import _codecache
 
 _codecache.install()  # before any module that defines the protocol's dataclasses
 
-from . import actor, cloudpickle, exceptions, util  # noqa: E402
+from . import actor, cloudpickle, dag, exceptions, experimental, util  # noqa: E402
 from .api.actor import ActorClass, ActorHandle, method
 from .api.functions import (
     ClusterInfo,
@@ -75,6 +75,8 @@ __all__ = [
     "ClusterInfo",
     "actor",
     "cloudpickle",
+    "dag",
     "exceptions",
+    "experimental",
     "util",
 ]

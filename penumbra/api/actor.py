@@ -12,6 +12,7 @@ from ..core.specs import EMPTY, ActorSpec, FunctionDescriptor, TaskSpec
 from .args import pack_args
 from .context import current_runtime, task_context
 from .options import ACTOR_OPTIONS, METHOD_OPTIONS, actor_resources, validate
+from .dag import ClassMethodNode, ClassNode
 from .generators import refs_for, returns_mode
 from .refs import ObjectRef
 from .remote_function import _Exported, _put
@@ -81,6 +82,10 @@ class ActorClass:
             f"Actors cannot be instantiated directly. Instead of '{self._cls.__name__}()', "
             f"use '{self._cls.__name__}.remote()'."
         )
+
+    def bind(self, *args, **kwargs) -> ClassNode:
+        """A lazy actor (Ray's DAG API): bind its methods, then ``.execute()``."""
+        return ClassNode(self, args, kwargs)
 
     def options(self, **options) -> "ActorClass":
         return ActorClass(self._cls, {**self._options, **options}, self._exported)
@@ -195,6 +200,10 @@ class ActorMethod:
         opts = validate({**self._options, **options}, METHOD_OPTIONS, f"actor method {self._name}")
         n = opts.get("num_returns")
         return ActorMethod(self._handle, self._name, self._num_returns if n is None else returns_mode(n, False), opts)
+
+    def bind(self, *args, **kwargs) -> ClassMethodNode:
+        """A lazy call on this live actor (Ray's DAG API), made on every ``execute``."""
+        return ClassMethodNode(self._handle, self._name, args, kwargs)
 
     def remote(self, *args, **kwargs):
         h = self._handle

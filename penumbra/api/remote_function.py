@@ -11,6 +11,7 @@ from ..core.ids import child_task_id
 from ..core.specs import FunctionDescriptor, TaskSpec
 from .args import dumps, function_id, pack_args
 from .context import current_runtime, task_context
+from .dag import FunctionNode
 from .generators import refs_for, returns_mode
 from .options import TASK_OPTIONS, exception_names, task_resources, validate
 from .refs import ObjectRef
@@ -126,6 +127,10 @@ class RemoteFunction:
         rt.submit(spec)
         del keep  # implicit puts stay pinned by the task's dependency pin
         return refs_for(spec, self._num_returns)
+
+    def bind(self, *args, **kwargs) -> FunctionNode:
+        """A lazy call of this function (Ray's DAG API): ``.execute()`` runs it."""
+        return FunctionNode(self, args, kwargs)
 
     def __repr__(self) -> str:
         return f"<penumbra remote function {self._name}>"

@@ -92,3 +92,4 @@ def test_tqdm_ray_counts_every_item_inside_tasks(driver, capsys):
     assert "driver: 2/3" in capsys.readouterr().out
     with pytest.raises(TypeError, match="update"):
         list(tqdm(total=1))
+

@@ -13,6 +13,10 @@ from ..core.specs import ResourceSet
 
 __all__ = ["TASK_OPTIONS", "ACTOR_OPTIONS", "validate", "task_resources", "actor_resources", "exception_names"]
 
+# What a task with ``accelerator_type=X`` takes of its node's
+# "accelerator_type:X" resource (Ray's amount).
+ACCELERATOR_SLIVER = 0.001
+
 _COMMON = {"num_cpus", "num_gpus", "resources", "memory", "name", "scheduling_strategy", "runtime_env",
            "accelerator_type", "label_selector", "_metadata"}
 TASK_OPTIONS = _COMMON | {"num_returns", "max_retries", "retry_exceptions", "max_calls"}
@@ -93,6 +97,15 @@ def _base_amounts(opts: Mapping[str, Any]) -> dict[str, float]:
     for k, v in (opts.get("resources") or {}).items():
         if v:
             amounts[k] = float(v)
+    acc = opts.get("accelerator_type")
+    if acc:
+        # Ray's rule: a node with accelerators of type X offers the resource
+        # "accelerator_type:X"; a request for X takes a sliver of it, so it
+        # only fits there (and any number of tasks still fit at once)
+        if not isinstance(acc, str):
+            raise TypeError(f"option accelerator_type must be a string such as "
+                            f"penumbra.util.accelerators.NVIDIA_TESLA_V100, got {acc!r}")
+        amounts[f"accelerator_type:{acc}"] = ACCELERATOR_SLIVER
     return amounts
 
 

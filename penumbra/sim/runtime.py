@@ -103,6 +103,7 @@ import asyncio
 import inspect
 import itertools
 import logging
+import os
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -111,7 +112,16 @@ from typing import Any
 
 from ..api import context
 from ..api.context import TaskContext, use_task_context
-from ..api.execution import actor_state, assigned_resources, call_args, restore_actor, split_returns, task_error
+from ..api.execution import (
+    actor_state,
+    assigned_resources,
+    call_args,
+    gpu_ids_for,
+    restore_actor,
+    set_visible_gpus,
+    split_returns,
+    task_error,
+)
 from ..api.generators import is_generator_result, stream_values
 from ..api.refs import ObjectRef
 from ..api.runtime import ErrorValue, Runtime
@@ -363,6 +373,11 @@ class _Fiber:
         prev_rt, prev_cur = context._runtime, sim.current
         context._runtime = self.rt
         sim.current = self
+        # CUDA_VISIBLE_DEVICES names the task's GPUs while it runs, as in a
+        # real worker: the environment is the process's, but only one fiber
+        # runs at a time, so setting it on each switch in is exact
+        prev_visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        set_visible_gpus(gpu_ids_for(self.cmd.gpu_ids))
         try:
             self.go.release()
             while not self.back.acquire(timeout=_WALL_WARNING):
@@ -373,6 +388,10 @@ class _Fiber:
         finally:
             context._runtime = prev_rt
             sim.current = prev_cur
+            if prev_visible is None:
+                os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+            else:
+                os.environ["CUDA_VISIBLE_DEVICES"] = prev_visible
 
     def park(self) -> str:
         """Fiber side: hand control back until resumed; returns why."""

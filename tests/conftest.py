@@ -2,6 +2,8 @@
 
 ``core``: builders for the pure-core tests (task specs with deterministic ids,
 and whole clusters wired through ``penumbra.verification.memnet``).
+``driver``: a module's tests run twice, on the real runtime (an embedded
+cluster of 2 CPUs) and on the simulator; the fixture's value says which.
 """
 
 from __future__ import annotations
@@ -61,3 +63,14 @@ class CoreKit:
 @pytest.fixture
 def core() -> CoreKit:
     return CoreKit()
+
+
+@pytest.fixture(params=["real", "sim"], scope="module")
+def driver(request):
+    import penumbra as ray
+
+    ray.init(num_cpus=2, simulated=request.param == "sim")
+    try:
+        yield request.param
+    finally:
+        ray.shutdown()

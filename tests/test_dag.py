@@ -12,15 +12,6 @@ from penumbra.experimental.tqdm_ray import tqdm
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture(params=["real", "sim"], scope="module")
-def driver(request):
-    ray.init(num_cpus=2, simulated=request.param == "sim")
-    try:
-        yield request.param
-    finally:
-        ray.shutdown()
-
-
 @ray.remote
 def add(x, y=0):
     return x + y

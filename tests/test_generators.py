@@ -14,15 +14,6 @@ from penumbra import exceptions as exc
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture(params=["real", "sim"], scope="module")
-def driver(request):
-    ray.init(num_cpus=2, simulated=request.param == "sim")
-    try:
-        yield request.param
-    finally:
-        ray.shutdown()
-
-
 @ray.remote
 def count(n):
     for i in range(n):

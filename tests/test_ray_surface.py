@@ -12,15 +12,6 @@ from penumbra.actor import ActorClass, ActorHandle, exit_actor
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture(params=["real", "sim"], scope="module")
-def driver(request):
-    ray.init(num_cpus=2, simulated=request.param == "sim")
-    try:
-        yield request.param
-    finally:
-        ray.shutdown()
-
-
 @ray.remote(max_restarts=3)
 class Stoppable:
     @ray.method

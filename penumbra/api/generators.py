@@ -189,6 +189,13 @@ class ObjectRefGenerator:
         try:
             values = get(end)
         except Exception:
+            # the task failed: a value it yielded before failing is stored
+            # before its end is, but a wait for one object may hear of the
+            # end first; ask once more for the value before giving the error
+            ready, _ = wait([item], num_returns=1, timeout=0, fetch_local=False)
+            if ready:
+                self._next_index += 1
+                return item
             self._finished = True
             return end  # its get raises the task's error, at the value it failed on
         if not isinstance(values, DynamicObjectRefGenerator):

@@ -11,7 +11,7 @@ from ..core.ids import ActorId, actor_id_of, child_task_id
 from ..core.specs import EMPTY, ActorSpec, FunctionDescriptor, TaskSpec
 from .args import pack_args
 from .context import current_runtime, task_context
-from .options import ACTOR_OPTIONS, METHOD_OPTIONS, actor_resources, validate
+from .options import ACTOR_OPTIONS, METHOD_OPTIONS, actor_resources, merge_env, validate
 from .dag import ClassMethodNode, ClassNode
 from .generators import refs_for, returns_mode
 from .refs import ObjectRef
@@ -122,6 +122,7 @@ class ActorClass:
             task_id=tid, job_id=ctx.job_id, parent_task_id=ctx.task_id, function=fd,
             args=payload, dependencies=deps, num_returns=0, resources=placement,
             max_retries=0, actor_creation=aspec, name=f"{self._cls.__name__}.__init__",
+            env_vars=merge_env(ctx.env_vars, o.get("runtime_env")),
         )
         try:
             rt.create_actor(spec, timeout=60.0)

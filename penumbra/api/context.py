@@ -39,6 +39,7 @@ class TaskContext:
     puts: itertools.count = field(default_factory=lambda: itertools.count(1))
     gpu_ids: tuple = ()  # what get_gpu_ids() returns (the GPUs the task or actor holds)
     resources: dict = field(default_factory=dict)  # what get_assigned_resources() returns
+    env_vars: tuple = ()  # runtime_env env_vars the tasks it submits inherit
 
 
 _driver_ctx: TaskContext | None = None
@@ -91,11 +92,12 @@ def runtime_or_none() -> "Runtime | None":
     return _runtime
 
 
-def set_runtime(rt: "Runtime | None", job_id: int | None = None) -> None:
+def set_runtime(rt: "Runtime | None", job_id: int | None = None, env_vars: tuple = ()) -> None:
     global _runtime, _driver_ctx
     with _lock:
         _runtime = rt
-        _driver_ctx = TaskContext(driver_task_id(job_id), job_id) if rt is not None and job_id is not None else None
+        _driver_ctx = (TaskContext(driver_task_id(job_id), job_id, env_vars=env_vars)
+                       if rt is not None and job_id is not None else None)
 
 
 def driver_context() -> TaskContext | None:

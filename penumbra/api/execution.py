@@ -9,6 +9,7 @@ every caller sees, and how an actor's state is checkpointed and restored.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import itertools
 import os
@@ -20,7 +21,7 @@ from ..exceptions import TaskError, from_error_info
 from .args import dumps, loads, unpack_args
 from .runtime import ErrorValue
 
-__all__ = ["call_args", "split_returns", "task_error", "actor_state", "restore_actor", "gpu_ids_for", "set_visible_gpus",
+__all__ = ["environment", "task_env", "call_args", "split_returns", "task_error", "actor_state", "restore_actor", "gpu_ids_for", "set_visible_gpus",
            "assigned_resources"]
 
 # The GPUs this process was started with, if someone restricted them: the
@@ -62,6 +63,35 @@ def set_visible_gpus(ids: tuple) -> None:
         os.environ.pop("CUDA_VISIBLE_DEVICES", None)
     else:
         os.environ["CUDA_VISIBLE_DEVICES"] = _STARTED_VISIBLE
+
+
+@contextlib.contextmanager
+def environment(env_vars: tuple[tuple[str, str], ...]):
+    """Set a task's ``runtime_env`` env_vars while it runs, then put back
+    what was there (process-wide: one task at a time on a worker's main
+    thread; an actor's are set for its life instead, see ``task_env``)."""
+    if not env_vars:
+        yield
+        return
+    saved = {k: os.environ.get(k) for k, _ in env_vars}
+    os.environ.update(env_vars)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def task_env(spec: TaskSpec, actor_env: tuple[tuple[str, str], ...] | None) -> tuple[tuple[str, str], ...]:
+    """The env_vars a running task (and what it submits) sees: its own, or,
+    for an actor's method, those of the actor's creation (an actor keeps its
+    runtime_env for life; its callers' do not apply to it)."""
+    if spec.actor_id is not None:
+        return actor_env or ()
+    return spec.env_vars
 
 
 def call_args(spec: TaskSpec, values: list[Any]) -> tuple[list, dict]:

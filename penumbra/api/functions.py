@@ -15,6 +15,7 @@ from .actor import ActorClass, ActorHandle, reset_sequences
 from .args import loads
 from .context import current_runtime, task_context
 from .generators import ObjectRefGenerator
+from .options import env_vars_of
 from .refs import ObjectRef, _reset_for_shutdown, mark_owned_put
 from .remote_function import RemoteFunction
 from .runtime import ErrorValue
@@ -94,8 +95,7 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
     unknown = set(kwargs) - {"_temp_dir", "_node_ip_address", "runtime_env", "configure_logging", "log_style", "local_mode", "dashboard_host", "dashboard_port", "_plasma_directory"}
     if unknown:
         raise TypeError(f"init() got unexpected keyword argument(s): {', '.join(sorted(unknown))}")
-    if kwargs.get("runtime_env"):
-        raise ValueError("runtime_env is not supported by penumbra: install dependencies on every node instead")
+    job_env = env_vars_of(kwargs.get("runtime_env"))
     if simulated:
         from ..sim.runtime import start_simulated
 
@@ -130,7 +130,7 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
                     "an existing cluster (address=...), give them to 'penumbra start' instead"
                 )
             rt = connect(address, token=_token, namespace=namespace or "", log_to_driver=log_to_driver)
-    context.set_runtime(rt, rt.job_id)
+    context.set_runtime(rt, rt.job_id, job_env)
     return ClusterInfo(getattr(rt, "address", ""), rt.node_id, rt.job_id,
                        address_info={"address": getattr(rt, "address", ""), "node_id": rt.node_id,
                                      "gcs_address": getattr(rt, "address", "")})

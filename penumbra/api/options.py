@@ -11,7 +11,8 @@ from typing import Any, Mapping
 
 from ..core.specs import ResourceSet
 
-__all__ = ["TASK_OPTIONS", "ACTOR_OPTIONS", "validate", "task_resources", "actor_resources", "exception_names"]
+__all__ = ["TASK_OPTIONS", "ACTOR_OPTIONS", "validate", "task_resources", "actor_resources", "exception_names",
+           "env_vars_of", "merge_env"]
 
 # What a task with ``accelerator_type=X`` takes of its node's
 # "accelerator_type:X" resource (Ray's amount).
@@ -24,6 +25,41 @@ ACTOR_OPTIONS = _COMMON | {"max_restarts", "max_task_retries", "max_concurrency"
                            "get_if_exists", "concurrency_groups", "replay", "checkpoint_interval"}
 METHOD_OPTIONS = {"num_returns", "name", "max_task_retries", "retry_exceptions", "concurrency_group",
                   "enable_task_events", "tensor_transport"}
+
+
+def env_vars_of(runtime_env: Any) -> tuple[tuple[str, str], ...]:
+    """A ``runtime_env`` as the sorted ``env_vars`` pairs a task carries.
+
+    penumbra supports Ray's ``env_vars`` field only: the other fields
+    (``pip``, ``conda``, ``working_dir``, ``py_modules``, ``container`` ...)
+    install or ship code per job, which penumbra leaves to whoever installs
+    the nodes.
+
+    Raises:
+        ValueError: another field, or env_vars that are not a str -> str dict.
+    """
+    if runtime_env is None:
+        return ()
+    if not isinstance(runtime_env, Mapping):
+        raise TypeError(f"runtime_env must be a dict such as {{'env_vars': {{'NAME': 'value'}}}}, got {runtime_env!r}")
+    other = sorted(k for k in runtime_env if k not in ("env_vars", "config"))
+    if other:
+        raise ValueError(f"runtime_env field(s) {', '.join(map(repr, other))} are not supported by penumbra (only "
+                         f"'env_vars' is): install dependencies and code on every node instead")
+    env = runtime_env.get("env_vars") or {}
+    if not isinstance(env, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+        raise ValueError(f"runtime_env['env_vars'] must map names to string values, got {env!r}")
+    return tuple(sorted(env.items()))
+
+
+def merge_env(inherited: tuple[tuple[str, str], ...], own: tuple[tuple[str, str], ...] | None) -> tuple[tuple[str, str], ...]:
+    """A task's env_vars: its caller's (the job's, or the parent task's, as
+    in Ray), overridden name by name by its own ``runtime_env``."""
+    if not own:
+        return inherited
+    if not inherited:
+        return own
+    return tuple(sorted({**dict(inherited), **dict(own)}.items()))
 
 
 def _number(name: str, v: Any, *, minimum: float = 0) -> float:
@@ -83,8 +119,8 @@ def validate(opts: Mapping[str, Any], allowed: set[str], what: str) -> dict[str,
         raise TypeError(f"option namespace must be a string, got {out['namespace']!r}")
     if out.get("lifetime") not in (None, "detached", "non_detached"):
         raise ValueError(f"option lifetime must be None, 'detached' or 'non_detached', got {out['lifetime']!r}")
-    if out.get("runtime_env"):
-        raise ValueError("runtime_env is not supported by penumbra: install dependencies on every node instead")
+    if "runtime_env" in out:
+        out["runtime_env"] = env_vars_of(out["runtime_env"])
     return out
 
 

@@ -13,7 +13,7 @@ from .args import dumps, function_id, pack_args
 from .context import current_runtime, task_context
 from .dag import FunctionNode
 from .generators import refs_for, returns_mode
-from .options import TASK_OPTIONS, exception_names, task_resources, validate
+from .options import TASK_OPTIONS, exception_names, merge_env, task_resources, validate
 from .refs import ObjectRef
 
 __all__ = ["RemoteFunction"]
@@ -123,6 +123,7 @@ class RemoteFunction:
             args=payload, dependencies=deps, num_returns=1 if self._num_returns < 0 else self._num_returns,
             resources=self._resources, max_retries=self._max_retries,
             retry_exceptions=self._retry, name=self._task_name,
+            env_vars=merge_env(ctx.env_vars, self._options.get("runtime_env")),
         )
         rt.submit(spec)
         del keep  # implicit puts stay pinned by the task's dependency pin

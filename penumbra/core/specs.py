@@ -250,6 +250,9 @@ class TaskSpec:
     # actor creation
     actor_creation: ActorSpec | None = None
     name: str = ""
+    # environment variables set while the task runs (for an actor creation:
+    # for the actor's life), Ray's runtime_env={"env_vars": ...}; sorted pairs
+    env_vars: tuple[tuple[str, str], ...] = ()
     return_ids: tuple[ObjectId, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

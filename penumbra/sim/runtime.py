@@ -116,10 +116,12 @@ from ..api.execution import (
     actor_state,
     assigned_resources,
     call_args,
+    environment,
     gpu_ids_for,
     restore_actor,
     set_visible_gpus,
     split_returns,
+    task_env,
     task_error,
 )
 from ..api.generators import is_generator_result, stream_values
@@ -349,6 +351,7 @@ class _Fiber:
         self.done = False
         self.killed = False
         self.interrupted = False
+        self.env_vars: tuple = ()  # runtime_env env_vars, set while it runs
         self.outcome: Outcome | None = None
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._main, args=(body,), daemon=True,
@@ -378,6 +381,8 @@ class _Fiber:
         # runs at a time, so setting it on each switch in is exact
         prev_visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         set_visible_gpus(gpu_ids_for(self.cmd.gpu_ids))
+        env = environment(self.env_vars)  # (its env_vars, the same way)
+        env.__enter__()
         try:
             self.go.release()
             while not self.back.acquire(timeout=_WALL_WARNING):
@@ -386,6 +391,7 @@ class _Fiber:
                     "(is it blocked on a lock or event held by another simulated task? only one task runs at "
                     "a time in the simulator)", self.cmd.spec.display_name(), _WALL_WARNING)
         finally:
+            env.__exit__(None, None, None)
             context._runtime = prev_rt
             sim.current = prev_cur
             if prev_visible is None:
@@ -969,6 +975,7 @@ class PythonExecutor(Executor):
         # behind the running one, per worker
         self.lines: dict[str, deque[Execute]] = {}
         self.actor_life: dict[str, Any] = {}  # worker -> the resources its actor holds for life
+        self.actor_env: dict[str, tuple] = {}  # worker -> its actor's runtime_env env_vars
 
     def start_worker(self, node: SimNode, worker_id: str) -> float | None:
         return node.cluster.costs.worker_start
@@ -1009,7 +1016,11 @@ class PythonExecutor(Executor):
         spec = cmd.spec
         sim.executions.append((sim.kernel.now, node.address, worker.worker_id, spec.display_name(), cmd.attempt))
         rt = sim.worker_runtime(node, worker)
-        sim.start_fiber(_Fiber(sim, rt, node, worker, cmd, self._body))
+        if spec.actor_creation is not None:
+            self.actor_env[worker.worker_id] = spec.env_vars
+        fiber = _Fiber(sim, rt, node, worker, cmd, self._body)
+        fiber.env_vars = task_env(spec, self.actor_env.get(worker.worker_id))
+        sim.start_fiber(fiber)
 
     # ------------------------------------------------------------------ in the task's thread
     def _body(self, fiber: _Fiber) -> Outcome:
@@ -1023,7 +1034,8 @@ class PythonExecutor(Executor):
         if spec.actor_creation is not None:
             self.actor_life[fiber.worker.worker_id] = spec.actor_creation.resources
         ctx = TaskContext(spec.task_id, spec.job_id, aid, cmd.attempt, spec.display_name(), gpu_ids=cmd.gpu_ids,
-                          resources=assigned_resources(spec, self.actor_life.get(fiber.worker.worker_id)))
+                          resources=assigned_resources(spec, self.actor_life.get(fiber.worker.worker_id)),
+                          env_vars=fiber.env_vars)
         duration = float(self.sim._task_time(spec))
         try:
             with use_task_context(ctx):

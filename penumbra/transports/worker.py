@@ -35,10 +35,12 @@ from ..api.execution import (
     actor_state,
     assigned_resources,
     call_args,
+    environment,
     gpu_ids_for,
     restore_actor,
     set_visible_gpus,
     split_returns,
+    task_env,
     task_error,
 )
 from ..api.generators import astream_values, is_generator_result, stream_values
@@ -99,6 +101,7 @@ class Worker:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.async_slots: asyncio.Semaphore | None = None
         self.current: Any = None  # task id running on the main thread
+        self.actor_env: tuple | None = None  # the actor's runtime_env env_vars, set for its life
         self.main_ident = threading.main_thread().ident
         # tasks ``cancel`` was asked for while they run here (is_canceled),
         # and the async actor calls running now, to cancel them
@@ -170,7 +173,7 @@ class Worker:
         aid = spec.actor_id or (spec.actor_creation.actor_id if spec.actor_creation else None)
         life = self.actor_spec.resources if self.actor_spec is not None else None
         return TaskContext(spec.task_id, spec.job_id, aid, run.attempt, spec.display_name(), gpu_ids=gpu_ids_for(run.gpu_ids),
-                           resources=assigned_resources(spec, life))
+                           resources=assigned_resources(spec, life), env_vars=task_env(spec, self.actor_env))
 
     def execute(self, run: P.Run, main: bool = False) -> None:
         spec = run.spec
@@ -187,7 +190,9 @@ class Worker:
             if ctx.gpu_ids != self._visible:
                 self._visible = ctx.gpu_ids
                 set_visible_gpus(ctx.gpu_ids)
-            with use_task_context(ctx):
+            # (an actor's env_vars are set at its creation, for its life)
+            own_env = spec.env_vars if spec.actor_id is None and spec.actor_creation is None else ()
+            with use_task_context(ctx), environment(own_env):
                 if spec.actor_creation is not None:
                     self._create_actor(run)
                     result = None
@@ -249,6 +254,9 @@ class Worker:
     def _create_actor(self, run: P.Run) -> None:
         spec = run.spec
         a = spec.actor_creation
+        # an actor's env_vars hold for its life (its worker is its own)
+        self.actor_env = spec.env_vars
+        os.environ.update(spec.env_vars)
         cls = self.rt.load_function(spec.function.function_id)
         self.actor_name = f"{cls.__name__}"
         if run.checkpoint is not None and run.checkpoint.data is not None:

@@ -159,3 +159,39 @@ def test_a_retried_generator_yields_its_values_again(driver, tmp_path):
         pytest.skip("os._exit would end the simulation's own process")
     g = crashes_once.remote(str(tmp_path / "crashed"), 4)
     assert [ray.get(r, timeout=60) for r in g] == [0, 1, 2, 3]
+
+
+@ray.remote
+def two_then_fail():
+    yield 0
+    yield 1
+    raise KeyError("third")
+
+
+def test_values_before_an_error_keep_their_values_in_every_mode(driver):
+    # Ray's rule: the refs of the values yielded before the error hold them;
+    # the error comes after
+    r = two_then_fail.options(num_returns=4).remote()
+    assert ray.get(r[:2], timeout=60) == [0, 1]
+    for ref in r[2:]:
+        with pytest.raises(KeyError):
+            ray.get(ref, timeout=60)
+    refs = list(ray.get(two_then_fail.options(num_returns="dynamic").remote(), timeout=60))
+    assert len(refs) == 3 and ray.get(refs[:2], timeout=60) == [0, 1]
+    with pytest.raises(KeyError):
+        ray.get(refs[2], timeout=60)
+    got = []
+    for ref in two_then_fail.remote():
+        try:
+            got.append(ray.get(ref, timeout=60))
+        except KeyError:
+            got.append("error")
+    assert got == [0, 1, "error"]
+    # an errored value passed on fails the task it is given to
+    with pytest.raises(KeyError):
+        ray.get(consume.remote(r[3]), timeout=60)
+
+
+@ray.remote
+def consume(x):
+    return x

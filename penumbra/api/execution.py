@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import itertools
 import os
 from typing import Any
 
@@ -116,9 +115,10 @@ def split_returns(spec: TaskSpec, result: Any) -> list[Any]:
         return []
     if n == 1:
         return [result]  # (a generator's values were streamed already: see ``generators``)
+    if inspect.isgenerator(result):
+        return _first_values(spec, result, n)
     try:
-        # a generator gives its first n values (Ray does not run it further)
-        values = list(itertools.islice(result, n)) if inspect.isgenerator(result) else list(result)
+        values = list(result)
     except TypeError:
         values = None
     if values is None or len(values) != n:
@@ -126,6 +126,24 @@ def split_returns(spec: TaskSpec, result: Any) -> list[Any]:
             f"task {spec.display_name()} has num_returns={n} but returned "
             f"{'a ' + type(result).__name__ if values is None else str(len(values)) + ' values'}"
         )
+    return values
+
+
+def _first_values(spec: TaskSpec, gen, n: int) -> list[Any]:
+    """A generator's first ``n`` values as a task's ``n`` returns (Ray does
+    not run it further).  If it raises after k values, the first k returns
+    keep their values and the rest hold the error, as in Ray."""
+    values: list[Any] = []
+    try:
+        for v in gen:
+            values.append(v)
+            if len(values) == n:
+                break
+    except Exception as e:  # noqa: BLE001 - the user's generator may raise anything
+        info, _ = task_error(spec, e)
+        return values + [ErrorValue(info)] * (n - len(values))
+    if len(values) != n:
+        raise ValueError(f"task {spec.display_name()} has num_returns={n} but returned {len(values)} values")
     return values
 
 

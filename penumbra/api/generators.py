@@ -36,7 +36,9 @@ import inspect
 from typing import Any, Callable, Iterator
 
 from ..core.ids import ObjectId, TaskId, return_object_id
+from .execution import task_error
 from .refs import ObjectRef
+from .runtime import ErrorValue
 
 __all__ = ["DYNAMIC", "STREAMING", "DynamicObjectRefGenerator", "ObjectRefGenerator", "astream_values",
            "is_generator_result", "refs_for", "returns_mode", "stream_item_id", "stream_values"]
@@ -96,16 +98,24 @@ class DynamicObjectRefGenerator:
         return f"DynamicObjectRefGenerator({len(self._refs)} refs)"
 
 
-def stream_values(task_id: TaskId, gen, store: Callable[[ObjectId, Any], None]) -> DynamicObjectRefGenerator:
+def stream_values(spec, gen, store: Callable[[ObjectId, Any], None]) -> DynamicObjectRefGenerator:
     """Run ``gen`` to its end, storing each value as it is yielded (the
-    worker's side; ``store(oid, value)`` puts it).  An exception the
-    generator raises propagates: the task fails at that value."""
-    refs = []
-    for value in (_steps(gen) if inspect.isasyncgen(gen) else gen):
-        oid = stream_item_id(task_id, len(refs))
-        store(oid, value)
-        refs.append(ObjectRef(oid))
+    worker's side; ``store(oid, value)`` puts it).  If the generator raises,
+    its error is stored as the next value (``get`` of that ref raises it)
+    and the stream ends there, as in Ray."""
+    refs: list[ObjectRef] = []
+    try:
+        for value in (_steps(gen) if inspect.isasyncgen(gen) else gen):
+            _store_next(spec, refs, value, store)
+    except Exception as e:  # noqa: BLE001 - the user's generator may raise anything
+        _store_next(spec, refs, ErrorValue(task_error(spec, e)[0]), store)
     return DynamicObjectRefGenerator(refs)
+
+
+def _store_next(spec, refs: list, value: Any, store: Callable[[ObjectId, Any], None]) -> None:
+    oid = stream_item_id(spec.task_id, len(refs))
+    store(oid, value)
+    refs.append(ObjectRef(oid))
 
 
 def _steps(agen):
@@ -125,17 +135,18 @@ def _steps(agen):
         loop.close()
 
 
-async def astream_values(task_id: TaskId, agen, store: Callable[[ObjectId, Any], None]) -> DynamicObjectRefGenerator:
+async def astream_values(spec, agen, store: Callable[[ObjectId, Any], None]) -> DynamicObjectRefGenerator:
     """``stream_values`` for an async generator (an async actor's method);
     ``store`` blocks, so it runs off the event loop."""
     import asyncio
 
     loop = asyncio.get_running_loop()
-    refs = []
-    async for value in agen:
-        oid = stream_item_id(task_id, len(refs))
-        await loop.run_in_executor(None, store, oid, value)
-        refs.append(ObjectRef(oid))
+    refs: list[ObjectRef] = []
+    try:
+        async for value in agen:
+            await loop.run_in_executor(None, _store_next, spec, refs, value, store)
+    except Exception as e:  # noqa: BLE001
+        await loop.run_in_executor(None, _store_next, spec, refs, ErrorValue(task_error(spec, e)[0]), store)
     return DynamicObjectRefGenerator(refs)
 
 

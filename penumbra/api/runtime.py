@@ -30,6 +30,11 @@ class ErrorValue:
     def __init__(self, info: ErrorInfo) -> None:
         self.info = info
 
+    def __reduce__(self):
+        # stored as a value where one value of several failed (a generator
+        # that raised after yielding some): get() of it raises the error
+        return (ErrorValue, (self.info,))
+
 
 _keys = itertools.count(1)
 

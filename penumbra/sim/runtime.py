@@ -1056,7 +1056,7 @@ class PythonExecutor(Executor):
                     if inspect.iscoroutine(result):
                         result = asyncio.run(result)
                     if spec.num_returns == 1 and is_generator_result(result):
-                        result = stream_values(spec.task_id, result, rt.store_yielded)
+                        result = stream_values(spec, result, rt.store_yielded)
             return self._finish(spec, result, duration)
         except _WorkerKilled:
             raise

@@ -206,7 +206,7 @@ class Worker:
                     if inspect.iscoroutine(result):
                         result = asyncio.run(result)
                     if spec.num_returns == 1 and is_generator_result(result):
-                        result = stream_values(spec.task_id, result, self._store)
+                        result = stream_values(spec, result, self._store)
             if main:
                 self.current = None
             self.cancelled.discard(spec.task_id)
@@ -235,10 +235,10 @@ class Worker:
                     if inspect.isawaitable(result):
                         result = await result
                     if spec.num_returns == 1 and inspect.isasyncgen(result):
-                        result = await astream_values(spec.task_id, result, self._store)
+                        result = await astream_values(spec, result, self._store)
                     elif spec.num_returns == 1 and inspect.isgenerator(result):
                         result = await asyncio.get_running_loop().run_in_executor(
-                            None, stream_values, spec.task_id, result, self._store)
+                            None, stream_values, spec, result, self._store)
                 self._finish(spec, result, time.perf_counter() - t0)
             except asyncio.CancelledError:
                 # ``cancel`` of a running async call, as in Ray

@@ -39,6 +39,9 @@ class TaskContext:
     puts: itertools.count = field(default_factory=lambda: itertools.count(1))
     gpu_ids: tuple = ()  # what get_gpu_ids() returns (the GPUs the task or actor holds)
     resources: dict = field(default_factory=dict)  # what get_assigned_resources() returns
+    # the task's (or its actor's) scheduling strategy: a placement group
+    # that captures child tasks passes on to the tasks submitted here
+    scheduling: object = None
 
 
 _driver_ctx: TaskContext | None = None

@@ -950,6 +950,7 @@ class PythonExecutor(Executor):
         # behind the running one, per worker
         self.lines: dict[str, deque[Execute]] = {}
         self.actor_life: dict[str, Any] = {}  # worker -> the resources its actor holds for life
+        self.actor_scheduling: dict[str, Any] = {}  # worker -> its actor creation's scheduling strategy
 
     def start_worker(self, node: SimNode, worker_id: str) -> float | None:
         return node.cluster.costs.worker_start
@@ -1003,8 +1004,11 @@ class PythonExecutor(Executor):
         # CUDA_VISIBLE_DEVICES)
         if spec.actor_creation is not None:
             self.actor_life[fiber.worker.worker_id] = spec.actor_creation.resources
+        if spec.actor_creation is not None:
+            self.actor_scheduling[fiber.worker.worker_id] = spec.scheduling
         ctx = TaskContext(spec.task_id, spec.job_id, aid, cmd.attempt, spec.display_name(), gpu_ids=cmd.gpu_ids,
-                          resources=assigned_resources(spec, self.actor_life.get(fiber.worker.worker_id)))
+                          resources=assigned_resources(spec, self.actor_life.get(fiber.worker.worker_id)),
+                          scheduling=spec.scheduling or self.actor_scheduling.get(fiber.worker.worker_id))
         duration = float(self.sim._task_time(spec))
         try:
             with use_task_context(ctx):

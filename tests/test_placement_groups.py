@@ -3,6 +3,8 @@ memnet, the simulator, and real processes."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from penumbra.core.messages import ClientGcsRequest, NodeDied, ObjectsReady, SubmitTask, WatchObjects
@@ -176,3 +178,118 @@ def test_spread_uses_every_node(core) -> None:
         results(net, "node:0", s, req_id=20 + i)
     net.run_until(lambda: all(s.return_ids[0] in ready(inbox) for s in specs), timeout=10)
     assert {n for s in specs for n in ran_on(net, s)} == {"node:0", "node:1", "node:2"}
+
+
+# ============================================================================ simulator
+
+
+@pytest.mark.timeout(120)
+def test_simulator_strict_spread_gang_node_crash_and_remove() -> None:
+    import penumbra as ray
+    from penumbra.sim import runtime as simrt
+    from penumbra.sim.runtime import CrashNode, SimConfig
+    from penumbra.util.placement_group import placement_group, placement_group_table, remove_placement_group
+    from penumbra.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
+
+    # node:1 crashes at 3 virtual seconds, holding a bundle by then
+    ray.init(simulated=SimConfig(nodes=3, seed=3, validate=True, faults=[(3.0, CrashNode("node:1"))]))
+    try:
+        sim = simrt.current_simulation()
+
+        @ray.remote(num_cpus=1)
+        def where():
+            return ray.get_runtime_context().get_node_id()
+
+        pg = placement_group([{"CPU": 1}, {"CPU": 1}], strategy="STRICT_SPREAD")
+        ray.get(pg.ready(), timeout=30)
+        table = placement_group_table(pg)
+        assert table["state"] == "CREATED"
+        nodes = table["bundles_to_node_id"]
+        assert sorted(nodes.values()) == ["node:0", "node:1"]
+        for i in (0, 1):
+            s = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i)
+            assert ray.get(where.options(scheduling_strategy=s).remote(), timeout=30) == nodes[i]
+        assert ray.get(where.options(scheduling_strategy=NodeAffinitySchedulingStrategy("node:2", soft=False)).remote(),
+                       timeout=30) == "node:2"
+        assert sim.now < 3.0
+        # after the crash, the bundle on node:1 is reserved again on node:2
+        lost = [i for i, n in nodes.items() if n == "node:1"][0]
+        s = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=lost)
+        ray.get(where.options(num_cpus=0).remote(), timeout=30)
+        while sim.now < 3.5:
+            ray.get(where.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy("node:0", soft=False)).remote(), timeout=30)
+        assert ray.get(where.options(scheduling_strategy=s).remote(), timeout=60) == "node:2"
+        t = placement_group_table(pg)
+        assert t["state"] == "CREATED" and sorted(t["bundles_to_node_id"].values()) == ["node:0", "node:2"]
+        running = where.options(scheduling_strategy=PlacementGroupSchedulingStrategy(pg)).remote()
+        remove_placement_group(pg)
+        # in the group as it was removed: cancelled or unschedulable
+        with pytest.raises((ray.exceptions.TaskUnschedulableError, ray.exceptions.TaskCancelledError)):
+            ray.get(running, timeout=30)
+        assert placement_group_table(pg)["state"] == "REMOVED"
+        with pytest.raises(ray.exceptions.TaskUnschedulableError):
+            ray.get(where.options(scheduling_strategy=PlacementGroupSchedulingStrategy(pg)).remote(), timeout=30)
+        # the group's resources are gone from the cluster, and its CPUs free
+        assert len(ray.get([where.remote() for _ in range(4)], timeout=30)) == 4
+        assert not [k for k in ray.cluster_resources() if "_group_" in k]
+    finally:
+        ray.shutdown()
+
+
+# ============================================================================ real processes
+
+
+@pytest.fixture
+def real_cluster():
+    import penumbra as ray
+    from penumbra.transports.launch import Cluster
+
+    c = Cluster(head_node_args={"num_cpus": 1, "validate": True})
+    try:
+        yield c
+    finally:
+        ray.shutdown()
+        c.shutdown()
+
+
+@pytest.mark.timeout(180)
+def test_real_cluster_strict_spread_bundles_and_node_affinity(real_cluster) -> None:
+    import penumbra as ray
+    from penumbra.util.placement_group import placement_group, placement_group_table, remove_placement_group
+    from penumbra.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
+
+    a = real_cluster.add_node(num_cpus=1, validate=True)
+    b = real_cluster.add_node(num_cpus=1, validate=True)
+    ray.init(address=real_cluster.address, _token=real_cluster.token)
+    real_cluster.wait_for_nodes()
+
+    @ray.remote(num_cpus=1)
+    def where():
+        return ray.get_runtime_context().get_node_id()
+
+    pg = placement_group([{"CPU": 1}, {"CPU": 1}], strategy="STRICT_SPREAD")
+    assert pg.wait(60)
+    nodes = placement_group_table(pg)["bundles_to_node_id"]
+    assert len(set(nodes.values())) == 2
+    for i in (0, 1):
+        s = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i)
+        assert ray.get([where.options(scheduling_strategy=s).remote() for _ in range(3)], timeout=60) == [nodes[i]] * 3
+    # node affinity: to each node (zero CPUs: the bundles hold them), and
+    # to a node that does not exist (hard: unschedulable)
+    for target in (a.node_id, b.node_id):
+        got = ray.get(where.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(target, soft=False)).remote(), timeout=60)
+        assert got == target
+    with pytest.raises(ray.exceptions.TaskUnschedulableError):
+        ray.get(where.options(scheduling_strategy=NodeAffinitySchedulingStrategy("node:nowhere", soft=False)).remote(), timeout=60)
+    remove_placement_group(pg)
+    deadline = time.monotonic() + 30
+    while placement_group_table(pg)["state"] != "REMOVED" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert placement_group_table(pg)["state"] == "REMOVED"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if ray.available_resources().get("CPU") == 3.0:
+            break
+        time.sleep(0.1)
+    assert ray.available_resources().get("CPU") == 3.0
+    assert not [k for k in ray.cluster_resources() if "_group_" in k]

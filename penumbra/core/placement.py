@@ -161,6 +161,19 @@ def group_of_request(req: ResourceSet) -> str | None:
     return None
 
 
+def requested_bundle(req: ResourceSet) -> tuple[str, int] | None:
+    """(group, bundle index or -1) a request names, read from its names."""
+    found = None
+    for n in req.names():
+        if "_group_" not in n:
+            continue
+        parts = n.split("_group_", 1)[1].split("_")
+        if len(parts) == 2:
+            return parts[1], int(parts[0])
+        found = (parts[0], -1)
+    return found
+
+
 def only_group(res: ResourceSet, pg: str) -> ResourceSet:
     return res.only([n for n in res.names() if is_group_name(n, pg)])
 
@@ -637,4 +650,4 @@ def unschedulable(spec, why: str) -> ErrorInfo:
                      task_name=spec.display_name())
 
 
-__all__ += ["unschedulable", "only_group", "MARKER", "BundleHolder"]
+__all__ += ["unschedulable", "only_group", "requested_bundle", "MARKER", "BundleHolder"]

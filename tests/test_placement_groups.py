@@ -293,3 +293,47 @@ def test_real_cluster_strict_spread_bundles_and_node_affinity(real_cluster) -> N
         time.sleep(0.1)
     assert ray.available_resources().get("CPU") == 3.0
     assert not [k for k in ray.cluster_resources() if "_group_" in k]
+
+
+# ============================================================================ API: mistakes are reported where made
+
+
+def test_bad_strategies_and_bundles_are_refused_where_made() -> None:
+    import penumbra as ray
+    from penumbra.util.placement_group import PlacementGroup, placement_group
+    from penumbra.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
+
+    @ray.remote
+    def f():
+        return 1
+
+    with pytest.raises(ValueError, match="scheduling_strategy"):
+        f.options(scheduling_strategy="ANYWHERE")
+    with pytest.raises(TypeError, match="PlacementGroup"):
+        PlacementGroupSchedulingStrategy(placement_group="pg")
+    with pytest.raises(TypeError, match="node id"):
+        NodeAffinitySchedulingStrategy(node_id=None, soft=False)
+    with pytest.raises(ValueError, match="non-empty list of bundles"):
+        placement_group([])
+    with pytest.raises(ValueError, match="bundle 1"):
+        placement_group([{"CPU": 1}, {"CPU": -1}])
+    with pytest.raises(ValueError, match="asks for nothing"):
+        placement_group([{"CPU": 0}])
+    with pytest.raises(ValueError, match="strategy"):
+        placement_group([{"CPU": 1}], strategy="TIGHT")
+    with pytest.raises(ValueError, match="lifetime"):
+        placement_group([{"CPU": 1}], lifetime="forever")
+    # a bundle index out of range, and a request no bundle fits: at submit
+    from penumbra.api.options import scheduling_for
+
+    pg = PlacementGroup("abc", [{"CPU": 1}])
+    with pytest.raises(ValueError, match="out of range"):
+        scheduling_for({"scheduling_strategy": PlacementGroupSchedulingStrategy(pg, 1)}, CPU1, None)
+    with pytest.raises(ValueError, match="cannot fit"):
+        scheduling_for({"scheduling_strategy": PlacementGroupSchedulingStrategy(pg)}, ResourceSet.of(CPU=2), None)
+    # captured: a child without a strategy goes into its parent's group
+    s, res, _ = scheduling_for({}, CPU1, InGroup("abc", 0, capture=True))
+    assert s == InGroup("abc", -1, True) and res == bundle_request(CPU1, "abc", -1)
+    # opting out of the parent's group
+    s, res, _ = scheduling_for({"scheduling_strategy": PlacementGroupSchedulingStrategy(None)}, CPU1, InGroup("abc", 0, True))
+    assert s is None and res == CPU1

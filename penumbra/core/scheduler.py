@@ -1019,6 +1019,9 @@ class GlobalScheduler:
                        else f"node affinity to a node whose resources {v.total.to_dict()} can never fit {req.to_dict()}")
                 return self._unschedulable(p, f"{why} (node {strategy.node_id}, soft=False); "
                                               f"use soft=True to let it run elsewhere", now, sid)
+        pg = group_of_request(req) if isinstance(strategy, InGroup) or p.spec.is_actor_creation else None
+        if pg is not None and self.head.placement.removed(pg):
+            return self._unschedulable(p, f"its placement group {pg} was removed", now, sid)
         feasible = [v for v in self.nodes.values() if v.alive and req.is_subset_of(v.total)]
         if not feasible and (isinstance(strategy, InGroup) or group_of_request(req) is not None):
             if self._group_removed(req):

@@ -74,7 +74,7 @@ from .messages import (
     SetTimer,
 )
 from .records import ErrorInfo, ErrorKind, PlacementGroupEntry
-from .specs import EMPTY, UNIT, ResourceSet
+from .specs import EMPTY, ResourceSet
 from .tables import RemovePlacementGroup, UpdatePlacementGroup
 
 if TYPE_CHECKING:
@@ -308,7 +308,7 @@ class PlacementManager:
             if g.state == PREPARING:
                 for i, n in g.trying.items():
                     if n in free:
-                        free[n] = (free[n] - g.entry.bundles[i]).min_with(free[n])
+                        free[n] = free[n] - g.entry.bundles[i]
         return free
 
     def _try(self, g: _Group, now: float, sid: str) -> list[Command]:
@@ -321,10 +321,14 @@ class PlacementManager:
         for i, n in enumerate(g.nodes):
             if n is not None:
                 holding.setdefault(n, set()).add(i)
-        chosen = plan(unplaced, g.entry.strategy, self._free(), holding)
+        pg = g.entry.pg_id
+        # (a node still giving back an earlier attempt's bundles of this
+        # group is left out until it has: a late release must not meet a
+        # new prepare of the same bundle)
+        free = {n: r for n, r in self._free().items() if (pg, n) not in self.releasing}
+        chosen = plan(unplaced, g.entry.strategy, free, holding)
         if chosen is None:
             return self._arm(now)
-        pg = g.entry.pg_id
         g.state = PREPARING
         g.trying = chosen
         g.waiting = set(chosen.values())
@@ -402,10 +406,28 @@ class PlacementManager:
 
     def on_prepare_failed(self, ev: BundlesPrepareFailed, now: float) -> list[Command]:
         g = self.groups.get(ev.pg_id)
-        if g is None or g.state != PREPARING or ev.node_id not in g.waiting:
+        if g is None or g.state not in (PREPARING, COMMITTING) or ev.node_id not in g.waiting:
             return []
-        self._story(ev.pg_id, now, ev.stimulus_id, f"{ev.node_id} could not prepare: {ev.reason}")
-        return self._abort(g, now, ev.stimulus_id)
+        self._story(ev.pg_id, now, ev.stimulus_id, f"{ev.node_id} could not {g.state[:-3]}e: {ev.reason}")
+        if g.state == PREPARING:
+            return self._abort(g, now, ev.stimulus_id)
+        # a commit found its bundles gone (a late release of an earlier
+        # attempt overtook it): keep what the others committed, place the
+        # rest again
+        idx = tuple(sorted(i for i, n in g.trying.items() if n == ev.node_id))
+        return self._release(ev.pg_id, ev.node_id, idx, now) + self._drop_from_commit(g, ev.node_id, now, ev.stimulus_id)
+
+    def _drop_from_commit(self, g: _Group, node: str, now: float, sid: str) -> list[Command]:
+        g.waiting.discard(node)
+        for i, n in g.trying.items():
+            if n != node and n not in g.waiting:
+                g.nodes[i] = n
+        g.trying = {i: n for i, n in g.trying.items() if n in g.waiting}
+        if g.waiting:
+            return []
+        g.trying, g.ok = {}, set()
+        g.state = PENDING
+        return self._try(g, now, sid)
 
     def _abort(self, g: _Group, now: float, sid: str) -> list[Command]:
         """Give this attempt's prepared bundles back; try again later."""
@@ -427,8 +449,9 @@ class PlacementManager:
             if g.trying.get(i) == node:
                 g.nodes[i] = node
         v = self.head.scheduler.nodes.get(node)
-        if v is not None and not ev.granted.is_subset_of(v.total):
-            v.total = v.total + ev.granted
+        if v is not None:
+            # (the node's grant of this group, as a heartbeat will say)
+            v.total = v.total - only_group(v.total, ev.pg_id) + ev.granted
         if g.waiting:
             return []
         g.trying, g.ok = {}, set()
@@ -459,14 +482,7 @@ class PlacementManager:
             if g.state in (PREPARING, COMMITTING) and node in g.trying.values():
                 if g.state == COMMITTING:
                     # bundles committed on the living nodes stay theirs
-                    for i, n in g.trying.items():
-                        if n != node and n not in g.waiting:
-                            g.nodes[i] = n
-                    g.waiting.discard(node)
-                    g.trying = {i: n for i, n in g.trying.items() if n in g.waiting}
-                    if not g.waiting:
-                        g.trying, g.ok = {}, set()
-                        g.state = PENDING
+                    cmds += self._drop_from_commit(g, node, now, sid)
                 else:
                     g.waiting.discard(node)
                     cmds += self._abort(g, now, sid)
@@ -501,6 +517,10 @@ class PlacementManager:
         if g is None or g.state == REMOVED:
             return []
         holders = {n for n in g.nodes if n} | set(g.trying.values())
+        # every live node is told, not only the holders: one may still hold
+        # a bundle prepared for an attempt given up (a prepare that came
+        # after its release), and the message is the group's tombstone
+        holders |= set(self.head.scheduler.alive_nodes())
         g.state = REMOVED
         g.nodes = [None] * len(g.nodes)
         g.trying, g.waiting, g.ok = {}, set(), set()
@@ -594,25 +614,26 @@ class BundleHolder:
 
     def on_commit(self, ev: CommitBundles, now: float) -> list[Command]:
         node, pg, sid = self.node, ev.pg_id, ev.stimulus_id
-        granted = EMPTY
+        missing = tuple(i for i in ev.indexes if (pg, i) not in self.prepared and (pg, i) not in self.committed)
+        if missing:
+            # released before this commit came (messages may overtake each
+            # other): commit nothing; the head gives these back and places
+            # them again
+            return self._reply(BundlesPrepareFailed(
+                pg_id=pg, node_id=node.node_id, indexes=missing, stimulus_id=sid,
+                reason="the bundles were released before the commit"))
         cmds: list[Command] = []
-        done = []
         for i in ev.indexes:
             res = self.prepared.pop((pg, i), None)
             if res is not None:
                 self.committed[(pg, i)] = res
-                g = bundle_grant(res, pg, i)
-                granted = granted + g
-                cmds += node.scheduler.grant(g, now, sid)
-            if (pg, i) in self.committed:
-                done.append(i)
-        if not done:
-            return cmds  # nothing prepared here (released meanwhile): the head will not wait for us
+                cmds += node.scheduler.grant(bundle_grant(res, pg, i), now, sid)
         mine = EMPTY
         for (p, i), res in self.committed.items():
             if p == pg:
                 mine = mine + bundle_grant(res, p, i)
-        return cmds + self._reply(BundlesCommitted(pg_id=pg, node_id=node.node_id, indexes=tuple(done), granted=mine, stimulus_id=sid))
+        return cmds + self._reply(BundlesCommitted(pg_id=pg, node_id=node.node_id, indexes=tuple(ev.indexes),
+                                                   granted=mine, stimulus_id=sid))
 
     def on_release(self, ev: ReleaseBundles, now: float) -> list[Command]:
         node, pg, sid = self.node, ev.pg_id, ev.stimulus_id

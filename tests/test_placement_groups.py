@@ -337,3 +337,38 @@ def test_bad_strategies_and_bundles_are_refused_where_made() -> None:
     # opting out of the parent's group
     s, res, _ = scheduling_for({"scheduling_strategy": PlacementGroupSchedulingStrategy(None)}, CPU1, InGroup("abc", 0, True))
     assert s is None and res == CPU1
+
+
+@pytest.mark.timeout(120)
+def test_simulator_capture_current_group_legacy_option_and_actor_killed_on_remove() -> None:
+    import penumbra as ray
+    from penumbra.util.placement_group import get_current_placement_group, placement_group, remove_placement_group
+    from penumbra.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    ray.init(simulated=True, num_cpus=2)
+    try:
+        pg = placement_group([{"CPU": 1}])
+        assert pg.wait(10)
+
+        @ray.remote(num_cpus=1)
+        def current():
+            g = get_current_placement_group()
+            return None if g is None else g.id
+
+        @ray.remote(num_cpus=1)
+        class A:
+            def current(self):
+                g = get_current_placement_group()
+                return None if g is None else g.id
+
+        assert get_current_placement_group() is None
+        assert ray.get(current.remote(), timeout=10) is None
+        assert ray.get(current.options(placement_group=pg).remote(), timeout=10) == pg.id  # Ray's older option
+        a = A.options(scheduling_strategy=PlacementGroupSchedulingStrategy(pg)).remote()
+        assert ray.get(a.current.remote(), timeout=10) == pg.id
+        remove_placement_group(pg)
+        with pytest.raises(ray.exceptions.ActorDiedError, match="placement group"):
+            for _ in range(200):
+                ray.get(a.current.remote(), timeout=10)
+    finally:
+        ray.shutdown()

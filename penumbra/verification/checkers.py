@@ -31,7 +31,10 @@ Each checker returns a list of ``Violation``s (empty: the run is good).
     placement groups: every task or actor in a group started on a node that
     held its bundle (the one it named, or any of the group's) at that
     moment; no node ever set apart more than it has; once a group is
-    removed, no node holds anything of it (its reservation is freed).
+    removed, no node holds anything of it (its reservation is freed);
+``check_bundles_held_once``
+    after the liveness phase, each bundle of a live group is committed on
+    exactly one live node, the one the head placed it on.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from ..core.records import ErrorKind, TaskState
 
 __all__ = ["Violation", "GcsLedger", "check_results", "check_liveness", "check_resources",
            "check_no_rescues", "pending_task_rows", "check_actor_order", "check_gcs", "WaitOutcome", "check_waits",
-           "PlacementLog", "check_placement"]
+           "PlacementLog", "check_placement", "check_bundles_held_once"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,7 +336,7 @@ def check_placement(log: PlacementLog, cluster, removed: list[str]) -> list[Viol
                                               f"{'unknown' if g is None else g.state}"))
     for addr in cluster.alive_nodes():
         m = cluster.node(addr).machine
-        if m is None or m.fenced:
+        if m is None or m.fenced or addr in head.dead_nodes:
             continue
         s = m.scheduler
         for pg in removed:
@@ -345,4 +348,33 @@ def check_placement(log: PlacementLog, cluster, removed: list[str]) -> list[Viol
         if removed and not s.bundled.is_empty():
             out.append(Violation("placement", f"{addr} still sets {s.bundled} apart for bundles after every "
                                               f"placement group was removed"))
+    return out
+
+
+def check_bundles_held_once(cluster, pgs: list[str]) -> list[Violation]:
+    """Each bundle of the groups ``pgs`` is committed on one live node at
+    most, and where the head says it is (a created group: on exactly one).
+    Live: not declared dead by the head."""
+    out = []
+    where: dict[tuple[str, int], list[str]] = {}
+    dead = cluster.head.dead_nodes
+    for addr in cluster.alive_nodes():
+        m = cluster.node(addr).machine
+        if m is None or m.fenced or addr in dead:
+            continue  # (a node declared dead may not know it yet: it is fenced when it next speaks)
+        for key in m.bundles.committed:
+            if key[0] in pgs:
+                where.setdefault(key, []).append(addr)
+    for pg in pgs:
+        g = cluster.head.placement.groups.get(pg)
+        if g is None:
+            out.append(Violation("placement", f"the head does not know placement group {pg}"))
+            continue
+        for i, node in enumerate(g.nodes):
+            held = sorted(where.get((pg, i), []))
+            if len(held) > 1:
+                out.append(Violation("placement", f"bundle {i} of placement group {pg} is held by {held}"))
+            elif g.state == "created" and held != [node]:
+                out.append(Violation("placement", f"bundle {i} of created placement group {pg} is held by {held}, "
+                                                  f"the head says {node}"))
     return out

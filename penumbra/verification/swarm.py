@@ -652,6 +652,8 @@ def run_plan(plan: SeedPlan, *, faults: bool = True, validate: bool = True, max_
             # end calls that still hang (ActorDiedError), which must not count.
             res.results = dict(ready)
             res.waits = {k: dataclasses.replace(o, ready=list(o.ready)) for k, o in res.waits.items()}
+            if w.groups:
+                res.violations += C.check_bundles_held_once(cluster, [g.pg_id for g in w.groups])
             # quiesce: kill the actors, let everything settle
             for h in actors.values():
                 h.kill(no_restart=True)

@@ -564,7 +564,7 @@ class ForwardTask(Message):
     """Local scheduler to global scheduler: place this task for me.
 
     ``reason`` is one of 'overloaded', 'infeasible', 'remote_inputs',
-    'resubmit'.
+    'resubmit', 'spread', 'affinity'.
     """
 
     spec: TaskSpec

@@ -15,7 +15,14 @@ overloaded      more than ``forward_queue_threshold`` tasks queue here and
                 another node is alive
 remote_inputs   the inputs held on other nodes total at least
                 ``forward_remote_bytes``
+spread          the task's strategy is ``"SPREAD"`` (another node is alive)
+affinity        the task's strategy is node affinity to another node
 ==============  ===========================================================
+
+A task in a placement group asks for its bundle's resources under the
+group's names (``placement.bundle_request``): only a node holding the
+bundle has them, so the rules above (infeasible here: forward) take it
+there, and until the group is reserved it waits at the global scheduler.
 
 A kept task moves through these states; each transition is one line of its
 story::
@@ -44,7 +51,11 @@ lowest estimated wait::
 with loads from heartbeats (exponential averages kept by the nodes) and input
 sizes and locations read from the GCS.  A task no node can ever satisfy is
 kept pending, reported once with a warning naming the request and the
-cluster's resources, and placed when a node that fits joins.
+cluster's resources, and placed when a node that fits joins (or when a
+node's total grows: a placement group's bundle committed there).  Node
+affinity picks the named node (hard: ``TaskUnschedulableError`` if it is
+dead or can never fit the task); ``"SPREAD"`` picks the least loaded node
+with room, taking turns among equals.
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ __all__ = [
     "ObjectReconstructionFailedError",
     "GetTimeoutError",
     "TaskCancelledError",
+    "TaskUnschedulableError",
     "ObjectStoreFullError",
     "SerializationError",
     "RuntimeEnvError",
@@ -233,6 +234,11 @@ class TaskCancelledError(PenumbraError):
     """The task was cancelled with ``penumbra.cancel``."""
 
 
+class TaskUnschedulableError(PenumbraError):
+    """A hard scheduling constraint no node can meet: node affinity
+    (``soft=False``) to a dead node, or a removed placement group."""
+
+
 class ObjectStoreFullError(PenumbraError):
     """The object store is full of pinned objects and cannot take this one."""
 
@@ -314,6 +320,7 @@ def from_error_info(info, deserialize=None) -> BaseException:
         ErrorKind.ACTOR_UNAVAILABLE: ActorUnavailableError,
         ErrorKind.OBJECT_LOST: ObjectLostError,
         ErrorKind.TASK_CANCELLED: TaskCancelledError,
+        ErrorKind.TASK_UNSCHEDULABLE: TaskUnschedulableError,
         ErrorKind.OBJECT_STORE_FULL: ObjectStoreFullError,
         ErrorKind.RUNTIME_ENV: RuntimeEnvError,
     }.get(kind, PenumbraError)

@@ -297,7 +297,7 @@ def test_gcs_request_ids_are_per_shard():
 def fake_cluster(**scheduler):
     """A one-node duck-typed cluster for check_resources."""
     total = ResourceSet.of(CPU=2, GPU=1)
-    s = dict(total=total, available=total, debt=ResourceSet(), workers={}, tasks={})
+    s = dict(total=total, available=total, debt=ResourceSet(), workers={}, tasks={}, bundled=ResourceSet())
     s.update(scheduler)
     held = s.pop("held", ResourceSet())
     m = SimpleNamespace(fenced=False, scheduler=SimpleNamespace(**s), host=SimpleNamespace(held=lambda: held))
@@ -308,6 +308,10 @@ def test_resources_fake_quiet_node_is_clean():
     assert C.check_resources(fake_cluster()) == []
     # an actor holding a GPU for life: available + held == total
     assert C.check_resources(fake_cluster(available=ResourceSet.of(CPU=2), held=ResourceSet.of(GPU=1))) == []
+
+
+def test_resources_set_apart_for_placement_group_bundles_count_as_held():
+    assert C.check_resources(fake_cluster(available=ResourceSet.of(CPU=1, GPU=1), bundled=ResourceSet.of(CPU=1))) == []
 
 
 def test_resources_held_after_every_actor_was_killed_is_a_leak():

@@ -82,7 +82,8 @@ def test_swarm_finds_planted_bug(bug):
 @pytest.mark.parametrize("name,checker", [("replay-newest-first", "actor-order"),
                                           ("replayed-call-runs-again", "actor-order"),
                                           ("fetching-waiter-told-early", "waits"),
-                                          ("watch-ignores-need", "waits")])
+                                          ("watch-ignores-need", "waits"),
+                                          ("bundle-index-ignored", "placement")])
 def test_planted_bugs_fail_their_own_checker(name, checker):
     """Bugs that a particular checker catches: the per-caller actor order
     checker (out of order, and twice on one instance) and the wait checker

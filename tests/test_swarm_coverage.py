@@ -129,3 +129,23 @@ def _task_rows(run):
         if row is not None:
             out.append(row)
     return out
+
+
+def test_placement_groups_are_drawn_and_lose_nodes(plans):
+    """Gang placement under node failure: groups of every strategy, tasks
+    and actors in them, and runs where a node holding a bundle dies and
+    the bundle is reserved again elsewhere."""
+    grouped = [p for p in plans if p.workload.groups]
+    assert len(grouped) >= 30
+    assert {g.strategy for p in grouped for g in p.workload.groups} == {"PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"}
+    assert sum(any(t.group for t in p.workload.tasks) for p in grouped) >= 30
+    assert sum(any(a.group for a in p.workload.actors) for p in grouped) >= 5
+    rescheduled = 0
+    for p in grouped[:40]:
+        if not p.faults.first_failures():
+            continue
+        r = swarm.run_plan(p, faults=True)
+        assert not r.violations, [str(v) for v in r.violations]
+        stories = [w for k, s in r.cluster.head.stories.items() if k[0] == "pg" for _, _, w in s]
+        rescheduled += any("died holding bundles" in w for w in stories)
+    assert rescheduled >= 2, f"only {rescheduled} runs lost a node holding a bundle"

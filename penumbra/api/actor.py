@@ -11,8 +11,8 @@ from ..core.ids import ActorId, actor_id_of, child_task_id
 from ..core.specs import EMPTY, ActorSpec, FunctionDescriptor, TaskSpec
 from .args import pack_args
 from .context import current_runtime, task_context
-from .options import ACTOR_OPTIONS, METHOD_OPTIONS, actor_resources, merge_env, validate
 from .dag import ClassMethodNode, ClassNode
+from .options import ACTOR_OPTIONS, METHOD_OPTIONS, actor_resources, merge_env, scheduling_for, validate
 from .generators import refs_for, returns_mode
 from .refs import ObjectRef
 from .remote_function import _Exported, _put
@@ -106,6 +106,9 @@ class ActorClass:
         tid = child_task_id(ctx.task_id, next(ctx.submitted))
         aid = actor_id_of(tid)
         life, placement = actor_resources(o)
+        strategy = None
+        if o.get("scheduling_strategy") is not None or ctx.scheduling is not None:
+            strategy, placement, (life,) = scheduling_for(o, placement, ctx.scheduling, (life,))
         max_conc = o.get("max_concurrency") or (1000 if self._is_async else 1)
         namespace = o.get("namespace") if o.get("namespace") is not None else rt.namespace
         aspec = ActorSpec(
@@ -116,12 +119,12 @@ class ActorClass:
             name=o.get("name"), namespace=namespace,
             detached=o.get("lifetime") == "detached",
             replay=bool(o.get("replay")), checkpoint_interval=o.get("checkpoint_interval") or 0,
-            methods=self._methods,
+            methods=self._methods, scheduling=strategy,
         )
         spec = TaskSpec(
             task_id=tid, job_id=ctx.job_id, parent_task_id=ctx.task_id, function=fd,
             args=payload, dependencies=deps, num_returns=0, resources=placement,
-            max_retries=0, actor_creation=aspec, name=f"{self._cls.__name__}.__init__",
+            max_retries=0, actor_creation=aspec, name=f"{self._cls.__name__}.__init__", scheduling=strategy,
             env_vars=merge_env(ctx.env_vars, o.get("runtime_env")),
         )
         try:

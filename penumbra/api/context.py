@@ -40,6 +40,9 @@ class TaskContext:
     gpu_ids: tuple = ()  # what get_gpu_ids() returns (the GPUs the task or actor holds)
     resources: dict = field(default_factory=dict)  # what get_assigned_resources() returns
     env_vars: tuple = ()  # runtime_env env_vars the tasks it submits inherit
+    # the task's (or its actor's) scheduling strategy: a placement group
+    # that captures child tasks passes on to the tasks submitted here
+    scheduling: object = None
 
 
 _driver_ctx: TaskContext | None = None

@@ -12,14 +12,16 @@ from typing import Any, Mapping
 from ..core.specs import ResourceSet
 
 __all__ = ["TASK_OPTIONS", "ACTOR_OPTIONS", "validate", "task_resources", "actor_resources", "exception_names",
-           "env_vars_of", "merge_env"]
+           "env_vars_of", "merge_env", "scheduling_for"]
 
 # What a task with ``accelerator_type=X`` takes of its node's
 # "accelerator_type:X" resource (Ray's amount).
 ACCELERATOR_SLIVER = 0.001
 
 _COMMON = {"num_cpus", "num_gpus", "resources", "memory", "name", "scheduling_strategy", "runtime_env",
-           "accelerator_type", "label_selector", "_metadata"}
+           "accelerator_type", "label_selector", "_metadata",
+           # Ray's older spelling of PlacementGroupSchedulingStrategy
+           "placement_group", "placement_group_bundle_index", "placement_group_capture_child_tasks"}
 TASK_OPTIONS = _COMMON | {"num_returns", "max_retries", "retry_exceptions", "max_calls"}
 ACTOR_OPTIONS = _COMMON | {"max_restarts", "max_task_retries", "max_concurrency", "namespace", "lifetime",
                            "get_if_exists", "concurrency_groups", "replay", "checkpoint_interval"}
@@ -119,6 +121,8 @@ def validate(opts: Mapping[str, Any], allowed: set[str], what: str) -> dict[str,
         raise TypeError(f"option namespace must be a string, got {out['namespace']!r}")
     if out.get("lifetime") not in (None, "detached", "non_detached"):
         raise ValueError(f"option lifetime must be None, 'detached' or 'non_detached', got {out['lifetime']!r}")
+    if out.get("scheduling_strategy") is not None or out.get("placement_group") not in (None, "default"):
+        _check_strategy(out)
     if "runtime_env" in out:
         out["runtime_env"] = env_vars_of(out["runtime_env"])
     return out
@@ -171,3 +175,69 @@ def actor_resources(opts: Mapping[str, Any]) -> tuple[ResourceSet, ResourceSet]:
 
 def exception_names(classes) -> tuple[str, ...]:
     return tuple(f"{c.__module__}.{c.__qualname__}" for c in classes)
+
+
+def _check_strategy(out: dict) -> None:
+    from ..util.placement_group import PlacementGroup
+    from ..util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
+
+    st = out.get("scheduling_strategy")
+    if st is not None and st not in ("DEFAULT", "SPREAD") and \
+            not isinstance(st, (PlacementGroupSchedulingStrategy, NodeAffinitySchedulingStrategy)):
+        raise ValueError(f"option scheduling_strategy must be None, 'DEFAULT', 'SPREAD', a "
+                         f"PlacementGroupSchedulingStrategy or a NodeAffinitySchedulingStrategy "
+                         f"(penumbra.util.scheduling_strategies), got {st!r}")
+    pg = out.get("placement_group")
+    if pg not in (None, "default"):
+        if st is not None:
+            raise ValueError("set either scheduling_strategy or placement_group, not both")
+        if not isinstance(pg, PlacementGroup):
+            raise TypeError(f"option placement_group must be a PlacementGroup, got {type(pg).__name__}")
+        idx = out.get("placement_group_bundle_index")
+        out["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+            pg, -1 if idx is None else idx, out.get("placement_group_capture_child_tasks"))
+
+
+def scheduling_for(opts: Mapping[str, Any], resources: ResourceSet, current: Any,
+                   extra: tuple[ResourceSet, ...] = ()) -> tuple[Any, ResourceSet, tuple[ResourceSet, ...]]:
+    """The core's strategy for a task with these options, submitted while
+    a task with strategy ``current`` runs (None in a driver), and its
+    resource request(s) in the core's terms: a task in a placement group
+    asks for the group's resources (``core.placement.bundle_request``).
+
+    Returns (strategy, resources, extra resources renamed alike).
+
+    Raises:
+        ValueError: the bundle index is out of range, or no bundle (or not
+            the chosen one) can ever fit the request.
+    """
+    from ..core.placement import InGroup, OnNode, bundle_request
+
+    st = opts.get("scheduling_strategy")
+    if st is None or st == "DEFAULT":
+        if isinstance(current, InGroup) and current.capture:
+            # captured: children go into the parent's group (any bundle)
+            inherit = InGroup(current.pg_id, -1, True)
+            return inherit, bundle_request(resources, current.pg_id, -1), tuple(bundle_request(r, current.pg_id, -1) for r in extra)
+        return None, resources, extra
+    if st == "SPREAD":
+        return "SPREAD", resources, extra
+    if hasattr(st, "soft"):
+        return OnNode(st.node_id, st.soft), resources, extra
+    pg = st.placement_group
+    if pg is None:
+        return None, resources, extra  # opted out of the parent's group
+    index = st.placement_group_bundle_index
+    bundles = pg.bundle_specs
+    if not -1 <= index < len(bundles):
+        raise ValueError(f"placement_group_bundle_index {index} is out of range: the group has "
+                         f"{len(bundles)} bundles (use 0..{len(bundles) - 1}, or -1 for any)")
+    need = {k: v for k, v in resources.to_dict().items() if v}
+    fits = [i for i, b in enumerate(bundles) if (index < 0 or i == index)
+            and all(b.get(k, 0) >= v for k, v in need.items())]
+    if not fits:
+        where = f"bundle {index} ({bundles[index]})" if index >= 0 else f"any bundle of {bundles}"
+        raise ValueError(f"the request {need} cannot fit into {where} of placement group {pg.id}; "
+                         f"ask for less (num_cpus=..., num_gpus=...) or create the group with larger bundles")
+    strategy = InGroup(pg.id, index, bool(st.placement_group_capture_child_tasks))
+    return strategy, bundle_request(resources, pg.id, index), tuple(bundle_request(r, pg.id, index) for r in extra)

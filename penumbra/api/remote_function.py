@@ -13,7 +13,7 @@ from .args import dumps, function_id, pack_args
 from .context import current_runtime, task_context
 from .dag import FunctionNode
 from .generators import refs_for, returns_mode
-from .options import TASK_OPTIONS, exception_names, merge_env, task_resources, validate
+from .options import TASK_OPTIONS, exception_names, merge_env, scheduling_for, task_resources, validate
 from .refs import ObjectRef
 
 __all__ = ["RemoteFunction"]
@@ -99,6 +99,7 @@ class RemoteFunction:
         r = o.get("retry_exceptions")
         self._retry = False if r is None else (r if isinstance(r, bool) else exception_names(r))
         self._task_name = o.get("name") or ""
+        self._plain = o.get("scheduling_strategy") is None  # (then only a captured parent's group applies)
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args, **kwargs):
@@ -117,12 +118,15 @@ class RemoteFunction:
         fd = self._exported.ensure(self._function, self._name, rt)
         ctx = task_context()
         payload, deps, keep = pack_args(args, kwargs, _put)
+        resources, strategy = self._resources, None
+        if not self._plain or ctx.scheduling is not None:
+            strategy, resources, _ = scheduling_for(self._options, resources, ctx.scheduling)
         tid = child_task_id(ctx.task_id, next(ctx.submitted))
         spec = TaskSpec(
             task_id=tid, job_id=ctx.job_id, parent_task_id=ctx.task_id, function=fd,
             args=payload, dependencies=deps, num_returns=1 if self._num_returns < 0 else self._num_returns,
-            resources=self._resources, max_retries=self._max_retries,
-            retry_exceptions=self._retry, name=self._task_name,
+            resources=resources, max_retries=self._max_retries,
+            retry_exceptions=self._retry, name=self._task_name, scheduling=strategy,
             env_vars=merge_env(ctx.env_vars, self._options.get("runtime_env")),
         )
         rt.submit(spec)

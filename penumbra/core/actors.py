@@ -943,7 +943,8 @@ class ActorManager:
             return self.on_reported(ev, now, reread=True)
         return self.kill(ev.actor_id, ev.no_restart, now, sid, reread=True)
 
-    def kill(self, aid: ActorId, no_restart: bool, now: float, sid: str, reread: bool = False) -> list[Command]:
+    def kill(self, aid: ActorId, no_restart: bool, now: float, sid: str, reread: bool = False,
+             reason: str = "it was killed by penumbra.kill()") -> list[Command]:
         e = self.actors.get(aid)
         if e is None and not reread:
             # an actor created a moment ago: its row's notice is on its way
@@ -954,7 +955,7 @@ class ActorManager:
         if e.node:
             cmds.append(Send(to=e.node, msg=StopActor(actor_id=aid, incarnation=e.incarnation, reason="killed by penumbra.kill()", stimulus_id=sid)))
         if no_restart:
-            return cmds + self._die(e, ErrorInfo(ErrorKind.ACTOR_DIED, "it was killed by penumbra.kill()", task_name=e.spec.cls.name), now, sid)
+            return cmds + self._die(e, ErrorInfo(ErrorKind.ACTOR_DIED, reason, task_name=e.spec.cls.name), now, sid)
         return cmds + self._restart_or_die(e, ErrorInfo(ErrorKind.ACTOR_DIED, "it was killed by penumbra.kill(no_restart=False)", task_name=e.spec.cls.name), now, sid)
 
     def on_job_finished(self, job_id: int, now: float, sid: str) -> list[Command]:

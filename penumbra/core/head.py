@@ -15,6 +15,9 @@ that hold no durable state of their own (all of it is in the GCS):
   tasks;
 * the **actor manager** (``actors.ActorManager``) restarts or buries actors;
 * **recovery** (``lineage.Recovery``) rebuilds lost objects from lineage;
+* **placement groups** (``placement.PlacementManager``) reserve bundles on
+  nodes (prepare, then commit), reschedule the bundles of a dead node and
+  release a removed group's;
 * **job end**: when a job's driver exits (``JobFinished``), the head tells
   every node (``JobEnded``: queued tasks dropped, running ones' workers
   killed, resources returned), drops the job's forwarded tasks, kills its
@@ -78,6 +81,10 @@ from .ids import TaskId
 from .lineage import Recovery
 from .messages import (
     ActorReported,
+    BundlesCommitted,
+    BundlesPrepared,
+    BundlesPrepareFailed,
+    BundlesReleased,
     ChainConfigMsg,
     ClusterStatus,
     ClusterStatusRequest,
@@ -105,6 +112,7 @@ from .messages import (
     SetTimer,
     TimerFired,
 )
+from .placement import PlacementManager
 from .records import ChainConfig, NodeEntry, TaskState
 from .scheduler import GlobalConfig, GlobalScheduler, Rng
 from .tables import ForgetJob, NodeDown, PutNode, Subscribe, Unsubscribe
@@ -157,6 +165,7 @@ class HeadMachine:
         self.scheduler = GlobalScheduler(self, config.scheduler, rng)
         self.actors = ActorManager(self)
         self.recovery = Recovery(self)
+        self.placement = PlacementManager(self)
         # the monitor (see "The liveness rule"): node -> consecutive checks
         # without a heartbeat; the nodes heard since the last check; when the
         # next check is due; how many of its own pauses the head noticed
@@ -178,6 +187,7 @@ class HeadMachine:
         cmds = self.chain.start(now)
         cmds += self.gcs.set_configs(self.chain.configs(), now)
         cmds += self.gcs.write(Subscribe(self.address, "actors", None), None, now, "head-start")
+        cmds += self.gcs.write(Subscribe(self.address, "placement_groups", None), None, now, "head-start")
         self.check_due = now + self.config.check_interval
         cmds.append(SetTimer(at=self.check_due, key=("head", "monitor")))
         return cmds
@@ -199,7 +209,7 @@ class HeadMachine:
         cmds = self.gcs.write(PutNode(NodeEntry(node, ev.resources, True, ev.address)), None, now, ev.stimulus_id)
         cmds.append(Send(to=node, msg=NodeWelcome(configs=self.chain.configs(), stimulus_id=ev.stimulus_id)))
         cmds += self.scheduler.add_node(node, ev.resources, now, ev.stimulus_id)
-        return cmds
+        return cmds + self.placement.on_node_joined(now, ev.stimulus_id)
 
     def _on_heartbeat(self, ev: Heartbeat, now: float) -> list[Command]:
         if ev.node_id in self.dead_nodes:
@@ -219,6 +229,8 @@ class HeadMachine:
                 self.last_seq[node] = ev.seq
         self.heard.add(node)
         self.scheduler.on_heartbeat(ev.node_id, ev.load, now)
+        if self.scheduler.recheck:
+            return self.scheduler.retry_infeasible(now, ev.stimulus_id)
         return []
 
     def _on_node_died(self, ev: NodeDied, now: float) -> list[Command]:
@@ -233,8 +245,10 @@ class HeadMachine:
         self.last_seq.pop(node, None)
         self.scheduler.remove_node(node)
         self.chain.remove_listener(node)
+        # its bundles are gone: reserve them again elsewhere
+        cmds = self.placement.on_node_dead(node, now, sid)
         # first drop its locations everywhere, then re-home its work
-        return self.gcs.write(NodeDown(node), ("node-down", node), now, sid)
+        return cmds + self.gcs.write(NodeDown(node), ("node-down", node), now, sid)
 
     def _on_timer(self, ev: TimerFired, now: float) -> list[Command]:
         key = ev.key
@@ -244,6 +258,8 @@ class HeadMachine:
             return self._monitor(now)
         if isinstance(key, tuple) and key and key[0] == "chain":
             return self._chain(ev, now)
+        if key == ("pg", "retry"):
+            return self.placement.on_timer(now, ev.stimulus_id)
         if isinstance(key, tuple) and key and key[0] == "job-end":
             return self._job_end_retry(key[1], now, ev.stimulus_id)
         return []
@@ -326,6 +342,7 @@ class HeadMachine:
         self.ended_jobs.add(job)
         cmds = self.actors.on_job_finished(job, now, sid)
         self.scheduler.drop_job(job)
+        cmds += self.placement.on_job_finished(job, now, sid)
         nodes = sorted(self.scheduler.alive_nodes())
         self.ending[job] = set(nodes)
         for n in nodes:
@@ -414,6 +431,8 @@ class HeadMachine:
         if ev.table == "actors":
             self.actors.on_entry(ev.key, ev.value)
             return []
+        if ev.table == "placement_groups":
+            return self.placement.on_entry(ev.key, ev.value, now, ev.stimulus_id)
         if ev.table == "tasks" and ev.value is not None and ev.value.state is not TaskState.PENDING:
             tid = ev.key
             if not self.recovery.on_rebuilt(tid, ev.value.attempt):
@@ -437,6 +456,7 @@ class HeadMachine:
         self.scheduler.validate()
         self.actors.validate()
         self.recovery.validate()
+        self.placement.validate()
         assert not (self.dead_nodes & set(self.misses)), "a dead node is still monitored"
         assert self.heard <= set(self.misses), "a heartbeat was counted for a node nobody monitors"
         for job in self.ending:
@@ -459,6 +479,10 @@ _HANDLERS = {
     GcsReply: HeadMachine._on_gcs,
     GcsNotify: HeadMachine._on_notify,
     ClusterStatusRequest: HeadMachine._on_status,
+    BundlesPrepared: lambda self, ev, now: self.placement.on_prepared(ev, now),
+    BundlesPrepareFailed: lambda self, ev, now: self.placement.on_prepare_failed(ev, now),
+    BundlesCommitted: lambda self, ev, now: self.placement.on_committed(ev, now),
+    BundlesReleased: lambda self, ev, now: self.placement.on_released(ev, now),
     ReplicaHeartbeat: HeadMachine._chain,
     ReplicaJoin: HeadMachine._chain,
     ReplicaReady: HeadMachine._chain,

@@ -564,7 +564,7 @@ class ForwardTask(Message):
     """Local scheduler to global scheduler: place this task for me.
 
     ``reason`` is one of 'overloaded', 'infeasible', 'remote_inputs',
-    'resubmit'.
+    'resubmit', 'spread', 'affinity'.
     """
 
     spec: TaskSpec
@@ -768,6 +768,73 @@ class DropObjects(Message):
     GCS rows are gone; delete the copies held here."""
 
     object_ids: tuple[ObjectId, ...]
+
+
+# ===========================================================================
+# Placement groups (see core/placement.py): the head reserves bundles on
+# nodes in two phases, prepare then commit, so a group is all or nothing.
+
+
+@_frozen
+class PrepareBundles(Message):
+    """Head to a node: set these bundles' resources apart from the free
+    pool (not usable by anyone yet).  Answered by ``BundlesPrepared`` or
+    ``BundlesPrepareFailed``; a repeat is answered again."""
+
+    pg_id: str
+    bundles: tuple[tuple[int, ResourceSet], ...]  # (bundle index, resources)
+
+
+@_frozen
+class BundlesPrepared(Message):
+    pg_id: str
+    node_id: str
+    indexes: tuple[int, ...]
+
+
+@_frozen
+class BundlesPrepareFailed(Message):
+    """The node's free resources no longer fit the bundles (the head's view
+    was stale): nothing was set apart."""
+
+    pg_id: str
+    node_id: str
+    indexes: tuple[int, ...]
+    reason: str = ""
+
+
+@_frozen
+class CommitBundles(Message):
+    """Head to a node: every bundle of the group is prepared; make these
+    usable (their resources appear under the group's names)."""
+
+    pg_id: str
+    indexes: tuple[int, ...]
+
+
+@_frozen
+class BundlesCommitted(Message):
+    pg_id: str
+    node_id: str
+    indexes: tuple[int, ...]
+    # what the node's total gained (the group's resource names)
+    granted: ResourceSet = ResourceSet()
+
+
+@_frozen
+class ReleaseBundles(Message):
+    """Head to a node: give these bundles back (an aborted attempt:
+    ``indexes``), or every bundle of the group (removed: ``indexes=None``:
+    tasks running in it are killed, queued ones fail)."""
+
+    pg_id: str
+    indexes: tuple[int, ...] | None = None
+
+
+@_frozen
+class BundlesReleased(Message):
+    pg_id: str
+    node_id: str
 
 
 # Messages cross processes by the hundred thousand per second: pickle them

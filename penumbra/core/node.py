@@ -90,7 +90,11 @@ from .messages import (
     WorkerStartFailed,
     WorkerUnblocked,
     Evict,
+    CommitBundles,
+    PrepareBundles,
+    ReleaseBundles,
 )
+from .placement import BundleHolder
 from .objects import ObjectManager
 from .records import ActorEntry, ErrorInfo, NodeEntry, ObjectEntry, ObjectInfo
 from .scheduler import LocalScheduler, SchedulerConfig
@@ -139,6 +143,7 @@ class NodeMachine:
             produced_here=self._produced_here, gcs_read=self.gcs_read,
         )
         self.scheduler = LocalScheduler(self, config.resources, config.scheduler)
+        self.bundles = BundleHolder(self)  # placement group bundles held here
         self.host = ActorHost(self)
         self.router = ActorRouter(self)
         self.clients: dict[str, int] = {}  # client -> job id (drivers)
@@ -638,6 +643,7 @@ class NodeMachine:
     def validate(self) -> None:
         self.objects.validate()
         self.scheduler.validate(self.host.held())
+        self.bundles.validate()
         self.host.validate()
         self.router.validate()
         self.gcs.validate()
@@ -691,4 +697,7 @@ _HANDLERS = {
     Fenced: NodeMachine._on_fenced,
     JobEnded: NodeMachine._on_job_ended,
     DropObjects: NodeMachine._on_drop_objects,
+    PrepareBundles: lambda self, ev, now: self.bundles.on_prepare(ev, now),
+    CommitBundles: lambda self, ev, now: self.bundles.on_commit(ev, now),
+    ReleaseBundles: lambda self, ev, now: self.bundles.on_release(ev, now),
 }

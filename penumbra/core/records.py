@@ -17,6 +17,7 @@ __all__ = [
     "ErrorInfo",
     "ObjectInfo",
     "NodeLoad",
+    "PlacementGroupEntry",
     "TaskState",
     "TaskEntry",
     "ObjectEntry",
@@ -40,6 +41,7 @@ class ErrorKind(str, Enum):
     ACTOR_UNAVAILABLE = "actor_unavailable"  # reserved: temporarily unreachable
     OBJECT_LOST = "object_lost"  # lost and not reconstructable (put, budget)
     TASK_CANCELLED = "task_cancelled"
+    TASK_UNSCHEDULABLE = "task_unschedulable"  # a hard constraint no node can meet (NodeAffinity to a dead node, a removed placement group)
     OBJECT_STORE_FULL = "object_store_full"
     RUNTIME_ENV = "runtime_env"  # the function/class could not be loaded
 
@@ -66,6 +68,27 @@ class ObjectInfo:
 
     size: int
     error: ErrorInfo | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PlacementGroupEntry:
+    """A placement group's row in the GCS (``placement_groups``, shard 0).
+
+    ``state`` is one of ``PENDING`` (not all bundles reserved yet),
+    ``CREATED`` (every bundle reserved), ``RESCHEDULING`` (a node holding
+    bundles died; they are being reserved again) and ``REMOVED`` (final).
+    ``nodes`` gives, per bundle, the node holding it ("" while unplaced).
+    """
+
+    pg_id: str
+    bundles: tuple  # of ResourceSet, one per bundle
+    strategy: str = "PACK"
+    name: str = ""
+    namespace: str = ""
+    job_id: int = 0
+    detached: bool = False
+    state: str = "PENDING"
+    nodes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,5 +220,5 @@ class ChainConfig:
 from ._fastinit import install_init as _install_init  # noqa: E402
 from ._pickling import install as _install_pickling  # noqa: E402
 
-_install_pickling(ErrorInfo, ObjectInfo, NodeLoad, TaskEntry, ObjectEntry, NodeEntry, ActorEntry, ChainConfig)
-_install_init(ErrorInfo, ObjectInfo, NodeLoad, TaskEntry, ObjectEntry, NodeEntry, ActorEntry, ChainConfig)
+_install_pickling(ErrorInfo, ObjectInfo, NodeLoad, PlacementGroupEntry, TaskEntry, ObjectEntry, NodeEntry, ActorEntry, ChainConfig)
+_install_init(ErrorInfo, ObjectInfo, NodeLoad, PlacementGroupEntry, TaskEntry, ObjectEntry, NodeEntry, ActorEntry, ChainConfig)

@@ -15,7 +15,14 @@ overloaded      more than ``forward_queue_threshold`` tasks queue here and
                 another node is alive
 remote_inputs   the inputs held on other nodes total at least
                 ``forward_remote_bytes``
+spread          the task's strategy is ``"SPREAD"`` (another node is alive)
+affinity        the task's strategy is node affinity to another node
 ==============  ===========================================================
+
+A task in a placement group asks for its bundle's resources under the
+group's names (``placement.bundle_request``): only a node holding the
+bundle has them, so the rules above (infeasible here: forward) take it
+there, and until the group is reserved it waits at the global scheduler.
 
 A kept task moves through these states; each transition is one line of its
 story::
@@ -44,7 +51,11 @@ lowest estimated wait::
 with loads from heartbeats (exponential averages kept by the nodes) and input
 sizes and locations read from the GCS.  A task no node can ever satisfy is
 kept pending, reported once with a warning naming the request and the
-cluster's resources, and placed when a node that fits joins.
+cluster's resources, and placed when a node that fits joins (or when a
+node's total grows: a placement group's bundle committed there).  Node
+affinity picks the named node (hard: ``TaskUnschedulableError`` if it is
+dead or can never fit the task); ``"SPREAD"`` picks the least loaded node
+with room, taking turns among equals.
 """
 
 from __future__ import annotations
@@ -67,9 +78,10 @@ from .messages import (
     SetTimer,
     StartWorker,
 )
+from .placement import SPREAD, InGroup, OnNode, group_of_request, is_group_name, unschedulable
 from .records import ErrorInfo, ErrorKind, NodeLoad, ObjectEntry, ObjectInfo
 from .specs import EMPTY, ResourceSet, TaskSpec
-from .tables import AddTask, GetMany, RetryTask, key_shard
+from .tables import AddTask, FinishTask, GetMany, RetryTask, key_shard
 
 if TYPE_CHECKING:
     from .node import NodeMachine
@@ -168,6 +180,11 @@ class LocalScheduler:
         # when the head restarted it: started once that creation is over
         self.restart_after: dict[TaskId, Any] = {}
         cpus = resources.get("CPU")
+        # placement groups (core/placement.py): the resources set apart for
+        # bundles, and the names of released groups still held by workers
+        # being killed (dropped, not freed, when they come back)
+        self.bundled = EMPTY
+        self.gone: set[str] = set()
         self.max_workers = config.max_workers or max(4, int(4 * cpus))
         self.prestart = config.prestart_workers if config.prestart_workers >= 0 else max(1, int(cpus))
 
@@ -228,7 +245,9 @@ class LocalScheduler:
             reason = None
             if not spec.resources.is_subset_of(self.total):
                 reason = "infeasible"
-            elif self.other_nodes_alive and self.queue_length >= self.config.forward_queue_threshold:
+            elif spec.scheduling is not None:
+                reason = self._strategy_reason(spec)
+            if reason is None and self.other_nodes_alive and self.queue_length >= self.config.forward_queue_threshold:
                 reason = "overloaded"
             if reason is not None:
                 return cmds + self._forward(spec, reason, attempt, now, sid, reconstruction)
@@ -237,6 +256,17 @@ class LocalScheduler:
         t = _Task(spec, WAITING, attempt=attempt, placed=placed, reconstruction=reconstruction, actor=actor)
         self.tasks[tid] = t
         return cmds + self._resolve_inputs(t, now, sid)
+
+    def _strategy_reason(self, spec: TaskSpec) -> str | None:
+        """Whether a scheduling strategy sends the task to the global
+        scheduler: SPREAD does (it picks among nodes), and node affinity to
+        another node does."""
+        s = spec.scheduling
+        if s == SPREAD:
+            return "spread" if self.other_nodes_alive else None
+        if isinstance(s, OnNode) and s.node_id != self.node.node_id:
+            return "affinity"
+        return None
 
     def _newer_start(self, t: _Task, actor: Any, now: float, sid: str) -> list[Command]:
         """The head restarted an actor (a kill, a lost node) while an older
@@ -455,6 +485,8 @@ class LocalScheduler:
         if self.gpus.held and not keep_gpus:
             self.gpus.give_back(w.worker_id)
         give = w.held - w.lent
+        if self.gone:
+            give = self._drop_gone(give)
         if not self.debt.is_empty():
             pay = give.min_with(self.debt)
             self.debt = self.debt - pay
@@ -500,7 +532,7 @@ class LocalScheduler:
         if w is None or w.state != BUSY or w.blocked:
             return []
         w.blocked = True
-        lend = w.held.only(("CPU",))
+        lend = w.held.only([n for n in w.held.names() if n == "CPU" or n.startswith("CPU_group_")])
         w.lent = lend
         give = lend
         if not self.debt.is_empty():
@@ -519,7 +551,7 @@ class LocalScheduler:
         if w is None or not w.blocked:
             return []
         w.blocked = False
-        lent = w.lent
+        lent = self._drop_gone(w.lent) if self.gone else w.lent
         take = lent.min_with(self.available)
         self.available = self.available - take
         self.debt = self.debt + (lent - take)
@@ -735,12 +767,62 @@ class LocalScheduler:
         return req
 
     def release(self, req: ResourceSet) -> None:
-        give = req
+        give = self._drop_gone(req) if self.gone else req
         if not self.debt.is_empty():
             pay = give.min_with(self.debt)
             self.debt = self.debt - pay
             give = give - pay
         self.available = self.available + give
+
+    # ------------------------------------------------------------------ placement groups
+    def _drop_gone(self, r: ResourceSet) -> ResourceSet:
+        gone = self.gone
+        return r.only([n for n in r.names() if n not in gone])
+
+    def set_apart(self, res: ResourceSet) -> bool:
+        """Prepare a bundle: take ``res`` out of the free pool if it fits."""
+        if not res.is_subset_of(self.available):
+            return False
+        self.available = self.available - res
+        self.bundled = self.bundled + res
+        return True
+
+    def give_back(self, res: ResourceSet, now: float, sid: str) -> list[Command]:
+        """A prepared or released bundle's resources return to the pool."""
+        self.bundled = self.bundled - res
+        self.release(res)
+        return self.dispatch(now, sid)
+
+    def grant(self, granted: ResourceSet, now: float, sid: str) -> list[Command]:
+        """Commit a bundle: its resources appear under the group's names."""
+        self.total = self.total + granted
+        self.available = self.available + granted
+        return self.dispatch(now, sid)
+
+    def revoke_group(self, pg: str, now: float, sid: str) -> list[Command]:
+        """Group ``pg`` is removed: its names leave the total and the free
+        pool, its running tasks are killed (cancelled) and its queued ones
+        fail; what its workers hold is dropped when they come back."""
+        names = [n for n in self.total.names() if is_group_name(n, pg)]
+        if not names:
+            return []
+        self.total = self.total - self.total.only(names)
+        self.available = self.available - self.available.only(names)
+        self.debt = self.debt - self.debt.only(names)
+        self.gone.update(names)
+        cmds: list[Command] = []
+        for tid, t in list(self.tasks.items()):
+            if group_of_request(t.spec.resources) != pg:
+                continue
+            if t.state == RUNNING:
+                if not t.cancelled:
+                    t.cancelled = True
+                    self._story(tid, now, sid, f"killed: placement group {pg} was removed")
+                    cmds.append(KillWorker(worker_id=t.worker, reason=f"placement group {pg} was removed", stimulus_id=sid))
+            else:
+                cmds += self._fail(t, unschedulable(t.spec, f"its placement group {pg} was removed"), now, sid,
+                                   f"placement group {pg} removed")
+        return cmds
 
     # ------------------------------------------------------------------ checks
     def state_of(self, tid: TaskId) -> str | None:
@@ -757,8 +839,12 @@ class LocalScheduler:
         for w in self.workers.values():
             if w.state == BUSY:
                 in_use = in_use + (w.held - w.lent)
-        lhs = self.available + in_use + actor_held - self.debt
-        assert lhs == self.total, f"resource leak: available {self.available} + in use {in_use} + actors {actor_held} - debt {self.debt} != total {self.total}"
+        if self.gone:
+            in_use = self._drop_gone(in_use)
+            actor_held = self._drop_gone(actor_held)
+        lhs = self.available + in_use + actor_held + self.bundled - self.debt
+        assert lhs == self.total, f"resource leak: available {self.available} + in use {in_use} + actors {actor_held} + bundles {self.bundled} - debt {self.debt} != total {self.total}"
+        assert self.bundled.is_nonnegative() and self.bundled.is_subset_of(self.total), f"bundles hold {self.bundled}, more than the node's total {self.total}"
         running = {w.task for w in self.workers.values() if w.state == BUSY}
         for tid, t in self.tasks.items():
             assert t.state in (WAITING, LOCATING, READY, RUNNING), t.state
@@ -826,6 +912,8 @@ class GlobalScheduler:
         self.infeasible: dict[TaskId, _Pending] = {}
         self.warned: set[ResourceSet] = set()
         self.placements = 0
+        self.spread_turn = 0  # SPREAD takes turns among equally loaded nodes
+        self.recheck = False  # a node's total changed: infeasible tasks may fit
 
     # ------------------------------------------------------------------ membership
     def add_node(self, node_id: str, total: ResourceSet, now: float, sid: str) -> list[Command]:
@@ -848,10 +936,13 @@ class GlobalScheduler:
         if v is None or not v.alive:
             return
         v.load = load
+        changed = v.total != load.total
         v.total = load.total
         v.placed_since = 0
         v.reserved = EMPTY
         v.last_heartbeat = now
+        if changed and self.infeasible:
+            self.recheck = True
 
     def alive_nodes(self) -> list[str]:
         return [n for n, v in self.nodes.items() if v.alive]
@@ -889,9 +980,67 @@ class GlobalScheduler:
         del self.pending[tid]
         return self._place(p, now, sid)
 
+    def retry_infeasible(self, now: float, sid: str) -> list[Command]:
+        """Place the infeasible tasks that a node's new total (a committed
+        placement group bundle) now fits."""
+        self.recheck = False
+        cmds: list[Command] = []
+        for tid, p in list(self.infeasible.items()):
+            req = p.spec.resources
+            if any(v.alive and req.is_subset_of(v.total) for v in self.nodes.values()) or self._group_removed(req):
+                del self.infeasible[tid]
+                cmds += self._place(p, now, p.sid)
+        return cmds
+
+    def _group_removed(self, req: ResourceSet) -> bool:
+        pg = group_of_request(req)
+        return pg is not None and self.head.placement.removed(pg)
+
+    def fail_group(self, pg: str, now: float, sid: str) -> list[Command]:
+        """Group ``pg`` was removed: the tasks waiting to be placed in it
+        fail."""
+        cmds: list[Command] = []
+        for table in (self.pending, self.infeasible):
+            for tid, p in list(table.items()):
+                if group_of_request(p.spec.resources) == pg:
+                    del table[tid]
+                    cmds += self._unschedulable(p, f"its placement group {pg} was removed", now, sid)
+        return cmds
+
+    def _unschedulable(self, p: _Pending, why: str, now: float, sid: str) -> list[Command]:
+        """A hard constraint no node meets: the task fails with
+        ``TaskUnschedulableError`` (an actor's creation: the actor dies)."""
+        spec = p.spec
+        err = unschedulable(spec, why)
+        cmds: list[Command] = [Log(level="warning", text=err.message, job_id=spec.job_id, stimulus_id=sid)]
+        if spec.is_actor_creation:
+            return cmds + self.head.actors.kill(spec.actor_creation.actor_id, True, now, sid, reason=f"it cannot be scheduled: {why}")
+        outputs = tuple((o, 0) for o in spec.return_ids)
+        return cmds + self.head.gcs.write(FinishTask(spec.task_id, "", outputs, err, p.attempt, job_id=spec.job_id), None, now, sid)
+
     def _place(self, p: _Pending, now: float, sid: str) -> list[Command]:
         req = p.spec.resources
+        strategy = p.spec.scheduling
+        if isinstance(strategy, OnNode):
+            v = self.nodes.get(strategy.node_id)
+            if v is not None and v.alive and req.is_subset_of(v.total):
+                return self._chosen(p, v, req, now, sid)
+            if not strategy.soft:
+                why = ("node affinity to a node that is dead or not in the cluster" if v is None or not v.alive
+                       else f"node affinity to a node whose resources {v.total.to_dict()} can never fit {req.to_dict()}")
+                return self._unschedulable(p, f"{why} (node {strategy.node_id}, soft=False); "
+                                              f"use soft=True to let it run elsewhere", now, sid)
+        pg = group_of_request(req) if isinstance(strategy, InGroup) or p.spec.is_actor_creation else None
+        if pg is not None and self.head.placement.removed(pg):
+            return self._unschedulable(p, f"its placement group {pg} was removed", now, sid)
         feasible = [v for v in self.nodes.values() if v.alive and req.is_subset_of(v.total)]
+        if not feasible and (isinstance(strategy, InGroup) or group_of_request(req) is not None):
+            if self._group_removed(req):
+                return self._unschedulable(p, f"its placement group {group_of_request(req)} was removed", now, sid)
+            # waits for its group's bundles to be reserved (no warning:
+            # the group is pending, and says so)
+            self.infeasible[p.spec.task_id] = p
+            return []
         if not feasible:
             self.infeasible[p.spec.task_id] = p
             if req not in self.warned:
@@ -913,6 +1062,15 @@ class GlobalScheduler:
             avail = v.load.available if v.load is not None else v.total
             return req.is_subset_of(avail - v.reserved)
         candidates = [v for v in feasible if free_now(v)] or feasible
+        if strategy == SPREAD:
+            # the least loaded node; among equals, take turns
+            def spread_load(v: _NodeView) -> int:
+                load = v.load
+                return (load.queue_length + load.running if load else 0) + v.placed_since
+            low = min(spread_load(v) for v in candidates)
+            best_nodes = sorted((v for v in candidates if spread_load(v) == low), key=lambda v: v.node_id)
+            self.spread_turn += 1
+            return self._chosen(p, best_nodes[self.spread_turn % len(best_nodes)], req, now, sid)
         bw = self.config.bandwidth
         best: list[_NodeView] = []
         best_score = None
@@ -932,6 +1090,9 @@ class GlobalScheduler:
             elif abs(score - best_score) <= 1e-12:
                 best.append(v)
         chosen = best[0] if len(best) == 1 else best[self.rng.randrange(len(best))]
+        return self._chosen(p, chosen, req, now, sid)
+
+    def _chosen(self, p: _Pending, chosen: _NodeView, req: ResourceSet, now: float, sid: str) -> list[Command]:
         chosen.placed_since += 1
         chosen.reserved = chosen.reserved + req
         self.placements += 1

@@ -220,6 +220,10 @@ class ActorSpec:
     checkpoint_interval: int = 0  # methods between checkpoints; 0 = never
     # (name, num_returns) of the class's methods, for building handles
     methods: tuple[tuple[str, int], ...] = ()
+    # the creation's scheduling strategy (``placement.InGroup`` ...): the
+    # actor's methods submit nested tasks into its placement group when the
+    # strategy captures child tasks
+    scheduling: object = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,6 +257,9 @@ class TaskSpec:
     # environment variables set while the task runs (for an actor creation:
     # for the actor's life), Ray's runtime_env={"env_vars": ...}; sorted pairs
     env_vars: tuple[tuple[str, str], ...] = ()
+    # None (the default policy), "SPREAD", or a ``placement.InGroup`` /
+    # ``placement.OnNode`` (see core/placement.py)
+    scheduling: object = None
     return_ids: tuple[ObjectId, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -29,6 +29,8 @@ The tables
 ``dead_nodes`` node id -> True, on every shard: writes from a node declared
                dead are refused (it is fenced; see ``gcs``)
 ``ended_jobs`` job id -> True, on every shard: jobs whose rows were forgotten
+``placement_groups`` pg id -> PlacementGroupEntry (kept on shard 0: names
+               are looked up by scanning it)
 
 What is forgotten, and when
 ~~~~~~~~~~~~~~~~~~~~~~~~~~~
@@ -74,6 +76,7 @@ from .records import (
     ErrorInfo,
     NodeEntry,
     ObjectEntry,
+    PlacementGroupEntry,
     TaskEntry,
     TaskState,
 )
@@ -104,6 +107,9 @@ __all__ = [
     "KvDelete",
     "ForgetJob",
     "ForgetObject",
+    "CreatePlacementGroup",
+    "UpdatePlacementGroup",
+    "RemovePlacementGroup",
     "Subscribe",
     "Unsubscribe",
     # queries
@@ -119,8 +125,9 @@ __all__ = [
     "shards_for",
 ]
 
-TABLES = ("nodes", "names", "kv", "functions", "tasks", "objects", "actors", "actor_log", "finished_early", "dead_nodes", "ended_jobs")
-_SHARD0_TABLES = frozenset({"nodes", "names", "kv"})
+TABLES = ("nodes", "names", "kv", "functions", "tasks", "objects", "actors", "actor_log", "finished_early", "dead_nodes", "ended_jobs",
+          "placement_groups")
+_SHARD0_TABLES = frozenset({"nodes", "names", "kv", "placement_groups"})
 
 Change = tuple[str, Hashable, Any]
 
@@ -444,6 +451,43 @@ class Unsubscribe(Op):
 
     def route(self):
         return (self.table, self.key)
+
+
+@dataclass(frozen=True, slots=True)
+class CreatePlacementGroup(Op):
+    """A client asks for a placement group (the head, subscribed to the
+    table, reserves it).  Refused (result: the id of the holder) when a
+    live group of the same namespace already has the name; a repeat of the
+    same id is a no-op (result True)."""
+
+    entry: PlacementGroupEntry
+
+    def route(self):
+        return ("placement_groups", self.entry.pg_id)
+
+
+@dataclass(frozen=True, slots=True)
+class UpdatePlacementGroup(Op):
+    """The head records where the bundles are and the group's state.  A
+    removed group stays removed."""
+
+    pg_id: str
+    state: str
+    nodes: tuple[str, ...]
+
+    def route(self):
+        return ("placement_groups", self.pg_id)
+
+
+@dataclass(frozen=True, slots=True)
+class RemovePlacementGroup(Op):
+    """A client removes a group: its state becomes REMOVED (final); the
+    head, notified, frees the bundles and kills what runs in them."""
+
+    pg_id: str
+
+    def route(self):
+        return ("placement_groups", self.pg_id)
 
 
 # ---------------------------------------------------------------------------
@@ -955,7 +999,43 @@ def _unsubscribe(t: Tables, op: Unsubscribe):
     return True, []
 
 
+def _create_pg(t: Tables, op: CreatePlacementGroup):
+    rows = t.data["placement_groups"]
+    e = op.entry
+    if e.pg_id in rows:
+        return True, []
+    if e.name:
+        for other in rows.values():
+            if other.name == e.name and other.namespace == e.namespace and other.state != "REMOVED":
+                return other.pg_id, []
+    rows[e.pg_id] = e
+    return True, [("placement_groups", e.pg_id, e)]
+
+
+def _update_pg(t: Tables, op: UpdatePlacementGroup):
+    rows = t.data["placement_groups"]
+    old = rows.get(op.pg_id)
+    if old is None or old.state == "REMOVED":
+        return False, []
+    new = replace(old, state=op.state, nodes=op.nodes)
+    rows[op.pg_id] = new
+    return True, [("placement_groups", op.pg_id, new)]
+
+
+def _remove_pg(t: Tables, op: RemovePlacementGroup):
+    rows = t.data["placement_groups"]
+    old = rows.get(op.pg_id)
+    if old is None or old.state == "REMOVED":
+        return False, []
+    new = replace(old, state="REMOVED", nodes=())
+    rows[op.pg_id] = new
+    return True, [("placement_groups", op.pg_id, new)]
+
+
 _APPLY = {
+    CreatePlacementGroup: _create_pg,
+    UpdatePlacementGroup: _update_pg,
+    RemovePlacementGroup: _remove_pg,
     PutNode: _put_node,
     NodeDown: _node_down,
     PutFunction: _put_function,

@@ -976,6 +976,7 @@ class PythonExecutor(Executor):
         self.lines: dict[str, deque[Execute]] = {}
         self.actor_life: dict[str, Any] = {}  # worker -> the resources its actor holds for life
         self.actor_env: dict[str, tuple] = {}  # worker -> its actor's runtime_env env_vars
+        self.actor_scheduling: dict[str, Any] = {}  # worker -> its actor creation's scheduling strategy
 
     def start_worker(self, node: SimNode, worker_id: str) -> float | None:
         return node.cluster.costs.worker_start
@@ -1033,9 +1034,12 @@ class PythonExecutor(Executor):
         # CUDA_VISIBLE_DEVICES)
         if spec.actor_creation is not None:
             self.actor_life[fiber.worker.worker_id] = spec.actor_creation.resources
+        if spec.actor_creation is not None:
+            self.actor_scheduling[fiber.worker.worker_id] = spec.scheduling
         ctx = TaskContext(spec.task_id, spec.job_id, aid, cmd.attempt, spec.display_name(), gpu_ids=cmd.gpu_ids,
                           resources=assigned_resources(spec, self.actor_life.get(fiber.worker.worker_id)),
-                          env_vars=fiber.env_vars)
+                          env_vars=fiber.env_vars,
+                          scheduling=spec.scheduling or self.actor_scheduling.get(fiber.worker.worker_id))
         duration = float(self.sim._task_time(spec))
         try:
             with use_task_context(ctx):

@@ -173,7 +173,8 @@ class Worker:
         aid = spec.actor_id or (spec.actor_creation.actor_id if spec.actor_creation else None)
         life = self.actor_spec.resources if self.actor_spec is not None else None
         return TaskContext(spec.task_id, spec.job_id, aid, run.attempt, spec.display_name(), gpu_ids=gpu_ids_for(run.gpu_ids),
-                           resources=assigned_resources(spec, life), env_vars=task_env(spec, self.actor_env))
+                           resources=assigned_resources(spec, life), env_vars=task_env(spec, self.actor_env),
+                           scheduling=spec.scheduling or (self.actor_spec.scheduling if self.actor_spec is not None else None))
 
     def execute(self, run: P.Run, main: bool = False) -> None:
         spec = run.spec

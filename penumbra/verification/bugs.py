@@ -23,6 +23,7 @@ from ..core import gcs as G
 from ..core import head as H
 from ..core import lineage as L
 from ..core import objects as O
+from ..core import placement as P
 from ..core import scheduler as S
 from ..core import tables as T
 from ..core.messages import GcsReply, Send, SetTimer
@@ -326,6 +327,18 @@ def _pause_kills_cluster():
     return _patch(H.HeadMachine, "_monitor", _monitor)
 
 
+def _bundle_index_ignored():
+    def bundle_request(req, pg, index):
+        # BUG: should be P._name(k, pg, index): a task bound to one bundle
+        # asks for the group's any-bundle names, so it runs wherever the
+        # group has a bundle
+        amounts = {P._name(k, pg, -1): v for k, v in req.to_dict().items()}
+        amounts[P._name(P.MARKER, pg, -1)] = P._MARKER_ASK
+        return P.ResourceSet.from_dict(amounts)
+
+    return _patch(P, "bundle_request", bundle_request)
+
+
 BUGS: tuple[Bug, ...] = (
     Bug("no-release-on-crash", "a crashed worker's resources are not released", _no_release_on_crash, seed=5),
     Bug("retry-budget-off-by-one", "one retry fewer than max_retries", _retry_budget_off_by_one, seed=114),
@@ -340,7 +353,7 @@ BUGS: tuple[Bug, ...] = (
     Bug("inputs-not-pinned", "task inputs are not pinned while the task waits or runs", _task_inputs_not_pinned, seed=64),
     Bug("finish-undone", "a late AddTask reopens a finished task", _finish_can_be_undone, seed=2),
     Bug("gpu-fraction-overcommit", "a fractional GPU request is put on GPU 0 even when it is full", _gpu_fraction_overcommit, seed=6),
-    Bug("gpus-kept-by-crashed-worker", "a crashed worker's GPU instances are not given back", _gpus_kept_by_crashed_worker, seed=49),
+    Bug("gpus-kept-by-crashed-worker", "a crashed worker's GPU instances are not given back", _gpus_kept_by_crashed_worker, seed=87),
     Bug("replay-newest-first", "a restarted replay actor replays its logged calls newest first", _replay_newest_first, seed=1),
     Bug("replayed-call-runs-again", "a call replayed on restart runs again when its caller re-sends it", _replayed_call_runs_again, seed=1),
     Bug("watch-ignores-need", "a node holds a watch's reports until every object is ready, even when the "
@@ -348,6 +361,8 @@ BUGS: tuple[Bug, ...] = (
     Bug("pause-kills-cluster", "the head judges liveness by its own clock: after a pause of the head, it declares "
         "every node dead before reading their queued heartbeats", _pause_kills_cluster, seed=20),
     Bug("fetching-waiter-told-early", "a wait that fetches is told an object is ready when its location is known, before the bytes arrive", _fetching_waiters_told_located, seed=64),
+    Bug("bundle-index-ignored", "a task bound to one bundle of a placement group asks for any bundle of it, so it "
+        "may run on another bundle's node", _bundle_index_ignored, seed=7),
 )
 
 # Changes that look like bugs but that the rest of the design makes harmless,

@@ -26,7 +26,15 @@ Each checker returns a list of ``Violation``s (empty: the run is good).
     reported ready twice, and none before it existed (on the waiter's node
     when fetching, anywhere otherwise) unless it was reported as an error;
     in a fault-free run, a wait that timed out was told of every ref that
-    was ready a moment before.
+    was ready a moment before;
+``PlacementLog`` / ``check_placement``
+    placement groups: every task or actor in a group started on a node that
+    held its bundle (the one it named, or any of the group's) at that
+    moment; no node ever set apart more than it has; once a group is
+    removed, no node holds anything of it (its reservation is freed);
+``check_bundles_held_once``
+    after the liveness phase, each bundle of a live group is committed on
+    exactly one live node, the one the head placed it on.
 """
 
 from __future__ import annotations
@@ -37,7 +45,8 @@ from typing import Any
 from ..core.records import ErrorKind, TaskState
 
 __all__ = ["Violation", "GcsLedger", "check_results", "check_liveness", "check_resources",
-           "check_no_rescues", "pending_task_rows", "check_actor_order", "check_gcs", "WaitOutcome", "check_waits"]
+           "check_no_rescues", "pending_task_rows", "check_actor_order", "check_gcs", "WaitOutcome", "check_waits",
+           "PlacementLog", "check_placement", "check_bundles_held_once"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,9 +134,9 @@ def check_resources(cluster, actors_gone: bool = False) -> list[Violation]:
             continue
         s = m.scheduler
         held = m.host.held()
-        if s.available + held != s.total or not s.debt.is_empty():
-            out.append(Violation("resources", f"{addr}: available {s.available} + actors {held} != total {s.total} "
-                                              f"(debt {s.debt}) on a quiet cluster"))
+        if s.available + held + s.bundled != s.total or not s.debt.is_empty():
+            out.append(Violation("resources", f"{addr}: available {s.available} + actors {held} + placement group "
+                                              f"bundles {s.bundled} != total {s.total} (debt {s.debt}) on a quiet cluster"))
         elif actors_gone and not held.is_empty():
             out.append(Violation("resources", f"{addr}: actors still hold {held} after every actor was killed"))
         busy = [w.worker_id for w in s.workers.values() if w.state == "busy"]
@@ -287,4 +296,85 @@ def check_waits(plans, outcomes: dict[str, WaitOutcome]) -> list[Violation]:
         if o.early:
             out.append(Violation("waits", f"{what}: reported ready before the object existed"
                                           f"{' on the waiting node' if p.fetch else ''}: {o.early}", p.key))
+    return out
+
+
+class PlacementLog:
+    """What the swarm saw of placement groups while a run ran: each start of
+    a task or actor creation in a group, with the bundles its node held
+    then (see ``swarm._placement_log``), and what was wrong at once."""
+
+    def __init__(self) -> None:
+        self.starts = 0
+        self.violations: list[Violation] = []
+
+    def on_start(self, node: str, now: float, name: str, wanted: tuple[str, int], held) -> None:
+        self.starts += 1
+        pg, index = wanted
+        ok = (pg, index) in held if index >= 0 else any(k[0] == pg for k in held)
+        if not ok:
+            which = f"bundle {index}" if index >= 0 else "any bundle"
+            self.violations.append(Violation(
+                "placement", f"{name} (in {which} of placement group {pg}) started on {node} at {now:.3f}, "
+                             f"which held bundles {sorted(held)} of it", name))
+
+    def on_over_reserved(self, node: str, bundled, total) -> None:
+        self.violations.append(Violation("placement", f"{node} set apart {bundled} for bundles, more than its total {total}"))
+
+
+def check_placement(log: PlacementLog, cluster, removed: list[str]) -> list[Violation]:
+    """The violations ``log`` saw, and, on the quiet cluster after the
+    groups ``removed`` were removed: no live node holds any of their
+    bundles or resource names, sets anything apart, and the head agrees
+    they are removed."""
+    out = list(log.violations)
+    head = cluster.head
+    for pg in removed:
+        g = head.placement.groups.get(pg)
+        if g is None or g.state != "removed":
+            out.append(Violation("placement", f"placement group {pg} was removed but the head has it "
+                                              f"{'unknown' if g is None else g.state}"))
+    for addr in cluster.alive_nodes():
+        m = cluster.node(addr).machine
+        if m is None or m.fenced or addr in head.dead_nodes:
+            continue
+        s = m.scheduler
+        for pg in removed:
+            names = [n for n in s.total.names() if "_group_" in n and n.endswith("_" + pg)]
+            kept = [k for k in list(m.bundles.committed) + list(m.bundles.prepared) if k[0] == pg]
+            if names or kept:
+                out.append(Violation("placement", f"{addr} still holds removed placement group {pg}: bundles "
+                                                  f"{sorted(kept)}, resources {sorted(names)}"))
+        if removed and not s.bundled.is_empty():
+            out.append(Violation("placement", f"{addr} still sets {s.bundled} apart for bundles after every "
+                                              f"placement group was removed"))
+    return out
+
+
+def check_bundles_held_once(cluster, pgs: list[str]) -> list[Violation]:
+    """Each bundle of the groups ``pgs`` is committed on one live node at
+    most, and where the head says it is (a created group: on exactly one).
+    Live: not declared dead by the head."""
+    out = []
+    where: dict[tuple[str, int], list[str]] = {}
+    dead = cluster.head.dead_nodes
+    for addr in cluster.alive_nodes():
+        m = cluster.node(addr).machine
+        if m is None or m.fenced or addr in dead:
+            continue  # (a node declared dead may not know it yet: it is fenced when it next speaks)
+        for key in m.bundles.committed:
+            if key[0] in pgs:
+                where.setdefault(key, []).append(addr)
+    for pg in pgs:
+        g = cluster.head.placement.groups.get(pg)
+        if g is None:
+            out.append(Violation("placement", f"the head does not know placement group {pg}"))
+            continue
+        for i, node in enumerate(g.nodes):
+            held = sorted(where.get((pg, i), []))
+            if len(held) > 1:
+                out.append(Violation("placement", f"bundle {i} of placement group {pg} is held by {held}"))
+            elif g.state == "created" and held != [node]:
+                out.append(Violation("placement", f"bundle {i} of created placement group {pg} is held by {held}, "
+                                                  f"the head says {node}"))
     return out

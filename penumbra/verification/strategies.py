@@ -31,6 +31,8 @@ They cover what ``swarm.plan_seed`` draws, under the same constraints:
 * ``wait``s over earlier items, with and without timeouts, fetching or not;
 * puts by a driver on another node, perhaps one that dies (the put is then
   lost for good, and so is what depends on it);
+* perhaps a placement group (``workload.add_groups``: every node gets
+  slots; some tasks, and perhaps an actor, run in its bundles);
 * faults: node crashes (a node of the same shape comes back), GCS replica
   crashes, cuts long enough to be fenced, slow nodes, lossy and duplicating
   GCS links, delay (reordering), worker crashes, actor kills that allow a
@@ -47,6 +49,7 @@ forever, and the liveness check reports it).
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 from hypothesis import strategies as st
@@ -55,7 +58,7 @@ from ..core.gcs import GcsTiming
 from ..core.layout import ClusterLayout, NodeShape
 from ..core.specs import ResourceSet
 from .swarm import FaultPlan, SeedPlan
-from .workload import ActorPlan, CallPlan, PutPlan, TaskPlan, VCall, VChild, VTask, Workload, CUSTOM, GPUS_PER_NODE, LARGE_SIZES, STORE_SIZES, add_callers, add_grandchildren, add_remote_puts, add_waits
+from .workload import ActorPlan, CallPlan, PutPlan, TaskPlan, VCall, VChild, VTask, Workload, CUSTOM, GPUS_PER_NODE, LARGE_SIZES, SLOT, SLOTS_PER_NODE, STORE_SIZES, add_callers, add_grandchildren, add_groups, add_remote_puts, add_waits
 
 __all__ = ["layouts", "workloads", "fault_plans", "seed_plans", "workload_options"]
 
@@ -275,4 +278,10 @@ def seed_plans(draw) -> SeedPlan:
     workload = add_grandchildren(add_callers(add_waits(workload, extra, 1.0), extra), extra)
     faults = draw(fault_plans(len(layout.nodes), layout.chain_length, layout.gcs_shards, len(workload.actors)))
     workload = add_remote_puts(workload, extra, len(layout.nodes), faults.first_failures(), 1.0)
+    if draw(st.booleans()):
+        # a placement group: slots on every node, some items in the group
+        layout = dataclasses.replace(layout, nodes=tuple(
+            dataclasses.replace(s, resources=s.resources + ResourceSet.from_dict({SLOT: SLOTS_PER_NODE}))
+            for s in layout.nodes))
+        workload = add_groups(workload, extra, len(layout.nodes), 1.0)
     return SeedPlan(draw(st.integers(0, 2 ** 31)), layout, workload, faults, 1.0)

@@ -47,21 +47,24 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ..core import placement as P
 from ..core.gcs import GcsReplica, GcsTiming
 from ..core.gcs_client import GcsClient
 from ..core.ids import ObjectId, TaskId, child_task_id
 from ..core.layout import ClusterLayout, NodeShape
 from ..core.messages import PutFailed
-from ..core.records import ActorState, ErrorKind
+from ..core.records import ActorState, ErrorKind, PlacementGroupEntry
+from ..core.scheduler import LocalScheduler
 from ..core.specs import ResourceSet
-from ..core.tables import Op
+from ..core.tables import CreatePlacementGroup, Op, RemovePlacementGroup
 from ..sim.cluster import SimActor, SimCluster, SimNode
 from ..api.runtime import Runtime
 from ..sim.costs import PAPER
 from ..sim.trace import Trace
 from . import checkers as C
-from .workload import (CUSTOM, GPUS_PER_NODE, LARGE_SIZES, STORE_SIZES, VActor, VerifyExecutor, Workload, add_callers,
-                       add_gpus, add_grandchildren, add_remote_puts, add_waits, digest, generate)
+from .workload import (CUSTOM, GPUS_PER_NODE, LARGE_SIZES, SLOT, SLOTS_PER_NODE, STORE_SIZES, VActor, VerifyExecutor,
+                       Workload, add_callers, add_gpus, add_grandchildren, add_groups, add_remote_puts, add_waits,
+                       digest, generate)
 
 __all__ = ["SeedPlan", "FaultPlan", "RunResult", "SeedReport", "plan_seed", "run_plan", "check_seed", "check_plan",
            "run_swarm", "run_swarm_cli", "story", "shrink"]
@@ -195,6 +198,14 @@ def plan_seed(seed: int) -> SeedPlan:
     workload = add_waits(workload, random.Random(f"penumbra-swarm-waits-{seed}"), horizon)
     workload = add_callers(workload, random.Random(f"penumbra-swarm-callers-{seed}"))
     workload = add_grandchildren(workload, random.Random(f"penumbra-swarm-depth-{seed}"))
+    # A placement group on a quarter of the seeds (gang placement under node
+    # failure), from its own generator; its nodes get SLOTs to reserve.
+    prng = random.Random(f"penumbra-swarm-groups-{seed}")
+    if prng.random() < 0.25:
+        shapes = [dataclasses.replace(s, resources=s.resources + ResourceSet.from_dict({SLOT: SLOTS_PER_NODE}))
+                  for s in layout.nodes]
+        layout = dataclasses.replace(layout, nodes=tuple(shapes))
+        workload = add_groups(workload, prng, n, horizon)
     faulty = rng.random() < 0.85
     crashes, replicas, isolations, slow = [], [], [], []
     if faulty:
@@ -327,6 +338,30 @@ def _gcs_ledger():
     finally:
         GcsReplica._commit = orig_commit
         GcsClient._on_reply = orig_reply
+
+
+@contextlib.contextmanager
+def _placement_log():
+    """Record every start of a task or actor creation in a placement group,
+    with the bundles its node holds at that moment (``C.PlacementLog``)."""
+    log = C.PlacementLog()
+    orig = LocalScheduler._run
+
+    def run(self, t, wid, gpus, now, sid):
+        spec = t.spec
+        s = spec.scheduling
+        wanted = (s.pg_id, s.bundle_index) if isinstance(s, P.InGroup) else P.requested_bundle(spec.resources)
+        if wanted is not None:
+            log.on_start(self.node.node_id, now, spec.display_name(), wanted, set(self.node.bundles.committed))
+        if not self.bundled.is_subset_of(self.total):
+            log.on_over_reserved(self.node.node_id, self.bundled, self.total)
+        return orig(self, t, wid, gpus, now, sid)
+
+    LocalScheduler._run = run
+    try:
+        yield log
+    finally:
+        LocalScheduler._run = orig
 
 
 class _SealingStore(dict):
@@ -480,7 +515,7 @@ def run_plan(plan: SeedPlan, *, faults: bool = True, validate: bool = True, max_
     rng = random.Random(f"penumbra-swarm-exec-{plan.seed}")
     executor = VerifyExecutor(crash_rate=fp.worker_crash_rate, rng=rng)
     res = RunResult(plan.seed, faults, executor=executor)
-    with _gcs_ledger() as ledger, _seal_log() as sealed:
+    with _gcs_ledger() as ledger, _seal_log() as sealed, _placement_log() as placed:
         cluster = SimCluster(plan.layout, costs=PAPER, seed=plan.seed, executor=executor, validate=validate,
                              trace=trace)
         res.cluster = cluster
@@ -538,10 +573,22 @@ def run_plan(plan: SeedPlan, *, faults: bool = True, validate: bool = True, max_
                 if p.get_at is not None:
                     events.append((p.get_at, idx, lambda p=p: watch(p.key, keys[p.key]) if p.key in keys else None))
                 idx += 1
+            groups = {g.key: g for g in w.groups}
+            for g in w.groups:
+                entry = PlacementGroupEntry(pg_id=g.pg_id, bundles=(ResourceSet.from_dict({SLOT: 1}),) * g.bundles,
+                                            strategy=g.strategy, job_id=d.job_id, nodes=("",) * g.bundles)
+                events.append((g.at, idx, lambda entry=entry: d.gcs(CreatePlacementGroup(entry))))
+                idx += 1
             for t in w.tasks:
                 def submit_task(t=t):
-                    spec = d.spec(t.model, deps=[keys[k] for k in t.deps], resources=t.resources, name=t.key,
-                                  max_retries=t.max_retries)
+                    kw = {}
+                    resources = t.resources
+                    if t.group is not None:
+                        pg, index = groups[t.group[0]].pg_id, t.group[1]
+                        resources = P.bundle_request(resources, pg, index)
+                        kw["scheduling"] = P.InGroup(pg, index)
+                    spec = d.spec(t.model, deps=[keys[k] for k in t.deps], resources=resources, name=t.key,
+                                  max_retries=t.max_retries, **kw)
                     d.submit(spec)
                     watch(t.key, spec.return_ids[0])
                 events.append((t.at, idx, submit_task))
@@ -549,10 +596,14 @@ def run_plan(plan: SeedPlan, *, faults: bool = True, validate: bool = True, max_
             for a in w.actors:
                 def create(a=a):
                     gpu = ResourceSet.of(GPU=a.gpus) if a.gpus else ResourceSet()
+                    life, placement = gpu, gpu + ResourceSet.of(CPU=1)
+                    if a.group is not None:
+                        life = placement = P.bundle_request(ResourceSet.from_dict({SLOT: 0.5}),
+                                                            groups[a.group[0]].pg_id, a.group[1])
                     actors[a.key] = d.create_actor(VActor(a.key), cls=f"A{a.key}", max_restarts=a.max_restarts,
                                                    max_task_retries=a.max_task_retries, replay=a.replay,
                                                    checkpoint_interval=a.checkpoint_interval,
-                                                   resources=gpu, placement=gpu + ResourceSet.of(CPU=1))
+                                                   resources=life, placement=placement)
                 events.append((a.at, idx, create))
                 idx += 1
                 for c in a.calls:
@@ -601,9 +652,14 @@ def run_plan(plan: SeedPlan, *, faults: bool = True, validate: bool = True, max_
             # end calls that still hang (ActorDiedError), which must not count.
             res.results = dict(ready)
             res.waits = {k: dataclasses.replace(o, ready=list(o.ready)) for k, o in res.waits.items()}
+            if w.groups:
+                res.violations += C.check_bundles_held_once(cluster, [g.pg_id for g in w.groups])
             # quiesce: kill the actors, let everything settle
             for h in actors.values():
                 h.kill(no_restart=True)
+            # and remove the placement groups: their reservations must go
+            for g in w.groups:
+                d.gcs(RemovePlacementGroup(g.pg_id))
             cluster.run_for(2.0)
             res.virtual_time = cluster.now - base
             res.trace_hash = cluster.trace_hash()
@@ -612,6 +668,8 @@ def run_plan(plan: SeedPlan, *, faults: bool = True, validate: bool = True, max_
                 cluster, [tid for t in w.tasks if t.key in keys for tid in _tree(keys[t.key].task_id, t.model)]))
             res.violations += C.check_resources(cluster, actors_gone=True)
             res.violations += C.check_waits(w.waits, res.waits)
+            if w.groups or placed.violations:
+                res.violations += C.check_placement(placed, cluster, [g.pg_id for g in w.groups])
             meta = {h.actor_id: (k, next(a for a in w.actors if a.key == k).max_task_retries,
                                  next(a for a in w.actors if a.key == k).replay) for k, h in actors.items()}
             res.violations += C.check_actor_order(executor.actor_log, meta)

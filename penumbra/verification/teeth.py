@@ -13,7 +13,7 @@ is, the seed that found it and the checkers that caught it.
     python -m penumbra.verification.teeth NAME ... [--seeds N] [--no-hint] [--want CHECKER]
 
 A checker is named by the ``Violation.checker`` kind it reports
-(``checkers``): ``results``, ``liveness``, ``resources``, ``actor-order``,
+(``checkers``): ``results``, ``liveness``, ``resources``, ``actor-order``, ``placement``,
 ``gcs``, ``pubsub``, ``waits``, and the swarm's own ``invariant`` (a machine's
 ``validate()``), ``crash`` (the system raised), ``harness`` (the swarm's own
 code raised), ``timeliness`` and ``actor-restarts``.  A

@@ -42,7 +42,7 @@ from ..core.specs import FunctionDescriptor, Payload, ResourceSet, TaskSpec
 from ..sim.cluster import Executor, Outcome
 
 __all__ = ["VTask", "VChild", "VActor", "VCall", "TaskPlan", "ActorPlan", "CallPlan", "PutPlan", "WaitPlan",
-           "Workload", "CUSTOM", "GPUS_PER_NODE", "STORE_SIZES", "LARGE_SIZES", "generate", "add_gpus", "add_callers", "add_grandchildren", "add_remote_puts", "add_waits", "VerifyExecutor", "digest"]
+           "Workload", "GroupPlan", "SLOT", "SLOTS_PER_NODE", "add_groups", "CUSTOM", "GPUS_PER_NODE", "STORE_SIZES", "LARGE_SIZES", "generate", "add_gpus", "add_callers", "add_grandchildren", "add_remote_puts", "add_waits", "VerifyExecutor", "digest"]
 
 
 def digest(*parts: Any) -> int:
@@ -110,6 +110,22 @@ class TaskPlan:
     resources: ResourceSet
     max_retries: int
     at: float
+    group: tuple[str, int] | None = None  # (placement group key, bundle index; -1: any)
+
+
+@dataclass(frozen=True, slots=True)
+class GroupPlan:
+    """A placement group of ``bundles`` bundles of one ``SLOT`` each, made
+    by the driver at ``at`` (removed when the run quiesces)."""
+
+    key: str
+    bundles: int
+    strategy: str
+    at: float
+
+    @property
+    def pg_id(self) -> str:
+        return f"swarm{self.key}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +148,7 @@ class ActorPlan:
     calls: tuple[CallPlan, ...]
     kill_at: float | None = None  # the driver kills it (no restart) then
     gpus: float = 0.0  # GPUs it holds for life (placed with 1 CPU more)
+    group: tuple[str, int] | None = None  # lives in this placement group bundle (holding half a SLOT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +173,7 @@ class Workload:
     tasks: tuple[TaskPlan, ...]
     actors: tuple[ActorPlan, ...]
     waits: tuple[WaitPlan, ...] = ()
+    groups: tuple[GroupPlan, ...] = ()
 
     def size(self) -> int:
         """Items with a value (the waits are not counted)."""
@@ -164,15 +182,48 @@ class Workload:
     def describe(self) -> str:
         nested = sum(1 for t in self.tasks if t.model.children)
         raising = sum(1 for t in self.tasks if t.model.raises)
+        grouped = sum(1 for t in self.tasks if t.group) + sum(1 for a in self.actors if a.group)
+        groups = "".join(f", group {g.key} ({g.bundles} x {SLOT}, {g.strategy}; {grouped} items in it)" for g in self.groups)
         return (f"{len(self.puts)} puts, {len(self.tasks)} tasks ({nested} nested, {raising} raising), "
                 f"{len(self.actors)} actors with {sum(len(a.calls) for a in self.actors)} calls, "
-                f"{len(self.waits)} waits")
+                f"{len(self.waits)} waits{groups}")
 
     def submitted_at(self) -> list[tuple[str, float]]:
         """Every item with a value, and when the driver submits it."""
         out = [(p.key, p.at) for p in self.puts] + [(t.key, t.at) for t in self.tasks]
         out += [(c.key, c.at) for a in self.actors for c in a.calls]
         return out
+
+
+SLOT = "slot"  # what placement group bundles reserve (2 per node in seeds with groups)
+SLOTS_PER_NODE = 2
+
+
+def add_groups(w: Workload, rng: random.Random, nodes: int, horizon: float) -> Workload:
+    """A placement group (gang placement under node failure): bundles of one
+    ``SLOT`` on a cluster where every node has ``SLOTS_PER_NODE``, made at
+    some time in the first half of the run, and some tasks (and perhaps an
+    actor) scheduled into it, into a given bundle or any.  A task in the
+    group asks half a slot and no CPU.  The strategy is drawn among those
+    the cluster can always meet, even with two nodes gone for good (a cut
+    and a long pause): STRICT_SPREAD over at most n-2 bundles, STRICT_PACK
+    over at most 2, PACK and SPREAD over 2 (3 on 4 nodes or more)."""
+    strategies = ["PACK", "SPREAD", "STRICT_PACK"] + (["STRICT_SPREAD"] if nodes >= 3 else [])
+    strategy = rng.choice(strategies)
+    # (node 0 never goes; three bundles need two nodes left)
+    most = {"STRICT_SPREAD": nodes - 2, "STRICT_PACK": SLOTS_PER_NODE}.get(strategy, 3 if nodes >= 4 else 2)
+    g = GroupPlan("g0", rng.randint(1, max(1, most)), strategy, round(rng.uniform(0.0, horizon / 2), 3))
+    tasks = []
+    for t in w.tasks:
+        if rng.random() < 0.35:
+            t = replace(t, resources=ResourceSet.from_dict({SLOT: 0.5}), group=(g.key, rng.randint(-1, g.bundles - 1)))
+        tasks.append(t)
+    actors = list(w.actors)
+    plain = [i for i, a in enumerate(actors) if not a.gpus]
+    if plain and rng.random() < 0.5:
+        i = rng.choice(plain)
+        actors[i] = replace(actors[i], group=(g.key, rng.randint(-1, g.bundles - 1)))
+    return replace(w, tasks=tuple(tasks), actors=tuple(actors), groups=(g,))
 
 
 def add_callers(w: Workload, rng: random.Random) -> Workload:

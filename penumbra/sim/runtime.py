@@ -110,8 +110,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..api import context
-from ..api.context import TaskContext, use_task_context
-from ..api.execution import actor_state, assigned_resources, call_args, restore_actor, split_returns, task_error
+from ..api.context import TaskContext, job_namespace, use_task_context
+from ..api.execution import (actor_state, assigned_resources, call_args, exit_error, restore_actor, split_returns,
+                             task_error)
 from ..api.generators import is_generator_result, stream_values
 from ..api.refs import ObjectRef
 from ..api.runtime import ErrorValue, Runtime
@@ -431,6 +432,16 @@ class _SimClient(Runtime):
         self._functions: dict[bytes, Any] = {}
         self._exported: set[bytes] = set()
         self.client = sim.kernel.add_client(address, self._on_message, colocated_with=node, kind=self.kind)
+
+    @property
+    def namespace(self) -> str:
+        """The driver's namespace; in a worker, that of the job whose task
+        runs on this fiber (see ``context.job_namespace``)."""
+        return job_namespace(self) if self.is_worker else self._namespace
+
+    @namespace.setter
+    def namespace(self, value: str) -> None:
+        self._namespace = value
 
     # ------------------------------------------------------------------ plumbing
     def _dead(self) -> BaseException:
@@ -1033,6 +1044,13 @@ class PythonExecutor(Executor):
             name = spec.display_name()
             return Outcome("raise", duration, error=ErrorInfo(ErrorKind.TASK_CANCELLED, f"task {name} was cancelled",
                                                               task_name=name))
+        except SystemExit as e:  # (an actor's fiber blocks until its worker is stopped: see exit_error)
+            try:
+                return Outcome("raise", duration, error=exit_error(spec, e, rt), retryable=False)
+            except _WorkerKilled:
+                raise
+            except BaseException as err:  # noqa: BLE001
+                return self._raised(spec, err, duration)
         except BaseException as e:  # noqa: BLE001 - user code may raise anything
             return self._raised(spec, e, duration)
 

@@ -101,31 +101,64 @@ def test_an_unpicklable_exception_of_an_unpicklable_class_keeps_its_repr(driver)
 
 @ray.remote(max_restarts=2)
 class Quitter:
+    def __init__(self):
+        self.calls = 0
+
     def ping(self):
-        return "pong"
+        self.calls += 1
+        return self.calls
 
     def quit(self):
-        sys.exit(0)
+        sys.exit()
+
+    def crash(self):
+        sys.exit(1)
 
 
 @ray.remote(max_retries=2)
 def task_exits():
+    sys.exit(0)
+
+
+@ray.remote(max_retries=0)
+def task_crashes():
     sys.exit(3)
+
+
+@ray.remote(max_retries=1)
+def task_crashes_once(marker):
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        sys.exit(1)
+    return "second attempt"
 
 
 def test_sys_exit_in_an_actor_method_ends_the_actor_for_good(driver):
     q = Quitter.remote()
-    assert ray.get(q.ping.remote(), timeout=60) == "pong"
+    assert ray.get(q.ping.remote(), timeout=60) == 1
     with pytest.raises(exc.ActorDiedError):
         ray.get(q.quit.remote(), timeout=60)
     with pytest.raises(exc.RayActorError):  # no restart, whatever max_restarts says
         ray.get(q.ping.remote(), timeout=60)
 
 
-def test_sys_exit_in_a_task_fails_it_and_never_exits_the_driver(driver):
-    with pytest.raises(exc.WorkerCrashedError, match=r"sys.exit\(3\)") as info:
+def test_a_non_zero_sys_exit_in_an_actor_method_is_a_crash_it_restarts_from(driver):
+    q = Quitter.remote()
+    assert ray.get(q.ping.remote(), timeout=60) == 1
+    with pytest.raises(exc.RayActorError):
+        ray.get(q.crash.remote(), timeout=60)
+    assert ray.get(q.ping.remote(), timeout=60) == 1  # restarted: a fresh instance
+
+
+def test_sys_exit_in_a_task_fails_it_and_never_exits_the_driver(driver, tmp_path):
+    with pytest.raises(exc.WorkerCrashedError, match=r"sys.exit\(0\)") as info:
         ray.get(task_exits.remote(), timeout=60)
     assert not isinstance(info.value, SystemExit)
+    with pytest.raises(exc.WorkerCrashedError) as info:
+        ray.get(task_crashes.remote(), timeout=60)
+    assert not isinstance(info.value, SystemExit)
+    # a non-zero status is a crash: retried like any other (max_retries)
+    assert ray.get(task_crashes_once.remote(str(tmp_path / "crashed")), timeout=60) == "second attempt"
 
 
 # -- 5. numpy arguments are read-only -------------------------------------------

@@ -20,7 +20,7 @@ from ..exceptions import TaskError, from_error_info
 from .args import dumps, loads, unpack_args
 from .runtime import ErrorValue
 
-__all__ = ["call_args", "split_returns", "task_error", "exit_error", "actor_state", "restore_actor", "gpu_ids_for", "set_visible_gpus",
+__all__ = ["call_args", "split_returns", "task_error", "exit_error", "exit_status", "actor_state", "restore_actor", "gpu_ids_for", "set_visible_gpus",
            "assigned_resources"]
 
 # The GPUs this process was started with, if someone restricted them: the
@@ -153,22 +153,41 @@ def task_error(spec: TaskSpec, e: BaseException) -> tuple[ErrorInfo, bool]:
     return info, _retryable(spec, e)
 
 
-def exit_error(spec: TaskSpec, e: SystemExit, rt: Any) -> ErrorInfo:
-    """What user code calling ``sys.exit()`` (``SystemExit``) leaves, as in
-    Ray: never a ``SystemExit`` raised again in the caller (which would end
-    the driver silently).
+def exit_status(e: SystemExit) -> int:
+    """The process exit status ``sys.exit(code)`` asks for: 0 for
+    ``sys.exit()`` and ``sys.exit(0)``, the number given, 1 for anything else
+    (``sys.exit("message")``)."""
+    code = e.code
+    if code is None:
+        return 0
+    if isinstance(code, int) and not isinstance(code, bool):
+        return code
+    return 1
 
-    In an actor (a method or its constructor) it is the actor exiting on
-    purpose, as ``exit_actor()``: it is stopped for good, whatever its
-    ``max_restarts``, and this call and every later one fail with
-    ``ActorDiedError`` -- this blocks until the node stops the worker.  In a
-    task it is the task's worker exiting: the task fails with
-    ``WorkerCrashedError`` (not retried: the exit was intended) and the
-    worker lives on.
+
+def exit_error(spec: TaskSpec, e: SystemExit, rt: Any) -> ErrorInfo | None:
+    """What user code calling ``sys.exit()`` (``SystemExit``) leaves, as in
+    Ray, where it exits the worker process: never a ``SystemExit`` raised
+    again in the caller (which would end the driver silently).
+
+    * Status 0 (``sys.exit()``) is an exit on purpose.  In an actor (a
+      method or its constructor) it ends the actor for good, as
+      ``exit_actor()`` does: no restart, whatever ``max_restarts`` says;
+      this call and every later one fail with ``ActorDiedError`` (this
+      blocks until the node stops the worker).  In a task it fails the task
+      with ``WorkerCrashedError``, not retried; the worker lives on.
+    * Any other status is the worker crashing, as if it called
+      ``os._exit(status)``: returns ``None``, and the caller must end the
+      worker as a crash (the real worker exits; the simulator's worker
+      dies).  An actor is then restarted if ``max_restarts`` allows, and a
+      task retried if ``max_retries`` does (Ray's doc programs crash
+      actors this way on purpose).
 
     Raises:
         PenumbraError: the actor's node did not stop it in time.
     """
+    if exit_status(e) != 0:
+        return None
     aid = spec.actor_id or (spec.actor_creation.actor_id if spec.actor_creation else None)
     if aid is not None:
         from ..actor import end_actor
@@ -176,7 +195,7 @@ def exit_error(spec: TaskSpec, e: SystemExit, rt: Any) -> ErrorInfo:
         end_actor(rt, aid)
     name = spec.display_name()
     return ErrorInfo(ErrorKind.WORKER_CRASHED,
-                     f"task {name} called sys.exit({e.code!r}), which ends its worker: the task failed. "
+                     f"task {name} called sys.exit(0), which ends its worker: the task failed. "
                      f"To fail a task, raise an exception; to end an actor, call penumbra.actor.exit_actor()",
                      task_name=name)
 

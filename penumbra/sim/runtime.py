@@ -1046,7 +1046,10 @@ class PythonExecutor(Executor):
                                                               task_name=name))
         except SystemExit as e:  # (an actor's fiber blocks until its worker is stopped: see exit_error)
             try:
-                return Outcome("raise", duration, error=exit_error(spec, e, rt), retryable=False)
+                info = exit_error(spec, e, rt)
+                if info is None:
+                    return Outcome("crash", duration)  # a non-zero status: the worker process dies
+                return Outcome("raise", duration, error=info, retryable=False)
             except _WorkerKilled:
                 raise
             except BaseException as err:  # noqa: BLE001

@@ -36,6 +36,7 @@ from ..api.execution import (
     assigned_resources,
     call_args,
     exit_error,
+    exit_status,
     gpu_ids_for,
     restore_actor,
     set_visible_gpus,
@@ -328,13 +329,28 @@ class Worker:
 
     def _exited(self, spec: TaskSpec, e: SystemExit, duration: float) -> None:
         """User code called ``sys.exit()``: see ``exit_error`` (an actor's
-        worker blocks here until its node stops it)."""
+        worker blocks here until its node stops it; a non-zero status
+        ends this process as a crash)."""
         try:
             info = exit_error(spec, e, self.rt)
         except Exception as err:  # noqa: BLE001 - the actor was not stopped in time
             self._raised(spec, err, duration)
             return
+        if info is None:
+            self._crash(exit_status(e))
         self._done(P.Raised(spec.task_id, info, False, duration))
+
+    def _crash(self, status: int) -> None:
+        """End this worker now, as a crash, after what it printed is sent."""
+        self._flush_output()
+        try:
+            sent = self.rt.bridge.future()
+            self.rt.bridge.submit(self.rt._flush)
+            self.rt.bridge.submit(sent.set_result, None)  # (after the output: jobs run in order)
+            sent.result(2.0)
+        except Exception:  # noqa: BLE001 - exiting anyway
+            pass
+        os._exit(status)
 
     def checkpoint(self, c: P.Checkpoint) -> None:
         self._send(P.Checkpointed(c.actor_id, c.index, actor_state(self.actor)))

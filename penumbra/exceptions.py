@@ -235,7 +235,6 @@ def _stand_in(cause: BaseException, dumps) -> BaseException:
         from .api.args import loads  # (a round trip: the class must rebuild where it is read)
 
         loads(dumps(_StandInPickle(inst)))
-        inst.__traceback__ = cause.__traceback__
         return inst
     except Exception:
         pass

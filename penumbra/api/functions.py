@@ -107,8 +107,8 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
         raise ValueError("runtime_env is not supported by penumbra: install dependencies on every node instead")
     if namespace is not None and not isinstance(namespace, str):
         raise TypeError(f"init(namespace=...) must be a string, got {namespace!r}")
-    if namespace is None:
-        namespace = str(uuid.uuid4())  # Ray's anonymous namespace: this job's alone
+    anonymous = namespace is None
+    namespace = namespace or ""
     if simulated:
         from ..sim.runtime import start_simulated
 
@@ -143,9 +143,13 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
                     "an existing cluster (address=...), give them to 'penumbra start' instead"
                 )
             rt = connect(address, token=_token, namespace=namespace, log_to_driver=log_to_driver)
+    if anonymous:
+        # Ray's anonymous namespace: this job's alone (on the simulator named
+        # after the job, so that a run replays exactly)
+        rt.namespace = f"anonymous-job-{rt.job_id}" if simulated else str(uuid.uuid4())
     try:
         # (the job's workers read it: their tasks are in this namespace too)
-        rt.gcs_request(KvPut(context.job_namespace_key(rt.job_id), namespace), timeout=30.0)
+        rt.gcs_request(KvPut(context.job_namespace_key(rt.job_id), rt.namespace), timeout=30.0)
     except BaseException:
         rt.shutdown()
         raise

@@ -306,13 +306,16 @@ def _chain(src, dst) -> None:
     src.add_done_callback(copy)
 
 
+_BUSY_STEP = 0.001  # virtual seconds
+
+
 class _AsyncWatch:
     """For a runtime that cannot call back (the simulator: it runs only
     while the driver is blocked in the API), the loop's refs are waited for
     on the loop's own thread: when no other callback is ready to run, it
     blocks in ``wait`` until one of them is ready (the simulation runs
-    meanwhile, in virtual time, and says if it is stuck); otherwise it only
-    looks, and lets the other callbacks run first."""
+    meanwhile, in virtual time, and says if it is stuck); otherwise it lets
+    the simulation run for a moment only, and the other callbacks run next."""
 
     _by_loop: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
@@ -343,7 +346,9 @@ class _AsyncWatch:
             return
         busy = bool(getattr(self.loop, "_ready", ()))  # other callbacks are ready to run
         try:
-            ready = self.rt.wait_objects([r._id for r in pending], 1, 0 if busy else None, True)
+            # (busy: a short step of virtual time, not none at all, so that a
+            # coroutine polling ``ref.done()`` cannot stop the simulation)
+            ready = self.rt.wait_objects([r._id for r in pending], 1, _BUSY_STEP if busy else None, True)
         except BaseException as e:  # noqa: BLE001 - the simulation is stuck or gone: every waiter hears it
             for r, f in pending.items():
                 f.set_exception(e)

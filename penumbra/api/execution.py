@@ -20,7 +20,8 @@ from ..exceptions import TaskError, from_error_info
 from .args import dumps, loads, unpack_args
 from .runtime import ErrorValue
 
-__all__ = ["call_args", "split_returns", "task_error", "exit_error", "exit_status", "actor_state", "restore_actor", "gpu_ids_for", "set_visible_gpus",
+__all__ = ["call_args", "split_returns", "task_error", "exit_error", "exit_status",
+           "actor_state", "restore_actor", "gpu_ids_for", "set_visible_gpus",
            "assigned_resources"]
 
 # The GPUs this process was started with, if someone restricted them: the

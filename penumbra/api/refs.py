@@ -124,20 +124,17 @@ class ObjectRef:
     # ``result`` ...), so that ``asyncio.wait([ref, ...])`` takes refs as
     # Ray's do (Python 3.11's ``asyncio.wait`` calls ``add_done_callback``
     # on what it is given) and returns them in its ``done``/``pending``
-    # sets.  No thread blocks while a ref is awaited: see ``_AsyncWatch``.
+    # sets.  No thread blocks while a ref is awaited: see ``_loop_future``.
 
     def __await__(self):
         """``await ref``: its value (or its error, raised)."""
-        shared = _loop_future(self)
-        # a future of this await's own, so cancelling it (asyncio.wait_for,
-        # a cancelled task) cancels no other await of the same ref
-        mine = shared.get_loop().create_future()
-        _chain(shared, mine)
-        return mine.__await__()
+        return self.as_future().__await__()
 
     def as_future(self):
         """An ``asyncio.Future`` of the running loop resolved with the value
-        (Ray's ``ObjectRef.as_future``)."""
+        (Ray's ``ObjectRef.as_future``).  Each call gets a future of its
+        own, so cancelling it (``asyncio.wait_for``, a cancelled task)
+        cancels no other wait for the same ref."""
         shared = _loop_future(self)
         mine = shared.get_loop().create_future()
         _chain(shared, mine)
@@ -246,7 +243,9 @@ def _current_loop_future(ref: ObjectRef):
 
 def _loop_future(ref: ObjectRef):
     """The running loop's future for ``ref``, made (and its value asked
-    for) the first time."""
+    for) the first time: a runtime with ``notify_ready`` (the real one)
+    calls back from a node watch, and the value is read on the loop once
+    it is local; another (the simulator) is driven by ``_AsyncWatch``."""
     import asyncio
 
     from .context import current_runtime

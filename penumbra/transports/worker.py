@@ -12,7 +12,8 @@ an actor with ``async def`` methods runs them on an asyncio loop, up to
 ``max_concurrency`` at once.
 
 Worker output: ``print`` goes to the driver, each line prefixed with the
-task or actor name and the pid, as in Ray.
+task's name, or the actor's class name or ``repr()``, and the pid, as in
+Ray (see ``_Forward``).
 """
 
 from __future__ import annotations
@@ -112,7 +113,8 @@ class _Forward(io.TextIOBase):
         if w.actor_name:
             name = w.actor_name
             actor = w.actor
-            if actor is not None and type(actor).__repr__ is not object.__repr__ and not getattr(self.local, "in_repr", False):
+            own_repr = actor is not None and type(actor).__repr__ is not object.__repr__
+            if own_repr and not getattr(self.local, "in_repr", False):
                 self.local.in_repr = True
                 try:
                     name = repr(actor)

@@ -376,6 +376,7 @@ import os, sys, time
 import penumbra as ray
 
 marker = sys.argv[1]
+LINES = 20000
 ray.init(num_cpus=2)
 
 @ray.remote
@@ -385,7 +386,12 @@ def no_newline():
 
 @ray.remote
 def fire_and_forget():
-    print("on my way")
+    for i in range(LINES):
+        print("on my way", i)
+    # (a round trip to the node on the connection the line went out on: the
+    # node has the line before the driver sees the marker, which is what
+    # the rule promises to print)
+    ray.nodes()
     open(marker, "w").close()
     time.sleep(3600)  # still running when the driver exits
 
@@ -401,7 +407,9 @@ def test_what_tasks_printed_reaches_a_driver_that_exits_at_once(tmp_path):
     p = run_driver(EXITING_DRIVER, tmp_path, str(tmp_path / "marker"))
     assert p.returncode == 0, p.stderr[-2000:]
     assert "(no_newline pid=" in p.stdout and ") the last words" in p.stdout, p.stdout
-    assert "(fire_and_forget pid=" in p.stdout and ") on my way" in p.stdout, p.stdout
+    # every line, though the driver was still printing them when it exited
+    lines = [line for line in p.stdout.splitlines() if "(fire_and_forget pid=" in line]
+    assert len(lines) == 20000 and lines[-1].endswith(") on my way 19999"), p.stdout[-2000:]
 
 
 # -- 6. ClusterInfo.disconnect() and init() as a context manager ----------------

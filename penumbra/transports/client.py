@@ -673,7 +673,7 @@ class ClientRuntime(Runtime):
 
     # How long ``shutdown`` waits for the output already on its way (see
     # ``_drain_output``).
-    OUTPUT_DRAIN_TIMEOUT = 1.0
+    OUTPUT_DRAIN_TIMEOUT = 2.0
 
     def _drain_output(self) -> None:
         """Before a driver disconnects, print the output its job's tasks

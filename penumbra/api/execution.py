@@ -20,7 +20,7 @@ from ..exceptions import TaskError, from_error_info
 from .args import dumps, loads, unpack_args
 from .runtime import ErrorValue
 
-__all__ = ["call_args", "split_returns", "task_error", "exit_error", "exit_status",
+__all__ = ["call_args", "split_returns", "task_error", "exit_error", "exit_status", "output_name",
            "actor_state", "restore_actor", "gpu_ids_for", "set_visible_gpus",
            "assigned_resources"]
 
@@ -152,6 +152,22 @@ def task_error(spec: TaskSpec, e: BaseException) -> tuple[ErrorInfo, bool]:
     root = e.cause if isinstance(e, TaskError) and e.cause is not None else e
     info = ErrorInfo(ErrorKind.TASK_ERROR, f"{type(root).__name__}: {root}", Payload(len(data), data), task_name=name)
     return info, _retryable(spec, e)
+
+
+def output_name(task_name: str, actor: Any = None, actor_class: str = "") -> str:
+    """The name in the ``(name pid=N)`` prefix of what a task prints, as in
+    Ray: in an actor (``actor_class`` given), the actor's ``repr()`` if its
+    class defines ``__repr__`` (Ray's way to tell actors apart in the log),
+    else the class name (and the class name while the actor is being
+    made: ``actor`` None); in a task, the function's name."""
+    if actor_class:
+        if actor is not None and type(actor).__repr__ is not object.__repr__:
+            try:
+                return repr(actor)
+            except Exception:  # noqa: BLE001 - a broken __repr__ must not lose the output
+                pass
+        return actor_class
+    return task_name.rsplit(".", 1)[-1] if task_name else "worker"
 
 
 def exit_status(e: SystemExit) -> int:

@@ -57,7 +57,9 @@ request, ``put``) halfway through.  Exactly one thread runs at any moment:
 
 While a fiber runs, ``penumbra.api.context``'s current runtime is swapped
 for the fiber's worker runtime (and restored when it parks), so the API
-sees the right client; since only one thread runs, the swap is safe.  The
+sees the right client; since only one thread runs, the swap is safe.  So
+are ``sys.stdout`` and ``sys.stderr``, so that what a task prints is
+prefixed as a real worker's output is (``_FiberOutput``).  The
 order of everything is the kernel's, so the same seed and program give the
 same results and the same trace hash.
 
@@ -101,8 +103,11 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import io
 import itertools
 import logging
+import os
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -111,8 +116,8 @@ from typing import Any
 
 from ..api import context
 from ..api.context import TaskContext, job_namespace, use_task_context
-from ..api.execution import (actor_state, assigned_resources, call_args, exit_error, restore_actor, split_returns,
-                             task_error)
+from ..api.execution import (actor_state, assigned_resources, call_args, exit_error, output_name, restore_actor,
+                             split_returns, task_error)
 from ..api.generators import is_generator_result, stream_values
 from ..api.refs import ObjectRef
 from ..api.runtime import ErrorValue, Runtime
@@ -323,6 +328,61 @@ class _Wait:
         self.timed = timed
 
 
+class _FiberOutput(io.TextIOBase):
+    """``sys.stdout``/``sys.stderr`` while a simulated task runs: its lines
+    go to the driver's stream prefixed as a real worker's are, ``(name
+    pid=N)`` (see ``execution.output_name``: the function's name, or the
+    actor's class name or ``repr()``).  Every simulated worker is this
+    process, so ``N`` is its pid.  A line left unended when the task parks
+    or ends is written then."""
+
+    def __init__(self, target: Any, fiber: "_Fiber") -> None:
+        self.target = target
+        self.fiber = fiber
+        self.buf: list[str] = []
+        self.in_repr = False
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, s: str) -> int:
+        self.buf.append(s)
+        if "\n" in s and not self.in_repr:
+            self._emit()
+        return len(s)
+
+    def flush(self) -> None:
+        if self.buf and not self.in_repr:
+            self._emit()
+
+    def _emit(self) -> None:
+        text, self.buf = "".join(self.buf), []
+        spec = self.fiber.cmd.spec
+        actor = self.fiber.worker.actor_state if spec.actor_id is not None else None
+        if spec.actor_creation is not None:
+            cls_name = spec.actor_creation.cls.name.rsplit(".", 1)[-1]
+        else:
+            cls_name = type(actor).__name__ if actor is not None else ""
+        self.in_repr = True  # (what an actor's __repr__ prints is written after, under the class name)
+        try:
+            name = output_name(spec.display_name(), actor, cls_name)
+        finally:
+            self.in_repr = False
+        side, self.buf = "".join(self.buf), []
+        self._write(text, name)
+        self._write(side, cls_name)
+
+    def _write(self, text: str, name: str) -> None:
+        if not text:
+            return
+        prefix = f"({name} pid={os.getpid()})"
+        try:
+            self.target.write("".join(f"{prefix} {line}\n" for line in text.splitlines()))
+            self.target.flush()
+        except Exception:  # noqa: BLE001 - the driver's stream is closed: the output is lost, not the task
+            pass
+
+
 class _Fiber:
     """One task running on a thread of its own, switched to and from."""
 
@@ -362,8 +422,11 @@ class _Fiber:
         self.reason = reason
         sim = self.sim
         prev_rt, prev_cur = context._runtime, sim.current
+        prev_out, prev_err = sys.stdout, sys.stderr
         context._runtime = self.rt
         sim.current = self
+        # (only one thread runs: the task's prints are its own while it does)
+        out, err = sys.stdout, sys.stderr = _FiberOutput(prev_out, self), _FiberOutput(prev_err, self)
         try:
             self.go.release()
             while not self.back.acquire(timeout=_WALL_WARNING):
@@ -372,6 +435,12 @@ class _Fiber:
                     "(is it blocked on a lock or event held by another simulated task? only one task runs at "
                     "a time in the simulator)", self.cmd.spec.display_name(), _WALL_WARNING)
         finally:
+            out.flush()
+            err.flush()
+            if sys.stdout is out:
+                sys.stdout = prev_out
+            if sys.stderr is err:
+                sys.stderr = prev_err
             context._runtime = prev_rt
             sim.current = prev_cur
 

@@ -39,6 +39,7 @@ from ..api.execution import (
     exit_error,
     exit_status,
     gpu_ids_for,
+    output_name,
     restore_actor,
     set_visible_gpus,
     split_returns,
@@ -110,22 +111,11 @@ class _Forward(io.TextIOBase):
 
     def _prefix(self, ctx: Any) -> str:
         w = self.worker
-        if w.actor_name:
-            name = w.actor_name
-            actor = w.actor
-            own_repr = actor is not None and type(actor).__repr__ is not object.__repr__
-            if own_repr and not getattr(self.local, "in_repr", False):
-                self.local.in_repr = True
-                try:
-                    name = repr(actor)
-                except Exception:  # noqa: BLE001 - a broken __repr__ must not lose the output
-                    pass
-                finally:
-                    self.local.in_repr = False
-        else:
-            name = (ctx.name if ctx is not None else "") or "worker"
-            if "." in name:
-                name = name.rsplit(".", 1)[-1]
+        self.local.in_repr = True  # (the actor's __repr__ may print: see write)
+        try:
+            name = output_name(ctx.name if ctx is not None else "", w.actor, w.actor_name)
+        finally:
+            self.local.in_repr = False
         return f"({name} pid={os.getpid()})"
 
 

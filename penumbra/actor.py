@@ -36,10 +36,19 @@ def exit_actor() -> None:
     if ctx.actor_id is None:
         raise TypeError("exit_actor() can only be called inside an actor method; "
                         "to end an actor from outside it, call penumbra.kill(handle)")
-    rt = current_runtime()
-    rt.kill_actor(ctx.actor_id, True)
-    # The node now stops this worker; block until it does, so nothing after
-    # this call runs and the call's result is the actor's death, as in Ray.
+    end_actor(current_runtime(), ctx.actor_id)
+
+
+def end_actor(rt, actor_id) -> None:
+    """Ask the node to stop actor ``actor_id`` for good (no restart), and
+    block until it stops this worker: nothing after this runs, and the
+    call's result is the actor's death, as in Ray.  For ``exit_actor()``
+    and for an actor method that calls ``sys.exit()``.
+
+    Raises:
+        PenumbraError: the node did not stop the worker in time.
+    """
+    rt.kill_actor(actor_id, True)
     try:
         rt.get_objects([_NEVER], _EXIT_WAIT)
     except GetTimeoutError:

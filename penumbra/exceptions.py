@@ -37,6 +37,7 @@ __all__ = [
     "RuntimeEnvError",
     "PenumbraSystemError",
     "ClusterConnectionLostError",
+    "UnserializableException",
     "from_error_info",
     # Ray's names
     "RayError",
@@ -51,8 +52,16 @@ class PenumbraError(Exception):
 
 
 class TaskError(PenumbraError):
-    """A task raised.  ``cause`` is the original exception (when it could be
-    pickled); ``traceback_str`` is the remote traceback as text.
+    """A task raised.  ``cause`` is the original exception; ``traceback_str``
+    is the remote traceback as text.
+
+    ``cause`` is never ``None``.  When the exception itself cannot be pickled
+    (it holds a lock, a socket ...), it is replaced by a stand-in, as Ray
+    keeps a readable one: an instance of the *same class* built without its
+    ``__init__``, whose ``args`` are the original's message and whose
+    attributes are those of the original that could be pickled (so ``except
+    TheClass`` still works), or, if the class cannot be pickled or rebuilt
+    either, an ``UnserializableException`` carrying the original's repr.
 
     ``get`` raises ``as_instanceof_cause()`` of this: an object of a class
     derived from both ``TaskError`` and ``type(cause)``.
@@ -92,7 +101,9 @@ class TaskError(PenumbraError):
 
     def _message(self) -> str:
         where = f" (pid={self.pid}, host={self.host})" if self.pid else ""
-        cause_name = type(self.cause).__name__ if self.cause is not None else "TaskError"
+        cause = self.cause
+        cause_name = ("TaskError" if cause is None else cause.type_name if type(cause) is UnserializableException
+                      else type(cause).__name__)
         head = f"{cause_name}: task {self.function_name}{where} raised:"
         return f"{head}\n{self.traceback_str.rstrip()}" if self.traceback_str else f"{head} {self.cause_repr}"
 
@@ -102,8 +113,28 @@ class TaskError(PenumbraError):
     def _state(self) -> tuple:
         return (self.function_name, self.traceback_str, self.cause, self.pid, self.host, self.cause_repr)
 
+    def _pickled_state(self) -> tuple:
+        """``_state()`` as it pickles: a stand-in cause is rebuilt without
+        calling its class's ``__init__``."""
+        state = TaskError._state(self)
+        cause = state[2]
+        if cause is not None and getattr(cause, "__dict__", {}).get(_STAND_IN):
+            state = state[:2] + (_StandInPickle(cause),) + state[3:]
+        return state
+
+    def with_picklable_cause(self, dumps) -> "TaskError":
+        """This error with a cause that ``dumps`` can pickle: the cause
+        itself, or its stand-in (see the class docstring)."""
+        try:
+            dumps(self.cause)
+            return self
+        except Exception:
+            pass
+        return TaskError(self.function_name, self.traceback_str, _stand_in(self.cause, dumps), self.pid, self.host,
+                         self.cause_repr)
+
     def __reduce__(self):
-        return (TaskError, self._state())
+        return (TaskError, self._pickled_state())
 
     def as_instanceof_cause(self) -> "TaskError":
         """An exception that is a ``TaskError`` and an instance of the cause's
@@ -136,6 +167,84 @@ class TaskError(PenumbraError):
 
 _dual_classes: dict[type, type] = {}
 
+# Marks a stand-in cause (in its ``__dict__``): it pickles as its class, its
+# args and its attributes, and is rebuilt without its class's ``__init__``.
+_STAND_IN = "_penumbra_stand_in"
+
+
+class UnserializableException(PenumbraError):
+    """Stands for a task's exception that could not be pickled, nor rebuilt
+    as an instance of its own class (its class cannot be pickled either):
+    ``TaskError.cause`` is then this, carrying the original's repr.
+
+    Attributes:
+        type_name: the original exception's class name.
+        original_repr: ``repr()`` of the original exception.
+    """
+
+    def __init__(self, type_name: str = "", original_repr: str = "") -> None:
+        self.type_name = type_name
+        self.original_repr = original_repr
+        super().__init__(f"{original_repr} (a {type_name} that could not be pickled; this stands for it)")
+
+    def __reduce__(self):
+        return (UnserializableException, (self.type_name, self.original_repr))
+
+
+class _StandInPickle:
+    """How a stand-in cause pickles: its class, args and attributes."""
+
+    __slots__ = ("cause",)
+
+    def __init__(self, cause: BaseException) -> None:
+        self.cause = cause
+
+    def __reduce__(self):
+        c = self.cause
+        return (_rebuild_stand_in, (type(c), tuple(c.args), dict(c.__dict__)))
+
+
+def _rebuild_stand_in(cls: type, args: tuple, state: dict) -> BaseException:
+    inst = cls.__new__(cls)
+    inst.args = args
+    inst.__dict__.update(state)
+    return inst
+
+
+def _stand_in(cause: BaseException, dumps) -> BaseException:
+    """A picklable stand-in for ``cause``, which cannot be pickled: an
+    instance of its class, made by ``cls.__new__`` (no ``__init__``), with
+    ``args`` set to the message and the attributes that pickle; or, when
+    the class cannot be pickled or rebuilt, an ``UnserializableException``."""
+    cls = type(cause)
+    try:
+        message = str(cause)
+    except Exception:
+        message = ""
+    try:
+        inst = cls.__new__(cls)
+        inst.args = (message,) if message else ()
+        state = {}
+        for k, v in getattr(cause, "__dict__", {}).items():
+            try:
+                dumps(v)
+            except Exception:
+                continue
+            state[k] = v
+        inst.__dict__.update(state)
+        inst.__dict__[_STAND_IN] = True
+        from .api.args import loads  # (a round trip: the class must rebuild where it is read)
+
+        loads(dumps(_StandInPickle(inst)))
+        return inst
+    except Exception:
+        pass
+    try:
+        text = repr(cause)
+    except Exception:
+        text = f"<{cls.__name__} object>"
+    return UnserializableException(cls.__name__, text)
+
 
 def _make_dual(cause_cls: type) -> type:
     def __getattr__(self, name: str) -> Any:
@@ -150,7 +259,7 @@ def _make_dual(cause_cls: type) -> type:
     def __reduce__(self):
         # rebuilt as the same dual class in any process (``except ValueError``
         # still catches an error passed around as a value)
-        return (_rebuild_dual, TaskError._state(self))
+        return (_rebuild_dual, TaskError._pickled_state(self))
 
     name = f"TaskError({cause_cls.__name__})"
     return type(name, (TaskError, cause_cls), {
@@ -307,12 +416,15 @@ def from_error_info(info, deserialize=None) -> BaseException:
             try:
                 err = deserialize(info.payload.data)
             except Exception as e:  # the user's exception class is not importable here
-                err = TaskError(info.task_name, info.message, None, cause_repr=f"<could not deserialize: {e}>")
+                text = f"{info.message} (could not deserialize it here: {e})"
+                err = TaskError(info.task_name, info.message, UnserializableException(_type_name(info.message), text),
+                                cause_repr=text)
         if isinstance(err, TaskError):
             return err.as_instanceof_cause()
         if isinstance(err, BaseException):
             return err
-        return TaskError(info.task_name, info.message)
+        return TaskError(info.task_name, info.message,
+                         UnserializableException(_type_name(info.message), info.message), cause_repr=info.message)
     cls = {
         ErrorKind.WORKER_CRASHED: WorkerCrashedError,
         ErrorKind.NODE_DIED: NodeDiedError,
@@ -325,3 +437,9 @@ def from_error_info(info, deserialize=None) -> BaseException:
         ErrorKind.RUNTIME_ENV: RuntimeEnvError,
     }.get(kind, PenumbraError)
     return cls(info.message)
+
+
+def _type_name(message: str) -> str:
+    """The class name an ``ErrorInfo.message`` (``"Type: text"``) starts with."""
+    head = message.split(":", 1)[0].strip()
+    return head if head.isidentifier() else "Exception"

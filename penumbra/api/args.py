@@ -141,11 +141,12 @@ def _big(value: Any) -> bool:
         return False
 
 
-def unpack_args(payload: Payload, dep_values: list[Any]) -> tuple[list, dict]:
-    """The call's ``(args, kwargs)`` with dependency values substituted."""
+def unpack_args(payload: Payload, dep_values: list[Any], load: Callable[[bytes], Any] = None) -> tuple[list, dict]:
+    """The call's ``(args, kwargs)`` with dependency values substituted
+    (``load``: how to unpickle the payload, ``loads`` by default)."""
     if payload.size == 0 or payload.data is None:
         return [], {}
-    args, kwargs = loads(payload.data)
+    args, kwargs = (load or loads)(payload.data)
     if dep_values:
         for i, a in enumerate(args):
             if type(a) is _Dep:

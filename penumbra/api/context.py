@@ -21,7 +21,8 @@ from ..core.ids import ActorId, TaskId, driver_task_id
 if TYPE_CHECKING:
     from .runtime import Runtime
 
-__all__ = ["TaskContext", "current_runtime", "set_runtime", "task_context", "use_task_context", "driver_context"]
+__all__ = ["TaskContext", "current_runtime", "set_runtime", "task_context", "use_task_context", "driver_context",
+           "job_namespace_key", "job_namespace"]
 
 _runtime: "Runtime | None" = None
 _lock = threading.RLock()
@@ -131,3 +132,29 @@ class use_task_context:
 
     def __exit__(self, *exc) -> None:
         _task_ctx.reset(self.token)
+
+
+def job_namespace_key(job_id: int) -> str:
+    """The GCS ``kv`` key under which a driver records its job's namespace
+    (``init`` writes it), for the job's workers to read."""
+    return f"namespace:job:{job_id}"
+
+
+_job_namespaces: dict[tuple[int, int], str] = {}  # (runtime key, job id) -> namespace
+
+
+def job_namespace(rt: "Runtime") -> str:
+    """The namespace of the job whose task runs on this thread, in a worker
+    (a job's tasks and actors are in its driver's namespace, as in Ray):
+    read from the GCS once per job and remembered.  A job whose driver
+    recorded none (an older driver) is in ``""``."""
+    ctx = _task_ctx.get()
+    job = ctx.job_id if ctx is not None else getattr(rt, "job_id", 0)
+    key = (rt.key, job)
+    ns = _job_namespaces.get(key)
+    if ns is None:
+        from ..core.tables import Get
+
+        ns = rt.gcs_request(Get("kv", job_namespace_key(job)), timeout=30.0)
+        ns = _job_namespaces[key] = ns if isinstance(ns, str) else ""
+    return ns

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import io
 import os
+import pickle
 from typing import Any
 
 from ..core.records import ErrorInfo, ErrorKind
@@ -20,7 +22,8 @@ from ..exceptions import TaskError, from_error_info
 from .args import dumps, loads, unpack_args
 from .runtime import ErrorValue
 
-__all__ = ["environment", "task_env", "call_args", "split_returns", "task_error", "actor_state", "restore_actor", "gpu_ids_for", "set_visible_gpus",
+__all__ = ["environment", "task_env", "call_args", "split_returns", "task_error", "exit_error", "exit_status",
+           "output_name", "actor_state", "restore_actor", "gpu_ids_for", "set_visible_gpus",
            "assigned_resources"]
 
 # The GPUs this process was started with, if someone restricted them: the
@@ -96,11 +99,45 @@ def task_env(spec: TaskSpec, actor_env: tuple[tuple[str, str], ...] | None) -> t
 def call_args(spec: TaskSpec, values: list[Any]) -> tuple[list, dict]:
     """The call's ``(args, kwargs)`` from its decoded inputs, in dependency
     order; an input that holds an error raises it (the task fails with the
-    same cause)."""
+    same cause).
+
+    numpy arrays among the arguments are read-only, as in Ray, which hands
+    them to the task zero-copy: a large one comes from the object store
+    (read-only shared memory), and a small one, sent inside the task's
+    message, is made read-only too (``_ReadOnlyArgs``), so that a task
+    behaves the same whatever the size of its input."""
     for v in values:
         if type(v) is ErrorValue:
             raise from_error_info(v.info, loads)
-    return unpack_args(spec.args, values)
+    return unpack_args(spec.args, values, _load_args)
+
+
+def _readonly_frombuffer(*args: Any) -> Any:
+    try:
+        from numpy._core.numeric import _frombuffer  # numpy 2
+    except ImportError:
+        from numpy.core.numeric import _frombuffer
+    arr = _frombuffer(*args)
+    arr.flags.writeable = False
+    return arr
+
+
+class _ReadOnlyArgs(pickle.Unpickler):
+    """Unpickles a task's arguments with numpy arrays read-only: protocol 5
+    rebuilds a (non-object) array from its buffer with
+    ``numpy.core.numeric._frombuffer``; this one marks the result
+    read-only."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if name == "_frombuffer" and module in ("numpy._core.numeric", "numpy.core.numeric"):
+            return _readonly_frombuffer
+        return super().find_class(module, name)
+
+
+def _load_args(data: bytes) -> Any:
+    if b"_frombuffer" not in data:
+        return loads(data)  # (no numpy array inside: the C fast path)
+    return _ReadOnlyArgs(io.BytesIO(data)).load()
 
 
 def split_returns(spec: TaskSpec, result: Any) -> list[Any]:
@@ -158,13 +195,77 @@ def task_error(spec: TaskSpec, e: BaseException) -> tuple[ErrorInfo, bool]:
     try:
         data = dumps(err)
     except Exception:
-        # the user's exception cannot be pickled: keep its text
-        err = TaskError(name, err.traceback_str, None, err.pid, err.host, cause_repr=err.cause_repr)
+        # the user's exception cannot be pickled: a stand-in of its class
+        # (or one carrying its repr) takes its place, as in Ray
+        err = err.with_picklable_cause(dumps)
         data = dumps(err)
     # (the short text names the root cause, not a child's whole error text)
     root = e.cause if isinstance(e, TaskError) and e.cause is not None else e
     info = ErrorInfo(ErrorKind.TASK_ERROR, f"{type(root).__name__}: {root}", Payload(len(data), data), task_name=name)
     return info, _retryable(spec, e)
+
+
+def output_name(task_name: str, actor: Any = None, actor_class: str = "") -> str:
+    """The name in the ``(name pid=N)`` prefix of what a task prints, as in
+    Ray: in an actor (``actor_class`` given), the actor's ``repr()`` if its
+    class defines ``__repr__`` (Ray's way to tell actors apart in the log),
+    else the class name (and the class name while the actor is being
+    made: ``actor`` None); in a task, the function's name."""
+    if actor_class:
+        if actor is not None and type(actor).__repr__ is not object.__repr__:
+            try:
+                return repr(actor)
+            except Exception:  # noqa: BLE001 - a broken __repr__ must not lose the output
+                pass
+        return actor_class
+    return task_name.rsplit(".", 1)[-1] if task_name else "worker"
+
+
+def exit_status(e: SystemExit) -> int:
+    """The process exit status ``sys.exit(code)`` asks for: 0 for
+    ``sys.exit()`` and ``sys.exit(0)``, the number given, 1 for anything else
+    (``sys.exit("message")``)."""
+    code = e.code
+    if code is None:
+        return 0
+    if isinstance(code, int) and not isinstance(code, bool):
+        return code
+    return 1
+
+
+def exit_error(spec: TaskSpec, e: SystemExit, rt: Any) -> ErrorInfo | None:
+    """What user code calling ``sys.exit()`` (``SystemExit``) leaves, as in
+    Ray, where it exits the worker process: never a ``SystemExit`` raised
+    again in the caller (which would end the driver silently).
+
+    * Status 0 (``sys.exit()``) is an exit on purpose.  In an actor (a
+      method or its constructor) it ends the actor for good, as
+      ``exit_actor()`` does: no restart, whatever ``max_restarts`` says;
+      this call and every later one fail with ``ActorDiedError`` (this
+      blocks until the node stops the worker).  In a task it fails the task
+      with ``WorkerCrashedError``, not retried; the worker lives on.
+    * Any other status is the worker crashing, as if it called
+      ``os._exit(status)``: returns ``None``, and the caller must end the
+      worker as a crash (the real worker exits; the simulator's worker
+      dies).  An actor is then restarted if ``max_restarts`` allows, and a
+      task retried if ``max_retries`` does (Ray's doc programs crash
+      actors this way on purpose).
+
+    Raises:
+        PenumbraError: the actor's node did not stop it in time.
+    """
+    if exit_status(e) != 0:
+        return None
+    aid = spec.actor_id or (spec.actor_creation.actor_id if spec.actor_creation else None)
+    if aid is not None:
+        from ..actor import end_actor
+
+        end_actor(rt, aid)
+    name = spec.display_name()
+    return ErrorInfo(ErrorKind.WORKER_CRASHED,
+                     f"task {name} called sys.exit(0), which ends its worker: the task failed. "
+                     f"To fail a task, raise an exception; to end an actor, call penumbra.actor.exit_actor()",
+                     task_name=name)
 
 
 def _retryable(spec: TaskSpec, e: BaseException) -> bool:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numbers
 import os
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from ..core.ids import ActorId, put_object_id
-from ..core.tables import Get
+from ..core.tables import Get, KvPut
 from ..exceptions import from_error_info
 from . import context
 from .actor import ActorClass, ActorHandle, reset_sequences
@@ -43,6 +44,11 @@ class ClusterInfo:
     def __exit__(self, *exc) -> None:
         shutdown()
 
+    def disconnect(self) -> None:
+        """Disconnect from the cluster (Ray: ``RayContext.disconnect``):
+        ``shutdown()``, so an embedded cluster stops and a joined one stays."""
+        shutdown()
+
     def __getitem__(self, key: str) -> Any:  # Ray lets you index the context
         return self.address_info[key]
 
@@ -69,7 +75,10 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
             (default: the machine's CPUs, no GPUs).
         object_store_memory: the embedded node's object store capacity in
             bytes.
-        namespace: the namespace of named actors.
+        namespace: the namespace of named actors.  Without one the job gets
+            a fresh anonymous namespace, as in Ray: the named actors it
+            creates are then invisible to other jobs (unless they give a
+            ``namespace=`` when creating or looking them up).
         simulated: run this program on penumbra's simulator instead (a
             ``penumbra.sim.SimConfig`` or ``True``), with virtual time.
 
@@ -96,11 +105,15 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
     if unknown:
         raise TypeError(f"init() got unexpected keyword argument(s): {', '.join(sorted(unknown))}")
     job_env = env_vars_of(kwargs.get("runtime_env"))
+    if namespace is not None and not isinstance(namespace, str):
+        raise TypeError(f"init(namespace=...) must be a string, got {namespace!r}")
+    anonymous = namespace is None
+    namespace = namespace or ""
     if simulated:
         from ..sim.runtime import start_simulated
 
         rt = start_simulated(simulated, num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
-                             object_store_memory=object_store_memory, namespace=namespace or "")
+                             object_store_memory=object_store_memory, namespace=namespace)
     else:
         if address is None:
             address = os.environ.get("PENUMBRA_ADDRESS") or None
@@ -116,7 +129,7 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
             except BaseException:
                 pending.kill()
                 raise
-            rt = start_local(pending, namespace=namespace or "", log_to_driver=log_to_driver)
+            rt = start_local(pending, namespace=namespace, log_to_driver=log_to_driver)
         else:
             from ..transports.client import connect
 
@@ -129,7 +142,17 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
                     "num_cpus, num_gpus, resources and object_store_memory describe a new node; when joining "
                     "an existing cluster (address=...), give them to 'penumbra start' instead"
                 )
-            rt = connect(address, token=_token, namespace=namespace or "", log_to_driver=log_to_driver)
+            rt = connect(address, token=_token, namespace=namespace, log_to_driver=log_to_driver)
+    if anonymous:
+        # Ray's anonymous namespace: this job's alone (on the simulator named
+        # after the job, so that a run replays exactly)
+        rt.namespace = f"anonymous-job-{rt.job_id}" if simulated else str(uuid.uuid4())
+    try:
+        # (the job's workers read it: their tasks are in this namespace too)
+        rt.gcs_request(KvPut(context.job_namespace_key(rt.job_id), rt.namespace), timeout=30.0)
+    except BaseException:
+        rt.shutdown()
+        raise
     context.set_runtime(rt, rt.job_id, job_env)
     return ClusterInfo(getattr(rt, "address", ""), rt.node_id, rt.job_id,
                        address_info={"address": getattr(rt, "address", ""), "node_id": rt.node_id,

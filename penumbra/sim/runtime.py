@@ -57,7 +57,9 @@ request, ``put``) halfway through.  Exactly one thread runs at any moment:
 
 While a fiber runs, ``penumbra.api.context``'s current runtime is swapped
 for the fiber's worker runtime (and restored when it parks), so the API
-sees the right client; since only one thread runs, the swap is safe.  The
+sees the right client; since only one thread runs, the swap is safe.  So
+are ``sys.stdout`` and ``sys.stderr``, so that what a task prints is
+prefixed as a real worker's output is (``_FiberOutput``).  The
 order of everything is the kernel's, so the same seed and program give the
 same results and the same trace hash.
 
@@ -101,9 +103,11 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import io
 import itertools
 import logging
 import os
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -111,13 +115,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..api import context
-from ..api.context import TaskContext, use_task_context
+from ..api.context import TaskContext, job_namespace, use_task_context
 from ..api.execution import (
     actor_state,
     assigned_resources,
     call_args,
     environment,
+    exit_error,
     gpu_ids_for,
+    output_name,
     restore_actor,
     set_visible_gpus,
     split_returns,
@@ -334,6 +340,61 @@ class _Wait:
         self.timed = timed
 
 
+class _FiberOutput(io.TextIOBase):
+    """``sys.stdout``/``sys.stderr`` while a simulated task runs: its lines
+    go to the driver's stream prefixed as a real worker's are, ``(name
+    pid=N)`` (see ``execution.output_name``: the function's name, or the
+    actor's class name or ``repr()``).  Every simulated worker is this
+    process, so ``N`` is its pid.  A line left unended when the task parks
+    or ends is written then."""
+
+    def __init__(self, target: Any, fiber: "_Fiber") -> None:
+        self.target = target
+        self.fiber = fiber
+        self.buf: list[str] = []
+        self.in_repr = False
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, s: str) -> int:
+        self.buf.append(s)
+        if "\n" in s and not self.in_repr:
+            self._emit()
+        return len(s)
+
+    def flush(self) -> None:
+        if self.buf and not self.in_repr:
+            self._emit()
+
+    def _emit(self) -> None:
+        text, self.buf = "".join(self.buf), []
+        spec = self.fiber.cmd.spec
+        actor = self.fiber.worker.actor_state if spec.actor_id is not None else None
+        if spec.actor_creation is not None:
+            cls_name = spec.actor_creation.cls.name.rsplit(".", 1)[-1]
+        else:
+            cls_name = type(actor).__name__ if actor is not None else ""
+        self.in_repr = True  # (what an actor's __repr__ prints is written after, under the class name)
+        try:
+            name = output_name(spec.display_name(), actor, cls_name)
+        finally:
+            self.in_repr = False
+        side, self.buf = "".join(self.buf), []
+        self._write(text, name)
+        self._write(side, cls_name)
+
+    def _write(self, text: str, name: str) -> None:
+        if not text:
+            return
+        prefix = f"({name} pid={os.getpid()})"
+        try:
+            self.target.write("".join(f"{prefix} {line}\n" for line in text.splitlines()))
+            self.target.flush()
+        except Exception:  # noqa: BLE001 - the driver's stream is closed: the output is lost, not the task
+            pass
+
+
 class _Fiber:
     """One task running on a thread of its own, switched to and from."""
 
@@ -374,6 +435,7 @@ class _Fiber:
         self.reason = reason
         sim = self.sim
         prev_rt, prev_cur = context._runtime, sim.current
+        prev_out, prev_err = sys.stdout, sys.stderr
         context._runtime = self.rt
         sim.current = self
         # CUDA_VISIBLE_DEVICES names the task's GPUs while it runs, as in a
@@ -383,6 +445,8 @@ class _Fiber:
         set_visible_gpus(gpu_ids_for(self.cmd.gpu_ids))
         env = environment(self.env_vars)  # (its env_vars, the same way)
         env.__enter__()
+        # (only one thread runs: the task's prints are its own while it does)
+        out, err = sys.stdout, sys.stderr = _FiberOutput(prev_out, self), _FiberOutput(prev_err, self)
         try:
             self.go.release()
             while not self.back.acquire(timeout=_WALL_WARNING):
@@ -392,6 +456,12 @@ class _Fiber:
                     "a time in the simulator)", self.cmd.spec.display_name(), _WALL_WARNING)
         finally:
             env.__exit__(None, None, None)
+            out.flush()
+            err.flush()
+            if sys.stdout is out:
+                sys.stdout = prev_out
+            if sys.stderr is err:
+                sys.stderr = prev_err
             context._runtime = prev_rt
             sim.current = prev_cur
             if prev_visible is None:
@@ -456,6 +526,16 @@ class _SimClient(Runtime):
         self._functions: dict[bytes, Any] = {}
         self._exported: set[bytes] = set()
         self.client = sim.kernel.add_client(address, self._on_message, colocated_with=node, kind=self.kind)
+
+    @property
+    def namespace(self) -> str:
+        """The driver's namespace; in a worker, that of the job whose task
+        runs on this fiber (see ``context.job_namespace``)."""
+        return job_namespace(self) if self.is_worker else self._namespace
+
+    @namespace.setter
+    def namespace(self, value: str) -> None:
+        self._namespace = value
 
     # ------------------------------------------------------------------ plumbing
     def _dead(self) -> BaseException:
@@ -1068,6 +1148,16 @@ class PythonExecutor(Executor):
             name = spec.display_name()
             return Outcome("raise", duration, error=ErrorInfo(ErrorKind.TASK_CANCELLED, f"task {name} was cancelled",
                                                               task_name=name))
+        except SystemExit as e:  # (an actor's fiber blocks until its worker is stopped: see exit_error)
+            try:
+                info = exit_error(spec, e, rt)
+                if info is None:
+                    return Outcome("crash", duration)  # a non-zero status: the worker process dies
+                return Outcome("raise", duration, error=info, retryable=False)
+            except _WorkerKilled:
+                raise
+            except BaseException as err:  # noqa: BLE001
+                return self._raised(spec, err, duration)
         except BaseException as e:  # noqa: BLE001 - user code may raise anything
             return self._raised(spec, e, duration)
 

@@ -42,6 +42,7 @@ import threading
 from collections import OrderedDict
 from typing import Any, Sequence
 
+from ..api import context
 from ..api.runtime import ErrorValue, Runtime
 from ..core.ids import ActorId, ObjectId, TaskId
 from ..core.messages import (
@@ -64,7 +65,7 @@ from ..core.messages import (
     WorkerUnblocked,
 )
 from ..core.specs import TaskSpec
-from ..core.tables import KvIncrement
+from ..core.tables import Get, KvIncrement
 from ..exceptions import ClusterConnectionLostError, GetTimeoutError, ObjectStoreFullError, PenumbraError
 from . import protocol as P
 from .bridge import TrioThread
@@ -160,6 +161,16 @@ class ClientRuntime(Runtime):
         self._free_buf: list[ObjectId] = []
         self._release_lock = threading.Lock()
         bridge.on_idle(self._flush)
+
+    @property
+    def namespace(self) -> str:
+        """The driver's namespace; in a worker, that of the job whose task
+        runs on this thread (see ``context.job_namespace``)."""
+        return context.job_namespace(self) if self.is_worker else self._namespace
+
+    @namespace.setter
+    def namespace(self, value: str) -> None:
+        self._namespace = value
 
     # ------------------------------------------------------------------ plumbing
     @property
@@ -431,6 +442,44 @@ class ClientRuntime(Runtime):
             missing = vanished + [o for o in missing if o not in results]
         raise PenumbraError("objects kept vanishing from the store while being read; the store is thrashing")
 
+    def notify_ready(self, oid: ObjectId, callback) -> None:
+        """Call ``callback(None)`` once ``oid`` is ready and local, or
+        ``callback(error)`` if the connection is lost or this runtime shuts
+        down first -- without blocking a thread meanwhile (``await ref``,
+        ``ref.future()``: a node watch, answered by the receive loop).  The
+        callback runs on the trio thread (or here, if ``oid`` is known to be
+        ready already) and must not block."""
+        if oid in self._cache:
+            callback(None)
+            return
+        if self._lost is not None or self._closed:
+            callback(self._lost_error() if self._lost is not None else
+                     PenumbraError("this penumbra runtime has been shut down; call penumbra.init() again"))
+            return
+        fut = self.bridge.future()
+        rid = next(self._reqs)
+        w = _Watch((oid,), 1, fut)
+        node, cid = self.node_id, self.client_id
+
+        def start() -> None:
+            if self._register(fut):
+                self._watches[rid] = w
+                self._send_now(P.Deliver(node, WatchObjects(client=cid, req_id=rid, object_ids=(oid,), fetch=True,
+                                                            need=1), None, cid))
+
+        def done(f) -> None:
+            try:
+                f.result(0)
+            except BaseException as e:  # noqa: BLE001 - lost, or the loop stopped (cancelled)
+                if not isinstance(e, PenumbraError):
+                    e = PenumbraError("this penumbra runtime has been shut down; call penumbra.init() again")
+                callback(e)
+                return
+            callback(None)
+
+        fut.add_done_callback(done)
+        self.bridge.submit(start)
+
     def _reported(self, ids) -> dict:
         """Reports the open wait() watch holds for ``ids`` (local objects)."""
         lg = self._linger
@@ -622,7 +671,31 @@ class ClientRuntime(Runtime):
     def cluster_status(self, timeout: float | None) -> Any:
         return self._request(lambda rid: ClusterStatusRequest(client=self.client_id, req_id=rid), timeout, "cluster status")
 
+    # How long ``shutdown`` waits for the output already on its way (see
+    # ``_drain_output``).
+    OUTPUT_DRAIN_TIMEOUT = 2.0
+
+    def _drain_output(self) -> None:
+        """Before a driver disconnects, print the output its job's tasks
+        already sent, as Ray flushes worker logs before the driver exits.
+
+        The rule, bounded: a task's output is sent by the time the task
+        ends (a line not yet ended included, see the worker's ``_Forward``),
+        and the node forwards output to the driver as it comes, on the
+        connection that carries everything else, in order.  So one round
+        trip to the node (at most ``OUTPUT_DRAIN_TIMEOUT`` seconds) brings
+        in every line the node had received by then: all of what finished
+        tasks printed, and what running ones printed so far.  Tasks still
+        running are not waited for, nor is what they print later."""
+        if self.is_worker or not self.log_to_driver or self._closed or self._lost is not None:
+            return
+        try:
+            self.gcs_request(Get("kv", "penumbra:output-drain"), timeout=self.OUTPUT_DRAIN_TIMEOUT)
+        except Exception:  # noqa: BLE001 - nothing to print is better than a shutdown that fails
+            pass
+
     def shutdown(self) -> None:
+        self._drain_output()
         if not self._closed:
             self._closed = True
             try:

@@ -12,7 +12,8 @@ an actor with ``async def`` methods runs them on an asyncio loop, up to
 ``max_concurrency`` at once.
 
 Worker output: ``print`` goes to the driver, each line prefixed with the
-task or actor name and the pid, as in Ray.
+task's name, or the actor's class name or ``repr()``, and the pid, as in
+Ray (see ``_Forward``).
 """
 
 from __future__ import annotations
@@ -36,7 +37,10 @@ from ..api.execution import (
     assigned_resources,
     call_args,
     environment,
+    exit_error,
+    exit_status,
     gpu_ids_for,
+    output_name,
     restore_actor,
     set_visible_gpus,
     split_returns,
@@ -56,37 +60,65 @@ __all__ = ["run_worker"]
 
 
 class _Forward(io.TextIOBase):
-    """sys.stdout/sys.stderr of a worker: lines go to the job's driver."""
+    """sys.stdout/sys.stderr of a worker: lines go to the job's driver.
+
+    Each batch is prefixed as in Ray: ``(name pid=N)``, where the name is
+    the task's function name, or, in an actor, the actor's class name -- or
+    its ``repr()`` when the class defines ``__repr__`` (Ray's way to tell
+    actors apart in the log).  A line not yet ended is sent when the task
+    ends (``Worker._flush_output``), so nothing a finished task printed is
+    held back."""
 
     def __init__(self, worker: "Worker", stream: str) -> None:
         self.worker = worker
         self.stream = stream
         self.buf: list[str] = []
         self.lock = threading.Lock()
+        self.pending_ctx = None  # the task context of the line in ``buf``
+        self.local = threading.local()  # in_repr: the actor's __repr__ is running on this thread
 
     def writable(self) -> bool:
         return True
 
     def write(self, s: str) -> int:
-        with self.lock:
-            self.buf.append(s)
-            if "\n" in s:
-                self._flush()
+        if getattr(self.local, "in_repr", False):
+            self.local.side.append(s)  # the actor's __repr__ printing: sent after, on its own
+            return len(s)
+        if "\n" not in s:
+            with self.lock:
+                if not self.buf:
+                    self.pending_ctx = context._task_ctx.get()  # whose line it is, if the task ends first
+                self.buf.append(s)
+            return len(s)
+        self._send(s)
         return len(s)
 
     def flush(self) -> None:
-        with self.lock:
-            self._flush()
+        if self.buf:  # (a racy look is fine: a write racing with this sends itself)
+            self._send("")
 
-    def _flush(self) -> None:
-        if not self.buf:
-            return
-        text, self.buf = "".join(self.buf), []
-        ctx = context._task_ctx.get()
+    def _send(self, s: str) -> None:
+        ctx = context._task_ctx.get() or self.pending_ctx
         job = ctx.job_id if ctx is not None else self.worker.job_id
-        name = (ctx.name if ctx is not None else "") or self.worker.actor_name or "worker"
-        prefix = f"({name.rsplit('.', 1)[-1] if '.' in name and not self.worker.actor_name else name} pid={os.getpid()})"
-        self.worker.rt._send(P.Output(job, prefix, text, self.stream))
+        self.local.side = []
+        prefix = self._prefix(ctx)  # (before taking the lock: the actor's __repr__ may print)
+        with self.lock:
+            self.buf.append(s)
+            text, self.buf = "".join(self.buf), []
+            if text:
+                self.worker.rt._send(P.Output(job, prefix, text, self.stream))
+            side, self.local.side = "".join(self.local.side), []
+            if side:
+                self.worker.rt._send(P.Output(job, f"({self.worker.actor_name} pid={os.getpid()})", side, self.stream))
+
+    def _prefix(self, ctx: Any) -> str:
+        w = self.worker
+        self.local.in_repr = True  # (the actor's __repr__ may print: see write)
+        try:
+            name = output_name(ctx.name if ctx is not None else "", w.actor, w.actor_name)
+        finally:
+            self.local.in_repr = False
+        return f"({name} pid={os.getpid()})"
 
 
 class Worker:
@@ -216,6 +248,11 @@ class Worker:
             self.current = None
             self.cancelled.discard(spec.task_id)
             self._done(P.Raised(spec.task_id, ErrorInfo(ErrorKind.TASK_CANCELLED, f"task {spec.display_name()} was cancelled", task_name=spec.display_name()), False, time.perf_counter() - t0))
+        except SystemExit as e:
+            if main:
+                self.current = None
+            self.cancelled.discard(spec.task_id)
+            self._exited(spec, e, time.perf_counter() - t0)
         except BaseException as e:  # noqa: BLE001 - user code may raise anything
             if main:
                 self.current = None
@@ -246,6 +283,8 @@ class Worker:
                 name = spec.display_name()
                 self._done(P.Raised(spec.task_id, ErrorInfo(ErrorKind.TASK_CANCELLED, f"task {name} was cancelled",
                                                             task_name=name), False, time.perf_counter() - t0))
+            except SystemExit as e:
+                await asyncio.get_running_loop().run_in_executor(None, self._exited, spec, e, time.perf_counter() - t0)
             except BaseException as e:  # noqa: BLE001
                 self._raised(spec, e, time.perf_counter() - t0)
             finally:
@@ -295,6 +334,31 @@ class Worker:
         info, retryable = task_error(spec, e)
         self._done(P.Raised(spec.task_id, info, retryable, duration))
 
+    def _exited(self, spec: TaskSpec, e: SystemExit, duration: float) -> None:
+        """User code called ``sys.exit()``: see ``exit_error`` (an actor's
+        worker blocks here until its node stops it; a non-zero status
+        ends this process as a crash)."""
+        try:
+            info = exit_error(spec, e, self.rt)
+        except Exception as err:  # noqa: BLE001 - the actor was not stopped in time
+            self._raised(spec, err, duration)
+            return
+        if info is None:
+            self._crash(exit_status(e))
+        self._done(P.Raised(spec.task_id, info, False, duration))
+
+    def _crash(self, status: int) -> None:
+        """End this worker now, as a crash, after what it printed is sent."""
+        self._flush_output()
+        try:
+            sent = self.rt.bridge.future()
+            self.rt.bridge.submit(self.rt._flush)
+            self.rt.bridge.submit(sent.set_result, None)  # (after the output: jobs run in order)
+            sent.result(2.0)
+        except Exception:  # noqa: BLE001 - exiting anyway
+            pass
+        os._exit(status)
+
     def checkpoint(self, c: P.Checkpoint) -> None:
         self._send(P.Checkpointed(c.actor_id, c.index, actor_state(self.actor)))
 
@@ -303,9 +367,20 @@ class Worker:
 
     def _done(self, item: P.Ran | P.Raised) -> None:
         """The task is over: report it (a wait() loop's open watch ends
-        with the task that ran it)."""
+        with the task that ran it), after what it printed, so its output
+        reaches the driver before its result does."""
+        self._flush_output()
         self.rt.close_wait_watch()
         self.rt._send(item)
+
+    @staticmethod
+    def _flush_output() -> None:
+        for stream in (sys.stdout, sys.stderr):
+            if isinstance(stream, _Forward):
+                try:
+                    stream.flush()
+                except Exception:  # noqa: BLE001
+                    pass
 
 
 def run_worker(cfg: dict, token: str, worker_id: str) -> None:

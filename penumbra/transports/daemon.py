@@ -579,6 +579,12 @@ class Daemon:
         self.nursery.start_soon(self.serve_peer, ch, P.NodeHello(nid, addr), False)
         return ch
 
+    def _known_dead(self, nid: str) -> bool:
+        """Whether this node's core has learnt that node ``nid`` is dead (a
+        read of its nodes table; the core sends no command for it)."""
+        node = self.host.machines.get(self.node_id)
+        return getattr(node, "nodes", {}).get(nid) is False
+
     async def fetch(self, c: Fetch) -> None:
         node = self.node_id
         oid = c.object_id
@@ -596,7 +602,16 @@ class Daemon:
                 send, recv = trio.open_memory_channel(1)
                 self.fetch_waiters[rid] = send
                 self._send(ch, P.FetchRequest(oid, rid))
-                reply = await recv.receive()
+                while True:
+                    with trio.move_on_after(self.cfg.heartbeat_interval):
+                        reply = await recv.receive()
+                        break
+                    if self._known_dead(c.from_node):
+                        # cut off (no reset: the reply may never come): give
+                        # up now, so the object is fetched elsewhere or
+                        # rebuilt, not after the whole timeout
+                        self.fetch_waiters.pop(rid, None)
+                        raise ConnectionError(f"{c.from_node} was declared dead during the transfer")
             if reply.data is None:
                 reason = reply.error or "not there"
             else:

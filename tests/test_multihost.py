@@ -340,8 +340,14 @@ out = {{"v2": v2, "t2": t2, "v3": v3, "t3": t3}}
             proc.kill()
     want = _job_want(n)
     assert res["v"] == res["v2"] == res["v3"] == want
+    # the node whose connection was reset came back as a fresh node (through the relay)
+    t_reset = time.monotonic()
+    out = _wait_status(h0, head, lambda s: re.search(rf"node:\S+\.1\s+{re.escape(h1.addr)}:\d+\s+alive", s))
+    rejoin = time.monotonic() - t_reset
+    assert "rejoining as a new node" in _logs(h1)
     print(f"\n[multihost] relay: 50 ms delay job {res['t']:.2f} s; with a 1 s stall {res['t2']:.2f} s; "
-          f"after a reset {res['t3']:.2f} s ({relay.forwarded} bytes relayed)")
+          f"after a reset {res['t3']:.2f} s ({relay.forwarded} bytes relayed); the reset node was back "
+          f"{rejoin:.2f} s after the job\n{out}")
 
 
 @needs_bed

@@ -81,7 +81,7 @@ from . import protocol as P
 from .host import MachineHost
 from .objectstore import NodeObjects
 from .shm_store import ShmStore, cleanup_session
-from .wire import Channel, ConnectionClosed, connect_tcp, serve_tcp, serve_unix
+from .wire import Channel, ConnectionClosed, HandshakeError, connect_tcp, serve_tcp, serve_unix
 from .zygote import ZygoteHandle, fork_zygote
 
 __all__ = ["DaemonConfig", "Daemon", "main"]
@@ -326,7 +326,16 @@ class Daemon:
             ch, self.head_channel = self.head_channel, None
             if ch is not None:
                 await ch.aclose()
-            await self.nursery.start(self.connect_head)
+            deadline = trio.current_time() + _JOIN_TIMEOUT
+            while True:
+                try:
+                    await self.nursery.start(self.connect_head)
+                    break
+                except (OSError, ConnectionClosed, HandshakeError) as e:
+                    if trio.current_time() > deadline:
+                        raise
+                    logger.warning("cannot reach the head at %s yet (%s); retrying", self.cfg.head_address, e)
+                    await trio.sleep(0.5)
             self.host.add((self.node_id, NodeMachine(self.node_id, self.layout.node_config(self.layout.nodes[0]))))
             logger.warning("node %s rejoined the cluster as %s", old, self.node_id)
         except Exception:
@@ -514,16 +523,9 @@ class Daemon:
                 del self.peer_channels[nid]
 
     async def _stop_cluster(self) -> None:
-        """``penumbra stop``: the head tells every node daemon to stop, then
-        stops (a node asked directly stops alone)."""
-        if self.cfg.head:
-            with trio.move_on_after(5):
-                for ch in list(self.node_channels.values()):
-                    try:
-                        await ch.send(P.StopCluster())
-                    except (ConnectionClosed, trio.ClosedResourceError):
-                        pass
-        self.request_stop()
+        """``penumbra stop``: the head stops, and tells every node daemon to
+        stop (a node asked directly stops alone)."""
+        self.request_stop()  # (the head's ``run`` tells its nodes as it stops)
 
     def _addresses(self) -> dict[str, str]:
         """Node id -> host:port of every node daemon this one knows of."""
@@ -556,6 +558,7 @@ class Daemon:
             self.head_node = item.head_node
         elif t is P.StopCluster and ch is self.head_channel:
             logger.info("the head asked this node to stop (penumbra stop)")
+            self.stopping = True  # (the head's connection closing next is no reason to rejoin)
             self.request_stop()
         elif t is tuple and item and item[0] == "output":
             self.forward_output(item[2], item[1], from_peer=not self.cfg.head)
@@ -660,8 +663,16 @@ class Daemon:
                 if not ch.buffered:
                     self.host.pump()
         except ConnectionClosed as e:
-            if self.head_channel is ch:
-                logger.error("lost the connection to the head daemon (%s); exiting", e.reason)
+            if self.head_channel is ch and not self.stopping:
+                # a reset connection, or the head restarting: the head has
+                # declared this node dead already (its connection closed),
+                # so come back as a fresh node, as after a fence -- or stop
+                # if the head stays unreachable
+                logger.error("lost the connection to the head daemon (%s); rejoining as a new node", e.reason)
+                self.head_channel = None
+                if not self._rejoining:
+                    self._rejoining = True
+                    self.nursery.start_soon(self._rejoin)
         except trio.ClosedResourceError:
             pass  # closed by ``_rejoin``
         finally:
@@ -724,6 +735,13 @@ class Daemon:
             task_status.started(self.address)
             await self.stop_event.wait()
             self.stopping = True
+            if cfg.head:  # an orderly stop (penumbra stop, SIGTERM): the nodes stop too, not rejoin
+                with trio.move_on_after(2):
+                    for ch in list(self.node_channels.values()):
+                        try:
+                            await ch.send(P.StopCluster())
+                        except (ConnectionClosed, trio.ClosedResourceError):
+                            pass
             nursery.cancel_scope.cancel()
 
     def _resources(self) -> dict[str, float]:

@@ -3,8 +3,8 @@ simulator's experiments and the verification swarm.
 
 ::
 
-    penumbra start --head [--port 6380] [--num-cpus N] [--resources '{"x": 1}']
-    penumbra start --address HOST:PORT [--port P] [--token-file FILE] [--num-cpus N]
+    penumbra start --head [--port 6380] [--num-cpus N] [--resources '{"x": 1}'] [--block]
+    penumbra start --address HOST:PORT [--port P] [--token-file FILE] [--num-cpus N] [--block]
     penumbra status [--address HOST:PORT] [--token-file FILE]
     penumbra stop [--address HOST:PORT [--token-file FILE]]
     penumbra sim EXPERIMENT [--size quick|full]
@@ -78,6 +78,8 @@ def cmd_start(args) -> int:
     for name in ("node_timeout", "heartbeat_interval"):
         if getattr(args, name) is not None:
             common[name] = getattr(args, name)
+    if getattr(args, "block", False):
+        common["parent_pid"] = os.getpid()  # and if this command is killed outright, the daemon goes too
     if args.head == bool(args.address):
         print("penumbra start needs --head (a new cluster) or --address HOST:PORT (join one), not both",
               file=sys.stderr)
@@ -120,7 +122,7 @@ def cmd_start(args) -> int:
         print("From another machine, put the token in a file only you can read, then:")
         print("                                penumbra start --address %s --token-file FILE" % d.address)
         print("Stop everything:                penumbra stop")
-        return 0
+        return _block(d) if args.block else 0
     if info is not None:
         info.setdefault("nodes", []).append({"pid": d.pid, "session": d.session, "node_id": d.node_id,
                                              "session_dir": d.session_dir})
@@ -135,7 +137,26 @@ def cmd_start(args) -> int:
             "unix_path": d.unix_path, "node_id": d.node_id, "nodes": [], "local_node": True})
     print(f"Started node {d.node_id} (pid {d.pid}) at {d.address}, joined the cluster at {args.address}.")
     print(f"Its log: {os.path.join(d.session_dir, 'daemon.log')}")
-    return 0
+    return _block(d) if args.block else 0
+
+
+def _block(d) -> int:
+    """``--block``: stay in the foreground until the daemon exits, and stop
+    it on SIGTERM/SIGINT/SIGHUP -- what a cluster manager needs of a job
+    step or a container's main process (Slurm's srun, Kubernetes)."""
+    sys.stdout.flush()
+
+    def stop(signum, frame) -> None:
+        try:
+            os.kill(d.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, stop)
+    code = d.proc.wait()
+    print(f"the daemon (pid {d.pid}) exited with status {code}", flush=True)
+    return 0 if code in (0, -signal.SIGTERM) else 1
 
 
 def _fmt_bytes(n: int) -> str:
@@ -392,6 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "as Ray's health checks; pass the same value to every node)")
     s.add_argument("--heartbeat-interval", type=_seconds, default=None,
                    help="seconds between a node's heartbeats (default 1)")
+    s.add_argument("--block", action="store_true",
+                   help="stay in the foreground until the daemon exits; SIGTERM stops it (for srun, containers)")
     s.set_defaults(fn=cmd_start)
 
     s = sub.add_parser("status", help="nodes, resources, queued and running tasks, object store use")

@@ -435,3 +435,57 @@ def netem_available(host: Host) -> str:
     subprocess.run(["ip", "netns", "exec", host.netns, "tc", "qdisc", "del", "dev", "eth0", "root"],
                    capture_output=True)
     return ""
+
+
+# ============================================================================
+# A fake Slurm: srun and scontrol that run on the bed's hosts
+
+FAKE_SRUN = r'''#!PYTHON
+"""A stand-in for Slurm's srun: ``srun [--nodes N] [--ntasks N] -w HOST CMD...``
+runs CMD on bed host HOST (its namespaces, HOME and sessions directory)."""
+import json, os, sys
+bed = json.load(open(os.environ["FAKE_SLURM_BED"]))
+args = sys.argv[1:]
+host = None
+while args and args[0].startswith("-"):
+    a = args.pop(0)
+    if a in ("-w", "--nodelist"):
+        host = args.pop(0)
+    elif a.startswith("--nodelist="):
+        host = a.split("=", 1)[1]
+    elif a in ("-N", "-n", "--nodes", "--ntasks"):
+        args.pop(0)
+if host is None or host not in bed:
+    sys.exit(f"fake srun: give -w HOST, one of {sorted(bed)}")
+h = bed[host]
+env = dict(os.environ, HOME=h["home"], PENUMBRA_TMPDIR=h["sessions"], SLURMD_NODENAME=host)
+os.execvpe("nsenter", ["nsenter", "-t", str(h["anchor"]), "-m", "-n", "--", *args], env)
+'''
+
+FAKE_SCONTROL = r'''#!PYTHON
+"""A stand-in for ``scontrol show hostnames LIST``: the bed's host names."""
+import json, os, sys
+if sys.argv[1:3] != ["show", "hostnames"]:
+    sys.exit("fake scontrol: only 'show hostnames' is supported")
+for name in json.load(open(os.environ["FAKE_SLURM_BED"])):
+    print(name)
+'''
+
+
+def fake_slurm(bed: TestBed, directory: str) -> dict:
+    """Put fake ``srun``/``scontrol`` in ``directory``; the environment to run
+    a batch script with (on the bed's first host, as Slurm would)."""
+    os.makedirs(directory, exist_ok=True)
+    hosts = {f"host{h.index}": {"anchor": h.anchor.pid, "home": os.path.join(h.root, "home"),
+                                "sessions": os.path.join(h.root, "sessions")} for h in bed.hosts}
+    bed_file = os.path.join(directory, "bed.json")
+    with open(bed_file, "w") as f:
+        json.dump(hosts, f)
+    for name, text in (("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL)):
+        path = os.path.join(directory, name)
+        with open(path, "w") as f:
+            f.write(text.replace("PYTHON", sys.executable, 1))
+        os.chmod(path, 0o755)
+    return {"FAKE_SLURM_BED": bed_file, "PATH": directory + os.pathsep + os.environ.get("PATH", ""),
+            "SLURM_JOB_ID": str(os.getpid()), "SLURM_JOB_NODELIST": f"host[0-{len(bed.hosts) - 1}]",
+            "SLURM_CPUS_PER_TASK": "2"}

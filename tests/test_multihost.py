@@ -400,3 +400,50 @@ def _cmdline(pid: int) -> str:
     except OSError:
         return ""
 
+
+
+SLURM_DRIVER = '''
+import json, time
+import penumbra as ray
+ray.init(address="auto")
+
+@ray.remote(num_cpus=1)
+def square(i):
+    time.sleep(0.2)
+    return i * i, ray.get_runtime_context().get_node_id()
+
+out = ray.get([square.remote(i) for i in range(12)])
+alive = [n for n in ray.nodes() if n["Alive"]]
+print(json.dumps({"squares": [o[0] for o in out], "ran_on": sorted({o[1] for o in out}), "alive": len(alive)}))
+'''
+
+
+@needs_bed
+@pytest.mark.timeout(120)
+def test_slurm_batch_script_with_a_fake_srun(bed, tmp_path):
+    """deploy/slurm/penumbra.sbatch on the bed: srun runs each step on its
+    host; the head comes up on the first host, the others join, the driver
+    runs, and the cluster is stopped at the end."""
+    b = bed(3)
+    env = M.fake_slurm(b, str(tmp_path / "bin"))
+    env.update(PENUMBRA_CMD=f"{sys.executable} -m penumbra.cli", PENUMBRA_PYTHON=sys.executable,
+               PENUMBRA_DEPLOY_DIR=str(tmp_path / "job"), PENUMBRA_JOIN_TIMEOUT="40")
+    driver = tmp_path / "driver.py"
+    driver.write_text(SLURM_DRIVER)
+    script = os.path.join(M.REPO, "deploy", "slurm", "penumbra.sbatch")
+    t0 = time.monotonic()
+    r = b.hosts[0].run(["bash", script, str(driver)], env=env, timeout=100)
+    elapsed = time.monotonic() - t0
+    assert f"head at {b.hosts[0].addr}:6380" in r.stdout, r.stdout + r.stderr
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["squares"] == [i * i for i in range(12)]
+    assert res["alive"] == 3
+    assert not os.path.exists(tmp_path / "job" / "token")  # removed at the end
+    anchors = {h.anchor.pid for h in b.hosts}
+    deadline = time.monotonic() + 20
+    while any(p not in anchors for h in b.hosts for p in h.pids()):
+        assert time.monotonic() < deadline, "processes left after the batch script ended: " + str(
+            [(p, _cmdline(p)) for h in b.hosts for p in h.pids() if p not in anchors])
+        time.sleep(0.1)
+    print(f"\n[multihost] slurm script: 3 hosts up, job run and stopped in {elapsed:.2f} s; "
+          f"tasks ran on {len(res['ran_on'])} node(s)")

@@ -447,3 +447,98 @@ def test_slurm_batch_script_with_a_fake_srun(bed, tmp_path):
         time.sleep(0.1)
     print(f"\n[multihost] slurm script: 3 hosts up, job run and stopped in {elapsed:.2f} s; "
           f"tasks ran on {len(res['ran_on'])} node(s)")
+
+
+# ---------------------------------------------------------------------------
+# Kubernetes manifests: checked statically (no Kubernetes here)
+
+_API = {"Service": "v1", "Secret": "v1", "Deployment": "apps/v1", "StatefulSet": "apps/v1"}
+
+
+def _manifests() -> list[dict]:
+    yaml = pytest.importorskip("yaml", reason="PyYAML is in the test extras: pip install -e '.[test]'")
+    d = os.path.join(M.REPO, "deploy", "kubernetes")
+    docs = []
+    for name in sorted(os.listdir(d)):
+        if name.endswith((".yaml", ".yml")):
+            with open(os.path.join(d, name)) as f:
+                docs += [dict(doc, _file=name) for doc in yaml.safe_load_all(f) if doc]
+    return docs
+
+
+def _pod_args(container: dict) -> list[str]:
+    """The container's command with $(VAR) references filled in with sample values."""
+    env = {e["name"]: "2" for e in container.get("env", [])}
+    return [re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], a) for a in container["command"]]
+
+
+def test_kubernetes_manifests_are_consistent():
+    from penumbra.cli import build_parser
+
+    docs = _manifests()
+    by_kind: dict[str, dict[str, dict]] = {}
+    for doc in docs:
+        where = f"{doc['_file']}: {doc.get('kind')} {doc.get('metadata', {}).get('name')}"
+        assert doc.get("kind") in _API, where
+        assert doc.get("apiVersion") == _API[doc["kind"]], where
+        assert doc.get("metadata", {}).get("name"), where
+        by_kind.setdefault(doc["kind"], {})[doc["metadata"]["name"]] = doc
+    assert set(by_kind) == set(_API), f"missing kinds: {set(_API) - set(by_kind)}"
+    secrets = by_kind["Secret"]
+    services = by_kind["Service"]
+    workloads = list(by_kind["Deployment"].values()) + list(by_kind["StatefulSet"].values())
+    assert len(by_kind["Deployment"]) == 1 and len(by_kind["StatefulSet"]) == 1
+    head_port = None
+    for w in workloads:
+        spec, pod = w["spec"], w["spec"]["template"]
+        name = w["metadata"]["name"]
+        labels = pod["metadata"]["labels"]
+        assert spec["selector"]["matchLabels"].items() <= labels.items(), f"{name}: selector matches no pod"
+        assert pod["spec"]["containers"], name
+        volumes = {v["name"]: v for v in pod["spec"].get("volumes", [])}
+        for c in pod["spec"]["containers"]:
+            assert c.get("name") and c.get("image"), name
+            for m in c.get("volumeMounts", []):
+                assert m["name"] in volumes, f"{name}: mounts an undefined volume {m['name']}"
+            for e in c.get("env", []):
+                ref = e.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    assert ref["name"] in secrets, f"{name}: Secret {ref['name']} is not defined"
+            args = build_parser().parse_args(_pod_args(c)[1:])  # a valid penumbra command line
+            assert c["command"][0] == "penumbra" and args.command == "start" and args.block, name
+            assert args.host == "0.0.0.0", f"{name}: must listen beyond loopback"
+            ports = {p["containerPort"] for p in c.get("ports", [])}
+            listen = args.port if args.port is not None else 6380
+            assert listen in ports, f"{name}: listens on {listen}, declares {ports}"
+            token_mount = [m for m in c["volumeMounts"] if args.token_file.startswith(m["mountPath"] + "/")]
+            assert token_mount, f"{name}: --token-file {args.token_file} is on no mounted volume"
+            vol = volumes[token_mount[0]["name"]]
+            secret = secrets.get(vol.get("secret", {}).get("secretName"))
+            assert secret is not None, f"{name}: the token volume's Secret is not defined"
+            keys = set(secret.get("stringData", {})) | set(secret.get("data", {}))
+            items = {i["path"]: i["key"] for i in vol["secret"].get("items", [])}
+            key = items.get(os.path.relpath(args.token_file, token_mount[0]["mountPath"]))
+            assert key in keys, f"{name}: the token file maps to no key of the Secret"
+            shm = [m for m in c["volumeMounts"] if m["mountPath"] == "/dev/shm"]
+            assert shm and volumes[shm[0]["name"]].get("emptyDir", {}).get("medium") == "Memory", \
+                f"{name}: the object store needs a memory-backed /dev/shm (a container's default is 64 MiB)"
+            if args.head:
+                head_port = listen
+                head_labels = labels
+            else:
+                worker_address = args.address
+        if w["kind"] == "StatefulSet":
+            svc = services.get(spec["serviceName"])
+            assert svc is not None and svc["spec"].get("clusterIP") == "None", f"{name}: needs a headless Service"
+    # the workers join the head through its Service, on the head's port
+    host, _, port = worker_address.rpartition(":")
+    head_svc = services.get(host)
+    assert head_svc is not None, f"the workers join {host!r}: no such Service"
+    assert head_svc["spec"]["selector"].items() <= head_labels.items(), "the head Service selects no head pod"
+    svc_port = [p for p in head_svc["spec"]["ports"] if p["port"] == int(port)]
+    assert svc_port and svc_port[0]["targetPort"] == head_port, "the head Service's port does not reach the head"
+    for svc in services.values():
+        for p in svc["spec"]["ports"]:
+            assert isinstance(p.get("port"), int) and p.get("targetPort"), svc["metadata"]["name"]
+    # the Secret ships empty: a daemon refuses an empty token, so nothing runs on a placeholder
+    assert all(not v for s in secrets.values() for v in s.get("stringData", {}).values())

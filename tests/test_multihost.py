@@ -302,7 +302,7 @@ def test_relay_delay_stall_and_reset_change_no_result(bed):
     b = bed(3)
     h0, h1, h2 = b.hosts
     head = b.start_head(h0, 6380, "--num-cpus", "1", *FAST, *STORE)
-    relay = b.relay(h0, 7000, (h0.addr, 6380), delay=0.05)
+    relay = b.relay(h0, 7000, (h0.addr, 6380))  # no delay for the first run
     b.start_node(h1, relay.address, "--num-cpus", "2", "--resources", '{"r": 2}', *FAST, *STORE)
     _wait_status(h0, head, lambda s: s.count(" alive ") == 2)
     assert relay.connections >= 1
@@ -310,6 +310,11 @@ def test_relay_delay_stall_and_reset_change_no_result(bed):
     d = os.path.join(h0.root, "sync")
     os.mkdir(d)
     extra = f'''
+say({d!r} + "/delay_me")
+wait_file({d!r} + "/delayed")
+t = time.monotonic()
+v1 = job()
+t1d = time.monotonic() - t
 say({d!r} + "/stall_me")
 wait_file({d!r} + "/stalled")
 t = time.monotonic()
@@ -320,10 +325,13 @@ wait_file({d!r} + "/reset")
 t = time.monotonic()
 v3 = job()
 t3 = time.monotonic() - t
-out = {{"v2": v2, "t2": t2, "v3": v3, "t3": t3}}
+out = {{"v1": v1, "t1": t1d, "v2": v2, "t2": t2, "v3": v3, "t3": t3}}
 '''
     proc = h0.popen(JOB.format(head=head, n=n, extra=extra))
     try:
+        _wait_file(os.path.join(d, "delay_me"), proc)
+        relay.delay = 0.05
+        open(os.path.join(d, "delayed"), "w").close()
         _wait_file(os.path.join(d, "stall_me"), proc)
         relay.stall()
         open(os.path.join(d, "stalled"), "w").close()
@@ -339,13 +347,13 @@ out = {{"v2": v2, "t2": t2, "v3": v3, "t3": t3}}
         if proc.poll() is None:
             proc.kill()
     want = _job_want(n)
-    assert res["v"] == res["v2"] == res["v3"] == want
+    assert res["v"] == res["v1"] == res["v2"] == res["v3"] == want
     # the node whose connection was reset came back as a fresh node (through the relay)
     t_reset = time.monotonic()
     out = _wait_status(h0, head, lambda s: re.search(rf"node:\S+\.1\s+{re.escape(h1.addr)}:\d+\s+alive", s))
     rejoin = time.monotonic() - t_reset
     assert "rejoining as a new node" in _logs(h1)
-    print(f"\n[multihost] relay: 50 ms delay job {res['t']:.2f} s; with a 1 s stall {res['t2']:.2f} s; "
+    print(f"\n[multihost] relay: job {res['t']:.2f} s; with 50 ms delay {res['t1']:.2f} s; with a 1 s stall {res['t2']:.2f} s; "
           f"after a reset {res['t3']:.2f} s ({relay.forwarded} bytes relayed); the reset node was back "
           f"{rejoin:.2f} s after the job\n{out}")
 

@@ -415,12 +415,12 @@ import json, time
 import penumbra as ray
 ray.init(address="auto")
 
-@ray.remote(num_cpus=1)
+@ray.remote(num_cpus=2)  # (a node keeps work it can queue: see SchedulerConfig.forward_queue_threshold)
 def square(i):
-    time.sleep(0.2)
+    time.sleep(0.5)
     return i * i, ray.get_runtime_context().get_node_id()
 
-out = ray.get([square.remote(i) for i in range(12)])
+out = ray.get([square.remote(i) for i in range(6)])
 alive = [n for n in ray.nodes() if n["Alive"]]
 print(json.dumps({"squares": [o[0] for o in out], "ran_on": sorted({o[1] for o in out}), "alive": len(alive)}))
 '''
@@ -444,7 +444,7 @@ def test_slurm_batch_script_with_a_fake_srun(bed, tmp_path):
     elapsed = time.monotonic() - t0
     assert f"head at {b.hosts[0].addr}:6380" in r.stdout, r.stdout + r.stderr
     res = json.loads(r.stdout.strip().splitlines()[-1])
-    assert res["squares"] == [i * i for i in range(12)]
+    assert res["squares"] == [i * i for i in range(6)]
     assert res["alive"] == 3
     assert not os.path.exists(tmp_path / "job" / "token")  # removed at the end
     anchors = {h.anchor.pid for h in b.hosts}
@@ -550,3 +550,18 @@ def test_kubernetes_manifests_are_consistent():
             assert isinstance(p.get("port"), int) and p.get("targetPort"), svc["metadata"]["name"]
     # the Secret ships empty: a daemon refuses an empty token, so nothing runs on a placeholder
     assert all(not v for s in secrets.values() for v in s.get("stringData", {}).values())
+
+
+# ---------------------------------------------------------------------------
+# advertised addresses (no namespaces needed)
+
+
+def test_a_wildcard_listener_is_advertised_as_a_reachable_address():
+    from penumbra.transports.daemon import _as_seen, advertised_host
+
+    assert advertised_host("10.1.2.3") == "10.1.2.3"
+    assert advertised_host("0.0.0.0") not in ("0.0.0.0", "")
+    # the head hands out the address a node's connection came from
+    assert _as_seen("0.0.0.0:4000", "10.231.0.7:51234") == "10.231.0.7:4000"
+    assert _as_seen(":4000", "10.231.0.7:51234") == "10.231.0.7:4000"
+    assert _as_seen("10.231.0.9:4000", "10.231.0.7:51234") == "10.231.0.9:4000"  # as given

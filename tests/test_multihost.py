@@ -391,6 +391,19 @@ def test_stop_address_stops_a_remote_cluster(bed):
         return [p for p in h.pids() if p not in anchors and _cmdline(p).find("penumbra.transports.daemon") >= 0]
 
     assert daemons(h0) and daemons(h1)
+    # a driver on a host with no node: small objects work, a large one says what to do
+    res = h2.python(PRELUDE + f'''
+ray.init(address="{head}")
+small = ray.get(ray.put(list(range(10))))
+try:
+    ray.put(np.ones(2**20, dtype=np.uint8))
+    err = ""
+except Exception as e:
+    err = str(e)
+print(json.dumps({{"small": small, "err": err}}))
+''')
+    assert res["small"] == list(range(10))
+    assert "large objects need a node here" in res["err"] and "penumbra start --address" in res["err"], res["err"]
     bad = h2.penumbra("stop", "--address", head, check=False, env={"PENUMBRA_TOKEN": "0" * 64})
     assert bad.returncode != 0 and "cannot stop the cluster" in bad.stderr, bad.stderr
     r = h2.penumbra("stop", "--address", head, "--token-file", h2.token_file)

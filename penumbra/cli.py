@@ -320,7 +320,11 @@ def cmd_stop(args) -> int:
             if sess:
                 cleanup_session(sess)
         cluster_file.remove_cluster(address)
-        print(f"stopped the cluster at {address} ({len(stopped)} daemon(s))")
+        if info.get("local_node"):  # the head runs elsewhere: only this machine's node(s) stopped
+            print(f"stopped this machine's node(s) of the cluster at {address} ({len(stopped)} daemon(s)); "
+                  f"'penumbra stop --address {address}' stops the whole cluster")
+        else:
+            print(f"stopped the cluster at {address} ({len(stopped)} daemon(s))")
     return 0
 
 

@@ -57,7 +57,14 @@ def unavailable() -> str:
     r = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
     if r.returncode != 0:
         return f"'ip netns add' failed: {r.stderr.strip()}"
-    subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    try:
+        # each host gets its own /dev/shm in a mount namespace of its own
+        r = subprocess.run(["ip", "netns", "exec", name, "unshare", "-m", "--propagation", "private", "sh", "-c",
+                            "mount -t tmpfs tmpfs /dev/shm"], capture_output=True, text=True, timeout=30)
+        if r.returncode != 0:
+            return f"cannot make a private /dev/shm in a mount namespace: {r.stderr.strip()}"
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
     return ""
 
 

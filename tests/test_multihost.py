@@ -404,6 +404,16 @@ print(json.dumps({{"small": small, "err": err}}))
 ''')
     assert res["small"] == list(range(10))
     assert "large objects need a node here" in res["err"] and "penumbra start --address" in res["err"], res["err"]
+    # 'penumbra stop' on a node's host stops only that host's node
+    r = h1.penumbra("stop")
+    assert "stopped this machine's node(s)" in r.stdout, r.stdout
+    deadline = time.monotonic() + 20
+    while daemons(h1):
+        assert time.monotonic() < deadline, "the node did not stop"
+        time.sleep(0.1)
+    assert daemons(h0)
+    b.start_node(h1, head, "--num-cpus", "1", *STORE)
+    _wait_status(h2, head, lambda s: s.count(" alive ") == 2)
     bad = h2.penumbra("stop", "--address", head, check=False, env={"PENUMBRA_TOKEN": "0" * 64})
     assert bad.returncode != 0 and "cannot stop the cluster" in bad.stderr, bad.stderr
     r = h2.penumbra("stop", "--address", head, "--token-file", h2.token_file)

@@ -588,3 +588,35 @@ def test_a_wildcard_listener_is_advertised_as_a_reachable_address():
     assert _as_seen("0.0.0.0:4000", "10.231.0.7:51234") == "10.231.0.7:4000"
     assert _as_seen(":4000", "10.231.0.7:51234") == "10.231.0.7:4000"
     assert _as_seen("10.231.0.9:4000", "10.231.0.7:51234") == "10.231.0.9:4000"  # as given
+
+
+@needs_bed
+@pytest.mark.timeout(120)
+def test_head_cut_off_past_the_timeout_nodes_rejoin(bed):
+    """The head's host is cut off past the node timeout: it declares every
+    node dead; when the link heals each node rejoins as a fresh node, and a
+    job from a node's host runs with exact results."""
+    b = bed(3)
+    h0, h1, h2 = b.hosts
+    head = b.start_head(h0, 6380, "--num-cpus", "1", *FAST, *STORE)
+    for h in (h1, h2):
+        b.start_node(h, head, "--num-cpus", "2", "--resources", '{"w": 2}', *FAST, *STORE)
+    _wait_status(h0, head, lambda s: s.count(" alive ") == 3)
+    h0.cut()
+    _wait_status(h0, head, lambda s: s.count(" dead ") == 2, timeout=30)  # (status runs on the head's host)
+    h0.heal()
+    t_heal = time.monotonic()
+    out = _wait_status(h0, head, lambda s: all(
+        re.search(rf"node:\S+\.1\s+{re.escape(h.addr)}:\d+\s+alive", s) for h in (h1, h2)))
+    rejoin = time.monotonic() - t_heal
+    res = h2.python(PRELUDE + f'''
+ray.init(address="{head}")
+
+@ray.remote(resources={{"w": 1}})
+def double(i):
+    return 2 * i
+
+print(json.dumps(ray.get([double.remote(i) for i in range(20)])))
+''')
+    assert res == [2 * i for i in range(20)]
+    print(f"\n[multihost] head cut off: both nodes back {rejoin:.2f} s after the link healed\n{out}")

@@ -479,8 +479,8 @@ class Daemon:
                 elif t is P.ClientHello:  # job id learned after connecting
                     self.client_jobs[cid] = item.job_id
                     self.host.deliver(node, RegisterClient(client=cid, job_id=item.job_id, is_driver=item.is_driver))
-                elif t is P.StopCluster:
-                    await self._stop_cluster()
+                elif t is P.StopCluster:  # penumbra stop (the head's ``run`` tells its nodes as it stops)
+                    self.request_stop()
                 elif t is P.AddressesRequest:
                     self._send(ch, P.PeerTable(self._addresses(), self.head_node or self.node_id))
                 if not ch.buffered:
@@ -521,11 +521,6 @@ class Daemon:
                     self.host.deliver("head", NodeDied(node_id=nid, stimulus_id=f"disconnect:{nid}"))
             if self.peer_channels.get(nid) is ch:
                 del self.peer_channels[nid]
-
-    async def _stop_cluster(self) -> None:
-        """``penumbra stop``: the head stops, and tells every node daemon to
-        stop (a node asked directly stops alone)."""
-        self.request_stop()  # (the head's ``run`` tells its nodes as it stops)
 
     def _addresses(self) -> dict[str, str]:
         """Node id -> host:port of every node daemon this one knows of."""

@@ -620,3 +620,41 @@ print(json.dumps(ray.get([double.remote(i) for i in range(20)])))
 ''')
     assert res == [2 * i for i in range(20)]
     print(f"\n[multihost] head cut off: both nodes back {rejoin:.2f} s after the link healed\n{out}")
+
+
+@pytest.mark.timeout(60)
+def test_start_block_stays_in_the_foreground_and_sigterm_stops_the_daemon(tmp_path):
+    """``penumbra start --block`` (a job step's or a container's main
+    process): it returns only when the daemon exits; SIGTERM to it stops
+    the daemon cleanly.  (Loopback only: no namespaces needed.)"""
+    import signal as sig
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PENUMBRA_")}
+    env.update(HOME=str(tmp_path), PENUMBRA_TMPDIR=str(tmp_path / "sessions"),
+               PYTHONPATH=M.REPO + os.pathsep + env.get("PYTHONPATH", ""))
+    p = subprocess.Popen([sys.executable, "-m", "penumbra.cli", "start", "--head", "--port", str(port), "--num-cpus",
+                          "1", "--object-store-memory", str(64 << 20), "--block"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = p.stdout.readline()
+        m = re.search(r"\(pid (\d+),", line)
+        assert m, line + p.stderr.read()
+        daemon = int(m.group(1))
+        time.sleep(0.5)
+        assert p.poll() is None and M._exists(daemon)  # still in the foreground, the daemon serving
+        p.send_signal(sig.SIGTERM)
+        out, err = p.communicate(timeout=30)
+        assert p.returncode == 0, out + err
+        assert "exited with status" in out
+        deadline = time.monotonic() + 10
+        while M._exists(daemon):
+            assert time.monotonic() < deadline, "the daemon outlived its --block command"
+            time.sleep(0.05)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()

@@ -3,10 +3,10 @@ simulator's experiments and the verification swarm.
 
 ::
 
-    penumbra start --head [--port 6380] [--num-cpus N] [--resources '{"x": 1}']
-    penumbra start --address HOST:PORT [--port P] [--token-file FILE] [--num-cpus N]
+    penumbra start --head [--port 6380] [--num-cpus N] [--resources '{"x": 1}'] [--block]
+    penumbra start --address HOST:PORT [--port P] [--token-file FILE] [--num-cpus N] [--block]
     penumbra status [--address HOST:PORT] [--token-file FILE]
-    penumbra stop
+    penumbra stop [--address HOST:PORT [--token-file FILE]]
     penumbra sim EXPERIMENT [--size quick|full]
     penumbra verify --seeds N | --seed S [--shrink] [--plant BUG]
     penumbra verify --bugs
@@ -78,6 +78,8 @@ def cmd_start(args) -> int:
     for name in ("node_timeout", "heartbeat_interval"):
         if getattr(args, name) is not None:
             common[name] = getattr(args, name)
+    if getattr(args, "block", False):
+        common["parent_pid"] = os.getpid()  # and if this command is killed outright, the daemon goes too
     if args.head == bool(args.address):
         print("penumbra start needs --head (a new cluster) or --address HOST:PORT (join one), not both",
               file=sys.stderr)
@@ -120,14 +122,41 @@ def cmd_start(args) -> int:
         print("From another machine, put the token in a file only you can read, then:")
         print("                                penumbra start --address %s --token-file FILE" % d.address)
         print("Stop everything:                penumbra stop")
-        return 0
+        return _block(d) if args.block else 0
     if info is not None:
         info.setdefault("nodes", []).append({"pid": d.pid, "session": d.session, "node_id": d.node_id,
                                              "session_dir": d.session_dir})
         cluster_file.write_cluster(args.address, info)
+    else:
+        # The head runs on another machine: record this node, so that a
+        # driver here (init(address=...)) joins through it -- its Unix
+        # socket and its shared memory, which a driver talking TCP to a
+        # remote daemon cannot share -- and 'penumbra stop' here stops it.
+        cluster_file.write_cluster(args.address, {
+            "token": token, "pid": d.pid, "session": d.session, "session_dir": d.session_dir,
+            "unix_path": d.unix_path, "node_id": d.node_id, "nodes": [], "local_node": True})
     print(f"Started node {d.node_id} (pid {d.pid}) at {d.address}, joined the cluster at {args.address}.")
     print(f"Its log: {os.path.join(d.session_dir, 'daemon.log')}")
-    return 0
+    return _block(d) if args.block else 0
+
+
+def _block(d) -> int:
+    """``--block``: stay in the foreground until the daemon exits, and stop
+    it on SIGTERM/SIGINT/SIGHUP -- what a cluster manager needs of a job
+    step or a container's main process (Slurm's srun, Kubernetes)."""
+    sys.stdout.flush()
+
+    def stop(signum, frame) -> None:
+        try:
+            os.kill(d.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, stop)
+    code = d.proc.wait()
+    print(f"the daemon (pid {d.pid}) exited with status {code}", flush=True)
+    return 0 if code in (0, -signal.SIGTERM) else 1
 
 
 def _fmt_bytes(n: int) -> str:
@@ -158,16 +187,23 @@ def cmd_status(args) -> int:
         status = current_runtime().cluster_status(timeout=30.0)
     finally:
         penumbra.shutdown()
+    try:
+        addresses = _ask_daemon(address, _cluster_token(address, token), "addresses").peers
+    except Exception as e:  # an older daemon, or it went away: the table without addresses
+        print(f"penumbra status: (no node addresses: {e})", file=sys.stderr)
+        addresses = {}
     print(f"penumbra cluster at {address}")
-    header = f"{'NODE':<32} {'STATE':<6} {'RESOURCES (used/total)':<40} {'QUEUED':>6} {'RUNNING':>7} {'WORKERS':>7}  OBJECT STORE"
+    header = (f"{'NODE':<32} {'ADDRESS':<21} {'STATE':<6} {'RESOURCES (used/total)':<40} {'QUEUED':>6} "
+              f"{'RUNNING':>7} {'WORKERS':>7}  OBJECT STORE")
     print(header)
     totals: dict[str, list[float]] = {}
     for node_id, alive, _total, load in status.nodes:
+        where = addresses.get(node_id, "-")
         if not alive:  # its last load is history, not a state: say only that it is gone
-            print(f"{node_id:<32} {'dead':<6}")
+            print(f"{node_id:<32} {where:<21} {'dead':<6}")
             continue
         if load is None:
-            print(f"{node_id:<32} {'alive':<6} (no heartbeat yet)")
+            print(f"{node_id:<32} {where:<21} {'alive':<6} (no heartbeat yet)")
             continue
         total = load.total.to_dict()
         avail = load.available.to_dict()
@@ -179,13 +215,62 @@ def cmd_status(args) -> int:
             t[0] += used
             t[1] += v
         store = f"{_fmt_bytes(load.store_used)} / {_fmt_bytes(load.store_capacity)}"
-        print(f"{node_id:<32} {'alive':<6} {', '.join(parts):<40} "
+        print(f"{node_id:<32} {where:<21} {'alive':<6} {', '.join(parts):<40} "
               f"{load.queue_length:>6} {load.running:>7} {load.num_workers:>7}  {store}")
     alive_n = sum(1 for row in status.nodes if row[1])
     dead_n = len(status.nodes) - alive_n
     summary = ", ".join(f"{k} {u:g}/{t:g}" for k, (u, t) in sorted(totals.items()))
     print(f"\n{alive_n} node(s) alive" + (f", {dead_n} dead" if dead_n else "") + f"; in use: {summary}")
     return 0
+
+
+def _cluster_token(address: str, token: str | None) -> str:
+    """The token for ``address``: given, else ``$PENUMBRA_TOKEN``, else this
+    machine's cluster file."""
+    from .transports import cluster_file
+
+    token = token or os.environ.get("PENUMBRA_TOKEN") or (cluster_file.read_cluster(address) or {}).get("token")
+    if not token:
+        raise ConnectionError(f"no token for the cluster at {address}: pass --token-file FILE (a file holding the "
+                              "token 'penumbra start --head' printed) or set $PENUMBRA_TOKEN")
+    return token
+
+
+def _ask_daemon(address: str, token: str, what: str, timeout: float = 15.0):
+    """Ask the daemon at ``address`` over TCP: ``"addresses"`` (its
+    ``PeerTable``: node id -> host:port) or ``"stop"`` (stop the cluster;
+    returns once the daemon has closed the connection, i.e. is stopping)."""
+    import trio
+
+    from .transports import protocol as P
+    from .transports.wire import ConnectionClosed, connect_tcp
+
+    host, _, port = address.rpartition(":")
+    if not port.isdigit():
+        raise ValueError(f"--address must be HOST:PORT (the head's, as 'penumbra start --head' printed it), "
+                         f"got {address!r}")
+    name = f"cli:{os.getpid()}"
+
+    async def ask():
+        with trio.fail_after(timeout):
+            ch = await connect_tcp(host or "127.0.0.1", int(port), token, "cli", name)
+            try:
+                await ch.send(P.ClientHello(name, os.getpid(), False, 0))
+                await ch.receive()  # the welcome
+                await ch.send(P.StopCluster() if what == "stop" else P.AddressesRequest())
+                while True:
+                    try:
+                        reply = await ch.receive()
+                    except ConnectionClosed:
+                        if what == "stop":
+                            return None
+                        raise
+                    if what != "stop" and type(reply) is P.PeerTable:
+                        return reply
+            finally:
+                await ch.aclose()
+
+    return trio.run(ask)
 
 
 def _kill(pid: int) -> bool:
@@ -213,6 +298,8 @@ def cmd_stop(args) -> int:
     clusters = cluster_file.all_clusters()
     if args.address:
         clusters = {k: v for k, v in clusters.items() if k == args.address}
+        if not clusters or clusters[args.address].get("local_node") or _token_from_args(args, "stop"):
+            return _stop_remote(args)
     if not clusters:
         print("no penumbra cluster started on this machine")
         return 0
@@ -233,7 +320,30 @@ def cmd_stop(args) -> int:
             if sess:
                 cleanup_session(sess)
         cluster_file.remove_cluster(address)
-        print(f"stopped the cluster at {address} ({len(stopped)} daemon(s))")
+        if info.get("local_node"):  # the head runs elsewhere: only this machine's node(s) stopped
+            print(f"stopped this machine's node(s) of the cluster at {address} ({len(stopped)} daemon(s)); "
+                  f"'penumbra stop --address {address}' stops the whole cluster")
+        else:
+            print(f"stopped the cluster at {address} ({len(stopped)} daemon(s))")
+    return 0
+
+
+def _stop_remote(args) -> int:
+    """``penumbra stop --address HOST:PORT`` for a head on another machine
+    (or one this machine only has a node of): ask the head, with the token,
+    to stop; it stops every node daemon of the cluster, then itself."""
+    from .transports import cluster_file
+
+    try:
+        token = _cluster_token(args.address, _token_from_args(args, "stop"))
+        _ask_daemon(args.address, token, "stop")
+    except Exception as e:
+        return _error("stop", f"cannot stop the cluster at {args.address}: {e}")
+    # this machine's own node of it (if any) is stopping too: forget it
+    info = cluster_file.read_cluster(args.address)
+    if info is not None and info.get("local_node"):
+        cluster_file.remove_cluster(args.address)
+    print(f"asked the cluster at {args.address} to stop (its head stops every node, then itself)")
     return 0
 
 
@@ -307,6 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "as Ray's health checks; pass the same value to every node)")
     s.add_argument("--heartbeat-interval", type=_seconds, default=None,
                    help="seconds between a node's heartbeats (default 1)")
+    s.add_argument("--block", action="store_true",
+                   help="stay in the foreground until the daemon exits; SIGTERM stops it (for srun, containers)")
     s.set_defaults(fn=cmd_start)
 
     s = sub.add_parser("status", help="nodes, resources, queued and running tasks, object store use")
@@ -316,8 +428,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--token", help=argparse.SUPPRESS)  # deprecated: visible in ps
     s.set_defaults(fn=cmd_status)
 
-    s = sub.add_parser("stop", help="stop the clusters started on this machine")
-    s.add_argument("--address")
+    s = sub.add_parser("stop", help="stop the clusters started on this machine, or the one at --address")
+    s.add_argument("--address", help="HOST:PORT of a cluster's head: stop the whole cluster, wherever it runs "
+                                     "(with the token from --token-file, $PENUMBRA_TOKEN or this machine's "
+                                     "cluster file)")
+    s.add_argument("--token-file", metavar="FILE", help="a file holding the cluster token")
     s.set_defaults(fn=cmd_stop)
 
     s = sub.add_parser("sim", help="run one of the paper's experiments on the simulator")

@@ -71,7 +71,7 @@ from . import protocol as P
 from .bridge import TrioThread
 from .launch import DaemonProcess, PendingDaemon
 from .objectstore import decode_value, encode_value
-from .shm_store import ShmStore
+from .shm_store import ShmStore, StoreNotFoundError
 from .wire import ConnectionClosed, connect_tcp, connect_unix
 
 __all__ = ["ClientRuntime", "start_local", "connect"]
@@ -176,7 +176,15 @@ class ClientRuntime(Runtime):
     @property
     def shm(self) -> ShmStore:
         if self._shm is None:
-            self._shm = ShmStore(self.session, root=self.shm_root)
+            try:
+                self._shm = ShmStore(self.session, root=self.shm_root)
+            except StoreNotFoundError as e:  # the daemon's store is on another machine
+                raise StoreNotFoundError(
+                    f"no object store of session {self.session} on this machine ({e}). If the node this process "
+                    f"is connected to ({self.node_id} at {self.address}) runs on another machine: it keeps large "
+                    f"objects in shared memory there, which this machine cannot read, so large objects need a "
+                    f"node here. Start one (penumbra start --address HEAD:PORT --host ADDR --token-file FILE) "
+                    f"and init() again: the driver then joins through it") from e
         return self._shm
 
     def _send(self, item: Any) -> None:

@@ -81,7 +81,7 @@ from . import protocol as P
 from .host import MachineHost
 from .objectstore import NodeObjects
 from .shm_store import ShmStore, cleanup_session
-from .wire import Channel, ConnectionClosed, connect_tcp, serve_tcp, serve_unix
+from .wire import Channel, ConnectionClosed, HandshakeError, connect_tcp, serve_tcp, serve_unix
 from .zygote import ZygoteHandle, fork_zygote
 
 __all__ = ["DaemonConfig", "Daemon", "main"]
@@ -167,7 +167,8 @@ class Daemon:
         self.head_node = ""  # the head daemon's own node id
         self.fetch_waiters: dict[int, trio.MemorySendChannel] = {}
         self.next_fetch = 1
-        self.address = ""
+        self.address = ""  # host:port to reach this daemon
+        self.listening = ""  # host:port it listens on (the host may be a wildcard)
         self.nursery: trio.Nursery | None = None
         self.zygote: ZygoteHandle | None = None  # set by ``main``
         self.stopping = False
@@ -325,7 +326,16 @@ class Daemon:
             ch, self.head_channel = self.head_channel, None
             if ch is not None:
                 await ch.aclose()
-            await self.nursery.start(self.connect_head)
+            deadline = trio.current_time() + _JOIN_TIMEOUT
+            while True:
+                try:
+                    await self.nursery.start(self.connect_head)
+                    break
+                except (OSError, ConnectionClosed, HandshakeError) as e:
+                    if trio.current_time() > deadline:
+                        raise
+                    logger.warning("cannot reach the head at %s yet (%s); retrying", self.cfg.head_address, e)
+                    await trio.sleep(0.5)
             self.host.add((self.node_id, NodeMachine(self.node_id, self.layout.node_config(self.layout.nodes[0]))))
             logger.warning("node %s rejoined the cluster as %s", old, self.node_id)
         except Exception:
@@ -469,8 +479,10 @@ class Daemon:
                 elif t is P.ClientHello:  # job id learned after connecting
                     self.client_jobs[cid] = item.job_id
                     self.host.deliver(node, RegisterClient(client=cid, job_id=item.job_id, is_driver=item.is_driver))
-                elif t is P.StopCluster:
+                elif t is P.StopCluster:  # penumbra stop (the head's ``run`` tells its nodes as it stops)
                     self.request_stop()
+                elif t is P.AddressesRequest:
+                    self._send(ch, P.PeerTable(self._addresses(), self.head_node or self.node_id))
                 if not ch.buffered:
                     self.host.pump()
         except ConnectionClosed:
@@ -487,7 +499,7 @@ class Daemon:
         nid = hello.node_id
         if self.cfg.head and incoming:
             self.node_channels[nid] = ch
-            self.peers[nid] = hello.address
+            self.peers[nid] = _as_seen(hello.address, ch.peer_address)
             self._broadcast_peers()
         else:
             self.peer_channels[nid] = ch
@@ -510,6 +522,14 @@ class Daemon:
             if self.peer_channels.get(nid) is ch:
                 del self.peer_channels[nid]
 
+    def _addresses(self) -> dict[str, str]:
+        """Node id -> host:port of every node daemon this one knows of."""
+        table = dict(self.peers)
+        table[self.node_id] = self.address
+        if not self.cfg.head and self.head_node:
+            table.setdefault(self.head_node, self.cfg.head_address)
+        return table
+
     def _broadcast_peers(self) -> None:
         table = P.PeerTable(dict(self.peers), self.node_id)
         for ch in list(self.node_channels.values()):
@@ -531,6 +551,10 @@ class Daemon:
         elif t is P.PeerTable:
             self.peers = {k: v for k, v in item.peers.items() if k != self.node_id}
             self.head_node = item.head_node
+        elif t is P.StopCluster and ch is self.head_channel:
+            logger.info("the head asked this node to stop (penumbra stop)")
+            self.stopping = True  # (the head's connection closing next is no reason to rejoin)
+            self.request_stop()
         elif t is tuple and item and item[0] == "output":
             self.forward_output(item[2], item[1], from_peer=not self.cfg.head)
             if self.cfg.head:
@@ -553,6 +577,12 @@ class Daemon:
         self.nursery.start_soon(self.serve_peer, ch, P.NodeHello(nid, addr), False)
         return ch
 
+    def _known_dead(self, nid: str) -> bool:
+        """Whether this node's core has learnt that node ``nid`` is dead (a
+        read of its nodes table; the core sends no command for it)."""
+        node = self.host.machines.get(self.node_id)
+        return getattr(node, "nodes", {}).get(nid) is False
+
     async def fetch(self, c: Fetch) -> None:
         node = self.node_id
         oid = c.object_id
@@ -570,7 +600,16 @@ class Daemon:
                 send, recv = trio.open_memory_channel(1)
                 self.fetch_waiters[rid] = send
                 self._send(ch, P.FetchRequest(oid, rid))
-                reply = await recv.receive()
+                while True:
+                    with trio.move_on_after(self.cfg.heartbeat_interval):
+                        reply = await recv.receive()
+                        break
+                    if self._known_dead(c.from_node):
+                        # cut off (no reset: the reply may never come): give
+                        # up now, so the object is fetched elsewhere or
+                        # rebuilt, not after the whole timeout
+                        self.fetch_waiters.pop(rid, None)
+                        raise ConnectionError(f"{c.from_node} was declared dead during the transfer")
             if reply.data is None:
                 reason = reply.error or "not there"
             else:
@@ -611,7 +650,7 @@ class Daemon:
         host, port = self.cfg.head_address.rsplit(":", 1)
         ch = await connect_tcp(host, int(port), self.cfg.token, "node", self.node_id)
         self.head_channel = ch
-        ch.send_nowait(P.NodeHello(self.node_id, self.address))
+        ch.send_nowait(P.NodeHello(self.node_id, self.listening))
         task_status.started()
         try:
             async for item in ch:
@@ -619,8 +658,16 @@ class Daemon:
                 if not ch.buffered:
                     self.host.pump()
         except ConnectionClosed as e:
-            if self.head_channel is ch:
-                logger.error("lost the connection to the head daemon (%s); exiting", e.reason)
+            if self.head_channel is ch and not self.stopping:
+                # a reset connection, or the head restarting: the head has
+                # declared this node dead already (its connection closed),
+                # so come back as a fresh node, as after a fence -- or stop
+                # if the head stays unreachable
+                logger.error("lost the connection to the head daemon (%s); rejoining as a new node", e.reason)
+                self.head_channel = None
+                if not self._rejoining:
+                    self._rejoining = True
+                    self.nursery.start_soon(self._rejoin)
         except trio.ClosedResourceError:
             pass  # closed by ``_rejoin``
         finally:
@@ -650,7 +697,8 @@ class Daemon:
             self.nursery = nursery
             await nursery.start(serve_unix, cfg.unix_path, self.on_connection, cfg.token)
             bound = await nursery.start(serve_tcp, cfg.host, cfg.port, self.on_connection, cfg.token)
-            self.address = f"{cfg.host}:{bound[1]}"
+            self.listening = f"{cfg.host}:{bound[1]}"  # (a wildcard host: the head puts in what it sees)
+            self.address = f"{advertised_host(cfg.host)}:{bound[1]}"
             layout = ClusterLayout(
                 nodes=(NodeShape(ResourceSet.from_dict(self._resources()), cfg.object_store_memory),),
                 gcs_shards=cfg.gcs_shards, chain_length=cfg.chain_length,
@@ -682,6 +730,13 @@ class Daemon:
             task_status.started(self.address)
             await self.stop_event.wait()
             self.stopping = True
+            if cfg.head:  # an orderly stop (penumbra stop, SIGTERM): the nodes stop too, not rejoin
+                with trio.move_on_after(2):
+                    for ch in list(self.node_channels.values()):
+                        try:
+                            await ch.send(P.StopCluster())
+                        except (ConnectionClosed, trio.ClosedResourceError):
+                            pass
             nursery.cancel_scope.cancel()
 
     def _resources(self) -> dict[str, float]:
@@ -732,6 +787,61 @@ def start_zygote(cfg: DaemonConfig, node_id: str, close_fds: tuple[int, ...] = (
         "node_id": node_id, "daemon_pid": os.getpid(),
     }
     return fork_zygote(zcfg, cfg.token, close_fds)
+
+
+_WILDCARDS = ("", "0.0.0.0", "::", "[::]")
+
+
+def advertised_host(host: str) -> str:
+    """The address others should use to reach a daemon listening on
+    ``host``: ``host`` itself, unless it is a wildcard (``--host 0.0.0.0``
+    listens on every interface, but ``0.0.0.0:port`` reaches nobody), then
+    this machine's first non-loopback IPv4 address (the head still uses the
+    address a node's connection came from: see ``_as_seen``)."""
+    if host not in _WILDCARDS:
+        return host
+    for addr in _interface_addresses():
+        if not addr.startswith("127."):
+            return addr
+    try:
+        addr = socket.gethostbyname(socket.gethostname())
+        if not addr.startswith("127."):
+            return addr
+    except OSError:
+        pass
+    return "127.0.0.1"
+
+
+def _interface_addresses() -> list[str]:
+    """The IPv4 address of each interface that has one (SIOCGIFADDR; no
+    packet is sent)."""
+    import fcntl
+    import struct
+
+    out = []
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for _, name in socket.if_nameindex():
+            try:
+                raw = fcntl.ioctl(s.fileno(), 0x8915, struct.pack("256s", name.encode()[:15]))  # SIOCGIFADDR
+            except OSError:
+                continue  # no IPv4 address (or down)
+            out.append(socket.inet_ntoa(raw[20:24]))
+    finally:
+        s.close()
+    return out
+
+
+def _as_seen(advertised: str, peer_address: str) -> str:
+    """A node's listening address as the head should hand it to the other
+    nodes: what it advertised, with a wildcard host replaced by the address
+    its connection came from (reachable from the head, so from the cluster)."""
+    host, _, port = advertised.rpartition(":")
+    if host in _WILDCARDS:
+        seen = peer_address.rpartition(":")[0].strip("[]")
+        if seen:
+            return f"{seen}:{port}"
+    return advertised
 
 
 def available_memory() -> int:

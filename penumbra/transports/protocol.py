@@ -179,13 +179,22 @@ class FetchReply:
 
 @_frozen
 class StopCluster:
-    """A command-line client asks the head daemon to stop the cluster."""
+    """A command-line client asks the head daemon to stop the cluster (which
+    passes it on to every node daemon)."""
+
+
+@_frozen
+class AddressesRequest:
+    """A command-line client asks a daemon where every node daemon it knows
+    of listens; the answer is a ``PeerTable`` (the daemon's own node
+    included)."""
 
 
 from ..core._fastinit import install_init as _install_init  # noqa: E402
 from ..core._pickling import install as _install_pickling  # noqa: E402
 
 _MESSAGES = (Deliver, ClientHello, ClientWelcome, Output, ClusterLog, Run, Ran, Raised, Interrupt,
-             Checkpoint, Checkpointed, Exit, NodeHello, PeerTable, FetchRequest, FetchReply, StopCluster)
+             Checkpoint, Checkpointed, Exit, NodeHello, PeerTable, FetchRequest, FetchReply, StopCluster,
+             AddressesRequest)
 _install_pickling(*_MESSAGES)
 _install_init(*_MESSAGES)

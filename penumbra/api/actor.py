@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import threading
+import weakref
 from typing import Any
 
 from ..core.ids import ActorId, actor_id_of, child_task_id
@@ -20,6 +21,14 @@ __all__ = ["ActorClass", "ActorHandle", "ActorMethod", "method"]
 
 _seq_lock = threading.Lock()
 _seqs: dict[tuple[int, ActorId], itertools.count] = {}
+# the refs of actor calls made by this process, while they live: cancel
+# refuses force=True for them (Ray's rule: an actor task is never killed)
+_call_refs: "weakref.WeakSet[ObjectRef]" = weakref.WeakSet()
+
+
+def is_actor_call(ref: ObjectRef) -> bool:
+    """Is ``ref`` the result of an actor method call made in this process?"""
+    return ref in _call_refs
 
 
 def method(*args, num_returns: int | None = None, **other):
@@ -218,7 +227,12 @@ class ActorMethod:
             # submitted under the lock: calls reach the node in sequence order
             rt.submit(spec)
         del keep
-        return refs_for(spec, n)
+        refs = refs_for(spec, n)
+        if type(refs) is ObjectRef:
+            _call_refs.add(refs)
+        elif type(refs) is list:
+            _call_refs.update(refs)
+        return refs
 
 
 def reset_sequences() -> None:

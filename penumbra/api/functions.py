@@ -11,7 +11,7 @@ from ..core.ids import ActorId, put_object_id
 from ..core.tables import Get
 from ..exceptions import from_error_info
 from . import context
-from .actor import ActorClass, ActorHandle, reset_sequences
+from .actor import ActorClass, ActorHandle, is_actor_call, reset_sequences
 from .args import loads
 from .context import current_runtime, task_context
 from .generators import ObjectRefGenerator
@@ -303,9 +303,25 @@ def put(value: Any) -> ObjectRef:
 
 def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
     """Cancel the task that produces ``object_ref``; ``get`` then raises
-    ``TaskCancelledError``.  ``force`` kills the worker running it."""
+    ``TaskCancelledError``.  ``force`` kills the worker running it.
+
+    An actor method call (Ray's rule for actor tasks): queued, it is
+    cancelled and never runs; running in an async actor, its asyncio task
+    is cancelled; running in a sync or threaded actor, it is not
+    interrupted (actors have state): ``get_runtime_context().is_canceled()``
+    turns true in it, and ``get`` raises ``TaskCancelledError`` whatever it
+    returns.
+
+    Raises:
+        ValueError: ``force=True`` for an actor call: an actor task cannot
+            be force-killed; use ``penumbra.kill(actor)`` to kill the actor.
+    """
     if type(object_ref) is not ObjectRef:
         raise TypeError(f"cancel() expects an ObjectRef, got {type(object_ref).__name__}")
+    if force and is_actor_call(object_ref):
+        raise ValueError("force=True is not supported for actor tasks: an actor method call cannot be "
+                         "force-killed (it would kill the actor); cancel it with force=False, or kill the "
+                         "actor with penumbra.kill(actor)")
     current_runtime().cancel(object_ref._id.task_id, force, recursive)
 
 

@@ -48,6 +48,7 @@ from .ids import ActorId, ObjectId, TaskId
 from .messages import (
     ActorCall,
     ActorFloor,
+    CancelActorCall,
     CheckpointActor,
     ActorCallDone,
     ActorCallStale,
@@ -55,6 +56,7 @@ from .messages import (
     KillActorRequest,
     Command,
     Execute,
+    InterruptTask,
     KillWorker,
     Send,
     StartActor,
@@ -99,6 +101,7 @@ class _Pending:
     spec: TaskSpec
     attempt: int = 0
     sent_to: int | None = None  # incarnation the call was sent to
+    cancelled: bool = False  # penumbra.cancel asked after it was sent: never retried
 
 
 @dataclass(slots=True)
@@ -266,7 +269,9 @@ class ActorRouter:
                 cmds += self._fail(r, p, _died(entry, p.spec.display_name(), ""), now, sid)
             elif p.sent_to is not None and p.sent_to < entry.incarnation:
                 # the call went to an incarnation that died
-                if _may_retry(entry, p):
+                if p.cancelled:
+                    cmds += self._fail(r, p, _cancelled(p.spec), now, sid)  # (cancelled calls are not retried)
+                elif _may_retry(entry, p):
                     p.attempt += 1
                     p.sent_to = None
                     cmds += self._send_if_alive(r, p, now, sid)
@@ -324,16 +329,39 @@ class ActorRouter:
         return []
 
     def cancel(self, tid: TaskId, now: float, sid: str) -> tuple[bool, list[Command]]:
-        for r in self.routes.values():
-            for p in list(r.pending.values()):
-                if p.spec.task_id == tid and p.sent_to is None:
-                    return True, self._fail(r, p, ErrorInfo(ErrorKind.TASK_CANCELLED, f"task {p.spec.display_name()} was cancelled", task_name=p.spec.display_name()), now, sid)
-        return False, []
+        """``penumbra.cancel`` of an actor call made from this node.
+
+        Not sent yet: it fails here and never runs.  Sent to the live
+        incarnation: the host decides (``ActorHost.on_cancel``), as only it
+        knows whether the call is queued or running; the caller keeps
+        waiting for the host's answer.  Sent to an incarnation that is gone:
+        it fails here (a cancelled call is never retried, Ray's rule)."""
+        aid = self.calls.get(tid)
+        r = self.routes.get(aid) if aid is not None else None
+        p = next((q for q in r.pending.values() if q.spec.task_id == tid), None) if r is not None else None
+        if p is None:
+            return False, []
+        if p.sent_to is None:
+            return True, self._fail(r, p, _cancelled(p.spec), now, sid)
+        if p.cancelled:
+            return True, []
+        p.cancelled = True
+        e = r.entry
+        self.node.story_add(tid, now, sid, f"cancel requested; sent to the actor's host {e.node if e else '?'}")
+        if e is not None and e.state is ActorState.ALIVE and e.incarnation == p.sent_to:
+            return True, [Send(to=e.node, msg=CancelActorCall(
+                actor_id=aid, task_id=tid, caller_id=p.spec.caller_id, sequence_no=p.spec.sequence_no,
+                incarnation=p.sent_to, stimulus_id=sid))]
+        if e is not None and e.incarnation > p.sent_to:
+            return True, self._fail(r, p, _cancelled(p.spec), now, sid)
+        return True, []  # (the row is behind: on_entry fails it when it catches up)
 
     def validate(self) -> None:
         for r in self.routes.values():
             for (c, s), p in r.pending.items():
                 assert p.spec.caller_id == c and p.spec.sequence_no == s
+                # an unsent call is failed on cancel, never kept as cancelled
+                assert not p.cancelled or p.sent_to is not None, f"cancelled call {c}#{s} kept unsent"
 
 
 # calls sent ahead to a sequential actor's worker (see ``_in_flight_limit``)
@@ -358,6 +386,11 @@ def _call_done(to: str, spec: TaskSpec, incarnation: int, sid: str) -> Send:
     """Tell the caller's node that ``spec`` (an actor call) is done."""
     return Send(to=to, msg=ActorCallDone(actor_id=spec.actor_id, caller_id=spec.caller_id,
                                          sequence_nos=(spec.sequence_no,), incarnation=incarnation, stimulus_id=sid))
+
+
+def _cancelled(spec: TaskSpec) -> ErrorInfo:
+    name = spec.display_name()
+    return ErrorInfo(ErrorKind.TASK_CANCELLED, f"task {name} was cancelled", task_name=name)
 
 
 def _rank(state: ActorState) -> int:
@@ -394,6 +427,10 @@ class _Call:
     missing: set[ObjectId] = field(default_factory=set)
     replay: bool = False
     pinned: set[ObjectId] = field(default_factory=set)  # inputs we hold in the store
+    # penumbra.cancel: queued, it was failed at once and stays in the queue
+    # only to keep its caller's order (dispatch skips it); running, its
+    # result becomes TASK_CANCELLED
+    cancelled: bool = False
 
 
 @dataclass(slots=True)
@@ -552,6 +589,37 @@ class ActorHost:
                 cmds += objects.want(d, token, True, now, sid)
         return cmds + self._dispatch(h, now, sid)
 
+    def on_cancel(self, ev: CancelActorCall, now: float, sid: str) -> list[Command]:
+        """``penumbra.cancel`` of a call its caller sent here (Ray's rule for
+        actor tasks): queued, it fails now and never runs; running, its
+        worker is told (an async call's asyncio task is cancelled, a sync or
+        threaded one only sees ``is_canceled()``) and whatever it returns,
+        its caller gets TASK_CANCELLED.  A call not here (done already, or
+        not arrived) is left alone: cancel of a finished task does nothing."""
+        h = self._instance(ev.actor_id, ev.incarnation)
+        if h is None:
+            return []
+        tid = ev.task_id
+        call = h.running.get(tid)
+        if call is not None:
+            if call.cancelled or call.replay:
+                return []
+            call.cancelled = True
+            self.node.story_add(tid, now, sid, f"cancel: interrupting it on actor worker {h.worker}")
+            return [InterruptTask(worker_id=h.worker, task_id=tid, stimulus_id=sid)]
+        call = h.queue.get(ev.caller_id, {}).get(ev.sequence_no)
+        if call is None or call.spec.task_id != tid or call.cancelled:
+            return []
+        call.cancelled = True
+        cmds: list[Command] = []
+        token = ("actor-call", ev.actor_id, tid)
+        for d in sorted(call.missing):
+            cmds += self.node.objects.unwant(d, token, now, sid)
+        call.missing.clear()
+        self._pin(call, False)
+        self.node.story_add(tid, now, sid, "cancelled while queued on the actor")
+        return cmds + self._release(h, call, ("error", _cancelled(call.spec)), now, sid) + self._dispatch(h, now, sid)
+
     def on_floor(self, ev: ActorFloor, now: float, sid: str) -> list[Command]:
         h = self.actors.get(ev.actor_id)
         if h is None or h.entry.incarnation != ev.incarnation:
@@ -611,6 +679,10 @@ class ActorHost:
             arrival.pop()
             del q[seq]
             h.next_seq[caller] = seq + 1
+            if call.cancelled:
+                scanned = 0  # (failed when cancelled: it only held its caller's place)
+                n = len(arrival)
+                continue
             h.running[call.spec.task_id] = call
             # the caller's next call may have been passed over earlier in
             # this pass: scan everything again (found by the swarm: a call
@@ -665,9 +737,10 @@ class ActorHost:
         if call is None:
             return []
         self._pin(call, False)
+        result = ("error", _cancelled(call.spec)) if call.cancelled else ("ok", outputs)
         if h.entry.spec.replay and not call.replay:
-            return self._log_then_release(h, call, ("ok", outputs), now, sid) + self._dispatch(h, now, sid)
-        cmds = self._release(h, call, ("ok", outputs), now, sid)
+            return self._log_then_release(h, call, result, now, sid) + self._dispatch(h, now, sid)
+        cmds = self._release(h, call, result, now, sid)
         self._executed(h)
         return cmds + self._dispatch(h, now, sid)
 
@@ -680,6 +753,8 @@ class ActorHost:
         if call is None:
             return []
         self._pin(call, False)
+        if call.cancelled:
+            error = _cancelled(call.spec)
         if h.entry.spec.replay and not call.replay:
             return self._log_then_release(h, call, ("error", error), now, sid) + self._dispatch(h, now, sid)
         cmds = self._release(h, call, ("error", error), now, sid)
@@ -847,8 +922,10 @@ class ActorHost:
             assert len(h.running) <= _in_flight_limit(h.entry.spec)
             for caller, q in h.queue.items():
                 nxt = h.next_seq.get(caller, 0)
-                for s in q:
+                for s, c in q.items():
                     assert s >= nxt, f"queued call {caller}#{s} below next expected {nxt}"
+                    # a cancelled call was failed when cancelled: it holds nothing
+                    assert not c.cancelled or not (c.missing or c.pinned), f"cancelled call {caller}#{s} holds inputs"
             if h.logged:
                 # a logged result is held only behind an earlier call not yet logged
                 gap = _first_unlogged(h)

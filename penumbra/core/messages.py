@@ -770,6 +770,23 @@ class DropObjects(Message):
     object_ids: tuple[ObjectId, ...]
 
 
+
+@_frozen
+class CancelActorCall(Message):
+    """Caller's node to the actor's host: ``penumbra.cancel`` of a call sent
+    to incarnation ``incarnation``.  Queued there, it fails with
+    TASK_CANCELLED and never runs; running, its worker gets
+    ``InterruptTask`` (an async call's asyncio task is cancelled; a sync or
+    threaded call runs on and only sees ``is_canceled()``), and its result
+    becomes TASK_CANCELLED whatever the method returns (Ray's rule for
+    actor tasks)."""
+
+    actor_id: ActorId
+    task_id: TaskId
+    caller_id: str
+    sequence_no: int
+    incarnation: int
+
 # Messages cross processes by the hundred thousand per second: pickle them
 # as (class, field values) instead of the slower dataclass default.
 from ._pickling import fast_reduce as _fast_reduce  # noqa: E402

@@ -38,6 +38,7 @@ from .messages import (
     ActorCallDone,
     ActorCallStale,
     ActorFloor,
+    CancelActorCall,
     ActorCheckpointed,
     ActorRegistered,
     ActorReported,
@@ -545,6 +546,9 @@ class NodeMachine:
     def _on_floor(self, ev: ActorFloor, now: float) -> list[Command]:
         return self.host.on_floor(ev, now, ev.stimulus_id)
 
+    def _on_cancel_call(self, ev: CancelActorCall, now: float) -> list[Command]:
+        return self.host.on_cancel(ev, now, ev.stimulus_id)
+
     def _on_call_stale(self, ev: ActorCallStale, now: float) -> list[Command]:
         return self.router.on_stale(ev, now, ev.stimulus_id)
 
@@ -683,6 +687,7 @@ _HANDLERS = {
     ActorCall: NodeMachine._on_actor_call,
     ActorCallDone: NodeMachine._on_call_done,
     ActorFloor: NodeMachine._on_floor,
+    CancelActorCall: NodeMachine._on_cancel_call,
     ActorCallStale: NodeMachine._on_call_stale,
     StopActor: NodeMachine._on_stop_actor,
     GcsReply: NodeMachine._on_gcs_reply_msg,

@@ -627,8 +627,9 @@ class _WorkerRuntime(_SimClient):
         self.release([oid])
 
     def task_cancelled(self, task_id: TaskId) -> bool:
-        # (the node took the task off the worker's running set: cancelled)
-        return task_id not in self.worker.running
+        # (the node took the task off the worker's running set: cancelled;
+        # a sync actor's call stays on it, flagged)
+        return task_id not in self.worker.running or task_id in self.worker.cancelled
 
     def _send(self, msg: Any) -> None:
         if not self.alive:
@@ -988,6 +989,13 @@ class PythonExecutor(Executor):
             self.next_in_line(node, worker)  # (cancelled or gone: the next one's turn)
             return
         spec = cmd.spec
+        if spec.task_id in worker.cancelled:
+            # a sync actor's call cancelled before it started: it never runs
+            name = spec.display_name()
+            node.complete(worker, cmd, Outcome("raise", 0.0, error=ErrorInfo(
+                ErrorKind.TASK_CANCELLED, f"task {name} was cancelled", task_name=name)))
+            self.next_in_line(node, worker)
+            return
         sim.executions.append((sim.kernel.now, node.address, worker.worker_id, spec.display_name(), cmd.attempt))
         rt = sim.worker_runtime(node, worker)
         sim.start_fiber(_Fiber(sim, rt, node, worker, cmd, self._body))

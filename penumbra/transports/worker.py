@@ -112,7 +112,9 @@ class Worker:
         t = type(item)
         if t is P.Interrupt:
             self.cancelled.add(item.task_id)
-            if self.current == item.task_id:
+            # (an actor's sync call is not interrupted, as in Ray: actors
+            # have state; it sees is_canceled() and its result is dropped)
+            if self.current == item.task_id and self.actor is None:
                 # a real signal, not _thread.interrupt_main(): only a signal
                 # wakes the main thread from a blocking call (sleep, a
                 # socket read), so a task asleep is cancelled at once too

@@ -156,3 +156,91 @@ def test_force_cancel_of_an_actor_call_is_refused(driver):
     # cancel of a finished call does nothing
     ray.cancel(ref)
     assert ray.get(ref, timeout=60) == 1
+
+
+@ray.remote
+class AsyncInit:
+    async def __init__(self, value):
+        await asyncio.sleep(0)
+        self.value = value
+        # (on the real runtime, a task started here lives on the actor's loop)
+        self.loop_id = id(asyncio.get_running_loop())
+
+    async def get(self):
+        return self.value, self.loop_id == id(asyncio.get_running_loop())
+
+
+@ray.remote
+class AsyncInitFails:
+    async def __init__(self):
+        raise KeyError("no config")
+
+    async def get(self):
+        return 1
+
+
+def test_async_init(driver):
+    """Ray runs an async actor's ``async def __init__`` on its event loop."""
+    a = AsyncInit.remote(7)
+    value, same_loop = ray.get(a.get.remote(), timeout=60)
+    assert value == 7
+    if driver == "real":
+        assert same_loop  # (the simulator runs each async call on a loop of its own)
+    b = AsyncInitFails.remote()
+    with pytest.raises(exc.ActorDiedError, match="no config"):
+        ray.get(b.get.remote(), timeout=60)
+
+
+@ray.remote(max_restarts=-1)
+class Child:
+    def ping(self):
+        return "hello"
+
+
+@ray.remote
+class Parent:
+    def make(self, detached_name):
+        self.child = Child.remote()
+        self.detached = Child.options(name=detached_name, lifetime="detached").remote()
+        return self.child, self.detached
+
+
+@ray.remote
+def make_child():
+    return Child.remote()
+
+
+def _dies(handle, driver: str) -> None:
+    """Calls to ``handle`` end with ActorDiedError soon (the death is
+    asynchronous: a call made a moment after the owner's death may still
+    run first)."""
+    def dead():
+        try:
+            ray.get(handle.ping.remote(), timeout=30)
+        except exc.ActorDiedError as e:
+            assert "owner" in str(e), str(e)
+            return True
+        return False
+
+    until(dead, "the owned actor to die", driver)
+
+
+def test_owned_actors_die_with_their_owner(driver):
+    """Ray's fate sharing: an actor created by an actor dies when its
+    creator's worker dies, even with max_restarts=-1; a detached one lives."""
+    parent = Parent.remote()
+    child, detached = ray.get(parent.make.remote(f"detached-{driver}"), timeout=60)
+    assert ray.get(child.ping.remote(), timeout=60) == "hello"
+    ray.kill(parent)
+    _dies(child, driver)
+    assert ray.get(detached.ping.remote(), timeout=60) == "hello"
+    ray.kill(detached)
+
+
+def test_actor_made_by_a_task_outlives_the_task(driver):
+    """The owner is the worker process, not the task: when the task that
+    made an actor returns, its worker lives on, and so does the actor."""
+    child = ray.get(make_child.remote(), timeout=60)
+    assert ray.get(child.ping.remote(), timeout=60) == "hello"
+    assert ray.get([slow.remote(0.01) for _ in range(4)], timeout=60) == [0.01] * 4
+    assert ray.get(child.ping.remote(), timeout=60) == "hello"

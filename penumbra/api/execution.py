@@ -9,6 +9,7 @@ every caller sees, and how an actor's state is checkpointed and restored.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import itertools
 import os
@@ -20,8 +21,8 @@ from ..exceptions import TaskError, from_error_info
 from .args import dumps, loads, unpack_args
 from .runtime import ErrorValue
 
-__all__ = ["call_args", "split_returns", "task_error", "actor_state", "restore_actor", "gpu_ids_for", "set_visible_gpus",
-           "assigned_resources"]
+__all__ = ["call_args", "split_returns", "task_error", "actor_state", "restore_actor", "construct_actor", "gpu_ids_for",
+           "set_visible_gpus", "assigned_resources"]
 
 # The GPUs this process was started with, if someone restricted them: the
 # node's GPU instance i is then the i-th of these (Ray's rule).
@@ -134,6 +135,24 @@ def actor_state(actor: Any) -> bytes:
     else its ``__dict__``, pickled."""
     hook = getattr(actor, "__penumbra_checkpoint__", None)
     return dumps(hook() if hook is not None else dict(vars(actor)))
+
+
+def construct_actor(cls: type, args: list, kwargs: dict, loop: Any = None) -> Any:
+    """A new instance of the actor class ``cls``.  An ``async def
+    __init__`` (an async actor's) is awaited on the actor's event loop
+    ``loop``, as Ray does, so what it starts there (a server, a background
+    task) lives with the actor; without a loop (the simulator) it runs to
+    its end on a loop of its own.  (``cls(...)`` would fail: Python wants
+    ``__init__`` to return None, not a coroutine.)"""
+    if not inspect.iscoroutinefunction(getattr(cls, "__init__", None)):
+        return cls(*args, **kwargs)
+    obj = cls.__new__(cls)
+    coro = obj.__init__(*args, **kwargs)
+    if loop is None:
+        asyncio.run(coro)
+    else:
+        asyncio.run_coroutine_threadsafe(coro, loop).result()
+    return obj
 
 
 def restore_actor(cls: type, data: bytes) -> Any:

@@ -55,6 +55,7 @@ from .messages import (
     ActorReported,
     KillActorRequest,
     Command,
+    OwnerDied,
     Execute,
     InterruptTask,
     KillWorker,
@@ -937,6 +938,20 @@ class ActorHost:
 # Head side
 
 
+@dataclass(frozen=True, slots=True)
+class _OwnerKill:
+    """A kill because the actor's owner died, waiting for the actor's row."""
+
+    actor_id: ActorId
+    why: str
+
+
+def _owner_died(owner: str, reason: str) -> str:
+    return (f"its owner, the worker {owner} that created it, died ({reason or 'no reason given'}); an actor dies "
+            f"with its owner unless it is detached: create it with lifetime=\"detached\" to let it outlive its "
+            f"creator")
+
+
 @dataclass(slots=True)
 class _Restart:
     entry: ActorEntry
@@ -975,6 +990,12 @@ class ActorManager:
 
     def on_node_dead(self, node: str, now: float, sid: str) -> list[Command]:
         cmds: list[Command] = []
+        # the workers of the dead node died with it: the actors they own die
+        # too (first: an owned actor hosted there is not restarted)
+        prefix = node + "/w"  # (worker ids are "<node>/w<n>"; drivers own nothing here)
+        for aid, e in sorted(self.actors.items()):
+            if e.owner.startswith(prefix) and not e.spec.detached and e.state is not ActorState.DEAD:
+                cmds += self.kill(aid, True, now, sid, why=_owner_died(e.owner, f"its node {node} died"))
         for aid, e in sorted(self.actors.items()):
             if e.node == node and e.state is ActorState.ALIVE:
                 cmds += self._restart_or_die(e, ErrorInfo(ErrorKind.ACTOR_DIED, f"the node {node} hosting the actor died", task_name=e.spec.cls.name), now, sid)
@@ -1018,20 +1039,38 @@ class ActorManager:
         self.on_entry(ev.actor_id, row)
         if type(ev) is ActorReported:
             return self.on_reported(ev, now, reread=True)
+        if type(ev) is _OwnerKill:
+            return self.kill(ev.actor_id, True, now, sid, reread=True, why=ev.why)
         return self.kill(ev.actor_id, ev.no_restart, now, sid, reread=True)
 
-    def kill(self, aid: ActorId, no_restart: bool, now: float, sid: str, reread: bool = False) -> list[Command]:
+    def on_owner_died(self, ev: OwnerDied, now: float) -> list[Command]:
+        """The worker ``ev.owner`` died: the non-detached actors it created
+        die with it, whatever their ``max_restarts`` (Ray's fate sharing:
+        an actor's owner is the worker that created it)."""
+        why = _owner_died(ev.owner, ev.reason)
+        cmds: list[Command] = []
+        for aid in ev.actor_ids:
+            cmds += self.kill(aid, True, now, ev.stimulus_id, why=why)
+        return cmds
+
+    def kill(self, aid: ActorId, no_restart: bool, now: float, sid: str, reread: bool = False,
+             why: str | None = None) -> list[Command]:
+        """Stop the actor: ``penumbra.kill`` (``why`` None), or its owner
+        died (``why`` says so; the actor is never restarted then)."""
         e = self.actors.get(aid)
         if e is None and not reread:
             # an actor created a moment ago: its row's notice is on its way
-            return self.head.gcs.read(Get("actors", aid), ("actor-reread", KillActorRequest(actor_id=aid, no_restart=no_restart, stimulus_id=sid)), now, sid)
+            ev = _OwnerKill(aid, why) if why else KillActorRequest(actor_id=aid, no_restart=no_restart, stimulus_id=sid)
+            return self.head.gcs.read(Get("actors", aid), ("actor-reread", ev), now, sid)
         if e is None or e.state is ActorState.DEAD:
             return []
         cmds: list[Command] = []
         if e.node:
-            cmds.append(Send(to=e.node, msg=StopActor(actor_id=aid, incarnation=e.incarnation, reason="killed by penumbra.kill()", stimulus_id=sid)))
+            cmds.append(Send(to=e.node, msg=StopActor(actor_id=aid, incarnation=e.incarnation,
+                                                      reason=why or "killed by penumbra.kill()", stimulus_id=sid)))
         if no_restart:
-            return cmds + self._die(e, ErrorInfo(ErrorKind.ACTOR_DIED, "it was killed by penumbra.kill()", task_name=e.spec.cls.name), now, sid)
+            return cmds + self._die(e, ErrorInfo(ErrorKind.ACTOR_DIED, why or "it was killed by penumbra.kill()",
+                                                 task_name=e.spec.cls.name), now, sid)
         return cmds + self._restart_or_die(e, ErrorInfo(ErrorKind.ACTOR_DIED, "it was killed by penumbra.kill(no_restart=False)", task_name=e.spec.cls.name), now, sid)
 
     def on_job_finished(self, job_id: int, now: float, sid: str) -> list[Command]:

@@ -97,6 +97,7 @@ from .messages import (
     NodeDied,
     NodeJoin,
     NodeWelcome,
+    OwnerDied,
     ReconstructObject,
     ReplicaHeartbeat,
     ReplicaJoin,
@@ -310,6 +311,9 @@ class HeadMachine:
     def _on_kill_actor(self, ev: KillActorRequest, now: float) -> list[Command]:
         return self.actors.kill(ev.actor_id, ev.no_restart, now, ev.stimulus_id)
 
+    def _on_owner_died(self, ev: OwnerDied, now: float) -> list[Command]:
+        return self.actors.on_owner_died(ev, now)
+
     # ------------------------------------------------------------------ job end
     def job_over(self, spec) -> bool:
         """``spec`` is a task of a job that ended (a detached actor's
@@ -454,6 +458,7 @@ _HANDLERS = {
     ReconstructObject: HeadMachine._on_reconstruct,
     ActorReported: HeadMachine._on_actor_reported,
     KillActorRequest: HeadMachine._on_kill_actor,
+    OwnerDied: HeadMachine._on_owner_died,
     JobFinished: HeadMachine._on_job_finished,
     JobCleared: HeadMachine._on_job_cleared,
     GcsReply: HeadMachine._on_gcs,

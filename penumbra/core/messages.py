@@ -787,6 +787,18 @@ class CancelActorCall(Message):
     sequence_no: int
     incarnation: int
 
+
+@_frozen
+class OwnerDied(Message):
+    """A node to the head: the worker ``owner`` died, and it had created
+    these non-detached actors (Ray's fate sharing: an actor dies with the
+    worker that created it, its owner)."""
+
+    owner: str
+    actor_ids: tuple[ActorId, ...]
+    reason: str = ""
+
+
 # Messages cross processes by the hundred thousand per second: pickle them
 # as (class, field values) instead of the slower dataclass default.
 from ._pickling import fast_reduce as _fast_reduce  # noqa: E402

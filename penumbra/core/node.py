@@ -32,13 +32,14 @@ from typing import Any, Hashable
 
 from .actors import ActorHost, ActorRouter, ActorStart
 from .gcs_client import GcsClient
-from .ids import ObjectId, TaskId
+from .ids import ActorId, ObjectId, TaskId
 from .messages import (
     ActorCall,
     ActorCallDone,
     ActorCallStale,
     ActorFloor,
     CancelActorCall,
+    OwnerDied,
     ActorCheckpointed,
     ActorRegistered,
     ActorReported,
@@ -155,6 +156,9 @@ class NodeMachine:
         # jobs the head said are over: their tasks are refused from now on
         # (one int per job ever run on the cluster)
         self.ended_jobs: set[int] = set()
+        # worker -> the non-detached actors it created (it owns them: they
+        # die with it, Ray's fate sharing; see _on_worker_crashed)
+        self.owned_actors: dict[str, list[ActorId]] = {}
 
     def _produced_here(self, oid: ObjectId) -> bool:
         if oid.is_put:
@@ -364,6 +368,10 @@ class NodeMachine:
 
     def _create_actor(self, spec: TaskSpec, client: str, now: float, sid: str) -> list[Command]:
         entry = ActorEntry(spec.actor_creation, spec, owner=client)
+        if not spec.actor_creation.detached and client in self.scheduler.workers:
+            # a worker of ours owns it: it dies with that worker (see
+            # _on_worker_crashed); the driver's die with its job
+            self.owned_actors.setdefault(client, []).append(spec.actor_creation.actor_id)
         cmds = self.gcs.write(PutActor(entry), None, now, sid)
         return cmds + self.scheduler.submit(spec, now, sid, actor=ActorStart(entry))
 
@@ -479,9 +487,14 @@ class NodeMachine:
         return self.scheduler.on_task_raised(ev.worker_id, ev.task_id, ev.error, ev.retryable, now, ev.stimulus_id)
 
     def _on_worker_crashed(self, ev: WorkerCrashed, now: float) -> list[Command]:
+        cmds: list[Command] = []
+        owned = self.owned_actors.pop(ev.worker_id, None)
+        if owned:
+            cmds.append(Send(to=self.head, msg=OwnerDied(owner=ev.worker_id, actor_ids=tuple(owned), reason=ev.reason,
+                                                         stimulus_id=ev.stimulus_id)))
         if self.host.owns_worker(ev.worker_id):
-            return self.host.on_worker_died(ev.worker_id, ev.reason, now, ev.stimulus_id) + self.scheduler.dispatch(now, ev.stimulus_id)
-        return self.scheduler.on_worker_crashed(ev.worker_id, ev.reason, now, ev.stimulus_id)
+            return cmds + self.host.on_worker_died(ev.worker_id, ev.reason, now, ev.stimulus_id) + self.scheduler.dispatch(now, ev.stimulus_id)
+        return cmds + self.scheduler.on_worker_crashed(ev.worker_id, ev.reason, now, ev.stimulus_id)
 
     def _on_blocked(self, ev: WorkerBlocked, now: float) -> list[Command]:
         return self.scheduler.on_blocked(ev.worker_id, now, ev.stimulus_id)

@@ -111,7 +111,8 @@ from typing import Any
 
 from ..api import context
 from ..api.context import TaskContext, use_task_context
-from ..api.execution import actor_state, assigned_resources, call_args, restore_actor, split_returns, task_error
+from ..api.execution import (actor_state, assigned_resources, call_args, construct_actor, restore_actor, split_returns,
+                             task_error)
 from ..api.generators import is_generator_result, stream_values
 from ..api.refs import ObjectRef
 from ..api.runtime import ErrorValue, Runtime
@@ -1064,7 +1065,7 @@ class PythonExecutor(Executor):
             obj = restore_actor(cls, cmd.checkpoint.data)
         else:
             args, kwargs = self._args(fiber)
-            obj = cls(*args, **kwargs)
+            obj = construct_actor(cls, args, kwargs)
         fiber.worker.actor_state = obj
 
     def _finish(self, spec: TaskSpec, result: Any, duration: float) -> Outcome:

@@ -35,6 +35,7 @@ from ..api.execution import (
     actor_state,
     assigned_resources,
     call_args,
+    construct_actor,
     gpu_ids_for,
     restore_actor,
     set_visible_gpus,
@@ -253,18 +254,20 @@ class Worker:
         a = spec.actor_creation
         cls = self.rt.load_function(spec.function.function_id)
         self.actor_name = f"{cls.__name__}"
+        if a.is_async:
+            # the loop first: an ``async def __init__`` runs on it, as in Ray
+            # (and so can start servers and tasks that live with the actor)
+            self.loop = asyncio.new_event_loop()
+            self.async_slots = asyncio.Semaphore(max(1, a.max_concurrency))
+            threading.Thread(target=self.loop.run_forever, name="penumbra-actor-loop", daemon=True).start()
         if run.checkpoint is not None and run.checkpoint.data is not None:
             obj = restore_actor(cls, run.checkpoint.data)
         else:
             args, kwargs = self._args(run)
-            obj = cls(*args, **kwargs)
+            obj = construct_actor(cls, args, kwargs, self.loop)
         self.actor = obj
         self.actor_spec = a
-        if a.is_async:
-            self.loop = asyncio.new_event_loop()
-            self.async_slots = asyncio.Semaphore(max(1, a.max_concurrency))
-            threading.Thread(target=self.loop.run_forever, name="penumbra-actor-loop", daemon=True).start()
-        elif a.max_concurrency > 1:
+        if not a.is_async and a.max_concurrency > 1:
             self.pool = concurrent.futures.ThreadPoolExecutor(a.max_concurrency, thread_name_prefix="penumbra-actor")
 
     def _store(self, oid, value: Any) -> None:

@@ -244,3 +244,113 @@ def test_actor_made_by_a_task_outlives_the_task(driver):
     assert ray.get(child.ping.remote(), timeout=60) == "hello"
     assert ray.get([slow.remote(0.01) for _ in range(4)], timeout=60) == [0.01] * 4
     assert ray.get(child.ping.remote(), timeout=60) == "hello"
+
+
+@ray.remote
+class Tidy:
+    def __init__(self, path):
+        self.path = path
+        self.calls = 0
+
+    def work(self):
+        self.calls += 1
+        return self.calls
+
+    def __ray_shutdown__(self):
+        with open(self.path, "w") as f:
+            f.write(f"cleaned after {self.calls}")
+
+
+def test_ray_terminate_runs_ray_shutdown_after_earlier_calls(driver, tmp_path):
+    """Ray: ``__ray_terminate__`` is queued like a call; the actor then
+    runs ``__ray_shutdown__`` and exits for good."""
+    path = tmp_path / "cleaned"
+    a = Tidy.remote(str(path))
+    refs = [a.work.remote() for _ in range(3)]
+    end = a.__ray_terminate__.remote()
+    assert ray.get(refs, timeout=60) == [1, 2, 3]
+    with pytest.raises(exc.ActorDiedError):
+        ray.get(end, timeout=60)
+    assert path.read_text() == "cleaned after 3"
+    with pytest.raises(exc.ActorDiedError):
+        ray.get(a.work.remote(), timeout=60)
+
+
+def test_kill_does_not_run_ray_shutdown(driver, tmp_path):
+    """Ray: ``penumbra.kill`` ends the actor at once, without cleanup."""
+    path = tmp_path / "cleaned"
+    a = Tidy.remote(str(path))
+    assert ray.get(a.work.remote(), timeout=60) == 1
+    ray.kill(a)
+    with pytest.raises(exc.ActorDiedError):
+        ray.get(a.work.remote(), timeout=60)
+    assert not path.exists()
+
+
+SHUTDOWN_DRIVER = """
+import sys
+import penumbra as ray
+
+address, token, out = sys.argv[1:4]
+ray.init(address=address, _token=token)
+
+
+@ray.remote
+class Tidy:
+    def __init__(self, name):
+        self.name = name
+
+    def ping(self):
+        return self.name
+
+    def __ray_shutdown__(self):
+        with open(f"{out}/{self.name}", "w") as f:
+            f.write("cleaned")
+
+
+@ray.remote
+class Async:
+    async def ping(self):
+        return "async"
+
+    async def __ray_shutdown__(self):
+        with open(f"{out}/async", "w") as f:
+            f.write("cleaned")
+
+
+a, b, c = Tidy.remote("ends-with-job"), Tidy.remote("killed"), Async.remote()
+assert ray.get([a.ping.remote(), b.ping.remote(), c.ping.remote()]) == ["ends-with-job", "killed", "async"]
+ray.kill(b)
+print("ok", flush=True)
+# and exit: the job ends
+"""
+
+
+@pytest.mark.timeout(180)
+def test_job_end_runs_ray_shutdown_but_kill_does_not(tmp_path):
+    """Ray: when the job ends, its actors end gracefully: their
+    ``__ray_shutdown__`` runs (sync or async); ``penumbra.kill`` skips it."""
+    import os
+    import subprocess
+    import sys
+
+    from penumbra.transports.launch import Cluster
+
+    cluster = Cluster(head_node_args={"num_cpus": 2})
+    try:
+        script = tmp_path / "driver.py"
+        script.write_text(SHUTDOWN_DRIVER)
+        out = tmp_path / "out"
+        out.mkdir()
+        repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ, PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        p = subprocess.run([sys.executable, str(script), cluster.address, cluster.token, str(out)],
+                           capture_output=True, text=True, env=env, timeout=120)
+        assert p.returncode == 0 and p.stdout.startswith("ok"), (p.stdout, p.stderr)
+        deadline = time.monotonic() + 60
+        while len(os.listdir(out)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sorted(os.listdir(out)) == ["async", "ends-with-job"]
+        assert (out / "ends-with-job").read_text() == "cleaned"
+    finally:
+        cluster.shutdown()

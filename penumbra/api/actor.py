@@ -56,7 +56,9 @@ def method(*args, num_returns: int | None = None, **other):
 def _method_table(cls: type) -> tuple[tuple[str, int], ...]:
     out = []
     for name, member in inspect.getmembers(cls):
-        if name.startswith("__") and name not in ("__call__",):
+        # (__ray_shutdown__: its host runs it on a graceful end; see
+        # core.actors.ActorHost._stop)
+        if name.startswith("__") and name not in ("__call__", "__ray_shutdown__"):
             continue
         if not callable(member):
             continue
@@ -173,6 +175,14 @@ class ActorHandle:
     @property
     def actor_id(self) -> ActorId:
         return self._actor_id
+
+    @property
+    def __ray_terminate__(self) -> "ActorMethod":
+        """Ray's graceful end of an actor, queued like a call: once the
+        calls made before it ran, the actor runs its ``__ray_shutdown__``
+        (if it has one) and exits for good (``penumbra.kill`` ends it at
+        once, without cleanup)."""
+        return ActorMethod(self, "__ray_terminate__", 1)
 
     def __reduce__(self):
         return (ActorHandle, (bytes(self._actor_id), self._class_name, tuple(self._methods.items()), self._is_async, self._cls))

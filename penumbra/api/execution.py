@@ -10,6 +10,7 @@ every caller sees, and how an actor's state is checkpointed and restored.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import itertools
 import os
@@ -21,8 +22,8 @@ from ..exceptions import TaskError, from_error_info
 from .args import dumps, loads, unpack_args
 from .runtime import ErrorValue
 
-__all__ = ["call_args", "split_returns", "task_error", "actor_state", "restore_actor", "construct_actor", "gpu_ids_for",
-           "set_visible_gpus", "assigned_resources"]
+__all__ = ["call_args", "split_returns", "task_error", "actor_state", "restore_actor", "construct_actor", "install_terminate",
+           "terminate_actor", "gpu_ids_for", "set_visible_gpus", "assigned_resources"]
 
 # The GPUs this process was started with, if someone restricted them: the
 # node's GPU instance i is then the i-th of these (Ray's rule).
@@ -134,7 +135,31 @@ def actor_state(actor: Any) -> bytes:
     """An actor's checkpoint: ``__penumbra_checkpoint__()`` if it has one,
     else its ``__dict__``, pickled."""
     hook = getattr(actor, "__penumbra_checkpoint__", None)
-    return dumps(hook() if hook is not None else dict(vars(actor)))
+    if hook is not None:
+        return dumps(hook())
+    state = dict(vars(actor))
+    state.pop("__ray_terminate__", None)  # (install_terminate's: bound to this instance)
+    return dumps(state)
+
+
+def terminate_actor(obj: Any) -> Any:
+    """What ``handle.__ray_terminate__.remote()`` runs in the actor, after
+    the calls made before it: the actor's ``__ray_shutdown__``, if it has
+    one (its result: a coroutine is awaited like an async method's).  The
+    actor's host then ends the actor for good (``core.actors``)."""
+    shutdown = getattr(obj, "__ray_shutdown__", None)
+    return shutdown() if shutdown is not None else None
+
+
+def install_terminate(obj: Any) -> Any:
+    """Give a new actor instance its ``__ray_terminate__`` (unless its class
+    has its own), so the worker runs it like any method."""
+    if not hasattr(type(obj), "__ray_terminate__"):
+        try:
+            obj.__ray_terminate__ = functools.partial(terminate_actor, obj)
+        except AttributeError:
+            pass  # (a class with __slots__: __ray_terminate__ is then not available)
+    return obj
 
 
 def construct_actor(cls: type, args: list, kwargs: dict, loop: Any = None) -> Any:

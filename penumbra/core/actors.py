@@ -44,7 +44,7 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from .ids import ActorId, ObjectId, TaskId
+from .ids import ActorId, ObjectId, TaskId, child_task_id
 from .messages import (
     ActorCall,
     ActorFloor,
@@ -60,6 +60,7 @@ from .messages import (
     InterruptTask,
     KillWorker,
     Send,
+    SetTimer,
     StartActor,
     StopActor,
 )
@@ -367,6 +368,12 @@ class ActorRouter:
 
 # calls sent ahead to a sequential actor's worker (see ``_in_flight_limit``)
 PIPELINE_DEPTH = 16
+# how long an actor's ``__ray_shutdown__`` may take on a graceful stop
+# before its worker is killed anyway
+SHUTDOWN_GRACE = 30.0
+SHUTDOWN_METHOD = "__ray_shutdown__"
+TERMINATE_METHOD = "__ray_terminate__"  # (Ray's graceful end, queued like a call)
+_SHUTDOWN_INDEX = 1 << 62  # (its task id: a child of the creation no submission numbers reach)
 
 
 def _in_flight_limit(spec: ActorSpec) -> int:
@@ -452,6 +459,10 @@ class _Hosted:
     logged: dict = field(default_factory=dict)  # log index -> (call, result): logged, held until every earlier call is
     releasing: dict = field(default_factory=dict)  # tid -> call whose outputs' record is on its way to the GCS
     covered: dict = field(default_factory=dict)  # tid -> (spec, from_node, attempt): asked again, row being read
+    # a graceful stop in progress: the task id of the __ray_shutdown__ call
+    # the worker runs last (None: not stopping)
+    stopping: TaskId | None = None
+    terminating: bool = False  # __ray_terminate__ ran: end the actor once earlier results are out
 
 
 def _first_unlogged(h: _Hosted) -> int | None:
@@ -522,6 +533,8 @@ class ActorHost:
         if h is None or entry is None:
             return []
         mine = h.entry.incarnation
+        if entry.state is ActorState.DEAD and entry.incarnation == mine and entry.graceful:
+            return self._stop(h, "its job ended", now, sid, graceful=True)
         if entry.incarnation > mine or (entry.state is ActorState.DEAD and entry.incarnation >= mine):
             return self._stop(h, "this actor instance was superseded by a newer incarnation", now, sid)
         return []
@@ -650,7 +663,7 @@ class ActorHost:
     def _dispatch(self, h: _Hosted, now: float, sid: str) -> list[Command]:
         cmds: list[Command] = []
         limit = _in_flight_limit(h.entry.spec)
-        if h.checkpointing:
+        if h.checkpointing or h.stopping is not None:
             return cmds
         # replayed calls first, one at a time, in log order
         if h.replay:
@@ -734,10 +747,14 @@ class ActorHost:
         h = self.actors.get(aid) if aid is not None else None
         if h is None:
             return []
+        if h.stopping is not None:
+            return self._ended_while_stopping(h, tid, now, sid)
         call = h.running.pop(tid, None)
         if call is None:
             return []
         self._pin(call, False)
+        if call.spec.method == TERMINATE_METHOD and not call.replay:
+            return self._terminate(h, call, now, sid)
         result = ("error", _cancelled(call.spec)) if call.cancelled else ("ok", outputs)
         if h.entry.spec.replay and not call.replay:
             return self._log_then_release(h, call, result, now, sid) + self._dispatch(h, now, sid)
@@ -750,10 +767,14 @@ class ActorHost:
         h = self.actors.get(aid) if aid is not None else None
         if h is None:
             return []
+        if h.stopping is not None:
+            return self._ended_while_stopping(h, tid, now, sid)
         call = h.running.pop(tid, None)
         if call is None:
             return []
         self._pin(call, False)
+        if call.spec.method == TERMINATE_METHOD and not call.replay:
+            return self._terminate(h, call, now, sid)  # (even if __ray_shutdown__ raised)
         if call.cancelled:
             error = _cancelled(call.spec)
         if h.entry.spec.replay and not call.replay:
@@ -840,9 +861,10 @@ class ActorHost:
         if h is None:
             return []
         call = h.releasing.pop(tid, None)
+        cmds = self._terminate_if_released(h, sid)
         if call is None or not call.from_node:
-            return []
-        return [_call_done(call.from_node, call.spec, incarnation, sid)]
+            return cmds
+        return [_call_done(call.from_node, call.spec, incarnation, sid)] + cmds
 
     def on_covered_row(self, aid: ActorId, incarnation: int, tid: TaskId, entry: Any, now: float, sid: str) -> list[Command]:
         """The row of a call asked for again after it ran (see ``on_call``)."""
@@ -912,10 +934,69 @@ class ActorHost:
         h = self.actors.get(ev.actor_id)
         if h is None or h.entry.incarnation > ev.incarnation:
             return []
-        return self._stop(h, ev.reason, now, sid)
+        return self._stop(h, ev.reason, now, sid, graceful=ev.graceful and h.entry.incarnation == ev.incarnation)
 
-    def _stop(self, h: _Hosted, reason: str, now: float, sid: str) -> list[Command]:
+    def _stop(self, h: _Hosted, reason: str, now: float, sid: str, graceful: bool = False) -> list[Command]:
+        """Stop the actor's worker.  ``graceful`` (its job ended): first
+        the worker runs the actor's ``__ray_shutdown__``, if it has one, as
+        its last call (behind the calls it holds, whose results nobody
+        waits for any more: the actor is dead), then it is killed; after
+        ``SHUTDOWN_GRACE`` it is killed anyway."""
+        if h.stopping is not None:
+            if graceful:
+                return []  # (already running its __ray_shutdown__)
+        elif graceful and SHUTDOWN_METHOD in dict(h.entry.spec.methods):
+            creation = h.entry.creation
+            spec = TaskSpec(
+                task_id=child_task_id(creation.task_id, _SHUTDOWN_INDEX + h.entry.incarnation), job_id=creation.job_id,
+                parent_task_id=creation.task_id, function=creation.function, num_returns=0, max_retries=0,
+                actor_id=h.entry.spec.actor_id, method=SHUTDOWN_METHOD,
+                name=f"{h.entry.spec.cls.name.rsplit('.', 1)[-1]}.{SHUTDOWN_METHOD}",
+            )
+            h.stopping = spec.task_id
+            self.node.story_add(creation.task_id, now, sid, f"stopping gracefully ({reason}): running {SHUTDOWN_METHOD}")
+            return [Execute(worker_id=h.worker, spec=spec, attempt=0, gpu_ids=self.node.scheduler.gpus.ids_of(h.worker),
+                            stimulus_id=sid),
+                    SetTimer(at=now + SHUTDOWN_GRACE, key=("actor-shutdown", h.entry.spec.actor_id, h.entry.incarnation))]
         return [KillWorker(worker_id=h.worker, reason=reason or "actor stopped", stimulus_id=sid)]
+
+    def _terminate(self, h: _Hosted, call: _Call, now: float, sid: str) -> list[Command]:
+        """``__ray_terminate__`` ran (the actor's ``__ray_shutdown__``, after
+        every call made before it): nothing more runs here; once the results
+        of the calls before it are recorded (so their callers get them, not
+        the actor's death), the head ends the actor for good.  The call
+        itself, and every later one, fail with ActorDiedError, as in Ray."""
+        h.stopping = call.spec.task_id  # (no more dispatch; later results dropped)
+        h.terminating = True
+        self.node.story_add(call.spec.task_id, now, sid, "__ray_terminate__ ran: ending the actor")
+        return self._terminate_if_released(h, sid)
+
+    def _terminate_if_released(self, h: _Hosted, sid: str) -> list[Command]:
+        if not h.terminating or h.releasing or h.unlogged or h.logged:
+            return []
+        h.terminating = False
+        return [Send(to=self.node.head, msg=KillActorRequest(
+            actor_id=h.entry.spec.actor_id, no_restart=True,
+            reason=f"it ended gracefully: {TERMINATE_METHOD} was called", stimulus_id=sid))]
+
+    def _ended_while_stopping(self, h: _Hosted, tid: TaskId, now: float, sid: str) -> list[Command]:
+        """A call ended on a worker being stopped gracefully: its result
+        is dropped (the actor is dead: its callers were told); the end of
+        ``__ray_shutdown__`` is the worker's end."""
+        call = h.running.pop(tid, None)
+        if call is not None:
+            self._pin(call, False)
+        if tid != h.stopping:
+            return []
+        return [KillWorker(worker_id=h.worker, reason=f"the actor stopped gracefully ({SHUTDOWN_METHOD} ran)",
+                           stimulus_id=sid)]
+
+    def on_shutdown_timer(self, aid: ActorId, incarnation: int, now: float, sid: str) -> list[Command]:
+        h = self._instance(aid, incarnation)
+        if h is None or h.stopping is None:
+            return []
+        return [KillWorker(worker_id=h.worker, reason=f"{SHUTDOWN_METHOD} did not end within {SHUTDOWN_GRACE:g} s",
+                           stimulus_id=sid)]
 
     def validate(self) -> None:
         for aid, h in self.actors.items():
@@ -940,10 +1021,12 @@ class ActorHost:
 
 @dataclass(frozen=True, slots=True)
 class _OwnerKill:
-    """A kill because the actor's owner died, waiting for the actor's row."""
+    """A kill by the system (its owner died, its job ended), waiting for
+    the actor's row."""
 
     actor_id: ActorId
     why: str
+    graceful: bool = False
 
 
 def _owner_died(owner: str, reason: str) -> str:
@@ -1040,7 +1123,7 @@ class ActorManager:
         if type(ev) is ActorReported:
             return self.on_reported(ev, now, reread=True)
         if type(ev) is _OwnerKill:
-            return self.kill(ev.actor_id, True, now, sid, reread=True, why=ev.why)
+            return self.kill(ev.actor_id, True, now, sid, reread=True, why=ev.why, graceful=ev.graceful)
         return self.kill(ev.actor_id, ev.no_restart, now, sid, reread=True)
 
     def on_owner_died(self, ev: OwnerDied, now: float) -> list[Command]:
@@ -1054,34 +1137,37 @@ class ActorManager:
         return cmds
 
     def kill(self, aid: ActorId, no_restart: bool, now: float, sid: str, reread: bool = False,
-             why: str | None = None) -> list[Command]:
+             why: str | None = None, graceful: bool = False) -> list[Command]:
         """Stop the actor: ``penumbra.kill`` (``why`` None), or its owner
-        died (``why`` says so; the actor is never restarted then)."""
+        died or its job ended (``why`` says so; the actor is never restarted
+        then).  ``graceful``: its ``__ray_shutdown__`` runs first."""
         e = self.actors.get(aid)
         if e is None and not reread:
             # an actor created a moment ago: its row's notice is on its way
-            ev = _OwnerKill(aid, why) if why else KillActorRequest(actor_id=aid, no_restart=no_restart, stimulus_id=sid)
+            ev = _OwnerKill(aid, why, graceful) if why else KillActorRequest(actor_id=aid, no_restart=no_restart, stimulus_id=sid)
             return self.head.gcs.read(Get("actors", aid), ("actor-reread", ev), now, sid)
         if e is None or e.state is ActorState.DEAD:
             return []
         cmds: list[Command] = []
         if e.node:
             cmds.append(Send(to=e.node, msg=StopActor(actor_id=aid, incarnation=e.incarnation,
-                                                      reason=why or "killed by penumbra.kill()", stimulus_id=sid)))
+                                                      reason=why or "killed by penumbra.kill()", graceful=graceful,
+                                                      stimulus_id=sid)))
         if no_restart:
             return cmds + self._die(e, ErrorInfo(ErrorKind.ACTOR_DIED, why or "it was killed by penumbra.kill()",
-                                                 task_name=e.spec.cls.name), now, sid)
+                                                 task_name=e.spec.cls.name), now, sid, graceful=graceful)
         return cmds + self._restart_or_die(e, ErrorInfo(ErrorKind.ACTOR_DIED, "it was killed by penumbra.kill(no_restart=False)", task_name=e.spec.cls.name), now, sid)
 
     def on_job_finished(self, job_id: int, now: float, sid: str) -> list[Command]:
         cmds: list[Command] = []
         for aid, e in sorted(self.actors.items()):
             if e.creation.job_id == job_id and e.state is not ActorState.DEAD and not e.spec.detached:
-                cmds += self.kill(aid, True, now, sid)
+                # a graceful end, as in Ray: the actor's __ray_shutdown__ runs
+                cmds += self.kill(aid, True, now, sid, why=f"its job {job_id} ended (its driver exited)", graceful=True)
         return cmds
 
-    def _die(self, e: ActorEntry, cause: ErrorInfo, now: float, sid: str) -> list[Command]:
-        dead = replace(e, state=ActorState.DEAD, death_cause=cause)
+    def _die(self, e: ActorEntry, cause: ErrorInfo, now: float, sid: str, graceful: bool = False) -> list[Command]:
+        dead = replace(e, state=ActorState.DEAD, death_cause=cause, graceful=graceful)
         self.actors[e.spec.actor_id] = dead
         self.restarts.pop(e.spec.actor_id, None)
         gcs = self.head.gcs

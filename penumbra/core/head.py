@@ -309,7 +309,7 @@ class HeadMachine:
         return self.actors.on_reported(ev, now)
 
     def _on_kill_actor(self, ev: KillActorRequest, now: float) -> list[Command]:
-        return self.actors.kill(ev.actor_id, ev.no_restart, now, ev.stimulus_id)
+        return self.actors.kill(ev.actor_id, ev.no_restart, now, ev.stimulus_id, why=ev.reason or None)
 
     def _on_owner_died(self, ev: OwnerDied, now: float) -> list[Command]:
         return self.actors.on_owner_died(ev, now)

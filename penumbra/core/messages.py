@@ -727,19 +727,23 @@ class ActorReported(Message):
 
 @_frozen
 class KillActorRequest(Message):
-    """Node to head: a client asked to kill an actor."""
+    """Node to head: a client asked to kill an actor (or, with a
+    ``reason``, the actor's host ends it: ``__ray_terminate__``)."""
 
     actor_id: ActorId
     no_restart: bool = True
+    reason: str = ""
 
 
 @_frozen
 class StopActor(Message):
-    """Head to host node: kill the actor's worker now."""
+    """Head to host node: kill the actor's worker now (``graceful``: after
+    the actor's ``__ray_shutdown__`` ran, if it has one)."""
 
     actor_id: ActorId
     incarnation: int
     reason: str = ""
+    graceful: bool = False
 
 
 @_frozen

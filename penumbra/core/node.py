@@ -288,6 +288,8 @@ class NodeMachine:
                     + self.router.refresh_hosted(now, sid))
         if key[0] == "obj":
             return self.objects.on_recheck(key[2], now, ev.stimulus_id)
+        if key[0] == "actor-shutdown":
+            return self.host.on_shutdown_timer(key[1], key[2], now, ev.stimulus_id)
         return []
 
     # ------------------------------------------------------------------ clients

@@ -111,8 +111,8 @@ from typing import Any
 
 from ..api import context
 from ..api.context import TaskContext, use_task_context
-from ..api.execution import (actor_state, assigned_resources, call_args, construct_actor, restore_actor, split_returns,
-                             task_error)
+from ..api.execution import (actor_state, assigned_resources, call_args, construct_actor, install_terminate,
+                             restore_actor, split_returns, task_error)
 from ..api.generators import is_generator_result, stream_values
 from ..api.refs import ObjectRef
 from ..api.runtime import ErrorValue, Runtime
@@ -1066,7 +1066,7 @@ class PythonExecutor(Executor):
         else:
             args, kwargs = self._args(fiber)
             obj = construct_actor(cls, args, kwargs)
-        fiber.worker.actor_state = obj
+        fiber.worker.actor_state = install_terminate(obj)
 
     def _finish(self, spec: TaskSpec, result: Any, duration: float) -> Outcome:
         datas, sizes = [], []

@@ -37,6 +37,7 @@ from ..api.execution import (
     call_args,
     construct_actor,
     gpu_ids_for,
+    install_terminate,
     restore_actor,
     set_visible_gpus,
     split_returns,
@@ -265,7 +266,7 @@ class Worker:
         else:
             args, kwargs = self._args(run)
             obj = construct_actor(cls, args, kwargs, self.loop)
-        self.actor = obj
+        self.actor = install_terminate(obj)
         self.actor_spec = a
         if not a.is_async and a.max_concurrency > 1:
             self.pool = concurrent.futures.ThreadPoolExecutor(a.max_concurrency, thread_name_prefix="penumbra-actor")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .api.actor import ActorClass, ActorHandle, method
 from .api.context import current_runtime, task_context
+from .api.execution import run_shutdown
 from .core.ids import ObjectId
 from .exceptions import GetTimeoutError, PenumbraError
 
@@ -29,6 +30,9 @@ def exit_actor() -> None:
     ``ActorDiedError``; its name is freed.  Outside an actor use
     ``penumbra.kill(handle)``.
 
+    A graceful end, as in Ray: the actor's ``__ray_shutdown__`` runs first,
+    if it has one.
+
     Raises:
         TypeError: called outside an actor method (a driver or a task).
     """
@@ -37,6 +41,7 @@ def exit_actor() -> None:
         raise TypeError("exit_actor() can only be called inside an actor method; "
                         "to end an actor from outside it, call penumbra.kill(handle)")
     rt = current_runtime()
+    run_shutdown(getattr(rt, "actor_instance", None))
     rt.kill_actor(ctx.actor_id, True)
     # The node now stops this worker; block until it does, so nothing after
     # this call runs and the call's result is the actor's death, as in Ray.

@@ -14,6 +14,8 @@ import functools
 import inspect
 import itertools
 import os
+import threading
+import traceback
 from typing import Any
 
 from ..core.records import ErrorInfo, ErrorKind
@@ -140,6 +142,35 @@ def actor_state(actor: Any) -> bytes:
     state = dict(vars(actor))
     state.pop("__ray_terminate__", None)  # (install_terminate's: bound to this instance)
     return dumps(state)
+
+
+def run_shutdown(obj: Any) -> None:
+    """Run the actor ``obj``'s ``__ray_shutdown__`` to its end, here and now
+    (``exit_actor``: the actor ends gracefully); an error in it is printed,
+    not raised, as the actor ends anyway."""
+    shutdown = getattr(obj, "__ray_shutdown__", None)
+    if shutdown is None:
+        return
+    try:
+        result = shutdown()
+        if inspect.isawaitable(result):
+            # (this thread may be running the actor's event loop: await it
+            # on a loop of its own, in a thread of its own)
+            errors: list[BaseException] = []
+
+            def run() -> None:
+                try:
+                    asyncio.run(result)
+                except BaseException as e:  # noqa: BLE001 - reported below
+                    errors.append(e)
+
+            t = threading.Thread(target=run, name="penumbra-ray-shutdown")
+            t.start()
+            t.join()
+            if errors:
+                raise errors[0]
+    except Exception:  # noqa: BLE001 - see above
+        traceback.print_exc()
 
 
 def terminate_actor(obj: Any) -> Any:

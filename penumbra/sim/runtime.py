@@ -622,6 +622,12 @@ class _WorkerRuntime(_SimClient):
         self.worker = worker
         self.fibers: list[_Fiber] = []
 
+    @property
+    def actor_instance(self) -> Any:
+        """The actor this worker hosts (``exit_actor`` runs its
+        ``__ray_shutdown__``), or None."""
+        return self.worker.actor_state
+
     def store_yielded(self, oid: ObjectId, value: Any) -> None:
         """Store one value a generator task yielded (see ``api.generators``)."""
         self.put_object(oid, value)

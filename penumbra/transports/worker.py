@@ -267,6 +267,7 @@ class Worker:
             args, kwargs = self._args(run)
             obj = construct_actor(cls, args, kwargs, self.loop)
         self.actor = install_terminate(obj)
+        self.rt.actor_instance = obj  # (exit_actor runs its __ray_shutdown__)
         self.actor_spec = a
         if not a.is_async and a.max_concurrency > 1:
             self.pool = concurrent.futures.ThreadPoolExecutor(a.max_concurrency, thread_name_prefix="penumbra-actor")

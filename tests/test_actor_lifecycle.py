@@ -407,3 +407,135 @@ def test_job_end_runs_ray_shutdown_but_kill_does_not(tmp_path):
         assert (out / "ends-with-job").read_text() == "cleaned"
     finally:
         cluster.shutdown()
+
+
+# ============================================================================ the machines (memnet)
+# The same rules, on the pure core machines with a deterministic in-memory
+# network: where a cancel goes, who owns an actor, what a graceful end runs.
+
+def _actors(core, **kw):
+    from test_core_actors import Actors
+
+    A = Actors(core)
+    A.cluster(**kw)
+    return A
+
+
+def _error_kind(A, spec):
+    info = A.results().get(spec.return_ids[0])
+    return None if info is None else (info.error.kind if info.error is not None else "ok")
+
+
+def test_core_cancel_queued_call_fails_at_the_host_and_never_runs(core):
+    from penumbra.core.messages import CancelTask
+    from penumbra.core.records import ErrorKind
+
+    A = _actors(core, nodes=2)
+    # a replay actor runs one call at a time and sends none ahead: the
+    # second call waits in the host's queue
+    aid = A.create(node="node:1", replay=True)
+    A.net.run_for(0.2)
+    slow, queued, after = A.call(aid, "slow"), A.call(aid), A.call(aid)
+    A.watch([slow, queued, after])
+    A.net.run_for(0.1)
+    node, hosted = A.host_of(aid)
+    assert slow.task_id in hosted.running and queued.sequence_no in hosted.queue["c:d"]
+    A.net.send("c:d", "node:0", CancelTask(client="c:d", task_id=queued.task_id))
+    A.net.run_for(0.1)
+    assert _error_kind(A, queued) is ErrorKind.TASK_CANCELLED  # at once, before the slow call ends
+    assert _error_kind(A, slow) is None
+    A.net.run_for(2.0)
+    assert _error_kind(A, slow) == "ok" and _error_kind(A, after) == "ok"
+    assert [s for _, s, _ in A.runs(aid)] == [slow.sequence_no, after.sequence_no]  # it never ran
+    A.net.machines[node].validate()
+
+
+def test_core_cancel_running_call_interrupts_its_worker_and_is_never_retried(core):
+    from penumbra.core.messages import CancelTask, InterruptTask
+    from penumbra.core.records import ErrorKind
+
+    A = _actors(core, nodes=2)
+    aid = A.create(node="node:1", max_restarts=1, max_task_retries=-1)
+    A.net.run_for(0.2)
+    slow = A.call(aid, "slow")
+    A.watch([slow])
+    A.net.run_for(0.1)
+    node, hosted = A.host_of(aid)
+    seen = []
+    machine = A.net.machines[node]
+    handle = machine.handle
+
+    def spy(ev, now):
+        cmds = handle(ev, now)
+        seen.extend(c for c in cmds if isinstance(c, InterruptTask))
+        return cmds
+
+    machine.handle = spy
+    A.net.send("c:d", "node:0", CancelTask(client="c:d", task_id=slow.task_id))
+    A.net.run_for(0.1)
+    assert [c.task_id for c in seen] == [slow.task_id] and seen[0].worker_id == hosted.worker
+    assert _error_kind(A, slow) is ErrorKind.TASK_CANCELLED
+    assert len(A.runs(aid)) == 1
+
+
+def test_core_owned_actors_die_with_their_owners_worker_or_node(core):
+    from dataclasses import replace as _replace
+
+    from penumbra.core.ids import actor_id_of
+    from penumbra.core.messages import SubmitTask, WorkerCrashed
+    from penumbra.core.records import ActorState
+    from penumbra.core.specs import ActorSpec, FunctionDescriptor
+
+    A = _actors(core, nodes=3)
+    net = A.net
+
+    def create_from(worker, node, **kw):
+        s = core.spec(cpus=None)
+        a = ActorSpec(actor_id=actor_id_of(s.task_id), cls=FunctionDescriptor(b"C", "C"), **kw)
+        net.send(worker, node, SubmitTask(client=worker, spec=_replace(s, actor_creation=a)))
+        return a.actor_id
+
+    w0 = sorted(net.machines["node:0"].scheduler.workers)[0]
+    w2 = sorted(net.machines["node:2"].scheduler.workers)[0]
+    owned = create_from(w0, "node:0", max_restarts=-1)
+    detached = create_from(w0, "node:0", detached=True, name="d")
+    on_node2 = create_from(w2, "node:2")
+    by_driver = A.create()
+    net.run_for(0.3)
+    assert all(A.entry(a).state is ActorState.ALIVE for a in (owned, detached, on_node2, by_driver))
+    # the owner's worker dies: its owned actor dies for good (no restart)
+    net.workers[w0] = ("node:0", False)
+    net.inject("node:0", WorkerCrashed(worker_id=w0, reason="killed by test"))
+    net.run_for(0.5)
+    e = A.entry(owned)
+    assert e.state is ActorState.DEAD and "owner" in e.death_cause.message and e.restarts == 0
+    assert A.entry(detached).state is ActorState.ALIVE and A.entry(by_driver).state is ActorState.ALIVE
+    # a whole node dies: the actors its workers own die with it
+    net.crash("node:2")
+    net.run_for(3.0)
+    assert A.entry(on_node2).state is ActorState.DEAD and "owner" in A.entry(on_node2).death_cause.message
+    assert A.entry(detached).state is ActorState.ALIVE and A.entry(by_driver).state is ActorState.ALIVE
+
+
+def test_core_job_end_runs_ray_shutdown_and_kill_does_not(core):
+    from penumbra.core.messages import JobFinished, KillActor
+    from penumbra.core.records import ActorState
+
+    A = _actors(core, nodes=2)
+    methods = (("__ray_shutdown__", 0), ("m", 1))
+    ends, killed, plain = A.create(methods=methods), A.create(methods=methods), A.create()
+    A.net.run_for(0.2)
+    calls = [A.call(a) for a in (ends, killed, plain)]
+    A.watch(calls)
+    A.net.run_for(0.2)
+    A.net.send("c:d", "node:0", KillActor(client="c:d", actor_id=killed))
+    A.net.run_for(0.2)
+    A.net.send("c:d", "head", JobFinished(job_id=1))
+    A.net.run_for(1.0)
+    assert all(A.entry(a).state is ActorState.DEAD for a in (ends, killed, plain))
+    assert "job 1 ended" in A.entry(ends).death_cause.message and A.entry(ends).graceful
+    # __ray_shutdown__ ran once, on the actor that ended with its job only
+    assert [(ac, m) for _, ac, _, _, m, _ in A.log if m == "__ray_shutdown__"] == [(ends, "__ray_shutdown__")]
+    # and every worker is gone
+    for n in ("node:0", "node:1"):
+        assert not A.net.machines[n].host.actors

@@ -113,6 +113,19 @@ def test_cancel_of_running_and_queued_sync_actor_calls(driver):
     assert ray.get(dep, timeout=60) == 3.0
 
 
+def test_cancel_of_running_threaded_actor_call(driver):
+    """Ray: a threaded actor's running call is not interrupted either: it
+    sees is_canceled(), and get raises TaskCancelledError."""
+    a = Worker.options(max_concurrency=2).remote()
+    flag = Flag.remote()
+    running = a.poll.remote(flag)
+    until(lambda: ray.get(flag.is_set.remote()), "the call to start", driver)
+    ray.cancel(running)
+    with pytest.raises(exc.TaskCancelledError):
+        ray.get(running, timeout=60)
+    assert ray.get(a.state.remote(), timeout=60) == (True, 0)
+
+
 @ray.remote
 class AsyncWorker:
     def __init__(self):

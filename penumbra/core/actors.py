@@ -35,6 +35,29 @@ in the GCS (``AppendActorLog``), and checkpoints every
 ``checkpoint_interval`` calls.  On restart the manager reads the checkpoint
 and the calls logged since, and the new host replays them before serving new
 calls: the actor's state is rebuilt along its stateful edges.
+
+Ray's lifecycle rules on top:
+
+  * **Cancel** of a call (``CancelTask`` at the caller's node): not sent
+    yet, the router fails it; sent, the router forwards the cancel to the
+    host (``CancelActorCall``), which alone knows where the call is.  Queued
+    there, it is failed at once (TASK_CANCELLED) and stays in the queue as a
+    tombstone that only keeps its caller's order; running (or sent ahead to
+    the worker), the worker gets ``InterruptTask`` -- an async call's
+    asyncio task is cancelled, a sync or threaded one runs on and sees
+    ``is_canceled()`` -- and whatever it returns, the result is
+    TASK_CANCELLED.  A cancelled call is never retried across a restart.
+  * **Ownership** (fate sharing): an actor created by a worker (a task's or
+    an actor's) is owned by that worker process; when the worker dies (its
+    node tells the head: ``OwnerDied``) or its node dies, the actor is
+    killed for good, whatever its ``max_restarts``.  A detached actor has no
+    owner; the driver's actors die with its job.
+  * **Graceful end**: when its job ends, an actor's row goes DEAD with
+    ``graceful`` set, and its host runs the actor's ``__ray_shutdown__`` as
+    the worker's last call before killing it (``SHUTDOWN_GRACE`` at most);
+    ``__ray_terminate__`` (a call) runs it after the calls made before it
+    and ends the actor once their results are recorded.  ``penumbra.kill``,
+    a crash or an owner's death end the actor at once, without it.
 """
 
 from __future__ import annotations
@@ -1008,6 +1031,8 @@ class ActorHost:
                     assert s >= nxt, f"queued call {caller}#{s} below next expected {nxt}"
                     # a cancelled call was failed when cancelled: it holds nothing
                     assert not c.cancelled or not (c.missing or c.pinned), f"cancelled call {caller}#{s} holds inputs"
+            # a terminating actor dispatches nothing more
+            assert not h.terminating or h.stopping is not None, "terminating without stopping"
             if h.logged:
                 # a logged result is held only behind an earlier call not yet logged
                 gap = _first_unlogged(h)

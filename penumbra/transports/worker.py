@@ -115,7 +115,8 @@ class Worker:
         if t is P.Interrupt:
             self.cancelled.add(item.task_id)
             # (an actor's sync call is not interrupted, as in Ray: actors
-            # have state; it sees is_canceled() and its result is dropped)
+            # have state; it sees is_canceled(), and its host makes its
+            # result TASK_CANCELLED)
             if self.current == item.task_id and self.actor is None:
                 # a real signal, not _thread.interrupt_main(): only a signal
                 # wakes the main thread from a blocking call (sleep, a
@@ -261,11 +262,17 @@ class Worker:
             self.loop = asyncio.new_event_loop()
             self.async_slots = asyncio.Semaphore(max(1, a.max_concurrency))
             threading.Thread(target=self.loop.run_forever, name="penumbra-actor-loop", daemon=True).start()
-        if run.checkpoint is not None and run.checkpoint.data is not None:
-            obj = restore_actor(cls, run.checkpoint.data)
-        else:
-            args, kwargs = self._args(run)
-            obj = construct_actor(cls, args, kwargs, self.loop)
+        try:
+            if run.checkpoint is not None and run.checkpoint.data is not None:
+                obj = restore_actor(cls, run.checkpoint.data)
+            else:
+                args, kwargs = self._args(run)
+                obj = construct_actor(cls, args, kwargs, self.loop)
+        except BaseException:
+            if self.loop is not None:  # (no actor here after all: no loop either)
+                self.loop.call_soon_threadsafe(self.loop.stop)
+                self.loop = self.async_slots = None
+            raise
         self.actor = install_terminate(obj)
         self.rt.actor_instance = obj  # (exit_actor runs its __ray_shutdown__)
         self.actor_spec = a

@@ -370,11 +370,16 @@ class NodeMachine:
 
     def _create_actor(self, spec: TaskSpec, client: str, now: float, sid: str) -> list[Command]:
         entry = ActorEntry(spec.actor_creation, spec, owner=client)
-        if not spec.actor_creation.detached and client in self.scheduler.workers:
+        cmds = self.gcs.write(PutActor(entry), None, now, sid)
+        if not spec.actor_creation.detached and client.startswith(self.node_id + "/w"):
             # a worker of ours owns it: it dies with that worker (see
             # _on_worker_crashed); the driver's die with its job
-            self.owned_actors.setdefault(client, []).append(spec.actor_creation.actor_id)
-        cmds = self.gcs.write(PutActor(entry), None, now, sid)
+            aid = spec.actor_creation.actor_id
+            if client in self.scheduler.workers:
+                self.owned_actors.setdefault(client, []).append(aid)
+            else:  # (gone already: while its actor's name was registered)
+                cmds.append(Send(to=self.head, msg=OwnerDied(owner=client, actor_ids=(aid,), reason="it died",
+                                                             stimulus_id=sid)))
         return cmds + self.scheduler.submit(spec, now, sid, actor=ActorStart(entry))
 
     def _on_watch(self, ev: WatchObjects, now: float) -> list[Command]:

@@ -552,3 +552,31 @@ def test_core_job_end_runs_ray_shutdown_and_kill_does_not(core):
     # and every worker is gone
     for n in ("node:0", "node:1"):
         assert not A.net.machines[n].host.actors
+
+
+def test_core_ray_terminate_waits_for_earlier_results_then_ends_the_actor(core):
+    from penumbra.core.messages import JobFinished
+    from penumbra.core.records import ActorState, ErrorKind
+
+    A = _actors(core, nodes=2)
+    methods = (("__ray_shutdown__", 0), ("m", 1))
+    aid, other = A.create(methods=methods), A.create(methods=methods)
+    A.net.run_for(0.2)
+    before = [A.call(aid) for _ in range(3)]
+    end = A.call(aid, "__ray_terminate__")
+    after = A.call(aid)
+    other_call = A.call(other, "__ray_terminate__")
+    A.watch(before + [end, after, other_call])
+    A.net.run_for(0.5)
+    assert all(_error_kind(A, s) == "ok" for s in before)
+    assert _error_kind(A, end) is ErrorKind.ACTOR_DIED and _error_kind(A, after) is ErrorKind.ACTOR_DIED
+    e = A.entry(aid)
+    assert e.state is ActorState.DEAD and "__ray_terminate__" in e.death_cause.message and not e.graceful
+    assert [m for _, ac, _, _, m, _ in A.log if ac == aid] == ["m", "m", "m", "__ray_terminate__"]
+    # the job ends too: nothing runs twice, and every worker is gone
+    A.net.send("c:d", "head", JobFinished(job_id=1))
+    A.net.run_for(1.0)
+    assert [m for _, ac, _, _, m, _ in A.log if ac == other] == ["__ray_terminate__"]
+    for n in ("node:0", "node:1"):
+        assert not A.net.machines[n].host.actors
+        A.net.machines[n].validate()

@@ -485,7 +485,11 @@ class _Hosted:
     # a graceful stop in progress: the task id of the __ray_shutdown__ call
     # the worker runs last (None: not stopping)
     stopping: TaskId | None = None
-    terminating: bool = False  # __ray_terminate__ ran: end the actor once earlier results are out
+    # __ray_terminate__ ran: nothing more runs here (``terminated``), and the
+    # head is asked to end the actor once earlier results are out (``terminating``)
+    terminated: bool = False
+    terminating: bool = False
+    terminate_sent: bool = False  # the __ray_terminate__ call is on the worker: send nothing after it
 
 
 def _first_unlogged(h: _Hosted) -> int | None:
@@ -686,7 +690,7 @@ class ActorHost:
     def _dispatch(self, h: _Hosted, now: float, sid: str) -> list[Command]:
         cmds: list[Command] = []
         limit = _in_flight_limit(h.entry.spec)
-        if h.checkpointing or h.stopping is not None:
+        if h.checkpointing or h.stopping is not None or h.terminated or h.terminate_sent:
             return cmds
         # replayed calls first, one at a time, in log order
         if h.replay:
@@ -713,6 +717,8 @@ class ActorHost:
                 continue
             if seq != h.next_seq.get(caller) or call.missing:
                 continue
+            if call.spec.method == TERMINATE_METHOD and h.running:
+                continue  # (it runs once every call before it ended, and alone)
             arrival.pop()
             del q[seq]
             h.next_seq[caller] = seq + 1
@@ -735,6 +741,9 @@ class ActorHost:
             self.node.story_add(call.spec.task_id, now, sid, f"running on actor worker {h.worker}")
             cmds.append(Execute(worker_id=h.worker, spec=call.spec, attempt=call.attempt,
                                 gpu_ids=self.node.scheduler.gpus.ids_of(h.worker), stimulus_id=sid))
+            if call.spec.method == TERMINATE_METHOD:
+                h.terminate_sent = True  # nothing is sent after it
+                break
         return cmds
 
     def _input_error(self, call: _Call) -> ErrorInfo | None:
@@ -770,7 +779,7 @@ class ActorHost:
         h = self.actors.get(aid) if aid is not None else None
         if h is None:
             return []
-        if h.stopping is not None:
+        if h.stopping is not None or h.terminated:
             return self._ended_while_stopping(h, tid, now, sid)
         call = h.running.pop(tid, None)
         if call is None:
@@ -790,7 +799,7 @@ class ActorHost:
         h = self.actors.get(aid) if aid is not None else None
         if h is None:
             return []
-        if h.stopping is not None:
+        if h.stopping is not None or h.terminated:
             return self._ended_while_stopping(h, tid, now, sid)
         call = h.running.pop(tid, None)
         if call is None:
@@ -968,7 +977,7 @@ class ActorHost:
         if h.stopping is not None:
             if graceful:
                 return []  # (already running its __ray_shutdown__)
-        elif graceful and SHUTDOWN_METHOD in dict(h.entry.spec.methods):
+        elif graceful and not h.terminated and SHUTDOWN_METHOD in dict(h.entry.spec.methods):
             creation = h.entry.creation
             spec = TaskSpec(
                 task_id=child_task_id(creation.task_id, _SHUTDOWN_INDEX + h.entry.incarnation), job_id=creation.job_id,
@@ -989,7 +998,7 @@ class ActorHost:
         of the calls before it are recorded (so their callers get them, not
         the actor's death), the head ends the actor for good.  The call
         itself, and every later one, fail with ActorDiedError, as in Ray."""
-        h.stopping = call.spec.task_id  # (no more dispatch; later results dropped)
+        h.terminated = True  # (no more dispatch; later results dropped)
         h.terminating = True
         self.node.story_add(call.spec.task_id, now, sid, "__ray_terminate__ ran: ending the actor")
         return self._terminate_if_released(h, sid)
@@ -1003,9 +1012,10 @@ class ActorHost:
             reason=f"it ended gracefully: {TERMINATE_METHOD} was called", stimulus_id=sid))]
 
     def _ended_while_stopping(self, h: _Hosted, tid: TaskId, now: float, sid: str) -> list[Command]:
-        """A call ended on a worker being stopped gracefully: its result
-        is dropped (the actor is dead: its callers were told); the end of
-        ``__ray_shutdown__`` is the worker's end."""
+        """A call ended on a worker being stopped gracefully (or after
+        ``__ray_terminate__``): its result is dropped (the actor is dead, or
+        about to be: its callers get that); the end of ``__ray_shutdown__``
+        is the worker's end."""
         call = h.running.pop(tid, None)
         if call is not None:
             self._pin(call, False)
@@ -1032,7 +1042,7 @@ class ActorHost:
                     # a cancelled call was failed when cancelled: it holds nothing
                     assert not c.cancelled or not (c.missing or c.pinned), f"cancelled call {caller}#{s} holds inputs"
             # a terminating actor dispatches nothing more
-            assert not h.terminating or h.stopping is not None, "terminating without stopping"
+            assert not h.terminating or h.terminated, "terminating, yet still dispatching"
             if h.logged:
                 # a logged result is held only behind an earlier call not yet logged
                 gap = _first_unlogged(h)
@@ -1045,7 +1055,7 @@ class ActorHost:
 
 
 @dataclass(frozen=True, slots=True)
-class _OwnerKill:
+class _SystemKill:
     """A kill by the system (its owner died, its job ended), waiting for
     the actor's row."""
 
@@ -1147,7 +1157,7 @@ class ActorManager:
         self.on_entry(ev.actor_id, row)
         if type(ev) is ActorReported:
             return self.on_reported(ev, now, reread=True)
-        if type(ev) is _OwnerKill:
+        if type(ev) is _SystemKill:
             return self.kill(ev.actor_id, True, now, sid, reread=True, why=ev.why, graceful=ev.graceful)
         return self.kill(ev.actor_id, ev.no_restart, now, sid, reread=True)
 
@@ -1169,7 +1179,7 @@ class ActorManager:
         e = self.actors.get(aid)
         if e is None and not reread:
             # an actor created a moment ago: its row's notice is on its way
-            ev = _OwnerKill(aid, why, graceful) if why else KillActorRequest(actor_id=aid, no_restart=no_restart, stimulus_id=sid)
+            ev = _SystemKill(aid, why, graceful) if why else KillActorRequest(actor_id=aid, no_restart=no_restart, stimulus_id=sid)
             return self.head.gcs.read(Get("actors", aid), ("actor-reread", ev), now, sid)
         if e is None or e.state is ActorState.DEAD:
             return []

@@ -143,6 +143,13 @@ class AsyncWorker:
     async def seen(self):
         return self.cancelled
 
+    async def asks(self):
+        try:
+            ray.get_runtime_context().is_canceled()
+        except RuntimeError as e:
+            return str(e)
+        return "no error"
+
 
 def test_cancel_of_running_async_actor_call(driver):
     """Ray: a running async actor task's asyncio task is cancelled."""
@@ -158,6 +165,12 @@ def test_cancel_of_running_async_actor_call(driver):
         ray.get(ref, timeout=30)
     assert time.monotonic() - t0 < 30
     assert ray.get(a.seen.remote(), timeout=30) is True
+
+
+def test_is_canceled_in_an_async_actor_is_an_error(driver):
+    """Ray: is_canceled() raises RuntimeError in an async actor."""
+    a = AsyncWorker.remote()
+    assert "async actor" in ray.get(a.asks.remote(), timeout=60)
 
 
 def test_force_cancel_of_an_actor_call_is_refused(driver):

@@ -301,6 +301,16 @@ def put(value: Any) -> ObjectRef:
     return ObjectRef(oid)
 
 
+def _in_event_loop() -> bool:
+    import asyncio
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
     """Cancel the task that produces ``object_ref``; ``get`` then raises
     ``TaskCancelledError``.  ``force`` kills the worker running it.
@@ -435,10 +445,20 @@ class RuntimeContext:
 
     def is_canceled(self) -> bool:
         """Whether ``cancel`` was called on the task running here.  A running
-        task is interrupted (``KeyboardInterrupt``) when it can be; a
-        threaded actor's call cannot be, so it may poll this and stop."""
+        task is interrupted (``KeyboardInterrupt``) when it can be; a sync or
+        threaded actor's call never is (Ray's rule), so it may poll this and
+        stop.
+
+        Raises:
+            RuntimeError: called outside a task or actor method, or in an
+                async actor (there a cancelled call gets
+                ``asyncio.CancelledError`` instead, as in Ray).
+        """
         if self._ctx.task_id is None or not self._rt.is_worker:
             raise RuntimeError("is_canceled() can only be called inside a task or an actor method")
+        if self._ctx.actor_id is not None and _in_event_loop():
+            raise RuntimeError("is_canceled() is not available in an async actor: a cancelled call of an async "
+                               "actor gets asyncio.CancelledError at its next await instead")
         return self._rt.task_cancelled(self._ctx.task_id)
 
     @property

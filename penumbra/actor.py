@@ -42,7 +42,7 @@ def exit_actor() -> None:
                         "to end an actor from outside it, call penumbra.kill(handle)")
     rt = current_runtime()
     run_shutdown(getattr(rt, "actor_instance", None))
-    rt.kill_actor(ctx.actor_id, True)
+    rt.kill_actor(ctx.actor_id, True, exiting=ctx.task_id)
     # The node now stops this worker; block until it does, so nothing after
     # this call runs and the call's result is the actor's death, as in Ray.
     try:

@@ -355,6 +355,20 @@ def test_exit_actor_runs_ray_shutdown(driver, tmp_path):
         assert path2.read_text() == "async cleaned"
 
 
+def test_exit_actor_lets_the_calls_before_it_return(driver, tmp_path):
+    """Ray: the calls made before the one that calls exit_actor() return
+    their results; that call and the ones after it fail.  (Killed at once,
+    a call whose result was on its way to the GCS failed instead.)"""
+    a = Quits.remote(str(tmp_path / "cleaned"))
+    before = [a.work.remote() for _ in range(3)]
+    quit_ = a.quit.remote()
+    after = a.work.remote()
+    assert ray.get(before, timeout=60) == [1, 2, 3]
+    for ref in (quit_, after):
+        with pytest.raises(exc.ActorDiedError, match="exit_actor"):
+            ray.get(ref, timeout=60)
+
+
 def test_kill_does_not_run_ray_shutdown(driver, tmp_path):
     """Ray: ``penumbra.kill`` ends the actor at once, without cleanup."""
     path = tmp_path / "cleaned"

@@ -490,6 +490,8 @@ class _Hosted:
     terminated: bool = False
     terminating: bool = False
     terminate_sent: bool = False  # the __ray_terminate__ call is on the worker: send nothing after it
+    end_reason: str = ""  # why it ends (exit_actor, __ray_terminate__)
+    before_end: set = field(default_factory=set)  # running calls made before the end: their results count
 
 
 def _first_unlogged(h: _Hosted) -> int | None:
@@ -779,8 +781,9 @@ class ActorHost:
         h = self.actors.get(aid) if aid is not None else None
         if h is None:
             return []
-        if h.stopping is not None or h.terminated:
+        if h.stopping is not None or (h.terminated and tid not in h.before_end):
             return self._ended_while_stopping(h, tid, now, sid)
+        h.before_end.discard(tid)  # (made before exit_actor(): its result counts)
         call = h.running.pop(tid, None)
         if call is None:
             return []
@@ -799,8 +802,9 @@ class ActorHost:
         h = self.actors.get(aid) if aid is not None else None
         if h is None:
             return []
-        if h.stopping is not None or h.terminated:
+        if h.stopping is not None or (h.terminated and tid not in h.before_end):
             return self._ended_while_stopping(h, tid, now, sid)
+        h.before_end.discard(tid)  # (made before exit_actor(): its result counts)
         call = h.running.pop(tid, None)
         if call is None:
             return []
@@ -1000,16 +1004,39 @@ class ActorHost:
         itself, and every later one, fail with ActorDiedError, as in Ray."""
         h.terminated = True  # (no more dispatch; later results dropped)
         h.terminating = True
+        h.end_reason = f"it ended gracefully: {TERMINATE_METHOD} was called"
         self.node.story_add(call.spec.task_id, now, sid, "__ray_terminate__ ran: ending the actor")
         return self._terminate_if_released(h, sid)
 
+    def on_exit(self, aid: ActorId, exiting: TaskId, now: float, sid: str) -> list[Command]:
+        """The actor called ``exit_actor()`` in its call ``exiting`` (Ray:
+        that call and the calls after it fail with ActorDiedError, those
+        before it return): nothing more runs here, and once the results of
+        the calls before it are recorded, the head ends the actor for good.
+        (Killed at once, a call whose result was on its way to the GCS
+        would fail at its caller instead.)"""
+        h = self.actors.get(aid)
+        if h is None or h.terminated:
+            return []
+        h.terminated = h.terminating = True
+        h.end_reason = "it called exit_actor()"
+        # the calls sent to the worker before the exiting one still end
+        # normally (their end may not have reached us yet)
+        for tid in h.running:
+            if tid == exiting:
+                break
+            h.before_end.add(tid)
+        self.node.story_add(h.entry.creation.task_id, now, sid, "exit_actor() called: ending the actor")
+        return self._terminate_if_released(h, sid)
+
     def _terminate_if_released(self, h: _Hosted, sid: str) -> list[Command]:
-        if not h.terminating or h.releasing or h.unlogged or h.logged:
+        """Ask the head to end a terminating actor once no result of a call
+        made before the end is still to come or on its way to the GCS."""
+        if not h.terminating or h.releasing or h.unlogged or h.logged or h.before_end:
             return []
         h.terminating = False
         return [Send(to=self.node.head, msg=KillActorRequest(
-            actor_id=h.entry.spec.actor_id, no_restart=True,
-            reason=f"it ended gracefully: {TERMINATE_METHOD} was called", stimulus_id=sid))]
+            actor_id=h.entry.spec.actor_id, no_restart=True, reason=h.end_reason, stimulus_id=sid))]
 
     def _ended_while_stopping(self, h: _Hosted, tid: TaskId, now: float, sid: str) -> list[Command]:
         """A call ended on a worker being stopped gracefully (or after
@@ -1043,6 +1070,7 @@ class ActorHost:
                     assert not c.cancelled or not (c.missing or c.pinned), f"cancelled call {caller}#{s} holds inputs"
             # a terminating actor dispatches nothing more
             assert not h.terminating or h.terminated, "terminating, yet still dispatching"
+            assert h.before_end <= h.running.keys(), "a call made before the end is not running"
             if h.logged:
                 # a logged result is held only behind an earlier call not yet logged
                 gap = _first_unlogged(h)

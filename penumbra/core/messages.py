@@ -343,6 +343,9 @@ class KillActor(Message):
     client: str
     actor_id: ActorId
     no_restart: bool = True
+    # exit_actor(): the call of the actor that ends it (the calls before it
+    # still return their results)
+    exiting: TaskId | None = None
 
 
 @_frozen

@@ -454,6 +454,10 @@ class NodeMachine:
     def _on_kill_actor(self, ev: KillActor, now: float) -> list[Command]:
         if ev.no_restart:
             self.router.killed_here(ev.actor_id)
+        if ev.exiting is not None and ev.no_restart and self.host.by_worker.get(ev.client) == ev.actor_id:
+            # exit_actor(): the actor ends itself, once the results of the
+            # calls before this one are recorded (see ActorHost.on_exit)
+            return self.host.on_exit(ev.actor_id, ev.exiting, now, ev.stimulus_id)
         return [Send(to=self.head, msg=KillActorRequest(actor_id=ev.actor_id, no_restart=ev.no_restart, stimulus_id=ev.stimulus_id))]
 
     def _on_client_gcs(self, ev: ClientGcsRequest, now: float) -> list[Command]:

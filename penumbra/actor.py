@@ -8,17 +8,9 @@ from __future__ import annotations
 
 from .api.actor import ActorClass, ActorHandle, method
 from .api.context import current_runtime, task_context
-from .core.ids import ObjectId
-from .exceptions import GetTimeoutError, PenumbraError
+from .api.execution import end_actor, run_shutdown
 
 __all__ = ["ActorClass", "ActorHandle", "exit_actor", "method"]
-
-# How long exit_actor waits for its node to stop the worker before it gives
-# up and says so (the node acts on the kill within milliseconds).
-_EXIT_WAIT = 60.0
-# An object no task ever makes: waiting on it is a wait that only the
-# worker's own end (or the timeout) can finish, on either driver.
-_NEVER = ObjectId(b"\x00" * 19 + b"\x00")
 
 
 def exit_actor() -> None:
@@ -29,6 +21,9 @@ def exit_actor() -> None:
     ``ActorDiedError``; its name is freed.  Outside an actor use
     ``penumbra.kill(handle)``.
 
+    A graceful end, as in Ray: the actor's ``__ray_shutdown__`` runs first,
+    if it has one.
+
     Raises:
         TypeError: called outside an actor method (a driver or a task).
     """
@@ -36,22 +31,6 @@ def exit_actor() -> None:
     if ctx.actor_id is None:
         raise TypeError("exit_actor() can only be called inside an actor method; "
                         "to end an actor from outside it, call penumbra.kill(handle)")
-    end_actor(current_runtime(), ctx.actor_id)
-
-
-def end_actor(rt, actor_id) -> None:
-    """Ask the node to stop actor ``actor_id`` for good (no restart), and
-    block until it stops this worker: nothing after this runs, and the
-    call's result is the actor's death, as in Ray.  For ``exit_actor()``
-    and for an actor method that calls ``sys.exit()``.
-
-    Raises:
-        PenumbraError: the node did not stop the worker in time.
-    """
-    rt.kill_actor(actor_id, True)
-    try:
-        rt.get_objects([_NEVER], _EXIT_WAIT)
-    except GetTimeoutError:
-        pass
-    raise PenumbraError(f"exit_actor(): the actor was not stopped within {_EXIT_WAIT:g} s of asking its node; "
-                        "is the node overloaded or its connection lost?")
+    rt = current_runtime()
+    run_shutdown(getattr(rt, "actor_instance", None))
+    end_actor(rt, ctx.actor_id, exiting=ctx.task_id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import threading
+import weakref
 from typing import Any
 
 from ..core.ids import ActorId, actor_id_of, child_task_id
@@ -21,6 +22,14 @@ __all__ = ["ActorClass", "ActorHandle", "ActorMethod", "method"]
 
 _seq_lock = threading.Lock()
 _seqs: dict[tuple[int, ActorId], itertools.count] = {}
+# the refs of actor calls made by this process, while they live: cancel
+# refuses force=True for them (Ray's rule: an actor task is never killed)
+_call_refs: "weakref.WeakSet[ObjectRef]" = weakref.WeakSet()
+
+
+def is_actor_call(ref: ObjectRef) -> bool:
+    """Is ``ref`` the result of an actor method call made in this process?"""
+    return ref in _call_refs
 
 
 def method(*args, num_returns: int | None = None, **other):
@@ -48,7 +57,9 @@ def method(*args, num_returns: int | None = None, **other):
 def _method_table(cls: type) -> tuple[tuple[str, int], ...]:
     out = []
     for name, member in inspect.getmembers(cls):
-        if name.startswith("__") and name not in ("__call__",):
+        # (__ray_shutdown__: its host runs it on a graceful end; see
+        # core.actors.ActorHost._stop)
+        if name.startswith("__") and name not in ("__call__", "__ray_shutdown__"):
             continue
         if not callable(member):
             continue
@@ -174,6 +185,14 @@ class ActorHandle:
     def actor_id(self) -> ActorId:
         return self._actor_id
 
+    @property
+    def __ray_terminate__(self) -> "ActorMethod":
+        """Ray's graceful end of an actor, queued like a call: once the
+        calls made before it ran, the actor runs its ``__ray_shutdown__``
+        (if it has one) and exits for good (``penumbra.kill`` ends it at
+        once, without cleanup)."""
+        return ActorMethod(self, "__ray_terminate__", 1)
+
     def __reduce__(self):
         return (ActorHandle, (bytes(self._actor_id), self._class_name, tuple(self._methods.items()), self._is_async, self._cls))
 
@@ -231,7 +250,12 @@ class ActorMethod:
             # submitted under the lock: calls reach the node in sequence order
             rt.submit(spec)
         del keep
-        return refs_for(spec, n)
+        refs = refs_for(spec, n)
+        if type(refs) is ObjectRef:
+            _call_refs.add(refs)
+        elif type(refs) is list:
+            _call_refs.update(refs)
+        return refs
 
 
 def reset_sequences() -> None:

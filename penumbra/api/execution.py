@@ -9,22 +9,27 @@ every caller sees, and how an actor's state is checkpointed and restored.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import inspect
 import io
 import os
 import pickle
+import threading
+import traceback
 from typing import Any
 
+from ..core.ids import ObjectId
 from ..core.records import ErrorInfo, ErrorKind
 from ..core.specs import Payload, TaskSpec
-from ..exceptions import TaskError, from_error_info
+from ..exceptions import GetTimeoutError, PenumbraError, TaskError, from_error_info
 from .args import dumps, loads, unpack_args
 from .runtime import ErrorValue
 
 __all__ = ["environment", "task_env", "call_args", "split_returns", "task_error", "exit_error", "exit_status",
-           "output_name", "actor_state", "restore_actor", "gpu_ids_for", "set_visible_gpus",
-           "assigned_resources"]
+           "output_name", "actor_state", "restore_actor", "construct_actor", "install_terminate", "terminate_actor",
+           "end_actor", "gpu_ids_for", "set_visible_gpus", "assigned_resources"]
 
 # The GPUs this process was started with, if someone restricted them: the
 # node's GPU instance i is then the i-th of these (Ray's rule).
@@ -258,14 +263,39 @@ def exit_error(spec: TaskSpec, e: SystemExit, rt: Any) -> ErrorInfo | None:
         return None
     aid = spec.actor_id or (spec.actor_creation.actor_id if spec.actor_creation else None)
     if aid is not None:
-        from ..actor import end_actor
-
-        end_actor(rt, aid)
+        end_actor(rt, aid, exiting=spec.task_id)
     name = spec.display_name()
     return ErrorInfo(ErrorKind.WORKER_CRASHED,
                      f"task {name} called sys.exit(0), which ends its worker: the task failed. "
                      f"To fail a task, raise an exception; to end an actor, call penumbra.actor.exit_actor()",
                      task_name=name)
+
+
+# How long an actor that ends itself waits for its node to stop its worker
+# before it gives up and says so (the node acts within milliseconds).
+_EXIT_WAIT = 60.0
+# An object no task ever makes: waiting on it is a wait that only the
+# worker's own end (or the timeout) can finish, on either driver.
+_NEVER = ObjectId(b"\x00" * 20)
+
+
+def end_actor(rt, actor_id, exiting=None) -> None:
+    """Ask the node to stop actor ``actor_id`` for good (no restart), and
+    block until it stops this worker: nothing after this runs, and the
+    call's result is the actor's death, as in Ray.  For ``exit_actor()``
+    and for an actor method that calls ``sys.exit()``; ``exiting`` is the
+    call doing so (the calls before it still return their results).
+
+    Raises:
+        PenumbraError: the node did not stop the worker in time.
+    """
+    rt.kill_actor(actor_id, True, exiting=exiting)
+    try:
+        rt.get_objects([_NEVER], _EXIT_WAIT)
+    except GetTimeoutError:
+        pass
+    raise PenumbraError(f"the actor was not stopped within {_EXIT_WAIT:g} s of asking its node to end it; "
+                        "is the node overloaded or its connection lost?")
 
 
 def _retryable(spec: TaskSpec, e: BaseException) -> bool:
@@ -282,7 +312,78 @@ def actor_state(actor: Any) -> bytes:
     """An actor's checkpoint: ``__penumbra_checkpoint__()`` if it has one,
     else its ``__dict__``, pickled."""
     hook = getattr(actor, "__penumbra_checkpoint__", None)
-    return dumps(hook() if hook is not None else dict(vars(actor)))
+    if hook is not None:
+        return dumps(hook())
+    state = dict(vars(actor))
+    state.pop("__ray_terminate__", None)  # (install_terminate's: bound to this instance)
+    return dumps(state)
+
+
+def run_shutdown(obj: Any) -> None:
+    """Run the actor ``obj``'s ``__ray_shutdown__`` to its end, here and now
+    (``exit_actor``: the actor ends gracefully); an error in it is printed,
+    not raised, as the actor ends anyway."""
+    shutdown = getattr(obj, "__ray_shutdown__", None)
+    if shutdown is None:
+        return
+    try:
+        result = shutdown()
+        if inspect.isawaitable(result):
+            # (this thread may be running the actor's event loop: await it
+            # on a loop of its own, in a thread of its own)
+            errors: list[BaseException] = []
+
+            def run() -> None:
+                try:
+                    asyncio.run(result)
+                except BaseException as e:  # noqa: BLE001 - reported below
+                    errors.append(e)
+
+            t = threading.Thread(target=run, name="penumbra-ray-shutdown")
+            t.start()
+            t.join()
+            if errors:
+                raise errors[0]
+    except Exception:  # noqa: BLE001 - see above
+        traceback.print_exc()
+
+
+def terminate_actor(obj: Any) -> Any:
+    """What ``handle.__ray_terminate__.remote()`` runs in the actor, after
+    the calls made before it: the actor's ``__ray_shutdown__``, if it has
+    one (its result: a coroutine is awaited like an async method's).  The
+    actor's host then ends the actor for good (``core.actors``)."""
+    shutdown = getattr(obj, "__ray_shutdown__", None)
+    return shutdown() if shutdown is not None else None
+
+
+def install_terminate(obj: Any) -> Any:
+    """Give a new actor instance its ``__ray_terminate__`` (unless its class
+    has its own), so the worker runs it like any method."""
+    if not hasattr(type(obj), "__ray_terminate__"):
+        try:
+            obj.__ray_terminate__ = functools.partial(terminate_actor, obj)
+        except AttributeError:
+            pass  # (a class with __slots__: __ray_terminate__ is then not available)
+    return obj
+
+
+def construct_actor(cls: type, args: list, kwargs: dict, loop: Any = None) -> Any:
+    """A new instance of the actor class ``cls``.  An ``async def
+    __init__`` (an async actor's) is awaited on the actor's event loop
+    ``loop``, as Ray does, so what it starts there (a server, a background
+    task) lives with the actor; without a loop (the simulator) it runs to
+    its end on a loop of its own.  (``cls(...)`` would fail: Python wants
+    ``__init__`` to return None, not a coroutine.)"""
+    if not inspect.iscoroutinefunction(getattr(cls, "__init__", None)):
+        return cls(*args, **kwargs)
+    obj = cls.__new__(cls)
+    coro = obj.__init__(*args, **kwargs)
+    if loop is None:
+        asyncio.run(coro)
+    else:
+        asyncio.run_coroutine_threadsafe(coro, loop).result()
+    return obj
 
 
 def restore_actor(cls: type, data: bytes) -> Any:

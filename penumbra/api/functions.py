@@ -12,7 +12,7 @@ from ..core.ids import ActorId, put_object_id
 from ..core.tables import Get, KvPut
 from ..exceptions import from_error_info
 from . import context
-from .actor import ActorClass, ActorHandle, reset_sequences
+from .actor import ActorClass, ActorHandle, is_actor_call, reset_sequences
 from .args import loads
 from .context import current_runtime, task_context
 from .generators import ObjectRefGenerator
@@ -324,11 +324,37 @@ def put(value: Any) -> ObjectRef:
     return ObjectRef(oid)
 
 
+def _in_event_loop() -> bool:
+    import asyncio
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
     """Cancel the task that produces ``object_ref``; ``get`` then raises
-    ``TaskCancelledError``.  ``force`` kills the worker running it."""
+    ``TaskCancelledError``.  ``force`` kills the worker running it.
+
+    An actor method call (Ray's rule for actor tasks): queued, it is
+    cancelled and never runs; running in an async actor, its asyncio task
+    is cancelled; running in a sync or threaded actor, it is not
+    interrupted (actors have state): ``get_runtime_context().is_canceled()``
+    turns true in it, and ``get`` raises ``TaskCancelledError`` whatever it
+    returns.
+
+    Raises:
+        ValueError: ``force=True`` for an actor call: an actor task cannot
+            be force-killed; use ``penumbra.kill(actor)`` to kill the actor.
+    """
     if type(object_ref) is not ObjectRef:
         raise TypeError(f"cancel() expects an ObjectRef, got {type(object_ref).__name__}")
+    if force and is_actor_call(object_ref):
+        raise ValueError("force=True is not supported for actor tasks: an actor method call cannot be "
+                         "force-killed (it would kill the actor); cancel it with force=False, or kill the "
+                         "actor with penumbra.kill(actor)")
     current_runtime().cancel(object_ref._id.task_id, force, recursive)
 
 
@@ -442,10 +468,20 @@ class RuntimeContext:
 
     def is_canceled(self) -> bool:
         """Whether ``cancel`` was called on the task running here.  A running
-        task is interrupted (``KeyboardInterrupt``) when it can be; a
-        threaded actor's call cannot be, so it may poll this and stop."""
+        task is interrupted (``KeyboardInterrupt``) when it can be; a sync or
+        threaded actor's call never is (Ray's rule), so it may poll this and
+        stop.
+
+        Raises:
+            RuntimeError: called outside a task or actor method, or in an
+                async actor (there a cancelled call gets
+                ``asyncio.CancelledError`` instead, as in Ray).
+        """
         if self._ctx.task_id is None or not self._rt.is_worker:
             raise RuntimeError("is_canceled() can only be called inside a task or an actor method")
+        if self._ctx.actor_id is not None and _in_event_loop():
+            raise RuntimeError("is_canceled() is not available in an async actor: a cancelled call of an async "
+                               "actor gets asyncio.CancelledError at its next await instead")
         return self._rt.task_cancelled(self._ctx.task_id)
 
     @property

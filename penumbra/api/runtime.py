@@ -122,7 +122,8 @@ class Runtime(abc.ABC):
     def cancel(self, task_id: TaskId, force: bool, recursive: bool) -> None: ...
 
     @abc.abstractmethod
-    def kill_actor(self, actor_id: ActorId, no_restart: bool) -> None: ...
+    def kill_actor(self, actor_id: ActorId, no_restart: bool, exiting: TaskId | None = None) -> None:
+        """Kill the actor (``exiting``: exit_actor() in its call with that id)."""
 
     @abc.abstractmethod
     def gcs_request(self, request: Any, timeout: float | None) -> Any:

@@ -35,6 +35,29 @@ in the GCS (``AppendActorLog``), and checkpoints every
 ``checkpoint_interval`` calls.  On restart the manager reads the checkpoint
 and the calls logged since, and the new host replays them before serving new
 calls: the actor's state is rebuilt along its stateful edges.
+
+Ray's lifecycle rules on top:
+
+  * **Cancel** of a call (``CancelTask`` at the caller's node): not sent
+    yet, the router fails it; sent, the router forwards the cancel to the
+    host (``CancelActorCall``), which alone knows where the call is.  Queued
+    there, it is failed at once (TASK_CANCELLED) and stays in the queue as a
+    tombstone that only keeps its caller's order; running (or sent ahead to
+    the worker), the worker gets ``InterruptTask`` -- an async call's
+    asyncio task is cancelled, a sync or threaded one runs on and sees
+    ``is_canceled()`` -- and whatever it returns, the result is
+    TASK_CANCELLED.  A cancelled call is never retried across a restart.
+  * **Ownership** (fate sharing): an actor created by a worker (a task's or
+    an actor's) is owned by that worker process; when the worker dies (its
+    node tells the head: ``OwnerDied``) or its node dies, the actor is
+    killed for good, whatever its ``max_restarts``.  A detached actor has no
+    owner; the driver's actors die with its job.
+  * **Graceful end**: when its job ends, an actor's row goes DEAD with
+    ``graceful`` set, and its host runs the actor's ``__ray_shutdown__`` as
+    the worker's last call before killing it (``SHUTDOWN_GRACE`` at most);
+    ``__ray_terminate__`` (a call) runs it after the calls made before it
+    and ends the actor once their results are recorded.  ``penumbra.kill``,
+    a crash or an owner's death end the actor at once, without it.
 """
 
 from __future__ import annotations
@@ -44,19 +67,23 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from .ids import ActorId, ObjectId, TaskId
+from .ids import ActorId, ObjectId, TaskId, child_task_id
 from .messages import (
     ActorCall,
     ActorFloor,
+    CancelActorCall,
     CheckpointActor,
     ActorCallDone,
     ActorCallStale,
     ActorReported,
     KillActorRequest,
     Command,
+    OwnerDied,
     Execute,
+    InterruptTask,
     KillWorker,
     Send,
+    SetTimer,
     StartActor,
     StopActor,
 )
@@ -99,6 +126,7 @@ class _Pending:
     spec: TaskSpec
     attempt: int = 0
     sent_to: int | None = None  # incarnation the call was sent to
+    cancelled: bool = False  # penumbra.cancel asked after it was sent: never retried
 
 
 @dataclass(slots=True)
@@ -266,7 +294,9 @@ class ActorRouter:
                 cmds += self._fail(r, p, _died(entry, p.spec.display_name(), ""), now, sid)
             elif p.sent_to is not None and p.sent_to < entry.incarnation:
                 # the call went to an incarnation that died
-                if _may_retry(entry, p):
+                if p.cancelled:
+                    cmds += self._fail(r, p, _cancelled(p.spec), now, sid)  # (cancelled calls are not retried)
+                elif _may_retry(entry, p):
                     p.attempt += 1
                     p.sent_to = None
                     cmds += self._send_if_alive(r, p, now, sid)
@@ -324,20 +354,49 @@ class ActorRouter:
         return []
 
     def cancel(self, tid: TaskId, now: float, sid: str) -> tuple[bool, list[Command]]:
-        for r in self.routes.values():
-            for p in list(r.pending.values()):
-                if p.spec.task_id == tid and p.sent_to is None:
-                    return True, self._fail(r, p, ErrorInfo(ErrorKind.TASK_CANCELLED, f"task {p.spec.display_name()} was cancelled", task_name=p.spec.display_name()), now, sid)
-        return False, []
+        """``penumbra.cancel`` of an actor call made from this node.
+
+        Not sent yet: it fails here and never runs.  Sent to the live
+        incarnation: the host decides (``ActorHost.on_cancel``), as only it
+        knows whether the call is queued or running; the caller keeps
+        waiting for the host's answer.  Sent to an incarnation that is gone:
+        it fails here (a cancelled call is never retried, Ray's rule)."""
+        aid = self.calls.get(tid)
+        r = self.routes.get(aid) if aid is not None else None
+        p = next((q for q in r.pending.values() if q.spec.task_id == tid), None) if r is not None else None
+        if p is None:
+            return False, []
+        if p.sent_to is None:
+            return True, self._fail(r, p, _cancelled(p.spec), now, sid)
+        if p.cancelled:
+            return True, []
+        p.cancelled = True
+        e = r.entry
+        self.node.story_add(tid, now, sid, f"cancel requested; sent to the actor's host {e.node if e else '?'}")
+        if e is not None and e.state is ActorState.ALIVE and e.incarnation == p.sent_to:
+            return True, [Send(to=e.node, msg=CancelActorCall(
+                actor_id=aid, task_id=tid, caller_id=p.spec.caller_id, sequence_no=p.spec.sequence_no,
+                incarnation=p.sent_to, stimulus_id=sid))]
+        if e is not None and e.incarnation > p.sent_to:
+            return True, self._fail(r, p, _cancelled(p.spec), now, sid)
+        return True, []  # (the row is behind: on_entry fails it when it catches up)
 
     def validate(self) -> None:
         for r in self.routes.values():
             for (c, s), p in r.pending.items():
                 assert p.spec.caller_id == c and p.spec.sequence_no == s
+                # an unsent call is failed on cancel, never kept as cancelled
+                assert not p.cancelled or p.sent_to is not None, f"cancelled call {c}#{s} kept unsent"
 
 
 # calls sent ahead to a sequential actor's worker (see ``_in_flight_limit``)
 PIPELINE_DEPTH = 16
+# how long an actor's ``__ray_shutdown__`` may take on a graceful stop
+# before its worker is killed anyway
+SHUTDOWN_GRACE = 30.0
+SHUTDOWN_METHOD = "__ray_shutdown__"
+TERMINATE_METHOD = "__ray_terminate__"  # (Ray's graceful end, queued like a call)
+_SHUTDOWN_INDEX = 1 << 62  # (its task id: a child of the creation no submission numbers reach)
 
 
 def _in_flight_limit(spec: ActorSpec) -> int:
@@ -358,6 +417,11 @@ def _call_done(to: str, spec: TaskSpec, incarnation: int, sid: str) -> Send:
     """Tell the caller's node that ``spec`` (an actor call) is done."""
     return Send(to=to, msg=ActorCallDone(actor_id=spec.actor_id, caller_id=spec.caller_id,
                                          sequence_nos=(spec.sequence_no,), incarnation=incarnation, stimulus_id=sid))
+
+
+def _cancelled(spec: TaskSpec) -> ErrorInfo:
+    name = spec.display_name()
+    return ErrorInfo(ErrorKind.TASK_CANCELLED, f"task {name} was cancelled", task_name=name)
 
 
 def _rank(state: ActorState) -> int:
@@ -394,6 +458,10 @@ class _Call:
     missing: set[ObjectId] = field(default_factory=set)
     replay: bool = False
     pinned: set[ObjectId] = field(default_factory=set)  # inputs we hold in the store
+    # penumbra.cancel: queued, it was failed at once and stays in the queue
+    # only to keep its caller's order (dispatch skips it); running, its
+    # result becomes TASK_CANCELLED
+    cancelled: bool = False
 
 
 @dataclass(slots=True)
@@ -414,6 +482,16 @@ class _Hosted:
     logged: dict = field(default_factory=dict)  # log index -> (call, result): logged, held until every earlier call is
     releasing: dict = field(default_factory=dict)  # tid -> call whose outputs' record is on its way to the GCS
     covered: dict = field(default_factory=dict)  # tid -> (spec, from_node, attempt): asked again, row being read
+    # a graceful stop in progress: the task id of the __ray_shutdown__ call
+    # the worker runs last (None: not stopping)
+    stopping: TaskId | None = None
+    # __ray_terminate__ ran: nothing more runs here (``terminated``), and the
+    # head is asked to end the actor once earlier results are out (``terminating``)
+    terminated: bool = False
+    terminating: bool = False
+    terminate_sent: bool = False  # the __ray_terminate__ call is on the worker: send nothing after it
+    end_reason: str = ""  # why it ends (exit_actor, __ray_terminate__)
+    before_end: set = field(default_factory=set)  # running calls made before the end: their results count
 
 
 def _first_unlogged(h: _Hosted) -> int | None:
@@ -484,6 +562,8 @@ class ActorHost:
         if h is None or entry is None:
             return []
         mine = h.entry.incarnation
+        if entry.state is ActorState.DEAD and entry.incarnation == mine and entry.graceful:
+            return self._stop(h, "its job ended", now, sid, graceful=True)
         if entry.incarnation > mine or (entry.state is ActorState.DEAD and entry.incarnation >= mine):
             return self._stop(h, "this actor instance was superseded by a newer incarnation", now, sid)
         return []
@@ -552,6 +632,37 @@ class ActorHost:
                 cmds += objects.want(d, token, True, now, sid)
         return cmds + self._dispatch(h, now, sid)
 
+    def on_cancel(self, ev: CancelActorCall, now: float, sid: str) -> list[Command]:
+        """``penumbra.cancel`` of a call its caller sent here (Ray's rule for
+        actor tasks): queued, it fails now and never runs; running, its
+        worker is told (an async call's asyncio task is cancelled, a sync or
+        threaded one only sees ``is_canceled()``) and whatever it returns,
+        its caller gets TASK_CANCELLED.  A call not here (done already, or
+        not arrived) is left alone: cancel of a finished task does nothing."""
+        h = self._instance(ev.actor_id, ev.incarnation)
+        if h is None:
+            return []
+        tid = ev.task_id
+        call = h.running.get(tid)
+        if call is not None:
+            if call.cancelled or call.replay:
+                return []
+            call.cancelled = True
+            self.node.story_add(tid, now, sid, f"cancel: interrupting it on actor worker {h.worker}")
+            return [InterruptTask(worker_id=h.worker, task_id=tid, stimulus_id=sid)]
+        call = h.queue.get(ev.caller_id, {}).get(ev.sequence_no)
+        if call is None or call.spec.task_id != tid or call.cancelled:
+            return []
+        call.cancelled = True
+        cmds: list[Command] = []
+        token = ("actor-call", ev.actor_id, tid)
+        for d in sorted(call.missing):
+            cmds += self.node.objects.unwant(d, token, now, sid)
+        call.missing.clear()
+        self._pin(call, False)
+        self.node.story_add(tid, now, sid, "cancelled while queued on the actor")
+        return cmds + self._release(h, call, ("error", _cancelled(call.spec)), now, sid) + self._dispatch(h, now, sid)
+
     def on_floor(self, ev: ActorFloor, now: float, sid: str) -> list[Command]:
         h = self.actors.get(ev.actor_id)
         if h is None or h.entry.incarnation != ev.incarnation:
@@ -581,7 +692,7 @@ class ActorHost:
     def _dispatch(self, h: _Hosted, now: float, sid: str) -> list[Command]:
         cmds: list[Command] = []
         limit = _in_flight_limit(h.entry.spec)
-        if h.checkpointing:
+        if h.checkpointing or h.stopping is not None or h.terminated or h.terminate_sent:
             return cmds
         # replayed calls first, one at a time, in log order
         if h.replay:
@@ -608,9 +719,15 @@ class ActorHost:
                 continue
             if seq != h.next_seq.get(caller) or call.missing:
                 continue
+            if call.spec.method == TERMINATE_METHOD and h.running:
+                continue  # (it runs once every call before it ended, and alone)
             arrival.pop()
             del q[seq]
             h.next_seq[caller] = seq + 1
+            if call.cancelled:
+                scanned = 0  # (failed when cancelled: it only held its caller's place)
+                n = len(arrival)
+                continue
             h.running[call.spec.task_id] = call
             # the caller's next call may have been passed over earlier in
             # this pass: scan everything again (found by the swarm: a call
@@ -626,6 +743,9 @@ class ActorHost:
             self.node.story_add(call.spec.task_id, now, sid, f"running on actor worker {h.worker}")
             cmds.append(Execute(worker_id=h.worker, spec=call.spec, attempt=call.attempt,
                                 gpu_ids=self.node.scheduler.gpus.ids_of(h.worker), stimulus_id=sid))
+            if call.spec.method == TERMINATE_METHOD:
+                h.terminate_sent = True  # nothing is sent after it
+                break
         return cmds
 
     def _input_error(self, call: _Call) -> ErrorInfo | None:
@@ -661,13 +781,19 @@ class ActorHost:
         h = self.actors.get(aid) if aid is not None else None
         if h is None:
             return []
+        if h.stopping is not None or (h.terminated and tid not in h.before_end):
+            return self._ended_while_stopping(h, tid, now, sid)
+        h.before_end.discard(tid)  # (made before exit_actor(): its result counts)
         call = h.running.pop(tid, None)
         if call is None:
             return []
         self._pin(call, False)
+        if call.spec.method == TERMINATE_METHOD and not call.replay:
+            return self._terminate(h, call, now, sid)
+        result = ("error", _cancelled(call.spec)) if call.cancelled else ("ok", outputs)
         if h.entry.spec.replay and not call.replay:
-            return self._log_then_release(h, call, ("ok", outputs), now, sid) + self._dispatch(h, now, sid)
-        cmds = self._release(h, call, ("ok", outputs), now, sid)
+            return self._log_then_release(h, call, result, now, sid) + self._dispatch(h, now, sid)
+        cmds = self._release(h, call, result, now, sid)
         self._executed(h)
         return cmds + self._dispatch(h, now, sid)
 
@@ -676,10 +802,17 @@ class ActorHost:
         h = self.actors.get(aid) if aid is not None else None
         if h is None:
             return []
+        if h.stopping is not None or (h.terminated and tid not in h.before_end):
+            return self._ended_while_stopping(h, tid, now, sid)
+        h.before_end.discard(tid)  # (made before exit_actor(): its result counts)
         call = h.running.pop(tid, None)
         if call is None:
             return []
         self._pin(call, False)
+        if call.spec.method == TERMINATE_METHOD and not call.replay:
+            return self._terminate(h, call, now, sid)  # (even if __ray_shutdown__ raised)
+        if call.cancelled:
+            error = _cancelled(call.spec)
         if h.entry.spec.replay and not call.replay:
             return self._log_then_release(h, call, ("error", error), now, sid) + self._dispatch(h, now, sid)
         cmds = self._release(h, call, ("error", error), now, sid)
@@ -764,9 +897,10 @@ class ActorHost:
         if h is None:
             return []
         call = h.releasing.pop(tid, None)
+        cmds = self._terminate_if_released(h, sid)
         if call is None or not call.from_node:
-            return []
-        return [_call_done(call.from_node, call.spec, incarnation, sid)]
+            return cmds
+        return [_call_done(call.from_node, call.spec, incarnation, sid)] + cmds
 
     def on_covered_row(self, aid: ActorId, incarnation: int, tid: TaskId, entry: Any, now: float, sid: str) -> list[Command]:
         """The row of a call asked for again after it ran (see ``on_call``)."""
@@ -836,10 +970,93 @@ class ActorHost:
         h = self.actors.get(ev.actor_id)
         if h is None or h.entry.incarnation > ev.incarnation:
             return []
-        return self._stop(h, ev.reason, now, sid)
+        return self._stop(h, ev.reason, now, sid, graceful=ev.graceful and h.entry.incarnation == ev.incarnation)
 
-    def _stop(self, h: _Hosted, reason: str, now: float, sid: str) -> list[Command]:
+    def _stop(self, h: _Hosted, reason: str, now: float, sid: str, graceful: bool = False) -> list[Command]:
+        """Stop the actor's worker.  ``graceful`` (its job ended): first
+        the worker runs the actor's ``__ray_shutdown__``, if it has one, as
+        its last call (behind the calls it holds, whose results nobody
+        waits for any more: the actor is dead), then it is killed; after
+        ``SHUTDOWN_GRACE`` it is killed anyway."""
+        if h.stopping is not None:
+            if graceful:
+                return []  # (already running its __ray_shutdown__)
+        elif graceful and not h.terminated and SHUTDOWN_METHOD in dict(h.entry.spec.methods):
+            creation = h.entry.creation
+            spec = TaskSpec(
+                task_id=child_task_id(creation.task_id, _SHUTDOWN_INDEX + h.entry.incarnation), job_id=creation.job_id,
+                parent_task_id=creation.task_id, function=creation.function, num_returns=0, max_retries=0,
+                actor_id=h.entry.spec.actor_id, method=SHUTDOWN_METHOD,
+                name=f"{h.entry.spec.cls.name.rsplit('.', 1)[-1]}.{SHUTDOWN_METHOD}",
+            )
+            h.stopping = spec.task_id
+            self.node.story_add(creation.task_id, now, sid, f"stopping gracefully ({reason}): running {SHUTDOWN_METHOD}")
+            return [Execute(worker_id=h.worker, spec=spec, attempt=0, gpu_ids=self.node.scheduler.gpus.ids_of(h.worker),
+                            stimulus_id=sid),
+                    SetTimer(at=now + SHUTDOWN_GRACE, key=("actor-shutdown", h.entry.spec.actor_id, h.entry.incarnation))]
         return [KillWorker(worker_id=h.worker, reason=reason or "actor stopped", stimulus_id=sid)]
+
+    def _terminate(self, h: _Hosted, call: _Call, now: float, sid: str) -> list[Command]:
+        """``__ray_terminate__`` ran (the actor's ``__ray_shutdown__``, after
+        every call made before it): nothing more runs here; once the results
+        of the calls before it are recorded (so their callers get them, not
+        the actor's death), the head ends the actor for good.  The call
+        itself, and every later one, fail with ActorDiedError, as in Ray."""
+        h.terminated = True  # (no more dispatch; later results dropped)
+        h.terminating = True
+        h.end_reason = f"it ended gracefully: {TERMINATE_METHOD} was called"
+        self.node.story_add(call.spec.task_id, now, sid, "__ray_terminate__ ran: ending the actor")
+        return self._terminate_if_released(h, sid)
+
+    def on_exit(self, aid: ActorId, exiting: TaskId, now: float, sid: str) -> list[Command]:
+        """The actor called ``exit_actor()`` in its call ``exiting`` (Ray:
+        that call and the calls after it fail with ActorDiedError, those
+        before it return): nothing more runs here, and once the results of
+        the calls before it are recorded, the head ends the actor for good.
+        (Killed at once, a call whose result was on its way to the GCS
+        would fail at its caller instead.)"""
+        h = self.actors.get(aid)
+        if h is None or h.terminated:
+            return []
+        h.terminated = h.terminating = True
+        h.end_reason = "it called exit_actor()"
+        # the calls sent to the worker before the exiting one still end
+        # normally (their end may not have reached us yet)
+        for tid in h.running:
+            if tid == exiting:
+                break
+            h.before_end.add(tid)
+        self.node.story_add(h.entry.creation.task_id, now, sid, "exit_actor() called: ending the actor")
+        return self._terminate_if_released(h, sid)
+
+    def _terminate_if_released(self, h: _Hosted, sid: str) -> list[Command]:
+        """Ask the head to end a terminating actor once no result of a call
+        made before the end is still to come or on its way to the GCS."""
+        if not h.terminating or h.releasing or h.unlogged or h.logged or h.before_end:
+            return []
+        h.terminating = False
+        return [Send(to=self.node.head, msg=KillActorRequest(
+            actor_id=h.entry.spec.actor_id, no_restart=True, reason=h.end_reason, stimulus_id=sid))]
+
+    def _ended_while_stopping(self, h: _Hosted, tid: TaskId, now: float, sid: str) -> list[Command]:
+        """A call ended on a worker being stopped gracefully (or after
+        ``__ray_terminate__``): its result is dropped (the actor is dead, or
+        about to be: its callers get that); the end of ``__ray_shutdown__``
+        is the worker's end."""
+        call = h.running.pop(tid, None)
+        if call is not None:
+            self._pin(call, False)
+        if tid != h.stopping:
+            return []
+        return [KillWorker(worker_id=h.worker, reason=f"the actor stopped gracefully ({SHUTDOWN_METHOD} ran)",
+                           stimulus_id=sid)]
+
+    def on_shutdown_timer(self, aid: ActorId, incarnation: int, now: float, sid: str) -> list[Command]:
+        h = self._instance(aid, incarnation)
+        if h is None or h.stopping is None:
+            return []
+        return [KillWorker(worker_id=h.worker, reason=f"{SHUTDOWN_METHOD} did not end within {SHUTDOWN_GRACE:g} s",
+                           stimulus_id=sid)]
 
     def validate(self) -> None:
         for aid, h in self.actors.items():
@@ -847,8 +1064,13 @@ class ActorHost:
             assert len(h.running) <= _in_flight_limit(h.entry.spec)
             for caller, q in h.queue.items():
                 nxt = h.next_seq.get(caller, 0)
-                for s in q:
+                for s, c in q.items():
                     assert s >= nxt, f"queued call {caller}#{s} below next expected {nxt}"
+                    # a cancelled call was failed when cancelled: it holds nothing
+                    assert not c.cancelled or not (c.missing or c.pinned), f"cancelled call {caller}#{s} holds inputs"
+            # a terminating actor dispatches nothing more
+            assert not h.terminating or h.terminated, "terminating, yet still dispatching"
+            assert h.before_end <= h.running.keys(), "a call made before the end is not running"
             if h.logged:
                 # a logged result is held only behind an earlier call not yet logged
                 gap = _first_unlogged(h)
@@ -858,6 +1080,22 @@ class ActorHost:
 
 # ===========================================================================
 # Head side
+
+
+@dataclass(frozen=True, slots=True)
+class _SystemKill:
+    """A kill by the system (its owner died, its job ended), waiting for
+    the actor's row."""
+
+    actor_id: ActorId
+    why: str
+    graceful: bool = False
+
+
+def _owner_died(owner: str, reason: str) -> str:
+    return (f"its owner, the worker {owner} that created it, died ({reason or 'no reason given'}); an actor dies "
+            f"with its owner unless it is detached: create it with lifetime=\"detached\" to let it outlive its "
+            f"creator")
 
 
 @dataclass(slots=True)
@@ -898,6 +1136,12 @@ class ActorManager:
 
     def on_node_dead(self, node: str, now: float, sid: str) -> list[Command]:
         cmds: list[Command] = []
+        # the workers of the dead node died with it: the actors they own die
+        # too (first: an owned actor hosted there is not restarted)
+        prefix = node + "/w"  # (worker ids are "<node>/w<n>"; drivers own nothing here)
+        for aid, e in sorted(self.actors.items()):
+            if e.owner.startswith(prefix) and not e.spec.detached and e.state is not ActorState.DEAD:
+                cmds += self.kill(aid, True, now, sid, why=_owner_died(e.owner, f"its node {node} died"))
         for aid, e in sorted(self.actors.items()):
             if e.node == node and e.state is ActorState.ALIVE:
                 cmds += self._restart_or_die(e, ErrorInfo(ErrorKind.ACTOR_DIED, f"the node {node} hosting the actor died", task_name=e.spec.cls.name), now, sid)
@@ -941,32 +1185,52 @@ class ActorManager:
         self.on_entry(ev.actor_id, row)
         if type(ev) is ActorReported:
             return self.on_reported(ev, now, reread=True)
+        if type(ev) is _SystemKill:
+            return self.kill(ev.actor_id, True, now, sid, reread=True, why=ev.why, graceful=ev.graceful)
         return self.kill(ev.actor_id, ev.no_restart, now, sid, reread=True)
 
+    def on_owner_died(self, ev: OwnerDied, now: float) -> list[Command]:
+        """The worker ``ev.owner`` died: the non-detached actors it created
+        die with it, whatever their ``max_restarts`` (Ray's fate sharing:
+        an actor's owner is the worker that created it)."""
+        why = _owner_died(ev.owner, ev.reason)
+        cmds: list[Command] = []
+        for aid in ev.actor_ids:
+            cmds += self.kill(aid, True, now, ev.stimulus_id, why=why)
+        return cmds
+
     def kill(self, aid: ActorId, no_restart: bool, now: float, sid: str, reread: bool = False,
-             reason: str = "it was killed by penumbra.kill()") -> list[Command]:
+             why: str | None = None, graceful: bool = False) -> list[Command]:
+        """Stop the actor: ``penumbra.kill`` (``why`` None), or its owner
+        died or its job ended (``why`` says so; the actor is never restarted
+        then).  ``graceful``: its ``__ray_shutdown__`` runs first."""
         e = self.actors.get(aid)
         if e is None and not reread:
             # an actor created a moment ago: its row's notice is on its way
-            return self.head.gcs.read(Get("actors", aid), ("actor-reread", KillActorRequest(actor_id=aid, no_restart=no_restart, stimulus_id=sid)), now, sid)
+            ev = _SystemKill(aid, why, graceful) if why else KillActorRequest(actor_id=aid, no_restart=no_restart, stimulus_id=sid)
+            return self.head.gcs.read(Get("actors", aid), ("actor-reread", ev), now, sid)
         if e is None or e.state is ActorState.DEAD:
             return []
         cmds: list[Command] = []
         if e.node:
-            cmds.append(Send(to=e.node, msg=StopActor(actor_id=aid, incarnation=e.incarnation, reason="killed by penumbra.kill()", stimulus_id=sid)))
+            cmds.append(Send(to=e.node, msg=StopActor(actor_id=aid, incarnation=e.incarnation,
+                                                      reason=why or "killed by penumbra.kill()", graceful=graceful,
+                                                      stimulus_id=sid)))
         if no_restart:
-            return cmds + self._die(e, ErrorInfo(ErrorKind.ACTOR_DIED, reason, task_name=e.spec.cls.name), now, sid)
+            return cmds + self._die(e, ErrorInfo(ErrorKind.ACTOR_DIED, why or "it was killed by penumbra.kill()",
+                                                 task_name=e.spec.cls.name), now, sid, graceful=graceful)
         return cmds + self._restart_or_die(e, ErrorInfo(ErrorKind.ACTOR_DIED, "it was killed by penumbra.kill(no_restart=False)", task_name=e.spec.cls.name), now, sid)
 
     def on_job_finished(self, job_id: int, now: float, sid: str) -> list[Command]:
         cmds: list[Command] = []
         for aid, e in sorted(self.actors.items()):
             if e.creation.job_id == job_id and e.state is not ActorState.DEAD and not e.spec.detached:
-                cmds += self.kill(aid, True, now, sid)
+                # a graceful end, as in Ray: the actor's __ray_shutdown__ runs
+                cmds += self.kill(aid, True, now, sid, why=f"its job {job_id} ended (its driver exited)", graceful=True)
         return cmds
 
-    def _die(self, e: ActorEntry, cause: ErrorInfo, now: float, sid: str) -> list[Command]:
-        dead = replace(e, state=ActorState.DEAD, death_cause=cause)
+    def _die(self, e: ActorEntry, cause: ErrorInfo, now: float, sid: str, graceful: bool = False) -> list[Command]:
+        dead = replace(e, state=ActorState.DEAD, death_cause=cause, graceful=graceful)
         self.actors[e.spec.actor_id] = dead
         self.restarts.pop(e.spec.actor_id, None)
         gcs = self.head.gcs

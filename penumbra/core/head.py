@@ -104,6 +104,7 @@ from .messages import (
     NodeDied,
     NodeJoin,
     NodeWelcome,
+    OwnerDied,
     ReconstructObject,
     ReplicaHeartbeat,
     ReplicaJoin,
@@ -324,7 +325,10 @@ class HeadMachine:
         return self.actors.on_reported(ev, now)
 
     def _on_kill_actor(self, ev: KillActorRequest, now: float) -> list[Command]:
-        return self.actors.kill(ev.actor_id, ev.no_restart, now, ev.stimulus_id)
+        return self.actors.kill(ev.actor_id, ev.no_restart, now, ev.stimulus_id, why=ev.reason or None)
+
+    def _on_owner_died(self, ev: OwnerDied, now: float) -> list[Command]:
+        return self.actors.on_owner_died(ev, now)
 
     # ------------------------------------------------------------------ job end
     def job_over(self, spec) -> bool:
@@ -474,6 +478,7 @@ _HANDLERS = {
     ReconstructObject: HeadMachine._on_reconstruct,
     ActorReported: HeadMachine._on_actor_reported,
     KillActorRequest: HeadMachine._on_kill_actor,
+    OwnerDied: HeadMachine._on_owner_died,
     JobFinished: HeadMachine._on_job_finished,
     JobCleared: HeadMachine._on_job_cleared,
     GcsReply: HeadMachine._on_gcs,

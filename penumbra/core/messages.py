@@ -343,6 +343,9 @@ class KillActor(Message):
     client: str
     actor_id: ActorId
     no_restart: bool = True
+    # exit_actor(): the call of the actor that ends it (the calls before it
+    # still return their results)
+    exiting: TaskId | None = None
 
 
 @_frozen
@@ -727,19 +730,23 @@ class ActorReported(Message):
 
 @_frozen
 class KillActorRequest(Message):
-    """Node to head: a client asked to kill an actor."""
+    """Node to head: a client asked to kill an actor (or, with a
+    ``reason``, the actor's host ends it: ``__ray_terminate__``)."""
 
     actor_id: ActorId
     no_restart: bool = True
+    reason: str = ""
 
 
 @_frozen
 class StopActor(Message):
-    """Head to host node: kill the actor's worker now."""
+    """Head to host node: kill the actor's worker now (``graceful``: after
+    the actor's ``__ray_shutdown__`` ran, if it has one)."""
 
     actor_id: ActorId
     incarnation: int
     reason: str = ""
+    graceful: bool = False
 
 
 @_frozen
@@ -770,8 +777,7 @@ class DropObjects(Message):
     object_ids: tuple[ObjectId, ...]
 
 
-# ===========================================================================
-# Placement groups (see core/placement.py): the head reserves bundles on
+# ====================================================================# Placement groups (see core/placement.py): the head reserves bundles on
 # nodes in two phases, prepare then commit, so a group is all or nothing.
 
 
@@ -835,6 +841,35 @@ class ReleaseBundles(Message):
 class BundlesReleased(Message):
     pg_id: str
     node_id: str
+
+
+
+@_frozen
+class CancelActorCall(Message):
+    """Caller's node to the actor's host: ``penumbra.cancel`` of a call sent
+    to incarnation ``incarnation``.  Queued there, it fails with
+    TASK_CANCELLED and never runs; running, its worker gets
+    ``InterruptTask`` (an async call's asyncio task is cancelled; a sync or
+    threaded call runs on and only sees ``is_canceled()``), and its result
+    becomes TASK_CANCELLED whatever the method returns (Ray's rule for
+    actor tasks)."""
+
+    actor_id: ActorId
+    task_id: TaskId
+    caller_id: str
+    sequence_no: int
+    incarnation: int
+
+
+@_frozen
+class OwnerDied(Message):
+    """A node to the head: the worker ``owner`` died, and it had created
+    these non-detached actors (Ray's fate sharing: an actor dies with the
+    worker that created it, its owner)."""
+
+    owner: str
+    actor_ids: tuple[ActorId, ...]
+    reason: str = ""
 
 
 # Messages cross processes by the hundred thousand per second: pickle them

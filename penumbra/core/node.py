@@ -32,12 +32,14 @@ from typing import Any, Hashable
 
 from .actors import ActorHost, ActorRouter, ActorStart
 from .gcs_client import GcsClient
-from .ids import ObjectId, TaskId
+from .ids import ActorId, ObjectId, TaskId
 from .messages import (
     ActorCall,
     ActorCallDone,
     ActorCallStale,
     ActorFloor,
+    CancelActorCall,
+    OwnerDied,
     ActorCheckpointed,
     ActorRegistered,
     ActorReported,
@@ -159,6 +161,9 @@ class NodeMachine:
         # jobs the head said are over: their tasks are refused from now on
         # (one int per job ever run on the cluster)
         self.ended_jobs: set[int] = set()
+        # worker -> the non-detached actors it created (it owns them: they
+        # die with it, Ray's fate sharing; see _on_worker_crashed)
+        self.owned_actors: dict[str, list[ActorId]] = {}
 
     def _produced_here(self, oid: ObjectId) -> bool:
         if oid.is_put:
@@ -288,6 +293,8 @@ class NodeMachine:
                     + self.router.refresh_hosted(now, sid))
         if key[0] == "obj":
             return self.objects.on_recheck(key[2], now, ev.stimulus_id)
+        if key[0] == "actor-shutdown":
+            return self.host.on_shutdown_timer(key[1], key[2], now, ev.stimulus_id)
         return []
 
     # ------------------------------------------------------------------ clients
@@ -369,6 +376,15 @@ class NodeMachine:
     def _create_actor(self, spec: TaskSpec, client: str, now: float, sid: str) -> list[Command]:
         entry = ActorEntry(spec.actor_creation, spec, owner=client)
         cmds = self.gcs.write(PutActor(entry), None, now, sid)
+        if not spec.actor_creation.detached and client.startswith(self.node_id + "/w"):
+            # a worker of ours owns it: it dies with that worker (see
+            # _on_worker_crashed); the driver's die with its job
+            aid = spec.actor_creation.actor_id
+            if client in self.scheduler.workers:
+                self.owned_actors.setdefault(client, []).append(aid)
+            else:  # (gone already: while its actor's name was registered)
+                cmds.append(Send(to=self.head, msg=OwnerDied(owner=client, actor_ids=(aid,), reason="it died",
+                                                             stimulus_id=sid)))
         return cmds + self.scheduler.submit(spec, now, sid, actor=ActorStart(entry))
 
     def _on_watch(self, ev: WatchObjects, now: float) -> list[Command]:
@@ -443,6 +459,10 @@ class NodeMachine:
     def _on_kill_actor(self, ev: KillActor, now: float) -> list[Command]:
         if ev.no_restart:
             self.router.killed_here(ev.actor_id)
+        if ev.exiting is not None and ev.no_restart and self.host.by_worker.get(ev.client) == ev.actor_id:
+            # exit_actor(): the actor ends itself, once the results of the
+            # calls before this one are recorded (see ActorHost.on_exit)
+            return self.host.on_exit(ev.actor_id, ev.exiting, now, ev.stimulus_id)
         return [Send(to=self.head, msg=KillActorRequest(actor_id=ev.actor_id, no_restart=ev.no_restart, stimulus_id=ev.stimulus_id))]
 
     def _on_client_gcs(self, ev: ClientGcsRequest, now: float) -> list[Command]:
@@ -483,9 +503,14 @@ class NodeMachine:
         return self.scheduler.on_task_raised(ev.worker_id, ev.task_id, ev.error, ev.retryable, now, ev.stimulus_id)
 
     def _on_worker_crashed(self, ev: WorkerCrashed, now: float) -> list[Command]:
+        cmds: list[Command] = []
+        owned = self.owned_actors.pop(ev.worker_id, None)
+        if owned:
+            cmds.append(Send(to=self.head, msg=OwnerDied(owner=ev.worker_id, actor_ids=tuple(owned), reason=ev.reason,
+                                                         stimulus_id=ev.stimulus_id)))
         if self.host.owns_worker(ev.worker_id):
-            return self.host.on_worker_died(ev.worker_id, ev.reason, now, ev.stimulus_id) + self.scheduler.dispatch(now, ev.stimulus_id)
-        return self.scheduler.on_worker_crashed(ev.worker_id, ev.reason, now, ev.stimulus_id)
+            return cmds + self.host.on_worker_died(ev.worker_id, ev.reason, now, ev.stimulus_id) + self.scheduler.dispatch(now, ev.stimulus_id)
+        return cmds + self.scheduler.on_worker_crashed(ev.worker_id, ev.reason, now, ev.stimulus_id)
 
     def _on_blocked(self, ev: WorkerBlocked, now: float) -> list[Command]:
         return self.scheduler.on_blocked(ev.worker_id, now, ev.stimulus_id)
@@ -549,6 +574,9 @@ class NodeMachine:
 
     def _on_floor(self, ev: ActorFloor, now: float) -> list[Command]:
         return self.host.on_floor(ev, now, ev.stimulus_id)
+
+    def _on_cancel_call(self, ev: CancelActorCall, now: float) -> list[Command]:
+        return self.host.on_cancel(ev, now, ev.stimulus_id)
 
     def _on_call_stale(self, ev: ActorCallStale, now: float) -> list[Command]:
         return self.router.on_stale(ev, now, ev.stimulus_id)
@@ -689,6 +717,7 @@ _HANDLERS = {
     ActorCall: NodeMachine._on_actor_call,
     ActorCallDone: NodeMachine._on_call_done,
     ActorFloor: NodeMachine._on_floor,
+    CancelActorCall: NodeMachine._on_cancel_call,
     ActorCallStale: NodeMachine._on_call_stale,
     StopActor: NodeMachine._on_stop_actor,
     GcsReply: NodeMachine._on_gcs_reply_msg,

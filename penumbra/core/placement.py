@@ -547,7 +547,7 @@ class PlacementManager:
             if e.state is ActorState.DEAD:
                 continue
             if group_of_request(e.creation.resources) == pg:
-                cmds += actors.kill(aid, True, now, sid, reason=f"its placement group {pg} was removed")
+                cmds += actors.kill(aid, True, now, sid, why=f"its placement group {pg} was removed")
         return cmds
 
     def on_job_finished(self, job_id: int, now: float, sid: str) -> list[Command]:

@@ -186,6 +186,10 @@ class ActorEntry:
     executed: int = 0
     checkpoint_index: int = 0
     checkpoint: ObjectId | None = None
+    # DEAD by a graceful end (its job ended): its host runs the actor's
+    # ``__ray_shutdown__`` before stopping the worker (Ray's rule; not on
+    # penumbra.kill, a crash, or its owner's death)
+    graceful: bool = False
 
 
 @dataclass(frozen=True, slots=True)

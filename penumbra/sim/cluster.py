@@ -193,7 +193,7 @@ class SimWorker:
     """A simulated worker process on a node."""
 
     __slots__ = ("worker_id", "alive", "started", "running", "actor_state", "tasks_run", "next_token", "sequential",
-                 "free_at")
+                 "free_at", "actor_async", "cancelled")
 
     def __init__(self, worker_id: str) -> None:
         self.worker_id = worker_id
@@ -207,6 +207,11 @@ class SimWorker:
         # as a real worker does: its node sends calls ahead (core.actors)
         self.sequential = False
         self.free_at = 0.0  # (sequential) when its last call ends
+        self.actor_async: bool | None = None  # hosts an actor: an async one?
+        # calls of a sync or threaded actor that ``cancel`` asked for: they
+        # run on, as in Ray, and see is_canceled(); not started yet, they
+        # never run (see PythonExecutor)
+        self.cancelled: set[TaskId] = set()
 
     def __repr__(self) -> str:
         return f"<SimWorker {self.worker_id} {'alive' if self.alive else 'dead'} running={len(self.running)}>"
@@ -277,6 +282,7 @@ class SimNode:
         a = cmd.spec.actor_creation
         if a is not None:
             w.sequential = a.max_concurrency <= 1
+            w.actor_async = a.is_async
         out = self.cluster.executor.execute(self, w, cmd)
         if out is not None:
             self.complete(w, cmd, out)
@@ -322,6 +328,7 @@ class SimNode:
         if not w.alive or w.running.get(tid) != token:
             return
         del w.running[tid]
+        w.cancelled.discard(tid)
         w.tasks_run += 1
         host = self.host
         sid = cmd.stimulus_id
@@ -371,6 +378,11 @@ class SimNode:
         w = self.workers.get(cmd.worker_id)
         if w is None or not w.alive or cmd.task_id not in w.running:
             return  # it already ended; its completion is on its way
+        if w.actor_async is False:
+            # a sync or threaded actor's call is not interrupted (Ray's
+            # rule: actors have state); it only sees is_canceled()
+            w.cancelled.add(cmd.task_id)
+            return
         del w.running[cmd.task_id]
         interrupt = getattr(self.cluster.executor, "interrupt", None)  # (executors that run code)
         if interrupt is not None:

@@ -120,9 +120,11 @@ from ..api.execution import (
     actor_state,
     assigned_resources,
     call_args,
+    construct_actor,
     environment,
     exit_error,
     gpu_ids_for,
+    install_terminate,
     output_name,
     restore_actor,
     set_visible_gpus,
@@ -693,8 +695,8 @@ class _SimClient(Runtime):
     def cancel(self, task_id: TaskId, force: bool, recursive: bool) -> None:
         self._send(CancelTask(client=self.client_id, task_id=task_id, force=force, recursive=recursive))
 
-    def kill_actor(self, actor_id: ActorId, no_restart: bool) -> None:
-        self._send(KillActor(client=self.client_id, actor_id=actor_id, no_restart=no_restart))
+    def kill_actor(self, actor_id: ActorId, no_restart: bool, exiting: TaskId | None = None) -> None:
+        self._send(KillActor(client=self.client_id, actor_id=actor_id, no_restart=no_restart, exiting=exiting))
 
     def gcs_request(self, request: Any, timeout: float | None) -> Any:
         reply = self._request(lambda rid: ClientGcsRequest(client=self.client_id, req_id=rid, request=request),
@@ -726,14 +728,21 @@ class _WorkerRuntime(_SimClient):
         self.worker = worker
         self.fibers: list[_Fiber] = []
 
+    @property
+    def actor_instance(self) -> Any:
+        """The actor this worker hosts (``exit_actor`` runs its
+        ``__ray_shutdown__``), or None."""
+        return self.worker.actor_state
+
     def store_yielded(self, oid: ObjectId, value: Any) -> None:
         """Store one value a generator task yielded (see ``api.generators``)."""
         self.put_object(oid, value)
         self.release([oid])
 
     def task_cancelled(self, task_id: TaskId) -> bool:
-        # (the node took the task off the worker's running set: cancelled)
-        return task_id not in self.worker.running
+        # (the node took the task off the worker's running set: cancelled;
+        # a sync actor's call stays on it, flagged)
+        return task_id not in self.worker.running or task_id in self.worker.cancelled
 
     def _send(self, msg: Any) -> None:
         if not self.alive:
@@ -1095,6 +1104,13 @@ class PythonExecutor(Executor):
             self.next_in_line(node, worker)  # (cancelled or gone: the next one's turn)
             return
         spec = cmd.spec
+        if spec.task_id in worker.cancelled:
+            # a sync actor's call cancelled before it started: it never runs
+            name = spec.display_name()
+            node.complete(worker, cmd, Outcome("raise", 0.0, error=ErrorInfo(
+                ErrorKind.TASK_CANCELLED, f"task {name} was cancelled", task_name=name)))
+            self.next_in_line(node, worker)
+            return
         sim.executions.append((sim.kernel.now, node.address, worker.worker_id, spec.display_name(), cmd.attempt))
         rt = sim.worker_runtime(node, worker)
         if spec.actor_creation is not None:
@@ -1181,8 +1197,8 @@ class PythonExecutor(Executor):
             obj = restore_actor(cls, cmd.checkpoint.data)
         else:
             args, kwargs = self._args(fiber)
-            obj = cls(*args, **kwargs)
-        fiber.worker.actor_state = obj
+            obj = construct_actor(cls, args, kwargs)
+        fiber.worker.actor_state = install_terminate(obj)
 
     def _finish(self, spec: TaskSpec, result: Any, duration: float) -> Outcome:
         datas, sizes = [], []

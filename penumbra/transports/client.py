@@ -669,8 +669,8 @@ class ClientRuntime(Runtime):
     def cancel(self, task_id: TaskId, force: bool, recursive: bool) -> None:
         self._deliver(CancelTask(client=self.client_id, task_id=task_id, force=force, recursive=recursive))
 
-    def kill_actor(self, actor_id: ActorId, no_restart: bool) -> None:
-        self._deliver(KillActor(client=self.client_id, actor_id=actor_id, no_restart=no_restart))
+    def kill_actor(self, actor_id: ActorId, no_restart: bool, exiting: TaskId | None = None) -> None:
+        self._deliver(KillActor(client=self.client_id, actor_id=actor_id, no_restart=no_restart, exiting=exiting))
 
     def gcs_request(self, request: Any, timeout: float | None) -> Any:
         reply = self._request(lambda rid: ClientGcsRequest(client=self.client_id, req_id=rid, request=request), timeout, "a GCS request")

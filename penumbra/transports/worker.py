@@ -36,10 +36,12 @@ from ..api.execution import (
     actor_state,
     assigned_resources,
     call_args,
+    construct_actor,
     environment,
     exit_error,
     exit_status,
     gpu_ids_for,
+    install_terminate,
     output_name,
     restore_actor,
     set_visible_gpus,
@@ -147,7 +149,10 @@ class Worker:
         t = type(item)
         if t is P.Interrupt:
             self.cancelled.add(item.task_id)
-            if self.current == item.task_id:
+            # (an actor's sync call is not interrupted, as in Ray: actors
+            # have state; it sees is_canceled(), and its host makes its
+            # result TASK_CANCELLED)
+            if self.current == item.task_id and self.actor is None:
                 # a real signal, not _thread.interrupt_main(): only a signal
                 # wakes the main thread from a blocking call (sleep, a
                 # socket read), so a task asleep is cancelled at once too
@@ -299,18 +304,27 @@ class Worker:
         os.environ.update(spec.env_vars)
         cls = self.rt.load_function(spec.function.function_id)
         self.actor_name = f"{cls.__name__}"
-        if run.checkpoint is not None and run.checkpoint.data is not None:
-            obj = restore_actor(cls, run.checkpoint.data)
-        else:
-            args, kwargs = self._args(run)
-            obj = cls(*args, **kwargs)
-        self.actor = obj
-        self.actor_spec = a
         if a.is_async:
+            # the loop first: an ``async def __init__`` runs on it, as in Ray
+            # (and so can start servers and tasks that live with the actor)
             self.loop = asyncio.new_event_loop()
             self.async_slots = asyncio.Semaphore(max(1, a.max_concurrency))
             threading.Thread(target=self.loop.run_forever, name="penumbra-actor-loop", daemon=True).start()
-        elif a.max_concurrency > 1:
+        try:
+            if run.checkpoint is not None and run.checkpoint.data is not None:
+                obj = restore_actor(cls, run.checkpoint.data)
+            else:
+                args, kwargs = self._args(run)
+                obj = construct_actor(cls, args, kwargs, self.loop)
+        except BaseException:
+            if self.loop is not None:  # (no actor here after all: no loop either)
+                self.loop.call_soon_threadsafe(self.loop.stop)
+                self.loop = self.async_slots = None
+            raise
+        self.actor = install_terminate(obj)
+        self.rt.actor_instance = obj  # (exit_actor runs its __ray_shutdown__)
+        self.actor_spec = a
+        if not a.is_async and a.max_concurrency > 1:
             self.pool = concurrent.futures.ThreadPoolExecutor(a.max_concurrency, thread_name_prefix="penumbra-actor")
 
     def _store(self, oid, value: Any) -> None:

@@ -63,8 +63,8 @@ from ..sim.costs import PAPER
 from ..sim.trace import Trace
 from . import checkers as C
 from .workload import (CUSTOM, GPUS_PER_NODE, LARGE_SIZES, SLOT, SLOTS_PER_NODE, STORE_SIZES, VActor, VerifyExecutor,
-                       Workload, add_callers, add_gpus, add_grandchildren, add_groups, add_remote_puts, add_waits,
-                       digest, generate)
+                       Workload, add_callers, add_cancels, add_gpus, add_grandchildren, add_groups, add_remote_puts,
+                       add_waits, digest, generate)
 
 __all__ = ["SeedPlan", "FaultPlan", "RunResult", "SeedReport", "plan_seed", "run_plan", "check_seed", "check_plan",
            "run_swarm", "run_swarm_cli", "story", "shrink"]
@@ -206,6 +206,7 @@ def plan_seed(seed: int) -> SeedPlan:
                   for s in layout.nodes]
         layout = dataclasses.replace(layout, nodes=tuple(shapes))
         workload = add_groups(workload, prng, n, horizon)
+    workload = add_cancels(workload, random.Random(f"penumbra-swarm-cancels-{seed}"))
     faulty = rng.random() < 0.85
     crashes, replicas, isolations, slow = [], [], [], []
     if faulty:
@@ -421,8 +422,11 @@ def _taints(plan: SeedPlan, faulty: bool, executions: dict, keys: dict, disturbe
     # a node's store dies with the node (crash, or fenced after a cut)
     loses_nodes = faulty and bool(plan.faults.first_failures())
     for a in w.actors:
+        cancelled_before = False
         for c in a.calls:
             own = set()
+            if cancelled_before:
+                own.add("state")  # an earlier call may not have run: the state may differ
             if a.replay and loses_nodes:
                 # A replay actor rebuilds its state exactly, but the outputs
                 # of calls before the checkpoint a restart starts from are
@@ -436,6 +440,9 @@ def _taints(plan: SeedPlan, faulty: bool, executions: dict, keys: dict, disturbe
                 own.add("lost")
             if a.kill_at is not None:
                 own.add("actor")  # the kill races with the calls
+            if c.cancel_at is not None:
+                own.add("cancel")  # cancelled: TASK_CANCELLED, or its value if it ended first
+                cancelled_before = True
             if faulty and a.key in disturbed:
                 if a.max_restarts >= 0 or a.max_task_retries == 0:
                     own.add("actor")
@@ -471,6 +478,13 @@ def _taints(plan: SeedPlan, faulty: bool, executions: dict, keys: dict, disturbe
             if acc:
                 acc.add("state")
             mine = taints[c.key]
+            if "cancel" in mine:
+                # it (or an input of it) was cancelled: whether it ran
+                # depends on timing, so the state it leaves may differ
+                # (later calls: "state"); only it may be TASK_CANCELLED
+                taints[c.key] = acc | mine
+                acc |= (mine - {"cancel"}) | {"state"}
+                continue
             if "lost" in mine and not any("lost" in taints.get(d, ()) for d in deps[c.key]):
                 # only its own output may be lost (after it ran): the state
                 # it leaves is exact
@@ -553,6 +567,7 @@ def run_plan(plan: SeedPlan, *, faults: bool = True, validate: bool = True, max_
             # schedule the workload
             w = plan.workload
             actors: dict[str, Any] = {}
+            calls_made: dict[str, tuple] = {}  # call key -> (its driver, its spec)
             events: list[tuple[float, int, Callable]] = []
             idx = 0
             putters = {0: d}
@@ -616,8 +631,16 @@ def run_plan(plan: SeedPlan, *, faults: bool = True, validate: bool = True, max_
                                 h = handles[(a.key, c.caller)] = SimActor(d1, first.spec, first.creation)
                         spec = h.call(c.model, method="m", deps=[keys[k] for k in c.deps])
                         watch(c.key, spec.return_ids[0])
+                        calls_made[c.key] = (h.driver, spec)
                     events.append((c.at, idx, call))
                     idx += 1
+                    if c.cancel_at is not None:
+                        def cancel(c=c):
+                            made = calls_made.get(c.key)
+                            if made is not None:
+                                made[0].cancel(made[1])
+                        events.append((c.cancel_at, idx, cancel))
+                        idx += 1
                 if a.kill_at is not None:
                     events.append((a.kill_at, idx, lambda a=a: actors[a.key].kill(no_restart=True)))
                     idx += 1

@@ -135,6 +135,7 @@ class CallPlan:
     model: VCall
     at: float
     caller: int = 0  # which driver makes the call: 0, or 1 (a second driver, its own handle)
+    cancel_at: float | None = None  # its caller cancels it then (penumbra.cancel)
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +234,20 @@ def add_callers(w: Workload, rng: random.Random) -> Workload:
     for a in w.actors:
         if rng.random() < 0.5:
             a = replace(a, calls=tuple(replace(c, caller=1) if rng.random() < 0.4 else c for c in a.calls))
+        actors.append(a)
+    return replace(w, actors=tuple(actors))
+
+
+def add_cancels(w: Workload, rng: random.Random) -> Workload:
+    """Some actor calls are cancelled by their caller a moment after they
+    are made (``penumbra.cancel``): queued, running, or already done,
+    depending on timing (Ray's rules for actor tasks, see core/actors.py)."""
+    actors = []
+    for a in w.actors:
+        if rng.random() < 0.4:
+            a = replace(a, calls=tuple(
+                replace(c, cancel_at=round(c.at + rng.choice((0.0, 0.0005, 0.002, 0.01, 0.05)), 4))
+                if rng.random() < 0.25 else c for c in a.calls))
         actors.append(a)
     return replace(w, actors=tuple(actors))
 

@@ -86,6 +86,15 @@ def test_results_an_error_its_taint_allows_is_clean(kind, taint):
     assert results(V1, err(kind), {taint}) == []
 
 
+def test_results_an_object_the_reference_evicted_for_good_may_be_a_value_here():
+    """A full store (timing) evicted it in the reference, and its retry
+    budget forbade rebuilding it; this run had room (found by the strategy-
+    drawn swarm test with a placement group's tasks crowding one node)."""
+    assert results(err(ErrorKind.OBJECT_LOST), V1, {"store", "retry"}) == []
+    for taints in ({"store"}, {"retry"}, {"lost"}):
+        assert kinds(results(err(ErrorKind.OBJECT_LOST), V1, taints)) == ["results"]
+
+
 @pytest.mark.parametrize("kind,taints", [
     (ErrorKind.WORKER_CRASHED, set()),
     (ErrorKind.NODE_DIED, {"actor", "lost", "state", "store"}),

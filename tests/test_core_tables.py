@@ -200,9 +200,17 @@ def test_actors_cas_and_log(core) -> None:
     t.apply(PutActor(dead))
     assert t.apply(PutActor(alive, expect_incarnation=0)) == (dead, [])  # dead is final for CAS
     assert t.read(ActorsOnNode("node:0")) == ()
-    # CAS on a missing row does nothing
+    # CAS on a missing row: only the first incarnation's (the creating
+    # node's PENDING write may still be on its way, resent after a drop)
     other = _actor(core)
-    assert t.apply(PutActor(other, expect_incarnation=0)) == (None, [])
+    oid = other.spec.actor_id
+    assert t.apply(PutActor(other, expect_incarnation=1)) == (None, [])
+    other_alive = ActorEntry(other.spec, other.creation, state=ActorState.ALIVE, node="node:1")
+    assert t.apply(PutActor(other_alive, expect_incarnation=0)) == (other_alive, [("actors", oid, other_alive)])
+    # ... and that late first write, create-only, leaves the ALIVE row be
+    assert t.apply(PutActor(other, create_only=True)) == (other_alive, [])
+    third = _actor(core)
+    assert t.apply(PutActor(third, create_only=True)) == (third, [("actors", third.spec.actor_id, third)])
     # the replay log, read as task rows
     specs = [core.spec() for _ in range(3)]
     for i, s in enumerate(specs):

@@ -116,6 +116,90 @@ def test_bugs_the_swarm_found_stay_found(bug):
     assert swarm.check_seed(bug.seed).ok
 
 
+def _pg_actor_plan() -> swarm.SeedPlan:
+    """The plan Hypothesis drew (test_strategy_drawn_plans_hold_the_invariants)
+    where actor a1, created in bundle 1 of group g0, was never created: its
+    node's first PutActor (PENDING) was dropped and resent, the creation --
+    held back until g0 was placed -- reported ALIVE before that write landed,
+    the ALIVE compare-and-set found no row and stopped the actor, and the late
+    PENDING row then stood for good.  Built from its pieces (only the seeded
+    schedule reproduces the race)."""
+    from penumbra.core.gcs import GcsTiming
+    from penumbra.core.layout import ClusterLayout, NodeShape
+    from penumbra.core.scheduler import GlobalConfig, SchedulerConfig
+    from penumbra.core.specs import ResourceSet
+    from penumbra.verification.workload import (ActorPlan, CallPlan, GroupPlan, PutPlan, TaskPlan, VCall, VChild,
+                                                VTask, WaitPlan, Workload)
+
+    R = ResourceSet.of
+
+    def child(key, duration=0.001, children=()):
+        return VChild(key=key, size=8, duration=duration, raises=True, children=children)
+
+    def task(key, res, at, group=None, children=(), deps=(), raises=True, duration=0.0005):
+        return TaskPlan(key=key, deps=deps, model=VTask(key=key, size=8, duration=duration, raises=raises,
+                                                        children=children),
+                        resources=res, max_retries=-1, at=at, group=group)
+
+    def call(key, at, caller):
+        return CallPlan(key=key, deps=(), model=VCall(key=key, size=8, duration=0.0005), at=at, caller=caller)
+
+    nodes = (NodeShape(resources=R(CPU=1, GPU=2, slot=2), object_store_memory=64 << 20),) + \
+        tuple(NodeShape(resources=R(CPU=1, slot=2), object_store_memory=64 << 20) for _ in range(3))
+    layout = ClusterLayout(
+        nodes=nodes, gcs_shards=1, chain_length=1,
+        scheduler=SchedulerConfig(forward_queue_threshold=100, forward_remote_bytes=104857600, max_workers=0,
+                                  prestart_workers=-1, heartbeat_interval=0.1, ema_alpha=0.2,
+                                  worker_retry_after=0.5, history_limit=100000),
+        global_scheduler=GlobalConfig(bandwidth=1e9, locality_aware=True, node_timeout=1.0),
+        gcs_timing=GcsTiming(heartbeat_interval=0.02, heartbeat_timeout=0.08, resend_after=0.04,
+                             client_retry_after=0.05),
+        heartbeat_interval=0.05, node_timeout=0.4, gcs_retry_after=0.05, own_node=None, extra={})
+    tasks = (
+        task("t0", R(CPU=0.25), 0.0, children=(child("t0c0"),)),
+        task("t1", R(slot=0.5), 1.0, group=("g0", 0)),
+        task("t2", R(slot=0.5), 1.0, group=("g0", 0), children=(child("t2c0"), child("t2c1"))),
+        task("t3", R(CPU=0.25), 0.5, children=(child("t3c0"), child("t3c1", children=(child("t3c1g0", 0.0048),)))),
+        task("t4", R(CPU=0.25), 0.241),
+        task("r0t", R(CPU=0.5), 0.2448, deps=("r0",), raises=False, duration=0.002),
+        task("r1t", R(CPU=0.5), 0.5827, deps=("r1",), raises=False, duration=0.002),
+    )
+    actors = (
+        ActorPlan(key="a0", max_restarts=-1, max_task_retries=-1, replay=True, checkpoint_interval=0, at=0.0,
+                  calls=(call("a0.c0", 0.0, 0), call("a0.c1", 0.125, 0)), kill_at=None, gpus=0.5, group=None),
+        ActorPlan(key="a1", max_restarts=-1, max_task_retries=-1, replay=False, checkpoint_interval=0, at=0.223,
+                  calls=(call("a1.c0", 0.25, 1), call("a1.c1", 0.25, 1), call("a1.c2", 0.5, 0),
+                         call("a1.c3", 0.5, 0), call("a1.c4", 1.0, 0), call("a1.c5", 1.0, 1)),
+                  kill_at=None, gpus=0.0, group=("g0", 1)),
+    )
+    workload = Workload(
+        puts=(PutPlan(key="r0", size=4096, at=0.1817, node=1, get_at=0.464),
+              PutPlan(key="r1", size=4096, at=0.3515, node=1, get_at=0.4897)),
+        tasks=tasks, actors=actors,
+        waits=(WaitPlan(key="w0", refs=("a1.c3",), num_returns=1, timeout=0.05, fetch=True, at=0.9027),),
+        groups=(GroupPlan(key="g0", bundles=2, strategy="SPREAD", at=0.275),))
+    faults = swarm.FaultPlan(gcs_drop=0.1, gcs_duplicate=0.05)
+    return swarm.SeedPlan(seed=4827, layout=layout, workload=workload, faults=faults, horizon=1.0)
+
+
+def test_actor_in_a_group_survives_a_resent_first_row_write():
+    """Found by the strategy-drawn test: every call to a1 stayed queued until
+    the quiescing kill (liveness).  A create-only first write, and a CAS that
+    takes a missing row for incarnation 0, keep it alive."""
+    r = swarm.check_plan(_pg_actor_plan())
+    assert r.ok, swarm.story(r)
+
+
+@pytest.mark.parametrize("seed", [886, 991, 998])
+def test_a_crash_the_head_has_not_noticed_yet_is_no_bundle_violation(seed):
+    """Seeds past the default budget where a node holding a created group's
+    bundle crashed just before the workload finished: the head had not
+    declared it dead yet, so it still named it; the bundle check must not
+    call that a violation (the head places the bundle again once it does)."""
+    r = swarm.check_seed(seed)
+    assert r.ok, swarm.story(r)
+
+
 def test_a_failing_seed_tells_its_story_and_shrinks():
     bug = bug_named("dead-node-tasks-lost")
     with planted(bug):

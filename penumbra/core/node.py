@@ -375,7 +375,10 @@ class NodeMachine:
 
     def _create_actor(self, spec: TaskSpec, client: str, now: float, sid: str) -> list[Command]:
         entry = ActorEntry(spec.actor_creation, spec, owner=client)
-        cmds = self.gcs.write(PutActor(entry), None, now, sid)
+        # (create_only: if this write is dropped and resent, the actor may be
+        # ALIVE, or killed, by the time it lands -- a creation waiting for
+        # its placement group is placed by the head meanwhile)
+        cmds = self.gcs.write(PutActor(entry, create_only=True), None, now, sid)
         if not spec.actor_creation.detached and client.startswith(self.node_id + "/w"):
             # a worker of ours owns it: it dies with that worker (see
             # _on_worker_crashed); the driver's die with its job

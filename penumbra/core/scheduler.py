@@ -1014,7 +1014,7 @@ class GlobalScheduler:
         err = unschedulable(spec, why)
         cmds: list[Command] = [Log(level="warning", text=err.message, job_id=spec.job_id, stimulus_id=sid)]
         if spec.is_actor_creation:
-            return cmds + self.head.actors.kill(spec.actor_creation.actor_id, True, now, sid, reason=f"it cannot be scheduled: {why}")
+            return cmds + self.head.actors.kill(spec.actor_creation.actor_id, True, now, sid, why=f"it cannot be scheduled: {why}")
         outputs = tuple((o, 0) for o in spec.return_ids)
         return cmds + self.head.gcs.write(FinishTask(spec.task_id, "", outputs, err, p.attempt, job_id=spec.job_id), None, now, sid)
 

@@ -320,11 +320,17 @@ class PutActor(Op):
 
     If ``expect_incarnation`` is given, the write applies only when the stored
     row has that incarnation (a compare-and-set that keeps a slow reporter
-    from overwriting a newer restart).  The result is the stored row.
+    from overwriting a newer restart); an absent row counts as incarnation
+    0, since the creating node's first write of the row may still be on its
+    way (retried after a drop) when the actor it created reports ALIVE.
+    ``create_only``: the write applies only when there is no row (that
+    first write: a late resend must not turn an actor that is ALIVE, or
+    killed, back into PENDING).  The result is the stored row.
     """
 
     entry: ActorEntry
     expect_incarnation: int | None = None
+    create_only: bool = False
 
     def route(self):
         return ("actors", self.entry.spec.actor_id)
@@ -861,8 +867,11 @@ def _put_actor(t: Tables, op: PutActor):
     rows = t.data["actors"]
     aid = op.entry.spec.actor_id
     old = rows.get(aid)
+    if op.create_only and old is not None:
+        return old, []
     if op.expect_incarnation is not None:
-        if old is None or old.incarnation != op.expect_incarnation or old.state is ActorState.DEAD:
+        have = 0 if old is None else old.incarnation
+        if have != op.expect_incarnation or (old is not None and old.state is ActorState.DEAD):
             return old, []
     rows[aid] = op.entry
     return op.entry, [("actors", aid, op.entry)]

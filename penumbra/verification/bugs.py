@@ -400,6 +400,23 @@ def _release_past_a_gap():
     return _patch(A.ActorHost, "on_logged", on_logged)
 
 
+def _unschedulable_kill_bad_keyword():
+    def _unschedulable(self, p, why, now, sid):
+        spec = p.spec
+        err = P.unschedulable(spec, why)
+        cmds = [S.Log(level="warning", text=err.message, job_id=spec.job_id, stimulus_id=sid)]
+        if spec.is_actor_creation:
+            # BUG: ActorManager.kill takes why=, not reason= (a TypeError in
+            # the head when a group with a waiting actor creation is removed)
+            return cmds + self.head.actors.kill(spec.actor_creation.actor_id, True, now, sid,
+                                                reason=f"it cannot be scheduled: {why}")
+        outputs = tuple((o, 0) for o in spec.return_ids)
+        return cmds + self.head.gcs.write(S.FinishTask(spec.task_id, "", outputs, err, p.attempt, job_id=spec.job_id),
+                                          None, now, sid)
+
+    return _patch(S.GlobalScheduler, "_unschedulable", _unschedulable)
+
+
 # Bugs the swarm found in penumbra's own core/, planted back as they were
 # before the fix: each must still fail at the seed that found it (outside the
 # default budget: these are what the long runs are for).
@@ -407,6 +424,9 @@ REGRESSIONS: tuple[Bug, ...] = (
     Bug("release-past-a-gap", "a replay actor releases a logged call's result while an earlier call's log "
         "append is still being retried: a restart replays the log only up to that gap", _release_past_a_gap,
         seed=2387),
+    Bug("unschedulable-actor-kill-typo", "a placement group removed while an actor creation waits for it: the head "
+        "kills the actor with a keyword ActorManager.kill does not take, and raises", _unschedulable_kill_bad_keyword,
+        seed=659),
 )
 
 

@@ -15,15 +15,6 @@ from penumbra import exceptions as exc
 pytestmark = pytest.mark.timeout(180)
 
 
-@pytest.fixture(params=["real", "sim"], scope="module")
-def driver(request):
-    ray.init(num_cpus=2, simulated=request.param == "sim")
-    try:
-        yield request.param
-    finally:
-        ray.shutdown()
-
-
 def nap(seconds: float) -> None:
     """Sleep in the time of the runtime we run on (virtual on the simulator,
     where ``time.sleep`` would stop the whole simulation)."""

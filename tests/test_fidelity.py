@@ -31,15 +31,6 @@ pytestmark = pytest.mark.timeout(120)
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(params=["real", "sim"], scope="module")
-def driver(request):
-    ray.init(num_cpus=2, simulated=request.param == "sim")
-    try:
-        yield request.param
-    finally:
-        ray.shutdown()
-
-
 def run_driver(code: str, tmp_path: Path, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
     """Run ``code`` as a driver program of its own (this checkout on the
     path, a private PENUMBRA_HOME); its completed process."""

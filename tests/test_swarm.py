@@ -200,6 +200,37 @@ def test_a_crash_the_head_has_not_noticed_yet_is_no_bundle_violation(seed):
     assert r.ok, swarm.story(r)
 
 
+def _small_layout(*cpus: float, **extra) -> "swarm.ClusterLayout":
+    """Nodes of ``cpus`` CPUs (64 MiB stores) with the swarm's timing."""
+    from penumbra.core.gcs import GcsTiming
+    from penumbra.core.layout import ClusterLayout, NodeShape
+    from penumbra.core.specs import ResourceSet
+
+    return ClusterLayout(
+        nodes=tuple(NodeShape(ResourceSet.of(CPU=c), 64 << 20) for c in cpus),
+        heartbeat_interval=0.05, node_timeout=0.4, gcs_retry_after=0.05,
+        gcs_timing=GcsTiming(heartbeat_interval=0.02, heartbeat_timeout=0.08, resend_after=0.04), **extra)
+
+
+def test_a_driver_pause_does_not_hold_up_another_nodes_put():
+    """Found by the strategy-drawn test (plan 174): the swarm ran every
+    event through the main driver, so while that driver was paused
+    (0.344-1.344 s) the put by node 1's driver (0.38 s) waited too, past
+    node 1's crash (0.775 s); the put never happened and the task that uses
+    it raised KeyError in the harness.  The put is node 1's own program."""
+    from penumbra.core.specs import ResourceSet
+    from penumbra.verification.workload import PutPlan, TaskPlan, VTask, Workload
+
+    R = ResourceSet.of
+    w = Workload(puts=(PutPlan("r0", 64, 0.38, node=1, get_at=0.86),),
+                 tasks=(TaskPlan("t0", (), VTask("t0", 8, 0.005), R(CPU=0.5), -1, 0.1),
+                        TaskPlan("r0t", ("r0",), VTask("r0t", 8, 0.002), R(CPU=0.5), -1, 0.99)),
+                 actors=())
+    faults = swarm.FaultPlan(crashes=((0.775, 1, 0.1),), pauses=((0.344, "driver", 0, 1.0, True),))
+    r = swarm.check_plan(swarm.SeedPlan(174, _small_layout(1, 2), w, faults, 1.0))
+    assert r.ok, swarm.story(r)
+
+
 def test_a_failing_seed_tells_its_story_and_shrinks():
     bug = bug_named("dead-node-tasks-lost")
     with planted(bug):

@@ -571,19 +571,27 @@ def run_plan(plan: SeedPlan, *, faults: bool = True, validate: bool = True, max_
             events: list[tuple[float, int, Callable]] = []
             idx = 0
             putters = {0: d}
+            own_program: set[int] = set()  # events another driver's program makes
             for p in w.puts:
                 if p.node not in putters:
                     putters[p.node] = cluster.driver(list(cluster.nodes)[p.node])
                 pd = putters[p.node]
-                def put(p=p, pd=pd):
-                    if not pd.alive:  # add_remote_puts keeps puts well before their node fails
-                        res.violations.append(C.Violation("harness", f"{p.key}: its driver died before the put", p.key))
-                        return
+                def put_now(p=p, pd=pd):
                     oid = _put(pd, p.size, digest("put", p.key), ready, p.key)
                     keys[p.key] = oid
                     if p.get_at is None:
                         watch(p.key, oid)
+
+                def put(p=p, pd=pd, put_now=put_now):
+                    if not pd.alive:  # add_remote_puts keeps puts well before their node fails
+                        res.violations.append(C.Violation("harness", f"{p.key}: its driver died before the put", p.key))
+                        return
+                    pd._guarded(put_now, ())  # (held while pd's program is paused)
                 events.append((p.at, idx, put))
+                if pd is not d:
+                    # another node's program: a pause of d's does not hold
+                    # it up (nor does d run it, see the loop below)
+                    own_program.add(idx)
                 idx += 1
                 if p.get_at is not None:
                     events.append((p.get_at, idx, lambda p=p: watch(p.key, keys[p.key]) if p.key in keys else None))
@@ -648,8 +656,11 @@ def run_plan(plan: SeedPlan, *, faults: bool = True, validate: bool = True, max_
                 events.append((wp.at, idx, lambda wp=wp: _start_wait(wp, d, keys, res.waits, sealed, base,
                                                                      not faults)))
                 idx += 1
-            for at, _, fn in sorted(events, key=lambda e: (e[0], e[1])):
-                cluster.kernel.call_at(base + at, d._guarded, fn, ())
+            for at, i, fn in sorted(events, key=lambda e: (e[0], e[1])):
+                if i in own_program:
+                    cluster.kernel.call_at(base + at, fn)
+                else:
+                    cluster.kernel.call_at(base + at, d._guarded, fn, ())
             # the faults of the safety phase
             node_addrs = list(cluster.nodes)
             if faults:

@@ -200,16 +200,17 @@ def test_a_crash_the_head_has_not_noticed_yet_is_no_bundle_violation(seed):
     assert r.ok, swarm.story(r)
 
 
-def _small_layout(*cpus: float, **extra) -> "swarm.ClusterLayout":
-    """Nodes of ``cpus`` CPUs (64 MiB stores) with the swarm's timing."""
+def _layout(*shapes: dict, store: int = 64 << 20, **kw):
+    """Nodes of these resources (and ``store`` bytes of object store), with
+    the swarm's timing; ``kw``: more ``ClusterLayout`` fields."""
     from penumbra.core.gcs import GcsTiming
     from penumbra.core.layout import ClusterLayout, NodeShape
     from penumbra.core.specs import ResourceSet
 
     return ClusterLayout(
-        nodes=tuple(NodeShape(ResourceSet.of(CPU=c), 64 << 20) for c in cpus),
+        nodes=tuple(NodeShape(ResourceSet.from_dict(s), store) for s in shapes),
         heartbeat_interval=0.05, node_timeout=0.4, gcs_retry_after=0.05,
-        gcs_timing=GcsTiming(heartbeat_interval=0.02, heartbeat_timeout=0.08, resend_after=0.04), **extra)
+        gcs_timing=GcsTiming(heartbeat_interval=0.02, heartbeat_timeout=0.08, resend_after=0.04), **kw)
 
 
 def test_a_driver_pause_does_not_hold_up_another_nodes_put():
@@ -227,7 +228,44 @@ def test_a_driver_pause_does_not_hold_up_another_nodes_put():
                         TaskPlan("r0t", ("r0",), VTask("r0t", 8, 0.002), R(CPU=0.5), -1, 0.99)),
                  actors=())
     faults = swarm.FaultPlan(crashes=((0.775, 1, 0.1),), pauses=((0.344, "driver", 0, 1.0, True),))
-    r = swarm.check_plan(swarm.SeedPlan(174, _small_layout(1, 2), w, faults, 1.0))
+    r = swarm.check_plan(swarm.SeedPlan(174, _layout({"CPU": 1}, {"CPU": 2}), w, faults, 1.0))
+    assert r.ok, swarm.story(r)
+
+
+def test_a_child_placed_again_while_its_rerun_parent_submitted_it_finishes():
+    """Found by the strategy-drawn test (plan 9619, shrunk by hand): node 1
+    ran t4 -> t4c0 -> t4c0g0 and died.  The head handed t4c0 and t4c0g0 on
+    to node 2 (t4c0g0 as attempt 2); t4c0, re-run there, submitted t4c0g0
+    first, as attempt 0, so node 2 took the placement for a duplicate and
+    recorded the end as attempt 0: stale against the GCS row's attempt 2,
+    which stayed pending after quiescence (liveness).  The copy there now
+    becomes the newer attempt."""
+    from penumbra.core.specs import ResourceSet
+    from penumbra.verification.workload import ActorPlan, CallPlan, TaskPlan, VCall, VChild, VTask, Workload
+
+    R = ResourceSet.of
+
+    def kid(key, size=8, duration=0.001, children=()):
+        return VChild(key, size, duration, False, children)
+
+    layout = _layout({"CPU": 1, "GPU": 2}, {"CPU": 4, "special": 2}, {"CPU": 1}, {"CPU": 4, "special": 2},
+                     store=16 << 20, gcs_shards=3, chain_length=2)
+    tasks = (
+        TaskPlan("t0", (), VTask("t0", 65536, 0.05), R(CPU=2), 1, 0.329),
+        TaskPlan("t1", (), VTask("t1", 4 << 20, 0.05, children=(kid("t1c0", children=(kid("t1c0g0", duration=0.0024),)),
+                                                                 kid("t1c1"))), R(CPU=0.25, GPU=0.5), -1, 0.449),
+        TaskPlan("t3", (), VTask("t3", 65536, 0.0005, children=(
+            kid("t3c0", 512, children=(kid("t3c0g0", duration=0.0082), kid("t3c0g1", duration=0.0008))),)),
+            R(CPU=2), 0, 0.0),
+        TaskPlan("t4", ("t3",), VTask("t4", 65536, 0.05, children=(kid("t4c0", 512, children=(kid("t4c0g0", duration=0.0018),)),)),
+                 R(CPU=0.5, special=1), -1, 0.123),
+    )
+    calls = tuple(CallPlan(f"a0.c{i}", deps, VCall(f"a0.c{i}", 8, 0.0005), at)
+                  for i, (deps, at) in enumerate([((), 0.011), ((), 0.08), (("t4",), 0.297)]))
+    actors = (ActorPlan("a0", -1, 0, False, 0, 0.0, calls),)
+    faults = swarm.FaultPlan(crashes=((0.312, 1, 0.3),), isolations=((0.077, 3, 0.8),), delay=0.01,
+                             worker_crash_rate=0.02, actor_kills=((0.094, 0),))
+    r = swarm.check_plan(swarm.SeedPlan(9619, layout, Workload((), tasks, actors), faults, 1.0))
     assert r.ok, swarm.story(r)
 
 

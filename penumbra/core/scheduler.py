@@ -235,6 +235,15 @@ class LocalScheduler:
         if tid in self.tasks:
             if actor is not None:
                 return self._newer_start(self.tasks[tid], actor, now, sid)
+            t = self.tasks[tid]
+            if attempt > t.attempt:
+                # The head handed this task on as a newer attempt (the node
+                # that had it died) while a re-executed parent submitted it
+                # here again: this copy is that attempt now.  Else its end,
+                # recorded as the older attempt, is stale against the GCS
+                # row, which stays pending for good (swarm plan 9619).
+                t.attempt = attempt
+                self._story(tid, now, sid, f"placed again as attempt={attempt}: this copy is that attempt")
             return []  # already here (a duplicate placement)
         self.done.pop(tid, None)
         cmds: list[Command] = []

@@ -864,18 +864,27 @@ class ActorHost:
                 break
             c, r = h.logged.pop(i)
             cmds += self._release(h, c, r, now, sid)
-        if h.checkpoint_due and not h.unlogged:
-            index, h.checkpoint_due = h.checkpoint_due, 0
-            # the callers' order as of the checkpoint: a restart from it
-            # must not run these calls again (found by the swarm, seed 959:
-            # a call whose caller never heard it was done ran twice)
-            seqs = dict(h.next_seq)
-            for c in h.running.values():
-                caller = c.spec.caller_id
-                seqs[caller] = min(seqs.get(caller, c.spec.sequence_no), c.spec.sequence_no)
-            h.checkpoint_seqs = tuple(sorted(seqs.items()))
-            cmds.append(CheckpointActor(worker_id=h.worker, actor_id=aid, index=index, stimulus_id=sid))
-        return cmds
+        return cmds + self._checkpoint_if_due(h, sid)
+
+    def _checkpoint_if_due(self, h: _Hosted, sid: str) -> list[Command]:
+        """Take the checkpoint that is due once every call before it is
+        logged *and its outputs are recorded* in the GCS: a restart from the
+        checkpoint neither runs nor replays those calls, so an output still
+        on its way when this instance dies would be lost for good (found by
+        a strategy-drawn plan, 465308: a killed instance's record landed
+        after its successor had declared the call's result lost)."""
+        if not h.checkpoint_due or h.unlogged or h.releasing:
+            return []
+        index, h.checkpoint_due = h.checkpoint_due, 0
+        # the callers' order as of the checkpoint: a restart from it
+        # must not run these calls again (found by the swarm, seed 959:
+        # a call whose caller never heard it was done ran twice)
+        seqs = dict(h.next_seq)
+        for c in h.running.values():
+            caller = c.spec.caller_id
+            seqs[caller] = min(seqs.get(caller, c.spec.sequence_no), c.spec.sequence_no)
+        h.checkpoint_seqs = tuple(sorted(seqs.items()))
+        return [CheckpointActor(worker_id=h.worker, actor_id=h.entry.spec.actor_id, index=index, stimulus_id=sid)]
 
     def _release(self, h: _Hosted, call: _Call, result: tuple, now: float, sid: str) -> list[Command]:
         """Record a call's outputs (or its error) here and in the GCS; its
@@ -897,7 +906,7 @@ class ActorHost:
         if h is None:
             return []
         call = h.releasing.pop(tid, None)
-        cmds = self._terminate_if_released(h, sid)
+        cmds = self._terminate_if_released(h, sid) + self._checkpoint_if_due(h, sid)
         if call is None or not call.from_node:
             return cmds
         return [_call_done(call.from_node, call.spec, incarnation, sid)] + cmds

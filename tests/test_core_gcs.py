@@ -477,6 +477,30 @@ def test_client_low_water_is_lowest_outstanding() -> None:
     assert d.low_water == b.req_id
 
 
+def test_client_settled_counts_writes_queued_behind_their_key(core) -> None:
+    """``settled(mark)``: every request asked for up to ``mark`` answered,
+    including a write queued behind an earlier one to its key, which has no
+    request id until it is sent (the head's scan of a dead node's tasks
+    once went out while the task's placement there was still queued, and
+    missed it: strategy-drawn plan 64806)."""
+    from penumbra.core.tables import AddTask, RetryTask
+
+    c = GcsClient("me", Recorder())
+    c.set_configs(TWO[:1], 0.0)
+    spec = core.spec()
+    first = one(c.write(RetryTask(spec.task_id, "", attempt=1), "retry", 0.0), GcsWrite)
+    assert sends(c.write(AddTask(spec, "node:2", placed=True), "place", 0.0), GcsWrite) == []  # queued
+    mark = c.made
+    assert not c.settled(mark)
+    cmds = c.handle(GcsReply(req_id=first.req_id, result=True), 0.0)
+    queued = one(cmds, GcsWrite)  # sent now, with an id newer than any before the mark
+    assert not c.settled(mark)
+    later = one(c.write(KvPut("x", 1), "x", 0.0), GcsWrite)
+    c.handle(GcsReply(req_id=queued.req_id, result=True), 0.0)
+    assert c.settled(mark)  # (the write made after the mark does not count)
+    assert not c.settled(c.made) and later.req_id in c.outstanding
+
+
 def test_client_notification_filter() -> None:
     c = GcsClient("me", Recorder())
     n = lambda v: GcsNotify(table="objects", key=b"k", value=v, version=v)

@@ -208,6 +208,36 @@ def test_reconstruction_budget_exhausted(core) -> None:
     assert net.machines["head"].recovery.reexecuted == 0
 
 
+def test_reconstruction_budget_spent_on_a_later_attempt_fails_the_row(core) -> None:
+    """A task rebuilt once (attempt 1, max_retries=1) loses its output
+    again: the head fails it, and its row must say so at that attempt (an
+    error recorded as attempt 0 is stale against the row's attempt 1 and
+    was dropped: a row left pending that way stayed pending for good,
+    strategy-drawn plan 64806)."""
+    cpus = ResourceSet.of(CPU=2)
+    net = core.cluster(nodes=5, resources=[ResourceSet()] + [cpus] * 4)
+    inbox = net.add_client("c:d")
+    net.add_client("c:w")
+    s = core.spec(max_retries=1)
+    submit(net, "node:1", s, client="c:w")
+    net.run_for(0.2)
+    users = []
+    for req in (1, 2):
+        for holder in sorted(gcs_row(net, "objects", s.return_ids[0]).locations):  # every copy goes
+            net.crash(holder)
+            net.inject("head", NodeDied(node_id=holder))
+        net.run_for(0.2)
+        user = core.spec(deps=s.return_ids)  # needs s's output: the head rebuilds s (once)
+        submit(net, next(n for n in ("node:1", "node:2", "node:3", "node:4") if n in net.machines), user)
+        watch(net, "node:0", user.return_ids, req_id=req)
+        net.run_for(0.5)
+        users.append(ready(inbox, req)[user.return_ids[0]])
+    assert users[0].error is None  # rebuilt
+    assert users[1].error.kind is ErrorKind.OBJECT_LOST and "max_retries=1" in users[1].error.message
+    row = gcs_row(net, "tasks", s.task_id)
+    assert (row.state, row.attempt) == (TaskState.FAILED, 1)
+
+
 def test_heartbeat_loss_declares_node_dead(core) -> None:
     net = core.cluster(nodes=2)
     net.isolate("node:1")

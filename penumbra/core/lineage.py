@@ -262,7 +262,7 @@ class Recovery:
                     task_name=spec.display_name(),
                 )
                 outputs = tuple((o, 0) for o in spec.return_ids)
-                cmds += self.head.gcs.write(FinishTask(tid, "", outputs, err, job_id=spec.job_id), None, now, sid)
+                cmds += self.head.gcs.write(FinishTask(tid, "", outputs, err, entry.attempt, job_id=spec.job_id), None, now, sid)
                 continue
             self.rebuilding[tid] = now
             self.rebuild_attempt[tid] = entry.attempt + 1

@@ -269,6 +269,33 @@ def test_a_child_placed_again_while_its_rerun_parent_submitted_it_finishes():
     assert r.ok, swarm.story(r)
 
 
+def test_drawn_timing_faults_never_silence_a_node_past_its_timeout():
+    """Found by the strategy-drawn test (plan 849423): node 1 stopped for
+    0.25 s and its heartbeats then came up to 0.25 s late; the head heard
+    nothing from it for longer than the node timeout and rightly declared it
+    dead (its put was lost), which the plan counted on for neither fault:
+    each is drawn under the timeout.  Outside the fault model, so the
+    strategies (and ``plan_seed``) no longer draw them stacked; the plan
+    without the late heartbeats holds."""
+    from penumbra.core.specs import ResourceSet
+    from penumbra.verification.workload import PutPlan, TaskPlan, VTask, Workload
+
+    R = ResourceSet.of
+    w = Workload(puts=(PutPlan("r1", 4096, 0.5629, node=1, get_at=0.831),),
+                 tasks=(TaskPlan("t0", (), VTask("t0", 8, 0.005), R(CPU=0.5), -1, 0.1),
+                        TaskPlan("r1t", ("r1",), VTask("r1t", 8, 0.002), R(CPU=0.5), -1, 0.9)),
+                 actors=())
+    layout = _layout({"CPU": 2}, {"CPU": 2})
+    pauses, late = [(0.25, "node", 1, 0.25, True)], [(0.5, 1, 0.25, 0.8)]
+    stacked = swarm.check_plan(swarm.SeedPlan(0, layout, w, swarm.FaultPlan(
+        pauses=tuple(pauses), heartbeat_delays=tuple(late)), 1.0))
+    assert stacked.run.cluster.head.dead_nodes == {"node:1"}  # silent past the timeout
+    assert swarm.unstacked_silences(pauses, late) == (pauses, [])
+    assert swarm.unstacked_silences(pauses, [(0.5, 1, 0.05, 0.8)])[1]  # 0.3 s in all: kept
+    r = swarm.check_plan(swarm.SeedPlan(0, layout, w, swarm.FaultPlan(pauses=tuple(pauses)), 1.0))
+    assert r.ok, swarm.story(r)
+
+
 def test_a_failing_seed_tells_its_story_and_shrinks():
     bug = bug_named("dead-node-tasks-lost")
     with planted(bug):

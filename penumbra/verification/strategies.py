@@ -57,7 +57,7 @@ from hypothesis import strategies as st
 from ..core.gcs import GcsTiming
 from ..core.layout import ClusterLayout, NodeShape
 from ..core.specs import ResourceSet
-from .swarm import FaultPlan, SeedPlan
+from .swarm import FaultPlan, SeedPlan, unstacked_silences
 from .workload import ActorPlan, CallPlan, PutPlan, TaskPlan, VCall, VChild, VTask, Workload, CUSTOM, GPUS_PER_NODE, LARGE_SIZES, SLOT, SLOTS_PER_NODE, STORE_SIZES, add_callers, add_grandchildren, add_groups, add_remote_puts, add_waits
 
 __all__ = ["layouts", "workloads", "fault_plans", "seed_plans", "workload_options"]
@@ -251,8 +251,10 @@ def fault_plans(draw, nodes: int, chain_length: int = 1, shards: int = 1, actors
     ), max_size=2))
     late = draw(st.lists(st.tuples(at, st.integers(0, nodes - 1), st.sampled_from((0.05, 0.25)),
                                    st.sampled_from((0.2, 0.8))), max_size=1))
+    # (never stacked so that a node is silent past the timeout: swarm.unstacked_silences)
+    pauses, late = unstacked_silences(sorted(pauses), sorted(late))
     return FaultPlan(
-        pauses=tuple(sorted(pauses)), heartbeat_delays=tuple(sorted(late)),
+        pauses=tuple(pauses), heartbeat_delays=tuple(late),
         crashes=tuple(sorted(crashes)), replica_crashes=tuple(sorted(replicas)), isolations=tuple(sorted(cuts)),
         gcs_drop=draw(st.sampled_from((0.0, 0.02, 0.1))), gcs_duplicate=draw(st.sampled_from((0.0, 0.05))),
         delay=draw(st.sampled_from((0.0, 0.002, 0.01))), slow=tuple(sorted(slow)),

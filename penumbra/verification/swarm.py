@@ -271,7 +271,35 @@ def _draw_timing_faults(faults: FaultPlan, rng: random.Random, faulty: bool, n: 
         pauses.append((at(), "driver", 0, round(rng.uniform(0.1, 1.0), 3), rng.random() < 0.5))
     if rng.random() < 0.1:
         late.append((at(), rng.randrange(n), round(rng.uniform(0.05, 0.25), 3), round(rng.uniform(0.2, 0.8), 3)))
-    return dataclasses.replace(faults, pauses=tuple(sorted(pauses)), heartbeat_delays=tuple(sorted(late)))
+    pauses, late = unstacked_silences(sorted(pauses), sorted(late))
+    return dataclasses.replace(faults, pauses=tuple(pauses), heartbeat_delays=tuple(late))
+
+
+# A node's heartbeat interval and timeout in the swarm's layouts.
+_HEARTBEAT, _NODE_TIMEOUT = 0.05, 0.4
+
+
+def unstacked_silences(pauses: list, late: list) -> tuple[list, list]:
+    """Drop the short timing faults of a node that would add up to a
+    silence of ``LONG_PAUSE`` or more (the head may then rightly declare it
+    dead, which the plan counts on for neither fault): a short pause that
+    begins before the node, resumed from another, got a heartbeat out, and
+    late heartbeats in force when it resumes (0.25 s stopped, then
+    heartbeats 0.25 s late: the head heard nothing for 0.5 s; found by a
+    strategy-drawn plan, 849423).  ``pauses`` and ``late`` sorted by time,
+    as ``FaultPlan`` holds them."""
+    short: dict[int, list[tuple[float, float]]] = {}  # node index -> its kept short pauses (start, end)
+    kept = []
+    for p in pauses:
+        at, who, i, d, _ = p
+        if who == "node" and d < LONG_PAUSE:
+            if any(at < e + 2 * _HEARTBEAT and max(e, at + d) - a >= LONG_PAUSE for a, e in short.get(i, ())):
+                continue
+            short.setdefault(i, []).append((at, at + d))
+        kept.append(p)
+    late = [x for x in late if not any(x[0] - _HEARTBEAT <= e <= x[0] + x[3] and e - a + x[2] >= LONG_PAUSE
+                                       for a, e in short.get(x[1], ()))]
+    return kept, late
 
 
 # ===========================================================================

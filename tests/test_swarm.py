@@ -269,6 +269,45 @@ def test_a_child_placed_again_while_its_rerun_parent_submitted_it_finishes():
     assert r.ok, swarm.story(r)
 
 
+def test_a_checkpointed_call_whose_record_was_late_when_its_actor_was_killed_keeps_its_value():
+    """Found by the strategy-drawn test (plan 465308, shrunk by hand):
+    replay actor a0 (a checkpoint every 3 calls) ran its third call and
+    checkpointed while the call's record was still on its way to the GCS
+    (dropped and resent); the kill restarted a0 from that checkpoint, the
+    call was re-sent, and the new instance, finding no record, declared
+    its result lost (OBJECT_LOST, though no node died).  A checkpoint now
+    waits for the records of the calls in it."""
+    from penumbra.core.specs import ResourceSet
+    from penumbra.verification.workload import (ActorPlan, CallPlan, GroupPlan, PutPlan, TaskPlan, VCall, VChild,
+                                                VTask, Workload)
+
+    R = ResourceSet.of
+    layout = _layout({"CPU": 4, "GPU": 2, "slot": 2}, {"CPU": 2, "slot": 2, "special": 2}, {"CPU": 2, "slot": 2},
+                     {"CPU": 4, "slot": 2, "special": 2}, gcs_shards=3, chain_length=3)
+
+    def calls(actor, *timed):
+        return tuple(CallPlan(f"{actor}.c{i}", (), VCall(f"{actor}.c{i}", 8, d), at) for i, d, at in timed)
+
+    tasks = (
+        TaskPlan("t0", (), VTask("t0", 1 << 20, 0.05, children=(VChild("t0c0", 8), VChild("t0c1", 512))), R(CPU=1), 1, 0.5),
+        TaskPlan("t1", (), VTask("t1", 8, 0.02), R(CPU=1), 0, 0.711),
+        TaskPlan("r0t", (), VTask("r0t", 8, 0.002), R(slot=0.5), -1, 0.2723, group=("g0", -1)),
+        TaskPlan("r1t", (), VTask("r1t", 8, 0.002), R(slot=0.5), -1, 0.6681, group=("g0", 0)),
+    )
+    actors = (
+        ActorPlan("a0", -1, -1, True, 3, 0.495, calls("a0", (0, 0.005, 0.495), (1, 0.02, 0.504), (3, 0.0005, 0.924)),
+                  group=("g0", -1)),
+        ActorPlan("a1", -1, -1, True, 3, 0.158, calls("a1", (0, 0.005, 0.875)), kill_at=0.875, gpus=0.5),
+    )
+    w = Workload(puts=(PutPlan("r0", 4096, 0.1829, node=1, get_at=0.4827),
+                       PutPlan("r1", 4096, 0.4302, node=1, get_at=0.5188)),
+                 tasks=tasks, actors=actors, groups=(GroupPlan("g0", 2, "STRICT_SPREAD", 0.286),))
+    faults = swarm.FaultPlan(gcs_drop=0.1, worker_crash_rate=0.05, actor_kills=((0.924, 0),),
+                             heartbeat_delays=((0.893, 0, 0.05, 0.8),))
+    r = swarm.check_plan(swarm.SeedPlan(465308, layout, w, faults, 1.0))
+    assert r.ok, swarm.story(r)
+
+
 def test_drawn_timing_faults_never_silence_a_node_past_its_timeout():
     """Found by the strategy-drawn test (plan 849423): node 1 stopped for
     0.25 s and its heartbeats then came up to 0.25 s late; the head heard

@@ -524,6 +524,22 @@ class ActorHost:
     # ------------------------------------------------------------------ creation
     def created(self, spec: TaskSpec, start: "ActorStart", wid: str, now: float, sid: str) -> list[Command]:
         entry = start.entry
+        cmds: list[Command] = []
+        old = self.actors.get(entry.spec.actor_id)
+        if old is not None and old.entry.incarnation > entry.incarnation:
+            # a stale start, overtaken by a newer one that runs here already
+            self.node.scheduler.release_actor_worker(wid)
+            return [KillWorker(worker_id=wid, reason="a stale start of this actor: a newer incarnation runs here",
+                               stimulus_id=sid)]
+        if old is not None:
+            # An older instance is still here: the head's stop of it and
+            # this start crossed (delayed messages reorder).  It goes now,
+            # and its worker's death later is nobody's (else both instances
+            # shared one slot, and the older one's resources leaked: found
+            # by the swarm, seeds 1870 and 2039).
+            self.by_worker.pop(old.worker, None)
+            cmds += self._drop(old, f"superseded by incarnation {entry.incarnation}", now, sid)
+            cmds += self._stop(old, "this actor instance was superseded by a newer incarnation", now, sid)
         held = self.node.scheduler.acquire_or_borrow(entry.spec.resources)
         h = _Hosted(entry=replace(entry, state=ActorState.ALIVE, node=self.node.address), worker=wid, held=held)
         h.executed = entry.checkpoint_index
@@ -538,7 +554,7 @@ class ActorHost:
         self.actors[entry.spec.actor_id] = h
         self.by_worker[wid] = entry.spec.actor_id
         # follow the actor's row (to stop if superseded; see on_entry)
-        _, cmds = self.node.router._route(entry.spec.actor_id, now, sid)
+        cmds += self.node.router._route(entry.spec.actor_id, now, sid)[1]
         cmds += self.node.gcs_write(
             PutActor(h.entry, expect_incarnation=entry.incarnation),
             ("actor-alive", entry.spec.actor_id, entry.incarnation), now, sid,
@@ -958,22 +974,29 @@ class ActorHost:
         aid = self.by_worker.pop(wid, None)
         if aid is None:
             return []
-        h = self.actors.pop(aid)
-        self.node.scheduler.release(h.held)
-        self.node.scheduler.release_actor_worker(wid)
-        for call in list(h.running.values()) + [c for q in h.queue.values() for c in q.values()] + list(h.replay):
-            self._pin(call, False)
-        token_calls = [c for q in h.queue.values() for c in q.values() if c.missing]
-        cmds: list[Command] = []
-        for c in token_calls:
-            token = ("actor-call", aid, c.spec.task_id)
-            for d in sorted(c.missing):
-                cmds += self.node.objects.unwant(d, token, now, sid)
-        self.node.story_add(h.entry.creation.task_id, now, sid, f"actor worker {wid} died: {reason}")
+        h = self.actors[aid]
+        cmds = self._drop(h, f"actor worker {wid} died: {reason}", now, sid)
         error = ErrorInfo(ErrorKind.ACTOR_DIED, f"the actor's worker process died: {reason}", task_name=h.entry.spec.cls.name)
         return cmds + [Send(to=self.node.head, msg=ActorReported(
             actor_id=aid, incarnation=h.entry.incarnation, node_id=self.node.address, error=error, stimulus_id=sid,
         ))]
+
+    def _drop(self, h: _Hosted, why: str, now: float, sid: str) -> list[Command]:
+        """Forget instance ``h``: its resources, its worker, its calls' pins
+        and the inputs they wanted."""
+        aid = h.entry.spec.actor_id
+        del self.actors[aid]
+        self.node.scheduler.release(h.held)
+        self.node.scheduler.release_actor_worker(h.worker)
+        for call in list(h.running.values()) + [c for q in h.queue.values() for c in q.values()] + list(h.replay):
+            self._pin(call, False)
+        cmds: list[Command] = []
+        for c in [c for q in h.queue.values() for c in q.values() if c.missing]:
+            token = ("actor-call", aid, c.spec.task_id)
+            for d in sorted(c.missing):
+                cmds += self.node.objects.unwant(d, token, now, sid)
+        self.node.story_add(h.entry.creation.task_id, now, sid, why)
+        return cmds
 
     def on_stop(self, ev: StopActor, now: float, sid: str) -> list[Command]:
         h = self.actors.get(ev.actor_id)

@@ -417,6 +417,19 @@ def _unschedulable_kill_bad_keyword():
     return _patch(S.GlobalScheduler, "_unschedulable", _unschedulable)
 
 
+def _older_instance_overwritten():
+    orig = A.ActorHost.created
+
+    def created(self, spec, start, wid, now, sid):
+        # BUG: an older instance of the actor still hosted here (its stop and
+        # this start crossed) is overwritten, not stopped: its resources
+        # leak, and its worker's death is taken for the new instance's
+        self.actors.pop(start.entry.spec.actor_id, None)
+        return orig(self, spec, start, wid, now, sid)
+
+    return _patch(A.ActorHost, "created", created)
+
+
 # Bugs the swarm found in penumbra's own core/, planted back as they were
 # before the fix: each must still fail at the seed that found it (outside the
 # default budget: these are what the long runs are for).
@@ -427,6 +440,9 @@ REGRESSIONS: tuple[Bug, ...] = (
     Bug("unschedulable-actor-kill-typo", "a placement group removed while an actor creation waits for it: the head "
         "kills the actor with a keyword ActorManager.kill does not take, and raises", _unschedulable_kill_bad_keyword,
         seed=659),
+    Bug("older-instance-overwritten", "a restarted actor starts on the node still hosting its older instance (the "
+        "head's stop and start crossed): the older one is overwritten, its resources leak", _older_instance_overwritten,
+        seed=1870),
 )
 
 

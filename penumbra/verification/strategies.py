@@ -222,7 +222,8 @@ def fault_plans(draw, nodes: int, chain_length: int = 1, shards: int = 1, actors
     duplicating GCS links, delay (so messages reorder), worker crashes
     mid-task, kills of actors 0..``actors``-1 that allow a restart, and
     timing faults: stop-the-world pauses of the head, a node or the driver,
-    and late heartbeats.
+    and late heartbeats (a node's short ones never stacked into a silence
+    the head may take for its death: ``swarm.unstacked_silences``).
 
     Node 0, the driver's, is spared crashes and cuts: the swarm's driver and
     GPU node live there.  Fault times lie in [0.05, 1] (the workload's

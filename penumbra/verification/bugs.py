@@ -417,6 +417,9 @@ def _unschedulable_kill_bad_keyword():
     return _patch(S.GlobalScheduler, "_unschedulable", _unschedulable)
 
 
+# -- swarm-plans: a regression the long run found (seeds 1870, 2039) ---------
+
+
 def _older_instance_overwritten():
     orig = A.ActorHost.created
 

@@ -275,19 +275,19 @@ def _draw_timing_faults(faults: FaultPlan, rng: random.Random, faulty: bool, n: 
     return dataclasses.replace(faults, pauses=tuple(pauses), heartbeat_delays=tuple(late))
 
 
-# A node's heartbeat interval and timeout in the swarm's layouts.
-_HEARTBEAT, _NODE_TIMEOUT = 0.05, 0.4
+# A node's heartbeat interval in the swarm's layouts.
+_HEARTBEAT = 0.05
 
 
 def unstacked_silences(pauses: list, late: list) -> tuple[list, list]:
     """Drop the short timing faults of a node that would add up to a
-    silence of ``LONG_PAUSE`` or more (the head may then rightly declare it
-    dead, which the plan counts on for neither fault): a short pause that
-    begins before the node, resumed from another, got a heartbeat out, and
-    late heartbeats in force when it resumes (0.25 s stopped, then
-    heartbeats 0.25 s late: the head heard nothing for 0.5 s; found by a
-    strategy-drawn plan, 849423).  ``pauses`` and ``late`` sorted by time,
-    as ``FaultPlan`` holds them."""
+    silence of ``LONG_PAUSE`` or more, which the head may rightly take for
+    the node's death (the plan counts on that for neither fault): a second
+    short pause that begins before the node, resumed from the first, got a
+    heartbeat out; late heartbeats in force when a short pause ends (0.25 s
+    stopped, then heartbeats 0.25 s late: the head heard nothing for 0.5 s;
+    found by a strategy-drawn plan, 849423).  ``pauses`` and ``late`` are
+    sorted by time, as ``FaultPlan`` holds them."""
     short: dict[int, list[tuple[float, float]]] = {}  # node index -> its kept short pauses (start, end)
     kept = []
     for p in pauses:

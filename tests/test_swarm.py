@@ -335,6 +335,39 @@ def test_drawn_timing_faults_never_silence_a_node_past_its_timeout():
     assert r.ok, swarm.story(r)
 
 
+def test_drawn_pauses_never_hide_a_cut():
+    """Found by the strategy-drawn test (plan 145281, shrunk by hand): node
+    2 was cut off for 0.8 s, but it was stopped for most of the cut and the
+    head for the rest, so nobody saw it (no heartbeats lost, no misses
+    counted) and node 2 was never declared dead; the cut only dropped
+    messages -- the restart of actor a1 sent there -- which a link that
+    behaves like a TCP connection never does, and a1's calls hung.
+    Outside the fault model, so the strategies (and ``plan_seed``) no
+    longer pause a cut node during its cut while the head is paused too;
+    the plan without that pause holds."""
+    from penumbra.core.specs import ResourceSet
+    from penumbra.verification.workload import ActorPlan, CallPlan, TaskPlan, VCall, VTask, Workload
+
+    R = ResourceSet.of
+    layout = _layout({"CPU": 4, "GPU": 2}, {"CPU": 1}, {"CPU": 1, "GPU": 2}, store=16 << 20, gcs_shards=2,
+                     chain_length=3)
+    calls = tuple(CallPlan(f"a1.c{i}", (), VCall(f"a1.c{i}", 8, d), at) for i, d, at in
+                  ((0, 0.02, 0.0), (1, 0.0005, 0.0), (4, 0.02, 0.87)))
+    w = Workload(puts=(), tasks=(TaskPlan("t7", (), VTask("t7", 4 << 20, 0.0005), R(CPU=0.25, GPU=0.25), -1, 0.0),
+                                 TaskPlan("t9", (), VTask("t9", 65536, 0.02), R(CPU=2), -1, 0.0)),
+                 actors=(ActorPlan("a1", -1, -1, True, 2, 0.0, calls, gpus=0.5),))
+    cut = ((0.801, 2, 0.8),)
+    pauses = [(0.508, "node", 2, 0.8, False), (0.779, "head", 0, 0.5, True)]
+    hidden = swarm.check_plan(swarm.SeedPlan(145281, layout, w, swarm.FaultPlan(
+        isolations=cut, pauses=tuple(pauses), worker_crash_rate=0.02), 1.0))
+    assert "node:2" not in hidden.run.cluster.head.dead_nodes  # the cut went unseen
+    assert swarm.seen_cuts(pauses, cut) == pauses[1:]
+    assert swarm.seen_cuts(pauses, ((0.1, 2, 0.3),)) == pauses  # (no head pause during that cut)
+    r = swarm.check_plan(swarm.SeedPlan(145281, layout, w, swarm.FaultPlan(
+        isolations=cut, pauses=tuple(pauses[1:]), worker_crash_rate=0.02), 1.0))
+    assert r.ok, swarm.story(r)
+
+
 def test_a_failing_seed_tells_its_story_and_shrinks():
     bug = bug_named("dead-node-tasks-lost")
     with planted(bug):

@@ -57,7 +57,7 @@ from hypothesis import strategies as st
 from ..core.gcs import GcsTiming
 from ..core.layout import ClusterLayout, NodeShape
 from ..core.specs import ResourceSet
-from .swarm import FaultPlan, SeedPlan, unstacked_silences
+from .swarm import FaultPlan, SeedPlan, seen_cuts, unstacked_silences
 from .workload import ActorPlan, CallPlan, PutPlan, TaskPlan, VCall, VChild, VTask, Workload, CUSTOM, GPUS_PER_NODE, LARGE_SIZES, SLOT, SLOTS_PER_NODE, STORE_SIZES, add_callers, add_grandchildren, add_groups, add_remote_puts, add_waits
 
 __all__ = ["layouts", "workloads", "fault_plans", "seed_plans", "workload_options"]
@@ -223,7 +223,8 @@ def fault_plans(draw, nodes: int, chain_length: int = 1, shards: int = 1, actors
     mid-task, kills of actors 0..``actors``-1 that allow a restart, and
     timing faults: stop-the-world pauses of the head, a node or the driver,
     and late heartbeats (a node's short ones never stacked into a silence
-    the head may take for its death: ``swarm.unstacked_silences``).
+    the head may take for its death: ``swarm.unstacked_silences``; a cut
+    node never paused during its cut while the head is too: ``swarm.seen_cuts``).
 
     Node 0, the driver's, is spared crashes and cuts: the swarm's driver and
     GPU node live there.  Fault times lie in [0.05, 1] (the workload's
@@ -253,7 +254,8 @@ def fault_plans(draw, nodes: int, chain_length: int = 1, shards: int = 1, actors
     late = draw(st.lists(st.tuples(at, st.integers(0, nodes - 1), st.sampled_from((0.05, 0.25)),
                                    st.sampled_from((0.2, 0.8))), max_size=1))
     # (never stacked so that a node is silent past the timeout: swarm.unstacked_silences)
-    pauses, late = unstacked_silences(sorted(pauses), sorted(late))
+    # (and never hiding a cut: swarm.seen_cuts)
+    pauses, late = unstacked_silences(seen_cuts(sorted(pauses), cuts), sorted(late))
     return FaultPlan(
         pauses=tuple(pauses), heartbeat_delays=tuple(late),
         crashes=tuple(sorted(crashes)), replica_crashes=tuple(sorted(replicas)), isolations=tuple(sorted(cuts)),

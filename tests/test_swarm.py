@@ -200,6 +200,16 @@ def test_a_crash_the_head_has_not_noticed_yet_is_no_bundle_violation(seed):
     assert r.ok, swarm.story(r)
 
 
+def test_a_group_made_while_the_head_is_paused_is_checked_once_the_head_knows_it():
+    """Seed 2667 of the long run: the driver made group g0 (which no item
+    uses) while the head was paused for 1.4 s, and the work was all done
+    before the head resumed; the bundle check then found a group the head
+    did not know.  The liveness phase now also waits for the head to know
+    every group (if it never learns of one, the check still says so)."""
+    r = swarm.check_seed(2667)
+    assert r.ok, swarm.story(r)
+
+
 def _layout(*shapes: dict, store: int = 64 << 20, **kw):
     """Nodes of these resources (and ``store`` bytes of object store), with
     the swarm's timing; ``kw``: more ``ClusterLayout`` fields."""

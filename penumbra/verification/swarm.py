@@ -721,9 +721,12 @@ def run_plan(plan: SeedPlan, *, faults: bool = True, validate: bool = True, max_
                     cluster.kernel.slow(a, 1.0)
             executor.crash_rate = 0.0
             total = w.size()  # every item submitted, and every one ready
+            # (and the head knows every group: it may have been paused since
+            # the group was made, if no item uses it; seed 2667)
+            groups_known = lambda: all(g.pg_id in cluster.head.placement.groups for g in w.groups)  # noqa: E731
             cluster.run_until(lambda: len(res.expected) == total and res.expected <= set(ready)
-                              and len(res.waits) == len(w.waits) and all(o.done for o in res.waits.values()),
-                              timeout=max_virtual)
+                              and len(res.waits) == len(w.waits) and all(o.done for o in res.waits.values())
+                              and groups_known(), timeout=max_virtual)
             res.done_at = cluster.now - base
             disturbed = _disturbed(cluster, executor, plan, actors, faults)
             # What the liveness phase delivered is the answer: the kills below

@@ -1,12 +1,9 @@
 """Replay a swarm plan saved as text (the repr Hypothesis prints for a
 falsifying ``SeedPlan``): ``python tests/swarm_plans/replay.py FILE [--story]``.
 
-No plan is open now: the failures drawn plans found so far are fixed, and
-``tests/test_swarm.py`` replays each (shrunk by hand) through ``check_plan``,
-or ``bugs.REGRESSIONS`` plants the bug back.  Save a new one here as
-``open-SEED-what.txt`` (the printed plan, then a line on what failed);
-nothing runs these by default.  Once fixed, it becomes a test or a
-``bugs.REGRESSIONS`` entry and its file goes.
+The ``open-*.txt`` plans here are failures that drawn plans found and that
+are not fixed yet (see the README's swarm section); nothing runs them by
+default.  A fixed one should become a test or a ``bugs.REGRESSIONS`` entry.
 """
 
 import sys

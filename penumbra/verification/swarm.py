@@ -54,7 +54,7 @@ from ..core.ids import ObjectId, TaskId, child_task_id
 from ..core.layout import ClusterLayout, NodeShape
 from ..core.messages import PutFailed
 from ..core.records import ActorState, ErrorKind, PlacementGroupEntry
-from ..core.scheduler import LocalScheduler
+from ..core.scheduler import LocalScheduler, SchedulerConfig
 from ..core.specs import ResourceSet
 from ..core.tables import CreatePlacementGroup, Op, RemovePlacementGroup
 from ..sim.cluster import SimActor, SimCluster, SimNode
@@ -63,8 +63,8 @@ from ..sim.costs import PAPER
 from ..sim.trace import Trace
 from . import checkers as C
 from .workload import (CUSTOM, GPUS_PER_NODE, LARGE_SIZES, SLOT, SLOTS_PER_NODE, STORE_SIZES, VActor, VerifyExecutor,
-                       Workload, add_callers, add_cancels, add_gpus, add_grandchildren, add_groups, add_remote_puts,
-                       add_waits, digest, generate)
+                       Workload, add_burst, add_callers, add_cancels, add_fractional_gpus, add_gpus, add_grandchildren,
+                       add_groups, add_remote_puts, add_waits, digest, generate)
 
 __all__ = ["SeedPlan", "FaultPlan", "RunResult", "SeedReport", "plan_seed", "run_plan", "check_seed", "check_plan",
            "run_swarm", "run_swarm_cli", "story", "shrink"]
@@ -98,6 +98,17 @@ class FaultPlan:
     pauses: tuple[tuple[float, str, int, float, bool], ...] = ()
     # (time, node index, up to this much extra delay, duration): its messages to the head come late
     heartbeat_delays: tuple[tuple[float, int, float, float], ...] = ()
+    # (shard, "join" | "ready", "joiner" | "other", delay, restart after): when a
+    # replica of the shard rejoins (its ReplicaJoin, or its ReplicaReady: appended,
+    # still catching up), a second replica crash ``delay`` later, inside the
+    # catch-up window: the joiner itself, or a member (a caught-up one lives on)
+    rejoin_crashes: tuple[tuple[int, str, str, float, float], ...] = ()
+    # (time, head pause before the burst (0: none), stall): every node's
+    # messages to the head stall, then arrive in one burst (a heartbeat storm)
+    storms: tuple[tuple[float, float, float], ...] = ()
+    # the chance that a nested task's worker dies while blocked in ``get``
+    # on its children (or right after, running on CPU debt)
+    blocked_crash_rate: float = 0.0
 
     def items(self) -> list[tuple[str, Any]]:
         out: list[tuple[str, Any]] = [("crash", c) for c in self.crashes]
@@ -107,7 +118,9 @@ class FaultPlan:
         out += [("slow", c) for c in self.slow]
         out += [("pause", c) for c in self.pauses]
         out += [("heartbeat_delay", c) for c in self.heartbeat_delays]
-        for name in ("gcs_drop", "gcs_duplicate", "delay", "worker_crash_rate"):
+        out += [("rejoin_crash", c) for c in self.rejoin_crashes]
+        out += [("storm", c) for c in self.storms]
+        for name in ("gcs_drop", "gcs_duplicate", "delay", "worker_crash_rate", "blocked_crash_rate"):
             if getattr(self, name):
                 out.append((name, getattr(self, name)))
         return out
@@ -115,7 +128,8 @@ class FaultPlan:
     @classmethod
     def from_items(cls, items) -> "FaultPlan":
         names = {"crash": "crashes", "replica": "replica_crashes", "isolate": "isolations", "slow": "slow",
-                 "actor_kill": "actor_kills", "pause": "pauses", "heartbeat_delay": "heartbeat_delays"}
+                 "actor_kill": "actor_kills", "pause": "pauses", "heartbeat_delay": "heartbeat_delays",
+                 "rejoin_crash": "rejoin_crashes", "storm": "storms"}
         kw: dict[str, Any] = {v: [] for v in names.values()}
         for name, v in items:
             if name in names:
@@ -194,6 +208,7 @@ def plan_seed(seed: int) -> SeedPlan:
                   for i, s in enumerate(shapes)]
         layout = dataclasses.replace(layout, nodes=tuple(shapes))
         workload = add_gpus(workload, grng, cpu_cap=min(shapes[i].resources.get("CPU") for i in gpu_nodes))
+    layout, workload = _draw_fractional_gpus(layout, workload, random.Random(f"penumbra-swarm-fractional-gpus-{seed}"))
     # Waits too, from their own generator (the rest of the plan is as before).
     workload = add_waits(workload, random.Random(f"penumbra-swarm-waits-{seed}"), horizon)
     workload = add_callers(workload, random.Random(f"penumbra-swarm-callers-{seed}"))
@@ -237,8 +252,12 @@ def plan_seed(seed: int) -> SeedPlan:
         worker_crash_rate=rng.choice((0.0, 0.0, 0.02, 0.05)) if faulty else 0.0,
     )
     faults = _draw_timing_faults(faults, random.Random(f"penumbra-swarm-timing-{seed}"), faulty, n, horizon)
+    faults = _draw_gcs_double_crash(faults, random.Random(f"penumbra-swarm-gcs-double-{seed}"), faulty, layout, horizon)
+    faults = _draw_blocked_crashes(faults, random.Random(f"penumbra-swarm-blocked-{seed}"), faulty, workload)
+    faults = _draw_storms(faults, random.Random(f"penumbra-swarm-storms-{seed}"), faulty, horizon)
     workload = add_remote_puts(workload, random.Random(f"penumbra-swarm-remote-puts-{seed}"), n,
                                faults.first_failures(), 1.0)
+    layout, workload = _draw_spillback(layout, workload, random.Random(f"penumbra-swarm-spillback-{seed}"), horizon)
     return SeedPlan(seed, layout, workload, faults, horizon)
 
 
@@ -272,6 +291,119 @@ def _draw_timing_faults(faults: FaultPlan, rng: random.Random, faulty: bool, n: 
     if rng.random() < 0.1:
         late.append((at(), rng.randrange(n), round(rng.uniform(0.05, 0.25), 3), round(rng.uniform(0.2, 0.8), 3)))
     return dataclasses.replace(faults, pauses=tuple(sorted(pauses)), heartbeat_delays=tuple(sorted(late)))
+
+
+def _draw_gcs_double_crash(faults: FaultPlan, rng: random.Random, faulty: bool, layout: ClusterLayout,
+                           horizon: float) -> FaultPlan:
+    """Two GCS replica crashes in one seed, the second inside the first's
+    catch-up window (chain reconfiguration under failure), from its own
+    generator.
+
+    On about a quarter of the seeds with chains of two or more, a replica of
+    one shard crashes and restarts (the seed's own replica crash, or one
+    drawn here); when the restarted replica rejoins -- as it asks to join
+    (it then copies the tail's state), or as the master appends it (it then
+    syncs with its predecessor) -- a second replica crashes a moment later:
+    the joiner itself, or (chains of three) a member, as long as a
+    caught-up member lives on (``_install_faults``): a chain of k survives
+    k-1 failures of replicas that hold every acknowledged write, never the
+    loss of all of them.
+    """
+    if not faulty or layout.chain_length < 2 or rng.random() >= 0.3:
+        return faults
+    crashes = list(faults.replica_crashes)
+    if crashes and rng.random() < 0.7:
+        shard = rng.choice(crashes)[1]
+    else:
+        shard = rng.randrange(layout.gcs_shards)
+    if not any(c[1] == shard for c in crashes):
+        crashes.append((round(rng.uniform(0.05, horizon), 3), shard, rng.randrange(layout.chain_length),
+                        round(rng.uniform(0.05, 0.3), 3)))
+    stage = rng.choice(("join", "ready"))
+    whom = "other" if layout.chain_length >= 3 and rng.random() < 0.6 else "joiner"
+    delay = round(rng.choice((0.0, 0.0005, 0.002, 0.005)), 4)
+    second = (shard, stage, whom, delay, round(rng.uniform(0.05, 0.4), 3))
+    return dataclasses.replace(faults, replica_crashes=tuple(sorted(crashes)), rejoin_crashes=(second,))
+
+
+def _draw_blocked_crashes(faults: FaultPlan, rng: random.Random, faulty: bool, workload: Workload) -> FaultPlan:
+    """Workers that die while blocked in ``get`` (a nested task waiting for
+    its children: it lent its CPU), or just after they unblock (they may run
+    on CPU debt), on about a third of the faulty seeds with nested tasks."""
+    if not faulty or not any(t.model.children for t in workload.tasks) or rng.random() >= 0.35:
+        return faults
+    return dataclasses.replace(faults, blocked_crash_rate=rng.choice((0.2, 0.5)))
+
+
+def _draw_storms(faults: FaultPlan, rng: random.Random, faulty: bool, horizon: float) -> FaultPlan:
+    """Heartbeat storms, from their own generator: every node's messages to
+    the head stall for 0.15-0.34 s and then arrive in one burst (under the
+    node timeout of 0.4 s: nobody may be declared dead for it); or the head
+    stands still for 0.3-0.7 s and the burst comes 0.05-0.3 s after it
+    resumes (its grace period covers it).  A storm keeps clear of the
+    seed's other faults on heartbeats (node pauses, late heartbeats, slow
+    nodes: together they would make a silence the timeout rightly ends)."""
+    if not faulty:
+        return faults
+    busy = [(at, at + d) for at, who, _, d, _ in faults.pauses if who == "node"]
+    busy += [(at, at + d + late) for at, _, late, d in faults.heartbeat_delays]
+    busy += [(at, at + d) for at, _, _, d in faults.slow]
+    storms = []
+    for kind in ("storm", "after head pause"):
+        if rng.random() >= (0.12 if kind == "storm" else 0.2):
+            continue
+        pause = round(rng.uniform(0.3, 0.7), 3) if kind != "storm" else 0.0
+        stall = round(rng.uniform(0.15, 0.34) if kind == "storm" else pause + rng.uniform(0.05, 0.3), 3)
+        # the burst comes in the safety phase (which ends 0.3 s after the
+        # horizon, when every fault is lifted: a stall cut short there would
+        # let later messages overtake the held ones)
+        latest = horizon + 0.28 - stall
+        if latest < 0.05:
+            continue
+        at = round(rng.uniform(0.05, latest), 3)
+        if any(at - 0.5 < b and a < at + stall + 0.5 for a, b in busy):
+            continue
+        busy.append((at, at + stall))
+        storms.append((at, pause, stall))
+    return dataclasses.replace(faults, storms=tuple(sorted(storms)))
+
+
+def _draw_fractional_gpus(layout: ClusterLayout, workload: Workload, rng: random.Random) -> tuple[ClusterLayout, Workload]:
+    """A node with a fractional GPU total (half a GPU, or one and a half)
+    and fractional GPU requests, on about a sixth of the seeds, from its own
+    generator: the GPU nodes of a seed with GPUs, or node 0 (which never
+    fails) of one without."""
+    if rng.random() >= 0.17:
+        return layout, workload
+    total = rng.choice((0.5, 1.5))
+    shapes = list(layout.nodes)
+    gpu_nodes = [i for i, s in enumerate(shapes) if s.resources.get("GPU")] or [0]
+    for i in gpu_nodes:
+        shapes[i] = dataclasses.replace(shapes[i], resources=ResourceSet.from_dict({**shapes[i].resources.to_dict(),
+                                                                                   "GPU": total}))
+    layout = dataclasses.replace(layout, nodes=tuple(shapes))
+    workload = add_fractional_gpus(workload, rng, total, cpu_cap=min(shapes[i].resources.get("CPU") for i in gpu_nodes))
+    return layout, workload
+
+
+def _draw_spillback(layout: ClusterLayout, workload: Workload, rng: random.Random,
+                    horizon: float) -> tuple[ClusterLayout, Workload]:
+    """Work that crosses the spillback thresholds (``SchedulerConfig``),
+    from its own generator: on some seeds the thresholds are low (a queue of
+    2-8 tasks, or remote inputs of 64 KiB or 1 MiB, sends work to the
+    global scheduler); on others the driver submits a burst of small tasks
+    in one instant, more than the node's queue holds before it forwards."""
+    if rng.random() < 0.15:
+        default = SchedulerConfig()
+        config = dataclasses.replace(layout.scheduler, forward_queue_threshold=rng.choice((2, 4, 8)),
+                                     forward_remote_bytes=rng.choice((default.forward_remote_bytes, 64 << 10, 1 << 20)))
+        layout = dataclasses.replace(layout, scheduler=config)
+    if rng.random() < 0.08:
+        threshold = layout.scheduler.forward_queue_threshold
+        count = rng.randint(threshold + 5, threshold + 40) if threshold >= 50 else rng.randint(20, 40)
+        max_cpu = min(s.resources.get("CPU") for s in layout.nodes)
+        workload = add_burst(workload, rng, count, round(rng.uniform(0, horizon), 4), max_cpu)
+    return layout, workload
 
 
 # ===========================================================================
@@ -664,7 +796,7 @@ def run_plan(plan: SeedPlan, *, faults: bool = True, validate: bool = True, max_
             for a, node in list(cluster.nodes.items()):
                 if node.alive:
                     cluster.kernel.slow(a, 1.0)
-            executor.crash_rate = 0.0
+            executor.crash_rate = executor.blocked_crash_rate = 0.0
             total = w.size()  # every item submitted, and every one ready
             cluster.run_until(lambda: len(res.expected) == total and res.expected <= set(ready)
                               and len(res.waits) == len(w.waits) and all(o.done for o in res.waits.values()),
@@ -877,11 +1009,63 @@ def _install_faults(cluster: SimCluster, fp: FaultPlan, nodes: list[str], base: 
             if cluster.nodes[addr].alive:
                 cluster.slow(addr, factor, duration)
         k.call_at(base + at, slow)
+    _install_new_faults(cluster, fp, base, plan)
     replicas = list(cluster.replicas)
     if fp.gcs_drop or fp.gcs_duplicate:
         cluster.link_fault(None, replicas, drop=fp.gcs_drop, duplicate=fp.gcs_duplicate)
     if fp.delay:
         cluster.link_fault(None, None, delay=fp.delay)
+
+
+def _install_new_faults(cluster: SimCluster, fp: FaultPlan, base: float, plan: SeedPlan) -> None:
+    """Second replica crashes inside a rejoin's catch-up window, heartbeat
+    storms, and workers dying while blocked in ``get`` (see their draws)."""
+    k = cluster.kernel
+    ex = cluster.executor
+    if fp.blocked_crash_rate:
+        ex.blocked_crash_rate = fp.blocked_crash_rate
+        ex.block_rng = random.Random(f"penumbra-swarm-blocked-exec-{plan.seed}")
+    for at, pause, stall in fp.storms:
+        def storm(pause=pause, stall=stall):
+            if pause:
+                cluster.pause("head", pause, True)
+            cluster.stall([a for a, node in cluster.nodes.items() if node.alive], ["head"], stall)
+        k.call_at(base + at, storm)
+    if not fp.rejoin_crashes:
+        return
+    master = cluster.head.chain
+    armed = list(fp.rejoin_crashes)
+    alive = lambda r: cluster.replica(r) is not None
+
+    def second_crash(shard: int, joiner: str, whom: str, restart: float) -> None:
+        members = master.shards[shard].config.replicas
+        if whom == "joiner":
+            target = joiner
+        else:
+            # the joiner's predecessor if it is a member, else the head
+            others = [r for r in members if r != joiner]
+            i = members.index(joiner) if joiner in members else 0
+            target = members[i - 1] if i > 0 else (others[0] if others else None)
+        if target is None or not alive(target):
+            return
+        # the fault model: some member that holds every acknowledged write
+        # (caught up, or an original one) lives on
+        if any(r not in (target, joiner) and alive(r) and master.caught_up.get(r, True) for r in members):
+            cluster.crash_replica(target, restart_after=restart)
+
+    orig = master.handle
+
+    def handle(event, now):
+        cmds = orig(event, now)
+        kind = type(event).__name__
+        if armed and kind in ("ReplicaJoin", "ReplicaReady"):
+            for entry in list(armed):
+                shard, stage, whom, delay, restart = entry
+                if event.shard == shard and (kind == "ReplicaJoin") == (stage == "join"):
+                    armed.remove(entry)
+                    k.call_after(delay, second_crash, shard, event.replica, whom, restart)
+        return cmds
+    master.handle = handle
 
 
 # ===========================================================================

@@ -339,6 +339,132 @@ def _bundle_index_ignored():
     return _patch(P, "bundle_request", bundle_request)
 
 
+# --- draws-faults: bugs that only the draws added on branch draws-faults reach
+# (a second GCS crash inside a rejoin's catch-up window, a worker dying while
+# blocked in get, a fractional GPU total, spillback, a heartbeat storm after a
+# pause of the head); the swarm before them passes its 300 seeds with each.
+
+
+def _sync_ignores_trimmed_log():
+    def _on_sync(self, ev, now):
+        if not self.active or ev.shard != self.shard or self._successor() != ev.replica:
+            return []
+        self.succ_seq = ev.seq
+        # BUG: the check that the successor lacks entries we no longer keep
+        # (acknowledged, trimmed: it must copy state again, GcsRejoin) is
+        # gone; we re-send what we have and it waits for the gap forever
+        cmds = [Send(to=ev.replica, msg=self._forward_msg(self.log[s], ev.stimulus_id))
+                for s in sorted(self.log) if s > ev.seq]
+        if self._can_read():
+            cmds.append(Send(to=ev.replica, msg=G.GcsCaughtUp(shard=self.shard, epoch=self.config.epoch, seq=self.seq)))
+        self.retain_from = None
+        for s in [s for s in self.log if s <= self.committed and s <= ev.seq]:
+            del self.log[s]
+        return cmds
+
+    return _handler(G, G.GcsSync, _on_sync)
+
+
+def _dead_blocked_worker_returns_lent_cpu():
+    def _release(self, w, keep_gpus=False):
+        if self.gpus.held and not keep_gpus:
+            self.gpus.give_back(w.worker_id)
+        give = w.held  # BUG: should be w.held - w.lent (what a worker blocked in get lent is back already)
+        if self.gone:
+            give = self._drop_gone(give)
+        if not self.debt.is_empty():
+            pay = give.min_with(self.debt)
+            self.debt = self.debt - pay
+            give = give - pay
+        self.available = self.available + give
+        w.held = S.EMPTY
+        w.lent = S.EMPTY
+        w.blocked = False
+
+    return _patch(S.LocalScheduler, "_release", _release)
+
+
+def _gpu_fraction_dropped():
+    from ..core import gpus as GP
+
+    def __init__(self, total_units):
+        whole, rest = divmod(total_units, GP.UNIT)
+        self.capacity = [GP.UNIT] * whole  # BUG: the last, fractional GPU gets no instance (a node of 0.5 GPU has none)
+        self.free = list(self.capacity)
+        self.held = {}
+
+    return _patch(GP.GpuInstances, "__init__", __init__)
+
+
+def _spilled_task_kept():
+    def _decide_locality(self, t, now, sid):
+        tid = t.spec.task_id
+        sizes = self._locating.get(tid, {})
+        if any(d not in sizes for d in t.missing):
+            return []
+        self._locating.pop(tid, None)
+        remote = sum(sizes[d].size for d in t.missing)
+        objects = self.node.objects
+        token = ("task", tid)
+        if remote >= self.config.forward_remote_bytes:
+            cmds = []
+            for d in t.missing:
+                cmds += objects.unwant(d, token, now, sid)
+            self._unpin_inputs(t)
+            # BUG: the task forwarded for its remote inputs stays in
+            # self.tasks: placed back here, it is taken for a duplicate
+            return cmds + self._forward(t.spec, "remote_inputs", t.attempt, now, sid, t.reconstruction)
+        t.state = S.WAITING
+        cmds = []
+        for d in sorted(t.missing):
+            cmds += objects.want(d, token, True, now, sid)
+        return cmds
+
+    return _patch(S.LocalScheduler, "_decide_locality", _decide_locality)
+
+
+def _head_pause_no_fresh_grace():
+    def _monitor(self, now):
+        cfg = self.config
+        late = now - self.check_due
+        self.check_due = now + cfg.check_interval
+        cmds = [SetTimer(at=self.check_due, key=("head", "monitor"))]
+        if late > cfg.pause_threshold:
+            # the head itself stood still: nobody is to blame for the gap
+            self.pauses_noticed += 1
+            # BUG: the misses counted before the pause are kept (no fresh
+            # grace period): the gap before it and the one after add up
+            self.heard.clear()
+            return cmds
+        heard = self.heard
+        limit = cfg.miss_limit
+        dead = []
+        for node, n in self.misses.items():
+            if node in heard:
+                self.misses[node] = 0
+            else:
+                self.misses[node] = n = n + 1
+                if n >= limit and node != cfg.own_node:
+                    dead.append(node)
+        heard.clear()
+        for node in sorted(dead):
+            cmds += self.node_dead(node, now, f"heartbeat-timeout:{node}")
+        return cmds
+
+    return _patch(H.HeadMachine, "_monitor", _monitor)
+
+
+def _joiner_counted_caught_up():
+    orig = G.ChainMaster._on_ready
+
+    def _on_ready(self, ev, now):
+        cmds = orig(self, ev, now)
+        self.caught_up.pop(ev.replica, None)  # BUG: a replica appended to its chain counts as caught up at once
+        return cmds
+
+    return _patch(G.ChainMaster, "_on_ready", _on_ready)
+
+
 BUGS: tuple[Bug, ...] = (
     Bug("no-release-on-crash", "a crashed worker's resources are not released", _no_release_on_crash, seed=5),
     Bug("retry-budget-off-by-one", "one retry fewer than max_retries", _retry_budget_off_by_one, seed=114),
@@ -363,6 +489,20 @@ BUGS: tuple[Bug, ...] = (
     Bug("fetching-waiter-told-early", "a wait that fetches is told an object is ready when its location is known, before the bytes arrive", _fetching_waiters_told_located, seed=64),
     Bug("bundle-index-ignored", "a task bound to one bundle of a placement group asks for any bundle of it, so it "
         "may run on another bundle's node", _bundle_index_ignored, seed=7),
+    # draws-faults
+    Bug("sync-ignores-trimmed-log", "a GCS replica re-sends its log to a new successor that lacks entries it already "
+        "trimmed, instead of making it copy state again: after two crashes in a catch-up window the chain stalls",
+        _sync_ignores_trimmed_log),
+    Bug("dead-blocked-worker-returns-lent-cpu", "a worker that dies while blocked in get gives back its whole CPU, "
+        "though it had lent it already", _dead_blocked_worker_returns_lent_cpu),
+    Bug("gpu-fraction-dropped", "a node's fractional last GPU gets no GPU instance: a node of half a GPU never runs a "
+        "GPU task", _gpu_fraction_dropped),
+    Bug("spilled-task-kept", "a task forwarded for its large remote inputs stays in its node's queue: placed back "
+        "there, it is dropped as a duplicate", _spilled_task_kept),
+    Bug("head-pause-no-fresh-grace", "after a pause of its own, the head keeps the heartbeats each node missed "
+        "before it: a heartbeat storm around the pause makes them add up to the timeout", _head_pause_no_fresh_grace),
+    Bug("joiner-counted-caught-up", "the chain master counts a replica appended to its chain as caught up at once: "
+        "it cuts a silent member that alone holds every acknowledged write", _joiner_counted_caught_up),
 )
 
 # Changes that look like bugs but that the rest of the design makes harmless,

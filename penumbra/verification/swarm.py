@@ -98,14 +98,16 @@ class FaultPlan:
     pauses: tuple[tuple[float, str, int, float, bool], ...] = ()
     # (time, node index, up to this much extra delay, duration): its messages to the head come late
     heartbeat_delays: tuple[tuple[float, int, float, float], ...] = ()
-    # (shard, "join" | "ready", "joiner" | "other", delay, restart after): when a
-    # replica of the shard rejoins (its ReplicaJoin, or its ReplicaReady: appended,
-    # still catching up), a second replica crash ``delay`` later, inside the
-    # catch-up window: the joiner itself, or a member (a caught-up one lives on)
+    # (shard, "join" | "ready", "joiner" | "other" | "pause", delay, restart
+    # after or pause): when a replica of the shard rejoins (its ReplicaJoin, or
+    # its ReplicaReady: appended, still catching up), a second replica crash
+    # ``delay`` later, inside the catch-up window: the joiner itself, or a
+    # member (a caught-up one lives on); or a caught-up member's pause
     rejoin_crashes: tuple[tuple[int, str, str, float, float], ...] = ()
-    # (time, head pause before the burst (0: none), stall): every node's
-    # messages to the head stall, then arrive in one burst (a heartbeat storm)
-    storms: tuple[tuple[float, float, float], ...] = ()
+    # (time, stall, head pause (0: none), pause starts this long into the
+    # stall, timers first on resume): every node's messages to the head
+    # stall, then arrive in one burst (a heartbeat storm)
+    storms: tuple[tuple[float, float, float, float, bool], ...] = ()
     # the chance that a nested task's worker dies while blocked in ``get``
     # on its children (or right after, running on CPU debt)
     blocked_crash_rate: float = 0.0
@@ -257,7 +259,8 @@ def plan_seed(seed: int) -> SeedPlan:
     faults = _draw_storms(faults, random.Random(f"penumbra-swarm-storms-{seed}"), faulty, horizon)
     workload = add_remote_puts(workload, random.Random(f"penumbra-swarm-remote-puts-{seed}"), n,
                                faults.first_failures(), 1.0)
-    layout, workload = _draw_spillback(layout, workload, random.Random(f"penumbra-swarm-spillback-{seed}"), horizon)
+    layout, workload = _draw_spillback(layout, workload, random.Random(f"penumbra-swarm-spillback-{seed}"), horizon,
+                                       faults.first_failures())
     return SeedPlan(seed, layout, workload, faults, horizon)
 
 
@@ -307,7 +310,10 @@ def _draw_gcs_double_crash(faults: FaultPlan, rng: random.Random, faulty: bool, 
     the joiner itself, or (chains of three) a member, as long as a
     caught-up member lives on (``_install_faults``): a chain of k survives
     k-1 failures of replicas that hold every acknowledged write, never the
-    loss of all of them.
+    loss of all of them.  Or, instead of crashing, a caught-up member
+    stands still for 0.1-0.3 s in that window (the master suspects it; if
+    only replicas still catching up are left, cutting it would lose
+    acknowledged writes: it must wait for it).
     """
     if not faulty or layout.chain_length < 2 or rng.random() >= 0.3:
         return faults
@@ -320,9 +326,10 @@ def _draw_gcs_double_crash(faults: FaultPlan, rng: random.Random, faulty: bool, 
         crashes.append((round(rng.uniform(0.05, horizon), 3), shard, rng.randrange(layout.chain_length),
                         round(rng.uniform(0.05, 0.3), 3)))
     stage = rng.choice(("join", "ready"))
-    whom = "other" if layout.chain_length >= 3 and rng.random() < 0.6 else "joiner"
+    whom = rng.choice(("other", "other", "joiner", "pause") if layout.chain_length >= 3 else ("joiner", "joiner", "pause"))
     delay = round(rng.choice((0.0, 0.0005, 0.002, 0.005)), 4)
-    second = (shard, stage, whom, delay, round(rng.uniform(0.05, 0.4), 3))
+    after = round(rng.uniform(0.1, 0.3) if whom == "pause" else rng.uniform(0.05, 0.4), 3)
+    second = (shard, stage, whom, delay, after)
     return dataclasses.replace(faults, replica_crashes=tuple(sorted(crashes)), rejoin_crashes=(second,))
 
 
@@ -337,26 +344,37 @@ def _draw_blocked_crashes(faults: FaultPlan, rng: random.Random, faulty: bool, w
 
 def _draw_storms(faults: FaultPlan, rng: random.Random, faulty: bool, horizon: float) -> FaultPlan:
     """Heartbeat storms, from their own generator: every node's messages to
-    the head stall for 0.15-0.34 s and then arrive in one burst (under the
-    node timeout of 0.4 s: nobody may be declared dead for it); or the head
-    stands still for 0.3-0.7 s and the burst comes 0.05-0.3 s after it
-    resumes (its grace period covers it).  A storm keeps clear of the
-    seed's other faults on heartbeats (node pauses, late heartbeats, slow
-    nodes: together they would make a silence the timeout rightly ends)."""
+    the head stall, and then arrive in one burst.
+
+    * a storm: they stall for 0.15-0.34 s, under the node timeout (0.4 s):
+      nobody may be declared dead for it;
+    * a pause of the head inside a storm: the stall starts 0-0.3 s before
+      the head stops (0.3-0.7 s, timers or messages first on resume), and
+      the burst comes 0.05-0.34 s after it resumes: the head, noticing its
+      own pause, owes every node a fresh grace period, which covers it.
+
+    A storm keeps clear of the seed's other faults on heartbeats (node
+    pauses, late heartbeats, slow nodes: together they would make a silence
+    the timeout rightly ends), and bursts before the safety phase ends (when
+    every fault is lifted: a stall cut short there would let later messages
+    overtake the held ones).
+    """
     if not faulty:
         return faults
     busy = [(at, at + d) for at, who, _, d, _ in faults.pauses if who == "node"]
     busy += [(at, at + d + late) for at, _, late, d in faults.heartbeat_delays]
     busy += [(at, at + d) for at, _, _, d in faults.slow]
     storms = []
-    for kind in ("storm", "after head pause"):
+    for kind in ("storm", "head pause"):
         if rng.random() >= (0.12 if kind == "storm" else 0.2):
             continue
-        pause = round(rng.uniform(0.3, 0.7), 3) if kind != "storm" else 0.0
-        stall = round(rng.uniform(0.15, 0.34) if kind == "storm" else pause + rng.uniform(0.05, 0.3), 3)
-        # the burst comes in the safety phase (which ends 0.3 s after the
-        # horizon, when every fault is lifted: a stall cut short there would
-        # let later messages overtake the held ones)
+        if kind == "storm":
+            pause, lead, timers_first = 0.0, 0.0, True
+            stall = round(rng.uniform(0.15, 0.34), 3)
+        else:
+            pause, lead = round(rng.uniform(0.3, 0.7), 3), round(rng.choice((0.0, rng.uniform(0.05, 0.3))), 3)
+            timers_first = rng.random() < 0.5
+            stall = round(lead + pause + rng.uniform(0.05, 0.34), 3)
         latest = horizon + 0.28 - stall
         if latest < 0.05:
             continue
@@ -364,7 +382,7 @@ def _draw_storms(faults: FaultPlan, rng: random.Random, faulty: bool, horizon: f
         if any(at - 0.5 < b and a < at + stall + 0.5 for a, b in busy):
             continue
         busy.append((at, at + stall))
-        storms.append((at, pause, stall))
+        storms.append((at, stall, pause, lead, timers_first))
     return dataclasses.replace(faults, storms=tuple(sorted(storms)))
 
 
@@ -386,23 +404,30 @@ def _draw_fractional_gpus(layout: ClusterLayout, workload: Workload, rng: random
     return layout, workload
 
 
-def _draw_spillback(layout: ClusterLayout, workload: Workload, rng: random.Random,
-                    horizon: float) -> tuple[ClusterLayout, Workload]:
+def _draw_spillback(layout: ClusterLayout, workload: Workload, rng: random.Random, horizon: float,
+                    fails: dict[int, float]) -> tuple[ClusterLayout, Workload]:
     """Work that crosses the spillback thresholds (``SchedulerConfig``),
     from its own generator: on some seeds the thresholds are low (a queue of
     2-8 tasks, or remote inputs of 64 KiB or 1 MiB, sends work to the
-    global scheduler); on others the driver submits a burst of small tasks
-    in one instant, more than the node's queue holds before it forwards."""
-    if rng.random() < 0.15:
+    global scheduler); on others (and on half of those) the driver submits
+    a burst of small tasks in one instant, more than the node's queue holds
+    before it forwards, and then a few tasks that take burst outputs as
+    inputs (remote, for those that ran elsewhere)."""
+    low = rng.random() < 0.15
+    if low:
         default = SchedulerConfig()
         config = dataclasses.replace(layout.scheduler, forward_queue_threshold=rng.choice((2, 4, 8)),
                                      forward_remote_bytes=rng.choice((default.forward_remote_bytes, 64 << 10, 1 << 20)))
         layout = dataclasses.replace(layout, scheduler=config)
-    if rng.random() < 0.08:
+    if rng.random() < (0.5 if low else 0.08):
         threshold = layout.scheduler.forward_queue_threshold
-        count = rng.randint(threshold + 5, threshold + 40) if threshold >= 50 else rng.randint(20, 40)
+        count = rng.randint(threshold + 5, threshold + 40) if threshold >= 50 else rng.randint(10, 30)
         max_cpu = min(s.resources.get("CPU") for s in layout.nodes)
-        workload = add_burst(workload, rng, count, round(rng.uniform(0, horizon), 4), max_cpu)
+        # the burst's consumers are submitted on a node that never fails
+        # (whose driver lives), where its outputs are remote
+        calm = [i for i in range(1, len(layout.nodes)) if i not in fails]
+        workload = add_burst(workload, rng, count, round(rng.uniform(0, horizon), 4), max_cpu,
+                             consumers=rng.randint(2, 6), node=rng.choice(calm) if calm else 0)
     return layout, workload
 
 
@@ -727,16 +752,19 @@ def run_plan(plan: SeedPlan, *, faults: bool = True, validate: bool = True, max_
                 events.append((g.at, idx, lambda entry=entry: d.gcs(CreatePlacementGroup(entry))))
                 idx += 1
             for t in w.tasks:
-                def submit_task(t=t):
+                if t.node not in putters:  # a task submitted by a driver on another node
+                    putters[t.node] = cluster.driver(list(cluster.nodes)[t.node])
+
+                def submit_task(t=t, sd=putters[t.node]):
                     kw = {}
                     resources = t.resources
                     if t.group is not None:
                         pg, index = groups[t.group[0]].pg_id, t.group[1]
                         resources = P.bundle_request(resources, pg, index)
                         kw["scheduling"] = P.InGroup(pg, index)
-                    spec = d.spec(t.model, deps=[keys[k] for k in t.deps], resources=resources, name=t.key,
-                                  max_retries=t.max_retries, **kw)
-                    d.submit(spec)
+                    spec = sd.spec(t.model, deps=[keys[k] for k in t.deps], resources=resources, name=t.key,
+                                   max_retries=t.max_retries, **kw)
+                    sd.submit(spec)
                     watch(t.key, spec.return_ids[0])
                 events.append((t.at, idx, submit_task))
                 idx += 1
@@ -1025,12 +1053,11 @@ def _install_new_faults(cluster: SimCluster, fp: FaultPlan, base: float, plan: S
     if fp.blocked_crash_rate:
         ex.blocked_crash_rate = fp.blocked_crash_rate
         ex.block_rng = random.Random(f"penumbra-swarm-blocked-exec-{plan.seed}")
-    for at, pause, stall in fp.storms:
-        def storm(pause=pause, stall=stall):
-            if pause:
-                cluster.pause("head", pause, True)
-            cluster.stall([a for a, node in cluster.nodes.items() if node.alive], ["head"], stall)
-        k.call_at(base + at, storm)
+    for at, stall, pause, lead, timers_first in fp.storms:
+        k.call_at(base + at, lambda stall=stall: cluster.stall([a for a, n in cluster.nodes.items() if n.alive],
+                                                               ["head"], stall))
+        if pause:
+            k.call_at(base + at + lead, cluster.pause, "head", pause, timers_first)
     if not fp.rejoin_crashes:
         return
     master = cluster.head.chain
@@ -1039,6 +1066,14 @@ def _install_new_faults(cluster: SimCluster, fp: FaultPlan, base: float, plan: S
 
     def second_crash(shard: int, joiner: str, whom: str, restart: float) -> None:
         members = master.shards[shard].config.replicas
+        if whom == "pause":
+            # a caught-up member stands still (the joiner's predecessor, or the head)
+            up = [r for r in members if r != joiner and alive(r) and master.caught_up.get(r, True)]
+            i = members.index(joiner) if joiner in members else 0
+            target = members[i - 1] if i > 0 and members[i - 1] in up else (up[0] if up else None)
+            if target is not None:
+                cluster.pause(target, restart, True)
+            return
         if whom == "joiner":
             target = joiner
         else:

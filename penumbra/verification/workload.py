@@ -111,6 +111,7 @@ class TaskPlan:
     max_retries: int
     at: float
     group: tuple[str, int] | None = None  # (placement group key, bundle index; -1: any)
+    node: int = 0  # index of the node whose driver submits it (0: the main driver's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,16 +360,26 @@ def add_fractional_gpus(w: Workload, rng: random.Random, total: float, cpu_cap: 
     return replace(w, tasks=tuple(tasks), actors=tuple(actors))
 
 
-def add_burst(w: Workload, rng: random.Random, count: int, at: float, max_cpu: float) -> Workload:
+def add_burst(w: Workload, rng: random.Random, count: int, at: float, max_cpu: float, consumers: int = 0,
+              node: int = 0) -> Workload:
     """``count`` small independent tasks submitted by the driver in one
     instant (``b0``, ``b1``, ...): more than its node queues before it
-    forwards work to the global scheduler (spillback).  ``max_cpu``: the
-    fewest CPUs of any node (every burst task fits every node)."""
+    forwards work to the global scheduler (spillback); some return 256 KiB.
+    Then ``consumers`` tasks (``bc0``, ...), a moment later, each take one or
+    two burst outputs as inputs, submitted by a driver on node ``node``,
+    where they are remote inputs (the task is forwarded again if they pass
+    ``forward_remote_bytes``).
+    ``max_cpu``: the fewest CPUs of any node (every task fits every node)."""
     tasks = list(w.tasks)
     for i in range(count):
-        model = VTask(f"b{i}", size=8, duration=rng.choice((0.0005, 0.001, 0.002)))
+        model = VTask(f"b{i}", size=rng.choice((8, 8, 256 << 10)), duration=rng.choice((0.0005, 0.001, 0.002)))
         cpu = min(rng.choice((0.25, 0.5, 1)), max_cpu)
         tasks.append(TaskPlan(f"b{i}", (), model, ResourceSet.of(CPU=cpu), -1, at))
+    for j in range(consumers):
+        deps = tuple(f"b{i}" for i in rng.sample(range(count), min(count, rng.randint(1, 2))))
+        model = VTask(f"bc{j}", size=8, duration=0.001)
+        tasks.append(TaskPlan(f"bc{j}", deps, model, ResourceSet.of(CPU=min(0.5, max_cpu)), -1,
+                              round(at + rng.uniform(0.01, 0.1), 4), node=node))
     return replace(w, tasks=tuple(tasks))
 
 

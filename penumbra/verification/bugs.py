@@ -467,10 +467,10 @@ def _joiner_counted_caught_up():
 
 BUGS: tuple[Bug, ...] = (
     Bug("no-release-on-crash", "a crashed worker's resources are not released", _no_release_on_crash, seed=5),
-    Bug("retry-budget-off-by-one", "one retry fewer than max_retries", _retry_budget_off_by_one, seed=114),
+    Bug("retry-budget-off-by-one", "one retry fewer than max_retries", _retry_budget_off_by_one, seed=24),
     Bug("late-subscriber", "a subscriber that joins after a change is not sent the current value", _late_subscriber_not_told, seed=0),
     Bug("head-acks-early", "the chain head acknowledges a write before the tail has it", _head_acks_before_tail, seed=4),
-    Bug("actor-order-after-restart", "a restarted actor orders a caller's calls from whichever arrives first", _actor_ignores_floor_after_restart, seed=1),
+    Bug("actor-order-after-restart", "a restarted actor orders a caller's calls from whichever arrives first", _actor_ignores_floor_after_restart, seed=16),
     Bug("gcs-no-dedup", "the GCS applies a retried write again", _gcs_no_dedup, seed=0),
     Bug("dead-node-tasks-lost", "tasks pending on a dead node are not re-submitted", _dead_node_tasks_not_resubmitted, seed=4),
     Bug("blocked-worker-keeps-cpu", "a worker blocked in get does not lend its CPU", _blocked_worker_keeps_cpu, seed=0),
@@ -480,8 +480,8 @@ BUGS: tuple[Bug, ...] = (
     Bug("finish-undone", "a late AddTask reopens a finished task", _finish_can_be_undone, seed=2),
     Bug("gpu-fraction-overcommit", "a fractional GPU request is put on GPU 0 even when it is full", _gpu_fraction_overcommit, seed=6),
     Bug("gpus-kept-by-crashed-worker", "a crashed worker's GPU instances are not given back", _gpus_kept_by_crashed_worker, seed=87),
-    Bug("replay-newest-first", "a restarted replay actor replays its logged calls newest first", _replay_newest_first, seed=1),
-    Bug("replayed-call-runs-again", "a call replayed on restart runs again when its caller re-sends it", _replayed_call_runs_again, seed=1),
+    Bug("replay-newest-first", "a restarted replay actor replays its logged calls newest first", _replay_newest_first, seed=6),
+    Bug("replayed-call-runs-again", "a call replayed on restart runs again when its caller re-sends it", _replayed_call_runs_again, seed=6),
     Bug("watch-ignores-need", "a node holds a watch's reports until every object is ready, even when the "
         "wait needs fewer (it times out told of nothing)", _watch_ignores_need, seed=0),
     Bug("pause-kills-cluster", "the head judges liveness by its own clock: after a pause of the head, it declares "
@@ -492,17 +492,17 @@ BUGS: tuple[Bug, ...] = (
     # draws-faults
     Bug("sync-ignores-trimmed-log", "a GCS replica re-sends its log to a new successor that lacks entries it already "
         "trimmed, instead of making it copy state again: after two crashes in a catch-up window the chain stalls",
-        _sync_ignores_trimmed_log),
+        _sync_ignores_trimmed_log, seed=1),
     Bug("dead-blocked-worker-returns-lent-cpu", "a worker that dies while blocked in get gives back its whole CPU, "
-        "though it had lent it already", _dead_blocked_worker_returns_lent_cpu),
+        "though it had lent it already", _dead_blocked_worker_returns_lent_cpu, seed=6),
     Bug("gpu-fraction-dropped", "a node's fractional last GPU gets no GPU instance: a node of half a GPU never runs a "
-        "GPU task", _gpu_fraction_dropped),
+        "GPU task", _gpu_fraction_dropped, seed=31),
     Bug("spilled-task-kept", "a task forwarded for its large remote inputs stays in its node's queue: placed back "
-        "there, it is dropped as a duplicate", _spilled_task_kept),
+        "there, it is dropped as a duplicate", _spilled_task_kept, seed=39),
     Bug("head-pause-no-fresh-grace", "after a pause of its own, the head keeps the heartbeats each node missed "
-        "before it: a heartbeat storm around the pause makes them add up to the timeout", _head_pause_no_fresh_grace),
+        "before it: a heartbeat storm around the pause makes them add up to the timeout", _head_pause_no_fresh_grace, seed=102),
     Bug("joiner-counted-caught-up", "the chain master counts a replica appended to its chain as caught up at once: "
-        "it cuts a silent member that alone holds every acknowledged write", _joiner_counted_caught_up),
+        "it cuts a silent member that alone holds every acknowledged write", _joiner_counted_caught_up, seed=4),
 )
 
 # Changes that look like bugs but that the rest of the design makes harmless,

@@ -1062,6 +1062,9 @@ def _install_new_faults(cluster: SimCluster, fp: FaultPlan, base: float, plan: S
         return
     master = cluster.head.chain
     armed = list(fp.rejoin_crashes)
+    # what the second faults did: (kind, target, joiner, joiner caught up?)
+    done: list[tuple[str, str, str, bool]] = []
+    cluster.rejoin_faults = done
     alive = lambda r: cluster.replica(r) is not None
 
     def second_crash(shard: int, joiner: str, whom: str, restart: float) -> None:
@@ -1073,6 +1076,7 @@ def _install_new_faults(cluster: SimCluster, fp: FaultPlan, base: float, plan: S
             target = members[i - 1] if i > 0 and members[i - 1] in up else (up[0] if up else None)
             if target is not None:
                 cluster.pause(target, restart, True)
+                done.append(("pause", target, joiner, master.caught_up.get(joiner, True)))
             return
         if whom == "joiner":
             target = joiner
@@ -1087,6 +1091,7 @@ def _install_new_faults(cluster: SimCluster, fp: FaultPlan, base: float, plan: S
         # (caught up, or an original one) lives on
         if any(r not in (target, joiner) and alive(r) and master.caught_up.get(r, True) for r in members):
             cluster.crash_replica(target, restart_after=restart)
+            done.append(("crash", target, joiner, master.caught_up.get(joiner, True)))
 
     orig = master.handle
 

@@ -308,7 +308,7 @@ def _draw_gcs_double_crash(faults: FaultPlan, rng: random.Random, faulty: bool, 
     (it then copies the tail's state), or as the master appends it (it then
     syncs with its predecessor) -- a second replica crashes a moment later:
     the joiner itself, or (chains of three) a member, as long as a
-    caught-up member lives on (``_install_faults``): a chain of k survives
+    caught-up member lives on (``_install_new_faults``): a chain of k survives
     k-1 failures of replicas that hold every acknowledged write, never the
     loss of all of them.  Or, instead of crashing, a caught-up member
     stands still for 0.1-0.3 s in that window (the master suspects it; if
@@ -1065,7 +1065,12 @@ def _install_new_faults(cluster: SimCluster, fp: FaultPlan, base: float, plan: S
     # what the second faults did: (kind, target, joiner, joiner caught up?)
     done: list[tuple[str, str, str, bool]] = []
     cluster.rejoin_faults = done
-    alive = lambda r: cluster.replica(r) is not None
+
+    def alive(r: str) -> bool:
+        return cluster.replica(r) is not None
+
+    def caught_up(joiner: str, members: tuple[str, ...]) -> bool:
+        return joiner in members and master.caught_up.get(joiner, True)
 
     def second_crash(shard: int, joiner: str, whom: str, restart: float) -> None:
         members = master.shards[shard].config.replicas
@@ -1076,7 +1081,7 @@ def _install_new_faults(cluster: SimCluster, fp: FaultPlan, base: float, plan: S
             target = members[i - 1] if i > 0 and members[i - 1] in up else (up[0] if up else None)
             if target is not None:
                 cluster.pause(target, restart, True)
-                done.append(("pause", target, joiner, master.caught_up.get(joiner, True)))
+                done.append(("pause", target, joiner, caught_up(joiner, members)))
             return
         if whom == "joiner":
             target = joiner
@@ -1091,7 +1096,7 @@ def _install_new_faults(cluster: SimCluster, fp: FaultPlan, base: float, plan: S
         # (caught up, or an original one) lives on
         if any(r not in (target, joiner) and alive(r) and master.caught_up.get(r, True) for r in members):
             cluster.crash_replica(target, restart_after=restart)
-            done.append(("crash", target, joiner, master.caught_up.get(joiner, True)))
+            done.append(("crash", target, joiner, caught_up(joiner, members)))
 
     orig = master.handle
 

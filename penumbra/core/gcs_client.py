@@ -46,6 +46,7 @@ class _Req:
     sid: str
     retries: int = 0
     key: tuple | None = None  # (table, key) of a single-key write, for ordering
+    order: int = 0  # the client's count of requests made, when this one was made (``settled``)
 
 
 @dataclass(slots=True)
@@ -63,6 +64,7 @@ class GcsClient:
         self.configs: dict[int, ChainConfig] = {}
         self.num_shards = 0
         self.next_req = 1
+        self.made = 0  # requests made so far (a queued write has no req_id yet)
         self.outstanding: dict[int, _Req] = {}
         self.waiting: list[_Req] = []  # made before any config arrived
         self.key_queues: dict[tuple, deque[_Req] | None] = {}  # single-key writes waiting their turn
@@ -115,9 +117,18 @@ class GcsClient:
     def read(self, query: Query, token: Hashable, now: float, sid: str = "") -> list[Command]:
         return self._issue(query, token, now, sid)
 
+    def settled(self, mark: int) -> bool:
+        """Has every request made before ``self.made`` was ``mark`` been
+        answered?  (Not only those sent: a write of a key with an earlier
+        write in flight waits in its key's queue, without a ``req_id``.)"""
+        if self.waiting or any(r.order <= mark for r in self.outstanding.values()):
+            return False
+        return not any(r.order <= mark for q in self.key_queues.values() if q for r in q)
+
     def _issue(self, request: Op | Query, token: Hashable, now: float, sid: str) -> list[Command]:
+        self.made += 1
         if not self.ready:
-            self.waiting.append(_Req(0, 0, request, token, now, None, sid))
+            self.waiting.append(_Req(0, 0, request, token, now, None, sid, order=self.made))
             return []
         route = request.route()
         if route[1] is not None and isinstance(request, Op):
@@ -128,7 +139,7 @@ class GcsClient:
         cmds: list[Command] = []
         # (reads, and writes to a whole table; neither waits for its key)
         for shard in shards:
-            cmds.append(self._start(_Req(0, shard, request, token, now, group, sid), now))
+            cmds.append(self._start(_Req(0, shard, request, token, now, group, sid, order=self.made), now))
         if not self._timer_armed:
             self._timer_armed = True
             cmds.append(SetTimer(at=now + self.retry_after, key=("gcs-client", "retry")))
@@ -136,7 +147,7 @@ class GcsClient:
 
     def _issue_keyed(self, op: Op, shard: int, token: Hashable, now: float, sid: str) -> list[Command]:
         key = op.order_key()
-        r = _Req(0, shard, op, token, now, None, sid, key=key)
+        r = _Req(0, shard, op, token, now, None, sid, key=key, order=self.made)
         key_queues = self.key_queues
         # writes to one key go out one at a time, in the order they were
         # made: a retried or reordered AddTask must never land after the same

@@ -289,18 +289,19 @@ class Recovery:
         # once every write the head issued before now has landed: a task the
         # global scheduler placed there a moment ago may still have its
         # SetTaskNode in flight, and a scan that misses it orphans the task.
-        self.pending_scans.append((node, self.head.gcs.next_req, sid))
+        # (Written or still queued behind an earlier write of its key: a
+        # re-placed task's AddTask waits for its RetryTask; found by the
+        # swarm, a burst re-placed onto a node cut off and soon dead.)
+        self.pending_scans.append((node, self.head.gcs.made, sid))
         return self.scan_if_settled(now)
 
     def scan_if_settled(self, now: float) -> list[Command]:
         if not self.pending_scans:
             return []
-        outstanding = self.head.gcs.outstanding
-        oldest = next(iter(outstanding)) if outstanding else None
         cmds: list[Command] = []
         keep = []
         for node, mark, sid in self.pending_scans:
-            if oldest is None or oldest >= mark:
+            if self.head.gcs.settled(mark):
                 cmds += self.head.gcs.read(TasksOnNode(node), ("rec-node", node), now, sid)
             else:
                 keep.append((node, mark, sid))

@@ -557,6 +557,33 @@ def _unschedulable_kill_bad_keyword():
     return _patch(S.GlobalScheduler, "_unschedulable", _unschedulable)
 
 
+def _scan_ignores_queued_writes():
+    def on_node_dead(self, node, now, sid):
+        # BUG (the rule before the fix): the mark is the next request id, so
+        # only the requests already sent are waited for; a write queued
+        # behind an earlier write of its key gets a later id when it goes
+        self.pending_scans.append((node, self.head.gcs.next_req, sid))
+        return self.scan_if_settled(now)
+
+    def scan_if_settled(self, now):
+        if not self.pending_scans:
+            return []
+        outstanding = self.head.gcs.outstanding
+        oldest = next(iter(outstanding)) if outstanding else None
+        cmds, keep = [], []
+        for node, mark, sid in self.pending_scans:
+            if oldest is None or oldest >= mark:
+                cmds += self.head.gcs.read(L.TasksOnNode(node), ("rec-node", node), now, sid)
+            else:
+                keep.append((node, mark, sid))
+        self.pending_scans = keep
+        return cmds
+
+    u1 = _patch(L.Recovery, "on_node_dead", on_node_dead)
+    u2 = _patch(L.Recovery, "scan_if_settled", scan_if_settled)
+    return lambda: (u2(), u1())
+
+
 # Bugs the swarm found in penumbra's own core/, planted back as they were
 # before the fix: each must still fail at the seed that found it (outside the
 # default budget: these are what the long runs are for).
@@ -567,6 +594,9 @@ REGRESSIONS: tuple[Bug, ...] = (
     Bug("unschedulable-actor-kill-typo", "a placement group removed while an actor creation waits for it: the head "
         "kills the actor with a keyword ActorManager.kill does not take, and raises", _unschedulable_kill_bad_keyword,
         seed=659),
+    Bug("scan-ignores-queued-writes", "the head scans a dead node's tasks once the writes it sent before have landed, "
+        "but not those still queued behind an earlier write of their key: a task re-placed there a moment before "
+        "(its AddTask behind its RetryTask) is orphaned", _scan_ignores_queued_writes, seed=738),
 )
 
 

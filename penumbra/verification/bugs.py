@@ -497,8 +497,8 @@ BUGS: tuple[Bug, ...] = (
         "though it had lent it already", _dead_blocked_worker_returns_lent_cpu, seed=6),
     Bug("gpu-fraction-dropped", "a node's fractional last GPU gets no GPU instance: a node of half a GPU never runs a "
         "GPU task", _gpu_fraction_dropped, seed=31),
-    Bug("spilled-task-kept", "a task forwarded for its large remote inputs stays in its node's queue: placed back "
-        "there, it is dropped as a duplicate", _spilled_task_kept, seed=39),
+    Bug("spilled-task-kept", "a task forwarded for its large remote inputs stays in its node's queue too (live and "
+        "forwarded at once; placed back there, it would be dropped as a duplicate)", _spilled_task_kept, seed=39),
     Bug("head-pause-no-fresh-grace", "after a pause of its own, the head keeps the heartbeats each node missed "
         "before it: a heartbeat storm around the pause makes them add up to the timeout", _head_pause_no_fresh_grace, seed=102),
     Bug("joiner-counted-caught-up", "the chain master counts a replica appended to its chain as caught up at once: "

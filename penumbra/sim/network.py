@@ -45,7 +45,9 @@ two boolean tests):
   is sent: messages already in flight still arrive.
 * per-message rules (``add_fault``): drop with probability ``drop``, add a
   uniform random extra delay in ``[0, delay]`` (which reorders messages),
-  duplicate with probability ``duplicate`` (the copy draws its own delay).
+  duplicate with probability ``duplicate`` (the copy draws its own delay),
+  or stall the link until ``hold_until`` (what is sent meanwhile arrives
+  then, in one burst, in the order sent: a heartbeat storm).
   A rule applies to messages whose source (address or machine) is in
   ``src`` and whose destination is in ``dst`` (``None``: any), between two
   machines: loopback links (a worker or driver and its own node) are local

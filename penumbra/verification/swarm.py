@@ -16,7 +16,11 @@ resources, GCS shards and chain length, store capacity), the workload
   driver stands still for a while (a stop-the-world pause, as under SIGSTOP:
   what is sent to it queues, its timers fire late, after resume, in either
   order, see ``SimKernel.pause``), a node's messages to the head (its
-  heartbeats) come late in a burst;
+  heartbeats) come late in a burst; a second GCS replica fault inside a
+  rejoin's catch-up window; workers that die blocked in ``get``; heartbeat
+  storms (every node's messages to the head stall, then burst, alone or
+  around a pause of the head); and, in the layout and workload, fractional
+  GPU totals and work past the spillback thresholds;
 * **liveness**: every fault is lifted, and the cluster must finish the work.
 
 The same seed then runs with no faults at all: the *reference*.  The

@@ -499,6 +499,27 @@ def test_client_settled_counts_writes_queued_behind_their_key(core) -> None:
     c.handle(GcsReply(req_id=queued.req_id, result=True), 0.0)
     assert c.settled(mark)  # (the write made after the mark does not count)
     assert not c.settled(c.made) and later.req_id in c.outstanding
+def test_client_settled_waits_for_a_same_key_write_made_before_the_mark() -> None:
+    """``settled(mark)``: every request made before the mark was answered,
+    including a write queued (not yet sent, no req_id) behind an earlier
+    write of its key: the head's scan of a dead node's tasks waits for it
+    (found by the swarm: a task re-placed onto a node about to be declared
+    dead had its AddTask queued behind its RetryTask, and was orphaned)."""
+    c = GcsClient("me", Recorder())
+    c.set_configs(TWO[:1], 0.0)
+    first = one(c.write(KvPut("a", 1), "a1", 0.0), GcsWrite)
+    assert not sends(c.write(KvPut("a", 2), "a2", 0.0), GcsWrite)  # queued behind the first write of "a"
+    mark = c.made
+    later = one(c.write(KvPut("b", 1), "b", 0.0), GcsWrite)
+    assert not c.settled(mark)
+    c.handle(GcsReply(req_id=first.req_id, result=True), 0.0)  # the queued write of "a" goes out now
+    assert not c.settled(mark)
+    for rid in sorted(c.outstanding):
+        if rid != later.req_id:
+            c.handle(GcsReply(req_id=rid, result=True), 0.0)
+    assert c.settled(mark) and not c.settled(c.made)  # "b", made after the mark, is still out
+    c.handle(GcsReply(req_id=later.req_id, result=True), 0.0)
+    assert c.settled(c.made)
 
 
 def test_client_notification_filter() -> None:

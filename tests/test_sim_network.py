@@ -216,6 +216,48 @@ def test_random_delay_reorders():
     assert all(0.25 <= t < 0.75 for t in k.hosts["b"].machine.times()[1:])
 
 
+def test_a_stalled_link_delivers_everything_in_one_burst_in_order():
+    """``hold_until``: what is sent on a stalled link arrives all at once
+    when the stall ends, in the order sent (a heartbeat storm at the head);
+    other links, and messages sent after, are not held; with a delay rule
+    too, a message may come later than the burst, never earlier."""
+    k = cluster(lat=(0.0, 0.25, 1.0))
+    k.network.add_fault(src={"a"}, dst={"b"}, hold_until=3.0)
+    # "a" sends one message to "b" and one to "c" each time it is poked (every 0.5 s)
+    k.hosts["a"].machine.script = lambda ev, now: (
+        [Send(to="b", msg=Ping(n=-ev.n - 1)), Send(to="c", msg=Ping(n=99 - ev.n))] if ev.n < 0 else [])
+    for i in range(5):
+        k.inject("a", Ping(n=-i - 1), at=0.5 * i)
+    k.run(until=2.9)
+    assert k.hosts["b"].machine.ns() == [] and len(k.hosts["c"].machine.ns()) == 5
+    k.run(until=3.5)
+    assert k.hosts["b"].machine.ns() == [0, 1, 2, 3, 4]
+    assert set(k.hosts["b"].machine.times()) == {3.0}
+    assert k.network.stats["held"] == 5
+
+    k = cluster()
+    k.network.add_fault(hold_until=1.0, delay=2.0)
+    sender(k, "a", [Send(to="b", msg=Ping(n=i)) for i in range(50)])
+    k.run(until=10)
+    assert sorted(k.hosts["b"].machine.ns()) == list(range(50))
+    assert all(t >= 1.0 for t in k.hosts["b"].machine.times())
+
+
+def test_sim_cluster_stall_ends_by_itself():
+    from penumbra.core.layout import ClusterLayout, NodeShape
+    from penumbra.sim.cluster import SimCluster
+
+    c = SimCluster(ClusterLayout(nodes=(NodeShape(),) * 2, heartbeat_interval=0.05, node_timeout=0.4))
+    c.wait_ready(timeout=5.0)
+    c.stall(list(c.nodes), ["head"], 0.3)
+    c.run_for(1.0)
+    assert c.kernel.network.stats["held"] >= 2 * 5  # both nodes' heartbeats, for 0.3 s
+    assert not c.kernel.network._rules  # the stall is over
+    assert sorted(c.alive_nodes()) == sorted(c.nodes) and not c.head.dead_nodes  # under the timeout
+    with pytest.raises(ValueError, match="duration"):
+        c.stall(None, ["head"], 0)
+
+
 def test_fault_rules_match_sources_and_destinations_and_can_be_removed():
     k = cluster()
     rid = k.network.add_fault(src={"a"}, dst={"b"}, drop=1.0)

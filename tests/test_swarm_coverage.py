@@ -149,3 +149,99 @@ def test_placement_groups_are_drawn_and_lose_nodes(plans):
         stories = [w for k, s in r.cluster.head.stories.items() if k[0] == "pg" for _, _, w in s]
         rescheduled += any("died holding bundles" in w for w in stories)
     assert rescheduled >= 2, f"only {rescheduled} runs lost a node holding a bundle"
+
+
+# -- faults the swarm once never drew (issue 14, branch draws-faults) --------------
+
+
+def _burst(p):
+    return sum(1 for t in p.workload.tasks if t.key.startswith("b") and not t.key.startswith("bc"))
+
+
+def test_faults_it_once_never_drew_are_drawn(plans):
+    """Two GCS replica crashes in one seed, the second inside a rejoin's
+    catch-up window (or a caught-up member paused there); workers dying
+    while blocked in ``get``; fractional GPU totals with fractional asks;
+    work past the spillback thresholds; heartbeat storms, alone and around
+    a pause of the head."""
+    seen = collections.Counter()
+    for p in plans:
+        f = p.faults
+        for shard, stage, whom, _, _ in f.rejoin_crashes:
+            seen[f"second replica fault: {whom}"] += 1
+            seen[f"second replica fault at {stage}"] += 1
+            if whom != "pause" and any(c[1] == shard for c in f.replica_crashes):
+                seen["two replica crashes of one shard"] += 1
+        seen["workers die blocked in get"] += f.blocked_crash_rate > 0
+        totals = {s.resources.get("GPU") for s in p.layout.nodes}
+        for t in (0.5, 1.5):
+            seen[f"GPU total {t}"] += t in totals
+        seen["fractional asks on a fractional total"] += bool(totals & {0.5, 1.5}) and any(
+            0 < t.resources.get("GPU") < 1 for t in p.workload.tasks)
+        sc = p.layout.scheduler
+        seen["low queue threshold"] += sc.forward_queue_threshold < 100
+        seen["low remote-bytes threshold"] += sc.forward_remote_bytes < (100 << 20)
+        seen["burst past the queue threshold"] += _burst(p) > sc.forward_queue_threshold
+        seen["burst past the default threshold"] += _burst(p) > 100
+        seen["remote consumers"] += any(t.node for t in p.workload.tasks)
+        for _, _, pause, lead, _ in f.storms:
+            seen["head pause in a storm" if pause else "storm"] += 1
+            seen["storm starting before a head pause"] += bool(pause and lead)
+    want = {"second replica fault: joiner": 15, "second replica fault: other": 5, "second replica fault: pause": 15,
+            "second replica fault at join": 15, "second replica fault at ready": 15,
+            "two replica crashes of one shard": 20, "workers die blocked in get": 30, "GPU total 0.5": 10,
+            "GPU total 1.5": 10, "fractional asks on a fractional total": 20, "low queue threshold": 20,
+            "low remote-bytes threshold": 15, "burst past the queue threshold": 20,
+            "burst past the default threshold": 10, "remote consumers": 15, "storm": 10,
+            "head pause in a storm": 10, "storm starting before a head pause": 5}
+    short = {k: seen[k] for k, n in want.items() if seen[k] < n}
+    assert not short, f"too few of {len(SEEDS)} seeds draw: {short} ({dict(seen)})"
+
+
+def test_runs_feel_the_faults_it_once_never_drew(plans):
+    """What the runs of such seeds really go through: a replica crashes (or
+    a member stands still) while a joiner has not caught up; workers die
+    blocked in get; GPU tasks run on a node of half a GPU or one and a half;
+    tasks are forwarded because their node's queue is full and because their
+    inputs are remote and large; messages to the head stall and burst."""
+    from penumbra.core import scheduler as S
+
+    seen = collections.Counter()
+    orig = S.LocalScheduler._forward
+
+    def forward(self, spec, reason, *a, **kw):
+        seen[f"forwarded {reason}"] += 1
+        return orig(self, spec, reason, *a, **kw)
+
+    def first(pred, n=8):
+        return [p for p in plans if pred(p)][:n]
+
+    S.LocalScheduler._forward = forward
+    try:
+        for p in first(lambda p: p.faults.rejoin_crashes, 12):
+            r = swarm.run_plan(p, faults=True)
+            assert not r.violations, [str(v) for v in r.violations]
+            for kind, _, _, caught_up in getattr(r.cluster, "rejoin_faults", ()):
+                seen[f"{kind} while a joiner catches up"] += not caught_up
+        for p in first(lambda p: p.faults.blocked_crash_rate):
+            r = swarm.run_plan(p, faults=True)
+            assert not r.violations, [str(v) for v in r.violations]
+            seen["workers killed blocked in get"] += r.executor.blocked_crashes
+        for p in first(lambda p: {s.resources.get("GPU") for s in p.layout.nodes} & {0.5, 1.5}):
+            r = swarm.run_plan(p, faults=False)
+            assert not r.violations, [str(v) for v in r.violations]
+            gpu = {t.key for t in p.workload.tasks if t.resources.get("GPU")}
+            seen["GPU tasks done on a fractional total"] += sum(1 for k in gpu if r.results.get(k, ("",))[0] == "v")
+        for p in first(lambda p: p.layout.scheduler.forward_queue_threshold < 100 or _burst(p) > 100):
+            r = swarm.run_plan(p, faults=False)
+            assert not r.violations, [str(v) for v in r.violations]
+        for p in first(lambda p: p.faults.storms, 6):
+            r = swarm.run_plan(p, faults=True)
+            assert not r.violations, [str(v) for v in r.violations]
+            seen["messages held in a storm"] += r.cluster.kernel.network.stats.get("held", 0)
+    finally:
+        S.LocalScheduler._forward = orig
+    want = ("crash while a joiner catches up", "pause while a joiner catches up", "workers killed blocked in get",
+            "GPU tasks done on a fractional total", "forwarded overloaded", "forwarded remote_inputs",
+            "messages held in a storm")
+    assert all(seen[k] > 0 for k in want), dict(seen)

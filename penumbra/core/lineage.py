@@ -289,6 +289,9 @@ class Recovery:
         # once every write the head issued before now has landed: a task the
         # global scheduler placed there a moment ago may still have its
         # SetTaskNode in flight, and a scan that misses it orphans the task.
+        # (Written or still queued behind an earlier write of its key: a
+        # re-placed task's AddTask waits for its RetryTask; found by the
+        # swarm, a burst re-placed onto a node cut off and soon dead.)
         self.pending_scans.append((node, self.head.gcs.made, sid))
         return self.scan_if_settled(now)
 

@@ -1193,6 +1193,19 @@ class SimCluster:
             self.kernel.call_after(duration, net.remove_fault, rid)
         return rid
 
+    def stall(self, src: Iterable[str] | None, dst: Iterable[str] | None, duration: float) -> int:
+        """The links from ``src`` to ``dst`` stall for ``duration`` seconds
+        (as TCP connections may): what is sent on them meanwhile arrives in
+        one burst, in the order sent, when the stall ends (a heartbeat storm
+        when ``dst`` is the head)."""
+        if duration <= 0:
+            raise ValueError(f"stall: duration must be > 0 seconds, got {duration!r}")
+        net = self.kernel.network
+        rid = net.add_fault(None if src is None else sorted(src), None if dst is None else sorted(dst),
+                            hold_until=self.now + duration)
+        self.kernel.call_after(duration, net.remove_fault, rid)
+        return rid
+
     def install(self, schedule: FaultSchedule, *, offset: float = 0.0) -> Installed:
         """Arm a fault schedule.  ``Crash``/``Restart`` of a node become
         ``CrashNode``/``AddNode`` (nodes come back under new addresses);

@@ -45,7 +45,9 @@ two boolean tests):
   is sent: messages already in flight still arrive.
 * per-message rules (``add_fault``): drop with probability ``drop``, add a
   uniform random extra delay in ``[0, delay]`` (which reorders messages),
-  duplicate with probability ``duplicate`` (the copy draws its own delay).
+  duplicate with probability ``duplicate`` (the copy draws its own delay),
+  or stall the link until ``hold_until`` (what is sent meanwhile arrives
+  then, in one burst, in the order sent: a heartbeat storm).
   A rule applies to messages whose source (address or machine) is in
   ``src`` and whose destination is in ``dst`` (``None``: any), between two
   machines: loopback links (a worker or driver and its own node) are local
@@ -154,6 +156,9 @@ class FaultRule:
     drop: float = 0.0
     delay: float = 0.0
     duplicate: float = 0.0
+    # a stalled link: what is sent on it arrives no earlier than this
+    # (virtual time), all at once and in the order sent (a burst)
+    hold_until: float = 0.0
 
     def matches(self, link: Link) -> bool:
         if link.src_m == link.dst_m:
@@ -364,9 +369,13 @@ class Network:
     # per-message fault rules
 
     def add_fault(self, src: Iterable[str] | None = None, dst: Iterable[str] | None = None,
-                  *, drop: float = 0.0, delay: float = 0.0, duplicate: float = 0.0) -> int:
+                  *, drop: float = 0.0, delay: float = 0.0, duplicate: float = 0.0,
+                  hold_until: float = 0.0) -> int:
         """Drop / delay / duplicate messages on matching links until removed.
 
+        ``hold_until``: the links stall, as a TCP connection can: what is sent
+        on them arrives no earlier than that virtual time, all in one burst,
+        in the order sent (nothing is lost).
         Returns an id for ``remove_fault``.
         """
         for name, p in (("drop", drop), ("duplicate", duplicate)):
@@ -377,7 +386,7 @@ class Network:
         rid = next(self._ids)
         self._rules[rid] = FaultRule(None if src is None else frozenset(src),
                                      None if dst is None else frozenset(dst),
-                                     float(drop), float(delay), float(duplicate))
+                                     float(drop), float(delay), float(duplicate), float(hold_until))
         self._faulty = True
         return rid
 
@@ -452,6 +461,7 @@ class Network:
         stats = self.stats
         kernel = self.kernel
         rnd = self.rng.random
+        hold = max(r.hold_until for r in rules)
         keep: list = []
         for m in msgs:
             copies = [0.0]
@@ -471,7 +481,12 @@ class Network:
                         nxt.append(extra + (rnd() * r.delay if r.delay else 0.0))
                 copies = nxt
             for extra in copies:
-                if extra:
+                if hold and arrival + extra < hold:
+                    # a stalled link: it comes with the burst, at exactly
+                    # ``hold`` (so the burst keeps the order sent)
+                    stats["held"] = stats.get("held", 0) + 1
+                    self._push(hold, dst_ep, [m], src_ep, depart)
+                elif extra:
                     stats["delayed"] += 1
                     self._push(arrival + extra, dst_ep, [m], src_ep, depart)
                 else:

@@ -339,12 +339,138 @@ def _bundle_index_ignored():
     return _patch(P, "bundle_request", bundle_request)
 
 
+# --- draws-faults: bugs that only the draws added on branch draws-faults reach
+# (a second GCS crash inside a rejoin's catch-up window, a worker dying while
+# blocked in get, a fractional GPU total, spillback, a heartbeat storm after a
+# pause of the head); the swarm before them passes its 300 seeds with each.
+
+
+def _sync_ignores_trimmed_log():
+    def _on_sync(self, ev, now):
+        if not self.active or ev.shard != self.shard or self._successor() != ev.replica:
+            return []
+        self.succ_seq = ev.seq
+        # BUG: the check that the successor lacks entries we no longer keep
+        # (acknowledged, trimmed: it must copy state again, GcsRejoin) is
+        # gone; we re-send what we have and it waits for the gap forever
+        cmds = [Send(to=ev.replica, msg=self._forward_msg(self.log[s], ev.stimulus_id))
+                for s in sorted(self.log) if s > ev.seq]
+        if self._can_read():
+            cmds.append(Send(to=ev.replica, msg=G.GcsCaughtUp(shard=self.shard, epoch=self.config.epoch, seq=self.seq)))
+        self.retain_from = None
+        for s in [s for s in self.log if s <= self.committed and s <= ev.seq]:
+            del self.log[s]
+        return cmds
+
+    return _handler(G, G.GcsSync, _on_sync)
+
+
+def _dead_blocked_worker_returns_lent_cpu():
+    def _release(self, w, keep_gpus=False):
+        if self.gpus.held and not keep_gpus:
+            self.gpus.give_back(w.worker_id)
+        give = w.held  # BUG: should be w.held - w.lent (what a worker blocked in get lent is back already)
+        if self.gone:
+            give = self._drop_gone(give)
+        if not self.debt.is_empty():
+            pay = give.min_with(self.debt)
+            self.debt = self.debt - pay
+            give = give - pay
+        self.available = self.available + give
+        w.held = S.EMPTY
+        w.lent = S.EMPTY
+        w.blocked = False
+
+    return _patch(S.LocalScheduler, "_release", _release)
+
+
+def _gpu_fraction_dropped():
+    from ..core import gpus as GP
+
+    def __init__(self, total_units):
+        whole, rest = divmod(total_units, GP.UNIT)
+        self.capacity = [GP.UNIT] * whole  # BUG: the last, fractional GPU gets no instance (a node of 0.5 GPU has none)
+        self.free = list(self.capacity)
+        self.held = {}
+
+    return _patch(GP.GpuInstances, "__init__", __init__)
+
+
+def _spilled_task_kept():
+    def _decide_locality(self, t, now, sid):
+        tid = t.spec.task_id
+        sizes = self._locating.get(tid, {})
+        if any(d not in sizes for d in t.missing):
+            return []
+        self._locating.pop(tid, None)
+        remote = sum(sizes[d].size for d in t.missing)
+        objects = self.node.objects
+        token = ("task", tid)
+        if remote >= self.config.forward_remote_bytes:
+            cmds = []
+            for d in t.missing:
+                cmds += objects.unwant(d, token, now, sid)
+            self._unpin_inputs(t)
+            # BUG: the task forwarded for its remote inputs stays in
+            # self.tasks: placed back here, it is taken for a duplicate
+            return cmds + self._forward(t.spec, "remote_inputs", t.attempt, now, sid, t.reconstruction)
+        t.state = S.WAITING
+        cmds = []
+        for d in sorted(t.missing):
+            cmds += objects.want(d, token, True, now, sid)
+        return cmds
+
+    return _patch(S.LocalScheduler, "_decide_locality", _decide_locality)
+
+
+def _head_pause_no_fresh_grace():
+    def _monitor(self, now):
+        cfg = self.config
+        late = now - self.check_due
+        self.check_due = now + cfg.check_interval
+        cmds = [SetTimer(at=self.check_due, key=("head", "monitor"))]
+        if late > cfg.pause_threshold:
+            # the head itself stood still: nobody is to blame for the gap
+            self.pauses_noticed += 1
+            # BUG: the misses counted before the pause are kept (no fresh
+            # grace period): the gap before it and the one after add up
+            self.heard.clear()
+            return cmds
+        heard = self.heard
+        limit = cfg.miss_limit
+        dead = []
+        for node, n in self.misses.items():
+            if node in heard:
+                self.misses[node] = 0
+            else:
+                self.misses[node] = n = n + 1
+                if n >= limit and node != cfg.own_node:
+                    dead.append(node)
+        heard.clear()
+        for node in sorted(dead):
+            cmds += self.node_dead(node, now, f"heartbeat-timeout:{node}")
+        return cmds
+
+    return _patch(H.HeadMachine, "_monitor", _monitor)
+
+
+def _joiner_counted_caught_up():
+    orig = G.ChainMaster._on_ready
+
+    def _on_ready(self, ev, now):
+        cmds = orig(self, ev, now)
+        self.caught_up.pop(ev.replica, None)  # BUG: a replica appended to its chain counts as caught up at once
+        return cmds
+
+    return _patch(G.ChainMaster, "_on_ready", _on_ready)
+
+
 BUGS: tuple[Bug, ...] = (
     Bug("no-release-on-crash", "a crashed worker's resources are not released", _no_release_on_crash, seed=5),
-    Bug("retry-budget-off-by-one", "one retry fewer than max_retries", _retry_budget_off_by_one, seed=114),
+    Bug("retry-budget-off-by-one", "one retry fewer than max_retries", _retry_budget_off_by_one, seed=24),
     Bug("late-subscriber", "a subscriber that joins after a change is not sent the current value", _late_subscriber_not_told, seed=0),
     Bug("head-acks-early", "the chain head acknowledges a write before the tail has it", _head_acks_before_tail, seed=4),
-    Bug("actor-order-after-restart", "a restarted actor orders a caller's calls from whichever arrives first", _actor_ignores_floor_after_restart, seed=1),
+    Bug("actor-order-after-restart", "a restarted actor orders a caller's calls from whichever arrives first", _actor_ignores_floor_after_restart, seed=16),
     Bug("gcs-no-dedup", "the GCS applies a retried write again", _gcs_no_dedup, seed=0),
     Bug("dead-node-tasks-lost", "tasks pending on a dead node are not re-submitted", _dead_node_tasks_not_resubmitted, seed=4),
     Bug("blocked-worker-keeps-cpu", "a worker blocked in get does not lend its CPU", _blocked_worker_keeps_cpu, seed=0),
@@ -354,8 +480,8 @@ BUGS: tuple[Bug, ...] = (
     Bug("finish-undone", "a late AddTask reopens a finished task", _finish_can_be_undone, seed=2),
     Bug("gpu-fraction-overcommit", "a fractional GPU request is put on GPU 0 even when it is full", _gpu_fraction_overcommit, seed=6),
     Bug("gpus-kept-by-crashed-worker", "a crashed worker's GPU instances are not given back", _gpus_kept_by_crashed_worker, seed=87),
-    Bug("replay-newest-first", "a restarted replay actor replays its logged calls newest first", _replay_newest_first, seed=1),
-    Bug("replayed-call-runs-again", "a call replayed on restart runs again when its caller re-sends it", _replayed_call_runs_again, seed=1),
+    Bug("replay-newest-first", "a restarted replay actor replays its logged calls newest first", _replay_newest_first, seed=6),
+    Bug("replayed-call-runs-again", "a call replayed on restart runs again when its caller re-sends it", _replayed_call_runs_again, seed=6),
     Bug("watch-ignores-need", "a node holds a watch's reports until every object is ready, even when the "
         "wait needs fewer (it times out told of nothing)", _watch_ignores_need, seed=0),
     Bug("pause-kills-cluster", "the head judges liveness by its own clock: after a pause of the head, it declares "
@@ -363,6 +489,20 @@ BUGS: tuple[Bug, ...] = (
     Bug("fetching-waiter-told-early", "a wait that fetches is told an object is ready when its location is known, before the bytes arrive", _fetching_waiters_told_located, seed=64),
     Bug("bundle-index-ignored", "a task bound to one bundle of a placement group asks for any bundle of it, so it "
         "may run on another bundle's node", _bundle_index_ignored, seed=7),
+    # draws-faults
+    Bug("sync-ignores-trimmed-log", "a GCS replica re-sends its log to a new successor that lacks entries it already "
+        "trimmed, instead of making it copy state again: after two crashes in a catch-up window the chain stalls",
+        _sync_ignores_trimmed_log, seed=1),
+    Bug("dead-blocked-worker-returns-lent-cpu", "a worker that dies while blocked in get gives back its whole CPU, "
+        "though it had lent it already", _dead_blocked_worker_returns_lent_cpu, seed=6),
+    Bug("gpu-fraction-dropped", "a node's fractional last GPU gets no GPU instance: a node of half a GPU never runs a "
+        "GPU task", _gpu_fraction_dropped, seed=31),
+    Bug("spilled-task-kept", "a task forwarded for its large remote inputs stays in its node's queue too (live and "
+        "forwarded at once; placed back there, it would be dropped as a duplicate)", _spilled_task_kept, seed=39),
+    Bug("head-pause-no-fresh-grace", "after a pause of its own, the head keeps the heartbeats each node missed "
+        "before it: a heartbeat storm around the pause makes them add up to the timeout", _head_pause_no_fresh_grace, seed=102),
+    Bug("joiner-counted-caught-up", "the chain master counts a replica appended to its chain as caught up at once: "
+        "it cuts a silent member that alone holds every acknowledged write", _joiner_counted_caught_up, seed=4),
 )
 
 # Changes that look like bugs but that the rest of the design makes harmless,
@@ -433,6 +573,33 @@ def _older_instance_overwritten():
     return _patch(A.ActorHost, "created", created)
 
 
+def _scan_ignores_queued_writes():
+    def on_node_dead(self, node, now, sid):
+        # BUG (the rule before the fix): the mark is the next request id, so
+        # only the requests already sent are waited for; a write queued
+        # behind an earlier write of its key gets a later id when it goes
+        self.pending_scans.append((node, self.head.gcs.next_req, sid))
+        return self.scan_if_settled(now)
+
+    def scan_if_settled(self, now):
+        if not self.pending_scans:
+            return []
+        outstanding = self.head.gcs.outstanding
+        oldest = next(iter(outstanding)) if outstanding else None
+        cmds, keep = [], []
+        for node, mark, sid in self.pending_scans:
+            if oldest is None or oldest >= mark:
+                cmds += self.head.gcs.read(L.TasksOnNode(node), ("rec-node", node), now, sid)
+            else:
+                keep.append((node, mark, sid))
+        self.pending_scans = keep
+        return cmds
+
+    u1 = _patch(L.Recovery, "on_node_dead", on_node_dead)
+    u2 = _patch(L.Recovery, "scan_if_settled", scan_if_settled)
+    return lambda: (u2(), u1())
+
+
 # Bugs the swarm found in penumbra's own core/, planted back as they were
 # before the fix: each must still fail at the seed that found it (outside the
 # default budget: these are what the long runs are for).
@@ -446,6 +613,9 @@ REGRESSIONS: tuple[Bug, ...] = (
     Bug("older-instance-overwritten", "a restarted actor starts on the node still hosting its older instance (the "
         "head's stop and start crossed): the older one is overwritten, its resources leak", _older_instance_overwritten,
         seed=1870),
+    Bug("scan-ignores-queued-writes", "the head scans a dead node's tasks once the writes it sent before have landed, "
+        "but not those still queued behind an earlier write of their key: a task re-placed there a moment before "
+        "(its AddTask behind its RetryTask) is orphaned", _scan_ignores_queued_writes, seed=738),
 )
 
 

@@ -16,7 +16,11 @@ resources, GCS shards and chain length, store capacity), the workload
   driver stands still for a while (a stop-the-world pause, as under SIGSTOP:
   what is sent to it queues, its timers fire late, after resume, in either
   order, see ``SimKernel.pause``), a node's messages to the head (its
-  heartbeats) come late in a burst;
+  heartbeats) come late in a burst; a second GCS replica fault inside a
+  rejoin's catch-up window; workers that die blocked in ``get``; heartbeat
+  storms (every node's messages to the head stall, then burst, alone or
+  around a pause of the head); and, in the layout and workload, fractional
+  GPU totals and work past the spillback thresholds;
 * **liveness**: every fault is lifted, and the cluster must finish the work.
 
 The same seed then runs with no faults at all: the *reference*.  The
@@ -54,7 +58,7 @@ from ..core.ids import ObjectId, TaskId, child_task_id
 from ..core.layout import ClusterLayout, NodeShape
 from ..core.messages import PutFailed
 from ..core.records import ActorState, ErrorKind, PlacementGroupEntry
-from ..core.scheduler import LocalScheduler
+from ..core.scheduler import LocalScheduler, SchedulerConfig
 from ..core.specs import ResourceSet
 from ..core.tables import CreatePlacementGroup, Op, RemovePlacementGroup
 from ..sim.cluster import SimActor, SimCluster, SimNode
@@ -63,8 +67,8 @@ from ..sim.costs import PAPER
 from ..sim.trace import Trace
 from . import checkers as C
 from .workload import (CUSTOM, GPUS_PER_NODE, LARGE_SIZES, SLOT, SLOTS_PER_NODE, STORE_SIZES, VActor, VerifyExecutor,
-                       Workload, add_callers, add_cancels, add_gpus, add_grandchildren, add_groups, add_remote_puts,
-                       add_waits, digest, generate)
+                       Workload, add_burst, add_callers, add_cancels, add_fractional_gpus, add_gpus, add_grandchildren,
+                       add_groups, add_remote_puts, add_waits, digest, generate)
 
 __all__ = ["SeedPlan", "FaultPlan", "RunResult", "SeedReport", "plan_seed", "run_plan", "check_seed", "check_plan",
            "run_swarm", "run_swarm_cli", "story", "shrink"]
@@ -98,6 +102,19 @@ class FaultPlan:
     pauses: tuple[tuple[float, str, int, float, bool], ...] = ()
     # (time, node index, up to this much extra delay, duration): its messages to the head come late
     heartbeat_delays: tuple[tuple[float, int, float, float], ...] = ()
+    # (shard, "join" | "ready", "joiner" | "other" | "pause", delay, restart
+    # after or pause): when a replica of the shard rejoins (its ReplicaJoin, or
+    # its ReplicaReady: appended, still catching up), a second replica crash
+    # ``delay`` later, inside the catch-up window: the joiner itself, or a
+    # member (a caught-up one lives on); or a caught-up member's pause
+    rejoin_crashes: tuple[tuple[int, str, str, float, float], ...] = ()
+    # (time, stall, head pause (0: none), pause starts this long into the
+    # stall, timers first on resume): every node's messages to the head
+    # stall, then arrive in one burst (a heartbeat storm)
+    storms: tuple[tuple[float, float, float, float, bool], ...] = ()
+    # the chance that a nested task's worker dies while blocked in ``get``
+    # on its children (or right after, running on CPU debt)
+    blocked_crash_rate: float = 0.0
 
     def items(self) -> list[tuple[str, Any]]:
         out: list[tuple[str, Any]] = [("crash", c) for c in self.crashes]
@@ -107,7 +124,9 @@ class FaultPlan:
         out += [("slow", c) for c in self.slow]
         out += [("pause", c) for c in self.pauses]
         out += [("heartbeat_delay", c) for c in self.heartbeat_delays]
-        for name in ("gcs_drop", "gcs_duplicate", "delay", "worker_crash_rate"):
+        out += [("rejoin_crash", c) for c in self.rejoin_crashes]
+        out += [("storm", c) for c in self.storms]
+        for name in ("gcs_drop", "gcs_duplicate", "delay", "worker_crash_rate", "blocked_crash_rate"):
             if getattr(self, name):
                 out.append((name, getattr(self, name)))
         return out
@@ -115,7 +134,8 @@ class FaultPlan:
     @classmethod
     def from_items(cls, items) -> "FaultPlan":
         names = {"crash": "crashes", "replica": "replica_crashes", "isolate": "isolations", "slow": "slow",
-                 "actor_kill": "actor_kills", "pause": "pauses", "heartbeat_delay": "heartbeat_delays"}
+                 "actor_kill": "actor_kills", "pause": "pauses", "heartbeat_delay": "heartbeat_delays",
+                 "rejoin_crash": "rejoin_crashes", "storm": "storms"}
         kw: dict[str, Any] = {v: [] for v in names.values()}
         for name, v in items:
             if name in names:
@@ -194,6 +214,7 @@ def plan_seed(seed: int) -> SeedPlan:
                   for i, s in enumerate(shapes)]
         layout = dataclasses.replace(layout, nodes=tuple(shapes))
         workload = add_gpus(workload, grng, cpu_cap=min(shapes[i].resources.get("CPU") for i in gpu_nodes))
+    layout, workload = _draw_fractional_gpus(layout, workload, random.Random(f"penumbra-swarm-fractional-gpus-{seed}"))
     # Waits too, from their own generator (the rest of the plan is as before).
     workload = add_waits(workload, random.Random(f"penumbra-swarm-waits-{seed}"), horizon)
     workload = add_callers(workload, random.Random(f"penumbra-swarm-callers-{seed}"))
@@ -237,8 +258,13 @@ def plan_seed(seed: int) -> SeedPlan:
         worker_crash_rate=rng.choice((0.0, 0.0, 0.02, 0.05)) if faulty else 0.0,
     )
     faults = _draw_timing_faults(faults, random.Random(f"penumbra-swarm-timing-{seed}"), faulty, n, horizon)
+    faults = _draw_gcs_double_crash(faults, random.Random(f"penumbra-swarm-gcs-double-{seed}"), faulty, layout, horizon)
+    faults = _draw_blocked_crashes(faults, random.Random(f"penumbra-swarm-blocked-{seed}"), faulty, workload)
+    faults = _draw_storms(faults, random.Random(f"penumbra-swarm-storms-{seed}"), faulty, horizon)
     workload = add_remote_puts(workload, random.Random(f"penumbra-swarm-remote-puts-{seed}"), n,
                                faults.first_failures(), 1.0)
+    layout, workload = _draw_spillback(layout, workload, random.Random(f"penumbra-swarm-spillback-{seed}"), horizon,
+                                       faults.first_failures())
     return SeedPlan(seed, layout, workload, faults, horizon)
 
 
@@ -316,6 +342,141 @@ def unstacked_silences(pauses: list, late: list) -> tuple[list, list]:
     late = [x for x in late if not any(x[0] - _HEARTBEAT <= e <= x[0] + x[3] and e - a + x[2] >= LONG_PAUSE
                                        for a, e in short.get(x[1], ()))]
     return kept, late
+
+
+def _draw_gcs_double_crash(faults: FaultPlan, rng: random.Random, faulty: bool, layout: ClusterLayout,
+                           horizon: float) -> FaultPlan:
+    """Two GCS replica crashes in one seed, the second inside the first's
+    catch-up window (chain reconfiguration under failure), from its own
+    generator.
+
+    On about a quarter of the seeds with chains of two or more, a replica of
+    one shard crashes and restarts (the seed's own replica crash, or one
+    drawn here); when the restarted replica rejoins -- as it asks to join
+    (it then copies the tail's state), or as the master appends it (it then
+    syncs with its predecessor) -- a second replica crashes a moment later:
+    the joiner itself, or (chains of three) a member, as long as a
+    caught-up member lives on (``_install_new_faults``): a chain of k survives
+    k-1 failures of replicas that hold every acknowledged write, never the
+    loss of all of them.  Or, instead of crashing, a caught-up member
+    stands still for 0.1-0.3 s in that window (the master suspects it; if
+    only replicas still catching up are left, cutting it would lose
+    acknowledged writes: it must wait for it).
+    """
+    if not faulty or layout.chain_length < 2 or rng.random() >= 0.3:
+        return faults
+    crashes = list(faults.replica_crashes)
+    if crashes and rng.random() < 0.7:
+        shard = rng.choice(crashes)[1]
+    else:
+        shard = rng.randrange(layout.gcs_shards)
+    if not any(c[1] == shard for c in crashes):
+        crashes.append((round(rng.uniform(0.05, horizon), 3), shard, rng.randrange(layout.chain_length),
+                        round(rng.uniform(0.05, 0.3), 3)))
+    stage = rng.choice(("join", "ready"))
+    whom = rng.choice(("other", "other", "joiner", "pause") if layout.chain_length >= 3 else ("joiner", "joiner", "pause"))
+    delay = round(rng.choice((0.0, 0.0005, 0.002, 0.005)), 4)
+    after = round(rng.uniform(0.1, 0.3) if whom == "pause" else rng.uniform(0.05, 0.4), 3)
+    second = (shard, stage, whom, delay, after)
+    return dataclasses.replace(faults, replica_crashes=tuple(sorted(crashes)), rejoin_crashes=(second,))
+
+
+def _draw_blocked_crashes(faults: FaultPlan, rng: random.Random, faulty: bool, workload: Workload) -> FaultPlan:
+    """Workers that die while blocked in ``get`` (a nested task waiting for
+    its children: it lent its CPU), or just after they unblock (they may run
+    on CPU debt), on about a third of the faulty seeds with nested tasks."""
+    if not faulty or not any(t.model.children for t in workload.tasks) or rng.random() >= 0.35:
+        return faults
+    return dataclasses.replace(faults, blocked_crash_rate=rng.choice((0.2, 0.5)))
+
+
+def _draw_storms(faults: FaultPlan, rng: random.Random, faulty: bool, horizon: float) -> FaultPlan:
+    """Heartbeat storms, from their own generator: every node's messages to
+    the head stall, and then arrive in one burst.
+
+    * a storm: they stall for 0.15-0.34 s, under the node timeout (0.4 s):
+      nobody may be declared dead for it;
+    * a pause of the head inside a storm: the stall starts 0-0.3 s before
+      the head stops (0.3-0.7 s, timers or messages first on resume), and
+      the burst comes 0.05-0.34 s after it resumes: the head, noticing its
+      own pause, owes every node a fresh grace period, which covers it.
+
+    A storm keeps clear of the seed's other faults on heartbeats (node
+    pauses, late heartbeats, slow nodes: together they would make a silence
+    the timeout rightly ends), and bursts before the safety phase ends (when
+    every fault is lifted: a stall cut short there would let later messages
+    overtake the held ones).
+    """
+    if not faulty:
+        return faults
+    busy = [(at, at + d) for at, who, _, d, _ in faults.pauses if who == "node"]
+    busy += [(at, at + d + late) for at, _, late, d in faults.heartbeat_delays]
+    busy += [(at, at + d) for at, _, _, d in faults.slow]
+    storms = []
+    for kind in ("storm", "head pause"):
+        if rng.random() >= (0.12 if kind == "storm" else 0.2):
+            continue
+        if kind == "storm":
+            pause, lead, timers_first = 0.0, 0.0, True
+            stall = round(rng.uniform(0.15, 0.34), 3)
+        else:
+            pause, lead = round(rng.uniform(0.3, 0.7), 3), round(rng.choice((0.0, rng.uniform(0.05, 0.3))), 3)
+            timers_first = rng.random() < 0.5
+            stall = round(lead + pause + rng.uniform(0.05, 0.34), 3)
+        latest = horizon + 0.28 - stall
+        if latest < 0.05:
+            continue
+        at = round(rng.uniform(0.05, latest), 3)
+        if any(at - 0.5 < b and a < at + stall + 0.5 for a, b in busy):
+            continue
+        busy.append((at, at + stall))
+        storms.append((at, stall, pause, lead, timers_first))
+    return dataclasses.replace(faults, storms=tuple(sorted(storms)))
+
+
+def _draw_fractional_gpus(layout: ClusterLayout, workload: Workload, rng: random.Random) -> tuple[ClusterLayout, Workload]:
+    """A node with a fractional GPU total (half a GPU, or one and a half)
+    and fractional GPU requests, on about a sixth of the seeds, from its own
+    generator: the GPU nodes of a seed with GPUs, or node 0 (which never
+    fails) of one without."""
+    if rng.random() >= 0.17:
+        return layout, workload
+    total = rng.choice((0.5, 1.5))
+    shapes = list(layout.nodes)
+    gpu_nodes = [i for i, s in enumerate(shapes) if s.resources.get("GPU")] or [0]
+    for i in gpu_nodes:
+        shapes[i] = dataclasses.replace(shapes[i], resources=ResourceSet.from_dict({**shapes[i].resources.to_dict(),
+                                                                                   "GPU": total}))
+    layout = dataclasses.replace(layout, nodes=tuple(shapes))
+    workload = add_fractional_gpus(workload, rng, total, cpu_cap=min(shapes[i].resources.get("CPU") for i in gpu_nodes))
+    return layout, workload
+
+
+def _draw_spillback(layout: ClusterLayout, workload: Workload, rng: random.Random, horizon: float,
+                    fails: dict[int, float]) -> tuple[ClusterLayout, Workload]:
+    """Work that crosses the spillback thresholds (``SchedulerConfig``),
+    from its own generator: on some seeds the thresholds are low (a queue of
+    2-8 tasks, or remote inputs of 64 KiB or 1 MiB, sends work to the
+    global scheduler); on others (and on half of those) the driver submits
+    a burst of small tasks in one instant, more than the node's queue holds
+    before it forwards, and then a few tasks that take burst outputs as
+    inputs (remote, for those that ran elsewhere)."""
+    low = rng.random() < 0.15
+    if low:
+        default = SchedulerConfig()
+        config = dataclasses.replace(layout.scheduler, forward_queue_threshold=rng.choice((2, 4, 8)),
+                                     forward_remote_bytes=rng.choice((default.forward_remote_bytes, 64 << 10, 1 << 20)))
+        layout = dataclasses.replace(layout, scheduler=config)
+    if rng.random() < (0.5 if low else 0.08):
+        threshold = layout.scheduler.forward_queue_threshold
+        count = rng.randint(threshold + 5, threshold + 40) if threshold >= 50 else rng.randint(10, 30)
+        max_cpu = min(s.resources.get("CPU") for s in layout.nodes)
+        # the burst's consumers are submitted on a node that never fails
+        # (whose driver lives), where its outputs are remote
+        calm = [i for i in range(1, len(layout.nodes)) if i not in fails]
+        workload = add_burst(workload, rng, count, round(rng.uniform(0, horizon), 4), max_cpu,
+                             consumers=rng.randint(2, 6), node=rng.choice(calm) if calm else 0)
+    return layout, workload
 
 
 # ===========================================================================
@@ -647,16 +808,19 @@ def run_plan(plan: SeedPlan, *, faults: bool = True, validate: bool = True, max_
                 events.append((g.at, idx, lambda entry=entry: d.gcs(CreatePlacementGroup(entry))))
                 idx += 1
             for t in w.tasks:
-                def submit_task(t=t):
+                if t.node not in putters:  # a task submitted by a driver on another node
+                    putters[t.node] = cluster.driver(list(cluster.nodes)[t.node])
+
+                def submit_task(t=t, sd=putters[t.node]):
                     kw = {}
                     resources = t.resources
                     if t.group is not None:
                         pg, index = groups[t.group[0]].pg_id, t.group[1]
                         resources = P.bundle_request(resources, pg, index)
                         kw["scheduling"] = P.InGroup(pg, index)
-                    spec = d.spec(t.model, deps=[keys[k] for k in t.deps], resources=resources, name=t.key,
-                                  max_retries=t.max_retries, **kw)
-                    d.submit(spec)
+                    spec = sd.spec(t.model, deps=[keys[k] for k in t.deps], resources=resources, name=t.key,
+                                   max_retries=t.max_retries, **kw)
+                    sd.submit(spec)
                     watch(t.key, spec.return_ids[0])
                 events.append((t.at, idx, submit_task))
                 idx += 1
@@ -719,7 +883,7 @@ def run_plan(plan: SeedPlan, *, faults: bool = True, validate: bool = True, max_
             for a, node in list(cluster.nodes.items()):
                 if node.alive:
                     cluster.kernel.slow(a, 1.0)
-            executor.crash_rate = 0.0
+            executor.crash_rate = executor.blocked_crash_rate = 0.0
             total = w.size()  # every item submitted, and every one ready
             # (and the head knows every group: it may have been paused since
             # the group was made, if no item uses it; seed 2667)
@@ -935,11 +1099,80 @@ def _install_faults(cluster: SimCluster, fp: FaultPlan, nodes: list[str], base: 
             if cluster.nodes[addr].alive:
                 cluster.slow(addr, factor, duration)
         k.call_at(base + at, slow)
+    _install_new_faults(cluster, fp, base, plan)
     replicas = list(cluster.replicas)
     if fp.gcs_drop or fp.gcs_duplicate:
         cluster.link_fault(None, replicas, drop=fp.gcs_drop, duplicate=fp.gcs_duplicate)
     if fp.delay:
         cluster.link_fault(None, None, delay=fp.delay)
+
+
+def _install_new_faults(cluster: SimCluster, fp: FaultPlan, base: float, plan: SeedPlan) -> None:
+    """Second replica crashes inside a rejoin's catch-up window, heartbeat
+    storms, and workers dying while blocked in ``get`` (see their draws)."""
+    k = cluster.kernel
+    ex = cluster.executor
+    if fp.blocked_crash_rate:
+        ex.blocked_crash_rate = fp.blocked_crash_rate
+        ex.block_rng = random.Random(f"penumbra-swarm-blocked-exec-{plan.seed}")
+    for at, stall, pause, lead, timers_first in fp.storms:
+        k.call_at(base + at, lambda stall=stall: cluster.stall([a for a, n in cluster.nodes.items() if n.alive],
+                                                               ["head"], stall))
+        if pause:
+            k.call_at(base + at + lead, cluster.pause, "head", pause, timers_first)
+    if not fp.rejoin_crashes:
+        return
+    master = cluster.head.chain
+    armed = list(fp.rejoin_crashes)
+    # what the second faults did: (kind, target, joiner, joiner caught up?)
+    done: list[tuple[str, str, str, bool]] = []
+    cluster.rejoin_faults = done
+
+    def alive(r: str) -> bool:
+        return cluster.replica(r) is not None
+
+    def caught_up(joiner: str, members: tuple[str, ...]) -> bool:
+        return joiner in members and master.caught_up.get(joiner, True)
+
+    def second_crash(shard: int, joiner: str, whom: str, restart: float) -> None:
+        members = master.shards[shard].config.replicas
+        if whom == "pause":
+            # a caught-up member stands still (the joiner's predecessor, or the head)
+            up = [r for r in members if r != joiner and alive(r) and master.caught_up.get(r, True)]
+            i = members.index(joiner) if joiner in members else 0
+            target = members[i - 1] if i > 0 and members[i - 1] in up else (up[0] if up else None)
+            if target is not None:
+                cluster.pause(target, restart, True)
+                done.append(("pause", target, joiner, caught_up(joiner, members)))
+            return
+        if whom == "joiner":
+            target = joiner
+        else:
+            # the joiner's predecessor if it is a member, else the head
+            others = [r for r in members if r != joiner]
+            i = members.index(joiner) if joiner in members else 0
+            target = members[i - 1] if i > 0 else (others[0] if others else None)
+        if target is None or not alive(target):
+            return
+        # the fault model: some member that holds every acknowledged write
+        # (caught up, or an original one) lives on
+        if any(r not in (target, joiner) and alive(r) and master.caught_up.get(r, True) for r in members):
+            cluster.crash_replica(target, restart_after=restart)
+            done.append(("crash", target, joiner, caught_up(joiner, members)))
+
+    orig = master.handle
+
+    def handle(event, now):
+        cmds = orig(event, now)
+        kind = type(event).__name__
+        if armed and kind in ("ReplicaJoin", "ReplicaReady"):
+            for entry in list(armed):
+                shard, stage, whom, delay, restart = entry
+                if event.shard == shard and (kind == "ReplicaJoin") == (stage == "join"):
+                    armed.remove(entry)
+                    k.call_after(delay, second_crash, shard, event.replica, whom, restart)
+        return cmds
+    master.handle = handle
 
 
 # ===========================================================================

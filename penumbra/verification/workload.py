@@ -42,7 +42,7 @@ from ..core.specs import FunctionDescriptor, Payload, ResourceSet, TaskSpec
 from ..sim.cluster import Executor, Outcome
 
 __all__ = ["VTask", "VChild", "VActor", "VCall", "TaskPlan", "ActorPlan", "CallPlan", "PutPlan", "WaitPlan",
-           "Workload", "GroupPlan", "SLOT", "SLOTS_PER_NODE", "add_groups", "CUSTOM", "GPUS_PER_NODE", "STORE_SIZES", "LARGE_SIZES", "generate", "add_gpus", "add_callers", "add_grandchildren", "add_remote_puts", "add_waits", "VerifyExecutor", "digest"]
+           "Workload", "GroupPlan", "SLOT", "SLOTS_PER_NODE", "add_groups", "CUSTOM", "GPUS_PER_NODE", "STORE_SIZES", "LARGE_SIZES", "generate", "add_gpus", "add_fractional_gpus", "add_burst", "add_callers", "add_grandchildren", "add_remote_puts", "add_waits", "VerifyExecutor", "digest"]
 
 
 def digest(*parts: Any) -> int:
@@ -111,6 +111,7 @@ class TaskPlan:
     max_retries: int
     at: float
     group: tuple[str, int] | None = None  # (placement group key, bundle index; -1: any)
+    node: int = 0  # index of the node whose driver submits it (0: the main driver's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,6 +335,54 @@ def add_gpus(w: Workload, rng: random.Random, cpu_cap: float) -> Workload:
     return replace(w, tasks=tuple(tasks), actors=tuple(actors))
 
 
+def add_fractional_gpus(w: Workload, rng: random.Random, total: float, cpu_cap: float) -> Workload:
+    """GPU requests for a cluster whose GPU nodes have a fractional total
+    (``total``: 0.5 or 1.5 GPUs, so one GPU instance is a fraction of a
+    GPU, see core/gpus.py): the GPU tasks ask for a quarter or a half (or,
+    on 1.5 GPUs with no actor holding part of one, a whole one), and more
+    plain tasks ask for GPUs; an actor holding GPUs holds a quarter on half
+    a GPU.  Every request fits the GPU instances left beside the actor's, so
+    every task can run.  ``cpu_cap``: the fewest CPUs of a GPU node."""
+    actors = list(w.actors)
+    held = any(a.gpus for a in actors)
+    if total < 1:
+        asks: tuple[float, ...] = (0.25,) if held else (0.25, 0.5)
+        actors = [replace(a, gpus=0.25) if a.gpus else a for a in actors]
+    else:
+        asks = (0.25, 0.5) if held else (0.25, 0.5, 1)
+    tasks = []
+    for t in w.tasks:
+        r = t.resources.to_dict()
+        if "GPU" in r or (set(r) == {"CPU"} and rng.random() < 0.3):
+            r = {"CPU": min(r["CPU"], cpu_cap), "GPU": rng.choice(asks)}
+            t = replace(t, resources=ResourceSet.from_dict(r))
+        tasks.append(t)
+    return replace(w, tasks=tuple(tasks), actors=tuple(actors))
+
+
+def add_burst(w: Workload, rng: random.Random, count: int, at: float, max_cpu: float, consumers: int = 0,
+              node: int = 0) -> Workload:
+    """``count`` small independent tasks submitted by the driver in one
+    instant (``b0``, ``b1``, ...): more than its node queues before it
+    forwards work to the global scheduler (spillback); some return 256 KiB.
+    Then ``consumers`` tasks (``bc0``, ...), a moment later, each take one or
+    two burst outputs as inputs, submitted by a driver on node ``node``,
+    where they are remote inputs (the task is forwarded again if they pass
+    ``forward_remote_bytes``).
+    ``max_cpu``: the fewest CPUs of any node (every task fits every node)."""
+    tasks = list(w.tasks)
+    for i in range(count):
+        model = VTask(f"b{i}", size=rng.choice((8, 8, 256 << 10)), duration=rng.choice((0.0005, 0.001, 0.002)))
+        cpu = min(rng.choice((0.25, 0.5, 1)), max_cpu)
+        tasks.append(TaskPlan(f"b{i}", (), model, ResourceSet.of(CPU=cpu), -1, at))
+    for j in range(consumers):
+        deps = tuple(f"b{i}" for i in rng.sample(range(count), min(count, rng.randint(1, 2))))
+        model = VTask(f"bc{j}", size=8, duration=0.001)
+        tasks.append(TaskPlan(f"bc{j}", deps, model, ResourceSet.of(CPU=min(0.5, max_cpu)), -1,
+                              round(at + rng.uniform(0.01, 0.1), 4), node=node))
+    return replace(w, tasks=tuple(tasks))
+
+
 def generate(rng: random.Random, *, horizon: float = 1.0, max_tasks: int = 40, custom: tuple[str, ...] = (),
              large: int = 2 << 20, max_cpu: float = 2, custom_cpu: float = 1) -> Workload:
     """A random workload whose submissions spread over ``horizon`` seconds.
@@ -415,6 +464,7 @@ class _Waiting:
     values: dict[ObjectId, Any] = field(default_factory=dict)
     req_id: int = 0
     done: bool = False
+    crash_after: bool = False  # the worker dies right after it unblocks (a fault)
 
 
 @dataclass(frozen=True, slots=True)
@@ -443,6 +493,11 @@ class VerifyExecutor(Executor):
         self._waiting: dict[tuple[str, int], _Waiting] = {}
         self._next_req = 1
         self.cluster = None
+        # the chance that a nested task's worker dies while blocked in get
+        # (or right after it unblocks), drawn from its own generator
+        self.blocked_crash_rate = 0.0
+        self.block_rng = random.Random(0)
+        self.blocked_crashes = 0  # workers killed while blocked
 
     # -- helpers --------------------------------------------------------------
     def _inputs(self, node, spec: TaskSpec) -> tuple | ErrorInfo:
@@ -540,7 +595,20 @@ class VerifyExecutor(Executor):
             client.send(node.address, SubmitTask(client=me, spec=k))
         client.send(node.address, WorkerBlocked(worker_id=me))
         client.send(node.address, WatchObjects(client=me, req_id=rid, object_ids=tuple(k.return_ids[0] for k in kids), fetch=True))
+        if self.blocked_crash_rate and self.block_rng.random() < self.blocked_crash_rate:
+            if self.block_rng.random() < 0.6:
+                delay = self.block_rng.choice((0.0005, 0.002, 0.005, 0.01))
+                node.cluster.kernel.call_after(delay, self._kill_blocked, node, worker, w)
+            else:
+                w.crash_after = True
         return None
+
+    def _kill_blocked(self, node, worker, w: _Waiting) -> None:
+        """The worker dies while still blocked on its children (a fault)."""
+        if w.done or not worker.alive or not node.alive:
+            return
+        self.blocked_crashes += 1
+        node.cluster.kill_worker(node.address, worker.worker_id, "the worker died while blocked in get (modelled crash)")
 
     def _on_message(self, wid: str, msg: Any) -> None:
         if type(msg) is not ObjectsReady:
@@ -564,7 +632,9 @@ class VerifyExecutor(Executor):
         model = w.cmd.spec.args.data
         vals = [w.values[k.return_ids[0]] for k in w.children]
         errors = [v for v in vals if isinstance(v, ErrorInfo)]
-        if errors:
+        if w.crash_after:
+            out = Outcome("crash", model.duration / 2)  # after it took its CPU back (or ran on debt)
+        elif errors:
             out = Outcome("raise", model.duration, error=errors[0])
         else:
             out = Outcome("ok", model.duration, values=(digest(model.key, w.inputs, tuple(vals)),), sizes=(model.size,))

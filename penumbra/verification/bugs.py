@@ -339,6 +339,94 @@ def _bundle_index_ignored():
     return _patch(P, "bundle_request", bundle_request)
 
 
+# -- draws-surface (issue 14): bugs in surface the swarm did not use before ---------------
+# (num_returns > 1, retry_exceptions, cancel of plain tasks, freed puts, jobs
+# that end; each is first caught by its draw in ``workload``)
+
+
+def _forward_follows_first_return():
+    def _forward(self, spec, reason, attempt, now, sid, reconstruction=False):
+        self.forwarded_count += 1
+        self._remember(spec.task_id, "forwarded")
+        self._story(spec.task_id, now, sid, f"forwarded ({reason})")
+        # BUG: only the first return is followed in the GCS once the task
+        # leaves: a waiter here on another return waits for good
+        cmds = self.node.objects.producer_left(spec.return_ids[:1], now, sid)
+        return cmds + [Send(to=self.node.head, msg=S.ForwardTask(spec=spec, from_node=self.node.node_id, reason=reason,
+                                                                 attempt=attempt, stimulus_id=sid))]
+
+    return _patch(S.LocalScheduler, "_forward", _forward)
+
+
+def _exception_retries_one_too_many():
+    orig = S.LocalScheduler._retry_or_fail
+
+    def _retry_or_fail(self, t, error, now, sid, why):
+        limit = t.spec.max_retries
+        if limit >= 0 and t.attempt == limit and why.endswith("(retry_exceptions)"):
+            # BUG: a raised exception is retried while ``attempt <= max_retries``
+            # (one retry more than the budget); crashes count right
+            t.attempt += 1
+            t.state, t.worker, t.errors = S.WAITING, None, None
+            cmds = self.node.gcs_write(S.RetryTask(t.spec.task_id, self.node.node_id, attempt=t.attempt), None, now, sid)
+            return cmds + self._resolve_inputs(t, now, sid)
+        return orig(self, t, error, now, sid, why)
+
+    return _patch(S.LocalScheduler, "_retry_or_fail", _retry_or_fail)
+
+
+def _cancel_drops_queued_task():
+    orig = S.LocalScheduler.cancel
+
+    def cancel(self, tid, force, now, sid):
+        t = self.tasks.get(tid)
+        if t is None or t.state == S.RUNNING:
+            return orig(self, tid, force, now, sid)
+        # BUG: a queued task is taken out of the queue without failing its
+        # outputs with TaskCancelledError: a get of it hangs
+        cmds = []
+        for d in sorted(t.missing):
+            cmds += self.node.objects.unwant(d, ("task", tid), now, sid)
+        self._unpin_inputs(t)
+        del self.tasks[tid]
+        self._locating.pop(tid, None)
+        self._remember(tid, "cancelled")
+        return True, cmds
+
+    return _patch(S.LocalScheduler, "cancel", cancel)
+
+
+def _free_before_unpin():
+    from ..core import node as N
+    from ..core.messages import ReleaseObjects
+
+    def _on_release(self, ev, now):
+        cmds = []
+        if ev.free:
+            # BUG: freed before the client's pin is dropped, so ``free``
+            # finds the object pinned and keeps it: a freed put stays for good
+            for oid in ev.object_ids:
+                cmds += self.objects.free(oid, now, ev.stimulus_id)
+        for oid in ev.object_ids:
+            self.objects.store.unpin(oid, ("client", ev.client))
+        return cmds
+
+    return _handler(N, ReleaseObjects, _on_release)
+
+
+def _job_end_kills_alive_actors_only():
+    def on_job_finished(self, job_id, now, sid):
+        cmds = []
+        for aid, e in sorted(self.actors.items()):
+            # BUG: ``is ALIVE`` for ``is not DEAD``: an actor of the job still
+            # being created (or restarting) outlives its job
+            if e.creation.job_id == job_id and e.state is A.ActorState.ALIVE and not e.spec.detached:
+                cmds += self.kill(aid, True, now, sid, why=f"its job {job_id} ended (its driver exited)", graceful=True)
+        return cmds
+
+    return _patch(A.ActorManager, "on_job_finished", on_job_finished)
+
+
 BUGS: tuple[Bug, ...] = (
     Bug("no-release-on-crash", "a crashed worker's resources are not released", _no_release_on_crash, seed=5),
     Bug("retry-budget-off-by-one", "one retry fewer than max_retries", _retry_budget_off_by_one, seed=114),
@@ -363,6 +451,17 @@ BUGS: tuple[Bug, ...] = (
     Bug("fetching-waiter-told-early", "a wait that fetches is told an object is ready when its location is known, before the bytes arrive", _fetching_waiters_told_located, seed=64),
     Bug("bundle-index-ignored", "a task bound to one bundle of a placement group asks for any bundle of it, so it "
         "may run on another bundle's node", _bundle_index_ignored, seed=7),
+    # draws-surface (issue 14): each first caught by a draw of surface the swarm did not use before
+    Bug("forward-follows-first-return", "a task forwarded away is followed in the GCS for its first return only: a "
+        "waiter on another of its num_returns waits for good", _forward_follows_first_return),
+    Bug("exception-retries-one-too-many", "a task that raises with retry_exceptions is retried max_retries + 1 times",
+        _exception_retries_one_too_many),
+    Bug("cancel-drops-queued-task", "cancel takes a queued task out of the queue without failing its outputs: its "
+        "get hangs", _cancel_drops_queued_task),
+    Bug("free-before-unpin", "a freed put is freed before its driver's pin is dropped, so it is never deleted",
+        _free_before_unpin),
+    Bug("job-end-spares-pending-actors", "when a job ends only its ALIVE actors are killed: one still being created "
+        "outlives its job", _job_end_kills_alive_actors_only),
 )
 
 # Changes that look like bugs but that the rest of the design makes harmless,

@@ -149,3 +149,31 @@ def test_placement_groups_are_drawn_and_lose_nodes(plans):
         stories = [w for k, s in r.cluster.head.stories.items() if k[0] == "pg" for _, _, w in s]
         rescheduled += any("died holding bundles" in w for w in stories)
     assert rescheduled >= 2, f"only {rescheduled} runs lost a node holding a bundle"
+
+
+def test_surface_the_swarm_used_to_miss_is_drawn(plans):
+    """num_returns > 1 (and a second return used as an input),
+    retry_exceptions (within the budget and beyond it), cancel of plain
+    tasks (and with force), puts freed (never shared) and released (passed
+    to tasks first), and a second driver whose job ends (with an actor, with
+    nested tasks)."""
+    seen = collections.Counter()
+    for p in plans:
+        w = p.workload
+        returns = {k for t in w.tasks for k in t.return_keys()[1:]}
+        seen["num_returns > 1"] += bool(returns)
+        seen["a second return as an input"] += any(d in returns for t in w.tasks for d in t.deps)
+        flaky = [t for t in w.tasks if t.model.flaky]
+        seen["retry_exceptions"] += bool(flaky)
+        seen["retry_exceptions beyond the budget"] += any(0 <= t.max_retries < t.model.flaky for t in flaky)
+        seen["task cancels"] += any(t.cancel_at is not None for t in w.tasks)
+        seen["forced task cancels"] += any(t.force_cancel for t in w.tasks)
+        used = {d for t in w.tasks for d in t.deps} | {d for a in w.actors for c in a.calls for d in c.deps}
+        seen["freed puts"] += any(x.free_at is not None and x.key not in used for x in w.puts)
+        seen["released puts"] += any(x.free_at is not None and x.key in used for x in w.puts)
+        seen["jobs that end"] += bool(w.jobs)
+        seen["jobs with an actor"] += any(j.calls for j in w.jobs)
+        seen["jobs with nested tasks"] += any(t.children for j in w.jobs for t in j.tasks)
+    missing = [k for k, n in seen.items() if n < 10]
+    assert not missing, f"fewer than 10 of {len(SEEDS)} seeds draw: {missing} ({dict(seen)})"
+    assert len(seen) == 11

@@ -344,18 +344,18 @@ def _bundle_index_ignored():
 # that end; each is first caught by its draw in ``workload``)
 
 
-def _forward_follows_first_return():
-    def _forward(self, spec, reason, attempt, now, sid, reconstruction=False):
-        self.forwarded_count += 1
-        self._remember(spec.task_id, "forwarded")
-        self._story(spec.task_id, now, sid, f"forwarded ({reason})")
-        # BUG: only the first return is followed in the GCS once the task
-        # leaves: a waiter here on another return waits for good
-        cmds = self.node.objects.producer_left(spec.return_ids[:1], now, sid)
-        return cmds + [Send(to=self.node.head, msg=S.ForwardTask(spec=spec, from_node=self.node.node_id, reason=reason,
-                                                                 attempt=attempt, stimulus_id=sid))]
+def _error_in_first_return_only():
+    from ..core import node as N
 
-    return _patch(S.LocalScheduler, "_forward", _forward)
+    def fail_outputs(self, spec, error, attempt, now, sid, token=None):
+        # BUG: the task's error is materialised in its first return only; a
+        # waiter here on another of its num_returns waits for good
+        cmds = self.objects.add_error(spec.return_ids[0], error, now, sid) if spec.return_ids else []
+        outputs = tuple((o, 0) for o in spec.return_ids)
+        return cmds + self.gcs.write(N.FinishTask(spec.task_id, self.node_id, outputs, error, attempt, spec.actor_id,
+                                                  spec.job_id), token, now, sid)
+
+    return _patch(N.NodeMachine, "fail_outputs", fail_outputs)
 
 
 def _exception_retries_one_too_many():
@@ -452,16 +452,16 @@ BUGS: tuple[Bug, ...] = (
     Bug("bundle-index-ignored", "a task bound to one bundle of a placement group asks for any bundle of it, so it "
         "may run on another bundle's node", _bundle_index_ignored, seed=7),
     # draws-surface (issue 14): each first caught by a draw of surface the swarm did not use before
-    Bug("forward-follows-first-return", "a task forwarded away is followed in the GCS for its first return only: a "
-        "waiter on another of its num_returns waits for good", _forward_follows_first_return),
+    Bug("error-in-first-return-only", "a failed task's error is materialised in its first return only: a waiter on "
+        "the node on another of its num_returns waits for good", _error_in_first_return_only, seed=2),
     Bug("exception-retries-one-too-many", "a task that raises with retry_exceptions is retried max_retries + 1 times",
-        _exception_retries_one_too_many),
+        _exception_retries_one_too_many, seed=6),
     Bug("cancel-drops-queued-task", "cancel takes a queued task out of the queue without failing its outputs: its "
-        "get hangs", _cancel_drops_queued_task),
+        "get hangs", _cancel_drops_queued_task, seed=0),
     Bug("free-before-unpin", "a freed put is freed before its driver's pin is dropped, so it is never deleted",
-        _free_before_unpin),
+        _free_before_unpin, seed=5),
     Bug("job-end-spares-pending-actors", "when a job ends only its ALIVE actors are killed: one still being created "
-        "outlives its job", _job_end_kills_alive_actors_only),
+        "outlives its job", _job_end_kills_alive_actors_only, seed=2),
 )
 
 # Changes that look like bugs but that the rest of the design makes harmless,
@@ -516,6 +516,67 @@ def _unschedulable_kill_bad_keyword():
     return _patch(S.GlobalScheduler, "_unschedulable", _unschedulable)
 
 
+# -- draws-surface (issue 14): what its new draws found in core/, as it was
+
+
+def _outputs_announced_one_by_one():
+    from ..core import node as N
+
+    def store_outputs(self, spec, outputs, attempt, now, sid, token=None):
+        cmds, admitted = [], []
+        for oid, size in outputs:
+            # (before the fix: each output announced as it is admitted)
+            adm, c = self.objects.add_local(oid, size, now, sid, record=False)
+            if not adm.ok:
+                for a in admitted:
+                    self.objects.store.remove(a)
+                    cmds.append(N.Evict(object_id=a, stimulus_id=sid))
+                cmds.append(N.Evict(object_id=oid, stimulus_id=sid))
+                return cmds + self.fail_outputs(spec, adm.error, attempt, now, sid, token)
+            admitted.append(oid)
+            cmds += c
+        return cmds + self.gcs.write(N.FinishTask(spec.task_id, self.node_id, outputs, None, attempt, spec.actor_id,
+                                                  spec.job_id), token, now, sid)
+
+    return _patch(N.NodeMachine, "store_outputs", store_outputs)
+
+
+def _actor_call_outputs_outlive_job():
+    orig = T._APPLY[T.FinishTask]
+
+    def _finish_task(t, op):
+        out = orig(t, op)
+        for oid, _ in op.outputs:  # (before the fix: a call's outputs were not tied to their job)
+            t.data["actor_outputs"].pop(oid, None)
+        return out
+
+    return _patch(T, "_APPLY", {**T._APPLY, T.FinishTask: _finish_task})
+
+
+def _late_put_row_outlives_job():
+    orig = T._APPLY[T.AddLocation]
+
+    def _add_location(t, op):
+        return orig(t, replace(op, job_id=None))  # (before the fix: a put's job was not checked)
+
+    return _patch(T, "_APPLY", {**T._APPLY, T.AddLocation: _add_location})
+
+
+def _late_actor_outlives_job():
+    from ..core.messages import GcsNotify
+
+    orig = H._HANDLERS[GcsNotify]
+
+    def _on_notify(self, ev, now):
+        if ev.table == "actors":  # (before the fix: an actor whose job ended is only recorded)
+            if self.gcs.fresh(ev):
+                self.actors.on_entry(ev.key, ev.value)
+            return []
+        return orig(self, ev, now)
+
+    return _handler(H, GcsNotify, _on_notify)
+
+
 # Bugs the swarm found in penumbra's own core/, planted back as they were
 # before the fix: each must still fail at the seed that found it (outside the
 # default budget: these are what the long runs are for).
@@ -526,6 +587,16 @@ REGRESSIONS: tuple[Bug, ...] = (
     Bug("unschedulable-actor-kill-typo", "a placement group removed while an actor creation waits for it: the head "
         "kills the actor with a keyword ActorManager.kill does not take, and raises", _unschedulable_kill_bad_keyword,
         seed=659),
+    # found by draws-surface's draws (within the default seeds, as they were drawn then)
+    Bug("outputs-announced-one-by-one", "a task's first return is announced ready before its second is admitted; "
+        "when that does not fit, the task fails and a consumer reads the first's error as a value",
+        _outputs_announced_one_by_one, seed=194),
+    Bug("actor-call-outputs-outlive-job", "ForgetJob drops the job's task outputs but not its actor method calls' "
+        "outputs (calls have no task row): their GCS rows stay for good", _actor_call_outputs_outlive_job, seed=11),
+    Bug("late-put-row-outlives-job", "a put's AddLocation landing after its job's rows were forgotten brings the "
+        "row back, for good", _late_put_row_outlives_job, seed=43),
+    Bug("late-actor-outlives-job", "an actor whose row reaches the head after its job ended stays PENDING for "
+        "good", _late_actor_outlives_job, seed=21),
 )
 
 

@@ -427,6 +427,21 @@ def _job_end_kills_alive_actors_only():
     return _patch(A.ActorManager, "on_job_finished", on_job_finished)
 
 
+def _restart_drops_name():
+    orig = A.ActorManager._restart_or_die
+
+    def _restart_or_die(self, e, cause, now, sid):
+        cmds = orig(self, e, cause, now, sid)
+        new = self.actors.get(e.spec.actor_id)
+        if e.spec.name and new is not None and new.state is A.ActorState.RESTARTING:
+            # BUG: the name is released on a restart as on a death: the
+            # restarted actor can no longer be found by name
+            cmds += self.head.gcs.write(A.UnregisterName(e.spec.namespace, e.spec.name, e.spec.actor_id), None, now, sid)
+        return cmds
+
+    return _patch(A.ActorManager, "_restart_or_die", _restart_or_die)
+
+
 BUGS: tuple[Bug, ...] = (
     Bug("no-release-on-crash", "a crashed worker's resources are not released", _no_release_on_crash, seed=5),
     Bug("retry-budget-off-by-one", "one retry fewer than max_retries", _retry_budget_off_by_one, seed=114),
@@ -462,6 +477,8 @@ BUGS: tuple[Bug, ...] = (
         _free_before_unpin, seed=5),
     Bug("job-end-spares-pending-actors", "when a job ends only its ALIVE actors are killed: one still being created "
         "outlives its job", _job_end_kills_alive_actors_only, seed=2),
+    Bug("restart-drops-name", "a named actor's name is released when it restarts, as when it dies",
+        _restart_drops_name, seed=6),
 )
 
 # Changes that look like bugs but that the rest of the design makes harmless,

@@ -47,7 +47,7 @@ from ..core.records import ActorState, ErrorKind, TaskState
 __all__ = ["Violation", "GcsLedger", "check_results", "check_liveness", "check_resources",
            "check_no_rescues", "pending_task_rows", "check_actor_order", "check_gcs", "WaitOutcome", "check_waits",
            "PlacementLog", "check_placement", "check_bundles_held_once", "check_returns", "check_flaky", "check_freed",
-           "check_job_ended"]
+           "check_job_ended", "check_names"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -516,4 +516,27 @@ def check_job_ended(cluster, job_id: int, key: str, task_ids: list, object_ids: 
     rows = [o.short() for o in oids if cluster.gcs_row("objects", o) is not None]
     if rows:
         out.append(Violation("job-end", f"{what}: the GCS still has rows of its objects {sorted(rows)[:5]}"))
+    return out
+
+
+def check_names(named: list, names: dict, cluster, lookups: list) -> list[Violation]:
+    """Named actors.  ``named``: ``(key, name, actor_id)``; ``names``: key ->
+    (the head's state of the actor, the name's row) at the end of the
+    liveness phase: an actor the head does not have dead holds its name.
+    On the quiet cluster (every actor killed): no name is left.
+    ``lookups``: the fault-free run's get-by-name of actors never killed
+    (``found``): each found its actor."""
+    out = []
+    for key, name, aid in named:
+        state, row = names.get(key, (None, None))
+        if state is not None and state is not ActorState.DEAD and row != aid:
+            out.append(Violation("names", f"actor {key} is {state.value} but its name {name!r} is "
+                                          f"{'gone' if row is None else f'held by {row.short()}'}", key))
+        now = cluster.gcs_row("names", ("", name))
+        if now is not None:
+            out.append(Violation("names", f"actor {key} was killed but its name {name!r} is still held by "
+                                          f"{now.short()}", key))
+    for b in lookups:
+        if not b.found:
+            out.append(Violation("names", f"get_actor({b.plan.name!r}) never found actor {b.plan.key}", b.plan.key))
     return out

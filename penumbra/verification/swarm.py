@@ -64,7 +64,7 @@ from ..sim.trace import Trace
 from . import checkers as C
 from .workload import (CUSTOM, GPUS_PER_NODE, LARGE_SIZES, SLOT, SLOTS_PER_NODE, STORE_SIZES, VActor, VCall, VerifyExecutor,
                        Workload, add_callers, add_cancels, add_gpus, add_grandchildren, add_groups, add_remote_puts,
-                       add_waits, digest, generate, add_multi_returns, add_flaky, add_task_cancels, add_frees, add_jobs)
+                       add_waits, digest, generate, add_multi_returns, add_flaky, add_task_cancels, add_frees, add_jobs, add_actor_kinds)
 
 __all__ = ["SeedPlan", "FaultPlan", "RunResult", "SeedReport", "plan_seed", "run_plan", "check_seed", "check_plan",
            "run_swarm", "run_swarm_cli", "story", "shrink"]
@@ -244,6 +244,7 @@ def plan_seed(seed: int) -> SeedPlan:
     workload = add_task_cancels(workload, random.Random(f"penumbra-swarm-task-cancels-{seed}"))
     workload = add_frees(workload, random.Random(f"penumbra-swarm-frees-{seed}"))
     workload = add_jobs(workload, random.Random(f"penumbra-swarm-jobs-{seed}"), horizon)
+    workload = add_actor_kinds(workload, random.Random(f"penumbra-swarm-actor-kinds-{seed}"))
     return SeedPlan(seed, layout, workload, faults, horizon)
 
 
@@ -580,6 +581,7 @@ def run_plan(plan: SeedPlan, *, faults: bool = True, validate: bool = True, max_
             w = plan.workload
             actors: dict[str, Any] = {}
             calls_made: dict[str, tuple] = {}  # call key -> (its driver, its spec)
+            by_name: dict[str, Any] = {}  # actor key -> the second driver's get-by-name of it
             events: list[tuple[float, int, Callable]] = []
             idx = 0
             putters = {0: d}
@@ -633,7 +635,8 @@ def run_plan(plan: SeedPlan, *, faults: bool = True, validate: bool = True, max_
                     actors[a.key] = d.create_actor(VActor(a.key), cls=f"A{a.key}", max_restarts=a.max_restarts,
                                                    max_task_retries=a.max_task_retries, replay=a.replay,
                                                    checkpoint_interval=a.checkpoint_interval,
-                                                   resources=life, placement=placement)
+                                                   resources=life, placement=placement, name=a.name,
+                                                   max_concurrency=a.max_concurrency, is_async=a.is_async)
                 events.append((a.at, idx, create))
                 idx += 1
                 for c in a.calls:
@@ -644,7 +647,11 @@ def run_plan(plan: SeedPlan, *, faults: bool = True, validate: bool = True, max_
                             h = handles.get((a.key, c.caller))
                             if h is None:
                                 h = handles[(a.key, c.caller)] = SimActor(d1, first.spec, first.creation)
-                        spec = h.call(c.model, method="m", deps=[keys[k] for k in c.deps])
+                                if a.name:  # (its calls go once the driver has it by name)
+                                    by_name[a.key] = _ByName(d1, a, first.actor_id, res.violations)
+                        spec = h.call(c.model, method="m", deps=[keys[k] for k in c.deps], submit=not by_name.get(a.key))
+                        if by_name.get(a.key):
+                            by_name[a.key].submit(spec)
                         watch(c.key, spec.return_ids[0])
                         calls_made[c.key] = (h.driver, spec)
                     events.append((c.at, idx, call))
@@ -694,6 +701,7 @@ def run_plan(plan: SeedPlan, *, faults: bool = True, validate: bool = True, max_
             res.waits = {k: dataclasses.replace(o, ready=list(o.ready)) for k, o in res.waits.items()}
             if w.groups:
                 res.violations += C.check_bundles_held_once(cluster, [g.pg_id for g in w.groups])
+            names = _names_now(w, cluster, actors)
             # quiesce: kill the actors, let everything settle
             for h in actors.values():
                 h.kill(no_restart=True)
@@ -720,6 +728,9 @@ def run_plan(plan: SeedPlan, *, faults: bool = True, validate: bool = True, max_
                 tails[shard] = rep
             res.violations += C.check_gcs(ledger, tails)
             res.violations += _surface_checks(w, cluster, executor, res, surface, faults)
+            res.violations += C.check_names([(a.key, a.name, actors[a.key].actor_id) for a in w.actors
+                                             if a.name and a.key in actors], names, cluster,
+                                            [b for b in by_name.values() if not faults and not b.plan.kill_at])
             if not faults:
                 res.violations += C.check_no_rescues(cluster)
         except Exception as e:  # validate() broke, or a machine raised
@@ -1206,4 +1217,62 @@ def _surface_checks(w: Workload, cluster: SimCluster, executor: VerifyExecutor, 
         if jd is not None:
             oids = made["objects"] + [return_object_id(tid, 1) for tid in made["tasks"]]
             out += C.check_job_ended(cluster, jd.job_id, j.key, made["tasks"], oids, made["actor"])
+    return out
+
+
+class _ByName:
+    """The second driver's ``get_actor(name)``: it reads the name's row, then
+    submits the calls it made meanwhile (in order).  A name not there yet
+    (the creation is on its way) is read again; after ``GIVE_UP`` virtual
+    seconds (the actor died: Ray raises) it goes on with the handle it has."""
+
+    GIVE_UP = 1.0
+
+    def __init__(self, d, plan, actor_id, violations: list) -> None:
+        self.d, self.plan, self.actor_id, self.violations = d, plan, actor_id, violations
+        self.pending: list = []
+        self.resolved = False
+        self.found = False
+        self.give_up_at = d.now + self.GIVE_UP
+        self.lookup()
+
+    def __bool__(self) -> bool:
+        return not self.resolved
+
+    def lookup(self) -> None:
+        from ..core.tables import Get
+        self.d.gcs(Get("names", ("", self.plan.name)), self._got)
+
+    def _got(self, aid) -> None:
+        if self.resolved:
+            return
+        if aid is None and self.d.now < self.give_up_at:
+            self.d.call_after(0.02, self.lookup)
+            return
+        if aid is not None and aid != self.actor_id:
+            self.violations.append(C.Violation("names", f"get_actor({self.plan.name!r}) gave actor {aid.short()}, "
+                                                        f"not {self.plan.key}'s {self.actor_id.short()}", self.plan.key))
+        self.found = aid is not None
+        self.resolved = True
+        for spec in self.pending:
+            self.d.submit(spec)
+        self.pending.clear()
+
+    def submit(self, spec) -> None:
+        if self.resolved:
+            self.d.submit(spec)
+        else:
+            self.pending.append(spec)
+
+
+def _names_now(w: Workload, cluster: SimCluster, actors: dict) -> dict:
+    """Named actor key -> (its state as the head has it, the name's row),
+    now.  (The head's view: only the head's ``_die`` unregisters a name, so
+    while the head has the actor not dead, its name must be there.)"""
+    out = {}
+    for a in w.actors:
+        h = actors.get(a.key)
+        if a.name and h is not None:
+            e = cluster.head.actors.actors.get(h.actor_id)
+            out[a.key] = (e.state if e is not None else None, cluster.gcs_row("names", ("", a.name)))
     return out

@@ -42,7 +42,7 @@ from ..core.specs import FunctionDescriptor, Payload, ResourceSet, TaskSpec
 from ..sim.cluster import Executor, Outcome
 
 __all__ = ["VTask", "VChild", "VActor", "VCall", "TaskPlan", "ActorPlan", "CallPlan", "PutPlan", "WaitPlan",
-           "Workload", "GroupPlan", "JobPlan", "add_multi_returns", "add_flaky", "add_task_cancels", "add_frees", "add_jobs", "SLOT", "SLOTS_PER_NODE", "add_groups", "CUSTOM", "GPUS_PER_NODE", "STORE_SIZES", "LARGE_SIZES", "generate", "add_gpus", "add_callers", "add_grandchildren", "add_remote_puts", "add_waits", "VerifyExecutor", "digest"]
+           "Workload", "GroupPlan", "JobPlan", "add_multi_returns", "add_flaky", "add_task_cancels", "add_frees", "add_jobs", "add_actor_kinds", "SLOT", "SLOTS_PER_NODE", "add_groups", "CUSTOM", "GPUS_PER_NODE", "STORE_SIZES", "LARGE_SIZES", "generate", "add_gpus", "add_callers", "add_grandchildren", "add_remote_puts", "add_waits", "VerifyExecutor", "digest"]
 
 
 def digest(*parts: Any) -> int:
@@ -161,6 +161,9 @@ class ActorPlan:
     kill_at: float | None = None  # the driver kills it (no restart) then
     gpus: float = 0.0  # GPUs it holds for life (placed with 1 CPU more)
     group: tuple[str, int] | None = None  # lives in this placement group bundle (holding half a SLOT)
+    max_concurrency: int = 1  # > 1: threaded (or async) actor (``add_actor_kinds``)
+    is_async: bool = False
+    name: str | None = None  # a named actor: the second driver gets it by name
 
 
 @dataclass(frozen=True, slots=True)
@@ -458,6 +461,23 @@ def add_jobs(w: Workload, rng: random.Random, horizon: float) -> Workload:
     job = JobPlan("j0", at, round(at + rng.choice((0.001, 0.01, 0.05, 0.2, 0.6)), 4), tuple(tasks),
                   put_size=rng.choice((64, 4096)), calls=rng.choice((0, 0, 2, 4)))
     return replace(w, jobs=(job,))
+
+
+def add_actor_kinds(w: Workload, rng: random.Random) -> Workload:
+    """Threaded actors (``max_concurrency`` 2-8), async ones (a cancelled
+    running call is interrupted: it raises), and named actors (the second
+    driver gets its handle by name, ``get_actor``).  Replay actors stay
+    sequential (a checkpoint holds exactly the calls before it)."""
+    if rng.random() < 0.4:
+        return w
+    actors = []
+    for a in w.actors:
+        if not a.replay and rng.random() < 0.4:
+            a = replace(a, max_concurrency=rng.choice((2, 4, 8)), is_async=rng.random() < 0.5)
+        if rng.random() < 0.5:
+            a = replace(a, name=f"swarm-{a.key}")
+        actors.append(a)
+    return replace(w, actors=tuple(actors))
 
 
 def generate(rng: random.Random, *, horizon: float = 1.0, max_tasks: int = 40, custom: tuple[str, ...] = (),

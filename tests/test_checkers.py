@@ -478,3 +478,22 @@ def test_freed_clean_and_violations():
     out = C.check_freed(_store({a: {}, b: {("client", "d"): 1}}), "node:0", [a], [b], "d")
     assert kinds(out) == ["freed"] * 3
     assert "still holds" in out[0].what and "row" in out[1].what and "still pins" in out[2].what
+
+
+def _names_cluster(rows):
+    return SimpleNamespace(gcs_row=lambda table, key: rows.get(key))
+
+
+def test_names_clean_and_violations():
+    from penumbra.core.records import ActorState
+
+    a, b = ActorId(b"a" * 16), ActorId(b"b" * 16)
+    named = [("a0", "swarm-a0", a), ("a1", "swarm-a1", b)]
+    alive = {"a0": (ActorState.ALIVE, a), "a1": (ActorState.DEAD, None)}
+    found = SimpleNamespace(found=True, plan=SimpleNamespace(name="swarm-a0", key="a0"))
+    assert C.check_names(named, alive, _names_cluster({}), [found]) == []
+    # alive without its name; a name left after every actor was killed; a lookup that never found it
+    lost = {"a0": (ActorState.RESTARTING, None), "a1": (ActorState.DEAD, None)}
+    missed = SimpleNamespace(found=False, plan=SimpleNamespace(name="swarm-a1", key="a1"))
+    out = C.check_names(named, lost, _names_cluster({("", "swarm-a1"): b}), [missed])
+    assert kinds(out) == ["names"] * 3 and keys(out) == ["a0", "a1", "a1"]

@@ -155,8 +155,9 @@ def test_surface_the_swarm_used_to_miss_is_drawn(plans):
     """num_returns > 1 (and a second return used as an input),
     retry_exceptions (within the budget and beyond it), cancel of plain
     tasks (and with force), puts freed (never shared) and released (passed
-    to tasks first), and a second driver whose job ends (with an actor, with
-    nested tasks)."""
+    to tasks first), a second driver whose job ends (with an actor, with
+    nested tasks), threaded and async actors, and named actors that the
+    second driver gets by name."""
     seen = collections.Counter()
     for p in plans:
         w = p.workload
@@ -174,6 +175,11 @@ def test_surface_the_swarm_used_to_miss_is_drawn(plans):
         seen["jobs that end"] += bool(w.jobs)
         seen["jobs with an actor"] += any(j.calls for j in w.jobs)
         seen["jobs with nested tasks"] += any(t.children for j in w.jobs for t in j.tasks)
+        seen["threaded actors"] += any(a.max_concurrency > 1 and not a.is_async for a in w.actors)
+        seen["async actors"] += any(a.is_async for a in w.actors)
+        seen["async actors with cancelled calls"] += any(a.is_async and any(c.cancel_at is not None for c in a.calls)
+                                                         for a in w.actors)
+        seen["named actors got by name"] += any(a.name and any(c.caller for c in a.calls) for a in w.actors)
     missing = [k for k, n in seen.items() if n < 10]
     assert not missing, f"fewer than 10 of {len(SEEDS)} seeds draw: {missing} ({dict(seen)})"
-    assert len(seen) == 11
+    assert len(seen) == 15

@@ -439,7 +439,8 @@ def add_frees(w: Workload, rng: random.Random) -> Workload:
     waited = {d for x in w.waits for d in x.refs}  # (a wait may hold it: never freed)
     puts = []
     for p in w.puts:
-        if p.node == 0 and p.get_at is None and p.key not in waited and rng.random() < 0.5:
+        # (most puts feed tasks: one nothing uses is freed more often)
+        if p.node == 0 and p.get_at is None and p.key not in waited and rng.random() < (0.5 if p.key in uses else 0.9):
             p = replace(p, free_at=round(max(p.at, uses.get(p.key, 0.0)) + rng.uniform(0.01, 0.2), 4))
         puts.append(p)
     return replace(w, puts=tuple(puts))
@@ -472,8 +473,8 @@ def add_actor_kinds(w: Workload, rng: random.Random) -> Workload:
         return w
     actors = []
     for a in w.actors:
-        if not a.replay and rng.random() < 0.4:
-            a = replace(a, max_concurrency=rng.choice((2, 4, 8)), is_async=rng.random() < 0.5)
+        if not a.replay and rng.random() < 0.5:
+            a = replace(a, max_concurrency=rng.choice((2, 4, 8)), is_async=rng.random() < 0.6)
         if rng.random() < 0.5:
             a = replace(a, name=f"swarm-{a.key}")
         actors.append(a)

@@ -34,7 +34,13 @@ Each checker returns a list of ``Violation``s (empty: the run is good).
     removed, no node holds anything of it (its reservation is freed);
 ``check_bundles_held_once``
     after the liveness phase, each bundle of a live group is committed on
-    exactly one live node, the one the head placed it on.
+    exactly one live node, the one the head placed it on;
+``check_returns`` / ``check_flaky`` / ``check_freed`` / ``check_job_ended`` / ``check_names``
+    (draws-surface) a multi-return task's returns fit each other; a task
+    raising with ``retry_exceptions`` ends with a value exactly when its
+    budget covers it; freed puts are gone, released ones unpinned; a job
+    whose driver exited left nothing running, alive, pinned or in the GCS;
+    a named actor holds its name while alive and gives it up when killed.
 """
 
 from __future__ import annotations

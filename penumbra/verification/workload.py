@@ -4,6 +4,10 @@ A ``Workload`` is drawn from a seed: puts, a dynamic task graph (tasks whose
 inputs are earlier outputs or puts, some submitting nested child tasks and
 waiting for them, some raising), and actors with ordered method calls (some
 restartable, some with paper-style replay and checkpoints, some killed).
+Drawn on top, each from its own generator: tasks with several returns,
+tasks that raise on their first attempts (``retry_exceptions``), cancelled
+tasks, freed puts, a second job whose driver exits, threaded, async and
+named actors (see ``add_multi_returns`` ... ``add_actor_kinds``).
 Everything it computes is a deterministic function of its inputs, so a
 fault-free *reference run* tells what every object must hold; a run with
 faults must produce the same values, or an error the semantics allow.

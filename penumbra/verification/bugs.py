@@ -443,27 +443,27 @@ def _restart_drops_name():
 
 
 BUGS: tuple[Bug, ...] = (
-    Bug("no-release-on-crash", "a crashed worker's resources are not released", _no_release_on_crash, seed=5),
+    Bug("no-release-on-crash", "a crashed worker's resources are not released", _no_release_on_crash, seed=24),
     Bug("retry-budget-off-by-one", "one retry fewer than max_retries", _retry_budget_off_by_one, seed=114),
     Bug("late-subscriber", "a subscriber that joins after a change is not sent the current value", _late_subscriber_not_told, seed=0),
     Bug("head-acks-early", "the chain head acknowledges a write before the tail has it", _head_acks_before_tail, seed=4),
     Bug("actor-order-after-restart", "a restarted actor orders a caller's calls from whichever arrives first", _actor_ignores_floor_after_restart, seed=1),
     Bug("gcs-no-dedup", "the GCS applies a retried write again", _gcs_no_dedup, seed=0),
-    Bug("dead-node-tasks-lost", "tasks pending on a dead node are not re-submitted", _dead_node_tasks_not_resubmitted, seed=4),
+    Bug("dead-node-tasks-lost", "tasks pending on a dead node are not re-submitted", _dead_node_tasks_not_resubmitted, seed=5),
     Bug("blocked-worker-keeps-cpu", "a worker blocked in get does not lend its CPU", _blocked_worker_keeps_cpu, seed=0),
     Bug("actor-restarts-uncounted", "actor restarts are not counted against max_restarts", _actor_restarts_not_counted, seed=29),
-    Bug("successor-never-resyncs", "a replica ignores its new successor's sync request", _successor_resync_ignored, seed=4),
+    Bug("successor-never-resyncs", "a replica ignores its new successor's sync request", _successor_resync_ignored, seed=8),
     Bug("inputs-not-pinned", "task inputs are not pinned while the task waits or runs", _task_inputs_not_pinned, seed=64),
     Bug("finish-undone", "a late AddTask reopens a finished task", _finish_can_be_undone, seed=2),
-    Bug("gpu-fraction-overcommit", "a fractional GPU request is put on GPU 0 even when it is full", _gpu_fraction_overcommit, seed=6),
+    Bug("gpu-fraction-overcommit", "a fractional GPU request is put on GPU 0 even when it is full", _gpu_fraction_overcommit, seed=16),
     Bug("gpus-kept-by-crashed-worker", "a crashed worker's GPU instances are not given back", _gpus_kept_by_crashed_worker, seed=87),
     Bug("replay-newest-first", "a restarted replay actor replays its logged calls newest first", _replay_newest_first, seed=1),
     Bug("replayed-call-runs-again", "a call replayed on restart runs again when its caller re-sends it", _replayed_call_runs_again, seed=1),
     Bug("watch-ignores-need", "a node holds a watch's reports until every object is ready, even when the "
         "wait needs fewer (it times out told of nothing)", _watch_ignores_need, seed=0),
     Bug("pause-kills-cluster", "the head judges liveness by its own clock: after a pause of the head, it declares "
-        "every node dead before reading their queued heartbeats", _pause_kills_cluster, seed=20),
-    Bug("fetching-waiter-told-early", "a wait that fetches is told an object is ready when its location is known, before the bytes arrive", _fetching_waiters_told_located, seed=64),
+        "every node dead before reading their queued heartbeats", _pause_kills_cluster, seed=165),
+    Bug("fetching-waiter-told-early", "a wait that fetches is told an object is ready when its location is known, before the bytes arrive", _fetching_waiters_told_located, seed=200),
     Bug("bundle-index-ignored", "a task bound to one bundle of a placement group asks for any bundle of it, so it "
         "may run on another bundle's node", _bundle_index_ignored, seed=7),
     # draws-surface (issue 14): each first caught by a draw of surface the swarm did not use before
@@ -600,7 +600,7 @@ def _late_actor_outlives_job():
 REGRESSIONS: tuple[Bug, ...] = (
     Bug("release-past-a-gap", "a replay actor releases a logged call's result while an earlier call's log "
         "append is still being retried: a restart replays the log only up to that gap", _release_past_a_gap,
-        seed=2387),
+        seed=3504),
     Bug("unschedulable-actor-kill-typo", "a placement group removed while an actor creation waits for it: the head "
         "kills the actor with a keyword ActorManager.kill does not take, and raises", _unschedulable_kill_bad_keyword,
         seed=659),

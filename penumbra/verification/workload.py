@@ -207,7 +207,18 @@ class Workload:
         groups = "".join(f", group {g.key} ({g.bundles} x {SLOT}, {g.strategy}; {grouped} items in it)" for g in self.groups)
         return (f"{len(self.puts)} puts, {len(self.tasks)} tasks ({nested} nested, {raising} raising), "
                 f"{len(self.actors)} actors with {sum(len(a.calls) for a in self.actors)} calls, "
-                f"{len(self.waits)} waits{groups}")
+                f"{len(self.waits)} waits{groups}{self._surface()}")
+
+    def _surface(self) -> str:
+        """What the draws-surface draws added, if anything."""
+        parts = [(sum(t.num_returns > 1 for t in self.tasks), "multi-return"),
+                 (sum(bool(t.model.flaky) for t in self.tasks), "retry_exceptions"),
+                 (sum(t.cancel_at is not None for t in self.tasks), "cancelled"),
+                 (sum(p.free_at is not None for p in self.puts), "freed puts"),
+                 (len(self.jobs), "jobs that end"),
+                 (sum(a.max_concurrency > 1 for a in self.actors), "concurrent actors"),
+                 (sum(bool(a.name) for a in self.actors), "named actors")]
+        return "".join(f", {n} {what}" for n, what in parts if n)
 
     def submitted_at(self) -> list[tuple[str, float]]:
         """Every item with a value, and when the driver submits it."""

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from penumbra.core.ids import ActorId
+from penumbra.core.ids import ActorId, ObjectId
 from penumbra.core.layout import ClusterLayout, NodeShape
 from penumbra.core.records import ErrorKind
 from penumbra.core.specs import ResourceSet
@@ -426,3 +426,74 @@ def test_waits_violations(plan, got, words):
         pytest.skip("checkers.check_waits is not there")
     out = C.check_waits([plan], outcomes)
     assert kinds(out) == ["waits"] and keys(out) == ["w0"] and words in out[0].what
+
+
+# ---------------------------------------------------------------------------- draws-surface (issue 14)
+
+
+def _derive(v, i):
+    return v * 10 + i
+
+
+def test_returns_clean_and_consistent_errors():
+    res = {"t": ("v", 7), "t.r1": ("v", 71), "t.r2": ("v", 72),
+           "u": err(ErrorKind.TASK_ERROR, "u raised"), "u.r1": err(ErrorKind.TASK_ERROR, "u raised"),
+           "w": ("v", 3), "w.r1": err(ErrorKind.OBJECT_LOST)}  # (one copy lost, the other still there)
+    assert C.check_returns([["t", "t.r1", "t.r2"], ["u", "u.r1"], ["w", "w.r1"]], res, _derive) == []
+
+
+@pytest.mark.parametrize("got", [("v", 99), ("v", 71), err(ErrorKind.TASK_ERROR, "t raised"), err(ErrorKind.WORKER_CRASHED)])
+def test_returns_a_second_return_that_does_not_fit_the_first(got):
+    out = C.check_returns([["t", "t.r1", "t.r2"]], {"t": ("v", 7), "t.r1": ("v", 71), "t.r2": got}, _derive)
+    assert kinds(out) == ["returns"] and keys(out) == ["t.r2"]
+
+
+def test_flaky_clean():
+    items = [("a", 2, -1), ("b", 2, 2), ("c", 3, 1)]
+    res = {"a": ("v", 1), "b": ("v", 2), "c": err(ErrorKind.TASK_ERROR, "c raised on an early attempt (by design)")}
+    assert C.check_flaky(items, res, None) == []
+    # faults spent b's budget: its early error is allowed where the taint says so
+    res["b"] = err(ErrorKind.TASK_ERROR, "b raised on an early attempt (by design)")
+    assert C.check_flaky(items, res, {"b": {"retry", "flaky"}}) == []
+
+
+def test_flaky_retried_beyond_the_budget_or_not_at_all():
+    out = C.check_flaky([("c", 3, 2)], {"c": ("v", 1)}, None)
+    assert kinds(out) == ["retries"] and "ran more often" in out[0].what
+    out = C.check_flaky([("b", 1, 1)], {"b": err(ErrorKind.TASK_ERROR, "b raised on an early attempt (by design)")}, {})
+    assert kinds(out) == ["retries"] and "not retried" in out[0].what
+
+
+def _store(objects):
+    """A fake cluster whose node:0 store accounting holds ``objects`` (oid -> pins)."""
+    stored = {o: SimpleNamespace(pins=dict(p)) for o, p in objects.items()}
+    machine = SimpleNamespace(objects=SimpleNamespace(store=SimpleNamespace(objects=stored)))
+    node = SimpleNamespace(machine=machine, alive=True, store={o: (8, 0) for o in objects})
+    return SimpleNamespace(nodes={"node:0": node}, gcs_row=lambda table, key: "row" if key in objects else None)
+
+
+def test_freed_clean_and_violations():
+    a, b = ObjectId(b"a" * 20), ObjectId(b"b" * 20)
+    assert C.check_freed(_store({b: {}}), "node:0", [a], [b], "d") == []
+    out = C.check_freed(_store({a: {}, b: {("client", "d"): 1}}), "node:0", [a], [b], "d")
+    assert kinds(out) == ["freed"] * 3
+    assert "still holds" in out[0].what and "row" in out[1].what and "still pins" in out[2].what
+
+
+def _names_cluster(rows):
+    return SimpleNamespace(gcs_row=lambda table, key: rows.get(key))
+
+
+def test_names_clean_and_violations():
+    from penumbra.core.records import ActorState
+
+    a, b = ActorId(b"a" * 16), ActorId(b"b" * 16)
+    named = [("a0", "swarm-a0", a), ("a1", "swarm-a1", b)]
+    alive = {"a0": (ActorState.ALIVE, a), "a1": (ActorState.DEAD, None)}
+    found = SimpleNamespace(found=True, plan=SimpleNamespace(name="swarm-a0", key="a0"))
+    assert C.check_names(named, alive, _names_cluster({}), [found]) == []
+    # alive without its name; a name left after every actor was killed; a lookup that never found it
+    lost = {"a0": (ActorState.RESTARTING, None), "a1": (ActorState.DEAD, None)}
+    missed = SimpleNamespace(found=False, plan=SimpleNamespace(name="swarm-a1", key="a1"))
+    out = C.check_names(named, lost, _names_cluster({("", "swarm-a1"): b}), [missed])
+    assert kinds(out) == ["names"] * 3 and keys(out) == ["a0", "a1", "a1"]

@@ -173,6 +173,31 @@ def test_tables_forget_a_job_but_not_another_nor_a_detached_actor() -> None:
     assert dict(t.read(TableSizes()))["objects"] == 1
 
 
+def test_tables_forget_a_job_s_actor_call_outputs_and_refuse_its_late_put() -> None:
+    """Found by the swarm's jobs that end (draws-surface): an actor method
+    call has no task row, so ForgetJob missed its outputs' rows (kept for
+    good); and a put admitted just before its driver exited had its row
+    brought back by an AddLocation landing after ForgetJob."""
+    t = Tables()
+    j1, j2 = Job(1), Job(2)
+    actor = ActorSpec(actor_id=b"\x03" * 16, cls=FN)
+    creation = j1.spec(actor_creation=actor)
+    t.apply(PutActor(ActorEntry(actor, creation, ActorState.ALIVE)))
+    mine = j1.spec(actor_id=actor.actor_id)  # a call of job 1's driver
+    theirs = j2.spec(actor_id=actor.actor_id)  # a call of another job's driver, on the same actor
+    for call in (mine, theirs):
+        t.apply(FinishTask(call.task_id, "n", ((call.return_ids[0], 8),), actor_id=actor.actor_id, job_id=call.job_id))
+    released, _ = t.apply(ForgetJob(1))
+    assert (mine.return_ids[0], frozenset({"n"})) in released
+    assert t.read(Get("objects", mine.return_ids[0])) is None
+    assert t.read(Get("objects", theirs.return_ids[0])) is not None  # job 2 lives on: its call's output stays
+    assert set(t.data["actor_outputs"]) == {theirs.return_ids[0]}
+    # a late put of job 1 is refused; job 2's, and a copy of an existing row, are not
+    assert t.apply(AddLocation(j1.put_id(1), "n", 10, job_id=1))[0] is False
+    assert t.read(Get("objects", j1.put_id(1))) is None
+    assert t.apply(AddLocation(j2.put_id(1), "n", 10, job_id=2))[0] is True
+
+
 # ============================================================================ whole cluster
 
 

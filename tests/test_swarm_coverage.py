@@ -245,3 +245,36 @@ def test_runs_feel_the_faults_it_once_never_drew(plans):
             "GPU tasks done on a fractional total", "forwarded overloaded", "forwarded remote_inputs",
             "messages held in a storm")
     assert all(seen[k] > 0 for k in want), dict(seen)
+
+def test_surface_the_swarm_used_to_miss_is_drawn(plans):
+    """num_returns > 1 (and a second return used as an input),
+    retry_exceptions (within the budget and beyond it), cancel of plain
+    tasks (and with force), puts freed (never shared) and released (passed
+    to tasks first), a second driver whose job ends (with an actor, with
+    nested tasks), threaded and async actors, and named actors that the
+    second driver gets by name."""
+    seen = collections.Counter()
+    for p in plans:
+        w = p.workload
+        returns = {k for t in w.tasks for k in t.return_keys()[1:]}
+        seen["num_returns > 1"] += bool(returns)
+        seen["a second return as an input"] += any(d in returns for t in w.tasks for d in t.deps)
+        flaky = [t for t in w.tasks if t.model.flaky]
+        seen["retry_exceptions"] += bool(flaky)
+        seen["retry_exceptions beyond the budget"] += any(0 <= t.max_retries < t.model.flaky for t in flaky)
+        seen["task cancels"] += any(t.cancel_at is not None for t in w.tasks)
+        seen["forced task cancels"] += any(t.force_cancel for t in w.tasks)
+        used = {d for t in w.tasks for d in t.deps} | {d for a in w.actors for c in a.calls for d in c.deps}
+        seen["freed puts"] += any(x.free_at is not None and x.key not in used for x in w.puts)
+        seen["released puts"] += any(x.free_at is not None and x.key in used for x in w.puts)
+        seen["jobs that end"] += bool(w.jobs)
+        seen["jobs with an actor"] += any(j.calls for j in w.jobs)
+        seen["jobs with nested tasks"] += any(t.children for j in w.jobs for t in j.tasks)
+        seen["threaded actors"] += any(a.max_concurrency > 1 and not a.is_async for a in w.actors)
+        seen["async actors"] += any(a.is_async for a in w.actors)
+        seen["async actors with cancelled calls"] += any(a.is_async and any(c.cancel_at is not None for c in a.calls)
+                                                         for a in w.actors)
+        seen["named actors got by name"] += any(a.name and any(c.caller for c in a.calls) for a in w.actors)
+    missing = [k for k, n in seen.items() if n < 10]
+    assert not missing, f"fewer than 10 of {len(SEEDS)} seeds draw: {missing} ({dict(seen)})"
+    assert len(seen) == 15

@@ -114,7 +114,7 @@ from .messages import (
     TimerFired,
 )
 from .placement import PlacementManager
-from .records import ChainConfig, NodeEntry, TaskState
+from .records import ActorState, ChainConfig, NodeEntry, TaskState
 from .scheduler import GlobalConfig, GlobalScheduler, Rng
 from .tables import ForgetJob, NodeDown, PutNode, Subscribe, Unsubscribe
 
@@ -434,6 +434,13 @@ class HeadMachine:
             return []
         if ev.table == "actors":
             self.actors.on_entry(ev.key, ev.value)
+            e = self.actors.actors.get(ev.key)
+            if e is not None and e.state is not ActorState.DEAD and self.job_over(e.creation):
+                # its row landed after its job ended (created a moment before
+                # the driver exited): it dies with its job too (found by the
+                # swarm: such an actor stayed PENDING for good)
+                return self.actors.kill(ev.key, True, now, ev.stimulus_id, graceful=True,
+                                        why=f"its job {e.creation.job_id} ended (its driver exited)")
             return []
         if ev.table == "placement_groups":
             return self.placement.on_entry(ev.key, ev.value, now, ev.stimulus_id)

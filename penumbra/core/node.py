@@ -207,8 +207,14 @@ class NodeMachine:
             outputs = tuple((o, s) for o, s in outputs if o in expected)
         cmds: list[Command] = []
         admitted: list[ObjectId] = []
+        # (nobody is told of any output before all of them are admitted: a
+        # waiter told the first of two is ready would find it gone when the
+        # second does not fit and the task fails; and the first is held
+        # while the next is admitted, which must not evict it.  Found by
+        # the swarm's num_returns > 1 draws)
+        hold = ("outputs", spec.task_id) if len(outputs) > 1 else None
         for oid, size in outputs:
-            adm, c = self.objects.add_local(oid, size, now, sid, record=False)
+            adm, c = self.objects.add_local(oid, size, now, sid, pin=hold, record=False, resolve=False)
             if not adm.ok:
                 for a in admitted:
                     self.objects.store.remove(a)
@@ -217,6 +223,10 @@ class NodeMachine:
                 return cmds + self.fail_outputs(spec, adm.error, attempt, now, sid, token)
             admitted.append(oid)
             cmds += c
+        for oid in admitted:
+            if hold is not None:
+                self.objects.store.unpin(oid, hold)
+            cmds += self.objects.resolve(oid, now, sid)
         cmds += self.gcs.write(FinishTask(spec.task_id, self.node_id, outputs, None, attempt, spec.actor_id, spec.job_id), token, now, sid)
         return cmds
 
@@ -436,7 +446,8 @@ class NodeMachine:
             del self.watches[key]
 
     def _on_put(self, ev: PutObject, now: float) -> list[Command]:
-        adm, cmds = self.objects.add_local(ev.object_id, ev.size, now, ev.stimulus_id, pin=("client", ev.client))
+        adm, cmds = self.objects.add_local(ev.object_id, ev.size, now, ev.stimulus_id, pin=("client", ev.client),
+                                           job_id=self.clients.get(ev.client))
         if not adm.ok:
             return cmds + [Evict(object_id=ev.object_id, stimulus_id=ev.stimulus_id),
                            Send(to=ev.client, msg=PutFailed(req_id=ev.req_id, object_id=ev.object_id, error=adm.error, stimulus_id=ev.stimulus_id))]

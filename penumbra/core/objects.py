@@ -261,9 +261,13 @@ class ObjectManager:
         return self.errors.get(oid)
 
     # ------------------------------------------------------------------ local objects
-    def add_local(self, oid: ObjectId, size: int, now: float, sid: str, pin: Hashable | None = None, record: bool = True) -> tuple[Admission, list[Command]]:
+    def add_local(self, oid: ObjectId, size: int, now: float, sid: str, pin: Hashable | None = None, record: bool = True,
+                  resolve: bool = True, job_id: int | None = None) -> tuple[Admission, list[Command]]:
         """A new object was written into our store (a task output, a put, a
-        fetched copy).  Admit it, evicting as needed."""
+        fetched copy).  Admit it, evicting as needed.  ``resolve=False``:
+        do not tell its waiters yet (``resolve`` later: a task's outputs are
+        announced once all of them are admitted).  ``job_id``: the job of
+        the client that put it (the GCS refuses the row once the job ended)."""
         adm = self.store.admit(oid, size, pin)
         cmds: list[Command] = []
         if not adm.ok:
@@ -272,9 +276,14 @@ class ObjectManager:
             cmds.append(Evict(object_id=vid, stimulus_id=sid))
             cmds += self.gcs_write(RemoveLocation(vid, self.node_id), None, now, sid)
         if record:
-            cmds += self.gcs_write(AddLocation(oid, self.node_id, size), None, now, sid)
-        cmds += self._resolve(oid, now, sid)
+            cmds += self.gcs_write(AddLocation(oid, self.node_id, size, job_id=job_id), None, now, sid)
+        if resolve:
+            cmds += self._resolve(oid, now, sid)
         return adm, cmds
+
+    def resolve(self, oid: ObjectId, now: float, sid: str) -> list[Command]:
+        """Tell ``oid``'s waiters it is here (after ``add_local(resolve=False)``)."""
+        return self._resolve(oid, now, sid)
 
     def free(self, oid: ObjectId, now: float, sid: str) -> list[Command]:
         """Delete ``oid`` now, not when LRU eviction gets to it: its owner

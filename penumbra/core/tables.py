@@ -31,6 +31,9 @@ The tables
 ``ended_jobs`` job id -> True, on every shard: jobs whose rows were forgotten
 ``placement_groups`` pg id -> PlacementGroupEntry (kept on shard 0: names
                are looked up by scanning it)
+``actor_outputs`` ObjectId -> job id: the job of the caller whose actor
+               method call returned the object (a call has no task row to
+               tie its outputs to their job; ``ForgetJob`` needs it)
 
 What is forgotten, and when
 ~~~~~~~~~~~~~~~~~~~~~~~~~~~
@@ -42,7 +45,8 @@ The GCS would otherwise grow with every task ever run.  Two ops delete rows:
   job's own objects).  On every shard it deletes the rows of the job's
   tasks (lineage) -- except the creation of a *detached* actor, which
   outlives its job -- the rows of the objects those tasks returned or put,
-  and of the driver's own puts, and the subscriptions to those keys.  The
+  of the driver's own puts and of the job's actor method calls' outputs,
+  and the subscriptions to those keys.  The
   job id goes into ``ended_jobs``: from then on a late ``AddTask`` or
   ``FinishTask`` of that job (a write still in flight when the job ended)
   is refused instead of bringing a row back.  The result lists the deleted
@@ -126,7 +130,7 @@ __all__ = [
 ]
 
 TABLES = ("nodes", "names", "kv", "functions", "tasks", "objects", "actors", "actor_log", "finished_early", "dead_nodes", "ended_jobs",
-          "placement_groups")
+          "placement_groups", "actor_outputs")
 _SHARD0_TABLES = frozenset({"nodes", "names", "kv", "placement_groups"})
 
 Change = tuple[str, Hashable, Any]
@@ -282,6 +286,10 @@ class AddLocation(Op):
     node: str
     size: int
     error: ErrorInfo | None = None
+    # a put's: the job of the driver that put it.  Refused once the job's
+    # rows are forgotten (a put admitted just before its driver exited:
+    # found by the swarm, its row outlived the job)
+    job_id: int | None = None
 
     def route(self):
         return ("objects", self.object_id)
@@ -821,6 +829,12 @@ def _finish_task(t: Tables, op: FinishTask):
         new = TaskEntry(old.spec, state, op.node, max(old.attempt, op.attempt), old.reconstructions, old.placed)
         changes += t._put_task(op.task_id, new)
     objs = t.data["objects"]
+    if op.actor_id is not None and op.job_id is not None:
+        # (a method call has no task row: remember its outputs' job, so
+        # that ForgetJob finds them; found by the swarm's jobs that end)
+        owners = t.data["actor_outputs"]
+        for oid, _ in op.outputs:
+            owners[oid] = op.job_id
     for oid, size in op.outputs:
         prev = objs.get(oid)
         if op.error is not None:
@@ -836,6 +850,8 @@ def _finish_task(t: Tables, op: FinishTask):
 def _add_location(t: Tables, op: AddLocation):
     objs = t.data["objects"]
     prev = objs.get(op.object_id)
+    if prev is None and op.job_id is not None and op.job_id in t.data["ended_jobs"]:
+        return False, []  # the job's rows are forgotten: do not bring one back
     if op.error is not None:
         entry = ObjectEntry(op.object_id, size=op.size, created=True, error=op.error)
     elif prev is None:
@@ -931,6 +947,7 @@ def _kv_delete(t: Tables, op: KvDelete):
 
 
 def _drop_object_row(t: Tables, oid: ObjectId) -> ObjectEntry | None:
+    t.data["actor_outputs"].pop(oid, None)
     entry = t.data["objects"].pop(oid, None)
     if entry is not None:
         by = t._objects_by_node
@@ -969,12 +986,15 @@ def _forget_job(t: Tables, op: ForgetJob):
                     del t._tasks_by_node[old.node]
     prefixes = gone | {driver_task_id(job)}
     released = []
-    for oid in [o for o in t.data["objects"] if o[:16] in prefixes]:
+    calls = [o for o, j in t.data["actor_outputs"].items() if j == job]
+    for oid in [o for o in t.data["objects"] if o[:16] in prefixes] + calls:
         entry = _drop_object_row(t, oid)
         if entry is not None and entry.locations:
             released.append((oid, entry.locations))
+    calls = set(calls)
     for key in [k for k in t.subs
-                if (k[0] == "tasks" and k[1] in gone) or (k[0] == "objects" and k[1] is not None and k[1][:16] in prefixes)]:
+                if (k[0] == "tasks" and k[1] in gone)
+                or (k[0] == "objects" and k[1] is not None and (k[1][:16] in prefixes or k[1] in calls))]:
         del t.subs[key]
     # the replay logs of the job's actors that are dead for good (a log is
     # read only to restart its actor); their rows stay: a handle passed to

@@ -695,13 +695,13 @@ class SimDriver:
     def create_actor(self, model: Any = None, *, cls: str = "Actor", max_restarts: int = 0, max_task_retries: int = 0,
                      replay: bool = False, checkpoint_interval: int = 0, resources: ResourceSet = EMPTY,
                      placement: ResourceSet = ResourceSet.of(CPU=1), max_concurrency: int = 1,
-                     name: str | None = None, detached: bool = False) -> "SimActor":
+                     name: str | None = None, detached: bool = False, is_async: bool = False) -> "SimActor":
         """Create an actor whose creation task runs ``model`` (its ``init`` is
         the actor's state)."""
         tid = self.next_task_id()
         aspec = ActorSpec(actor_id=actor_id_of(tid), cls=self.function(cls), resources=resources,
                           max_restarts=max_restarts, max_task_retries=max_task_retries,
-                          max_concurrency=max_concurrency, name=name, detached=detached, replay=replay,
+                          max_concurrency=max_concurrency, is_async=is_async, name=name, detached=detached, replay=replay,
                           checkpoint_interval=checkpoint_interval)
         spec = TaskSpec(task_id=tid, job_id=self.job_id, parent_task_id=self.root,
                         function=self.function(f"{cls}.__init__"), args=Payload(0, model),

@@ -465,6 +465,109 @@ def _joiner_counted_caught_up():
     return _patch(G.ChainMaster, "_on_ready", _on_ready)
 
 
+# -- draws-surface (issue 14): bugs in surface the swarm did not use before ---------------
+# (num_returns > 1, retry_exceptions, cancel of plain tasks, freed puts, jobs
+# that end; each is first caught by its draw in ``workload``)
+
+
+def _error_in_first_return_only():
+    from ..core import node as N
+
+    def fail_outputs(self, spec, error, attempt, now, sid, token=None):
+        # BUG: the task's error is materialised in its first return only; a
+        # waiter here on another of its num_returns waits for good
+        cmds = self.objects.add_error(spec.return_ids[0], error, now, sid) if spec.return_ids else []
+        outputs = tuple((o, 0) for o in spec.return_ids)
+        return cmds + self.gcs.write(N.FinishTask(spec.task_id, self.node_id, outputs, error, attempt, spec.actor_id,
+                                                  spec.job_id), token, now, sid)
+
+    return _patch(N.NodeMachine, "fail_outputs", fail_outputs)
+
+
+def _exception_retries_one_too_many():
+    orig = S.LocalScheduler._retry_or_fail
+
+    def _retry_or_fail(self, t, error, now, sid, why):
+        limit = t.spec.max_retries
+        if limit >= 0 and t.attempt == limit and why.endswith("(retry_exceptions)"):
+            # BUG: a raised exception is retried while ``attempt <= max_retries``
+            # (one retry more than the budget); crashes count right
+            t.attempt += 1
+            t.state, t.worker, t.errors = S.WAITING, None, None
+            cmds = self.node.gcs_write(S.RetryTask(t.spec.task_id, self.node.node_id, attempt=t.attempt), None, now, sid)
+            return cmds + self._resolve_inputs(t, now, sid)
+        return orig(self, t, error, now, sid, why)
+
+    return _patch(S.LocalScheduler, "_retry_or_fail", _retry_or_fail)
+
+
+def _cancel_drops_queued_task():
+    orig = S.LocalScheduler.cancel
+
+    def cancel(self, tid, force, now, sid):
+        t = self.tasks.get(tid)
+        if t is None or t.state == S.RUNNING:
+            return orig(self, tid, force, now, sid)
+        # BUG: a queued task is taken out of the queue without failing its
+        # outputs with TaskCancelledError: a get of it hangs
+        cmds = []
+        for d in sorted(t.missing):
+            cmds += self.node.objects.unwant(d, ("task", tid), now, sid)
+        self._unpin_inputs(t)
+        del self.tasks[tid]
+        self._locating.pop(tid, None)
+        self._remember(tid, "cancelled")
+        return True, cmds
+
+    return _patch(S.LocalScheduler, "cancel", cancel)
+
+
+def _free_before_unpin():
+    from ..core import node as N
+    from ..core.messages import ReleaseObjects
+
+    def _on_release(self, ev, now):
+        cmds = []
+        if ev.free:
+            # BUG: freed before the client's pin is dropped, so ``free``
+            # finds the object pinned and keeps it: a freed put stays for good
+            for oid in ev.object_ids:
+                cmds += self.objects.free(oid, now, ev.stimulus_id)
+        for oid in ev.object_ids:
+            self.objects.store.unpin(oid, ("client", ev.client))
+        return cmds
+
+    return _handler(N, ReleaseObjects, _on_release)
+
+
+def _job_end_kills_alive_actors_only():
+    def on_job_finished(self, job_id, now, sid):
+        cmds = []
+        for aid, e in sorted(self.actors.items()):
+            # BUG: ``is ALIVE`` for ``is not DEAD``: an actor of the job still
+            # being created (or restarting) outlives its job
+            if e.creation.job_id == job_id and e.state is A.ActorState.ALIVE and not e.spec.detached:
+                cmds += self.kill(aid, True, now, sid, why=f"its job {job_id} ended (its driver exited)", graceful=True)
+        return cmds
+
+    return _patch(A.ActorManager, "on_job_finished", on_job_finished)
+
+
+def _restart_drops_name():
+    orig = A.ActorManager._restart_or_die
+
+    def _restart_or_die(self, e, cause, now, sid):
+        cmds = orig(self, e, cause, now, sid)
+        new = self.actors.get(e.spec.actor_id)
+        if e.spec.name and new is not None and new.state is A.ActorState.RESTARTING:
+            # BUG: the name is released on a restart as on a death: the
+            # restarted actor can no longer be found by name
+            cmds += self.head.gcs.write(A.UnregisterName(e.spec.namespace, e.spec.name, e.spec.actor_id), None, now, sid)
+        return cmds
+
+    return _patch(A.ActorManager, "_restart_or_die", _restart_or_die)
+
+
 BUGS: tuple[Bug, ...] = (
     Bug("no-release-on-crash", "a crashed worker's resources are not released", _no_release_on_crash, seed=5),
     Bug("retry-budget-off-by-one", "one retry fewer than max_retries", _retry_budget_off_by_one, seed=24),
@@ -472,21 +575,21 @@ BUGS: tuple[Bug, ...] = (
     Bug("head-acks-early", "the chain head acknowledges a write before the tail has it", _head_acks_before_tail, seed=4),
     Bug("actor-order-after-restart", "a restarted actor orders a caller's calls from whichever arrives first", _actor_ignores_floor_after_restart, seed=16),
     Bug("gcs-no-dedup", "the GCS applies a retried write again", _gcs_no_dedup, seed=0),
-    Bug("dead-node-tasks-lost", "tasks pending on a dead node are not re-submitted", _dead_node_tasks_not_resubmitted, seed=4),
+    Bug("dead-node-tasks-lost", "tasks pending on a dead node are not re-submitted", _dead_node_tasks_not_resubmitted, seed=5),
     Bug("blocked-worker-keeps-cpu", "a worker blocked in get does not lend its CPU", _blocked_worker_keeps_cpu, seed=0),
     Bug("actor-restarts-uncounted", "actor restarts are not counted against max_restarts", _actor_restarts_not_counted, seed=29),
-    Bug("successor-never-resyncs", "a replica ignores its new successor's sync request", _successor_resync_ignored, seed=4),
+    Bug("successor-never-resyncs", "a replica ignores its new successor's sync request", _successor_resync_ignored, seed=8),
     Bug("inputs-not-pinned", "task inputs are not pinned while the task waits or runs", _task_inputs_not_pinned, seed=64),
     Bug("finish-undone", "a late AddTask reopens a finished task", _finish_can_be_undone, seed=2),
-    Bug("gpu-fraction-overcommit", "a fractional GPU request is put on GPU 0 even when it is full", _gpu_fraction_overcommit, seed=6),
+    Bug("gpu-fraction-overcommit", "a fractional GPU request is put on GPU 0 even when it is full", _gpu_fraction_overcommit, seed=16),
     Bug("gpus-kept-by-crashed-worker", "a crashed worker's GPU instances are not given back", _gpus_kept_by_crashed_worker, seed=87),
     Bug("replay-newest-first", "a restarted replay actor replays its logged calls newest first", _replay_newest_first, seed=6),
     Bug("replayed-call-runs-again", "a call replayed on restart runs again when its caller re-sends it", _replayed_call_runs_again, seed=6),
     Bug("watch-ignores-need", "a node holds a watch's reports until every object is ready, even when the "
         "wait needs fewer (it times out told of nothing)", _watch_ignores_need, seed=0),
     Bug("pause-kills-cluster", "the head judges liveness by its own clock: after a pause of the head, it declares "
-        "every node dead before reading their queued heartbeats", _pause_kills_cluster, seed=20),
-    Bug("fetching-waiter-told-early", "a wait that fetches is told an object is ready when its location is known, before the bytes arrive", _fetching_waiters_told_located, seed=64),
+        "every node dead before reading their queued heartbeats", _pause_kills_cluster, seed=165),
+    Bug("fetching-waiter-told-early", "a wait that fetches is told an object is ready when its location is known, before the bytes arrive", _fetching_waiters_told_located, seed=200),
     Bug("bundle-index-ignored", "a task bound to one bundle of a placement group asks for any bundle of it, so it "
         "may run on another bundle's node", _bundle_index_ignored, seed=7),
     # draws-faults
@@ -503,6 +606,19 @@ BUGS: tuple[Bug, ...] = (
         "before it: a heartbeat storm around the pause makes them add up to the timeout", _head_pause_no_fresh_grace, seed=102),
     Bug("joiner-counted-caught-up", "the chain master counts a replica appended to its chain as caught up at once: "
         "it cuts a silent member that alone holds every acknowledged write", _joiner_counted_caught_up, seed=4),
+    # draws-surface (issue 14): each first caught by a draw of surface the swarm did not use before
+    Bug("error-in-first-return-only", "a failed task's error is materialised in its first return only: a waiter on "
+        "the node on another of its num_returns waits for good", _error_in_first_return_only, seed=2),
+    Bug("exception-retries-one-too-many", "a task that raises with retry_exceptions is retried max_retries + 1 times",
+        _exception_retries_one_too_many, seed=6),
+    Bug("cancel-drops-queued-task", "cancel takes a queued task out of the queue without failing its outputs: its "
+        "get hangs", _cancel_drops_queued_task, seed=0),
+    Bug("free-before-unpin", "a freed put is freed before its driver's pin is dropped, so it is never deleted",
+        _free_before_unpin, seed=5),
+    Bug("job-end-spares-pending-actors", "when a job ends only its ALIVE actors are killed: one still being created "
+        "outlives its job", _job_end_kills_alive_actors_only, seed=2),
+    Bug("restart-drops-name", "a named actor's name is released when it restarts, as when it dies",
+        _restart_drops_name, seed=6),
 )
 
 # Changes that look like bugs but that the rest of the design makes harmless,
@@ -599,6 +715,66 @@ def _scan_ignores_queued_writes():
     u2 = _patch(L.Recovery, "scan_if_settled", scan_if_settled)
     return lambda: (u2(), u1())
 
+# -- draws-surface (issue 14): what its new draws found in core/, as it was
+
+
+def _outputs_announced_one_by_one():
+    from ..core import node as N
+
+    def store_outputs(self, spec, outputs, attempt, now, sid, token=None):
+        cmds, admitted = [], []
+        for oid, size in outputs:
+            # (before the fix: each output announced as it is admitted)
+            adm, c = self.objects.add_local(oid, size, now, sid, record=False)
+            if not adm.ok:
+                for a in admitted:
+                    self.objects.store.remove(a)
+                    cmds.append(N.Evict(object_id=a, stimulus_id=sid))
+                cmds.append(N.Evict(object_id=oid, stimulus_id=sid))
+                return cmds + self.fail_outputs(spec, adm.error, attempt, now, sid, token)
+            admitted.append(oid)
+            cmds += c
+        return cmds + self.gcs.write(N.FinishTask(spec.task_id, self.node_id, outputs, None, attempt, spec.actor_id,
+                                                  spec.job_id), token, now, sid)
+
+    return _patch(N.NodeMachine, "store_outputs", store_outputs)
+
+
+def _actor_call_outputs_outlive_job():
+    orig = T._APPLY[T.FinishTask]
+
+    def _finish_task(t, op):
+        out = orig(t, op)
+        for oid, _ in op.outputs:  # (before the fix: a call's outputs were not tied to their job)
+            t.data["actor_outputs"].pop(oid, None)
+        return out
+
+    return _patch(T, "_APPLY", {**T._APPLY, T.FinishTask: _finish_task})
+
+
+def _late_put_row_outlives_job():
+    orig = T._APPLY[T.AddLocation]
+
+    def _add_location(t, op):
+        return orig(t, replace(op, job_id=None))  # (before the fix: a put's job was not checked)
+
+    return _patch(T, "_APPLY", {**T._APPLY, T.AddLocation: _add_location})
+
+
+def _late_actor_outlives_job():
+    from ..core.messages import GcsNotify
+
+    orig = H._HANDLERS[GcsNotify]
+
+    def _on_notify(self, ev, now):
+        if ev.table == "actors":  # (before the fix: an actor whose job ended is only recorded)
+            if self.gcs.fresh(ev):
+                self.actors.on_entry(ev.key, ev.value)
+            return []
+        return orig(self, ev, now)
+
+    return _handler(H, GcsNotify, _on_notify)
+
 
 # Bugs the swarm found in penumbra's own core/, planted back as they were
 # before the fix: each must still fail at the seed that found it (outside the
@@ -606,7 +782,7 @@ def _scan_ignores_queued_writes():
 REGRESSIONS: tuple[Bug, ...] = (
     Bug("release-past-a-gap", "a replay actor releases a logged call's result while an earlier call's log "
         "append is still being retried: a restart replays the log only up to that gap", _release_past_a_gap,
-        seed=2387),
+        seed=3504),
     Bug("unschedulable-actor-kill-typo", "a placement group removed while an actor creation waits for it: the head "
         "kills the actor with a keyword ActorManager.kill does not take, and raises", _unschedulable_kill_bad_keyword,
         seed=659),
@@ -616,6 +792,16 @@ REGRESSIONS: tuple[Bug, ...] = (
     Bug("scan-ignores-queued-writes", "the head scans a dead node's tasks once the writes it sent before have landed, "
         "but not those still queued behind an earlier write of their key: a task re-placed there a moment before "
         "(its AddTask behind its RetryTask) is orphaned", _scan_ignores_queued_writes, seed=738),
+    # found by draws-surface's draws (within the default seeds, as they were drawn then)
+    Bug("outputs-announced-one-by-one", "a task's first return is announced ready before its second is admitted; "
+        "when that does not fit, the task fails and a consumer reads the first's error as a value",
+        _outputs_announced_one_by_one, seed=194),
+    Bug("actor-call-outputs-outlive-job", "ForgetJob drops the job's task outputs but not its actor method calls' "
+        "outputs (calls have no task row): their GCS rows stay for good", _actor_call_outputs_outlive_job, seed=11),
+    Bug("late-put-row-outlives-job", "a put's AddLocation landing after its job's rows were forgotten brings the "
+        "row back, for good", _late_put_row_outlives_job, seed=43),
+    Bug("late-actor-outlives-job", "an actor whose row reaches the head after its job ended stays PENDING for "
+        "good", _late_actor_outlives_job, seed=21),
 )
 
 

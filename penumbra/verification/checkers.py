@@ -34,7 +34,13 @@ Each checker returns a list of ``Violation``s (empty: the run is good).
     removed, no node holds anything of it (its reservation is freed);
 ``check_bundles_held_once``
     after the liveness phase, each bundle of a live group is committed on
-    exactly one live node, the one the head placed it on.
+    exactly one live node, the one the head placed it on;
+``check_returns`` / ``check_flaky`` / ``check_freed`` / ``check_job_ended`` / ``check_names``
+    (draws-surface) a multi-return task's returns fit each other; a task
+    raising with ``retry_exceptions`` ends with a value exactly when its
+    budget covers it; freed puts are gone, released ones unpinned; a job
+    whose driver exited left nothing running, alive, pinned or in the GCS;
+    a named actor holds its name while alive and gives it up when killed.
 """
 
 from __future__ import annotations
@@ -42,11 +48,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..core.records import ErrorKind, TaskState
+from ..core.records import ActorState, ErrorKind, TaskState
 
 __all__ = ["Violation", "GcsLedger", "check_results", "check_liveness", "check_resources",
            "check_no_rescues", "pending_task_rows", "check_actor_order", "check_gcs", "WaitOutcome", "check_waits",
-           "PlacementLog", "check_placement", "check_bundles_held_once"]
+           "PlacementLog", "check_placement", "check_bundles_held_once", "check_returns", "check_flaky", "check_freed",
+           "check_job_ended", "check_names"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +86,9 @@ def check_results(reference: dict[str, tuple], actual: dict[str, tuple], taints:
     ``"store"`` (the object store is small
     enough that whether it is full at a given moment depends on timing),
     ``"cancel"`` (its caller cancelled it, or an input of it:
-    ``TASK_CANCELLED``, or its value if it ended first).
+    ``TASK_CANCELLED``, or its value if it ended first), ``"flaky"`` (a
+    task that raises on its first attempts, with ``retry_exceptions``, whose
+    budget faults may have spent: its own ``TASK_ERROR``).
     """
     out = []
     for key, ref in sorted(reference.items()):
@@ -113,6 +122,8 @@ def check_results(reference: dict[str, tuple], actual: dict[str, tuple], taints:
                 continue
             if kind is ErrorKind.OBJECT_LOST and "lost" in t:
                 continue
+            if kind is ErrorKind.TASK_ERROR and "flaky" in t:
+                continue  # faults spent its retry budget: it ends with its own early-attempt error
             out.append(Violation("results", f"{key}: expected {_fmt(ref)}, got the error {_fmt(got)} "
                                             f"(allowed deviations for it: {sorted(t) or 'none'})", key))
             continue
@@ -392,4 +403,146 @@ def check_bundles_held_once(cluster, pgs: list[str]) -> list[Violation]:
                 # the head places its bundles again once it declares it dead)
                 out.append(Violation("placement", f"bundle {i} of created placement group {pg} is held by {held}, "
                                                   f"the head says {node}"))
+    return out
+
+
+# -- draws-surface (issue 14): num_returns, retry_exceptions, freed puts, jobs that end ----------
+
+
+def check_returns(groups: list[list[str]], results: dict[str, tuple], derive) -> list[Violation]:
+    """``groups``: the item keys of each multi-return task's returns, in
+    order.  The workload makes return ``i`` hold ``derive(first, i)``, so
+    whatever the run did, return ``i`` holds that when both hold values;
+    and a task ends once for all its returns: one holding a value and
+    another an error of the task itself (not a lost or evicted copy) is
+    wrong."""
+    out = []
+    for keys in groups:
+        first = results.get(keys[0])
+        if first is None:
+            continue
+        for i, k in enumerate(keys[1:], 1):
+            got = results.get(k)
+            if got is None:
+                continue
+            if first[0] == "v" and got[0] == "v":
+                if got[1] != derive(first[1], i):
+                    out.append(Violation("returns", f"{k}: return {i} of {keys[0]} holds {_fmt(got)}, not the value "
+                                                    f"return {i} of a task whose first return is {_fmt(first)}", k))
+            elif (first[0] == "v") != (got[0] == "v"):
+                err = first if first[0] == "e" else got
+                if err[1] not in (ErrorKind.OBJECT_LOST, ErrorKind.OBJECT_STORE_FULL):
+                    out.append(Violation("returns", f"{keys[0]}: return 0 holds {_fmt(first)} but return {i} holds "
+                                                    f"{_fmt(got)}: one task, two outcomes", k))
+    return out
+
+
+def check_flaky(items: list[tuple[str, int, int]], results: dict[str, tuple],
+                taints: dict[str, set[str]] | None) -> list[Violation]:
+    """``items``: ``(key, flaky, max_retries)`` of each task that raises on
+    its first ``flaky`` attempts, with ``retry_exceptions``.  It must end
+    with a value exactly when its budget covers them: never a value when it
+    does not (retried beyond ``max_retries``), never its early error when it
+    does, unless faults may have spent the budget (``taints``: the faulty
+    run's; None for the fault-free run)."""
+    out = []
+    for key, flaky, retries in items:
+        got = results.get(key)
+        if got is None:
+            continue
+        enough = retries < 0 or flaky <= retries
+        if got[0] == "v" and not enough:
+            out.append(Violation("retries", f"{key} raises on its first {flaky} attempts and has max_retries="
+                                            f"{retries}, yet it ended with a value: it ran more often than its budget", key))
+        elif (enough and got[0] == "e" and got[1] is ErrorKind.TASK_ERROR and got[2].startswith(f"{key} raised on an early")
+              and "flaky" not in (taints or {}).get(key, ())):
+            out.append(Violation("retries", f"{key} raises on its first {flaky} attempts and has max_retries={retries} "
+                                            f"with retry_exceptions, yet it ended with its error: it was not retried", key))
+    return out
+
+
+def check_freed(cluster, node: str, freed: list, released: list, client: str) -> list[Violation]:
+    """On the quiet cluster: each put the driver freed (no ref ever left it)
+    is gone from ``node``'s store and its GCS row is forgotten; each put it
+    released (passed to tasks first) is no longer pinned by it."""
+    out = []
+    n = cluster.nodes.get(node)
+    m = n.machine if n is not None and n.alive else None
+    if m is None:
+        return out
+    objects = m.objects.store.objects
+    for oid in freed:
+        if oid in objects or oid in n.store:
+            out.append(Violation("freed", f"{node} still holds put {oid.short()} after the driver freed it (no ref to it "
+                                          f"ever left the driver)"))
+        if cluster.gcs_row("objects", oid) is not None:
+            out.append(Violation("freed", f"the GCS still has a row for put {oid.short()} after the driver freed it"))
+    for oid in released:
+        o = objects.get(oid)
+        if o is not None and ("client", client) in o.pins:
+            out.append(Violation("freed", f"{node} still pins put {oid.short()} for {client}, which released it"))
+    return out
+
+
+def check_job_ended(cluster, job_id: int, key: str, task_ids: list, object_ids: list, actor_id) -> list[Violation]:
+    """A job whose driver exited (on the quiet cluster): the head knows it
+    ended, no live node queues or runs its tasks or hosts its actor, its
+    actor is dead in the GCS, its task and object rows are forgotten and no
+    live node's store pins its objects."""
+    out = []
+    what = f"job {job_id} ({key}, its driver exited)"
+    head = cluster.head
+    if job_id not in head.ended_jobs:
+        out.append(Violation("job-end", f"{what}: the head never learned that it ended"))
+        return out
+    tids, oids = set(task_ids), set(object_ids)
+    for addr in cluster.alive_nodes():
+        m = cluster.node(addr).machine
+        if m is None or m.fenced or addr in head.dead_nodes:
+            continue
+        left = [t.spec.display_name() for t in m.scheduler.tasks.values() if t.spec.job_id == job_id]
+        if left:
+            out.append(Violation("job-end", f"{what}: {addr} still queues or runs its tasks {left[:5]}"))
+        if actor_id is not None and actor_id in m.host.actors:
+            out.append(Violation("job-end", f"{what}: {addr} still hosts its actor {actor_id.short()}"))
+        # (an unpinned copy is only cache, evicted when room is needed: a
+        # task that ended as the job ended keeps its output there, with no
+        # GCS row, until then; a pinned one would stay for good)
+        store = m.objects.store.objects
+        kept = [o.short() for o in oids if o in store and store[o].pins]
+        if kept:
+            out.append(Violation("job-end", f"{what}: {addr}'s store still pins its objects {sorted(kept)[:5]}"))
+    if actor_id is not None:
+        row = cluster.gcs_row("actors", actor_id)
+        if row is not None and row.state is not ActorState.DEAD:
+            out.append(Violation("job-end", f"{what}: its actor {actor_id.short()} is {row.state.value} in the GCS"))
+    rows = [t.short() for t in tids if cluster.gcs_row("tasks", t) is not None]
+    if rows:
+        out.append(Violation("job-end", f"{what}: the GCS still has rows of its tasks {sorted(rows)[:5]}"))
+    rows = [o.short() for o in oids if cluster.gcs_row("objects", o) is not None]
+    if rows:
+        out.append(Violation("job-end", f"{what}: the GCS still has rows of its objects {sorted(rows)[:5]}"))
+    return out
+
+
+def check_names(named: list, names: dict, cluster, lookups: list) -> list[Violation]:
+    """Named actors.  ``named``: ``(key, name, actor_id)``; ``names``: key ->
+    (the head's state of the actor, the name's row) at the end of the
+    liveness phase: an actor the head does not have dead holds its name.
+    On the quiet cluster (every actor killed): no name is left.
+    ``lookups``: the fault-free run's get-by-name of actors never killed
+    (``found``): each found its actor."""
+    out = []
+    for key, name, aid in named:
+        state, row = names.get(key, (None, None))
+        if state is not None and state is not ActorState.DEAD and row != aid:
+            out.append(Violation("names", f"actor {key} is {state.value} but its name {name!r} is "
+                                          f"{'gone' if row is None else f'held by {row.short()}'}", key))
+        now = cluster.gcs_row("names", ("", name))
+        if now is not None:
+            out.append(Violation("names", f"actor {key} was killed but its name {name!r} is still held by "
+                                          f"{now.short()}", key))
+    for b in lookups:
+        if not b.found:
+            out.append(Violation("names", f"get_actor({b.plan.name!r}) never found actor {b.plan.key}", b.plan.key))
     return out

@@ -54,9 +54,9 @@ from typing import Any, Callable
 from ..core import placement as P
 from ..core.gcs import GcsReplica, GcsTiming
 from ..core.gcs_client import GcsClient
-from ..core.ids import ObjectId, TaskId, child_task_id
+from ..core.ids import ObjectId, TaskId, child_task_id, return_object_id
 from ..core.layout import ClusterLayout, NodeShape
-from ..core.messages import PutFailed
+from ..core.messages import PutFailed, ReleaseObjects
 from ..core.records import ActorState, ErrorKind, PlacementGroupEntry
 from ..core.scheduler import LocalScheduler, SchedulerConfig
 from ..core.specs import ResourceSet
@@ -66,9 +66,10 @@ from ..api.runtime import Runtime
 from ..sim.costs import PAPER
 from ..sim.trace import Trace
 from . import checkers as C
-from .workload import (CUSTOM, GPUS_PER_NODE, LARGE_SIZES, SLOT, SLOTS_PER_NODE, STORE_SIZES, VActor, VerifyExecutor,
-                       Workload, add_burst, add_callers, add_cancels, add_fractional_gpus, add_gpus, add_grandchildren,
-                       add_groups, add_remote_puts, add_waits, digest, generate)
+from .workload import (CUSTOM, GPUS_PER_NODE, LARGE_SIZES, SLOT, SLOTS_PER_NODE, STORE_SIZES, VActor, VCall,
+                       VerifyExecutor, Workload, add_actor_kinds, add_burst, add_callers, add_cancels, add_flaky,
+                       add_fractional_gpus, add_frees, add_gpus, add_grandchildren, add_groups, add_jobs,
+                       add_multi_returns, add_remote_puts, add_task_cancels, add_waits, digest, generate)
 
 __all__ = ["SeedPlan", "FaultPlan", "RunResult", "SeedReport", "plan_seed", "run_plan", "check_seed", "check_plan",
            "run_swarm", "run_swarm_cli", "story", "shrink"]
@@ -265,6 +266,12 @@ def plan_seed(seed: int) -> SeedPlan:
                                faults.first_failures(), 1.0)
     layout, workload = _draw_spillback(layout, workload, random.Random(f"penumbra-swarm-spillback-{seed}"), horizon,
                                        faults.first_failures())
+    workload = add_multi_returns(workload, random.Random(f"penumbra-swarm-returns-{seed}"))
+    workload = add_flaky(workload, random.Random(f"penumbra-swarm-flaky-{seed}"))
+    workload = add_task_cancels(workload, random.Random(f"penumbra-swarm-task-cancels-{seed}"))
+    workload = add_frees(workload, random.Random(f"penumbra-swarm-frees-{seed}"))
+    workload = add_jobs(workload, random.Random(f"penumbra-swarm-jobs-{seed}"), horizon)
+    workload = add_actor_kinds(workload, random.Random(f"penumbra-swarm-actor-kinds-{seed}"))
     return SeedPlan(seed, layout, workload, faults, horizon)
 
 
@@ -622,8 +629,10 @@ def _taints(plan: SeedPlan, faulty: bool, executions: dict, keys: dict, disturbe
     for t in w.tasks:
         ran = executions.get(keys[t.key].task_id, 0) if t.key in keys else 0
         own = {"retry"} if faulty and t.max_retries >= 0 and ran >= t.max_retries + 1 else set()
-        taints[t.key] = own
-        deps[t.key] = t.deps
+        own |= {"cancel"} if t.cancel_at is not None else set()  # cancelled: TASK_CANCELLED, or its value
+        own |= {"flaky"} if t.model.flaky and "retry" in own else set()  # its budget spent: its own error
+        for k in t.return_keys():
+            taints[k], deps[k] = set(own), t.deps
     # a node's store dies with the node (crash, or fenced after a cut)
     loses_nodes = faulty and bool(plan.faults.first_failures())
     for a in w.actors:
@@ -658,6 +667,11 @@ def _taints(plan: SeedPlan, faulty: bool, executions: dict, keys: dict, disturbe
                     own.add("actor")
             taints[c.key] = own
             deps[c.key] = c.deps
+    # a put the driver released after passing it to tasks is unpinned: it
+    # may be evicted (no lineage) before a consumer on another node fetches it
+    for p in w.puts:
+        if p.free_at is not None and any(p.key in ds for ds in deps.values()):
+            taints[p.key].add("lost")
     # a small store fills up, and when depends on timing
     store = min(s.object_store_memory for s in plan.layout.nodes)
     biggest = max([t.model.size for t in w.tasks] + [p.size for p in w.puts] + [1])
@@ -773,6 +787,7 @@ def run_plan(plan: SeedPlan, *, faults: bool = True, validate: bool = True, max_
             w = plan.workload
             actors: dict[str, Any] = {}
             calls_made: dict[str, tuple] = {}  # call key -> (its driver, its spec)
+            by_name: dict[str, Any] = {}  # actor key -> the second driver's get-by-name of it
             events: list[tuple[float, int, Callable]] = []
             idx = 0
             putters = {0: d}
@@ -819,9 +834,12 @@ def run_plan(plan: SeedPlan, *, faults: bool = True, validate: bool = True, max_
                         resources = P.bundle_request(resources, pg, index)
                         kw["scheduling"] = P.InGroup(pg, index)
                     spec = sd.spec(t.model, deps=[keys[k] for k in t.deps], resources=resources, name=t.key,
-                                   max_retries=t.max_retries, **kw)
+                                   max_retries=t.max_retries, num_returns=t.num_returns,
+                                   retry_exceptions=bool(t.model.flaky), **kw)
                     sd.submit(spec)
-                    watch(t.key, spec.return_ids[0])
+                    for k, oid in zip(t.return_keys(), spec.return_ids):
+                        watch(k, oid)
+                    task_specs[t.key] = spec
                 events.append((t.at, idx, submit_task))
                 idx += 1
             for a in w.actors:
@@ -834,7 +852,8 @@ def run_plan(plan: SeedPlan, *, faults: bool = True, validate: bool = True, max_
                     actors[a.key] = d.create_actor(VActor(a.key), cls=f"A{a.key}", max_restarts=a.max_restarts,
                                                    max_task_retries=a.max_task_retries, replay=a.replay,
                                                    checkpoint_interval=a.checkpoint_interval,
-                                                   resources=life, placement=placement)
+                                                   resources=life, placement=placement, name=a.name,
+                                                   max_concurrency=a.max_concurrency, is_async=a.is_async)
                 events.append((a.at, idx, create))
                 idx += 1
                 for c in a.calls:
@@ -845,7 +864,11 @@ def run_plan(plan: SeedPlan, *, faults: bool = True, validate: bool = True, max_
                             h = handles.get((a.key, c.caller))
                             if h is None:
                                 h = handles[(a.key, c.caller)] = SimActor(d1, first.spec, first.creation)
-                        spec = h.call(c.model, method="m", deps=[keys[k] for k in c.deps])
+                                if a.name:  # (its calls go once the driver has it by name)
+                                    by_name[a.key] = _ByName(d1, a, first.actor_id, res.violations)
+                        spec = h.call(c.model, method="m", deps=[keys[k] for k in c.deps], submit=not by_name.get(a.key))
+                        if by_name.get(a.key):
+                            by_name[a.key].submit(spec)
                         watch(c.key, spec.return_ids[0])
                         calls_made[c.key] = (h.driver, spec)
                     events.append((c.at, idx, call))
@@ -860,6 +883,8 @@ def run_plan(plan: SeedPlan, *, faults: bool = True, validate: bool = True, max_
                 if a.kill_at is not None:
                     events.append((a.kill_at, idx, lambda a=a: actors[a.key].kill(no_restart=True)))
                     idx += 1
+            task_specs: dict[str, Any] = {}  # task key -> its spec
+            idx, surface = _surface_events(w, cluster, d, keys, ready, task_specs, events, idx)
             for wp in w.waits:
                 events.append((wp.at, idx, lambda wp=wp: _start_wait(wp, d, keys, res.waits, sealed, base,
                                                                      not faults)))
@@ -899,6 +924,7 @@ def run_plan(plan: SeedPlan, *, faults: bool = True, validate: bool = True, max_
             res.waits = {k: dataclasses.replace(o, ready=list(o.ready)) for k, o in res.waits.items()}
             if w.groups:
                 res.violations += C.check_bundles_held_once(cluster, [g.pg_id for g in w.groups])
+            names = _names_now(w, cluster, actors)
             # quiesce: kill the actors, let everything settle
             for h in actors.values():
                 h.kill(no_restart=True)
@@ -924,6 +950,10 @@ def run_plan(plan: SeedPlan, *, faults: bool = True, validate: bool = True, max_
                 rep = cluster.replica(tail) if tail else None
                 tails[shard] = rep
             res.violations += C.check_gcs(ledger, tails)
+            res.violations += _surface_checks(w, cluster, executor, res, surface, faults)
+            res.violations += C.check_names([(a.key, a.name, actors[a.key].actor_id) for a in w.actors
+                                             if a.name and a.key in actors], names, cluster,
+                                            [b for b in by_name.values() if not faults and not b.plan.kill_at])
             if not faults:
                 res.violations += C.check_no_rescues(cluster)
         except Exception as e:  # validate() broke, or a machine raised
@@ -1391,3 +1421,150 @@ def run_swarm_cli(args) -> int:
             print(f"   {v}")
         print(f"   replay: penumbra verify --seed {r.seed}{plant}")
     return 0 if not bad else 1
+
+
+# -- surface the swarm did not use before (issue 14: draws-surface) ----------------
+# num_returns > 1, retry_exceptions, cancel of plain tasks, freed puts, and
+# drivers (jobs) that exit: what run_plan schedules and checks for them.
+
+
+@dataclass
+class _Surface:
+    freed: list[ObjectId] = field(default_factory=list)  # private puts freed (free=True)
+    released: list[ObjectId] = field(default_factory=list)  # puts passed to tasks, then released
+    jobs: list[tuple[Any, dict]] = field(default_factory=list)  # (JobPlan, what its driver made)
+    driver: str = ""  # the main driver's address
+
+
+def _surface_events(w: Workload, cluster: SimCluster, d, keys: dict, ready: dict, task_specs: dict,
+                    events: list, idx: int) -> tuple[int, _Surface]:
+    """Queue the cancels of plain tasks, the frees of puts and the other
+    jobs' drivers on ``events``; returns the next index and what to check."""
+    out = _Surface(driver=d.address)
+    for t in w.tasks:
+        if t.cancel_at is not None:
+            def cancel(t=t):
+                spec = task_specs.get(t.key)
+                if spec is not None:
+                    d.cancel(spec, force=t.force_cancel)
+            events.append((t.cancel_at, idx, cancel))
+            idx += 1
+    shared = {k for t in w.tasks for k in t.deps} | {k for a in w.actors for c in a.calls for k in c.deps}
+    for p in w.puts:
+        if p.free_at is None:
+            continue
+
+        def free(p=p):
+            oid, got = keys.get(p.key), ready.get(p.key)
+            if oid is None:
+                return
+            if got is None:  # not back yet (a full store, a paused driver): a program frees after its get
+                d.call_after(0.02, free, p)
+                return
+            if got[0] != "v":
+                return  # (the put failed for good: nothing to free)
+            private = p.key not in shared
+            (out.freed if private else out.released).append(oid)
+            d._send_msg(ReleaseObjects(client=d.address, object_ids=(oid,), free=private))
+        events.append((p.free_at, idx, free))
+        idx += 1
+    for j in w.jobs:
+        made: dict[str, Any] = {"driver": None, "tasks": [], "objects": [], "actor": None}
+
+        def start(j=j, made=made):
+            jd = made["driver"] = cluster.driver("node:0")
+            pid = jd.put(j.put_size, digest("put", j.key))
+            made["objects"].append(pid)
+            for i, m in enumerate(j.tasks):
+                spec = jd.spec(m, deps=[pid] if i == 0 else [], resources=ResourceSet.of(CPU=0.5), name=m.key,
+                               max_retries=-1)
+                jd.submit(spec)
+                made["tasks"] += _tree(spec.task_id, m)
+            if j.calls:
+                h = jd.create_actor(VActor(j.key), cls=f"A{j.key}")
+                made["actor"] = h.actor_id
+                made["tasks"].append(h.creation.task_id)
+                for c in range(j.calls):
+                    made["tasks"].append(h.call(VCall(f"{j.key}.c{c}", duration=0.02)).task_id)
+
+        def close(made=made):
+            if made["driver"] is not None:
+                made["driver"].close()
+        events += [(j.at, idx, start), (j.close_at, idx + 1, close)]
+        idx += 2
+        out.jobs.append((j, made))
+    return idx, out
+
+
+def _surface_checks(w: Workload, cluster: SimCluster, executor: VerifyExecutor, res: RunResult, s: _Surface,
+                    faults: bool) -> list[C.Violation]:
+    """The checks of the surface ``_surface_events`` drives, on the quiet cluster."""
+    out = C.check_returns([t.return_keys() for t in w.tasks if t.num_returns > 1], res.results, digest)
+    out += C.check_flaky([(t.key, t.model.flaky, t.max_retries) for t in w.tasks if t.model.flaky], res.results,
+                         res.taints if faults else None)
+    if s.freed or s.released:
+        out += C.check_freed(cluster, "node:0", s.freed, s.released, s.driver)
+    for j, made in s.jobs:
+        jd = made["driver"]
+        if jd is not None:
+            oids = made["objects"] + [return_object_id(tid, 1) for tid in made["tasks"]]
+            out += C.check_job_ended(cluster, jd.job_id, j.key, made["tasks"], oids, made["actor"])
+    return out
+
+
+class _ByName:
+    """The second driver's ``get_actor(name)``: it reads the name's row, then
+    submits the calls it made meanwhile (in order).  A name not there yet
+    (the creation is on its way) is read again; after ``GIVE_UP`` virtual
+    seconds (the actor died: Ray raises) it goes on with the handle it has."""
+
+    GIVE_UP = 1.0
+
+    def __init__(self, d, plan, actor_id, violations: list) -> None:
+        self.d, self.plan, self.actor_id, self.violations = d, plan, actor_id, violations
+        self.pending: list = []
+        self.resolved = False
+        self.found = False
+        self.give_up_at = d.now + self.GIVE_UP
+        self.lookup()
+
+    def __bool__(self) -> bool:
+        return not self.resolved
+
+    def lookup(self) -> None:
+        from ..core.tables import Get
+        self.d.gcs(Get("names", ("", self.plan.name)), self._got)
+
+    def _got(self, aid) -> None:
+        if self.resolved:
+            return
+        if aid is None and self.d.now < self.give_up_at:
+            self.d.call_after(0.02, self.lookup)
+            return
+        if aid is not None and aid != self.actor_id:
+            self.violations.append(C.Violation("names", f"get_actor({self.plan.name!r}) gave actor {aid.short()}, "
+                                                        f"not {self.plan.key}'s {self.actor_id.short()}", self.plan.key))
+        self.found = aid is not None
+        self.resolved = True
+        for spec in self.pending:
+            self.d.submit(spec)
+        self.pending.clear()
+
+    def submit(self, spec) -> None:
+        if self.resolved:
+            self.d.submit(spec)
+        else:
+            self.pending.append(spec)
+
+
+def _names_now(w: Workload, cluster: SimCluster, actors: dict) -> dict:
+    """Named actor key -> (its state as the head has it, the name's row),
+    now.  (The head's view: only the head's ``_die`` unregisters a name, so
+    while the head has the actor not dead, its name must be there.)"""
+    out = {}
+    for a in w.actors:
+        h = actors.get(a.key)
+        if a.name and h is not None:
+            e = cluster.head.actors.actors.get(h.actor_id)
+            out[a.key] = (e.state if e is not None else None, cluster.gcs_row("names", ("", a.name)))
+    return out

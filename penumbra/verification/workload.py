@@ -4,6 +4,10 @@ A ``Workload`` is drawn from a seed: puts, a dynamic task graph (tasks whose
 inputs are earlier outputs or puts, some submitting nested child tasks and
 waiting for them, some raising), and actors with ordered method calls (some
 restartable, some with paper-style replay and checkpoints, some killed).
+Drawn on top, each from its own generator: tasks with several returns,
+tasks that raise on their first attempts (``retry_exceptions``), cancelled
+tasks, freed puts, a second job whose driver exits, threaded, async and
+named actors (see ``add_multi_returns`` ... ``add_actor_kinds``).
 Everything it computes is a deterministic function of its inputs, so a
 fault-free *reference run* tells what every object must hold; a run with
 faults must produce the same values, or an error the semantics allow.
@@ -42,7 +46,10 @@ from ..core.specs import FunctionDescriptor, Payload, ResourceSet, TaskSpec
 from ..sim.cluster import Executor, Outcome
 
 __all__ = ["VTask", "VChild", "VActor", "VCall", "TaskPlan", "ActorPlan", "CallPlan", "PutPlan", "WaitPlan",
-           "Workload", "GroupPlan", "SLOT", "SLOTS_PER_NODE", "add_groups", "CUSTOM", "GPUS_PER_NODE", "STORE_SIZES", "LARGE_SIZES", "generate", "add_gpus", "add_fractional_gpus", "add_burst", "add_callers", "add_grandchildren", "add_remote_puts", "add_waits", "VerifyExecutor", "digest"]
+           "Workload", "GroupPlan", "JobPlan", "add_multi_returns", "add_flaky", "add_task_cancels", "add_frees",
+           "add_jobs", "add_actor_kinds", "SLOT", "SLOTS_PER_NODE", "add_groups", "CUSTOM", "GPUS_PER_NODE",
+           "STORE_SIZES", "LARGE_SIZES", "generate", "add_gpus", "add_fractional_gpus", "add_burst", "add_callers",
+           "add_grandchildren", "add_remote_puts", "add_waits", "VerifyExecutor", "digest"]
 
 
 def digest(*parts: Any) -> int:
@@ -76,6 +83,9 @@ class VTask:
     duration: float = 0.001
     raises: bool = False
     children: tuple[VChild, ...] = ()
+    # raises (a TASK_ERROR) on its attempts below this one: with
+    # retry_exceptions it is retried (``add_flaky``)
+    flaky: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +110,7 @@ class PutPlan:
     at: float
     node: int = 0  # index of the node whose driver puts it (0: the main driver's)
     get_at: float | None = None  # when the main driver first asks for it (None: at once)
+    free_at: float | None = None  # the driver drops its last ref then (``add_frees``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +123,13 @@ class TaskPlan:
     at: float
     group: tuple[str, int] | None = None  # (placement group key, bundle index; -1: any)
     node: int = 0  # index of the node whose driver submits it (0: the main driver's)
+    num_returns: int = 1  # > 1: its returns 1.. are items "KEY.rI" (``add_multi_returns``)
+    cancel_at: float | None = None  # the driver cancels it then (``add_task_cancels``)
+    force_cancel: bool = False  # ... with force=True (its worker is killed)
+
+    def return_keys(self) -> list[str]:
+        """The item key of each of its returns (the first is the task's own)."""
+        return [self.key] + [f"{self.key}.r{i}" for i in range(1, self.num_returns)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +169,9 @@ class ActorPlan:
     kill_at: float | None = None  # the driver kills it (no restart) then
     gpus: float = 0.0  # GPUs it holds for life (placed with 1 CPU more)
     group: tuple[str, int] | None = None  # lives in this placement group bundle (holding half a SLOT)
+    max_concurrency: int = 1  # > 1: threaded (or async) actor (``add_actor_kinds``)
+    is_async: bool = False
+    name: str | None = None  # a named actor: the second driver gets it by name
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,10 +197,12 @@ class Workload:
     actors: tuple[ActorPlan, ...]
     waits: tuple[WaitPlan, ...] = ()
     groups: tuple[GroupPlan, ...] = ()
+    jobs: tuple["JobPlan", ...] = ()  # other drivers that come and go (``add_jobs``)
 
     def size(self) -> int:
         """Items with a value (the waits are not counted)."""
-        return len(self.puts) + len(self.tasks) + sum(len(a.calls) for a in self.actors)
+        return (len(self.puts) + sum(t.num_returns for t in self.tasks)
+                + sum(len(a.calls) for a in self.actors))
 
     def describe(self) -> str:
         nested = sum(1 for t in self.tasks if t.model.children)
@@ -188,11 +211,22 @@ class Workload:
         groups = "".join(f", group {g.key} ({g.bundles} x {SLOT}, {g.strategy}; {grouped} items in it)" for g in self.groups)
         return (f"{len(self.puts)} puts, {len(self.tasks)} tasks ({nested} nested, {raising} raising), "
                 f"{len(self.actors)} actors with {sum(len(a.calls) for a in self.actors)} calls, "
-                f"{len(self.waits)} waits{groups}")
+                f"{len(self.waits)} waits{groups}{self._surface()}")
+
+    def _surface(self) -> str:
+        """What the draws-surface draws added, if anything."""
+        parts = [(sum(t.num_returns > 1 for t in self.tasks), "multi-return"),
+                 (sum(bool(t.model.flaky) for t in self.tasks), "retry_exceptions"),
+                 (sum(t.cancel_at is not None for t in self.tasks), "cancelled"),
+                 (sum(p.free_at is not None for p in self.puts), "freed puts"),
+                 (len(self.jobs), "jobs that end"),
+                 (sum(a.max_concurrency > 1 for a in self.actors), "concurrent actors"),
+                 (sum(bool(a.name) for a in self.actors), "named actors")]
+        return "".join(f", {n} {what}" for n, what in parts if n)
 
     def submitted_at(self) -> list[tuple[str, float]]:
         """Every item with a value, and when the driver submits it."""
-        out = [(p.key, p.at) for p in self.puts] + [(t.key, t.at) for t in self.tasks]
+        out = [(p.key, p.at) for p in self.puts] + [(k, t.at) for t in self.tasks for k in t.return_keys()]
         out += [(c.key, c.at) for a in self.actors for c in a.calls]
         return out
 
@@ -383,6 +417,137 @@ def add_burst(w: Workload, rng: random.Random, count: int, at: float, max_cpu: f
     return replace(w, tasks=tuple(tasks))
 
 
+# -- surface the swarm did not use before (issue 14: draws-surface) --------------------
+
+
+@dataclass(frozen=True, slots=True)
+class JobPlan:
+    """Another driver program (its own job) on node 0: from ``at`` it puts
+    an object, submits ``tasks`` (the first uses the put) and, with
+    ``calls``, makes an actor and calls it; at ``close_at`` it exits, done
+    or not.  Its job ends: its tasks stop, its actor dies, its objects and
+    rows go (``checkers.check_job_ended``).  Nothing of the main workload
+    uses its objects, and its values are not compared: only what is left."""
+
+    key: str
+    at: float
+    close_at: float
+    tasks: tuple[VTask, ...]
+    put_size: int = 64
+    calls: int = 0  # 0: no actor
+
+
+def add_multi_returns(w: Workload, rng: random.Random) -> Workload:
+    """``num_returns > 1`` on some tasks: each return is its own item
+    ("t3.r1"), watched and checked (``checkers.check_returns``), and some
+    later items take a second return as their input instead of the first."""
+    if rng.random() < 0.4:
+        return w
+    multi: dict[str, list[str]] = {}
+    tasks = []
+    for t in w.tasks:
+        if rng.random() < 0.2:
+            t = replace(t, num_returns=rng.choice((2, 2, 3)))
+            multi[t.key] = t.return_keys()
+        tasks.append(t)
+
+    def rewire(deps: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(rng.choice(multi[d]) if d in multi and rng.random() < 0.6 else d for d in deps)
+
+    tasks = [replace(t, deps=rewire(t.deps)) if t.deps else t for t in tasks]
+    actors = [replace(a, calls=tuple(replace(c, deps=rewire(c.deps)) if c.deps else c for c in a.calls))
+              for a in w.actors]
+    return replace(w, tasks=tuple(tasks), actors=tuple(actors))
+
+
+def add_flaky(w: Workload, rng: random.Random) -> Workload:
+    """``retry_exceptions``: some tasks raise on their first attempt or
+    first few (``VTask.flaky``) and are retried; a budget (``max_retries``)
+    smaller than that ends them with their error, as in the reference."""
+    if rng.random() < 0.5:
+        return w
+    tasks = []
+    for t in w.tasks:
+        if rng.random() < 0.2:
+            retries = t.max_retries if rng.random() < 0.6 else rng.choice((0, 1, 2))
+            t = replace(t, model=replace(t.model, flaky=rng.choice((1, 1, 2, 3))), max_retries=retries)
+        tasks.append(t)
+    return replace(w, tasks=tuple(tasks))
+
+
+def add_task_cancels(w: Workload, rng: random.Random) -> Workload:
+    """``cancel`` of plain tasks a moment after they are submitted (queued,
+    waiting for inputs, running or done, depending on timing); some with
+    ``force=True`` (the worker running it is killed)."""
+    if rng.random() < 0.5:
+        return w
+    tasks = []
+    for t in w.tasks:
+        if rng.random() < 0.15:
+            t = replace(t, cancel_at=round(t.at + rng.choice((0.0, 0.0005, 0.002, 0.01, 0.05, 0.2)), 4),
+                        force_cancel=rng.random() < 0.3)
+        tasks.append(t)
+    return replace(w, tasks=tuple(tasks))
+
+
+def add_frees(w: Workload, rng: random.Random) -> Workload:
+    """The main driver drops its last ref to some of its puts once it got
+    them and made every call that uses them: a put nothing used is freed
+    (``ReleaseObjects(free=True)``: gone from the store and the GCS), one
+    passed to tasks is only released (unpinned, evictable)."""
+    uses: dict[str, float] = {}
+    for t in w.tasks:
+        for d in t.deps:
+            uses[d] = max(uses.get(d, 0.0), t.at)
+    for a in w.actors:
+        for c in a.calls:
+            for d in c.deps:
+                uses[d] = max(uses.get(d, 0.0), c.at)
+    waited = {d for x in w.waits for d in x.refs}  # (a wait may hold it: never freed)
+    puts = []
+    for p in w.puts:
+        # (most puts feed tasks: one nothing uses is freed more often)
+        if p.node == 0 and p.get_at is None and p.key not in waited and rng.random() < (0.5 if p.key in uses else 0.9):
+            p = replace(p, free_at=round(max(p.at, uses.get(p.key, 0.0)) + rng.uniform(0.01, 0.2), 4))
+        puts.append(p)
+    return replace(w, puts=tuple(puts))
+
+
+def add_jobs(w: Workload, rng: random.Random, horizon: float) -> Workload:
+    """On a third of the seeds, a second driver program (its own job) comes,
+    works and exits (``JobPlan``), perhaps in the middle of its work."""
+    if rng.random() < 0.65:
+        return w
+    at = round(rng.uniform(0.0, horizon / 2), 4)
+    tasks = []
+    for i in range(rng.randint(1, 4)):
+        kids = ()
+        if rng.random() < 0.25:
+            kids = tuple(VChild(f"j0t{i}c{k}", 8, round(rng.uniform(0.001, 0.05), 4)) for k in range(rng.randint(1, 2)))
+        tasks.append(VTask(f"j0t{i}", size=rng.choice((8, 4096)), duration=rng.choice((0.002, 0.05, 0.2, 0.5)),
+                           children=kids))
+    job = JobPlan("j0", at, round(at + rng.choice((0.001, 0.01, 0.05, 0.2, 0.6)), 4), tuple(tasks),
+                  put_size=rng.choice((64, 4096)), calls=rng.choice((0, 0, 2, 4)))
+    return replace(w, jobs=(job,))
+
+
+def add_actor_kinds(w: Workload, rng: random.Random) -> Workload:
+    """Threaded actors (``max_concurrency`` 2-8), async ones (a cancelled
+    running call is interrupted: it raises), and named actors (the second
+    driver gets its handle by name, ``get_actor``).  Replay actors stay
+    sequential (a checkpoint holds exactly the calls before it)."""
+    if rng.random() < 0.4:
+        return w
+    actors = []
+    for a in w.actors:
+        if not a.replay and rng.random() < 0.5:
+            a = replace(a, max_concurrency=rng.choice((2, 4, 8)), is_async=rng.random() < 0.6)
+        if rng.random() < 0.5:
+            a = replace(a, name=f"swarm-{a.key}")
+        actors.append(a)
+    return replace(w, actors=tuple(actors))
+
+
 def generate(rng: random.Random, *, horizon: float = 1.0, max_tasks: int = 40, custom: tuple[str, ...] = (),
              large: int = 2 << 20, max_cpu: float = 2, custom_cpu: float = 1) -> Workload:
     """A random workload whose submissions spread over ``horizon`` seconds.
@@ -447,6 +612,16 @@ def generate(rng: random.Random, *, horizon: float = 1.0, max_tasks: int = 40, c
             kill_at=kill_at,
         ))
     return Workload(tuple(puts), tuple(tasks), tuple(actors))
+
+
+def _returns(spec: TaskSpec, value: int, size: int) -> tuple[tuple, tuple]:
+    """``(values, sizes)`` of a task whose first return is ``value``: return
+    ``i`` > 0 holds ``digest(value, i)`` (what ``checkers.check_returns``
+    holds every run to)."""
+    n = spec.num_returns
+    if n == 1:
+        return (value,), (size,)
+    return (value,) + tuple(digest(value, i) for i in range(1, n)), (size,) * n
 
 
 # ===========================================================================
@@ -542,13 +717,17 @@ class VerifyExecutor(Executor):
             self.executions[spec.task_id] = self.executions.get(spec.task_id, 0) + 1
             if self._maybe_crash():
                 return Outcome("crash", model.duration / 2)
+            if getattr(model, "flaky", 0) > cmd.attempt:
+                return Outcome("raise", model.duration, retryable=bool(spec.retry_exceptions), error=ErrorInfo(
+                    ErrorKind.TASK_ERROR, f"{model.key} raised on an early attempt (by design)", Payload(16, model.key),
+                    task_name=spec.display_name()))
             if model.raises:
                 name = spec.display_name()
                 return Outcome("raise", model.duration, error=ErrorInfo(
                     ErrorKind.TASK_ERROR, f"{model.key} raised (by design)", Payload(16, model.key), task_name=name))
             children = getattr(model, "children", ())
             if not children:
-                return Outcome("ok", model.duration, values=(digest(model.key, inputs),), sizes=(model.size,))
+                return Outcome("ok", model.duration, *_returns(spec, digest(model.key, inputs), model.size))
             return self._start_children(node, worker, cmd, model, inputs)
         raise TypeError(f"VerifyExecutor cannot run {model!r}")
 
@@ -637,5 +816,5 @@ class VerifyExecutor(Executor):
         elif errors:
             out = Outcome("raise", model.duration, error=errors[0])
         else:
-            out = Outcome("ok", model.duration, values=(digest(model.key, w.inputs, tuple(vals)),), sizes=(model.size,))
+            out = Outcome("ok", model.duration, *_returns(w.cmd.spec, digest(model.key, w.inputs, tuple(vals)), model.size))
         w.node.complete(w.worker, w.cmd, out)

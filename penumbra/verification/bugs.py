@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 from ..core import actors as A
+from ..core import client as CL
 from ..core import gcs as G
 from ..core import head as H
 from ..core import lineage as L
@@ -339,6 +340,25 @@ def _bundle_index_ignored():
     return _patch(P, "bundle_request", bundle_request)
 
 
+# --- client-machine ------------------------------------------------------
+
+
+def _watch_after_loss_waits():
+    orig = CL.ClientMachine.watch
+
+    def watch(self, waiter, ids, need, **kw):
+        # BUG: watch() does not look at the connection (request() does): a
+        # get or wait made after the connection was lost is registered and
+        # sent into a connection nobody answers, and waits forever
+        state, self.state = self.state, CL.CONNECTED
+        try:
+            return orig(self, waiter, ids, need, **kw)
+        finally:
+            self.state = state
+
+    return _patch(CL.ClientMachine, "watch", watch)
+
+
 BUGS: tuple[Bug, ...] = (
     Bug("no-release-on-crash", "a crashed worker's resources are not released", _no_release_on_crash, seed=5),
     Bug("retry-budget-off-by-one", "one retry fewer than max_retries", _retry_budget_off_by_one, seed=114),
@@ -363,6 +383,9 @@ BUGS: tuple[Bug, ...] = (
     Bug("fetching-waiter-told-early", "a wait that fetches is told an object is ready when its location is known, before the bytes arrive", _fetching_waiters_told_located, seed=64),
     Bug("bundle-index-ignored", "a task bound to one bundle of a placement group asks for any bundle of it, so it "
         "may run on another bundle's node", _bundle_index_ignored, seed=7),
+    # client-machine
+    Bug("watch-after-loss-waits", "a get or wait made after the driver lost its connection is registered anyway "
+        "and waits forever (the hang after a lost daemon)", _watch_after_loss_waits, seed=0),
 )
 
 # Changes that look like bugs but that the rest of the design makes harmless,

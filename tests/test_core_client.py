@@ -360,3 +360,50 @@ class ClientRules(RuleBasedStateMachine):
 TestClientRules = ClientRules.TestCase
 TestClientRules.settings = settings(max_examples=150, stateful_step_count=40, deadline=None,
                                     suppress_health_check=[HealthCheck.too_slow])
+
+
+# ---------------------------------------------------------------- both simulated drivers run it
+
+
+def test_a_simulated_driver_whose_node_crashes_ends_every_get_and_wait_once():
+    """SimDriver (the swarm's driver): gets and waits outstanding when its
+    node crashes fail once, as lost; one made after fails at once; one with
+    a timeout that ended first is not told again."""
+    from penumbra.core.layout import ClusterLayout, NodeShape
+    from penumbra.core.specs import ResourceSet
+    from penumbra.sim.cluster import SimCluster, SimWaiter
+    from penumbra.sim.costs import ZERO
+    from penumbra.sim.workloads import TaskModel
+
+    shape = NodeShape(ResourceSet.of(CPU=1))
+    cluster = SimCluster(ClusterLayout(nodes=(shape, shape)), costs=ZERO, seed=1)
+    cluster.wait_ready()
+    main = cluster.driver("node:0")
+    slow = main.remote(TaskModel(duration=5.0), name="slow")
+    lost = cluster.driver("node:1")
+    ends: dict[str, list] = {}
+
+    def waiter(name: str) -> SimWaiter:
+        def end(how):
+            return lambda *a: ends.setdefault(name, []).append((how, cluster.now))
+        return SimWaiter(done=end("value"), timeout=end("timeout"), fail=end("fail"))
+
+    oid = slow.return_ids[0]
+    lost.get([oid], waiter("get"))
+    lost.wait([oid], 1, waiter("wait"), fetch=False)
+    lost.get([oid], waiter("timed"), timeout=0.1)
+    cluster.run_for(0.5)
+    assert [h for h, _ in ends["timed"]] == ["timeout"]
+    cluster.crash_node("node:1")
+    assert [h for h, _ in ends["get"]] == ["fail"] and [h for h, _ in ends["wait"]] == ["fail"]
+    lost.wait([oid], 1, waiter("after"), timeout=1.0)
+    assert [h for h, _ in ends["after"]] == ["fail"]
+    cluster.run_for(6.0)
+    assert all(len(v) == 1 for v in ends.values()), ends
+    assert lost.machine.pending() == 0 and lost.machine.state == LOST
+    lost.machine.validate()
+    # the driver on the live node got its value
+    got = []
+    main.get([oid], SimWaiter(done=got.append))
+    cluster.run_for(1.0)
+    assert list(got[0]) == [oid]

@@ -149,3 +149,21 @@ def test_placement_groups_are_drawn_and_lose_nodes(plans):
         stories = [w for k, s in r.cluster.head.stories.items() if k[0] == "pg" for _, _, w in s]
         rescheduled += any("died holding bundles" in w for w in stories)
     assert rescheduled >= 2, f"only {rescheduled} runs lost a node holding a bundle"
+
+
+def test_drivers_lose_their_node_while_they_wait(plans):
+    """(client-machine) A driver loses its node, by the node's crash and by a
+    cut connection, with gets and waits made before the loss and after it."""
+    seen = collections.Counter()
+    for p in plans:
+        if not p.faults.lost_driver:
+            continue
+        at, _, how, requests = p.faults.lost_driver
+        seen[how] += 1
+        seen["before the loss"] += any(t < at for t, *_ in requests)
+        seen["after the loss"] += any(t > at for t, *_ in requests)
+        seen["get"] += any(k == "get" for _, k, *_ in requests)
+        seen["wait"] += any(k == "wait" for _, k, *_ in requests)
+        seen["with a timeout"] += any(r[4] is not None for r in requests)
+    for what in ("crash", "cut", "before the loss", "after the loss", "get", "wait", "with a timeout"):
+        assert seen[what] >= 10, (what, seen)

@@ -1034,6 +1034,7 @@ class SimRuntime(_SimClient):
         rt.alive = False
         for f in list(rt.fibers):
             self.kill_fiber(f)
+        rt._run(rt.machine.handle(ConnectionLost(detail=f"its worker {worker.worker_id} is gone")))
         if self.kernel.is_alive(rt.client_id):
             self.kernel.remove_client(rt.client_id)
 

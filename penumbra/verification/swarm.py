@@ -1112,7 +1112,7 @@ def run_swarm_cli(args) -> int:
 
 
 def _draw_lost_driver(faults: FaultPlan, w, rng: random.Random, n: int, horizon: float) -> FaultPlan:
-    """On about a third of the faulty seeds, a second driver program makes
+    """On over a quarter of the seeds, a second driver program makes
     ``get``s and ``wait``s (of the workload's tasks; some with a timeout)
     and loses its node meanwhile: the node is one the plan crashes anyway
     (at that crash), or the driver's connection is cut (``SimDriver.cut``)
@@ -1151,6 +1151,8 @@ def _install_lost_driver(cluster: SimCluster, fp: FaultPlan, base: float, plan: 
     from ..sim.cluster import SimWaiter
 
     at, node_index, how, requests = fp.lost_driver
+    if how == "crash" and not any(c[:2] == (at, node_index) for c in fp.crashes):
+        return  # (a shrunk plan without the crash it was drawn with)
     k = cluster.kernel
     addr = list(cluster.nodes)[node_index]
     drv = cluster.driver(addr)

@@ -497,3 +497,38 @@ def test_names_clean_and_violations():
     missed = SimpleNamespace(found=False, plan=SimpleNamespace(name="swarm-a1", key="a1"))
     out = C.check_names(named, lost, _names_cluster({("", "swarm-a1"): b}), [missed])
     assert kinds(out) == ["names"] * 3 and keys(out) == ["a0", "a1", "a1"]
+
+
+# ---------------------------------------------------------------- client-machine: a driver that loses its node
+
+
+def _req(at: float, *ends) -> C.DriverRequest:
+    return C.DriverRequest("r", "get", at, list(ends))
+
+
+def test_lost_driver_clean():
+    reqs = [_req(0.1, (0.2, "value")), _req(0.2, (0.3, "timeout")), _req(0.3, (0.5, "lost")),
+            _req(0.6, (0.6, "lost"))]
+    assert C.check_lost_driver(reqs, 0.5) == []
+
+
+@pytest.mark.parametrize("req,words", [
+    (_req(0.1), "never ended"),
+    (_req(0.1, (0.2, "value"), (0.5, "lost")), "ended 2 times"),
+    (_req(0.1, (0.7, "value")), "after the loss"),
+    (_req(0.6, (0.6, "value")), "instead of failing at once"),
+    (_req(0.6, (0.6, "shut down")), "instead of failing at once"),
+])
+def test_lost_driver_violations(req, words):
+    out = C.check_lost_driver([req], 0.5)
+    assert kinds(out) == ["lost-driver"] and words in out[0].what
+
+
+def test_lost_driver_reports_a_broken_client_machine():
+    from penumbra.core.client import LOST, ClientMachine
+
+    m = ClientMachine("driver:1", "node:1")
+    m.watch("w", [ActorId(b"x" * 20)], 1)
+    m.state = LOST  # (a machine that kept a waiter after the loss)
+    out = C.check_lost_driver([], 0.5, m)
+    assert kinds(out) == ["lost-driver"] and "pending on a connection that is lost" in out[0].what

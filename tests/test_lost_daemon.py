@@ -119,7 +119,7 @@ def test_killed_head_fails_a_blocked_get_and_every_later_call(cluster, tmp_path)
     waiter = threading.Thread(target=lambda: blocked.update(zip(("error", "elapsed"), _outcome(lambda: ray.get(ref)))),
                               daemon=True)
     waiter.start()
-    _wait_for(lambda: rt._watches, "the blocked get to reach the node")
+    _wait_for(lambda: rt.machine.requests, "the blocked get to reach the node")
     t_kill = time.monotonic()
     cluster.head.kill()  # SIGKILL
     waiter.join(_BOUND + 10)
@@ -181,7 +181,7 @@ def test_killed_embedded_daemon_fails_waits_and_named_actors_until_shutdown():
             target=lambda: blocked.update(zip(("error", "elapsed"), _outcome(lambda: ray.wait([ref], timeout=120)))),
             daemon=True)
         waiter.start()
-        _wait_for(lambda: rt._linger is not None and rt._linger.waiters, "the blocked wait to reach the node")
+        _wait_for(lambda: rt.machine.linger is not None and rt.machine.linger.waiters, "the blocked wait to reach the node")
         os.kill(daemon.pid, signal.SIGKILL)
         waiter.join(_BOUND + 10)
         assert not waiter.is_alive()

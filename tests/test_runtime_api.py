@@ -245,7 +245,7 @@ def test_a_wait_is_not_held_behind_another_threads_wait():
     a = threading.Thread(target=lambda: out.setdefault("a", ray.wait(shut + [fast], num_returns=3)))
     a.start()
     deadline = time.monotonic() + 30
-    while not (rt._linger is not None and rt._linger.waiters) and a.is_alive():
+    while not (rt.machine.linger is not None and rt.machine.linger.waiters) and a.is_alive():
         assert time.monotonic() < deadline, "thread A's wait never started"
         time.sleep(0.001)
     ready, rest = ray.wait([fast], num_returns=1, timeout=30)

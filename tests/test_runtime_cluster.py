@@ -222,7 +222,7 @@ def test_a_dead_daemon_fails_a_waiting_wait_instead_of_hanging():
         t = threading.Thread(target=waiter)
         t.start()
         deadline = time.monotonic() + 30
-        while not (rt._linger is not None and rt._linger.waiters):
+        while not (rt.machine.linger is not None and rt.machine.linger.waiters):
             assert time.monotonic() < deadline, "the second wait never reached the open watch"
             time.sleep(0.001)
         os.kill(rt.embedded.pid, signal.SIGKILL)

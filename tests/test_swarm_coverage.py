@@ -278,3 +278,21 @@ def test_surface_the_swarm_used_to_miss_is_drawn(plans):
     missing = [k for k, n in seen.items() if n < 10]
     assert not missing, f"fewer than 10 of {len(SEEDS)} seeds draw: {missing} ({dict(seen)})"
     assert len(seen) == 15
+
+
+def test_drivers_lose_their_node_while_they_wait(plans):
+    """(client-machine) A driver loses its node, by the node's crash and by a
+    cut connection, with gets and waits made before the loss and after it."""
+    seen = collections.Counter()
+    for p in plans:
+        if not p.faults.lost_driver:
+            continue
+        at, _, how, requests = p.faults.lost_driver
+        seen[how] += 1
+        seen["before the loss"] += any(t < at for t, *_ in requests)
+        seen["after the loss"] += any(t > at for t, *_ in requests)
+        seen["get"] += any(k == "get" for _, k, *_ in requests)
+        seen["wait"] += any(k == "wait" for _, k, *_ in requests)
+        seen["with a timeout"] += any(r[4] is not None for r in requests)
+    for what in ("crash", "cut", "before the loss", "after the loss", "get", "wait", "with a timeout"):
+        assert seen[what] >= 10, (what, seen)

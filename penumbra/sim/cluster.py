@@ -89,6 +89,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from penumbra.core.client import ClientMachine, ConnectionLost, Fail, Report, Resolve, ShutDown, TimedOut
 from penumbra.core.gcs import GcsReplica
 from penumbra.core.ids import ActorId, ObjectId, TaskId, actor_id_of, child_task_id, driver_task_id, put_object_id
 from penumbra.core.layout import ClusterLayout, NodeShape, make_node, node_address
@@ -96,7 +97,6 @@ from penumbra.core.messages import (
     ActorCheckpointed,
     ActorRegistered,
     CancelTask,
-    CancelWatch,
     CheckpointActor,
     ClientDisconnected,
     ClientGcsReply,
@@ -120,10 +120,12 @@ from penumbra.core.messages import (
     StartWorker,
     StopNode,
     StoreError,
+    Send,
+    SetTimer,
     SubmitTask,
     TaskFinished,
     TaskRaised,
-    WatchObjects,
+    TimerFired,
     WorkerCrashed,
     WorkerStarted,
     WorkerStartFailed,
@@ -479,11 +481,25 @@ _NODE_COMMANDS = {
 # drivers
 
 
-@dataclass(slots=True)
-class _Watch:
-    callback: Callable[[ObjectId, ObjectInfo, float], Any] | None
-    remaining: int
-    record: bool
+class SimWaiter:
+    """What waits for one of a ``SimDriver``'s requests: the callbacks its
+    ``ClientMachine``'s commands end in (each optional).
+
+    ``report(oid, info, now)``: a watched object is ready (each once);
+    ``done(value)``: the answer (a reply message, or a watch's reports
+    ``{oid: (info, None)}``); ``timeout(partial)``: its time ran out first;
+    ``fail(reason, detail)``: the connection to the node is gone
+    (``core.client.LOST`` or ``SHUT_DOWN``).  ``record``: also note each
+    report in the driver's ``ready``."""
+
+    __slots__ = ("report", "done", "timeout", "fail", "record")
+
+    def __init__(self, report=None, done=None, timeout=None, fail=None, record: bool = False) -> None:
+        self.report = report
+        self.done = done
+        self.timeout = timeout
+        self.fail = fail
+        self.record = record
 
 
 class SimDriver:
@@ -495,6 +511,12 @@ class SimDriver:
     ObjectInfo)`` records what became ready (when ``record``).  Values are
     read from the node's store (``value(oid)``), which a watch with
     ``fetch=True`` fills.
+
+    What waits for what is the pure ``core.client.ClientMachine`` (the one
+    the real client runs): this class carries its commands out on the
+    kernel.  When the driver's node crashes (or ``cut`` ends its
+    connection), the machine fails every outstanding request, once, and
+    refuses new ones (``SimWaiter.fail``).
     """
 
     def __init__(self, cluster: "SimCluster", address: str, node: str, job_id: int) -> None:
@@ -511,9 +533,7 @@ class SimDriver:
         self.ready: dict[ObjectId, tuple[float, ObjectInfo]] = {}
         self.submitted_at: dict[TaskId, float] = {}
         self.keep_submit_times = False
-        self._watches: dict[int, _Watch] = {}
-        self._callbacks: dict[int, Callable[[Any], Any]] = {}
-        self._next_req = 1
+        self.machine = ClientMachine(address, node)
         self._functions: dict[str, FunctionDescriptor] = {}
         self.registered: dict[ActorId, ActorRegistered] = {}
         # CPU of the driver program per submitted task (0: free, the default;
@@ -595,33 +615,89 @@ class SimDriver:
         return self.submit(self.spec(model, **kw))
 
     def watch(self, oids: Sequence[ObjectId], callback: Callable[[ObjectId, ObjectInfo, float], Any] | None = None,
-              *, fetch: bool = True, record: bool = True, need: int = 1) -> int:
+              *, fetch: bool = True, record: bool = True, need: int = 1,
+              on_fail: Callable[[str, str], Any] | None = None) -> int:
         """Be told as each object becomes available (``callback(oid, info,
         now)``; with ``record``, also ``ready[oid]``).  ``fetch``: pull the
         objects into this driver's node (as ``get`` does).  ``need``: the
         node may hold its reports until that many are ready (see
-        ``WatchObjects``).  Returns the watch's id, for ``cancel_watch``."""
-        if not self.alive or not oids:
+        ``WatchObjects``).  ``on_fail(reason, detail)``: the connection was
+        lost (or closed) first.  Returns the watch's id, for ``cancel_watch``."""
+        if not oids:
             return 0
-        rid = self._next_req
-        self._next_req += 1
-        self._watches[rid] = _Watch(callback, len(set(oids)), record)
-        msg = WatchObjects(client=self.address, req_id=rid, object_ids=tuple(oids), fetch=fetch, need=need)
-        if self.call_cost and self.busy_until > self.now:
-            # in program order: after the submissions still in the driver
-            self.kernel.call_at(self.busy_until, self._send_msg, msg)
-        else:
-            self.client.send(self.node, msg)
+        w = SimWaiter(report=callback, fail=on_fail, record=record)
+        uniq = tuple(dict.fromkeys(oids))
+        rid, cmds = self.machine.watch(w, uniq, len(uniq), fetch=fetch, report_need=need, stream=True)
+        self._run(cmds)
+        return rid
+
+    def get(self, oids: Sequence[ObjectId], waiter: SimWaiter, *, timeout: float | None = None) -> int:
+        """``get(oids, timeout)`` as a program does it: ``waiter.done`` gets
+        every object's report once all are local (values: ``value(oid)``),
+        else ``waiter.timeout`` or ``waiter.fail``, exactly once."""
+        uniq = tuple(dict.fromkeys(oids))
+        rid, cmds = self.machine.watch(waiter, uniq, len(uniq), fetch=True, report_need=len(uniq) if timeout is None else 1,
+                                       deadline=None if timeout is None else self.now + timeout,
+                                       stream=waiter.report is not None)
+        self._run(cmds)
+        return rid
+
+    def wait(self, oids: Sequence[ObjectId], num_returns: int, waiter: SimWaiter, *, timeout: float | None = None,
+             fetch: bool = True) -> int:
+        """``wait(oids, num_returns, timeout, fetch_local)``: ``waiter.done``
+        with the reports once ``num_returns`` are ready, else
+        ``waiter.timeout`` (what was ready) or ``waiter.fail``, exactly once."""
+        uniq = tuple(dict.fromkeys(oids))
+        rid, cmds = self.machine.watch(waiter, uniq, num_returns, fetch=fetch,
+                                       report_need=num_returns if timeout is None else 1,
+                                       deadline=None if timeout is None else self.now + timeout,
+                                       stream=waiter.report is not None)
+        self._run(cmds)
         return rid
 
     def cancel_watch(self, rid: int) -> None:
         """Stop a watch (a ``wait`` that has its answer, or gave up)."""
-        if self._watches.pop(rid, None) is not None and self.alive:
-            self._send_msg(CancelWatch(client=self.address, req_id=rid))
+        self._run(self.machine.cancel(rid))
 
     def _send_msg(self, msg: Any) -> None:
         if self.alive:
             self.client.send(self.node, msg)
+
+    def _run(self, cmds: list) -> None:
+        """Carry out the client machine's commands."""
+        for c in cmds:
+            t = c.__class__
+            if t is Send:
+                if not self.alive:
+                    continue
+                if self.call_cost and self.busy_until > self.now:
+                    # in program order: after the submissions still in the driver
+                    self.kernel.call_at(self.busy_until, self._send_msg, c.msg)
+                else:
+                    self.client.send(self.node, c.msg)
+            elif t is Report:
+                w = c.waiter
+                now = self.kernel.env._now
+                cb = w.report
+                for oid, info, _ in c.objects:
+                    if w.record:
+                        self.ready[oid] = (now, info)
+                    if cb is not None:
+                        cb(oid, info, now)
+            elif t is Resolve:
+                if c.waiter.done is not None:
+                    c.waiter.done(c.value)
+            elif t is TimedOut:
+                if c.waiter.timeout is not None:
+                    c.waiter.timeout(c.partial)
+            elif t is Fail:
+                if c.waiter.fail is not None:
+                    c.waiter.fail(c.reason, c.detail)
+            elif t is SetTimer:
+                self.kernel.call_at(c.at, self._timer, c.key)
+
+    def _timer(self, key: Any) -> None:
+        self._run(self.machine.handle(TimerFired(key=key, stimulus_id=f"client-timer:{self.address}")))
 
     def put(self, size: int, value: Any = None, callback: Callable[[Any], Any] | None = None,
             oid: ObjectId | None = None) -> ObjectId:
@@ -639,11 +715,9 @@ class SimDriver:
             if not self.alive or not node.alive:
                 return
             node.store[oid] = (size, value)
-            rid = self._next_req
-            self._next_req += 1
-            if callback is not None:
-                self._callbacks[rid] = callback
-            self.client.send(self.node, PutObject(client=self.address, req_id=rid, object_id=oid, size=size))
+            me = self.address
+            self._run(self.machine.request(SimWaiter(done=callback), lambda rid: PutObject(
+                client=me, req_id=rid, object_id=oid, size=size))[1])
 
         if t > 0:
             self.kernel.call_after(t, write)
@@ -653,19 +727,17 @@ class SimDriver:
 
     def gcs(self, request: Any, callback: Callable[[Any], Any] | None = None) -> int:
         """A GCS read (``Query``) or write (``Op``) through the node."""
-        rid = self._next_req
-        self._next_req += 1
-        if callback is not None:
-            self._callbacks[rid] = callback
-        if self.alive:
-            self.client.send(self.node, ClientGcsRequest(client=self.address, req_id=rid, request=request))
+        done = None if callback is None else (lambda reply: callback(reply.result))
+        me = self.address
+        rid, cmds = self.machine.request(SimWaiter(done=done), lambda rid: ClientGcsRequest(
+            client=me, req_id=rid, request=request))
+        self._run(cmds)
         return rid
 
     def status(self, callback: Callable[[ClusterStatus], Any]) -> int:
-        rid = self._next_req
-        self._next_req += 1
-        self._callbacks[rid] = callback
-        self.client.send(self.node, ClusterStatusRequest(client=self.address, req_id=rid))
+        me = self.address
+        rid, cmds = self.machine.request(SimWaiter(done=callback), lambda rid: ClusterStatusRequest(client=me, req_id=rid))
+        self._run(cmds)
         return rid
 
     def cancel(self, spec: TaskSpec, force: bool = False) -> None:
@@ -687,6 +759,23 @@ class SimDriver:
             self.client.send(self.node, ClientDisconnected(client=self.address))
             self.kernel.call_after(1e-9, self._gone)
             self.alive = False
+        self._run(self.machine.handle(ShutDown(stimulus_id=f"close:{self.address}")))
+
+    def cut(self, detail: str = "the connection to the node was cut") -> None:
+        """The connection to the node ends while the program goes on (a
+        daemon killed under a live driver, a reset socket): the node is told
+        (``ClientDisconnected``, as a closed socket tells a daemon), and
+        everything this driver waits for fails, as every later request does."""
+        if self.alive:
+            self.client.send(self.node, ClientDisconnected(client=self.address))
+            self.kernel.call_after(1e-9, self._gone)
+        self.connection_lost(detail)
+
+    def connection_lost(self, detail: str) -> None:
+        """(its node crashed, or ``cut``) No more sends; the machine fails
+        what waits."""
+        self.alive = False
+        self._run(self.machine.handle(ConnectionLost(detail=detail, stimulus_id=f"lost:{self.address}")))
 
     def _gone(self) -> None:
         self.kernel.remove_client(self.address)
@@ -713,27 +802,9 @@ class SimDriver:
     def _on_message(self, msg: Any) -> None:
         t = msg.__class__
         if t is ObjectsReady:
-            w = self._watches.get(msg.req_id)
-            if w is None:
-                return
-            now = self.kernel.env._now
-            cb = w.callback
-            for oid, info in msg.objects:
-                if w.record:
-                    self.ready[oid] = (now, info)
-                w.remaining -= 1
-                if cb is not None:
-                    cb(oid, info, now)
-            if w.remaining <= 0:
-                self._watches.pop(msg.req_id, None)
-        elif t is ClientGcsReply or t is ClusterStatus:
-            cb = self._callbacks.pop(msg.req_id, None)
-            if cb is not None:
-                cb(msg.result if t is ClientGcsReply else msg)
-        elif t is PutDone or t is PutFailed:
-            cb = self._callbacks.pop(msg.req_id, None)
-            if cb is not None:
-                cb(msg)
+            self._run(self.machine.on_objects(msg.req_id, msg.objects, None, msg.stimulus_id))
+        elif t is ClientGcsReply or t is ClusterStatus or t is PutDone or t is PutFailed:
+            self._run(self.machine.on_reply(msg.req_id, msg))
         elif t is ActorRegistered:
             self.registered[msg.actor_id] = msg
 
@@ -1238,7 +1309,9 @@ class SimCluster:
         self.events.append((now, "crash", address))
         for d in list(self.drivers.values()):
             if d.node == address and d.alive:
-                d.alive = False
+                # (the program hears of it before it stops: what a driver
+                # whose daemon died is told)
+                d.connection_lost(f"its node {address} crashed")
                 kernel.crash(d.address)
         if self.detect == "omniscient":
             kernel.inject("head", NodeDied(node_id=address, stimulus_id=f"node-died:{address}"), at=now + self.detect_delay)

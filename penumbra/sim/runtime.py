@@ -104,7 +104,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import io
-import itertools
 import logging
 import os
 import sys
@@ -135,12 +134,12 @@ from ..api.execution import (
 from ..api.generators import is_generator_result, stream_values
 from ..api.refs import ObjectRef
 from ..api.runtime import ErrorValue, Runtime
+from ..core.client import ClientMachine, ConnectionLost, Fail, Resolve, ShutDown, TimedOut
 from ..core.ids import ActorId, ObjectId, TaskId
 from ..core.layout import ClusterLayout, NodeShape
 from ..core.messages import (
     ActorRegistered,
     CancelTask,
-    CancelWatch,
     CheckpointActor,
     ClientGcsReply,
     ClientGcsRequest,
@@ -154,8 +153,8 @@ from ..core.messages import (
     PutObject,
     RegisterClient,
     ReleaseObjects,
+    Send,
     SubmitTask,
-    WatchObjects,
     WorkerBlocked,
     WorkerUnblocked,
 )
@@ -482,13 +481,15 @@ class _Fiber:
 # clients: the driver's and the simulated workers' runtimes
 
 
-class _Watch:
-    __slots__ = ("done", "need", "results")
+class _Waiter:
+    """What a blocked API call waits on: the outcome the client machine
+    gives it (``state``: ``"done"``, ``"timeout"`` or ``"fail"``)."""
 
-    def __init__(self, need: int) -> None:
-        self.need = need
-        self.results: dict[ObjectId, Any] = {}
-        self.done = False
+    __slots__ = ("state", "value")
+
+    def __init__(self) -> None:
+        self.state: str | None = None
+        self.value: Any = None
 
 
 class _WatchTimeout(Exception):
@@ -521,10 +522,8 @@ class _SimClient(Runtime):
         self.is_worker = is_worker
         self.namespace = namespace
         self.alive = True
-        self._reqs = itertools.count(1)
-        self._watches: dict[int, _Watch] = {}
-        self._replies: dict[int, Any] = {}
-        self._registered: dict[ActorId, ActorRegistered] = {}
+        # what waits for what: the pure client machine the real client runs
+        self.machine = ClientMachine(address, node)
         self._functions: dict[bytes, Any] = {}
         self._exported: set[bytes] = set()
         self.client = sim.kernel.add_client(address, self._on_message, colocated_with=node, kind=self.kind)
@@ -555,21 +554,37 @@ class _SimClient(Runtime):
     def _on_message(self, msg: Any) -> None:
         t = msg.__class__
         if t is ObjectsReady:
-            w = self._watches.get(msg.req_id)
-            if w is None:
-                return
-            for oid, info in msg.objects:
-                w.results[oid] = info
-            if len(w.results) >= w.need:
-                del self._watches[msg.req_id]
-                w.done = True
+            self._run(self.machine.on_objects(msg.req_id, msg.objects, None, msg.stimulus_id))
         elif t is ClientGcsReply or t is PutDone or t is PutFailed or t is ClusterStatus:
-            self._replies[msg.req_id] = msg
+            self._run(self.machine.on_reply(msg.req_id, msg))
         elif t is ActorRegistered:
-            self._registered[msg.actor_id] = msg
+            self._run(self.machine.handle(msg))
         else:
             return
         self._poke()
+
+    def _run(self, cmds: list) -> None:
+        """Carry out the client machine's commands."""
+        for c in cmds:
+            t = c.__class__
+            if t is Send:
+                if self.alive:
+                    self.client.send(self.node_id, c.msg)
+            elif t is Resolve:
+                c.waiter.state, c.waiter.value = "done", c.value
+            elif t is TimedOut:
+                c.waiter.state, c.waiter.value = "timeout", c.partial
+            elif t is Fail:
+                c.waiter.state, c.waiter.value = "fail", (c.reason, c.detail)
+
+    def _await(self, w: _Waiter, rid: int, timeout: float | None) -> _Waiter:
+        """Block until ``w`` has its outcome, or ``timeout``: then the
+        machine decides (the answer, if it came first, or a timeout)."""
+        if not self._block(lambda: w.state is not None, timeout):
+            self._run(self.machine.give_up(rid))
+        if w.state == "fail":
+            raise self._dead()
+        return w
 
     def _poke(self) -> None:
         pass
@@ -578,33 +593,33 @@ class _SimClient(Runtime):
         raise NotImplementedError
 
     def _request(self, make: Callable[[int], Any], timeout: float | None, what: str) -> Any:
-        rid = next(self._reqs)
-        self._send(make(rid))
-        replies = self._replies
-        if not self._block(lambda: rid in replies, timeout):
+        if not self.alive:
+            raise self._dead()
+        w = _Waiter()
+        rid, cmds = self.machine.request(w, make)
+        self._run(cmds)
+        if self._await(w, rid, timeout).state != "done":
             raise GetTimeoutError(f"{what} got no answer from the simulated node within {timeout} virtual seconds")
-        return replies.pop(rid)
+        return w.value
 
     def _watch(self, ids: Sequence[ObjectId], need: int, timeout: float | None, fetch: bool) -> dict:
-        rid = next(self._reqs)
         uniq = tuple(dict.fromkeys(ids))
-        w = _Watch(need)
-        self._watches[rid] = w
+        if not 0 < need <= len(uniq):
+            raise ValueError(f"cannot wait for {need} of {len(uniq)} distinct object(s); "
+                             f"ask for between 1 and {len(uniq)}")
         cid = self.client_id
         blocked = self.is_worker
         if blocked:
             self._send(WorkerBlocked(worker_id=cid))
         try:
-            self._send(WatchObjects(client=cid, req_id=rid, object_ids=uniq, fetch=fetch,
-                                    need=self.report_need(need, timeout)))
-            if not self._block(lambda: w.done, timeout):
-                self._watches.pop(rid, None)
-                if self.alive:
-                    self._send(CancelWatch(client=cid, req_id=rid))
-                raise _WatchTimeout(dict(w.results))
-            if len(w.results) < len(uniq):
-                self._send(CancelWatch(client=cid, req_id=rid))  # satisfied with some (wait)
-            return w.results
+            if not self.alive:
+                raise self._dead()
+            w = _Waiter()
+            rid, cmds = self.machine.watch(w, uniq, need, fetch=fetch, report_need=self.report_need(need, timeout))
+            self._run(cmds)
+            if self._await(w, rid, timeout).state != "done":
+                raise _WatchTimeout(w.value)
+            return w.value
         finally:
             if blocked and self.alive:
                 self._send(WorkerUnblocked(worker_id=cid))
@@ -618,11 +633,14 @@ class _SimClient(Runtime):
         if not a.name:
             self.submit(spec)
             return
-        self.submit(spec)
-        registered = self._registered
-        if not self._block(lambda: a.actor_id in registered, timeout):
+        if not self.alive:
+            raise self._dead()
+        w = _Waiter()
+        rid, cmds = self.machine.register_actor(w, a.actor_id, SubmitTask(client=self.client_id, spec=spec))
+        self._run(cmds)
+        if self._await(w, rid, timeout).state != "done":
             raise GetTimeoutError(f"registering actor name {a.name!r} timed out after {timeout} virtual seconds")
-        reply = registered.pop(a.actor_id)
+        reply = w.value
         if reply.error:
             raise ValueError(reply.error)
 
@@ -640,7 +658,7 @@ class _SimClient(Runtime):
                 ) from None
             store = self._node().store
             vanished = []
-            for oid, info in results.items():
+            for oid, (info, _) in results.items():
                 if info.error is not None:
                     values[oid] = ErrorValue(info.error)
                     continue
@@ -670,24 +688,20 @@ class _SimClient(Runtime):
         sim = self.sim
         self._node().store[oid] = (size, data)
         sim.put_owner[oid] = self
-        rid = next(self._reqs)
-        msg = PutObject(client=self.client_id, req_id=rid, object_id=oid, size=size)
+        w = _Waiter()
+        cid = self.client_id
+        rid, cmds = self.machine.request(w, lambda rid: PutObject(client=cid, req_id=rid, object_id=oid, size=size))
         t = sim.cluster.costs.store_write_time(size)
         if t > 0:
-            sim.kernel.call_after(t, self._send_if_alive, msg)  # written first, then the node is told
+            sim.kernel.call_after(t, self._run, cmds)  # written first, then the node is told
         else:
-            self._send(msg)
-        replies = self._replies
-        if not self._block(lambda: rid in replies, 60.0):
+            self._run(cmds)
+        if self._await(w, rid, 60.0).state != "done":
             raise GetTimeoutError("put() got no answer from the simulated node within 60 virtual seconds")
-        reply = replies.pop(rid)
+        reply = w.value
         if reply.__class__ is PutFailed:
             sim.put_owner.pop(oid, None)
             raise ObjectStoreFullError(reply.error.message)
-
-    def _send_if_alive(self, msg: Any) -> None:
-        if self.alive:
-            self.client.send(self.node_id, msg)
 
     def release(self, oids: Sequence[ObjectId], free: bool = False) -> None:
         self.sim.release(oids, free)
@@ -711,9 +725,7 @@ class _SimClient(Runtime):
         """After shutdown: drop everything heavy, keep a small shell."""
         self.alive = False
         self.client = None
-        self._watches = {}
-        self._replies = {}
-        self._registered = {}
+        self.machine.handle(ShutDown())  # (nothing blocks any more: no one to tell)
         self._functions = {}
 
 
@@ -896,6 +908,7 @@ class SimRuntime(_SimClient):
     def _on_crash(self, kernel, address: str) -> None:
         if address == self.node_id and self.alive:
             self.alive = False
+            self._run(self.machine.handle(ConnectionLost(detail=f"its node {address} crashed")))
             kernel.crash(self.client_id)
 
     def _on_log(self, t: float, address: str, cmd) -> None:
@@ -1021,6 +1034,7 @@ class SimRuntime(_SimClient):
         rt.alive = False
         for f in list(rt.fibers):
             self.kill_fiber(f)
+        rt._run(rt.machine.handle(ConnectionLost(detail=f"its worker {worker.worker_id} is gone")))
         if self.kernel.is_alive(rt.client_id):
             self.kernel.remove_client(rt.client_id)
 

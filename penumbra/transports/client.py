@@ -21,20 +21,31 @@ What goes where:
 head, the GCS and this machine's node) and connects to it; ``connect`` joins
 a cluster started with ``penumbra start``.
 
+The protocol logic (which requests wait for what, the watch a ``wait()``
+leaves open, timeouts, the connection's state) is the pure machine
+``penumbra.core.client.ClientMachine``, which the simulator's drivers run
+too (so the swarm checks it); this module only carries its commands out on
+the trio thread (``_run``) and feeds it what the socket and the user's
+threads do.  Waiters are bridge futures.
+
 Losing the daemon.  When the connection ends (the daemon was killed or
-exited), the receive loop records the loss (``_lost``) and fails every
-waiting future with ``ClusterConnectionLostError``.  Everything that
-registers a new future (``_watch``, ``_request``, ``create_actor``) does so
-on the trio thread, the same thread that records the loss, and checks it
-first: a future registered after the loss fails at once, so no call can
-wait on a connection that is gone, whatever the order of events.  Sends
-check it too, so ``.remote()``, ``kill`` and ``cancel`` fail the same way,
-until ``shutdown()``.
+exited), the receive loop tells the machine (``ConnectionLost``), which
+fails every waiting future with ``ClusterConnectionLostError``, once.
+Everything that registers a new future does so through the machine on the
+trio thread, the same thread that reports the loss, and the machine refuses
+a request made after it (``Fail`` at once): no call can wait on a
+connection that is gone, whatever the order of events.  Sends check it
+too, so ``.remote()``, ``kill`` and ``cancel`` fail the same way, until
+``shutdown()``.
+
+Timeouts.  A caller waits on its future with its own timeout; when that
+runs out it asks the machine (``give_up``) and takes the machine's verdict:
+the answer, if it came first, or a timeout with what was reported so far.
+So a request ends exactly once, however close the reply and the timeout.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import sys
@@ -44,11 +55,11 @@ from typing import Any, Sequence
 
 from ..api import context
 from ..api.runtime import ErrorValue, Runtime
+from ..core.client import LOST, ClientMachine, ConnectionLost, Fail, Resolve, ShutDown, TimedOut
 from ..core.ids import ActorId, ObjectId, TaskId
 from ..core.messages import (
     ActorRegistered,
     CancelTask,
-    CancelWatch,
     ClientGcsReply,
     ClientGcsRequest,
     ClusterStatus,
@@ -59,8 +70,8 @@ from ..core.messages import (
     PutFailed,
     PutObject,
     ReleaseObjects,
+    Send,
     SubmitTask,
-    WatchObjects,
     WorkerBlocked,
     WorkerUnblocked,
 )
@@ -81,52 +92,6 @@ logger = logging.getLogger("penumbra")
 _LOCAL_CACHE_BYTES = 64 << 20
 
 
-class _Watch:
-    __slots__ = ("ids", "need", "future", "results")
-
-    def __init__(self, ids, need, future) -> None:
-        self.ids = ids
-        self.need = need
-        self.future = future
-        self.results: dict[ObjectId, tuple] = {}
-
-
-class _Linger:
-    """The node watch a ``wait()`` left open, serving the next ones.
-
-    ``ready, rest = wait(rest, num_returns=1)`` in a loop would otherwise
-    send the node all of ``rest`` every round and cancel it again: O(n)
-    work per result.  Instead the watch stays open and keeps reporting;
-    a later wait over ids it covers just waits here for its reports.
-
-    The trio thread writes everything; user threads only look ids up in
-    ``ready`` (single dict reads are atomic).
-    """
-
-    __slots__ = ("rid", "fetch", "unreported", "ready", "inline_bytes", "waiters", "held_until")
-
-    def __init__(self, rid: int, ids, fetch: bool, need: int) -> None:
-        self.rid = rid
-        self.fetch = fetch
-        self.unreported = set(ids)  # the node will still report these
-        self.ready: dict[ObjectId, tuple] = {}  # reported: oid -> (info, attachment)
-        self.inline_bytes = 0
-        self.waiters: list[tuple[_Watch, frozenset]] = []
-        # the node holds its reports until this many are ready (the need
-        # of the wait that opened the watch): until then, a report that
-        # another wait needs may sit on the node
-        self.held_until = need
-
-    def covers(self, ids, fetch: bool) -> bool:
-        if fetch and not self.fetch:
-            return False
-        ready = self.ready
-        if len(ready) < self.held_until and self.unreported:
-            return False
-        unreported = self.unreported
-        return all(o in unreported or o in ready for o in ids)
-
-
 class ClientRuntime(Runtime):
     def __init__(self, bridge: TrioThread, channel, welcome: P.ClientWelcome, *, is_worker: bool,
                  namespace: str = "", log_to_driver: bool = True) -> None:
@@ -142,19 +107,14 @@ class ClientRuntime(Runtime):
         self.session = welcome.session
         self.shm_root = welcome.shm_root
         self._shm: ShmStore | None = None
-        self._reqs = itertools.count(1)
-        self._watches: dict[int, _Watch] = {}
-        self._linger: _Linger | None = None
-        self._waiters: dict[int, Any] = {}  # req id -> Future (gcs, put, status)
-        self._actor_waiters: dict[ActorId, Any] = {}
+        # what waits for what (written on the trio thread only; user threads
+        # read its ``state`` and its open watch's ``ready``)
+        self.machine = ClientMachine(self.client_id, self.node_id)
         self._cache: OrderedDict[ObjectId, bytes] = OrderedDict()
         self._cache_bytes = 0
         self._functions: dict[bytes, Any] = {}
         self._exported: set[bytes] = set()
         self._closed = False  # no more sends: shut down, or the connection is lost
-        # how the connection to the daemon ended, once it has; written only
-        # on the trio thread (see ``_fail_all``), read anywhere
-        self._lost: str | None = None
         self.on_item = None  # worker hook for Run/Interrupt/Checkpoint/Exit
         self.embedded: DaemonProcess | None = None
         self._release_buf: list[ObjectId] = []
@@ -187,6 +147,13 @@ class ClientRuntime(Runtime):
                     f"and init() again: the driver then joins through it") from e
         return self._shm
 
+    @property
+    def _lost(self) -> str | None:
+        """How the connection to the daemon ended, once it has (the machine
+        records it on the trio thread; read anywhere)."""
+        m = self.machine
+        return m.detail if m.state is LOST else None
+
     def _send(self, item: Any) -> None:
         if self._closed:
             self._raise_closed()
@@ -206,19 +173,55 @@ class ClientRuntime(Runtime):
     def _check_connected(self) -> None:
         """Fail fast, on the caller's thread, once the connection is gone.
         (Only an early answer: the registration on the trio thread is what
-        makes a lost connection fail every wait, see ``_register``.)"""
+        makes a lost connection fail every wait: the machine refuses it.)"""
         if self._lost is not None:
             raise self._lost_error()
 
-    def _register(self, fut) -> bool:
-        """(trio thread) False, with ``fut`` failed, if the connection is
-        lost: the caller must then not register it.  ``_fail_all`` runs on
-        this thread too, so a future is either registered before it (and
-        failed by it) or refused here."""
-        if self._lost is None:
-            return True
-        fut.set_exception(self._lost_error())
-        return False
+    def _run(self, cmds, attachments=None) -> None:
+        """(trio thread) Carry out the machine's commands."""
+        for c in cmds:
+            t = c.__class__
+            if t is Send:
+                self._send_now(P.Deliver(self.node_id, c.msg, attachments, self.client_id))
+            elif t is Resolve:
+                c.waiter.set_result(c.value)
+            elif t is Fail:
+                c.waiter.set_exception(self._lost_error() if c.reason is LOST else PenumbraError(
+                    "this penumbra runtime has been shut down; call penumbra.init() again"))
+            elif t is TimedOut:
+                c.waiter.set_exception(_WatchTimeout(c.partial if c.partial is not None else {}))
+            # (no SetTimer or Report: this driver's waits time out on the
+            # caller's clock, see ``_verdict``, and it streams nothing)
+
+    def _verdict(self, fut, box: list, timeout: float | None) -> Any:
+        """Wait for ``fut``; when ``timeout`` runs out (or the wait is
+        interrupted), ask the machine to give the request up and take its
+        verdict: the answer if it came first, else ``_WatchTimeout`` with
+        what was reported so far.  ``box``: the request's id, once the trio
+        thread has made it."""
+        try:
+            return fut.result(timeout)
+        except TimeoutError:
+            interrupted = None
+        except BaseException as e:  # an interrupt (Ctrl-C): leave nothing waiting behind
+            interrupted = e
+
+        def give_up() -> None:
+            if box:
+                self._run(self.machine.give_up(box[0]))
+
+        try:
+            self.bridge.submit(give_up)
+        except RuntimeError:  # the loop is gone, and the request with it
+            if interrupted is not None:
+                raise interrupted
+            raise _WatchTimeout({}) from None
+        if interrupted is not None:
+            raise interrupted
+        try:
+            return fut.result(5.0)  # (the trio thread answers at once)
+        except TimeoutError:
+            raise _WatchTimeout({}) from None
 
     def _send_now(self, item: Any) -> None:
         # on the trio thread; ``_flush`` runs when the burst of jobs is done
@@ -264,76 +267,24 @@ class ClientRuntime(Runtime):
                 self.on_item(P.Exit())
 
     def _fail_all(self, detail: str, local: bool = False) -> None:
-        """(trio thread) The connection ended: record the loss (unless this
-        side closed it) and fail everything that waits on it."""
-        if local or self._closed and self._lost is None:
-            exc: BaseException = PenumbraError("this penumbra runtime has been shut down; call penumbra.init() again")
+        """(trio thread) The connection ended: tell the machine (a loss,
+        unless this side closed it), which fails everything that waits."""
+        if local or self._closed and self.machine.state is not LOST:
+            ev: Any = ShutDown()
         else:
-            self._lost = detail
-            exc = self._lost_error()
+            ev = ConnectionLost(detail=detail)
         self._closed = True
-        for w in list(self._watches.values()):
-            w.future.set_exception(exc)
-        self._watches.clear()
-        lg, self._linger = self._linger, None
-        if lg is not None:
-            for w, _ in lg.waiters:
-                w.future.set_exception(exc)
-            lg.waiters = []
-        for f in list(self._waiters.values()) + list(self._actor_waiters.values()):
-            f.set_exception(exc)
-        self._waiters.clear()
-        self._actor_waiters.clear()
+        self._run(self.machine.handle(ev))
 
     def _on_message(self, d: P.Deliver) -> None:
         msg = d.msg
         t = type(msg)
         if t is ObjectsReady:
-            w = self._watches.get(msg.req_id)
-            if w is None:
-                lg = self._linger
-                if lg is not None and lg.rid == msg.req_id:
-                    self._on_linger_report(lg, msg.objects, d.attachments or {})
-                return
-            atts = d.attachments or {}
-            for oid, info in msg.objects:
-                w.results[oid] = (info, atts.get(oid))
-            if len(w.results) >= w.need:
-                del self._watches[msg.req_id]
-                w.future.set_result(w.results)
+            self._run(self.machine.on_objects(msg.req_id, msg.objects, d.attachments))
         elif t is ClientGcsReply or t is PutDone or t is PutFailed or t is ClusterStatus:
-            f = self._waiters.pop(msg.req_id, None)
-            if f is not None:
-                f.set_result(msg)
+            self._run(self.machine.on_reply(msg.req_id, msg))
         elif t is ActorRegistered:
-            f = self._actor_waiters.pop(msg.actor_id, None)
-            if f is not None:
-                f.set_result(msg)
-
-    def _on_linger_report(self, lg: _Linger, objects, atts: dict) -> None:
-        for oid, info in objects:
-            lg.unreported.discard(oid)
-            att = atts.get(oid)
-            if att is not None and att[0] == "i":
-                # (what ``_remember`` would keep, within its budget; past
-                # it, only the fact that the object is ready)
-                if len(att[1]) > 64 << 10 or lg.inline_bytes + len(att[1]) > _LOCAL_CACHE_BYTES:
-                    att = None
-                else:
-                    lg.inline_bytes += len(att[1])
-            lg.ready[oid] = (info, att)
-        if not lg.waiters:
-            return
-        still = []
-        for w, idset in lg.waiters:
-            for oid, _ in objects:
-                if oid in idset:
-                    w.results[oid] = lg.ready[oid]
-            if len(w.results) >= w.need:
-                w.future.set_result(w.results)
-            else:
-                still.append((w, idset))
-        lg.waiters = still
+            self._run(self.machine.handle(msg))
 
     def _print_output(self, o: P.Output) -> None:
         if not self.log_to_driver:
@@ -348,19 +299,18 @@ class ClientRuntime(Runtime):
 
     def _request(self, msg_factory, timeout: float | None, what: str, attachments=None):
         self._check_connected()
-        rid = next(self._reqs)
         fut = self.bridge.future()
+        box: list[int] = []
 
         def start() -> None:
-            if self._register(fut):
-                self._waiters[rid] = fut
-                self._send_now(P.Deliver(self.node_id, msg_factory(rid), attachments, self.client_id))
+            rid, cmds = self.machine.request(fut, msg_factory)
+            box.append(rid)
+            self._run(cmds, attachments)
 
         self.bridge.submit(start)
         try:
-            return fut.result(timeout)
-        except TimeoutError:
-            self.bridge.submit(self._waiters.pop, rid, None)
+            return self._verdict(fut, box, timeout)
+        except _WatchTimeout:
             raise GetTimeoutError(f"{what} got no answer from the node within {timeout} s") from None
 
     # ------------------------------------------------------------------ Runtime
@@ -374,17 +324,18 @@ class ClientRuntime(Runtime):
             return
         self._check_connected()
         fut = self.bridge.future()
-        msg = P.Deliver(self.node_id, SubmitTask(client=self.client_id, spec=spec), None, self.client_id)
+        msg = SubmitTask(client=self.client_id, spec=spec)
+        box: list[int] = []
 
         def start() -> None:
-            if self._register(fut):
-                self._actor_waiters[a.actor_id] = fut
-                self._send_now(msg)
+            rid, cmds = self.machine.register_actor(fut, a.actor_id, msg)
+            box.append(rid)
+            self._run(cmds)
 
         self.bridge.submit(start)
         try:
-            reply = fut.result(timeout)
-        except TimeoutError:
+            reply = self._verdict(fut, box, timeout)
+        except _WatchTimeout:
             raise GetTimeoutError(f"registering actor name {a.name!r} timed out after {timeout} s") from None
         if reply.error:
             raise ValueError(reply.error)
@@ -465,15 +416,9 @@ class ClientRuntime(Runtime):
                      PenumbraError("this penumbra runtime has been shut down; call penumbra.init() again"))
             return
         fut = self.bridge.future()
-        rid = next(self._reqs)
-        w = _Watch((oid,), 1, fut)
-        node, cid = self.node_id, self.client_id
 
         def start() -> None:
-            if self._register(fut):
-                self._watches[rid] = w
-                self._send_now(P.Deliver(node, WatchObjects(client=cid, req_id=rid, object_ids=(oid,), fetch=True,
-                                                            need=1), None, cid))
+            self._run(self.machine.watch(fut, (oid,), 1)[1])
 
         def done(f) -> None:
             try:
@@ -490,7 +435,7 @@ class ClientRuntime(Runtime):
 
     def _reported(self, ids) -> dict:
         """Reports the open wait() watch holds for ``ids`` (local objects)."""
-        lg = self._linger
+        lg = self.machine.linger
         if lg is None or not lg.fetch or not lg.ready:
             return {}
         ready = lg.ready
@@ -504,17 +449,12 @@ class ClientRuntime(Runtime):
     def close_wait_watch(self) -> None:
         """Close the watch a wait() left open (see ``_Linger``), unless a
         wait is still using it."""
-        if self._linger is not None:
+        if self.machine.linger is not None:
             self.bridge.submit(self._close_idle_linger)
 
     def _close_idle_linger(self) -> None:
         # (trio thread)
-        lg = self._linger
-        if lg is None or lg.waiters:
-            return
-        self._linger = None
-        if lg.unreported:
-            self._send_now(P.Deliver(self.node_id, CancelWatch(client=self.client_id, req_id=lg.rid), None, self.client_id))
+        self._run(self.machine.close_linger())
 
     def _shm_for(self, att) -> ShmStore | None:
         return self.shm if att[0] == "s" else None
@@ -522,7 +462,7 @@ class ClientRuntime(Runtime):
     def wait_objects(self, ids: Sequence[ObjectId], num_returns: int, timeout: float | None, fetch_local: bool) -> set[ObjectId]:
         self._check_connected()
         cache = self._cache
-        lg = self._linger
+        lg = self.machine.linger
         reported = lg.ready if lg is not None and (lg.fetch or not fetch_local) else {}
         ready = {oid for oid in ids if oid in cache or oid in reported}
         if len(ready) >= num_returns:
@@ -544,76 +484,30 @@ class ClientRuntime(Runtime):
                linger: bool = False) -> dict:
         """Wait until ``need`` of ``ids`` are ready; their reports.
 
-        With ``linger`` (``wait``), the open ``_Linger`` serves it if it
-        covers ``ids``; else a new node watch does and stays open after."""
-        fut = self.bridge.future()
-        w = _Watch(ids, need, fut)
+        With ``linger`` (``wait``), the open watch serves it if it covers
+        ``ids``; else a new node watch does and stays open after (see
+        ``ClientMachine.watch``)."""
         uniq = tuple(dict.fromkeys(ids))
+        if not 0 < need <= len(uniq):
+            raise ValueError(f"cannot wait for {need} of {len(uniq)} distinct object(s); "
+                             f"ask for between 1 and {len(uniq)}")
+        fut = self.bridge.future()
         blocked = self.is_worker
         node, cid = self.node_id, self.client_id
         hold = self.report_need(need, timeout)
-        entry = (w, frozenset(uniq))
-        state: dict[str, _Linger] = {}  # "linger": the open watch that serves this one
+        machine = self.machine
+        box: list[int] = []
 
         def start() -> None:
-            if not self._register(fut):
-                return
-            if blocked:
+            if blocked and not self._closed:
                 self._send_now(P.Deliver(node, WorkerBlocked(worker_id=cid), None, cid))
-            lg = self._linger if linger else None
-            if lg is not None and not lg.waiters and lg.covers(uniq, fetch):
-                pass  # served by the open watch
-            else:
-                if lg is not None and lg.waiters:
-                    lg = None  # it serves its waiters and no one else
-                elif linger:
-                    if lg is not None and lg.unreported:
-                        self._send_now(P.Deliver(node, CancelWatch(client=cid, req_id=lg.rid), None, cid))
-                    lg = self._linger = _Linger(rid, uniq, fetch, hold)  # stays open after
-                if lg is None:  # a watch of its own, closed when it is done
-                    self._watches[rid] = w
-                self._send_now(P.Deliver(node, WatchObjects(client=cid, req_id=rid, object_ids=uniq, fetch=fetch,
-                                                            need=hold), None, cid))
-                if lg is None:
-                    return
-            state["linger"] = lg
-            for oid in uniq:  # (reported while this call was on its way here)
-                r = lg.ready.get(oid)
-                if r is not None:
-                    w.results[oid] = r
-            if len(w.results) >= need:
-                fut.set_result(w.results)
-            else:
-                lg.waiters.append(entry)
+            rid, cmds = machine.watch(fut, uniq, need, fetch=fetch, report_need=hold, linger=linger)
+            box.append(rid)
+            self._run(cmds)
 
-        rid = next(self._reqs)
         self.bridge.submit(start)
         try:
-            results = fut.result(timeout)
-            if "linger" not in state and len(results) < len(uniq):
-                # satisfied with some (wait): the node's watch is still open
-                self._send(P.Deliver(node, CancelWatch(client=cid, req_id=rid), None, cid))
-            return results
-        except BaseException as e:
-            # a timeout, or an interrupt (Ctrl-C): leave nothing behind that
-            # would hold the open watch or a node watch forever
-            def give_up() -> None:
-                lg = state.get("linger")
-                if lg is not None:
-                    if entry in lg.waiters:
-                        lg.waiters.remove(entry)
-                else:
-                    # (its last report may have just completed it: cancel
-                    # anyway, the node ignores a watch it no longer has)
-                    self._watches.pop(rid, None)
-                    self._send_now(P.Deliver(node, CancelWatch(client=cid, req_id=rid), None, cid))
-            try:
-                self.bridge.submit(give_up)
-            except RuntimeError:
-                pass  # the loop is gone, and the watches with it
-            if isinstance(e, TimeoutError):
-                raise _WatchTimeout(dict(w.results)) from None
-            raise
+            return self._verdict(fut, box, timeout)
         finally:
             if blocked and not self._closed:
                 self._send(P.Deliver(node, WorkerUnblocked(worker_id=cid), None, cid))

@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 from ..core import actors as A
+from ..core import client as CL
 from ..core import gcs as G
 from ..core import head as H
 from ..core import lineage as L
@@ -567,6 +568,24 @@ def _restart_drops_name():
 
     return _patch(A.ActorManager, "_restart_or_die", _restart_or_die)
 
+# --- client-machine ------------------------------------------------------
+
+
+def _watch_after_loss_waits():
+    orig = CL.ClientMachine.watch
+
+    def watch(self, waiter, ids, need, **kw):
+        # BUG: watch() does not look at the connection (request() does): a
+        # get or wait made after the connection was lost is registered and
+        # sent into a connection nobody answers, and waits forever
+        state, self.state = self.state, CL.CONNECTED
+        try:
+            return orig(self, waiter, ids, need, **kw)
+        finally:
+            self.state = state
+
+    return _patch(CL.ClientMachine, "watch", watch)
+
 
 BUGS: tuple[Bug, ...] = (
     Bug("no-release-on-crash", "a crashed worker's resources are not released", _no_release_on_crash, seed=5),
@@ -619,6 +638,9 @@ BUGS: tuple[Bug, ...] = (
         "outlives its job", _job_end_kills_alive_actors_only, seed=2),
     Bug("restart-drops-name", "a named actor's name is released when it restarts, as when it dies",
         _restart_drops_name, seed=6),
+    # client-machine
+    Bug("watch-after-loss-waits", "a get or wait made after the driver lost its connection is registered anyway "
+        "and waits forever (the hang after a lost daemon)", _watch_after_loss_waits, seed=0),
 )
 
 # Changes that look like bugs but that the rest of the design makes harmless,

@@ -546,3 +546,47 @@ def check_names(named: list, names: dict, cluster, lookups: list) -> list[Violat
         if not b.found:
             out.append(Violation("names", f"get_actor({b.plan.name!r}) never found actor {b.plan.key}", b.plan.key))
     return out
+
+
+# ===========================================================================
+# client-machine: a driver that loses its node while it waits
+
+
+@dataclass
+class DriverRequest:
+    """One ``get``/``wait`` of a driver whose connection is lost
+    (``swarm._install_lost_driver``): when it was made, and each time it
+    ended (``(virtual time, "value" | "timeout" | "lost" | "shut down")``)."""
+
+    key: str
+    kind: str  # "get" | "wait"
+    at: float
+    ends: list[tuple[float, str]] = field(default_factory=list)
+
+
+def check_lost_driver(requests: list[DriverRequest], lost_at: float, machine: Any = None) -> list[Violation]:
+    """Every get/wait of a driver that lost its node (at ``lost_at`` at the
+    latest) ended exactly once, none after the loss: one made before it got
+    its value, timed out or failed at the loss; one made after it failed at
+    once, as lost.  ``machine``: the driver's ``ClientMachine``, whose own
+    invariants must hold too."""
+    out = []
+    for r in requests:
+        what = f"{r.kind} {r.key} (made at {r.at:.3f}, the driver lost its node at {lost_at:.3f})"
+        if not r.ends:
+            out.append(Violation("lost-driver", f"{what} never ended: it hangs", r.key))
+            continue
+        if len(r.ends) > 1:
+            out.append(Violation("lost-driver", f"{what} ended {len(r.ends)} times: {r.ends}", r.key))
+        t, how = r.ends[0]
+        if t > max(r.at, lost_at) + 1e-9:
+            out.append(Violation("lost-driver", f"{what} ended at {t:.3f} ({how}), after the loss", r.key))
+        elif r.at > lost_at and (how != "lost" or t > r.at + 1e-9):
+            out.append(Violation("lost-driver", f"{what}, made after the loss, ended with {how} at {t:.3f} instead "
+                                                f"of failing at once as lost", r.key))
+    if machine is not None:
+        try:
+            machine.validate()
+        except AssertionError as e:
+            out.append(Violation("lost-driver", f"the lost driver's client machine: {e}"))
+    return out

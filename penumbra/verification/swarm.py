@@ -116,6 +116,9 @@ class FaultPlan:
     # the chance that a nested task's worker dies while blocked in ``get``
     # on its children (or right after, running on CPU debt)
     blocked_crash_rate: float = 0.0
+    # a driver that loses its node while it waits (see _draw_lost_driver):
+    # (loss time, node index, "crash" | "cut", ((time, "get" | "wait", refs, num_returns, timeout), ...))
+    lost_driver: tuple = ()
 
     def items(self) -> list[tuple[str, Any]]:
         out: list[tuple[str, Any]] = [("crash", c) for c in self.crashes]
@@ -127,7 +130,7 @@ class FaultPlan:
         out += [("heartbeat_delay", c) for c in self.heartbeat_delays]
         out += [("rejoin_crash", c) for c in self.rejoin_crashes]
         out += [("storm", c) for c in self.storms]
-        for name in ("gcs_drop", "gcs_duplicate", "delay", "worker_crash_rate", "blocked_crash_rate"):
+        for name in ("gcs_drop", "gcs_duplicate", "delay", "worker_crash_rate", "blocked_crash_rate", "lost_driver"):
             if getattr(self, name):
                 out.append((name, getattr(self, name)))
         return out
@@ -272,6 +275,7 @@ def plan_seed(seed: int) -> SeedPlan:
     workload = add_frees(workload, random.Random(f"penumbra-swarm-frees-{seed}"))
     workload = add_jobs(workload, random.Random(f"penumbra-swarm-jobs-{seed}"), horizon)
     workload = add_actor_kinds(workload, random.Random(f"penumbra-swarm-actor-kinds-{seed}"))
+    faults = _draw_lost_driver(faults, workload, random.Random(f"penumbra-swarm-lost-driver-{seed}"), n, horizon)
     return SeedPlan(seed, layout, workload, faults, horizon)
 
 
@@ -898,6 +902,7 @@ def run_plan(plan: SeedPlan, *, faults: bool = True, validate: bool = True, max_
             node_addrs = list(cluster.nodes)
             if faults:
                 _install_faults(cluster, fp, node_addrs, base, plan, actors, d)
+            _install_lost_driver(cluster, fp, base, plan, keys, res)
             end_safety = base + plan.horizon + 0.3
             cluster.run(end_safety)
             # liveness phase: lift every fault (a cut node stays cut until its
@@ -1568,3 +1573,82 @@ def _names_now(w: Workload, cluster: SimCluster, actors: dict) -> dict:
             e = cluster.head.actors.actors.get(h.actor_id)
             out[a.key] = (e.state if e is not None else None, cluster.gcs_row("names", ("", a.name)))
     return out
+
+
+# ===========================================================================
+# client-machine: a driver that loses its node while it waits
+
+
+def _draw_lost_driver(faults: FaultPlan, w, rng: random.Random, n: int, horizon: float) -> FaultPlan:
+    """On over a quarter of the seeds, a second driver program makes
+    ``get``s and ``wait``s (of the workload's tasks; some with a timeout)
+    and loses its node meanwhile: the node is one the plan crashes anyway
+    (at that crash), or the driver's connection is cut (``SimDriver.cut``)
+    on a node that lives.  Some requests come after the loss: they must
+    fail at once (``checkers.check_lost_driver``).  From its own generator:
+    the rest of the plan is what it was."""
+    if not faults.items() or not w.tasks or rng.random() >= 0.35:
+        return faults
+    if faults.crashes and rng.random() < 0.6:
+        at, node, _ = faults.crashes[0]
+        how = "crash"
+    else:
+        at, node, how = round(rng.uniform(0.05, horizon), 3), rng.randrange(n), "cut"
+    requests = []
+    for _ in range(rng.randint(2, 6)):
+        t = round(rng.uniform(0.0, min(at + 0.2, horizon)), 3)
+        earlier = [x.key for x in w.tasks if x.at < t]
+        if not earlier:
+            continue
+        refs = tuple(rng.sample(earlier, min(len(earlier), rng.randint(1, 3))))
+        kind = rng.choice(("get", "wait"))
+        num = len(refs) if kind == "get" else rng.randint(1, len(refs))
+        timeout = None if rng.random() < 0.5 else round(rng.uniform(0.02, 0.4), 3)
+        requests.append((t, kind, refs, num, timeout))
+    if not requests:
+        return faults
+    return dataclasses.replace(faults, lost_driver=(at, node, how, tuple(sorted(requests))))
+
+
+def _install_lost_driver(cluster: SimCluster, fp: FaultPlan, base: float, plan: SeedPlan, keys: dict,
+                         res: RunResult) -> None:
+    """Run ``fp.lost_driver``: its driver, its requests and its loss, and
+    check (when the safety phase ends) that every request ended, once."""
+    if not fp.lost_driver:
+        return
+    from ..sim.cluster import SimWaiter
+
+    at, node_index, how, requests = fp.lost_driver
+    if how == "crash" and not any(c[:2] == (at, node_index) for c in fp.crashes):
+        return  # (a shrunk plan without the crash it was drawn with)
+    k = cluster.kernel
+    addr = list(cluster.nodes)[node_index]
+    drv = cluster.driver(addr)
+    made: list[C.DriverRequest] = []
+
+    def make(i: int, t: float, kind: str, refs: tuple, num: int, timeout: float | None) -> None:
+        oids = [keys[r] for r in refs if r in keys]  # (a paused main driver may not have made them yet)
+        if not oids:
+            return
+        r = C.DriverRequest(f"lost-driver-{i}", kind, k.now - base)
+
+        def end(how: str) -> None:
+            r.ends.append((k.now - base, how))
+
+        waiter = SimWaiter(done=lambda _: end("value"), timeout=lambda _: end("timeout"), fail=lambda why, _: end(why))
+        made.append(r)
+        if kind == "get":
+            drv.get(oids, waiter, timeout=timeout)
+        else:
+            drv.wait(oids, min(num, len(oids)), waiter, timeout=timeout, fetch=False)
+
+    for i, (t, kind, refs, num, timeout) in enumerate(requests):
+        k.call_at(base + t, make, i, t, kind, refs, num, timeout)
+    if how == "cut":
+        k.call_at(base + at, drv.cut, "the swarm cut the driver's connection")
+    # (a "crash" is the plan's own crash of that node: the driver is told as the node goes)
+
+    def check() -> None:
+        res.violations.extend(C.check_lost_driver(made, at, drv.machine))
+
+    k.call_at(base + plan.horizon + 0.25, check)

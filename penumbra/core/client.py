@@ -1,0 +1,539 @@
+"""The client side of the protocol: what a driver (or a worker) waits for.
+
+Theory of operation
+-------------------
+A client (the user's driver program, or a worker running a task) talks to
+the daemon of its node over one connection.  ``get``, ``wait``, ``await
+ref``, ``put``, GCS reads and named-actor registration are all *requests*:
+the client sends a message and something (a *waiter*: a future, a callback,
+a parked fiber; opaque to this machine) waits for the answer.  This machine
+keeps the client's half of that protocol, and nothing else:
+
+* ``requests``: request id -> the waiter of a one-reply request (a GCS
+  request, a put, a status query), or a watch (``get``/``wait``: object ids,
+  how many must be reported, the reports so far);
+* ``actor_waits``: actor id -> request id of a named actor's registration
+  (the node answers ``ActorRegistered`` by actor id, not request id);
+* ``linger``: the node watch a ``wait()`` left open to serve the next ones
+  (``ready, rest = wait(rest)`` in a loop would otherwise send the node all
+  of ``rest`` every round: O(n) work per result);
+* ``state``: ``CONNECTED``, ``LOST`` (the connection ended without this side
+  closing it) or ``SHUT_DOWN`` (this side closed it).
+
+The driver feeds it what happened: a request made (``request``, ``watch``,
+``register_actor``), a message from the node (``handle``: ``ObjectsReady``,
+``ClientGcsReply``, ``PutDone``, ``PutFailed``, ``ClusterStatus``,
+``ActorRegistered``), a timeout (``TimerFired`` of a ``SetTimer`` this
+machine asked for, or ``give_up`` when the caller's own clock ran out or it
+was interrupted), the connection ending (``ConnectionLost``, ``ShutDown``).
+It answers with commands: ``Send`` a message to the node, ``SetTimer``, and
+the outcome of a waiter: ``Resolve`` (its answer), ``Report`` (a streaming
+watch's new reports), ``TimedOut`` (with what was reported so far) or
+``Fail`` (the connection is gone).
+
+Rules (``validate`` checks the ones about state):
+
+1. **Every waiter ends exactly once.**  A waiter gets one of ``Resolve``,
+   ``TimedOut`` or ``Fail``, once; after that its request is forgotten, and
+   a reply, a timer or a give-up for it is ignored (duplicate and late
+   replies, a timer that fires after the answer came).
+2. **Nothing waits on a connection that is gone.**  On ``ConnectionLost``
+   every pending waiter fails (``Fail(reason=LOST)``); a request made after
+   it fails at once, without being registered.  So no order of events (the
+   loss recorded before, during or after a request is made) leaves a waiter
+   hanging: the hang after a lost daemon lived in the gap between the two.
+3. **A report counts once.**  An object reported twice to one watch (a
+   duplicate message, a re-sent report) is counted and reported once.
+4. **A watch satisfied with some of its objects is cancelled** on the node
+   (``CancelWatch``), unless it is the open ``linger`` watch, which keeps
+   reporting for the next ``wait``.
+
+Time comes in as ``now``; the machine keeps no clock.  Request ids are
+allocated here (``next_id``), so a driver never reuses one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Hashable
+
+from .ids import ActorId, ObjectId
+from .messages import (
+    ActorRegistered,
+    CancelWatch,
+    ClientGcsReply,
+    ClusterStatus,
+    Command,
+    Event,
+    Message,
+    ObjectsReady,
+    PutDone,
+    PutFailed,
+    Send,
+    SetTimer,
+    TimerFired,
+    WatchObjects,
+)
+
+__all__ = [
+    "CONNECTED", "LOST", "SHUT_DOWN", "ClientMachine", "ConnectionLost", "ShutDown", "Resolve", "Report",
+    "TimedOut", "Fail", "INLINE_KEEP_BYTES", "LINGER_INLINE_BYTES",
+]
+
+CONNECTED = "connected"
+LOST = "lost"
+SHUT_DOWN = "shut down"
+
+# What the open wait() watch keeps of inline values it was sent (so that a
+# later get of them needs no second trip): each at most INLINE_KEEP_BYTES,
+# LINGER_INLINE_BYTES in all; past that, only the fact that they are ready.
+INLINE_KEEP_BYTES = 64 << 10
+LINGER_INLINE_BYTES = 64 << 20
+
+_frozen = dataclass(frozen=True, slots=True, kw_only=True)
+
+
+# ===========================================================================
+# Events (driver -> machine) and commands (machine -> driver)
+
+
+@_frozen
+class ConnectionLost(Event):
+    """The connection to the node ended without this side closing it (the
+    daemon was killed or exited, the link was cut, the node crashed)."""
+
+    detail: str = ""
+
+
+@_frozen
+class ShutDown(Event):
+    """This side closed the connection (``shutdown()``, a worker exiting)."""
+
+
+@_frozen
+class Resolve(Command):
+    """``waiter``'s answer: a reply message, or a watch's reports
+    (``{object_id: (ObjectInfo, attachment)}``)."""
+
+    waiter: Any
+    value: Any
+
+
+@_frozen
+class Report(Command):
+    """New reports for a streaming watch: ``((object_id, info, attachment), ...)``
+    (each object once)."""
+
+    waiter: Any
+    objects: tuple
+
+
+@_frozen
+class TimedOut(Command):
+    """``waiter``'s time ran out first; ``partial``: a watch's reports so far
+    (``None`` for a one-reply request)."""
+
+    waiter: Any
+    partial: Any = None
+
+
+@_frozen
+class Fail(Command):
+    """The connection is gone: ``reason`` is ``LOST`` (``detail`` says how)
+    or ``SHUT_DOWN``."""
+
+    waiter: Any
+    reason: str
+    detail: str = ""
+
+
+from ._fastinit import install_init as _install_init  # noqa: E402
+from ._pickling import install as _install_pickling  # noqa: E402
+
+_install_init(ConnectionLost, ShutDown, Resolve, Report, TimedOut, Fail)
+_install_pickling(ConnectionLost, ShutDown, Resolve, Report, TimedOut, Fail)
+
+
+# ===========================================================================
+# What is pending
+
+
+class _Request:
+    """A one-reply request (GCS, put, status, named actor registration)."""
+
+    __slots__ = ("rid", "waiter", "actor_id")
+
+    def __init__(self, rid: int, waiter: Any, actor_id: ActorId | None = None) -> None:
+        self.rid = rid
+        self.waiter = waiter
+        self.actor_id = actor_id
+
+
+class _Watch:
+    """A ``get``/``wait``/``await``: done when ``need`` of ``ids`` are reported."""
+
+    __slots__ = ("rid", "waiter", "ids", "need", "results", "stream", "linger")
+
+    def __init__(self, rid: int, waiter: Any, ids: frozenset, need: int, stream: bool) -> None:
+        self.rid = rid
+        self.waiter = waiter
+        self.ids = ids
+        self.need = need
+        self.results: dict[ObjectId, tuple] = {}
+        self.stream = stream
+        self.linger: _Linger | None = None  # the open watch that serves it (no node watch of its own)
+
+
+class _Linger:
+    """The node watch a ``wait()`` left open, serving the next ones.
+
+    The driver's threads may read ``ready`` (a dict of reports) while the
+    machine's thread writes it: single dict reads are atomic."""
+
+    __slots__ = ("rid", "fetch", "unreported", "ready", "inline_bytes", "waiters", "held_until")
+
+    def __init__(self, rid: int, ids, fetch: bool, need: int) -> None:
+        self.rid = rid
+        self.fetch = fetch
+        self.unreported = set(ids)  # the node will still report these
+        self.ready: dict[ObjectId, tuple] = {}  # reported: oid -> (info, attachment)
+        self.inline_bytes = 0
+        self.waiters: list[_Watch] = []
+        # the node holds its reports until this many are ready (the need of
+        # the wait that opened the watch): until then, a report another
+        # wait needs may sit on the node
+        self.held_until = need
+
+    def covers(self, ids, fetch: bool) -> bool:
+        if fetch and not self.fetch:
+            return False
+        ready = self.ready
+        if len(ready) < self.held_until and self.unreported:
+            return False
+        unreported = self.unreported
+        return all(o in unreported or o in ready for o in ids)
+
+
+def _timer_key(rid: int) -> tuple:
+    return ("client-timeout", rid)
+
+
+# ===========================================================================
+# The machine
+
+
+class ClientMachine:
+    """One client's outstanding requests to its node (see the module doc).
+
+    Args:
+        client_id: this client's address (the ``client`` field of what it sends).
+        node_id: the node it is connected to (where ``Send`` goes).
+    """
+
+    def __init__(self, client_id: str, node_id: str) -> None:
+        self.client_id = client_id
+        self.node_id = node_id
+        self.state = CONNECTED
+        self.detail = ""  # how the connection was lost
+        self.requests: dict[int, _Request | _Watch] = {}
+        self.actor_waits: dict[ActorId, int] = {}
+        self.linger: _Linger | None = None
+        self.duplicates = 0  # reports of an object a watch already had (ignored)
+        self.late = 0  # replies for requests no longer pending (ignored)
+        self._next = 1
+
+    # ------------------------------------------------------------------ ids
+    def next_id(self) -> int:
+        rid = self._next
+        self._next = rid + 1
+        return rid
+
+    def _refused(self, waiter: Any, sid: str) -> list[Command]:
+        return [Fail(waiter=waiter, reason=self.state, detail=self.detail, stimulus_id=sid)]
+
+    def _timer(self, rid: int, deadline: float | None, sid: str) -> list[Command]:
+        return [] if deadline is None else [SetTimer(at=deadline, key=_timer_key(rid), stimulus_id=sid)]
+
+    # ------------------------------------------------------------------ requests
+    def request(self, waiter: Any, make: Callable[[int], Message], *, deadline: float | None = None,
+                stimulus_id: str = "") -> tuple[int, list[Command]]:
+        """A one-reply request: ``make(req_id)`` is the message to send.
+
+        Returns its id (for ``give_up``) and the commands: ``Send`` (and a
+        ``SetTimer`` for ``deadline``), or ``Fail`` at once when the
+        connection is gone."""
+        rid = self.next_id()
+        if self.state is not CONNECTED:
+            return rid, self._refused(waiter, stimulus_id)
+        self.requests[rid] = _Request(rid, waiter)
+        cmds: list[Command] = [Send(to=self.node_id, msg=make(rid), stimulus_id=stimulus_id)]
+        if deadline is not None:
+            cmds += self._timer(rid, deadline, stimulus_id)
+        return rid, cmds
+
+    def register_actor(self, waiter: Any, actor_id: ActorId, msg: Message, *, deadline: float | None = None,
+                       stimulus_id: str = "") -> tuple[int, list[Command]]:
+        """Send ``msg`` (the ``SubmitTask`` of a named actor's creation) and
+        wait for its ``ActorRegistered``."""
+        rid = self.next_id()
+        if self.state is not CONNECTED:
+            return rid, self._refused(waiter, stimulus_id)
+        old = self.actor_waits.get(actor_id)
+        if old is not None:
+            raise ValueError(f"actor {actor_id} is already being registered by request {old}; "
+                             f"create each named actor once")
+        self.requests[rid] = _Request(rid, waiter, actor_id)
+        self.actor_waits[actor_id] = rid
+        return rid, [Send(to=self.node_id, msg=msg, stimulus_id=stimulus_id)] + self._timer(rid, deadline, stimulus_id)
+
+    def watch(self, waiter: Any, ids, need: int, *, fetch: bool = True, report_need: int = 1,
+              deadline: float | None = None, linger: bool = False, stream: bool = False,
+              stimulus_id: str = "") -> tuple[int, list[Command]]:
+        """Wait until ``need`` of ``ids`` are reported ready (``get``: all;
+        ``wait``: ``num_returns``).
+
+        Args:
+            fetch: the node pulls them into its store (``get``).
+            report_need: the node may hold its reports until that many are
+                ready (``WatchObjects.need``).
+            deadline: give up then (``TimedOut``, with the reports so far).
+            linger: a ``wait``: served by the open watch if it covers ``ids``,
+                else a new node watch that stays open for the next waits.
+            stream: report each object as it comes (``Report``) as well.
+
+        Raises:
+            ValueError: ``need`` is not between 1 and the number of distinct ids.
+        """
+        uniq = tuple(dict.fromkeys(ids))
+        if not 0 < need <= len(uniq):
+            raise ValueError(f"a watch needs between 1 and {len(uniq)} of its {len(uniq)} distinct object(s), "
+                             f"not {need}")
+        rid = self.next_id()
+        if self.state is not CONNECTED:
+            return rid, self._refused(waiter, stimulus_id)
+        w = _Watch(rid, waiter, frozenset(uniq), need, stream)
+        lg = self.linger if linger else None
+        cmds: list[Command] = []
+        if lg is not None and not lg.waiters and not stream and lg.covers(uniq, fetch):
+            pass  # served by the open watch
+        else:
+            if lg is not None and (lg.waiters or stream):
+                lg = None  # it serves its waiters and no one else
+            elif linger and not stream:
+                if lg is not None and lg.unreported:
+                    cmds.append(Send(to=self.node_id, msg=CancelWatch(client=self.client_id, req_id=lg.rid,
+                                                                      stimulus_id=stimulus_id), stimulus_id=stimulus_id))
+                lg = self.linger = _Linger(rid, uniq, fetch, report_need)  # stays open after
+            cmds.append(Send(to=self.node_id, msg=WatchObjects(client=self.client_id, req_id=rid, object_ids=uniq,
+                                                               fetch=fetch, need=report_need,
+                                                               stimulus_id=stimulus_id), stimulus_id=stimulus_id))
+        self.requests[rid] = w
+        if lg is not None:
+            w.linger = lg
+            ready = lg.ready
+            for oid in uniq:  # (reported while this call was on its way)
+                r = ready.get(oid)
+                if r is not None:
+                    w.results[oid] = r
+            if len(w.results) >= need:
+                del self.requests[rid]
+                cmds.append(Resolve(waiter=waiter, value=w.results, stimulus_id=stimulus_id))
+                return rid, cmds
+            lg.waiters.append(w)
+        if deadline is not None:
+            cmds += self._timer(rid, deadline, stimulus_id)
+        return rid, cmds
+
+    # ------------------------------------------------------------------ giving up
+    def give_up(self, rid: int, stimulus_id: str = "") -> list[Command]:
+        """The waiter of ``rid`` stops waiting (its timeout, an interrupt):
+        ``TimedOut`` (with a watch's reports so far) unless it has its
+        outcome already, in which case nothing happens."""
+        return self._expire(rid, True, stimulus_id)
+
+    def cancel(self, rid: int, stimulus_id: str = "") -> list[Command]:
+        """Forget ``rid`` without telling its waiter (it has what it wanted,
+        e.g. a streaming watch whose caller is satisfied)."""
+        return self._expire(rid, False, stimulus_id)
+
+    def _expire(self, rid: int, tell: bool, sid: str) -> list[Command]:
+        r = self.requests.pop(rid, None)
+        if r is None:
+            return []
+        if type(r) is _Request:
+            if r.actor_id is not None:
+                self.actor_waits.pop(r.actor_id, None)
+            return [TimedOut(waiter=r.waiter, stimulus_id=sid)] if tell else []
+        cmds: list[Command] = []
+        lg = r.linger
+        if lg is not None:
+            # served by the open watch (or the wait that opened it): the
+            # watch stays open for the next wait, only this waiter goes
+            if r in lg.waiters:
+                lg.waiters.remove(r)
+        else:
+            cmds.append(Send(to=self.node_id, msg=CancelWatch(client=self.client_id, req_id=rid, stimulus_id=sid),
+                             stimulus_id=sid))
+        if tell:
+            cmds.append(TimedOut(waiter=r.waiter, partial=dict(r.results), stimulus_id=sid))
+        return cmds
+
+    def close_linger(self, stimulus_id: str = "") -> list[Command]:
+        """Close the watch a ``wait()`` left open, unless a wait still uses
+        it (a ``get`` that goes to the node is past any wait loop)."""
+        lg = self.linger
+        if lg is None or lg.waiters:
+            return []
+        self.linger = None
+        if lg.unreported and self.state is CONNECTED:
+            return [Send(to=self.node_id, msg=CancelWatch(client=self.client_id, req_id=lg.rid,
+                                                          stimulus_id=stimulus_id), stimulus_id=stimulus_id)]
+        return []
+
+    # ------------------------------------------------------------------ events
+    def handle(self, event: Event, now: float = 0.0) -> list[Command]:
+        t = event.__class__
+        if t is ObjectsReady:
+            return self.on_objects(event.req_id, event.objects, None, event.stimulus_id)
+        if t is ClientGcsReply or t is PutDone or t is PutFailed or t is ClusterStatus:
+            return self.on_reply(event.req_id, event)
+        if t is ActorRegistered:
+            rid = self.actor_waits.get(event.actor_id)
+            if rid is None:
+                self.late += 1
+                return []
+            return self.on_reply(rid, event)
+        if t is TimerFired:
+            key = event.key
+            if type(key) is tuple and len(key) == 2 and key[0] == "client-timeout":
+                return self._expire(key[1], True, event.stimulus_id)
+            return []
+        if t is ConnectionLost:
+            return self._end(LOST, event.detail, event.stimulus_id)
+        if t is ShutDown:
+            return self._end(SHUT_DOWN, "", event.stimulus_id)
+        raise TypeError(f"a client machine does not handle {t.__name__} events; it handles replies from its node "
+                        f"(ObjectsReady, ClientGcsReply, PutDone, PutFailed, ClusterStatus, ActorRegistered), "
+                        f"TimerFired, ConnectionLost and ShutDown")
+
+    def on_reply(self, rid: int, msg: Any) -> list[Command]:
+        """A one-reply request's answer (a late or duplicate one is ignored)."""
+        r = self.requests.get(rid)
+        if r is None or type(r) is not _Request:
+            self.late += 1
+            return []
+        del self.requests[rid]
+        if r.actor_id is not None:
+            self.actor_waits.pop(r.actor_id, None)
+        return [Resolve(waiter=r.waiter, value=msg, stimulus_id=msg.stimulus_id)]
+
+    def on_objects(self, rid: int, objects, attachments: dict | None, sid: str = "") -> list[Command]:
+        """``ObjectsReady`` for watch ``rid``; ``attachments``: the values
+        that came with it (``{oid: attachment}``), if any."""
+        w = self.requests.get(rid)
+        if w is None or type(w) is not _Watch or w.linger is not None:
+            lg = self.linger
+            if lg is not None and lg.rid == rid:
+                return self._on_linger_report(lg, objects, attachments or {}, sid)
+            self.late += 1
+            return []
+        atts = attachments or {}
+        results = w.results
+        new = [] if w.stream else None
+        for oid, info in objects:
+            if oid in results or oid not in w.ids:
+                self.duplicates += 1
+                continue
+            r = results[oid] = (info, atts.get(oid))
+            if new is not None:
+                new.append((oid, r[0], r[1]))
+        cmds: list[Command] = []
+        if new:
+            cmds.append(Report(waiter=w.waiter, objects=tuple(new), stimulus_id=sid))
+        if len(results) >= w.need:
+            del self.requests[rid]
+            if len(results) < len(w.ids):  # satisfied with some (wait): the node's watch is still open
+                cmds.append(Send(to=self.node_id, msg=CancelWatch(client=self.client_id, req_id=rid, stimulus_id=sid),
+                                 stimulus_id=sid))
+            cmds.append(Resolve(waiter=w.waiter, value=results, stimulus_id=sid))
+        return cmds
+
+    def _on_linger_report(self, lg: _Linger, objects, atts: dict, sid: str) -> list[Command]:
+        ready = lg.ready
+        fresh = []
+        for oid, info in objects:
+            if oid in ready:
+                self.duplicates += 1
+                continue
+            lg.unreported.discard(oid)
+            att = atts.get(oid)
+            if att is not None and att[0] == "i":
+                # (what the client's cache would keep, within its budget;
+                # past it, only the fact that the object is ready)
+                n = len(att[1])
+                if n > INLINE_KEEP_BYTES or lg.inline_bytes + n > LINGER_INLINE_BYTES:
+                    att = None
+                else:
+                    lg.inline_bytes += n
+            ready[oid] = (info, att)
+            fresh.append(oid)
+        if not lg.waiters or not fresh:
+            return []
+        cmds: list[Command] = []
+        still = []
+        for w in lg.waiters:
+            ids = w.ids
+            for oid in fresh:
+                if oid in ids:
+                    w.results[oid] = ready[oid]
+            if len(w.results) >= w.need:
+                self.requests.pop(w.rid, None)
+                cmds.append(Resolve(waiter=w.waiter, value=w.results, stimulus_id=sid))
+            else:
+                still.append(w)
+        lg.waiters = still
+        return cmds
+
+    def _end(self, state: str, detail: str, sid: str) -> list[Command]:
+        """The connection ended: fail every waiter, once."""
+        if self.state is not CONNECTED:
+            return []  # (already ended: a second report of it changes nothing)
+        self.state = state
+        self.detail = detail
+        pending = list(self.requests.values())
+        self.requests.clear()
+        self.actor_waits.clear()
+        lg, self.linger = self.linger, None
+        if lg is not None:
+            lg.waiters = []
+        return [Fail(waiter=r.waiter, reason=state, detail=detail, stimulus_id=sid) for r in pending]
+
+    # ------------------------------------------------------------------ checks
+    def pending(self) -> int:
+        """How many waiters are still waiting."""
+        return len(self.requests)
+
+    def validate(self) -> None:
+        """Check the machine's invariants (raise ``AssertionError``)."""
+        reqs = self.requests
+        if self.state is not CONNECTED:
+            assert not reqs, f"{len(reqs)} waiter(s) pending on a connection that is {self.state}"
+            assert not self.actor_waits and self.linger is None, "state left behind after the connection ended"
+        for aid, rid in self.actor_waits.items():
+            r = reqs.get(rid)
+            assert type(r) is _Request and r.actor_id == aid, f"actor registration {aid} points at {rid}: {r!r}"
+        for rid, r in reqs.items():
+            assert r.rid == rid and 0 < rid < self._next, f"request {rid} filed under the wrong id ({r.rid})"
+            if type(r) is _Watch:
+                assert len(r.results) < r.need, f"watch {rid} has {len(r.results)} of {r.need} reports and still waits"
+                assert r.results.keys() <= r.ids, f"watch {rid} holds reports of objects it does not watch"
+                if r.linger is not None:
+                    assert r.linger is self.linger and r in r.linger.waiters, \
+                        f"watch {rid} is served by a watch that is no longer open"
+            elif r.actor_id is not None:
+                assert self.actor_waits.get(r.actor_id) == rid, f"request {rid} lost its actor registration"
+        lg = self.linger
+        if lg is not None:
+            assert not (lg.unreported & lg.ready.keys()), "the open watch counts an object as both ready and not"
+            for w in lg.waiters:
+                assert reqs.get(w.rid) is w, f"the open watch serves watch {w.rid}, which no longer waits"

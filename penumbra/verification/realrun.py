@@ -82,6 +82,8 @@ HEARTBEAT = 0.2
 NODE_TIMEOUT = 2.0
 # how long a held task waits for the fault before going on by itself
 HOLD_LIMIT = 60.0
+# the "node" fault arms this far into the submission schedule
+ARM_AT = 0.25
 
 
 # ===========================================================================
@@ -109,11 +111,12 @@ class Control:
     """What every task is told about the run's fault (a small argument).
 
     ``dir``: the run's scratch directory (markers, barriers);
-    ``victim``: a task key whose first attempt the worker fault targets;
-    ``victim_child``: the key of that task's child that holds while its
-    parent is blocked in ``get`` ("" when the victim holds itself);
-    ``doomed_node``: the node id whose tasks hold once ``armed`` exists,
-    until the node is killed."""
+    ``victim``: the task whose first attempt the fault targets;
+    ``victim_child``: the worker fault's: the victim's child that holds
+    while its parent is blocked in ``get`` on it ("" when the victim holds
+    itself);
+    ``doomed_node``: the node fault's: the node where the victim holds, and
+    every task once ``armed`` exists, until the node is killed."""
 
     dir: str
     victim: str = ""
@@ -159,18 +162,17 @@ def _enter(ctl: Control, key: str) -> None:
     pid = os.getpid()
     node = ray.get_runtime_context().get_node_id()
     _touch(os.path.join(ctl.dir, "x", f"{key}.{pid}.{time.monotonic_ns()}"), node)
-    go = os.path.join(ctl.dir, "go")
-    if os.path.exists(go):
-        return
-    if ctl.doomed_node and node == ctl.doomed_node and os.path.exists(os.path.join(ctl.dir, "armed")):
-        _touch(os.path.join(ctl.dir, "hold", f"{key}.{pid}"), str(pid))
-        _wait_for_go(ctl)
-    elif key == ctl.victim and not ctl.victim_child:
-        _touch(os.path.join(ctl.dir, "hold", f"{key}.{pid}"), str(pid))
-        _wait_for_go(ctl)
-    elif key == ctl.victim_child and ctl.victim_child:
-        # the parent is (about to be) blocked in get on this child: hold
-        # until its worker is killed
+    if os.path.exists(os.path.join(ctl.dir, "go")):
+        return  # the fault is in: retries run on
+    if ctl.doomed_node:
+        # the node fault: the victim there, or (without one) once armed every task there
+        hold = node == ctl.doomed_node and (key == ctl.victim if ctl.victim else
+                                            os.path.exists(os.path.join(ctl.dir, "armed")))
+    elif ctl.victim_child:
+        hold = key == ctl.victim_child  # its parent is (about to be) blocked in get on it
+    else:
+        hold = key == ctl.victim
+    if hold:
         _touch(os.path.join(ctl.dir, "hold", f"{key}.{pid}"), str(pid))
         _wait_for_go(ctl)
 
@@ -207,7 +209,8 @@ class _Actor:
     """``VActor``: one chain per caller, from the initial state."""
 
     def __init__(self, ctl: Control, key: str) -> None:
-        _touch(os.path.join(ctl.dir, "i", f"{key}.{os.getpid()}.{time.monotonic_ns()}"))
+        _touch(os.path.join(ctl.dir, "i", f"{key}.{os.getpid()}.{time.monotonic_ns()}"),
+               ray.get_runtime_context().get_node_id())
         self.state = {"": digest("init", key, ())}
 
     def m(self, ctl: Control, call: VCall, caller: int, *inputs):
@@ -318,7 +321,8 @@ class RealRun:
     waits: dict[str, C.WaitOutcome] = field(default_factory=dict)
     violations: list[C.Violation] = field(default_factory=list)
     taints: dict[str, set[str]] = field(default_factory=dict)
-    landed: str = ""  # what the fault hit ("" if it did not land)
+    landed: str = ""  # what the fault did ("" if nothing)
+    hit: bool = False  # it hit a task of the run mid-flight
     executions: dict[str, int] = field(default_factory=dict)  # key -> starts seen (tasks, children, calls)
     wall: float = 0.0
 
@@ -404,23 +408,36 @@ class _FaultThread(threading.Thread):
             time.sleep(0.05)  # the parent has entered its get
         pid = self._holds()[ctl.victim]
         os.kill(pid, signal.SIGKILL)
+        r.hit = True
         r.landed = f"SIGKILL of worker {pid} running {ctl.victim}" + (
             f" (blocked in get on {ctl.victim_child})" if ctl.victim_child else "")
 
     def _node(self) -> None:
         r = self.run_
-        # mid-run: from half the submission schedule on, the doomed node's
-        # tasks hold; the first one that does is killed with its node
-        if not self._until(lambda: time.monotonic() >= r.t0 + r.plan.horizon * r.time_scale / 2, r.fault_deadline):
-            return
-        _touch(os.path.join(r.ctl.dir, "armed"), "armed")
-        self._until(lambda: bool(self._holds()), r.fault_deadline)
+        victim = r.ctl.victim
+        # The victim (sent there by a soft node affinity, submitted near the
+        # middle of the run) holds when it starts there, and the node dies
+        # then: always mid-task, mid-run.  Without a victim, every task that
+        # starts there from ARM_AT of the schedule on holds, and the node
+        # dies with the first.  (Not both: held tasks could fill the node's
+        # CPUs, and the victim would queue behind them for ever.)
+        def ready() -> bool:
+            if not victim and time.monotonic() >= r.t0 + r.plan.horizon * r.time_scale * ARM_AT and not r.armed:
+                _touch(os.path.join(r.ctl.dir, "armed"), "armed")
+                r.armed = True
+            holds = self._holds()
+            return victim in holds if victim else bool(holds)
+
+        if not self._until(ready, r.fault_deadline):
+            return  # the program ended first (or the deadline): the fault did not land
         held = sorted(self._holds())
-        victim = r.doomed
+        doomed = r.doomed
+        actors = sorted(k for k, node in _markers(r.ctl.dir, "i").items() if node == doomed.node_id)
         r.killed_at = time.monotonic() - r.t0
-        r.cluster.remove_node(victim)  # SIGKILL: its workers and its objects go with it
-        r.landed = f"SIGKILL of node daemon {victim.node_id[:8]} " + (
-            f"while running {', '.join(held)}" if held else "(no task of the run was on it)")
+        r.cluster.remove_node(doomed)  # SIGKILL: its workers and its objects go with it
+        r.hit = True
+        r.landed = f"SIGKILL of node daemon {doomed.node_id} while running {', '.join(held)}" + (
+            f", hosting actors {', '.join(actors)}" if actors else "")
         # a node of the same shape joins, as the swarm's crashed nodes restart
         r.cluster.add_node(**r.node_args[1])
 
@@ -437,6 +454,8 @@ class _Run:
     t0: float = 0.0
     fault_deadline: float = 0.0
     landed: str = ""
+    hit: bool = False  # the fault hit a task mid-flight
+    armed: bool = False
     killed_at: float = 0.0
     handles: dict = field(default_factory=dict)  # actor key -> handle
     refs: dict = field(default_factory=dict)  # item key -> ref
@@ -450,21 +469,24 @@ def _node_args(shape: NodeShape) -> dict:
     return args
 
 
-def _choose_victim(plan, reference) -> tuple[str, str]:
-    """The task the worker fault kills: a task whose reference value is a
-    value (so it runs) and with a retry left; a parent (killed while blocked
-    in ``get`` on its first child) if there is one; the one submitted
-    nearest the middle of the run otherwise."""
+def _choose_victim(plan, reference, fault: str) -> tuple[str, str]:
+    """The task the fault kills (and, for the worker fault, the child it is
+    blocked in ``get`` on): a task whose reference value is a value (so it
+    runs) and with a retry left; for the worker fault a parent if there is
+    one; for the node fault one that fits the doomed node (plan node 1);
+    the one submitted nearest the middle of the run.  ("", "") if none."""
     w = plan.workload
     ok = [t for t in w.tasks if reference.results.get(t.key, ("e",))[0] == "v" and t.max_retries != 0
           and t.group is None]
+    if fault == "node":
+        ok = [t for t in ok if t.resources.is_subset_of(plan.layout.nodes[1].resources)]
     if not ok:
         return "", ""
-    parents = [t for t in ok if t.model.children]
+    parents = [t for t in ok if t.model.children] if fault == "worker" else []
     pool = parents or ok
     mid = plan.horizon / 2
     t = min(pool, key=lambda t: (abs(t.at - mid), t.key))
-    return t.key, (t.model.children[0].key if t.model.children else "")
+    return t.key, (t.model.children[0].key if t.model.children and fault == "worker" else "")
 
 
 def run_real(plan, fault: str = "none", *, reference=None, time_scale: float = 1.0, timeout: float = 60.0,
@@ -508,7 +530,7 @@ def run_real(plan, fault: str = "none", *, reference=None, time_scale: float = 1
         daemons = [cluster.head] + [cluster.add_node(**a) for a in node_args[1:]]
         ray.init(address=cluster.address, _token=cluster.token)
         cluster.wait_for_nodes()
-        victim, victim_child = _choose_victim(plan, reference) if fault == "worker" and reference else ("", "")
+        victim, victim_child = _choose_victim(plan, reference, fault) if fault != "none" and reference else ("", "")
         if fault == "worker" and not victim:
             out.violations.append(C.Violation("harness", "no task to kill a worker of: every task raises or "
                                                          "has no retry"))
@@ -516,8 +538,8 @@ def run_real(plan, fault: str = "none", *, reference=None, time_scale: float = 1
                       doomed_node=daemons[1].node_id if fault == "node" else "")
         run = _Run(plan, fault, ctl, cluster, daemons[1], node_args, time_scale)
         _program(run, out, timeout)
-        out.landed = run.landed
-        out.executions = _executions(scratch)
+        out.landed, out.hit = run.landed, run.hit
+        out.executions = _count(scratch, "x")
         _account(run, out)
     finally:
         try:
@@ -530,13 +552,32 @@ def run_real(plan, fault: str = "none", *, reference=None, time_scale: float = 1
     return out
 
 
-def _executions(scratch: str) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for name in os.listdir(os.path.join(scratch, "x")):
+def _markers(scratch: str, kind: str) -> dict[str, str]:
+    """``kind`` ("x": executions, "i": actor constructions): key -> what
+    the last marker of it says (the node it ran on)."""
+    out: dict[str, tuple[int, str]] = {}
+    d = os.path.join(scratch, kind)
+    for name in os.listdir(d):
         if name.endswith(".tmp"):
             continue
-        key = name.rsplit(".", 2)[0]  # (an actor call's key has a dot too)
-        out[key] = out.get(key, 0) + 1
+        key, _, ns = name.rsplit(".", 2)  # (an actor call's key has a dot too)
+        try:
+            with open(os.path.join(d, name)) as f:
+                text = f.read()
+        except OSError:
+            continue
+        if key not in out or out[key][0] < int(ns):
+            out[key] = (int(ns), text)
+    return {k: v[1] for k, v in out.items()}
+
+
+def _count(scratch: str, kind: str) -> dict[str, int]:
+    """How many markers of ``kind`` each key left."""
+    out: dict[str, int] = {}
+    for name in os.listdir(os.path.join(scratch, kind)):
+        if not name.endswith(".tmp"):
+            key = name.rsplit(".", 2)[0]
+            out[key] = out.get(key, 0) + 1
     return out
 
 
@@ -544,7 +585,7 @@ def _program(run: _Run, out: RealRun, timeout: float) -> None:
     """The workload as a driver program: every item at its time, then a
     ``get`` of each (bounded), while the fault thread does its part."""
     from ..util.placement_group import placement_group
-    from ..util.scheduling_strategies import PlacementGroupSchedulingStrategy
+    from ..util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
     plan, ctl = run.plan, run.ctl
     w = plan.workload
@@ -583,6 +624,9 @@ def _program(run: _Run, out: RealRun, timeout: float) -> None:
                     "max_retries": t.max_retries, "name": t.key}
             if t.group is not None:
                 opts = in_group(opts, t.group)
+            if ctl.doomed_node and t.key == ctl.victim:
+                # the node fault's victim: there while it lives, anywhere after
+                opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(ctl.doomed_node, soft=True)
             refs[t.key] = _task.options(**opts).remote(ctl, t.model, *[refs[d] for d in t.deps])
         add(t.at, submit)
     for a in w.actors:
@@ -682,11 +726,7 @@ def _account(run: _Run, out: RealRun) -> None:
         if row is not None:
             n = max(n, row.attempt + 1)  # (as run_plan counts them)
         attempts[t.key] = n
-    inits: dict[str, int] = {}
-    for name in os.listdir(os.path.join(run.ctl.dir, "i")):
-        if not name.endswith(".tmp"):
-            k = name.rsplit(".", 2)[0]
-            inits[k] = inits.get(k, 0) + 1
+    inits = _count(run.ctl.dir, "i")
     disturbed = set()
     for a in w.actors:
         h = run.handles.get(a.key)
@@ -736,6 +776,7 @@ class RealReport:
     landed: str
     wall: float
     run: RealRun | None = None
+    hit: bool = False  # the fault hit a task of the run mid-flight
 
     def summary(self) -> str:
         status = "ok" if self.ok else f"FAILED ({len(self.violations)} violations)"
@@ -760,5 +801,5 @@ def check_real(seed: int, fault: str = "none", *, plan=None, **kw) -> RealReport
     violations += [C.Violation("liveness", f"{k} has no result on the real runtime", k) for k in missing]
     violations += C.check_waits(plan.workload.waits, run.waits)
     if fault != "none" and not run.landed:
-        violations.append(C.Violation("harness", f"the {fault} fault never landed mid-task"))
-    return RealReport(seed, fault, not violations, violations, run.landed, time.monotonic() - t0, run)
+        violations.append(C.Violation("harness", f"the {fault} fault never landed"))
+    return RealReport(seed, fault, not violations, violations, run.landed, time.monotonic() - t0, run, run.hit)

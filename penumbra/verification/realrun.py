@@ -70,7 +70,7 @@ from . import checkers as C
 from .workload import CUSTOM, SLOT, VCall, VChild, VTask, digest
 
 __all__ = ["REAL_STORE", "FAULTS", "RealRun", "RealReport", "misfit", "real_layout", "run_real", "check_real",
-           "fitting_seeds", "DesignedFailure"]
+           "sample", "run_real_cli", "DesignedFailure"]
 
 # Every real node's object store: big enough that no workload of the swarm
 # fills it (misfit() refuses one that could).
@@ -293,17 +293,23 @@ def _sizes(children) -> list[int]:
     return out
 
 
-def fitting_seeds(count: int, start: int = 0, limit: int = 500) -> list[int]:
-    """The first ``count`` seeds from ``start`` whose plans fit (without
-    their reference runs: ``check_real`` still refuses a misfit)."""
-    from .swarm import plan_seed
+def sample(count: int, fault: str = "none", start: int = 0, limit: int = 1000) -> list[int]:
+    """The first ``count`` seeds from ``start`` that fit (``misfit``, with
+    their reference runs) and, for a fault, have a task it can target
+    (``_choose_victim``): a deterministic sample."""
+    from .swarm import plan_seed, run_plan
 
     out = []
     for s in range(start, start + limit):
-        if not misfit(plan_seed(s)):
-            out.append(s)
-            if len(out) == count:
-                break
+        plan = plan_seed(s)
+        if misfit(plan):
+            continue
+        ref = run_plan(plan, faults=False, validate=False)
+        if misfit(plan, ref) or (fault != "none" and not _choose_victim(plan, ref, fault)[0]):
+            continue
+        out.append(s)
+        if len(out) == count:
+            break
     return out
 
 
@@ -512,7 +518,7 @@ def run_real(plan, fault: str = "none", *, reference=None, time_scale: float = 1
     why = misfit(plan, reference)
     if why:
         raise ValueError(f"seed {plan.seed} cannot run on the real runtime here: {why} "
-                         f"(pick seeds with realrun.fitting_seeds)")
+                         f"(pick seeds with realrun.sample)")
     from ..transports.launch import Cluster
 
     t_start = time.monotonic()
@@ -803,3 +809,30 @@ def check_real(seed: int, fault: str = "none", *, plan=None, **kw) -> RealReport
     if fault != "none" and not run.landed:
         violations.append(C.Violation("harness", f"the {fault} fault never landed"))
     return RealReport(seed, fault, not violations, violations, run.landed, time.monotonic() - t0, run, run.hit)
+
+
+def run_real_cli(args) -> int:
+    """``penumbra verify --real``: ``--seed S`` runs seed S with each fault in
+    turn; ``--seeds N`` runs the first N seeds that fit, the i-th with
+    ``FAULTS[i % 3]``."""
+    if args.seed is not None:
+        runs = [(args.seed, f) for f in FAULTS]
+    else:
+        runs = [(s, FAULTS[i % len(FAULTS)]) for i, s in enumerate(sample(args.seeds))]
+    t0 = time.monotonic()
+    bad = []
+    for seed, fault in runs:
+        try:
+            r = check_real(seed, fault)
+        except ValueError as e:  # a seed that does not fit (--seed S)
+            print(f"seed {seed} ({fault}): skipped: {e}")
+            continue
+        print(r.summary(), flush=True)
+        if not r.ok:
+            bad.append(r)
+            for v in r.violations[:5]:
+                print(f"   {v}")
+            print(f"   replay: penumbra verify --real --seed {seed}")
+    print(f"{len(runs)} real runs in {time.monotonic() - t0:.1f}s: {len(runs) - len(bad)} agree with the "
+          f"simulator, {len(bad)} do not")
+    return 0 if not bad else 1

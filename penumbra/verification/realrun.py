@@ -43,10 +43,20 @@ What is translated differently, and why (none changes a value):
   custom resource and the GPUs), with the plan's CPUs and resources, and a
   store big enough for the workload (the swarm covers full stores).
 
-Seeds whose plan does not fit (``misfit``): a task asks more than any of
-those nodes has, the store cannot hold the workload, or the reference
-holds an error that depends on timing in a way the taints do not cover
-(a full store, an evicted put).
+Everything else is translated as the simulator runs it: nested tasks two
+deep (children of half a CPU, retried without limit), tasks that raise
+(``DesignedFailure``: the same message), ``max_retries``, custom resources
+and fractional GPUs, actors with ``max_restarts``/``max_task_retries``,
+``replay=True`` with ``checkpoint_interval``, actors holding half a GPU,
+``kill`` (no restart), ``cancel`` of actor calls, ``wait`` (checked by
+``check_waits``, its timing loosely), and placement groups (tasks and an
+actor in a bundle, through ``PlacementGroupSchedulingStrategy``).
+
+Seeds whose plan does not fit (``misfit``; 8 of the first 300): a task
+asks more than any of those nodes has, a STRICT_SPREAD group needs more
+nodes than would survive a kill, the store cannot hold the workload, or the
+reference holds an error that depends on timing in a way the taints do not
+cover (a full store or an evicted object in the simulator's small stores).
 """
 
 from __future__ import annotations
@@ -694,20 +704,20 @@ def _program(run: _Run, out: RealRun, timeout: float) -> None:
 
 def _wait(wp, refs: dict, out: RealRun, time_scale: float, timeout: float) -> None:
     """``ray.wait`` as the plan has it; a wait without a timeout is bounded
-    by ``timeout`` (returning short then is a hang: ``check_waits`` says so)."""
+    by ``timeout`` (returning short then is a hang: ``check_waits`` says so).
+    Real time is not the plan's: how long a wait with a timeout took is
+    checked loosely here, not by ``check_waits``."""
     objs = [refs[k] for k in wp.refs]
-    key_of = {id(r): k for r, k in zip(objs, wp.refs)}
     limit = wp.timeout * time_scale if wp.timeout is not None else timeout
     t0 = time.monotonic()
     ready, _ = ray.wait(objs, num_returns=wp.num_returns, timeout=limit, fetch_local=wp.fetch)
-    keys = [key_of.get(id(r)) or wp.refs[objs.index(r)] for r in ready]
-    o = C.WaitOutcome(started=0.0, ready=keys, done=True, timed_out=len(keys) < wp.num_returns,
-                      # (real time is not the plan's: the bound is checked loosely)
-                      finished=min(time.monotonic() - t0, wp.timeout) if wp.timeout is not None else 0.0)
+    took = time.monotonic() - t0
+    keys = [wp.refs[objs.index(r)] for r in ready]
+    o = C.WaitOutcome(started=0.0, ready=keys, done=True, timed_out=len(keys) < wp.num_returns)
     o.twice = [k for i, k in enumerate(keys) if k in keys[:i]]
-    if wp.timeout is not None and time.monotonic() - t0 > limit + 5.0:
+    if wp.timeout is not None and took > limit + 5.0:
         out.violations.append(C.Violation("waits", f"wait {wp.key} with timeout {limit:.3f}s returned after "
-                                                   f"{time.monotonic() - t0:.3f}s", wp.key))
+                                                   f"{took:.3f}s", wp.key))
     out.waits[wp.key] = o
 
 
@@ -745,9 +755,8 @@ def _account(run: _Run, out: RealRun) -> None:
             row = None
         if (row is None or row.incarnation > 0 or row.state is not ActorState.ALIVE or inits.get(a.key, 0) > 1):
             disturbed.add(a.key)
+    # (a worker kill is in the attempts counted above; a node kill is a crash)
     faults = FaultPlan()
-    if run.fault != "none":
-        faults = FaultPlan(worker_crash_rate=1e-9)  # (faulty: only what it did counts below)
     if run.fault == "node" and run.landed:
         faults = FaultPlan(crashes=((round(run.killed_at / run.time_scale, 3), 1, 1.0),))
     real = dataclasses.replace(plan, layout=real_layout(plan), faults=faults,

@@ -10,6 +10,9 @@ computed:
     ``get`` on its child, where the seed has one), every untainted value;
 (c) with a non-head node daemon SIGKILLed while a task runs on it (a node
     of its shape joins after), every untainted value;
+(d) with an actor's worker SIGKILLed mid-call (a replay actor's where the
+    seed has one: it restarts and replays, and its values stay exact),
+    every untainted value;
 
 and every item is ready within a bounded time (a hang is a ``liveness``
 violation, not a stuck test).  The samples are the first seeds that fit
@@ -32,6 +35,7 @@ from penumbra.verification.swarm import plan_seed
 NONE = realrun.sample(3)
 WORKER = realrun.sample(3, "worker", start=NONE[-1] + 1)
 NODE = realrun.sample(3, "node", start=WORKER[-1] + 1)
+ACTOR = realrun.sample(3, "actor", start=NODE[-1] + 1)
 SLOW = 15
 TIMEOUT = 30.0  # seconds after the schedule within which every value must be ready
 
@@ -75,11 +79,24 @@ def test_a_node_daemon_killed_mid_run_changes_no_untainted_value(seed):
     assert "SIGKILL of node daemon" in r.landed
 
 
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("seed", ACTOR)
+def test_an_actor_killed_mid_call_changes_no_untainted_value(seed):
+    r = _agree(seed, "actor")
+    assert "SIGKILL of the actor" in r.landed
+    # a replay actor (every one the sample's first pick is) restarts with its
+    # state rebuilt: its calls are untainted, each value checked exactly
+    plan = plan_seed(seed)
+    victim = next(a for a in plan.workload.actors if any(c.key == r.run.target for c in a.calls))
+    if victim.replay:
+        assert not any(r.run.taints[c.key] for c in victim.calls), r.run.taints
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
 @pytest.mark.parametrize("fault", realrun.FAULTS)
 def test_many_seeds_agree(fault):
-    seeds = realrun.sample(SLOW, fault, start=NODE[-1] + 1)
+    seeds = realrun.sample(SLOW, fault, start=ACTOR[-1] + 1)
     bad = []
     for s in seeds:
         r = realrun.check_real(s, fault, timeout=TIMEOUT)

@@ -24,7 +24,9 @@ Faults are real: ``"worker"`` SIGKILLs the worker running a chosen task
 (a parent task blocked in ``get`` on its held child, when the plan has one
 with retries left), ``"node"`` SIGKILLs a non-head node daemon while a task
 is running on it, mid-run, and a node of the same shape joins after (as
-the swarm's crashes restart).  Tasks hold at a file barrier until the
+the swarm's crashes restart), ``"actor"`` SIGKILLs an actor's worker in
+the middle of a call (a replay actor's where there is one: it restarts,
+replays, and every value must still be exact).  Tasks hold at a file barrier until the
 fault is in, so it always lands mid-task (``tests/test_chaos.py``'s way).
 What a fault may legitimately change is tainted by ``swarm._taints``, fed
 with what really happened: each task's executions (marker files, and the
@@ -85,7 +87,7 @@ __all__ = ["REAL_STORE", "FAULTS", "RealRun", "RealReport", "misfit", "real_layo
 # Every real node's object store: big enough that no workload of the swarm
 # fills it (misfit() refuses one that could).
 REAL_STORE = 256 << 20
-FAULTS = ("none", "worker", "node")
+FAULTS = ("none", "worker", "node", "actor")
 
 # timing of the real cluster: a dead node is noticed within seconds
 HEARTBEAT = 0.2
@@ -339,6 +341,7 @@ class RealRun:
     taints: dict[str, set[str]] = field(default_factory=dict)
     landed: str = ""  # what the fault did ("" if nothing)
     hit: bool = False  # it hit a task of the run mid-flight
+    target: str = ""  # the item the fault was aimed at
     executions: dict[str, int] = field(default_factory=dict)  # key -> starts seen (tasks, children, calls)
     wall: float = 0.0
 
@@ -398,7 +401,7 @@ class _FaultThread(threading.Thread):
     def run(self) -> None:
         r = self.run_
         try:
-            if r.fault == "worker":
+            if r.fault in ("worker", "actor"):
                 self._worker()
             elif r.fault == "node":
                 self._node()
@@ -425,7 +428,7 @@ class _FaultThread(threading.Thread):
         pid = self._holds()[ctl.victim]
         os.kill(pid, signal.SIGKILL)
         r.hit = True
-        r.landed = f"SIGKILL of worker {pid} running {ctl.victim}" + (
+        r.landed = f"SIGKILL of {'the actor' if r.fault == 'actor' else 'worker'} {pid} running {ctl.victim}" + (
             f" (blocked in get on {ctl.victim_child})" if ctl.victim_child else "")
 
     def _node(self) -> None:
@@ -486,12 +489,27 @@ def _node_args(shape: NodeShape) -> dict:
 
 
 def _choose_victim(plan, reference, fault: str) -> tuple[str, str]:
-    """The task the fault kills (and, for the worker fault, the child it is
-    blocked in ``get`` on): a task whose reference value is a value (so it
-    runs) and with a retry left; for the worker fault a parent if there is
-    one; for the node fault one that fits the doomed node (plan node 1);
-    the one submitted nearest the middle of the run.  ("", "") if none."""
+    """What the fault kills: the task (or, for ``"actor"``, the actor call)
+    whose first attempt holds until it is killed, and, for the worker
+    fault, the child its parent is then blocked in ``get`` on.  ("", "")
+    if the plan has nothing to target.
+
+    A task whose reference value is a value (so it runs) and with a retry
+    left; for the worker fault a parent if there is one; for the node fault
+    one that fits the doomed node (plan node 1).  For the actor fault, a
+    call of a restartable actor the plan neither kills nor cancels calls
+    of, a replay actor's if there is one (its values must then come back
+    exact).  The one submitted nearest the middle of the run."""
     w = plan.workload
+    mid = plan.horizon / 2
+    if fault == "actor":
+        calls = [(a, c) for a in w.actors if a.kill_at is None and a.max_restarts != 0
+                 and not any(c.cancel_at is not None for c in a.calls)
+                 for c in a.calls if reference.results.get(c.key, ("e",))[0] == "v"]
+        pool = [ac for ac in calls if ac[0].replay] or calls
+        if not pool:
+            return "", ""
+        return min(pool, key=lambda ac: (abs(ac[1].at - mid), ac[1].key))[1].key, ""
     ok = [t for t in w.tasks if reference.results.get(t.key, ("e",))[0] == "v" and t.max_retries != 0
           and t.group is None]
     if fault == "node":
@@ -500,7 +518,6 @@ def _choose_victim(plan, reference, fault: str) -> tuple[str, str]:
         return "", ""
     parents = [t for t in ok if t.model.children] if fault == "worker" else []
     pool = parents or ok
-    mid = plan.horizon / 2
     t = min(pool, key=lambda t: (abs(t.at - mid), t.key))
     return t.key, (t.model.children[0].key if t.model.children and fault == "worker" else "")
 
@@ -511,9 +528,11 @@ def run_real(plan, fault: str = "none", *, reference=None, time_scale: float = 1
 
     Args:
         fault: ``"none"``, ``"worker"`` (SIGKILL of the worker running a
-            task) or ``"node"`` (SIGKILL of a node daemon mid-run).
-        reference: the plan's fault-free simulator run (to choose the
-            worker fault's victim among tasks that run).
+            task), ``"node"`` (SIGKILL of a node daemon mid-run) or
+            ``"actor"`` (SIGKILL of an actor's worker mid-call).
+        reference: the plan's fault-free simulator run (to choose what a
+            fault kills among the items that run); without it, no fault
+            lands.
         time_scale: real seconds per virtual second of the schedule.
         timeout: how long after the schedule every value must be ready.
         validate: the daemons check their machines' invariants after every
@@ -547,9 +566,10 @@ def run_real(plan, fault: str = "none", *, reference=None, time_scale: float = 1
         ray.init(address=cluster.address, _token=cluster.token)
         cluster.wait_for_nodes()
         victim, victim_child = _choose_victim(plan, reference, fault) if fault != "none" and reference else ("", "")
-        if fault == "worker" and not victim:
-            out.violations.append(C.Violation("harness", "no task to kill a worker of: every task raises or "
-                                                         "has no retry"))
+        if fault != "none" and not victim:
+            out.violations.append(C.Violation("harness", f"the plan has nothing the {fault} fault can target "
+                                                         f"(see _choose_victim)"))
+        out.target = victim
         ctl = Control(scratch, victim=victim, victim_child=victim_child,
                       doomed_node=daemons[1].node_id if fault == "node" else "")
         run = _Run(plan, fault, ctl, cluster, daemons[1], node_args, time_scale)

@@ -842,26 +842,36 @@ def check_real(seed: int, fault: str = "none", *, plan=None, **kw) -> RealReport
 
 def run_real_cli(args) -> int:
     """``penumbra verify --real``: ``--seed S`` runs seed S with each fault in
-    turn; ``--seeds N`` runs the first N seeds that fit, the i-th with
-    ``FAULTS[i % 3]``."""
+    turn; ``--seeds N`` runs N seeds, the i-th with ``FAULTS[i % 4]``: the
+    first seed after the previous one that fits and that fault can target
+    (``sample``)."""
     if args.seed is not None:
         runs = [(args.seed, f) for f in FAULTS]
     else:
-        runs = [(s, FAULTS[i % len(FAULTS)]) for i, s in enumerate(sample(args.seeds))]
+        runs, start = [], 0
+        for i in range(args.seeds):
+            fault = FAULTS[i % len(FAULTS)]
+            seed = sample(1, fault, start=start)[0]
+            runs.append((seed, fault))
+            start = seed + 1
     t0 = time.monotonic()
-    bad = []
+    bad, done = [], 0
     for seed, fault in runs:
         try:
             r = check_real(seed, fault)
         except ValueError as e:  # a seed that does not fit (--seed S)
             print(f"seed {seed} ({fault}): skipped: {e}")
             continue
+        if fault != "none" and not r.run.target:
+            print(f"seed {seed} ({fault}): skipped: the plan has nothing this fault can target")
+            continue
+        done += 1
         print(r.summary(), flush=True)
         if not r.ok:
             bad.append(r)
             for v in r.violations[:5]:
                 print(f"   {v}")
             print(f"   replay: penumbra verify --real --seed {seed}")
-    print(f"{len(runs)} real runs in {time.monotonic() - t0:.1f}s: {len(runs) - len(bad)} agree with the "
+    print(f"{done} real runs in {time.monotonic() - t0:.1f}s: {done - len(bad)} agree with the "
           f"simulator, {len(bad)} do not")
     return 0 if not bad else 1

@@ -115,3 +115,14 @@ def test_a_plan_that_does_not_fit_is_refused_with_the_reason():
         realrun.run_real(bad)
     with pytest.raises(ValueError, match="fault must be one of"):
         realrun.run_real(plan, "gremlins")
+
+
+@pytest.mark.timeout(120)
+def test_penumbra_verify_real_runs_seeds_and_says_whether_they_agree(capsys):
+    from penumbra.cli import main
+
+    assert main(["verify", "--real", "--seeds", "1"]) == 0
+    out = capsys.readouterr().out
+    assert f"seed {NONE[0]} on the real runtime (none): ok" in out
+    assert "1 real runs" in out and "1 agree with the simulator, 0 do not" in out
+    assert main(["verify", "--real", "--plant", "x"]) == 2

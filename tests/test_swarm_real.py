@@ -35,7 +35,7 @@ from penumbra.verification.swarm import plan_seed
 NONE = realrun.sample(3)
 WORKER = realrun.sample(3, "worker", start=NONE[-1] + 1)
 NODE = realrun.sample(3, "node", start=WORKER[-1] + 1)
-ACTOR = realrun.sample(3, "actor", start=NODE[-1] + 1)
+ACTOR = realrun.sample(2, "actor", start=NODE[-1] + 1)
 SLOW = 15
 TIMEOUT = 30.0  # seconds after the schedule within which every value must be ready
 
@@ -90,6 +90,32 @@ def test_an_actor_killed_mid_call_changes_no_untainted_value(seed):
     victim = next(a for a in plan.workload.actors if any(c.key == r.run.target for c in a.calls))
     if victim.replay:
         assert not any(r.run.taints[c.key] for c in victim.calls), r.run.taints
+
+
+# Stores far smaller than the workload: outputs are evicted and rebuilt
+# from lineage on real processes (the swarm's "store" taints apply).  Seed
+# 23's 4 MiB outputs overflow 8 MiB stores many times over: a dozen
+# re-executions a run.
+SMALL = 8 << 20
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("fault", ["node"])
+def test_small_stores_evict_and_rebuild_and_change_no_untainted_value(fault):
+    r = realrun.check_real(23, fault, timeout=TIMEOUT, store=SMALL)
+    assert r.ok, r.summary() + "".join(f"\n   {v}" for v in r.violations[:20])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+@pytest.mark.parametrize("fault", realrun.FAULTS)
+def test_many_seeds_agree_in_small_stores(fault):
+    bad = []
+    for s in realrun.sample(SLOW // 3, fault, start=24, store=SMALL):
+        r = realrun.check_real(s, fault, timeout=TIMEOUT, store=SMALL)
+        if not r.ok:
+            bad.append(r.summary() + "".join(f"\n   {v}" for v in r.violations[:5]))
+    assert not bad, "\n".join(bad)
 
 
 @pytest.mark.slow

@@ -250,9 +250,9 @@ def real_nodes(plan) -> list[int]:
     return [0, 1] + ([n - 1] if n > 2 else [])
 
 
-def real_layout(plan) -> ClusterLayout:
+def real_layout(plan, store: int = REAL_STORE) -> ClusterLayout:
     """The real cluster as a layout (what ``swarm._taints`` reads)."""
-    shapes = tuple(NodeShape(plan.layout.nodes[i].resources, REAL_STORE) for i in real_nodes(plan))
+    shapes = tuple(NodeShape(plan.layout.nodes[i].resources, store) for i in real_nodes(plan))
     return dataclasses.replace(plan.layout, nodes=shapes)
 
 
@@ -260,7 +260,7 @@ def _fits(need: ResourceSet, nodes: list[ResourceSet]) -> bool:
     return any(need.is_subset_of(r) for r in nodes)
 
 
-def misfit(plan, reference=None) -> str:
+def misfit(plan, reference=None, store: int = REAL_STORE) -> str:
     """Why ``plan`` cannot run as a real program here ("" if it can).
 
     ``reference``: its fault-free run, if already made (its errors must be
@@ -282,8 +282,13 @@ def misfit(plan, reference=None) -> str:
             return f"group {g.key}: STRICT_SPREAD over {g.bundles} bundles needs more nodes than {len(nodes)} - 1"
     total = sum(p.size for p in w.puts) + sum(t.model.size + sum(_sizes(t.model.children)) for t in w.tasks)
     total += sum(c.model.size for a in w.actors for c in a.calls)
-    if total * 2 > REAL_STORE:
+    if total * 2 > REAL_STORE and store >= REAL_STORE:
         return f"the workload's objects ({total >> 20} MiB) could fill a real store of {REAL_STORE >> 20} MiB"
+    puts = sum(p.size for p in w.puts)
+    if puts * 2 > store:
+        # (the driver holds every put: they stay pinned, and a put that
+        # finds no room never would)
+        return f"the workload's puts ({puts >> 20} MiB) could fill a store of {store >> 20} MiB"
     if reference is not None:
         if reference.violations:
             return f"the reference run has violations: {reference.violations[0]}"
@@ -305,19 +310,19 @@ def _sizes(children) -> list[int]:
     return out
 
 
-def sample(count: int, fault: str = "none", start: int = 0, limit: int = 1000) -> list[int]:
+def sample(count: int, fault: str = "none", start: int = 0, limit: int = 1000, store: int = REAL_STORE) -> list[int]:
     """The first ``count`` seeds from ``start`` that fit (``misfit``, with
-    their reference runs) and, for a fault, have a task it can target
-    (``_choose_victim``): a deterministic sample."""
+    their reference runs, in stores of ``store`` bytes) and, for a fault,
+    have a task it can target (``_choose_victim``): a deterministic sample."""
     from .swarm import plan_seed, run_plan
 
     out = []
     for s in range(start, start + limit):
         plan = plan_seed(s)
-        if misfit(plan):
+        if misfit(plan, store=store):
             continue
         ref = run_plan(plan, faults=False, validate=False)
-        if misfit(plan, ref) or (fault != "none" and not _choose_victim(plan, ref, fault)[0]):
+        if misfit(plan, ref, store) or (fault != "none" and not _choose_victim(plan, ref, fault)[0]):
             continue
         out.append(s)
         if len(out) == count:
@@ -470,6 +475,7 @@ class _Run:
     doomed: Any
     node_args: list[dict]
     time_scale: float
+    layout: ClusterLayout
     t0: float = 0.0
     fault_deadline: float = 0.0
     landed: str = ""
@@ -523,7 +529,7 @@ def _choose_victim(plan, reference, fault: str) -> tuple[str, str]:
 
 
 def run_real(plan, fault: str = "none", *, reference=None, time_scale: float = 1.0, timeout: float = 60.0,
-             validate: bool = False) -> RealRun:
+             validate: bool = False, store: int = REAL_STORE) -> RealRun:
     """Run ``plan``'s workload on a real cluster, with ``fault`` injected.
 
     Args:
@@ -537,6 +543,10 @@ def run_real(plan, fault: str = "none", *, reference=None, time_scale: float = 1
         timeout: how long after the schedule every value must be ready.
         validate: the daemons check their machines' invariants after every
             event (slower).
+        store: each node's object store, in bytes.  Smaller than
+            ``REAL_STORE``, objects are evicted and rebuilt from lineage, and
+            the swarm's ``"store"`` taints apply (a full store's error is no
+            longer a wrong value; a lost one of a task that may retry is).
 
     Raises:
         ValueError: an unknown ``fault``, or a plan that does not fit
@@ -544,7 +554,7 @@ def run_real(plan, fault: str = "none", *, reference=None, time_scale: float = 1
     """
     if fault not in FAULTS:
         raise ValueError(f"fault must be one of {FAULTS}, got {fault!r}")
-    why = misfit(plan, reference)
+    why = misfit(plan, reference, store)
     if why:
         raise ValueError(f"seed {plan.seed} cannot run on the real runtime here: {why} "
                          f"(pick seeds with realrun.sample)")
@@ -555,7 +565,7 @@ def run_real(plan, fault: str = "none", *, reference=None, time_scale: float = 1
     scratch = tempfile.mkdtemp(prefix=f"penumbra-real-{plan.seed}-")
     for sub in ("x", "i", "hold"):
         os.mkdir(os.path.join(scratch, sub))
-    layout = real_layout(plan)
+    layout = real_layout(plan, store)
     node_args = [_node_args(s) for s in layout.nodes]
     for a in node_args:
         a["validate"] = validate
@@ -572,7 +582,7 @@ def run_real(plan, fault: str = "none", *, reference=None, time_scale: float = 1
         out.target = victim
         ctl = Control(scratch, victim=victim, victim_child=victim_child,
                       doomed_node=daemons[1].node_id if fault == "node" else "")
-        run = _Run(plan, fault, ctl, cluster, daemons[1], node_args, time_scale)
+        run = _Run(plan, fault, ctl, cluster, daemons[1], node_args, time_scale, layout)
         _program(run, out, timeout)
         out.landed, out.hit = run.landed, run.hit
         out.executions = _count(scratch, "x")
@@ -650,7 +660,7 @@ def _program(run: _Run, out: RealRun, timeout: float) -> None:
         return {**opts, "scheduling_strategy": PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=group[1])}
 
     for p in w.puts:
-        add(p.at, lambda p=p: refs.__setitem__(p.key, ray.put(_blob(digest("put", p.key), p.size))))
+        add(p.at, lambda p=p: refs.__setitem__(p.key, _put(_blob(digest("put", p.key), p.size))))
     for g in w.groups:
         add(g.at, lambda g=g: make_group(g.key))
     for t in w.tasks:
@@ -722,6 +732,20 @@ def _program(run: _Run, out: RealRun, timeout: float) -> None:
                 out.violations.append(C.Violation("harness", f"the fault thread raised {faults.error!r}"))
 
 
+def _put(value: Any):
+    """``ray.put``, retried while the store is full, as the swarm's driver
+    does (``swarm.PUT_TRIES`` x ``PUT_PAUSE``): running tasks unpin what
+    they hold, and evictable objects make room."""
+    from .swarm import PUT_PAUSE, PUT_TRIES
+
+    for _ in range(PUT_TRIES - 1):
+        try:
+            return ray.put(value)
+        except ray.exceptions.ObjectStoreFullError:
+            time.sleep(PUT_PAUSE)
+    return ray.put(value)
+
+
 def _wait(wp, refs: dict, out: RealRun, time_scale: float, timeout: float) -> None:
     """``ray.wait`` as the plan has it; a wait without a timeout is bounded
     by ``timeout`` (returning short then is a hang: ``check_waits`` says so).
@@ -779,11 +803,14 @@ def _account(run: _Run, out: RealRun) -> None:
     faults = FaultPlan()
     if run.fault == "node" and run.landed:
         faults = FaultPlan(crashes=((round(run.killed_at / run.time_scale, 3), 1, 1.0),))
-    real = dataclasses.replace(plan, layout=real_layout(plan), faults=faults,
+    real = dataclasses.replace(plan, layout=run.layout, faults=faults,
                                workload=dataclasses.replace(w, puts=tuple(dataclasses.replace(p, node=0)
                                                                           for p in w.puts)))
     keys = {k: _Keyed(k) for k in attempts}
-    out.taints = _taints(real, run.fault != "none", {_Keyed(k).task_id: n for k, n in attempts.items()}, keys,
+    # (a store smaller than REAL_STORE evicts: a finite retry budget may be
+    # spent rebuilding, as a fault would spend it)
+    faulty = run.fault != "none" or run.layout.nodes[0].object_store_memory < REAL_STORE
+    out.taints = _taints(real, faulty, {_Keyed(k).task_id: n for k, n in attempts.items()}, keys,
                          disturbed)
 
 

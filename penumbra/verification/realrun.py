@@ -43,7 +43,9 @@ What is translated differently, and why (none changes a value):
   order (the main driver's order is one the plan allows);
 * the cluster is the plan's nodes 0, 1 and the last (the nodes with the
   custom resource and the GPUs), with the plan's CPUs and resources, and a
-  store big enough for the workload (the swarm covers full stores).
+  store big enough for the workload (``REAL_STORE``); ``store=`` makes the
+  stores small instead, so that outputs are evicted and rebuilt from
+  lineage, and the swarm's ``"store"`` taints apply.
 
 Everything else is translated as the simulator runs it: nested tasks two
 deep (children of half a CPU, retried without limit), tasks that raise

@@ -81,7 +81,7 @@ from ..core.layout import ClusterLayout, NodeShape
 from ..core.records import ActorState, ErrorKind
 from ..core.specs import ResourceSet
 from . import checkers as C
-from .workload import CUSTOM, SLOT, VCall, VChild, VTask, digest
+from .workload import SLOT, VCall, VChild, VTask, digest
 
 __all__ = ["REAL_STORE", "FAULTS", "RealRun", "RealReport", "misfit", "real_layout", "run_real", "check_real",
            "sample", "run_real_cli", "DesignedFailure"]
@@ -808,17 +808,16 @@ def _account(run: _Run, out: RealRun) -> None:
     real = dataclasses.replace(plan, layout=run.layout, faults=faults,
                                workload=dataclasses.replace(w, puts=tuple(dataclasses.replace(p, node=0)
                                                                           for p in w.puts)))
-    keys = {k: _Keyed(k) for k in attempts}
     # (a store smaller than REAL_STORE evicts: a finite retry budget may be
     # spent rebuilding, as a fault would spend it)
     faulty = run.fault != "none" or run.layout.nodes[0].object_store_memory < REAL_STORE
-    out.taints = _taints(real, faulty, {_Keyed(k).task_id: n for k, n in attempts.items()}, keys,
-                         disturbed)
+    out.taints = _taints(real, faulty, attempts, {k: _Keyed(k) for k in attempts}, disturbed)
 
 
 @dataclass(frozen=True)
 class _Keyed:
-    """``swarm._taints`` reads a task's attempts as ``executions[keys[key].task_id]``."""
+    """``swarm._taints`` reads a task's attempts as
+    ``executions[keys[key].task_id]``; here attempts are keyed by item key."""
 
     key: str
 

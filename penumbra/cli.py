@@ -9,6 +9,7 @@ simulator's experiments and the verification swarm.
     penumbra stop [--address HOST:PORT [--token-file FILE]]
     penumbra sim EXPERIMENT [--size quick|full]
     penumbra verify --seeds N | --seed S [--shrink] [--plant BUG]
+    penumbra verify --real --seeds N | --seed S
     penumbra verify --bugs
 """
 
@@ -361,6 +362,13 @@ def cmd_verify(args) -> int:
         from .verification.teeth import main as teeth_main
 
         return teeth_main([])
+    if getattr(args, "real", False):
+        if args.plant or args.shrink:
+            print("--real runs seeds on real processes: it takes no --plant or --shrink", file=sys.stderr)
+            return 2
+        from .verification.realrun import run_real_cli
+
+        return run_real_cli(args)
     from .verification.swarm import run_swarm_cli
 
     if not args.plant:
@@ -451,6 +459,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="plant each known bug in turn and print the seed that finds it (proof the checkers have teeth)")
     s.add_argument("--shrink", action="store_true", help="shrink a failing seed's schedule")
     s.add_argument("--plant", metavar="BUG", help="run with this known bug planted in core/ (see --bugs for the names)")
+    s.add_argument("--real", action="store_true",
+                   help="run the seeds' workloads on a real local cluster (with worker and node kills) and compare "
+                        "every value with the simulator's fault-free run")
     s.set_defaults(fn=cmd_verify)
 
     s = sub.add_parser("demo", help="the quick-start job: a real workload and a short simulation")

@@ -191,6 +191,32 @@ def test_killed_driver_leaves_no_orphans_and_no_shared_memory(tmp_path):
             p.kill()
 
 
+def test_a_node_started_from_a_thread_that_ends_keeps_serving(cluster):
+    """A daemon dies with its parent (PR_SET_PDEATHSIG), but Linux sends that
+    signal when the *thread* that started it ends: a node added from a
+    thread that then returned used to stop at once, and a task only it can
+    run hung.  (Found by tests/test_swarm_real.py: the node that replaces a
+    killed one joins from the fault thread.)"""
+    import threading
+
+    ray.init(address=cluster.address, _token=cluster.token)
+    made = []
+    t = threading.Thread(target=lambda: made.append(cluster.add_node(num_cpus=1, resources={"late": 1})))
+    t.start()
+    t.join(60)
+    assert made, "add_node from a thread failed"
+    cluster.wait_for_nodes()
+
+    @ray.remote(resources={"late": 1})
+    def where():
+        return ray.get_runtime_context().get_node_id()
+
+    assert ray.get(where.remote(), timeout=30) == made[0].node_id
+    assert made[0].alive()
+    log = open(os.path.join(made[0].session_dir, "daemon.log")).read()
+    assert "stopping" not in log, log[-2000:]
+
+
 def test_a_dead_daemon_fails_a_waiting_wait_instead_of_hanging():
     # (the second wait rides on the watch the first one left open)
     import threading

@@ -683,7 +683,7 @@ class Daemon:
         pid = self.cfg.parent_pid
         while True:
             await trio.sleep(0.25)
-            if os.getppid() != pid and not _alive(pid):
+            if _parent_gone(pid):
                 logger.info("the driver (pid %d) is gone; stopping", pid)
                 self.request_stop()
                 return
@@ -881,15 +881,29 @@ def _exit_status(pid: int) -> str:
         return "killed or exited"
 
 
+# What PR_SET_PDEATHSIG sends us.  Not SIGTERM: Linux sends it when the
+# *thread* that started us ends, though its process lives on (a test's
+# ``Cluster.add_node`` or an ``init()`` from a thread that then returns), so
+# on it we stop only if the parent process is really gone.
+PARENT_DEATH_SIGNAL = signal.SIGUSR2
+
+
 def _set_pdeathsig() -> None:
-    """Be told (SIGTERM, so we can still clean up) when our parent dies."""
+    """Be told (``PARENT_DEATH_SIGNAL``, so we can still clean up) when our
+    parent dies.  Until trio's receiver takes the signal over, it is
+    harmless (``_watch_parent`` notices a parent gone meanwhile)."""
+    signal.signal(PARENT_DEATH_SIGNAL, lambda signum, frame: None)
     try:
         import ctypes
 
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        libc.prctl(1, PARENT_DEATH_SIGNAL)  # PR_SET_PDEATHSIG
     except Exception:
         pass
+
+
+def _parent_gone(pid: int) -> bool:
+    return os.getppid() != pid and not _alive(pid)
 
 
 def _read_config(argv: list[str] | None) -> DaemonConfig:
@@ -994,9 +1008,16 @@ def main(argv: list[str] | None = None) -> None:
     daemon.zygote = zygote
 
     async def on_signals() -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP, PARENT_DEATH_SIGNAL) as signals:
             async for signum in signals:
-                logger.info("signal %d: stopping", signum)
+                if signum == PARENT_DEATH_SIGNAL:
+                    if not cfg.parent_pid or not _parent_gone(cfg.parent_pid):
+                        logger.info("the thread that started us ended; process %d lives on: serving on",
+                                    cfg.parent_pid)
+                        continue
+                    logger.info("the driver (pid %d) is gone; stopping", cfg.parent_pid)
+                else:
+                    logger.info("signal %d: stopping", signum)
                 daemon.request_stop()
 
     started = False

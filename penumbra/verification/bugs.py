@@ -29,6 +29,7 @@ from ..core import tables as T
 from ..core import gcs_client as GC
 from ..core import gpus as GP
 from ..core import node as N
+from ..core import records as R
 from ..core import specs as SP
 from ..core.messages import GcsReply, Send, SetTimer
 
@@ -658,6 +659,161 @@ def _spread_forgets_used_node():
     return _patch(P, "plan", plan)
 
 
+def _alive_cas_ignores_death():
+    def _put_actor(t, op):
+        rows = t.data["actors"]
+        aid = op.entry.spec.actor_id
+        old = rows.get(aid)
+        if op.create_only and old is not None:
+            return old, []
+        if op.expect_incarnation is not None:
+            have = 0 if old is None else old.incarnation
+            if have != op.expect_incarnation:  # BUG: a row that is DEAD at that incarnation must refuse it too
+                return old, []
+        rows[aid] = op.entry
+        return op.entry, [("actors", aid, op.entry)]
+
+    table = T._APPLY
+    old = table[T.PutActor]
+    table[T.PutActor] = _put_actor
+    return lambda: table.__setitem__(T.PutActor, old)
+
+
+def _new_tail_commits_silently():
+    def _on_config(self, ev, now):
+        new = ev.config
+        if new.shard != self.shard:
+            return []
+        if self.config is not None and new.epoch <= self.config.epoch:
+            return []
+        old = self.config
+        old_pred = old.predecessor(self.replica_id) if old and self.replica_id in old.replicas else None
+        old_succ = old.successor(self.replica_id) if old and self.replica_id in old.replicas else None
+        self.config = new
+        if self.replica_id not in new.replicas:
+            self.active = False
+            return []
+        if self.joining:
+            return []
+        self.active = True
+        cmds = []
+        pred = new.predecessor(self.replica_id)
+        succ = new.successor(self.replica_id)
+        if succ != old_succ:
+            self.succ_seq = 0
+        if pred is not None and pred != old_pred:
+            self._awaiting_catchup = True
+            cmds.append(Send(to=pred, msg=G.GcsSync(shard=self.shard, epoch=new.epoch, seq=self.seq, replica=self.replica_id, stimulus_id=ev.stimulus_id)))
+        if pred is None:
+            self._awaiting_catchup = False
+        if succ is None and old_succ is not None:
+            # BUG: the loop committing the log (``self._commit(e, sid)`` for
+            # each entry: the replies and notifications of the writes the
+            # old tail had not committed) is missing; only the counter moves
+            self.committed = self.seq
+            if self.retain_from is None:
+                self.log.clear()
+            if pred is not None:
+                cmds.append(Send(to=pred, msg=G.GcsAck(shard=self.shard, epoch=new.epoch, seq=self.seq)))
+            cmds += self._serve_pending_reads()
+        return cmds
+
+    return _patch(G.GcsReplica, "_on_config", _on_config)
+
+
+def _prepare_not_idempotent():
+    def on_prepare(self, ev, now):
+        node, pg, sid = self.node, ev.pg_id, ev.stimulus_id
+        idx = tuple(i for i, _ in ev.bundles)
+        if pg in self.removed:
+            return self._reply(P.BundlesPrepareFailed(pg_id=pg, node_id=node.node_id, indexes=idx, reason="the group was removed", stimulus_id=sid))
+        need = SP.EMPTY
+        for i, res in ev.bundles:
+            need = need + res  # BUG: a bundle already prepared (a repeated Prepare) is set apart again
+        if not node.scheduler.set_apart(need):
+            return self._reply(P.BundlesPrepareFailed(
+                pg_id=pg, node_id=node.node_id, indexes=idx, stimulus_id=sid,
+                reason=f"needs {need.to_dict()}, free {node.scheduler.available.to_dict()}"))
+        for i, res in ev.bundles:
+            if (pg, i) not in self.committed:
+                self.prepared[(pg, i)] = res
+        return self._reply(P.BundlesPrepared(pg_id=pg, node_id=node.node_id, indexes=idx, stimulus_id=sid))
+
+    return _patch(P.BundleHolder, "on_prepare", on_prepare)
+
+
+def _dead_actor_keeps_resources():
+    orig = A.ActorHost.on_worker_died
+
+    def on_worker_died(self, wid, reason, now, sid):
+        h = self.actors.get(self.by_worker.get(wid))
+        if h is not None:
+            h.held = SP.EMPTY  # BUG: stands for the forgotten self.node.scheduler.release(h.held)
+        return orig(self, wid, reason, now, sid)
+
+    return _patch(A.ActorHost, "on_worker_died", on_worker_died)
+
+
+def _forwarded_task_keeps_pins():
+    def _decide_locality(self, t, now, sid):
+        tid = t.spec.task_id
+        sizes = self._locating.get(tid, {})
+        if any(d not in sizes for d in t.missing):
+            return []
+        self._locating.pop(tid, None)
+        remote = sum(sizes[d].size for d in t.missing)
+        objects = self.node.objects
+        token = ("task", tid)
+        if remote >= self.config.forward_remote_bytes:
+            cmds = []
+            for d in t.missing:
+                cmds += objects.unwant(d, token, now, sid)
+            # BUG: self._unpin_inputs(t) is missing: the inputs that were
+            # here stay pinned by a task that left
+            del self.tasks[tid]
+            return cmds + self._forward(t.spec, "remote_inputs", t.attempt, now, sid, t.reconstruction)
+        t.state = S.WAITING
+        cmds = []
+        for d in sorted(t.missing):
+            cmds += objects.want(d, token, True, now, sid)
+        return cmds
+
+    return _patch(S.LocalScheduler, "_decide_locality", _decide_locality)
+
+
+def _key_queue_never_cleared():
+    def _on_reply(self, ev, now):
+        r = self.outstanding.pop(ev.req_id, None)
+        if r is None:
+            return []
+        cmds = []
+        if r.key is not None:
+            q = self.key_queues.get(r.key)
+            if q:
+                cmds.append(self._start(q.popleft(), now))
+            # BUG: the else branch (self.key_queues.pop(r.key, None)) is
+            # missing: the key looks busy for good, and its next write waits
+            # for a reply that never comes
+        if r.group is None:
+            return cmds + self.on_reply(r.token, ev.result, now, ev.stimulus_id or r.sid)
+        g = r.group
+        g.results[r.shard] = ev.result
+        if len(g.results) < g.expected:
+            return []
+        results = tuple(g.results[s] for s in sorted(g.results))
+        return self.on_reply(g.token, results, now, ev.stimulus_id or r.sid)
+
+    return _patch(GC.GcsClient, "_on_reply", _on_reply)
+
+
+
+def _predecessor_wraps_around():
+    def predecessor(self, replica):
+        i = self.replicas.index(replica)
+        return self.replicas[i - 1] if i >= 0 else None  # BUG: should be i > 0 (replicas[-1] is the tail)
+
+    return _patch(R.ChainConfig, "predecessor", predecessor)
+
 BUGS: tuple[Bug, ...] = (
     Bug("no-release-on-crash", "a crashed worker's resources are not released", _no_release_on_crash, seed=5),
     Bug("retry-budget-off-by-one", "one retry fewer than max_retries", _retry_budget_off_by_one, seed=114),
@@ -708,6 +864,18 @@ BUGS: tuple[Bug, ...] = (
         _placed_task_attempt_dropped, seed=4),
     Bug("spread-forgets-used-node", "STRICT_SPREAD/SPREAD planning does not mark a node used after giving it a bundle",
         _spread_forgets_used_node, seed=60),
+    Bug("alive-cas-ignores-death", "the GCS's incarnation compare-and-set on an actor row ignores that the row is "
+        "DEAD: a killed actor's late ALIVE (or restart) write brings it back", _alive_cas_ignores_death, seed=42),
+    Bug("new-tail-commits-silently", "a replica that becomes the tail marks its log committed without sending its "
+        "replies and notifications", _new_tail_commits_silently, seed=6),
+    Bug("dead-actor-keeps-resources", "an actor whose worker died keeps its resources on the node",
+        _dead_actor_keeps_resources, seed=2),
+    Bug("key-queue-never-cleared", "the GCS client leaves a key marked busy after its last write is answered",
+        _key_queue_never_cleared, seed=0),
+    # (first caught by _draw_group_pauses in swarm.py: the old draws never
+    # made the head repeat a PrepareBundles)
+    Bug("prepare-not-idempotent", "a node sets a bundle's resources apart again when the head repeats its "
+        "PrepareBundles", _prepare_not_idempotent, seed=17),
 )
 
 # Changes that look like bugs but that the rest of the design makes harmless,
@@ -796,6 +964,20 @@ REGRESSIONS: tuple[Bug, ...] = (
 #   retry_exceptions, and nothing checks pins once the cluster is quiet.  The
 #   retry_exceptions surface draw plus the quiet-cluster "no object pinned by
 #   a finished task" check would catch it.
+# * forwarded-task-keeps-pins: a task that sees its remote inputs are large
+#   and is forwarded to the global scheduler leaves its local inputs pinned
+#   here.  Harm shows only when pinned bytes fill a store (puts then fail
+#   with ObjectStoreFullError), which the default seeds never reach; the
+#   quiet-cluster "no object pinned by a finished task" check catches it
+#   wherever a task is forwarded for its inputs, more often with the
+#   "workloads big enough to cross the spillback thresholds" draw.
+# * predecessor-wraps-around (records.py): the head takes the tail for its
+#   predecessor, and every ack then goes round the chain for ever.  Values
+#   stay right; the swarm's liveness checker does fail at seed 4 (a task
+#   stays pending), but each seed takes minutes of wall time instead of a
+#   tenth of a second, too slow for the default run.  A cheap check would
+#   bound the GCS messages per committed write (an ack storm), or the events
+#   per virtual second of a run.
 NOT_CAUGHT_YET: tuple[Bug, ...] = (
     Bug("node-death-retry-off-by-one", "a task on a dead node is re-run once more than max_retries allows",
         _node_death_retry_off_by_one),
@@ -803,6 +985,10 @@ NOT_CAUGHT_YET: tuple[Bug, ...] = (
         _joiner_counted_caught_up),
     Bug("raised-task-keeps-pins", "a task retried on its exception (retry_exceptions) keeps its inputs pinned",
         _raised_task_keeps_pins),
+    Bug("predecessor-wraps-around", "ChainConfig.predecessor tests i >= 0 (as if index() returned -1 when not "
+        "found): the head's predecessor is the tail", _predecessor_wraps_around),
+    Bug("forwarded-task-keeps-pins", "a task forwarded for its large remote inputs keeps its local inputs pinned",
+        _forwarded_task_keeps_pins),
 )
 
 def bug_named(name: str) -> Bug:

@@ -237,6 +237,7 @@ def plan_seed(seed: int) -> SeedPlan:
         worker_crash_rate=rng.choice((0.0, 0.0, 0.02, 0.05)) if faulty else 0.0,
     )
     faults = _draw_timing_faults(faults, random.Random(f"penumbra-swarm-timing-{seed}"), faulty, n, horizon)
+    faults = _draw_group_pauses(faults, random.Random(f"penumbra-swarm-group-pauses-{seed}"), faulty, n, workload)
     workload = add_remote_puts(workload, random.Random(f"penumbra-swarm-remote-puts-{seed}"), n,
                                faults.first_failures(), 1.0)
     return SeedPlan(seed, layout, workload, faults, horizon)
@@ -273,6 +274,24 @@ def _draw_timing_faults(faults: FaultPlan, rng: random.Random, faulty: bool, n: 
         late.append((at(), rng.randrange(n), round(rng.uniform(0.05, 0.25), 3), round(rng.uniform(0.2, 0.8), 3)))
     return dataclasses.replace(faults, pauses=tuple(sorted(pauses)), heartbeat_delays=tuple(sorted(late)))
 
+
+
+def _draw_group_pauses(faults: FaultPlan, rng: random.Random, faulty: bool, n: int, workload: Workload) -> FaultPlan:
+    """(newcomer-bugs) A node stops briefly just as a placement group is
+    made, on half the faulty seeds with a group: if it is one the head
+    prepares a bundle on, its answer comes after the head's retry (0.2 s),
+    so the head sends ``PrepareBundles`` again (and perhaps the commit), and
+    the node must not set the bundle's resources apart twice.  Brief pauses
+    elsewhere rarely meet a group being prepared.  0.21-0.25 s: over the
+    retry interval, as short as the brief pauses ``_draw_timing_faults``
+    draws (the node must lose nothing)."""
+    if not faulty or not workload.groups:
+        return faults
+    pauses = list(faults.pauses)
+    for g in workload.groups:
+        if rng.random() < 0.5:
+            pauses.append((g.at, "node", rng.randrange(n), round(rng.uniform(0.21, 0.25), 3), rng.random() < 0.5))
+    return dataclasses.replace(faults, pauses=tuple(sorted(pauses)))
 
 # ===========================================================================
 

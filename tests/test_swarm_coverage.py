@@ -296,3 +296,30 @@ def test_drivers_lose_their_node_while_they_wait(plans):
         seen["with a timeout"] += any(r[4] is not None for r in requests)
     for what in ("crash", "cut", "before the loss", "after the loss", "get", "wait", "with a timeout"):
         assert seen[what] >= 10, (what, seen)
+
+
+def test_group_pauses_make_the_head_repeat_prepares(plans, monkeypatch):
+    """(newcomer-bugs) ``_draw_group_pauses``: a node stops as a placement
+    group is made, so the head's retry sends ``PrepareBundles`` again to a
+    node that has (or will have) prepared the bundle: the node must take
+    the repeat as a repeat (bugs.py: prepare-not-idempotent)."""
+    from penumbra.core.placement import BundleHolder
+
+    paused = [p for p in plans if p.workload.groups
+              and any(at == g.at and who == "node" for g in p.workload.groups for at, who, *_ in p.faults.pauses)]
+    assert len(paused) >= 20
+    repeats = 0
+    orig = BundleHolder.on_prepare
+
+    def on_prepare(self, ev, now):
+        nonlocal repeats
+        repeats += any((ev.pg_id, i) in self.prepared or (ev.pg_id, i) in self.committed for i, _ in ev.bundles)
+        return orig(self, ev, now)
+
+    monkeypatch.setattr(BundleHolder, "on_prepare", on_prepare)
+    runs = 0
+    for p in paused[:12]:
+        r = swarm.run_plan(p, faults=True)
+        assert not r.violations, [str(v) for v in r.violations]
+        runs += 1
+    assert repeats >= 2, f"only {repeats} repeated PrepareBundles in {runs} runs"

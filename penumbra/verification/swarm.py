@@ -265,6 +265,7 @@ def plan_seed(seed: int) -> SeedPlan:
     faults = _draw_gcs_double_crash(faults, random.Random(f"penumbra-swarm-gcs-double-{seed}"), faulty, layout, horizon)
     faults = _draw_blocked_crashes(faults, random.Random(f"penumbra-swarm-blocked-{seed}"), faulty, workload)
     faults = _draw_storms(faults, random.Random(f"penumbra-swarm-storms-{seed}"), faulty, horizon)
+    faults = _draw_group_pauses(faults, random.Random(f"penumbra-swarm-group-pauses-{seed}"), faulty, n, workload)
     workload = add_remote_puts(workload, random.Random(f"penumbra-swarm-remote-puts-{seed}"), n,
                                faults.first_failures(), 1.0)
     layout, workload = _draw_spillback(layout, workload, random.Random(f"penumbra-swarm-spillback-{seed}"), horizon,
@@ -489,6 +490,24 @@ def _draw_spillback(layout: ClusterLayout, workload: Workload, rng: random.Rando
                              consumers=rng.randint(2, 6), node=rng.choice(calm) if calm else 0)
     return layout, workload
 
+
+
+def _draw_group_pauses(faults: FaultPlan, rng: random.Random, faulty: bool, n: int, workload: Workload) -> FaultPlan:
+    """(newcomer-bugs) A node stops briefly just as a placement group is
+    made, on half the faulty seeds with a group: if it is one the head
+    prepares a bundle on, its answer comes after the head's retry (0.2 s),
+    so the head sends ``PrepareBundles`` again (and perhaps the commit), and
+    the node must not set the bundle's resources apart twice.  Brief pauses
+    elsewhere rarely meet a group being prepared.  0.21-0.25 s: over the
+    retry interval, as short as the brief pauses ``_draw_timing_faults``
+    draws (the node must lose nothing)."""
+    if not faulty or not workload.groups:
+        return faults
+    pauses = list(faults.pauses)
+    for g in workload.groups:
+        if rng.random() < 0.5:
+            pauses.append((g.at, "node", rng.randrange(n), round(rng.uniform(0.21, 0.25), 3), rng.random() < 0.5))
+    return dataclasses.replace(faults, pauses=tuple(sorted(pauses)))
 
 # ===========================================================================
 

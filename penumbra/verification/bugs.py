@@ -339,6 +339,90 @@ def _bundle_index_ignored():
     return _patch(P, "bundle_request", bundle_request)
 
 
+# ---------------------------------------------------------------------------
+# branch quiet (issue 14): bugs that only the quiet-cluster checkers see
+# (``checkers.check_quiet_cluster``): each leaves the values every get
+# returns as they were, so the old swarm passes every default seed.
+
+
+def _finished_call_keeps_inputs_pinned():
+    def on_finished(self, wid, tid, outputs, now, sid):
+        aid = self.by_worker.get(wid)
+        h = self.actors.get(aid) if aid is not None else None
+        if h is None:
+            return []
+        if h.stopping is not None or (h.terminated and tid not in h.before_end):
+            return self._ended_while_stopping(h, tid, now, sid)
+        h.before_end.discard(tid)
+        call = h.running.pop(tid, None)
+        if call is None:
+            return []
+        # BUG: the self._pin(call, False) that every other ending of a call
+        # has is missing: a finished call's inputs stay pinned for good
+        if call.spec.method == A.TERMINATE_METHOD and not call.replay:
+            return self._terminate(h, call, now, sid)
+        result = ("error", A._cancelled(call.spec)) if call.cancelled else ("ok", outputs)
+        if h.entry.spec.replay and not call.replay:
+            return self._log_then_release(h, call, result, now, sid) + self._dispatch(h, now, sid)
+        cmds = self._release(h, call, result, now, sid)
+        self._executed(h)
+        return cmds + self._dispatch(h, now, sid)
+
+    return _patch(A.ActorHost, "on_finished", on_finished)
+
+
+def _retry_budget_one_too_many():
+    def _retry_or_fail(self, t, error, now, sid, why):
+        limit = t.spec.max_retries
+        if limit < 0 or t.attempt <= limit:  # BUG: should be t.attempt < limit (one retry too many)
+            tid = t.spec.task_id
+            t.attempt += 1
+            t.state = S.WAITING
+            t.worker = None
+            t.errors = None
+            self._story(tid, now, sid, f"retry {t.attempt} after: {why}")
+            cmds = self.node.gcs_write(S.RetryTask(tid, self.node.node_id, attempt=t.attempt), None, now, sid)
+            return cmds + self._resolve_inputs(t, now, sid)
+        return self._fail(t, error, now, sid, why)
+
+    return _patch(S.LocalScheduler, "_retry_or_fail", _retry_or_fail)
+
+
+def _actor_worker_record_kept():
+    def release_actor_worker(self, wid):
+        self.gpus.give_back(wid)
+        w = self.workers.get(wid)  # BUG: should be pop: the dead actor's worker stays in the pool's records
+        if w is not None and w.state == S.BUSY:
+            self.busy -= 1
+
+    return _patch(S.LocalScheduler, "release_actor_worker", release_actor_worker)
+
+
+def _fetched_copy_not_recorded():
+    orig = O.ObjectManager.add_local
+
+    def on_fetch_completed(self, oid, size, now, sid):
+        w = self.wants.get(oid)
+        if w is not None:
+            w.fetching_from = None
+        self.bytes_fetched += size
+        if self.is_local(oid):
+            return None, []
+        # BUG: "a fetched copy is not a new object": its location is never
+        # added to the object table (record=False)
+        adm, cmds = orig(self, oid, size, now, sid, record=False)
+        if not adm.ok:
+            cmds.append(O.Evict(object_id=oid, stimulus_id=sid))
+            if w is not None:
+                self.wants.pop(oid, None)
+                if w.subscribed:
+                    cmds += self.gcs_write(O.Unsubscribe(self.address, "objects", oid), None, now, sid)
+                cmds += self.on_ready(oid, O.ObjectInfo(size=size, error=adm.error), list(w.waiters), now, sid)
+        return adm, cmds
+
+    return _patch(O.ObjectManager, "on_fetch_completed", on_fetch_completed)
+
+
 BUGS: tuple[Bug, ...] = (
     Bug("no-release-on-crash", "a crashed worker's resources are not released", _no_release_on_crash, seed=5),
     Bug("retry-budget-off-by-one", "one retry fewer than max_retries", _retry_budget_off_by_one, seed=114),
@@ -363,6 +447,15 @@ BUGS: tuple[Bug, ...] = (
     Bug("fetching-waiter-told-early", "a wait that fetches is told an object is ready when its location is known, before the bytes arrive", _fetching_waiters_told_located, seed=64),
     Bug("bundle-index-ignored", "a task bound to one bundle of a placement group asks for any bundle of it, so it "
         "may run on another bundle's node", _bundle_index_ignored, seed=7),
+    # branch quiet (issue 14)
+    Bug("finished-call-keeps-inputs-pinned", "an actor call that finished leaves its inputs pinned in the store "
+        "for good", _finished_call_keeps_inputs_pinned),
+    Bug("retry-budget-one-too-many", "a task whose worker died retries max_retries + 1 times",
+        _retry_budget_one_too_many),
+    Bug("actor-worker-record-kept", "a dead actor's worker stays in its node's worker records",
+        _actor_worker_record_kept),
+    Bug("fetched-copy-not-recorded", "a copy fetched to another node is never added to the object table",
+        _fetched_copy_not_recorded),
 )
 
 # Changes that look like bugs but that the rest of the design makes harmless,

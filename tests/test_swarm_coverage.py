@@ -149,3 +149,16 @@ def test_placement_groups_are_drawn_and_lose_nodes(plans):
         stories = [w for k, s in r.cluster.head.stories.items() if k[0] == "pg" for _, _, w in s]
         rescheduled += any("died holding bundles" in w for w in stories)
     assert rescheduled >= 2, f"only {rescheduled} runs lost a node holding a bundle"
+
+
+def test_quiet_cluster_checks_see_what_they_check(plans):
+    """The quiet-cluster checks (``checkers.check_quiet_cluster``) need
+    actors that hold no resources and are killed (every actor is killed at
+    quiescence; some mid-run too), and tasks with a finite retry budget in
+    seeds whose workers crash or whose nodes die (their budgets get spent)."""
+    zero = sum(any(not a.gpus and a.group is None for a in p.workload.actors) for p in plans)
+    zero_killed = sum(any(a.kill_at is not None and not a.gpus and a.group is None for a in p.workload.actors)
+                      for p in plans)
+    crashing = sum(p.faults.worker_crash_rate > 0 and any(t.max_retries >= 0 for t in p.workload.tasks) for p in plans)
+    losing = sum(bool(p.faults.first_failures()) and any(t.max_retries >= 0 for t in p.workload.tasks) for p in plans)
+    assert zero >= 150 and zero_killed >= 30 and crashing >= 80 and losing >= 100, (zero, zero_killed, crashing, losing)

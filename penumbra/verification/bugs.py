@@ -449,13 +449,13 @@ BUGS: tuple[Bug, ...] = (
         "may run on another bundle's node", _bundle_index_ignored, seed=7),
     # branch quiet (issue 14)
     Bug("finished-call-keeps-inputs-pinned", "an actor call that finished leaves its inputs pinned in the store "
-        "for good", _finished_call_keeps_inputs_pinned),
+        "for good", _finished_call_keeps_inputs_pinned, seed=0),
     Bug("retry-budget-one-too-many", "a task whose worker died retries max_retries + 1 times",
-        _retry_budget_one_too_many),
+        _retry_budget_one_too_many, seed=110),
     Bug("actor-worker-record-kept", "a dead actor's worker stays in its node's worker records",
-        _actor_worker_record_kept),
+        _actor_worker_record_kept, seed=0),
     Bug("fetched-copy-not-recorded", "a copy fetched to another node is never added to the object table",
-        _fetched_copy_not_recorded),
+        _fetched_copy_not_recorded, seed=0),
 )
 
 # Changes that look like bugs but that the rest of the design makes harmless,

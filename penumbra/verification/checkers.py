@@ -451,13 +451,15 @@ def _live_work(m) -> set:
     return live
 
 
-def check_pins(cluster, client_alive=None) -> list[Violation]:
+def check_pins(cluster, client_alive=None, names: dict | None = None) -> list[Violation]:
     """No stale pins on a quiet cluster (see the section comment).
 
     ``client_alive(address)``: whether a client (a driver) still runs; by
-    default the simulator kernel's view."""
+    default the simulator kernel's view.  ``names``: task id -> workload
+    key, to name the item a violation is about (for ``swarm.story``)."""
     if client_alive is None:
         client_alive = cluster.kernel.is_alive
+    names = names or {}
     out: list[Violation] = []
     for addr, _, m in _quiet_nodes(cluster):
         live = _live_work(m)
@@ -468,7 +470,8 @@ def check_pins(cluster, client_alive=None) -> list[Violation]:
                 if kind == "task" and holder[1] not in live:
                     out.append(Violation("pins", f"{addr}: object {oid.short()} is still pinned by task "
                                                  f"{holder[1].short()}, which is over (not queued, running or an "
-                                                 f"actor call held here): it can never be evicted"))
+                                                 f"actor call held here): it can never be evicted",
+                                         names.get(holder[1], names.get(oid.task_id, ""))))
                 elif kind == "client" and not client_alive(holder[1]):
                     out.append(Violation("pins", f"{addr}: object {oid.short()} is still pinned by client "
                                                  f"{holder[1]}, which is gone"))
@@ -485,7 +488,8 @@ def check_pins(cluster, client_alive=None) -> list[Violation]:
                          or (kind == "watch" and (token[1], token[2]) not in m.watches))
                 if stale:
                     out.append(Violation("pins", f"{addr}: object {oid.short()} is still wanted for {token[0]} "
-                                                 f"{token[-1] if kind == 'watch' else token[-1].short()}, which is over"))
+                                                 f"{token[-1] if kind == 'watch' else token[-1].short()}, which is over",
+                                         names.get(oid.task_id, "")))
             if not w.waiters and w.fetching_from is None:
                 out.append(Violation("pins", f"{addr}: object {oid.short()} is wanted by nobody but its want "
                                              f"(and subscription) was kept"))
@@ -557,8 +561,9 @@ def check_killed_actors(cluster, killed: dict, instances: dict) -> list[Violatio
     for addr, _, m in quiet:
         kept = [w.worker_id for w in m.scheduler.workers.values() if w.state == "actor"]
         if killed and kept:
+            whose = sorted(k for k, aid in killed.items() if set(instances.get(aid, ())) & set(kept))
             out.append(Violation("killed-actor", f"{addr}: every actor was killed, but the scheduler still keeps "
-                                                 f"actor workers {kept}"))
+                                                 f"actor workers {kept}", whose[0] if whose else ""))
     return out
 
 
@@ -580,8 +585,10 @@ def value_overwritten(row) -> bool:
             and row.error.kind is ErrorKind.ACTOR_DIED)
 
 
-def check_tables_agree(cluster) -> list[Violation]:
-    """The GCS tables against what the live nodes hold (see the section comment)."""
+def check_tables_agree(cluster, names: dict | None = None) -> list[Violation]:
+    """The GCS tables against what the live nodes hold (see the section
+    comment).  ``names``: task id -> workload key (see ``check_pins``)."""
+    names = names or {}
     out: list[Violation] = []
     head = cluster.head
     quiet = {addr: (node, m) for addr, node, m in _quiet_nodes(cluster)}
@@ -598,7 +605,7 @@ def check_tables_agree(cluster) -> list[Violation]:
             listed[loc].add(oid)
             if oid not in quiet[loc][1].objects.store.objects:
                 out.append(Violation("tables", f"the object table lists {loc} as holding object {oid.short()}, "
-                                               f"which its store does not have"))
+                                               f"which its store does not have", names.get(oid.task_id, "")))
     for addr, (node, m) in quiet.items():
         errors = m.objects.errors
         # (an object that holds an error here is an error: its row lists no
@@ -611,7 +618,8 @@ def check_tables_agree(cluster) -> list[Violation]:
         for oid in acct:
             if oid not in listed[addr] and not value_overwritten(rows.get(oid)):
                 out.append(Violation("tables", f"{addr} stores object {oid.short()}, but the object table does not "
-                                               f"list it there: nobody can fetch it and it is never rebuilt elsewhere"))
+                                               f"list it there: nobody can fetch it and it is never rebuilt elsewhere",
+                                     names.get(oid.task_id, "")))
         held = {oid for oid in node.store if oid not in errors and oid.task_id not in creations}
         for oid in sorted(held - set(acct)):
             out.append(Violation("tables", f"{addr}: its byte store holds object {oid.short()}, which its store "
@@ -624,7 +632,8 @@ def check_tables_agree(cluster) -> list[Violation]:
     for tid, e in _tail_rows(cluster, "tasks"):
         if e.state is TaskState.PENDING and not e.spec.is_actor_creation:
             out.append(Violation("tables", f"the task table still has {e.spec.display_name()} pending "
-                                           f"{'at ' + e.node if e.node else '(unplaced)'} on a quiet cluster"))
+                                           f"{'at ' + e.node if e.node else '(unplaced)'} on a quiet cluster",
+                                 names.get(tid, "")))
             if len(out) > 20:
                 return out
     for node_id, e in _tail_rows(cluster, "nodes"):
@@ -637,11 +646,12 @@ def check_tables_agree(cluster) -> list[Violation]:
     return out
 
 
-def check_quiet_cluster(cluster, executor, tasks, killed: dict) -> list[Violation]:
+def check_quiet_cluster(cluster, executor, tasks, killed: dict, names: dict | None = None) -> list[Violation]:
     """The four quiet-cluster checks above, as the swarm runs them after its
     quiesce phase.  ``tasks``: ``(key, task id, max_retries)``; ``killed``:
-    key -> actor id of every actor (all are killed for good by then)."""
-    out = check_pins(cluster)
+    key -> actor id of every actor (all are killed for good by then);
+    ``names``: task id -> workload key."""
+    out = check_pins(cluster, names=names)
     out += check_executions(tasks, executor.attempts, lambda tid: cluster.gcs_row("tasks", tid))
     out += check_killed_actors(cluster, killed, executor.instances)
-    return out + check_tables_agree(cluster)
+    return out + check_tables_agree(cluster, names)

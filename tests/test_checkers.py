@@ -657,3 +657,73 @@ def test_tables_a_pending_task_row_or_a_wrong_node_row(quiet_cluster):
     finally:
         tasks[tid] = done
     assert kinds(out) == ["tables"] and "pending" in out[0].what
+
+
+# ---------------------------------------------------------------------------- check_derived_values (branch quiet)
+
+from penumbra.core.ids import ObjectId  # noqa: E402
+from penumbra.verification.workload import (ActorPlan, CallPlan, TaskPlan, VChild, VTask, Workload,  # noqa: E402
+                                            digest)
+
+
+def _oid(i: int) -> ObjectId:
+    return ObjectId(bytes([i]) * 14 + b"\x00\x00\x00\x01")
+
+
+def _derived_world():
+    """A put, a task on it, a nested task, and an actor without replay
+    whose two calls from one caller ran on one instance, then call 1 again
+    on a second instance (a restart: its state started over)."""
+    tasks = (TaskPlan("t0", ("p0",), VTask("t0"), ResourceSet.of(CPU=1), -1, 0.0),
+             TaskPlan("t1", (), VTask("t1", children=(VChild("t1c0"), VChild("t1c1", children=(VChild("g"),)))),
+                      ResourceSet.of(CPU=1), -1, 0.0))
+    calls = (CallPlan("a0.c0", (), None, 0.0), CallPlan("a0.c1", ("t0",), None, 0.0))
+    w = Workload((), tasks, (ActorPlan("a0", -1, -1, False, 0, 0.0, calls),))
+    keys = {"t0": _oid(1), "t1": _oid(2), "a0.c0": _oid(3), "a0.c1": _oid(4)}
+    aid = ActorId(b"\x09" * 12)
+    p0 = digest("put", "p0")
+    t0 = digest("t0", (p0,))
+    t1 = digest("t1", (), (digest("t1c0", ()), digest("t1c1", (), (digest("g", ()),))))
+    init = digest("init", "a0", ())
+    c0 = digest(init, "a0.c0", ())
+    c1_first = digest(c0, "a0.c1", (t0,))
+    c1_again = digest(init, "a0.c1", (t0,))  # on the new instance, from the initial state
+    log = [ActorExec(aid, "node:1/w1", "driver", 0, keys["a0.c0"].task_id, 0.1),
+           ActorExec(aid, "node:1/w1", "driver", 1, keys["a0.c1"].task_id, 0.2),
+           ActorExec(aid, "node:2/w0", "driver", 1, keys["a0.c1"].task_id, 0.5)]
+    results = {"p0": ("v", p0), "t0": ("v", t0), "t1": ("v", t1), "a0.c0": ("v", c0), "a0.c1": ("v", c1_again)}
+    return w, results, log, keys, c1_first
+
+
+def test_derived_values_clean():
+    w, results, log, keys, c1_first = _derived_world()
+    assert C.check_derived_values(w, results, log, keys) == []
+    # either execution's value may be the one delivered
+    assert C.check_derived_values(w, {**results, "a0.c1": ("v", c1_first)}, log, keys) == []
+
+
+@pytest.mark.parametrize("key", ["t0", "t1", "a0.c0", "a0.c1"])
+def test_derived_values_a_value_nothing_computed_is_a_violation(key):
+    w, results, log, keys, _ = _derived_world()
+    results[key] = ("v", results[key][1] ^ 1)
+    out = C.check_derived_values(w, results, log, keys)
+    assert "derived" in kinds(out) and key in keys_of(out)
+
+
+def keys_of(violations) -> list[str]:
+    return [v.key for v in violations]
+
+
+def test_derived_values_errors_and_undeterminable_inputs_are_skipped():
+    w, results, log, keys, _ = _derived_world()
+    # t0 failed: t0's own error is the results checker's business, and a0.c1
+    # (its input) can no longer be derived
+    results["t0"] = err(ErrorKind.WORKER_CRASHED)
+    results["a0.c1"] = ("v", 12345)
+    assert C.check_derived_values(w, results, log, keys) == []
+
+
+def test_derived_values_a_call_no_instance_ran_is_a_violation():
+    w, results, log, keys, _ = _derived_world()
+    out = C.check_derived_values(w, results, log[:1], keys)
+    assert kinds(out) == ["derived"] and keys_of(out) == ["a0.c1"] and "ever ran it" in out[0].what

@@ -47,7 +47,7 @@ from ..core.records import ErrorKind, TaskState
 __all__ = ["Violation", "GcsLedger", "check_results", "check_liveness", "check_resources",
            "check_no_rescues", "pending_task_rows", "check_actor_order", "check_gcs", "WaitOutcome", "check_waits",
            "PlacementLog", "check_placement", "check_bundles_held_once", "check_pins", "check_executions",
-           "check_killed_actors", "check_tables_agree", "check_quiet_cluster"]
+           "check_killed_actors", "check_tables_agree", "check_quiet_cluster", "check_derived_values"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -655,3 +655,78 @@ def check_quiet_cluster(cluster, executor, tasks, killed: dict, names: dict | No
     out += check_executions(tasks, executor.attempts, lambda tid: cluster.gcs_row("tasks", tid))
     out += check_killed_actors(cluster, killed, executor.instances)
     return out + check_tables_agree(cluster, names)
+
+
+# ---------------------------------------------------------------------------
+# values the reference cannot vouch for (branch quiet, issue 14)
+#
+# ``check_results`` skips the value of an item tainted ``state`` or
+# ``actor``: its actor restarted (its state reset) or died, so the reference
+# run's value need not hold.  Many such values are still determinable from
+# what the run itself shows: a task's value is a function of the values its
+# inputs hold (whatever computed them), and a call of an actor without replay
+# returns the chain of the calls its caller made on the same instance, in the
+# order that instance ran them, from the actor's initial state.
+
+
+def _task_value(model, inputs: tuple) -> int:
+    """What ``VerifyExecutor`` computes for a task or child ``model`` that
+    ran on ``inputs`` and all of whose children returned values."""
+    from .workload import digest
+
+    kids = getattr(model, "children", ())
+    if not kids:
+        return digest(model.key, inputs)
+    return digest(model.key, inputs, tuple(_task_value(ch, ()) for ch in kids))
+
+
+def check_derived_values(workload, results: dict[str, tuple], actor_log, keys: dict) -> list[Violation]:
+    """Every task value equals what its model computes from the values its
+    inputs hold in this run; every call of an actor without replay returns
+    the value one of its executions computed, chaining the calls its
+    caller made on that instance before it (``actor_log``: the executions,
+    in order).  Items whose inputs hold errors or are undeterminable are
+    skipped."""
+    from .workload import digest
+
+    val = {k: r[1] for k, r in results.items() if r[0] == "v"}
+    out: list[Violation] = []
+    for t in workload.tasks:
+        got = results.get(t.key)
+        if got is None or got[0] != "v" or any(d not in val for d in t.deps):
+            continue
+        want = _task_value(t.model, tuple(val[d] for d in t.deps))
+        if got[1] != want:
+            out.append(Violation("derived", f"{t.key}: holds {_fmt(got)}, but its model on the values its inputs "
+                                            f"hold ({list(t.deps)}) gives {want:#x}", t.key))
+    calls = {keys[c.key].task_id: (a, c) for a in workload.actors if not a.replay for c in a.calls if c.key in keys}
+    chains: dict[tuple, int | None] = {}  # (actor, worker, caller) -> the caller's link there (None: unknown)
+    made: dict[str, set[int]] = {}  # call key -> the values its executions computed
+    unknown: set[str] = set()
+    for e in actor_log:
+        ac = calls.get(e.task_id)
+        if ac is None:
+            continue
+        a, c = ac
+        inst = (e.actor_id, e.worker_id, e.caller)
+        prev = chains.get(inst, digest("init", a.key, ()))
+        if prev is None or any(d not in val for d in c.deps):
+            chains[inst] = None
+            unknown.add(c.key)
+            continue
+        link = chains[inst] = digest(prev, c.key, tuple(val[d] for d in c.deps))
+        made.setdefault(c.key, set()).add(link)
+    for a in workload.actors:
+        if a.replay:
+            continue
+        for c in a.calls:
+            got = results.get(c.key)
+            if got is None or got[0] != "v" or c.key in unknown:
+                continue
+            if c.key not in made:
+                out.append(Violation("derived", f"{c.key}: holds {_fmt(got)}, but no instance of actor {a.key} "
+                                                f"ever ran it", c.key))
+            elif got[1] not in made[c.key]:
+                out.append(Violation("derived", f"{c.key}: holds {_fmt(got)}, which none of its executions "
+                                                f"computed ({sorted(hex(v) for v in made[c.key])})", c.key))
+    return out

@@ -34,7 +34,13 @@ Each checker returns a list of ``Violation``s (empty: the run is good).
     removed, no node holds anything of it (its reservation is freed);
 ``check_bundles_held_once``
     after the liveness phase, each bundle of a live group is committed on
-    exactly one live node, the one the head placed it on.
+    exactly one live node, the one the head placed it on;
+``check_quiet_cluster`` (``check_pins``, ``check_executions``, ``check_killed_actors``, ``check_tables_agree``)
+    once the swarm's quiesce phase is over: no stale pins or wants, no task
+    run past its retry budget, killed actors dead everywhere, the GCS tables
+    agree with the nodes (see their section at the end);
+``check_derived_values``
+    the values ``check_results`` must skip, where the run determines them.
 """
 
 from __future__ import annotations

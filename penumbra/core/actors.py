@@ -737,6 +737,9 @@ class ActorHost:
             error = self._input_error(call)
             if error is not None:
                 del h.running[call.spec.task_id]
+                # (what it held while queued goes back: found by the swarm's
+                # quiet-cluster check, seed 572, an input pinned for good)
+                self._pin(call, False)
                 cmds += self._release(h, call, ("error", error), now, sid)
                 continue
             self._pin(call, True)

@@ -510,6 +510,71 @@ def _unschedulable_kill_bad_keyword():
     return _patch(S.GlobalScheduler, "_unschedulable", _unschedulable)
 
 
+def _input_error_call_keeps_pins():
+    def _dispatch(self, h, now, sid):
+        cmds: list[Command] = []
+        limit = A._in_flight_limit(h.entry.spec)
+        if h.checkpointing or h.stopping is not None or h.terminated or h.terminate_sent:
+            return cmds
+        # replayed calls first, one at a time, in log order
+        if h.replay:
+            # (a replayed call needs its inputs local like any call: found by
+            # the swarm, a replay that ran without them lost the call)
+            if not h.running and not h.replay[0].missing:
+                call = h.replay.popleft()
+                h.running[call.spec.task_id] = call
+                self.node.story_add(call.spec.task_id, now, sid, "replaying on restarted actor")
+                cmds.append(A.Execute(worker_id=h.worker, spec=call.spec, attempt=call.attempt,
+                                    gpu_ids=self.node.scheduler.gpus.ids_of(h.worker), stimulus_id=sid))
+            return cmds
+        arrival = h.arrival
+        scanned = 0
+        n = len(arrival)
+        while len(h.running) < limit and scanned < n:
+            caller, seq = arrival[0]
+            arrival.rotate(-1)
+            scanned += 1
+            q = h.queue.get(caller)
+            call = q.get(seq) if q else None
+            if call is None:
+                arrival.pop()  # stale arrival record (rotated to the end)
+                continue
+            if seq != h.next_seq.get(caller) or call.missing:
+                continue
+            if call.spec.method == A.TERMINATE_METHOD and h.running:
+                continue  # (it runs once every call before it ended, and alone)
+            arrival.pop()
+            del q[seq]
+            h.next_seq[caller] = seq + 1
+            if call.cancelled:
+                scanned = 0  # (failed when cancelled: it only held its caller's place)
+                n = len(arrival)
+                continue
+            h.running[call.spec.task_id] = call
+            # the caller's next call may have been passed over earlier in
+            # this pass: scan everything again (found by the swarm: a call
+            # that failed on its input left the one after it waiting forever)
+            scanned = 0
+            n = len(arrival)
+            error = self._input_error(call)
+            if error is not None:
+                del h.running[call.spec.task_id]
+                # BUG: the self._pin(call, False) is missing: what it held
+                # while queued (an input that holds a value here) stays pinned
+                cmds += self._release(h, call, ("error", error), now, sid)
+                continue
+            self._pin(call, True)
+            self.node.story_add(call.spec.task_id, now, sid, f"running on actor worker {h.worker}")
+            cmds.append(A.Execute(worker_id=h.worker, spec=call.spec, attempt=call.attempt,
+                                gpu_ids=self.node.scheduler.gpus.ids_of(h.worker), stimulus_id=sid))
+            if call.spec.method == A.TERMINATE_METHOD:
+                h.terminate_sent = True  # nothing is sent after it
+                break
+        return cmds
+
+    return _patch(A.ActorHost, "_dispatch", _dispatch)
+
+
 # Bugs the swarm found in penumbra's own core/, planted back as they were
 # before the fix: each must still fail at the seed that found it (outside the
 # default budget: these are what the long runs are for).
@@ -520,6 +585,9 @@ REGRESSIONS: tuple[Bug, ...] = (
     Bug("unschedulable-actor-kill-typo", "a placement group removed while an actor creation waits for it: the head "
         "kills the actor with a keyword ActorManager.kill does not take, and raises", _unschedulable_kill_bad_keyword,
         seed=659),
+    # branch quiet: found by the quiet-cluster pin check
+    Bug("input-error-call-keeps-pins", "an actor call failed because an input holds an error keeps the inputs it "
+        "pinned while queued pinned for good", _input_error_call_keeps_pins, seed=572),
 )
 
 

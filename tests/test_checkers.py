@@ -727,3 +727,25 @@ def test_derived_values_a_call_no_instance_ran_is_a_violation():
     w, results, log, keys, _ = _derived_world()
     out = C.check_derived_values(w, results, log[:1], keys)
     assert kinds(out) == ["derived"] and keys_of(out) == ["a0.c1"] and "ever ran it" in out[0].what
+
+
+def test_tables_an_actor_output_its_router_failed_is_the_known_race(quiet_cluster):
+    """A value its host stored whose row its caller's router overwrote with
+    ACTOR_DIED (a known race, ``checkers.value_overwritten``) is not
+    reported as unlisted; the same row holding any other error is."""
+    from penumbra.core.records import ErrorInfo
+
+    addr, m, oid = _stored(quiet_cluster)
+    head = quiet_cluster.head
+    for view in head.chain.shards.values():
+        objs = quiet_cluster.replica(view.config.tail).tables.data["objects"]
+        if oid in objs:
+            break
+    row = objs[oid]
+    try:
+        for kind, reported in ((ErrorKind.ACTOR_DIED, False), (ErrorKind.WORKER_CRASHED, True)):
+            objs[oid] = _replace(row, locations=frozenset(), error=ErrorInfo(kind, "x"), actor_id=ActorId(b"\x01" * 12))
+            out = C.check_tables_agree(quiet_cluster)
+            assert any("does not list it there" in v.what for v in out) is reported, (kind, out)
+    finally:
+        objs[oid] = row

@@ -505,6 +505,9 @@ class ActorHost:
         self.node = node
         self.actors: dict[ActorId, _Hosted] = {}
         self.by_worker: dict[str, ActorId] = {}
+        # older instances replaced here by a newer incarnation of their actor,
+        # by worker, until their worker's death is reported (see ``created``)
+        self.superseded: dict[str, _Hosted] = {}
 
     def held(self) -> ResourceSet:
         total = EMPTY
@@ -535,10 +538,19 @@ class ActorHost:
             # again (it never saw the result), it must not run twice
             if s.sequence_no + 1 > h.next_seq.get(s.caller_id, 0):
                 h.next_seq[s.caller_id] = s.sequence_no + 1
+        old = self.actors.get(entry.spec.actor_id)
         self.actors[entry.spec.actor_id] = h
         self.by_worker[wid] = entry.spec.actor_id
         # follow the actor's row (to stop if superseded; see on_entry)
         _, cmds = self.node.router._route(entry.spec.actor_id, now, sid)
+        if old is not None and old.worker != wid:
+            # an older incarnation still runs here (its alive-CAS was still
+            # on its way when the newer creation ran): replaced, it would run
+            # on for good, as nothing could reach it any more (found by the
+            # swarm's quiet-cluster check, seed 1719)
+            self.superseded[old.worker] = old
+            cmds.append(KillWorker(worker_id=old.worker, reason="this actor instance was superseded by a newer "
+                                                                "incarnation on the same node", stimulus_id=sid))
         cmds += self.node.gcs_write(
             PutActor(h.entry, expect_incarnation=entry.incarnation),
             ("actor-alive", entry.spec.actor_id, entry.incarnation), now, sid,
@@ -782,8 +794,8 @@ class ActorHost:
     def on_finished(self, wid: str, tid: TaskId, outputs, now: float, sid: str) -> list[Command]:
         aid = self.by_worker.get(wid)
         h = self.actors.get(aid) if aid is not None else None
-        if h is None:
-            return []
+        if h is None or h.worker != wid:
+            return []  # (or an instance superseded here, being killed)
         if h.stopping is not None or (h.terminated and tid not in h.before_end):
             return self._ended_while_stopping(h, tid, now, sid)
         h.before_end.discard(tid)  # (made before exit_actor(): its result counts)
@@ -803,8 +815,8 @@ class ActorHost:
     def on_raised(self, wid: str, tid: TaskId, error: ErrorInfo, now: float, sid: str) -> list[Command]:
         aid = self.by_worker.get(wid)
         h = self.actors.get(aid) if aid is not None else None
-        if h is None:
-            return []
+        if h is None or h.worker != wid:
+            return []  # (or an instance superseded here, being killed)
         if h.stopping is not None or (h.terminated and tid not in h.before_end):
             return self._ended_while_stopping(h, tid, now, sid)
         h.before_end.discard(tid)  # (made before exit_actor(): its result counts)
@@ -951,6 +963,14 @@ class ActorHost:
     def on_worker_died(self, wid: str, reason: str, now: float, sid: str) -> list[Command]:
         aid = self.by_worker.pop(wid, None)
         if aid is None:
+            return []
+        old = self.superseded.pop(wid, None)
+        if old is not None:
+            # (its calls' wants are shared with the newer instance's: kept)
+            self.node.scheduler.release(old.held)
+            self.node.scheduler.release_actor_worker(wid)
+            for call in list(old.running.values()) + [c for q in old.queue.values() for c in q.values()] + list(old.replay):
+                self._pin(call, False)
             return []
         h = self.actors.pop(aid)
         self.node.scheduler.release(h.held)

@@ -575,6 +575,44 @@ def _input_error_call_keeps_pins():
     return _patch(A.ActorHost, "_dispatch", _dispatch)
 
 
+def _superseded_instance_left_running():
+    def created(self, spec, start, wid, now, sid):
+        entry = start.entry
+        held = self.node.scheduler.acquire_or_borrow(entry.spec.resources)
+        h = A._Hosted(entry=replace(entry, state=A.ActorState.ALIVE, node=self.node.address), worker=wid, held=held)
+        h.executed = entry.checkpoint_index
+        for caller, nxt in start.seqs:
+            h.next_seq[caller] = nxt
+        for s in start.replay:
+            h.replay.append(A._Call(s, "", 0, replay=True))
+            # a replayed call counts as executed: if its caller sends it
+            # again (it never saw the result), it must not run twice
+            if s.sequence_no + 1 > h.next_seq.get(s.caller_id, 0):
+                h.next_seq[s.caller_id] = s.sequence_no + 1
+        # BUG: an older instance of the actor still hosted here (its
+        # alive-CAS on its way) is replaced without being stopped
+        self.actors[entry.spec.actor_id] = h
+        self.by_worker[wid] = entry.spec.actor_id
+        # follow the actor's row (to stop if superseded; see on_entry)
+        _, cmds = self.node.router._route(entry.spec.actor_id, now, sid)
+        cmds += self.node.gcs_write(
+            A.PutActor(h.entry, expect_incarnation=entry.incarnation),
+            ("actor-alive", entry.spec.actor_id, entry.incarnation), now, sid,
+        )
+        objects = self.node.objects
+        for call in h.replay:
+            missing = {d for d in call.spec.dependencies if not objects.is_local(d)}
+            self._hold(call, [d for d in call.spec.dependencies if d not in missing])
+            if missing:
+                call.missing = missing
+                token = ("actor-call", entry.spec.actor_id, call.spec.task_id)
+                for d in sorted(missing):
+                    cmds += objects.want(d, token, True, now, sid)
+        return cmds + self._dispatch(h, now, sid)
+
+    return _patch(A.ActorHost, "created", created)
+
+
 # Bugs the swarm found in penumbra's own core/, planted back as they were
 # before the fix: each must still fail at the seed that found it (outside the
 # default budget: these are what the long runs are for).
@@ -588,6 +626,10 @@ REGRESSIONS: tuple[Bug, ...] = (
     # branch quiet: found by the quiet-cluster pin check
     Bug("input-error-call-keeps-pins", "an actor call failed because an input holds an error keeps the inputs it "
         "pinned while queued pinned for good", _input_error_call_keeps_pins, seed=572),
+    # branch quiet: found by the quiet-cluster killed-actor check
+    Bug("superseded-instance-left-running", "an actor restarted onto the node where its older instance's "
+        "creation just ended replaces that instance without stopping it: its worker runs on for good",
+        _superseded_instance_left_running, seed=1719),
 )
 
 

@@ -532,3 +532,325 @@ def test_lost_driver_reports_a_broken_client_machine():
     m.state = LOST  # (a machine that kept a waiter after the loss)
     out = C.check_lost_driver([], 0.5, m)
     assert kinds(out) == ["lost-driver"] and "pending on a connection that is lost" in out[0].what
+
+
+# ---------------------------------------------------------------------------- quiet-cluster checks (branch quiet)
+# On the real quiet cluster above, tampered with one thing at a time (and
+# put back), and on a real cluster whose zero-resource actor was killed.
+
+from dataclasses import replace as _replace  # noqa: E402
+
+from penumbra.core.ids import TaskId  # noqa: E402
+from penumbra.core.objects import _Want  # noqa: E402
+from penumbra.core.records import ActorState, TaskState  # noqa: E402
+from penumbra.verification.workload import VActor, VCall, VerifyExecutor  # noqa: E402
+
+
+def _stored(cluster):
+    """``(address, machine, object id)`` of an object a live node stores."""
+    for addr in cluster.alive_nodes():
+        m = cluster.node(addr).machine
+        for oid in m.objects.store.objects:
+            return addr, m, oid
+    raise AssertionError("the quiet cluster stores no object")
+
+
+def test_quiet_checks_are_clean_on_a_real_quiet_cluster(quiet_cluster):
+    assert C.check_pins(quiet_cluster) == []
+    assert C.check_tables_agree(quiet_cluster) == []
+    assert C.check_killed_actors(quiet_cluster, {}, {}) == []
+
+
+def test_pins_a_pin_held_for_a_task_that_is_over_is_a_violation(quiet_cluster):
+    addr, m, oid = _stored(quiet_cluster)
+    store, tid = m.objects.store, TaskId(b"\x07" * len(oid.task_id))
+    store.pin(oid, ("task", tid))
+    try:
+        out = C.check_pins(quiet_cluster)
+        # the same pin for a task still queued there is fine
+        m.scheduler.tasks[tid] = None
+        try:
+            assert C.check_pins(quiet_cluster) == []
+        finally:
+            del m.scheduler.tasks[tid]
+    finally:
+        store.unpin(oid, ("task", tid))
+    assert kinds(out) == ["pins"] and addr in out[0].what and oid.short() in out[0].what
+    assert "is over" in out[0].what
+
+
+def test_pins_a_client_pin_counts_while_the_client_lives(quiet_cluster):
+    _, m, oid = _stored(quiet_cluster)
+    m.objects.store.pin(oid, ("client", "driver:9"))
+    try:
+        assert C.check_pins(quiet_cluster, client_alive=lambda c: True) == []
+        out = C.check_pins(quiet_cluster, client_alive=lambda c: False)
+    finally:
+        m.objects.store.unpin(oid, ("client", "driver:9"))
+    assert kinds(out) == ["pins"] and "driver:9" in out[0].what and "gone" in out[0].what
+
+
+@pytest.mark.parametrize("want,words", [
+    (dict(waiters={("watch", "driver:1", 99): True}), "watch 99"),
+    (dict(waiters={("task", TaskId(b"\x05" * 14)): True}), "wanted for task"),
+    (dict(waiters={}, fetching_from="node:0"), "still in flight"),
+    (dict(waiters={}), "wanted by nobody"),
+])
+def test_pins_stale_wants_and_fetches_are_violations(quiet_cluster, want, words):
+    _, m, oid = _stored(quiet_cluster)
+    m.objects.wants[oid] = _Want(oid, **want)
+    try:
+        out = C.check_pins(quiet_cluster)
+    finally:
+        del m.objects.wants[oid]
+    assert "pins" in kinds(out) and any(words in v.what for v in out), out
+
+
+def test_pins_a_rebuild_mark_left_for_a_finished_task_is_a_violation(quiet_cluster):
+    rec = quiet_cluster.head.recovery
+    _, _, oid = _stored(quiet_cluster)
+    row = quiet_cluster.gcs_row("tasks", oid.task_id)
+    assert row is not None and row.state is TaskState.FINISHED
+    rec.rebuilding[oid.task_id] = 0.0
+    try:
+        out = C.check_pins(quiet_cluster)
+        rec.rebuild_attempt[oid.task_id] = row.attempt + 1  # a newer re-run is on its way: fine
+        assert C.check_pins(quiet_cluster) == []
+    finally:
+        rec.rebuilding.pop(oid.task_id, None)
+        rec.rebuild_attempt.pop(oid.task_id, None)
+    assert kinds(out) == ["pins"] and "being rebuilt" in out[0].what
+
+
+def _row(attempt=0, reconstructions=0):
+    return SimpleNamespace(attempt=attempt, reconstructions=reconstructions)
+
+
+def test_executions_within_budget_are_clean():
+    tasks = [("a", 1, 0), ("b", 2, 2), ("c", 3, -1)]
+    attempts = {1: [0], 2: [0, 1, 2], 3: [0, 1, 2, 3, 4, 5]}
+    rows = {1: _row(), 2: _row(2, 1), 3: _row(5, 5)}
+    assert C.check_executions(tasks, attempts, rows.get) == []
+
+
+@pytest.mark.parametrize("attempts,row,words", [
+    ([0, 1], _row(1), "ran 2 times"),  # max_retries=0: once at most
+    ([1], _row(1), "past its budget"),  # one run, but of an attempt the budget never allowed
+    ([0], _row(0, 1), "1 reconstruction"),  # rebuilt once although max_retries=0
+    ([0], _row(1), "attempt 1"),
+])
+def test_executions_over_budget_are_violations(attempts, row, words):
+    out = C.check_executions([("t7", 7, 0)], {7: attempts}, {7: row}.get)
+    assert kinds(out)[:1] == ["executions"] and keys(out)[0] == "t7"
+    assert any(words in v.what for v in out), out
+
+
+@pytest.fixture(scope="module")
+def killed_actor_cluster():
+    """A real cluster whose zero-resource actor ran a call and was killed
+    for good, then went quiet."""
+    ex = VerifyExecutor()
+    c = SimCluster(ClusterLayout(nodes=(NodeShape(ResourceSet.of(CPU=2)), NodeShape(ResourceSet.of(CPU=1)))),
+                   costs=ZERO, seed=5, validate=True, executor=ex)
+    c.wait_ready(timeout=10.0)
+    d = c.driver("node:0")
+    h = d.create_actor(VActor("a"), cls="A", resources=ResourceSet())  # holds nothing for life
+    spec = h.call(VCall("a.c0"))
+    d.watch(list(spec.return_ids))
+    assert c.run_until(lambda: d.all_ready([spec]), 10.0)
+    h.kill(no_restart=True)
+    c.run_for(1.0)
+    return c, ex, h.actor_id
+
+
+def test_killed_actor_clean(killed_actor_cluster):
+    c, ex, aid = killed_actor_cluster
+    assert ex.instances[aid]  # it did run somewhere
+    assert C.check_killed_actors(c, {"a": aid}, ex.instances) == []
+    assert C.check_pins(c) == [] and C.check_tables_agree(c) == [] and C.check_resources(c, actors_gone=True) == []
+
+
+def test_killed_actor_alive_at_the_head_or_in_the_gcs(killed_actor_cluster):
+    c, ex, aid = killed_actor_cluster
+    actors = c.head.actors.actors
+    dead = actors[aid]
+    actors[aid] = _replace(dead, state=ActorState.ALIVE)
+    try:
+        out = C.check_killed_actors(c, {"a": aid}, ex.instances)
+    finally:
+        actors[aid] = dead
+    assert kinds(out) == ["killed-actor"] and keys(out) == ["a"] and "the head has it alive" in out[0].what
+
+
+def test_killed_actor_still_hosted_with_no_resources_is_a_violation(killed_actor_cluster):
+    """What ``check_resources`` cannot see: the actor holds nothing."""
+    c, ex, aid = killed_actor_cluster
+    wid = ex.instances[aid][-1]
+    addr = wid.split("/")[0]
+    m = c.node(addr).machine
+    m.host.actors[aid] = SimpleNamespace(worker=wid, held=ResourceSet())
+    try:
+        assert C.check_resources(c, actors_gone=True) == []
+        out = C.check_killed_actors(c, {"a": aid}, ex.instances)
+    finally:
+        del m.host.actors[aid]
+    assert kinds(out) == ["killed-actor"] and f"{addr} still hosts" in out[0].what
+
+
+def test_killed_actor_worker_still_running_or_kept_is_a_violation(killed_actor_cluster):
+    c, ex, aid = killed_actor_cluster
+    wid = ex.instances[aid][-1]
+    node = c.node(wid.split("/")[0])
+    node.workers[wid] = SimpleNamespace(alive=True)
+    node.machine.scheduler.workers[wid] = SimpleNamespace(worker_id=wid, state="actor")
+    try:
+        out = C.check_killed_actors(c, {"a": aid}, ex.instances)
+    finally:
+        del node.workers[wid]
+        del node.machine.scheduler.workers[wid]
+    assert kinds(out) == ["killed-actor"] * 2
+    assert "still runs" in out[0].what and "keeps actor workers" in out[1].what
+
+
+def test_tables_a_listed_location_the_store_lacks(quiet_cluster):
+    addr, m, oid = _stored(quiet_cluster)
+    store = m.objects.store
+    size = store.size_of(oid)
+    store.remove(oid)
+    try:
+        out = C.check_tables_agree(quiet_cluster)
+    finally:
+        store.admit(oid, size)
+    assert "tables" in kinds(out)
+    assert any(f"lists {addr} as holding object {oid.short()}" in v.what for v in out), out
+
+
+def test_tables_an_unlisted_stored_object(quiet_cluster):
+    addr, m, oid = _stored(quiet_cluster)
+    ghost = type(oid)(bytes([oid[0] ^ 0xFF]) + bytes(oid[1:]))
+    m.objects.store.admit(ghost, 8)
+    quiet_cluster.node(addr).store[ghost] = (8, 0)
+    try:
+        out = C.check_tables_agree(quiet_cluster)
+    finally:
+        m.objects.store.remove(ghost)
+        del quiet_cluster.node(addr).store[ghost]
+    assert kinds(out) == ["tables"] and "does not list it there" in out[0].what and ghost.short() in out[0].what
+
+
+def test_tables_a_pending_task_row_or_a_wrong_node_row(quiet_cluster):
+    _, _, oid = _stored(quiet_cluster)
+    head = quiet_cluster.head
+    tail = quiet_cluster.replica(head.chain.shards[0].config.tail)
+    rows = tail.tables.data["nodes"]
+    row = rows["node:1"]
+    rows["node:1"] = _replace(row, alive=False)
+    try:
+        out = C.check_tables_agree(quiet_cluster)
+    finally:
+        rows["node:1"] = row
+    assert kinds(out) == ["tables"] and "node:1 dead" in out[0].what
+    tid = oid.task_id
+    for view in head.chain.shards.values():
+        tasks = quiet_cluster.replica(view.config.tail).tables.data["tasks"]
+        if tid in tasks:
+            break
+    done = tasks[tid]
+    tasks[tid] = _replace(done, state=TaskState.PENDING)
+    try:
+        out = C.check_tables_agree(quiet_cluster)
+    finally:
+        tasks[tid] = done
+    assert kinds(out) == ["tables"] and "pending" in out[0].what
+
+
+# ---------------------------------------------------------------------------- check_derived_values (branch quiet)
+
+from penumbra.core.ids import ObjectId  # noqa: E402
+from penumbra.verification.workload import (ActorPlan, CallPlan, TaskPlan, VChild, VTask, Workload,  # noqa: E402
+                                            digest)
+
+
+def _oid(i: int) -> ObjectId:
+    return ObjectId(bytes([i]) * 14 + b"\x00\x00\x00\x01")
+
+
+def _derived_world():
+    """A put, a task on it, a nested task, and an actor without replay
+    whose two calls from one caller ran on one instance, then call 1 again
+    on a second instance (a restart: its state started over)."""
+    tasks = (TaskPlan("t0", ("p0",), VTask("t0"), ResourceSet.of(CPU=1), -1, 0.0),
+             TaskPlan("t1", (), VTask("t1", children=(VChild("t1c0"), VChild("t1c1", children=(VChild("g"),)))),
+                      ResourceSet.of(CPU=1), -1, 0.0))
+    calls = (CallPlan("a0.c0", (), None, 0.0), CallPlan("a0.c1", ("t0",), None, 0.0))
+    w = Workload((), tasks, (ActorPlan("a0", -1, -1, False, 0, 0.0, calls),))
+    keys = {"t0": _oid(1), "t1": _oid(2), "a0.c0": _oid(3), "a0.c1": _oid(4)}
+    aid = ActorId(b"\x09" * 12)
+    p0 = digest("put", "p0")
+    t0 = digest("t0", (p0,))
+    t1 = digest("t1", (), (digest("t1c0", ()), digest("t1c1", (), (digest("g", ()),))))
+    init = digest("init", "a0", ())
+    c0 = digest(init, "a0.c0", ())
+    c1_first = digest(c0, "a0.c1", (t0,))
+    c1_again = digest(init, "a0.c1", (t0,))  # on the new instance, from the initial state
+    log = [ActorExec(aid, "node:1/w1", "driver", 0, keys["a0.c0"].task_id, 0.1),
+           ActorExec(aid, "node:1/w1", "driver", 1, keys["a0.c1"].task_id, 0.2),
+           ActorExec(aid, "node:2/w0", "driver", 1, keys["a0.c1"].task_id, 0.5)]
+    results = {"p0": ("v", p0), "t0": ("v", t0), "t1": ("v", t1), "a0.c0": ("v", c0), "a0.c1": ("v", c1_again)}
+    return w, results, log, keys, c1_first
+
+
+def test_derived_values_clean():
+    w, results, log, keys, c1_first = _derived_world()
+    assert C.check_derived_values(w, results, log, keys) == []
+    # either execution's value may be the one delivered
+    assert C.check_derived_values(w, {**results, "a0.c1": ("v", c1_first)}, log, keys) == []
+
+
+@pytest.mark.parametrize("key", ["t0", "t1", "a0.c0", "a0.c1"])
+def test_derived_values_a_value_nothing_computed_is_a_violation(key):
+    w, results, log, keys, _ = _derived_world()
+    results[key] = ("v", results[key][1] ^ 1)
+    out = C.check_derived_values(w, results, log, keys)
+    assert "derived" in kinds(out) and key in keys_of(out)
+
+
+def keys_of(violations) -> list[str]:
+    return [v.key for v in violations]
+
+
+def test_derived_values_errors_and_undeterminable_inputs_are_skipped():
+    w, results, log, keys, _ = _derived_world()
+    # t0 failed: t0's own error is the results checker's business, and a0.c1
+    # (its input) can no longer be derived
+    results["t0"] = err(ErrorKind.WORKER_CRASHED)
+    results["a0.c1"] = ("v", 12345)
+    assert C.check_derived_values(w, results, log, keys) == []
+
+
+def test_derived_values_a_call_no_instance_ran_is_a_violation():
+    w, results, log, keys, _ = _derived_world()
+    out = C.check_derived_values(w, results, log[:1], keys)
+    assert kinds(out) == ["derived"] and keys_of(out) == ["a0.c1"] and "ever ran it" in out[0].what
+
+
+def test_tables_an_actor_output_its_router_failed_is_the_known_race(quiet_cluster):
+    """A value its host stored whose row its caller's router overwrote with
+    ACTOR_DIED (a known race, ``checkers.value_overwritten``) is not
+    reported as unlisted; the same row holding any other error is."""
+    from penumbra.core.records import ErrorInfo
+
+    addr, m, oid = _stored(quiet_cluster)
+    head = quiet_cluster.head
+    for view in head.chain.shards.values():
+        objs = quiet_cluster.replica(view.config.tail).tables.data["objects"]
+        if oid in objs:
+            break
+    row = objs[oid]
+    try:
+        for kind, reported in ((ErrorKind.ACTOR_DIED, False), (ErrorKind.WORKER_CRASHED, True)):
+            objs[oid] = _replace(row, locations=frozenset(), error=ErrorInfo(kind, "x"), actor_id=ActorId(b"\x01" * 12))
+            out = C.check_tables_agree(quiet_cluster)
+            assert any("does not list it there" in v.what for v in out) is reported, (kind, out)
+    finally:
+        objs[oid] = row

@@ -454,6 +454,10 @@ def test_watch_without_fetch_reports_location(core) -> None:
     (ready,) = msgs(box.out, ObjectsReady)
     assert ready.req_id == 3 and ready.objects[0][1].size == 30
     assert not of(box.out, Fetch)
+    # told where it is, the watch is done with it: the node keeps no want
+    # (and no GCS subscription, re-read every second) behind it (found by
+    # the swarm's quiet-cluster check, seed 238)
+    assert oid not in box.node.objects.wants and not box.node.watches
 
 
 def test_a_watch_with_need_reports_once_that_many_are_ready(core) -> None:

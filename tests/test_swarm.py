@@ -83,7 +83,13 @@ def test_swarm_finds_planted_bug(bug):
                                           ("replayed-call-runs-again", "actor-order"),
                                           ("fetching-waiter-told-early", "waits"),
                                           ("watch-ignores-need", "waits"),
-                                          ("bundle-index-ignored", "placement")])
+                                          ("bundle-index-ignored", "placement"),
+                                          # the quiet-cluster checkers (branch quiet): each is the only one to
+                                          # catch its bug (the old swarm passes all default seeds with it)
+                                          ("finished-call-keeps-inputs-pinned", "pins"),
+                                          ("retry-budget-one-too-many", "executions"),
+                                          ("actor-worker-record-kept", "killed-actor"),
+                                          ("fetched-copy-not-recorded", "tables")])
 def test_planted_bugs_fail_their_own_checker(name, checker):
     """Bugs that a particular checker catches: the per-caller actor order
     checker (out of order, and twice on one instance) and the wait checker

@@ -323,3 +323,16 @@ def test_group_pauses_make_the_head_repeat_prepares(plans, monkeypatch):
         assert not r.violations, [str(v) for v in r.violations]
         runs += 1
     assert repeats >= 2, f"only {repeats} repeated PrepareBundles in {runs} runs"
+
+
+def test_quiet_cluster_checks_see_what_they_check(plans):
+    """The quiet-cluster checks (``checkers.check_quiet_cluster``) need
+    actors that hold no resources and are killed (every actor is killed at
+    quiescence; some mid-run too), and tasks with a finite retry budget in
+    seeds whose workers crash or whose nodes die (their budgets get spent)."""
+    zero = sum(any(not a.gpus and a.group is None for a in p.workload.actors) for p in plans)
+    zero_killed = sum(any(a.kill_at is not None and not a.gpus and a.group is None for a in p.workload.actors)
+                      for p in plans)
+    crashing = sum(p.faults.worker_crash_rate > 0 and any(t.max_retries >= 0 for t in p.workload.tasks) for p in plans)
+    losing = sum(bool(p.faults.first_failures()) and any(t.max_retries >= 0 for t in p.workload.tasks) for p in plans)
+    assert zero >= 150 and zero_killed >= 30 and crashing >= 80 and losing >= 100, (zero, zero_killed, crashing, losing)

@@ -753,6 +753,9 @@ class ActorHost:
             error = self._input_error(call)
             if error is not None:
                 del h.running[call.spec.task_id]
+                # (what it held while queued goes back: found by the swarm's
+                # quiet-cluster check, seed 572, an input pinned for good)
+                self._pin(call, False)
                 cmds += self._release(h, call, ("error", error), now, sid)
                 continue
             self._pin(call, True)
@@ -795,8 +798,8 @@ class ActorHost:
     def on_finished(self, wid: str, tid: TaskId, outputs, now: float, sid: str) -> list[Command]:
         aid = self.by_worker.get(wid)
         h = self.actors.get(aid) if aid is not None else None
-        if h is None:
-            return []
+        if h is None or h.worker != wid:
+            return []  # (or an instance superseded here, being killed)
         if h.stopping is not None or (h.terminated and tid not in h.before_end):
             return self._ended_while_stopping(h, tid, now, sid)
         h.before_end.discard(tid)  # (made before exit_actor(): its result counts)
@@ -816,8 +819,8 @@ class ActorHost:
     def on_raised(self, wid: str, tid: TaskId, error: ErrorInfo, now: float, sid: str) -> list[Command]:
         aid = self.by_worker.get(wid)
         h = self.actors.get(aid) if aid is not None else None
-        if h is None:
-            return []
+        if h is None or h.worker != wid:
+            return []  # (or an instance superseded here, being killed)
         if h.stopping is not None or (h.terminated and tid not in h.before_end):
             return self._ended_while_stopping(h, tid, now, sid)
         h.before_end.discard(tid)  # (made before exit_actor(): its result counts)

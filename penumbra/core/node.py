@@ -556,6 +556,10 @@ class NodeMachine:
                 cmds += self.scheduler.on_located(token[1], oid, entry, now, sid)
             elif kind == "watch":
                 self._watch_ready((token[1], token[2]), oid, ObjectInfo(size=entry.size, error=entry.error))
+                # told where it is, the watch is done with it: keep no want
+                # (nor GCS subscription, re-read every REFRESH) behind it
+                # (found by the swarm's quiet-cluster check, seed 238)
+                cmds += self.objects.unwant(oid, token, now, sid)
         return cmds
 
     def _on_fetch_completed(self, ev: FetchCompleted, now: float) -> list[Command]:

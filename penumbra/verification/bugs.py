@@ -1045,6 +1045,90 @@ def _predecessor_wraps_around():
 
     return _patch(R.ChainConfig, "predecessor", predecessor)
 
+# ---------------------------------------------------------------------------
+# branch quiet (issue 14): bugs that only the quiet-cluster checkers see
+# (``checkers.check_quiet_cluster``): each leaves the values every get
+# returns as they were, so the old swarm passes every default seed.
+
+
+def _finished_call_keeps_inputs_pinned():
+    def on_finished(self, wid, tid, outputs, now, sid):
+        aid = self.by_worker.get(wid)
+        h = self.actors.get(aid) if aid is not None else None
+        if h is None:
+            return []
+        if h.stopping is not None or (h.terminated and tid not in h.before_end):
+            return self._ended_while_stopping(h, tid, now, sid)
+        h.before_end.discard(tid)
+        call = h.running.pop(tid, None)
+        if call is None:
+            return []
+        # BUG: the self._pin(call, False) that every other ending of a call
+        # has is missing: a finished call's inputs stay pinned for good
+        if call.spec.method == A.TERMINATE_METHOD and not call.replay:
+            return self._terminate(h, call, now, sid)
+        result = ("error", A._cancelled(call.spec)) if call.cancelled else ("ok", outputs)
+        if h.entry.spec.replay and not call.replay:
+            return self._log_then_release(h, call, result, now, sid) + self._dispatch(h, now, sid)
+        cmds = self._release(h, call, result, now, sid)
+        self._executed(h)
+        return cmds + self._dispatch(h, now, sid)
+
+    return _patch(A.ActorHost, "on_finished", on_finished)
+
+
+def _retry_budget_one_too_many():
+    def _retry_or_fail(self, t, error, now, sid, why):
+        limit = t.spec.max_retries
+        if limit < 0 or t.attempt <= limit:  # BUG: should be t.attempt < limit (one retry too many)
+            tid = t.spec.task_id
+            t.attempt += 1
+            t.state = S.WAITING
+            t.worker = None
+            t.errors = None
+            self._story(tid, now, sid, f"retry {t.attempt} after: {why}")
+            cmds = self.node.gcs_write(S.RetryTask(tid, self.node.node_id, attempt=t.attempt), None, now, sid)
+            return cmds + self._resolve_inputs(t, now, sid)
+        return self._fail(t, error, now, sid, why)
+
+    return _patch(S.LocalScheduler, "_retry_or_fail", _retry_or_fail)
+
+
+def _actor_worker_record_kept():
+    def release_actor_worker(self, wid):
+        self.gpus.give_back(wid)
+        w = self.workers.get(wid)  # BUG: should be pop: the dead actor's worker stays in the pool's records
+        if w is not None and w.state == S.BUSY:
+            self.busy -= 1
+
+    return _patch(S.LocalScheduler, "release_actor_worker", release_actor_worker)
+
+
+def _fetched_copy_not_recorded():
+    orig = O.ObjectManager.add_local
+
+    def on_fetch_completed(self, oid, size, now, sid):
+        w = self.wants.get(oid)
+        if w is not None:
+            w.fetching_from = None
+        self.bytes_fetched += size
+        if self.is_local(oid):
+            return None, []
+        # BUG: "a fetched copy is not a new object": its location is never
+        # added to the object table (record=False)
+        adm, cmds = orig(self, oid, size, now, sid, record=False)
+        if not adm.ok:
+            cmds.append(O.Evict(object_id=oid, stimulus_id=sid))
+            if w is not None:
+                self.wants.pop(oid, None)
+                if w.subscribed:
+                    cmds += self.gcs_write(O.Unsubscribe(self.address, "objects", oid), None, now, sid)
+                cmds += self.on_ready(oid, O.ObjectInfo(size=size, error=adm.error), list(w.waiters), now, sid)
+        return adm, cmds
+
+    return _patch(O.ObjectManager, "on_fetch_completed", on_fetch_completed)
+
+
 BUGS: tuple[Bug, ...] = (
     Bug("no-release-on-crash", "a crashed worker's resources are not released", _no_release_on_crash, seed=5),
     Bug("retry-budget-off-by-one", "one retry fewer than max_retries", _retry_budget_off_by_one, seed=24),
@@ -1137,6 +1221,15 @@ BUGS: tuple[Bug, ...] = (
     # made the head repeat a PrepareBundles)
     Bug("prepare-not-idempotent", "a node sets a bundle's resources apart again when the head repeats its "
         "PrepareBundles", _prepare_not_idempotent, seed=17),
+    # branch quiet (issue 14)
+    Bug("finished-call-keeps-inputs-pinned", "an actor call that finished leaves its inputs pinned in the store "
+        "for good", _finished_call_keeps_inputs_pinned, seed=0),
+    Bug("retry-budget-one-too-many", "a task whose worker died retries max_retries + 1 times",
+        _retry_budget_one_too_many, seed=110),
+    Bug("actor-worker-record-kept", "a dead actor's worker stays in its node's worker records",
+        _actor_worker_record_kept, seed=0),
+    Bug("fetched-copy-not-recorded", "a copy fetched to another node is never added to the object table",
+        _fetched_copy_not_recorded, seed=0),
 )
 
 # Changes that look like bugs but that the rest of the design makes harmless,
@@ -1294,6 +1387,71 @@ def _late_actor_outlives_job():
     return _handler(H, GcsNotify, _on_notify)
 
 
+def _input_error_call_keeps_pins():
+    def _dispatch(self, h, now, sid):
+        cmds: list[Command] = []
+        limit = A._in_flight_limit(h.entry.spec)
+        if h.checkpointing or h.stopping is not None or h.terminated or h.terminate_sent:
+            return cmds
+        # replayed calls first, one at a time, in log order
+        if h.replay:
+            # (a replayed call needs its inputs local like any call: found by
+            # the swarm, a replay that ran without them lost the call)
+            if not h.running and not h.replay[0].missing:
+                call = h.replay.popleft()
+                h.running[call.spec.task_id] = call
+                self.node.story_add(call.spec.task_id, now, sid, "replaying on restarted actor")
+                cmds.append(A.Execute(worker_id=h.worker, spec=call.spec, attempt=call.attempt,
+                                    gpu_ids=self.node.scheduler.gpus.ids_of(h.worker), stimulus_id=sid))
+            return cmds
+        arrival = h.arrival
+        scanned = 0
+        n = len(arrival)
+        while len(h.running) < limit and scanned < n:
+            caller, seq = arrival[0]
+            arrival.rotate(-1)
+            scanned += 1
+            q = h.queue.get(caller)
+            call = q.get(seq) if q else None
+            if call is None:
+                arrival.pop()  # stale arrival record (rotated to the end)
+                continue
+            if seq != h.next_seq.get(caller) or call.missing:
+                continue
+            if call.spec.method == A.TERMINATE_METHOD and h.running:
+                continue  # (it runs once every call before it ended, and alone)
+            arrival.pop()
+            del q[seq]
+            h.next_seq[caller] = seq + 1
+            if call.cancelled:
+                scanned = 0  # (failed when cancelled: it only held its caller's place)
+                n = len(arrival)
+                continue
+            h.running[call.spec.task_id] = call
+            # the caller's next call may have been passed over earlier in
+            # this pass: scan everything again (found by the swarm: a call
+            # that failed on its input left the one after it waiting forever)
+            scanned = 0
+            n = len(arrival)
+            error = self._input_error(call)
+            if error is not None:
+                del h.running[call.spec.task_id]
+                # BUG: the self._pin(call, False) is missing: what it held
+                # while queued (an input that holds a value here) stays pinned
+                cmds += self._release(h, call, ("error", error), now, sid)
+                continue
+            self._pin(call, True)
+            self.node.story_add(call.spec.task_id, now, sid, f"running on actor worker {h.worker}")
+            cmds.append(A.Execute(worker_id=h.worker, spec=call.spec, attempt=call.attempt,
+                                gpu_ids=self.node.scheduler.gpus.ids_of(h.worker), stimulus_id=sid))
+            if call.spec.method == A.TERMINATE_METHOD:
+                h.terminate_sent = True  # nothing is sent after it
+                break
+        return cmds
+
+    return _patch(A.ActorHost, "_dispatch", _dispatch)
+
+
 # Bugs the swarm found in penumbra's own core/, planted back as they were
 # before the fix: each must still fail at the seed that found it (outside the
 # default budget: these are what the long runs are for).
@@ -1320,6 +1478,9 @@ REGRESSIONS: tuple[Bug, ...] = (
         "row back, for good", _late_put_row_outlives_job, seed=43),
     Bug("late-actor-outlives-job", "an actor whose row reaches the head after its job ended stays PENDING for "
         "good", _late_actor_outlives_job, seed=21),
+    # branch quiet: found by the quiet-cluster pin check
+    Bug("input-error-call-keeps-pins", "an actor call failed because an input holds an error keeps the inputs it "
+        "pinned while queued pinned for good", _input_error_call_keeps_pins, seed=572),
 )
 
 

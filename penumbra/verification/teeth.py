@@ -14,7 +14,8 @@ is, the seed that found it and the checkers that caught it.
 
 A checker is named by the ``Violation.checker`` kind it reports
 (``checkers``): ``results``, ``liveness``, ``resources``, ``actor-order``, ``placement``,
-``gcs``, ``pubsub``, ``waits``, ``returns``, ``retries``, ``freed``, ``job-end``, ``names``, ``lost-driver``, and the swarm's own ``invariant`` (a machine's
+``gcs``, ``pubsub``, ``waits``, ``returns``, ``retries``, ``freed``, ``job-end``, ``names``, ``lost-driver``, the quiet-cluster checks ``pins``, ``executions``,
+``killed-actor`` and ``tables``, ``derived`` (values derivable from the run), and the swarm's own ``invariant`` (a machine's
 ``validate()``), ``crash`` (the system raised), ``harness`` (the swarm's own
 code raised), ``timeliness`` and ``actor-restarts``.  A
 checker that fired only on the fault-free reference run is shown as ``KIND

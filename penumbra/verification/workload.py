@@ -662,6 +662,7 @@ class VerifyExecutor(Executor):
         self.rng = rng or random.Random(0)
         self.actor_log: list[ActorExec] = []
         self.executions: dict[TaskId, int] = {}  # task -> times it started (crashed or not)
+        self.attempts: dict[TaskId, list[int]] = {}  # task -> the attempt number of each start, in order
         self.instances: dict[ActorId, list[str]] = {}  # actor -> workers it ran on
         self.crashes = 0
         self._clients: dict[str, Any] = {}
@@ -715,6 +716,7 @@ class VerifyExecutor(Executor):
             return Outcome("ok", model.duration, values=(link,), sizes=(model.size,))
         if isinstance(model, (VTask, VChild)):
             self.executions[spec.task_id] = self.executions.get(spec.task_id, 0) + 1
+            self.attempts.setdefault(spec.task_id, []).append(cmd.attempt)
             if self._maybe_crash():
                 return Outcome("crash", model.duration / 2)
             if getattr(model, "flaky", 0) > cmd.attempt:

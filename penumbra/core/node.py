@@ -161,6 +161,13 @@ class NodeMachine:
         # jobs the head said are over: their tasks are refused from now on
         # (one int per job ever run on the cluster)
         self.ended_jobs: set[int] = set()
+        # copies of an ended job's objects that something here still held
+        # when the head said to drop them (an input of a task being killed):
+        # deleted once nothing holds them (see ``_sweep_doomed``)
+        self.doomed: set[ObjectId] = set()
+        # (job, the GCS client's ``made`` then, stimulus) of ended jobs this
+        # node has cleared but not yet reported: see ``_on_job_ended``
+        self.pending_clears: list[tuple[int, int, str]] = []
         # worker -> the non-detached actors it created (it owns them: they
         # die with it, Ray's fate sharing; see _on_worker_crashed)
         self.owned_actors: dict[str, list[ActorId]] = {}
@@ -198,6 +205,12 @@ class NodeMachine:
                       token: Hashable = None) -> list[Command]:
         """Record a task's outputs here and in the GCS (``token``: reply
         to the owner once the GCS has the record)."""
+        if self.ended_jobs and spec.job_id in self.ended_jobs and not spec.is_actor_creation:
+            # its job ended while it ran: nobody can read its outputs, and
+            # the GCS has forgotten (or refuses) the job's rows, so a copy
+            # kept here would be listed nowhere and never freed
+            self.story_add(spec.task_id, now, sid, f"outputs dropped: job {spec.job_id} ended")
+            return []
         rids = spec.return_ids
         # (the usual case, outputs exactly the return ids in order, as
         # tuples, is kept as it is; anything else is filtered to them)
@@ -213,16 +226,27 @@ class NodeMachine:
         # while the next is admitted, which must not evict it.  Found by
         # the swarm's num_returns > 1 draws)
         hold = ("outputs", spec.task_id) if len(outputs) > 1 else None
+        # Copies of these outputs still here from an earlier run (a rebuild)
+        # are held too: admitting an earlier output must not evict one, or
+        # its Evict would delete the bytes the worker has just written for
+        # it (found by the swarm's quiet-cluster tables check).
+        present = [o for o, _ in outputs if o in self.objects.store.objects] if hold is not None else ()
+        for oid in present:
+            self.objects.store.pin(oid, hold)
         for oid, size in outputs:
             adm, c = self.objects.add_local(oid, size, now, sid, pin=hold, record=False, resolve=False)
             if not adm.ok:
                 for a in admitted:
                     self.objects.store.remove(a)
                     cmds.append(Evict(object_id=a, stimulus_id=sid))
+                for a in present:
+                    self.objects.store.unpin(a, hold)
                 cmds.append(Evict(object_id=oid, stimulus_id=sid))
                 return cmds + self.fail_outputs(spec, adm.error, attempt, now, sid, token)
             admitted.append(oid)
             cmds += c
+        for oid in present:
+            self.objects.store.unpin(oid, hold)
         for oid in admitted:
             if hold is not None:
                 self.objects.store.unpin(oid, hold)
@@ -264,6 +288,10 @@ class NodeMachine:
         if h is None:
             return []
         cmds = h(self, event, now)
+        if self.doomed:
+            cmds += self._sweep_doomed(event.stimulus_id)
+        if self.pending_clears:
+            cmds += self._send_clears()
         if self.outbox:
             cmds += self._flush_outbox(event.stimulus_id)
         return cmds
@@ -330,11 +358,27 @@ class NodeMachine:
         """The head says job ``ev.job_id`` is over (its driver exited): its
         queued tasks go, the workers running its tasks are killed and their
         resources come back (see ``LocalScheduler.end_job``).  Then tell the
-        head, which forgets the job's GCS rows once every node has."""
+        head, which forgets the job's GCS rows once every node has -- but
+        only once every GCS write this node made before has landed: a task
+        of the job that finished a moment ago may still have its FinishTask
+        on the way, and a row written after the head forgot the job's rows
+        is refused, leaving its output here, listed nowhere and never freed
+        (found by the swarm's quiet-cluster tables check)."""
         job = ev.job_id
         self.ended_jobs.add(job)
         cmds = self.scheduler.end_job(job, now, ev.stimulus_id)
-        cmds.append(Send(to=self.head, msg=JobCleared(job_id=job, node_id=self.node_id, stimulus_id=ev.stimulus_id)))
+        self.pending_clears.append((job, self.gcs.made, ev.stimulus_id))
+        return cmds + self._send_clears()
+
+    def _send_clears(self) -> list[Command]:
+        cmds: list[Command] = []
+        keep = []
+        for job, mark, sid in self.pending_clears:
+            if self.gcs.settled(mark):
+                cmds.append(Send(to=self.head, msg=JobCleared(job_id=job, node_id=self.node_id, stimulus_id=sid)))
+            else:
+                keep.append((job, mark, sid))
+        self.pending_clears = keep
         return cmds
 
     def _job_over(self, spec: TaskSpec, now: float, sid: str) -> bool:
@@ -364,9 +408,23 @@ class NodeMachine:
             stories.pop(tid, None)
             done.pop(tid, None)
             if oid in objects.wants or store.is_pinned(oid):
+                self.doomed.add(oid)
                 continue
             if store.remove(oid) or objects.errors.pop(oid, None) is not None:
                 cmds.append(Evict(object_id=oid, stimulus_id=ev.stimulus_id))
+        return cmds
+
+    def _sweep_doomed(self, sid: str) -> list[Command]:
+        """Delete the doomed copies nothing holds any more (the set is
+        empty but for the moments after a job ended with its objects in
+        use, so this costs nothing on the usual path)."""
+        objects = self.objects
+        store = objects.store
+        cmds: list[Command] = []
+        for oid in [o for o in self.doomed if o not in objects.wants and not store.is_pinned(o)]:
+            self.doomed.discard(oid)
+            if store.remove(oid) or objects.errors.pop(oid, None) is not None:
+                cmds.append(Evict(object_id=oid, stimulus_id=sid))
         return cmds
 
     def _on_submit(self, ev: SubmitTask, now: float) -> list[Command]:

@@ -13,7 +13,7 @@ return: tens of seeds per task make that overhead small, and enough chunks
 (several per CPU) keep every CPU busy until the end.
 
 Only Ray Core's public API is used -- ``init(address=...)``, ``remote``
-(with ``max_retries``), ``wait``, ``get``, ``cancel``, ``cluster_resources``,
+(with ``max_retries`` and the ``"SPREAD"`` scheduling strategy), ``wait``, ``get``, ``cancel``, ``cluster_resources``,
 ``get_runtime_context().get_node_id()`` and ``shutdown`` -- through an
 ``api`` module passed in: ``penumbra`` (the default) or ``ray``.  So the
 same code runs on a penumbra cluster or, unchanged, on a Ray cluster
@@ -226,7 +226,11 @@ def fan_out(api: ModuleType, seeds: Sequence[int], *, plant: str | None = None, 
     todo = chunks_of(seeds, size)
     todo.reverse()  # pop() from the end: the lowest seeds go first
     window = in_flight or max(2, int(cpus) * IN_FLIGHT_PER_CPU)
-    task = api.remote(num_cpus=1, max_retries=MAX_RETRIES)(_check_chunk)
+    # SPREAD: a chunk goes to the least loaded node with a free CPU.  The
+    # default (bottom-up) policy keeps tasks on the driver's node until its
+    # queue is long (100 tasks on a penumbra daemon), and a window of chunks
+    # is far shorter than that: the other nodes would idle.
+    task = api.remote(num_cpus=1, max_retries=MAX_RETRIES, scheduling_strategy="SPREAD")(_check_chunk)
     result = FanoutResult(chunks=len(todo))
     pending: dict[Any, tuple[tuple[int, ...], float]] = {}  # ref -> (its seeds, when submitted)
     t0 = time.perf_counter()

@@ -19,12 +19,13 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from test_operations import _TREE, Machine  # noqa: E402
+from test_operations import _TREE, Machine, _kill_hard, _wait_for  # noqa: E402
 
 from penumbra.cli import main as cli_main  # noqa: E402
 from penumbra.verification.bugs import bug_named, planted  # noqa: E402
@@ -45,6 +46,21 @@ def two_nodes():
         m.start("--head", "--port", "0", "--num-cpus", "1")
         info = m.head()
         m.start("--address", info["address"], "--num-cpus", "1")
+        (node,) = m.head()["nodes"]
+        yield m, info["address"], (info["node_id"], node["node_id"])
+    finally:
+        m.close()
+
+
+@pytest.fixture
+def two_nodes_fast():
+    """As ``two_nodes``, for a node to be killed: a death noticed in ~2 s."""
+    m = Machine()
+    fast = ("--node-timeout", "2", "--heartbeat-interval", "0.5", "--num-cpus", "1")
+    try:
+        m.start("--head", "--port", "0", *fast)
+        info = m.head()
+        m.start("--address", info["address"], *fast)
         (node,) = m.head()["nodes"]
         yield m, info["address"], (info["node_id"], node["node_id"])
     finally:
@@ -102,6 +118,71 @@ def test_a_chunk_past_its_timeout_is_cancelled_and_its_seeds_reported_not_checke
     assert "seed 0: NOT CHECKED (its chunk (40 seeds from 0) was not done after 0.5 s and was cancelled" in res.stdout
     assert "   replay: penumbra verify --seed 0\n" in res.stdout
     # the cancelled worker is gone and the cluster still serves
+    again = _verify(m, "--seeds", "4", "--address", address)
+    assert again.returncode == 0 and "4 ok, 0 failing" in again.stdout, again.stdout + again.stderr
+
+
+class _Running:
+    """``penumbra verify`` running in the background; its stderr (the
+    progress) read line by line as it comes."""
+
+    def __init__(self, m: Machine, *args: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "penumbra.cli", "verify", *args], env=m.env, text=True,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        self.err: list[str] = []
+        self.reader = threading.Thread(target=lambda: self.err.extend(self.proc.stderr), daemon=True)
+        self.reader.start()
+
+    def wait_for_progress(self, text: str, timeout: float = 120) -> None:
+        _wait_for(f"progress saying {text!r}", lambda: any(text in ln for ln in self.err) or self.proc.poll(),
+                  timeout=timeout)
+        assert self.proc.poll() is None, f"verify ended first: {''.join(self.err)[-2000:]}"
+
+    def finish(self, timeout: float = 180) -> subprocess.CompletedProcess:
+        try:
+            out = self.proc.stdout.read() if self.proc.wait(timeout) is not None else ""
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            self.reader.join(10)
+        return subprocess.CompletedProcess(self.proc.args, self.proc.returncode, out, "".join(self.err))
+
+
+def test_a_node_dying_mid_run_loses_no_seed(two_nodes_fast):
+    m, address, (head, doomed) = two_nodes_fast
+    run = _Running(m, "--seeds", "60", "--chunk", "5", "--address", address)
+    try:
+        # a chunk came back from the second node: the next ones are running or queued there
+        run.wait_for_progress("on 2 node(s)")
+        _kill_hard(m.head()["nodes"][0]["pid"])
+        res = run.finish()
+    finally:
+        if run.proc.poll() is None:
+            run.proc.kill()
+    # the runtime re-ran its chunks (max_retries) on the head: every seed checked, once
+    assert res.returncode == 0, res.stdout + res.stderr[-3000:]
+    assert re.search(r"^60 seeds in [\d.]+s: 60 ok, 0 failing$", res.stdout, re.M), res.stdout
+    per_node = _per_node(res.stdout)
+    assert sum(per_node.values()) == 60 and set(per_node) <= {head, doomed}, per_node
+    print(res.stdout)  # (-s) how many seeds each node checked, and the time the death cost
+
+
+def test_ctrl_c_cancels_the_chunks_in_flight_and_reports_what_finished(two_nodes):
+    m, address, _ = two_nodes
+    run = _Running(m, "--seeds", "400", "--chunk", "5", "--address", address)
+    try:
+        run.wait_for_progress("seeds, 0 failing")
+        run.proc.send_signal(signal.SIGINT)
+        res = run.finish(timeout=60)
+    finally:
+        if run.proc.poll() is None:
+            run.proc.kill()
+    assert res.returncode == 130, res.stdout + res.stderr[-3000:]
+    head = re.search(r"^(\d+) seeds in [\d.]+s: \1 ok, 0 failing \(interrupted: (\d+) of 400 seeds not run\)$",
+                     res.stdout, re.M)
+    assert head and int(head[1]) + int(head[2]) == 400 and int(head[2]) > 0, res.stdout
+    # the cancelled chunks' workers are gone, and the cluster serves the next run
     again = _verify(m, "--seeds", "4", "--address", address)
     assert again.returncode == 0 and "4 ok, 0 failing" in again.stdout, again.stdout + again.stderr
 

@@ -347,6 +347,8 @@ def run_fanout_cli(args) -> int:
                       progress=_progress_printer())
     finally:
         api.shutdown()
+    if res.interrupted and sys.stderr.isatty():
+        print(file=sys.stderr)  # end the progress line
     return _report(res, args.seeds, plant)
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from test_operations import _TREE, Machine, _kill_hard, _wait_for  # noqa: E402
+from test_operations import _TREE, Machine, _free_port, _kill_hard, _wait_for  # noqa: E402
 
 from penumbra.cli import main as cli_main  # noqa: E402
 from penumbra.verification.bugs import bug_named, planted  # noqa: E402
@@ -196,6 +196,15 @@ def test_fan_out_options_are_refused_where_they_mean_nothing(capsys):
     assert "no planted bug is called 'no-such-bug'" in capsys.readouterr().err
     assert cli_main(["verify", "--seeds", "3", "--address", "127.0.0.1:1", "--chunk", "0"]) == 2
     assert "--chunk must be 1 or more" in capsys.readouterr().err
+
+
+def test_an_unreachable_cluster_is_one_line_and_a_failure(two_nodes):
+    m = two_nodes[0]
+    port = _free_port()  # nobody listens there
+    res = _verify(m, "--seeds", "3", "--address", f"127.0.0.1:{port}", timeout=60)
+    assert res.returncode == 1
+    assert res.stderr.startswith(f"penumbra verify: cannot reach the cluster at 127.0.0.1:{port}: "), res.stderr
+    assert "Traceback" not in res.stderr
 
 
 def test_chunks_cover_every_seed_once_and_keep_every_cpu_busy():

@@ -339,7 +339,11 @@ def run_fanout_cli(args) -> int:
         print(f"penumbra verify: cannot reach the cluster at {where}: {e}", file=sys.stderr)
         return 1
     try:
-        cpus = _cluster_cpus(api)
+        try:
+            cpus = _cluster_cpus(api)
+        except RuntimeError as e:
+            print(f"penumbra verify: {e}", file=sys.stderr)
+            return 1
         size = args.chunk or chunk_size(args.seeds, cpus)
         print(f"fanning {args.seeds} seeds out over {api_name} at {where} ({cpus:g} CPUs), "
               f"{size} seeds per task", flush=True)

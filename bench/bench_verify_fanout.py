@@ -77,9 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="pn-bfan-"))
     env = _env(root)
     cwd = str(root)  # not a checkout: the tree comes from PYTHONPATH only
+    rev = subprocess.run(["git", "-C", TREE, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     print(f"# {a.seeds} seeds; {os.cpu_count()} CPUs on this machine; load {os.getloadavg()}; "
-          f"git {subprocess.run(['git', '-C', TREE, 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True).stdout.strip()}",
-          flush=True)
+          f"git {rev.stdout.strip()}", flush=True)
     results = []
     try:
         if a.only != "local":

@@ -264,7 +264,8 @@ def test_the_same_fan_out_runs_unchanged_on_ray():
         with planted(bug):
             here = check_seed(bug.seed)
         assert re.search(r"^6 seeds in [\d.]+s: \d+ ok, [1-9]\d* failing$", res.stdout, re.M), res.stdout
-        assert f"seed {bug.seed}: FAILED ({len(here.violations)} violations), trace {here.trace_hash[:16]}," in res.stdout
+        want = f"seed {bug.seed}: FAILED ({len(here.violations)} violations), trace {here.trace_hash[:16]},"
+        assert want in res.stdout, res.stdout
         assert f"   replay: {replay_command(bug.seed, bug.name)}\n" in res.stdout
         assert len(_per_node(res.stdout)) == 1  # Ray's node id, asked of Ray's runtime context in the worker
     finally:

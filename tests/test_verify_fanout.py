@@ -29,7 +29,7 @@ from test_operations import _TREE, Machine, _free_port, _kill_hard, _wait_for  #
 
 from penumbra.cli import main as cli_main  # noqa: E402
 from penumbra.verification.bugs import bug_named, planted  # noqa: E402
-from penumbra.verification.fanout import chunk_size, chunks_of, replay_command  # noqa: E402
+from penumbra.verification.fanout import _check_chunk, chunk_size, chunks_of, replay_command  # noqa: E402
 from penumbra.verification.swarm import check_seed  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
@@ -205,6 +205,16 @@ def test_an_unreachable_cluster_is_one_line_and_a_failure(two_nodes):
     assert res.returncode == 1
     assert res.stderr.startswith(f"penumbra verify: cannot reach the cluster at 127.0.0.1:{port}: "), res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_a_chunk_plants_its_bug_around_its_own_seeds_and_undoes_it():
+    """What a worker runs, here in the test process (which has joined no
+    cluster: the node falls back to the host's name)."""
+    bug = bug_named("gcs-no-dedup")
+    got = _check_chunk((bug.seed,), bug.name, "penumbra")
+    (o,) = got.outcomes
+    assert not o.ok and o.checkers and o.node.startswith("host:"), o
+    assert check_seed(bug.seed).ok  # the worker is left as it was: the next chunk runs clean code
 
 
 def test_chunks_cover_every_seed_once_and_keep_every_cpu_busy():

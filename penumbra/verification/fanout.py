@@ -178,12 +178,18 @@ def _check_chunk(seeds: tuple[int, ...], plant: str | None, api_name: str) -> Ch
     t0 = time.perf_counter()
     try:
         node = str(importlib.import_module(api_name).get_runtime_context().get_node_id())
-    except Exception:  # an old runtime without a node id: the host still tells machines apart
-        node = ""
+    except Exception:  # a runtime without node ids: the host still tells machines apart
+        node = f"host:{socket.gethostname()}"
     out = []
     with planted(bug_named(plant)) if plant else contextlib.nullcontext():
         for s in seeds:
-            r = check_seed(s)
+            t1 = time.perf_counter()
+            try:
+                r = check_seed(s)
+            except Exception as e:  # the swarm's own code raised: this seed fails, the chunk goes on
+                what = f"[harness] check_seed raised {type(e).__name__}: {e}"[:500]
+                out.append(SeedOutcome(s, False, "", time.perf_counter() - t1, (what,), 1, ("harness",), node))
+                continue
             out.append(SeedOutcome(s, r.ok, r.trace_hash, r.wall, tuple(str(v) for v in r.violations[:5]),
                                    len(r.violations), tuple(sorted({v.checker for v in r.violations})), node))
     return ChunkResult(node, socket.gethostname(), os.getpid(), time.perf_counter() - t0, tuple(out))

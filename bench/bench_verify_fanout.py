@@ -59,7 +59,9 @@ def _timed(env: dict, args: list[str], cwd: str) -> dict:
     lines = res.stdout.splitlines()
     summary = next((ln for ln in lines if " seeds in " in ln), "(no summary)")
     nodes = next((ln for ln in lines if ln.startswith("ran on ")), "")
+    failing = [ln.split(":")[0].split()[1] for ln in lines if ln.startswith("seed ") and "FAILED" in ln]
     out = {"command": "penumbra " + " ".join(args), "wall": round(wall, 1), "summary": summary, "nodes": nodes,
+           "failing_seeds": failing,
            "rc": res.returncode, "load_before": [round(x, 2) for x in load0],
            "load_after": [round(x, 2) for x in os.getloadavg()]}
     print(json.dumps(out), flush=True)

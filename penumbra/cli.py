@@ -10,6 +10,7 @@ simulator's experiments and the verification swarm.
     penumbra sim EXPERIMENT [--size quick|full]
     penumbra verify --seeds N | --seed S [--shrink] [--plant BUG]
     penumbra verify --real --seeds N | --seed S
+    penumbra verify --seeds N --address HOST:PORT [--ray] [--chunk K] [--timeout S] [--plant BUG]
     penumbra verify --bugs
 """
 
@@ -355,6 +356,17 @@ def cmd_sim(args) -> int:
 
 
 def cmd_verify(args) -> int:
+    if getattr(args, "real", False) and (args.address or args.ray):
+        print("penumbra verify: --real starts its own real cluster on this machine; it does not fan out "
+              "(drop --address/--ray)", file=sys.stderr)
+        return 2
+    if args.address or args.ray:
+        return _verify_fanned_out(args)
+    for name in ("chunk", "timeout", "token_file"):
+        if getattr(args, name) is not None:
+            print(f"penumbra verify: --{name.replace('_', '-')} is for seeds fanned out over a cluster: "
+                  "add --address HOST:PORT (or --ray)", file=sys.stderr)
+            return 2
     if args.bugs:
         if args.plant:
             print("--bugs plants every bug in turn: it takes no --plant", file=sys.stderr)
@@ -383,6 +395,20 @@ def cmd_verify(args) -> int:
     print(f"planted bug {bug.name}: {bug.description}")
     with planted(bug):
         return run_swarm_cli(args)
+
+
+def _verify_fanned_out(args) -> int:
+    """``--address``/``--ray``: the seeds run as tasks on a cluster
+    (``verification.fanout``); the bug, if any, is planted in the workers."""
+    flag = f"--address {args.address}" if args.address else "--ray"
+    if args.bugs or args.seed is not None or args.shrink:
+        what = "--bugs" if args.bugs else "--shrink" if args.shrink else "--seed"
+        print(f"penumbra verify: {flag} fans --seeds N out over a cluster; {what} runs here, in one process: "
+              f"drop {flag}", file=sys.stderr)
+        return 2
+    from .verification.fanout import run_fanout_cli
+
+    return run_fanout_cli(args)
 
 
 def cmd_demo(args) -> int:
@@ -462,6 +488,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--real", action="store_true",
                    help="run the seeds' workloads on a real local cluster (with worker and node kills) and compare "
                         "every value with the simulator's fault-free run")
+    s.add_argument("--address", metavar="HOST:PORT",
+                   help="fan the seeds out as tasks on the cluster at HOST:PORT ('auto': the one started last "
+                        "here; 'local': a new one on this machine); failing seeds are replayed here with --seed")
+    s.add_argument("--ray", action="store_true",
+                   help="fan out with Ray's API (import ray) on a Ray cluster (--address) or a local Ray "
+                        "instance; Ray's workers must be able to import penumbra")
+    s.add_argument("--chunk", type=int, default=None, metavar="K",
+                   help="with --address: seeds per task (default: about four tasks per CPU, at most 50 seeds)")
+    s.add_argument("--timeout", type=_seconds, default=None, metavar="SECONDS",
+                   help="with --address: cancel a task not done this long after it was submitted and report its "
+                        "seeds as not checked (default 600)")
+    s.add_argument("--token-file", metavar="FILE", help="with --address: a file holding the cluster token "
+                                                       "(else $PENUMBRA_TOKEN or ~/.penumbra/clusters.json)")
     s.set_defaults(fn=cmd_verify)
 
     s = sub.add_parser("demo", help="the quick-start job: a real workload and a short simulation")

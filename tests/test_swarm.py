@@ -7,6 +7,7 @@ thousands (``penumbra verify --seeds N`` does the same from the command line).
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 import warnings
 
 import pytest
@@ -114,12 +115,20 @@ def test_masked_bugs_are_harmless(bug):
 
 
 @pytest.mark.parametrize("bug", REGRESSIONS, ids=[b.name for b in REGRESSIONS])
+PLANS = pathlib.Path(__file__).parent / "swarm_plans"
+
+
 def test_bugs_the_swarm_found_stay_found(bug):
     """A bug the swarm found in core/ (in a long run), planted back as it
-    was: its seed fails again, and passes with the fix."""
+    was: the plan that found it fails again, and passes with the fix.  The
+    plan is its seed's, or, where later draws changed what ``plan_seed``
+    makes of that seed, the plan as it was drawn then
+    (``tests/swarm_plans/found-NAME-SEED.txt``)."""
+    saved = PLANS / f"found-{bug.name}-{bug.seed}.txt"
+    plan = swarm.plan_from_text(saved.read_text()) if saved.exists() else swarm.plan_seed(bug.seed)
     with planted(bug):
-        assert not swarm.check_seed(bug.seed).ok, f"seed {bug.seed} no longer finds {bug.name!r}"
-    assert swarm.check_seed(bug.seed).ok
+        assert not swarm.check_plan(plan).ok, f"the plan of seed {bug.seed} no longer finds {bug.name!r}"
+    assert swarm.check_plan(plan).ok
 
 
 def _pg_actor_plan() -> swarm.SeedPlan:

@@ -1474,13 +1474,22 @@ REGRESSIONS: tuple[Bug, ...] = (
         _outputs_announced_one_by_one, seed=194),
     Bug("actor-call-outputs-outlive-job", "ForgetJob drops the job's task outputs but not its actor method calls' "
         "outputs (calls have no task row): their GCS rows stay for good", _actor_call_outputs_outlive_job, seed=11),
-    Bug("late-put-row-outlives-job", "a put's AddLocation landing after its job's rows were forgotten brings the "
-        "row back, for good", _late_put_row_outlives_job, seed=43),
     Bug("late-actor-outlives-job", "an actor whose row reaches the head after its job ended stays PENDING for "
         "good", _late_actor_outlives_job, seed=21),
     # branch quiet: found by the quiet-cluster pin check
     Bug("input-error-call-keeps-pins", "an actor call failed because an input holds an error keeps the inputs it "
         "pinned while queued pinned for good", _input_error_call_keeps_pins, seed=572),
+)
+
+# Masked since it was found: ``late-put-row-outlives-job`` (a put's row
+# written after its job's rows were forgotten came back; the GCS now refuses
+# it) cannot happen any more once a node reports a job cleared only after
+# its own earlier GCS writes landed (``NodeMachine._on_job_ended``): every
+# row of the job is written before the head forgets them.  The GCS's refusal
+# stays as a second line of defence; planted back, the swarm finds nothing.
+MASKED = MASKED + (
+    Bug("late-put-row-outlives-job", "a put's AddLocation landing after its job's rows were forgotten brings the "
+        "row back, for good", _late_put_row_outlives_job),
 )
 
 

@@ -72,7 +72,7 @@ from .workload import (CUSTOM, GPUS_PER_NODE, LARGE_SIZES, SLOT, SLOTS_PER_NODE,
                        add_multi_returns, add_remote_puts, add_task_cancels, add_waits, digest, generate)
 
 __all__ = ["SeedPlan", "FaultPlan", "RunResult", "SeedReport", "plan_seed", "run_plan", "check_seed", "check_plan",
-           "run_swarm", "run_swarm_cli", "story", "shrink"]
+           "run_swarm", "run_swarm_cli", "story", "shrink", "plan_from_text"]
 
 # A fault-free run must finish within this much virtual time after its last
 # submission: nothing in a fault-free run waits for a timeout (the slowest
@@ -1283,6 +1283,33 @@ def _stopped(run: RunResult) -> bool:
 def check_plan(plan: SeedPlan, validate: bool = True) -> SeedReport:
     """``check_seed`` for a plan built by hand or by a Hypothesis strategy."""
     return check_seed(plan.seed, plan=plan, validate=validate)
+
+
+def plan_from_text(text: str) -> SeedPlan:
+    """The ``SeedPlan`` whose ``repr`` is in ``text`` (as Hypothesis prints
+    a falsifying plan, or as ``repr(plan_seed(s))`` saved it).  A plan saved
+    this way keeps replaying the same run when later draws change what
+    ``plan_seed`` makes of its seed: the regression tests keep the plans
+    that found their bugs (``tests/swarm_plans/``)."""
+    from ..core import gcs as G
+    from ..core import layout as L
+    from ..core import scheduler as Sc
+    from ..core import specs as Sp
+    from ..sim import faults as F
+    from . import strategies as St
+    from . import workload as W
+
+    start = text.index("SeedPlan(")
+    depth = 0
+    for end in range(start, len(text)):  # up to its matching parenthesis
+        depth += {"(": 1, ")": -1}.get(text[end], 0)
+        if depth == 0 and text[end] == ")":
+            break
+    ns: dict = {}
+    for m in (W, sys.modules[__name__], St, L, Sp, Sc, G, F):
+        ns.update({k: v for k, v in vars(m).items() if not k.startswith("_")})
+    ns["ResourceSet"] = lambda **kw: Sp.ResourceSet.of(**kw)
+    return eval(text[start:end + 1], ns)  # noqa: S307 -- our own saved plans, never input from elsewhere
 
 
 def story(report: SeedReport, limit: int = 6) -> str:

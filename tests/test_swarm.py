@@ -114,10 +114,10 @@ def test_masked_bugs_are_harmless(bug):
     assert not bad, "a 'harmless' change fails:\n" + _report(bad)
 
 
-@pytest.mark.parametrize("bug", REGRESSIONS, ids=[b.name for b in REGRESSIONS])
 PLANS = pathlib.Path(__file__).parent / "swarm_plans"
 
 
+@pytest.mark.parametrize("bug", REGRESSIONS, ids=[b.name for b in REGRESSIONS])
 def test_bugs_the_swarm_found_stay_found(bug):
     """A bug the swarm found in core/ (in a long run), planted back as it
     was: the plan that found it fails again, and passes with the fix.  The

@@ -413,20 +413,21 @@ def test_a_broken_invariant_replays_tells_its_story_and_shrinks():
     about, and shrinking (which must validate every step to see it) keeps
     the fault it needs."""
     bug = bug_named("no-release-on-crash")
+    seed = 1  # (one where it breaks only under faults: in others a forced cancel or a job's end kills a worker)
     with planted(bug):
-        r = swarm.check_seed(bug.seed, recent=10)
+        r = swarm.check_seed(seed, recent=10)
         assert teeth.kinds_of(r) == ("invariant",)
-        plain = swarm.check_seed(bug.seed)
+        plain = swarm.check_seed(seed)
         assert r.trace_hash and plain.trace_hash == r.trace_hash  # keeping lines does not change the hash
         text = swarm.story(r)
         assert "the invariant broke after" in text and "story of" in text
         assert "invariant broken" in text  # the node's last trace lines end with it
-        small = swarm.shrink(bug.seed, max_examples=10)
+        small = swarm.shrink(seed, max_examples=10)
         assert 0 < len(small.items()) < len(r.plan.faults.items())
-        assert not swarm.check_seed(bug.seed, plan=dataclasses.replace(r.plan, faults=small)).ok
-    assert swarm.check_seed(bug.seed).ok  # unplanted, the same seed passes
+        assert not swarm.check_seed(seed, plan=dataclasses.replace(r.plan, faults=small)).ok
+    assert swarm.check_seed(seed).ok  # unplanted, the same seed passes
     # one that breaks in the fault-free run is labelled so
-    bug = bug_named("gpu-fraction-overcommit")
+    bug = bug_named("whole-gpu-any-room")
     with planted(bug):
         r = swarm.check_seed(bug.seed)
         assert teeth.kinds_of(r) == ("invariant (fault-free run)",)

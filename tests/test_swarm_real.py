@@ -61,7 +61,7 @@ def test_no_fault_every_value_is_the_reference(seed):
     wrong = {**run.results, key: ("v", run.results[key][1] ^ 1)}
     from penumbra.verification.swarm import run_plan
 
-    ref = run_plan(plan_seed(seed), faults=False, validate=False)
+    ref = run_plan(realrun.translatable(plan_seed(seed)), faults=False, validate=False)
     assert [v.key for v in C.check_results(ref.results, wrong, run.taints)] == [key]
 
 

@@ -7,6 +7,7 @@ simulator's experiments and the verification swarm.
     penumbra start --address HOST:PORT [--port P] [--token-file FILE] [--num-cpus N] [--block]
     penumbra status [--address HOST:PORT] [--token-file FILE]
     penumbra stop [--address HOST:PORT [--token-file FILE]]
+    penumbra timeline [--address HOST:PORT] [--token-file FILE] [-o trace.json]
     penumbra sim EXPERIMENT [--size quick|full]
     penumbra verify --seeds N | --seed S [--shrink] [--plant BUG]
     penumbra verify --real --seeds N | --seed S
@@ -223,6 +224,37 @@ def cmd_status(args) -> int:
     dead_n = len(status.nodes) - alive_n
     summary = ", ".join(f"{k} {u:g}/{t:g}" for k, (u, t) in sorted(totals.items()))
     print(f"\n{alive_n} node(s) alive" + (f", {dead_n} dead" if dead_n else "") + f"; in use: {summary}")
+    return 0
+
+
+def cmd_timeline(args) -> int:
+    """``penumbra timeline``: every node's recent task and actor-call runs,
+    as a Chrome trace (``penumbra.timeline()`` from outside a driver)."""
+    from .api.timeline import chrome_trace, write_trace
+    from .transports import cluster_file
+    from .transports.timeline import collect
+
+    try:
+        address = args.address or cluster_file.find_cluster()
+        token = _cluster_token(address, _token_from_args(args, "timeline"))
+        got = collect(address, token, timeout=args.timeout)
+    except Exception as e:  # unreachable, refused, no token: one line, no traceback
+        why = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        return _error("timeline", f"cannot get the timeline of the cluster at {args.address or 'this machine'}: {why}")
+    for node_id, why in sorted(got.missing.items()):
+        print(f"penumbra timeline: node {node_id} did not answer ({why}); its runs are left out", file=sys.stderr)
+    events = chrome_trace(got.nodes)
+    try:
+        write_trace(events, args.output)
+    except OSError as e:
+        return _error("timeline", f"cannot write {args.output}: {e.strerror or e}")
+    runs = sum(len(n.runs) for n in got.nodes)
+    dropped = sum(max(0, n.recorded - len(n.runs)) for n in got.nodes)
+    print(f"wrote {runs} runs on {len(got.nodes)} node(s) to {args.output} "
+          f"(open it in chrome://tracing or https://ui.perfetto.dev)")
+    if dropped:
+        print(f"  ({dropped} older runs were dropped: each node keeps its last "
+              f"{max(n.limit for n in got.nodes):,})")
     return 0
 
 
@@ -468,6 +500,16 @@ def build_parser() -> argparse.ArgumentParser:
                                      "cluster file)")
     s.add_argument("--token-file", metavar="FILE", help="a file holding the cluster token")
     s.set_defaults(fn=cmd_stop)
+
+    s = sub.add_parser("timeline", help="task and actor-call runs of every node, as a Chrome trace (JSON)")
+    s.add_argument("--address", help="HOST:PORT of a daemon of the cluster (default: the one started here)")
+    s.add_argument("--token-file", metavar="FILE", help="a file holding the cluster token (else $PENUMBRA_TOKEN "
+                                                       "or ~/.penumbra/clusters.json)")
+    s.add_argument("-o", "--output", default="timeline.json", metavar="FILE",
+                   help="where to write the trace (default timeline.json)")
+    s.add_argument("--timeout", type=_seconds, default=15.0, metavar="SECONDS",
+                   help="how long to wait for each node (default 15)")
+    s.set_defaults(fn=cmd_timeline)
 
     s = sub.add_parser("sim", help="run one of the paper's experiments on the simulator")
     s.add_argument("experiment", help="fig8a, fig8b, fig10a, fig11a, fig11b, or all")

@@ -546,6 +546,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_verify)
 
     s = sub.add_parser("demo", help="the quick-start job: a real workload and a short simulation")
+    s.add_argument("--out", default="penumbra-demo", metavar="DIR",
+                   help="where to write the real run's timeline (timeline.json, timeline.png); default ./penumbra-demo")
     s.set_defaults(fn=cmd_demo)
     return p
 

@@ -36,7 +36,7 @@ from typing import Any
 from ..core.timeline import NodeRuns
 from .context import current_runtime
 
-__all__ = ["timeline", "chrome_trace", "write_trace"]
+__all__ = ["timeline", "chrome_trace", "write_trace", "plot_trace"]
 
 
 def chrome_trace(nodes: Iterable[NodeRuns]) -> list[dict[str, Any]]:
@@ -110,3 +110,42 @@ def timeline(filename: str | os.PathLike | None = None) -> list[dict[str, Any]] 
         write_trace(events, filename)
         return None
     return events
+
+
+def plot_trace(events: list[dict[str, Any]], path: str | os.PathLike, title: str = "What ran where") -> int:
+    """Draw ``events`` (``chrome_trace``'s) as a PNG: a row per worker lane,
+    grouped by node, a bar per run (colored by name, hatched when it
+    failed), time from the first run.  Returns how many runs it drew."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = {(e["pid"], 0): e["args"]["name"] for e in events if e.get("name") == "process_name"}
+    lanes = {(e["pid"], e["tid"]): e["args"]["name"] for e in events if e.get("name") == "thread_name"}
+    runs = [e for e in events if e.get("ph") == "X"]
+    order = sorted(lanes)
+    row = {k: i for i, k in enumerate(order)}
+    t0 = min((e["ts"] for e in runs), default=0.0)
+    palette = plt.get_cmap("tab10")
+    colors: dict[str, Any] = {}
+    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.45 * max(1, len(order))))
+    for e in runs:
+        c = colors.setdefault(e["name"], palette(len(colors) % 10))
+        failed = e["args"].get("status") != "ok"
+        ax.barh(row[(e["pid"], e["tid"])], e["dur"] / 1e3, left=(e["ts"] - t0) / 1e3, height=0.6, color=c,
+                edgecolor="black" if failed else c, hatch="//" if failed else None, linewidth=0.5)
+    ax.set_yticks(range(len(order)))
+    ax.set_yticklabels([f"{names.get((p, 0), p)} {lanes[(p, t)].rsplit('/', 1)[-1]}" for p, t in order], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("milliseconds since the first run")
+    ax.set_title(title)
+    handles = [matplotlib.patches.Patch(color=c, label=n) for n, c in colors.items()]
+    if any(e["args"].get("status") != "ok" for e in runs):
+        handles.append(matplotlib.patches.Patch(facecolor="white", edgecolor="black", hatch="//", label="failed"))
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=7)
+    ax.grid(True, axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return len(runs)

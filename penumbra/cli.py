@@ -78,7 +78,7 @@ def cmd_start(args) -> int:
 
     common = dict(num_cpus=args.num_cpus, num_gpus=args.num_gpus or 0, resources=_resources(args.resources),
                   object_store_memory=args.object_store_memory, host=args.host)
-    for name in ("node_timeout", "heartbeat_interval"):
+    for name in ("node_timeout", "heartbeat_interval", "timeline_limit"):
         if getattr(args, name) is not None:
             common[name] = getattr(args, name)
     if getattr(args, "block", False):
@@ -483,6 +483,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "as Ray's health checks; pass the same value to every node)")
     s.add_argument("--heartbeat-interval", type=_seconds, default=None,
                    help="seconds between a node's heartbeats (default 1)")
+    s.add_argument("--timeline-limit", type=int, default=None, metavar="N",
+                   help="task and actor-call runs this node keeps for 'penumbra timeline' (the last N; default "
+                        "10000; 0: none)")
     s.add_argument("--block", action="store_true",
                    help="stay in the foreground until the daemon exits; SIGTERM stops it (for srun, containers)")
     s.set_defaults(fn=cmd_start)

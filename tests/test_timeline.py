@@ -282,3 +282,21 @@ def test_progress_is_a_bar_on_a_terminal_and_a_line_per_tenth_in_a_log(monkeypat
     assert quiet.getvalue() == ""
     with pytest.raises(ValueError, match="total > 0"):
         Progress(0, "verify")
+
+
+@pytest.mark.timeout(60)
+def test_a_real_nodes_timeline_limit_is_configurable_and_checked():
+    with pytest.raises(ValueError, match="timeline_limit must be an int >= 0"):
+        ray.init(num_cpus=1, _system_config={"timeline_limit": -1})
+    assert not ray.is_initialized()
+    ray.init(num_cpus=1, object_store_memory=64 << 20, _system_config={"timeline_limit": 2})
+    try:
+        @ray.remote
+        def f(i):
+            return i
+
+        assert ray.get([f.remote(i) for i in range(5)]) == list(range(5))
+        (node,) = current_runtime().timeline_runs(timeout=30)
+        assert node.limit == 2 and node.recorded == 5 and len(node.runs) == 2
+    finally:
+        ray.shutdown()

@@ -119,8 +119,14 @@ class DaemonConfig:
     forward_queue_threshold: int = 100
     shm_root: str = "/dev/shm"
     node_id: str = ""
+    # task and actor-call runs the node keeps for ``penumbra.timeline()``
+    # (the last N; 0: none; see core/timeline.py)
+    timeline_limit: int = 10_000
 
     def __post_init__(self) -> None:
+        if isinstance(self.timeline_limit, bool) or not isinstance(self.timeline_limit, int) or self.timeline_limit < 0:
+            raise ValueError(f"timeline_limit must be an int >= 0 (the runs a node keeps for penumbra.timeline(); "
+                             f"0 keeps none), got {self.timeline_limit!r}")
         if not (self.heartbeat_interval > 0 and self.node_timeout > self.heartbeat_interval):
             raise ValueError(
                 f"node_timeout ({self.node_timeout!r} s) must be longer than heartbeat_interval "
@@ -723,6 +729,7 @@ class Daemon:
                 gcs_timing=GcsTiming(heartbeat_interval=0.1, heartbeat_timeout=1.0, resend_after=0.5),
                 gcs_retry_after=2.0,
                 own_node=self.node_id if cfg.head else None,
+                timeline_limit=cfg.timeline_limit,
             )
             self.layout = layout
             if cfg.head:

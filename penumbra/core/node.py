@@ -568,7 +568,8 @@ class NodeMachine:
     def _on_worker_start_failed(self, ev: WorkerStartFailed, now: float) -> list[Command]:
         return self.scheduler.on_worker_start_failed(ev.worker_id, ev.reason, now, ev.stimulus_id)
 
-    def _record_run(self, wid: str, tid: TaskId, span, duration: float, now: float, status: str) -> None:
+    def _record_run(self, wid: str, tid: TaskId, span: tuple[float, float] | None, duration: float, now: float,
+                    status: str) -> None:
         """Keep the run that just ended on ``wid`` for the timeline (before
         the scheduler or the actor host forgets it)."""
         if not self.timeline.limit:

@@ -229,8 +229,9 @@ ray.shutdown()
     events = json.loads(out.read_text())
     _check_shape(events)
     assert Counter(e["name"] for e in _runs(events)) == Counter({"here": 2, "there": 1})
-    node_of = {e["name"]: e["args"]["node_id"] for e in _runs(events)}
-    assert node_of["here"] != node_of["there"]
+    (other,) = machine.head()["nodes"]
+    (there,) = [e for e in _runs(events) if e["name"] == "there"]
+    assert there["args"]["node_id"] == other["node_id"]  # the node with the "other" resource
     assert len({e["pid"] for e in events if e["ph"] == "M" and e["name"] == "process_name"}) == 2
 
 

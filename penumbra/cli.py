@@ -240,7 +240,8 @@ def cmd_timeline(args) -> int:
         got = collect(address, token, timeout=args.timeout)
     except Exception as e:  # unreachable, refused, no token: one line, no traceback
         why = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-        return _error("timeline", f"cannot get the timeline of the cluster at {args.address or 'this machine'}: {why}")
+        where = f"the cluster at {args.address}" if args.address else "a cluster on this machine"
+        return _error("timeline", f"cannot get the timeline of {where}: {why}")
     for node_id, why in sorted(got.missing.items()):
         print(f"penumbra timeline: node {node_id} did not answer ({why}); its runs are left out", file=sys.stderr)
     events = chrome_trace(got.nodes)

@@ -145,7 +145,7 @@ def main(argv=None):
     curve: list[float] = []  # the policy's mean return, before the first and after each iteration
     population_mean: list[float] = []
     with Session("evolution-strategies", args, ray) as s:
-        workers = [ESWorker.remote(args.episode_length) for _ in range(args.workers)]
+        workers = [ESWorker.options(scheduling_strategy="SPREAD").remote(args.episode_length) for _ in range(args.workers)]
         curve.append(ray.get(score.remote(params, eval_seeds, args.episode_length)))
         s.calls += 1
         for it in range(1, args.iterations + 1):

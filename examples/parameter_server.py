@@ -137,8 +137,9 @@ def main(argv=None):
     sizes = [len(a) for a in np.array_split(np.arange(args.dim), args.shards)]
     losses: list[float] = []
     with Session("parameter-server", args, ray) as s:
-        shards = [ParameterShard.remote(n, args.lr) for n in sizes]
-        workers = [DataWorker.remote(args.seed, i, args.samples, args.dim, args.shards)
+        spread = {"scheduling_strategy": "SPREAD"}  # one actor per node where there are several
+        shards = [ParameterShard.options(**spread).remote(n, args.lr) for n in sizes]
+        workers = [DataWorker.options(**spread).remote(args.seed, i, args.samples, args.dim, args.shards)
                    for i in range(args.workers)]
         params = [shard.get.remote() for shard in shards]
         s.calls += len(shards)

@@ -196,7 +196,7 @@ def main(argv=None):
     curve: list[float] = []
     with Session("ppo", args, ray) as s:
         learner = Learner.remote(args.seed, args.lr, args.epochs)
-        workers = [RolloutWorker.remote(args.envs, args.seed * 1000 + i, args.episode_length)
+        workers = [RolloutWorker.options(scheduling_strategy="SPREAD").remote(args.envs, args.seed * 1000 + i, args.episode_length)
                    for i in range(args.workers)]
         weights = learner.weights.remote()
         s.calls += 1

@@ -28,7 +28,9 @@ RUNTIME_HELP = """\
 runtimes:
   (default)     penumbra's real runtime: ray.init() starts a cluster on this machine
   --simulated   penumbra's simulator: the same program, in virtual time, on
-                --nodes virtual nodes of --num-cpus CPUs each
+                --nodes virtual nodes of --num-cpus CPUs each; the code really
+                runs, but its virtual time is the network's and the cost
+                model's, plus --task-time per task or actor call
   --ray         Ray itself (import ray instead of penumbra): the program uses
                 nothing but Ray Core's API
 """
@@ -51,6 +53,9 @@ def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
                    help="CPUs of the cluster started here (per node with --simulated; default: %(default)s)")
     g.add_argument("--nodes", type=int, default=1,
                    help="virtual nodes, with --simulated only (default: %(default)s)")
+    g.add_argument("--task-time", type=float, default=None,
+                   help="with --simulated: the virtual seconds of work of every task and actor call (the "
+                        "simulator does not time the real work; default: its own, 0.001)")
     o = p.add_argument_group("output")
     o.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: %(default)s)")
     o.add_argument("--out", default=".", help="directory the plot is written to (default: the current one)")
@@ -115,6 +120,10 @@ class Session:
                              "started with `penumbra start` (join it with --address)")
         if args.simulated and args.address:
             raise SystemExit("--simulated starts a virtual cluster: it cannot join --address")
+        if args.task_time is not None and not args.simulated:
+            raise SystemExit("--task-time is for --simulated only: on real processes a task takes what it takes")
+        if args.task_time is not None and args.task_time < 0:
+            raise SystemExit(f"--task-time must be >= 0 virtual seconds, got {args.task_time}")
         if args.num_cpus < 1:
             raise SystemExit(f"--num-cpus must be >= 1, got {args.num_cpus}")
         self.name = name
@@ -125,6 +134,7 @@ class Session:
         self._t0 = 0.0
         self._wall = 0.0
         self._virtual: float | None = None
+        self._virtual0 = 0.0
         self._started_here = False
 
     # -- the runtime ------------------------------------------------------
@@ -140,17 +150,19 @@ class Session:
         elif args.simulated:
             from penumbra.sim.runtime import SimConfig
 
-            ray.init(simulated=SimConfig(nodes=args.nodes, num_cpus=args.num_cpus, seed=args.seed))
+            extra = {} if args.task_time is None else {"task_time": args.task_time}
+            ray.init(simulated=SimConfig(nodes=args.nodes, num_cpus=args.num_cpus, seed=args.seed, **extra))
             self._started_here = True
         else:
             ray.init(num_cpus=args.num_cpus)
             self._started_here = True
         self._t0 = time.perf_counter()
+        self._virtual0 = self.virtual_now() or 0.0
         return self
 
     def __exit__(self, *exc) -> None:
         self._wall = time.perf_counter() - self._t0
-        self._virtual = self.virtual_now()
+        self._virtual = None if self.virtual_now() is None else self.virtual_now() - self._virtual0
         if self._started_here:
             self.ray.shutdown()
 
@@ -161,6 +173,13 @@ class Session:
         from penumbra.sim.runtime import now
 
         return now()
+
+    def elapsed(self) -> float:
+        """Seconds since the runtime started, on the clock that means something
+        for this runtime: virtual time on the simulator, wall time otherwise."""
+        if self.args.simulated:
+            return self.virtual_now() - self._virtual0
+        return time.perf_counter() - self._t0
 
     def cpus(self) -> int:
         """The cluster's CPUs (how many workers fit at once)."""

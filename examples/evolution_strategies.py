@@ -147,6 +147,7 @@ def main(argv=None):
     with Session("evolution-strategies", args, ray) as s:
         workers = [ESWorker.options(scheduling_strategy="SPREAD").remote(args.episode_length) for _ in range(args.workers)]
         curve.append(ray.get(score.remote(params, eval_seeds, args.episode_length)))
+        times = [s.elapsed()]
         s.calls += 1
         for it in range(1, args.iterations + 1):
             noise = rng.integers(1 << 31, size=args.population)
@@ -165,6 +166,7 @@ def main(argv=None):
             v = 0.999 * v + 0.001 * grad ** 2
             params = params + args.lr * (m / (1 - 0.9 ** it)) / (np.sqrt(v / (1 - 0.999 ** it)) + 1e-8)
             curve.append(ray.get(score.remote(params, eval_seeds, args.episode_length)))
+            times.append(s.elapsed())
             s.calls += 1
             population_mean.append(float(returns.mean()))
             s.step(it, args.iterations, f"policy return {curve[-1]:.1f}, population mean {returns.mean():.1f}")
@@ -172,6 +174,7 @@ def main(argv=None):
             ray.kill(w)
 
     target = 0.5 * args.episode_length
+    reached = next((i for i, r in enumerate(curve) if r >= target), None)
     checks = [Check(f"the policy's return grew from {curve[0]:.1f} to {curve[-1]:.1f}", curve[-1] > curve[0]),
               Check(f"the best policy holds the pole over half an episode ({max(curve):.1f} >= {target:.0f})",
                     max(curve) >= target)]
@@ -187,13 +190,18 @@ def main(argv=None):
         ax.legend(loc="lower right")
 
     plot = plot_figure(args, "es_rewards.png", draw)
-    result = s.result(checks, plot, {"curve": curve, "params": params.tolist(),
-                                     "episodes": args.iterations * args.population * 2})
+    result = s.result(checks, plot, {"curve": curve, "params": params.tolist(), "times": times,
+                                     "episodes": args.iterations * args.population * 2,
+                                     "iterations_to_target": reached,
+                                     "time_to_target": None if reached is None else times[reached]})
+    clock = "virtual" if args.simulated else "wall"
     summary(result, [
         f"{args.workers} workers evaluated {args.iterations} x {2 * args.population} perturbed policies "
         f"({args.iterations * args.population * 2} episodes of up to {args.episode_length} steps)",
         f"learned: return {curve[0]:.1f} -> {curve[-1]:.1f} (best {max(curve):.1f}); "
         f"policy w = {np.round(params[:4], 3).tolist()}, b = {params[4]:.3f}",
+        (f"time to a return of {target:.0f} (the paper's Figure 13a measure): {times[reached]:.2f} s {clock}, "
+         f"{reached} iterations" if reached is not None else f"never reached a return of {target:.0f}"),
     ])
     return result
 

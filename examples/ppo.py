@@ -194,6 +194,7 @@ def parse(argv):
 def main(argv=None):
     args = parse(argv)
     curve: list[float] = []
+    times: list[float] = []  # seconds since the start, after each iteration
     with Session("ppo", args, ray) as s:
         learner = Learner.remote(args.seed, args.lr, args.epochs)
         workers = [RolloutWorker.options(scheduling_strategy="SPREAD").remote(args.envs, args.seed * 1000 + i, args.episode_length)
@@ -208,6 +209,7 @@ def main(argv=None):
             st = ray.get(stats)
             last = curve[-1] if curve else 0.0
             curve.append(st["mean_return"] if st["episodes"] else last)
+            times.append(s.elapsed())
             s.step(it, args.iterations, f"mean return {curve[-1]:.1f} over {st['episodes']} episodes, "
                    f"{st['steps']} steps, {100 * st['clipped']:.0f}% clipped")
         W, _ = ray.get(weights)
@@ -217,6 +219,7 @@ def main(argv=None):
     k = max(1, min(5, len(curve) // 4))
     first, final = curve[0], float(np.mean(curve[-k:]))
     target = 0.4 * args.episode_length
+    reached = next((i for i, r in enumerate(curve) if r >= target), None)
     checks = [Check(f"the mean return grew from {first:.1f} to {final:.1f} (mean of the last {k} iterations)",
                     final > 2 * first),
               Check(f"the policy keeps the pole up for {final:.1f} >= {target:.0f} steps on average", final >= target)]
@@ -232,11 +235,16 @@ def main(argv=None):
 
     plot = plot_figure(args, "ppo_returns.png", draw)
     steps = args.iterations * args.workers * args.envs * args.steps
-    result = s.result(checks, plot, {"curve": curve, "W": W.tolist(), "steps": steps})
+    result = s.result(checks, plot, {"curve": curve, "W": W.tolist(), "steps": steps, "times": times,
+                                     "iterations_to_target": None if reached is None else reached + 1,
+                                     "time_to_target": None if reached is None else times[reached]})
+    clock = "virtual" if args.simulated else "wall"
     summary(result, [
         f"{args.workers} rollout actors stepped {steps} environment steps over {args.iterations} iterations; "
         f"one learner made {args.iterations * args.epochs} passes",
         f"learned: mean return {first:.1f} -> {final:.1f} (best iteration {max(curve):.1f})",
+        (f"time to a mean return of {target:.0f} (the paper's Figure 13b measure): {times[reached]:.2f} s {clock}, "
+         f"{reached + 1} iterations" if reached is not None else f"never reached a mean return of {target:.0f}"),
     ])
     return result
 

@@ -110,6 +110,7 @@ def test_smallest_examples_run_on_real_processes(tmp_path):
     ("ppo", ["--nodes", "3"], "--nodes is for --simulated only"),
     ("evolution_strategies", ["--simulated", "--address", "127.0.0.1:6380"], "cannot join --address"),
     ("evolution_strategies", ["--ray"], "run it as a script"),
+    ("evolution_strategies", ["--task-time", "0.1"], "--task-time is for --simulated only"),
 ])
 def test_bad_flags_are_refused_with_a_reason(name, argv, says, capsys):
     """Checked before any runtime starts: the message names the flag and what is allowed."""
@@ -128,8 +129,10 @@ def check_values(name: str, r) -> None:
     v = r.values
     if name == "evolution_strategies":
         assert v["curve"][-1] > v["curve"][0] and max(v["curve"]) >= 100
+        assert v["time_to_target"] == v["times"][v["iterations_to_target"]]
     elif name == "ppo":
         assert sum(v["curve"][-5:]) / 5 > 2 * v["curve"][0]
+        assert v["iterations_to_target"] is not None and v["time_to_target"] > 0
     elif name == "hyperparameter_search":
         assert v["best_loss"] <= 1.1 * v["optimum"]
         assert v["stopped"] and all(i in v["stopped"] for i in v["bad"])
@@ -169,6 +172,11 @@ def test_simulated_examples_scale_out_by_flags(tmp_path):
                                           "--workers", "8", "--no-plot"])
     assert_checked(r, "penumbra-simulated")
     assert r.values["bit_identical"]
+    # --task-time: each call's virtual work, on the clock the example reports
+    r = example("evolution_strategies").main(["--quiet", "--simulated", "--nodes", "2", "--workers", "4",
+                                              "--task-time", "0.05", "--no-plot"])
+    assert_checked(r, "penumbra-simulated")
+    assert r.values["time_to_target"] >= 0.05 * 2 * r.values["iterations_to_target"]  # a round and a score each
 
 
 @pytest.mark.slow

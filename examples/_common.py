@@ -135,6 +135,7 @@ class Session:
         self._wall = 0.0
         self._virtual: float | None = None
         self._virtual0 = 0.0
+        self._bar: Any = None  # a tqdm bar on a terminal, False for plain lines
         self._started_here = False
 
     # -- the runtime ------------------------------------------------------
@@ -161,6 +162,7 @@ class Session:
         return self
 
     def __exit__(self, *exc) -> None:
+        self._close_bar()
         self._wall = time.perf_counter() - self._t0
         self._virtual = None if self.virtual_now() is None else self.virtual_now() - self._virtual0
         if self._started_here:
@@ -188,9 +190,31 @@ class Session:
     # -- output -----------------------------------------------------------
 
     def step(self, i: int, n: int, text: str) -> None:
-        """A plain progress line (one per step: readable on a terminal and in a log)."""
-        if not self.args.quiet:
+        """Progress: a bar on a terminal (tqdm, when installed), and plain lines
+        otherwise (a log gets about twenty per run, and the last step's)."""
+        if self.args.quiet:
+            return
+        if self._bar is None:
+            self._bar = False
+            if sys.stderr.isatty():
+                try:
+                    from tqdm import tqdm
+                except ImportError:
+                    pass
+                else:
+                    self._bar = tqdm(total=n, desc=self.name, unit="step", file=sys.stderr)
+        if self._bar:
+            self._bar.update(i - self._bar.n)
+            self._bar.set_postfix_str(text)
+            if i >= n:
+                self._close_bar()
+        elif i == n or i == 1 or i % max(1, n // 20) == 0:
             print(f"[{self.name}] {i}/{n} {text}", flush=True)
+
+    def _close_bar(self) -> None:
+        if self._bar:
+            self._bar.close()
+        self._bar = None
 
     def result(self, checks: list[Check], plot: str | None, values: dict[str, Any]) -> ExampleResult:
         return ExampleResult(example=self.name, runtime=self.runtime, wall_seconds=self._wall,

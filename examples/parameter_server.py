@@ -150,8 +150,7 @@ def main(argv=None):
             params = [shard.apply.remote(*[out[k] for out in outs]) for k, shard in enumerate(shards)]
             s.calls += len(workers) + len(shards)
             losses.append(float(np.mean(ray.get([out[-1] for out in outs]))))
-            if it == 1 or it % max(1, args.iterations // 10) == 0 or it == args.iterations:
-                s.step(it, args.iterations, f"training loss {losses[-1]:.6g}")
+            s.step(it, args.iterations, f"training loss {losses[-1]:.6g}")
         learned = np.concatenate(ray.get(params))
         for a in shards + workers:
             ray.kill(a)

@@ -143,8 +143,11 @@ class Session:
     def __enter__(self) -> "Session":
         args, ray = self.args, self.ray
         if ray.is_initialized():
-            # a caller (a test, a notebook) started the runtime already: use it
-            pass
+            # a caller (a test, a notebook) started the runtime already: use it, if it is the one asked for
+            if args.simulated:
+                from penumbra.sim.runtime import current_simulation
+
+                current_simulation()  # raises, saying so, when the runtime is not the simulator
         elif args.address:
             ray.init(address=args.address)
             self._started_here = True
@@ -164,7 +167,8 @@ class Session:
     def __exit__(self, *exc) -> None:
         self._close_bar()
         self._wall = time.perf_counter() - self._t0
-        self._virtual = None if self.virtual_now() is None else self.virtual_now() - self._virtual0
+        now = self.virtual_now()
+        self._virtual = None if now is None else now - self._virtual0
         if self._started_here:
             self.ray.shutdown()
 
@@ -182,10 +186,6 @@ class Session:
         if self.args.simulated:
             return self.virtual_now() - self._virtual0
         return time.perf_counter() - self._t0
-
-    def cpus(self) -> int:
-        """The cluster's CPUs (how many workers fit at once)."""
-        return int(self.ray.cluster_resources().get("CPU", 1))
 
     # -- output -----------------------------------------------------------
 

@@ -28,6 +28,10 @@ from .session import new_session_name, new_token
 __all__ = ["DaemonProcess", "DaemonStartError", "PendingDaemon", "spawn_daemon", "start_daemon", "sessions_dir",
            "private_sessions_dir", "Cluster", "default_object_store_memory"]
 
+# the thread-pool sizes of numeric libraries, set to 1 in daemons (and so in
+# their workers) unless already set: see ``start_daemon``
+THREAD_LIMITS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
+                 "NUMEXPR_NUM_THREADS")
 
 def sessions_dir() -> str:
     """Where daemons keep their session directories (logs, Unix sockets):
@@ -182,6 +186,15 @@ def start_daemon(*, head: bool, token: str | None = None, head_address: str = ""
     env = dict(os.environ)
     env.pop("PENUMBRA_TOKEN", None)  # the daemon and its workers must not inherit it
     env["PENUMBRA_READY_FD"] = str(w)
+    # As Ray does for its workers: numeric libraries start one thread each
+    # unless the user chose otherwise (set the variable before init() or
+    # penumbra start).  Without this every worker's BLAS starts a thread
+    # per core and N workers on N cores fight over them: a numpy
+    # matrix-vector product in a worker measured 20x slower on a busy
+    # 2-core machine.  It must be in the daemon's environment: workers are
+    # forked from a zygote that imported numpy, too late to change it there.
+    for var in THREAD_LIMITS:
+        env.setdefault(var, "1")
     # Its own log as stdout and stderr, from the first instruction on: the
     # caller's terminal (or a $(...) capture, a pipe, CI) is not held open,
     # and a traceback at import, a crash in C or at exit all land in the log.

@@ -303,3 +303,103 @@ def test_recovery_waits_for_a_replica_of_every_shard(core) -> None:
     bed.net.run_for(1.0)
     assert bed.head.recovering is not None and bed.head.recovering.phase == "query"
     assert any("no live replica of some GCS shard" in log.text for _, log in bed.net.logs)
+
+
+def test_task_whose_place_task_died_with_the_old_head_is_placed(core) -> None:
+    """The old head placed a task (its row says so) but its PlaceTask never
+    reached the node: the node says it never heard of it, and the new head
+    places it again."""
+    bed = Bed(core, nodes=2, chain=2, resources=[ResourceSet.of(CPU=1), ResourceSet.of(CPU=1, GPU=1)])
+    net = bed.net
+    gpu = core.spec(resources=ResourceSet.of(CPU=1, GPU=1))
+    net.drop_fn = lambda src, to, msg: type(msg).__name__ == "PlaceTask" and msg.spec.task_id == gpu.task_id
+    bed.submit(gpu)
+    bed.watch(gpu.return_ids)
+    net.run_until(lambda: getattr(bed.tail_row("tasks", gpu.task_id), "placed", False), timeout=2.0)
+    net.drop_fn = None
+    bed.crash_head(("gcs:0:0",))
+    bed.recover(["gcs:0:1"])
+    net.run_until(lambda: gpu.return_ids[0] in bed.results(), timeout=5.0)
+
+
+def test_placement_groups_are_adopted_not_placed_again(core) -> None:
+    from penumbra.core.placement import CREATED
+    from penumbra.core.records import PlacementGroupEntry
+    from penumbra.core.tables import CreatePlacementGroup
+
+    bed = Bed(core, nodes=4, chain=2)
+    net = bed.net
+    cpu = ResourceSet.of(CPU=1)
+    for pg, bundles, strategy in (("pg-a", (ResourceSet.of(CPU=2),), "STRICT_PACK"),
+                                  ("pg-b", (cpu, cpu), "STRICT_SPREAD")):
+        entry = PlacementGroupEntry(pg_id=pg, bundles=bundles, strategy=strategy, job_id=1)
+        assert bed.ask(CreatePlacementGroup(entry)) is True
+    net.run_until(lambda: all(bed.tail_row("placement_groups", pg).state == "CREATED" for pg in ("pg-a", "pg-b")),
+                  timeout=5.0)
+    before = {pg: bed.tail_row("placement_groups", pg).nodes for pg in ("pg-a", "pg-b")}
+    victim = next(n for n in before["pg-b"] if n not in before["pg-a"] and n != "node:0")
+    keep = ["pg-a"]
+    bed.crash_head(("gcs:0:0",))
+    net.run_for(0.2)
+    net.crash(victim)  # dies while there is no head, holding a bundle of pg-b
+    prepares: list = []
+    net.drop_fn = lambda src, to, msg: type(msg).__name__ == "PrepareBundles" and prepares.append((to, msg)) and False
+    head = bed.recover(["gcs:0:1"])
+    net.run_until(lambda: set(head.placement.groups) == {"pg-a", "pg-b"}, timeout=1.0)
+    for pg in keep:
+        g = head.placement.groups[pg]
+        assert g.state == CREATED and tuple(g.nodes) == before[pg]  # adopted as they were
+    net.run_until(lambda: victim in head.dead_nodes, timeout=5.0)
+    net.run_until(lambda: bed.tail_row("placement_groups", "pg-b").state == "CREATED"
+                  and victim not in bed.tail_row("placement_groups", "pg-b").nodes, timeout=5.0)
+    after = bed.tail_row("placement_groups", "pg-b").nodes
+    assert [n for n in after if n in before["pg-b"]] == [n for n in before["pg-b"] if n != victim]
+    assert prepares and all(m.pg_id == "pg-b" for _, m in prepares)  # nothing else reserved again
+
+
+def test_a_job_ended_but_not_forgotten_is_ended_again(core) -> None:
+    """The old head ended a job (JobEnded sent) and died before every node
+    answered: the nodes tell the new head, which ends and forgets it."""
+    from penumbra.core.messages import JobFinished
+
+    bed = Bed(core, nodes=2, chain=2)
+    net = bed.net
+    s = core.spec()
+    bed.submit(s)
+    bed.watch(s.return_ids)
+    net.run_until(lambda: s.return_ids[0] in bed.results(), timeout=2.0)
+    net.drop_fn = lambda src, to, msg: type(msg).__name__ == "JobCleared"
+    net.send("node:0", "head", JobFinished(job_id=1))
+    net.run_for(0.3)
+    assert bed.tail_row("tasks", s.task_id) is not None  # not forgotten: the nodes never answered
+    net.drop_fn = None
+    bed.crash_head(("gcs:0:0",))
+    head = bed.recover(["gcs:0:1"])
+    net.run_until(lambda: bed.tail_row("ended_jobs", 1) is not None, timeout=5.0)
+    assert 1 in head.ended_jobs and bed.tail_row("tasks", s.task_id) is None
+
+
+def test_re_homing_left_half_done_by_the_old_head_is_done(core) -> None:
+    """The old head wrote NodeDown and died before re-homing the dead
+    node's tasks: the new head finds the node dead in the table and
+    re-homes them."""
+    from penumbra.core.messages import GcsReply
+
+    bed = Bed(core, nodes=2, chain=2, behaviour=lambda s, a: ok(0.5 if s.function.name == "slow" else 0.01))
+    net = bed.net
+    slow = replace(core.spec(), function=FunctionDescriptor(b"slow", "slow"))
+    bed.submit(slow, node="node:1")
+    bed.watch(slow.return_ids, node="node:0")
+    net.run_for(0.1)
+    net.crash("node:1")
+    # from the moment the old head declares node:1 dead, it hears no GCS answer
+    net.drop_fn = lambda src, to, msg: (to == "head" and type(msg) is GcsReply
+                                        and "node:1" in net.machines["head"].dead_nodes)
+    net.run_until(lambda: bed.tail_row("nodes", "node:1").alive is False, timeout=5.0)
+    assert bed.tail_row("tasks", slow.task_id).node == "node:1"  # not re-homed
+    bed.crash_head(("gcs:0:0",))
+    net.drop_fn = None
+    head = bed.recover(["gcs:0:1"])
+    assert "node:1" in head.dead_nodes
+    net.run_until(lambda: slow.return_ids[0] in bed.results(), timeout=5.0)
+    assert bed.tail_row("tasks", slow.task_id).node == "node:0"

@@ -124,6 +124,7 @@ def test_acknowledged_writes_survive_and_dead_replicas_are_cut(core) -> None:
 
     bed.crash_head(("gcs:0:0",))
     net.run_for(0.5)  # no head: the replicas keep their config, the nodes run on
+    assert bed.ask(Get("kv", "k3")) == 3  # and the tail serves reads meanwhile
     head = bed.recover(["gcs:0:1", "gcs:0:2"])
     # the replica that died with the old head is cut once its silence is
     # noticed (the survivors are caught up)

@@ -331,6 +331,12 @@ class HeadMachine:
         return h(self, event, now)
 
     # ------------------------------------------------------------------ recovery
+    @property
+    def ready(self) -> bool:
+        """False while a recovering head still queries replicas or reads
+        the tables (see "Recovery"); a fresh head is ready at once."""
+        return self.recovering is None
+
     def _recover_start(self, now: float) -> list[Command]:
         rec = self.recovering
         rec.started = now

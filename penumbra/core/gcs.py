@@ -38,6 +38,20 @@ Joining
     The joiner reports ``ReplicaReady`` and the master appends it as the new
     tail; it serves reads only once its predecessor says it has caught up.
 
+A new head
+    The replicas need no head to keep their config and serve: writes go
+    through each chain's head replica, reads to its tail, as before; only
+    reconfiguration waits.  A recovering head asks replicas for their view
+    (``ChainQuery``, answered with ``ChainReport``) and starts its master
+    with ``ChainMaster.from_reports``: per shard the highest epoch reported,
+    members that did not say they are caught up in that epoch counted as
+    not caught up (so the silent ones are cut only once a caught-up member
+    lives).  A heartbeat naming a newer epoch than the master's (a config
+    the reports missed) makes it ask that replica and adopt the answer,
+    and change nothing in that shard meanwhile; a ``ReplicaReady`` from a
+    replica that joined under the old head appends it (see core/head.py,
+    "Recovery").
+
 Forgetting
     Rows are deleted only by ops, like any write (``ForgetJob`` once a job
     ended and every node dropped its work, ``ForgetObject`` for a freed

@@ -126,9 +126,11 @@ The recovering head goes through three phases:
      recovery, not placed yet) is placed again; a pending row on a live
      node is queued or running there, or was forwarded, or was placed
      there by a ``PlaceTask`` lost with the old head: the head asks the
-     node (``TasksHeldQuery``), which answers with those it forwarded and
-     those it never heard of (``TasksHeldReport``), and places them (an
-     actor's creation only if forwarded).  A task the old head placed
+     node (``TasksHeldQuery``), first to say when the rows it wrote while
+     there was no head have landed (they waited for a new chain head),
+     then, with the rows pending on it read, which of those it forwarded
+     and which it never heard of (``TasksHeldReport``), and places them
+     (an actor's creation only if forwarded).  A task the old head placed
      whose row did not say so yet, or whose ``PlaceTask`` is still on its
      way when the node answers, may run twice (at-least-once, as with any
      retry).
@@ -304,8 +306,9 @@ class HeadMachine:
         self.ended_jobs: set[int] = set()
         self.ending: dict[int, set[str]] = {}
         # a recovered head asks live nodes which of their pending tasks they
-        # forwarded (node -> the rows asked about), until each answers
-        self.held_asks: dict[str, dict[TaskId, Any]] = {}
+        # forwarded, until each answers: node -> None (waiting for its
+        # writes to land), "reading" (its rows), or the rows asked about
+        self.held_asks: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, now: float) -> list[Command]:
@@ -475,9 +478,11 @@ class HeadMachine:
         for rows in reads["unplaced"]:
             for e in rows:
                 cmds += self._place_adopted(e, now, sid)
-        # tasks a live node forwarded to the old head: ask the node
+        # tasks a live node forwarded to the old head: ask the node (once
+        # the task rows it wrote while there was no head have landed)
         for node in live:
-            cmds += self.gcs.read(TasksOnNode(node), ("recover", "on-node", node), now, sid)
+            self.held_asks[node] = None
+            cmds.append(Send(to=node, msg=TasksHeldQuery(task_ids=None, stimulus_id=sid)))
         self.recovering = None
         held = rec.held
         cmds.append(Log(level="info", stimulus_id=sid, text=(
@@ -501,7 +506,7 @@ class HeadMachine:
         return self.scheduler.submit(spec, e.attempt, now, sid)
 
     def _on_tasks_on_node(self, node: str, per_shard: tuple, now: float, sid: str) -> list[Command]:
-        if node not in self.misses:
+        if node not in self.misses or self.held_asks.get(node) != "reading":
             return []  # died meanwhile: its pending tasks were re-homed
         rows = {e.spec.task_id: e for shard in per_shard for e in shard
                 if e.state is TaskState.PENDING and e.spec.actor_id is None}
@@ -509,13 +514,23 @@ class HeadMachine:
         return [Send(to=node, msg=TasksHeldQuery(task_ids=tuple(sorted(rows)), stimulus_id=sid))]
 
     def _on_tasks_held(self, ev: TasksHeldReport, now: float) -> list[Command]:
-        rows = self.held_asks.pop(ev.node_id, None)
-        if rows is None:
+        """A node's answer to one of the two rounds of ``TasksHeldQuery``."""
+        node, sid = ev.node_id, ev.stimulus_id
+        if node not in self.held_asks:
             return []
-        sid = ev.stimulus_id
+        state = self.held_asks[node]
         cmds: list[Command] = []
         for job in ev.ended_jobs:
             cmds += self._on_job_finished(JobFinished(job_id=job, stimulus_id=sid), now)
+        if ev.settled:
+            if state is not None:
+                return cmds  # a repeated answer
+            # its rows are all in the table now: read those pending on it
+            self.held_asks[node] = "reading"
+            return cmds + self.gcs.read(TasksOnNode(node), ("recover", "on-node", node), now, sid)
+        if not isinstance(state, dict):
+            return cmds
+        rows = self.held_asks.pop(node)
         # forwarded and not placed: the old head held it; placed by the old
         # head and unknown to the node: its PlaceTask was lost with it (an
         # actor's creation excepted: once the actor is up, its node no
@@ -531,11 +546,17 @@ class HeadMachine:
         return cmds
 
     def _held_retry(self, now: float, sid: str) -> list[Command]:
+        """Ask again the nodes that have not answered (a lost message); a
+        node that died meanwhile had its pending tasks re-homed."""
         alive = set(self.misses)
         for node in [n for n in self.held_asks if n not in alive]:
             del self.held_asks[node]
-        cmds: list[Command] = [Send(to=n, msg=TasksHeldQuery(task_ids=tuple(sorted(rows)), stimulus_id=sid))
-                               for n, rows in sorted(self.held_asks.items())]
+        cmds: list[Command] = []
+        for n, state in sorted(self.held_asks.items()):
+            if state is None:
+                cmds.append(Send(to=n, msg=TasksHeldQuery(task_ids=None, stimulus_id=sid)))
+            elif isinstance(state, dict):
+                cmds.append(Send(to=n, msg=TasksHeldQuery(task_ids=tuple(sorted(state)), stimulus_id=sid)))
         if self.held_asks:
             cmds.append(SetTimer(at=now + self.config.job_end_retry, key=("head", "held")))
         return cmds

@@ -68,6 +68,8 @@ from .messages import (
     Log,
     NodeJoin,
     NodeWelcome,
+    TasksHeldQuery,
+    TasksHeldReport,
     ObjectsReady,
     ObjectUnrecoverable,
     PlaceTask,
@@ -172,6 +174,9 @@ class NodeMachine:
         # (job, the GCS client's ``made`` then, stimulus) of ended jobs this
         # node has cleared but not yet reported: see ``_on_job_ended``
         self.pending_clears: list[tuple[int, int, str]] = []
+        # a recovered head's first TasksHeldQuery, answered once the GCS
+        # writes made before it landed: (mark, stimulus id)
+        self.pending_held: list[tuple[int, str]] = []
         # worker -> the non-detached actors it created (it owns them: they
         # die with it, Ray's fate sharing; see _on_worker_crashed)
         self.owned_actors: dict[str, list[ActorId]] = {}
@@ -296,6 +301,8 @@ class NodeMachine:
             cmds += self._sweep_doomed(event.stimulus_id)
         if self.pending_clears:
             cmds += self._send_clears()
+        if self.pending_held:
+            cmds += self._send_held()
         if self.outbox:
             cmds += self._flush_outbox(event.stimulus_id)
         return cmds
@@ -312,6 +319,34 @@ class NodeMachine:
         if not self.welcomed:
             self.welcomed = True
             cmds += self.gcs.write(Subscribe(self.address, "nodes", None), None, now, ev.stimulus_id)
+        return cmds
+
+    def _on_tasks_held_query(self, ev: TasksHeldQuery, now: float) -> list[Command]:
+        """A recovered head asks which of these tasks (pending on us in the
+        task table) we forwarded to the head, and which we never heard of
+        (see "Recovery" in core/head.py).  Also says which jobs we saw end."""
+        if ev.task_ids is None:
+            # the first round: answer once our earlier writes landed
+            self.pending_held.append((self.gcs.made, ev.stimulus_id))
+            return []
+        state_of = self.scheduler.state_of
+        forwarded = tuple(t for t in ev.task_ids if state_of(t) == "forwarded")
+        unknown = tuple(t for t in ev.task_ids if state_of(t) is None)
+        return [Send(to=self.head, msg=TasksHeldReport(node_id=self.node_id, forwarded=forwarded, unknown=unknown,
+                                                       ended_jobs=tuple(sorted(self.ended_jobs)),
+                                                       stimulus_id=ev.stimulus_id))]
+
+    def _send_held(self) -> list[Command]:
+        cmds: list[Command] = []
+        keep = []
+        for mark, sid in self.pending_held:
+            if self.gcs.settled(mark):
+                cmds.append(Send(to=self.head, msg=TasksHeldReport(
+                    node_id=self.node_id, forwarded=(), settled=True, ended_jobs=tuple(sorted(self.ended_jobs)),
+                    stimulus_id=sid)))
+            else:
+                keep.append((mark, sid))
+        self.pending_held = keep
         return cmds
 
     def _on_timer(self, ev: TimerFired, now: float) -> list[Command]:
@@ -801,6 +836,7 @@ class NodeMachine:
 
 _HANDLERS = {
     NodeWelcome: NodeMachine._on_welcome,
+    TasksHeldQuery: NodeMachine._on_tasks_held_query,
     TimerFired: NodeMachine._on_timer,
     RegisterClient: NodeMachine._on_register_client,
     ClientDisconnected: NodeMachine._on_client_disconnected,

@@ -402,7 +402,8 @@ class Daemon:
             self.host.add((self.node_id, NodeMachine(self.node_id, self.layout.node_config(self.layout.nodes[0]))))
             logger.warning("node %s rejoined the cluster as %s", old, self.node_id)
         except Exception:
-            logger.exception("node %s could not rejoin the cluster after it was declared dead; stopping", old)
+            logger.exception("node %s could not rejoin the cluster (its head stayed unreachable for %g s, "
+                             "--head-wait); stopping", old, self._head_wait())
             self.request_stop()
         finally:
             self._rejoining = False
@@ -819,31 +820,34 @@ class Daemon:
             # before any message of theirs: the head routes to them from now on
             ch.send_nowait(P.ReplicasHosted(self.node_id, self.hosted_replicas))
         task_status.started()
+        reason = "the head daemon closed it"  # (a clean end: the head's process exited, or was killed)
         try:
             async for item in ch:
                 await self._from_peer(ch, item)
                 if not ch.buffered:
                     self.host.pump()
         except ConnectionClosed as e:
-            if self.head_channel is ch and not self.stopping:
-                # a reset connection, or the head restarting: the head has
-                # declared this node dead already (its connection closed),
-                # so come back as a fresh node, as after a fence -- or stop
-                # if the head stays unreachable
-                logger.error("lost the connection to the head daemon (%s); rejoining as a new node", e.reason)
-                self.head_channel = None
-                if not self._rejoining:
-                    self._rejoining = True
-                    self.nursery.start_soon(self._rejoin, (
-                        f"this node lost its connection to the cluster's head at {self.cfg.head_address} ({e.reason}): "
-                        f"the head daemon was killed, its host died or the network is cut. The node rejoins when "
-                        f"the head answers again (restarted, or 'penumbra start --head --recover' from the GCS "
-                        f"replicas that survive)"))
+            reason = e.reason
         except trio.ClosedResourceError:
-            pass  # closed by ``_rejoin``
-        finally:
-            if self.head_channel is ch:  # (not an old one ``_rejoin`` replaced)
-                self.request_stop()
+            return  # closed by ``_rejoin``
+        if self.head_channel is ch and not self.stopping:
+            # a reset connection, the head restarting or killed (its host's
+            # kernel closes the socket cleanly): the head has declared this
+            # node dead already (its connection closed), so come back as a
+            # fresh node, as after a fence -- or stop if the head stays
+            # unreachable.  (An orderly 'penumbra stop' said StopCluster
+            # first, which set ``stopping``.)
+            logger.error("lost the connection to the head daemon (%s); rejoining as a new node", reason)
+            self.head_channel = None
+            if not self._rejoining:
+                self._rejoining = True
+                self.nursery.start_soon(self._rejoin, (
+                    f"this node lost its connection to the cluster's head at {self.cfg.head_address} ({reason}): "
+                    f"the head daemon was killed, its host died or the network is cut. The node rejoins when "
+                    f"the head answers again (restarted, or 'penumbra start --head --recover' from the GCS "
+                    f"replicas that survive)"))
+        if self.head_channel is ch:  # (not an old one ``_rejoin`` replaced)
+            self.request_stop()
 
     # ================================================================== lifecycle
     def request_stop(self) -> None:

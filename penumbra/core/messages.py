@@ -872,6 +872,62 @@ class OwnerDied(Message):
     reason: str = ""
 
 
+# ===========================================================================
+# Head recovery: a new head rebuilds its state from surviving GCS replicas
+# (see "Recovery: a new head from surviving replicas" in core/head.py)
+
+
+@_frozen
+class ChainQuery(Message):
+    """A recovering head to a GCS replica: what do you know of your shard?
+    The replica answers ``master`` with a ``ChainReport`` (any replica,
+    head-less or not, answers; nothing changes in it)."""
+
+    master: str
+
+
+@_frozen
+class ChainReport(Message):
+    """A replica's answer to ``ChainQuery``: its current view of its shard.
+
+    The recovering head adopts, per shard, the config of the highest epoch
+    reported.  ``client_req`` is the highest request id this replica has
+    seen from the asking master's own GCS client (its dedup entries and
+    floor): the new head numbers its requests above every one of its
+    predecessor's, or a replica would take a new write for a repeat of an
+    old one and answer it with the old result."""
+
+    replica: str
+    shard: int
+    config: ChainConfig | None  # None: it never had one (a replica still joining)
+    seq: int  # the last sequence number it applied
+    caught_up: bool  # holds every committed write (as in ReplicaHeartbeat)
+    joining: bool  # still copying a snapshot, or waiting to be appended
+    client_req: int = 0
+
+
+@_frozen
+class TasksHeldQuery(Message):
+    """A recovering head to a live node: of these tasks, pending on you in
+    the task table and never placed by a head, which did you hand to the
+    head (``ForwardTask``)?  Those the old head held in its queues when it
+    crashed; the new head places them."""
+
+    task_ids: tuple[TaskId, ...]
+
+
+@_frozen
+class TasksHeldReport(Message):
+    """A node's answer to ``TasksHeldQuery``: the ones it forwarded (it no
+    longer holds them: they are the head's to place)."""
+
+    node_id: str
+    forwarded: tuple[TaskId, ...]
+    # the jobs this node saw end (JobEnded): one that ended under the old
+    # head but was not forgotten yet is ended again
+    ended_jobs: tuple[int, ...] = ()
+
+
 # Messages cross processes by the hundred thousand per second: pickle them
 # as (class, field values) instead of the slower dataclass default.
 from ._pickling import fast_reduce as _fast_reduce  # noqa: E402

@@ -68,6 +68,8 @@ from .messages import (
     Log,
     NodeJoin,
     NodeWelcome,
+    TasksHeldQuery,
+    TasksHeldReport,
     ObjectsReady,
     ObjectUnrecoverable,
     PlaceTask,
@@ -309,6 +311,16 @@ class NodeMachine:
             self.welcomed = True
             cmds += self.gcs.write(Subscribe(self.address, "nodes", None), None, now, ev.stimulus_id)
         return cmds
+
+    def _on_tasks_held_query(self, ev: TasksHeldQuery, now: float) -> list[Command]:
+        """A recovered head asks which of these tasks (pending on us in the
+        task table) we forwarded to the head: the old head held them when
+        it died (see "Recovery" in core/head.py).  Also says which jobs we
+        saw end."""
+        forwarded = tuple(t for t in ev.task_ids if self.scheduler.state_of(t) == "forwarded")
+        return [Send(to=self.head, msg=TasksHeldReport(node_id=self.node_id, forwarded=forwarded,
+                                                       ended_jobs=tuple(sorted(self.ended_jobs)),
+                                                       stimulus_id=ev.stimulus_id))]
 
     def _on_timer(self, ev: TimerFired, now: float) -> list[Command]:
         key = ev.key
@@ -764,6 +776,7 @@ class NodeMachine:
 
 _HANDLERS = {
     NodeWelcome: NodeMachine._on_welcome,
+    TasksHeldQuery: NodeMachine._on_tasks_held_query,
     TimerFired: NodeMachine._on_timer,
     RegisterClient: NodeMachine._on_register_client,
     ClientDisconnected: NodeMachine._on_client_disconnected,

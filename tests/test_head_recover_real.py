@@ -56,7 +56,7 @@ def say(name, value):
         json.dump(value, f)
     os.replace(os.path.join(out, name + ".tmp"), os.path.join(out, name))
 
-ray.init(address=address)
+ray.init(address=address, namespace="recover-test")
 rt = context.current_runtime()
 for i in range(KEYS):
     assert rt.gcs_request(KvPut(f"recover-test:{i}", {"i": i, "square": i * i}), timeout=60) is not None
@@ -97,7 +97,7 @@ import penumbra as ray
 from penumbra.api import context
 from penumbra.core.tables import Get
 
-ray.init(address=sys.argv[1])
+ray.init(address=sys.argv[1], namespace="recover-test")
 rt = context.current_runtime()
 kv = {i: rt.gcs_request(Get("kv", f"recover-test:{i}"), timeout=60) for i in range(KEYS)}
 keeper = ray.get_actor("keeper")

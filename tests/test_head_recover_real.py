@@ -302,3 +302,93 @@ def test_head_killed_recovered_from_a_node_replica_on_loopback(tmp_path):
               f"(acknowledged writes read back, new job done) {recovered:.2f} s after the kill")
     finally:
         local.close()
+
+
+def _start_three(local: _Local) -> tuple[str, int, str]:
+    """Head, node B with --gcs-replica, node C; returns (head, head pid, B)."""
+    port, port_b = _free_port(), _free_port()
+    head = f"127.0.0.1:{port}"
+    out = local.penumbra("start", "--head", "--port", str(port), "--num-cpus", "1", *FAST, *STORE)
+    token = re.search(r"Cluster token \(keep it secret\): (\w+)", out).group(1)
+    fd = os.open(local.token_file, os.O_WRONLY | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    local.penumbra("start", "--address", head, "--port", str(port_b), "--gcs-replica", "--num-cpus", "1", *FAST,
+                   *STORE)
+    return head, int(re.search(r"\(pid (\d+)", out).group(1)), f"127.0.0.1:{port_b}"
+
+
+@pytest.mark.timeout(120)
+def test_a_replica_outlives_its_nodes_rejoin_and_joins_its_chain_again(tmp_path):
+    """Node B (hosting a replica) stops for longer than the node timeout
+    (SIGSTOP): the head declares it dead and the chain master cuts its
+    replica.  When B runs again it is fenced and rejoins as a fresh node;
+    its replica, kept across the rejoin, joins the chain again as the tail,
+    and the writes made while it was out are in it (a key written then reads
+    back from it: reads are served by the tail)."""
+    local = _Local(tmp_path)
+    try:
+        head, _, replica_b = _start_three(local)
+
+        def status(want) -> str | None:
+            text = local.penumbra("status", "--address", head, check=False)
+            return text if want(text) else None
+
+        wait_for(lambda: status(lambda s: re.search(rf"gcs:0:\S+\s+{re.escape(replica_b)}\s+tail", s)),
+                 "B's replica to be the tail")
+        b_pid = max(local.daemons)  # (started last)
+        os.kill(b_pid, signal.SIGSTOP)
+        try:
+            wait_for(lambda: status(lambda s: " dead " in s and "gcs:0:0" in s and "head+tail" in s),
+                     "B declared dead and its replica cut", timeout=30)
+            writer = local.driver(r'''
+import json, sys
+import penumbra as ray
+from penumbra.api import context
+from penumbra.core.tables import KvPut
+ray.init(address=sys.argv[1])
+print(json.dumps(context.current_runtime().gcs_request(KvPut("while-b-was-out", 42), timeout=60)))
+''', head)
+            finish(writer, timeout=60)
+        finally:
+            os.kill(b_pid, signal.SIGCONT)
+        text = wait_for(lambda: status(lambda s: re.search(rf"node:\S+\.1\s+{re.escape(replica_b)}\s+alive", s)
+                                       and re.search(rf"gcs:0:\S+\s+{re.escape(replica_b)}\s+tail", s)),
+                        "B to rejoin and its replica to be the tail again", timeout=60)
+        assert re.search(rf"gcs:0:0\s+{re.escape(head)}\s+head ", text), text
+        reader = local.driver(r'''
+import json, sys
+import penumbra as ray
+from penumbra.api import context
+from penumbra.core.tables import Get
+ray.init(address=sys.argv[1])
+print(json.dumps(context.current_runtime().gcs_request(Get("kv", "while-b-was-out"), timeout=60)))
+''', head)
+        assert finish(reader, timeout=60) == 42
+    finally:
+        local.close()
+
+
+@pytest.mark.timeout(60)
+def test_recover_without_its_replica_hosts_fails_clearly(tmp_path):
+    """--recover naming an address where no replica host reconnects: the
+    start fails within --recover-wait with a message saying what to give;
+    misused flags are refused where they were given."""
+    local = _Local(tmp_path)
+    try:
+        with open(local.token_file, "w") as f:
+            f.write("0" * 64 + "\n")
+        port = _free_port()
+        t0 = time.monotonic()
+        out = local.penumbra("start", "--head", "--port", str(port), "--recover", "127.0.0.1:9", "--recover-wait",
+                             "2", "--token-file", local.token_file, "--num-cpus", "1", *STORE, check=False)
+        assert time.monotonic() - t0 < 30
+        assert "cannot recover the cluster" in out and "127.0.0.1:9" in out and "--gcs-replica" in out, out
+        out = local.penumbra("start", "--head", "--gcs-replica", check=False)
+        assert "--gcs-replica is for a node" in out, out
+        out = local.penumbra("start", "--address", "127.0.0.1:1", "--recover", "127.0.0.1:2", check=False)
+        assert "--recover starts a new head" in out, out
+        out = local.penumbra("start", "--head", "--recover", "nonsense", check=False)
+        assert "--recover must be HOST:PORT" in out, out
+    finally:
+        local.close()

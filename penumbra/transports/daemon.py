@@ -23,6 +23,27 @@ Connections (all ``wire`` channels, token-authenticated):
 The daemon makes no decision of its own: which worker runs what, what to
 fetch and what to evict all come from the core as commands.
 
+GCS replicas on nodes (so the control store outlives the head's host):
+
+* a node daemon started with ``--gcs-replica`` hosts one replica of each
+  shard, named ``gcs:{shard}:{its first node id}``.  It learns the number
+  of shards from the head (``HeadInfo``), tells the head which replica
+  addresses it hosts (``ReplicasHosted``, on every connection, before any
+  message of theirs), and the replicas join their chains as restarted
+  replicas do (core/gcs.py, "Joining").  The head daemon routes ``gcs:*``
+  messages to the node channel hosting the replica; a node daemon delivers
+  to its own replicas locally and sends the rest to the head;
+* the replicas are not part of the node's incarnation: when the node
+  rejoins (fenced, or its head connection lost) they stay, and reconnect
+  to whatever head answers at the head address; a node hosting them waits
+  for a lost head without limit (``head_wait``).  A replica the chain
+  master cut while it lived is replaced by an empty one that joins again
+  (``_watch_replicas``);
+* ``penumbra start --head --recover HOST:PORT`` (``recover_from``) starts a
+  head at the old head's address; the surviving node daemons reconnect to
+  it by themselves, and once the ones named have, the head machine starts
+  with ``HeadConfig.recover_from`` = their replicas (``_recover_head``).
+
 Lifetime: an embedded daemon watches its driver (``--parent-pid``) and exits
 when the driver is gone; on exit every worker is killed and the node's
 shared memory is removed.
@@ -121,7 +142,7 @@ class DaemonConfig:
     shm_root: str = "/dev/shm"
     node_id: str = ""
     # GCS replicas beyond the head's process (see "GCS replicas on nodes"
-    # in the class docstring): a node daemon with ``gcs_replica`` hosts one
+    # in the module docstring): a node daemon with ``gcs_replica`` hosts one
     # replica of each shard; a head daemon with ``recover_from`` (host:port
     # of surviving daemons that host replicas) is a new head rebuilding the
     # cluster's control state from them, waiting up to ``recover_wait``

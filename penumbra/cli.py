@@ -3,7 +3,7 @@ simulator's experiments and the verification swarm.
 
 ::
 
-    penumbra start --head [--port 6380] [--num-cpus N] [--resources '{"x": 1}'] [--block]
+    penumbra start --head [--port 6380] [--num-cpus N] [--resources '{"x": 1}'] [--gcs-replicas-on-nodes K] [--block]
     penumbra start --address HOST:PORT [--port P] [--token-file FILE] [--num-cpus N] [--gcs-replica] [--block]
     penumbra start --head --port PORT --recover NODE_HOST:NODE_PORT [--recover ...] [--token-file FILE]
     penumbra status [--address HOST:PORT] [--token-file FILE]
@@ -100,6 +100,12 @@ def cmd_start(args) -> int:
             print(f"penumbra start: --recover must be HOST:PORT of a surviving node started with --gcs-replica "
                   f"(as 'penumbra status' listed it), got {a!r}", file=sys.stderr)
             return 2
+    if args.gcs_replicas_on_nodes is not None:
+        if not args.head or args.gcs_replicas_on_nodes < 0:
+            print("penumbra start: --gcs-replicas-on-nodes K is for the head (--head), with K >= 0",
+                  file=sys.stderr)
+            return 2
+        common["replicas_on_nodes"] = args.gcs_replicas_on_nodes
     if args.gcs_replica:
         common["gcs_replica"] = True
     if args.head_wait is not None:
@@ -515,6 +521,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "acknowledged write is then on this host too, so the cluster survives the loss of the "
                         "head's host (recover it with 'penumbra start --head --recover THIS_NODE:PORT'). Give the "
                         "node a fixed --port so its address is known after a crash")
+    s.add_argument("--gcs-replicas-on-nodes", type=int, default=None, metavar="K",
+                   help="(with --head) have K node daemons host a GCS replica each, as if started with "
+                        "--gcs-replica: the first K to join, and the next to join whenever one is lost")
     s.add_argument("--recover", action="append", metavar="NODE_HOST:NODE_PORT",
                    help="(with --head) start a head that rebuilds the cluster from the GCS replicas of the node "
                         "daemons at these addresses (nodes started with --gcs-replica; repeat for several), after "

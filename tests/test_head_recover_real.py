@@ -392,3 +392,38 @@ def test_recover_without_its_replica_hosts_fails_clearly(tmp_path):
         assert "--recover must be HOST:PORT" in out, out
     finally:
         local.close()
+
+
+@pytest.mark.timeout(120)
+def test_the_head_places_replicas_on_the_first_k_nodes(tmp_path):
+    """``--gcs-replicas-on-nodes 1``: the first node to join hosts a replica
+    (it becomes the tail), the second does not; when the replica host is
+    lost, the next node to join is asked to host one."""
+    local = _Local(tmp_path)
+    try:
+        port = _free_port()
+        head = f"127.0.0.1:{port}"
+        local.penumbra("start", "--head", "--port", str(port), "--num-cpus", "1", "--gcs-replicas-on-nodes", "1",
+                       *FAST, *STORE)
+        ports = [_free_port() for _ in range(3)]
+        pids = []
+        for p in ports[:2]:
+            out = local.penumbra("start", "--address", head, "--port", str(p), "--num-cpus", "1", *FAST, *STORE)
+            pids.append(int(re.search(r"\(pid (\d+)", out).group(1)))
+
+        def status(want) -> str | None:
+            text = local.penumbra("status", "--address", head, check=False)
+            return text if want(text) else None
+
+        first, second = (f"127.0.0.1:{p}" for p in ports[:2])
+        text = wait_for(lambda: status(lambda s: s.count(" alive ") == 3 and re.search(
+            rf"gcs:0:\S+\s+{re.escape(first)}\s+tail", s)), "the first node's replica to be the tail")
+        assert second not in text.split("GCS REPLICA")[1], text
+        os.kill(pids[0], signal.SIGKILL)  # the replica host is lost
+        third = f"127.0.0.1:{ports[2]}"
+        local.penumbra("start", "--address", head, "--port", str(ports[2]), "--num-cpus", "1", *FAST, *STORE)
+        text = wait_for(lambda: status(lambda s: re.search(rf"gcs:0:\S+\s+{re.escape(third)}\s+tail", s)),
+                        "the next node to join to host a replica", timeout=60)
+        assert second not in text.split("GCS REPLICA")[1], text
+    finally:
+        local.close()

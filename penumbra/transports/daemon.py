@@ -148,6 +148,7 @@ class DaemonConfig:
     # cluster's control state from them, waiting up to ``recover_wait``
     # seconds for those daemons to reconnect to it.
     gcs_replica: bool = False
+    replicas_on_nodes: int = 0  # head role: ask this many node daemons to host replicas
     recover_from: list[str] = field(default_factory=list)
     recover_wait: float = 20.0
     # how long a node daemon that lost its head retries the head's address
@@ -164,6 +165,10 @@ class DaemonConfig:
         if self.gcs_replica and self.head:
             raise ValueError("gcs_replica is for a node daemon (penumbra start --address HEAD --gcs-replica): "
                              "the head daemon hosts the first replica of each shard already")
+        if self.replicas_on_nodes and not self.head:
+            raise ValueError("replicas_on_nodes is for a head daemon (penumbra start --head --gcs-replicas-on-nodes K)")
+        if not (isinstance(self.replicas_on_nodes, int) and self.replicas_on_nodes >= 0):
+            raise ValueError(f"replicas_on_nodes must be a whole number >= 0, got {self.replicas_on_nodes!r}")
         if self.recover_from and not self.head:
             raise ValueError("recover_from is for a head daemon (penumbra start --head --recover HOST:PORT)")
         if self.head_wait is not None and not self.head_wait > 0:
@@ -221,6 +226,7 @@ class Daemon:
         # head waits for its replicas (None: no head is being recovered)
         self.hosted_replicas: tuple[str, ...] = ()
         self.replica_routes: dict[str, str] = {}
+        self._asked_to_host: set[str] = set()  # nodes asked to host replicas, not yet hosting them
         self._head_backlog: list[P.Deliver] | None = None
 
     # ================================================================== routing
@@ -364,7 +370,7 @@ class Daemon:
         # a node hosting GCS replicas holds acknowledged writes that may be
         # the only copies left (the head's host died): it waits for a head
         # to recover them (penumbra start --head --recover), however long
-        return math.inf if self.cfg.gcs_replica else _JOIN_TIMEOUT
+        return math.inf if self.cfg.gcs_replica or self.hosted_replicas else _JOIN_TIMEOUT
 
     async def _rejoin(self, why: str = "") -> None:
         """Come back as a fresh node (see ``_fenced``).  The GCS replicas
@@ -437,6 +443,21 @@ class Daemon:
             return len(head.chain.configs())
         return self.layout.gcs_shards if self.layout is not None else self.cfg.gcs_shards
 
+    def _ask_to_host(self, nid: str, hello: P.NodeHello) -> bool:
+        """(head role, ``--gcs-replicas-on-nodes K``) Whether to ask the node
+        that just connected to host replicas: while fewer than K connected
+        node daemons host them (or were asked to), so a replica host that
+        is lost is replaced by the next node to join."""
+        k = self.cfg.replicas_on_nodes
+        if not k or hello.replicas:
+            return False
+        hosts = {n for n in self.replica_routes.values() if n in self.node_channels}
+        hosts |= {n for n in self._asked_to_host if n in self.node_channels and n != nid}
+        if len(hosts) >= k:
+            return False
+        self._asked_to_host.add(nid)
+        return True
+
     def _replica_tag(self) -> str:
         """What names this daemon's replicas: its first node id without the
         ``node:`` prefix (it outlives rejoins, which change the node id)."""
@@ -458,6 +479,8 @@ class Daemon:
         timing = self.layout.gcs_timing
         self.host.add(*((r, GcsReplica(r, s, "head", timing, joining=True)) for s, r in enumerate(names)))
         logger.info("hosting GCS replicas %s (joining their chains)", ", ".join(names))
+        if not self.cfg.gcs_replica:  # (asked by the head: ``run`` did not start the watch)
+            self.nursery.start_soon(self._watch_replicas)
 
     async def _watch_replicas(self) -> None:
         """Put back in its chain a replica the chain master cut while it
@@ -675,7 +698,9 @@ class Daemon:
         if self.cfg.head and incoming:
             self.node_channels[nid] = ch
             self.peers[nid] = _as_seen(hello.address, ch.peer_address)
-            self._send(ch, P.HeadInfo(self._gcs_shards()))
+            for r in hello.replicas:
+                self.replica_routes[r] = nid
+            self._send(ch, P.HeadInfo(self._gcs_shards(), self._ask_to_host(nid, hello)))
             self._broadcast_peers()
         else:
             self.peer_channels[nid] = ch
@@ -692,6 +717,7 @@ class Daemon:
                 self.peers.pop(nid, None)
                 for r in [r for r, n in self.replica_routes.items() if n == nid]:
                     del self.replica_routes[r]  # (they come back with the node's next connection)
+                self._asked_to_host.discard(nid)
                 self._broadcast_peers()
                 if not self.stopping and "head" in self.host.machines:
                     # the daemon is gone: tell the monitor now rather than
@@ -732,9 +758,10 @@ class Daemon:
         elif t is P.ReplicasHosted and self.cfg.head:
             for r in item.replicas:
                 self.replica_routes[r] = item.node_id
+            self._asked_to_host.discard(item.node_id)
             logger.info("node %s hosts GCS replicas %s", item.node_id, ", ".join(item.replicas))
         elif t is P.HeadInfo and ch is self.head_channel:
-            if self.cfg.gcs_replica and not self.hosted_replicas:
+            if (self.cfg.gcs_replica or item.host_replicas) and not self.hosted_replicas:
                 self._host_replicas(item.gcs_shards)
         elif t is P.StopCluster and ch is self.head_channel:
             logger.info("the head asked this node to stop (penumbra stop)")
@@ -836,10 +863,8 @@ class Daemon:
         with trio.fail_after(10):  # (a head host that is down does not refuse: it never answers)
             ch = await connect_tcp(host, int(port), self.cfg.token, "node", self.node_id)
         self.head_channel = ch
-        ch.send_nowait(P.NodeHello(self.node_id, self.listening))
-        if self.hosted_replicas:
-            # before any message of theirs: the head routes to them from now on
-            ch.send_nowait(P.ReplicasHosted(self.node_id, self.hosted_replicas))
+        # (with the replicas it hosts: the head routes to them from now on)
+        ch.send_nowait(P.NodeHello(self.node_id, self.listening, self.hosted_replicas))
         task_status.started()
         reason = "the head daemon closed it"  # (a clean end: the head's process exited, or was killed)
         try:

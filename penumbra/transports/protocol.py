@@ -153,6 +153,7 @@ class NodeHello:
 
     node_id: str
     address: str  # host:port where it serves transfers and peers
+    replicas: tuple[str, ...] = ()  # GCS replicas it hosts (to the head: route them here)
 
 
 @_frozen
@@ -178,6 +179,7 @@ class HeadInfo:
     to know of the cluster's shape to host GCS replicas."""
 
     gcs_shards: int
+    host_replicas: bool = False  # the head asks this node to host replicas (--gcs-replicas-on-nodes)
 
 
 @_frozen

@@ -123,12 +123,15 @@ The recovering head goes through three phases:
      restarts).
    * **tasks the old head had queued** (forwarded, not placed): a pending
      row on no node (``UnplacedTasks``: re-homed by the old head's
-     recovery, not placed yet) is placed again; a pending row never
-     placed by a head on a live node is either queued there or was
-     forwarded: the head asks the node (``TasksHeldQuery``), which
-     answers with those it forwarded (``TasksHeldReport``), and places
-     them.  A task the old head had placed but whose row did not say so
-     yet may run twice (at-least-once, as with any retry).
+     recovery, not placed yet) is placed again; a pending row on a live
+     node is queued or running there, or was forwarded, or was placed
+     there by a ``PlaceTask`` lost with the old head: the head asks the
+     node (``TasksHeldQuery``), which answers with those it forwarded and
+     those it never heard of (``TasksHeldReport``), and places them (an
+     actor's creation only if forwarded).  A task the old head placed
+     whose row did not say so yet, or whose ``PlaceTask`` is still on its
+     way when the node answers, may run twice (at-least-once, as with any
+     retry).
    * **job end**: jobs in ``ended_jobs`` (forgotten) stay ended; a job
      that ended but was not forgotten yet is known to the nodes (each
      ``TasksHeldReport`` lists the jobs the node saw end): it is ended
@@ -495,7 +498,7 @@ class HeadMachine:
         if node not in self.misses:
             return []  # died meanwhile: its pending tasks were re-homed
         rows = {e.spec.task_id: e for shard in per_shard for e in shard
-                if e.state is TaskState.PENDING and not e.placed and e.spec.actor_id is None}
+                if e.state is TaskState.PENDING and e.spec.actor_id is None}
         self.held_asks[node] = rows
         return [Send(to=node, msg=TasksHeldQuery(task_ids=tuple(sorted(rows)), stimulus_id=sid))]
 
@@ -507,9 +510,17 @@ class HeadMachine:
         cmds: list[Command] = []
         for job in ev.ended_jobs:
             cmds += self._on_job_finished(JobFinished(job_id=job, stimulus_id=sid), now)
+        # forwarded and not placed: the old head held it; placed by the old
+        # head and unknown to the node: its PlaceTask was lost with it (an
+        # actor's creation excepted: once the actor is up, its node no
+        # longer knows the task either, and its row stays pending)
         for tid in ev.forwarded:
             e = rows.get(tid)
-            if e is not None:
+            if e is not None and not e.placed:
+                cmds += self._place_adopted(e, now, sid)
+        for tid in ev.unknown:
+            e = rows.get(tid)
+            if e is not None and e.placed and not e.spec.is_actor_creation:
                 cmds += self._place_adopted(e, now, sid)
         return cmds
 

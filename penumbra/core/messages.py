@@ -909,9 +909,11 @@ class ChainReport(Message):
 @_frozen
 class TasksHeldQuery(Message):
     """A recovering head to a live node: of these tasks, pending on you in
-    the task table and never placed by a head, which did you hand to the
-    head (``ForwardTask``)?  Those the old head held in its queues when it
-    crashed; the new head places them."""
+    the task table, which did you hand to the head (``ForwardTask``), and
+    which have you never heard of?  A forwarded one the old head held in
+    its queues when it died; one the old head placed on you that you never
+    heard of was placed by a ``PlaceTask`` lost with it.  The new head
+    places both."""
 
     task_ids: tuple[TaskId, ...]
 
@@ -919,10 +921,12 @@ class TasksHeldQuery(Message):
 @_frozen
 class TasksHeldReport(Message):
     """A node's answer to ``TasksHeldQuery``: the ones it forwarded (it no
-    longer holds them: they are the head's to place)."""
+    longer holds them: they are the head's to place) and the ones it never
+    heard of."""
 
     node_id: str
     forwarded: tuple[TaskId, ...]
+    unknown: tuple[TaskId, ...] = ()
     # the jobs this node saw end (JobEnded): one that ended under the old
     # head but was not forgotten yet is ended again
     ended_jobs: tuple[int, ...] = ()

@@ -314,11 +314,12 @@ class NodeMachine:
 
     def _on_tasks_held_query(self, ev: TasksHeldQuery, now: float) -> list[Command]:
         """A recovered head asks which of these tasks (pending on us in the
-        task table) we forwarded to the head: the old head held them when
-        it died (see "Recovery" in core/head.py).  Also says which jobs we
-        saw end."""
-        forwarded = tuple(t for t in ev.task_ids if self.scheduler.state_of(t) == "forwarded")
-        return [Send(to=self.head, msg=TasksHeldReport(node_id=self.node_id, forwarded=forwarded,
+        task table) we forwarded to the head, and which we never heard of
+        (see "Recovery" in core/head.py).  Also says which jobs we saw end."""
+        state_of = self.scheduler.state_of
+        forwarded = tuple(t for t in ev.task_ids if state_of(t) == "forwarded")
+        unknown = tuple(t for t in ev.task_ids if state_of(t) is None)
+        return [Send(to=self.head, msg=TasksHeldReport(node_id=self.node_id, forwarded=forwarded, unknown=unknown,
                                                        ended_jobs=tuple(sorted(self.ended_jobs)),
                                                        stimulus_id=ev.stimulus_id))]
 

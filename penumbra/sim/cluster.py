@@ -55,6 +55,11 @@ Failures
     under a *new* address and node id: the core never reuses one),
     ``crash_replica``/``restart_replica`` (a replica restarts empty, as
     ``GcsReplica(joining=True)``, and copies its state from the tail),
+    ``crash_head``/``recover_head`` (the head's host dies with the GCS
+    replicas that live there; a new head rebuilds its state from the
+    surviving replicas: core/head.py, "Recovery"), where replicas live
+    (``ClusterLayout.replica_hosts`` puts a replica on a node's host: it
+    dies with that node, and restarts empty on the node that replaces it),
     partitions, isolation, slow hosts, lossy links, and stop-the-world
     pauses (``pause``: the head, a node or a driver stands still for a while,
     as under SIGSTOP).  The same faults as data
@@ -994,6 +999,11 @@ class SimCluster:
         self.kernel.on_restart.append(self._on_restart)
         self.nodes: dict[str, SimNode] = {}
         self.replicas: list[str] = []
+        # replica -> the node whose host runs it (``layout.replica_hosts``;
+        # it moves to the node that replaces a dead one); the others live
+        # with the head
+        self.replica_node: dict[str, str] = dict(layout.replica_hosts)
+        self.head_recoveries = 0
         self.drivers: dict[str, SimDriver] = {}
         self.next_node = 0
         self.next_job = 1
@@ -1015,7 +1025,10 @@ class SimCluster:
         for chain in lay.chains():
             for r in chain.replicas:
                 m = GcsReplica(r, chain.shard, "head", lay.gcs_timing, config=chain)
-                k.add_host(r, m, rack="control", kind="gcs", validate_every_step=self.validate)
+                on = lay.replica_hosts.get(r)
+                # (a replica on a node's host sits in that node's rack)
+                rack = "control" if on is None else int(on.split(":")[1]) // self.rack_size
+                k.add_host(r, m, rack=rack, kind="gcs", validate_every_step=self.validate)
                 self.replicas.append(r)
         for shape in lay.nodes:
             self._new_node(shape, None)
@@ -1170,12 +1183,14 @@ class SimCluster:
         return True
 
     def replace_node(self, address: str) -> str:
-        """A node shaped like (dead) ``address`` joins under a new address."""
-        old = self.nodes[address]
-        return self.add_node(old.shape, rack=old.rack)
+        """A node shaped like (dead) ``address`` joins under a new address
+        (the GCS replicas its host ran restart empty on the new one)."""
+        return self.add_node(like=address)
 
     def add_node(self, shape: NodeShape | None = None, *, rack: Any = None, like: str | None = None) -> str:
-        """A new node joins now; returns its address."""
+        """A new node joins now; returns its address.  Made ``like`` a dead
+        node, its host takes over the dead one's GCS replicas: they restart
+        empty and join their chains again (copying the tail's state)."""
         if like is not None:
             shape = self.nodes[like].shape
             rack = self.nodes[like].rack if rack is None else rack
@@ -1184,7 +1199,61 @@ class SimCluster:
         self.kernel.note(node.address, "node joins")
         if self._started:
             self._boot(node.host)
+        if like is not None and not self.nodes[like].alive:
+            for r in sorted(r for r, n in self.replica_node.items() if n == like):
+                self.replica_node[r] = node.address
+                self.restart_replica(r)
         return node.address
+
+    def replicas_with_head(self) -> list[str]:
+        """The GCS replicas on the head's host (they die with the head)."""
+        return [r for r in self.replicas if r not in self.replica_node]
+
+    def crash_head(self, recover_after: float | None = None) -> list[str]:
+        """The head's host dies: the head machine and the GCS replicas that
+        live with it (those not placed on nodes by
+        ``layout.replica_hosts``).  Nodes, drivers and the other replicas
+        run on; what they send the head meanwhile is lost.  With
+        ``recover_after``, a new head recovers that much later
+        (``recover_head``).  Returns the replicas that died."""
+        if not self.kernel.crash("head"):
+            raise ValueError("the head is down already; recover it first (cluster.recover_head())")
+        self.events.append((self.now, "crash", "head"))
+        died = [r for r in self.replicas_with_head() if self.kernel.crash(r)]
+        if recover_after is not None:
+            self.kernel.call_after(recover_after, self.recover_head)
+        return died
+
+    def recover_head(self, recover_from: Iterable[str] | None = None, restart_replicas: bool = True) -> tuple[str, ...]:
+        """Start a new head that rebuilds its state from the surviving GCS
+        replicas (core/head.py, "Recovery: a new head from surviving
+        replicas").  ``recover_from``: the replicas to ask (default: every
+        replica alive now).  With ``restart_replicas`` the replicas of the
+        head's host come back too, empty, and join their chains again.
+        Returns the replicas asked.
+
+        Raises:
+            ValueError: the head is alive, or no replica survives to recover from.
+        """
+        k = self.kernel
+        if k.hosts["head"].alive:
+            raise ValueError("the head is alive: crash it first (cluster.crash_head())")
+        survivors = tuple(recover_from) if recover_from is not None else tuple(
+            r for r in self.replicas if k.hosts[r].alive)
+        if not survivors:
+            raise ValueError("no GCS replica survives to recover the head from: place replicas on nodes "
+                             "(ClusterLayout.replica_hosts) so that the GCS outlives its head")
+        self.head_recoveries += 1
+        config = dataclasses.replace(self.layout.head_config(), recover_from=survivors)
+        from penumbra.core.head import HeadMachine
+
+        k.restart("head", HeadMachine(config, k.derive_rng(f"head/recovered/{self.head_recoveries}")))
+        self.events.append((self.now, "recover", "head"))
+        if restart_replicas:
+            for r in self.replicas_with_head():
+                if not k.hosts[r].alive:
+                    self.restart_replica(r)
+        return survivors
 
     def crash_replica(self, address: str, restart_after: float | None = None) -> bool:
         """Crash a GCS replica; with ``restart_after`` it restarts empty and
@@ -1307,6 +1376,8 @@ class SimCluster:
         now = kernel.now
         node.crashed(now)
         self.events.append((now, "crash", address))
+        for r in sorted(r for r, n in self.replica_node.items() if n == address):
+            kernel.crash(r)  # the GCS replicas its host ran die with it
         for d in list(self.drivers.values()):
             if d.node == address and d.alive:
                 # (the program hears of it before it stops: what a driver

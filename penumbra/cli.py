@@ -149,8 +149,14 @@ def cmd_start(args) -> int:
     except (OSError, TimeoutError) as e:  # the sessions directory refused, a timeout ...
         return _error("start", str(e))
     if args.head:
+        from .transports.session import pid_alive
+
+        nodes = []
+        if args.recover:  # this machine's nodes of the cluster live on: 'penumbra stop' still stops them
+            nodes = [n for n in ((cluster_file.read_cluster(d.address) or {}).get("nodes") or [])
+                     if n.get("pid") and pid_alive(int(n["pid"]))]
         info = {"token": d.token, "pid": d.pid, "session": d.session, "session_dir": d.session_dir,
-                "unix_path": d.unix_path, "node_id": d.node_id, "nodes": []}
+                "unix_path": d.unix_path, "node_id": d.node_id, "nodes": nodes}
         cluster_file.write_cluster(d.address, info)
         if args.recover:
             print(f"Recovered the penumbra cluster at {d.address} from the GCS replicas on "

@@ -300,6 +300,8 @@ def test_head_killed_recovered_from_a_node_replica_on_loopback(tmp_path):
         check_recovered(res, written, want_nodes=3)
         print(f"\n[recover] loopback: old driver told {lost_after:.2f} s after the kill; cluster usable again "
               f"(acknowledged writes read back, new job done) {recovered:.2f} s after the kill")
+        # this machine's nodes are still known to the recovered cluster's entry: 'penumbra stop' stops all three
+        assert "(3 daemon(s))" in local.penumbra("stop")
     finally:
         local.close()
 

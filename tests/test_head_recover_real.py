@@ -429,3 +429,36 @@ def test_the_head_places_replicas_on_the_first_k_nodes(tmp_path):
         assert second not in text.split("GCS REPLICA")[1], text
     finally:
         local.close()
+
+
+@pytest.mark.timeout(120)
+def test_status_shows_each_nodes_link_health(tmp_path):
+    """``penumbra status``'s LINK column: ``local`` for the head's own node,
+    ``ok`` for a node heard from, ``missed N/LIMIT`` while a node is silent
+    (stopped here with SIGSTOP, within a long node timeout), ``ok`` again
+    once it is heard."""
+    local = _Local(tmp_path)
+    try:
+        port, port_b = _free_port(), _free_port()
+        head = f"127.0.0.1:{port}"
+        slow = ("--node-timeout", "20", "--heartbeat-interval", "0.5")
+        local.penumbra("start", "--head", "--port", str(port), "--num-cpus", "1", *slow, *STORE)
+        out = local.penumbra("start", "--address", head, "--port", str(port_b), "--num-cpus", "1", *slow, *STORE)
+        b_pid = int(re.search(r"\(pid (\d+)", out).group(1))
+        node_b = rf"node:\S+\s+127\.0\.0\.1:{port_b}\s+alive\s+"
+
+        def status(want) -> str | None:
+            text = local.penumbra("status", "--address", head, check=False)
+            return text if want(text) else None
+
+        text = wait_for(lambda: status(lambda s: re.search(node_b + "ok ", s)), "node B's link ok")
+        assert re.search(rf"node:\S+\s+{re.escape(head)}\s+alive\s+local ", text), text
+        os.kill(b_pid, signal.SIGSTOP)
+        try:
+            text = wait_for(lambda: status(lambda s: re.search(node_b + r"missed \d+/40 ", s)),
+                            "node B's missed heartbeats", timeout=15)
+        finally:
+            os.kill(b_pid, signal.SIGCONT)
+        wait_for(lambda: status(lambda s: re.search(node_b + "ok ", s)), "node B's link ok again")
+    finally:
+        local.close()

@@ -242,6 +242,7 @@ class ClientRuntime(Runtime):
 
     async def receive_loop(self) -> None:
         """Runs on the trio thread for the life of the connection."""
+        why = ""  # what the daemon said before closing (``P.Closing``)
         try:
             async for item in self.channel:
                 if type(item) is P.Deliver:
@@ -251,13 +252,17 @@ class ClientRuntime(Runtime):
                 elif type(item) is P.ClusterLog:
                     if self.log_to_driver:
                         logger.warning("%s", item.text)
+                elif type(item) is P.Closing:
+                    why = item.reason
                 elif self.on_item is not None:
                     self.on_item(item)
             # an orderly close (the daemon exited, or was killed between
             # frames): whatever still waits on it must fail, not hang
-            self._fail_all("the node daemon closed it: it was killed or exited")
+            self._fail_all(f"the node daemon closed it: {why}" if why else
+                           "the node daemon closed it: it was killed or exited")
         except ConnectionClosed as e:
-            self._fail_all(f"{e.reason}; the node daemon was killed or exited")
+            self._fail_all(f"the node daemon closed it: {why}" if why else
+                           f"{e.reason}; the node daemon was killed or exited")
         except BaseException as e:
             # (the loop stopping, as shutdown() or a worker's exit stops
             # it, is this side closing, not a loss)

@@ -157,14 +157,51 @@ class NodeHello:
 
     node_id: str
     address: str  # host:port where it serves transfers and peers
+    replicas: tuple[str, ...] = ()  # GCS replicas it hosts (to the head: route them here)
 
 
 @_frozen
 class PeerTable:
-    """Head daemon to node daemons: where every node daemon listens."""
+    """Head daemon to node daemons: where every node daemon listens.
+
+    Answering ``AddressesRequest`` (``penumbra status``), the head daemon
+    also says where each GCS replica lives (``replicas``: replica address ->
+    host:port of the daemon hosting it), the shards' chains (``chains``:
+    ``ChainConfig`` per shard, head of the chain first) and how each node's
+    link to the head is doing (``links``: node id -> a few words)."""
 
     peers: dict[str, str]
     head_node: str = ""
+    replicas: dict[str, str] | None = None
+    chains: tuple = ()
+    links: dict[str, str] | None = None
+
+
+@_frozen
+class HeadInfo:
+    """Head daemon to a node daemon that just connected: what a node needs
+    to know of the cluster's shape to host GCS replicas."""
+
+    gcs_shards: int
+    host_replicas: bool = False  # the head asks this node to host replicas (--gcs-replicas-on-nodes)
+
+
+@_frozen
+class ReplicasHosted:
+    """Node daemon to head daemon: these GCS replica addresses live in my
+    process; route their messages over this connection.  Sent on every
+    (re)connection, before any message of those replicas."""
+
+    node_id: str
+    replicas: tuple[str, ...]
+
+
+@_frozen
+class Closing:
+    """Daemon to its drivers, just before it closes their connections: why
+    (the connection error they see then names it)."""
+
+    reason: str
 
 
 @_frozen
@@ -221,6 +258,6 @@ from ..core._pickling import install as _install_pickling  # noqa: E402
 
 _MESSAGES = (Deliver, ClientHello, ClientWelcome, Output, ClusterLog, Run, Ran, Raised, Interrupt,
              Checkpoint, Checkpointed, Exit, NodeHello, PeerTable, FetchRequest, FetchReply, StopCluster,
-             AddressesRequest, TimelineRequest, TimelineReply)
+             AddressesRequest, TimelineRequest, TimelineReply, HeadInfo, ReplicasHosted, Closing)
 _install_pickling(*_MESSAGES)
 _install_init(*_MESSAGES)

@@ -977,11 +977,17 @@ class Daemon:
             self.stopping = True
             if cfg.head:  # an orderly stop (penumbra stop, SIGTERM): the nodes stop too, not rejoin
                 with trio.move_on_after(2):
-                    for ch in list(self.node_channels.values()):
+                    chans = list(self.node_channels.values())
+                    for ch in chans:
                         try:
                             await ch.send(P.StopCluster())
                         except (ConnectionClosed, trio.ClosedResourceError):
                             pass
+                    # closing writes what is still queued first: a node
+                    # that never reads StopCluster takes the closed
+                    # connection for a killed head and rejoins (for 20 s)
+                    for ch in chans:
+                        await ch.aclose()
             nursery.cancel_scope.cancel()
 
     async def _recover_head(self, layout: ClusterLayout) -> None:

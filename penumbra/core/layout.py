@@ -49,6 +49,10 @@ class ClusterLayout:
     # the monitor never declares it dead (see core/head.py)
     own_node: str | None = None
     extra: dict = field(default_factory=dict)
+    # object spilling to local disk (see core/objects.py); the drivers
+    # that carry out SpillObjects/RestoreObject turn it on
+    spilling: bool = False
+    spill_threshold: float = 0.8
 
     def chains(self) -> tuple[ChainConfig, ...]:
         return tuple(
@@ -74,6 +78,8 @@ class ClusterLayout:
             scheduler=self.scheduler,
             heartbeat_interval=self.heartbeat_interval,
             gcs_retry_after=self.gcs_retry_after,
+            spilling=self.spilling,
+            spill_threshold=self.spill_threshold,
         )
 
 

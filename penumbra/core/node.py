@@ -92,6 +92,10 @@ from .messages import (
     WorkerStartFailed,
     WorkerUnblocked,
     Evict,
+    ObjectRestored,
+    ObjectsSpilled,
+    RestoreFailed,
+    SpillFailed,
     CommitBundles,
     PrepareBundles,
     ReleaseBundles,
@@ -115,6 +119,11 @@ class NodeConfig:
     head: str = "head"
     gcs_retry_after: float = 0.05
     story_limit: int = 10_000
+    # spill client-pinned objects to local disk rather than fail admission
+    # (Ray's object spilling; see core/objects.py), in the background once
+    # pinned bytes pass ``spill_threshold`` of the store
+    spilling: bool = False
+    spill_threshold: float = 0.8
 
 
 # a watch with ``need`` holds at most this many ready objects before reporting
@@ -143,6 +152,7 @@ class NodeMachine:
             node_id, self.address, config.object_store_memory,
             self.gcs_write, self._on_ready, self._on_located, head=config.head,
             produced_here=self._produced_here, gcs_read=self.gcs_read,
+            spilling=config.spilling, spill_threshold=config.spill_threshold,
         )
         self.scheduler = LocalScheduler(self, config.resources, config.scheduler)
         self.bundles = BundleHolder(self)  # placement group bundles held here
@@ -288,6 +298,9 @@ class NodeMachine:
         if h is None:
             return []
         cmds = h(self, event, now)
+        store = self.objects.store
+        if store.files_to_delete or store.unpinned_spilled:
+            cmds += self.objects.drain_spill_changes(now, event.stimulus_id)
         if self.doomed:
             cmds += self._sweep_doomed(event.stimulus_id)
         if self.pending_clears:
@@ -626,6 +639,18 @@ class NodeMachine:
     def _on_fetch_failed(self, ev: FetchFailed, now: float) -> list[Command]:
         return self.objects.on_fetch_failed(ev.object_id, ev.from_node, now, ev.stimulus_id)
 
+    def _on_spilled(self, ev: ObjectsSpilled, now: float) -> list[Command]:
+        return self.objects.on_spilled(ev.object_ids, now, ev.stimulus_id)
+
+    def _on_spill_failed(self, ev: SpillFailed, now: float) -> list[Command]:
+        return self.objects.on_spill_failed(ev.object_ids, ev.reason, now, ev.stimulus_id)
+
+    def _on_restored(self, ev: ObjectRestored, now: float) -> list[Command]:
+        return self.objects.on_restored(ev.object_id, ev.size, now, ev.stimulus_id)
+
+    def _on_restore_failed(self, ev: RestoreFailed, now: float) -> list[Command]:
+        return self.objects.on_restore_failed(ev.object_id, ev.reason, now, ev.stimulus_id)
+
     def _on_unrecoverable(self, ev: ObjectUnrecoverable, now: float) -> list[Command]:
         return self.objects.on_object_unrecoverable(ev.object_id, ev.error, now, ev.stimulus_id)
 
@@ -788,6 +813,10 @@ _HANDLERS = {
     FetchCompleted: NodeMachine._on_fetch_completed,
     FetchFailed: NodeMachine._on_fetch_failed,
     ObjectUnrecoverable: NodeMachine._on_unrecoverable,
+    ObjectsSpilled: NodeMachine._on_spilled,
+    SpillFailed: NodeMachine._on_spill_failed,
+    ObjectRestored: NodeMachine._on_restored,
+    RestoreFailed: NodeMachine._on_restore_failed,
     PlaceTask: NodeMachine._on_place,
     StartActor: NodeMachine._on_start_actor,
     ActorCall: NodeMachine._on_actor_call,

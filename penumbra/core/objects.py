@@ -13,6 +13,30 @@ It never touches bytes (the driver's store does); it decides.  Rules:
   that frees enough room; otherwise nothing is evicted and admission fails
   with the sizes involved (the user sees ``ObjectStoreFullError``).
 
+Spilling (``spilling=True``; Ray's object spilling).  Objects pinned only by
+clients (a ``put`` whose ref is alive) can leave memory for the node's local
+disk instead of making admission fail:
+
+* an admission that eviction cannot satisfy picks pinned objects, least
+  recently used first, to spill (``SpillObjects``); the new object is
+  admitted at once, against the room the spills will free (their bytes are
+  *spilling*: in memory until the write completes, then ``Evict``).  So
+  ``used - spilling_bytes <= capacity`` always (``over`` aside, below);
+* past the high-water mark (``spill_threshold`` of capacity in pinned
+  bytes) the same happens in the background, one batch in flight at a time,
+  so that a later admission rarely has to wait for a spill;
+* a spilled object is *spilled on this node*: its GCS location stays (a
+  fetch from another node reads the file), its pins stay (the client still
+  holds the ref), and wanting it here restores it (``RestoreObject``), which
+  is an admission like any other (it may spill others);
+* its file is deleted (``DeleteSpilled``) once it is restored, freed, unpinned
+  (an unpinned spilled object is evicted, as an unpinned one in memory
+  would be), or its job ends;
+* ``SpillFailed`` (the disk is full or unwritable) leaves the objects in
+  memory; what was admitted against them is ``over`` capacity until enough
+  is dropped, and until a spill succeeds again an admission that needs one
+  fails with ``ObjectStoreFullError`` carrying the disk's reason.
+
 ``ObjectManager`` answers "make object X available here" for the node's
 scheduler and clients.  It is fed by the GCS: it subscribes to X's object
 table row and reacts to each version of it:
@@ -40,8 +64,11 @@ from typing import Callable, Hashable
 from .ids import ObjectId
 from .messages import (
     Command,
+    DeleteSpilled,
     Evict,
     Fetch,
+    RestoreObject,
+    SpillObjects,
     ReconstructObject,
     Send,
     SetTimer,
@@ -64,6 +91,14 @@ class Admission:
     ok: bool
     evicted: tuple[ObjectId, ...] = ()
     error: ErrorInfo | None = None
+    spill: tuple[ObjectId, ...] = ()  # pinned objects to write to disk now
+
+
+def _client_only(o: _Stored) -> bool:
+    """Whether only clients pin ``o`` (a put whose ref is alive): such an
+    object may be spilled.  An input of a running task is being read from
+    memory, so it stays."""
+    return bool(o.pins) and all(type(h) is tuple and h[0] == "client" for h in o.pins)
 
 
 _ADMITTED = Admission(True)  # (immutable: shared by every plain admission)
@@ -72,14 +107,31 @@ _ADMITTED = Admission(True)  # (immutable: shared by every plain admission)
 class StoreAccounting:
     """Capacity, pins and LRU order of one node's object store."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, spilling: bool = False, spill_threshold: float = 0.8) -> None:
         if capacity <= 0:
             raise ValueError(f"object store capacity must be > 0 bytes, got {capacity}")
+        if not 0.0 < spill_threshold <= 1.0:
+            raise ValueError(f"the spilling threshold is a fraction of the store's capacity in (0, 1], "
+                             f"got {spill_threshold!r} (Ray's default is 0.8)")
         self.capacity = capacity
         self.used = 0
         self.pinned_bytes = 0
         self.objects: OrderedDict[ObjectId, _Stored] = OrderedDict()  # LRU first
         self.evictions = 0
+        # ---- spilling (see the module docstring)
+        self.spilling_enabled = spilling
+        self.spill_threshold = spill_threshold
+        self.spilling: set[ObjectId] = set()  # in memory, being written to disk
+        self.spilling_bytes = 0
+        self.spilled: OrderedDict[ObjectId, _Stored] = OrderedDict()  # on disk only (pins kept)
+        self.spilled_bytes = 0
+        self.restoring: set[ObjectId] = set()
+        self.spill_error: str | None = None  # why the last spill failed (None once one succeeds)
+        self.over = 0  # bytes admitted against spills that failed
+        self.files_to_delete: list[ObjectId] = []  # spill files the driver must delete
+        self.unpinned_spilled: list[ObjectId] = []  # spilled objects whose last pin went
+        self.spills = 0
+        self.restores = 0
 
     def __contains__(self, oid: ObjectId) -> bool:
         return oid in self.objects
@@ -105,37 +157,150 @@ class StoreAccounting:
             if pin is not None:
                 self.pin(oid, pin)
             return _ADMITTED
-        need = self.used + size - self.capacity
+        need = self.used - self.spilling_bytes + size - self.capacity
         victims: list[ObjectId] = []
+        spill: list[ObjectId] = []
         if need > 0:
             freed = 0
             for vid, v in self.objects.items():
-                if v.pins:
+                if v.pins or vid in self.spilling:
                     continue
                 victims.append(vid)
                 freed += v.size
                 if freed >= need:
                     break
+            if freed < need and self.spilling_enabled and self.spill_error is None:
+                spill = self._spill_candidates(need - freed)
+                freed += sum(self.objects[o].size for o in spill)
             if freed < need:
-                return Admission(
-                    False,
-                    error=ErrorInfo(
-                        ErrorKind.OBJECT_STORE_FULL,
-                        f"cannot store object {oid.short()} of {size} bytes: the object store "
-                        f"holds {self.used} of {self.capacity} bytes, {self.pinned_bytes} of them "
-                        f"pinned (in use by running tasks or held by clients that put them). "
-                        f"Free references to objects you no longer need, or start the node "
-                        f"with a larger object_store_memory.",
-                    ),
-                )
+                return Admission(False, error=self._full_error(oid, size))
             for vid in victims:
                 self._drop(vid)
             self.evictions += len(victims)
+        old = self.spilled.pop(oid, None)
+        if old is not None:
+            # a copy on disk from before (a restore, or the task re-ran):
+            # memory holds it now, with the pins it had
+            self.spilled_bytes -= old.size
+            self.restoring.discard(oid)
+            self.files_to_delete.append(oid)
         self.objects[oid] = _Stored(size)
         self.used += size
+        if old is not None and old.pins:
+            self.objects[oid].pins = old.pins
+            self.pinned_bytes += size
         if pin is not None:
             self.pin(oid, pin)
-        return Admission(True, tuple(victims)) if victims else _ADMITTED
+        self._mark_spilling(spill)
+        more = self.background_spill()
+        self._mark_spilling(more)
+        spill += more
+        if victims or spill:
+            return Admission(True, tuple(victims), spill=tuple(spill))
+        return _ADMITTED
+
+    def _full_error(self, oid: ObjectId, size: int) -> ErrorInfo:
+        if self.spilling_enabled and self.spill_error is not None:
+            why = (f"and spilling to disk failed: {self.spill_error}. Free space in the object spilling "
+                   f"directory (or point object_spilling_directory at a disk with room), free references "
+                   f"to objects you no longer need, or start the node with a larger object_store_memory.")
+        elif self.spilling_enabled:
+            why = ("and what is pinned cannot be spilled to disk (inputs of running tasks). Free references "
+                   "to objects you no longer need, run fewer tasks at once, or start the node with a "
+                   "larger object_store_memory.")
+        else:
+            why = ("Free references to objects you no longer need, or start the node "
+                   "with a larger object_store_memory.")
+        return ErrorInfo(
+            ErrorKind.OBJECT_STORE_FULL,
+            f"cannot store object {oid.short()} of {size} bytes: the object store "
+            f"holds {self.used} of {self.capacity} bytes, {self.pinned_bytes} of them "
+            f"pinned (in use by running tasks or held by clients that put them){',' if self.spilling_enabled else '.'} "
+            + why,
+        )
+
+    # ------------------------------------------------------------------ spilling
+    def _spill_candidates(self, need: int) -> list[ObjectId]:
+        """Pinned, spillable objects, least recently used first, until their
+        sizes reach ``need`` (all of them if they do not)."""
+        out: list[ObjectId] = []
+        got = 0
+        for oid, o in self.objects.items():
+            if got >= need:
+                break
+            if oid in self.spilling or not _client_only(o):
+                continue
+            out.append(oid)
+            got += o.size
+        return out
+
+    def background_spill(self) -> list[ObjectId]:
+        """Objects to spill because pinned bytes passed the high-water mark
+        (none while a spill is in flight, or after one failed)."""
+        if not self.spilling_enabled or self.spilling or self.spill_error is not None:
+            return []
+        excess = self.pinned_bytes - self.spill_threshold * self.capacity
+        if excess <= 0:
+            return []
+        return self._spill_candidates(int(excess) + 1)
+
+    def _mark_spilling(self, oids) -> None:
+        for oid in oids:
+            if oid not in self.spilling:
+                self.spilling.add(oid)
+                self.spilling_bytes += self.objects[oid].size
+
+    def spill_done(self, oids) -> tuple[list[ObjectId], list[ObjectId]]:
+        """The driver wrote ``oids`` to disk: they leave memory.  Returns
+        (to evict from memory, unpinned meanwhile: to forget here)."""
+        self.spill_error = None
+        evict: list[ObjectId] = []
+        unpinned: list[ObjectId] = []
+        for oid in oids:
+            if oid not in self.spilling:
+                # dropped while it was being written (freed, its job ended)
+                self.files_to_delete.append(oid)
+                continue
+            o = self.objects[oid]
+            self.spilling.discard(oid)
+            self.spilling_bytes -= o.size
+            self._drop(oid)
+            evict.append(oid)
+            self.spills += 1
+            if o.pins:
+                self.spilled[oid] = o
+                self.spilled_bytes += o.size
+            else:
+                self.files_to_delete.append(oid)
+                unpinned.append(oid)
+        self._settle_over()
+        return evict, unpinned
+
+    def spill_failed(self, oids, reason: str) -> None:
+        """The driver could not write ``oids``: they stay in memory."""
+        self.spill_error = reason or "the spill failed"
+        for oid in oids:
+            if oid in self.spilling:
+                self.spilling.discard(oid)
+                self.spilling_bytes -= self.objects[oid].size
+            else:
+                self.files_to_delete.append(oid)  # (whatever part of it was written)
+        self.over = max(self.over, self.used - self.spilling_bytes - self.capacity)
+        self._settle_over()
+
+    def _settle_over(self) -> None:
+        if self.over:
+            self.over = max(0, min(self.over, self.used - self.spilling_bytes - self.capacity))
+
+    def forget_spilled(self, oid: ObjectId) -> bool:
+        """Drop the spilled copy of ``oid`` (its file is to be deleted)."""
+        o = self.spilled.pop(oid, None)
+        if o is None:
+            return False
+        self.spilled_bytes -= o.size
+        self.restoring.discard(oid)
+        self.files_to_delete.append(oid)
+        return True
 
     def pin(self, oid: ObjectId, holder: Hashable) -> None:
         o = self.objects[oid]
@@ -146,6 +311,15 @@ class StoreAccounting:
     def unpin(self, oid: ObjectId, holder: Hashable) -> None:
         o = self.objects.get(oid)
         if o is None:
+            o = self.spilled.get(oid)
+            if o is not None and holder in o.pins:
+                n = o.pins[holder]
+                if n <= 1:
+                    del o.pins[holder]
+                    if not o.pins:
+                        self.unpinned_spilled.append(oid)
+                else:
+                    o.pins[holder] = n - 1
             return
         n = o.pins.get(holder, 0)
         if n <= 1:
@@ -161,11 +335,16 @@ class StoreAccounting:
                 del o.pins[holder]
                 if not o.pins:
                     self.pinned_bytes -= o.size
+        for oid, o in self.spilled.items():
+            if holder in o.pins:
+                del o.pins[holder]
+                if not o.pins:
+                    self.unpinned_spilled.append(oid)
 
     def remove(self, oid: ObjectId) -> bool:
         """Forget ``oid`` even if pinned (its bytes are gone: node reset)."""
         if oid not in self.objects:
-            return False
+            return self.forget_spilled(oid)
         self._drop(oid)
         return True
 
@@ -174,9 +353,20 @@ class StoreAccounting:
         self.used -= o.size
         if o.pins:
             self.pinned_bytes -= o.size
+        if oid in self.spilling:  # (its spill's completion deletes the file)
+            self.spilling.discard(oid)
+            self.spilling_bytes -= o.size
+        self._settle_over()
 
     def validate(self) -> None:
-        assert 0 <= self.used <= self.capacity, (self.used, self.capacity)
+        assert 0 <= self.used - self.spilling_bytes <= self.capacity + self.over, (
+            self.used, self.spilling_bytes, self.over, self.capacity)
+        assert self.spilling <= self.objects.keys(), "spilling an object not in memory"
+        assert self.spilling_bytes == sum(self.objects[o].size for o in self.spilling)
+        assert not (self.spilled.keys() & self.objects.keys()), "an object both in memory and spilled"
+        assert self.restoring <= self.spilled.keys(), "restoring an object not spilled"
+        assert self.spilled_bytes == sum(o.size for o in self.spilled.values())
+        assert self.spilling_enabled or not (self.spilled or self.spilling), "spilled with spilling off"
         assert self.used == sum(o.size for o in self.objects.values()), "used != sum of sizes"
         assert self.pinned_bytes == sum(o.size for o in self.objects.values() if o.pins)
         for oid, o in self.objects.items():
@@ -226,10 +416,12 @@ class ObjectManager:
         head: str = "head",
         produced_here: Callable[[ObjectId], bool] = lambda oid: False,
         gcs_read: GcsWriteFn | None = None,
+        spilling: bool = False,
+        spill_threshold: float = 0.8,
     ) -> None:
         self.node_id = node_id
         self.address = address
-        self.store = StoreAccounting(capacity)
+        self.store = StoreAccounting(capacity, spilling, spill_threshold)
         self.gcs_write = gcs_write
         self.gcs_read = gcs_read
         self.on_ready = on_ready
@@ -275,6 +467,8 @@ class ObjectManager:
         for vid in adm.evicted:
             cmds.append(Evict(object_id=vid, stimulus_id=sid))
             cmds += self.gcs_write(RemoveLocation(vid, self.node_id), None, now, sid)
+        if adm.spill:
+            cmds.append(self._spill_command(adm.spill, sid))
         if record:
             cmds += self.gcs_write(AddLocation(oid, self.node_id, size, job_id=job_id), None, now, sid)
         if resolve:
@@ -290,7 +484,11 @@ class ObjectManager:
         dropped the last ref, which never left the owner.  Kept if anything
         still pins it or waits for it (then it was shared after all)."""
         o = self.store.objects.get(oid)
-        if o is None or o.pins or oid in self.wants:
+        if o is None:
+            o = self.store.spilled.get(oid)
+            if o is None or o.pins or oid in self.wants or oid in self.store.restoring:
+                return []
+        elif o.pins or oid in self.wants:
             return []
         self.store.remove(oid)
         self.freed += 1
@@ -330,6 +528,10 @@ class ObjectManager:
             w = self.wants[oid] = _Want(oid, {})
         w.waiters[token] = w.waiters.get(token, False) or fetch
         cmds: list[Command] = []
+        if oid in self.store.spilled:
+            # on our disk: read it back (whoever wants it, here or a
+            # locate-only waiter: it is ready once it is in memory again)
+            return self._restore(oid, sid)
         if not w.subscribed:
             if self.produced_here(oid):
                 # its task is queued or running on this node: the object will
@@ -478,6 +680,101 @@ class ObjectManager:
                 return self.gcs_write(Unsubscribe(self.address, "objects", oid), None, now, sid)
             return []
         return self._react(w, now, sid)
+
+    # ------------------------------------------------------------------ spilling
+    def _spill_command(self, oids, sid: str) -> SpillObjects:
+        objects = self.store.objects
+        return SpillObjects(object_ids=tuple(oids), sizes=tuple(objects[o].size for o in oids), stimulus_id=sid)
+
+    def _restore(self, oid: ObjectId, sid: str) -> list[Command]:
+        store = self.store
+        if oid in store.restoring:
+            return []
+        store.restoring.add(oid)
+        return [RestoreObject(object_id=oid, size=store.spilled[oid].size, stimulus_id=sid)]
+
+    def on_spilled(self, oids, now: float, sid: str) -> list[Command]:
+        """``ObjectsSpilled``: their bytes are on disk; free their memory.
+        Any waiter that came meanwhile gets a restore."""
+        evict, unpinned = self.store.spill_done(oids)
+        cmds: list[Command] = [Evict(object_id=o, stimulus_id=sid) for o in evict]
+        for oid in unpinned:  # released while being written: as an eviction
+            cmds += self.gcs_write(RemoveLocation(oid, self.node_id), None, now, sid)
+        for oid in evict:
+            if oid in self.wants and oid in self.store.spilled:
+                cmds += self._restore(oid, sid)
+        return cmds + self._more_spills(sid)
+
+    def on_spill_failed(self, oids, reason: str, now: float, sid: str) -> list[Command]:
+        self.store.spill_failed(oids, reason)
+        return []
+
+    def _more_spills(self, sid: str) -> list[Command]:
+        more = self.store.background_spill()
+        if not more:
+            return []
+        self.store._mark_spilling(more)
+        return [self._spill_command(more, sid)]
+
+    def on_restored(self, oid: ObjectId, size: int, now: float, sid: str) -> list[Command]:
+        """``ObjectRestored``: its bytes are in memory again.  Admit them
+        (which may spill others) and tell the waiters."""
+        store = self.store
+        if oid not in store.restoring or oid not in store.spilled:
+            # dropped meanwhile (freed, its job ended): not ours to keep
+            store.restoring.discard(oid)
+            return [Evict(object_id=oid, stimulus_id=sid)]
+        adm = store.admit(oid, size)
+        cmds: list[Command] = []
+        if not adm.ok:
+            # no room even with spilling: it stays on disk; the waiters
+            # hear why (ObjectStoreFullError)
+            store.restoring.discard(oid)
+            cmds.append(Evict(object_id=oid, stimulus_id=sid))
+            w = self.wants.pop(oid, None)
+            if w is not None:
+                cmds += self.on_ready(oid, ObjectInfo(size=size, error=adm.error), list(w.waiters), now, sid)
+            return cmds
+        store.restores += 1
+        for vid in adm.evicted:
+            cmds.append(Evict(object_id=vid, stimulus_id=sid))
+            cmds += self.gcs_write(RemoveLocation(vid, self.node_id), None, now, sid)
+        if adm.spill:
+            cmds.append(self._spill_command(adm.spill, sid))
+        return cmds + self._resolve(oid, now, sid)
+
+    def on_restore_failed(self, oid: ObjectId, reason: str, now: float, sid: str) -> list[Command]:
+        """The spill file could not be read back: our copy is lost.  Its
+        location goes, and the waiters follow the GCS row (another copy, or
+        lineage reconstruction)."""
+        store = self.store
+        store.restoring.discard(oid)
+        if not store.forget_spilled(oid):
+            return []
+        cmds = self.gcs_write(RemoveLocation(oid, self.node_id), None, now, sid)
+        w = self.wants.get(oid)
+        if w is not None and not w.subscribed:
+            cmds += self._subscribe(w, now, sid)
+        return cmds
+
+    def drain_spill_changes(self, now: float, sid: str) -> list[Command]:
+        """Commands owed for spill state changed outside the spill events:
+        spilled objects whose last pin went are evicted (file and location),
+        and the files of objects that left are deleted."""
+        store = self.store
+        cmds: list[Command] = []
+        if store.unpinned_spilled:
+            gone, store.unpinned_spilled = store.unpinned_spilled, []
+            for oid in gone:
+                o = store.spilled.get(oid)
+                if o is None or o.pins or oid in store.restoring or oid in self.wants:
+                    continue
+                store.forget_spilled(oid)
+                cmds += self.gcs_write(RemoveLocation(oid, self.node_id), None, now, sid)
+        if store.files_to_delete:
+            files, store.files_to_delete = store.files_to_delete, []
+            cmds.append(DeleteSpilled(object_ids=tuple(dict.fromkeys(files)), stimulus_id=sid))
+        return cmds
 
     # ------------------------------------------------------------------ cluster events
     def on_node_dead(self, node: str, now: float, sid: str) -> list[Command]:

@@ -179,11 +179,13 @@ def test_node_spills_restores_on_get_and_deletes_files_on_release() -> None:
     for i in range(3):
         assert replies(box.put(i, 30 * MiB), PutDone)
     cmds = box.put(3, 30 * MiB)
-    assert replies(cmds, PutDone)
     (spill,) = of(cmds, SpillObjects)
     assert spill.object_ids == (oid(0),) and spill.sizes == (30 * MiB,)
+    # the put waits while the spill makes room (memory holds 120 of 100 MiB)
+    assert not replies(cmds, PutDone) and box.node.pending_puts
     cmds = box.feed(ObjectsSpilled(object_ids=(oid(0),)))
     assert [e.object_id for e in of(cmds, Evict)] == [oid(0)]
+    assert replies(cmds, PutDone)
     assert box.location(0) == {"node:0"}  # spilled on this node: still found here
 
     # get: restored first (which spills the least recently used, object 1)

@@ -181,6 +181,11 @@ class NodeMachine:
         # worker -> the non-detached actors it created (it owns them: they
         # die with it, Ray's fate sharing; see _on_worker_crashed)
         self.owned_actors: dict[str, list[ActorId]] = {}
+        # puts admitted against spills still being written: their PutDone
+        # waits until the store's memory is back under capacity (a put
+        # blocks while spilling makes room, as in Ray), so a program putting
+        # faster than the disk writes cannot fill memory past the store
+        self.pending_puts: list[Send] = []
 
     def _produced_here(self, oid: ObjectId) -> bool:
         if oid.is_put:
@@ -301,6 +306,9 @@ class NodeMachine:
         store = self.objects.store
         if store.files_to_delete or store.unpinned_spilled:
             cmds += self.objects.drain_spill_changes(now, event.stimulus_id)
+        if self.pending_puts and (not store.spilling or store.used <= store.capacity + store.over):
+            cmds += self.pending_puts
+            self.pending_puts = []
         if self.doomed:
             cmds += self._sweep_doomed(event.stimulus_id)
         if self.pending_clears:
@@ -522,7 +530,12 @@ class NodeMachine:
         if not adm.ok:
             return cmds + [Evict(object_id=ev.object_id, stimulus_id=ev.stimulus_id),
                            Send(to=ev.client, msg=PutFailed(req_id=ev.req_id, object_id=ev.object_id, error=adm.error, stimulus_id=ev.stimulus_id))]
-        return cmds + [Send(to=ev.client, msg=PutDone(req_id=ev.req_id, object_id=ev.object_id, stimulus_id=ev.stimulus_id))]
+        done = Send(to=ev.client, msg=PutDone(req_id=ev.req_id, object_id=ev.object_id, stimulus_id=ev.stimulus_id))
+        store = self.objects.store
+        if store.spilling and store.used > store.capacity + store.over:
+            self.pending_puts.append(done)  # (sent once the spills make room: see ``handle``)
+            return cmds
+        return cmds + [done]
 
     def _on_release(self, ev: ReleaseObjects, now: float) -> list[Command]:
         holder = ("client", ev.client)
@@ -771,6 +784,9 @@ class NodeMachine:
     # ------------------------------------------------------------------ checks
     def validate(self) -> None:
         self.objects.validate()
+        store = self.objects.store
+        assert not self.pending_puts or (store.spilling and store.used > store.capacity + store.over), (
+            "puts wait for a spill that is not in flight")
         self.scheduler.validate(self.host.held())
         self.bundles.validate()
         self.host.validate()

@@ -825,8 +825,10 @@ class SimRuntime(_SimClient):
         shapes = cfg.shapes(num_cpus, num_gpus, resources, object_store_memory)
         if not 0 <= cfg.driver_node < len(shapes):
             raise ValueError(f"SimConfig.driver_node={cfg.driver_node} but there are {len(shapes)} node(s)")
+        # (objects spill to the simulated nodes' disks when their stores are
+        # full, as on the real runtime; layout={"spilling": False} to fail)
         layout = ClusterLayout(nodes=shapes, gcs_shards=cfg.gcs_shards, chain_length=cfg.chain_length,
-                               **dict(cfg.layout))
+                               **{"spilling": True, **dict(cfg.layout)})
         self.executor = PythonExecutor(self)
         self.cluster = SimCluster(layout, costs=cfg.cost_model(), seed=cfg.seed, executor=self.executor,
                                   trace=cfg.trace, validate=cfg.validate, detect=cfg.detect,

@@ -215,3 +215,189 @@ def test_node_put_fails_only_when_the_disk_fails_too() -> None:
     (failed,) = replies(box.put(4, 30 * MiB), PutFailed)
     assert failed.error.kind is ErrorKind.OBJECT_STORE_FULL
     assert "No space left on device" in failed.error.message
+
+
+# ============================================================================ the real runtime and the simulator
+
+import hashlib  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+STORE = 64 * MiB
+N, SIZE = 24, 8 * MiB  # 3x the store, held at once
+
+
+def _value(i: int) -> np.ndarray:
+    return np.random.default_rng(i).integers(0, 256, SIZE, dtype=np.uint8)
+
+
+def _digest(a: np.ndarray) -> str:
+    return hashlib.sha256(memoryview(np.ascontiguousarray(a))).hexdigest()
+
+
+EXPECTED = None
+
+
+def expected() -> list[str]:
+    global EXPECTED
+    if EXPECTED is None:
+        EXPECTED = [_digest(_value(i)) for i in range(N)] + [_digest(np.full(4 * SIZE, 7, np.uint8))]
+    return EXPECTED
+
+
+def program(ray, spilled_now) -> tuple[list[str], int]:
+    """The same program on both drivers: put 3x the store and hold every
+    ref, read all back, then a task whose output does not fit beside them.
+    Returns the digests read and how many objects were spilled at the peak."""
+
+    @ray.remote
+    def big_output(n):
+        return np.full(n, 7, np.uint8)
+
+    refs = [ray.put(_value(i)) for i in range(N)]
+    peak = spilled_now()
+    out = [_digest(ray.get(r)) for r in refs]
+    out.append(_digest(ray.get(big_output.remote(4 * SIZE))))
+    del refs
+    return out, peak
+
+
+def _wait_for(cond, timeout=30.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _object_files(root: str) -> list[str]:
+    return [f for _, _, fs in os.walk(root) for f in fs if f != "owner"]
+
+
+@pytest.fixture
+def real_ray():
+    import penumbra as ray
+
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.timeout(240)
+def test_real_runtime_spills_three_times_the_store_and_reads_it_back(real_ray, tmp_path) -> None:
+    ray = real_ray
+    spill = tmp_path / "spill"
+    # (Ray's form of the option, as a Ray program would pass it)
+    ray.init(num_cpus=1, object_store_memory=STORE, _system_config={
+        "validate": True,
+        "object_spilling_config": json.dumps({"type": "filesystem", "params": {"directory_path": str(spill)}})})
+    out, peak = program(ray, lambda: len(_object_files(spill)))
+    assert out == expected()  # byte-exact
+    assert peak >= N - STORE // SIZE  # at least what cannot be in memory is on disk
+    # released: their files go
+    ray.get(ray.put(1))  # (the release of the refs above is on its way first)
+    _wait_for(lambda: not _object_files(spill), what="the spill files of released objects to go")
+    ray.put(np.zeros(SIZE, np.uint8))  # (spills again: a directory exists at shutdown)
+    _ = [ray.put(np.zeros(SIZE, np.uint8)) for _ in range(8)]
+    assert os.listdir(spill)
+    ray.shutdown()
+    assert not os.listdir(spill), "spill directory left behind at shutdown"
+
+
+@pytest.mark.timeout(120)
+def test_simulator_runs_the_same_program_with_the_same_results(real_ray) -> None:
+    ray = real_ray
+    ray.init(simulated=True, num_cpus=1, object_store_memory=STORE)
+    from penumbra.api import context
+
+    node = context.current_runtime().cluster.nodes["node:0"]
+    out, peak = program(ray, lambda: len(node.spilled))
+    assert out == expected()
+    assert peak >= N - STORE // SIZE
+    ray.get(ray.put(1))
+    assert not node.spilled and not node.machine.objects.store.spilled
+    assert context.current_runtime().now > (N - STORE // SIZE) * SIZE / 250e6  # the disk took its time
+
+
+@pytest.mark.timeout(120)
+def test_store_full_error_when_the_spill_directory_is_a_file(real_ray, tmp_path) -> None:
+    ray = real_ray
+    afile = tmp_path / "not-a-dir"
+    afile.write_text("")
+    ray.init(num_cpus=1, object_store_memory=STORE, object_spilling_directory=str(afile))
+    refs = []
+    with pytest.raises(ray.exceptions.ObjectStoreFullError) as info:
+        for i in range(N):
+            refs.append(ray.put(np.zeros(SIZE, np.uint8)))
+    msg = str(info.value)
+    assert str(afile) in msg and "is a file" in msg and "object_spilling_directory" in msg
+    assert len(refs) >= STORE // SIZE - 1  # what fits in memory was stored
+    assert [int(ray.get(r)[0]) for r in refs] == [0] * len(refs)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 16 MiB filesystem to spill onto (a tmpfs: needs root)."""
+    path = tmp_path / "tiny"
+    path.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(path)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {r.stderr.decode().strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+@pytest.mark.timeout(120)
+def test_store_full_error_only_when_the_disk_is_full_too(real_ray, tiny_disk) -> None:
+    ray = real_ray
+    ray.init(num_cpus=1, object_store_memory=STORE, object_spilling_directory=str(tiny_disk))
+    refs = []
+    with pytest.raises(ray.exceptions.ObjectStoreFullError) as info:
+        for i in range(N):
+            refs.append(ray.put(np.full(SIZE, i, np.uint8)))
+    assert "No space left on device" in str(info.value)
+    # the store (64 MiB) and the disk (16 MiB) were both used
+    assert len(refs) * SIZE > STORE
+    # with room made (refs dropped), the spilled ones read back
+    first = refs[:2]
+    del refs[2:]
+    assert [int(ray.get(r)[-1]) for r in first] == [0, 1]
+
+
+@pytest.mark.timeout(120)
+def test_a_killed_daemons_spill_files_are_removed(tmp_path) -> None:
+    from penumbra.transports import launch
+    from penumbra.transports.client import connect
+
+    spill = tmp_path / "spill"
+    d = launch.spawn_daemon(head=True, num_cpus=1, object_store_memory=STORE, parent_pid=os.getpid(),
+                            object_spilling_directory=str(spill))
+    try:
+        import penumbra as ray
+
+        rt = connect(d.address, token=d.token)
+        try:
+            from penumbra.api import context
+
+            context.set_runtime(rt, rt.job_id, {})
+            refs = [ray.put(np.zeros(SIZE, np.uint8)) for _ in range(N // 2)]
+            assert _object_files(spill)
+            os.kill(d.pid, 9)  # no clean-up of its own
+            d.proc.wait(timeout=10)
+            assert _object_files(spill)
+            del refs
+        finally:
+            context.set_runtime(None)
+            rt.shutdown()
+        # the next daemon started with this spill directory removes them
+        d2 = launch.spawn_daemon(head=True, num_cpus=1, object_store_memory=STORE, parent_pid=os.getpid(),
+                                 object_spilling_directory=str(spill))
+        d2.stop()
+        assert not _object_files(spill) and not os.listdir(spill)
+    finally:
+        d.kill()

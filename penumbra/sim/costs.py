@@ -318,10 +318,12 @@ _LOCAL_BASE = CostModel(
     worker_start=0.5,          # estimate: CPython + cloudpickle + pyarrow
     store_write_bandwidth=2e9,  # estimate
     store_put_overhead=100e-6,  # estimate
-    # spilling on this machine, measured by bench/bench_spill.py (see
-    # bench/results/spill.md): files in the page cache, so near memory speed
-    disk_write_bandwidth=1.0e9,
-    disk_read_bandwidth=1.0e9,
+    # the spill directory's disk on this machine (2026-12-07, an 8 MiB file
+    # at a time, as bench/bench_spill.py spills): new files are written at
+    # ~170 MB/s, and read back from the page cache at ~4 GB/s (penumbra's
+    # end-to-end spilling put ran at 0.18 GB/s: see bench/results/spill.md)
+    disk_write_bandwidth=170e6,
+    disk_read_bandwidth=4e9,
     disk_op_overhead=200e-6,    # estimate: open, write/read, rename or unlink
 )
 

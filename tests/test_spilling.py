@@ -401,3 +401,19 @@ def test_a_killed_daemons_spill_files_are_removed(tmp_path) -> None:
         assert not _object_files(spill) and not os.listdir(spill)
     finally:
         d.kill()
+
+
+def test_an_object_a_task_took_while_it_was_spilling_stays_in_memory() -> None:
+    s = StoreAccounting(100, spilling=True, spill_threshold=1.0)
+    s.admit(oid(0), 60, pin=("client", "c"))
+    adm = s.admit(oid(1), 60, pin=("client", "c"))
+    assert adm.spill == (oid(0),)
+    s.pin(oid(0), ("task", "t"))  # an input of a task, as the spill runs
+    evict, _ = s.spill_done(adm.spill)
+    assert evict == [] and oid(0) in s.objects and oid(0) not in s.spilled
+    assert s.files_to_delete == [oid(0)] and s.over == 20
+    s.validate()
+    s.unpin(oid(0), ("task", "t"))
+    s.unpin(oid(0), ("client", "c"))
+    assert s.admit(oid(2), 20).ok and s.over == 0  # (evicts it: under capacity again)
+    s.validate()

@@ -264,6 +264,12 @@ class StoreAccounting:
             o = self.objects[oid]
             self.spilling.discard(oid)
             self.spilling_bytes -= o.size
+            if o.pins and not _client_only(o):
+                # a task took it as an input meanwhile: it reads it from
+                # memory, so it stays there (and the file goes)
+                self.files_to_delete.append(oid)
+                self.over = max(self.over, self.used - self.spilling_bytes - self.capacity)
+                continue
             self._drop(oid)
             evict.append(oid)
             self.spills += 1

@@ -389,6 +389,7 @@ class Daemon:
             self.objects.errors.clear()
             for key in self.shm.object_ids(sealed_only=False):
                 self.shm.delete(key)
+            self.spill.cleanup()  # (the new incarnation's core knows none of them)
             self.incarnation += 1
             self.node_id = f"{self.base_node_id}.{self.incarnation}"
             ch, self.head_channel = self.head_channel, None

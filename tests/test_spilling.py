@@ -13,8 +13,14 @@ Three layers, as the feature is built:
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import subprocess
+import time
 from collections import deque
 
+import numpy as np
 import pytest
 
 from penumbra.core.gcs import GcsReplica
@@ -218,14 +224,6 @@ def test_node_put_fails_only_when_the_disk_fails_too() -> None:
 
 
 # ============================================================================ the real runtime and the simulator
-
-import hashlib  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import subprocess  # noqa: E402
-import time  # noqa: E402
-
-import numpy as np  # noqa: E402
 
 STORE = 64 * MiB
 N, SIZE = 24, 8 * MiB  # 3x the store, held at once

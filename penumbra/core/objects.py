@@ -726,6 +726,8 @@ class ObjectManager:
         """``ObjectRestored``: its bytes are in memory again.  Admit them
         (which may spill others) and tell the waiters."""
         store = self.store
+        if oid in store.objects:
+            return []  # stored here again meanwhile (its task re-ran): those are its bytes
         if oid not in store.restoring or oid not in store.spilled:
             # dropped meanwhile (freed, its job ended): not ours to keep
             store.restoring.discard(oid)

@@ -202,14 +202,20 @@ def test_node_spills_restores_on_get_and_deletes_files_on_release() -> None:
     (ready,) = replies(cmds, ObjectsReady)
     assert ready.objects[0][0] == oid(0) and ready.objects[0][1].error is None
     assert [c.object_ids for c in of(cmds, SpillObjects)] == [(oid(1),)]
-    assert [c.object_ids for c in of(cmds, DeleteSpilled)] == [(oid(0),)]
+    assert not of(cmds, DeleteSpilled)  # its file stays: spilling it again costs no write
+    assert oid(0) in box.node.objects.store.disk_copy
     box.feed(ObjectsSpilled(object_ids=(oid(1),)))
+    for i in (2, 3):  # (touched: object 0 is the least recently used again)
+        box.feed(WatchObjects(client="c:d", req_id=60 + i, object_ids=(oid(i),)))
+    cmds = box.put(4, 30 * MiB)
+    assert [e.object_id for e in of(cmds, Evict)] == [oid(0)] and not of(cmds, SpillObjects)
+    assert oid(0) in box.node.objects.store.spilled and replies(cmds, PutDone)
 
     # released: the spilled object's file and location go
     cmds = box.feed(ReleaseObjects(client="c:d", object_ids=(oid(1),), free=True))
     assert [c.object_ids for c in of(cmds, DeleteSpilled)] == [(oid(1),)]
     assert not box.location(1)
-    assert not box.node.objects.store.spilled
+    assert list(box.node.objects.store.spilled) == [oid(0)]
 
 
 def test_node_put_fails_only_when_the_disk_fails_too() -> None:
@@ -409,9 +415,10 @@ def test_an_object_a_task_took_while_it_was_spilling_stays_in_memory() -> None:
     s.pin(oid(0), ("task", "t"))  # an input of a task, as the spill runs
     evict, _ = s.spill_done(adm.spill)
     assert evict == [] and oid(0) in s.objects and oid(0) not in s.spilled
-    assert s.files_to_delete == [oid(0)] and s.over == 20
+    assert oid(0) in s.disk_copy and s.over == 20  # (its file kept for a later spill)
     s.validate()
     s.unpin(oid(0), ("task", "t"))
     s.unpin(oid(0), ("client", "c"))
     assert s.admit(oid(2), 20).ok and s.over == 0  # (evicts it: under capacity again)
+    assert s.files_to_delete == [oid(0)]  # gone for good: its file too
     s.validate()

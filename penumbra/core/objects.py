@@ -29,9 +29,11 @@ disk instead of making admission fail:
   fetch from another node reads the file), its pins stay (the client still
   holds the ref), and wanting it here restores it (``RestoreObject``), which
   is an admission like any other (it may spill others);
-* its file is deleted (``DeleteSpilled``) once it is restored, freed, unpinned
-  (an unpinned spilled object is evicted, as an unpinned one in memory
-  would be), or its job ends;
+* a restored object keeps its file (``disk_copy``), as Ray does: spilling it
+  again is free (``Evict`` only, no write); the file is deleted
+  (``DeleteSpilled``) once the object leaves for good -- freed, evicted,
+  unpinned while spilled (an unpinned spilled object is evicted, as an
+  unpinned one in memory would be), or its job ended;
 * ``SpillFailed`` (the disk is full or unwritable) leaves the objects in
   memory; what was admitted against them is ``over`` capacity until enough
   is dropped, and until a spill succeeds again an admission that needs one
@@ -92,6 +94,7 @@ class Admission:
     evicted: tuple[ObjectId, ...] = ()
     error: ErrorInfo | None = None
     spill: tuple[ObjectId, ...] = ()  # pinned objects to write to disk now
+    to_disk: tuple[ObjectId, ...] = ()  # pinned objects already on disk: just leave memory
 
 
 def _client_only(o: _Stored) -> bool:
@@ -126,6 +129,7 @@ class StoreAccounting:
         self.spilled: OrderedDict[ObjectId, _Stored] = OrderedDict()  # on disk only (pins kept)
         self.spilled_bytes = 0
         self.restoring: set[ObjectId] = set()
+        self.disk_copy: set[ObjectId] = set()  # in memory, and their spill file is still valid
         self.spill_error: str | None = None  # why the last spill failed (None once one succeeds)
         self.over = 0  # bytes admitted against spills that failed
         self.files_to_delete: list[ObjectId] = []  # spill files the driver must delete
@@ -147,8 +151,10 @@ class StoreAccounting:
         o = self.objects.get(oid)
         return o is not None and bool(o.pins)
 
-    def admit(self, oid: ObjectId, size: int, pin: Hashable | None = None) -> Admission:
-        """Make room for and record ``oid``; evicts unpinned objects (LRU)."""
+    def admit(self, oid: ObjectId, size: int, pin: Hashable | None = None, restored: bool = False) -> Admission:
+        """Make room for and record ``oid``; evicts unpinned objects (LRU),
+        then spills pinned ones if spilling is on.  ``restored``: its bytes
+        were read back from its spill file, which stays valid."""
         if size < 0:
             raise ValueError(f"object size must be >= 0, got {size}")
         existing = self.objects.get(oid)
@@ -183,7 +189,10 @@ class StoreAccounting:
             # memory holds it now, with the pins it had
             self.spilled_bytes -= old.size
             self.restoring.discard(oid)
-            self.files_to_delete.append(oid)
+            if restored:
+                self.disk_copy.add(oid)
+            else:
+                self.files_to_delete.append(oid)
         self.objects[oid] = _Stored(size)
         self.used += size
         if old is not None and old.pins:
@@ -191,12 +200,10 @@ class StoreAccounting:
             self.pinned_bytes += size
         if pin is not None:
             self.pin(oid, pin)
-        self._mark_spilling(spill)
-        more = self.background_spill()
-        self._mark_spilling(more)
-        spill += more
-        if victims or spill:
-            return Admission(True, tuple(victims), spill=tuple(spill))
+        write, moved = self.start_spills(spill)
+        w2, m2 = self.start_spills(self.background_spill())
+        if victims or write or moved or w2 or m2:
+            return Admission(True, tuple(victims), spill=tuple(write + w2), to_disk=tuple(moved + m2))
         return _ADMITTED
 
     def _full_error(self, oid: ObjectId, size: int) -> ErrorInfo:
@@ -244,11 +251,25 @@ class StoreAccounting:
             return []
         return self._spill_candidates(int(excess) + 1)
 
-    def _mark_spilling(self, oids) -> None:
+    def start_spills(self, oids) -> tuple[list[ObjectId], list[ObjectId]]:
+        """Spill ``oids``: returns (to write: now *spilling*, already on
+        disk: moved to ``spilled`` now, the driver only evicts them)."""
+        write: list[ObjectId] = []
+        moved: list[ObjectId] = []
         for oid in oids:
-            if oid not in self.spilling:
+            o = self.objects[oid]
+            if oid in self.disk_copy:
+                self.disk_copy.discard(oid)
+                self._drop(oid)
+                self.spilled[oid] = o
+                self.spilled_bytes += o.size
+                self.spills += 1
+                moved.append(oid)
+            elif oid not in self.spilling:
                 self.spilling.add(oid)
-                self.spilling_bytes += self.objects[oid].size
+                self.spilling_bytes += o.size
+                write.append(oid)
+        return write, moved
 
     def spill_done(self, oids) -> tuple[list[ObjectId], list[ObjectId]]:
         """The driver wrote ``oids`` to disk: they leave memory.  Returns
@@ -266,8 +287,8 @@ class StoreAccounting:
             self.spilling_bytes -= o.size
             if o.pins and not _client_only(o):
                 # a task took it as an input meanwhile: it reads it from
-                # memory, so it stays there (and the file goes)
-                self.files_to_delete.append(oid)
+                # memory, so it stays there (its file is kept for later)
+                self.disk_copy.add(oid)
                 self.over = max(self.over, self.used - self.spilling_bytes - self.capacity)
                 continue
             self._drop(oid)
@@ -362,6 +383,9 @@ class StoreAccounting:
         if oid in self.spilling:  # (its spill's completion deletes the file)
             self.spilling.discard(oid)
             self.spilling_bytes -= o.size
+        if oid in self.disk_copy:  # (gone for good: so is its file)
+            self.disk_copy.discard(oid)
+            self.files_to_delete.append(oid)
         self._settle_over()
 
     def validate(self) -> None:
@@ -371,6 +395,7 @@ class StoreAccounting:
         assert self.spilling_bytes == sum(self.objects[o].size for o in self.spilling)
         assert not (self.spilled.keys() & self.objects.keys()), "an object both in memory and spilled"
         assert self.restoring <= self.spilled.keys(), "restoring an object not spilled"
+        assert self.disk_copy <= self.objects.keys() and not (self.disk_copy & self.spilling), "disk copy state"
         assert self.spilled_bytes == sum(o.size for o in self.spilled.values())
         assert self.spilling_enabled or not (self.spilled or self.spilling), "spilled with spilling off"
         assert self.used == sum(o.size for o in self.objects.values()), "used != sum of sizes"
@@ -473,8 +498,7 @@ class ObjectManager:
         for vid in adm.evicted:
             cmds.append(Evict(object_id=vid, stimulus_id=sid))
             cmds += self.gcs_write(RemoveLocation(vid, self.node_id), None, now, sid)
-        if adm.spill:
-            cmds.append(self._spill_command(adm.spill, sid))
+        cmds += self._spill_commands(adm, sid)
         if record:
             cmds += self.gcs_write(AddLocation(oid, self.node_id, size, job_id=job_id), None, now, sid)
         if resolve:
@@ -688,9 +712,13 @@ class ObjectManager:
         return self._react(w, now, sid)
 
     # ------------------------------------------------------------------ spilling
-    def _spill_command(self, oids, sid: str) -> SpillObjects:
-        objects = self.store.objects
-        return SpillObjects(object_ids=tuple(oids), sizes=tuple(objects[o].size for o in oids), stimulus_id=sid)
+    def _spill_commands(self, adm: Admission, sid: str) -> list[Command]:
+        cmds: list[Command] = [Evict(object_id=o, stimulus_id=sid) for o in adm.to_disk]
+        if adm.spill:
+            objects = self.store.objects
+            cmds.append(SpillObjects(object_ids=adm.spill, sizes=tuple(objects[o].size for o in adm.spill),
+                                     stimulus_id=sid))
+        return cmds
 
     def _restore(self, oid: ObjectId, sid: str) -> list[Command]:
         store = self.store
@@ -719,8 +747,8 @@ class ObjectManager:
         more = self.store.background_spill()
         if not more:
             return []
-        self.store._mark_spilling(more)
-        return [self._spill_command(more, sid)]
+        write, moved = self.store.start_spills(more)
+        return self._spill_commands(Admission(True, spill=tuple(write), to_disk=tuple(moved)), sid)
 
     def on_restored(self, oid: ObjectId, size: int, now: float, sid: str) -> list[Command]:
         """``ObjectRestored``: its bytes are in memory again.  Admit them
@@ -732,7 +760,7 @@ class ObjectManager:
             # dropped meanwhile (freed, its job ended): not ours to keep
             store.restoring.discard(oid)
             return [Evict(object_id=oid, stimulus_id=sid)]
-        adm = store.admit(oid, size)
+        adm = store.admit(oid, size, restored=True)
         cmds: list[Command] = []
         if not adm.ok:
             # no room even with spilling: it stays on disk; the waiters
@@ -747,8 +775,7 @@ class ObjectManager:
         for vid in adm.evicted:
             cmds.append(Evict(object_id=vid, stimulus_id=sid))
             cmds += self.gcs_write(RemoveLocation(vid, self.node_id), None, now, sid)
-        if adm.spill:
-            cmds.append(self._spill_command(adm.spill, sid))
+        cmds += self._spill_commands(adm, sid)
         return cmds + self._resolve(oid, now, sid)
 
     def on_restore_failed(self, oid: ObjectId, reason: str, now: float, sid: str) -> list[Command]:

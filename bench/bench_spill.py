@@ -158,6 +158,8 @@ def main() -> None:
         with open(args.out, "w") as f:
             f.write(f"# Spilling: penumbra vs Ray ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})\n\n")
             f.write("Command: `python bench/bench_spill.py " + " ".join(sys.argv[1:]) + "`\n\n")
+            f.write("Machine: %d CPUs, load average %.1f/%.1f/%.1f at the end (a shared machine: the systems "
+                    "alternate rounds, so load hits both).\n\n" % ((os.cpu_count() or 0,) + os.getloadavg()))
             f.write(text + "\n")
 
 

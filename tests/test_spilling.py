@@ -422,3 +422,48 @@ def test_an_object_a_task_took_while_it_was_spilling_stays_in_memory() -> None:
     assert s.admit(oid(2), 20).ok and s.over == 0  # (evicts it: under capacity again)
     assert s.files_to_delete == [oid(0)]  # gone for good: its file too
     s.validate()
+
+
+# ============================================================================ options and clean-up
+
+
+def test_rays_spilling_config_is_understood_and_bad_forms_say_what_to_write() -> None:
+    from penumbra.transports.launch import spilling_options
+    from penumbra.transports.spill import parse_spilling_config
+
+    cfg = {"type": "filesystem", "params": {"directory_path": "/d"}}
+    assert parse_spilling_config(json.dumps(cfg)) == "/d"
+    assert parse_spilling_config({"type": "filesystem", "params": {"directory_path": ["/a", "/b"]}}) == "/a"
+    assert parse_spilling_config(None) is None
+    with pytest.raises(ValueError, match="only the \"filesystem\" type"):
+        parse_spilling_config({"type": "smart_open", "params": {"uri": "s3://bucket"}})
+    with pytest.raises(ValueError, match="directory_path"):
+        parse_spilling_config("{\"type\": \"filesystem\"}")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        parse_spilling_config("{oops")
+    assert spilling_options({"object_spilling_config": json.dumps(cfg), "object_spilling_threshold": 0.5,
+                             "automatic_object_spilling_enabled": False}) == {
+        "object_spilling_directory": "/d", "spill_threshold": 0.5, "spilling": False}
+    with pytest.raises(ValueError, match="fraction"):
+        spilling_options({"object_spilling_threshold": 80})
+
+
+def test_init_refuses_a_spilling_directory_that_is_not_a_path(real_ray) -> None:
+    with pytest.raises(TypeError, match="object_spilling_directory"):
+        real_ray.init(object_spilling_directory=123)
+
+
+def test_cleanup_removes_the_recorded_spill_directory_and_nothing_else(tmp_path) -> None:
+    from penumbra.transports.spill import SpillDir, cleanup_spill
+
+    session_dir = tmp_path / "session"
+    session_dir.mkdir()
+    d = SpillDir(str(tmp_path / "root"), "s1_ab", str(session_dir))
+    d.write(oid(0), b"x" * 100)
+    assert d.read(oid(0)) == b"x" * 100 and d.files() == [bytes(oid(0)).hex()]
+    assert cleanup_spill(str(session_dir)) and not os.path.exists(d.path)
+    # a record pointing anywhere else is not followed
+    other = tmp_path / "precious"
+    other.mkdir()
+    (session_dir / "spill_dir").write_text(str(other))
+    assert not cleanup_spill(str(session_dir)) and other.exists()

@@ -467,3 +467,33 @@ def test_cleanup_removes_the_recorded_spill_directory_and_nothing_else(tmp_path)
     other.mkdir()
     (session_dir / "spill_dir").write_text(str(other))
     assert not cleanup_spill(str(session_dir)) and other.exists()
+
+
+@pytest.mark.timeout(180)
+def test_another_node_fetches_a_spilled_object_from_its_file(real_ray, tmp_path) -> None:
+    from penumbra.transports.launch import Cluster
+
+    ray = real_ray
+    spill = tmp_path / "spill"
+    cluster = Cluster(head_node_args={"num_cpus": 0, "object_store_memory": STORE,
+                                      "object_spilling_directory": str(spill)})
+    try:
+        cluster.add_node(num_cpus=1, resources={"other": 1}, object_store_memory=STORE)
+        ray.init(address=cluster.address, _token=cluster.token)
+        cluster.wait_for_nodes()
+
+        @ray.remote(resources={"other": 1})
+        def digest(a):
+            return _digest(a)
+
+        refs = [ray.put(_value(i)) for i in range(N)]  # on the head's node: most spilled there
+        spilled = {bytes.fromhex(f) for f in _object_files(spill)}
+        first = next(r for r in refs if r.binary() in spilled)
+        i = refs.index(first)
+        assert ray.get(digest.remote(first)) == expected()[i]
+        # (served from the file: it is still there)
+        assert first.binary() in {bytes.fromhex(f) for f in _object_files(spill)}
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    assert not _object_files(spill)

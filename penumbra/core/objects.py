@@ -355,6 +355,15 @@ class StoreAccounting:
             o.pins[holder] = n - 1
         if not o.pins and n:
             self.pinned_bytes -= o.size
+            if self.disk_copy:
+                self._drop_disk_copy(oid)
+
+    def _drop_disk_copy(self, oid: ObjectId) -> None:
+        """An unpinned object is evicted, never spilled: its spill file
+        (kept from a restore) has no use left."""
+        if oid in self.disk_copy:
+            self.disk_copy.discard(oid)
+            self.files_to_delete.append(oid)
 
     def unpin_holder(self, holder: Hashable) -> None:
         for oid, o in self.objects.items():
@@ -362,6 +371,7 @@ class StoreAccounting:
                 del o.pins[holder]
                 if not o.pins:
                     self.pinned_bytes -= o.size
+                    self._drop_disk_copy(oid)
         for oid, o in self.spilled.items():
             if holder in o.pins:
                 del o.pins[holder]
@@ -396,6 +406,7 @@ class StoreAccounting:
         assert not (self.spilled.keys() & self.objects.keys()), "an object both in memory and spilled"
         assert self.restoring <= self.spilled.keys(), "restoring an object not spilled"
         assert self.disk_copy <= self.objects.keys() and not (self.disk_copy & self.spilling), "disk copy state"
+        assert all(self.objects[o].pins for o in self.disk_copy), "a spill file kept for an unpinned object"
         assert self.spilled_bytes == sum(o.size for o in self.spilled.values())
         assert self.spilling_enabled or not (self.spilled or self.spilling), "spilled with spilling off"
         assert self.used == sum(o.size for o in self.objects.values()), "used != sum of sizes"

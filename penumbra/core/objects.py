@@ -36,8 +36,10 @@ disk instead of making admission fail:
   unpinned one in memory would be), or its job ended;
 * ``SpillFailed`` (the disk is full or unwritable) leaves the objects in
   memory; what was admitted against them is ``over`` capacity until enough
-  is dropped, and until a spill succeeds again an admission that needs one
-  fails with ``ObjectStoreFullError`` carrying the disk's reason.
+  is dropped, and until the disk may have room again (one of our spill
+  files is deleted, or ``ObjectManager.SPILL_RETRY`` seconds pass) an
+  admission that needs a spill fails with ``ObjectStoreFullError`` carrying
+  the disk's reason.
 
 ``ObjectManager`` answers "make object X available here" for the node's
 scheduler and clients.  It is fed by the GCS: it subscribes to X's object
@@ -189,10 +191,10 @@ class StoreAccounting:
             # memory holds it now, with the pins it had
             self.spilled_bytes -= old.size
             self.restoring.discard(oid)
-            if restored:
+            if restored and old.pins:
                 self.disk_copy.add(oid)
-            else:
-                self.files_to_delete.append(oid)
+            else:  # (unpinned: it will be evicted, never spilled again)
+                self._delete_file(oid)
         self.objects[oid] = _Stored(size)
         self.used += size
         if old is not None and old.pins:
@@ -280,7 +282,7 @@ class StoreAccounting:
         for oid in oids:
             if oid not in self.spilling:
                 # dropped while it was being written (freed, its job ended)
-                self.files_to_delete.append(oid)
+                self._delete_file(oid)
                 continue
             o = self.objects[oid]
             self.spilling.discard(oid)
@@ -298,7 +300,7 @@ class StoreAccounting:
                 self.spilled[oid] = o
                 self.spilled_bytes += o.size
             else:
-                self.files_to_delete.append(oid)
+                self._delete_file(oid)
                 unpinned.append(oid)
         self._settle_over()
         return evict, unpinned
@@ -319,6 +321,12 @@ class StoreAccounting:
         if self.over:
             self.over = max(0, min(self.over, self.used - self.spilling_bytes - self.capacity))
 
+    def _delete_file(self, oid: ObjectId) -> None:
+        """Have the driver delete ``oid``'s spill file.  The disk gets room
+        back, so a spill that failed for want of it may succeed now."""
+        self.files_to_delete.append(oid)
+        self.spill_error = None
+
     def forget_spilled(self, oid: ObjectId) -> bool:
         """Drop the spilled copy of ``oid`` (its file is to be deleted)."""
         o = self.spilled.pop(oid, None)
@@ -326,7 +334,7 @@ class StoreAccounting:
             return False
         self.spilled_bytes -= o.size
         self.restoring.discard(oid)
-        self.files_to_delete.append(oid)
+        self._delete_file(oid)
         return True
 
     def pin(self, oid: ObjectId, holder: Hashable) -> None:
@@ -363,7 +371,7 @@ class StoreAccounting:
         (kept from a restore) has no use left."""
         if oid in self.disk_copy:
             self.disk_copy.discard(oid)
-            self.files_to_delete.append(oid)
+            self._delete_file(oid)
 
     def unpin_holder(self, holder: Hashable) -> None:
         for oid, o in self.objects.items():
@@ -395,7 +403,7 @@ class StoreAccounting:
             self.spilling_bytes -= o.size
         if oid in self.disk_copy:  # (gone for good: so is its file)
             self.disk_copy.discard(oid)
-            self.files_to_delete.append(oid)
+            self._delete_file(oid)
         self._settle_over()
 
     def validate(self) -> None:
@@ -445,6 +453,7 @@ class ObjectManager:
 
     RECONSTRUCT_RETRY = 1.0  # seconds before asking the head again
     FETCH_RETRY = 0.2
+    SPILL_RETRY = 1.0  # seconds after a failed spill before spilling is tried again
     REFRESH = 1.0  # seconds without news before re-reading a wanted object's row
 
     def __init__(
@@ -480,6 +489,7 @@ class ObjectManager:
         # refresh reads that found news pub/sub had not delivered: expected
         # where messages are lost, a pub/sub bug in a run without faults
         self.refresh_rescues = 0
+        self.spill_retry_at = 0.0
 
     # ------------------------------------------------------------------ queries
     def is_local(self, oid: ObjectId) -> bool:
@@ -502,6 +512,8 @@ class ObjectManager:
         do not tell its waiters yet (``resolve`` later: a task's outputs are
         announced once all of them are admitted).  ``job_id``: the job of
         the client that put it (the GCS refuses the row once the job ended)."""
+        if self.store.spill_error is not None:
+            self._maybe_retry_spilling(now)
         adm = self.store.admit(oid, size, pin)
         cmds: list[Command] = []
         if not adm.ok:
@@ -622,6 +634,8 @@ class ObjectManager:
         if w.fetching_from is not None:
             return []  # let the fetch finish; the copy may be useful
         del self.wants[oid]
+        if oid in self.store.spilled and not self.store.spilled[oid].pins:
+            self.store.unpinned_spilled.append(oid)  # (released while wanted: see drain_spill_changes)
         if w.subscribed:
             return self.gcs_write(Unsubscribe(self.address, "objects", oid), None, now, sid)
         return []
@@ -751,8 +765,15 @@ class ObjectManager:
         return cmds + self._more_spills(sid)
 
     def on_spill_failed(self, oids, reason: str, now: float, sid: str) -> list[Command]:
+        """The disk refused: until it has room again (a spill file deleted)
+        or ``SPILL_RETRY`` seconds pass, admissions that need a spill fail."""
         self.store.spill_failed(oids, reason)
+        self.spill_retry_at = now + self.SPILL_RETRY
         return []
+
+    def _maybe_retry_spilling(self, now: float) -> None:
+        if self.store.spill_error is not None and now >= self.spill_retry_at:
+            self.store.spill_error = None  # (the disk may have room by now: try again)
 
     def _more_spills(self, sid: str) -> list[Command]:
         more = self.store.background_spill()
@@ -771,12 +792,16 @@ class ObjectManager:
             # dropped meanwhile (freed, its job ended): not ours to keep
             store.restoring.discard(oid)
             return [Evict(object_id=oid, stimulus_id=sid)]
+        if store.spill_error is not None:
+            self._maybe_retry_spilling(now)
         adm = store.admit(oid, size, restored=True)
         cmds: list[Command] = []
         if not adm.ok:
             # no room even with spilling: it stays on disk; the waiters
             # hear why (ObjectStoreFullError)
             store.restoring.discard(oid)
+            if not store.spilled[oid].pins:
+                store.unpinned_spilled.append(oid)  # (released meanwhile: see drain_spill_changes)
             cmds.append(Evict(object_id=oid, stimulus_id=sid))
             w = self.wants.pop(oid, None)
             if w is not None:

@@ -318,12 +318,14 @@ _LOCAL_BASE = CostModel(
     worker_start=0.5,          # estimate: CPython + cloudpickle + pyarrow
     store_write_bandwidth=2e9,  # estimate
     store_put_overhead=100e-6,  # estimate
-    # the spill directory's disk on this machine (2026-12-07, an 8 MiB file
-    # at a time, as bench/bench_spill.py spills): new files are written at
-    # ~170 MB/s, and read back from the page cache at ~4 GB/s (penumbra's
-    # end-to-end spilling put ran at 0.18 GB/s: see bench/results/spill.md)
-    disk_write_bandwidth=170e6,
-    disk_read_bandwidth=4e9,
+    # the spill directory's disk on this machine (2026-12-07, 8 MiB files, as
+    # bench/bench_spill.py spills): new files are written at 0.17 to 2.9
+    # GB/s, depending on how much dirty data the page cache holds already
+    # (the kernel throttles writers past its dirty limit), and read back
+    # from the page cache at 4-10 GB/s.  A middle value each; see
+    # bench/results/spill.md for a run with the disk's speed at the time
+    disk_write_bandwidth=700e6,
+    disk_read_bandwidth=5e9,
     disk_op_overhead=200e-6,    # estimate: open, write/read, rename or unlink
 )
 

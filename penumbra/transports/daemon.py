@@ -172,7 +172,10 @@ class Daemon:
         self.shm = ShmStore(cfg.session, root=cfg.shm_root, capacity=cfg.object_store_memory)
         self.objects = NodeObjects(self.shm)
         self.spill = SpillDir(cfg.object_spilling_directory or cfg.session_dir, cfg.session, cfg.session_dir)
-        self.disk = trio.CapacityLimiter(1)  # one spill or restore at a time: a disk likes sequential I/O
+        # one spill write and one restore read at a time (a disk likes
+        # sequential I/O), and a restore never queues behind a slow write
+        self.disk_write = trio.CapacityLimiter(1)
+        self.disk_read = trio.CapacityLimiter(1)
         self.clients: dict[str, Channel] = {}
         self.client_jobs: dict[str, int] = {}
         self.workers: dict[str, _Worker] = {}
@@ -321,7 +324,7 @@ class Daemon:
                         f"{what} ({type(e).__name__})")
             return ""
 
-        reason = await trio.to_thread.run_sync(write_all, limiter=self.disk)
+        reason = await trio.to_thread.run_sync(write_all, limiter=self.disk_write)
         if reason:
             logger.warning("spilling %d object(s) failed: %s", len(c.object_ids), reason)
             self.host.deliver(node, SpillFailed(object_ids=c.object_ids, reason=reason, stimulus_id=c.stimulus_id))
@@ -334,10 +337,10 @@ class Daemon:
         oid = c.object_id
 
         def read_back() -> int:
-            return self.objects.write_bytes(oid, self.spill.read(oid))
+            return self.objects.restore_file(oid, self.spill.file(oid))
 
         try:
-            size = await trio.to_thread.run_sync(read_back, limiter=self.disk)
+            size = await trio.to_thread.run_sync(read_back, limiter=self.disk_read)
         except Exception as e:  # an unreadable file, a full store: the core finds another copy
             logger.warning("restoring %s from %s failed: %s", oid.short(), self.spill.path, e)
             self.host.deliver(node, RestoreFailed(object_id=oid, reason=f"{type(e).__name__}: {e}",
@@ -615,7 +618,7 @@ class Daemon:
             if data is None and self.spill.has(item.object_id):
                 # spilled here: served from the file, no restore needed
                 with contextlib.suppress(OSError):
-                    data = bytes(await trio.to_thread.run_sync(self.spill.read, item.object_id, limiter=self.disk))
+                    data = bytes(await trio.to_thread.run_sync(self.spill.read, item.object_id, limiter=self.disk_read))
             self._send(ch, P.FetchReply(item.object_id, item.req_id, data, "" if data is not None else "not here"))
         elif t is P.FetchReply:
             w = self.fetch_waiters.pop(item.req_id, None)

@@ -683,3 +683,25 @@ def test_random_walks_keep_the_core_and_the_disk_in_step() -> None:
         spills += w.store.spills
         restores += w.store.restores
     assert spills > 400 and restores > 100  # (the walks do exercise both)
+
+
+@pytest.mark.timeout(120)
+def test_simulated_node_fetches_a_spilled_object_from_the_disk(real_ray) -> None:
+    from penumbra.api import context
+    from penumbra.sim import SimConfig
+
+    ray = real_ray
+    ray.init(simulated=SimConfig(nodes=[{"CPU": 1}, {"CPU": 1, "other": 1}], object_store_memory=STORE))
+    cluster = context.current_runtime().cluster
+
+    @ray.remote(resources={"other": 1})
+    def digest(a):
+        return _digest(a)
+
+    refs = [ray.put(_value(i)) for i in range(N)]
+    head = cluster.nodes["node:0"]
+    i = next(k for k, r in enumerate(refs) if r.binary() in {bytes(o) for o in head.spilled})
+    assert ray.get(digest.remote(refs[i])) == expected()[i]
+    assert cluster.nodes["node:1"].fetched_bytes >= SIZE
+    # served from the disk: the head did not restore it
+    assert bytes(refs[i].binary()) in {bytes(o) for o in head.machine.objects.store.spilled}

@@ -15,7 +15,10 @@ It never touches bytes (the driver's store does); it decides.  Rules:
 
 Spilling (``spilling=True``; Ray's object spilling).  Objects pinned only by
 clients (a ``put`` whose ref is alive) can leave memory for the node's local
-disk instead of making admission fail:
+disk instead of making admission fail.  (A task's output is not pinned:
+nothing counts references to it -- see ``api/refs.py`` -- so it is still
+evicted and rebuilt from lineage; spilled, its file would stay until the
+job ended, as nobody would say when it may go.)
 
 * an admission that eviction cannot satisfy picks pinned objects, least
   recently used first, to spill (``SpillObjects``); the new object is

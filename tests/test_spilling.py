@@ -363,6 +363,21 @@ def tiny_disk(tmp_path):
 def test_store_full_error_only_when_the_disk_is_full_too(real_ray, tiny_disk) -> None:
     ray = real_ray
     ray.init(num_cpus=1, object_store_memory=STORE, object_spilling_directory=str(tiny_disk))
+    full_disk_program(ray)
+
+
+@pytest.mark.timeout(120)
+def test_simulated_full_disk_gives_the_same_error(real_ray) -> None:
+    from penumbra.sim import SimConfig
+
+    ray = real_ray
+    ray.init(simulated=SimConfig(disk_bytes=16 * MiB), num_cpus=1, object_store_memory=STORE)
+    full_disk_program(ray)
+
+
+def full_disk_program(ray) -> None:
+    """Puts past a 64 MiB store and a 16 MiB disk: the error comes only
+    once both are full, and says why; with room made, all reads back."""
     refs = []
     with pytest.raises(ray.exceptions.ObjectStoreFullError) as info:
         for i in range(N):

@@ -125,6 +125,7 @@ from penumbra.core.messages import (
     ObjectsSpilled,
     RestoreFailed,
     RestoreObject,
+    SpillFailed,
     SpillObjects,
     Send,
     SetTimer,
@@ -470,6 +471,12 @@ class SimNode:
 
     def _spilled(self, cmd: SpillObjects) -> None:
         if not self.alive:
+            return
+        disk = self.cluster.disk_bytes
+        if disk and sum(s for s, _ in self.spilled.values()) + sum(cmd.sizes) > disk:
+            self.host.deliver_now(SpillFailed(object_ids=cmd.object_ids, stimulus_id=cmd.stimulus_id, reason=(
+                f"No space left on device: the simulated disk of {disk} bytes cannot take {sum(cmd.sizes)} more")),
+                urgent=True)
             return
         store = self.store
         for oid in cmd.object_ids:
@@ -990,6 +997,8 @@ class SimCluster:
             heartbeats) or ``"omniscient"`` (the simulator tells it, after
             ``detect_delay``).
         start: boot the machines now (at time 0).
+        disk_bytes: each node's spill disk, in bytes (0: unbounded); a spill
+            that does not fit fails as a full disk does (``SpillFailed``).
         gc_off: pause Python's cyclic garbage collector while the simulation
             runs (``run``/``run_until``): its full collections walk every
             live object, which at thousands of nodes costs more than the
@@ -1016,6 +1025,7 @@ class SimCluster:
         network: Network | None = None,
         start: bool = True,
         gc_off: bool = True,
+        disk_bytes: int = 0,
     ) -> None:
         if layout is None:
             shape = NodeShape(resources=ResourceSet.of(CPU=cpus), object_store_memory=object_store_memory)
@@ -1028,6 +1038,7 @@ class SimCluster:
             raise ValueError(f"rack_size must be >= 1, got {rack_size}")
         self.layout = layout
         self.costs = costs
+        self.disk_bytes = disk_bytes
         self.seed = seed
         self.rack_size = rack_size
         self.detect = detect

@@ -940,6 +940,59 @@ class TasksHeldReport(Message):
     # head but was not forgotten yet is ended again
     ended_jobs: tuple[int, ...] = ()
 
+# Spilling: a node's store <-> its local disk (see core/objects.py)
+
+
+@_frozen
+class SpillObjects(Command):
+    """Write these objects (in this node's store now) to the node's spill
+    directory, in the background.  The in-memory copies stay until the
+    core says ``Evict``.  Completes with ``ObjectsSpilled`` (all written)
+    or ``SpillFailed`` (none kept: the directory is full or unwritable)."""
+
+    object_ids: tuple[ObjectId, ...]
+    sizes: tuple[int, ...]
+
+
+@_frozen
+class ObjectsSpilled(Event):
+    object_ids: tuple[ObjectId, ...]
+
+
+@_frozen
+class SpillFailed(Event):
+    object_ids: tuple[ObjectId, ...]
+    reason: str = ""
+
+
+@_frozen
+class RestoreObject(Command):
+    """Read ``object_id`` back from the spill directory into the store (the
+    file stays until ``DeleteSpilled``).  Completes with ``ObjectRestored``
+    or ``RestoreFailed``."""
+
+    object_id: ObjectId
+    size: int
+
+
+@_frozen
+class ObjectRestored(Event):
+    object_id: ObjectId
+    size: int
+
+
+@_frozen
+class RestoreFailed(Event):
+    object_id: ObjectId
+    reason: str = ""
+
+
+@_frozen
+class DeleteSpilled(Command):
+    """Delete the spill files of these objects (released, or restored)."""
+
+    object_ids: tuple[ObjectId, ...]
+
 
 # Messages cross processes by the hundred thousand per second: pickle them
 # as (class, field values) instead of the slower dataclass default.

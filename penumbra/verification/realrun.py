@@ -519,11 +519,15 @@ class _Run:
     refs: dict = field(default_factory=dict)  # item key -> ref
 
 
-def _node_args(shape: NodeShape) -> dict:
+def _node_args(shape: NodeShape, spilling: bool = False) -> dict:
     res = dict(shape.resources.to_dict())
     args = {"num_cpus": res.pop("CPU", 0), "num_gpus": res.pop("GPU", 0), "resources": res,
             "object_store_memory": shape.object_store_memory,
-            "node_timeout": NODE_TIMEOUT, "heartbeat_interval": HEARTBEAT}
+            "node_timeout": NODE_TIMEOUT, "heartbeat_interval": HEARTBEAT,
+            # (spilling as in the plan's layout, the reference's: a real
+            # daemon spills by default, where the reference would evict
+            # and rebuild, or fail a put)
+            "spilling": spilling}
     return args
 
 
@@ -599,7 +603,7 @@ def run_real(plan, fault: str = "none", *, reference=None, time_scale: float = 1
     for sub in ("x", "i", "hold"):
         os.mkdir(os.path.join(scratch, sub))
     layout = real_layout(plan, store)
-    node_args = [_node_args(s) for s in layout.nodes]
+    node_args = [_node_args(s, layout.spilling) for s in layout.nodes]
     for a in node_args:
         a["validate"] = validate
     cluster = None

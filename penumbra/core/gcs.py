@@ -157,7 +157,7 @@ class FlushConfig:
     interval: float = 1.0
     max_rows: int = 20_000
     keep_rows: int = 2_000
-    batch: int = 5_000
+    batch: int = 20_000
 
     def __post_init__(self) -> None:
         if not (isinstance(self.interval, (int, float)) and self.interval > 0):

@@ -1012,10 +1012,13 @@ class SimCluster:
         lay = self.layout
         self.head_host = k.add_host("head", HeadMachine(lay.head_config(), k.derive_rng("head")), rack="control",
                                     kind="head", validate_every_step=self.validate)
+        from .gcsdisk import SimGcsDisk
+
+        self.gcs_disk = SimGcsDisk()  # where flushed GCS rows go (GcsTiming.flush)
         for chain in lay.chains():
             for r in chain.replicas:
                 m = GcsReplica(r, chain.shard, "head", lay.gcs_timing, config=chain)
-                k.add_host(r, m, rack="control", kind="gcs", validate_every_step=self.validate)
+                k.add_host(r, m, self.gcs_disk.handlers, rack="control", kind="gcs", validate_every_step=self.validate)
                 self.replicas.append(r)
         for shape in lay.nodes:
             self._new_node(shape, None)

@@ -80,6 +80,8 @@ def _plot_fig10b(result: Any, path: str) -> None:
     fig, (ax, tx) = plt.subplots(2, 1, figsize=(7, 6.4), sharex=True)
     ax.plot(s["off_t"], s["off_mb"], "-", color="C3", label="without flushing")
     ax.plot(s["on_t"], s["on_mb"], "-", color="C0", label="with flushing")
+    if "on_index_mb" in s:
+        ax.plot(s["on_t"], s["on_index_mb"], "-.", color="C0", alpha=0.6, label="with flushing: of which the index of flushed keys")
     ax.axhline(s["threshold_mb"], color="k", linestyle=":", label="flush threshold")
     ax.set_ylabel("GCS memory (MB, estimated)")
     ax.set_title(f"Figure 10b: GCS memory with and without flushing ({result.preset} preset)")

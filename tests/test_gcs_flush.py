@@ -266,3 +266,110 @@ def test_sim_flushes_and_rebuilds_lost_objects_from_flushed_lineage() -> None:
     for shard in c.head.chain.shards.values():
         fps = {c.replica(r).tables.fingerprint() for r in shard.config.replicas}
         assert len(fps) == 1
+
+
+# ============================================================================ real runtime
+
+
+def _flushed_task_ids(session_dir: str) -> set:
+    """Task ids in the head daemon's segment files (what went to disk)."""
+    import glob
+    import pickle
+
+    out = set()
+    for path in glob.glob(f"{session_dir}/gcs-flush/shard-*/segment-*.pkl"):
+        with open(path, "rb") as f:
+            out |= {key for table, key in pickle.load(f) if table == "tasks"}
+    return out
+
+
+def _gcs_rows() -> dict:
+    from penumbra.api.context import current_runtime
+    from penumbra.core.tables import TableSizes
+
+    out: dict = {}
+    for shard in current_runtime().gcs_request(TableSizes(), timeout=60):
+        for name, n in shard:
+            out[name] = out.get(name, 0) + n
+    return out
+
+
+@pytest.fixture
+def flushing_cluster():
+    import penumbra as ray
+    from penumbra.transports.launch import Cluster
+
+    c = Cluster(head_node_args={"num_cpus": 1, "validate": True, "node_timeout": 2.0,
+                                "gcs_flush": {"interval": 0.2, "max_rows": 50, "keep_rows": 5, "batch": 10_000}})
+    try:
+        yield c
+    finally:
+        ray.shutdown()
+        c.shutdown()
+
+
+def _poll(cond, timeout: float, what: str) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.mark.timeout(180)
+def test_real_head_keeps_gcs_rows_bounded_over_a_long_run(flushing_cluster):
+    import penumbra as ray
+
+    ray.init(address=flushing_cluster.address, _token=flushing_cluster.token)
+
+    @ray.remote
+    def tiny(i):
+        return i
+
+    peak = 0
+    for k in range(10):  # 3,000 tasks in one job: without flushing, 3,000 task rows
+        assert ray.get([tiny.remote(k * 300 + i) for i in range(300)], timeout=60) == list(range(k * 300, k * 300 + 300))
+        peak = max(peak, _gcs_rows()["tasks"])
+    session = flushing_cluster.head.session_dir
+    _poll(lambda: len(_flushed_task_ids(session)) >= 2_500, 30, "the finished tasks' rows to reach disk")
+    # what stays in memory: the threshold plus what a 0.2 s flush interval
+    # lets through.  (The results' object rows stay: each object is still
+    # cached in the store, and a row with a location is live; it goes once
+    # the object is evicted.)
+    assert peak < 1_500, peak
+
+
+@pytest.mark.timeout(180)
+def test_real_lineage_reconstruction_reads_flushed_rows_back(flushing_cluster):
+    """As test_runtime_cluster's node-death test, but the producers' task
+    rows are on disk (not in the head's memory) when the node dies."""
+    import numpy as np
+
+    import penumbra as ray
+
+    doomed = flushing_cluster.add_node(num_cpus=1, resources={"doomed": 1})
+    survivor = flushing_cluster.add_node(num_cpus=1, resources={"doomed": 1})
+    ray.init(address=flushing_cluster.address, _token=flushing_cluster.token)
+    flushing_cluster.wait_for_nodes()
+
+    @ray.remote(resources={"doomed": 1})
+    def produce(i):
+        return ray.get_runtime_context().get_node_id(), np.full(200_000, i, dtype=np.int64)
+
+    @ray.remote
+    def tiny(i):
+        return i
+
+    refs = [produce.remote(i) for i in range(6)]
+    ray.wait(refs, num_returns=6, timeout=60, fetch_local=False)
+    # push the GCS past its threshold so the producers' rows are flushed
+    assert ray.get([tiny.remote(i) for i in range(200)], timeout=60) == list(range(200))
+    producers = {r.task_id() for r in refs}
+    session = flushing_cluster.head.session_dir
+    _poll(lambda: producers <= _flushed_task_ids(session), 30, "the producers' task rows to be flushed")
+    flushing_cluster.remove_node(doomed)  # SIGKILL: its objects are lost
+    values = ray.get(refs, timeout=120)
+    assert [int(v[1][0]) for v in values] == list(range(6))
+    assert {v[0] for v in values} <= {doomed.node_id, survivor.node_id}

@@ -45,7 +45,7 @@ from typing import Any
 import trio
 
 from ..core.layout import ClusterLayout, NodeShape
-from ..core.gcs import GcsReplica, GcsTiming
+from ..core.gcs import FlushConfig, GcsReplica, GcsTiming
 from ..core.head import HeadMachine
 from ..core.messages import (
     CheckpointActor,
@@ -119,6 +119,9 @@ class DaemonConfig:
     forward_queue_threshold: int = 100
     shm_root: str = "/dev/shm"
     node_id: str = ""
+    # GCS flushing (head only): None/False off, True defaults, or a dict of
+    # FlushConfig fields; segments go under <session_dir>/gcs-flush
+    gcs_flush: Any = None
 
     def __post_init__(self) -> None:
         if not (self.heartbeat_interval > 0 and self.node_timeout > self.heartbeat_interval):
@@ -707,12 +710,16 @@ class Daemon:
                 # replicas share this process and talk over reliable links:
                 # check on them at a human pace, and retry only after a long
                 # silence (a new chain config re-sends at once anyway)
-                gcs_timing=GcsTiming(heartbeat_interval=0.1, heartbeat_timeout=1.0, resend_after=0.5),
+                gcs_timing=GcsTiming(heartbeat_interval=0.1, heartbeat_timeout=1.0, resend_after=0.5,
+                                     flush=FlushConfig.from_value(cfg.gcs_flush)),
                 gcs_retry_after=2.0,
                 own_node=self.node_id if cfg.head else None,
             )
             self.layout = layout
             if cfg.head:
+                from .gcsdisk import GcsDisk
+
+                self.gcs_disk = GcsDisk(os.path.join(cfg.session_dir, "gcs-flush"), self.host, nursery).install()
                 # together: the head's first words go to the replicas (a
                 # subscription to the actor table lost here used to leave
                 # the head blind to actors for the GCS client's 2 s retry)

@@ -158,6 +158,10 @@ def start_daemon(*, head: bool, token: str | None = None, head_address: str = ""
         extra: further ``DaemonConfig`` fields (``validate``, ``gcs_shards`` ...).
     """
     _check_timing(extra)
+    if extra.get("gcs_flush") is not None:
+        from ..core.gcs import FlushConfig
+
+        FlushConfig.from_value(extra["gcs_flush"])  # (a bad setting fails here, not in the daemon)
     session = new_session_name()
     session_dir = os.path.join(private_sessions_dir(), session)
     os.mkdir(session_dir, 0o700)  # a fresh name: fails rather than reuse anything
@@ -288,7 +292,7 @@ def start_embedded(*, num_cpus=None, num_gpus=None, resources=None, object_store
     fresh token, exiting with this process."""
     extra = {k: v for k, v in (system_config or {}).items() if k in (
         "validate", "gcs_shards", "chain_length", "node_timeout", "heartbeat_interval",
-        "forward_queue_threshold", "shm_root")}
+        "forward_queue_threshold", "shm_root", "gcs_flush")}
     return start_daemon(head=True, num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
                         object_store_memory=object_store_memory, parent_pid=os.getpid(), **extra)
 

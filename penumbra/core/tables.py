@@ -68,9 +68,11 @@ A long-running job would still grow the GCS without bound, so old rows move
 to disk instead of being deleted.  ``FlushOld(keep, limit)`` is an op like
 any other (the chain's head replica writes it to its own log when memory
 passes a threshold, see ``gcs.py``), so every replica flushes the same rows
-at the same point of the log.  What may go, oldest first (dict order: the
-order rows were created, identical on every replica), sparing the newest
-``keep`` rows of each table:
+at the same point of the log.  What may go, in the order rows became
+eligible (kept by the writes themselves from the first flush on, in
+``flush_cand``: identical on every replica, and a flush never scans the
+rows that must stay), sparing the ``keep`` rows of each table that became
+eligible last:
 
 * task rows of tasks that ended (FINISHED or FAILED), except actor
   creations (a live actor's restart reads its creation task) and rows
@@ -659,7 +661,7 @@ class Tables:
     """The tables of one shard replica and the function that changes them."""
 
     __slots__ = ("data", "subs", "_tasks_by_node", "_objects_by_node",
-                 "flushed", "flush_jobs", "flush_next", "flush_out")
+                 "flushed", "flush_jobs", "flush_next", "flush_out", "flush_track", "flush_cand")
 
     def __init__(self) -> None:
         self.data: dict[str, dict] = {t: {} for t in TABLES}
@@ -674,6 +676,11 @@ class Tables:
         self.flush_jobs: dict[tuple[str, int | None], list] = {}
         self.flush_next = 0
         self.flush_out: tuple[int, tuple] | None = None
+        # from the first FlushOld on: the rows that may go, per table, in
+        # the order they became eligible (so a flush never scans the rows
+        # that must stay, such as objects still held somewhere)
+        self.flush_track = False
+        self.flush_cand: dict[str, dict] = {"tasks": {}, "objects": {}}
 
     # -- replication support --------------------------------------------------
     def snapshot(self) -> tuple:
@@ -683,22 +690,25 @@ class Tables:
             {t: dict(rows) for t, rows in self.data.items()},
             {k: set(v) for k, v in self.subs.items()},
         )
-        if self.flush_next:
+        if self.flush_track:
             snap += (self._flush_state(),)
         return snap
 
     def _flush_state(self) -> tuple:
         return ({t: dict(idx) for t, idx in self.flushed.items()},
-                {k: list(v) for k, v in self.flush_jobs.items()}, self.flush_next)
+                {k: list(v) for k, v in self.flush_jobs.items()}, self.flush_next,
+                {t: dict(c) for t, c in self.flush_cand.items()})
 
     @classmethod
     def restore(cls, snap: tuple[dict, dict]) -> "Tables":
         t = cls()
         data, subs = snap[0], snap[1]
         if len(snap) > 2:
-            flushed, jobs, t.flush_next = snap[2]
+            flushed, jobs, t.flush_next, cand = snap[2]
             t.flushed = {name: dict(idx) for name, idx in flushed.items()}
             t.flush_jobs = {k: list(v) for k, v in jobs.items()}
+            t.flush_cand = {name: dict(c) for name, c in cand.items()}
+            t.flush_track = True
         t.data = {name: dict(rows) for name, rows in data.items()}
         t.subs = {k: set(v) for k, v in subs.items()}
         for tid, entry in t.data["tasks"].items():
@@ -715,7 +725,7 @@ class Tables:
             (name, tuple(sorted((repr(k), repr(v)) for k, v in rows.items())))
             for name, rows in sorted(self.data.items())
         )
-        if self.flush_next:
+        if self.flush_track:
             fp += (("flushed", self.flush_next, tuple(
                 (name, tuple(sorted((repr(k), v) for k, v in idx.items()))) for name, idx in sorted(self.flushed.items()))),)
         return fp
@@ -827,8 +837,12 @@ class Tables:
         rows = self.data["tasks"]
         self._index_task(tid, rows.get(tid), new)
         rows[tid] = new
-        if self.flush_next:
+        if self.flush_track:
             self.flushed["tasks"].pop(tid, None)  # (in memory again)
+            if new.state is not TaskState.PENDING and new.spec.actor_creation is None:
+                self.flush_cand["tasks"][tid] = None
+            else:
+                self.flush_cand["tasks"].pop(tid, None)
         return [("tasks", tid, new)]
 
     def _put_object(self, oid: ObjectId, old: ObjectEntry | None, new: ObjectEntry) -> Change:
@@ -850,8 +864,12 @@ class Tables:
             for n in new.locations - old_locs:
                 by.setdefault(n, set()).add(oid)
         self.data["objects"][oid] = new
-        if self.flush_next:
+        if self.flush_track:
             self.flushed["objects"].pop(oid, None)  # (in memory again)
+            if new.locations:
+                self.flush_cand["objects"].pop(oid, None)
+            else:
+                self.flush_cand["objects"][oid] = None
         return ("objects", oid, new)
 
 
@@ -1171,24 +1189,32 @@ def _forget_flushed(t: Tables, job: int, gone: set[bytes]) -> None:
 def _flush_old(t: Tables, op: FlushOld):
     from itertools import islice
 
+    tasks, objs = t.data["tasks"], t.data["objects"]
+    cand = t.flush_cand
+    if not t.flush_track:
+        # the first flush: find what may go; from now on writes keep the
+        # candidates (``_put_task``, ``_put_object``)
+        t.flush_track = True
+        cand["tasks"] = {tid: None for tid, e in tasks.items()
+                         if e.state is not TaskState.PENDING and e.spec.actor_creation is None}
+        cand["objects"] = {oid: None for oid, e in objs.items() if not e.locations}
     subs = t.subs
     limit = op.limit
     out: list[tuple[str, Hashable, Any]] = []
-    tasks = t.data["tasks"]
-    for tid, e in islice(tasks.items(), max(0, len(tasks) - op.keep)):
-        if len(out) >= limit:
-            break
-        if e.state is TaskState.PENDING or e.spec.actor_creation is not None or ("tasks", tid) in subs:
-            continue
-        out.append(("tasks", tid, e))
-    ntasks = len(out)
-    objs = t.data["objects"]
-    for oid, e in islice(objs.items(), max(0, len(objs) - op.keep)):
-        if len(out) >= limit:
-            break
-        if e.locations or ("objects", oid) in subs:
-            continue
-        out.append(("objects", oid, e))
+    ntasks = 0
+    for table, rows in (("tasks", tasks), ("objects", objs)):
+        c = cand[table]
+        take = list(islice(c, max(0, min(len(c) - op.keep, limit - len(out)))))  # oldest first
+        for key in take:
+            del c[key]
+            e = rows.get(key)
+            if e is None or (table, key) in subs:
+                continue  # forgotten meanwhile; or watched: stays (a write makes it a candidate again)
+            if (e.locations if table == "objects" else e.state is TaskState.PENDING or e.spec.actor_creation is not None):
+                continue  # (not eligible any more: candidates are kept by writes, this is a safety net)
+            out.append((table, key, e))
+        if table == "tasks":
+            ntasks = len(out)
     if not out:
         return (None, 0), []
     seg = t.flush_next

@@ -412,12 +412,26 @@ def fig8a(size: str = "quick", preset: str = "paper", seed: int = 0, progress: b
     gaps = [r[3] for r in rows]
     res.summary["gap at the smallest input"] = gaps[0]
     res.summary["gap at the largest input"] = gaps[-1]
+    # The paper reports 1-2 orders of magnitude already at 10 MB.  The gap
+    # is a ratio of means: the moved input's transfer time against the
+    # aware latency (mostly the burst's queueing), so say what they are here.
+    bw = costs.bandwidth_intra_rack or 1e9
+    i10 = min(range(len(sizes)), key=lambda i: abs(sizes[i] - 10 * MB))
+    if abs(sizes[i10] - 10 * MB) < 1:
+        xfer = sizes[i10] / bw
+        res.summary["gap at 10 MB"] = gaps[i10]
+        res.summary["why not the paper's 10-100x at 10 MB"] = (
+            f"a 10 MB input moves in {xfer * 1e3:.1f} ms at this preset's {bw / 1e9:.1f} GB/s, against an aware mean "
+            f"latency of {aware_m[i10] * 1e3:.0f} ms (the burst's queueing); the paper's gap needs a transfer 10-100x "
+            f"the aware latency, i.e. a slower effective network than the preset's 25 Gbit/s "
+            f"(the gap reaches {gaps[-1]:.0f}x at {sizes[-1] / MB:g} MB)")
     res.checks["every task finished without error"] = all(r[8] == 0 for r in rows)
     res.checks["the gap grows with the input size"] = gaps[-1] > gaps[0] and all(b >= a * 0.8 for a, b in zip(gaps, gaps[1:]))
     if preset == "paper":  # (the paper's claim, for its hardware)
         res.checks["gap of 10x-1000x at the largest input"] = 10 <= gaps[-1] <= 1000
     res.checks["aware latency stays within 3x across sizes"] = max(aware_m) <= 3 * min(aware_m)
-    res.series = {"sizes": [s / MB for s in sizes], "aware": aware_m, "unaware": unaware_m}
+    res.series = {"sizes": [s / MB for s in sizes], "aware": aware_m, "unaware": unaware_m,
+                  "note": res.summary.get("why not the paper's 10-100x at 10 MB", "")}
     res.wall_seconds = time.perf_counter() - t0
     return res
 

@@ -149,6 +149,14 @@ def plot(result: Any, path: str) -> None:
         ax.set_xlabel("object size (MB)")
         ax.set_ylabel("mean task latency (s)")
         ax.set_title(f"Figure 8a: locality-aware placement ({result.preset} preset)")
+        for x, a, u in zip(s["sizes"], s["aware"], s["unaware"]):
+            if x >= 1:
+                ax.annotate(f"{u / a:.1f}x", (x, u), xytext=(4, 4), textcoords="offset points", fontsize=8)
+        if s.get("note"):
+            import textwrap
+
+            ax.text(0.02, 0.98, "At 10 MB: " + "\n".join(textwrap.wrap(s["note"], 70)), transform=ax.transAxes,
+                    fontsize=7, va="top", bbox={"boxstyle": "round", "fc": "white", "alpha": 0.85})
     elif name == "fig10a":
         ax.plot(s["sent"], s["latency_ms"], ".", markersize=2, label="write latency")
         ax.axvline(s["kill"], color="r", linestyle="--", label="replica killed")

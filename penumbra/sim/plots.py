@@ -109,15 +109,16 @@ def _plot_fig11b(result: Any, path: str) -> None:
         xs, ys = _bins(s[key], width)
         ax.step(xs, ys, where="post", color=color, linestyle=style, label=label)
         re = sorted(s.get(f"{key}_reruns", []))
-        xs, ys = _bins(re, width)
-        rx.step(xs, ys, where="post", color=color, linestyle=style, label=f"{label}: {len(re)} re-executed")
+        end = max(s[key]) if s[key] else (re[-1] if re else 0.0)
+        rx.step([0.0] + re + [end], [0] + list(range(1, len(re) + 1)) + [len(re)], where="post", color=color,
+                linestyle=style, label=f"{label}: {len(re)} re-executed")
     for a in (ax, rx):
         if s.get("killed_at") is not None:
             a.axvline(s["killed_at"], color="k", linestyle=":", label="nodes killed" if a is ax else None)
         a.grid(True, alpha=0.3)
         a.legend(loc="upper right", fontsize=8)
     ax.set_ylabel("method calls completed / s")
-    rx.set_ylabel("methods re-executed / s")
+    rx.set_ylabel("methods re-executed (cumulative)")
     rx.set_xlabel("time (s)")
     ax.set_title(f"Figure 11b: actor reconstruction ({result.preset} preset)")
     _save(fig, plt, path)

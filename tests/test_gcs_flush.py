@@ -113,6 +113,18 @@ def test_forget_job_forgets_flushed_rows_too(core) -> None:
     assert t.flushed_rows() == 0 and not t.data["tasks"] and not t.data["objects"]
 
 
+def test_forget_job_drops_objects_of_its_flushed_tasks(core) -> None:
+    """(Found by the swarm: the object of a task whose row was on disk
+    outlived its job, because ForgetJob matched objects to the job's tasks
+    in memory only.)"""
+    t = Tables()
+    (s,) = finished(core, t, 1, free=False)  # its output still has a copy
+    t.apply(FlushOld(keep=0, limit=100))
+    assert s.task_id in t.flushed["tasks"] and s.return_ids[0] in t.data["objects"]
+    (released, _) = t.apply(ForgetJob(1))
+    assert s.return_ids[0] not in t.data["objects"] and released == ((s.return_ids[0], frozenset({"node:0"})),)
+
+
 def test_flush_config_refuses_settings_that_cannot_work() -> None:
     with pytest.raises(ValueError, match="keep_rows .* must be below max_rows"):
         FlushConfig(max_rows=10, keep_rows=10)

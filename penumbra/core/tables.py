@@ -1138,6 +1138,10 @@ def _forget_job(t: Tables, op: ForgetJob):
                 if not s:
                     del t._tasks_by_node[old.node]
     prefixes = gone | {driver_task_id(job)}
+    if t.flush_next:
+        # its tasks whose rows are on disk: their objects go too (found by
+        # the swarm: an object of a flushed task outlived its job)
+        prefixes |= set(t.flush_jobs.get(("tasks", job), ()))
     released = []
     calls = [o for o, j in t.data["actor_outputs"].items() if j == job]
     for oid in [o for o in t.data["objects"] if o[:16] in prefixes] + calls:

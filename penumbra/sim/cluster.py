@@ -1081,7 +1081,14 @@ class SimCluster:
         shard = key_shard(table, key, len(head.chain.shards))
         tail = head.chain.shards[shard].config.tail
         m = self.kernel.hosts[tail].machine
-        return None if m is None else m.tables.data[table].get(key)
+        if m is None:
+            return None
+        row = m.tables.data[table].get(key)
+        if row is None and m.tables.flush_next:  # (flushed: what the disk holds)
+            seg = m.tables.flushed_segment(table, key)
+            if seg is not None:
+                row = self.gcs_disk.segments.get((shard, seg), {}).get((table, key))
+        return row
 
     def tasks_finished(self) -> int:
         """Tasks that completed successfully on any node so far."""

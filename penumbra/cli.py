@@ -7,6 +7,7 @@ simulator's experiments and the verification swarm.
     penumbra start --address HOST:PORT [--port P] [--token-file FILE] [--num-cpus N] [--block]
     penumbra status [--address HOST:PORT] [--token-file FILE]
     penumbra stop [--address HOST:PORT [--token-file FILE]]
+    penumbra timeline [--address HOST:PORT] [--token-file FILE] [-o trace.json]
     penumbra sim EXPERIMENT [--size quick|full]
     penumbra verify --seeds N | --seed S [--shrink] [--plant BUG]
     penumbra verify --real --seeds N | --seed S
@@ -77,7 +78,7 @@ def cmd_start(args) -> int:
 
     common = dict(num_cpus=args.num_cpus, num_gpus=args.num_gpus or 0, resources=_resources(args.resources),
                   object_store_memory=args.object_store_memory, host=args.host)
-    for name in ("node_timeout", "heartbeat_interval"):
+    for name in ("node_timeout", "heartbeat_interval", "timeline_limit"):
         if getattr(args, name) is not None:
             common[name] = getattr(args, name)
     if getattr(args, "block", False):
@@ -223,6 +224,38 @@ def cmd_status(args) -> int:
     dead_n = len(status.nodes) - alive_n
     summary = ", ".join(f"{k} {u:g}/{t:g}" for k, (u, t) in sorted(totals.items()))
     print(f"\n{alive_n} node(s) alive" + (f", {dead_n} dead" if dead_n else "") + f"; in use: {summary}")
+    return 0
+
+
+def cmd_timeline(args) -> int:
+    """``penumbra timeline``: every node's recent task and actor-call runs,
+    as a Chrome trace (``penumbra.timeline()`` from outside a driver)."""
+    from .api.timeline import chrome_trace, write_trace
+    from .transports import cluster_file
+    from .transports.timeline import collect
+
+    try:
+        address = args.address or cluster_file.find_cluster()
+        token = _cluster_token(address, _token_from_args(args, "timeline"))
+        got = collect(address, token, timeout=args.timeout)
+    except Exception as e:  # unreachable, refused, no token: one line, no traceback
+        why = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        where = f"the cluster at {args.address}" if args.address else "a cluster on this machine"
+        return _error("timeline", f"cannot get the timeline of {where}: {why}")
+    for node_id, why in sorted(got.missing.items()):
+        print(f"penumbra timeline: node {node_id} did not answer ({why}); its runs are left out", file=sys.stderr)
+    events = chrome_trace(got.nodes)
+    try:
+        write_trace(events, args.output)
+    except OSError as e:
+        return _error("timeline", f"cannot write {args.output}: {e.strerror or e}")
+    runs = sum(len(n.runs) for n in got.nodes)
+    dropped = sum(max(0, n.recorded - len(n.runs)) for n in got.nodes)
+    print(f"wrote {runs} runs on {len(got.nodes)} node(s) to {args.output} "
+          f"(open it in chrome://tracing or https://ui.perfetto.dev)")
+    if dropped:
+        print(f"  ({dropped} older runs were dropped: each node keeps its last "
+              f"{max(n.limit for n in got.nodes):,})")
     return 0
 
 
@@ -451,6 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "as Ray's health checks; pass the same value to every node)")
     s.add_argument("--heartbeat-interval", type=_seconds, default=None,
                    help="seconds between a node's heartbeats (default 1)")
+    s.add_argument("--timeline-limit", type=int, default=None, metavar="N",
+                   help="task and actor-call runs this node keeps for 'penumbra timeline' (the last N; default "
+                        "10000; 0: none)")
     s.add_argument("--block", action="store_true",
                    help="stay in the foreground until the daemon exits; SIGTERM stops it (for srun, containers)")
     s.set_defaults(fn=cmd_start)
@@ -468,6 +504,16 @@ def build_parser() -> argparse.ArgumentParser:
                                      "cluster file)")
     s.add_argument("--token-file", metavar="FILE", help="a file holding the cluster token")
     s.set_defaults(fn=cmd_stop)
+
+    s = sub.add_parser("timeline", help="task and actor-call runs of every node, as a Chrome trace (JSON)")
+    s.add_argument("--address", help="HOST:PORT of a daemon of the cluster (default: the one started here)")
+    s.add_argument("--token-file", metavar="FILE", help="a file holding the cluster token (else $PENUMBRA_TOKEN "
+                                                       "or ~/.penumbra/clusters.json)")
+    s.add_argument("-o", "--output", default="timeline.json", metavar="FILE",
+                   help="where to write the trace (default timeline.json)")
+    s.add_argument("--timeout", type=_seconds, default=15.0, metavar="SECONDS",
+                   help="how long to wait for each node (default 15)")
+    s.set_defaults(fn=cmd_timeline)
 
     s = sub.add_parser("sim", help="run one of the paper's experiments on the simulator")
     s.add_argument("experiment", help="fig8a, fig8b, fig10a, fig10b, fig11a, fig11b, or all")
@@ -504,6 +550,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_verify)
 
     s = sub.add_parser("demo", help="the quick-start job: a real workload and a short simulation")
+    s.add_argument("--out", default="penumbra-demo", metavar="DIR",
+                   help="where to write the real run's timeline (timeline.json, timeline.png); default ./penumbra-demo")
     s.set_defaults(fn=cmd_demo)
     return p
 

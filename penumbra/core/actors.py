@@ -515,6 +515,22 @@ class ActorHost:
     def owns_worker(self, wid: str) -> bool:
         return wid in self.by_worker
 
+    def running_call(self, wid: str, tid: TaskId) -> tuple[TaskSpec, int] | None:
+        """The spec and attempt of call ``tid`` on actor worker ``wid`` (the
+        timeline's record of it), if it is running there."""
+        aid = self.by_worker.get(wid)
+        h = self.actors.get(aid) if aid is not None else None
+        call = h.running.get(tid) if h is not None and h.worker == wid else None
+        return (call.spec, call.attempt) if call is not None else None
+
+    def running_calls(self, wid: str) -> list[tuple[TaskSpec, int]]:
+        """Every call on actor worker ``wid`` (sent to it, not yet ended)."""
+        aid = self.by_worker.get(wid)
+        h = self.actors.get(aid) if aid is not None else None
+        if h is None or h.worker != wid:
+            return []
+        return [(c.spec, c.attempt) for c in h.running.values()]
+
     def _instance(self, aid: ActorId, incarnation: int) -> "_Hosted | None":
         """The actor hosted here, if it is still that incarnation (a reply
         about an earlier one, or one stopped since, is for nobody)."""

@@ -48,6 +48,8 @@ class ClusterLayout:
     # the node sharing the head's process (the real runtime's head daemon):
     # the monitor never declares it dead (see core/head.py)
     own_node: str | None = None
+    # runs each node keeps for ``penumbra.timeline()`` (the last N; 0: none)
+    timeline_limit: int = 10_000
     extra: dict = field(default_factory=dict)
 
     def chains(self) -> tuple[ChainConfig, ...]:
@@ -74,6 +76,7 @@ class ClusterLayout:
             scheduler=self.scheduler,
             heartbeat_interval=self.heartbeat_interval,
             gcs_retry_after=self.gcs_retry_after,
+            timeline_limit=self.timeline_limit,
         )
 
 

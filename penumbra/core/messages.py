@@ -432,6 +432,9 @@ class TaskFinished(Event):
     task_id: TaskId
     outputs: tuple[tuple[ObjectId, int], ...]
     duration: float = 0.0
+    # (start, end) of the run on the node's clock, as the driver measured
+    # it (the timeline's bar); None: taken as (now - duration, now)
+    span: tuple[float, float] | None = None
 
 
 @_frozen
@@ -444,6 +447,7 @@ class TaskRaised(Event):
     error: ErrorInfo
     retryable: bool = False
     duration: float = 0.0
+    span: tuple[float, float] | None = None  # as ``TaskFinished.span``
 
 
 @_frozen

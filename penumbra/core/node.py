@@ -102,6 +102,7 @@ from .records import ActorEntry, ErrorInfo, NodeEntry, ObjectEntry, ObjectInfo
 from .scheduler import LocalScheduler, SchedulerConfig
 from .specs import ResourceSet, TaskSpec
 from .tables import FinishTask, PutActor, RegisterName, Subscribe, Unsubscribe
+from .timeline import Timeline
 
 __all__ = ["NodeConfig", "NodeMachine"]
 
@@ -115,6 +116,8 @@ class NodeConfig:
     head: str = "head"
     gcs_retry_after: float = 0.05
     story_limit: int = 10_000
+    # runs kept for ``penumbra.timeline()`` (the last N; 0: none), see core/timeline.py
+    timeline_limit: int = 10_000
 
 
 # a watch with ``need`` holds at most this many ready objects before reporting
@@ -155,6 +158,7 @@ class NodeMachine:
         self.next_relay = 1
         self.nodes: dict[str, bool] = {}
         self.stories: OrderedDict[TaskId, list] = OrderedDict()
+        self.timeline = Timeline(config.timeline_limit)
         self.welcomed = False
         self.fenced = False
         self.heartbeats_sent = 0  # numbers the heartbeats (the head spots lost ones by a gap)
@@ -564,17 +568,40 @@ class NodeMachine:
     def _on_worker_start_failed(self, ev: WorkerStartFailed, now: float) -> list[Command]:
         return self.scheduler.on_worker_start_failed(ev.worker_id, ev.reason, now, ev.stimulus_id)
 
+    def _record_run(self, wid: str, tid: TaskId, span: tuple[float, float] | None, duration: float, now: float,
+                    status: str) -> None:
+        """Keep the run that just ended on ``wid`` for the timeline (before
+        the scheduler or the actor host forgets it)."""
+        if not self.timeline.limit:
+            return
+        running = self._running(wid, tid)
+        if running is None:
+            return  # (a run this node no longer counts: a superseded instance's)
+        start, end = span if span is not None else (now - duration, now)
+        self.timeline.record(running[0], running[1], wid, start, end, status)
+
+    def _running(self, wid: str, tid: TaskId) -> tuple[TaskSpec, int] | None:
+        """The spec and attempt of ``tid`` running on worker ``wid``."""
+        t = self.scheduler.tasks.get(tid)
+        if t is not None and t.worker == wid:
+            return t.spec, t.attempt
+        return self.host.running_call(wid, tid)
+
     def _on_task_finished(self, ev: TaskFinished, now: float) -> list[Command]:
+        self._record_run(ev.worker_id, ev.task_id, ev.span, ev.duration, now, "ok")
         if self.host.owns_worker(ev.worker_id):
             return self.host.on_finished(ev.worker_id, ev.task_id, ev.outputs, now, ev.stimulus_id)
         return self.scheduler.on_task_finished(ev.worker_id, ev.task_id, ev.outputs, ev.duration, now, ev.stimulus_id)
 
     def _on_task_raised(self, ev: TaskRaised, now: float) -> list[Command]:
+        self._record_run(ev.worker_id, ev.task_id, ev.span, ev.duration, now, ev.error.kind.value)
         if self.host.owns_worker(ev.worker_id):
             return self.host.on_raised(ev.worker_id, ev.task_id, ev.error, now, ev.stimulus_id)
         return self.scheduler.on_task_raised(ev.worker_id, ev.task_id, ev.error, ev.retryable, now, ev.stimulus_id)
 
     def _on_worker_crashed(self, ev: WorkerCrashed, now: float) -> list[Command]:
+        if self.timeline.limit:
+            self._record_crash(ev.worker_id, now)
         cmds: list[Command] = []
         owned = self.owned_actors.pop(ev.worker_id, None)
         if owned:
@@ -583,6 +610,16 @@ class NodeMachine:
         if self.host.owns_worker(ev.worker_id):
             return cmds + self.host.on_worker_died(ev.worker_id, ev.reason, now, ev.stimulus_id) + self.scheduler.dispatch(now, ev.stimulus_id)
         return cmds + self.scheduler.on_worker_crashed(ev.worker_id, ev.reason, now, ev.stimulus_id)
+
+    def _record_crash(self, wid: str, now: float) -> None:
+        """The runs a crashed worker had: a task's bar from its dispatch, an
+        actor call's empty at the crash (it may have waited on the worker)."""
+        w = self.scheduler.workers.get(wid)
+        t = self.scheduler.tasks.get(w.task) if w is not None and w.task is not None else None
+        if t is not None and t.worker == wid:
+            self.timeline.record(t.spec, t.attempt, wid, t.started_at, now, "worker_crashed")
+        for spec, attempt in self.host.running_calls(wid):
+            self.timeline.record(spec, attempt, wid, now, now, "worker_crashed")
 
     def _on_blocked(self, ev: WorkerBlocked, now: float) -> list[Command]:
         return self.scheduler.on_blocked(ev.worker_id, now, ev.stimulus_id)

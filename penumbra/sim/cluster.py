@@ -195,7 +195,7 @@ class SimWorker:
     """A simulated worker process on a node."""
 
     __slots__ = ("worker_id", "alive", "started", "running", "actor_state", "tasks_run", "next_token", "sequential",
-                 "free_at", "actor_async", "cancelled")
+                 "free_at", "actor_async", "cancelled", "began")
 
     def __init__(self, worker_id: str) -> None:
         self.worker_id = worker_id
@@ -214,6 +214,10 @@ class SimWorker:
         # run on, as in Ray, and see is_canceled(); not started yet, they
         # never run (see PythonExecutor)
         self.cancelled: set[TaskId] = set()
+        # task -> when this worker began it, if an executor said so before
+        # its completion (one that runs code and may block: the run's bar
+        # on the timeline starts there, see ``SimNode.complete``)
+        self.began: dict[TaskId, float] = {}
 
     def __repr__(self) -> str:
         return f"<SimWorker {self.worker_id} {'alive' if self.alive else 'dead'} running={len(self.running)}>"
@@ -285,6 +289,9 @@ class SimNode:
         if a is not None:
             w.sequential = a.max_concurrency <= 1
             w.actor_async = a.is_async
+        # (behind the call before it on a sequential actor; an executor
+        # that starts it later says so itself)
+        w.began[cmd.spec.task_id] = w.free_at if w.sequential and w.free_at > host.now else host.now
         out = self.cluster.executor.execute(self, w, cmd)
         if out is not None:
             self.complete(w, cmd, out)
@@ -322,9 +329,16 @@ class SimNode:
             w.free_at = t
         token = w.next_token = w.next_token + 1
         w.running[cmd.spec.task_id] = token
-        host.call_at(t, self._completed, w, cmd, out, token, t - now)
+        # the run's bar (``TaskFinished.span``): from when the worker began
+        # it -- after the call before it, for a sequential actor -- or, for
+        # an executor's task that blocked on the way, from its real start
+        began = w.began.pop(cmd.spec.task_id, None)
+        if began is None or began >= now:
+            began = start if at is None else now
+        host.call_at(t, self._completed, w, cmd, out, token, t - now, (began, t))
 
-    def _completed(self, w: SimWorker, cmd: Execute, out: Outcome, token: int, elapsed: float) -> None:
+    def _completed(self, w: SimWorker, cmd: Execute, out: Outcome, token: int, elapsed: float,
+                   span: tuple[float, float] | None = None) -> None:
         spec = cmd.spec
         tid = spec.task_id
         if not w.alive or w.running.get(tid) != token:
@@ -351,11 +365,12 @@ class SimNode:
                 for hook in c.on_task_done:
                     hook(self, spec, cmd.attempt, host.now)
             host.deliver_now(TaskFinished(worker_id=w.worker_id, task_id=tid, outputs=tuple(outputs),
-                                          duration=elapsed, stimulus_id=sid), urgent=True)
+                                          duration=elapsed, span=span, stimulus_id=sid), urgent=True)
         elif kind == "raise":
             err = out.error or _error(ErrorKind.TASK_ERROR, f"{spec.display_name()} raised", spec.display_name())
             host.deliver_now(TaskRaised(worker_id=w.worker_id, task_id=tid, error=err,
-                                        retryable=out.retryable, duration=elapsed, stimulus_id=sid), urgent=True)
+                                        retryable=out.retryable, duration=elapsed, span=span, stimulus_id=sid),
+                             urgent=True)
         elif kind == "crash":
             self._kill(w)
             host.deliver_now(WorkerCrashed(worker_id=w.worker_id, reason="the worker process died while running "
@@ -366,6 +381,7 @@ class SimNode:
     def _kill(self, w: SimWorker) -> None:
         w.alive = False
         w.running.clear()
+        w.began.clear()
         self.workers.pop(w.worker_id, None)
         self.cluster.executor.worker_gone(self, w)
 
@@ -386,6 +402,7 @@ class SimNode:
             w.cancelled.add(cmd.task_id)
             return
         del w.running[cmd.task_id]
+        w.began.pop(cmd.task_id, None)
         interrupt = getattr(self.cluster.executor, "interrupt", None)  # (executors that run code)
         if interrupt is not None:
             interrupt(w, cmd.task_id)

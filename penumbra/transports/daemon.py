@@ -119,11 +119,17 @@ class DaemonConfig:
     forward_queue_threshold: int = 100
     shm_root: str = "/dev/shm"
     node_id: str = ""
+    # task and actor-call runs the node keeps for ``penumbra.timeline()``
+    # (the last N; 0: none; see core/timeline.py)
+    timeline_limit: int = 10_000
     # GCS flushing (head only): None/False off, True defaults, or a dict of
     # FlushConfig fields; segments go under <session_dir>/gcs-flush
     gcs_flush: Any = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.timeline_limit, bool) or not isinstance(self.timeline_limit, int) or self.timeline_limit < 0:
+            raise ValueError(f"timeline_limit must be an int >= 0 (the runs a node keeps for penumbra.timeline(); "
+                             f"0 keeps none), got {self.timeline_limit!r}")
         if not (self.heartbeat_interval > 0 and self.node_timeout > self.heartbeat_interval):
             raise ValueError(
                 f"node_timeout ({self.node_timeout!r} s) must be longer than heartbeat_interval "
@@ -431,10 +437,12 @@ class Daemon:
                         if data is not None:
                             self.objects.put_inline(oid, data)
                         outs.append((oid, size))
-                    self.host.post(node, TaskFinished(worker_id=wid, task_id=item.task_id, outputs=tuple(outs), duration=item.duration))
+                    self.host.post(node, TaskFinished(worker_id=wid, task_id=item.task_id, outputs=tuple(outs),
+                                                      duration=item.duration, span=_span(item)))
                 elif t is P.Raised:
                     w.running.discard(item.task_id)
-                    self.host.post(node, TaskRaised(worker_id=wid, task_id=item.task_id, error=item.error, retryable=item.retryable, duration=item.duration))
+                    self.host.post(node, TaskRaised(worker_id=wid, task_id=item.task_id, error=item.error,
+                                                    retryable=item.retryable, duration=item.duration, span=_span(item)))
                 elif t is P.Deliver:
                     self._from_client(wid, item)
                 elif t is P.Output:
@@ -486,6 +494,8 @@ class Daemon:
                     self.request_stop()
                 elif t is P.AddressesRequest:
                     self._send(ch, P.PeerTable(self._addresses(), self.head_node or self.node_id))
+                elif t is P.TimelineRequest:
+                    self._send(ch, self._timeline())
                 if not ch.buffered:
                     self.host.pump()
         except ConnectionClosed:
@@ -524,6 +534,15 @@ class Daemon:
                     self.host.deliver("head", NodeDied(node_id=nid, stimulus_id=f"disconnect:{nid}"))
             if self.peer_channels.get(nid) is ch:
                 del self.peer_channels[nid]
+
+    def _timeline(self) -> P.TimelineReply:
+        """What ran on this node's workers (``core.timeline``), with the
+        reading of its clock against the wall clock."""
+        node = self.host.machines.get(self.node_id)
+        tl = getattr(node, "timeline", None)
+        runs = tuple(tl.runs) if tl is not None else ()
+        return P.TimelineReply(self.node_id, runs, trio.current_time(), time.time(),
+                               tl.recorded if tl is not None else 0, tl.limit if tl is not None else 0)
 
     def _addresses(self) -> dict[str, str]:
         """Node id -> host:port of every node daemon this one knows of."""
@@ -714,6 +733,7 @@ class Daemon:
                                      flush=FlushConfig.from_value(cfg.gcs_flush)),
                 gcs_retry_after=2.0,
                 own_node=self.node_id if cfg.head else None,
+                timeline_limit=cfg.timeline_limit,
             )
             self.layout = layout
             if cfg.head:
@@ -875,6 +895,16 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
+
+
+def _span(item: "P.Ran | P.Raised") -> tuple[float, float] | None:
+    """A worker's run on the node's (trio) clock: the worker read
+    ``time.perf_counter`` when it ended, which trio's clock runs on too
+    (plus an offset of its own), on the same host."""
+    if not item.ended:
+        return None
+    end = item.ended + (trio.current_time() - time.perf_counter())
+    return (end - item.duration, end)
 
 
 def _exit_status(pid: int) -> str:

@@ -111,6 +111,9 @@ class Ran:
     task_id: TaskId
     outputs: tuple[tuple[ObjectId, int, bytes | None], ...]
     duration: float
+    # when it ended, on the host's monotonic clock (``time.perf_counter``):
+    # the daemon turns it into the run's span on its node's clock
+    ended: float = 0.0
 
 
 @_frozen
@@ -119,6 +122,7 @@ class Raised:
     error: ErrorInfo
     retryable: bool
     duration: float
+    ended: float = 0.0  # as ``Ran.ended``
 
 
 @_frozen
@@ -190,11 +194,33 @@ class AddressesRequest:
     included)."""
 
 
+@_frozen
+class TimelineRequest:
+    """A command-line client or a driver asks a daemon for what ran on its
+    node's workers (``penumbra.timeline()``); the answer is a
+    ``TimelineReply``."""
+
+
+@_frozen
+class TimelineReply:
+    """A node's ``TaskRun``s (``core.timeline``), oldest first.  Their times
+    are on the node's clock, which read ``clock`` when ``time.time()``
+    read ``wall``: a run's wall-clock start is ``start - clock + wall``.
+    ``recorded`` counts every run ever kept, ``limit`` how many are kept."""
+
+    node_id: str
+    runs: tuple
+    clock: float
+    wall: float
+    recorded: int = 0
+    limit: int = 0
+
+
 from ..core._fastinit import install_init as _install_init  # noqa: E402
 from ..core._pickling import install as _install_pickling  # noqa: E402
 
 _MESSAGES = (Deliver, ClientHello, ClientWelcome, Output, ClusterLog, Run, Ran, Raised, Interrupt,
              Checkpoint, Checkpointed, Exit, NodeHello, PeerTable, FetchRequest, FetchReply, StopCluster,
-             AddressesRequest)
+             AddressesRequest, TimelineRequest, TimelineReply)
 _install_pickling(*_MESSAGES)
 _install_init(*_MESSAGES)

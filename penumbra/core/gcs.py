@@ -145,9 +145,12 @@ class FlushConfig:
     Args:
         interval: seconds between the head replica's checks.
         max_rows: flush when the shard holds more task and object rows than
-            this; memory then stays near ``max_rows`` rows.
-        keep_rows: the newest rows of each table that always stay in memory
-            (the horizon: recent rows are the ones read back most).
+            this; the rows that may go then stay near ``max_rows`` (rows
+            that must stay, such as objects still held in a store, do not
+            count against it: they are live).
+        keep_rows: per table, the rows that became flushable last always
+            stay in memory (the horizon: recent rows are the ones read back
+            most).
         batch: the most rows one flush moves (one segment on disk).
 
     Raises:

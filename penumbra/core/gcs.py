@@ -145,9 +145,9 @@ class FlushConfig:
     Args:
         interval: seconds between the head replica's checks.
         max_rows: flush when the shard holds more task and object rows than
-            this; the rows that may go then stay near ``max_rows`` (rows
-            that must stay, such as objects still held in a store, do not
-            count against it: they are live).
+            this (all of them, counting rows that must stay, such as
+            objects still held in a store); a flush moves every row that
+            may go but ``keep_rows`` per table, up to ``batch``.
         keep_rows: per table, the rows that became flushable last always
             stay in memory (the horizon: recent rows are the ones read back
             most).

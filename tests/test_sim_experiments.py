@@ -106,6 +106,7 @@ def test_local_preset_is_calibrated():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # (fig10b's full run takes about 2 minutes here, fig8b's a few)
 @pytest.mark.parametrize("name", list(E.EXPERIMENTS))
 def test_full_size(name):
     r = E.run(name, size="full", progress=False)

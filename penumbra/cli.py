@@ -615,7 +615,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_timeline)
 
     s = sub.add_parser("sim", help="run one of the paper's experiments on the simulator")
-    s.add_argument("experiment", help="fig8a, fig8b, fig10a, fig11a, fig11b, or all")
+    s.add_argument("experiment", help="fig8a, fig8b, fig10a, fig10b, fig11a, fig11b, or all")
     s.add_argument("--size", choices=("quick", "full"), default="quick")
     s.add_argument("--preset", choices=("paper", "local"), default="paper")
     s.add_argument("--seed", type=int, default=0)

@@ -336,3 +336,28 @@ def test_quiet_cluster_checks_see_what_they_check(plans):
     crashing = sum(p.faults.worker_crash_rate > 0 and any(t.max_retries >= 0 for t in p.workload.tasks) for p in plans)
     losing = sum(bool(p.faults.first_failures()) and any(t.max_retries >= 0 for t in p.workload.tasks) for p in plans)
     assert zero >= 150 and zero_killed >= 30 and crashing >= 80 and losing >= 100, (zero, zero_killed, crashing, losing)
+
+
+def test_gcs_flushing_is_drawn_and_its_rows_come_back(plans, monkeypatch):
+    """(branch flushing) About a fifth of the seeds flush GCS rows to the
+    modelled disk; their runs really flush, read flushed rows back, and
+    bring some into memory again for a write."""
+    from penumbra.core import tables
+
+    on = [p for p in plans if p.layout.gcs_timing.flush is not None]
+    assert 30 <= len(on) <= 90, len(on)
+    seen = collections.Counter()
+    apply = tables.Tables.apply
+
+    def counting(self, op):
+        seen["restored"] += type(op) is tables.RestoreRows and bool(op.rows)
+        return apply(self, op)
+
+    monkeypatch.setattr(tables.Tables, "apply", counting)
+    for p in on:
+        r = swarm.run_plan(p, faults=True)
+        assert not r.violations, [str(v) for v in r.violations]
+        disk = r.cluster.gcs_disk
+        seen["flushed"] += disk.rows_written > 0
+        seen["read back"] += disk.loads > 0
+    assert seen["flushed"] >= 30 and seen["read back"] >= 5 and seen["restored"] > 0, dict(seen)

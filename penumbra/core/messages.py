@@ -993,6 +993,43 @@ class DeleteSpilled(Command):
 
     object_ids: tuple[ObjectId, ...]
 
+# GCS flushing (see "Flushing" in core/gcs.py): the replica decides, the
+# driver writes and reads the disk
+
+
+@_frozen
+class FlushRows(Command):
+    """A GCS replica moved these rows out of memory: write them to disk as
+    segment ``segment`` of shard ``shard`` (rows: ``(table, key, row)``).
+    Every replica of a chain flushes the same rows under the same segment
+    number at the same point of the log, so the segment's content depends
+    only on (shard, segment): a driver may keep one copy per shard.  No
+    completion event: a replica never reads a segment before it asks with
+    ``LoadRows``, and the driver answers that only after the write."""
+
+    shard: int
+    segment: int
+    rows: tuple
+
+
+@_frozen
+class LoadRows(Command):
+    """Read flushed rows back: ``wants`` is ``((table, key, segment), ...)``.
+    Completes with ``RowsLoaded(token)`` holding the rows found (a row the
+    disk lacks is simply absent)."""
+
+    shard: int
+    token: Hashable
+    wants: tuple
+
+
+@_frozen
+class RowsLoaded(Event):
+    """The answer to ``LoadRows(token)``: ``rows`` is ``((table, key, row), ...)``."""
+
+    token: Hashable
+    rows: tuple
+
 
 # Messages cross processes by the hundred thousand per second: pickle them
 # as (class, field values) instead of the slower dataclass default.

@@ -1131,13 +1131,16 @@ class SimCluster:
         lay = self.layout
         self.head_host = k.add_host("head", HeadMachine(lay.head_config(), k.derive_rng("head")), rack="control",
                                     kind="head", validate_every_step=self.validate)
+        from .gcsdisk import SimGcsDisk
+
+        self.gcs_disk = SimGcsDisk()  # where flushed GCS rows go (GcsTiming.flush)
         for chain in lay.chains():
             for r in chain.replicas:
                 m = GcsReplica(r, chain.shard, "head", lay.gcs_timing, config=chain)
                 on = lay.replica_hosts.get(r)
                 # (a replica on a node's host sits in that node's rack)
                 rack = "control" if on is None else int(on.split(":")[1]) // self.rack_size
-                k.add_host(r, m, rack=rack, kind="gcs", validate_every_step=self.validate)
+                k.add_host(r, m, self.gcs_disk.handlers, rack=rack, kind="gcs", validate_every_step=self.validate)
                 self.replicas.append(r)
         for shape in lay.nodes:
             self._new_node(shape, None)
@@ -1200,7 +1203,14 @@ class SimCluster:
         shard = key_shard(table, key, len(head.chain.shards))
         tail = head.chain.shards[shard].config.tail
         m = self.kernel.hosts[tail].machine
-        return None if m is None else m.tables.data[table].get(key)
+        if m is None:
+            return None
+        row = m.tables.data[table].get(key)
+        if row is None and m.tables.flush_next:  # (flushed: what the disk holds)
+            seg = m.tables.flushed_segment(table, key)
+            if seg is not None:
+                row = self.gcs_disk.segments.get((shard, seg), {}).get((table, key))
+        return row
 
     def tasks_finished(self) -> int:
         """Tasks that completed successfully on any node so far."""

@@ -68,7 +68,7 @@ from typing import Any
 import trio
 
 from ..core.layout import ClusterLayout, NodeShape
-from ..core.gcs import GcsReplica, GcsTiming
+from ..core.gcs import FlushConfig, GcsReplica, GcsTiming
 from ..core.head import HeadMachine
 from ..core.messages import (
     CheckpointActor,
@@ -172,6 +172,9 @@ class DaemonConfig:
     object_spilling_directory: str = ""
     spilling: bool = True
     spill_threshold: float = 0.8
+    # GCS flushing (head only): None/False off, True defaults, or a dict of
+    # FlushConfig fields; segments go under <session_dir>/gcs-flush
+    gcs_flush: Any = None
 
     def __post_init__(self) -> None:
         if isinstance(self.timeline_limit, bool) or not isinstance(self.timeline_limit, int) or self.timeline_limit < 0:
@@ -1023,13 +1026,19 @@ class Daemon:
                 # replicas share this process and talk over reliable links:
                 # check on them at a human pace, and retry only after a long
                 # silence (a new chain config re-sends at once anyway)
-                gcs_timing=GcsTiming(heartbeat_interval=0.1, heartbeat_timeout=1.0, resend_after=0.5),
+                gcs_timing=GcsTiming(heartbeat_interval=0.1, heartbeat_timeout=1.0, resend_after=0.5,
+                                     flush=FlushConfig.from_value(cfg.gcs_flush)),
                 gcs_retry_after=2.0,
                 own_node=self.node_id if cfg.head else None,
                 timeline_limit=cfg.timeline_limit,
                 spilling=cfg.spilling, spill_threshold=cfg.spill_threshold,
             )
             self.layout = layout
+            # every daemon that may host a GCS replica carries out its flushes
+            # (a flush is a logged op: node-hosted replicas flush too)
+            from .gcsdisk import GcsDisk
+
+            self.gcs_disk = GcsDisk(os.path.join(cfg.session_dir, "gcs-flush"), self.host, nursery).install()
             if cfg.head and cfg.recover_from:
                 await self._recover_head(layout)
             elif cfg.head:

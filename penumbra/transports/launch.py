@@ -166,6 +166,10 @@ def start_daemon(*, head: bool, token: str | None = None, head_address: str = ""
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
         raise ValueError(f"timeline_limit must be an int >= 0 (the task runs a node keeps for penumbra.timeline(); "
                          f"0 keeps none), got {limit!r}")
+    if extra.get("gcs_flush") is not None:
+        from ..core.gcs import FlushConfig
+
+        FlushConfig.from_value(extra["gcs_flush"])  # (a bad setting fails here, not in the daemon)
     session = new_session_name()
     session_dir = os.path.join(private_sessions_dir(), session)
     os.mkdir(session_dir, 0o700)  # a fresh name: fails rather than reuse anything
@@ -305,7 +309,7 @@ def start_embedded(*, num_cpus=None, num_gpus=None, resources=None, object_store
     fresh token, exiting with this process."""
     extra = {k: v for k, v in (system_config or {}).items() if k in (
         "validate", "gcs_shards", "chain_length", "node_timeout", "heartbeat_interval",
-        "forward_queue_threshold", "shm_root", "timeline_limit", "object_spilling_directory")}
+        "forward_queue_threshold", "shm_root", "timeline_limit", "object_spilling_directory", "gcs_flush")}
     extra.update(spilling_options(system_config or {}))
     return start_daemon(head=True, num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
                         object_store_memory=object_store_memory, parent_pid=os.getpid(), **extra)

@@ -278,7 +278,24 @@ def plan_seed(seed: int) -> SeedPlan:
     workload = add_jobs(workload, random.Random(f"penumbra-swarm-jobs-{seed}"), horizon)
     workload = add_actor_kinds(workload, random.Random(f"penumbra-swarm-actor-kinds-{seed}"))
     faults = _draw_lost_driver(faults, workload, random.Random(f"penumbra-swarm-lost-driver-{seed}"), n, horizon)
+    layout = _draw_gcs_flush(layout, random.Random(f"penumbra-swarm-gcs-flush-{seed}"))
     return SeedPlan(seed, layout, workload, faults, horizon)
+
+
+def _draw_gcs_flush(layout: ClusterLayout, rng: random.Random) -> ClusterLayout:
+    """GCS flushing on about a fifth of the seeds, from its own generator:
+    thresholds of a few rows, so finished tasks' lineage and freed objects'
+    rows go to the modelled disk within the run, and every read of them
+    (reconstruction, ``get`` of an old object) and write to them (a re-run,
+    a late duplicate) goes through ``LoadRows``/``RestoreRows`` under the
+    seed's faults (replica crashes and rejoins, drops, pauses)."""
+    if rng.random() >= 0.2:
+        return layout
+    from ..core.gcs import FlushConfig
+
+    flush = FlushConfig(interval=rng.choice((0.02, 0.05, 0.1)), max_rows=rng.choice((4, 10, 30)),
+                        keep_rows=rng.choice((0, 2)), batch=rng.choice((3, 1000)))
+    return dataclasses.replace(layout, gcs_timing=dataclasses.replace(layout.gcs_timing, flush=flush))
 
 
 def _draw_timing_faults(faults: FaultPlan, rng: random.Random, faulty: bool, n: int, horizon: float) -> FaultPlan:

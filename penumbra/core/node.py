@@ -163,6 +163,10 @@ class NodeMachine:
         # jobs the head said are over: their tasks are refused from now on
         # (one int per job ever run on the cluster)
         self.ended_jobs: set[int] = set()
+        # jobs whose last driver here exited (we sent the head JobFinished,
+        # which a head that died meanwhile never read: a recovered head is
+        # told again in TasksHeldReport)
+        self.exited_jobs: set[int] = set()
         # copies of an ended job's objects that something here still held
         # when the head said to drop them (an input of a task being killed):
         # deleted once nothing holds them (see ``_sweep_doomed``)
@@ -315,12 +319,12 @@ class NodeMachine:
     def _on_tasks_held_query(self, ev: TasksHeldQuery, now: float) -> list[Command]:
         """A recovered head asks which of these tasks (pending on us in the
         task table) we forwarded to the head, and which we never heard of
-        (see "Recovery" in core/head.py).  Also says which jobs we saw end."""
+        (see "Recovery" in core/head.py).  Also says which jobs we saw end, or saw the driver of exit."""
         state_of = self.scheduler.state_of
         forwarded = tuple(t for t in ev.task_ids if state_of(t) == "forwarded")
         unknown = tuple(t for t in ev.task_ids if state_of(t) is None)
         return [Send(to=self.head, msg=TasksHeldReport(node_id=self.node_id, forwarded=forwarded, unknown=unknown,
-                                                       ended_jobs=tuple(sorted(self.ended_jobs)),
+                                                       ended_jobs=tuple(sorted(self.ended_jobs | self.exited_jobs)),
                                                        stimulus_id=ev.stimulus_id))]
 
     def _on_timer(self, ev: TimerFired, now: float) -> list[Command]:
@@ -363,6 +367,7 @@ class NodeMachine:
         # (job 0: a driver that left before it learned its job id; it
         # submitted nothing)
         if job and job not in self.clients.values():
+            self.exited_jobs.add(job)
             cmds.append(Send(to=self.head, msg=JobFinished(job_id=job, stimulus_id=ev.stimulus_id)))
         return cmds
 

@@ -4,12 +4,15 @@ recovered head, and what the core had to do for the swarm's seeds to pass."""
 
 from __future__ import annotations
 
+import pathlib
+
 import pytest
 
 from penumbra.core.layout import ClusterLayout, NodeShape
 from penumbra.core.specs import ResourceSet
 from penumbra.sim.cluster import SimCluster
 from penumbra.sim.workloads import TaskModel
+from penumbra.verification import swarm
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -38,3 +41,18 @@ def test_a_job_whose_driver_exits_while_the_head_is_down_is_ended_by_the_recover
     assert c.run_until(lambda: c.head.recovering is None and job in c.head.ended_jobs, 3.0), \
         "the recovered head never learned that the job ended"
     assert c.run_until(lambda: c.gcs_row("tasks", spec.task_id) is None, 5.0), "the ended job was never forgotten"
+
+
+PLANS = pathlib.Path(__file__).parent / "swarm_plans"
+
+
+def test_tasks_forwarded_to_the_old_head_whose_rows_land_late_are_placed_by_the_recovered_head():
+    # Seed 122's plan: the chain heads of both shards lived on node:3, which
+    # died while there was no head, so node:0's task-row writes stalled until
+    # the new head reconfigured the chains -- after it had read node:0's
+    # pending rows.  The tasks node:0 had forwarded to the old head were
+    # never placed.  Now the node answers the head's TasksHeldQuery once its
+    # own writes landed, and the head reads its rows a second time.
+    plan = swarm.plan_from_text((PLANS / "head-crash-122.txt").read_text())
+    report = swarm.check_plan(plan)
+    assert report.ok, [str(v) for v in report.violations[:5]]

@@ -306,6 +306,13 @@ class HeadMachine:
         # a recovered head asks live nodes which of their pending tasks they
         # forwarded (node -> the rows asked about), until each answers
         self.held_asks: dict[str, dict[TaskId, Any]] = {}
+        # ... and, per node, the tasks asked about so far: a node answers
+        # once its own GCS writes landed, so a second read of its pending
+        # rows finds those whose writes were in flight at the first (the
+        # second round is the last); the tasks forwarded to this head
+        # meanwhile are placed by it, never adopted too
+        self.held_asked: dict[str, set[TaskId]] = {}
+        self.forwarded_here: set[TaskId] = set()
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, now: float) -> list[Command]:
@@ -503,10 +510,18 @@ class HeadMachine:
     def _on_tasks_on_node(self, node: str, per_shard: tuple, now: float, sid: str) -> list[Command]:
         if node not in self.misses:
             return []  # died meanwhile: its pending tasks were re-homed
+        asked = self.held_asked.get(node)
         rows = {e.spec.task_id: e for shard in per_shard for e in shard
-                if e.state is TaskState.PENDING and e.spec.actor_id is None}
+                if e.state is TaskState.PENDING and e.spec.actor_id is None and (asked is None or e.spec.task_id not in asked)}
+        if asked is not None and not rows:
+            return self._held_done()  # the second round found nothing new
         self.held_asks[node] = rows
         return [Send(to=node, msg=TasksHeldQuery(task_ids=tuple(sorted(rows)), stimulus_id=sid))]
+
+    def _held_done(self) -> list[Command]:
+        if not self.held_asks and all(n in self.held_asked for n in self.misses):
+            self.forwarded_here.clear()  # (every node answered both rounds)
+        return []
 
     def _on_tasks_held(self, ev: TasksHeldReport, now: float) -> list[Command]:
         rows = self.held_asks.pop(ev.node_id, None)
@@ -522,13 +537,20 @@ class HeadMachine:
         # longer knows the task either, and its row stays pending)
         for tid in ev.forwarded:
             e = rows.get(tid)
-            if e is not None and not e.placed:
+            # (not one forwarded to this head: it placed that one itself)
+            if e is not None and not e.placed and tid not in self.forwarded_here:
                 cmds += self._place_adopted(e, now, sid)
         for tid in ev.unknown:
             e = rows.get(tid)
             if e is not None and e.placed and not e.spec.is_actor_creation:
                 cmds += self._place_adopted(e, now, sid)
-        return cmds
+        node = ev.node_id
+        if node in self.held_asked:
+            self.held_asked[node].update(rows)
+            return cmds + self._held_done()
+        # the second (last) round: rows whose writes landed after the first read
+        self.held_asked[node] = set(rows)
+        return cmds + self.gcs.read(TasksOnNode(node), ("recover", "on-node", node), now, sid)
 
     def _held_retry(self, now: float, sid: str) -> list[Command]:
         alive = set(self.misses)
@@ -651,6 +673,8 @@ class HeadMachine:
     def _on_forward(self, ev: ForwardTask, now: float) -> list[Command]:
         if self.job_over(ev.spec):
             return []  # forwarded just before its job ended
+        if self.held_asks or self.forwarded_here or len(self.held_asked) < len(self.misses):
+            self.forwarded_here.add(ev.spec.task_id)  # (while a recovery asks the nodes)
         return self.scheduler.submit(ev.spec, ev.attempt, now, ev.stimulus_id)
 
     def _on_reconstruct(self, ev: ReconstructObject, now: float) -> list[Command]:

@@ -277,6 +277,34 @@ def test_lagging_replica_loses_nothing_acknowledged(core) -> None:
         assert bed.ask(Get("kv", f"new{i}")) == i and bed.ask(Get("kv", f"k{i}")) == i
 
 
+def test_newer_config_known_only_to_a_replica_not_asked_is_learnt(core) -> None:
+    """Recovering from the lagging replica alone: the new head adopts its
+    old config at first, hears a newer epoch in the tail's heartbeats, asks
+    for it and adopts it before changing anything (a change made from the
+    old view would reuse an epoch already taken)."""
+    bed = Bed(core, nodes=1, chain=3)
+    net = bed.net
+    name = lambda msg: type(msg).__name__
+    net.drop_fn = lambda src, to, msg: ((src == "gcs:0:1" and name(msg) == "ReplicaHeartbeat")
+                                        or (to == "gcs:0:1" and name(msg) == "ChainConfigMsg"))
+    net.run_until(lambda: bed.head.chain.shards[0].config.replicas == ("gcs:0:0", "gcs:0:2"), timeout=2.0)
+    for i in range(10):
+        assert bed.ask(KvPut(f"k{i}", i)) is True
+    bed.crash_head(("gcs:0:0",))
+    # the tail's answers are slow to come: the silent gcs:0:0 is overdue
+    # for a cut meanwhile, which must wait for the newer config
+    until = net.now + 0.2
+    net.drop_fn = lambda src, to, msg: src == "gcs:0:2" and name(msg) == "ChainReport" and net.now < until
+    head = bed.recover(["gcs:0:1"])
+    net.run_until(lambda: head.chain.shards[0].config.replicas == ("gcs:0:2",), timeout=2.0)
+    net.drop_fn = None
+    assert head.chain.shards[0].config.epoch == 3
+    for i in range(10):
+        assert bed.ask(KvPut(f"new{i}", i)) is True
+    for i in range(10):
+        assert bed.ask(Get("kv", f"new{i}")) == i and bed.ask(Get("kv", f"k{i}")) == i
+
+
 def test_replica_answers_chain_query_without_a_head(core) -> None:
     bed = Bed(core, nodes=1, chain=2)
     bed.crash_head(())

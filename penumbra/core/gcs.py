@@ -38,6 +38,20 @@ Joining
     The joiner reports ``ReplicaReady`` and the master appends it as the new
     tail; it serves reads only once its predecessor says it has caught up.
 
+A new head
+    The replicas need no head to keep their config and serve: writes go
+    through each chain's head replica, reads to its tail, as before; only
+    reconfiguration waits.  A recovering head asks replicas for their view
+    (``ChainQuery``, answered with ``ChainReport``) and starts its master
+    with ``ChainMaster.from_reports``: per shard the highest epoch reported,
+    members that did not say they are caught up in that epoch counted as
+    not caught up (so the silent ones are cut only once a caught-up member
+    lives).  A heartbeat naming a newer epoch than the master's (a config
+    the reports missed) makes it ask that replica and adopt the answer,
+    and change nothing in that shard meanwhile; a ``ReplicaReady`` from a
+    replica that joined under the old head appends it (see core/head.py,
+    "Recovery").
+
 Forgetting
     Rows are deleted only by ops, like any write (``ForgetJob`` once a job
     ended and every node dropped its work, ``ForgetObject`` for a freed
@@ -668,6 +682,11 @@ class ChainMaster:
         # (core/head.py, "Recovery"): it does not know who was joining
         # under its predecessor, nor whether every member has caught up
         self.recovered = recovered
+        # shard -> the highest epoch a replica's heartbeat named above ours
+        # (only after a recovery whose reports missed a newer config): no
+        # change to that shard until we have that config (``on_report``),
+        # or we would issue a second config under an epoch already taken
+        self.newer: dict[int, int] = {}
 
     @classmethod
     def from_reports(cls, reports: list[ChainReport], shards: set[int] | None = None,
@@ -752,6 +771,7 @@ class ChainMaster:
             if view is not None and event.epoch > view.config.epoch:
                 # a config newer than ours: only after a recovery, whose
                 # reports missed it.  Ask for it (``on_report`` adopts it).
+                self.newer[event.shard] = max(self.newer.get(event.shard, 0), event.epoch)
                 return [Send(to=event.replica, msg=ChainQuery(master=self.address, stimulus_id=event.stimulus_id))]
             if view is not None and event.epoch < view.config.epoch and (
                 event.replica in view.config.replicas or (event.epoch == 0 and event.replica in view.joining)
@@ -788,6 +808,8 @@ class ChainMaster:
                     del view.joining[r]
             if not gone:
                 continue
+            if self.newer.get(shard, 0) > view.config.epoch:
+                continue  # a replica knows a newer config: learn it first
             if not any(self.caught_up.get(r, True) for r in live):
                 # every replica is gone, or only members still catching up
                 # are left (they lack acknowledged writes): cutting would lose

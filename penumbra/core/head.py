@@ -225,9 +225,6 @@ class HeadConfig:
     recover_wait: float = 0.5
 
     def __post_init__(self) -> None:
-        if not self.chains and not self.recover_from:
-            raise ValueError("HeadConfig: no GCS chains; give chains=(ChainConfig, ...) for a fresh cluster, or "
-                             "recover_from=(replica address, ...) to recover from surviving replicas")
         if isinstance(self.recover_from, str):
             raise ValueError(f"HeadConfig: recover_from must be a tuple of replica addresses, got the string "
                              f"{self.recover_from!r}; write recover_from=({self.recover_from!r},)")
@@ -238,6 +235,9 @@ class HeadConfig:
                              f"({self.node_timeout!r}) must be > 0 seconds")
         if self.pause_after is not None and self.pause_after <= 0:
             raise ValueError(f"HeadConfig: pause_after must be > 0 seconds (or None), got {self.pause_after!r}")
+        if not self.chains and not self.recover_from:
+            raise ValueError("HeadConfig: no GCS chains; give chains=(ChainConfig, ...) for a fresh cluster, or "
+                             "recover_from=(replica address, ...) to recover from surviving replicas")
 
     @property
     def miss_limit(self) -> int:

@@ -1771,13 +1771,29 @@ def _draw_head_crash(faults: FaultPlan, rng: random.Random, faulty: bool, layout
     not joining ("one": it may know an older config than another).  On 60%
     of those with chains of two or more, a GCS replica also crashes while
     there is no head (nobody reconfigures its chain until the new head
-    does), restarting 0.05-0.4 s later.  The new head is up before the
-    safety phase ends."""
+    does), restarting 0.05-0.4 s later.  Where the plan cuts off a node
+    that hosts replicas, the crash comes inside that cut on 60% of such
+    seeds, and the new head starts shortly before the cut heals: the cut
+    replicas report the older config they kept.  The new head is up before
+    the safety phase ends."""
     if not faulty or rng.random() >= HEAD_CRASH_RATE:
         return faults
     at = round(rng.uniform(0.05, horizon), 3)
     down = round(min(rng.uniform(0.05, 1.0), horizon + 0.25 - at), 3)
     how = rng.choice(("all", "live", "one"))
+    hosting = {int(n.split(":")[1]) for n in layout.replica_hosts.values()}
+    cuts = [(t, d) for t, i, d in faults.isolations if i in hosting]
+    if cuts and rng.random() < 0.6:
+        # inside a cut of a node that hosts replicas: the chain master cut
+        # them out (a new epoch), the head dies, and the new head starts
+        # before the cut heals; their reports (of the older epoch) come in
+        # once it does, before the new head gives up waiting
+        t, d = cuts[0]
+        at = round(t + rng.uniform(0.1, 0.3), 3)
+        down = round(min(t + d - at - rng.uniform(0.05, 0.3), horizon + 0.25 - at), 3)
+        how = "live"
+    if down < 0.05:
+        return faults
     replica: tuple = ()
     if layout.chain_length > 1 and rng.random() < 0.6:
         replica = (rng.randrange(layout.gcs_shards), rng.randrange(layout.chain_length),

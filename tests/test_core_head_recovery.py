@@ -432,3 +432,19 @@ def test_re_homing_left_half_done_by_the_old_head_is_done(core) -> None:
     assert "node:1" in head.dead_nodes
     net.run_until(lambda: slow.return_ids[0] in bed.results(), timeout=5.0)
     assert bed.tail_row("tasks", slow.task_id).node == "node:0"
+
+
+def test_task_forwarded_while_there_was_no_head_is_placed(core) -> None:
+    """A node forwards a task while there is no head (the ForwardTask is
+    lost) and its row waits for a new chain head (the old one died with the
+    head): the new head asks the node only once that row landed."""
+    bed = Bed(core, nodes=2, chain=2, resources=[ResourceSet.of(CPU=1), ResourceSet.of(CPU=1, GPU=1)])
+    net = bed.net
+    bed.crash_head(("gcs:0:0",))
+    gpu = core.spec(resources=ResourceSet.of(CPU=1, GPU=1))
+    bed.submit(gpu)
+    bed.watch(gpu.return_ids)
+    net.run_for(0.3)
+    assert bed.net.machines["gcs:0:1"].tables.data["tasks"].get(gpu.task_id) is None  # its row waits
+    bed.recover(["gcs:0:1"])
+    net.run_until(lambda: gpu.return_ids[0] in bed.results(), timeout=5.0)

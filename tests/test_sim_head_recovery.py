@@ -13,7 +13,8 @@ from penumbra.core.records import ActorState
 from penumbra.core.scheduler import SchedulerConfig
 from penumbra.core.specs import ResourceSet
 from penumbra.core.tables import Get, KvPut
-from penumbra.sim.cluster import SimCluster
+from penumbra.sim.cluster import CrashHead, SimCluster
+from penumbra.sim.faults import Crash, FaultSchedule
 from penumbra.sim.workloads import ChainStream, TaskModel, chains, counter_update
 
 
@@ -131,3 +132,16 @@ def test_head_recovery_is_deterministic():
         return c.trace_hash()
 
     assert run() == run()
+
+
+@pytest.mark.parametrize("fault", [lambda: CrashHead(recover_after=0.3), lambda: Crash("head", restart_after=0.3)])
+def test_head_crash_as_a_scheduled_fault(fault):
+    c = SimCluster(layout(4, chain=2, shards=2), validate=True, seed=5)
+    c.wait_ready()
+    g = chains(4, 10, duration=0.05)
+    d, specs = run_graph(c, g)
+    inst = c.install(FaultSchedule([(c.now + 0.2, fault())]))
+    assert c.run_until(lambda: d.all_ready(specs), 60)
+    assert [d.value(s.return_ids[0]) for s in specs] == g.expected()
+    assert [str(f) for _, f in inst.applied] == ["CrashHead(recover_after=0.3)"]
+    assert [e[1:] for e in c.events][:2] == [("crash", "head"), ("recover", "head")]

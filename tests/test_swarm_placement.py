@@ -51,8 +51,9 @@ def test_tasks_forwarded_to_the_old_head_whose_rows_land_late_are_placed_by_the_
     # died while there was no head, so node:0's task-row writes stalled until
     # the new head reconfigured the chains -- after it had read node:0's
     # pending rows.  The tasks node:0 had forwarded to the old head were
-    # never placed.  Now the node answers the head's TasksHeldQuery once its
-    # own writes landed, and the head reads its rows a second time.
+    # never placed.  Now the head reads a node's pending rows only once the
+    # node says its writes landed (branch head-recover found and fixed it
+    # too, 44fa8af; its fix is the one kept).
     plan = swarm.plan_from_text((PLANS / "head-crash-122.txt").read_text())
     report = swarm.check_plan(plan)
     assert report.ok, [str(v) for v in report.violations[:5]]

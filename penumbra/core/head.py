@@ -126,9 +126,11 @@ The recovering head goes through three phases:
      recovery, not placed yet) is placed again; a pending row on a live
      node is queued or running there, or was forwarded, or was placed
      there by a ``PlaceTask`` lost with the old head: the head asks the
-     node (``TasksHeldQuery``), which answers with those it forwarded and
-     those it never heard of (``TasksHeldReport``), and places them (an
-     actor's creation only if forwarded).  A task the old head placed
+     node (``TasksHeldQuery``), first to say when the rows it wrote while
+     there was no head have landed (they waited for a new chain head),
+     then, with the rows pending on it read, which of those it forwarded
+     and which it never heard of (``TasksHeldReport``), and places them
+     (an actor's creation only if forwarded).  A task the old head placed
      whose row did not say so yet, or whose ``PlaceTask`` is still on its
      way when the node answers, may run twice (at-least-once, as with any
      retry).
@@ -304,15 +306,9 @@ class HeadMachine:
         self.ended_jobs: set[int] = set()
         self.ending: dict[int, set[str]] = {}
         # a recovered head asks live nodes which of their pending tasks they
-        # forwarded (node -> the rows asked about), until each answers
-        self.held_asks: dict[str, dict[TaskId, Any]] = {}
-        # ... and, per node, the tasks asked about so far: a node answers
-        # once its own GCS writes landed, so a second read of its pending
-        # rows finds those whose writes were in flight at the first (the
-        # second round is the last); the tasks forwarded to this head
-        # meanwhile are placed by it, never adopted too
-        self.held_asked: dict[str, set[TaskId]] = {}
-        self.forwarded_here: set[TaskId] = set()
+        # forwarded, until each answers: node -> None (waiting for its
+        # writes to land), "reading" (its rows), or the rows asked about
+        self.held_asks: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, now: float) -> list[Command]:
@@ -482,9 +478,11 @@ class HeadMachine:
         for rows in reads["unplaced"]:
             for e in rows:
                 cmds += self._place_adopted(e, now, sid)
-        # tasks a live node forwarded to the old head: ask the node
+        # tasks a live node forwarded to the old head: ask the node (once
+        # the task rows it wrote while there was no head have landed)
         for node in live:
-            cmds += self.gcs.read(TasksOnNode(node), ("recover", "on-node", node), now, sid)
+            self.held_asks[node] = None
+            cmds.append(Send(to=node, msg=TasksHeldQuery(task_ids=None, stimulus_id=sid)))
         self.recovering = None
         held = rec.held
         cmds.append(Log(level="info", stimulus_id=sid, text=(
@@ -508,56 +506,57 @@ class HeadMachine:
         return self.scheduler.submit(spec, e.attempt, now, sid)
 
     def _on_tasks_on_node(self, node: str, per_shard: tuple, now: float, sid: str) -> list[Command]:
-        if node not in self.misses:
+        if node not in self.misses or self.held_asks.get(node) != "reading":
             return []  # died meanwhile: its pending tasks were re-homed
-        asked = self.held_asked.get(node)
         rows = {e.spec.task_id: e for shard in per_shard for e in shard
-                if e.state is TaskState.PENDING and e.spec.actor_id is None and (asked is None or e.spec.task_id not in asked)}
-        if asked is not None and not rows:
-            return self._held_done()  # the second round found nothing new
+                if e.state is TaskState.PENDING and e.spec.actor_id is None}
         self.held_asks[node] = rows
         return [Send(to=node, msg=TasksHeldQuery(task_ids=tuple(sorted(rows)), stimulus_id=sid))]
 
-    def _held_done(self) -> list[Command]:
-        if not self.held_asks and all(n in self.held_asked for n in self.misses):
-            self.forwarded_here.clear()  # (every node answered both rounds)
-        return []
-
     def _on_tasks_held(self, ev: TasksHeldReport, now: float) -> list[Command]:
-        rows = self.held_asks.pop(ev.node_id, None)
-        if rows is None:
+        """A node's answer to one of the two rounds of ``TasksHeldQuery``."""
+        node, sid = ev.node_id, ev.stimulus_id
+        if node not in self.held_asks:
             return []
-        sid = ev.stimulus_id
+        state = self.held_asks[node]
         cmds: list[Command] = []
         for job in ev.ended_jobs:
             cmds += self._on_job_finished(JobFinished(job_id=job, stimulus_id=sid), now)
+        if ev.settled:
+            if state is not None:
+                return cmds  # a repeated answer
+            # its rows are all in the table now: read those pending on it
+            self.held_asks[node] = "reading"
+            return cmds + self.gcs.read(TasksOnNode(node), ("recover", "on-node", node), now, sid)
+        if not isinstance(state, dict):
+            return cmds
+        rows = self.held_asks.pop(node)
         # forwarded and not placed: the old head held it; placed by the old
         # head and unknown to the node: its PlaceTask was lost with it (an
         # actor's creation excepted: once the actor is up, its node no
         # longer knows the task either, and its row stays pending)
         for tid in ev.forwarded:
             e = rows.get(tid)
-            # (not one forwarded to this head: it placed that one itself)
-            if e is not None and not e.placed and tid not in self.forwarded_here:
+            if e is not None and not e.placed:
                 cmds += self._place_adopted(e, now, sid)
         for tid in ev.unknown:
             e = rows.get(tid)
             if e is not None and e.placed and not e.spec.is_actor_creation:
                 cmds += self._place_adopted(e, now, sid)
-        node = ev.node_id
-        if node in self.held_asked:
-            self.held_asked[node].update(rows)
-            return cmds + self._held_done()
-        # the second (last) round: rows whose writes landed after the first read
-        self.held_asked[node] = set(rows)
-        return cmds + self.gcs.read(TasksOnNode(node), ("recover", "on-node", node), now, sid)
+        return cmds
 
     def _held_retry(self, now: float, sid: str) -> list[Command]:
+        """Ask again the nodes that have not answered (a lost message); a
+        node that died meanwhile had its pending tasks re-homed."""
         alive = set(self.misses)
         for node in [n for n in self.held_asks if n not in alive]:
             del self.held_asks[node]
-        cmds: list[Command] = [Send(to=n, msg=TasksHeldQuery(task_ids=tuple(sorted(rows)), stimulus_id=sid))
-                               for n, rows in sorted(self.held_asks.items())]
+        cmds: list[Command] = []
+        for n, state in sorted(self.held_asks.items()):
+            if state is None:
+                cmds.append(Send(to=n, msg=TasksHeldQuery(task_ids=None, stimulus_id=sid)))
+            elif isinstance(state, dict):
+                cmds.append(Send(to=n, msg=TasksHeldQuery(task_ids=tuple(sorted(state)), stimulus_id=sid)))
         if self.held_asks:
             cmds.append(SetTimer(at=now + self.config.job_end_retry, key=("head", "held")))
         return cmds
@@ -673,8 +672,6 @@ class HeadMachine:
     def _on_forward(self, ev: ForwardTask, now: float) -> list[Command]:
         if self.job_over(ev.spec):
             return []  # forwarded just before its job ended
-        if self.held_asks or self.forwarded_here or len(self.held_asked) < len(self.misses):
-            self.forwarded_here.add(ev.spec.task_id)  # (while a recovery asks the nodes)
         return self.scheduler.submit(ev.spec, ev.attempt, now, ev.stimulus_id)
 
     def _on_reconstruct(self, ev: ReconstructObject, now: float) -> list[Command]:

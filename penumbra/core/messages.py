@@ -908,14 +908,18 @@ class ChainReport(Message):
 
 @_frozen
 class TasksHeldQuery(Message):
-    """A recovering head to a live node: of these tasks, pending on you in
-    the task table, which did you hand to the head (``ForwardTask``), and
-    which have you never heard of?  A forwarded one the old head held in
-    its queues when it died; one the old head placed on you that you never
-    heard of was placed by a ``PlaceTask`` lost with it.  The new head
-    places both."""
+    """A recovering head to a live node, in two rounds.
 
-    task_ids: tuple[TaskId, ...]
+    ``task_ids`` None (the first): answer once every GCS write you made
+    before this query has landed (your task rows written while there was
+    no head waited for the new one: until then a scan of the table misses
+    them).  Then, with ``task_ids`` (the tasks pending on you in the table):
+    which did you hand to the head (``ForwardTask``), and which have you
+    never heard of?  A forwarded one the old head held in its queues when it
+    died; one the old head placed on you that you never heard of was placed
+    by a ``PlaceTask`` lost with it.  The new head places both."""
+
+    task_ids: tuple[TaskId, ...] | None = None
 
 
 @_frozen
@@ -927,6 +931,7 @@ class TasksHeldReport(Message):
     node_id: str
     forwarded: tuple[TaskId, ...]
     unknown: tuple[TaskId, ...] = ()
+    settled: bool = False  # the answer to the first round (no task ids asked)
     # the jobs this node saw end (JobEnded): one that ended under the old
     # head but was not forgotten yet is ended again
     ended_jobs: tuple[int, ...] = ()

@@ -167,9 +167,6 @@ class NodeMachine:
         # which a head that died meanwhile never read: a recovered head is
         # told again in TasksHeldReport)
         self.exited_jobs: set[int] = set()
-        # a recovered head's TasksHeldQuery, answered once our GCS writes
-        # made before it landed (its next read of our rows then sees them)
-        self.held_queries: list[tuple[TasksHeldQuery, int]] = []
         # copies of an ended job's objects that something here still held
         # when the head said to drop them (an input of a task being killed):
         # deleted once nothing holds them (see ``_sweep_doomed``)
@@ -177,6 +174,9 @@ class NodeMachine:
         # (job, the GCS client's ``made`` then, stimulus) of ended jobs this
         # node has cleared but not yet reported: see ``_on_job_ended``
         self.pending_clears: list[tuple[int, int, str]] = []
+        # a recovered head's first TasksHeldQuery, answered once the GCS
+        # writes made before it landed: (mark, stimulus id)
+        self.pending_held: list[tuple[int, str]] = []
         # worker -> the non-detached actors it created (it owns them: they
         # die with it, Ray's fate sharing; see _on_worker_crashed)
         self.owned_actors: dict[str, list[ActorId]] = {}
@@ -301,8 +301,8 @@ class NodeMachine:
             cmds += self._sweep_doomed(event.stimulus_id)
         if self.pending_clears:
             cmds += self._send_clears()
-        if self.held_queries:
-            cmds += self._answer_held()
+        if self.pending_held:
+            cmds += self._send_held()
         if self.outbox:
             cmds += self._flush_outbox(event.stimulus_id)
         return cmds
@@ -324,26 +324,36 @@ class NodeMachine:
     def _on_tasks_held_query(self, ev: TasksHeldQuery, now: float) -> list[Command]:
         """A recovered head asks which of these tasks (pending on us in the
         task table) we forwarded to the head, and which we never heard of
-        (see "Recovery" in core/head.py).  Also says which jobs we saw end,
-        or saw the driver of exit.  Answered once our GCS writes made so far
-        landed (``_answer_held``)."""
-        self.held_queries.append((ev, self.gcs.made))
-        return []
+        (see "Recovery" in core/head.py).  Also says which jobs we saw end, or saw
+        the driver of exit."""
+        if ev.task_ids is None:
+            # the first round: answer once our earlier writes landed
+            self.pending_held.append((self.gcs.made, ev.stimulus_id))
+            return []
+        state_of = self.scheduler.state_of
+        forwarded = tuple(t for t in ev.task_ids if state_of(t) == "forwarded")
+        unknown = tuple(t for t in ev.task_ids if state_of(t) is None)
+        return [Send(to=self.head, msg=TasksHeldReport(node_id=self.node_id, forwarded=forwarded, unknown=unknown,
+                                                       ended_jobs=self.jobs_over(),
+                                                       stimulus_id=ev.stimulus_id))]
 
-    def _answer_held(self) -> list[Command]:
+    def jobs_over(self) -> tuple[int, ...]:
+        """The jobs a recovered head is told of (``TasksHeldReport``): those
+        it said ended, and those whose driver here exited (the one
+        ``JobFinished`` may have gone to a head that died)."""
+        return tuple(sorted(self.ended_jobs | self.exited_jobs))
+
+    def _send_held(self) -> list[Command]:
         cmds: list[Command] = []
         keep = []
-        state_of = self.scheduler.state_of
-        for ev, mark in self.held_queries:
-            if not self.gcs.settled(mark):
-                keep.append((ev, mark))
-                continue
-            forwarded = tuple(t for t in ev.task_ids if state_of(t) == "forwarded")
-            unknown = tuple(t for t in ev.task_ids if state_of(t) is None)
-            cmds.append(Send(to=self.head, msg=TasksHeldReport(
-                node_id=self.node_id, forwarded=forwarded, unknown=unknown,
-                ended_jobs=tuple(sorted(self.ended_jobs | self.exited_jobs)), stimulus_id=ev.stimulus_id)))
-        self.held_queries = keep
+        for mark, sid in self.pending_held:
+            if self.gcs.settled(mark):
+                cmds.append(Send(to=self.head, msg=TasksHeldReport(
+                    node_id=self.node_id, forwarded=(), settled=True, ended_jobs=self.jobs_over(),
+                    stimulus_id=sid)))
+            else:
+                keep.append((mark, sid))
+        self.pending_held = keep
         return cmds
 
     def _on_timer(self, ev: TimerFired, now: float) -> list[Command]:

@@ -908,6 +908,27 @@ class AddNode(Fault):
         return f"AddNode(like={self.like})"
 
 
+@dataclass(frozen=True, slots=True)
+class CrashHead(Fault):
+    """The head's host dies (the head and the GCS replicas that live with
+    it); with ``recover_after``, a new head recovers that much later from
+    the replicas alive then (``SimCluster.crash_head``)."""
+
+    recover_after: float | None = None
+
+    def apply(self, ctx: Installed) -> None:
+        c = _cluster_of(ctx)
+        if c.kernel.is_alive("head"):
+            c.crash_head(recover_after=self.recover_after)
+
+    def targets(self) -> tuple[str, ...]:
+        return ("head",)
+
+    def __str__(self) -> str:
+        after = f" recover_after={self.recover_after:g}" if self.recover_after is not None else ""
+        return f"CrashHead({after.strip()})"
+
+
 # ===========================================================================
 # the cluster
 
@@ -1349,10 +1370,14 @@ class SimCluster:
     def install(self, schedule: FaultSchedule, *, offset: float = 0.0) -> Installed:
         """Arm a fault schedule.  ``Crash``/``Restart`` of a node become
         ``CrashNode``/``AddNode`` (nodes come back under new addresses);
-        replicas restart in place, empty."""
+        replicas restart in place, empty; ``Crash("head", restart_after)``
+        becomes ``CrashHead`` (the head's host, its replicas with it; a
+        new head recovers from the survivors)."""
         events = []
         for t, f in schedule:
-            if isinstance(f, Crash) and f.address in self.nodes:
+            if isinstance(f, Crash) and f.address == "head":
+                f = CrashHead(f.restart_after)  # (with its replicas; it comes back recovered)
+            elif isinstance(f, Crash) and f.address in self.nodes:
                 f = CrashNode(f.address, f.restart_after)
             elif isinstance(f, Restart) and f.address in self.nodes:
                 f = AddNode(like=f.address)

@@ -1134,22 +1134,10 @@ def _fetched_copy_not_recorded():
 
 
 def _exited_job_not_reported():
-    def _answer_held(self):
-        cmds, keep = [], []
-        state_of = self.scheduler.state_of
-        for ev, mark in self.held_queries:
-            if not self.gcs.settled(mark):
-                keep.append((ev, mark))
-                continue
-            forwarded = tuple(t for t in ev.task_ids if state_of(t) == "forwarded")
-            unknown = tuple(t for t in ev.task_ids if state_of(t) is None)
-            cmds.append(Send(to=self.head, msg=N.TasksHeldReport(
-                node_id=self.node_id, forwarded=forwarded, unknown=unknown,
-                ended_jobs=tuple(sorted(self.ended_jobs)), stimulus_id=ev.stimulus_id)))  # BUG: not | self.exited_jobs
-        self.held_queries = keep
-        return cmds
+    def jobs_over(self):
+        return tuple(sorted(self.ended_jobs))  # BUG: not | self.exited_jobs (their JobFinished went to a dead head)
 
-    return _patch(N.NodeMachine, "_answer_held", _answer_held)
+    return _patch(N.NodeMachine, "jobs_over", jobs_over)
 
 
 def _recovery_adopts_first_config():

@@ -57,3 +57,15 @@ def test_tasks_forwarded_to_the_old_head_whose_rows_land_late_are_placed_by_the_
     plan = swarm.plan_from_text((PLANS / "head-crash-122.txt").read_text())
     report = swarm.check_plan(plan)
     assert report.ok, [str(v) for v in report.violations[:5]]
+
+
+def test_an_actor_whose_worker_died_while_there_was_no_head_is_restarted():
+    # Seed 991's plan: actor a0's worker on node:0 died while the head was
+    # down; the node's one ActorReported went to the dead head, and the
+    # recovered head, finding the actor ALIVE on a live node in the table,
+    # never restarted it: its calls hung (and its caller's router sent them
+    # to node:0 and back, stale, for good).  Now the node tells a recovered
+    # head again of the deaths it reported.
+    plan = swarm.plan_from_text((PLANS / "head-crash-991.txt").read_text())
+    report = swarm.check_plan(plan)
+    assert report.ok, [str(v) for v in report.violations[:5]]

@@ -277,10 +277,10 @@ class NodeMachine:
 
     def actor_creation_failed(self, spec: TaskSpec, start: ActorStart | None, error: ErrorInfo, now: float, sid: str) -> list[Command]:
         entry = start.entry if start is not None else ActorEntry(spec.actor_creation, spec)
-        return [Send(to=self.head, msg=ActorReported(
+        return self.host.report(ActorReported(
             actor_id=spec.actor_creation.actor_id, incarnation=entry.incarnation, node_id=self.address,
             error=error, creation_failed=True, entry=entry, stimulus_id=sid,
-        ))]
+        ))
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, now: float) -> list[Command]:
@@ -327,9 +327,12 @@ class NodeMachine:
         (see "Recovery" in core/head.py).  Also says which jobs we saw end, or saw
         the driver of exit."""
         if ev.task_ids is None:
-            # the first round: answer once our earlier writes landed
+            # the first round: answer once our earlier writes landed; and
+            # the actor deaths we reported, which the old head may never
+            # have read (sent while there was no head: lost)
             self.pending_held.append((self.gcs.made, ev.stimulus_id))
-            return []
+            reported, self.host.reported = self.host.reported, {}
+            return [Send(to=self.head, msg=m) for _, m in sorted(reported.items())]
         state_of = self.scheduler.state_of
         forwarded = tuple(t for t in ev.task_ids if state_of(t) == "forwarded")
         unknown = tuple(t for t in ev.task_ids if state_of(t) is None)

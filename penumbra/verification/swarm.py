@@ -19,8 +19,10 @@ resources, GCS shards and chain length, store capacity), the workload
   heartbeats) come late in a burst; a second GCS replica fault inside a
   rejoin's catch-up window; workers that die blocked in ``get``; heartbeat
   storms (every node's messages to the head stall, then burst, alone or
-  around a pause of the head); and, in the layout and workload, fractional
-  GPU totals and work past the spillback thresholds;
+  around a pause of the head); the head's host crashes and a recovered head
+  takes over (``_draw_head_crash``); and, in the layout and workload,
+  fractional GPU totals, work past the spillback thresholds, and GCS
+  replicas living on nodes that fail independently (``_draw_placement``);
 * **liveness**: every fault is lifted, and the cluster must finish the work.
 
 The same seed then runs with no faults at all: the *reference*.  The

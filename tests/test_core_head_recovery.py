@@ -448,3 +448,27 @@ def test_task_forwarded_while_there_was_no_head_is_placed(core) -> None:
     assert bed.net.machines["gcs:0:1"].tables.data["tasks"].get(gpu.task_id) is None  # its row waits
     bed.recover(["gcs:0:1"])
     net.run_until(lambda: gpu.return_ids[0] in bed.results(), timeout=5.0)
+
+
+def test_replica_that_joined_under_the_old_head_is_appended_by_the_new(core) -> None:
+    """A restarted replica copied its state and said ReplicaReady, but the
+    old head died before appending it: the new head, which never saw it
+    join, appends it when it repeats ReplicaReady."""
+    from penumbra.core.gcs import GcsReplica
+
+    bed = Bed(core, nodes=1, chain=2)
+    net = bed.net
+    assert bed.ask(KvPut("k", 1)) is True
+    net.crash("gcs:0:1")
+    net.run_until(lambda: bed.head.chain.shards[0].config.replicas == ("gcs:0:0",), timeout=2.0)
+    net.drop_fn = lambda src, to, msg: type(msg).__name__ == "ReplicaReady"  # the old head never hears it
+    net.add("gcs:0:1", GcsReplica("gcs:0:1", 0, "head", bed.layout.gcs_timing, joining=True))
+    net.run_until(lambda: net.machines["gcs:0:1"].awaiting_append, timeout=2.0)
+    bed.crash_head(())  # gcs:0:0 lives on (say, on a node's host)
+    net.drop_fn = None
+    head = bed.recover(["gcs:0:0"])
+    net.run_until(lambda: head.chain.shards[0].config.replicas == ("gcs:0:0", "gcs:0:1"), timeout=2.0)
+    net.run_until(lambda: net.machines["gcs:0:1"].is_tail and net.machines["gcs:0:1"]._can_read(), timeout=2.0)
+    assert bed.ask(KvPut("k2", 2)) is True
+    assert bed.ask(Get("kv", "k")) == 1 and bed.ask(Get("kv", "k2")) == 2
+    assert net.machines["gcs:0:1"].tables.data["kv"] == {"k": 1, "k2": 2}

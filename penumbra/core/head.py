@@ -391,11 +391,14 @@ class HeadMachine:
         if now - rec.started >= self.config.recover_wait and not rec.waited_warned:
             rec.waited_warned = True
             have = sorted({r.shard for r in rec.reports.values() if r.config is not None})
+            empty = sorted(r.replica for r in rec.reports.values() if r.config is None)
             cmds.append(Log(level="warning", stimulus_id=sid, text=(
                 f"head: recovering, but no live replica of some GCS shard answered after "
                 f"{self.config.recover_wait}s (shards with an answer: {have}; asked: "
                 f"{list(self.config.recover_from)}); still asking.  Name a surviving replica of every shard "
-                f"in recover_from.")))
+                f"in recover_from."
+                + (f"  {empty} answered empty (restarted while there was no head, they never rejoined): if "
+                   f"they are all that is left of a shard, its data died with its last replica." if empty else ""))))
         return cmds
 
     def _maybe_adopt(self, now: float, sid: str) -> list[Command]:

@@ -1823,10 +1823,16 @@ def _keeps_a_copy(cluster: SimCluster, gone: set[str]) -> bool:
     if master is None:
         return True
     gone = gone | getattr(cluster, "swarm_cut", set())
+
+    def full(r: str) -> bool:
+        # (a replica restarted empty is joining, whatever the master's view
+        # of it, which counts an original member caught up)
+        m = cluster.replica(r)
+        return m is not None and not m.joining and master.caught_up.get(r, True)
+
     for view in master.shards.values():
         members = view.config.replicas
-        if gone & set(members) and not any(r not in gone and cluster.replica(r) is not None
-                                           and master.caught_up.get(r, True) for r in members):
+        if gone & set(members) and not any(r not in gone and full(r) for r in members):
             return False
     return True
 

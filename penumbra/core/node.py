@@ -177,6 +177,10 @@ class NodeMachine:
         # jobs the head said are over: their tasks are refused from now on
         # (one int per job ever run on the cluster)
         self.ended_jobs: set[int] = set()
+        # jobs whose last driver here exited (we sent the head JobFinished,
+        # which a head that died meanwhile never read: a recovered head is
+        # told again in TasksHeldReport)
+        self.exited_jobs: set[int] = set()
         # copies of an ended job's objects that something here still held
         # when the head said to drop them (an input of a task being killed):
         # deleted once nothing holds them (see ``_sweep_doomed``)
@@ -292,10 +296,10 @@ class NodeMachine:
 
     def actor_creation_failed(self, spec: TaskSpec, start: ActorStart | None, error: ErrorInfo, now: float, sid: str) -> list[Command]:
         entry = start.entry if start is not None else ActorEntry(spec.actor_creation, spec)
-        return [Send(to=self.head, msg=ActorReported(
+        return self.host.report(ActorReported(
             actor_id=spec.actor_creation.actor_id, incarnation=entry.incarnation, node_id=self.address,
             error=error, creation_failed=True, entry=entry, stimulus_id=sid,
-        ))]
+        ))
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, now: float) -> list[Command]:
@@ -345,17 +349,27 @@ class NodeMachine:
     def _on_tasks_held_query(self, ev: TasksHeldQuery, now: float) -> list[Command]:
         """A recovered head asks which of these tasks (pending on us in the
         task table) we forwarded to the head, and which we never heard of
-        (see "Recovery" in core/head.py).  Also says which jobs we saw end."""
+        (see "Recovery" in core/head.py).  Also says which jobs we saw end, or saw
+        the driver of exit."""
         if ev.task_ids is None:
-            # the first round: answer once our earlier writes landed
+            # the first round: answer once our earlier writes landed; and
+            # the actor deaths we reported, which the old head may never
+            # have read (sent while there was no head: lost)
             self.pending_held.append((self.gcs.made, ev.stimulus_id))
-            return []
+            reported, self.host.reported = self.host.reported, {}
+            return [Send(to=self.head, msg=m) for _, m in sorted(reported.items())]
         state_of = self.scheduler.state_of
         forwarded = tuple(t for t in ev.task_ids if state_of(t) == "forwarded")
         unknown = tuple(t for t in ev.task_ids if state_of(t) is None)
         return [Send(to=self.head, msg=TasksHeldReport(node_id=self.node_id, forwarded=forwarded, unknown=unknown,
-                                                       ended_jobs=tuple(sorted(self.ended_jobs)),
+                                                       ended_jobs=self.jobs_over(),
                                                        stimulus_id=ev.stimulus_id))]
+
+    def jobs_over(self) -> tuple[int, ...]:
+        """The jobs a recovered head is told of (``TasksHeldReport``): those
+        it said ended, and those whose driver here exited (the one
+        ``JobFinished`` may have gone to a head that died)."""
+        return tuple(sorted(self.ended_jobs | self.exited_jobs))
 
     def _send_held(self) -> list[Command]:
         cmds: list[Command] = []
@@ -363,7 +377,7 @@ class NodeMachine:
         for mark, sid in self.pending_held:
             if self.gcs.settled(mark):
                 cmds.append(Send(to=self.head, msg=TasksHeldReport(
-                    node_id=self.node_id, forwarded=(), settled=True, ended_jobs=tuple(sorted(self.ended_jobs)),
+                    node_id=self.node_id, forwarded=(), settled=True, ended_jobs=self.jobs_over(),
                     stimulus_id=sid)))
             else:
                 keep.append((mark, sid))
@@ -410,6 +424,7 @@ class NodeMachine:
         # (job 0: a driver that left before it learned its job id; it
         # submitted nothing)
         if job and job not in self.clients.values():
+            self.exited_jobs.add(job)
             cmds.append(Send(to=self.head, msg=JobFinished(job_id=job, stimulus_id=ev.stimulus_id)))
         return cmds
 

@@ -255,7 +255,8 @@ def real_nodes(plan) -> list[int]:
 def real_layout(plan, store: int = REAL_STORE) -> ClusterLayout:
     """The real cluster as a layout (what ``swarm._taints`` reads)."""
     shapes = tuple(NodeShape(plan.layout.nodes[i].resources, store) for i in real_nodes(plan))
-    return dataclasses.replace(plan.layout, nodes=shapes)
+    # (the real cluster's GCS replicas live in the head daemon: see translatable)
+    return dataclasses.replace(plan.layout, nodes=shapes, replica_hosts={})
 
 
 def _fits(need: ResourceSet, nodes: list[ResourceSet]) -> bool:
@@ -310,7 +311,11 @@ def translatable(plan):
     second return becomes the first), ``retry_exceptions`` flakiness,
     cancels of plain tasks, freed puts, a second job that ends, threaded,
     async and named actors.  The reference run is made from the same plan,
-    so the comparison stays exact; these are checked by the swarm alone."""
+    so the comparison stays exact; these are checked by the swarm alone.
+    Nor GCS replicas placed on nodes (``replica_hosts``): the real
+    cluster's live in the head daemon."""
+    if plan.layout.replica_hosts:
+        plan = dataclasses.replace(plan, layout=dataclasses.replace(plan.layout, replica_hosts={}))
     w = plan.workload
     if not (w.jobs or any(t.num_returns > 1 or t.cancel_at is not None or t.model.flaky for t in w.tasks)
             or any(p.free_at is not None for p in w.puts)

@@ -1211,7 +1211,7 @@ BUGS: tuple[Bug, ...] = (
     # draws-faults
     Bug("sync-ignores-trimmed-log", "a GCS replica re-sends its log to a new successor that lacks entries it already "
         "trimmed, instead of making it copy state again: after two crashes in a catch-up window the chain stalls",
-        _sync_ignores_trimmed_log, seed=54),
+        _sync_ignores_trimmed_log, seed=44),
     Bug("dead-blocked-worker-returns-lent-cpu", "a worker that dies while blocked in get gives back its whole CPU, "
         "though it had lent it already", _dead_blocked_worker_returns_lent_cpu, seed=12),
     Bug("gpu-fraction-dropped", "a node's fractional last GPU gets no GPU instance: a node of half a GPU never runs a "

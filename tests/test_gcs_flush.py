@@ -280,6 +280,67 @@ def test_sim_flushes_and_rebuilds_lost_objects_from_flushed_lineage() -> None:
         assert len(fps) == 1
 
 
+def _flushing_sim(seed: int = 3):
+    from penumbra.core.layout import ClusterLayout, NodeShape
+    from penumbra.core.scheduler import SchedulerConfig
+    from penumbra.core.specs import ResourceSet
+    from penumbra.sim.cluster import SimCluster
+    from penumbra.sim.costs import PAPER
+
+    flush = FlushConfig(interval=0.05, max_rows=8, keep_rows=2, batch=1000)
+    layout = ClusterLayout(nodes=(NodeShape(ResourceSet.of(CPU=2)),) * 4, gcs_shards=1, chain_length=2,
+                           scheduler=SchedulerConfig(forward_queue_threshold=2), node_timeout=0.5,
+                           gcs_timing=GcsTiming(heartbeat_interval=0.01, heartbeat_timeout=0.1, flush=flush))
+    return SimCluster(layout, costs=PAPER, seed=seed, validate=True)
+
+
+def test_sim_disk_is_per_replica_and_a_restart_empties_it() -> None:
+    c = _flushing_sim()
+    c.wait_ready()
+    from penumbra.sim.workloads import ChainStream
+
+    ChainStream(c.driver("node:0"), 8, 12, duration=0.05, size=1000).start()
+    c.run_for(0.3)
+    r0, r1 = c.head.chain.shards[0].config.replicas
+    assert c.gcs_disk.segments(r0) and c.gcs_disk.segments(r0).keys() == c.gcs_disk.segments(r1).keys()
+    c.crash_replica(r1)
+    c.restart_replica(r1)
+    assert not c.gcs_disk.segments(r1), "a replica restarted empty kept its disk"
+
+
+def test_sim_replica_that_joined_after_a_flush_serves_the_flushed_rows() -> None:
+    """Issues 15+18: a replica joins after a flush (copying the tail's
+    snapshot, flushed-row index included), the old member dies, and the
+    joiner, now the tail, must still find the flushed rows on its own disk:
+    for a read and for the lineage reconstruction of a lost object."""
+    from penumbra.sim.workloads import ChainStream
+
+    c = _flushing_sim()
+    c.wait_ready()
+    s = ChainStream(c.driver("node:0"), 8, 12, duration=0.05, size=1000).start()
+    c.run_for(0.3)
+    assert c.gcs_disk.rows_written > 0, "nothing was flushed"
+    r0, r1 = c.head.chain.shards[0].config.replicas
+    c.crash_replica(r1, restart_after=0.02)
+
+    def joined() -> bool:
+        m = c.replica(r1)
+        return m is not None and m.active and m._can_read() and r1 in c.head.chain.shards[0].config.replicas
+
+    assert c.run_until(joined, 5), "the restarted replica did not join again"
+    before = dict(c.replica(r1).tables.flushed["tasks"])
+    assert before, "the joiner's snapshot had no flushed rows"
+    c.crash_replica(r0)  # the joiner carries the shard alone now
+    assert c.run_until(lambda: c.head.chain.shards[0].config.replicas == (r1,), 5)
+    missing = [t for t in before if c.gcs_row("tasks", t) is None]
+    assert not missing, f"{len(missing)} of {len(before)} flushed task rows are lost at the new tail"
+    c.crash_node("node:2")
+    assert c.run_until(lambda: s.complete, 120)
+    assert s.all_correct() and not s.errors, s.errors
+    assert c.head.recovery.reexecuted > 0
+    assert c.gcs_disk.loads > 0
+
+
 # ============================================================================ real runtime
 
 

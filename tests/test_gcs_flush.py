@@ -446,3 +446,41 @@ def test_real_lineage_reconstruction_reads_flushed_rows_back(flushing_cluster):
     values = ray.get(refs, timeout=120)
     assert [int(v[1][0]) for v in values] == list(range(6))
     assert {v[0] for v in values} <= {doomed.node_id, survivor.node_id}
+
+
+@pytest.mark.timeout(180)
+def test_real_replica_joining_after_a_flush_copies_the_flushed_rows_and_serves_them(flushing_cluster):
+    """Issues 15+18 on real processes: a node started with ``gcs_replica``
+    AFTER tasks were flushed joins each chain as its tail.  Its replica
+    copies the flushed segments to its own session's disk while joining,
+    and a read of a flushed task row, now served by that tail, loads it
+    from there (before the fix: no such files, the row read as missing)."""
+    import penumbra as ray
+    from penumbra.api.context import current_runtime
+    from penumbra.cli import _ask_daemon
+    from penumbra.core.tables import Get
+
+    ray.init(address=flushing_cluster.address, _token=flushing_cluster.token)
+
+    @ray.remote
+    def tiny(i):
+        return i
+
+    refs = [tiny.remote(i) for i in range(300)]
+    assert ray.get(refs, timeout=60) == list(range(300))
+    session = flushing_cluster.head.session_dir
+    _poll(lambda: len(_flushed_task_ids(session)) >= 200, 30, "the finished tasks' rows to reach disk")
+    before = _flushed_task_ids(session)
+    b = flushing_cluster.add_node(num_cpus=1, gcs_replica=True)
+
+    def b_is_every_tail() -> bool:
+        table = _ask_daemon(flushing_cluster.address, flushing_cluster.token, "addresses")
+        chains = getattr(table, "chains", ()) or ()
+        return bool(chains) and all(table.replicas.get(c.replicas[-1]) == b.address for c in chains)
+
+    _poll(b_is_every_tail, 60, "B's replica to join every chain as its tail")
+    assert before <= _flushed_task_ids(b.session_dir), "B's replica lacks flushed segments"
+    probe = sorted(before & {r.task_id() for r in refs}, key=repr)[:20]
+    assert probe
+    rows = [current_runtime().gcs_request(Get("tasks", t), timeout=60) for t in probe]
+    assert all(row is not None and row.spec.task_id == t for row, t in zip(rows, probe)), rows

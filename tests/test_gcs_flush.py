@@ -484,3 +484,69 @@ def test_real_replica_joining_after_a_flush_copies_the_flushed_rows_and_serves_t
     assert probe
     rows = [current_runtime().gcs_request(Get("tasks", t), timeout=60) for t in probe]
     assert all(row is not None and row.spec.task_id == t for row, t in zip(rows, probe)), rows
+
+
+@pytest.mark.timeout(240)
+def test_real_flushed_rows_survive_the_head_daemon_killed_and_recovered_from_a_late_replica(flushing_cluster):
+    """Issues 15+18, the whole story: node B starts with ``gcs_replica``
+    after tasks were flushed (its replica copies the segments while
+    joining); the head daemon is killed (SIGKILL) and a new head recovers
+    from B; the recovered head's own replicas join after the flush too,
+    copying from B, and become the tails.  A flushed task row still reads
+    back through the recovered cluster.
+
+    (The driver's node C is stopped before the kill: a node drops its
+    drivers when it loses the head, and a job known to have ended is
+    forgotten, flushed rows included; stopped, C never says so, so the
+    rows must stay.)"""
+    import os
+    import signal
+
+    import penumbra as ray
+    from penumbra.api.context import current_runtime
+    from penumbra.cli import _ask_daemon
+    from penumbra.core.tables import Get
+    from penumbra.transports.launch import spawn_daemon
+
+    c = flushing_cluster.add_node(num_cpus=1)  # the driver's node
+    ray.init(address=c.address, _token=flushing_cluster.token)
+
+    @ray.remote
+    def tiny(i):
+        return i
+
+    refs = [tiny.remote(i) for i in range(300)]
+    assert ray.get(refs, timeout=60) == list(range(300))
+    head = flushing_cluster.head
+    _poll(lambda: len(_flushed_task_ids(head.session_dir)) >= 200, 30, "the finished tasks' rows to reach disk")
+    before = _flushed_task_ids(head.session_dir)
+    b = flushing_cluster.add_node(num_cpus=1, gcs_replica=True)
+
+    def tails_at(address: str) -> bool:
+        try:
+            table = _ask_daemon(flushing_cluster.address, flushing_cluster.token, "addresses")
+        except Exception:  # (the new head is not up yet)
+            return False
+        chains = getattr(table, "chains", ()) or ()
+        return bool(chains) and all(table.replicas.get(ch.replicas[-1]) == address for ch in chains)
+
+    _poll(lambda: tails_at(b.address), 60, "B's replica to join every chain as its tail")
+    assert before <= _flushed_task_ids(b.session_dir), "B's replica lacks flushed segments"
+    probe = sorted(before & {r.task_id() for r in refs}, key=repr)[:20]
+    assert probe
+    os.kill(c.proc.pid, signal.SIGSTOP)
+    try:
+        ray.shutdown()
+        port = int(head.address.rsplit(":", 1)[1])
+        head.kill()  # SIGKILL: the head daemon and the replicas it hosted
+        # (no flushing at the new head: every segment it holds is a copy)
+        flushing_cluster.head = new = spawn_daemon(
+            head=True, token=flushing_cluster.token, parent_pid=os.getpid(), num_cpus=1, port=port,
+            recover_from=[b.address], node_timeout=2.0, validate=True)
+        _poll(lambda: tails_at(new.address), 60, "the recovered head's replicas to join every chain as its tail")
+        assert before <= _flushed_task_ids(new.session_dir), "the recovered head's replicas lack flushed segments"
+        ray.init(address=b.address, _token=flushing_cluster.token)
+        rows = [current_runtime().gcs_request(Get("tasks", t), timeout=60) for t in probe]
+        assert all(row is not None and row.spec.task_id == t for row, t in zip(rows, probe)), rows
+    finally:
+        os.kill(c.proc.pid, signal.SIGCONT)

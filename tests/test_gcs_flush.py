@@ -211,6 +211,71 @@ def test_only_the_head_orders_a_flush() -> None:
         r.flush_now(0.0)
 
 
+def test_a_replica_joining_after_a_flush_copies_the_rows_in_a_window_before_it_is_ready(core) -> None:
+    """Issues 15+18, the protocol: the snapshot carries the flushed-row
+    index, not the rows; the joiner asks the tail for them a few segments
+    at a time (``FlushedRowsRequest``), the tail loads them (``LoadRows``)
+    and sends them (``FlushedRowsCopy``), the joiner writes each to its own
+    disk (``FlushRows``) and reports ready only after the last; an answer
+    lost on the way is asked for again."""
+    from penumbra.core.messages import (
+        ChainConfigMsg,
+        FlushedRowsCopy,
+        FlushedRowsRequest,
+        ReplicaReady,
+        StateSnapshot,
+        StateTransferRequest,
+        TimerFired,
+    )
+
+    solo = ChainConfig(shard=0, epoch=1, replicas=(R[0],))
+    tail = GcsReplica(R[0], 0, config=solo)
+    disk: dict = {}  # the tail's disk: segment -> {(table, key): row}
+    finished(core, tail.tables, 6)
+    for _ in range(6):
+        tail.tables.apply(FlushOld(keep=0, limit=2))
+        seg, rows = tail.tables.flush_out
+        disk[seg] = {(tb, k): r for tb, k, r in rows}
+    assert len(disk) == 6 and tail.tables.flushed_rows() == 12
+    joiner = GcsReplica(R[1], 0, joining=True)
+
+    def sends(cmds, kind):
+        return [c.msg for c in cmds if isinstance(c, Send) and isinstance(c.msg, kind)]
+
+    (req,) = sends(joiner.handle(ChainConfigMsg(config=solo), 0.0), StateTransferRequest)
+    (snap,) = sends(tail.handle(req, 0.0), StateSnapshot)
+    asks = sends(joiner.handle(snap, 0.0), FlushedRowsRequest)
+    assert [a.segment for a in asks] == [0, 1, 2, 3]  # a window, not all at once
+    assert joiner.joining, "ready before it has the flushed rows"
+
+    def answer(ask):
+        (load,) = [c for c in tail.handle(ask, 0.0) if isinstance(c, LoadRows)]
+        rows = tuple((tb, k, disk[seg][(tb, k)]) for tb, k, seg in load.wants if (tb, k) in disk.get(seg, {}))
+        (copy,) = sends(tail.handle(RowsLoaded(token=load.token, rows=rows), 0.0), FlushedRowsCopy)
+        return copy
+
+    written: dict = {}
+    pending = list(asks)
+    lost = pending.pop(1)  # its answer never arrives
+    cmds = []
+    while pending:
+        cmds = joiner.handle(answer(pending.pop(0)), 0.001)
+        for c in cmds:
+            if isinstance(c, FlushRows):
+                written[c.segment] = {(tb, k): r for tb, k, r in c.rows}
+        pending += sends(cmds, FlushedRowsRequest)
+    assert lost.segment not in written and not sends(cmds, ReplicaReady)
+    # the joiner's timer asks again for what is still missing
+    later = joiner.timing.heartbeat_timeout + 0.01
+    again = sends(joiner.handle(TimerFired(key=("gcs", "tick")), later), FlushedRowsRequest)
+    assert [a.segment for a in again] == [lost.segment]
+    cmds = joiner.handle(answer(again[0]), later)
+    written.update({c.segment: {(tb, k): r for tb, k, r in c.rows} for c in cmds if isinstance(c, FlushRows)})
+    assert sends(cmds, ReplicaReady) and not joiner.joining
+    assert written == disk  # its own disk now holds every row its index names
+    assert joiner.tables.fingerprint() == tail.tables.fingerprint()
+
+
 # ============================================================================ whole cluster on memnet
 
 

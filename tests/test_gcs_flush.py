@@ -544,7 +544,8 @@ def test_real_replica_joining_after_a_flush_copies_the_flushed_rows_and_serves_t
         return bool(chains) and all(table.replicas.get(c.replicas[-1]) == b.address for c in chains)
 
     _poll(b_is_every_tail, 60, "B's replica to join every chain as its tail")
-    assert before <= _flushed_task_ids(b.session_dir), "B's replica lacks flushed segments"
+    # (the daemon writes the copies from a thread: they land shortly after)
+    _poll(lambda: before <= _flushed_task_ids(b.session_dir), 30, "B's replica to write the flushed segments")
     probe = sorted(before & {r.task_id() for r in refs}, key=repr)[:20]
     assert probe
     rows = [current_runtime().gcs_request(Get("tasks", t), timeout=60) for t in probe]
@@ -596,7 +597,8 @@ def test_real_flushed_rows_survive_the_head_daemon_killed_and_recovered_from_a_l
         return bool(chains) and all(table.replicas.get(ch.replicas[-1]) == address for ch in chains)
 
     _poll(lambda: tails_at(b.address), 60, "B's replica to join every chain as its tail")
-    assert before <= _flushed_task_ids(b.session_dir), "B's replica lacks flushed segments"
+    # (the daemon writes the copies from a thread: they land shortly after)
+    _poll(lambda: before <= _flushed_task_ids(b.session_dir), 30, "B's replica to write the flushed segments")
     probe = sorted(before & {r.task_id() for r in refs}, key=repr)[:20]
     assert probe
     os.kill(c.proc.pid, signal.SIGSTOP)
@@ -609,7 +611,8 @@ def test_real_flushed_rows_survive_the_head_daemon_killed_and_recovered_from_a_l
             head=True, token=flushing_cluster.token, parent_pid=os.getpid(), num_cpus=1, port=port,
             recover_from=[b.address], node_timeout=2.0, validate=True)
         _poll(lambda: tails_at(new.address), 60, "the recovered head's replicas to join every chain as its tail")
-        assert before <= _flushed_task_ids(new.session_dir), "the recovered head's replicas lack flushed segments"
+        _poll(lambda: before <= _flushed_task_ids(new.session_dir), 30,
+              "the recovered head's replicas to write the flushed segments")
         ray.init(address=b.address, _token=flushing_cluster.token)
         rows = [current_runtime().gcs_request(Get("tasks", t), timeout=60) for t in probe]
         assert all(row is not None and row.spec.task_id == t for row, t in zip(rows, probe)), rows

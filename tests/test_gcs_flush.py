@@ -406,6 +406,48 @@ def test_sim_replica_that_joined_after_a_flush_serves_the_flushed_rows() -> None
     assert c.gcs_disk.loads > 0
 
 
+@pytest.mark.timeout(600)
+def test_swarm_every_member_holds_on_its_own_disk_the_rows_its_index_names(monkeypatch) -> None:
+    """Over the swarm's seeds that draw flushing (faults on: replicas crash
+    and rejoin, heads die and recover): at the end of each run, every chain
+    member's flushed-row index names only rows its own disk holds (a member
+    that joined after a flush copied them).  The swarm's checkers compare
+    outcomes, which a lost flushed row rarely changes; this says it directly."""
+    from penumbra.core import gcs
+    from penumbra.core.messages import FlushedRowsCopy
+    from penumbra.verification import swarm
+
+    copies = []
+    on_copy = gcs.GcsReplica._on_copy
+
+    def counting(self, ev, now):
+        copies.append(ev.segment)
+        return on_copy(self, ev, now)
+
+    monkeypatch.setitem(gcs._HANDLERS, FlushedRowsCopy, counting)
+    runs = joined = 0
+    for seed in range(300):
+        plan = swarm.plan_seed(seed)
+        if plan.layout.gcs_timing.flush is None:
+            continue
+        r = swarm.run_plan(plan, faults=True)
+        assert not r.violations, [str(v) for v in r.violations]
+        c = r.cluster
+        runs += 1
+        joined += bool(copies)
+        copies.clear()
+        for shard, view in c.head.chain.shards.items():
+            for rid in view.config.replicas:
+                m = c.replica(rid)
+                if m is None or m.joining:
+                    continue
+                disk = c.gcs_disk.segments(rid)
+                lost = [(t, k) for t, idx in m.tables.flushed.items() for k, seg in idx.items()
+                        if (t, k) not in disk.get((shard, seg), {})]
+                assert not lost, f"seed {seed}: {rid} lacks {len(lost)} flushed rows its index names, e.g. {lost[:3]}"
+    assert runs >= 30 and joined >= 10, (runs, joined)
+
+
 # ============================================================================ real runtime
 
 

@@ -211,6 +211,71 @@ def test_only_the_head_orders_a_flush() -> None:
         r.flush_now(0.0)
 
 
+def test_a_replica_joining_after_a_flush_copies_the_rows_in_a_window_before_it_is_ready(core) -> None:
+    """Issues 15+18, the protocol: the snapshot carries the flushed-row
+    index, not the rows; the joiner asks the tail for them a few segments
+    at a time (``FlushedRowsRequest``), the tail loads them (``LoadRows``)
+    and sends them (``FlushedRowsCopy``), the joiner writes each to its own
+    disk (``FlushRows``) and reports ready only after the last; an answer
+    lost on the way is asked for again."""
+    from penumbra.core.messages import (
+        ChainConfigMsg,
+        FlushedRowsCopy,
+        FlushedRowsRequest,
+        ReplicaReady,
+        StateSnapshot,
+        StateTransferRequest,
+        TimerFired,
+    )
+
+    solo = ChainConfig(shard=0, epoch=1, replicas=(R[0],))
+    tail = GcsReplica(R[0], 0, config=solo)
+    disk: dict = {}  # the tail's disk: segment -> {(table, key): row}
+    finished(core, tail.tables, 6)
+    for _ in range(6):
+        tail.tables.apply(FlushOld(keep=0, limit=2))
+        seg, rows = tail.tables.flush_out
+        disk[seg] = {(tb, k): r for tb, k, r in rows}
+    assert len(disk) == 6 and tail.tables.flushed_rows() == 12
+    joiner = GcsReplica(R[1], 0, joining=True)
+
+    def sends(cmds, kind):
+        return [c.msg for c in cmds if isinstance(c, Send) and isinstance(c.msg, kind)]
+
+    (req,) = sends(joiner.handle(ChainConfigMsg(config=solo), 0.0), StateTransferRequest)
+    (snap,) = sends(tail.handle(req, 0.0), StateSnapshot)
+    asks = sends(joiner.handle(snap, 0.0), FlushedRowsRequest)
+    assert [a.segment for a in asks] == [0, 1, 2, 3]  # a window, not all at once
+    assert joiner.joining, "ready before it has the flushed rows"
+
+    def answer(ask):
+        (load,) = [c for c in tail.handle(ask, 0.0) if isinstance(c, LoadRows)]
+        rows = tuple((tb, k, disk[seg][(tb, k)]) for tb, k, seg in load.wants if (tb, k) in disk.get(seg, {}))
+        (copy,) = sends(tail.handle(RowsLoaded(token=load.token, rows=rows), 0.0), FlushedRowsCopy)
+        return copy
+
+    written: dict = {}
+    pending = list(asks)
+    lost = pending.pop(1)  # its answer never arrives
+    cmds = []
+    while pending:
+        cmds = joiner.handle(answer(pending.pop(0)), 0.001)
+        for c in cmds:
+            if isinstance(c, FlushRows):
+                written[c.segment] = {(tb, k): r for tb, k, r in c.rows}
+        pending += sends(cmds, FlushedRowsRequest)
+    assert lost.segment not in written and not sends(cmds, ReplicaReady)
+    # the joiner's timer asks again for what is still missing
+    later = joiner.timing.heartbeat_timeout + 0.01
+    again = sends(joiner.handle(TimerFired(key=("gcs", "tick")), later), FlushedRowsRequest)
+    assert [a.segment for a in again] == [lost.segment]
+    cmds = joiner.handle(answer(again[0]), later)
+    written.update({c.segment: {(tb, k): r for tb, k, r in c.rows} for c in cmds if isinstance(c, FlushRows)})
+    assert sends(cmds, ReplicaReady) and not joiner.joining
+    assert written == disk  # its own disk now holds every row its index names
+    assert joiner.tables.fingerprint() == tail.tables.fingerprint()
+
+
 # ============================================================================ whole cluster on memnet
 
 
@@ -278,6 +343,109 @@ def test_sim_flushes_and_rebuilds_lost_objects_from_flushed_lineage() -> None:
     for shard in c.head.chain.shards.values():
         fps = {c.replica(r).tables.fingerprint() for r in shard.config.replicas}
         assert len(fps) == 1
+
+
+def _flushing_sim(seed: int = 3):
+    from penumbra.core.layout import ClusterLayout, NodeShape
+    from penumbra.core.scheduler import SchedulerConfig
+    from penumbra.core.specs import ResourceSet
+    from penumbra.sim.cluster import SimCluster
+    from penumbra.sim.costs import PAPER
+
+    flush = FlushConfig(interval=0.05, max_rows=8, keep_rows=2, batch=1000)
+    layout = ClusterLayout(nodes=(NodeShape(ResourceSet.of(CPU=2)),) * 4, gcs_shards=1, chain_length=2,
+                           scheduler=SchedulerConfig(forward_queue_threshold=2), node_timeout=0.5,
+                           gcs_timing=GcsTiming(heartbeat_interval=0.01, heartbeat_timeout=0.1, flush=flush))
+    return SimCluster(layout, costs=PAPER, seed=seed, validate=True)
+
+
+def test_sim_disk_is_per_replica_and_a_restart_empties_it() -> None:
+    c = _flushing_sim()
+    c.wait_ready()
+    from penumbra.sim.workloads import ChainStream
+
+    ChainStream(c.driver("node:0"), 8, 12, duration=0.05, size=1000).start()
+    c.run_for(0.3)
+    r0, r1 = c.head.chain.shards[0].config.replicas
+    assert c.gcs_disk.segments(r0) and c.gcs_disk.segments(r0).keys() == c.gcs_disk.segments(r1).keys()
+    c.crash_replica(r1)
+    c.restart_replica(r1)
+    assert not c.gcs_disk.segments(r1), "a replica restarted empty kept its disk"
+
+
+def test_sim_replica_that_joined_after_a_flush_serves_the_flushed_rows() -> None:
+    """Issues 15+18: a replica joins after a flush (copying the tail's
+    snapshot, flushed-row index included), the old member dies, and the
+    joiner, now the tail, must still find the flushed rows on its own disk:
+    for a read and for the lineage reconstruction of a lost object."""
+    from penumbra.sim.workloads import ChainStream
+
+    c = _flushing_sim()
+    c.wait_ready()
+    s = ChainStream(c.driver("node:0"), 8, 12, duration=0.05, size=1000).start()
+    c.run_for(0.3)
+    assert c.gcs_disk.rows_written > 0, "nothing was flushed"
+    r0, r1 = c.head.chain.shards[0].config.replicas
+    c.crash_replica(r1, restart_after=0.02)
+
+    def joined() -> bool:
+        m = c.replica(r1)
+        return m is not None and m.active and m._can_read() and r1 in c.head.chain.shards[0].config.replicas
+
+    assert c.run_until(joined, 5), "the restarted replica did not join again"
+    before = dict(c.replica(r1).tables.flushed["tasks"])
+    assert before, "the joiner's snapshot had no flushed rows"
+    c.crash_replica(r0)  # the joiner carries the shard alone now
+    assert c.run_until(lambda: c.head.chain.shards[0].config.replicas == (r1,), 5)
+    missing = [t for t in before if c.gcs_row("tasks", t) is None]
+    assert not missing, f"{len(missing)} of {len(before)} flushed task rows are lost at the new tail"
+    c.crash_node("node:2")
+    assert c.run_until(lambda: s.complete, 120)
+    assert s.all_correct() and not s.errors, s.errors
+    assert c.head.recovery.reexecuted > 0
+    assert c.gcs_disk.loads > 0
+
+
+@pytest.mark.timeout(600)
+def test_swarm_every_member_holds_on_its_own_disk_the_rows_its_index_names(monkeypatch) -> None:
+    """Over the swarm's seeds that draw flushing (faults on: replicas crash
+    and rejoin, heads die and recover): at the end of each run, every chain
+    member's flushed-row index names only rows its own disk holds (a member
+    that joined after a flush copied them).  The swarm's checkers compare
+    outcomes, which a lost flushed row rarely changes; this says it directly."""
+    from penumbra.core import gcs
+    from penumbra.core.messages import FlushedRowsCopy
+    from penumbra.verification import swarm
+
+    copies = []
+    on_copy = gcs.GcsReplica._on_copy
+
+    def counting(self, ev, now):
+        copies.append(ev.segment)
+        return on_copy(self, ev, now)
+
+    monkeypatch.setitem(gcs._HANDLERS, FlushedRowsCopy, counting)
+    runs = joined = 0
+    for seed in range(300):
+        plan = swarm.plan_seed(seed)
+        if plan.layout.gcs_timing.flush is None:
+            continue
+        r = swarm.run_plan(plan, faults=True)
+        assert not r.violations, [str(v) for v in r.violations]
+        c = r.cluster
+        runs += 1
+        joined += bool(copies)
+        copies.clear()
+        for shard, view in c.head.chain.shards.items():
+            for rid in view.config.replicas:
+                m = c.replica(rid)
+                if m is None or m.joining:
+                    continue
+                disk = c.gcs_disk.segments(rid)
+                lost = [(t, k) for t, idx in m.tables.flushed.items() for k, seg in idx.items()
+                        if (t, k) not in disk.get((shard, seg), {})]
+                assert not lost, f"seed {seed}: {rid} lacks {len(lost)} flushed rows its index names, e.g. {lost[:3]}"
+    assert runs >= 30 and joined >= 10, (runs, joined)
 
 
 # ============================================================================ real runtime
@@ -385,3 +553,110 @@ def test_real_lineage_reconstruction_reads_flushed_rows_back(flushing_cluster):
     values = ray.get(refs, timeout=120)
     assert [int(v[1][0]) for v in values] == list(range(6))
     assert {v[0] for v in values} <= {doomed.node_id, survivor.node_id}
+
+
+@pytest.mark.timeout(180)
+def test_real_replica_joining_after_a_flush_copies_the_flushed_rows_and_serves_them(flushing_cluster):
+    """Issues 15+18 on real processes: a node started with ``gcs_replica``
+    AFTER tasks were flushed joins each chain as its tail.  Its replica
+    copies the flushed segments to its own session's disk while joining,
+    and a read of a flushed task row, now served by that tail, loads it
+    from there (before the fix: no such files, the row read as missing)."""
+    import penumbra as ray
+    from penumbra.api.context import current_runtime
+    from penumbra.cli import _ask_daemon
+    from penumbra.core.tables import Get
+
+    ray.init(address=flushing_cluster.address, _token=flushing_cluster.token)
+
+    @ray.remote
+    def tiny(i):
+        return i
+
+    refs = [tiny.remote(i) for i in range(300)]
+    assert ray.get(refs, timeout=60) == list(range(300))
+    session = flushing_cluster.head.session_dir
+    _poll(lambda: len(_flushed_task_ids(session)) >= 200, 30, "the finished tasks' rows to reach disk")
+    before = _flushed_task_ids(session)
+    b = flushing_cluster.add_node(num_cpus=1, gcs_replica=True)
+
+    def b_is_every_tail() -> bool:
+        table = _ask_daemon(flushing_cluster.address, flushing_cluster.token, "addresses")
+        chains = getattr(table, "chains", ()) or ()
+        return bool(chains) and all(table.replicas.get(c.replicas[-1]) == b.address for c in chains)
+
+    _poll(b_is_every_tail, 60, "B's replica to join every chain as its tail")
+    # (the daemon writes the copies from a thread: they land shortly after)
+    _poll(lambda: before <= _flushed_task_ids(b.session_dir), 30, "B's replica to write the flushed segments")
+    probe = sorted(before & {r.task_id() for r in refs}, key=repr)[:20]
+    assert probe
+    rows = [current_runtime().gcs_request(Get("tasks", t), timeout=60) for t in probe]
+    assert all(row is not None and row.spec.task_id == t for row, t in zip(rows, probe)), rows
+
+
+@pytest.mark.timeout(240)
+def test_real_flushed_rows_survive_the_head_daemon_killed_and_recovered_from_a_late_replica(flushing_cluster):
+    """Issues 15+18, the whole story: node B starts with ``gcs_replica``
+    after tasks were flushed (its replica copies the segments while
+    joining); the head daemon is killed (SIGKILL) and a new head recovers
+    from B; the recovered head's own replicas join after the flush too,
+    copying from B, and become the tails.  A flushed task row still reads
+    back through the recovered cluster.
+
+    (The driver's node C is stopped before the kill: a node drops its
+    drivers when it loses the head, and a job known to have ended is
+    forgotten, flushed rows included; stopped, C never says so, so the
+    rows must stay.)"""
+    import os
+    import signal
+
+    import penumbra as ray
+    from penumbra.api.context import current_runtime
+    from penumbra.cli import _ask_daemon
+    from penumbra.core.tables import Get
+    from penumbra.transports.launch import spawn_daemon
+
+    c = flushing_cluster.add_node(num_cpus=1)  # the driver's node
+    ray.init(address=c.address, _token=flushing_cluster.token)
+
+    @ray.remote
+    def tiny(i):
+        return i
+
+    refs = [tiny.remote(i) for i in range(300)]
+    assert ray.get(refs, timeout=60) == list(range(300))
+    head = flushing_cluster.head
+    _poll(lambda: len(_flushed_task_ids(head.session_dir)) >= 200, 30, "the finished tasks' rows to reach disk")
+    before = _flushed_task_ids(head.session_dir)
+    b = flushing_cluster.add_node(num_cpus=1, gcs_replica=True)
+
+    def tails_at(address: str) -> bool:
+        try:
+            table = _ask_daemon(flushing_cluster.address, flushing_cluster.token, "addresses")
+        except Exception:  # (the new head is not up yet)
+            return False
+        chains = getattr(table, "chains", ()) or ()
+        return bool(chains) and all(table.replicas.get(ch.replicas[-1]) == address for ch in chains)
+
+    _poll(lambda: tails_at(b.address), 60, "B's replica to join every chain as its tail")
+    # (the daemon writes the copies from a thread: they land shortly after)
+    _poll(lambda: before <= _flushed_task_ids(b.session_dir), 30, "B's replica to write the flushed segments")
+    probe = sorted(before & {r.task_id() for r in refs}, key=repr)[:20]
+    assert probe
+    os.kill(c.proc.pid, signal.SIGSTOP)
+    try:
+        ray.shutdown()
+        port = int(head.address.rsplit(":", 1)[1])
+        head.kill()  # SIGKILL: the head daemon and the replicas it hosted
+        # (no flushing at the new head: every segment it holds is a copy)
+        flushing_cluster.head = new = spawn_daemon(
+            head=True, token=flushing_cluster.token, parent_pid=os.getpid(), num_cpus=1, port=port,
+            recover_from=[b.address], node_timeout=2.0, validate=True)
+        _poll(lambda: tails_at(new.address), 60, "the recovered head's replicas to join every chain as its tail")
+        _poll(lambda: before <= _flushed_task_ids(new.session_dir), 30,
+              "the recovered head's replicas to write the flushed segments")
+        ray.init(address=b.address, _token=flushing_cluster.token)
+        rows = [current_runtime().gcs_request(Get("tasks", t), timeout=60) for t in probe]
+        assert all(row is not None and row.spec.task_id == t for row, t in zip(rows, probe)), rows
+    finally:
+        os.kill(c.proc.pid, signal.SIGCONT)

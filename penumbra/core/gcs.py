@@ -37,6 +37,15 @@ Joining
     tail retains its log so nothing committed after the snapshot is missed.
     The joiner reports ``ReplicaReady`` and the master appends it as the new
     tail; it serves reads only once its predecessor says it has caught up.
+    After a flush the snapshot carries the flushed-row *index* but not the
+    rows, which are on the chain members' own disks; so before it reports
+    ready the joiner copies them, one segment per message
+    (``FlushedRowsRequest`` -> the member loads them with ``LoadRows`` ->
+    ``FlushedRowsCopy``), and writes them to its own disk (``FlushRows``).
+    Otherwise, once the old members die and the joiner is the tail, a read
+    of a flushed row (lineage reconstruction) would find nothing.  A row a
+    member no longer holds is one a later logged op takes out of the index
+    (``RestoreRows``, ``ForgetJob``): the joiner applies it before it serves.
 
 A new head
     The replicas need no head to keep their config and serve: writes go
@@ -108,7 +117,7 @@ from .messages import (
     TimerFired,
 )
 from .records import ChainConfig
-from .messages import FlushRows, LoadRows, RowsLoaded
+from .messages import FlushedRowsCopy, FlushedRowsRequest, FlushRows, LoadRows, RowsLoaded
 from .tables import Change, FlushOld, Op, RestoreRows, Subscribe, Tables
 
 __all__ = [
@@ -282,6 +291,11 @@ class GcsReplica:
         self._load_count = 0
         self._parked: list[GcsWrite] = []  # writes waiting for rows to load, in order
         self._loading: set[tuple[str, Any]] = set()
+        # joining after a flush (see "Joining" above): segment -> the wants
+        # of it still to copy, and when we last asked for the first ones
+        self._copying: dict[int, tuple] = {}
+        self._copy_asked: set[int] = set()
+        self._copy_asked_at: float | None = None
 
     # ------------------------------------------------------------------ roles
     @property
@@ -608,18 +622,69 @@ class GcsReplica:
         return [Send(to=ev.replica, msg=StateSnapshot(shard=self.shard, epoch=self.config.epoch, seq=self.seq, snapshot=snap, dedup=dedup, stimulus_id=ev.stimulus_id))]
 
     def _on_snapshot(self, ev: StateSnapshot, now: float) -> list[Command]:
-        if not self.joining or ev.shard != self.shard:
-            return []
+        if not self.joining or ev.shard != self.shard or self._copying:
+            return []  # (a repeat while we copy the first one's flushed rows)
         self.tables = Tables.restore(ev.snapshot)
         dedup, floors = ev.dedup
         self.dedup = {c: dict(v) for c, v in dedup.items()}
         self.floors = dict(floors)
         self.seq = self.committed = ev.seq
         self.log.clear()
+        if self.tables.flush_next:
+            by_segment: dict[int, list] = {}
+            for table, idx in self.tables.flushed.items():
+                for key, seg in idx.items():
+                    by_segment.setdefault(seg, []).append((table, key, seg))
+            if by_segment:
+                self._copying = {seg: tuple(by_segment[seg]) for seg in sorted(by_segment)}
+                return self._ask_copies(now, ev.stimulus_id)
+        return self._joined(ev.stimulus_id)
+
+    def _joined(self, sid: Any) -> list[Command]:
+        """The snapshot (and the flushed rows it names) is ours: ready."""
         self.joining = False
         self.active = False  # until the master adds us
         self.awaiting_append = True
-        return [Send(to=self.master, msg=ReplicaReady(replica=self.replica_id, shard=self.shard, seq=ev.seq, stimulus_id=ev.stimulus_id))]
+        return [Send(to=self.master, msg=ReplicaReady(replica=self.replica_id, shard=self.shard, seq=self.seq, stimulus_id=sid))]
+
+    # at most this many segments asked for at once (each load reads a whole
+    # segment of up to FlushConfig.batch rows)
+    _COPY_WINDOW = 4
+
+    def _ask_copies(self, now: float, sid: str = "", again: bool = True) -> list[Command]:
+        """Ask the tail for the first segments still to copy (``again``:
+        those asked already too, their answer may have been lost)."""
+        c = self.config
+        if c is None or not c.replicas:
+            return []
+        window = list(self._copying)[:self._COPY_WINDOW]
+        ask = window if again else [seg for seg in window if seg not in self._copy_asked]
+        if ask:
+            self._copy_asked_at = now
+        self._copy_asked.update(ask)
+        return [Send(to=c.tail, msg=FlushedRowsRequest(replica=self.replica_id, shard=self.shard, segment=seg,
+                                                       wants=self._copying[seg], stimulus_id=sid))
+                for seg in ask]
+
+    def _on_copy_request(self, ev: FlushedRowsRequest, now: float) -> list[Command]:
+        """A joiner lacks flushed rows our disk holds: load and send them."""
+        if ev.shard != self.shard or not self.active or self.joining:
+            return []
+        token = self._new_token()
+        self._loads[token] = ("c", ev.replica, ev.segment)
+        return [LoadRows(shard=self.shard, token=token, wants=ev.wants, stimulus_id=ev.stimulus_id)]
+
+    def _on_copy(self, ev: FlushedRowsCopy, now: float) -> list[Command]:
+        if ev.shard != self.shard or not self.joining or self._copying.pop(ev.segment, None) is None:
+            return []  # (a repeat, or from a join we gave up)
+        cmds: list[Command] = []
+        if ev.rows:
+            cmds.append(FlushRows(shard=self.shard, segment=ev.segment, rows=ev.rows, stimulus_id=ev.stimulus_id))
+        if not self._copying:
+            self._copy_asked.clear()
+            self._copy_asked_at = None
+            return cmds + self._joined(ev.stimulus_id)
+        return cmds + self._ask_copies(now, ev.stimulus_id, again=False)  # slide the window on
 
     def _on_joined_config(self, ev: ChainConfigMsg, now: float) -> list[Command]:
         """Config handling while joining: find the tail to copy from."""
@@ -629,6 +694,8 @@ class GcsReplica:
         if self.replica_id in new.replicas:
             return self._on_config(ev, now)
         self.config = new
+        if self._copying:  # keep the snapshot; ask the new tail for the rest
+            return self._ask_copies(now, ev.stimulus_id)
         return [Send(to=new.tail, msg=StateTransferRequest(replica=self.replica_id, shard=self.shard, stimulus_id=ev.stimulus_id))]
 
     def _dispatch_config(self, ev: ChainConfigMsg, now: float) -> list[Command]:
@@ -648,6 +715,8 @@ class GcsReplica:
         self.joining = True
         self.active = False
         self._awaiting_catchup = False
+        self._copying = {}
+        self._copy_asked.clear()
         self.log.clear()
         self.pending_reads = []  # their clients retry at the new tail
         return [Send(to=self.master, msg=ReplicaJoin(replica=self.replica_id, shard=self.shard, stimulus_id=ev.stimulus_id))]
@@ -665,12 +734,16 @@ class GcsReplica:
             joining=self.joining or self.awaiting_append, client_req=client_req, stimulus_id=ev.stimulus_id))]
 
     # ------------------------------------------------------------------ timers
-    def _join_retries(self) -> list[Command]:
+    def _join_retries(self, now: float) -> list[Command]:
         """Re-send the joining steps whose message may have been lost."""
         c = self.config
         if self.joining:
             if c is None or self.replica_id in c.replicas:
                 return [Send(to=self.master, msg=ReplicaJoin(replica=self.replica_id, shard=self.shard))]
+            if self._copying:
+                if self._copy_asked_at is not None and now - self._copy_asked_at < self.timing.heartbeat_timeout:
+                    return []
+                return self._ask_copies(now)
             return [Send(to=c.tail, msg=StateTransferRequest(replica=self.replica_id, shard=self.shard))]
         if self.awaiting_append:
             if c is not None and self.replica_id in c.replicas:
@@ -687,7 +760,7 @@ class GcsReplica:
             Send(to=self.master, msg=self._heartbeat()),
         ]
         if self.joining or self.awaiting_append:
-            cmds += self._join_retries()
+            cmds += self._join_retries(now)
         if self.timing.flush is not None or self._parked:
             cmds += self._flush_tick(now)
         pred = self._predecessor()
@@ -782,6 +855,9 @@ class GcsReplica:
         what = self._loads.pop(ev.token, None)
         if what is None:
             return []
+        if what[0] == "c":  # rows for a joiner (see "Joining" above)
+            return [Send(to=what[1], msg=FlushedRowsCopy(shard=self.shard, segment=what[2], rows=ev.rows,
+                                                         stimulus_id=ev.stimulus_id))]
         if what[0] == "r":
             r = what[1]
             result = self.tables.read_loaded(r.query, ev.rows)
@@ -828,6 +904,8 @@ _HANDLERS = {
     TimerFired: GcsReplica._on_timer,
     ChainQuery: GcsReplica._on_chain_query,
     RowsLoaded: GcsReplica._on_rows_loaded,
+    FlushedRowsRequest: GcsReplica._on_copy_request,
+    FlushedRowsCopy: GcsReplica._on_copy,
 }
 
 _install_init(GcsSync, GcsCaughtUp, GcsRejoin)

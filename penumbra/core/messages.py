@@ -1031,6 +1031,30 @@ class RowsLoaded(Event):
     rows: tuple
 
 
+@_frozen
+class FlushedRowsRequest(Message):
+    """A GCS replica joining after a flush asks a chain member for the
+    flushed rows of one segment that its snapshot's index names: the index
+    came with the snapshot, the rows did not, and its own disk lacks them.
+    ``wants`` is ``((table, key, segment), ...)``, all of ``segment``."""
+
+    replica: str
+    shard: int
+    segment: int
+    wants: tuple
+
+
+@_frozen
+class FlushedRowsCopy(Message):
+    """The answer to ``FlushedRowsRequest``: the rows of ``segment`` the
+    sender's disk holds, ``((table, key, row), ...)`` (one segment per
+    message: at most ``FlushConfig.batch`` rows)."""
+
+    shard: int
+    segment: int
+    rows: tuple
+
+
 # Messages cross processes by the hundred thousand per second: pickle them
 # as (class, field values) instead of the slower dataclass default.
 from ._pickling import fast_reduce as _fast_reduce  # noqa: E402

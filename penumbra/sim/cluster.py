@@ -1209,7 +1209,7 @@ class SimCluster:
         if row is None and m.tables.flush_next:  # (flushed: what the disk holds)
             seg = m.tables.flushed_segment(table, key)
             if seg is not None:
-                row = self.gcs_disk.segments.get((shard, seg), {}).get((table, key))
+                row = self.gcs_disk.segments(tail).get((shard, seg), {}).get((table, key))
         return row
 
     def tasks_finished(self) -> int:
@@ -1388,9 +1388,11 @@ class SimCluster:
         return self.kernel.restart(address, self.restart_factory(address))
 
     def restart_factory(self, address: str) -> Any:
-        """A fresh machine for a restarted host (GCS replicas only)."""
+        """A fresh machine for a restarted host (GCS replicas only).  A
+        replica restarts empty: its disk of flushed rows too (``SimGcsDisk``)."""
         if address in self.replicas:
             shard = int(address.split(":")[1])
+            self.gcs_disk.forget(address)
             return GcsReplica(address, shard, "head", self.layout.gcs_timing, joining=True)
         if address in self.nodes:
             raise ValueError(f"nodes do not restart under their old address ({address}); use "

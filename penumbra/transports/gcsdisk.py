@@ -1,4 +1,4 @@
-"""The head daemon's disk for flushed GCS rows (GCS flushing, Figure 10b).
+"""A daemon's disk for flushed GCS rows (GCS flushing, Figure 10b).
 
 The GCS replicas decide what to flush and when (see "Flushing" in
 ``core/gcs.py``); this module only carries out their two commands:
@@ -7,8 +7,12 @@ The GCS replicas decide what to flush and when (see "Flushing" in
   ``<session_dir>/gcs-flush/shard-<s>/segment-<n>.pkl`` (pickled
   ``{(table, key): row}``, written to a temporary name and renamed, so a
   reader never sees half a file).  Every replica of a chain flushes the same
-  rows under the same number, and the replicas share this process, so the
-  first write of a segment serves them all and later ones are skipped.
+  rows under the same number, and the replicas of one daemon share this
+  directory, so the first write of a segment serves them all and later ones
+  are skipped.  Every daemon hosting replicas (the head, a node started with
+  ``--gcs-replica``) writes its own copy; a replica joining after a flush
+  writes the rows it copied from the tail the same way (see "Joining" in
+  ``core/gcs.py``), since a new daemon's session directory starts empty.
 * ``LoadRows(shard, token, wants)``: read the segments named, wait for one
   still being written, and deliver ``RowsLoaded(token, rows)`` to the
   replica that asked.  A few recently read segments stay in memory: a

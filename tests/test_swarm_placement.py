@@ -69,3 +69,15 @@ def test_an_actor_whose_worker_died_while_there_was_no_head_is_restarted():
     plan = swarm.plan_from_text((PLANS / "head-crash-991.txt").read_text())
     report = swarm.check_plan(plan)
     assert report.ok, [str(v) for v in report.violations[:5]]
+
+
+def test_a_shard_whose_last_member_rejoins_empty_takes_back_the_member_cut_while_paused():
+    # Seed 591's plan: a pause got gcs:0:1 cut (gcs:0:0, caught up, lived),
+    # then gcs:0:0 crashed and rejoined empty; the master cut it too, the
+    # shard had no replica and the GCS client raised IndexError.  Now the
+    # master takes gcs:0:1 back (the shard's only copy left) and the client
+    # holds requests for a chain with no replica
+    # (tests/test_core_chain_last_member.py).
+    plan = swarm.plan_from_text((PLANS / "chain-last-member-591.txt").read_text())
+    report = swarm.check_plan(plan)
+    assert report.ok, [str(v) for v in report.violations[:5]]

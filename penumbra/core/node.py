@@ -303,11 +303,15 @@ class NodeMachine:
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, now: float) -> list[Command]:
-        cmds: list[Command] = [Send(to=self.head, msg=NodeJoin(node_id=self.node_id, resources=self.config.resources, address=self.address, stimulus_id=f"join:{self.node_id}"))]
+        cmds: list[Command] = [self._join()]
         cmds += self.scheduler.start(now)
         cmds.append(SetTimer(at=now + self.config.heartbeat_interval, key=("node", "heartbeat")))
         cmds.append(SetTimer(at=now + ObjectManager.REFRESH, key=("node", "refresh")))
         return cmds
+
+    def _join(self) -> Send:
+        return Send(to=self.head, msg=NodeJoin(node_id=self.node_id, resources=self.config.resources,
+                                               address=self.address, stimulus_id=f"join:{self.node_id}"))
 
     def handle(self, event: Event, now: float) -> list[Command]:
         if self.fenced:
@@ -390,11 +394,17 @@ class NodeMachine:
             return self.gcs.handle(ev, now)
         if key == ("node", "heartbeat"):
             self.heartbeats_sent += 1
-            return [
+            cmds = [
                 SetTimer(at=now + self.config.heartbeat_interval, key=("node", "heartbeat")),
                 Send(to=self.head, msg=Heartbeat(node_id=self.node_id, load=self.scheduler.load(),
                                                  seq=self.heartbeats_sent)),
             ]
+            if not self.welcomed:
+                # our NodeJoin may have gone to a head that died (lost while
+                # there was no head; the recovered head does not know us and
+                # ignores our heartbeats): say it again until welcomed
+                cmds.append(self._join())
+            return cmds
         if key[0] == "sched":
             return self.scheduler.on_retry_timer(now, ev.stimulus_id)
         if key == ("node", "refresh"):

@@ -111,3 +111,15 @@ def test_actor_calls_behind_a_task_only_a_node_joined_while_there_was_no_head_ca
     plan = swarm.plan_from_text((PLANS / "head-crash-600.txt").read_text())
     report = swarm.check_plan(plan)
     assert report.ok, [str(v) for v in report.violations[:5]]
+
+
+def test_copies_of_a_job_forgotten_just_before_the_head_died_are_dropped():
+    # Seed 562's plan: the head wrote ForgetJob for job 3 and crashed before
+    # the reply, which names the nodes that must drop the job's copies
+    # (DropObjects); the recovered head found the job forgotten, and node:0
+    # kept six copies the object table does not list.  Now a node, once its
+    # writes landed after a head recovery, reads which of its copies the
+    # table lists (ObjectsOnNode) and drops the rest.
+    plan = swarm.plan_from_text((PLANS / "head-crash-562.txt").read_text())
+    report = swarm.check_plan(plan)
+    assert report.ok, [str(v) for v in report.violations[:5]]

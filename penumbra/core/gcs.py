@@ -861,10 +861,11 @@ class ChainMaster:
         self.caught_up: dict[str, bool] = {}  # from heartbeats; absent: an original member
         self.dead: set[str] = set()
         # a member cut while alive (its heartbeats were late, not lost for
-        # good) still heartbeats: replica -> (shard, when last heard).  It
+        # good) still heartbeats: replica -> (shard, when last heard, its
+        # sequence number).  It
         # keeps every write up to its cut: the shard's last resort if its
         # only remaining member restarts empty (``_take_back``)
-        self.cut_heard: dict[str, tuple[int, float]] = {}
+        self.cut_heard: dict[str, tuple[int, float, int]] = {}
         # shard -> its only member, which restarted empty while no member
         # cut alive was heard: it waits for one to be taken back
         self.stranded: dict[int, str] = {}
@@ -950,7 +951,7 @@ class ChainMaster:
                 # cut while alive (its heartbeats were lost): tell it, or it
                 # goes on acting on its old config (serving stale reads)
                 view = self.shards.get(event.shard)
-                self.cut_heard[event.replica] = (event.shard, now)
+                self.cut_heard[event.replica] = (event.shard, now, event.seq)
                 if view is not None and event.shard in self.stranded:
                     return self._take_back(view, event.replica, self.stranded.pop(event.shard), now, event.stimulus_id)
                 if view is not None and event.epoch and event.epoch < view.config.epoch:
@@ -1043,11 +1044,12 @@ class ChainMaster:
         the shard left is a member cut earlier while alive (a pause made its
         heartbeats late: the rule "cut only when a caught-up member lives"
         held then, yet a false suspicion plus one real crash lose a chain of
-        two).  Take the freshest such member back if it was heard lately;
-        else keep the config and wait for one to heartbeat (``handle``).
+        two).  Take back such a member heard lately, the one with the most
+        writes; else keep the config and wait for one to heartbeat
+        (``handle``).
         """
         limit = now - self.timing.heartbeat_timeout
-        heard = [(t, r) for r, (s, t) in self.cut_heard.items()
+        heard = [(seq, r) for r, (s, t, seq) in self.cut_heard.items()
                  if s == view.config.shard and r in self.dead and t >= limit]
         if heard:
             return self._take_back(view, max(heard)[1], ev.replica, now, ev.stimulus_id)

@@ -425,18 +425,17 @@ class NodeMachine:
                 Send(to=self.head, msg=Heartbeat(node_id=self.node_id, load=self.scheduler.load(),
                                                  seq=self.heartbeats_sent)),
             ]
-            if not self.welcomed:
-                # our NodeJoin may have gone to a head that died (lost while
-                # there was no head; the recovered head does not know us and
-                # ignores our heartbeats): say it again until welcomed
-                cmds.append(self._join())
             return cmds
         if key[0] == "sched":
             return self.scheduler.on_retry_timer(now, ev.stimulus_id)
         if key == ("node", "refresh"):
             # the safety net under pub/sub: re-read rows we waited on too long
             sid = ev.stimulus_id
-            return ([SetTimer(at=now + ObjectManager.REFRESH, key=("node", "refresh"))]
+            # not welcomed yet: our NodeJoin may have gone to a head that
+            # died (lost while there was no head; the recovered head does
+            # not know us and ignores our heartbeats): say it again
+            join = [] if self.welcomed else [self._join()]
+            return (join + [SetTimer(at=now + ObjectManager.REFRESH, key=("node", "refresh"))]
                     + self.objects.on_refresh(now, sid) + self.router.on_refresh(now, sid)
                     + self.router.refresh_hosted(now, sid))
         if key[0] == "obj":

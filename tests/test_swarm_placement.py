@@ -88,7 +88,7 @@ def test_a_node_that_joins_while_there_is_no_head_is_known_to_the_recovered_head
     # head did not know it (it is in no table) and ignored its heartbeats,
     # so a task only it could run stayed infeasible for good (seed 600: a
     # crashed node's replacement, the only one with ``special``).  Now a
-    # node says NodeJoin again with its heartbeats until welcomed.
+    # node says NodeJoin again (on its refresh timer) until welcomed.
     c = SimCluster(_layout(), validate=True, seed=1)
     c.wait_ready()
     c.crash_head()

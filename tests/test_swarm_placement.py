@@ -69,3 +69,57 @@ def test_an_actor_whose_worker_died_while_there_was_no_head_is_restarted():
     plan = swarm.plan_from_text((PLANS / "head-crash-991.txt").read_text())
     report = swarm.check_plan(plan)
     assert report.ok, [str(v) for v in report.violations[:5]]
+
+
+def test_a_shard_whose_last_member_rejoins_empty_takes_back_the_member_cut_while_paused():
+    # Seed 591's plan: a pause got gcs:0:1 cut (gcs:0:0, caught up, lived),
+    # then gcs:0:0 crashed and rejoined empty; the master cut it too, the
+    # shard had no replica and the GCS client raised IndexError.  Now the
+    # master takes gcs:0:1 back (the shard's only copy left) and the client
+    # holds requests for a chain with no replica
+    # (tests/test_core_chain_last_member.py).
+    plan = swarm.plan_from_text((PLANS / "chain-last-member-591.txt").read_text())
+    report = swarm.check_plan(plan)
+    assert report.ok, [str(v) for v in report.violations[:5]]
+
+
+def test_a_node_that_joins_while_there_is_no_head_is_known_to_the_recovered_head():
+    # A node's NodeJoin sent while there is no head is lost; the recovered
+    # head did not know it (it is in no table) and ignored its heartbeats,
+    # so a task only it could run stayed infeasible for good (seed 600: a
+    # crashed node's replacement, the only one with ``special``).  Now a
+    # node says NodeJoin again (on its refresh timer) until welcomed.
+    c = SimCluster(_layout(), validate=True, seed=1)
+    c.wait_ready()
+    c.crash_head()
+    new = c.add_node(NodeShape(ResourceSet.of(CPU=2, special=1)))
+    c.run_for(0.3)  # its NodeJoin went to a dead head
+    c.recover_head()
+    assert c.run_until(lambda: c.head.recovering is None and new in c.head.misses, 3.0), \
+        "the recovered head never learned of the node that joined while it was down"
+    d = c.driver("node:0")
+    spec = d.submit(d.spec(TaskModel(duration=0.01), resources=ResourceSet.of(CPU=1, special=1)))
+    d.watch(spec.return_ids)
+    assert c.run_until(lambda: d.all_ready([spec]), 3.0), "a task only the new node can run never ran"
+
+
+def test_actor_calls_behind_a_task_only_a_node_joined_while_there_was_no_head_can_run():
+    # Seed 600's plan: node:1 crashed and its replacement node:2 (the only
+    # node with ``special``) joined while the head was down; the recovered
+    # head never knew node:2, so t2 (needing ``special``) stayed infeasible
+    # and a1's calls after a1.c5 (which takes t2) hung.
+    plan = swarm.plan_from_text((PLANS / "head-crash-600.txt").read_text())
+    report = swarm.check_plan(plan)
+    assert report.ok, [str(v) for v in report.violations[:5]]
+
+
+def test_copies_of_a_job_forgotten_just_before_the_head_died_are_dropped():
+    # Seed 562's plan: the head wrote ForgetJob for job 3 and crashed before
+    # the reply, which names the nodes that must drop the job's copies
+    # (DropObjects); the recovered head found the job forgotten, and node:0
+    # kept six copies the object table does not list.  Now a node, once its
+    # writes landed after a head recovery, reads which of its copies the
+    # table lists (ObjectsOnNode) and drops the rest.
+    plan = swarm.plan_from_text((PLANS / "head-crash-562.txt").read_text())
+    report = swarm.check_plan(plan)
+    assert report.ok, [str(v) for v in report.violations[:5]]

@@ -106,6 +106,7 @@ from .messages import (
     GcsRead,
     GcsReply,
     GcsWrite,
+    Log,
     Message,
     ReplicaHeartbeat,
     ReplicaJoin,
@@ -937,6 +938,15 @@ class ChainMaster:
         self.last_seen: dict[str, float] = {}
         self.caught_up: dict[str, bool] = {}  # from heartbeats; absent: an original member
         self.dead: set[str] = set()
+        # a member cut while alive (its heartbeats were late, not lost for
+        # good) still heartbeats: replica -> (shard, when last heard, its
+        # sequence number).  It
+        # keeps every write up to its cut: the shard's last resort if its
+        # only remaining member restarts empty (``_take_back``)
+        self.cut_heard: dict[str, tuple[int, float, int]] = {}
+        # shard -> its only member, which restarted empty while no member
+        # cut alive was heard: it waits for one to be taken back
+        self.stranded: dict[int, str] = {}
         self.listeners: dict[str, None] = {}  # (ordered set: one per node)
         self.changes = 0
         # a master started by a recovering head from the replicas' reports
@@ -1019,6 +1029,9 @@ class ChainMaster:
                 # cut while alive (its heartbeats were lost): tell it, or it
                 # goes on acting on its old config (serving stale reads)
                 view = self.shards.get(event.shard)
+                self.cut_heard[event.replica] = (event.shard, now, event.seq)
+                if view is not None and event.shard in self.stranded:
+                    return self._take_back(view, event.replica, self.stranded.pop(event.shard), now, event.stimulus_id)
                 if view is not None and event.epoch and event.epoch < view.config.epoch:
                     return [Send(to=event.replica, msg=ChainConfigMsg(config=view.config, stimulus_id=event.stimulus_id))]
                 return []
@@ -1088,6 +1101,10 @@ class ChainMaster:
             return []
         self.dead.discard(ev.replica)
         self.last_seen[ev.replica] = now
+        if view.config.replicas == (ev.replica,):
+            # the shard's only member restarted empty: cutting it would
+            # leave no replica at all (and no tail to copy from)
+            return self._on_last_member_rejoin(view, ev, now)
         if ev.replica in view.config.replicas:
             # restarted with empty state but still listed: cut it first
             view.config = ChainConfig(
@@ -1099,6 +1116,41 @@ class ChainMaster:
             return self._broadcast(view, sid=ev.stimulus_id)
         view.joining[ev.replica] = now
         return [Send(to=ev.replica, msg=ChainConfigMsg(config=view.config, stimulus_id=ev.stimulus_id))]
+
+    def _on_last_member_rejoin(self, view: _ShardView, ev: ReplicaJoin, now: float) -> list[Command]:
+        """The last member of a shard restarted empty.  The only copy of
+        the shard left is a member cut earlier while alive (a pause made its
+        heartbeats late: the rule "cut only when a caught-up member lives"
+        held then, yet a false suspicion plus one real crash lose a chain of
+        two).  Take back such a member heard lately, the one with the most
+        writes; else keep the config and wait for one to heartbeat
+        (``handle``).
+        """
+        limit = now - self.timing.heartbeat_timeout
+        heard = [(seq, r) for r, (s, t, seq) in self.cut_heard.items()
+                 if s == view.config.shard and r in self.dead and t >= limit]
+        if heard:
+            return self._take_back(view, max(heard)[1], ev.replica, now, ev.stimulus_id)
+        self.stranded[view.config.shard] = ev.replica
+        return [Log(level="warning", stimulus_id=ev.stimulus_id, text=(
+            f"GCS shard {view.config.shard}: its only replica {ev.replica} restarted empty and no replica cut "
+            f"earlier is heard: the shard waits (its requests are held) until one comes back"))]
+
+    def _take_back(self, view: _ShardView, member: str, joiner: str, now: float, sid: str) -> list[Command]:
+        """Make ``member`` (cut while alive) the shard's only member again
+        and let ``joiner`` (the last member, restarted empty) copy from it.
+        Writes acknowledged after ``member``'s cut are lost: say so."""
+        shard = view.config.shard
+        self.dead.discard(member)
+        self.cut_heard.pop(member, None)
+        self.last_seen[member] = self.last_seen[joiner] = now
+        self.caught_up[member] = True
+        view.joining[joiner] = now
+        view.config = ChainConfig(shard=shard, epoch=view.config.epoch + 1, replicas=(member,))
+        self.changes += 1
+        return self._broadcast(view, sid=sid) + [Log(level="warning", stimulus_id=sid, text=(
+            f"GCS shard {shard}: its only replica {joiner} restarted empty; {member}, cut earlier while alive, "
+            f"is taken back as the shard's copy (writes acknowledged after its cut are lost); {joiner} copies from it"))]
 
     def _on_ready(self, ev: ReplicaReady, now: float) -> list[Command]:
         view = self.shards.get(ev.shard)

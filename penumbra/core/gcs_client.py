@@ -92,7 +92,7 @@ class GcsClient:
         for r in self.outstanding.values():
             if r.shard == c.shard:
                 r.sent_at = now
-                cmds.append(self._send(r))
+                cmds += self._send(r)
         if flush:
             cmds += self._flush_waiting(now)
         return cmds
@@ -142,7 +142,7 @@ class GcsClient:
         cmds: list[Command] = []
         # (reads, and writes to a whole table; neither waits for its key)
         for shard in shards:
-            cmds.append(self._start(_Req(0, shard, request, token, now, group, sid, made=made), now))
+            cmds += self._start(_Req(0, shard, request, token, now, group, sid, made=made), now)
         if not self._timer_armed:
             self._timer_armed = True
             cmds.append(SetTimer(at=now + self.retry_after, key=("gcs-client", "retry")))
@@ -164,13 +164,13 @@ class GcsClient:
             cmds: list[Command] = []
         else:
             key_queues[key] = None
-            cmds = [self._start(r, now)]
+            cmds = self._start(r, now)
         if not self._timer_armed:
             self._timer_armed = True
             cmds.append(SetTimer(at=now + self.retry_after, key=("gcs-client", "retry")))
         return cmds
 
-    def _start(self, r: _Req, now: float) -> Send:
+    def _start(self, r: _Req, now: float) -> list[Command]:
         # ids are handed out when a request is sent, so they increase in send
         # order and ``low_water`` never passes a request still to be sent
         r.req_id = rid = self.next_req
@@ -179,14 +179,18 @@ class GcsClient:
         self.outstanding[rid] = r
         return self._send(r)
 
-    def _send(self, r: _Req) -> Send:
+    def _send(self, r: _Req) -> list[Command]:
         config = self.configs[r.shard]
+        if not config.replicas:
+            # a shard with no replica (its chain master lost every copy):
+            # hold the request; it goes out with the next config or retry
+            return []
         if isinstance(r.request, Query):
-            return Send(to=config.replicas[-1], msg=GcsRead(client=self.address, req_id=r.req_id, query=r.request, shard=r.shard, stimulus_id=r.sid))
+            return [Send(to=config.replicas[-1], msg=GcsRead(client=self.address, req_id=r.req_id, query=r.request, shard=r.shard, stimulus_id=r.sid))]
         # ids are issued in increasing order, so the oldest outstanding is
         # first (``r`` itself is outstanding: it is never empty here)
-        return Send(to=config.replicas[0], msg=GcsWrite(client=self.address, req_id=r.req_id, op=r.request, shard=r.shard,
-                                                        low_water=next(iter(self.outstanding)), stimulus_id=r.sid))
+        return [Send(to=config.replicas[0], msg=GcsWrite(client=self.address, req_id=r.req_id, op=r.request, shard=r.shard,
+                                                         low_water=next(iter(self.outstanding)), stimulus_id=r.sid))]
 
     # ------------------------------------------------------------------ events
     def handle(self, event, now: float) -> list[Command]:
@@ -212,7 +216,7 @@ class GcsClient:
         if r.key is not None:
             q = self.key_queues.get(r.key)
             if q:
-                cmds.append(self._start(q.popleft(), now))
+                cmds += self._start(q.popleft(), now)
             else:
                 self.key_queues.pop(r.key, None)
         if r.group is None:
@@ -230,10 +234,10 @@ class GcsClient:
             if now - r.sent_at >= self.retry_after:
                 r.sent_at = now
                 r.retries += 1
-                send = self._send(r)
-                cmds.append(send)
-                if r.retries >= 2:
-                    cmds += self._probe(r, send)
+                sends = self._send(r)
+                cmds += sends
+                if r.retries >= 2 and sends:
+                    cmds += self._probe(r, sends[0])
         if self.outstanding or self.waiting:
             cmds.append(SetTimer(at=now + self.retry_after, key=("gcs-client", "retry")))
         else:

@@ -567,6 +567,11 @@ class HeadMachine:
     # ------------------------------------------------------------------ membership
     def _on_join(self, ev: NodeJoin, now: float) -> list[Command]:
         node = ev.node_id
+        if node in self.misses:
+            # a repeat: a node says NodeJoin again until welcomed (its first
+            # may have gone to a head that died); it is the same node (a
+            # restarted node joins under a new id), so only welcome it again
+            return [Send(to=node, msg=NodeWelcome(configs=self.chain.configs(), stimulus_id=ev.stimulus_id))]
         self.dead_nodes.discard(node)
         self.misses[node] = 0
         self.heard.add(node)

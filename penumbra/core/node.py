@@ -107,7 +107,7 @@ from .objects import ObjectManager
 from .records import ActorEntry, ErrorInfo, NodeEntry, ObjectEntry, ObjectInfo
 from .scheduler import LocalScheduler, SchedulerConfig
 from .specs import ResourceSet, TaskSpec
-from .tables import FinishTask, PutActor, RegisterName, Subscribe, Unsubscribe
+from .tables import FinishTask, ObjectsOnNode, PutActor, RegisterName, Subscribe, Unsubscribe
 from .timeline import Timeline
 
 __all__ = ["NodeConfig", "NodeMachine"]
@@ -192,8 +192,9 @@ class NodeMachine:
         # node has cleared but not yet reported: see ``_on_job_ended``
         self.pending_clears: list[tuple[int, int, str]] = []
         # a recovered head's first TasksHeldQuery, answered once the GCS
-        # writes made before it landed: (mark, stimulus id)
-        self.pending_held: list[tuple[int, str]] = []
+        # writes made before it landed: (mark, stimulus id, the objects
+        # stored then: see ``_on_copies_listed``)
+        self.pending_held: list[tuple[int, str, frozenset[ObjectId]]] = []
         # worker -> the non-detached actors it created (it owns them: they
         # die with it, Ray's fate sharing; see _on_worker_crashed)
         self.owned_actors: dict[str, list[ActorId]] = {}
@@ -306,11 +307,15 @@ class NodeMachine:
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, now: float) -> list[Command]:
-        cmds: list[Command] = [Send(to=self.head, msg=NodeJoin(node_id=self.node_id, resources=self.config.resources, address=self.address, stimulus_id=f"join:{self.node_id}"))]
+        cmds: list[Command] = [self._join()]
         cmds += self.scheduler.start(now)
         cmds.append(SetTimer(at=now + self.config.heartbeat_interval, key=("node", "heartbeat")))
         cmds.append(SetTimer(at=now + ObjectManager.REFRESH, key=("node", "refresh")))
         return cmds
+
+    def _join(self) -> Send:
+        return Send(to=self.head, msg=NodeJoin(node_id=self.node_id, resources=self.config.resources,
+                                               address=self.address, stimulus_id=f"join:{self.node_id}"))
 
     def handle(self, event: Event, now: float) -> list[Command]:
         if self.fenced:
@@ -330,7 +335,7 @@ class NodeMachine:
         if self.pending_clears:
             cmds += self._send_clears()
         if self.pending_held:
-            cmds += self._send_held()
+            cmds += self._send_held(now)
         if self.outbox:
             cmds += self._flush_outbox(event.stimulus_id)
         return cmds
@@ -358,7 +363,7 @@ class NodeMachine:
             # the first round: answer once our earlier writes landed; and
             # the actor deaths we reported, which the old head may never
             # have read (sent while there was no head: lost)
-            self.pending_held.append((self.gcs.made, ev.stimulus_id))
+            self.pending_held.append((self.gcs.made, ev.stimulus_id, frozenset(self.objects.store.objects)))
             reported, self.host.reported = self.host.reported, {}
             return [Send(to=self.head, msg=m) for _, m in sorted(reported.items())]
         state_of = self.scheduler.state_of
@@ -374,18 +379,43 @@ class NodeMachine:
         ``JobFinished`` may have gone to a head that died)."""
         return tuple(sorted(self.ended_jobs | self.exited_jobs))
 
-    def _send_held(self) -> list[Command]:
+    def _send_held(self, now: float) -> list[Command]:
         cmds: list[Command] = []
         keep = []
-        for mark, sid in self.pending_held:
+        for mark, sid, stored in self.pending_held:
             if self.gcs.settled(mark):
                 cmds.append(Send(to=self.head, msg=TasksHeldReport(
                     node_id=self.node_id, forwarded=(), settled=True, ended_jobs=self.jobs_over(),
                     stimulus_id=sid)))
+                if stored:
+                    # our location writes for them have landed: which does
+                    # the object table list here?
+                    cmds += self.gcs.read(ObjectsOnNode(self.node_id), ("copies-listed", stored), now, sid)
             else:
-                keep.append((mark, sid))
+                keep.append((mark, sid, stored))
         self.pending_held = keep
         return cmds
+
+    def _on_copies_listed(self, stored: frozenset[ObjectId], per_shard: tuple, now: float,
+                          sid: str) -> list[Command]:
+        """After a head recovery: drop the copies (stored before it, their
+        location writes landed) that the object table does not list here.
+        Their rows were forgotten: the old head wrote ``ForgetJob`` (or a
+        row was freed) and died before its ``DropObjects`` went out (seed
+        562 of the placement draws), and nobody else would ever say they
+        may go -- nobody can fetch them either.  One still pinned or wanted
+        here stays (it is in use, and its row may come back)."""
+        listed = {oid for shard in per_shard for oid in shard}
+        objects = self.objects
+        store = objects.store
+        gone = tuple(sorted(
+            oid for oid in stored
+            if oid not in listed and oid in store.objects and oid not in objects.errors
+            and oid not in objects.wants and not store.is_pinned(oid) and oid not in store.restoring
+        ))
+        if not gone:
+            return []
+        return self._on_drop_objects(DropObjects(object_ids=gone, stimulus_id=sid), now)
 
     def _on_timer(self, ev: TimerFired, now: float) -> list[Command]:
         key = ev.key
@@ -393,17 +423,22 @@ class NodeMachine:
             return self.gcs.handle(ev, now)
         if key == ("node", "heartbeat"):
             self.heartbeats_sent += 1
-            return [
+            cmds = [
                 SetTimer(at=now + self.config.heartbeat_interval, key=("node", "heartbeat")),
                 Send(to=self.head, msg=Heartbeat(node_id=self.node_id, load=self.scheduler.load(),
                                                  seq=self.heartbeats_sent)),
             ]
+            return cmds
         if key[0] == "sched":
             return self.scheduler.on_retry_timer(now, ev.stimulus_id)
         if key == ("node", "refresh"):
             # the safety net under pub/sub: re-read rows we waited on too long
             sid = ev.stimulus_id
-            return ([SetTimer(at=now + ObjectManager.REFRESH, key=("node", "refresh"))]
+            # not welcomed yet: our NodeJoin may have gone to a head that
+            # died (lost while there was no head; the recovered head does
+            # not know us and ignores our heartbeats): say it again
+            join = [] if self.welcomed else [self._join()]
+            return (join + [SetTimer(at=now + ObjectManager.REFRESH, key=("node", "refresh"))]
                     + self.objects.on_refresh(now, sid) + self.router.on_refresh(now, sid)
                     + self.router.refresh_hosted(now, sid))
         if key[0] == "obj":
@@ -807,6 +842,8 @@ class NodeMachine:
             return self.objects.on_entry(token[1], result, now, sid)
         if kind == "obj-refresh":
             return self.objects.on_entry(token[1], result, now, sid, refresh=True)
+        if kind == "copies-listed":
+            return self._on_copies_listed(token[1], result, now, sid)
         if kind == "actor-sub":
             return self._actor_row(token[1], result, now, sid)
         if kind == "actor-logged":

@@ -280,6 +280,14 @@ def cmd_status(args) -> int:
     print(f"\n{alive_n} node(s) alive" + (f", {dead_n} dead" if dead_n else "") + f"; in use: {summary}")
     if table is not None and getattr(table, "replicas", None):
         _print_replicas(table.replicas, getattr(table, "chains", ()) or ())
+    earlier = (getattr(table, "earlier", None) or {}) if table is not None else {}
+    if earlier:
+        print(f"\nEARLIER CLUSTER (this cluster is {getattr(table, 'cluster', '') or '?'})")
+    for node_id, cluster in sorted(earlier.items()):
+        where = addresses.get(node_id, "NODE:PORT")
+        print(f"node {node_id} ({where}) holds GCS replicas of an earlier cluster (id {cluster or '?'}), kept out of "
+              f"this one; to recover that cluster instead, stop this head and run: penumbra start --head "
+              f"--recover {where} (at this head's address)")
     return 0
 
 

@@ -44,6 +44,26 @@ GCS replicas on nodes (so the control store outlives the head's host):
   it by themselves, and once the ones named have, the head machine starts
   with ``HeadConfig.recover_from`` = their replicas (``_recover_head``).
 
+A head of another cluster (what a node hosting replicas does when the head
+address answers with a head it does not belong to):
+
+* every cluster has an id: a fresh head makes one, a recovering head takes
+  the one of the replicas it recovers (and says so to every node);  a node
+  learns it from ``HeadInfo`` and its replicas carry it from then on (its
+  ``NodeHello`` and ``ReplicasHosted`` name it);
+* a node that lost its head pauses its replicas (nothing they send leaves
+  the process) until the head it reaches says which cluster it is: the same
+  one (the head came back), or a recovering head -- the replicas go on; a
+  fresh head (``penumbra start --head`` without ``--recover`` at the same
+  address: Kubernetes restarting the head's container, an operator starting
+  a new cluster) -- they stay paused.  Their state (which may hold the only
+  copies of the old cluster's acknowledged writes) is kept and still offered
+  to any later recovering head, but nothing of it enters the new cluster,
+  whose head does not route to them.  The node joins the new cluster as a
+  plain node (it hosts no replica of the new cluster: its replica names are
+  taken); both daemons' logs say so and ``penumbra status`` lists it under
+  "earlier cluster" with the command that recovers it instead.
+
 Lifetime: an embedded daemon watches its driver (``--parent-pid``) and exits
 when the driver is gone; on exit every worker is killed and the node's
 shared memory is removed.
@@ -58,6 +78,7 @@ import math
 import logging
 import os
 import random
+import secrets
 import signal
 import socket
 import sys
@@ -256,10 +277,21 @@ class Daemon:
         self.hosted_replicas: tuple[str, ...] = ()
         self.replica_routes: dict[str, str] = {}
         self._asked_to_host: set[str] = set()  # nodes asked to host replicas, not yet hosting them
-        self._head_backlog: list[P.Deliver] | None = None
+        self._head_backlog: list[P.Deliver] | None = [] if cfg.recover_from else None
+        # cluster ids (see "A head of another cluster"): a head's own
+        # ("" while a recovering head waits for its replicas); a node's:
+        # the cluster its replicas belong to, and whether they are paused
+        # (its head is lost, or belongs to another cluster)
+        self.cluster_id = "" if cfg.recover_from else secrets.token_hex(6)
+        self.replica_cluster = ""
+        self.replicas_paused = False
+        self.node_clusters: dict[str, str] = {}  # head role: node id -> cluster of the replicas it offered
+        self.earlier: dict[str, str] = {}  # head role: node id -> the other cluster its replicas belong to
 
     # ================================================================== routing
     def route(self, to: str, msg: Message, src: str) -> None:
+        if self.replicas_paused and src in self.hosted_replicas:
+            return  # (no head of their cluster to talk to: see "A head of another cluster")
         ch = self.clients.get(to)
         if ch is not None:
             self._to_client(ch, to, msg)
@@ -491,6 +523,7 @@ class Daemon:
             self.incarnation += 1
             self.node_id = f"{self.base_node_id}.{self.incarnation}"
             ch, self.head_channel = self.head_channel, None
+            self.replicas_paused = bool(self.hosted_replicas)  # (until the head says it is theirs)
             if ch is not None:
                 await ch.aclose()
             deadline = trio.current_time() + self._head_wait()
@@ -546,7 +579,7 @@ class Daemon:
         base = self.base_node_id
         return base[len("node:"):] if base.startswith("node:") else base
 
-    def _host_replicas(self, shards: int) -> None:
+    def _host_replicas(self, shards: int, cluster: str) -> None:
         """Host one replica of each of the cluster's ``shards`` (node role,
         ``--gcs-replica``).  Each joins its chain as a restarted replica
         does (core/gcs.py, "Joining"): ``ReplicaJoin`` to the chain master,
@@ -556,8 +589,9 @@ class Daemon:
         tag = self._replica_tag()
         names = tuple(f"gcs:{s}:{tag}" for s in range(shards))
         self.hosted_replicas = names
+        self.replica_cluster = cluster
         # the head must know the route before their first message asks for an answer
-        self._send(self.head_channel, P.ReplicasHosted(self.node_id, names))
+        self._send(self.head_channel, P.ReplicasHosted(self.node_id, names, cluster))
         timing = self.layout.gcs_timing
         self.host.add(*((r, GcsReplica(r, s, "head", timing, joining=True)) for s, r in enumerate(names)))
         logger.info("hosting GCS replicas %s (joining their chains)", ", ".join(names))
@@ -573,8 +607,8 @@ class Daemon:
         acknowledged depends on it."""
         while True:
             await trio.sleep(1.0)
-            if self.head_channel is None:
-                continue  # no master to join: wait for the head
+            if self.head_channel is None or self.replicas_paused:
+                continue  # no master (of their cluster) to join: wait for the head
             for s, r in enumerate(self.hosted_replicas):
                 rep = self.host.machines.get(r)
                 if rep is None or rep.joining or rep.awaiting_append or rep.active or rep.config is None:
@@ -584,6 +618,25 @@ class Daemon:
                 self.host.remove(r)
                 self.host.add((r, GcsReplica(r, s, "head", self.layout.gcs_timing, joining=True)))
                 self.host.pump()
+
+    def _offered(self, nid: str, replicas: tuple[str, ...], cluster: str) -> None:
+        """(head role) Node ``nid`` hosts GCS ``replicas`` of ``cluster``:
+        route to them if they are this cluster's (or, while a recovering
+        head waits, may become so), else keep them out (the node paused
+        them when it learnt our id) and say so loudly."""
+        self.node_clusters[nid] = cluster
+        if self._head_backlog is None and cluster != self.cluster_id:
+            self.earlier[nid] = cluster
+            logger.error(
+                "node %s (%s) holds GCS replicas %s of another cluster (id %s), not of this one (id %s): "
+                "this head was started fresh (without --recover) at an address where a cluster lived. They "
+                "are kept out of this cluster. To recover that cluster instead, stop this head and run "
+                "'penumbra start --head --recover %s' at this address", nid, self.peers.get(nid, "?"),
+                ", ".join(replicas), cluster or "?", self.cluster_id, self.peers.get(nid, "NODE:PORT"))
+            return
+        for r in replicas:
+            self.replica_routes[r] = nid
+        logger.info("node %s hosts GCS replicas %s", nid, ", ".join(replicas))
 
     def _replica_table(self) -> dict[str, str]:
         """(head role) Replica address -> host:port of the daemon hosting it."""
@@ -761,10 +814,11 @@ class Daemon:
                         head = self.host.machines.get("head")
                         chains = head.chain.configs() if head is not None else ()
                         self._send(ch, P.PeerTable(self._addresses(), self.node_id, self._replica_table(), chains,
-                                                   self._links()))
+                                                   self._links(), self.cluster_id, dict(self.earlier)))
                     else:
                         self._send(ch, P.PeerTable(self._addresses(), self.head_node or self.node_id,
-                                                   {r: self.address for r in self.hosted_replicas}))
+                                                   {r: self.address for r in self.hosted_replicas},
+                                                   cluster=self.replica_cluster))
                 elif t is P.TimelineRequest:
                     self._send(ch, self._timeline())
                 if not ch.buffered:
@@ -784,9 +838,10 @@ class Daemon:
         if self.cfg.head and incoming:
             self.node_channels[nid] = ch
             self.peers[nid] = _as_seen(hello.address, ch.peer_address)
-            for r in hello.replicas:
-                self.replica_routes[r] = nid
-            self._send(ch, P.HeadInfo(self._gcs_shards(), self._ask_to_host(nid, hello)))
+            if hello.replicas:
+                self._offered(nid, hello.replicas, hello.cluster)
+            self._send(ch, P.HeadInfo(self._gcs_shards(), self._ask_to_host(nid, hello), self.cluster_id,
+                                      self._head_backlog is not None))
             self._broadcast_peers()
         else:
             self.peer_channels[nid] = ch
@@ -804,6 +859,8 @@ class Daemon:
                 for r in [r for r, n in self.replica_routes.items() if n == nid]:
                     del self.replica_routes[r]  # (they come back with the node's next connection)
                 self._asked_to_host.discard(nid)
+                self.node_clusters.pop(nid, None)
+                self.earlier.pop(nid, None)
                 self._broadcast_peers()
                 if not self.stopping and "head" in self.host.machines:
                     # the daemon is gone: tell the monitor now rather than
@@ -855,13 +912,10 @@ class Daemon:
             self.peers = {k: v for k, v in item.peers.items() if k != self.node_id}
             self.head_node = item.head_node
         elif t is P.ReplicasHosted and self.cfg.head:
-            for r in item.replicas:
-                self.replica_routes[r] = item.node_id
             self._asked_to_host.discard(item.node_id)
-            logger.info("node %s hosts GCS replicas %s", item.node_id, ", ".join(item.replicas))
+            self._offered(item.node_id, item.replicas, item.cluster)
         elif t is P.HeadInfo and ch is self.head_channel:
-            if (self.cfg.gcs_replica or item.host_replicas) and not self.hosted_replicas:
-                self._host_replicas(item.gcs_shards)
+            self._on_head_info(item)
         elif t is P.StopCluster and ch is self.head_channel:
             logger.info("the head asked this node to stop (penumbra stop)")
             self.stopping = True  # (the head's connection closing next is no reason to rejoin)
@@ -872,6 +926,33 @@ class Daemon:
                 for other in list(self.node_channels.values()):
                     if other is not ch:
                         self._send(other, item)
+
+    def _on_head_info(self, info: P.HeadInfo) -> None:
+        """(node role) The head says which cluster it is (on connection, and
+        again once a recovering head knows): host replicas if asked, and
+        let this node's replicas talk only to a head of their own cluster
+        (see "A head of another cluster")."""
+        if not self.hosted_replicas:
+            if (self.cfg.gcs_replica or info.host_replicas) and not info.recovering:
+                self._host_replicas(info.gcs_shards, info.cluster)
+            return
+        if not self.replica_cluster and info.cluster:
+            self.replica_cluster = info.cluster  # (hosted while a recovering head did not know it yet)
+        if info.recovering or info.cluster == self.replica_cluster:
+            if self.replicas_paused:
+                logger.info("GCS replicas %s go on in cluster %s", ", ".join(self.hosted_replicas),
+                            self.replica_cluster or "(being recovered)")
+            self.replicas_paused = False
+            return
+        self.replicas_paused = True
+        logger.error(
+            "the head at %s is a NEW cluster (id %s), not the one this node's GCS replicas %s belong to (id %s): "
+            "it was started without --recover. The replicas are kept, paused, and stay out of the new cluster "
+            "(they may hold the only copies of the earlier cluster's acknowledged writes); this node joins the "
+            "new cluster as a plain node. To recover the earlier cluster instead, stop the new head and start "
+            "'penumbra start --head --recover %s' at the same address; to drop the earlier state, restart "
+            "this node daemon", self.cfg.head_address, info.cluster, ", ".join(self.hosted_replicas),
+            self.replica_cluster, self.address)
 
     async def _peer_channel(self, nid: str) -> Channel | None:
         ch = self.peer_channels.get(nid) or self.node_channels.get(nid)
@@ -963,7 +1044,7 @@ class Daemon:
             ch = await connect_tcp(host, int(port), self.cfg.token, "node", self.node_id)
         self.head_channel = ch
         # (with the replicas it hosts: the head routes to them from now on)
-        ch.send_nowait(P.NodeHello(self.node_id, self.listening, self.hosted_replicas))
+        ch.send_nowait(P.NodeHello(self.node_id, self.listening, self.hosted_replicas, self.replica_cluster))
         task_status.started()
         reason = "the head daemon closed it"  # (a clean end: the head's process exited, or was killed)
         try:
@@ -984,6 +1065,8 @@ class Daemon:
             # first, which set ``stopping``.)
             logger.error("lost the connection to the head daemon (%s); rejoining as a new node", reason)
             self.head_channel = None
+            # until the head it reaches says it is of their cluster
+            self.replicas_paused = bool(self.hosted_replicas)
             if not self._rejoining:
                 self._rejoining = True
                 self.nursery.start_soon(self._rejoin, (
@@ -1119,18 +1202,19 @@ class Daemon:
         import dataclasses
 
         cfg = self.cfg
-        self._head_backlog = []
         want = {_normal_address(a): a for a in cfg.recover_from}
         deadline = trio.current_time() + cfg.recover_wait
         found: dict[str, tuple[str, ...]] = {}
         while True:
             by_address = {_normal_address(addr): nid for nid, addr in self.peers.items()}
             found = {}
+            clusters: dict[str, str] = {}
             for key in want:
                 nid = by_address.get(key)
                 replicas = tuple(sorted(r for r, n in self.replica_routes.items() if n == nid)) if nid else ()
                 if replicas:
                     found[key] = replicas
+                    clusters[want[key]] = self.node_clusters.get(nid, "")
             if len(found) == len(want):
                 break
             if trio.current_time() > deadline:
@@ -1144,6 +1228,12 @@ class Daemon:
                     f"'penumbra status' listed it; this head must listen at the old head's address "
                     f"(same --host and --port) for the nodes to find it")
             await trio.sleep(0.05)
+        if len(set(clusters.values())) > 1:
+            raise RecoveryError(
+                "cannot recover the cluster: the daemons named hold GCS replicas of different clusters ("
+                + ", ".join(f"{a}: cluster {c or '?'}" for a, c in clusters.items())
+                + "). Name the daemons of one cluster only (penumbra status on their nodes' logs says which)")
+        self._adopt_cluster(next(iter(clusters.values())))
         replicas = tuple(r for key in want for r in found[key])
         shards = 1 + max(int(r.split(":")[1]) for r in replicas)
         if shards != layout.gcs_shards:
@@ -1159,6 +1249,25 @@ class Daemon:
         for d in backlog:
             self.host.post(d.to, d.msg)
         self.host.pump()
+        # every node learns the cluster's id now (a node holding replicas of
+        # another cluster pauses them; one asked to host waited for it)
+        for nid, ch in list(self.node_channels.items()):
+            self._send(ch, P.HeadInfo(self._gcs_shards(), self._ask_to_host(nid, P.NodeHello(nid, "", tuple(
+                r for r, n in self.replica_routes.items() if n == nid))), self.cluster_id))
+
+    def _adopt_cluster(self, cluster: str) -> None:
+        """(a recovering head) Take the id of the cluster being recovered,
+        and keep out the replicas of any other cluster that nodes offered
+        while we waited."""
+        self.cluster_id = cluster or secrets.token_hex(6)  # ("": replicas of a version before cluster ids)
+        logger.warning("recovering cluster %s", self.cluster_id)
+        for nid, c in self.node_clusters.items():
+            if c != self.cluster_id:
+                for r in [r for r, n in self.replica_routes.items() if n == nid]:
+                    del self.replica_routes[r]
+                self.earlier[nid] = c
+                logger.error("node %s holds GCS replicas of another cluster (id %s), not of the one recovered "
+                             "(id %s): they are kept out of it", nid, c or "?", self.cluster_id)
 
     def _resources(self) -> dict[str, float]:
         r = {"CPU": float(self.cfg.num_cpus)}

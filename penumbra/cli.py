@@ -97,11 +97,18 @@ def cmd_start(args) -> int:
     if args.recover and not args.head:
         print("penumbra start: --recover starts a new head (--head --recover NODE:PORT)", file=sys.stderr)
         return 2
+    auto = args.recover == ["auto"]
     for a in args.recover or ():
         host, _, port = a.rpartition(":")
+        if auto:
+            break
+        if a == "auto":
+            print("penumbra start: --recover auto goes alone (it recovers from whichever nodes reconnect holding "
+                  "GCS replicas), not with addresses", file=sys.stderr)
+            return 2
         if not host or not port.isdigit():
             print(f"penumbra start: --recover must be HOST:PORT of a surviving node started with --gcs-replica "
-                  f"(as 'penumbra status' listed it), got {a!r}", file=sys.stderr)
+                  f"(as 'penumbra status' listed it), or 'auto', got {a!r}", file=sys.stderr)
             return 2
     if args.gcs_replicas_on_nodes is not None:
         if not args.head or args.gcs_replicas_on_nodes < 0:
@@ -131,7 +138,7 @@ def cmd_start(args) -> int:
         token = os.environ.get("PENUMBRA_TOKEN") or next(
             (info.get("token") for addr, info in cluster_file.all_clusters().items()
              if addr.rpartition(":")[2] == str(port) and not info.get("local_node")), None)
-        if not token:
+        if not token and not auto:  # (auto may start fresh: a new token then)
             return _error("start", "--recover needs the cluster's token (the surviving nodes accept no other): pass "
                                    "--token-file FILE or set $PENUMBRA_TOKEN")
     if args.address:
@@ -163,7 +170,10 @@ def cmd_start(args) -> int:
         cluster_file.write_cluster(d.address, info)
         if args.recover:
             print(f"Recovered the penumbra cluster at {d.address} from the GCS replicas on "
-                  f"{', '.join(args.recover)} (pid {d.pid}, node {d.node_id}).")
+                  f"{', '.join(args.recover)} (pid {d.pid}, node {d.node_id})." if not auto else
+                  f"Started the head of a penumbra cluster at {d.address} with --recover auto (pid {d.pid}, node "
+                  f"{d.node_id}): it recovered the cluster if a node holding GCS replicas reconnected within "
+                  f"--recover-wait, else started a fresh one (its log says which).")
         else:
             print(f"Started the head of a penumbra cluster at {d.address} (pid {d.pid}, node {d.node_id}).")
         print(f"Cluster token (keep it secret): {d.token}")
@@ -589,9 +599,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "daemons at these addresses (nodes started with --gcs-replica; repeat for several), after "
                         "the old head's host was lost. Start it at the old head's address (same --host and "
                         "--port) with the cluster's token: the surviving nodes keep retrying that address and "
-                        "reconnect to the new head on their own")
+                        "reconnect to the new head on their own. '--recover auto': recover from whichever nodes "
+                        "reconnect holding GCS replicas within --recover-wait, else start a fresh cluster then "
+                        "(for a head restarted by a cluster manager, e.g. Kubernetes). A head started without "
+                        "--recover is a NEW cluster: a node holding replicas of the old one keeps them out of it "
+                        "(paused, still recoverable; 'penumbra status' lists it under EARLIER CLUSTER)")
     s.add_argument("--recover-wait", type=_seconds, default=20.0,
-                   help="(with --recover) seconds to wait for those nodes to reconnect (default 20)")
+                   help="(with --recover) seconds to wait for those nodes to reconnect (default 20; with "
+                        "'--recover auto', how long a head with nothing to recover waits before starting fresh)")
     s.add_argument("--head-wait", type=_seconds, default=None,
                    help="(a node) seconds to keep retrying a lost head before stopping (default 20; without "
                         "limit for a node with --gcs-replica, which holds the cluster's state until a head "

@@ -643,3 +643,75 @@ def test_a_fresh_head_at_the_old_address_keeps_a_nodes_earlier_replicas_out(tmp_
               f"nodes {worked:.2f} s after it; the earlier cluster recovered afterwards from B's kept replicas")
     finally:
         local.close()
+
+
+@pytest.mark.timeout(240)
+def test_recover_auto_recovers_from_a_node_that_reconnects_with_replicas(tmp_path):
+    """kill -9 of the head, then ``penumbra start --head --recover auto`` at
+    its address (what a Kubernetes head Deployment runs every time): node B
+    reconnects holding the replica, the head recovers the cluster from it
+    without being told where it is, and every acknowledged write reads
+    back; B's replica is in the recovered chain."""
+    local = _Local(tmp_path)
+    try:
+        head, head_pid, replica_b = _start_three(local)
+
+        def status(want) -> str | None:
+            text = local.penumbra("status", "--address", head, check=False)
+            return text if want(text) else None
+
+        wait_for(lambda: status(lambda s: re.search(rf"gcs:0:\S+\s+{re.escape(replica_b)}\s+tail", s)),
+                 "B's replica to be the chain's tail")
+        finish(local.driver(WRITER, head), timeout=120)
+        _kill_sessions({head_pid})
+        t0 = time.monotonic()
+        out = local.penumbra("start", "--head", "--port", head.rpartition(":")[2], "--recover", "auto",
+                             "--token-file", local.token_file, "--num-cpus", "1", *FAST, *STORE)
+        log = re.search(r"Its log: (\S+)", out).group(1)
+        kv = finish(local.driver(READER, head), timeout=120)
+        assert kv == {str(i): {"i": i, "square": i * i} for i in range(KEYS)}, kv
+        took = time.monotonic() - t0
+        text = open(log).read()
+        assert "--recover auto: node daemons" in text and "recovering the cluster from GCS replicas" in text, text
+        wait_for(lambda: status(lambda s: re.search(rf"gcs:0:\S+\s+{re.escape(replica_b)}\s+(head|middle|tail) ", s)
+                                and "EARLIER CLUSTER" not in s), "B's replica in the recovered chain")
+        print(f"\n[recover auto] acknowledged writes read back {took:.2f} s after the head's restart")
+    finally:
+        local.close()
+
+
+@pytest.mark.timeout(120)
+def test_recover_auto_on_a_clean_address_starts_fresh_after_the_wait(tmp_path):
+    """``--recover auto`` where no cluster lived: nothing reconnects, so
+    after ``--recover-wait`` the head starts a fresh cluster (not before:
+    the wait is what lets surviving replica hosts come back), which works:
+    a node joins with --gcs-replica, its replica becomes the tail, a kv
+    write and a task on the node go through.  'auto' with addresses is
+    refused where it was given."""
+    local = _Local(tmp_path)
+    try:
+        port, port_b = _free_port(), _free_port()
+        head = f"127.0.0.1:{port}"
+        wait = 3.0
+        t0 = time.monotonic()
+        out = local.penumbra("start", "--head", "--port", str(port), "--recover", "auto", "--recover-wait", str(wait),
+                             "--num-cpus", "1", *FAST, *STORE)
+        assert time.monotonic() - t0 >= wait, out
+        token = re.search(r"Cluster token \(keep it secret\): (\w+)", out).group(1)
+        fd = os.open(local.token_file, os.O_WRONLY | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+        log = re.search(r"Its log: (\S+)", out).group(1)
+        assert "starting a fresh cluster" in open(log).read()
+        local.penumbra("start", "--address", head, "--port", str(port_b), "--gcs-replica", "--num-cpus", "1",
+                       "--resources", '{"b": 2}', *FAST, *STORE)
+        replica_b = f"127.0.0.1:{port_b}"
+        wait_for(lambda: re.search(rf"gcs:0:\S+\s+{re.escape(replica_b)}\s+tail",
+                                   local.penumbra("status", "--address", head, check=False)),
+                 "B's replica to be the chain's tail")
+        finish(local.driver(WRITER, head), timeout=120)
+        assert finish(local.driver(READER, head), timeout=120)["3"] == {"i": 3, "square": 9}
+        out = local.penumbra("start", "--head", "--recover", "auto", "--recover", "127.0.0.1:1", check=False)
+        assert "--recover auto goes alone" in out, out
+    finally:
+        local.close()

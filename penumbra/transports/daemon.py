@@ -141,6 +141,10 @@ __all__ = ["DaemonConfig", "Daemon", "main"]
 logger = logging.getLogger("penumbra.daemon")
 
 
+AUTO = "auto"  # ``recover_from=["auto"]``: recover if replica hosts reconnect, else start fresh
+_AUTO_GRACE = 1.0  # s: after the first replica host reconnects, for the others to come too
+
+
 @dataclass
 class DaemonConfig:
     session: str
@@ -215,6 +219,9 @@ class DaemonConfig:
             raise ValueError(f"replicas_on_nodes must be a whole number >= 0, got {self.replicas_on_nodes!r}")
         if self.recover_from and not self.head:
             raise ValueError("recover_from is for a head daemon (penumbra start --head --recover HOST:PORT)")
+        if AUTO in self.recover_from and len(self.recover_from) > 1:
+            raise ValueError("recover_from: 'auto' (recover from whichever replica hosts reconnect, else start "
+                             "fresh) goes alone, not with addresses")
         if self.head_wait is not None and not self.head_wait > 0:
             raise ValueError(f"head_wait must be a number of seconds > 0, got {self.head_wait!r}")
 
@@ -1202,8 +1209,16 @@ class Daemon:
         import dataclasses
 
         cfg = self.cfg
-        want = {_normal_address(a): a for a in cfg.recover_from}
         deadline = trio.current_time() + cfg.recover_wait
+        if cfg.recover_from == [AUTO]:
+            want = await self._replica_hosts_or_none(deadline)
+            if want is None:
+                logger.warning("no daemon holding GCS replicas reconnected within %g s (--recover auto): "
+                               "starting a fresh cluster (id %s)", cfg.recover_wait, self.cluster_id)
+                self._start_fresh_head(layout)
+                return
+        else:
+            want = {_normal_address(a): a for a in cfg.recover_from}
         found: dict[str, tuple[str, ...]] = {}
         while True:
             by_address = {_normal_address(addr): nid for nid, addr in self.peers.items()}
@@ -1249,11 +1264,59 @@ class Daemon:
         for d in backlog:
             self.host.post(d.to, d.msg)
         self.host.pump()
-        # every node learns the cluster's id now (a node holding replicas of
-        # another cluster pauses them; one asked to host waited for it)
+        self._tell_cluster_id()
+
+    async def _replica_hosts_or_none(self, deadline: float) -> dict[str, str] | None:
+        """(``--recover auto``) Wait until a node daemon holding GCS replicas
+        reconnects (then a moment more, for the others of a restart), and
+        return the addresses of those holding the cluster the most of them
+        hold, as ``recover_from`` would name them; None if none came before
+        ``deadline``."""
+        first = None
+        while True:
+            now = trio.current_time()
+            hosts = {n for n in self.replica_routes.values() if n in self.peers}
+            if hosts and first is None:
+                first = now
+            if first is not None and (now - first >= _AUTO_GRACE or now > deadline):
+                by_cluster: dict[str, list[str]] = {}
+                for nid in sorted(hosts):
+                    by_cluster.setdefault(self.node_clusters.get(nid, ""), []).append(nid)
+                nids = max(by_cluster.values(), key=len)
+                logger.warning("--recover auto: node daemons %s reconnected holding GCS replicas: recovering "
+                               "their cluster", ", ".join(self.peers[n] for n in nids))
+                return {_normal_address(self.peers[n]): self.peers[n] for n in nids}
+            if now > deadline:
+                return None
+            await trio.sleep(0.05)
+
+    def _start_fresh_head(self, layout: ClusterLayout) -> None:
+        """(``--recover auto`` that found nothing to recover) Start the head
+        of a new cluster, as ``penumbra start --head`` does, hand it what
+        came for it meanwhile, and tell the connected nodes its id."""
+        backlog, self._head_backlog = self._head_backlog, None
+        self.cluster_id = secrets.token_hex(6)
+        for nid, c in self.node_clusters.items():  # (came in the last moment: kept out, see ``_offered``)
+            for r in [r for r, n in self.replica_routes.items() if n == nid]:
+                del self.replica_routes[r]
+            self.earlier[nid] = c
+        self.host.add(("head", HeadMachine(layout.head_config(), random.Random(0))), *(
+            (r, GcsReplica(r, chain.shard, "head", layout.gcs_timing, config=chain))
+            for chain in layout.chains() for r in chain.replicas
+        ))
+        for d in backlog or ():
+            self.host.post(d.to, d.msg)
+        self.host.pump()
+        self._tell_cluster_id()
+
+    def _tell_cluster_id(self) -> None:
+        """(a head that was waiting for replicas) Every connected node learns
+        the cluster's id now: one holding replicas of another cluster pauses
+        them, one asked to host (or started with --gcs-replica) hosts."""
         for nid, ch in list(self.node_channels.items()):
-            self._send(ch, P.HeadInfo(self._gcs_shards(), self._ask_to_host(nid, P.NodeHello(nid, "", tuple(
-                r for r, n in self.replica_routes.items() if n == nid))), self.cluster_id))
+            hosted = tuple(r for r, n in self.replica_routes.items() if n == nid)
+            self._send(ch, P.HeadInfo(self._gcs_shards(), self._ask_to_host(nid, P.NodeHello(nid, "", hosted)),
+                                      self.cluster_id))
 
     def _adopt_cluster(self, cluster: str) -> None:
         """(a recovering head) Take the id of the cluster being recovered,

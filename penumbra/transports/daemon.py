@@ -42,7 +42,10 @@ GCS replicas on nodes (so the control store outlives the head's host):
 * ``penumbra start --head --recover HOST:PORT`` (``recover_from``) starts a
   head at the old head's address; the surviving node daemons reconnect to
   it by themselves, and once the ones named have, the head machine starts
-  with ``HeadConfig.recover_from`` = their replicas (``_recover_head``).
+  with ``HeadConfig.recover_from`` = their replicas (``_recover_head``);
+  ``--recover auto`` names none: it recovers from whichever daemons
+  reconnect holding replicas within ``recover_wait``, else starts a fresh
+  cluster then (a head that a cluster manager restarts runs with it).
 
 A head of another cluster (what a node hosting replicas does when the head
 address answers with a head it does not belong to):
@@ -1205,7 +1208,12 @@ class Daemon:
         handed to it then.  The replicas that lived in the old head's
         process are gone: this daemon starts empty ones under the same
         addresses, which join their chains again like restarted replicas
-        (the master first cuts the dead members of those names)."""
+        (the master first cuts the dead members of those names).
+
+        With ``--recover auto`` the daemons are the ones that reconnect
+        holding replicas (``_replica_hosts_or_none``); if none does within
+        ``recover_wait``, this head starts a fresh cluster instead.  The
+        recovered cluster keeps its id (``_adopt_cluster``)."""
         import dataclasses
 
         cfg = self.cfg

@@ -1277,9 +1277,10 @@ class Daemon:
     async def _replica_hosts_or_none(self, deadline: float) -> dict[str, str] | None:
         """(``--recover auto``) Wait until a node daemon holding GCS replicas
         reconnects (then a moment more, for the others of a restart), and
-        return the addresses of those holding the cluster the most of them
-        hold, as ``recover_from`` would name them; None if none came before
-        ``deadline``."""
+        return their addresses, as ``recover_from`` would name them; None if
+        none came before ``deadline``.  Daemons holding replicas of
+        different clusters (a fresh head ran here meanwhile) are an error:
+        the operator names the ones to recover."""
         first = None
         while True:
             now = trio.current_time()
@@ -1290,7 +1291,14 @@ class Daemon:
                 by_cluster: dict[str, list[str]] = {}
                 for nid in sorted(hosts):
                     by_cluster.setdefault(self.node_clusters.get(nid, ""), []).append(nid)
-                nids = max(by_cluster.values(), key=len)
+                if len(by_cluster) > 1:  # (which one is wanted is not ours to guess)
+                    raise RecoveryError(
+                        "cannot recover the cluster with --recover auto: the daemons that reconnected hold GCS "
+                        "replicas of different clusters (" + "; ".join(
+                            f"cluster {c or '?'}: " + ", ".join(self.peers[n] for n in ns)
+                            for c, ns in by_cluster.items()) + "). Name the daemons of the cluster to recover "
+                        "with --recover HOST:PORT")
+                nids = by_cluster.popitem()[1]
                 logger.warning("--recover auto: node daemons %s reconnected holding GCS replicas: recovering "
                                "their cluster", ", ".join(self.peers[n] for n in nids))
                 return {_normal_address(self.peers[n]): self.peers[n] for n in nids}

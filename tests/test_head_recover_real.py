@@ -715,3 +715,39 @@ def test_recover_auto_on_a_clean_address_starts_fresh_after_the_wait(tmp_path):
         assert "--recover auto goes alone" in out, out
     finally:
         local.close()
+
+
+@pytest.mark.timeout(180)
+def test_recover_auto_refuses_replicas_of_two_clusters(tmp_path):
+    """B holds replicas of the first cluster; a fresh head then ran at the
+    address with ``--gcs-replicas-on-nodes 1`` and node C hosts replicas of
+    that second cluster.  Both heads gone, ``--recover auto`` sees replica
+    hosts of two clusters: it does not guess which one is wanted, it stops
+    with an error naming both daemons and what to do."""
+    local = _Local(tmp_path)
+    try:
+        head, head_pid, replica_b = _start_three(local)
+        port = head.rpartition(":")[2]
+
+        def status(want) -> str | None:
+            text = local.penumbra("status", "--address", head, check=False)
+            return text if want(text) else None
+
+        wait_for(lambda: status(lambda s: re.search(rf"gcs:0:\S+\s+{re.escape(replica_b)}\s+tail", s)),
+                 "B's replica to be the chain's tail")
+        _kill_sessions({head_pid})
+        out = local.penumbra("start", "--head", "--port", port, "--token-file", local.token_file,
+                             "--gcs-replicas-on-nodes", "1", "--num-cpus", "1", *FAST, *STORE)
+        fresh_pid = int(re.search(r"\(pid (\d+)", out).group(1))
+        port_c = _free_port()
+        replica_c = f"127.0.0.1:{port_c}"
+        local.penumbra("start", "--address", head, "--port", str(port_c), "--num-cpus", "1", *FAST, *STORE)
+        wait_for(lambda: status(lambda s: re.search(rf"gcs:0:\S+\s+{re.escape(replica_c)}\s+tail", s)
+                                and "EARLIER CLUSTER" in s), "C's replica in the second cluster's chain")
+        _kill_sessions({fresh_pid})
+        out = local.penumbra("start", "--head", "--port", port, "--recover", "auto", "--recover-wait", "20",
+                             "--token-file", local.token_file, "--num-cpus", "1", *FAST, *STORE, check=False)
+        assert "replicas of different clusters" in out and replica_b in out and replica_c in out, out
+        assert "--recover HOST:PORT" in out, out
+    finally:
+        local.close()

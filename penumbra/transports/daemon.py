@@ -145,7 +145,7 @@ logger = logging.getLogger("penumbra.daemon")
 
 
 AUTO = "auto"  # ``recover_from=["auto"]``: recover if replica hosts reconnect, else start fresh
-_AUTO_GRACE = 1.0  # s: after the first replica host reconnects, for the others to come too
+_AUTO_GRACE = 2.0  # s: after the first replica host reconnects, for the others of a restart to come too
 
 
 @dataclass

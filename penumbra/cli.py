@@ -6,6 +6,7 @@ simulator's experiments and the verification swarm.
     penumbra start --head [--port 6380] [--num-cpus N] [--resources '{"x": 1}'] [--gcs-replicas-on-nodes K] [--block]
     penumbra start --address HOST:PORT [--port P] [--token-file FILE] [--num-cpus N] [--gcs-replica] [--block]
     penumbra start --head --port PORT --recover NODE_HOST:NODE_PORT [--recover ...] [--token-file FILE]
+    penumbra start --head --port PORT --recover auto [--recover-wait S] [--token-file FILE]
     penumbra status [--address HOST:PORT] [--token-file FILE]
     penumbra stop [--address HOST:PORT [--token-file FILE]]
     penumbra timeline [--address HOST:PORT] [--token-file FILE] [-o trace.json]

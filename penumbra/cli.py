@@ -595,7 +595,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--gcs-replicas-on-nodes", type=int, default=None, metavar="K",
                    help="(with --head) have K node daemons host a GCS replica each, as if started with "
                         "--gcs-replica: the first K to join, and the next to join whenever one is lost")
-    s.add_argument("--recover", action="append", metavar="NODE_HOST:NODE_PORT",
+    s.add_argument("--recover", action="append", metavar="NODE_HOST:NODE_PORT|auto",
                    help="(with --head) start a head that rebuilds the cluster from the GCS replicas of the node "
                         "daemons at these addresses (nodes started with --gcs-replica; repeat for several), after "
                         "the old head's host was lost. Start it at the old head's address (same --host and "

@@ -6,6 +6,7 @@ simulator's experiments and the verification swarm.
     penumbra start --head [--port 6380] [--num-cpus N] [--resources '{"x": 1}'] [--gcs-replicas-on-nodes K] [--block]
     penumbra start --address HOST:PORT [--port P] [--token-file FILE] [--num-cpus N] [--gcs-replica] [--block]
     penumbra start --head --port PORT --recover NODE_HOST:NODE_PORT [--recover ...] [--token-file FILE]
+    penumbra start --head --port PORT --recover auto [--recover-wait S] [--token-file FILE]
     penumbra status [--address HOST:PORT] [--token-file FILE]
     penumbra stop [--address HOST:PORT [--token-file FILE]]
     penumbra timeline [--address HOST:PORT] [--token-file FILE] [-o trace.json]
@@ -97,11 +98,18 @@ def cmd_start(args) -> int:
     if args.recover and not args.head:
         print("penumbra start: --recover starts a new head (--head --recover NODE:PORT)", file=sys.stderr)
         return 2
+    auto = args.recover == ["auto"]
     for a in args.recover or ():
         host, _, port = a.rpartition(":")
+        if auto:
+            break
+        if a == "auto":
+            print("penumbra start: --recover auto goes alone (it recovers from whichever nodes reconnect holding "
+                  "GCS replicas), not with addresses", file=sys.stderr)
+            return 2
         if not host or not port.isdigit():
             print(f"penumbra start: --recover must be HOST:PORT of a surviving node started with --gcs-replica "
-                  f"(as 'penumbra status' listed it), got {a!r}", file=sys.stderr)
+                  f"(as 'penumbra status' listed it), or 'auto', got {a!r}", file=sys.stderr)
             return 2
     if args.gcs_replicas_on_nodes is not None:
         if not args.head or args.gcs_replicas_on_nodes < 0:
@@ -131,7 +139,7 @@ def cmd_start(args) -> int:
         token = os.environ.get("PENUMBRA_TOKEN") or next(
             (info.get("token") for addr, info in cluster_file.all_clusters().items()
              if addr.rpartition(":")[2] == str(port) and not info.get("local_node")), None)
-        if not token:
+        if not token and not auto:  # (auto may start fresh: a new token then)
             return _error("start", "--recover needs the cluster's token (the surviving nodes accept no other): pass "
                                    "--token-file FILE or set $PENUMBRA_TOKEN")
     if args.address:
@@ -163,7 +171,10 @@ def cmd_start(args) -> int:
         cluster_file.write_cluster(d.address, info)
         if args.recover:
             print(f"Recovered the penumbra cluster at {d.address} from the GCS replicas on "
-                  f"{', '.join(args.recover)} (pid {d.pid}, node {d.node_id}).")
+                  f"{', '.join(args.recover)} (pid {d.pid}, node {d.node_id})." if not auto else
+                  f"Started the head of a penumbra cluster at {d.address} with --recover auto (pid {d.pid}, node "
+                  f"{d.node_id}): it recovered the cluster if a node holding GCS replicas reconnected within "
+                  f"--recover-wait, else started a fresh one (its log says which).")
         else:
             print(f"Started the head of a penumbra cluster at {d.address} (pid {d.pid}, node {d.node_id}).")
         print(f"Cluster token (keep it secret): {d.token}")
@@ -280,6 +291,14 @@ def cmd_status(args) -> int:
     print(f"\n{alive_n} node(s) alive" + (f", {dead_n} dead" if dead_n else "") + f"; in use: {summary}")
     if table is not None and getattr(table, "replicas", None):
         _print_replicas(table.replicas, getattr(table, "chains", ()) or ())
+    earlier = (getattr(table, "earlier", None) or {}) if table is not None else {}
+    if earlier:
+        print(f"\nEARLIER CLUSTER (this cluster is {getattr(table, 'cluster', '') or '?'})")
+    for node_id, cluster in sorted(earlier.items()):
+        where = addresses.get(node_id, "NODE:PORT")
+        print(f"node {node_id} ({where}) holds GCS replicas of an earlier cluster (id {cluster or '?'}), kept out of "
+              f"this one; to recover that cluster instead, stop this head and run: penumbra start --head "
+              f"--recover {where} (at this head's address)")
     return 0
 
 
@@ -576,14 +595,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--gcs-replicas-on-nodes", type=int, default=None, metavar="K",
                    help="(with --head) have K node daemons host a GCS replica each, as if started with "
                         "--gcs-replica: the first K to join, and the next to join whenever one is lost")
-    s.add_argument("--recover", action="append", metavar="NODE_HOST:NODE_PORT",
+    s.add_argument("--recover", action="append", metavar="NODE_HOST:NODE_PORT|auto",
                    help="(with --head) start a head that rebuilds the cluster from the GCS replicas of the node "
                         "daemons at these addresses (nodes started with --gcs-replica; repeat for several), after "
                         "the old head's host was lost. Start it at the old head's address (same --host and "
                         "--port) with the cluster's token: the surviving nodes keep retrying that address and "
-                        "reconnect to the new head on their own")
+                        "reconnect to the new head on their own. '--recover auto': recover from whichever nodes "
+                        "reconnect holding GCS replicas within --recover-wait, else start a fresh cluster then "
+                        "(for a head restarted by a cluster manager, e.g. Kubernetes). A head started without "
+                        "--recover is a NEW cluster: a node holding replicas of the old one keeps them out of it "
+                        "(paused, still recoverable; 'penumbra status' lists it under EARLIER CLUSTER)")
     s.add_argument("--recover-wait", type=_seconds, default=20.0,
-                   help="(with --recover) seconds to wait for those nodes to reconnect (default 20)")
+                   help="(with --recover) seconds to wait for those nodes to reconnect (default 20; with "
+                        "'--recover auto', how long a head with nothing to recover waits before starting fresh)")
     s.add_argument("--head-wait", type=_seconds, default=None,
                    help="(a node) seconds to keep retrying a lost head before stopping (default 20; without "
                         "limit for a node with --gcs-replica, which holds the cluster's state until a head "

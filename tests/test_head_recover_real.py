@@ -520,3 +520,234 @@ def test_stop_address_stops_every_node_whatever_it_hosts(tmp_path, round_):
         print(f"\n[stop] head + 2 nodes (one hosting a GCS replica) stopped in {took:.2f} s")
     finally:
         local.close()
+
+
+# A driver of a fresh cluster.  argv: address.  Prints one JSON line: what
+# the earlier cluster's key reads as here, and tasks on both nodes.
+FRESH_DRIVER = r'''
+import json, sys
+import penumbra as ray
+from penumbra.api import context
+from penumbra.core.tables import Get, KvPut
+
+ray.init(address=sys.argv[1])
+rt = context.current_runtime()
+earlier = rt.gcs_request(Get("kv", "recover-test:0"), timeout=60)
+assert rt.gcs_request(KvPut("fresh-test", "new"), timeout=60) is not None
+
+@ray.remote(resources={"a": 1})
+def on_a(i):
+    return i + 100, ray.get_runtime_context().get_node_id()
+
+@ray.remote(resources={"b": 1})
+def on_b(i):
+    return i + 1000, ray.get_runtime_context().get_node_id()
+
+a = ray.get([on_a.remote(i) for i in range(5)], timeout=120)
+b = ray.get([on_b.remote(i) for i in range(5)], timeout=120)
+print(json.dumps({"earlier": earlier, "fresh": rt.gcs_request(Get("kv", "fresh-test"), timeout=60),
+                  "a": [v for v, _ in a], "b": [v for v, _ in b], "nodes": sorted({n for _, n in a + b})}))
+'''
+
+# Acknowledged kv writes, then exit.  argv: address.
+WRITER = r'''
+import sys
+import penumbra as ray
+from penumbra.api import context
+from penumbra.core.tables import KvPut
+ray.init(address=sys.argv[1], namespace="recover-test")
+rt = context.current_runtime()
+for i in range(KEYS):
+    assert rt.gcs_request(KvPut(f"recover-test:{i}", {"i": i, "square": i * i}), timeout=60) is not None
+print("{}")
+'''.replace("KEYS", str(KEYS))
+
+# Reads the writes back.  argv: address.  Prints the kv as one JSON line.
+READER = r'''
+import json, sys
+import penumbra as ray
+from penumbra.api import context
+from penumbra.core.tables import Get
+ray.init(address=sys.argv[1], namespace="recover-test")
+rt = context.current_runtime()
+print(json.dumps({str(i): rt.gcs_request(Get("kv", f"recover-test:{i}"), timeout=60) for i in range(KEYS)}))
+'''.replace("KEYS", str(KEYS))
+
+FRESH_BOUND = 30.0  # seconds from the fresh head's start until its status answers with both nodes
+
+
+@pytest.mark.timeout(240)
+def test_a_fresh_head_at_the_old_address_keeps_a_nodes_earlier_replicas_out(tmp_path):
+    """The head (A) is killed with SIGKILL and a FRESH head (no --recover:
+    Kubernetes restarting the container, an operator starting anew) starts
+    at its address.  Node B, hosting a replica of the old cluster, reconnects
+    to it.  The new cluster works at once (status answers, a job runs on A
+    and B), none of the old state enters it (the old key is not there, B's
+    replica is not in its chain; status and B's log say B holds replicas of
+    an earlier cluster, and how to recover that one).  Then the fresh head
+    is killed too and ``--recover B`` brings back the EARLIER cluster: B
+    kept its replicas, and every acknowledged write reads back.  (Before
+    cluster ids, B fed its old replicas -- higher chain epochs -- into the
+    new cluster and it stalled: status timed out after 30 s.)"""
+    local = _Local(tmp_path)
+    try:
+        port, port_b = _free_port(), _free_port()
+        head = f"127.0.0.1:{port}"
+        replica_b = f"127.0.0.1:{port_b}"
+        out = local.penumbra("start", "--head", "--port", str(port), "--num-cpus", "1", *FAST, *STORE)
+        token = re.search(r"Cluster token \(keep it secret\): (\w+)", out).group(1)
+        fd = os.open(local.token_file, os.O_WRONLY | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+        head_pid = int(re.search(r"\(pid (\d+)", out).group(1))
+        out = local.penumbra("start", "--address", head, "--port", str(port_b), "--gcs-replica", "--num-cpus", "1",
+                             "--resources", '{"b": 2}', *FAST, *STORE)
+        log_b = re.search(r"Its log: (\S+)", out).group(1)
+
+        def status(want) -> str | None:
+            text = local.penumbra("status", "--address", head, check=False)
+            return text if want(text) else None
+
+        wait_for(lambda: status(lambda s: re.search(rf"gcs:0:\S+\s+{re.escape(replica_b)}\s+tail", s)),
+                 "B's replica to be the chain's tail")
+        finish(local.driver(WRITER, head), timeout=120)
+        _kill_sessions({head_pid})
+        assert not _session_members({head_pid})
+
+        t0 = time.monotonic()
+        out = local.penumbra("start", "--head", "--port", str(port), "--token-file", local.token_file,
+                             "--num-cpus", "1", "--resources", '{"a": 2}', *FAST, *STORE)
+        fresh_pid = int(re.search(r"\(pid (\d+)", out).group(1))
+        text = wait_for(lambda: status(lambda s: s.count(" alive ") == 2 and "EARLIER CLUSTER" in s),
+                        "the fresh cluster's status with both nodes", timeout=FRESH_BOUND)
+        answered = time.monotonic() - t0
+        replicas = text.split("GCS REPLICA")[1].split("EARLIER CLUSTER")[0]
+        assert re.search(rf"gcs:0:0\s+{re.escape(head)}\s+head\+tail", replicas), text
+        assert replica_b not in replicas, text  # B's old replica is not in the new chain
+        assert re.search(rf"node \S+ \({re.escape(replica_b)}\) holds GCS replicas of an earlier cluster", text), text
+        assert f"penumbra start --head --recover {replica_b}" in text, text
+        res = finish(local.driver(FRESH_DRIVER, head), timeout=120)
+        assert res["earlier"] is None and res["fresh"] == "new", res  # nothing of the old state came in
+        assert res["a"] == [i + 100 for i in range(5)] and res["b"] == [i + 1000 for i in range(5)], res
+        assert len(res["nodes"]) == 2, res
+        worked = time.monotonic() - t0
+        assert "is a NEW cluster" in open(log_b).read()
+
+        # the earlier cluster is still recoverable from B's kept replicas
+        _kill_sessions({fresh_pid})
+        local.penumbra("start", "--head", "--port", str(port), "--recover", replica_b, "--token-file",
+                       local.token_file, "--num-cpus", "1", *FAST, *STORE)
+        kv = finish(local.driver(READER, head), timeout=120)
+        assert kv == {str(i): {"i": i, "square": i * i} for i in range(KEYS)}, kv
+        print(f"\n[fresh head] status answered {answered:.2f} s after the fresh head's start, a job ran on both "
+              f"nodes {worked:.2f} s after it; the earlier cluster recovered afterwards from B's kept replicas")
+    finally:
+        local.close()
+
+
+@pytest.mark.timeout(240)
+def test_recover_auto_recovers_from_a_node_that_reconnects_with_replicas(tmp_path):
+    """kill -9 of the head, then ``penumbra start --head --recover auto`` at
+    its address (what a Kubernetes head Deployment runs every time): node B
+    reconnects holding the replica, the head recovers the cluster from it
+    without being told where it is, and every acknowledged write reads
+    back; B's replica is in the recovered chain."""
+    local = _Local(tmp_path)
+    try:
+        head, head_pid, replica_b = _start_three(local)
+
+        def status(want) -> str | None:
+            text = local.penumbra("status", "--address", head, check=False)
+            return text if want(text) else None
+
+        wait_for(lambda: status(lambda s: re.search(rf"gcs:0:\S+\s+{re.escape(replica_b)}\s+tail", s)),
+                 "B's replica to be the chain's tail")
+        finish(local.driver(WRITER, head), timeout=120)
+        _kill_sessions({head_pid})
+        t0 = time.monotonic()
+        out = local.penumbra("start", "--head", "--port", head.rpartition(":")[2], "--recover", "auto",
+                             "--token-file", local.token_file, "--num-cpus", "1", *FAST, *STORE)
+        log = re.search(r"Its log: (\S+)", out).group(1)
+        kv = finish(local.driver(READER, head), timeout=120)
+        assert kv == {str(i): {"i": i, "square": i * i} for i in range(KEYS)}, kv
+        took = time.monotonic() - t0
+        text = open(log).read()
+        assert "--recover auto: node daemons" in text and "recovering the cluster from GCS replicas" in text, text
+        wait_for(lambda: status(lambda s: re.search(rf"gcs:0:\S+\s+{re.escape(replica_b)}\s+(head|middle|tail) ", s)
+                                and "EARLIER CLUSTER" not in s), "B's replica in the recovered chain")
+        print(f"\n[recover auto] acknowledged writes read back {took:.2f} s after the head's restart")
+    finally:
+        local.close()
+
+
+@pytest.mark.timeout(120)
+def test_recover_auto_on_a_clean_address_starts_fresh_after_the_wait(tmp_path):
+    """``--recover auto`` where no cluster lived: nothing reconnects, so
+    after ``--recover-wait`` the head starts a fresh cluster (not before:
+    the wait is what lets surviving replica hosts come back), which works:
+    a node joins with --gcs-replica, its replica becomes the tail, a kv
+    write and a task on the node go through.  'auto' with addresses is
+    refused where it was given."""
+    local = _Local(tmp_path)
+    try:
+        port, port_b = _free_port(), _free_port()
+        head = f"127.0.0.1:{port}"
+        wait = 3.0
+        t0 = time.monotonic()
+        out = local.penumbra("start", "--head", "--port", str(port), "--recover", "auto", "--recover-wait", str(wait),
+                             "--num-cpus", "1", *FAST, *STORE)
+        assert time.monotonic() - t0 >= wait, out
+        token = re.search(r"Cluster token \(keep it secret\): (\w+)", out).group(1)
+        fd = os.open(local.token_file, os.O_WRONLY | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+        log = re.search(r"Its log: (\S+)", out).group(1)
+        assert "starting a fresh cluster" in open(log).read()
+        local.penumbra("start", "--address", head, "--port", str(port_b), "--gcs-replica", "--num-cpus", "1",
+                       "--resources", '{"b": 2}', *FAST, *STORE)
+        replica_b = f"127.0.0.1:{port_b}"
+        wait_for(lambda: re.search(rf"gcs:0:\S+\s+{re.escape(replica_b)}\s+tail",
+                                   local.penumbra("status", "--address", head, check=False)),
+                 "B's replica to be the chain's tail")
+        finish(local.driver(WRITER, head), timeout=120)
+        assert finish(local.driver(READER, head), timeout=120)["3"] == {"i": 3, "square": 9}
+        out = local.penumbra("start", "--head", "--recover", "auto", "--recover", "127.0.0.1:1", check=False)
+        assert "--recover auto goes alone" in out, out
+    finally:
+        local.close()
+
+
+@pytest.mark.timeout(180)
+def test_recover_auto_refuses_replicas_of_two_clusters(tmp_path):
+    """B holds replicas of the first cluster; a fresh head then ran at the
+    address with ``--gcs-replicas-on-nodes 1`` and node C hosts replicas of
+    that second cluster.  Both heads gone, ``--recover auto`` sees replica
+    hosts of two clusters: it does not guess which one is wanted, it stops
+    with an error naming both daemons and what to do."""
+    local = _Local(tmp_path)
+    try:
+        head, head_pid, replica_b = _start_three(local)
+        port = head.rpartition(":")[2]
+
+        def status(want) -> str | None:
+            text = local.penumbra("status", "--address", head, check=False)
+            return text if want(text) else None
+
+        wait_for(lambda: status(lambda s: re.search(rf"gcs:0:\S+\s+{re.escape(replica_b)}\s+tail", s)),
+                 "B's replica to be the chain's tail")
+        _kill_sessions({head_pid})
+        out = local.penumbra("start", "--head", "--port", port, "--token-file", local.token_file,
+                             "--gcs-replicas-on-nodes", "1", "--num-cpus", "1", *FAST, *STORE)
+        fresh_pid = int(re.search(r"\(pid (\d+)", out).group(1))
+        port_c = _free_port()
+        replica_c = f"127.0.0.1:{port_c}"
+        local.penumbra("start", "--address", head, "--port", str(port_c), "--num-cpus", "1", *FAST, *STORE)
+        wait_for(lambda: status(lambda s: re.search(rf"gcs:0:\S+\s+{re.escape(replica_c)}\s+tail", s)
+                                and "EARLIER CLUSTER" in s), "C's replica in the second cluster's chain")
+        _kill_sessions({fresh_pid})
+        out = local.penumbra("start", "--head", "--port", port, "--recover", "auto", "--recover-wait", "20",
+                             "--token-file", local.token_file, "--num-cpus", "1", *FAST, *STORE, check=False)
+        assert "replicas of different clusters" in out and replica_b in out and replica_c in out, out
+        assert "--recover HOST:PORT" in out, out
+    finally:
+        local.close()

@@ -42,7 +42,30 @@ GCS replicas on nodes (so the control store outlives the head's host):
 * ``penumbra start --head --recover HOST:PORT`` (``recover_from``) starts a
   head at the old head's address; the surviving node daemons reconnect to
   it by themselves, and once the ones named have, the head machine starts
-  with ``HeadConfig.recover_from`` = their replicas (``_recover_head``).
+  with ``HeadConfig.recover_from`` = their replicas (``_recover_head``);
+  ``--recover auto`` names none: it recovers from whichever daemons
+  reconnect holding replicas within ``recover_wait``, else starts a fresh
+  cluster then (a head that a cluster manager restarts runs with it).
+
+A head of another cluster (what a node hosting replicas does when the head
+address answers with a head it does not belong to):
+
+* every cluster has an id: a fresh head makes one, a recovering head takes
+  the one of the replicas it recovers (and says so to every node);  a node
+  learns it from ``HeadInfo`` and its replicas carry it from then on (its
+  ``NodeHello`` and ``ReplicasHosted`` name it);
+* a node that lost its head pauses its replicas (nothing they send leaves
+  the process) until the head it reaches says which cluster it is: the same
+  one (the head came back), or a recovering head -- the replicas go on; a
+  fresh head (``penumbra start --head`` without ``--recover`` at the same
+  address: Kubernetes restarting the head's container, an operator starting
+  a new cluster) -- they stay paused.  Their state (which may hold the only
+  copies of the old cluster's acknowledged writes) is kept and still offered
+  to any later recovering head, but nothing of it enters the new cluster,
+  whose head does not route to them.  The node joins the new cluster as a
+  plain node (it hosts no replica of the new cluster: its replica names are
+  taken); both daemons' logs say so and ``penumbra status`` lists it under
+  "earlier cluster" with the command that recovers it instead.
 
 Lifetime: an embedded daemon watches its driver (``--parent-pid``) and exits
 when the driver is gone; on exit every worker is killed and the node's
@@ -58,6 +81,7 @@ import math
 import logging
 import os
 import random
+import secrets
 import signal
 import socket
 import sys
@@ -118,6 +142,10 @@ from .zygote import ZygoteHandle, fork_zygote
 __all__ = ["DaemonConfig", "Daemon", "main"]
 
 logger = logging.getLogger("penumbra.daemon")
+
+
+AUTO = "auto"  # ``recover_from=["auto"]``: recover if replica hosts reconnect, else start fresh
+_AUTO_GRACE = 2.0  # s: after the first replica host reconnects, for the others of a restart to come too
 
 
 @dataclass
@@ -194,6 +222,9 @@ class DaemonConfig:
             raise ValueError(f"replicas_on_nodes must be a whole number >= 0, got {self.replicas_on_nodes!r}")
         if self.recover_from and not self.head:
             raise ValueError("recover_from is for a head daemon (penumbra start --head --recover HOST:PORT)")
+        if AUTO in self.recover_from and len(self.recover_from) > 1:
+            raise ValueError("recover_from: 'auto' (recover from whichever replica hosts reconnect, else start "
+                             "fresh) goes alone, not with addresses")
         if self.head_wait is not None and not self.head_wait > 0:
             raise ValueError(f"head_wait must be a number of seconds > 0, got {self.head_wait!r}")
 
@@ -256,10 +287,21 @@ class Daemon:
         self.hosted_replicas: tuple[str, ...] = ()
         self.replica_routes: dict[str, str] = {}
         self._asked_to_host: set[str] = set()  # nodes asked to host replicas, not yet hosting them
-        self._head_backlog: list[P.Deliver] | None = None
+        self._head_backlog: list[P.Deliver] | None = [] if cfg.recover_from else None
+        # cluster ids (see "A head of another cluster"): a head's own
+        # ("" while a recovering head waits for its replicas); a node's:
+        # the cluster its replicas belong to, and whether they are paused
+        # (its head is lost, or belongs to another cluster)
+        self.cluster_id = "" if cfg.recover_from else secrets.token_hex(6)
+        self.replica_cluster = ""
+        self.replicas_paused = False
+        self.node_clusters: dict[str, str] = {}  # head role: node id -> cluster of the replicas it offered
+        self.earlier: dict[str, str] = {}  # head role: node id -> the other cluster its replicas belong to
 
     # ================================================================== routing
     def route(self, to: str, msg: Message, src: str) -> None:
+        if self.replicas_paused and src in self.hosted_replicas:
+            return  # (no head of their cluster to talk to: see "A head of another cluster")
         ch = self.clients.get(to)
         if ch is not None:
             self._to_client(ch, to, msg)
@@ -491,6 +533,7 @@ class Daemon:
             self.incarnation += 1
             self.node_id = f"{self.base_node_id}.{self.incarnation}"
             ch, self.head_channel = self.head_channel, None
+            self.replicas_paused = bool(self.hosted_replicas)  # (until the head says it is theirs)
             if ch is not None:
                 await ch.aclose()
             deadline = trio.current_time() + self._head_wait()
@@ -546,7 +589,7 @@ class Daemon:
         base = self.base_node_id
         return base[len("node:"):] if base.startswith("node:") else base
 
-    def _host_replicas(self, shards: int) -> None:
+    def _host_replicas(self, shards: int, cluster: str) -> None:
         """Host one replica of each of the cluster's ``shards`` (node role,
         ``--gcs-replica``).  Each joins its chain as a restarted replica
         does (core/gcs.py, "Joining"): ``ReplicaJoin`` to the chain master,
@@ -556,8 +599,9 @@ class Daemon:
         tag = self._replica_tag()
         names = tuple(f"gcs:{s}:{tag}" for s in range(shards))
         self.hosted_replicas = names
+        self.replica_cluster = cluster
         # the head must know the route before their first message asks for an answer
-        self._send(self.head_channel, P.ReplicasHosted(self.node_id, names))
+        self._send(self.head_channel, P.ReplicasHosted(self.node_id, names, cluster))
         timing = self.layout.gcs_timing
         self.host.add(*((r, GcsReplica(r, s, "head", timing, joining=True)) for s, r in enumerate(names)))
         logger.info("hosting GCS replicas %s (joining their chains)", ", ".join(names))
@@ -573,8 +617,8 @@ class Daemon:
         acknowledged depends on it."""
         while True:
             await trio.sleep(1.0)
-            if self.head_channel is None:
-                continue  # no master to join: wait for the head
+            if self.head_channel is None or self.replicas_paused:
+                continue  # no master (of their cluster) to join: wait for the head
             for s, r in enumerate(self.hosted_replicas):
                 rep = self.host.machines.get(r)
                 if rep is None or rep.joining or rep.awaiting_append or rep.active or rep.config is None:
@@ -584,6 +628,25 @@ class Daemon:
                 self.host.remove(r)
                 self.host.add((r, GcsReplica(r, s, "head", self.layout.gcs_timing, joining=True)))
                 self.host.pump()
+
+    def _offered(self, nid: str, replicas: tuple[str, ...], cluster: str) -> None:
+        """(head role) Node ``nid`` hosts GCS ``replicas`` of ``cluster``:
+        route to them if they are this cluster's (or, while a recovering
+        head waits, may become so), else keep them out (the node paused
+        them when it learnt our id) and say so loudly."""
+        self.node_clusters[nid] = cluster
+        if self._head_backlog is None and cluster != self.cluster_id:
+            self.earlier[nid] = cluster
+            logger.error(
+                "node %s (%s) holds GCS replicas %s of another cluster (id %s), not of this one (id %s): "
+                "this head was started fresh (without --recover) at an address where a cluster lived. They "
+                "are kept out of this cluster. To recover that cluster instead, stop this head and run "
+                "'penumbra start --head --recover %s' at this address", nid, self.peers.get(nid, "?"),
+                ", ".join(replicas), cluster or "?", self.cluster_id, self.peers.get(nid, "NODE:PORT"))
+            return
+        for r in replicas:
+            self.replica_routes[r] = nid
+        logger.info("node %s hosts GCS replicas %s", nid, ", ".join(replicas))
 
     def _replica_table(self) -> dict[str, str]:
         """(head role) Replica address -> host:port of the daemon hosting it."""
@@ -761,10 +824,11 @@ class Daemon:
                         head = self.host.machines.get("head")
                         chains = head.chain.configs() if head is not None else ()
                         self._send(ch, P.PeerTable(self._addresses(), self.node_id, self._replica_table(), chains,
-                                                   self._links()))
+                                                   self._links(), self.cluster_id, dict(self.earlier)))
                     else:
                         self._send(ch, P.PeerTable(self._addresses(), self.head_node or self.node_id,
-                                                   {r: self.address for r in self.hosted_replicas}))
+                                                   {r: self.address for r in self.hosted_replicas},
+                                                   cluster=self.replica_cluster))
                 elif t is P.TimelineRequest:
                     self._send(ch, self._timeline())
                 if not ch.buffered:
@@ -784,9 +848,10 @@ class Daemon:
         if self.cfg.head and incoming:
             self.node_channels[nid] = ch
             self.peers[nid] = _as_seen(hello.address, ch.peer_address)
-            for r in hello.replicas:
-                self.replica_routes[r] = nid
-            self._send(ch, P.HeadInfo(self._gcs_shards(), self._ask_to_host(nid, hello)))
+            if hello.replicas:
+                self._offered(nid, hello.replicas, hello.cluster)
+            self._send(ch, P.HeadInfo(self._gcs_shards(), self._ask_to_host(nid, hello), self.cluster_id,
+                                      self._head_backlog is not None))
             self._broadcast_peers()
         else:
             self.peer_channels[nid] = ch
@@ -804,6 +869,8 @@ class Daemon:
                 for r in [r for r, n in self.replica_routes.items() if n == nid]:
                     del self.replica_routes[r]  # (they come back with the node's next connection)
                 self._asked_to_host.discard(nid)
+                self.node_clusters.pop(nid, None)
+                self.earlier.pop(nid, None)
                 self._broadcast_peers()
                 if not self.stopping and "head" in self.host.machines:
                     # the daemon is gone: tell the monitor now rather than
@@ -855,13 +922,10 @@ class Daemon:
             self.peers = {k: v for k, v in item.peers.items() if k != self.node_id}
             self.head_node = item.head_node
         elif t is P.ReplicasHosted and self.cfg.head:
-            for r in item.replicas:
-                self.replica_routes[r] = item.node_id
             self._asked_to_host.discard(item.node_id)
-            logger.info("node %s hosts GCS replicas %s", item.node_id, ", ".join(item.replicas))
+            self._offered(item.node_id, item.replicas, item.cluster)
         elif t is P.HeadInfo and ch is self.head_channel:
-            if (self.cfg.gcs_replica or item.host_replicas) and not self.hosted_replicas:
-                self._host_replicas(item.gcs_shards)
+            self._on_head_info(item)
         elif t is P.StopCluster and ch is self.head_channel:
             logger.info("the head asked this node to stop (penumbra stop)")
             self.stopping = True  # (the head's connection closing next is no reason to rejoin)
@@ -872,6 +936,33 @@ class Daemon:
                 for other in list(self.node_channels.values()):
                     if other is not ch:
                         self._send(other, item)
+
+    def _on_head_info(self, info: P.HeadInfo) -> None:
+        """(node role) The head says which cluster it is (on connection, and
+        again once a recovering head knows): host replicas if asked, and
+        let this node's replicas talk only to a head of their own cluster
+        (see "A head of another cluster")."""
+        if not self.hosted_replicas:
+            if (self.cfg.gcs_replica or info.host_replicas) and not info.recovering:
+                self._host_replicas(info.gcs_shards, info.cluster)
+            return
+        if not self.replica_cluster and info.cluster:
+            self.replica_cluster = info.cluster  # (hosted while a recovering head did not know it yet)
+        if info.recovering or info.cluster == self.replica_cluster:
+            if self.replicas_paused:
+                logger.info("GCS replicas %s go on in cluster %s", ", ".join(self.hosted_replicas),
+                            self.replica_cluster or "(being recovered)")
+            self.replicas_paused = False
+            return
+        self.replicas_paused = True
+        logger.error(
+            "the head at %s is a NEW cluster (id %s), not the one this node's GCS replicas %s belong to (id %s): "
+            "it was started without --recover. The replicas are kept, paused, and stay out of the new cluster "
+            "(they may hold the only copies of the earlier cluster's acknowledged writes); this node joins the "
+            "new cluster as a plain node. To recover the earlier cluster instead, stop the new head and start "
+            "'penumbra start --head --recover %s' at the same address; to drop the earlier state, restart "
+            "this node daemon", self.cfg.head_address, info.cluster, ", ".join(self.hosted_replicas),
+            self.replica_cluster, self.address)
 
     async def _peer_channel(self, nid: str) -> Channel | None:
         ch = self.peer_channels.get(nid) or self.node_channels.get(nid)
@@ -963,7 +1054,7 @@ class Daemon:
             ch = await connect_tcp(host, int(port), self.cfg.token, "node", self.node_id)
         self.head_channel = ch
         # (with the replicas it hosts: the head routes to them from now on)
-        ch.send_nowait(P.NodeHello(self.node_id, self.listening, self.hosted_replicas))
+        ch.send_nowait(P.NodeHello(self.node_id, self.listening, self.hosted_replicas, self.replica_cluster))
         task_status.started()
         reason = "the head daemon closed it"  # (a clean end: the head's process exited, or was killed)
         try:
@@ -984,6 +1075,8 @@ class Daemon:
             # first, which set ``stopping``.)
             logger.error("lost the connection to the head daemon (%s); rejoining as a new node", reason)
             self.head_channel = None
+            # until the head it reaches says it is of their cluster
+            self.replicas_paused = bool(self.hosted_replicas)
             if not self._rejoining:
                 self._rejoining = True
                 self.nursery.start_soon(self._rejoin, (
@@ -1115,22 +1208,36 @@ class Daemon:
         handed to it then.  The replicas that lived in the old head's
         process are gone: this daemon starts empty ones under the same
         addresses, which join their chains again like restarted replicas
-        (the master first cuts the dead members of those names)."""
+        (the master first cuts the dead members of those names).
+
+        With ``--recover auto`` the daemons are the ones that reconnect
+        holding replicas (``_replica_hosts_or_none``); if none does within
+        ``recover_wait``, this head starts a fresh cluster instead.  The
+        recovered cluster keeps its id (``_adopt_cluster``)."""
         import dataclasses
 
         cfg = self.cfg
-        self._head_backlog = []
-        want = {_normal_address(a): a for a in cfg.recover_from}
         deadline = trio.current_time() + cfg.recover_wait
+        if cfg.recover_from == [AUTO]:
+            want = await self._replica_hosts_or_none(deadline)
+            if want is None:
+                logger.warning("no daemon holding GCS replicas reconnected within %g s (--recover auto): "
+                               "starting a fresh cluster (id %s)", cfg.recover_wait, self.cluster_id)
+                self._start_fresh_head(layout)
+                return
+        else:
+            want = {_normal_address(a): a for a in cfg.recover_from}
         found: dict[str, tuple[str, ...]] = {}
         while True:
             by_address = {_normal_address(addr): nid for nid, addr in self.peers.items()}
             found = {}
+            clusters: dict[str, str] = {}
             for key in want:
                 nid = by_address.get(key)
                 replicas = tuple(sorted(r for r, n in self.replica_routes.items() if n == nid)) if nid else ()
                 if replicas:
                     found[key] = replicas
+                    clusters[want[key]] = self.node_clusters.get(nid, "")
             if len(found) == len(want):
                 break
             if trio.current_time() > deadline:
@@ -1144,6 +1251,12 @@ class Daemon:
                     f"'penumbra status' listed it; this head must listen at the old head's address "
                     f"(same --host and --port) for the nodes to find it")
             await trio.sleep(0.05)
+        if len(set(clusters.values())) > 1:
+            raise RecoveryError(
+                "cannot recover the cluster: the daemons named hold GCS replicas of different clusters ("
+                + ", ".join(f"{a}: cluster {c or '?'}" for a, c in clusters.items())
+                + "). Name the daemons of one cluster only (penumbra status on their nodes' logs says which)")
+        self._adopt_cluster(next(iter(clusters.values())))
         replicas = tuple(r for key in want for r in found[key])
         shards = 1 + max(int(r.split(":")[1]) for r in replicas)
         if shards != layout.gcs_shards:
@@ -1159,6 +1272,81 @@ class Daemon:
         for d in backlog:
             self.host.post(d.to, d.msg)
         self.host.pump()
+        self._tell_cluster_id()
+
+    async def _replica_hosts_or_none(self, deadline: float) -> dict[str, str] | None:
+        """(``--recover auto``) Wait until a node daemon holding GCS replicas
+        reconnects (then a moment more, for the others of a restart), and
+        return their addresses, as ``recover_from`` would name them; None if
+        none came before ``deadline``.  Daemons holding replicas of
+        different clusters (a fresh head ran here meanwhile) are an error:
+        the operator names the ones to recover."""
+        first = None
+        while True:
+            now = trio.current_time()
+            hosts = {n for n in self.replica_routes.values() if n in self.peers}
+            if hosts and first is None:
+                first = now
+            if first is not None and (now - first >= _AUTO_GRACE or now > deadline):
+                by_cluster: dict[str, list[str]] = {}
+                for nid in sorted(hosts):
+                    by_cluster.setdefault(self.node_clusters.get(nid, ""), []).append(nid)
+                if len(by_cluster) > 1:  # (which one is wanted is not ours to guess)
+                    raise RecoveryError(
+                        "cannot recover the cluster with --recover auto: the daemons that reconnected hold GCS "
+                        "replicas of different clusters (" + "; ".join(
+                            f"cluster {c or '?'}: " + ", ".join(self.peers[n] for n in ns)
+                            for c, ns in by_cluster.items()) + "). Name the daemons of the cluster to recover "
+                        "with --recover HOST:PORT")
+                nids = by_cluster.popitem()[1]
+                logger.warning("--recover auto: node daemons %s reconnected holding GCS replicas: recovering "
+                               "their cluster", ", ".join(self.peers[n] for n in nids))
+                return {_normal_address(self.peers[n]): self.peers[n] for n in nids}
+            if now > deadline:
+                return None
+            await trio.sleep(0.05)
+
+    def _start_fresh_head(self, layout: ClusterLayout) -> None:
+        """(``--recover auto`` that found nothing to recover) Start the head
+        of a new cluster, as ``penumbra start --head`` does, hand it what
+        came for it meanwhile, and tell the connected nodes its id."""
+        backlog, self._head_backlog = self._head_backlog, None
+        self.cluster_id = secrets.token_hex(6)
+        for nid, c in self.node_clusters.items():  # (came in the last moment: kept out, see ``_offered``)
+            for r in [r for r, n in self.replica_routes.items() if n == nid]:
+                del self.replica_routes[r]
+            self.earlier[nid] = c
+        self.host.add(("head", HeadMachine(layout.head_config(), random.Random(0))), *(
+            (r, GcsReplica(r, chain.shard, "head", layout.gcs_timing, config=chain))
+            for chain in layout.chains() for r in chain.replicas
+        ))
+        for d in backlog or ():
+            self.host.post(d.to, d.msg)
+        self.host.pump()
+        self._tell_cluster_id()
+
+    def _tell_cluster_id(self) -> None:
+        """(a head that was waiting for replicas) Every connected node learns
+        the cluster's id now: one holding replicas of another cluster pauses
+        them, one asked to host (or started with --gcs-replica) hosts."""
+        for nid, ch in list(self.node_channels.items()):
+            hosted = tuple(r for r, n in self.replica_routes.items() if n == nid)
+            self._send(ch, P.HeadInfo(self._gcs_shards(), self._ask_to_host(nid, P.NodeHello(nid, "", hosted)),
+                                      self.cluster_id))
+
+    def _adopt_cluster(self, cluster: str) -> None:
+        """(a recovering head) Take the id of the cluster being recovered,
+        and keep out the replicas of any other cluster that nodes offered
+        while we waited."""
+        self.cluster_id = cluster or secrets.token_hex(6)  # ("": replicas of a version before cluster ids)
+        logger.warning("recovering cluster %s", self.cluster_id)
+        for nid, c in self.node_clusters.items():
+            if c != self.cluster_id:
+                for r in [r for r, n in self.replica_routes.items() if n == nid]:
+                    del self.replica_routes[r]
+                self.earlier[nid] = c
+                logger.error("node %s holds GCS replicas of another cluster (id %s), not of the one recovered "
+                             "(id %s): they are kept out of it", nid, c or "?", self.cluster_id)
 
     def _resources(self) -> dict[str, float]:
         r = {"CPU": float(self.cfg.num_cpus)}

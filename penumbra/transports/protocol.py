@@ -158,6 +158,7 @@ class NodeHello:
     node_id: str
     address: str  # host:port where it serves transfers and peers
     replicas: tuple[str, ...] = ()  # GCS replicas it hosts (to the head: route them here)
+    cluster: str = ""  # the id of the cluster those replicas belong to (see ``HeadInfo.cluster``)
 
 
 @_frozen
@@ -175,6 +176,10 @@ class PeerTable:
     replicas: dict[str, str] | None = None
     chains: tuple = ()
     links: dict[str, str] | None = None
+    # the cluster's id, and the connected node daemons holding GCS replicas
+    # of another (earlier) cluster: node id -> that cluster's id
+    cluster: str = ""
+    earlier: dict[str, str] | None = None
 
 
 @_frozen
@@ -184,6 +189,14 @@ class HeadInfo:
 
     gcs_shards: int
     host_replicas: bool = False  # the head asks this node to host replicas (--gcs-replicas-on-nodes)
+    # The cluster's id: a fresh head makes one, a recovering head takes the
+    # one of the replicas it recovers.  A node whose replicas belong to
+    # another cluster keeps them out of this one (daemon.py, "A head of
+    # another cluster").  "" with ``recovering``: a head still waiting for
+    # the replicas it recovers from (it takes their id then, and says it
+    # again in another ``HeadInfo``).
+    cluster: str = ""
+    recovering: bool = False
 
 
 @_frozen
@@ -194,6 +207,7 @@ class ReplicasHosted:
 
     node_id: str
     replicas: tuple[str, ...]
+    cluster: str = ""  # the cluster they belong to (the head's, from its ``HeadInfo``)
 
 
 @_frozen

@@ -62,7 +62,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
-from heapq import heappush
 from itertools import count
 from typing import TYPE_CHECKING, Any
 
@@ -206,7 +205,7 @@ class Network:
         self._faulty = False   # any per-message rule active
         self.batches = 0  # heap entries pushed (one per arriving batch)
         self.stats = {"cut": 0, "dropped": 0, "duplicated": 0, "delayed": 0, "to_dead": 0}
-        self._queue: list = []
+        self._qpush: Any = None  # the kernel queue's push (priority NORMAL)
         self._eid: Any = None
 
     @classmethod
@@ -227,7 +226,7 @@ class Network:
         self.kernel = kernel
         self.rng = kernel.rng
         self._env = kernel.env
-        self._queue = kernel._queue
+        self._qpush = kernel._push
         self._eid = kernel._eid
 
     # ------------------------------------------------------------------
@@ -440,7 +439,7 @@ class Network:
         if not self._faulty:
             entry = (arrival, 1, next(self._eid), dst_ep._on_net, msgs,
                      dst_ep.epoch, src_ep, src_ep.epoch, depart)
-            heappush(self._queue, entry)
+            self._qpush(entry)
             link.last = entry
             self.batches += 1
             return
@@ -448,7 +447,7 @@ class Network:
 
     def _push(self, t: float, dst_ep: Any, msgs: list, src_ep: Any, depart: float) -> None:
         self.batches += 1
-        heappush(self._queue, (t, 1, next(self._eid), dst_ep._on_net, msgs,
+        self._qpush((t, 1, next(self._eid), dst_ep._on_net, msgs,
                                dst_ep.epoch, src_ep, src_ep.epoch, depart))
 
     def _faulty_transmit(self, link: Link, src_ep: Any, dst_ep: Any, msgs: list,

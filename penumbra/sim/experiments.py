@@ -147,35 +147,53 @@ def _fmt(v: Any) -> str:
 
 
 class Progress:
-    """A progress bar on stderr (no dependency): ``update(done)``, ``close()``.
+    """Progress of an experiment on stderr: ``update(done)``, ``close()``.
 
-    Redraws at most every 0.2 s of wall time; silent with ``enabled=False``
-    or when ``PENUMBRA_NO_PROGRESS`` is set.
+    On a terminal it is a ``tqdm`` bar; otherwise (a log file, CI) it prints
+    a plain line at most every ``plain_every`` seconds of wall time (and at
+    the end), since a bar redrawn with carriage returns is unreadable in a
+    log.  Silent with ``enabled=False`` or when ``PENUMBRA_NO_PROGRESS`` is
+    set.
     """
 
-    def __init__(self, total: float, label: str, enabled: bool = True, stream=None) -> None:
+    def __init__(self, total: float, label: str, enabled: bool = True, stream=None,
+                 plain_every: float = 10.0) -> None:
         self.total = max(total, 1e-12)
         self.label = label
         self.stream = stream or sys.stderr
         self.enabled = enabled and not os.environ.get("PENUMBRA_NO_PROGRESS")
         self.done = 0.0
         self.t0 = time.perf_counter()
-        self._last = 0.0
+        self.plain_every = plain_every
+        self._last = float("-inf")
+        self._bar = None
         self._drawn = False
+        if self.enabled and getattr(self.stream, "isatty", lambda: False)():
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=float(total), desc=label, file=self.stream, leave=False,
+                             bar_format="{desc} {percentage:5.1f}%|{bar}| {elapsed}<{remaining} {postfix}")
 
     def update(self, done: float, note: str = "") -> None:
         self.done = done
         if not self.enabled:
             return
+        if self._bar is not None:
+            self._bar.n = min(float(done), self._bar.total)
+            if note:
+                self._bar.set_postfix_str(note[:30], refresh=False)
+            self._bar.refresh()
+            self._drawn = True
+            return
         now = time.perf_counter()
-        if now - self._last < 0.2 and done < self.total:
+        if now - self._last < self.plain_every and done < self.total:
             return
         self._last = now
         frac = min(1.0, done / self.total)
-        n = int(frac * 30)
         el = now - self.t0
-        eta = f" eta {el / frac - el:5.0f}s" if 0.02 < frac < 1 else ""
-        self.stream.write(f"\r{self.label} [{'#' * n}{'.' * (30 - n)}] {frac * 100:5.1f}% {el:6.1f}s{eta} {note[:30]:30s}")
+        eta = f", about {el / frac - el:.0f} s left" if 0.02 < frac < 1 else ""
+        self.stream.write(f"{self.label}: {frac * 100:5.1f}% after {el:.0f} s{eta}"
+                          f"{' (' + note + ')' if note else ''}\n")
         self.stream.flush()
         self._drawn = True
 
@@ -183,15 +201,17 @@ class Progress:
         self.update(self.done + by, note)
 
     def close(self) -> None:
-        if self.enabled and self._drawn:
-            self.stream.write("\r" + " " * 110 + "\r")
-            self.stream.flush()
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
 
 def _run_with_progress(c: SimCluster, until: float, prog: Progress | None, base: float = 0.0,
-                       chunks: int = 20, stop: Callable[[], bool] | None = None) -> bool:
+                       chunks: int = 20, stop: Callable[[], bool] | None = None,
+                       after: Callable[[], Any] | None = None) -> bool:
     """Run ``c`` to ``until`` in chunks, updating ``prog`` by simulated time
-    (``base`` + elapsed); returns early (True) when ``stop()`` holds."""
+    (``base`` + elapsed) and calling ``after()`` after each chunk; returns
+    early (True) when ``stop()`` holds."""
     start = c.now
     span = until - start
     if span <= 0:
@@ -208,6 +228,8 @@ def _run_with_progress(c: SimCluster, until: float, prog: Progress | None, base:
             c.run(t)
         if prog:
             prog.update(base + (c.now - start))
+        if after is not None:
+            after()
     return bool(stop and stop())
 
 
@@ -263,26 +285,36 @@ def scalability_cluster(n: int, costs: CostModel, seed: int, *, cpus: int = 16, 
 
 def run_scalability_point(n: int, costs: CostModel, seed: int, *, warm_tasks: float = 40, measure_tasks: float = 80,
                           window: int = 64, batch: int = 16, prog: Progress | None = None, cpus: int = 16,
-                          trace: Any = "type") -> dict[str, Any]:
+                          trace: Any = "type", on_progress: Callable[[float], Any] | None = None) -> dict[str, Any]:
     """One point of Figure 8b: boot ``n`` nodes, one closed-loop driver per
     node, warm up for ``warm_tasks`` per node, then measure steady-state
     throughput over ``measure_tasks`` per node (both in units of the node's
-    estimated rate)."""
+    estimated rate).  ``on_progress(fraction)`` is called as the point's
+    simulated time advances (a point at 1,000 nodes takes minutes)."""
     w0 = time.perf_counter()
     c = scalability_cluster(n, costs, seed, cpus=cpus, trace=trace)
     c.wait_ready(timeout=60)
     boot_wall = time.perf_counter() - w0
     loops = [ClosedLoop(c.driver(a), window=window, batch=batch).start() for a in list(c.nodes)]
     rate = node_task_rate(costs)
-    c.run_for(warm_tasks / rate)
+    whole = (warm_tasks + measure_tasks) / rate
+    begin = c.now
+
+    def tick() -> None:
+        if on_progress is not None:
+            on_progress(min(1.0, (c.now - begin) / whole))
+
+    for i in range(1, 11):  # in chunks, so that the progress moves
+        c.run(begin + warm_tasks / rate * i / 10)
+        tick()
     f0, t0 = c.tasks_finished(), c.now
     w1 = time.perf_counter()
     cpu1 = time.process_time()
     span = measure_tasks / rate
     half = c.now + span / 2
-    _run_with_progress(c, half, None)
+    _run_with_progress(c, half, None, chunks=10, after=tick)
     f_half = c.tasks_finished()
-    _run_with_progress(c, t0 + span, None)
+    _run_with_progress(c, t0 + span, None, chunks=10, after=tick)
     f1 = c.tasks_finished()
     wall = time.perf_counter() - w1
     cpu = time.process_time() - cpu1
@@ -311,7 +343,8 @@ def fig8b(size: str = "quick", preset: str = "paper", seed: int = 0, progress: b
     done = 0
     for n in nodes:
         prog.update(done, f"{n} nodes")
-        p = run_scalability_point(n, costs, seed, warm_tasks=warm, measure_tasks=meas, prog=prog)
+        p = run_scalability_point(n, costs, seed, warm_tasks=warm, measure_tasks=meas, prog=prog,
+                                  on_progress=lambda f, done=done, n=n: prog.update(done + n * f, f"{n} nodes"))
         done += n
         prog.update(done)
         rows.append([n, p["throughput"], p["per_node"], p["tasks"], p["sim_seconds"], p["steady"],
@@ -665,15 +698,30 @@ EXPERIMENTS: dict[str, Callable[..., ExperimentResult]] = {
 }
 
 
-def run(name: str, size: str = "quick", preset: str = "paper", seed: int = 0, progress: bool = True) -> ExperimentResult:
-    """Run one experiment by name."""
+def run(name: str, size: str = "quick", preset: str = "paper", seed: int = 0, progress: bool = True,
+        nodes: list[int] | None = None) -> ExperimentResult:
+    """Run one experiment by name.  ``nodes``: the cluster sizes of Figure
+    8b (the only experiment whose cluster size is a parameter).
+
+    Raises:
+        ValueError: an unknown experiment or size, bad ``nodes``, or
+            ``nodes`` given for an experiment other than fig8b.
+    """
     try:
         fn = EXPERIMENTS[name]
     except KeyError:
         raise ValueError(f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)} or 'all'") from None
     if size not in ("quick", "full"):
         raise ValueError(f"size must be 'quick' or 'full', got {size!r}")
-    return fn(size=size, preset=preset, seed=seed, progress=progress)
+    if nodes is None:
+        return fn(size=size, preset=preset, seed=seed, progress=progress)
+    if name != "fig8b":
+        raise ValueError(f"--nodes sets the cluster sizes of fig8b (scalability); {name} runs the cluster the "
+                         f"paper's experiment describes: drop --nodes, or run fig8b")
+    bad = [n for n in nodes if not (isinstance(n, int) and n >= 1)]
+    if bad or not nodes:
+        raise ValueError(f"--nodes wants cluster sizes >= 1, comma-separated (e.g. 100,1000), got {nodes!r}")
+    return fn(size=size, preset=preset, seed=seed, progress=progress, nodes=list(nodes))
 
 
 def run_experiment_cli(args) -> int:
@@ -684,7 +732,8 @@ def run_experiment_cli(args) -> int:
     status = 0
     for name in names:
         try:
-            res = run(name, size=args.size, preset=args.preset, seed=args.seed)
+            res = run(name, size=args.size, preset=args.preset, seed=args.seed,
+                      nodes=getattr(args, "nodes", None))
         except ValueError as e:
             print(f"penumbra sim: {e}", file=sys.stderr)
             return 2

@@ -269,7 +269,7 @@ def preset_costs(preset: str) -> CostModel:
 
 
 def scalability_cluster(n: int, costs: CostModel, seed: int, *, cpus: int = 16, trace: Any = "type",
-                        heartbeat: float = 0.1) -> SimCluster:
+                        heartbeat: float = 0.1, start: bool = True) -> SimCluster:
     """``n`` nodes of ``cpus`` CPUs, one GCS shard (chain of 1) per two nodes,
     GCS heartbeats every 50 ms (the head hears from hundreds of replicas)."""
     layout = ClusterLayout(
@@ -280,7 +280,7 @@ def scalability_cluster(n: int, costs: CostModel, seed: int, *, cpus: int = 16, 
         heartbeat_interval=heartbeat,
         node_timeout=max(1.0, 10 * heartbeat),
     )
-    return SimCluster(layout, costs=costs, seed=seed, trace=trace)
+    return SimCluster(layout, costs=costs, seed=seed, trace=trace, start=start)
 
 
 def run_scalability_point(n: int, costs: CostModel, seed: int, *, warm_tasks: float = 40, measure_tasks: float = 80,

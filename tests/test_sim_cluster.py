@@ -414,7 +414,8 @@ def test_partitioned_run_is_the_same_for_1_2_and_3_partitions():
     for r in (two, three, one_proc):
         assert (r.trace_hash, r.tasks_finished, r.events) == (one.trace_hash, one.tasks_finished, one.events)
     assert one.window == PAPER.latency_intra_rack and len(three.partition_cpu_s) == 3
-    assert two.exchanged_batches == three.exchanged_batches > 0  # every inter-machine batch is exchanged
+    assert one.exchanged_batches == 0 < two.exchanged_batches < three.exchanged_batches  # more pipes, more traffic
+    assert one.windows == two.windows < 0.32 / one.window / 2  # windows with nothing due are skipped
 
     c = E.scalability_cluster(6, PAPER, 0, cpus=4)
     c.run(0.3)

@@ -286,10 +286,14 @@ class _Partition:
                 nxt = r[0]
         return out, nxt
 
-    def _deliver(self, inbound: list) -> None:
-        if self._mine:
-            inbound = self._mine + inbound if inbound else self._mine
-            self._mine = []
+    def _deliver(self, chunks: list) -> None:
+        # ``chunks``: per source partition, in partition order, a list of
+        # batches or its pickle (bytes, passed through the coordinator as is)
+        inbound = self._mine
+        self._mine = []
+        for ch in chunks:
+            if ch:
+                inbound += pickle.loads(ch) if isinstance(ch, bytes) else ch
         if not inbound:
             return
         k = self.cluster.kernel
@@ -326,6 +330,10 @@ class _Partition:
         }
 
 
+def _first_arrival(out: list[list]) -> float:
+    return min((r[0] for o in out for r in o), default=float("inf"))
+
+
 def _serve(conn: Any, spec: SimSpec, index: int, count: int) -> None:
     """A worker process: build partition ``index`` and serve the coordinator."""
     try:
@@ -336,9 +344,12 @@ def _serve(conn: Any, spec: SimSpec, index: int, count: int) -> None:
             msg = conn.recv()
             if msg[0] == "advance":
                 t0 = time.process_time()
-                out = p.advance(msg[1], msg[2])
+                out, nxt = p.advance(msg[1], msg[2])
+                n, first = sum(map(len, out)), _first_arrival(out)
+                # pickled here, per destination: the coordinator only moves bytes
+                out = [pickle.dumps(o, pickle.HIGHEST_PROTOCOL) if o else b"" for o in out]
                 busy += time.process_time() - t0
-                conn.send(("out", out))
+                conn.send(("out", (out, nxt, n, first)))
             elif msg[0] == "result":
                 r = p.result()
                 r["cpu_s"] = busy
@@ -386,10 +397,11 @@ class _Local:
 
     def send_advance(self, until: float, inbound: list) -> None:
         t0 = time.process_time()
-        self._out = self.p.advance(until, inbound)
+        out, nxt = self.p.advance(until, inbound)
         self.cpu += time.process_time() - t0
+        self._out = (out, nxt, sum(map(len, out)), _first_arrival(out))
 
-    def recv_out(self) -> tuple[list[list], float]:
+    def recv_out(self) -> tuple[list, float, int, float]:
         return self._out
 
     def result(self) -> dict[str, Any]:
@@ -424,7 +436,7 @@ class _Remote:
     def send_advance(self, until: float, inbound: list) -> None:
         self.conn.send(("advance", until, inbound))
 
-    def recv_out(self) -> tuple[list[list], float]:
+    def recv_out(self) -> tuple[list, float, int, float]:
         return self._recv("out")
 
     def result(self) -> dict[str, Any]:
@@ -476,7 +488,7 @@ def run_partitioned(spec: SimSpec, partitions: int, until: float, *, window: flo
         elif not 0 < window <= lat:
             raise ValueError(f"window must be in (0, {lat:g}] s (the smallest latency between machines), "
                              f"got {window!r}")
-        inbound: list[list] = [[] for _ in range(partitions)]
+        inbound: list[list] = [[] for _ in range(partitions)]  # per partition: a chunk from each
         t, n, ex, batches, k, skipped = 0.0, 0, 0.0, 0, 0, 0
         nxt = 0.0
         while t < until:
@@ -494,15 +506,14 @@ def run_partitioned(spec: SimSpec, partitions: int, until: float, *, window: flo
                 w.send_advance(t, inb)
             outs = [w.recv_out() for w in workers]
             e0 = time.perf_counter()
-            inbound = [[r for out, _ in outs for r in out[j]] for j in range(partitions)]
-            nxt = min(x for _, x in outs)
+            inbound = [[out[0][j] for out in outs] for j in range(partitions)]
+            nxt = min(out[1] for out in outs)
             if t < spec.setup_at:
                 nxt = min(nxt, spec.setup_at)  # the workload starts then
-            for inb in inbound:
-                batches += len(inb)
-                for r in inb:
-                    if r[0] < nxt:
-                        nxt = r[0]
+            for out in outs:
+                batches += out[2]
+                if out[3] < nxt:
+                    nxt = out[3]
             ex += time.perf_counter() - e0
             n += 1
             if on_window is not None:

@@ -288,10 +288,11 @@ def gc_paused():
     Safety: garbage cycles made during a block are not lost for good.  The
     blocks count the objects they leave (``gc.get_count()``, O(1)); when
     that is four times what was alive after the last full collection run
-    here (and over a million), the next block starts with one
-    (``gc.collect()``): amortised O(1) per object, as CPython's own rule
-    for its oldest generation, and at most ~1/5 of memory waits as garbage.  Nested
-    blocks and a collector that was already off are left alone.
+    here (and over a million), the block ends with one (``gc.collect()``,
+    where the old pass fell too): amortised O(1) per
+    object, as CPython's own rule for its oldest generation, and at most
+    ~4/5 of the objects made wait as garbage.  Nested blocks and a
+    collector that was already off are left alone.
     """
     if not gc.isenabled():
         yield
@@ -299,16 +300,18 @@ def gc_paused():
     gc.disable()
     gc.unfreeze()
     st = _gc_state
-    if st["grown"] > max(4 * st["live"], 1_000_000):
-        gc.collect()
-        st["live"] = len(gc.get_objects())
-        st["grown"] = 0
     c0 = gc.get_count()[0]
     try:
         yield
     finally:
         st["grown"] += max(0, gc.get_count()[0] - c0)
-        gc.freeze()
+        if st["grown"] > max(4 * st["live"], 1_000_000):
+            gc.collect()
+            gc.freeze()
+            st["live"] = gc.get_freeze_count()
+            st["grown"] = 0
+        else:
+            gc.freeze()
         gc.enable()
 
 

@@ -45,6 +45,7 @@ from .api.functions import (
 from .api.generators import DynamicObjectRefGenerator, ObjectRefGenerator
 from .api.refs import ObjectRef
 from .api.remote_function import RemoteFunction
+from .api.timeline import timeline
 
 __version__ = "0.1.0"
 
@@ -65,6 +66,7 @@ __all__ = [
     "available_resources",
     "get_gpu_ids",
     "get_runtime_context",
+    "timeline",
     "ObjectRef",
     "ObjectRefGenerator",
     "DynamicObjectRefGenerator",

@@ -3,10 +3,12 @@ simulator's experiments and the verification swarm.
 
 ::
 
-    penumbra start --head [--port 6380] [--num-cpus N] [--resources '{"x": 1}'] [--block]
-    penumbra start --address HOST:PORT [--port P] [--token-file FILE] [--num-cpus N] [--block]
+    penumbra start --head [--port 6380] [--num-cpus N] [--resources '{"x": 1}'] [--gcs-replicas-on-nodes K] [--block]
+    penumbra start --address HOST:PORT [--port P] [--token-file FILE] [--num-cpus N] [--gcs-replica] [--block]
+    penumbra start --head --port PORT --recover NODE_HOST:NODE_PORT [--recover ...] [--token-file FILE]
     penumbra status [--address HOST:PORT] [--token-file FILE]
     penumbra stop [--address HOST:PORT [--token-file FILE]]
+    penumbra timeline [--address HOST:PORT] [--token-file FILE] [-o trace.json]
     penumbra sim EXPERIMENT [--size quick|full]
     penumbra verify --seeds N | --seed S [--shrink] [--plant BUG]
     penumbra verify --real --seeds N | --seed S
@@ -77,7 +79,7 @@ def cmd_start(args) -> int:
 
     common = dict(num_cpus=args.num_cpus, num_gpus=args.num_gpus or 0, resources=_resources(args.resources),
                   object_store_memory=args.object_store_memory, host=args.host)
-    for name in ("node_timeout", "heartbeat_interval"):
+    for name in ("node_timeout", "heartbeat_interval", "timeline_limit"):
         if getattr(args, name) is not None:
             common[name] = getattr(args, name)
     if getattr(args, "block", False):
@@ -86,6 +88,34 @@ def cmd_start(args) -> int:
         print("penumbra start needs --head (a new cluster) or --address HOST:PORT (join one), not both",
               file=sys.stderr)
         return 2
+    if args.gcs_replica and args.head:
+        print("penumbra start: --gcs-replica is for a node (--address HEAD:PORT): the head hosts the first replica "
+              "of each GCS shard already", file=sys.stderr)
+        return 2
+    if args.recover and not args.head:
+        print("penumbra start: --recover starts a new head (--head --recover NODE:PORT)", file=sys.stderr)
+        return 2
+    for a in args.recover or ():
+        host, _, port = a.rpartition(":")
+        if not host or not port.isdigit():
+            print(f"penumbra start: --recover must be HOST:PORT of a surviving node started with --gcs-replica "
+                  f"(as 'penumbra status' listed it), got {a!r}", file=sys.stderr)
+            return 2
+    if args.gcs_replicas_on_nodes is not None:
+        if not args.head or args.gcs_replicas_on_nodes < 0:
+            print("penumbra start: --gcs-replicas-on-nodes K is for the head (--head), with K >= 0",
+                  file=sys.stderr)
+            return 2
+        common["replicas_on_nodes"] = args.gcs_replicas_on_nodes
+    if args.gcs_replica:
+        common["gcs_replica"] = True
+    if args.head_wait is not None:
+        common["head_wait"] = args.head_wait
+    timeout = 30.0
+    if args.recover:
+        common["recover_from"] = list(args.recover)
+        common["recover_wait"] = args.recover_wait
+        timeout += args.recover_wait
     if args.address:
         host, _, port = args.address.rpartition(":")
         if not host or not port.isdigit():
@@ -93,6 +123,15 @@ def cmd_start(args) -> int:
                   f"got {args.address!r}", file=sys.stderr)
             return 2
     token = _token_from_args(args, "start")
+    if args.recover and not token:
+        # the recovered head must accept the surviving nodes: the old token
+        port = 6380 if args.port is None else args.port
+        token = os.environ.get("PENUMBRA_TOKEN") or next(
+            (info.get("token") for addr, info in cluster_file.all_clusters().items()
+             if addr.rpartition(":")[2] == str(port) and not info.get("local_node")), None)
+        if not token:
+            return _error("start", "--recover needs the cluster's token (the surviving nodes accept no other): pass "
+                                   "--token-file FILE or set $PENUMBRA_TOKEN")
     if args.address:
         info = cluster_file.read_cluster(args.address)
         token = token or os.environ.get("PENUMBRA_TOKEN") or (info or {}).get("token")
@@ -103,7 +142,7 @@ def cmd_start(args) -> int:
     try:
         if args.head:
             port = 6380 if args.port is None else args.port
-            d = spawn_daemon(head=True, port=port, token=token, **common)
+            d = spawn_daemon(head=True, port=port, token=token, timeout=timeout, **common)
         else:
             d = spawn_daemon(head=False, head_address=args.address, token=token, port=args.port or 0, **common)
     except DaemonStartError as e:
@@ -111,10 +150,20 @@ def cmd_start(args) -> int:
     except (OSError, TimeoutError) as e:  # the sessions directory refused, a timeout ...
         return _error("start", str(e))
     if args.head:
+        from .transports.session import pid_alive
+
+        nodes = []
+        if args.recover:  # this machine's nodes of the cluster live on: 'penumbra stop' still stops them
+            nodes = [n for n in ((cluster_file.read_cluster(d.address) or {}).get("nodes") or [])
+                     if n.get("pid") and pid_alive(int(n["pid"]))]
         info = {"token": d.token, "pid": d.pid, "session": d.session, "session_dir": d.session_dir,
-                "unix_path": d.unix_path, "node_id": d.node_id, "nodes": []}
+                "unix_path": d.unix_path, "node_id": d.node_id, "nodes": nodes}
         cluster_file.write_cluster(d.address, info)
-        print(f"Started the head of a penumbra cluster at {d.address} (pid {d.pid}, node {d.node_id}).")
+        if args.recover:
+            print(f"Recovered the penumbra cluster at {d.address} from the GCS replicas on "
+                  f"{', '.join(args.recover)} (pid {d.pid}, node {d.node_id}).")
+        else:
+            print(f"Started the head of a penumbra cluster at {d.address} (pid {d.pid}, node {d.node_id}).")
         print(f"Cluster token (keep it secret): {d.token}")
         print("It is stored, readable only by you, in", os.path.join(cluster_file.home(), "clusters.json"))
         print(f"Its log: {os.path.join(d.session_dir, 'daemon.log')}")
@@ -189,13 +238,16 @@ def cmd_status(args) -> int:
         status = current_runtime().cluster_status(timeout=30.0)
     finally:
         penumbra.shutdown()
+    table = None
     try:
-        addresses = _ask_daemon(address, _cluster_token(address, token), "addresses").peers
+        table = _ask_daemon(address, _cluster_token(address, token), "addresses")
+        addresses = table.peers
     except Exception as e:  # an older daemon, or it went away: the table without addresses
         print(f"penumbra status: (no node addresses: {e})", file=sys.stderr)
         addresses = {}
+    links = (getattr(table, "links", None) or {}) if table is not None else {}
     print(f"penumbra cluster at {address}")
-    header = (f"{'NODE':<32} {'ADDRESS':<21} {'STATE':<6} {'RESOURCES (used/total)':<40} {'QUEUED':>6} "
+    header = (f"{'NODE':<32} {'ADDRESS':<21} {'STATE':<6} {'LINK':<12} {'RESOURCES (used/total)':<40} {'QUEUED':>6} "
               f"{'RUNNING':>7} {'WORKERS':>7}  OBJECT STORE")
     print(header)
     totals: dict[str, list[float]] = {}
@@ -204,8 +256,9 @@ def cmd_status(args) -> int:
         if not alive:  # its last load is history, not a state: say only that it is gone
             print(f"{node_id:<32} {where:<21} {'dead':<6}")
             continue
+        link = links.get(node_id, "-")
         if load is None:
-            print(f"{node_id:<32} {where:<21} {'alive':<6} (no heartbeat yet)")
+            print(f"{node_id:<32} {where:<21} {'alive':<6} {link:<12} (no heartbeat yet)")
             continue
         total = load.total.to_dict()
         avail = load.available.to_dict()
@@ -217,13 +270,62 @@ def cmd_status(args) -> int:
             t[0] += used
             t[1] += v
         store = f"{_fmt_bytes(load.store_used)} / {_fmt_bytes(load.store_capacity)}"
-        print(f"{node_id:<32} {where:<21} {'alive':<6} {', '.join(parts):<40} "
+        print(f"{node_id:<32} {where:<21} {'alive':<6} {link:<12} {', '.join(parts):<40} "
               f"{load.queue_length:>6} {load.running:>7} {load.num_workers:>7}  {store}")
     alive_n = sum(1 for row in status.nodes if row[1])
     dead_n = len(status.nodes) - alive_n
     summary = ", ".join(f"{k} {u:g}/{t:g}" for k, (u, t) in sorted(totals.items()))
     print(f"\n{alive_n} node(s) alive" + (f", {dead_n} dead" if dead_n else "") + f"; in use: {summary}")
+    if table is not None and getattr(table, "replicas", None):
+        _print_replicas(table.replicas, getattr(table, "chains", ()) or ())
     return 0
+
+
+def cmd_timeline(args) -> int:
+    """``penumbra timeline``: every node's recent task and actor-call runs,
+    as a Chrome trace (``penumbra.timeline()`` from outside a driver)."""
+    from .api.timeline import chrome_trace, write_trace
+    from .transports import cluster_file
+    from .transports.timeline import collect
+
+    try:
+        address = args.address or cluster_file.find_cluster()
+        token = _cluster_token(address, _token_from_args(args, "timeline"))
+        got = collect(address, token, timeout=args.timeout)
+    except Exception as e:  # unreachable, refused, no token: one line, no traceback
+        why = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        where = f"the cluster at {args.address}" if args.address else "a cluster on this machine"
+        return _error("timeline", f"cannot get the timeline of {where}: {why}")
+    for node_id, why in sorted(got.missing.items()):
+        print(f"penumbra timeline: node {node_id} did not answer ({why}); its runs are left out", file=sys.stderr)
+    events = chrome_trace(got.nodes)
+    try:
+        write_trace(events, args.output)
+    except OSError as e:
+        return _error("timeline", f"cannot write {args.output}: {e.strerror or e}")
+    runs = sum(len(n.runs) for n in got.nodes)
+    dropped = sum(max(0, n.recorded - len(n.runs)) for n in got.nodes)
+    print(f"wrote {runs} runs on {len(got.nodes)} node(s) to {args.output} "
+          f"(open it in chrome://tracing or https://ui.perfetto.dev)")
+    if dropped:
+        print(f"  ({dropped} older runs were dropped: each node keeps its last "
+              f"{max(n.limit for n in got.nodes):,})")
+    return 0
+
+
+def _print_replicas(replicas: dict, chains) -> None:
+    """The GCS chains: each replica, where it lives, and its place in the
+    chain (writes enter at the head of the chain, the tail acknowledges)."""
+    print(f"\n{'GCS REPLICA':<32} {'HOSTED AT':<21} ROLE")
+    listed = set()
+    for c in chains:
+        for i, r in enumerate(c.replicas):
+            listed.add(r)
+            role = ("head+tail" if len(c.replicas) == 1 else "head" if i == 0 else
+                    "tail" if i == len(c.replicas) - 1 else "middle")
+            print(f"{r:<32} {replicas.get(r, 'lost'):<21} {role} (shard {c.shard}, epoch {c.epoch})")
+    for r in sorted(set(replicas) - listed):
+        print(f"{r:<32} {replicas[r]:<21} joining (not yet in its chain)")
 
 
 def _cluster_token(address: str, token: str | None) -> str:
@@ -464,8 +566,31 @@ def build_parser() -> argparse.ArgumentParser:
                         "as Ray's health checks; pass the same value to every node)")
     s.add_argument("--heartbeat-interval", type=_seconds, default=None,
                    help="seconds between a node's heartbeats (default 1)")
+    s.add_argument("--timeline-limit", type=int, default=None, metavar="N",
+                   help="task and actor-call runs this node keeps for 'penumbra timeline' (the last N; default "
+                        "10000; 0: none)")
     s.add_argument("--block", action="store_true",
                    help="stay in the foreground until the daemon exits; SIGTERM stops it (for srun, containers)")
+    s.add_argument("--gcs-replica", action="store_true",
+                   help="(a node) also host a replica of each GCS shard, appended to the shard's chain: every "
+                        "acknowledged write is then on this host too, so the cluster survives the loss of the "
+                        "head's host (recover it with 'penumbra start --head --recover THIS_NODE:PORT'). Give the "
+                        "node a fixed --port so its address is known after a crash")
+    s.add_argument("--gcs-replicas-on-nodes", type=int, default=None, metavar="K",
+                   help="(with --head) have K node daemons host a GCS replica each, as if started with "
+                        "--gcs-replica: the first K to join, and the next to join whenever one is lost")
+    s.add_argument("--recover", action="append", metavar="NODE_HOST:NODE_PORT",
+                   help="(with --head) start a head that rebuilds the cluster from the GCS replicas of the node "
+                        "daemons at these addresses (nodes started with --gcs-replica; repeat for several), after "
+                        "the old head's host was lost. Start it at the old head's address (same --host and "
+                        "--port) with the cluster's token: the surviving nodes keep retrying that address and "
+                        "reconnect to the new head on their own")
+    s.add_argument("--recover-wait", type=_seconds, default=20.0,
+                   help="(with --recover) seconds to wait for those nodes to reconnect (default 20)")
+    s.add_argument("--head-wait", type=_seconds, default=None,
+                   help="(a node) seconds to keep retrying a lost head before stopping (default 20; without "
+                        "limit for a node with --gcs-replica, which holds the cluster's state until a head "
+                        "recovers it)")
     s.set_defaults(fn=cmd_start)
 
     s = sub.add_parser("status", help="nodes, resources, queued and running tasks, object store use")
@@ -481,6 +606,16 @@ def build_parser() -> argparse.ArgumentParser:
                                      "cluster file)")
     s.add_argument("--token-file", metavar="FILE", help="a file holding the cluster token")
     s.set_defaults(fn=cmd_stop)
+
+    s = sub.add_parser("timeline", help="task and actor-call runs of every node, as a Chrome trace (JSON)")
+    s.add_argument("--address", help="HOST:PORT of a daemon of the cluster (default: the one started here)")
+    s.add_argument("--token-file", metavar="FILE", help="a file holding the cluster token (else $PENUMBRA_TOKEN "
+                                                       "or ~/.penumbra/clusters.json)")
+    s.add_argument("-o", "--output", default="timeline.json", metavar="FILE",
+                   help="where to write the trace (default timeline.json)")
+    s.add_argument("--timeout", type=_seconds, default=15.0, metavar="SECONDS",
+                   help="how long to wait for each node (default 15)")
+    s.set_defaults(fn=cmd_timeline)
 
     s = sub.add_parser(
         "sim", help="run one of the paper's experiments on the simulator",
@@ -541,6 +676,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_verify)
 
     s = sub.add_parser("demo", help="the quick-start job: a real workload and a short simulation")
+    s.add_argument("--out", default="penumbra-demo", metavar="DIR",
+                   help="where to write the real run's timeline (timeline.json, timeline.png); default ./penumbra-demo")
     s.set_defaults(fn=cmd_demo)
     return p
 

@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -658,3 +659,55 @@ def test_start_block_stays_in_the_foreground_and_sigterm_stops_the_daemon(tmp_pa
         if p.poll() is None:
             p.kill()
             p.wait()
+
+
+@needs_bed
+@pytest.mark.timeout(300)
+def test_head_host_killed_recovered_from_a_node_replica(bed):
+    """A GCS that outlives its head: the head on host A, a node with
+    ``--gcs-replica`` on B (its replica is the chain's tail), a node on C
+    whose driver writes acknowledged data (kv keys, a named detached actor,
+    finished tasks).  Every process of host A is killed with SIGKILL; then
+    ``penumbra start --head --recover B:PORT`` on A, at the old address.
+    Every acknowledged write reads back exactly, the actor answers by name,
+    a new driver on C runs tasks on every host, and the old driver got a
+    clear error naming the lost head within a bound.  (The scenario and its
+    checks are shared with the loopback test, tests/test_head_recover_real.py.)"""
+    import test_head_recover_real as R
+
+    b = bed(3)
+    h0, h1, h2 = b.hosts
+    head = b.start_head(h0, 6380, "--num-cpus", "1", *FAST, *STORE)
+    replica_b = f"{h1.addr}:6390"
+    b.start_node(h1, head, "--port", "6390", "--gcs-replica", "--num-cpus", "1", "--resources", '{"b": 2}',
+                 *FAST, *STORE)
+    b.start_node(h2, head, "--num-cpus", "2", "--resources", '{"c": 4}', *FAST, *STORE)
+    status = _wait_status(h0, head, lambda s: s.count(" alive ") == 3 and re.search(
+        rf"gcs:0:\S+\s+{re.escape(replica_b)}\s+tail", s) is not None)
+    assert re.search(rf"gcs:0:0\s+{re.escape(head)}\s+head", status), status
+    out = os.path.join(h2.root, "out")
+    os.makedirs(out)
+    old = h2.popen(f"import sys; sys.argv[1:] = [{head!r}, {out!r}]\n" + R.OLD_DRIVER)
+    written = R.wait_for(lambda: R.read_json(os.path.join(out, "written")), "the writes", timeout=120, proc=old)
+    time.sleep(0.5)  # (the sleeper reached its worker)
+    t_kill = time.time()
+    victims = [p for p in h0.pids() if p not in (h0.anchor.pid, os.getpid())]
+    assert victims
+    for p in victims:  # kill -9 of every process of host A (the anchor only holds its namespaces)
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    R.wait_for(lambda: not any(M._exists(p) for p in victims), "host A's processes to die", timeout=10)
+    r = h0.penumbra("start", "--head", "--host", h0.addr, "--port", "6380", "--recover", replica_b,
+                    "--token-file", h0.token_file, "--num-cpus", "1", *FAST, *STORE, timeout=90)
+    assert "Recovered the penumbra cluster" in r.stdout, r.stdout
+    old_result = R.wait_for(lambda: R.read_json(os.path.join(out, "old-result")), "the old driver's error",
+                            timeout=R.LOST_BOUND + 5)
+    lost_after = R.check_old_driver(old_result, t_kill, head)
+    status = _wait_status(h0, head, lambda s: s.count(" alive ") == 3, timeout=60)
+    res = h2.python(f"import sys; sys.argv[1:] = [{head!r}]\n" + R.NEW_DRIVER, timeout=180)
+    recovered = time.time() - t_kill
+    R.check_recovered(res, written, want_nodes=3)
+    print(f"\n[multihost] head host killed, recovered from B's replica: old driver told {lost_after:.2f} s after "
+          f"the kill; cluster usable again {recovered:.2f} s after the kill\n{status}")

@@ -62,3 +62,40 @@ def test_unsupported_runtime_env_fields_are_refused_where_given():
     assert not ray.is_initialized()
     with pytest.raises(ValueError, match="string values"):
         read.options(runtime_env={"env_vars": {"N": 1}})
+
+
+_THREADS_PROBE = r'''
+import json, os, sys
+import penumbra as ray
+
+ray.init(num_cpus=1)
+
+@ray.remote
+def probe():
+    import numpy as np  # the worker's numpy, imported in the zygote before the fork
+    return {v: os.environ.get(v) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+
+print(json.dumps(ray.get(probe.remote(), timeout=60)))
+ray.shutdown()
+'''
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("user_value", [None, "3"])
+def test_workers_run_numeric_libraries_on_one_thread_unless_told(tmp_path, user_value):
+    """As in Ray, a worker's BLAS/OpenMP pools default to one thread (N
+    workers on N cores would otherwise each start N threads); a value the
+    user set before ``init()`` is kept."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    env["PENUMBRA_TMPDIR"] = str(tmp_path)
+    if user_value is not None:
+        env["OMP_NUM_THREADS"] = user_value
+    out = subprocess.run([sys.executable, "-c", _THREADS_PROBE], env=env, capture_output=True, text=True, timeout=100)
+    assert out.returncode == 0, out.stderr
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen == {"OMP_NUM_THREADS": user_value or "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}

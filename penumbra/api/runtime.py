@@ -133,6 +133,11 @@ class Runtime(abc.ABC):
     def cluster_status(self, timeout: float | None) -> Any:
         """The head's ``ClusterStatus``: every node, alive or not, and its load."""
 
+    def timeline_runs(self, timeout: float | None) -> Any:
+        """What ran on every node's workers lately: a list of
+        ``core.timeline.NodeRuns`` (see ``penumbra.timeline``)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no timeline")
+
     @abc.abstractmethod
     def shutdown(self) -> None: ...
 

@@ -515,6 +515,22 @@ class ActorHost:
     def owns_worker(self, wid: str) -> bool:
         return wid in self.by_worker
 
+    def running_call(self, wid: str, tid: TaskId) -> tuple[TaskSpec, int] | None:
+        """The spec and attempt of call ``tid`` on actor worker ``wid`` (the
+        timeline's record of it), if it is running there."""
+        aid = self.by_worker.get(wid)
+        h = self.actors.get(aid) if aid is not None else None
+        call = h.running.get(tid) if h is not None and h.worker == wid else None
+        return (call.spec, call.attempt) if call is not None else None
+
+    def running_calls(self, wid: str) -> list[tuple[TaskSpec, int]]:
+        """Every call on actor worker ``wid`` (sent to it, not yet ended)."""
+        aid = self.by_worker.get(wid)
+        h = self.actors.get(aid) if aid is not None else None
+        if h is None or h.worker != wid:
+            return []
+        return [(c.spec, c.attempt) for c in h.running.values()]
+
     def _instance(self, aid: ActorId, incarnation: int) -> "_Hosted | None":
         """The actor hosted here, if it is still that incarnation (a reply
         about an earlier one, or one stopped since, is for nobody)."""
@@ -1154,6 +1170,55 @@ class ActorManager:
         # per actor: the incarnation last restarted with replay, and the
         # calls it replays (their lost outputs come back; see ``replays``)
         self.replaying: dict[ActorId, tuple[int, frozenset[TaskId]]] = {}
+        # a recovered head (core/head.py, "Recovery"): the actors PENDING
+        # when it read the table, whose creation the old head may have
+        # placed already (see ``on_creation_lost``)
+        self.adopted_pending: set[ActorId] = set()
+
+    # ------------------------------------------------------------------ adoption
+    def adopt(self, rows, now: float, sid: str) -> None:
+        """A recovering head read the actor table: track every row.  ALIVE
+        on a live node needs nothing more; ALIVE on a dead node is
+        restarted by ``on_node_dead``; RESTARTING by ``adopt_restarts``;
+        PENDING ones are created by their creation task, wherever the task
+        table says it is (lost with a node: ``on_creation_lost``)."""
+        for e in rows:
+            self.on_entry(e.spec.actor_id, e)
+        self.adopted_pending = {aid for aid, e in self.actors.items() if e.state is ActorState.PENDING}
+
+    def adopt_restarts(self, now: float, sid: str) -> list[Command]:
+        """Restarts the old head had begun (rows RESTARTING): it may have
+        sent StartActor already, or not; we cannot know.  Restart again
+        under a new incarnation, which fences a start still on its way
+        (its ALIVE write expects the old incarnation; a host that created
+        it sees the row move past it and stops).  The restart was counted
+        once, by the old head: the budget is not spent again."""
+        cmds: list[Command] = []
+        for aid, e in sorted(self.actors.items()):
+            if e.state is ActorState.RESTARTING and aid not in self.restarts and aid not in self.starting:
+                cmds += self._fence_and_place(e, now, sid)
+        return cmds
+
+    def _fence_and_place(self, e: ActorEntry, now: float, sid: str) -> list[Command]:
+        aid = e.spec.actor_id
+        new = replace(e, node="", incarnation=e.incarnation + 1)
+        self.actors[aid] = new
+        self.restarts[aid] = _Restart(new)
+        return self.head.gcs.write(PutActor(new, expect_incarnation=e.incarnation),
+                                   ("actor-fenced", aid, new.incarnation), now, sid)
+
+    def on_fenced_written(self, aid: ActorId, incarnation: int, stored: ActorEntry | None, now: float,
+                          sid: str) -> list[Command]:
+        """The fencing write came back with the stored row: placed as a
+        restart if it took; else the row moved on (killed, say) and wins."""
+        if stored is None or stored.incarnation != incarnation:
+            r = self.restarts.get(aid)
+            if r is not None and r.entry.incarnation == incarnation:
+                del self.restarts[aid]
+            if stored is not None:
+                self.actors[aid] = stored  # (the table's row, whatever we thought)
+            return []
+        return self.on_restarting_written(aid, incarnation, now, sid)
 
     def replays(self, aid: ActorId, incarnation: int, tid: TaskId) -> bool:
         """Does incarnation ``incarnation`` of ``aid`` replay call ``tid``?"""
@@ -1198,6 +1263,13 @@ class ActorManager:
         e = self.actors.get(spec.actor_creation.actor_id)
         if e is None or e.state is not ActorState.PENDING:
             return []
+        if e.spec.actor_id in self.adopted_pending:
+            # found by a recovered head: the old one may have placed it
+            # already (StartActor on its way): fence that start
+            self.adopted_pending.discard(e.spec.actor_id)
+            if e.spec.actor_id in self.restarts:
+                return []
+            return self._fence_and_place(e, now, sid)
         return self._place(_Restart(e), now, sid)
 
     def on_reported(self, ev: ActorReported, now: float, reread: bool = False) -> list[Command]:

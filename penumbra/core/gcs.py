@@ -38,6 +38,20 @@ Joining
     The joiner reports ``ReplicaReady`` and the master appends it as the new
     tail; it serves reads only once its predecessor says it has caught up.
 
+A new head
+    The replicas need no head to keep their config and serve: writes go
+    through each chain's head replica, reads to its tail, as before; only
+    reconfiguration waits.  A recovering head asks replicas for their view
+    (``ChainQuery``, answered with ``ChainReport``) and starts its master
+    with ``ChainMaster.from_reports``: per shard the highest epoch reported,
+    members that did not say they are caught up in that epoch counted as
+    not caught up (so the silent ones are cut only once a caught-up member
+    lives).  A heartbeat naming a newer epoch than the master's (a config
+    the reports missed) makes it ask that replica and adopt the answer,
+    and change nothing in that shard meanwhile; a ``ReplicaReady`` from a
+    replica that joined under the old head appends it (see core/head.py,
+    "Recovery").
+
 Forgetting
     Rows are deleted only by ops, like any write (``ForgetJob`` once a job
     ended and every node dropped its work, ``ForgetObject`` for a freed
@@ -58,6 +72,8 @@ from typing import Any
 from ._fastinit import install_init as _install_init
 from .messages import (
     ChainConfigMsg,
+    ChainQuery,
+    ChainReport,
     Fenced,
     Command,
     Event,
@@ -544,6 +560,18 @@ class GcsReplica:
         self.pending_reads = []  # their clients retry at the new tail
         return [Send(to=self.master, msg=ReplicaJoin(replica=self.replica_id, shard=self.shard, stimulus_id=ev.stimulus_id))]
 
+    # ------------------------------------------------------------------ recovery
+    def _on_chain_query(self, ev: ChainQuery, now: float) -> list[Command]:
+        """A recovering head asks what we know (see core/head.py, "Recovery:
+        a new head from surviving replicas").  Answering changes nothing:
+        we keep our config, and keep serving, with or without a head."""
+        seen = self.dedup.get(ev.master)
+        client_req = max(max(seen, default=0) if seen else 0, self.floors.get(ev.master, 0))
+        caught_up = self.active and not self.joining and self._can_read()
+        return [Send(to=ev.master, msg=ChainReport(
+            replica=self.replica_id, shard=self.shard, config=self.config, seq=self.seq, caught_up=caught_up,
+            joining=self.joining or self.awaiting_append, client_req=client_req, stimulus_id=ev.stimulus_id))]
+
     # ------------------------------------------------------------------ timers
     def _join_retries(self) -> list[Command]:
         """Re-send the joining steps whose message may have been lost."""
@@ -616,6 +644,7 @@ _HANDLERS = {
     StateTransferRequest: GcsReplica._on_transfer_request,
     StateSnapshot: GcsReplica._on_snapshot,
     TimerFired: GcsReplica._on_timer,
+    ChainQuery: GcsReplica._on_chain_query,
 }
 
 _install_init(GcsSync, GcsCaughtUp, GcsRejoin)
@@ -639,14 +668,74 @@ class ChainMaster:
     GCS client), which is how clients learn where to send.
     """
 
-    def __init__(self, configs: list[ChainConfig], timing: GcsTiming = GcsTiming()) -> None:
+    def __init__(self, configs: list[ChainConfig], timing: GcsTiming = GcsTiming(),
+                 address: str = "head", recovered: bool = False) -> None:
         self.timing = timing
+        self.address = address
         self.shards = {c.shard: _ShardView(c) for c in configs}
         self.last_seen: dict[str, float] = {}
         self.caught_up: dict[str, bool] = {}  # from heartbeats; absent: an original member
         self.dead: set[str] = set()
         self.listeners: dict[str, None] = {}  # (ordered set: one per node)
         self.changes = 0
+        # a master started by a recovering head from the replicas' reports
+        # (core/head.py, "Recovery"): it does not know who was joining
+        # under its predecessor, nor whether every member has caught up
+        self.recovered = recovered
+        # shard -> the highest epoch a replica's heartbeat named above ours
+        # (only after a recovery whose reports missed a newer config): no
+        # change to that shard until we have that config (``on_report``),
+        # or we would issue a second config under an epoch already taken
+        self.newer: dict[int, int] = {}
+
+    @classmethod
+    def from_reports(cls, reports: list[ChainReport], shards: set[int] | None = None,
+                     timing: GcsTiming = GcsTiming(), address: str = "head") -> "ChainMaster":
+        """The master of a recovering head: per shard, the config of the
+        highest epoch reported.  A member counts as caught up only if it
+        said so in that very epoch (one that did not answer, or answered
+        from an older config, may lack acknowledged writes): the heartbeat
+        timeout then cuts the silent members only once a caught-up member
+        lives.
+
+        Raises:
+            ValueError: a shard in ``shards`` has no config among the
+                reports (no surviving replica of it was asked).
+        """
+        best: dict[int, ChainConfig] = {}
+        for r in reports:
+            c = r.config
+            if c is not None and (c.shard not in best or c.epoch > best[c.shard].epoch):
+                best[c.shard] = c
+        missing = sorted((shards or set()) - set(best))
+        if missing:
+            raise ValueError(f"no surviving GCS replica reported a config for shard(s) {missing}: name at least "
+                             f"one live replica of every shard to recover from")
+        m = cls([best[s] for s in sorted(best)], timing, address=address, recovered=True)
+        said = {r.replica: r for r in reports}
+        for c in best.values():
+            for member in c.replicas:
+                r = said.get(member)
+                m.caught_up[member] = bool(r is not None and r.config is not None and r.config.epoch == c.epoch
+                                           and r.caught_up)
+        return m
+
+    def on_report(self, ev: ChainReport, now: float) -> list[Command]:
+        """A replica's view (asked when its heartbeat named an epoch newer
+        than ours: a recovering head's reports missed a newer config)."""
+        view = self.shards.get(ev.shard)
+        c = ev.config
+        if view is None or c is None or c.shard != ev.shard or c.epoch <= view.config.epoch:
+            return []
+        for member in c.replicas:
+            if member not in view.config.replicas:
+                self.last_seen.setdefault(member, now)
+                self.caught_up.setdefault(member, False)
+        if ev.caught_up and ev.replica in c.replicas:
+            self.caught_up[ev.replica] = True
+        view.config = c
+        self.changes += 1
+        return []
 
     def configs(self) -> tuple[ChainConfig, ...]:
         return tuple(self.shards[s].config for s in sorted(self.shards))
@@ -679,6 +768,11 @@ class ChainMaster:
                 # acknowledged write from then on, even while it re-syncs
                 # with a new predecessor after a cut
                 self.caught_up[event.replica] = True
+            if view is not None and event.epoch > view.config.epoch:
+                # a config newer than ours: only after a recovery, whose
+                # reports missed it.  Ask for it (``on_report`` adopts it).
+                self.newer[event.shard] = max(self.newer.get(event.shard, 0), event.epoch)
+                return [Send(to=event.replica, msg=ChainQuery(master=self.address, stimulus_id=event.stimulus_id))]
             if view is not None and event.epoch < view.config.epoch and (
                 event.replica in view.config.replicas or (event.epoch == 0 and event.replica in view.joining)
             ):
@@ -691,6 +785,8 @@ class ChainMaster:
             return self._on_join(event, now)
         if isinstance(event, ReplicaReady):
             return self._on_ready(event, now)
+        if isinstance(event, ChainReport):
+            return self.on_report(event, now)
         return []
 
     def _broadcast(self, view: _ShardView, extra: tuple[str, ...] = (), sid: str = "") -> list[Command]:
@@ -712,6 +808,8 @@ class ChainMaster:
                     del view.joining[r]
             if not gone:
                 continue
+            if self.newer.get(shard, 0) > view.config.epoch:
+                continue  # a replica knows a newer config: learn it first
             if not any(self.caught_up.get(r, True) for r in live):
                 # every replica is gone, or only members still catching up
                 # are left (they lack acknowledged writes): cutting would lose
@@ -743,6 +841,12 @@ class ChainMaster:
 
     def _on_ready(self, ev: ReplicaReady, now: float) -> list[Command]:
         view = self.shards.get(ev.shard)
+        if view is not None and self.recovered and ev.replica not in view.joining \
+                and ev.replica not in view.config.replicas and ev.replica not in self.dead:
+            # it joined under the old head (which died before appending
+            # it): append it now; if its snapshot is too old for its new
+            # predecessor, that one tells it to join again (GcsRejoin)
+            view.joining[ev.replica] = now
         if view is None or ev.replica not in view.joining:
             return []
         del view.joining[ev.replica]

@@ -48,7 +48,32 @@ class ClusterLayout:
     # the node sharing the head's process (the real runtime's head daemon):
     # the monitor never declares it dead (see core/head.py)
     own_node: str | None = None
+    # runs each node keeps for ``penumbra.timeline()`` (the last N; 0: none)
+    timeline_limit: int = 10_000
     extra: dict = field(default_factory=dict)
+    # where GCS replicas live: replica address -> the node whose host runs
+    # it (a replica not listed lives with the head, as by default all do).
+    # A replica on a node's host dies with that node and outlives the head
+    # (core/head.py, "Recovery: a new head from surviving replicas").
+    replica_hosts: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.replica_hosts:
+            return
+        replicas = {r for c in self.chains() for r in c.replicas}
+        nodes = {node_address(i) for i in range(len(self.nodes))}
+        for r, n in self.replica_hosts.items():
+            if r not in replicas:
+                raise ValueError(f"ClusterLayout.replica_hosts: no GCS replica {r!r} in this layout "
+                                 f"(its replicas: {sorted(replicas)}; gcs_shards={self.gcs_shards}, "
+                                 f"chain_length={self.chain_length})")
+            if n not in nodes:
+                raise ValueError(f"ClusterLayout.replica_hosts: replica {r!r} placed on {n!r}, which is not a "
+                                 f"node of this layout (its nodes: {sorted(nodes)})")
+
+    def replicas_with_head(self) -> tuple[str, ...]:
+        """The GCS replicas that live (and die) with the head."""
+        return tuple(r for c in self.chains() for r in c.replicas if r not in self.replica_hosts)
 
     def chains(self) -> tuple[ChainConfig, ...]:
         return tuple(
@@ -74,6 +99,7 @@ class ClusterLayout:
             scheduler=self.scheduler,
             heartbeat_interval=self.heartbeat_interval,
             gcs_retry_after=self.gcs_retry_after,
+            timeline_limit=self.timeline_limit,
         )
 
 

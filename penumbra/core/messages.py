@@ -432,6 +432,9 @@ class TaskFinished(Event):
     task_id: TaskId
     outputs: tuple[tuple[ObjectId, int], ...]
     duration: float = 0.0
+    # (start, end) of the run on the node's clock, as the driver measured
+    # it (the timeline's bar); None: taken as (now - duration, now)
+    span: tuple[float, float] | None = None
 
 
 @_frozen
@@ -444,6 +447,7 @@ class TaskRaised(Event):
     error: ErrorInfo
     retryable: bool = False
     duration: float = 0.0
+    span: tuple[float, float] | None = None  # as ``TaskFinished.span``
 
 
 @_frozen
@@ -870,6 +874,71 @@ class OwnerDied(Message):
     owner: str
     actor_ids: tuple[ActorId, ...]
     reason: str = ""
+
+
+# ===========================================================================
+# Head recovery: a new head rebuilds its state from surviving GCS replicas
+# (see "Recovery: a new head from surviving replicas" in core/head.py)
+
+
+@_frozen
+class ChainQuery(Message):
+    """A recovering head to a GCS replica: what do you know of your shard?
+    The replica answers ``master`` with a ``ChainReport`` (any replica,
+    head-less or not, answers; nothing changes in it)."""
+
+    master: str
+
+
+@_frozen
+class ChainReport(Message):
+    """A replica's answer to ``ChainQuery``: its current view of its shard.
+
+    The recovering head adopts, per shard, the config of the highest epoch
+    reported.  ``client_req`` is the highest request id this replica has
+    seen from the asking master's own GCS client (its dedup entries and
+    floor): the new head numbers its requests above every one of its
+    predecessor's, or a replica would take a new write for a repeat of an
+    old one and answer it with the old result."""
+
+    replica: str
+    shard: int
+    config: ChainConfig | None  # None: it never had one (a replica still joining)
+    seq: int  # the last sequence number it applied
+    caught_up: bool  # holds every committed write (as in ReplicaHeartbeat)
+    joining: bool  # still copying a snapshot, or waiting to be appended
+    client_req: int = 0
+
+
+@_frozen
+class TasksHeldQuery(Message):
+    """A recovering head to a live node, in two rounds.
+
+    ``task_ids`` None (the first): answer once every GCS write you made
+    before this query has landed (your task rows written while there was
+    no head waited for the new one: until then a scan of the table misses
+    them).  Then, with ``task_ids`` (the tasks pending on you in the table):
+    which did you hand to the head (``ForwardTask``), and which have you
+    never heard of?  A forwarded one the old head held in its queues when it
+    died; one the old head placed on you that you never heard of was placed
+    by a ``PlaceTask`` lost with it.  The new head places both."""
+
+    task_ids: tuple[TaskId, ...] | None = None
+
+
+@_frozen
+class TasksHeldReport(Message):
+    """A node's answer to ``TasksHeldQuery``: the ones it forwarded (it no
+    longer holds them: they are the head's to place) and the ones it never
+    heard of."""
+
+    node_id: str
+    forwarded: tuple[TaskId, ...]
+    unknown: tuple[TaskId, ...] = ()
+    settled: bool = False  # the answer to the first round (no task ids asked)
+    # the jobs this node saw end (JobEnded): one that ended under the old
+    # head but was not forgotten yet is ended again
+    ended_jobs: tuple[int, ...] = ()
 
 
 # Messages cross processes by the hundred thousand per second: pickle them

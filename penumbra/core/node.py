@@ -68,6 +68,8 @@ from .messages import (
     Log,
     NodeJoin,
     NodeWelcome,
+    TasksHeldQuery,
+    TasksHeldReport,
     ObjectsReady,
     ObjectUnrecoverable,
     PlaceTask,
@@ -102,6 +104,7 @@ from .records import ActorEntry, ErrorInfo, NodeEntry, ObjectEntry, ObjectInfo
 from .scheduler import LocalScheduler, SchedulerConfig
 from .specs import ResourceSet, TaskSpec
 from .tables import FinishTask, PutActor, RegisterName, Subscribe, Unsubscribe
+from .timeline import Timeline
 
 __all__ = ["NodeConfig", "NodeMachine"]
 
@@ -115,6 +118,8 @@ class NodeConfig:
     head: str = "head"
     gcs_retry_after: float = 0.05
     story_limit: int = 10_000
+    # runs kept for ``penumbra.timeline()`` (the last N; 0: none), see core/timeline.py
+    timeline_limit: int = 10_000
 
 
 # a watch with ``need`` holds at most this many ready objects before reporting
@@ -155,6 +160,7 @@ class NodeMachine:
         self.next_relay = 1
         self.nodes: dict[str, bool] = {}
         self.stories: OrderedDict[TaskId, list] = OrderedDict()
+        self.timeline = Timeline(config.timeline_limit)
         self.welcomed = False
         self.fenced = False
         self.heartbeats_sent = 0  # numbers the heartbeats (the head spots lost ones by a gap)
@@ -168,6 +174,9 @@ class NodeMachine:
         # (job, the GCS client's ``made`` then, stimulus) of ended jobs this
         # node has cleared but not yet reported: see ``_on_job_ended``
         self.pending_clears: list[tuple[int, int, str]] = []
+        # a recovered head's first TasksHeldQuery, answered once the GCS
+        # writes made before it landed: (mark, stimulus id)
+        self.pending_held: list[tuple[int, str]] = []
         # worker -> the non-detached actors it created (it owns them: they
         # die with it, Ray's fate sharing; see _on_worker_crashed)
         self.owned_actors: dict[str, list[ActorId]] = {}
@@ -292,6 +301,8 @@ class NodeMachine:
             cmds += self._sweep_doomed(event.stimulus_id)
         if self.pending_clears:
             cmds += self._send_clears()
+        if self.pending_held:
+            cmds += self._send_held()
         if self.outbox:
             cmds += self._flush_outbox(event.stimulus_id)
         return cmds
@@ -308,6 +319,34 @@ class NodeMachine:
         if not self.welcomed:
             self.welcomed = True
             cmds += self.gcs.write(Subscribe(self.address, "nodes", None), None, now, ev.stimulus_id)
+        return cmds
+
+    def _on_tasks_held_query(self, ev: TasksHeldQuery, now: float) -> list[Command]:
+        """A recovered head asks which of these tasks (pending on us in the
+        task table) we forwarded to the head, and which we never heard of
+        (see "Recovery" in core/head.py).  Also says which jobs we saw end."""
+        if ev.task_ids is None:
+            # the first round: answer once our earlier writes landed
+            self.pending_held.append((self.gcs.made, ev.stimulus_id))
+            return []
+        state_of = self.scheduler.state_of
+        forwarded = tuple(t for t in ev.task_ids if state_of(t) == "forwarded")
+        unknown = tuple(t for t in ev.task_ids if state_of(t) is None)
+        return [Send(to=self.head, msg=TasksHeldReport(node_id=self.node_id, forwarded=forwarded, unknown=unknown,
+                                                       ended_jobs=tuple(sorted(self.ended_jobs)),
+                                                       stimulus_id=ev.stimulus_id))]
+
+    def _send_held(self) -> list[Command]:
+        cmds: list[Command] = []
+        keep = []
+        for mark, sid in self.pending_held:
+            if self.gcs.settled(mark):
+                cmds.append(Send(to=self.head, msg=TasksHeldReport(
+                    node_id=self.node_id, forwarded=(), settled=True, ended_jobs=tuple(sorted(self.ended_jobs)),
+                    stimulus_id=sid)))
+            else:
+                keep.append((mark, sid))
+        self.pending_held = keep
         return cmds
 
     def _on_timer(self, ev: TimerFired, now: float) -> list[Command]:
@@ -564,17 +603,40 @@ class NodeMachine:
     def _on_worker_start_failed(self, ev: WorkerStartFailed, now: float) -> list[Command]:
         return self.scheduler.on_worker_start_failed(ev.worker_id, ev.reason, now, ev.stimulus_id)
 
+    def _record_run(self, wid: str, tid: TaskId, span: tuple[float, float] | None, duration: float, now: float,
+                    status: str) -> None:
+        """Keep the run that just ended on ``wid`` for the timeline (before
+        the scheduler or the actor host forgets it)."""
+        if not self.timeline.limit:
+            return
+        running = self._running(wid, tid)
+        if running is None:
+            return  # (a run this node no longer counts: a superseded instance's)
+        start, end = span if span is not None else (now - duration, now)
+        self.timeline.record(running[0], running[1], wid, start, end, status)
+
+    def _running(self, wid: str, tid: TaskId) -> tuple[TaskSpec, int] | None:
+        """The spec and attempt of ``tid`` running on worker ``wid``."""
+        t = self.scheduler.tasks.get(tid)
+        if t is not None and t.worker == wid:
+            return t.spec, t.attempt
+        return self.host.running_call(wid, tid)
+
     def _on_task_finished(self, ev: TaskFinished, now: float) -> list[Command]:
+        self._record_run(ev.worker_id, ev.task_id, ev.span, ev.duration, now, "ok")
         if self.host.owns_worker(ev.worker_id):
             return self.host.on_finished(ev.worker_id, ev.task_id, ev.outputs, now, ev.stimulus_id)
         return self.scheduler.on_task_finished(ev.worker_id, ev.task_id, ev.outputs, ev.duration, now, ev.stimulus_id)
 
     def _on_task_raised(self, ev: TaskRaised, now: float) -> list[Command]:
+        self._record_run(ev.worker_id, ev.task_id, ev.span, ev.duration, now, ev.error.kind.value)
         if self.host.owns_worker(ev.worker_id):
             return self.host.on_raised(ev.worker_id, ev.task_id, ev.error, now, ev.stimulus_id)
         return self.scheduler.on_task_raised(ev.worker_id, ev.task_id, ev.error, ev.retryable, now, ev.stimulus_id)
 
     def _on_worker_crashed(self, ev: WorkerCrashed, now: float) -> list[Command]:
+        if self.timeline.limit:
+            self._record_crash(ev.worker_id, now)
         cmds: list[Command] = []
         owned = self.owned_actors.pop(ev.worker_id, None)
         if owned:
@@ -583,6 +645,16 @@ class NodeMachine:
         if self.host.owns_worker(ev.worker_id):
             return cmds + self.host.on_worker_died(ev.worker_id, ev.reason, now, ev.stimulus_id) + self.scheduler.dispatch(now, ev.stimulus_id)
         return cmds + self.scheduler.on_worker_crashed(ev.worker_id, ev.reason, now, ev.stimulus_id)
+
+    def _record_crash(self, wid: str, now: float) -> None:
+        """The runs a crashed worker had: a task's bar from its dispatch, an
+        actor call's empty at the crash (it may have waited on the worker)."""
+        w = self.scheduler.workers.get(wid)
+        t = self.scheduler.tasks.get(w.task) if w is not None and w.task is not None else None
+        if t is not None and t.worker == wid:
+            self.timeline.record(t.spec, t.attempt, wid, t.started_at, now, "worker_crashed")
+        for spec, attempt in self.host.running_calls(wid):
+            self.timeline.record(spec, attempt, wid, now, now, "worker_crashed")
 
     def _on_blocked(self, ev: WorkerBlocked, now: float) -> list[Command]:
         return self.scheduler.on_blocked(ev.worker_id, now, ev.stimulus_id)
@@ -764,6 +836,7 @@ class NodeMachine:
 
 _HANDLERS = {
     NodeWelcome: NodeMachine._on_welcome,
+    TasksHeldQuery: NodeMachine._on_tasks_held_query,
     TimerFired: NodeMachine._on_timer,
     RegisterClient: NodeMachine._on_register_client,
     ClientDisconnected: NodeMachine._on_client_disconnected,

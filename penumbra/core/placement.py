@@ -287,11 +287,37 @@ class PlacementManager:
                 self.groups[pg] = _Group(entry, REMOVED, [None] * len(entry.bundles))
                 return []
             g = self.groups[pg] = _Group(entry, PENDING, [None] * len(entry.bundles))
+            if any(entry.nodes):
+                # a row naming nodes that this head never placed: a head
+                # recovering from the GCS (core/head.py, "Recovery") adopts
+                # the bundles its predecessor reserved on live nodes and
+                # reserves the rest again
+                return self._adopt(g, now, sid)
             self._story(pg, now, sid, f"created: {len(entry.bundles)} bundles, {entry.strategy}")
             return self._try(g, now, sid)
         if entry.state == "REMOVED" and g.state != REMOVED:
             return self.remove(pg, now, sid)
         return []
+
+    def _adopt(self, g: _Group, now: float, sid: str) -> list[Command]:
+        alive = set(self.head.scheduler.alive_nodes())
+        entry = g.entry
+        for i, n in enumerate(entry.nodes[:len(g.nodes)]):
+            if n and n in alive:
+                g.nodes[i] = n
+        lost = [i for i, n in enumerate(entry.nodes) if n and n not in alive]
+        self._story(entry.pg_id, now, sid, f"adopted from the GCS: bundles on {g.nodes}"
+                                           + (f"; bundles {lost} were on dead nodes" if lost else ""))
+        if all(n is not None for n in g.nodes) and entry.state == "CREATED":
+            g.state = CREATED
+            g.was_created = True
+            return []
+        g.was_created = entry.state in ("CREATED", "RESCHEDULING")
+        cmds: list[Command] = []
+        if lost:
+            cmds += self.head.gcs.write(UpdatePlacementGroup(entry.pg_id, "RESCHEDULING",
+                                                             tuple(n or "" for n in g.nodes)), None, now, sid)
+        return cmds + self._try(g, now, sid)
 
     # ---------------------------------------------------------------- placing
     def _free(self) -> dict[str, ResourceSet]:

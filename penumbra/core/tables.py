@@ -125,6 +125,8 @@ __all__ = [
     "ActorsOnNode",
     "ActorLogRange",
     "TableSizes",
+    "Keys",
+    "UnplacedTasks",
     "key_shard",
     "shards_for",
 ]
@@ -581,6 +583,26 @@ class ActorLogRange(Query):
 
 
 @dataclass(frozen=True, slots=True)
+class Keys(Query):
+    """The keys of a table on this shard (for small tables whose rows say
+    nothing but their key: ``ended_jobs``, ``dead_nodes``)."""
+
+    table: str
+
+    def route(self):
+        return (self.table, None)
+
+
+@dataclass(frozen=True, slots=True)
+class UnplacedTasks(Query):
+    """Pending tasks on no node: re-homed by the head's recovery and not
+    placed yet.  Read by a recovering head only (a full scan)."""
+
+    def route(self):
+        return ("tasks", None)
+
+
+@dataclass(frozen=True, slots=True)
 class TableSizes(Query):
     """How many rows each table holds, on every shard (for status and for
     watching the GCS's memory: see "What is forgotten" above)."""
@@ -662,6 +684,11 @@ class Tables:
                 for e in d["actors"].values()
                 if e.node == q.node and e.state in (ActorState.ALIVE, ActorState.PENDING)
             )
+        if isinstance(q, Keys):
+            return tuple(sorted(d[q.table], key=repr))
+        if isinstance(q, UnplacedTasks):
+            return tuple(sorted((e for e in d["tasks"].values() if e.state is TaskState.PENDING and not e.node),
+                                key=lambda e: e.spec.task_id))
         if isinstance(q, TableSizes):
             return tuple((name, len(rows)) for name, rows in d.items())
         if isinstance(q, ActorLogRange):

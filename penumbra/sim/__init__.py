@@ -12,6 +12,7 @@ the public API, on the simulator: ``penumbra.init(simulated=SimConfig(...))``).
 
 from .cluster import (
     AddNode,
+    CrashHead,
     CrashNode,
     Executor,
     Outcome,
@@ -54,7 +55,7 @@ from .workloads import (
 
 __all__ = [
     "SimCluster", "SimDriver", "SimNode", "SimWorker", "SimActor", "Outcome", "Executor",
-    "CrashNode", "AddNode",
+    "CrashNode", "AddNode", "CrashHead",
     "CostModel", "PAPER", "LOCAL", "ZERO",
     "Fault", "FaultSchedule", "Crash", "Restart", "Partition", "Heal", "Isolate", "LinkFault", "SlowHost", "Pause",
     "SimKernel", "Network", "Trace",

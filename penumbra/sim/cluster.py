@@ -55,6 +55,11 @@ Failures
     under a *new* address and node id: the core never reuses one),
     ``crash_replica``/``restart_replica`` (a replica restarts empty, as
     ``GcsReplica(joining=True)``, and copies its state from the tail),
+    ``crash_head``/``recover_head`` (the head's host dies with the GCS
+    replicas that live there; a new head rebuilds its state from the
+    surviving replicas: core/head.py, "Recovery"), where replicas live
+    (``ClusterLayout.replica_hosts`` puts a replica on a node's host: it
+    dies with that node, and restarts empty on the node that replaces it),
     partitions, isolation, slow hosts, lossy links, and stop-the-world
     pauses (``pause``: the head, a node or a driver stands still for a while,
     as under SIGSTOP).  The same faults as data
@@ -194,7 +199,7 @@ class SimWorker:
     """A simulated worker process on a node."""
 
     __slots__ = ("worker_id", "alive", "started", "running", "actor_state", "tasks_run", "next_token", "sequential",
-                 "free_at", "actor_async", "cancelled")
+                 "free_at", "actor_async", "cancelled", "began")
 
     def __init__(self, worker_id: str) -> None:
         self.worker_id = worker_id
@@ -213,6 +218,10 @@ class SimWorker:
         # run on, as in Ray, and see is_canceled(); not started yet, they
         # never run (see PythonExecutor)
         self.cancelled: set[TaskId] = set()
+        # task -> when this worker began it, if an executor said so before
+        # its completion (one that runs code and may block: the run's bar
+        # on the timeline starts there, see ``SimNode.complete``)
+        self.began: dict[TaskId, float] = {}
 
     def __repr__(self) -> str:
         return f"<SimWorker {self.worker_id} {'alive' if self.alive else 'dead'} running={len(self.running)}>"
@@ -284,6 +293,9 @@ class SimNode:
         if a is not None:
             w.sequential = a.max_concurrency <= 1
             w.actor_async = a.is_async
+        # (behind the call before it on a sequential actor; an executor
+        # that starts it later says so itself)
+        w.began[cmd.spec.task_id] = w.free_at if w.sequential and w.free_at > host.now else host.now
         out = self.cluster.executor.execute(self, w, cmd)
         if out is not None:
             self.complete(w, cmd, out)
@@ -321,9 +333,16 @@ class SimNode:
             w.free_at = t
         token = w.next_token = w.next_token + 1
         w.running[cmd.spec.task_id] = token
-        host.call_at(t, self._completed, w, cmd, out, token, t - now)
+        # the run's bar (``TaskFinished.span``): from when the worker began
+        # it -- after the call before it, for a sequential actor -- or, for
+        # an executor's task that blocked on the way, from its real start
+        began = w.began.pop(cmd.spec.task_id, None)
+        if began is None or began >= now:
+            began = start if at is None else now
+        host.call_at(t, self._completed, w, cmd, out, token, t - now, (began, t))
 
-    def _completed(self, w: SimWorker, cmd: Execute, out: Outcome, token: int, elapsed: float) -> None:
+    def _completed(self, w: SimWorker, cmd: Execute, out: Outcome, token: int, elapsed: float,
+                   span: tuple[float, float] | None = None) -> None:
         spec = cmd.spec
         tid = spec.task_id
         if not w.alive or w.running.get(tid) != token:
@@ -350,11 +369,12 @@ class SimNode:
                 for hook in c.on_task_done:
                     hook(self, spec, cmd.attempt, host.now)
             host.deliver_now(TaskFinished(worker_id=w.worker_id, task_id=tid, outputs=tuple(outputs),
-                                          duration=elapsed, stimulus_id=sid), urgent=True)
+                                          duration=elapsed, span=span, stimulus_id=sid), urgent=True)
         elif kind == "raise":
             err = out.error or _error(ErrorKind.TASK_ERROR, f"{spec.display_name()} raised", spec.display_name())
             host.deliver_now(TaskRaised(worker_id=w.worker_id, task_id=tid, error=err,
-                                        retryable=out.retryable, duration=elapsed, stimulus_id=sid), urgent=True)
+                                        retryable=out.retryable, duration=elapsed, span=span, stimulus_id=sid),
+                             urgent=True)
         elif kind == "crash":
             self._kill(w)
             host.deliver_now(WorkerCrashed(worker_id=w.worker_id, reason="the worker process died while running "
@@ -365,6 +385,7 @@ class SimNode:
     def _kill(self, w: SimWorker) -> None:
         w.alive = False
         w.running.clear()
+        w.began.clear()
         self.workers.pop(w.worker_id, None)
         self.cluster.executor.worker_gone(self, w)
 
@@ -385,6 +406,7 @@ class SimNode:
             w.cancelled.add(cmd.task_id)
             return
         del w.running[cmd.task_id]
+        w.began.pop(cmd.task_id, None)
         interrupt = getattr(self.cluster.executor, "interrupt", None)  # (executors that run code)
         if interrupt is not None:
             interrupt(w, cmd.task_id)
@@ -902,6 +924,27 @@ class AddNode(Fault):
         return f"AddNode(like={self.like})"
 
 
+@dataclass(frozen=True, slots=True)
+class CrashHead(Fault):
+    """The head's host dies (the head and the GCS replicas that live with
+    it); with ``recover_after``, a new head recovers that much later from
+    the replicas alive then (``SimCluster.crash_head``)."""
+
+    recover_after: float | None = None
+
+    def apply(self, ctx: Installed) -> None:
+        c = _cluster_of(ctx)
+        if c.kernel.is_alive("head"):
+            c.crash_head(recover_after=self.recover_after)
+
+    def targets(self) -> tuple[str, ...]:
+        return ("head",)
+
+    def __str__(self) -> str:
+        after = f" recover_after={self.recover_after:g}" if self.recover_after is not None else ""
+        return f"CrashHead({after.strip()})"
+
+
 # ===========================================================================
 # the cluster
 
@@ -995,6 +1038,11 @@ class SimCluster:
         self.kernel.on_restart.append(self._on_restart)
         self.nodes: dict[str, SimNode] = {}
         self.replicas: list[str] = []
+        # replica -> the node whose host runs it (``layout.replica_hosts``;
+        # it moves to the node that replaces a dead one); the others live
+        # with the head
+        self.replica_node: dict[str, str] = dict(layout.replica_hosts)
+        self.head_recoveries = 0
         self.drivers: dict[str, SimDriver] = {}
         self.next_node = 0
         self.next_job = 1
@@ -1016,7 +1064,10 @@ class SimCluster:
         for chain in lay.chains():
             for r in chain.replicas:
                 m = GcsReplica(r, chain.shard, "head", lay.gcs_timing, config=chain)
-                k.add_host(r, m, rack="control", kind="gcs", validate_every_step=self.validate)
+                on = lay.replica_hosts.get(r)
+                # (a replica on a node's host sits in that node's rack)
+                rack = "control" if on is None else int(on.split(":")[1]) // self.rack_size
+                k.add_host(r, m, rack=rack, kind="gcs", validate_every_step=self.validate)
                 self.replicas.append(r)
         for shape in lay.nodes:
             self._new_node(shape, None)
@@ -1168,12 +1219,14 @@ class SimCluster:
         return True
 
     def replace_node(self, address: str) -> str:
-        """A node shaped like (dead) ``address`` joins under a new address."""
-        old = self.nodes[address]
-        return self.add_node(old.shape, rack=old.rack)
+        """A node shaped like (dead) ``address`` joins under a new address
+        (the GCS replicas its host ran restart empty on the new one)."""
+        return self.add_node(like=address)
 
     def add_node(self, shape: NodeShape | None = None, *, rack: Any = None, like: str | None = None) -> str:
-        """A new node joins now; returns its address."""
+        """A new node joins now; returns its address.  Made ``like`` a dead
+        node, its host takes over the dead one's GCS replicas: they restart
+        empty and join their chains again (copying the tail's state)."""
         if like is not None:
             shape = self.nodes[like].shape
             rack = self.nodes[like].rack if rack is None else rack
@@ -1182,7 +1235,61 @@ class SimCluster:
         self.kernel.note(node.address, "node joins")
         if self._started:
             self._boot(node.host)
+        if like is not None and not self.nodes[like].alive:
+            for r in sorted(r for r, n in self.replica_node.items() if n == like):
+                self.replica_node[r] = node.address
+                self.restart_replica(r)
         return node.address
+
+    def replicas_with_head(self) -> list[str]:
+        """The GCS replicas on the head's host (they die with the head)."""
+        return [r for r in self.replicas if r not in self.replica_node]
+
+    def crash_head(self, recover_after: float | None = None) -> list[str]:
+        """The head's host dies: the head machine and the GCS replicas that
+        live with it (those not placed on nodes by
+        ``layout.replica_hosts``).  Nodes, drivers and the other replicas
+        run on; what they send the head meanwhile is lost.  With
+        ``recover_after``, a new head recovers that much later
+        (``recover_head``).  Returns the replicas that died."""
+        if not self.kernel.crash("head"):
+            raise ValueError("the head is down already; recover it first (cluster.recover_head())")
+        self.events.append((self.now, "crash", "head"))
+        died = [r for r in self.replicas_with_head() if self.kernel.crash(r)]
+        if recover_after is not None:
+            self.kernel.call_after(recover_after, self.recover_head)
+        return died
+
+    def recover_head(self, recover_from: Iterable[str] | None = None, restart_replicas: bool = True) -> tuple[str, ...]:
+        """Start a new head that rebuilds its state from the surviving GCS
+        replicas (core/head.py, "Recovery: a new head from surviving
+        replicas").  ``recover_from``: the replicas to ask (default: every
+        replica alive now).  With ``restart_replicas`` the replicas of the
+        head's host come back too, empty, and join their chains again.
+        Returns the replicas asked.
+
+        Raises:
+            ValueError: the head is alive, or no replica survives to recover from.
+        """
+        k = self.kernel
+        if k.hosts["head"].alive:
+            raise ValueError("the head is alive: crash it first (cluster.crash_head())")
+        survivors = tuple(recover_from) if recover_from is not None else tuple(
+            r for r in self.replicas if k.hosts[r].alive)
+        if not survivors:
+            raise ValueError("no GCS replica survives to recover the head from: place replicas on nodes "
+                             "(ClusterLayout.replica_hosts) so that the GCS outlives its head")
+        self.head_recoveries += 1
+        config = dataclasses.replace(self.layout.head_config(), recover_from=survivors)
+        from penumbra.core.head import HeadMachine
+
+        k.restart("head", HeadMachine(config, k.derive_rng(f"head/recovered/{self.head_recoveries}")))
+        self.events.append((self.now, "recover", "head"))
+        if restart_replicas:
+            for r in self.replicas_with_head():
+                if not k.hosts[r].alive:
+                    self.restart_replica(r)
+        return survivors
 
     def crash_replica(self, address: str, restart_after: float | None = None) -> bool:
         """Crash a GCS replica; with ``restart_after`` it restarts empty and
@@ -1278,10 +1385,14 @@ class SimCluster:
     def install(self, schedule: FaultSchedule, *, offset: float = 0.0) -> Installed:
         """Arm a fault schedule.  ``Crash``/``Restart`` of a node become
         ``CrashNode``/``AddNode`` (nodes come back under new addresses);
-        replicas restart in place, empty."""
+        replicas restart in place, empty; ``Crash("head", restart_after)``
+        becomes ``CrashHead`` (the head's host, its replicas with it; a
+        new head recovers from the survivors)."""
         events = []
         for t, f in schedule:
-            if isinstance(f, Crash) and f.address in self.nodes:
+            if isinstance(f, Crash) and f.address == "head":
+                f = CrashHead(f.restart_after)  # (with its replicas; it comes back recovered)
+            elif isinstance(f, Crash) and f.address in self.nodes:
                 f = CrashNode(f.address, f.restart_after)
             elif isinstance(f, Restart) and f.address in self.nodes:
                 f = AddNode(like=f.address)
@@ -1305,6 +1416,8 @@ class SimCluster:
         now = kernel.now
         node.crashed(now)
         self.events.append((now, "crash", address))
+        for r in sorted(r for r, n in self.replica_node.items() if n == address):
+            kernel.crash(r)  # the GCS replicas its host ran die with it
         for d in list(self.drivers.values()):
             if d.node == address and d.alive:
                 # (the program hears of it before it stops: what a driver

@@ -721,6 +721,23 @@ class _SimClient(Runtime):
         return self._request(lambda rid: ClusterStatusRequest(client=self.client_id, req_id=rid), timeout,
                              "cluster status")
 
+    def timeline_runs(self, timeout: float | None) -> Any:
+        """Every simulated node's runs, read from its machine (virtual
+        seconds: offset 0).  A node that crashed and restarted keeps only
+        its new machine's runs, as a restarted daemon would."""
+        from ..core.timeline import NodeRuns
+
+        cluster = self.sim.cluster
+        if cluster is None:
+            raise PenumbraError("the simulation has been shut down: its timeline is gone; call "
+                                "penumbra.timeline() before penumbra.shutdown()")
+        out = []
+        for address, node in cluster.nodes.items():
+            tl = getattr(node.machine, "timeline", None)
+            if tl is not None:
+                out.append(NodeRuns(address, tl.snapshot(), 0.0, tl.recorded, tl.limit))
+        return out
+
     def _strip(self) -> None:
         """After shutdown: drop everything heavy, keep a small shell."""
         self.alive = False
@@ -1126,6 +1143,7 @@ class PythonExecutor(Executor):
             self.next_in_line(node, worker)
             return
         sim.executions.append((sim.kernel.now, node.address, worker.worker_id, spec.display_name(), cmd.attempt))
+        worker.began[spec.task_id] = sim.kernel.now  # (its bar on the timeline starts here)
         rt = sim.worker_runtime(node, worker)
         if spec.actor_creation is not None:
             self.actor_env[worker.worker_id] = spec.env_vars

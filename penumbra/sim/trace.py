@@ -65,6 +65,7 @@ HEAVY_FIELDS = frozenset({
     "stimulus_id", "spec", "op", "query", "result", "snapshot", "dedup", "value",
     "configs", "config", "load", "entry", "replay", "outputs", "objects", "error",
     "nodes", "resources", "payload", "data", "args", "request", "msg",
+    "span",  # (a run's measured bar, for the timeline: it decides nothing)
 })
 
 _ADDR = re.compile(r" at 0x[0-9a-fA-F]+")

@@ -117,6 +117,7 @@ class ClientRuntime(Runtime):
         self._closed = False  # no more sends: shut down, or the connection is lost
         self.on_item = None  # worker hook for Run/Interrupt/Checkpoint/Exit
         self.embedded: DaemonProcess | None = None
+        self.token: str | None = None  # the cluster's (set by whoever connected)
         self._release_buf: list[ObjectId] = []
         self._free_buf: list[ObjectId] = []
         self._release_lock = threading.Lock()
@@ -241,6 +242,7 @@ class ClientRuntime(Runtime):
 
     async def receive_loop(self) -> None:
         """Runs on the trio thread for the life of the connection."""
+        why = ""  # what the daemon said before closing (``P.Closing``)
         try:
             async for item in self.channel:
                 if type(item) is P.Deliver:
@@ -250,13 +252,17 @@ class ClientRuntime(Runtime):
                 elif type(item) is P.ClusterLog:
                     if self.log_to_driver:
                         logger.warning("%s", item.text)
+                elif type(item) is P.Closing:
+                    why = item.reason
                 elif self.on_item is not None:
                     self.on_item(item)
             # an orderly close (the daemon exited, or was killed between
             # frames): whatever still waits on it must fail, not hang
-            self._fail_all("the node daemon closed it: it was killed or exited")
+            self._fail_all(f"the node daemon closed it: {why}" if why else
+                           "the node daemon closed it: it was killed or exited")
         except ConnectionClosed as e:
-            self._fail_all(f"{e.reason}; the node daemon was killed or exited")
+            self._fail_all(f"the node daemon closed it: {why}" if why else
+                           f"{e.reason}; the node daemon was killed or exited")
         except BaseException as e:
             # (the loop stopping, as shutdown() or a worker's exit stops
             # it, is this side closing, not a loss)
@@ -573,6 +579,21 @@ class ClientRuntime(Runtime):
     def cluster_status(self, timeout: float | None) -> Any:
         return self._request(lambda rid: ClusterStatusRequest(client=self.client_id, req_id=rid), timeout, "cluster status")
 
+    def timeline_runs(self, timeout: float | None) -> Any:
+        """Every node's runs, asked of each node daemon over TCP (see
+        ``transports.timeline``); nodes that do not answer are left out,
+        with a warning."""
+        from .timeline import fetch_timelines
+
+        if self.token is None:
+            raise PenumbraError("this process does not know the cluster's token, which the timeline is asked "
+                                "for with: call penumbra.timeline() from the driver")
+        limit = 30.0 if timeout is None else timeout
+        got = self.bridge.call(fetch_timelines, self.address, self.token, limit, timeout=limit + 5)
+        for node_id, why in sorted(got.missing.items()):
+            logger.warning("timeline: node %s did not answer (%s); its runs are left out", node_id, why)
+        return got.nodes
+
     # How long ``shutdown`` waits for the output already on its way (see
     # ``_drain_output``).
     OUTPUT_DRAIN_TIMEOUT = 2.0
@@ -655,6 +676,7 @@ def _open(bridge: TrioThread, *, unix_path: str | None, tcp: tuple[str, int] | N
 
     ch, welcome = bridge.call(opening, timeout=30.0)
     rt = ClientRuntime(bridge, ch, welcome, is_worker=False, namespace=namespace, log_to_driver=log_to_driver)
+    rt.token = token
     bridge.start_soon(rt.receive_loop)
     # a cluster-unique job id from the GCS, then tell the node
     rt.job_id = rt.gcs_request(KvIncrement("job_counter"), timeout=30.0)

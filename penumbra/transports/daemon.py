@@ -23,6 +23,27 @@ Connections (all ``wire`` channels, token-authenticated):
 The daemon makes no decision of its own: which worker runs what, what to
 fetch and what to evict all come from the core as commands.
 
+GCS replicas on nodes (so the control store outlives the head's host):
+
+* a node daemon started with ``--gcs-replica`` hosts one replica of each
+  shard, named ``gcs:{shard}:{its first node id}``.  It learns the number
+  of shards from the head (``HeadInfo``), tells the head which replica
+  addresses it hosts (``ReplicasHosted``, on every connection, before any
+  message of theirs), and the replicas join their chains as restarted
+  replicas do (core/gcs.py, "Joining").  The head daemon routes ``gcs:*``
+  messages to the node channel hosting the replica; a node daemon delivers
+  to its own replicas locally and sends the rest to the head;
+* the replicas are not part of the node's incarnation: when the node
+  rejoins (fenced, or its head connection lost) they stay, and reconnect
+  to whatever head answers at the head address; a node hosting them waits
+  for a lost head without limit (``head_wait``).  A replica the chain
+  master cut while it lived is replaced by an empty one that joins again
+  (``_watch_replicas``);
+* ``penumbra start --head --recover HOST:PORT`` (``recover_from``) starts a
+  head at the old head's address; the surviving node daemons reconnect to
+  it by themselves, and once the ones named have, the head machine starts
+  with ``HeadConfig.recover_from`` = their replicas (``_recover_head``).
+
 Lifetime: an embedded daemon watches its driver (``--parent-pid``) and exits
 when the driver is gone; on exit every worker is killed and the node's
 shared memory is removed.
@@ -32,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import logging
 import os
 import random
@@ -119,13 +141,44 @@ class DaemonConfig:
     forward_queue_threshold: int = 100
     shm_root: str = "/dev/shm"
     node_id: str = ""
+    # task and actor-call runs the node keeps for ``penumbra.timeline()``
+    # (the last N; 0: none; see core/timeline.py)
+    timeline_limit: int = 10_000
+    # GCS replicas beyond the head's process (see "GCS replicas on nodes"
+    # in the module docstring): a node daemon with ``gcs_replica`` hosts one
+    # replica of each shard; a head daemon with ``recover_from`` (host:port
+    # of surviving daemons that host replicas) is a new head rebuilding the
+    # cluster's control state from them, waiting up to ``recover_wait``
+    # seconds for those daemons to reconnect to it.
+    gcs_replica: bool = False
+    replicas_on_nodes: int = 0  # head role: ask this many node daemons to host replicas
+    recover_from: list[str] = field(default_factory=list)
+    recover_wait: float = 20.0
+    # how long a node daemon that lost its head retries the head's address
+    # before it stops (None: 20 s, unlimited for a node hosting GCS
+    # replicas: it holds the cluster's state until a head recovers it)
+    head_wait: float | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.timeline_limit, bool) or not isinstance(self.timeline_limit, int) or self.timeline_limit < 0:
+            raise ValueError(f"timeline_limit must be an int >= 0 (the runs a node keeps for penumbra.timeline(); "
+                             f"0 keeps none), got {self.timeline_limit!r}")
         if not (self.heartbeat_interval > 0 and self.node_timeout > self.heartbeat_interval):
             raise ValueError(
                 f"node_timeout ({self.node_timeout!r} s) must be longer than heartbeat_interval "
                 f"({self.heartbeat_interval!r} s), which must be > 0: a node is declared dead after "
                 f"node_timeout without heartbeats (e.g. heartbeat_interval=1, node_timeout=30)")
+        if self.gcs_replica and self.head:
+            raise ValueError("gcs_replica is for a node daemon (penumbra start --address HEAD --gcs-replica): "
+                             "the head daemon hosts the first replica of each shard already")
+        if self.replicas_on_nodes and not self.head:
+            raise ValueError("replicas_on_nodes is for a head daemon (penumbra start --head --gcs-replicas-on-nodes K)")
+        if not (isinstance(self.replicas_on_nodes, int) and self.replicas_on_nodes >= 0):
+            raise ValueError(f"replicas_on_nodes must be a whole number >= 0, got {self.replicas_on_nodes!r}")
+        if self.recover_from and not self.head:
+            raise ValueError("recover_from is for a head daemon (penumbra start --head --recover HOST:PORT)")
+        if self.head_wait is not None and not self.head_wait > 0:
+            raise ValueError(f"head_wait must be a number of seconds > 0, got {self.head_wait!r}")
 
     @property
     def unix_path(self) -> str:
@@ -173,6 +226,14 @@ class Daemon:
         self.zygote: ZygoteHandle | None = None  # set by ``main``
         self.stopping = False
         self.stop_event: trio.Event | None = None
+        # GCS replicas on nodes: a node daemon's own replica addresses; the
+        # head daemon's routes to replicas hosted by node daemons (replica
+        # address -> node id); messages for "head" held while a recovering
+        # head waits for its replicas (None: no head is being recovered)
+        self.hosted_replicas: tuple[str, ...] = ()
+        self.replica_routes: dict[str, str] = {}
+        self._asked_to_host: set[str] = set()  # nodes asked to host replicas, not yet hosting them
+        self._head_backlog: list[P.Deliver] | None = None
 
     # ================================================================== routing
     def route(self, to: str, msg: Message, src: str) -> None:
@@ -183,7 +244,15 @@ class Daemon:
         if to.startswith("node:"):
             # direct if we have a channel to that node, else through the head
             ch = self.node_channels.get(to) or self.peer_channels.get(to) or self.head_channel
-        elif to == "head" or to.startswith("gcs:"):
+        elif to.startswith("gcs:"):
+            # a replica hosted by a node daemon (the head knows which), else
+            # the head daemon's
+            nid = self.replica_routes.get(to)
+            ch = self.node_channels.get(nid) if nid is not None else self.head_channel
+        elif to == "head":
+            if self._head_backlog is not None:
+                self._head_backlog.append(P.Deliver(to, msg, None, src))  # the head is being recovered
+                return
             ch = self.head_channel
         else:
             ch = None
@@ -300,7 +369,21 @@ class Daemon:
             self._rejoining = True
             self.nursery.start_soon(self._rejoin)
 
-    async def _rejoin(self) -> None:
+    def _head_wait(self) -> float:
+        """Seconds a node that lost its head retries the head's address."""
+        if self.cfg.head_wait is not None:
+            return self.cfg.head_wait
+        # a node hosting GCS replicas holds acknowledged writes that may be
+        # the only copies left (the head's host died): it waits for a head
+        # to recover them (penumbra start --head --recover), however long
+        return math.inf if self.cfg.gcs_replica or self.hosted_replicas else _JOIN_TIMEOUT
+
+    async def _rejoin(self, why: str = "") -> None:
+        """Come back as a fresh node (see ``_fenced``).  The GCS replicas
+        this daemon hosts are kept: they are chain members, not part of the
+        node's incarnation, and may hold the only copies of acknowledged
+        writes; they reconnect to whatever head answers at the head
+        address (the same head, or one recovering the cluster from them)."""
         old = self.node_id
         try:
             self.host.remove(old)  # what still comes for it is dropped
@@ -312,6 +395,14 @@ class Daemon:
                     except ProcessLookupError:
                         pass
             self.workers.clear()
+            closing = P.Closing(why or f"its node {old} was declared dead by the head; it rejoins the cluster as a "
+                                       f"new node")
+            for ch in list(self.clients.values()):
+                with trio.move_on_after(1):  # (a driver that reads nothing must not hold us up)
+                    try:
+                        await ch.send(closing)
+                    except (ConnectionClosed, trio.ClosedResourceError):
+                        pass
             for ch in list(self.clients.values()) + list(self.peer_channels.values()):
                 await ch.aclose()  # its drivers' state was in the old incarnation
             self.clients.clear()
@@ -326,23 +417,129 @@ class Daemon:
             ch, self.head_channel = self.head_channel, None
             if ch is not None:
                 await ch.aclose()
-            deadline = trio.current_time() + _JOIN_TIMEOUT
+            deadline = trio.current_time() + self._head_wait()
+            tries = 0
             while True:
                 try:
                     await self.nursery.start(self.connect_head)
                     break
-                except (OSError, ConnectionClosed, HandshakeError) as e:
+                except (OSError, ConnectionClosed, HandshakeError, trio.TooSlowError) as e:
                     if trio.current_time() > deadline:
                         raise
-                    logger.warning("cannot reach the head at %s yet (%s); retrying", self.cfg.head_address, e)
+                    tries += 1
+                    if tries == 1 or tries % 20 == 0:  # (every 10 s: a head may take long to come back)
+                        logger.warning("cannot reach the head at %s yet (%s); retrying%s", self.cfg.head_address,
+                                       e, " (this node hosts GCS replicas: it waits for a head to recover them)"
+                                       if self.hosted_replicas else "")
                     await trio.sleep(0.5)
             self.host.add((self.node_id, NodeMachine(self.node_id, self.layout.node_config(self.layout.nodes[0]))))
             logger.warning("node %s rejoined the cluster as %s", old, self.node_id)
         except Exception:
-            logger.exception("node %s could not rejoin the cluster after it was declared dead; stopping", old)
+            logger.exception("node %s could not rejoin the cluster (its head stayed unreachable for %g s, "
+                             "--head-wait); stopping", old, self._head_wait())
             self.request_stop()
         finally:
             self._rejoining = False
+
+    # ---------------------------------------------------------------- GCS replicas
+    def _gcs_shards(self) -> int:
+        """How many GCS shards this cluster has (head role)."""
+        head = self.host.machines.get("head")
+        if head is not None:
+            return len(head.chain.configs())
+        return self.layout.gcs_shards if self.layout is not None else self.cfg.gcs_shards
+
+    def _ask_to_host(self, nid: str, hello: P.NodeHello) -> bool:
+        """(head role, ``--gcs-replicas-on-nodes K``) Whether to ask the node
+        that just connected to host replicas: while fewer than K connected
+        node daemons host them (or were asked to), so a replica host that
+        is lost is replaced by the next node to join."""
+        k = self.cfg.replicas_on_nodes
+        if not k or hello.replicas:
+            return False
+        hosts = {n for n in self.replica_routes.values() if n in self.node_channels}
+        hosts |= {n for n in self._asked_to_host if n in self.node_channels and n != nid}
+        if len(hosts) >= k:
+            return False
+        self._asked_to_host.add(nid)
+        return True
+
+    def _replica_tag(self) -> str:
+        """What names this daemon's replicas: its first node id without the
+        ``node:`` prefix (it outlives rejoins, which change the node id)."""
+        base = self.base_node_id
+        return base[len("node:"):] if base.startswith("node:") else base
+
+    def _host_replicas(self, shards: int) -> None:
+        """Host one replica of each of the cluster's ``shards`` (node role,
+        ``--gcs-replica``).  Each joins its chain as a restarted replica
+        does (core/gcs.py, "Joining"): ``ReplicaJoin`` to the chain master,
+        a snapshot from the tail, ``ReplicaReady``; the master appends it as
+        the new tail, so from then on no write is acknowledged before it
+        holds it."""
+        tag = self._replica_tag()
+        names = tuple(f"gcs:{s}:{tag}" for s in range(shards))
+        self.hosted_replicas = names
+        # the head must know the route before their first message asks for an answer
+        self._send(self.head_channel, P.ReplicasHosted(self.node_id, names))
+        timing = self.layout.gcs_timing
+        self.host.add(*((r, GcsReplica(r, s, "head", timing, joining=True)) for s, r in enumerate(names)))
+        logger.info("hosting GCS replicas %s (joining their chains)", ", ".join(names))
+        if not self.cfg.gcs_replica:  # (asked by the head: ``run`` did not start the watch)
+            self.nursery.start_soon(self._watch_replicas)
+
+    async def _watch_replicas(self) -> None:
+        """Put back in its chain a replica the chain master cut while it
+        lived (its heartbeats were lost: a partition, a head that was down):
+        a cut replica stays out for good, so it is replaced by an empty one
+        that joins again and copies the tail's state (as a restarted replica
+        would).  A replica cut out is no longer a member: nothing
+        acknowledged depends on it."""
+        while True:
+            await trio.sleep(1.0)
+            if self.head_channel is None:
+                continue  # no master to join: wait for the head
+            for s, r in enumerate(self.hosted_replicas):
+                rep = self.host.machines.get(r)
+                if rep is None or rep.joining or rep.awaiting_append or rep.active or rep.config is None:
+                    continue
+                logger.warning("GCS replica %s was cut out of its chain (epoch %d); it joins again", r,
+                               rep.config.epoch)
+                self.host.remove(r)
+                self.host.add((r, GcsReplica(r, s, "head", self.layout.gcs_timing, joining=True)))
+                self.host.pump()
+
+    def _replica_table(self) -> dict[str, str]:
+        """(head role) Replica address -> host:port of the daemon hosting it."""
+        table = {}
+        for addr, m in self.host.machines.items():
+            if isinstance(m, GcsReplica):
+                table[addr] = self.address
+        for r, nid in self.replica_routes.items():
+            table[r] = self.peers.get(nid, nid)
+        return table
+
+    def _links(self) -> dict[str, str]:
+        """(head role) How each node's link to the head is doing, as the
+        head sees it: the daemon's connection, and the heartbeats its
+        monitor missed in a row (``core/head.py``, "The liveness rule")."""
+        head = self.host.machines.get("head")
+        misses = getattr(head, "misses", {})
+        limit = head.config.miss_limit if head is not None else 0
+        out = {}
+        for nid in set(self.peers) | set(misses) | {self.node_id}:
+            if nid == self.node_id:
+                out[nid] = "local"
+                continue
+            connected = nid in self.node_channels
+            n = misses.get(nid)
+            if not connected:
+                out[nid] = "disconnected"
+            elif n:
+                out[nid] = f"missed {n}/{limit}"
+            else:
+                out[nid] = "ok"
+        return out
 
     def _worker_send(self, wid: str, item: Any) -> None:
         w = self.workers.get(wid)
@@ -428,10 +625,12 @@ class Daemon:
                         if data is not None:
                             self.objects.put_inline(oid, data)
                         outs.append((oid, size))
-                    self.host.post(node, TaskFinished(worker_id=wid, task_id=item.task_id, outputs=tuple(outs), duration=item.duration))
+                    self.host.post(node, TaskFinished(worker_id=wid, task_id=item.task_id, outputs=tuple(outs),
+                                                      duration=item.duration, span=_span(item)))
                 elif t is P.Raised:
                     w.running.discard(item.task_id)
-                    self.host.post(node, TaskRaised(worker_id=wid, task_id=item.task_id, error=item.error, retryable=item.retryable, duration=item.duration))
+                    self.host.post(node, TaskRaised(worker_id=wid, task_id=item.task_id, error=item.error,
+                                                    retryable=item.retryable, duration=item.duration, span=_span(item)))
                 elif t is P.Deliver:
                     self._from_client(wid, item)
                 elif t is P.Output:
@@ -482,7 +681,16 @@ class Daemon:
                 elif t is P.StopCluster:  # penumbra stop (the head's ``run`` tells its nodes as it stops)
                     self.request_stop()
                 elif t is P.AddressesRequest:
-                    self._send(ch, P.PeerTable(self._addresses(), self.head_node or self.node_id))
+                    if self.cfg.head:
+                        head = self.host.machines.get("head")
+                        chains = head.chain.configs() if head is not None else ()
+                        self._send(ch, P.PeerTable(self._addresses(), self.node_id, self._replica_table(), chains,
+                                                   self._links()))
+                    else:
+                        self._send(ch, P.PeerTable(self._addresses(), self.head_node or self.node_id,
+                                                   {r: self.address for r in self.hosted_replicas}))
+                elif t is P.TimelineRequest:
+                    self._send(ch, self._timeline())
                 if not ch.buffered:
                     self.host.pump()
         except ConnectionClosed:
@@ -500,6 +708,9 @@ class Daemon:
         if self.cfg.head and incoming:
             self.node_channels[nid] = ch
             self.peers[nid] = _as_seen(hello.address, ch.peer_address)
+            for r in hello.replicas:
+                self.replica_routes[r] = nid
+            self._send(ch, P.HeadInfo(self._gcs_shards(), self._ask_to_host(nid, hello)))
             self._broadcast_peers()
         else:
             self.peer_channels[nid] = ch
@@ -514,6 +725,9 @@ class Daemon:
             if self.node_channels.get(nid) is ch:
                 del self.node_channels[nid]
                 self.peers.pop(nid, None)
+                for r in [r for r, n in self.replica_routes.items() if n == nid]:
+                    del self.replica_routes[r]  # (they come back with the node's next connection)
+                self._asked_to_host.discard(nid)
                 self._broadcast_peers()
                 if not self.stopping and "head" in self.host.machines:
                     # the daemon is gone: tell the monitor now rather than
@@ -521,6 +735,15 @@ class Daemon:
                     self.host.deliver("head", NodeDied(node_id=nid, stimulus_id=f"disconnect:{nid}"))
             if self.peer_channels.get(nid) is ch:
                 del self.peer_channels[nid]
+
+    def _timeline(self) -> P.TimelineReply:
+        """What ran on this node's workers (``core.timeline``), with the
+        reading of its clock against the wall clock."""
+        node = self.host.machines.get(self.node_id)
+        tl = getattr(node, "timeline", None)
+        runs = tuple(tl.runs) if tl is not None else ()
+        return P.TimelineReply(self.node_id, runs, trio.current_time(), time.time(),
+                               tl.recorded if tl is not None else 0, tl.limit if tl is not None else 0)
 
     def _addresses(self) -> dict[str, str]:
         """Node id -> host:port of every node daemon this one knows of."""
@@ -551,6 +774,14 @@ class Daemon:
         elif t is P.PeerTable:
             self.peers = {k: v for k, v in item.peers.items() if k != self.node_id}
             self.head_node = item.head_node
+        elif t is P.ReplicasHosted and self.cfg.head:
+            for r in item.replicas:
+                self.replica_routes[r] = item.node_id
+            self._asked_to_host.discard(item.node_id)
+            logger.info("node %s hosts GCS replicas %s", item.node_id, ", ".join(item.replicas))
+        elif t is P.HeadInfo and ch is self.head_channel:
+            if (self.cfg.gcs_replica or item.host_replicas) and not self.hosted_replicas:
+                self._host_replicas(item.gcs_shards)
         elif t is P.StopCluster and ch is self.head_channel:
             logger.info("the head asked this node to stop (penumbra stop)")
             self.stopping = True  # (the head's connection closing next is no reason to rejoin)
@@ -648,31 +879,40 @@ class Daemon:
 
     async def connect_head(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         host, port = self.cfg.head_address.rsplit(":", 1)
-        ch = await connect_tcp(host, int(port), self.cfg.token, "node", self.node_id)
+        with trio.fail_after(10):  # (a head host that is down does not refuse: it never answers)
+            ch = await connect_tcp(host, int(port), self.cfg.token, "node", self.node_id)
         self.head_channel = ch
-        ch.send_nowait(P.NodeHello(self.node_id, self.listening))
+        # (with the replicas it hosts: the head routes to them from now on)
+        ch.send_nowait(P.NodeHello(self.node_id, self.listening, self.hosted_replicas))
         task_status.started()
+        reason = "the head daemon closed it"  # (a clean end: the head's process exited, or was killed)
         try:
             async for item in ch:
                 await self._from_peer(ch, item)
                 if not ch.buffered:
                     self.host.pump()
         except ConnectionClosed as e:
-            if self.head_channel is ch and not self.stopping:
-                # a reset connection, or the head restarting: the head has
-                # declared this node dead already (its connection closed),
-                # so come back as a fresh node, as after a fence -- or stop
-                # if the head stays unreachable
-                logger.error("lost the connection to the head daemon (%s); rejoining as a new node", e.reason)
-                self.head_channel = None
-                if not self._rejoining:
-                    self._rejoining = True
-                    self.nursery.start_soon(self._rejoin)
+            reason = e.reason
         except trio.ClosedResourceError:
-            pass  # closed by ``_rejoin``
-        finally:
-            if self.head_channel is ch:  # (not an old one ``_rejoin`` replaced)
-                self.request_stop()
+            return  # closed by ``_rejoin``
+        if self.head_channel is ch and not self.stopping:
+            # a reset connection, the head restarting or killed (its host's
+            # kernel closes the socket cleanly): the head has declared this
+            # node dead already (its connection closed), so come back as a
+            # fresh node, as after a fence -- or stop if the head stays
+            # unreachable.  (An orderly 'penumbra stop' said StopCluster
+            # first, which set ``stopping``.)
+            logger.error("lost the connection to the head daemon (%s); rejoining as a new node", reason)
+            self.head_channel = None
+            if not self._rejoining:
+                self._rejoining = True
+                self.nursery.start_soon(self._rejoin, (
+                    f"this node lost its connection to the cluster's head at {self.cfg.head_address} ({reason}): "
+                    f"the head daemon was killed, its host died or the network is cut. The node rejoins when "
+                    f"the head answers again (restarted, or 'penumbra start --head --recover' from the GCS "
+                    f"replicas that survive)"))
+        if self.head_channel is ch:  # (not an old one ``_rejoin`` replaced)
+            self.request_stop()
 
     # ================================================================== lifecycle
     def request_stop(self) -> None:
@@ -710,9 +950,12 @@ class Daemon:
                 gcs_timing=GcsTiming(heartbeat_interval=0.1, heartbeat_timeout=1.0, resend_after=0.5),
                 gcs_retry_after=2.0,
                 own_node=self.node_id if cfg.head else None,
+                timeline_limit=cfg.timeline_limit,
             )
             self.layout = layout
-            if cfg.head:
+            if cfg.head and cfg.recover_from:
+                await self._recover_head(layout)
+            elif cfg.head:
                 # together: the head's first words go to the replicas (a
                 # subscription to the actor table lost here used to leave
                 # the head blind to actors for the GCS client's 2 s retry)
@@ -722,6 +965,8 @@ class Daemon:
                 ))
             else:
                 await nursery.start(self.connect_head)
+                if cfg.gcs_replica:
+                    nursery.start_soon(self._watch_replicas)
             node = NodeMachine(self.node_id, layout.node_config(layout.nodes[0]))
             self.host.add((self.node_id, node))
             nursery.start_soon(self.host.run)
@@ -732,12 +977,79 @@ class Daemon:
             self.stopping = True
             if cfg.head:  # an orderly stop (penumbra stop, SIGTERM): the nodes stop too, not rejoin
                 with trio.move_on_after(2):
-                    for ch in list(self.node_channels.values()):
+                    chans = list(self.node_channels.values())
+                    for ch in chans:
                         try:
                             await ch.send(P.StopCluster())
                         except (ConnectionClosed, trio.ClosedResourceError):
                             pass
+                    # closing writes what is still queued first: a node
+                    # that never reads StopCluster takes the closed
+                    # connection for a killed head and rejoins (for 20 s)
+                    for ch in chans:
+                        await ch.aclose()
             nursery.cancel_scope.cancel()
+
+    async def _recover_head(self, layout: ClusterLayout) -> None:
+        """Start a head that rebuilds the cluster's control state from the
+        GCS replicas that survived the old head (``--recover``).
+
+        The design: this daemon listens at the old head's address (same host
+        and port), so every node daemon, which retries the head address
+        after losing it, reconnects here on its own, saying which replicas
+        it hosts (``ReplicasHosted``).  We wait (up to ``recover_wait``)
+        for the daemons named in ``recover_from`` to do so; then the head
+        machine starts with ``HeadConfig.recover_from`` = their replicas: it
+        asks them for their chains and rebuilds every role from the tables
+        (core/head.py, "Recovery").  Messages for the head that arrive
+        before it exists (a rejoining node's ``NodeJoin``) are held and
+        handed to it then.  The replicas that lived in the old head's
+        process are gone: this daemon starts empty ones under the same
+        addresses, which join their chains again like restarted replicas
+        (the master first cuts the dead members of those names)."""
+        import dataclasses
+
+        cfg = self.cfg
+        self._head_backlog = []
+        want = {_normal_address(a): a for a in cfg.recover_from}
+        deadline = trio.current_time() + cfg.recover_wait
+        found: dict[str, tuple[str, ...]] = {}
+        while True:
+            by_address = {_normal_address(addr): nid for nid, addr in self.peers.items()}
+            found = {}
+            for key in want:
+                nid = by_address.get(key)
+                replicas = tuple(sorted(r for r, n in self.replica_routes.items() if n == nid)) if nid else ()
+                if replicas:
+                    found[key] = replicas
+            if len(found) == len(want):
+                break
+            if trio.current_time() > deadline:
+                missing = [want[k] for k in want if k not in found]
+                known = ", ".join(f"{a} ({'hosts replicas' if any(n == nid for n in self.replica_routes.values()) else 'no replicas'})"
+                                  for nid, a in self.peers.items()) or "none"
+                raise RecoveryError(
+                    f"cannot recover the cluster: no daemon hosting GCS replicas reconnected from "
+                    f"{', '.join(missing)} within {cfg.recover_wait:g} s (daemons that reconnected: {known}). "
+                    f"Give the address (host:port) of a surviving node started with --gcs-replica, as "
+                    f"'penumbra status' listed it; this head must listen at the old head's address "
+                    f"(same --host and --port) for the nodes to find it")
+            await trio.sleep(0.05)
+        replicas = tuple(r for key in want for r in found[key])
+        shards = 1 + max(int(r.split(":")[1]) for r in replicas)
+        if shards != layout.gcs_shards:
+            layout = dataclasses.replace(layout, gcs_shards=shards)
+            self.layout = layout
+        head_config = dataclasses.replace(layout.head_config(), recover_from=replicas)
+        logger.warning("recovering the cluster from GCS replicas %s", ", ".join(replicas))
+        backlog, self._head_backlog = self._head_backlog, None
+        self.host.add(("head", HeadMachine(head_config, random.Random(0))), *(
+            (r, GcsReplica(r, chain.shard, "head", layout.gcs_timing, joining=True))
+            for chain in layout.chains() for r in chain.replicas
+        ))
+        for d in backlog:
+            self.host.post(d.to, d.msg)
+        self.host.pump()
 
     def _resources(self) -> dict[str, float]:
         r = {"CPU": float(self.cfg.num_cpus)}
@@ -832,6 +1144,22 @@ def _interface_addresses() -> list[str]:
     return out
 
 
+class RecoveryError(RuntimeError):
+    """A head started with ``--recover`` could not find the replicas."""
+
+
+def _normal_address(address: str) -> str:
+    """``host:port`` with the host resolved (``localhost`` and
+    ``127.0.0.1`` name the same daemon)."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    try:
+        host = socket.gethostbyname(host)
+    except OSError:
+        pass
+    return f"{host}:{port}"
+
+
 def _as_seen(advertised: str, peer_address: str) -> str:
     """A node's listening address as the head should hand it to the other
     nodes: what it advertised, with a wildcard host replaced by the address
@@ -868,6 +1196,16 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
+
+
+def _span(item: "P.Ran | P.Raised") -> tuple[float, float] | None:
+    """A worker's run on the node's (trio) clock: the worker read
+    ``time.perf_counter`` when it ended, which trio's clock runs on too
+    (plus an offset of its own), on the same host."""
+    if not item.ended:
+        return None
+    end = item.ended + (trio.current_time() - time.perf_counter())
+    return (end - item.duration, end)
 
 
 def _exit_status(pid: int) -> str:
@@ -962,6 +1300,9 @@ def _start_error(cfg: DaemonConfig, exc: BaseException) -> tuple[str, bool]:
         if isinstance(e, OSError) and not cfg.head and _is_connect_error(e):
             return (f"cannot reach the head at {cfg.head_address}: {e.strerror or e}; check the address "
                     f"(printed by 'penumbra start --head') and that the head runs ('penumbra status')"), False
+    for e in leaves:
+        if isinstance(e, RecoveryError):
+            return str(e), False
     e = leaves[0]
     return (f"the daemon failed to start: {type(e).__name__}: {e} "
             f"(the traceback is in {os.path.join(cfg.session_dir, 'daemon.log')})"), True

@@ -28,6 +28,10 @@ from .session import new_session_name, new_token
 __all__ = ["DaemonProcess", "DaemonStartError", "PendingDaemon", "spawn_daemon", "start_daemon", "sessions_dir",
            "private_sessions_dir", "Cluster", "default_object_store_memory"]
 
+# the thread-pool sizes of numeric libraries, set to 1 in daemons (and so in
+# their workers) unless already set: see ``start_daemon``
+THREAD_LIMITS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
+                 "NUMEXPR_NUM_THREADS")
 
 def sessions_dir() -> str:
     """Where daemons keep their session directories (logs, Unix sockets):
@@ -158,6 +162,10 @@ def start_daemon(*, head: bool, token: str | None = None, head_address: str = ""
         extra: further ``DaemonConfig`` fields (``validate``, ``gcs_shards`` ...).
     """
     _check_timing(extra)
+    limit = extra.get("timeline_limit", 0)
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise ValueError(f"timeline_limit must be an int >= 0 (the task runs a node keeps for penumbra.timeline(); "
+                         f"0 keeps none), got {limit!r}")
     session = new_session_name()
     session_dir = os.path.join(private_sessions_dir(), session)
     os.mkdir(session_dir, 0o700)  # a fresh name: fails rather than reuse anything
@@ -178,6 +186,15 @@ def start_daemon(*, head: bool, token: str | None = None, head_address: str = ""
     env = dict(os.environ)
     env.pop("PENUMBRA_TOKEN", None)  # the daemon and its workers must not inherit it
     env["PENUMBRA_READY_FD"] = str(w)
+    # As Ray does for its workers: numeric libraries start one thread each
+    # unless the user chose otherwise (set the variable before init() or
+    # penumbra start).  Without this every worker's BLAS starts a thread
+    # per core and N workers on N cores fight over them: a numpy
+    # matrix-vector product in a worker measured 20x slower on a busy
+    # 2-core machine.  It must be in the daemon's environment: workers are
+    # forked from a zygote that imported numpy, too late to change it there.
+    for var in THREAD_LIMITS:
+        env.setdefault(var, "1")
     # Its own log as stdout and stderr, from the first instruction on: the
     # caller's terminal (or a $(...) capture, a pipe, CI) is not held open,
     # and a traceback at import, a crash in C or at exit all land in the log.
@@ -288,7 +305,7 @@ def start_embedded(*, num_cpus=None, num_gpus=None, resources=None, object_store
     fresh token, exiting with this process."""
     extra = {k: v for k, v in (system_config or {}).items() if k in (
         "validate", "gcs_shards", "chain_length", "node_timeout", "heartbeat_interval",
-        "forward_queue_threshold", "shm_root")}
+        "forward_queue_threshold", "shm_root", "timeline_limit")}
     return start_daemon(head=True, num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
                         object_store_memory=object_store_memory, parent_pid=os.getpid(), **extra)
 

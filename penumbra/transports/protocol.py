@@ -111,6 +111,9 @@ class Ran:
     task_id: TaskId
     outputs: tuple[tuple[ObjectId, int, bytes | None], ...]
     duration: float
+    # when it ended, on the host's monotonic clock (``time.perf_counter``):
+    # the daemon turns it into the run's span on its node's clock
+    ended: float = 0.0
 
 
 @_frozen
@@ -119,6 +122,7 @@ class Raised:
     error: ErrorInfo
     retryable: bool
     duration: float
+    ended: float = 0.0  # as ``Ran.ended``
 
 
 @_frozen
@@ -153,14 +157,51 @@ class NodeHello:
 
     node_id: str
     address: str  # host:port where it serves transfers and peers
+    replicas: tuple[str, ...] = ()  # GCS replicas it hosts (to the head: route them here)
 
 
 @_frozen
 class PeerTable:
-    """Head daemon to node daemons: where every node daemon listens."""
+    """Head daemon to node daemons: where every node daemon listens.
+
+    Answering ``AddressesRequest`` (``penumbra status``), the head daemon
+    also says where each GCS replica lives (``replicas``: replica address ->
+    host:port of the daemon hosting it), the shards' chains (``chains``:
+    ``ChainConfig`` per shard, head of the chain first) and how each node's
+    link to the head is doing (``links``: node id -> a few words)."""
 
     peers: dict[str, str]
     head_node: str = ""
+    replicas: dict[str, str] | None = None
+    chains: tuple = ()
+    links: dict[str, str] | None = None
+
+
+@_frozen
+class HeadInfo:
+    """Head daemon to a node daemon that just connected: what a node needs
+    to know of the cluster's shape to host GCS replicas."""
+
+    gcs_shards: int
+    host_replicas: bool = False  # the head asks this node to host replicas (--gcs-replicas-on-nodes)
+
+
+@_frozen
+class ReplicasHosted:
+    """Node daemon to head daemon: these GCS replica addresses live in my
+    process; route their messages over this connection.  Sent on every
+    (re)connection, before any message of those replicas."""
+
+    node_id: str
+    replicas: tuple[str, ...]
+
+
+@_frozen
+class Closing:
+    """Daemon to its drivers, just before it closes their connections: why
+    (the connection error they see then names it)."""
+
+    reason: str
 
 
 @_frozen
@@ -190,11 +231,33 @@ class AddressesRequest:
     included)."""
 
 
+@_frozen
+class TimelineRequest:
+    """A command-line client or a driver asks a daemon for what ran on its
+    node's workers (``penumbra.timeline()``); the answer is a
+    ``TimelineReply``."""
+
+
+@_frozen
+class TimelineReply:
+    """A node's ``TaskRun``s (``core.timeline``), oldest first.  Their times
+    are on the node's clock, which read ``clock`` when ``time.time()``
+    read ``wall``: a run's wall-clock start is ``start - clock + wall``.
+    ``recorded`` counts every run ever kept, ``limit`` how many are kept."""
+
+    node_id: str
+    runs: tuple
+    clock: float
+    wall: float
+    recorded: int = 0
+    limit: int = 0
+
+
 from ..core._fastinit import install_init as _install_init  # noqa: E402
 from ..core._pickling import install as _install_pickling  # noqa: E402
 
 _MESSAGES = (Deliver, ClientHello, ClientWelcome, Output, ClusterLog, Run, Ran, Raised, Interrupt,
              Checkpoint, Checkpointed, Exit, NodeHello, PeerTable, FetchRequest, FetchReply, StopCluster,
-             AddressesRequest)
+             AddressesRequest, TimelineRequest, TimelineReply, HeadInfo, ReplicasHosted, Closing)
 _install_pickling(*_MESSAGES)
 _install_init(*_MESSAGES)

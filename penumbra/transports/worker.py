@@ -385,6 +385,12 @@ class Worker:
         reaches the driver before its result does."""
         self._flush_output()
         self.rt.close_wait_watch()
+        # (the end of the run for the timeline: after its output and its
+        # results are out, so the next call on this worker starts later)
+        if type(item) is P.Ran:
+            item = P.Ran(item.task_id, item.outputs, item.duration, time.perf_counter())
+        else:
+            item = P.Raised(item.task_id, item.error, item.retryable, item.duration, time.perf_counter())
         self.rt._send(item)
 
     @staticmethod
@@ -422,6 +428,7 @@ def run_worker(cfg: dict, token: str, worker_id: str) -> None:
             print(f"penumbra worker {worker_id}: cannot connect to the daemon: {e}", file=sys.__stderr__)
         os._exit(1)
     rt = ClientRuntime(bridge, ch, welcome, is_worker=True)
+    rt.token = token
     worker = Worker(rt)
     rt.on_item = worker.on_item
     rt.task_cancelled = worker.cancelled.__contains__

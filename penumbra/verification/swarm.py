@@ -65,6 +65,7 @@ from ..sim.cluster import SimActor, SimCluster, SimNode
 from ..api.runtime import Runtime
 from ..sim.costs import PAPER
 from ..sim.trace import Trace
+from .._progress import Progress
 from . import checkers as C
 from .workload import (CUSTOM, GPUS_PER_NODE, LARGE_SIZES, SLOT, SLOTS_PER_NODE, STORE_SIZES, VActor, VCall,
                        VerifyExecutor, Workload, add_actor_kinds, add_burst, add_callers, add_cancels, add_flaky,
@@ -1399,21 +1400,28 @@ def _task_ids(ev: Any) -> list[TaskId]:
 
 
 def run_swarm(seeds, *, stop_on_failure: bool = False, progress: bool = False, validate: bool = True) -> list[SeedReport]:
+    """Check each seed in turn.  ``progress``: seeds done and failing so
+    far on stderr (a bar on a terminal, a line per tenth of the run in a
+    log; see ``penumbra._progress``)."""
     reports = []
     seeds = list(seeds)
-    for i, s in enumerate(seeds):
-        r = check_seed(s, validate=validate)
-        if r.ok:
-            r.run = r.reference = None  # keep memory flat
-        reports.append(r)
-        if progress and (sys.stderr.isatty() or (i + 1) % 50 == 0 or i + 1 == len(seeds)):
-            bad = sum(1 for x in reports if not x.ok)
-            end = "" if sys.stderr.isatty() else "\n"
-            print(f"\r  {i + 1}/{len(seeds)} seeds, {bad} failing", end=end, file=sys.stderr, flush=True)
-        if stop_on_failure and not r.ok:
-            break
-    if progress and sys.stderr.isatty():
-        print(file=sys.stderr)
+    bar = Progress(len(seeds), "verify", "seeds") if progress and seeds else None
+    bad = 0
+    try:
+        for s in seeds:
+            r = check_seed(s, validate=validate)
+            if r.ok:
+                r.run = r.reference = None  # keep memory flat
+            else:
+                bad += 1
+            reports.append(r)
+            if bar is not None:
+                bar.update(1, failing=bad)
+            if stop_on_failure and not r.ok:
+                break
+    finally:
+        if bar is not None:
+            bar.close()
     return reports
 
 

@@ -1,0 +1,464 @@
+"""A GCS that outlives its head, on real processes (loopback).
+
+A cluster of three daemons on this machine: the head (A), a node started
+with ``--gcs-replica`` (B: its replica joins the shard's chain as the tail,
+so every acknowledged write is in B's process too) and a plain node (C).  A
+driver connected to C writes acknowledged data: keys through the GCS's kv
+table, a named detached actor, finished tasks.  Then every process of the
+head's daemon is killed with SIGKILL (the daemon, its zygote, its workers)
+and ``penumbra start --head --recover B`` starts a new head at the same
+address.  Checked:
+
+* the driver that was using the cluster gets ``ClusterConnectionLostError``
+  naming the lost head within a bound (never a hang);
+* every acknowledged kv write reads back exactly, the job counter goes on
+  (no job id is handed out twice), the detached actor answers by name, and
+  a new driver runs tasks on every node.
+
+The same scenario runs across network namespaces in
+``tests/test_multihost.py`` (``test_head_host_killed_recovered_from_a_node_replica``);
+the driver scripts are shared (``OLD_DRIVER``, ``NEW_DRIVER``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FAST = ("--node-timeout", "3", "--heartbeat-interval", "0.5")
+STORE = ("--object-store-memory", str(128 << 20))
+KEYS = 40
+LOST_BOUND = 15.0  # seconds: the old driver's error must come within this (a bound on a hang)
+
+# The driver that uses the cluster when its head dies.  argv: address, dir.
+# It writes acknowledged data, says so in ``dir/written``, blocks on a task
+# that sleeps, and records what that ``get`` raised, and when, in
+# ``dir/old-result``.
+OLD_DRIVER = r'''
+import json, os, sys, time
+import penumbra as ray
+from penumbra.api import context
+from penumbra.core.tables import KvPut
+
+address, out = sys.argv[1], sys.argv[2]
+
+def say(name, value):
+    with open(os.path.join(out, name + ".tmp"), "w") as f:
+        json.dump(value, f)
+    os.replace(os.path.join(out, name + ".tmp"), os.path.join(out, name))
+
+ray.init(address=address, namespace="recover-test")
+rt = context.current_runtime()
+for i in range(KEYS):
+    assert rt.gcs_request(KvPut(f"recover-test:{i}", {"i": i, "square": i * i}), timeout=60) is not None
+
+@ray.remote(max_restarts=-1, resources={"c": 1})
+class Keeper:
+    def __init__(self):
+        self.calls = 0
+    def hi(self):
+        self.calls += 1
+        return "hi", self.calls
+
+@ray.remote(resources={"c": 1})
+def square(i):
+    return i * i
+
+@ray.remote(resources={"c": 1}, max_retries=0)
+def sleeper():
+    time.sleep(600)
+
+keeper = Keeper.options(name="keeper", lifetime="detached").remote()
+assert ray.get(keeper.hi.remote(), timeout=60) == ("hi", 1)
+squares = ray.get([square.remote(i) for i in range(20)], timeout=60)
+ref = sleeper.remote()
+say("written", {"job": rt.job_id, "squares": squares})
+try:
+    ray.get(ref)
+    say("old-result", {"error": None, "at": time.time()})
+except Exception as e:
+    say("old-result", {"error": type(e).__name__, "message": str(e), "at": time.time(),
+                       "address": getattr(e, "address", "")})
+'''.replace("KEYS", str(KEYS))
+
+# A driver after the recovery.  argv: address.  Prints one JSON line.
+NEW_DRIVER = r'''
+import json, sys
+import penumbra as ray
+from penumbra.api import context
+from penumbra.core.tables import Get
+
+ray.init(address=sys.argv[1], namespace="recover-test")
+rt = context.current_runtime()
+kv = {i: rt.gcs_request(Get("kv", f"recover-test:{i}"), timeout=60) for i in range(KEYS)}
+keeper = ray.get_actor("keeper")
+hi = ray.get(keeper.hi.remote(), timeout=60)
+
+@ray.remote(num_cpus=0)
+def where(i):
+    return i * 3, ray.get_runtime_context().get_node_id()
+
+@ray.remote(resources={"b": 1})
+def on_b(i):
+    return i + 1000, ray.get_runtime_context().get_node_id()
+
+@ray.remote(resources={"c": 1})
+def on_c(i):
+    return i + 2000, ray.get_runtime_context().get_node_id()
+
+spread = ray.get([where.options(scheduling_strategy="SPREAD").remote(i) for i in range(30)], timeout=120)
+b = ray.get([on_b.remote(i) for i in range(5)], timeout=120)
+c = ray.get([on_c.remote(i) for i in range(5)], timeout=120)
+print(json.dumps({"kv": {str(k): v for k, v in kv.items()}, "hi": list(hi), "job": rt.job_id,
+                  "spread": [v for v, _ in spread], "b": [v for v, _ in b], "c": [v for v, _ in c],
+                  "nodes": sorted({n for _, n in spread + b + c})}))
+'''.replace("KEYS", str(KEYS))
+
+
+def check_old_driver(result: dict, t_kill: float, head: str) -> float:
+    """The old driver failed with a clear error naming the lost head, within
+    ``LOST_BOUND`` seconds of the kill; returns how long it took."""
+    assert result["error"] == "ClusterConnectionLostError", result
+    took = result["at"] - t_kill
+    assert took < LOST_BOUND, f"the old driver learnt of the loss {took:.1f} s after the kill"
+    assert head in result["message"] and "--recover" in result["message"], result["message"]
+    return took
+
+
+def check_recovered(res: dict, written: dict, want_nodes: int) -> None:
+    assert res["kv"] == {str(i): {"i": i, "square": i * i} for i in range(KEYS)}, res["kv"]
+    assert res["hi"][0] == "hi"
+    assert res["job"] > written["job"], (res["job"], written["job"])  # the job counter survived
+    assert written["squares"] == [i * i for i in range(20)]
+    assert res["spread"] == [i * 3 for i in range(30)]
+    assert res["b"] == [i + 1000 for i in range(5)] and res["c"] == [i + 2000 for i in range(5)]
+    assert len(res["nodes"]) >= want_nodes, res["nodes"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _session_members(leaders: set[int]) -> list[int]:
+    """Every process whose session is one of ``leaders`` (a daemon started
+    by ``penumbra start`` leads its own session: its zygote and workers are
+    in it)."""
+    out = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[3]) in leaders:
+            out.append(int(name))
+    return out
+
+
+def _kill_sessions(leaders: set[int]) -> None:
+    for _ in range(3):
+        pids = _session_members(leaders)
+        if not pids:
+            return
+        for p in pids:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.2)
+
+
+class _Local:
+    """``penumbra`` commands and drivers on this machine, in a private HOME."""
+
+    def __init__(self, tmp) -> None:
+        self.tmp = str(tmp)
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("PENUMBRA_")}
+        self.env.update(HOME=self.tmp, PENUMBRA_TMPDIR=os.path.join(self.tmp, "sessions"),
+                        PYTHONPATH=REPO + os.pathsep + self.env.get("PYTHONPATH", ""), PYTHONUNBUFFERED="1")
+        self.daemons: set[int] = set()
+        self.procs: list[subprocess.Popen] = []
+        self.token_file = os.path.join(self.tmp, "token")
+
+    def penumbra(self, *args: str, check: bool = True, timeout: float = 90) -> str:
+        r = subprocess.run([sys.executable, "-m", "penumbra.cli", *args], capture_output=True, text=True,
+                           env=self.env, timeout=timeout)
+        for m in re.finditer(r"\(pid (\d+)", r.stdout):
+            self.daemons.add(int(m.group(1)))
+        if check and r.returncode != 0:
+            raise AssertionError(f"penumbra {' '.join(args)} exited with {r.returncode}:\n{r.stdout}\n{r.stderr}")
+        return r.stdout + r.stderr
+
+    def driver(self, text: str, *argv: str) -> subprocess.Popen:
+        path = os.path.join(self.tmp, f"driver{len(self.procs)}.py")
+        with open(path, "w") as f:
+            f.write(text)
+        env = dict(self.env, PENUMBRA_TOKEN=open(self.token_file).read().strip())
+        p = subprocess.Popen([sys.executable, path, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env=env)
+        self.procs.append(p)
+        return p
+
+    def close(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=10)
+        _kill_sessions(self.daemons)
+        from penumbra.transports.shm_store import cleanup_stale_sessions
+
+        try:
+            cleanup_stale_sessions("/dev/shm", only=set(os.listdir(os.path.join(self.tmp, "sessions"))))
+        except OSError:
+            pass
+
+
+def wait_for(cond, what: str, timeout: float = 60.0, proc: subprocess.Popen | None = None):
+    deadline = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        if proc is not None and proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"the driver exited ({proc.returncode}) while waiting for {what}:\n{out}\n{err}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def read_json(path: str):
+    return json.load(open(path)) if os.path.exists(path) else None
+
+
+def finish(p: subprocess.Popen, timeout: float = 180.0) -> dict:
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate()
+        raise AssertionError(f"driver did not finish within {timeout} s:\n{out}\n{err}")
+    assert p.returncode == 0, f"driver exited with {p.returncode}:\n{out}\n{err}"
+    return json.loads([ln for ln in out.splitlines() if ln.strip()][-1])
+
+
+@pytest.mark.timeout(240)
+def test_head_killed_recovered_from_a_node_replica_on_loopback(tmp_path):
+    local = _Local(tmp_path)
+    try:
+        port, port_b, port_c = _free_port(), _free_port(), _free_port()
+        head = f"127.0.0.1:{port}"
+        out = local.penumbra("start", "--head", "--port", str(port), "--num-cpus", "1", *FAST, *STORE)
+        token = re.search(r"Cluster token \(keep it secret\): (\w+)", out).group(1)
+        fd = os.open(local.token_file, os.O_WRONLY | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+        head_pid = int(re.search(r"\(pid (\d+)", out).group(1))
+        local.penumbra("start", "--address", head, "--port", str(port_b), "--gcs-replica", "--num-cpus", "1",
+                       "--resources", '{"b": 2}', *FAST, *STORE)
+        local.penumbra("start", "--address", head, "--port", str(port_c), "--num-cpus", "2",
+                       "--resources", '{"c": 4}', *FAST, *STORE)
+        replica_b = f"127.0.0.1:{port_b}"
+
+        def status(want) -> str | None:
+            text = local.penumbra("status", "--address", head, check=False)
+            return text if want(text) else None
+
+        text = wait_for(lambda: status(lambda s: s.count(" alive ") == 3 and re.search(
+            rf"gcs:0:\S+\s+{re.escape(replica_b)}\s+tail", s)), "B's replica to be the chain's tail")
+        assert re.search(rf"gcs:0:0\s+{re.escape(head)}\s+head", text), text
+
+        old = local.driver(OLD_DRIVER, f"127.0.0.1:{port_c}", local.tmp)
+        written = wait_for(lambda: read_json(os.path.join(local.tmp, "written")), "the writes", proc=old,
+                           timeout=120)
+        time.sleep(0.5)  # (the sleeper reached its worker)
+        t_kill = time.time()
+        _kill_sessions({head_pid})  # kill -9: the head daemon, its zygote and workers
+        assert not _session_members({head_pid})
+
+        local.penumbra("start", "--head", "--port", str(port), "--recover", replica_b, "--token-file",
+                       local.token_file, "--num-cpus", "1", *FAST, *STORE)
+        old_result = wait_for(lambda: read_json(os.path.join(local.tmp, "old-result")), "the old driver's error",
+                              timeout=LOST_BOUND + 5)
+        lost_after = check_old_driver(old_result, t_kill, head)
+        wait_for(lambda: status(lambda s: s.count(" alive ") == 3), "three live nodes after the recovery")
+        res = finish(local.driver(NEW_DRIVER, f"127.0.0.1:{port_c}"))
+        recovered = time.time() - t_kill
+        check_recovered(res, written, want_nodes=3)
+        print(f"\n[recover] loopback: old driver told {lost_after:.2f} s after the kill; cluster usable again "
+              f"(acknowledged writes read back, new job done) {recovered:.2f} s after the kill")
+        # this machine's nodes are still known to the recovered cluster's entry: 'penumbra stop' stops all three
+        assert "(3 daemon(s))" in local.penumbra("stop")
+    finally:
+        local.close()
+
+
+def _start_three(local: _Local) -> tuple[str, int, str]:
+    """Head, node B with --gcs-replica, node C; returns (head, head pid, B)."""
+    port, port_b = _free_port(), _free_port()
+    head = f"127.0.0.1:{port}"
+    out = local.penumbra("start", "--head", "--port", str(port), "--num-cpus", "1", *FAST, *STORE)
+    token = re.search(r"Cluster token \(keep it secret\): (\w+)", out).group(1)
+    fd = os.open(local.token_file, os.O_WRONLY | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    local.penumbra("start", "--address", head, "--port", str(port_b), "--gcs-replica", "--num-cpus", "1", *FAST,
+                   *STORE)
+    return head, int(re.search(r"\(pid (\d+)", out).group(1)), f"127.0.0.1:{port_b}"
+
+
+@pytest.mark.timeout(120)
+def test_a_replica_outlives_its_nodes_rejoin_and_joins_its_chain_again(tmp_path):
+    """Node B (hosting a replica) stops for longer than the node timeout
+    (SIGSTOP): the head declares it dead and the chain master cuts its
+    replica.  When B runs again it is fenced and rejoins as a fresh node;
+    its replica, kept across the rejoin, joins the chain again as the tail,
+    and the writes made while it was out are in it (a key written then reads
+    back from it: reads are served by the tail)."""
+    local = _Local(tmp_path)
+    try:
+        head, _, replica_b = _start_three(local)
+
+        def status(want) -> str | None:
+            text = local.penumbra("status", "--address", head, check=False)
+            return text if want(text) else None
+
+        wait_for(lambda: status(lambda s: re.search(rf"gcs:0:\S+\s+{re.escape(replica_b)}\s+tail", s)),
+                 "B's replica to be the tail")
+        b_pid = max(local.daemons)  # (started last)
+        os.kill(b_pid, signal.SIGSTOP)
+        try:
+            wait_for(lambda: status(lambda s: " dead " in s and "gcs:0:0" in s and "head+tail" in s),
+                     "B declared dead and its replica cut", timeout=30)
+            writer = local.driver(r'''
+import json, sys
+import penumbra as ray
+from penumbra.api import context
+from penumbra.core.tables import KvPut
+ray.init(address=sys.argv[1])
+print(json.dumps(context.current_runtime().gcs_request(KvPut("while-b-was-out", 42), timeout=60)))
+''', head)
+            finish(writer, timeout=60)
+        finally:
+            os.kill(b_pid, signal.SIGCONT)
+        text = wait_for(lambda: status(lambda s: re.search(rf"node:\S+\.1\s+{re.escape(replica_b)}\s+alive", s)
+                                       and re.search(rf"gcs:0:\S+\s+{re.escape(replica_b)}\s+tail", s)),
+                        "B to rejoin and its replica to be the tail again", timeout=60)
+        assert re.search(rf"gcs:0:0\s+{re.escape(head)}\s+head ", text), text
+        reader = local.driver(r'''
+import json, sys
+import penumbra as ray
+from penumbra.api import context
+from penumbra.core.tables import Get
+ray.init(address=sys.argv[1])
+print(json.dumps(context.current_runtime().gcs_request(Get("kv", "while-b-was-out"), timeout=60)))
+''', head)
+        assert finish(reader, timeout=60) == 42
+    finally:
+        local.close()
+
+
+@pytest.mark.timeout(60)
+def test_recover_without_its_replica_hosts_fails_clearly(tmp_path):
+    """--recover naming an address where no replica host reconnects: the
+    start fails within --recover-wait with a message saying what to give;
+    misused flags are refused where they were given."""
+    local = _Local(tmp_path)
+    try:
+        with open(local.token_file, "w") as f:
+            f.write("0" * 64 + "\n")
+        port = _free_port()
+        t0 = time.monotonic()
+        out = local.penumbra("start", "--head", "--port", str(port), "--recover", "127.0.0.1:9", "--recover-wait",
+                             "2", "--token-file", local.token_file, "--num-cpus", "1", *STORE, check=False)
+        assert time.monotonic() - t0 < 30
+        assert "cannot recover the cluster" in out and "127.0.0.1:9" in out and "--gcs-replica" in out, out
+        out = local.penumbra("start", "--head", "--gcs-replica", check=False)
+        assert "--gcs-replica is for a node" in out, out
+        out = local.penumbra("start", "--address", "127.0.0.1:1", "--recover", "127.0.0.1:2", check=False)
+        assert "--recover starts a new head" in out, out
+        out = local.penumbra("start", "--head", "--recover", "nonsense", check=False)
+        assert "--recover must be HOST:PORT" in out, out
+    finally:
+        local.close()
+
+
+@pytest.mark.timeout(120)
+def test_the_head_places_replicas_on_the_first_k_nodes(tmp_path):
+    """``--gcs-replicas-on-nodes 1``: the first node to join hosts a replica
+    (it becomes the tail), the second does not; when the replica host is
+    lost, the next node to join is asked to host one."""
+    local = _Local(tmp_path)
+    try:
+        port = _free_port()
+        head = f"127.0.0.1:{port}"
+        local.penumbra("start", "--head", "--port", str(port), "--num-cpus", "1", "--gcs-replicas-on-nodes", "1",
+                       *FAST, *STORE)
+        ports = [_free_port() for _ in range(3)]
+        pids = []
+        for p in ports[:2]:
+            out = local.penumbra("start", "--address", head, "--port", str(p), "--num-cpus", "1", *FAST, *STORE)
+            pids.append(int(re.search(r"\(pid (\d+)", out).group(1)))
+
+        def status(want) -> str | None:
+            text = local.penumbra("status", "--address", head, check=False)
+            return text if want(text) else None
+
+        first, second = (f"127.0.0.1:{p}" for p in ports[:2])
+        text = wait_for(lambda: status(lambda s: s.count(" alive ") == 3 and re.search(
+            rf"gcs:0:\S+\s+{re.escape(first)}\s+tail", s)), "the first node's replica to be the tail")
+        assert second not in text.split("GCS REPLICA")[1], text
+        os.kill(pids[0], signal.SIGKILL)  # the replica host is lost
+        third = f"127.0.0.1:{ports[2]}"
+        local.penumbra("start", "--address", head, "--port", str(ports[2]), "--num-cpus", "1", *FAST, *STORE)
+        text = wait_for(lambda: status(lambda s: re.search(rf"gcs:0:\S+\s+{re.escape(third)}\s+tail", s)),
+                        "the next node to join to host a replica", timeout=60)
+        assert second not in text.split("GCS REPLICA")[1], text
+    finally:
+        local.close()
+
+
+@pytest.mark.timeout(120)
+def test_status_shows_each_nodes_link_health(tmp_path):
+    """``penumbra status``'s LINK column: ``local`` for the head's own node,
+    ``ok`` for a node heard from, ``missed N/LIMIT`` while a node is silent
+    (stopped here with SIGSTOP, within a long node timeout), ``ok`` again
+    once it is heard."""
+    local = _Local(tmp_path)
+    try:
+        port, port_b = _free_port(), _free_port()
+        head = f"127.0.0.1:{port}"
+        slow = ("--node-timeout", "20", "--heartbeat-interval", "0.5")
+        local.penumbra("start", "--head", "--port", str(port), "--num-cpus", "1", *slow, *STORE)
+        out = local.penumbra("start", "--address", head, "--port", str(port_b), "--num-cpus", "1", *slow, *STORE)
+        b_pid = int(re.search(r"\(pid (\d+)", out).group(1))
+        node_b = rf"node:\S+\s+127\.0\.0\.1:{port_b}\s+alive\s+"
+
+        def status(want) -> str | None:
+            text = local.penumbra("status", "--address", head, check=False)
+            return text if want(text) else None
+
+        text = wait_for(lambda: status(lambda s: re.search(node_b + "ok ", s)), "node B's link ok")
+        assert re.search(rf"node:\S+\s+{re.escape(head)}\s+alive\s+local ", text), text
+        os.kill(b_pid, signal.SIGSTOP)
+        try:
+            text = wait_for(lambda: status(lambda s: re.search(node_b + r"missed \d+/40 ", s)),
+                            "node B's missed heartbeats", timeout=15)
+        finally:
+            os.kill(b_pid, signal.SIGCONT)
+        wait_for(lambda: status(lambda s: re.search(node_b + "ok ", s)), "node B's link ok again")
+    finally:
+        local.close()

@@ -141,15 +141,21 @@ def test_progress_moves_within_a_point():
 
 
 def test_progress_prints_plain_lines_when_not_a_terminal(monkeypatch):
+    """Through the project's progress helper: a line per tenth in a log
+    (fractional units are fine), a tqdm bar on a terminal."""
     monkeypatch.delenv("PENUMBRA_NO_PROGRESS", raising=False)
     s = io.StringIO()
-    p = E.Progress(10, "fig8b", stream=s, plain_every=0)
-    p.update(3, "1000 nodes")
-    p.update(10)
+    p = E.Progress(2000, "fig8b", stream=s, unit="node-points")
+    p.update(650.5, "1000 nodes")
+    p.update(2000)
     p.close()
     lines = s.getvalue().splitlines()
-    assert lines[0].startswith("fig8b:  30.0% after") and "(1000 nodes)" in lines[0]
-    assert lines[-1].startswith("fig8b: 100.0%") and "\r" not in s.getvalue()
+    assert lines[0].startswith("fig8b: 650/2000 node-points (32%), 1000 nodes now")
+    assert lines[-1].startswith("fig8b: 2000/2000 node-points (100%)") and "\r" not in s.getvalue()
+    s = io.StringIO()
+    p = E.Progress(0.3, "fig10a", stream=s)  # simulated seconds: counted in percent
+    p.update(0.15)
+    assert s.getvalue().startswith("fig10a: 50/100 % (50%)")
 
     class Tty(io.StringIO):
         def isatty(self) -> bool:
@@ -159,4 +165,4 @@ def test_progress_prints_plain_lines_when_not_a_terminal(monkeypatch):
     p = E.Progress(10, "fig8b", stream=t)
     p.update(5, "100 nodes")
     p.close()
-    assert "50.0%" in t.getvalue() and "100 nodes" in t.getvalue()  # a tqdm bar
+    assert "\r" in t.getvalue() and "100 nodes" in t.getvalue()  # a tqdm bar

@@ -147,55 +147,39 @@ def _fmt(v: Any) -> str:
 
 
 class Progress:
-    """Progress of an experiment on stderr: ``update(done)``, ``close()``.
+    """An experiment's progress on stderr: ``update(done, note)``, ``close()``.
 
-    On a terminal it is a ``tqdm`` bar; otherwise (a log file, CI) it prints
-    a plain line at most every ``plain_every`` seconds of wall time (and at
-    the end), since a bar redrawn with carriage returns is unreadable in a
-    log.  Silent with ``enabled=False`` or when ``PENUMBRA_NO_PROGRESS`` is
-    set.
+    ``done`` is in the experiment's own units, fractions allowed (simulated
+    seconds, node-points of Figure 8b); it is shown through the project's
+    ``penumbra._progress.Progress`` (a tqdm bar on a terminal, a plain line
+    per tenth of the run in a log), counted in ``unit`` when given (whole
+    units) or in percent.  Silent with ``enabled=False`` or when
+    ``PENUMBRA_NO_PROGRESS`` is set.
     """
 
-    def __init__(self, total: float, label: str, enabled: bool = True, stream=None,
-                 plain_every: float = 10.0) -> None:
+    def __init__(self, total: float, label: str, enabled: bool = True, stream=None, unit: str | None = None,
+                 tty: bool | None = None) -> None:
+        from penumbra._progress import Progress as _Bar
+
         self.total = max(total, 1e-12)
         self.label = label
-        self.stream = stream or sys.stderr
-        self.enabled = enabled and not os.environ.get("PENUMBRA_NO_PROGRESS")
         self.done = 0.0
-        self.t0 = time.perf_counter()
-        self.plain_every = plain_every
-        self._last = float("-inf")
-        self._bar = None
-        self._drawn = False
-        if self.enabled and getattr(self.stream, "isatty", lambda: False)():
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=float(total), desc=label, file=self.stream, leave=False,
-                             bar_format="{desc} {percentage:5.1f}%|{bar}| {elapsed}<{remaining} {postfix}")
+        self._units = max(1, round(total)) if unit else 100
+        self._bar = _Bar(self._units, label, unit or "%", stream=stream, tty=tty) if enabled else None
 
     def update(self, done: float, note: str = "") -> None:
         self.done = done
-        if not self.enabled:
+        bar = self._bar
+        if bar is None:
             return
-        if self._bar is not None:
-            self._bar.n = min(float(done), self._bar.total)
+        units = min(self._units, int(done / self.total * self._units))
+        if units > bar.done:
             if note:
-                self._bar.set_postfix_str(note[:30], refresh=False)
-            self._bar.refresh()
-            self._drawn = True
-            return
-        now = time.perf_counter()
-        if now - self._last < self.plain_every and done < self.total:
-            return
-        self._last = now
-        frac = min(1.0, done / self.total)
-        el = now - self.t0
-        eta = f", about {el / frac - el:.0f} s left" if 0.02 < frac < 1 else ""
-        self.stream.write(f"{self.label}: {frac * 100:5.1f}% after {el:.0f} s{eta}"
-                          f"{' (' + note + ')' if note else ''}\n")
-        self.stream.flush()
-        self._drawn = True
+                bar.update(units - bar.done, now=note)
+            else:
+                bar.update(units - bar.done)
+        elif note and bar.notes.get("now") != note:
+            bar.notes["now"] = note
 
     def advance(self, by: float = 1.0, note: str = "") -> None:
         self.update(self.done + by, note)
@@ -203,7 +187,6 @@ class Progress:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
-            self._bar = None
 
 
 def _run_with_progress(c: SimCluster, until: float, prog: Progress | None, base: float = 0.0,
@@ -338,7 +321,7 @@ def fig8b(size: str = "quick", preset: str = "paper", seed: int = 0, progress: b
     # swings by a few percent over a period of ~100 tasks: measure longer)
     warm, meas = (300, 200) if size == "quick" else (300, 300)
     t0 = time.perf_counter()
-    prog = Progress(sum(nodes), "fig8b", progress)
+    prog = Progress(sum(nodes), "fig8b", progress, unit="node-points")
     rows, hashes = [], []
     done = 0
     for n in nodes:

@@ -861,8 +861,9 @@ def test_simpy_events_and_kernel_entries_share_the_calendar():
 
 
 def test_gc_paused_leaves_the_collector_on_and_frees_cycles_eventually():
-    """Between chunks the collector is on; cycles made inside blocks are
-    collected once enough has been made (no leak for good)."""
+    """Between chunks the collector is on and nothing is frozen (an explicit
+    gc.collect() frees cycles made inside a block); the block itself ends
+    with a full collection once enough has been made."""
     import gc
     import weakref
 
@@ -871,23 +872,31 @@ def test_gc_paused_leaves_the_collector_on_and_frees_cycles_eventually():
     class Node:
         pass
 
+    def cycles(n):
+        out = []
+        for _ in range(n):
+            a, b = Node(), Node()
+            a.b, b.a = b, a  # a cycle, dropped at once
+            out.append(weakref.ref(a))
+        return out
+
     assert gc.isenabled()
-    refs = []
     saved = dict(K._gc_state)
     try:
         K._gc_state.update(live=0, grown=0)
         with K.gc_paused():
             assert not gc.isenabled()
-            for _ in range(1000):
-                a, b = Node(), Node()
-                a.b, b.a = b, a  # a cycle, dropped at once
-                refs.append(weakref.ref(a))
+            refs = cycles(100)
+        assert gc.isenabled() and gc.get_freeze_count() == 0
+        assert any(r() is not None for r in refs)  # no pass ran: they wait in the oldest generation
+        gc.collect()
+        assert all(r() is None for r in refs)
+
+        with K.gc_paused():
+            refs = cycles(1000)
             junk = [[i] for i in range(1_100_000)]  # enough new objects to trigger
-            del a, b
-        assert gc.isenabled()
         del junk
         assert all(r() is None for r in refs)  # the block ended with a full collection
         assert K._gc_state["grown"] == 0 and K._gc_state["live"] > 0
     finally:
-        gc.unfreeze()
         K._gc_state.update(saved)

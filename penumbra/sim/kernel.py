@@ -277,28 +277,26 @@ def gc_paused():
 
     Why: a simulation allocates millions of long-lived objects.  Simply
     disabling the collector and enabling it again after a ``run()`` chunk
-    makes the first allocation after the chunk walk everything the chunk
-    left alive (0.4 s a chunk at 1,000 nodes; experiments run 20+ chunks).
-    Instead, at the end of the block every live object is *frozen*
-    (``gc.freeze``: moved out of the collector's sight, O(1)) before the
-    collector is enabled again, and thawed (``gc.unfreeze``, O(1)) when the
-    next block starts.  So code between chunks gets a working collector
-    that only looks at what it allocates itself.
+    leaves all of them in the youngest generation, so the first allocation
+    after the chunk walks everything the chunk left alive (0.4 s a chunk at
+    1,000 nodes; experiments run 20+ chunks).  Instead, at the end of the
+    block every live object is moved to the oldest generation
+    (``gc.freeze()`` then ``gc.unfreeze()``: two list splices, O(1)), where
+    it waits for a full collection as any long-lived object does.  Nothing
+    stays frozen: an explicit ``gc.collect()`` still sees everything.
 
-    Safety: garbage cycles made during a block are not lost for good.  The
-    blocks count the objects they leave (``gc.get_count()``, O(1)); when
-    that is four times what was alive after the last full collection run
-    here (and over a million), the block ends with one (``gc.collect()``,
-    where the old pass fell too): amortised O(1) per
-    object, as CPython's own rule for its oldest generation, and at most
-    ~4/5 of the objects made wait as garbage.  Nested blocks and a
-    collector that was already off are left alone.
+    Safety: CPython starts full collections by counting what survives its
+    younger generations, which these objects skip, so the blocks count the
+    objects they leave (``gc.get_count()``, O(1)); when that is four times
+    what was alive after the last full collection run here (and over a
+    million), the block ends with one (``gc.collect()``): amortised O(1) per
+    object, as CPython's own rule for its oldest generation.  Nested blocks
+    and a collector that was already off are left alone.
     """
     if not gc.isenabled():
         yield
         return
     gc.disable()
-    gc.unfreeze()
     st = _gc_state
     c0 = gc.get_count()[0]
     try:
@@ -312,6 +310,7 @@ def gc_paused():
             st["grown"] = 0
         else:
             gc.freeze()
+        gc.unfreeze()  # everything now in the oldest generation
         gc.enable()
 
 

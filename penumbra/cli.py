@@ -82,6 +82,8 @@ def cmd_start(args) -> int:
     for name in ("node_timeout", "heartbeat_interval", "timeline_limit"):
         if getattr(args, name) is not None:
             common[name] = getattr(args, name)
+    if getattr(args, "object_spilling_directory", None):
+        common["object_spilling_directory"] = os.path.abspath(args.object_spilling_directory)
     if getattr(args, "block", False):
         common["parent_pid"] = os.getpid()  # and if this command is killed outright, the daemon goes too
     if args.head == bool(args.address):
@@ -423,6 +425,11 @@ def cmd_stop(args) -> int:
         for sess in [info.get("session")] + [n.get("session") for n in info.get("nodes", [])]:
             if sess:
                 cleanup_session(sess)
+        from .transports.spill import cleanup_spill
+
+        for sdir in [info.get("session_dir")] + [n.get("session_dir") for n in info.get("nodes", [])]:
+            if sdir:
+                cleanup_spill(sdir)  # (a daemon killed before it cleaned up its spilled objects)
         cluster_file.remove_cluster(address)
         if info.get("local_node"):  # the head runs elsewhere: only this machine's node(s) stopped
             print(f"stopped this machine's node(s) of the cluster at {address} ({len(stopped)} daemon(s)); "
@@ -561,6 +568,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num-gpus", type=float, default=None)
     s.add_argument("--resources", help='custom resources as JSON, e.g. \'{"special": 2}\'')
     s.add_argument("--object-store-memory", type=int, default=None, help="bytes")
+    s.add_argument("--object-spilling-directory", default=None,
+                   help="where objects are spilled when the store is full of referenced ones "
+                        "(default: under the session directory)")
     s.add_argument("--node-timeout", type=_seconds, default=None,
                    help="seconds without heartbeats before the head declares a node dead (default 30, "
                         "as Ray's health checks; pass the same value to every node)")
@@ -631,7 +641,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("experiment", metavar="EXPERIMENT",
                    help="fig8a (object locality: data-aware vs unaware placement), fig8b (task throughput "
-                        "against cluster size), fig10a (GCS replica killed: read/write latency), fig11a "
+                        "against cluster size), fig10a (GCS replica killed: read/write latency), fig10b (GCS "
+                        "memory with and without flushing to disk), fig11a "
                         "(task throughput while nodes die and come back), fig11b (actor methods re-executed "
                         "after a failure, with and without checkpoints), or all")
     s.add_argument("--size", choices=("quick", "full"), default="quick",

@@ -277,7 +277,8 @@ def test_shutdown_stops_everything_and_frees_shared_memory():
 
 
 def test_object_store_full_is_an_error_not_a_hang():
-    ray.init(num_cpus=1, object_store_memory=64 << 20)
+    # (with spilling off: with it on, the put spills instead; see test_spilling.py)
+    ray.init(num_cpus=1, object_store_memory=64 << 20, _system_config={"automatic_object_spilling_enabled": False})
     try:
         keep = [ray.put(np.ones(20 << 20, dtype=np.uint8)) for _ in range(3)]  # pinned: 60 MiB
         with pytest.raises(exc.ObjectStoreFullError) as info:

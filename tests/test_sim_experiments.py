@@ -37,6 +37,14 @@ def test_fig10a_gcs_failure_latency_and_no_lost_write():
     assert r.passed, r.report()
 
 
+def test_fig10b_flushing_keeps_gcs_memory_flat_and_throughput():
+    r = E.fig10b("quick", progress=False)
+    assert r.summary["rows in memory at the end, off"] >= 20_000  # a task row and an object row per task
+    assert r.summary["rows in memory at the end, on"] < 4_000 < r.summary["rows on disk at the end, on"]
+    assert r.summary["throughput on (tasks/s)"] >= 0.9 * r.summary["throughput off (tasks/s)"]
+    assert r.passed, r.report()
+
+
 def test_fig11a_every_result_after_node_failures():
     r = E.fig11a("quick", progress=False)
     assert r.summary["results produced"] == r.summary["tasks"]
@@ -51,6 +59,9 @@ def test_fig11b_checkpoints_cut_replay_by_an_order_of_magnitude():
     assert restarted0 == restarted1 > 0
     assert replayed0 >= 10 * max(1, replayed1) and replayed1 > 0
     assert wrong0 == wrong1 == 0
+    # the plot's curves: methods the workers ran again, per run
+    assert len(r.series["without_reruns"]) >= 10 * max(1, len(r.series["with_reruns"]))
+    assert r.series["with_reruns"] and min(r.series["without_reruns"]) >= r.series["killed_at"]
     assert r.passed, r.report()
 
 
@@ -95,6 +106,7 @@ def test_local_preset_is_calibrated():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # (fig10b's full run takes about 2 minutes here, fig8b's a few)
 @pytest.mark.parametrize("name", list(E.EXPERIMENTS))
 def test_full_size(name):
     r = E.run(name, size="full", progress=False)

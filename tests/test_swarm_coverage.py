@@ -336,3 +336,83 @@ def test_quiet_cluster_checks_see_what_they_check(plans):
     crashing = sum(p.faults.worker_crash_rate > 0 and any(t.max_retries >= 0 for t in p.workload.tasks) for p in plans)
     losing = sum(bool(p.faults.first_failures()) and any(t.max_retries >= 0 for t in p.workload.tasks) for p in plans)
     assert zero >= 150 and zero_killed >= 30 and crashing >= 80 and losing >= 100, (zero, zero_killed, crashing, losing)
+
+
+def test_gcs_flushing_is_drawn_and_its_rows_come_back(plans, monkeypatch):
+    """(branch flushing) About a fifth of the seeds flush GCS rows to the
+    modelled disk; their runs really flush, read flushed rows back, and
+    bring some into memory again for a write."""
+    from penumbra.core import tables
+
+    on = [p for p in plans if p.layout.gcs_timing.flush is not None]
+    assert 30 <= len(on) <= 90, len(on)
+    seen = collections.Counter()
+    apply = tables.Tables.apply
+
+    def counting(self, op):
+        seen["restored"] += type(op) is tables.RestoreRows and bool(op.rows)
+        return apply(self, op)
+
+    monkeypatch.setattr(tables.Tables, "apply", counting)
+    for p in on:
+        r = swarm.run_plan(p, faults=True)
+        assert not r.violations, [str(v) for v in r.violations]
+        disk = r.cluster.gcs_disk
+        seen["flushed"] += disk.rows_written > 0
+        seen["read back"] += disk.loads > 0
+    assert seen["flushed"] >= 30 and seen["read back"] >= 5 and seen["restored"] > 0, dict(seen)
+
+# -- swarm-placement (issue 15): replicas on nodes, head crashes ------------
+
+
+def test_replicas_live_on_nodes_and_heads_crash(plans):
+    """The chain spans nodes that fail independently (replicas on nodes, on
+    seeds whose plans crash, cut or stop those nodes), and the head's host
+    crashes and a recovered head starts, from every replica, the live ones or
+    one per shard, sometimes while a replica crashes too."""
+    seen = collections.Counter()
+    for p in plans:
+        hosts = p.layout.replica_hosts
+        f = p.faults
+        seen["replicas on nodes"] += bool(hosts)
+        on = {int(n.split(":")[1]) for n in hosts.values()}
+        seen["a node hosting replicas fails"] += bool(on & set(f.first_failures()))
+        seen["a chain spans several nodes"] += any(
+            len({hosts.get(r) for r in c.replicas} - {None}) > 1 for c in p.layout.chains())
+        seen["a node hosts replicas of two shards"] += any(
+            len({r.split(":")[1] for r, n in hosts.items() if n == node}) > 1 for node in set(hosts.values()))
+        for _, down, how, replica in f.head_crashes:
+            seen["head crash"] += 1
+            seen[f"recovered from {how}"] += 1
+            seen["head down longer than the node timeout"] += down > p.layout.node_timeout
+            seen["a replica crashes while there is no head"] += bool(replica)
+            seen["head crash and a node hosting replicas fails"] += bool(on & set(f.first_failures()))
+    want = {"replicas on nodes": 80, "a node hosting replicas fails": 35, "a chain spans several nodes": 50,
+            "a node hosts replicas of two shards": 20, "head crash": 25, "recovered from all": 5,
+            "recovered from live": 5, "recovered from one": 5, "head down longer than the node timeout": 8,
+            "a replica crashes while there is no head": 8, "head crash and a node hosting replicas fails": 10}
+    short = {k: seen[k] for k, n in want.items() if seen[k] < n}
+    assert not short, f"too few of {len(SEEDS)} seeds draw: {short} ({dict(seen)})"
+
+
+def test_runs_lose_replicas_with_their_nodes_and_recover_the_head(plans):
+    """What such runs go through: replicas die with their node and restart
+    on its replacement; the head crashes and a recovered head takes over
+    (it adopts the chains and rebuilds, ``head.recovering`` ends); none of it
+    breaks a check."""
+    seen = collections.Counter()
+    placed = [p for p in plans if p.layout.replica_hosts and p.faults.crashes and not p.faults.head_crashes][:5]
+    heads = [p for p in plans if p.faults.head_crashes][:6]
+    for p in placed + heads:
+        r = swarm.run_plan(p, faults=True)
+        assert not r.violations, [str(v) for v in r.violations]
+        c = r.cluster
+        restarted = {a for _, what, a in c.events if what == "restart"}
+        # (a replica that moved died with its node and restarted on the
+        # node that replaced it)
+        seen["replicas restarted on a replacement"] += sum(1 for r, n in c.replica_node.items()
+                                                           if r in restarted and n != p.layout.replica_hosts[r])
+        seen["head recoveries"] += c.head_recoveries
+        seen["recoveries done"] += c.head_recoveries > 0 and c.head.recovering is None
+    assert seen["replicas restarted on a replacement"] > 0, dict(seen)
+    assert seen["head recoveries"] >= 5 and seen["recoveries done"] >= 5, dict(seen)

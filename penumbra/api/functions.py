@@ -57,6 +57,7 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
          resources: dict[str, float] | None = None, object_store_memory: int | None = None,
          namespace: str | None = None, ignore_reinit_error: bool = False, simulated: Any = None,
          log_to_driver: bool = True, include_dashboard: bool | None = None, logging_level: Any = None,
+         object_spilling_directory: str | None = None,
          _token: str | None = None, _system_config: dict | None = None, **kwargs) -> ClusterInfo:
     """Start or join a cluster and make it current in this process.
 
@@ -74,7 +75,16 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
         num_cpus, num_gpus, resources: the embedded node's resources
             (default: the machine's CPUs, no GPUs).
         object_store_memory: the embedded node's object store capacity in
-            bytes.
+            bytes.  When it is full of objects still referenced, the least
+            recently used are spilled to disk and read back on ``get``
+            (Ray's object spilling); ``ObjectStoreFullError`` only when the
+            disk refuses too.
+        object_spilling_directory: where the embedded node spills objects
+            (default: under its session directory).  Ray's form is accepted
+            too: ``_system_config={"object_spilling_config": json.dumps(
+            {"type": "filesystem", "params": {"directory_path": DIR}})}``,
+            with ``"object_spilling_threshold"`` (default 0.8) and
+            ``"automatic_object_spilling_enabled"``.
         namespace: the namespace of named actors.  Without one the job gets
             a fresh anonymous namespace, as in Ray: the named actors it
             creates are then invisible to other jobs (unless they give a
@@ -122,8 +132,11 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
             # friends): its start-up and our imports then overlap
             from ..transports.launch import start_embedded
 
+            system_config = dict(_system_config or {})
+            if object_spilling_directory is not None:
+                system_config["object_spilling_directory"] = _spill_dir_arg(object_spilling_directory)
             pending = start_embedded(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
-                                     object_store_memory=object_store_memory, system_config=_system_config or {})
+                                     object_store_memory=object_store_memory, system_config=system_config)
             try:
                 from ..transports.client import start_local
             except BaseException:
@@ -137,10 +150,12 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
                 from ..transports.cluster_file import find_cluster
 
                 address = find_cluster()
-            if any(v is not None for v in (num_cpus, num_gpus, resources, object_store_memory)):
+            if any(v is not None for v in (num_cpus, num_gpus, resources, object_store_memory,
+                                           object_spilling_directory)):
                 raise ValueError(
-                    "num_cpus, num_gpus, resources and object_store_memory describe a new node; when joining "
-                    "an existing cluster (address=...), give them to 'penumbra start' instead"
+                    "num_cpus, num_gpus, resources, object_store_memory and object_spilling_directory describe a "
+                    "new node; when joining an existing cluster (address=...), give them to 'penumbra start' "
+                    "instead"
                 )
             rt = connect(address, token=_token, namespace=namespace, log_to_driver=log_to_driver)
     if anonymous:
@@ -160,6 +175,13 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
 
 
 context.set_auto_init(init)
+
+
+def _spill_dir_arg(path: Any) -> str:
+    """``init(object_spilling_directory=...)``, checked where it was given."""
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise TypeError(f"init(object_spilling_directory=...) must be a directory path, got {path!r}")
+    return os.path.abspath(os.fspath(path))
 
 
 def shutdown() -> None:

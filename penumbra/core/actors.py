@@ -505,6 +505,15 @@ class ActorHost:
         self.node = node
         self.actors: dict[ActorId, _Hosted] = {}
         self.by_worker: dict[str, ActorId] = {}
+        # the last death this node reported of each actor it hosted: a head
+        # that died may never have read it, so a recovered head is told
+        # again (``NodeMachine._on_tasks_held_query``); it decides by
+        # incarnation, so a report it had already acted on changes nothing
+        self.reported: dict[ActorId, ActorReported] = {}
+
+    def report(self, msg: ActorReported) -> list[Command]:
+        self.reported[msg.actor_id] = msg
+        return [Send(to=self.node.head, msg=msg)]
 
     def held(self) -> ResourceSet:
         total = EMPTY
@@ -996,9 +1005,9 @@ class ActorHost:
         h = self.actors[aid]
         cmds = self._drop(h, f"actor worker {wid} died: {reason}", now, sid)
         error = ErrorInfo(ErrorKind.ACTOR_DIED, f"the actor's worker process died: {reason}", task_name=h.entry.spec.cls.name)
-        return cmds + [Send(to=self.node.head, msg=ActorReported(
+        return cmds + self.report(ActorReported(
             actor_id=aid, incarnation=h.entry.incarnation, node_id=self.node.address, error=error, stimulus_id=sid,
-        ))]
+        ))
 
     def _drop(self, h: _Hosted, why: str, now: float, sid: str) -> list[Command]:
         """Forget instance ``h``: its resources, its worker, its calls' pins

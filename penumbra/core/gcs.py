@@ -37,6 +37,15 @@ Joining
     tail retains its log so nothing committed after the snapshot is missed.
     The joiner reports ``ReplicaReady`` and the master appends it as the new
     tail; it serves reads only once its predecessor says it has caught up.
+    After a flush the snapshot carries the flushed-row *index* but not the
+    rows, which are on the chain members' own disks; so before it reports
+    ready the joiner copies them, one segment per message
+    (``FlushedRowsRequest`` -> the member loads them with ``LoadRows`` ->
+    ``FlushedRowsCopy``), and writes them to its own disk (``FlushRows``).
+    Otherwise, once the old members die and the joiner is the tail, a read
+    of a flushed row (lineage reconstruction) would find nothing.  A row a
+    member no longer holds is one a later logged op takes out of the index
+    (``RestoreRows``, ``ForgetJob``): the joiner applies it before it serves.
 
 A new head
     The replicas need no head to keep their config and serve: writes go
@@ -57,6 +66,20 @@ Forgetting
     ended and every node dropped its work, ``ForgetObject`` for a freed
     private put), so every replica forgets the same rows at the same point
     of the log; the rule of what goes and when is in ``tables.py``.
+
+Flushing
+    With ``GcsTiming.flush`` set (a ``FlushConfig``), the head replica of a
+    chain checks, every ``interval`` seconds, whether its tables hold more
+    than ``max_rows`` task and object rows; if so it writes ``FlushOld`` to
+    its own log (as client ``replica_id``), so the whole chain flushes the
+    same rows at the same log point (what may go is in ``tables.py``).
+    Each replica, applying it, emits ``FlushRows`` for its driver to write.
+    A read at the tail that needs flushed rows emits ``LoadRows`` and is
+    answered on ``RowsLoaded``.  A write to a flushed key waits at the head
+    (with every write behind it, so writes keep their order) while the row
+    loads, then goes in after a logged ``RestoreRows``.  The disk itself is
+    the driver's: files under the session directory on the real runtime, a
+    modelled disk in the simulator.
 
 The invariant that matters: **no acknowledged write is lost while one replica
 of the chain lives.**  A client is acknowledged only by the tail; every
@@ -94,7 +117,8 @@ from .messages import (
     TimerFired,
 )
 from .records import ChainConfig
-from .tables import Change, Op, Subscribe, Tables
+from .messages import FlushedRowsCopy, FlushedRowsRequest, FlushRows, LoadRows, RowsLoaded
+from .tables import Change, FlushOld, Op, RestoreRows, Subscribe, Tables
 
 __all__ = [
     "GcsSync",
@@ -103,6 +127,7 @@ __all__ = [
     "GcsReplica",
     "ChainMaster",
     "GcsTiming",
+    "FlushConfig",
 ]
 
 _frozen = dataclass(frozen=True, slots=True, kw_only=True)
@@ -138,14 +163,73 @@ class GcsRejoin(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class FlushConfig:
+    """When a GCS chain flushes old rows to disk (see "Flushing" above and in
+    ``tables.py``).
+
+    Args:
+        interval: seconds between the head replica's checks.
+        max_rows: flush when the shard holds more task and object rows than
+            this (all of them, counting rows that must stay, such as
+            objects still held in a store); a flush moves every row that
+            may go but ``keep_rows`` per table, up to ``batch``.
+        keep_rows: per table, the rows that became flushable last always
+            stay in memory (the horizon: recent rows are the ones read back
+            most).
+        batch: the most rows one flush moves (one segment on disk).
+
+    Raises:
+        ValueError: a value that cannot work (say which, and what to pass).
+    """
+
+    interval: float = 1.0
+    max_rows: int = 20_000
+    keep_rows: int = 2_000
+    batch: int = 20_000
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.interval, (int, float)) and self.interval > 0):
+            raise ValueError(f"FlushConfig.interval must be a positive number of seconds, got {self.interval!r}")
+        for name in ("max_rows", "keep_rows", "batch"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < (0 if name == "keep_rows" else 1):
+                raise ValueError(f"FlushConfig.{name} must be a{' non-negative' if name == 'keep_rows' else ' positive'} "
+                                 f"int, got {v!r}")
+        if self.keep_rows >= self.max_rows:
+            raise ValueError(f"FlushConfig.keep_rows ({self.keep_rows}) must be below max_rows ({self.max_rows}): "
+                             f"otherwise nothing would ever be flushed (e.g. max_rows=20000, keep_rows=2000)")
+
+    @classmethod
+    def from_value(cls, value: "FlushConfig | dict | bool | None") -> "FlushConfig | None":
+        """From a user's setting: None/False (off), True (defaults), a dict
+        of fields, or a ``FlushConfig``."""
+        if value is None or value is False:
+            return None
+        if value is True:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, dict):
+            unknown = set(value) - {"interval", "max_rows", "keep_rows", "batch"}
+            if unknown:
+                raise ValueError(f"unknown GCS flush setting(s) {sorted(unknown)}; use interval, max_rows, "
+                                 f"keep_rows, batch")
+            return cls(**value)
+        raise ValueError(f"the GCS flush setting must be True, False, None or a dict of FlushConfig fields "
+                         f"(interval, max_rows, keep_rows, batch), got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
 class GcsTiming:
     """Timeouts of the GCS (seconds).  Defaults follow Figure 10a's setting:
-    failure detection well within 30 ms of a replica dying."""
+    failure detection well within 30 ms of a replica dying.  ``flush``:
+    when to flush old rows to disk (None: never, the default)."""
 
     heartbeat_interval: float = 0.005
     heartbeat_timeout: float = 0.020
     resend_after: float = 0.010
     client_retry_after: float = 0.050
+    flush: FlushConfig | None = None
 
 
 @dataclass(slots=True)
@@ -200,6 +284,18 @@ class GcsReplica:
         self._last_forward_at: float = 0.0
         self._nb_config: ChainConfig | None = None
         self._nb: tuple[str | None, str | None] = (None, None)
+        # flushing (see "Flushing" above)
+        self._flush_check_at = 0.0  # the head's next look at the row count
+        self._internal_req = 0  # req ids of our own ops (FlushOld, RestoreRows)
+        self._loads: dict[Any, tuple] = {}  # LoadRows token -> ("r", read) | ("w", wants)
+        self._load_count = 0
+        self._parked: list[GcsWrite] = []  # writes waiting for rows to load, in order
+        self._loading: set[tuple[str, Any]] = set()
+        # joining after a flush (see "Joining" above): segment -> the wants
+        # of it still to copy, and when we last asked for the first ones
+        self._copying: dict[int, tuple] = {}
+        self._copy_asked: set[int] = set()
+        self._copy_asked_at: float | None = None
 
     # ------------------------------------------------------------------ roles
     @property
@@ -279,6 +375,8 @@ class GcsReplica:
             # whose dedup entry we have forgotten.  Applying it again would
             # apply it twice (found by the swarm: "write applied twice").
             return []
+        if self._parked or (self.tables.flush_next and self._flushed_key(ev.op) is not None):
+            return self._park_write(ev, now)  # its row is on disk (or a write ahead of it waits)
         self.seq = seq = self.seq + 1
         entry = self._apply(seq, client, req_id, ev.op, ev.low_water)
         return self._after_apply(entry, ev.stimulus_id, now)
@@ -345,6 +443,10 @@ class GcsReplica:
         return entry
 
     def _after_apply(self, entry: _Entry, sid: str, now: float) -> list[Command]:
+        if self.tables.flush_out is not None:  # (a FlushOld applied: to disk)
+            seg, rows = self.tables.flush_out
+            self.tables.flush_out = None
+            return [FlushRows(shard=self.shard, segment=seg, rows=rows, stimulus_id=sid)] + self._after_apply(entry, sid, now)
         pred, succ = self._neighbours() if self.active else (None, None)
         if succ is None:  # we are the tail
             self.committed = entry.seq
@@ -418,6 +520,8 @@ class GcsReplica:
         if not self._can_read():
             self.pending_reads.append(ev)
             return []
+        if self.tables.flush_next:
+            return self._answer_read(ev)
         return [Send(to=ev.client, msg=GcsReply(req_id=ev.req_id, result=self.tables.read(ev.query), shard=self.shard, stimulus_id=ev.stimulus_id))]
 
     def _can_read(self) -> bool:
@@ -425,6 +529,8 @@ class GcsReplica:
 
     def _serve_pending_reads(self) -> list[Command]:
         reads, self.pending_reads = self.pending_reads, []
+        if self.tables.flush_next:
+            return [c for r in reads for c in self._answer_read(r)]
         return [
             Send(to=r.client, msg=GcsReply(req_id=r.req_id, result=self.tables.read(r.query), shard=self.shard, stimulus_id=r.stimulus_id))
             for r in reads
@@ -516,18 +622,69 @@ class GcsReplica:
         return [Send(to=ev.replica, msg=StateSnapshot(shard=self.shard, epoch=self.config.epoch, seq=self.seq, snapshot=snap, dedup=dedup, stimulus_id=ev.stimulus_id))]
 
     def _on_snapshot(self, ev: StateSnapshot, now: float) -> list[Command]:
-        if not self.joining or ev.shard != self.shard:
-            return []
+        if not self.joining or ev.shard != self.shard or self._copying:
+            return []  # (a repeat while we copy the first one's flushed rows)
         self.tables = Tables.restore(ev.snapshot)
         dedup, floors = ev.dedup
         self.dedup = {c: dict(v) for c, v in dedup.items()}
         self.floors = dict(floors)
         self.seq = self.committed = ev.seq
         self.log.clear()
+        if self.tables.flush_next:
+            by_segment: dict[int, list] = {}
+            for table, idx in self.tables.flushed.items():
+                for key, seg in idx.items():
+                    by_segment.setdefault(seg, []).append((table, key, seg))
+            if by_segment:
+                self._copying = {seg: tuple(by_segment[seg]) for seg in sorted(by_segment)}
+                return self._ask_copies(now, ev.stimulus_id)
+        return self._joined(ev.stimulus_id)
+
+    def _joined(self, sid: Any) -> list[Command]:
+        """The snapshot (and the flushed rows it names) is ours: ready."""
         self.joining = False
         self.active = False  # until the master adds us
         self.awaiting_append = True
-        return [Send(to=self.master, msg=ReplicaReady(replica=self.replica_id, shard=self.shard, seq=ev.seq, stimulus_id=ev.stimulus_id))]
+        return [Send(to=self.master, msg=ReplicaReady(replica=self.replica_id, shard=self.shard, seq=self.seq, stimulus_id=sid))]
+
+    # at most this many segments asked for at once (each load reads a whole
+    # segment of up to FlushConfig.batch rows)
+    _COPY_WINDOW = 4
+
+    def _ask_copies(self, now: float, sid: str = "", again: bool = True) -> list[Command]:
+        """Ask the tail for the first segments still to copy (``again``:
+        those asked already too, their answer may have been lost)."""
+        c = self.config
+        if c is None or not c.replicas:
+            return []
+        window = list(self._copying)[:self._COPY_WINDOW]
+        ask = window if again else [seg for seg in window if seg not in self._copy_asked]
+        if ask:
+            self._copy_asked_at = now
+        self._copy_asked.update(ask)
+        return [Send(to=c.tail, msg=FlushedRowsRequest(replica=self.replica_id, shard=self.shard, segment=seg,
+                                                       wants=self._copying[seg], stimulus_id=sid))
+                for seg in ask]
+
+    def _on_copy_request(self, ev: FlushedRowsRequest, now: float) -> list[Command]:
+        """A joiner lacks flushed rows our disk holds: load and send them."""
+        if ev.shard != self.shard or not self.active or self.joining:
+            return []
+        token = self._new_token()
+        self._loads[token] = ("c", ev.replica, ev.segment)
+        return [LoadRows(shard=self.shard, token=token, wants=ev.wants, stimulus_id=ev.stimulus_id)]
+
+    def _on_copy(self, ev: FlushedRowsCopy, now: float) -> list[Command]:
+        if ev.shard != self.shard or not self.joining or self._copying.pop(ev.segment, None) is None:
+            return []  # (a repeat, or from a join we gave up)
+        cmds: list[Command] = []
+        if ev.rows:
+            cmds.append(FlushRows(shard=self.shard, segment=ev.segment, rows=ev.rows, stimulus_id=ev.stimulus_id))
+        if not self._copying:
+            self._copy_asked.clear()
+            self._copy_asked_at = None
+            return cmds + self._joined(ev.stimulus_id)
+        return cmds + self._ask_copies(now, ev.stimulus_id, again=False)  # slide the window on
 
     def _on_joined_config(self, ev: ChainConfigMsg, now: float) -> list[Command]:
         """Config handling while joining: find the tail to copy from."""
@@ -537,6 +694,8 @@ class GcsReplica:
         if self.replica_id in new.replicas:
             return self._on_config(ev, now)
         self.config = new
+        if self._copying:  # keep the snapshot; ask the new tail for the rest
+            return self._ask_copies(now, ev.stimulus_id)
         return [Send(to=new.tail, msg=StateTransferRequest(replica=self.replica_id, shard=self.shard, stimulus_id=ev.stimulus_id))]
 
     def _dispatch_config(self, ev: ChainConfigMsg, now: float) -> list[Command]:
@@ -556,6 +715,8 @@ class GcsReplica:
         self.joining = True
         self.active = False
         self._awaiting_catchup = False
+        self._copying = {}
+        self._copy_asked.clear()
         self.log.clear()
         self.pending_reads = []  # their clients retry at the new tail
         return [Send(to=self.master, msg=ReplicaJoin(replica=self.replica_id, shard=self.shard, stimulus_id=ev.stimulus_id))]
@@ -573,12 +734,16 @@ class GcsReplica:
             joining=self.joining or self.awaiting_append, client_req=client_req, stimulus_id=ev.stimulus_id))]
 
     # ------------------------------------------------------------------ timers
-    def _join_retries(self) -> list[Command]:
+    def _join_retries(self, now: float) -> list[Command]:
         """Re-send the joining steps whose message may have been lost."""
         c = self.config
         if self.joining:
             if c is None or self.replica_id in c.replicas:
                 return [Send(to=self.master, msg=ReplicaJoin(replica=self.replica_id, shard=self.shard))]
+            if self._copying:
+                if self._copy_asked_at is not None and now - self._copy_asked_at < self.timing.heartbeat_timeout:
+                    return []
+                return self._ask_copies(now)
             return [Send(to=c.tail, msg=StateTransferRequest(replica=self.replica_id, shard=self.shard))]
         if self.awaiting_append:
             if c is not None and self.replica_id in c.replicas:
@@ -595,7 +760,9 @@ class GcsReplica:
             Send(to=self.master, msg=self._heartbeat()),
         ]
         if self.joining or self.awaiting_append:
-            cmds += self._join_retries()
+            cmds += self._join_retries(now)
+        if self.timing.flush is not None or self._parked:
+            cmds += self._flush_tick(now)
         pred = self._predecessor()
         if pred is not None and self._awaiting_catchup:
             cmds.append(Send(to=pred, msg=GcsSync(shard=self.shard, epoch=self.config.epoch, seq=self.seq, replica=self.replica_id)))
@@ -617,6 +784,97 @@ class GcsReplica:
                     e.sent_at = now
                     cmds.append(Send(to=succ, msg=self._forward_msg(e)))
                 self._last_forward_at = now
+        return cmds
+
+    # ------------------------------------------------------------------ flushing
+    def _internal_write(self, op: Op, sid: str, now: float) -> list[Command]:
+        """Apply ``op`` at the head as our own write (client: this replica),
+        replicated down the chain like any other."""
+        self._internal_req += 1
+        rid = self._internal_req
+        self.seq = seq = self.seq + 1
+        entry = self._apply(seq, self.replica_id, rid, op, rid)
+        return self._after_apply(entry, sid, now)
+
+    def _flush_tick(self, now: float) -> list[Command]:
+        """The head's periodic look: flush if the shard holds too many rows.
+        (Also drops writes parked while we were head, once we are not: their
+        clients retry at the new head.)"""
+        if not self.is_head or self.joining:
+            if self._parked:
+                self._parked = []
+                self._loading.clear()
+            return []
+        f = self.timing.flush
+        if f is None or now < self._flush_check_at:
+            return []
+        self._flush_check_at = now + f.interval
+        d = self.tables.data
+        if len(d["tasks"]) + len(d["objects"]) <= f.max_rows:
+            return []
+        return self._internal_write(FlushOld(keep=f.keep_rows, limit=f.batch), "gcs-flush", now)
+
+    def flush_now(self, now: float, keep: int = 0, limit: int = 1 << 30) -> list[Command]:
+        """Flush at once (tests, operators); only the head replica may."""
+        if not self.is_head or self.joining:
+            raise RuntimeError(f"{self.replica_id} is not the head of its chain: only the head orders a flush "
+                               f"(the rest of the chain flushes when FlushOld reaches them)")
+        return self._internal_write(FlushOld(keep=keep, limit=limit), "gcs-flush", now)
+
+    def _flushed_key(self, op: Op) -> tuple[str, Any] | None:
+        """The (table, key) ``op`` writes if that row is on disk only."""
+        table, key = op.route()
+        if key is None or self.tables.flushed_segment(table, key) is None:
+            return None
+        return table, key
+
+    def _new_token(self) -> tuple:
+        self._load_count += 1
+        return ("gcs-load", self.replica_id, self._load_count)
+
+    def _park_write(self, ev: GcsWrite, now: float) -> list[Command]:
+        self._parked.append(ev)
+        tk = self._flushed_key(ev.op) if self.tables.flush_next else None
+        if tk is None or tk in self._loading:
+            return []
+        self._loading.add(tk)
+        wants = ((tk[0], tk[1], self.tables.flushed_segment(*tk)),)
+        token = self._new_token()
+        self._loads[token] = ("w", wants)
+        return [LoadRows(shard=self.shard, token=token, wants=wants, stimulus_id=ev.stimulus_id)]
+
+    def _answer_read(self, ev: GcsRead) -> list[Command]:
+        wants = self.tables.flushed_wants(ev.query)
+        if not wants:
+            return [Send(to=ev.client, msg=GcsReply(req_id=ev.req_id, result=self.tables.read(ev.query), shard=self.shard, stimulus_id=ev.stimulus_id))]
+        token = self._new_token()
+        self._loads[token] = ("r", ev)
+        return [LoadRows(shard=self.shard, token=token, wants=wants, stimulus_id=ev.stimulus_id)]
+
+    def _on_rows_loaded(self, ev: RowsLoaded, now: float) -> list[Command]:
+        what = self._loads.pop(ev.token, None)
+        if what is None:
+            return []
+        if what[0] == "c":  # rows for a joiner (see "Joining" above)
+            return [Send(to=what[1], msg=FlushedRowsCopy(shard=self.shard, segment=what[2], rows=ev.rows,
+                                                         stimulus_id=ev.stimulus_id))]
+        if what[0] == "r":
+            r = what[1]
+            result = self.tables.read_loaded(r.query, ev.rows)
+            return [Send(to=r.client, msg=GcsReply(req_id=r.req_id, result=result, shard=self.shard, stimulus_id=r.stimulus_id))]
+        wants = what[1]
+        for table, key, _ in wants:
+            self._loading.discard((table, key))
+        if not self.is_head or self.joining:
+            self._parked = []  # their clients retry at the new head
+            self._loading.clear()
+            return []
+        found = {(t, k) for t, k, _ in ev.rows}
+        missing = tuple((t, k) for t, k, _ in wants if (t, k) not in found)
+        cmds = self._internal_write(RestoreRows(rows=ev.rows, missing=missing), ev.stimulus_id, now)
+        parked, self._parked = self._parked, []
+        for w in parked:  # (in order: one that needs another row parks the rest again)
+            cmds += self._on_write(w, now)
         return cmds
 
     # ------------------------------------------------------------------ checks
@@ -645,6 +903,9 @@ _HANDLERS = {
     StateSnapshot: GcsReplica._on_snapshot,
     TimerFired: GcsReplica._on_timer,
     ChainQuery: GcsReplica._on_chain_query,
+    RowsLoaded: GcsReplica._on_rows_loaded,
+    FlushedRowsRequest: GcsReplica._on_copy_request,
+    FlushedRowsCopy: GcsReplica._on_copy,
 }
 
 _install_init(GcsSync, GcsCaughtUp, GcsRejoin)

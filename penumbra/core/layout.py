@@ -74,6 +74,10 @@ class ClusterLayout:
     def replicas_with_head(self) -> tuple[str, ...]:
         """The GCS replicas that live (and die) with the head."""
         return tuple(r for c in self.chains() for r in c.replicas if r not in self.replica_hosts)
+    # object spilling to local disk (see core/objects.py); the drivers
+    # that carry out SpillObjects/RestoreObject turn it on
+    spilling: bool = False
+    spill_threshold: float = 0.8
 
     def chains(self) -> tuple[ChainConfig, ...]:
         return tuple(
@@ -100,6 +104,8 @@ class ClusterLayout:
             heartbeat_interval=self.heartbeat_interval,
             gcs_retry_after=self.gcs_retry_after,
             timeline_limit=self.timeline_limit,
+            spilling=self.spilling,
+            spill_threshold=self.spill_threshold,
         )
 
 

@@ -940,6 +940,120 @@ class TasksHeldReport(Message):
     # head but was not forgotten yet is ended again
     ended_jobs: tuple[int, ...] = ()
 
+# Spilling: a node's store <-> its local disk (see core/objects.py)
+
+
+@_frozen
+class SpillObjects(Command):
+    """Write these objects (in this node's store now) to the node's spill
+    directory, in the background.  The in-memory copies stay until the
+    core says ``Evict``.  Completes with ``ObjectsSpilled`` (all written)
+    or ``SpillFailed`` (none kept: the directory is full or unwritable)."""
+
+    object_ids: tuple[ObjectId, ...]
+    sizes: tuple[int, ...]
+
+
+@_frozen
+class ObjectsSpilled(Event):
+    object_ids: tuple[ObjectId, ...]
+
+
+@_frozen
+class SpillFailed(Event):
+    object_ids: tuple[ObjectId, ...]
+    reason: str = ""
+
+
+@_frozen
+class RestoreObject(Command):
+    """Read ``object_id`` back from the spill directory into the store (the
+    file stays until ``DeleteSpilled``).  Completes with ``ObjectRestored``
+    or ``RestoreFailed``."""
+
+    object_id: ObjectId
+    size: int
+
+
+@_frozen
+class ObjectRestored(Event):
+    object_id: ObjectId
+    size: int
+
+
+@_frozen
+class RestoreFailed(Event):
+    object_id: ObjectId
+    reason: str = ""
+
+
+@_frozen
+class DeleteSpilled(Command):
+    """Delete the spill files of these objects (released, or restored)."""
+
+    object_ids: tuple[ObjectId, ...]
+
+# GCS flushing (see "Flushing" in core/gcs.py): the replica decides, the
+# driver writes and reads the disk
+
+
+@_frozen
+class FlushRows(Command):
+    """A GCS replica moved these rows out of memory: write them to disk as
+    segment ``segment`` of shard ``shard`` (rows: ``(table, key, row)``).
+    Every replica of a chain flushes the same rows under the same segment
+    number at the same point of the log, so the segment's content depends
+    only on (shard, segment): a driver may keep one copy per shard.  No
+    completion event: a replica never reads a segment before it asks with
+    ``LoadRows``, and the driver answers that only after the write."""
+
+    shard: int
+    segment: int
+    rows: tuple
+
+
+@_frozen
+class LoadRows(Command):
+    """Read flushed rows back: ``wants`` is ``((table, key, segment), ...)``.
+    Completes with ``RowsLoaded(token)`` holding the rows found (a row the
+    disk lacks is simply absent)."""
+
+    shard: int
+    token: Hashable
+    wants: tuple
+
+
+@_frozen
+class RowsLoaded(Event):
+    """The answer to ``LoadRows(token)``: ``rows`` is ``((table, key, row), ...)``."""
+
+    token: Hashable
+    rows: tuple
+
+
+@_frozen
+class FlushedRowsRequest(Message):
+    """A GCS replica joining after a flush asks a chain member for the
+    flushed rows of one segment that its snapshot's index names: the index
+    came with the snapshot, the rows did not, and its own disk lacks them.
+    ``wants`` is ``((table, key, segment), ...)``, all of ``segment``."""
+
+    replica: str
+    shard: int
+    segment: int
+    wants: tuple
+
+
+@_frozen
+class FlushedRowsCopy(Message):
+    """The answer to ``FlushedRowsRequest``: the rows of ``segment`` the
+    sender's disk holds, ``((table, key, row), ...)`` (one segment per
+    message: at most ``FlushConfig.batch`` rows)."""
+
+    shard: int
+    segment: int
+    rows: tuple
+
 
 # Messages cross processes by the hundred thousand per second: pickle them
 # as (class, field values) instead of the slower dataclass default.

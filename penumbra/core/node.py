@@ -94,6 +94,10 @@ from .messages import (
     WorkerStartFailed,
     WorkerUnblocked,
     Evict,
+    ObjectRestored,
+    ObjectsSpilled,
+    RestoreFailed,
+    SpillFailed,
     CommitBundles,
     PrepareBundles,
     ReleaseBundles,
@@ -120,6 +124,11 @@ class NodeConfig:
     story_limit: int = 10_000
     # runs kept for ``penumbra.timeline()`` (the last N; 0: none), see core/timeline.py
     timeline_limit: int = 10_000
+    # spill client-pinned objects to local disk rather than fail admission
+    # (Ray's object spilling; see core/objects.py), in the background once
+    # pinned bytes pass ``spill_threshold`` of the store
+    spilling: bool = False
+    spill_threshold: float = 0.8
 
 
 # a watch with ``need`` holds at most this many ready objects before reporting
@@ -148,6 +157,7 @@ class NodeMachine:
             node_id, self.address, config.object_store_memory,
             self.gcs_write, self._on_ready, self._on_located, head=config.head,
             produced_here=self._produced_here, gcs_read=self.gcs_read,
+            spilling=config.spilling, spill_threshold=config.spill_threshold,
         )
         self.scheduler = LocalScheduler(self, config.resources, config.scheduler)
         self.bundles = BundleHolder(self)  # placement group bundles held here
@@ -167,6 +177,10 @@ class NodeMachine:
         # jobs the head said are over: their tasks are refused from now on
         # (one int per job ever run on the cluster)
         self.ended_jobs: set[int] = set()
+        # jobs whose last driver here exited (we sent the head JobFinished,
+        # which a head that died meanwhile never read: a recovered head is
+        # told again in TasksHeldReport)
+        self.exited_jobs: set[int] = set()
         # copies of an ended job's objects that something here still held
         # when the head said to drop them (an input of a task being killed):
         # deleted once nothing holds them (see ``_sweep_doomed``)
@@ -180,6 +194,11 @@ class NodeMachine:
         # worker -> the non-detached actors it created (it owns them: they
         # die with it, Ray's fate sharing; see _on_worker_crashed)
         self.owned_actors: dict[str, list[ActorId]] = {}
+        # puts admitted against spills still being written: their PutDone
+        # waits until the store's memory is back under capacity (a put
+        # blocks while spilling makes room, as in Ray), so a program putting
+        # faster than the disk writes cannot fill memory past the store
+        self.pending_puts: list[Send] = []
 
     def _produced_here(self, oid: ObjectId) -> bool:
         if oid.is_put:
@@ -277,10 +296,10 @@ class NodeMachine:
 
     def actor_creation_failed(self, spec: TaskSpec, start: ActorStart | None, error: ErrorInfo, now: float, sid: str) -> list[Command]:
         entry = start.entry if start is not None else ActorEntry(spec.actor_creation, spec)
-        return [Send(to=self.head, msg=ActorReported(
+        return self.host.report(ActorReported(
             actor_id=spec.actor_creation.actor_id, incarnation=entry.incarnation, node_id=self.address,
             error=error, creation_failed=True, entry=entry, stimulus_id=sid,
-        ))]
+        ))
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, now: float) -> list[Command]:
@@ -297,6 +316,12 @@ class NodeMachine:
         if h is None:
             return []
         cmds = h(self, event, now)
+        store = self.objects.store
+        if store.files_to_delete or store.unpinned_spilled:
+            cmds += self.objects.drain_spill_changes(now, event.stimulus_id)
+        if self.pending_puts and (not store.spilling or store.used <= store.capacity + store.over):
+            cmds += self.pending_puts
+            self.pending_puts = []
         if self.doomed:
             cmds += self._sweep_doomed(event.stimulus_id)
         if self.pending_clears:
@@ -324,17 +349,27 @@ class NodeMachine:
     def _on_tasks_held_query(self, ev: TasksHeldQuery, now: float) -> list[Command]:
         """A recovered head asks which of these tasks (pending on us in the
         task table) we forwarded to the head, and which we never heard of
-        (see "Recovery" in core/head.py).  Also says which jobs we saw end."""
+        (see "Recovery" in core/head.py).  Also says which jobs we saw end, or saw
+        the driver of exit."""
         if ev.task_ids is None:
-            # the first round: answer once our earlier writes landed
+            # the first round: answer once our earlier writes landed; and
+            # the actor deaths we reported, which the old head may never
+            # have read (sent while there was no head: lost)
             self.pending_held.append((self.gcs.made, ev.stimulus_id))
-            return []
+            reported, self.host.reported = self.host.reported, {}
+            return [Send(to=self.head, msg=m) for _, m in sorted(reported.items())]
         state_of = self.scheduler.state_of
         forwarded = tuple(t for t in ev.task_ids if state_of(t) == "forwarded")
         unknown = tuple(t for t in ev.task_ids if state_of(t) is None)
         return [Send(to=self.head, msg=TasksHeldReport(node_id=self.node_id, forwarded=forwarded, unknown=unknown,
-                                                       ended_jobs=tuple(sorted(self.ended_jobs)),
+                                                       ended_jobs=self.jobs_over(),
                                                        stimulus_id=ev.stimulus_id))]
+
+    def jobs_over(self) -> tuple[int, ...]:
+        """The jobs a recovered head is told of (``TasksHeldReport``): those
+        it said ended, and those whose driver here exited (the one
+        ``JobFinished`` may have gone to a head that died)."""
+        return tuple(sorted(self.ended_jobs | self.exited_jobs))
 
     def _send_held(self) -> list[Command]:
         cmds: list[Command] = []
@@ -342,7 +377,7 @@ class NodeMachine:
         for mark, sid in self.pending_held:
             if self.gcs.settled(mark):
                 cmds.append(Send(to=self.head, msg=TasksHeldReport(
-                    node_id=self.node_id, forwarded=(), settled=True, ended_jobs=tuple(sorted(self.ended_jobs)),
+                    node_id=self.node_id, forwarded=(), settled=True, ended_jobs=self.jobs_over(),
                     stimulus_id=sid)))
             else:
                 keep.append((mark, sid))
@@ -389,6 +424,7 @@ class NodeMachine:
         # (job 0: a driver that left before it learned its job id; it
         # submitted nothing)
         if job and job not in self.clients.values():
+            self.exited_jobs.add(job)
             cmds.append(Send(to=self.head, msg=JobFinished(job_id=job, stimulus_id=ev.stimulus_id)))
         return cmds
 
@@ -548,7 +584,12 @@ class NodeMachine:
         if not adm.ok:
             return cmds + [Evict(object_id=ev.object_id, stimulus_id=ev.stimulus_id),
                            Send(to=ev.client, msg=PutFailed(req_id=ev.req_id, object_id=ev.object_id, error=adm.error, stimulus_id=ev.stimulus_id))]
-        return cmds + [Send(to=ev.client, msg=PutDone(req_id=ev.req_id, object_id=ev.object_id, stimulus_id=ev.stimulus_id))]
+        done = Send(to=ev.client, msg=PutDone(req_id=ev.req_id, object_id=ev.object_id, stimulus_id=ev.stimulus_id))
+        store = self.objects.store
+        if store.spilling and store.used > store.capacity + store.over:
+            self.pending_puts.append(done)  # (sent once the spills make room: see ``handle``)
+            return cmds
+        return cmds + [done]
 
     def _on_release(self, ev: ReleaseObjects, now: float) -> list[Command]:
         holder = ("client", ev.client)
@@ -698,6 +739,18 @@ class NodeMachine:
     def _on_fetch_failed(self, ev: FetchFailed, now: float) -> list[Command]:
         return self.objects.on_fetch_failed(ev.object_id, ev.from_node, now, ev.stimulus_id)
 
+    def _on_spilled(self, ev: ObjectsSpilled, now: float) -> list[Command]:
+        return self.objects.on_spilled(ev.object_ids, now, ev.stimulus_id)
+
+    def _on_spill_failed(self, ev: SpillFailed, now: float) -> list[Command]:
+        return self.objects.on_spill_failed(ev.object_ids, ev.reason, now, ev.stimulus_id)
+
+    def _on_restored(self, ev: ObjectRestored, now: float) -> list[Command]:
+        return self.objects.on_restored(ev.object_id, ev.size, now, ev.stimulus_id)
+
+    def _on_restore_failed(self, ev: RestoreFailed, now: float) -> list[Command]:
+        return self.objects.on_restore_failed(ev.object_id, ev.reason, now, ev.stimulus_id)
+
     def _on_unrecoverable(self, ev: ObjectUnrecoverable, now: float) -> list[Command]:
         return self.objects.on_object_unrecoverable(ev.object_id, ev.error, now, ev.stimulus_id)
 
@@ -818,6 +871,9 @@ class NodeMachine:
     # ------------------------------------------------------------------ checks
     def validate(self) -> None:
         self.objects.validate()
+        store = self.objects.store
+        assert not self.pending_puts or (store.spilling and store.used > store.capacity + store.over), (
+            "puts wait for a spill that is not in flight")
         self.scheduler.validate(self.host.held())
         self.bundles.validate()
         self.host.validate()
@@ -861,6 +917,10 @@ _HANDLERS = {
     FetchCompleted: NodeMachine._on_fetch_completed,
     FetchFailed: NodeMachine._on_fetch_failed,
     ObjectUnrecoverable: NodeMachine._on_unrecoverable,
+    ObjectsSpilled: NodeMachine._on_spilled,
+    SpillFailed: NodeMachine._on_spill_failed,
+    ObjectRestored: NodeMachine._on_restored,
+    RestoreFailed: NodeMachine._on_restore_failed,
     PlaceTask: NodeMachine._on_place,
     StartActor: NodeMachine._on_start_actor,
     ActorCall: NodeMachine._on_actor_call,

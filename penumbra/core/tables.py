@@ -62,6 +62,40 @@ The GCS would otherwise grow with every task ever run.  Two ops delete rows:
 A task row of a job still running is never deleted: lineage reconstruction
 may need any of them.
 
+Flushing (the paper's section 4.2.3, Figure 10b)
+~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+A long-running job would still grow the GCS without bound, so old rows move
+to disk instead of being deleted.  ``FlushOld(keep, limit)`` is an op like
+any other (the chain's head replica writes it to its own log when memory
+passes a threshold, see ``gcs.py``), so every replica flushes the same rows
+at the same point of the log.  What may go, in the order rows became
+eligible (kept by the writes themselves from the first flush on, in
+``flush_cand``: identical on every replica, and a flush never scans the
+rows that must stay), sparing the ``keep`` rows of each table that became
+eligible last:
+
+* task rows of tasks that ended (FINISHED or FAILED), except actor
+  creations (a live actor's restart reads its creation task) and rows
+  someone subscribed to by key;
+* object rows with no location left (freed, evicted everywhere, lost, or
+  holding an error), except rows someone subscribed to by key.
+
+Never a pending (queued or running) task, never an object with a copy
+somewhere (``NodeDown`` and ``ObjectsOnNode`` work on memory only).  The
+flushed rows leave ``data``; the compact index ``flushed[table]`` maps each
+key to its *segment* (the number of the flush that wrote it), and the
+replica hands the rows to its driver to write (``FlushRows``).
+
+A flushed row is still found: a read (``Get``/``GetMany``) that misses in
+memory but hits the index is answered after the driver loads the row
+(``LoadRows`` -> ``RowsLoaded``), and a write to a flushed key first brings
+the row back with ``RestoreRows(rows)`` -- again a logged op, so replicas
+stay identical -- then applies (a lineage reconstruction's ``RetryTask``
+finds the task's row as it was).  Writing a key that is in memory drops it
+from the index, so a key is never in both.  ``ForgetJob`` forgets a job's
+flushed rows too (the index keeps, per job, the keys it flushed).  A
+table-wide subscription is sent the rows in memory only.
+
 Two secondary indexes are derived from the tables (never replicated, rebuilt
 after a state transfer): tasks not yet finished by node, and objects by the
 node holding a copy.  They answer "what did the dead node have?" without a
@@ -111,6 +145,8 @@ __all__ = [
     "KvDelete",
     "ForgetJob",
     "ForgetObject",
+    "FlushOld",
+    "RestoreRows",
     "CreatePlacementGroup",
     "UpdatePlacementGroup",
     "RemovePlacementGroup",
@@ -444,6 +480,35 @@ class ForgetObject(Op):
 
 
 @dataclass(frozen=True, slots=True)
+class FlushOld(Op):
+    """Move up to ``limit`` old rows that may go (see "Flushing" above) out
+    of memory, sparing the newest ``keep`` rows of each table.  The result
+    is ``(segment, rows flushed)``; the rows themselves are left in
+    ``Tables.flush_out`` for the replica to hand to its driver."""
+
+    keep: int = 1000
+    limit: int = 5000
+
+    def route(self):
+        return ("", None)
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreRows(Op):
+    """Bring flushed rows back into memory before a write touches them.
+    ``rows``: ``((table, key, row), ...)`` as loaded from disk; ``missing``:
+    ``((table, key), ...)`` the disk did not have (dropped from the index,
+    so the write sees no row rather than waiting forever).  A key no longer
+    in the index (restored or forgotten meanwhile) is left alone."""
+
+    rows: tuple = ()
+    missing: tuple = ()
+
+    def route(self):
+        return ("", None)
+
+
+@dataclass(frozen=True, slots=True)
 class Subscribe(Op):
     """Subscribe ``subscriber`` to a key (or, with ``key=None``, a table).
 
@@ -617,7 +682,8 @@ class TableSizes(Query):
 class Tables:
     """The tables of one shard replica and the function that changes them."""
 
-    __slots__ = ("data", "subs", "_tasks_by_node", "_objects_by_node")
+    __slots__ = ("data", "subs", "_tasks_by_node", "_objects_by_node",
+                 "flushed", "flush_jobs", "flush_next", "flush_out", "flush_track", "flush_cand")
 
     def __init__(self) -> None:
         self.data: dict[str, dict] = {t: {} for t in TABLES}
@@ -625,19 +691,46 @@ class Tables:
         self.subs: dict[tuple[str, Hashable], set[str]] = {}
         self._tasks_by_node: dict[str, set[TaskId]] = {}
         self._objects_by_node: dict[str, set[ObjectId]] = {}
+        # flushing (see "Flushing" above): key -> segment, per table; per
+        # (table, job) the keys flushed (job None: not known at the time);
+        # the next segment number; the last flush's rows, for the replica
+        self.flushed: dict[str, dict] = {"tasks": {}, "objects": {}}
+        self.flush_jobs: dict[tuple[str, int | None], list] = {}
+        self.flush_next = 0
+        self.flush_out: tuple[int, tuple] | None = None
+        # from the first FlushOld on: the rows that may go, per table, in
+        # the order they became eligible (so a flush never scans the rows
+        # that must stay, such as objects still held somewhere)
+        self.flush_track = False
+        self.flush_cand: dict[str, dict] = {"tasks": {}, "objects": {}}
 
     # -- replication support --------------------------------------------------
-    def snapshot(self) -> tuple[dict, dict]:
-        """A copy for state transfer (records are immutable: shallow copies)."""
-        return (
+    def snapshot(self) -> tuple:
+        """A copy for state transfer (records are immutable: shallow copies).
+        Once anything was flushed, a third part holds the flush index."""
+        snap = (
             {t: dict(rows) for t, rows in self.data.items()},
             {k: set(v) for k, v in self.subs.items()},
         )
+        if self.flush_track:
+            snap += (self._flush_state(),)
+        return snap
+
+    def _flush_state(self) -> tuple:
+        return ({t: dict(idx) for t, idx in self.flushed.items()},
+                {k: list(v) for k, v in self.flush_jobs.items()}, self.flush_next,
+                {t: dict(c) for t, c in self.flush_cand.items()})
 
     @classmethod
     def restore(cls, snap: tuple[dict, dict]) -> "Tables":
         t = cls()
-        data, subs = snap
+        data, subs = snap[0], snap[1]
+        if len(snap) > 2:
+            flushed, jobs, t.flush_next, cand = snap[2]
+            t.flushed = {name: dict(idx) for name, idx in flushed.items()}
+            t.flush_jobs = {k: list(v) for k, v in jobs.items()}
+            t.flush_cand = {name: dict(c) for name, c in cand.items()}
+            t.flush_track = True
         t.data = {name: dict(rows) for name, rows in data.items()}
         t.subs = {k: set(v) for k, v in subs.items()}
         for tid, entry in t.data["tasks"].items():
@@ -650,10 +743,56 @@ class Tables:
 
     def fingerprint(self) -> tuple:
         """A comparable summary of the replicated state (for tests/checkers)."""
-        return tuple(
+        fp = tuple(
             (name, tuple(sorted((repr(k), repr(v)) for k, v in rows.items())))
             for name, rows in sorted(self.data.items())
         )
+        if self.flush_track:
+            fp += (("flushed", self.flush_next, tuple(
+                (name, tuple(sorted((repr(k), v) for k, v in idx.items()))) for name, idx in sorted(self.flushed.items()))),)
+        return fp
+
+    # -- flushing ---------------------------------------------------------------
+    def flushed_rows(self) -> int:
+        """How many rows are on disk (flushed and not brought back)."""
+        return sum(len(idx) for idx in self.flushed.values())
+
+    def flushed_segment(self, table: str, key: Hashable) -> int | None:
+        """The segment holding ``key`` of ``table`` if it is flushed."""
+        idx = self.flushed.get(table)
+        return None if idx is None else idx.get(key)
+
+    def flushed_wants(self, q: Query) -> tuple:
+        """``((table, key, segment), ...)``: the rows ``q`` needs that are on
+        disk only (empty: ``read`` answers it from memory)."""
+        if isinstance(q, Get):
+            keys: tuple = (q.key,)
+        elif isinstance(q, GetMany):
+            keys = q.keys
+        else:
+            return ()
+        idx = self.flushed.get(q.table)
+        if not idx:
+            return ()
+        return tuple((q.table, k, idx[k]) for k in keys if k in idx)
+
+    def read_loaded(self, q: Query, rows: tuple) -> Any:
+        """Answer ``q`` with ``rows`` (loaded from disk) filling in flushed
+        keys; memory wins, and a key no longer flushed (forgotten meanwhile)
+        is not filled in."""
+        got = {(table, key): row for table, key, row in rows}
+        idx = self.flushed.get(getattr(q, "table", ""), {})
+        mem = self.data[q.table]
+
+        def one(k: Hashable) -> Any:
+            v = mem.get(k)
+            if v is None and k in idx:
+                v = got.get((q.table, k))
+            return v
+
+        if isinstance(q, GetMany):
+            return tuple(one(k) for k in q.keys)
+        return one(q.key)
 
     # -- subscriptions ----------------------------------------------------------
     def subscribers(self, table: str, key: Hashable) -> set[str]:
@@ -725,6 +864,12 @@ class Tables:
         rows = self.data["tasks"]
         self._index_task(tid, rows.get(tid), new)
         rows[tid] = new
+        if self.flush_track:
+            self.flushed["tasks"].pop(tid, None)  # (in memory again)
+            if new.state is not TaskState.PENDING and new.spec.actor_creation is None:
+                self.flush_cand["tasks"][tid] = None
+            else:
+                self.flush_cand["tasks"].pop(tid, None)
         return [("tasks", tid, new)]
 
     def _put_object(self, oid: ObjectId, old: ObjectEntry | None, new: ObjectEntry) -> Change:
@@ -746,6 +891,12 @@ class Tables:
             for n in new.locations - old_locs:
                 by.setdefault(n, set()).add(oid)
         self.data["objects"][oid] = new
+        if self.flush_track:
+            self.flushed["objects"].pop(oid, None)  # (in memory again)
+            if new.locations:
+                self.flush_cand["objects"].pop(oid, None)
+            else:
+                self.flush_cand["objects"][oid] = None
         return ("objects", oid, new)
 
 
@@ -975,6 +1126,8 @@ def _kv_delete(t: Tables, op: KvDelete):
 
 def _drop_object_row(t: Tables, oid: ObjectId) -> ObjectEntry | None:
     t.data["actor_outputs"].pop(oid, None)
+    if t.flush_next:
+        t.flushed["objects"].pop(oid, None)
     entry = t.data["objects"].pop(oid, None)
     if entry is not None:
         by = t._objects_by_node
@@ -1012,6 +1165,10 @@ def _forget_job(t: Tables, op: ForgetJob):
                 if not s:
                     del t._tasks_by_node[old.node]
     prefixes = gone | {driver_task_id(job)}
+    if t.flush_next:
+        # its tasks whose rows are on disk: their objects go too (found by
+        # the swarm: an object of a flushed task outlived its job)
+        prefixes |= set(t.flush_jobs.get(("tasks", job), ()))
     released = []
     calls = [o for o, j in t.data["actor_outputs"].items() if j == job]
     for oid in [o for o in t.data["objects"] if o[:16] in prefixes] + calls:
@@ -1032,7 +1189,109 @@ def _forget_job(t: Tables, op: ForgetJob):
         log = t.data["actor_log"]
         for key in [k for k in log if k[0] in dead]:
             del log[key]
+    if t.flush_next:
+        _forget_flushed(t, job, gone)
     return tuple(sorted(released)), []
+
+
+def _forget_flushed(t: Tables, job: int, gone: set[bytes]) -> None:
+    """``ForgetJob``'s part on disk: the job's flushed rows leave the index
+    (their segments are never read again)."""
+    jobs = t.flush_jobs
+    ft, fo = t.flushed["tasks"], t.flushed["objects"]
+    tids = jobs.pop(("tasks", job), ())
+    for tid in tids:
+        ft.pop(tid, None)
+    for oid in jobs.pop(("objects", job), ()):
+        fo.pop(oid, None)
+    unknown = jobs.get(("objects", None))
+    if unknown:
+        # objects whose job was not known when flushed: by their producer
+        prefixes = set(gone) | set(tids) | {driver_task_id(job)}
+        keep = []
+        for oid in unknown:
+            if oid[:16] in prefixes:
+                fo.pop(oid, None)
+            else:
+                keep.append(oid)
+        jobs[("objects", None)] = keep
+
+
+def _flush_old(t: Tables, op: FlushOld):
+    from itertools import islice
+
+    tasks, objs = t.data["tasks"], t.data["objects"]
+    cand = t.flush_cand
+    if not t.flush_track:
+        # the first flush: find what may go; from now on writes keep the
+        # candidates (``_put_task``, ``_put_object``)
+        t.flush_track = True
+        cand["tasks"] = {tid: None for tid, e in tasks.items()
+                         if e.state is not TaskState.PENDING and e.spec.actor_creation is None}
+        cand["objects"] = {oid: None for oid, e in objs.items() if not e.locations}
+    subs = t.subs
+    limit = op.limit
+    out: list[tuple[str, Hashable, Any]] = []
+    ntasks = 0
+    for table, rows in (("tasks", tasks), ("objects", objs)):
+        c = cand[table]
+        take = list(islice(c, max(0, min(len(c) - op.keep, limit - len(out)))))  # oldest first
+        for key in take:
+            del c[key]
+            e = rows.get(key)
+            if e is None or (table, key) in subs:
+                continue  # forgotten meanwhile; or watched: stays (a write makes it a candidate again)
+            if (e.locations if table == "objects" else e.state is TaskState.PENDING or e.spec.actor_creation is not None):
+                continue  # (not eligible any more: candidates are kept by writes, this is a safety net)
+            out.append((table, key, e))
+        if table == "tasks":
+            ntasks = len(out)
+    if not out:
+        return (None, 0), []
+    seg = t.flush_next
+    t.flush_next = seg + 1
+    ft, fo = t.flushed["tasks"], t.flushed["objects"]
+    jobs = t.flush_jobs
+    job_of: dict[bytes, int] = {}
+    for _, tid, e in out[:ntasks]:
+        del tasks[tid]  # (ended: not in the by-node index)
+        ft[tid] = seg
+        job_of[tid] = job = e.spec.job_id
+        lst = jobs.get(("tasks", job))
+        if lst is None:
+            jobs[("tasks", job)] = [tid]
+        else:
+            lst.append(tid)
+    owners = t.data["actor_outputs"]
+    for _, oid, e in out[ntasks:]:
+        del objs[oid]  # (no locations: not in the by-node index)
+        fo[oid] = seg
+        p = oid[:16]
+        job = job_of.get(p)
+        if job is None:
+            row = tasks.get(p)
+            job = row.spec.job_id if row is not None else owners.get(oid)
+        jobs.setdefault(("objects", job), []).append(oid)
+    t.flush_out = (seg, tuple(out))
+    return (seg, len(out)), []
+
+
+def _restore_rows(t: Tables, op: RestoreRows):
+    n = 0
+    for table, key, row in op.rows:
+        idx = t.flushed.get(table)
+        if idx is None or key not in idx:
+            continue  # restored already, or forgotten meanwhile
+        if table == "tasks":
+            t._put_task(key, row)  # (drops it from the index)
+        else:
+            t._put_object(key, t.data["objects"].get(key), row)
+        n += 1
+    for table, key in op.missing:
+        idx = t.flushed.get(table)
+        if idx is not None:
+            idx.pop(key, None)
+    return n, []
 
 
 def _forget_object(t: Tables, op: ForgetObject):
@@ -1110,6 +1369,8 @@ _APPLY = {
     KvDelete: _kv_delete,
     ForgetJob: _forget_job,
     ForgetObject: _forget_object,
+    FlushOld: _flush_old,
+    RestoreRows: _restore_rows,
     Subscribe: _subscribe,
     Unsubscribe: _unsubscribe,
 }

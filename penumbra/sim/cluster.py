@@ -107,6 +107,7 @@ from penumbra.core.messages import (
     ClientGcsRequest,
     ClusterStatus,
     ClusterStatusRequest,
+    DeleteSpilled,
     Evict,
     Execute,
     Fetch,
@@ -124,6 +125,12 @@ from penumbra.core.messages import (
     StartWorker,
     StopNode,
     StoreError,
+    ObjectRestored,
+    ObjectsSpilled,
+    RestoreFailed,
+    RestoreObject,
+    SpillFailed,
+    SpillObjects,
     Send,
     SetTimer,
     SubmitTask,
@@ -252,6 +259,10 @@ class SimNode:
         self.born_at = cluster.kernel.now
         self.died_at: float | None = None
         self.store: dict[ObjectId, tuple[int, Any]] = {}
+        # the node's local disk: spilled objects, and when it is next free
+        # (one spill or restore at a time, as the real daemon does)
+        self.spilled: dict[ObjectId, tuple[int, Any]] = {}
+        self.disk_free_at = 0.0
         self.workers: dict[str, SimWorker] = {}
         self.finished = 0  # tasks completed successfully on this node
         self.fetched_bytes = 0
@@ -434,15 +445,18 @@ class SimNode:
         src = c.nodes.get(cmd.from_node)
         oid = cmd.object_id
         me = self.address
-        if src is None or not src.alive or oid not in src.store:
+        on_disk = src is not None and oid not in src.store and oid in src.spilled
+        if src is None or not src.alive or (oid not in src.store and not on_disk):
             reason = ("no such node" if src is None else "the source node is dead" if not src.alive
                       else "the source node does not hold the object")
             rtt = 2 * net.latency(me, cmd.from_node) if src is not None else 0.0
             host.deliver_at(host.now + rtt, FetchFailed(object_id=oid, from_node=cmd.from_node, reason=reason, stimulus_id=cmd.stimulus_id), urgent=True)
             return
-        item = src.store[oid]
+        item = src.spilled[oid] if on_disk else src.store[oid]
         size = item[0]
         start = host.now + net.latency(me, src.address)  # the request reaches the source
+        if on_disk:  # spilled there: served from the file
+            start = src._disk(start, c.costs.disk_read_time(size))
         done = None if net.is_cut(me, src.address) else net.transfer(src.address, me, size, start)
         if done is None:
             host.deliver_at(host.now, FetchFailed(object_id=oid, from_node=cmd.from_node, reason="partitioned from the source node", stimulus_id=cmd.stimulus_id), urgent=True)
@@ -463,6 +477,55 @@ class SimNode:
     def on_evict(self, host: Host, cmd: Evict) -> None:
         self.store.pop(cmd.object_id, None)
 
+    # ------------------------------------------------------------------ spilling (the local disk)
+    def _disk(self, start: float, busy: float) -> float:
+        """The disk is a queue: an operation of ``busy`` seconds that may
+        start at ``start`` ends at the returned time."""
+        begin = max(start, self.disk_free_at)
+        self.disk_free_at = begin + busy
+        return self.disk_free_at
+
+    def on_spill(self, host: Host, cmd: SpillObjects) -> None:
+        costs = self.cluster.costs
+        done = self._disk(host.now, sum(costs.disk_write_time(n) for n in cmd.sizes))
+        host.call_at(done, self._spilled, cmd)
+
+    def _spilled(self, cmd: SpillObjects) -> None:
+        if not self.alive:
+            return
+        disk = self.cluster.disk_bytes
+        if disk and sum(s for s, _ in self.spilled.values()) + sum(cmd.sizes) > disk:
+            self.host.deliver_now(SpillFailed(object_ids=cmd.object_ids, stimulus_id=cmd.stimulus_id, reason=(
+                f"No space left on device: the simulated disk of {disk} bytes cannot take {sum(cmd.sizes)} more")),
+                urgent=True)
+            return
+        store = self.store
+        for oid in cmd.object_ids:
+            item = store.get(oid)
+            if item is not None:
+                self.spilled[oid] = item
+        self.host.deliver_now(ObjectsSpilled(object_ids=cmd.object_ids, stimulus_id=cmd.stimulus_id), urgent=True)
+
+    def on_restore(self, host: Host, cmd: RestoreObject) -> None:
+        done = self._disk(host.now, self.cluster.costs.disk_read_time(cmd.size))
+        host.call_at(done, self._restored, cmd)
+
+    def _restored(self, cmd: RestoreObject) -> None:
+        if not self.alive:
+            return
+        oid = cmd.object_id
+        item = self.spilled.get(oid)
+        if item is None:
+            self.host.deliver_now(RestoreFailed(object_id=oid, reason="no spill file", stimulus_id=cmd.stimulus_id),
+                                  urgent=True)
+            return
+        self.store[oid] = item
+        self.host.deliver_now(ObjectRestored(object_id=oid, size=item[0], stimulus_id=cmd.stimulus_id), urgent=True)
+
+    def on_delete_spilled(self, host: Host, cmd: DeleteSpilled) -> None:
+        for oid in cmd.object_ids:
+            self.spilled.pop(oid, None)
+
     def on_store_error(self, host: Host, cmd: StoreError) -> None:
         for oid in cmd.object_ids:
             self.store[oid] = (0, cmd.error)
@@ -471,6 +534,7 @@ class SimNode:
         self.alive = False
         self.died_at = now
         self.store.clear()
+        self.spilled.clear()
         ex = self.cluster.executor
         for w in list(self.workers.values()):
             w.alive = False
@@ -495,6 +559,9 @@ _NODE_COMMANDS = {
     Fetch: SimNode.on_fetch,
     Evict: SimNode.on_evict,
     StoreError: SimNode.on_store_error,
+    SpillObjects: SimNode.on_spill,
+    RestoreObject: SimNode.on_restore,
+    DeleteSpilled: SimNode.on_delete_spilled,
 }
 
 
@@ -972,6 +1039,8 @@ class SimCluster:
             heartbeats) or ``"omniscient"`` (the simulator tells it, after
             ``detect_delay``).
         start: boot the machines now (at time 0).
+        disk_bytes: each node's spill disk, in bytes (0: unbounded); a spill
+            that does not fit fails as a full disk does (``SpillFailed``).
         gc_off: pause Python's cyclic garbage collector while the simulation
             runs (``run``/``run_until``): its full collections walk every
             live object, which at thousands of nodes costs more than the
@@ -1000,6 +1069,7 @@ class SimCluster:
         network: Network | None = None,
         start: bool = True,
         gc_off: bool = True,
+        disk_bytes: int = 0,
     ) -> None:
         if layout is None:
             shape = NodeShape(resources=ResourceSet.of(CPU=cpus), object_store_memory=object_store_memory)
@@ -1012,6 +1082,7 @@ class SimCluster:
             raise ValueError(f"rack_size must be >= 1, got {rack_size}")
         self.layout = layout
         self.costs = costs
+        self.disk_bytes = disk_bytes
         self.seed = seed
         self.rack_size = rack_size
         self.detect = detect
@@ -1061,13 +1132,16 @@ class SimCluster:
         lay = self.layout
         self.head_host = k.add_host("head", HeadMachine(lay.head_config(), k.derive_rng("head")), rack="control",
                                     kind="head", validate_every_step=self.validate)
+        from .gcsdisk import SimGcsDisk
+
+        self.gcs_disk = SimGcsDisk()  # where flushed GCS rows go (GcsTiming.flush)
         for chain in lay.chains():
             for r in chain.replicas:
                 m = GcsReplica(r, chain.shard, "head", lay.gcs_timing, config=chain)
                 on = lay.replica_hosts.get(r)
                 # (a replica on a node's host sits in that node's rack)
                 rack = "control" if on is None else int(on.split(":")[1]) // self.rack_size
-                k.add_host(r, m, rack=rack, kind="gcs", validate_every_step=self.validate)
+                k.add_host(r, m, self.gcs_disk.handlers, rack=rack, kind="gcs", validate_every_step=self.validate)
                 self.replicas.append(r)
         for shape in lay.nodes:
             self._new_node(shape, None)
@@ -1130,7 +1204,14 @@ class SimCluster:
         shard = key_shard(table, key, len(head.chain.shards))
         tail = head.chain.shards[shard].config.tail
         m = self.kernel.hosts[tail].machine
-        return None if m is None else m.tables.data[table].get(key)
+        if m is None:
+            return None
+        row = m.tables.data[table].get(key)
+        if row is None and m.tables.flush_next:  # (flushed: what the disk holds)
+            seg = m.tables.flushed_segment(table, key)
+            if seg is not None:
+                row = self.gcs_disk.segments(tail).get((shard, seg), {}).get((table, key))
+        return row
 
     def tasks_finished(self) -> int:
         """Tasks that completed successfully on any node so far."""
@@ -1305,9 +1386,11 @@ class SimCluster:
         return self.kernel.restart(address, self.restart_factory(address))
 
     def restart_factory(self, address: str) -> Any:
-        """A fresh machine for a restarted host (GCS replicas only)."""
+        """A fresh machine for a restarted host (GCS replicas only).  A
+        replica restarts empty: its disk of flushed rows too (``SimGcsDisk``)."""
         if address in self.replicas:
             shard = int(address.split(":")[1])
+            self.gcs_disk.forget(address)
             return GcsReplica(address, shard, "head", self.layout.gcs_timing, joining=True)
         if address in self.nodes:
             raise ValueError(f"nodes do not restart under their old address ({address}); use "

@@ -22,6 +22,9 @@ The simulator charges simulated time for four things, and nothing else:
    ``StartWorker``), not by the kernel.
 4. **The object store**: ``store_put_overhead + size / store_write_bandwidth``
    to write an object; transfers between nodes use the network's bandwidth.
+   Spilling to the node's local disk costs ``disk_op_overhead + size /
+   disk_write_bandwidth`` (restoring: ``disk_read_bandwidth``), one disk
+   operation at a time per node.
 
 Two presets are given.  ``PAPER`` is calibrated to the hardware and numbers
 of the Ray paper (OSDI 2018, see /work/shared/PAPER.md) so the simulator can
@@ -66,6 +69,9 @@ class CostModel:
         task_overhead: fixed worker-side seconds per task.
         store_write_bandwidth: bytes/second to write an object into a store.
         store_put_overhead: fixed seconds per object written.
+        disk_write_bandwidth: bytes/second to spill an object to local disk.
+        disk_read_bandwidth: bytes/second to restore a spilled object.
+        disk_op_overhead: fixed seconds per spill or restore.
         client_call: driver-side CPU per ``.remote()`` / ``get`` call, for
             simulated programs that want to model it.
     """
@@ -100,6 +106,9 @@ class CostModel:
     # ---- 4. object store ------------------------------------------------------
     store_write_bandwidth: float = 0.0  # 0 = infinite
     store_put_overhead: float = 0.0
+    disk_write_bandwidth: float = 0.0  # 0 = infinite
+    disk_read_bandwidth: float = 0.0
+    disk_op_overhead: float = 0.0
 
     # ---- driver programs --------------------------------------------------------
     client_call: float = 0.0
@@ -120,6 +129,16 @@ class CostModel:
         """Seconds to write an object of ``size`` bytes into a node's store."""
         bw = self.store_write_bandwidth
         return self.store_put_overhead + (size / bw if bw > 0 else 0.0)
+
+    def disk_write_time(self, size: int) -> float:
+        """Seconds to spill ``size`` bytes to a node's local disk."""
+        bw = self.disk_write_bandwidth
+        return self.disk_op_overhead + (size / bw if bw > 0 else 0.0)
+
+    def disk_read_time(self, size: int) -> float:
+        """Seconds to read ``size`` spilled bytes back."""
+        bw = self.disk_read_bandwidth
+        return self.disk_op_overhead + (size / bw if bw > 0 else 0.0)
 
     def with_(self, **changes: Any) -> CostModel:
         """A copy with ``changes`` applied (``dataclasses.replace``)."""
@@ -239,6 +258,11 @@ PAPER = CostModel(
     # IOPS for small ones, i.e. ~55.6 us fixed cost per put.
     store_write_bandwidth=15e9,
     store_put_overhead=1 / 18_000,
+    # m4.16xlarge has EBS only (no instance store): a gp2 volume of the
+    # time gives ~250 MB/s (its throughput cap) and ~1 ms per operation.
+    disk_write_bandwidth=250e6,
+    disk_read_bandwidth=250e6,
+    disk_op_overhead=1e-3,
     # A driver's .remote(): build a spec, serialise args, one IPC: ~20 us.
     client_call=20e-6,
 )
@@ -294,6 +318,15 @@ _LOCAL_BASE = CostModel(
     worker_start=0.5,          # estimate: CPython + cloudpickle + pyarrow
     store_write_bandwidth=2e9,  # estimate
     store_put_overhead=100e-6,  # estimate
+    # the spill directory's disk on this machine (2026-12-07, 8 MiB files, as
+    # bench/bench_spill.py spills): new files are written at 0.17 to 2.9
+    # GB/s, depending on how much dirty data the page cache holds already
+    # (the kernel throttles writers past its dirty limit), and read back
+    # from the page cache at 4-10 GB/s.  A middle value each; see
+    # bench/results/spill.md for a run with the disk's speed at the time
+    disk_write_bandwidth=700e6,
+    disk_read_bandwidth=5e9,
+    disk_op_overhead=200e-6,    # estimate: open, write/read, rename or unlink
 )
 
 

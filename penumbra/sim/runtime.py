@@ -239,7 +239,9 @@ class SimConfig:
             then no task is running towards an end (checked again every as
             many seconds while some are).
         layout: extra ``ClusterLayout`` fields (``heartbeat_interval``,
-            ``node_timeout``, ``scheduler``...).
+            ``node_timeout``, ``scheduler``...; ``spilling=False`` to make a
+            full store fail puts instead of spilling them).
+        disk_bytes: each node's disk for spilled objects (0: unbounded).
     """
 
     nodes: int | Sequence[Mapping[str, float] | NodeShape] = 1
@@ -260,6 +262,7 @@ class SimConfig:
     validate: bool = False
     max_blocking_time: float = 60.0
     layout: Mapping[str, Any] = field(default_factory=dict)
+    disk_bytes: int = 0
 
     def cost_model(self) -> CostModel:
         c = self.costs
@@ -842,12 +845,14 @@ class SimRuntime(_SimClient):
         shapes = cfg.shapes(num_cpus, num_gpus, resources, object_store_memory)
         if not 0 <= cfg.driver_node < len(shapes):
             raise ValueError(f"SimConfig.driver_node={cfg.driver_node} but there are {len(shapes)} node(s)")
+        # (objects spill to the simulated nodes' disks when their stores are
+        # full, as on the real runtime; layout={"spilling": False} to fail)
         layout = ClusterLayout(nodes=shapes, gcs_shards=cfg.gcs_shards, chain_length=cfg.chain_length,
-                               **dict(cfg.layout))
+                               **{"spilling": True, **dict(cfg.layout)})
         self.executor = PythonExecutor(self)
         self.cluster = SimCluster(layout, costs=cfg.cost_model(), seed=cfg.seed, executor=self.executor,
                                   trace=cfg.trace, validate=cfg.validate, detect=cfg.detect,
-                                  detect_delay=cfg.detect_delay)
+                                  detect_delay=cfg.detect_delay, disk_bytes=cfg.disk_bytes)
         self.kernel = self.cluster.kernel
         self.cluster.wait_ready(timeout=60.0)
         super().__init__(self, "driver", f"node:{cfg.driver_node}", job_id=0, is_worker=False, namespace=namespace)

@@ -52,6 +52,7 @@ shared memory is removed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import logging
@@ -67,11 +68,12 @@ from typing import Any
 import trio
 
 from ..core.layout import ClusterLayout, NodeShape
-from ..core.gcs import GcsReplica, GcsTiming
+from ..core.gcs import FlushConfig, GcsReplica, GcsTiming
 from ..core.head import HeadMachine
 from ..core.messages import (
     CheckpointActor,
     ClientDisconnected,
+    DeleteSpilled,
     Evict,
     Execute,
     Fetch,
@@ -82,9 +84,15 @@ from ..core.messages import (
     Log,
     Message,
     NodeDied,
+    ObjectRestored,
     ObjectsReady,
+    ObjectsSpilled,
     PutObject,
     RegisterClient,
+    RestoreFailed,
+    RestoreObject,
+    SpillFailed,
+    SpillObjects,
     StartWorker,
     StopNode,
     StoreError,
@@ -103,6 +111,7 @@ from . import protocol as P
 from .host import MachineHost
 from .objectstore import NodeObjects
 from .shm_store import ShmStore, cleanup_session
+from .spill import SpillDir
 from .wire import Channel, ConnectionClosed, HandshakeError, connect_tcp, serve_tcp, serve_unix
 from .zygote import ZygoteHandle, fork_zygote
 
@@ -158,6 +167,14 @@ class DaemonConfig:
     # before it stops (None: 20 s, unlimited for a node hosting GCS
     # replicas: it holds the cluster's state until a head recovers it)
     head_wait: float | None = None
+    # object spilling (Ray's): pinned objects go to files under this
+    # directory when the store is full ("" = the session directory)
+    object_spilling_directory: str = ""
+    spilling: bool = True
+    spill_threshold: float = 0.8
+    # GCS flushing (head only): None/False off, True defaults, or a dict of
+    # FlushConfig fields; segments go under <session_dir>/gcs-flush
+    gcs_flush: Any = None
 
     def __post_init__(self) -> None:
         if isinstance(self.timeline_limit, bool) or not isinstance(self.timeline_limit, int) or self.timeline_limit < 0:
@@ -210,6 +227,11 @@ class Daemon:
         self._dirty: set[Channel] = set()
         self.shm = ShmStore(cfg.session, root=cfg.shm_root, capacity=cfg.object_store_memory)
         self.objects = NodeObjects(self.shm)
+        self.spill = SpillDir(cfg.object_spilling_directory or cfg.session_dir, cfg.session, cfg.session_dir)
+        # one spill write and one restore read at a time (a disk likes
+        # sequential I/O), and a restore never queues behind a slow write
+        self.disk_write = trio.CapacityLimiter(1)
+        self.disk_read = trio.CapacityLimiter(1)
         self.clients: dict[str, Channel] = {}
         self.client_jobs: dict[str, int] = {}
         self.workers: dict[str, _Worker] = {}
@@ -345,6 +367,58 @@ class Daemon:
         h.on(Evict, lambda src, c: self.objects.delete(c.object_id))
         h.on(StoreError, lambda src, c: [self.objects.put_error(o, c.error) for o in c.object_ids])
         h.on(StopNode, lambda src, c: self._fenced(c.reason))
+        h.on(SpillObjects, lambda src, c: self.nursery.start_soon(self.spill_objects, c))
+        h.on(RestoreObject, lambda src, c: self.nursery.start_soon(self.restore_object, c))
+        h.on(DeleteSpilled, lambda src, c: [self.spill.delete(o) for o in c.object_ids])
+
+    # ---------------------------------------------------------------- spilling
+    async def spill_objects(self, c: SpillObjects) -> None:
+        """Write ``c``'s objects to the spill directory in a thread; the core
+        hears ``ObjectsSpilled`` (then evicts them) or ``SpillFailed``."""
+        node = self.node_id
+        spill = self.spill
+
+        def write_all() -> str:
+            done = []
+            try:
+                for oid in c.object_ids:
+                    data = self.objects.read_bytes(oid)
+                    if data is None:
+                        return f"object {oid.short()} is not in the store any more"
+                    spill.write(oid, data)
+                    del data  # (a shared-memory view: let the region go)
+                    done.append(oid)
+            except OSError as e:
+                for oid in done:
+                    spill.delete(oid)
+                what = e.strerror or str(e)
+                return (f"cannot write {sum(c.sizes)} bytes to the object spilling directory {spill.root}: "
+                        f"{what} ({type(e).__name__})")
+            return ""
+
+        reason = await trio.to_thread.run_sync(write_all, limiter=self.disk_write)
+        if reason:
+            logger.warning("spilling %d object(s) failed: %s", len(c.object_ids), reason)
+            self.host.deliver(node, SpillFailed(object_ids=c.object_ids, reason=reason, stimulus_id=c.stimulus_id))
+        else:
+            self.host.deliver(node, ObjectsSpilled(object_ids=c.object_ids, stimulus_id=c.stimulus_id))
+
+    async def restore_object(self, c: RestoreObject) -> None:
+        """Read a spilled object back into the store (``ObjectRestored``)."""
+        node = self.node_id
+        oid = c.object_id
+
+        def read_back() -> int:
+            return self.objects.restore_file(oid, self.spill.file(oid))
+
+        try:
+            size = await trio.to_thread.run_sync(read_back, limiter=self.disk_read)
+        except Exception as e:  # an unreadable file, a full store: the core finds another copy
+            logger.warning("restoring %s from %s failed: %s", oid.short(), self.spill.path, e)
+            self.host.deliver(node, RestoreFailed(object_id=oid, reason=f"{type(e).__name__}: {e}",
+                                                  stimulus_id=c.stimulus_id))
+            return
+        self.host.deliver(node, ObjectRestored(object_id=oid, size=size, stimulus_id=c.stimulus_id))
 
     def _fenced(self, reason: str) -> None:
         """The head declared this node dead (``StopNode``).
@@ -412,6 +486,7 @@ class Daemon:
             self.objects.errors.clear()
             for key in self.shm.object_ids(sealed_only=False):
                 self.shm.delete(key)
+            self.spill.cleanup()  # (the new incarnation's core knows none of them)
             self.incarnation += 1
             self.node_id = f"{self.base_node_id}.{self.incarnation}"
             ch, self.head_channel = self.head_channel, None
@@ -766,6 +841,10 @@ class Daemon:
             data = self.objects.read_bytes(item.object_id)
             if data is not None and not isinstance(data, bytes):
                 data = bytes(data)  # a shared-memory view: copy out for the wire
+            if data is None and self.spill.has(item.object_id):
+                # spilled here: served from the file, no restore needed
+                with contextlib.suppress(OSError):
+                    data = bytes(await trio.to_thread.run_sync(self.spill.read, item.object_id, limiter=self.disk_read))
             self._send(ch, P.FetchReply(item.object_id, item.req_id, data, "" if data is not None else "not here"))
         elif t is P.FetchReply:
             w = self.fetch_waiters.pop(item.req_id, None)
@@ -947,12 +1026,19 @@ class Daemon:
                 # replicas share this process and talk over reliable links:
                 # check on them at a human pace, and retry only after a long
                 # silence (a new chain config re-sends at once anyway)
-                gcs_timing=GcsTiming(heartbeat_interval=0.1, heartbeat_timeout=1.0, resend_after=0.5),
+                gcs_timing=GcsTiming(heartbeat_interval=0.1, heartbeat_timeout=1.0, resend_after=0.5,
+                                     flush=FlushConfig.from_value(cfg.gcs_flush)),
                 gcs_retry_after=2.0,
                 own_node=self.node_id if cfg.head else None,
                 timeline_limit=cfg.timeline_limit,
+                spilling=cfg.spilling, spill_threshold=cfg.spill_threshold,
             )
             self.layout = layout
+            # every daemon that may host a GCS replica carries out its flushes
+            # (a flush is a logged op: node-hosted replicas flush too)
+            from .gcsdisk import GcsDisk
+
+            self.gcs_disk = GcsDisk(os.path.join(cfg.session_dir, "gcs-flush"), self.host, nursery).install()
             if cfg.head and cfg.recover_from:
                 await self._recover_head(layout)
             elif cfg.head:
@@ -1085,6 +1171,7 @@ class Daemon:
             logger.exception("closing the store")
         n = cleanup_session(self.cfg.session, self.cfg.shm_root)
         logger.info("cleanup: removed %d shared-memory files", n)
+        self.spill.cleanup()
         try:
             os.unlink(self.cfg.unix_path)
         except OSError:
@@ -1332,13 +1419,18 @@ def main(argv: list[str] | None = None) -> None:
     # the shared memory of this user's daemons that died without cleaning
     # up (SIGKILL, OOM killer): freed now, not at reboot
     from .shm_store import cleanup_stale_sessions
+    from .spill import cleanup_spill, cleanup_stale_spill_dirs
 
     try:
         ours = set(os.listdir(os.path.dirname(cfg.session_dir)))
         for stale in cleanup_stale_sessions(cfg.shm_root, only=ours):
             logger.info("removed the shared memory of session %s (its daemon is gone)", stale)
+            cleanup_spill(os.path.join(os.path.dirname(cfg.session_dir), stale))
     except OSError as e:
         logger.warning("could not look for stale sessions: %s", e)
+    # and the spilled objects of daemons killed before they could clean up
+    for gone in cleanup_stale_spill_dirs(cfg.object_spilling_directory) if cfg.object_spilling_directory else ():
+        logger.info("removed %s (its daemon is gone)", gone)
     if cfg.parent_pid:
         _set_pdeathsig()
     node_id = cfg.node_id or f"node:{socket.gethostname()}-{os.getpid()}"

@@ -142,12 +142,12 @@ class DaemonProcess:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait(timeout=5)
-        _cleanup_shm(self.session, self.shm_root)
+        _cleanup_shm(self.session, self.shm_root, self.session_dir)
         shutil.rmtree(self.session_dir, ignore_errors=True)
 
     def kill(self) -> None:
         """SIGKILL, as a crash would (shared memory is cleaned afterwards)."""
-        _kill(self.proc, self.session, self.shm_root)
+        _kill(self.proc, self.session, self.shm_root, self.session_dir)
 
 
 def start_daemon(*, head: bool, token: str | None = None, head_address: str = "", num_cpus: float | None = None,
@@ -166,6 +166,10 @@ def start_daemon(*, head: bool, token: str | None = None, head_address: str = ""
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
         raise ValueError(f"timeline_limit must be an int >= 0 (the task runs a node keeps for penumbra.timeline(); "
                          f"0 keeps none), got {limit!r}")
+    if extra.get("gcs_flush") is not None:
+        from ..core.gcs import FlushConfig
+
+        FlushConfig.from_value(extra["gcs_flush"])  # (a bad setting fails here, not in the daemon)
     session = new_session_name()
     session_dir = os.path.join(private_sessions_dir(), session)
     os.mkdir(session_dir, 0o700)  # a fresh name: fails rather than reuse anything
@@ -232,7 +236,7 @@ class PendingDaemon:
 
     def kill(self) -> None:
         """Give up on it: SIGKILL, and remove whatever it created."""
-        _kill(self.proc, self.session, self.shm_root)
+        _kill(self.proc, self.session, self.shm_root, self.session_dir)
         try:
             os.close(self.ready_fd)
         except OSError:
@@ -260,7 +264,7 @@ class PendingDaemon:
                 elif proc.poll() is not None:
                     break
         except BaseException:
-            _kill(proc, self.session, self.shm_root)  # timed out or interrupted: do not leave it behind
+            _kill(proc, self.session, self.shm_root, self.session_dir)  # timed out or interrupted: do not leave it behind
             raise
         finally:
             os.close(r)
@@ -273,12 +277,12 @@ class PendingDaemon:
                     tail = "".join(f.readlines()[-20:])
             except OSError:
                 pass
-            _kill(proc, self.session, self.shm_root)
+            _kill(proc, self.session, self.shm_root, self.session_dir)
             raise DaemonStartError(f"the penumbra daemon exited with status {code} before it was ready "
                                    f"(its log: {log_path})", log_path, tail)
         info = json.loads(buf.split(b"\n", 1)[0])
         if "error" in info:  # it said why it cannot start
-            _kill(proc, self.session, self.shm_root)
+            _kill(proc, self.session, self.shm_root, self.session_dir)
             if info.get("see_log"):  # an unforeseen error: its traceback is in the log
                 raise DaemonStartError(info["error"], log_path, "")
             shutil.rmtree(self.session_dir, ignore_errors=True)  # the line says all there is to say
@@ -305,9 +309,35 @@ def start_embedded(*, num_cpus=None, num_gpus=None, resources=None, object_store
     fresh token, exiting with this process."""
     extra = {k: v for k, v in (system_config or {}).items() if k in (
         "validate", "gcs_shards", "chain_length", "node_timeout", "heartbeat_interval",
-        "forward_queue_threshold", "shm_root", "timeline_limit")}
+        "forward_queue_threshold", "shm_root", "timeline_limit", "object_spilling_directory", "gcs_flush")}
+    extra.update(spilling_options(system_config or {}))
     return start_daemon(head=True, num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
                         object_store_memory=object_store_memory, parent_pid=os.getpid(), **extra)
+
+
+def spilling_options(system_config: dict) -> dict:
+    """Daemon settings from Ray's spilling keys of ``_system_config``:
+    ``object_spilling_config`` (JSON naming a directory),
+    ``object_spilling_threshold`` and ``automatic_object_spilling_enabled``.
+
+    Raises:
+        ValueError: a value of the wrong shape (said where it was given).
+    """
+    from .spill import parse_spilling_config
+
+    out: dict = {}
+    path = parse_spilling_config(system_config.get("object_spilling_config"))
+    if path is not None:
+        out["object_spilling_directory"] = path
+    if "object_spilling_threshold" in system_config:
+        t = system_config["object_spilling_threshold"]
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t <= 1:
+            raise ValueError(f"_system_config object_spilling_threshold must be a fraction in (0, 1] of the "
+                             f"object store (Ray's default 0.8), got {t!r}")
+        out["spill_threshold"] = float(t)
+    if "automatic_object_spilling_enabled" in system_config:
+        out["spilling"] = bool(system_config["automatic_object_spilling_enabled"])
+    return out
 
 
 def spawn_daemon(*, timeout: float = 30.0, **kwargs) -> DaemonProcess:
@@ -315,17 +345,22 @@ def spawn_daemon(*, timeout: float = 30.0, **kwargs) -> DaemonProcess:
     return start_daemon(**kwargs).wait_ready(timeout)
 
 
-def _kill(proc: subprocess.Popen, session: str, shm_root: str) -> None:
-    """SIGKILL a daemon (if it still runs) and remove its shared memory."""
+def _kill(proc: subprocess.Popen, session: str, shm_root: str, session_dir: str = "") -> None:
+    """SIGKILL a daemon (if it still runs) and remove its shared memory
+    (and its spilled objects)."""
     if proc.poll() is None:
         proc.kill()
         proc.wait(timeout=10)
-    _cleanup_shm(session, shm_root)
+    _cleanup_shm(session, shm_root, session_dir)
 
 
-def _cleanup_shm(session: str, shm_root: str) -> int:
+def _cleanup_shm(session: str, shm_root: str, session_dir: str = "") -> int:
     from .shm_store import cleanup_session
 
+    if session_dir:
+        from .spill import cleanup_spill
+
+        cleanup_spill(session_dir)
     return cleanup_session(session, shm_root)
 
 

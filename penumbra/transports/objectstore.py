@@ -14,6 +14,7 @@ memory); an attachment becomes a value (or ``ErrorValue``).
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from ..api.refs import ObjectRef
@@ -76,6 +77,35 @@ class NodeObjects:
             self.inline[oid] = bytes(data)
         elif not self.shm.contains(oid):
             self.shm.put_bytes(oid, data)
+        return n
+
+
+    def restore_file(self, oid: ObjectId, path: str) -> int:
+        """Read a spilled object back from its file straight into the store
+        (one copy: the kernel's, into the shared-memory allocation); returns
+        its size.  Raises OSError (the file is gone or short) or a store
+        error (no room)."""
+        with open(path, "rb", buffering=0) as f:
+            n = os.fstat(f.fileno()).st_size
+            if n <= INLINE_THRESHOLD:
+                self.inline[oid] = f.read()
+                return n
+            if self.shm.contains(oid):
+                return n
+            view = self.shm.create(oid, n)
+            try:
+                got = 0
+                while got < n:
+                    k = f.readinto(view[got:])
+                    if not k:
+                        raise OSError(f"spill file {path} is shorter than it was ({got} of {n} bytes)")
+                    got += k
+            except BaseException:
+                del view
+                self.shm.abort(oid)
+                raise
+            del view
+            self.shm.seal(oid)
         return n
 
 

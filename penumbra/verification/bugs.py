@@ -1129,6 +1129,61 @@ def _fetched_copy_not_recorded():
     return _patch(O.ObjectManager, "on_fetch_completed", on_fetch_completed)
 
 
+# -- swarm-placement (issue 15): the recovery path of a head that died, found
+# by the placement and head-crash draws (the older swarm never crashes the head)
+
+
+def _exited_job_not_reported():
+    def jobs_over(self):
+        return tuple(sorted(self.ended_jobs))  # BUG: not | self.exited_jobs (their JobFinished went to a dead head)
+
+    return _patch(N.NodeMachine, "jobs_over", jobs_over)
+
+
+def _recovery_adopts_first_config():
+    orig = G.ChainMaster.from_reports.__func__
+
+    def from_reports(cls, reports, shards=None, timing=G.GcsTiming(), address="head"):
+        first = {}
+        for r in reports:
+            if r.config is not None:
+                first.setdefault(r.config.shard, r)
+        # BUG: the first report of each shard wins, whatever its epoch
+        return orig(cls, [r for r in reports if r.config is None or first[r.config.shard] is r], shards, timing,
+                    address)
+
+    return _patch(G.ChainMaster, "from_reports", classmethod(from_reports))
+
+
+def _recovered_head_reuses_request_ids():
+    def _adopt(self, now, sid, shards):
+        rec = self.recovering
+        reports = [rec.reports[r] for r in sorted(rec.reports)]
+        self.chain = G.ChainMaster.from_reports(reports, shards, self.config.gcs_timing, self.address)
+        rec.phase = "rebuild"
+        # BUG: the new head's GCS client numbers its requests from 1 again,
+        # as its predecessor did
+        cmds = self.chain.start(now)
+        cmds += self.gcs.set_configs(self.chain.configs(), now)
+        cmds += self.gcs.read(T.Scan("nodes"), ("recover", "nodes"), now, sid)
+        cmds += self.gcs.read(T.Keys("ended_jobs"), ("recover", "ended"), now, sid)
+        cmds += self.gcs.read(T.Scan("actors"), ("recover", "actors"), now, sid)
+        cmds += self.gcs.read(T.UnplacedTasks(), ("recover", "unplaced"), now, sid)
+        return cmds
+
+    return _patch(H.HeadMachine, "_adopt", _adopt)
+
+
+def _fence_spends_a_restart():
+    orig = A.ActorManager._fence_and_place
+
+    def _fence_and_place(self, e, now, sid):
+        # BUG: the recovered head's fence counts as a restart
+        return orig(self, replace(e, restarts=e.restarts + 1), now, sid)
+
+    return _patch(A.ActorManager, "_fence_and_place", _fence_and_place)
+
+
 BUGS: tuple[Bug, ...] = (
     Bug("no-release-on-crash", "a crashed worker's resources are not released", _no_release_on_crash, seed=5),
     Bug("retry-budget-off-by-one", "one retry fewer than max_retries", _retry_budget_off_by_one, seed=1),
@@ -1156,7 +1211,7 @@ BUGS: tuple[Bug, ...] = (
     # draws-faults
     Bug("sync-ignores-trimmed-log", "a GCS replica re-sends its log to a new successor that lacks entries it already "
         "trimmed, instead of making it copy state again: after two crashes in a catch-up window the chain stalls",
-        _sync_ignores_trimmed_log, seed=54),
+        _sync_ignores_trimmed_log, seed=44),
     Bug("dead-blocked-worker-returns-lent-cpu", "a worker that dies while blocked in get gives back its whole CPU, "
         "though it had lent it already", _dead_blocked_worker_returns_lent_cpu, seed=12),
     Bug("gpu-fraction-dropped", "a node's fractional last GPU gets no GPU instance: a node of half a GPU never runs a "
@@ -1230,6 +1285,18 @@ BUGS: tuple[Bug, ...] = (
         _actor_worker_record_kept, seed=0),
     Bug("fetched-copy-not-recorded", "a copy fetched to another node is never added to the object table",
         _fetched_copy_not_recorded, seed=0),
+    # swarm-placement (issue 15): each first caught by the head-crash draws
+    Bug("exited-job-not-reported", "a node does not tell a recovered head of the jobs whose driver exited while "
+        "there was no head (its one JobFinished went to the dead head): the job never ends",
+        _exited_job_not_reported, seed=15),
+    Bug("recovery-adopts-first-config", "a recovered head adopts, per shard, the first config the replicas report "
+        "instead of the highest epoch (a replica cut off before the head died reports the older one)",
+        _recovery_adopts_first_config, seed=293),
+    Bug("recovered-head-reuses-request-ids", "a recovered head's GCS client numbers its requests from 1, as its "
+        "predecessor did: the replicas take its new writes for repeats of old ones", _recovered_head_reuses_request_ids,
+        seed=59),
+    Bug("fence-spends-a-restart", "a recovered head's fence of a restart (or creation) its predecessor began counts "
+        "as a restart", _fence_spends_a_restart, seed=136),
 )
 
 # Changes that look like bugs but that the rest of the design makes harmless,

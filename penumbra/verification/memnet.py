@@ -31,10 +31,13 @@ from ..core.messages import (
     Fetch,
     FetchCompleted,
     FetchFailed,
+    FlushRows,
     InterruptTask,
     KillWorker,
+    LoadRows,
     Log,
     Message,
+    RowsLoaded,
     Send,
     SetTimer,
     StartWorker,
@@ -108,6 +111,8 @@ class MemNet:
         self.delivered = 0
         self.dropped = 0
         self.trace: list[tuple[float, str, str]] = []
+        # the GCS's flushed rows: (shard, segment) -> {(table, key): row}
+        self.disk: dict[tuple[int, int], dict] = {}
 
     # ------------------------------------------------------------------ wiring
     def add(self, address: str, machine: Any) -> None:
@@ -261,6 +266,12 @@ class MemNet:
                 pass  # errors live in the GCS rows; nothing to hold in memory
             elif t is StopNode:
                 self.crash(src)
+            elif t is FlushRows:
+                self.disk.setdefault((c.shard, c.segment), {(tb, k): r for tb, k, r in c.rows})
+            elif t is LoadRows:
+                rows = tuple((tb, k, seg[(tb, k)]) for tb, k, s in c.wants
+                             if (seg := self.disk.get((c.shard, s), {})) and (tb, k) in seg)
+                self._push(self.now + self.latency, src, RowsLoaded(token=c.token, rows=rows, stimulus_id=c.stimulus_id))
             elif t is CheckpointActor:
                 self._push(self.now, src, ActorCheckpointed(worker_id=c.worker_id, actor_id=c.actor_id, index=c.index, payload=Payload(16, c.index), stimulus_id=c.stimulus_id))
             else:

@@ -255,7 +255,8 @@ def real_nodes(plan) -> list[int]:
 def real_layout(plan, store: int = REAL_STORE) -> ClusterLayout:
     """The real cluster as a layout (what ``swarm._taints`` reads)."""
     shapes = tuple(NodeShape(plan.layout.nodes[i].resources, store) for i in real_nodes(plan))
-    return dataclasses.replace(plan.layout, nodes=shapes)
+    # (the real cluster's GCS replicas live in the head daemon: see translatable)
+    return dataclasses.replace(plan.layout, nodes=shapes, replica_hosts={})
 
 
 def _fits(need: ResourceSet, nodes: list[ResourceSet]) -> bool:
@@ -310,7 +311,11 @@ def translatable(plan):
     second return becomes the first), ``retry_exceptions`` flakiness,
     cancels of plain tasks, freed puts, a second job that ends, threaded,
     async and named actors.  The reference run is made from the same plan,
-    so the comparison stays exact; these are checked by the swarm alone."""
+    so the comparison stays exact; these are checked by the swarm alone.
+    Nor GCS replicas placed on nodes (``replica_hosts``): the real
+    cluster's live in the head daemon."""
+    if plan.layout.replica_hosts:
+        plan = dataclasses.replace(plan, layout=dataclasses.replace(plan.layout, replica_hosts={}))
     w = plan.workload
     if not (w.jobs or any(t.num_returns > 1 or t.cancel_at is not None or t.model.flaky for t in w.tasks)
             or any(p.free_at is not None for p in w.puts)
@@ -519,11 +524,15 @@ class _Run:
     refs: dict = field(default_factory=dict)  # item key -> ref
 
 
-def _node_args(shape: NodeShape) -> dict:
+def _node_args(shape: NodeShape, spilling: bool = False) -> dict:
     res = dict(shape.resources.to_dict())
     args = {"num_cpus": res.pop("CPU", 0), "num_gpus": res.pop("GPU", 0), "resources": res,
             "object_store_memory": shape.object_store_memory,
-            "node_timeout": NODE_TIMEOUT, "heartbeat_interval": HEARTBEAT}
+            "node_timeout": NODE_TIMEOUT, "heartbeat_interval": HEARTBEAT,
+            # (spilling as in the plan's layout, the reference's: a real
+            # daemon spills by default, where the reference would evict
+            # and rebuild, or fail a put)
+            "spilling": spilling}
     return args
 
 
@@ -599,7 +608,7 @@ def run_real(plan, fault: str = "none", *, reference=None, time_scale: float = 1
     for sub in ("x", "i", "hold"):
         os.mkdir(os.path.join(scratch, sub))
     layout = real_layout(plan, store)
-    node_args = [_node_args(s) for s in layout.nodes]
+    node_args = [_node_args(s, layout.spilling) for s in layout.nodes]
     for a in node_args:
         a["validate"] = validate
     cluster = None

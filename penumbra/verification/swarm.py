@@ -19,8 +19,10 @@ resources, GCS shards and chain length, store capacity), the workload
   heartbeats) come late in a burst; a second GCS replica fault inside a
   rejoin's catch-up window; workers that die blocked in ``get``; heartbeat
   storms (every node's messages to the head stall, then burst, alone or
-  around a pause of the head); and, in the layout and workload, fractional
-  GPU totals and work past the spillback thresholds;
+  around a pause of the head); the head's host crashes and a recovered head
+  takes over (``_draw_head_crash``); and, in the layout and workload,
+  fractional GPU totals, work past the spillback thresholds, and GCS
+  replicas living on nodes that fail independently (``_draw_placement``);
 * **liveness**: every fault is lifted, and the cluster must finish the work.
 
 The same seed then runs with no faults at all: the *reference*.  The
@@ -55,7 +57,7 @@ from ..core import placement as P
 from ..core.gcs import GcsReplica, GcsTiming
 from ..core.gcs_client import GcsClient
 from ..core.ids import ObjectId, TaskId, child_task_id, return_object_id
-from ..core.layout import ClusterLayout, NodeShape
+from ..core.layout import ClusterLayout, NodeShape, node_address
 from ..core.messages import PutFailed, ReleaseObjects
 from ..core.records import ActorState, ErrorKind, PlacementGroupEntry
 from ..core.scheduler import LocalScheduler, SchedulerConfig
@@ -120,6 +122,11 @@ class FaultPlan:
     # a driver that loses its node while it waits (see _draw_lost_driver):
     # (loss time, node index, "crash" | "cut", ((time, "get" | "wait", refs, num_returns, timeout), ...))
     lost_driver: tuple = ()
+    # (swarm-placement) the head host crashes (see _draw_head_crash):
+    # (time, down for, recover from "all" | "live" | "one", a replica crash
+    # while it is down: () or (shard, index, this long into the downtime,
+    # restart after))
+    head_crashes: tuple[tuple[float, float, str, tuple], ...] = ()
 
     def items(self) -> list[tuple[str, Any]]:
         out: list[tuple[str, Any]] = [("crash", c) for c in self.crashes]
@@ -131,6 +138,7 @@ class FaultPlan:
         out += [("heartbeat_delay", c) for c in self.heartbeat_delays]
         out += [("rejoin_crash", c) for c in self.rejoin_crashes]
         out += [("storm", c) for c in self.storms]
+        out += [("head_crash", c) for c in self.head_crashes]
         for name in ("gcs_drop", "gcs_duplicate", "delay", "worker_crash_rate", "blocked_crash_rate", "lost_driver"):
             if getattr(self, name):
                 out.append((name, getattr(self, name)))
@@ -140,7 +148,7 @@ class FaultPlan:
     def from_items(cls, items) -> "FaultPlan":
         names = {"crash": "crashes", "replica": "replica_crashes", "isolate": "isolations", "slow": "slow",
                  "actor_kill": "actor_kills", "pause": "pauses", "heartbeat_delay": "heartbeat_delays",
-                 "rejoin_crash": "rejoin_crashes", "storm": "storms"}
+                 "rejoin_crash": "rejoin_crashes", "storm": "storms", "head_crash": "head_crashes"}
         kw: dict[str, Any] = {v: [] for v in names.values()}
         for name, v in items:
             if name in names:
@@ -179,7 +187,9 @@ class SeedPlan:
     def describe(self) -> str:
         shapes = ", ".join(str(s.resources.to_dict()) for s in self.layout.nodes)
         return (f"seed {self.seed}: {len(self.layout.nodes)} nodes [{shapes}], {self.layout.gcs_shards} GCS "
-                f"shard(s) x {self.layout.chain_length} replica(s); workload: {self.workload.describe()}; "
+                f"shard(s) x {self.layout.chain_length} replica(s)"
+                + (f" (on nodes: {self.layout.replica_hosts})" if self.layout.replica_hosts else "")
+                + f"; workload: {self.workload.describe()}; "
                 f"faults: {self.faults.describe()}")
 
 
@@ -278,7 +288,25 @@ def plan_seed(seed: int) -> SeedPlan:
     workload = add_jobs(workload, random.Random(f"penumbra-swarm-jobs-{seed}"), horizon)
     workload = add_actor_kinds(workload, random.Random(f"penumbra-swarm-actor-kinds-{seed}"))
     faults = _draw_lost_driver(faults, workload, random.Random(f"penumbra-swarm-lost-driver-{seed}"), n, horizon)
+    layout = _draw_gcs_flush(layout, random.Random(f"penumbra-swarm-gcs-flush-{seed}"))
+    layout, faults = _draw_placement(layout, faults, seed, faulty, horizon)
     return SeedPlan(seed, layout, workload, faults, horizon)
+
+
+def _draw_gcs_flush(layout: ClusterLayout, rng: random.Random) -> ClusterLayout:
+    """GCS flushing on about a fifth of the seeds, from its own generator:
+    thresholds of a few rows, so finished tasks' lineage and freed objects'
+    rows go to the modelled disk within the run, and every read of them
+    (reconstruction, ``get`` of an old object) and write to them (a re-run,
+    a late duplicate) goes through ``LoadRows``/``RestoreRows`` under the
+    seed's faults (replica crashes and rejoins, drops, pauses)."""
+    if rng.random() >= 0.2:
+        return layout
+    from ..core.gcs import FlushConfig
+
+    flush = FlushConfig(interval=rng.choice((0.02, 0.05, 0.1)), max_rows=rng.choice((4, 10, 30)),
+                        keep_rows=rng.choice((0, 2)), batch=rng.choice((3, 1000)))
+    return dataclasses.replace(layout, gcs_timing=dataclasses.replace(layout.gcs_timing, flush=flush))
 
 
 def _draw_timing_faults(faults: FaultPlan, rng: random.Random, faulty: bool, n: int, horizon: float) -> FaultPlan:
@@ -776,6 +804,7 @@ def run_plan(plan: SeedPlan, *, faults: bool = True, validate: bool = True, max_
         cluster = SimCluster(plan.layout, costs=PAPER, seed=plan.seed, executor=executor, validate=validate,
                              trace=trace)
         res.cluster = cluster
+        _place_replicas(cluster, plan)
         try:
             cluster.wait_ready(timeout=10.0)
             base = cluster.now
@@ -1000,7 +1029,7 @@ def run_plan(plan: SeedPlan, *, faults: bool = True, validate: bool = True, max_
     for k, h in actors.items():
         a = next(a for a in w.actors if a.key == k)
         row = cluster.gcs_row("actors", h.actor_id)
-        n = row.incarnation if row is not None else 0
+        n = row.incarnation - getattr(cluster, "swarm_fences", {}).get(h.actor_id, 0) if row is not None else 0
         if a.max_restarts >= 0 and n > a.max_restarts:
             res.violations.append(C.Violation("actor-restarts", f"actor {k} restarted {n} times, more than max_restarts={a.max_restarts}", k))
     if not faults and res.done_at > plan.horizon + REFERENCE_SLACK:
@@ -1114,7 +1143,7 @@ def _install_faults(cluster: SimCluster, fp: FaultPlan, nodes: list[str], base: 
         addr = chain.replicas[i]
 
         def crash_replica(addr=addr, shard=shard, restart=restart):
-            view = cluster.head.chain.shards[shard]
+            view = _chain_master(cluster).shards[shard]
             live = [r for r in view.config.replicas if cluster.replica(r) is not None]
             if addr in live and len(live) > 1:  # never the last replica of a chain
                 cluster.crash_replica(addr, restart_after=restart)
@@ -1169,6 +1198,7 @@ def _install_new_faults(cluster: SimCluster, fp: FaultPlan, base: float, plan: S
     storms, and workers dying while blocked in ``get`` (see their draws)."""
     k = cluster.kernel
     ex = cluster.executor
+    _install_head_crashes(cluster, fp, base, plan)
     if fp.blocked_crash_rate:
         ex.blocked_crash_rate = fp.blocked_crash_rate
         ex.block_rng = random.Random(f"penumbra-swarm-blocked-exec-{plan.seed}")
@@ -1705,6 +1735,266 @@ def _install_lost_driver(cluster: SimCluster, fp: FaultPlan, base: float, plan: 
     # (a "crash" is the plan's own crash of that node: the driver is told as the node goes)
 
     def check() -> None:
+        if how == "crash" and cluster.nodes[addr].alive:
+            return  # (the crash was not applied: see _place_replicas)
         res.violations.extend(C.check_lost_driver(made, at, drv.machine))
 
     k.call_at(base + plan.horizon + 0.25, check)
+
+
+# ===========================================================================
+# swarm-placement (issue 15): GCS replicas that live on nodes and die with
+# them, and head crashes answered by a recovered head
+
+
+def _draw_placement(layout: ClusterLayout, faults: FaultPlan, seed: int, faulty: bool,
+                    horizon: float) -> tuple[ClusterLayout, FaultPlan]:
+    """Where the GCS replicas live, and head crashes, each from its own
+    generator (the rest of every seed's plan is what it was).
+
+    On about 40% of the seeds the replicas live on nodes
+    (``ClusterLayout.replica_hosts``), as in a cluster of several hosts
+    whose daemons host them: each chain spans distinct nodes where it can (a
+    node may host replicas of several shards; now and then a replica stays
+    on the head's host), so the seed's node crashes, cuts and long pauses
+    take its replicas down with the node, independently of one another; a
+    replica restarts empty (and joins its chain again) when the node's
+    replacement joins.  A chain of one lives on node 0, which never fails.
+    A fault that would leave a shard without a live replica holding every
+    acknowledged write is outside the fault model (a chain of k survives
+    k-1 failures) and is not applied (``_keeps_a_copy``).  Then, on seeds
+    whose replicas live on nodes, ``_draw_head_crash``."""
+    prng = random.Random(f"penumbra-swarm-placement-{seed}")
+    if prng.random() >= 0.4:
+        return layout, faults
+    n = len(layout.nodes)
+    hosts: dict[str, str] = {}
+    for chain in layout.chains():
+        picks = prng.sample(range(n), min(n, len(chain.replicas))) if len(chain.replicas) > 1 else [0]
+        for r, i in zip(chain.replicas, picks):
+            if len(chain.replicas) == 1 or prng.random() < 0.85:
+                hosts[r] = node_address(i)
+    layout = dataclasses.replace(layout, replica_hosts=dict(sorted(hosts.items())))
+    faults = _draw_head_crash(faults, random.Random(f"penumbra-swarm-head-crash-{seed}"), faulty, layout, horizon)
+    return layout, faults
+
+
+# the share of the faulty seeds with replicas on nodes whose head crashes
+# (see _draw_head_crash)
+HEAD_CRASH_RATE = 0.4
+
+
+def _draw_head_crash(faults: FaultPlan, rng: random.Random, faulty: bool, layout: ClusterLayout,
+                     horizon: float) -> FaultPlan:
+    """The head's host crashes (kill -9: the head's monitor, chain master,
+    global scheduler, actor manager and all they held in memory are gone,
+    with the GCS replicas that live there) on ``HEAD_CRASH_RATE`` of the
+    faulty seeds whose replicas live on nodes, and a recovered head
+    (``HeadConfig.recover_from``) starts at the same address 0.05-1 s later
+    -- often longer than the node timeout: the new head must not declare
+    the nodes dead for the silence.  The operator names the replicas to
+    recover from: every one of the layout ("all": those that died do not
+    answer), the live ones ("live"), or one live replica per shard that is
+    not joining ("one": it may know an older config than another).  On 60%
+    of those with chains of two or more, a GCS replica also crashes while
+    there is no head (nobody reconfigures its chain until the new head
+    does), restarting 0.05-0.4 s later.  Where the plan cuts off a node
+    that hosts replicas, the crash comes inside that cut on 60% of such
+    seeds, and the new head starts shortly before the cut heals: the cut
+    replicas report the older config they kept.  The new head is up before
+    the safety phase ends."""
+    if not faulty or rng.random() >= HEAD_CRASH_RATE:
+        return faults
+    at = round(rng.uniform(0.05, horizon), 3)
+    down = round(min(rng.uniform(0.05, 1.0), horizon + 0.25 - at), 3)
+    how = rng.choice(("all", "live", "one"))
+    hosting = {int(n.split(":")[1]) for n in layout.replica_hosts.values()}
+    cuts = [(t, d) for t, i, d in faults.isolations if i in hosting]
+    if cuts and rng.random() < 0.6:
+        # inside a cut of a node that hosts replicas: the chain master cut
+        # them out (a new epoch), the head dies, and the new head starts
+        # before the cut heals; their reports (of the older epoch) come in
+        # once it does, before the new head gives up waiting
+        t, d = cuts[0]
+        at = round(t + rng.uniform(0.1, 0.3), 3)
+        down = round(min(t + d - at - rng.uniform(0.05, 0.3), horizon + 0.25 - at), 3)
+        how = "live"
+    if down < 0.05:
+        return faults
+    replica: tuple = ()
+    if layout.chain_length > 1 and rng.random() < 0.6:
+        replica = (rng.randrange(layout.gcs_shards), rng.randrange(layout.chain_length),
+                   round(rng.uniform(0.0, down), 3), round(rng.uniform(0.05, 0.4), 3))
+    return dataclasses.replace(faults, head_crashes=((at, down, how, replica),))
+
+
+def _chain_master(cluster: SimCluster):
+    """The chain master that knows the chains now: the head's, or while
+    there is no head (crashed, or still recovering) its predecessor's, whose
+    view is the last one the replicas were given."""
+    head = cluster.head
+    if head is None or getattr(head, "recovering", None) is not None:
+        return getattr(cluster, "swarm_last_master", None) or (head.chain if head is not None else None)
+    return head.chain
+
+
+def _keeps_a_copy(cluster: SimCluster, gone: set[str]) -> bool:
+    """Whether every shard with a replica in ``gone`` keeps a live member
+    outside it that holds every acknowledged write (caught up, or an
+    original member; not on a node cut off or stopped long): the fault
+    model's condition for taking ``gone`` down (a chain of k survives k-1
+    failures, never the loss of every copy)."""
+    master = _chain_master(cluster)
+    if master is None:
+        return True
+    gone = gone | getattr(cluster, "swarm_cut", set())
+
+    def full(r: str) -> bool:
+        # (a replica restarted empty is joining, whatever the master's view
+        # of it, which counts an original member caught up)
+        m = cluster.replica(r)
+        return m is not None and not m.joining and master.caught_up.get(r, True)
+
+    for view in master.shards.values():
+        members = view.config.replicas
+        if gone & set(members) and not any(r not in gone and full(r) for r in members):
+            return False
+    return True
+
+
+def _place_replicas(cluster: SimCluster, plan: SeedPlan) -> None:
+    """What the simulator does with ``replica_hosts`` (a replica dies with
+    its node and restarts empty on its replacement), and more, as the
+    replica shares its node's process: it shares the node's machine on the
+    network (a cut of the node cuts it too) and stands still when the node
+    does.  Faults of the plan that would take down the last replica holding
+    every acknowledged write of a shard (``_keeps_a_copy``) are not applied
+    (noted in the trace)."""
+    if not plan.layout.replica_hosts:
+        return
+    k = cluster.kernel
+    for r, node in plan.layout.replica_hosts.items():
+        k.network.place(r, machine=node)  # (before anything was sent: no link is made yet)
+    crash_node, isolate, pause = cluster.crash_node, cluster.isolate, cluster.pause
+
+    def on(node: str) -> set[str]:
+        return {r for r, n in cluster.replica_node.items() if n == node}
+
+    def crashed(address: str, restart_after: float | None = None) -> bool:
+        # (a plan's crash always restarts; fencing stops the node as it must)
+        if restart_after is not None and k.is_alive(address) and not _keeps_a_copy(cluster, on(address)):
+            k.note(address, "swarm: crash not applied (it would take the last full copy of a GCS shard)")
+            return False
+        return crash_node(address, restart_after)
+
+    cluster.swarm_cut = set()  # replicas on a node cut off or stopped long: no copy to count on
+
+    def unreachable(mine: set[str], duration: float | None) -> None:
+        mine = mine - cluster.swarm_cut
+        cluster.swarm_cut |= mine
+        if duration is not None:
+            k.call_after(duration, lambda: cluster.swarm_cut.difference_update(mine))
+
+    def cut(address: str, duration: float | None = None) -> int:
+        mine = on(address) if address in cluster.nodes else set()
+        if mine and not _keeps_a_copy(cluster, mine):
+            k.note(address, "swarm: cut not applied (it would take the last full copy of a GCS shard)")
+            return -1
+        unreachable(mine, duration)
+        return isolate(address, duration)
+
+    def paused(address: str, duration: float, timers_first: bool = True) -> bool:
+        mine = on(address) if address in cluster.nodes else set()
+        if mine and duration >= LONG_PAUSE and not _keeps_a_copy(cluster, mine):
+            k.note(address, "swarm: long pause not applied (it would take the last full copy of a GCS shard)")
+            return False
+        ok = pause(address, duration, timers_first)
+        if ok:
+            if duration >= LONG_PAUSE:
+                unreachable(mine, duration)
+            for r in sorted(mine):
+                pause(r, duration, timers_first)
+        return ok
+
+    cluster.crash_node, cluster.isolate, cluster.pause = crashed, cut, paused
+    _guard_replica_crashes(cluster)
+
+
+def _guard_replica_crashes(cluster: SimCluster) -> None:
+    """A replica crash of the plan is applied only if its shard keeps a
+    full copy (``_keeps_a_copy``; the older seeds' rule, "never the last
+    live replica", counts replicas still catching up too)."""
+    if getattr(cluster, "swarm_guarded", False):
+        return
+    cluster.swarm_guarded = True
+    crash_replica = cluster.crash_replica
+
+    def guarded(address: str, restart_after: float | None = None) -> bool:
+        if cluster.replica(address) is not None and not _keeps_a_copy(cluster, {address}):
+            cluster.kernel.note(address, "swarm: replica crash not applied (the last full copy of its shard)")
+            return False
+        return crash_replica(address, restart_after)
+    cluster.crash_replica = guarded
+
+
+def _install_head_crashes(cluster: SimCluster, fp: FaultPlan, base: float, plan: SeedPlan) -> None:
+    """Run ``fp.head_crashes`` (see ``_draw_head_crash``): ``crash_head``,
+    then ``recover_head`` from the replicas the operator names.  A crash
+    that would take the last full copy of a shard with the head's host
+    (its replicas) is not applied."""
+    from ..core.layout import replica_address
+
+    k = cluster.kernel
+    if fp.head_crashes:
+        _guard_replica_crashes(cluster)
+    for at, down, how, replica in fp.head_crashes:
+        def crash() -> None:
+            if not k.is_alive("head") or cluster.head.recovering is not None:
+                return
+            if not _keeps_a_copy(cluster, set(cluster.replicas_with_head())):
+                k.note("head", "swarm: head crash not applied (it would take the last full copy of a GCS shard)")
+                return
+            cluster.swarm_last_master = cluster.head.chain
+            cluster.crash_head()
+
+        def recover(how=how) -> None:
+            if k.is_alive("head"):
+                return
+            master = _chain_master(cluster)
+            if how == "one":
+                # one surviving member of each shard's last config that is
+                # not still joining (the chain's first such): what an
+                # operator would point at
+                def full(r: str) -> bool:
+                    m = cluster.replica(r)
+                    return m is not None and not m.joining and m.config is not None
+
+                names = [next((r for r in v.config.replicas if full(r)), v.config.replicas[0])
+                         for _, v in sorted(master.shards.items())]
+            elif how == "all":
+                names = list(cluster.replicas)
+            else:
+                names = None  # every replica alive now
+            cluster.recover_head(names)
+            # a recovered head fences the restarts (and creations) its
+            # predecessor may have begun with a new incarnation, spending no
+            # restart: count them, so that actor-restarts does not take them
+            # for restarts
+            fences = cluster.__dict__.setdefault("swarm_fences", {})
+            actors = cluster.head.actors
+            fence = actors._fence_and_place
+
+            def fenced(e, now, sid):
+                fences[e.spec.actor_id] = fences.get(e.spec.actor_id, 0) + 1
+                return fence(e, now, sid)
+            actors._fence_and_place = fenced
+
+        k.call_at(base + at, crash)
+        k.call_at(base + at + down, recover)
+        if replica:
+            shard, i, into, after = replica
+
+            def crash_replica(addr=replica_address(shard, i), after=after) -> None:
+                if cluster.replica(addr) is not None:
+                    cluster.crash_replica(addr, restart_after=after)
+            k.call_at(base + at + into, crash_replica)

@@ -711,3 +711,48 @@ def test_head_host_killed_recovered_from_a_node_replica(bed):
     R.check_recovered(res, written, want_nodes=3)
     print(f"\n[multihost] head host killed, recovered from B's replica: old driver told {lost_after:.2f} s after "
           f"the kill; cluster usable again {recovered:.2f} s after the kill\n{status}")
+
+
+@needs_bed
+@pytest.mark.timeout(120)
+def test_slurm_batch_script_stops_a_node_hosting_a_gcs_replica(bed, tmp_path):
+    """The batch script with ``PENUMBRA_GCS_REPLICAS=1`` (the head puts a GCS
+    replica on one other node): at the end ``penumbra stop --address`` stops
+    every node at once, the replica host included -- each was told
+    ``StopCluster`` and none took the head's stop for a crash and rejoined
+    (a replica host would retry the head for good, and the job never end)."""
+    b = bed(3)
+    env = M.fake_slurm(b, str(tmp_path / "bin"))
+    env.update(PENUMBRA_CMD=f"{sys.executable} -m penumbra.cli", PENUMBRA_PYTHON=sys.executable,
+               PENUMBRA_DEPLOY_DIR=str(tmp_path / "job"), PENUMBRA_JOIN_TIMEOUT="40", PENUMBRA_GCS_REPLICAS="1")
+    driver = tmp_path / "driver.py"
+    driver.write_text(SLURM_DRIVER)
+    script = os.path.join(M.REPO, "deploy", "slurm", "penumbra.sbatch")
+    t0 = time.monotonic()
+    r = b.hosts[0].run(["bash", script, str(driver)], env=env, timeout=60)
+    elapsed = time.monotonic() - t0
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["squares"] == [i * i for i in range(6)] and res["alive"] == 3, res
+    anchors = {h.anchor.pid for h in b.hosts}
+    deadline = time.monotonic() + 10  # (a node told nothing rejoins: 20 s, or for good)
+    while any(p not in anchors for h in b.hosts for p in h.pids()):
+        assert time.monotonic() < deadline, "processes left after the batch script ended: " + str(
+            [(p, _cmdline(p)) for h in b.hosts for p in h.pids() if p not in anchors])
+        time.sleep(0.1)
+
+    def log(h: M.Host) -> str:
+        sessions = os.path.join(h.root, "sessions")
+        return "".join(open(os.path.join(sessions, s, "daemon.log")).read() for s in os.listdir(sessions)
+                       if os.path.exists(os.path.join(sessions, s, "daemon.log")))
+
+    head_log = log(b.hosts[0])
+    assert re.search(r"node \S+ hosts GCS replicas gcs:0:", head_log), head_log[-3000:]
+    hosting = 0
+    for h in b.hosts[1:]:
+        text = log(h)
+        hosting += "hosting GCS replicas" in text
+        assert "the head asked this node to stop" in text, text[-3000:]
+        assert "rejoining" not in text, text[-3000:]
+    assert hosting == 1
+    print(f"\n[multihost] slurm script with a GCS replica on a node: job run and every daemon stopped in "
+          f"{elapsed:.2f} s")

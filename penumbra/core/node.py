@@ -138,7 +138,10 @@ _HOLD_MAX = 1024
 @dataclass(slots=True)
 class _Watch:
     client: str
-    remaining: set[ObjectId]
+    # (a dict, not a set: iterated when a watch is dropped, and a set of ids
+    # iterates in an order that changes with the process's hash seed, which
+    # made a simulation's trace differ from one process to the next)
+    remaining: dict[ObjectId, None]
     fetch: bool
     need: int = 1
     # ready objects not reported yet, until ``need`` of them are (None:
@@ -535,7 +538,7 @@ class NodeMachine:
 
     def _on_watch(self, ev: WatchObjects, now: float) -> list[Command]:
         key = (ev.client, ev.req_id)
-        remaining = set(ev.object_ids)
+        remaining = dict.fromkeys(ev.object_ids)
         need = min(ev.need, len(remaining))
         self.watches[key] = _Watch(ev.client, remaining, ev.fetch, need, [] if need > 1 else None)
         token = ("watch", ev.client, ev.req_id)
@@ -563,7 +566,7 @@ class NodeMachine:
         w = self.watches.get(key)
         if w is None or oid not in w.remaining:
             return
-        w.remaining.discard(oid)
+        del w.remaining[oid]
         held = w.held
         if held is None:
             self.outbox.setdefault(key, []).append((oid, info))

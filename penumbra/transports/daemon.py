@@ -248,6 +248,7 @@ class Daemon:
         self.zygote: ZygoteHandle | None = None  # set by ``main``
         self.stopping = False
         self.stop_event: trio.Event | None = None
+        self.done = trio.Event()  # ``run`` has stopped (in order: a head's nodes were told)
         # GCS replicas on nodes: a node daemon's own replica addresses; the
         # head daemon's routes to replicas hosted by node daemons (replica
         # address -> node id); messages for "head" held while a recovering
@@ -1009,6 +1010,12 @@ class Daemon:
 
 
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await self._run(task_status)
+        finally:
+            self.done.set()
+
+    async def _run(self, task_status) -> None:
         cfg = self.cfg
         self.stop_event = trio.Event()
         self.install_handlers()
@@ -1062,19 +1069,35 @@ class Daemon:
             await self.stop_event.wait()
             self.stopping = True
             if cfg.head:  # an orderly stop (penumbra stop, SIGTERM): the nodes stop too, not rejoin
-                with trio.move_on_after(2):
-                    chans = list(self.node_channels.values())
-                    for ch in chans:
-                        try:
-                            await ch.send(P.StopCluster())
-                        except (ConnectionClosed, trio.ClosedResourceError):
-                            pass
-                    # closing writes what is still queued first: a node
-                    # that never reads StopCluster takes the closed
-                    # connection for a killed head and rejoins (for 20 s)
-                    for ch in chans:
-                        await ch.aclose()
+                await self._stop_nodes()
             nursery.cancel_scope.cancel()
+
+    async def _stop_nodes(self, wait: float = 2.0) -> None:
+        """(head role, an orderly stop) Tell every node daemon to stop, and
+        wait (up to ``wait`` s) until each has closed its connection.
+
+        A node that sees the head's connection close without a
+        ``StopCluster`` before it takes the head for killed and rejoins: a
+        plain node retries for 20 s, one hosting GCS replicas without limit
+        (it may hold the only copies of acknowledged writes).  So the head
+        lets the node close first -- its ``serve_peer`` keeps reading
+        meanwhile -- rather than closing right after the send: that could
+        drop the message still queued behind other traffic (a replica
+        host's chain messages) and, with the node's own messages unread,
+        reset the connection.  A node that does not answer within ``wait``
+        is closed on (what is queued is written first)."""
+        chans = list(self.node_channels.values())
+        with trio.move_on_after(wait):
+            for ch in chans:
+                try:
+                    await ch.send(P.StopCluster())
+                except (ConnectionClosed, trio.ClosedResourceError):
+                    pass
+            while any(ch in self.node_channels.values() for ch in chans):
+                await trio.sleep(0.02)
+        with trio.move_on_after(1):
+            for ch in chans:
+                await ch.aclose()
 
     async def _recover_head(self, layout: ClusterLayout) -> None:
         """Start a head that rebuilds the cluster's control state from the
@@ -1474,8 +1497,12 @@ def main(argv: list[str] | None = None) -> None:
                     address = await n.start(daemon.run)
             started = True
             tell({"address": address, "node_id": daemon.node_id, "pid": os.getpid()})
-            await daemon.stop_event.wait()
-            n.cancel_scope.cancel()
+            # ``run`` returns once it has stopped in order (a head first
+            # tells its nodes, see ``Daemon._stop_nodes``): cancelling it as
+            # soon as ``stop_event`` fired raced with that, and a node
+            # told nothing takes the head for killed and rejoins
+            await daemon.done.wait()
+            n.cancel_scope.cancel()  # (``on_signals``)
 
     # While trio runs, its signal receiver owns these signals; when it closes
     # it restores the handler it found.  Make that a harmless one, so that a

@@ -156,6 +156,8 @@ class _Calendar:
     rescheduled ``StopSimulation``) go to a small heap of their own
     (``other``) and are merged by comparing whole entries.
 
+    A time with a single entry keeps the entry itself, not a deque (most
+    times in a small simulation): a deque is made when a second one comes.
     Invariant: ``times`` holds exactly the keys of ``buckets``, and no
     bucket is empty.
     """
@@ -172,8 +174,10 @@ class _Calendar:
             t = entry[0]
             b = self.buckets.get(t)
             if b is None:
-                self.buckets[t] = deque((entry,))
+                self.buckets[t] = entry  # a lone entry waits as itself (no deque)
                 heappush(self.times, t)
+            elif b.__class__ is tuple:
+                self.buckets[t] = deque((b, entry))
             else:
                 b.append(entry)
         else:
@@ -184,8 +188,10 @@ class _Calendar:
         t = entry[0]
         b = self.buckets.get(t)
         if b is None:
-            self.buckets[t] = deque((entry,))
+            self.buckets[t] = entry
             heappush(self.times, t)
+        elif b.__class__ is tuple:
+            self.buckets[t] = deque((b, entry))
         else:
             b.append(entry)
 
@@ -195,6 +201,12 @@ class _Calendar:
         if times:
             t = times[0]
             b = self.buckets[t]
+            if b.__class__ is tuple:
+                if other and other[0] < b:
+                    return heappop(other)
+                heappop(times)
+                del self.buckets[t]
+                return b
             if other and other[0] < b[0]:
                 return heappop(other)
             item = b.popleft()
@@ -213,7 +225,8 @@ class _Calendar:
         return other[0][0] if other else float("inf")
 
     def __len__(self) -> int:
-        return sum(map(len, self.buckets.values())) + len(self.other)
+        return (sum(1 if b.__class__ is tuple else len(b) for b in self.buckets.values())
+                + len(self.other))
 
     def __bool__(self) -> bool:
         return bool(self.times or self.other)
@@ -1200,7 +1213,14 @@ class SimKernel:
                     if times:
                         t = times[0]
                         b = buckets[t]
-                        if other and other[0] < b[0]:
+                        if b.__class__ is tuple:
+                            if other and other[0] < b:
+                                item = heappop(other)
+                            else:
+                                item = b
+                                heappop(times)
+                                del buckets[t]
+                        elif other and other[0] < b[0]:
                             item = heappop(other)
                         else:
                             item = b.popleft()
@@ -1221,7 +1241,14 @@ class SimKernel:
                 if times:
                     t = times[0]
                     b = buckets[t]
-                    if other and other[0] < b[0]:
+                    if b.__class__ is tuple:
+                        if other and other[0] < b:
+                            item = heappop(other)
+                        else:
+                            item = b
+                            heappop(times)
+                            del buckets[t]
+                    elif other and other[0] < b[0]:
                         item = heappop(other)
                     else:
                         item = b.popleft()

@@ -13,6 +13,14 @@ Three parts (all by default; ``--only`` picks one):
     A ``--big-nodes`` (default 10,000) node cluster runs the same workload
     for a short window, in a child process so that its peak memory
     (``ru_maxrss``) is its own.
+``partitions``
+    One simulation across processes (``penumbra.sim.partition``): Figure
+    8b's workload on ``--nodes`` nodes, started at ``--setup-at`` s and run
+    for ``--measure`` tasks per node, with 1 process and with
+    ``--partitions`` (default 2) processes: the trace hashes (must agree),
+    wall time, each partition's CPU time, and the window exchange (batches
+    between partitions, their pickling cost) with a model of 16 and 64
+    processes.
 ``fidelity``
     The real runtime on this machine (``penumbra.init(num_cpus=2)``): async
     and sync empty tasks/s, ``--reps`` times (the machine is shared: the
@@ -24,7 +32,7 @@ Three parts (all by default; ``--only`` picks one):
 
 Times on a shared machine vary by 2x between runs: run more than once.
 
-Run: ``python bench/bench_sim.py [--only throughput|big|fidelity] [--nodes 1000]``.
+Run: ``python bench/bench_sim.py [--only throughput|big|partitions|fidelity] [--nodes 1000]``.
 """
 
 from __future__ import annotations
@@ -44,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from penumbra.sim import experiments as E  # noqa: E402
 from penumbra.sim.costs import LOCAL, PAPER, CostModel  # noqa: E402
 
-TARGET_TASKS_PER_WALL_S = 20_000
+TARGET_TASKS_PER_WALL_S = 10_000  # one process, 1,000 nodes (issue 17)
 
 
 def _rss_mb() -> float:
@@ -166,6 +174,56 @@ def big(nodes: int, measure: float, cpus: int, shards_per: int) -> dict:
     if p.returncode != 0:
         raise RuntimeError(f"the {nodes}-node run failed:\n{p.stderr[-3000:]}")
     return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+# ===========================================================================
+# one simulation across processes
+
+
+def partitions(nodes: int, measure: float, setup_at: float, counts: list[int]) -> dict:
+    import pickle
+
+    from penumbra.sim import partition as P
+
+    spec = P.ScalabilitySpec(nodes=nodes, setup_at=setup_at)
+    until = setup_at + measure / E.node_task_rate(PAPER)
+    runs = {}
+    for n in counts:
+        r = P.run_partitioned(spec, n, until, processes=True)
+        runs[n] = {"trace": r.trace_hash, "tasks": r.tasks_finished, "events": r.events, "windows": r.windows,
+                   "window_s": r.window, "wall_s": r.wall_s, "workload_wall_s": r.workload_wall_s,
+                   "partition_cpu_s": r.partition_cpu_s,
+                   "exchanged_batches": r.exchanged_batches, "coordinator_exchange_s": r.exchange_s}
+    # the exchange's cost per batch: pickle + unpickle a window's worth, as the pipes do
+    p = P._Partition(P.ScalabilitySpec(nodes=min(nodes, 200), setup_at=setup_at), 0, 2)
+    t, k, sample = 0.0, 0, []
+    u2 = setup_at + 20 / E.node_task_rate(PAPER)
+    while t < u2:
+        k += 1
+        t = min(u2, k * p.min_latency())
+        out, _ = p.advance(t, [])
+        sample += out[1]
+    c0 = time.process_time()
+    for _ in range(3):
+        pickle.loads(pickle.dumps(sample, pickle.HIGHEST_PROTOCOL))
+    per_batch = (time.process_time() - c0) / 3 / max(1, len(sample))
+    base, most = runs[counts[0]], runs[counts[-1]]
+    speedup = base["workload_wall_s"] / most["workload_wall_s"]
+    tasks = base["tasks"]
+    work = sum(base["partition_cpu_s"]) / tasks  # CPU a task in one process
+    # batches between partitions a task, if machines are dealt out at
+    # random: a fraction (P-1)/P of all inter-machine batches
+    cross_per_task = most["exchanged_batches"] / tasks / ((counts[-1] - 1) / counts[-1]) if counts[-1] > 1 else 0.0
+    model = {}
+    for n in (2, 16, 64):
+        # each batch between partitions is pickled by its sender and
+        # unpickled by its receiver (the coordinator only moves bytes)
+        exch = cross_per_task * (n - 1) / n * per_batch
+        model[n] = {"cpu_per_task_us": (work + exch) / n * 1e6, "speedup": n * work / (work + exch),
+                    "exchange_share": exch / (work + exch)}
+    return {"nodes": nodes, "runs": runs, "pickle_per_batch_us": per_batch * 1e6, "measured_speedup": speedup,
+            "cross_batches_per_task_all": cross_per_task, "model": model,
+            "hashes_agree": len({r["trace"] for r in runs.values()}) == 1}
 
 
 # ===========================================================================
@@ -383,7 +441,7 @@ def fidelity(reps: int) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", choices=("throughput", "big", "fidelity"))
+    ap.add_argument("--only", choices=("throughput", "big", "partitions", "fidelity"))
     ap.add_argument("--nodes", type=int, default=1000)
     ap.add_argument("--warm", type=float, default=300, help="warm-up, in tasks per node (steady state from ~300)")
     ap.add_argument("--measure", type=float, default=40, help="measured window, in tasks per node")
@@ -394,6 +452,9 @@ def main() -> int:
     ap.add_argument("--cpus", type=int, default=4)
     ap.add_argument("--shards-per", type=int, default=2, help="nodes per GCS shard in the big run")
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--partitions", type=int, default=2, help="processes for the partitions part (vs 1)")
+    ap.add_argument("--setup-at", type=float, default=0.35,
+                    help="partitions part: simulated seconds of boot before the drivers start")
     ap.add_argument("--big-child", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--json", help="also write the results here")
     a = ap.parse_args()
@@ -423,6 +484,22 @@ def main() -> int:
               f"{r['simulated_tasks_per_s']:,.0f} tasks/s ({r['per_node']:,.0f} per node), "
               f"{r['sim_tasks_per_wall_s']:,.0f} per wall s; peak memory {r['peak_rss_mb']:,.0f} MB; "
               f"total {r['total_wall_s']:.0f} s")
+    if a.only in (None, "partitions"):
+        r = partitions(a.nodes, a.measure, a.setup_at, [1, a.partitions])
+        results["partitions"] = r
+        for n, x in r["runs"].items():
+            print(f"{n} process(es), {a.nodes:,} nodes: {x['tasks']:,} tasks in {x['workload_wall_s']:.1f} s wall "
+                  f"= {x['tasks'] / x['workload_wall_s']:,.0f} tasks per wall s once the workload runs "
+                  f"({x['wall_s']:.1f} s with build and boot; {x['windows']:,} windows of "
+                  f"{x['window_s'] * 1e6:.0f} us); CPU per partition "
+                  f"{', '.join(f'{c:.1f}' for c in x['partition_cpu_s'])} s; {x['exchanged_batches']:,} batches "
+                  f"between partitions; trace {x['trace'][:16]}")
+        print(f"  measured: {r['measured_speedup']:.2f}x the wall speed of one process once the workload runs")
+        print(f"  trace hashes agree: {r['hashes_agree']}; pickling a batch both ways: "
+              f"{r['pickle_per_batch_us']:.1f} us; inter-machine batches a task: {r['cross_batches_per_task_all']:.2f}")
+        for n, m in r["model"].items():
+            print(f"  model, {n} processes: {m['speedup']:.1f}x one process, exchange "
+                  f"{m['exchange_share'] * 100:.0f}% of the CPU")
     if a.only in (None, "fidelity"):
         r = fidelity(a.reps)
         results["fidelity"] = r

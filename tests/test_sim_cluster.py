@@ -390,3 +390,58 @@ def test_random_replica_crashes_restart_empty_and_rejoin():
     assert [d.value(s.return_ids[0]) for s in specs] == g.expected()
     c.run_for(1.0)
     assert inst.restarts and all(len(v.config.replicas) == 2 for v in c.head.chain.shards.values())
+
+
+# ---------------------------------------------------------------------------
+# one simulation across several processes (penumbra.sim.partition)
+
+
+@pytest.mark.timeout(180)
+def test_partitioned_run_is_the_same_for_1_2_and_3_partitions():
+    """Figure 8b's workload on 6 nodes: the trace hash and the results do not
+    depend on how many processes share the machines, and the tasks and
+    events are those of the same run in one plain SimCluster."""
+    from penumbra.sim import experiments as E
+    from penumbra.sim.partition import ScalabilitySpec, run_partitioned
+    from penumbra.sim.workloads import ClosedLoop
+
+    spec = ScalabilitySpec(nodes=6, setup_at=0.3)
+    one = run_partitioned(spec, 1, 0.32, processes=False)
+    two = run_partitioned(spec, 2, 0.32)
+    three = run_partitioned(spec, 3, 0.32)
+    one_proc = run_partitioned(spec, 1, 0.32)
+    assert one.tasks_finished > 1000
+    for r in (two, three, one_proc):
+        assert (r.trace_hash, r.tasks_finished, r.events) == (one.trace_hash, one.tasks_finished, one.events)
+    assert one.window == PAPER.latency_intra_rack and len(three.partition_cpu_s) == 3
+    assert one.exchanged_batches == 0 < two.exchanged_batches < three.exchanged_batches  # more pipes, more traffic
+    assert one.windows == two.windows < 0.32 / one.window / 2  # windows with nothing due are skipped
+
+    c = E.scalability_cluster(6, PAPER, 0, cpus=4)
+    c.run(0.3)
+    for a in list(c.nodes):
+        ClosedLoop(c.driver(a), window=64, batch=16).start()
+    c.run(0.32)
+    assert (c.tasks_finished(), c.kernel.stats()["events_handled"]) == (one.tasks_finished, one.events)
+
+    other = run_partitioned(ScalabilitySpec(nodes=6, setup_at=0.3, batch=8), 2, 0.32)
+    assert other.trace_hash != one.trace_hash
+
+
+def test_partitioned_run_refuses_what_it_cannot_do():
+    from penumbra.sim.partition import ScalabilitySpec, run_partitioned
+
+    spec = ScalabilitySpec(nodes=2, setup_at=0.01)
+    with pytest.raises(ValueError, match="partitions must be"):
+        run_partitioned(spec, 0, 0.02)
+    with pytest.raises(ValueError, match="smallest latency between machines"):
+        run_partitioned(spec, 1, 0.02, window=1.0, processes=False)
+
+    class ZeroLatency(ScalabilitySpec):
+        def build(self, trace):
+            from penumbra.sim.experiments import scalability_cluster
+
+            return scalability_cluster(2, ZERO, 0, trace=trace, start=False)
+
+    with pytest.raises(ValueError, match="positive network latency"):
+        run_partitioned(ZeroLatency(nodes=2, setup_at=0.01), 1, 0.02, processes=False)

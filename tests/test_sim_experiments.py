@@ -111,3 +111,70 @@ def test_local_preset_is_calibrated():
 def test_full_size(name):
     r = E.run(name, size="full", progress=False)
     assert r.passed, r.report()
+
+
+# ---------------------------------------------------------------------------
+# `penumbra sim` as a user meets it: --help, --nodes, progress
+
+
+def test_sim_help_explains_each_option():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "penumbra.cli", "sim", "--help"], capture_output=True,
+                         text=True, timeout=60, check=True).stdout
+    for opt, words in (("--size", "paper's sizes"), ("--nodes", "cluster sizes"), ("--preset", "cost model"),
+                       ("--seed", "trace hash"), ("--out", "CSV"), ("EXPERIMENT", "fig11b")):
+        assert opt in out and words in out, (opt, out)
+
+
+def test_cli_nodes_sets_the_cluster_sizes_of_fig8b(tmp_path, capsys):
+    args = argparse.Namespace(experiment="fig8b", size="quick", preset="paper", seed=0, out=str(tmp_path),
+                              nodes=[3, 5])
+    assert E.run_experiment_cli(args) == 0
+    rows = list(csv.reader(io.StringIO((tmp_path / "fig8b.csv").read_text())))
+    assert [r[0] for r in rows[1:]] == ["3", "5"]
+
+
+def test_cli_nodes_is_refused_where_it_does_not_apply(tmp_path, capsys):
+    args = argparse.Namespace(experiment="fig10a", size="quick", preset="paper", seed=0, out=str(tmp_path),
+                              nodes=[3])
+    assert E.run_experiment_cli(args) == 2
+    assert "--nodes sets the cluster sizes of fig8b" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="cluster sizes >= 1"):
+        E.run("fig8b", nodes=[0])
+
+
+def test_progress_moves_within_a_point():
+    seen = []
+    E.run_scalability_point(4, PAPER, 0, warm_tasks=50, measure_tasks=50, on_progress=seen.append)
+    assert len(seen) >= 20 and seen == sorted(seen) and seen[-1] == pytest.approx(1.0)
+    assert 0 < seen[0] < 0.5
+
+
+def test_progress_prints_plain_lines_when_not_a_terminal(monkeypatch):
+    """Through the project's progress helper: a line per tenth in a log
+    (fractional units are fine), a tqdm bar on a terminal."""
+    monkeypatch.delenv("PENUMBRA_NO_PROGRESS", raising=False)
+    s = io.StringIO()
+    p = E.Progress(2000, "fig8b", stream=s, unit="node-points")
+    p.update(650.5, "1000 nodes")
+    p.update(2000)
+    p.close()
+    lines = s.getvalue().splitlines()
+    assert lines[0].startswith("fig8b: 650/2000 node-points (32%), 1000 nodes now")
+    assert lines[-1].startswith("fig8b: 2000/2000 node-points (100%)") and "\r" not in s.getvalue()
+    s = io.StringIO()
+    p = E.Progress(0.3, "fig10a", stream=s)  # simulated seconds: counted in percent
+    p.update(0.15)
+    assert s.getvalue().startswith("fig10a: 50/100 % (50%)")
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    t = Tty()
+    p = E.Progress(10, "fig8b", stream=t)
+    p.update(5, "100 nodes")
+    p.close()
+    assert "\r" in t.getvalue() and "100 nodes" in t.getvalue()  # a tqdm bar

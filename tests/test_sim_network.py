@@ -396,3 +396,33 @@ def test_fault_times_are_checked():
         FaultSchedule([(-1.0, Heal())])
     with pytest.raises(TypeError, match="Fault"):
         FaultSchedule([(1.0, "crash")])
+
+
+# ---------------------------------------------------------------------------
+# partitioned runs: the window bound and the capture of batches between machines
+
+
+def test_min_machine_latency_bounds_the_partition_window():
+    k = cluster(hosts=("a", "b", "c"), racks=[0, 0, 1])
+    k.add_client("drv", colocated_with="a")
+    n = k.network
+    assert n.min_machine_latency() == 0.25
+    n.set_link("a", "drv", latency=0.01)  # loopback: not between machines
+    assert n.min_machine_latency() == 0.25
+    n.set_link("b", "c", latency=0.125)
+    assert n.min_machine_latency() == 0.125
+
+
+def test_capture_takes_batches_between_machines_and_keeps_loopback():
+    """With ``capture`` set, what leaves for another machine is recorded
+    (arrival, destination, messages, source, departure) instead of queued;
+    what stays on the machine is delivered as usual."""
+    k = cluster(hosts=("a", "b", "c"), racks=[0, 0, 1])
+    k.network.capture = []
+    sender(k, "a", [Send(to="b", msg=Ping(n=1)), Send(to="b", msg=Ping(n=2)), Send(to="c", msg=Ping(n=3)),
+                    Send(to="a", msg=Ping(n=4))])
+    k.run(until=5)
+    got = [(r[0], r[3], [m.n for m in r[4]], r[6], r[8]) for r in k.network.capture]
+    assert got == [(0.25, "b", [1, 2], "a", 0.0), (1.0, "c", [3], "a", 0.0)]
+    assert k.hosts["b"].machine.seen == [] and k.hosts["a"].machine.ns() == [-1, 4]
+    assert len(k.network.captured_links) == 2

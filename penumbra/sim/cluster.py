@@ -89,7 +89,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import gc
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -148,7 +147,7 @@ from penumbra.core.tables import key_shard
 
 from .costs import PAPER, CostModel
 from .faults import Crash, Fault, FaultSchedule, Installed, Restart
-from .kernel import Host, SimKernel
+from .kernel import Host, SimKernel, gc_paused
 from .network import Network, SizeModel
 from .trace import Trace
 
@@ -1046,7 +1045,9 @@ class SimCluster:
             runs (``run``/``run_until``): its full collections walk every
             live object, which at thousands of nodes costs more than the
             simulation itself.  Reference counting still frees everything
-            that is not part of a cycle; the collector runs again after.
+            that is not part of a cycle; the collector runs again after,
+            without a pass over what the simulation keeps (see
+            ``kernel.gc_paused``).
     """
 
     def __init__(
@@ -1233,14 +1234,11 @@ class SimCluster:
     # ------------------------------------------------------------------ running
     @contextlib.contextmanager
     def _running(self):
-        paused = self.gc_off and gc.isenabled()
-        if paused:
-            gc.disable()
-        try:
+        if not self.gc_off:
             yield
-        finally:
-            if paused:
-                gc.enable()
+            return
+        with gc_paused():
+            yield
 
     def run(self, until: float) -> None:
         """Run until simulated time ``until``."""

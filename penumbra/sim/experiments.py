@@ -151,51 +151,54 @@ def _fmt(v: Any) -> str:
 
 
 class Progress:
-    """A progress bar on stderr (no dependency): ``update(done)``, ``close()``.
+    """An experiment's progress on stderr: ``update(done, note)``, ``close()``.
 
-    Redraws at most every 0.2 s of wall time; silent with ``enabled=False``
-    or when ``PENUMBRA_NO_PROGRESS`` is set.
+    ``done`` is in the experiment's own units, fractions allowed (simulated
+    seconds, node-points of Figure 8b); it is shown through the project's
+    ``penumbra._progress.Progress`` (a tqdm bar on a terminal, a plain line
+    per tenth of the run in a log), counted in ``unit`` when given (whole
+    units) or in percent.  Silent with ``enabled=False`` or when
+    ``PENUMBRA_NO_PROGRESS`` is set.
     """
 
-    def __init__(self, total: float, label: str, enabled: bool = True, stream=None) -> None:
+    def __init__(self, total: float, label: str, enabled: bool = True, stream=None, unit: str | None = None,
+                 tty: bool | None = None) -> None:
+        from penumbra._progress import Progress as _Bar
+
         self.total = max(total, 1e-12)
         self.label = label
-        self.stream = stream or sys.stderr
-        self.enabled = enabled and not os.environ.get("PENUMBRA_NO_PROGRESS")
         self.done = 0.0
-        self.t0 = time.perf_counter()
-        self._last = 0.0
-        self._drawn = False
+        self._units = max(1, round(total)) if unit else 100
+        self._bar = _Bar(self._units, label, unit or "%", stream=stream, tty=tty) if enabled else None
 
     def update(self, done: float, note: str = "") -> None:
         self.done = done
-        if not self.enabled:
+        bar = self._bar
+        if bar is None:
             return
-        now = time.perf_counter()
-        if now - self._last < 0.2 and done < self.total:
-            return
-        self._last = now
-        frac = min(1.0, done / self.total)
-        n = int(frac * 30)
-        el = now - self.t0
-        eta = f" eta {el / frac - el:5.0f}s" if 0.02 < frac < 1 else ""
-        self.stream.write(f"\r{self.label} [{'#' * n}{'.' * (30 - n)}] {frac * 100:5.1f}% {el:6.1f}s{eta} {note[:30]:30s}")
-        self.stream.flush()
-        self._drawn = True
+        units = min(self._units, int(done / self.total * self._units))
+        if units > bar.done:
+            if note:
+                bar.update(units - bar.done, now=note)
+            else:
+                bar.update(units - bar.done)
+        elif note and bar.notes.get("now") != note:
+            bar.notes["now"] = note
 
     def advance(self, by: float = 1.0, note: str = "") -> None:
         self.update(self.done + by, note)
 
     def close(self) -> None:
-        if self.enabled and self._drawn:
-            self.stream.write("\r" + " " * 110 + "\r")
-            self.stream.flush()
+        if self._bar is not None:
+            self._bar.close()
 
 
 def _run_with_progress(c: SimCluster, until: float, prog: Progress | None, base: float = 0.0,
-                       chunks: int = 20, stop: Callable[[], bool] | None = None) -> bool:
+                       chunks: int = 20, stop: Callable[[], bool] | None = None,
+                       after: Callable[[], Any] | None = None) -> bool:
     """Run ``c`` to ``until`` in chunks, updating ``prog`` by simulated time
-    (``base`` + elapsed); returns early (True) when ``stop()`` holds."""
+    (``base`` + elapsed) and calling ``after()`` after each chunk; returns
+    early (True) when ``stop()`` holds."""
     start = c.now
     span = until - start
     if span <= 0:
@@ -212,6 +215,8 @@ def _run_with_progress(c: SimCluster, until: float, prog: Progress | None, base:
             c.run(t)
         if prog:
             prog.update(base + (c.now - start))
+        if after is not None:
+            after()
     return bool(stop and stop())
 
 
@@ -251,7 +256,7 @@ def preset_costs(preset: str) -> CostModel:
 
 
 def scalability_cluster(n: int, costs: CostModel, seed: int, *, cpus: int = 16, trace: Any = "type",
-                        heartbeat: float = 0.1) -> SimCluster:
+                        heartbeat: float = 0.1, start: bool = True) -> SimCluster:
     """``n`` nodes of ``cpus`` CPUs, one GCS shard (chain of 1) per two nodes,
     GCS heartbeats every 50 ms (the head hears from hundreds of replicas)."""
     layout = ClusterLayout(
@@ -262,31 +267,41 @@ def scalability_cluster(n: int, costs: CostModel, seed: int, *, cpus: int = 16, 
         heartbeat_interval=heartbeat,
         node_timeout=max(1.0, 10 * heartbeat),
     )
-    return SimCluster(layout, costs=costs, seed=seed, trace=trace)
+    return SimCluster(layout, costs=costs, seed=seed, trace=trace, start=start)
 
 
 def run_scalability_point(n: int, costs: CostModel, seed: int, *, warm_tasks: float = 40, measure_tasks: float = 80,
                           window: int = 64, batch: int = 16, prog: Progress | None = None, cpus: int = 16,
-                          trace: Any = "type") -> dict[str, Any]:
+                          trace: Any = "type", on_progress: Callable[[float], Any] | None = None) -> dict[str, Any]:
     """One point of Figure 8b: boot ``n`` nodes, one closed-loop driver per
     node, warm up for ``warm_tasks`` per node, then measure steady-state
     throughput over ``measure_tasks`` per node (both in units of the node's
-    estimated rate)."""
+    estimated rate).  ``on_progress(fraction)`` is called as the point's
+    simulated time advances (a point at 1,000 nodes takes minutes)."""
     w0 = time.perf_counter()
     c = scalability_cluster(n, costs, seed, cpus=cpus, trace=trace)
     c.wait_ready(timeout=60)
     boot_wall = time.perf_counter() - w0
     loops = [ClosedLoop(c.driver(a), window=window, batch=batch).start() for a in list(c.nodes)]
     rate = node_task_rate(costs)
-    c.run_for(warm_tasks / rate)
+    whole = (warm_tasks + measure_tasks) / rate
+    begin = c.now
+
+    def tick() -> None:
+        if on_progress is not None:
+            on_progress(min(1.0, (c.now - begin) / whole))
+
+    for i in range(1, 11):  # in chunks, so that the progress moves
+        c.run(begin + warm_tasks / rate * i / 10)
+        tick()
     f0, t0 = c.tasks_finished(), c.now
     w1 = time.perf_counter()
     cpu1 = time.process_time()
     span = measure_tasks / rate
     half = c.now + span / 2
-    _run_with_progress(c, half, None)
+    _run_with_progress(c, half, None, chunks=10, after=tick)
     f_half = c.tasks_finished()
-    _run_with_progress(c, t0 + span, None)
+    _run_with_progress(c, t0 + span, None, chunks=10, after=tick)
     f1 = c.tasks_finished()
     wall = time.perf_counter() - w1
     cpu = time.process_time() - cpu1
@@ -310,12 +325,13 @@ def fig8b(size: str = "quick", preset: str = "paper", seed: int = 0, progress: b
     # swings by a few percent over a period of ~100 tasks: measure longer)
     warm, meas = (300, 200) if size == "quick" else (300, 300)
     t0 = time.perf_counter()
-    prog = Progress(sum(nodes), "fig8b", progress)
+    prog = Progress(sum(nodes), "fig8b", progress, unit="node-points")
     rows, hashes = [], []
     done = 0
     for n in nodes:
         prog.update(done, f"{n} nodes")
-        p = run_scalability_point(n, costs, seed, warm_tasks=warm, measure_tasks=meas, prog=prog)
+        p = run_scalability_point(n, costs, seed, warm_tasks=warm, measure_tasks=meas, prog=prog,
+                                  on_progress=lambda f, done=done, n=n: prog.update(done + n * f, f"{n} nodes"))
         done += n
         prog.update(done)
         rows.append([n, p["throughput"], p["per_node"], p["tasks"], p["sim_seconds"], p["steady"],
@@ -882,15 +898,30 @@ EXPERIMENTS: dict[str, Callable[..., ExperimentResult]] = {
 }
 
 
-def run(name: str, size: str = "quick", preset: str = "paper", seed: int = 0, progress: bool = True) -> ExperimentResult:
-    """Run one experiment by name."""
+def run(name: str, size: str = "quick", preset: str = "paper", seed: int = 0, progress: bool = True,
+        nodes: list[int] | None = None) -> ExperimentResult:
+    """Run one experiment by name.  ``nodes``: the cluster sizes of Figure
+    8b (the only experiment whose cluster size is a parameter).
+
+    Raises:
+        ValueError: an unknown experiment or size, bad ``nodes``, or
+            ``nodes`` given for an experiment other than fig8b.
+    """
     try:
         fn = EXPERIMENTS[name]
     except KeyError:
         raise ValueError(f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)} or 'all'") from None
     if size not in ("quick", "full"):
         raise ValueError(f"size must be 'quick' or 'full', got {size!r}")
-    return fn(size=size, preset=preset, seed=seed, progress=progress)
+    if nodes is None:
+        return fn(size=size, preset=preset, seed=seed, progress=progress)
+    if name != "fig8b":
+        raise ValueError(f"--nodes sets the cluster sizes of fig8b (scalability); {name} runs the cluster the "
+                         f"paper's experiment describes: drop --nodes, or run fig8b")
+    bad = [n for n in nodes if not (isinstance(n, int) and n >= 1)]
+    if bad or not nodes:
+        raise ValueError(f"--nodes wants cluster sizes >= 1, comma-separated (e.g. 100,1000), got {nodes!r}")
+    return fn(size=size, preset=preset, seed=seed, progress=progress, nodes=list(nodes))
 
 
 def run_experiment_cli(args) -> int:
@@ -901,7 +932,8 @@ def run_experiment_cli(args) -> int:
     status = 0
     for name in names:
         try:
-            res = run(name, size=args.size, preset=args.preset, seed=args.seed)
+            res = run(name, size=args.size, preset=args.preset, seed=args.seed,
+                      nodes=getattr(args, "nodes", None))
         except ValueError as e:
             print(f"penumbra sim: {e}", file=sys.stderr)
             return 2

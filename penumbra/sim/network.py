@@ -62,7 +62,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
-from heapq import heappush
 from itertools import count
 from typing import TYPE_CHECKING, Any
 
@@ -206,7 +205,11 @@ class Network:
         self._faulty = False   # any per-message rule active
         self.batches = 0  # heap entries pushed (one per arriving batch)
         self.stats = {"cut": 0, "dropped": 0, "duplicated": 0, "delayed": 0, "to_dead": 0}
-        self._queue: list = []
+        self._qpush: Any = None  # the kernel queue's push (priority NORMAL)
+        # set by a partitioned run: batches between machines go here instead
+        # of into the queue (see penumbra.sim.partition)
+        self.capture: list | None = None
+        self.captured_links: list[Link] = []
         self._eid: Any = None
 
     @classmethod
@@ -227,7 +230,7 @@ class Network:
         self.kernel = kernel
         self.rng = kernel.rng
         self._env = kernel.env
-        self._queue = kernel._queue
+        self._qpush = kernel._push
         self._eid = kernel._eid
 
     # ------------------------------------------------------------------
@@ -437,18 +440,36 @@ class Network:
                 # (exact: with infinite bandwidth the arrival time is the same).
                 last[4].extend(msgs)
                 return
+        if self.capture is not None and link.src_m != link.dst_m:
+            # a partitioned run (penumbra.sim.partition): messages between
+            # machines leave through the window exchange, in every partition
+            # alike; shaped like a heap entry so that riding along works
+            rec = (arrival, 1, 0, dst, msgs, dst_ep.epoch, src_ep.address, 0, depart)
+            self.capture.append(rec)
+            self.captured_links.append(link)
+            link.last = rec
+            self.batches += 1
+            return
         if not self._faulty:
             entry = (arrival, 1, next(self._eid), dst_ep._on_net, msgs,
                      dst_ep.epoch, src_ep, src_ep.epoch, depart)
-            heappush(self._queue, entry)
+            self._qpush(entry)
             link.last = entry
             self.batches += 1
             return
         self._faulty_transmit(link, src_ep, dst_ep, msgs, depart, arrival)
 
+    def min_machine_latency(self) -> float:
+        """The smallest one-way latency between two machines (levels and
+        overrides): how far one partition may run ahead of the others."""
+        lats = [self.latency_levels[1], self.latency_levels[2]]
+        lats += [o[0] for (a, b), o in self._overrides.items()
+                 if o[0] is not None and self._machine.get(a, a) != self._machine.get(b, b)]
+        return min(lats)
+
     def _push(self, t: float, dst_ep: Any, msgs: list, src_ep: Any, depart: float) -> None:
         self.batches += 1
-        heappush(self._queue, (t, 1, next(self._eid), dst_ep._on_net, msgs,
+        self._qpush((t, 1, next(self._eid), dst_ep._on_net, msgs,
                                dst_ep.epoch, src_ep, src_ep.epoch, depart))
 
     def _faulty_transmit(self, link: Link, src_ep: Any, dst_ep: Any, msgs: list,

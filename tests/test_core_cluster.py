@@ -275,3 +275,29 @@ def test_memnet_killed_worker_runs_nothing(core) -> None:
     net.run()
     assert "WorkerCrashed" in stub.seen and "TaskFinished" not in stub.seen
     assert spec.return_ids[0] not in net.stores["n"]
+
+
+def test_a_lost_return_whose_rebuild_is_refused_fails_alone(core) -> None:
+    """A two-return task with no retries left loses r2 with its node while
+    node:0 holds a copy of r1: r2's get fails, r1 keeps its value and its
+    row keeps node:0 (the error was written over both rows, orphaning the
+    copy: swarm seed 951).  As in Ray, only the lost object fails."""
+    net = core.cluster(nodes=2)
+    inbox = net.add_client("c:d")
+    net.add_client("c:w")
+    s = core.spec(max_retries=0, num_returns=2)
+    r1, r2 = s.return_ids
+    submit(net, "node:1", s, client="c:w")
+    net.run_for(0.2)
+    watch(net, "node:0", (r1,))  # fetched: node:0 holds a copy of r1
+    net.run_for(0.2)
+    assert "node:0" in gcs_row(net, "objects", r1).locations
+    net.crash("node:1")
+    net.inject("head", NodeDied(node_id="node:1"))
+    net.run_for(0.2)
+    watch(net, "node:0", (r2,), req_id=2)
+    net.run_for(0.5)
+    err = ready(inbox, 2)[r2].error
+    assert err.kind is ErrorKind.OBJECT_LOST and "max_retries=0" in err.message
+    row = gcs_row(net, "objects", r1)
+    assert row.error is None and row.locations == {"node:0"}

@@ -461,3 +461,14 @@ def test_a_seed_replays_identically_in_another_process():
         assert out.returncode == 0, out.stderr
         seen.add(out.stdout.strip())
     assert len(seen) == 1, seen
+
+
+def test_a_lost_return_that_cannot_be_rebuilt_fails_alone_not_its_held_sibling():
+    """Seed 951's plan: t3 (two returns, retried until its budget was
+    spent) lost r2 with its node; rebuilding r2 was refused, and the
+    OBJECT_LOST error was written over r1's row too while node:0 still held
+    r1, so that copy was listed nowhere.  As in Ray, only the lost return
+    fails (its get raises); the sibling keeps its value and its location."""
+    plan = swarm.plan_from_text((PLANS / "found-sibling-return-failed-951.txt").read_text())
+    report = swarm.check_plan(plan)
+    assert report.ok, [str(v) for v in report.violations[:5]]

@@ -261,7 +261,13 @@ class Recovery:
                     f"(max_retries={limit}, executions so far={entry.attempt + 1})",
                     task_name=spec.display_name(),
                 )
-                outputs = tuple((o, 0) for o in spec.return_ids)
+                # Fail only the outputs that are lost.  A sibling return
+                # still held somewhere keeps its value (Ray fails a lost
+                # object's get with ObjectReconstructionFailedMaxAttempts-
+                # ExceededError, not the other returns of its task); writing
+                # the error over its row would orphan the held copy (found by
+                # the swarm, seed 951).  A sibling lost too fails when asked.
+                outputs = tuple((o, 0) for o in spec.return_ids if o in lost)
                 cmds += self.head.gcs.write(FinishTask(tid, "", outputs, err, entry.attempt, job_id=spec.job_id), None, now, sid)
                 continue
             self.rebuilding[tid] = now

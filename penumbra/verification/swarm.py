@@ -290,7 +290,43 @@ def plan_seed(seed: int) -> SeedPlan:
     faults = _draw_lost_driver(faults, workload, random.Random(f"penumbra-swarm-lost-driver-{seed}"), n, horizon)
     layout = _draw_gcs_flush(layout, random.Random(f"penumbra-swarm-gcs-flush-{seed}"))
     layout, faults = _draw_placement(layout, faults, seed, faulty, horizon)
+    workload = _keep_remote_puts_recorded(workload, faults)
     return SeedPlan(seed, layout, workload, faults, horizon)
+
+
+# how long add_remote_puts gives a put to be recorded before its node fails
+REMOTE_PUT_RECORDED_IN = 0.3
+
+
+def _keep_remote_puts_recorded(workload: Workload, faults: FaultPlan) -> Workload:
+    """``add_remote_puts`` keeps a put on a doomed node 0.3 s before the
+    node fails, so that the GCS hears of it; a head crash drawn later
+    (``_draw_head_crash``) can outlast that: a chain head that lived with
+    the head stalls the put's AddLocation until the new head reconfigures
+    the chain, and a node that dies before then takes the only news of
+    the object with it (seed 348).  That is the ownership problem the draw
+    leaves out (in Ray the owner's death raises ``OwnerDiedError``;
+    penumbra's objects are recorded in the GCS, as in the paper, and an
+    object nobody recorded is not known to exist), so here such a put
+    comes 0.3 s before the head crash instead, or, where there is no room
+    for that, is left out with the task that uses it.  Deterministic (no
+    generator): every other seed's plan stays what it was."""
+    fails = faults.first_failures()
+    keep = REMOTE_PUT_RECORDED_IN
+    puts, dropped = [], set()
+    for p in workload.puts:
+        for c, down, _, _ in faults.head_crashes:
+            if p.node and p.node in fails and p.at + keep > c and fails[p.node] < c + down + keep:
+                if c - keep < 0:
+                    dropped.add(p.key)
+                    break
+                p = dataclasses.replace(p, at=round(c - keep, 4))
+        if p.key not in dropped:
+            puts.append(p)
+    if not dropped and tuple(puts) == workload.puts:
+        return workload
+    tasks = tuple(t for t in workload.tasks if not dropped.intersection(t.deps))
+    return dataclasses.replace(workload, puts=tuple(puts), tasks=tasks)
 
 
 def _draw_gcs_flush(layout: ClusterLayout, rng: random.Random) -> ClusterLayout:

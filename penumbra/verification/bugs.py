@@ -643,13 +643,15 @@ def _whole_gpu_any_room():
 def _low_water_own_request():
     def _send(self, r):
         config = self.configs[r.shard]
+        if not config.replicas:
+            return []
         if isinstance(r.request, GC.Query):
-            return Send(to=config.replicas[-1], msg=GC.GcsRead(client=self.address, req_id=r.req_id, query=r.request, shard=r.shard, stimulus_id=r.sid))
+            return [Send(to=config.replicas[-1], msg=GC.GcsRead(client=self.address, req_id=r.req_id, query=r.request, shard=r.shard, stimulus_id=r.sid))]
         # BUG: low_water should be the oldest outstanding request's id
         # (next(iter(self.outstanding))), not this one's: the replicas then
         # forget, and refuse, the older requests still waiting for a reply
-        return Send(to=config.replicas[0], msg=GC.GcsWrite(client=self.address, req_id=r.req_id, op=r.request, shard=r.shard,
-                                                           low_water=r.req_id, stimulus_id=r.sid))
+        return [Send(to=config.replicas[0], msg=GC.GcsWrite(client=self.address, req_id=r.req_id, op=r.request, shard=r.shard,
+                                                            low_water=r.req_id, stimulus_id=r.sid))]
 
     return _patch(GC.GcsClient, "_send", _send)
 
@@ -1021,7 +1023,7 @@ def _key_queue_never_cleared():
         if r.key is not None:
             q = self.key_queues.get(r.key)
             if q:
-                cmds.append(self._start(q.popleft(), now))
+                cmds += self._start(q.popleft(), now)
             # BUG: the else branch (self.key_queues.pop(r.key, None)) is
             # missing: the key looks busy for good, and its next write waits
             # for a reply that never comes

@@ -193,6 +193,12 @@ class _Local:
         self.procs: list[subprocess.Popen] = []
         self.token_file = os.path.join(self.tmp, "token")
 
+    def status_when(self, head: str, want) -> str | None:
+        """``penumbra status`` of the cluster at ``head`` if ``want(text)``
+        holds, else None (a condition for ``wait_for``)."""
+        text = self.penumbra("status", "--address", head, check=False)
+        return text if want(text) else None
+
     def penumbra(self, *args: str, check: bool = True, timeout: float = 90) -> str:
         r = subprocess.run([sys.executable, "-m", "penumbra.cli", *args], capture_output=True, text=True,
                            env=self.env, timeout=timeout)
@@ -273,9 +279,7 @@ def test_head_killed_recovered_from_a_node_replica_on_loopback(tmp_path):
                        "--resources", '{"c": 4}', *FAST, *STORE)
         replica_b = f"127.0.0.1:{port_b}"
 
-        def status(want) -> str | None:
-            text = local.penumbra("status", "--address", head, check=False)
-            return text if want(text) else None
+        status = lambda want: local.status_when(head, want)  # noqa: E731
 
         text = wait_for(lambda: status(lambda s: s.count(" alive ") == 3 and re.search(
             rf"gcs:0:\S+\s+{re.escape(replica_b)}\s+tail", s)), "B's replica to be the chain's tail")
@@ -332,9 +336,7 @@ def test_a_replica_outlives_its_nodes_rejoin_and_joins_its_chain_again(tmp_path)
     try:
         head, _, replica_b = _start_three(local)
 
-        def status(want) -> str | None:
-            text = local.penumbra("status", "--address", head, check=False)
-            return text if want(text) else None
+        status = lambda want: local.status_when(head, want)  # noqa: E731
 
         wait_for(lambda: status(lambda s: re.search(rf"gcs:0:\S+\s+{re.escape(replica_b)}\s+tail", s)),
                  "B's replica to be the tail")
@@ -413,9 +415,7 @@ def test_the_head_places_replicas_on_the_first_k_nodes(tmp_path):
             out = local.penumbra("start", "--address", head, "--port", str(p), "--num-cpus", "1", *FAST, *STORE)
             pids.append(int(re.search(r"\(pid (\d+)", out).group(1)))
 
-        def status(want) -> str | None:
-            text = local.penumbra("status", "--address", head, check=False)
-            return text if want(text) else None
+        status = lambda want: local.status_when(head, want)  # noqa: E731
 
         first, second = (f"127.0.0.1:{p}" for p in ports[:2])
         text = wait_for(lambda: status(lambda s: s.count(" alive ") == 3 and re.search(
@@ -447,9 +447,7 @@ def test_status_shows_each_nodes_link_health(tmp_path):
         b_pid = int(re.search(r"\(pid (\d+)", out).group(1))
         node_b = rf"node:\S+\s+127\.0\.0\.1:{port_b}\s+alive\s+"
 
-        def status(want) -> str | None:
-            text = local.penumbra("status", "--address", head, check=False)
-            return text if want(text) else None
+        status = lambda want: local.status_when(head, want)  # noqa: E731
 
         text = wait_for(lambda: status(lambda s: re.search(node_b + "ok ", s)), "node B's link ok")
         assert re.search(rf"node:\S+\s+{re.escape(head)}\s+alive\s+local ", text), text
@@ -499,9 +497,7 @@ def test_stop_address_stops_every_node_whatever_it_hosts(tmp_path, round_):
             out = local.penumbra("start", "--address", head, "--port", str(p), "--num-cpus", "1", *FAST, *STORE)
             logs.append(re.search(r"Its log: (\S+)", out).group(1))
 
-        def status(want) -> str | None:
-            text = local.penumbra("status", "--address", head, check=False)
-            return text if want(text) else None
+        status = lambda want: local.status_when(head, want)  # noqa: E731
 
         wait_for(lambda: status(lambda s: s.count(" alive ") == 3 and re.search(
             rf"gcs:0:\S+\s+127\.0\.0\.1:({port_b}|{port_c})\s+tail", s)), "a node's replica to be the tail")
@@ -604,9 +600,7 @@ def test_a_fresh_head_at_the_old_address_keeps_a_nodes_earlier_replicas_out(tmp_
                              "--resources", '{"b": 2}', *FAST, *STORE)
         log_b = re.search(r"Its log: (\S+)", out).group(1)
 
-        def status(want) -> str | None:
-            text = local.penumbra("status", "--address", head, check=False)
-            return text if want(text) else None
+        status = lambda want: local.status_when(head, want)  # noqa: E731
 
         wait_for(lambda: status(lambda s: re.search(rf"gcs:0:\S+\s+{re.escape(replica_b)}\s+tail", s)),
                  "B's replica to be the chain's tail")
@@ -656,9 +650,7 @@ def test_recover_auto_recovers_from_a_node_that_reconnects_with_replicas(tmp_pat
     try:
         head, head_pid, replica_b = _start_three(local)
 
-        def status(want) -> str | None:
-            text = local.penumbra("status", "--address", head, check=False)
-            return text if want(text) else None
+        status = lambda want: local.status_when(head, want)  # noqa: E731
 
         wait_for(lambda: status(lambda s: re.search(rf"gcs:0:\S+\s+{re.escape(replica_b)}\s+tail", s)),
                  "B's replica to be the chain's tail")
@@ -729,9 +721,7 @@ def test_recover_auto_refuses_replicas_of_two_clusters(tmp_path):
         head, head_pid, replica_b = _start_three(local)
         port = head.rpartition(":")[2]
 
-        def status(want) -> str | None:
-            text = local.penumbra("status", "--address", head, check=False)
-            return text if want(text) else None
+        status = lambda want: local.status_when(head, want)  # noqa: E731
 
         wait_for(lambda: status(lambda s: re.search(rf"gcs:0:\S+\s+{re.escape(replica_b)}\s+tail", s)),
                  "B's replica to be the chain's tail")

@@ -4,6 +4,8 @@ What the driver (``SimRuntime``, in ``runtime.py``) and every simulated
 worker that runs a task (``_WorkerRuntime``) share: one kernel client on a
 node, driving the pure ``ClientMachine`` the real client runs.
 
+Theory of operation
+-------------------
 **Clients.**  The driver (``SimRuntime``) and every simulated worker that runs
 a task (``_WorkerRuntime``) are ``Runtime``s, each a kernel client colocated
 with its node and speaking the same messages as

@@ -4,6 +4,8 @@ The cluster's ``Executor`` when a real program runs on the simulator: it
 starts each ``Execute`` on a fiber (``runtime_fibers.py``) and runs the
 task's real function or actor method there.
 
+Theory of operation
+-------------------
 **The executor** (``PythonExecutor``, the cluster's ``Executor``) runs each
 ``Execute`` the way ``penumbra.transports.worker`` does: the function or
 class comes from the GCS function table (payload ``(blob, sys_path)``),

@@ -5,9 +5,13 @@ Layers, bottom up: ``kernel`` (hosts, clients, the clock), ``network``
 LOCAL, ZERO), ``faults`` (schedules as data), ``trace`` (the run's hash),
 ``cluster`` (``SimCluster``: head, GCS chains and nodes built from
 ``core.layout``, the node-local world, drivers, failures), ``workloads``
-(modelled tasks and task graphs), ``experiments`` (the paper's figures,
-``penumbra sim``), ``plots``, and ``runtime`` (real programs written against
-the public API, on the simulator: ``penumbra.init(simulated=SimConfig(...))``).
+(modelled tasks and task graphs), ``partition`` (one simulation across
+processes), ``experiments`` (the paper's figures, ``penumbra sim``: the
+shared ``experiments_results`` and one ``experiments_figN`` per figure),
+``plots``, and ``runtime`` (real programs written against the public API, on
+the simulator: ``penumbra.init(simulated=SimConfig(...))``; built from
+``runtime_config``, ``runtime_fibers``, ``runtime_clients`` and
+``runtime_executor``).
 """
 
 from .cluster import (

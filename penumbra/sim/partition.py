@@ -181,10 +181,11 @@ class ScalabilitySpec(SimSpec):
     window: int = 64
     batch: int = 16
     setup_at: float = 0.5
-    trace_fields: str = "type"  # as experiments.scalability_cluster
+    trace_fields: str = "type"  # as experiments_fig8.scalability_cluster
 
     def build(self, trace: Trace) -> Any:
-        from .experiments import preset_costs, scalability_cluster
+        from .experiments_fig8 import scalability_cluster
+        from .experiments_results import preset_costs
 
         c = scalability_cluster(self.nodes, preset_costs(self.preset), self.seed, cpus=self.cpus,
                                 trace=trace, start=False)

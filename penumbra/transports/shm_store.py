@@ -82,7 +82,7 @@ from typing import Any
 
 import numpy as np
 
-from .serialization import SerializedObject, copy_into
+from .serial_format import SerializedObject, copy_into
 from .session import new_session_name, pid_alive
 
 __all__ = [

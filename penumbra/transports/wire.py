@@ -195,6 +195,7 @@ class Pong:
 # ===========================================================================
 # Handshake
 
+
 async def _client_handshake(ch: Channel, token: str, role: str, name: str, timeout: float) -> Channel:
     hello = {"penumbra": PROTOCOL_VERSION, "token": token, "role": role, "name": name}
     try:

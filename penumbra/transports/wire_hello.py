@@ -41,6 +41,7 @@ def _check_token(token: str) -> bytes:
         raise ValueError("token must be a non-empty string (see new_token())")
     return token.encode("utf-8")
 
+
 def _depth(value: Any) -> int:
     """How deep lists and dicts nest in a parsed JSON value (iteratively)."""
     deepest = 0

@@ -60,30 +60,84 @@ Rules
   after a crash) unlinks every file of a session, :func:`session_store` is a
   context manager that always does, and :func:`stale_sessions` finds sessions
   whose creator process is gone.
+
+Where things live
+-----------------
+This module is the client: :class:`ShmStore` (creating and attaching,
+``create``/``seal``/``get``/``delete``, reaping, stats, fork handling) and
+:func:`session_store`.  Its parts are below it:
+:mod:`~penumbra.transports.shm_index` (the object table and free list in the
+meta file), :mod:`~penumbra.transports.shm_arena` (committing, pre-faulting
+and pinning arena regions) and :mod:`~penumbra.transports.shm_layout` (file
+names, byte layout, errors, session housekeeping), whose public names are
+re-exported here.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
-import errno
-import fcntl
-import glob
 import mmap
 import os
-import re
 import secrets
-import struct
 import threading
 import weakref
-import zlib
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-from .serialization import SerializedObject, copy_into
+from .serial_format import SerializedObject, copy_into
 from .session import new_session_name, pid_alive
+from .shm_arena import _ArenaMixin
+from .shm_index import _IndexMixin
+from .shm_layout import (
+    ID_SIZE,
+    ObjectExistsError,
+    ObjectNotFoundError,
+    ROOT,
+    ShmSpaceError,
+    StoreError,
+    StoreFullError,
+    StoreNotFoundError,
+    _ALIGN,
+    _CHUNK,
+    _HDR_SIZE,
+    _H_ARENA,
+    _H_COMMITTED,
+    _H_ENTRIES,
+    _H_FILEBYTES,
+    _H_MAXEXT,
+    _H_NEXT,
+    _H_PID,
+    _H_SLOTS,
+    _H_USED,
+    _H_VERSION,
+    _H_ZOMBIES,
+    _KIND_ARENA,
+    _KIND_FILE,
+    _META_MAGIC,
+    _MetaLock,
+    _POPULATE_MIN,
+    _SLOT,
+    _STATE_AT,
+    _ST_CREATED,
+    _ST_SEALED,
+    _ST_ZOMBIE,
+    _U32,
+    _U64,
+    _VERSION,
+    _as_id,
+    _check_session,
+    _fallocate,
+    _prefix,
+    _space_error,
+    _zombie_key,
+    cleanup_session,
+    cleanup_stale_sessions,
+    session_segments,
+    stale_sessions,
+)
 
 __all__ = [
     "ID_SIZE",
@@ -103,243 +157,11 @@ __all__ = [
     "stale_sessions",
 ]
 
-ROOT = "/dev/shm"
-ID_SIZE = 20
-PREFIX = "penumbra-"
-
-_SESSION_RE = re.compile(r"^[A-Za-z0-9_.]{1,100}$")
-
-# ---------------------------------------------------------------- layout
-# Meta file: a 4 KiB header, the object table, then the free-extent arrays.
-_META_MAGIC = b"PNSTORE1"
-_VERSION = 1
-_HDR_SIZE = 4096
-_H_MAGIC = 0  # 8s
-_H_VERSION = 8  # u32
-_H_SLOTS = 12  # u32
-_H_ARENA = 16  # u64 arena size
-_H_COMMITTED = 24  # u64 bytes of the arena reserved with fallocate
-_H_NEXT = 32  # u64 number of free extents
-_H_MAXEXT = 40  # u64 capacity of the extent arrays
-_H_ENTRIES = 48  # u64 occupied table slots (objects + zombies)
-_H_ZOMBIES = 56  # u64 zombie slots
-_H_USED = 64  # u64 arena bytes allocated (zombies included)
-_H_FILEBYTES = 72  # u64 bytes held in per-object files
-_H_PID = 80  # u64 pid of the process that created the store
-_U64 = struct.Struct("<Q")
-_U32 = struct.Struct("<I")
-
-_SLOT = 64
-_ENTRY = struct.Struct("<20sBBxxQQQI12x")  # key, state, kind, offset, alloc, size, pid
-_ST_EMPTY, _ST_CREATED, _ST_SEALED, _ST_ZOMBIE = 0, 1, 2, 3
-_KIND_ARENA, _KIND_FILE = 0, 1
-_STATE_AT = 20
-
-_ALIGN = 64  # arena allocations are multiples of 64 bytes at 64-byte offsets
-_COMMIT_STEP = 16 << 20  # arena bytes reserved at a time
-_CHUNK = 2 << 20  # per-process pre-faulting granularity
-_POPULATE_MIN = 256 << 10  # regions smaller than this just take page faults
-_MADV_POPULATE_READ = 22  # Linux >= 5.14
-_MAX_LOAD = 0.85  # refuse inserts above this table load factor
-
-# struct flock on Linux x86-64 / aarch64: short type, short whence, off_t
-# start, off_t len, pid_t pid (0 for OFD locks), padding.
-_FLOCK = struct.Struct("hhqqi4x")
-
-
-# ---------------------------------------------------------------- errors
-
-
-class StoreError(Exception):
-    """Base class of the object store's errors."""
-
-
-class StoreNotFoundError(StoreError, FileNotFoundError):
-    """Attaching to a session that has no object store (not created yet, or
-    cleaned up)."""
-
-
-class ObjectExistsError(StoreError):
-    """``create`` of an id that is already in the store (created or sealed)."""
-
-
-class ObjectNotFoundError(StoreError, KeyError):
-    """The id is not in the store, or not sealed yet."""
-
-    def __str__(self) -> str:  # KeyError would repr() the message
-        return str(self.args[0]) if self.args else ""
-
-
-class StoreFullError(StoreError):
-    """No room for the object: the table is full, or no space could be found
-    and spilling to files is disabled.  Free objects and retry."""
-
-
-class ShmSpaceError(StoreFullError):
-    """The shared-memory filesystem itself refused the space (ENOSPC, EFBIG,
-    a quota...).  ``errno`` is the system error number."""
-
-    def __init__(self, message: str, err: int | None = None) -> None:
-        super().__init__(message)
-        self.errno = err
-
-
-# ---------------------------------------------------------------- helpers
-
-
-def _check_session(session: str) -> str:
-    if not isinstance(session, str) or not _SESSION_RE.match(session):
-        raise ValueError(
-            f"invalid session name {session!r}: use 1-100 letters, digits, '_' or '.' "
-            "(no '-', so that one session's files never match another's prefix)"
-        )
-    return session
-
-
-def _prefix(session: str, root: str) -> str:
-    return os.path.join(root, f"{PREFIX}{_check_session(session)}-")
-
-
-def session_segments(session: str, root: str = ROOT) -> list[str]:
-    """Every file of ``session`` in ``root``."""
-    return sorted(glob.glob(glob.escape(_prefix(session, root)) + "*"))
-
-
-def cleanup_session(session: str, root: str = ROOT) -> int:
-    """Unlink every file of ``session``; returns how many were removed.
-
-    Safe to call from any process at any time (e.g. by a parent after its
-    node daemon crashed), and more than once.  Views that processes still
-    hold stay valid: unlinked files live on until they are unmapped.
-    """
-    n = 0
-    for path in session_segments(session, root):
-        try:
-            os.unlink(path)
-            n += 1
-        except FileNotFoundError:
-            pass
-    return n
-
-
-def stale_sessions(root: str = ROOT) -> list[str]:
-    """This user's sessions in ``root`` whose creating process is gone
-    (exited, killed, or a zombie nobody reaps)."""
-    out = []
-    me = os.getuid()
-    for path in glob.glob(os.path.join(glob.escape(root), PREFIX + "*-meta")):
-        session = os.path.basename(path)[len(PREFIX) : -len("-meta")]
-        try:
-            with open(path, "rb") as f:
-                if os.fstat(f.fileno()).st_uid != me:
-                    continue  # another user's: not ours to judge (nor to remove)
-                hdr = f.read(_H_PID + 8)
-            if len(hdr) < _H_PID + 8 or hdr[:8] != _META_MAGIC:
-                continue
-            pid = _U64.unpack_from(hdr, _H_PID)[0]
-        except OSError:
-            continue
-        if not _SESSION_RE.match(session):
-            continue
-        if not pid_alive(pid):
-            out.append(session)
-    return sorted(out)
-
-
-def cleanup_stale_sessions(root: str = ROOT, only: set[str] | None = None) -> list[str]:
-    """Remove the files of every stale session (see :func:`stale_sessions`)
-    in ``root``, or only of those named in ``only``; the sessions removed.
-
-    A node daemon calls this as it starts, with the sessions of its sessions
-    directory, so that a SIGKILLed daemon's shared memory is freed by the
-    next ``penumbra start`` or ``init()`` rather than kept until reboot.
-    """
-    done = []
-    for session in stale_sessions(root):
-        if only is not None and session not in only:
-            continue
-        if cleanup_session(session, root):
-            done.append(session)
-    return done
-
-
-def _space_error(what: str, e: OSError, root: str) -> ShmSpaceError:
-    try:
-        st = os.statvfs(root)
-        free = f"; {st.f_bavail * st.f_frsize / 2**20:.0f} MiB free in {root}"
-    except OSError:
-        free = ""
-    name = errno.errorcode.get(e.errno or 0, str(e.errno))
-    return ShmSpaceError(
-        f"out of shared memory: could not reserve {what} ({name}: {e.strerror}){free}. "
-        "Delete objects, or give the object store less memory than the shared-memory "
-        "filesystem holds.",
-        e.errno,
-    )
-
-
-def _fallocate(fd: int, offset: int, length: int, what: str, root: str) -> None:
-    try:
-        os.posix_fallocate(fd, offset, length)
-    except OSError as e:
-        raise _space_error(what, e, root) from e
-
-
-def _ofd_lock(fd: int, ltype: int, start: int, length: int) -> None:
-    fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _FLOCK.pack(ltype, os.SEEK_SET, start, length, 0))
-
-
-def _ofd_locked_by_others(fd: int, start: int, length: int) -> bool:
-    res = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, start, length, 0))
-    return _FLOCK.unpack(res)[0] != fcntl.F_UNLCK
-
-
-def _home(key: bytes, nslots: int) -> int:
-    return zlib.crc32(key) % nslots
-
-
-def _zombie_key(offset: int) -> bytes:
-    return b"\xffZOMBIE\xff" + offset.to_bytes(8, "little") + b"\x00\x00\x00\x00"
-
-
-def _as_id(object_id: Any) -> bytes:
-    if type(object_id) is not bytes:
-        if not isinstance(object_id, (bytes, bytearray, memoryview)):
-            raise TypeError(f"object ids are bytes, got {type(object_id).__name__}")
-        object_id = bytes(object_id)
-    if len(object_id) != ID_SIZE:
-        raise ValueError(f"object ids are {ID_SIZE} bytes, got {len(object_id)}")
-    return object_id
-
-
-class _MetaLock:
-    """Mutual exclusion between processes (flock) and threads (Lock)."""
-
-    __slots__ = ("_thread", "fd")
-
-    def __init__(self, fd: int) -> None:
-        self._thread = threading.Lock()
-        self.fd = fd
-
-    def __enter__(self) -> None:
-        self._thread.acquire()
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX)
-        except BaseException:
-            self._thread.release()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-        finally:
-            self._thread.release()
-
 
 # ---------------------------------------------------------------- the store
 
 
-class ShmStore:
+class ShmStore(_IndexMixin, _ArenaMixin):
     """One node's shared-memory object store, as seen by one process.
 
     ``ShmStore(session, capacity=N)`` creates the store (the node daemon does
@@ -506,249 +328,6 @@ class ShmStore:
         # Don't close the inherited descriptors' mappings: inherited views may
         # still use them.  Just stop using them for locking.
         self._open()
-
-    # ------------------------------------------------------------ header
-
-    def _h(self, off: int) -> int:
-        return _U64.unpack_from(self._meta, off)[0]
-
-    def _hset(self, off: int, value: int) -> None:
-        _U64.pack_into(self._meta, off, value)
-
-    # ------------------------------------------------------------ table
-
-    def _slot_pos(self, i: int) -> int:
-        return self._table_off + i * _SLOT
-
-    def _find(self, key: bytes) -> int:
-        """Slot index of the live (created or sealed) entry for ``key``, or -1."""
-        meta = self._meta
-        n = self._nslots
-        i = _home(key, n)
-        for _ in range(n):
-            pos = self._table_off + i * _SLOT
-            st = meta[pos + _STATE_AT]
-            if st == _ST_EMPTY:
-                return -1
-            if st != _ST_ZOMBIE and meta[pos : pos + ID_SIZE] == key:
-                return i
-            i += 1
-            if i == n:
-                i = 0
-        return -1
-
-    def _find_zombie(self, key: bytes) -> int:
-        meta = self._meta
-        n = self._nslots
-        i = _home(key, n)
-        for _ in range(n):
-            pos = self._table_off + i * _SLOT
-            st = meta[pos + _STATE_AT]
-            if st == _ST_EMPTY:
-                return -1
-            if st == _ST_ZOMBIE and meta[pos : pos + ID_SIZE] == key:
-                return i
-            i += 1
-            if i == n:
-                i = 0
-        return -1
-
-    def _read(self, i: int) -> tuple:
-        return _ENTRY.unpack_from(self._meta, self._slot_pos(i))
-
-    def _insert(self, key: bytes, state: int, kind: int, offset: int, alloc: int, size: int) -> None:
-        n = self._nslots
-        entries = self._h(_H_ENTRIES)
-        # A zombie replaces the entry just removed: it must always fit.
-        limit = n - 1 if state == _ST_ZOMBIE else _MAX_LOAD * n
-        if entries + 1 > limit:
-            raise StoreFullError(
-                f"the object table is full ({entries} of {n} slots, objects and zombies); "
-                "delete objects or create the store with a larger max_objects"
-            )
-        meta = self._meta
-        i = _home(key, n)
-        while meta[self._table_off + i * _SLOT + _STATE_AT] != _ST_EMPTY:
-            i += 1
-            if i == n:
-                i = 0
-        _ENTRY.pack_into(meta, self._slot_pos(i), key, state, kind, offset, alloc, size, self._pid)
-        self._hset(_H_ENTRIES, entries + 1)
-        if state == _ST_ZOMBIE:
-            self._hset(_H_ZOMBIES, self._h(_H_ZOMBIES) + 1)
-
-    def _remove(self, i: int) -> None:
-        """Empty slot ``i`` (backward-shift deletion: no tombstones)."""
-        meta = self._meta
-        n = self._nslots
-        toff = self._table_off
-        if meta[toff + i * _SLOT + _STATE_AT] == _ST_ZOMBIE:
-            self._hset(_H_ZOMBIES, self._h(_H_ZOMBIES) - 1)
-        self._hset(_H_ENTRIES, self._h(_H_ENTRIES) - 1)
-        j = i
-        while True:
-            meta[toff + i * _SLOT : toff + (i + 1) * _SLOT] = bytes(_SLOT)
-            while True:
-                j = (j + 1) % n
-                pos = toff + j * _SLOT
-                if meta[pos + _STATE_AT] == _ST_EMPTY:
-                    return
-                k = _home(meta[pos : pos + ID_SIZE], n)
-                # Entry j may stay if its home lies cyclically in (i, j].
-                if (i <= j and i < k <= j) or (i > j and (k > i or k <= j)):
-                    continue
-                break
-            meta[toff + i * _SLOT : toff + (i + 1) * _SLOT] = meta[toff + j * _SLOT : toff + (j + 1) * _SLOT]
-            i = j
-
-    # ------------------------------------------------------------ arena
-
-    def _alloc(self, need: int) -> int:
-        """First-fit allocation of ``need`` bytes (a multiple of 64); -1 if none."""
-        n = self._h(_H_NEXT)
-        if n == 0:
-            return -1
-        lens = self._ext_len[:n]
-        i = int(np.argmax(lens >= need))
-        if int(lens[i]) < need:
-            return -1
-        off = int(self._ext_off[i])
-        if int(lens[i]) == need:
-            self._ext_off[i : n - 1] = self._ext_off[i + 1 : n]
-            self._ext_len[i : n - 1] = self._ext_len[i + 1 : n]
-            self._hset(_H_NEXT, n - 1)
-        else:
-            self._ext_off[i] = off + need
-            self._ext_len[i] = int(lens[i]) - need
-        self._hset(_H_USED, self._h(_H_USED) + need)
-        return off
-
-    def _free(self, off: int, length: int) -> None:
-        n = self._h(_H_NEXT)
-        eo, el = self._ext_off, self._ext_len
-        i = int(np.searchsorted(eo[:n], off))
-        prev = i > 0 and int(eo[i - 1]) + int(el[i - 1]) == off
-        nxt = i < n and off + length == int(eo[i])
-        if prev and nxt:
-            el[i - 1] = int(el[i - 1]) + length + int(el[i])
-            eo[i : n - 1] = eo[i + 1 : n]
-            el[i : n - 1] = el[i + 1 : n]
-            self._hset(_H_NEXT, n - 1)
-        elif prev:
-            el[i - 1] = int(el[i - 1]) + length
-        elif nxt:
-            eo[i] = off
-            el[i] = int(el[i]) + length
-        else:
-            if n >= self._maxext:  # pragma: no cover - impossible by construction
-                raise StoreError("free list overflow")
-            eo[i + 1 : n + 1] = eo[i:n].copy()
-            el[i + 1 : n + 1] = el[i:n].copy()
-            eo[i] = off
-            el[i] = length
-            self._hset(_H_NEXT, n + 1)
-        self._hset(_H_USED, self._h(_H_USED) - length)
-
-    def _commit(self, end: int) -> None:
-        committed = self._h(_H_COMMITTED)
-        if end <= committed:
-            return
-        new = min(self._arena_size, (end + _COMMIT_STEP - 1) // _COMMIT_STEP * _COMMIT_STEP)
-        assert self._arena_fd is not None
-        _fallocate(self._arena_fd, committed, new - committed, f"{new - committed} bytes of the arena", self.root)
-        self._hset(_H_COMMITTED, new)
-
-    def _populate(self, off: int, length: int) -> None:
-        """Pre-fault this process's mapping of [off, off+length) once."""
-        if not self._can_populate or self._arena is None:
-            return
-        c0, c1 = off // _CHUNK, (off + length - 1) // _CHUNK
-        touched = self._touched
-        c = c0
-        while c <= c1:
-            if touched[c]:
-                c += 1
-                continue
-            start = c
-            while c <= c1 and not touched[c]:
-                touched[c] = 1
-                c += 1
-            a = start * _CHUNK
-            b = min(c * _CHUNK, self._arena_size)
-            try:
-                self._arena.madvise(_MADV_POPULATE_READ, a, b - a)
-            except OSError:  # kernel < 5.14: let page faults do it
-                self._can_populate = False
-                return
-
-    # ------------------------------------------------------------ pins
-
-    def _pin(self, key: tuple[int, int]) -> None:
-        with self._pin_lock:
-            count = self._pins.get(key, 0)
-            if count == 0:
-                assert self._arena_fd is not None
-                _ofd_lock(self._arena_fd, fcntl.F_RDLCK, key[0], key[1])
-            self._pins[key] = count + 1
-        self._drain()
-
-    def _make_unpin(self, key: tuple[int, int]) -> Any:
-        pid = self._pid
-        finalizers = self._finalizers
-
-        def unpin(ref: weakref.ref) -> None:
-            # Runs when the view's owner dies, at any point of any thread's
-            # code: only queue, and let whoever can take the pin lock work.
-            finalizers.pop(id(ref), None)
-            if pid == self._pid:
-                self._unpins.append(key)
-                self._drain()
-
-        return unpin
-
-    def _drain(self) -> None:
-        while self._unpins:
-            if not self._pin_lock.acquire(blocking=False):
-                return
-            try:
-                while self._unpins:
-                    key = self._unpins.popleft()
-                    count = self._pins.get(key, 0) - 1
-                    if count > 0:
-                        self._pins[key] = count
-                        continue
-                    self._pins.pop(key, None)
-                    if self._arena_fd is not None:
-                        with contextlib.suppress(OSError):
-                            _ofd_lock(self._arena_fd, fcntl.F_UNLCK, key[0], key[1])
-                if self._closed and not self._pins:
-                    self._close_arena()
-            finally:
-                self._pin_lock.release()
-
-    def _pinned(self, off: int, alloc: int) -> bool:
-        self._drain()
-        if self._pins.get((off, alloc), 0) > 0:
-            return True
-        assert self._arena_fd is not None
-        return _ofd_locked_by_others(self._arena_fd, off, alloc)
-
-    def _view(self, off: int, size: int, alloc: int, writable: bool) -> memoryview:
-        """A memoryview of arena bytes that pins the region while it (or
-        anything built on it) is alive."""
-        key = (off, alloc)
-        self._pin(key)
-        try:
-            owner = np.frombuffer(self._arena, dtype=np.uint8, count=size, offset=off)
-            if not writable:
-                owner.flags.writeable = False
-            wr = weakref.ref(owner, self._make_unpin(key))
-            self._finalizers[id(wr)] = wr
-        except BaseException:
-            self._unpins.append(key)
-            self._drain()
-            raise
-        return memoryview(owner)
 
     # ------------------------------------------------------------ objects
 
@@ -1033,10 +612,6 @@ class ShmStore:
             self._populate(pos, nxt - pos)
             pos = nxt
         return self._h(_H_COMMITTED)
-
-    def _largest_free(self) -> int:
-        n = self._h(_H_NEXT)
-        return int(self._ext_len[:n].max()) if n else 0
 
     def object_ids(self, *, sealed_only: bool = True) -> list[bytes]:
         """The ids in the store (sealed ones only, by default)."""

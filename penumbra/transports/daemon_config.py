@@ -1,12 +1,12 @@
 """What a node daemon is told when it starts: ``DaemonConfig``.
 
-``launch`` writes one as JSON down a pipe (token included: never on the
-command line, where ``ps`` shows it) and the daemon reads it back
-(``daemon._read_config``).  The checks in ``__post_init__`` run on both
-sides, so a bad option fails in the caller's process, before a daemon is
-started, with a message saying which option and how to fix it.  Kept apart
-from the daemon so that ``launch`` and ``penumbra start`` can build and
-check one without importing trio.
+``launch`` writes the fields as JSON down a pipe (token included: never on
+the command line, where ``ps`` shows it) and the daemon reads them back into
+a ``DaemonConfig`` (``daemon._read_config``), whose ``__post_init__`` checks
+them: a contradictory option stops the daemon at start with a message that
+says which option and how to fix it.  Kept apart from the ``Daemon`` so that
+its parts (daemon_*.py) can name it and ``_JOIN_TIMEOUT`` without importing
+the class assembled from them.
 """
 
 from __future__ import annotations

@@ -581,7 +581,7 @@ def test_kubernetes_manifests_are_consistent():
 
 
 def test_a_wildcard_listener_is_advertised_as_a_reachable_address():
-    from penumbra.transports.daemon import _as_seen, advertised_host
+    from penumbra.transports.daemon_addresses import _as_seen, advertised_host
 
     assert advertised_host("10.1.2.3") == "10.1.2.3"
     assert advertised_host("0.0.0.0") not in ("0.0.0.0", "")

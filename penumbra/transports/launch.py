@@ -407,12 +407,12 @@ class Cluster:
 
     def wait_for_nodes(self, timeout: float = 30.0) -> None:
         """Block until every node has joined (as seen by ``penumbra.nodes()``)."""
-        import penumbra
+        from ..api.functions import nodes  # (the API's, which ``penumbra.nodes`` is: no import of the package root)
 
         want = 1 + len(self.nodes)
         deadline = time.monotonic() + timeout
         while True:
-            alive = [n for n in penumbra.nodes() if n["Alive"]]
+            alive = [n for n in nodes() if n["Alive"]]
             if len(alive) >= want:
                 return
             if time.monotonic() > deadline:

@@ -57,7 +57,7 @@ from hypothesis import strategies as st
 from ..core.gcs import GcsTiming
 from ..core.layout import ClusterLayout, NodeShape
 from ..core.specs import ResourceSet
-from .swarm import FaultPlan, SeedPlan, seen_cuts, unstacked_silences
+from .plans import FaultPlan, SeedPlan, seen_cuts, unstacked_silences
 from .workload import ActorPlan, CallPlan, PutPlan, TaskPlan, VCall, VChild, VTask, Workload, CUSTOM, GPUS_PER_NODE, LARGE_SIZES, SLOT, SLOTS_PER_NODE, STORE_SIZES, add_callers, add_grandchildren, add_groups, add_remote_puts, add_waits
 
 __all__ = ["layouts", "workloads", "fault_plans", "seed_plans", "workload_options"]

@@ -75,11 +75,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import penumbra as ray
-
+from ..api import functions as ray  # the Ray API, as ``import penumbra as ray`` has it (the root re-exports it)
 from ..core.layout import ClusterLayout, NodeShape
 from ..core.records import ActorState, ErrorKind
 from ..core.specs import ResourceSet
+from ..exceptions import GetTimeoutError, ObjectStoreFullError
 from . import checkers as C
 from .workload import SLOT, VCall, VChild, VTask, digest
 
@@ -352,7 +352,8 @@ def sample(count: int, fault: str = "none", start: int = 0, limit: int = 1000, s
     """The first ``count`` seeds from ``start`` that fit (``misfit``, with
     their reference runs, in stores of ``store`` bytes) and, for a fault,
     have a task it can target (``_choose_victim``): a deterministic sample."""
-    from .swarm import plan_seed, run_plan
+    from .plans import plan_seed
+    from .runner import run_plan
 
     out = []
     for s in range(start, start + limit):
@@ -391,18 +392,20 @@ class RealRun:
 
 def _outcome(e: BaseException) -> tuple:
     """A ``get``'s exception as the swarm records it: ("e", kind, message)."""
-    from .. import exceptions as X
+    from ..exceptions import (ActorDiedError, ActorUnavailableError, NodeDiedError, ObjectLostError,
+                              RuntimeEnvError, TaskCancelledError, TaskError, TaskUnschedulableError,
+                              WorkerCrashedError)
 
-    if isinstance(e, X.TaskError):
+    if isinstance(e, TaskError):
         cause = e.cause
-        while isinstance(cause, X.TaskError) and cause.cause is not None and cause.cause is not cause:
+        while isinstance(cause, TaskError) and cause.cause is not None and cause.cause is not cause:
             cause = cause.cause
         return ("e", ErrorKind.TASK_ERROR, str(cause))
-    kinds = [(X.TaskCancelledError, ErrorKind.TASK_CANCELLED), (X.WorkerCrashedError, ErrorKind.WORKER_CRASHED),
-             (X.NodeDiedError, ErrorKind.NODE_DIED), (X.ActorDiedError, ErrorKind.ACTOR_DIED),
-             (X.ActorUnavailableError, ErrorKind.ACTOR_UNAVAILABLE), (X.ObjectLostError, ErrorKind.OBJECT_LOST),
-             (X.TaskUnschedulableError, ErrorKind.TASK_UNSCHEDULABLE),
-             (X.ObjectStoreFullError, ErrorKind.OBJECT_STORE_FULL), (X.RuntimeEnvError, ErrorKind.RUNTIME_ENV)]
+    kinds = [(TaskCancelledError, ErrorKind.TASK_CANCELLED), (WorkerCrashedError, ErrorKind.WORKER_CRASHED),
+             (NodeDiedError, ErrorKind.NODE_DIED), (ActorDiedError, ErrorKind.ACTOR_DIED),
+             (ActorUnavailableError, ErrorKind.ACTOR_UNAVAILABLE), (ObjectLostError, ErrorKind.OBJECT_LOST),
+             (TaskUnschedulableError, ErrorKind.TASK_UNSCHEDULABLE),
+             (ObjectStoreFullError, ErrorKind.OBJECT_STORE_FULL), (RuntimeEnvError, ErrorKind.RUNTIME_ENV)]
     for cls, kind in kinds:
         if isinstance(e, cls):
             return ("e", kind, "")
@@ -755,7 +758,7 @@ def _program(run: _Run, out: RealRun, timeout: float) -> None:
         for key, _ in sorted(w.submitted_at(), key=lambda x: (x[1], x[0])):
             try:
                 value = ray.get(refs[key], timeout=max(0.1, deadline - time.monotonic()))
-            except ray.exceptions.GetTimeoutError:
+            except GetTimeoutError:
                 out.violations.append(C.Violation("liveness", f"{key} was not ready {timeout:.0f} s after the "
                                                               f"schedule ended (a hang)", key))
                 continue
@@ -778,12 +781,12 @@ def _put(value: Any):
     """``ray.put``, retried while the store is full, as the swarm's driver
     does (``swarm.PUT_TRIES`` x ``PUT_PAUSE``): running tasks unpin what
     they hold, and evictable objects make room."""
-    from .swarm import PUT_PAUSE, PUT_TRIES
+    from .runner import PUT_PAUSE, PUT_TRIES
 
     for _ in range(PUT_TRIES - 1):
         try:
             return ray.put(value)
-        except ray.exceptions.ObjectStoreFullError:
+        except ObjectStoreFullError:
             time.sleep(PUT_PAUSE)
     return ray.put(value)
 
@@ -811,7 +814,8 @@ def _account(run: _Run, out: RealRun) -> None:
     """What the fault did, in ``swarm._taints``'s terms, and the taints."""
     from ..api.context import current_runtime
     from ..core.tables import Get
-    from .swarm import FaultPlan, _taints
+    from .plans import FaultPlan
+    from .taints import _taints
 
     plan = run.plan
     w = plan.workload
@@ -892,7 +896,8 @@ def check_real(seed: int, fault: str = "none", *, plan=None, **kw) -> RealReport
     the simulator's fault-free reference run (``check_results`` with the
     taints of what the fault did; waits by ``check_waits``; every item ready
     in bounded time)."""
-    from .swarm import plan_seed, run_plan
+    from .plans import plan_seed
+    from .runner import run_plan
 
     t0 = time.monotonic()
     plan = translatable(plan or plan_seed(seed))

@@ -38,7 +38,8 @@ from .plans import DRIVER_NODE, FaultPlan, SeedPlan
 from .reports import RunResult
 from .surface import _ByName, _names_now, _surface_checks, _surface_events, _tree
 from .taints import _taints
-from .workload import SLOT, VActor, VerifyExecutor, digest
+from .executor import VerifyExecutor
+from .workload import SLOT, VActor, digest
 
 __all__ = ["run_plan", "REFERENCE_SLACK", "PUT_TRIES", "PUT_PAUSE", "REPORT_SLACK"]
 

@@ -19,7 +19,8 @@ from ..sim.cluster import SimCluster
 from . import checkers as C
 from .plans import DRIVER_NODE
 from .reports import RunResult
-from .workload import VActor, VCall, VerifyExecutor, Workload, digest
+from .executor import VerifyExecutor
+from .workload import VActor, VCall, Workload, digest
 
 
 # num_returns > 1, retry_exceptions, cancel of plain tasks, freed puts, and

@@ -322,7 +322,7 @@ def check_waits(plans, outcomes: dict[str, WaitOutcome]) -> list[Violation]:
 class PlacementLog:
     """What the swarm saw of placement groups while a run ran: each start of
     a task or actor creation in a group, with the bundles its node held
-    then (see ``swarm._placement_log``), and what was wrong at once."""
+    then (see ``runner._placement_log``), and what was wrong at once."""
 
     def __init__(self) -> None:
         self.starts = 0
@@ -553,7 +553,7 @@ def check_names(named: list, names: dict, cluster, lookups: list) -> list[Violat
 @dataclass
 class DriverRequest:
     """One ``get``/``wait`` of a driver whose connection is lost
-    (``swarm._install_lost_driver``): when it was made, and each time it
+    (``injection._install_lost_driver``): when it was made, and each time it
     ended (``(virtual time, "value" | "timeout" | "lost" | "shut down")``)."""
 
     key: str

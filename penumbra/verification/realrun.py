@@ -9,7 +9,7 @@ module runs a swarm seed's ``Workload`` as an ordinary Ray-API program
 (``import penumbra as ray``) on a cluster of real daemons on this machine,
 and compares every value with the simulator's fault-free reference run
 (``run_plan(plan, faults=False).results``), per key, with the swarm's own
-rules (``checkers.check_results`` and ``swarm._taints``).
+rules (``checkers.check_results`` and ``taints._taints``).
 
 The translation (``RealProgram``) keeps every value the same function of
 the workload: a task computes ``digest(key, inputs[, children])`` from the
@@ -28,7 +28,7 @@ the swarm's crashes restart), ``"actor"`` SIGKILLs an actor's worker in
 the middle of a call (a replay actor's where there is one: it restarts,
 replays, and every value must still be exact).  Tasks hold at a file barrier until the
 fault is in, so it always lands mid-task (``tests/test_chaos.py``'s way).
-What a fault may legitimately change is tainted by ``swarm._taints``, fed
+What a fault may legitimately change is tainted by ``taints._taints``, fed
 with what really happened: each task's executions (marker files, and the
 GCS's attempt count), the actors that restarted or died (their GCS rows and
 their constructors' markers), and the node that died.
@@ -538,7 +538,7 @@ def _program(run: _Run, out: RealRun, timeout: float) -> None:
 
 def _put(value: Any):
     """``ray.put``, retried while the store is full, as the swarm's driver
-    does (``swarm.PUT_TRIES`` x ``PUT_PAUSE``): running tasks unpin what
+    does (``runner.PUT_TRIES`` x ``PUT_PAUSE``): running tasks unpin what
     they hold, and evictable objects make room."""
     from .runner import PUT_PAUSE, PUT_TRIES
 
@@ -570,7 +570,7 @@ def _wait(wp, refs: dict, out: RealRun, time_scale: float, timeout: float) -> No
 
 
 def _account(run: _Run, out: RealRun) -> None:
-    """What the fault did, in ``swarm._taints``'s terms, and the taints."""
+    """What the fault did, in ``taints._taints``'s terms, and the taints."""
     from ..api.context import current_runtime
     from ..core.tables import Get
     from .plans import FaultPlan
@@ -619,7 +619,7 @@ def _account(run: _Run, out: RealRun) -> None:
 
 @dataclass(frozen=True)
 class _Keyed:
-    """``swarm._taints`` reads a task's attempts as
+    """``taints._taints`` reads a task's attempts as
     ``executions[keys[key].task_id]``; here attempts are keyed by item key."""
 
     key: str

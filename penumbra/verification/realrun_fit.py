@@ -39,7 +39,7 @@ def real_nodes(plan) -> list[int]:
 
 
 def real_layout(plan, store: int = REAL_STORE) -> ClusterLayout:
-    """The real cluster as a layout (what ``swarm._taints`` reads)."""
+    """The real cluster as a layout (what ``taints._taints`` reads)."""
     shapes = tuple(NodeShape(plan.layout.nodes[i].resources, store) for i in real_nodes(plan))
     # (the real cluster's GCS replicas live in the head daemon: see translatable)
     return dataclasses.replace(plan.layout, nodes=shapes, replica_hosts={})

@@ -47,7 +47,7 @@ def digest(*parts: Any) -> int:
     return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=8).digest(), "big")
 
 
-# -- the shapes both ``swarm.plan_seed`` and the strategies draw from --------------
+# -- the shapes both ``plans.plan_seed`` and the strategies draw from --------------
 
 CUSTOM = "special"  # the custom resource some nodes have
 GPUS_PER_NODE = 2

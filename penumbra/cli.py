@@ -549,7 +549,7 @@ def _verify_fanned_out(args) -> int:
         return 2
     from .verification.fanout import run_fanout_cli
 
-    return run_fanout_cli(args)
+    return run_fanout_cli(args, _token_from_args)
 
 
 def cmd_demo(args) -> int:

@@ -20,7 +20,7 @@ from penumbra.core.specs import ResourceSet
 from penumbra.sim.cluster import SimCluster
 from penumbra.sim.costs import ZERO
 from penumbra.verification import checkers as C
-from penumbra.verification.workload import ActorExec
+from penumbra.verification.executor import ActorExec
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -543,7 +543,8 @@ from dataclasses import replace as _replace  # noqa: E402
 from penumbra.core.ids import TaskId  # noqa: E402
 from penumbra.core.objects import _Want  # noqa: E402
 from penumbra.core.records import ActorState, TaskState  # noqa: E402
-from penumbra.verification.workload import VActor, VCall, VerifyExecutor  # noqa: E402
+from penumbra.verification.executor import VerifyExecutor  # noqa: E402
+from penumbra.verification.workload import VActor, VCall  # noqa: E402
 
 
 def _stored(cluster):

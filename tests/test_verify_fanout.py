@@ -198,6 +198,23 @@ def test_fan_out_options_are_refused_where_they_mean_nothing(capsys):
     assert "--chunk must be 1 or more" in capsys.readouterr().err
 
 
+def test_fan_out_reads_the_token_file_the_cli_way_after_checking_its_own_options(tmp_path, capsys):
+    """The CLI hands its --token-file reader to the fan-out (verification
+    sits below the CLI and does not import it): an unreadable or empty file
+    stops ``verify --address`` with the CLI's message, and only once the
+    fan-out's own options are known good."""
+    missing = str(tmp_path / "missing")
+    with pytest.raises(SystemExit, match=r"penumbra verify: cannot read --token-file .*missing"):
+        cli_main(["verify", "--seeds", "3", "--address", "127.0.0.1:1", "--token-file", missing])
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    with pytest.raises(SystemExit, match=r"penumbra verify: --token-file .*empty is empty"):
+        cli_main(["verify", "--seeds", "3", "--address", "127.0.0.1:1", "--token-file", str(empty)])
+    # (a bad option of the fan-out's own is reported first, as before)
+    assert cli_main(["verify", "--seeds", "0", "--address", "127.0.0.1:1", "--token-file", missing]) == 2
+    assert "--seeds must be 1 or more" in capsys.readouterr().err
+
+
 def test_an_unreachable_cluster_is_one_line_and_a_failure(two_nodes):
     m = two_nodes[0]
     port = _free_port()  # nobody listens there

@@ -309,8 +309,12 @@ def _progress_printer(stream=sys.stderr) -> Callable[[FanoutResult, int], None]:
     return show
 
 
-def run_fanout_cli(args) -> int:
-    """``penumbra verify --seeds N --address HOST:PORT [--ray] [--plant BUG]``."""
+def run_fanout_cli(args, token_from_args: Callable[[Any, str], str | None]) -> int:
+    """``penumbra verify --seeds N --address HOST:PORT [--ray] [--plant BUG]``.
+
+    ``token_from_args(args, command)``: the command line's explicit token
+    (``--token-file``, or the deprecated ``--token``), or None.  The CLI,
+    which sits above this layer, passes its own reader in."""
     api_name = "ray" if getattr(args, "ray", False) else "penumbra"
     plant = getattr(args, "plant", None)
     if plant:
@@ -333,9 +337,7 @@ def run_fanout_cli(args) -> int:
     if args.address:
         kwargs["address"] = args.address
     if api_name == "penumbra":
-        from ..cli import _token_from_args
-
-        token = _token_from_args(args, "verify")
+        token = token_from_args(args, "verify")
         if token:
             kwargs["_token"] = token
     where = args.address or "a local Ray instance"

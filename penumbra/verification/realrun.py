@@ -9,7 +9,7 @@ module runs a swarm seed's ``Workload`` as an ordinary Ray-API program
 (``import penumbra as ray``) on a cluster of real daemons on this machine,
 and compares every value with the simulator's fault-free reference run
 (``run_plan(plan, faults=False).results``), per key, with the swarm's own
-rules (``checkers.check_results`` and ``swarm._taints``).
+rules (``checkers.check_results`` and ``taints._taints``).
 
 The translation (``RealProgram``) keeps every value the same function of
 the workload: a task computes ``digest(key, inputs[, children])`` from the
@@ -28,7 +28,7 @@ the swarm's crashes restart), ``"actor"`` SIGKILLs an actor's worker in
 the middle of a call (a replay actor's where there is one: it restarts,
 replays, and every value must still be exact).  Tasks hold at a file barrier until the
 fault is in, so it always lands mid-task (``tests/test_chaos.py``'s way).
-What a fault may legitimately change is tainted by ``swarm._taints``, fed
+What a fault may legitimately change is tainted by ``taints._taints``, fed
 with what really happened: each task's executions (marker files, and the
 GCS's attempt count), the actors that restarted or died (their GCS rows and
 their constructors' markers), and the node that died.
@@ -61,6 +61,11 @@ asks more than any of those nodes has, a STRICT_SPREAD group needs more
 nodes than would survive a kill, the store cannot hold the workload, or the
 reference holds an error that depends on timing in a way the taints do not
 cover (a full store or an evicted object in the simulator's small stores).
+
+Where it lives: this module runs a plan and checks it (``run_real``,
+``check_real``, ``penumbra verify --real``); what runs in the workers is
+``realrun_worker``, the real cluster and which plans fit it
+``realrun_fit`` (re-exported here).
 """
 
 from __future__ import annotations
@@ -75,284 +80,39 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import penumbra as ray
-
+from ..api import functions as ray  # the Ray API, as ``import penumbra as ray`` has it (the root re-exports it)
 from ..core.layout import ClusterLayout, NodeShape
 from ..core.records import ActorState, ErrorKind
-from ..core.specs import ResourceSet
+from ..exceptions import GetTimeoutError, ObjectStoreFullError
 from . import checkers as C
-from .workload import SLOT, VCall, VChild, VTask, digest
+from .realrun_fit import REAL_STORE, misfit, real_layout, real_nodes, translatable
+from .realrun_worker import Control, CorruptValue, DesignedFailure, _blob, _RealActor, _task, _touch, _value
+from .workload import SLOT, digest
 
 __all__ = ["REAL_STORE", "FAULTS", "RealRun", "RealReport", "misfit", "real_layout", "run_real", "check_real",
-           "sample", "run_real_cli", "DesignedFailure"]
+           "sample", "run_real_cli", "DesignedFailure",
+           # (re-exported: the tests reach them here)
+           "real_nodes", "translatable"]
 
-# Every real node's object store: big enough that no workload of the swarm
-# fills it (misfit() refuses one that could).
-REAL_STORE = 256 << 20
 FAULTS = ("none", "worker", "node", "actor")
 
 # timing of the real cluster: a dead node is noticed within seconds
 HEARTBEAT = 0.2
 NODE_TIMEOUT = 2.0
-# how long a held task waits for the fault before going on by itself
-HOLD_LIMIT = 60.0
 # the "node" fault arms this far into the submission schedule
 ARM_AT = 0.25
 
 
 # ===========================================================================
-# what runs in the workers
-
-
-class DesignedFailure(Exception):
-    """What a task the plan marks ``raises`` raises: its message is the one
-    ``VerifyExecutor`` records (``"<key> raised (by design)"``)."""
-
-    def __init__(self, key: str) -> None:
-        super().__init__(f"{key} raised (by design)")
-        self.key = key
-
-    def __reduce__(self):
-        return (DesignedFailure, (self.key,))
-
-
-class CorruptValue(Exception):
-    """An input arrived with padding that does not match its digest."""
-
-
-@dataclass(frozen=True)
-class Control:
-    """What every task is told about the run's fault (a small argument).
-
-    ``dir``: the run's scratch directory (markers, barriers);
-    ``victim``: the task whose first attempt the fault targets;
-    ``victim_child``: the worker fault's: the victim's child that holds
-    while its parent is blocked in ``get`` on it ("" when the victim holds
-    itself);
-    ``doomed_node``: the node fault's: the node where the victim holds, and
-    every task once ``armed`` exists, until the node is killed."""
-
-    dir: str
-    victim: str = ""
-    victim_child: str = ""
-    doomed_node: str = ""
-
-
-def _pattern(value: int, size: int) -> bytes:
-    return (value.to_bytes(8, "big") * (size // 8 + 1))[:size]
-
-
-def _blob(value: int, size: int) -> tuple[int, bytes]:
-    """An object of ``size`` bytes carrying ``value``."""
-    return (value, _pattern(value, size))
-
-
-def _value(blob: Any) -> int:
-    """The digest an input carries; its padding must match it."""
-    if not (isinstance(blob, tuple) and len(blob) == 2 and isinstance(blob[0], int) and isinstance(blob[1], bytes)):
-        raise CorruptValue(f"an input is not a (digest, padding) pair: {type(blob).__name__}")
-    if blob[1] != _pattern(blob[0], len(blob[1])):
-        raise CorruptValue(f"an input's padding ({len(blob[1])} bytes) does not match its digest {blob[0]:#x}")
-    return blob[0]
-
-
-def _touch(path: str, text: str = "") -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def _wait_for_go(ctl: Control) -> None:
-    deadline = time.monotonic() + HOLD_LIMIT
-    go = os.path.join(ctl.dir, "go")
-    while not os.path.exists(go) and time.monotonic() < deadline:
-        time.sleep(0.005)
-
-
-def _enter(ctl: Control, key: str) -> None:
-    """Record this execution (its key, pid and node) and hold where the
-    run's fault wants this task mid-flight."""
-    pid = os.getpid()
-    node = ray.get_runtime_context().get_node_id()
-    _touch(os.path.join(ctl.dir, "x", f"{key}.{pid}.{time.monotonic_ns()}"), node)
-    if os.path.exists(os.path.join(ctl.dir, "go")):
-        return  # the fault is in: retries run on
-    if ctl.doomed_node:
-        # the node fault: the victim there, or (without one) once armed every task there
-        hold = node == ctl.doomed_node and (key == ctl.victim if ctl.victim else
-                                            os.path.exists(os.path.join(ctl.dir, "armed")))
-    elif ctl.victim_child:
-        hold = key == ctl.victim_child  # its parent is (about to be) blocked in get on it
-    else:
-        hold = key == ctl.victim
-    if hold:
-        _touch(os.path.join(ctl.dir, "hold", f"{key}.{pid}"), str(pid))
-        _wait_for_go(ctl)
-
-
-def _compute(ctl: Control, model: VTask | VChild, inputs: tuple) -> tuple[int, bytes]:
-    """``VerifyExecutor``'s task model, as a real task runs it."""
-    _enter(ctl, model.key)
-    values = tuple(_value(x) for x in inputs)
-    time.sleep(model.duration)
-    if model.raises:
-        raise DesignedFailure(model.key)
-    if not model.children:
-        return _blob(digest(model.key, values), model.size)
-    refs = [_child.remote(ctl, ch) for ch in model.children]
-    if model.key == ctl.victim and ctl.victim_child and not os.path.exists(os.path.join(ctl.dir, "go")):
-        _touch(os.path.join(ctl.dir, "hold", f"{model.key}.{os.getpid()}"), str(os.getpid()))
-    # in order: the first child's error is the parent's, as in the simulator
-    kids = tuple(_value(ray.get(r)) for r in refs)
-    return _blob(digest(model.key, values, kids), model.size)
-
-
-@ray.remote
-def _task(ctl: Control, model: VTask, *inputs):
-    return _compute(ctl, model, inputs)
-
-
-# (VerifyExecutor's children: half a CPU, retried without limit)
-@ray.remote(num_cpus=0.5, max_retries=-1)
-def _child(ctl: Control, model: VChild):
-    return _compute(ctl, model, ())
-
-
-class _Actor:
-    """``VActor``: one chain per caller, from the initial state."""
-
-    def __init__(self, ctl: Control, key: str) -> None:
-        _touch(os.path.join(ctl.dir, "i", f"{key}.{os.getpid()}.{time.monotonic_ns()}"),
-               ray.get_runtime_context().get_node_id())
-        self.state = {"": digest("init", key, ())}
-
-    def m(self, ctl: Control, call: VCall, caller: int, *inputs):
-        _enter(ctl, call.key)
-        values = tuple(_value(x) for x in inputs)
-        time.sleep(call.duration)
-        state = self.state
-        link = digest(state.get(caller, state[""]), call.key, values)
-        self.state = {**state, caller: link}
-        return _blob(link, call.size)
-
-
-_RealActor = ray.remote(_Actor)
-
-
-# ===========================================================================
-# the cluster, and which seeds fit it
-
-
-def real_nodes(plan) -> list[int]:
-    """The plan's nodes the real cluster has: 0 (the head), 1 (a node
-    daemon; the one the ``"node"`` fault kills) and the last (the other
-    node with the custom resource or GPUs, when there is one)."""
-    n = len(plan.layout.nodes)
-    return [0, 1] + ([n - 1] if n > 2 else [])
-
-
-def real_layout(plan, store: int = REAL_STORE) -> ClusterLayout:
-    """The real cluster as a layout (what ``swarm._taints`` reads)."""
-    shapes = tuple(NodeShape(plan.layout.nodes[i].resources, store) for i in real_nodes(plan))
-    # (the real cluster's GCS replicas live in the head daemon: see translatable)
-    return dataclasses.replace(plan.layout, nodes=shapes, replica_hosts={})
-
-
-def _fits(need: ResourceSet, nodes: list[ResourceSet]) -> bool:
-    return any(need.is_subset_of(r) for r in nodes)
-
-
-def misfit(plan, reference=None, store: int = REAL_STORE) -> str:
-    """Why ``plan`` cannot run as a real program here ("" if it can).
-
-    ``reference``: its fault-free run, if already made (its errors must be
-    ones the taints cover whatever the timing)."""
-    w = plan.workload
-    nodes = [plan.layout.nodes[i].resources for i in real_nodes(plan)]
-    for t in w.tasks:
-        need = t.resources
-        if t.group is not None:
-            need = ResourceSet.from_dict({SLOT: 1})
-        if not _fits(need, nodes):
-            return f"task {t.key} asks {t.resources.to_dict()}, more than nodes {real_nodes(plan)} have"
-    for a in w.actors:
-        need = ResourceSet.of(CPU=1) + (ResourceSet.of(GPU=a.gpus) if a.gpus else ResourceSet())
-        if a.group is None and not _fits(need, nodes):
-            return f"actor {a.key} needs {need.to_dict()}, more than nodes {real_nodes(plan)} have"
-    for g in w.groups:
-        if g.strategy == "STRICT_SPREAD" and g.bundles > len(nodes) - 1:
-            return f"group {g.key}: STRICT_SPREAD over {g.bundles} bundles needs more nodes than {len(nodes)} - 1"
-    total = sum(p.size for p in w.puts) + sum(t.model.size + sum(_sizes(t.model.children)) for t in w.tasks)
-    total += sum(c.model.size for a in w.actors for c in a.calls)
-    if total * 2 > REAL_STORE and store >= REAL_STORE:
-        return f"the workload's objects ({total >> 20} MiB) could fill a real store of {REAL_STORE >> 20} MiB"
-    puts = sum(p.size for p in w.puts)
-    if puts * 2 > store:
-        # (the driver holds every put: they stay pinned, and a put that
-        # finds no room never would)
-        return f"the workload's puts ({puts >> 20} MiB) could fill a store of {store >> 20} MiB"
-    if reference is not None:
-        if reference.violations:
-            return f"the reference run has violations: {reference.violations[0]}"
-        timing = {k: v for k, v in reference.results.items()
-                  if v[0] == "e" and v[1] not in (ErrorKind.TASK_ERROR, ErrorKind.TASK_CANCELLED, ErrorKind.ACTOR_DIED)}
-        if timing:
-            k, v = sorted(timing.items())[0]
-            return f"the reference holds {v[1].value} for {k} (a full or evicting store: timing)"
-        if set(reference.results) != {k for k, _ in w.submitted_at()}:
-            return "the reference did not finish every item"
-    return ""
-
-
-def translatable(plan):
-    """``plan`` without the surface this translation does not carry yet
-    (drawn since it was written): ``num_returns > 1`` (an input that was a
-    second return becomes the first), ``retry_exceptions`` flakiness,
-    cancels of plain tasks, freed puts, a second job that ends, threaded,
-    async and named actors.  The reference run is made from the same plan,
-    so the comparison stays exact; these are checked by the swarm alone.
-    Nor GCS replicas placed on nodes (``replica_hosts``): the real
-    cluster's live in the head daemon."""
-    if plan.layout.replica_hosts:
-        plan = dataclasses.replace(plan, layout=dataclasses.replace(plan.layout, replica_hosts={}))
-    w = plan.workload
-    if not (w.jobs or any(t.num_returns > 1 or t.cancel_at is not None or t.model.flaky for t in w.tasks)
-            or any(p.free_at is not None for p in w.puts)
-            or any(a.max_concurrency > 1 or a.is_async or a.name for a in w.actors)):
-        return plan
-
-    def first(deps):
-        return tuple(d.split(".r")[0] if ".r" in d else d for d in deps)
-
-    tasks = tuple(dataclasses.replace(t, deps=first(t.deps), num_returns=1, cancel_at=None, force_cancel=False,
-                                      model=dataclasses.replace(t.model, flaky=0)) for t in w.tasks)
-    actors = tuple(dataclasses.replace(a, max_concurrency=1, is_async=False, name=None,
-                                       calls=tuple(dataclasses.replace(c, deps=first(c.deps)) for c in a.calls))
-                   for a in w.actors)
-    puts = tuple(dataclasses.replace(p, free_at=None) for p in w.puts)
-    waits = []
-    for x in w.waits:
-        refs = tuple(dict.fromkeys(first(x.refs)))  # (distinct, in order)
-        waits.append(dataclasses.replace(x, refs=refs, num_returns=min(x.num_returns, len(refs))))
-    waits = tuple(waits)
-    w = dataclasses.replace(w, tasks=tasks, actors=actors, puts=puts, waits=waits, jobs=())
-    return dataclasses.replace(plan, workload=w)
-
-
-def _sizes(children) -> list[int]:
-    out = []
-    for ch in children:
-        out.append(ch.size)
-        out += _sizes(ch.children)
-    return out
+# which seeds to run
 
 
 def sample(count: int, fault: str = "none", start: int = 0, limit: int = 1000, store: int = REAL_STORE) -> list[int]:
     """The first ``count`` seeds from ``start`` that fit (``misfit``, with
     their reference runs, in stores of ``store`` bytes) and, for a fault,
     have a task it can target (``_choose_victim``): a deterministic sample."""
-    from .swarm import plan_seed, run_plan
+    from .plans import plan_seed
+    from .runner import run_plan
 
     out = []
     for s in range(start, start + limit):
@@ -391,18 +151,20 @@ class RealRun:
 
 def _outcome(e: BaseException) -> tuple:
     """A ``get``'s exception as the swarm records it: ("e", kind, message)."""
-    from .. import exceptions as X
+    from ..exceptions import (ActorDiedError, ActorUnavailableError, NodeDiedError, ObjectLostError,
+                              RuntimeEnvError, TaskCancelledError, TaskError, TaskUnschedulableError,
+                              WorkerCrashedError)
 
-    if isinstance(e, X.TaskError):
+    if isinstance(e, TaskError):
         cause = e.cause
-        while isinstance(cause, X.TaskError) and cause.cause is not None and cause.cause is not cause:
+        while isinstance(cause, TaskError) and cause.cause is not None and cause.cause is not cause:
             cause = cause.cause
         return ("e", ErrorKind.TASK_ERROR, str(cause))
-    kinds = [(X.TaskCancelledError, ErrorKind.TASK_CANCELLED), (X.WorkerCrashedError, ErrorKind.WORKER_CRASHED),
-             (X.NodeDiedError, ErrorKind.NODE_DIED), (X.ActorDiedError, ErrorKind.ACTOR_DIED),
-             (X.ActorUnavailableError, ErrorKind.ACTOR_UNAVAILABLE), (X.ObjectLostError, ErrorKind.OBJECT_LOST),
-             (X.TaskUnschedulableError, ErrorKind.TASK_UNSCHEDULABLE),
-             (X.ObjectStoreFullError, ErrorKind.OBJECT_STORE_FULL), (X.RuntimeEnvError, ErrorKind.RUNTIME_ENV)]
+    kinds = [(TaskCancelledError, ErrorKind.TASK_CANCELLED), (WorkerCrashedError, ErrorKind.WORKER_CRASHED),
+             (NodeDiedError, ErrorKind.NODE_DIED), (ActorDiedError, ErrorKind.ACTOR_DIED),
+             (ActorUnavailableError, ErrorKind.ACTOR_UNAVAILABLE), (ObjectLostError, ErrorKind.OBJECT_LOST),
+             (TaskUnschedulableError, ErrorKind.TASK_UNSCHEDULABLE),
+             (ObjectStoreFullError, ErrorKind.OBJECT_STORE_FULL), (RuntimeEnvError, ErrorKind.RUNTIME_ENV)]
     for cls, kind in kinds:
         if isinstance(e, cls):
             return ("e", kind, "")
@@ -755,7 +517,7 @@ def _program(run: _Run, out: RealRun, timeout: float) -> None:
         for key, _ in sorted(w.submitted_at(), key=lambda x: (x[1], x[0])):
             try:
                 value = ray.get(refs[key], timeout=max(0.1, deadline - time.monotonic()))
-            except ray.exceptions.GetTimeoutError:
+            except GetTimeoutError:
                 out.violations.append(C.Violation("liveness", f"{key} was not ready {timeout:.0f} s after the "
                                                               f"schedule ended (a hang)", key))
                 continue
@@ -776,14 +538,14 @@ def _program(run: _Run, out: RealRun, timeout: float) -> None:
 
 def _put(value: Any):
     """``ray.put``, retried while the store is full, as the swarm's driver
-    does (``swarm.PUT_TRIES`` x ``PUT_PAUSE``): running tasks unpin what
+    does (``runner.PUT_TRIES`` x ``PUT_PAUSE``): running tasks unpin what
     they hold, and evictable objects make room."""
-    from .swarm import PUT_PAUSE, PUT_TRIES
+    from .runner import PUT_PAUSE, PUT_TRIES
 
     for _ in range(PUT_TRIES - 1):
         try:
             return ray.put(value)
-        except ray.exceptions.ObjectStoreFullError:
+        except ObjectStoreFullError:
             time.sleep(PUT_PAUSE)
     return ray.put(value)
 
@@ -808,10 +570,11 @@ def _wait(wp, refs: dict, out: RealRun, time_scale: float, timeout: float) -> No
 
 
 def _account(run: _Run, out: RealRun) -> None:
-    """What the fault did, in ``swarm._taints``'s terms, and the taints."""
+    """What the fault did, in ``taints._taints``'s terms, and the taints."""
     from ..api.context import current_runtime
     from ..core.tables import Get
-    from .swarm import FaultPlan, _taints
+    from .plans import FaultPlan
+    from .taints import _taints
 
     plan = run.plan
     w = plan.workload
@@ -856,7 +619,7 @@ def _account(run: _Run, out: RealRun) -> None:
 
 @dataclass(frozen=True)
 class _Keyed:
-    """``swarm._taints`` reads a task's attempts as
+    """``taints._taints`` reads a task's attempts as
     ``executions[keys[key].task_id]``; here attempts are keyed by item key."""
 
     key: str
@@ -892,7 +655,8 @@ def check_real(seed: int, fault: str = "none", *, plan=None, **kw) -> RealReport
     the simulator's fault-free reference run (``check_results`` with the
     taints of what the fault did; waits by ``check_waits``; every item ready
     in bounded time)."""
-    from .swarm import plan_seed, run_plan
+    from .plans import plan_seed
+    from .runner import run_plan
 
     t0 = time.monotonic()
     plan = translatable(plan or plan_seed(seed))

@@ -16,7 +16,7 @@ Unlike the swarm's seeds, these draw every part of a plan from Hypothesis
 primitives, so a failing plan *shrinks*: to fewer tasks, fewer faults,
 smaller clusters.
 
-They cover what ``swarm.plan_seed`` draws, under the same constraints:
+They cover what ``plans.plan_seed`` draws, under the same constraints:
 
 * clusters with a custom resource (``"special"``, on nodes 1 and n-1) and
   GPUs (2 per GPU node; node 0 is always one), and small object stores
@@ -40,7 +40,7 @@ They cover what ``swarm.plan_seed`` draws, under the same constraints:
   may only run slow.
 
 Which results may differ from the fault-free reference is decided by the
-swarm (``swarm._taints``), from the plan and what the run did (the attempts
+swarm (``taints._taints``), from the plan and what the run did (the attempts
 tasks used, the actors that restarted); nothing here needs to mirror it.  If you combine the pieces yourself, keep the contract
 ``seed_plans`` keeps: draw the workload with ``workload_options(layout)`` so
 that every task is feasible (an infeasible task rightly stays pending
@@ -57,7 +57,7 @@ from hypothesis import strategies as st
 from ..core.gcs import GcsTiming
 from ..core.layout import ClusterLayout, NodeShape
 from ..core.specs import ResourceSet
-from .swarm import FaultPlan, SeedPlan, seen_cuts, unstacked_silences
+from .plans import FaultPlan, SeedPlan, seen_cuts, unstacked_silences
 from .workload import ActorPlan, CallPlan, PutPlan, TaskPlan, VCall, VChild, VTask, Workload, CUSTOM, GPUS_PER_NODE, LARGE_SIZES, SLOT, SLOTS_PER_NODE, STORE_SIZES, add_callers, add_grandchildren, add_groups, add_remote_puts, add_waits
 
 __all__ = ["layouts", "workloads", "fault_plans", "seed_plans", "workload_options"]
@@ -223,8 +223,8 @@ def fault_plans(draw, nodes: int, chain_length: int = 1, shards: int = 1, actors
     mid-task, kills of actors 0..``actors``-1 that allow a restart, and
     timing faults: stop-the-world pauses of the head, a node or the driver,
     and late heartbeats (a node's short ones never stacked into a silence
-    the head may take for its death: ``swarm.unstacked_silences``; a cut
-    node never paused during its cut while the head is too: ``swarm.seen_cuts``).
+    the head may take for its death: ``plans.unstacked_silences``; a cut
+    node never paused during its cut while the head is too: ``plans.seen_cuts``).
 
     Node 0, the driver's, is spared crashes and cuts: the swarm's driver and
     GPU node live there.  Fault times lie in [0.05, 1] (the workload's
@@ -241,7 +241,7 @@ def fault_plans(draw, nodes: int, chain_length: int = 1, shards: int = 1, actors
     slow = draw(st.lists(st.tuples(_TIMES, st.integers(0, nodes - 1), st.sampled_from((3.0, 10.0)),
                                    st.sampled_from((0.1, 0.5))), max_size=1))
     kills = draw(st.lists(st.tuples(at, st.integers(0, actors - 1)), max_size=3)) if actors else []
-    # timing faults (see swarm._draw_timing_faults): the head stopped past the
+    # timing faults (see plans._draw_timing_faults): the head stopped past the
     # node timeout, a node stopped briefly or long enough to be fenced, the
     # driver stopped; either order of resume; late heartbeats from a node
     order = st.booleans()
@@ -253,8 +253,8 @@ def fault_plans(draw, nodes: int, chain_length: int = 1, shards: int = 1, actors
     ), max_size=2))
     late = draw(st.lists(st.tuples(at, st.integers(0, nodes - 1), st.sampled_from((0.05, 0.25)),
                                    st.sampled_from((0.2, 0.8))), max_size=1))
-    # (never stacked so that a node is silent past the timeout: swarm.unstacked_silences)
-    # (and never hiding a cut: swarm.seen_cuts)
+    # (never stacked so that a node is silent past the timeout: plans.unstacked_silences)
+    # (and never hiding a cut: plans.seen_cuts)
     pauses, late = unstacked_silences(seen_cuts(sorted(pauses), cuts), sorted(late))
     return FaultPlan(
         pauses=tuple(pauses), heartbeat_delays=tuple(late),

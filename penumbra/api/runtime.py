@@ -151,7 +151,7 @@ class Runtime(abc.ABC):
             from ..exceptions import PenumbraError
 
             raise PenumbraError(f"function {function_id.hex()} is not in the GCS function table")
-        from .args import loads
+        from .._codepickle import loads
 
         blob, path = payload.data
         for entry in path:

@@ -15,6 +15,10 @@ Ray Core's API, so that ``import penumbra as ray`` runs a Ray program::
 The same program runs on the real runtime (processes, sockets and shared
 memory on this machine or a cluster) or, with ``init(simulated=...)``, on the
 discrete-event simulator.
+
+This module is the top of the layers: it re-exports the API and registers
+the drivers ``init`` starts (``api.drivers``), so that the API never
+imports a driver.
 """
 
 from . import _codecache
@@ -54,7 +58,6 @@ __version__ = "0.1.0"
 # -- the drivers ``init`` starts (see ``api.drivers``) --------------------------
 # The top of the layers picks the driver: each factory imports its driver
 # inside it, when ``init`` first needs it, so ``import penumbra`` stays light.
-
 def _start_simulated(simulated, **kwargs):
     from .sim.runtime import start_simulated
 

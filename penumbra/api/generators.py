@@ -28,6 +28,9 @@ output it stays in the store until evicted.  Unlike one, a streamed value is
 not rebuilt from lineage (``get`` of an evicted one raises
 ``ObjectLostError``); a retried task yields its values again under the same
 ids.
+
+``wait`` lives here too (``penumbra.api.functions`` re-exports it): it takes
+generators among its refs, and a generator's ``next()`` waits with it.
 """
 
 from __future__ import annotations
@@ -254,11 +257,7 @@ def _rebuild(task_id: bytes, end: ObjectRef, index: int, finished: bool) -> Obje
     return g
 
 
-# -- wait --------------------------------------------------------------------
-# ``wait`` lives with ``ObjectRefGenerator`` (``penumbra.api.functions``
-# re-exports it): it takes generators among its refs, and a generator's
-# ``next()`` waits with it.
-
+# -- wait (see the module doc) ----------------------------------------------------
 def wait(object_refs: Sequence[ObjectRef], *, num_returns: int = 1, timeout: float | None = None,
          fetch_local: bool = True) -> tuple[list[ObjectRef], list[ObjectRef]]:
     """Wait until ``num_returns`` of the refs are ready or ``timeout`` passes.

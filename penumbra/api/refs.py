@@ -17,6 +17,10 @@ object cached until capacity pressure evicts it).
 
 Refs pickle as their id, so they can be passed to tasks inside containers;
 they compare and hash by id.
+
+``get`` (a ref's value) and ``put`` (a value's ref) live here too, with the
+ref whose future protocol reads values with ``get`` and whose counts
+``put`` starts; ``penumbra.api.functions`` re-exports them.
 """
 
 from __future__ import annotations
@@ -402,11 +406,7 @@ def _resolve(ref: ObjectRef, fut) -> None:
         fut.set_exception(e)
 
 
-# -- reading and writing values ----------------------------------------------
-# ``get`` and ``put`` live with ``ObjectRef`` (``penumbra.api.functions``
-# re-exports them): a ref's future protocol above reads its value with ``get``,
-# and ``put`` makes the owned refs counted here.
-
+# -- reading and writing values (see the module doc) ---------------------------
 def _check_timeout(timeout: Any) -> float | None:
     if timeout is None:
         return None

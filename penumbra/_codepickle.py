@@ -25,7 +25,13 @@ from typing import Any
 import cloudpickle
 from cloudpickle import cloudpickle as _cp
 
-__all__ = ["Pickler", "dumps"]
+__all__ = ["Pickler", "dumps", "loads"]
+
+# What reads ``dumps``'s bytes: cloudpickle's own (the code objects rebuild
+# through ``_code_at``, an importable function, so stock unpickling is enough).
+# The API (``api.args``, ``api.runtime``) and ``exceptions`` take it from here,
+# the lowest layer, so that none of them imports another for it.
+loads = cloudpickle.loads
 
 
 def _code_at(args: tuple, filename: str) -> types.CodeType:

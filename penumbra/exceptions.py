@@ -233,7 +233,7 @@ def _stand_in(cause: BaseException, dumps) -> BaseException:
             state[k] = v
         inst.__dict__.update(state)
         inst.__dict__[_STAND_IN] = True
-        from .api.args import loads  # (a round trip: the class must rebuild where it is read)
+        from ._codepickle import loads  # (a round trip: the class must rebuild where it is read)
 
         loads(dumps(_StandInPickle(inst)))
         return inst

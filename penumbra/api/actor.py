@@ -1,4 +1,6 @@
-"""``@penumbra.remote`` classes: actors, their handles and methods."""
+"""``@penumbra.remote`` classes: actors, their handles and methods, and
+``get_actor`` (a handle to a named actor: ``ActorClass.remote`` looks one up
+for ``get_if_exists``)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from typing import Any
 
 from ..core.ids import ActorId, actor_id_of, child_task_id
 from ..core.specs import EMPTY, ActorSpec, FunctionDescriptor, TaskSpec
+from ..core.tables import Get
 from .args import pack_args
 from .context import current_runtime, task_context
 from .dag import ClassMethodNode, ClassNode
@@ -18,7 +21,7 @@ from .generators import refs_for, returns_mode
 from .refs import ObjectRef
 from .remote_function import _Exported, _put
 
-__all__ = ["ActorClass", "ActorHandle", "ActorMethod", "method"]
+__all__ = ["ActorClass", "ActorHandle", "ActorMethod", "get_actor", "method"]
 
 _seq_lock = threading.Lock()
 _seqs: dict[tuple[int, ActorId], itertools.count] = {}
@@ -105,8 +108,6 @@ class ActorClass:
         o = self._options
         rt = current_runtime(auto_init=True)
         if o.get("get_if_exists") and o.get("name"):
-            from .functions import get_actor
-
             try:
                 return get_actor(o["name"], o.get("namespace"))
             except ValueError:
@@ -142,8 +143,6 @@ class ActorClass:
             rt.create_actor(spec, timeout=60.0)
         except ValueError:
             if o.get("get_if_exists") and o.get("name"):
-                from .functions import get_actor
-
                 return get_actor(o["name"], o.get("namespace"))
             raise
         del keep
@@ -204,6 +203,23 @@ class ActorHandle:
 
     def __repr__(self) -> str:
         return f"Actor({self._class_name}, {self._actor_id.hex()})"
+
+
+def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
+    """A handle to the named actor.  Raises ``ValueError`` if there is none."""
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"get_actor() needs a non-empty name, got {name!r}")
+    rt = current_runtime(auto_init=True)
+    ns = rt.namespace if namespace is None else namespace
+    aid = rt.gcs_request(Get("names", (ns, name)), timeout=30.0)
+    if aid is None:
+        raise ValueError(f"Failed to look up actor with name '{name}' in namespace '{ns}': no such actor "
+                         f"(it was never created, or it died)")
+    entry = rt.gcs_request(Get("actors", ActorId(aid)), timeout=30.0)
+    if entry is None:
+        raise ValueError(f"actor '{name}' is registered but its record is missing; retry shortly")
+    s = entry.spec
+    return ActorHandle(s.actor_id, s.cls.name.rsplit(".", 1)[-1], s.methods, s.is_async, s.cls)
 
 
 class ActorMethod:

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import cloudpickle
 
-from .. import _codepickle
+from .._codepickle import dumps as _code_dumps, loads
 from ..core.ids import ObjectId
 from ..core.specs import Payload
 from ..exceptions import SerializationError
@@ -41,10 +41,7 @@ class _Dep:
 
 def dumps(value: Any) -> bytes:
     # (keeping functions' file names: a task's traceback names the user's file)
-    return _codepickle.dumps(value, protocol=5)
-
-
-loads = cloudpickle.loads
+    return _code_dumps(value, protocol=5)
 
 
 def function_id(blob: bytes) -> bytes:

@@ -1,25 +1,27 @@
-"""The top-level API: ``init``, ``get``, ``wait``, ``put`` and friends."""
+"""The top-level API: ``init``, ``get``, ``wait``, ``put`` and friends.
+
+``init`` starts or joins a cluster through the drivers ``penumbra/__init__``
+registered (``drivers``: the API never imports a driver).  ``get`` and
+``put`` live with ``ObjectRef`` (``refs``), ``wait`` with
+``ObjectRefGenerator`` (``generators``) and ``get_actor`` with the actor
+handles (``actor``), whose methods use them; they are re-exported here.
+"""
 
 from __future__ import annotations
 
-import numbers
 import os
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
-from ..core.ids import ActorId, put_object_id
-from ..core.tables import Get, KvPut
-from ..exceptions import from_error_info
-from . import context
-from .actor import ActorClass, ActorHandle, is_actor_call, reset_sequences
-from .args import loads
+from ..core.tables import KvPut
+from . import context, drivers
+from .actor import ActorClass, ActorHandle, get_actor, is_actor_call, reset_sequences
 from .context import current_runtime, task_context
-from .generators import ObjectRefGenerator
+from .generators import wait
 from .options import env_vars_of
-from .refs import ObjectRef, _reset_for_shutdown, mark_owned_put
+from .refs import ObjectRef, _reset_for_shutdown, get, put
 from .remote_function import RemoteFunction
-from .runtime import ErrorValue
 
 __all__ = [
     "init", "shutdown", "is_initialized", "remote", "get", "wait", "put", "cancel", "kill",
@@ -120,36 +122,21 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
     anonymous = namespace is None
     namespace = namespace or ""
     if simulated:
-        from ..sim.runtime import start_simulated
-
-        rt = start_simulated(simulated, num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
-                             object_store_memory=object_store_memory, namespace=namespace)
+        rt = drivers.start_simulated(simulated, num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
+                                     object_store_memory=object_store_memory, namespace=namespace)
     else:
         if address is None:
             address = os.environ.get("PENUMBRA_ADDRESS") or None
         if address in (None, "local"):
-            # start the daemon before importing the client side (trio and
-            # friends): its start-up and our imports then overlap
-            from ..transports.launch import start_embedded
-
             system_config = dict(_system_config or {})
             if object_spilling_directory is not None:
                 system_config["object_spilling_directory"] = _spill_dir_arg(object_spilling_directory)
-            pending = start_embedded(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
-                                     object_store_memory=object_store_memory, system_config=system_config)
-            try:
-                from ..transports.client import start_local
-            except BaseException:
-                pending.kill()
-                raise
-            rt = start_local(pending, namespace=namespace, log_to_driver=log_to_driver)
+            rt = drivers.start_local(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
+                                     object_store_memory=object_store_memory, system_config=system_config,
+                                     namespace=namespace, log_to_driver=log_to_driver)
         else:
-            from ..transports.client import connect
-
             if address == "auto":
-                from ..transports.cluster_file import find_cluster
-
-                address = find_cluster()
+                address = drivers.find_cluster()
             if any(v is not None for v in (num_cpus, num_gpus, resources, object_store_memory,
                                            object_spilling_directory)):
                 raise ValueError(
@@ -157,7 +144,7 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
                     "new node; when joining an existing cluster (address=...), give them to 'penumbra start' "
                     "instead"
                 )
-            rt = connect(address, token=_token, namespace=namespace, log_to_driver=log_to_driver)
+            rt = drivers.connect(address, token=_token, namespace=namespace, log_to_driver=log_to_driver)
     if anonymous:
         # Ray's anonymous namespace: this job's alone (on the simulator named
         # after the job, so that a run replays exactly)
@@ -226,126 +213,6 @@ def _make_remote(obj, options: dict):
     raise TypeError(f"@remote can decorate functions and classes, not {type(obj).__name__}")
 
 
-def _check_timeout(timeout: Any) -> float | None:
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or timeout < 0:
-        raise ValueError(f"timeout must be None or a number of seconds >= 0, got {timeout!r}")
-    return float(timeout)
-
-
-def _raise_if_error(value: Any) -> Any:
-    if type(value) is ErrorValue:
-        raise from_error_info(value.info, loads)
-    return value
-
-
-def get(object_refs, *, timeout: float | None = None):
-    """The value(s) of one ref or a list of refs, waiting until ready.
-
-    Raises:
-        GetTimeoutError: not ready within ``timeout`` seconds.
-        TaskError: the task raised (also an instance of the user's class).
-        WorkerCrashedError, ActorDiedError, ObjectLostError, TaskCancelledError.
-    """
-    timeout = _check_timeout(timeout)
-    rt = current_runtime(auto_init=True)
-    if type(object_refs) is ObjectRef:
-        return _raise_if_error(rt.get_objects([object_refs._id], timeout)[0])
-    if not isinstance(object_refs, (list, tuple)):
-        raise ValueError(
-            f"'object_refs' must be an ObjectRef or a list of ObjectRefs, got {type(object_refs).__name__}"
-        )
-    ids = []
-    for i, r in enumerate(object_refs):
-        if type(r) is not ObjectRef:
-            raise TypeError(f"get() expects ObjectRefs, but item {i} is a {type(r).__name__}: {r!r}")
-        ids.append(r._id)
-    if not ids:
-        return []
-    values = rt.get_objects(ids, timeout)
-    return [_raise_if_error(v) for v in values]
-
-
-def wait(object_refs: Sequence[ObjectRef], *, num_returns: int = 1, timeout: float | None = None,
-         fetch_local: bool = True) -> tuple[list[ObjectRef], list[ObjectRef]]:
-    """Wait until ``num_returns`` of the refs are ready or ``timeout`` passes.
-
-    Returns ``(ready, not_ready)``, both in the order of ``object_refs``.
-    A streaming generator (``ObjectRefGenerator``) may stand among the refs:
-    it is ready when its next value (or its end) is.
-    """
-    if isinstance(object_refs, ObjectRef):
-        raise TypeError("wait() expects a list of ObjectRefs, not a single ObjectRef; use wait([ref])")
-    if not isinstance(object_refs, (list, tuple)):
-        raise TypeError(f"wait() expects a list of ObjectRefs, got {type(object_refs).__name__}")
-    for i, r in enumerate(object_refs):
-        if type(r) is not ObjectRef and type(r) is not ObjectRefGenerator:
-            raise TypeError(f"wait() expects ObjectRefs, but item {i} is a {type(r).__name__}: {r!r}")
-    if len(set(object_refs)) != len(object_refs):
-        raise ValueError("wait() requires a list of unique ObjectRefs")
-    if isinstance(num_returns, bool) or not isinstance(num_returns, int) or num_returns < 1 and object_refs:
-        raise ValueError(f"num_returns must be a positive integer, got {num_returns!r}")
-    if num_returns > len(object_refs):
-        raise ValueError(f"num_returns ({num_returns}) cannot exceed the number of refs ({len(object_refs)})")
-    timeout = _check_timeout(timeout)
-    if not object_refs:
-        return [], []
-    rt = current_runtime(auto_init=True)
-    if any(type(r) is ObjectRefGenerator for r in object_refs):
-        return _wait_with_generators(rt, object_refs, num_returns, timeout, fetch_local)
-    ready_ids = rt.wait_objects([r._id for r in object_refs], num_returns, timeout, fetch_local)
-    ready, not_ready = [], []
-    for r in object_refs:
-        if r._id in ready_ids and len(ready) < num_returns:
-            ready.append(r)
-        else:
-            not_ready.append(r)
-    return ready, not_ready
-
-
-def _wait_with_generators(rt, items, num_returns: int, timeout: float | None, fetch_local: bool):
-    """``wait`` over refs and generators: a generator stands for two ids (its
-    next value and its end) and is ready when either is, so asking the node
-    for ``num_returns`` ready ids may count one generator twice; ask again,
-    for as many more as came up short, until enough items are ready."""
-    import time
-
-    ids_of = [(r._id,) if type(r) is ObjectRef else
-              (() if r._is_done() else tuple(x._id for x in r._candidates())) for r in items]
-    every = list(dict.fromkeys(i for ids in ids_of for i in ids))
-    deadline = None if timeout is None else time.monotonic() + timeout
-    want = num_returns
-    while True:
-        left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        got = rt.wait_objects(every, min(want, len(every)), left, fetch_local) if every else set()
-        ready_idx = [k for k, ids in enumerate(ids_of) if not ids or any(i in got for i in ids)]
-        short = num_returns - len(ready_idx)
-        if short <= 0 or want >= len(every) or (left is not None and left <= 0):
-            break
-        want = min(len(every), len(got) + short)
-    chosen = set(ready_idx[:num_returns])
-    return [r for k, r in enumerate(items) if k in chosen], [r for k, r in enumerate(items) if k not in chosen]
-
-
-def put(value: Any) -> ObjectRef:
-    """Store ``value`` in the object store; returns its ref.
-
-    The object stays pinned while this process holds a ref to it.  ``put``
-    objects cannot be rebuilt from lineage if every copy is lost.
-    """
-    if isinstance(value, ObjectRef):
-        raise TypeError(
-            "put() of an ObjectRef is not allowed: pass the ref itself, or put() the value it refers to"
-        )
-    rt = current_runtime(auto_init=True)
-    ctx = task_context()
-    oid = put_object_id(ctx.task_id, next(ctx.puts))
-    rt.put_object(oid, value)
-    mark_owned_put(oid)
-    return ObjectRef(oid)
-
-
 def _in_event_loop() -> bool:
     import asyncio
 
@@ -392,23 +259,6 @@ def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
     if not isinstance(actor, ActorHandle):
         raise TypeError(f"kill() expects an actor handle, got {type(actor).__name__}")
     current_runtime().kill_actor(actor._actor_id, no_restart)
-
-
-def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
-    """A handle to the named actor.  Raises ``ValueError`` if there is none."""
-    if not isinstance(name, str) or not name:
-        raise TypeError(f"get_actor() needs a non-empty name, got {name!r}")
-    rt = current_runtime(auto_init=True)
-    ns = rt.namespace if namespace is None else namespace
-    aid = rt.gcs_request(Get("names", (ns, name)), timeout=30.0)
-    if aid is None:
-        raise ValueError(f"Failed to look up actor with name '{name}' in namespace '{ns}': no such actor "
-                         f"(it was never created, or it died)")
-    entry = rt.gcs_request(Get("actors", ActorId(aid)), timeout=30.0)
-    if entry is None:
-        raise ValueError(f"actor '{name}' is registered but its record is missing; retry shortly")
-    s = entry.spec
-    return ActorHandle(s.actor_id, s.cls.name.rsplit(".", 1)[-1], s.methods, s.is_async, s.cls)
 
 
 def _status():

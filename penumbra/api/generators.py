@@ -28,20 +28,24 @@ output it stays in the store until evicted.  Unlike one, a streamed value is
 not rebuilt from lineage (``get`` of an evicted one raises
 ``ObjectLostError``); a retried task yields its values again under the same
 ids.
+
+``wait`` lives here too (``penumbra.api.functions`` re-exports it): it takes
+generators among its refs, and a generator's ``next()`` waits with it.
 """
 
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from ..core.ids import ObjectId, TaskId, return_object_id
+from .context import current_runtime
 from .execution import task_error
-from .refs import ObjectRef
+from .refs import ObjectRef, _check_timeout, get
 from .runtime import ErrorValue
 
 __all__ = ["DYNAMIC", "STREAMING", "DynamicObjectRefGenerator", "ObjectRefGenerator", "astream_values",
-           "is_generator_result", "refs_for", "returns_mode", "stream_item_id", "stream_values"]
+           "is_generator_result", "refs_for", "returns_mode", "stream_item_id", "stream_values", "wait"]
 
 # How an actor's method table (``ActorSpec.methods``, ints) marks a method
 # whose values stream (Ray's num_returns="streaming"/"dynamic").
@@ -184,8 +188,6 @@ class ObjectRefGenerator:
         return self._next(None)
 
     def _next(self, timeout: float | None) -> ObjectRef:
-        from .functions import get, wait
-
         if self._finished:
             raise StopIteration
         item, end = self._candidates()
@@ -253,3 +255,65 @@ def _rebuild(task_id: bytes, end: ObjectRef, index: int, finished: bool) -> Obje
     g = ObjectRefGenerator(TaskId(task_id), end)
     g._next_index, g._finished = index, finished
     return g
+
+
+# -- wait (see the module doc) ----------------------------------------------------
+def wait(object_refs: Sequence[ObjectRef], *, num_returns: int = 1, timeout: float | None = None,
+         fetch_local: bool = True) -> tuple[list[ObjectRef], list[ObjectRef]]:
+    """Wait until ``num_returns`` of the refs are ready or ``timeout`` passes.
+
+    Returns ``(ready, not_ready)``, both in the order of ``object_refs``.
+    A streaming generator (``ObjectRefGenerator``) may stand among the refs:
+    it is ready when its next value (or its end) is.
+    """
+    if isinstance(object_refs, ObjectRef):
+        raise TypeError("wait() expects a list of ObjectRefs, not a single ObjectRef; use wait([ref])")
+    if not isinstance(object_refs, (list, tuple)):
+        raise TypeError(f"wait() expects a list of ObjectRefs, got {type(object_refs).__name__}")
+    for i, r in enumerate(object_refs):
+        if type(r) is not ObjectRef and type(r) is not ObjectRefGenerator:
+            raise TypeError(f"wait() expects ObjectRefs, but item {i} is a {type(r).__name__}: {r!r}")
+    if len(set(object_refs)) != len(object_refs):
+        raise ValueError("wait() requires a list of unique ObjectRefs")
+    if isinstance(num_returns, bool) or not isinstance(num_returns, int) or num_returns < 1 and object_refs:
+        raise ValueError(f"num_returns must be a positive integer, got {num_returns!r}")
+    if num_returns > len(object_refs):
+        raise ValueError(f"num_returns ({num_returns}) cannot exceed the number of refs ({len(object_refs)})")
+    timeout = _check_timeout(timeout)
+    if not object_refs:
+        return [], []
+    rt = current_runtime(auto_init=True)
+    if any(type(r) is ObjectRefGenerator for r in object_refs):
+        return _wait_with_generators(rt, object_refs, num_returns, timeout, fetch_local)
+    ready_ids = rt.wait_objects([r._id for r in object_refs], num_returns, timeout, fetch_local)
+    ready, not_ready = [], []
+    for r in object_refs:
+        if r._id in ready_ids and len(ready) < num_returns:
+            ready.append(r)
+        else:
+            not_ready.append(r)
+    return ready, not_ready
+
+
+def _wait_with_generators(rt, items, num_returns: int, timeout: float | None, fetch_local: bool):
+    """``wait`` over refs and generators: a generator stands for two ids (its
+    next value and its end) and is ready when either is, so asking the node
+    for ``num_returns`` ready ids may count one generator twice; ask again,
+    for as many more as came up short, until enough items are ready."""
+    import time
+
+    ids_of = [(r._id,) if type(r) is ObjectRef else
+              (() if r._is_done() else tuple(x._id for x in r._candidates())) for r in items]
+    every = list(dict.fromkeys(i for ids in ids_of for i in ids))
+    deadline = None if timeout is None else time.monotonic() + timeout
+    want = num_returns
+    while True:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        got = rt.wait_objects(every, min(want, len(every)), left, fetch_local) if every else set()
+        ready_idx = [k for k, ids in enumerate(ids_of) if not ids or any(i in got for i in ids)]
+        short = num_returns - len(ready_idx)
+        if short <= 0 or want >= len(every) or (left is not None and left <= 0):
+            break
+        want = min(len(every), len(got) + short)
+    chosen = set(ready_idx[:num_returns])
+    return [r for k, r in enumerate(items) if k in chosen], [r for k, r in enumerate(items) if k not in chosen]

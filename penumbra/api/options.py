@@ -178,7 +178,7 @@ def exception_names(classes) -> tuple[str, ...]:
 
 
 def _check_strategy(out: dict) -> None:
-    from ..util.placement_group import PlacementGroup
+    from ..util.placement_group_handle import PlacementGroupHandle
     from ..util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
     st = out.get("scheduling_strategy")
@@ -191,7 +191,7 @@ def _check_strategy(out: dict) -> None:
     if pg not in (None, "default"):
         if st is not None:
             raise ValueError("set either scheduling_strategy or placement_group, not both")
-        if not isinstance(pg, PlacementGroup):
+        if not isinstance(pg, PlacementGroupHandle):
             raise TypeError(f"option placement_group must be a PlacementGroup, got {type(pg).__name__}")
         idx = out.get("placement_group_bundle_index")
         out["scheduling_strategy"] = PlacementGroupSchedulingStrategy(

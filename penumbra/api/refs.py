@@ -17,16 +17,26 @@ object cached until capacity pressure evicts it).
 
 Refs pickle as their id, so they can be passed to tasks inside containers;
 they compare and hash by id.
+
+``get`` (a ref's value) and ``put`` (a value's ref) live here too, with the
+ref whose future protocol reads values with ``get`` and whose counts
+``put`` starts; ``penumbra.api.functions`` re-exports them.
 """
 
 from __future__ import annotations
 
+import numbers
 import threading
 import weakref
+from typing import Any
 
-from ..core.ids import ObjectId, TaskId
+from .._codepickle import loads
+from ..core.ids import ObjectId, TaskId, put_object_id
+from ..exceptions import from_error_info
+from .context import current_runtime, task_context
+from .runtime import ErrorValue
 
-__all__ = ["ObjectRef"]
+__all__ = ["ObjectRef", "get", "put"]
 
 _counts: dict[ObjectId, int] = {}
 _owned_puts: set[ObjectId] = set()
@@ -147,8 +157,6 @@ class ObjectRef:
         simulator a daemon thread does (the simulation runs while it waits)."""
         import concurrent.futures
 
-        from .context import current_runtime
-
         fut: concurrent.futures.Future = concurrent.futures.Future()
         rt = current_runtime()
         notify = getattr(rt, "notify_ready", None)
@@ -186,8 +194,6 @@ class ObjectRef:
         fut = _current_loop_future(self)
         if fut is not None:
             return fut.done()
-        from .context import current_runtime
-
         return bool(current_runtime().wait_objects([self._id], 1, 0, False))
 
     def result(self):
@@ -200,8 +206,6 @@ class ObjectRef:
             import asyncio
 
             raise asyncio.InvalidStateError(f"{self!r} is not ready yet")
-        from .functions import get
-
         return get(self)
 
     def exception(self):
@@ -248,8 +252,6 @@ def _loop_future(ref: ObjectRef):
     it is local; another (the simulator) is driven by ``_AsyncWatch``."""
     import asyncio
 
-    from .context import current_runtime
-
     loop = asyncio.get_running_loop()
     futs = _loop_futures.get(ref)
     if futs is None:
@@ -281,8 +283,6 @@ def _settle(ref: ObjectRef, fut, err: BaseException | None) -> None:
     if err is not None:
         fut.set_exception(err)
         return
-    from .functions import get
-
     try:
         value = get(ref)
     except BaseException as e:  # noqa: BLE001 - the value is an error: the future holds it
@@ -398,14 +398,72 @@ def _resolver() -> _Resolver:
 
 
 def _resolve(ref: ObjectRef, fut) -> None:
-    from .functions import get
-
     if not fut.set_running_or_notify_cancel():
         return  # cancelled by its holder
     try:
         fut.set_result(get(ref))
     except BaseException as e:  # noqa: BLE001
         fut.set_exception(e)
+
+
+# -- reading and writing values (see the module doc) ---------------------------
+def _check_timeout(timeout: Any) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or timeout < 0:
+        raise ValueError(f"timeout must be None or a number of seconds >= 0, got {timeout!r}")
+    return float(timeout)
+
+
+def _raise_if_error(value: Any) -> Any:
+    if type(value) is ErrorValue:
+        raise from_error_info(value.info, loads)
+    return value
+
+
+def get(object_refs, *, timeout: float | None = None):
+    """The value(s) of one ref or a list of refs, waiting until ready.
+
+    Raises:
+        GetTimeoutError: not ready within ``timeout`` seconds.
+        TaskError: the task raised (also an instance of the user's class).
+        WorkerCrashedError, ActorDiedError, ObjectLostError, TaskCancelledError.
+    """
+    timeout = _check_timeout(timeout)
+    rt = current_runtime(auto_init=True)
+    if type(object_refs) is ObjectRef:
+        return _raise_if_error(rt.get_objects([object_refs._id], timeout)[0])
+    if not isinstance(object_refs, (list, tuple)):
+        raise ValueError(
+            f"'object_refs' must be an ObjectRef or a list of ObjectRefs, got {type(object_refs).__name__}"
+        )
+    ids = []
+    for i, r in enumerate(object_refs):
+        if type(r) is not ObjectRef:
+            raise TypeError(f"get() expects ObjectRefs, but item {i} is a {type(r).__name__}: {r!r}")
+        ids.append(r._id)
+    if not ids:
+        return []
+    values = rt.get_objects(ids, timeout)
+    return [_raise_if_error(v) for v in values]
+
+
+def put(value: Any) -> ObjectRef:
+    """Store ``value`` in the object store; returns its ref.
+
+    The object stays pinned while this process holds a ref to it.  ``put``
+    objects cannot be rebuilt from lineage if every copy is lost.
+    """
+    if isinstance(value, ObjectRef):
+        raise TypeError(
+            "put() of an ObjectRef is not allowed: pass the ref itself, or put() the value it refers to"
+        )
+    rt = current_runtime(auto_init=True)
+    ctx = task_context()
+    oid = put_object_id(ctx.task_id, next(ctx.puts))
+    rt.put_object(oid, value)
+    mark_owned_put(oid)
+    return ObjectRef(oid)
 
 
 def mark_owned_put(oid: ObjectId) -> None:

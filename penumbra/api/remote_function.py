@@ -14,7 +14,7 @@ from .context import current_runtime, task_context
 from .dag import FunctionNode
 from .generators import refs_for, returns_mode
 from .options import TASK_OPTIONS, exception_names, merge_env, scheduling_for, task_resources, validate
-from .refs import ObjectRef
+from .refs import ObjectRef, put
 
 __all__ = ["RemoteFunction"]
 
@@ -151,6 +151,4 @@ def _rebuild_function(fn, options, descriptor):
 
 
 def _put(value):
-    from .functions import put
-
     return put(value)

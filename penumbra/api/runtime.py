@@ -3,8 +3,10 @@
 The API (``penumbra.get``, ``f.remote`` ...) builds task specs, ids and
 argument payloads itself; everything that moves data or talks to a node goes
 through one ``Runtime``: the real one (``penumbra.transports.client``) or the
-simulated one (``penumbra.sim.runtime``).  Exactly one runtime is current in
-a process (see ``context``).
+simulated one (``penumbra.sim.runtime``), which implement this interface and
+which ``init`` starts through the factories ``penumbra/__init__`` registers
+in ``drivers`` (the API imports no driver).  Exactly one runtime is current
+in a process (see ``context``).
 """
 
 from __future__ import annotations
@@ -151,7 +153,7 @@ class Runtime(abc.ABC):
             from ..exceptions import PenumbraError
 
             raise PenumbraError(f"function {function_id.hex()} is not in the GCS function table")
-        from .args import loads
+        from .._codepickle import loads
 
         blob, path = payload.data
         for entry in path:

@@ -17,6 +17,7 @@ from ..core.placement import STRATEGIES, InGroup
 from ..core.records import PlacementGroupEntry
 from ..core.specs import ResourceSet
 from ..core.tables import CreatePlacementGroup, Get, RemovePlacementGroup, Scan
+from .placement_group_handle import PlacementGroupHandle, PlacementGroupID
 
 __all__ = [
     "PlacementGroup",
@@ -29,28 +30,8 @@ __all__ = [
 ]
 
 
-class PlacementGroupID(str):
-    """A placement group's id (a hex string; ``.hex()`` as in Ray)."""
-
-    def hex(self) -> str:
-        return str(self)
-
-
-class PlacementGroup:
+class PlacementGroup(PlacementGroupHandle):
     """A handle to a placement group (picklable: pass it to tasks)."""
-
-    def __init__(self, id: str, bundles: list[dict[str, float]]) -> None:
-        self.id = PlacementGroupID(id)
-        self._bundles = [dict(b) for b in bundles]
-
-    @property
-    def bundle_specs(self) -> list[dict[str, float]]:
-        """The bundles, as the resource dicts the group was made with."""
-        return [dict(b) for b in self._bundles]
-
-    @property
-    def bundle_count(self) -> int:
-        return len(self._bundles)
 
     def ready(self):
         """An ObjectRef that resolves (to this group) once every bundle is
@@ -69,15 +50,6 @@ class PlacementGroup:
 
         done, _ = wait([self.ready()], timeout=timeout_seconds)
         return bool(done)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, PlacementGroup) and other.id == self.id
-
-    def __hash__(self) -> int:
-        return hash(self.id)
-
-    def __repr__(self) -> str:
-        return f"PlacementGroup(id={self.id}, bundles={self._bundles})"
 
     def __reduce__(self):
         return (PlacementGroup, (str(self.id), self._bundles))

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .placement_group_handle import PlacementGroupHandle
+
 __all__ = ["PlacementGroupSchedulingStrategy", "NodeAffinitySchedulingStrategy", "DEFAULT_SCHEDULING_STRATEGY",
            "SPREAD_SCHEDULING_STRATEGY"]
 
@@ -36,9 +38,7 @@ class PlacementGroupSchedulingStrategy:
 
     def __init__(self, placement_group: Any, placement_group_bundle_index: int = -1,
                  placement_group_capture_child_tasks: bool | None = None) -> None:
-        from .placement_group import PlacementGroup
-
-        if placement_group is not None and not isinstance(placement_group, PlacementGroup):
+        if placement_group is not None and not isinstance(placement_group, PlacementGroupHandle):
             raise TypeError(f"placement_group must be a PlacementGroup (from penumbra.util.placement_group"
                             f".placement_group()) or None, got {type(placement_group).__name__}")
         if isinstance(placement_group_bundle_index, bool) or not isinstance(placement_group_bundle_index, int):

@@ -153,9 +153,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Hashable
 
-from .actors import ActorManager
+from .actor_manager import ActorManager
 from .gcs import ChainMaster, GcsTiming
 from .gcs_client import GcsClient
+from .head_services import HeadServices
 from .ids import TaskId
 from .lineage import Recovery
 from .messages import (
@@ -276,7 +277,7 @@ class _Recovering:
     held: list = field(default_factory=list)  # events kept until ready, in order
 
 
-class HeadMachine:
+class HeadMachine(HeadServices):
     address = "head"
 
     def __init__(self, config: HeadConfig, rng: Rng) -> None:
@@ -685,13 +686,6 @@ class HeadMachine:
     def _on_reconstruct(self, ev: ReconstructObject, now: float) -> list[Command]:
         return self.recovery.on_request(ev.object_id, ev.node_id, now, ev.stimulus_id)
 
-    def watch_task(self, tid: TaskId, now: float, sid: str) -> list[Command]:
-        """Follow a re-executed task until it ends (to end its rebuild)."""
-        if tid in self.watched_tasks:
-            return []
-        self.watched_tasks.add(tid)
-        return self.gcs.write(Subscribe(self.address, "tasks", tid), None, now, sid)
-
     # ------------------------------------------------------------------ actors
     def _on_actor_reported(self, ev: ActorReported, now: float) -> list[Command]:
         return self.actors.on_reported(ev, now)
@@ -703,14 +697,6 @@ class HeadMachine:
         return self.actors.on_owner_died(ev, now)
 
     # ------------------------------------------------------------------ job end
-    def job_over(self, spec) -> bool:
-        """``spec`` is a task of a job that ended (a detached actor's
-        creation excepted): it must not run, be retried or be rebuilt."""
-        if spec.job_id not in self.ended_jobs:
-            return False
-        a = spec.actor_creation
-        return a is None or not a.detached
-
     def _on_job_finished(self, ev: JobFinished, now: float) -> list[Command]:
         job, sid = ev.job_id, ev.stimulus_id
         if job in self.ended_jobs:

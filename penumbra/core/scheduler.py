@@ -42,13 +42,17 @@ first.  The invariant, checked by ``validate()``::
     available + sum(held - lent over running workers) - debt == total
 
 The global half (``GlobalScheduler``, ``GlobalConfig``, ``Rng``) lives in
-core/global_scheduler.py and is re-exported here.
+core/global_scheduler.py and is re-exported here.  The records of tasks and
+workers and their states are in core/scheduler_records.py; what actors and
+placement group bundles take from the pool is ``ResourceLending``
+(core/scheduler_lending.py), a base class of ``LocalScheduler``.  The
+scheduler knows its node as ``NodeEffects`` (core/node_effects.py).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 # (re-exported; _outlives_job is shared with the global scheduler, which owns it)
@@ -66,8 +70,11 @@ from .messages import (
     SetTimer,
     StartWorker,
 )
-from .placement import SPREAD, OnNode, group_of_request, is_group_name, unschedulable
+from .placement import SPREAD, OnNode
 from .records import ErrorInfo, ErrorKind, NodeLoad, ObjectEntry, ObjectInfo
+from .scheduler_lending import ResourceLending
+# (the states are also read by verification/bugs.py through this module)
+from .scheduler_records import ACTOR, BUSY, IDLE, LOCATING, READY, RUNNING, STARTING, WAITING, _Task, _Worker
 from .specs import EMPTY, ResourceSet, TaskSpec
 # (FinishTask: read by verification/bugs.py through this module)
 from .tables import AddTask, FinishTask, RetryTask
@@ -76,6 +83,7 @@ if TYPE_CHECKING:
     from .node_effects import NodeEffects
 
 __all__ = ["SchedulerConfig", "LocalScheduler", "GlobalScheduler", "GlobalConfig", "Rng"]
+
 
 @dataclass(frozen=True, slots=True)
 class SchedulerConfig:
@@ -89,46 +97,7 @@ class SchedulerConfig:
     history_limit: int = 100_000  # finished tasks remembered (for stories)
 
 
-# task states
-WAITING = "waiting"
-LOCATING = "locating"
-READY = "ready"
-RUNNING = "running"
-
-
-@dataclass(slots=True, eq=False)
-class _Task:
-    spec: TaskSpec
-    state: str
-    attempt: int = 0
-    placed: bool = False
-    missing: set[ObjectId] = field(default_factory=set)
-    worker: str | None = None
-    started_at: float = 0.0
-    cancelled: bool = False
-    reconstruction: bool = False
-    actor: Any = None  # for actor creation: (ActorEntry, replay specs)
-    errors: dict | None = None  # inputs that arrived holding errors
-
-
-# worker states
-STARTING = "starting"
-IDLE = "idle"
-BUSY = "busy"
-ACTOR = "actor"
-
-
-@dataclass(slots=True, eq=False)
-class _Worker:
-    worker_id: str
-    state: str
-    task: TaskId | None = None
-    held: ResourceSet = EMPTY
-    lent: ResourceSet = EMPTY
-    blocked: bool = False
-
-
-class LocalScheduler:
+class LocalScheduler(ResourceLending):
     """A node's local scheduler and worker pool.  Part of ``NodeMachine``."""
 
     def __init__(self, node: "NodeEffects", resources: ResourceSet, config: SchedulerConfig) -> None:
@@ -731,87 +700,6 @@ class LocalScheduler:
         for _ in range(max(0, self.prestart - self._alive_pool())):
             cmds.append(self._start_worker(sid))
         return cmds + self.dispatch(now, sid)
-
-    # ------------------------------------------------------------------ actors
-    def release_actor_worker(self, wid: str) -> None:
-        """An actor's worker is gone for good (killed or crashed)."""
-        self.gpus.give_back(wid)
-        w = self.workers.pop(wid, None)
-        if w is not None and w.state == BUSY:
-            self.busy -= 1
-
-    def acquire(self, req: ResourceSet) -> bool:
-        if not req.is_subset_of(self.available):
-            return False
-        self.available = self.available - req
-        return True
-
-    def acquire_or_borrow(self, req: ResourceSet) -> ResourceSet:
-        """Take ``req`` for an actor's lifetime; what is not free now becomes
-        debt (the creation task just released at least as much, unless debt
-        from blocked workers absorbed it)."""
-        take = req.min_with(self.available)
-        self.available = self.available - take
-        self.debt = self.debt + (req - take)
-        return req
-
-    def release(self, req: ResourceSet) -> None:
-        give = self._drop_gone(req) if self.gone else req
-        if not self.debt.is_empty():
-            pay = give.min_with(self.debt)
-            self.debt = self.debt - pay
-            give = give - pay
-        self.available = self.available + give
-
-    # ------------------------------------------------------------------ placement groups
-    def _drop_gone(self, r: ResourceSet) -> ResourceSet:
-        gone = self.gone
-        return r.only([n for n in r.names() if n not in gone])
-
-    def set_apart(self, res: ResourceSet) -> bool:
-        """Prepare a bundle: take ``res`` out of the free pool if it fits."""
-        if not res.is_subset_of(self.available):
-            return False
-        self.available = self.available - res
-        self.bundled = self.bundled + res
-        return True
-
-    def give_back(self, res: ResourceSet, now: float, sid: str) -> list[Command]:
-        """A prepared or released bundle's resources return to the pool."""
-        self.bundled = self.bundled - res
-        self.release(res)
-        return self.dispatch(now, sid)
-
-    def grant(self, granted: ResourceSet, now: float, sid: str) -> list[Command]:
-        """Commit a bundle: its resources appear under the group's names."""
-        self.total = self.total + granted
-        self.available = self.available + granted
-        return self.dispatch(now, sid)
-
-    def revoke_group(self, pg: str, now: float, sid: str) -> list[Command]:
-        """Group ``pg`` is removed: its names leave the total and the free
-        pool, its running tasks are killed (cancelled) and its queued ones
-        fail; what its workers hold is dropped when they come back."""
-        names = [n for n in self.total.names() if is_group_name(n, pg)]
-        if not names:
-            return []
-        self.total = self.total - self.total.only(names)
-        self.available = self.available - self.available.only(names)
-        self.debt = self.debt - self.debt.only(names)
-        self.gone.update(names)
-        cmds: list[Command] = []
-        for tid, t in list(self.tasks.items()):
-            if group_of_request(t.spec.resources) != pg:
-                continue
-            if t.state == RUNNING:
-                if not t.cancelled:
-                    t.cancelled = True
-                    self._story(tid, now, sid, f"killed: placement group {pg} was removed")
-                    cmds.append(KillWorker(worker_id=t.worker, reason=f"placement group {pg} was removed", stimulus_id=sid))
-            else:
-                cmds += self._fail(t, unschedulable(t.spec, f"its placement group {pg} was removed"), now, sid,
-                                   f"placement group {pg} removed")
-        return cmds
 
     # ------------------------------------------------------------------ checks
     def state_of(self, tid: TaskId) -> str | None:

@@ -88,7 +88,7 @@ class ActorManager:
         # per actor: the incarnation last restarted with replay, and the
         # calls it replays (their lost outputs come back; see ``replays``)
         self.replaying: dict[ActorId, tuple[int, frozenset[TaskId]]] = {}
-        # a recovered head (core/head.py, "Recovery"): the actors PENDING
+        # a recovered head (core/head_recovery.py, "Recovery"): the actors PENDING
         # when it read the table, whose creation the old head may have
         # placed already (see ``on_creation_lost``)
         self.adopted_pending: set[ActorId] = set()

@@ -11,9 +11,10 @@ that hold no durable state of their own (all of it is in the GCS):
   its object locations (``NodeDown`` on every shard), its pending tasks are
   re-submitted, its actors restarted (the liveness rule is below);
 * the **chain master** (``gcs.ChainMaster``) keeps each GCS shard's chain;
-* the **global scheduler** (``scheduler.GlobalScheduler``) places forwarded
-  tasks;
-* the **actor manager** (``actors.ActorManager``) restarts or buries actors;
+* the **global scheduler** (``global_scheduler.GlobalScheduler``) places
+  forwarded tasks;
+* the **actor manager** (``actor_manager.ActorManager``) restarts or buries
+  actors;
 * **recovery** (``lineage.Recovery``) rebuilds lost objects from lineage;
 * **placement groups** (``placement.PlacementManager``) reserve bundles on
   nodes (prepare, then commit), reschedule the bundles of a dead node and
@@ -96,7 +97,6 @@ from .messages import (
     BundlesPrepareFailed,
     BundlesReleased,
     ChainConfigMsg,
-    ChainQuery,
     ChainReport,
     ClusterStatus,
     ClusterStatusRequest,
@@ -249,15 +249,6 @@ class HeadMachine(HeadRecovery):
         """False while a recovering head still queries replicas or reads
         the tables (see "Recovery"); a fresh head is ready at once."""
         return self.recovering is None
-
-    def _recover_start(self, now: float) -> list[Command]:
-        rec = self.recovering
-        rec.started = now
-        cmds: list[Command] = [Send(to=r, msg=ChainQuery(master=self.address, stimulus_id="head-recover"))
-                               for r in self.config.recover_from]
-        cmds.append(SetTimer(at=now + self.config.gcs_retry_after, key=("head", "recover")))
-        return cmds + [Log(level="info", stimulus_id="head-recover",
-                           text=f"head: recovering from the GCS replicas {list(self.config.recover_from)}")]
 
     def _while_recovering(self, event: Event, now: float) -> list[Command]:
         """Events before the head is ready: the replicas' reports and (once

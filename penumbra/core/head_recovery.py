@@ -138,6 +138,15 @@ class HeadRecovery(HeadServices):
     """The query and rebuild phases of a recovering head (see above); a
     base of ``HeadMachine``, which sets every attribute used here."""
 
+    def _recover_start(self, now: float) -> list[Command]:
+        rec = self.recovering
+        rec.started = now
+        cmds: list[Command] = [Send(to=r, msg=ChainQuery(master=self.address, stimulus_id="head-recover"))
+                               for r in self.config.recover_from]
+        cmds.append(SetTimer(at=now + self.config.gcs_retry_after, key=("head", "recover")))
+        return cmds + [Log(level="info", stimulus_id="head-recover",
+                           text=f"head: recovering from the GCS replicas {list(self.config.recover_from)}")]
+
     def _query_again(self, now: float, sid: str) -> list[Command]:
         rec = self.recovering
         cmds = self._maybe_adopt(now, sid)

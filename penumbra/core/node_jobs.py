@@ -51,8 +51,8 @@ class NodeJobs(NodeEffects):
     def _on_tasks_held_query(self, ev: TasksHeldQuery, now: float) -> list[Command]:
         """A recovered head asks which of these tasks (pending on us in the
         task table) we forwarded to the head, and which we never heard of
-        (see "Recovery" in core/head.py).  Also says which jobs we saw end, or saw
-        the driver of exit."""
+        (see "Recovery" in core/head_recovery.py).  Also says which jobs we
+        saw end, or saw the driver of exit."""
         if ev.task_ids is None:
             # the first round: answer once our earlier writes landed; and
             # the actor deaths we reported, which the old head may never

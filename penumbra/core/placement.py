@@ -289,7 +289,7 @@ class PlacementManager:
             g = self.groups[pg] = _Group(entry, PENDING, [None] * len(entry.bundles))
             if any(entry.nodes):
                 # a row naming nodes that this head never placed: a head
-                # recovering from the GCS (core/head.py, "Recovery") adopts
+                # recovering from the GCS (core/head_recovery.py, "Recovery") adopts
                 # the bundles its predecessor reserved on live nodes and
                 # reserves the rest again
                 return self._adopt(g, now, sid)

@@ -48,7 +48,7 @@ from .specs import TaskSpec
 from .tables import FinishTask, Get, RetryTask, TasksOnNode
 
 if TYPE_CHECKING:
-    from .head import HeadMachine
+    from .head_services import HeadServices
 
 __all__ = ["plan_reconstruction", "LineageCycleError", "Recovery"]
 
@@ -108,7 +108,7 @@ class _Job:
 
 
 class Recovery:
-    def __init__(self, head: "HeadMachine") -> None:
+    def __init__(self, head: "HeadServices") -> None:
         self.head = head
         self.jobs: dict[ObjectId, _Job] = {}
         self.rebuilding: dict[TaskId, float] = {}  # task -> when re-submitted

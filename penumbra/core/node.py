@@ -5,7 +5,11 @@ Theory of operation
 ``NodeMachine`` is the one machine per node (its address is its node id, e.g.
 ``"node:3"``).  It composes the per-node roles and routes every event to the
 one that owns it; the roles call back into the node for what they share
-(GCS writes, storing task outputs, failing outputs with an error, stories).
+(GCS writes, storing task outputs, failing outputs with an error, stories),
+which lives below them in ``NodeEffects`` (core/node_effects.py), a base
+class of ``NodeMachine``: the roles know the node by that type and never
+import this module.  Job end and a recovered head's questions are
+``NodeJobs`` (core/node_jobs.py), another base.
 
 Clients (the drivers and the workers of this node, which submit nested
 tasks) talk only to their node: ``SubmitTask``, ``WatchObjects`` (for
@@ -30,7 +34,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Hashable
 
-from .actors import ActorHost, ActorRouter, ActorStart
+from .actor_host import ActorHost, ActorStart
+from .actor_router import ActorRouter
 from .gcs_client import GcsClient
 from .ids import ActorId, ObjectId, TaskId
 from .messages import (
@@ -42,7 +47,6 @@ from .messages import (
     OwnerDied,
     ActorCheckpointed,
     ActorRegistered,
-    ActorReported,
     CancelTask,
     CancelWatch,
     ChainConfigMsg,
@@ -60,7 +64,6 @@ from .messages import (
     GcsReply,
     DropObjects,
     Heartbeat,
-    JobCleared,
     JobEnded,
     JobFinished,
     KillActor,
@@ -69,7 +72,6 @@ from .messages import (
     NodeJoin,
     NodeWelcome,
     TasksHeldQuery,
-    TasksHeldReport,
     ObjectsReady,
     ObjectUnrecoverable,
     PlaceTask,
@@ -103,11 +105,13 @@ from .messages import (
     ReleaseBundles,
 )
 from .placement import BundleHolder
+from .node_jobs import NodeJobs
 from .objects import ObjectManager
-from .records import ActorEntry, ErrorInfo, NodeEntry, ObjectEntry, ObjectInfo
+from .records import ActorEntry, NodeEntry, ObjectEntry, ObjectInfo
 from .scheduler import LocalScheduler, SchedulerConfig
 from .specs import ResourceSet, TaskSpec
-from .tables import FinishTask, ObjectsOnNode, PutActor, RegisterName, Subscribe, Unsubscribe
+# (FinishTask: read by verification/bugs.py through this module)
+from .tables import FinishTask, PutActor, RegisterName, Subscribe
 from .timeline import Timeline
 
 __all__ = ["NodeConfig", "NodeMachine"]
@@ -149,7 +153,10 @@ class _Watch:
     held: list[tuple[ObjectId, ObjectInfo]] | None = None
 
 
-class NodeMachine:
+class NodeMachine(NodeJobs):
+    """One node's machine: routes each event to the role that owns it (the
+    effects the roles share are ``NodeEffects``, core/node_effects.py)."""
+
     def __init__(self, node_id: str, config: NodeConfig) -> None:
         self.node_id = node_id
         self.address = node_id
@@ -210,101 +217,6 @@ class NodeMachine:
         tid = oid.task_id
         return tid in self.scheduler.tasks or self.router.produces_here(tid)
 
-    # ------------------------------------------------------------------ shared services
-    def gcs_write(self, op, token: Hashable, now: float, sid: str) -> list[Command]:
-        if type(op) is Unsubscribe:
-            # the last version seen of a key we stop following: kept, it
-            # would grow with every object this node ever waited for
-            self.gcs.forget(op.table, op.key)
-        return self.gcs.write(op, token, now, sid)
-
-    def gcs_read(self, query, token: Hashable, now: float, sid: str) -> list[Command]:
-        return self.gcs.read(query, token, now, sid)
-
-    def story_add(self, tid: TaskId, now: float, sid: str, what: str) -> None:
-        s = self.stories.get(tid)
-        if s is None:
-            s = self.stories[tid] = []
-            if len(self.stories) > self.config.story_limit:
-                self.stories.popitem(last=False)
-        s.append((now, sid, what))
-
-    def story(self, tid: TaskId) -> list[tuple[float, str, str]]:
-        """What happened to ``tid`` on this node, oldest first."""
-        return list(self.stories.get(tid, ()))
-
-    def store_outputs(self, spec: TaskSpec, outputs, attempt: int, now: float, sid: str,
-                      token: Hashable = None) -> list[Command]:
-        """Record a task's outputs here and in the GCS (``token``: reply
-        to the owner once the GCS has the record)."""
-        if self.ended_jobs and spec.job_id in self.ended_jobs and not spec.is_actor_creation:
-            # its job ended while it ran: nobody can read its outputs, and
-            # the GCS has forgotten (or refuses) the job's rows, so a copy
-            # kept here would be listed nowhere and never freed
-            self.story_add(spec.task_id, now, sid, f"outputs dropped: job {spec.job_id} ended")
-            return []
-        rids = spec.return_ids
-        # (the usual case, outputs exactly the return ids in order, as
-        # tuples, is kept as it is; anything else is filtered to them)
-        if (type(outputs) is not tuple or len(outputs) != len(rids)
-                or any(type(o) is not tuple or o[0] != r for o, r in zip(outputs, rids))):
-            expected = set(rids)
-            outputs = tuple((o, s) for o, s in outputs if o in expected)
-        cmds: list[Command] = []
-        admitted: list[ObjectId] = []
-        # (nobody is told of any output before all of them are admitted: a
-        # waiter told the first of two is ready would find it gone when the
-        # second does not fit and the task fails; and the first is held
-        # while the next is admitted, which must not evict it.  Found by
-        # the swarm's num_returns > 1 draws)
-        hold = ("outputs", spec.task_id) if len(outputs) > 1 else None
-        # Copies of these outputs still here from an earlier run (a rebuild)
-        # are held too: admitting an earlier output must not evict one, or
-        # its Evict would delete the bytes the worker has just written for
-        # it (found by the swarm's quiet-cluster tables check).
-        present = [o for o, _ in outputs if o in self.objects.store.objects] if hold is not None else ()
-        for oid in present:
-            self.objects.store.pin(oid, hold)
-        for oid, size in outputs:
-            adm, c = self.objects.add_local(oid, size, now, sid, pin=hold, record=False, resolve=False)
-            if not adm.ok:
-                for a in admitted:
-                    self.objects.store.remove(a)
-                    cmds.append(Evict(object_id=a, stimulus_id=sid))
-                for a in present:
-                    self.objects.store.unpin(a, hold)
-                cmds.append(Evict(object_id=oid, stimulus_id=sid))
-                return cmds + self.fail_outputs(spec, adm.error, attempt, now, sid, token)
-            admitted.append(oid)
-            cmds += c
-        for oid in present:
-            self.objects.store.unpin(oid, hold)
-        for oid in admitted:
-            if hold is not None:
-                self.objects.store.unpin(oid, hold)
-            cmds += self.objects.resolve(oid, now, sid)
-        cmds += self.gcs.write(FinishTask(spec.task_id, self.node_id, outputs, None, attempt, spec.actor_id, spec.job_id), token, now, sid)
-        return cmds
-
-    def fail_outputs(self, spec: TaskSpec, error: ErrorInfo, attempt: int, now: float, sid: str,
-                     token: Hashable = None) -> list[Command]:
-        cmds: list[Command] = []
-        for oid in spec.return_ids:
-            cmds += self.objects.add_error(oid, error, now, sid)
-        outputs = tuple((o, 0) for o in spec.return_ids)
-        cmds += self.gcs.write(FinishTask(spec.task_id, self.node_id, outputs, error, attempt, spec.actor_id, spec.job_id), token, now, sid)
-        return cmds
-
-    def actor_created(self, spec: TaskSpec, start: ActorStart, wid: str, now: float, sid: str) -> list[Command]:
-        return self.host.created(spec, start, wid, now, sid)
-
-    def actor_creation_failed(self, spec: TaskSpec, start: ActorStart | None, error: ErrorInfo, now: float, sid: str) -> list[Command]:
-        entry = start.entry if start is not None else ActorEntry(spec.actor_creation, spec)
-        return self.host.report(ActorReported(
-            actor_id=spec.actor_creation.actor_id, incarnation=entry.incarnation, node_id=self.address,
-            error=error, creation_failed=True, entry=entry, stimulus_id=sid,
-        ))
-
     # ------------------------------------------------------------------ lifecycle
     def start(self, now: float) -> list[Command]:
         cmds: list[Command] = [self._join()]
@@ -354,69 +266,6 @@ class NodeMachine:
             cmds += self.gcs.write(Subscribe(self.address, "nodes", None), None, now, ev.stimulus_id)
         return cmds
 
-    def _on_tasks_held_query(self, ev: TasksHeldQuery, now: float) -> list[Command]:
-        """A recovered head asks which of these tasks (pending on us in the
-        task table) we forwarded to the head, and which we never heard of
-        (see "Recovery" in core/head.py).  Also says which jobs we saw end, or saw
-        the driver of exit."""
-        if ev.task_ids is None:
-            # the first round: answer once our earlier writes landed; and
-            # the actor deaths we reported, which the old head may never
-            # have read (sent while there was no head: lost)
-            self.pending_held.append((self.gcs.made, ev.stimulus_id, frozenset(self.objects.store.objects)))
-            reported, self.host.reported = self.host.reported, {}
-            return [Send(to=self.head, msg=m) for _, m in sorted(reported.items())]
-        state_of = self.scheduler.state_of
-        forwarded = tuple(t for t in ev.task_ids if state_of(t) == "forwarded")
-        unknown = tuple(t for t in ev.task_ids if state_of(t) is None)
-        return [Send(to=self.head, msg=TasksHeldReport(node_id=self.node_id, forwarded=forwarded, unknown=unknown,
-                                                       ended_jobs=self.jobs_over(),
-                                                       stimulus_id=ev.stimulus_id))]
-
-    def jobs_over(self) -> tuple[int, ...]:
-        """The jobs a recovered head is told of (``TasksHeldReport``): those
-        it said ended, and those whose driver here exited (the one
-        ``JobFinished`` may have gone to a head that died)."""
-        return tuple(sorted(self.ended_jobs | self.exited_jobs))
-
-    def _send_held(self, now: float) -> list[Command]:
-        cmds: list[Command] = []
-        keep = []
-        for mark, sid, stored in self.pending_held:
-            if self.gcs.settled(mark):
-                cmds.append(Send(to=self.head, msg=TasksHeldReport(
-                    node_id=self.node_id, forwarded=(), settled=True, ended_jobs=self.jobs_over(),
-                    stimulus_id=sid)))
-                if stored:
-                    # our location writes for them have landed: which does
-                    # the object table list here?
-                    cmds += self.gcs.read(ObjectsOnNode(self.node_id), ("copies-listed", stored), now, sid)
-            else:
-                keep.append((mark, sid, stored))
-        self.pending_held = keep
-        return cmds
-
-    def _on_copies_listed(self, stored: frozenset[ObjectId], per_shard: tuple, now: float,
-                          sid: str) -> list[Command]:
-        """After a head recovery: drop the copies (stored before it, their
-        location writes landed) that the object table does not list here.
-        Their rows were forgotten: the old head wrote ``ForgetJob`` (or a
-        row was freed) and died before its ``DropObjects`` went out (seed
-        562 of the placement draws), and nobody else would ever say they
-        may go -- nobody can fetch them either.  One still pinned or wanted
-        here stays (it is in use, and its row may come back)."""
-        listed = {oid for shard in per_shard for oid in shard}
-        objects = self.objects
-        store = objects.store
-        gone = tuple(sorted(
-            oid for oid in stored
-            if oid not in listed and oid in store.objects and oid not in objects.errors
-            and oid not in objects.wants and not store.is_pinned(oid) and oid not in store.restoring
-        ))
-        if not gone:
-            return []
-        return self._on_drop_objects(DropObjects(object_ids=gone, stimulus_id=sid), now)
-
     def _on_timer(self, ev: TimerFired, now: float) -> list[Command]:
         key = ev.key
         if self.gcs.owns(ev):
@@ -464,80 +313,6 @@ class NodeMachine:
         if job and job not in self.clients.values():
             self.exited_jobs.add(job)
             cmds.append(Send(to=self.head, msg=JobFinished(job_id=job, stimulus_id=ev.stimulus_id)))
-        return cmds
-
-    # ------------------------------------------------------------------ job end
-    def _on_job_ended(self, ev: JobEnded, now: float) -> list[Command]:
-        """The head says job ``ev.job_id`` is over (its driver exited): its
-        queued tasks go, the workers running its tasks are killed and their
-        resources come back (see ``LocalScheduler.end_job``).  Then tell the
-        head, which forgets the job's GCS rows once every node has -- but
-        only once every GCS write this node made before has landed: a task
-        of the job that finished a moment ago may still have its FinishTask
-        on the way, and a row written after the head forgot the job's rows
-        is refused, leaving its output here, listed nowhere and never freed
-        (found by the swarm's quiet-cluster tables check)."""
-        job = ev.job_id
-        self.ended_jobs.add(job)
-        cmds = self.scheduler.end_job(job, now, ev.stimulus_id)
-        self.pending_clears.append((job, self.gcs.made, ev.stimulus_id))
-        return cmds + self._send_clears()
-
-    def _send_clears(self) -> list[Command]:
-        cmds: list[Command] = []
-        keep = []
-        for job, mark, sid in self.pending_clears:
-            if self.gcs.settled(mark):
-                cmds.append(Send(to=self.head, msg=JobCleared(job_id=job, node_id=self.node_id, stimulus_id=sid)))
-            else:
-                keep.append((job, mark, sid))
-        self.pending_clears = keep
-        return cmds
-
-    def _job_over(self, spec: TaskSpec, now: float, sid: str) -> bool:
-        """``spec`` belongs to a job that ended (a nested task submitted by a
-        worker about to be killed, a placement that crossed the job's end):
-        drop it.  A detached actor's creation outlives its job."""
-        if spec.job_id not in self.ended_jobs:
-            return False
-        a = spec.actor_creation
-        if a is not None and a.detached:
-            return False
-        self.story_add(spec.task_id, now, sid, f"refused: job {spec.job_id} ended")
-        return True
-
-    def _on_drop_objects(self, ev: DropObjects, now: float) -> list[Command]:
-        """Copies of an ended job's objects: deleted now rather than by LRU
-        (their GCS rows are gone already).  One still pinned or wanted here
-        (an input of another job's task) stays until that ends.  The
-        history of the tasks that made them goes too (stories, outcomes):
-        bounded caches, but the node should not sit on an ended job's."""
-        objects = self.objects
-        store = objects.store
-        stories, done = self.stories, self.scheduler.done
-        cmds: list[Command] = []
-        for oid in ev.object_ids:
-            tid = oid.task_id
-            stories.pop(tid, None)
-            done.pop(tid, None)
-            if oid in objects.wants or store.is_pinned(oid):
-                self.doomed.add(oid)
-                continue
-            if store.remove(oid) or objects.errors.pop(oid, None) is not None:
-                cmds.append(Evict(object_id=oid, stimulus_id=ev.stimulus_id))
-        return cmds
-
-    def _sweep_doomed(self, sid: str) -> list[Command]:
-        """Delete the doomed copies nothing holds any more (the set is
-        empty but for the moments after a job ended with its objects in
-        use, so this costs nothing on the usual path)."""
-        objects = self.objects
-        store = objects.store
-        cmds: list[Command] = []
-        for oid in [o for o in self.doomed if o not in objects.wants and not store.is_pinned(o)]:
-            self.doomed.discard(oid)
-            if store.remove(oid) or objects.errors.pop(oid, None) is not None:
-                cmds.append(Evict(object_id=oid, stimulus_id=sid))
         return cmds
 
     def _on_submit(self, ev: SubmitTask, now: float) -> list[Command]:

@@ -78,7 +78,7 @@ from .specs import EMPTY, ResourceSet
 from .tables import RemovePlacementGroup, UpdatePlacementGroup
 
 if TYPE_CHECKING:
-    from .head import HeadMachine
+    from .head_services import HeadServices
 
 __all__ = [
     "STRATEGIES",
@@ -255,7 +255,7 @@ class _Group:
 class PlacementManager:
     """Reserves, reschedules and removes placement groups; part of the head."""
 
-    def __init__(self, head: "HeadMachine", retry_interval: float = 0.2) -> None:
+    def __init__(self, head: "HeadServices", retry_interval: float = 0.2) -> None:
         self.head = head
         self.retry_interval = retry_interval
         self.groups: dict[str, _Group] = {}
@@ -289,7 +289,7 @@ class PlacementManager:
             g = self.groups[pg] = _Group(entry, PENDING, [None] * len(entry.bundles))
             if any(entry.nodes):
                 # a row naming nodes that this head never placed: a head
-                # recovering from the GCS (core/head.py, "Recovery") adopts
+                # recovering from the GCS (core/head_recovery.py, "Recovery") adopts
                 # the bundles its predecessor reserved on live nodes and
                 # reserves the rest again
                 return self._adopt(g, now, sid)

@@ -41,29 +41,22 @@ first.  The invariant, checked by ``validate()``::
 
     available + sum(held - lent over running workers) - debt == total
 
-The global scheduler filters the alive nodes whose total resources fit, then
-prefers those with the resources available now, and among them picks the
-lowest estimated wait::
-
-    (queue length + tasks it placed since the last heartbeat)
-        x mean task time  +  remote input bytes / bandwidth
-
-with loads from heartbeats (exponential averages kept by the nodes) and input
-sizes and locations read from the GCS.  A task no node can ever satisfy is
-kept pending, reported once with a warning naming the request and the
-cluster's resources, and placed when a node that fits joins (or when a
-node's total grows: a placement group's bundle committed there).  Node
-affinity picks the named node (hard: ``TaskUnschedulableError`` if it is
-dead or can never fit the task); ``"SPREAD"`` picks the least loaded node
-with room, taking turns among equals.
+The global half (``GlobalScheduler``, ``GlobalConfig``, ``Rng``) lives in
+core/global_scheduler.py and is re-exported here.  The records of tasks and
+workers and their states are in core/scheduler_records.py; what actors and
+placement group bundles take from the pool is ``ResourceLending``
+(core/scheduler_lending.py), a base class of ``LocalScheduler``.  The
+scheduler knows its node as ``NodeEffects`` (core/node_effects.py).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
+# (re-exported; _outlives_job is shared with the global scheduler, which owns it)
+from .global_scheduler import GlobalConfig, GlobalScheduler, Rng, _outlives_job
 from .gpus import GpuInstances
 from .ids import ObjectId, TaskId
 from .messages import (
@@ -73,28 +66,23 @@ from .messages import (
     InterruptTask,
     KillWorker,
     Log,
-    PlaceTask,
     Send,
     SetTimer,
     StartWorker,
 )
-from .placement import SPREAD, InGroup, OnNode, group_of_request, is_group_name, unschedulable
+from .placement import SPREAD, OnNode
 from .records import ErrorInfo, ErrorKind, NodeLoad, ObjectEntry, ObjectInfo
+from .scheduler_lending import ResourceLending
+# (the states are also read by verification/bugs.py through this module)
+from .scheduler_records import ACTOR, BUSY, IDLE, LOCATING, READY, RUNNING, STARTING, WAITING, _Task, _Worker
 from .specs import EMPTY, ResourceSet, TaskSpec
-from .tables import AddTask, FinishTask, GetMany, RetryTask, key_shard
+# (FinishTask: read by verification/bugs.py through this module)
+from .tables import AddTask, FinishTask, RetryTask
 
 if TYPE_CHECKING:
-    from .node import NodeMachine
+    from .node_effects import NodeEffects
 
 __all__ = ["SchedulerConfig", "LocalScheduler", "GlobalScheduler", "GlobalConfig", "Rng"]
-
-
-class Rng(Protocol):
-    """The part of ``random.Random`` the core uses (passed in, seeded)."""
-
-    def random(self) -> float: ...
-
-    def randrange(self, n: int) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,49 +97,10 @@ class SchedulerConfig:
     history_limit: int = 100_000  # finished tasks remembered (for stories)
 
 
-# task states
-WAITING = "waiting"
-LOCATING = "locating"
-READY = "ready"
-RUNNING = "running"
-
-
-@dataclass(slots=True, eq=False)
-class _Task:
-    spec: TaskSpec
-    state: str
-    attempt: int = 0
-    placed: bool = False
-    missing: set[ObjectId] = field(default_factory=set)
-    worker: str | None = None
-    started_at: float = 0.0
-    cancelled: bool = False
-    reconstruction: bool = False
-    actor: Any = None  # for actor creation: (ActorEntry, replay specs)
-    errors: dict | None = None  # inputs that arrived holding errors
-
-
-# worker states
-STARTING = "starting"
-IDLE = "idle"
-BUSY = "busy"
-ACTOR = "actor"
-
-
-@dataclass(slots=True, eq=False)
-class _Worker:
-    worker_id: str
-    state: str
-    task: TaskId | None = None
-    held: ResourceSet = EMPTY
-    lent: ResourceSet = EMPTY
-    blocked: bool = False
-
-
-class LocalScheduler:
+class LocalScheduler(ResourceLending):
     """A node's local scheduler and worker pool.  Part of ``NodeMachine``."""
 
-    def __init__(self, node: "NodeMachine", resources: ResourceSet, config: SchedulerConfig) -> None:
+    def __init__(self, node: "NodeEffects", resources: ResourceSet, config: SchedulerConfig) -> None:
         self.node = node
         # each step of a task's story, kept by the node (bound once: it runs
         # several times per task)
@@ -752,87 +701,6 @@ class LocalScheduler:
             cmds.append(self._start_worker(sid))
         return cmds + self.dispatch(now, sid)
 
-    # ------------------------------------------------------------------ actors
-    def release_actor_worker(self, wid: str) -> None:
-        """An actor's worker is gone for good (killed or crashed)."""
-        self.gpus.give_back(wid)
-        w = self.workers.pop(wid, None)
-        if w is not None and w.state == BUSY:
-            self.busy -= 1
-
-    def acquire(self, req: ResourceSet) -> bool:
-        if not req.is_subset_of(self.available):
-            return False
-        self.available = self.available - req
-        return True
-
-    def acquire_or_borrow(self, req: ResourceSet) -> ResourceSet:
-        """Take ``req`` for an actor's lifetime; what is not free now becomes
-        debt (the creation task just released at least as much, unless debt
-        from blocked workers absorbed it)."""
-        take = req.min_with(self.available)
-        self.available = self.available - take
-        self.debt = self.debt + (req - take)
-        return req
-
-    def release(self, req: ResourceSet) -> None:
-        give = self._drop_gone(req) if self.gone else req
-        if not self.debt.is_empty():
-            pay = give.min_with(self.debt)
-            self.debt = self.debt - pay
-            give = give - pay
-        self.available = self.available + give
-
-    # ------------------------------------------------------------------ placement groups
-    def _drop_gone(self, r: ResourceSet) -> ResourceSet:
-        gone = self.gone
-        return r.only([n for n in r.names() if n not in gone])
-
-    def set_apart(self, res: ResourceSet) -> bool:
-        """Prepare a bundle: take ``res`` out of the free pool if it fits."""
-        if not res.is_subset_of(self.available):
-            return False
-        self.available = self.available - res
-        self.bundled = self.bundled + res
-        return True
-
-    def give_back(self, res: ResourceSet, now: float, sid: str) -> list[Command]:
-        """A prepared or released bundle's resources return to the pool."""
-        self.bundled = self.bundled - res
-        self.release(res)
-        return self.dispatch(now, sid)
-
-    def grant(self, granted: ResourceSet, now: float, sid: str) -> list[Command]:
-        """Commit a bundle: its resources appear under the group's names."""
-        self.total = self.total + granted
-        self.available = self.available + granted
-        return self.dispatch(now, sid)
-
-    def revoke_group(self, pg: str, now: float, sid: str) -> list[Command]:
-        """Group ``pg`` is removed: its names leave the total and the free
-        pool, its running tasks are killed (cancelled) and its queued ones
-        fail; what its workers hold is dropped when they come back."""
-        names = [n for n in self.total.names() if is_group_name(n, pg)]
-        if not names:
-            return []
-        self.total = self.total - self.total.only(names)
-        self.available = self.available - self.available.only(names)
-        self.debt = self.debt - self.debt.only(names)
-        self.gone.update(names)
-        cmds: list[Command] = []
-        for tid, t in list(self.tasks.items()):
-            if group_of_request(t.spec.resources) != pg:
-                continue
-            if t.state == RUNNING:
-                if not t.cancelled:
-                    t.cancelled = True
-                    self._story(tid, now, sid, f"killed: placement group {pg} was removed")
-                    cmds.append(KillWorker(worker_id=t.worker, reason=f"placement group {pg} was removed", stimulus_id=sid))
-            else:
-                cmds += self._fail(t, unschedulable(t.spec, f"its placement group {pg} was removed"), now, sid,
-                                   f"placement group {pg} removed")
-        return cmds
-
     # ------------------------------------------------------------------ checks
     def state_of(self, tid: TaskId) -> str | None:
         t = self.tasks.get(tid)
@@ -869,257 +737,3 @@ class LocalScheduler:
             assert tid in self.tasks and self.tasks[tid].state == RUNNING, f"deferred restart of {tid} without its running creation"
         for wid in self.idle:
             assert self.workers[wid].state == IDLE
-
-
-def _outlives_job(spec: TaskSpec) -> bool:
-    """A detached actor's creation lives on after the job that made it."""
-    a = spec.actor_creation
-    return a is not None and a.detached
-
-
-# ===========================================================================
-
-
-@dataclass(frozen=True, slots=True)
-class GlobalConfig:
-    bandwidth: float = 1.0e9  # bytes/s, for the remote-input term
-    locality_aware: bool = True
-    node_timeout: float = 1.0  # heartbeats missed for this long: node dead
-
-
-@dataclass(slots=True)
-class _NodeView:
-    node_id: str
-    total: ResourceSet
-    load: NodeLoad | None = None
-    alive: bool = True
-    placed_since: int = 0
-    last_heartbeat: float = 0.0
-    reserved: ResourceSet = EMPTY
-
-
-@dataclass(slots=True)
-class _Pending:
-    spec: TaskSpec
-    attempt: int
-    reconstruction: bool
-    sid: str
-    deps: dict[ObjectId, ObjectEntry | None] = field(default_factory=dict)
-    waiting_reads: int = 0
-    on_placed: Any = None  # callback (node) -> commands, for actors
-
-
-class GlobalScheduler:
-    """Places forwarded tasks; part of the head machine."""
-
-    def __init__(self, head, config: GlobalConfig, rng: Rng) -> None:
-        self.head = head
-        self.config = config
-        self.rng = rng
-        self.nodes: dict[str, _NodeView] = {}
-        self.pending: dict[TaskId, _Pending] = {}
-        self.infeasible: dict[TaskId, _Pending] = {}
-        self.warned: set[ResourceSet] = set()
-        self.placements = 0
-        self.spread_turn = 0  # SPREAD takes turns among equally loaded nodes
-        self.recheck = False  # a node's total changed: infeasible tasks may fit
-
-    # ------------------------------------------------------------------ membership
-    def add_node(self, node_id: str, total: ResourceSet, now: float, sid: str) -> list[Command]:
-        self.nodes[node_id] = _NodeView(node_id, total, last_heartbeat=now)
-        # a new node may make infeasible tasks feasible
-        cmds: list[Command] = []
-        for tid, p in list(self.infeasible.items()):
-            if p.spec.resources.is_subset_of(total):
-                del self.infeasible[tid]
-                cmds += self._place(p, now, p.sid)
-        return cmds
-
-    def remove_node(self, node_id: str) -> None:
-        v = self.nodes.get(node_id)
-        if v is not None:
-            v.alive = False
-
-    def on_heartbeat(self, node_id: str, load: NodeLoad, now: float) -> None:
-        v = self.nodes.get(node_id)
-        if v is None or not v.alive:
-            return
-        v.load = load
-        changed = v.total != load.total
-        v.total = load.total
-        v.placed_since = 0
-        v.reserved = EMPTY
-        v.last_heartbeat = now
-        if changed and self.infeasible:
-            self.recheck = True
-
-    def alive_nodes(self) -> list[str]:
-        return [n for n, v in self.nodes.items() if v.alive]
-
-    # ------------------------------------------------------------------ placement
-    def submit(self, spec: TaskSpec, attempt: int, now: float, sid: str, reconstruction: bool = False, on_placed=None) -> list[Command]:
-        p = _Pending(spec, attempt, reconstruction, sid, on_placed=on_placed)
-        deps = spec.dependencies
-        if not deps or not self.config.locality_aware:
-            return self._place(p, now, sid)
-        # read the inputs' sizes and locations from the GCS, grouped by shard
-        self.pending[spec.task_id] = p
-        for d in deps:
-            p.deps[d] = None
-        by_shard: dict[int, list[ObjectId]] = {}
-        n = self.head.gcs.num_shards or 1
-        for d in dict.fromkeys(deps):
-            by_shard.setdefault(key_shard("objects", d, n), []).append(d)
-        cmds: list[Command] = []
-        for shard in sorted(by_shard):
-            keys = tuple(by_shard[shard])
-            p.waiting_reads += 1
-            cmds += self.head.gcs.read(GetMany("objects", keys), ("gs-deps", spec.task_id, keys), now, sid)
-        return cmds
-
-    def on_deps(self, tid: TaskId, keys: tuple, rows: tuple, now: float, sid: str) -> list[Command]:
-        p = self.pending.get(tid)
-        if p is None:
-            return []
-        for k, row in zip(keys, rows):
-            p.deps[k] = row
-        p.waiting_reads -= 1
-        if p.waiting_reads > 0:
-            return []
-        del self.pending[tid]
-        return self._place(p, now, sid)
-
-    def retry_infeasible(self, now: float, sid: str) -> list[Command]:
-        """Place the infeasible tasks that a node's new total (a committed
-        placement group bundle) now fits."""
-        self.recheck = False
-        cmds: list[Command] = []
-        for tid, p in list(self.infeasible.items()):
-            req = p.spec.resources
-            if any(v.alive and req.is_subset_of(v.total) for v in self.nodes.values()) or self._group_removed(req):
-                del self.infeasible[tid]
-                cmds += self._place(p, now, p.sid)
-        return cmds
-
-    def _group_removed(self, req: ResourceSet) -> bool:
-        pg = group_of_request(req)
-        return pg is not None and self.head.placement.removed(pg)
-
-    def fail_group(self, pg: str, now: float, sid: str) -> list[Command]:
-        """Group ``pg`` was removed: the tasks waiting to be placed in it
-        fail."""
-        cmds: list[Command] = []
-        for table in (self.pending, self.infeasible):
-            for tid, p in list(table.items()):
-                if group_of_request(p.spec.resources) == pg:
-                    del table[tid]
-                    cmds += self._unschedulable(p, f"its placement group {pg} was removed", now, sid)
-        return cmds
-
-    def _unschedulable(self, p: _Pending, why: str, now: float, sid: str) -> list[Command]:
-        """A hard constraint no node meets: the task fails with
-        ``TaskUnschedulableError`` (an actor's creation: the actor dies)."""
-        spec = p.spec
-        err = unschedulable(spec, why)
-        cmds: list[Command] = [Log(level="warning", text=err.message, job_id=spec.job_id, stimulus_id=sid)]
-        if spec.is_actor_creation:
-            return cmds + self.head.actors.kill(spec.actor_creation.actor_id, True, now, sid, why=f"it cannot be scheduled: {why}")
-        outputs = tuple((o, 0) for o in spec.return_ids)
-        return cmds + self.head.gcs.write(FinishTask(spec.task_id, "", outputs, err, p.attempt, job_id=spec.job_id), None, now, sid)
-
-    def _place(self, p: _Pending, now: float, sid: str) -> list[Command]:
-        req = p.spec.resources
-        strategy = p.spec.scheduling
-        if isinstance(strategy, OnNode):
-            v = self.nodes.get(strategy.node_id)
-            if v is not None and v.alive and req.is_subset_of(v.total):
-                return self._chosen(p, v, req, now, sid)
-            if not strategy.soft:
-                why = ("node affinity to a node that is dead or not in the cluster" if v is None or not v.alive
-                       else f"node affinity to a node whose resources {v.total.to_dict()} can never fit {req.to_dict()}")
-                return self._unschedulable(p, f"{why} (node {strategy.node_id}, soft=False); "
-                                              f"use soft=True to let it run elsewhere", now, sid)
-        pg = group_of_request(req) if isinstance(strategy, InGroup) or p.spec.is_actor_creation else None
-        if pg is not None and self.head.placement.removed(pg):
-            return self._unschedulable(p, f"its placement group {pg} was removed", now, sid)
-        feasible = [v for v in self.nodes.values() if v.alive and req.is_subset_of(v.total)]
-        if not feasible and (isinstance(strategy, InGroup) or group_of_request(req) is not None):
-            if self._group_removed(req):
-                return self._unschedulable(p, f"its placement group {group_of_request(req)} was removed", now, sid)
-            # waits for its group's bundles to be reserved (no warning:
-            # the group is pending, and says so)
-            self.infeasible[p.spec.task_id] = p
-            return []
-        if not feasible:
-            self.infeasible[p.spec.task_id] = p
-            if req not in self.warned:
-                self.warned.add(req)
-                cluster = {v.node_id: v.total.to_dict() for v in self.nodes.values() if v.alive}
-                return [Log(
-                    level="warning",
-                    text=(
-                        f"task {p.spec.display_name()} requests {req.to_dict()}, which no node in the "
-                        f"cluster can satisfy (nodes: {cluster}). It stays pending until a node with "
-                        f"these resources joins; add one (penumbra start --address ... --resources ...) "
-                        f"or lower the request."
-                    ),
-                    job_id=p.spec.job_id,
-                    stimulus_id=sid,
-                )]
-            return []
-        def free_now(v: _NodeView) -> bool:
-            avail = v.load.available if v.load is not None else v.total
-            return req.is_subset_of(avail - v.reserved)
-        candidates = [v for v in feasible if free_now(v)] or feasible
-        if strategy == SPREAD:
-            # the least loaded node; among equals, take turns
-            def spread_load(v: _NodeView) -> int:
-                load = v.load
-                return (load.queue_length + load.running if load else 0) + v.placed_since
-            low = min(spread_load(v) for v in candidates)
-            best_nodes = sorted((v for v in candidates if spread_load(v) == low), key=lambda v: v.node_id)
-            self.spread_turn += 1
-            return self._chosen(p, best_nodes[self.spread_turn % len(best_nodes)], req, now, sid)
-        bw = self.config.bandwidth
-        best: list[_NodeView] = []
-        best_score = None
-        for v in candidates:
-            load = v.load
-            q = (load.queue_length if load else 0) + v.placed_since
-            mean = load.mean_task_time if load and load.mean_task_time > 0 else 1e-3
-            score = q * mean
-            if self.config.locality_aware and p.deps:
-                remote = 0
-                for oid, row in p.deps.items():
-                    if row is not None and v.node_id not in row.locations:
-                        remote += row.size
-                score += remote / bw
-            if best_score is None or score < best_score - 1e-12:
-                best, best_score = [v], score
-            elif abs(score - best_score) <= 1e-12:
-                best.append(v)
-        chosen = best[0] if len(best) == 1 else best[self.rng.randrange(len(best))]
-        return self._chosen(p, chosen, req, now, sid)
-
-    def _chosen(self, p: _Pending, chosen: _NodeView, req: ResourceSet, now: float, sid: str) -> list[Command]:
-        chosen.placed_since += 1
-        chosen.reserved = chosen.reserved + req
-        self.placements += 1
-        if p.on_placed is not None:
-            return p.on_placed(chosen.node_id, now, sid)
-        cmds: list[Command] = [Send(to=chosen.node_id, msg=PlaceTask(spec=p.spec, attempt=p.attempt, reconstruction=p.reconstruction, stimulus_id=sid))]
-        # (the spec too: this write may land before the submitting node's)
-        cmds += self.head.gcs.write(AddTask(p.spec, chosen.node_id, placed=True), None, now, sid)
-        return cmds
-
-    def drop_job(self, job_id: int) -> None:
-        """Job ``job_id`` ended: forget its forwarded tasks not placed yet
-        (actor placements stay with the actor manager, which decides)."""
-        for table in (self.pending, self.infeasible):
-            for tid in [t for t, p in table.items()
-                        if p.spec.job_id == job_id and p.on_placed is None and not _outlives_job(p.spec)]:
-                del table[tid]
-
-    def validate(self) -> None:
-        for tid in self.infeasible:
-            assert tid not in self.pending

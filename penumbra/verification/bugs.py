@@ -18,6 +18,7 @@ import contextlib
 from dataclasses import dataclass, replace
 from typing import Callable
 
+from ..core import actor_router as AR
 from ..core import actors as A
 from ..core import client as CL
 from ..core import gcs as G
@@ -844,7 +845,7 @@ def _call_retried_once_too_often():
         n = entry.spec.max_task_retries
         return n < 0 or p.attempt <= n  # BUG: should be <: max_task_retries=0 still retries once
 
-    return _patch(A, "_may_retry", _may_retry)
+    return _patch(AR, "_may_retry", _may_retry)
 
 
 def _placed_task_attempt_dropped():

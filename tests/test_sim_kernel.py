@@ -811,7 +811,7 @@ def test_calendar_pops_in_the_order_one_heap_would():
     import heapq
     import random
 
-    from penumbra.sim.kernel import _Calendar
+    from penumbra.sim.eventqueue import _Calendar
 
     rng = random.Random(7)
     cal, heap, eid, now = _Calendar(), [], 0, 0.0

@@ -61,18 +61,53 @@ configuration give the same run.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from itertools import count
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .costs import CostModel
-    from .kernel import SimKernel, _Endpoint
+    import random
 
-__all__ = ["Network", "SizeModel", "FaultRule", "LOOPBACK", "INTRA_RACK", "INTER_RACK"]
+    import simpy
+
+    from .costs import CostModel
+
+__all__ = ["Network", "SizeModel", "FaultRule", "LOOPBACK", "INTRA_RACK", "INTER_RACK",
+           "NetEndpoint", "NetKernel"]
 
 LOOPBACK, INTRA_RACK, INTER_RACK = 0, 1, 2
 _LEVEL_NAMES = ("loopback", "intra_rack", "inter_rack")
+
+
+# What the network uses of the kernel and its endpoints.  Protocols, not
+# imports: the kernel builds its network and endpoints, so the network sits
+# below both (kernel -> endpoints -> network) and knows them only by shape.
+
+
+class NetEndpoint(Protocol):
+    """An address's side of the network (``penumbra.sim.endpoints`` has the
+    two kinds): its outgoing links, its liveness and incarnation, and the
+    function that takes an arriving batch (a queue entry)."""
+
+    address: str
+    alive: bool
+    epoch: int
+    links: dict
+    _on_net: Callable[[tuple], None]
+
+
+class NetKernel(Protocol):
+    """What ``Network.bind`` takes (``SimKernel``): its RNG, clock and queue,
+    the endpoint an address resolves to, and where network events go."""
+
+    rng: random.Random
+    env: simpy.Environment
+    _push: Callable[[tuple], None]
+    _eid: Iterator[int]
+
+    def _endpoint_for_send(self, src: str, dst: str, msgs: list) -> NetEndpoint | None: ...
+
+    def _net_event(self, what: str, t: float, link: Any, msgs: list) -> None: ...
 
 
 class SizeModel:
@@ -189,7 +224,7 @@ class Network:
         self.latency_levels = tuple(float(x) for x in latency)
         self.bandwidth_levels = tuple(float(x) for x in bandwidth)
         self.size_of = size_of if size_of is not None else SizeModel(message_bytes)
-        self.kernel: SimKernel | None = None
+        self.kernel: NetKernel | None = None
         self.rng = None
         self._rack: dict[str, Any] = {}
         self._machine: dict[str, str] = {}
@@ -222,7 +257,7 @@ class Network:
         kw.setdefault("message_bytes", costs.message_bytes)
         return cls(**kw)
 
-    def bind(self, kernel: SimKernel) -> None:
+    def bind(self, kernel: NetKernel) -> None:
         """Called by ``SimKernel``: share its clock, endpoints and RNG."""
         if self.kernel is not None and self.kernel is not kernel:
             raise RuntimeError("this Network is already bound to another SimKernel; "
@@ -404,7 +439,7 @@ class Network:
     # ------------------------------------------------------------------
     # sending (called by the kernel)
 
-    def transmit(self, src_ep: _Endpoint, dst: str, msgs: list, depart: float) -> None:
+    def transmit(self, src_ep: NetEndpoint, dst: str, msgs: list, depart: float) -> None:
         """Carry ``msgs`` from ``src_ep`` to ``dst``, leaving at ``depart``.
 
         Called by the kernel with each batch; pushes one heap entry per

@@ -31,7 +31,7 @@ the executor of the simulated node does (``ModelExecutor``).
     watched in batches of ``batch``; how Figure 8b's drivers and the
     fidelity benchmark load a node.
 ``ModelExecutor``
-    Runs models on simulated workers (``penumbra.sim.cluster.Executor``):
+    Runs models on simulated workers (``penumbra.sim.node.Executor``):
     the outcome of an ``Execute`` command, the state of actor workers,
     checkpoints.
 
@@ -49,10 +49,13 @@ from typing import TYPE_CHECKING, Any
 from penumbra.core.records import ErrorInfo, ErrorKind
 from penumbra.core.specs import Payload, ResourceSet, TaskSpec
 
+from .node import Outcome
+
 if TYPE_CHECKING:  # pragma: no cover
     from penumbra.core.messages import CheckpointActor, Execute
 
-    from .cluster import Outcome, SimDriver, SimNode, SimWorker
+    from .driver import SimDriver
+    from .node import SimNode, SimWorker
 
 __all__ = [
     "TaskModel",
@@ -550,8 +553,6 @@ class ModelExecutor:
         return node.cluster.costs.worker_start
 
     def execute(self, node: "SimNode", worker: "SimWorker", cmd: "Execute") -> "Outcome":
-        from .cluster import Outcome
-
         spec = cmd.spec
         m = spec.args.data
         if m.__class__ is not TaskModel:

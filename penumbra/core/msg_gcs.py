@@ -169,8 +169,9 @@ class ReplicaReady(Message):
     seq: int
 
 
-# GCS flushing (see "Flushing" in core/gcs.py): the replica decides, the
-# driver writes and reads the disk
+# ===========================================================================
+# GCS flushing (see core/gcs_flush.py): the replica decides, the driver
+# writes and reads the disk
 
 
 @_frozen

@@ -195,7 +195,8 @@ class StoreError(Command):
     error: ErrorInfo
 
 
-# Spilling: a node's store <-> its local disk (see core/objects.py)
+# ===========================================================================
+# Spilling: a node's store <-> its local disk (see core/objects_store.py)
 
 
 @_frozen

@@ -50,49 +50,45 @@ Joining
 A new head
     The replicas need no head to keep their config and serve: writes go
     through each chain's head replica, reads to its tail, as before; only
-    reconfiguration waits.  A recovering head asks replicas for their view
-    (``ChainQuery``, answered with ``ChainReport``) and starts its master
-    with ``ChainMaster.from_reports``: per shard the highest epoch reported,
-    members that did not say they are caught up in that epoch counted as
-    not caught up (so the silent ones are cut only once a caught-up member
-    lives).  A heartbeat naming a newer epoch than the master's (a config
-    the reports missed) makes it ask that replica and adopt the answer,
-    and change nothing in that shard meanwhile; a ``ReplicaReady`` from a
-    replica that joined under the old head appends it (see core/head.py,
-    "Recovery").
+    reconfiguration waits.  How a recovering head's master takes over from
+    the replicas' reports is in ``gcs_master.py``.
 
 Forgetting
     Rows are deleted only by ops, like any write (``ForgetJob`` once a job
     ended and every node dropped its work, ``ForgetObject`` for a freed
     private put), so every replica forgets the same rows at the same point
-    of the log; the rule of what goes and when is in ``tables.py``.
+    of the log; the rule of what goes and when is in ``tables_flush.py``.
 
 Flushing
-    With ``GcsTiming.flush`` set (a ``FlushConfig``), the head replica of a
-    chain checks, every ``interval`` seconds, whether its tables hold more
-    than ``max_rows`` task and object rows; if so it writes ``FlushOld`` to
-    its own log (as client ``replica_id``), so the whole chain flushes the
-    same rows at the same log point (what may go is in ``tables.py``).
-    Each replica, applying it, emits ``FlushRows`` for its driver to write.
-    A read at the tail that needs flushed rows emits ``LoadRows`` and is
-    answered on ``RowsLoaded``.  A write to a flushed key waits at the head
-    (with every write behind it, so writes keep their order) while the row
-    loads, then goes in after a logged ``RestoreRows``.  The disk itself is
-    the driver's: files under the session directory on the real runtime, a
-    modelled disk in the simulator.
+    Old rows move to disk through a logged ``FlushOld`` that the head
+    replica writes to its own log; a read or write of a flushed row waits
+    while the driver loads it.  The replica's side of it is in
+    ``gcs_flush.py`` (``ReplicaFlushing``, a base of ``GcsReplica``); what
+    may go is in ``tables_flush.py``.
 
 The invariant that matters: **no acknowledged write is lost while one replica
 of the chain lives.**  A client is acknowledged only by the tail; every
 replica before the tail has the entry (it was forwarded through them), so any
 surviving replica that becomes the tail has it.
+
+Where things are
+----------------
+Here: the replica (``GcsReplica``) and its handler table ``_HANDLERS``,
+and the messages replicas send one another on reconfiguration.  The chain
+master is in ``gcs_master.py``, the timing and flush settings in
+``gcs_config.py``; this module re-exports them so that every name it had
+is still importable from it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ._fastinit import install_init as _install_init
+from .gcs_config import FlushConfig, GcsTiming
+from .gcs_flush import ReplicaFlushing
+from .gcs_master import ChainMaster
 from .messages import (
     ChainConfigMsg,
     ChainQuery,
@@ -106,7 +102,7 @@ from .messages import (
     GcsRead,
     GcsReply,
     GcsWrite,
-    Log,
+    Log,  # noqa: F401 (importable from here, as before the split)
     Message,
     ReplicaHeartbeat,
     ReplicaJoin,
@@ -118,8 +114,8 @@ from .messages import (
     TimerFired,
 )
 from .records import ChainConfig
-from .messages import FlushedRowsCopy, FlushedRowsRequest, FlushRows, LoadRows, RowsLoaded
-from .tables import Change, FlushOld, Op, RestoreRows, Subscribe, Tables
+from .messages import FlushedRowsCopy, FlushedRowsRequest, FlushRows, RowsLoaded
+from .tables import Change, Op, Subscribe, Tables
 
 __all__ = [
     "GcsSync",
@@ -163,76 +159,6 @@ class GcsRejoin(Message):
     epoch: int
 
 
-@dataclass(frozen=True, slots=True)
-class FlushConfig:
-    """When a GCS chain flushes old rows to disk (see "Flushing" above and in
-    ``tables.py``).
-
-    Args:
-        interval: seconds between the head replica's checks.
-        max_rows: flush when the shard holds more task and object rows than
-            this (all of them, counting rows that must stay, such as
-            objects still held in a store); a flush moves every row that
-            may go but ``keep_rows`` per table, up to ``batch``.
-        keep_rows: per table, the rows that became flushable last always
-            stay in memory (the horizon: recent rows are the ones read back
-            most).
-        batch: the most rows one flush moves (one segment on disk).
-
-    Raises:
-        ValueError: a value that cannot work (say which, and what to pass).
-    """
-
-    interval: float = 1.0
-    max_rows: int = 20_000
-    keep_rows: int = 2_000
-    batch: int = 20_000
-
-    def __post_init__(self) -> None:
-        if not (isinstance(self.interval, (int, float)) and self.interval > 0):
-            raise ValueError(f"FlushConfig.interval must be a positive number of seconds, got {self.interval!r}")
-        for name in ("max_rows", "keep_rows", "batch"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < (0 if name == "keep_rows" else 1):
-                raise ValueError(f"FlushConfig.{name} must be a{' non-negative' if name == 'keep_rows' else ' positive'} "
-                                 f"int, got {v!r}")
-        if self.keep_rows >= self.max_rows:
-            raise ValueError(f"FlushConfig.keep_rows ({self.keep_rows}) must be below max_rows ({self.max_rows}): "
-                             f"otherwise nothing would ever be flushed (e.g. max_rows=20000, keep_rows=2000)")
-
-    @classmethod
-    def from_value(cls, value: "FlushConfig | dict | bool | None") -> "FlushConfig | None":
-        """From a user's setting: None/False (off), True (defaults), a dict
-        of fields, or a ``FlushConfig``."""
-        if value is None or value is False:
-            return None
-        if value is True:
-            return cls()
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, dict):
-            unknown = set(value) - {"interval", "max_rows", "keep_rows", "batch"}
-            if unknown:
-                raise ValueError(f"unknown GCS flush setting(s) {sorted(unknown)}; use interval, max_rows, "
-                                 f"keep_rows, batch")
-            return cls(**value)
-        raise ValueError(f"the GCS flush setting must be True, False, None or a dict of FlushConfig fields "
-                         f"(interval, max_rows, keep_rows, batch), got {value!r}")
-
-
-@dataclass(frozen=True, slots=True)
-class GcsTiming:
-    """Timeouts of the GCS (seconds).  Defaults follow Figure 10a's setting:
-    failure detection well within 30 ms of a replica dying.  ``flush``:
-    when to flush old rows to disk (None: never, the default)."""
-
-    heartbeat_interval: float = 0.005
-    heartbeat_timeout: float = 0.020
-    resend_after: float = 0.010
-    client_retry_after: float = 0.050
-    flush: FlushConfig | None = None
-
-
 @dataclass(slots=True)
 class _Entry:
     seq: int
@@ -246,7 +172,7 @@ class _Entry:
     sent_at: float = 0.0  # when last forwarded to the successor
 
 
-class GcsReplica:
+class GcsReplica(ReplicaFlushing):
     """One replica of one GCS shard.  ``handle(event, now) -> commands``."""
 
     def __init__(
@@ -285,7 +211,7 @@ class GcsReplica:
         self._last_forward_at: float = 0.0
         self._nb_config: ChainConfig | None = None
         self._nb: tuple[str | None, str | None] = (None, None)
-        # flushing (see "Flushing" above)
+        # flushing (see gcs_flush.py)
         self._flush_check_at = 0.0  # the head's next look at the row count
         self._internal_req = 0  # req ids of our own ops (FlushOld, RestoreRows)
         self._loads: dict[Any, tuple] = {}  # LoadRows token -> ("r", read) | ("w", wants)
@@ -648,45 +574,6 @@ class GcsReplica:
         self.awaiting_append = True
         return [Send(to=self.master, msg=ReplicaReady(replica=self.replica_id, shard=self.shard, seq=self.seq, stimulus_id=sid))]
 
-    # at most this many segments asked for at once (each load reads a whole
-    # segment of up to FlushConfig.batch rows)
-    _COPY_WINDOW = 4
-
-    def _ask_copies(self, now: float, sid: str = "", again: bool = True) -> list[Command]:
-        """Ask the tail for the first segments still to copy (``again``:
-        those asked already too, their answer may have been lost)."""
-        c = self.config
-        if c is None or not c.replicas:
-            return []
-        window = list(self._copying)[:self._COPY_WINDOW]
-        ask = window if again else [seg for seg in window if seg not in self._copy_asked]
-        if ask:
-            self._copy_asked_at = now
-        self._copy_asked.update(ask)
-        return [Send(to=c.tail, msg=FlushedRowsRequest(replica=self.replica_id, shard=self.shard, segment=seg,
-                                                       wants=self._copying[seg], stimulus_id=sid))
-                for seg in ask]
-
-    def _on_copy_request(self, ev: FlushedRowsRequest, now: float) -> list[Command]:
-        """A joiner lacks flushed rows our disk holds: load and send them."""
-        if ev.shard != self.shard or not self.active or self.joining:
-            return []
-        token = self._new_token()
-        self._loads[token] = ("c", ev.replica, ev.segment)
-        return [LoadRows(shard=self.shard, token=token, wants=ev.wants, stimulus_id=ev.stimulus_id)]
-
-    def _on_copy(self, ev: FlushedRowsCopy, now: float) -> list[Command]:
-        if ev.shard != self.shard or not self.joining or self._copying.pop(ev.segment, None) is None:
-            return []  # (a repeat, or from a join we gave up)
-        cmds: list[Command] = []
-        if ev.rows:
-            cmds.append(FlushRows(shard=self.shard, segment=ev.segment, rows=ev.rows, stimulus_id=ev.stimulus_id))
-        if not self._copying:
-            self._copy_asked.clear()
-            self._copy_asked_at = None
-            return cmds + self._joined(ev.stimulus_id)
-        return cmds + self._ask_copies(now, ev.stimulus_id, again=False)  # slide the window on
-
     def _on_joined_config(self, ev: ChainConfigMsg, now: float) -> list[Command]:
         """Config handling while joining: find the tail to copy from."""
         new = ev.config
@@ -787,97 +674,6 @@ class GcsReplica:
                 self._last_forward_at = now
         return cmds
 
-    # ------------------------------------------------------------------ flushing
-    def _internal_write(self, op: Op, sid: str, now: float) -> list[Command]:
-        """Apply ``op`` at the head as our own write (client: this replica),
-        replicated down the chain like any other."""
-        self._internal_req += 1
-        rid = self._internal_req
-        self.seq = seq = self.seq + 1
-        entry = self._apply(seq, self.replica_id, rid, op, rid)
-        return self._after_apply(entry, sid, now)
-
-    def _flush_tick(self, now: float) -> list[Command]:
-        """The head's periodic look: flush if the shard holds too many rows.
-        (Also drops writes parked while we were head, once we are not: their
-        clients retry at the new head.)"""
-        if not self.is_head or self.joining:
-            if self._parked:
-                self._parked = []
-                self._loading.clear()
-            return []
-        f = self.timing.flush
-        if f is None or now < self._flush_check_at:
-            return []
-        self._flush_check_at = now + f.interval
-        d = self.tables.data
-        if len(d["tasks"]) + len(d["objects"]) <= f.max_rows:
-            return []
-        return self._internal_write(FlushOld(keep=f.keep_rows, limit=f.batch), "gcs-flush", now)
-
-    def flush_now(self, now: float, keep: int = 0, limit: int = 1 << 30) -> list[Command]:
-        """Flush at once (tests, operators); only the head replica may."""
-        if not self.is_head or self.joining:
-            raise RuntimeError(f"{self.replica_id} is not the head of its chain: only the head orders a flush "
-                               f"(the rest of the chain flushes when FlushOld reaches them)")
-        return self._internal_write(FlushOld(keep=keep, limit=limit), "gcs-flush", now)
-
-    def _flushed_key(self, op: Op) -> tuple[str, Any] | None:
-        """The (table, key) ``op`` writes if that row is on disk only."""
-        table, key = op.route()
-        if key is None or self.tables.flushed_segment(table, key) is None:
-            return None
-        return table, key
-
-    def _new_token(self) -> tuple:
-        self._load_count += 1
-        return ("gcs-load", self.replica_id, self._load_count)
-
-    def _park_write(self, ev: GcsWrite, now: float) -> list[Command]:
-        self._parked.append(ev)
-        tk = self._flushed_key(ev.op) if self.tables.flush_next else None
-        if tk is None or tk in self._loading:
-            return []
-        self._loading.add(tk)
-        wants = ((tk[0], tk[1], self.tables.flushed_segment(*tk)),)
-        token = self._new_token()
-        self._loads[token] = ("w", wants)
-        return [LoadRows(shard=self.shard, token=token, wants=wants, stimulus_id=ev.stimulus_id)]
-
-    def _answer_read(self, ev: GcsRead) -> list[Command]:
-        wants = self.tables.flushed_wants(ev.query)
-        if not wants:
-            return [Send(to=ev.client, msg=GcsReply(req_id=ev.req_id, result=self.tables.read(ev.query), shard=self.shard, stimulus_id=ev.stimulus_id))]
-        token = self._new_token()
-        self._loads[token] = ("r", ev)
-        return [LoadRows(shard=self.shard, token=token, wants=wants, stimulus_id=ev.stimulus_id)]
-
-    def _on_rows_loaded(self, ev: RowsLoaded, now: float) -> list[Command]:
-        what = self._loads.pop(ev.token, None)
-        if what is None:
-            return []
-        if what[0] == "c":  # rows for a joiner (see "Joining" above)
-            return [Send(to=what[1], msg=FlushedRowsCopy(shard=self.shard, segment=what[2], rows=ev.rows,
-                                                         stimulus_id=ev.stimulus_id))]
-        if what[0] == "r":
-            r = what[1]
-            result = self.tables.read_loaded(r.query, ev.rows)
-            return [Send(to=r.client, msg=GcsReply(req_id=r.req_id, result=result, shard=self.shard, stimulus_id=r.stimulus_id))]
-        wants = what[1]
-        for table, key, _ in wants:
-            self._loading.discard((table, key))
-        if not self.is_head or self.joining:
-            self._parked = []  # their clients retry at the new head
-            self._loading.clear()
-            return []
-        found = {(t, k) for t, k, _ in ev.rows}
-        missing = tuple((t, k) for t, k, _ in wants if (t, k) not in found)
-        cmds = self._internal_write(RestoreRows(rows=ev.rows, missing=missing), ev.stimulus_id, now)
-        parked, self._parked = self._parked, []
-        for w in parked:  # (in order: one that needs another row parks the rest again)
-            cmds += self._on_write(w, now)
-        return cmds
-
     # ------------------------------------------------------------------ checks
     def validate(self) -> None:
         assert self.committed <= self.seq, (self.committed, self.seq)
@@ -910,266 +706,3 @@ _HANDLERS = {
 }
 
 _install_init(GcsSync, GcsCaughtUp, GcsRejoin)
-
-
-# ===========================================================================
-
-
-@dataclass(slots=True)
-class _ShardView:
-    config: ChainConfig
-    joining: dict[str, float] = field(default_factory=dict)  # replica -> since
-
-
-class ChainMaster:
-    """Keeps each shard's chain configuration; run inside the head.
-
-    It cuts out replicas whose heartbeats stop and appends replicas that
-    finished joining.  Every change goes, with a new epoch, to the shard's
-    replicas (old and new) and to every listener (nodes and the head's own
-    GCS client), which is how clients learn where to send.
-    """
-
-    def __init__(self, configs: list[ChainConfig], timing: GcsTiming = GcsTiming(),
-                 address: str = "head", recovered: bool = False) -> None:
-        self.timing = timing
-        self.address = address
-        self.shards = {c.shard: _ShardView(c) for c in configs}
-        self.last_seen: dict[str, float] = {}
-        self.caught_up: dict[str, bool] = {}  # from heartbeats; absent: an original member
-        self.dead: set[str] = set()
-        # a member cut while alive (its heartbeats were late, not lost for
-        # good) still heartbeats: replica -> (shard, when last heard, its
-        # sequence number).  It
-        # keeps every write up to its cut: the shard's last resort if its
-        # only remaining member restarts empty (``_take_back``)
-        self.cut_heard: dict[str, tuple[int, float, int]] = {}
-        # shard -> its only member, which restarted empty while no member
-        # cut alive was heard: it waits for one to be taken back
-        self.stranded: dict[int, str] = {}
-        self.listeners: dict[str, None] = {}  # (ordered set: one per node)
-        self.changes = 0
-        # a master started by a recovering head from the replicas' reports
-        # (core/head.py, "Recovery"): it does not know who was joining
-        # under its predecessor, nor whether every member has caught up
-        self.recovered = recovered
-        # shard -> the highest epoch a replica's heartbeat named above ours
-        # (only after a recovery whose reports missed a newer config): no
-        # change to that shard until we have that config (``on_report``),
-        # or we would issue a second config under an epoch already taken
-        self.newer: dict[int, int] = {}
-
-    @classmethod
-    def from_reports(cls, reports: list[ChainReport], shards: set[int] | None = None,
-                     timing: GcsTiming = GcsTiming(), address: str = "head") -> "ChainMaster":
-        """The master of a recovering head: per shard, the config of the
-        highest epoch reported.  A member counts as caught up only if it
-        said so in that very epoch (one that did not answer, or answered
-        from an older config, may lack acknowledged writes): the heartbeat
-        timeout then cuts the silent members only once a caught-up member
-        lives.
-
-        Raises:
-            ValueError: a shard in ``shards`` has no config among the
-                reports (no surviving replica of it was asked).
-        """
-        best: dict[int, ChainConfig] = {}
-        for r in reports:
-            c = r.config
-            if c is not None and (c.shard not in best or c.epoch > best[c.shard].epoch):
-                best[c.shard] = c
-        missing = sorted((shards or set()) - set(best))
-        if missing:
-            raise ValueError(f"no surviving GCS replica reported a config for shard(s) {missing}: name at least "
-                             f"one live replica of every shard to recover from")
-        m = cls([best[s] for s in sorted(best)], timing, address=address, recovered=True)
-        said = {r.replica: r for r in reports}
-        for c in best.values():
-            for member in c.replicas:
-                r = said.get(member)
-                m.caught_up[member] = bool(r is not None and r.config is not None and r.config.epoch == c.epoch
-                                           and r.caught_up)
-        return m
-
-    def on_report(self, ev: ChainReport, now: float) -> list[Command]:
-        """A replica's view (asked when its heartbeat named an epoch newer
-        than ours: a recovering head's reports missed a newer config)."""
-        view = self.shards.get(ev.shard)
-        c = ev.config
-        if view is None or c is None or c.shard != ev.shard or c.epoch <= view.config.epoch:
-            return []
-        for member in c.replicas:
-            if member not in view.config.replicas:
-                self.last_seen.setdefault(member, now)
-                self.caught_up.setdefault(member, False)
-        if ev.caught_up and ev.replica in c.replicas:
-            self.caught_up[ev.replica] = True
-        view.config = c
-        self.changes += 1
-        return []
-
-    def configs(self) -> tuple[ChainConfig, ...]:
-        return tuple(self.shards[s].config for s in sorted(self.shards))
-
-    def start(self, now: float) -> list[Command]:
-        for v in self.shards.values():
-            for r in v.config.replicas:
-                self.last_seen[r] = now
-        return [SetTimer(at=now + self.timing.heartbeat_interval, key=("chain", "check"))]
-
-    def add_listener(self, address: str) -> None:
-        self.listeners[address] = None
-
-    def remove_listener(self, address: str) -> None:
-        self.listeners.pop(address, None)
-
-    def handle(self, event: Event, now: float) -> list[Command]:
-        if isinstance(event, ReplicaHeartbeat):
-            if event.replica in self.dead:
-                # cut while alive (its heartbeats were lost): tell it, or it
-                # goes on acting on its old config (serving stale reads)
-                view = self.shards.get(event.shard)
-                self.cut_heard[event.replica] = (event.shard, now, event.seq)
-                if view is not None and event.shard in self.stranded:
-                    return self._take_back(view, event.replica, self.stranded.pop(event.shard), now, event.stimulus_id)
-                if view is not None and event.epoch and event.epoch < view.config.epoch:
-                    return [Send(to=event.replica, msg=ChainConfigMsg(config=view.config, stimulus_id=event.stimulus_id))]
-                return []
-            self.last_seen[event.replica] = now
-            view = self.shards.get(event.shard)
-            if event.caught_up and view is not None and event.replica in view.config.replicas and event.epoch == view.config.epoch:
-                # sticky: a member that has synced once holds every
-                # acknowledged write from then on, even while it re-syncs
-                # with a new predecessor after a cut
-                self.caught_up[event.replica] = True
-            if view is not None and event.epoch > view.config.epoch:
-                # a config newer than ours: only after a recovery, whose
-                # reports missed it.  Ask for it (``on_report`` adopts it).
-                self.newer[event.shard] = max(self.newer.get(event.shard, 0), event.epoch)
-                return [Send(to=event.replica, msg=ChainQuery(master=self.address, stimulus_id=event.stimulus_id))]
-            if view is not None and event.epoch < view.config.epoch and (
-                event.replica in view.config.replicas or (event.epoch == 0 and event.replica in view.joining)
-            ):
-                # it missed a config (a lost message would stall the chain)
-                return [Send(to=event.replica, msg=ChainConfigMsg(config=view.config, stimulus_id=event.stimulus_id))]
-            return []
-        if isinstance(event, TimerFired) and event.key == ("chain", "check"):
-            return self._check(now) + [SetTimer(at=now + self.timing.heartbeat_interval, key=("chain", "check"))]
-        if isinstance(event, ReplicaJoin):
-            return self._on_join(event, now)
-        if isinstance(event, ReplicaReady):
-            return self._on_ready(event, now)
-        if isinstance(event, ChainReport):
-            return self.on_report(event, now)
-        return []
-
-    def _broadcast(self, view: _ShardView, extra: tuple[str, ...] = (), sid: str = "") -> list[Command]:
-        msg = ChainConfigMsg(config=view.config, stimulus_id=sid)
-        targets = list(dict.fromkeys(view.config.replicas + tuple(view.joining) + extra))
-        seen = set(targets)
-        targets += [l for l in self.listeners if l not in seen]
-        return [Send(to=t, msg=msg) for t in targets]
-
-    def _check(self, now: float) -> list[Command]:
-        cmds: list[Command] = []
-        limit = now - self.timing.heartbeat_timeout
-        for shard in sorted(self.shards):
-            view = self.shards[shard]
-            live = tuple(r for r in view.config.replicas if self.last_seen.get(r, now) >= limit)
-            gone = [r for r in view.config.replicas if r not in live]
-            for r in list(view.joining):
-                if self.last_seen.get(r, now) < limit:
-                    del view.joining[r]
-            if not gone:
-                continue
-            if self.newer.get(shard, 0) > view.config.epoch:
-                continue  # a replica knows a newer config: learn it first
-            if not any(self.caught_up.get(r, True) for r in live):
-                # every replica is gone, or only members still catching up
-                # are left (they lack acknowledged writes): cutting would lose
-                # them, so keep the config and wait (a false suspicion heals)
-                continue
-            self.dead.update(gone)
-            view.config = ChainConfig(shard=shard, epoch=view.config.epoch + 1, replicas=live)
-            self.changes += 1
-            cmds += self._broadcast(view, sid=f"chain-cut:{','.join(gone)}")
-        return cmds
-
-    def _on_join(self, ev: ReplicaJoin, now: float) -> list[Command]:
-        view = self.shards.get(ev.shard)
-        if view is None:
-            return []
-        self.dead.discard(ev.replica)
-        self.last_seen[ev.replica] = now
-        if view.config.replicas == (ev.replica,):
-            # the shard's only member restarted empty: cutting it would
-            # leave no replica at all (and no tail to copy from)
-            return self._on_last_member_rejoin(view, ev, now)
-        if ev.replica in view.config.replicas:
-            # restarted with empty state but still listed: cut it first
-            view.config = ChainConfig(
-                shard=ev.shard, epoch=view.config.epoch + 1,
-                replicas=tuple(r for r in view.config.replicas if r != ev.replica),
-            )
-            self.changes += 1
-            view.joining[ev.replica] = now
-            return self._broadcast(view, sid=ev.stimulus_id)
-        view.joining[ev.replica] = now
-        return [Send(to=ev.replica, msg=ChainConfigMsg(config=view.config, stimulus_id=ev.stimulus_id))]
-
-    def _on_last_member_rejoin(self, view: _ShardView, ev: ReplicaJoin, now: float) -> list[Command]:
-        """The last member of a shard restarted empty.  The only copy of
-        the shard left is a member cut earlier while alive (a pause made its
-        heartbeats late: the rule "cut only when a caught-up member lives"
-        held then, yet a false suspicion plus one real crash lose a chain of
-        two).  Take back such a member heard lately, the one with the most
-        writes; else keep the config and wait for one to heartbeat
-        (``handle``).
-        """
-        limit = now - self.timing.heartbeat_timeout
-        heard = [(seq, r) for r, (s, t, seq) in self.cut_heard.items()
-                 if s == view.config.shard and r in self.dead and t >= limit]
-        if heard:
-            return self._take_back(view, max(heard)[1], ev.replica, now, ev.stimulus_id)
-        self.stranded[view.config.shard] = ev.replica
-        return [Log(level="warning", stimulus_id=ev.stimulus_id, text=(
-            f"GCS shard {view.config.shard}: its only replica {ev.replica} restarted empty and no replica cut "
-            f"earlier is heard: the shard waits (its requests are held) until one comes back"))]
-
-    def _take_back(self, view: _ShardView, member: str, joiner: str, now: float, sid: str) -> list[Command]:
-        """Make ``member`` (cut while alive) the shard's only member again
-        and let ``joiner`` (the last member, restarted empty) copy from it.
-        Writes acknowledged after ``member``'s cut are lost: say so."""
-        shard = view.config.shard
-        self.dead.discard(member)
-        self.cut_heard.pop(member, None)
-        self.last_seen[member] = self.last_seen[joiner] = now
-        self.caught_up[member] = True
-        view.joining[joiner] = now
-        view.config = ChainConfig(shard=shard, epoch=view.config.epoch + 1, replicas=(member,))
-        self.changes += 1
-        return self._broadcast(view, sid=sid) + [Log(level="warning", stimulus_id=sid, text=(
-            f"GCS shard {shard}: its only replica {joiner} restarted empty; {member}, cut earlier while alive, "
-            f"is taken back as the shard's copy (writes acknowledged after its cut are lost); {joiner} copies from it"))]
-
-    def _on_ready(self, ev: ReplicaReady, now: float) -> list[Command]:
-        view = self.shards.get(ev.shard)
-        if view is not None and self.recovered and ev.replica not in view.joining \
-                and ev.replica not in view.config.replicas and ev.replica not in self.dead:
-            # it joined under the old head (which died before appending
-            # it): append it now; if its snapshot is too old for its new
-            # predecessor, that one tells it to join again (GcsRejoin)
-            view.joining[ev.replica] = now
-        if view is None or ev.replica not in view.joining:
-            return []
-        del view.joining[ev.replica]
-        self.last_seen[ev.replica] = now
-        self.caught_up[ev.replica] = False  # until its heartbeat says it synced
-        view.config = ChainConfig(shard=ev.shard, epoch=view.config.epoch + 1, replicas=view.config.replicas + (ev.replica,))
-        self.changes += 1
-        return self._broadcast(view, sid=ev.stimulus_id)
-
-    def validate(self) -> None:
-        for s, v in self.shards.items():
-            assert v.config.shard == s
-            assert len(set(v.config.replicas)) == len(v.config.replicas)

@@ -1,11 +1,14 @@
 """penumbra.sim: the core's state machines on a SimPy discrete-event cluster.
 
-Layers, bottom up: ``kernel`` (hosts, clients, the clock), ``network``
-(latency, bandwidth, faults), ``costs`` (what simulated work costs: PAPER,
-LOCAL, ZERO), ``faults`` (schedules as data), ``trace`` (the run's hash),
+Layers, bottom up: ``eventqueue`` (the bucketed calendar SimPy runs on),
+``network`` (latency, bandwidth, faults), ``endpoints`` (hosts and clients),
+``kernel`` (``SimKernel``: the clock, injection, crashes and pauses),
+``costs`` (what simulated work costs: PAPER, LOCAL, ZERO), ``faults``
+(schedules as data), ``trace`` (the run's hash), ``node`` (the node-local
+world: store, workers, transfers; the executor interface), ``driver``
+(simulated driver programs), ``workloads`` (modelled tasks and task graphs),
 ``cluster`` (``SimCluster``: head, GCS chains and nodes built from
-``core.layout``, the node-local world, drivers, failures), ``workloads``
-(modelled tasks and task graphs), ``partition`` (one simulation across
+``core.layout``, failures), ``partition`` (one simulation across
 processes), ``experiments`` (the paper's figures, ``penumbra sim``: the
 shared ``experiments_results`` and one ``experiments_figN`` per figure),
 ``plots``, and ``runtime`` (real programs written against the public API, on

@@ -61,8 +61,7 @@ Ray's lifecycle rules on top:
 
 Where the parts live
 --------------------
-This module gathers them (every name it exported before the split is still
-importable from here):
+This module gathers them (the parts' names are importable from here):
 
 * core/actor_router.py: ``ActorRouter``, the caller side;
 * core/actor_host.py: ``ActorHost`` and ``ActorStart``, the host side, and
@@ -77,8 +76,6 @@ The router and the host know their node as ``NodeEffects``
 
 from __future__ import annotations
 
-# (the message, record and table names below are read through this module
-# by verification/bugs.py, which plants bugs in the actor parts)
 from .actor_host import (
     PIPELINE_DEPTH,
     SHUTDOWN_GRACE,
@@ -86,14 +83,10 @@ from .actor_host import (
     TERMINATE_METHOD,
     ActorHost,
     ActorStart,
-    _in_flight_limit,
 )
 from .actor_manager import ActorManager
 from .actor_router import ActorRouter
-from .actor_rules import _cancelled, checkpoint_key
-from .messages import Execute
-from .records import ActorEntry, ActorState
-from .tables import UnregisterName
+from .actor_rules import checkpoint_key
 
 __all__ = [
     "ActorRouter",
@@ -105,10 +98,4 @@ __all__ = [
     "SHUTDOWN_GRACE",
     "SHUTDOWN_METHOD",
     "TERMINATE_METHOD",
-    "ActorEntry",
-    "ActorState",
-    "Execute",
-    "UnregisterName",
-    "_cancelled",
-    "_in_flight_limit",
 ]

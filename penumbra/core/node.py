@@ -110,8 +110,7 @@ from .objects import ObjectManager
 from .records import ActorEntry, NodeEntry, ObjectEntry, ObjectInfo
 from .scheduler import LocalScheduler, SchedulerConfig
 from .specs import ResourceSet, TaskSpec
-# (FinishTask: read by verification/bugs.py through this module)
-from .tables import FinishTask, PutActor, RegisterName, Subscribe
+from .tables import PutActor, RegisterName, Subscribe
 from .timeline import Timeline
 
 __all__ = ["NodeConfig", "NodeMachine"]

@@ -76,8 +76,7 @@ from .scheduler_lending import ResourceLending
 # (the states are also read by verification/bugs.py through this module)
 from .scheduler_records import ACTOR, BUSY, IDLE, LOCATING, READY, RUNNING, STARTING, WAITING, _Task, _Worker
 from .specs import EMPTY, ResourceSet, TaskSpec
-# (FinishTask: read by verification/bugs.py through this module)
-from .tables import AddTask, FinishTask, RetryTask
+from .tables import AddTask, RetryTask
 
 if TYPE_CHECKING:
     from .node_effects import NodeEffects

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from ..core import actor_host as AH
+from ..core import actor_manager as AM
 from ..core import actor_router as AR
-from ..core import actors as A
+from ..core import actor_rules as ARU
+from ..core import messages as M
+from ..core import records as R
 from ..core import specs as SP
 from ..core import tables as T
 from ..core.messages import Command
@@ -17,7 +21,7 @@ from .planting import patch
 
 
 def actor_ignores_floor_after_restart():
-    orig = A.ActorHost.on_call
+    orig = AH.ActorHost.on_call
 
     def on_call(self, ev, now, sid):
         # BUG: a caller's order in a restarted actor starts at whichever of
@@ -26,7 +30,7 @@ def actor_ignores_floor_after_restart():
             ev = replace(ev, floor=ev.spec.sequence_no)
         return orig(self, ev, now, sid)
 
-    return patch(A.ActorHost, "on_call", on_call)
+    return patch(AH.ActorHost, "on_call", on_call)
 
 
 # (The obvious ordering bug, dispatching a caller's calls in arrival order
@@ -37,18 +41,18 @@ def actor_ignores_floor_after_restart():
 
 
 def replay_newest_first():
-    orig = A.ActorHost.created
+    orig = AH.ActorHost.created
 
     def created(self, spec, start, wid, now, sid):
         # BUG: as if ``h.replay.appendleft`` stood for ``h.replay.append``:
         # the logged calls are replayed newest first
         return orig(self, spec, replace(start, replay=start.replay[::-1]), wid, now, sid)
 
-    return patch(A.ActorHost, "created", created)
+    return patch(AH.ActorHost, "created", created)
 
 
 def replayed_call_runs_again():
-    orig = A.ActorHost.created
+    orig = AH.ActorHost.created
 
     def created(self, spec, start, wid, now, sid):
         cmds = orig(self, spec, start, wid, now, sid)
@@ -59,16 +63,16 @@ def replayed_call_runs_again():
             h.next_seq = dict(start.seqs)
         return cmds
 
-    return patch(A.ActorHost, "created", created)
+    return patch(AH.ActorHost, "created", created)
 
 
 def actor_restarts_not_counted():
-    orig = A.ActorManager._restart_or_die
+    orig = AM.ActorManager._restart_or_die
 
     def _restart_or_die(self, e, cause, now, sid):
         return orig(self, replace(e, restarts=0), cause, now, sid)  # BUG: restarts never add up
 
-    return patch(A.ActorManager, "_restart_or_die", _restart_or_die)
+    return patch(AM.ActorManager, "_restart_or_die", _restart_or_die)
 
 
 def job_end_kills_alive_actors_only():
@@ -77,26 +81,26 @@ def job_end_kills_alive_actors_only():
         for aid, e in sorted(self.actors.items()):
             # BUG: ``is ALIVE`` for ``is not DEAD``: an actor of the job still
             # being created (or restarting) outlives its job
-            if e.creation.job_id == job_id and e.state is A.ActorState.ALIVE and not e.spec.detached:
+            if e.creation.job_id == job_id and e.state is R.ActorState.ALIVE and not e.spec.detached:
                 cmds += self.kill(aid, True, now, sid, why=f"its job {job_id} ended (its driver exited)", graceful=True)
         return cmds
 
-    return patch(A.ActorManager, "on_job_finished", on_job_finished)
+    return patch(AM.ActorManager, "on_job_finished", on_job_finished)
 
 
 def restart_drops_name():
-    orig = A.ActorManager._restart_or_die
+    orig = AM.ActorManager._restart_or_die
 
     def _restart_or_die(self, e, cause, now, sid):
         cmds = orig(self, e, cause, now, sid)
         new = self.actors.get(e.spec.actor_id)
-        if e.spec.name and new is not None and new.state is A.ActorState.RESTARTING:
+        if e.spec.name and new is not None and new.state is R.ActorState.RESTARTING:
             # BUG: the name is released on a restart as on a death: the
             # restarted actor can no longer be found by name
-            cmds += self.head.gcs.write(A.UnregisterName(e.spec.namespace, e.spec.name, e.spec.actor_id), None, now, sid)
+            cmds += self.head.gcs.write(T.UnregisterName(e.spec.namespace, e.spec.name, e.spec.actor_id), None, now, sid)
         return cmds
 
-    return patch(A.ActorManager, "_restart_or_die", _restart_or_die)
+    return patch(AM.ActorManager, "_restart_or_die", _restart_or_die)
 
 
 def replay_skips_first_logged_call():
@@ -114,7 +118,7 @@ def replay_skips_first_logged_call():
         # checkpoint, not the last one in it
         return self.head.gcs.read(T.ActorLogRange(aid, start + 1, start + 1_000_000), ("actor-log", aid, incarnation), now, sid)
 
-    return patch(A.ActorManager, "on_checkpoint_read", on_checkpoint_read)
+    return patch(AM.ActorManager, "on_checkpoint_read", on_checkpoint_read)
 
 
 def call_retried_once_too_often():
@@ -126,7 +130,7 @@ def call_retried_once_too_often():
 
 
 def dead_actor_keeps_resources():
-    orig = A.ActorHost.on_worker_died
+    orig = AH.ActorHost.on_worker_died
 
     def on_worker_died(self, wid, reason, now, sid):
         h = self.actors.get(self.by_worker.get(wid))
@@ -134,7 +138,7 @@ def dead_actor_keeps_resources():
             h.held = SP.EMPTY  # BUG: stands for the forgotten self.node.scheduler.release(h.held)
         return orig(self, wid, reason, now, sid)
 
-    return patch(A.ActorHost, "on_worker_died", on_worker_died)
+    return patch(AH.ActorHost, "on_worker_died", on_worker_died)
 
 
 # ---------------------------------------------------------------------------
@@ -157,30 +161,30 @@ def finished_call_keeps_inputs_pinned():
             return []
         # BUG: the self._pin(call, False) that every other ending of a call
         # has is missing: a finished call's inputs stay pinned for good
-        if call.spec.method == A.TERMINATE_METHOD and not call.replay:
+        if call.spec.method == AH.TERMINATE_METHOD and not call.replay:
             return self._terminate(h, call, now, sid)
-        result = ("error", A._cancelled(call.spec)) if call.cancelled else ("ok", outputs)
+        result = ("error", ARU._cancelled(call.spec)) if call.cancelled else ("ok", outputs)
         if h.entry.spec.replay and not call.replay:
             return self._log_then_release(h, call, result, now, sid) + self._dispatch(h, now, sid)
         cmds = self._release(h, call, result, now, sid)
         self._executed(h)
         return cmds + self._dispatch(h, now, sid)
 
-    return patch(A.ActorHost, "on_finished", on_finished)
+    return patch(AH.ActorHost, "on_finished", on_finished)
 
 
 def fence_spends_a_restart():
-    orig = A.ActorManager._fence_and_place
+    orig = AM.ActorManager._fence_and_place
 
     def _fence_and_place(self, e, now, sid):
         # BUG: the recovered head's fence counts as a restart
         return orig(self, replace(e, restarts=e.restarts + 1), now, sid)
 
-    return patch(A.ActorManager, "_fence_and_place", _fence_and_place)
+    return patch(AM.ActorManager, "_fence_and_place", _fence_and_place)
 
 
 def release_past_a_gap():
-    orig = A.ActorHost.on_logged
+    orig = AH.ActorHost.on_logged
 
     def on_logged(self, aid, incarnation, tid, accepted, now, sid):
         cmds = orig(self, aid, incarnation, tid, accepted, now, sid)
@@ -193,14 +197,14 @@ def release_past_a_gap():
                 cmds += self._release(h, c, r, now, sid)
         return cmds
 
-    return patch(A.ActorHost, "on_logged", on_logged)
+    return patch(AH.ActorHost, "on_logged", on_logged)
 
 
 # -- swarm-plans: a regression the long run found (seeds 1870, 2039) ---------
 
 
 def older_instance_overwritten():
-    orig = A.ActorHost.created
+    orig = AH.ActorHost.created
 
     def created(self, spec, start, wid, now, sid):
         # BUG: an older instance of the actor still hosted here (its stop and
@@ -209,13 +213,13 @@ def older_instance_overwritten():
         self.actors.pop(start.entry.spec.actor_id, None)
         return orig(self, spec, start, wid, now, sid)
 
-    return patch(A.ActorHost, "created", created)
+    return patch(AH.ActorHost, "created", created)
 
 
 def input_error_call_keeps_pins():
     def _dispatch(self, h, now, sid):
         cmds: list[Command] = []
-        limit = A._in_flight_limit(h.entry.spec)
+        limit = AH._in_flight_limit(h.entry.spec)
         if h.checkpointing or h.stopping is not None or h.terminated or h.terminate_sent:
             return cmds
         # replayed calls first, one at a time, in log order
@@ -226,7 +230,7 @@ def input_error_call_keeps_pins():
                 call = h.replay.popleft()
                 h.running[call.spec.task_id] = call
                 self.node.story_add(call.spec.task_id, now, sid, "replaying on restarted actor")
-                cmds.append(A.Execute(worker_id=h.worker, spec=call.spec, attempt=call.attempt,
+                cmds.append(M.Execute(worker_id=h.worker, spec=call.spec, attempt=call.attempt,
                                     gpu_ids=self.node.scheduler.gpus.ids_of(h.worker), stimulus_id=sid))
             return cmds
         arrival = h.arrival
@@ -243,7 +247,7 @@ def input_error_call_keeps_pins():
                 continue
             if seq != h.next_seq.get(caller) or call.missing:
                 continue
-            if call.spec.method == A.TERMINATE_METHOD and h.running:
+            if call.spec.method == AH.TERMINATE_METHOD and h.running:
                 continue  # (it runs once every call before it ended, and alone)
             arrival.pop()
             del q[seq]
@@ -267,11 +271,11 @@ def input_error_call_keeps_pins():
                 continue
             self._pin(call, True)
             self.node.story_add(call.spec.task_id, now, sid, f"running on actor worker {h.worker}")
-            cmds.append(A.Execute(worker_id=h.worker, spec=call.spec, attempt=call.attempt,
+            cmds.append(M.Execute(worker_id=h.worker, spec=call.spec, attempt=call.attempt,
                                 gpu_ids=self.node.scheduler.gpus.ids_of(h.worker), stimulus_id=sid))
-            if call.spec.method == A.TERMINATE_METHOD:
+            if call.spec.method == AH.TERMINATE_METHOD:
                 h.terminate_sent = True  # nothing is sent after it
                 break
         return cmds
 
-    return patch(A.ActorHost, "_dispatch", _dispatch)
+    return patch(AH.ActorHost, "_dispatch", _dispatch)

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..core import actors as A
+from ..core import actor_host as AH
 from ..core import gpus as GP
 from ..core import node as N
 from ..core import placement as P
+from ..core import records as R
 from ..core import scheduler as S
 from ..core import specs as SP
+from ..core import tables as T
 from .planting import patch, handler
 
 
@@ -173,7 +175,7 @@ def error_in_first_return_only():
         # waiter here on another of its num_returns waits for good
         cmds = self.objects.add_error(spec.return_ids[0], error, now, sid) if spec.return_ids else []
         outputs = tuple((o, 0) for o in spec.return_ids)
-        return cmds + self.gcs.write(N.FinishTask(spec.task_id, self.node_id, outputs, error, attempt, spec.actor_id,
+        return cmds + self.gcs.write(T.FinishTask(spec.task_id, self.node_id, outputs, error, attempt, spec.actor_id,
                                                   spec.job_id), token, now, sid)
 
     return patch(N.NodeMachine, "fail_outputs", fail_outputs)
@@ -316,7 +318,7 @@ def placed_task_attempt_dropped():
         spec = ev.spec
         if self.ended_jobs and self._job_over(spec, now, ev.stimulus_id):
             return []
-        actor = A.ActorStart(A.ActorEntry(spec.actor_creation, spec)) if spec.actor_creation is not None else None
+        actor = AH.ActorStart(R.ActorEntry(spec.actor_creation, spec)) if spec.actor_creation is not None else None
         # BUG: attempt=ev.attempt is not passed on: a task placed by the head
         # runs as attempt 0 whatever retry or rebuild it is
         return self.scheduler.submit(spec, now, ev.stimulus_id, placed=True, record=False,
@@ -453,7 +455,7 @@ def unschedulable_kill_bad_keyword():
             return cmds + self.head.actors.kill(spec.actor_creation.actor_id, True, now, sid,
                                                 reason=f"it cannot be scheduled: {why}")
         outputs = tuple((o, 0) for o in spec.return_ids)
-        return cmds + self.head.gcs.write(S.FinishTask(spec.task_id, "", outputs, err, p.attempt, job_id=spec.job_id),
+        return cmds + self.head.gcs.write(T.FinishTask(spec.task_id, "", outputs, err, p.attempt, job_id=spec.job_id),
                                           None, now, sid)
 
     return patch(S.GlobalScheduler, "_unschedulable", _unschedulable)
@@ -478,7 +480,7 @@ def outputs_announced_one_by_one():
                 return cmds + self.fail_outputs(spec, adm.error, attempt, now, sid, token)
             admitted.append(oid)
             cmds += c
-        return cmds + self.gcs.write(N.FinishTask(spec.task_id, self.node_id, outputs, None, attempt, spec.actor_id,
+        return cmds + self.gcs.write(T.FinishTask(spec.task_id, self.node_id, outputs, None, attempt, spec.actor_id,
                                                   spec.job_id), token, now, sid)
 
     return patch(N.NodeMachine, "store_outputs", store_outputs)

@@ -336,3 +336,45 @@ def run_partitioned(spec: SimSpec, partitions: int, until: float, *, window: flo
         wall_s=time.perf_counter() - w0, workload_wall_s=w_end - (w_setup or w_end), exchange_s=ex, exchanged_batches=batches,
         partition_cpu_s=[r["cpu_s"] for r in results], digests=digests, marks=counted, runner=runner,
         build_wall_s=build_wall)
+
+
+def run_partitioned_point(n: int, preset: str, seed: int, *, partitions: int, warm_tasks: float = 40,
+                          measure_tasks: float = 80, cpus: int = 16, window: int = 64, batch: int = 16,
+                          setup_at: float = 0.5, address: str | None = None, api: str = "penumbra",
+                          token: str | None = None, on_progress: Callable[[float], Any] | None = None,
+                          **_ignored: Any) -> dict[str, Any]:
+    """One point of Figure 8b (``experiments_fig8.run_scalability_point``)
+    split over ``partitions`` partitions: local processes, or actors on the
+    cluster at ``address`` (``run_partitioned``).  The drivers start at
+    ``setup_at`` (a fixed time, the same in every partition: after the
+    cluster is up, ~0.31 s at 1,000 nodes), then warm up and measure as the
+    one-process point does.  The hash is the partitioned run's
+    (``PartitionTrace``: the same for any number of partitions, not the
+    plain simulator's)."""
+    from .experiments_results import node_task_rate, preset_costs
+
+    rate = node_task_rate(preset_costs(preset))
+    t0 = setup_at + warm_tasks / rate
+    span = measure_tasks / rate
+    until = t0 + span
+    spec = ScalabilitySpec(nodes=n, seed=seed, cpus=cpus, preset=preset, window=window, batch=batch,
+                           setup_at=setup_at)
+    shown = [-1.0]
+
+    def tick(t: float) -> None:  # a window is ~30 us of simulated time: report each 1% only
+        if on_progress is not None and t / until - shown[0] >= 0.01:
+            shown[0] = t / until
+            on_progress(min(1.0, shown[0]))
+
+    r = run_partitioned(spec, partitions, until, address=address, api=api, token=token,
+                        marks=(t0, t0 + span / 2, until), on_window=tick)
+    (ta, fa), (tb, fb), (tc, fc) = r.marks
+    first, second = (fb - fa) / (tb - ta), (fc - fb) / (tc - tb)
+    return {
+        "nodes": n, "throughput": (fc - fa) / (tc - ta), "per_node": (fc - fa) / (tc - ta) / n, "tasks": fc - fa,
+        "sim_seconds": tc - ta, "steady": abs(first - second) / max(first, second, 1) if max(first, second) else 0.0,
+        "boot_wall": r.build_wall_s, "wall": r.workload_wall_s, "cpu": sum(r.partition_cpu_s),
+        "sim_tasks_per_wall_s": r.tasks_finished / r.workload_wall_s if r.workload_wall_s else 0.0,
+        "sim_tasks_per_cpu_s": r.tasks_finished / sum(r.partition_cpu_s) if sum(r.partition_cpu_s) else 0.0,
+        "hash": r.trace_hash, "partitioned": r,
+    }

@@ -138,6 +138,7 @@ class PartitionedResult:
     marks: list[tuple[float, int]] = dataclasses.field(default_factory=list)
     runner: str = "processes"    # where the partitions ran: "here", "processes" or "actors on <where>"
     build_wall_s: float = 0.0    # wall time to build and boot every partition, before the first window
+    windows_wall_s: float = 0.0  # wall time of all the windows (the part partition_cpu_s is spent in)
 
 
 class _Local:
@@ -269,7 +270,8 @@ def run_partitioned(spec: SimSpec, partitions: int, until: float, *, window: flo
             for i in range(partitions):
                 workers.append(_Remote(ctx, spec, i, partitions) if processes and i else _Local(spec, i, partitions))
         lat = min(w.start() for w in workers)
-        build_wall = time.perf_counter() - w0
+        w_first = time.perf_counter()
+        build_wall = w_first - w0
         if lat <= 0:
             raise ValueError("a partitioned run needs a positive network latency between machines (the "
                              "window that partitions may run ahead); this cost model has 0")
@@ -335,7 +337,7 @@ def run_partitioned(spec: SimSpec, partitions: int, until: float, *, window: flo
         tasks_finished=sum(r["tasks_finished"] for r in results), events=sum(r["events"] for r in results),
         wall_s=time.perf_counter() - w0, workload_wall_s=w_end - (w_setup or w_end), exchange_s=ex, exchanged_batches=batches,
         partition_cpu_s=[r["cpu_s"] for r in results], digests=digests, marks=counted, runner=runner,
-        build_wall_s=build_wall)
+        build_wall_s=build_wall, windows_wall_s=w_end - w_first)
 
 
 def run_partitioned_point(n: int, preset: str, seed: int, *, partitions: int, warm_tasks: float = 40,

@@ -224,6 +224,19 @@ def partitions(nodes: int, measure: float, setup_at: float, counts: list[int], a
     for _ in range(3):
         pickle.loads(pickle.dumps(sample, pickle.HIGHEST_PROTOCOL))
     per_batch = (time.process_time() - c0) / 3 / max(1, len(sample))
+    # the lockstep alone: a window's round trip (calls, pipes, waking each
+    # partition) with almost no work in it, on 2 nodes (median of 3: the
+    # machine is shared)
+    tiny = P.ScalabilitySpec(nodes=2, setup_at=0.01)
+    lockstep: dict[str, dict[int, float]] = {}
+    for kind, kw in kinds.items():
+        lockstep[kind] = {}
+        for n in counts:
+            reps = []
+            for _ in range(3):
+                r = P.run_partitioned(tiny, n, 0.01 + 1500 * 30e-6, processes=True, **kw)
+                reps.append((r.windows_wall_s - max(r.partition_cpu_s)) / r.windows)
+            lockstep[kind][n] = statistics.median(reps)
     procs = runs["processes"]
     base, most = procs[counts[0]], procs[counts[-1]]
     tasks = base["tasks"]
@@ -232,23 +245,29 @@ def partitions(nodes: int, measure: float, setup_at: float, counts: list[int], a
     # random: a fraction (P-1)/P of all inter-machine batches
     cross_per_task = most["exchanged_batches"] / tasks / ((counts[-1] - 1) / counts[-1]) if counts[-1] > 1 else 0.0
     windows_per_task = most["windows"] / tasks
-    model: dict[str, dict[int, dict]] = {}
-    for kind, rk in runs.items():
-        # the lockstep's cost a window, measured with counts[-1] partitions,
-        # taken to grow with the partitions the driver calls one by one
-        sync = max(0.0, rk[counts[-1]]["sync_per_window_us"] * 1e-6)
-        model[kind] = {}
+    model: dict[str, list[dict]] = {}
+    for kind in runs:
+        # a window's lockstep, measured with counts[-1] partitions, taken to
+        # grow with the partitions the driver calls one by one
+        sync = max(0.0, lockstep[kind][counts[-1]])
+        model[kind] = []
         for n in (2, 16, 64):
-            # each batch between partitions is pickled by its sender and
-            # unpickled by its receiver (the driver only moves bytes)
-            exch = cross_per_task * (n - 1) / n * per_batch
-            lock = windows_per_task * sync * n / max(2, counts[-1])
-            per_task = (work + exch) / n + lock
-            model[kind][n] = {"wall_per_task_us": per_task * 1e6, "speedup": work / per_task,
-                              "exchange_share": (exch / n + lock) / per_task}
+            for size in (nodes, 10 * nodes, 100 * nodes):
+                # each batch between partitions is pickled by its sender and
+                # unpickled by its receiver (the driver only moves bytes);
+                # windows are simulated time, tasks grow with the nodes: the
+                # windows a task falls as 1/nodes (the work a task is taken
+                # not to grow with the cluster, which flatters big ones)
+                exch = cross_per_task * (n - 1) / n * per_batch
+                lock = windows_per_task * nodes / size * sync * n / max(2, counts[-1])
+                per_task = (work + exch) / n + lock
+                model[kind].append({"partitions": n, "nodes": size, "wall_per_task_us": per_task * 1e6,
+                                    "speedup": work / per_task, "exchange_share": (exch / n + lock) / per_task})
     return {"nodes": nodes, "runs": runs, "pickle_per_batch_us": per_batch * 1e6,
+            "lockstep_per_window_us": {k: {n: v * 1e6 for n, v in lk.items()} for k, lk in lockstep.items()},
             "measured_speedup": {kind: rk[counts[0]]["workload_wall_s"] / rk[counts[-1]]["workload_wall_s"]
                                  for kind, rk in runs.items()},
+            "cpu_per_task_us": work * 1e6,
             "cross_batches_per_task_all": cross_per_task, "windows_per_task": windows_per_task, "model": model,
             "hashes_agree": len({r["trace"] for rk in runs.values() for r in rk.values()}) == 1}
 
@@ -532,10 +551,14 @@ def main() -> int:
                   f"workload runs")
         print(f"  trace hashes agree: {r['hashes_agree']}; pickling a batch both ways: "
               f"{r['pickle_per_batch_us']:.1f} us; inter-machine batches a task: "
-              f"{r['cross_batches_per_task_all']:.2f}; windows a task: {r['windows_per_task']:.2f}")
+              f"{r['cross_batches_per_task_all']:.2f}; windows a task: {r['windows_per_task']:.2f}; CPU a task in "
+              f"one process: {r['cpu_per_task_us']:.0f} us")
+        for kind, lk in r["lockstep_per_window_us"].items():
+            print(f"  {kind}: a window's lockstep alone (2 nodes, almost no work): "
+                  + ", ".join(f"{v:,.0f} us with {n} partition(s)" for n, v in lk.items()))
         for kind, mk in r["model"].items():
-            for n, m in mk.items():
-                print(f"  model, {kind}, {n} partitions, {a.nodes:,} nodes: {m['speedup']:.1f}x one process, "
+            for m in mk:
+                print(f"  model, {kind}, {m['partitions']} partitions, {m['nodes']:,} nodes: {m['speedup']:.1f}x one process, "
                       f"exchange and lockstep {m['exchange_share'] * 100:.0f}% of the wall time")
     if a.only in (None, "fidelity"):
         r = fidelity(a.reps)

@@ -122,6 +122,10 @@ def test_partition_options_are_refused_where_they_mean_nothing(capsys, tmp_path)
     assert "--token-file is for partitions run as actors on a cluster" in capsys.readouterr().err
     assert cli_main(["sim", "fig8b", "--partitions", "0", "--out", out]) == 2
     assert "--partitions wants a whole number >= 1" in capsys.readouterr().err
+    missing = str(tmp_path / "missing")
+    with pytest.raises(SystemExit, match=r"penumbra sim: cannot read --token-file .*missing"):
+        cli_main(["sim", "fig8b", "--partitions", "2", "--address", "127.0.0.1:1", "--token-file", missing,
+                  "--out", out])
     with pytest.raises(ValueError, match="ask for one or the other"):
         run_partitioned(SPEC, 2, UNTIL, processes=False, address="local")
 

@@ -138,9 +138,10 @@ class ActorCluster:
 
     ``address``: ``HOST:PORT``, ``"auto"`` (the cluster started last on this
     machine) or ``"local"`` (a new one here, stopped afterwards); with
-    ``api="ray"``, ``None`` means a local Ray instance.  If this process is
-    already connected (``api.is_initialized()``), that connection is used as
-    it is and left open; ``address`` must then be None.
+    ``api="ray"``, ``None`` means a local Ray instance, or the Ray cluster
+    this process is already connected to (used as it is and left open).  A
+    process already connected with penumbra is refused: the run joins the
+    cluster itself, and closes its connection afterwards.
     """
 
     def __init__(self, address: str | None, api: str = "penumbra", token: str | None = None) -> None:
@@ -150,10 +151,13 @@ class ActorCluster:
                                  else "a local Ray instance")
         self._own = False
         if self.api.is_initialized():
-            if address is not None:
-                raise PartitionError(f"this process is already connected to a cluster ({api}.init() was called): "
-                                     f"pass address=None to run the partitions there, or call {api}.shutdown() "
-                                     f"first to join {address}")
+            if address is not None or api == "penumbra":
+                # (penumbra: address=None means local processes, so an open
+                # connection cannot be named; Ray's can, with address=None)
+                use = " or pass address=None to run the partitions there," if api == "ray" else ""
+                raise PartitionError(f"this process is already connected to a cluster ({api}.init() was called) "
+                                     f"and run_partitioned joins the cluster at {address} itself: call "
+                                     f"{api}.shutdown() first,{use} then run it again")
             return
         kwargs: dict[str, Any] = {}
         if address:

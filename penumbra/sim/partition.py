@@ -301,7 +301,7 @@ def run_partitioned(spec: SimSpec, partitions: int, until: float, *, window: flo
             count = len(counted) < len(marks) and t >= marks[len(counted)]
             for i in list(range(1, partitions)) + [0]:  # the children first: they run meanwhile
                 workers[i].send_advance(t, inbound[i], count)
-            outs = [w.recv_out() for w in workers]
+            outs = cluster.gather(workers) if cluster is not None else [w.recv_out() for w in workers]
             e0 = time.perf_counter()
             inbound = [[out[0][j] for out in outs] for j in range(partitions)]
             nxt = min(out[1] for out in outs)

@@ -126,7 +126,7 @@ def fig8b(size: str = "quick", preset: str = "paper", seed: int = 0, progress: b
     for n in nodes:
         prog.update(done, f"{n} nodes")
         p = point(n, costs, seed, warm_tasks=warm, measure_tasks=meas, prog=prog,
-                                  on_progress=lambda f, done=done, n=n: prog.update(done + n * f, f"{n} nodes"))
+                  on_progress=lambda f, done=done, n=n: prog.update(done + n * f, f"{n} nodes"))
         done += n
         prog.update(done)
         rows.append([n, p["throughput"], p["per_node"], p["tasks"], p["sim_seconds"], p["steady"],

@@ -17,10 +17,11 @@ Three parts (all by default; ``--only`` picks one):
     One simulation across processes (``penumbra.sim.partition``): Figure
     8b's workload on ``--nodes`` nodes, started at ``--setup-at`` s and run
     for ``--measure`` tasks per node, with 1 process and with
-    ``--partitions`` (default 2) processes: the trace hashes (must agree),
+    ``--partitions`` (default 2) processes, and with ``--address`` (or
+    ``--ray``) as actors on that cluster too: the trace hashes (must agree),
     wall time, each partition's CPU time, and the window exchange (batches
-    between partitions, their pickling cost) with a model of 16 and 64
-    processes.
+    between partitions, their pickling cost, the lockstep's cost a window)
+    with a model of 16 and 64 partitions.
 ``fidelity``
     The real runtime on this machine (``penumbra.init(num_cpus=2)``): async
     and sync empty tasks/s, ``--reps`` times (the machine is shared: the
@@ -32,7 +33,8 @@ Three parts (all by default; ``--only`` picks one):
 
 Times on a shared machine vary by 2x between runs: run more than once.
 
-Run: ``python bench/bench_sim.py [--only throughput|big|partitions|fidelity] [--nodes 1000]``.
+Run: ``python bench/bench_sim.py [--only throughput|big|partitions|fidelity] [--nodes 1000]``
+(``--only partitions --address local`` adds actors on a new local cluster).
 """
 
 from __future__ import annotations
@@ -180,20 +182,35 @@ def big(nodes: int, measure: float, cpus: int, shards_per: int) -> dict:
 # one simulation across processes
 
 
-def partitions(nodes: int, measure: float, setup_at: float, counts: list[int]) -> dict:
+def partitions(nodes: int, measure: float, setup_at: float, counts: list[int], address: str | None = None,
+               api: str = "penumbra") -> dict:
+    """Runs of 1 and ``counts[-1]`` partitions as local processes, and, with
+    ``address`` (or ``api="ray"``), as actors on that cluster; the window
+    exchange's costs; a model of 16 and 64 partitions."""
     import pickle
 
     from penumbra.sim import partition as P
 
     spec = P.ScalabilitySpec(nodes=nodes, setup_at=setup_at)
     until = setup_at + measure / E.node_task_rate(PAPER)
-    runs = {}
-    for n in counts:
-        r = P.run_partitioned(spec, n, until, processes=True)
-        runs[n] = {"trace": r.trace_hash, "tasks": r.tasks_finished, "events": r.events, "windows": r.windows,
-                   "window_s": r.window, "wall_s": r.wall_s, "workload_wall_s": r.workload_wall_s,
-                   "partition_cpu_s": r.partition_cpu_s,
-                   "exchanged_batches": r.exchanged_batches, "coordinator_exchange_s": r.exchange_s}
+    kinds = {"processes": {}}
+    if address is not None or api != "penumbra":
+        kinds[f"actors ({api})"] = {"address": address, "api": api}
+    runs: dict[str, dict[int, dict]] = {}
+    for kind, kw in kinds.items():
+        runs[kind] = {}
+        for n in counts:
+            r = P.run_partitioned(spec, n, until, processes=True, **kw)
+            # what a window costs beyond the partitions' own work: the
+            # slowest partition's CPU is the floor, the rest is the exchange
+            # (calls, pickles, waking each other) and the machine's noise
+            sync = (r.windows_wall_s - max(r.partition_cpu_s)) / r.windows
+            runs[kind][n] = {"trace": r.trace_hash, "tasks": r.tasks_finished, "events": r.events,
+                             "windows": r.windows, "window_s": r.window, "wall_s": r.wall_s,
+                             "build_wall_s": r.build_wall_s, "workload_wall_s": r.workload_wall_s,
+                             "windows_wall_s": r.windows_wall_s, "partition_cpu_s": r.partition_cpu_s,
+                             "exchanged_batches": r.exchanged_batches, "coordinator_exchange_s": r.exchange_s,
+                             "sync_per_window_us": sync * 1e6, "runner": r.runner}
     # the exchange's cost per batch: pickle + unpickle a window's worth, as the pipes do
     p = P._Partition(P.ScalabilitySpec(nodes=min(nodes, 200), setup_at=setup_at), 0, 2)
     t, k, sample = 0.0, 0, []
@@ -207,23 +224,52 @@ def partitions(nodes: int, measure: float, setup_at: float, counts: list[int]) -
     for _ in range(3):
         pickle.loads(pickle.dumps(sample, pickle.HIGHEST_PROTOCOL))
     per_batch = (time.process_time() - c0) / 3 / max(1, len(sample))
-    base, most = runs[counts[0]], runs[counts[-1]]
-    speedup = base["workload_wall_s"] / most["workload_wall_s"]
+    # the lockstep alone: a window's round trip (calls, pipes, waking each
+    # partition) with almost no work in it, on 2 nodes (median of 3: the
+    # machine is shared)
+    tiny = P.ScalabilitySpec(nodes=2, setup_at=0.01)
+    lockstep: dict[str, dict[int, float]] = {}
+    for kind, kw in kinds.items():
+        lockstep[kind] = {}
+        for n in counts:
+            reps = []
+            for _ in range(3):
+                r = P.run_partitioned(tiny, n, 0.01 + 1500 * 30e-6, processes=True, **kw)
+                reps.append((r.windows_wall_s - max(r.partition_cpu_s)) / r.windows)
+            lockstep[kind][n] = statistics.median(reps)
+    procs = runs["processes"]
+    base, most = procs[counts[0]], procs[counts[-1]]
     tasks = base["tasks"]
     work = sum(base["partition_cpu_s"]) / tasks  # CPU a task in one process
     # batches between partitions a task, if machines are dealt out at
     # random: a fraction (P-1)/P of all inter-machine batches
     cross_per_task = most["exchanged_batches"] / tasks / ((counts[-1] - 1) / counts[-1]) if counts[-1] > 1 else 0.0
-    model = {}
-    for n in (2, 16, 64):
-        # each batch between partitions is pickled by its sender and
-        # unpickled by its receiver (the coordinator only moves bytes)
-        exch = cross_per_task * (n - 1) / n * per_batch
-        model[n] = {"cpu_per_task_us": (work + exch) / n * 1e6, "speedup": n * work / (work + exch),
-                    "exchange_share": exch / (work + exch)}
-    return {"nodes": nodes, "runs": runs, "pickle_per_batch_us": per_batch * 1e6, "measured_speedup": speedup,
-            "cross_batches_per_task_all": cross_per_task, "model": model,
-            "hashes_agree": len({r["trace"] for r in runs.values()}) == 1}
+    windows_per_task = most["windows"] / tasks
+    model: dict[str, list[dict]] = {}
+    for kind in runs:
+        # a window's lockstep, measured with counts[-1] partitions, taken to
+        # grow with the partitions the driver calls one by one
+        sync = max(0.0, lockstep[kind][counts[-1]])
+        model[kind] = []
+        for n in (2, 16, 64):
+            for size in (nodes, 10 * nodes, 100 * nodes):
+                # each batch between partitions is pickled by its sender and
+                # unpickled by its receiver (the driver only moves bytes);
+                # windows are simulated time, tasks grow with the nodes: the
+                # windows a task falls as 1/nodes (the work a task is taken
+                # not to grow with the cluster, which flatters big ones)
+                exch = cross_per_task * (n - 1) / n * per_batch
+                lock = windows_per_task * nodes / size * sync * n / max(2, counts[-1])
+                per_task = (work + exch) / n + lock
+                model[kind].append({"partitions": n, "nodes": size, "wall_per_task_us": per_task * 1e6,
+                                    "speedup": work / per_task, "exchange_share": (exch / n + lock) / per_task})
+    return {"nodes": nodes, "runs": runs, "pickle_per_batch_us": per_batch * 1e6,
+            "lockstep_per_window_us": {k: {n: v * 1e6 for n, v in lk.items()} for k, lk in lockstep.items()},
+            "measured_speedup": {kind: rk[counts[0]]["workload_wall_s"] / rk[counts[-1]]["workload_wall_s"]
+                                 for kind, rk in runs.items()},
+            "cpu_per_task_us": work * 1e6,
+            "cross_batches_per_task_all": cross_per_task, "windows_per_task": windows_per_task, "model": model,
+            "hashes_agree": len({r["trace"] for rk in runs.values() for r in rk.values()}) == 1}
 
 
 # ===========================================================================
@@ -453,6 +499,11 @@ def main() -> int:
     ap.add_argument("--shards-per", type=int, default=2, help="nodes per GCS shard in the big run")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--partitions", type=int, default=2, help="processes for the partitions part (vs 1)")
+    ap.add_argument("--address", default=None, metavar="HOST:PORT",
+                    help="partitions part: also run the partitions as actors on this penumbra cluster ('local': "
+                         "a new one here)")
+    ap.add_argument("--ray", action="store_true",
+                    help="partitions part: also run them as Ray actors (--address, or a local Ray instance)")
     ap.add_argument("--setup-at", type=float, default=0.35,
                     help="partitions part: simulated seconds of boot before the drivers start")
     ap.add_argument("--big-child", type=int, help=argparse.SUPPRESS)
@@ -485,21 +536,30 @@ def main() -> int:
               f"{r['sim_tasks_per_wall_s']:,.0f} per wall s; peak memory {r['peak_rss_mb']:,.0f} MB; "
               f"total {r['total_wall_s']:.0f} s")
     if a.only in (None, "partitions"):
-        r = partitions(a.nodes, a.measure, a.setup_at, [1, a.partitions])
+        r = partitions(a.nodes, a.measure, a.setup_at, [1, a.partitions], a.address, "ray" if a.ray else "penumbra")
         results["partitions"] = r
-        for n, x in r["runs"].items():
-            print(f"{n} process(es), {a.nodes:,} nodes: {x['tasks']:,} tasks in {x['workload_wall_s']:.1f} s wall "
-                  f"= {x['tasks'] / x['workload_wall_s']:,.0f} tasks per wall s once the workload runs "
-                  f"({x['wall_s']:.1f} s with build and boot; {x['windows']:,} windows of "
-                  f"{x['window_s'] * 1e6:.0f} us); CPU per partition "
-                  f"{', '.join(f'{c:.1f}' for c in x['partition_cpu_s'])} s; {x['exchanged_batches']:,} batches "
-                  f"between partitions; trace {x['trace'][:16]}")
-        print(f"  measured: {r['measured_speedup']:.2f}x the wall speed of one process once the workload runs")
+        for kind, rk in r["runs"].items():
+            for n, x in rk.items():
+                print(f"{kind}, {n} partition(s), {a.nodes:,} nodes: {x['tasks']:,} tasks in "
+                      f"{x['workload_wall_s']:.1f} s wall = {x['tasks'] / x['workload_wall_s']:,.0f} tasks per wall s "
+                      f"once the workload runs ({x['build_wall_s']:.1f} s to build and boot; {x['windows']:,} windows "
+                      f"of {x['window_s'] * 1e6:.0f} us, {x['sync_per_window_us']:,.0f} us of each beyond the "
+                      f"slowest partition's work); CPU per partition "
+                      f"{', '.join(f'{c:.1f}' for c in x['partition_cpu_s'])} s; {x['exchanged_batches']:,} batches "
+                      f"between partitions; trace {x['trace'][:16]}")
+            print(f"  {kind}: {r['measured_speedup'][kind]:.2f}x the wall speed of one partition once the "
+                  f"workload runs")
         print(f"  trace hashes agree: {r['hashes_agree']}; pickling a batch both ways: "
-              f"{r['pickle_per_batch_us']:.1f} us; inter-machine batches a task: {r['cross_batches_per_task_all']:.2f}")
-        for n, m in r["model"].items():
-            print(f"  model, {n} processes: {m['speedup']:.1f}x one process, exchange "
-                  f"{m['exchange_share'] * 100:.0f}% of the CPU")
+              f"{r['pickle_per_batch_us']:.1f} us; inter-machine batches a task: "
+              f"{r['cross_batches_per_task_all']:.2f}; windows a task: {r['windows_per_task']:.2f}; CPU a task in "
+              f"one process: {r['cpu_per_task_us']:.0f} us")
+        for kind, lk in r["lockstep_per_window_us"].items():
+            print(f"  {kind}: a window's lockstep alone (2 nodes, almost no work): "
+                  + ", ".join(f"{v:,.0f} us with {n} partition(s)" for n, v in lk.items()))
+        for kind, mk in r["model"].items():
+            for m in mk:
+                print(f"  model, {kind}, {m['partitions']} partitions, {m['nodes']:,} nodes: {m['speedup']:.1f}x one process, "
+                      f"exchange and lockstep {m['exchange_share'] * 100:.0f}% of the wall time")
     if a.only in (None, "fidelity"):
         r = fidelity(a.reps)
         results["fidelity"] = r

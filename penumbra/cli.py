@@ -493,7 +493,16 @@ def _node_counts(text: str) -> list[int]:
 def cmd_sim(args) -> int:
     from .sim.experiments import run_experiment_cli
 
-    return run_experiment_cli(args)
+    if args.token_file and not (args.address or args.ray):
+        print("penumbra sim: --token-file is for partitions run as actors on a cluster: add --address HOST:PORT",
+              file=sys.stderr)
+        return 2
+    if (args.address or args.ray) and args.partitions is None:
+        print("penumbra sim: --address/--ray run the partitions of a simulation as actors on a cluster: add "
+              "--partitions N", file=sys.stderr)
+        return 2
+    token = _token_from_args(args, "sim") if args.address and not args.ray else None
+    return run_experiment_cli(args, token)
 
 
 def cmd_verify(args) -> int:
@@ -661,6 +670,8 @@ def build_parser() -> argparse.ArgumentParser:
                "  penumbra sim fig8b                      # scalability, a few nodes (seconds)\n"
                "  penumbra sim fig8b --size full          # 10 to 1,000 nodes, as in the paper (minutes)\n"
                "  penumbra sim fig8b --nodes 100,1000,10000\n"
+               "  penumbra sim fig8b --nodes 1000 --partitions 2             # two local processes\n"
+               "  penumbra sim fig8b --nodes 1000 --partitions 8 --address auto  # actors on a cluster\n"
                "  penumbra sim all --out results/",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("experiment", metavar="EXPERIMENT",
@@ -682,6 +693,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the simulation's seed: the same seed gives the same run and trace hash (default 0)")
     s.add_argument("--out", default="sim-results", metavar="DIR",
                    help="directory for the CSV and PNG files, created if missing (default: sim-results)")
+    s.add_argument("--partitions", type=int, default=None, metavar="N",
+                   help="fig8b only: split each cluster size's simulation over N partitions advanced in "
+                        "lockstep windows (local processes unless --address); the results and trace hashes are "
+                        "the same for any N")
+    s.add_argument("--address", metavar="HOST:PORT",
+                   help="with --partitions: run each partition as an actor (1 CPU) on the penumbra cluster at "
+                        "HOST:PORT ('auto': the one started last here; 'local': a new one on this machine)")
+    s.add_argument("--ray", action="store_true",
+                   help="with --partitions: run the partitions as actors through Ray's API (import ray) on a Ray "
+                        "cluster (--address) or a local Ray instance; Ray's workers must be able to import penumbra")
+    s.add_argument("--token-file", metavar="FILE", help="with --address: a file holding the cluster token "
+                                                       "(else $PENUMBRA_TOKEN or ~/.penumbra/clusters.json)")
     s.set_defaults(fn=cmd_sim)
 
     s = sub.add_parser("verify", help="seeded fault-injection runs with invariant checkers")

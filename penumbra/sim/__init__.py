@@ -9,7 +9,8 @@ world: store, workers, transfers; the executor interface), ``driver``
 (simulated driver programs), ``workloads`` (modelled tasks and task graphs),
 ``cluster`` (``SimCluster``: head, GCS chains and nodes built from
 ``core.layout``, failures), ``partition`` (one simulation across
-processes), ``experiments`` (the paper's figures, ``penumbra sim``: the
+processes, or across actors on a cluster: ``partition_step``,
+``partition_actors``), ``experiments`` (the paper's figures, ``penumbra sim``: the
 shared ``experiments_results`` and one ``experiments_figN`` per figure),
 ``plots``, and ``runtime`` (real programs written against the public API, on
 the simulator: ``penumbra.init(simulated=SimConfig(...))``; built from

@@ -62,6 +62,7 @@ from .experiments_results import (  # noqa: F401 - (re-exported: callers use the
     node_task_rate,
     preset_costs,
 )
+from .partition import PartitionError, run_partitioned_point
 from .workloads import ChainStream
 
 __all__ = [
@@ -90,13 +91,21 @@ EXPERIMENTS: dict[str, Callable[..., ExperimentResult]] = {
 
 
 def run(name: str, size: str = "quick", preset: str = "paper", seed: int = 0, progress: bool = True,
-        nodes: list[int] | None = None) -> ExperimentResult:
+        nodes: list[int] | None = None, partitions: int | None = None, address: str | None = None,
+        api: str = "penumbra", token: str | None = None) -> ExperimentResult:
     """Run one experiment by name.  ``nodes``: the cluster sizes of Figure
     8b (the only experiment whose cluster size is a parameter).
+    ``partitions``: Figure 8b only, each point as one simulation split over
+    that many partitions (``partition.run_partitioned_point``): local
+    processes, or actors on the cluster at ``address`` (with ``api``
+    ``"penumbra"`` or ``"ray"``, and the penumbra cluster's ``token``).
 
     Raises:
-        ValueError: an unknown experiment or size, bad ``nodes``, or
-            ``nodes`` given for an experiment other than fig8b.
+        ValueError: an unknown experiment or size, bad ``nodes`` or
+            ``partitions``, ``nodes`` or ``partitions`` given for an
+            experiment other than fig8b, or an address without partitions.
+        PartitionError: the cluster at ``address`` cannot be reached or has
+            too few CPUs, or a partition failed.
     """
     try:
         fn = EXPERIMENTS[name]
@@ -104,19 +113,38 @@ def run(name: str, size: str = "quick", preset: str = "paper", seed: int = 0, pr
         raise ValueError(f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)} or 'all'") from None
     if size not in ("quick", "full"):
         raise ValueError(f"size must be 'quick' or 'full', got {size!r}")
-    if nodes is None:
-        return fn(size=size, preset=preset, seed=seed, progress=progress)
-    if name != "fig8b":
-        raise ValueError(f"--nodes sets the cluster sizes of fig8b (scalability); {name} runs the cluster the "
-                         f"paper's experiment describes: drop --nodes, or run fig8b")
-    bad = [n for n in nodes if not (isinstance(n, int) and n >= 1)]
-    if bad or not nodes:
-        raise ValueError(f"--nodes wants cluster sizes >= 1, comma-separated (e.g. 100,1000), got {nodes!r}")
-    return fn(size=size, preset=preset, seed=seed, progress=progress, nodes=list(nodes))
+    kw: dict = {}
+    if partitions is None:
+        if address is not None or api != "penumbra":
+            raise ValueError("--address/--ray run the partitions of a simulation as actors on a cluster: add "
+                             "--partitions N (fig8b)")
+    else:
+        if name != "fig8b":
+            raise ValueError(f"--partitions splits fig8b's (scalability) simulation over processes; {name} injects "
+                             f"failures, which act on one process's view: drop --partitions, or run fig8b")
+        if not (isinstance(partitions, int) and partitions >= 1):
+            raise ValueError(f"--partitions wants a whole number >= 1, got {partitions!r}")
+
+        def point(n: int, costs: object, seed: int, **opts: object) -> dict:
+            return run_partitioned_point(n, preset, seed, partitions=partitions, address=address, api=api,
+                                         token=token, **opts)
+
+        kw["point"] = point
+    if nodes is not None:
+        if name != "fig8b":
+            raise ValueError(f"--nodes sets the cluster sizes of fig8b (scalability); {name} runs the cluster the "
+                             f"paper's experiment describes: drop --nodes, or run fig8b")
+        bad = [n for n in nodes if not (isinstance(n, int) and n >= 1)]
+        if bad or not nodes:
+            raise ValueError(f"--nodes wants cluster sizes >= 1, comma-separated (e.g. 100,1000), got {nodes!r}")
+        kw["nodes"] = list(nodes)
+    return fn(size=size, preset=preset, seed=seed, progress=progress, **kw)
 
 
-def run_experiment_cli(args) -> int:
-    """``penumbra sim <experiment> [--size] [--preset] [--seed] [--out]``."""
+def run_experiment_cli(args, token: str | None = None) -> int:
+    """``penumbra sim <experiment> [--size] [--preset] [--seed] [--out]
+    [--nodes] [--partitions N [--address A] [--ray]]``; ``token``: the
+    cluster token the command line gave (``--token-file``), if any."""
     names = list(EXPERIMENTS) if args.experiment == "all" else [args.experiment]
     out = getattr(args, "out", "sim-results") or "sim-results"
     os.makedirs(out, exist_ok=True)
@@ -124,10 +152,15 @@ def run_experiment_cli(args) -> int:
     for name in names:
         try:
             res = run(name, size=args.size, preset=args.preset, seed=args.seed,
-                      nodes=getattr(args, "nodes", None))
+                      nodes=getattr(args, "nodes", None), partitions=getattr(args, "partitions", None),
+                      address=getattr(args, "address", None), api="ray" if getattr(args, "ray", False) else "penumbra",
+                      token=token)
         except ValueError as e:
             print(f"penumbra sim: {e}", file=sys.stderr)
             return 2
+        except PartitionError as e:
+            print(f"penumbra sim: {e}", file=sys.stderr)
+            return 1
         print(res.report())
         csv_path = os.path.join(out, f"{name}.csv")
         res.write_csv(csv_path)

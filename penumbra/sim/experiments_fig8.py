@@ -106,8 +106,14 @@ def run_scalability_point(n: int, costs: CostModel, seed: int, *, warm_tasks: fl
 
 
 def fig8b(size: str = "quick", preset: str = "paper", seed: int = 0, progress: bool = True,
-          nodes: list[int] | None = None) -> ExperimentResult:
+          nodes: list[int] | None = None, point: Callable[..., dict[str, Any]] | None = None) -> ExperimentResult:
+    """``point``: what runs one cluster size (default
+    ``run_scalability_point``, one process; ``experiments.run`` passes the
+    partitioned one, ``partition.run_partitioned_point``, for
+    ``--partitions``)."""
     costs = preset_costs(preset)
+    if point is None:
+        point = run_scalability_point
     if nodes is None:
         nodes = [2, 4, 8, 12] if size == "quick" else [10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 200, 500, 1000]
     # (the closed loops settle after ~300 tasks per node; their rate then
@@ -119,8 +125,8 @@ def fig8b(size: str = "quick", preset: str = "paper", seed: int = 0, progress: b
     done = 0
     for n in nodes:
         prog.update(done, f"{n} nodes")
-        p = run_scalability_point(n, costs, seed, warm_tasks=warm, measure_tasks=meas, prog=prog,
-                                  on_progress=lambda f, done=done, n=n: prog.update(done + n * f, f"{n} nodes"))
+        p = point(n, costs, seed, warm_tasks=warm, measure_tasks=meas, prog=prog,
+                  on_progress=lambda f, done=done, n=n: prog.update(done + n * f, f"{n} nodes"))
         done += n
         prog.update(done)
         rows.append([n, p["throughput"], p["per_node"], p["tasks"], p["sim_seconds"], p["steady"],

@@ -49,294 +49,39 @@ calling process, each other one in a local child process
 (``multiprocessing``, fork), talking over pipes; a child pickles its
 outgoing batches per destination and the coordinator passes the bytes on
 unread.  ``False`` runs the partitions one after another in this process
-(for tests and as the reference).
+(for tests and as the reference).  With an ``address`` (or ``api="ray"``)
+every partition is an actor on a running penumbra (or Ray) cluster instead,
+the window exchange riding on actor calls (``partition_actors``); the
+result and the hash are the same.
+
+**Where things live.**  ``partition_step``: the trace, the specs and one
+partition's window step (what every runner hosts); ``partition_actors``:
+partitions as actors through Ray Core's API; this module: the runners
+(this process, local children) and the coordinator.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import io
 import multiprocessing
 import pickle
 import time
 from collections.abc import Callable
 from typing import Any
 
-from .trace import Trace
+from .partition_actors import ActorCluster
+from .partition_step import (  # noqa: F401 - (re-exported: callers use them from here)
+    PartitionError,
+    PartitionTrace,
+    ScalabilitySpec,
+    SimSpec,
+    _first_arrival,
+    _Partition,
+)
 
 __all__ = ["PartitionError", "PartitionTrace", "PartitionedResult", "ScalabilitySpec", "SimSpec",
            "run_partitioned"]
 
-
-class PartitionError(RuntimeError):
-    """A partitioned run cannot do what was asked (see the module's Scope)."""
-
-
-# ===========================================================================
-# the trace, hashed per address
-
-
-class PartitionTrace(Trace):
-    """A ``Trace`` whose hash is the same however the addresses are dealt
-    out over processes: each address's records feed its own hash.
-
-    ``digests(owned)`` gives the owned addresses' hashes; ``combine`` makes
-    the run's hash from all of them."""
-
-    _PER = 512  # records of one address per hashed chunk
-
-    def __init__(self, fields: str = "key") -> None:
-        super().__init__(fields=fields)
-        self._per: dict[str, list] = {}
-        self._hashers: dict[str, Any] = {}
-
-    def _flush(self) -> None:
-        rec = self._rec
-        if len(rec) < 4096:
-            return
-        self._spread(rec)
-
-    def _spread(self, rec: list) -> None:
-        per = self._per
-        for r in rec:
-            lst = per.get(r[1])
-            if lst is None:
-                lst = per[r[1]] = []
-            lst.append(r)
-            if len(lst) >= self._PER:
-                self._hash_into(r[1], lst)
-                per[r[1]] = []
-        self._hashed += len(rec)
-        self._rec = []
-
-    def _hash_into(self, address: str, lst: list, hasher: Any = None) -> None:
-        h = hasher if hasher is not None else self._hashers.get(address)
-        if h is None:
-            h = self._hashers[address] = hashlib.blake2b(digest_size=16)
-        buf = io.BytesIO()
-        p = pickle.Pickler(buf, 4)
-        p.fast = True  # no memo: equal values give equal bytes in any process
-        p.dump(lst)
-        h.update(buf.getvalue())
-
-    def digests(self, owned: Callable[[str], bool]) -> dict[str, str]:
-        """``{address: hash}`` of the addresses ``owned`` says are ours."""
-        self._spread(self._rec)
-        out = {}
-        for a in sorted(set(self._per) | set(self._hashers)):
-            if not owned(a):
-                continue
-            h = self._hashers.get(a)
-            h = h.copy() if h is not None else hashlib.blake2b(digest_size=16)
-            if self._per.get(a):
-                self._hash_into(a, self._per[a], h)
-            out[a] = h.hexdigest()
-        return out
-
-    @staticmethod
-    def combine(digests: dict[str, str]) -> str:
-        h = hashlib.blake2b(digest_size=16)
-        for a in sorted(digests):
-            h.update(f"{a}={digests[a]};".encode())
-        return h.hexdigest()
-
-    def hexdigest(self) -> str:
-        return self.combine(self.digests(lambda a: True))
-
-
-# ===========================================================================
-# what to simulate
-
-
-class SimSpec:
-    """What a partitioned run simulates.  Picklable (it goes to every
-    worker); each method must act the same in every worker.
-
-    ``build(trace)``: a ``SimCluster`` made with ``start=False`` and
-    ``trace=trace``.  ``setup(cluster, owned)``: at ``setup_at`` seconds of
-    simulated time, in every worker: create what the workload needs for
-    every node (ids must agree), and start it only where ``owned(address)``.
-    """
-
-    setup_at: float = 0.0
-    trace_fields: str = "key"  # what a trace record holds (see ``Trace``)
-
-    def build(self, trace: Trace) -> Any:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    def setup(self, cluster: Any, owned: Callable[[str], bool]) -> None:  # pragma: no cover
-        raise NotImplementedError
-
-
-@dataclasses.dataclass(frozen=True)
-class ScalabilitySpec(SimSpec):
-    """Figure 8b's workload: ``nodes`` nodes, one closed-loop driver each
-    (``experiments.scalability_cluster``), started at ``setup_at``."""
-
-    nodes: int = 8
-    seed: int = 0
-    cpus: int = 4
-    preset: str = "paper"
-    window: int = 64
-    batch: int = 16
-    setup_at: float = 0.5
-    trace_fields: str = "type"  # as experiments_fig8.scalability_cluster
-
-    def build(self, trace: Trace) -> Any:
-        from .experiments_fig8 import scalability_cluster
-        from .experiments_results import preset_costs
-
-        c = scalability_cluster(self.nodes, preset_costs(self.preset), self.seed, cpus=self.cpus,
-                                trace=trace, start=False)
-        return c
-
-    def setup(self, cluster: Any, owned: Callable[[str], bool]) -> None:
-        from .workloads import ClosedLoop
-
-        for a in list(cluster.nodes):
-            d = cluster.driver(a)  # in every worker: job ids agree
-            if owned(a):
-                ClosedLoop(d, window=self.window, batch=self.batch).start()
-
-
-# ===========================================================================
-# one partition
-
-
-class _Standin:
-    """The sender of a batch from another partition (never crashes here)."""
-
-    epoch = 0
-    crashed_at = float("-inf")
-
-
-_STANDIN = _Standin()
-
-
-def _deal(cluster: Any, partitions: int) -> dict[str, int]:
-    """machine -> partition: the head in 0; replicas and nodes round-robin
-    (in build order, the same in every worker)."""
-    net = cluster.kernel.network
-    out = {net.machine_of("head"): 0}
-    for i, r in enumerate(cluster.replicas):
-        out[net.machine_of(r)] = i % partitions
-    for i, a in enumerate(cluster.nodes):
-        out[net.machine_of(a)] = (i + len(cluster.replicas)) % partitions
-    return out
-
-
-class _Partition:
-    """Partition ``index`` of ``count``: a whole cluster, running its share."""
-
-    def __init__(self, spec: SimSpec, index: int, count: int) -> None:
-        self.spec, self.index, self.count = spec, index, count
-        self.trace = PartitionTrace(spec.trace_fields)
-        c = self.cluster = spec.build(self.trace)
-        if c._started:
-            raise PartitionError("SimSpec.build must make the cluster with start=False "
-                                 "(a partitioned run disowns machines before they boot)")
-        self.net = c.kernel.network
-        self.part_of = _deal(c, count)
-        c.start()
-        self._disown()
-        self.net.capture = []
-        self.setup_done = False
-        self._mine: list = []  # batches between this partition's own machines, for the next window
-
-    def owned(self, address: str) -> bool:
-        m = self.net.machine_of(address)
-        return self.part_of.get(m, 0) == self.index
-
-    def _disown(self) -> None:
-        for a, ep in self.cluster.kernel.endpoints.items():
-            if not self.owned(a) and not getattr(ep, "_disowned", False):
-                ep.epoch += 1  # what is queued for it goes stale
-                ep._disowned = True
-                if hasattr(ep, "pending"):
-                    ep.pending = {}
-
-    def min_latency(self) -> float:
-        return self.net.min_machine_latency()
-
-    def advance(self, until: float, inbound: list) -> tuple[list[list], float]:
-        """Deliver ``inbound`` batches (and those this partition sent to its
-        own machines last window), run to ``until``; returns the batches
-        sent to other partitions' machines (per destination partition; its
-        own entry stays empty) and the time of the first thing left to do
-        here (``inf``: nothing)."""
-        c = self.cluster
-        k = c.kernel
-        net = self.net
-        if net._cut or net._faulty:
-            raise PartitionError("partitioned runs are fault-free: network partitions and fault rules act "
-                                 "on one process's view; run this simulation in one SimCluster instead")
-        if not self.setup_done and until > self.spec.setup_at >= k.now:
-            if k.now < self.spec.setup_at:
-                self._deliver(inbound)
-                inbound = []
-                c.run(self.spec.setup_at)
-            self.spec.setup(c, self.owned)
-            self._disown()
-            self.setup_done = True
-        self._deliver(inbound)
-        if until > k.now:
-            c.run(until)
-        out = self._collect()
-        mine = self._mine = out[self.index]
-        out[self.index] = []
-        nxt = k._cal.first_time()
-        for r in mine:
-            if r[0] < nxt:
-                nxt = r[0]
-        return out, nxt
-
-    def _deliver(self, chunks: list) -> None:
-        # ``chunks``: per source partition, in partition order, a list of
-        # batches or its pickle (bytes, passed through the coordinator as is)
-        inbound = self._mine
-        self._mine = []
-        for ch in chunks:
-            if ch:
-                inbound += pickle.loads(ch) if isinstance(ch, bytes) else ch
-        if not inbound:
-            return
-        k = self.cluster.kernel
-        eps = k.endpoints
-        push, eid = k._push, k._eid
-        inbound.sort(key=lambda r: (r[0], r[1], r[2]))  # stable: a source keeps its order
-        if inbound[0][0] < k.now:
-            raise PartitionError(f"a batch for {inbound[0][1]!r} arrives at {inbound[0][0]!r}, before this "
-                                 f"partition's time {k.now!r}: the window is longer than a latency")
-        for arrival, dst, src, msgs, depart in inbound:
-            ep = eps[dst]
-            push((arrival, 1, next(eid), ep._on_net, msgs, ep.epoch, _STANDIN, 0, depart))
-
-    def _collect(self) -> list[list]:
-        net = self.net
-        out: list[list] = [[] for _ in range(self.count)]
-        part_of, machine = self.part_of, net._machine
-        for r in net.capture:
-            out[part_of.get(machine[r[3]], 0)].append((r[0], r[3], r[6], r[4], r[8]))
-        for link in net.captured_links:
-            link.last = None  # shipped: later sends start a new batch
-        net.capture = []
-        net.captured_links = []
-        return out
-
-    def result(self) -> dict[str, Any]:
-        c = self.cluster
-        hosts = c.kernel.hosts
-        return {
-            "digests": self.trace.digests(self.owned),
-            "tasks_finished": sum(n.finished for a, n in c.nodes.items() if self.owned(a)),
-            "events": sum(h.handled for a, h in hosts.items() if self.owned(a)),
-            "now": c.now,
-        }
-
-
-def _first_arrival(out: list[list]) -> float:
-    return min((r[0] for o in out for r in o), default=float("inf"))
 
 
 def _serve(conn: Any, spec: SimSpec, index: int, count: int) -> None:
@@ -353,8 +98,9 @@ def _serve(conn: Any, spec: SimSpec, index: int, count: int) -> None:
                 n, first = sum(map(len, out)), _first_arrival(out)
                 # pickled here, per destination: the coordinator only moves bytes
                 out = [pickle.dumps(o, pickle.HIGHEST_PROTOCOL) if o else b"" for o in out]
+                finished = p.finished() if msg[3] else None
                 busy += time.process_time() - t0
-                conn.send(("out", (out, nxt, n, first)))
+                conn.send(("out", (out, nxt, n, first, finished)))
             elif msg[0] == "result":
                 r = p.result()
                 r["cpu_s"] = busy
@@ -388,6 +134,11 @@ class PartitionedResult:
     exchanged_batches: int       # batches that crossed between partitions
     partition_cpu_s: list[float]  # each partition's CPU time in advance()
     digests: dict[str, str] = dataclasses.field(repr=False, default_factory=dict)
+    # per mark asked for: (the end of the first window reaching it, tasks finished by then)
+    marks: list[tuple[float, int]] = dataclasses.field(default_factory=list)
+    runner: str = "processes"    # where the partitions ran: "here", "processes" or "actors on <where>"
+    build_wall_s: float = 0.0    # wall time to build and boot every partition, before the first window
+    windows_wall_s: float = 0.0  # wall time of all the windows (the part partition_cpu_s is spent in)
 
 
 class _Local:
@@ -401,13 +152,14 @@ class _Local:
     def start(self) -> float:
         return self.p.min_latency()
 
-    def send_advance(self, until: float, inbound: list) -> None:
+    def send_advance(self, until: float, inbound: list, count: bool = False) -> None:
         t0 = time.process_time()
         out, nxt = self.p.advance(until, inbound)
+        finished = self.p.finished() if count else None
         self.cpu += time.process_time() - t0
-        self._out = (out, nxt, sum(map(len, out)), _first_arrival(out))
+        self._out = (out, nxt, sum(map(len, out)), _first_arrival(out), finished)
 
-    def recv_out(self) -> tuple[list, float, int, float]:
+    def recv_out(self) -> tuple:
         return self._out
 
     def result(self) -> dict[str, Any]:
@@ -439,10 +191,10 @@ class _Remote:
     def start(self) -> float:
         return self._recv("ready")
 
-    def send_advance(self, until: float, inbound: list) -> None:
-        self.conn.send(("advance", until, inbound))
+    def send_advance(self, until: float, inbound: list, count: bool = False) -> None:
+        self.conn.send(("advance", until, inbound, count))
 
-    def recv_out(self) -> tuple[list, float, int, float]:
+    def recv_out(self) -> tuple:
         return self._recv("out")
 
     def result(self) -> dict[str, Any]:
@@ -462,7 +214,9 @@ class _Remote:
 
 
 def run_partitioned(spec: SimSpec, partitions: int, until: float, *, window: float | None = None,
-                    processes: bool = True, on_window: Callable[[float], Any] | None = None) -> PartitionedResult:
+                    processes: bool = True, on_window: Callable[[float], Any] | None = None,
+                    address: str | None = None, api: str = "penumbra", token: str | None = None,
+                    marks: tuple[float, ...] | list[float] = ()) -> PartitionedResult:
     """Simulate ``spec`` to ``until`` seconds over ``partitions`` partitions.
 
     Args:
@@ -471,23 +225,53 @@ def run_partitioned(spec: SimSpec, partitions: int, until: float, *, window: flo
         processes: one child process per partition (default), or all in
             this process, one after another.
         on_window: called with the simulated time after each window.
+        address: run each partition as an actor on the cluster there
+            (``HOST:PORT``, ``"auto"``: the one started last on this
+            machine, ``"local"``: a new one here) instead of as a local
+            process (see ``partition_actors``).
+        api: ``"penumbra"`` (default) or ``"ray"``: the Ray Core API the
+            actors are made with; ``"ray"`` runs them on a Ray cluster
+            (``address``) or a local Ray instance (``address=None``).
+        token: the penumbra cluster's token (default: as ``penumbra.init``
+            finds it: ``$PENUMBRA_TOKEN`` or ``~/.penumbra/clusters.json``).
+        marks: simulated times at which to count the tasks finished; the
+            count is taken at the end of the first window reaching each
+            (``PartitionedResult.marks``).  Marks do not move windows, so
+            they do not change the run.
 
     Raises:
         ValueError: ``partitions`` < 1, a window longer than the smallest
-            latency between machines, or a latency of 0 (nothing to overlap).
-        PartitionError: a worker failed (its error is in the message).
+            latency between machines, a latency of 0 (nothing to overlap),
+            or ``processes=False`` with actors asked for.
+        PartitionError: a worker failed (its error is in the message); the
+            cluster at ``address`` cannot be reached or has fewer CPUs than
+            ``partitions`` (one per partition actor).
     """
     if not (isinstance(partitions, int) and partitions >= 1):
         raise ValueError(f"partitions must be a whole number >= 1, got {partitions!r}")
-    ctx = multiprocessing.get_context("fork") if processes else None
+    actors = address is not None or api != "penumbra"
+    if actors and not processes:
+        raise ValueError("processes=False runs every partition in this process; an address (or api='ray') runs "
+                         "each as an actor on a cluster: ask for one or the other")
+    marks = sorted(marks)
+    ctx = multiprocessing.get_context("fork") if processes and not actors else None
     workers: list[Any] = []
+    cluster: ActorCluster | None = None
     w0 = time.perf_counter()
     try:
-        # Partition 0 runs here, in the coordinator (one process fewer to
-        # schedule and to wake each window); the others in child processes.
-        for i in range(partitions):
-            workers.append(_Remote(ctx, spec, i, partitions) if processes and i else _Local(spec, i, partitions))
+        if actors:
+            cluster = ActorCluster(address, api, token)
+            runner = f"actors on {cluster.where}"
+            workers = cluster.partitions(spec, partitions)  # type: ignore[assignment]
+        else:
+            # Partition 0 runs here, in the coordinator (one process fewer to
+            # schedule and to wake each window); the others in child processes.
+            runner = "processes" if processes else "here"
+            for i in range(partitions):
+                workers.append(_Remote(ctx, spec, i, partitions) if processes and i else _Local(spec, i, partitions))
         lat = min(w.start() for w in workers)
+        w_first = time.perf_counter()
+        build_wall = w_first - w0
         if lat <= 0:
             raise ValueError("a partitioned run needs a positive network latency between machines (the "
                              "window that partitions may run ahead); this cost model has 0")
@@ -500,6 +284,7 @@ def run_partitioned(spec: SimSpec, partitions: int, until: float, *, window: flo
         w_setup = None
         t, n, ex, batches, k, skipped = 0.0, 0, 0.0, 0, 0, 0
         nxt = 0.0
+        counted: list[tuple[float, int]] = []
         while t < until:
             # Windows lie on the grid [kW, (k+1)W), the same for any
             # partitioning; windows where nothing at all is due are skipped
@@ -513,18 +298,25 @@ def run_partitioned(spec: SimSpec, partitions: int, until: float, *, window: flo
             t = min(until, k * window)
             if w_setup is None and t > spec.setup_at:
                 w_setup = time.perf_counter()
+            count = len(counted) < len(marks) and t >= marks[len(counted)]
             for i in list(range(1, partitions)) + [0]:  # the children first: they run meanwhile
-                workers[i].send_advance(t, inbound[i])
-            outs = [w.recv_out() for w in workers]
+                workers[i].send_advance(t, inbound[i], count)
+            outs = cluster.gather(workers) if cluster is not None else [w.recv_out() for w in workers]
             e0 = time.perf_counter()
             inbound = [[out[0][j] for out in outs] for j in range(partitions)]
             nxt = min(out[1] for out in outs)
             if t < spec.setup_at:
                 nxt = min(nxt, spec.setup_at)  # the workload starts then
+            if len(counted) < len(marks):
+                nxt = min(nxt, marks[len(counted)])  # a window must end at or just after each mark
             for out in outs:
                 batches += out[2]
                 if out[3] < nxt:
                     nxt = out[3]
+            if count:
+                done = sum(out[4] for out in outs)
+                while len(counted) < len(marks) and t >= marks[len(counted)]:
+                    counted.append((t, done))
             ex += time.perf_counter() - e0
             n += 1
             if on_window is not None:
@@ -535,6 +327,8 @@ def run_partitioned(spec: SimSpec, partitions: int, until: float, *, window: flo
     finally:
         for w in workers:
             w.close()
+        if cluster is not None:
+            cluster.close()
     digests: dict[str, str] = {}
     for r in results:
         digests.update(r["digests"])
@@ -542,4 +336,47 @@ def run_partitioned(spec: SimSpec, partitions: int, until: float, *, window: flo
         partitions=partitions, window=window, windows=n, trace_hash=PartitionTrace.combine(digests),
         tasks_finished=sum(r["tasks_finished"] for r in results), events=sum(r["events"] for r in results),
         wall_s=time.perf_counter() - w0, workload_wall_s=w_end - (w_setup or w_end), exchange_s=ex, exchanged_batches=batches,
-        partition_cpu_s=[r["cpu_s"] for r in results], digests=digests)
+        partition_cpu_s=[r["cpu_s"] for r in results], digests=digests, marks=counted, runner=runner,
+        build_wall_s=build_wall, windows_wall_s=w_end - w_first)
+
+
+def run_partitioned_point(n: int, preset: str, seed: int, *, partitions: int, warm_tasks: float = 40,
+                          measure_tasks: float = 80, cpus: int = 16, window: int = 64, batch: int = 16,
+                          setup_at: float = 0.5, address: str | None = None, api: str = "penumbra",
+                          token: str | None = None, on_progress: Callable[[float], Any] | None = None,
+                          **_ignored: Any) -> dict[str, Any]:
+    """One point of Figure 8b (``experiments_fig8.run_scalability_point``)
+    split over ``partitions`` partitions: local processes, or actors on the
+    cluster at ``address`` (``run_partitioned``).  The drivers start at
+    ``setup_at`` (a fixed time, the same in every partition: after the
+    cluster is up, ~0.31 s at 1,000 nodes), then warm up and measure as the
+    one-process point does.  The hash is the partitioned run's
+    (``PartitionTrace``: the same for any number of partitions, not the
+    plain simulator's)."""
+    from .experiments_results import node_task_rate, preset_costs
+
+    rate = node_task_rate(preset_costs(preset))
+    t0 = setup_at + warm_tasks / rate
+    span = measure_tasks / rate
+    until = t0 + span
+    spec = ScalabilitySpec(nodes=n, seed=seed, cpus=cpus, preset=preset, window=window, batch=batch,
+                           setup_at=setup_at)
+    shown = [-1.0]
+
+    def tick(t: float) -> None:  # a window is ~30 us of simulated time: report each 1% only
+        if on_progress is not None and t / until - shown[0] >= 0.01:
+            shown[0] = t / until
+            on_progress(min(1.0, shown[0]))
+
+    r = run_partitioned(spec, partitions, until, address=address, api=api, token=token,
+                        marks=(t0, t0 + span / 2, until), on_window=tick)
+    (ta, fa), (tb, fb), (tc, fc) = r.marks
+    first, second = (fb - fa) / (tb - ta), (fc - fb) / (tc - tb)
+    return {
+        "nodes": n, "throughput": (fc - fa) / (tc - ta), "per_node": (fc - fa) / (tc - ta) / n, "tasks": fc - fa,
+        "sim_seconds": tc - ta, "steady": abs(first - second) / max(first, second, 1) if max(first, second) else 0.0,
+        "boot_wall": r.build_wall_s, "wall": r.workload_wall_s, "cpu": sum(r.partition_cpu_s),
+        "sim_tasks_per_wall_s": r.tasks_finished / r.workload_wall_s if r.workload_wall_s else 0.0,
+        "sim_tasks_per_cpu_s": r.tasks_finished / sum(r.partition_cpu_s) if sum(r.partition_cpu_s) else 0.0,
+        "hash": r.trace_hash, "partitioned": r,
+    }

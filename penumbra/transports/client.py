@@ -1,9 +1,14 @@
 """The real runtime as seen from a driver or a worker: ``ClientRuntime``.
 
 A client talks to the daemon of its node over one ``wire`` channel, driven
-by a trio loop in a background thread (``bridge.TrioThread``); the user's
-threads only append to that loop's queue and wait on futures, so ``.remote``
-costs a few microseconds and never blocks.
+by a trio loop in a background thread (``bridge.TrioThread``), which
+receives.  Sends do not need that thread: a user's thread writes its
+message to the socket itself when nothing is queued ahead of it
+(``direct_send.DirectSender``: a lone ``.remote()``, a ``get``'s watch, a
+put), and hands it to the loop otherwise (a burst of submissions, which
+the loop puts in one frame; a full socket).  So ``.remote`` costs a few
+microseconds, never blocks, and a sync round trip wakes the trio thread
+once, for the reply.
 
 What goes where:
 
@@ -24,16 +29,19 @@ a cluster started with ``penumbra start``.
 The protocol logic (which requests wait for what, the watch a ``wait()``
 leaves open, timeouts, the connection's state) is the pure machine
 ``penumbra.core.client.ClientMachine``, which the simulator's drivers run
-too (so the swarm checks it); this module only carries its commands out on
-the trio thread (``_run``) and feeds it what the socket and the user's
-threads do.  Waiters are bridge futures.
+too (so the swarm checks it); this module only carries its commands out
+(``_run``) and feeds it what the socket and the user's threads do.  It is
+called under one lock (``_mlock``) from any thread: the trio thread with
+what the node sends, a user's thread with its request (so a ``get``
+registers its watch and sends it without a hand-off).  Waiters are bridge
+futures.
 
 Losing the daemon.  When the connection ends (the daemon was killed or
 exited), the receive loop tells the machine (``ConnectionLost``), which
 fails every waiting future with ``ClusterConnectionLostError``, once.
-Everything that registers a new future does so through the machine on the
-trio thread, the same thread that reports the loss, and the machine refuses
-a request made after it (``Fail`` at once): no call can wait on a
+Everything that registers a new future does so through the machine, under
+the lock under which the loss is reported too, and the machine refuses a
+request made after it (``Fail`` at once): no call can wait on a
 connection that is gone, whatever the order of events.  Sends check it
 too, so ``.remote()``, ``kill`` and ``cancel`` fail the same way, until
 ``shutdown()``.
@@ -181,8 +189,9 @@ class ClientRuntime(Runtime):
 
     def _check_connected(self) -> None:
         """Fail fast, on the caller's thread, once the connection is gone.
-        (Only an early answer: the registration on the trio thread is what
-        makes a lost connection fail every wait: the machine refuses it.)"""
+        (Only an early answer: the registration in the machine, under
+        ``_mlock``, is what makes a lost connection fail every wait: the
+        machine refuses it.)"""
         if self._lost is not None:
             raise self._lost_error()
 
@@ -415,7 +424,7 @@ class ClientRuntime(Runtime):
         down first -- without blocking a thread meanwhile (``await ref``,
         ``ref.future()``: a node watch, answered by the receive loop).  The
         callback runs on the trio thread (or here, if ``oid`` is known to be
-        ready already) and must not block."""
+        ready already or the connection is gone) and must not block."""
         if oid in self._cache:
             callback(None)
             return

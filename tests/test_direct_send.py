@@ -88,6 +88,27 @@ def pair(tmp_path):
     p.close()
 
 
+def test_bridge_is_idle_only_when_every_job_has_run():
+    tt = TrioThread(name="test-idle").start()
+    try:
+        _until(tt.idle, "a fresh loop to park")
+        running, release = threading.Event(), threading.Event()
+
+        def job():
+            running.set()
+            release.wait(10)  # (holds the loop: a job still running)
+
+        tt.submit(job)
+        assert not tt.idle()  # queued
+        assert running.wait(10)
+        assert not tt.idle()  # running
+        tt.submit(lambda: None)
+        release.set()
+        _until(tt.idle, "the loop to run both jobs and park")
+    finally:
+        tt.stop()
+
+
 def test_direct_write_when_idle_and_in_order_with_loop_sends(pair):
     sender = pair.sender
     n = 600

@@ -22,7 +22,7 @@ import time
 import pytest
 import trio
 
-from penumbra.transports import wire
+from penumbra.transports import direct_send, wire
 from penumbra.transports.bridge import TrioThread
 from penumbra.transports.direct_send import DirectSender
 from penumbra.transports.wire_channel import NOT_NOW, PARTLY, WROTE
@@ -121,21 +121,24 @@ def test_direct_write_when_idle_and_in_order_with_loop_sends(pair):
             _until(pair.client.idle, "the loop to drain")
     _until(lambda: len(pair.received) == n, f"{n} messages")
     assert pair.received == list(range(n))
-    assert sender.direct >= 12  # at least one after each drain
+    assert sender.direct >= 10  # at least the first after each drain
     assert sender.via_loop > 0  # and some queued behind the loop's jobs
 
 
-def test_lone_send_goes_direct_a_burst_through_the_loop(pair):
+def test_lone_send_goes_direct_a_burst_through_the_loop(pair, monkeypatch):
+    # (a gap no scheduling delay reaches: every send after the first is
+    # part of the burst, however loaded the machine)
+    monkeypatch.setattr(direct_send, "BURST_GAP", 60.0)
     sender = pair.sender
     sender.send("lone", kind="submit")
     assert (sender.direct, sender.via_loop) == (1, 0)
     burst = [("b", i) for i in range(200)]
     for m in burst:
-        sender.send(m, kind="submit")  # closer together than BURST_GAP
-    _until(lambda: len(pair.received) == 201, "the burst")
-    assert pair.received == ["lone"] + burst
-    assert sender.via_loop >= 150  # (one frame per drain, not one per message)
-    assert pair.ch.frames_sent < 100
+        sender.send(m, kind="submit")
+    sender.send("another kind", kind="other")  # lone of its kind, but the loop is busy or not
+    _until(lambda: len(pair.received) == 202, "the burst")
+    assert pair.received == ["lone"] + burst + ["another kind"]
+    assert sender.via_loop >= 200
 
 
 def test_queued_messages_go_first_in_the_direct_frame(pair):
@@ -257,9 +260,13 @@ def test_close_stops_direct_writes(pair):
 # ---------------------------------------------------------------- a real runtime
 
 
-def test_round_trips_do_not_hand_sends_to_the_trio_thread():
+def test_round_trips_do_not_hand_sends_to_the_trio_thread(monkeypatch):
     import penumbra as ray
     from penumbra.api.context import current_runtime
+
+    # (round trips faster than BURST_GAP would count as a burst: not the
+    # rule under test here)
+    monkeypatch.setattr(direct_send, "BURST_GAP", 0.0)
 
     ray.init(num_cpus=1, object_store_memory=64 << 20)
     try:

@@ -83,7 +83,7 @@ class DirectSender:
         messages, written by the loop, costs less per message than a frame
         and a system call each."""
         now = time.perf_counter()
-        last = self._last.get(kind, 0.0)
+        last = self._last.get(kind, float("-inf"))
         self._last[kind] = now
         return now - last >= BURST_GAP and self.bridge.idle()
 

@@ -109,6 +109,15 @@ def test_bridge_is_idle_only_when_every_job_has_run():
         tt.stop()
 
 
+def test_no_future_from_a_stopped_loop():
+    """A request made after the loop stopped fails at once (nothing would
+    ever complete its future: requests no longer go through ``submit``)."""
+    tt = TrioThread(name="test-stopped").start()
+    tt.stop()
+    with pytest.raises(RuntimeError, match="stopped"):
+        tt.future()
+
+
 def test_direct_write_when_idle_and_in_order_with_loop_sends(pair):
     sender = pair.sender
     n = 600

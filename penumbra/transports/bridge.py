@@ -541,7 +541,13 @@ class TrioThread:
         Trio-side code completes it (``set_result``/``set_exception``); user
         threads wait with ``result(timeout)``.  If the loop stops first, it
         is cancelled, so no waiter hangs.
+
+        Raises:
+            RuntimeError: the TrioThread is not running (nothing would
+                ever complete or cancel the future), as ``submit`` does.
         """
+        if self._state is not _RUNNING:
+            raise self._closed_error()
         fut = Future(self)
         self._futures.add(fut)
         return fut

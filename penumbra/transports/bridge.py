@@ -417,6 +417,13 @@ class TrioThread:
             raise RuntimeError(f"{self!r} is not running")
         return self._nursery
 
+    def idle(self) -> bool:
+        """True when the dispatcher is parked with nothing queued: every job
+        submitted so far has run, and the idle hooks after them.  Work
+        another thread does now cannot overtake a job submitted before it
+        (``direct_send`` writes from the caller's thread only then)."""
+        return self._sleeping and not self._jobs
+
     def in_trio_thread(self) -> bool:
         """True when called on this loop's thread."""
         return threading.get_ident() == self._ident
@@ -534,7 +541,13 @@ class TrioThread:
         Trio-side code completes it (``set_result``/``set_exception``); user
         threads wait with ``result(timeout)``.  If the loop stops first, it
         is cancelled, so no waiter hangs.
+
+        Raises:
+            RuntimeError: the TrioThread is not running (nothing would
+                ever complete or cancel the future), as ``submit`` does.
         """
+        if self._state is not _RUNNING:
+            raise self._closed_error()
         fut = Future(self)
         self._futures.add(fut)
         return fut

@@ -1,9 +1,14 @@
 """The real runtime as seen from a driver or a worker: ``ClientRuntime``.
 
 A client talks to the daemon of its node over one ``wire`` channel, driven
-by a trio loop in a background thread (``bridge.TrioThread``); the user's
-threads only append to that loop's queue and wait on futures, so ``.remote``
-costs a few microseconds and never blocks.
+by a trio loop in a background thread (``bridge.TrioThread``), which
+receives.  Sends do not need that thread: a user's thread writes its
+message to the socket itself when nothing is queued ahead of it
+(``direct_send.DirectSender``: a lone ``.remote()``, a ``get``'s watch, a
+put), and hands it to the loop otherwise (a burst of submissions, which
+the loop puts in one frame; a full socket).  So ``.remote`` costs a few
+microseconds, never blocks, and a sync round trip wakes the trio thread
+once, for the reply.
 
 What goes where:
 
@@ -24,16 +29,19 @@ a cluster started with ``penumbra start``.
 The protocol logic (which requests wait for what, the watch a ``wait()``
 leaves open, timeouts, the connection's state) is the pure machine
 ``penumbra.core.client.ClientMachine``, which the simulator's drivers run
-too (so the swarm checks it); this module only carries its commands out on
-the trio thread (``_run``) and feeds it what the socket and the user's
-threads do.  Waiters are bridge futures.
+too (so the swarm checks it); this module only carries its commands out
+(``_run``) and feeds it what the socket and the user's threads do.  It is
+called under one lock (``_mlock``) from any thread: the trio thread with
+what the node sends, a user's thread with its request (so a ``get``
+registers its watch and sends it without a hand-off).  Waiters are bridge
+futures.
 
 Losing the daemon.  When the connection ends (the daemon was killed or
 exited), the receive loop tells the machine (``ConnectionLost``), which
 fails every waiting future with ``ClusterConnectionLostError``, once.
-Everything that registers a new future does so through the machine on the
-trio thread, the same thread that reports the loss, and the machine refuses
-a request made after it (``Fail`` at once): no call can wait on a
+Everything that registers a new future does so through the machine, under
+the lock under which the loss is reported too, and the machine refuses a
+request made after it (``Fail`` at once): no call can wait on a
 connection that is gone, whatever the order of events.  Sends check it
 too, so ``.remote()``, ``kill`` and ``cancel`` fail the same way, until
 ``shutdown()``.
@@ -80,6 +88,7 @@ from ..core.tables import Get, KvIncrement
 from ..exceptions import ClusterConnectionLostError, GetTimeoutError, ObjectStoreFullError, PenumbraError
 from . import protocol as P
 from .bridge import TrioThread
+from .direct_send import DirectSender
 from .launch import DaemonProcess, PendingDaemon
 from .objectstore import decode_value, encode_value
 from .shm_store import ShmStore, StoreNotFoundError
@@ -107,9 +116,12 @@ class ClientRuntime(Runtime):
         self.session = welcome.session
         self.shm_root = welcome.shm_root
         self._shm: ShmStore | None = None
-        # what waits for what (written on the trio thread only; user threads
-        # read its ``state`` and its open watch's ``ready``)
+        # what waits for what: called under ``_mlock`` only, from any thread
+        # (user threads also read its ``state`` and its open watch's ``ready``)
         self.machine = ClientMachine(self.client_id, self.node_id)
+        self._mlock = threading.RLock()
+        # the channel's send side, for the trio thread and the user's threads
+        self.sender = DirectSender(channel, bridge)
         self._cache: OrderedDict[ObjectId, bytes] = OrderedDict()
         self._cache_bytes = 0
         self._functions: dict[bytes, Any] = {}
@@ -121,7 +133,7 @@ class ClientRuntime(Runtime):
         self._release_buf: list[ObjectId] = []
         self._free_buf: list[ObjectId] = []
         self._release_lock = threading.Lock()
-        bridge.on_idle(self._flush)
+        bridge.on_idle(self.sender.flush_on_loop)
 
     @property
     def namespace(self) -> str:
@@ -155,10 +167,14 @@ class ClientRuntime(Runtime):
         m = self.machine
         return m.detail if m.state is LOST else None
 
-    def _send(self, item: Any) -> None:
+    def _send(self, item: Any, kind=None) -> None:
+        """Send ``item`` (fire and forget) from any thread: written on this
+        thread when nothing is queued ahead of it (``DirectSender``; with
+        ``kind``, unless it is part of a burst of that kind), else through
+        the trio thread."""
         if self._closed:
             self._raise_closed()
-        self.bridge.submit(self._send_now, item)
+        self.sender.send(item, kind)
 
     def _lost_error(self) -> ClusterConnectionLostError:
         return ClusterConnectionLostError(self.address, self._lost or "")
@@ -173,17 +189,26 @@ class ClientRuntime(Runtime):
 
     def _check_connected(self) -> None:
         """Fail fast, on the caller's thread, once the connection is gone.
-        (Only an early answer: the registration on the trio thread is what
-        makes a lost connection fail every wait: the machine refuses it.)"""
+        (Only an early answer: the registration in the machine, under
+        ``_mlock``, is what makes a lost connection fail every wait: the
+        machine refuses it.)"""
         if self._lost is not None:
             raise self._lost_error()
 
     def _run(self, cmds, attachments=None) -> None:
-        """(trio thread) Carry out the machine's commands."""
+        """Carry out the machine's commands (any thread, holding ``_mlock``:
+        so sends go out in the machine's order)."""
         for c in cmds:
             t = c.__class__
             if t is Send:
-                self._send_now(P.Deliver(self.node_id, c.msg, attachments, self.client_id))
+                item = P.Deliver(self.node_id, c.msg, attachments, self.client_id)
+                if self.bridge.in_trio_thread():
+                    self.sender.send_on_loop(item)
+                else:
+                    try:
+                        self.sender.send(item)
+                    except RuntimeError:  # the loop stopped: its futures fail with it
+                        pass
             elif t is Resolve:
                 c.waiter.set_result(c.value)
             elif t is Fail:
@@ -207,38 +232,26 @@ class ClientRuntime(Runtime):
         except BaseException as e:  # an interrupt (Ctrl-C): leave nothing waiting behind
             interrupted = e
 
-        def give_up() -> None:
-            if box:
+        if box:
+            with self._mlock:
                 self._run(self.machine.give_up(box[0]))
-
-        try:
-            self.bridge.submit(give_up)
-        except RuntimeError:  # the loop is gone, and the request with it
-            if interrupted is not None:
-                raise interrupted
-            raise _WatchTimeout({}) from None
         if interrupted is not None:
             raise interrupted
         try:
-            return fut.result(5.0)  # (the trio thread answers at once)
+            return fut.result(0)  # (the machine has given its verdict)
         except TimeoutError:
             raise _WatchTimeout({}) from None
 
     def _send_now(self, item: Any) -> None:
         # on the trio thread; ``_flush`` runs when the burst of jobs is done
-        try:
-            self.channel.send_nowait(item, defer_flush=True)
-        except Exception as e:  # closed: futures are failed by the receive loop
-            logger.debug("send failed: %s", e)
+        self.sender.send_on_loop(item)
 
     def _flush(self) -> None:
-        try:
-            self.channel.flush_nowait()
-        except Exception as e:
-            logger.debug("flush failed: %s", e)
+        # (trio thread)
+        self.sender.flush_on_loop()
 
-    def _deliver(self, msg, attachments=None) -> None:
-        self._send(P.Deliver(self.node_id, msg, attachments, self.client_id))
+    def _deliver(self, msg, attachments=None, kind=None) -> None:
+        self._send(P.Deliver(self.node_id, msg, attachments, self.client_id), kind)
 
     async def receive_loop(self) -> None:
         """Runs on the trio thread for the life of the connection."""
@@ -247,6 +260,8 @@ class ClientRuntime(Runtime):
             async for item in self.channel:
                 if type(item) is P.Deliver:
                     self._on_message(item)
+                    if self.channel.outbox_size and not self.channel.buffered:
+                        self._flush()  # what the replies made the machine send
                 elif type(item) is P.Output:
                     self._print_output(item)
                 elif type(item) is P.ClusterLog:
@@ -280,17 +295,19 @@ class ClientRuntime(Runtime):
         else:
             ev = ConnectionLost(detail=detail)
         self._closed = True
-        self._run(self.machine.handle(ev))
+        with self._mlock:
+            self._run(self.machine.handle(ev))
 
     def _on_message(self, d: P.Deliver) -> None:
         msg = d.msg
         t = type(msg)
-        if t is ObjectsReady:
-            self._run(self.machine.on_objects(msg.req_id, msg.objects, d.attachments))
-        elif t is ClientGcsReply or t is PutDone or t is PutFailed or t is ClusterStatus:
-            self._run(self.machine.on_reply(msg.req_id, msg))
-        elif t is ActorRegistered:
-            self._run(self.machine.handle(msg))
+        with self._mlock:
+            if t is ObjectsReady:
+                self._run(self.machine.on_objects(msg.req_id, msg.objects, d.attachments))
+            elif t is ClientGcsReply or t is PutDone or t is PutFailed or t is ClusterStatus:
+                self._run(self.machine.on_reply(msg.req_id, msg))
+            elif t is ActorRegistered:
+                self._run(self.machine.handle(msg))
 
     def _print_output(self, o: P.Output) -> None:
         if not self.log_to_driver:
@@ -307,13 +324,10 @@ class ClientRuntime(Runtime):
         self._check_connected()
         fut = self.bridge.future()
         box: list[int] = []
-
-        def start() -> None:
+        with self._mlock:
             rid, cmds = self.machine.request(fut, msg_factory)
             box.append(rid)
             self._run(cmds, attachments)
-
-        self.bridge.submit(start)
         try:
             return self._verdict(fut, box, timeout)
         except _WatchTimeout:
@@ -321,7 +335,7 @@ class ClientRuntime(Runtime):
 
     # ------------------------------------------------------------------ Runtime
     def submit(self, spec: TaskSpec) -> None:
-        self._deliver(SubmitTask(client=self.client_id, spec=spec))
+        self._deliver(SubmitTask(client=self.client_id, spec=spec), kind=SubmitTask)
 
     def create_actor(self, spec: TaskSpec, timeout: float | None) -> None:
         a = spec.actor_creation
@@ -332,13 +346,10 @@ class ClientRuntime(Runtime):
         fut = self.bridge.future()
         msg = SubmitTask(client=self.client_id, spec=spec)
         box: list[int] = []
-
-        def start() -> None:
+        with self._mlock:
             rid, cmds = self.machine.register_actor(fut, a.actor_id, msg)
             box.append(rid)
             self._run(cmds)
-
-        self.bridge.submit(start)
         try:
             reply = self._verdict(fut, box, timeout)
         except _WatchTimeout:
@@ -413,7 +424,7 @@ class ClientRuntime(Runtime):
         down first -- without blocking a thread meanwhile (``await ref``,
         ``ref.future()``: a node watch, answered by the receive loop).  The
         callback runs on the trio thread (or here, if ``oid`` is known to be
-        ready already) and must not block."""
+        ready already or the connection is gone) and must not block."""
         if oid in self._cache:
             callback(None)
             return
@@ -422,9 +433,6 @@ class ClientRuntime(Runtime):
                      PenumbraError("this penumbra runtime has been shut down; call penumbra.init() again"))
             return
         fut = self.bridge.future()
-
-        def start() -> None:
-            self._run(self.machine.watch(fut, (oid,), 1)[1])
 
         def done(f) -> None:
             try:
@@ -437,7 +445,8 @@ class ClientRuntime(Runtime):
             callback(None)
 
         fut.add_done_callback(done)
-        self.bridge.submit(start)
+        with self._mlock:
+            self._run(self.machine.watch(fut, (oid,), 1)[1])
 
     def _reported(self, ids) -> dict:
         """Reports the open wait() watch holds for ``ids`` (local objects)."""
@@ -456,11 +465,8 @@ class ClientRuntime(Runtime):
         """Close the watch a wait() left open (see ``_Linger``), unless a
         wait is still using it."""
         if self.machine.linger is not None:
-            self.bridge.submit(self._close_idle_linger)
-
-    def _close_idle_linger(self) -> None:
-        # (trio thread)
-        self._run(self.machine.close_linger())
+            with self._mlock:
+                self._run(self.machine.close_linger())
 
     def _shm_for(self, att) -> ShmStore | None:
         return self.shm if att[0] == "s" else None
@@ -503,15 +509,12 @@ class ClientRuntime(Runtime):
         hold = self.report_need(need, timeout)
         machine = self.machine
         box: list[int] = []
-
-        def start() -> None:
-            if blocked and not self._closed:
-                self._send_now(P.Deliver(node, WorkerBlocked(worker_id=cid), None, cid))
+        if blocked and not self._closed:
+            self._send(P.Deliver(node, WorkerBlocked(worker_id=cid), None, cid))
+        with self._mlock:
             rid, cmds = machine.watch(fut, uniq, need, fetch=fetch, report_need=hold, linger=linger)
             box.append(rid)
             self._run(cmds)
-
-        self.bridge.submit(start)
         try:
             return self._verdict(fut, box, timeout)
         finally:
@@ -555,16 +558,23 @@ class ClientRuntime(Runtime):
             first = not self._release_buf and not self._free_buf
             (self._free_buf if free else self._release_buf).extend(oids)
         if first:
-            self.bridge.submit(self._flush_release)
+            # a lone release (a get's result dropped) goes out from here; a
+            # burst of them (a list of refs dropped) as one message, from
+            # the trio thread
+            if self.sender.lone(ReleaseObjects):
+                self._flush_release(self.sender.send)
+            else:
+                self.bridge.submit(self._flush_release)
 
-    def _flush_release(self) -> None:
+    def _flush_release(self, send=None) -> None:
+        send = send or self._send_now
         with self._release_lock:
             oids, self._release_buf = self._release_buf, []
             frees, self._free_buf = self._free_buf, []
         if oids:
-            self._send_now(P.Deliver(self.node_id, ReleaseObjects(client=self.client_id, object_ids=tuple(oids)), None, self.client_id))
+            send(P.Deliver(self.node_id, ReleaseObjects(client=self.client_id, object_ids=tuple(oids)), None, self.client_id))
         if frees:
-            self._send_now(P.Deliver(self.node_id, ReleaseObjects(client=self.client_id, object_ids=tuple(frees), free=True), None, self.client_id))
+            send(P.Deliver(self.node_id, ReleaseObjects(client=self.client_id, object_ids=tuple(frees), free=True), None, self.client_id))
 
     def cancel(self, task_id: TaskId, force: bool, recursive: bool) -> None:
         self._deliver(CancelTask(client=self.client_id, task_id=task_id, force=force, recursive=recursive))
@@ -621,6 +631,7 @@ class ClientRuntime(Runtime):
         self._drain_output()
         if not self._closed:
             self._closed = True
+            self.sender.close()
             try:
                 self.bridge.call(self.channel.aclose, timeout=2.0)
             except Exception:

@@ -85,6 +85,12 @@ _RECV_BUFFER = 256 * 1024
 # together); larger ones as two buffers, to avoid copying big bodies.
 _JOIN_LIMIT = 64 * 1024
 
+#: What :meth:`Channel.write_from_thread` did.
+WROTE = "wrote"
+PARTLY = "partly"
+NOT_NOW = "not now"
+FAILED = "failed"
+
 
 
 class Channel:
@@ -153,6 +159,7 @@ class Channel:
         self._flusher_scope: trio.CancelScope | None = None
         self._room: trio.Event | None = None  # set when the outbox empties
         self._drained: trio.Event | None = None  # set when nothing is left to write
+        self.send_error: OSError | None = None  # a failed write_from_thread, to record
         # state
         self._error: ConnectionClosed | None = None
         self._closed = False
@@ -582,6 +589,78 @@ class Channel:
                 self._report_bad(m, exc)
         if mine_exc is not None:
             raise mine_exc
+
+    # ------------------------------------------------- sends from another thread
+
+    def write_from_thread(self, msg: Any) -> str:
+        """Write ``msg`` now, on the calling thread, after whatever is queued.
+
+        For a client whose user threads send without waking the loop's
+        thread (see :mod:`~penumbra.transports.direct_send`): when no one
+        else is writing, the queued messages and ``msg`` go out as one
+        frame with one system call, in order.
+
+        Returns :data:`WROTE` (all of it), :data:`PARTLY` (the kernel took part of the frame; the rest
+        is pending, and the caller must have the loop's thread call
+        :meth:`resume_writing`), or :data:`NOT_NOW`: nothing was taken,
+        send through the loop instead (the queue stays as it was, so order
+        is kept).  ``NOT_NOW`` when the flusher is awake or bytes are
+        pending (the socket is someone else's), over a generic stream, and
+        for a frame above the one-buffer limit or a message that does not
+        encode (the loop's path splits and reports those).
+
+        The caller must hold the one lock that also guards every call the
+        loop's thread makes into this channel's send side (``send_nowait``,
+        ``flush_nowait``, ``resume_writing``).  Nothing here touches trio
+        (it is not thread-safe): a write that fails returns :data:`FAILED`,
+        its error kept in ``send_error`` for the loop's thread to record
+        (:meth:`record_send_error`), as a failed write there would be.
+
+        Raises:
+            ConnectionClosed: the connection has ended.
+        """
+        if self._error is not None:
+            self._raise_closed()
+        sock = self._sock
+        if (sock is None or self._writing or self._pending or self._room is not None
+                or not (self._flusher is None or self._flusher_parked)):
+            return NOT_NOW
+        outbox = self._outbox
+        batch = outbox + [msg] if outbox else [msg]
+        try:
+            body = _dumps(batch, _PICKLE_PROTOCOL)
+        except Exception:
+            return NOT_NOW
+        if len(body) > self._fast_limit:
+            return NOT_NOW
+        if outbox:
+            self._outbox = []
+        data = _pack_header(len(body)) + body
+        self.frames_sent += 1
+        self.messages_sent += len(batch)
+        try:
+            k = sock.send(data)
+        except BlockingIOError:
+            k = 0
+        except OSError as exc:
+            self.send_error = exc
+            return FAILED
+        if k < len(data):
+            self._pending.append(memoryview(data)[k:])
+            return PARTLY
+        return WROTE
+
+    def resume_writing(self) -> None:
+        """(the loop's thread) Write what a ``write_from_thread`` left pending."""
+        if self._pending and not self._writing and self._error is None:
+            self._wake_flusher()
+
+    def record_send_error(self) -> None:
+        """(the loop's thread) A ``write_from_thread`` failed: the connection
+        is lost (as when a write on the loop's thread fails)."""
+        exc, self.send_error = self.send_error, None
+        if exc is not None:
+            self._io_error(exc, "sending")
 
     def _take_outbox(self) -> list[Any]:
         """Empty the outbox (to encode it) and wake senders waiting for room."""

@@ -108,10 +108,12 @@ class _Forward(io.TextIOBase):
             self.buf.append(s)
             text, self.buf = "".join(self.buf), []
             if text:
-                self.worker.rt._send(P.Output(job, prefix, text, self.stream))
+                # (kind: a task printing line after line sends them through
+                # the trio thread, a burst in one frame; a lone line goes direct)
+                self.worker.rt._send(P.Output(job, prefix, text, self.stream), P.Output)
             side, self.local.side = "".join(self.local.side), []
             if side:
-                self.worker.rt._send(P.Output(job, f"({self.worker.actor_name} pid={os.getpid()})", side, self.stream))
+                self.worker.rt._send(P.Output(job, f"({self.worker.actor_name} pid={os.getpid()})", side, self.stream), P.Output)
 
     def _prefix(self, ctx: Any) -> str:
         w = self.worker
@@ -391,7 +393,9 @@ class Worker:
             item = P.Ran(item.task_id, item.outputs, item.duration, time.perf_counter())
         else:
             item = P.Raised(item.task_id, item.error, item.retryable, item.duration, time.perf_counter())
-        self.rt._send(item)
+        # (a lone result goes out from this thread; results back to back,
+        # an actor working through a queue of calls, go as one frame)
+        self.rt._send(item, P.Ran)
 
     @staticmethod
     def _flush_output() -> None:

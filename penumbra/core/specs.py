@@ -166,12 +166,16 @@ class ResourceSet:
 EMPTY = ResourceSet()
 
 
-class Record(msgspec.Struct, frozen=True):
+class Record(msgspec.Struct, frozen=True, gc=False):
     """The base of the core's plain values (specs, GCS rows, ops): a frozen
     ``msgspec.Struct``, built, compared and hashed in C (a third of a frozen
     dataclass's cost to build here).  A changed copy is
     ``msgspec.structs.replace(record, field=value)``; positional arguments
-    are allowed, in field order, as they were for the dataclasses."""
+    are allowed, in field order, as they were for the dataclasses.
+
+    Not tracked by the garbage collector (``gc=False``, as the protocol's
+    ``ProtocolStruct``, which says why and the rule that makes it safe): a
+    record is a value and never part of a reference cycle."""
 
 
 class FunctionDescriptor(Record):

@@ -17,7 +17,8 @@ best of ``--repeat`` runs.  ``--profile`` prints a cProfile of one run of each.
 
 The figures depend on the machine (and its load) far more than on noise, so
 the script also times a reference operation: building a small frozen,
-slotted, keyword-only dataclass, the shape of every protocol message.  It
+slotted, keyword-only dataclass (what every protocol message was before they
+became msgspec Structs; kept as the unit so figures stay comparable).  It
 prints each cost in those units (machine-independent, roughly), and the
 reference time at which the target would be met.
 

@@ -34,7 +34,6 @@ import argparse
 import random
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -52,7 +51,6 @@ WARMUP = 100_000  # messages before measuring: 64 peers x 1,000 hosts = 64K link
 LAT = (5e-6, 30e-6, 100e-6)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
 class Ping(Message):
     hop: int = 0
 

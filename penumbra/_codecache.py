@@ -1,15 +1,17 @@
 """A persistent cache of the code penumbra generates at import time.
 
-Why: the protocol is some 150 frozen, slotted dataclasses.  ``dataclasses``
-writes each class's ``__init__``, ``__repr__``, ``__eq__``... as source text
-and compiles it with ``exec`` every time the module is imported, and
-``core._pickling`` and ``core._fastinit`` do the same for their faster
-reducers and initialisers.  Compiling those ~1,200 small functions takes
-about 0.2 s, 40% of what a daemon spends importing penumbra, on the path of
+Why: ``dataclasses`` writes each class's ``__init__``, ``__repr__``,
+``__eq__``... as source text and compiles it with ``exec`` every time the
+module is imported, and ``core._pickling`` does the same for the protocol's
+faster reducers (the protocol's messages, specs and records are
+``msgspec.Struct``s, made in C; penumbra's other dataclasses remain).
+Compiling such functions took about 0.2 s, 40% of what a daemon spent
+importing penumbra, when the protocol's ~150 classes were dataclasses; it
+is less now, but still on the path of
 every ``penumbra.init()`` (which starts a daemon process) and every CLI
 command.  ``.pyc`` files cannot help: the source is made at run time.
 
-How: ``install()`` points the ``exec`` these three modules use at a
+How: ``install()`` points the ``exec`` these two modules use at a
 function that compiles each source text once per machine and keeps the code
 object in a file (``marshal``, one per bytecode version), loaded at the next
 import.  Only penumbra's own generated code goes through it (for
@@ -107,13 +109,12 @@ def install() -> None:
     _owner = os.getpid()
     import dataclasses
 
-    from .core import _fastinit, _pickling
+    from .core import _pickling
 
     _path = _cache_path()
     _load(_path)
     dataclasses.exec = _dataclasses_exec  # type: ignore[attr-defined]  # (its module global shadows the builtin)
     _pickling.exec = _cached_exec  # type: ignore[attr-defined]
-    _fastinit.exec = _cached_exec  # type: ignore[attr-defined]
     atexit.register(_save)
 
 

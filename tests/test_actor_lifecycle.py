@@ -510,7 +510,7 @@ def test_core_cancel_running_call_interrupts_its_worker_and_is_never_retried(cor
 
 
 def test_core_owned_actors_die_with_their_owners_worker_or_node(core):
-    from dataclasses import replace as _replace
+    from msgspec.structs import replace as _replace
 
     from penumbra.core.ids import actor_id_of
     from penumbra.core.messages import SubmitTask, WorkerCrashed

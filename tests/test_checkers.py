@@ -538,7 +538,7 @@ def test_lost_driver_reports_a_broken_client_machine():
 # On the real quiet cluster above, tampered with one thing at a time (and
 # put back), and on a real cluster whose zero-resource actor was killed.
 
-from dataclasses import replace as _replace  # noqa: E402
+from msgspec.structs import replace as _replace  # noqa: E402
 
 from penumbra.core.ids import TaskId  # noqa: E402
 from penumbra.core.objects import _Want  # noqa: E402

@@ -32,7 +32,7 @@ def _probe(cache_home, **env) -> dict:
 
 def test_the_first_import_fills_the_cache_and_the_next_compiles_nothing(tmp_path):
     first = _probe(tmp_path)
-    assert first["ok"] and first["loaded"] == 0 and first["compiled"] > 500
+    assert first["ok"] and first["loaded"] == 0 and first["compiled"] > 100  # (the protocol is Structs: fewer than before)
     files = list((tmp_path / "penumbra").iterdir())
     assert len(files) == 1 and files[0].name.startswith("codecache-")
     assert (tmp_path / "penumbra").stat().st_mode & 0o077 == 0  # only its owner can write (or read) it
@@ -47,7 +47,7 @@ def test_a_corrupt_cache_is_ignored_and_replaced(tmp_path):
     (path,) = d.iterdir()
     path.write_bytes(b"\x00not marshal at all")
     again = _probe(tmp_path)
-    assert again["ok"] and again["loaded"] == 0 and again["compiled"] > 500
+    assert again["ok"] and again["loaded"] == 0 and again["compiled"] > 100
     assert _probe(tmp_path)["compiled"] == 0  # rewritten whole
 
 

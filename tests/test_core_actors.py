@@ -3,9 +3,8 @@ kill, and paper-style replay with and without checkpoints."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
+from msgspec.structs import replace
 
 from penumbra.core.ids import actor_id_of, child_task_id
 from penumbra.core.messages import (

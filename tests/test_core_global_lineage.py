@@ -189,7 +189,7 @@ def test_plan_missing_lineage_and_cycles(core) -> None:
     with pytest.raises(KeyError):
         plan_reconstruction([a.return_ids[0]], {}, {a.return_ids[0]})
     # forge a cycle: x depends on y's output and y on x's
-    from dataclasses import replace
+    from msgspec.structs import replace
 
     x, y = core.spec(), core.spec()
     x = replace(x, dependencies=(y.return_ids[0],))

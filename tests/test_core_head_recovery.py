@@ -13,6 +13,7 @@ import random
 from dataclasses import replace
 
 import pytest
+from msgspec.structs import replace as replace_struct
 
 from penumbra.core.head import HeadConfig, HeadMachine
 from penumbra.core.ids import actor_id_of
@@ -88,7 +89,7 @@ class Bed:
     def create_actor(self, node="node:0", **kw):
         s = self.core.spec()
         a = ActorSpec(actor_id=actor_id_of(s.task_id), cls=FunctionDescriptor(b"C", "C"), **kw)
-        self.submit(replace(s, actor_creation=a), node)
+        self.submit(replace_struct(s, actor_creation=a), node)
         return a.actor_id
 
     # ------------------------------------------------------------------ the crash
@@ -158,7 +159,7 @@ def test_recovered_head_writes_are_not_taken_for_the_old_heads(core) -> None:
     net.run_until(lambda: len(bed.results()) == 30, timeout=10.0)
     bed.crash_head(("gcs:0:0",))
     head = bed.recover(["gcs:0:1"])
-    slow = replace(core.spec(), function=FunctionDescriptor(b"slow", "slow"))
+    slow = replace_struct(core.spec(), function=FunctionDescriptor(b"slow", "slow"))
     bed.submit(slow, node="node:1")
     bed.watch(slow.return_ids, node="node:0")
     net.run_for(0.1)
@@ -416,7 +417,7 @@ def test_re_homing_left_half_done_by_the_old_head_is_done(core) -> None:
 
     bed = Bed(core, nodes=2, chain=2, behaviour=lambda s, a: ok(0.5 if s.function.name == "slow" else 0.01))
     net = bed.net
-    slow = replace(core.spec(), function=FunctionDescriptor(b"slow", "slow"))
+    slow = replace_struct(core.spec(), function=FunctionDescriptor(b"slow", "slow"))
     bed.submit(slow, node="node:1")
     bed.watch(slow.return_ids, node="node:0")
     net.run_for(0.1)

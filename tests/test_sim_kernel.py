@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -32,16 +31,12 @@ from penumbra.sim.trace import Trace
 
 ROOT = Path(__file__).resolve().parents[1]
 
-_frozen = dataclass(frozen=True, slots=True, kw_only=True)
 
-
-@_frozen
 class Ping(Message):
     n: int = 0
     src: str = ""
 
 
-@_frozen
 class Work(Command):
     """A machine-specific command: do ``duration`` seconds of work."""
 
@@ -49,12 +44,10 @@ class Work(Command):
     duration: float
 
 
-@_frozen
 class WorkDone(Event):
     job: int
 
 
-@_frozen
 class Start(Event):
     pass
 
@@ -315,7 +308,6 @@ def test_handler_schedules_completion_events():
 
 
 def test_kernel_level_and_base_class_handlers():
-    @_frozen
     class SubWork(Work):
         pass
 

@@ -6,8 +6,6 @@ Times and sizes are chosen so that the expected values are exact.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
 
 from penumbra.core.ids import driver_task_id
@@ -27,15 +25,11 @@ from penumbra.sim.kernel import SimKernel
 from penumbra.sim.network import INTER_RACK, INTRA_RACK, LOOPBACK, Network, SizeModel
 from penumbra.sim.trace import Trace
 
-_frozen = dataclass(frozen=True, slots=True, kw_only=True)
 
-
-@_frozen
 class Ping(Message):
     n: int = 0
 
 
-@_frozen
 class Blob(Message):
     n: int = 0
     size: int = 0

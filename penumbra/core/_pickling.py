@@ -1,11 +1,15 @@
-"""Fast pickling for the frozen, slotted dataclasses of the protocol.
+"""Fast pickling for the protocol's frozen Structs and the core's frozen dataclasses.
 
 The default pickling of a slotted dataclass calls ``dataclasses.fields()``
-for every object, on both sides; messages cross process boundaries by the
+for every object, on both sides, and a keyword-only ``msgspec.Struct``
+pickles as a dict of its fields; messages cross process boundaries by the
 hundred thousand per second, so that cost shows.  ``fast_reduce`` pickles an
-object as a rebuild function and the tuple of its field values, and the
-rebuild makes the object without running ``__init__`` (values were
-validated when the object was first made).
+object as a rebuild function and the tuple of its field values.  A
+dataclass's rebuild makes the object without running ``__init__`` (values
+were validated when the object was first made); a Struct's calls the class
+with keywords (its ``__init__`` is C, and a Struct cannot be made without
+it).  Both pickle to the same bytes for the same class name and values, so
+a Struct pickles as the dataclass it replaced did.
 
 ``install(cls, ...)`` generates both halves for each class when its module
 is imported (straight-line code, no loops over field names): the class's own
@@ -29,15 +33,21 @@ _NAMES: dict[type, tuple[str, ...]] = {}
 def _names(cls: type) -> tuple[str, ...]:
     n = _NAMES.get(cls)
     if n is None:
-        n = _NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+        n = getattr(cls, "__struct_fields__", None)
+        if n is None:
+            n = tuple(f.name for f in dataclasses.fields(cls))
+        _NAMES[cls] = n
     return n
 
 
 def _rebuild(cls: type, values: tuple):
     """The generic rebuild (kept so that pickles made by older code load)."""
+    names = _names(cls)
+    if hasattr(cls, "__struct_fields__"):
+        return cls(**dict(zip(names, values)))
     obj = object.__new__(cls)
     setter = object.__setattr__
-    for name, value in zip(_names(cls), values):
+    for name, value in zip(names, values):
         setter(obj, name, value)
     return obj
 
@@ -47,13 +57,16 @@ def install(*classes: type) -> None:
     for cls in classes:
         names = _names(cls)
         args = ", ".join(f"v{i}" for i in range(len(names)))
-        body = "".join(f"    _set(o, {n!r}, v{i})\n" for i, n in enumerate(names))
         values = "".join(f"self.{n}, " for n in names)
+        if hasattr(cls, "__struct_fields__"):
+            kwargs = ", ".join(f"{n}=v{i}" for i, n in enumerate(names))
+            make = f"    return _cls({kwargs})\n"
+        else:
+            body = "".join(f"    _set(o, {n!r}, v{i})\n" for i, n in enumerate(names))
+            make = f"    o = _new(_cls)\n{body}    return o\n"
         src = (
             f"def _pickle_rebuild({args}):\n"
-            f"    o = _new(_cls)\n"
-            f"{body}"
-            f"    return o\n"
+            f"{make}"
             f"def __reduce__(self):\n"
             f"    if type(self) is not _cls:\n"
             f"        return _fast_reduce(self)  # a subclass: its own fields\n"

@@ -24,8 +24,10 @@ with how the host, the router (core/actor_router.py) and the manager
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from msgspec.structs import replace  # (records are Structs)
 
 from .actor_rules import _cancelled, checkpoint_key
 from .ids import ActorId, ObjectId, TaskId, child_task_id

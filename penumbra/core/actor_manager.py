@@ -22,8 +22,10 @@ in core/actors.py.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from msgspec.structs import replace  # (records are Structs)
 
 from .actor_rules import _rank, checkpoint_key
 from .ids import ActorId, TaskId

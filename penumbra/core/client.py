@@ -54,10 +54,10 @@ allocated here (``next_id``), so a driver never reuses one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable, Hashable
 
 from .ids import ActorId, ObjectId
+from .msg_base import install_protocol
 from .messages import (
     ActorRegistered,
     CancelWatch,
@@ -90,14 +90,10 @@ SHUT_DOWN = "shut down"
 INLINE_KEEP_BYTES = 64 << 10
 LINGER_INLINE_BYTES = 64 << 20
 
-_frozen = dataclass(frozen=True, slots=True, kw_only=True)
-
-
 # ===========================================================================
 # Events (driver -> machine) and commands (machine -> driver)
 
 
-@_frozen
 class ConnectionLost(Event):
     """The connection to the node ended without this side closing it (the
     daemon was killed or exited, the link was cut, the node crashed)."""
@@ -105,12 +101,10 @@ class ConnectionLost(Event):
     detail: str = ""
 
 
-@_frozen
 class ShutDown(Event):
     """This side closed the connection (``shutdown()``, a worker exiting)."""
 
 
-@_frozen
 class Resolve(Command):
     """``waiter``'s answer: a reply message, or a watch's reports
     (``{object_id: (ObjectInfo, attachment)}``)."""
@@ -119,7 +113,6 @@ class Resolve(Command):
     value: Any
 
 
-@_frozen
 class Report(Command):
     """New reports for a streaming watch: ``((object_id, info, attachment), ...)``
     (each object once)."""
@@ -128,7 +121,6 @@ class Report(Command):
     objects: tuple
 
 
-@_frozen
 class TimedOut(Command):
     """``waiter``'s time ran out first; ``partial``: a watch's reports so far
     (``None`` for a one-reply request)."""
@@ -137,7 +129,6 @@ class TimedOut(Command):
     partial: Any = None
 
 
-@_frozen
 class Fail(Command):
     """The connection is gone: ``reason`` is ``LOST`` (``detail`` says how)
     or ``SHUT_DOWN``."""
@@ -147,11 +138,7 @@ class Fail(Command):
     detail: str = ""
 
 
-from ._fastinit import install_init as _install_init  # noqa: E402
-from ._pickling import install as _install_pickling  # noqa: E402
-
-_install_init(ConnectionLost, ShutDown, Resolve, Report, TimedOut, Fail)
-_install_pickling(ConnectionLost, ShutDown, Resolve, Report, TimedOut, Fail)
+install_protocol(__name__)  # their generated pickling
 
 
 # ===========================================================================

@@ -85,7 +85,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ._fastinit import install_init as _install_init
 from .gcs_config import FlushConfig, GcsTiming
 from .gcs_flush import ReplicaFlushing
 from .gcs_master import ChainMaster
@@ -115,6 +114,7 @@ from .messages import (
 )
 from .records import ChainConfig
 from .messages import FlushedRowsCopy, FlushedRowsRequest, FlushRows, RowsLoaded
+from .msg_base import install_protocol
 from .tables import Change, Op, Subscribe, Tables
 
 __all__ = [
@@ -127,10 +127,6 @@ __all__ = [
     "FlushConfig",
 ]
 
-_frozen = dataclass(frozen=True, slots=True, kw_only=True)
-
-
-@_frozen
 class GcsSync(Message):
     """New successor to predecessor: I have applied up to ``seq``."""
 
@@ -140,7 +136,6 @@ class GcsSync(Message):
     replica: str
 
 
-@_frozen
 class GcsCaughtUp(Message):
     """Predecessor to successor: you now have everything up to ``seq``."""
 
@@ -149,7 +144,6 @@ class GcsCaughtUp(Message):
     seq: int
 
 
-@_frozen
 class GcsRejoin(Message):
     """Predecessor to successor: I no longer hold the entries you lack (your
     snapshot came from a replica that is not your predecessor, e.g. when
@@ -705,4 +699,4 @@ _HANDLERS = {
     FlushedRowsCopy: GcsReplica._on_copy,
 }
 
-_install_init(GcsSync, GcsCaughtUp, GcsRejoin)
+install_protocol(__name__)  # their generated pickling

@@ -38,8 +38,10 @@ spending the budget); once the budget is gone their outputs hold
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterable
+
+from msgspec.structs import replace  # (records are Structs)
 
 from .ids import ObjectId, TaskId
 from .messages import Command, ObjectUnrecoverable, Send

@@ -5,8 +5,8 @@ Theory of operation
 A core machine is driven by ``handle(event, now) -> list[Command]``.  Events
 are what happened (a message arrived, a timer fired, a worker crashed);
 commands are what the machine wants done (send a message, start a worker,
-fetch an object).  Both are frozen, slotted dataclasses, built with keyword
-arguments, and both carry a ``stimulus_id``: the id of the external stimulus
+fetch an object).  Both are frozen ``msgspec.Struct``s (``msg_base``), built
+with keyword arguments, and both carry a ``stimulus_id``: the id of the external stimulus
 that caused them, so a story can be told for any task ("what happened to X,
 and why").
 

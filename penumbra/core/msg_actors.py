@@ -13,7 +13,7 @@ actors share its fate (``OwnerDied``).  The messages module
 from __future__ import annotations
 
 from .ids import ActorId, TaskId
-from .msg_base import Message, _frozen, install_protocol
+from .msg_base import Message, install_protocol
 from .records import ActorEntry, ErrorInfo
 from .specs import Payload, TaskSpec
 
@@ -35,7 +35,6 @@ __all__ = [
 # Actors
 
 
-@_frozen
 class ActorCall(Message):
     """Caller's node to the actor's host node: run this method call.
 
@@ -51,7 +50,6 @@ class ActorCall(Message):
     attempt: int = 0
 
 
-@_frozen
 class ActorCallDone(Message):
     """Host node to caller's node: these calls are resolved (ran or failed)
     by the actor's ``incarnation``."""
@@ -62,7 +60,6 @@ class ActorCallDone(Message):
     incarnation: int = -1
 
 
-@_frozen
 class ActorFloor(Message):
     """Caller's node to the actor's host: this caller's calls below ``floor``
     are all resolved.  Sent when an older incarnation resolved a call the
@@ -74,7 +71,6 @@ class ActorFloor(Message):
     incarnation: int
 
 
-@_frozen
 class ActorCallStale(Message):
     """Host to caller's node: the call's incarnation is not the live one."""
 
@@ -82,7 +78,6 @@ class ActorCallStale(Message):
     incarnation: int
 
 
-@_frozen
 class StartActor(Message):
     """Head to a node: (re)create this actor here (placement was decided),
     restoring ``checkpoint`` and replaying ``replay`` (paper-style)."""
@@ -95,7 +90,6 @@ class StartActor(Message):
     seqs: tuple[tuple[str, int], ...] = ()
 
 
-@_frozen
 class ActorReported(Message):
     """Node to head: the actor's worker died or its constructor failed."""
 
@@ -107,7 +101,6 @@ class ActorReported(Message):
     entry: ActorEntry | None = None  # the row as the node knows it
 
 
-@_frozen
 class KillActorRequest(Message):
     """Node to head: a client asked to kill an actor (or, with a
     ``reason``, the actor's host ends it: ``__ray_terminate__``)."""
@@ -117,7 +110,6 @@ class KillActorRequest(Message):
     reason: str = ""
 
 
-@_frozen
 class StopActor(Message):
     """Head to host node: kill the actor's worker now (``graceful``: after
     the actor's ``__ray_shutdown__`` ran, if it has one)."""
@@ -132,7 +124,6 @@ class StopActor(Message):
 # Actors: cancelling a call, and an owner's fate
 
 
-@_frozen
 class CancelActorCall(Message):
     """Caller's node to the actor's host: ``penumbra.cancel`` of a call sent
     to incarnation ``incarnation``.  Queued there, it fails with
@@ -149,7 +140,6 @@ class CancelActorCall(Message):
     incarnation: int
 
 
-@_frozen
 class OwnerDied(Message):
     """A node to the head: the worker ``owner`` died, and it had created
     these non-detached actors (Ray's fate sharing: an actor dies with the

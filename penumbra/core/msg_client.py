@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from .ids import ActorId, ObjectId, TaskId
-from .msg_base import Message, _frozen, install_protocol
+from .msg_base import Message, install_protocol
 from .records import ErrorInfo, ObjectInfo
 from .specs import TaskSpec
 from .tables_ops import Op, Query
@@ -43,7 +43,6 @@ __all__ = [
 # Clients (drivers and workers) <-> their node
 
 
-@_frozen
 class RegisterClient(Message):
     """A driver (or worker acting as a client) connects to its node."""
 
@@ -52,12 +51,10 @@ class RegisterClient(Message):
     is_driver: bool = True
 
 
-@_frozen
 class ClientDisconnected(Message):
     client: str
 
 
-@_frozen
 class SubmitTask(Message):
     """Submit a task or an actor call (``spec.actor_id``) or actor creation."""
 
@@ -65,7 +62,6 @@ class SubmitTask(Message):
     spec: TaskSpec
 
 
-@_frozen
 class WatchObjects(Message):
     """Tell ``client`` (``ObjectsReady``) as each object becomes available.
 
@@ -84,13 +80,11 @@ class WatchObjects(Message):
     need: int = 1
 
 
-@_frozen
 class CancelWatch(Message):
     client: str
     req_id: int
 
 
-@_frozen
 class ObjectsReady(Message):
     """Node to client: these watched objects are available on the node."""
 
@@ -98,7 +92,6 @@ class ObjectsReady(Message):
     objects: tuple[tuple[ObjectId, ObjectInfo], ...]
 
 
-@_frozen
 class PutObject(Message):
     """A client stored an object in the node's store; admit and record it.
 
@@ -112,20 +105,17 @@ class PutObject(Message):
     size: int
 
 
-@_frozen
 class PutDone(Message):
     req_id: int
     object_id: ObjectId
 
 
-@_frozen
 class PutFailed(Message):
     req_id: int
     object_id: ObjectId
     error: ErrorInfo
 
 
-@_frozen
 class ReleaseObjects(Message):
     """``client`` holds no more refs to these objects it put: unpin them.
     ``free``: no ref to them ever left the client either, so nobody can ask
@@ -136,7 +126,6 @@ class ReleaseObjects(Message):
     free: bool = False
 
 
-@_frozen
 class CancelTask(Message):
     """Cancel a task (``force``: kill its worker; ``recursive``: children)."""
 
@@ -146,7 +135,6 @@ class CancelTask(Message):
     recursive: bool = True
 
 
-@_frozen
 class KillActor(Message):
     client: str
     actor_id: ActorId
@@ -156,19 +144,16 @@ class KillActor(Message):
     exiting: TaskId | None = None
 
 
-@_frozen
 class WorkerBlocked(Message):
     """A worker waits in ``get`` for non-local objects: lend out its CPU."""
 
     worker_id: str
 
 
-@_frozen
 class WorkerUnblocked(Message):
     worker_id: str
 
 
-@_frozen
 class ClientGcsRequest(Message):
     """A client's read or write through its node (``get_actor``, ``nodes``)."""
 
@@ -177,13 +162,11 @@ class ClientGcsRequest(Message):
     request: Op | Query
 
 
-@_frozen
 class ClientGcsReply(Message):
     req_id: int
     result: Any
 
 
-@_frozen
 class ActorRegistered(Message):
     """Node to client: the named actor's registration result (the client
     matches it by ``actor_id``).

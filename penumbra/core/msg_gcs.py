@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Hashable
 
-from .msg_base import Command, Event, Message, _frozen, install_protocol
+from .msg_base import Command, Event, Message, install_protocol
 from .records import ChainConfig
 from .tables_ops import Op, Query
 
@@ -43,7 +43,6 @@ __all__ = [
 # GCS: chain replication (replica <-> replica, client <-> replica)
 
 
-@_frozen
 class GcsWrite(Message):
     """A client asks the chain head to apply ``op``.
 
@@ -60,7 +59,6 @@ class GcsWrite(Message):
     low_water: int = 0
 
 
-@_frozen
 class GcsRead(Message):
     """A client asks the chain tail to answer ``query``."""
 
@@ -70,7 +68,6 @@ class GcsRead(Message):
     shard: int = 0
 
 
-@_frozen
 class GcsReply(Message):
     """The tail's answer to a write (after it is committed) or a read."""
 
@@ -79,7 +76,6 @@ class GcsReply(Message):
     shard: int = 0
 
 
-@_frozen
 class GcsForward(Message):
     """Replica to successor: apply the write with sequence number ``seq``."""
 
@@ -92,7 +88,6 @@ class GcsForward(Message):
     low_water: int = 0
 
 
-@_frozen
 class GcsAck(Message):
     """Successor to predecessor: everything up to ``seq`` is committed."""
 
@@ -101,7 +96,6 @@ class GcsAck(Message):
     seq: int
 
 
-@_frozen
 class GcsNotify(Message):
     """Pub/sub: ``key`` of ``table`` changed to ``value`` (``None``: deleted).
 
@@ -117,14 +111,12 @@ class GcsNotify(Message):
     shard: int = 0
 
 
-@_frozen
 class ChainConfigMsg(Message):
     """The chain master's current configuration of one shard."""
 
     config: ChainConfig
 
 
-@_frozen
 class StateTransferRequest(Message):
     """A joining replica asks the current tail for a snapshot."""
 
@@ -132,7 +124,6 @@ class StateTransferRequest(Message):
     shard: int
 
 
-@_frozen
 class StateSnapshot(Message):
     """The tail's state for a joining replica, as of ``seq``."""
 
@@ -143,7 +134,6 @@ class StateSnapshot(Message):
     dedup: Any
 
 
-@_frozen
 class ReplicaHeartbeat(Message):
     replica: str
     shard: int
@@ -152,7 +142,6 @@ class ReplicaHeartbeat(Message):
     caught_up: bool = True  # holds every committed write (a new member: once synced)
 
 
-@_frozen
 class ReplicaJoin(Message):
     """A (re)started replica asks the chain master to be added to a chain."""
 
@@ -160,7 +149,6 @@ class ReplicaJoin(Message):
     shard: int
 
 
-@_frozen
 class ReplicaReady(Message):
     """A joining replica has its snapshot and can become the tail."""
 
@@ -174,7 +162,6 @@ class ReplicaReady(Message):
 # writes and reads the disk
 
 
-@_frozen
 class FlushRows(Command):
     """A GCS replica moved these rows out of memory: write them to disk as
     segment ``segment`` of shard ``shard`` (rows: ``(table, key, row)``).
@@ -189,7 +176,6 @@ class FlushRows(Command):
     rows: tuple
 
 
-@_frozen
 class LoadRows(Command):
     """Read flushed rows back: ``wants`` is ``((table, key, segment), ...)``.
     Completes with ``RowsLoaded(token)`` holding the rows found (a row the
@@ -200,7 +186,6 @@ class LoadRows(Command):
     wants: tuple
 
 
-@_frozen
 class RowsLoaded(Event):
     """The answer to ``LoadRows(token)``: ``rows`` is ``((table, key, row), ...)``."""
 
@@ -208,7 +193,6 @@ class RowsLoaded(Event):
     rows: tuple
 
 
-@_frozen
 class FlushedRowsRequest(Message):
     """A GCS replica joining after a flush asks a chain member for the
     flushed rows of one segment that its snapshot's index names: the index
@@ -221,7 +205,6 @@ class FlushedRowsRequest(Message):
     wants: tuple
 
 
-@_frozen
 class FlushedRowsCopy(Message):
     """The answer to ``FlushedRowsRequest``: the rows of ``segment`` the
     sender's disk holds, ``((table, key, row), ...)`` (one segment per

@@ -13,7 +13,7 @@ name.
 from __future__ import annotations
 
 from .ids import ObjectId, TaskId
-from .msg_base import Command, Event, Message, _frozen, install_protocol
+from .msg_base import Command, Event, Message, install_protocol
 from .records import ChainConfig, ErrorInfo, NodeLoad
 from .specs import ResourceSet, TaskSpec
 
@@ -52,21 +52,18 @@ __all__ = [
 # Scheduling: nodes <-> head (global scheduler, monitor)
 
 
-@_frozen
 class NodeJoin(Message):
     node_id: str
     resources: ResourceSet
     address: str = ""
 
 
-@_frozen
 class NodeWelcome(Message):
     """Head to a joining node: the GCS chains to talk to."""
 
     configs: tuple[ChainConfig, ...]
 
 
-@_frozen
 class Heartbeat(Message):
     node_id: str
     load: NodeLoad
@@ -75,7 +72,6 @@ class Heartbeat(Message):
     seq: int = 0
 
 
-@_frozen
 class ForwardTask(Message):
     """Local scheduler to global scheduler: place this task for me.
 
@@ -89,7 +85,6 @@ class ForwardTask(Message):
     attempt: int = 0
 
 
-@_frozen
 class PlaceTask(Message):
     """Global scheduler to a node: run this task here."""
 
@@ -98,7 +93,6 @@ class PlaceTask(Message):
     reconstruction: bool = False
 
 
-@_frozen
 class ReconstructObject(Message):
     """A node found ``object_id`` lost; ask the head to rebuild it."""
 
@@ -106,7 +100,6 @@ class ReconstructObject(Message):
     node_id: str
 
 
-@_frozen
 class ObjectUnrecoverable(Message):
     """Head to node: ``object_id`` cannot be rebuilt; use ``error``."""
 
@@ -114,7 +107,6 @@ class ObjectUnrecoverable(Message):
     error: ErrorInfo
 
 
-@_frozen
 class NodeDied(Event):
     """Delivered to the head's monitor by a driver that *knows* (the
     simulator's omniscient view, or an orderly ``penumbra stop``); the
@@ -123,7 +115,6 @@ class NodeDied(Event):
     node_id: str
 
 
-@_frozen
 class JobFinished(Message):
     """A driver exited or disconnected (node to head): its job ends.  The
     head decides what that means (Ray's rule): its queued and running tasks
@@ -134,7 +125,6 @@ class JobFinished(Message):
     job_id: int
 
 
-@_frozen
 class Fenced(Message):
     """Head to a node it has declared dead: stop.  A node that was merely
     cut off (a partition longer than the heartbeat timeout) must not come
@@ -144,7 +134,6 @@ class Fenced(Message):
     reason: str = ""
 
 
-@_frozen
 class StopNode(Command):
     """The node must stop for good (its driver exits the process, or the
     simulator crashes the host); it has been declared dead."""
@@ -152,13 +141,11 @@ class StopNode(Command):
     reason: str
 
 
-@_frozen
 class ClusterStatusRequest(Message):
     client: str
     req_id: int
 
 
-@_frozen
 class ClusterStatus(Message):
     req_id: int
     # (node id, alive, total resources, latest heartbeat load or None)
@@ -169,7 +156,6 @@ class ClusterStatus(Message):
 # Jobs: the head ends a job on every node
 
 
-@_frozen
 class JobEnded(Message):
     """Head to every node: job ``job_id`` is over.  The node drops the job's
     queued tasks, kills the workers running its tasks (nested ones too: they
@@ -179,7 +165,6 @@ class JobEnded(Message):
     job_id: int
 
 
-@_frozen
 class JobCleared(Message):
     """Node to head: this node holds no queued or running task of
     ``job_id`` any more (the head forgets the job's GCS rows once every
@@ -189,7 +174,6 @@ class JobCleared(Message):
     node_id: str
 
 
-@_frozen
 class DropObjects(Message):
     """Head to a node: these objects belong to a job that ended and their
     GCS rows are gone; delete the copies held here."""
@@ -202,7 +186,6 @@ class DropObjects(Message):
 # nodes in two phases, prepare then commit, so a group is all or nothing.
 
 
-@_frozen
 class PrepareBundles(Message):
     """Head to a node: set these bundles' resources apart from the free
     pool (not usable by anyone yet).  Answered by ``BundlesPrepared`` or
@@ -212,14 +195,12 @@ class PrepareBundles(Message):
     bundles: tuple[tuple[int, ResourceSet], ...]  # (bundle index, resources)
 
 
-@_frozen
 class BundlesPrepared(Message):
     pg_id: str
     node_id: str
     indexes: tuple[int, ...]
 
 
-@_frozen
 class BundlesPrepareFailed(Message):
     """The node's free resources no longer fit the bundles (the head's view
     was stale): nothing was set apart."""
@@ -230,7 +211,6 @@ class BundlesPrepareFailed(Message):
     reason: str = ""
 
 
-@_frozen
 class CommitBundles(Message):
     """Head to a node: every bundle of the group is prepared; make these
     usable (their resources appear under the group's names)."""
@@ -239,7 +219,6 @@ class CommitBundles(Message):
     indexes: tuple[int, ...]
 
 
-@_frozen
 class BundlesCommitted(Message):
     pg_id: str
     node_id: str
@@ -248,7 +227,6 @@ class BundlesCommitted(Message):
     granted: ResourceSet = ResourceSet()
 
 
-@_frozen
 class ReleaseBundles(Message):
     """Head to a node: give these bundles back (an aborted attempt:
     ``indexes``), or every bundle of the group (removed: ``indexes=None``:
@@ -258,7 +236,6 @@ class ReleaseBundles(Message):
     indexes: tuple[int, ...] | None = None
 
 
-@_frozen
 class BundlesReleased(Message):
     pg_id: str
     node_id: str
@@ -269,7 +246,6 @@ class BundlesReleased(Message):
 # (see "Recovery: a new head from surviving replicas" in core/head.py)
 
 
-@_frozen
 class ChainQuery(Message):
     """A recovering head to a GCS replica: what do you know of your shard?
     The replica answers ``master`` with a ``ChainReport`` (any replica,
@@ -278,7 +254,6 @@ class ChainQuery(Message):
     master: str
 
 
-@_frozen
 class ChainReport(Message):
     """A replica's answer to ``ChainQuery``: its current view of its shard.
 
@@ -298,7 +273,6 @@ class ChainReport(Message):
     client_req: int = 0
 
 
-@_frozen
 class TasksHeldQuery(Message):
     """A recovering head to a live node, in two rounds.
 
@@ -314,7 +288,6 @@ class TasksHeldQuery(Message):
     task_ids: tuple[TaskId, ...] | None = None
 
 
-@_frozen
 class TasksHeldReport(Message):
     """A node's answer to ``TasksHeldQuery``: the ones it forwarded (it no
     longer holds them: they are the head's to place) and the ones it never

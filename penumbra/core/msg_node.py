@@ -13,7 +13,7 @@ and transfers between nodes (``Fetch`` -> ``FetchCompleted``/``FetchFailed``,
 from __future__ import annotations
 
 from .ids import ActorId, ObjectId, TaskId
-from .msg_base import Command, Event, _frozen, install_protocol
+from .msg_base import Command, Event, install_protocol
 from .records import ErrorInfo
 from .specs import Payload, TaskSpec
 
@@ -48,23 +48,19 @@ __all__ = [
 # Node <-> its worker processes (commands out, events in)
 
 
-@_frozen
 class StartWorker(Command):
     worker_id: str
 
 
-@_frozen
 class WorkerStarted(Event):
     worker_id: str
 
 
-@_frozen
 class WorkerStartFailed(Event):
     worker_id: str
     reason: str
 
 
-@_frozen
 class Execute(Command):
     """Run ``spec`` on ``worker_id``.  Completes with ``TaskFinished``,
     ``TaskRaised`` or ``WorkerCrashed``.  ``attempt`` counts from 0."""
@@ -79,7 +75,6 @@ class Execute(Command):
     gpu_ids: tuple[int, ...] = ()
 
 
-@_frozen
 class TaskFinished(Event):
     """The task returned.  ``outputs`` are (object id, size) of each return,
     already written to the node's store by the driver."""
@@ -93,7 +88,6 @@ class TaskFinished(Event):
     span: tuple[float, float] | None = None
 
 
-@_frozen
 class TaskRaised(Event):
     """The user's code raised.  ``retryable`` is the worker's reading of the
     spec's ``retry_exceptions``; ``error`` carries the serialized exception."""
@@ -106,7 +100,6 @@ class TaskRaised(Event):
     span: tuple[float, float] | None = None  # as ``TaskFinished.span``
 
 
-@_frozen
 class WorkerCrashed(Event):
     """The worker process died (killed, segfault, OOM) or exited."""
 
@@ -114,13 +107,11 @@ class WorkerCrashed(Event):
     reason: str = ""
 
 
-@_frozen
 class KillWorker(Command):
     worker_id: str
     reason: str = ""
 
 
-@_frozen
 class InterruptTask(Command):
     """Ask a worker to interrupt a running task (non-force cancel)."""
 
@@ -128,7 +119,6 @@ class InterruptTask(Command):
     task_id: TaskId
 
 
-@_frozen
 class CheckpointActor(Command):
     """Ask an actor's worker to save its state (after ``index`` calls).
 
@@ -140,7 +130,6 @@ class CheckpointActor(Command):
     index: int
 
 
-@_frozen
 class ActorCheckpointed(Event):
     """The actor's state after ``index`` calls, serialized (kept in the GCS,
     so it survives the node)."""
@@ -155,7 +144,6 @@ class ActorCheckpointed(Event):
 # Objects: a node's store and transfers between nodes
 
 
-@_frozen
 class Fetch(Command):
     """Copy ``object_id`` from ``from_node``'s store into ours.
 
@@ -167,27 +155,23 @@ class Fetch(Command):
     size: int
 
 
-@_frozen
 class FetchCompleted(Event):
     object_id: ObjectId
     size: int
 
 
-@_frozen
 class FetchFailed(Event):
     object_id: ObjectId
     from_node: str
     reason: str = ""
 
 
-@_frozen
 class Evict(Command):
     """Free the bytes of ``object_id`` in this node's store."""
 
     object_id: ObjectId
 
 
-@_frozen
 class StoreError(Command):
     """Materialise ``error`` as the value of these objects in our store."""
 
@@ -199,7 +183,6 @@ class StoreError(Command):
 # Spilling: a node's store <-> its local disk (see core/objects_store.py)
 
 
-@_frozen
 class SpillObjects(Command):
     """Write these objects (in this node's store now) to the node's spill
     directory, in the background.  The in-memory copies stay until the
@@ -210,18 +193,15 @@ class SpillObjects(Command):
     sizes: tuple[int, ...]
 
 
-@_frozen
 class ObjectsSpilled(Event):
     object_ids: tuple[ObjectId, ...]
 
 
-@_frozen
 class SpillFailed(Event):
     object_ids: tuple[ObjectId, ...]
     reason: str = ""
 
 
-@_frozen
 class RestoreObject(Command):
     """Read ``object_id`` back from the spill directory into the store (the
     file stays until ``DeleteSpilled``).  Completes with ``ObjectRestored``
@@ -231,19 +211,16 @@ class RestoreObject(Command):
     size: int
 
 
-@_frozen
 class ObjectRestored(Event):
     object_id: ObjectId
     size: int
 
 
-@_frozen
 class RestoreFailed(Event):
     object_id: ObjectId
     reason: str = ""
 
 
-@_frozen
 class DeleteSpilled(Command):
     """Delete the spill files of these objects (released, or restored)."""
 

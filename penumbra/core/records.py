@@ -1,16 +1,16 @@
 """Plain data shared by the machines: GCS table rows, errors, load reports.
 
 These are values, not events: they travel inside messages and sit in the GCS
-tables.  All are frozen; a change is a new record (``dataclasses.replace``).
+tables.  All are frozen ``Record``s (``msgspec.Struct``); a change is a new
+record (``msgspec.structs.replace``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from enum import Enum
 
 from .ids import ActorId, ObjectId
-from .specs import EMPTY, ActorSpec, Payload, ResourceSet, TaskSpec
+from .specs import EMPTY, ActorSpec, Payload, Record, ResourceSet, TaskSpec
 
 __all__ = [
     "ErrorKind",
@@ -46,8 +46,7 @@ class ErrorKind(str, Enum):
     RUNTIME_ENV = "runtime_env"  # the function/class could not be loaded
 
 
-@dataclass(frozen=True, slots=True)
-class ErrorInfo:
+class ErrorInfo(Record):
     """An error stored in place of an object's value.
 
     ``payload`` holds the serialized exception for ``TASK_ERROR`` (opaque to
@@ -62,16 +61,14 @@ class ErrorInfo:
     task_name: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class ObjectInfo:
+class ObjectInfo(Record):
     """What a client learns about an object that became available."""
 
     size: int
     error: ErrorInfo | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class PlacementGroupEntry:
+class PlacementGroupEntry(Record):
     """A placement group's row in the GCS (``placement_groups``, shard 0).
 
     ``state`` is one of ``PENDING`` (not all bundles reserved yet),
@@ -91,8 +88,7 @@ class PlacementGroupEntry:
     nodes: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class NodeLoad:
+class NodeLoad(Record):
     """A node's heartbeat: what the global scheduler places by.
 
     ``mean_task_time`` is the node's exponential average of task execution
@@ -115,8 +111,7 @@ class TaskState(str, Enum):
     FAILED = "failed"  # gave up; outputs hold the error
 
 
-@dataclass(frozen=True, slots=True)
-class TaskEntry:
+class TaskEntry(Record):
     """A row of the task table: the lineage of every object.
 
     ``attempt`` counts executions started (0 before the first); retries and
@@ -131,8 +126,7 @@ class TaskEntry:
     placed: bool = False  # ``node`` was chosen by the global scheduler
 
 
-@dataclass(frozen=True, slots=True)
-class ObjectEntry:
+class ObjectEntry(Record):
     """A row of the object table: where an object lives and what it is.
 
     ``created`` becomes true when the object first exists anywhere (a value or
@@ -151,8 +145,7 @@ class ObjectEntry:
         return self.created and self.error is None and not self.locations
 
 
-@dataclass(frozen=True, slots=True)
-class NodeEntry:
+class NodeEntry(Record):
     node_id: str
     resources: ResourceSet = EMPTY
     alive: bool = True
@@ -166,8 +159,7 @@ class ActorState(str, Enum):
     DEAD = "dead"
 
 
-@dataclass(frozen=True, slots=True)
-class ActorEntry:
+class ActorEntry(Record):
     """A row of the actor table.
 
     ``incarnation`` grows by one at every restart; calls carry the incarnation
@@ -192,8 +184,7 @@ class ActorEntry:
     graceful: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class ChainConfig:
+class ChainConfig(Record):
     """The replicas of one GCS shard, head first, tail last.
 
     ``epoch`` grows at every reconfiguration; a replica ignores a config older
@@ -202,7 +193,7 @@ class ChainConfig:
 
     shard: int
     epoch: int
-    replicas: tuple[str, ...] = field(default_factory=tuple)
+    replicas: tuple[str, ...] = ()
 
     @property
     def head(self) -> str:
@@ -221,8 +212,6 @@ class ChainConfig:
         return self.replicas[i - 1] if i > 0 else None
 
 
-from ._fastinit import install_init as _install_init  # noqa: E402
 from ._pickling import install as _install_pickling  # noqa: E402
 
 _install_pickling(ErrorInfo, ObjectInfo, NodeLoad, PlacementGroupEntry, TaskEntry, ObjectEntry, NodeEntry, ActorEntry, ChainConfig)
-_install_init(ErrorInfo, ObjectInfo, NodeLoad, PlacementGroupEntry, TaskEntry, ObjectEntry, NodeEntry, ActorEntry, ChainConfig)

@@ -15,8 +15,10 @@ part of the payload and are *not* dependencies, exactly as in Ray.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Mapping
+
+import msgspec
+from msgspec.structs import force_setattr as _force_setattr
 
 from .ids import ActorId, ObjectId, TaskId, return_object_id
 
@@ -27,6 +29,7 @@ __all__ = [
     "ActorSpec",
     "TaskSpec",
     "Payload",
+    "Record",
 ]
 
 UNIT = 10_000  # fixed-point units per resource unit
@@ -163,8 +166,19 @@ class ResourceSet:
 EMPTY = ResourceSet()
 
 
-@dataclass(frozen=True, slots=True)
-class FunctionDescriptor:
+class Record(msgspec.Struct, frozen=True, gc=False):
+    """The base of the core's plain values (specs, GCS rows, ops): a frozen
+    ``msgspec.Struct``, built, compared and hashed in C (a third of a frozen
+    dataclass's cost to build here).  A changed copy is
+    ``msgspec.structs.replace(record, field=value)``; positional arguments
+    are allowed, in field order, as they were for the dataclasses.
+
+    Not tracked by the garbage collector (``gc=False``, as the protocol's
+    ``ProtocolStruct``, which says why and the rule that makes it safe): a
+    record is a value and never part of a reference cycle."""
+
+
+class FunctionDescriptor(Record):
     """Names a remote function or actor class.
 
     ``function_id`` is a content hash of the pickled function (computed by the
@@ -178,8 +192,7 @@ class FunctionDescriptor:
         return f"<{self.name}>"
 
 
-@dataclass(frozen=True, slots=True)
-class Payload:
+class Payload(Record):
     """Opaque serialized bytes the core carries but never reads.
 
     ``size`` is what the transport and the cost model charge for it; ``data``
@@ -194,8 +207,7 @@ class Payload:
         return f"Payload({self.size}B)"
 
 
-@dataclass(frozen=True, slots=True)
-class ActorSpec:
+class ActorSpec(Record):
     """How to create, place and restart an actor.
 
     ``resources`` are held for the actor's whole lifetime; ``placement``
@@ -226,8 +238,7 @@ class ActorSpec:
     scheduling: object = None
 
 
-@dataclass(frozen=True, slots=True)
-class TaskSpec:
+class TaskSpec(Record):
     """Everything needed to run, retry and re-execute one task.
 
     ``args`` is opaque; ``dependencies`` are the top-level object refs among
@@ -260,15 +271,18 @@ class TaskSpec:
     # None (the default policy), "SPREAD", or a ``placement.InGroup`` /
     # ``placement.OnNode`` (see core/placement.py)
     scheduling: object = None
-    return_ids: tuple[ObjectId, ...] = field(init=False, repr=False, compare=False)
+    # derived, never given: the ids of the task's returns, set by
+    # ``__post_init__`` from ``task_id`` and ``num_returns`` (a value passed
+    # in is replaced, so it always agrees with them)
+    return_ids: tuple[ObjectId, ...] = ()
 
     def __post_init__(self) -> None:
         if self.num_returns < 0:
             raise ValueError(f"num_returns must be >= 0, got {self.num_returns}")
-        object.__setattr__(
+        _force_setattr(
             self,
             "return_ids",
-            tuple(return_object_id(self.task_id, i) for i in range(1, self.num_returns + 1)),
+            tuple([return_object_id(self.task_id, i) for i in range(1, self.num_returns + 1)]),
         )
 
     @property
@@ -289,8 +303,6 @@ class TaskSpec:
         return f"TaskSpec({self.display_name()} {self.task_id.short()}{extra})"
 
 
-from ._fastinit import install_init as _install_init  # noqa: E402
 from ._pickling import install as _install_pickling  # noqa: E402
 
 _install_pickling(FunctionDescriptor, Payload, ActorSpec, TaskSpec)
-_install_init(FunctionDescriptor, Payload, ActorSpec, TaskSpec)

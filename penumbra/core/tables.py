@@ -54,8 +54,9 @@ before the split.
 
 from __future__ import annotations
 
-from dataclasses import fields, replace
 from typing import Any
+
+from msgspec.structs import replace
 
 from .ids import ActorId, ObjectId, TaskId, driver_task_id  # noqa: F401 (importable from here, as before)
 from .records import (  # noqa: F401 (some only importable from here, as before)
@@ -280,7 +281,7 @@ def _finish_task(t: Tables, op: FinishTask):
             early[op.task_id] = (TaskState.FAILED if op.error is not None else TaskState.FINISHED, op.node, op.attempt)
     elif op.attempt >= old.attempt:  # (an older attempt's end is stale)
         state = TaskState.FAILED if op.error is not None else TaskState.FINISHED
-        # (hot path: built directly rather than with dataclasses.replace)
+        # (hot path: built directly rather than with structs.replace)
         new = TaskEntry(old.spec, state, op.node, max(old.attempt, op.attempt), old.reconstructions, old.placed)
         changes += t._put_task(op.task_id, new)
     objs = t.data["objects"]
@@ -319,9 +320,9 @@ def _add_location(t: Tables, op: AddLocation):
 
 
 # The hot paths above build rows positionally; a new field must be added there.
-assert tuple(f.name for f in fields(TaskEntry)) == ("spec", "state", "node", "attempt", "reconstructions", "placed"), (
+assert TaskEntry.__struct_fields__ == ("spec", "state", "node", "attempt", "reconstructions", "placed"), (
     "TaskEntry changed: update _finish_task in tables.py")
-assert tuple(f.name for f in fields(ObjectEntry)) == ("object_id", "size", "locations", "created", "error", "actor_id"), (
+assert ObjectEntry.__struct_fields__ == ("object_id", "size", "locations", "created", "error", "actor_id"), (
     "ObjectEntry changed: update _add_location in tables.py")
 
 

@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 A GCS shard is a replicated state machine whose log is a sequence of
-*operations*.  An op is a frozen dataclass, so it travels in messages and
+*operations*.  An op is a frozen ``Record`` (a ``msgspec.Struct``), so it travels in messages and
 replicates as data; what applying one does is in ``tables.py``
 (``Tables.apply``) and ``tables_flush.py`` (forgetting and flushing).  A
 ``Query`` never changes anything and is answered at the chain's tail by
@@ -21,7 +21,6 @@ the state machine that applies them.  ``tables.py`` re-exports every name.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Hashable
 
 from .ids import ActorId, ObjectId, TaskId
@@ -31,7 +30,7 @@ from .records import (
     NodeEntry,
     PlacementGroupEntry,
 )
-from .specs import Payload, TaskSpec
+from .specs import Payload, Record, TaskSpec
 
 __all__ = [
     "TABLES",
@@ -115,8 +114,7 @@ def shards_for(route: tuple[str, Hashable], num_shards: int) -> range | tuple[in
 # Operations (writes)
 
 
-@dataclass(frozen=True, slots=True)
-class Op:
+class Op(Record):
     """A write.
 
     ``route()`` gives the (table, key) that decides the shard; a key of
@@ -133,7 +131,6 @@ class Op:
         return self.route()
 
 
-@dataclass(frozen=True, slots=True)
 class PutNode(Op):
     entry: NodeEntry
 
@@ -141,7 +138,6 @@ class PutNode(Op):
         return ("nodes", self.entry.node_id)
 
 
-@dataclass(frozen=True, slots=True)
 class NodeDown(Op):
     """A node died: mark it dead and drop every location it held.
 
@@ -155,7 +151,6 @@ class NodeDown(Op):
         return ("", None)
 
 
-@dataclass(frozen=True, slots=True)
 class PutFunction(Op):
     function_id: bytes
     payload: Payload
@@ -164,7 +159,6 @@ class PutFunction(Op):
         return ("functions", self.function_id)
 
 
-@dataclass(frozen=True, slots=True)
 class AddTask(Op):
     """Record a submitted task at ``node`` (the lineage write).
 
@@ -183,7 +177,6 @@ class AddTask(Op):
         return ("tasks", self.spec.task_id)
 
 
-@dataclass(frozen=True, slots=True)
 class SetTaskNode(Op):
     task_id: TaskId
     node: str
@@ -192,7 +185,6 @@ class SetTaskNode(Op):
         return ("tasks", self.task_id)
 
 
-@dataclass(frozen=True, slots=True)
 class RetryTask(Op):
     """A task is being executed again at ``node``, as attempt ``attempt``.
 
@@ -212,7 +204,6 @@ class RetryTask(Op):
         return ("tasks", self.task_id)
 
 
-@dataclass(frozen=True, slots=True)
 class FinishTask(Op):
     """A task ended: its outputs exist at ``node`` (values) or hold ``error``."""
 
@@ -228,7 +219,6 @@ class FinishTask(Op):
         return ("tasks", self.task_id)
 
 
-@dataclass(frozen=True, slots=True)
 class AddLocation(Op):
     """``node`` holds a copy of the object (a put, or a fetched replica)."""
 
@@ -254,7 +244,6 @@ class AddLocation(Op):
         return ("tasks", TaskId(oid[:16]))
 
 
-@dataclass(frozen=True, slots=True)
 class RemoveLocation(Op):
     object_id: ObjectId
     node: str
@@ -272,7 +261,6 @@ class RemoveLocation(Op):
         return ("tasks", TaskId(oid[:16]))
 
 
-@dataclass(frozen=True, slots=True)
 class PutActor(Op):
     """Write an actor row.
 
@@ -294,7 +282,6 @@ class PutActor(Op):
         return ("actors", self.entry.spec.actor_id)
 
 
-@dataclass(frozen=True, slots=True)
 class RegisterName(Op):
     """Claim a unique actor name; the result is the actor id that holds it."""
 
@@ -306,7 +293,6 @@ class RegisterName(Op):
         return ("names", (self.namespace, self.name))
 
 
-@dataclass(frozen=True, slots=True)
 class UnregisterName(Op):
     namespace: str
     name: str
@@ -316,7 +302,6 @@ class UnregisterName(Op):
         return ("names", (self.namespace, self.name))
 
 
-@dataclass(frozen=True, slots=True)
 class AppendActorLog(Op):
     """Log the ``index``-th call an actor executed.  ``spec`` is kept in the
     log itself: the call's task row lives on the shard of its task id, which
@@ -335,7 +320,6 @@ class AppendActorLog(Op):
         return ("actor_log", (self.actor_id, self.index))
 
 
-@dataclass(frozen=True, slots=True)
 class KvPut(Op):
     key: str
     value: Any
@@ -345,7 +329,6 @@ class KvPut(Op):
         return ("kv", self.key)
 
 
-@dataclass(frozen=True, slots=True)
 class KvIncrement(Op):
     """Add one to an integer (missing: 0) and return the new value; used to
     hand out cluster-unique job ids."""
@@ -356,7 +339,6 @@ class KvIncrement(Op):
         return ("kv", self.key)
 
 
-@dataclass(frozen=True, slots=True)
 class KvDelete(Op):
     key: str
 
@@ -364,7 +346,6 @@ class KvDelete(Op):
         return ("kv", self.key)
 
 
-@dataclass(frozen=True, slots=True)
 class ForgetJob(Op):
     """Job ``job_id`` ended and no node runs its tasks: delete its task and
     object rows on every shard (see "What is forgotten" in ``tables_flush.py``).  The result
@@ -377,7 +358,6 @@ class ForgetJob(Op):
         return ("", None)
 
 
-@dataclass(frozen=True, slots=True)
 class ForgetObject(Op):
     """Delete an object's row: its owner freed it, and nobody else can
     name it (a private put)."""
@@ -391,7 +371,6 @@ class ForgetObject(Op):
         return RemoveLocation.order_key(self)  # type: ignore[arg-type]
 
 
-@dataclass(frozen=True, slots=True)
 class FlushOld(Op):
     """Move up to ``limit`` old rows that may go (see "Flushing" in ``tables_flush.py``) out
     of memory, sparing the newest ``keep`` rows of each table.  The result
@@ -405,7 +384,6 @@ class FlushOld(Op):
         return ("", None)
 
 
-@dataclass(frozen=True, slots=True)
 class RestoreRows(Op):
     """Bring flushed rows back into memory before a write touches them.
     ``rows``: ``((table, key, row), ...)`` as loaded from disk; ``missing``:
@@ -420,7 +398,6 @@ class RestoreRows(Op):
         return ("", None)
 
 
-@dataclass(frozen=True, slots=True)
 class Subscribe(Op):
     """Subscribe ``subscriber`` to a key (or, with ``key=None``, a table).
 
@@ -436,7 +413,6 @@ class Subscribe(Op):
         return (self.table, self.key)
 
 
-@dataclass(frozen=True, slots=True)
 class Unsubscribe(Op):
     subscriber: str
     table: str
@@ -446,7 +422,6 @@ class Unsubscribe(Op):
         return (self.table, self.key)
 
 
-@dataclass(frozen=True, slots=True)
 class CreatePlacementGroup(Op):
     """A client asks for a placement group (the head, subscribed to the
     table, reserves it).  Refused (result: the id of the holder) when a
@@ -459,7 +434,6 @@ class CreatePlacementGroup(Op):
         return ("placement_groups", self.entry.pg_id)
 
 
-@dataclass(frozen=True, slots=True)
 class UpdatePlacementGroup(Op):
     """The head records where the bundles are and the group's state.  A
     removed group stays removed."""
@@ -472,7 +446,6 @@ class UpdatePlacementGroup(Op):
         return ("placement_groups", self.pg_id)
 
 
-@dataclass(frozen=True, slots=True)
 class RemovePlacementGroup(Op):
     """A client removes a group: its state becomes REMOVED (final); the
     head, notified, frees the bundles and kills what runs in them."""
@@ -487,15 +460,13 @@ class RemovePlacementGroup(Op):
 # Queries (reads, answered at the tail)
 
 
-@dataclass(frozen=True, slots=True)
-class Query:
+class Query(Record):
     """A read, answered at the tail; routed like ``Op``."""
 
     def route(self) -> tuple[str, Hashable]:
         raise NotImplementedError
 
 
-@dataclass(frozen=True, slots=True)
 class Get(Query):
     table: str
     key: Hashable
@@ -504,7 +475,6 @@ class Get(Query):
         return (self.table, self.key)
 
 
-@dataclass(frozen=True, slots=True)
 class GetMany(Query):
     """Several keys of one table that live on one shard (the client groups)."""
 
@@ -515,7 +485,6 @@ class GetMany(Query):
         return (self.table, self.keys[0])
 
 
-@dataclass(frozen=True, slots=True)
 class Scan(Query):
     """Every row of a table on this shard (use for small tables only)."""
 
@@ -525,7 +494,6 @@ class Scan(Query):
         return (self.table, None)
 
 
-@dataclass(frozen=True, slots=True)
 class TasksOnNode(Query):
     node: str
 
@@ -533,7 +501,6 @@ class TasksOnNode(Query):
         return ("tasks", None)
 
 
-@dataclass(frozen=True, slots=True)
 class ObjectsOnNode(Query):
     node: str
 
@@ -541,7 +508,6 @@ class ObjectsOnNode(Query):
         return ("objects", None)
 
 
-@dataclass(frozen=True, slots=True)
 class ActorsOnNode(Query):
     node: str
 
@@ -549,7 +515,6 @@ class ActorsOnNode(Query):
         return ("actors", None)
 
 
-@dataclass(frozen=True, slots=True)
 class ActorLogRange(Query):
     actor_id: ActorId
     start: int
@@ -559,7 +524,6 @@ class ActorLogRange(Query):
         return ("actor_log", (self.actor_id, self.start))
 
 
-@dataclass(frozen=True, slots=True)
 class Keys(Query):
     """The keys of a table on this shard (for small tables whose rows say
     nothing but their key: ``ended_jobs``, ``dead_nodes``)."""
@@ -570,7 +534,6 @@ class Keys(Query):
         return (self.table, None)
 
 
-@dataclass(frozen=True, slots=True)
 class UnplacedTasks(Query):
     """Pending tasks on no node: re-homed by the head's recovery and not
     placed yet.  Read by a recovering head only (a full scan)."""
@@ -579,7 +542,6 @@ class UnplacedTasks(Query):
         return ("tasks", None)
 
 
-@dataclass(frozen=True, slots=True)
 class TableSizes(Query):
     """How many rows each table holds, on every shard (for status and for
     watching the GCS's memory: see "What is forgotten" in ``tables_flush.py``)."""
@@ -588,13 +550,11 @@ class TableSizes(Query):
         return ("", None)
 
 
-# Ops and queries cross processes inside messages: pickle them as (class,
-# field values) instead of the slower dataclass default.
+# Ops and queries cross processes inside messages: pickle them as (rebuild,
+# field values), like the protocol's messages (see ``_pickling``).
 from ._pickling import fast_reduce as _fast_reduce  # noqa: E402
+from ._pickling import install as _install_pickling  # noqa: E402
 
 Op.__reduce__ = _fast_reduce  # type: ignore[method-assign]
 Query.__reduce__ = _fast_reduce  # type: ignore[method-assign]
-
-from ._fastinit import install_init as _install_init  # noqa: E402
-
-_install_init(*Op.__subclasses__(), *Query.__subclasses__())
+_install_pickling(*Op.__subclasses__(), *Query.__subclasses__())

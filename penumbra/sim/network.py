@@ -65,6 +65,8 @@ from collections.abc import Callable, Iterable, Iterator
 from itertools import count
 from typing import TYPE_CHECKING, Any, Protocol
 
+from penumbra.core.msg_base import field_names
+
 if TYPE_CHECKING:  # pragma: no cover
     import random
 
@@ -126,7 +128,7 @@ class SizeModel:
         self._cache: dict[type, Any] = dict(overrides or {})
 
     def _compile(self, t: type) -> Any:
-        names = {f.name for f in dataclasses.fields(t)} if dataclasses.is_dataclass(t) else set()
+        names = set(field_names(t) or ())
         base = self.base
         if "size" in names:
             fn: Any = lambda m: base + (m.size or 0)

@@ -47,7 +47,6 @@ memory addresses (``at 0x...``) scrubbed.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import pickle
 import re
@@ -57,6 +56,7 @@ from operator import attrgetter
 from typing import Any
 
 from penumbra.core.messages import Send
+from penumbra.core.msg_base import field_names
 
 __all__ = ["Trace", "HEAVY_FIELDS"]
 
@@ -126,11 +126,10 @@ class Trace:
     def _compile(self, t: type) -> Callable[[Any], Any]:
         if self.fields == "full":
             fn: Callable[[Any], Any] = repr
-        elif not dataclasses.is_dataclass(t):
+        elif (names := field_names(t)) is None:
             fn = (attrgetter(_NAME) if self.fields == "type"
                   else (lambda o: (type(o).__name__, repr(o))))
         else:
-            names = [f.name for f in dataclasses.fields(t)]
             paths = [n for n in ("stimulus_id",) if n in names]
             if self.fields == "key":
                 paths += [n for n in names if n not in HEAVY_FIELDS]

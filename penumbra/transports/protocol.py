@@ -15,27 +15,32 @@ An *attachment* is how an object's value travels:
 ``("e", ErrorInfo)`` an error in place of a value
 ==================  ===================================================
 
-All are frozen slotted dataclasses, pickled by the wire layer after the
+All are frozen ``msgspec.Struct``s (like the core's messages; unlike them,
+positional arguments are allowed), pickled by the wire layer after the
 handshake (never before: see ``wire``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 from ..core.ids import ActorId, ObjectId, TaskId
 from ..core.messages import Message
 from ..core.records import ErrorInfo
 from ..core.specs import Payload, TaskSpec
 
-_frozen = dataclass(frozen=True, slots=True)
+
+
+class _Wire(msgspec.Struct, frozen=True):
+    """The base of the transport's own messages: frozen, compared by value."""
+
 
 Attachment = tuple  # ("i", bytes) | ("s", int) | ("e", ErrorInfo)
 
 
-@_frozen
-class Deliver:
+class Deliver(_Wire):
     """Carry core message ``msg`` to address ``to`` (with object values)."""
 
     to: str
@@ -47,8 +52,7 @@ class Deliver:
 # -- a client (driver or worker) and its daemon ---------------------------------
 
 
-@_frozen
-class ClientHello:
+class ClientHello(_Wire):
     """First message of a driver or a worker-as-client after the handshake."""
 
     client_id: str
@@ -58,8 +62,7 @@ class ClientHello:
     worker_id: str = ""
 
 
-@_frozen
-class ClientWelcome:
+class ClientWelcome(_Wire):
     node_id: str
     session: str
     shm_root: str
@@ -68,8 +71,7 @@ class ClientWelcome:
     address: str = ""
 
 
-@_frozen
-class Output:
+class Output(_Wire):
     """Lines a worker printed, on their way to the job's driver."""
 
     job_id: int
@@ -78,8 +80,7 @@ class Output:
     stream: str = "stdout"
 
 
-@_frozen
-class ClusterLog:
+class ClusterLog(_Wire):
     """A warning from the cluster for the driver (an infeasible task ...)."""
 
     level: str
@@ -89,8 +90,7 @@ class ClusterLog:
 # -- a worker and its daemon -----------------------------------------------------
 
 
-@_frozen
-class Run:
+class Run(_Wire):
     """Daemon to worker: execute ``spec`` with these dependency values."""
 
     spec: TaskSpec
@@ -100,8 +100,7 @@ class Run:
     gpu_ids: tuple[int, ...] = ()  # GPU instances on the node the task or actor holds
 
 
-@_frozen
-class Ran:
+class Ran(_Wire):
     """Worker to daemon: the task returned.
 
     ``outputs``: per return value, (object id, size, inline bytes or None
@@ -116,8 +115,7 @@ class Ran:
     ended: float = 0.0
 
 
-@_frozen
-class Raised:
+class Raised(_Wire):
     task_id: TaskId
     error: ErrorInfo
     retryable: bool
@@ -125,34 +123,29 @@ class Raised:
     ended: float = 0.0  # as ``Ran.ended``
 
 
-@_frozen
-class Interrupt:
+class Interrupt(_Wire):
     task_id: TaskId
 
 
-@_frozen
-class Checkpoint:
+class Checkpoint(_Wire):
     actor_id: ActorId
     index: int
 
 
-@_frozen
-class Checkpointed:
+class Checkpointed(_Wire):
     actor_id: ActorId
     index: int
     state: bytes
 
 
-@_frozen
-class Exit:
+class Exit(_Wire):
     """Daemon to worker: finish and exit (orderly shutdown)."""
 
 
 # -- daemons ---------------------------------------------------------------------
 
 
-@_frozen
-class NodeHello:
+class NodeHello(_Wire):
     """A node daemon introduces itself to the head daemon."""
 
     node_id: str
@@ -161,8 +154,7 @@ class NodeHello:
     cluster: str = ""  # the id of the cluster those replicas belong to (see ``HeadInfo.cluster``)
 
 
-@_frozen
-class PeerTable:
+class PeerTable(_Wire):
     """Head daemon to node daemons: where every node daemon listens.
 
     Answering ``AddressesRequest`` (``penumbra status``), the head daemon
@@ -182,8 +174,7 @@ class PeerTable:
     earlier: dict[str, str] | None = None
 
 
-@_frozen
-class HeadInfo:
+class HeadInfo(_Wire):
     """Head daemon to a node daemon that just connected: what a node needs
     to know of the cluster's shape to host GCS replicas."""
 
@@ -199,8 +190,7 @@ class HeadInfo:
     recovering: bool = False
 
 
-@_frozen
-class ReplicasHosted:
+class ReplicasHosted(_Wire):
     """Node daemon to head daemon: these GCS replica addresses live in my
     process; route their messages over this connection.  Sent on every
     (re)connection, before any message of those replicas."""
@@ -210,50 +200,43 @@ class ReplicasHosted:
     cluster: str = ""  # the cluster they belong to (the head's, from its ``HeadInfo``)
 
 
-@_frozen
-class Closing:
+class Closing(_Wire):
     """Daemon to its drivers, just before it closes their connections: why
     (the connection error they see then names it)."""
 
     reason: str
 
 
-@_frozen
-class FetchRequest:
+class FetchRequest(_Wire):
     object_id: ObjectId
     req_id: int
 
 
-@_frozen
-class FetchReply:
+class FetchReply(_Wire):
     object_id: ObjectId
     req_id: int
     data: Any  # bytes, or None when the object is not there
     error: str = ""
 
 
-@_frozen
-class StopCluster:
+class StopCluster(_Wire):
     """A command-line client asks the head daemon to stop the cluster (which
     passes it on to every node daemon)."""
 
 
-@_frozen
-class AddressesRequest:
+class AddressesRequest(_Wire):
     """A command-line client asks a daemon where every node daemon it knows
     of listens; the answer is a ``PeerTable`` (the daemon's own node
     included)."""
 
 
-@_frozen
-class TimelineRequest:
+class TimelineRequest(_Wire):
     """A command-line client or a driver asks a daemon for what ran on its
     node's workers (``penumbra.timeline()``); the answer is a
     ``TimelineReply``."""
 
 
-@_frozen
-class TimelineReply:
+class TimelineReply(_Wire):
     """A node's ``TaskRun``s (``core.timeline``), oldest first.  Their times
     are on the node's clock, which read ``clock`` when ``time.time()``
     read ``wall``: a run's wall-clock start is ``start - clock + wall``.
@@ -267,11 +250,9 @@ class TimelineReply:
     limit: int = 0
 
 
-from ..core._fastinit import install_init as _install_init  # noqa: E402
 from ..core._pickling import install as _install_pickling  # noqa: E402
 
 _MESSAGES = (Deliver, ClientHello, ClientWelcome, Output, ClusterLog, Run, Ran, Raised, Interrupt,
              Checkpoint, Checkpointed, Exit, NodeHello, PeerTable, FetchRequest, FetchReply, StopCluster,
              AddressesRequest, TimelineRequest, TimelineReply, HeadInfo, ReplicasHosted, Closing)
 _install_pickling(*_MESSAGES)
-_install_init(*_MESSAGES)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from msgspec.structs import replace as replace_struct  # (events, commands and records are Structs)
+
 from ..core import actor_host as AH
 from ..core import actor_manager as AM
 from ..core import actor_router as AR
@@ -27,7 +29,7 @@ def actor_ignores_floor_after_restart():
         # BUG: a caller's order in a restarted actor starts at whichever of
         # its calls arrives first, not at the floor its node sent
         if ev.incarnation > 0:
-            ev = replace(ev, floor=ev.spec.sequence_no)
+            ev = replace_struct(ev, floor=ev.spec.sequence_no)
         return orig(self, ev, now, sid)
 
     return patch(AH.ActorHost, "on_call", on_call)
@@ -70,7 +72,7 @@ def actor_restarts_not_counted():
     orig = AM.ActorManager._restart_or_die
 
     def _restart_or_die(self, e, cause, now, sid):
-        return orig(self, replace(e, restarts=0), cause, now, sid)  # BUG: restarts never add up
+        return orig(self, replace_struct(e, restarts=0), cause, now, sid)  # BUG: restarts never add up
 
     return patch(AM.ActorManager, "_restart_or_die", _restart_or_die)
 
@@ -113,7 +115,7 @@ def replay_skips_first_logged_call():
             start, payload = value[0], value[1]
             r.checkpoint = payload
             r.seqs = tuple(value[2]) if len(value) > 2 else ()
-        r.entry = replace(r.entry, checkpoint_index=start)
+        r.entry = replace_struct(r.entry, checkpoint_index=start)
         # BUG: start + 1: the checkpoint index is the first call *not* in the
         # checkpoint, not the last one in it
         return self.head.gcs.read(T.ActorLogRange(aid, start + 1, start + 1_000_000), ("actor-log", aid, incarnation), now, sid)
@@ -178,7 +180,7 @@ def fence_spends_a_restart():
 
     def _fence_and_place(self, e, now, sid):
         # BUG: the recovered head's fence counts as a restart
-        return orig(self, replace(e, restarts=e.restarts + 1), now, sid)
+        return orig(self, replace_struct(e, restarts=e.restarts + 1), now, sid)
 
     return patch(AM.ActorManager, "_fence_and_place", _fence_and_place)
 

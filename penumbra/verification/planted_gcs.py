@@ -6,7 +6,7 @@ returns its undo; ``bugs.py`` lists them with their names, descriptions and seed
 
 from __future__ import annotations
 
-from dataclasses import replace
+from msgspec.structs import replace as replace_struct  # (ops are Structs)
 
 from ..core import gcs as G
 from ..core import gcs_client as GC
@@ -290,6 +290,6 @@ def late_put_row_outlives_job():
     orig = T._APPLY[T.AddLocation]
 
     def _add_location(t, op):
-        return orig(t, replace(op, job_id=None))  # (before the fix: a put's job was not checked)
+        return orig(t, replace_struct(op, job_id=None))  # (before the fix: a put's job was not checked)
 
     return patch(T, "_APPLY", {**T._APPLY, T.AddLocation: _add_location})

@@ -6,7 +6,7 @@ returns its undo; ``bugs.py`` lists them with their names, descriptions and seed
 
 from __future__ import annotations
 
-from dataclasses import replace
+from msgspec.structs import replace as replace_struct  # (events, commands and records are Structs)
 
 from ..core import actor_host as AH
 from ..core import gpus as GP
@@ -87,7 +87,7 @@ def watch_ignores_need():
 
     def _on_watch(self, ev, now):
         # BUG: reports held until every object is ready, whatever need says
-        return orig(self, replace(ev, need=len(ev.object_ids)), now)
+        return orig(self, replace_struct(ev, need=len(ev.object_ids)), now)
 
     return handler(N, WatchObjects, _on_watch)
 

@@ -10,11 +10,11 @@ which an invariant broke.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.ids import ObjectId, TaskId
+from ..core.msg_base import field_names
 from . import checkers as C
 from .plans import SeedPlan
 
@@ -131,12 +131,11 @@ def _task_ids(ev: Any) -> list[TaskId]:
         if tid not in out:
             out.append(tid)
 
-    if dataclasses.is_dataclass(ev):
-        for f in dataclasses.fields(ev):
-            v = getattr(ev, f.name, None)
-            if isinstance(v, (tuple, list)):
-                for x in v[:8]:
-                    add(x[0] if isinstance(x, tuple) and x else x)
-            else:
-                add(v)
+    for name in field_names(type(ev)) or ():
+        v = getattr(ev, name, None)
+        if isinstance(v, (tuple, list)):
+            for x in v[:8]:
+                add(x[0] if isinstance(x, tuple) and x else x)
+        else:
+            add(v)
     return out

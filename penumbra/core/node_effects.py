@@ -31,6 +31,8 @@ from .tables import FinishTask, Unsubscribe
 
 __all__ = ["NodeEffects"]
 
+_STORY_TEXTS = 256  # distinct story lines a node shares (``story_add``)
+
 
 class NodeEffects:
     """What a node does on its roles' behalf (a base of ``NodeMachine``)."""
@@ -43,6 +45,7 @@ class NodeEffects:
     gcs: GcsClient
     objects: ObjectManager
     stories: OrderedDict[TaskId, list]
+    story_texts: dict[str, str]  # one copy of each common story line (``story_add``)
     ended_jobs: set[int]
     # the sibling roles (their modules import this one: typed loosely)
     scheduler: Any  # LocalScheduler, core/scheduler.py
@@ -61,6 +64,16 @@ class NodeEffects:
         return self.gcs.read(query, token, now, sid)
 
     def story_add(self, tid: TaskId, now: float, sid: str, what: str) -> None:
+        # most lines repeat ("submitted attempt=0", "running on w-3
+        # attempt=0"): keep one copy of each, not one per task (a story
+        # stays for up to ``story_limit`` tasks on every node); the first
+        # ``_STORY_TEXTS`` distinct lines are shared, the rest kept as made
+        texts = self.story_texts
+        shared = texts.get(what)
+        if shared is not None:
+            what = shared
+        elif len(texts) < _STORY_TEXTS:
+            texts[what] = what
         s = self.stories.get(tid)
         if s is None:
             s = self.stories[tid] = []

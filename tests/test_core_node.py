@@ -622,7 +622,10 @@ def test_story_lines_that_repeat_are_kept_once(core) -> None:
     for s in specs:
         (ex,) = of(box.submit(s), Execute)
         box.finish(ex, size=8)
-    lines = [[w for _, _, w in box.node.stories[s.task_id]] for s in specs]
-    assert lines[0] == lines[1] and lines[0][0].startswith("submitted")
+    lines = [[w for _, _, w in box.node.story(s.task_id)] for s in specs]
+    assert lines[0] == lines[1] and lines[0][0].startswith("submitted") and lines[0][-1] == "finished"
     assert all(x is y for x, y in zip(*lines))
-    assert box.node.story(specs[0].task_id) == list(box.node.stories[specs[0].task_id])
+    # one flat list a task, no tuple a line
+    flat = box.node.stories[specs[0].task_id]
+    assert type(flat) is list and len(flat) == 3 * len(lines[0])
+    assert box.node.story(specs[0].task_id) == list(zip(flat[0::3], flat[1::3], flat[2::3]))

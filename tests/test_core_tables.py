@@ -299,17 +299,3 @@ def test_a_node_without_pending_tasks_leaves_no_index_entry(core) -> None:
         t.apply(FinishTask(s.task_id, "node:0", ((s.return_ids[0], 8),)))
     assert t._tasks_by_node == {} and t.read(TasksOnNode("node:0")) == ()
 
-
-def test_objects_on_one_node_share_their_locations_set(core) -> None:
-    # a frozenset is 216 bytes: one a row was a tenth of a finished task's
-    # memory at 10,000 nodes (issue 17); the rows are unchanged
-    t = Tables()
-    specs = [core.spec() for _ in range(2)]
-    for s in specs:
-        t.apply(AddTask(s, "node:0"))
-        t.apply(FinishTask(s.task_id, "node:0", ((s.return_ids[0], 8),)))
-    a, b = (t.data["objects"][s.return_ids[0]] for s in specs)
-    assert a.locations == b.locations == frozenset({"node:0"}) and a.locations is b.locations
-    t.apply(AddLocation(specs[0].return_ids[0], "node:1", 8))
-    assert t.data["objects"][specs[0].return_ids[0]].locations == {"node:0", "node:1"}
-    assert t.data["objects"][specs[1].return_ids[0]].locations == {"node:0"}

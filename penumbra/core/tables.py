@@ -177,20 +177,6 @@ class Tables(TablesState):
         return handler(self, op)
 
 
-_ONLY: dict[str, frozenset[str]] = {}
-
-
-def _only(node: str) -> frozenset[str]:
-    """``frozenset({node})``, one per node: most objects live on one node,
-    and a frozenset is 216 bytes (one an object row, each row of every
-    shard, before this).  Immutable, so sharing it changes nothing but the
-    memory; the cache holds one small set per node name ever seen."""
-    s = _ONLY.get(node)
-    if s is None:
-        s = _ONLY[node] = frozenset((node,))
-    return s
-
-
 # Each handler: (tables, op) -> (result, changes)
 
 
@@ -311,8 +297,7 @@ def _finish_task(t: Tables, op: FinishTask):
             entry = ObjectEntry(oid, size=size, locations=frozenset(), created=True, error=op.error, actor_id=op.actor_id)
         else:
             locs = (prev.locations if prev is not None and prev.error is None else frozenset())
-            entry = ObjectEntry(oid, size=size, locations=locs | {op.node} if locs else _only(op.node), created=True,
-                                actor_id=op.actor_id)
+            entry = ObjectEntry(oid, size=size, locations=locs | {op.node}, created=True, actor_id=op.actor_id)
         changes.append(t._put_object(oid, prev, entry))
     return True, changes
 
@@ -325,7 +310,7 @@ def _add_location(t: Tables, op: AddLocation):
     if op.error is not None:
         entry = ObjectEntry(op.object_id, size=op.size, created=True, error=op.error)
     elif prev is None:
-        entry = ObjectEntry(op.object_id, size=op.size, locations=_only(op.node), created=True)
+        entry = ObjectEntry(op.object_id, size=op.size, locations=frozenset({op.node}), created=True)
     elif op.node in prev.locations and prev.created:
         return True, []
     else:

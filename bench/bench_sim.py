@@ -55,6 +55,7 @@ from penumbra.sim import experiments as E  # noqa: E402
 from penumbra.sim.costs import LOCAL, PAPER, CostModel  # noqa: E402
 
 TARGET_TASKS_PER_WALL_S = 10_000  # one process, 1,000 nodes (issue 17)
+TARGET_BIG_MB = 4_000  # peak memory of the 10,000-node run (issue 17)
 
 
 def _rss_mb() -> float:
@@ -521,7 +522,8 @@ def main() -> int:
         print(f"  {r['tasks']:,} tasks in {r['wall_s']:.1f} s wall / {r['cpu_s']:.1f} s CPU: "
               f"{r['sim_tasks_per_wall_s']:,.0f} simulated tasks per wall second "
               f"({r['sim_tasks_per_cpu_s']:,.0f} per CPU second; target {TARGET_TASKS_PER_WALL_S:,}: "
-              f"{'MET' if r['sim_tasks_per_wall_s'] >= TARGET_TASKS_PER_WALL_S else 'NOT MET'})")
+              f"{'MET' if r['sim_tasks_per_wall_s'] >= TARGET_TASKS_PER_WALL_S else 'NOT MET'}); "
+              f"peak memory {r['peak_rss_mb']:,.0f} MB")
         if "core_share_of_cpu" in r:
             per = ", ".join(f"{k} {v:.0f} us" for k, v in r["core_handle_cpu_per_task_us"].items())
             print(f"  core machines' handle(): {per} per task = {r['core_share_of_cpu'] * 100:.0f}% of the CPU")
@@ -533,7 +535,8 @@ def main() -> int:
         print(f"{r['nodes']:,} nodes ({r['hosts']:,} hosts, {r['gcs_shards']:,} GCS shards): boot {r['boot_wall_s']:.0f} s wall "
               f"({r['rss_after_boot_mb']:,.0f} MB); {r['tasks']:,} tasks in {r['sim_seconds'] * 1e3:.2f} ms simulated = "
               f"{r['simulated_tasks_per_s']:,.0f} tasks/s ({r['per_node']:,.0f} per node), "
-              f"{r['sim_tasks_per_wall_s']:,.0f} per wall s; peak memory {r['peak_rss_mb']:,.0f} MB; "
+              f"{r['sim_tasks_per_wall_s']:,.0f} per wall s; {r['total_tasks']:,} tasks in all; peak memory "
+              f"{r['peak_rss_mb']:,.0f} MB (target {TARGET_BIG_MB:,}: {'MET' if r['peak_rss_mb'] < TARGET_BIG_MB else 'NOT MET'}); "
               f"total {r['total_wall_s']:.0f} s")
     if a.only in (None, "partitions"):
         r = partitions(a.nodes, a.measure, a.setup_at, [1, a.partitions], a.address, "ray" if a.ray else "penumbra")

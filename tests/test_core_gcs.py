@@ -732,3 +732,40 @@ def test_lost_acks_and_reply_do_not_leave_a_write_unanswered() -> None:
     net.run_for(0.5)
     assert c.replies == {"a": True}
     assert all(r.committed == 1 and not r.log for r in replicas(net))
+
+
+# ---------------------------------------------------------------------------
+# memory: one configs tuple shared by every client (issue 17)
+
+
+def test_clients_share_the_welcome_configs_and_copy_only_on_a_change() -> None:
+    from penumbra.core.messages import ChainConfigMsg, GcsWrite, Send
+
+    cfgs = [ChainConfig(s, 1, (f"gcs:{s}:0", f"gcs:{s}:1")) for s in range(3)]
+    master = ChainMaster(cfgs, GcsTiming(heartbeat_interval=0.1, heartbeat_timeout=0.3))
+    welcome = master.configs()
+    assert master.configs() is welcome  # one tuple until a config changes
+    a, b = GcsClient("a", lambda *x: []), GcsClient("b", lambda *x: [])
+    a.set_configs(welcome, 0.0)
+    b.set_configs(welcome, 0.0)
+    assert a.configs is welcome and b.configs is welcome and a.ready and a.num_shards == 3
+    # a newer config of shard 1 reaches a alone: a copies, b and the tuple keep the old one
+    a.handle(ChainConfigMsg(config=ChainConfig(1, 2, ("gcs:1:1",))), 0.1)
+    assert [c.epoch for c in a.configs] == [1, 2, 1] and a.configs is not welcome
+    assert welcome[1].epoch == 1 and b.configs is welcome
+    (send,) = [c for c in a.write(KvPut("k", 1), "t", 0.2) if isinstance(c, Send)]
+    assert send.to in ("gcs:0:0", "gcs:1:1", "gcs:2:0") and isinstance(send.msg, GcsWrite)
+    assert send.to == a.configs[send.msg.shard].head
+    # an older config is ignored, and the master's tuple follows its changes
+    a.handle(ChainConfigMsg(config=ChainConfig(1, 1, ("gcs:1:0",))), 0.3)
+    assert a.configs[1].epoch == 2
+    master.start(0.0)
+    master.handle(ReplicaHeartbeat(replica="gcs:0:0", shard=0, epoch=1, seq=0), 0.25)
+    for s in (1, 2):
+        for r in cfgs[s].replicas:
+            master.handle(ReplicaHeartbeat(replica=r, shard=s, epoch=1, seq=0), 0.25)
+    master.handle(TimerFired(key=("chain", "check")), 0.4)  # gcs:0:1 silent: cut
+    after = master.configs()
+    assert after is not welcome and after[0].replicas == ("gcs:0:0",) and after[0].epoch == 2
+    assert after[1:] == welcome[1:] and master.configs() is after
+    master.validate()

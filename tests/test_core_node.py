@@ -612,3 +612,20 @@ def test_failing_a_waiting_task_drops_its_subscriptions_at_once(core) -> None:
     assert box.obj_row(t.return_ids[0]).error.kind is ErrorKind.TASK_CANCELLED
     assert ("objects", missing) not in box.gcs.tables.subs  # Unsubscribe was sent, not just queued
     assert not box.node.objects.wants
+
+
+def test_story_lines_that_repeat_are_kept_once(core) -> None:
+    # a story stays for up to ``story_limit`` tasks on every node: its
+    # common lines are one shared string, not one per task (issue 17)
+    box = NodeBox()
+    specs = [core.spec(), core.spec()]
+    for s in specs:
+        (ex,) = of(box.submit(s), Execute)
+        box.finish(ex, size=8)
+    lines = [[w for _, _, w in box.node.story(s.task_id)] for s in specs]
+    assert lines[0] == lines[1] and lines[0][0].startswith("submitted") and lines[0][-1] == "finished"
+    assert all(x is y for x, y in zip(*lines))
+    # one flat list a task, no tuple a line
+    flat = box.node.stories[specs[0].task_id]
+    assert type(flat) is list and len(flat) == 3 * len(lines[0])
+    assert box.node.story(specs[0].task_id) == list(zip(flat[0::3], flat[1::3], flat[2::3]))

@@ -282,3 +282,20 @@ def test_routing() -> None:
     assert shards_for(("tasks", None), 1) == range(1)  # every shard: grouped, even one
     assert shards_for(("", None), 1) == range(1)
     assert shards_for(("nodes", None), 3) == (0,)
+
+
+def test_a_node_without_pending_tasks_leaves_no_index_entry(core) -> None:
+    # every node that ever ran one of a shard's tasks kept an empty set
+    # there (216 bytes; about one a task at 10,000 nodes: issue 17)
+    t = Tables()
+    specs = [core.spec() for _ in range(3)]
+    for s in specs:
+        t.apply(AddTask(s, "node:0"))
+    t.apply(SetTaskNode(specs[0].task_id, "node:1"))
+    assert set(t._tasks_by_node) == {"node:0", "node:1"}
+    t.apply(FinishTask(specs[0].task_id, "node:1", ((specs[0].return_ids[0], 8),)))
+    assert set(t._tasks_by_node) == {"node:0"}
+    for s in specs[1:]:
+        t.apply(FinishTask(s.task_id, "node:0", ((s.return_ids[0], 8),)))
+    assert t._tasks_by_node == {} and t.read(TasksOnNode("node:0")) == ()
+

@@ -420,3 +420,20 @@ def test_capture_takes_batches_between_machines_and_keeps_loopback():
     assert got == [(0.25, "b", [1, 2], "a", 0.0), (1.0, "c", [3], "a", 0.0)]
     assert k.hosts["b"].machine.seen == [] and k.hosts["a"].machine.ns() == [-1, 4]
     assert len(k.network.captured_links) == 2
+
+
+def test_a_delivered_batch_is_not_held_by_its_link():
+    # ``Link.last`` lets a batch sent at the same instant ride along; once
+    # delivered nothing can ride it, and holding it kept one batch of
+    # messages alive per link ever used (issue 17: 10,000 nodes)
+    k = cluster()
+    sender(k, "a", [Send(to="b", msg=Ping(n=1)), Send(to="b", msg=Ping(n=2))])
+    k.run(until=0.1)
+    link = k.network.link("a", "b")
+    assert link.last is not None and link.last[4] == [Ping(n=1), Ping(n=2)]  # in flight
+    k.run(until=5)
+    assert link.last is None
+    assert k.hosts["b"].machine.ns() == [1, 2]
+    sender(k, "a", [Send(to="b", msg=Ping(n=3))], at=6.0)
+    k.run(until=10)
+    assert k.hosts["b"].machine.ns() == [1, 2, 3] and link.last is None

@@ -179,6 +179,7 @@ class NodeMachine(NodeJobs):
         self.next_relay = 1
         self.nodes: dict[str, bool] = {}
         self.stories: OrderedDict[TaskId, list] = OrderedDict()
+        self.story_texts: dict[str, str] = {}
         self.timeline = Timeline(config.timeline_limit)
         self.welcomed = False
         self.fenced = False

@@ -31,6 +31,8 @@ from .tables import FinishTask, Unsubscribe
 
 __all__ = ["NodeEffects"]
 
+_STORY_TEXTS = 256  # distinct story lines a node shares (``story_add``)
+
 
 class NodeEffects:
     """What a node does on its roles' behalf (a base of ``NodeMachine``)."""
@@ -42,7 +44,8 @@ class NodeEffects:
     config: Any  # a NodeConfig (core/node.py): story_limit is read here
     gcs: GcsClient
     objects: ObjectManager
-    stories: OrderedDict[TaskId, list]
+    stories: OrderedDict[TaskId, list]  # flat: see ``story_add``
+    story_texts: dict[str, str]  # one copy of each common story line (``story_add``)
     ended_jobs: set[int]
     # the sibling roles (their modules import this one: typed loosely)
     scheduler: Any  # LocalScheduler, core/scheduler.py
@@ -61,16 +64,31 @@ class NodeEffects:
         return self.gcs.read(query, token, now, sid)
 
     def story_add(self, tid: TaskId, now: float, sid: str, what: str) -> None:
+        # most lines repeat ("submitted attempt=0", "running on w-3
+        # attempt=0"): keep one copy of each, not one per task (a story
+        # stays for up to ``story_limit`` tasks on every node); the first
+        # ``_STORY_TEXTS`` distinct lines are shared, the rest kept as made
+        texts = self.story_texts
+        shared = texts.get(what)
+        if shared is not None:
+            what = shared
+        elif len(texts) < _STORY_TEXTS:
+            texts[what] = what
         s = self.stories.get(tid)
         if s is None:
-            s = self.stories[tid] = []
+            # one flat list a task, ``[now, sid, what, now, sid, what, ...]``
+            # (``story`` pairs them up): a tuple a line was 64 more bytes
+            self.stories[tid] = [now, sid, what]
             if len(self.stories) > self.config.story_limit:
                 self.stories.popitem(last=False)
-        s.append((now, sid, what))
+        else:
+            s += (now, sid, what)
 
     def story(self, tid: TaskId) -> list[tuple[float, str, str]]:
-        """What happened to ``tid`` on this node, oldest first."""
-        return list(self.stories.get(tid, ()))
+        """What happened to ``tid`` on this node, oldest first: ``(time,
+        stimulus id, what)`` a line."""
+        s = self.stories.get(tid, ())
+        return list(zip(s[0::3], s[1::3], s[2::3]))
 
     def store_outputs(self, spec: TaskSpec, outputs, attempt: int, now: float, sid: str,
                       token: Hashable = None) -> list[Command]:

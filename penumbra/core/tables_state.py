@@ -219,6 +219,11 @@ class TablesState:
             s = self._tasks_by_node.get(old.node)
             if s is not None:
                 s.discard(tid)
+                if not s:
+                    # (an empty set is 216 bytes: left behind, one stayed
+                    # for every node that ever ran a task of this shard's,
+                    # about one a task at 10,000 nodes and 5,000 shards)
+                    del self._tasks_by_node[old.node]
         if new.state is TaskState.PENDING and new.node:
             self._tasks_by_node.setdefault(new.node, set()).add(tid)
 

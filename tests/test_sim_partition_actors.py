@@ -144,14 +144,15 @@ def test_a_process_already_connected_is_told_how_to_use_its_connection():
 
 
 def _ray_shim(root: Path) -> str:
-    """penumbra's pure-Python dependencies the Ray venv may lack, linked
+    """penumbra's dependencies the Ray venv may lack, linked
     from this interpreter's install (as ``test_verify_fanout`` does)."""
     shim = root / "shim"
     shim.mkdir()
     import cloudpickle
+    import msgspec  # compiled, but the Ray venv runs the same Python (checked by the import in the child)
     import simpy
 
-    for mod in (cloudpickle, simpy):
+    for mod in (cloudpickle, msgspec, simpy):
         (shim / mod.__name__).symlink_to(Path(mod.__file__).parent)
     return str(shim)
 

@@ -249,15 +249,16 @@ def test_chunks_cover_every_seed_once_and_keep_every_cpu_busy():
 
 
 def _ray_shim(root: Path) -> str:
-    """A directory with penumbra's pure-Python dependencies the Ray venv may
+    """A directory with penumbra's dependencies the Ray venv may
     lack (the simulator's), linked from this interpreter's install: Ray's
     own packages stay the venv's."""
     shim = root / "shim"
     shim.mkdir()
     import cloudpickle
+    import msgspec  # compiled, but the Ray venv runs the same Python (checked by the import in the child)
     import simpy
 
-    for mod in (cloudpickle, simpy):
+    for mod in (cloudpickle, msgspec, simpy):
         (shim / mod.__name__).symlink_to(Path(mod.__file__).parent)
     return str(shim)
 

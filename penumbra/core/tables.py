@@ -115,53 +115,9 @@ from .tables_ops import (
     shards_for,
 )
 from .tables_state import TablesState
+from . import tables_ops as _ops
 
-__all__ = [
-    "TABLES",
-    "Op",
-    "Query",
-    "Tables",
-    "Change",
-    # ops
-    "PutNode",
-    "NodeDown",
-    "PutFunction",
-    "AddTask",
-    "SetTaskNode",
-    "RetryTask",
-    "FinishTask",
-    "AddLocation",
-    "RemoveLocation",
-    "PutActor",
-    "RegisterName",
-    "UnregisterName",
-    "AppendActorLog",
-    "KvPut",
-    "KvIncrement",
-    "KvDelete",
-    "ForgetJob",
-    "ForgetObject",
-    "FlushOld",
-    "RestoreRows",
-    "CreatePlacementGroup",
-    "UpdatePlacementGroup",
-    "RemovePlacementGroup",
-    "Subscribe",
-    "Unsubscribe",
-    # queries
-    "Get",
-    "GetMany",
-    "Scan",
-    "TasksOnNode",
-    "ObjectsOnNode",
-    "ActorsOnNode",
-    "ActorLogRange",
-    "TableSizes",
-    "Keys",
-    "UnplacedTasks",
-    "key_shard",
-    "shards_for",
-]
+__all__ = ["Tables", *_ops.__all__]  # every op and query, re-exported
 
 
 class Tables(TablesState):

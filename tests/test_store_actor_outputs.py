@@ -84,6 +84,27 @@ def test_spilling_comes_before_evicting_a_final_object() -> None:
     s.validate()
 
 
+def test_a_fetched_copy_of_an_actor_result_is_final_and_a_task_outputs_is_not(core) -> None:
+    from test_core_node import NodeBox, of, other_node
+
+    from penumbra.core.ids import actor_id_of
+    from penumbra.core.messages import Fetch, FetchCompleted, WatchObjects
+    from penumbra.core.tables import FinishTask
+
+    box = NodeBox()
+    other_node(box)
+    call, task = core.spec(), core.spec()
+    box.gcs_write(FinishTask(call.task_id, "node:1", ((call.return_ids[0], 30),), actor_id=actor_id_of(task.task_id)))
+    box.gcs_write(FinishTask(task.task_id, "node:1", ((task.return_ids[0], 30),)))
+    for i, oid in enumerate((call.return_ids[0], task.return_ids[0])):
+        box.feed(WatchObjects(client="c:driver", req_id=i + 1, object_ids=(oid,)))
+        (f,) = of(box.out, Fetch)
+        box.out.clear()
+        box.feed(FetchCompleted(object_id=f.object_id, size=30))
+    store = box.node.objects.store
+    assert store.objects[call.return_ids[0]].final and not store.objects[task.return_ids[0]].final
+
+
 # ---------------------------------------------------------- a whole program
 
 

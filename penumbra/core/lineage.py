@@ -45,7 +45,7 @@ from msgspec.structs import replace  # (records are Structs)
 
 from .ids import ObjectId, TaskId
 from .messages import Command, ObjectUnrecoverable, Send
-from .records import ActorState, ErrorInfo, ErrorKind, ObjectEntry, TaskEntry, TaskState
+from .records import ActorEntry, ActorState, ErrorInfo, ErrorKind, ObjectEntry, TaskEntry, TaskState
 from .specs import TaskSpec
 from .tables import FinishTask, Get, RetryTask, TasksOnNode
 
@@ -109,7 +109,7 @@ class _Job:
     reads: int = 0
 
 
-def _actor_output_lost(oid: ObjectId, a) -> str:
+def _actor_output_lost(oid: ObjectId, a: ActorEntry | None) -> str:
     """What the user reads when an actor method's output is gone for good:
     what was lost, how, and why nothing rebuilds it (``a``: the actor's
     row, None if the GCS no longer has it)."""

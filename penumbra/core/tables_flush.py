@@ -90,13 +90,8 @@ def _drop_object_row(t: TablesState, oid: ObjectId) -> ObjectEntry | None:
         t.flushed["objects"].pop(oid, None)
     entry = t.data["objects"].pop(oid, None)
     if entry is not None:
-        by = t._objects_by_node
         for n in entry.locations:
-            s = by.get(n)
-            if s is not None:
-                s.discard(oid)
-                if not s:
-                    del by[n]
+            t._unindex_object(n, oid)
     return entry
 
 

@@ -4,10 +4,12 @@ Theory of operation
 -------------------
 The virtual cluster's *machines* (the head, each GCS replica, each node with
 the drivers and workers on it) are dealt out over ``partitions`` worker
-processes.  Every worker builds the whole cluster from the same ``SimSpec``
-(so ids, job numbers and addresses agree everywhere) and then *disowns* the
-endpoints of the machines it does not run: their queued work goes stale
-(their epoch moves on) and they never run.
+processes.  Every worker builds the cluster from the same ``SimSpec``, but
+only its own machines (``SimCluster(machines=...)``): the others are
+stand-ins placed on the network (``kernel.add_remote``), which messages can
+be sent to and which never run, and the workload takes the same ids for
+them (``cluster.reserve_driver``), so ids, job numbers and addresses agree
+everywhere while memory per process falls with the number of partitions.
 
 The workers advance in lockstep windows of simulated time no longer than
 the network's smallest latency between two machines (``W``)::
@@ -41,8 +43,6 @@ a run with ``partitions=1`` is the reference.
 **Scope.**  Fault-free runs: crashes, network partitions and per-message
 fault rules act on one process's view and are refused (``PartitionError``).
 The per-host RNG rule holds (machines draw from ``kernel.derive_rng``).
-Each worker still builds every machine; idle, disowned ones cost memory but
-no time.
 
 **Processes.**  ``processes=True`` (default): partition 0 runs in the
 calling process, each other one in a local child process

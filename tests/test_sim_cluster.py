@@ -463,6 +463,7 @@ def test_a_partition_builds_only_its_own_machines():
     two = run_partitioned(spec, 2, 0.315, processes=False)
     assert one.tasks_finished > 300
     assert (two.trace_hash, two.tasks_finished, two.events) == (one.trace_hash, one.tasks_finished, one.events)
+    assert one.partition_hosts == [12] and two.partition_hosts == [7, 5]  # (the head is in 0)
 
 
 def test_partitioned_run_refuses_what_it_cannot_do():

@@ -306,7 +306,18 @@ class _Partition:
             "tasks_finished": self.finished(),
             "events": sum(h.handled for a, h in hosts.items() if self.owned(a)),
             "now": c.now,
+            "hosts": len(hosts),
+            "peak_rss_mb": _peak_rss_mb(),
         }
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MiB (0: unknown here)."""
+    try:
+        import resource
+    except ImportError:  # (not POSIX)
+        return 0.0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _first_arrival(out: list[list]) -> float:

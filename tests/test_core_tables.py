@@ -51,8 +51,9 @@ ERR = ErrorInfo(ErrorKind.TASK_ERROR, "boom")
 def check_indexes(t: Tables) -> None:
     """The derived indexes equal what a scan of the tables says."""
     rebuilt = Tables.restore(t.snapshot())
-    by_node = {n: s for n, s in t._tasks_by_node.items() if s}
-    assert by_node == {n: s for n, s in rebuilt._tasks_by_node.items() if s}
+    by_node = {n: set(t.node_tasks(n)) for n in t._tasks_by_node}
+    assert by_node == {n: set(rebuilt.node_tasks(n)) for n in rebuilt._tasks_by_node}
+    assert all(by_node.values())  # no node is left listed with no task
     objs = {n: set(t.node_objects(n)) for n in t._objects_by_node}
     assert objs == {n: set(rebuilt.node_objects(n)) for n in rebuilt._objects_by_node}
     assert all(objs.values())  # no node is left listed with no object
@@ -322,4 +323,21 @@ def test_a_node_with_one_object_of_a_shard_costs_no_set(core) -> None:
     t.apply(AddLocation(a, "node:2", 10))
     lost, _ = t.apply(NodeDown("node:2"))
     assert lost == (a,) and t._objects_by_node == {}
+    check_indexes(t)
+
+
+def test_a_node_with_one_pending_task_of_a_shard_costs_no_set(core) -> None:
+    t = Tables()
+    s1, s2 = core.spec(), core.spec()
+    t.apply(AddTask(s1, "node:0"))
+    assert t._tasks_by_node == {"node:0": s1.task_id}
+    assert t.read(TasksOnNode("node:0")) == (t.data["tasks"][s1.task_id],)
+    t.apply(AddTask(s2, "node:0"))
+    both = sorted((s1.task_id, s2.task_id))
+    assert t.read(TasksOnNode("node:0")) == tuple(t.data["tasks"][x] for x in both)
+    check_indexes(t)
+    t.apply(FinishTask(s1.task_id, "node:0", ((s1.return_ids[0], 8),)))
+    assert t.read(TasksOnNode("node:0")) == (t.data["tasks"][s2.task_id],)
+    t.apply(FinishTask(s2.task_id, "node:0", ((s2.return_ids[0], 8),)))
+    assert t._tasks_by_node == {}
     check_indexes(t)

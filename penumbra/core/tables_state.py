@@ -45,7 +45,42 @@ from .tables_ops import (
     UnplacedTasks,
 )
 
-__all__ = ["TablesState"]
+__all__ = ["TablesState", "index_add", "index_discard", "index_items"]
+
+
+# The indexes by node (a shard's pending tasks and its objects on each node)
+# hold a bare id while a node has one, and a set from the second on: a
+# one-element set per (shard, node) was ~216 bytes a task at 10,000 nodes
+# over 5,000 shards, where a node mostly has one task or object of a given
+# shard's.  Nobody sees the difference: ``index_items`` is what is read,
+# and it is read sorted.
+def index_items(by: dict, key: Hashable) -> Iterable:
+    """The ids under ``key`` (in no order)."""
+    s = by.get(key)
+    return () if s is None else s if s.__class__ is set else (s,)
+
+
+def index_add(by: dict, key: Hashable, item: Hashable) -> None:
+    s = by.get(key)
+    if s is None:
+        by[key] = item
+    elif s.__class__ is set:
+        s.add(item)
+    elif s != item:
+        by[key] = {s, item}
+
+
+def index_discard(by: dict, key: Hashable, item: Hashable) -> None:
+    """Take ``item`` from under ``key``; a key left with none goes."""
+    s = by.get(key)
+    if s is None:
+        return
+    if s.__class__ is set:
+        s.discard(item)
+        if not s:
+            del by[key]
+    elif s == item:
+        del by[key]
 
 
 class TablesState:
@@ -59,9 +94,9 @@ class TablesState:
         self.data: dict[str, dict] = {t: {} for t in TABLES}
         # (table, key-or-None) -> set of subscriber addresses
         self.subs: dict[tuple[str, Hashable], set[str]] = {}
-        self._tasks_by_node: dict[str, set[TaskId]] = {}
-        # node -> its objects: one ObjectId while it is the only one, a set
-        # from the second on (see ``_index_object``)
+        # node -> its pending tasks, its objects: one id bare while it is the
+        # only one, a set from the second on (``index_add``)
+        self._tasks_by_node: dict[str, TaskId | set[TaskId]] = {}
         self._objects_by_node: dict[str, ObjectId | set[ObjectId]] = {}
         # flushing (see "Flushing" in tables_flush.py): key -> segment, per table; per
         # (table, job) the keys flushed (job None: not known at the time);
@@ -107,7 +142,7 @@ class TablesState:
         t.subs = {k: set(v) for k, v in subs.items()}
         for tid, entry in t.data["tasks"].items():
             if entry.state is TaskState.PENDING and entry.node:
-                t._tasks_by_node.setdefault(entry.node, set()).add(tid)
+                index_add(t._tasks_by_node, entry.node, tid)
         for oid, entry in t.data["objects"].items():
             for n in entry.locations:
                 t._index_object(n, oid)
@@ -186,7 +221,7 @@ class TablesState:
             return tuple(d[q.table].values())
         if isinstance(q, TasksOnNode):
             tasks = d["tasks"]
-            return tuple(tasks[t] for t in sorted(self._tasks_by_node.get(q.node, ())))
+            return tuple(tasks[t] for t in sorted(self.node_tasks(q.node)))
         if isinstance(q, ObjectsOnNode):
             return tuple(sorted(self.node_objects(q.node)))
         if isinstance(q, ActorsOnNode):
@@ -219,48 +254,26 @@ class TablesState:
     # index helpers
     def _index_task(self, tid: TaskId, old: TaskEntry | None, new: TaskEntry) -> None:
         if old is not None and old.state is TaskState.PENDING and old.node:
-            s = self._tasks_by_node.get(old.node)
-            if s is not None:
-                s.discard(tid)
-                if not s:
-                    # (an empty set is 216 bytes: left behind, one stayed
-                    # for every node that ever ran a task of this shard's,
-                    # about one a task at 10,000 nodes and 5,000 shards)
-                    del self._tasks_by_node[old.node]
+            # (an empty set is 216 bytes: left behind, one stayed for every
+            # node that ever ran a task of this shard's, about one a task
+            # at 10,000 nodes and 5,000 shards: index_discard drops it)
+            index_discard(self._tasks_by_node, old.node, tid)
         if new.state is TaskState.PENDING and new.node:
-            self._tasks_by_node.setdefault(new.node, set()).add(tid)
+            index_add(self._tasks_by_node, new.node, tid)
 
-    # The objects on each node: a one-element set per (shard, node) was
-    # ~216 bytes a finished task at 10,000 nodes over 5,000 shards (a node
-    # mostly has one object of a given shard's); so a node's only object is
-    # kept bare, and a set made for the second.  No one sees the difference:
-    # ``node_objects`` is what is read, and it is read sorted.
     def node_objects(self, node: str) -> Iterable[ObjectId]:
         """The objects this shard knows on ``node`` (in no order)."""
-        s = self._objects_by_node.get(node)
-        return () if s is None else s if s.__class__ is set else (s,)
+        return index_items(self._objects_by_node, node)
+
+    def node_tasks(self, node: str) -> Iterable[TaskId]:
+        """This shard's tasks pending on ``node`` (in no order)."""
+        return index_items(self._tasks_by_node, node)
 
     def _index_object(self, node: str, oid: ObjectId) -> None:
-        by = self._objects_by_node
-        s = by.get(node)
-        if s is None:
-            by[node] = oid
-        elif s.__class__ is set:
-            s.add(oid)
-        elif s != oid:
-            by[node] = {s, oid}
+        index_add(self._objects_by_node, node, oid)
 
     def _unindex_object(self, node: str, oid: ObjectId) -> None:
-        by = self._objects_by_node
-        s = by.get(node)
-        if s is None:
-            return
-        if s.__class__ is set:
-            s.discard(oid)
-            if not s:
-                del by[node]
-        elif s == oid:
-            del by[node]
+        index_discard(self._objects_by_node, node, oid)
 
     def _pop_node_objects(self, node: str) -> Iterable[ObjectId]:
         """Take every object off ``node`` in the index (the node died)."""

@@ -13,6 +13,7 @@ from ..core import gcs_client as GC
 from ..core import records as R
 from ..core import tables as T
 from ..core.messages import GcsReply, Send
+from ..core.tables_state import index_add
 from .planting import patch, handler
 
 
@@ -167,7 +168,7 @@ def task_index_never_shrinks():
         # BUG: only adds; a task that finishes (or moves) stays listed under
         # its old node, so TasksOnNode of a dead node returns finished tasks
         if new.state is T.TaskState.PENDING and new.node:
-            self._tasks_by_node.setdefault(new.node, set()).add(tid)
+            index_add(self._tasks_by_node, new.node, tid)
 
     return patch(T.Tables, "_index_task", _index_task)
 

@@ -464,6 +464,20 @@ def test_a_partition_builds_only_its_own_machines():
     assert one.tasks_finished > 300
     assert (two.trace_hash, two.tasks_finished, two.events) == (one.trace_hash, one.tasks_finished, one.events)
     assert one.partition_hosts == [12] and two.partition_hosts == [7, 5]  # (the head is in 0)
+    # welcomed from another process, each node's copy of every GCS shard's
+    # config was its own (5,000 configs a node at 10,000 nodes): equal
+    # tuples are made one again, as in one process
+    import pickle
+
+    from penumbra.core.messages import NodeWelcome
+
+    configs = c.head.chain.configs()
+    copies = [pickle.loads(pickle.dumps([NodeWelcome(configs=configs)])) for _ in range(3)]
+    batches = [(0.1, f"node:{i}", "head", msgs, 0.09) for i, msgs in zip((1, 3, 5), copies)]
+    p = halves[1]
+    p._share(batches)
+    got = [b[3][0].configs for b in batches]
+    assert got[0] == configs and got[0] is not configs and got[1] is got[0] and got[2] is got[0]
 
 
 def test_partitioned_run_refuses_what_it_cannot_do():

@@ -24,6 +24,7 @@ import trio.testing
 
 from penumbra.transports import wire
 from penumbra.transports.wire import HandshakeError, ListenerStats, Ping, ProtocolError
+from penumbra.transports.wire_codec import codec, schema_fingerprint
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -42,8 +43,14 @@ def frame(body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + body
 
 
+def _body(msgs: list) -> bytes:
+    """A frame body as the channel encodes it (without the length)."""
+    return bytes(codec().encode(msgs)[4:])
+
+
 def hello_body(token: str = TOKEN, **extra) -> bytes:
-    obj = {"penumbra": wire.PROTOCOL_VERSION, "token": token, "role": "test", "name": "raw"}
+    obj = {"penumbra": wire.PROTOCOL_VERSION, "token": token, "role": "test", "name": "raw",
+           "schema": schema_fingerprint()}
     obj.update(extra)
     return json.dumps(obj).encode()  # ensure_ascii: a lone surrogate travels as \\ud800
 
@@ -199,10 +206,10 @@ def test_a_bug_in_the_handshake_is_logged_and_closes_only_that_connection(monkey
     """Any Exception in the handshake path is contained (here: an injected bug)."""
     real = wire._validate_hello
 
-    def buggy(body, token):
+    def buggy(body, token, *schema):
         if b"boom" in body:
             raise RuntimeError("injected bug")
-        return real(body, token)
+        return real(body, token, *schema)
 
     monkeypatch.setattr(wire, "_validate_hello", buggy)
 
@@ -494,7 +501,7 @@ def test_a_cancelled_receive_resumes_a_big_frame(tmp_path):
             client = await wire.open_channel(a, TOKEN, "driver", "d")
             await wait_until(lambda: "ch" in server, "the server channel")
             ch = server["ch"]
-            body = pickle.dumps([b"q" * 3_000_000, "after"], protocol=5)
+            body = _body([b"q" * 3_000_000, "after"])
             whole = frame(body)
             await a.send_all(whole[:1_000_000])
             with trio.move_on_after(0.05):
@@ -521,9 +528,9 @@ def test_a_frame_with_an_empty_list_is_skipped_not_a_crash(tmp_path):
         async with trio.open_nursery() as nursery:
             srv = await Served("tcp", tmp_path, nursery).start(handler)
             s = await _authenticated_raw(srv)
-            await s.send_all(frame(pickle.dumps([], protocol=5)))
+            await s.send_all(frame(_body([])))
             await trio.testing.wait_all_tasks_blocked()
-            await s.send_all(frame(pickle.dumps([Ping(1)], protocol=5)))
+            await s.send_all(frame(_body([Ping(1)])))
             await wait_until(lambda: got, "the message")
             assert got == [Ping(1)]
             await s.aclose()

@@ -101,6 +101,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import trio
 
 from .session import new_token
@@ -130,8 +131,10 @@ from .wire_hello import (
     _check_token,
     _hello_frame,
     _parse_hello,
+    _schema_mismatch,
     _validate_hello,
 )
+from .wire_codec import schema_fingerprint
 
 __all__ = [
     "DEFAULT_MAX_OUTBOX",
@@ -178,16 +181,14 @@ REFUSAL_LOG_INTERVAL = 10.0
 # Transport-level frames
 
 
-@dataclass(frozen=True, slots=True)
-class Ping:
+class Ping(msgspec.Struct, frozen=True, tag=True, array_like=True):
     """Liveness probe; the peer is expected to answer ``Pong(seq)``."""
 
     seq: int
     payload: bytes = b""
 
 
-@dataclass(frozen=True, slots=True)
-class Pong:
+class Pong(msgspec.Struct, frozen=True, tag=True, array_like=True):
     seq: int
     payload: bytes = b""
 
@@ -197,7 +198,8 @@ class Pong:
 
 
 async def _client_handshake(ch: Channel, token: str, role: str, name: str, timeout: float) -> Channel:
-    hello = {"penumbra": PROTOCOL_VERSION, "token": token, "role": role, "name": name}
+    schema = schema_fingerprint()
+    hello = {"penumbra": PROTOCOL_VERSION, "token": token, "role": role, "name": name, "schema": schema}
     try:
         with trio.fail_after(timeout):
             await ch._t.send_all(_hello_frame(hello))
@@ -218,6 +220,9 @@ async def _client_handshake(ch: Channel, token: str, role: str, name: str, timeo
             f"{ch.peer_address} speaks penumbra protocol {reply.get('penumbra')!r}, "
             f"this process speaks {PROTOCOL_VERSION}; run the same penumbra version everywhere"
         )
+    mismatch = _schema_mismatch(reply.get("schema"), schema)
+    if mismatch is not None:
+        raise HandshakeError(f"{ch.peer_address}: {mismatch}")
     ch.peer_role = str(reply.get("role", ""))
     ch.peer_name = str(reply.get("name", ""))
     ch.peer_hello = reply
@@ -315,7 +320,7 @@ async def _server_handshake_steps(
         reason = f"sent no hello within {timeout} s"
     hello: dict[str, Any] = {}
     if reason is None:
-        reason, hello = _validate_hello(body, token)
+        reason, hello = _validate_hello(body, token, schema_fingerprint())
     if reason is not None:
         await _refuse(ch, reason, log)
         return False
@@ -324,7 +329,8 @@ async def _server_handshake_steps(
     ch.peer_hello = {k: v for k, v in hello.items() if k != "token"}
     try:
         with trio.fail_after(timeout):
-            await ch._t.send_all(_hello_frame({"penumbra": PROTOCOL_VERSION, "ok": True, "role": role, "name": name}))
+            await ch._t.send_all(_hello_frame({"penumbra": PROTOCOL_VERSION, "ok": True, "role": role, "name": name,
+                                               "schema": schema_fingerprint()}))
     except (trio.TooSlowError, *_CONNECTION_ERRORS) as exc:
         log(logging.INFO, "connection from %s lost during the handshake: %r", ch.peer_address, exc)
         await ch.aclose(flush_timeout=0)

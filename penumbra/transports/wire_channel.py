@@ -42,7 +42,6 @@ works too, through the slower generic path: see :func:`open_channel`.
 from __future__ import annotations
 
 import logging
-import pickle
 import socket
 from collections import deque
 from typing import Any, Self
@@ -57,11 +56,11 @@ from .wire_frames import (
     FrameTooLarge,
     ProtocolError,
     _grow,
-    _pack_header,
     _SocketTransport,
     _StreamTransport,
     _unpack_header,
 )
+from .wire_codec import WireDecodeError, codec
 
 # One logger for the whole wire stack (wire, wire_channel, ...), so that
 # configuring "penumbra.transports.wire" covers every line it logs.
@@ -77,12 +76,10 @@ YIELD_EVERY = 64
 #: Seconds ``aclose`` waits for queued messages to be written.
 CLOSE_FLUSH_TIMEOUT = 5.0
 
-_PICKLE_PROTOCOL = 5
-_dumps = pickle.dumps
-_loads = pickle.loads
 _RECV_BUFFER = 256 * 1024
-# Frames at most this large are sent as one buffer (header + body copied
-# together); larger ones as two buffers, to avoid copying big bodies.
+# Frames at most this large may be written straight from the sender's
+# thread or task (``_flush_now``, ``write_from_thread``); larger ones go
+# through the flusher, which writes them in pieces as the socket takes them.
 _JOIN_LIMIT = 64 * 1024
 
 #: What :meth:`Channel.write_from_thread` did.
@@ -164,6 +161,8 @@ class Channel:
         self._error: ConnectionClosed | None = None
         self._closed = False
         self._fast_ops = 0
+        self._codec = codec()
+        self._encode_frame = self._codec.encode
 
     def __repr__(self) -> str:
         state = "closed" if self._error else "open"
@@ -309,15 +308,12 @@ class Channel:
 
     def _decode(self, body: Any) -> None:
         try:
-            msgs = _loads(body)
-        except Exception as exc:
-            err = ProtocolError(f"could not unpickle a frame from {self.peer_address}: {exc!r}")
+            msgs = self._codec.decode(body)
+        except WireDecodeError as exc:
+            err = ProtocolError(f"{self.peer_address} sent a frame that does not decode ({exc}); "
+                                "closing the connection")
             err.__cause__ = exc
             raise self._fail(err) from exc
-        if type(msgs) is not list:
-            raise self._fail(
-                ProtocolError(f"{self.peer_address} sent a frame that is not a list of messages")
-            )
         self.frames_received += 1
         self.messages_received += len(msgs)
         self._inbox.extend(msgs)
@@ -559,12 +555,11 @@ class Channel:
             return
         batch = self._take_outbox()
         try:
-            body = _dumps(batch, _PICKLE_PROTOCOL)
+            data = self._encode_frame(batch)
         except Exception:
-            body = None
-        if body is not None and len(body) <= self._fast_limit:
+            data = None
+        if data is not None and len(data) - 4 <= self._fast_limit:
             # The common case: one small frame, one system call.
-            data = _pack_header(len(body)) + body
             self.frames_sent += 1
             self.messages_sent += len(batch)
             try:
@@ -628,14 +623,13 @@ class Channel:
         outbox = self._outbox
         batch = outbox + [msg] if outbox else [msg]
         try:
-            body = _dumps(batch, _PICKLE_PROTOCOL)
+            data = self._encode_frame(batch)
         except Exception:
             return NOT_NOW
-        if len(body) > self._fast_limit:
+        if len(data) - 4 > self._fast_limit:
             return NOT_NOW
         if outbox:
             self._outbox = []
-        data = _pack_header(len(body)) + body
         self.frames_sent += 1
         self.messages_sent += len(batch)
         try:
@@ -689,16 +683,16 @@ class Channel:
         return True
 
     def _encode(self, batch: list[Any]) -> tuple[list[bytes], list[tuple[Any, BaseException]]]:
-        """Pickle ``batch`` into frames: ([buffers to write], [(bad msg, error)])."""
+        """Encode ``batch`` into frames: ([buffers to write], [(bad msg, error)])."""
         try:
-            body = pickle.dumps(batch, _PICKLE_PROTOCOL)
+            frame = self._encode_frame(batch)
         except Exception:
             return self._encode_salvage(batch)
-        n = len(body)
+        n = len(frame) - 4
         if n > self.max_frame_size:
             if len(batch) == 1:
                 exc = FrameTooLarge(
-                    f"a {type(batch[0]).__name__} pickles to {n} bytes, above this channel's "
+                    f"a {type(batch[0]).__name__} encodes to {n} bytes, above this channel's "
                     f"max_frame_size of {self.max_frame_size}; send large values through "
                     "the object store instead"
                 )
@@ -709,17 +703,15 @@ class Channel:
             return c1 + c2, b1 + b2
         self.frames_sent += 1
         self.messages_sent += len(batch)
-        if n <= _JOIN_LIMIT:
-            return [_HEADER.pack(n) + body], []
-        return [_HEADER.pack(n), body], []
+        return [frame], []
 
     def _encode_salvage(self, batch: list[Any]) -> tuple[list[bytes], list[tuple[Any, BaseException]]]:
-        """The batch did not pickle: drop the messages that do not, keep the rest."""
+        """The batch did not encode: drop the messages that do not, keep the rest."""
         good = []
         bad: list[tuple[Any, BaseException]] = []
         for m in batch:
             try:
-                pickle.dumps(m, _PICKLE_PROTOCOL)
+                self._encode_frame([m])
             except Exception as exc:
                 bad.append((m, exc))
             else:

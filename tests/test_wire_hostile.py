@@ -537,3 +537,86 @@ def test_a_frame_with_an_empty_list_is_skipped_not_a_crash(tmp_path):
             nursery.cancel_scope.cancel()
 
     run(main)
+
+
+# ------------------------------------------------------- the msgpack codec (protocol 2)
+
+
+@pytest.mark.parametrize("what", ["unknown tag", "truncated body", "wrong field type", "a pickle (protocol 1)"])
+def test_a_frame_that_does_not_decode_closes_only_that_connection(what, tmp_path):
+    """After the handshake, a frame body that is not the protocol's msgpack
+    ends that connection with a ProtocolError saying what was wrong; the
+    listener serves everyone else."""
+    import msgspec
+
+    body = {
+        "unknown tag": b"\x01" + msgspec.msgpack.encode([["NoSuchMessage", 1]]),
+        "truncated body": _body([Ping(1, b"x" * 50)])[:-20],
+        "wrong field type": b"\x01" + msgspec.msgpack.encode([["Ping", "one", b""]]),
+        "a pickle (protocol 1)": pickle.dumps([Ping(1)], protocol=5),
+    }[what]
+
+    async def main():
+        errors = []
+
+        async def handler(ch):
+            try:
+                await echo(ch)
+            except ProtocolError as exc:
+                errors.append(exc)
+                raise
+
+        async with trio.open_nursery() as nursery:
+            srv = await Served("tcp", tmp_path, nursery).start(handler)
+            s = await _authenticated_raw(srv)
+            await s.send_all(frame(body))
+            assert await read_to_eof(s) == b""  # the server closed the connection
+            await wait_until(lambda: errors, "the error")
+            assert "does not decode" in errors[0].reason and "closing the connection" in errors[0].reason
+            await srv.check_serves()
+            nursery.cancel_scope.cancel()
+
+    run(main)
+
+
+def test_a_peer_of_protocol_1_is_refused_with_a_clear_reason(tmp_path):
+    async def main():
+        async with trio.open_nursery() as nursery:
+            srv = await Served("tcp", tmp_path, nursery).start()
+            s = await srv.raw()
+            await s.send_all(frame(hello_body(penumbra=1)))
+            reply = await read_to_eof(s)
+            refusal = json.loads(reply[4:])
+            assert refusal["ok"] is False
+            assert "protocol version 1 is not supported (server speaks 2)" in refusal["error"]
+            nursery.cancel_scope.cancel()
+
+    run(main)
+
+
+def test_a_peer_with_another_message_schema_is_refused_at_the_hello(tmp_path):
+    """Server side: a hello whose schema differs is refused; client side: a
+    server answering with another schema fails the connect, saying why."""
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            srv = await Served("tcp", tmp_path, nursery).start()
+            s = await srv.raw()
+            await s.send_all(frame(hello_body(schema="0123456789abcdef")))
+            refusal = json.loads((await read_to_eof(s))[4:])
+            assert refusal["ok"] is False and "message schema 0123456789abcdef differs" in refusal["error"]
+            assert "run the same penumbra version everywhere" in refusal["error"]
+            nursery.cancel_scope.cancel()
+        # the other way round: a server answering with another schema
+        a, b = trio.testing.memory_stream_pair()
+        async with trio.open_nursery() as nursery:
+            async def server():
+                await b.receive_some(65536)  # the client's hello
+                reply = {"penumbra": wire.PROTOCOL_VERSION, "ok": True, "role": "s", "name": "s",
+                         "schema": "fedcba9876543210"}
+                await b.send_all(frame(json.dumps(reply).encode()))
+
+            nursery.start_soon(server)
+            with pytest.raises(HandshakeError, match="message schema fedcba9876543210 differs"):                await wire.open_channel(a, TOKEN, "driver", "d")
+
+    run(main)

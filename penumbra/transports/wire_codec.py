@@ -211,6 +211,8 @@ class _Planner:
     def widen(self, tp: Any) -> Any:
         """``tp`` with each wire class that has subclasses replaced by the
         union of it and them (``Message`` -> every message class)."""
+        if tp is object:
+            return Any  # (the same to msgspec, but with no dec_hook call per value)
         if isinstance(tp, type) and tp in self.subs and len(self.subs[tp]) > 1:
             return Union[self.subs[tp]]  # type: ignore[valid-type]
         args = typing.get_args(tp)
@@ -277,6 +279,22 @@ class _Planner:
             return None if pk is None and pv is None else _mapping(pk, pv)
         return None
 
+    def no_op_types(self, tp: Any) -> frozenset[type]:
+        """Classes of a value annotated ``tp`` that its fixer leaves as they are
+        (checked before calling it: most values are one of them)."""
+        if tp in _ANY_LIKE:
+            return _EXACT | _AS_BYTES
+        origin = typing.get_origin(tp)
+        if origin is Union or origin is types.UnionType:
+            out: set[type] = set()
+            for a in typing.get_args(tp):
+                if a in _ANY_LIKE:
+                    out |= _EXACT | _AS_BYTES
+                elif isinstance(a, type) and a is not tuple and self.plan(a) is None:
+                    out.add(a)
+            return frozenset(out)
+        return frozenset()
+
     def struct_fixer(self, cls: type) -> Callable[[Any], Any] | None:
         if cls in self.fixers:
             return self.fixers[cls]
@@ -291,7 +309,7 @@ class _Planner:
             self._where = f"{cls.__name__}.{name}"
             p = self.plan(tp)
             if p is not None:
-                fields.append((name, p))
+                fields.append((name, p, self.no_op_types(tp)))
         self._busy.discard(cls)
         fixer = _struct(tuple(fields)) if fields else None
         self.fixers[cls] = fixer
@@ -321,8 +339,15 @@ def _fix_any_items(v: Any) -> Any:
     """A bare ``tuple`` field: the tuple stays, its items follow the Any rule."""
     if type(v) is not tuple:
         return v  # (a wrong type for the field: msgspec says so when decoding)
-    out = tuple([_fix_any(x) for x in v])
-    return v if all(a is b for a, b in zip(out, v)) else out
+    out = None
+    for i, x in enumerate(v):
+        t = type(x)
+        if t in _EXACT or t in _AS_BYTES:
+            continue
+        if out is None:
+            out = list(v)
+        out[i] = _pickled(x)
+    return v if out is None else tuple(out)
 
 
 def _dispatch(by_type: dict[type, Callable[[Any], Any] | None],
@@ -338,19 +363,35 @@ def _dispatch(by_type: dict[type, Callable[[Any], Any] | None],
 
 def _each(p: Callable[[Any], Any], origin: type) -> Callable[[Any], Any]:
     def fix(v: Any) -> Any:
-        out = [p(x) for x in v]
-        if all(a is b for a, b in zip(out, v)):
+        out = None
+        for i, x in enumerate(v):
+            y = p(x)
+            if y is not x:
+                if out is None:
+                    out = list(v)
+                out[i] = y
+        if out is None:
             return v
-        return tuple(out) if origin is tuple else out
+        return out if origin is list else origin(out)
     return fix
 
 
 def _positions(plans: list[Callable[[Any], Any] | None]) -> Callable[[Any], Any]:
+    todo = tuple((i, p) for i, p in enumerate(plans) if p is not None)
+    size = len(plans)
+
     def fix(v: Any) -> Any:
-        if len(v) != len(plans):
+        if len(v) != size:
             return v
-        out = tuple([x if p is None else p(x) for p, x in zip(plans, v)])
-        return v if all(a is b for a, b in zip(out, v)) else out
+        out = None
+        for i, p in todo:
+            x = v[i]
+            y = p(x)
+            if y is not x:
+                if out is None:
+                    out = list(v)
+                out[i] = y
+        return v if out is None else tuple(out)
     return fix
 
 
@@ -369,11 +410,13 @@ def _mapping(pk: Callable[[Any], Any] | None, pv: Callable[[Any], Any] | None) -
     return fix
 
 
-def _struct(fields: tuple[tuple[str, Callable[[Any], Any]], ...]) -> Callable[[Any], Any]:
+def _struct(fields: tuple[tuple[str, Callable[[Any], Any], frozenset[type]], ...]) -> Callable[[Any], Any]:
     def fix(obj: Any) -> Any:
         copy = None
-        for name, p in fields:
+        for name, p, no_op in fields:
             v = getattr(obj, name)
+            if type(v) in no_op or v == ():
+                continue
             nv = p(v)
             if nv is not v:
                 if copy is None:
@@ -405,9 +448,18 @@ def _dec_id(cls: type, v: Any) -> Any:
 
 
 def _dec_resources(v: Any) -> ResourceSet:
-    if type(v) is not dict or not all(type(k) is str and type(u) is int for k, u in v.items()):
+    if type(v) is not dict:
         raise ValueError(f"expected a ResourceSet (a map of resource names to integer units), got {_describe(v)}")
-    return ResourceSet(v)
+    zeros = False
+    for k, u in v.items():
+        if type(k) is not str or type(u) is not int:
+            raise ValueError("expected a ResourceSet (a map of resource names to integer units), got a "
+                             f"{_describe(k)} -> {_describe(u)} entry")
+        zeros = zeros or not u
+    return ResourceSet(v) if zeros else _wrap_resources(v)
+
+
+_wrap_resources = ResourceSet._wrap
 
 
 def _describe(v: Any) -> str:

@@ -175,11 +175,18 @@ _before_auth_stream = st.lists(
 ).map(b"".join)
 
 _TAGS = sorted(c.__struct_config__.tag for c in wire_classes())
+# what msgpack can carry (no lone surrogates, 64-bit ints), bytes included
+_mp = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**63, 2**63 - 1) | st.floats() | st.text(max_size=12)
+    | st.binary(max_size=24),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=8,
+)
 _random_body = st.one_of(
     st.binary(max_size=256),  # not msgpack, or not a list
-    st.lists(_json, max_size=4).map(lambda v: b"\x01" + msgspec.msgpack.encode(v)),  # a list of junk messages
+    st.lists(_mp, max_size=4).map(lambda v: b"\x01" + msgspec.msgpack.encode(v)),  # a list of junk messages
     # a real message's name with junk fields
-    st.lists(st.tuples(st.sampled_from(_TAGS), st.lists(_json, max_size=6)), min_size=1, max_size=3).map(
+    st.lists(st.tuples(st.sampled_from(_TAGS), st.lists(_mp, max_size=6)), min_size=1, max_size=3).map(
         lambda ms: b"\x01" + msgspec.msgpack.encode([[tag, *fields] for tag, fields in ms])),
     st.lists(_json, max_size=4).map(lambda v: pickle.dumps(v, protocol=5)),  # a pickle, as protocol 1 sent
     st.binary(max_size=64).map(lambda b: b"\x80\x05" + b),  # starts like a protocol-5 pickle

@@ -147,8 +147,7 @@ def _import_wire_modules() -> None:
     import importlib
     import pkgutil
 
-    from .. import core
-
+    core = importlib.import_module("penumbra.core")
     for info in pkgutil.iter_modules(core.__path__):
         if info.name.startswith("msg_"):
             importlib.import_module(f"penumbra.core.{info.name}")

@@ -7,16 +7,19 @@ connectors) and is where to import them from.
 Theory of operation
 -------------------
 A channel is created unauthenticated, receiving into a small
-:data:`HANDSHAKE_BUFFER`, and refuses to unpickle anything until the
+:data:`HANDSHAKE_BUFFER`, and refuses to decode anything until the
 handshake in ``wire`` calls ``_authenticate`` (after which the buffer grows
-to 256 KiB): after the handshake every frame body is a pickle, and
+to 256 KiB): a frame may hold pickled values (see ``wire_codec``), and
 unpickling runs code chosen by the sender.
 
-**Messages and batching.**  After the handshake a frame body is
-``pickle.dumps(list_of_messages, protocol=5)``: *every* frame carries a
-list, pickled once, so a burst of small messages costs one ``pickle.dumps``,
-one frame and one system call, and repeated classes are memoised inside the
-batch.  :meth:`Channel.send_nowait` appends to an outbox; a background
+**Messages and batching.**  After the handshake a frame body is a format
+byte and one msgpack list of messages (:mod:`~penumbra.transports.
+wire_codec`, which encodes the whole frame, length included, in one
+buffer): *every* frame carries a list, so a burst of small messages costs
+one encode, one frame and one system call.  A frame that does not decode
+(garbage, an unknown message name, a field of the wrong type, a truncated
+body) ends the connection with a :class:`ProtocolError` saying what was
+wrong.  :meth:`Channel.send_nowait` appends to an outbox; a background
 flusher task wakes when the current task yields and writes everything queued
 as ONE frame.  :meth:`Channel.send` writes immediately when the socket is
 free (lowest latency, one frame per call) and otherwise joins the outbox.
@@ -264,7 +267,7 @@ class Channel:
         if self._receiving:
             raise trio.BusyResourceError("another task is already receiving on this channel")
         if not self._authenticated:
-            # Never unpickle a byte from a peer that has not proven the token.
+            # Never decode a byte from a peer that has not proven the token.
             raise ProtocolError("refusing to receive messages before the handshake has authenticated the peer")
         self._receiving = True
         try:
@@ -445,13 +448,13 @@ class Channel:
         return len(self._buf) + (len(big) if big is not None else 0)
 
     def _authenticate(self) -> None:
-        """The handshake succeeded: unpickling is allowed, and the buffer grows to full size."""
+        """The handshake succeeded: decoding is allowed, and the buffer grows to full size."""
         self._authenticated = True
         if len(self._buf) < _RECV_BUFFER:
             self._resize_buffer(_RECV_BUFFER)
 
     async def _receive_raw_frame(self, limit: int) -> bytes:
-        """One frame body, not unpickled (the handshake's JSON hello)."""
+        """One frame body, not decoded (the handshake's JSON hello)."""
         while True:
             start, end = self._start, self._end
             if end - start >= 4:
@@ -502,9 +505,11 @@ class Channel:
 
         Raises:
             ConnectionClosed: the connection has ended.
-            FrameTooLarge: ``msg`` pickles to more than ``max_frame_size``.
-            pickle.PicklingError (or what pickling raised): ``msg`` cannot
-                be pickled.  Nothing was sent for it.
+            FrameTooLarge: ``msg`` encodes to more than ``max_frame_size``.
+            TypeError, pickle.PicklingError (what encoding raised): ``msg``
+                cannot be encoded (a value of the wrong type in a typed
+                field, an unpicklable value in an untyped one).  Nothing
+                was sent for it.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         if self._error is not None:
@@ -544,7 +549,7 @@ class Channel:
     def _flush_now(self, mine: Any) -> None:
         """Encode the outbox and write it if the socket is free, else wake the flusher.
 
-        Raises the pickling error of ``mine`` (a message in the outbox) if it
+        Raises the encoding error of ``mine`` (a message in the outbox) if it
         cannot be sent; other bad messages are logged and dropped.
         """
         sock = self._sock
@@ -572,7 +577,7 @@ class Channel:
                 self._pending.append(memoryview(data)[k:])
                 self._wake_flusher()
             return
-        # Unpicklable, or big: the general path.
+        # Not encodable, or big: the general path.
         chunks, bad = self._encode(batch)
         if not self._write_now(chunks):
             self._wake_flusher()
@@ -683,7 +688,8 @@ class Channel:
         return True
 
     def _encode(self, batch: list[Any]) -> tuple[list[bytes], list[tuple[Any, BaseException]]]:
-        """Encode ``batch`` into frames: ([buffers to write], [(bad msg, error)])."""
+        """Encode ``batch`` into frames: ([buffers to write], [(bad msg, error)]);
+        a batch above ``max_frame_size`` is split in halves until each fits."""
         try:
             frame = self._encode_frame(batch)
         except Exception:

@@ -116,6 +116,9 @@ def serve(cfg: dict[str, Any], token: str, requests: BinaryIO) -> None:
         return  # the daemon died before we could watch it
     # whatever a worker needs and the daemon did not import
     from penumbra.transports import worker as worker_mod
+    from penumbra.transports.wire_codec import codec
+
+    codec()  # built once here (~10 ms), inherited by every worker forked
 
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -53,26 +53,24 @@ import trio.lowlevel
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from penumbra.core.ids import driver_task_id, return_object_id
+from penumbra.core.messages import ObjectsReady
+from penumbra.core.records import ObjectInfo
 from penumbra.transports import wire
 from penumbra.transports.bridge import TrioThread
 from penumbra.transports.wire import Ping, Pong
 
+_ROOT = driver_task_id(1)
 TOKEN = "bench-token"
 WINDOW = 64
 
 
-class Small:
-    """A small message like a task submission (~60 bytes pickled)."""
-
-    __slots__ = ("args", "fn", "task_id")
-
-    def __init__(self, task_id: int) -> None:
-        self.task_id = task_id
-        self.fn = "f"
-        self.args = (task_id, "x")
-
-    def __reduce__(self):
-        return (Small, (self.task_id,))
+def Small(task_id: int):
+    """A small protocol message, as a node sends a client when a task's
+    result is ready (a core message, so it travels as the protocol does:
+    pickled under protocol 1, msgpack under 2)."""
+    oid = return_object_id(_ROOT, task_id % 1000 + 1)
+    return ObjectsReady(req_id=task_id, objects=((oid, ObjectInfo(8)),))
 
 
 # --------------------------------------------------------------------- servers

@@ -263,3 +263,46 @@ def test_random_bytes_only_ever_raise_decode_error(body):
         codec().decode(b"\x01" + body)
     except WireDecodeError:
         pass
+
+
+def test_a_new_core_message_module_is_on_the_wire_with_no_edit(tmp_path):
+    """A message class in a new ``penumbra.core.msg_*`` module (as another
+    engineer adds ``msg_direct.py``) is a wire class, typed inside a Deliver
+    too, and changes the schema fingerprint.  In a fresh process: a class
+    added here would stay in this one's registry."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import sys, types
+        from penumbra.core.msg_base import Message, install_protocol
+        from penumbra.core.ids import TaskId
+        from penumbra.transports.wire_codec import WireCodec
+
+        before = sys.argv[1]  # this build's fingerprint, without the new module
+        mod = types.ModuleType("penumbra.core.msg_zz_new")
+        sys.modules[mod.__name__] = mod
+        exec(
+            "from penumbra.core.msg_base import Message\\n"
+            "from penumbra.core.ids import TaskId\\n"
+            "class DirectCall(Message):\\n"
+            "    task_id: TaskId\\n"
+            "    seq: tuple[int, ...] = ()\\n",
+            mod.__dict__,
+        )
+        install_protocol(mod.__name__)
+        from penumbra.transports.protocol import Deliver
+        codec = WireCodec()
+        assert mod.DirectCall in codec.classes
+        msg = Deliver(to="w", msg=mod.DirectCall(task_id=TaskId(bytes(16)), seq=(1, 2)))
+        frame = codec.encode([msg])
+        assert frame[4] == 1, "typed, not pickled"
+        (got,) = codec.decode(memoryview(frame)[4:])
+        assert got == msg and type(got.msg) is mod.DirectCall and type(got.msg.task_id) is TaskId
+        assert codec.fingerprint != before
+        print("ok")
+    """)
+    r = subprocess.run([sys.executable, "-c", script, codec().fingerprint], capture_output=True, text=True, timeout=120,
+                       cwd=tmp_path, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert r.stdout.strip() == "ok", r.stderr

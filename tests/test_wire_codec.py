@@ -306,3 +306,23 @@ def test_a_new_core_message_module_is_on_the_wire_with_no_edit(tmp_path):
     r = subprocess.run([sys.executable, "-c", script, codec().fingerprint], capture_output=True, text=True, timeout=120,
                        cwd=tmp_path, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert r.stdout.strip() == "ok", r.stderr
+
+
+class LocalMessage(M.Message):
+    """A message class outside penumbra (not a wire class)."""
+
+    x: tuple = ()
+
+
+def test_a_message_that_is_not_a_wire_class_inside_a_deliver_travels_pickled():
+    msg = P.Deliver(to="node:1", msg=LocalMessage(x=(1, "a")))
+    frame = codec().encode([Ping(1), msg])
+    assert frame[4] == MIXED
+    assert _round_trip([Ping(1), msg]) == [Ping(1), msg]
+
+
+def test_messages_defined_beside_their_machine_are_wire_classes():
+    """``GcsSync`` and friends live in ``core/gcs.py``, not a ``msg_*`` module."""
+    from penumbra.core import gcs
+
+    assert {gcs.GcsSync, gcs.GcsCaughtUp, gcs.GcsRejoin} <= set(wire_classes())

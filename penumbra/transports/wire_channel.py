@@ -316,6 +316,8 @@ class Channel:
             err = ProtocolError(f"{self.peer_address} sent a frame that does not decode ({exc}); "
                                 "closing the connection")
             err.__cause__ = exc
+            # (logged here, once: the handlers see only a lost connection)
+            logger.warning("%s (%s %s)", err.reason, self.peer_role, self.peer_name)
             raise self._fail(err) from exc
         self.frames_received += 1
         self.messages_received += len(msgs)

@@ -120,6 +120,7 @@ _ID_SIZES = {TaskId: 16, ActorId: 16, ObjectId: 20}
 _EXACT = frozenset({type(None), bool, int, float, str, bytes})
 #: Carried as msgpack bin and read back as ``bytes`` (equal, not the same type).
 _AS_BYTES = frozenset({bytearray, memoryview})
+_EMPTY: tuple = ()
 
 
 class WireDecodeError(ValueError):
@@ -460,7 +461,7 @@ def _struct(fields: tuple[tuple[str, Callable[[Any], Any], frozenset[type]], ...
         copy = None
         for name, p, no_op in fields:
             v = getattr(obj, name)
-            if type(v) in no_op or v == ():
+            if type(v) in no_op or v is _EMPTY:  # (the empty tuple is one object)
                 continue
             nv = p(v)
             if nv is not v:

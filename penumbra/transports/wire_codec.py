@@ -7,7 +7,8 @@ to pickle a small message and as much to unpickle it, and unpickling runs
 whatever code the bytes name.  The protocol's messages are frozen
 ``msgspec.Struct``s, so msgspec encodes and decodes them in C, typed: a
 frame decodes into exactly the classes it was made of, checked against
-their field types, and decoding bytes can only build those classes.
+their field types, and decoding bytes builds only those classes (see
+"Security" for the few values that still travel as pickles).
 
 What is on the wire
 -------------------
@@ -58,18 +59,22 @@ one by one.  :func:`fallback_fields` lists these fields.
 
 Security
 --------
-Decoding a ``TYPED`` frame runs no code chosen by the sender: it builds wire
-classes (running their ``__post_init__`` checks) from scalars, and every
-error (bad msgpack, an unknown class name, a wrong field type, a truncated
-body, an id of the wrong length) raises :class:`WireDecodeError`, which the
-channel turns into a :class:`ProtocolError` that closes the connection.
-What still unpickles, and only from a peer that passed the handshake (it
-proved it knows the cluster token; such a peer can submit tasks, which run
-its code anyway): the :data:`EXT_PICKLE` values above, and ``MIXED``
-frames' pickled messages.  User values (task arguments, results, objects)
-were never part of the protocol: they are serialized by
-:mod:`~penumbra.transports.serialization` (cloudpickle, pickle protocol 5
-with out-of-band buffers) into ``bytes``, which the codec carries as bin.
+Decoding builds only wire classes, checked against their field types (and
+running their ``__post_init__`` checks), from msgpack scalars; every error
+(bad msgpack, an unknown class name, a wrong field type, a truncated body,
+an id of the wrong length, nesting too deep) raises
+:class:`WireDecodeError`, which the channel turns into a
+:class:`ProtocolError` that closes that connection.  No code chosen by the
+sender runs, except where a pickle is allowed, and only from a peer that
+passed the handshake (it proved it knows the cluster token; such a peer can
+submit tasks, which run its code anyway): the :data:`EXT_PICKLE` values of
+the fallback fields above (in any frame), and the pickled messages of a
+``MIXED`` frame.  A frame of control messages whose fields hold scalars,
+ids and records (every message on a task's path) unpickles nothing.  User
+values (task arguments, results, objects) were never part of the protocol:
+they are serialized by :mod:`~penumbra.transports.serialization`
+(cloudpickle, pickle protocol 5 with out-of-band buffers) into ``bytes``,
+which the codec carries as bin, and unpickled by the API where they are used.
 """
 
 from __future__ import annotations

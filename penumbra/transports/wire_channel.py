@@ -579,8 +579,8 @@ class Channel:
                 self._pending.append(memoryview(data)[k:])
                 self._wake_flusher()
             return
-        # Not encodable, or big: the general path.
-        chunks, bad = self._encode(batch)
+        # Not encodable, or big: the general path (a big frame is not encoded twice).
+        chunks, bad = self._encode(batch, data)
         if not self._write_now(chunks):
             self._wake_flusher()
         mine_exc = None
@@ -689,13 +689,16 @@ class Channel:
                 return False
         return True
 
-    def _encode(self, batch: list[Any]) -> tuple[list[bytes], list[tuple[Any, BaseException]]]:
+    def _encode(self, batch: list[Any], frame: bytearray | None = None,
+                ) -> tuple[list[bytes], list[tuple[Any, BaseException]]]:
         """Encode ``batch`` into frames: ([buffers to write], [(bad msg, error)]);
-        a batch above ``max_frame_size`` is split in halves until each fits."""
-        try:
-            frame = self._encode_frame(batch)
-        except Exception:
-            return self._encode_salvage(batch)
+        a batch above ``max_frame_size`` is split in halves until each fits.
+        ``frame``: the batch already encoded, if it was."""
+        if frame is None:
+            try:
+                frame = self._encode_frame(batch)
+            except Exception:
+                return self._encode_salvage(batch)
         n = len(frame) - 4
         if n > self.max_frame_size:
             if len(batch) == 1:

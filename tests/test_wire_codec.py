@@ -326,3 +326,11 @@ def test_messages_defined_beside_their_machine_are_wire_classes():
     from penumbra.core import gcs
 
     assert {gcs.GcsSync, gcs.GcsCaughtUp, gcs.GcsRejoin} <= set(wire_classes())
+
+
+def test_a_decode_error_names_the_fields_it_is_in():
+    body = _typed(["Deliver", "node:1", ["SubmitTask", "", "c", ["TaskSpec", b"short-id", 1]], None, ""])
+    with pytest.raises(WireDecodeError, match=r"\(in Deliver\.msg, SubmitTask\.spec\)"):
+        codec().decode(body)
+    with pytest.raises(WireDecodeError, match=r"Expected `int`, got `str`.*\(in Ping\.seq\)"):
+        codec().decode(_typed(["Ping", "one", b""]))

@@ -82,6 +82,7 @@ from __future__ import annotations
 import enum
 import logging
 import pickle
+import re
 import struct
 import sys
 import types
@@ -559,6 +560,7 @@ class WireCodec:
             list[Union[(*classes, Ext)]], dec_hook=_dec_hook, ext_hook=_ext_hook  # type: ignore[misc]
         )
         self.fingerprint = _fingerprint(set(classes) | planner.planned)
+        self._by_tag = {c.__struct_config__.tag: c for c in classes}
 
     @staticmethod
     def _decodable(planner: _Planner, classes: list[type]) -> list[type]:
@@ -628,7 +630,8 @@ class WireCodec:
         except WireDecodeError:
             raise
         except msgspec.ValidationError as exc:
-            raise WireDecodeError(f"a message does not match the protocol: {exc}") from exc
+            where = self._where(body, str(exc))
+            raise WireDecodeError(f"a message does not match the protocol: {exc}{where}") from exc
         except msgspec.DecodeError as exc:
             raise WireDecodeError(f"not a msgpack frame: {exc}") from exc
         except RecursionError as exc:
@@ -636,6 +639,30 @@ class WireCodec:
         except Exception as exc:  # a pickled value that failed to load, a check in __post_init__ ...
             raise WireDecodeError(f"could not decode a message: {exc!r}") from exc
         return msgs
+
+
+    def _where(self, body: Any, error: str) -> str:
+        """The fields a validation error's path (`` - at `$[0][2][1]` ``) names,
+        as `` (in Deliver.msg, ActorCall.spec, TaskSpec.task_id)``, or ""."""
+        m = re.search(r"at `\$((?:\[\d+\])+)`", error)
+        if m is None:
+            return ""
+        try:  # untyped, ext values left as they are: nothing is unpickled
+            node = msgspec.msgpack.decode(body[1:])
+        except Exception:
+            return ""
+        tags = self._by_tag
+        names = []
+        for index in map(int, re.findall(r"\d+", m.group(1))):
+            if type(node) is list and node and type(node[0]) is str and node[0] in tags and index > 0:
+                fields = tags[node[0]].__struct_fields__
+                if index <= len(fields):
+                    names.append(f"{node[0]}.{fields[index - 1]}")
+            try:
+                node = node[index]
+            except (IndexError, KeyError, TypeError):
+                break
+        return f" (in {', '.join(names)})" if names else ""
 
 
 def _unwrap(m: Ext) -> Any:

@@ -21,17 +21,20 @@ byte and a msgpack array of messages:
   type :data:`EXT_PICKLE` holding a pickled message (a message whose class
   is not a wire class: test values, a user's Struct subclass ...).
 
-Any other first byte is refused.  The wire classes are every tagged,
-``array_like`` ``msgspec.Struct`` defined under ``penumbra.core`` and
-``penumbra.transports`` when this module is imported: the core's events,
-commands and messages (``msg_base.ProtocolStruct``), its records and specs
-(``specs.Record``), the transport's own messages (``protocol._Wire``) and
-``wire.Ping``/``Pong``.  The codec imports every module of the core first
-(a machine may define its own messages, as ``gcs.GcsSync``), so a message
-module added to the core is included without an edit here, and every
-process has the same list.  A Struct that is not a wire class (defined in a
-test, or a subclass made later) travels pickled, in a ``MIXED`` frame, even
-inside a message that is one.  Both peers must agree on this list and on each class's fields:
+Any other first byte is refused.  The wire classes are the tagged,
+``array_like`` ``msgspec.Struct``s of the core and of the transport: the
+core's events, commands and messages (``msg_base.ProtocolStruct``), its
+records and specs (``specs.Record``), the transport's own messages
+(``protocol._Wire``) and ``wire.Ping``/``Pong``.  The codec imports every
+``msg_*`` module of the core first, so a message module added to the core
+is included without an edit here, and every process has the same list;
+messages a machine defines beside itself (``gcs.GcsSync``) are wire classes
+in the processes that load that machine (the daemons, which import the
+whole core, and the only processes that send or receive them).  A Struct
+that is not a wire class (defined in a test, or a subclass made later)
+travels pickled, in a ``MIXED`` frame, even inside a message that is one.
+Both peers must agree on the classes of the schema (the ``msg_*`` modules,
+specs, records, ops, the transport's) and on each one's fields:
 :func:`schema_fingerprint` goes into the hello, and a peer whose
 fingerprint differs is refused there, with a message that says so.
 
@@ -115,11 +118,13 @@ _PICKLE_PROTOCOL = 5
 _TYPED_HEAD = bytes([0, 0, 0, 0, TYPED])
 _MIXED_HEAD = bytes([0, 0, 0, 0, MIXED])
 _pack_length = struct.Struct(">I").pack_into
-#: Where wire classes are defined: every module of the core (found on disk,
-#: so a new one is included: ``msg_*`` hold most messages, but a machine's
-#: own, such as ``gcs.GcsSync``, live beside it), and the transport's.
+#: Where wire classes are defined: the core's ``msg_*`` modules (found on
+#: disk, so a new one is included) and these, imported by the codec in
+#: every process: together, the *schema* both peers must agree on.
 _CORE_PREFIX = "penumbra.core."
-_WIRE_MODULES = ("penumbra.transports.protocol", "penumbra.transports.wire")
+_MSG_PREFIX = "penumbra.core.msg_"
+_SCHEMA_MODULES = ("penumbra.core.specs", "penumbra.core.records", "penumbra.core.tables_ops",
+                   "penumbra.transports.protocol", "penumbra.transports.wire")
 _ID_SIZES = {TaskId: 16, ActorId: 16, ObjectId: 20}
 #: Types msgpack carries exactly in an untyped place (``type(v) in``: an
 #: int subclass such as an IntEnum is not one of them, and is pickled).
@@ -155,20 +160,29 @@ def _is_wire_class(cls: type) -> bool:
     cfg = cls.__struct_config__
     module = cls.__module__
     return (cfg.tag is not None and cfg.array_like and "<locals>" not in cls.__qualname__
-            and (module in _WIRE_MODULES or module.startswith(_CORE_PREFIX)))
+            and (module in _SCHEMA_MODULES or module.startswith(_CORE_PREFIX)))
+
+
+def _in_schema(cls: type) -> bool:
+    module = cls.__module__
+    return module in _SCHEMA_MODULES or module.startswith(_MSG_PREFIX)
 
 
 def _import_wire_modules() -> None:
-    """Import every module that defines wire classes, so that every process
-    has the same list whatever else it imported (the core is pure and small:
-    what a daemon had not imported yet costs about 12 ms, once)."""
+    """Import every module of the schema, so that every process has it
+    whatever else it imported.  (Not the whole core: a driver would import
+    ~25 modules only daemons use, 28 ms at ``init``.  The few messages a
+    machine defines beside itself, such as ``gcs.GcsSync``, are wire classes
+    where that machine's module is loaded: in the daemons, which import the
+    whole core and are the only ones to send or receive them.)"""
     import importlib
     import pkgutil
 
     core = importlib.import_module("penumbra.core")
     for info in pkgutil.iter_modules(core.__path__):
-        importlib.import_module(f"penumbra.core.{info.name}")
-    for name in _WIRE_MODULES:
+        if info.name.startswith("msg_"):
+            importlib.import_module(f"penumbra.core.{info.name}")
+    for name in _SCHEMA_MODULES:
         importlib.import_module(name)  # (``wire`` imports the channel, which uses this module: not at import)
 
 
@@ -559,7 +573,7 @@ class WireCodec:
         self._mixed = msgspec.msgpack.Decoder(
             list[Union[(*classes, Ext)]], dec_hook=_dec_hook, ext_hook=_ext_hook  # type: ignore[misc]
         )
-        self.fingerprint = _fingerprint(set(classes) | planner.planned)
+        self.fingerprint = _fingerprint({c for c in (*classes, *planner.planned) if _in_schema(c)})
         self._by_tag = {c.__struct_config__.tag: c for c in classes}
 
     @staticmethod

@@ -71,6 +71,9 @@ def fork_zygote(cfg: dict[str, Any], token: str, close_fds: tuple[int, ...] = ()
     """Fork the zygote from the calling process, which must not have started
     a thread yet.  ``close_fds`` are the caller's descriptors the zygote and
     its workers must not hold (a readiness pipe, log files)."""
+    from .wire_codec import codec
+
+    codec()  # built once, here, for the daemon, the zygote and every worker (~10 ms)
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the zygote
@@ -116,9 +119,6 @@ def serve(cfg: dict[str, Any], token: str, requests: BinaryIO) -> None:
         return  # the daemon died before we could watch it
     # whatever a worker needs and the daemon did not import
     from penumbra.transports import worker as worker_mod
-    from penumbra.transports.wire_codec import codec
-
-    codec()  # built once here (~10 ms), inherited by every worker forked
 
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
     signal.signal(signal.SIGINT, signal.SIG_IGN)

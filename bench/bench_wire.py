@@ -20,6 +20,11 @@ Transports compared:
 * ``stream``: the same Channel over trio's ``SocketStream`` (via
   ``open_channel``/``accept_channel``), which yields on every operation.
 
+Codec (in process, ``--only codec``): encode + decode of one message per
+frame, per message type, pickle protocol 5 (what protocol 1 sent) against
+the msgpack codec of :mod:`penumbra.transports.wire_codec` (protocol 2),
+with the frame sizes; and a batch of 64 mixed messages.
+
 Bridge (in process): ``TrioThread.call`` round trip for a trivial coroutine
 and for one that blocks once, ``run_sync`` round trip, and the caller-side
 cost of ``submit``.
@@ -30,6 +35,7 @@ Usage::
     python bench/bench_wire.py --quick         # 1 s per measurement
     python bench/bench_wire.py --kind unix --transport raw --hops 2
     python bench/bench_wire.py --only bridge
+    python bench/bench_wire.py --only codec
 """
 
 from __future__ import annotations
@@ -47,26 +53,24 @@ import trio.lowlevel
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from penumbra.core.ids import driver_task_id, return_object_id
+from penumbra.core.messages import ObjectsReady
+from penumbra.core.records import ObjectInfo
 from penumbra.transports import wire
 from penumbra.transports.bridge import TrioThread
 from penumbra.transports.wire import Ping, Pong
 
+_ROOT = driver_task_id(1)
 TOKEN = "bench-token"
 WINDOW = 64
 
 
-class Small:
-    """A small message like a task submission (~60 bytes pickled)."""
-
-    __slots__ = ("args", "fn", "task_id")
-
-    def __init__(self, task_id: int) -> None:
-        self.task_id = task_id
-        self.fn = "f"
-        self.args = (task_id, "x")
-
-    def __reduce__(self):
-        return (Small, (self.task_id,))
+def Small(task_id: int):
+    """A small protocol message, as a node sends a client when a task's
+    result is ready (a core message, so it travels as the protocol does:
+    pickled under protocol 1, msgpack under 2)."""
+    oid = return_object_id(_ROOT, task_id % 1000 + 1)
+    return ObjectsReady(req_id=task_id, objects=((oid, ObjectInfo(8)),))
 
 
 # --------------------------------------------------------------------- servers
@@ -373,6 +377,102 @@ def bench_bridge(seconds: float) -> dict[str, float]:
     return out
 
 
+# ----------------------------------------------------------------------- codec
+
+
+def codec_messages() -> dict[str, object]:
+    """One representative message of each kind on a task's path."""
+    from penumbra.core import messages as M
+    from penumbra.core import tables_ops as T
+    from penumbra.core.ids import ActorId, child_task_id, driver_task_id, return_object_id
+    from penumbra.core.records import NodeLoad, ObjectInfo
+    from penumbra.core.specs import FunctionDescriptor, Payload, ResourceSet, TaskSpec
+    from penumbra.transports import protocol as P
+
+    root = driver_task_id(1)
+    tid = child_task_id(root, 7)
+    oid = return_object_id(tid, 1)
+    fn = FunctionDescriptor(b"\x01" * 16, "__main__.plus_one")
+    spec = TaskSpec(task_id=tid, job_id=1, parent_task_id=root, function=fn, args=Payload(24, b"\x80" * 24),
+                    resources=ResourceSet.of(CPU=1))
+    aspec = TaskSpec(task_id=tid, job_id=1, parent_task_id=root, function=fn, args=Payload(24, b"\x80" * 24),
+                     actor_id=ActorId(b"\x02" * 16), caller_id="driver-1", sequence_no=12, method="get")
+    cpu = ResourceSet.of(CPU=2)
+    return {
+        "Deliver(SubmitTask)": P.Deliver(to="node:n1", msg=M.SubmitTask(client="driver-1", spec=spec), src="driver-1"),
+        "Execute": M.Execute(worker_id="w-3", spec=spec, attempt=0),
+        "Run": P.Run(spec=spec, attempt=0, args=()),
+        "Ran": P.Ran(task_id=tid, outputs=((oid, 5, b"\x80\x05K\x02."),), duration=1e-4, ended=12.5),
+        "TaskFinished": M.TaskFinished(worker_id="w-3", task_id=tid, outputs=((oid, 5),), duration=1e-4),
+        "ObjectsReady": M.ObjectsReady(req_id=3, objects=((oid, ObjectInfo(5)),)),
+        "Deliver(ObjectsReady)+value": P.Deliver(to="driver-1", msg=M.ObjectsReady(req_id=3, objects=((oid, ObjectInfo(5)),)),
+                                                 attachments={oid: ("i", b"\x80\x05K\x02.")}),
+        "WatchObjects": M.WatchObjects(client="driver-1", req_id=3, object_ids=(oid,), fetch=True, need=1),
+        "ActorCall": M.ActorCall(spec=aspec, from_node="n1", incarnation=0, floor=11, attempt=0),
+        "ActorCallDone": M.ActorCallDone(actor_id=ActorId(b"\x02" * 16), caller_id="driver-1", sequence_nos=(12,),
+                                         incarnation=0),
+        "GcsWrite(AddTask)": M.GcsWrite(client="node:n1", req_id=9, op=T.AddTask(spec, "n1", True), shard=0),
+        "GcsReply(None)": M.GcsReply(req_id=9, result=None),
+        "Heartbeat": M.Heartbeat(node_id="n1", load=NodeLoad(0, 1, cpu, cpu, 1e-3, 0, 1 << 30, 2), seq=5),
+        "Ping": Ping(1),
+    }
+
+
+def bench_codec(seconds: float) -> None:
+    """Encode + decode per message type: pickle 5 (protocol 1) vs the msgpack codec."""
+    import pickle
+
+    from penumbra.transports.wire_codec import codec
+
+    c = codec()
+
+    def per_op(fn) -> float:
+        n = 200
+        while True:
+            t0 = time.process_time()
+            for _ in range(n):
+                fn()
+            dt = time.process_time() - t0
+            if dt > seconds / 10:
+                break
+            n *= 4
+        best = dt / n
+        for _ in range(3):
+            t0 = time.process_time()
+            for _ in range(n):
+                fn()
+            best = min(best, (time.process_time() - t0) / n)
+        return best * 1e6
+
+    print("(CPU microseconds per frame of one message: encode, decode, both; frame body bytes)")
+    print(f"{'message':28} {'pickle enc':>10} {'dec':>6} {'sum':>6} {'bytes':>6} | "
+          f"{'msgpack enc':>11} {'dec':>6} {'sum':>6} {'bytes':>6} | {'speedup':>7}")
+    msgs = codec_messages()
+    for name, m in msgs.items():
+        batch = [m]
+        pb = pickle.dumps(batch, 5)
+        mb = c.encode(batch)
+        body = memoryview(mb)[4:]
+        assert c.decode(body) == batch and pickle.loads(pb) == batch
+        pe = per_op(lambda: pickle.dumps(batch, 5))
+        pd = per_op(lambda: pickle.loads(pb))
+        me = per_op(lambda: c.encode(batch))
+        md = per_op(lambda: c.decode(body))
+        print(f"{name:28} {pe:10.2f} {pd:6.2f} {pe + pd:6.2f} {len(pb):6d} | {me:11.2f} {md:6.2f} {me + md:6.2f} "
+              f"{len(body):6d} | {(pe + pd) / (me + md):6.1f}x", flush=True)
+    # distinct objects (as in a real batch: a repeated object would only be
+    # a memo reference to pickle), each message kind 5 times
+    batch = [pickle.loads(pickle.dumps(m, 5)) for _ in range(5) for m in msgs.values()]
+    pb = pickle.dumps(batch, 5)
+    body = memoryview(c.encode(batch))[4:]
+    pe, pd = per_op(lambda: pickle.dumps(batch, 5)), per_op(lambda: pickle.loads(pb))
+    me, md = per_op(lambda: c.encode(batch)), per_op(lambda: c.decode(body))
+    k = len(batch)
+    print(f"{'batch of ' + str(k) + ' (per message)':28} {pe / k:10.2f} {pd / k:6.2f} {(pe + pd) / k:6.2f} "
+          f"{len(pb) // k:6d} | {me / k:11.2f} {md / k:6.2f} {(me + md) / k:6.2f} {len(body) // k:6d} | "
+          f"{(pe + pd) / (me + md):6.1f}x")
+
+
 # ----------------------------------------------------------------------- main
 
 
@@ -381,7 +481,7 @@ def main() -> None:
     p.add_argument("--kind", choices=["unix", "tcp", "all"], default="all")
     p.add_argument("--transport", choices=["raw", "stream", "all"], default="all")
     p.add_argument("--hops", choices=["1", "2", "all"], default="all")
-    p.add_argument("--only", choices=["wire", "bridge", "all"], default="all")
+    p.add_argument("--only", choices=["wire", "bridge", "codec", "all"], default="all")
     p.add_argument("--seconds", type=float, default=3.0)
     p.add_argument("--quick", action="store_true", help="1 s per measurement")
     p.add_argument(
@@ -420,6 +520,8 @@ def main() -> None:
                         f"{r['mps']:13.0f} {r['mps_cpu']:5.2f} {r['per_frame']:9.1f}",
                         flush=True,
                     )
+    if args.only in ("codec", "all"):
+        bench_codec(seconds)
     if args.only in ("bridge", "all"):
         for label, us in bench_bridge(seconds).items():
             print(f"bridge {label:34} {us:8.2f} us")

@@ -3,8 +3,10 @@
 A real head daemon (``spawn_daemon``, as ``init()`` starts one) is fed
 byte streams before authentication (garbage, hellos with odd tokens and
 lone surrogates, deep nesting, wild length prefixes) and, after a correct
-hello, frames with random bodies (a frame body must be a pickled list, so
-these just end that connection) -- over TCP and over its Unix socket.  After
+hello, frames with random bodies (a frame body must be a format byte and a
+msgpack list of the protocol's messages, so these just end that
+connection: random bytes, junk lists, a real message name with junk fields,
+a pickle as protocol 1 sent) -- over TCP and over its Unix socket.  After
 every batch the daemon is alive, still completes a fresh handshake, and
 still runs a task for a driver connected to it.
 
@@ -21,11 +23,14 @@ import pickle
 import socket
 import struct
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import penumbra as ray
+from penumbra.transports.wire import PROTOCOL_VERSION
+from penumbra.transports.wire_codec import schema_fingerprint, wire_classes
 from penumbra.transports.launch import DaemonProcess, spawn_daemon
 
 pytestmark = pytest.mark.timeout(240)
@@ -101,7 +106,8 @@ def _read_frame(s: socket.socket) -> bytes:
 
 
 def _hello(token: str, role: str = "driver") -> bytes:
-    return frame(json.dumps({"penumbra": 1, "token": token, "role": role, "name": "fuzz"}).encode())
+    return frame(json.dumps({"penumbra": PROTOCOL_VERSION, "token": token, "role": role, "name": "fuzz",
+                             "schema": schema_fingerprint()}).encode())
 
 
 def _send_and_wait_for_close(s: socket.socket, data: bytes) -> None:
@@ -168,9 +174,21 @@ _before_auth_stream = st.lists(
     st.one_of(st.binary(max_size=256), _hello_like(), _nesting, _any_header), min_size=0, max_size=3
 ).map(b"".join)
 
+_TAGS = sorted(c.__struct_config__.tag for c in wire_classes())
+# what msgpack can carry (no lone surrogates, 64-bit ints), bytes included
+_mp = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**63, 2**63 - 1) | st.floats() | st.text(max_size=12)
+    | st.binary(max_size=24),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=8,
+)
 _random_body = st.one_of(
-    st.binary(max_size=256),  # not a pickle, or not a list
-    st.lists(_json, max_size=4).map(lambda v: pickle.dumps(v, protocol=5)),  # a list of junk messages
+    st.binary(max_size=256),  # not msgpack, or not a list
+    st.lists(_mp, max_size=4).map(lambda v: b"\x01" + msgspec.msgpack.encode(v)),  # a list of junk messages
+    # a real message's name with junk fields
+    st.lists(st.tuples(st.sampled_from(_TAGS), st.lists(_mp, max_size=6)), min_size=1, max_size=3).map(
+        lambda ms: b"\x01" + msgspec.msgpack.encode([[tag, *fields] for tag, fields in ms])),
+    st.lists(_json, max_size=4).map(lambda v: pickle.dumps(v, protocol=5)),  # a pickle, as protocol 1 sent
     st.binary(max_size=64).map(lambda b: b"\x80\x05" + b),  # starts like a protocol-5 pickle
 )
 _after_auth_frames = st.lists(
@@ -207,6 +225,8 @@ def test_random_frames_after_authentication_end_only_that_connection(daemon, kin
     @FUZZ
     @given(role=_roles, frames=st.lists(_after_auth_frames, min_size=1, max_size=2))
     @example(role="driver", frames=[frame(b"\x00not a pickle")])
+    @example(role="node", frames=[frame(b"\x01" + msgspec.msgpack.encode([["NoSuchMessage", 1]]))])
+    @example(role="driver", frames=[frame(b"\x01" + msgspec.msgpack.encode([["Deliver", "", "head", ["Heartbeat"]]]))])
     @example(role="worker", frames=[struct.pack(">I", 1 << 30) + b"\x80\x05]q"])  # 1 GiB announced, 4 bytes sent
     def fuzz(role, frames):
         for data in frames:

@@ -18,6 +18,7 @@ import sys
 import textwrap
 from functools import partial
 
+import msgspec
 import pytest
 import trio
 import trio.testing
@@ -31,6 +32,7 @@ from penumbra.transports.wire import (
     Pong,
     ProtocolError,
 )
+from penumbra.transports.wire_codec import codec, schema_fingerprint
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -67,7 +69,8 @@ async def read_frame(stream: trio.abc.ReceiveStream, buf: bytearray) -> bytes | 
 
 
 def hello(token: str = TOKEN, **extra) -> bytes:
-    obj = {"penumbra": wire.PROTOCOL_VERSION, "token": token, "role": "test", "name": "raw"}
+    obj = {"penumbra": wire.PROTOCOL_VERSION, "token": token, "role": "test", "name": "raw",
+           "schema": schema_fingerprint()}
     obj.update(extra)
     return wire.encode_frame(json.dumps(obj).encode())
 
@@ -86,7 +89,8 @@ async def raw_exchange(host: str, port: int, payload: bytes) -> dict | None:
 
 
 def test_frame_format_on_the_wire():
-    """After the hello, a frame is a 4-byte big-endian length + a pickled list."""
+    """After the hello, a frame is a 4-byte big-endian length, a format byte
+    (0x01: typed) and a msgpack array of tagged arrays, one per message."""
 
     async def main():
         async with trio.open_nursery() as nursery:
@@ -97,14 +101,15 @@ def test_frame_format_on_the_wire():
             reply = json.loads(await read_frame(stream, buf))
             assert reply["ok"] is True and reply["penumbra"] == wire.PROTOCOL_VERSION
             msgs = [Ping(1), Pong(2, b"x" * 10)]
-            body = pickle.dumps(msgs, protocol=5)
+            body = b"\x01" + msgspec.msgpack.encode([["Ping", 1, b""], ["Pong", 2, b"x" * 10]])
             await stream.send_all(struct.pack(">I", len(body)) + body)
             # The echo server replies message by message: one frame each.
             got = []
             while len(got) < 2:
                 frame = await read_frame(stream, buf)
-                got.extend(pickle.loads(frame))
-            assert got == msgs
+                assert frame[0] == 0x01
+                got.extend(msgspec.msgpack.decode(frame[1:]))
+            assert got == [["Ping", 1, b""], ["Pong", 2, b"x" * 10]]
             await stream.aclose()
             nursery.cancel_scope.cancel()
 
@@ -483,7 +488,7 @@ def test_truncated_frame_is_protocol_error_and_clean_eof_ends_iteration():
             await a.send_all(hello())
             await trio.testing.wait_all_tasks_blocked()
             ch = server["ch"]
-            body = pickle.dumps([Ping(1)], protocol=5)
+            body = bytes(codec().encode([Ping(1)])[4:])
             await a.send_all(wire.encode_frame(body) + wire.encode_frame(body)[:-3])
             await a.aclose()
             assert await ch.receive() == Ping(1)

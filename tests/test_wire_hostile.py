@@ -24,6 +24,7 @@ import trio.testing
 
 from penumbra.transports import wire
 from penumbra.transports.wire import HandshakeError, ListenerStats, Ping, ProtocolError
+from penumbra.transports.wire_codec import codec, schema_fingerprint
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -42,8 +43,14 @@ def frame(body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + body
 
 
+def _body(msgs: list) -> bytes:
+    """A frame body as the channel encodes it (without the length)."""
+    return bytes(codec().encode(msgs)[4:])
+
+
 def hello_body(token: str = TOKEN, **extra) -> bytes:
-    obj = {"penumbra": wire.PROTOCOL_VERSION, "token": token, "role": "test", "name": "raw"}
+    obj = {"penumbra": wire.PROTOCOL_VERSION, "token": token, "role": "test", "name": "raw",
+           "schema": schema_fingerprint()}
     obj.update(extra)
     return json.dumps(obj).encode()  # ensure_ascii: a lone surrogate travels as \\ud800
 
@@ -199,10 +206,10 @@ def test_a_bug_in_the_handshake_is_logged_and_closes_only_that_connection(monkey
     """Any Exception in the handshake path is contained (here: an injected bug)."""
     real = wire._validate_hello
 
-    def buggy(body, token):
+    def buggy(body, token, *schema):
         if b"boom" in body:
             raise RuntimeError("injected bug")
-        return real(body, token)
+        return real(body, token, *schema)
 
     monkeypatch.setattr(wire, "_validate_hello", buggy)
 
@@ -494,7 +501,7 @@ def test_a_cancelled_receive_resumes_a_big_frame(tmp_path):
             client = await wire.open_channel(a, TOKEN, "driver", "d")
             await wait_until(lambda: "ch" in server, "the server channel")
             ch = server["ch"]
-            body = pickle.dumps([b"q" * 3_000_000, "after"], protocol=5)
+            body = _body([b"q" * 3_000_000, "after"])
             whole = frame(body)
             await a.send_all(whole[:1_000_000])
             with trio.move_on_after(0.05):
@@ -521,12 +528,95 @@ def test_a_frame_with_an_empty_list_is_skipped_not_a_crash(tmp_path):
         async with trio.open_nursery() as nursery:
             srv = await Served("tcp", tmp_path, nursery).start(handler)
             s = await _authenticated_raw(srv)
-            await s.send_all(frame(pickle.dumps([], protocol=5)))
+            await s.send_all(frame(_body([])))
             await trio.testing.wait_all_tasks_blocked()
-            await s.send_all(frame(pickle.dumps([Ping(1)], protocol=5)))
+            await s.send_all(frame(_body([Ping(1)])))
             await wait_until(lambda: got, "the message")
             assert got == [Ping(1)]
             await s.aclose()
             nursery.cancel_scope.cancel()
+
+    run(main)
+
+
+# ------------------------------------------------------- the msgpack codec (protocol 2)
+
+
+@pytest.mark.parametrize("what", ["unknown tag", "truncated body", "wrong field type", "a pickle (protocol 1)"])
+def test_a_frame_that_does_not_decode_closes_only_that_connection(what, tmp_path):
+    """After the handshake, a frame body that is not the protocol's msgpack
+    ends that connection with a ProtocolError saying what was wrong; the
+    listener serves everyone else."""
+    import msgspec
+
+    body = {
+        "unknown tag": b"\x01" + msgspec.msgpack.encode([["NoSuchMessage", 1]]),
+        "truncated body": _body([Ping(1, b"x" * 50)])[:-20],
+        "wrong field type": b"\x01" + msgspec.msgpack.encode([["Ping", "one", b""]]),
+        "a pickle (protocol 1)": pickle.dumps([Ping(1)], protocol=5),
+    }[what]
+
+    async def main():
+        errors = []
+
+        async def handler(ch):
+            try:
+                await echo(ch)
+            except ProtocolError as exc:
+                errors.append(exc)
+                raise
+
+        async with trio.open_nursery() as nursery:
+            srv = await Served("tcp", tmp_path, nursery).start(handler)
+            s = await _authenticated_raw(srv)
+            await s.send_all(frame(body))
+            assert await read_to_eof(s) == b""  # the server closed the connection
+            await wait_until(lambda: errors, "the error")
+            assert "does not decode" in errors[0].reason and "closing the connection" in errors[0].reason
+            await srv.check_serves()
+            nursery.cancel_scope.cancel()
+
+    run(main)
+
+
+def test_a_peer_of_protocol_1_is_refused_with_a_clear_reason(tmp_path):
+    async def main():
+        async with trio.open_nursery() as nursery:
+            srv = await Served("tcp", tmp_path, nursery).start()
+            s = await srv.raw()
+            await s.send_all(frame(hello_body(penumbra=1)))
+            reply = await read_to_eof(s)
+            refusal = json.loads(reply[4:])
+            assert refusal["ok"] is False
+            assert "protocol version 1 is not supported (server speaks 2)" in refusal["error"]
+            nursery.cancel_scope.cancel()
+
+    run(main)
+
+
+def test_a_peer_with_another_message_schema_is_refused_at_the_hello(tmp_path):
+    """Server side: a hello whose schema differs is refused; client side: a
+    server answering with another schema fails the connect, saying why."""
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            srv = await Served("tcp", tmp_path, nursery).start()
+            s = await srv.raw()
+            await s.send_all(frame(hello_body(schema="0123456789abcdef")))
+            refusal = json.loads((await read_to_eof(s))[4:])
+            assert refusal["ok"] is False and "message schema 0123456789abcdef differs" in refusal["error"]
+            assert "run the same penumbra version everywhere" in refusal["error"]
+            nursery.cancel_scope.cancel()
+        # the other way round: a server answering with another schema
+        a, b = trio.testing.memory_stream_pair()
+        async with trio.open_nursery() as nursery:
+            async def server():
+                await b.receive_some(65536)  # the client's hello
+                reply = {"penumbra": wire.PROTOCOL_VERSION, "ok": True, "role": "s", "name": "s",
+                         "schema": "fedcba9876543210"}
+                await b.send_all(frame(json.dumps(reply).encode()))
+
+            nursery.start_soon(server)
+            with pytest.raises(HandshakeError, match="message schema fedcba9876543210 differs"):                await wire.open_channel(a, TOKEN, "driver", "d")
 
     run(main)

@@ -46,9 +46,14 @@ class _ProtocolMeta(msgspec.StructMeta):
         return super().__new__(mcls, name, bases, namespace, **kwargs)
 
 
-class ProtocolStruct(msgspec.Struct, metaclass=_ProtocolMeta, frozen=True, gc=False):
+class ProtocolStruct(msgspec.Struct, metaclass=_ProtocolMeta, frozen=True, gc=False, tag=True, array_like=True):
     """The root of the protocol's Structs (events and commands): frozen,
     keyword-only, compared and hashed by value.
+
+    ``tag=True, array_like=True``: on the wire (``transports.wire_codec``)
+    a message is a msgpack array, its class name then its field values in
+    declaration order, decoded into the class the name says (each subclass
+    is tagged with its own name).  Nothing else depends on these two.
 
     ``gc=False``: the garbage collector does not track them (16 bytes less
     each, and a collection has fewer objects to walk: the GCS machine

@@ -166,7 +166,7 @@ class ResourceSet:
 EMPTY = ResourceSet()
 
 
-class Record(msgspec.Struct, frozen=True, gc=False):
+class Record(msgspec.Struct, frozen=True, gc=False, tag=True, array_like=True):
     """The base of the core's plain values (specs, GCS rows, ops): a frozen
     ``msgspec.Struct``, built, compared and hashed in C (a third of a frozen
     dataclass's cost to build here).  A changed copy is
@@ -175,7 +175,10 @@ class Record(msgspec.Struct, frozen=True, gc=False):
 
     Not tracked by the garbage collector (``gc=False``, as the protocol's
     ``ProtocolStruct``, which says why and the rule that makes it safe): a
-    record is a value and never part of a reference cycle."""
+    record is a value and never part of a reference cycle.
+
+    ``tag=True, array_like=True`` as ``ProtocolStruct`` says: the wire codec
+    encodes a record as its class name and its field values."""
 
 
 class FunctionDescriptor(Record):

@@ -16,8 +16,8 @@ An *attachment* is how an object's value travels:
 ==================  ===================================================
 
 All are frozen ``msgspec.Struct``s (like the core's messages; unlike them,
-positional arguments are allowed), pickled by the wire layer after the
-handshake (never before: see ``wire``).
+positional arguments are allowed), encoded as msgpack by the wire layer
+after the handshake (never before: see ``wire`` and ``wire_codec``).
 """
 
 from __future__ import annotations
@@ -33,8 +33,9 @@ from ..core.specs import Payload, TaskSpec
 
 
 
-class _Wire(msgspec.Struct, frozen=True):
-    """The base of the transport's own messages: frozen, compared by value."""
+class _Wire(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """The base of the transport's own messages: frozen, compared by value;
+    on the wire a tagged array, as the core's (see ``wire_codec``)."""
 
 
 Attachment = tuple  # ("i", bytes) | ("s", int) | ("e", ErrorInfo)

@@ -13,13 +13,16 @@ body); a receiver refuses a length above its ``max_frame_size``.
 **Handshake.**  The first frame in each direction is a small JSON object
 (at most :data:`MAX_HELLO_SIZE` bytes, UTF-8).  The client opens with::
 
-    {"penumbra": 1, "token": "<cluster token>", "role": "worker", "name": "w-3"}
+    {"penumbra": 2, "token": "<cluster token>", "role": "worker", "name": "w-3",
+     "schema": "<fingerprint of the message classes>"}
 
-and the server answers ``{"penumbra": 1, "ok": true, "role": ..., "name":
-...}`` or refuses with ``{"penumbra": 1, "ok": false, "error": "<why>"}``
+and the server answers ``{"penumbra": 2, "ok": true, "role": ..., "name":
+..., "schema": ...}`` or refuses with ``{"penumbra": 2, "ok": false,
+"error": "<why>"}``
 and closes.  The server checks the token with :func:`hmac.compare_digest`.
 A peer whose first frame is not a well-formed hello (garbage bytes, an
-oversized length prefix, non-JSON, wrong protocol version, wrong token) or
+oversized length prefix, non-JSON, wrong protocol version or message
+schema, wrong token) or
 that sends nothing within ``handshake_timeout`` seconds is refused and
 logged with its address; the server keeps serving everyone else.
 
@@ -57,19 +60,28 @@ crash, stall or bloat a listener:
 
 .. warning::
 
-   After the handshake every frame body is a **pickle** (protocol 5), and
-   unpickling runs arbitrary code chosen by the sender.  A channel therefore
-   never unpickles a byte from a peer that has not proven it knows the
-   cluster token: unpickling data from an unauthenticated peer would be
-   remote code execution.  The token itself travels in clear text, so on an
-   untrusted network run the cluster inside a private network, a VPN or an
-   SSH tunnel (or wrap the stream in TLS and use :func:`open_channel` /
-   :func:`accept_channel`).  Treat the token like a password.
+   After the handshake every frame body is msgpack (:mod:`~penumbra.
+   transports.wire_codec`): the protocol's messages decode typed, into
+   their own classes, and running no code chosen by the sender.  Some
+   values still travel as **pickles** (fields that hold anything: a GCS
+   reply's result, a table key, a ``Payload``'s data that is not bytes; and
+   messages that are not protocol classes), and unpickling runs arbitrary
+   code chosen by the sender.  A channel therefore never decodes a byte
+   from a peer that has not proven it knows the cluster token (such a peer
+   can submit tasks, which run its code anyway).  The token itself travels
+   in clear text, so on an untrusted network run the cluster inside a
+   private network, a VPN or an SSH tunnel (or wrap the stream in TLS and
+   use :func:`open_channel` / :func:`accept_channel`).  Treat the token like
+   a password.
 
-**Messages** (:mod:`~penumbra.transports.wire_channel`).  After the
-handshake every frame body is one pickled list of messages; a
-:class:`Channel` batches sends, bounds its outbox (backpressure) and drives
-the socket directly for speed.
+**Messages** (:mod:`~penumbra.transports.wire_channel`,
+:mod:`~penumbra.transports.wire_codec`).  After the handshake every frame
+body is a format byte and one msgpack list of messages; a :class:`Channel`
+batches sends, bounds its outbox (backpressure) and drives the socket
+directly for speed.  Both sides must agree on the message classes: the
+hello carries the protocol version (2: msgpack; 1 pickled) and a
+fingerprint of the message schema, and a peer that differs in either is
+refused at the hello with a reason that says so.
 
 **Errors.**  Every way a connection can end surfaces as
 :class:`ConnectionClosed` (``clean`` is true for an orderly close at a frame
@@ -101,6 +113,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import trio
 
 from .session import new_token
@@ -130,8 +143,10 @@ from .wire_hello import (
     _check_token,
     _hello_frame,
     _parse_hello,
+    _schema_mismatch,
     _validate_hello,
 )
+from .wire_codec import schema_fingerprint
 
 __all__ = [
     "DEFAULT_MAX_OUTBOX",
@@ -178,16 +193,14 @@ REFUSAL_LOG_INTERVAL = 10.0
 # Transport-level frames
 
 
-@dataclass(frozen=True, slots=True)
-class Ping:
+class Ping(msgspec.Struct, frozen=True, tag=True, array_like=True):
     """Liveness probe; the peer is expected to answer ``Pong(seq)``."""
 
     seq: int
     payload: bytes = b""
 
 
-@dataclass(frozen=True, slots=True)
-class Pong:
+class Pong(msgspec.Struct, frozen=True, tag=True, array_like=True):
     seq: int
     payload: bytes = b""
 
@@ -197,7 +210,8 @@ class Pong:
 
 
 async def _client_handshake(ch: Channel, token: str, role: str, name: str, timeout: float) -> Channel:
-    hello = {"penumbra": PROTOCOL_VERSION, "token": token, "role": role, "name": name}
+    schema = schema_fingerprint()
+    hello = {"penumbra": PROTOCOL_VERSION, "token": token, "role": role, "name": name, "schema": schema}
     try:
         with trio.fail_after(timeout):
             await ch._t.send_all(_hello_frame(hello))
@@ -218,6 +232,9 @@ async def _client_handshake(ch: Channel, token: str, role: str, name: str, timeo
             f"{ch.peer_address} speaks penumbra protocol {reply.get('penumbra')!r}, "
             f"this process speaks {PROTOCOL_VERSION}; run the same penumbra version everywhere"
         )
+    mismatch = _schema_mismatch(reply.get("schema"), schema)
+    if mismatch is not None:
+        raise HandshakeError(f"{ch.peer_address}: {mismatch}")
     ch.peer_role = str(reply.get("role", ""))
     ch.peer_name = str(reply.get("name", ""))
     ch.peer_hello = reply
@@ -315,7 +332,7 @@ async def _server_handshake_steps(
         reason = f"sent no hello within {timeout} s"
     hello: dict[str, Any] = {}
     if reason is None:
-        reason, hello = _validate_hello(body, token)
+        reason, hello = _validate_hello(body, token, schema_fingerprint())
     if reason is not None:
         await _refuse(ch, reason, log)
         return False
@@ -324,7 +341,8 @@ async def _server_handshake_steps(
     ch.peer_hello = {k: v for k, v in hello.items() if k != "token"}
     try:
         with trio.fail_after(timeout):
-            await ch._t.send_all(_hello_frame({"penumbra": PROTOCOL_VERSION, "ok": True, "role": role, "name": name}))
+            await ch._t.send_all(_hello_frame({"penumbra": PROTOCOL_VERSION, "ok": True, "role": role, "name": name,
+                                               "schema": schema_fingerprint()}))
     except (trio.TooSlowError, *_CONNECTION_ERRORS) as exc:
         log(logging.INFO, "connection from %s lost during the handshake: %r", ch.peer_address, exc)
         await ch.aclose(flush_timeout=0)

@@ -7,16 +7,19 @@ connectors) and is where to import them from.
 Theory of operation
 -------------------
 A channel is created unauthenticated, receiving into a small
-:data:`HANDSHAKE_BUFFER`, and refuses to unpickle anything until the
+:data:`HANDSHAKE_BUFFER`, and refuses to decode anything until the
 handshake in ``wire`` calls ``_authenticate`` (after which the buffer grows
-to 256 KiB): after the handshake every frame body is a pickle, and
+to 256 KiB): a frame may hold pickled values (see ``wire_codec``), and
 unpickling runs code chosen by the sender.
 
-**Messages and batching.**  After the handshake a frame body is
-``pickle.dumps(list_of_messages, protocol=5)``: *every* frame carries a
-list, pickled once, so a burst of small messages costs one ``pickle.dumps``,
-one frame and one system call, and repeated classes are memoised inside the
-batch.  :meth:`Channel.send_nowait` appends to an outbox; a background
+**Messages and batching.**  After the handshake a frame body is a format
+byte and one msgpack list of messages (:mod:`~penumbra.transports.
+wire_codec`, which encodes the whole frame, length included, in one
+buffer): *every* frame carries a list, so a burst of small messages costs
+one encode, one frame and one system call.  A frame that does not decode
+(garbage, an unknown message name, a field of the wrong type, a truncated
+body) ends the connection with a :class:`ProtocolError` saying what was
+wrong.  :meth:`Channel.send_nowait` appends to an outbox; a background
 flusher task wakes when the current task yields and writes everything queued
 as ONE frame.  :meth:`Channel.send` writes immediately when the socket is
 free (lowest latency, one frame per call) and otherwise joins the outbox.
@@ -42,7 +45,6 @@ works too, through the slower generic path: see :func:`open_channel`.
 from __future__ import annotations
 
 import logging
-import pickle
 import socket
 from collections import deque
 from typing import Any, Self
@@ -57,11 +59,11 @@ from .wire_frames import (
     FrameTooLarge,
     ProtocolError,
     _grow,
-    _pack_header,
     _SocketTransport,
     _StreamTransport,
     _unpack_header,
 )
+from .wire_codec import WireDecodeError, codec
 
 # One logger for the whole wire stack (wire, wire_channel, ...), so that
 # configuring "penumbra.transports.wire" covers every line it logs.
@@ -77,12 +79,10 @@ YIELD_EVERY = 64
 #: Seconds ``aclose`` waits for queued messages to be written.
 CLOSE_FLUSH_TIMEOUT = 5.0
 
-_PICKLE_PROTOCOL = 5
-_dumps = pickle.dumps
-_loads = pickle.loads
 _RECV_BUFFER = 256 * 1024
-# Frames at most this large are sent as one buffer (header + body copied
-# together); larger ones as two buffers, to avoid copying big bodies.
+# Frames at most this large may be written straight from the sender's
+# thread or task (``_flush_now``, ``write_from_thread``); larger ones go
+# through the flusher, which writes them in pieces as the socket takes them.
 _JOIN_LIMIT = 64 * 1024
 
 #: What :meth:`Channel.write_from_thread` did.
@@ -164,6 +164,8 @@ class Channel:
         self._error: ConnectionClosed | None = None
         self._closed = False
         self._fast_ops = 0
+        self._codec = codec()
+        self._encode_frame = self._codec.encode
 
     def __repr__(self) -> str:
         state = "closed" if self._error else "open"
@@ -265,7 +267,7 @@ class Channel:
         if self._receiving:
             raise trio.BusyResourceError("another task is already receiving on this channel")
         if not self._authenticated:
-            # Never unpickle a byte from a peer that has not proven the token.
+            # Never decode a byte from a peer that has not proven the token.
             raise ProtocolError("refusing to receive messages before the handshake has authenticated the peer")
         self._receiving = True
         try:
@@ -309,15 +311,14 @@ class Channel:
 
     def _decode(self, body: Any) -> None:
         try:
-            msgs = _loads(body)
-        except Exception as exc:
-            err = ProtocolError(f"could not unpickle a frame from {self.peer_address}: {exc!r}")
+            msgs = self._codec.decode(body)
+        except WireDecodeError as exc:
+            err = ProtocolError(f"{self.peer_address} sent a frame that does not decode ({exc}); "
+                                "closing the connection")
             err.__cause__ = exc
+            # (logged here, once: the handlers see only a lost connection)
+            logger.warning("%s (%s %s)", err.reason, self.peer_role, self.peer_name)
             raise self._fail(err) from exc
-        if type(msgs) is not list:
-            raise self._fail(
-                ProtocolError(f"{self.peer_address} sent a frame that is not a list of messages")
-            )
         self.frames_received += 1
         self.messages_received += len(msgs)
         self._inbox.extend(msgs)
@@ -449,13 +450,13 @@ class Channel:
         return len(self._buf) + (len(big) if big is not None else 0)
 
     def _authenticate(self) -> None:
-        """The handshake succeeded: unpickling is allowed, and the buffer grows to full size."""
+        """The handshake succeeded: decoding is allowed, and the buffer grows to full size."""
         self._authenticated = True
         if len(self._buf) < _RECV_BUFFER:
             self._resize_buffer(_RECV_BUFFER)
 
     async def _receive_raw_frame(self, limit: int) -> bytes:
-        """One frame body, not unpickled (the handshake's JSON hello)."""
+        """One frame body, not decoded (the handshake's JSON hello)."""
         while True:
             start, end = self._start, self._end
             if end - start >= 4:
@@ -506,9 +507,11 @@ class Channel:
 
         Raises:
             ConnectionClosed: the connection has ended.
-            FrameTooLarge: ``msg`` pickles to more than ``max_frame_size``.
-            pickle.PicklingError (or what pickling raised): ``msg`` cannot
-                be pickled.  Nothing was sent for it.
+            FrameTooLarge: ``msg`` encodes to more than ``max_frame_size``.
+            TypeError, pickle.PicklingError (what encoding raised): ``msg``
+                cannot be encoded (a value of the wrong type in a typed
+                field, an unpicklable value in an untyped one).  Nothing
+                was sent for it.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         if self._error is not None:
@@ -548,7 +551,7 @@ class Channel:
     def _flush_now(self, mine: Any) -> None:
         """Encode the outbox and write it if the socket is free, else wake the flusher.
 
-        Raises the pickling error of ``mine`` (a message in the outbox) if it
+        Raises the encoding error of ``mine`` (a message in the outbox) if it
         cannot be sent; other bad messages are logged and dropped.
         """
         sock = self._sock
@@ -559,12 +562,11 @@ class Channel:
             return
         batch = self._take_outbox()
         try:
-            body = _dumps(batch, _PICKLE_PROTOCOL)
+            data = self._encode_frame(batch)
         except Exception:
-            body = None
-        if body is not None and len(body) <= self._fast_limit:
+            data = None
+        if data is not None and len(data) - 4 <= self._fast_limit:
             # The common case: one small frame, one system call.
-            data = _pack_header(len(body)) + body
             self.frames_sent += 1
             self.messages_sent += len(batch)
             try:
@@ -577,8 +579,8 @@ class Channel:
                 self._pending.append(memoryview(data)[k:])
                 self._wake_flusher()
             return
-        # Unpicklable, or big: the general path.
-        chunks, bad = self._encode(batch)
+        # Not encodable, or big: the general path (a big frame is not encoded twice).
+        chunks, bad = self._encode(batch, data)
         if not self._write_now(chunks):
             self._wake_flusher()
         mine_exc = None
@@ -628,14 +630,13 @@ class Channel:
         outbox = self._outbox
         batch = outbox + [msg] if outbox else [msg]
         try:
-            body = _dumps(batch, _PICKLE_PROTOCOL)
+            data = self._encode_frame(batch)
         except Exception:
             return NOT_NOW
-        if len(body) > self._fast_limit:
+        if len(data) - 4 > self._fast_limit:
             return NOT_NOW
         if outbox:
             self._outbox = []
-        data = _pack_header(len(body)) + body
         self.frames_sent += 1
         self.messages_sent += len(batch)
         try:
@@ -688,17 +689,21 @@ class Channel:
                 return False
         return True
 
-    def _encode(self, batch: list[Any]) -> tuple[list[bytes], list[tuple[Any, BaseException]]]:
-        """Pickle ``batch`` into frames: ([buffers to write], [(bad msg, error)])."""
-        try:
-            body = pickle.dumps(batch, _PICKLE_PROTOCOL)
-        except Exception:
-            return self._encode_salvage(batch)
-        n = len(body)
+    def _encode(self, batch: list[Any], frame: bytearray | None = None,
+                ) -> tuple[list[bytes], list[tuple[Any, BaseException]]]:
+        """Encode ``batch`` into frames: ([buffers to write], [(bad msg, error)]);
+        a batch above ``max_frame_size`` is split in halves until each fits.
+        ``frame``: the batch already encoded, if it was."""
+        if frame is None:
+            try:
+                frame = self._encode_frame(batch)
+            except Exception:
+                return self._encode_salvage(batch)
+        n = len(frame) - 4
         if n > self.max_frame_size:
             if len(batch) == 1:
                 exc = FrameTooLarge(
-                    f"a {type(batch[0]).__name__} pickles to {n} bytes, above this channel's "
+                    f"a {type(batch[0]).__name__} encodes to {n} bytes, above this channel's "
                     f"max_frame_size of {self.max_frame_size}; send large values through "
                     "the object store instead"
                 )
@@ -709,17 +714,15 @@ class Channel:
             return c1 + c2, b1 + b2
         self.frames_sent += 1
         self.messages_sent += len(batch)
-        if n <= _JOIN_LIMIT:
-            return [_HEADER.pack(n) + body], []
-        return [_HEADER.pack(n), body], []
+        return [frame], []
 
     def _encode_salvage(self, batch: list[Any]) -> tuple[list[bytes], list[tuple[Any, BaseException]]]:
-        """The batch did not pickle: drop the messages that do not, keep the rest."""
+        """The batch did not encode: drop the messages that do not, keep the rest."""
         good = []
         bad: list[tuple[Any, BaseException]] = []
         for m in batch:
             try:
-                pickle.dumps(m, _PICKLE_PROTOCOL)
+                self._encode_frame([m])
             except Exception as exc:
                 bad.append((m, exc))
             else:

@@ -72,7 +72,7 @@ class ConnectionClosed(Exception):
 
 
 class ProtocolError(ConnectionClosed):
-    """The peer sent bytes that break the protocol (bad length, bad pickle ...)."""
+    """The peer sent bytes that break the protocol (bad length, a body that does not decode ...)."""
 
 
 class HandshakeError(ConnectionClosed):
@@ -80,7 +80,7 @@ class HandshakeError(ConnectionClosed):
 
 
 class FrameTooLarge(ValueError):
-    """A single message pickles to more than the channel's ``max_frame_size``.
+    """A single message encodes to more than the channel's ``max_frame_size``.
 
     The connection stays usable; only that message was not sent.  Send large
     values through the object store instead of inside messages.

@@ -22,8 +22,9 @@ from typing import Any
 
 from .wire_frames import encode_frame
 
-#: Version of this wire protocol, sent in every hello.
-PROTOCOL_VERSION = 1
+#: Version of this wire protocol, sent in every hello.  2: frames are
+#: msgpack (``wire_codec``); 1 pickled them.
+PROTOCOL_VERSION = 2
 #: Largest hello frame (the first frame, before authentication).
 MAX_HELLO_SIZE = 64 * 1024
 #: Deepest JSON nesting accepted in a hello (a real one is a flat object).
@@ -84,8 +85,25 @@ def _is_text(value: Any) -> bool:
     return True
 
 
-def _validate_hello(body: bytes, token: bytes) -> tuple[str | None, dict[str, Any]]:
-    """(reason to refuse or None, hello).  Never raises, whatever ``body`` holds."""
+def _schema_mismatch(theirs: Any, ours: str) -> str | None:
+    """Why a peer's message schema (its ``"schema"`` in the hello) cannot
+    talk to ours, or None when they agree.  The schema is a fingerprint of
+    every wire class's name and fields (``wire_codec.schema_fingerprint``):
+    two builds of penumbra that differ there would misread each other's
+    frames, so they are told at the hello instead."""
+    if theirs == ours:
+        return None
+    shown = theirs[:40] if _is_text(theirs) else "none"
+    return (
+        f"message schema {shown} differs from this side's {ours}: the two processes run different "
+        "builds of penumbra (different message classes or fields); run the same penumbra version everywhere"
+    )
+
+
+def _validate_hello(body: bytes, token: bytes, schema: str = "") -> tuple[str | None, dict[str, Any]]:
+    """(reason to refuse or None, hello).  Never raises, whatever ``body`` holds.
+
+    ``schema``: this side's message schema (see ``_schema_mismatch``)."""
     hello = _parse_hello(body)
     if hello is None:
         return "first frame is not a JSON hello; is the peer speaking the penumbra protocol?", {}
@@ -105,4 +123,7 @@ def _validate_hello(body: bytes, token: bytes) -> tuple[str | None, dict[str, An
         return reason, {}
     if not _is_text(hello.get("role", "")) or not _is_text(hello.get("name", "")):
         return "malformed hello: role and name must be strings", {}
+    mismatch = _schema_mismatch(hello.get("schema"), schema) if schema else None
+    if mismatch is not None:
+        return mismatch, {}
     return None, hello

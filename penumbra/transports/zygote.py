@@ -71,6 +71,9 @@ def fork_zygote(cfg: dict[str, Any], token: str, close_fds: tuple[int, ...] = ()
     """Fork the zygote from the calling process, which must not have started
     a thread yet.  ``close_fds`` are the caller's descriptors the zygote and
     its workers must not hold (a readiness pipe, log files)."""
+    from .wire_codec import codec
+
+    codec()  # built once, here, for the daemon, the zygote and every worker (~10 ms)
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the zygote

@@ -212,6 +212,7 @@ class _Partition:
         for a, ep in self.cluster.kernel.endpoints.items():
             if not self.owned(a) and not getattr(ep, "_disowned", False):
                 ep.epoch += 1  # what is queued for it goes stale
+                self.cluster.kernel._epoch_bumps += 1
                 ep._disowned = True
                 if hasattr(ep, "pending"):
                     ep.pending = {}
@@ -270,7 +271,7 @@ class _Partition:
                                  f"partition's time {k.now!r}: the window is longer than a latency")
         for arrival, dst, src, msgs, depart in inbound:
             ep = eps[dst]
-            push((arrival, 1, next(eid), ep._on_net, msgs, ep.epoch, _STANDIN, 0, depart))
+            push((arrival, 1, next(eid), ep._on_net, msgs, ep.epoch, _STANDIN, 0, depart, None))
 
     def _collect(self) -> list[list]:
         net = self.net

@@ -566,15 +566,15 @@ class SimKernel:
                     if times:
                         t = times[0]
                         b = buckets[t]
-                        if b.__class__ is tuple:
-                            if other and other[0] < b:
-                                item = heappop(other)
-                            else:
-                                item = b
-                                heappop(times)
-                                del buckets[t]
-                        elif other and other[0] < b[0]:
+                        if other and other[0][0] <= t and other[0] < (b if b.__class__ is tuple else b[0]):
+                            # (whole entries compared only when the other
+                            # heap's first -- a run horizon, a SimPy URGENT
+                            # event -- is due no later than this bucket)
                             item = heappop(other)
+                        elif b.__class__ is tuple:
+                            item = b
+                            heappop(times)
+                            del buckets[t]
                         else:
                             item = b.popleft()
                             if not b:
@@ -594,15 +594,15 @@ class SimKernel:
                 if times:
                     t = times[0]
                     b = buckets[t]
-                    if b.__class__ is tuple:
-                        if other and other[0] < b:
-                            item = heappop(other)
-                        else:
-                            item = b
-                            heappop(times)
-                            del buckets[t]
-                    elif other and other[0] < b[0]:
+                    if other and other[0][0] <= t and other[0] < (b if b.__class__ is tuple else b[0]):
+                        # (whole entries compared only when the other
+                        # heap's first -- a run horizon, a SimPy URGENT
+                        # event -- is due no later than this bucket)
                         item = heappop(other)
+                    elif b.__class__ is tuple:
+                        item = b
+                        heappop(times)
+                        del buckets[t]
                     else:
                         item = b.popleft()
                         if not b:

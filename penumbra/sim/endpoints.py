@@ -69,7 +69,18 @@ class KernelPort(Protocol):
 
 
 class _Endpoint:
-    """Something with an address on the network (a host or a client)."""
+    """Something with an address on the network (a host or a client).
+
+    Slotted (and so are ``Host`` and ``Client``): CPython 3.11 keeps an
+    instance's attributes inline, beside the object, only up to 30 of them;
+    a host has 30, and with a dict of its own every attribute read went
+    through a separate 1.5 KB dict, which is a cache miss at 1,000 hosts
+    (measured: 40 ns -> 200-1,200 ns a method reading two attributes).
+    ``__dict__`` stays for attributes set from outside (a partition marks
+    the endpoints it disowns)."""
+
+    __slots__ = ("kernel", "address", "kind", "alive", "epoch", "crashed_at", "links", "pending",
+                 "now", "paused_until", "_on_net", "_on_local", "__dict__")
 
     def __init__(self, kernel: KernelPort, address: str, kind: str):
         self.kernel = kernel
@@ -135,6 +146,10 @@ class Host(_Endpoint):
     such as a node's simulated worker processes; cleared on crash), and
     ``deliver_at``/``deliver_after``/``call_at``/``call_after``/``send``.
     """
+
+    __slots__ = ("validate", "machine", "handlers", "inbox", "urgent", "busy_until", "wake",
+                 "cpu_factor", "handled", "busy_time", "state", "rng", "_cost_override", "_costs",
+                 "_cmd_cost", "_on_wake", "_on_urgent", "_flush_scheduled")
 
     def __init__(self, kernel: KernelPort, address: str, machine: Any,
                  handlers: Mapping[type, Callable], kind: str, validate: bool,
@@ -487,6 +502,8 @@ class Client(_Endpoint):
     client costs no CPU; a program models its own with ``env.timeout``.
     To feed a ``simpy.Store`` instead, pass ``on_message=store.put``.
     """
+
+    __slots__ = ("on_message", "mailbox", "_waiters", "_flush_scheduled", "received", "_held")
 
     def __init__(self, kernel: KernelPort, address: str, kind: str,
                  on_message: Callable[[Message], Any] | None):

@@ -152,3 +152,15 @@ def test_penumbra_verify_real_runs_seeds_and_says_whether_they_agree(capsys):
     assert f"seed {NONE[0]} on the real runtime (none): ok" in out
     assert "1 real runs" in out and "1 agree with the simulator, 0 do not" in out
     assert main(["verify", "--real", "--plant", "x"]) == 2
+
+
+def test_a_wrong_error_is_reported_with_what_the_user_read():
+    # results compare error kinds only (the simulator's reference keeps no
+    # messages); the report still says what the error said
+    from penumbra.core.records import ErrorKind
+
+    [v] = C.check_results({"a0.c1": ("v", 5)}, {"a0.c1": ("e", ErrorKind.OBJECT_LOST, "")}, {})
+    assert "got the error object_lost (allowed" in v.what  # (no dangling ": ")
+    said = realrun._with_message(v, "object 1234r1, returned by a method of actor A, was lost: evicted\n  detail")
+    assert said.what.endswith("; the error said: object 1234r1, returned by a method of actor A, was lost: evicted")
+    assert said.key == v.key and realrun._with_message(v, "") == v

@@ -45,7 +45,7 @@ from msgspec.structs import replace  # (records are Structs)
 
 from .ids import ObjectId, TaskId
 from .messages import Command, ObjectUnrecoverable, Send
-from .records import ActorState, ErrorInfo, ErrorKind, ObjectEntry, TaskEntry, TaskState
+from .records import ActorEntry, ActorState, ErrorInfo, ErrorKind, ObjectEntry, TaskEntry, TaskState
 from .specs import TaskSpec
 from .tables import FinishTask, Get, RetryTask, TasksOnNode
 
@@ -107,6 +107,27 @@ class _Job:
     objects: dict[ObjectId, ObjectEntry | None] = field(default_factory=dict)
     tasks: dict[TaskId, TaskEntry | None] = field(default_factory=dict)
     reads: int = 0
+
+
+def _actor_output_lost(oid: ObjectId, a: ActorEntry | None) -> str:
+    """What the user reads when an actor method's output is gone for good:
+    what was lost, how, and why nothing rebuilds it (``a``: the actor's
+    row, None if the GCS no longer has it)."""
+    name = f"actor {a.spec.cls.name}" if a is not None else "an actor"
+    head = (f"object {oid.short()}, returned by a method of {name}, was lost: every copy of it was evicted "
+            f"from a full object store or was on a node that died, and lineage does not rebuild the outputs "
+            f"of actor methods")
+    if a is None:
+        why = "the actor is no longer known to the GCS"
+    elif a.state is ActorState.DEAD:
+        why = "the actor is dead, so nothing can run the call again"
+    elif not a.spec.replay:
+        why = "the actor keeps no replay log (replay=False), so the call is never run again (Ray's rule)"
+    else:
+        why = ("the actor replays logged calls only when it restarts, and then only those after its latest "
+               "checkpoint, so the call is not run again while it lives")
+    return (f"{head}; {why}. Read an actor's results (or pass them on) while the store holds them, or give "
+            f"the node a larger object_store_memory")
 
 
 class Recovery:
@@ -183,14 +204,7 @@ class Recovery:
                 return self._maybe_plan(job, now, sid)
             if oid == target:
                 del self.jobs[target]
-                if a is not None and a.spec.replay and a.state is not ActorState.DEAD:
-                    err = ErrorInfo(ErrorKind.OBJECT_LOST, f"object {oid.short()} was returned by a method of actor "
-                                    f"{a.spec.cls.name} that ran before the actor's latest checkpoint, and its only "
-                                    f"copies were lost; a restart replays only the calls since the checkpoint, so "
-                                    f"outputs of earlier calls are not reconstructed")
-                else:
-                    err = ErrorInfo(ErrorKind.OBJECT_LOST, f"object {oid.short()} was returned by a method of an actor "
-                                    f"that is dead or keeps no replay log; outputs of actor methods are not reconstructed")
+                err = ErrorInfo(ErrorKind.OBJECT_LOST, _actor_output_lost(oid, a))
                 return [self._unrecoverable(oid, r, err, sid) for r in sorted(job.requesters)]
         if oid == target and entry is not None and entry.locations & job.requesters:
             # the requester is listed but lacks it (its eviction's removal is

@@ -123,7 +123,9 @@ class NodeEffects:
         for oid in present:
             self.objects.store.pin(oid, hold)
         for oid, size in outputs:
-            adm, c = self.objects.add_local(oid, size, now, sid, pin=hold, record=False, resolve=False)
+            # (an actor method's output has no lineage: the store keeps it longest, see objects_store.py)
+            adm, c = self.objects.add_local(oid, size, now, sid, pin=hold, record=False, resolve=False,
+                                            final=spec.actor_id is not None)
             if not adm.ok:
                 for a in admitted:
                     self.objects.store.remove(a)

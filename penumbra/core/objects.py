@@ -130,15 +130,17 @@ class ObjectManager:
 
     # ------------------------------------------------------------------ local objects
     def add_local(self, oid: ObjectId, size: int, now: float, sid: str, pin: Hashable | None = None, record: bool = True,
-                  resolve: bool = True, job_id: int | None = None) -> tuple[Admission, list[Command]]:
+                  resolve: bool = True, job_id: int | None = None, final: bool = False) -> tuple[Admission, list[Command]]:
         """A new object was written into our store (a task output, a put, a
         fetched copy).  Admit it, evicting as needed.  ``resolve=False``:
         do not tell its waiters yet (``resolve`` later: a task's outputs are
         announced once all of them are admitted).  ``job_id``: the job of
-        the client that put it (the GCS refuses the row once the job ended)."""
+        the client that put it (the GCS refuses the row once the job ended).
+        ``final``: lineage cannot rebuild it (an actor method's output): the
+        store evicts it last."""
         if self.store.spill_error is not None:
             self._maybe_retry_spilling(now)
-        adm = self.store.admit(oid, size, pin)
+        adm = self.store.admit(oid, size, pin, final=final)
         cmds: list[Command] = []
         if not adm.ok:
             return adm, cmds
@@ -336,7 +338,9 @@ class ObjectManager:
         self.bytes_fetched += size
         if self.is_local(oid):
             return None, []
-        adm, cmds = self.add_local(oid, size, now, sid)
+        # (a copy of an actor method's output may be the last one: kept as its primary is)
+        final = w is not None and w.entry is not None and w.entry.actor_id is not None
+        adm, cmds = self.add_local(oid, size, now, sid, final=final)
         if not adm.ok:
             cmds.append(Evict(object_id=oid, stimulus_id=sid))
             if w is not None:

@@ -139,6 +139,9 @@ class RealRun:
     seed: int
     fault: str
     results: dict[str, tuple] = field(default_factory=dict)
+    # key -> the message of the error its get raised (``results`` records
+    # only the kind, as the simulator's reference does: messages differ)
+    messages: dict[str, str] = field(default_factory=dict)
     waits: dict[str, C.WaitOutcome] = field(default_factory=dict)
     violations: list[C.Violation] = field(default_factory=list)
     taints: dict[str, set[str]] = field(default_factory=dict)
@@ -524,6 +527,7 @@ def _program(run: _Run, out: RealRun, timeout: float) -> None:
             except Exception as e:  # noqa: BLE001 - an error the object holds
                 try:
                     out.results[key] = _outcome(e)
+                    out.messages[key] = str(e)
                 except Exception:  # noqa: BLE001 - not an error kind of the API
                     out.violations.append(C.Violation("crash", f"{key}: get raised {type(e).__name__}: {e}", key))
                 continue
@@ -663,13 +667,23 @@ def check_real(seed: int, fault: str = "none", *, plan=None, **kw) -> RealReport
     ref = run_plan(plan, faults=False, validate=False)
     run = run_real(plan, fault, reference=ref, **kw)
     violations = list(run.violations)
-    violations += C.check_results(ref.results, run.results, run.taints)
+    violations += [_with_message(v, run.messages.get(v.key, ""))
+                   for v in C.check_results(ref.results, run.results, run.taints)]
     missing = sorted(set(ref.results) - set(run.results) - {v.key for v in violations})
     violations += [C.Violation("liveness", f"{k} has no result on the real runtime", k) for k in missing]
     violations += C.check_waits(plan.workload.waits, run.waits)
     if fault != "none" and not run.landed:
         violations.append(C.Violation("harness", f"the {fault} fault never landed"))
     return RealReport(seed, fault, not violations, violations, run.landed, time.monotonic() - t0, run, run.hit)
+
+
+def _with_message(v: C.Violation, message: str) -> C.Violation:
+    """``v`` saying what the error the user got said: a result is
+    compared by its error's kind only, so its message is not in it."""
+    if not message or not v.what.startswith(f"{v.key}: expected"):
+        return v
+    first = message.splitlines()[0]
+    return dataclasses.replace(v, what=f"{v.what}; the error said: {first}")
 
 
 def run_real_cli(args) -> int:

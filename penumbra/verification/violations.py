@@ -25,4 +25,4 @@ class Violation:
 def _fmt(r: tuple) -> str:
     if r[0] == "v":
         return f"value {r[1]:#x}" if isinstance(r[1], int) else f"value {r[1]!r}"
-    return f"{r[1].value}: {r[2]}"
+    return f"{r[1].value}: {r[2]}" if r[2] else r[1].value  # (the swarm records most errors' kinds only)

@@ -211,7 +211,8 @@ def partitions(nodes: int, measure: float, setup_at: float, counts: list[int], a
                              "build_wall_s": r.build_wall_s, "workload_wall_s": r.workload_wall_s,
                              "windows_wall_s": r.windows_wall_s, "partition_cpu_s": r.partition_cpu_s,
                              "exchanged_batches": r.exchanged_batches, "coordinator_exchange_s": r.exchange_s,
-                             "sync_per_window_us": sync * 1e6, "runner": r.runner}
+                             "sync_per_window_us": sync * 1e6, "runner": r.runner,
+                             "partition_hosts": r.partition_hosts, "partition_peak_rss_mb": r.partition_peak_rss_mb}
     # the exchange's cost per batch: pickle + unpickle a window's worth, as the pipes do
     p = P._Partition(P.ScalabilitySpec(nodes=min(nodes, 200), setup_at=setup_at), 0, 2)
     t, k, sample = 0.0, 0, []
@@ -549,7 +550,10 @@ def main() -> int:
                       f"of {x['window_s'] * 1e6:.0f} us, {x['sync_per_window_us']:,.0f} us of each beyond the "
                       f"slowest partition's work); CPU per partition "
                       f"{', '.join(f'{c:.1f}' for c in x['partition_cpu_s'])} s; {x['exchanged_batches']:,} batches "
-                      f"between partitions; trace {x['trace'][:16]}")
+                      f"between partitions; trace {x['trace'][:16]}; machines built per partition "
+                      f"{x['partition_hosts']}, peak memory per partition's process "
+                      f"{', '.join(f'{m:,.0f}' for m in x['partition_peak_rss_mb'])} MiB (partition 0 runs in "
+                      f"this process, which ran the runs before it too)")
             print(f"  {kind}: {r['measured_speedup'][kind]:.2f}x the wall speed of one partition once the "
                   f"workload runs")
         print(f"  trace hashes agree: {r['hashes_agree']}; pickling a batch both ways: "

@@ -629,3 +629,27 @@ def test_story_lines_that_repeat_are_kept_once(core) -> None:
     flat = box.node.stories[specs[0].task_id]
     assert type(flat) is list and len(flat) == 3 * len(lines[0])
     assert box.node.story(specs[0].task_id) == list(zip(flat[0::3], flat[1::3], flat[2::3]))
+
+
+def test_empty_sets_of_ready_tasks_and_wants_are_one_shared_frozenset(core) -> None:
+    """A ready task's missing inputs and a want's failed sources start as
+    one shared empty frozenset (a set each was 216 bytes, one per task held:
+    issue 17); the first thing added makes a set of their own, never
+    touching the shared one."""
+    from penumbra.core import objects as O
+    from penumbra.core.scheduler_records import NO_INPUTS
+
+    box = NodeBox()
+    s = core.spec()
+    box.submit(s)
+    assert box.sched.tasks[s.task_id].missing is NO_INPUTS and not NO_INPUTS
+    p = core.spec()
+    oid = p.return_ids[0]
+    for n in ("node:1", "node:2"):
+        box.gcs_write(AddLocation(oid, n, 30))
+    box.feed(WatchObjects(client="c:driver", req_id=1, object_ids=(oid,)))
+    w = box.node.objects.wants[oid]
+    assert w.failed_from is O._NONE
+    (f1,) = of(box.out, Fetch)
+    box.feed(FetchFailed(object_id=oid, from_node=f1.from_node, reason="gone"))
+    assert w.failed_from == {f1.from_node} and type(w.failed_from) is set and not O._NONE

@@ -428,8 +428,60 @@ def test_partitioned_run_is_the_same_for_1_2_and_3_partitions():
     assert other.trace_hash != one.trace_hash
 
 
-def test_partitioned_run_refuses_what_it_cannot_do():
+@pytest.mark.timeout(180)
+def test_a_partition_builds_only_its_own_machines():
+    """Each partition builds its share of the machines (the others are
+    stand-ins), so memory per process falls with the partition count; the
+    run is the one every partition count gives."""
+    from penumbra.sim.endpoints import Host, Remote
     from penumbra.sim.partition import ScalabilitySpec, run_partitioned
+    from penumbra.sim.partition_step import _Partition
+
+    spec = ScalabilitySpec(nodes=7, setup_at=0.3)
+    whole = _Partition(spec, 0, 1)
+    halves = [_Partition(spec, i, 2) for i in range(2)]
+    c = whole.cluster
+    assert not c.remote and len(c.kernel.hosts) == 1 + 4 + 7  # head, 4 GCS replicas, 7 nodes
+    for i, p in enumerate(halves):
+        h = p.cluster
+        mine = {a for a in c.kernel.hosts if p.owned(a)}
+        assert set(h.kernel.hosts) == mine and len(mine) <= 7  # (head + 11 machines round-robin)
+        assert set(h.remote) == set(c.kernel.hosts) - mine
+        assert all(isinstance(h.kernel.endpoints[a], Remote) for a in h.remote)
+        assert all(isinstance(h.kernel.hosts[a], Host) for a in mine)
+        assert h.node_addresses == c.node_addresses == [f"node:{j}" for j in range(7)]
+        assert set(h.nodes) == {a for a in c.nodes if p.owned(a)}
+        # the network knows every machine where it is, built here or not
+        for a in c.kernel.hosts:
+            assert h.kernel.network.rack_of(a) == c.kernel.network.rack_of(a)
+    assert set(halves[0].cluster.kernel.hosts).isdisjoint(halves[1].cluster.kernel.hosts)
+    with pytest.raises(ValueError, match="another partition runs that node"):
+        halves[1].cluster.driver(next(iter(halves[1].cluster.remote.keys() - {"head"})))
+    # the run: as with every machine built (the hash of 1 partition), with
+    # the drivers' ids reserved alike in each partition
+    one = run_partitioned(spec, 1, 0.315, processes=False)
+    two = run_partitioned(spec, 2, 0.315, processes=False)
+    assert one.tasks_finished > 300
+    assert (two.trace_hash, two.tasks_finished, two.events) == (one.trace_hash, one.tasks_finished, one.events)
+    assert one.partition_hosts == [12] and two.partition_hosts == [7, 5]  # (the head is in 0)
+    # welcomed from another process, each node's copy of every GCS shard's
+    # config was its own (5,000 configs a node at 10,000 nodes): equal
+    # tuples are made one again, as in one process
+    import pickle
+
+    from penumbra.core.messages import NodeWelcome
+
+    configs = c.head.chain.configs()
+    copies = [pickle.loads(pickle.dumps([NodeWelcome(configs=configs)])) for _ in range(3)]
+    batches = [(0.1, f"node:{i}", "head", msgs, 0.09) for i, msgs in zip((1, 3, 5), copies)]
+    p = halves[1]
+    p._share(batches)
+    got = [b[3][0].configs for b in batches]
+    assert got[0] == configs and got[0] is not configs and got[1] is got[0] and got[2] is got[0]
+
+
+def test_partitioned_run_refuses_what_it_cannot_do():
+    from penumbra.sim.partition import PartitionError, ScalabilitySpec, run_partitioned
 
     spec = ScalabilitySpec(nodes=2, setup_at=0.01)
     with pytest.raises(ValueError, match="partitions must be"):
@@ -438,10 +490,19 @@ def test_partitioned_run_refuses_what_it_cannot_do():
         run_partitioned(spec, 1, 0.02, window=1.0, processes=False)
 
     class ZeroLatency(ScalabilitySpec):
-        def build(self, trace):
+        def build(self, trace, machines=None):
             from penumbra.sim.experiments import scalability_cluster
 
-            return scalability_cluster(2, ZERO, 0, trace=trace, start=False)
+            return scalability_cluster(2, ZERO, 0, trace=trace, start=False, machines=machines)
 
     with pytest.raises(ValueError, match="positive network latency"):
         run_partitioned(ZeroLatency(nodes=2, setup_at=0.01), 1, 0.02, processes=False)
+
+    class Whole(ScalabilitySpec):
+        def build(self, trace, machines=None):  # (forgets to pass machines on)
+            from penumbra.sim.experiments import scalability_cluster
+
+            return scalability_cluster(2, PAPER, 0, trace=trace, start=False)
+
+    with pytest.raises(PartitionError, match="pass machines= on"):
+        run_partitioned(Whole(nodes=2, setup_at=0.01), 1, 0.02, processes=False)

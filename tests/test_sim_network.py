@@ -437,3 +437,40 @@ def test_a_delivered_batch_is_not_held_by_its_link():
     sender(k, "a", [Send(to="b", msg=Ping(n=3))], at=6.0)
     k.run(until=10)
     assert k.hosts["b"].machine.ns() == [1, 2, 3] and link.last is None
+
+
+def _gossip(sweep_min, monkeypatch):
+    """30 hosts in 3 racks pass blobs around, each to a few others chosen by
+    the blob's number: many links, most of them idle most of the time."""
+    import penumbra.sim.network as N
+
+    monkeypatch.setattr(N, "_SWEEP_MIN", sweep_min)
+    hosts = [f"h{i}" for i in range(30)]
+    k = cluster(bw=(0.0, 400.0, 100.0), hosts=hosts, racks=[i % 3 for i in range(30)])
+
+    def script_for(i):
+        def script(ev, now):
+            if ev.n >= 400:
+                return []
+            return [Send(to=hosts[(i * 7 + ev.n * (j + 3)) % 30], msg=Blob(n=ev.n + 1 + j, size=10 + ev.n % 40))
+                    for j in range(2) if (i + ev.n + j) % 30 != i]
+        return script
+
+    for i, h in enumerate(hosts):
+        k.hosts[h].machine.script = script_for(i)
+    for i in range(0, 30, 5):
+        k.inject(hosts[i], Blob(n=0), at=0.1 * i)
+    k.run(until=4.0)
+    return k, {h: [(t, e.n) for t, e in k.hosts[h].machine.seen] for h in hosts}
+
+
+def test_idle_links_are_forgotten_and_nothing_changes(monkeypatch):
+    """``Network._sweep_links`` drops control links with nothing on them (a
+    new one acts the same); every arrival time stays as without sweeping."""
+    k0, seen0 = _gossip(10**9, monkeypatch)
+    k1, seen1 = _gossip(8, monkeypatch)
+    assert seen1 == seen0 and sum(map(len, seen0.values())) > 1000
+    made = k0.network.links_forgotten + sum(len(d) for d in k0.network._out.values())
+    assert k0.network.links_forgotten == 0 and k1.network.links_forgotten > made // 2
+    # the endpoints use the network's (swept) tables
+    assert all(k1.endpoints[a].links is d for a, d in k1.network._out.items())

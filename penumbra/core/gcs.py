@@ -86,6 +86,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .gcs_config import FlushConfig, GcsTiming
+from .gcs_dedup import DedupTable
 from .gcs_flush import ReplicaFlushing
 from .gcs_master import ChainMaster
 from .messages import (
@@ -203,7 +204,7 @@ class GcsReplica(ReplicaFlushing):
         self.committed = 0  # known committed (acked by the tail)
         self.log: dict[int, _Entry] = {}  # applied, not yet acked downstream
         self.succ_seq = 0  # the highest seq our successor is known to have applied
-        self.dedup: dict[str, dict[int, tuple[int, Any]]] = {}
+        self.dedup = DedupTable()  # (client, req_id) -> (seq, result)
         # per client: the highest low_water it sent (every id below it was
         # answered and will never be needed again)
         self.floors: dict[str, int] = {}
@@ -292,9 +293,9 @@ class GcsReplica(ReplicaFlushing):
         req_id = ev.req_id
         if not self.is_head or self.joining:
             return self._redirect(client, ev.stimulus_id)  # the client will retry
-        seen = self.dedup.get(client)
-        if seen is not None and req_id in seen:
-            seq, result = seen[req_id]
+        seen = self.dedup.lookup(client, req_id)
+        if seen is not None:
+            seq, result = seen
             if seq <= self.committed or self.is_tail:
                 return [Send(to=client, msg=GcsReply(req_id=req_id, result=result, shard=self.shard, stimulus_id=ev.stimulus_id))]
             # in flight down the chain; the tail will answer.  Unless its
@@ -346,24 +347,10 @@ class GcsReplica(ReplicaFlushing):
 
     def _apply(self, seq: int, client: str, req_id: int, op: Op, low_water: int) -> _Entry:
         result, changes = self.tables.apply(op)
-        seen = self.dedup.get(client)
-        if seen is None:
-            seen = self.dedup[client] = {}
-        seen[req_id] = (seq, result)
+        self.dedup.remember(client, req_id, seq, result, low_water)
         floors = self.floors
         if low_water > floors.get(client, 0):
             floors[client] = low_water
-        if low_water:
-            # requests mostly arrive in id order: forget from the front, and
-            # sweep everything now and then for retries that arrived late
-            while seen:
-                first = next(iter(seen))
-                if first >= low_water:
-                    break
-                del seen[first]
-            if len(seen) > 4096:
-                for r in [r for r in seen if r < low_water]:
-                    del seen[r]
         entry = _Entry(seq, client, req_id, op, low_water, result, changes)
         if isinstance(op, Subscribe):
             # a late subscriber is sent the current value at once, so it
@@ -554,7 +541,7 @@ class GcsReplica(ReplicaFlushing):
             return []
         self.retain_from = self.seq if self.retain_from is None else min(self.retain_from, self.seq)
         snap = self.tables.snapshot()
-        dedup = ({c: dict(v) for c, v in self.dedup.items()}, dict(self.floors))
+        dedup = (self.dedup.as_dicts(), dict(self.floors))
         return [Send(to=ev.replica, msg=StateSnapshot(shard=self.shard, epoch=self.config.epoch, seq=self.seq, snapshot=snap, dedup=dedup, stimulus_id=ev.stimulus_id))]
 
     def _on_snapshot(self, ev: StateSnapshot, now: float) -> list[Command]:
@@ -562,7 +549,7 @@ class GcsReplica(ReplicaFlushing):
             return []  # (a repeat while we copy the first one's flushed rows)
         self.tables = Tables.restore(ev.snapshot)
         dedup, floors = ev.dedup
-        self.dedup = {c: dict(v) for c, v in dedup.items()}
+        self.dedup = DedupTable.from_dicts(dedup)
         self.floors = dict(floors)
         self.seq = self.committed = ev.seq
         self.log.clear()
@@ -623,8 +610,7 @@ class GcsReplica(ReplicaFlushing):
         """A recovering head asks what we know (see core/head.py, "Recovery:
         a new head from surviving replicas").  Answering changes nothing:
         we keep our config, and keep serving, with or without a head."""
-        seen = self.dedup.get(ev.master)
-        client_req = max(max(seen, default=0) if seen else 0, self.floors.get(ev.master, 0))
+        client_req = max(self.dedup.last_req(ev.master), self.floors.get(ev.master, 0))
         caught_up = self.active and not self.joining and self._can_read()
         return [Send(to=ev.master, msg=ChainReport(
             replica=self.replica_id, shard=self.shard, config=self.config, seq=self.seq, caught_up=caught_up,

@@ -27,7 +27,8 @@ manager hands back through ``on_ready(oid, info, waiters)``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from collections.abc import Set as AbstractSet
 from typing import Callable, Hashable
 
 from .ids import ObjectId
@@ -50,6 +51,9 @@ from .tables import AddLocation, ForgetObject, Get, RemoveLocation, Subscribe, U
 __all__ = ["StoreAccounting", "Admission", "ObjectManager"]
 
 
+_NONE: frozenset = frozenset()  # (shared; an empty frozenset is not a singleton)
+
+
 @dataclass(slots=True)
 class _Want:
     oid: ObjectId
@@ -57,9 +61,12 @@ class _Want:
     entry: ObjectEntry | None = None
     subscribed: bool = False
     fetching_from: str | None = None
-    failed_from: set[str] = field(default_factory=set)
+    # (both start as the shared empty frozenset, and get a set of their
+    # own only once something is added: two empty sets were 432 bytes a
+    # want, and most wants never add to either)
+    failed_from: AbstractSet[str] = _NONE
     reconstruct_asked_at: float | None = None
-    located_told: set[Hashable] = field(default_factory=set)
+    located_told: AbstractSet[Hashable] = _NONE
     changed_at: float = 0.0  # when we last learned something about its row
 
     @property
@@ -297,7 +304,10 @@ class ObjectManager:
         # locate-only waiters learn where it is
         untold = [t for t, fetch in w.waiters.items() if not fetch and t not in w.located_told]
         if untold:
-            w.located_told.update(untold)
+            if w.located_told:
+                w.located_told.update(untold)
+            else:
+                w.located_told = set(untold)
             cmds += self.on_located(w.oid, e, untold, now, sid)
         if not w.fetch or w.fetching_from is not None or w.oid not in self.wants:
             return cmds
@@ -320,7 +330,7 @@ class ObjectManager:
                 cmds.append(SetTimer(at=now + self.RECONSTRUCT_RETRY, key=("obj", "recheck", w.oid)))
         else:
             # every live copy failed us; try them again a little later
-            w.failed_from.clear()
+            w.failed_from = _NONE
             cmds.append(SetTimer(at=now + self.FETCH_RETRY, key=("obj", "recheck", w.oid)))
         return cmds
 
@@ -356,7 +366,10 @@ class ObjectManager:
         if w is None:
             return []
         w.fetching_from = None
-        w.failed_from.add(from_node)
+        if w.failed_from:
+            w.failed_from.add(from_node)
+        else:
+            w.failed_from = {from_node}
         if not w.waiters:
             del self.wants[oid]
             if w.subscribed:

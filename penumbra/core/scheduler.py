@@ -74,7 +74,7 @@ from .placement import SPREAD, OnNode
 from .records import ErrorInfo, ErrorKind, NodeLoad, ObjectEntry, ObjectInfo
 from .scheduler_lending import ResourceLending
 # (the states are also read by verification/bugs.py through this module)
-from .scheduler_records import ACTOR, BUSY, IDLE, LOCATING, READY, RUNNING, STARTING, WAITING, _Task, _Worker
+from .scheduler_records import ACTOR, BUSY, IDLE, LOCATING, NO_INPUTS, READY, RUNNING, STARTING, WAITING, _Task, _Worker
 from .specs import EMPTY, ResourceSet, TaskSpec
 from .tables import AddTask, RetryTask
 
@@ -356,7 +356,7 @@ class LocalScheduler(ResourceLending):
 
     def _make_ready(self, t: _Task, now: float, sid: str) -> list[Command]:
         t.state = READY
-        t.missing = set()
+        t.missing = NO_INPUTS  # (shared: see _Task.missing)
         q = self.ready.get(t.spec.resources)
         if q is None:
             q = self.ready[t.spec.resources] = deque()

@@ -9,12 +9,15 @@ below the scheduler and the resource lending it inherits
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from .ids import ObjectId, TaskId
 from .specs import EMPTY, ResourceSet, TaskSpec
 
+
+NO_INPUTS: frozenset = frozenset()  # (shared; an empty frozenset is not a singleton)
 
 # task states
 WAITING = "waiting"
@@ -29,7 +32,10 @@ class _Task:
     state: str
     attempt: int = 0
     placed: bool = False
-    missing: set[ObjectId] = field(default_factory=set)
+    # inputs not here yet: the shared empty frozenset when none (a task's
+    # own empty set was 216 bytes, one per task held); a set of its own
+    # while some are missing (``discard``-ed as they arrive)
+    missing: AbstractSet[ObjectId] = NO_INPUTS
     worker: str | None = None
     started_at: float = 0.0
     cancelled: bool = False

@@ -153,7 +153,7 @@ def _node_down(t: Tables, op: NodeDown):
         changes.append(("nodes", op.node_id, entry))
     objs = t.data["objects"]
     lost = []
-    for oid in sorted(t._objects_by_node.pop(op.node_id, ())):
+    for oid in sorted(t._pop_node_objects(op.node_id)):
         old = objs[oid]
         new = replace(old, locations=old.locations - {op.node_id})
         objs[oid] = new

@@ -78,7 +78,7 @@ from typing import Any, Hashable
 from .ids import ObjectId, driver_task_id
 from .records import ActorState, ObjectEntry, TaskState
 from .tables_ops import FlushOld, ForgetJob, ForgetObject, RestoreRows
-from .tables_state import TablesState
+from .tables_state import TablesState, index_discard
 
 # (the handlers are named in ``tables._APPLY``; nothing here is public)
 __all__: list[str] = []
@@ -90,13 +90,8 @@ def _drop_object_row(t: TablesState, oid: ObjectId) -> ObjectEntry | None:
         t.flushed["objects"].pop(oid, None)
     entry = t.data["objects"].pop(oid, None)
     if entry is not None:
-        by = t._objects_by_node
         for n in entry.locations:
-            s = by.get(n)
-            if s is not None:
-                s.discard(oid)
-                if not s:
-                    del by[n]
+            t._unindex_object(n, oid)
     return entry
 
 
@@ -119,11 +114,7 @@ def _forget_job(t: TablesState, op: ForgetJob):
     for tid in gone:
         old = tasks.pop(tid)
         if old.state is TaskState.PENDING and old.node:
-            s = t._tasks_by_node.get(old.node)
-            if s is not None:
-                s.discard(tid)
-                if not s:
-                    del t._tasks_by_node[old.node]
+            index_discard(t._tasks_by_node, old.node, tid)
     prefixes = gone | {driver_task_id(job)}
     if t.flush_next:
         # its tasks whose rows are on disk: their objects go too (found by

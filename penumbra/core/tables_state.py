@@ -23,6 +23,7 @@ scan.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Hashable
 
 from .ids import ObjectId, TaskId
@@ -44,7 +45,42 @@ from .tables_ops import (
     UnplacedTasks,
 )
 
-__all__ = ["TablesState"]
+__all__ = ["TablesState", "index_add", "index_discard", "index_items"]
+
+
+# The indexes by node (a shard's pending tasks and its objects on each node)
+# hold a bare id while a node has one, and a set from the second on: a
+# one-element set per (shard, node) was ~216 bytes a task at 10,000 nodes
+# over 5,000 shards, where a node mostly has one task or object of a given
+# shard's.  Nobody sees the difference: ``index_items`` is what is read,
+# and it is read sorted.
+def index_items(by: dict, key: Hashable) -> Iterable:
+    """The ids under ``key`` (in no order)."""
+    s = by.get(key)
+    return () if s is None else s if s.__class__ is set else (s,)
+
+
+def index_add(by: dict, key: Hashable, item: Hashable) -> None:
+    s = by.get(key)
+    if s is None:
+        by[key] = item
+    elif s.__class__ is set:
+        s.add(item)
+    elif s != item:
+        by[key] = {s, item}
+
+
+def index_discard(by: dict, key: Hashable, item: Hashable) -> None:
+    """Take ``item`` from under ``key``; a key left with none goes."""
+    s = by.get(key)
+    if s is None:
+        return
+    if s.__class__ is set:
+        s.discard(item)
+        if not s:
+            del by[key]
+    elif s == item:
+        del by[key]
 
 
 class TablesState:
@@ -58,8 +94,10 @@ class TablesState:
         self.data: dict[str, dict] = {t: {} for t in TABLES}
         # (table, key-or-None) -> set of subscriber addresses
         self.subs: dict[tuple[str, Hashable], set[str]] = {}
-        self._tasks_by_node: dict[str, set[TaskId]] = {}
-        self._objects_by_node: dict[str, set[ObjectId]] = {}
+        # node -> its pending tasks, its objects: one id bare while it is the
+        # only one, a set from the second on (``index_add``)
+        self._tasks_by_node: dict[str, TaskId | set[TaskId]] = {}
+        self._objects_by_node: dict[str, ObjectId | set[ObjectId]] = {}
         # flushing (see "Flushing" in tables_flush.py): key -> segment, per table; per
         # (table, job) the keys flushed (job None: not known at the time);
         # the next segment number; the last flush's rows, for the replica
@@ -104,10 +142,10 @@ class TablesState:
         t.subs = {k: set(v) for k, v in subs.items()}
         for tid, entry in t.data["tasks"].items():
             if entry.state is TaskState.PENDING and entry.node:
-                t._tasks_by_node.setdefault(entry.node, set()).add(tid)
+                index_add(t._tasks_by_node, entry.node, tid)
         for oid, entry in t.data["objects"].items():
             for n in entry.locations:
-                t._objects_by_node.setdefault(n, set()).add(oid)
+                t._index_object(n, oid)
         return t
 
     def fingerprint(self) -> tuple:
@@ -183,9 +221,9 @@ class TablesState:
             return tuple(d[q.table].values())
         if isinstance(q, TasksOnNode):
             tasks = d["tasks"]
-            return tuple(tasks[t] for t in sorted(self._tasks_by_node.get(q.node, ())))
+            return tuple(tasks[t] for t in sorted(self.node_tasks(q.node)))
         if isinstance(q, ObjectsOnNode):
-            return tuple(sorted(self._objects_by_node.get(q.node, ())))
+            return tuple(sorted(self.node_objects(q.node)))
         if isinstance(q, ActorsOnNode):
             return tuple(
                 e
@@ -216,16 +254,31 @@ class TablesState:
     # index helpers
     def _index_task(self, tid: TaskId, old: TaskEntry | None, new: TaskEntry) -> None:
         if old is not None and old.state is TaskState.PENDING and old.node:
-            s = self._tasks_by_node.get(old.node)
-            if s is not None:
-                s.discard(tid)
-                if not s:
-                    # (an empty set is 216 bytes: left behind, one stayed
-                    # for every node that ever ran a task of this shard's,
-                    # about one a task at 10,000 nodes and 5,000 shards)
-                    del self._tasks_by_node[old.node]
+            # (an empty set is 216 bytes: left behind, one stayed for every
+            # node that ever ran a task of this shard's, about one a task
+            # at 10,000 nodes and 5,000 shards: index_discard drops it)
+            index_discard(self._tasks_by_node, old.node, tid)
         if new.state is TaskState.PENDING and new.node:
-            self._tasks_by_node.setdefault(new.node, set()).add(tid)
+            index_add(self._tasks_by_node, new.node, tid)
+
+    def node_objects(self, node: str) -> Iterable[ObjectId]:
+        """The objects this shard knows on ``node`` (in no order)."""
+        return index_items(self._objects_by_node, node)
+
+    def node_tasks(self, node: str) -> Iterable[TaskId]:
+        """This shard's tasks pending on ``node`` (in no order)."""
+        return index_items(self._tasks_by_node, node)
+
+    def _index_object(self, node: str, oid: ObjectId) -> None:
+        index_add(self._objects_by_node, node, oid)
+
+    def _unindex_object(self, node: str, oid: ObjectId) -> None:
+        index_discard(self._objects_by_node, node, oid)
+
+    def _pop_node_objects(self, node: str) -> Iterable[ObjectId]:
+        """Take every object off ``node`` in the index (the node died)."""
+        s = self._objects_by_node.pop(node, None)
+        return () if s is None else s if s.__class__ is set else (s,)
 
     def _put_task(self, tid: TaskId, new: TaskEntry) -> list[Change]:
         rows = self.data["tasks"]
@@ -242,21 +295,13 @@ class TablesState:
     def _put_object(self, oid: ObjectId, old: ObjectEntry | None, new: ObjectEntry) -> Change:
         old_locs = old.locations if old is not None else frozenset()
         if not old_locs:
-            by = self._objects_by_node
             for n in new.locations:  # the common case: a new object
-                s = by.get(n)
-                if s is None:
-                    by[n] = {oid}
-                else:
-                    s.add(oid)
+                self._index_object(n, oid)
         elif old_locs != new.locations:
-            by = self._objects_by_node
             for n in old_locs - new.locations:
-                s = by.get(n)
-                if s is not None:
-                    s.discard(oid)
+                self._unindex_object(n, oid)
             for n in new.locations - old_locs:
-                by.setdefault(n, set()).add(oid)
+                self._index_object(n, oid)
         self.data["objects"][oid] = new
         if self.flush_track:
             self.flushed["objects"].pop(oid, None)  # (in memory again)

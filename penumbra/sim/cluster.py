@@ -200,6 +200,13 @@ class SimCluster:
             that is not part of a cycle; the collector runs again after,
             without a pass over what the simulation keeps (see
             ``kernel.gc_paused``).
+        machines: build only the machines for which ``machines(address)``
+            is true; it is asked once per machine, in build order (the head,
+            the GCS replicas chain by chain, the nodes).  The others are run
+            by another partition of a partitioned run
+            (``penumbra.sim.partition``): here they are stand-ins
+            (``kernel.add_remote``) that messages can be sent to, and cost
+            next to nothing.  Default: build every machine.
     """
 
     def __init__(
@@ -222,6 +229,7 @@ class SimCluster:
         start: bool = True,
         gc_off: bool = True,
         disk_bytes: int = 0,
+        machines: Callable[[str], bool] | None = None,
     ) -> None:
         if layout is None:
             shape = NodeShape(resources=ResourceSet.of(CPU=cpus), object_store_memory=object_store_memory)
@@ -259,6 +267,12 @@ class SimCluster:
         self.kernel.on_restart.append(self._on_restart)
         self.nodes: dict[str, SimNode] = {}
         self.replicas: list[str] = []
+        # every node's address, in order, built here or not (``machines``);
+        # and the machines another partition runs: address -> stand-in
+        self.node_addresses: list[str] = []
+        self.remote: dict[str, Any] = {}
+        self._mine = machines if machines is not None else (lambda address: True)
+        self._drivers_made = 0  # (names drivers: with reserve_driver, not only those made here)
         # replica -> the node whose host runs it (``layout.replica_hosts``;
         # it moves to the node that replaces a dead one); the others live
         # with the head
@@ -280,8 +294,13 @@ class SimCluster:
 
         k = self.kernel
         lay = self.layout
-        self.head_host = k.add_host("head", HeadMachine(lay.head_config(), k.derive_rng("head")), rack="control",
-                                    kind="head", validate_every_step=self.validate)
+        mine = self._mine
+        self.head_host = None
+        if mine("head"):
+            self.head_host = k.add_host("head", HeadMachine(lay.head_config(), k.derive_rng("head")), rack="control",
+                                        kind="head", validate_every_step=self.validate)
+        else:
+            self.remote["head"] = k.add_remote("head", rack="control", kind="head")
         from .gcsdisk import SimGcsDisk
 
         self.gcs_disk = SimGcsDisk()  # where flushed GCS rows go (GcsTiming.flush)
@@ -291,15 +310,26 @@ class SimCluster:
                 on = lay.replica_hosts.get(r)
                 # (a replica on a node's host sits in that node's rack)
                 rack = "control" if on is None else int(on.split(":")[1]) // self.rack_size
+                if not mine(r):
+                    self.remote[r] = k.add_remote(r, rack=rack, kind="gcs")
+                    continue
                 k.add_host(r, m, self.gcs_disk.handlers, rack=rack, kind="gcs", validate_every_step=self.validate)
                 self.replicas.append(r)
         for shape in lay.nodes:
-            self._new_node(shape, None)
+            if mine(node_address(self.next_node)):
+                self._new_node(shape, None)
+            else:
+                i = self.next_node
+                self.next_node += 1
+                a = node_address(i)
+                self.node_addresses.append(a)
+                self.remote[a] = k.add_remote(a, rack=i // self.rack_size, kind="node")
 
     def _new_node(self, shape: NodeShape, rack: Any) -> SimNode:
         i = self.next_node
         self.next_node += 1
         address = node_address(i)
+        self.node_addresses.append(address)
         if rack is None:
             rack = i // self.rack_size
         node = SimNode(self, address, i, shape, rack)
@@ -316,7 +346,7 @@ class SimCluster:
             return
         self._started = True
         k = self.kernel
-        for address in ["head"] + self.replicas + list(self.nodes):
+        for address in ([] if self.head_host is None else ["head"]) + self.replicas + list(self.nodes):
             self._boot(k.hosts[address])
 
     def _boot(self, host: Host) -> None:
@@ -423,17 +453,36 @@ class SimCluster:
 
         ``cpu``: model the program's own CPU (``costs.client_call`` per
         submitted task, one thread); by default drivers cost nothing."""
+        if node in self.remote:
+            raise ValueError(f"cannot place a driver on {node!r}: another partition runs that node; "
+                             f"reserve_driver({node!r}) takes the ids a driver there would have")
         if node not in self.nodes or not self.nodes[node].alive:
             raise ValueError(f"cannot place a driver on {node!r}: no such live node (live: {self.alive_nodes()[:8]})")
         if job_id is None:
             job_id = self.next_job
             self.next_job += 1
-        address = name or f"driver:{job_id}:{len(self.drivers)}"
+        address = name or f"driver:{job_id}:{self._drivers_made}"
+        self._drivers_made += 1
         d = SimDriver(self, address, node, job_id)
         if cpu:
             d.call_cost = self.costs.client_call
         self.drivers[address] = d
         return d
+
+    def reserve_driver(self, node: str) -> str:
+        """The ids (job, address) that ``driver(node)`` would take, for a
+        ``node`` another partition runs (``machines``): taken here too, so
+        that every later id agrees across partitions, and the address is a
+        stand-in that messages can be sent to.  Returns the address."""
+        if node not in self.remote:
+            raise ValueError(f"reserve_driver is for a node another partition runs; {node!r} is "
+                             f"{'run here: use driver()' if node in self.nodes else 'no node of this cluster'}")
+        job_id = self.next_job
+        self.next_job += 1
+        address = f"driver:{job_id}:{self._drivers_made}"
+        self._drivers_made += 1
+        self.remote[address] = self.kernel.add_remote(address, colocated_with=node, kind="driver")
+        return address
 
     # ------------------------------------------------------------------ failures
     def crash_node(self, address: str, restart_after: float | None = None) -> bool:

@@ -631,3 +631,33 @@ class Client(_Endpoint):
             else:
                 self.mailbox.append(m)
 
+
+
+class Remote:
+    """An address whose machine another partition runs (``penumbra.sim.
+    partition``): placed on the network, so sends to it find a link and
+    leave through the window exchange, but never run here.
+
+    Why not a disowned ``Host``: a machine built only to sit idle cost as
+    much memory as a running one (a node with its scheduler, store and GCS
+    client), so every partition held the whole cluster; stand-ins let
+    memory per process fall with the number of partitions."""
+
+    __slots__ = ("address", "kind", "links", "pending")
+    alive = True
+    epoch = 0
+    crashed_at = float("-inf")
+
+    def __init__(self, address: str, kind: str) -> None:
+        self.address = address
+        self.kind = kind
+        self.links: dict = {}
+        self.pending: dict = {}
+
+    def _on_net(self, item: tuple) -> None:
+        raise RuntimeError(f"a batch for {self.address!r} was queued in a partition that does not run it; "
+                           f"between machines, a partitioned run's network must capture every batch "
+                           f"(network.capture) for the window exchange")
+
+    def __repr__(self) -> str:
+        return f"<Remote {self.address}>"

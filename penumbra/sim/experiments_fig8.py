@@ -45,9 +45,11 @@ __all__ = [
 
 
 def scalability_cluster(n: int, costs: CostModel, seed: int, *, cpus: int = 16, trace: Any = "type",
-                        heartbeat: float = 0.1, start: bool = True) -> SimCluster:
+                        heartbeat: float = 0.1, start: bool = True,
+                        machines: Callable[[str], bool] | None = None) -> SimCluster:
     """``n`` nodes of ``cpus`` CPUs, one GCS shard (chain of 1) per two nodes,
-    GCS heartbeats every 50 ms (the head hears from hundreds of replicas)."""
+    GCS heartbeats every 50 ms (the head hears from hundreds of replicas).
+    ``machines``: build only those (a partition's share, ``SimCluster``)."""
     layout = ClusterLayout(
         nodes=(NodeShape(ResourceSet.of(CPU=cpus)),) * n,
         gcs_shards=max(1, (n + 1) // 2),
@@ -56,7 +58,7 @@ def scalability_cluster(n: int, costs: CostModel, seed: int, *, cpus: int = 16, 
         heartbeat_interval=heartbeat,
         node_timeout=max(1.0, 10 * heartbeat),
     )
-    return SimCluster(layout, costs=costs, seed=seed, trace=trace, start=start)
+    return SimCluster(layout, costs=costs, seed=seed, trace=trace, start=start, machines=machines)
 
 
 def run_scalability_point(n: int, costs: CostModel, seed: int, *, warm_tasks: float = 40, measure_tasks: float = 80,

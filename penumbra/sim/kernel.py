@@ -106,7 +106,7 @@ import simpy
 from penumbra.core.messages import Event, Log, Message
 
 from .costs import ZERO, CostModel
-from .endpoints import Client, Host, _Endpoint
+from .endpoints import Client, Host, Remote, _Endpoint
 from .eventqueue import _NORMAL, _URGENT, _Calendar, _Environment, _simpy_process
 from .network import Network
 from .trace import Trace
@@ -327,6 +327,17 @@ class SimKernel:
         self.clients[address] = c
         self.endpoints[address] = c
         return c
+
+    def add_remote(self, address: str, *, rack: Any = 0, colocated_with: str | None = None,
+                   kind: str | None = None) -> Remote:
+        """An address whose machine another partition of a partitioned run
+        runs (``endpoints.Remote``): placed on the network like a host (in
+        ``rack``) or a client (``colocated_with``), never run here."""
+        self._check_new(address)
+        ep = Remote(address, kind if kind is not None else address.split(":", 1)[0])
+        self.network.place(address, rack, colocated_with)
+        self.endpoints[address] = ep
+        return ep
 
     def remove_client(self, address: str) -> None:
         """Disconnect a client: messages to it are dropped from now on."""

@@ -79,6 +79,7 @@ __all__ = ["Network", "SizeModel", "FaultRule", "LOOPBACK", "INTRA_RACK", "INTER
 
 LOOPBACK, INTRA_RACK, INTER_RACK = 0, 1, 2
 _LEVEL_NAMES = ("loopback", "intra_rack", "inter_rack")
+_SWEEP_MIN = 50_000  # links made between two sweeps of the idle ones, at least
 
 
 # What the network uses of the kernel and its endpoints.  Protocols, not
@@ -251,6 +252,10 @@ class Network:
         self.capture: list | None = None
         self.captured_links: list[Link] = []
         self._eid: Any = None
+        # idle control links are forgotten now and then (``_sweep_links``)
+        self._links_made = 0
+        self._sweep_at = _SWEEP_MIN
+        self.links_forgotten = 0
 
     @classmethod
     def from_costs(cls, costs: CostModel, **kw: Any) -> Network:
@@ -355,7 +360,41 @@ class Network:
                 bw = bw if o[1] is None else o[1]
         link = Link(src, dst, sm, dm, lat, bw, lv, dst_ep)
         self._out[src][dst] = link
+        self._links_made += 1
+        if self._links_made >= self._sweep_at:
+            self._sweep_links()
         return link
+
+    def _sweep_links(self) -> None:
+        """Forget the control links that hold nothing a new one would not.
+
+        A link carries state only while something is on it: ``free_at``
+        (its last byte still leaving) and ``last`` (a batch not delivered
+        yet, which a batch sent at the same instant may ride along with).
+        An idle one -- ``free_at`` past, ``last`` arrived -- acts exactly as
+        the one ``_new_link`` makes the next time the pair talks (the same
+        latency, bandwidth and endpoint; ``max(depart, free_at)`` is
+        ``depart`` either way).  Kept, they were one per (node, GCS shard)
+        pair ever in touch: ~130 bytes each, millions at 10,000 nodes over
+        5,000 shards.  Swept when as many links were made since the last
+        sweep as were kept then (at least ``_SWEEP_MIN``): amortised, a link
+        is looked at a few times in its life."""
+        now = self._env._now
+        kept = 0
+        endpoints = self.kernel.endpoints
+        out = self._out
+        for src, links in out.items():
+            busy = {d: l for d, l in links.items()
+                    if l.free_at > now or (l.last is not None and l.last[0] >= now)}
+            kept += len(busy)
+            if len(busy) < len(links):
+                self.links_forgotten += len(links) - len(busy)
+                out[src] = busy
+                ep = endpoints.get(src)
+                if ep is not None and ep.links is links:
+                    ep.links = busy
+        self._links_made = 0
+        self._sweep_at = max(_SWEEP_MIN, kept)
 
     # ------------------------------------------------------------------
     # partitions

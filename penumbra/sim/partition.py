@@ -4,10 +4,12 @@ Theory of operation
 -------------------
 The virtual cluster's *machines* (the head, each GCS replica, each node with
 the drivers and workers on it) are dealt out over ``partitions`` worker
-processes.  Every worker builds the whole cluster from the same ``SimSpec``
-(so ids, job numbers and addresses agree everywhere) and then *disowns* the
-endpoints of the machines it does not run: their queued work goes stale
-(their epoch moves on) and they never run.
+processes.  Every worker builds the cluster from the same ``SimSpec``, but
+only its own machines (``SimCluster(machines=...)``): the others are
+stand-ins placed on the network (``kernel.add_remote``), which messages can
+be sent to and which never run, and the workload takes the same ids for
+them (``cluster.reserve_driver``), so ids, job numbers and addresses agree
+everywhere while memory per process falls with the number of partitions.
 
 The workers advance in lockstep windows of simulated time no longer than
 the network's smallest latency between two machines (``W``)::
@@ -41,8 +43,6 @@ a run with ``partitions=1`` is the reference.
 **Scope.**  Fault-free runs: crashes, network partitions and per-message
 fault rules act on one process's view and are refused (``PartitionError``).
 The per-host RNG rule holds (machines draw from ``kernel.derive_rng``).
-Each worker still builds every machine; idle, disowned ones cost memory but
-no time.
 
 **Processes.**  ``processes=True`` (default): partition 0 runs in the
 calling process, each other one in a local child process
@@ -139,6 +139,10 @@ class PartitionedResult:
     runner: str = "processes"    # where the partitions ran: "here", "processes" or "actors on <where>"
     build_wall_s: float = 0.0    # wall time to build and boot every partition, before the first window
     windows_wall_s: float = 0.0  # wall time of all the windows (the part partition_cpu_s is spent in)
+    # each partition's machines built (hosts), and its process's peak memory
+    # (MiB; with processes=False, every partition reports this one process)
+    partition_hosts: list[int] = dataclasses.field(default_factory=list)
+    partition_peak_rss_mb: list[float] = dataclasses.field(default_factory=list)
 
 
 class _Local:
@@ -265,10 +269,15 @@ def run_partitioned(spec: SimSpec, partitions: int, until: float, *, window: flo
             workers = cluster.partitions(spec, partitions)  # type: ignore[assignment]
         else:
             # Partition 0 runs here, in the coordinator (one process fewer to
-            # schedule and to wake each window); the others in child processes.
+            # schedule and to wake each window); the others in child
+            # processes, forked first: forked after partition 0 was built,
+            # each would carry a copy-on-write image of it.
             runner = "processes" if processes else "here"
-            for i in range(partitions):
-                workers.append(_Remote(ctx, spec, i, partitions) if processes and i else _Local(spec, i, partitions))
+            made: dict[int, Any] = {}
+            for i in [*range(1, partitions), 0]:
+                made[i] = _Remote(ctx, spec, i, partitions) if processes and i else _Local(spec, i, partitions)
+                workers.append(made[i])
+            workers = [made[i] for i in range(partitions)]
         lat = min(w.start() for w in workers)
         w_first = time.perf_counter()
         build_wall = w_first - w0
@@ -337,6 +346,8 @@ def run_partitioned(spec: SimSpec, partitions: int, until: float, *, window: flo
         tasks_finished=sum(r["tasks_finished"] for r in results), events=sum(r["events"] for r in results),
         wall_s=time.perf_counter() - w0, workload_wall_s=w_end - (w_setup or w_end), exchange_s=ex, exchanged_batches=batches,
         partition_cpu_s=[r["cpu_s"] for r in results], digests=digests, marks=counted, runner=runner,
+        partition_hosts=[r.get("hosts", 0) for r in results],
+        partition_peak_rss_mb=[r.get("peak_rss_mb", 0.0) for r in results],
         build_wall_s=build_wall, windows_wall_s=w_end - w_first)
 
 

@@ -9,9 +9,9 @@ process, this process, or an actor on a cluster (``partition_actors``):
   not depend on how addresses are dealt out;
 * ``SimSpec`` (and ``ScalabilitySpec``, Figure 8b's workload): what to
   build, the same in every partition;
-* ``_Partition``: a whole cluster that runs its share of the machines and
-  advances one window at a time, returning the batches it sent to the
-  others.
+* ``_Partition``: a cluster of its share of the machines (the others are
+  stand-ins) that advances one window at a time, returning the batches it
+  sent to the others.
 """
 
 from __future__ import annotations
@@ -22,6 +22,10 @@ import io
 import pickle
 from collections.abc import Callable
 from typing import Any
+
+from msgspec.structs import replace as replace_struct
+
+from penumbra.core.messages import NodeWelcome
 
 from .trace import Trace
 
@@ -113,16 +117,19 @@ class SimSpec:
     """What a partitioned run simulates.  Picklable (it goes to every
     worker); each method must act the same in every worker.
 
-    ``build(trace)``: a ``SimCluster`` made with ``start=False`` and
-    ``trace=trace``.  ``setup(cluster, owned)``: at ``setup_at`` seconds of
-    simulated time, in every worker: create what the workload needs for
-    every node (ids must agree), and start it only where ``owned(address)``.
+    ``build(trace, machines)``: a ``SimCluster`` made with ``start=False``,
+    ``trace=trace`` and ``machines=machines`` (it builds only this
+    partition's machines; the others are stand-ins).  ``setup(cluster,
+    owned)``: at ``setup_at`` seconds of simulated time, in every worker:
+    create what the workload needs on the nodes ``owned(address)`` says are
+    this partition's, and take the same ids for the others
+    (``cluster.reserve_driver``), so that ids agree everywhere.
     """
 
     setup_at: float = 0.0
     trace_fields: str = "key"  # what a trace record holds (see ``Trace``)
 
-    def build(self, trace: Trace) -> Any:  # pragma: no cover - interface
+    def build(self, trace: Trace, machines: Callable[[str], bool] | None = None) -> Any:  # pragma: no cover
         raise NotImplementedError
 
     def setup(self, cluster: Any, owned: Callable[[str], bool]) -> None:  # pragma: no cover
@@ -143,21 +150,22 @@ class ScalabilitySpec(SimSpec):
     setup_at: float = 0.5
     trace_fields: str = "type"  # as experiments_fig8.scalability_cluster
 
-    def build(self, trace: Trace) -> Any:
+    def build(self, trace: Trace, machines: Callable[[str], bool] | None = None) -> Any:
         from .experiments_fig8 import scalability_cluster
         from .experiments_results import preset_costs
 
         c = scalability_cluster(self.nodes, preset_costs(self.preset), self.seed, cpus=self.cpus,
-                                trace=trace, start=False)
+                                trace=trace, start=False, machines=machines)
         return c
 
     def setup(self, cluster: Any, owned: Callable[[str], bool]) -> None:
         from .workloads import ClosedLoop
 
-        for a in list(cluster.nodes):
-            d = cluster.driver(a)  # in every worker: job ids agree
+        for a in cluster.node_addresses:
             if owned(a):
-                ClosedLoop(d, window=self.window, batch=self.batch).start()
+                ClosedLoop(cluster.driver(a), window=self.window, batch=self.batch).start()
+            else:
+                cluster.reserve_driver(a)  # its ids, as the partition that runs it takes them
 
 
 # ===========================================================================
@@ -174,43 +182,50 @@ class _Standin:
 _STANDIN = _Standin()
 
 
-def _deal(cluster: Any, partitions: int) -> dict[str, int]:
-    """machine -> partition: the head in 0; replicas and nodes round-robin
-    (in build order, the same in every worker)."""
-    net = cluster.kernel.network
-    out = {net.machine_of("head"): 0}
-    for i, r in enumerate(cluster.replicas):
-        out[net.machine_of(r)] = i % partitions
-    for i, a in enumerate(cluster.nodes):
-        out[net.machine_of(a)] = (i + len(cluster.replicas)) % partitions
-    return out
-
-
 class _Partition:
-    """Partition ``index`` of ``count``: a whole cluster, running its share."""
+    """Partition ``index`` of ``count``: a cluster that builds and runs its
+    share of the machines; the others are stand-ins (``SimCluster``'s
+    ``machines``), so memory per process falls with the partition count."""
 
     def __init__(self, spec: SimSpec, index: int, count: int) -> None:
         self.spec, self.index, self.count = spec, index, count
         self.trace = PartitionTrace(spec.trace_fields)
-        c = self.cluster = spec.build(self.trace)
+        self.part_of: dict[str, int] = {}  # machine -> partition (see _deal)
+        c = self.cluster = spec.build(self.trace, self._deal)
         if c._started:
             raise PartitionError("SimSpec.build must make the cluster with start=False "
                                  "(a partitioned run disowns machines before they boot)")
+        if not self.part_of:
+            raise PartitionError("SimSpec.build must pass machines= on to the SimCluster it makes "
+                                 "(each partition builds only its own machines)")
         self.net = c.kernel.network
-        self.part_of = _deal(c, count)
         c.start()
         self._disown()
         self.net.capture = []
         self.setup_done = False
         self._mine: list = []  # batches between this partition's own machines, for the next window
+        self._configs: tuple | None = None  # the GCS shards' configs last welcomed with (_share)
+
+    def _deal(self, machine: str) -> bool:
+        """Is ``machine`` ours?  Asked once per machine, in build order, the
+        same in every worker: the head goes to partition 0, the GCS replicas
+        and then the nodes round-robin."""
+        i = len(self.part_of)
+        if i == 0 and machine != "head":
+            raise PartitionError(f"the cluster's first machine must be the head, got {machine!r}")
+        p = self.part_of[machine] = 0 if i == 0 else (i - 1) % self.count
+        return p == self.index
 
     def owned(self, address: str) -> bool:
         m = self.net.machine_of(address)
         return self.part_of.get(m, 0) == self.index
 
     def _disown(self) -> None:
+        # (the other partitions' machines are stand-ins, never run; what
+        # the workload makes for them is disowned, should it make any)
+        remote = self.cluster.remote
         for a, ep in self.cluster.kernel.endpoints.items():
-            if not self.owned(a) and not getattr(ep, "_disowned", False):
+            if a not in remote and not self.owned(a) and not getattr(ep, "_disowned", False):
                 ep.epoch += 1  # what is queued for it goes stale
                 self.cluster.kernel._epoch_bumps += 1
                 ep._disowned = True
@@ -259,7 +274,9 @@ class _Partition:
         self._mine = []
         for ch in chunks:
             if ch:
-                inbound += pickle.loads(ch) if isinstance(ch, bytes) else ch
+                got = pickle.loads(ch) if isinstance(ch, bytes) else ch
+                self._share(got)
+                inbound += got
         if not inbound:
             return
         k = self.cluster.kernel
@@ -272,6 +289,28 @@ class _Partition:
         for arrival, dst, src, msgs, depart in inbound:
             ep = eps[dst]
             push((arrival, 1, next(eid), ep._on_net, msgs, ep.epoch, _STANDIN, 0, depart, None))
+
+    def _share(self, batches: list) -> None:
+        """Batches from another process are copies, each with its own copy
+        of every value in it.  One value that must not be: the tuple of
+        every GCS shard's config in a ``NodeWelcome``, which the node's GCS
+        client keeps as it is (copy on write).  In one process every node
+        shares the head's one tuple; welcomed from another partition, each
+        node kept its own -- 5,000 configs a node at 10,000 nodes, ~3.6 GB
+        in the partition without the head.  So an equal tuple is replaced
+        by the one this partition already has.  Nothing else changes: the
+        values are equal, and the trace pickles records without a memo."""
+        for b in batches:
+            msgs = b[3]
+            for i, m in enumerate(msgs):
+                if m.__class__ is NodeWelcome:
+                    have = self._configs
+                    if m.configs is have:
+                        continue
+                    if have is not None and m.configs == have:
+                        msgs[i] = replace_struct(m, configs=have)
+                    else:
+                        self._configs = m.configs
 
     def _collect(self) -> list[list]:
         net = self.net
@@ -297,7 +336,18 @@ class _Partition:
             "tasks_finished": self.finished(),
             "events": sum(h.handled for a, h in hosts.items() if self.owned(a)),
             "now": c.now,
+            "hosts": len(hosts),
+            "peak_rss_mb": _peak_rss_mb(),
         }
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MiB (0: unknown here)."""
+    try:
+        import resource
+    except ImportError:  # (not POSIX)
+        return 0.0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _first_arrival(out: list[list]) -> float:

@@ -13,6 +13,7 @@ from ..core import gcs_client as GC
 from ..core import records as R
 from ..core import tables as T
 from ..core.messages import GcsReply, Send
+from ..core.tables_state import index_add
 from .planting import patch, handler
 
 
@@ -58,9 +59,7 @@ def gcs_no_dedup():
     orig = G._HANDLERS[GcsWrite]
 
     def _on_write(self, ev, now):
-        seen = self.dedup.get(ev.client)
-        if seen is not None:
-            seen.pop(ev.req_id, None)  # BUG: a retried write is applied again
+        self.dedup.forget(ev.client, ev.req_id)  # BUG: a retried write is applied again
         self.floors.pop(ev.client, None)
         return orig(self, ev, now)
 
@@ -144,22 +143,12 @@ def low_water_own_request():
 def dedup_trim_off_by_one():
     def _apply(self, seq, client, req_id, op, low_water):
         result, changes = self.tables.apply(op)
-        seen = self.dedup.get(client)
-        if seen is None:
-            seen = self.dedup[client] = {}
-        seen[req_id] = (seq, result)
+        # BUG: the low-water request itself is forgotten, though it is still
+        # outstanding (DedupTable.remember keeps every id >= low_water)
+        self.dedup.remember(client, req_id, seq, result, low_water + 1 if low_water else 0)
         floors = self.floors
         if low_water > floors.get(client, 0):
             floors[client] = low_water
-        if low_water:
-            while seen:
-                first = next(iter(seen))
-                if first > low_water:  # BUG: should be >=: the low-water request itself is still outstanding
-                    break
-                del seen[first]
-            if len(seen) > 4096:
-                for r in [r for r in seen if r < low_water]:
-                    del seen[r]
         entry = G._Entry(seq, client, req_id, op, low_water, result, changes)
         if isinstance(op, T.Subscribe):
             if op.key is not None:
@@ -179,7 +168,7 @@ def task_index_never_shrinks():
         # BUG: only adds; a task that finishes (or moves) stays listed under
         # its old node, so TasksOnNode of a dead node returns finished tasks
         if new.state is T.TaskState.PENDING and new.node:
-            self._tasks_by_node.setdefault(new.node, set()).add(tid)
+            index_add(self._tasks_by_node, new.node, tid)
 
     return patch(T.Tables, "_index_task", _index_task)
 

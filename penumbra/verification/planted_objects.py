@@ -41,7 +41,7 @@ def fetching_waiters_told_located():
             # told the object is ready as soon as its location is known
             untold = [t for t in w.waiters if t not in w.located_told]
             if untold:
-                w.located_told.update(untold)
+                w.located_told = {*w.located_told, *untold}
                 cmds += self.on_located(w.oid, e, untold, now, sid)
         return cmds + orig(self, w, now, sid)
 

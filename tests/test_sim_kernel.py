@@ -892,3 +892,82 @@ def test_gc_paused_leaves_the_collector_on_and_frees_cycles_eventually():
         assert K._gc_state["grown"] == 0 and K._gc_state["live"] > 0
     finally:
         K._gc_state.update(saved)
+
+
+# ---------------------------------------------------------------------------
+# the fast paths a run takes while nobody crashed (kernel._epoch_bumps == 0)
+
+
+def _bouncing(seed: int, checked: bool, bandwidth: float = 0.0) -> tuple[str, dict, int]:
+    """``_random_run``'s bouncers on a clean network (every batch takes the
+    fast path), optionally forced onto the checked path (the one a run takes
+    once anything crashed): both must deliver the same thing in the same order."""
+    trace = Trace()
+    k = SimKernel(seed=seed, network=net(lat=(1e-6, 1e-4, 5e-4), bw=(0.0, bandwidth, bandwidth)),
+                  costs=PAPER, trace=trace)
+    if checked:
+        k._epoch_bumps = 1
+    n = 12
+
+    class Bouncer:
+        def __init__(self, rng):
+            self.rng = rng
+
+        def handle(self, ev, now):
+            if isinstance(ev, Ping) and ev.n < 60:
+                return [Send(to=f"h:{self.rng.randrange(n)}", msg=Ping(n=ev.n + 1)),
+                        Send(to=f"h:{self.rng.randrange(n)}", msg=Ping(n=ev.n + 1))]
+            return []
+
+    for i in range(n):
+        k.add_host(f"h:{i}", Bouncer(k.derive_rng(f"h:{i}")), rack=i // 4, kind="node")
+    c = k.add_client("c", colocated_with="h:0")
+    for i in range(n):
+        c.send(f"h:{i}", Ping(n=i % 3))
+    k.run(until=0.2)
+    return trace.hexdigest(), k.stats(), k.network.batches
+
+
+@pytest.mark.parametrize("bandwidth", [0.0, 1e9])
+def test_first_life_fast_path_delivers_as_the_checked_path(bandwidth):
+    fast = _bouncing(3, checked=False, bandwidth=bandwidth)
+    assert fast[1]["events_handled"] > 1000
+    assert fast == _bouncing(3, checked=True, bandwidth=bandwidth)
+
+
+def test_epoch_bumps_count_crashes_restarts_and_revivals():
+    k = SimKernel(network=net())
+    k.add_host("a", Recorder())
+    b = k.add_host("b", Recorder())
+    k.add_client("c")
+    assert k._epoch_bumps == 0
+    k.crash("b")
+    k.restart("b", Recorder())
+    k.remove_client("c")
+    k.add_client("c")
+    assert k._epoch_bumps == 4
+    # and once anything crashed, a batch to a dead host is still dropped
+    k.crash("b")
+    k.send("a", "b", Ping(n=1))
+    k.run(until=1)
+    assert k.network.stats["to_dead"] == 1 and b.machine is None
+
+
+def test_hosts_of_one_kind_share_costs_and_a_slowdown_is_its_own():
+    costs = ZERO.with_(handle={"node": 0.25})
+    k = SimKernel(network=net(), costs=costs)
+    a = k.add_host("node:a", Recorder())
+    b = k.add_host("node:b", Recorder())
+    c = k.add_host("node:c", Recorder(), cost=0.125)  # an override keeps its own
+    assert a._costs is b._costs and c._costs is not a._costs
+    k.slow("node:a", 2.0)
+    assert a._costs is not b._costs
+    for h in ("node:a", "node:b", "node:c"):
+        k.inject(h, Ping(n=1))
+        k.inject(h, Ping(n=2))
+    k.run(until=10)
+    assert a.machine.times() == [0.0, 0.5]
+    assert b.machine.times() == [0.0, 0.25]
+    assert c.machine.times() == [0.0, 0.125]
+    k.slow("node:a", 1.0)  # restored: back on the kind's table
+    assert a._costs is b._costs

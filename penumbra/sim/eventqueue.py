@@ -38,7 +38,7 @@ _URGENT = 0  # simpy.events.URGENT
 # so tuples never compare beyond their third element.  The kernel's
 # environment subclass teaches ``env.step`` (and so ``env.run``) about them.
 #
-#   network batch: (t, 1, eid, dst._on_net, msgs, dst_epoch, src, src_epoch, depart)
+#   network batch: (t, 1, eid, dst._on_net, msgs, dst_epoch, src, src_epoch, depart, link|None)
 #   local events:  (t, 1, eid, dst._on_local, events, dst_epoch)
 #   host wake-up:  (t, 1, eid, host._on_wake, epoch)
 #   callback:      (t, 1, eid, kernel._on_call, fn, args, owner|None, owner_epoch)

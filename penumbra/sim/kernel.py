@@ -238,6 +238,15 @@ class SimKernel:
         self.hosts: dict[str, Host] = {}
         self.clients: dict[str, Client] = {}
         self.endpoints: dict[str, _Endpoint] = {}
+        # How often any endpoint's epoch changed (crash, restart, revival).
+        # While it is 0 every endpoint is alive in its first incarnation
+        # (epoch 0), so the network and the hosts need not look at a batch's
+        # sender or receiver to check its epoch: at 1,000 nodes those are
+        # cache misses, one per batch (see ``Network.transmit``).
+        self._epoch_bumps = 0
+        # per-type CPU costs, shared by the hosts of one kind and slowdown
+        # (``Host._costs``): one small dict stays in the cache, not one a host
+        self._cost_tables: dict[tuple[str, float], dict[type, float]] = {}
         self.handlers: dict[type, Callable] = {}
         self.on_crash: list[Callable[[SimKernel, str], Any]] = []
         self.on_restart: list[Callable[[SimKernel, str], Any]] = []
@@ -309,6 +318,7 @@ class SimKernel:
         if old is not None and not old.alive:
             old.alive = True
             old.epoch += 1
+            self._epoch_bumps += 1
             old.on_message = on_message
             return old
         self._check_new(address)
@@ -419,6 +429,7 @@ class SimKernel:
         now = self.env.now
         ep.alive = False
         ep.epoch += 1
+        self._epoch_bumps += 1
         ep.crashed_at = now
         ep.pending = {}
         ep.paused_until = float("-inf")
@@ -460,6 +471,7 @@ class SimKernel:
         ep.now = now
         ep.alive = True
         ep.epoch += 1  # anything addressed to the dead incarnation stays lost
+        self._epoch_bumps += 1
         if self.trace is not None:
             self.trace.note(now, address, f"restart {type(machine).__name__}")
         for hook in self.on_restart:
@@ -565,15 +577,15 @@ class SimKernel:
                     if times:
                         t = times[0]
                         b = buckets[t]
-                        if b.__class__ is tuple:
-                            if other and other[0] < b:
-                                item = heappop(other)
-                            else:
-                                item = b
-                                heappop(times)
-                                del buckets[t]
-                        elif other and other[0] < b[0]:
+                        if other and other[0][0] <= t and other[0] < (b if b.__class__ is tuple else b[0]):
+                            # (whole entries compared only when the other
+                            # heap's first -- a run horizon, a SimPy URGENT
+                            # event -- is due no later than this bucket)
                             item = heappop(other)
+                        elif b.__class__ is tuple:
+                            item = b
+                            heappop(times)
+                            del buckets[t]
                         else:
                             item = b.popleft()
                             if not b:
@@ -593,15 +605,15 @@ class SimKernel:
                 if times:
                     t = times[0]
                     b = buckets[t]
-                    if b.__class__ is tuple:
-                        if other and other[0] < b:
-                            item = heappop(other)
-                        else:
-                            item = b
-                            heappop(times)
-                            del buckets[t]
-                    elif other and other[0] < b[0]:
+                    if other and other[0][0] <= t and other[0] < (b if b.__class__ is tuple else b[0]):
+                        # (whole entries compared only when the other
+                        # heap's first -- a run horizon, a SimPy URGENT
+                        # event -- is due no later than this bucket)
                         item = heappop(other)
+                    elif b.__class__ is tuple:
+                        item = b
+                        heappop(times)
+                        del buckets[t]
                     else:
                         item = b.popleft()
                         if not b:

@@ -227,6 +227,7 @@ class _Partition:
         for a, ep in self.cluster.kernel.endpoints.items():
             if a not in remote and not self.owned(a) and not getattr(ep, "_disowned", False):
                 ep.epoch += 1  # what is queued for it goes stale
+                self.cluster.kernel._epoch_bumps += 1
                 ep._disowned = True
                 if hasattr(ep, "pending"):
                     ep.pending = {}
@@ -287,7 +288,7 @@ class _Partition:
                                  f"partition's time {k.now!r}: the window is longer than a latency")
         for arrival, dst, src, msgs, depart in inbound:
             ep = eps[dst]
-            push((arrival, 1, next(eid), ep._on_net, msgs, ep.epoch, _STANDIN, 0, depart))
+            push((arrival, 1, next(eid), ep._on_net, msgs, ep.epoch, _STANDIN, 0, depart, None))
 
     def _share(self, batches: list) -> None:
         """Batches from another process are copies, each with its own copy

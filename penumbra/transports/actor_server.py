@@ -19,11 +19,13 @@ whose commands this module carries out:
   the call (``DirectSender``: no hop to the trio thread for a lone reply);
 * ``Interrupt``: ``penumbra.cancel`` of a running call, as the node's
   ``Interrupt`` does;
-* ``Report``: what ran, to the node (``DirectCallsRan``), after the reply
-  and batched: a lone report is written from the running thread, a burst
-  goes out as one message from the trio thread.  Outputs in the
+* ``ReportRan``: what ran, to the node (``DirectCallsRan``; the inbox
+  batches them, off the critical path, except that outputs in the
   shared-memory store are reported *before* the reply that names them, so
-  the caller's node can find them.
+  the caller's node can find them);
+* ``EndActor``: the actor ends itself (``exit_actor()``,
+  ``__ray_terminate__``): ``KillActor(exiting=...)`` to the node;
+* ``SetTimer``: the inbox's batching timer, on the trio thread.
 
 The inbox is used under one lock, from the trio thread (calls, cancels)
 and from the threads running calls (their ends).
@@ -37,22 +39,19 @@ import threading
 import time
 from typing import Any
 
-from ..core.actor_inbox import ActorInbox, Interrupt, Reply, Report, Run
-from ..core.msg_direct import ActorEndpoint, DirectCall, DirectCallsRan, DirectCancel, DirectFloor, DirectOutput, DirectRan
+import trio
+
+from ..core.actor_inbox import ActorInbox, EndActor, Interrupt, Reply, ReportRan, Run
+from ..core.messages import KillActor, SetTimer
+from ..core.msg_direct import ActorEndpoint, DirectCall, DirectCallsRan, DirectCancel, DirectFloor, DirectOutput
 from . import protocol as P
 from .direct_links import endpoint_of
 from .direct_send import DirectSender
 from .wire import ConnectionClosed, serve_tcp, serve_unix
 
-__all__ = ["ActorServer", "direct_calls_enabled"]
+__all__ = ["ActorServer"]
 
 logger = logging.getLogger("penumbra")
-
-
-def direct_calls_enabled() -> bool:
-    """The switch: ``PENUMBRA_DIRECT_CALLS=0`` turns direct actor calls off
-    (every call takes the routed path through the nodes, as before)."""
-    return os.environ.get("PENUMBRA_DIRECT_CALLS", "1").strip() not in ("0", "false", "no", "off")
 
 
 class ActorServer:
@@ -73,10 +72,8 @@ class ActorServer:
         self.inbox = ActorInbox(spec.actor_id, incarnation, max(1, spec.max_concurrency))
         self.lock = threading.Lock()
         self.callers: dict[str, DirectSender] = {}  # caller id -> its connection's send side
-        self.running: dict = {}  # task id -> (spec, attempt, started)
+        self.running: dict = {}  # task id -> spec, of the direct calls running here
         self.endpoint = ""
-        self._reports: list[DirectRan] = []
-        self._report_lock = threading.Lock()
         self.calls = 0  # calls received (for tests and benchmarks)
 
     # ---------------------------------------------------------------- starting
@@ -112,11 +109,12 @@ class ActorServer:
                         mine.add(caller)
                         self.callers[caller] = sender
                     with self.lock:
-                        self._carry(self.inbox.call(item))
+                        self._carry(self.inbox.call(item, time.monotonic()))
                 elif t is DirectCancel or t is DirectFloor:
                     self.callers.setdefault(item.caller_id, sender)
                     with self.lock:
-                        self._carry(self.inbox.cancel(item) if t is DirectCancel else self.inbox.floor(item))
+                        inbox = self.inbox
+                        self._carry((inbox.cancel if t is DirectCancel else inbox.floor)(item, time.monotonic()))
         except ConnectionClosed:
             pass
         finally:
@@ -139,60 +137,79 @@ class ActorServer:
                         s.send(c.reply)
                     except RuntimeError:  # the loop stopped: this worker is exiting
                         pass
+            elif t is ReportRan:
+                self._report(c.entries)
+            elif t is SetTimer:
+                self._set_timer(c.at, c.key)
             elif t is Interrupt:
                 self.worker.interrupt(c.task_id)
-            elif t is Report:
-                self._report(c.entries)
+            elif t is EndActor:
+                rt = self.rt
+                rt._deliver(KillActor(client=rt.client_id, actor_id=self.actor_id, no_restart=True,
+                                      exiting=c.task_id))
 
     def _start(self, spec, attempt: int) -> None:
-        self.running[spec.task_id] = (spec, attempt, time.perf_counter())
+        self.running[spec.task_id] = spec
         self.worker.run_direct(P.Run(spec, attempt, None, None, self.gpu_ids))
+
+    def _set_timer(self, at: float, key) -> None:
+        async def fire() -> None:
+            await trio.sleep(max(0.0, at - time.monotonic()))
+            with self.lock:
+                self._carry(self.inbox.timer(key, time.monotonic()))
+
+        try:
+            self.rt.bridge.start_soon(fire)
+        except RuntimeError:  # the loop stopped: this worker is exiting
+            pass
+
+    def owns(self, task_id) -> bool:
+        """Is ``task_id`` a direct call running here?"""
+        return task_id in self.running
+
+    def exiting(self, task_id) -> bool:
+        """Direct call ``task_id`` called ``exit_actor()``: the inbox ends the
+        actor once the calls running with it are over (``EndActor``).
+        False: not a direct call (the routed path's rule applies)."""
+        if task_id not in self.running:
+            return False
+        with self.lock:
+            self._carry(self.inbox.exit(task_id, time.monotonic()))
+        return True
 
     # ---------------------------------------------------------------- finishing (the running thread)
     def finish(self, item: "P.Ran | P.Raised") -> bool:
         """The worker finished task ``item.task_id``: if it was a direct
         call, tell the inbox (which replies and reports) and return True."""
-        got = self.running.pop(item.task_id, None)
-        if got is None:
+        tid = item.task_id
+        if self.running.pop(tid, None) is None:
             return False
-        spec, attempt, _ = got
         span = (item.ended - item.duration, item.ended) if item.ended else None
-        if type(item) is P.Ran:
-            node = self.rt.node_id
-            outs = tuple(DirectOutput(oid, size, data, "" if data is not None else node)
-                         for oid, size, data in item.outputs)
-            ran = DirectRan(spec, attempt, outs, None, item.duration, span)
-        else:
-            ran = DirectRan(spec, attempt, (), item.error, item.duration, span)
+        now = time.monotonic()
         with self.lock:
-            self._carry(self.inbox.finished(ran))
+            if type(item) is P.Ran:
+                node = self.rt.node_id
+                outs = tuple(DirectOutput(oid, size, data, "" if data is not None else node)
+                             for oid, size, data in item.outputs)
+                cmds = self.inbox.finished(tid, now, outs, None, item.duration, span)
+            else:
+                cmds = self.inbox.finished(tid, now, (), item.error, item.duration, span)
+            self._carry(cmds)
         return True
 
-    def _report(self, entries) -> None:
-        """Send ``entries`` to the node: now, from this thread, if any output
-        is in the store (the reply naming it must not overtake it) or the
-        report is a lone one; else batched on the trio thread."""
-        urgent = any(o.data is None for e in entries for o in e.outputs)
-        with self._report_lock:
-            first = not self._reports
-            self._reports.extend(entries)
-        if not first and not urgent:
-            return
-        rt = self.rt
-        if urgent or rt.sender.lone(DirectCallsRan):
-            self._flush_reports(rt._send)
-        else:
-            try:
-                rt.bridge.submit(self._flush_reports)
-            except RuntimeError:
-                pass
+    def flush(self) -> None:
+        """Report every call that ran (the worker is about to exit)."""
+        with self.lock:
+            self._carry(self.inbox.flush(time.monotonic()))
 
-    def _flush_reports(self, send=None) -> None:
+    def _report(self, entries) -> None:
+        """Send the node ``entries`` (from whichever thread: the node
+        channel keeps the order)."""
         rt = self.rt
-        send = send or rt._send_now
-        with self._report_lock:
-            entries, self._reports = self._reports, []
-        if entries:
-            msg = DirectCallsRan(worker_id=rt.client_id, actor_id=self.actor_id, incarnation=self.incarnation,
-                                 entries=tuple(entries))
-            send(P.Deliver(rt.node_id, msg, None, rt.client_id))
+        msg = DirectCallsRan(worker_id=rt.client_id, actor_id=self.actor_id, incarnation=self.incarnation,
+                             entries=tuple(entries))
+        item = P.Deliver(rt.node_id, msg, None, rt.client_id)
+        if rt.bridge.in_trio_thread():
+            rt._send_now(item)
+        else:
+            rt._send(item)

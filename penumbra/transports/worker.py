@@ -54,8 +54,9 @@ from ..core.records import ErrorInfo, ErrorKind
 from ..core.specs import TaskSpec
 from . import protocol as P
 from .bridge import TrioThread
-from .actor_server import ActorServer, direct_calls_enabled
+from .actor_server import ActorServer
 from .client import ClientRuntime
+from .direct_caller import direct_calls_enabled
 from .objectstore import decode_value, encode_value
 from .wire import connect_unix
 
@@ -179,6 +180,11 @@ class Worker:
         atask = self.async_calls.get(task_id)
         if atask is not None and self.loop is not None:
             self.loop.call_soon_threadsafe(atask.cancel)
+
+    def direct_exiting(self, task_id) -> bool:
+        """``exit_actor()`` in ``task_id``: if a direct call, its inbox ends
+        the actor (True); else the node does (the routed path)."""
+        return self.direct is not None and self.direct.exiting(task_id)
 
     def run_direct(self, run: P.Run) -> None:
         """A direct call the actor's inbox lets run now (transports/actor_server.py):
@@ -391,6 +397,8 @@ class Worker:
     def _crash(self, status: int) -> None:
         """End this worker now, as a crash, after what it printed is sent."""
         self._flush_output()
+        if self.direct is not None:
+            self.direct.flush()  # (what ran before is reported: its results stand)
         try:
             sent = self.rt.bridge.future()
             self.rt.bridge.submit(self.rt._flush)
@@ -462,6 +470,7 @@ def run_worker(cfg: dict, token: str, worker_id: str) -> None:
     rt.token = token
     worker = Worker(rt)
     worker.unix_path = cfg["unix_path"]
+    rt.exiting_hook = worker.direct_exiting
     rt.on_item = worker.on_item
     rt.task_cancelled = worker.cancelled.__contains__
     signal.signal(signal.SIGINT, worker.on_sigint)

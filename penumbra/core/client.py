@@ -88,7 +88,7 @@ from .messages import (
 
 __all__ = [
     "CONNECTED", "LOST", "SHUT_DOWN", "ClientMachine", "ConnectionLost", "ShutDown", "Resolve", "Report",
-    "TimedOut", "Fail", "INLINE_KEEP_BYTES", "LINGER_INLINE_BYTES",
+    "TimedOut", "Fail", "INLINE_KEEP_BYTES", "LINGER_INLINE_BYTES", "LOCAL_KEEP", "LOCAL_KEEP_BYTES",
 ]
 
 CONNECTED = "connected"
@@ -100,6 +100,14 @@ SHUT_DOWN = "shut down"
 # LINGER_INLINE_BYTES in all; past that, only the fact that they are ready.
 INLINE_KEEP_BYTES = 64 << 10
 LINGER_INLINE_BYTES = 64 << 20
+
+# The answered direct results kept (``local``): at most this many, and this
+# many inline bytes; past that the oldest go (a get of one asks the node,
+# which the actor's worker told).  Refs of call results are not counted
+# (only puts are), so without a bound a long loop of calls would keep
+# every result.
+LOCAL_KEEP = 100_000
+LOCAL_KEEP_BYTES = 64 << 20
 
 # ===========================================================================
 # Events (driver -> machine) and commands (machine -> driver)
@@ -251,6 +259,8 @@ class ClientMachine:
         # (ObjectInfo, attachment); and the watches waiting for them
         self.local: dict[ObjectId, tuple | None] = {}
         self.local_waiters: dict[ObjectId, list[_Watch]] = {}
+        self._answered: dict[ObjectId, int] = {}  # answered local results, oldest first -> inline bytes
+        self._answered_bytes = 0
 
     # ------------------------------------------------------------------ ids
     def next_id(self) -> int:
@@ -411,6 +421,10 @@ class ClientMachine:
                 self.duplicates += 1
                 continue
             local[oid] = r
+            att = r[1]
+            n = len(att[1]) if att is not None and att[0] == "i" else 0
+            self._answered[oid] = n
+            self._answered_bytes += n
             for w in self.local_waiters.pop(oid, ()):
                 if self.requests.get(w.rid) is not w or oid in w.results:
                     continue
@@ -424,14 +438,24 @@ class ClientMachine:
                                                                           stimulus_id=stimulus_id),
                                          stimulus_id=stimulus_id))
                     cmds.append(Resolve(waiter=w.waiter, value=w.results, stimulus_id=stimulus_id))
+        answered = self._answered
+        if len(answered) > LOCAL_KEEP or self._answered_bytes > LOCAL_KEEP_BYTES:
+            while answered and (len(answered) > LOCAL_KEEP or self._answered_bytes > LOCAL_KEEP_BYTES):
+                oid = next(iter(answered))
+                self._answered_bytes -= answered.pop(oid)
+                local.pop(oid, None)
         return cmds
 
     def forget_local(self, object_ids) -> None:
-        """These direct results are released: forget them (a later watch
-        of one asks the node)."""
+        """These direct results are released (or to be asked of the node):
+        forget them (a later watch of one asks the node)."""
         local = self.local
+        answered = self._answered
         for oid in object_ids:
             local.pop(oid, None)
+            n = answered.pop(oid, None)
+            if n is not None:
+                self._answered_bytes -= n
 
     # ------------------------------------------------------------------ giving up
     def give_up(self, rid: int, stimulus_id: str = "") -> list[Command]:

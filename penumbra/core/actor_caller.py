@@ -37,7 +37,8 @@ at every change; it is asked again after a lost connection), ``Resolved(spec,
 reply)`` and ``Failed(spec, error)`` (each unresolved call gets exactly one
 of the two, or ``Reroute``), ``Reroute(spec)`` (send this call the routed
 way, ``SubmitTask`` to the node: a ``replay=True`` actor, whose calls keep
-the routed path), and ``SetTimer(at, key)`` (deliver ``timer(key)`` then).
+the routed path), and ``SetTimer(at, key)`` (deliver ``timer(key)`` then; the key is
+``(RESEND_TIMER, actor_id)``).  Queries: ``owns(task_id)``, ``pending()``.
 
 Connections.  A lost connection does not fail calls: the worker may be
 alive (the link was cut) or dead (its row will say so).  The caller asks the

@@ -36,7 +36,9 @@ Commands: ``Run(spec, attempt)`` (run the call; ends with ``finished``),
 ``ReportRan(entries)`` (send ``DirectCallsRan`` to the node), ``EndActor(task_id,
 reason)`` (the actor ends itself: ``exit_actor()`` or ``__ray_terminate__``;
 every result before it is reported: tell the node, ``KillActor(exiting=task_id)``)
-and ``SetTimer(at, key)`` (deliver ``timer(key)`` then).
+and ``SetTimer(at, key)`` (deliver ``timer(key)`` then; the key is
+``(FLUSH_TIMER, incarnation)``).  Queries: ``running`` (task id -> call,
+the calls running now), ``running_count()``.
 
 Reports to the node are batched, off the critical path (``REPORT_BATCH``
 entries, or ``REPORT_DELAY`` after the first), except that a call with an

@@ -36,7 +36,9 @@ Commands: ``Run(spec, attempt)`` (run the call; ends with ``finished``),
 ``ReportRan(entries)`` (send ``DirectCallsRan`` to the node), ``EndActor(task_id,
 reason)`` (the actor ends itself: ``exit_actor()`` or ``__ray_terminate__``;
 every result before it is reported: tell the node, ``KillActor(exiting=task_id)``)
-and ``SetTimer(at, key)`` (deliver ``timer(key)`` then).
+and ``SetTimer(at, key)`` (deliver ``timer(key)`` then; the key is
+``(FLUSH_TIMER, incarnation)``).  Queries: ``running`` (task id -> call,
+the calls running now), ``running_count()``.
 
 Reports to the node are batched, off the critical path (``REPORT_BATCH``
 entries, or ``REPORT_DELAY`` after the first), except that a call with an
@@ -50,18 +52,28 @@ runs once every call before it ended, alone, and nothing runs after it.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from .actor_rules import _cancelled
 from .ids import ActorId, TaskId
-from .msg_base import Command
+from .msg_base import Command, SetTimer
 from .msg_direct import DirectCall, DirectCancel, DirectFloor, DirectOutput, DirectRan, DirectReply
 from .records import ErrorInfo
 from .specs import TaskSpec
 
-__all__ = ["ActorInbox", "Run", "Reply", "Interrupt", "ReportRan", "EndActor", "REPORT_BATCH", "REPORT_DELAY"]
+__all__ = ["ActorInbox", "Run", "Reply", "Interrupt", "ReportRan", "EndActor", "REPORT_BATCH", "REPORT_DELAY",
+           "FLUSH_TIMER", "TERMINATE_METHOD"]
 
 # a report to the node goes once this many calls ran, or this long
 # (seconds) after the first of them, whichever comes first
 REPORT_BATCH = 64
 REPORT_DELAY = 0.005
+FLUSH_TIMER = "inbox-flush"  # timer key: (FLUSH_TIMER, incarnation)
+# Ray's graceful end, queued like a call (the same name as core/actor_host.py's
+# TERMINATE_METHOD, which this module does not import: the worker's side
+# needs nothing else of the host's)
+TERMINATE_METHOD = "__ray_terminate__"
 
 
 # ===========================================================================
@@ -111,6 +123,16 @@ class EndActor(Command):
 # ===========================================================================
 
 
+@dataclass(slots=True)
+class _Call:
+    spec: TaskSpec
+    attempt: int
+    # penumbra.cancel: queued, it was answered TASK_CANCELLED at once and
+    # stays queued only to keep its caller's order; running, its result
+    # becomes TASK_CANCELLED
+    cancelled: bool = False
+
+
 class ActorInbox:
     """One actor incarnation's direct calls (see the module docstring)."""
 
@@ -120,42 +142,226 @@ class ActorInbox:
         self.actor_id = actor_id
         self.incarnation = incarnation
         self.max_concurrency = max_concurrency
+        self.next_seq: dict[str, int] = {}
+        # caller -> seq -> call, for calls not run yet; the callers in the
+        # order they are served (one served goes to the back: fairness)
+        self.queue: OrderedDict[str, dict[int, _Call]] = OrderedDict()
+        self.running: dict[TaskId, _Call] = {}
+        self.kept: dict[str, dict[int, DirectReply]] = {}  # results until the caller's floor passes them
+        self.unreported: list[DirectRan] = []
+        self.flush_at: float | None = None
+        # the actor ends itself: nothing more starts (``ending``); once the
+        # calls running with the ending one ended, EndActor (``end``: its
+        # task id and why)
+        self.ending = False
+        self.end: tuple[TaskId, str] | None = None
+        self.ended = False
 
     # ------------------------------------------------------------------ events
     def call(self, msg: DirectCall, now: float) -> list[Command]:
         """A call arrived (maybe again: a repeat is answered from the kept
         result, or ignored while it runs)."""
-        raise NotImplementedError
+        spec = msg.spec
+        sid = msg.stimulus_id
+        if spec.actor_id != self.actor_id:
+            raise ValueError(f"ActorInbox of actor {self.actor_id}: got a call for actor {spec.actor_id} "
+                             f"({spec!r}); each actor worker serves its own actor only")
+        caller, seq = spec.caller_id, spec.sequence_no
+        if msg.incarnation != self.incarnation:
+            return [Reply(caller=caller, reply=DirectReply(
+                actor_id=self.actor_id, caller_id=caller, sequence_no=seq, incarnation=self.incarnation,
+                task_id=spec.task_id, stale=True, stimulus_id=sid), stimulus_id=sid)]
+        if self.ending:
+            return []  # (the actor is ending: its row going DEAD answers the caller)
+        self._advance(caller, msg.floor)
+        q = self.queue.get(caller)
+        if q is not None and seq in q:
+            return []  # a repeat of a call queued here
+        if seq < self.next_seq[caller]:
+            kept = self.kept.get(caller, {}).get(seq)
+            if kept is not None:
+                return [Reply(caller=caller, reply=kept, stimulus_id=sid)]
+            return []  # running (its reply will come), or below the caller's floor
+        if q is None:
+            q = self.queue[caller] = {}
+        q[seq] = _Call(spec, msg.attempt)
+        return self._dispatch(sid)
 
     def finished(self, task_id: TaskId, now: float, outputs: tuple[DirectOutput, ...] = (),
                  error: ErrorInfo | None = None, duration: float = 0.0,
                  span: tuple[float, float] | None = None, sid: str = "") -> list[Command]:
         """Running call ``task_id`` ended: it returned ``outputs`` (one per
         return id, inline or in this node's store) or raised ``error``."""
-        raise NotImplementedError
+        call = self.running.pop(task_id, None)
+        if call is None:
+            return []
+        spec = call.spec
+        if self.end is not None and task_id == self.end[0] or spec.method == TERMINATE_METHOD:
+            # the call that ends the actor: its result is nobody's (Ray: it
+            # fails with ActorDiedError, as the row going DEAD tells its caller)
+            if self.end is None:
+                self.ending = True
+                self.end = (task_id, f"it ended gracefully: {TERMINATE_METHOD} was called")
+            return self._end_if_done(now, sid)
+        if call.cancelled:
+            outputs, error = (), _cancelled(spec)
+        elif error is None:
+            rids = spec.return_ids
+            if tuple(o.object_id for o in outputs) != rids:
+                raise ValueError(f"call {spec!r} returned outputs for {[o.object_id for o in outputs]}, "
+                                 f"expected one per return id {list(rids)}")
+        else:
+            outputs = ()
+        ran = DirectRan(spec=spec, attempt=call.attempt, outputs=outputs, error=error, duration=duration, span=span)
+        reply = DirectReply(actor_id=self.actor_id, caller_id=spec.caller_id, sequence_no=spec.sequence_no,
+                            incarnation=self.incarnation, task_id=task_id, outputs=outputs, error=error,
+                            stimulus_id=sid)
+        self.kept.setdefault(spec.caller_id, {})[spec.sequence_no] = reply
+        self.unreported.append(ran)
+        cmds: list[Command]
+        if any(o.data is None for o in outputs) or len(self.unreported) >= REPORT_BATCH:
+            # an output in the node's store is known there before anyone
+            # hears of it
+            cmds = self.flush(now, sid) + [Reply(caller=spec.caller_id, reply=reply, stimulus_id=sid)]
+        else:
+            cmds = [Reply(caller=spec.caller_id, reply=reply, stimulus_id=sid)] + self._flush_later(now, sid)
+        if self.ending:
+            return cmds + self._end_if_done(now, sid)
+        return cmds + self._dispatch(sid)
 
     def cancel(self, msg: DirectCancel, now: float) -> list[Command]:
-        raise NotImplementedError
+        """``penumbra.cancel`` of a call sent here (see the module docstring);
+        a call not here (done already, or not arrived) is left alone."""
+        sid = msg.stimulus_id
+        if msg.incarnation != self.incarnation:
+            return []
+        call = self.running.get(msg.task_id)
+        if call is not None:
+            if call.cancelled:
+                return []
+            call.cancelled = True
+            return [Interrupt(task_id=msg.task_id, force=msg.force, stimulus_id=sid)]
+        call = self.queue.get(msg.caller_id, {}).get(msg.sequence_no)
+        if call is None or call.spec.task_id != msg.task_id or call.cancelled:
+            return []
+        call.cancelled = True
+        spec = call.spec
+        error = _cancelled(spec)
+        reply = DirectReply(actor_id=self.actor_id, caller_id=spec.caller_id, sequence_no=spec.sequence_no,
+                            incarnation=self.incarnation, task_id=spec.task_id, error=error, stimulus_id=sid)
+        self.kept.setdefault(spec.caller_id, {})[spec.sequence_no] = reply
+        self.unreported.append(DirectRan(spec=spec, attempt=call.attempt, error=error))
+        return [Reply(caller=spec.caller_id, reply=reply, stimulus_id=sid)] + self._flush_later(now, sid) + self._dispatch(sid)
 
     def floor(self, msg: DirectFloor, now: float) -> list[Command]:
-        raise NotImplementedError
+        if msg.incarnation != self.incarnation or msg.actor_id != self.actor_id:
+            return []
+        self._advance(msg.caller_id, msg.floor)
+        return self._dispatch(msg.stimulus_id)
 
     def exit(self, task_id: TaskId, now: float, sid: str = "") -> list[Command]:
         """Running call ``task_id`` called ``exit_actor()``: nothing more
         starts; once the calls running with it ended, ``EndActor``."""
-        raise NotImplementedError
+        if self.ending or task_id not in self.running:
+            return []
+        self.ending = True
+        self.end = (task_id, "it called exit_actor()")
+        return self._end_if_done(now, sid)
 
     def timer(self, key, now: float, sid: str = "") -> list[Command]:
         """A ``SetTimer`` this machine asked for fired (other keys: [])."""
-        raise NotImplementedError
+        if key != (FLUSH_TIMER, self.incarnation) or self.flush_at is None or now < self.flush_at:
+            return []
+        return self.flush(now, sid)
 
     def flush(self, now: float, sid: str = "") -> list[Command]:
         """Report every call that ran and is not reported yet."""
-        raise NotImplementedError
+        self.flush_at = None
+        if not self.unreported:
+            return []
+        entries, self.unreported = tuple(self.unreported), []
+        return [ReportRan(entries=entries, stimulus_id=sid)]
 
     # ------------------------------------------------------------------ queries
-    def running(self) -> int:
-        raise NotImplementedError
+    def running_count(self) -> int:
+        """How many calls run now (``running`` maps their task ids to them)."""
+        return len(self.running)
 
     def validate(self) -> None:
-        raise NotImplementedError
+        assert len(self.running) <= self.max_concurrency, f"{len(self.running)} calls running, limit {self.max_concurrency}"
+        for caller, q in self.queue.items():
+            nxt = self.next_seq.get(caller, 0)
+            for s in q:
+                assert s >= nxt, f"queued call {caller}#{s} below the next expected {nxt}"
+        for caller, kept in self.kept.items():
+            nxt = self.next_seq.get(caller, 0)
+            for s in kept:
+                assert s < nxt, f"kept result {caller}#{s} not below the next expected {nxt}"
+        for tid, c in self.running.items():
+            assert c.spec.sequence_no < self.next_seq.get(c.spec.caller_id, 0)
+            assert c.spec.sequence_no not in self.kept.get(c.spec.caller_id, {}), f"call {tid} running and done"
+        assert not self.ended or self.ending
+        assert (self.flush_at is None) or self.unreported, "a flush is due with nothing to report"
+
+    # ------------------------------------------------------------------ helpers
+    def _advance(self, caller: str, floor: int) -> None:
+        """The caller's calls below ``floor`` are resolved (at the caller):
+        its order resumes there; what is queued or kept below goes."""
+        nxt = self.next_seq.get(caller)
+        if nxt is None or nxt < floor:
+            self.next_seq[caller] = floor
+            q = self.queue.get(caller)
+            if q:
+                for s in [s for s in q if s < floor]:
+                    del q[s]
+        kept = self.kept.get(caller)
+        if kept:
+            for s in [s for s in kept if s < floor]:
+                del kept[s]
+            if not kept:
+                del self.kept[caller]
+
+    def _dispatch(self, sid: str) -> list[Command]:
+        """Start the calls whose turn it is, ``max_concurrency`` at once,
+        serving the callers in turn."""
+        cmds: list[Command] = []
+        progress = True
+        while progress and len(self.running) < self.max_concurrency and not self.ending:
+            progress = False
+            for caller in list(self.queue):
+                q = self.queue[caller]
+                nxt = self.next_seq[caller]
+                call = q.get(nxt)
+                if call is None:
+                    if not q:
+                        del self.queue[caller]
+                    continue
+                if call.spec.method == TERMINATE_METHOD and self.running:
+                    continue  # (it runs once every call before it ended, and alone)
+                del q[nxt]
+                self.next_seq[caller] = nxt + 1
+                self.queue.move_to_end(caller)
+                progress = True
+                if call.cancelled:
+                    break  # (answered when cancelled: it only held its caller's place)
+                self.running[call.spec.task_id] = call
+                cmds.append(Run(spec=call.spec, attempt=call.attempt, stimulus_id=sid))
+                if call.spec.method == TERMINATE_METHOD:
+                    self.ending = True  # nothing starts after it
+                break
+        return cmds
+
+    def _flush_later(self, now: float, sid: str) -> list[Command]:
+        if not self.unreported or self.flush_at is not None:
+            return []
+        self.flush_at = now + REPORT_DELAY
+        return [SetTimer(at=self.flush_at, key=(FLUSH_TIMER, self.incarnation), stimulus_id=sid)]
+
+    def _end_if_done(self, now: float, sid: str) -> list[Command]:
+        """The actor ends once nothing runs but the ending call: every
+        result before it reported first."""
+        if self.ended or self.end is None or any(t != self.end[0] for t in self.running):
+            return []
+        self.ended = True
+        tid, reason = self.end
+        return self.flush(now, sid) + [EndActor(task_id=tid, reason=reason, stimulus_id=sid)]

@@ -74,12 +74,13 @@ class ActorServer:
         self.callers: dict[str, DirectSender] = {}  # caller id -> its connection's send side
         self.running: dict = {}  # task id -> spec, of the direct calls running here
         self.endpoint = ""
+        self.endpoint_sent = False  # (see ``announce``)
         self.calls = 0  # calls received (for tests and benchmarks)
 
     # ---------------------------------------------------------------- starting
     def start(self, unix_dir: str, host: str) -> str:
-        """Listen (from the worker's main thread) and tell the node; the
-        endpoint."""
+        """Listen (from the worker's main thread); the endpoint.  The node
+        is told by ``announce``, after the actor's creation is reported."""
         bridge = self.rt.bridge
         unix_path = os.path.join(unix_dir, f"actor-{os.getpid()}.sock")
         token = self.rt.token
@@ -91,13 +92,18 @@ class ActorServer:
 
         bound = bridge.call(listen, timeout=30.0)
         self.endpoint = endpoint_of(host, bound[1], unix_path)
+        return self.endpoint
+
+    def announce(self) -> None:
+        """Tell the node where the actor takes direct calls (after the
+        creation's result, on the same channel: the node hosts the actor by
+        then, and publishes the endpoint)."""
         self.rt._deliver(ActorEndpoint(worker_id=self.rt.client_id, actor_id=self.actor_id,
                                        incarnation=self.incarnation, endpoint=self.endpoint))
-        return self.endpoint
 
     # ---------------------------------------------------------------- receiving (trio thread)
     async def _serve(self, ch) -> None:
-        sender = DirectSender(ch, self.rt.bridge)
+        sender = DirectSender(ch, self.rt.bridge, self.rt.idle_flush)
         mine: set[str] = set()
         try:
             async for item in ch:

@@ -90,7 +90,7 @@ from . import protocol as P
 from .bridge import TrioThread
 from ..core.msg_direct import ActorWatched
 from .direct_caller import DirectCalls, direct_calls_enabled
-from .direct_send import DirectSender
+from .direct_send import DirectSender, IdleFlush
 from .launch import DaemonProcess, PendingDaemon
 from .objectstore import decode_value, encode_value
 from .shm_store import ShmStore, StoreNotFoundError
@@ -139,6 +139,7 @@ class ClientRuntime(Runtime):
         # direct actor calls (transports/direct_caller.py), made on first use
         self._direct: DirectCalls | None = None
         self._direct_on = direct_calls_enabled()
+        self.idle_flush = IdleFlush(bridge)  # (the direct-call channels')
         self.exiting_hook = None  # a worker's: exit_actor() in a direct call (see ActorServer.exiting)
 
     @property

@@ -108,8 +108,9 @@ class DaemonWorkers:
         if a is None:
             return 0
         node = self.host.machines.get(self.node_id)
-        h = node.host.actors.get(a.actor_id) if node is not None else None
-        return h.entry.incarnation if h is not None else 0
+        t = node.scheduler.tasks.get(spec.task_id) if node is not None else None
+        start = getattr(t, "actor", None)
+        return start.entry.incarnation if start is not None else 0
 
     def kill_worker(self, wid: str, reason: str) -> None:
         w = self.workers.get(wid)

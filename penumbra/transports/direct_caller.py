@@ -59,7 +59,8 @@ class DirectCalls:
     def __init__(self, rt: Any) -> None:
         self.rt = rt
         self.caller = ActorCaller(rt.client_id)
-        self.links = Links(rt.bridge, rt._mlock, rt.token or "", rt.client_id, self._on_link_message, self._on_lost)
+        self.links = Links(rt.bridge, rt._mlock, rt.token or "", rt.client_id, self._on_link_message, self._on_lost,
+                           rt.idle_flush)
         self.sent = 0
         self.replies = 0
 

@@ -28,7 +28,7 @@ import os
 from typing import Any, Callable
 
 from .bridge import TrioThread
-from .direct_send import DirectSender
+from .direct_send import DirectSender, IdleFlush
 from .wire import ConnectionClosed, connect_tcp, connect_unix
 
 __all__ = ["Link", "Links", "endpoint_of", "parse_endpoint"]
@@ -106,7 +106,7 @@ class Link:
             else:
                 await_close = False
                 self.channel = ch
-                self.sender = DirectSender(ch, links.bridge)
+                self.sender = DirectSender(ch, links.bridge, links.idle_flush)
                 for m in self.waiting:
                     self.sender.send_on_loop(m)
                 self.waiting = []
@@ -155,8 +155,10 @@ class Links:
     """
 
     def __init__(self, bridge: TrioThread, lock, token: str, name: str,
-                 on_message: Callable[[Link, Any], None], on_lost: Callable[[str], None]) -> None:
+                 on_message: Callable[[Link, Any], None], on_lost: Callable[[str], None],
+                 idle_flush: IdleFlush | None = None) -> None:
         self.bridge = bridge
+        self.idle_flush = idle_flush
         self.lock = lock
         self.token = token
         self.name = name

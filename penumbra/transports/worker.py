@@ -431,6 +431,9 @@ class Worker:
         # (a lone result goes out from this thread; results back to back,
         # an actor working through a queue of calls, go as one frame)
         self.rt._send(item, P.Ran)
+        if self.direct is not None and not self.direct.endpoint_sent:
+            self.direct.endpoint_sent = True
+            self.direct.announce()  # (the actor was just created)
 
     @staticmethod
     def _flush_output() -> None:

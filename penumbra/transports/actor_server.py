@@ -215,7 +215,13 @@ class ActorServer:
         msg = DirectCallsRan(worker_id=rt.client_id, actor_id=self.actor_id, incarnation=self.incarnation,
                              entries=tuple(entries))
         item = P.Deliver(rt.node_id, msg, None, rt.client_id)
-        if rt.bridge.in_trio_thread():
-            rt._send_now(item)
-        else:
-            rt._send(item)
+        try:
+            if rt.bridge.in_trio_thread():
+                # (from a timer's task: no idle hook of the loop's
+                # dispatcher would flush it, so now)
+                rt.sender.send_on_loop(item)
+                rt.sender.flush_on_loop()
+            else:
+                rt._send(item)
+        except Exception:  # noqa: BLE001 - the connection to the node is gone: this worker exits
+            pass

@@ -150,9 +150,21 @@ class ActorServer:
             elif t is Interrupt:
                 self.worker.interrupt(c.task_id)
             elif t is EndActor:
-                rt = self.rt
-                rt._deliver(KillActor(client=rt.client_id, actor_id=self.actor_id, no_restart=True,
-                                      exiting=c.task_id))
+                try:
+                    self.rt.bridge.submit(self._end_actor, c.task_id)
+                except RuntimeError:  # the loop stopped: this worker is exiting anyway
+                    pass
+
+    def _end_actor(self, task_id) -> None:
+        """(trio thread, after every job before it) The replies of the calls
+        before the ending one are written first: the node kills this worker
+        as soon as it hears ``KillActor``, and a reply still queued then
+        would be lost (its caller would see the actor's death instead)."""
+        rt = self.rt
+        rt.idle_flush.run()
+        rt.sender.send_on_loop(P.Deliver(rt.node_id, KillActor(client=rt.client_id, actor_id=self.actor_id,
+                                                               no_restart=True, exiting=task_id), None, rt.client_id))
+        rt.sender.flush_on_loop()
 
     def _start(self, spec, attempt: int) -> None:
         self.running[spec.task_id] = spec

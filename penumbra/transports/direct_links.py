@@ -120,6 +120,8 @@ class Link:
                 links.on_message(self, item)
         except ConnectionClosed:
             pass
+        except Exception:
+            logger.exception("the link to actor endpoint %s failed; closing it", self.endpoint)
         finally:
             self._lost()
             try:

@@ -401,6 +401,7 @@ class Worker:
             self.direct.flush()  # (what ran before is reported: its results stand)
         try:
             sent = self.rt.bridge.future()
+            self.rt.bridge.submit(self.rt.idle_flush.run)  # (replies to direct calls before it)
             self.rt.bridge.submit(self.rt._flush)
             self.rt.bridge.submit(sent.set_result, None)  # (after the output: jobs run in order)
             sent.result(2.0)

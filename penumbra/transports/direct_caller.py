@@ -36,7 +36,7 @@ import trio
 from ..core.actor_caller import ActorCaller, Failed, Reroute, Resolved, Watch
 from ..core.messages import Send, SetTimer, SubmitTask
 from ..core.msg_direct import ActorWatched, DirectReply, WatchActor
-from ..core.records import ObjectInfo
+from ..core.records import ActorState, ObjectInfo
 from .direct_links import Links
 
 __all__ = ["DirectCalls", "direct_calls_enabled"]
@@ -63,6 +63,7 @@ class DirectCalls:
                            rt.idle_flush)
         self.sent = 0
         self.replies = 0
+        self._held: dict = {}  # actor id -> news held back (see ``watched``)
 
     # ---------------------------------------------------------------- events (any thread)
     def submit(self, spec) -> None:
@@ -87,8 +88,35 @@ class DirectCalls:
             self._carry(self.caller.killed(actor_id, time.monotonic()))
 
     def watched(self, msg: ActorWatched) -> None:
-        """(trio thread, holding the lock) The node's news of an actor."""
+        """(trio thread, holding the lock) The node's news of an actor.
+
+        News that may fail calls (the actor restarting or dead) waits until
+        what its worker sent before is read: it replied to the calls before
+        its end before the node could hear of that end, but on another
+        connection, which this loop may read second."""
+        aid = msg.actor_id
+        held = self._held.get(aid)
+        if held is not None:
+            held.append(msg)
+            return
+        if msg.entry is not None and msg.entry.state is not ActorState.ALIVE and self._unread(aid):
+            self._held[aid] = [msg]
+            self.rt.bridge.start_soon(self._watched_later, aid)
+            return
         self._carry(self.caller.watched(msg, time.monotonic()))
+
+    def _unread(self, aid) -> bool:
+        row = self.caller.endpoints.get(aid)
+        link = self.links.links.get(row.endpoint) if row is not None else None
+        return link is not None and link.unread()
+
+    async def _watched_later(self, aid) -> None:
+        deadline = time.monotonic() + 1.0
+        while self._unread(aid) and time.monotonic() < deadline:
+            await trio.sleep(0.0005)
+        with self.rt._mlock:
+            for msg in self._held.pop(aid, ()):
+                self._carry(self.caller.watched(msg, time.monotonic()))
 
     def _on_link_message(self, link, item) -> None:
         if type(item) is DirectReply:

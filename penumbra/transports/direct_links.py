@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 from typing import Any, Callable
 
 from .bridge import TrioThread
@@ -128,6 +129,22 @@ class Link:
                 await ch.aclose(flush_timeout=0)
             except Exception:  # noqa: BLE001 - gone anyway
                 pass
+
+    def unread(self) -> bool:
+        """Whether the worker sent something this link has not handed on
+        yet (in the socket, or received and not yet taken)."""
+        ch = self.channel
+        if self.state is not _OPEN or ch is None or ch.closed:
+            return False
+        if ch.buffered or ch._end > ch._start:
+            return True
+        sock = ch._sock
+        if sock is None:
+            return False
+        try:
+            return bool(select.select([sock], [], [], 0)[0])
+        except (OSError, ValueError):
+            return False
 
     def _lost(self) -> None:
         links = self.links

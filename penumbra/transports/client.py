@@ -345,6 +345,8 @@ class ClientRuntime(Runtime):
     # ------------------------------------------------------------------ Runtime
     def submit(self, spec: TaskSpec) -> None:
         if spec.actor_id is not None and self._direct_on:
+            if self._closed:
+                self._raise_closed()  # (as a send would: the call fails here, at once)
             d = self._direct or self._start_direct()
             if d is not None:
                 d.submit(spec)

@@ -53,6 +53,8 @@ __all__ = ["ActorServer"]
 
 logger = logging.getLogger("penumbra")
 
+_UNIX_PATH_MAX = 104  # bytes in a Unix socket's path, with its end (the smallest of the usual limits)
+
 
 class ActorServer:
     """The direct-call listener of one actor worker (see the module doc).
@@ -85,13 +87,17 @@ class ActorServer:
         unix_path = os.path.join(unix_dir, f"actor-{os.getpid()}.sock")
         token = self.rt.token
 
+        if len(os.fsencode(unix_path)) >= _UNIX_PATH_MAX:
+            unix_path = ""  # (too long for a Unix socket: callers on this host use TCP too)
+
         async def listen() -> tuple[str, int]:
             n = bridge.nursery
-            await n.start(serve_unix, unix_path, self._serve, token)
+            if unix_path:
+                await n.start(serve_unix, unix_path, self._serve, token)
             return await n.start(serve_tcp, host, 0, self._serve, token)
 
         bound = bridge.call(listen, timeout=30.0)
-        self.endpoint = endpoint_of(host, bound[1], unix_path)
+        self.endpoint = endpoint_of(host, bound[1], unix_path, self.rt.node_id)
         return self.endpoint
 
     def announce(self) -> None:

@@ -60,7 +60,7 @@ class DirectCalls:
         self.rt = rt
         self.caller = ActorCaller(rt.client_id)
         self.links = Links(rt.bridge, rt._mlock, rt.token or "", rt.client_id, self._on_link_message, self._on_lost,
-                           rt.idle_flush)
+                           rt.idle_flush, rt.node_id)
         self.sent = 0
         self.replies = 0
         self._held: dict = {}  # actor id -> news held back (see ``watched``)

@@ -3,9 +3,10 @@
 A process that calls actors directly (core/actor_caller.py) holds one
 connection per actor worker it talks to, opened on first use and kept
 (``Link``).  An *endpoint* is the string an actor's worker publishes
-(``ActorEndpoint``; see ``endpoint_of``): its TCP ``host:port`` and, after a
-``|``, its Unix socket path.  A caller on the worker's host (the socket file
-exists here) connects over the Unix socket; any other over TCP.  Both are
+(``ActorEndpoint``; see ``endpoint_of``): its TCP ``host:port``, its Unix
+socket path (empty when the session directory's path is too long for one)
+and its node.  A caller connected to that same node (so on the worker's
+host) connects over the Unix socket; any other over TCP.  Both are
 authenticated with the cluster token by the wire hello, like every other
 connection of the cluster.
 
@@ -39,23 +40,23 @@ logger = logging.getLogger("penumbra")
 _NEW, _CONNECTING, _OPEN, _LOST = "new", "connecting", "open", "lost"
 
 
-def endpoint_of(host: str, port: int, unix_path: str) -> str:
-    """The endpoint string of a worker listening on TCP ``host:port`` and
-    on the Unix socket ``unix_path``."""
-    return f"{host}:{port}|{unix_path}"
+def endpoint_of(host: str, port: int, unix_path: str, node: str) -> str:
+    """The endpoint string of a worker of node ``node`` listening on TCP
+    ``host:port`` and on the Unix socket ``unix_path`` ("": none)."""
+    return f"{host}:{port}|{unix_path}|{node}"
 
 
-def parse_endpoint(endpoint: str) -> tuple[str, int, str]:
-    """``(host, port, unix_path)`` of an endpoint string.
+def parse_endpoint(endpoint: str) -> tuple[str, int, str, str]:
+    """``(host, port, unix_path, node)`` of an endpoint string.
 
     Raises:
         ValueError: not an endpoint made by ``endpoint_of``.
     """
-    tcp, sep, unix = endpoint.partition("|")
-    host, _, port = tcp.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ValueError(f"not an actor endpoint: {endpoint!r} (expected 'host:port|/unix/path')")
-    return host, int(port), unix
+    parts = endpoint.split("|")
+    host, _, port = parts[0].rpartition(":")
+    if len(parts) != 3 or not host or not port.isdigit():
+        raise ValueError(f"not an actor endpoint: {endpoint!r} (expected 'host:port|/unix/path|node')")
+    return host, int(port), parts[1], parts[2]
 
 
 class Link:
@@ -92,8 +93,8 @@ class Link:
     async def _run(self) -> None:
         links = self.links
         try:
-            host, port, unix = parse_endpoint(self.endpoint)
-            if unix and os.path.exists(unix):
+            host, port, unix, node = parse_endpoint(self.endpoint)
+            if unix and node == links.node_id and os.path.exists(unix):
                 ch = await connect_unix(unix, links.token, "caller", links.name)
             else:
                 ch = await connect_tcp(host, port, links.token, "caller", links.name)
@@ -175,8 +176,9 @@ class Links:
 
     def __init__(self, bridge: TrioThread, lock, token: str, name: str,
                  on_message: Callable[[Link, Any], None], on_lost: Callable[[str], None],
-                 idle_flush: IdleFlush | None = None) -> None:
+                 idle_flush: IdleFlush | None = None, node_id: str = "") -> None:
         self.bridge = bridge
+        self.node_id = node_id  # this client's node: its workers are on this host
         self.idle_flush = idle_flush
         self.lock = lock
         self.token = token

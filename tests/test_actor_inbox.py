@@ -25,9 +25,9 @@ from penumbra.core.actor_inbox import (
 from penumbra.core.ids import actor_id_of, child_task_id, driver_task_id
 from penumbra.core.msg_base import SetTimer
 from penumbra.core.msg_direct import DirectCall, DirectCancel, DirectFloor, DirectOutput
-from penumbra.core.records import ErrorInfo, ErrorKind
+from penumbra.core.records import ErrorKind
 from penumbra.core.specs import FunctionDescriptor, TaskSpec
-from penumbra.verification.direct_net import Broken, DirectNet
+from penumbra.verification.direct_net import DirectNet
 
 ROOT = driver_task_id(1)
 AID = actor_id_of(child_task_id(ROOT, 1 << 40))

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 from ..core.actor_caller import ActorCaller, Failed, Reroute, Resolved, Watch
 from ..core.actor_inbox import ActorInbox, EndActor, Interrupt, ReportRan, Reply, Run
-from ..core.ids import ActorId, TaskId, actor_id_of, child_task_id, driver_task_id
+from ..core.ids import ActorId, actor_id_of, child_task_id, driver_task_id
 from ..core.msg_base import Send, SetTimer
 from ..core.msg_direct import (
     ActorWatched,

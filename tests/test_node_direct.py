@@ -193,6 +193,7 @@ def test_restart_and_death_reach_the_watchers(core) -> None:
     w.net.run_for(0.5)
     assert w.watched()[-1].entry.state is ActorState.DEAD
     assert w.aid not in w.node.direct.watchers  # (final: the watch ends)
+    assert endpoint_key(w.aid) not in w.kv  # (and nobody needs the endpoint row any more)
     assert ("kv", endpoint_key(w.aid)) not in w.net.machines["gcs:0:0"].tables.subs
 
 
@@ -238,3 +239,25 @@ def test_exit_waits_for_the_records_of_calls_that_ran_directly(core) -> None:
     w.net.run_for(0.5)
     assert sent == [True]  # the head is asked to end it only once the record is in
     assert w.gcs("objects", s.return_ids[0]).created
+
+
+def test_a_lost_row_notice_does_not_strand_a_watcher_on_another_node(core) -> None:
+    from penumbra.core.messages import GcsNotify
+
+    net = core.cluster(nodes=2)
+    box = net.add_client("c:d")
+    s = core.spec()
+    a = ActorSpec(actor_id=actor_id_of(s.task_id), cls=FunctionDescriptor(b"C", "C"), max_restarts=1)
+    net.send("c:d", "node:0", SubmitTask(client="c:d", spec=replace(s, actor_creation=a)))
+    net.run_for(0.3)
+    host = net.machines["head"].actors.actors[a.actor_id].node
+    other = "node:1" if host == "node:0" else "node:0"
+    net.send("c:d", other, WatchActor(client="c:d", actor_id=a.actor_id))
+    net.run_for(0.1)
+    # every notice of the actor's row to the watching node is lost from now on
+    net.drop_fn = lambda src, to, msg: to == other and type(msg) is GcsNotify and msg.table == "actors"
+    h = net.machines[host].host.actors[a.actor_id]
+    net.inject(host, WorkerCrashed(worker_id=h.worker, reason="killed"))
+    net.run_for(3.0)
+    seen = [(m.entry.state, m.entry.incarnation) for m in box if type(m) is ActorWatched]
+    assert seen[-1] == (ActorState.ALIVE, 1)  # (re-read by the node's refresh)

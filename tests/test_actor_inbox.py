@@ -387,3 +387,15 @@ def test_planted_bugs_make_the_property_test_fail(bug, monkeypatch) -> None:
         monkeypatch.setattr(ActorInbox, "call", call)
     with pytest.raises(AssertionError):  # (Broken, or a machine's validate)
         run_state_machine_as_test(DirectCalls, settings=settings(SETTINGS, max_examples=1000, report_multiple_bugs=False))
+
+
+def test_an_ending_actor_still_answers_a_repeat_from_the_kept_result() -> None:
+    ib = ActorInbox(AID, 0, max_concurrency=2)
+    a, b = call(0, "c:a"), call(0, "c:b")
+    ib.call(msg(a), 0)
+    ib.call(msg(b), 0)
+    first = [c.reply for c in ib.finished(a.task_id, 0, outputs=out(a)) if type(c) is Reply]
+    ib.exit(b.task_id, 0)
+    again = ib.call(msg(a), 0)  # (its reply was lost; the actor is ending)
+    assert [c.reply for c in again if type(c) is Reply] == first
+    assert ib.call(msg(call(1, "c:a")), 0) == []  # a new call: nothing runs any more

@@ -171,14 +171,14 @@ class ActorInbox:
             return [Reply(caller=caller, reply=DirectReply(
                 actor_id=self.actor_id, caller_id=caller, sequence_no=seq, incarnation=self.incarnation,
                 task_id=spec.task_id, stale=True, stimulus_id=sid), stimulus_id=sid)]
-        if self.ending:
-            return []  # (the actor is ending: its row going DEAD answers the caller)
         self._advance(caller, msg.floor)
         kept = self.kept.get(caller)
         if kept is not None and seq in kept:
             # a repeat of a call answered already (it ran, or was cancelled
             # while queued): the same answer again, never a second run
             return [Reply(caller=caller, reply=kept[seq], stimulus_id=sid)]
+        if self.ending:
+            return []  # (the actor is ending: its row going DEAD answers the caller)
         q = self.queue.get(caller)
         if (q is not None and seq in q) or seq < self.next_seq[caller]:
             # queued or running (its reply will come), or below the caller's

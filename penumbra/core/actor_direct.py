@@ -40,7 +40,7 @@ from .ids import ActorId, ObjectId
 from .msg_base import Command, Send
 from .msg_direct import ActorEndpoint, ActorWatched, DirectCallsRan, EndpointRow, WatchActor, endpoint_key
 from .records import ActorEntry, ActorState
-from .tables import Get, PutEndpoint, Subscribe, Unsubscribe
+from .tables import Get, KvDelete, PutEndpoint, Subscribe, Unsubscribe
 
 if TYPE_CHECKING:
     from .node_effects import NodeEffects
@@ -60,6 +60,9 @@ class DirectHost:
         self.endpoints: dict[ActorId, EndpointRow] = {}  # the latest endpoint row seen
         self.keys: dict[str, ActorId] = {}  # endpoint keys subscribed -> actor
         self.freed: OrderedDict[ObjectId, None] = OrderedDict()
+        # actors whose endpoint this node published: their row is deleted
+        # from the GCS when they are DEAD (final: nobody calls them again)
+        self.published: set[ActorId] = set()
 
     # ------------------------------------------------------------------ the actor's worker
     def on_endpoint(self, ev: ActorEndpoint, now: float) -> list[Command]:
@@ -69,6 +72,7 @@ class DirectHost:
             return []  # (an instance superseded or stopped since)
         row = EndpointRow(actor_id=ev.actor_id, incarnation=ev.incarnation, endpoint=ev.endpoint, node=self.node.address)
         self.node.story_add(h.entry.creation.task_id, now, sid, f"takes direct calls at {ev.endpoint}")
+        self.published.add(ev.actor_id)
         cmds = self.node.gcs_write(PutEndpoint(endpoint_key(ev.actor_id), row), None, now, sid)
         return cmds + self.on_endpoint_row(ev.actor_id, row, now, sid)
 
@@ -133,11 +137,19 @@ class DirectHost:
 
     def on_row(self, aid: ActorId, now: float, sid: str) -> list[Command]:
         """The node took a row of ``aid`` (its router's book has it now)."""
-        if aid not in self.watchers:
-            return []
         book = self.node.router.routes.get(aid)
         entry = book.entry if book is not None else None
-        return self._tell(aid, entry, now, sid)
+        cmds: list[Command] = []
+        if aid in self.published and entry is not None and entry.state is ActorState.DEAD:
+            self.published.discard(aid)
+            cmds += self.node.gcs_write(KvDelete(endpoint_key(aid)), None, now, sid)
+        if aid not in self.watchers:
+            return cmds
+        return cmds + self._tell(aid, entry, now, sid)
+
+    def active(self) -> bool:
+        """Has this node anything to do with actor rows (``on_row``)?"""
+        return bool(self.watchers or self.published)
 
     def on_endpoint_row(self, aid: ActorId, row: EndpointRow | None, now: float, sid: str) -> list[Command]:
         """An endpoint row of ``aid`` (a GCS reply or notice, or our own)."""
@@ -168,15 +180,20 @@ class DirectHost:
         return cmds
 
     def on_refresh(self, now: float, sid: str) -> list[Command]:
-        """Re-read the endpoint of watched actors that are ALIVE with no
-        endpoint of their incarnation known (a lost notice must not strand
-        their callers)."""
+        """Re-read what watched actors' callers may wait for (a lost notice
+        must not strand them): the row of one not yet ALIVE (or DEAD), the
+        endpoint of one ALIVE with no endpoint of its incarnation known.
+        Called by the node's refresh timer."""
         cmds: list[Command] = []
         for aid in self.watchers:
             book = self.node.router.routes.get(aid)
             e = book.entry if book is not None else None
             row = self.endpoints.get(aid)
-            if e is not None and e.state is ActorState.ALIVE and (row is None or row.incarnation < e.incarnation):
+            if book is not None and (e is None or e.state in (ActorState.PENDING, ActorState.RESTARTING)):
+                if now - book.changed_at >= 1.0:
+                    book.changed_at = now
+                    cmds += self.node.gcs_read(Get("actors", aid), ("actor-sub", aid), now, sid)
+            elif e is not None and e.state is ActorState.ALIVE and (row is None or row.incarnation < e.incarnation):
                 cmds += self.node.gcs_read(Get("kv", endpoint_key(aid)), ("direct-endpoint", aid), now, sid)
         return cmds
 

@@ -52,7 +52,6 @@ runs once every call before it ended, alone, and nothing runs after it.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 
 from .actor_rules import _cancelled
@@ -143,9 +142,10 @@ class ActorInbox:
         self.incarnation = incarnation
         self.max_concurrency = max_concurrency
         self.next_seq: dict[str, int] = {}
-        # caller -> seq -> call, for calls not run yet; the callers in the
-        # order they are served (one served goes to the back: fairness)
-        self.queue: OrderedDict[str, dict[int, _Call]] = OrderedDict()
+        # caller -> seq -> call, for calls not run yet
+        self.queue: dict[str, dict[int, _Call]] = {}
+        self.served: dict[str, int] = {}  # caller -> when it was last served (``turn``)
+        self.turn = 0
         self.running: dict[TaskId, _Call] = {}
         self.kept: dict[str, dict[int, DirectReply]] = {}  # results until the caller's floor passes them
         self.unreported: list[DirectRan] = []
@@ -171,17 +171,19 @@ class ActorInbox:
             return [Reply(caller=caller, reply=DirectReply(
                 actor_id=self.actor_id, caller_id=caller, sequence_no=seq, incarnation=self.incarnation,
                 task_id=spec.task_id, stale=True, stimulus_id=sid), stimulus_id=sid)]
+        self._advance(caller, msg.floor)
+        kept = self.kept.get(caller)
+        if kept is not None and seq in kept:
+            # a repeat of a call answered already (it ran, or was cancelled
+            # while queued): the same answer again, never a second run
+            return [Reply(caller=caller, reply=kept[seq], stimulus_id=sid)]
         if self.ending:
             return []  # (the actor is ending: its row going DEAD answers the caller)
-        self._advance(caller, msg.floor)
         q = self.queue.get(caller)
-        if q is not None and seq in q:
-            return []  # a repeat of a call queued here
-        if seq < self.next_seq[caller]:
-            kept = self.kept.get(caller, {}).get(seq)
-            if kept is not None:
-                return [Reply(caller=caller, reply=kept, stimulus_id=sid)]
-            return []  # running (its reply will come), or below the caller's floor
+        if (q is not None and seq in q) or seq < self.next_seq[caller]:
+            # queued or running (its reply will come), or below the caller's
+            # floor; the floor it carried may have let queued calls go
+            return self._dispatch(sid)
         if q is None:
             q = self.queue[caller] = {}
         q[seq] = _Call(spec, msg.attempt)
@@ -295,8 +297,10 @@ class ActorInbox:
                 assert s >= nxt, f"queued call {caller}#{s} below the next expected {nxt}"
         for caller, kept in self.kept.items():
             nxt = self.next_seq.get(caller, 0)
+            q = self.queue.get(caller, {})
             for s in kept:
-                assert s < nxt, f"kept result {caller}#{s} not below the next expected {nxt}"
+                # (a call cancelled while queued is answered, and keeps its place)
+                assert s < nxt or (s in q and q[s].cancelled), f"kept result {caller}#{s} is of no call that ended"
         for tid, c in self.running.items():
             assert c.spec.sequence_no < self.next_seq.get(c.spec.caller_id, 0)
             assert c.spec.sequence_no not in self.kept.get(c.spec.caller_id, {}), f"call {tid} running and done"
@@ -322,33 +326,34 @@ class ActorInbox:
                 del self.kept[caller]
 
     def _dispatch(self, sid: str) -> list[Command]:
-        """Start the calls whose turn it is, ``max_concurrency`` at once,
-        serving the callers in turn."""
+        """Start the calls whose turn it is, ``max_concurrency`` at once;
+        of the callers with a call ready, the one served longest ago first."""
         cmds: list[Command] = []
-        progress = True
-        while progress and len(self.running) < self.max_concurrency and not self.ending:
-            progress = False
-            for caller in list(self.queue):
-                q = self.queue[caller]
-                nxt = self.next_seq[caller]
-                call = q.get(nxt)
-                if call is None:
-                    if not q:
-                        del self.queue[caller]
+        while len(self.running) < self.max_concurrency and not self.ending:
+            best = None
+            for caller, q in list(self.queue.items()):
+                if not q:
+                    del self.queue[caller]
                     continue
-                if call.spec.method == TERMINATE_METHOD and self.running:
-                    continue  # (it runs once every call before it ended, and alone)
-                del q[nxt]
-                self.next_seq[caller] = nxt + 1
-                self.queue.move_to_end(caller)
-                progress = True
-                if call.cancelled:
-                    break  # (answered when cancelled: it only held its caller's place)
-                self.running[call.spec.task_id] = call
-                cmds.append(Run(spec=call.spec, attempt=call.attempt, stimulus_id=sid))
-                if call.spec.method == TERMINATE_METHOD:
-                    self.ending = True  # nothing starts after it
+                call = q.get(self.next_seq[caller])
+                if call is None or (call.spec.method == TERMINATE_METHOD and self.running and not call.cancelled):
+                    continue  # (terminate runs once every call before it ended, and alone)
+                if best is None or self.served.get(caller, -1) < self.served.get(best, -1):
+                    best = caller
+            if best is None:
                 break
+            q = self.queue[best]
+            nxt = self.next_seq[best]
+            call = q.pop(nxt)
+            self.next_seq[best] = nxt + 1
+            self.turn += 1
+            self.served[best] = self.turn
+            if call.cancelled:
+                continue  # (answered when cancelled: it only held its caller's place)
+            self.running[call.spec.task_id] = call
+            cmds.append(Run(spec=call.spec, attempt=call.attempt, stimulus_id=sid))
+            if call.spec.method == TERMINATE_METHOD:
+                self.ending = True  # nothing starts after it
         return cmds
 
     def _flush_later(self, now: float, sid: str) -> list[Command]:

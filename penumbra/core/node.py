@@ -683,7 +683,7 @@ class NodeMachine(NodeJobs):
 
     def _actor_row(self, aid, entry, now: float, sid: str) -> list[Command]:
         cmds = self.router.on_entry(aid, entry, now, sid) + self.host.on_entry(aid, entry, now, sid)
-        if self.direct.watchers:
+        if self.direct.active():
             cmds += self.direct.on_row(aid, now, sid)
         return cmds
 

@@ -148,6 +148,7 @@ class ActorInbox:
         self.turn = 0
         self.running: dict[TaskId, _Call] = {}
         self.kept: dict[str, dict[int, DirectReply]] = {}  # results until the caller's floor passes them
+        self.pruned: dict[str, int] = {}  # per caller, the floor ``kept`` was last pruned at
         self.unreported: list[DirectRan] = []
         self.flush_at: float | None = None
         # the actor ends itself: nothing more starts (``ending``); once the
@@ -319,7 +320,10 @@ class ActorInbox:
                 for s in [s for s in q if s < floor]:
                     del q[s]
         kept = self.kept.get(caller)
-        if kept:
+        if kept and floor > self.pruned.get(caller, -1):
+            # (only when the floor rose: a burst of calls carries one floor,
+            # and scanning every kept result per call was quadratic)
+            self.pruned[caller] = floor
             for s in [s for s in kept if s < floor]:
                 del kept[s]
             if not kept:

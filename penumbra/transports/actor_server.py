@@ -43,7 +43,7 @@ import trio
 
 from ..core.actor_inbox import ActorInbox, EndActor, Interrupt, Reply, ReportRan, Run
 from ..core.messages import KillActor, SetTimer
-from ..core.msg_direct import ActorEndpoint, DirectCall, DirectCallsRan, DirectCancel, DirectFloor, DirectOutput
+from ..core.msg_direct import ActorEndpoint, DirectCall, DirectCallsRan, DirectCancel, DirectFloor, DirectOutput, DirectReply
 from . import protocol as P
 from .direct_links import endpoint_of
 from .direct_send import DirectSender
@@ -146,7 +146,7 @@ class ActorServer:
                 s = self.callers.get(c.caller)
                 if s is not None:
                     try:
-                        s.send(c.reply)
+                        s.send(c.reply, DirectReply)  # (a burst of replies: one frame, from the loop)
                     except RuntimeError:  # the loop stopped: this worker is exiting
                         pass
             elif t is ReportRan:

@@ -76,7 +76,9 @@ class Link:
         """Send ``msg`` (any thread, under the links' lock)."""
         if self.state is _OPEN:
             try:
-                self.sender.send(msg)
+                # (a lone call is written here; a burst goes out as one
+                # frame from the loop, see ``DirectSender.lone``)
+                self.sender.send(msg, type(msg))
             except RuntimeError:  # the loop stopped: the runtime is shutting down
                 pass
             return

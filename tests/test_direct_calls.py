@@ -297,3 +297,25 @@ def test_the_switch_off_takes_the_routed_path(tmp_path, switch):
         assert got["direct"] in (False, 0) and got["sockets"] == 0
     else:
         assert got["direct"] >= 20 and got["sockets"] == 1
+
+
+@ray.remote
+class Summer:
+    def total(self, x, y=None):
+        return int(x.sum()) + (int(y.sum()) if y is not None else 0)
+
+
+def test_arguments_by_reference_live_until_the_call_is_answered(local):
+    """A direct call's ref arguments (a put, a big argument put for it) are
+    fetched by the actor's worker through its node: the caller keeps them
+    until the reply, even when its own refs are gone."""
+    import gc
+
+    import numpy as np
+
+    s = Summer.remote()
+    ref = s.total.remote(ray.put(np.ones(1 << 20, dtype=np.uint8)), y=np.ones(1 << 20, dtype=np.uint8))
+    gc.collect()
+    assert ray.get(ref, timeout=60) == 2 << 20
+    d = local.direct_calls
+    assert not d._args  # (and dropped once answered)

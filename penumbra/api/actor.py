@@ -265,6 +265,8 @@ class ActorMethod:
             )
             # submitted under the lock: calls reach the node in sequence order
             rt.submit(spec)
+        if deps:
+            rt.hold_args(spec, keep + [a for a in (*args, *kwargs.values()) if type(a) is ObjectRef])
         del keep
         refs = refs_for(spec, n)
         if type(refs) is ObjectRef:

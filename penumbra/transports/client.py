@@ -353,6 +353,11 @@ class ClientRuntime(Runtime):
                 return
         self._deliver(SubmitTask(client=self.client_id, spec=spec), kind=SubmitTask)
 
+    def hold_args(self, spec: TaskSpec, refs: list) -> None:
+        d = self._direct
+        if d is not None:
+            d.hold(spec, refs)
+
     def _start_direct(self) -> "DirectCalls | None":
         """The direct-call driver, made on the first actor call (None: this
         client cannot reach actor workers; its calls take the routed path)."""

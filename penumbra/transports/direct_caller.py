@@ -64,6 +64,7 @@ class DirectCalls:
         self.sent = 0
         self.replies = 0
         self._held: dict = {}  # actor id -> news held back (see ``watched``)
+        self._args: dict = {}  # task id -> argument refs of a call in flight (see ``hold``)
 
     # ---------------------------------------------------------------- events (any thread)
     def submit(self, spec) -> None:
@@ -71,6 +72,14 @@ class DirectCalls:
         with rt._mlock:
             rt.machine.expect_local(spec.return_ids)
             self._carry(self.caller.submit(spec, time.monotonic()))
+
+    def hold(self, spec, refs: list) -> None:
+        """Keep call ``spec``'s argument refs alive until it is resolved
+        (the actor's worker fetches them through its node: no node pins
+        them for a direct call as for a routed one)."""
+        with self.rt._mlock:
+            if self.caller.owns(spec.task_id):
+                self._args[spec.task_id] = refs
 
     def cancel(self, task_id, force: bool) -> bool:
         """``penumbra.cancel`` of ``task_id``: False if it is not a direct
@@ -141,7 +150,11 @@ class DirectCalls:
                 self.links.send(c.to, c.msg)
             elif t is Resolved:
                 rt._run(rt.machine.resolve_local(self._results(c.spec, c.reply)))
+                if self._args:
+                    self._args.pop(c.spec.task_id, None)
             elif t is Failed:
+                if self._args:
+                    self._args.pop(c.spec.task_id, None)
                 info = ObjectInfo(0, c.error)
                 att = ("e", c.error)
                 rt._run(rt.machine.resolve_local({oid: (info, att) for oid in c.spec.return_ids}))
@@ -151,6 +164,7 @@ class DirectCalls:
                 # the routed path answers through the node: not a local result
                 rt.machine.forget_local(c.spec.return_ids)
                 self._to_node(SubmitTask(client=rt.client_id, spec=c.spec))
+                self._args.pop(c.spec.task_id, None)  # (the node pins them now: dropped after)
             elif t is SetTimer:
                 self._set_timer(c.at, c.key)
 

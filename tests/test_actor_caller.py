@@ -165,13 +165,31 @@ def test_a_reply_from_an_older_incarnation_tells_the_live_one_the_floor() -> Non
     assert (to, m.floor, m.incarnation) == ("unix:/w1", 1, 1)
 
 
-def test_a_stale_reply_sends_the_call_again_once_the_row_moves_on() -> None:
-    c = live()
-    assert c.reply(reply(call(0), inc=1, outputs=(), stale=True), 0) == []
-    c.row(AID, entry(inc=1), 0)
-    cmds = c.endpoint(AID, ep(1), 0)
-    ((to, m),) = sent(cmds)
-    assert (to, m.incarnation, m.attempt) == ("unix:/w1", 1, 0)  # (it never ran: not an attempt)
+def test_a_stale_reply_from_a_newer_worker_leaves_the_call_in_flight_to_its_incarnation() -> None:
+    """A newer incarnation listens where the call went (the address was
+    reused): this copy did not run, but an earlier one may have, so the call
+    counts as in flight when its worker died: retried or failed by the row."""
+    c = live(retries=0)
+    assert c.reply(reply(call(0), inc=1, outputs=(), stale=True), 0) == [Watch(actor_id=AID)]
+    (f,) = c.row(AID, entry(inc=1), 0)
+    assert type(f) is Failed and f.error.kind is ErrorKind.ACTOR_DIED
+    c = live(retries=1)
+    c.reply(reply(call(0), inc=1, outputs=(), stale=True), 0)
+    c.row(AID, entry(inc=1, retries=1), 0)
+    ((to, m),) = sent(c.endpoint(AID, ep(1), 0))
+    assert (m.incarnation, m.attempt) == (1, 1)
+
+
+def test_a_stale_reply_from_an_older_worker_sends_the_call_again_later() -> None:
+    c = live(retries=1)
+    c.row(AID, entry(inc=1, retries=1), 0)
+    c.endpoint(AID, replace(ep(1), endpoint="unix:/w0"), 0)  # (the same address; 0 re-sent there, attempt 1)
+    cmds = c.reply(reply(call(0), inc=0, outputs=(), stale=True), 1.0)  # the old worker is still there
+    assert cmds == [Watch(actor_id=AID), SetTimer(at=1.0 + RESEND_AFTER, key=(RESEND_TIMER, AID))]
+    ((to, m),) = sent(c.timer((RESEND_TIMER, AID), 1.2))
+    assert (m.incarnation, m.attempt) == (1, 1)  # (the same attempt: it did not run)
+    # a stale answer to an older copy of a call now in flight where it should be: ignored
+    assert c.reply(reply(call(0), inc=1, outputs=(), stale=True), 1.3) == []
 
 
 def test_replay_actors_keep_the_routed_path() -> None:

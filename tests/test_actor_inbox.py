@@ -289,9 +289,10 @@ class DirectCalls(RuleBasedStateMachine):
     net: DirectNet
 
     @initialize(retries=st.sampled_from([0, 1, -1]), concurrency=st.sampled_from([1, 2]),
-                restarts=st.sampled_from([1, 3]))
-    def setup(self, retries, concurrency, restarts) -> None:
-        self.net = DirectNet(max_task_retries=retries, max_concurrency=concurrency, max_restarts=restarts)
+                restarts=st.sampled_from([1, 3]), reuse=st.booleans())
+    def setup(self, retries, concurrency, restarts, reuse) -> None:
+        self.net = DirectNet(max_task_retries=retries, max_concurrency=concurrency, max_restarts=restarts,
+                             reuse_endpoint=reuse)
 
     @rule(caller=st.sampled_from(["c:a", "c:b"]), n=st.integers(1, 3))
     def submit(self, caller, n) -> None:
@@ -352,7 +353,7 @@ class DirectCalls(RuleBasedStateMachine):
             self.net.settle()
 
 
-SETTINGS = settings(max_examples=400, stateful_step_count=50, derandomize=True, database=None, deadline=None)
+SETTINGS = settings(max_examples=400, stateful_step_count=50, derandomize=True, database=None, deadline=None, report_multiple_bugs=False)
 DirectCalls.TestCase.settings = SETTINGS
 TestDirectCalls = pytest.mark.timeout(600)(DirectCalls.TestCase)
 

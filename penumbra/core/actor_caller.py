@@ -186,7 +186,7 @@ class ActorCaller:
         if p is None or (msg.task_id is not None and msg.task_id != p.spec.task_id):
             return []
         if msg.stale:
-            return rules.stale(book, p, msg.incarnation, self, now, sid)
+            return self._stale(book, p, msg.incarnation, now, sid)
         book.remove(msg.caller_id, msg.sequence_no)
         del self.calls[p.spec.task_id]
         cmds: list[Command] = [Resolved(spec=p.spec, reply=msg, stimulus_id=sid)]
@@ -304,6 +304,29 @@ class ActorCaller:
         pass
 
     # ------------------------------------------------------------------ helpers
+    def _stale(self, book: CallBook, p: PendingCall, incarnation: int, now: float, sid: str) -> list[Command]:
+        """Incarnation ``incarnation`` answered a copy of ``p`` it was not
+        meant for (one worker after another listening at one address)."""
+        if p.sent_to is None or incarnation == p.sent_to:
+            return []  # (an older copy: the one in flight now went where it should)
+        if incarnation > p.sent_to:
+            # A newer incarnation listens where we sent it: the one we sent
+            # it to is gone.  This copy did not run, but an earlier copy
+            # (before a lost connection) may have: the call stays in flight
+            # to its incarnation, and the row, once it says so, retries or
+            # fails it (max_task_retries) like any call in flight when its
+            # worker died.
+            return [Watch(actor_id=book.actor_id, stimulus_id=sid)]
+        # An older worker still answers at the address: the call did not run
+        # there; try again later, as after a lost connection (the live
+        # incarnation answers a repeat from the result it kept, if any).
+        cmds: list[Command] = []
+        if book.actor_id not in self.down:
+            self.down.add(book.actor_id)
+            cmds += [Watch(actor_id=book.actor_id, stimulus_id=sid),
+                     SetTimer(at=now + RESEND_AFTER, key=(RESEND_TIMER, book.actor_id), stimulus_id=sid)]
+        return rules.stale(book, p, incarnation, self, now, sid) + cmds
+
     def _resend(self, book: CallBook, now: float, sid: str) -> list[Command]:
         """Send again, in order, every call in flight to the live
         incarnation (its inbox answers a repeat from the result it kept),

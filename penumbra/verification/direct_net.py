@@ -77,6 +77,10 @@ class DirectNet:
     max_restarts: int = 3
     max_concurrency: int = 1
     callers: tuple[str, ...] = ("c:a", "c:b")
+    # every incarnation listens at the same address (a restart on the same
+    # host reusing its socket path): a call meant for an older incarnation
+    # reaches the new one, which answers it ``stale``
+    reuse_endpoint: bool = False
     now: float = 0.0
     # -- the world
     machines: dict = field(default_factory=dict)  # caller id -> ActorCaller
@@ -121,7 +125,7 @@ class DirectNet:
                           incarnation=self.incarnation, restarts=self.restarts, death_cause=cause)
 
     def endpoint(self) -> str:
-        return f"ep:{self.incarnation}"
+        return "ep" if self.reuse_endpoint else f"ep:{self.incarnation}"
 
     def _tell_all(self, with_endpoint: bool = True) -> None:
         for c in self.callers:

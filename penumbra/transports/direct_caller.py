@@ -108,11 +108,23 @@ class DirectCalls:
         if held is not None:
             held.append(msg)
             return
-        if msg.entry is not None and msg.entry.state is not ActorState.ALIVE and self._unread(aid):
+        if self._ends_something(msg) and self._unread(aid):
             self._held[aid] = [msg]
             self.rt.bridge.start_soon(self._watched_later, aid)
             return
         self._carry(self.caller.watched(msg, time.monotonic()))
+
+    def _ends_something(self, msg: ActorWatched) -> bool:
+        """Whether this news may end calls in flight: the actor is not
+        alive, or alive in a later incarnation than the one we knew."""
+        e = msg.entry
+        if e is None:
+            return False
+        if e.state is not ActorState.ALIVE:
+            return True
+        book = self.caller.books.get(msg.actor_id)
+        known = book.entry if book is not None else None
+        return known is not None and e.incarnation > known.incarnation
 
     def _unread(self, aid) -> bool:
         row = self.caller.endpoints.get(aid)

@@ -359,7 +359,8 @@ TestDirectCalls = pytest.mark.timeout(600)(DirectCalls.TestCase)
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("bug", ["retry-without-attempts", "inbox-ignores-kept-results", "inbox-ignores-order"])
+@pytest.mark.parametrize("bug", ["retry-without-attempts", "inbox-ignores-kept-results", "inbox-ignores-order",
+                                 "inbox-ignores-floor"])
 def test_planted_bugs_make_the_property_test_fail(bug, monkeypatch) -> None:
     """The property test has teeth: each planted bug is caught."""
     if bug == "retry-without-attempts":
@@ -376,6 +377,15 @@ def test_planted_bugs_make_the_property_test_fail(bug, monkeypatch) -> None:
                 self.next_seq[c] = m.spec.sequence_no
             return orig(self, m, now)
         monkeypatch.setattr(ActorInbox, "call", call)
+    elif bug == "inbox-ignores-floor":
+        # a caller new to this incarnation starts at 0, not at its floor
+        orig_advance = ActorInbox._advance
+
+        def _advance(self, caller, floor):
+            if caller not in self.next_seq:
+                self.next_seq[caller] = 0
+            return orig_advance(self, caller, 0)
+        monkeypatch.setattr(ActorInbox, "_advance", _advance)
     else:
         # the inbox runs calls as they come, not in each caller's order
         orig = ActorInbox.call

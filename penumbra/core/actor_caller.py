@@ -45,6 +45,17 @@ alive (the link was cut) or dead (its row will say so).  The caller asks the
 node again (``Watch``) and, ``RESEND_AFTER`` later, sends the calls still
 unresolved at the live incarnation again; the worker's inbox runs a call at
 most once per incarnation and answers a repeat with the result it kept.
+
+Stale replies.  A worker that gets a call meant for another incarnation
+(one worker after another at one address) answers ``stale`` without
+running it.  From a newer incarnation, that means the one the call went to
+is gone -- and since an earlier copy of the call may have run there before
+a lost connection, the call stays in flight to it: the row then retries or
+fails it by ``max_task_retries``, as any call in flight when its worker
+died (never "not sent": that would run it twice).  From an older worker
+still at the address, the call did not run: it goes again later, as after
+a lost connection.  (The router's ``stale`` rule, for the routed path,
+never sends a call twice to one incarnation, so it needs no such care.)
 """
 
 from __future__ import annotations

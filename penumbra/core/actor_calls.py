@@ -242,11 +242,12 @@ def floor_notice(book: CallBook, caller: str, seqs, incarnation: int) -> int | N
     if e is None or e.state is not ActorState.ALIVE or not book.pending:
         return None
     floor = book.floor(caller)
-    if not floor or not any(c == caller and p.sent_to == e.incarnation for (c, _), p in book.pending.items()):
+    if not floor or not (incarnation < e.incarnation or floor > max(seqs) + 1):
         return None
-    if incarnation < e.incarnation or floor > max(seqs) + 1:
-        return floor
-    return None
+    # (the scan last: it is O(pending), and most replies stop above)
+    if not any(c == caller and p.sent_to == e.incarnation for (c, _), p in book.pending.items()):
+        return None
+    return floor
 
 
 def stale(book: CallBook, p: PendingCall, incarnation: int, side: CallSide, now: float, sid: str) -> list[Command]:

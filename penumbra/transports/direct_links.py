@@ -101,7 +101,14 @@ class Link:
             else:
                 ch = await connect_tcp(host, port, links.token, "caller", links.name)
         except (OSError, ConnectionClosed, ValueError) as e:
-            logger.debug("cannot reach actor endpoint %s: %s", self.endpoint, e)
+            if self.endpoint not in links.unreachable:
+                links.unreachable.add(self.endpoint)
+                # (said once per endpoint: the caller tries again while the
+                # actor's row says it lives there)
+                logger.warning("cannot reach the actor worker at %s for direct calls (%s: %s); calls to it wait "
+                               "until it answers or the actor moves. If this process cannot reach the cluster's "
+                               "workers (a driver outside its network), set PENUMBRA_DIRECT_CALLS=0 before init() "
+                               "so that actor calls go through the nodes", self.endpoint, type(e).__name__, e)
             self._lost()
             return
         with links.lock:
@@ -188,6 +195,7 @@ class Links:
         self.on_message = on_message
         self.on_lost = on_lost
         self.links: dict[str, Link] = {}
+        self.unreachable: set[str] = set()  # endpoints a connection to failed (warned about once)
 
     def send(self, endpoint: str, msg: Any) -> None:
         """Send ``msg`` to ``endpoint``, opening the link if needed (any

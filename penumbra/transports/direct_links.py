@@ -59,6 +59,15 @@ def parse_endpoint(endpoint: str) -> tuple[str, int, str, str]:
     return host, int(port), parts[1], parts[2]
 
 
+def _gone(e: BaseException) -> bool:
+    """Whether a failed connect says the worker is gone (nothing listens
+    there any more: its actor died or moved), not that it is unreachable."""
+    if isinstance(e, (ConnectionRefusedError, FileNotFoundError)):
+        return True
+    cause = e.__cause__
+    return isinstance(cause, BaseExceptionGroup) and all(_gone(x) for x in cause.exceptions)
+
+
 class Link:
     """One kept connection to an actor worker's endpoint."""
 
@@ -101,7 +110,7 @@ class Link:
             else:
                 ch = await connect_tcp(host, port, links.token, "caller", links.name)
         except (OSError, ConnectionClosed, ValueError) as e:
-            if self.endpoint not in links.unreachable:
+            if not _gone(e) and self.endpoint not in links.unreachable:
                 links.unreachable.add(self.endpoint)
                 # (said once per endpoint: the caller tries again while the
                 # actor's row says it lives there)

@@ -117,13 +117,15 @@ class ActorServer:
                 if t is DirectCall:
                     self.calls += 1
                     caller = item.spec.caller_id
-                    if caller not in mine:
+                    if caller not in mine:  # (its replies go on its latest connection)
                         mine.add(caller)
                         self.callers[caller] = sender
                     with self.lock:
                         self._carry(self.inbox.call(item, time.monotonic()))
                 elif t is DirectCancel or t is DirectFloor:
-                    self.callers.setdefault(item.caller_id, sender)
+                    if item.caller_id not in mine:
+                        mine.add(item.caller_id)
+                        self.callers[item.caller_id] = sender
                     with self.lock:
                         inbox = self.inbox
                         self._carry((inbox.cancel if t is DirectCancel else inbox.floor)(item, time.monotonic()))

@@ -142,6 +142,7 @@ def test_a_killed_worker_fails_the_call_in_flight_without_retries(local, tmp_pat
     # the next incarnation serves new calls, directly again
     assert ray.get(a.pid.remote(), timeout=60) != pid
     assert ray.get(a.add.remote("x", 1), timeout=60) == 1
+    assert _direct(local) >= 3
 
 
 def test_a_killed_worker_with_retries_runs_the_call_again(local, tmp_path):
@@ -158,6 +159,7 @@ def test_a_killed_worker_with_retries_runs_the_call_again(local, tmp_path):
     assert ray.get(held, timeout=60) == "held"
     assert ray.get(after, timeout=60) == list(range(5))
     assert ray.get(a.pid.remote(), timeout=60) != pid
+    assert _direct(local) >= 8  # (the resent call too: straight to the new incarnation)
 
 
 def test_cancel_of_a_queued_and_of_a_running_call(local, tmp_path):
@@ -175,6 +177,7 @@ def test_cancel_of_a_queued_and_of_a_running_call(local, tmp_path):
     # the actor goes on: the queued call never ran
     assert ray.get(a.add.remote("r", 2), timeout=30) == 2
     assert ("q", 1) not in ray.get(a.all.remote(), timeout=30)
+    assert _direct(local) >= 3  # (the cancels were answered by the worker itself)
 
 
 def test_a_direct_result_is_found_by_other_processes(local):
@@ -185,6 +188,7 @@ def test_a_direct_result_is_found_by_other_processes(local):
     assert ray.get(get_inside.remote([r]), timeout=60) == 41  # got by the task's worker itself
     unseen = a.add.remote("z", 42)  # handed on before its reply came here
     assert ray.get(get_inside.remote([unseen]), timeout=60) == 42
+    assert _direct(local) >= 1
 
 
 def test_large_results_go_through_the_shared_memory_store(local):
@@ -195,6 +199,7 @@ def test_large_results_go_through_the_shared_memory_store(local):
     assert v.nbytes == n and int(v[0]) == 7 and int(v[-1]) == 7
     assert ray.get(total.remote(r), timeout=60) == 7 * n
     assert ray.get(get_inside.remote([a.big.remote(1 << 20)]), timeout=60).nbytes == 1 << 20
+    assert _direct(local) >= 1
 
 
 @ray.remote

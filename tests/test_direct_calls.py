@@ -324,3 +324,15 @@ def test_arguments_by_reference_live_until_the_call_is_answered(local):
     assert ray.get(ref, timeout=60) == 2 << 20
     d = local.direct_calls
     assert not d._args  # (and dropped once answered)
+
+
+def test_endpoints_name_tcp_the_unix_socket_and_the_node():
+    from penumbra.transports.direct_links import _gone, endpoint_of, parse_endpoint
+
+    e = endpoint_of("10.0.0.2", 4321, "/tmp/s/actor-7.sock", "node:a")
+    assert parse_endpoint(e) == ("10.0.0.2", 4321, "/tmp/s/actor-7.sock", "node:a")
+    assert parse_endpoint(endpoint_of("h", 1, "", "n")) == ("h", 1, "", "n")  # (no Unix socket: TCP only)
+    with pytest.raises(ValueError, match="not an actor endpoint"):
+        parse_endpoint("10.0.0.2:4321")
+    assert _gone(ConnectionRefusedError()) and _gone(FileNotFoundError())
+    assert not _gone(TimeoutError()) and not _gone(OSError(113, "No route to host"))

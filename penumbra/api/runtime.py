@@ -73,6 +73,12 @@ class Runtime(abc.ABC):
     def submit(self, spec: TaskSpec) -> None:
         """Hand a task (or actor call, or actor creation) to the node."""
 
+    def submit_actor_call(self, spec: TaskSpec, direct: bool) -> None:
+        """Submit actor call ``spec``; ``direct``: it may go straight to the
+        actor's worker (not for a ``replay=True`` actor's).  By default the
+        node routes it, as ``submit``."""
+        self.submit(spec)
+
     def hold_args(self, spec: TaskSpec, refs: list) -> None:
         """Keep ``refs`` (the ``ObjectRef`` arguments of actor call ``spec``,
         just submitted) alive until the call is resolved, if this runtime

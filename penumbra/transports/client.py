@@ -343,6 +343,12 @@ class ClientRuntime(Runtime):
             raise GetTimeoutError(f"{what} got no answer from the node within {timeout} s") from None
 
     # ------------------------------------------------------------------ Runtime
+    def submit_actor_call(self, spec: TaskSpec, direct: bool) -> None:
+        if direct:
+            self.submit(spec)
+        else:  # (a replay=True actor's call: routed, from the first)
+            self._deliver(SubmitTask(client=self.client_id, spec=spec), kind=SubmitTask)
+
     def submit(self, spec: TaskSpec) -> None:
         if spec.actor_id is not None and self._direct_on:
             if self._closed:

@@ -362,3 +362,23 @@ def test_replay_actors_keep_the_routed_path_and_a_cancel_before_the_row_leaves_n
     assert pickle.loads(pickle.dumps(a))._replay is True
     assert local.direct_calls is None or not local.direct_calls.caller.owns(first.id.task_id())
     assert _direct(local) == 0  # (nothing answered by the worker itself)
+
+
+@ray.remote
+def fails():
+    raise ValueError("boom")
+
+
+def test_an_input_holding_an_error_fails_the_call_with_that_error(local, tmp_path):
+    """As on the routed path: the call fails with its input's own error (a
+    cancelled input: TASK_CANCELLED), not with one it raised."""
+    a = Log.remote()
+    started = str(tmp_path / "started")
+    running = a.poll.remote(started)
+    _until(lambda: os.path.exists(started), "the call to start")
+    ray.cancel(running)
+    with pytest.raises(exc.TaskCancelledError):
+        ray.get(a.add.remote("c", running), timeout=30)
+    with pytest.raises(ValueError, match="boom"):
+        ray.get(a.add.remote("e", fails.remote()), timeout=30)
+    assert _direct(local) >= 3

@@ -127,6 +127,16 @@ class _Forward(io.TextIOBase):
         return f"({name} pid={os.getpid()})"
 
 
+class _InputError(Exception):
+    """An input of a direct call holds an error: the call fails with that
+    error itself, as the node fails a routed call (not as one the call
+    raised)."""
+
+    def __init__(self, info: ErrorInfo) -> None:
+        super().__init__(info.message)
+        self.info = info
+
+
 class Worker:
     def __init__(self, rt: ClientRuntime) -> None:
         self.rt = rt
@@ -229,6 +239,9 @@ class Worker:
         atts = run.args
         if atts is None:  # a direct call: its refs' values come through the node, here
             atts = self.rt.fetch_attachments(run.spec.dependencies) if run.spec.dependencies else ()
+            for att in atts:
+                if att[0] == "e":  # (as the node fails a routed call: with the input's own error)
+                    raise _InputError(att[1])
         shm = self.rt.shm if any(att[0] == "s" for att in atts) else None
         return call_args(run.spec, [decode_value(dep, att, shm) for dep, att in zip(run.spec.dependencies, atts)])
 
@@ -276,6 +289,11 @@ class Worker:
                 self.current = None
             self.cancelled.discard(spec.task_id)
             self._finish(spec, result, time.perf_counter() - t0)
+        except _InputError as e:
+            if main:
+                self.current = None
+            self.cancelled.discard(spec.task_id)
+            self._done(P.Raised(spec.task_id, e.info, False, time.perf_counter() - t0))
         except KeyboardInterrupt:
             self.current = None
             self.cancelled.discard(spec.task_id)
@@ -310,6 +328,8 @@ class Worker:
                         result = await asyncio.get_running_loop().run_in_executor(
                             None, stream_values, spec, result, self._store)
                 self._finish(spec, result, time.perf_counter() - t0)
+            except _InputError as e:
+                self._done(P.Raised(spec.task_id, e.info, False, time.perf_counter() - t0))
             except asyncio.CancelledError:
                 # ``cancel`` of a running async call, as in Ray
                 name = spec.display_name()

@@ -377,8 +377,9 @@ def test_an_input_holding_an_error_fails_the_call_with_that_error(local, tmp_pat
     running = a.poll.remote(started)
     _until(lambda: os.path.exists(started), "the call to start")
     ray.cancel(running)
-    with pytest.raises(exc.TaskCancelledError):
+    with pytest.raises(exc.TaskCancelledError) as got:
         ray.get(a.add.remote("c", running), timeout=30)
+    assert not isinstance(got.value, exc.TaskError), repr(got.value)  # (its input's error, not one it raised)
     with pytest.raises(ValueError, match="boom"):
         ray.get(a.add.remote("e", fails.remote()), timeout=30)
     assert _direct(local) >= 3

@@ -383,3 +383,26 @@ def test_an_input_holding_an_error_fails_the_call_with_that_error(local, tmp_pat
     with pytest.raises(ValueError, match="boom"):
         ray.get(a.add.remote("e", fails.remote()), timeout=30)
     assert _direct(local) >= 3
+
+
+@ray.remote
+def get_or_name(refs):
+    try:
+        return ray.get(refs[0], timeout=30)
+    except Exception as e:  # noqa: BLE001 - the test looks at it
+        return type(e).__name__
+
+
+def test_a_call_failed_at_the_caller_fails_for_other_processes_too(local, tmp_path):
+    """A call the caller fails itself (its actor killed while the call
+    waited) has no worker to report it: its error is stored on the
+    caller's node, so another process's get raises it too (it hung)."""
+    a = Log.remote()
+    barrier = str(tmp_path / "go")
+    a.hold.remote(barrier)
+    queued = a.add.remote("k", 1)
+    _until(lambda: os.path.exists(barrier + ".started"), "the call to start")
+    ray.kill(a)
+    with pytest.raises(exc.ActorDiedError):
+        ray.get(queued, timeout=30)
+    assert ray.get(get_or_name.remote([queued]), timeout=60) == "ActorDiedError"

@@ -34,7 +34,7 @@ from typing import Any
 import trio
 
 from ..core.actor_caller import ActorCaller, Failed, Reroute, Resolved, Watch
-from ..core.messages import Send, SetTimer, SubmitTask
+from ..core.messages import PutObject, Send, SetTimer, SubmitTask
 from ..core.msg_direct import ActorWatched, DirectReply, WatchActor
 from ..core.records import ActorState, ObjectInfo
 from .direct_links import Links
@@ -170,6 +170,7 @@ class DirectCalls:
                 info = ObjectInfo(0, c.error)
                 att = ("e", c.error)
                 rt._run(rt.machine.resolve_local({oid: (info, att) for oid in c.spec.return_ids}))
+                self._record_failure(c.spec, c.error)
             elif t is Watch:
                 self._to_node(WatchActor(client=rt.client_id, actor_id=c.actor_id))
             elif t is Reroute:
@@ -179,6 +180,29 @@ class DirectCalls:
                 self._args.pop(c.spec.task_id, None)  # (the node pins them now: dropped after)
             elif t is SetTimer:
                 self._set_timer(c.at, c.key)
+
+    def _record_failure(self, spec, error) -> None:
+        """A call failed here, without a reply (its actor died, was killed,
+        the call was cancelled before it was sent): no worker reports it,
+        so store its error on our node, where a process handed one of its
+        refs finds it (a ``get`` there raises it), as the routed path's
+        router stores the error of a call it fails.  (Holding the lock.)"""
+        rt = self.rt
+        from ..api.runtime import ErrorValue
+        from .client import _LazyShm
+        from .objectstore import encode_value
+
+        for oid in spec.return_ids:
+            try:
+                size, data = encode_value(oid, ErrorValue(error), _LazyShm(rt), subject="an actor call's error")
+            except Exception:  # noqa: BLE001 - an error that does not encode: its caller has it at least
+                continue
+            fut = rt.bridge.future()
+            _, cmds = rt.machine.request(fut, lambda rid, oid=oid, size=size: PutObject(
+                client=rt.client_id, req_id=rid, object_id=oid, size=size))
+            rt._run(cmds, {oid: ("i", data)} if data is not None else None)
+            # (then unpinned, as a task's output is)
+            fut.add_done_callback(lambda f, oid=oid: rt.release([oid]) if not f.cancelled() else None)
 
     def _to_node(self, msg) -> None:
         rt = self.rt

@@ -146,7 +146,7 @@ class ActorClass:
                 return get_actor(o["name"], o.get("namespace"))
             raise
         del keep
-        return ActorHandle(aid, self._cls.__name__, self._methods, self._is_async, fd)
+        return ActorHandle(aid, self._cls.__name__, self._methods, self._is_async, fd, bool(o.get("replay")))
 
     def __repr__(self) -> str:
         return f"<penumbra actor class {self._name}>"
@@ -163,12 +163,15 @@ class ActorHandle:
     """A reference to an actor; pass it to tasks and other actors freely."""
 
     def __init__(self, actor_id: ActorId, class_name: str, methods: tuple[tuple[str, int], ...],
-                 is_async: bool = False, cls: FunctionDescriptor | None = None) -> None:
+                 is_async: bool = False, cls: FunctionDescriptor | None = None, replay: bool = False) -> None:
         self._actor_id = ActorId(actor_id)
         self._class_name = class_name
         self._methods = dict(methods)
         self._is_async = is_async
         self._cls = cls or FunctionDescriptor(b"", class_name)
+        # a replay=True actor's calls take the routed path from the first
+        # (transports: no direct call; see Runtime.submit_actor_call)
+        self._replay = replay
 
     def __getattr__(self, name: str) -> "ActorMethod":
         methods = self.__dict__.get("_methods")
@@ -193,7 +196,9 @@ class ActorHandle:
         return ActorMethod(self, "__ray_terminate__", 1)
 
     def __reduce__(self):
-        return (ActorHandle, (bytes(self._actor_id), self._class_name, tuple(self._methods.items()), self._is_async, self._cls))
+        args = (bytes(self._actor_id), self._class_name, tuple(self._methods.items()), self._is_async, self._cls)
+        # (the flag only when set: a handle pickles to the bytes it always did)
+        return (ActorHandle, args + (True,) if self._replay else args)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ActorHandle) and other._actor_id == self._actor_id
@@ -219,7 +224,7 @@ def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
     if entry is None:
         raise ValueError(f"actor '{name}' is registered but its record is missing; retry shortly")
     s = entry.spec
-    return ActorHandle(s.actor_id, s.cls.name.rsplit(".", 1)[-1], s.methods, s.is_async, s.cls)
+    return ActorHandle(s.actor_id, s.cls.name.rsplit(".", 1)[-1], s.methods, s.is_async, s.cls, s.replay)
 
 
 class ActorMethod:
@@ -264,7 +269,9 @@ class ActorMethod:
                 name=self._options.get("name") or "",
             )
             # submitted under the lock: calls reach the node in sequence order
-            rt.submit(spec)
+            rt.submit_actor_call(spec, not h._replay)
+        if deps:
+            rt.hold_args(spec, keep + [a for a in (*args, *kwargs.values()) if type(a) is ObjectRef])
         del keep
         refs = refs_for(spec, n)
         if type(refs) is ObjectRef:

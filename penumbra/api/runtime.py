@@ -73,6 +73,19 @@ class Runtime(abc.ABC):
     def submit(self, spec: TaskSpec) -> None:
         """Hand a task (or actor call, or actor creation) to the node."""
 
+    def submit_actor_call(self, spec: TaskSpec, direct: bool) -> None:
+        """Submit actor call ``spec``; ``direct``: it may go straight to the
+        actor's worker (not for a ``replay=True`` actor's).  By default the
+        node routes it, as ``submit``."""
+        self.submit(spec)
+
+    def hold_args(self, spec: TaskSpec, refs: list) -> None:
+        """Keep ``refs`` (the ``ObjectRef`` arguments of actor call ``spec``,
+        just submitted) alive until the call is resolved, if this runtime
+        needs to: a direct call reaches the actor's worker without its node,
+        which pins a routed call's arguments, seeing it.  By default
+        nothing: the node pinned them."""
+
     @abc.abstractmethod
     def create_actor(self, spec: TaskSpec, timeout: float | None) -> None:
         """Submit an actor creation task; for a named actor, wait until the

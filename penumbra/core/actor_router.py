@@ -20,11 +20,10 @@ cooperate is in core/actors.py.
 
 from __future__ import annotations
 
-import heapq
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .actor_rules import _cancelled, _rank
+from . import actor_calls as rules
+from .actor_calls import CallBook, PendingCall
 from .ids import ActorId, TaskId
 from .messages import (
     ActorCall,
@@ -48,57 +47,13 @@ if TYPE_CHECKING:
 __all__ = ["ActorRouter"]
 
 
-def _died(entry: ActorEntry | None, name: str, why: str) -> ErrorInfo:
-    if entry is not None and entry.death_cause is not None:
-        cause = entry.death_cause
-        return ErrorInfo(ErrorKind.ACTOR_DIED, f"the actor {name} is dead: {cause.message}", cause.payload, task_name=name)
-    return ErrorInfo(ErrorKind.ACTOR_DIED, f"the actor {name} died {why}", task_name=name)
-
-
-@dataclass(slots=True)
-class _Pending:
-    spec: TaskSpec
-    attempt: int = 0
-    sent_to: int | None = None  # incarnation the call was sent to
-    cancelled: bool = False  # penumbra.cancel asked after it was sent: never retried
-
-
-@dataclass(slots=True)
-class _Route:
-    actor_id: ActorId
-    entry: ActorEntry | None = None
-    pending: dict[tuple[str, int], _Pending] = field(default_factory=dict)
-    # the calls' sequence numbers by caller, as heaps (removal is lazy), so
-    # the floor is O(log n).  (Not insertion order: the swarm found that
-    # submissions can reach the node out of order.)
-    by_caller: dict[str, list[int]] = field(default_factory=dict)
-    changed_at: float = 0.0
-    # per caller: every call below this has reached us; calls above a gap wait
-    received: dict[str, int] = field(default_factory=dict)
-    ahead: dict[str, set[int]] = field(default_factory=dict)
-
-    def add(self, p: _Pending) -> None:
-        c, s = p.spec.caller_id, p.spec.sequence_no
-        self.pending[(c, s)] = p
-        heapq.heappush(self.by_caller.setdefault(c, []), s)
-
-    def remove(self, caller: str, seq: int) -> _Pending | None:
-        return self.pending.pop((caller, seq), None)
-
-    def floor(self, caller: str) -> int:
-        heap = self.by_caller.get(caller)
-        while heap and (caller, heap[0]) not in self.pending:
-            heapq.heappop(heap)
-        if not heap:
-            self.by_caller.pop(caller, None)
-            return 0
-        return heap[0]
-
-
 class ActorRouter:
+    """The routed path's sender of actor calls: a ``CallSide`` of the shared
+    rules (core/actor_calls.py), sending ``ActorCall`` to the host node."""
+
     def __init__(self, node: "NodeEffects") -> None:
         self.node = node
-        self.routes: dict[ActorId, _Route] = {}
+        self.routes: dict[ActorId, CallBook] = {}
         self.calls: dict[TaskId, ActorId] = {}  # unresolved calls -> their actor
         # actors a client of this node killed for good: later calls from
         # here fail at once (the kill and the calls travel one FIFO channel,
@@ -114,11 +69,11 @@ class ActorRouter:
         e = self.routes[aid].entry
         return e is not None and e.state is ActorState.ALIVE and e.node == self.node.address
 
-    def _route(self, aid: ActorId, now: float, sid: str) -> tuple[_Route, list[Command]]:
+    def _route(self, aid: ActorId, now: float, sid: str) -> tuple[CallBook, list[Command]]:
         r = self.routes.get(aid)
         if r is not None:
             return r, []
-        r = self.routes[aid] = _Route(aid)
+        r = self.routes[aid] = CallBook(aid)
         # (the reply carries the row as it is now: see ObjectManager._subscribe)
         return r, self.node.gcs_write(Subscribe(self.node.address, "actors", aid), ("actor-sub", aid), now, sid)
 
@@ -154,97 +109,56 @@ class ActorRouter:
                 ErrorKind.ACTOR_DIED, f"the actor {name} is dead: it was killed by penumbra.kill()", task_name=name),
                 0, now, sid)
         r, cmds = self._route(spec.actor_id, now, sid)
-        p = _Pending(spec)
+        p = PendingCall(spec)
         r.add(p)
         self.calls[spec.task_id] = spec.actor_id
         self.node.story_add(spec.task_id, now, sid, f"actor call {spec.method} #{spec.sequence_no}")
-        # A caller's calls leave for the actor in sequence order, with no gap:
-        # one that arrives ahead of an earlier one waits for it.  (Found by
-        # the swarm: with submissions reordered on the way, a call sent
-        # ahead carried a floor above the call still to come, and the actor
-        # skipped that one.)
-        caller, seq = spec.caller_id, spec.sequence_no
-        nxt = r.received.get(caller, 0)
-        if seq > nxt:
-            r.ahead.setdefault(caller, set()).add(seq)
-            return cmds
-        if seq < nxt:
-            return cmds + self._send_if_alive(r, p, now, sid)  # (a re-submission)
-        ahead = r.ahead.get(caller)
-        released = [p]
-        nxt += 1
-        while ahead and nxt in ahead:
-            ahead.discard(nxt)
-            q = r.pending.get((caller, nxt))
-            if q is not None:
-                released.append(q)
-            nxt += 1
-        r.received[caller] = nxt
-        for q in released:
-            cmds += self._send_if_alive(r, q, now, sid)
+        for q in rules.arrive(r, p):
+            cmds += rules.send_if_alive(r, q, self, now, sid)
         return cmds
 
-    def _sendable(self, r: _Route, p: _Pending) -> bool:
-        return p.spec.sequence_no < r.received.get(p.spec.caller_id, 0)
+    # -- the CallSide of the shared rules (core/actor_calls.py)
+    def ready(self, r: CallBook) -> bool:
+        return True
 
-    def _floor(self, r: _Route, caller: str) -> int:
-        return r.floor(caller)
-
-    def _send_if_alive(self, r: _Route, p: _Pending, now: float, sid: str) -> list[Command]:
+    def send(self, r: CallBook, p: PendingCall, now: float, sid: str) -> list[Command]:
         e = r.entry
-        if e is None or e.state in (ActorState.PENDING, ActorState.RESTARTING):
-            return []  # buffered until ALIVE
-        if e.state is ActorState.DEAD:
-            return self._fail(r, p, _died(e, p.spec.display_name(), ""), now, sid)
-        p.sent_to = e.incarnation
         return [Send(to=e.node, msg=ActorCall(
             spec=p.spec, from_node=self.node.address, incarnation=e.incarnation,
-            floor=self._floor(r, p.spec.caller_id), attempt=p.attempt, stimulus_id=sid,
+            floor=r.floor(p.spec.caller_id), attempt=p.attempt, stimulus_id=sid,
         ))]
 
-    def _fail(self, r: _Route, p: _Pending, error: ErrorInfo, now: float, sid: str) -> list[Command]:
+    def fail(self, r: CallBook, p: PendingCall, error: ErrorInfo, now: float, sid: str) -> list[Command]:
         r.remove(p.spec.caller_id, p.spec.sequence_no)
         self.calls.pop(p.spec.task_id, None)
         self.node.story_add(p.spec.task_id, now, sid, f"actor call failed: {error.message}")
         return self.node.fail_outputs(p.spec, error, p.attempt, now, sid)
 
+    def send_cancel(self, r: CallBook, p: PendingCall, now: float, sid: str) -> list[Command]:
+        e = r.entry
+        return [Send(to=e.node, msg=CancelActorCall(
+            actor_id=r.actor_id, task_id=p.spec.task_id, caller_id=p.spec.caller_id,
+            sequence_no=p.spec.sequence_no, incarnation=p.sent_to, stimulus_id=sid))]
+
+    def note_cancel(self, r: CallBook, p: PendingCall, now: float, sid: str) -> None:
+        e = r.entry
+        self.node.story_add(p.spec.task_id, now, sid, f"cancel requested; sent to the actor's host {e.node if e else '?'}")
+
+    # -- events
     def on_entry(self, aid: ActorId, entry: ActorEntry | None, now: float, sid: str) -> list[Command]:
         r = self.routes.get(aid)
         if r is None or entry is None:
             return []
-        old = r.entry
-        if old is not None and (entry.incarnation, _rank(entry.state)) < (old.incarnation, _rank(old.state)):
-            return []  # stale
-        r.changed_at = now
-        r.entry = entry
+        taken, old = rules.accept_row(r, entry, now)
+        if not taken:
+            return []
         cmds: list[Command] = []
         if old is not None and old.node == self.node.address and (entry.node != old.node or entry.state is not ActorState.ALIVE):
             # the actor left this node: its pending calls' outputs will be
             # made elsewhere (if at all), so follow them in the GCS
             for p in r.pending.values():
                 cmds += self.node.objects.producer_left(p.spec.return_ids, now, sid)
-        for p in sorted(r.pending.values(), key=lambda p: (p.spec.caller_id, p.spec.sequence_no)):
-            if entry.state is ActorState.DEAD:
-                cmds += self._fail(r, p, _died(entry, p.spec.display_name(), ""), now, sid)
-            elif p.sent_to is not None and p.sent_to < entry.incarnation:
-                # the call went to an incarnation that died
-                if p.cancelled:
-                    cmds += self._fail(r, p, _cancelled(p.spec), now, sid)  # (cancelled calls are not retried)
-                elif _may_retry(entry, p):
-                    p.attempt += 1
-                    p.sent_to = None
-                    cmds += self._send_if_alive(r, p, now, sid)
-                else:
-                    cmds += self._fail(r, p, ErrorInfo(
-                        ErrorKind.ACTOR_DIED,
-                        f"the actor died while the call {p.spec.display_name()} was in flight; it is "
-                        f"not retried (max_task_retries={entry.spec.max_task_retries}); set "
-                        f"max_task_retries to retry calls across restarts",
-                        task_name=p.spec.display_name(),
-                    ), now, sid)
-            elif p.sent_to is None and entry.state is ActorState.ALIVE and self._sendable(r, p):
-                cmds += self._send_if_alive(r, p, now, sid)
-        return cmds
+        return cmds + rules.settle(r, entry, self, now, sid)
 
     def on_done(self, ev: ActorCallDone, now: float, sid: str) -> list[Command]:
         r = self.routes.get(ev.actor_id)
@@ -254,23 +168,12 @@ class ActorRouter:
             p = r.remove(ev.caller_id, s)
             if p is not None:
                 self.calls.pop(p.spec.task_id, None)
+        floor = rules.floor_notice(r, ev.caller_id, ev.sequence_nos, ev.incarnation)
+        if floor is None:
+            return []
         e = r.entry
-        if e is None or e.state is not ActorState.ALIVE or not r.pending:
-            return []
-        # The live incarnation runs a caller's calls without gaps.  If the
-        # next call it will get is not the one after this (a call between was
-        # resolved elsewhere: by an older incarnation, or failed here at the
-        # caller), or an older incarnation resolved this one, tell it where
-        # the caller's order goes on.  (Found by the swarm, seed 195: a
-        # restarted actor waited forever for a call an old one had answered.)
-        caller = ev.caller_id
-        floor = r.floor(caller)
-        if not floor or not any(c == caller and p.sent_to == e.incarnation for (c, _), p in r.pending.items()):
-            return []
-        if ev.incarnation < e.incarnation or floor > max(ev.sequence_nos) + 1:
-            return [Send(to=e.node, msg=ActorFloor(actor_id=ev.actor_id, caller_id=caller, floor=floor,
-                                                   incarnation=e.incarnation, stimulus_id=sid))]
-        return []
+        return [Send(to=e.node, msg=ActorFloor(actor_id=ev.actor_id, caller_id=ev.caller_id, floor=floor,
+                                               incarnation=e.incarnation, stimulus_id=sid))]
 
     def on_stale(self, ev: ActorCallStale, now: float, sid: str) -> list[Command]:
         r = self.routes.get(ev.spec.actor_id)
@@ -279,13 +182,7 @@ class ActorRouter:
         p = r.pending.get((ev.spec.caller_id, ev.spec.sequence_no))
         if p is None:
             return []
-        if r.entry is not None and r.entry.incarnation > ev.incarnation and p.sent_to is not None and p.sent_to < r.entry.incarnation:
-            return []  # handled when we saw the new incarnation
-        # the host did not know the actor (yet): it never ran there; resend later
-        p.sent_to = None
-        if r.entry is not None and r.entry.state is ActorState.ALIVE and r.entry.incarnation > ev.incarnation:
-            return self._send_if_alive(r, p, now, sid)
-        return []
+        return rules.stale(r, p, ev.incarnation, self, now, sid)
 
     def cancel(self, tid: TaskId, now: float, sid: str) -> tuple[bool, list[Command]]:
         """``penumbra.cancel`` of an actor call made from this node.
@@ -300,20 +197,7 @@ class ActorRouter:
         p = next((q for q in r.pending.values() if q.spec.task_id == tid), None) if r is not None else None
         if p is None:
             return False, []
-        if p.sent_to is None:
-            return True, self._fail(r, p, _cancelled(p.spec), now, sid)
-        if p.cancelled:
-            return True, []
-        p.cancelled = True
-        e = r.entry
-        self.node.story_add(tid, now, sid, f"cancel requested; sent to the actor's host {e.node if e else '?'}")
-        if e is not None and e.state is ActorState.ALIVE and e.incarnation == p.sent_to:
-            return True, [Send(to=e.node, msg=CancelActorCall(
-                actor_id=aid, task_id=tid, caller_id=p.spec.caller_id, sequence_no=p.spec.sequence_no,
-                incarnation=p.sent_to, stimulus_id=sid))]
-        if e is not None and e.incarnation > p.sent_to:
-            return True, self._fail(r, p, _cancelled(p.spec), now, sid)
-        return True, []  # (the row is behind: on_entry fails it when it catches up)
+        return True, rules.cancel(r, p, self, now, sid)
 
     def validate(self) -> None:
         for r in self.routes.values():
@@ -321,8 +205,3 @@ class ActorRouter:
                 assert p.spec.caller_id == c and p.spec.sequence_no == s
                 # an unsent call is failed on cancel, never kept as cancelled
                 assert not p.cancelled or p.sent_to is not None, f"cancelled call {c}#{s} kept unsent"
-
-
-def _may_retry(entry: ActorEntry, p: _Pending) -> bool:
-    n = entry.spec.max_task_retries
-    return n < 0 or p.attempt < n

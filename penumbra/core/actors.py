@@ -67,7 +67,19 @@ This module gathers them (the parts' names are importable from here):
 * core/actor_host.py: ``ActorHost`` and ``ActorStart``, the host side, and
   its constants (``PIPELINE_DEPTH``, ``SHUTDOWN_*``, ``TERMINATE_METHOD``);
 * core/actor_manager.py: ``ActorManager``, the head side;
-* core/actor_rules.py: what the three share (``checkpoint_key``, ...).
+* core/actor_rules.py: what the three share (``checkpoint_key``, ...);
+* core/actor_calls.py: the caller's rules (order, floors, what a row change
+  does to pending calls, retries, cancel), one set for both paths below.
+
+Direct calls (core/msg_direct.py) take the nodes off a call's path: the
+caller's process (``ActorCaller``, core/actor_caller.py, the same rules as
+the router) sends each call straight to the actor's worker (``ActorInbox``,
+core/actor_inbox.py, the host's per-caller order and floors, plus the
+results kept until the caller's floor passes them, so a call re-sent after
+a lost connection runs at most once).  The node only publishes the worker's
+endpoint, tells its clients of row and endpoint changes, and records what
+ran (``DirectHost``, core/actor_direct.py).  ``replay=True`` actors keep
+the routed path.
 
 The router and the host know their node as ``NodeEffects``
 (core/node_effects.py), the manager its head as ``HeadServices``

@@ -17,6 +17,11 @@ keeps the client's half of that protocol, and nothing else:
 * ``linger``: the node watch a ``wait()`` left open to serve the next ones
   (``ready, rest = wait(rest)`` in a loop would otherwise send the node all
   of ``rest`` every round: O(n) work per result);
+* ``local``: the results of direct actor calls (``core/actor_caller.py``):
+  the actor's worker answers the caller itself, so these never need the
+  node.  ``expect_local`` marks a call's return ids when it is sent,
+  ``resolve_local`` records the answer.  A watch on a mix asks the node
+  only for the others (rule 5);
 * ``state``: ``CONNECTED``, ``LOST`` (the connection ended without this side
   closing it) or ``SHUT_DOWN`` (this side closed it).
 
@@ -48,6 +53,12 @@ Rules (``validate`` checks the ones about state):
    (``CancelWatch``), unless it is the open ``linger`` watch, which keeps
    reporting for the next ``wait``.
 
+5. **Local results stay local.**  A watch's ids that are direct results
+   (``local``) are answered here, when the reply comes (or at once if it
+   came); only the rest go to the node, in one ``WatchObjects``, which is
+   cancelled when the watch is satisfied before the node reported them
+   all.  A watch of only local results sends nothing.
+
 Time comes in as ``now``; the machine keeps no clock.  Request ids are
 allocated here (``next_id``), so a driver never reuses one.
 """
@@ -77,7 +88,7 @@ from .messages import (
 
 __all__ = [
     "CONNECTED", "LOST", "SHUT_DOWN", "ClientMachine", "ConnectionLost", "ShutDown", "Resolve", "Report",
-    "TimedOut", "Fail", "INLINE_KEEP_BYTES", "LINGER_INLINE_BYTES",
+    "TimedOut", "Fail", "INLINE_KEEP_BYTES", "LINGER_INLINE_BYTES", "LOCAL_KEEP", "LOCAL_KEEP_BYTES",
 ]
 
 CONNECTED = "connected"
@@ -89,6 +100,14 @@ SHUT_DOWN = "shut down"
 # LINGER_INLINE_BYTES in all; past that, only the fact that they are ready.
 INLINE_KEEP_BYTES = 64 << 10
 LINGER_INLINE_BYTES = 64 << 20
+
+# The answered direct results kept (``local``): at most this many, and this
+# many inline bytes; past that the oldest go (a get of one asks the node,
+# which the actor's worker told).  Refs of call results are not counted
+# (only puts are), so without a bound a long loop of calls would keep
+# every result.
+LOCAL_KEEP = 100_000
+LOCAL_KEEP_BYTES = 64 << 20
 
 # ===========================================================================
 # Events (driver -> machine) and commands (machine -> driver)
@@ -159,7 +178,7 @@ class _Request:
 class _Watch:
     """A ``get``/``wait``/``await``: done when ``need`` of ``ids`` are reported."""
 
-    __slots__ = ("rid", "waiter", "ids", "need", "results", "stream", "linger")
+    __slots__ = ("rid", "waiter", "ids", "need", "results", "stream", "linger", "node_ids")
 
     def __init__(self, rid: int, waiter: Any, ids: frozenset, need: int, stream: bool) -> None:
         self.rid = rid
@@ -169,6 +188,14 @@ class _Watch:
         self.results: dict[ObjectId, tuple] = {}
         self.stream = stream
         self.linger: _Linger | None = None  # the open watch that serves it (no node watch of its own)
+        # the ids the node watches for it (a watch on local results too
+        # asks the node only for the others); None: all of ``ids``
+        self.node_ids: frozenset | None = None
+
+    def node_open(self) -> bool:
+        """Whether the node still watches some of its ids for it."""
+        ids = self.ids if self.node_ids is None else self.node_ids
+        return bool(ids) and not ids <= self.results.keys()
 
 
 class _Linger:
@@ -228,6 +255,12 @@ class ClientMachine:
         self.duplicates = 0  # reports of an object a watch already had (ignored)
         self.late = 0  # replies for requests no longer pending (ignored)
         self._next = 1
+        # direct actor call results: oid -> None while in flight, then
+        # (ObjectInfo, attachment); and the watches waiting for them
+        self.local: dict[ObjectId, tuple | None] = {}
+        self.local_waiters: dict[ObjectId, list[_Watch]] = {}
+        self._answered: dict[ObjectId, int] = {}  # answered local results, oldest first -> inline bytes
+        self._answered_bytes = 0
 
     # ------------------------------------------------------------------ ids
     def next_id(self) -> int:
@@ -298,6 +331,9 @@ class ClientMachine:
         rid = self.next_id()
         if self.state is not CONNECTED:
             return rid, self._refused(waiter, stimulus_id)
+        local = self.local
+        if local and any(o in local for o in uniq):
+            return rid, self._watch_local(rid, waiter, uniq, need, fetch, deadline, stream, stimulus_id)
         w = _Watch(rid, waiter, frozenset(uniq), need, stream)
         lg = self.linger if linger else None
         cmds: list[Command] = []
@@ -331,6 +367,96 @@ class ClientMachine:
             cmds += self._timer(rid, deadline, stimulus_id)
         return rid, cmds
 
+    def _watch_local(self, rid: int, waiter: Any, uniq: tuple, need: int, fetch: bool, deadline: float | None,
+                     stream: bool, sid: str) -> list[Command]:
+        """A watch on some direct results (rule 5): those answered already
+        count now, those in flight when their reply comes, and the node
+        watches the rest."""
+        local = self.local
+        w = _Watch(rid, waiter, frozenset(uniq), need, stream)
+        rest = tuple(o for o in uniq if o not in local)
+        w.node_ids = frozenset(rest)
+        new = []
+        for oid in uniq:
+            if oid in local:
+                r = local[oid]
+                if r is None:
+                    self.local_waiters.setdefault(oid, []).append(w)
+                else:
+                    w.results[oid] = r
+                    new.append((oid, r[0], r[1]))
+        cmds: list[Command] = []
+        if stream and new:
+            cmds.append(Report(waiter=waiter, objects=tuple(new), stimulus_id=sid))
+        if len(w.results) >= need:
+            cmds.append(Resolve(waiter=waiter, value=w.results, stimulus_id=sid))
+            return cmds
+        self.requests[rid] = w
+        if rest:
+            node_need = max(1, min(len(rest), need - (len(uniq) - len(rest))))
+            cmds.append(Send(to=self.node_id, msg=WatchObjects(client=self.client_id, req_id=rid, object_ids=rest,
+                                                               fetch=fetch, need=node_need, stimulus_id=sid),
+                             stimulus_id=sid))
+        return cmds + self._timer(rid, deadline, sid)
+
+    # ------------------------------------------------------------------ local results
+    def expect_local(self, object_ids) -> None:
+        """A direct actor call is on its way: its return ids will be
+        answered here (``resolve_local``), not by the node."""
+        local = self.local
+        for oid in object_ids:
+            if oid not in local:
+                local[oid] = None
+
+    def resolve_local(self, results: dict, stimulus_id: str = "") -> list[Command]:
+        """Direct results came (``{oid: (ObjectInfo, attachment)}``): keep
+        them, and report them to the watches waiting for them.  An id not
+        expected (released meanwhile) or answered before is ignored."""
+        local = self.local
+        cmds: list[Command] = []
+        for oid, r in results.items():
+            if oid not in local:
+                continue
+            if local[oid] is not None:
+                self.duplicates += 1
+                continue
+            local[oid] = r
+            att = r[1]
+            n = len(att[1]) if att is not None and att[0] == "i" else 0
+            self._answered[oid] = n
+            self._answered_bytes += n
+            for w in self.local_waiters.pop(oid, ()):
+                if self.requests.get(w.rid) is not w or oid in w.results:
+                    continue
+                w.results[oid] = r
+                if w.stream:
+                    cmds.append(Report(waiter=w.waiter, objects=((oid, r[0], r[1]),), stimulus_id=stimulus_id))
+                if len(w.results) >= w.need:
+                    del self.requests[w.rid]
+                    if w.node_open():
+                        cmds.append(Send(to=self.node_id, msg=CancelWatch(client=self.client_id, req_id=w.rid,
+                                                                          stimulus_id=stimulus_id),
+                                         stimulus_id=stimulus_id))
+                    cmds.append(Resolve(waiter=w.waiter, value=w.results, stimulus_id=stimulus_id))
+        answered = self._answered
+        if len(answered) > LOCAL_KEEP or self._answered_bytes > LOCAL_KEEP_BYTES:
+            while answered and (len(answered) > LOCAL_KEEP or self._answered_bytes > LOCAL_KEEP_BYTES):
+                oid = next(iter(answered))
+                self._answered_bytes -= answered.pop(oid)
+                local.pop(oid, None)
+        return cmds
+
+    def forget_local(self, object_ids) -> None:
+        """These direct results are released (or to be asked of the node):
+        forget them (a later watch of one asks the node)."""
+        local = self.local
+        answered = self._answered
+        for oid in object_ids:
+            local.pop(oid, None)
+            n = answered.pop(oid, None)
+            if n is not None:
+                self._answered_bytes -= n
+
     # ------------------------------------------------------------------ giving up
     def give_up(self, rid: int, stimulus_id: str = "") -> list[Command]:
         """The waiter of ``rid`` stops waiting (its timeout, an interrupt):
@@ -358,7 +484,7 @@ class ClientMachine:
             # watch stays open for the next wait, only this waiter goes
             if r in lg.waiters:
                 lg.waiters.remove(r)
-        else:
+        elif r.node_ids is None or r.node_open():
             cmds.append(Send(to=self.node_id, msg=CancelWatch(client=self.client_id, req_id=rid, stimulus_id=sid),
                              stimulus_id=sid))
         if tell:
@@ -439,7 +565,7 @@ class ClientMachine:
             cmds.append(Report(waiter=w.waiter, objects=tuple(new), stimulus_id=sid))
         if len(results) >= w.need:
             del self.requests[rid]
-            if len(results) < len(w.ids):  # satisfied with some (wait): the node's watch is still open
+            if w.node_open():  # satisfied with some (wait): the node's watch is still open
                 cmds.append(Send(to=self.node_id, msg=CancelWatch(client=self.client_id, req_id=rid, stimulus_id=sid),
                                  stimulus_id=sid))
             cmds.append(Resolve(waiter=w.waiter, value=results, stimulus_id=sid))
@@ -493,6 +619,7 @@ class ClientMachine:
         lg, self.linger = self.linger, None
         if lg is not None:
             lg.waiters = []
+        self.local_waiters.clear()
         return [Fail(waiter=r.waiter, reason=state, detail=detail, stimulus_id=sid) for r in pending]
 
     # ------------------------------------------------------------------ checks

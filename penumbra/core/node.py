@@ -34,6 +34,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Hashable
 
+from .actor_direct import DirectHost
 from .actor_host import ActorHost, ActorStart
 from .actor_router import ActorRouter
 from .gcs_client import GcsClient
@@ -104,6 +105,7 @@ from .messages import (
     PrepareBundles,
     ReleaseBundles,
 )
+from .msg_direct import ActorEndpoint, DirectCallsRan, WatchActor
 from .placement import BundleHolder
 from .node_jobs import NodeJobs
 from .objects import ObjectManager
@@ -172,6 +174,7 @@ class NodeMachine(NodeJobs):
         self.bundles = BundleHolder(self)  # placement group bundles held here
         self.host = ActorHost(self)
         self.router = ActorRouter(self)
+        self.direct = DirectHost(self)  # direct actor calls: endpoints, watches, what ran
         self.clients: dict[str, int] = {}  # client -> job id (drivers)
         self.watches: dict[tuple[str, int], _Watch] = {}
         self.outbox: dict[tuple[str, int], list[tuple[ObjectId, ObjectInfo]]] = {}
@@ -289,7 +292,7 @@ class NodeMachine(NodeJobs):
             join = [] if self.welcomed else [self._join()]
             return (join + [SetTimer(at=now + ObjectManager.REFRESH, key=("node", "refresh"))]
                     + self.objects.on_refresh(now, sid) + self.router.on_refresh(now, sid)
-                    + self.router.refresh_hosted(now, sid))
+                    + self.router.refresh_hosted(now, sid) + self.direct.on_refresh(now, sid))
         if key[0] == "obj":
             return self.objects.on_recheck(key[2], now, ev.stimulus_id)
         if key[0] == "actor-shutdown":
@@ -307,6 +310,8 @@ class NodeMachine(NodeJobs):
         self.objects.store.unpin_holder(("client", ev.client))
         for key in [k for k in self.watches if k[0] == ev.client]:
             cmds += self._drop_watch(key, now, ev.stimulus_id)
+        if self.direct.watchers:
+            cmds += self.direct.client_gone(ev.client, now, ev.stimulus_id)
         job = self.clients.pop(ev.client, None)
         # (job 0: a driver that left before it learned its job id; it
         # submitted nothing)
@@ -412,6 +417,8 @@ class NodeMachine(NodeJobs):
             return []
         cmds: list[Command] = []
         for oid in ev.object_ids:
+            if not oid.is_put and oid not in self.objects.store.objects and oid not in self.objects.store.spilled:
+                self.direct.note_freed(oid)  # (a direct call's output whose report is on its way, maybe)
             cmds += self.objects.free(oid, now, ev.stimulus_id)
         return cmds
 
@@ -627,6 +634,8 @@ class NodeMachine(NodeJobs):
             return self.host.on_released(token[1], token[2], token[3], now, sid)
         if kind == "actor-covered":
             return self.host.on_covered_row(token[1], token[2], token[3], result, now, sid)
+        if kind == "direct-endpoint":
+            return self.direct.on_endpoint_row(token[1], result, now, sid)
         if kind == "register":
             client, spec = token[1], token[2]
             a = spec.actor_creation
@@ -653,6 +662,8 @@ class NodeMachine(NodeJobs):
             return self.objects.on_entry(ev.key, ev.value, now, ev.stimulus_id)
         if table == "actors":
             return self._actor_row(ev.key, ev.value, now, ev.stimulus_id)
+        if table == "kv":
+            return self.direct.on_notify_key(ev.key, ev.value, now, ev.stimulus_id)
         if table == "nodes":
             entry: NodeEntry = ev.value
             if entry is None:
@@ -671,7 +682,10 @@ class NodeMachine(NodeJobs):
         return []
 
     def _actor_row(self, aid, entry, now: float, sid: str) -> list[Command]:
-        return self.router.on_entry(aid, entry, now, sid) + self.host.on_entry(aid, entry, now, sid)
+        cmds = self.router.on_entry(aid, entry, now, sid) + self.host.on_entry(aid, entry, now, sid)
+        if self.direct.active():
+            cmds += self.direct.on_row(aid, now, sid)
+        return cmds
 
     def _on_fenced(self, ev: Fenced, now: float) -> list[Command]:
         return self._fence(ev.reason or "the head declared this node dead", ev.stimulus_id)
@@ -693,6 +707,7 @@ class NodeMachine(NodeJobs):
         self.bundles.validate()
         self.host.validate()
         self.router.validate()
+        self.direct.validate()
         self.gcs.validate()
         for key, w in self.watches.items():
             assert w.remaining, f"watch {key} has nothing left but is still open"
@@ -753,4 +768,8 @@ _HANDLERS = {
     PrepareBundles: lambda self, ev, now: self.bundles.on_prepare(ev, now),
     CommitBundles: lambda self, ev, now: self.bundles.on_commit(ev, now),
     ReleaseBundles: lambda self, ev, now: self.bundles.on_release(ev, now),
+    # direct actor calls (core/actor_direct.py)
+    ActorEndpoint: lambda self, ev, now: self.direct.on_endpoint(ev, now),
+    DirectCallsRan: lambda self, ev, now: self.direct.on_ran(ev, now),
+    WatchActor: lambda self, ev, now: self.direct.on_watch(ev, now),
 }

@@ -88,6 +88,7 @@ from .tables_ops import (
     GetMany,
     Keys,
     KvDelete,
+    PutEndpoint,
     KvIncrement,
     KvPut,
     NodeDown,
@@ -358,6 +359,15 @@ def _kv_delete(t: Tables, op: KvDelete):
     return True, [("kv", op.key, None)]
 
 
+def _put_endpoint(t: Tables, op: PutEndpoint):
+    rows = t.data["kv"]
+    old = rows.get(op.key)
+    if old is not None and getattr(old, "incarnation", -1) > op.row.incarnation:
+        return old, []
+    rows[op.key] = op.row
+    return op.row, [("kv", op.key, op.row)]
+
+
 def _subscribe(t: Tables, op: Subscribe):
     t.subs.setdefault((op.table, op.key), set()).add(op.subscriber)
     current = t.data[op.table].get(op.key) if op.key is not None else None
@@ -427,6 +437,7 @@ _APPLY = {
     KvPut: _kv_put,
     KvIncrement: _kv_increment,
     KvDelete: _kv_delete,
+    PutEndpoint: _put_endpoint,
     ForgetJob: _forget_job,
     ForgetObject: _forget_object,
     FlushOld: _flush_old,

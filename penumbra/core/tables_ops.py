@@ -54,6 +54,7 @@ __all__ = [
     "KvPut",
     "KvIncrement",
     "KvDelete",
+    "PutEndpoint",
     "ForgetJob",
     "ForgetObject",
     "FlushOld",
@@ -341,6 +342,20 @@ class KvIncrement(Op):
 
 class KvDelete(Op):
     key: str
+
+    def route(self):
+        return ("kv", self.key)
+
+
+class PutEndpoint(Op):
+    """Publish where an actor's incarnation takes direct calls: the
+    key-value row ``key`` (core/msg_direct.py ``endpoint_key``) becomes
+    ``row`` (an ``EndpointRow``) unless it holds a later incarnation's
+    already (writes from two nodes may land in either order).  Returns
+    the row stored after it."""
+
+    key: str
+    row: Any
 
     def route(self):
         return ("kv", self.key)

@@ -88,7 +88,9 @@ from ..core.tables import Get, KvIncrement
 from ..exceptions import ClusterConnectionLostError, GetTimeoutError, ObjectStoreFullError, PenumbraError
 from . import protocol as P
 from .bridge import TrioThread
-from .direct_send import DirectSender
+from ..core.msg_direct import ActorWatched
+from .direct_caller import DirectCalls, direct_calls_enabled
+from .direct_send import DirectSender, IdleFlush
 from .launch import DaemonProcess, PendingDaemon
 from .objectstore import decode_value, encode_value
 from .shm_store import ShmStore, StoreNotFoundError
@@ -134,6 +136,11 @@ class ClientRuntime(Runtime):
         self._free_buf: list[ObjectId] = []
         self._release_lock = threading.Lock()
         bridge.on_idle(self.sender.flush_on_loop)
+        # direct actor calls (transports/direct_caller.py), made on first use
+        self._direct: DirectCalls | None = None
+        self._direct_on = direct_calls_enabled()
+        self.idle_flush = IdleFlush(bridge)  # (the direct-call channels')
+        self.exiting_hook = None  # a worker's: exit_actor() in a direct call (see ActorServer.exiting)
 
     @property
     def namespace(self) -> str:
@@ -308,6 +315,8 @@ class ClientRuntime(Runtime):
                 self._run(self.machine.on_reply(msg.req_id, msg))
             elif t is ActorRegistered:
                 self._run(self.machine.handle(msg))
+            elif t is ActorWatched and self._direct is not None:
+                self._direct.watched(msg)
 
     def _print_output(self, o: P.Output) -> None:
         if not self.log_to_driver:
@@ -334,8 +343,45 @@ class ClientRuntime(Runtime):
             raise GetTimeoutError(f"{what} got no answer from the node within {timeout} s") from None
 
     # ------------------------------------------------------------------ Runtime
+    def submit_actor_call(self, spec: TaskSpec, direct: bool) -> None:
+        if direct:
+            self.submit(spec)
+        else:  # (a replay=True actor's call: routed, from the first)
+            self._deliver(SubmitTask(client=self.client_id, spec=spec), kind=SubmitTask)
+
     def submit(self, spec: TaskSpec) -> None:
+        if spec.actor_id is not None and self._direct_on:
+            if self._closed:
+                self._raise_closed()  # (as a send would: the call fails here, at once)
+            d = self._direct or self._start_direct()
+            if d is not None:
+                d.submit(spec)
+                return
         self._deliver(SubmitTask(client=self.client_id, spec=spec), kind=SubmitTask)
+
+    def hold_args(self, spec: TaskSpec, refs: list) -> None:
+        d = self._direct
+        if d is not None:
+            d.hold(spec, refs)
+
+    def _start_direct(self) -> "DirectCalls | None":
+        """The direct-call driver, made on the first actor call (None: this
+        client cannot reach actor workers; its calls take the routed path)."""
+        if self.token is None:
+            self._direct_on = False
+            return None
+        self._check_connected()
+        if self._closed:
+            self._raise_closed()
+        with self._mlock:
+            if self._direct is None:
+                self._direct = DirectCalls(self)
+        return self._direct
+
+    @property
+    def direct_calls(self) -> "DirectCalls | None":
+        """This client's direct-call driver, if it made a direct call."""
+        return self._direct
 
     def create_actor(self, spec: TaskSpec, timeout: float | None) -> None:
         a = spec.actor_creation
@@ -371,6 +417,10 @@ class ClientRuntime(Runtime):
         cache = self._cache
         if all(oid in cache for oid in ids):
             return [decode_value(oid, ("i", cache[oid]), None) for oid in ids]
+        if self.machine.local:
+            got = self._get_local(ids)
+            if got is not None:
+                return got
         missing = [oid for oid in ids if oid not in cache]
         # what an open wait() watch already reported (a large result in a
         # process-as-they-come loop) needs no second trip to the node
@@ -407,6 +457,9 @@ class ClientRuntime(Runtime):
                     values[oid] = decode_value(oid, att, self._shm_for(att))
                 except KeyError:
                     vanished.append(oid)  # evicted between the reply and our read
+            if vanished and self.machine.local:
+                with self._mlock:  # (a direct result elsewhere, or evicted: ask the node)
+                    self.machine.forget_local(vanished)
             if not vanished:
                 out = []
                 for oid in ids:
@@ -417,6 +470,52 @@ class ClientRuntime(Runtime):
                 return out
             missing = vanished + [o for o in missing if o not in results]
         raise PenumbraError("objects kept vanishing from the store while being read; the store is thrashing")
+
+    def _get_local(self, ids: Sequence[ObjectId]) -> list[Any] | None:
+        """The values of ``ids`` if every one is a direct result answered
+        inline already (no watch, no lock: single dict reads); else None."""
+        local = self.machine.local
+        out = []
+        for oid in ids:
+            r = local.get(oid)
+            if r is None:
+                return None
+            info, att = r
+            if info.error is not None:
+                out.append(ErrorValue(info.error))
+            elif att is None or att[0] != "i":
+                return None
+            else:
+                out.append(decode_value(oid, att, None))
+        return out
+
+    def fetch_attachments(self, ids: Sequence[ObjectId]) -> list[tuple]:
+        """The attachments of ``ids`` (in order), fetched into this node's
+        store as a task's arguments are: for a direct call's arguments,
+        which reach the actor's worker as refs."""
+        cache = self._cache
+        missing = [oid for oid in ids if oid not in cache]
+        got: dict = {}
+        for _attempt in range(3):
+            if not missing:
+                break
+            results = self._watch(missing, len(set(missing)), None, True)
+            again = []
+            for oid, (info, att) in results.items():
+                if info.error is not None:
+                    got[oid] = ("e", info.error)
+                elif att is None or (att[0] == "s" and not self.shm.contains(oid)):
+                    again.append(oid)
+                else:
+                    got[oid] = att
+            if again and self.machine.local:
+                with self._mlock:
+                    self.machine.forget_local(again)
+            missing = again
+        if missing:
+            raise PenumbraError("the arguments of a call kept vanishing from the store while being read; "
+                                "the store is thrashing")
+        return [got[oid] if oid in got else ("i", cache[oid]) for oid in ids]
 
     def notify_ready(self, oid: ObjectId, callback) -> None:
         """Call ``callback(None)`` once ``oid`` is ready and local, or
@@ -539,6 +638,9 @@ class ClientRuntime(Runtime):
     def release(self, oids: Sequence[ObjectId], free: bool = False) -> None:
         if self._closed:
             return
+        if self.machine.local:
+            with self._mlock:
+                self.machine.forget_local(oids)
         for oid in oids:
             data = self._cache.pop(oid, None)
             if data is not None:
@@ -577,9 +679,15 @@ class ClientRuntime(Runtime):
             send(P.Deliver(self.node_id, ReleaseObjects(client=self.client_id, object_ids=tuple(frees), free=True), None, self.client_id))
 
     def cancel(self, task_id: TaskId, force: bool, recursive: bool) -> None:
+        if self._direct is not None and self._direct.cancel(task_id, force):
+            return
         self._deliver(CancelTask(client=self.client_id, task_id=task_id, force=force, recursive=recursive))
 
     def kill_actor(self, actor_id: ActorId, no_restart: bool, exiting: TaskId | None = None) -> None:
+        if exiting is not None and self.exiting_hook is not None and self.exiting_hook(exiting):
+            return  # (a direct call: the actor's inbox ends it, see ActorServer.exiting)
+        if no_restart and self._direct is not None:
+            self._direct.killed(actor_id)
         self._deliver(KillActor(client=self.client_id, actor_id=actor_id, no_restart=no_restart, exiting=exiting))
 
     def gcs_request(self, request: Any, timeout: float | None) -> Any:
@@ -632,6 +740,8 @@ class ClientRuntime(Runtime):
         if not self._closed:
             self._closed = True
             self.sender.close()
+            if self._direct is not None:
+                self._direct.close()
             try:
                 self.bridge.call(self.channel.aclose, timeout=2.0)
             except Exception:

@@ -328,6 +328,14 @@ class Daemon(DaemonRouting, DaemonCommands, DaemonWorkers, DaemonClients, Daemon
             os.unlink(self.cfg.unix_path)
         except OSError:
             pass
+        # the actor workers' sockets (transports/actor_server.py): a worker
+        # killed leaves its socket file behind
+        for name in os.listdir(self.cfg.session_dir) if os.path.isdir(self.cfg.session_dir) else ():
+            if name.startswith("actor-") and name.endswith(".sock"):
+                try:
+                    os.unlink(os.path.join(self.cfg.session_dir, name))
+                except OSError:
+                    pass
 
 
 def _read_config(argv: list[str] | None) -> DaemonConfig:

@@ -18,7 +18,10 @@ import time
 
 import trio
 
+import msgspec
+
 from ..core.messages import ClientDisconnected, PutObject, RegisterClient
+from ..core.msg_direct import DirectCallsRan
 from . import protocol as P
 from .wire import Channel, ConnectionClosed
 
@@ -31,11 +34,30 @@ class DaemonClients:
     # ---------------------------------------------------------------- clients
     def _from_client(self, cid: str, d: P.Deliver) -> None:
         msg = d.msg
-        if type(msg) is PutObject and d.attachments:
+        t = type(msg)
+        if t is PutObject and d.attachments:
             att = d.attachments.get(msg.object_id)
             if att is not None and att[0] == "i":
                 self.objects.put_inline(msg.object_id, att[1])
+        elif t is DirectCallsRan:
+            d = P.Deliver(d.to, self._direct_ran(msg), d.attachments, d.src)
         self.deliver_local(d)
+
+    def _direct_ran(self, msg: DirectCallsRan) -> DirectCallsRan:
+        """An actor worker's report of direct calls (transports/actor_server.py):
+        their small outputs go into the store here, as a routed call's do
+        (``Ran``), and their spans move from the worker's clock
+        (``time.perf_counter``) to the node's (trio's), as ``_span`` does."""
+        shift = trio.current_time() - time.perf_counter()
+        entries = []
+        for e in msg.entries:
+            for o in e.outputs:
+                if o.data is not None:
+                    self.objects.put_inline(o.object_id, o.data)
+            if e.span is not None:
+                e = msgspec.structs.replace(e, span=(e.span[0] + shift, e.span[1] + shift))
+            entries.append(e)
+        return msgspec.structs.replace(msg, entries=tuple(entries))
 
     async def serve_driver(self, ch: Channel, hello: P.ClientHello) -> None:
         cid = hello.client_id

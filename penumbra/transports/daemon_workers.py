@@ -99,7 +99,18 @@ class DaemonWorkers:
             args.append(a)
         w.running.add(c.spec.task_id)
         w.job_id = c.spec.job_id
-        self._send(w.channel, P.Run(c.spec, c.attempt, tuple(args), c.checkpoint, c.gpu_ids))
+        self._send(w.channel, P.Run(c.spec, c.attempt, tuple(args), c.checkpoint, c.gpu_ids, self._incarnation_of(c.spec)))
+
+    def _incarnation_of(self, spec) -> int:
+        """The incarnation of the actor ``spec`` creates, as this node hosts
+        it (0 for other tasks): its worker names it in direct calls."""
+        a = spec.actor_creation
+        if a is None:
+            return 0
+        node = self.host.machines.get(self.node_id)
+        t = node.scheduler.tasks.get(spec.task_id) if node is not None else None
+        start = getattr(t, "actor", None)
+        return start.entry.incarnation if start is not None else 0
 
     def kill_worker(self, wid: str, reason: str) -> None:
         w = self.workers.get(wid)

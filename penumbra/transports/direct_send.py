@@ -47,7 +47,7 @@ from typing import Any, Hashable
 from .bridge import TrioThread
 from .wire_channel import FAILED, NOT_NOW, PARTLY, Channel
 
-__all__ = ["DirectSender"]
+__all__ = ["DirectSender", "IdleFlush"]
 
 logger = logging.getLogger("penumbra")
 
@@ -65,9 +65,10 @@ class DirectSender:
             benchmarks).
     """
 
-    def __init__(self, channel: Channel, bridge: TrioThread) -> None:
+    def __init__(self, channel: Channel, bridge: TrioThread, idle_flush: "IdleFlush | None" = None) -> None:
         self.channel = channel
         self.bridge = bridge
+        self.idle_flush = idle_flush  # flushes this channel when the loop is idle (else its owner does)
         self.lock = threading.Lock()
         self.closed = False  # no more direct writes (the channel is closing)
         self.direct = 0
@@ -138,6 +139,8 @@ class DirectSender:
                 self.channel.send_nowait(item, defer_flush=True)
             except Exception as e:  # closed: futures are failed by the receive loop
                 logger.debug("send failed: %s", e)
+        if self.idle_flush is not None:
+            self.idle_flush.dirty.add(self)
 
     def flush_on_loop(self) -> None:
         """(the loop's thread) Write everything queued, as one frame."""
@@ -152,3 +155,19 @@ class DirectSender:
         in progress finishes first."""
         with self.lock:
             self.closed = True
+
+
+class IdleFlush:
+    """Writes the queued messages of many ``DirectSender``s once the loop
+    is idle (one frame each per burst): for the channels a process opens
+    besides its node's (direct actor calls), whose owner does not flush
+    them itself.  Used on the loop's thread only."""
+
+    def __init__(self, bridge: TrioThread) -> None:
+        self.dirty: set[DirectSender] = set()
+        bridge.on_idle(self.run)
+
+    def run(self) -> None:
+        dirty = self.dirty
+        while dirty:
+            dirty.pop().flush_on_loop()

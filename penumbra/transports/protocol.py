@@ -99,6 +99,9 @@ class Run(_Wire):
     args: tuple[Attachment, ...]  # one per dependency, in order
     checkpoint: Payload | None = None
     gpu_ids: tuple[int, ...] = ()  # GPU instances on the node the task or actor holds
+    # an actor's creation: which incarnation of it this worker runs (its
+    # direct calls name it, see transports/actor_server.py)
+    incarnation: int = 0
 
 
 class Ran(_Wire):

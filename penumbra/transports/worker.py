@@ -54,7 +54,9 @@ from ..core.records import ErrorInfo, ErrorKind
 from ..core.specs import TaskSpec
 from . import protocol as P
 from .bridge import TrioThread
+from .actor_server import ActorServer
 from .client import ClientRuntime
+from .direct_caller import direct_calls_enabled
 from .objectstore import decode_value, encode_value
 from .wire import connect_unix
 
@@ -125,6 +127,16 @@ class _Forward(io.TextIOBase):
         return f"({name} pid={os.getpid()})"
 
 
+class _InputError(Exception):
+    """An input of a direct call holds an error: the call fails with that
+    error itself, as the node fails a routed call (not as one the call
+    raised)."""
+
+    def __init__(self, info: ErrorInfo) -> None:
+        super().__init__(info.message)
+        self.info = info
+
+
 class Worker:
     def __init__(self, rt: ClientRuntime) -> None:
         self.rt = rt
@@ -145,23 +157,14 @@ class Worker:
         self.async_calls: dict = {}
         self.job_id = 0
         self.incarnation = 0
+        self.direct = None  # the actor's ActorServer (direct calls), once it listens
+        self.unix_path = ""  # the node daemon's socket (the actor's own goes next to it)
 
     # called on the trio thread
     def on_item(self, item: Any) -> None:
         t = type(item)
         if t is P.Interrupt:
-            self.cancelled.add(item.task_id)
-            # (an actor's sync call is not interrupted, as in Ray: actors
-            # have state; it sees is_canceled(), and its host makes its
-            # result TASK_CANCELLED)
-            if self.current == item.task_id and self.actor is None:
-                # a real signal, not _thread.interrupt_main(): only a signal
-                # wakes the main thread from a blocking call (sleep, a
-                # socket read), so a task asleep is cancelled at once too
-                signal.pthread_kill(self.main_ident, signal.SIGINT)
-            atask = self.async_calls.get(item.task_id)
-            if atask is not None and self.loop is not None:
-                self.loop.call_soon_threadsafe(atask.cancel)
+            self.interrupt(item.task_id)
             return
         if t is P.Exit and self.rt._lost is not None:
             # The connection to the daemon is lost: nothing this worker
@@ -171,6 +174,35 @@ class Worker:
             # PR_SET_PDEATHSIG; this covers a connection lost otherwise.)
             os._exit(1)
         self.queue.put(item)
+
+    def interrupt(self, task_id) -> None:
+        """``cancel`` of ``task_id``, running (or about to run) here (any
+        thread but the main one)."""
+        self.cancelled.add(task_id)
+        # (an actor's sync call is not interrupted, as in Ray: actors
+        # have state; it sees is_canceled(), and its result becomes
+        # TASK_CANCELLED)
+        if self.current == task_id and self.actor is None:
+            # a real signal, not _thread.interrupt_main(): only a signal
+            # wakes the main thread from a blocking call (sleep, a
+            # socket read), so a task asleep is cancelled at once too
+            signal.pthread_kill(self.main_ident, signal.SIGINT)
+        atask = self.async_calls.get(task_id)
+        if atask is not None and self.loop is not None:
+            self.loop.call_soon_threadsafe(atask.cancel)
+
+    def direct_exiting(self, task_id) -> bool:
+        """``exit_actor()`` in ``task_id``: if a direct call, its inbox ends
+        the actor (True); else the node does (the routed path)."""
+        return self.direct is not None and self.direct.exiting(task_id)
+
+    def run_direct(self, run: P.Run) -> None:
+        """A direct call the actor's inbox lets run now (transports/actor_server.py):
+        on the actor's executor, as the node's ``Run`` of a call would."""
+        if self.loop is not None or self.pool is not None:
+            self.dispatch(run)
+        else:
+            self.queue.put(run)
 
     def on_sigint(self, signum, frame) -> None:
         """SIGINT: interrupt the task on the main thread if it is the one
@@ -204,8 +236,14 @@ class Worker:
 
     # ------------------------------------------------------------------ running
     def _args(self, run: P.Run) -> tuple[list, dict]:
-        shm = self.rt.shm if any(att[0] == "s" for att in run.args) else None
-        return call_args(run.spec, [decode_value(dep, att, shm) for dep, att in zip(run.spec.dependencies, run.args)])
+        atts = run.args
+        if atts is None:  # a direct call: its refs' values come through the node, here
+            atts = self.rt.fetch_attachments(run.spec.dependencies) if run.spec.dependencies else ()
+            for att in atts:
+                if att[0] == "e":  # (as the node fails a routed call: with the input's own error)
+                    raise _InputError(att[1])
+        shm = self.rt.shm if any(att[0] == "s" for att in atts) else None
+        return call_args(run.spec, [decode_value(dep, att, shm) for dep, att in zip(run.spec.dependencies, atts)])
 
     def _context(self, run: P.Run) -> TaskContext:
         spec = run.spec
@@ -251,6 +289,11 @@ class Worker:
                 self.current = None
             self.cancelled.discard(spec.task_id)
             self._finish(spec, result, time.perf_counter() - t0)
+        except _InputError as e:
+            if main:
+                self.current = None
+            self.cancelled.discard(spec.task_id)
+            self._done(P.Raised(spec.task_id, e.info, False, time.perf_counter() - t0))
         except KeyboardInterrupt:
             self.current = None
             self.cancelled.discard(spec.task_id)
@@ -285,6 +328,8 @@ class Worker:
                         result = await asyncio.get_running_loop().run_in_executor(
                             None, stream_values, spec, result, self._store)
                 self._finish(spec, result, time.perf_counter() - t0)
+            except _InputError as e:
+                self._done(P.Raised(spec.task_id, e.info, False, time.perf_counter() - t0))
             except asyncio.CancelledError:
                 # ``cancel`` of a running async call, as in Ray
                 name = spec.display_name()
@@ -328,6 +373,12 @@ class Worker:
         self.actor_spec = a
         if not a.is_async and a.max_concurrency > 1:
             self.pool = concurrent.futures.ThreadPoolExecutor(a.max_concurrency, thread_name_prefix="penumbra-actor")
+        if not a.replay and direct_calls_enabled():
+            # callers may now call it directly (before its creation is
+            # reported: the node knows the endpoint when the actor is ALIVE)
+            server = ActorServer(self, a, run.incarnation, run.gpu_ids)
+            server.start(os.path.dirname(self.unix_path), self.rt.address.rpartition(":")[0] or "127.0.0.1")
+            self.direct = server
 
     def _store(self, oid, value: Any) -> None:
         """Store one value a generator task yielded (see ``generators``):
@@ -366,8 +417,11 @@ class Worker:
     def _crash(self, status: int) -> None:
         """End this worker now, as a crash, after what it printed is sent."""
         self._flush_output()
+        if self.direct is not None:
+            self.direct.flush()  # (what ran before is reported: its results stand)
         try:
             sent = self.rt.bridge.future()
+            self.rt.bridge.submit(self.rt.idle_flush.run)  # (replies to direct calls before it)
             self.rt.bridge.submit(self.rt._flush)
             self.rt.bridge.submit(sent.set_result, None)  # (after the output: jobs run in order)
             sent.result(2.0)
@@ -393,9 +447,14 @@ class Worker:
             item = P.Ran(item.task_id, item.outputs, item.duration, time.perf_counter())
         else:
             item = P.Raised(item.task_id, item.error, item.retryable, item.duration, time.perf_counter())
+        if self.direct is not None and self.direct.finish(item):
+            return  # a direct call: answered to its caller, reported to the node
         # (a lone result goes out from this thread; results back to back,
         # an actor working through a queue of calls, go as one frame)
         self.rt._send(item, P.Ran)
+        if self.direct is not None and not self.direct.endpoint_sent:
+            self.direct.endpoint_sent = True
+            self.direct.announce()  # (the actor was just created)
 
     @staticmethod
     def _flush_output() -> None:
@@ -434,6 +493,8 @@ def run_worker(cfg: dict, token: str, worker_id: str) -> None:
     rt = ClientRuntime(bridge, ch, welcome, is_worker=True)
     rt.token = token
     worker = Worker(rt)
+    worker.unix_path = cfg["unix_path"]
+    rt.exiting_hook = worker.direct_exiting
     rt.on_item = worker.on_item
     rt.task_cancelled = worker.cancelled.__contains__
     signal.signal(signal.SIGINT, worker.on_sigint)

@@ -12,7 +12,7 @@ from msgspec.structs import replace as replace_struct  # (events, commands and r
 
 from ..core import actor_host as AH
 from ..core import actor_manager as AM
-from ..core import actor_router as AR
+from ..core import actor_calls as AC
 from ..core import actor_rules as ARU
 from ..core import messages as M
 from ..core import records as R
@@ -124,11 +124,11 @@ def replay_skips_first_logged_call():
 
 
 def call_retried_once_too_often():
-    def _may_retry(entry, p):
+    def _may_retry(entry, p):  # (core/actor_calls.py ``may_retry``)
         n = entry.spec.max_task_retries
         return n < 0 or p.attempt <= n  # BUG: should be <: max_task_retries=0 still retries once
 
-    return patch(AR, "_may_retry", _may_retry)
+    return patch(AC, "may_retry", _may_retry)  # (the rule the router and the direct caller share)
 
 
 def dead_actor_keeps_resources():

@@ -286,7 +286,7 @@ def test_a_new_core_message_module_is_on_the_wire_with_no_edit(tmp_path):
         exec(
             "from penumbra.core.msg_base import Message\\n"
             "from penumbra.core.ids import TaskId\\n"
-            "class DirectCall(Message):\\n"
+            "class BrandNewCall(Message):\\n"
             "    task_id: TaskId\\n"
             "    seq: tuple[int, ...] = ()\\n",
             mod.__dict__,
@@ -294,12 +294,12 @@ def test_a_new_core_message_module_is_on_the_wire_with_no_edit(tmp_path):
         install_protocol(mod.__name__)
         from penumbra.transports.protocol import Deliver
         codec = WireCodec()
-        assert mod.DirectCall in codec.classes
-        msg = Deliver(to="w", msg=mod.DirectCall(task_id=TaskId(bytes(16)), seq=(1, 2)))
+        assert mod.BrandNewCall in codec.classes
+        msg = Deliver(to="w", msg=mod.BrandNewCall(task_id=TaskId(bytes(16)), seq=(1, 2)))
         frame = codec.encode([msg])
         assert frame[4] == 1, "typed, not pickled"
         (got,) = codec.decode(memoryview(frame)[4:])
-        assert got == msg and type(got.msg) is mod.DirectCall and type(got.msg.task_id) is TaskId
+        assert got == msg and type(got.msg) is mod.BrandNewCall and type(got.msg.task_id) is TaskId
         assert codec.fingerprint != before
         print("ok")
     """)

@@ -92,7 +92,7 @@ from ..core.msg_direct import ActorWatched
 from .direct_caller import DirectCalls, direct_calls_enabled
 from .direct_send import DirectSender, IdleFlush
 from .launch import DaemonProcess, PendingDaemon
-from .objectstore import decode_value, encode_value
+from .objectstore import LazyShm, decode_value, encode_value
 from .shm_store import ShmStore, StoreNotFoundError
 from .wire import ConnectionClosed, connect_tcp, connect_unix
 
@@ -627,7 +627,7 @@ class ClientRuntime(Runtime):
 
     def put_object(self, oid: ObjectId, value: Any) -> None:
         self._check_connected()  # (before writing to a store no one serves)
-        size, data = encode_value(oid, value, self.shm if _maybe_large(value) else _LazyShm(self), subject="the value passed to put()")
+        size, data = encode_value(oid, value, self.shm if _maybe_large(value) else LazyShm(self), subject="the value passed to put()")
         atts = {oid: ("i", data)} if data is not None else None
         reply = self._request(lambda rid: PutObject(client=self.client_id, req_id=rid, object_id=oid, size=size), 60.0, "put()", atts)
         if type(reply) is PutFailed:
@@ -759,16 +759,6 @@ class ClientRuntime(Runtime):
 class _WatchTimeout(Exception):
     def __init__(self, partial: dict) -> None:
         self.partial = partial
-
-
-class _LazyShm:
-    """Attaches the shared-memory store only if a value turns out large."""
-
-    def __init__(self, rt: ClientRuntime) -> None:
-        self.rt = rt
-
-    def put_serialized(self, oid, s):
-        return self.rt.shm.put_serialized(oid, s)
 
 
 def _maybe_large(value: Any) -> bool:

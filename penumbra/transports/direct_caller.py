@@ -189,12 +189,11 @@ class DirectCalls:
         router stores the error of a call it fails.  (Holding the lock.)"""
         rt = self.rt
         from ..api.runtime import ErrorValue
-        from .client import _LazyShm
-        from .objectstore import encode_value
+        from .objectstore import LazyShm, encode_value
 
         for oid in spec.return_ids:
             try:
-                size, data = encode_value(oid, ErrorValue(error), _LazyShm(rt), subject="an actor call's error")
+                size, data = encode_value(oid, ErrorValue(error), LazyShm(rt), subject="an actor call's error")
             except Exception:  # noqa: BLE001 - an error that does not encode: its caller has it at least
                 continue
             fut = rt.bridge.future()

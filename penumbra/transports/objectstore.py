@@ -24,7 +24,7 @@ from ..core.records import ErrorInfo
 from .serialization import INLINE_THRESHOLD, deserialize, serialize
 from .shm_store import ShmStore, StoreFullError
 
-__all__ = ["NodeObjects", "encode_value", "decode_value", "INLINE_THRESHOLD"]
+__all__ = ["NodeObjects", "encode_value", "decode_value", "INLINE_THRESHOLD", "LazyShm"]
 
 
 class NodeObjects:
@@ -143,3 +143,15 @@ def decode_value(oid: ObjectId, att: tuple, shm: ShmStore | None) -> Any:
             raise RuntimeError("object is in shared memory but this process has no store attached")
         return deserialize(shm.get(oid))
     raise ValueError(f"unknown attachment kind {kind!r}")
+
+
+class LazyShm:
+    """Attaches the shared-memory store only if a value turns out large:
+    ``owner.shm`` (a client runtime's lazily-attached store) is read only
+    when ``encode_value`` needs it."""
+
+    def __init__(self, owner: Any) -> None:
+        self.owner = owner
+
+    def put_serialized(self, oid, s):
+        return self.owner.shm.put_serialized(oid, s)

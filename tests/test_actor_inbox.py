@@ -17,10 +17,10 @@ from penumbra.core.actor_inbox import (
     TERMINATE_METHOD,
     ActorInbox,
     EndActor,
-    Interrupt,
+    InterruptCall,
     ReportRan,
     Reply,
-    Run,
+    RunCall,
 )
 from penumbra.core.ids import actor_id_of, child_task_id, driver_task_id
 from penumbra.core.msg_base import SetTimer
@@ -44,7 +44,7 @@ def msg(spec: TaskSpec, floor: int = 0, incarnation: int = 0, attempt: int = 0) 
 
 
 def runs(cmds) -> list[int]:
-    return [c.spec.sequence_no for c in cmds if type(c) is Run]
+    return [c.spec.sequence_no for c in cmds if type(c) is RunCall]
 
 
 def out(spec: TaskSpec, data: bytes = b"v") -> tuple[DirectOutput, ...]:
@@ -101,10 +101,10 @@ def test_max_concurrency_and_callers_served_in_turn() -> None:
     b = [call(i, "c:b") for i in range(3)]
     started = []
     for s in a + b:
-        started += [(c.spec.caller_id, c.spec.sequence_no) for c in ib.call(msg(s), 0) if type(c) is Run]
+        started += [(c.spec.caller_id, c.spec.sequence_no) for c in ib.call(msg(s), 0) if type(c) is RunCall]
     assert started == [("c:a", 0), ("c:a", 1)]
     cmds = ib.finished(a[0].task_id, 0, outputs=out(a[0]))
-    assert [(c.spec.caller_id, c.spec.sequence_no) for c in cmds if type(c) is Run] == [("c:b", 0)]
+    assert [(c.spec.caller_id, c.spec.sequence_no) for c in cmds if type(c) is RunCall] == [("c:b", 0)]
     assert ib.running_count() == 2
     ib.validate()
 
@@ -144,7 +144,7 @@ def test_cancel_running_interrupts_and_the_result_is_cancelled() -> None:
     ib.call(msg(s0), 0)
     cmds = ib.cancel(DirectCancel(actor_id=AID, caller_id="c:a", sequence_no=0, task_id=s0.task_id, incarnation=0,
                                   force=False), 0)
-    assert cmds == [Interrupt(task_id=s0.task_id, force=False)]
+    assert cmds == [InterruptCall(task_id=s0.task_id, force=False)]
     cmds = ib.finished(s0.task_id, 0, outputs=out(s0))  # (it returned anyway)
     (reply,) = [c.reply for c in cmds if type(c) is Reply]
     assert reply.error.kind is ErrorKind.TASK_CANCELLED and reply.outputs == ()
@@ -156,7 +156,7 @@ def test_reports_batched_but_store_outputs_reported_before_the_reply() -> None:
     ib.call(msg(s0), 0)
     ib.call(msg(s1), 0)
     cmds = ib.finished(s0.task_id, 1.0, outputs=out(s0))
-    assert [type(c) for c in cmds] == [Reply, SetTimer, Run]  # inline: reply first, report later
+    assert [type(c) for c in cmds] == [Reply, SetTimer, RunCall]  # inline: reply first, report later
     timer = cmds[1]
     assert timer.key == (FLUSH_TIMER, 0)
     big = tuple(DirectOutput(object_id=o, size=1 << 20, node="node:0") for o in s1.return_ids)
@@ -192,7 +192,7 @@ def test_terminate_runs_alone_last_and_ends_the_actor() -> None:
     assert runs(ib.call(msg(s0), 0)) == [0]
     assert runs(ib.call(msg(t), 0)) == []  # (waits for s0)
     cmds = ib.finished(s0.task_id, 0, outputs=out(s0))
-    assert [c.spec.method for c in cmds if type(c) is Run] == [TERMINATE_METHOD]
+    assert [c.spec.method for c in cmds if type(c) is RunCall] == [TERMINATE_METHOD]
     assert ib.call(msg(after), 0) == []  # nothing after it
     cmds = ib.finished(t.task_id, 0, outputs=out(t))
     assert [type(c) for c in cmds] == [ReportRan, EndActor]  # s0's result reported before the end

@@ -335,3 +335,32 @@ def test_messages_defined_beside_their_machine_are_wire_classes_where_it_is_load
     frame = fresh.encode([sync])
     assert frame[4] == TYPED
     assert fresh.decode(memoryview(frame)[4:]) == [sync]
+
+
+def test_the_schema_fingerprint_does_not_depend_on_what_else_a_process_imported(tmp_path):
+    """A driver and a daemon import different parts of penumbra; their
+    hellos must still agree.  (A core command named like a protocol message,
+    ``actor_inbox.Run`` beside ``protocol.Run``, once dropped the protocol's
+    class from the schema only in the processes that had imported it, and
+    the daemon refused every driver of a test run that had.)"""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import importlib, pkgutil, sys
+        import penumbra
+        from penumbra.transports.wire_codec import WireCodec
+        fresh = WireCodec()
+        for info in pkgutil.walk_packages(penumbra.__path__, "penumbra."):
+            if ".tests" in info.name or info.name.endswith("__main__"):
+                continue
+            importlib.import_module(info.name)
+        everything = WireCodec()
+        assert everything.fingerprint == fresh.fingerprint, sorted(
+            f"{c.__module__}.{c.__qualname__}" for c in set(fresh.classes) ^ set(everything.classes))
+        print("ok")
+    """)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                       cwd=tmp_path, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert r.stdout.strip() == "ok", r.stderr[-3000:]

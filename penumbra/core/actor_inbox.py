@@ -30,9 +30,9 @@ Events (methods): ``call(DirectCall)``, ``finished(task_id, outputs | error)``
 running call ``task_id`` called ``exit_actor()``), ``timer(key)``,
 ``flush()`` (report what ran now: the worker is about to exit).
 
-Commands: ``Run(spec, attempt)`` (run the call; ends with ``finished``),
+Commands: ``RunCall(spec, attempt)`` (run the call; ends with ``finished``),
 ``Reply(caller, reply)`` (send ``reply`` to the connection of caller
-``caller``), ``Interrupt(task_id, force)`` (a running call was cancelled),
+``caller``), ``InterruptCall(task_id, force)`` (a running call was cancelled),
 ``ReportRan(entries)`` (send ``DirectCallsRan`` to the node), ``EndActor(task_id,
 reason)`` (the actor ends itself: ``exit_actor()`` or ``__ray_terminate__``;
 every result before it is reported: tell the node, ``KillActor(exiting=task_id)``)
@@ -61,7 +61,7 @@ from .msg_direct import DirectCall, DirectCancel, DirectFloor, DirectOutput, Dir
 from .records import ErrorInfo
 from .specs import TaskSpec
 
-__all__ = ["ActorInbox", "Run", "Reply", "Interrupt", "ReportRan", "EndActor", "REPORT_BATCH", "REPORT_DELAY",
+__all__ = ["ActorInbox", "RunCall", "Reply", "InterruptCall", "ReportRan", "EndActor", "REPORT_BATCH", "REPORT_DELAY",
            "FLUSH_TIMER", "TERMINATE_METHOD"]
 
 # a report to the node goes once this many calls ran, or this long
@@ -79,7 +79,7 @@ TERMINATE_METHOD = "__ray_terminate__"
 # Commands (machine -> driver)
 
 
-class Run(Command):
+class RunCall(Command):
     """Run call ``spec`` (``attempt`` counts resends across incarnations);
     it ends with ``finished(spec.task_id, ...)``."""
 
@@ -95,7 +95,7 @@ class Reply(Command):
     reply: DirectReply
 
 
-class Interrupt(Command):
+class InterruptCall(Command):
     """A running call was cancelled: interrupt it (an async call's asyncio
     task is cancelled; a sync one sees ``is_canceled()``; ``force``: kill
     the worker process)."""
@@ -243,7 +243,7 @@ class ActorInbox:
             if call.cancelled:
                 return []
             call.cancelled = True
-            return [Interrupt(task_id=msg.task_id, force=msg.force, stimulus_id=sid)]
+            return [InterruptCall(task_id=msg.task_id, force=msg.force, stimulus_id=sid)]
         call = self.queue.get(msg.caller_id, {}).get(msg.sequence_no)
         if call is None or call.spec.task_id != msg.task_id or call.cancelled:
             return []
@@ -355,7 +355,7 @@ class ActorInbox:
             if call.cancelled:
                 continue  # (answered when cancelled: it only held its caller's place)
             self.running[call.spec.task_id] = call
-            cmds.append(Run(spec=call.spec, attempt=call.attempt, stimulus_id=sid))
+            cmds.append(RunCall(spec=call.spec, attempt=call.attempt, stimulus_id=sid))
             if call.spec.method == TERMINATE_METHOD:
                 self.ending = True  # nothing starts after it
         return cmds

@@ -11,14 +11,14 @@ Each caller's connection is read on the worker's trio thread; what comes
 in is fed to the worker's ``ActorInbox`` (core/actor_inbox.py, pure),
 whose commands this module carries out:
 
-* ``Run``: the call goes to the worker's executor for this actor (the main
+* ``RunCall``: the call goes to the worker's executor for this actor (the main
   thread, the thread pool of ``max_concurrency > 1``, or the asyncio loop
-  of an async actor), as a ``Run`` the worker executes as it would one of
+  of an async actor), as a ``protocol.Run`` the worker executes as it would one of
   its node's; its arguments' refs are fetched through the node there;
 * ``Reply``: written to the caller's connection from the thread that ran
   the call (``DirectSender``: no hop to the trio thread for a lone reply);
-* ``Interrupt``: ``penumbra.cancel`` of a running call, as the node's
-  ``Interrupt`` does;
+* ``InterruptCall``: ``penumbra.cancel`` of a running call, as the node's
+  ``protocol.Interrupt`` does;
 * ``ReportRan``: what ran, to the node (``DirectCallsRan``; the inbox
   batches them, off the critical path, except that outputs in the
   shared-memory store are reported *before* the reply that names them, so
@@ -41,7 +41,7 @@ from typing import Any
 
 import trio
 
-from ..core.actor_inbox import ActorInbox, EndActor, Interrupt, Reply, ReportRan, Run
+from ..core.actor_inbox import ActorInbox, EndActor, InterruptCall, Reply, ReportRan, RunCall
 from ..core.messages import KillActor, SetTimer
 from ..core.msg_direct import ActorEndpoint, DirectCall, DirectCallsRan, DirectCancel, DirectFloor, DirectOutput, DirectReply
 from . import protocol as P
@@ -142,7 +142,7 @@ class ActorServer:
         """Carry out the inbox's commands (holding ``lock``)."""
         for c in cmds:
             t = type(c)
-            if t is Run:
+            if t is RunCall:
                 self._start(c.spec, c.attempt)
             elif t is Reply:
                 s = self.callers.get(c.caller)
@@ -155,7 +155,7 @@ class ActorServer:
                 self._report(c.entries)
             elif t is SetTimer:
                 self._set_timer(c.at, c.key)
-            elif t is Interrupt:
+            elif t is InterruptCall:
                 self.worker.interrupt(c.task_id)
             elif t is EndActor:
                 try:

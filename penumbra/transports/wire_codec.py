@@ -199,10 +199,20 @@ def _find_wire_classes() -> list[type]:
     out = []
     for tag, classes in by_tag.items():
         if len(classes) > 1:
-            # Two classes with one name: neither can be told apart on the
-            # wire, so both travel pickled (and the clash is logged).
-            logger.warning("wire classes %s share the tag %r; they are sent pickled",
-                           ", ".join(f"{c.__module__}.{c.__qualname__}" for c in classes), tag)
+            # One name, several classes: the schema's own class keeps the
+            # tag (the schema, and so the hello's fingerprint, must not
+            # depend on which other core modules a process happened to
+            # import: a daemon and a driver import different ones); the
+            # others travel pickled.  Two schema classes with one name
+            # cannot be told apart: both travel pickled.  (Logged.)
+            schema = [c for c in classes if _in_schema(c)]
+            keep = schema[0] if len(schema) == 1 else None
+            logger.warning("wire classes %s share the tag %r; %s",
+                           ", ".join(f"{c.__module__}.{c.__qualname__}" for c in classes), tag,
+                           f"{keep.__module__}.{keep.__qualname__} keeps it, the others are sent pickled"
+                           if keep is not None else "they are sent pickled")
+            if keep is not None:
+                out.append(keep)
             continue
         out.append(classes[0])
     out.sort(key=lambda c: (c.__module__, c.__qualname__))

@@ -14,7 +14,7 @@ plays the rest of the world:
 * **the node and the GCS**: the actor's row and endpoint, sent to each
   caller as ``ActorWatched`` on a FIFO of its own (rows may lag), and
   answered again on ``Watch``;
-* **the worker**: runs what the inbox says (``Run``), finishes calls when
+* **the worker**: runs what the inbox says (``RunCall``), finishes calls when
   told (``finish``), dies (``kill``: a new incarnation is RESTARTING, or the
   actor is DEAD once ``max_restarts`` are used) and comes back
   (``restart``: a new inbox, a new endpoint).
@@ -34,7 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..core.actor_caller import ActorCaller, Failed, Reroute, Resolved, Watch
-from ..core.actor_inbox import ActorInbox, EndActor, Interrupt, ReportRan, Reply, Run
+from ..core.actor_inbox import ActorInbox, EndActor, InterruptCall, ReportRan, Reply, RunCall
 from ..core.ids import ActorId, actor_id_of, child_task_id, driver_task_id
 from ..core.msg_base import Send, SetTimer
 from ..core.msg_direct import (
@@ -308,14 +308,14 @@ class DirectNet:
         ep = self.endpoint()
         for c in cmds:
             t = type(c)
-            if t is Run:
+            if t is RunCall:
                 s = c.spec
                 self.runs.append((self.incarnation, s.caller_id, s.sequence_no, c.attempt, s.task_id))
                 self.work[s.task_id] = _Work(s, c.attempt, self.incarnation)
                 self._check_run(s, c.attempt)
             elif t is Reply:
                 self.links.setdefault((ep, c.caller), []).append(c.reply)
-            elif t is Interrupt:
+            elif t is InterruptCall:
                 w = self.work.get(c.task_id)
                 if w is not None:
                     w.interrupted = True

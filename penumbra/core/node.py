@@ -158,6 +158,14 @@ class NodeMachine(NodeJobs):
     """One node's machine: routes each event to the role that owns it (the
     effects the roles share are ``NodeEffects``, core/node_effects.py)."""
 
+    # (30 attributes: from 30 on CPython 3.11 gives every instance a dict of
+    # its own and reads go through it -- see tests/test_sim_inline_attrs.py;
+    # the bases keep a __dict__ for what they and tests set)
+    __slots__ = ("address", "bundles", "clients", "config", "direct", "doomed", "ended_jobs", "exited_jobs",
+                 "fenced", "gcs", "head", "heartbeats_sent", "host", "next_relay", "node_id", "nodes", "objects",
+                 "outbox", "owned_actors", "pending_clears", "pending_held", "pending_puts", "relays", "router",
+                 "scheduler", "stories", "story_texts", "timeline", "watches", "welcomed")
+
     def __init__(self, node_id: str, config: NodeConfig) -> None:
         self.node_id = node_id
         self.address = node_id

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import queue
 import signal
 import threading
 import time
@@ -102,7 +101,7 @@ def run_points(call: Callable[..., dict[str, Any]], items: Sequence[Any], *, job
     if not stall_timeout > 0:
         raise ValueError(f"stall_timeout must be a number of seconds > 0, got {stall_timeout!r}")
     ctx = multiprocessing.get_context("spawn")
-    reports = ctx.Queue()
+    reports = ctx.SimpleQueue()  # (a put is written at once: a worker that dies right after has said it started)
     results: list[dict[str, Any] | None] = [None] * len(items)
     heard: dict[int, float] = {}  # started, unfinished items: when each was last heard from
     ex = ProcessPoolExecutor(max_workers=max(1, min(jobs, len(items))), mp_context=ctx,
@@ -117,11 +116,8 @@ def run_points(call: Callable[..., dict[str, Any]], items: Sequence[Any], *, job
         while pending:
             done, pending = wait(pending, timeout=POLL, return_when=FIRST_COMPLETED)
             now = time.monotonic()
-            while True:
-                try:
-                    i, fraction = reports.get_nowait()
-                except queue.Empty:
-                    break
+            while not reports.empty():
+                i, fraction = reports.get()
                 last_any = now
                 if results[i] is None:
                     heard[i] = now
@@ -132,9 +128,9 @@ def run_points(call: Callable[..., dict[str, Any]], items: Sequence[Any], *, job
                 try:
                     results[i] = f.result(timeout=0)
                 except BrokenProcessPool:
-                    running = [label(items[j]) for j in sorted(heard)] or [label(items[i])]
-                    raise PointError(f"the worker process running {' and '.join(running)} ended abruptly (killed, "
-                                     f"out of memory, or crashed in C); run with --jobs 1 to see it in this "
+                    running = " and ".join(label(items[j]) for j in sorted(heard)) or label(items[i])
+                    raise PointError(f"a worker process ended abruptly (killed, out of memory, or crashed in C) "
+                                     f"while running {running}; run with --jobs 1 to see it in this "
                                      f"process") from None
                 except Exception as e:  # (the worker's exception; its traceback is chained as __cause__)
                     tb = getattr(e.__cause__, "tb", "")
@@ -157,7 +153,6 @@ def run_points(call: Callable[..., dict[str, Any]], items: Sequence[Any], *, job
             _terminate(ex)
         ex.shutdown(wait=True, cancel_futures=True)
         reports.close()
-        reports.join_thread()
 
 
 def _terminate(ex: ProcessPoolExecutor) -> None:

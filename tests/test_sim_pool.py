@@ -160,3 +160,12 @@ def test_an_interrupt_terminates_the_workers():
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_sim_help_explains_jobs():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "penumbra.cli", "sim", "--help"], capture_output=True,
+                         text=True, timeout=60, check=True).stdout
+    assert "--jobs N" in out and "os.cpu_count()" in out and "largest first" in out, out

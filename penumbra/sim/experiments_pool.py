@@ -144,7 +144,7 @@ def run_points(call: Callable[..., dict[str, Any]], items: Sequence[Any], *, job
             if hung or (pending and not heard and now - last_any > stall_timeout):
                 what = " and ".join(label(items[j]) for j in sorted(hung)) or "the worker processes"
                 raise PointError(f"{what} reported no progress for {stall_timeout:g} s: taken for hung and "
-                                 f"stopped (on a very large point or a loaded machine, allow more time)")
+                                 f"stopped; run with --jobs 1 to watch it in this process")
         clean = True
         return [r for r in results if r is not None]
     finally:

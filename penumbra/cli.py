@@ -490,6 +490,18 @@ def _node_counts(text: str) -> list[int]:
     return out
 
 
+def _jobs(text: str) -> int:
+    """``--jobs N``: a whole number of worker processes >= 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of worker processes: give a whole number "
+                                         f">= 1, e.g. --jobs 2 (1: everything in this process)")
+    return n
+
+
 def cmd_sim(args) -> int:
     from .sim.experiments import run_experiment_cli
 
@@ -670,6 +682,7 @@ def build_parser() -> argparse.ArgumentParser:
                "  penumbra sim fig8b                      # scalability, a few nodes (seconds)\n"
                "  penumbra sim fig8b --size full          # 10 to 1,000 nodes, as in the paper (minutes)\n"
                "  penumbra sim fig8b --nodes 100,1000,10000\n"
+               "  penumbra sim fig8b --size full --jobs 2  # two cluster sizes at a time, in 2 processes\n"
                "  penumbra sim fig8b --nodes 1000 --partitions 2             # two local processes\n"
                "  penumbra sim fig8b --nodes 1000 --partitions 8 --address auto  # actors on a cluster\n"
                "  penumbra sim all --out results/",
@@ -693,6 +706,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the simulation's seed: the same seed gives the same run and trace hash (default 0)")
     s.add_argument("--out", default="sim-results", metavar="DIR",
                    help="directory for the CSV and PNG files, created if missing (default: sim-results)")
+    s.add_argument("--jobs", type=_jobs, default=None, metavar="N",
+                   help="fig8b: run its cluster sizes (independent simulations) in a pool of N worker processes, "
+                        "largest first; the table, CSV, plot and trace hashes are the same for any N (default: "
+                        "the machine's CPUs, os.cpu_count(); 1: one after another in this process, as before). "
+                        "A point that fails or dies in its worker stops the run with an error naming it. "
+                        "N > 1 does not combine with --partitions (which splits each size over processes itself)")
     s.add_argument("--partitions", type=int, default=None, metavar="N",
                    help="fig8b only: split each cluster size's simulation over N partitions advanced in "
                         "lockstep windows (local processes unless --address); the results and trace hashes are "

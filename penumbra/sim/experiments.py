@@ -62,6 +62,7 @@ from .experiments_results import (  # noqa: F401 - (re-exported: callers use the
     node_task_rate,
     preset_costs,
 )
+from .experiments_pool import PointError, default_jobs
 from .partition import PartitionError, run_partitioned_point
 from .workloads import ChainStream
 
@@ -92,13 +93,16 @@ EXPERIMENTS: dict[str, Callable[..., ExperimentResult]] = {
 
 def run(name: str, size: str = "quick", preset: str = "paper", seed: int = 0, progress: bool = True,
         nodes: list[int] | None = None, partitions: int | None = None, address: str | None = None,
-        api: str = "penumbra", token: str | None = None) -> ExperimentResult:
+        api: str = "penumbra", token: str | None = None, jobs: int = 1) -> ExperimentResult:
     """Run one experiment by name.  ``nodes``: the cluster sizes of Figure
     8b (the only experiment whose cluster size is a parameter).
     ``partitions``: Figure 8b only, each point as one simulation split over
     that many partitions (``partition.run_partitioned_point``): local
     processes, or actors on the cluster at ``address`` (with ``api``
     ``"penumbra"`` or ``"ray"``, and the penumbra cluster's ``token``).
+    ``jobs``: Figure 8b only, its cluster sizes in a pool of that many
+    worker processes (``experiments_pool``), the same table and hashes as
+    ``jobs=1`` (one after another in this process).
 
     Raises:
         ValueError: an unknown experiment or size, bad ``nodes`` or
@@ -106,6 +110,8 @@ def run(name: str, size: str = "quick", preset: str = "paper", seed: int = 0, pr
             experiment other than fig8b, or an address without partitions.
         PartitionError: the cluster at ``address`` cannot be reached or has
             too few CPUs, or a partition failed.
+        PointError: with ``jobs`` > 1, a point failed, died or hung in its
+            worker process.
     """
     try:
         fn = EXPERIMENTS[name]
@@ -114,6 +120,16 @@ def run(name: str, size: str = "quick", preset: str = "paper", seed: int = 0, pr
     if size not in ("quick", "full"):
         raise ValueError(f"size must be 'quick' or 'full', got {size!r}")
     kw: dict = {}
+    if not (isinstance(jobs, int) and not isinstance(jobs, bool) and jobs >= 1):
+        raise ValueError(f"--jobs wants a whole number of worker processes >= 1, got {jobs!r}")
+    if jobs > 1:
+        if name != "fig8b":
+            raise ValueError(f"--jobs runs fig8b's cluster sizes in parallel processes; {name} runs its "
+                             f"simulations in this process: drop --jobs, or run fig8b")
+        if partitions is not None:
+            raise ValueError("--jobs N runs whole cluster sizes in parallel, --partitions splits each one over "
+                             "processes: they do not combine; use --jobs 1 with --partitions, or drop --partitions")
+        kw["jobs"] = jobs
     if partitions is None:
         if address is not None or api != "penumbra":
             raise ValueError("--address/--ray run the partitions of a simulation as actors on a cluster: add "
@@ -143,22 +159,30 @@ def run(name: str, size: str = "quick", preset: str = "paper", seed: int = 0, pr
 
 def run_experiment_cli(args, token: str | None = None) -> int:
     """``penumbra sim <experiment> [--size] [--preset] [--seed] [--out]
-    [--nodes] [--partitions N [--address A] [--ray]]``; ``token``: the
-    cluster token the command line gave (``--token-file``), if any."""
+    [--nodes] [--jobs N] [--partitions N [--address A] [--ray]]``;
+    ``token``: the cluster token the command line gave (``--token-file``),
+    if any.  ``--jobs`` unset: fig8b runs in ``os.cpu_count()`` processes
+    (one without more than one CPU, or with ``--partitions``), the other
+    experiments here."""
     names = list(EXPERIMENTS) if args.experiment == "all" else [args.experiment]
     out = getattr(args, "out", "sim-results") or "sim-results"
     os.makedirs(out, exist_ok=True)
     status = 0
+    jobs = getattr(args, "jobs", None)
     for name in names:
+        n_jobs = jobs
+        if n_jobs is None or (args.experiment == "all" and name != "fig8b"):
+            # (the default, and with ``all`` what --jobs does not apply to)
+            n_jobs = default_jobs() if name == "fig8b" and getattr(args, "partitions", None) is None else 1
         try:
-            res = run(name, size=args.size, preset=args.preset, seed=args.seed,
+            res = run(name, size=args.size, preset=args.preset, seed=args.seed, jobs=n_jobs,
                       nodes=getattr(args, "nodes", None), partitions=getattr(args, "partitions", None),
                       address=getattr(args, "address", None), api="ray" if getattr(args, "ray", False) else "penumbra",
                       token=token)
         except ValueError as e:
             print(f"penumbra sim: {e}", file=sys.stderr)
             return 2
-        except PartitionError as e:
+        except (PartitionError, PointError) as e:
             print(f"penumbra sim: {e}", file=sys.stderr)
             return 1
         print(res.report())

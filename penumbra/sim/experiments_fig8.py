@@ -9,6 +9,7 @@ nodes, placed with and without locality.
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 from collections.abc import Callable
@@ -107,13 +108,37 @@ def run_scalability_point(n: int, costs: CostModel, seed: int, *, warm_tasks: fl
     }
 
 
+def _pooled_point(n: int, on_progress: Callable[[float], Any], **kw: Any) -> dict[str, Any]:
+    """One point of Figure 8b in a worker process (``--jobs``): what the
+    table needs, without the cluster and the loops (big, and not sent back)."""
+    p = run_scalability_point(n, on_progress=on_progress, **kw)
+    p.pop("cluster")
+    p.pop("loops")
+    return p
+
+
 def fig8b(size: str = "quick", preset: str = "paper", seed: int = 0, progress: bool = True,
-          nodes: list[int] | None = None, point: Callable[..., dict[str, Any]] | None = None) -> ExperimentResult:
+          nodes: list[int] | None = None, point: Callable[..., dict[str, Any]] | None = None,
+          jobs: int = 1) -> ExperimentResult:
     """``point``: what runs one cluster size (default
     ``run_scalability_point``, one process; ``experiments.run`` passes the
     partitioned one, ``partition.run_partitioned_point``, for
-    ``--partitions``)."""
+    ``--partitions``).  ``jobs``: run the cluster sizes in a pool of that
+    many worker processes, largest first (``experiments_pool``; the same
+    rows and hashes as ``jobs=1``, which runs them here one after another).
+
+    Raises:
+        ValueError: ``jobs`` > 1 together with ``point`` (a point that is
+            itself split over processes), or ``jobs`` not a whole number >= 1.
+        experiments_pool.PointError: a point failed, died or hung in its
+            worker process.
+    """
     costs = preset_costs(preset)
+    if not (isinstance(jobs, int) and jobs >= 1):
+        raise ValueError(f"jobs must be a whole number of processes >= 1, got {jobs!r}")
+    if point is not None and jobs > 1:
+        raise ValueError("fig8b: jobs > 1 runs whole points in worker processes; a point that is itself split "
+                         "over processes (point=...) runs one at a time: give one or the other")
     if point is None:
         point = run_scalability_point
     if nodes is None:
@@ -125,12 +150,22 @@ def fig8b(size: str = "quick", preset: str = "paper", seed: int = 0, progress: b
     prog = Progress(sum(nodes), "fig8b", progress, unit="node-points")
     rows, hashes = [], []
     done = 0
-    for n in nodes:
-        prog.update(done, f"{n} nodes")
-        p = point(n, costs, seed, warm_tasks=warm, measure_tasks=meas, prog=prog,
-                  on_progress=lambda f, done=done, n=n: prog.update(done + n * f, f"{n} nodes"))
-        done += n
-        prog.update(done)
+    points = None
+    if jobs > 1:
+        try:
+            points = _pool_points(nodes, costs, seed, warm, meas, jobs, prog)
+        except BaseException:
+            prog.close()
+            raise
+    for k, n in enumerate(nodes):
+        if points is not None:
+            p = points[k]
+        else:
+            prog.update(done, f"{n} nodes")
+            p = point(n, costs, seed, warm_tasks=warm, measure_tasks=meas, prog=prog,
+                      on_progress=lambda f, done=done, n=n: prog.update(done + n * f, f"{n} nodes"))
+            done += n
+            prog.update(done)
         rows.append([n, p["throughput"], p["per_node"], p["tasks"], p["sim_seconds"], p["steady"],
                      p["wall"], p["sim_tasks_per_wall_s"]])
         hashes.append(p["hash"])
@@ -155,6 +190,30 @@ def fig8b(size: str = "quick", preset: str = "paper", seed: int = 0, progress: b
     res.series = {"nodes": xs, "throughput": ys, "fit": (a, b, r2)}
     res.wall_seconds = time.perf_counter() - t0
     return res
+
+
+def _pool_points(nodes: list[int], costs: CostModel, seed: int, warm: float, meas: float, jobs: int,
+                 prog: Progress) -> list[dict[str, Any]]:
+    """Figure 8b's points in ``jobs`` worker processes, largest first; the
+    bar counts node-points done over all of them (each point's share as its
+    simulated time advances) and names the sizes running."""
+    from .experiments_pool import run_points
+
+    frac = [0.0] * len(nodes)
+    running: dict[int, None] = {}
+
+    def on_progress(i: int, f: float) -> None:
+        frac[i] = f
+        if f >= 1.0:
+            running.pop(i, None)
+        else:
+            running[i] = None
+        now = ", ".join(str(nodes[j]) for j in running)
+        prog.update(sum(n * x for n, x in zip(nodes, frac)), f"{now} nodes" if now else "")
+
+    call = functools.partial(_pooled_point, costs=costs, seed=seed, warm_tasks=warm, measure_tasks=meas)
+    return run_points(call, nodes, jobs=jobs, label=lambda n: f"fig8b's {n}-node point", cost=float,
+                      on_progress=on_progress)
 
 
 # ===========================================================================

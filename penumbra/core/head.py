@@ -88,6 +88,7 @@ from .gcs import ChainMaster, GcsTiming
 from .gcs_client import GcsClient
 from .global_scheduler import GlobalConfig, GlobalScheduler, Rng
 from .head_recovery import HeadRecovery, _Recovering
+from .dead_nodes import DeadNodes
 from .ids import TaskId
 from .lineage import Recovery
 from .messages import (
@@ -208,7 +209,9 @@ class HeadMachine(HeadRecovery):
         self.last_seq: dict[str, int] = {}  # the highest heartbeat number read
         self.check_due = 0.0
         self.pauses_noticed = 0
-        self.dead_nodes: set[str] = set()
+        # the latest ``dead_nodes.RETENTION`` nodes declared dead (their
+        # heartbeats are fenced); older ones are forgotten everywhere here
+        self.dead_nodes = DeadNodes()
         self.watched_tasks: set[TaskId] = set()
         self.stories: dict[Hashable, list] = {}
         # jobs whose driver exited (one int per job ever run), and, for those
@@ -327,7 +330,8 @@ class HeadMachine(HeadRecovery):
     def node_dead(self, node: str, now: float, sid: str) -> list[Command]:
         if node in self.dead_nodes:
             return []
-        self.dead_nodes.add(node)
+        for old in self.dead_nodes.add(node):
+            self.forget_dead(old)
         self.misses.pop(node, None)
         self.heard.discard(node)
         self.last_seq.pop(node, None)
@@ -337,6 +341,11 @@ class HeadMachine(HeadRecovery):
         cmds = self.placement.on_node_dead(node, now, sid)
         # first drop its locations everywhere, then re-home its work
         return cmds + self.gcs.write(NodeDown(node), ("node-down", node), now, sid)
+
+    def forget_dead(self, node: str) -> None:
+        """A node dead long ago leaves the head's memory (see
+        core/dead_nodes.py: only the latest ``RETENTION`` are kept)."""
+        self.scheduler.forget_node(node)
 
     def _on_timer(self, ev: TimerFired, now: float) -> list[Command]:
         key = ev.key
@@ -548,7 +557,7 @@ class HeadMachine(HeadRecovery):
         self.actors.validate()
         self.recovery.validate()
         self.placement.validate()
-        assert not (self.dead_nodes & set(self.misses)), "a dead node is still monitored"
+        assert not any(n in self.dead_nodes for n in self.misses), "a dead node is still monitored"
         assert self.heard <= set(self.misses), "a heartbeat was counted for a node nobody monitors"
         for job in self.ending:
             assert job in self.ended_jobs, f"job {job} is being cleared but did not end"

@@ -686,6 +686,10 @@ class NodeMachine(NodeJobs):
             self.nodes[entry.node_id] = entry.alive
             self.scheduler.other_nodes_alive += int(entry.alive) - int(was)
             if not entry.alive:
+                for old in self.objects.dead_nodes.add(entry.node_id):  # (only the latest: core/dead_nodes.py)
+                    if self.nodes.pop(old, False):
+                        self.scheduler.other_nodes_alive -= 1
+                    self.gcs.forget("nodes", old)
                 return self.objects.on_node_dead(entry.node_id, now, ev.stimulus_id)
         return []
 

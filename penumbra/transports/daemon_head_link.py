@@ -68,22 +68,26 @@ class DaemonHeadLink:
 
     def _incarnation_ended(self, level: int, msg: str, *args) -> float:
         """This node's incarnation ended (fenced, or its head connection
-        lost): log ``msg`` (why) as the first of a streak of quick ends
-        would be, or fold it into the streak's line, logged once a minute
-        with the count; return the seconds to wait before rejoining
+        lost) for the reason ``msg % args`` says: log it after a long life,
+        and at the first quick end of a streak with the wait; while the
+        streak lasts, one line a minute with the count and the last reason
+        instead.  Returns the seconds to wait before rejoining
         (rejoin_backoff.py: 0 after a long life)."""
         plan = self.rejoin_backoff.ended(trio.current_time())
         self._rejoin_quick = plan.quick
-        if plan.quick <= 1:
+        b = self.rejoin_backoff
+        if plan.quick == 0:
             logger.log(level, msg, *args)
-        if plan.quick and plan.warn:
+        elif plan.quick == 1:
+            logger.log(level, msg + " -- %.1fs after it joined: it waits %.1fs first (while incarnations keep "
+                       "ending within %gs, the wait doubles up to %gs)", *args, plan.lived, plan.delay,
+                       b.stable_after, b.cap)
+        elif plan.warn:
             logger.warning(
-                "node %s: %d incarnation(s) in a row ended within %gs of joining (the last after %.1fs: %s); "
-                "rejoining with backoff, the next in %.1fs (doubling up to %gs; this line repeats at most "
-                "every %gs while it lasts)", self.base_node_id, plan.quick, self.rejoin_backoff.stable_after,
-                plan.lived, msg % args if args else msg, plan.delay, self.rejoin_backoff.cap,
-                self.rejoin_backoff.report_every)
-        elif plan.quick > 1:
+                "node %s: %d incarnations in a row ended within %gs of joining; the last: %s. Rejoining with "
+                "backoff, the next in %.1fs (up to %gs; this line repeats at most every %gs while it lasts)",
+                self.base_node_id, plan.quick, b.stable_after, msg % args, plan.delay, b.cap, b.report_every)
+        else:
             logger.debug(msg, *args)
         return plan.delay
 

@@ -110,3 +110,21 @@ def test_a_dead_node_in_the_window_is_still_fenced(retention):
     assert [type(cmd.msg) for cmd in cmds] == [Fenced], cmds
     # one dead longer ago than the bound is not known any more: ignored, as an unknown node's
     assert head.handle(Heartbeat(node_id=forgotten, load=load, seq=7), c.net.now) == []
+
+
+@pytest.mark.timeout(120)
+def test_every_replica_of_a_chain_forgets_the_same_dead_nodes(retention):
+    """Forgetting is part of applying ``NodeDown``, so the replicas of a
+    chain stay identical (tables, subscriptions, dedup) past the bound."""
+    c = NodeChurn(chain=3)
+    for _ in range(3 * retention):
+        c.incarnation()
+    c.net.run_for(0.5)  # (the last writes reach the tail)
+    reps = [m for a, m in sorted(c.net.machines.items()) if a.startswith("gcs:")]
+    assert len(reps) == 3
+    first = reps[0]
+    assert len(first.tables.data["dead_nodes"]) == retention
+    for r in reps[1:]:
+        assert r.tables.fingerprint() == first.tables.fingerprint()
+        assert r.tables.subs == first.tables.subs
+        assert r.dedup.as_dicts() == first.dedup.as_dicts() and r.floors == first.floors

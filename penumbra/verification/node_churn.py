@@ -26,9 +26,9 @@ __all__ = ["NodeChurn"]
 class NodeChurn:
     """A cluster (head, GCS, one node that lives on) plus churning nodes."""
 
-    def __init__(self, shards: int = 1, seed: int = 0) -> None:
+    def __init__(self, shards: int = 1, chain: int = 1, seed: int = 0) -> None:
         self.layout = ClusterLayout(nodes=(NodeShape(ResourceSet.of(CPU=2)),), gcs_shards=shards,
-                                    heartbeat_interval=0.05, node_timeout=0.3)
+                                    chain_length=chain, heartbeat_interval=0.05, node_timeout=0.3)
         self.net = MemNet(latency=0.001, validate=False)
         for address, machine in build_machines(self.layout, random.Random(seed)).items():
             self.net.add(address, machine)

@@ -94,7 +94,9 @@ class LeaseHost:
         self.leases: dict[tuple[str, int], _Held] = {}
         self.queue: deque[tuple[str, int]] = deque()  # requests waiting for a worker, FIFO
         self.by_worker: dict[str, tuple[str, int]] = {}
-        self.ended: OrderedDict[tuple[str, int], None] = OrderedDict()
+        # leases over: "returned", or why they were lost (a repeat of their
+        # request is answered with it, never granted)
+        self.ended: OrderedDict[tuple[str, int], str] = OrderedDict()
         self.granted_count = 0
         self.forwarded_count = 0
 
@@ -102,8 +104,13 @@ class LeaseHost:
     def on_request(self, ev: RequestLease, now: float) -> list[Command]:
         sid = ev.stimulus_id
         key = (ev.submitter, ev.req_id)
-        if key in self.ended:
-            return []  # (a late repeat of a request whose lease is over)
+        over = self.ended.get(key)
+        if over is not None:
+            # a repeat of a request whose lease is over: say again how (the
+            # answer may have been lost; a lost lease's submitter asks anew)
+            if over == "returned":
+                return [Send(to=ev.submitter, msg=LeaseReturned(req_id=ev.req_id, stimulus_id=sid))]
+            return [Send(to=ev.submitter, msg=LeaseLost(req_id=ev.req_id, reason=over, stimulus_id=sid))]
         h = self.leases.get(key)
         if h is not None:
             return [self._grant_msg(h, sid)] if h.worker is not None else []
@@ -184,7 +191,7 @@ class LeaseHost:
 
     def _end(self, key: tuple[str, int], kill: bool, why: str, now: float, sid: str) -> list[Command]:
         h = self.leases.pop(key, None)
-        self._over(key)
+        self._over(key, "returned" if not why.startswith("reclaimed") else why)
         if h is None:
             return []
         if h.worker is None:
@@ -208,9 +215,9 @@ class LeaseHost:
             s.idle.append(wid)
         return cmds + s.dispatch(now, sid)
 
-    def _over(self, key: tuple[str, int]) -> None:
+    def _over(self, key: tuple[str, int], how: str) -> None:
         if key not in self.ended:
-            self.ended[key] = None
+            self.ended[key] = how
             if len(self.ended) > _ENDED_KEPT:
                 self.ended.popitem(last=False)
 
@@ -219,10 +226,10 @@ class LeaseHost:
         key = self.by_worker.pop(wid)
         h = self.leases.pop(key)
         h.worker = None
-        self._over(key)
+        why = f"its worker {wid} died: {reason}"
+        self._over(key, why)
         self.node.story_add(h.spec.task_id, now, sid, f"lease {h.submitter}#{h.req_id} lost: worker {wid} died")
-        return [Send(to=h.submitter, msg=LeaseLost(req_id=h.req_id, reason=f"its worker {wid} died: {reason}",
-                                                    stimulus_id=sid))]
+        return [Send(to=h.submitter, msg=LeaseLost(req_id=h.req_id, reason=why, stimulus_id=sid))]
 
     def submitter_gone(self, submitter: str, now: float, sid: str) -> list[Command]:
         cmds: list[Command] = []
@@ -258,9 +265,14 @@ class LeaseHost:
         return cmds
 
     def on_record(self, ev: RecordTasks, now: float) -> list[Command]:
+        sid = ev.stimulus_id
         cmds: list[Command] = []
-        for spec in ev.specs:
-            cmds += self._record(spec, ev.submitter, now, ev.stimulus_id)
+        errors = ev.errors or (None,) * len(ev.specs)
+        for spec, error in zip(ev.specs, errors):
+            cmds += self._record(spec, ev.submitter, now, sid)
+            if error is not None:
+                self.node.story_add(spec.task_id, now, sid, f"failed at its submitter {ev.submitter}: {error.kind.value}")
+                cmds += self.node.fail_outputs(spec, error, 0, now, sid)
         return cmds
 
     def _record(self, spec: TaskSpec, submitter: str, now: float, sid: str) -> list[Command]:

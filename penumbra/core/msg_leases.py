@@ -189,13 +189,22 @@ class TasksRan(Message):
 
 
 class RecordTasks(Message):
-    """Submitter to its own node: a result of these tasks is about to leave
-    the submitter and their worker's report has not been acknowledged:
-    write their specs to the GCS task table now (idempotent with the
-    worker's report), then answer ``LeaseTasksRecorded``."""
+    """Submitter to its own node: write these tasks' specs to the GCS task
+    table now (idempotent with a worker's report), then answer
+    ``LeaseTasksRecorded``.  Sent when a result ref is about to leave the
+    submitter before the worker's report was acknowledged, and for a task
+    that failed without a result (``errors``: one per spec, None for a spec
+    only: the node stores the error as the task's outputs, so whoever
+    holds a ref to them reads the error)."""
 
     submitter: str
     specs: tuple[TaskSpec, ...]
+    errors: tuple[ErrorInfo | None, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.errors and len(self.errors) != len(self.specs):
+            raise ValueError(f"RecordTasks: {len(self.errors)} errors for {len(self.specs)} specs; "
+                             f"give one error (or None) per spec, or none at all")
 
 
 class LeaseTasksRecorded(Message):

@@ -172,7 +172,9 @@ class LeaseSubmitter:
         self.next_req = 1
         # resolved tasks whose spec is not known to be in the GCS yet
         self.results: dict[TaskId, TaskSpec] = {}
-        self.recording: dict[TaskId, TaskSpec] = {}  # RecordTasks sent, not acknowledged
+        # RecordTasks sent, not acknowledged: the spec, and the error of a
+        # task that failed here (its node stores it as the outputs)
+        self.recording: dict[TaskId, tuple[TaskSpec, ErrorInfo | None]] = {}
         self.recorded_early: set[TaskId] = set()  # recorded while unresolved
         self.escapes: dict[Hashable, set[TaskId]] = {}
         self.resend_armed = False
@@ -226,15 +228,17 @@ class LeaseSubmitter:
             if oid.is_put:
                 continue
             tid = oid.task_id
+            if tid in self.recording:
+                need.add(tid)
+                continue
             t = self.tasks.get(tid)
             spec = t.spec if t is not None and tid not in self.recorded_early else self.results.get(tid)
             if spec is None:
                 continue  # not ours, or known recorded
             need.add(tid)
-            if tid not in self.recording:
-                self.recording[tid] = spec
-                record.append(spec)
-                self._story(tid, now, sid, "recording its spec: a result ref escapes")
+            self.recording[tid] = (spec, None)
+            record.append(spec)
+            self._story(tid, now, sid, "recording its spec: a result ref escapes")
         if not need:
             return [EscapeReady(token=token, stimulus_id=sid)]
         self.escapes[token] = need
@@ -280,7 +284,12 @@ class LeaseSubmitter:
     def _on_lost(self, m: LeaseLost, now: float) -> list[Command]:
         l = self.leases.get(m.req_id)
         if l is None:
-            return []
+            r = self.requests.pop(m.req_id, None)
+            if r is None:
+                return []
+            # granted and lost before the grant reached us: ask anew
+            self._story(("lease", m.req_id), now, m.stimulus_id, f"lost before its grant arrived: {m.reason}")
+            return self._pump(r.key, now, m.stimulus_id)
         return self._lease_died(l, m.reason, now, m.stimulus_id, give_back=False)
 
     def _on_reply(self, m: PushReply, now: float) -> list[Command]:
@@ -363,6 +372,7 @@ class LeaseSubmitter:
         self._story(("lease", l.req_id), now, sid, f"lost: {reason}")
         cmds: list[Command] = self._give_back(l.req_id, l.node, True, sid) if give_back else []
         retry: list[TaskId] = []
+        failed: list[tuple[TaskSpec, ErrorInfo]] = []
         for tid in l.in_flight:
             t = self.tasks[tid]
             t.lease = None
@@ -379,9 +389,17 @@ class LeaseSubmitter:
                                 f"(max_retries={t.spec.max_retries} used up; raise max_retries to retry it)",
                                 task_name=name)
                 cmds.append(TaskFailed(spec=t.spec, error=err, stimulus_id=sid))
+                failed.append((t.spec, err))
         if retry:
             q = self.queues.setdefault(l.key, deque())
             q.extendleft(reversed(retry))  # (ahead of the rest, in their order)
+        if failed:
+            # no worker reports these: our node records the spec and the
+            # error (anyone holding a ref reads the error there)
+            for spec, err in failed:
+                self.recording[spec.task_id] = (spec, err)
+            cmds.append(Send(to=self.home, msg=RecordTasks(submitter=self.submitter, specs=tuple(s for s, _ in failed),
+                                                           errors=tuple(e for _, e in failed), stimulus_id=sid)))
         return cmds + self._pump(l.key, now, sid)
 
     @staticmethod
@@ -415,8 +433,9 @@ class LeaseSubmitter:
             cmds.append(Send(to=node, msg=ReturnLease(submitter=self.submitter, req_id=req_id, kill=kill,
                                                       stimulus_id=sid)))
         if self.recording:
-            cmds.append(Send(to=self.home, msg=RecordTasks(submitter=self.submitter,
-                                                           specs=tuple(self.recording.values()), stimulus_id=sid)))
+            rec = list(self.recording.values())
+            cmds.append(Send(to=self.home, msg=RecordTasks(submitter=self.submitter, specs=tuple(s for s, _ in rec),
+                                                           errors=tuple(e for _, e in rec), stimulus_id=sid)))
         return cmds + self._arm(now)
 
     # ------------------------------------------------------------------ queries and checks

@@ -438,7 +438,11 @@ class LeaseNet(MemNet):
 
     def _pushed(self, s: str, c: Send) -> None:
         m = c.msg
-        self.conns.add((s, c.to))
+        if (s, c.to) not in self.conns:
+            # a new connection (an earlier one to this worker may have broken)
+            self.conns.add((s, c.to))
+            self.cut_links.discard((s, c.to))
+            self.cut_links.discard((c.to, s))
         g = self.hosts[s].granted_at.get(m.req_id)
         if g is None:
             raise Broken(f"{s} pushed {m.spec.task_id} on lease {m.req_id}, which it was never granted")

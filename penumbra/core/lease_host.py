@@ -97,6 +97,9 @@ class LeaseHost:
         # leases over: "returned", or why they were lost (a repeat of their
         # request is answered with it, never granted)
         self.ended: OrderedDict[tuple[str, int], str] = OrderedDict()
+        # submitters known dead: a request of theirs still on its way (from
+        # another host, where their death may be heard first) is refused
+        self.gone: OrderedDict[str, None] = OrderedDict()
         self.granted_count = 0
         self.forwarded_count = 0
 
@@ -104,6 +107,8 @@ class LeaseHost:
     def on_request(self, ev: RequestLease, now: float) -> list[Command]:
         sid = ev.stimulus_id
         key = (ev.submitter, ev.req_id)
+        if ev.submitter in self.gone:
+            return []
         over = self.ended.get(key)
         if over is not None:
             # a repeat of a request whose lease is over: say again how (the
@@ -232,6 +237,10 @@ class LeaseHost:
         return [Send(to=h.submitter, msg=LeaseLost(req_id=h.req_id, reason=why, stimulus_id=sid))]
 
     def submitter_gone(self, submitter: str, now: float, sid: str) -> list[Command]:
+        if submitter not in self.gone:
+            self.gone[submitter] = None
+            if len(self.gone) > _ENDED_KEPT:
+                self.gone.popitem(last=False)
         cmds: list[Command] = []
         for key in [k for k in self.leases if k[0] == submitter]:
             cmds += self._end(key, True, f"reclaimed: submitter {submitter} is gone", now, sid)
@@ -284,6 +293,11 @@ class LeaseHost:
         return [Send(to=submitter, msg=LeaseTasksRecorded(task_ids=(tid,), stimulus_id=sid))]
 
     # ------------------------------------------------------------------ checks
+    def active(self) -> bool:
+        """Has a lease ever been asked of this node?  (Idle, the node runs
+        none of the lease code: its old paths are unchanged.)"""
+        return bool(self.leases or self.ended)
+
     def validate(self) -> None:
         workers = self.node.scheduler.workers
         for key, h in self.leases.items():

@@ -325,8 +325,8 @@ class NodeMachine(NodeJobs):
             cmds += self._drop_watch(key, now, ev.stimulus_id)
         if self.direct.watchers:
             cmds += self.direct.client_gone(ev.client, now, ev.stimulus_id)
-        if self.leases.leases:
-            cmds += self.leases.submitter_gone(ev.client, now, ev.stimulus_id)
+        # (always: a lease request of this client may still be on its way)
+        cmds += self.leases.submitter_gone(ev.client, now, ev.stimulus_id)
         job = self.clients.pop(ev.client, None)
         # (job 0: a driver that left before it learned its job id; it
         # submitted nothing)

@@ -407,7 +407,7 @@ class LeaseNet(MemNet):
             node = self.machines.get(item.to)
             if (type(ev) is RequestLease and node is not None and item.incarnation == self.incarnations.get(item.to)
                     and (ev.submitter, ev.req_id) not in node.leases.leases
-                    and (ev.submitter, ev.req_id) not in node.leases.ended
+                    and (ev.submitter, ev.req_id) not in node.leases.ended and ev.submitter not in node.leases.gone
                     and (item.src, item.to) not in self.cut_links):
                 self._expect = (item.to, ev, self._rule(node, ev))
         progressed = super().step()

@@ -267,6 +267,28 @@ def test_host_reclaims_a_dead_submitters_leases_and_reports_dead_workers() -> No
     n.validate()
 
 
+def test_host_reclaims_leases_of_submitters_whose_home_node_died() -> None:
+    n = node(cpus=2)
+    remote = RequestLease(submitter="node:1/s", req_id=1, spec=task(1), home="node:1")
+    (g,) = sent(n.handle(remote, 0.0), LeaseGranted)
+    local = sent(n.handle(request(2), 0.0), LeaseGranted)
+    cmds = n.leases.home_died("node:1", 0.1, "node-dead")
+    assert [c.worker_id for c in cmds if type(c) is M.KillWorker] == [g.worker_id]
+    assert set(n.leases.leases) == {("node:0/s", 2)} and local
+    # a request of that submitter still on its way is refused
+    assert n.handle(RequestLease(submitter="node:1/s", req_id=3, spec=task(3), home="node:1"), 0.2) == []
+    n.validate()
+
+
+def test_a_repeat_of_a_lost_lease_request_says_it_was_lost() -> None:
+    n = node(cpus=2)
+    (g,) = sent(n.handle(request(1), 0.0), LeaseGranted)
+    n.handle(M.WorkerCrashed(worker_id=g.worker_id, reason="oom"), 0.1)
+    (lost,) = sent(n.handle(request(1), 0.2), LeaseLost)  # (its grant never reached the submitter)
+    assert "oom" in lost.reason
+    n.validate()
+
+
 def test_host_records_what_ran_in_the_gcs_then_acknowledges() -> None:
     n = node(cpus=2)
     a = task(1)

@@ -64,7 +64,7 @@ from ..core.msg_leases import (
     SubmitterGone,
 )
 from ..core.placement import SPREAD
-from ..core.records import ErrorKind
+from ..core.records import ErrorInfo, ErrorKind
 from ..core.scheduler import SchedulerConfig
 from ..core.specs import FunctionDescriptor, ResourceSet, TaskSpec
 from ..core.tables import key_shard
@@ -184,6 +184,7 @@ class LeaseNet(MemNet):
         self.specs: dict[TaskId, TaskSpec] = {}
         self.owner: dict[TaskId, str] = {}
         self.crash_on: dict[TaskId, set[int]] = {}  # attempts that crash their worker
+        self.raise_on: dict[TaskId, set[int]] = {}  # attempts that raise
         self.durations: dict[TaskId, float] = {}
         self.outcomes: dict[TaskId, object] = {}
         self.runs: dict[TaskId, list[int]] = {}
@@ -207,20 +208,23 @@ class LeaseNet(MemNet):
             self.add(address, h)
 
     # ------------------------------------------------------------------ the workload
-    def submit(self, submitter: str, shape: int, crash: int = 0, duration: float = 0.01) -> TaskSpec | None:
+    def submit(self, submitter: str, shape: int, crash: int = 0, duration: float = 0.01,
+               raises: int = 0) -> TaskSpec | None:
         """A task of ``shape`` (index into SHAPES) whose first ``crash``
-        attempts kill their worker."""
+        attempts kill their worker, and whose next ``raises`` attempts raise
+        (retryable: ``retry_exceptions``)."""
         if submitter not in self.live:
             return None
         self.count += 1
         res, strategy = SHAPES[shape % len(SHAPES)]
         spec = TaskSpec(task_id=child_task_id(self.root, self.count), job_id=1, parent_task_id=self.root,
                         function=FunctionDescriptor(b"f%d" % (shape % len(SHAPES)), "f"), resources=res,
-                        max_retries=self.max_retries, scheduling=strategy)
+                        max_retries=self.max_retries, scheduling=strategy, retry_exceptions=raises > 0)
         tid = spec.task_id
         self.specs[tid] = spec
         self.owner[tid] = submitter
         self.crash_on[tid] = set(range(crash))
+        self.raise_on[tid] = set(range(crash, crash + raises))
         self.durations[tid] = duration
         h = self.hosts[submitter]
         self._execute(submitter, self._from_submitter(submitter, h.machine.submit(spec, self.now, f"submit:{self.count}")))
@@ -365,6 +369,10 @@ class LeaseNet(MemNet):
         spec = run.spec
         value = f"{tid.hex()}:{run.attempt}".encode()
         self.ran.add((tid, run.attempt))
+        if run.attempt in self.raise_on.get(tid, ()):
+            err = ErrorInfo(ErrorKind.TASK_ERROR, f"task {tid} raised on attempt {run.attempt}")
+            return w.machine.finished(tid, now, error=err, retryable=bool(spec.retry_exceptions),
+                                      duration=self.durations[tid], sid=f"raised:{tid.hex()}")
         store = int.from_bytes(tid[-2:], "big") % 3 == 0
         outputs = []
         for oid in spec.return_ids:
@@ -496,6 +504,10 @@ class LeaseNet(MemNet):
             want = f"{tid.hex()}:{r.attempt}".encode()
             if (tid, r.attempt) not in self.ran:
                 raise Broken(f"task {tid} resolved as attempt {r.attempt}, which never returned")
+            if r.error is not None:
+                if r.attempt not in self.raise_on.get(tid, ()) or r.error.kind is not ErrorKind.TASK_ERROR:
+                    raise Broken(f"task {tid} resolved with {r.error!r}, not what attempt {r.attempt} did")
+                return
             for o in r.outputs:
                 if o.data is not None and o.data != want:
                     raise Broken(f"task {tid} resolved with {o.data!r}, not its own value {want!r}")

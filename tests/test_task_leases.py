@@ -32,7 +32,7 @@ from penumbra.core.node import NodeConfig, NodeMachine
 from penumbra.core.records import ErrorKind
 from penumbra.core.scheduler_records import LEASED
 from penumbra.core.specs import ActorSpec, FunctionDescriptor, ResourceSet, TaskSpec
-from penumbra.core.task_leases import HOLD_TIMER, EscapeReady, LeaseConfig, LeaseSubmitter, TaskFailed, TaskResolved
+from penumbra.core.task_leases import HOLD_TIMER, RESEND_TIMER, EscapeReady, LeaseConfig, LeaseSubmitter, TaskFailed, TaskResolved
 from penumbra.core import messages as M
 from penumbra.verification.lease_net import Broken, LeaseNet
 
@@ -144,6 +144,20 @@ def test_spillback_asks_the_node_the_head_chose_and_unwanted_grants_go_back() ->
     (ret,) = sent(granted(sub, rid, node="node:0"), ReturnLease)
     assert ret.req_id == rid
     assert sent(granted(sub, rid, worker="node:1/w0", node="node:1"), PushTask)
+
+
+def test_a_spilled_request_nobody_answers_starts_over_at_home() -> None:
+    sub = LeaseSubmitter("node:0/s", "node:0", LeaseConfig(resend_after=0.1))
+    sub.submit(task(1), 0.0)
+    rid = next(iter(sub.requests))
+    sub.handle(LeaseSpillback(req_id=rid, node="node:7", reason="infeasible"), 0.0)
+    targets = []
+    for i in range(1, 8):
+        targets += [(c.to, c.msg.placed) for c in sub.timer((RESEND_TIMER,), 0.1 * i)
+                    if type(c) is Send and type(c.msg) is RequestLease]
+    assert targets[:4] == [("node:7", True)] * 4
+    assert targets[4] == ("node:0", False)  # (node:7 is dead, or cut off)
+    sub.validate()
 
 
 def test_lost_requests_are_sent_again() -> None:

@@ -83,6 +83,9 @@ __all__ = ["LeaseConfig", "LeaseSubmitter", "TaskResolved", "TaskFailed", "Escap
 HOLD_TIMER = "lease-hold"  # timer keys: (HOLD_TIMER, req_id)
 RESEND_TIMER = "lease-resend"  # timer key: (RESEND_TIMER,)
 STORY_LIMIT = 10_000  # tasks and leases whose story is kept
+# unanswered sends of a request to a node it was spilled to before it goes
+# back to the submitter's own node
+GIVE_UP_AFTER = 5
 
 
 # ===========================================================================
@@ -142,6 +145,7 @@ class _Request:
     node: str
     placed: bool
     sent_at: float
+    unanswered: int = 0  # sends to ``node`` with no answer yet
 
 
 @dataclass(slots=True, eq=False)
@@ -273,7 +277,7 @@ class LeaseSubmitter:
         if r is None:
             return []
         sid = m.stimulus_id
-        r.node, r.placed, r.sent_at = m.node, True, now
+        r.node, r.placed, r.sent_at, r.unanswered = m.node, True, now, 0
         self._story(("lease", m.req_id), now, sid, f"spilled back ({m.reason}): asking {m.node}")
         return [Send(to=m.node, msg=self._request_msg(m.req_id, r, sid))]
 
@@ -428,6 +432,12 @@ class LeaseSubmitter:
         for req_id, r in self.requests.items():
             if now - r.sent_at >= after:
                 r.sent_at = now
+                r.unanswered += 1
+                if r.node != self.home and r.unanswered >= GIVE_UP_AFTER:
+                    # the node we were sent to does not answer (dead, or
+                    # cut off): start over at our own node, bottom-up
+                    self._story(("lease", req_id), now, sid, f"{r.node} does not answer: asking {self.home} again")
+                    r.node, r.placed, r.unanswered = self.home, False, 0
                 cmds.append(Send(to=r.node, msg=self._request_msg(req_id, r, sid)))
         for req_id, (node, kill) in self.returning.items():
             cmds.append(Send(to=node, msg=ReturnLease(submitter=self.submitter, req_id=req_id, kill=kill,

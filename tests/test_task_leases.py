@@ -86,8 +86,8 @@ def test_a_lease_goes_back_when_the_queue_empties() -> None:
     cmds = sub.handle(PushReply(req_id=req.req_id, task_id=task(1).task_id, attempt=0, outputs=out(task(1))), 0.1)
     (ret,) = sent(cmds, ReturnLease)
     assert ret.req_id == req.req_id and not ret.kill
-    assert not sub.leases and req.req_id in sub.returning
-    sub.handle(LeaseReturned(req_id=req.req_id), 0.2)
+    assert not sub.leases and (req.req_id, "node:0") in sub.returning
+    sub.handle(LeaseReturned(req_id=req.req_id, node="node:0"), 0.2)
     assert sub.idle()
 
 
@@ -115,7 +115,8 @@ def test_worker_death_retries_within_max_retries_then_fails_with_the_cause() -> 
     sub.submit(b, 0.0)
     rid = next(iter(sub.requests))
     granted(sub, rid)
-    cmds = sub.handle(LeaseLost(req_id=rid, reason="its worker died: OOM"), 0.1)
+    assert sub.handle(LeaseLost(req_id=rid, node="node:9", reason="not ours"), 0.1) == []  # (another node's)
+    cmds = sub.handle(LeaseLost(req_id=rid, node="node:0", reason="its worker died: OOM"), 0.1)
     (failed,) = [c for c in cmds if type(c) is TaskFailed]
     assert failed.spec == b and failed.error.kind is ErrorKind.WORKER_CRASHED and "OOM" in failed.error.message
     assert sub.tasks[a.task_id].attempt == 1  # queued again as its next attempt
@@ -146,17 +147,37 @@ def test_spillback_asks_the_node_the_head_chose_and_unwanted_grants_go_back() ->
     assert sent(granted(sub, rid, worker="node:1/w0", node="node:1"), PushTask)
 
 
-def test_a_spilled_request_nobody_answers_starts_over_at_home() -> None:
-    sub = LeaseSubmitter("node:0/s", "node:0", LeaseConfig(resend_after=0.1))
+def test_a_request_whose_id_is_used_up_at_a_node_is_asked_anew() -> None:
+    sub = LeaseSubmitter("node:0/s", "node:0")
     sub.submit(task(1), 0.0)
     rid = next(iter(sub.requests))
-    sub.handle(LeaseSpillback(req_id=rid, node="node:7", reason="infeasible"), 0.0)
-    targets = []
-    for i in range(1, 8):
-        targets += [(c.to, c.msg.placed) for c in sub.timer((RESEND_TIMER,), 0.1 * i)
-                    if type(c) is Send and type(c.msg) is RequestLease]
-    assert targets[:4] == [("node:7", True)] * 4
-    assert targets[4] == ("node:0", False)  # (node:7 is dead, or cut off)
+    # node:1 grants a repeat late, after the request went home again: given back
+    sub.handle(LeaseSpillback(req_id=rid, node="node:1", reason="overloaded"), 0.0)
+    sub.node_died("node:1", 0.1)  # (or any reason the request left node:1)
+    assert sub.requests[rid].node == "node:0"
+    sub.handle(LeaseSpillback(req_id=rid, node="node:1", reason="overloaded"), 0.2)
+    # node:1 says it is over there (returned): a new request, a new id
+    cmds = sub.handle(LeaseReturned(req_id=rid, node="node:1"), 0.3)
+    (again,) = sent(cmds, RequestLease)
+    assert again.req_id != rid and rid not in sub.requests
+    sub.validate()
+
+
+def test_a_dead_node_loses_its_leases_and_sends_requests_home() -> None:
+    sub = LeaseSubmitter("node:0/s", "node:0")
+    a, b = task(1), task(2, res=ResourceSet.of(CPU=2))
+    sub.submit(a, 0.0)
+    sub.submit(b, 0.0)
+    ra, rb = sorted(sub.requests)
+    for r in (ra, rb):
+        sub.handle(LeaseSpillback(req_id=r, node="node:1", reason="overloaded"), 0.0)
+    assert sent(granted(sub, ra, worker="node:1/w0", node="node:1"), PushTask)
+    cmds = sub.node_died("node:1", 0.5)
+    assert sub.tasks[a.task_id].attempt == 1  # (retried: max_retries=1)
+    asks = sent(cmds, RequestLease)
+    assert rb in {m.req_id for m in asks} and not any(m.placed for m in asks)
+    assert all(c.to == "node:0" for c in cmds if type(c) is Send)
+    assert not sub.returning  # (nothing to give back to a dead node)
     sub.validate()
 
 
@@ -405,6 +426,10 @@ class Leases(RuleBasedStateMachine):
     @rule(s=st.sampled_from(SUBS))
     def kill_submitter(self, s) -> None:
         self.net.kill_submitter(s)
+
+    @rule()
+    def kill_node(self) -> None:
+        self.net.kill_node()
 
     @rule(s=st.sampled_from(SUBS), k=st.integers(0, 7))
     def escape(self, s, k) -> None:

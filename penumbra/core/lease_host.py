@@ -114,8 +114,10 @@ class LeaseHost:
             # a repeat of a request whose lease is over: say again how (the
             # answer may have been lost; a lost lease's submitter asks anew)
             if over == "returned":
-                return [Send(to=ev.submitter, msg=LeaseReturned(req_id=ev.req_id, stimulus_id=sid))]
-            return [Send(to=ev.submitter, msg=LeaseLost(req_id=ev.req_id, reason=over, stimulus_id=sid))]
+                return [Send(to=ev.submitter, msg=LeaseReturned(req_id=ev.req_id, node=self.node.node_id,
+                                                                stimulus_id=sid))]
+            return [Send(to=ev.submitter, msg=LeaseLost(req_id=ev.req_id, node=self.node.node_id, reason=over,
+                                                        stimulus_id=sid))]
         h = self.leases.get(key)
         if h is not None:
             return [self._grant_msg(h, sid)] if h.worker is not None else []
@@ -192,7 +194,8 @@ class LeaseHost:
         sid = ev.stimulus_id
         key = (ev.submitter, ev.req_id)
         cmds = self._end(key, ev.kill, "returned", now, sid)
-        return cmds + [Send(to=ev.submitter, msg=LeaseReturned(req_id=ev.req_id, stimulus_id=sid))]
+        return cmds + [Send(to=ev.submitter, msg=LeaseReturned(req_id=ev.req_id, node=self.node.node_id,
+                                                               stimulus_id=sid))]
 
     def _end(self, key: tuple[str, int], kill: bool, why: str, now: float, sid: str) -> list[Command]:
         h = self.leases.pop(key, None)
@@ -234,7 +237,8 @@ class LeaseHost:
         why = f"its worker {wid} died: {reason}"
         self._over(key, why)
         self.node.story_add(h.spec.task_id, now, sid, f"lease {h.submitter}#{h.req_id} lost: worker {wid} died")
-        return [Send(to=h.submitter, msg=LeaseLost(req_id=h.req_id, reason=why, stimulus_id=sid))]
+        return [Send(to=h.submitter, msg=LeaseLost(req_id=h.req_id, node=self.node.node_id, reason=why,
+                                                    stimulus_id=sid))]
 
     def submitter_gone(self, submitter: str, now: float, sid: str) -> list[Command]:
         if submitter not in self.gone:

@@ -124,16 +124,20 @@ class ReturnLease(Message):
 
 
 class LeaseReturned(Message):
-    """Node to submitter: lease ``req_id`` is back (or was never held here)."""
+    """Node ``node`` to submitter: lease ``req_id`` is back (or was never
+    held there)."""
 
     req_id: int
+    node: str
 
 
 class LeaseLost(Message):
-    """Node to submitter: lease ``req_id`` is gone (``reason``: its worker
-    died, or the node took it back); tasks pushed on it did not report."""
+    """Node ``node`` to submitter: lease ``req_id`` is gone (``reason``: its
+    worker died, or the node took it back); tasks pushed on it did not
+    report."""
 
     req_id: int
+    node: str
     reason: str
 
 

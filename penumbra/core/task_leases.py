@@ -46,8 +46,8 @@ lease request in flight, and the leases it holds:
 
 Events (methods): ``submit(spec)``, ``handle(message)`` (``LeaseGranted``,
 ``LeaseSpillback``, ``LeaseReturned``, ``LeaseLost``, ``PushReply``,
-``LeaseTasksRecorded``), ``lost(endpoint)``, ``timer(key)``,
-``escape(token, object_ids)``.  Commands: ``Send``, ``SetTimer``,
+``LeaseTasksRecorded``), ``lost(endpoint)``, ``node_died(node)``,
+``timer(key)``, ``escape(token, object_ids)``.  Commands: ``Send``, ``SetTimer``,
 ``TaskResolved(spec, reply)``, ``TaskFailed(spec, error)`` (each submitted
 task gets exactly one of the two), ``EscapeReady(token)``.  Every step is a
 line of the task's or the lease's ``story``.
@@ -83,9 +83,6 @@ __all__ = ["LeaseConfig", "LeaseSubmitter", "TaskResolved", "TaskFailed", "Escap
 HOLD_TIMER = "lease-hold"  # timer keys: (HOLD_TIMER, req_id)
 RESEND_TIMER = "lease-resend"  # timer key: (RESEND_TIMER,)
 STORY_LIMIT = 10_000  # tasks and leases whose story is kept
-# unanswered sends of a request to a node it was spilled to before it goes
-# back to the submitter's own node
-GIVE_UP_AFTER = 5
 
 
 # ===========================================================================
@@ -145,7 +142,6 @@ class _Request:
     node: str
     placed: bool
     sent_at: float
-    unanswered: int = 0  # sends to ``node`` with no answer yet
 
 
 @dataclass(slots=True, eq=False)
@@ -172,7 +168,10 @@ class LeaseSubmitter:
         self.queues: dict[tuple, deque[TaskId]] = {}  # per key: not pushed yet, FIFO
         self.requests: dict[int, _Request] = {}  # not granted yet
         self.leases: dict[int, _Lease] = {}
-        self.returning: dict[int, tuple[str, bool]] = {}  # req id -> (node, kill), until LeaseReturned
+        # (req id, node) -> kill, until LeaseReturned (one request may be
+        # granted by two nodes: its own, on a repeat, and the one it was
+        # spilled to; both grants go back)
+        self.returning: dict[tuple[int, str], bool] = {}
         self.next_req = 1
         # resolved tasks whose spec is not known to be in the GCS yet
         self.results: dict[TaskId, TaskSpec] = {}
@@ -210,6 +209,22 @@ class LeaseSubmitter:
         cmds: list[Command] = []
         for l in [l for l in self.leases.values() if l.endpoint == endpoint]:
             cmds += self._lease_died(l, f"the connection to its worker {l.worker} broke", now, sid, give_back=True)
+        return cmds
+
+    def node_died(self, node: str, now: float, sid: str = "") -> list[Command]:
+        """Node ``node`` is dead (the client's node tells it, from the GCS
+        nodes table): its leases are lost, requests sent there start over
+        at our own node, returns to it are moot."""
+        cmds: list[Command] = []
+        for k in [k for k in self.returning if k[1] == node]:
+            del self.returning[k]
+        for l in [l for l in self.leases.values() if l.node == node]:
+            cmds += self._lease_died(l, f"its node {node} died", now, sid, give_back=False)
+        for req_id, r in self.requests.items():
+            if r.node == node and node != self.home:
+                self._story(("lease", req_id), now, sid, f"{node} died: asking {self.home} again")
+                r.node, r.placed, r.sent_at = self.home, False, now
+                cmds.append(Send(to=r.node, msg=self._request_msg(req_id, r, sid)))
         return cmds
 
     def timer(self, key: Hashable, now: float, sid: str = "") -> list[Command]:
@@ -260,7 +275,7 @@ class LeaseSubmitter:
             held = self.leases.get(m.req_id)
             if held is not None and held.node == m.node and held.worker == m.worker_id:
                 return []  # a repeat of the grant we hold
-            if m.req_id in self.returning and self.returning[m.req_id][0] == m.node:
+            if (m.req_id, m.node) in self.returning:
                 return []
             # nobody waits for it (answered elsewhere, or returned): give it back
             self._story(("lease", m.req_id), now, sid, f"unwanted grant from {m.node}: returned")
@@ -277,20 +292,28 @@ class LeaseSubmitter:
         if r is None:
             return []
         sid = m.stimulus_id
-        r.node, r.placed, r.sent_at, r.unanswered = m.node, True, now, 0
+        r.node, r.placed, r.sent_at = m.node, True, now
         self._story(("lease", m.req_id), now, sid, f"spilled back ({m.reason}): asking {m.node}")
         return [Send(to=m.node, msg=self._request_msg(m.req_id, r, sid))]
 
     def _on_returned(self, m: LeaseReturned, now: float) -> list[Command]:
-        self.returning.pop(m.req_id, None)
-        return []
+        self.returning.pop((m.req_id, m.node), None)
+        r = self.requests.get(m.req_id)
+        if r is None or r.node != m.node:
+            return []
+        # we are asking a node where this request's id is used up (we gave
+        # back an unwanted grant of it there): ask anew, under a new id
+        del self.requests[m.req_id]
+        self._story(("lease", m.req_id), now, m.stimulus_id, f"used up at {m.node}: asking anew")
+        return self._pump(r.key, now, m.stimulus_id)
 
     def _on_lost(self, m: LeaseLost, now: float) -> list[Command]:
         l = self.leases.get(m.req_id)
-        if l is None:
-            r = self.requests.pop(m.req_id, None)
-            if r is None:
+        if l is None or l.node != m.node:
+            r = self.requests.get(m.req_id)
+            if r is None or r.node != m.node:
                 return []
+            del self.requests[m.req_id]
             # granted and lost before the grant reached us: ask anew
             self._story(("lease", m.req_id), now, m.stimulus_id, f"lost before its grant arrived: {m.reason}")
             return self._pump(r.key, now, m.stimulus_id)
@@ -412,7 +435,7 @@ class LeaseSubmitter:
         return n < 0 or t.attempt < n
 
     def _give_back(self, req_id: int, node: str, kill: bool, sid: str) -> list[Command]:
-        self.returning[req_id] = (node, kill)
+        self.returning[(req_id, node)] = kill
         return [Send(to=node, msg=ReturnLease(submitter=self.submitter, req_id=req_id, kill=kill, stimulus_id=sid))]
 
     def _request_msg(self, req_id: int, r: _Request, sid: str) -> RequestLease:
@@ -432,14 +455,8 @@ class LeaseSubmitter:
         for req_id, r in self.requests.items():
             if now - r.sent_at >= after:
                 r.sent_at = now
-                r.unanswered += 1
-                if r.node != self.home and r.unanswered >= GIVE_UP_AFTER:
-                    # the node we were sent to does not answer (dead, or
-                    # cut off): start over at our own node, bottom-up
-                    self._story(("lease", req_id), now, sid, f"{r.node} does not answer: asking {self.home} again")
-                    r.node, r.placed, r.unanswered = self.home, False, 0
                 cmds.append(Send(to=r.node, msg=self._request_msg(req_id, r, sid)))
-        for req_id, (node, kill) in self.returning.items():
+        for (req_id, node), kill in self.returning.items():
             cmds.append(Send(to=node, msg=ReturnLease(submitter=self.submitter, req_id=req_id, kill=kill,
                                                       stimulus_id=sid)))
         if self.recording:
@@ -472,7 +489,8 @@ class LeaseSubmitter:
         for l in self.leases.values():
             assert len(l.in_flight) <= cfg.pipeline, f"lease {l.req_id} has {len(l.in_flight)} in flight"
             assert l.in_flight, f"lease {l.req_id} is idle but not returned"
-            assert l.req_id not in self.returning and l.req_id not in self.requests
+            assert (l.req_id, l.node) not in self.returning, f"lease {l.req_id} both held and being returned"
+            assert l.req_id not in self.requests, f"lease {l.req_id} both held and asked for"
             for tid, attempt in l.in_flight.items():
                 t = self.tasks.get(tid)
                 assert t is not None and t.lease == l.req_id and t.attempt == attempt, f"{tid} in flight is off"

@@ -45,7 +45,7 @@ import random
 from dataclasses import dataclass
 
 from ..core.ids import ObjectId, TaskId, child_task_id, driver_task_id
-from ..core.layout import ClusterLayout, NodeShape, build_machines
+from ..core.layout import ClusterLayout, NodeShape, build_machines, make_node
 from ..core.lease_worker import LeaseWorker, RunTask
 from ..core.messages import ClientDisconnected, Event, Execute, KillWorker, Send, StartWorker, SubmitTask, TaskFinished, TimerFired, WorkerCrashed
 from ..core.msg_direct import DirectOutput
@@ -96,6 +96,12 @@ class _Lost(Event):
     endpoint: str
 
 
+class _NodeDied(Event):
+    """(world -> submitter) node ``node`` is dead (its node tells a client)."""
+
+    node: str
+
+
 class _Done(Event):
     """(world -> worker) the task it runs is over."""
 
@@ -127,6 +133,8 @@ class _SubmitterHost:
             cmds = m.timer(ev.key, now, ev.stimulus_id)
         elif t is _Lost:
             cmds = m.lost(ev.endpoint, now, ev.stimulus_id)
+        elif t is _NodeDied:
+            cmds = m.node_died(ev.node, now, ev.stimulus_id)
         else:
             before = set(m.leases)
             cmds = m.handle(ev, now)
@@ -199,6 +207,8 @@ class LeaseNet(MemNet):
         self.drop_fn = self._drop
         self._expect = None
         self._forwarded = None
+        self.layout = layout
+        self.node_killed = False
         for address, machine in build_machines(layout, self.rng).items():
             self.add(address, machine)
         self.run_for(0.05)
@@ -300,6 +310,28 @@ class LeaseNet(MemNet):
             self._break(s, w)
             if s in self.live:
                 self.inject(s, _Lost(endpoint=w), src=w)
+
+    def kill_node(self) -> None:
+        """node:1 dies with its workers and the submitters it is home to (once;
+        a node like it, node:2, joins in its place).  The head finds out by
+        missed heartbeats; the other nodes reclaim the dead submitters'
+        leases from the nodes table; live submitters hear of it later."""
+        dead = "node:1"
+        if self.node_killed or all(self.homes[s] == dead for s in self.live):
+            return
+        self.node_killed = True
+        for s in sorted(self.live):
+            if self.homes[s] == dead:
+                self.live.discard(s)
+                self.machines.pop(s, None)
+                self.incarnations[s] = self.incarnations.get(s, 0) + 1
+        for wid, (n, alive) in sorted(self.workers.items()):
+            if n == dead and alive:
+                self._worker_died(wid, "its node died")
+        self.crash(dead)
+        self.add("node:2", make_node(self.layout, 2, self.layout.nodes[1]))
+        for s in sorted(self.live):
+            self._push(self.now + 1.5, s, _NodeDied(node=dead), "world")
 
     def kill_submitter(self, submitter: str) -> None:
         if submitter not in self.live or len(self.live) == 1:

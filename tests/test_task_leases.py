@@ -379,6 +379,38 @@ def test_world_lost_control_messages_and_cut_connections() -> None:
     assert len(net.outcomes) == 10
 
 
+def test_world_an_overloaded_node_spills_requests_to_the_global_scheduler() -> None:
+    net = LeaseNet(threshold=1)
+    net.submit("node:0/s1", 1, duration=1.0)  # (CPU=2: node:0 is full)
+    net.run_for(0.02)
+    net.submit("node:0/s3", 1, duration=0.1)  # waits at node:0
+    net.run_for(0.02)
+    spec = net.submit("node:0/s1", 0, duration=0.1)  # node:0 is overloaded now
+    net.run_for(0.05)
+    n0 = net.machines["node:0"]
+    assert any("forwarded (overloaded)" in w for _, _, w in n0.story(spec.task_id))
+    net.settle()
+    assert type(net.outcomes[spec.task_id]) is TaskResolved
+    # it ran on the node the head chose (the reply came from a node:1 worker)
+    assert any("node:1/w" in w for _, _, w in net.hosts["node:0/s1"].machine.story(spec.task_id))
+
+
+def test_world_a_dead_node_takes_its_submitters_and_their_leases_elsewhere_go() -> None:
+    net = LeaseNet()
+    for _ in range(4):
+        net.submit("node:1/s2", 3, duration=3.0)  # SPREAD: some run on node:0
+    net.run_for(0.1)
+    n0 = net.machines["node:0"]
+    held = [h.worker for k, h in n0.leases.leases.items() if k[0] == "node:1/s2" and h.worker]
+    assert held, "no lease of node:1's submitter on node:0 to reclaim"
+    net.kill_node()
+    net.run_for(2.0)  # (the head declares node:1 dead after its timeout)
+    assert not [k for k in n0.leases.leases if k[0] == "node:1/s2"]
+    assert not any(net.workers[w][1] for w in held)  # (killed: they ran a dead submitter's tasks)
+    assert all(n0.scheduler.workers.get(w) is None for w in held)
+    net.settle()
+
+
 # ---------------------------------------------------------------------------
 # the world, under every fault hypothesis draws
 

@@ -279,6 +279,18 @@ def test_host_grants_from_the_scheduler_pool_and_never_over_commits() -> None:
     assert not sent(n.handle(request(1), 0.3), LeaseGranted)
 
 
+def test_host_leases_whole_gpu_instances() -> None:
+    n = node(cpus=2, gpus=2)
+    gpu = ResourceSet.of(CPU=1, GPU=1)
+    (a,) = sent(n.handle(request(1, gpu), 0.0), LeaseGranted)
+    (b,) = sent(n.handle(request(2, gpu), 0.0), LeaseGranted)
+    assert sorted(a.gpu_ids + b.gpu_ids) == [0, 1]
+    n.validate()
+    n.handle(ReturnLease(submitter="node:0/s", req_id=1), 0.1)
+    assert not n.scheduler.gpus.held.get(a.worker_id)
+    n.validate()
+
+
 def test_host_spills_infeasible_requests_to_the_head() -> None:
     n = node(cpus=2)
     cmds = n.handle(request(1, ResourceSet.of(CPU=1, GPU=1)), 0.0)

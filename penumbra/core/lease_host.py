@@ -84,6 +84,7 @@ class _Held:
     home: str
     worker: str | None = None  # None: waiting in the FIFO
     granted_at: float = 0.0
+    gpu_ids: tuple[int, ...] = ()
 
 
 class LeaseHost:
@@ -177,6 +178,7 @@ class LeaseHost:
             w.held = req
             if gpus:
                 s.gpus.take(wid, gpus)
+                h.gpu_ids = tuple(i for i, _ in gpus)
             h.worker = wid
             h.granted_at = now
             self.by_worker[wid] = (h.submitter, h.req_id)
@@ -187,7 +189,7 @@ class LeaseHost:
 
     def _grant_msg(self, h: _Held, sid: str) -> Send:
         return Send(to=h.submitter, msg=LeaseGranted(req_id=h.req_id, worker_id=h.worker, endpoint=h.worker,
-                                                      node=self.node.node_id, stimulus_id=sid))
+                                                      node=self.node.node_id, gpu_ids=h.gpu_ids, stimulus_id=sid))
 
     # ------------------------------------------------------------------ returns and reclaims
     def on_return(self, ev: ReturnLease, now: float) -> list[Command]:

@@ -87,12 +87,15 @@ class RequestLease(Message):
 class LeaseGranted(Message):
     """Node to submitter: lease ``req_id`` is worker ``worker_id`` of node
     ``node``, taking pushed tasks at ``endpoint`` (opaque to the core: the
-    transport's address of the worker)."""
+    transport's address of the worker); ``gpu_ids``: the GPU instances the
+    lease holds (the worker runs its tasks with them visible, as
+    ``Execute.gpu_ids``)."""
 
     req_id: int
     worker_id: str
     endpoint: str
     node: str
+    gpu_ids: tuple[int, ...] = ()
 
 
 class LeaseSpillback(Message):

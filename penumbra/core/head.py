@@ -91,6 +91,7 @@ from .head_recovery import HeadRecovery, _Recovering
 from .dead_nodes import DeadNodes
 from .ids import TaskId
 from .lineage import Recovery
+from .msg_leases import LeaseForward, LeaseSpillback
 from .messages import (
     ActorReported,
     BundlesCommitted,
@@ -408,6 +409,19 @@ class HeadMachine(HeadRecovery):
             return []  # forwarded just before its job ended
         return self.scheduler.submit(ev.spec, ev.attempt, now, ev.stimulus_id)
 
+    def _on_lease_forward(self, ev: LeaseForward, now: float) -> list[Command]:
+        """A node's lease request for the global scheduler (core/lease_host.py):
+        it picks a node as for a forwarded task and tells the submitter to
+        ask there (``LeaseSpillback``)."""
+        r = ev.request
+        if self.job_over(r.spec):
+            return []
+
+        def spill(node: str, now: float, sid: str) -> list[Command]:
+            return [Send(to=r.submitter, msg=LeaseSpillback(req_id=r.req_id, node=node, reason=ev.reason,
+                                                            stimulus_id=sid))]
+        return self.scheduler.submit(r.spec, 0, now, ev.stimulus_id, on_placed=spill)
+
     def _on_reconstruct(self, ev: ReconstructObject, now: float) -> list[Command]:
         return self.recovery.on_request(ev.object_id, ev.node_id, now, ev.stimulus_id)
 
@@ -571,6 +585,7 @@ _HANDLERS = {
     NodeDied: HeadMachine._on_node_died,
     TimerFired: HeadMachine._on_timer,
     ForwardTask: HeadMachine._on_forward,
+    LeaseForward: HeadMachine._on_lease_forward,
     ReconstructObject: HeadMachine._on_reconstruct,
     ActorReported: HeadMachine._on_actor_reported,
     KillActorRequest: HeadMachine._on_kill_actor,

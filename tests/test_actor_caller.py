@@ -252,3 +252,186 @@ def test_router_and_caller_follow_one_rule_set(monkeypatch) -> None:
     c = live(retries=0)
     assert c.row(AID, entry(ActorState.RESTARTING, inc=1), 0) == []  # (kept for a resend)
     assert ActorRouter.on_entry.__code__.co_names.count("settle") == 1
+
+
+# ---------------------------------------------------------------------------
+# Giving the direct path up (an unreachable worker, no endpoint), and the
+# router's order across the switch
+
+
+def kinds(cmds) -> list:
+    """``cmds`` as (kind, seq or (after, before)) pairs, in order."""
+    out = []
+    for c in cmds:
+        if type(c) is Reroute:
+            out.append(("reroute", c.spec.sequence_no))
+        elif type(c) is Skipped:
+            out.append(("skip", (c.after, c.before)))
+        elif type(c) is Failed:
+            out.append(("failed", c.spec.sequence_no))
+    return out
+
+
+def logs(cmds) -> list[str]:
+    return [c.text for c in cmds if type(c).__name__ == "Log"]
+
+
+def test_an_unreachable_worker_hands_every_call_on_in_order_once_tries_and_time_are_spent() -> None:
+    c = live()
+    c.submit(call(1), 0)  # (0 and 1 sent; the connection never opens)
+    t = 0.0
+    cmds = c.unreachable("unix:/w0", t)
+    assert cmds == [Watch(actor_id=AID), SetTimer(at=t + RESEND_AFTER, key=(RESEND_TIMER, AID))]
+    tries = 1
+    while True:  # the resend timer sends them again; every connect fails
+        t += RESEND_AFTER
+        assert [m.spec.sequence_no for _, m in sent(c.timer((RESEND_TIMER, AID), t))] == [0, 1]
+        cmds = c.unreachable("unix:/w0", t)
+        tries += 1
+        if any(type(x) is Reroute for x in cmds):
+            break
+        assert tries < 20, "never gave up"
+    assert tries >= 3 and t >= 1.0  # (not before UNREACHABLE_TRIES connects over UNREACHABLE_SPAN)
+    # nothing ever left this process: every call is handed on, none failed
+    assert kinds(cmds) == [("reroute", 0), ("reroute", 1)]
+    (text,) = logs(cmds)
+    assert "through the nodes" in text and "unix:/w0" in text
+    # later calls go the routed way at once; the actor is forgotten here
+    assert c.submit(call(2), t) == [Reroute(spec=call(2))]
+    assert c.pending() == 0 and AID not in c.books
+    assert c.unreachable("unix:/w0", t + 1) == [] and c.lost("unix:/w0", t + 1) == []
+    c.validate()
+
+
+def test_a_reply_or_an_open_connection_starts_the_count_again() -> None:
+    c = live()
+    for t in (0.0, 0.5):
+        c.unreachable("unix:/w0", t)
+        c.timer((RESEND_TIMER, AID), t + RESEND_AFTER)
+    c.reply(reply(call(0)), 0.9)  # it answered after all
+    c.submit(call(1), 0.9)
+    assert not any(type(x) is Reroute for x in c.unreachable("unix:/w0", 1.5))  # (one failure, not three)
+    c.timer((RESEND_TIMER, AID), 1.7)
+    c.unreachable("unix:/w0", 2.0)
+    c.timer((RESEND_TIMER, AID), 2.2)
+    c.lost("unix:/w0", 2.3)  # (connected, then lost: reachable)
+    c.timer((RESEND_TIMER, AID), 2.5)
+    assert not any(type(x) is Reroute for x in c.unreachable("unix:/w0", 2.6))
+
+
+def test_no_switch_while_the_row_says_the_actor_is_not_alive_there() -> None:
+    c = live(retries=1)
+    c.row(AID, entry(ActorState.RESTARTING, inc=1, retries=1), 0)
+    for t in range(6):
+        assert kinds(c.unreachable("unix:/w0", float(t))) == []
+    assert AID in c.books
+
+
+def test_calls_that_may_have_run_wait_for_the_row_then_fail_unavailable_and_never_go_twice() -> None:
+    """0 and 1 went out on a connection that opened and was lost: they may
+    have run, so they are never handed to the routed path (it would run
+    them again).  2 never left.  The switch waits ``UNSURE_FOR`` for the
+    row to settle 0 and 1; it does not: they fail ``ACTOR_UNAVAILABLE``,
+    the router is told not to wait for them, and 2 is handed on."""
+    from penumbra.core.actor_caller import UNSURE_FOR
+
+    c = live()
+    c.submit(call(1), 0)
+    c.lost("unix:/w0", 0.0)
+    c.submit(call(2), 0.1)  # (held: the connection is down)
+    t = RESEND_AFTER
+    seen = []
+    while t < UNSURE_FOR + 5:
+        c.timer((RESEND_TIMER, AID), t)  # (sends 0, 1, 2 again; the connects fail)
+        cmds = c.unreachable("unix:/w0", t)
+        if any(type(x) in (Reroute, Failed) for x in cmds):
+            break
+        seen.append(t)
+        t += RESEND_AFTER
+    assert t >= UNSURE_FOR
+    assert kinds(cmds) == [("failed", 0), ("failed", 1), ("skip", (-1, 2)), ("reroute", 2)]
+    for f in failures(cmds):
+        assert f.error.kind is ErrorKind.ACTOR_UNAVAILABLE and "may or may not have run" in f.error.message
+    assert "2 call(s) that may have reached the worker" in logs(cmds)[0]
+    c.validate()
+
+
+def test_calls_that_may_have_run_are_settled_by_the_row_when_the_worker_died() -> None:
+    c = live(retries=1)
+    c.lost("unix:/w0", 0.0)
+    for t in (0.2, 0.4, 0.6, 0.8, 1.0, 1.2):
+        c.timer((RESEND_TIMER, AID), t)
+        assert kinds(c.unreachable("unix:/w0", t)) == []
+    c.row(AID, entry(ActorState.RESTARTING, inc=1, retries=1), 1.3)
+    c.row(AID, entry(inc=1, retries=1), 1.4)
+    c.endpoint(AID, ep(1), 1.4)
+    ((to, m),) = sent(c.timer((RESEND_TIMER, AID), 1.4))  # (the last resend timer: the connection was down)
+    assert (to, m.attempt) == ("unix:/w1", 1)  # retried by the row's rule, on the direct path
+    assert AID in c.books and not c.failures
+
+
+def test_an_endpoint_never_published_switches_the_actor_to_the_routed_path() -> None:
+    """A worker that takes no direct calls (PENUMBRA_DIRECT_CALLS=0 where it
+    runs) publishes no endpoint: the calls must not wait for one forever."""
+    c = ActorCaller("c:a")
+    c.submit(call(0), 0)
+    cmds = c.watched(ActorWatched(actor_id=AID, entry=entry()), 0.0)
+    assert cmds == [endpoint_timer(ENDPOINT_WAIT)]
+    c.submit(call(1), 1.0)
+    cmds = c.timer((ENDPOINT_TIMER, AID), ENDPOINT_WAIT)
+    assert kinds(cmds) == [("reroute", 0), ("reroute", 1)] and "no endpoint" in logs(cmds)[0]
+    # published in time: nothing happens
+    c = live()
+    assert c.timer((ENDPOINT_TIMER, AID), ENDPOINT_WAIT) == [] and AID in c.books
+
+
+def test_the_switch_declares_every_call_resolved_here_below_the_ones_handed_on() -> None:
+    """Calls answered directly (0, 1), cancelled before they were sent (3)
+    or answered after the last one handed on (5) never reach the router:
+    each gap is declared, so its order does not stop there."""
+    c = ActorCaller("c:a")
+    for s in range(4):
+        c.submit(call(s), 0)
+    c.cancel(call(3).task_id, 0)  # (held: fails at once)
+    c.watched(ActorWatched(actor_id=AID, entry=entry(), endpoint=ep()), 0)  # 0, 1, 2 sent
+    c.reply(reply(call(0)), 0)
+    c.reply(reply(call(1)), 0)
+    c.submit(call(4), 0)
+    c.submit(call(5), 0)
+    c.reply(reply(call(5)), 0)
+    cmds = c._switch(c.books[AID], 0.0, "", "test")
+    assert kinds(cmds) == [("skip", (-1, 2)), ("reroute", 2), ("skip", (2, 4)), ("reroute", 4), ("skip", (4, 6))]
+
+
+@pytest.mark.parametrize("order", ["skip-first", "calls-first", "2-first", "4-first"])
+def test_a_skip_lets_the_router_pass_a_gap_whichever_comes_first(order) -> None:
+    """The rule (actor_calls.skip): the router gets 0, 2 and 4 (1 and 3
+    resolved at the caller: skipped (0, 2) and (2, 4)), in any order; each
+    leaves once everything below it came or was skipped, in order."""
+    book = actor_calls.CallBook(AID)
+    left: list[int] = []
+
+    def arrive(s: int) -> None:
+        p = actor_calls.PendingCall(call(s))
+        book.add(p)
+        left.extend(q.spec.sequence_no for q in actor_calls.arrive(book, p))
+
+    def skip(after: int, before: int) -> None:
+        left.extend(q.spec.sequence_no for q in actor_calls.skip(book, "c:a", after, before))
+
+    steps = {
+        "skip-first": [lambda: skip(0, 2), lambda: skip(2, 4), lambda: arrive(0), lambda: arrive(2), lambda: arrive(4)],
+        "calls-first": [lambda: arrive(0), lambda: arrive(2), lambda: arrive(4), lambda: skip(2, 4), lambda: skip(0, 2)],
+        "2-first": [lambda: arrive(2), lambda: skip(2, 4), lambda: arrive(4), lambda: skip(0, 2), lambda: arrive(0)],
+        "4-first": [lambda: arrive(4), lambda: skip(0, 2), lambda: arrive(2), lambda: arrive(0), lambda: skip(2, 4)],
+    }[order]
+    for step in steps:
+        step()
+    assert left == [0, 2, 4]
+    assert book.received["c:a"] == 5 and not book.skips and not book.ahead.get("c:a")
+    # a gap from the first call, declared before anything came
+    book = actor_calls.CallBook(AID)
+    assert actor_calls.skip(book, "c:a", -1, 3) == []
+    p = actor_calls.PendingCall(call(3))
+    book.add(p)
+    assert actor_calls.arrive(book, p) == [p]

@@ -273,6 +273,9 @@ class ActorCaller:
         if old is not None and old.incarnation > row.incarnation:
             return []
         self.endpoints[actor_id] = row
+        f = self.failures.get(actor_id)
+        if f is not None and f[0] != row.endpoint:
+            del self.failures[actor_id]  # (those were connects elsewhere)
         book = self.books.get(actor_id)
         if book is None or book.entry is None:
             return []

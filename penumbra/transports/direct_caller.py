@@ -162,13 +162,17 @@ class DirectCalls:
     # ---------------------------------------------------------------- commands (holding the lock)
     def _carry(self, cmds) -> None:
         rt = self.rt
+        node = False  # (sent something to the node)
         for c in cmds:
             t = type(c)
             if t is Send:
                 self.sent += 1
                 self.links.send(c.to, c.msg)
             elif t is Resolved:
-                rt._run(rt.machine.resolve_local(self._results(c.spec, c.reply)))
+                done = rt.machine.resolve_local(self._results(c.spec, c.reply))
+                if done:
+                    rt._run(done)
+                    node = node or any(type(x) is Send for x in done)  # (a CancelWatch)
                 if self._args:
                     self._args.pop(c.spec.task_id, None)
             elif t is Failed:
@@ -176,23 +180,36 @@ class DirectCalls:
                     self._args.pop(c.spec.task_id, None)
                 info = ObjectInfo(0, c.error)
                 att = ("e", c.error)
-                rt._run(rt.machine.resolve_local({oid: (info, att) for oid in c.spec.return_ids}))
+                done = rt.machine.resolve_local({oid: (info, att) for oid in c.spec.return_ids})
+                rt._run(done)
+                node = node or any(type(x) is Send for x in done)
             elif t is StoreFailure:
+                node = True
                 self._to_node(DirectCallFailed(client=rt.client_id, spec=c.spec, error=c.error, attempt=c.attempt))
             elif t is Watch:
+                node = True
                 self._to_node(WatchActor(client=rt.client_id, actor_id=c.actor_id))
             elif t is Reroute:
-                # the routed path answers through the node: not a local result
-                rt.machine.forget_local(c.spec.return_ids)
+                node = True
+                # the routed path answers through the node: not a local
+                # result (a get already waiting for it asks the node now)
+                rt._run(rt.machine.local_to_node(c.spec.return_ids))
                 self._to_node(SubmitTask(client=rt.client_id, spec=c.spec))
                 self._args.pop(c.spec.task_id, None)  # (the node pins them now: dropped after)
             elif t is Skipped:
+                node = True
                 self._to_node(CallsSkipped(client=rt.client_id, actor_id=c.actor_id, caller_id=c.caller_id,
                                            after=c.after, before=c.before))
             elif t is SetTimer:
                 self._set_timer(c.at, c.key)
             elif t is Log:
                 logger.warning("%s", c.text)
+        if node and rt.bridge.in_trio_thread():
+            # (from a task of the loop -- a link's, a timer's -- no idle
+            # hook of its dispatcher runs after: what went to the node would
+            # wait in its channel for the next job, and a get waiting on a
+            # rerouted call with it)
+            rt._flush()
 
     def _to_node(self, msg) -> None:
         rt = self.rt

@@ -450,3 +450,30 @@ def test_a_worker_the_caller_cannot_reach_or_that_takes_no_direct_calls_is_calle
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+@ray.remote
+class Late:
+    def __init__(self, barrier):
+        while not os.path.exists(barrier):
+            time.sleep(0.01)
+
+    def f(self, i):
+        return i
+
+
+@pytest.mark.timeout(300)
+def test_more_calls_than_a_channel_queues_held_until_the_actor_is_up_all_return(local, tmp_path):
+    """Calls made before the actor is up wait for its endpoint, then go out
+    at once: more of them than a channel's outbox holds (65,536) were
+    dropped, and their gets hung."""
+    from penumbra.transports.wire_channel import DEFAULT_MAX_OUTBOX
+
+    barrier = str(tmp_path / "go")
+    a = Late.remote(barrier)
+    n = DEFAULT_MAX_OUTBOX + 5000
+    refs = [a.f.remote(i) for i in range(n)]
+    open(barrier, "w").close()
+    out = ray.get(refs, timeout=200)
+    assert out[:3] == [0, 1, 2] and out[-1] == n - 1 and len(out) == n
+    assert _direct(local) >= n

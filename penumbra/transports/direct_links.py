@@ -15,8 +15,8 @@ client's machine lock, so messages leave in the machine's order).  Once the
 connection is open, a user's thread writes its call to the socket itself
 (``direct_send.DirectSender``: no hop to the trio thread for a lone
 message).  Until then messages wait in the link and go out, in order, as
-soon as it connects (the connect runs on the trio thread), as fast as the
-channel takes them (``_drain``: any number of them, while replies are read).
+soon as it connects (the connect runs on the trio thread): any number of
+them (what the channel's outbox does not take waits in the ``DirectSender``).
 
 Receiving.  Each open link has a receive loop on the trio thread, which
 hands every message to ``on_message`` and, when the connection ends or
@@ -37,8 +37,6 @@ import logging
 import os
 import select
 from typing import Any, Callable
-
-import trio
 
 from .bridge import TrioThread
 from .direct_send import DirectSender, IdleFlush
@@ -132,18 +130,25 @@ class Link:
             self._lost(opened=False)
             return
         with links.lock:
-            closed = self.state is not _CONNECTING  # (closed meanwhile)
-            if not closed:
+            if self.state is not _CONNECTING:  # closed meanwhile
+                await_close = True
+            else:
+                await_close = False
                 self.channel = ch
-        if closed:
+                self.sender = DirectSender(ch, links.bridge, links.idle_flush)
+                # (any number: what the outbox does not take waits in the
+                # sender, fed to it while the replies are read below)
+                for m in self.waiting:
+                    self.sender.send_on_loop(m)
+                self.waiting = []
+                self.state = _OPEN
+        if await_close:
             await ch.aclose()
             return
+        self.sender.flush_on_loop()
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._drain, ch)
-                async for item in ch:
-                    links.on_message(self, item)
-                nursery.cancel_scope.cancel()
+            async for item in ch:
+                links.on_message(self, item)
         except ConnectionClosed:
             pass
         except Exception:
@@ -154,32 +159,6 @@ class Link:
                 await ch.aclose(flush_timeout=0)
             except Exception:  # noqa: BLE001 - gone anyway
                 pass
-
-    async def _drain(self, ch) -> None:
-        """(the link's task, once connected) Send what waited for the
-        connection, in order, as fast as the channel takes it -- its outbox
-        holds at most ``max_outbox`` messages, and a burst of calls held
-        until the actor was up can be larger (the rest was dropped: their
-        gets hung) -- while the receive loop reads the replies.  Then the
-        link is open: later sends go straight to the channel."""
-        links = self.links
-        try:
-            while True:
-                with links.lock:
-                    if self.state is not _CONNECTING:
-                        return
-                    batch, self.waiting = self.waiting, []
-                    if not batch:
-                        self.sender = DirectSender(ch, links.bridge, links.idle_flush)
-                        self.state = _OPEN
-                        return
-                for m in batch:
-                    try:
-                        ch.send_nowait(m)
-                    except trio.WouldBlock:
-                        await ch.send(m)  # (until the flusher has made room)
-        except ConnectionClosed:
-            pass  # (the receive loop ends too, and reports it)
 
     def unread(self) -> bool:
         """Whether the worker sent something this link has not handed on

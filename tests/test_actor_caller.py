@@ -435,3 +435,23 @@ def test_a_skip_lets_the_router_pass_a_gap_whichever_comes_first(order) -> None:
     p = actor_calls.PendingCall(call(3))
     book.add(p)
     assert actor_calls.arrive(book, p) == [p]
+
+
+def test_calls_sent_to_an_address_the_worker_left_are_never_handed_on() -> None:
+    """The live incarnation's endpoint moved: what was sent to the old
+    address may have arrived there, so if the new one is unreachable those
+    calls fail unavailable rather than run again through the nodes."""
+    from penumbra.core.actor_caller import UNSURE_FOR
+
+    c = live()
+    cmds = c.endpoint(AID, replace(ep(0), endpoint="unix:/moved"), 0.0)
+    assert [to for to, _ in sent(cmds)] == ["unix:/moved"]
+    t = 0.0
+    while True:
+        cmds = c.unreachable("unix:/moved", t)
+        if any(type(x) in (Failed, Reroute) for x in cmds):
+            break
+        c.timer((RESEND_TIMER, AID), t + RESEND_AFTER)
+        t += RESEND_AFTER
+        assert t < UNSURE_FOR + 2
+    assert t >= UNSURE_FOR and kinds(cmds) == [("failed", 0), ("skip", (-1, 1))]

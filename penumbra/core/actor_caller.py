@@ -280,7 +280,10 @@ class ActorCaller:
         if book is None or book.entry is None:
             return []
         if old is not None and old.incarnation == row.incarnation and old.endpoint != row.endpoint:
-            return self._resend(book, now, sid)  # (moved: what went to the old address goes again)
+            # moved: what went to the old address goes again (and may have
+            # arrived there: never handed to the routed path)
+            self._mark_unsure(book, row.incarnation)
+            return self._resend(book, now, sid)
         return rules.settle(book, book.entry, self, now, sid)
 
     def watched(self, msg: ActorWatched, now: float) -> list[Command]:

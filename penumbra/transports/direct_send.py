@@ -150,17 +150,16 @@ class DirectSender:
                     self.overflow = None
                     return
                 self.overflow = []
-            try:
-                ch.flush_nowait()
-                for item in batch:
+            for item in batch:
+                try:
                     await ch.send(item)  # (waits while the outbox is full)
-            except (ConnectionClosed, trio.ClosedResourceError) as e:  # the receive loop reports it
-                logger.debug("send failed: %s", e)
-                with self.lock:
-                    self.overflow = None
-                return
-            except Exception as e:  # noqa: BLE001 - a message that does not encode: as send_on_loop
-                logger.debug("send failed: %s", e)
+                except (ConnectionClosed, trio.ClosedResourceError) as e:  # the receive loop reports it
+                    logger.debug("send failed: %s", e)
+                    with self.lock:
+                        self.overflow = None
+                    return
+                except Exception:  # noqa: BLE001 - one that does not encode: the others still go
+                    logger.exception("a message could not be sent; dropped")
 
     def _resume(self) -> None:
         with self.lock:

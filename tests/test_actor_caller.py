@@ -455,3 +455,11 @@ def test_calls_sent_to_an_address_the_worker_left_are_never_handed_on() -> None:
         t += RESEND_AFTER
         assert t < UNSURE_FOR + 2
     assert t >= UNSURE_FOR and kinds(cmds) == [("failed", 0), ("skip", (-1, 1))]
+
+
+def test_the_endpoint_wait_of_an_earlier_incarnation_does_not_cut_a_later_ones_short() -> None:
+    c = live(retries=1)  # (incarnation 0 published in time)
+    c.watched(ActorWatched(actor_id=AID, entry=entry(ActorState.RESTARTING, inc=1, retries=1)), 1.0)
+    assert c.watched(ActorWatched(actor_id=AID, entry=entry(inc=1, retries=1)), 4.0) == [endpoint_timer(4.0 + ENDPOINT_WAIT)]
+    assert c.timer((ENDPOINT_TIMER, AID), ENDPOINT_WAIT) == []  # (the first one's timer: too early for 1's)
+    assert kinds(c.timer((ENDPOINT_TIMER, AID), 4.0 + ENDPOINT_WAIT)) == [("reroute", 0)]

@@ -208,7 +208,8 @@ class ActorCaller:
         # calls sent on a connection that was then lost (they may have run
         # there): actor -> {(caller, seq): incarnation sent to}
         self.unsure: dict[ActorId, dict[tuple[str, int], int]] = {}
-        self.awaiting: dict[ActorId, int] = {}  # ALIVE incarnation whose endpoint is awaited (ENDPOINT_TIMER)
+        # ALIVE incarnation whose endpoint is awaited, and until when (ENDPOINT_TIMER)
+        self.awaiting: dict[ActorId, tuple[int, float]] = {}
         self._force = False  # (the force flag of the cancel being handled)
 
     # ------------------------------------------------------------------ events
@@ -257,12 +258,15 @@ class ActorCaller:
         most ``ENDPOINT_WAIT`` (then ``_endpoint_late``)."""
         book = self.books.get(actor_id)
         e = book.entry if book is not None else None
-        if e is None or e.state is not ActorState.ALIVE or self.awaiting.get(actor_id) == e.incarnation:
+        if e is None or e.state is not ActorState.ALIVE:
+            return []
+        w = self.awaiting.get(actor_id)
+        if w is not None and w[0] == e.incarnation:
             return []
         row = self.endpoints.get(actor_id)
         if row is not None and row.incarnation >= e.incarnation:
             return []
-        self.awaiting[actor_id] = e.incarnation
+        self.awaiting[actor_id] = (e.incarnation, now + ENDPOINT_WAIT)
         return [SetTimer(at=now + ENDPOINT_WAIT, key=(ENDPOINT_TIMER, actor_id), stimulus_id=sid)]
 
     def endpoint(self, actor_id: ActorId, row: EndpointRow | None, now: float, sid: str = "") -> list[Command]:
@@ -536,7 +540,11 @@ class ActorCaller:
     def _endpoint_late(self, aid: ActorId, now: float, sid: str) -> list[Command]:
         """``ENDPOINT_WAIT`` after the row said ALIVE: still no endpoint of
         that incarnation?"""
-        inc = self.awaiting.pop(aid, None)
+        w = self.awaiting.get(aid)
+        if w is None or now < w[1]:
+            return []  # (the timer of an earlier incarnation: a later one is set)
+        del self.awaiting[aid]
+        inc = w[0]
         book = self.books.get(aid)
         e = book.entry if book is not None else None
         if e is None or e.state is not ActorState.ALIVE or e.incarnation != inc:

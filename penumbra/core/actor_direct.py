@@ -28,6 +28,12 @@ can do, in ``DirectHost``:
   hold the values).  A caller may drop the result (``ReleaseObjects`` with
   ``free``) before the report lands: ``note_freed`` remembers such ids for a
   while, and the output is freed as soon as it is recorded.
+* **What failed at the caller.**  A call its client failed itself (the
+  actor died or was killed, the call was cancelled before it was sent, the
+  worker could not be reached: ``ActorCaller`` decides) is never reported
+  by a worker: the client says so (``DirectCallFailed``) and the node
+  stores the error as its outputs, as the router does for a call it fails,
+  so a process handed one of its refs finds it.
 """
 
 from __future__ import annotations
@@ -38,7 +44,8 @@ from typing import TYPE_CHECKING
 from .actor_host import _Call
 from .ids import ActorId, ObjectId
 from .msg_base import Command, Send
-from .msg_direct import ActorEndpoint, ActorWatched, DirectCallsRan, EndpointRow, WatchActor, endpoint_key
+from .msg_direct import (ActorEndpoint, ActorWatched, DirectCallFailed, DirectCallsRan, EndpointRow, WatchActor,
+                         endpoint_key)
 from .records import ActorEntry, ActorState
 from .tables import Get, KvDelete, PutEndpoint, Subscribe, Unsubscribe
 
@@ -103,6 +110,12 @@ class DirectHost:
             else:
                 cmds += node.fail_outputs(spec, e.error, e.attempt, now, sid, token)
         return cmds
+
+    def on_failed(self, ev: DirectCallFailed, now: float) -> list[Command]:
+        """A call failed at its client (see the module docstring)."""
+        sid = ev.stimulus_id
+        self.node.story_add(ev.spec.task_id, now, sid, f"direct call failed at its caller: {ev.error.message}")
+        return self.node.fail_outputs(ev.spec, ev.error, ev.attempt, now, sid)
 
     def note_freed(self, oid: ObjectId) -> None:
         """A client freed ``oid`` and this node did not have it: it may be

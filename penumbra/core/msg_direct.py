@@ -17,7 +17,10 @@ comes back the same way; nodes are off the critical path:
   in batches (the node records the outputs, the task rows, the stories and
   the timeline, as for a call it dispatched itself);
 * client <-> its node: ``WatchActor`` (follow this actor's row and
-  endpoint) answered by ``ActorWatched`` now and at every change.
+  endpoint) answered by ``ActorWatched`` now and at every change;
+  ``DirectCallFailed`` (a call the client failed itself: store its error)
+  and ``CallsSkipped`` (the client hands its calls to the routed path: the
+  router must not wait for the ones it resolved already).
 
 Outputs travel as ``DirectOutput``: small values inline (the encoded
 bytes), large ones as "in the store of node N" (written to that node's
@@ -50,6 +53,8 @@ __all__ = [
     "ActorEndpoint",
     "WatchActor",
     "ActorWatched",
+    "CallsSkipped",
+    "DirectCallFailed",
 ]
 
 
@@ -223,6 +228,35 @@ class ActorWatched(Message):
     actor_id: ActorId
     entry: ActorEntry | None = None
     endpoint: EndpointRow | None = None
+
+
+class CallsSkipped(Message):
+    """A client to its node, before it hands calls to the routed path that
+    it sent directly until now (a ``replay=True`` actor, or a worker it
+    cannot reach): its calls to ``actor_id`` strictly between ``after`` and
+    ``before`` (``after`` -1: from the first) are resolved already (they
+    were answered directly, or failed at the client), so the node's router
+    must not wait for them."""
+
+    client: str
+    actor_id: ActorId
+    caller_id: str
+    after: int
+    before: int
+
+
+class DirectCallFailed(Message):
+    """A client to its node: call ``spec`` failed at the client, without a
+    reply from the actor's worker (its actor died or was killed, it was
+    cancelled before it was sent, its worker could not be reached): store
+    ``error`` as its outputs, as the router does for a call it fails, so a
+    process handed one of its refs finds the error (no worker reports such
+    a call)."""
+
+    client: str
+    spec: TaskSpec
+    error: ErrorInfo
+    attempt: int = 0
 
 
 from ._pickling import install as _install_pickling  # noqa: E402

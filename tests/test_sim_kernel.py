@@ -167,15 +167,15 @@ def test_cost_model_kinds_and_per_command():
     assert k.network.batches == 1
 
 
-def test_run_ahead_matches_one_wakeup_per_event():
-    """A busy host handles queued events ahead of env.now only when nothing
-    else is due; the observable order must equal the strict schedule."""
+def _busy_and_other(setup=None):
+    """``busy`` (1 s an event) with four Pings queued at 0, ``other`` with
+    two due at 1.5 and 2.0; returns each host's (now, n) and the global log."""
     k = SimKernel(network=net(lat=(0.0, 0.25, 0.25)))
     log: list[tuple[float, str, int]] = []
 
     def rec(name):
         def script(ev, now):
-            log.append((now, name, getattr(ev, "n", -1)))
+            log.append((now, name, getattr(ev, "n", getattr(ev, "job", -1))))
             return []
         return script
 
@@ -184,12 +184,46 @@ def test_run_ahead_matches_one_wakeup_per_event():
     for i in range(4):
         k.inject("busy", Ping(n=i))
     k.inject("other", Ping(n=100), at=1.5)  # due between busy's 2nd and 3rd
-    # A tie with busy's 3rd start: it was queued first (at t=0, while busy's
-    # wake-up for 2.0 is queued at 1.0), so it goes first.
-    k.inject("other", Ping(n=101), at=2.0)
+    k.inject("other", Ping(n=101), at=2.0)  # at busy's 3rd start
+    if setup is not None:
+        setup(k)
     k.run(until=10)
-    assert log == [(0.0, "busy", 0), (1.0, "busy", 1), (1.5, "other", 100),
-                   (2.0, "other", 101), (2.0, "busy", 2), (3.0, "busy", 3)]
+    per = {a: [(t, n) for t, who, n in log if who == a] for a in ("busy", "other")}
+    return per, log
+
+
+def test_look_ahead_keeps_each_hosts_order():
+    """A busy host handles every event already in its inbox in one go,
+    ahead of env.now, though others are due meanwhile: what arrives later
+    queues behind them anyway, so each host sees exactly the events, in
+    the order and at the times, of the one-wake-up-per-event schedule;
+    only the interleaving of different hosts' steps differs."""
+    per, log = _busy_and_other()
+    assert per == {"busy": [(0.0, 0), (1.0, 1), (2.0, 2), (3.0, 3)],
+                   "other": [(1.5, 100), (2.0, 101)]}
+    # (one wake-up per event interleaved them: busy 0, 1, other 100, 101, busy 2, 3)
+    assert log == [(0.0, "busy", 0), (1.0, "busy", 1), (2.0, "busy", 2), (3.0, "busy", 3),
+                   (1.5, "other", 100), (2.0, "other", 101)]
+
+
+def test_look_ahead_stops_at_a_barrier_and_at_urgent_events():
+    """What could change a host's next step out of turn stops its
+    look-ahead: a kernel callback (here: it slows the host at 1.5) and an
+    urgent event of its own (here: delivered by its callback at 1.5)."""
+    per, _ = _busy_and_other(lambda k: k.call_at(1.5, k.slow, "busy", 2.0))
+    assert per["busy"] == [(0.0, 0), (1.0, 1), (2.0, 2), (4.0, 3)]
+
+    def urgent(k):
+        h = k.host("busy")
+        h.call_at(1.5, lambda: h.deliver_now(WorkDone(job=9), urgent=True))
+    per, _ = _busy_and_other(urgent)
+    assert per["busy"] == [(0.0, 0), (1.0, 1), (2.0, 9), (3.0, 2), (4.0, 3)]
+
+    def program(k):  # a program's own callback is no barrier
+        k.program_call_at(1.5, k.host("busy").send, "other", Ping(n=7))
+    per, log = _busy_and_other(program)
+    assert per["busy"] == [(0.0, 0), (1.0, 1), (2.0, 2), (3.0, 3)]
+    assert log[:4] == [(0.0, "busy", 0), (1.0, "busy", 1), (2.0, "busy", 2), (3.0, "busy", 3)]
 
 
 def test_run_until_does_not_handle_events_at_the_horizon():

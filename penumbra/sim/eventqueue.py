@@ -66,12 +66,17 @@ class _Calendar:
     bucket is empty.
     """
 
-    __slots__ = ("times", "buckets", "other")
+    __slots__ = ("times", "buckets", "other", "barriers")
 
     def __init__(self) -> None:
         self.times: list[float] = []
         self.buckets: dict[float, deque] = {}
         self.other: list[tuple] = []
+        # the times of the queued entries that may touch any host (a
+        # ``kernel.call_at`` callback, a SimPy event of priority NORMAL): no
+        # host handles an event ahead of the first (see ``Host._drain``).
+        # Kept by whoever pushes and pops such an entry.
+        self.barriers: list[float] = []
 
     def push(self, entry: tuple) -> None:
         if entry[1] == _NORMAL:
@@ -139,6 +144,8 @@ class _Calendar:
 def _simpy_process(env: simpy.Environment, item: tuple) -> None:
     """What ``simpy.Environment.step`` does with an entry it popped."""
     env._now = item[0]
+    if item[1] == _NORMAL:
+        heappop(env._cal.barriers)  # (see _Environment.schedule)
     event = item[3]
     callbacks, event.callbacks = event.callbacks, None
     try:
@@ -163,7 +170,13 @@ class _Environment(simpy.Environment):
         self._queue = self._cal = _Calendar()  # type: ignore[assignment]
 
     def schedule(self, event: Any, priority: int = _NORMAL, delay: float = 0) -> None:
-        self._cal.push((self._now + delay, priority, next(self._eid), event))
+        t = self._now + delay
+        if priority == _NORMAL:
+            # a SimPy process may do anything to any host when it resumes:
+            # a barrier to the hosts' look-ahead (the other priorities wait
+            # in ``other``, which hosts look at as well)
+            heappush(self._cal.barriers, t)
+        self._cal.push((t, priority, next(self._eid), event))
 
     def peek(self) -> float:
         return self._cal.first_time()

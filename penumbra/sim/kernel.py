@@ -98,7 +98,7 @@ import hashlib
 import random
 from collections import deque
 from collections.abc import Callable, Mapping
-from heapq import heappop
+from heapq import heappop, heappush
 from typing import Any
 
 import simpy
@@ -130,6 +130,19 @@ class UnknownAddress(KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its message otherwise
         return str(self.args[0])
+
+
+class _Program:
+    """The owner of ``program_call_at`` entries (never crashes: epoch 0)."""
+
+    __slots__ = ("_specials",)
+    epoch = 0
+
+    def __init__(self) -> None:
+        self._specials: list[float] = []  # (kept like a host's; nobody reads it)
+
+    def _call(self, now: float, fn: Callable, args: tuple) -> None:
+        fn(*args)
 
 
 class _StopLoop(Exception):
@@ -254,6 +267,7 @@ class SimKernel:
         self._lost = 0
         self._undeliverable = 0
         self._running = False
+        self._program = _Program()  # owns program_call_at entries
 
     # ------------------------------------------------------------------
     # building the cluster
@@ -401,15 +415,35 @@ class SimKernel:
         elif ep.alive:
             # Via the heap, so that a handler calling this mid-step cannot
             # disturb the host's batch of outgoing messages.
+            heappush(ep._specials, self.env.now)
             self._push((self.env.now, _NORMAL, next(self._eid), self._on_call,
-                                   ep.send, (to, msg), ep, ep.epoch))
+                        ep.send, (to, msg), ep, ep.epoch))
 
     def call_at(self, t: float, fn: Callable, *args: Any) -> None:
-        """Run ``fn(*args)`` at simulated time ``t``."""
+        """Run ``fn(*args)`` at simulated time ``t``.
+
+        ``fn`` may do anything (crash, pause or slow a host, inject into
+        one, read a machine), so no host handles an event ahead of it (it is
+        a barrier to the look-ahead, see "Efficiency").  A simulated
+        program's own work that touches no host but through messages uses
+        ``program_call_at``."""
         if t < self.env.now:
             raise ValueError(f"call_at({t!r}) is in the past (now is {self.env.now!r})")
-        self._push((float(t), _NORMAL, next(self._eid), self._on_call, fn, args,
-                               None, 0))
+        t = float(t)
+        heappush(self._cal.barriers, t)
+        self._push((t, _NORMAL, next(self._eid), self._on_call, fn, args, None, 0))
+
+    def program_call_at(self, t: float, fn: Callable, *args: Any) -> None:
+        """``call_at`` for a simulated program's own work (a driver's CPU
+        time, its client machine's timers): ``fn`` acts on the program and
+        its client only -- it sends messages, it does not crash, pause,
+        slow or inject into a host, nor read a machine -- so hosts may
+        handle their queued events ahead of it (no barrier)."""
+        if t < self.env.now:
+            raise ValueError(f"program_call_at({t!r}) is in the past (now is {self.env.now!r})")
+        p = self._program
+        heappush(p._specials, float(t))
+        self._push((float(t), _NORMAL, next(self._eid), self._on_call, fn, args, p, 0))
 
     def call_after(self, dt: float, fn: Callable, *args: Any) -> None:
         self.call_at(self.env.now + dt, fn, *args)
@@ -508,6 +542,7 @@ class SimKernel:
         if self.trace is not None:
             self.trace.note(now, address, f"pause {duration:g}s")
         # owned by the endpoint: a crash meanwhile cancels the resume
+        heappush(ep._specials, resume)
         self._push((resume, _NORMAL, next(self._eid), self._on_call, ep._resume,
                                (bool(timers_first),), ep, ep.epoch))
         return True
@@ -646,9 +681,12 @@ class SimKernel:
     def _on_call(self, item: tuple) -> None:
         owner = item[6]
         if owner is None:
+            heappop(self._cal.barriers)  # (its time: the first of them)
             item[4](*item[5])
-        elif owner.epoch == item[7]:
-            owner._call(item[0], item[4], item[5])
+        else:
+            heappop(owner._specials)  # (stale or not: it was pushed)
+            if owner.epoch == item[7]:
+                owner._call(item[0], item[4], item[5])
 
     # ------------------------------------------------------------------
     # internals used by the network

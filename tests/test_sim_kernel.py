@@ -829,11 +829,13 @@ def test_from_benchmark():
 # the event queue (time buckets) and the collector between run() chunks
 
 
-def test_calendar_pops_in_the_order_one_heap_would():
+@pytest.mark.parametrize("mode", ["buckets", "small", "grows"])
+def test_calendar_pops_in_the_order_one_heap_would(mode):
     """The bucketed queue gives exactly (time, priority, eid) order, as the
     single heap it replaced did, with many entries at equal times, other
     priorities mixed in, and pushes interleaved with pops (never into the
-    past, as in a simulation)."""
+    past, as in a simulation); so does a small one (a plain heap), and one
+    that grows from one to the other midway."""
     import heapq
     import random
 
@@ -841,8 +843,13 @@ def test_calendar_pops_in_the_order_one_heap_would():
 
     rng = random.Random(7)
     cal, heap, eid, now = _Calendar(), [], 0, 0.0
+    if mode == "buckets":
+        cal.grow()
     got, want = [], []
     for step in range(20_000):
+        if mode == "grows" and step == 7_000:
+            assert cal.small and len(cal) > 100
+            cal.grow()
         if heap and rng.random() < 0.45:
             a, b = cal.pop(), heapq.heappop(heap)
             got.append(a)
@@ -853,7 +860,10 @@ def test_calendar_pops_in_the_order_one_heap_would():
         prio = rng.choice([1, 1, 1, 1, 0, -1])
         eid += 1
         entry = (t, prio, eid, "fn", step)
-        cal.push(entry) if prio != 1 or step % 2 else cal.push_normal(entry)
+        if prio != 1 or step % 2:
+            cal.push(entry)
+        else:
+            (cal.push_small if cal.small else cal.push_normal)(entry)
         heapq.heappush(heap, entry)
         assert cal.first_time() == heap[0][0]
         assert len(cal) == len(heap)
@@ -1005,3 +1015,30 @@ def test_hosts_of_one_kind_share_costs_and_a_slowdown_is_its_own():
     assert c.machine.times() == [0.0, 0.125]
     k.slow("node:a", 1.0)  # restored: back on the kind's table
     assert a._costs is b._costs
+
+
+@pytest.mark.parametrize("limit", [0, 40])
+def test_a_queue_that_grows_out_of_its_heap_runs_the_same(monkeypatch, limit):
+    """A kernel's queue starts as a plain heap and turns into buckets once
+    it holds more than ``SMALL_LIMIT`` entries, mid-run: the run (every
+    host's events, the trace hash) is the same as one that never grows."""
+    from penumbra.sim.eventqueue import _Calendar
+
+    def run(limit):
+        monkeypatch.setattr(_Calendar, "SMALL_LIMIT", limit)
+        k = SimKernel(seed=3, network=net(lat=(0.0, 0.25, 0.5)), trace=Trace())
+        hosts = [f"h:{i}" for i in range(30)]
+        for i, a in enumerate(hosts):
+            k.add_host(a, Recorder(pingpong(hosts[(i * 7 + 1) % 30], 40)), rack=i % 3,
+                       cost=0.01 * (1 + i % 4))
+        for i, a in enumerate(hosts):
+            for j in range(3):
+                k.inject(a, Ping(n=j), at=0.001 * i)
+        k.run(until=100)
+        return k.trace.hexdigest(), [h.machine.seen for h in k.hosts.values()], k._cal.small
+
+    h_never, seen_never, small = run(10**9)
+    assert small
+    h_grown, seen_grown, small = run(limit)
+    assert not small
+    assert (h_grown, seen_grown) == (h_never, seen_never)

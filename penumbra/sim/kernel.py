@@ -239,7 +239,9 @@ class SimKernel:
         # kernel pushes its entries there directly.
         self._cal: _Calendar = self.env._cal
         self._queue = self._cal  # the name SimPy uses
-        self._push = self._cal.push_normal  # for entries of priority NORMAL
+        # for entries of priority NORMAL: a plain heap's push while the queue
+        # is small, the buckets' once it grew (``_grow_queue``)
+        self._push = self._cal.push_small
         self._eid = self.env._eid
         self.costs = costs if costs is not None else ZERO
         self.network = network if network is not None else Network.from_costs(self.costs)
@@ -600,12 +602,61 @@ class SimKernel:
         finally:
             self._running = False
 
+    def _grow_queue(self) -> None:
+        """The queue outgrew a plain heap: buckets from now on (see
+        ``_Calendar``); everything that pushes is told."""
+        cal = self._cal
+        cal.grow()
+        self._push = cal.push_normal
+        self.network._qpush = cal.push_normal
+
+    def _loop_small(self, predicate: Callable[[], bool] | None,
+                    check_every: float | None) -> bool | None:
+        """``_loop_body`` while the queue is a plain heap; returns None when
+        it grew past ``SMALL_LIMIT`` (``_loop_body`` goes on with buckets)."""
+        cal = self._cal
+        heap, other = cal.heap, cal.other
+        env = self.env
+        limit = cal.SMALL_LIMIT
+        next_check = env._now
+        while True:
+            if heap:
+                item = heap[0]
+                if other and other[0] < item:
+                    item = heappop(other)
+                else:
+                    heappop(heap)
+            elif other:
+                item = heappop(other)
+            else:
+                return bool(predicate()) if predicate is not None else False
+            if len(item) == 4:
+                _simpy_process(env, item)
+            else:
+                env._now = item[0]
+                item[3](item)
+            if predicate is not None:
+                if check_every is None:
+                    if predicate():
+                        return True
+                elif env._now >= next_check:
+                    if predicate():
+                        return True
+                    next_check = env._now + check_every
+            if len(heap) > limit:
+                self._grow_queue()
+                return None
+
     def _loop_body(self, predicate: Callable[[], bool] | None,
                    check_every: float | None) -> bool:
         cal = self._cal
         times, buckets, other = cal.times, cal.buckets, cal.other
         env = self.env
         try:
+            if cal.small:
+                done = self._loop_small(predicate, check_every)
+                if done is not None:
+                    return done
             # (the pop is _Calendar.pop, inlined)
             if predicate is None:
                 while True:

@@ -33,16 +33,31 @@ the host was added with ``validate_every_step=True``.
 a plain tuple in the environment's own queue (the entry layouts are in
 ``penumbra.sim.eventqueue``): a batch of messages from one host to one
 destination at one instant is *one* entry, handed to the machine one
-message at a time.  A busy host schedules
-one wake-up at its ``busy_until``; when nothing else in the whole simulation
-is due by then, it skips even that and handles its next queued event at
-once, with ``now`` = that event's proper start time.  The order of
-everything observable is exactly that of the one-wake-up-per-event schedule,
-but the SimPy clock (``env.now``) may lag a host's clock (``host.now``)
-while the host catches up: inside handlers, always use ``host.now``; and a
-``run_until`` predicate may see a host's machine slightly ahead of
-``env.now``.  ``kernel.run`` drives the heap with its own loop (SimPy events
-and processes go through ``env.step``); ``env.run`` works as well.
+message at a time.
+
+**Look-ahead.**  A busy host handles every event already in its inbox in
+one go, each with ``now`` = its proper start time (the previous one's
+finish), ahead of ``env.now``: what reaches the host later (a message, a
+timer, a local event) queues behind them anyway, so the host sees exactly
+the events, in the order and at the times, of a schedule with one wake-up
+per event.  It stops, and schedules one wake-up at its ``busy_until``,
+only when something that could change its next step out of turn is due by
+then: an entry of its own that jumps the inbox (an urgent event, a
+``host.call_at`` callback, a pause's resume: ``host._specials``), a
+*barrier* (a ``kernel.call_at`` callback or a SimPy event, which may crash,
+pause, slow or inject into any host: ``_Calendar.barriers``), or a run's
+horizon.  A simulated program's own callbacks that touch no host but
+through messages use ``kernel.program_call_at``, no barrier.  What changes
+against the one-wake-up schedule is the interleaving of different hosts'
+steps, and so the order of equal-time entries pushed by different hosts
+(eids are handed out in a different order): decided in docs/DESIGN.md
+(the look-ahead drain), it changed every trace hash once.  A partitioned
+run's hash is per address and the same for any number of partitions.
+The SimPy clock (``env.now``) may lag a host's clock (``host.now``): inside
+handlers, always use ``host.now``; a ``run_until`` predicate, or another
+host reading a machine directly, may see a machine ahead of ``env.now``.
+``kernel.run`` drives the queue with its own loop (SimPy events and
+processes go through ``env.step``); ``env.run`` works as well.
 
 **Crashes.**  ``crash(address)`` drops the machine, its inbox, its pending
 timers and handler events, and every message in flight to it; messages to

@@ -166,7 +166,7 @@ class Link:
     """A directed FIFO pipe.  ``inv_bw`` is seconds per byte (0: infinite)."""
 
     __slots__ = ("src", "dst", "src_m", "dst_m", "latency", "inv_bw", "free_at", "level",
-                 "dst_ep", "on_net", "last", "used")
+                 "dst_ep", "on_net", "last")
 
     def __init__(self, src: str, dst: str, src_m: str, dst_m: str, latency: float,
                  bandwidth: float, level: int, dst_ep: Any):
@@ -180,7 +180,6 @@ class Link:
         # the receiver (an endpoint keeps its object across crashes)
         self.on_net = dst_ep._on_net if dst_ep is not None else None
         self.last: tuple | None = None  # the last heap entry pushed on this link
-        self.used = True  # sent on since the last sweep (``Network._sweep_links``)
 
     def __repr__(self) -> str:
         bw = f"{1 / self.inv_bw:.3g}B/s" if self.inv_bw else "inf"
@@ -375,10 +374,7 @@ class Network:
         An idle one -- ``free_at`` past, ``last`` arrived -- acts exactly as
         the one ``_new_link`` makes the next time the pair talks (the same
         latency, bandwidth and endpoint; ``max(depart, free_at)`` is
-        ``depart`` either way).  Only links not sent on since the previous
-        sweep go (``used``): forgetting every idle one forgot the pairs that
-        talk all the time too, and re-made them (six links a task at 1,000
-        nodes, ~7% of the run's time).  Kept, they were one per (node, GCS shard)
+        ``depart`` either way).  Kept, they were one per (node, GCS shard)
         pair ever in touch: ~130 bytes each, millions at 10,000 nodes over
         5,000 shards.  Swept when as many links were made since the last
         sweep as were kept then (at least ``_SWEEP_MIN``): amortised, a link
@@ -389,9 +385,7 @@ class Network:
         out = self._out
         for src, links in out.items():
             busy = {d: l for d, l in links.items()
-                    if l.used or l.free_at > now or (l.last is not None and l.last[0] >= now)}
-            for l in busy.values():
-                l.used = False
+                    if l.free_at > now or (l.last is not None and l.last[0] >= now)}
             kept += len(busy)
             if len(busy) < len(links):
                 self.links_forgotten += len(links) - len(busy)
@@ -504,8 +498,6 @@ class Network:
             if dst_ep is None:
                 return
             link = self._new_link(src_ep.address, dst, dst_ep)
-        else:
-            link.used = True
         if self._cut and self._blocked(link.src_m, link.dst_m):
             self.stats["cut"] += len(msgs)
             self.kernel._net_event("cut", depart, link, msgs)

@@ -219,6 +219,22 @@ def test_look_ahead_stops_at_a_barrier_and_at_urgent_events():
     per, _ = _busy_and_other(urgent)
     assert per["busy"] == [(0.0, 0), (1.0, 1), (2.0, 9), (3.0, 2), (4.0, 3)]
 
+    # stopped for its own callback, the host queues no wake-up: the
+    # callback's entry resumes it (4 + 2 injections, the callback, the
+    # run's horizon: 8 entries, none more)
+    k = SimKernel(network=net())
+    h = k.add_host("busy", Recorder(), cost=1.0)
+    for i in range(4):
+        k.inject("busy", Ping(n=i))
+    h.call_at(1.5, lambda: h.deliver_now(WorkDone(job=9), urgent=True))
+    k.add_host("other", Recorder())
+    k.inject("other", Ping(n=100), at=1.5)
+    k.inject("other", Ping(n=101), at=2.0)
+    k.run(until=10)
+    assert [(t, getattr(e, "n", -1)) for t, e in h.machine.seen] == [
+        (0.0, 0), (1.0, 1), (2.0, -1), (3.0, 2), (4.0, 3)]
+    assert next(k._eid) == 8
+
     def program(k):  # a program's own callback is no barrier
         k.program_call_at(1.5, k.host("busy").send, "other", Ping(n=7))
     per, log = _busy_and_other(program)
@@ -1042,3 +1058,25 @@ def test_a_queue_that_grows_out_of_its_heap_runs_the_same(monkeypatch, limit):
     h_grown, seen_grown, small = run(limit)
     assert not small
     assert (h_grown, seen_grown) == (h_never, seen_never)
+
+
+def test_a_host_stopped_for_a_callback_of_a_dead_incarnation_goes_on():
+    """A host waits for its own callback at 2.5 (no wake-up queued), is
+    crashed and restarted before it; the callback's stale entry still
+    resumes the new machine, which handles everything injected."""
+    k = SimKernel(network=net())
+    h = k.add_host("h", Recorder(), cost=1.0)
+    for i in range(4):
+        k.inject("h", Ping(n=i))
+    h.call_at(2.5, lambda: None)
+    fresh = Recorder()
+
+    def restart():
+        k.restart("h", fresh)
+        for i in range(3):
+            k.inject("h", Ping(n=10 + i))
+    k.call_at(2.2, k.crash, "h")
+    k.call_at(2.3, restart)
+    k.run(until=20)
+    assert h.machine.ns() == [10, 11, 12]
+    assert fresh.times() == [2.3, 3.3, 4.3]

@@ -81,7 +81,8 @@ class _Endpoint:
     the endpoints it disowns)."""
 
     __slots__ = ("kernel", "address", "kind", "alive", "epoch", "crashed_at", "links", "pending",
-                 "now", "paused_until", "_on_net", "_on_local", "_specials", "__dict__")
+                 "now", "paused_until", "_on_net", "_on_local", "_specials", "_stalled",
+                 "__dict__")
 
     def __init__(self, kernel: KernelPort, address: str, kind: str):
         self.kernel = kernel
@@ -99,6 +100,9 @@ class _Endpoint:
         # a heap, pushed with each such entry and popped when it is run
         # (stale or not); a host handles nothing ahead of the first
         self._specials: list[float] = []
+        # a host stopped for one of its specials, with no wake-up queued:
+        # the special's entry (stale or not) resumes it (``_unstall``)
+        self._stalled = False
         # bound once: heap entries refer to these
         self._on_net = self._net_entry
         self._on_local = self._local_entry
@@ -354,10 +358,18 @@ class Host(_Endpoint):
     def _urgent_entry(self, item: tuple) -> None:
         heappop(self._specials)  # (stale or not: it was pushed)
         if item[5] != self.epoch:
+            if self._stalled:
+                self._unstall(item[0])
             return
         self.urgent.extend(item[4])
         if not self.wake:
             self._drain(item[0])
+
+    def _unstall(self, t: float) -> None:
+        """One of the specials this host stopped for ran: go on."""
+        self._stalled = False
+        if (self.inbox or self.urgent) and not self.wake and self.alive:
+            self._drain(t)
 
     def _wake_entry(self, item: tuple) -> None:
         if item[4] == self.epoch:
@@ -408,6 +420,7 @@ class Host(_Endpoint):
         trace = k.trace
         costs = self._costs
         epoch = self.epoch
+        self._stalled = False
         while inbox or urgent:
             start = self.busy_until
             if start > T:
@@ -420,8 +433,12 @@ class Host(_Endpoint):
                 # callback, a SimPy event) or a run's horizon.
                 if self.pending:
                     self._flush()
-                if ((specials and specials[0] <= start) or (barriers and barriers[0] <= start)
-                        or (other and other[0][0] <= start)):
+                if specials and specials[0] <= start:
+                    # its own special comes first and resumes it: no
+                    # wake-up entry (``_unstall``)
+                    self._stalled = True
+                    return
+                if (barriers and barriers[0] <= start) or (other and other[0][0] <= start):
                     self.wake = True
                     push((start, _NORMAL, next(k._eid), self._on_wake, epoch))
                     return

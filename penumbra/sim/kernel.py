@@ -43,8 +43,8 @@ the events, in the order and at the times, of a schedule with one wake-up
 per event.  It stops, and schedules one wake-up at its ``busy_until``,
 only when something that could change its next step out of turn is due by
 then: an entry of its own that jumps the inbox (an urgent event, a
-``host.call_at`` callback, a pause's resume: ``host._specials``), a
-*barrier* (a ``kernel.call_at`` callback or a SimPy event, which may crash,
+``host.call_at`` callback, a pause's resume: ``host._specials``; that
+entry resumes it, so it queues nothing: ``host._stalled``), a *barrier* (a ``kernel.call_at`` callback or a SimPy event, which may crash,
 pause, slow or inject into any host: ``_Calendar.barriers``), or a run's
 horizon.  A simulated program's own callbacks that touch no host but
 through messages use ``kernel.program_call_at``, no barrier.  What changes
@@ -152,6 +152,7 @@ class _Program:
 
     __slots__ = ("_specials",)
     epoch = 0
+    _stalled = False
 
     def __init__(self) -> None:
         self._specials: list[float] = []  # (kept like a host's; nobody reads it)
@@ -493,6 +494,7 @@ class SimKernel:
             ep.inbox.clear()
             ep.urgent.clear()
             ep.wake = False
+            ep._stalled = False
             ep.busy_until = now
             ep.state.clear()
         if self.trace is not None:
@@ -753,6 +755,8 @@ class SimKernel:
             heappop(owner._specials)  # (stale or not: it was pushed)
             if owner.epoch == item[7]:
                 owner._call(item[0], item[4], item[5])
+            if owner._stalled:
+                owner._unstall(item[0])
 
     # ------------------------------------------------------------------
     # internals used by the network

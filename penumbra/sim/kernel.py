@@ -44,9 +44,9 @@ per event.  It stops, and schedules one wake-up at its ``busy_until``,
 only when something that could change its next step out of turn is due by
 then: an entry of its own that jumps the inbox (an urgent event, a
 ``host.call_at`` callback, a pause's resume: ``host._specials``; that
-entry resumes it, so it queues nothing: ``host._stalled``), a *barrier* (a ``kernel.call_at`` callback or a SimPy event, which may crash,
-pause, slow or inject into any host: ``_Calendar.barriers``), or a run's
-horizon.  A simulated program's own callbacks that touch no host but
+entry resumes it, so it queues nothing: ``host._stalled``), a *barrier*
+(a ``kernel.call_at`` callback or a SimPy event, which may crash, pause,
+slow or inject into any host: ``_Calendar.barriers``), or a run's horizon.  A simulated program's own callbacks that touch no host but
 through messages use ``kernel.program_call_at``, no barrier.  What changes
 against the one-wake-up schedule is the interleaving of different hosts'
 steps, and so the order of equal-time entries pushed by different hosts

@@ -167,10 +167,11 @@ def test_cost_model_kinds_and_per_command():
     assert k.network.batches == 1
 
 
-def _busy_and_other(setup=None):
+def _busy_and_other(setup=None, look_ahead=100.0):
     """``busy`` (1 s an event) with four Pings queued at 0, ``other`` with
     two due at 1.5 and 2.0; returns each host's (now, n) and the global log."""
     k = SimKernel(network=net(lat=(0.0, 0.25, 0.25)))
+    k.look_ahead = look_ahead  # (seconds of events here; 1 ms by default)
     log: list[tuple[float, str, int]] = []
 
     def rec(name):
@@ -204,6 +205,12 @@ def test_look_ahead_keeps_each_hosts_order():
     # (one wake-up per event interleaved them: busy 0, 1, other 100, 101, busy 2, 3)
     assert log == [(0.0, "busy", 0), (1.0, "busy", 1), (2.0, "busy", 2), (3.0, "busy", 3),
                    (1.5, "other", 100), (2.0, "other", 101)]
+    # no further than ``look_ahead`` past the entry that woke it (0): busy
+    # stops before its third (2.0 > 1.5) and goes on from a wake-up at 2.0
+    per, log = _busy_and_other(look_ahead=1.5)
+    assert per["busy"] == [(0.0, 0), (1.0, 1), (2.0, 2), (3.0, 3)]
+    assert log == [(0.0, "busy", 0), (1.0, "busy", 1), (1.5, "other", 100),
+                   (2.0, "other", 101), (2.0, "busy", 2), (3.0, "busy", 3)]
 
 
 def test_look_ahead_stops_at_a_barrier_and_at_urgent_events():
@@ -223,6 +230,7 @@ def test_look_ahead_stops_at_a_barrier_and_at_urgent_events():
     # callback's entry resumes it (4 + 2 injections, the callback, the
     # run's horizon: 8 entries, none more)
     k = SimKernel(network=net())
+    k.look_ahead = 100.0
     h = k.add_host("busy", Recorder(), cost=1.0)
     for i in range(4):
         k.inject("busy", Ping(n=i))
@@ -1065,6 +1073,7 @@ def test_a_host_stopped_for_a_callback_of_a_dead_incarnation_goes_on():
     crashed and restarted before it; the callback's stale entry still
     resumes the new machine, which handles everything injected."""
     k = SimKernel(network=net())
+    k.look_ahead = 100.0
     h = k.add_host("h", Recorder(), cost=1.0)
     for i in range(4):
         k.inject("h", Ping(n=i))

@@ -61,6 +61,7 @@ class KernelPort(Protocol):
     _lost: int
     _epoch_bumps: int
     _cost_tables: dict[tuple[str, float], dict[type, float]]
+    look_ahead: float
 
     def _on_call(self, item: tuple) -> None: ...
 
@@ -438,7 +439,8 @@ class Host(_Endpoint):
                     # wake-up entry (``_unstall``)
                     self._stalled = True
                     return
-                if (barriers and barriers[0] <= start) or (other and other[0][0] <= start):
+                if (start - T > k.look_ahead or (barriers and barriers[0] <= start)
+                        or (other and other[0][0] <= start)):
                     self.wake = True
                     push((start, _NORMAL, next(k._eid), self._on_wake, epoch))
                     return

@@ -46,7 +46,9 @@ then: an entry of its own that jumps the inbox (an urgent event, a
 ``host.call_at`` callback, a pause's resume: ``host._specials``; that
 entry resumes it, so it queues nothing: ``host._stalled``), a *barrier*
 (a ``kernel.call_at`` callback or a SimPy event, which may crash, pause,
-slow or inject into any host: ``_Calendar.barriers``), or a run's horizon.  A simulated program's own callbacks that touch no host but
+slow or inject into any host: ``_Calendar.barriers``), a run's horizon, or
+when it is ``kernel.look_ahead`` (1 ms) past the entry that woke it (so a
+long backlog is not all sent, and queued, at once).  A simulated program's own callbacks that touch no host but
 through messages use ``kernel.program_call_at``, no barrier.  What changes
 against the one-wake-up schedule is the interleaving of different hosts'
 steps, and so the order of equal-time entries pushed by different hosts
@@ -286,6 +288,11 @@ class SimKernel:
         self._undeliverable = 0
         self._running = False
         self._program = _Program()  # owns program_call_at entries
+        # how far (simulated seconds) a host handles its queued events ahead
+        # of the entry that woke it (see "Look-ahead"): unbounded, a host
+        # with a long backlog (the head at boot) sent all of it at once, and
+        # the queue held 437,000 batches at 1,000 nodes (+190 MB)
+        self.look_ahead = 1e-3
 
     # ------------------------------------------------------------------
     # building the cluster

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from heapq import heappop, heappush
 from collections.abc import Callable, Iterator, Mapping
+from heapq import heappop, heappush
 from typing import TYPE_CHECKING, Any, Protocol
 
 import simpy
@@ -426,12 +426,12 @@ class Host(_Endpoint):
             start = self.busy_until
             if start > T:
                 # Busy until ``start``.  Send what the previous event emitted,
-                # then handle the next event now, ahead of env.now (the
-                # look-ahead: see "Efficiency" in penumbra.sim.kernel),
-                # unless something that could change what it handles next
-                # is due by then: an entry of its own that jumps the inbox
-                # (urgent, a callback, a resume), a barrier (a kernel
-                # callback, a SimPy event) or a run's horizon.
+                # then handle the next event now, ahead of env.now (see
+                # "Look-ahead" in penumbra.sim.kernel), unless something
+                # that could change what it handles next is due by then:
+                # an entry of its own that jumps the inbox (urgent, a
+                # callback, a resume), a barrier (a kernel callback, a SimPy
+                # event) or a run's horizon; or it is ``look_ahead`` past T.
                 if self.pending:
                     self._flush()
                 if specials and specials[0] <= start:

@@ -100,17 +100,16 @@ iterating sets; take randomness from ``kernel.derive_rng(name)``).
 Where things live
 -----------------
 This module holds ``SimKernel`` (building, injecting, faults on hosts,
-running, reporting) and ``gc_paused``; the endpoints it builds (``Host``,
-``Client``) are in ``penumbra.sim.endpoints``, the event queue
-(``_Calendar`` and the SimPy environment on it) in
-``penumbra.sim.eventqueue``.  ``Host`` and ``Client`` stay importable from
-here.  Imports run one way: kernel -> endpoints -> network, eventqueue.
+running, reporting); the endpoints it builds (``Host``, ``Client``) are in
+``penumbra.sim.endpoints``, the event queue (``_Calendar`` and the SimPy
+environment on it) in ``penumbra.sim.eventqueue``, the collector's policy
+during a run (``gc_paused``) in ``penumbra.sim.gcpause``.  ``Host``,
+``Client`` and ``gc_paused`` stay importable from here.  Imports run one
+way: kernel -> endpoints -> network, eventqueue; kernel -> gcpause.
 """
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import hashlib
 import random
 from collections import deque
@@ -125,6 +124,7 @@ from penumbra.core.messages import Event, Log, Message
 from .costs import ZERO, CostModel
 from .endpoints import Client, Host, Remote, _Endpoint
 from .eventqueue import _NORMAL, _URGENT, _Calendar, _Environment, _simpy_process
+from .gcpause import _gc_state, gc_paused  # noqa: F401 - (re-exported: callers use them from here)
 from .network import Network
 from .trace import Trace
 
@@ -165,57 +165,6 @@ class _Program:
 
 class _StopLoop(Exception):
     """Raised by a run horizon's entry to end ``SimKernel._loop``."""
-
-
-# ===========================================================================
-# The cyclic garbage collector during a simulation
-
-
-_gc_state = {"live": 0, "grown": 0}  # objects after our last full collection; made since
-
-
-@contextlib.contextmanager
-def gc_paused():
-    """Run a block with Python's cyclic collector off, and leave no
-    collection pass behind it.
-
-    Why: a simulation allocates millions of long-lived objects.  Simply
-    disabling the collector and enabling it again after a ``run()`` chunk
-    leaves all of them in the youngest generation, so the first allocation
-    after the chunk walks everything the chunk left alive (0.4 s a chunk at
-    1,000 nodes; experiments run 20+ chunks).  Instead, at the end of the
-    block every live object is moved to the oldest generation
-    (``gc.freeze()`` then ``gc.unfreeze()``: two list splices, O(1)), where
-    it waits for a full collection as any long-lived object does.  Nothing
-    stays frozen: an explicit ``gc.collect()`` still sees everything.
-
-    Safety: CPython starts full collections by counting what survives its
-    younger generations, which these objects skip, so the blocks count the
-    objects they leave (``gc.get_count()``, O(1)); when that is four times
-    what was alive after the last full collection run here (and over a
-    million), the block ends with one (``gc.collect()``): amortised O(1) per
-    object, as CPython's own rule for its oldest generation.  Nested blocks
-    and a collector that was already off are left alone.
-    """
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    st = _gc_state
-    c0 = gc.get_count()[0]
-    try:
-        yield
-    finally:
-        st["grown"] += max(0, gc.get_count()[0] - c0)
-        if st["grown"] > max(4 * st["live"], 1_000_000):
-            gc.collect()
-            gc.freeze()
-            st["live"] = gc.get_freeze_count()
-            st["grown"] = 0
-        else:
-            gc.freeze()
-        gc.unfreeze()  # everything now in the oldest generation
-        gc.enable()
 
 
 # ===========================================================================

@@ -167,15 +167,16 @@ def test_cost_model_kinds_and_per_command():
     assert k.network.batches == 1
 
 
-def test_run_ahead_matches_one_wakeup_per_event():
-    """A busy host handles queued events ahead of env.now only when nothing
-    else is due; the observable order must equal the strict schedule."""
+def _busy_and_other(setup=None, look_ahead=100.0):
+    """``busy`` (1 s an event) with four Pings queued at 0, ``other`` with
+    two due at 1.5 and 2.0; returns each host's (now, n) and the global log."""
     k = SimKernel(network=net(lat=(0.0, 0.25, 0.25)))
+    k.look_ahead = look_ahead  # (seconds of events here; 1 ms by default)
     log: list[tuple[float, str, int]] = []
 
     def rec(name):
         def script(ev, now):
-            log.append((now, name, getattr(ev, "n", -1)))
+            log.append((now, name, getattr(ev, "n", getattr(ev, "job", -1))))
             return []
         return script
 
@@ -184,12 +185,69 @@ def test_run_ahead_matches_one_wakeup_per_event():
     for i in range(4):
         k.inject("busy", Ping(n=i))
     k.inject("other", Ping(n=100), at=1.5)  # due between busy's 2nd and 3rd
-    # A tie with busy's 3rd start: it was queued first (at t=0, while busy's
-    # wake-up for 2.0 is queued at 1.0), so it goes first.
-    k.inject("other", Ping(n=101), at=2.0)
+    k.inject("other", Ping(n=101), at=2.0)  # at busy's 3rd start
+    if setup is not None:
+        setup(k)
     k.run(until=10)
+    per = {a: [(t, n) for t, who, n in log if who == a] for a in ("busy", "other")}
+    return per, log
+
+
+def test_look_ahead_keeps_each_hosts_order():
+    """A busy host handles every event already in its inbox in one go,
+    ahead of env.now, though others are due meanwhile: what arrives later
+    queues behind them anyway, so each host sees exactly the events, in
+    the order and at the times, of the one-wake-up-per-event schedule;
+    only the interleaving of different hosts' steps differs."""
+    per, log = _busy_and_other()
+    assert per == {"busy": [(0.0, 0), (1.0, 1), (2.0, 2), (3.0, 3)],
+                   "other": [(1.5, 100), (2.0, 101)]}
+    # (one wake-up per event interleaved them: busy 0, 1, other 100, 101, busy 2, 3)
+    assert log == [(0.0, "busy", 0), (1.0, "busy", 1), (2.0, "busy", 2), (3.0, "busy", 3),
+                   (1.5, "other", 100), (2.0, "other", 101)]
+    # no further than ``look_ahead`` past the entry that woke it (0): busy
+    # stops before its third (2.0 > 1.5) and goes on from a wake-up at 2.0
+    per, log = _busy_and_other(look_ahead=1.5)
+    assert per["busy"] == [(0.0, 0), (1.0, 1), (2.0, 2), (3.0, 3)]
     assert log == [(0.0, "busy", 0), (1.0, "busy", 1), (1.5, "other", 100),
                    (2.0, "other", 101), (2.0, "busy", 2), (3.0, "busy", 3)]
+
+
+def test_look_ahead_stops_at_a_barrier_and_at_urgent_events():
+    """What could change a host's next step out of turn stops its
+    look-ahead: a kernel callback (here: it slows the host at 1.5) and an
+    urgent event of its own (here: delivered by its callback at 1.5)."""
+    per, _ = _busy_and_other(lambda k: k.call_at(1.5, k.slow, "busy", 2.0))
+    assert per["busy"] == [(0.0, 0), (1.0, 1), (2.0, 2), (4.0, 3)]
+
+    def urgent(k):
+        h = k.host("busy")
+        h.call_at(1.5, lambda: h.deliver_now(WorkDone(job=9), urgent=True))
+    per, _ = _busy_and_other(urgent)
+    assert per["busy"] == [(0.0, 0), (1.0, 1), (2.0, 9), (3.0, 2), (4.0, 3)]
+
+    # stopped for its own callback, the host queues no wake-up: the
+    # callback's entry resumes it (4 + 2 injections, the callback, the
+    # run's horizon: 8 entries, none more)
+    k = SimKernel(network=net())
+    k.look_ahead = 100.0
+    h = k.add_host("busy", Recorder(), cost=1.0)
+    for i in range(4):
+        k.inject("busy", Ping(n=i))
+    h.call_at(1.5, lambda: h.deliver_now(WorkDone(job=9), urgent=True))
+    k.add_host("other", Recorder())
+    k.inject("other", Ping(n=100), at=1.5)
+    k.inject("other", Ping(n=101), at=2.0)
+    k.run(until=10)
+    assert [(t, getattr(e, "n", -1)) for t, e in h.machine.seen] == [
+        (0.0, 0), (1.0, 1), (2.0, -1), (3.0, 2), (4.0, 3)]
+    assert next(k._eid) == 8
+
+    def program(k):  # a program's own callback is no barrier
+        k.program_call_at(1.5, k.host("busy").send, "other", Ping(n=7))
+    per, log = _busy_and_other(program)
+    assert per["busy"] == [(0.0, 0), (1.0, 1), (2.0, 2), (3.0, 3)]
+    assert log[:4] == [(0.0, "busy", 0), (1.0, "busy", 1), (2.0, "busy", 2), (3.0, "busy", 3)]
 
 
 def test_run_until_does_not_handle_events_at_the_horizon():
@@ -795,11 +853,13 @@ def test_from_benchmark():
 # the event queue (time buckets) and the collector between run() chunks
 
 
-def test_calendar_pops_in_the_order_one_heap_would():
+@pytest.mark.parametrize("mode", ["buckets", "small", "grows"])
+def test_calendar_pops_in_the_order_one_heap_would(mode):
     """The bucketed queue gives exactly (time, priority, eid) order, as the
     single heap it replaced did, with many entries at equal times, other
     priorities mixed in, and pushes interleaved with pops (never into the
-    past, as in a simulation)."""
+    past, as in a simulation); so does a small one (a plain heap), and one
+    that grows from one to the other midway."""
     import heapq
     import random
 
@@ -807,8 +867,13 @@ def test_calendar_pops_in_the_order_one_heap_would():
 
     rng = random.Random(7)
     cal, heap, eid, now = _Calendar(), [], 0, 0.0
+    if mode == "buckets":
+        cal.grow()
     got, want = [], []
     for step in range(20_000):
+        if mode == "grows" and step == 7_000:
+            assert cal.small and len(cal) > 100
+            cal.grow()
         if heap and rng.random() < 0.45:
             a, b = cal.pop(), heapq.heappop(heap)
             got.append(a)
@@ -819,7 +884,10 @@ def test_calendar_pops_in_the_order_one_heap_would():
         prio = rng.choice([1, 1, 1, 1, 0, -1])
         eid += 1
         entry = (t, prio, eid, "fn", step)
-        cal.push(entry) if prio != 1 or step % 2 else cal.push_normal(entry)
+        if prio != 1 or step % 2:
+            cal.push(entry)
+        else:
+            (cal.push_small if cal.small else cal.push_normal)(entry)
         heapq.heappush(heap, entry)
         assert cal.first_time() == heap[0][0]
         assert len(cal) == len(heap)
@@ -971,3 +1039,53 @@ def test_hosts_of_one_kind_share_costs_and_a_slowdown_is_its_own():
     assert c.machine.times() == [0.0, 0.125]
     k.slow("node:a", 1.0)  # restored: back on the kind's table
     assert a._costs is b._costs
+
+
+@pytest.mark.parametrize("limit", [0, 40])
+def test_a_queue_that_grows_out_of_its_heap_runs_the_same(monkeypatch, limit):
+    """A kernel's queue starts as a plain heap and turns into buckets once
+    it holds more than ``SMALL_LIMIT`` entries, mid-run: the run (every
+    host's events, the trace hash) is the same as one that never grows."""
+    from penumbra.sim.eventqueue import _Calendar
+
+    def run(limit):
+        monkeypatch.setattr(_Calendar, "SMALL_LIMIT", limit)
+        k = SimKernel(seed=3, network=net(lat=(0.0, 0.25, 0.5)), trace=Trace())
+        hosts = [f"h:{i}" for i in range(30)]
+        for i, a in enumerate(hosts):
+            k.add_host(a, Recorder(pingpong(hosts[(i * 7 + 1) % 30], 40)), rack=i % 3,
+                       cost=0.01 * (1 + i % 4))
+        for i, a in enumerate(hosts):
+            for j in range(3):
+                k.inject(a, Ping(n=j), at=0.001 * i)
+        k.run(until=100)
+        return k.trace.hexdigest(), [h.machine.seen for h in k.hosts.values()], k._cal.small
+
+    h_never, seen_never, small = run(10**9)
+    assert small
+    h_grown, seen_grown, small = run(limit)
+    assert not small
+    assert (h_grown, seen_grown) == (h_never, seen_never)
+
+
+def test_a_host_stopped_for_a_callback_of_a_dead_incarnation_goes_on():
+    """A host waits for its own callback at 2.5 (no wake-up queued), is
+    crashed and restarted before it; the callback's stale entry still
+    resumes the new machine, which handles everything injected."""
+    k = SimKernel(network=net())
+    k.look_ahead = 100.0
+    h = k.add_host("h", Recorder(), cost=1.0)
+    for i in range(4):
+        k.inject("h", Ping(n=i))
+    h.call_at(2.5, lambda: None)
+    fresh = Recorder()
+
+    def restart():
+        k.restart("h", fresh)
+        for i in range(3):
+            k.inject("h", Ping(n=10 + i))
+    k.call_at(2.2, k.crash, "h")
+    k.call_at(2.3, restart)
+    k.run(until=20)
+    assert h.machine.ns() == [10, 11, 12]
+    assert fresh.times() == [2.3, 3.3, 4.3]

@@ -184,7 +184,7 @@ class SimDriver:
             t = self.busy_until if self.busy_until > self.now else self.now
             for s in specs:
                 t += self.call_cost
-                self.kernel.call_at(t, self._send_one, s)
+                self.kernel.program_call_at(t, self._send_one, s)
             self.busy_until = t
             return
         send = self.client.send
@@ -265,7 +265,7 @@ class SimDriver:
                     continue
                 if self.call_cost and self.busy_until > self.now:
                     # in program order: after the submissions still in the driver
-                    self.kernel.call_at(self.busy_until, self._send_msg, c.msg)
+                    self.kernel.program_call_at(self.busy_until, self._send_msg, c.msg)
                 else:
                     self.client.send(self.node, c.msg)
             elif t is Report:
@@ -287,7 +287,7 @@ class SimDriver:
                 if c.waiter.fail is not None:
                     c.waiter.fail(c.reason, c.detail)
             elif t is SetTimer:
-                self.kernel.call_at(c.at, self._timer, c.key)
+                self.kernel.program_call_at(c.at, self._timer, c.key)
 
     def _timer(self, key: Any) -> None:
         self._run(self.machine.handle(TimerFired(key=key, stimulus_id=f"client-timer:{self.address}")))

@@ -24,6 +24,7 @@ from __future__ import annotations
 import random
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
+from heapq import heappop, heappush
 from typing import TYPE_CHECKING, Any, Protocol
 
 import simpy
@@ -60,6 +61,7 @@ class KernelPort(Protocol):
     _lost: int
     _epoch_bumps: int
     _cost_tables: dict[tuple[str, float], dict[type, float]]
+    look_ahead: float
 
     def _on_call(self, item: tuple) -> None: ...
 
@@ -80,7 +82,8 @@ class _Endpoint:
     the endpoints it disowns)."""
 
     __slots__ = ("kernel", "address", "kind", "alive", "epoch", "crashed_at", "links", "pending",
-                 "now", "paused_until", "_on_net", "_on_local", "__dict__")
+                 "now", "paused_until", "_on_net", "_on_local", "_specials", "_stalled",
+                 "__dict__")
 
     def __init__(self, kernel: KernelPort, address: str, kind: str):
         self.kernel = kernel
@@ -93,6 +96,14 @@ class _Endpoint:
         self.pending: dict[str, list] = {}  # dst -> messages leaving at self.now
         self.now = kernel.env.now
         self.paused_until = float("-inf")  # see SimKernel.pause
+        # the times of this endpoint's queued entries that may change what
+        # it does next out of turn (urgent events, its callbacks, a resume):
+        # a heap, pushed with each such entry and popped when it is run
+        # (stale or not); a host handles nothing ahead of the first
+        self._specials: list[float] = []
+        # a host stopped for one of its specials, with no wake-up queued:
+        # the special's entry (stale or not) resumes it (``_unstall``)
+        self._stalled = False
         # bound once: heap entries refer to these
         self._on_net = self._net_entry
         self._on_local = self._local_entry
@@ -199,6 +210,7 @@ class Host(_Endpoint):
         if self.alive:
             if urgent:
                 k = self.kernel
+                heappush(self._specials, float(t))
                 k._push((float(t), _NORMAL, next(k._eid), self._on_urgent, [event], self.epoch))
             else:
                 self._push_local(float(t), [event])
@@ -216,8 +228,8 @@ class Host(_Endpoint):
             raise ValueError(f"host {self.address!r}: call_at({t!r}) is before host.now "
                              f"({self.now!r})")
         k = self.kernel
-        k._push((float(t), _NORMAL, next(k._eid), k._on_call, fn, args, self,
-                            self.epoch))
+        heappush(self._specials, float(t))
+        k._push((float(t), _NORMAL, next(k._eid), k._on_call, fn, args, self, self.epoch))
 
     def call_after(self, dt: float, fn: Callable, *args: Any) -> None:
         self.call_at(self.now + dt, fn, *args)
@@ -242,8 +254,9 @@ class Host(_Endpoint):
         if not self._flush_scheduled:
             # Inside a step the step flushes first and this finds nothing.
             self._flush_scheduled = True
+            heappush(self._specials, k.env._now)
             k._push((k.env._now, _NORMAL, next(k._eid), k._on_call,
-                                self._flush_now, (), self, self.epoch))
+                     self._flush_now, (), self, self.epoch))
 
     def _flush_now(self) -> None:
         self._flush_scheduled = False
@@ -344,11 +357,20 @@ class Host(_Endpoint):
             self._drain(item[0])
 
     def _urgent_entry(self, item: tuple) -> None:
+        heappop(self._specials)  # (stale or not: it was pushed)
         if item[5] != self.epoch:
+            if self._stalled:
+                self._unstall(item[0])
             return
         self.urgent.extend(item[4])
         if not self.wake:
             self._drain(item[0])
+
+    def _unstall(self, t: float) -> None:
+        """One of the specials this host stopped for ran: go on."""
+        self._stalled = False
+        if (self.inbox or self.urgent) and not self.wake and self.alive:
+            self._drain(t)
 
     def _wake_entry(self, item: tuple) -> None:
         if item[4] == self.epoch:
@@ -392,21 +414,33 @@ class Host(_Endpoint):
         urgent = self.urgent
         k = self.kernel
         cal = k._cal
-        times = cal.times
+        barriers = cal.barriers
         other = cal.other
+        specials = self._specials
         push = k._push
         trace = k.trace
         costs = self._costs
         epoch = self.epoch
+        self._stalled = False
         while inbox or urgent:
             start = self.busy_until
             if start > T:
                 # Busy until ``start``.  Send what the previous event emitted,
-                # then handle the next event now, ahead of env.now, unless
-                # anything else in the simulation is due first.
+                # then handle the next event now, ahead of env.now (see
+                # "Look-ahead" in penumbra.sim.kernel), unless something
+                # that could change what it handles next is due by then:
+                # an entry of its own that jumps the inbox (urgent, a
+                # callback, a resume), a barrier (a kernel callback, a SimPy
+                # event) or a run's horizon; or it is ``look_ahead`` past T.
                 if self.pending:
                     self._flush()
-                if (times and times[0] <= start) or (other and other[0][0] <= start):
+                if specials and specials[0] <= start:
+                    # its own special comes first and resumes it: no
+                    # wake-up entry (``_unstall``)
+                    self._stalled = True
+                    return
+                if (start - T > k.look_ahead or (barriers and barriers[0] <= start)
+                        or (other and other[0][0] <= start)):
                     self.wake = True
                     push((start, _NORMAL, next(k._eid), self._on_wake, epoch))
                     return
@@ -559,8 +593,9 @@ class Client(_Endpoint):
             # Flush at the end of this instant's queue, so that everything
             # sent now to one destination travels as one batch.
             self._flush_scheduled = True
+            heappush(self._specials, k.env._now)
             k._push((k.env._now, _NORMAL, next(k._eid), k._on_call,
-                                self._flush_now, (), self, self.epoch))
+                     self._flush_now, (), self, self.epoch))
 
     def _flush_now(self) -> None:
         self._flush_scheduled = False

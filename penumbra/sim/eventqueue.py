@@ -20,6 +20,7 @@ entries as well as SimPy events.  The entry layouts are listed below.
 from __future__ import annotations
 
 from collections import deque
+from functools import partial
 from heapq import heappop, heappush
 from typing import Any
 
@@ -64,17 +65,39 @@ class _Calendar:
     times in a small simulation): a deque is made when a second one comes.
     Invariant: ``times`` holds exactly the keys of ``buckets``, and no
     bucket is empty.
+
+    **Small queues** (a swarm seed's few hosts: tens of entries) are cheaper
+    as one plain heap: ``heapq.heappush`` is one C call, where a bucket push
+    is Python code.  So a calendar starts ``small``, with its NORMAL
+    entries in ``heap`` (the kernel pushes with ``push_small``, a
+    ``functools.partial`` of ``heappush``: no Python frame), and the
+    kernel's loop turns it into buckets (``grow``) once the heap holds more
+    than ``SMALL_LIMIT`` entries, for good.  The order is the same in
+    both: (time, priority, eid).
     """
 
-    __slots__ = ("times", "buckets", "other")
+    __slots__ = ("times", "buckets", "other", "barriers", "small", "heap", "push_small")
+
+    SMALL_LIMIT = 512
 
     def __init__(self) -> None:
         self.times: list[float] = []
         self.buckets: dict[float, deque] = {}
         self.other: list[tuple] = []
+        self.small = True
+        self.heap: list[tuple] = []  # the NORMAL entries while ``small``
+        self.push_small = partial(heappush, self.heap)
+        # the times of the queued entries that may touch any host (a
+        # ``kernel.call_at`` callback, a SimPy event of priority NORMAL): no
+        # host handles an event ahead of the first (see ``Host._drain``).
+        # Kept by whoever pushes and pops such an entry.
+        self.barriers: list[float] = []
 
     def push(self, entry: tuple) -> None:
         if entry[1] == _NORMAL:
+            if self.small:
+                heappush(self.heap, entry)
+                return
             t = entry[0]
             b = self.buckets.get(t)
             if b is None:
@@ -87,8 +110,19 @@ class _Calendar:
         else:
             heappush(self.other, entry)
 
+    def grow(self) -> None:
+        """Leave ``small``: the heap's entries move into buckets, in order."""
+        if not self.small:
+            return
+        self.small = False
+        heap = sorted(self.heap)
+        self.heap.clear()
+        for e in heap:
+            self.push_normal(e)
+
     def push_normal(self, entry: tuple) -> None:
-        """``push`` for an entry known to have priority NORMAL (hot path)."""
+        """``push`` for an entry known to have priority NORMAL, once not
+        ``small`` (hot path)."""
         t = entry[0]
         b = self.buckets.get(t)
         if b is None:
@@ -102,6 +136,11 @@ class _Calendar:
     def pop(self) -> tuple:
         """Remove and return the first entry (``IndexError`` when empty)."""
         times, other = self.times, self.other
+        if self.small:
+            heap = self.heap
+            if heap and not (other and other[0] < heap[0]):
+                return heappop(heap)
+            return heappop(other)
         if times:
             t = times[0]
             b = self.buckets[t]
@@ -123,6 +162,12 @@ class _Calendar:
     def first_time(self) -> float:
         """The time of the first entry (``inf`` when empty)."""
         times, other = self.times, self.other
+        if self.small:
+            times = self.heap
+            if times:
+                t = times[0][0]
+                return other[0][0] if other and other[0][0] < t else t
+            return other[0][0] if other else float("inf")
         if times:
             t = times[0]
             return other[0][0] if other and other[0][0] < t else t
@@ -130,15 +175,17 @@ class _Calendar:
 
     def __len__(self) -> int:
         return (sum(1 if b.__class__ is tuple else len(b) for b in self.buckets.values())
-                + len(self.other))
+                + len(self.other) + len(self.heap))
 
     def __bool__(self) -> bool:
-        return bool(self.times or self.other)
+        return bool(self.times or self.other or self.heap)
 
 
 def _simpy_process(env: simpy.Environment, item: tuple) -> None:
     """What ``simpy.Environment.step`` does with an entry it popped."""
     env._now = item[0]
+    if item[1] == _NORMAL:
+        heappop(env._cal.barriers)  # (see _Environment.schedule)
     event = item[3]
     callbacks, event.callbacks = event.callbacks, None
     try:
@@ -163,7 +210,13 @@ class _Environment(simpy.Environment):
         self._queue = self._cal = _Calendar()  # type: ignore[assignment]
 
     def schedule(self, event: Any, priority: int = _NORMAL, delay: float = 0) -> None:
-        self._cal.push((self._now + delay, priority, next(self._eid), event))
+        t = self._now + delay
+        if priority == _NORMAL:
+            # a SimPy process may do anything to any host when it resumes:
+            # a barrier to the hosts' look-ahead (the other priorities wait
+            # in ``other``, which hosts look at as well)
+            heappush(self._cal.barriers, t)
+        self._cal.push((t, priority, next(self._eid), event))
 
     def peek(self) -> float:
         return self._cal.first_time()

@@ -33,16 +33,33 @@ the host was added with ``validate_every_step=True``.
 a plain tuple in the environment's own queue (the entry layouts are in
 ``penumbra.sim.eventqueue``): a batch of messages from one host to one
 destination at one instant is *one* entry, handed to the machine one
-message at a time.  A busy host schedules
-one wake-up at its ``busy_until``; when nothing else in the whole simulation
-is due by then, it skips even that and handles its next queued event at
-once, with ``now`` = that event's proper start time.  The order of
-everything observable is exactly that of the one-wake-up-per-event schedule,
-but the SimPy clock (``env.now``) may lag a host's clock (``host.now``)
-while the host catches up: inside handlers, always use ``host.now``; and a
-``run_until`` predicate may see a host's machine slightly ahead of
-``env.now``.  ``kernel.run`` drives the heap with its own loop (SimPy events
-and processes go through ``env.step``); ``env.run`` works as well.
+message at a time.
+
+**Look-ahead.**  A busy host handles every event already in its inbox in
+one go, each with ``now`` = its proper start time (the previous one's
+finish), ahead of ``env.now``: what reaches the host later (a message, a
+timer, a local event) queues behind them anyway, so the host sees exactly
+the events, in the order and at the times, of a schedule with one wake-up
+per event.  It stops, and schedules one wake-up at its ``busy_until``,
+only when something that could change its next step out of turn is due by
+then: an entry of its own that jumps the inbox (an urgent event, a
+``host.call_at`` callback, a pause's resume: ``host._specials``; that
+entry resumes it, so it queues nothing: ``host._stalled``), a *barrier*
+(a ``kernel.call_at`` callback or a SimPy event, which may crash, pause,
+slow or inject into any host: ``_Calendar.barriers``), a run's horizon, or
+when it is ``kernel.look_ahead`` (1 ms) past the entry that woke it (so a
+long backlog is not all sent, and queued, at once).  A simulated program's own callbacks that touch no host but
+through messages use ``kernel.program_call_at``, no barrier.  What changes
+against the one-wake-up schedule is the interleaving of different hosts'
+steps, and so the order of equal-time entries pushed by different hosts
+(eids are handed out in a different order): decided in docs/DESIGN.md
+(the look-ahead drain), it changed every trace hash once.  A partitioned
+run's hash is per address and the same for any number of partitions.
+The SimPy clock (``env.now``) may lag a host's clock (``host.now``): inside
+handlers, always use ``host.now``; a ``run_until`` predicate, or another
+host reading a machine directly, may see a machine ahead of ``env.now``.
+``kernel.run`` drives the queue with its own loop (SimPy events and
+processes go through ``env.step``); ``env.run`` works as well.
 
 **Crashes.**  ``crash(address)`` drops the machine, its inbox, its pending
 timers and handler events, and every message in flight to it; messages to
@@ -83,22 +100,21 @@ iterating sets; take randomness from ``kernel.derive_rng(name)``).
 Where things live
 -----------------
 This module holds ``SimKernel`` (building, injecting, faults on hosts,
-running, reporting) and ``gc_paused``; the endpoints it builds (``Host``,
-``Client``) are in ``penumbra.sim.endpoints``, the event queue
-(``_Calendar`` and the SimPy environment on it) in
-``penumbra.sim.eventqueue``.  ``Host`` and ``Client`` stay importable from
-here.  Imports run one way: kernel -> endpoints -> network, eventqueue.
+running, reporting); the endpoints it builds (``Host``, ``Client``) are in
+``penumbra.sim.endpoints``, the event queue (``_Calendar`` and the SimPy
+environment on it) in ``penumbra.sim.eventqueue``, the collector's policy
+during a run (``gc_paused``) in ``penumbra.sim.gcpause``.  ``Host``,
+``Client`` and ``gc_paused`` stay importable from here.  Imports run one
+way: kernel -> endpoints -> network, eventqueue; kernel -> gcpause.
 """
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import hashlib
 import random
 from collections import deque
 from collections.abc import Callable, Mapping
-from heapq import heappop
+from heapq import heappop, heappush
 from typing import Any
 
 import simpy
@@ -108,6 +124,7 @@ from penumbra.core.messages import Event, Log, Message
 from .costs import ZERO, CostModel
 from .endpoints import Client, Host, Remote, _Endpoint
 from .eventqueue import _NORMAL, _URGENT, _Calendar, _Environment, _simpy_process
+from .gcpause import _gc_state, gc_paused  # noqa: F401 - (re-exported: callers use them from here)
 from .network import Network
 from .trace import Trace
 
@@ -132,59 +149,22 @@ class UnknownAddress(KeyError):
         return str(self.args[0])
 
 
+class _Program:
+    """The owner of ``program_call_at`` entries (never crashes: epoch 0)."""
+
+    __slots__ = ("_specials",)
+    epoch = 0
+    _stalled = False
+
+    def __init__(self) -> None:
+        self._specials: list[float] = []  # (kept like a host's; nobody reads it)
+
+    def _call(self, now: float, fn: Callable, args: tuple) -> None:
+        fn(*args)
+
+
 class _StopLoop(Exception):
     """Raised by a run horizon's entry to end ``SimKernel._loop``."""
-
-
-# ===========================================================================
-# The cyclic garbage collector during a simulation
-
-
-_gc_state = {"live": 0, "grown": 0}  # objects after our last full collection; made since
-
-
-@contextlib.contextmanager
-def gc_paused():
-    """Run a block with Python's cyclic collector off, and leave no
-    collection pass behind it.
-
-    Why: a simulation allocates millions of long-lived objects.  Simply
-    disabling the collector and enabling it again after a ``run()`` chunk
-    leaves all of them in the youngest generation, so the first allocation
-    after the chunk walks everything the chunk left alive (0.4 s a chunk at
-    1,000 nodes; experiments run 20+ chunks).  Instead, at the end of the
-    block every live object is moved to the oldest generation
-    (``gc.freeze()`` then ``gc.unfreeze()``: two list splices, O(1)), where
-    it waits for a full collection as any long-lived object does.  Nothing
-    stays frozen: an explicit ``gc.collect()`` still sees everything.
-
-    Safety: CPython starts full collections by counting what survives its
-    younger generations, which these objects skip, so the blocks count the
-    objects they leave (``gc.get_count()``, O(1)); when that is four times
-    what was alive after the last full collection run here (and over a
-    million), the block ends with one (``gc.collect()``): amortised O(1) per
-    object, as CPython's own rule for its oldest generation.  Nested blocks
-    and a collector that was already off are left alone.
-    """
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    st = _gc_state
-    c0 = gc.get_count()[0]
-    try:
-        yield
-    finally:
-        st["grown"] += max(0, gc.get_count()[0] - c0)
-        if st["grown"] > max(4 * st["live"], 1_000_000):
-            gc.collect()
-            gc.freeze()
-            st["live"] = gc.get_freeze_count()
-            st["grown"] = 0
-        else:
-            gc.freeze()
-        gc.unfreeze()  # everything now in the oldest generation
-        gc.enable()
 
 
 # ===========================================================================
@@ -226,7 +206,9 @@ class SimKernel:
         # kernel pushes its entries there directly.
         self._cal: _Calendar = self.env._cal
         self._queue = self._cal  # the name SimPy uses
-        self._push = self._cal.push_normal  # for entries of priority NORMAL
+        # for entries of priority NORMAL: a plain heap's push while the queue
+        # is small, the buckets' once it grew (``_grow_queue``)
+        self._push = self._cal.push_small
         self._eid = self.env._eid
         self.costs = costs if costs is not None else ZERO
         self.network = network if network is not None else Network.from_costs(self.costs)
@@ -254,6 +236,12 @@ class SimKernel:
         self._lost = 0
         self._undeliverable = 0
         self._running = False
+        self._program = _Program()  # owns program_call_at entries
+        # how far (simulated seconds) a host handles its queued events ahead
+        # of the entry that woke it (see "Look-ahead"): unbounded, a host
+        # with a long backlog (the head at boot) sent all of it at once, and
+        # the queue held 437,000 batches at 1,000 nodes (+190 MB)
+        self.look_ahead = 1e-3
 
     # ------------------------------------------------------------------
     # building the cluster
@@ -401,15 +389,35 @@ class SimKernel:
         elif ep.alive:
             # Via the heap, so that a handler calling this mid-step cannot
             # disturb the host's batch of outgoing messages.
+            heappush(ep._specials, self.env.now)
             self._push((self.env.now, _NORMAL, next(self._eid), self._on_call,
-                                   ep.send, (to, msg), ep, ep.epoch))
+                        ep.send, (to, msg), ep, ep.epoch))
 
     def call_at(self, t: float, fn: Callable, *args: Any) -> None:
-        """Run ``fn(*args)`` at simulated time ``t``."""
+        """Run ``fn(*args)`` at simulated time ``t``.
+
+        ``fn`` may do anything (crash, pause or slow a host, inject into
+        one, read a machine), so no host handles an event ahead of it (it is
+        a barrier to the look-ahead, see "Efficiency").  A simulated
+        program's own work that touches no host but through messages uses
+        ``program_call_at``."""
         if t < self.env.now:
             raise ValueError(f"call_at({t!r}) is in the past (now is {self.env.now!r})")
-        self._push((float(t), _NORMAL, next(self._eid), self._on_call, fn, args,
-                               None, 0))
+        t = float(t)
+        heappush(self._cal.barriers, t)
+        self._push((t, _NORMAL, next(self._eid), self._on_call, fn, args, None, 0))
+
+    def program_call_at(self, t: float, fn: Callable, *args: Any) -> None:
+        """``call_at`` for a simulated program's own work (a driver's CPU
+        time, its client machine's timers): ``fn`` acts on the program and
+        its client only -- it sends messages, it does not crash, pause,
+        slow or inject into a host, nor read a machine -- so hosts may
+        handle their queued events ahead of it (no barrier)."""
+        if t < self.env.now:
+            raise ValueError(f"program_call_at({t!r}) is in the past (now is {self.env.now!r})")
+        p = self._program
+        heappush(p._specials, float(t))
+        self._push((float(t), _NORMAL, next(self._eid), self._on_call, fn, args, p, 0))
 
     def call_after(self, dt: float, fn: Callable, *args: Any) -> None:
         self.call_at(self.env.now + dt, fn, *args)
@@ -442,6 +450,7 @@ class SimKernel:
             ep.inbox.clear()
             ep.urgent.clear()
             ep.wake = False
+            ep._stalled = False
             ep.busy_until = now
             ep.state.clear()
         if self.trace is not None:
@@ -508,6 +517,7 @@ class SimKernel:
         if self.trace is not None:
             self.trace.note(now, address, f"pause {duration:g}s")
         # owned by the endpoint: a crash meanwhile cancels the resume
+        heappush(ep._specials, resume)
         self._push((resume, _NORMAL, next(self._eid), self._on_call, ep._resume,
                                (bool(timers_first),), ep, ep.epoch))
         return True
@@ -565,12 +575,61 @@ class SimKernel:
         finally:
             self._running = False
 
+    def _grow_queue(self) -> None:
+        """The queue outgrew a plain heap: buckets from now on (see
+        ``_Calendar``); everything that pushes is told."""
+        cal = self._cal
+        cal.grow()
+        self._push = cal.push_normal
+        self.network._qpush = cal.push_normal
+
+    def _loop_small(self, predicate: Callable[[], bool] | None,
+                    check_every: float | None) -> bool | None:
+        """``_loop_body`` while the queue is a plain heap; returns None when
+        it grew past ``SMALL_LIMIT`` (``_loop_body`` goes on with buckets)."""
+        cal = self._cal
+        heap, other = cal.heap, cal.other
+        env = self.env
+        limit = cal.SMALL_LIMIT
+        next_check = env._now
+        while True:
+            if heap:
+                item = heap[0]
+                if other and other[0] < item:
+                    item = heappop(other)
+                else:
+                    heappop(heap)
+            elif other:
+                item = heappop(other)
+            else:
+                return bool(predicate()) if predicate is not None else False
+            if len(item) == 4:
+                _simpy_process(env, item)
+            else:
+                env._now = item[0]
+                item[3](item)
+            if predicate is not None:
+                if check_every is None:
+                    if predicate():
+                        return True
+                elif env._now >= next_check:
+                    if predicate():
+                        return True
+                    next_check = env._now + check_every
+            if len(heap) > limit:
+                self._grow_queue()
+                return None
+
     def _loop_body(self, predicate: Callable[[], bool] | None,
                    check_every: float | None) -> bool:
         cal = self._cal
         times, buckets, other = cal.times, cal.buckets, cal.other
         env = self.env
         try:
+            if cal.small:
+                done = self._loop_small(predicate, check_every)
+                if done is not None:
+                    return done
             # (the pop is _Calendar.pop, inlined)
             if predicate is None:
                 while True:
@@ -646,9 +705,14 @@ class SimKernel:
     def _on_call(self, item: tuple) -> None:
         owner = item[6]
         if owner is None:
+            heappop(self._cal.barriers)  # (its time: the first of them)
             item[4](*item[5])
-        elif owner.epoch == item[7]:
-            owner._call(item[0], item[4], item[5])
+        else:
+            heappop(owner._specials)  # (stale or not: it was pushed)
+            if owner.epoch == item[7]:
+                owner._call(item[0], item[4], item[5])
+            if owner._stalled:
+                owner._unstall(item[0])
 
     # ------------------------------------------------------------------
     # internals used by the network

@@ -71,7 +71,7 @@ BUGS: tuple[Bug, ...] = (
     # draws-faults
     Bug("sync-ignores-trimmed-log", "a GCS replica re-sends its log to a new successor that lacks entries it already "
         "trimmed, instead of making it copy state again: after two crashes in a catch-up window the chain stalls",
-        gcs.sync_ignores_trimmed_log, seed=44),
+        gcs.sync_ignores_trimmed_log, seed=185),
     Bug("dead-blocked-worker-returns-lent-cpu", "a worker that dies while blocked in get gives back its whole CPU, "
         "though it had lent it already", scheduling.dead_blocked_worker_returns_lent_cpu, seed=12),
     Bug("gpu-fraction-dropped", "a node's fractional last GPU gets no GPU instance: a node of half a GPU never runs a "
@@ -81,7 +81,7 @@ BUGS: tuple[Bug, ...] = (
     Bug("head-pause-no-fresh-grace", "after a pause of its own, the head keeps the heartbeats each node missed "
         "before it: a heartbeat storm around the pause makes them add up to the timeout", recovery.head_pause_no_fresh_grace, seed=102),
     Bug("joiner-counted-caught-up", "the chain master counts a replica appended to its chain as caught up at once: "
-        "it cuts a silent member that alone holds every acknowledged write", gcs.joiner_counted_caught_up, seed=57),
+        "it cuts a silent member that alone holds every acknowledged write", gcs.joiner_counted_caught_up, seed=85),
     # draws-surface (issue 14): each first caught by a draw of surface the swarm did not use before
     Bug("error-in-first-return-only", "a failed task's error is materialised in its first return only: a waiter on "
         "the node on another of its num_returns waits for good", scheduling.error_in_first_return_only, seed=2),

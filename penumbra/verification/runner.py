@@ -207,6 +207,10 @@ def run_plan(plan: SeedPlan, *, faults: bool = True, validate: bool = True, max_
                 if info.error is not None:
                     ready[key] = ("e", info.error.kind, info.error.message if info.error.kind is ErrorKind.TASK_ERROR else "")
                     return
+                found, value = d.local_value(oid)  # (a direct call's result, inline)
+                if found:
+                    ready[key] = ("v", value)
+                    return
                 node = cluster.nodes.get(d.node)
                 item = node.store.get(oid) if node is not None else None
                 if item is None:

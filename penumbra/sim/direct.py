@@ -65,7 +65,17 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from penumbra.core.actor_caller import ActorCaller, Failed, Reroute, Resolved, Watch
 from penumbra.core.actor_inbox import ActorInbox, EndActor, InterruptCall, Reply, ReportRan, RunCall
-from penumbra.core.messages import Execute, KillActor, PutObject, Send, SetTimer, SubmitTask
+from penumbra.core.messages import (
+    ClientDisconnected,
+    Execute,
+    KillActor,
+    ObjectsReady,
+    PutObject,
+    Send,
+    SetTimer,
+    SubmitTask,
+    WatchObjects,
+)
 from penumbra.core.msg_direct import (
     ActorEndpoint,
     ActorWatched,
@@ -112,6 +122,11 @@ class _Served:
     alive: bool = True
     # caller id -> address of the connection its calls last came on
     callers: dict[str, str] = field(default_factory=dict)
+    # calls to start, in the order the inbox let them (a call starts once
+    # its arguments are in the node's store, and after the calls before
+    # it): watch request id (0: none) -> (the RunCall, the ids not reported yet)
+    starting: dict[int, tuple] = field(default_factory=dict)
+    next_req: int = 1
 
 
 class SimDirect:
@@ -147,6 +162,9 @@ class SimDirect:
             return
         t = type(msg)
         now = self._now(s)
+        if t is ObjectsReady:
+            self._fetched(s, msg)
+            return
         if t is DirectCall:
             caller = msg.spec.caller_id
         elif t is DirectCancel or t is DirectFloor:
@@ -194,6 +212,47 @@ class SimDirect:
                                         urgent=True)
 
     def _run_call(self, s: _Served, c: RunCall) -> None:
+        """Run the call once its arguments are in the node's store: the
+        worker gets them through its node (a watch with fetch), as the real
+        worker resolves a direct call's refs."""
+        store = s.node.store
+        missing = tuple(dict.fromkeys(d for d in c.spec.dependencies if d not in store))
+        req = s.next_req
+        s.next_req += 1
+        s.starting[req] = (c, set(missing))
+        if missing:
+            s.client.send(s.node.address, WatchObjects(client=s.endpoint, req_id=req, object_ids=missing,
+                                                       fetch=True, need=len(missing), stimulus_id=c.stimulus_id))
+        self._start_ready(s)
+
+    def _fetched(self, s: _Served, msg: ObjectsReady) -> None:
+        f = s.starting.get(msg.req_id)
+        if f is None:
+            return
+        c, left = f
+        for oid, info in msg.objects:
+            if info.error is not None:
+                # an argument holds an error: the call fails with it, unrun
+                del s.starting[msg.req_id]
+                self._carry(s, s.inbox.finished(c.spec.task_id, self._now(s), (), info.error, 0.0, None,
+                                                msg.stimulus_id))
+                self._start_ready(s)
+                return
+            left.discard(oid)
+        self._start_ready(s)
+
+    def _start_ready(self, s: _Served) -> None:
+        """Start the calls whose arguments are here, in order."""
+        starting = s.starting
+        while starting and s.alive:
+            req = next(iter(starting))
+            c, left = starting[req]
+            if left:
+                return
+            del starting[req]
+            self._execute(s, c)
+
+    def _execute(self, s: _Served, c: RunCall) -> None:
         node, w = s.node, s.worker
         spec = c.spec
         cmd = Execute(worker_id=w.worker_id, spec=spec, attempt=c.attempt, gpu_ids=s.gpu_ids,
@@ -282,6 +341,10 @@ class SimDirect:
         if self.served.get(ep) is s:
             del self.served[ep]
         self.kernel.remove_client(ep)
+        node = s.node
+        if s.starting and node.alive and node.host is not None and node.host.alive:
+            # (its watches of arguments end with it)
+            node.host.deliver_at(self._now(s), ClientDisconnected(client=ep, stimulus_id=f"gone:{ep}"), urgent=True)
         for key in [k for k in self.open if k[1] == ep]:
             self._break(key, self.kernel.network.latency(ep, key[0]))
 
@@ -345,6 +408,9 @@ class DirectPort:
         self.alive = alive
         self.waiter = waiter
         self.caller = ActorCaller(address)
+        # a dict to note when each call's results were answered here
+        # (result id -> time), for checkers; None: not kept
+        self.answered_at: dict | None = None
 
     @property
     def now(self) -> float:
@@ -394,8 +460,12 @@ class DirectPort:
                 if self.alive():
                     self.direct.send(self, c.to, c.msg)
             elif t is Resolved:
+                if self.answered_at is not None:
+                    self._note(c.spec)
                 self.run(self.machine.resolve_local(self._results(c.spec, c.reply), c.stimulus_id))
             elif t is Failed:
+                if self.answered_at is not None:
+                    self._note(c.spec)
                 info = ObjectInfo(0, c.error)
                 self.run(self.machine.resolve_local({oid: (info, ("e", c.error)) for oid in c.spec.return_ids},
                                                     c.stimulus_id))
@@ -412,6 +482,11 @@ class DirectPort:
             elif t is SetTimer:
                 k = self.direct.kernel
                 k.call_at(max(c.at, k.env._now), self._timer, c.key)
+
+    def _note(self, spec: Any) -> None:
+        now = self.now
+        for oid in spec.return_ids:
+            self.answered_at[oid] = now
 
     def _results(self, spec: Any, reply: DirectReply) -> dict:
         if reply.error is not None:

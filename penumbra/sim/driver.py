@@ -138,6 +138,9 @@ class SimDriver:
         direct = cluster.direct
         self.direct = direct.port(self.client, address, node, self.machine, self._run, lambda: self.alive,
                                   SimWaiter) if direct.enabled else None
+        # actors it holds a handle of with replay=True: their calls take the
+        # routed path from the first (the real handle knows it too)
+        self.replay_actors: set[ActorId] = set()
         self.client.send(node, RegisterClient(client=address, job_id=job_id, is_driver=True))
 
     @property
@@ -181,7 +184,7 @@ class SimDriver:
         return spec
 
     def _submit_now(self, spec: TaskSpec) -> None:
-        if spec.actor_id is not None and self.direct is not None:
+        if spec.actor_id is not None and self.direct is not None and spec.actor_id not in self.replay_actors:
             self.direct.submit(spec)  # (a call: to the actor's worker)
         else:
             self.client.send(self.node, SubmitTask(client=self.address, spec=spec))
@@ -207,7 +210,7 @@ class SimDriver:
         for s in specs:
             if keep:
                 self.submitted_at[s.task_id] = now
-            if direct is not None and s.actor_id is not None:
+            if direct is not None and s.actor_id is not None and s.actor_id not in self.replay_actors:
                 direct.submit(s)
             else:
                 send(node, SubmitTask(client=me, spec=s))
@@ -466,6 +469,8 @@ class SimActor:
         self.actor_id = spec.actor_id
         self.creation = creation
         self.calls = 0
+        if spec.replay:
+            driver.replay_actors.add(spec.actor_id)
 
     def call(self, model: Any = None, *, method: str = "m", deps: Sequence[ObjectId] = (), submit: bool = True) -> TaskSpec:
         """Call ``method`` (running ``model``, e.g. ``TaskModel(update=...)``)."""

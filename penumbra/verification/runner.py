@@ -195,6 +195,8 @@ def run_plan(plan: SeedPlan, *, faults: bool = True, validate: bool = True, max_
             cluster.wait_ready(timeout=10.0)
             base = cluster.now
             d = cluster.driver(DRIVER_NODE)
+            if d.direct is not None:
+                d.direct.answered_at = {}  # (when its direct calls' results came: see _start_wait)
             # a second driver program, if some actor calls come from it
             d1 = cluster.driver(DRIVER_NODE) if any(c.caller for a in plan.workload.actors for c in a.calls) else None
             handles: dict[tuple[str, int], SimActor] = {}  # (actor, caller) -> that caller's handle
@@ -469,6 +471,11 @@ def _start_wait(wp, d, keys: dict, outcomes: dict, sealed: dict, base: float, co
     ``REPORT_SLACK`` before it gave up: ``WaitOutcome.missed``."""
     kernel = d.kernel
     oids = [keys[k] for k in wp.refs]
+    # d's direct calls: result id -> when the reply came (answered here, by
+    # the actor's worker, not by the node)
+    answered = d.direct.answered_at if d.direct is not None else {}
+    mine = d.direct.caller.calls if d.direct is not None else {}
+    direct = {oid for oid in oids if oid in answered or oid.task_id in mine}
     key_of = dict(zip(oids, wp.refs))
     o = outcomes[wp.key] = C.WaitOutcome(started=kernel.now - base)
     rid = 0
@@ -481,6 +488,11 @@ def _start_wait(wp, d, keys: dict, outcomes: dict, sealed: dict, base: float, co
             nodes = d.cluster.nodes
             stores = [nodes[d.node].store] if wp.fetch else [n.store for n in nodes.values() if n.alive]
             for oid, k in key_of.items():
+                if oid in direct:  # (a direct call's result: ready here when its reply came)
+                    at = answered.get(oid)
+                    if k not in o.ready and at is not None and at <= by:
+                        o.missed.append(k)
+                    continue
                 at = sealed.get((d.node, oid) if wp.fetch else oid)
                 if k not in o.ready and at is not None and at <= by and any(oid in s for s in stores):
                     o.missed.append(k)
@@ -494,7 +506,7 @@ def _start_wait(wp, d, keys: dict, outcomes: dict, sealed: dict, base: float, co
             return
         o.ready.append(k)
         if info.error is None:
-            at = sealed.get((d.node, oid) if wp.fetch else oid)
+            at = answered.get(oid) if oid in direct else sealed.get((d.node, oid) if wp.fetch else oid)
             if at is None or at > now:
                 o.early.append(k)
         if len(o.ready) >= wp.num_returns:

@@ -153,8 +153,8 @@ class SimDirect:
         s = _Served(node, w, ActorInbox(a.actor_id, incarnation, max(1, a.max_concurrency)), ep, client, gpu_ids)
         self.served[ep] = s
         w.direct = s
-        node.host.deliver_now(ActorEndpoint(worker_id=w.worker_id, actor_id=a.actor_id, incarnation=incarnation,
-                                            endpoint=ep, stimulus_id=sid), urgent=True)
+        self._to_node(s, ActorEndpoint(worker_id=w.worker_id, actor_id=a.actor_id, incarnation=incarnation,
+                                       endpoint=ep, stimulus_id=sid))
 
     def _on_call(self, ep: str, msg: Any) -> None:
         s = self.served.get(ep)
@@ -183,6 +183,18 @@ class SimDirect:
             cmds = inbox.floor(msg, now)
         self._carry(s, cmds)
 
+    def _to_node(self, s: _Served, ev: Any) -> None:
+        """Hand ``ev`` to the worker's node over its local pipe, now (as
+        its other events: ahead of the network's messages).  From the
+        host's own step or callback its clock is the time; from elsewhere
+        (a timer, a message to the endpoint) an idle host's clock may lag."""
+        h = s.node.host
+        env_now = self.kernel.env._now
+        if h.now >= env_now:
+            h.deliver_now(ev, urgent=True)
+        else:
+            h.deliver_at(env_now, ev, urgent=True)
+
     def _now(self, s: _Served) -> float:
         h = s.node.host
         env_now = self.kernel.env._now
@@ -207,9 +219,8 @@ class SimDirect:
                 self._interrupt(s, c)
             elif t is EndActor:
                 inbox = s.inbox
-                s.node.host.deliver_now(KillActor(client=s.worker.worker_id, actor_id=inbox.actor_id,
-                                                  no_restart=True, exiting=c.task_id, stimulus_id=c.stimulus_id),
-                                        urgent=True)
+                self._to_node(s, KillActor(client=s.worker.worker_id, actor_id=inbox.actor_id, no_restart=True,
+                                           exiting=c.task_id, stimulus_id=c.stimulus_id))
 
     def _run_call(self, s: _Served, c: RunCall) -> None:
         """Run the call once its arguments are in the node's store: the
@@ -305,9 +316,8 @@ class SimDirect:
                 if o.data is not None:
                     store[o.object_id] = (o.size, o.data[0])
         inbox = s.inbox
-        node.host.deliver_now(DirectCallsRan(worker_id=s.worker.worker_id, actor_id=inbox.actor_id,
-                                             incarnation=inbox.incarnation, entries=c.entries,
-                                             stimulus_id=c.stimulus_id), urgent=True)
+        self._to_node(s, DirectCallsRan(worker_id=s.worker.worker_id, actor_id=inbox.actor_id,
+                                        incarnation=inbox.incarnation, entries=c.entries, stimulus_id=c.stimulus_id))
 
     def _inbox_timer(self, s: _Served, key: Any) -> None:
         if s.alive:
@@ -344,7 +354,7 @@ class SimDirect:
         node = s.node
         if s.starting and node.alive and node.host is not None and node.host.alive:
             # (its watches of arguments end with it)
-            node.host.deliver_at(self._now(s), ClientDisconnected(client=ep, stimulus_id=f"gone:{ep}"), urgent=True)
+            self._to_node(s, ClientDisconnected(client=ep, stimulus_id=f"gone:{ep}"))
         for key in [k for k in self.open if k[1] == ep]:
             self._break(key, self.kernel.network.latency(ep, key[0]))
 

@@ -26,7 +26,7 @@ from ..core.gcs import GcsReplica
 from ..core.gcs_client import GcsClient
 from ..core.ids import ObjectId
 from ..core.messages import PutFailed
-from ..core.records import ActorState, ErrorKind, PlacementGroupEntry
+from ..core.records import ActorState, ErrorInfo, ErrorKind, PlacementGroupEntry
 from ..core.scheduler import LocalScheduler
 from ..core.specs import ResourceSet
 from ..core.tables import CreatePlacementGroup, Op, RemovePlacementGroup
@@ -206,21 +206,26 @@ def run_plan(plan: SeedPlan, *, faults: bool = True, validate: bool = True, max_
 
             def on_ready(oid, info, now):
                 key = oid_key[oid]
-                if info.error is not None:
-                    ready[key] = ("e", info.error.kind, info.error.message if info.error.kind is ErrorKind.TASK_ERROR else "")
-                    return
-                found, value = d.local_value(oid)  # (a direct call's result, inline)
-                if found:
-                    ready[key] = ("v", value)
-                    return
-                node = cluster.nodes.get(d.node)
-                item = node.store.get(oid) if node is not None else None
-                if item is None:
-                    # evicted between the reply and our read (a small store):
-                    # ask again, as a real client's get does
-                    d.watch([oid], on_ready)
-                    return
-                ready[key] = ("v", item[1])
+                error = info.error
+                if error is None:
+                    found, value = d.local_value(oid)  # (a direct call's result, inline)
+                    if not found:
+                        node = cluster.nodes.get(d.node)
+                        item = node.store.get(oid) if node is not None else None
+                        if item is None:
+                            # evicted between the reply and our read (a small store):
+                            # ask again, as a real client's get does
+                            d.watch([oid], on_ready)
+                            return
+                        value = item[1]
+                    if not isinstance(value, ErrorInfo):
+                        ready[key] = ("v", value)
+                        return
+                    # (an error stored as a value: a direct call that failed at
+                    # its caller, which put the error on its node, as the real
+                    # client puts an ErrorValue that a get raises)
+                    error = value
+                ready[key] = ("e", error.kind, error.message if error.kind is ErrorKind.TASK_ERROR else "")
 
             def watch(key: str, oid: ObjectId) -> None:
                 keys[key] = oid
@@ -311,9 +316,13 @@ def run_plan(plan: SeedPlan, *, faults: bool = True, validate: bool = True, max_
                                 h = handles[(a.key, c.caller)] = SimActor(d1, first.spec, first.creation)
                                 if a.name:  # (its calls go once the driver has it by name)
                                     by_name[a.key] = _ByName(d1, a, first.actor_id, res.violations)
-                        spec = h.call(c.model, method="m", deps=[keys[k] for k in c.deps], submit=not by_name.get(a.key))
-                        if by_name.get(a.key):
-                            by_name[a.key].submit(spec)
+                        # (the second driver's calls wait for its get_actor by name;
+                        # the first driver's go from its own handle: a caller's
+                        # calls leave from its own process, as direct calls must)
+                        late = by_name.get(a.key) if c.caller else None
+                        spec = h.call(c.model, method="m", deps=[keys[k] for k in c.deps], submit=not late)
+                        if late:
+                            late.submit(spec)
                         watch(c.key, spec.return_ids[0])
                         calls_made[c.key] = (h.driver, spec)
                     events.append((c.at, idx, call))

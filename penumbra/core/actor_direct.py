@@ -28,6 +28,11 @@ can do, in ``DirectHost``:
   hold the values).  A caller may drop the result (``ReleaseObjects`` with
   ``free``) before the report lands: ``note_freed`` remembers such ids for a
   while, and the output is freed as soon as it is recorded.
+* **What callers record.**  A caller sends its node the results the
+  actor's node may never record (``DirectCallsRecorded``): a call that
+  failed at the caller, and what an incarnation that died since answered
+  (its report may have died with it).  The node records them as a routed
+  call's (``on_recorded``).
 """
 
 from __future__ import annotations
@@ -38,7 +43,15 @@ from typing import TYPE_CHECKING
 from .actor_host import _Call
 from .ids import ActorId, ObjectId
 from .msg_base import Command, Send
-from .msg_direct import ActorEndpoint, ActorWatched, DirectCallsRan, EndpointRow, WatchActor, endpoint_key
+from .msg_direct import (
+    ActorEndpoint,
+    ActorWatched,
+    DirectCallsRan,
+    DirectCallsRecorded,
+    EndpointRow,
+    WatchActor,
+    endpoint_key,
+)
 from .records import ActorEntry, ActorState
 from .tables import Get, KvDelete, PutEndpoint, Subscribe, Unsubscribe
 
@@ -102,6 +115,24 @@ class DirectHost:
                         cmds += node.objects.free(o.object_id, now, sid)
             else:
                 cmds += node.fail_outputs(spec, e.error, e.attempt, now, sid, token)
+        return cmds
+
+    def on_recorded(self, ev: DirectCallsRecorded, now: float) -> list[Command]:
+        """A caller's results to record here (see ``DirectCallsRecorded``):
+        as a routed call's outputs (``store_outputs``; the driver put inline
+        data in the store) or its error (``fail_outputs``).  A result the
+        actor's node recorded too is then in two stores, as after a fetch."""
+        sid = ev.stimulus_id
+        node = self.node
+        cmds: list[Command] = []
+        for e in ev.entries:
+            spec = e.spec
+            if e.error is None:
+                node.story_add(spec.task_id, now, sid, f"result recorded by its caller {ev.client}")
+                cmds += node.store_outputs(spec, tuple((o.object_id, o.size) for o in e.outputs), e.attempt, now, sid)
+            else:
+                node.story_add(spec.task_id, now, sid, f"failed at its caller {ev.client}: {e.error.kind.value}")
+                cmds += node.fail_outputs(spec, e.error, e.attempt, now, sid)
         return cmds
 
     def note_freed(self, oid: ObjectId) -> None:

@@ -47,6 +47,7 @@ __all__ = [
     "DirectFloor",
     "DirectRan",
     "DirectCallsRan",
+    "DirectCallsRecorded",
     "ActorEndpoint",
     "WatchActor",
     "ActorWatched",
@@ -199,6 +200,20 @@ class DirectCallsRan(Message):
     worker_id: str
     actor_id: ActorId
     incarnation: int
+    entries: tuple[DirectRan, ...]
+
+
+class DirectCallsRecorded(Message):
+    """A caller to its node: record these direct calls' results here, as a
+    routed call's are (outputs in the store and the GCS, or the error),
+    for whoever else gets their refs: calls that failed at the caller
+    without a reply (their actor died or was killed, the call was
+    cancelled before it was sent), and results answered by an actor
+    incarnation that died since, which may have died before its batched
+    report reached its node.  ``entries`` as in ``DirectCallsRan``
+    (inline outputs carry their data)."""
+
+    client: str
     entries: tuple[DirectRan, ...]
 
 

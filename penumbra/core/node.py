@@ -105,7 +105,7 @@ from .messages import (
     PrepareBundles,
     ReleaseBundles,
 )
-from .msg_direct import ActorEndpoint, DirectCallsRan, WatchActor
+from .msg_direct import ActorEndpoint, DirectCallsRan, DirectCallsRecorded, WatchActor
 from .placement import BundleHolder
 from .node_jobs import NodeJobs
 from .objects import ObjectManager
@@ -780,4 +780,5 @@ _HANDLERS = {
     ActorEndpoint: lambda self, ev, now: self.direct.on_endpoint(ev, now),
     DirectCallsRan: lambda self, ev, now: self.direct.on_ran(ev, now),
     WatchActor: lambda self, ev, now: self.direct.on_watch(ev, now),
+    DirectCallsRecorded: lambda self, ev, now: self.direct.on_recorded(ev, now),
 }

@@ -39,9 +39,9 @@ which publishes it through the GCS.  The inbox's commands:
 commands: ``Send`` on the connection to an endpoint, ``Watch`` as
 ``WatchActor`` to its node (``ActorWatched`` comes back to the client),
 ``Resolved``/``Failed`` as local results of its ``ClientMachine``
-(``resolve_local``; a failure is also stored on its node, where another
-process handed the ref finds it), ``Reroute`` as ``SubmitTask``, and
-``SetTimer``.
+(``resolve_local``; a failure is also recorded by its node, where another
+process handed the ref finds it, as are ``Republish``'s results:
+``DirectCallsRecorded``), ``Reroute`` as ``SubmitTask``, and ``SetTimer``.
 
 **Connections.**  A caller opens a connection to an endpoint on its first
 send there.  The simulated network loses messages (cuts, drops); TCP does
@@ -63,14 +63,13 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from penumbra.core.actor_caller import ActorCaller, Failed, Reroute, Resolved, Watch
+from penumbra.core.actor_caller import ActorCaller, Failed, Republish, Reroute, Resolved, Watch
 from penumbra.core.actor_inbox import ActorInbox, EndActor, InterruptCall, Reply, ReportRan, RunCall
 from penumbra.core.messages import (
     ClientDisconnected,
     Execute,
     KillActor,
     ObjectsReady,
-    PutObject,
     Send,
     SetTimer,
     SubmitTask,
@@ -81,7 +80,9 @@ from penumbra.core.msg_direct import (
     ActorWatched,
     DirectCall,
     DirectCallsRan,
+    DirectCallsRecorded,
     DirectCancel,
+    DirectRan,
     DirectFloor,
     DirectOutput,
     DirectReply,
@@ -360,9 +361,9 @@ class SimDirect:
 
     # ------------------------------------------------------------------ connections
     def port(self, client: Any, address: str, node: str, machine: Any, run: Callable[[list], None],
-             alive: Callable[[], bool], waiter: Callable[[], Any]) -> "DirectPort":
+             alive: Callable[[], bool]) -> "DirectPort":
         """The direct calls of the client at ``address`` (see ``DirectPort``)."""
-        p = DirectPort(self, client, address, node, machine, run, alive, waiter)
+        p = DirectPort(self, client, address, node, machine, run, alive)
         self.ports[address] = p
         return p
 
@@ -404,11 +405,10 @@ class SimDirect:
 class DirectPort:
     """One simulated client's direct calls: it carries out its
     ``ActorCaller``'s commands (see the module doc).  ``run`` carries out
-    the client machine's commands; ``alive()``: may the client still act;
-    ``waiter()``: a new waiter of the client's kind (for a put it makes)."""
+    the client machine's commands; ``alive()``: may the client still act."""
 
     def __init__(self, direct: SimDirect, client: Any, address: str, node: str, machine: Any,
-                 run: Callable[[list], None], alive: Callable[[], bool], waiter: Callable[[], Any]) -> None:
+                 run: Callable[[list], None], alive: Callable[[], bool]) -> None:
         self.direct = direct
         self.client = client
         self.address = address
@@ -416,7 +416,6 @@ class DirectPort:
         self.machine = machine
         self.run = run
         self.alive = alive
-        self.waiter = waiter
         self.caller = ActorCaller(address)
         # a dict to note when each call's results were answered here
         # (result id -> time), for checkers; None: not kept
@@ -479,7 +478,11 @@ class DirectPort:
                 info = ObjectInfo(0, c.error)
                 self.run(self.machine.resolve_local({oid: (info, ("e", c.error)) for oid in c.spec.return_ids},
                                                     c.stimulus_id))
-                self._record_failure(c.spec, c.error)
+                # (no worker reports it: our node records its error, for
+                # whoever else was handed its refs)
+                self._record((DirectRan(spec=c.spec, error=c.error),), c.stimulus_id)
+            elif t is Republish:
+                self._record(c.entries, c.stimulus_id)
             elif t is Watch:
                 if self.alive():
                     self.client.send(self.node, WatchActor(client=self.address, actor_id=c.actor_id,
@@ -505,16 +508,15 @@ class DirectPort:
         return {o.object_id: (ObjectInfo(o.size), ("v", o.data[0]) if o.data is not None else None)
                 for o in reply.outputs}
 
-    def _record_failure(self, spec: Any, error: ErrorInfo) -> None:
-        """The call failed here, without a reply: store its error on our
-        node, where a process handed its ref finds it (as the real caller
-        does, and the routed path's router)."""
+    def _record(self, entries: tuple, sid: str) -> None:
+        """Our node records these results (``DirectCallsRecorded``); inline
+        outputs go into its store, as the real daemon puts a message's
+        inline data."""
         node = self.direct.cluster.nodes.get(self.node)
         if node is None or not node.alive or not self.alive():
             return
-        for oid in spec.return_ids:
-            node.store[oid] = (0, error)
-            me = self.address
-            _, cmds = self.machine.request(self.waiter(), lambda rid, oid=oid: PutObject(client=me, req_id=rid, object_id=oid,
-                                                                                size=0))
-            self.run(cmds)
+        for e in entries:
+            for o in e.outputs:
+                if o.data is not None:
+                    node.store[o.object_id] = (o.size, o.data[0])
+        self.client.send(self.node, DirectCallsRecorded(client=self.address, entries=entries, stimulus_id=sid))

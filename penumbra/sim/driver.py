@@ -136,8 +136,8 @@ class SimDriver:
         self.busy_until = 0.0
         # its actor calls go straight to the actors' workers (``penumbra.sim.direct``)
         direct = cluster.direct
-        self.direct = direct.port(self.client, address, node, self.machine, self._run, lambda: self.alive,
-                                  SimWaiter) if direct.enabled else None
+        self.direct = direct.port(self.client, address, node, self.machine, self._run,
+                                  lambda: self.alive) if direct.enabled else None
         # actors it holds a handle of with replay=True: their calls take the
         # routed path from the first (the real handle knows it too)
         self.replay_actors: set[ActorId] = set()

@@ -15,6 +15,9 @@ machine's commands out and feeds it what happens:
   them never asks the node.  Small values come inline; a large one was
   written to the actor's node's shared-memory store, and is read here when
   that node is ours (else fetched through our node, as any remote object);
+* ``Republish(entries)``: ``DirectCallsRecorded`` to the node (results an
+  incarnation that died may not have reported; a failed call's error goes
+  the same way);
 * ``Reroute(spec)``: the call takes the routed path (``SubmitTask``: a
   ``replay=True`` actor);
 * ``SetTimer``: a trio sleep, then ``timer``.
@@ -33,9 +36,9 @@ from typing import Any
 
 import trio
 
-from ..core.actor_caller import ActorCaller, Failed, Reroute, Resolved, Watch
-from ..core.messages import PutObject, Send, SetTimer, SubmitTask
-from ..core.msg_direct import ActorWatched, DirectReply, WatchActor
+from ..core.actor_caller import ActorCaller, Failed, Republish, Reroute, Resolved, Watch
+from ..core.messages import Send, SetTimer, SubmitTask
+from ..core.msg_direct import ActorWatched, DirectCallsRecorded, DirectRan, DirectReply, WatchActor
 from ..core.records import ActorState, ObjectInfo
 from .direct_links import Links
 
@@ -170,7 +173,12 @@ class DirectCalls:
                 info = ObjectInfo(0, c.error)
                 att = ("e", c.error)
                 rt._run(rt.machine.resolve_local({oid: (info, att) for oid in c.spec.return_ids}))
-                self._record_failure(c.spec, c.error)
+                # no worker reports it: our node records its error, where a
+                # process handed one of its refs finds it, as the routed
+                # path's router records the error of a call it fails
+                self._to_node(DirectCallsRecorded(client=rt.client_id, entries=(DirectRan(spec=c.spec, error=c.error),)))
+            elif t is Republish:
+                self._to_node(DirectCallsRecorded(client=rt.client_id, entries=c.entries))
             elif t is Watch:
                 self._to_node(WatchActor(client=rt.client_id, actor_id=c.actor_id))
             elif t is Reroute:
@@ -180,28 +188,6 @@ class DirectCalls:
                 self._args.pop(c.spec.task_id, None)  # (the node pins them now: dropped after)
             elif t is SetTimer:
                 self._set_timer(c.at, c.key)
-
-    def _record_failure(self, spec, error) -> None:
-        """A call failed here, without a reply (its actor died, was killed,
-        the call was cancelled before it was sent): no worker reports it,
-        so store its error on our node, where a process handed one of its
-        refs finds it (a ``get`` there raises it), as the routed path's
-        router stores the error of a call it fails.  (Holding the lock.)"""
-        rt = self.rt
-        from ..api.runtime import ErrorValue
-        from .objectstore import LazyShm, encode_value
-
-        for oid in spec.return_ids:
-            try:
-                size, data = encode_value(oid, ErrorValue(error), LazyShm(rt), subject="an actor call's error")
-            except Exception:  # noqa: BLE001 - an error that does not encode: its caller has it at least
-                continue
-            fut = rt.bridge.future()
-            _, cmds = rt.machine.request(fut, lambda rid, oid=oid, size=size: PutObject(
-                client=rt.client_id, req_id=rid, object_id=oid, size=size))
-            rt._run(cmds, {oid: ("i", data)} if data is not None else None)
-            # (then unpinned, as a task's output is)
-            fut.add_done_callback(lambda f, oid=oid: rt.release([oid]) if not f.cancelled() else None)
 
     def _to_node(self, msg) -> None:
         rt = self.rt

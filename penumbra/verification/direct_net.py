@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..core.actor_caller import ActorCaller, Failed, Reroute, Resolved, Watch
+from ..core.actor_caller import ActorCaller, Failed, Republish, Reroute, Resolved, Watch
 from ..core.actor_inbox import ActorInbox, EndActor, InterruptCall, ReportRan, Reply, RunCall
 from ..core.ids import ActorId, actor_id_of, child_task_id, driver_task_id
 from ..core.msg_base import Send, SetTimer
@@ -286,6 +286,16 @@ class DirectNet:
                 self.timers.append((caller, c.key, c.at))
             elif t is Reroute:
                 raise Broken(f"a call to an actor without replay was rerouted: {c.spec!r}")
+            elif t is Republish:
+                # results handed to the node: each resolved here, by an
+                # incarnation the row says is gone
+                for e in c.entries:
+                    o = self.outcomes.get(e.spec.task_id)
+                    if o is None or o.kind != "resolved":
+                        raise Broken(f"republished {e.spec!r}, which was not resolved by a reply ({o})")
+                    if self.state is not ActorState.DEAD and o.incarnation >= self.incarnation:
+                        raise Broken(f"republished {e.spec!r}, answered by incarnation {o.incarnation}, "
+                                     f"which is live")
             else:
                 raise TypeError(f"direct_net: no handler for caller command {c!r}")
 

@@ -265,11 +265,18 @@ class SimDirect:
             self._execute(s, c)
 
     def _execute(self, s: _Served, c: RunCall) -> None:
+        # (on the node's host, at the present time: an executor schedules
+        # on the host's clock, which lags while the host is idle)
+        s.node.host.call_at(self._now(s), self._execute_now, s, c)
+
+    def _execute_now(self, s: _Served, c: RunCall) -> None:
+        if not s.alive:
+            return
         node, w = s.node, s.worker
         spec = c.spec
         cmd = Execute(worker_id=w.worker_id, spec=spec, attempt=c.attempt, gpu_ids=s.gpu_ids,
                       stimulus_id=c.stimulus_id)
-        now = self._now(s)
+        now = node.host.now
         w.began[spec.task_id] = w.free_at if w.sequential and w.free_at > now else now
         out = self.cluster.executor.execute(node, w, cmd)
         if out is not None:
@@ -303,6 +310,16 @@ class SimDirect:
                                          task_name=spec.display_name())
             cmds = s.inbox.finished(spec.task_id, now, (), err, elapsed, span, cmd.stimulus_id)
         self._carry(s, cmds)
+
+    def exiting(self, w: "SimWorker", task_id: Any) -> bool:
+        """Direct call ``task_id`` on ``w`` called ``exit_actor()``: its
+        inbox ends the actor once the calls running with it ended (False:
+        not a direct call; the routed path's rule applies)."""
+        s = w.direct
+        if s is None or not s.alive or task_id not in s.inbox.running:
+            return False
+        self._carry(s, s.inbox.exit(task_id, self._now(s)))
+        return True
 
     def owns(self, w: "SimWorker", task_id: Any) -> bool:
         """Is ``task_id`` a direct call running on ``w``?"""
@@ -417,6 +434,7 @@ class DirectPort:
         self.run = run
         self.alive = alive
         self.caller = ActorCaller(address)
+        self.args: dict = {}  # task id -> argument refs of a call in flight (see ``hold``)
         # a dict to note when each call's results were answered here
         # (result id -> time), for checkers; None: not kept
         self.answered_at: dict | None = None
@@ -429,6 +447,12 @@ class DirectPort:
     def submit(self, spec: Any) -> None:
         self.machine.expect_local(spec.return_ids)
         self._carry(self.caller.submit(spec, self.now))
+
+    def hold(self, spec: Any, refs: list) -> None:
+        """Keep call ``spec``'s argument refs alive until it is resolved
+        (no node pins a direct call's arguments, as for a routed one)."""
+        if self.caller.owns(spec.task_id):
+            self.args[spec.task_id] = refs
 
     def cancel(self, task_id: Any, force: bool) -> bool:
         """``cancel`` of a direct call of ours (False: not one; the node
@@ -469,10 +493,14 @@ class DirectPort:
                 if self.alive():
                     self.direct.send(self, c.to, c.msg)
             elif t is Resolved:
+                if self.args:
+                    self.args.pop(c.spec.task_id, None)
                 if self.answered_at is not None:
                     self._note(c.spec)
                 self.run(self.machine.resolve_local(self._results(c.spec, c.reply), c.stimulus_id))
             elif t is Failed:
+                if self.args:
+                    self.args.pop(c.spec.task_id, None)
                 if self.answered_at is not None:
                     self._note(c.spec)
                 info = ObjectInfo(0, c.error)
@@ -488,6 +516,7 @@ class DirectPort:
                     self.client.send(self.node, WatchActor(client=self.address, actor_id=c.actor_id,
                                                            stimulus_id=c.stimulus_id))
             elif t is Reroute:
+                self.args.pop(c.spec.task_id, None)  # (the node pins them now)
                 self.machine.forget_local(c.spec.return_ids)
                 if self.alive():
                     self.client.send(self.node, SubmitTask(client=self.address, spec=c.spec,

@@ -96,7 +96,7 @@ class DirectHost:
         if h is None or h.worker != ev.worker_id:
             for e in ev.entries:
                 node.story_add(e.spec.task_id, now, sid, "result of a superseded actor instance dropped")
-            return []
+            return node.host.drop_bytes(tuple(o.object_id for e in ev.entries for o in e.outputs), sid)
         cmds: list[Command] = []
         aid, inc = ev.actor_id, ev.incarnation
         for e in ev.entries:

@@ -30,6 +30,7 @@ from . import planted_gcs as gcs
 from . import planted_actors as actors
 from . import planted_objects as objects
 from . import planted_recovery as recovery
+from . import planted_direct as direct
 
 __all__ = ["Bug", "BUGS", "REGRESSIONS", "MASKED", "NOT_CAUGHT_YET", "planted", "bug_named"]
 
@@ -157,6 +158,18 @@ BUGS: tuple[Bug, ...] = (
         seed=59),
     Bug("fence-spends-a-restart", "a recovered head's fence of a restart (or creation) its predecessor began counts "
         "as a restart", actors.fence_spends_a_restart, seed=136),
+    # simdirect (issue 16): the direct-call machines, driven by the simulator
+    Bug("inbox-runs-a-repeat", "an actor worker runs a direct call sent again after a lost connection, instead of "
+        "answering it from the result it kept", direct.inbox_runs_a_repeat),
+    Bug("inbox-ignores-floor", "an actor worker starts each caller's order at 0, ignoring the floor its calls carry "
+        "(calls below it were resolved elsewhere)", direct.inbox_ignores_floor),
+    Bug("resend-timer-keeps-actor-down", "after a lost connection the caller's resend timer does not mark the actor "
+        "reachable again: its calls wait for good", direct.resend_timer_keeps_actor_down),
+    Bug("caller-ignores-newer-endpoint", "a caller keeps the first endpoint it learned of an actor: a restarted "
+        "incarnation's address is never used", direct.caller_ignores_newer_endpoint),
+    Bug("unreported-results-not-republished", "a caller takes what an incarnation answered for recorded by its node: "
+        "when the worker dies before its batched report, the results are lost to everyone else",
+        direct.unreported_results_not_republished),
 )
 
 # Changes that look like bugs but that the rest of the design makes harmless,

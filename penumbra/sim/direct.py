@@ -64,9 +64,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from penumbra.core.actor_caller import ActorCaller, Failed, Republish, Reroute, Resolved, Watch
-from penumbra.core.actor_inbox import ActorInbox, EndActor, InterruptCall, Reply, ReportRan, RunCall
+from penumbra.core.actor_inbox import ActorInbox, CheckRan, EndActor, InterruptCall, Reply, ReportRan, RunCall, from_record
 from penumbra.core.messages import (
     ClientDisconnected,
+    ClientGcsReply,
+    ClientGcsRequest,
     Execute,
     KillActor,
     ObjectsReady,
@@ -89,6 +91,7 @@ from penumbra.core.msg_direct import (
     WatchActor,
 )
 from penumbra.core.records import ErrorInfo, ErrorKind, ObjectInfo
+from penumbra.core.tables import Get
 
 if TYPE_CHECKING:  # pragma: no cover
     from .node import Outcome, SimNode, SimWorker
@@ -127,6 +130,8 @@ class _Served:
     # its arguments are in the node's store, and after the calls before
     # it): watch request id (0: none) -> (the RunCall, the ids not reported yet)
     starting: dict[int, tuple] = field(default_factory=dict)
+    # CheckRan asked of the GCS: request id -> (spec, the rows so far)
+    checks: dict[int, tuple] = field(default_factory=dict)
     next_req: int = 1
 
 
@@ -165,6 +170,9 @@ class SimDirect:
         now = self._now(s)
         if t is ObjectsReady:
             self._fetched(s, msg)
+            return
+        if t is ClientGcsReply:
+            self._row(s, msg)
             return
         if t is DirectCall:
             caller = msg.spec.caller_id
@@ -214,6 +222,8 @@ class SimDirect:
                     s.client.send(addr, c.reply)
             elif t is ReportRan:
                 self._report(s, c)
+            elif t is CheckRan:
+                self._check(s, c)
             elif t is SetTimer:
                 self.kernel.call_at(max(c.at, self.kernel.env._now), self._inbox_timer, s, c.key)
             elif t is InterruptCall:
@@ -236,6 +246,29 @@ class SimDirect:
             s.client.send(s.node.address, WatchObjects(client=s.endpoint, req_id=req, object_ids=missing,
                                                        fetch=True, need=len(missing), stimulus_id=c.stimulus_id))
         self._start_ready(s)
+
+    def _check(self, s: _Served, c: CheckRan) -> None:
+        """Ask the GCS (through the node) for the rows of the call's
+        return ids, one request each."""
+        spec = c.spec
+        rows: dict = {}
+        for oid in spec.return_ids:
+            req = s.next_req
+            s.next_req += 1
+            s.checks[req] = (spec, oid, rows)
+            s.client.send(s.node.address, ClientGcsRequest(client=s.endpoint, req_id=req, request=Get("objects", oid),
+                                                           stimulus_id=c.stimulus_id))
+
+    def _row(self, s: _Served, msg: ClientGcsReply) -> None:
+        item = s.checks.pop(msg.req_id, None)
+        if item is None:
+            return
+        spec, oid, rows = item
+        rows[oid] = msg.result
+        if len(rows) < len(spec.return_ids):
+            return
+        recorded, outputs, error = from_record(spec, [rows[o] for o in spec.return_ids])
+        self._carry(s, s.inbox.checked(spec.task_id, self._now(s), recorded, outputs, error, msg.stimulus_id))
 
     def _fetched(self, s: _Served, msg: ObjectsReady) -> None:
         f = s.starting.get(msg.req_id)
@@ -370,7 +403,7 @@ class SimDirect:
             del self.served[ep]
         self.kernel.remove_client(ep)
         node = s.node
-        if s.starting and node.alive and node.host is not None and node.host.alive:
+        if (s.starting or s.checks) and node.alive and node.host is not None and node.host.alive:
             # (its watches of arguments end with it)
             self._to_node(s, ClientDisconnected(client=ep, stimulus_id=f"gone:{ep}"))
         for key in [k for k in self.open if k[1] == ep]:

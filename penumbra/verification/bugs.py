@@ -170,6 +170,9 @@ BUGS: tuple[Bug, ...] = (
     Bug("unreported-results-not-republished", "a caller takes what an incarnation answered for recorded by its node: "
         "when the worker dies before its batched report, the results are lost to everyone else",
         direct.unreported_results_not_republished),
+    Bug("retried-call-runs-unchecked", "a call sent again to a new incarnation runs without asking whether an "
+        "earlier incarnation ran it and its node recorded it: its objects hold two values",
+        direct.retried_call_runs_unchecked),
 )
 
 # Changes that look like bugs but that the rest of the design makes harmless,

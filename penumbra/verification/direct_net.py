@@ -34,7 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..core.actor_caller import ActorCaller, Failed, Republish, Reroute, Resolved, Watch
-from ..core.actor_inbox import ActorInbox, EndActor, InterruptCall, ReportRan, Reply, RunCall
+from ..core.actor_inbox import ActorInbox, CheckRan, EndActor, InterruptCall, ReportRan, Reply, RunCall
 from ..core.ids import ActorId, actor_id_of, child_task_id, driver_task_id
 from ..core.msg_base import Send, SetTimer
 from ..core.msg_direct import (
@@ -102,6 +102,7 @@ class DirectNet:
     values: dict = field(default_factory=dict)  # (task id, incarnation) -> value
     cancelled_unsent: set = field(default_factory=set)  # failed at once by a cancel
     reported: list = field(default_factory=list)  # (incarnation, DirectRan)
+    answered_from: dict = field(default_factory=dict)  # task id -> the incarnation whose record answered it
     count: int = 0
 
     def __post_init__(self) -> None:
@@ -331,6 +332,15 @@ class DirectNet:
                     w.interrupted = True
             elif t is ReportRan:
                 self.reported += [(self.incarnation, e) for e in c.entries]
+            elif t is CheckRan:
+                # the node's record: what an earlier incarnation reported of it
+                rec = [(inc, e) for inc, e in self.reported if e.spec.task_id == c.spec.task_id]
+                if rec:
+                    inc, e = rec[-1]
+                    self.answered_from[c.spec.task_id] = inc
+                    self._from_worker(self.inbox.checked(c.spec.task_id, self.now, True, e.outputs, e.error))
+                else:
+                    self._from_worker(self.inbox.checked(c.spec.task_id, self.now, False))
             elif t is SetTimer:
                 self.timers.append(("inbox", c.key, c.at))
             elif t is EndActor:
@@ -358,7 +368,7 @@ class DirectNet:
         if reply.error is not None:
             return
         tid = reply.task_id
-        value = self.values.get((tid, reply.incarnation))
+        value = self.values.get((tid, self.answered_from.get(tid, reply.incarnation)))
         if value is None or any(o.data != value for o in reply.outputs):
             raise Broken(f"call {tid} resolved with {reply.outputs}, not what it returned in incarnation "
                          f"{reply.incarnation} ({value!r})")

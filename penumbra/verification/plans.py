@@ -85,12 +85,13 @@ class FaultPlan:
     # while it is down: () or (shard, index, this long into the downtime,
     # restart after))
     head_crashes: tuple[tuple[float, float, str, tuple], ...] = ()
-    # (simdirect, issue 16) (time, actor index, duration, drop rate): the
-    # links between the driver programs and the machine of the actor's
-    # worker lose messages both ways, which only the direct calls'
-    # connections to actor workers there use (each loss breaks its
-    # connection: penumbra.sim.direct)
-    direct_cuts: tuple[tuple[float, int, float, float], ...] = ()
+    # (simdirect, issue 16) (time, actor index, duration, drop rate, "both" |
+    # "replies" | "calls"): the links between the driver programs and the
+    # machine of the actor's worker lose messages (both ways, or only one),
+    # which only the direct calls' connections to actor workers there use
+    # (each loss breaks its connection: penumbra.sim.direct).  Replies lost
+    # to calls that ran make the callers send those calls again.
+    direct_cuts: tuple[tuple[float, int, float, float, str], ...] = ()
 
     def items(self) -> list[tuple[str, Any]]:
         out: list[tuple[str, Any]] = [("crash", c) for c in self.crashes]
@@ -263,17 +264,18 @@ def plan_seed(seed: int) -> SeedPlan:
 
 def _draw_direct_cuts(faults: FaultPlan, workload: Workload, rng: random.Random, faulty: bool, n: int,
                       horizon: float) -> FaultPlan:
-    """On faulty seeds with actors (not all replay ones), two in five: one
+    """On faulty seeds with actors (not all replay ones), three in five: one
     or two stretches where the drivers' links to an actor's node lose messages (some,
     or all), so the direct calls to an actor there break their connections
     mid-stream and are sent again.  (Until these, no seed broke one: the
     other network faults spare the drivers' links.)  Its own generator: the
     rest of the plan is as before."""
-    if not faulty or n < 2 or not any(not a.replay for a in workload.actors) or rng.random() >= 0.4:
+    if not faulty or n < 2 or not any(not a.replay for a in workload.actors) or rng.random() >= 0.6:
         return faults
     direct = [i for i, a in enumerate(workload.actors) if not a.replay]
-    cuts = tuple(sorted((round(rng.uniform(0.05, horizon), 3), rng.choice(direct), round(rng.uniform(0.02, 0.3), 3),
-                         rng.choice((0.3, 1.0))) for _ in range(rng.randint(1, 2))))
+    cuts = tuple(sorted((round(rng.uniform(0.05, horizon), 3), rng.choice(direct), round(rng.uniform(0.05, 0.4), 3),
+                         rng.choice((0.3, 1.0)), rng.choice(("both", "replies", "replies", "calls")))
+                        for _ in range(rng.randint(1, 2))))
     return dataclasses.replace(faults, direct_cuts=cuts)
 
 

@@ -24,9 +24,10 @@ bytes), large ones as "in the store of node N" (written to that node's
 shared-memory store, and reported to it, before the reply is sent, so a
 ref to it that leaves the caller is found through the node and the GCS).
 
-None of these is pickled into the simulator's trace (the simulator keeps the
-routed path): new data lives in new messages, no existing record or message
-changed.  The messages module does not re-export these names: import them
+The simulator carries these too (penumbra/sim/direct.py), and its trace
+hashes them like any message (a report's ``entries``, like ``outputs``, are
+left out of a trace line).  The routed path's records and messages did not
+change.  The messages module does not re-export these names: import them
 from here.
 """
 

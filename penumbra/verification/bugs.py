@@ -50,7 +50,7 @@ BUGS: tuple[Bug, ...] = (
     Bug("retry-budget-off-by-one", "one retry fewer than max_retries", scheduling.retry_budget_off_by_one, seed=1),
     Bug("late-subscriber", "a subscriber that joins after a change is not sent the current value", gcs.late_subscriber_not_told, seed=0),
     Bug("head-acks-early", "the chain head acknowledges a write before the tail has it", gcs.head_acks_before_tail, seed=4),
-    Bug("actor-order-after-restart", "a restarted actor orders a caller's calls from whichever arrives first", actors.actor_ignores_floor_after_restart, seed=6),
+    Bug("actor-order-after-restart", "a restarted actor orders a caller's calls from whichever arrives first", actors.actor_ignores_floor_after_restart, seed=16),
     Bug("gcs-no-dedup", "the GCS applies a retried write again", gcs.gcs_no_dedup, seed=0),
     Bug("dead-node-tasks-lost", "tasks pending on a dead node are not re-submitted", recovery.dead_node_tasks_not_resubmitted, seed=5),
     Bug("blocked-worker-keeps-cpu", "a worker blocked in get does not lend its CPU", scheduling.blocked_worker_keeps_cpu, seed=0),
@@ -66,7 +66,7 @@ BUGS: tuple[Bug, ...] = (
         "wait needs fewer (it times out told of nothing)", scheduling.watch_ignores_need, seed=0),
     Bug("pause-kills-cluster", "the head judges liveness by its own clock: after a pause of the head, it declares "
         "every node dead before reading their queued heartbeats", recovery.pause_kills_cluster, seed=165),
-    Bug("fetching-waiter-told-early", "a wait that fetches is told an object is ready when its location is known, before the bytes arrive", objects.fetching_waiters_told_located, seed=34),
+    Bug("fetching-waiter-told-early", "a wait that fetches is told an object is ready when its location is known, before the bytes arrive", objects.fetching_waiters_told_located, seed=0),
     Bug("bundle-index-ignored", "a task bound to one bundle of a placement group asks for any bundle of it, so it "
         "may run on another bundle's node", scheduling.bundle_index_ignored, seed=7),
     # draws-faults
@@ -95,7 +95,7 @@ BUGS: tuple[Bug, ...] = (
     Bug("job-end-spares-pending-actors", "when a job ends only its ALIVE actors are killed: one still being created "
         "outlives its job", actors.job_end_kills_alive_actors_only, seed=2),
     Bug("restart-drops-name", "a named actor's name is released when it restarts, as when it dies",
-        actors.restart_drops_name, seed=6),
+        actors.restart_drops_name, seed=16),
     # client-machine
     Bug("watch-after-loss-waits", "a get or wait made after the driver lost its connection is registered anyway "
         "and waits forever (the hang after a lost daemon)", recovery.watch_after_loss_waits, seed=0),

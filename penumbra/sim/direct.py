@@ -423,8 +423,8 @@ class SimDirect:
             s = self.served.get(endpoint)
             if s is None or not s.alive:
                 # nobody listens there (any more): the connect fails
-                net = self.kernel.network
-                rtt = 2 * net.latency(port.address, endpoint) if endpoint in net._machine else 0.0
+                known = endpoint in self.kernel.endpoints  # (an address the network placed)
+                rtt = 2 * self.kernel.network.latency(port.address, endpoint) if known else 0.0
                 self.kernel.call_after(rtt, port.lost, endpoint)
                 return
             self.open[key] = None

@@ -126,3 +126,34 @@ def test_answered_results_are_kept_within_a_bound(monkeypatch):
     m.expect_local([D])
     m.resolve_local({D: (INFO, ("i", b"d"))})
     assert list(m.local) == [D]
+
+
+def test_a_watch_waiting_on_a_call_that_is_rerouted_asks_the_node_for_it():
+    """A call expected as a direct result takes the routed path after all
+    (its actor's worker could not be reached): a watch already waiting on it
+    must have the node watch it -- it waited forever."""
+    m = ClientMachine("c", "n")
+    m.expect_local([A, B])
+    rid, cmds = m.watch("w", [A, B, C], 3, fetch=False)
+    (first,) = _sends(cmds)
+    assert first.object_ids == (C,)
+    out = m.local_to_node([A])
+    # the node part is asked again, whole, under the watch's id
+    assert [type(x) for x in _sends(out)] == [CancelWatch, WatchObjects]
+    w = _sends(out)[1]
+    assert (w.req_id, set(w.object_ids), w.need, w.fetch) == (rid, {A, C}, 2, False)
+    assert A not in m.local and B in m.local
+    m.validate()
+    assert m.resolve_local({A: (INFO, ("i", b"late"))}) == []  # (not expected here any more)
+    assert m.on_objects(rid, ((A, INFO), (C, INFO)), None) == []
+    out = m.resolve_local({B: (INFO, ("i", b"b"))})
+    assert [type(c) for c in out] == [Resolve] and set(out[0].value) == {A, B, C}
+    m.validate()
+    # a watch of only local results: the first node watch of it
+    m.expect_local([D])
+    rid, cmds = m.watch("w2", [D], 1)
+    assert cmds == []
+    (w,) = _sends(m.local_to_node([D]))
+    assert type(w) is WatchObjects and w.object_ids == (D,) and w.req_id == rid and w.fetch
+    assert [type(c) for c in m.on_objects(rid, ((D, INFO),), None)] == [Resolve]
+    assert m.local_to_node([D]) == []  # (nobody waits: nothing to ask)

@@ -406,3 +406,74 @@ def test_a_call_failed_at_the_caller_fails_for_other_processes_too(local, tmp_pa
     with pytest.raises(exc.ActorDiedError):
         ray.get(queued, timeout=30)
     assert ray.get(get_or_name.remote([queued]), timeout=60) == "ActorDiedError"
+
+
+def test_a_worker_the_caller_cannot_reach_or_that_takes_no_direct_calls_is_called_through_the_nodes(
+        monkeypatch, caplog):
+    """Two actors on two nodes the driver cannot call directly: one whose
+    worker publishes an address nothing answers at (TEST-NET-1, RFC 5737:
+    routed nowhere; as a driver outside the cluster's network sees a
+    worker), one whose worker does not listen at all
+    (``PENUMBRA_DIRECT_CALLS=0`` on its node).  Every call returns its
+    value, each runs once and in order, the switch is said once per actor,
+    and nothing waits for long (it retried forever, and waited forever for
+    an endpoint)."""
+    import logging
+
+    cluster = Cluster(head_node_args={"num_cpus": 1})
+    try:
+        monkeypatch.setenv("PENUMBRA_DIRECT_HOST", "192.0.2.1")
+        cluster.add_node(num_cpus=1, resources={"far": 1})
+        monkeypatch.delenv("PENUMBRA_DIRECT_HOST")
+        monkeypatch.setenv("PENUMBRA_DIRECT_CALLS", "0")
+        cluster.add_node(num_cpus=1, resources={"mute": 1})
+        monkeypatch.delenv("PENUMBRA_DIRECT_CALLS")
+        ray.init(address=cluster.address, _token=cluster.token)
+        cluster.wait_for_nodes()
+        rt = current_runtime()
+        caplog.set_level(logging.WARNING, logger="penumbra")
+        far = Log.options(resources={"far": 1}).remote()
+        mute = Log.options(resources={"mute": 1}).remote()
+        start = time.monotonic()
+        refs = {a: [a.add.remote(name, i) for i in range(40)] for a, name in ((far, "far"), (mute, "mute"))}
+        for a, name in ((far, "far"), (mute, "mute")):
+            assert ray.get(refs[a], timeout=60) == list(range(40))
+            # later calls, after the switch, too; each ran once, in order
+            assert ray.get([a.add.remote(name, i) for i in range(40, 50)], timeout=60) == list(range(40, 50))
+            assert ray.get(a.all.remote(), timeout=60) == [(name, i) for i in range(50)]
+        assert time.monotonic() - start < 45
+        d = rt.direct_calls
+        assert d.replies == 0 and {far._actor_id, mute._actor_id} <= d.caller.routed
+        said = [r.getMessage() for r in caplog.records if "given up" in r.getMessage()]
+        assert len(said) == 2, said
+        assert any("192.0.2.1" in m for m in said) and any("no endpoint" in m for m in said)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+@ray.remote
+class Late:
+    def __init__(self, barrier):
+        while not os.path.exists(barrier):
+            time.sleep(0.01)
+
+    def f(self, i):
+        return i
+
+
+@pytest.mark.timeout(300)
+def test_more_calls_than_a_channel_queues_held_until_the_actor_is_up_all_return(local, tmp_path):
+    """Calls made before the actor is up wait for its endpoint, then go out
+    at once: more of them than a channel's outbox holds (65,536) were
+    dropped, and their gets hung."""
+    from penumbra.transports.wire_channel import DEFAULT_MAX_OUTBOX
+
+    barrier = str(tmp_path / "go")
+    a = Late.remote(barrier)
+    n = DEFAULT_MAX_OUTBOX + 5000
+    refs = [a.f.remote(i) for i in range(n)]
+    open(barrier, "w").close()
+    out = ray.get(refs, timeout=200)
+    assert out[:3] == [0, 1, 2] and out[-1] == n - 1 and len(out) == n
+    assert _direct(local) >= n

@@ -315,3 +315,38 @@ def test_round_trips_do_not_hand_sends_to_the_trio_thread(monkeypatch):
         assert via_loop <= 30, (direct, via_loop)
     finally:
         ray.shutdown()
+
+
+def test_more_than_the_outbox_holds_queued_at_once_all_arrive_in_order(tmp_path):
+    """A burst queued on the loop before anything is written (the reader
+    held back, so the outbox cannot drain) larger than the channel's outbox
+    (``max_outbox``): what does not fit waits in the sender and goes after,
+    in order, with later sends behind it (it was dropped: an answer awaited
+    for it never came)."""
+    p = _Pair(tmp_path, reading=False)
+    try:
+        p.ch.max_outbox = 64  # (the real bound, 65,536, made small)
+        n = 1000
+
+        def burst():
+            for i in range(n):
+                p.sender.send_on_loop(i)
+
+        p.client.call(_async(burst), timeout=10)
+        assert p.sender.overflow  # (more than the outbox holds)
+        p.sender.send(n)  # a later send, from a user's thread: behind the rest
+        p.reading.set()
+        _until(lambda: len(p.received) == n + 1, f"{n + 1} messages")
+        assert p.received == list(range(n + 1))
+        _until(lambda: p.sender.overflow is None, "the overflow to drain")
+        p.sender.send(n + 1)
+        _until(lambda: len(p.received) == n + 2, "one more")
+    finally:
+        p.close()
+
+
+def _async(fn):
+    async def run():
+        fn()
+
+    return run

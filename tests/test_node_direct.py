@@ -261,3 +261,55 @@ def test_a_lost_row_notice_does_not_strand_a_watcher_on_another_node(core) -> No
     net.run_for(3.0)
     seen = [(m.entry.state, m.entry.incarnation) for m in box if type(m) is ActorWatched]
     assert seen[-1] == (ActorState.ALIVE, 1)  # (re-read by the node's refresh)
+
+
+def _carry(w: World, cmds, skip_skips: bool = False) -> None:
+    """Carry out a client's ``ActorCaller`` commands as the transport does
+    (transports/direct_caller.py), over memnet."""
+    from penumbra.core.actor_caller import Failed, Reroute, Skipped, StoreFailure, Watch
+    from penumbra.core.msg_direct import CallsSkipped, DirectCallFailed
+
+    for c in cmds:
+        t = type(c)
+        if t is Reroute:
+            w.net.send("c:d", "node:0", SubmitTask(client="c:d", spec=c.spec))
+        elif t is Skipped and not skip_skips:
+            w.net.send("c:d", "node:0", CallsSkipped(client="c:d", actor_id=c.actor_id, caller_id=c.caller_id,
+                                                    after=c.after, before=c.before))
+        elif t is StoreFailure:
+            w.net.send("c:d", "node:0", DirectCallFailed(client="c:d", spec=c.spec, error=c.error, attempt=c.attempt))
+        else:
+            assert t in (Failed, Watch, Skipped), c
+
+
+def test_calls_handed_to_the_routed_path_do_not_wait_for_those_failed_at_the_caller(core) -> None:
+    """A client's direct caller fails call 1 itself (cancelled before it was
+    sent), then learns the actor is ``replay=True`` and hands 0 and 2 to the
+    routed path.  The node's router never gets 1: without being told
+    (``CallsSkipped``), it holds 2 behind the gap forever (real swarm seed 4,
+    avoided since only by the handle's replay flag); told, it runs 2.  And
+    1's error is stored on the node (``DirectCallFailed``), where another
+    process's get finds it."""
+    from penumbra.core.actor_caller import ActorCaller
+
+    w = World(core, replay=True)
+    caller = ActorCaller("c:d")
+    calls = [w.call() for _ in range(3)]
+    for s in calls:
+        caller.submit(s, 0.0)
+    found, failed = caller.cancel(calls[1].task_id, 0.0)
+    assert found
+    _carry(w, failed)
+    cmds = caller.row(w.aid, w.gcs("actors", w.aid), 0.0)
+    _carry(w, cmds, skip_skips=True)
+    w.net.run_for(0.5)
+    store = w.node.objects.store.objects
+    assert calls[0].return_ids[0] in store
+    assert calls[2].return_ids[0] not in store  # (the bug: held behind 1, which never comes)
+    _carry(w, [c for c in cmds if type(c).__name__ == "Skipped"])
+    w.net.run_for(0.5)
+    assert calls[2].return_ids[0] in store
+    assert w.gcs("objects", calls[1].return_ids[0]).error.kind is ErrorKind.TASK_CANCELLED
+    w.net.send("c:d", "node:0", WatchObjects(client="c:d", req_id=7, object_ids=calls[1].return_ids))
+    w.net.run_for(0.1)
+    assert w.ready()[calls[1].return_ids[0]].error.kind is ErrorKind.TASK_CANCELLED

@@ -854,3 +854,39 @@ def test_cross_process_wrong_token_refused():
 
     proc = run(main, timeout=50)
     assert proc.stdout.decode().startswith("REFUSED"), proc.stdout
+
+
+def test_a_tcp_connect_nobody_answers_gives_up_after_connect_timeout():
+    """A host that drops the connect's packets left ``connect_tcp`` waiting
+    for minutes (the kernel's SYN retries); with ``connect_timeout`` it
+    raises ``TimeoutError`` (an ``OSError``, like any failed connect).  The
+    dropping here is real: a listener whose accept queue is full (backlog
+    0, never accepting) drops further SYNs."""
+    import time
+
+    srv = socket.socket()
+    fill = []
+    try:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(0)
+        port = srv.getsockname()[1]
+        for _ in range(3):  # (fill the queue)
+            s = socket.socket()
+            s.setblocking(False)
+            try:
+                s.connect(("127.0.0.1", port))
+            except BlockingIOError:
+                pass
+            fill.append(s)
+
+        async def main():
+            start = time.monotonic()
+            with pytest.raises(TimeoutError, match="longer than 0.5 s"):
+                await wire.connect_tcp("127.0.0.1", port, "t" * 32, "caller", "test", connect_timeout=0.5)
+            assert time.monotonic() - start < 5
+
+        trio.run(main)
+    finally:
+        for s in fill:
+            s.close()
+        srv.close()

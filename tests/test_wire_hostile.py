@@ -620,3 +620,35 @@ def test_a_peer_with_another_message_schema_is_refused_at_the_hello(tmp_path):
             with pytest.raises(HandshakeError, match="message schema fedcba9876543210 differs"):                await wire.open_channel(a, TOKEN, "driver", "d")
 
     run(main)
+
+
+def test_last_words_reach_a_peer_whose_frame_broke_the_protocol(tmp_path):
+    """A channel ended by the peer's bad frame can still write one last
+    message (``send_last_words``: a daemon tells a node why it drops it);
+    on a channel that did not end so it writes nothing and says False."""
+    import msgspec
+
+    from penumbra.transports import protocol as P
+
+    async def main():
+        said = []
+
+        async def handler(ch):
+            assert await ch.send_last_words(P.Closing("too early")) is False  # (open: the normal way is send)
+            try:
+                await echo(ch)
+            except ProtocolError:
+                said.append(await ch.send_last_words(P.Closing("your frame did not decode")))
+
+        async with trio.open_nursery() as nursery:
+            srv = await Served("tcp", tmp_path, nursery).start(handler)
+            s = await _authenticated_raw(srv)
+            await s.send_all(frame(b"\x01" + msgspec.msgpack.encode([["NoSuchMessage", 1]])))
+            data = await read_to_eof(s)
+            await wait_until(lambda: said, "the last words")
+            assert said == [True]
+            n = struct.unpack(">I", data[:4])[0]
+            assert codec().decode(memoryview(data[4:4 + n])) == [P.Closing("your frame did not decode")]
+            nursery.cancel_scope.cancel()
+
+    run(main)

@@ -26,19 +26,27 @@ floor, so a new incarnation knows where this caller's order resumes.
 Events (methods): ``submit(spec)``, ``row(actor_id, entry)`` and
 ``endpoint(actor_id, row)`` (or both at once: ``watched(ActorWatched)``),
 ``reply(DirectReply)``, ``lost(endpoint)`` (the connection to an endpoint
-closed or could not be made), ``cancel(task_id)``, ``killed(actor_id)``
-(this client killed it for good), ``timer(key)`` (a ``SetTimer`` it asked
-for fired).
+closed: what was sent on it may have arrived), ``unreachable(endpoint)``
+(a connection to it could not be opened: nothing sent since the last
+``lost``/``unreachable`` of it left this process), ``cancel(task_id)``,
+``killed(actor_id)`` (this client killed it for good), ``timer(key)`` (a
+``SetTimer`` it asked for fired).
 
 Commands: ``Send(to=endpoint, msg=DirectCall | DirectCancel | DirectFloor)``
 (core/msg_base.py; ``to`` is the endpoint string), ``Watch(actor_id)``
 (send ``WatchActor`` to the node: the node answers ``ActorWatched`` now and
 at every change; it is asked again after a lost connection), ``Resolved(spec,
 reply)`` and ``Failed(spec, error)`` (each unresolved call gets exactly one
-of the two, or ``Reroute``), ``Reroute(spec)`` (send this call the routed
-way, ``SubmitTask`` to the node: a ``replay=True`` actor, whose calls keep
-the routed path), and ``SetTimer(at, key)`` (deliver ``timer(key)`` then; the key is
-``(RESEND_TIMER, actor_id)``).  Queries: ``owns(task_id)``, ``pending()``.
+of the two, or ``Reroute``), ``StoreFailure(spec, error, attempt)`` (with
+every ``Failed``: no worker reports such a call, so send the node
+``DirectCallFailed``, which stores the error where another process handed
+a ref to the call finds it), ``Reroute(spec)`` (send this call the routed
+way, ``SubmitTask`` to the node: see *Switching to the routed path*),
+``Skipped(actor_id, caller_id, after, before)`` (send the node
+``CallsSkipped``, before the ``Reroute`` that follows it), ``Log`` (say so,
+once per actor switched), and ``SetTimer(at, key)`` (deliver ``timer(key)``
+then; keys ``(RESEND_TIMER, actor_id)`` and ``(ENDPOINT_TIMER,
+actor_id)``).  Queries: ``owns(task_id)``, ``pending()``.
 
 Results the node may not have.  An actor's worker reports what it ran to
 its node in batches (core/actor_inbox.py), after it replied; a worker that
@@ -57,6 +65,36 @@ alive (the link was cut) or dead (its row will say so).  The caller asks the
 node again (``Watch``) and, ``RESEND_AFTER`` later, sends the calls still
 unresolved at the live incarnation again; the worker's inbox runs a call at
 most once per incarnation and answers a repeat with the result it kept.
+
+Switching to the routed path.  An actor's calls from this client leave the
+direct path for good, and go through the nodes (whose router keeps the
+same rules, core/actor_calls.py), when
+
+  * its row says ``replay=True`` (such actors keep the routed path);
+  * its worker cannot be reached: ``UNREACHABLE_TRIES`` connects in a row
+    failed, over at least ``UNREACHABLE_SPAN`` seconds, while the row says
+    that incarnation is ALIVE (a driver outside the cluster's network, a
+    firewall, a wrong address published); or
+  * it is ALIVE but no endpoint of that incarnation is published within
+    ``ENDPOINT_WAIT`` seconds (its worker does not take direct calls:
+    ``PENUMBRA_DIRECT_CALLS=0`` where it runs).
+
+No call may be lost or run twice across the switch.  A call that never
+left this process (sent only on connections that never opened) is handed
+on (``Reroute``), in order.  A call sent on a connection that opened and
+was then lost may have run: it cannot be handed on (the routed path would
+run it again).  While there are such calls the switch waits up to
+``UNSURE_FOR`` seconds from the first failed connect for the row to settle
+them (a dead worker's row changes well within that: the calls are retried
+or failed by ``max_task_retries``); after that they fail with
+``ActorUnavailableError`` ("may or may not have run", Ray's meaning), and
+the rest is handed on.  A cancelled call fails as cancelled.
+
+The router must not wait for the calls it will never get (those resolved
+here: answered directly, or failed here), or it would hold the rest behind
+the gap forever: ``Skipped`` declares each gap below the calls handed on,
+and the router's order passes over it (``actor_calls.skip``); the floor each
+routed call carries (the router's lowest pending) tells the actor's side.
 
 Stale replies.  A worker that gets a call meant for another incarnation
 (one worker after another at one address) answers ``stale`` without
@@ -77,13 +115,15 @@ from collections import deque
 from . import actor_calls as rules
 from .actor_calls import CallBook, PendingCall
 from .ids import ActorId, TaskId
-from .msg_base import Command, Send, SetTimer
+from .actor_rules import _cancelled
+from .msg_base import Command, Log, Send, SetTimer
 from .msg_direct import ActorWatched, DirectCall, DirectCancel, DirectFloor, DirectRan, DirectReply, EndpointRow
 from .records import ActorEntry, ActorState, ErrorInfo, ErrorKind
 from .specs import TaskSpec
 
-__all__ = ["ActorCaller", "Watch", "Resolved", "Failed", "Reroute", "Republish", "RESEND_AFTER", "RESEND_TIMER",
-           "REPORT_KEEP"]
+__all__ = ["ActorCaller", "Watch", "Resolved", "Failed", "StoreFailure", "Republish", "Reroute", "Skipped",
+           "RESEND_AFTER", "RESEND_TIMER", "ENDPOINT_TIMER", "ENDPOINT_WAIT", "UNREACHABLE_TRIES", "UNREACHABLE_SPAN",
+           "UNSURE_FOR", "REPORT_KEEP"]
 
 # after a lost connection, how long before the calls in flight are re-sent
 # to the same incarnation (seconds; the row may say it died meanwhile)
@@ -93,6 +133,17 @@ RESEND_TIMER = "direct-resend"  # timer keys: (RESEND_TIMER, actor_id)
 # or die (core/actor_inbox.py's REPORT_BATCH: a worker's unreported results
 # are at most one batch; tests/test_actor_caller.py checks they agree)
 REPORT_KEEP = 64
+# the worker is unreachable after this many failed connects in a row, over
+# at least this many seconds (a dead worker's row comes well before)
+UNREACHABLE_TRIES = 3
+UNREACHABLE_SPAN = 1.0
+# calls that may have reached an unreachable worker wait this long (from the
+# first failed connect) for the row to settle them, then fail (unavailable)
+UNSURE_FOR = 10.0
+# an ALIVE incarnation with no endpoint published after this long takes no
+# direct calls: its calls go the routed way
+ENDPOINT_WAIT = 5.0
+ENDPOINT_TIMER = "direct-endpoint"  # timer keys: (ENDPOINT_TIMER, actor_id)
 
 
 # ===========================================================================
@@ -130,11 +181,35 @@ class Republish(Command):
     entries: tuple[DirectRan, ...]
 
 
-class Reroute(Command):
-    """Send call ``spec`` the routed way (``SubmitTask`` to the node): the
-    actor keeps the routed path (``replay=True``).  This machine forgets it."""
+class StoreFailure(Command):
+    """Call ``spec`` failed here (a ``Failed`` goes with it): store ``error``
+    as its outputs on this client's node (send it ``DirectCallFailed``), so
+    a process handed one of its refs finds the error -- no worker will
+    report this call."""
 
     spec: TaskSpec
+    error: ErrorInfo
+    attempt: int = 0
+
+
+class Reroute(Command):
+    """Send call ``spec`` the routed way (``SubmitTask`` to the node): its
+    actor's calls left the direct path (see the module docstring).  This
+    machine forgets it."""
+
+    spec: TaskSpec
+
+
+class Skipped(Command):
+    """Tell the node (``CallsSkipped``) that ``caller_id``'s calls to
+    ``actor_id`` strictly between ``after`` and ``before`` were resolved
+    here and will never reach its router (sent before the ``Reroute`` of
+    ``before``, if any)."""
+
+    actor_id: ActorId
+    caller_id: str
+    after: int
+    before: int
 
 
 # ===========================================================================
@@ -158,6 +233,13 @@ class ActorCaller:
         # per actor: the last REPORT_KEEP inline results, oldest first
         # (incarnation, spec, reply), until that incarnation is known gone
         self.recent: dict[ActorId, deque] = {}
+        # failed connects in a row: actor -> (endpoint, how many, first at)
+        self.failures: dict[ActorId, tuple[str, int, float]] = {}
+        # calls sent on a connection that was then lost (they may have run
+        # there): actor -> {(caller, seq): incarnation sent to}
+        self.unsure: dict[ActorId, dict[tuple[str, int], int]] = {}
+        # ALIVE incarnation whose endpoint is awaited, and until when (ENDPOINT_TIMER)
+        self.awaiting: dict[ActorId, tuple[int, float]] = {}
         self._force = False  # (the force flag of the cancel being handled)
 
     # ------------------------------------------------------------------ events
@@ -169,9 +251,9 @@ class ActorCaller:
                              f"submit tasks and actor creations to the node")
         if aid in self.killed_actors:
             name = spec.display_name()
-            return [Failed(spec=spec, error=ErrorInfo(
+            return self._failed(spec, ErrorInfo(
                 ErrorKind.ACTOR_DIED, f"the actor {name} is dead: it was killed by penumbra.kill()", task_name=name),
-                stimulus_id=sid)]
+                0, sid)
         if aid in self.routed:
             return [Reroute(spec=spec, stimulus_id=sid)]
         cmds: list[Command] = []
@@ -188,16 +270,35 @@ class ActorCaller:
 
     def row(self, actor_id: ActorId, entry: ActorEntry | None, now: float, sid: str = "") -> list[Command]:
         """The actor's row as the node last read it (stale rows are ignored)."""
+        return self._row(actor_id, entry, now, sid) + self._await_endpoint(actor_id, now, sid)
+
+    def _row(self, actor_id: ActorId, entry: ActorEntry | None, now: float, sid: str) -> list[Command]:
         book = self.books.get(actor_id)
         if book is None or entry is None:
             return []
         if entry.spec.replay:
-            return self._reroute(book, sid)
+            return self._switch(book, now, sid)
         taken, _ = rules.accept_row(book, entry, now)
         if not taken:
             return []
         cmds = self._republish(actor_id, entry, sid) if actor_id in self.recent else []
         return cmds + rules.settle(book, entry, self, now, sid)
+
+    def _await_endpoint(self, actor_id: ActorId, now: float, sid: str) -> list[Command]:
+        """ALIVE without an endpoint of that incarnation: wait for one at
+        most ``ENDPOINT_WAIT`` (then ``_endpoint_late``)."""
+        book = self.books.get(actor_id)
+        e = book.entry if book is not None else None
+        if e is None or e.state is not ActorState.ALIVE:
+            return []
+        w = self.awaiting.get(actor_id)
+        if w is not None and w[0] == e.incarnation:
+            return []
+        row = self.endpoints.get(actor_id)
+        if row is not None and row.incarnation >= e.incarnation:
+            return []
+        self.awaiting[actor_id] = (e.incarnation, now + ENDPOINT_WAIT)
+        return [SetTimer(at=now + ENDPOINT_WAIT, key=(ENDPOINT_TIMER, actor_id), stimulus_id=sid)]
 
     def endpoint(self, actor_id: ActorId, row: EndpointRow | None, now: float, sid: str = "") -> list[Command]:
         """Where an incarnation of the actor takes direct calls."""
@@ -207,17 +308,24 @@ class ActorCaller:
         if old is not None and old.incarnation > row.incarnation:
             return []
         self.endpoints[actor_id] = row
+        f = self.failures.get(actor_id)
+        if f is not None and f[0] != row.endpoint:
+            del self.failures[actor_id]  # (those were connects elsewhere)
         book = self.books.get(actor_id)
         if book is None or book.entry is None:
             return []
         if old is not None and old.incarnation == row.incarnation and old.endpoint != row.endpoint:
-            return self._resend(book, now, sid)  # (moved: what went to the old address goes again)
+            # moved: what went to the old address goes again (and may have
+            # arrived there: never handed to the routed path)
+            self._mark_unsure(book, row.incarnation)
+            return self._resend(book, now, sid)
         return rules.settle(book, book.entry, self, now, sid)
 
     def watched(self, msg: ActorWatched, now: float) -> list[Command]:
         """The node's ``ActorWatched``: the row, then the endpoint."""
-        sid = msg.stimulus_id
-        return self.row(msg.actor_id, msg.entry, now, sid) + self.endpoint(msg.actor_id, msg.endpoint, now, sid)
+        sid, aid = msg.stimulus_id, msg.actor_id
+        cmds = self._row(aid, msg.entry, now, sid) + self.endpoint(aid, msg.endpoint, now, sid)
+        return cmds + self._await_endpoint(aid, now, sid)
 
     def reply(self, msg: DirectReply, now: float) -> list[Command]:
         """A worker's reply (duplicates and replies for calls resolved
@@ -236,6 +344,8 @@ class ActorCaller:
             if recent is None:
                 recent = self.recent[msg.actor_id] = deque(maxlen=REPORT_KEEP)
             recent.append((msg.incarnation, p.spec, msg, p.attempt))
+        if self.failures:
+            self.failures.pop(msg.actor_id, None)  # (it answers)
         cmds: list[Command] = [Resolved(spec=p.spec, reply=msg, stimulus_id=sid)]
         floor = rules.floor_notice(book, msg.caller_id, (msg.sequence_no,), msg.incarnation)
         if floor is not None and self.ready(book):
@@ -254,13 +364,33 @@ class ActorCaller:
         cmds: list[Command] = []
         for aid, row in self.endpoints.items():
             book = self.books.get(aid)
-            if row.endpoint != endpoint or aid in self.down or book is None:
+            if row.endpoint != endpoint or book is None:
                 continue
-            if not any(p.sent_to == row.incarnation for p in book.pending.values()):
-                continue  # (nothing in flight there: the next call connects again)
-            self.down.add(aid)
-            cmds.append(Watch(actor_id=aid, stimulus_id=sid))
-            cmds.append(SetTimer(at=now + RESEND_AFTER, key=(RESEND_TIMER, aid), stimulus_id=sid))
+            self.failures.pop(aid, None)  # (it was reached)
+            self._mark_unsure(book, row.incarnation)
+            cmds += self._retry_later(book, row, now, sid)
+        return cmds
+
+    def unreachable(self, endpoint: str, now: float, sid: str = "") -> list[Command]:
+        """A connection to ``endpoint`` could not be opened (refused, timed
+        out, the hello failed): nothing sent to it since its last ``lost``
+        or ``unreachable`` left this process.
+
+        As ``lost``, unless the worker is now unreachable (see the module
+        docstring): then the actor's calls switch to the routed path."""
+        cmds: list[Command] = []
+        for aid, row in list(self.endpoints.items()):
+            book = self.books.get(aid)
+            if row.endpoint != endpoint or book is None:
+                continue
+            f = self.failures.get(aid)
+            f = (endpoint, 1, now) if f is None or f[0] != endpoint else (endpoint, f[1] + 1, f[2])
+            self.failures[aid] = f
+            why = self._gives_up(book, row, f, now)
+            if why:
+                cmds += self._switch(book, now, sid, why)
+            else:
+                cmds += self._retry_later(book, row, now, sid)
         return cmds
 
     def cancel(self, task_id: TaskId, now: float, force: bool = False, sid: str = "") -> tuple[bool, list[Command]]:
@@ -288,7 +418,11 @@ class ActorCaller:
 
     def timer(self, key, now: float, sid: str = "") -> list[Command]:
         """A ``SetTimer`` this machine asked for fired (other keys: [])."""
-        if type(key) is not tuple or len(key) != 2 or key[0] != RESEND_TIMER:
+        if type(key) is not tuple or len(key) != 2:
+            return []
+        if key[0] == ENDPOINT_TIMER:
+            return self._endpoint_late(key[1], now, sid)
+        if key[0] != RESEND_TIMER:
             return []
         aid = key[1]
         self.down.discard(aid)
@@ -334,6 +468,9 @@ class ActorCaller:
                 if e is not None and e.state is ActorState.DEAD:
                     raise AssertionError(f"call {c}#{s} pending on a dead actor")
         assert n == len(self.calls), f"{len(self.calls)} calls indexed, {n} pending"
+        for d in (self.failures, self.unsure, self.awaiting):
+            for aid in d:
+                assert aid in self.books, f"actor {aid} switched or unknown, yet followed"
 
     # ------------------------------------------------------------------ the CallSide of the shared rules
     def ready(self, book: CallBook) -> bool:
@@ -350,7 +487,7 @@ class ActorCaller:
     def fail(self, book: CallBook, p: PendingCall, error: ErrorInfo, now: float, sid: str) -> list[Command]:
         book.remove(p.spec.caller_id, p.spec.sequence_no)
         self.calls.pop(p.spec.task_id, None)
-        return [Failed(spec=p.spec, error=error, stimulus_id=sid)]
+        return self._failed(p.spec, error, p.attempt, sid)
 
     def send_cancel(self, book: CallBook, p: PendingCall, now: float, sid: str) -> list[Command]:
         row = self.endpoints.get(book.actor_id)
@@ -419,14 +556,124 @@ class ActorCaller:
         return [Republish(entries=tuple(DirectRan(spec=spec, attempt=attempt, outputs=reply.outputs, error=reply.error)
                                         for _, spec, reply, attempt in gone), stimulus_id=sid)]
 
-    def _reroute(self, book: CallBook, sid: str) -> list[Command]:
-        """The actor keeps the routed path: hand every call back, in order."""
-        self.routed.add(book.actor_id)
-        del self.books[book.actor_id]
-        self.endpoints.pop(book.actor_id, None)
-        self.down.discard(book.actor_id)
+    def _failed(self, spec: TaskSpec, error: ErrorInfo, attempt: int, sid: str) -> list[Command]:
+        """Call ``spec`` fails here: its caller gets the error, and so does
+        anyone else handed a ref to it (through the node)."""
+        return [Failed(spec=spec, error=error, stimulus_id=sid),
+                StoreFailure(spec=spec, error=error, attempt=attempt, stimulus_id=sid)]
+
+    def _retry_later(self, book: CallBook, row: EndpointRow, now: float, sid: str) -> list[Command]:
+        """The connection to ``row`` failed: ask the node again, and send
+        what is in flight there again ``RESEND_AFTER`` later."""
+        aid = book.actor_id
+        if aid in self.down:
+            return []
+        if not any(p.sent_to == row.incarnation for p in book.pending.values()):
+            return []  # (nothing in flight there: the next call connects again)
+        self.down.add(aid)
+        return [Watch(actor_id=aid, stimulus_id=sid),
+                SetTimer(at=now + RESEND_AFTER, key=(RESEND_TIMER, aid), stimulus_id=sid)]
+
+    def _mark_unsure(self, book: CallBook, incarnation: int) -> None:
+        """The connection to ``incarnation`` was lost: the calls sent there
+        may have run (and those marked before still pending stay marked)."""
+        old = self.unsure.get(book.actor_id)
+        pending = book.pending
+        marks = {k: i for k, i in old.items() if k in pending} if old else {}
+        for k, p in pending.items():
+            if p.sent_to == incarnation:
+                marks[k] = incarnation
+        if marks:
+            self.unsure[book.actor_id] = marks
+        else:
+            self.unsure.pop(book.actor_id, None)
+
+    def _gives_up(self, book: CallBook, row: EndpointRow, f: tuple[str, int, float], now: float) -> str:
+        """Why the direct path to ``book``'s actor is given up after the
+        failed connects ``f`` ("": not yet)."""
+        _, n, first = f
+        e = book.entry
+        if n < UNREACHABLE_TRIES or now - first < UNREACHABLE_SPAN:
+            return ""
+        if e is None or e.state is not ActorState.ALIVE or row.incarnation != e.incarnation:
+            return ""  # (the row says it is gone or moving: the next incarnation decides)
+        marks = self.unsure.get(book.actor_id)
+        if marks and any(marks.get(k) == p.sent_to for k, p in book.pending.items()) and now - first < UNSURE_FOR:
+            return ""  # (calls that may have run there: the row may settle them yet)
+        return (f"{n} connections to its worker at {row.endpoint} failed over {now - first:.1f} s "
+                f"while the actor is alive")
+
+    def _endpoint_late(self, aid: ActorId, now: float, sid: str) -> list[Command]:
+        """``ENDPOINT_WAIT`` after the row said ALIVE: still no endpoint of
+        that incarnation?"""
+        w = self.awaiting.get(aid)
+        if w is None or now < w[1]:
+            return []  # (the timer of an earlier incarnation: a later one is set)
+        del self.awaiting[aid]
+        inc = w[0]
+        book = self.books.get(aid)
+        e = book.entry if book is not None else None
+        if e is None or e.state is not ActorState.ALIVE or e.incarnation != inc:
+            return []
+        row = self.endpoints.get(aid)
+        if row is not None and row.incarnation >= inc:
+            return []
+        return self._switch(book, now, sid, f"its incarnation {inc} published no endpoint for direct calls within "
+                                            f"{ENDPOINT_WAIT:g} s (PENUMBRA_DIRECT_CALLS=0 where it runs?)")
+
+    def _switch(self, book: CallBook, now: float, sid: str, why: str = "") -> list[Command]:
+        """The actor's calls leave the direct path for good (see the module
+        docstring): fail what may have run or was cancelled, declare the
+        gaps, hand the rest on in order.  ``why``: said in the log (a
+        ``replay=True`` actor, which never went direct: nothing said)."""
+        aid = book.actor_id
+        self.routed.add(aid)
+        del self.books[aid]
+        row = self.endpoints.pop(aid, None)
+        self.down.discard(aid)
+        self.failures.pop(aid, None)
+        self.awaiting.pop(aid, None)
+        marks = self.unsure.pop(aid, None) or {}
         cmds: list[Command] = []
-        for p in sorted(book.pending.values(), key=lambda p: (p.spec.caller_id, p.spec.sequence_no)):
+        handed: dict[str, list[PendingCall]] = {}
+        unsure = 0
+        for key, p in sorted(book.pending.items()):
             self.calls.pop(p.spec.task_id, None)
-            cmds.append(Reroute(spec=p.spec, stimulus_id=sid))
+            if p.sent_to is not None and p.cancelled:
+                cmds += self._failed(p.spec, _cancelled(p.spec), p.attempt, sid)
+            elif p.sent_to is not None and marks.get(key) == p.sent_to:
+                unsure += 1
+                cmds += self._failed(p.spec, self._unavailable(p.spec, row, why), p.attempt, sid)
+            else:
+                handed.setdefault(key[0], []).append(p)
+        # every call of a caller below ``received`` came here: those not
+        # handed on were resolved here, and the router must not wait for them
+        for caller in sorted(set(handed) | set(book.received)):
+            top = book.received.get(caller, 0)
+            prev = -1
+            for p in handed.get(caller, ()):
+                s = p.spec.sequence_no
+                if s < top:
+                    if s > prev + 1:
+                        cmds.append(Skipped(actor_id=aid, caller_id=caller, after=prev, before=s, stimulus_id=sid))
+                    prev = s
+                cmds.append(Reroute(spec=p.spec, stimulus_id=sid))
+            if top > prev + 1:
+                cmds.append(Skipped(actor_id=aid, caller_id=caller, after=prev, before=top, stimulus_id=sid))
+        if why:
+            name = book.entry.spec.cls.name if book.entry is not None else aid.hex()
+            text = (f"actor {name}: direct calls from this process given up ({why}); its calls go through the "
+                    f"nodes from now on (slower, same results)")
+            if unsure:
+                text += f"; {unsure} call(s) that may have reached the worker failed with ActorUnavailableError"
+            cmds.append(Log(level="warning", text=text, stimulus_id=sid))
         return cmds
+
+    @staticmethod
+    def _unavailable(spec: TaskSpec, row: EndpointRow | None, why: str) -> ErrorInfo:
+        name = spec.display_name()
+        where = f" at {row.endpoint}" if row is not None else ""
+        return ErrorInfo(ErrorKind.ACTOR_UNAVAILABLE,
+                         f"the call {name} was sent to its actor's worker{where}, the connection was lost, and the "
+                         f"worker could not be reached again ({why}): the call may or may not have run. Later calls "
+                         f"go through the nodes; retry this one if it is safe to run twice", task_name=name)

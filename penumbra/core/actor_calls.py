@@ -12,6 +12,12 @@ direct path (core/actor_caller.py) -- keeps the same book per actor
   Each call carries the caller's *floor*, its lowest unresolved sequence
   number (``CallBook.floor``), so a new incarnation knows where the caller's
   order resumes.
+* **Skips** (``skip``): calls a sender never gets, because another sender
+  resolved them (a client's direct caller handing the rest of its calls to
+  the routed path: ``ActorCaller`` failed some itself, or had them answered
+  directly) are declared, ``(after, before)``: the caller's calls strictly
+  between those two will not come.  Order then passes over them; the
+  floor (the lowest call *pending here*) tells the actor's side the same.
 * **Rows** (``accept_row`` then ``settle``): a row never goes back (lower
   incarnation, or a lower state rank in the same one); on a change:
   ALIVE sends held calls, and calls in flight to an older incarnation are
@@ -46,8 +52,8 @@ from .msg_base import Command
 from .records import ActorEntry, ActorState, ErrorInfo, ErrorKind
 from .specs import TaskSpec
 
-__all__ = ["PendingCall", "CallBook", "CallSide", "died", "in_flight_lost", "may_retry", "arrive", "send_if_alive",
-           "accept_row", "settle", "cancel", "floor_notice", "stale"]
+__all__ = ["PendingCall", "CallBook", "CallSide", "died", "in_flight_lost", "may_retry", "arrive", "skip",
+           "send_if_alive", "accept_row", "settle", "cancel", "floor_notice", "stale"]
 
 
 def died(entry: ActorEntry | None, name: str, why: str) -> ErrorInfo:
@@ -97,6 +103,9 @@ class CallBook:
     # per caller: every call below this has reached us; calls above a gap wait
     received: dict[str, int] = field(default_factory=dict)
     ahead: dict[str, set[int]] = field(default_factory=dict)
+    # per caller: after -> before, the calls strictly between will never
+    # come (``skip``), for an ``after`` not received yet
+    skips: dict[str, dict[int, int]] = field(default_factory=dict)
 
     def add(self, p: PendingCall) -> None:
         c, s = p.spec.caller_id, p.spec.sequence_no
@@ -153,15 +162,42 @@ def arrive(book: CallBook, p: PendingCall) -> list[PendingCall]:
         return []
     if seq < nxt:
         return [p]
+    return _release(book, caller, seq, [p])
+
+
+def skip(book: CallBook, caller: str, after: int, before: int) -> list[PendingCall]:
+    """``caller``'s calls strictly between ``after`` and ``before`` will never
+    come (another sender resolved them; ``after`` -1: from the first): the
+    calls that may now be sent, in order.  Works whichever comes first, the
+    skip or the calls around it."""
+    if before <= after + 1:
+        return []
+    nxt = book.received.get(caller, 0)
+    if after >= nxt:  # (``after`` has not come yet: jump when it does)
+        book.skips.setdefault(caller, {})[after] = before
+        return []
+    if before <= nxt:
+        return []  # (passed already)
+    return _release(book, caller, before - 1, [])
+
+
+def _release(book: CallBook, caller: str, at: int, released: list[PendingCall]) -> list[PendingCall]:
+    """Position ``at`` of ``caller``'s order is passed (its call came, or
+    never will): go on over every call that came ahead (appended to
+    ``released``) and every skip."""
     ahead = book.ahead.get(caller)
-    released = [p]
-    nxt += 1
-    while ahead and nxt in ahead:
+    jumps = book.skips.get(caller)
+    while True:
+        nxt = jumps.pop(at, at + 1) if jumps else at + 1
+        if not (ahead and nxt in ahead):
+            break
         ahead.discard(nxt)
         q = book.pending.get((caller, nxt))
         if q is not None:
             released.append(q)
-        nxt += 1
+        at = nxt
+    if jumps is not None and not jumps:
+        del book.skips[caller]
     book.received[caller] = nxt
     return released
 

@@ -28,11 +28,16 @@ can do, in ``DirectHost``:
   hold the values).  A caller may drop the result (``ReleaseObjects`` with
   ``free``) before the report lands: ``note_freed`` remembers such ids for a
   while, and the output is freed as soon as it is recorded.
-* **What callers record.**  A caller sends its node the results the
-  actor's node may never record (``DirectCallsRecorded``): a call that
-  failed at the caller, and what an incarnation that died since answered
-  (its report may have died with it).  The node records them as a routed
-  call's (``on_recorded``).
+* **What failed at the caller.**  A call its client failed itself (the
+  actor died or was killed, the call was cancelled before it was sent, the
+  worker could not be reached: ``ActorCaller`` decides) is never reported
+  by a worker: the client says so (``DirectCallFailed``) and the node
+  stores the error as its outputs, as the router does for a call it fails,
+  so a process handed one of its refs finds it.
+* **What a dead incarnation answered.**  A caller also sends its node the
+  results an incarnation that died since answered (``DirectCallsRecorded``):
+  its batched report may have died with it.  The node records them as a
+  routed call's (``on_recorded``).
 """
 
 from __future__ import annotations
@@ -43,15 +48,8 @@ from typing import TYPE_CHECKING
 from .actor_host import _Call
 from .ids import ActorId, ObjectId
 from .msg_base import Command, Send
-from .msg_direct import (
-    ActorEndpoint,
-    ActorWatched,
-    DirectCallsRan,
-    DirectCallsRecorded,
-    EndpointRow,
-    WatchActor,
-    endpoint_key,
-)
+from .msg_direct import (ActorEndpoint, ActorWatched, DirectCallFailed, DirectCallsRan, DirectCallsRecorded,
+                         EndpointRow, WatchActor, endpoint_key)
 from .records import ActorEntry, ActorState
 from .tables import Get, KvDelete, PutEndpoint, Subscribe, Unsubscribe
 
@@ -131,9 +129,15 @@ class DirectHost:
                 node.story_add(spec.task_id, now, sid, f"result recorded by its caller {ev.client}")
                 cmds += node.store_outputs(spec, tuple((o.object_id, o.size) for o in e.outputs), e.attempt, now, sid)
             else:
-                node.story_add(spec.task_id, now, sid, f"failed at its caller {ev.client}: {e.error.kind.value}")
+                node.story_add(spec.task_id, now, sid, f"error recorded by its caller {ev.client}: {e.error.kind.value}")
                 cmds += node.fail_outputs(spec, e.error, e.attempt, now, sid)
         return cmds
+
+    def on_failed(self, ev: DirectCallFailed, now: float) -> list[Command]:
+        """A call failed at its client (see the module docstring)."""
+        sid = ev.stimulus_id
+        self.node.story_add(ev.spec.task_id, now, sid, f"direct call failed at its caller: {ev.error.message}")
+        return self.node.fail_outputs(ev.spec, ev.error, ev.attempt, now, sid)
 
     def note_freed(self, oid: ObjectId) -> None:
         """A client freed ``oid`` and this node did not have it: it may be

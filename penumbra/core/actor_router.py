@@ -117,6 +117,16 @@ class ActorRouter:
             cmds += rules.send_if_alive(r, q, self, now, sid)
         return cmds
 
+    def skip(self, aid: ActorId, caller: str, after: int, before: int, now: float, sid: str) -> list[Command]:
+        """``caller``'s calls to ``aid`` strictly between ``after`` and
+        ``before`` will not come here: the client's direct caller resolved
+        them before handing the rest of its calls to this router
+        (``CallsSkipped``).  The calls they held back leave now."""
+        r, cmds = self._route(aid, now, sid)
+        for q in rules.skip(r, caller, after, before):
+            cmds += rules.send_if_alive(r, q, self, now, sid)
+        return cmds
+
     # -- the CallSide of the shared rules (core/actor_calls.py)
     def ready(self, r: CallBook) -> bool:
         return True

@@ -78,8 +78,13 @@ core/actor_inbox.py, the host's per-caller order and floors, plus the
 results kept until the caller's floor passes them, so a call re-sent after
 a lost connection runs at most once).  The node only publishes the worker's
 endpoint, tells its clients of row and endpoint changes, and records what
-ran (``DirectHost``, core/actor_direct.py).  ``replay=True`` actors keep
-the routed path.
+ran (``DirectHost``, core/actor_direct.py), and stores the error of a
+call its caller failed itself (``DirectCallFailed``).  ``replay=True``
+actors keep the routed path; so do, from one caller, actors whose worker
+it cannot reach or that publish no endpoint: ``ActorCaller`` hands their
+calls to the router (never one that may have run), declaring the calls
+resolved on its side (``CallsSkipped``, ``actor_calls.skip``) so the
+router's order does not wait for them.
 
 The router and the host know their node as ``NodeEffects``
 (core/node_effects.py), the manager its head as ``HeadServices``

@@ -178,7 +178,7 @@ class _Request:
 class _Watch:
     """A ``get``/``wait``/``await``: done when ``need`` of ``ids`` are reported."""
 
-    __slots__ = ("rid", "waiter", "ids", "need", "results", "stream", "linger", "node_ids")
+    __slots__ = ("rid", "waiter", "ids", "need", "results", "stream", "linger", "node_ids", "fetch")
 
     def __init__(self, rid: int, waiter: Any, ids: frozenset, need: int, stream: bool) -> None:
         self.rid = rid
@@ -191,6 +191,7 @@ class _Watch:
         # the ids the node watches for it (a watch on local results too
         # asks the node only for the others); None: all of ``ids``
         self.node_ids: frozenset | None = None
+        self.fetch = True  # (kept for a watch on local results: see ``local_to_node``)
 
     def node_open(self) -> bool:
         """Whether the node still watches some of its ids for it."""
@@ -377,6 +378,7 @@ class ClientMachine:
         of tasks the node had)."""
         local = self.local
         w = _Watch(rid, waiter, frozenset(uniq), need, stream)
+        w.fetch = fetch
         rest = tuple(o for o in uniq if o not in local)
         w.node_ids = frozenset(rest)
         new = []
@@ -459,6 +461,36 @@ class ClientMachine:
             n = answered.pop(oid, None)
             if n is not None:
                 self._answered_bytes -= n
+
+    def local_to_node(self, object_ids, stimulus_id: str = "") -> list[Command]:
+        """These expected direct results will come from the node after all
+        (their call took the routed path): forget them here, and have the
+        node watch them for the watches already waiting on them -- else
+        those would wait forever.  Such a watch's node part is asked again
+        whole, under its id (``CancelWatch`` first: the node then reports
+        only to the new one)."""
+        local = self.local
+        moved: dict[int, list] = {}
+        for oid in object_ids:
+            if local.get(oid, 0) is None:
+                del local[oid]
+            for w in self.local_waiters.pop(oid, ()):
+                if self.requests.get(w.rid) is w and oid not in w.results:
+                    moved.setdefault(w.rid, []).append(oid)
+        cmds: list[Command] = []
+        sid = stimulus_id
+        for rid, oids in moved.items():
+            w = self.requests[rid]
+            if w.node_open():
+                cmds.append(Send(to=self.node_id, msg=CancelWatch(client=self.client_id, req_id=rid, stimulus_id=sid),
+                                 stimulus_id=sid))
+            w.node_ids = (w.node_ids or frozenset()) | frozenset(oids)
+            ids = tuple(sorted(o for o in w.node_ids if o not in w.results))
+            need = max(1, min(len(ids), w.need - len(w.results)))
+            cmds.append(Send(to=self.node_id, msg=WatchObjects(client=self.client_id, req_id=rid, object_ids=ids,
+                                                               fetch=w.fetch, need=need, stimulus_id=sid),
+                             stimulus_id=sid))
+        return cmds
 
     # ------------------------------------------------------------------ giving up
     def give_up(self, rid: int, stimulus_id: str = "") -> list[Command]:

@@ -116,7 +116,7 @@ from .messages import (
 from .records import ChainConfig
 from .messages import FlushedRowsCopy, FlushedRowsRequest, FlushRows, RowsLoaded
 from .msg_base import install_protocol
-from .tables import Change, Op, Subscribe, Tables
+from .tables import Change, NodeDown, Op, Subscribe, Tables
 
 __all__ = [
     "GcsSync",
@@ -351,6 +351,11 @@ class GcsReplica(ReplicaFlushing):
         floors = self.floors
         if low_water > floors.get(client, 0):
             floors[client] = low_water
+        if op.__class__ is NodeDown:
+            # only the latest dead nodes are remembered (core/dead_nodes.py)
+            for old in self.tables.forget_dead_nodes():
+                self.dedup.forget_client(old)
+                floors.pop(old, None)
         entry = _Entry(seq, client, req_id, op, low_water, result, changes)
         if isinstance(op, Subscribe):
             # a late subscriber is sent the current value at once, so it

@@ -84,6 +84,11 @@ class DedupTable:
         else:
             by[client] = seen
 
+    def forget_client(self, client: str) -> None:
+        """Forget every request of ``client`` (a node dead long ago: see
+        core/dead_nodes.py)."""
+        self._by.pop(client, None)
+
     def forget(self, client: str, req_id: int) -> None:
         """Forget one request (used by a planted bug of the swarm)."""
         v = self._by.get(client)

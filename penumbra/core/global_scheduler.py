@@ -116,6 +116,13 @@ class GlobalScheduler:
         if v is not None:
             v.alive = False
 
+    def forget_node(self, node_id: str) -> None:
+        """A dead node's view goes (core/dead_nodes.py: the head keeps
+        the latest dead nodes only)."""
+        v = self.nodes.get(node_id)
+        if v is not None and not v.alive:
+            del self.nodes[node_id]
+
     def on_heartbeat(self, node_id: str, load: NodeLoad, now: float) -> None:
         v = self.nodes.get(node_id)
         if v is None or not v.alive:

@@ -88,8 +88,10 @@ from .gcs import ChainMaster, GcsTiming
 from .gcs_client import GcsClient
 from .global_scheduler import GlobalConfig, GlobalScheduler, Rng
 from .head_recovery import HeadRecovery, _Recovering
+from .dead_nodes import DeadNodes
 from .ids import TaskId
 from .lineage import Recovery
+from .msg_leases import LeaseForward, LeaseSpillback
 from .messages import (
     ActorReported,
     BundlesCommitted,
@@ -208,7 +210,9 @@ class HeadMachine(HeadRecovery):
         self.last_seq: dict[str, int] = {}  # the highest heartbeat number read
         self.check_due = 0.0
         self.pauses_noticed = 0
-        self.dead_nodes: set[str] = set()
+        # the latest ``dead_nodes.RETENTION`` nodes declared dead (their
+        # heartbeats are fenced); older ones are forgotten everywhere here
+        self.dead_nodes = DeadNodes()
         self.watched_tasks: set[TaskId] = set()
         self.stories: dict[Hashable, list] = {}
         # jobs whose driver exited (one int per job ever run), and, for those
@@ -327,7 +331,8 @@ class HeadMachine(HeadRecovery):
     def node_dead(self, node: str, now: float, sid: str) -> list[Command]:
         if node in self.dead_nodes:
             return []
-        self.dead_nodes.add(node)
+        for old in self.dead_nodes.add(node):
+            self.forget_dead(old)
         self.misses.pop(node, None)
         self.heard.discard(node)
         self.last_seq.pop(node, None)
@@ -337,6 +342,11 @@ class HeadMachine(HeadRecovery):
         cmds = self.placement.on_node_dead(node, now, sid)
         # first drop its locations everywhere, then re-home its work
         return cmds + self.gcs.write(NodeDown(node), ("node-down", node), now, sid)
+
+    def forget_dead(self, node: str) -> None:
+        """A node dead long ago leaves the head's memory (see
+        core/dead_nodes.py: only the latest ``RETENTION`` are kept)."""
+        self.scheduler.forget_node(node)
 
     def _on_timer(self, ev: TimerFired, now: float) -> list[Command]:
         key = ev.key
@@ -398,6 +408,19 @@ class HeadMachine(HeadRecovery):
         if self.job_over(ev.spec):
             return []  # forwarded just before its job ended
         return self.scheduler.submit(ev.spec, ev.attempt, now, ev.stimulus_id)
+
+    def _on_lease_forward(self, ev: LeaseForward, now: float) -> list[Command]:
+        """A node's lease request for the global scheduler (core/lease_host.py):
+        it picks a node as for a forwarded task and tells the submitter to
+        ask there (``LeaseSpillback``)."""
+        r = ev.request
+        if self.job_over(r.spec):
+            return []
+
+        def spill(node: str, now: float, sid: str) -> list[Command]:
+            return [Send(to=r.submitter, msg=LeaseSpillback(req_id=r.req_id, node=node, reason=ev.reason,
+                                                            stimulus_id=sid))]
+        return self.scheduler.submit(r.spec, 0, now, ev.stimulus_id, on_placed=spill)
 
     def _on_reconstruct(self, ev: ReconstructObject, now: float) -> list[Command]:
         return self.recovery.on_request(ev.object_id, ev.node_id, now, ev.stimulus_id)
@@ -548,7 +571,7 @@ class HeadMachine(HeadRecovery):
         self.actors.validate()
         self.recovery.validate()
         self.placement.validate()
-        assert not (self.dead_nodes & set(self.misses)), "a dead node is still monitored"
+        assert not any(n in self.dead_nodes for n in self.misses), "a dead node is still monitored"
         assert self.heard <= set(self.misses), "a heartbeat was counted for a node nobody monitors"
         for job in self.ending:
             assert job in self.ended_jobs, f"job {job} is being cleared but did not end"
@@ -562,6 +585,7 @@ _HANDLERS = {
     NodeDied: HeadMachine._on_node_died,
     TimerFired: HeadMachine._on_timer,
     ForwardTask: HeadMachine._on_forward,
+    LeaseForward: HeadMachine._on_lease_forward,
     ReconstructObject: HeadMachine._on_reconstruct,
     ActorReported: HeadMachine._on_actor_reported,
     KillActorRequest: HeadMachine._on_kill_actor,

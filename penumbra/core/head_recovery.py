@@ -226,7 +226,8 @@ class HeadRecovery(HeadServices):
         for e in sorted(reads["nodes"], key=lambda e: e.node_id):
             node = e.node_id
             if not e.alive:
-                self.dead_nodes.add(node)
+                for old in self.dead_nodes.add(node):
+                    self.forget_dead(old)
                 continue
             live.append(node)
             self.misses[node] = 0

@@ -34,7 +34,7 @@ class HeadServices:
     # set by ``HeadMachine.__init__``
     address: str
     gcs: GcsClient
-    dead_nodes: set[str]
+    dead_nodes: Any  # DeadNodes (core/dead_nodes.py): ``in``, ``add``, iteration
     watched_tasks: set[TaskId]
     stories: dict[Hashable, list]
     ended_jobs: set[int]

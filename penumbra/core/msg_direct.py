@@ -17,7 +17,10 @@ comes back the same way; nodes are off the critical path:
   in batches (the node records the outputs, the task rows, the stories and
   the timeline, as for a call it dispatched itself);
 * client <-> its node: ``WatchActor`` (follow this actor's row and
-  endpoint) answered by ``ActorWatched`` now and at every change.
+  endpoint) answered by ``ActorWatched`` now and at every change;
+  ``DirectCallFailed`` (a call the client failed itself: store its error)
+  and ``CallsSkipped`` (the client hands its calls to the routed path: the
+  router must not wait for the ones it resolved already).
 
 Outputs travel as ``DirectOutput``: small values inline (the encoded
 bytes), large ones as "in the store of node N" (written to that node's
@@ -52,6 +55,8 @@ __all__ = [
     "ActorEndpoint",
     "WatchActor",
     "ActorWatched",
+    "CallsSkipped",
+    "DirectCallFailed",
 ]
 
 
@@ -207,12 +212,11 @@ class DirectCallsRan(Message):
 class DirectCallsRecorded(Message):
     """A caller to its node: record these direct calls' results here, as a
     routed call's are (outputs in the store and the GCS, or the error),
-    for whoever else gets their refs: calls that failed at the caller
-    without a reply (their actor died or was killed, the call was
-    cancelled before it was sent), and results answered by an actor
+    for whoever else gets their refs: results answered by an actor
     incarnation that died since, which may have died before its batched
-    report reached its node.  ``entries`` as in ``DirectCallsRan``
-    (inline outputs carry their data)."""
+    report reached its node.  (A call that failed at the caller, without
+    a reply, goes as ``DirectCallFailed``.)  ``entries`` as in
+    ``DirectCallsRan`` (inline outputs carry their data)."""
 
     client: str
     entries: tuple[DirectRan, ...]
@@ -239,6 +243,35 @@ class ActorWatched(Message):
     actor_id: ActorId
     entry: ActorEntry | None = None
     endpoint: EndpointRow | None = None
+
+
+class CallsSkipped(Message):
+    """A client to its node, before it hands calls to the routed path that
+    it sent directly until now (a ``replay=True`` actor, or a worker it
+    cannot reach): its calls to ``actor_id`` strictly between ``after`` and
+    ``before`` (``after`` -1: from the first) are resolved already (they
+    were answered directly, or failed at the client), so the node's router
+    must not wait for them."""
+
+    client: str
+    actor_id: ActorId
+    caller_id: str
+    after: int
+    before: int
+
+
+class DirectCallFailed(Message):
+    """A client to its node: call ``spec`` failed at the client, without a
+    reply from the actor's worker (its actor died or was killed, it was
+    cancelled before it was sent, its worker could not be reached): store
+    ``error`` as its outputs, as the router does for a call it fails, so a
+    process handed one of its refs finds the error (no worker reports such
+    a call)."""
+
+    client: str
+    spec: TaskSpec
+    error: ErrorInfo
+    attempt: int = 0
 
 
 from ._pickling import install as _install_pickling  # noqa: E402

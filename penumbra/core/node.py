@@ -105,7 +105,9 @@ from .messages import (
     PrepareBundles,
     ReleaseBundles,
 )
-from .msg_direct import ActorEndpoint, DirectCallsRan, DirectCallsRecorded, WatchActor
+from .msg_direct import ActorEndpoint, CallsSkipped, DirectCallFailed, DirectCallsRan, DirectCallsRecorded, WatchActor
+from .lease_host import RECORDED_TOKEN, LeaseHost
+from .msg_leases import RecordTasks, RequestLease, ReturnLease, SubmitterGone, TasksRan
 from .placement import BundleHolder
 from .node_jobs import NodeJobs
 from .objects import ObjectManager
@@ -158,11 +160,11 @@ class NodeMachine(NodeJobs):
     """One node's machine: routes each event to the role that owns it (the
     effects the roles share are ``NodeEffects``, core/node_effects.py)."""
 
-    # (30 attributes: from 30 on CPython 3.11 gives every instance a dict of
+    # (31 attributes: from 30 on CPython 3.11 gives every instance a dict of
     # its own and reads go through it -- see tests/test_sim_inline_attrs.py;
     # the bases keep a __dict__ for what they and tests set)
     __slots__ = ("address", "bundles", "clients", "config", "direct", "doomed", "ended_jobs", "exited_jobs",
-                 "fenced", "gcs", "head", "heartbeats_sent", "host", "next_relay", "node_id", "nodes", "objects",
+                 "fenced", "gcs", "head", "heartbeats_sent", "host", "leases", "next_relay", "node_id", "nodes", "objects",
                  "outbox", "owned_actors", "pending_clears", "pending_held", "pending_puts", "relays", "router",
                  "scheduler", "stories", "story_texts", "timeline", "watches", "welcomed")
 
@@ -183,6 +185,7 @@ class NodeMachine(NodeJobs):
         self.host = ActorHost(self)
         self.router = ActorRouter(self)
         self.direct = DirectHost(self)  # direct actor calls: endpoints, watches, what ran
+        self.leases = LeaseHost(self)  # worker leases: grants, reclaims, what leased workers ran
         self.clients: dict[str, int] = {}  # client -> job id (drivers)
         self.watches: dict[tuple[str, int], _Watch] = {}
         self.outbox: dict[tuple[str, int], list[tuple[ObjectId, ObjectInfo]]] = {}
@@ -247,6 +250,8 @@ class NodeMachine(NodeJobs):
         if h is None:
             return []
         cmds = h(self, event, now)
+        if self.leases.queue:  # (lease requests wait for a worker: core/lease_host.py)
+            cmds += self.leases.grant(now, event.stimulus_id)
         store = self.objects.store
         if store.files_to_delete or store.unpinned_spilled:
             cmds += self.objects.drain_spill_changes(now, event.stimulus_id)
@@ -320,6 +325,8 @@ class NodeMachine(NodeJobs):
             cmds += self._drop_watch(key, now, ev.stimulus_id)
         if self.direct.watchers:
             cmds += self.direct.client_gone(ev.client, now, ev.stimulus_id)
+        # (always: a lease request of this client may still be on its way)
+        cmds += self.leases.submitter_gone(ev.client, now, ev.stimulus_id)
         job = self.clients.pop(ev.client, None)
         # (job 0: a driver that left before it learned its job id; it
         # submitted nothing)
@@ -511,6 +518,8 @@ class NodeMachine(NodeJobs):
         if owned:
             cmds.append(Send(to=self.head, msg=OwnerDied(owner=ev.worker_id, actor_ids=tuple(owned), reason=ev.reason,
                                                          stimulus_id=ev.stimulus_id)))
+        if ev.worker_id in self.leases.by_worker:
+            cmds += self.leases.on_worker_crashed(ev.worker_id, ev.reason, now, ev.stimulus_id)
         if self.host.owns_worker(ev.worker_id):
             return cmds + self.host.on_worker_died(ev.worker_id, ev.reason, now, ev.stimulus_id) + self.scheduler.dispatch(now, ev.stimulus_id)
         return cmds + self.scheduler.on_worker_crashed(ev.worker_id, ev.reason, now, ev.stimulus_id)
@@ -644,6 +653,8 @@ class NodeMachine(NodeJobs):
             return self.host.on_covered_row(token[1], token[2], token[3], result, now, sid)
         if kind == "direct-endpoint":
             return self.direct.on_endpoint_row(token[1], result, now, sid)
+        if kind == RECORDED_TOKEN:
+            return self.leases.on_recorded(token[1], token[2], sid)
         if kind == "register":
             client, spec = token[1], token[2]
             a = spec.actor_creation
@@ -686,7 +697,14 @@ class NodeMachine(NodeJobs):
             self.nodes[entry.node_id] = entry.alive
             self.scheduler.other_nodes_alive += int(entry.alive) - int(was)
             if not entry.alive:
-                return self.objects.on_node_dead(entry.node_id, now, ev.stimulus_id)
+                for old in self.objects.dead_nodes.add(entry.node_id):  # (only the latest: core/dead_nodes.py)
+                    if self.nodes.pop(old, False):
+                        self.scheduler.other_nodes_alive -= 1
+                    self.gcs.forget("nodes", old)
+                cmds = self.objects.on_node_dead(entry.node_id, now, ev.stimulus_id)
+                if self.leases.leases:
+                    cmds += self.leases.home_died(entry.node_id, now, ev.stimulus_id)
+                return cmds
         return []
 
     def _actor_row(self, aid, entry, now: float, sid: str) -> list[Command]:
@@ -716,6 +734,7 @@ class NodeMachine(NodeJobs):
         self.host.validate()
         self.router.validate()
         self.direct.validate()
+        self.leases.validate()
         self.gcs.validate()
         for key, w in self.watches.items():
             assert w.remaining, f"watch {key} has nothing left but is still open"
@@ -781,4 +800,13 @@ _HANDLERS = {
     DirectCallsRan: lambda self, ev, now: self.direct.on_ran(ev, now),
     WatchActor: lambda self, ev, now: self.direct.on_watch(ev, now),
     DirectCallsRecorded: lambda self, ev, now: self.direct.on_recorded(ev, now),
+    DirectCallFailed: lambda self, ev, now: self.direct.on_failed(ev, now),
+    CallsSkipped: lambda self, ev, now: self.router.skip(ev.actor_id, ev.caller_id, ev.after, ev.before, now,
+                                                         ev.stimulus_id),
+    # worker leases (core/lease_host.py)
+    RequestLease: lambda self, ev, now: self.leases.on_request(ev, now),
+    ReturnLease: lambda self, ev, now: self.leases.on_return(ev, now),
+    TasksRan: lambda self, ev, now: self.leases.on_ran(ev, now),
+    RecordTasks: lambda self, ev, now: self.leases.on_record(ev, now),
+    SubmitterGone: lambda self, ev, now: self.leases.on_submitter_gone(ev, now),
 }

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from collections.abc import Set as AbstractSet
 from typing import Callable, Hashable
 
+from .dead_nodes import DeadNodes
 from .ids import ObjectId
 from .messages import (
     Command,
@@ -112,7 +113,7 @@ class ObjectManager:
         self.head = head
         self.errors: dict[ObjectId, ErrorInfo] = {}
         self.wants: dict[ObjectId, _Want] = {}
-        self.dead_nodes: set[str] = set()
+        self.dead_nodes = DeadNodes()  # (the latest only: core/dead_nodes.py)
         self.fetches_started = 0
         self.freed = 0  # objects deleted by ``free`` (their owner's last ref died)
         self.bytes_fetched = 0

@@ -74,7 +74,7 @@ from .placement import SPREAD, OnNode
 from .records import ErrorInfo, ErrorKind, NodeLoad, ObjectEntry, ObjectInfo
 from .scheduler_lending import ResourceLending
 # (the states are also read by verification/bugs.py through this module)
-from .scheduler_records import ACTOR, BUSY, IDLE, LOCATING, NO_INPUTS, READY, RUNNING, STARTING, WAITING, _Task, _Worker
+from .scheduler_records import ACTOR, BUSY, IDLE, LEASED, LOCATING, NO_INPUTS, READY, RUNNING, STARTING, WAITING, _Task, _Worker
 from .specs import EMPTY, ResourceSet, TaskSpec
 from .tables import AddTask, RetryTask
 
@@ -713,13 +713,13 @@ class LocalScheduler(ResourceLending):
         assert self.debt.is_nonnegative()
         in_use = EMPTY
         for w in self.workers.values():
-            if w.state == BUSY:
+            if w.state == BUSY or w.state == LEASED:
                 in_use = in_use + (w.held - w.lent)
         if self.gone:
             in_use = self._drop_gone(in_use)
             actor_held = self._drop_gone(actor_held)
         lhs = self.available + in_use + actor_held + self.bundled - self.debt
-        assert lhs == self.total, f"resource leak: available {self.available} + in use {in_use} + actors {actor_held} + bundles {self.bundled} - debt {self.debt} != total {self.total}"
+        assert lhs == self.total, f"resource leak: available {self.available} + in use or leased {in_use} + actors {actor_held} + bundles {self.bundled} - debt {self.debt} != total {self.total}"
         assert self.bundled.is_nonnegative() and self.bundled.is_subset_of(self.total), f"bundles hold {self.bundled}, more than the node's total {self.total}"
         running = {w.task for w in self.workers.values() if w.state == BUSY}
         for tid, t in self.tasks.items():
@@ -731,7 +731,7 @@ class LocalScheduler(ResourceLending):
         self.gpus.validate()
         for wid in self.gpus.held:
             w = self.workers.get(wid)
-            assert w is not None and w.state in (BUSY, ACTOR), f"GPUs held by {wid}, which runs nothing"
+            assert w is not None and w.state in (BUSY, ACTOR, LEASED), f"GPUs held by {wid}, which runs nothing"
         for tid in self.restart_after:
             assert tid in self.tasks and self.tasks[tid].state == RUNNING, f"deferred restart of {tid} without its running creation"
         for wid in self.idle:

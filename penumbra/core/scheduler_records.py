@@ -49,6 +49,7 @@ STARTING = "starting"
 IDLE = "idle"
 BUSY = "busy"
 ACTOR = "actor"
+LEASED = "leased"  # lent to a submitter (core/lease_host.py): holds its lease's resources
 
 
 @dataclass(slots=True, eq=False)

@@ -54,10 +54,12 @@ before the split.
 
 from __future__ import annotations
 
+from itertools import islice
 from typing import Any
 
 from msgspec.structs import replace
 
+from . import dead_nodes
 from .ids import ActorId, ObjectId, TaskId, driver_task_id  # noqa: F401 (importable from here, as before)
 from .records import (  # noqa: F401 (some only importable from here, as before)
     ActorEntry,
@@ -133,6 +135,32 @@ class Tables(TablesState):
         if handler is None:
             raise TypeError(f"unknown GCS op {op!r}")
         return handler(self, op)
+
+    def forget_dead_nodes(self) -> list[str]:
+        """Forget the nodes declared dead longest ago, beyond the latest
+        ``dead_nodes.RETENTION`` (core/dead_nodes.py): their fence entry,
+        their row in the node table, their subscriptions.  Called by the
+        replica after each ``NodeDown``, on every replica alike (the fence
+        keeps its order through snapshots), so the chain stays in step.
+        Returns the ids forgotten."""
+        dead = self.data["dead_nodes"]
+        over = len(dead) - dead_nodes.RETENTION
+        if over <= 0:
+            return []
+        gone = list(islice(dead, over))
+        nodes = self.data["nodes"]
+        for n in gone:
+            del dead[n]
+            row = nodes.get(n)
+            if row is not None and not row.alive:
+                del nodes[n]
+        gone_set = set(gone)
+        for key in [k for k, subs in self.subs.items() if not subs.isdisjoint(gone_set)]:
+            subs = self.subs[key]
+            subs -= gone_set
+            if not subs:
+                del self.subs[key]
+        return gone
 
 
 # Each handler: (tables, op) -> (result, changes)

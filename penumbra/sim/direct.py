@@ -39,9 +39,12 @@ which publishes it through the GCS.  The inbox's commands:
 commands: ``Send`` on the connection to an endpoint, ``Watch`` as
 ``WatchActor`` to its node (``ActorWatched`` comes back to the client),
 ``Resolved``/``Failed`` as local results of its ``ClientMachine``
-(``resolve_local``; a failure is also recorded by its node, where another
-process handed the ref finds it, as are ``Republish``'s results:
-``DirectCallsRecorded``), ``Reroute`` as ``SubmitTask``, and ``SetTimer``.
+(``resolve_local``), ``StoreFailure`` as ``DirectCallFailed`` to its node
+(which stores the error where another process handed the ref finds it),
+``Republish`` as ``DirectCallsRecorded`` (the node records the results of
+an incarnation that died since), ``Reroute`` as ``SubmitTask`` after
+``Skipped`` as ``CallsSkipped`` (the actor's calls leave the direct path),
+``Log`` into the kernel's log, and ``SetTimer`` (both timer keys).
 
 **Connections.**  A caller opens a connection to an endpoint on its first
 send there.  The simulated network loses messages (cuts, drops); TCP does
@@ -50,7 +53,12 @@ between a caller and an endpoint (either way) breaks their connection: the
 caller hears ``lost(endpoint)`` ``LOST_AFTER`` later, and the worker's
 replies to it are dropped until the caller connects again.  A worker that
 dies closes its connections (``lost`` after one hop); connecting to an
-endpoint whose worker is gone fails after a round trip.
+endpoint whose worker is gone fails after a round trip: the caller hears
+``unreachable(endpoint)`` (as the real link's ``on_lost(opened=False)``),
+and what it sent meanwhile waited in the connection and never left, so
+the caller may hand it to the routed path.  (A connect to a live worker
+opens at once here; a partition then breaks the connection, ``lost``: the
+simulator does not model a connect timing out.)
 
 Values.  In the simulator a store entry is ``(size, value)``; an inline
 output's ``DirectOutput.data`` is ``(value,)`` (a value may be ``None``),
@@ -63,7 +71,7 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from penumbra.core.actor_caller import ActorCaller, Failed, Republish, Reroute, Resolved, Watch
+from penumbra.core.actor_caller import ActorCaller, Failed, Republish, Reroute, Resolved, Skipped, StoreFailure, Watch
 from penumbra.core.actor_inbox import ActorInbox, CheckRan, EndActor, InterruptCall, Reply, ReportRan, RunCall, from_record
 from penumbra.core.messages import (
     ClientDisconnected,
@@ -71,6 +79,7 @@ from penumbra.core.messages import (
     ClientGcsRequest,
     Execute,
     KillActor,
+    Log,
     ObjectsReady,
     Send,
     SetTimer,
@@ -80,11 +89,12 @@ from penumbra.core.messages import (
 from penumbra.core.msg_direct import (
     ActorEndpoint,
     ActorWatched,
+    CallsSkipped,
     DirectCall,
+    DirectCallFailed,
     DirectCallsRan,
     DirectCallsRecorded,
     DirectCancel,
-    DirectRan,
     DirectFloor,
     DirectOutput,
     DirectReply,
@@ -143,7 +153,9 @@ class SimDirect:
         self.kernel = cluster.kernel
         self.enabled = enabled
         self.served: dict[str, _Served] = {}  # endpoint -> the worker behind it
-        self.open: dict[tuple[str, str], None] = {}  # (caller address, endpoint): open connections
+        # (caller address, endpoint) -> None: an open connection; a list: a
+        # connect that will fail, holding what was sent meanwhile
+        self.open: dict[tuple[str, str], list | None] = {}
         self.ports: dict[str, DirectPort] = {}  # caller address -> its port
         self.breaks = 0  # connections broken by a lost message (for tests)
         self.kernel.net_watchers.append(self._on_net)
@@ -218,7 +230,7 @@ class SimDirect:
                 self._run_call(s, c)
             elif t is Reply:
                 addr = s.callers.get(c.caller)
-                if addr is not None and (addr, s.endpoint) in self.open:
+                if addr is not None and self.open.get((addr, s.endpoint), False) is None:
                     s.client.send(addr, c.reply)
             elif t is ReportRan:
                 self._report(s, c)
@@ -406,7 +418,7 @@ class SimDirect:
         if (s.starting or s.checks) and node.alive and node.host is not None and node.host.alive:
             # (its watches of arguments end with it)
             self._to_node(s, ClientDisconnected(client=ep, stimulus_id=f"gone:{ep}"))
-        for key in [k for k in self.open if k[1] == ep]:
+        for key in [k for k, conn in self.open.items() if k[1] == ep and conn is None]:
             self._break(key, self.kernel.network.latency(ep, key[0]))
 
     # ------------------------------------------------------------------ connections
@@ -419,16 +431,31 @@ class SimDirect:
 
     def send(self, port: "DirectPort", endpoint: str, msg: Any) -> None:
         key = (port.address, endpoint)
-        if key not in self.open:
+        conn = self.open.get(key, False)
+        if conn is False:
             s = self.served.get(endpoint)
             if s is None or not s.alive:
-                # nobody listens there (any more): the connect fails
+                # nobody listens there (any more): the connect fails a
+                # round trip later; what is sent meanwhile waits in it
                 known = endpoint in self.kernel.endpoints  # (an address the network placed)
                 rtt = 2 * self.kernel.network.latency(port.address, endpoint) if known else 0.0
-                self.kernel.call_after(rtt, port.lost, endpoint)
-                return
-            self.open[key] = None
+                conn = self.open[key] = []
+                self.kernel.call_after(rtt, self._refused, key, conn)
+            else:
+                conn = self.open[key] = None
+        if conn is not None:
+            conn.append(msg)  # (connecting: it never leaves)
+            return
         port.client.send(endpoint, msg)
+
+    def _refused(self, key: tuple[str, str], conn: list) -> None:
+        """The connect of ``key`` failed: the connection is dropped and its
+        caller told so in one step, so a later send opens a new one."""
+        if self.open.get(key, False) is conn:
+            del self.open[key]
+        port = self.ports.get(key[0])
+        if port is not None:
+            port.unreachable(key[1])
 
     def _on_net(self, what: str, t: float, src: str, dst: str, msgs: list) -> None:
         """The network lost messages between ``src`` and ``dst``: a
@@ -441,7 +468,7 @@ class SimDirect:
             key = (dst, src)
         else:
             return
-        if key in self.open:
+        if self.open.get(key, False) is None:  # (an open connection)
             self.breaks += 1
             self._break(key, LOST_AFTER)
 
@@ -514,6 +541,11 @@ class DirectPort:
         if self.alive() and not self.client.defer(self.lost, (endpoint,)):
             self._carry(self.caller.lost(endpoint, self.now))
 
+    def unreachable(self, endpoint: str) -> None:
+        """A connect to ``endpoint`` failed (see ``SimDirect.send``)."""
+        if self.alive() and not self.client.defer(self.unreachable, (endpoint,)):
+            self._carry(self.caller.unreachable(endpoint, self.now))
+
     def _timer(self, key: Any) -> None:
         if self.alive() and not self.client.defer(self._timer, (key,)):
             self._carry(self.caller.timer(key, self.now))
@@ -539,9 +571,12 @@ class DirectPort:
                 info = ObjectInfo(0, c.error)
                 self.run(self.machine.resolve_local({oid: (info, ("e", c.error)) for oid in c.spec.return_ids},
                                                     c.stimulus_id))
-                # (no worker reports it: our node records its error, for
+            elif t is StoreFailure:
+                # (no worker reports it: our node stores its error, for
                 # whoever else was handed its refs)
-                self._record((DirectRan(spec=c.spec, error=c.error),), c.stimulus_id)
+                if self.alive():
+                    self.client.send(self.node, DirectCallFailed(client=self.address, spec=c.spec, error=c.error,
+                                                                 attempt=c.attempt, stimulus_id=c.stimulus_id))
             elif t is Republish:
                 self._record(c.entries, c.stimulus_id)
             elif t is Watch:
@@ -550,13 +585,21 @@ class DirectPort:
                                                            stimulus_id=c.stimulus_id))
             elif t is Reroute:
                 self.args.pop(c.spec.task_id, None)  # (the node pins them now)
-                self.machine.forget_local(c.spec.return_ids)
+                # (the node answers it: a watch already waiting on it asks the node)
+                self.run(self.machine.local_to_node(c.spec.return_ids, c.stimulus_id))
                 if self.alive():
                     self.client.send(self.node, SubmitTask(client=self.address, spec=c.spec,
                                                            stimulus_id=c.stimulus_id))
-            elif t is SetTimer:
+            elif t is Skipped:
+                if self.alive():
+                    self.client.send(self.node, CallsSkipped(client=self.address, actor_id=c.actor_id,
+                                                             caller_id=c.caller_id, after=c.after, before=c.before,
+                                                             stimulus_id=c.stimulus_id))
+            elif t is SetTimer:  # (RESEND_TIMER and ENDPOINT_TIMER keys alike)
                 k = self.direct.kernel
                 k.call_at(max(c.at, k.env._now), self._timer, c.key)
+            elif t is Log:
+                self.direct.kernel._log(self.now, self.address, c)
 
     def _note(self, spec: Any) -> None:
         now = self.now

@@ -86,7 +86,12 @@ class ActorServer:
     # ---------------------------------------------------------------- starting
     def start(self, unix_dir: str, host: str) -> str:
         """Listen (from the worker's main thread); the endpoint.  The node
-        is told by ``announce``, after the actor's creation is reported."""
+        is told by ``announce``, after the actor's creation is reported.
+
+        The endpoint names ``host`` for TCP, or ``$PENUMBRA_DIRECT_HOST`` if
+        set (where callers on other hosts reach this one when that is not
+        the node's address, e.g. behind NAT).  A caller that cannot reach
+        it sends its calls through the nodes (core/actor_caller.py)."""
         bridge = self.rt.bridge
         unix_path = os.path.join(unix_dir, f"actor-{os.getpid()}.sock")
         token = self.rt.token
@@ -101,7 +106,8 @@ class ActorServer:
             return await n.start(serve_tcp, host, 0, self._serve, token)
 
         bound = bridge.call(listen, timeout=30.0)
-        self.endpoint = endpoint_of(host, bound[1], unix_path, self.rt.node_id)
+        advertised = os.environ.get("PENUMBRA_DIRECT_HOST", "").strip() or host
+        self.endpoint = endpoint_of(advertised, bound[1], unix_path, self.rt.node_id)
         return self.endpoint
 
     def announce(self) -> None:

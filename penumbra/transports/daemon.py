@@ -127,6 +127,7 @@ from .daemon_process import PARENT_DEATH_SIGNAL, _parent_gone, _set_pdeathsig, a
 from .daemon_replicas import DaemonReplicas
 from .daemon_routing import DaemonRouting
 from .daemon_workers import DaemonWorkers, _Worker, start_zygote
+from .rejoin_backoff import RejoinBackoff
 from .host import MachineHost
 from .objectstore import NodeObjects
 from .shm_store import ShmStore, cleanup_session
@@ -147,6 +148,12 @@ class Daemon(DaemonRouting, DaemonCommands, DaemonWorkers, DaemonClients, Daemon
         self.base_node_id = self.node_id
         self.incarnation = 0  # bumped each time it rejoins after being declared dead
         self._rejoining = False
+        # how soon to rejoin after an incarnation ends (a tight loop of quick
+        # ends backs off: rejoin_backoff.py); the streak's length; what the
+        # head said (``Closing``) before it closed this node's connection
+        self.rejoin_backoff = RejoinBackoff(rng=random.Random())
+        self._rejoin_quick = 0
+        self.head_closing = ""
         self.layout: ClusterLayout | None = None
         self.host = MachineHost(route=self.route, validate=cfg.validate)
         self.host.log_sink = self._on_log

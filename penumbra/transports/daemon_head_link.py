@@ -11,7 +11,12 @@ the head daemon (``connect_head``).  Its node incarnation ends two ways:
 Either way the daemon drops the incarnation (workers, objects, drivers)
 and comes back under a new node id (``_rejoin``), retrying the head's
 address for ``_head_wait`` seconds (without limit for a node hosting GCS
-replicas: they may hold the only copies of acknowledged writes).  The
+replicas: they may hold the only copies of acknowledged writes).  An
+incarnation that ended within seconds of joining makes the next wait first
+(exponential backoff with jitter, logged once and then every minute with
+the count: ``_incarnation_ended``, rejoin_backoff.py), so a head that keeps
+dropping this node is not met with a tight loop of rejoins.  A head that
+drops the connection says why first (``Closing``): the node logs it.  The
 replicas it hosts are not part of the incarnation: they stay, paused until
 the head it reaches says which cluster it is (``_on_head_info``; see "A
 head of another cluster" in daemon.py).
@@ -51,14 +56,40 @@ class DaemonHeadLink:
             logger.error("node %s was declared dead by the head (%s); stopping", self.node_id, reason)
             self.request_stop()
             return
-        logger.error(
-            "node %s was declared dead by the head (%s): its tasks re-run on other nodes. It drops its "
-            "workers and objects and rejoins as a new node. (A healthy node is declared dead only when "
-            "the head heard none of its heartbeats for node_timeout=%gs: this daemon was stopped or cut "
+        if self._rejoining:
+            return
+        delay = self._incarnation_ended(
+            logging.ERROR, "node %s was declared dead by the head (%s): its tasks re-run on other nodes. It "
+            "drops its workers and objects and rejoins as a new node. (A healthy node is declared dead only "
+            "when the head heard none of its heartbeats for node_timeout=%gs: this daemon was stopped or cut "
             "off that long; consider a longer --node-timeout.)", self.node_id, reason, self.cfg.node_timeout)
-        if not self._rejoining:
-            self._rejoining = True
-            self.nursery.start_soon(self._rejoin)
+        self._rejoining = True
+        self.nursery.start_soon(self._rejoin, "", delay)
+
+    def _incarnation_ended(self, level: int, msg: str, *args) -> float:
+        """This node's incarnation ended (fenced, or its head connection
+        lost) for the reason ``msg % args`` says: log it after a long life,
+        and at the first quick end of a streak with the wait; while the
+        streak lasts, one line a minute with the count and the last reason
+        instead.  Returns the seconds to wait before rejoining
+        (rejoin_backoff.py: 0 after a long life)."""
+        plan = self.rejoin_backoff.ended(trio.current_time())
+        self._rejoin_quick = plan.quick
+        b = self.rejoin_backoff
+        if plan.quick == 0:
+            logger.log(level, msg, *args)
+        elif plan.quick == 1:
+            logger.log(level, msg + " -- %.1fs after it joined: it waits %.1fs first (while incarnations keep "
+                       "ending within %gs, the wait doubles up to %gs)", *args, plan.lived, plan.delay,
+                       b.stable_after, b.cap)
+        elif plan.warn:
+            logger.warning(
+                "node %s: %d incarnations in a row ended within %gs of joining; the last: %s. Rejoining with "
+                "backoff, the next in %.1fs (up to %gs; this line repeats at most every %gs while it lasts)",
+                self.base_node_id, plan.quick, b.stable_after, msg % args, plan.delay, b.cap, b.report_every)
+        else:
+            logger.debug(msg, *args)
+        return plan.delay
 
     def _head_wait(self) -> float:
         """Seconds a node that lost its head retries the head's address."""
@@ -69,8 +100,9 @@ class DaemonHeadLink:
         # to recover them (penumbra start --head --recover), however long
         return math.inf if self.cfg.gcs_replica or self.hosted_replicas else _JOIN_TIMEOUT
 
-    async def _rejoin(self, why: str = "") -> None:
-        """Come back as a fresh node (see ``_fenced``).  The GCS replicas
+    async def _rejoin(self, why: str = "", delay: float = 0.0) -> None:
+        """Come back as a fresh node (see ``_fenced``), after ``delay``
+        seconds (the backoff of ``_incarnation_ended``).  The GCS replicas
         this daemon hosts are kept: they are chain members, not part of the
         node's incarnation, and may hold the only copies of acknowledged
         writes; they reconnect to whatever head answers at the head
@@ -110,6 +142,8 @@ class DaemonHeadLink:
             self.replicas_paused = bool(self.hosted_replicas)  # (until the head says it is theirs)
             if ch is not None:
                 await ch.aclose()
+            if delay > 0:
+                await trio.sleep(delay)  # (the old incarnation is gone meanwhile: nothing waits on it)
             deadline = trio.current_time() + self._head_wait()
             tries = 0
             while True:
@@ -126,7 +160,8 @@ class DaemonHeadLink:
                                        if self.hosted_replicas else "")
                     await trio.sleep(0.5)
             self.host.add((self.node_id, NodeMachine(self.node_id, self.layout.node_config(self.layout.nodes[0]))))
-            logger.warning("node %s rejoined the cluster as %s", old, self.node_id)
+            logger.log(logging.WARNING if self._rejoin_quick <= 1 else logging.DEBUG,
+                       "node %s rejoined the cluster as %s", old, self.node_id)
         except Exception:
             logger.exception("node %s could not rejoin the cluster (its head stayed unreachable for %g s, "
                              "--head-wait); stopping", old, self._head_wait())
@@ -166,8 +201,10 @@ class DaemonHeadLink:
         with trio.fail_after(10):  # (a head host that is down does not refuse: it never answers)
             ch = await connect_tcp(host, int(port), self.cfg.token, "node", self.node_id)
         self.head_channel = ch
+        self.head_closing = ""
         # (with the replicas it hosts: the head routes to them from now on)
         ch.send_nowait(P.NodeHello(self.node_id, self.listening, self.hosted_replicas, self.replica_cluster))
+        self.rejoin_backoff.joined(trio.current_time())
         task_status.started()
         reason = "the head daemon closed it"  # (a clean end: the head's process exited, or was killed)
         try:
@@ -179,6 +216,8 @@ class DaemonHeadLink:
             reason = e.reason
         except trio.ClosedResourceError:
             return  # closed by ``_rejoin``
+        if self.head_closing:  # (what the head said before it closed: ``Closing``)
+            reason = f"{reason}; the head said: {self.head_closing}"
         if self.head_channel is ch and not self.stopping:
             # a reset connection, the head restarting or killed (its host's
             # kernel closes the socket cleanly): the head has declared this
@@ -186,16 +225,17 @@ class DaemonHeadLink:
             # fresh node, as after a fence -- or stop if the head stays
             # unreachable.  (An orderly 'penumbra stop' said StopCluster
             # first, which set ``stopping``.)
-            logger.error("lost the connection to the head daemon (%s); rejoining as a new node", reason)
             self.head_channel = None
             # until the head it reaches says it is of their cluster
             self.replicas_paused = bool(self.hosted_replicas)
             if not self._rejoining:
+                delay = self._incarnation_ended(
+                    logging.ERROR, "lost the connection to the head daemon (%s); rejoining as a new node", reason)
                 self._rejoining = True
                 self.nursery.start_soon(self._rejoin, (
                     f"this node lost its connection to the cluster's head at {self.cfg.head_address} ({reason}): "
                     f"the head daemon was killed, its host died or the network is cut. The node rejoins when "
                     f"the head answers again (restarted, or 'penumbra start --head --recover' from the GCS "
-                    f"replicas that survive)"))
+                    f"replicas that survive)"), delay)
         if self.head_channel is ch:  # (not an old one ``_rejoin`` replaced)
             self.request_stop()

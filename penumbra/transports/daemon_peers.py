@@ -22,7 +22,7 @@ import trio
 from ..core.messages import Fetch, FetchCompleted, FetchFailed, NodeDied
 from . import protocol as P
 from .daemon_addresses import _as_seen
-from .wire import Channel, ConnectionClosed, connect_tcp
+from .wire import Channel, ConnectionClosed, ProtocolError, connect_tcp
 
 logger = logging.getLogger("penumbra.daemon")  # (one logger for the whole daemon: its log reads as one)
 
@@ -48,8 +48,14 @@ class DaemonPeers:
                 await self._from_peer(ch, item)
                 if not ch.buffered:
                     self.host.pump()
-        except ConnectionClosed:
-            pass
+        except ConnectionClosed as e:
+            if self.cfg.head and incoming and not self.stopping:
+                await self._dropping_node(ch, nid, e)
+        except Exception as e:
+            if not (self.cfg.head and incoming):
+                raise  # (the listener logs it and closes the connection)
+            logger.exception("handling node %s's messages failed", nid)
+            await self._dropping_node(ch, nid, e)
         finally:
             if self.node_channels.get(nid) is ch:
                 del self.node_channels[nid]
@@ -66,6 +72,31 @@ class DaemonPeers:
                     self.host.deliver("head", NodeDied(node_id=nid, stimulus_id=f"disconnect:{nid}"))
             if self.peer_channels.get(nid) is ch:
                 del self.peer_channels[nid]
+
+    async def _dropping_node(self, ch: Channel, nid: str, exc: BaseException) -> None:
+        """(head role) The connection of node ``nid`` ends for ``exc``, not
+        because the node closed it: say why in this log and, where the way
+        to the node still works, to the node (``Closing``), whose log then
+        names the cause.  (A head that closed a node's connection in
+        silence once made a node rejoin 20,694 times with nobody able to
+        tell why: a message the head could not decode.)"""
+        if isinstance(exc, ProtocolError):
+            why = f"the head could not read what this node sent: {exc.reason}"
+            told = await ch.send_last_words(P.Closing(why))
+        elif isinstance(exc, ConnectionClosed):
+            why, told = exc.reason, False  # (reset or cut: nothing gets through any more)
+        else:
+            why = f"the head daemon failed handling this node's messages ({type(exc).__name__}: {exc})"
+            told = False
+            with trio.move_on_after(1):
+                try:
+                    await ch.send(P.Closing(why))
+                    told = True
+                except (ConnectionClosed, trio.ClosedResourceError):
+                    pass
+        what = "lost" if type(exc) is ConnectionClosed else "dropping"
+        logger.warning("%s the connection of node %s (%s): %s%s", what, nid, ch.peer_address, why,
+                       "" if told or what == "lost" else " (the node could not be told)")
 
     def _broadcast_peers(self) -> None:
         table = P.PeerTable(dict(self.peers), self.node_id)
@@ -97,6 +128,8 @@ class DaemonPeers:
             self._offered(item.node_id, item.replicas, item.cluster)
         elif t is P.HeadInfo and ch is self.head_channel:
             self._on_head_info(item)
+        elif t is P.Closing and ch is self.head_channel:
+            self.head_closing = item.reason  # (why the head is about to close: the rejoin's log names it)
         elif t is P.StopCluster and ch is self.head_channel:
             logger.info("the head asked this node to stop (penumbra stop)")
             self.stopping = True  # (the head's connection closing next is no reason to rejoin)

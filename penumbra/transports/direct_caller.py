@@ -15,11 +15,13 @@ machine's commands out and feeds it what happens:
   them never asks the node.  Small values come inline; a large one was
   written to the actor's node's shared-memory store, and is read here when
   that node is ours (else fetched through our node, as any remote object);
+* ``StoreFailure``: ``DirectCallFailed`` to the node (which stores the
+  error where other processes find it);
 * ``Republish(entries)``: ``DirectCallsRecorded`` to the node (results an
-  incarnation that died may not have reported; a failed call's error goes
-  the same way);
-* ``Reroute(spec)``: the call takes the routed path (``SubmitTask``: a
-  ``replay=True`` actor);
+  incarnation that died may not have reported);
+* ``Reroute(spec)`` / ``Skipped``: the call takes the routed path
+  (``SubmitTask``), after ``CallsSkipped`` for the calls resolved here;
+* ``Log``: a warning in this process's log;
 * ``SetTimer``: a trio sleep, then ``timer``.
 
 Everything runs under the client's machine lock (``ClientRuntime._mlock``),
@@ -30,19 +32,22 @@ lost connections, the node's answers, timers).  ``now`` is
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import Any
 
 import trio
 
-from ..core.actor_caller import ActorCaller, Failed, Republish, Reroute, Resolved, Watch
-from ..core.messages import Send, SetTimer, SubmitTask
-from ..core.msg_direct import ActorWatched, DirectCallsRecorded, DirectRan, DirectReply, WatchActor
+from ..core.actor_caller import ActorCaller, Failed, Republish, Reroute, Resolved, Skipped, StoreFailure, Watch
+from ..core.messages import Log, Send, SetTimer, SubmitTask
+from ..core.msg_direct import ActorWatched, CallsSkipped, DirectCallFailed, DirectCallsRecorded, DirectReply, WatchActor
 from ..core.records import ActorState, ObjectInfo
 from .direct_links import Links
 
 __all__ = ["DirectCalls", "direct_calls_enabled"]
+
+logger = logging.getLogger("penumbra")
 
 
 def direct_calls_enabled() -> bool:
@@ -148,9 +153,10 @@ class DirectCalls:
             with self.rt._mlock:
                 self._carry(self.caller.reply(item, time.monotonic()))
 
-    def _on_lost(self, endpoint: str) -> None:
+    def _on_lost(self, endpoint: str, opened: bool) -> None:
         with self.rt._mlock:
-            self._carry(self.caller.lost(endpoint, time.monotonic()))
+            now = time.monotonic()
+            self._carry(self.caller.lost(endpoint, now) if opened else self.caller.unreachable(endpoint, now))
 
     def close(self) -> None:
         self.links.close()
@@ -158,13 +164,17 @@ class DirectCalls:
     # ---------------------------------------------------------------- commands (holding the lock)
     def _carry(self, cmds) -> None:
         rt = self.rt
+        node = False  # (sent something to the node)
         for c in cmds:
             t = type(c)
             if t is Send:
                 self.sent += 1
                 self.links.send(c.to, c.msg)
             elif t is Resolved:
-                rt._run(rt.machine.resolve_local(self._results(c.spec, c.reply)))
+                done = rt.machine.resolve_local(self._results(c.spec, c.reply))
+                if done:
+                    rt._run(done)
+                    node = node or any(type(x) is Send for x in done)  # (a CancelWatch)
                 if self._args:
                     self._args.pop(c.spec.task_id, None)
             elif t is Failed:
@@ -172,22 +182,39 @@ class DirectCalls:
                     self._args.pop(c.spec.task_id, None)
                 info = ObjectInfo(0, c.error)
                 att = ("e", c.error)
-                rt._run(rt.machine.resolve_local({oid: (info, att) for oid in c.spec.return_ids}))
-                # no worker reports it: our node records its error, where a
-                # process handed one of its refs finds it, as the routed
-                # path's router records the error of a call it fails
-                self._to_node(DirectCallsRecorded(client=rt.client_id, entries=(DirectRan(spec=c.spec, error=c.error),)))
+                done = rt.machine.resolve_local({oid: (info, att) for oid in c.spec.return_ids})
+                rt._run(done)
+                node = node or any(type(x) is Send for x in done)
+            elif t is StoreFailure:
+                node = True
+                self._to_node(DirectCallFailed(client=rt.client_id, spec=c.spec, error=c.error, attempt=c.attempt))
             elif t is Republish:
+                node = True
                 self._to_node(DirectCallsRecorded(client=rt.client_id, entries=c.entries))
             elif t is Watch:
+                node = True
                 self._to_node(WatchActor(client=rt.client_id, actor_id=c.actor_id))
             elif t is Reroute:
-                # the routed path answers through the node: not a local result
-                rt.machine.forget_local(c.spec.return_ids)
+                node = True
+                # the routed path answers through the node: not a local
+                # result (a get already waiting for it asks the node now)
+                rt._run(rt.machine.local_to_node(c.spec.return_ids))
                 self._to_node(SubmitTask(client=rt.client_id, spec=c.spec))
                 self._args.pop(c.spec.task_id, None)  # (the node pins them now: dropped after)
+            elif t is Skipped:
+                node = True
+                self._to_node(CallsSkipped(client=rt.client_id, actor_id=c.actor_id, caller_id=c.caller_id,
+                                           after=c.after, before=c.before))
             elif t is SetTimer:
                 self._set_timer(c.at, c.key)
+            elif t is Log:
+                logger.warning("%s", c.text)
+        if node and rt.bridge.in_trio_thread():
+            # (from a task of the loop -- a link's, a timer's -- no idle
+            # hook of its dispatcher runs after: what went to the node would
+            # wait in its channel for the next job, and a get waiting on a
+            # rerouted call with it)
+            rt._flush()
 
     def _to_node(self, msg) -> None:
         rt = self.rt

@@ -15,11 +15,20 @@ client's machine lock, so messages leave in the machine's order).  Once the
 connection is open, a user's thread writes its call to the socket itself
 (``direct_send.DirectSender``: no hop to the trio thread for a lone
 message).  Until then messages wait in the link and go out, in order, as
-soon as it connects (the connect runs on the trio thread).
+soon as it connects (the connect runs on the trio thread): any number of
+them (what the channel's outbox does not take waits in the ``DirectSender``).
 
 Receiving.  Each open link has a receive loop on the trio thread, which
 hands every message to ``on_message`` and, when the connection ends or
-cannot be made, calls ``on_lost(endpoint)`` once.
+cannot be made, calls ``on_lost(endpoint, opened)`` once (``opened``
+False: it could not be made, so nothing sent on it left this process).
+That call is made holding the lock, in the same hold as the link is
+dropped: a message sent after it goes to a new link, and the caller's
+machine knows exactly which calls may have left (core/actor_caller.py:
+what never left may take the routed path, what may have left may not).
+
+Connecting is bounded: ``CONNECT_TIMEOUT`` for TCP (a host that drops
+packets), the wire's hello timeout for the hello.
 """
 
 from __future__ import annotations
@@ -38,6 +47,10 @@ __all__ = ["Link", "Links", "endpoint_of", "parse_endpoint"]
 logger = logging.getLogger("penumbra")
 
 _NEW, _CONNECTING, _OPEN, _LOST = "new", "connecting", "open", "lost"
+
+#: seconds a TCP connect to an actor worker may take (on a LAN: well under
+#: one); a failed one counts towards giving the direct path up
+CONNECT_TIMEOUT = 3.0
 
 
 def endpoint_of(host: str, port: int, unix_path: str, node: str) -> str:
@@ -59,7 +72,7 @@ def parse_endpoint(endpoint: str) -> tuple[str, int, str, str]:
     return host, int(port), parts[1], parts[2]
 
 
-def _gone(e: BaseException) -> bool:
+def _gone(e: BaseException) -> bool:  # (kept for tests and logs)
     """Whether a failed connect says the worker is gone (nothing listens
     there any more: its actor died or moved), not that it is unreachable."""
     if isinstance(e, (ConnectionRefusedError, FileNotFoundError)):
@@ -108,17 +121,13 @@ class Link:
             if unix and node == links.node_id and os.path.exists(unix):
                 ch = await connect_unix(unix, links.token, "caller", links.name)
             else:
-                ch = await connect_tcp(host, port, links.token, "caller", links.name)
+                ch = await connect_tcp(host, port, links.token, "caller", links.name, connect_timeout=CONNECT_TIMEOUT)
         except (OSError, ConnectionClosed, ValueError) as e:
-            if not _gone(e) and self.endpoint not in links.unreachable:
-                links.unreachable.add(self.endpoint)
-                # (said once per endpoint: the caller tries again while the
-                # actor's row says it lives there)
-                logger.warning("cannot reach the actor worker at %s for direct calls (%s: %s); calls to it wait "
-                               "until it answers or the actor moves. If this process cannot reach the cluster's "
-                               "workers (a driver outside its network), set PENUMBRA_DIRECT_CALLS=0 before init() "
-                               "so that actor calls go through the nodes", self.endpoint, type(e).__name__, e)
-            self._lost()
+            # (the caller's machine counts these, and says once if it gives
+            # the direct path up)
+            logger.debug("cannot connect to the actor worker at %s (%s: %s; %s)", self.endpoint, type(e).__name__, e,
+                         "gone" if _gone(e) else "unreachable")
+            self._lost(opened=False)
             return
         with links.lock:
             if self.state is not _CONNECTING:  # closed meanwhile
@@ -127,6 +136,8 @@ class Link:
                 await_close = False
                 self.channel = ch
                 self.sender = DirectSender(ch, links.bridge, links.idle_flush)
+                # (any number: what the outbox does not take waits in the
+                # sender, fed to it while the replies are read below)
                 for m in self.waiting:
                     self.sender.send_on_loop(m)
                 self.waiting = []
@@ -143,7 +154,7 @@ class Link:
         except Exception:
             logger.exception("the link to actor endpoint %s failed; closing it", self.endpoint)
         finally:
-            self._lost()
+            self._lost(opened=True)
             try:
                 await ch.aclose(flush_timeout=0)
             except Exception:  # noqa: BLE001 - gone anyway
@@ -165,7 +176,7 @@ class Link:
         except (OSError, ValueError):
             return False
 
-    def _lost(self) -> None:
+    def _lost(self, opened: bool) -> None:
         links = self.links
         with links.lock:
             if self.state is _LOST:
@@ -176,7 +187,8 @@ class Link:
                 self.sender.close()
             if links.links.get(self.endpoint) is self:
                 del links.links[self.endpoint]
-        links.on_lost(self.endpoint)
+                # (in the same hold: nothing is sent to the endpoint between)
+                links.on_lost(self.endpoint, opened)
 
 
 class Links:
@@ -188,12 +200,13 @@ class Links:
         token, name: the cluster token and this client's name, for the hello.
         on_message: ``(link, message)`` for each message a worker sends
             (called on the trio thread, without the lock).
-        on_lost: ``(endpoint)`` once a link's connection ended or failed
-            (on the trio thread, without the lock).
+        on_lost: ``(endpoint, opened)`` once a link's connection ended
+            (``opened``) or could not be made (on the trio thread, holding
+            the lock: it must be reentrant).
     """
 
     def __init__(self, bridge: TrioThread, lock, token: str, name: str,
-                 on_message: Callable[[Link, Any], None], on_lost: Callable[[str], None],
+                 on_message: Callable[[Link, Any], None], on_lost: Callable[[str, bool], None],
                  idle_flush: IdleFlush | None = None, node_id: str = "") -> None:
         self.bridge = bridge
         self.node_id = node_id  # this client's node: its workers are on this host
@@ -204,7 +217,6 @@ class Links:
         self.on_message = on_message
         self.on_lost = on_lost
         self.links: dict[str, Link] = {}
-        self.unreachable: set[str] = set()  # endpoints a connection to failed (warned about once)
 
     def send(self, endpoint: str, msg: Any) -> None:
         """Send ``msg`` to ``endpoint``, opening the link if needed (any

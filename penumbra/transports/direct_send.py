@@ -29,6 +29,12 @@ same queue twice.  When the kernel takes only part of a frame, the rest is
 pending in the channel and the loop's flusher is asked to finish it; until
 it has, every send goes through the loop.
 
+A full outbox.  The channel queues at most ``max_outbox`` messages; past
+that, ``send_on_loop`` keeps what does not fit (``overflow``, in order) and
+a task of the loop feeds it to the channel as the flusher makes room --
+until it is empty every send queues behind it (it was dropped, and whoever
+waited for an answer to it waited forever).
+
 Losing the connection.  A direct write that fails is reported to the loop
 (``Channel.record_send_error``), which ends the channel as a failed write
 on the loop would; the receive loop reports the loss to the client's
@@ -44,8 +50,11 @@ import threading
 import time
 from typing import Any, Hashable
 
+import trio
+
 from .bridge import TrioThread
 from .wire_channel import FAILED, NOT_NOW, PARTLY, Channel
+from .wire_frames import ConnectionClosed
 
 __all__ = ["DirectSender", "IdleFlush"]
 
@@ -74,6 +83,7 @@ class DirectSender:
         self.direct = 0
         self.via_loop = 0
         self._last: dict[Hashable, float] = {}  # kind -> when the last send of it was
+        self.overflow: list[Any] | None = None  # what the full outbox did not take, in order (see the module doc)
 
     def lone(self, kind: Hashable) -> bool:
         """Whether a send of ``kind`` now may go direct: the loop is idle and
@@ -97,9 +107,9 @@ class DirectSender:
             RuntimeError: the loop has stopped (as ``TrioThread.submit``).
         """
         bridge = self.bridge
-        if self.lone(kind) if kind is not None else bridge.idle():
+        if self.overflow is None and (self.lone(kind) if kind is not None else bridge.idle()):
             with self.lock:
-                if bridge.idle() and not self.closed:
+                if bridge.idle() and not self.closed and self.overflow is None:
                     try:
                         done = self.channel.write_from_thread(item)
                     except Exception:  # closed: the receive loop reports it
@@ -123,6 +133,34 @@ class DirectSender:
         except RuntimeError:  # the loop is gone, and the connection with it
             pass
 
+    def _on_loop_task(self, fn) -> None:
+        try:
+            self.bridge.start_soon(fn)
+        except RuntimeError:  # the loop is gone, and the connection with it
+            pass
+
+    async def _drain_overflow(self) -> None:
+        """(a task of the loop) Feed ``overflow`` to the channel as it makes
+        room, in order; then sends take their usual ways again."""
+        ch = self.channel
+        while True:
+            with self.lock:
+                batch = self.overflow
+                if not batch:
+                    self.overflow = None
+                    return
+                self.overflow = []
+            for item in batch:
+                try:
+                    await ch.send(item)  # (waits while the outbox is full)
+                except (ConnectionClosed, trio.ClosedResourceError) as e:  # the receive loop reports it
+                    logger.debug("send failed: %s", e)
+                    with self.lock:
+                        self.overflow = None
+                    return
+                except Exception:  # noqa: BLE001 - one that does not encode: the others still go
+                    logger.exception("a message could not be sent; dropped")
+
     def _resume(self) -> None:
         with self.lock:
             self.channel.resume_writing()
@@ -135,8 +173,14 @@ class DirectSender:
         """(the loop's thread) Queue ``item``; ``flush_on_loop`` writes the
         queue once the burst of jobs is done."""
         with self.lock:
+            if self.overflow is not None:
+                self.overflow.append(item)
+                return
             try:
                 self.channel.send_nowait(item, defer_flush=True)
+            except trio.WouldBlock:
+                self.overflow = [item]
+                self._on_loop_task(self._drain_overflow)
             except Exception as e:  # closed: futures are failed by the receive loop
                 logger.debug("send failed: %s", e)
         if self.idle_flush is not None:

@@ -779,20 +779,27 @@ async def connect_tcp(
     handshake_timeout: float = HANDSHAKE_TIMEOUT,
     max_frame_size: int = MAX_FRAME_SIZE,
     max_outbox: int = DEFAULT_MAX_OUTBOX,
+    connect_timeout: float = math.inf,
 ) -> Channel:
     """Connect to a ``serve_tcp`` server and authenticate; the channel.
 
     Args:
         role, name: who this process is (``"driver"``, ``"worker"`` ...),
             for the server's bookkeeping and logs.
+        connect_timeout: give up the TCP connect after this many seconds
+            (a host that drops packets would leave it waiting for minutes).
 
     Raises:
-        OSError: cannot connect (refused, unreachable ...).
+        OSError: cannot connect (refused, unreachable, ``TimeoutError``
+            after ``connect_timeout`` ...).
         HandshakeError: the server refused us (wrong token, version) or
             did not answer within ``handshake_timeout`` seconds.
     """
     _check_token(token)
-    stream = await trio.open_tcp_stream(host, port)
+    with trio.move_on_after(connect_timeout) as scope:
+        stream = await trio.open_tcp_stream(host, port)
+    if scope.cancelled_caught:
+        raise TimeoutError(f"connecting to {host}:{port} took longer than {connect_timeout:g} s")
     sock = _detach(stream)
     return await _connect(sock, _peer_string(sock.family, sock.getpeername()), token, role, name, handshake_timeout, max_frame_size, max_outbox)
 

@@ -163,6 +163,7 @@ class Channel:
         # state
         self._error: ConnectionClosed | None = None
         self._closed = False
+        self._torn = False
         self._fast_ops = 0
         self._codec = codec()
         self._encode_frame = self._codec.encode
@@ -199,6 +200,8 @@ class Channel:
         """Record the end of the connection (first reason wins) and wake waiters."""
         if self._error is None:
             self._error = exc
+            # (a frame may be half written: then no last words, see ``send_last_words``)
+            self._torn = bool(self._pending) or self._writing
             self._outbox.clear()
             self._pending.clear()
             if self._room is not None:
@@ -803,6 +806,32 @@ class Channel:
             for m, exc in bad:
                 self._report_bad(m, exc)
             pending.extend(memoryview(c) for c in chunks)
+
+    async def send_last_words(self, msg: Any, timeout: float = 1.0) -> bool:
+        """Write ``msg`` on a channel the peer broke with a bad frame, before closing it.
+
+        A :class:`ProtocolError` ends the channel (the byte stream from the
+        peer is out of step: nothing more can be read), but the way to the
+        peer is still whole, so one last message (``protocol.Closing``)
+        lets the peer say why its connection ended instead of seeing it
+        closed for no reason.  Best effort: returns False, having written
+        nothing, unless the channel ended on a ProtocolError, no frame of
+        ours was cut short, and the write finished within ``timeout``.
+        """
+        if self._closed or self._torn or self._writing or not isinstance(self._error, ProtocolError):
+            return False
+        try:
+            frame = self._encode_frame([msg])
+        except Exception:
+            return False
+        with trio.move_on_after(timeout):
+            try:
+                await self._t.send_all(frame)
+                return True
+            except (*_CONNECTION_ERRORS, trio.BusyResourceError, trio.ClosedResourceError):
+                return False
+        self._torn = True  # (cut off mid-write: another try would garble the stream)
+        return False
 
     # ----------------------------------------------------------------- close
 

@@ -23,17 +23,23 @@ It records what ran where and how each call ended, and ``check`` holds the
 properties of direct calls: calls of one caller run in sequence order in an
 incarnation; at most once per incarnation; at most once in all unless
 ``max_task_retries`` allows more (and never more than it allows); every
-call ends exactly once (``Resolved`` or ``Failed``); a resolved call's value
+call ends exactly once (``Resolved`` or ``Failed``, and a ``Failed`` has
+its error stored for other processes: ``StoreFailure``); a resolved call's value
 is the one its run produced; a call cancelled before it was sent never
 runs.  ``settle`` heals every fault and runs the world until every call has
 ended (each must).
+
+Out of the model: the switch to the routed path (core/actor_caller.py).
+Connections here either work or are lost (never ``unreachable``), and the
+node publishes every endpoint in time (the caller's ``ENDPOINT_TIMER`` is
+not kept): a call rerouted is a bug here.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..core.actor_caller import ActorCaller, Failed, Republish, Reroute, Resolved, Watch
+from ..core.actor_caller import ENDPOINT_TIMER, ActorCaller, Failed, Republish, Reroute, Resolved, StoreFailure, Watch
 from ..core.actor_inbox import ActorInbox, CheckRan, EndActor, InterruptCall, ReportRan, Reply, RunCall
 from ..core.ids import ActorId, actor_id_of, child_task_id, driver_task_id
 from ..core.msg_base import Send, SetTimer
@@ -101,6 +107,7 @@ class DirectNet:
     runs: list = field(default_factory=list)  # (incarnation, caller, seq, attempt, task id)
     values: dict = field(default_factory=dict)  # (task id, incarnation) -> value
     cancelled_unsent: set = field(default_factory=set)  # failed at once by a cancel
+    stored: set = field(default_factory=set)  # task ids whose failure was stored (StoreFailure)
     reported: list = field(default_factory=list)  # (incarnation, DirectRan)
     answered_from: dict = field(default_factory=dict)  # task id -> the incarnation whose record answered it
     count: int = 0
@@ -283,8 +290,15 @@ class DirectNet:
                     self.outcomes[tid] = _Outcome("resolved", err, c.reply.incarnation)
                 else:
                     self.outcomes[tid] = _Outcome("failed", c.error.kind)
+            elif t is StoreFailure:
+                tid = c.spec.task_id
+                out = self.outcomes.get(tid)
+                if out is None or out.kind != "failed" or out.error is not c.error.kind or tid in self.stored:
+                    raise Broken(f"a failure stored without its Failed, or twice: {c!r}")
+                self.stored.add(tid)
             elif t is SetTimer:
-                self.timers.append((caller, c.key, c.at))
+                if c.key[0] != ENDPOINT_TIMER:  # (see the module docstring)
+                    self.timers.append((caller, c.key, c.at))
             elif t is Reroute:
                 raise Broken(f"a call to an actor without replay was rerouted: {c.spec!r}")
             elif t is Republish:
@@ -379,6 +393,9 @@ class DirectNet:
         if self.inbox is not None:
             self.inbox.validate()
         ended = {t for t, o in self.outcomes.items()}
+        for t, o in self.outcomes.items():
+            if o.kind == "failed" and t not in self.stored:
+                raise Broken(f"call {t} failed at its caller without its error stored for other processes")
         for caller, m in self.machines.items():
             for tid in m.calls:
                 if tid in ended:

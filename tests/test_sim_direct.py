@@ -219,3 +219,39 @@ def test_direct_call_messages_are_in_the_trace():
     c.run_for(0.1)  # (the worker's batched report)
     text = "\n".join(c.kernel.trace.lines)
     assert DirectCall.__name__ in text and "DirectReply" in text and "DirectCallsRan" in text
+
+
+def _firewall(c, s) -> None:
+    """The worker behind ``s`` lives on, but nobody can connect to its
+    endpoint any more (a firewall): its open connections close."""
+    del c.direct.served[s.endpoint]
+    for key in [k for k, conn in c.direct.open.items() if k[1] == s.endpoint and conn is None]:
+        c.direct._break(key, 0.001)
+
+
+def test_an_endpoint_nobody_can_reach_sends_the_actors_calls_through_the_nodes():
+    """Connects to an alive actor's endpoint fail (``unreachable``, as the
+    real link's failed connect): after a few over a second the caller gives
+    the direct path up for that actor, says so once, and every call
+    returns its value, in order, through the nodes (none lost, none run
+    twice: the actor counts)."""
+    c = SimCluster(nodes=2, seed=1, direct_calls=True, validate=True)
+    c.wait_ready(timeout=10)
+    d = c.driver("node:0")
+    a = d.create_actor(TaskModel(init=0), cls="Counter")
+    warm = a.call(TaskModel(duration=0.001), method="inc")
+    d.watch(list(warm.return_ids))
+    c.run_until(lambda: d.all_ready([warm]), timeout=10)
+    (s,) = c.direct.served.values()
+    _firewall(c, s)
+    c.run_for(0.1)
+    specs = [a.call(TaskModel(duration=0.001), method="inc") for _ in range(8)]
+    for sp in specs:
+        d.watch(list(sp.return_ids))
+    c.run_until(lambda: d.all_ready(specs), timeout=30)
+    assert d.all_ready(specs) and not d.errors()
+    port = c.direct.ports[d.address]
+    assert a.actor_id in port.caller.routed and port.caller.pending() == 0
+    (log,) = [x for x in c.kernel.logs if "direct calls from this process given up" in x[3]]
+    assert log[1] == d.address and "connections to its worker" in log[3]
+    assert s.worker.worker_id in c.nodes[s.node.address].workers  # (the worker lived on)

@@ -101,8 +101,6 @@ class VerifyExecutor(Executor):
             item = node.store.get(d)
             if item is None:
                 return ErrorInfo(ErrorKind.OBJECT_LOST, f"input {d.short()} is not in the store")
-            if isinstance(item[1], ErrorInfo):
-                return item[1]  # (a direct call that failed at its caller: its error, put on the caller's node)
             out.append(item[1])
         return tuple(out)
 

@@ -26,7 +26,7 @@ from ..core.gcs import GcsReplica
 from ..core.gcs_client import GcsClient
 from ..core.ids import ObjectId
 from ..core.messages import PutFailed
-from ..core.records import ActorState, ErrorInfo, ErrorKind, PlacementGroupEntry
+from ..core.records import ActorState, ErrorKind, PlacementGroupEntry
 from ..core.scheduler import LocalScheduler
 from ..core.specs import ResourceSet
 from ..core.tables import CreatePlacementGroup, Op, RemovePlacementGroup
@@ -207,26 +207,21 @@ def run_plan(plan: SeedPlan, *, faults: bool = True, validate: bool = True, max_
 
             def on_ready(oid, info, now):
                 key = oid_key[oid]
-                error = info.error
-                if error is None:
-                    found, value = d.local_value(oid)  # (a direct call's result, inline)
-                    if not found:
-                        node = cluster.nodes.get(d.node)
-                        item = node.store.get(oid) if node is not None else None
-                        if item is None:
-                            # evicted between the reply and our read (a small store):
-                            # ask again, as a real client's get does
-                            d.watch([oid], on_ready)
-                            return
-                        value = item[1]
-                    if not isinstance(value, ErrorInfo):
-                        ready[key] = ("v", value)
-                        return
-                    # (an error stored as a value: a direct call that failed at
-                    # its caller, which put the error on its node, as the real
-                    # client puts an ErrorValue that a get raises)
-                    error = value
-                ready[key] = ("e", error.kind, error.message if error.kind is ErrorKind.TASK_ERROR else "")
+                if info.error is not None:
+                    ready[key] = ("e", info.error.kind, info.error.message if info.error.kind is ErrorKind.TASK_ERROR else "")
+                    return
+                found, value = d.local_value(oid)  # (a direct call's result, inline in its reply)
+                if found:
+                    ready[key] = ("v", value)
+                    return
+                node = cluster.nodes.get(d.node)
+                item = node.store.get(oid) if node is not None else None
+                if item is None:
+                    # evicted between the reply and our read (a small store):
+                    # ask again, as a real client's get does
+                    d.watch([oid], on_ready)
+                    return
+                ready[key] = ("v", item[1])
 
             def watch(key: str, oid: ObjectId) -> None:
                 keys[key] = oid

@@ -255,3 +255,17 @@ def test_an_endpoint_nobody_can_reach_sends_the_actors_calls_through_the_nodes()
     (log,) = [x for x in c.kernel.logs if "direct calls from this process given up" in x[3]]
     assert log[1] == d.address and "connections to its worker" in log[3]
     assert s.worker.worker_id in c.nodes[s.node.address].workers  # (the worker lived on)
+
+
+def test_the_swarm_catches_a_caller_that_ignores_a_restarted_actors_endpoint():
+    """The endpoint wait (``ENDPOINT_WAIT``) routes the calls of a caller
+    that never uses a restarted incarnation's endpoint through the nodes,
+    so its calls end: the swarm must still see that it had been sent that
+    endpoint (``direct-endpoints``), and a correct caller never trips it."""
+    from penumbra.verification.bugs import bug_named, planted
+
+    plan = plan_seed(27)
+    assert not [v for v in run_plan(plan, faults=True).violations if v.checker == "direct-endpoints"]
+    with planted(bug_named("caller-ignores-newer-endpoint")):
+        res = run_plan(plan, faults=True)
+    assert [v for v in res.violations if v.checker == "direct-endpoints"], [str(v) for v in res.violations]

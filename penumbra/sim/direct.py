@@ -71,7 +71,7 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from penumbra.core.actor_caller import ActorCaller, Failed, Republish, Reroute, Resolved, Skipped, StoreFailure, Watch
+from penumbra.core.actor_caller import ENDPOINT_TIMER, ActorCaller, Failed, Republish, Reroute, Resolved, Skipped, StoreFailure, Watch
 from penumbra.core.actor_inbox import ActorInbox, CheckRan, EndActor, InterruptCall, Reply, ReportRan, RunCall, from_record
 from penumbra.core.messages import (
     ClientDisconnected,
@@ -158,6 +158,9 @@ class SimDirect:
         self.open: dict[tuple[str, str], list | None] = {}
         self.ports: dict[str, DirectPort] = {}  # caller address -> its port
         self.breaks = 0  # connections broken by a lost message (for tests)
+        # callers that gave an actor's direct path up for want of an endpoint
+        # they had been sent (a caller bug: checked by the swarm's runner)
+        self.ignored: list[str] = []
         self.kernel.net_watchers.append(self._on_net)
 
     # ------------------------------------------------------------------ the actor's side
@@ -494,6 +497,7 @@ class DirectPort:
         self.run = run
         self.alive = alive
         self.caller = ActorCaller(address)
+        self.heard: dict = {}  # actor id -> the newest endpoint incarnation delivered to the caller
         self.args: dict = {}  # task id -> argument refs of a call in flight (see ``hold``)
         # a dict to note when each call's results were answered here
         # (result id -> time), for checkers; None: not kept
@@ -532,6 +536,8 @@ class DirectPort:
         if t is DirectReply:
             self._carry(self.caller.reply(msg, self.now))
         elif t is ActorWatched:
+            if msg.endpoint is not None and msg.endpoint.incarnation > self.heard.get(msg.actor_id, -1):
+                self.heard[msg.actor_id] = msg.endpoint.incarnation
             self._carry(self.caller.watched(msg, self.now))
         else:
             return False
@@ -548,7 +554,12 @@ class DirectPort:
 
     def _timer(self, key: Any) -> None:
         if self.alive() and not self.client.defer(self._timer, (key,)):
-            self._carry(self.caller.timer(key, self.now))
+            caller = self.caller
+            w = caller.awaiting.get(key[1]) if key[0] == ENDPOINT_TIMER else None
+            self._carry(caller.timer(key, self.now))
+            if w is not None and key[1] in caller.routed and self.heard.get(key[1], -1) >= w[0]:
+                self.direct.ignored.append(f"{self.address} gave actor {key[1].hex()}'s direct path up for want of "
+                                           f"incarnation {w[0]}'s endpoint, which it had been sent")
 
     # ------------------------------------------------------------------ commands
     def _carry(self, cmds: list) -> None:

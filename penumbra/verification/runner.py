@@ -407,6 +407,7 @@ def run_plan(plan: SeedPlan, *, faults: bool = True, validate: bool = True, max_
                                             [b for b in by_name.values() if not faults and not b.plan.kill_at])
             if not faults:
                 res.violations += C.check_no_rescues(cluster)
+            res.violations += [C.Violation("direct-endpoints", what) for what in cluster.direct.ignored]
             res.violations += C.check_quiet_cluster(cluster, executor, [(t.key, keys[t.key].task_id, t.max_retries) for t in w.tasks if t.key in keys], {k: h.actor_id for k, h in actors.items()}, {o.task_id: k for k, o in keys.items()})
             res.violations += C.check_derived_values(w, res.results, executor.actor_log, keys)
         except Exception as e:  # validate() broke, or a machine raised

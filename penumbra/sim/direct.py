@@ -253,6 +253,13 @@ class SimDirect:
         worker gets them through its node (a watch with fetch), as the real
         worker resolves a direct call's refs."""
         store = s.node.store
+        for d in c.spec.dependencies:
+            item = store.get(d)
+            if item is not None and isinstance(item[1], ErrorInfo):
+                # an argument holds an error: the call fails with it, unrun
+                # (as the real worker's: transports/worker.py)
+                self._carry(s, s.inbox.finished(c.spec.task_id, self._now(s), (), item[1], 0.0, None, c.stimulus_id))
+                return
         missing = tuple(dict.fromkeys(d for d in c.spec.dependencies if d not in store))
         req = s.next_req
         s.next_req += 1

@@ -12,16 +12,19 @@ from penumbra.core import actor_calls
 from penumbra.core.actor_caller import (
     ENDPOINT_TIMER,
     ENDPOINT_WAIT,
+    REPORT_KEEP,
     RESEND_AFTER,
     RESEND_TIMER,
     ActorCaller,
     Failed,
+    Republish,
     Reroute,
     Resolved,
     Skipped,
     StoreFailure,
     Watch,
 )
+from penumbra.core.actor_inbox import REPORT_BATCH
 from penumbra.core.actor_router import ActorRouter
 from penumbra.core.ids import actor_id_of, child_task_id, driver_task_id
 from penumbra.core.msg_base import Send, SetTimer
@@ -252,6 +255,42 @@ def test_router_and_caller_follow_one_rule_set(monkeypatch) -> None:
     c = live(retries=0)
     assert c.row(AID, entry(ActorState.RESTARTING, inc=1), 0) == []  # (kept for a resend)
     assert ActorRouter.on_entry.__code__.co_names.count("settle") == 1
+
+
+# --------------------------------------------------------------- results the node may not have (Republish)
+
+
+def test_an_incarnations_last_inline_results_go_to_the_node_when_it_dies() -> None:
+    """The worker reports in batches after replying: what an incarnation
+    answered may die with it.  When the row says it is gone, the caller
+    hands its last inline results to its node (Republish); released ones
+    are left out, and a live incarnation's are kept back."""
+    c = live()
+    s0, s1, s2 = call(0), call(1), call(2)
+    c.submit(s1, 0)
+    c.submit(s2, 0)
+    for s in (s0, s1, s2):
+        assert [type(x) for x in c.reply(reply(s), 0)] == [Resolved]
+    c.released(s1.return_ids)
+    assert [type(x) for x in c.row(AID, entry(ActorState.ALIVE, inc=0), 1)] == []  # (the same incarnation)
+    cmds = c.row(AID, entry(ActorState.RESTARTING, inc=1), 1)
+    (rep,) = [x for x in cmds if type(x) is Republish]
+    assert [e.spec.task_id for e in rep.entries] == [s0.task_id, s2.task_id]
+    assert all(e.outputs and e.outputs[0].data == b"v" and e.error is None for e in rep.entries)
+    assert c.row(AID, entry(ActorState.DEAD, inc=1), 2) == []  # (handed over once)
+    c.validate()
+
+
+def test_the_caller_keeps_as_many_results_as_a_report_batch_holds() -> None:
+    assert REPORT_KEEP == REPORT_BATCH  # (a worker's unreported results are at most one batch)
+    c = live()
+    specs = [call(i) for i in range(REPORT_KEEP + 10)]
+    for s in specs[1:]:
+        c.submit(s, 0)
+    for s in specs:
+        c.reply(reply(s), 0)
+    (rep,) = [x for x in c.row(AID, entry(ActorState.DEAD, inc=0), 1) if type(x) is Republish]
+    assert [e.spec.task_id for e in rep.entries] == [s.task_id for s in specs[-REPORT_KEEP:]]
 
 
 # ---------------------------------------------------------------------------

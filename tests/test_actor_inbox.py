@@ -16,6 +16,7 @@ from penumbra.core.actor_inbox import (
     REPORT_BATCH,
     TERMINATE_METHOD,
     ActorInbox,
+    CheckRan,
     EndActor,
     InterruptCall,
     ReportRan,
@@ -53,6 +54,28 @@ def out(spec: TaskSpec, data: bytes = b"v") -> tuple[DirectOutput, ...]:
 
 # ---------------------------------------------------------------------------
 # unit
+
+
+def test_a_call_sent_again_to_a_new_incarnation_runs_only_if_not_recorded() -> None:
+    """attempt > 0: an earlier incarnation may have run it and its node
+    recorded it (the reply lost with the worker).  The inbox asks first
+    (CheckRan); recorded, it answers from the record and never runs it
+    (one value per object); not recorded, it runs.  Calls behind it wait."""
+    ib = ActorInbox(AID, 1)
+    s0, s1, s2 = call(0), call(1), call(2)
+    cmds = ib.call(msg(s0, incarnation=1, attempt=1), 0)
+    assert [type(c) for c in cmds] == [CheckRan] and cmds[0].spec == s0
+    assert runs(ib.call(msg(s1, incarnation=1), 0)) == []  # (behind the one being checked)
+    rec = tuple(DirectOutput(object_id=o, size=8, node="node:3") for o in s0.return_ids)
+    cmds = ib.checked(s0.task_id, 0, True, rec)
+    (reply,) = [c.reply for c in cmds if type(c) is Reply]
+    assert reply.outputs == rec and reply.incarnation == 1 and runs(cmds) == [1]
+    assert ib.call(msg(s0, incarnation=1, attempt=1), 0)[0].reply == reply  # (a repeat: the same answer)
+    ib.validate()
+    ib.call(msg(s2, incarnation=1, attempt=1), 0)
+    ib.finished(s1.task_id, 0, out(s1))
+    assert runs(ib.checked(s2.task_id, 0, False)) == [2]  # (not recorded: it runs)
+    ib.validate()
 
 
 def test_calls_run_in_order_per_caller_despite_reordering() -> None:

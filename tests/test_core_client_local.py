@@ -46,13 +46,27 @@ def test_a_watch_of_results_in_flight_waits_for_their_replies_only():
 def test_a_mixed_watch_asks_the_node_only_for_the_others():
     m = ClientMachine("c", "n")
     m.expect_local([A])
-    rid, cmds = m.watch("w", [A, B, C], 3)
+    rid, cmds = m.watch("w", [A, B, C], 3, report_need=3)
     (msg,) = _sends(cmds)
     assert type(msg) is WatchObjects and set(msg.object_ids) == {B, C} and msg.need == 2
     assert m.on_objects(rid, ((B, INFO), (C, INFO)), None) == []
     out = m.resolve_local({A: (INFO, ("i", b"a"))})
     assert [type(c) for c in out] == [Resolve] and set(out[0].value) == {A, B, C}
     assert _sends(out) == []  # (the node reported all it watched: nothing to cancel)
+    m.validate()
+
+
+def test_a_mixed_watch_lets_the_node_hold_no_longer_than_report_need():
+    """A wait with a timeout (report_need 1) must hear of each of the
+    others as it comes, whatever the direct results among them.  (Found by
+    the swarm driving direct calls: the node held its reports until
+    num_returns minus the direct ones were ready, and the wait timed out
+    unaware of tasks the node had.)"""
+    m = ClientMachine("c", "n")
+    m.expect_local([A])
+    rid, cmds = m.watch("w", [A, B, C], 3, report_need=1, deadline=5.0)
+    (msg,) = _sends(cmds)
+    assert set(msg.object_ids) == {B, C} and msg.need == 1
     m.validate()
 
 

@@ -48,6 +48,18 @@ once per actor switched), and ``SetTimer(at, key)`` (deliver ``timer(key)``
 then; keys ``(RESEND_TIMER, actor_id)`` and ``(ENDPOINT_TIMER,
 actor_id)``).  Queries: ``owns(task_id)``, ``pending()``.
 
+Results the node may not have.  An actor's worker reports what it ran to
+its node in batches (core/actor_inbox.py), after it replied; a worker that
+dies in between (killed, crashed, its node gone) takes the results of its
+last batch with it, though their callers have them, and whoever else was
+handed their refs would wait for good.  So the caller keeps the last
+``REPORT_KEEP`` (the inbox's ``REPORT_BATCH``, the most a batch holds)
+inline results of each actor, and when the row says the incarnation that
+answered them is gone it hands them to its node to record (``Republish``;
+the driver sends ``DirectCallsRecorded``).  Results its client released
+are dropped (``released``).  (Found by the swarm: a second driver waited
+for good for a call result a killed actor had answered.)
+
 Connections.  A lost connection does not fail calls: the worker may be
 alive (the link was cut) or dead (its row will say so).  The caller asks the
 node again (``Watch``) and, ``RESEND_AFTER`` later, sends the calls still
@@ -98,22 +110,29 @@ never sends a call twice to one incarnation, so it needs no such care.)
 
 from __future__ import annotations
 
+from collections import deque
+
 from . import actor_calls as rules
 from .actor_calls import CallBook, PendingCall
 from .ids import ActorId, TaskId
 from .actor_rules import _cancelled
 from .msg_base import Command, Log, Send, SetTimer
-from .msg_direct import ActorWatched, DirectCall, DirectCancel, DirectFloor, DirectReply, EndpointRow
+from .msg_direct import ActorWatched, DirectCall, DirectCancel, DirectFloor, DirectRan, DirectReply, EndpointRow
 from .records import ActorEntry, ActorState, ErrorInfo, ErrorKind
 from .specs import TaskSpec
 
-__all__ = ["ActorCaller", "Watch", "Resolved", "Failed", "StoreFailure", "Reroute", "Skipped", "RESEND_AFTER",
-           "RESEND_TIMER", "ENDPOINT_TIMER", "ENDPOINT_WAIT", "UNREACHABLE_TRIES", "UNREACHABLE_SPAN", "UNSURE_FOR"]
+__all__ = ["ActorCaller", "Watch", "Resolved", "Failed", "StoreFailure", "Republish", "Reroute", "Skipped",
+           "RESEND_AFTER", "RESEND_TIMER", "ENDPOINT_TIMER", "ENDPOINT_WAIT", "UNREACHABLE_TRIES", "UNREACHABLE_SPAN",
+           "UNSURE_FOR", "REPORT_KEEP"]
 
 # after a lost connection, how long before the calls in flight are re-sent
 # to the same incarnation (seconds; the row may say it died meanwhile)
 RESEND_AFTER = 0.2
 RESEND_TIMER = "direct-resend"  # timer keys: (RESEND_TIMER, actor_id)
+# inline results kept per actor until their incarnation is known to live on
+# or die (core/actor_inbox.py's REPORT_BATCH: a worker's unreported results
+# are at most one batch; tests/test_actor_caller.py checks they agree)
+REPORT_KEEP = 64
 # the worker is unreachable after this many failed connects in a row, over
 # at least this many seconds (a dead worker's row comes well before)
 UNREACHABLE_TRIES = 3
@@ -152,6 +171,14 @@ class Failed(Command):
 
     spec: TaskSpec
     error: ErrorInfo
+
+
+class Republish(Command):
+    """Have the node record ``entries`` (send it ``DirectCallsRecorded``):
+    results of this client's calls answered by an incarnation that died
+    since, maybe before it reported them (see the module docstring)."""
+
+    entries: tuple[DirectRan, ...]
 
 
 class StoreFailure(Command):
@@ -203,6 +230,9 @@ class ActorCaller:
         # actors whose connection was lost: nothing is sent until the resend
         # timer fires (then everything unresolved goes again)
         self.down: set[ActorId] = set()
+        # per actor: the last REPORT_KEEP inline results, oldest first
+        # (incarnation, spec, reply), until that incarnation is known gone
+        self.recent: dict[ActorId, deque] = {}
         # failed connects in a row: actor -> (endpoint, how many, first at)
         self.failures: dict[ActorId, tuple[str, int, float]] = {}
         # calls sent on a connection that was then lost (they may have run
@@ -251,7 +281,8 @@ class ActorCaller:
         taken, _ = rules.accept_row(book, entry, now)
         if not taken:
             return []
-        return rules.settle(book, entry, self, now, sid)
+        cmds = self._republish(actor_id, entry, sid) if actor_id in self.recent else []
+        return cmds + rules.settle(book, entry, self, now, sid)
 
     def _await_endpoint(self, actor_id: ActorId, now: float, sid: str) -> list[Command]:
         """ALIVE without an endpoint of that incarnation: wait for one at
@@ -308,6 +339,11 @@ class ActorCaller:
             return self._stale(book, p, msg.incarnation, now, sid)
         book.remove(msg.caller_id, msg.sequence_no)
         del self.calls[p.spec.task_id]
+        if msg.error is not None or any(o.data is not None for o in msg.outputs):
+            recent = self.recent.get(msg.actor_id)
+            if recent is None:
+                recent = self.recent[msg.actor_id] = deque(maxlen=REPORT_KEEP)
+            recent.append((msg.incarnation, p.spec, msg, p.attempt))
         if self.failures:
             self.failures.pop(msg.actor_id, None)  # (it answers)
         cmds: list[Command] = [Resolved(spec=p.spec, reply=msg, stimulus_id=sid)]
@@ -394,6 +430,19 @@ class ActorCaller:
         if book is None or book.entry is None:
             return []
         return self._resend(book, now, sid)
+
+    def released(self, object_ids) -> None:
+        """The client released these results: nothing to record of them."""
+        if not self.recent:
+            return
+        gone = set(object_ids)
+        for aid, recent in list(self.recent.items()):
+            kept = [r for r in recent if not any(o in gone for o in r[1].return_ids)]
+            if len(kept) != len(recent):
+                recent.clear()
+                recent.extend(kept)
+            if not recent:
+                del self.recent[aid]
 
     # ------------------------------------------------------------------ queries
     def owns(self, task_id: TaskId) -> bool:
@@ -489,6 +538,23 @@ class ActorCaller:
                 if p.cancelled:
                     cmds += self.send_cancel(book, p, now, sid)
         return cmds + rules.settle(book, e, self, now, sid)
+
+    def _republish(self, aid: ActorId, entry: ActorEntry, sid: str) -> list[Command]:
+        """The row says which incarnations are gone (all, if DEAD): the
+        kept results they answered go to the node to record."""
+        recent = self.recent[aid]
+        live = None if entry.state is ActorState.DEAD else entry.incarnation
+        gone = [r for r in recent if live is None or r[0] < live]
+        if not gone:
+            return []
+        if len(gone) == len(recent):
+            del self.recent[aid]
+        else:
+            kept = [r for r in recent if not (live is None or r[0] < live)]
+            recent.clear()
+            recent.extend(kept)
+        return [Republish(entries=tuple(DirectRan(spec=spec, attempt=attempt, outputs=reply.outputs, error=reply.error)
+                                        for _, spec, reply, attempt in gone), stimulus_id=sid)]
 
     def _failed(self, spec: TaskSpec, error: ErrorInfo, attempt: int, sid: str) -> list[Command]:
         """Call ``spec`` fails here: its caller gets the error, and so does

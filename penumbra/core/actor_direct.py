@@ -34,6 +34,10 @@ can do, in ``DirectHost``:
   by a worker: the client says so (``DirectCallFailed``) and the node
   stores the error as its outputs, as the router does for a call it fails,
   so a process handed one of its refs finds it.
+* **What a dead incarnation answered.**  A caller also sends its node the
+  results an incarnation that died since answered (``DirectCallsRecorded``):
+  its batched report may have died with it.  The node records them as a
+  routed call's (``on_recorded``).
 """
 
 from __future__ import annotations
@@ -44,8 +48,8 @@ from typing import TYPE_CHECKING
 from .actor_host import _Call
 from .ids import ActorId, ObjectId
 from .msg_base import Command, Send
-from .msg_direct import (ActorEndpoint, ActorWatched, DirectCallFailed, DirectCallsRan, EndpointRow, WatchActor,
-                         endpoint_key)
+from .msg_direct import (ActorEndpoint, ActorWatched, DirectCallFailed, DirectCallsRan, DirectCallsRecorded,
+                         EndpointRow, WatchActor, endpoint_key)
 from .records import ActorEntry, ActorState
 from .tables import Get, KvDelete, PutEndpoint, Subscribe, Unsubscribe
 
@@ -90,7 +94,7 @@ class DirectHost:
         if h is None or h.worker != ev.worker_id:
             for e in ev.entries:
                 node.story_add(e.spec.task_id, now, sid, "result of a superseded actor instance dropped")
-            return []
+            return node.host.drop_bytes(tuple(o.object_id for e in ev.entries for o in e.outputs), sid)
         cmds: list[Command] = []
         aid, inc = ev.actor_id, ev.incarnation
         for e in ev.entries:
@@ -109,6 +113,24 @@ class DirectHost:
                         cmds += node.objects.free(o.object_id, now, sid)
             else:
                 cmds += node.fail_outputs(spec, e.error, e.attempt, now, sid, token)
+        return cmds
+
+    def on_recorded(self, ev: DirectCallsRecorded, now: float) -> list[Command]:
+        """A caller's results to record here (see ``DirectCallsRecorded``):
+        as a routed call's outputs (``store_outputs``; the driver put inline
+        data in the store) or its error (``fail_outputs``).  A result the
+        actor's node recorded too is then in two stores, as after a fetch."""
+        sid = ev.stimulus_id
+        node = self.node
+        cmds: list[Command] = []
+        for e in ev.entries:
+            spec = e.spec
+            if e.error is None:
+                node.story_add(spec.task_id, now, sid, f"result recorded by its caller {ev.client}")
+                cmds += node.store_outputs(spec, tuple((o.object_id, o.size) for o in e.outputs), e.attempt, now, sid)
+            else:
+                node.story_add(spec.task_id, now, sid, f"error recorded by its caller {ev.client}: {e.error.kind.value}")
+                cmds += node.fail_outputs(spec, e.error, e.attempt, now, sid)
         return cmds
 
     def on_failed(self, ev: DirectCallFailed, now: float) -> list[Command]:

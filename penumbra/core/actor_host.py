@@ -37,6 +37,7 @@ from .messages import (
     CancelActorCall,
     CheckpointActor,
     ActorCallDone,
+    Evict,
     ActorCallStale,
     ActorReported,
     KillActorRequest,
@@ -480,7 +481,12 @@ class ActorHost:
         aid = self.by_worker.get(wid)
         h = self.actors.get(aid) if aid is not None else None
         if h is None or h.worker != wid:
-            return []  # (or an instance superseded here, being killed)
+            # (or an instance superseded here, being killed): its result is
+            # nobody's, and the bytes its worker wrote go (found by the
+            # swarm's tables check once a second driver called from another
+            # node: a killed actor's last result stayed in the store, listed
+            # nowhere)
+            return self.drop_bytes(tuple(o for o, _ in outputs), sid)
         if h.stopping is not None or (h.terminated and tid not in h.before_end):
             return self._ended_while_stopping(h, tid, now, sid)
         h.before_end.discard(tid)  # (made before exit_actor(): its result counts)
@@ -753,6 +759,12 @@ class ActorHost:
         h.terminating = False
         return [Send(to=self.node.head, msg=KillActorRequest(
             actor_id=h.entry.spec.actor_id, no_restart=True, reason=h.end_reason, stimulus_id=sid))]
+
+    def drop_bytes(self, oids, sid: str) -> list[Command]:
+        """Outputs a worker wrote that this node will not record: free
+        their bytes (those it does record, from an earlier run, stay)."""
+        objects = self.node.objects.store.objects
+        return [Evict(object_id=o, stimulus_id=sid) for o in oids if o not in objects]
 
     def _ended_while_stopping(self, h: _Hosted, tid: TaskId, now: float, sid: str) -> list[Command]:
         """A call ended on a worker being stopped gracefully (or after

@@ -24,13 +24,25 @@ Per caller it keeps what the routed path's ``ActorHost`` keeps
 Calls run in sequence order per caller, ``max_concurrency`` at once (1: one
 after the other; the transport runs them on the worker's executors).
 
+A call sent again to a new incarnation (``attempt`` > 0: its worker died
+with it in flight) may have run there and been recorded by that node
+before the reply was lost; running it again would give its objects a
+second, different value.  So it waits (``CheckRan``) until the driver has
+asked the GCS (``checked``): recorded, it is answered from the record
+(outputs in the stores that hold them, or the error) and never runs here;
+not recorded, it runs.  (The routed host's rule for a call asked for again
+after it ran, ``ActorHost.on_covered_row``; found by the swarm once direct
+calls could lose replies: a caller held one value and the GCS another.)
+
 Events (methods): ``call(DirectCall)``, ``finished(task_id, outputs | error)``
 (the call ran: its encoded outputs, or the error it raised),
 ``cancel(DirectCancel)``, ``floor(DirectFloor)``, ``exit(task_id)`` (the
 running call ``task_id`` called ``exit_actor()``), ``timer(key)``,
 ``flush()`` (report what ran now: the worker is about to exit).
 
-Commands: ``RunCall(spec, attempt)`` (run the call; ends with ``finished``),
+Commands: ``CheckRan(spec)`` (ask the GCS whether the call's outputs are
+recorded already; ends with ``checked``), ``RunCall(spec, attempt)`` (run
+the call; ends with ``finished``),
 ``Reply(caller, reply)`` (send ``reply`` to the connection of caller
 ``caller``), ``InterruptCall(task_id, force)`` (a running call was cancelled),
 ``ReportRan(entries)`` (send ``DirectCallsRan`` to the node), ``EndActor(task_id,
@@ -61,8 +73,8 @@ from .msg_direct import DirectCall, DirectCancel, DirectFloor, DirectOutput, Dir
 from .records import ErrorInfo
 from .specs import TaskSpec
 
-__all__ = ["ActorInbox", "RunCall", "Reply", "InterruptCall", "ReportRan", "EndActor", "REPORT_BATCH", "REPORT_DELAY",
-           "FLUSH_TIMER", "TERMINATE_METHOD"]
+__all__ = ["ActorInbox", "RunCall", "CheckRan", "from_record", "Reply", "InterruptCall", "ReportRan", "EndActor", "REPORT_BATCH",
+           "REPORT_DELAY", "FLUSH_TIMER", "TERMINATE_METHOD"]
 
 # a report to the node goes once this many calls ran, or this long
 # (seconds) after the first of them, whichever comes first
@@ -85,6 +97,13 @@ class RunCall(Command):
 
     spec: TaskSpec
     attempt: int = 0
+
+
+class CheckRan(Command):
+    """Ask the GCS whether call ``spec``'s outputs are recorded (an earlier
+    incarnation ran it); answer with ``checked(spec.task_id, ...)``."""
+
+    spec: TaskSpec
 
 
 class Reply(Command):
@@ -119,6 +138,20 @@ class EndActor(Command):
     reason: str = ""
 
 
+def from_record(spec: TaskSpec, rows) -> tuple[bool, tuple[DirectOutput, ...], ErrorInfo | None]:
+    """``checked``'s arguments from the GCS's object rows of ``spec``'s
+    return ids (``rows``, in order; None: no row): recorded only if every
+    one was created; then the error one holds, or the outputs where the
+    rows say they are (a lost one names no node: its reader asks its own)."""
+    if not rows or any(r is None or not r.created for r in rows):
+        return False, (), None
+    for r in rows:
+        if r.error is not None:
+            return True, (), r.error
+    return True, tuple(DirectOutput(object_id=r.object_id, size=r.size, node=min(r.locations) if r.locations else "?")
+                       for r in rows), None
+
+
 # ===========================================================================
 
 
@@ -130,6 +163,11 @@ class _Call:
     # stays queued only to keep its caller's order; running, its result
     # becomes TASK_CANCELLED
     cancelled: bool = False
+    # sent again to this incarnation (attempt > 0): waits for ``checked``
+    unchecked: bool = False
+    # answered from the GCS's record (it ran on an earlier incarnation):
+    # stays queued only to keep its caller's order
+    answered: bool = False
 
 
 class ActorInbox:
@@ -150,6 +188,7 @@ class ActorInbox:
         self.kept: dict[str, dict[int, DirectReply]] = {}  # results until the caller's floor passes them
         self.pruned: dict[str, int] = {}  # per caller, the floor ``kept`` was last pruned at
         self.unreported: list[DirectRan] = []
+        self.checking: dict[TaskId, tuple[str, int]] = {}  # CheckRan asked -> (caller, seq)
         self.flush_at: float | None = None
         # the actor ends itself: nothing more starts (``ending``); once the
         # calls running with the ending one ended, EndActor (``end``: its
@@ -187,8 +226,33 @@ class ActorInbox:
             return self._dispatch(sid)
         if q is None:
             q = self.queue[caller] = {}
+        if msg.attempt > 0:
+            # (it may have run on an earlier incarnation: ask first)
+            q[seq] = _Call(spec, msg.attempt, unchecked=True)
+            self.checking[spec.task_id] = (caller, seq)
+            return [CheckRan(spec=spec, stimulus_id=sid)] + self._dispatch(sid)
         q[seq] = _Call(spec, msg.attempt)
         return self._dispatch(sid)
+
+    def checked(self, task_id: TaskId, now: float, recorded: bool, outputs: tuple[DirectOutput, ...] = (),
+                error: ErrorInfo | None = None, sid: str = "") -> list[Command]:
+        """The GCS's answer to ``CheckRan``: ``recorded`` (an earlier
+        incarnation ran the call: ``outputs``, in the stores that hold
+        them, or ``error``) or not (it runs here)."""
+        where = self.checking.pop(task_id, None)
+        call = self.queue.get(where[0], {}).get(where[1]) if where is not None else None
+        if call is None or call.spec.task_id != task_id or not call.unchecked:
+            return []
+        call.unchecked = False
+        if not recorded or call.cancelled:
+            return self._dispatch(sid)
+        spec = call.spec
+        call.answered = True
+        reply = DirectReply(actor_id=self.actor_id, caller_id=spec.caller_id, sequence_no=spec.sequence_no,
+                            incarnation=self.incarnation, task_id=task_id, outputs=() if error is not None else outputs,
+                            error=error, stimulus_id=sid)
+        self.kept.setdefault(spec.caller_id, {})[spec.sequence_no] = reply
+        return [Reply(caller=spec.caller_id, reply=reply, stimulus_id=sid)] + self._dispatch(sid)
 
     def finished(self, task_id: TaskId, now: float, outputs: tuple[DirectOutput, ...] = (),
                  error: ErrorInfo | None = None, duration: float = 0.0,
@@ -301,7 +365,11 @@ class ActorInbox:
             q = self.queue.get(caller, {})
             for s in kept:
                 # (a call cancelled while queued is answered, and keeps its place)
-                assert s < nxt or (s in q and q[s].cancelled), f"kept result {caller}#{s} is of no call that ended"
+                assert s < nxt or (s in q and (q[s].cancelled or q[s].answered)), (
+                    f"kept result {caller}#{s} is of no call that ended")
+        for tid, (caller, s) in self.checking.items():
+            c = self.queue.get(caller, {}).get(s)
+            assert c is None or c.spec.task_id != tid or c.unchecked, f"call {tid} checked but still asked of the GCS"
         for tid, c in self.running.items():
             assert c.spec.sequence_no < self.next_seq.get(c.spec.caller_id, 0)
             assert c.spec.sequence_no not in self.kept.get(c.spec.caller_id, {}), f"call {tid} running and done"
@@ -340,7 +408,8 @@ class ActorInbox:
                     del self.queue[caller]
                     continue
                 call = q.get(self.next_seq[caller])
-                if call is None or (call.spec.method == TERMINATE_METHOD and self.running and not call.cancelled):
+                if call is None or call.unchecked or (
+                        call.spec.method == TERMINATE_METHOD and self.running and not call.cancelled):
                     continue  # (terminate runs once every call before it ended, and alone)
                 if best is None or self.served.get(caller, -1) < self.served.get(best, -1):
                     best = caller
@@ -352,8 +421,8 @@ class ActorInbox:
             self.next_seq[best] = nxt + 1
             self.turn += 1
             self.served[best] = self.turn
-            if call.cancelled:
-                continue  # (answered when cancelled: it only held its caller's place)
+            if call.cancelled or call.answered:
+                continue  # (answered already: it only held its caller's place)
             self.running[call.spec.task_id] = call
             cmds.append(RunCall(spec=call.spec, attempt=call.attempt, stimulus_id=sid))
             if call.spec.method == TERMINATE_METHOD:

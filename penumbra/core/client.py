@@ -334,7 +334,7 @@ class ClientMachine:
             return rid, self._refused(waiter, stimulus_id)
         local = self.local
         if local and any(o in local for o in uniq):
-            return rid, self._watch_local(rid, waiter, uniq, need, fetch, deadline, stream, stimulus_id)
+            return rid, self._watch_local(rid, waiter, uniq, need, fetch, deadline, stream, stimulus_id, report_need)
         w = _Watch(rid, waiter, frozenset(uniq), need, stream)
         lg = self.linger if linger else None
         cmds: list[Command] = []
@@ -369,10 +369,13 @@ class ClientMachine:
         return rid, cmds
 
     def _watch_local(self, rid: int, waiter: Any, uniq: tuple, need: int, fetch: bool, deadline: float | None,
-                     stream: bool, sid: str) -> list[Command]:
+                     stream: bool, sid: str, report_need: int) -> list[Command]:
         """A watch on some direct results (rule 5): those answered already
         count now, those in flight when their reply comes, and the node
-        watches the rest."""
+        watches the rest (holding its reports no longer than ``report_need``
+        allows: a wait with a timeout must hear of each as it comes; found
+        by the swarm, a wait over tasks and direct calls timed out unaware
+        of tasks the node had)."""
         local = self.local
         w = _Watch(rid, waiter, frozenset(uniq), need, stream)
         w.fetch = fetch
@@ -395,7 +398,7 @@ class ClientMachine:
             return cmds
         self.requests[rid] = w
         if rest:
-            node_need = max(1, min(len(rest), need - (len(uniq) - len(rest))))
+            node_need = max(1, min(len(rest), report_need - (len(uniq) - len(rest))))
             cmds.append(Send(to=self.node_id, msg=WatchObjects(client=self.client_id, req_id=rid, object_ids=rest,
                                                                fetch=fetch, need=node_need, stimulus_id=sid),
                              stimulus_id=sid))

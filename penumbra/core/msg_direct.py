@@ -27,9 +27,10 @@ bytes), large ones as "in the store of node N" (written to that node's
 shared-memory store, and reported to it, before the reply is sent, so a
 ref to it that leaves the caller is found through the node and the GCS).
 
-None of these is pickled into the simulator's trace (the simulator keeps the
-routed path): new data lives in new messages, no existing record or message
-changed.  The messages module does not re-export these names: import them
+The simulator carries these too (penumbra/sim/direct.py), and its trace
+hashes them like any message (a report's ``entries``, like ``outputs``, are
+left out of a trace line).  The routed path's records and messages did not
+change.  The messages module does not re-export these names: import them
 from here.
 """
 
@@ -50,6 +51,7 @@ __all__ = [
     "DirectFloor",
     "DirectRan",
     "DirectCallsRan",
+    "DirectCallsRecorded",
     "ActorEndpoint",
     "WatchActor",
     "ActorWatched",
@@ -204,6 +206,19 @@ class DirectCallsRan(Message):
     worker_id: str
     actor_id: ActorId
     incarnation: int
+    entries: tuple[DirectRan, ...]
+
+
+class DirectCallsRecorded(Message):
+    """A caller to its node: record these direct calls' results here, as a
+    routed call's are (outputs in the store and the GCS, or the error),
+    for whoever else gets their refs: results answered by an actor
+    incarnation that died since, which may have died before its batched
+    report reached its node.  (A call that failed at the caller, without
+    a reply, goes as ``DirectCallFailed``.)  ``entries`` as in
+    ``DirectCallsRan`` (inline outputs carry their data)."""
+
+    client: str
     entries: tuple[DirectRan, ...]
 
 

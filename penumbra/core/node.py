@@ -105,7 +105,7 @@ from .messages import (
     PrepareBundles,
     ReleaseBundles,
 )
-from .msg_direct import ActorEndpoint, CallsSkipped, DirectCallFailed, DirectCallsRan, WatchActor
+from .msg_direct import ActorEndpoint, CallsSkipped, DirectCallFailed, DirectCallsRan, DirectCallsRecorded, WatchActor
 from .lease_host import RECORDED_TOKEN, LeaseHost
 from .msg_leases import RecordTasks, RequestLease, ReturnLease, SubmitterGone, TasksRan
 from .placement import BundleHolder
@@ -799,6 +799,7 @@ _HANDLERS = {
     ActorEndpoint: lambda self, ev, now: self.direct.on_endpoint(ev, now),
     DirectCallsRan: lambda self, ev, now: self.direct.on_ran(ev, now),
     WatchActor: lambda self, ev, now: self.direct.on_watch(ev, now),
+    DirectCallsRecorded: lambda self, ev, now: self.direct.on_recorded(ev, now),
     DirectCallFailed: lambda self, ev, now: self.direct.on_failed(ev, now),
     CallsSkipped: lambda self, ev, now: self.router.skip(ev.actor_id, ev.caller_id, ev.after, ev.before, now,
                                                          ev.stimulus_id),

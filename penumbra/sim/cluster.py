@@ -72,6 +72,7 @@ from penumbra.core.specs import ResourceSet, TaskSpec
 from penumbra.core.tables import key_shard
 
 from .costs import PAPER, CostModel
+from .direct import SimDirect, direct_calls_default
 from .driver import SimActor, SimDriver, SimWaiter
 from .faults import Crash, Fault, FaultSchedule, Installed, Restart
 from .kernel import Host, SimKernel, gc_paused
@@ -207,6 +208,11 @@ class SimCluster:
             (``penumbra.sim.partition``): here they are stand-ins
             (``kernel.add_remote``) that messages can be sent to, and cost
             next to nothing.  Default: build every machine.
+        direct_calls: actor calls go straight from caller to the actor's
+            worker (``penumbra.sim.direct``), as on the real runtime; False:
+            through the nodes (the routed path).  ``replay=True`` actors
+            always take the routed path.  Default: the real runtime's
+            switch, ``PENUMBRA_DIRECT_CALLS`` (on unless "0").
     """
 
     def __init__(
@@ -230,6 +236,7 @@ class SimCluster:
         gc_off: bool = True,
         disk_bytes: int = 0,
         machines: Callable[[str], bool] | None = None,
+        direct_calls: bool | None = None,
     ) -> None:
         if layout is None:
             shape = NodeShape(resources=ResourceSet.of(CPU=cpus), object_store_memory=object_store_memory)
@@ -265,6 +272,8 @@ class SimCluster:
         self.kernel.cluster = self  # for cluster-level faults (CrashNode, AddNode)
         self.kernel.on_crash.append(self._on_crash)
         self.kernel.on_restart.append(self._on_restart)
+        # actor calls straight from caller to actor worker (penumbra.sim.direct)
+        self.direct = SimDirect(self, direct_calls_default() if direct_calls is None else bool(direct_calls))
         self.nodes: dict[str, SimNode] = {}
         self.replicas: list[str] = []
         # every node's address, in order, built here or not (``machines``);

@@ -68,6 +68,7 @@ class DriverCluster(Protocol):
     kernel: SimKernel
     costs: CostModel
     nodes: dict[str, SimNode]
+    direct: Any  # ``penumbra.sim.direct.SimDirect``
 
 
 # ===========================================================================
@@ -133,6 +134,13 @@ class SimDriver:
         # cluster.driver(cpu=True) takes the cost model's client_call)
         self.call_cost = 0.0
         self.busy_until = 0.0
+        # its actor calls go straight to the actors' workers (``penumbra.sim.direct``)
+        direct = cluster.direct
+        self.direct = direct.port(self.client, address, node, self.machine, self._run,
+                                  lambda: self.alive) if direct.enabled else None
+        # actors it holds a handle of with replay=True: their calls take the
+        # routed path from the first (the real handle knows it too)
+        self.replay_actors: set[ActorId] = set()
         self.client.send(node, RegisterClient(client=address, job_id=job_id, is_driver=True))
 
     @property
@@ -172,8 +180,14 @@ class SimDriver:
                 return spec
             if self.keep_submit_times:
                 self.submitted_at[spec.task_id] = self.now
-            self.client.send(self.node, SubmitTask(client=self.address, spec=spec))
+            self._submit_now(spec)
         return spec
+
+    def _submit_now(self, spec: TaskSpec) -> None:
+        if spec.actor_id is not None and self.direct is not None and spec.actor_id not in self.replay_actors:
+            self.direct.submit(spec)  # (a call: to the actor's worker)
+        else:
+            self.client.send(self.node, SubmitTask(client=self.address, spec=spec))
 
     def submit_many(self, specs: Iterable[TaskSpec]) -> None:
         if not self.alive:
@@ -192,16 +206,20 @@ class SimDriver:
         me = self.address
         keep = self.keep_submit_times
         now = self.now
+        direct = self.direct
         for s in specs:
             if keep:
                 self.submitted_at[s.task_id] = now
-            send(node, SubmitTask(client=me, spec=s))
+            if direct is not None and s.actor_id is not None and s.actor_id not in self.replay_actors:
+                direct.submit(s)
+            else:
+                send(node, SubmitTask(client=me, spec=s))
 
     def _send_one(self, spec: TaskSpec) -> None:
         if self.alive:
             if self.keep_submit_times:
                 self.submitted_at[spec.task_id] = self.now
-            self.client.send(self.node, SubmitTask(client=self.address, spec=spec))
+            self._submit_now(spec)
 
     def remote(self, model: Any = None, **kw: Any) -> TaskSpec:
         """``spec`` + ``submit``: returns the spec (its ``return_ids`` are the futures)."""
@@ -336,6 +354,8 @@ class SimDriver:
     def cancel(self, spec: TaskSpec, force: bool = False) -> None:
         """Cancel a task (``force``: kill the worker running it)."""
         if self.alive:
+            if self.direct is not None and self.direct.cancel(spec.task_id, force):
+                return  # (a direct call: its caller's machine decides)
             self.client.send(self.node, CancelTask(client=self.address, task_id=spec.task_id, force=force))
 
     def call_after(self, dt: float, fn: Callable, *args: Any) -> None:
@@ -400,6 +420,8 @@ class SimDriver:
             self._run(self.machine.on_reply(msg.req_id, msg))
         elif t is ActorRegistered:
             self.registered[msg.actor_id] = msg
+        elif self.direct is not None:
+            self.direct.on_message(msg)  # (a DirectReply, an ActorWatched)
 
     # ------------------------------------------------------------------ results
     def value(self, oid: ObjectId) -> Any:
@@ -409,7 +431,26 @@ class SimDriver:
         info = self.ready.get(oid)
         if info is not None and info[1].error is not None:
             return info[1].error
+        found, value = self.local_value(oid)
+        if found:
+            return value
         return self.cluster.nodes[self.node].store[oid][1]
+
+    def local_value(self, oid: ObjectId) -> tuple[bool, Any]:
+        """``(True, value)`` if ``oid`` is a direct call's result that came
+        inline in its reply (held here, not in the node's store); else
+        ``(False, None)``, and a direct result held elsewhere (in the
+        actor's node's store) is forgotten, so that a watch of it asks
+        the node, which fetches it (as the real client's get does)."""
+        r = self.machine.local.get(oid)
+        if r is None:
+            return False, None
+        att = r[1]
+        if att is not None and att[0] == "v":
+            return True, att[1]
+        if att is None:
+            self.machine.forget_local([oid])
+        return False, None
 
     def all_ready(self, specs: Iterable[TaskSpec]) -> bool:
         r = self.ready
@@ -428,6 +469,8 @@ class SimActor:
         self.actor_id = spec.actor_id
         self.creation = creation
         self.calls = 0
+        if spec.replay:
+            driver.replay_actors.add(spec.actor_id)
 
     def call(self, model: Any = None, *, method: str = "m", deps: Sequence[ObjectId] = (), submit: bool = True) -> TaskSpec:
         """Call ``method`` (running ``model``, e.g. ``TaskModel(update=...)``)."""
@@ -444,4 +487,6 @@ class SimActor:
     def kill(self, no_restart: bool = True) -> None:
         d = self.driver
         if d.alive:
+            if no_restart and d.direct is not None:
+                d.direct.killed(self.actor_id)  # (later calls fail at once)
             d.client.send(d.node, KillActor(client=d.address, actor_id=self.actor_id, no_restart=no_restart))

@@ -233,6 +233,10 @@ class SimKernel:
         self.on_crash: list[Callable[[SimKernel, str], Any]] = []
         self.on_restart: list[Callable[[SimKernel, str], Any]] = []
         self.on_log: list[Callable[[float, str, Log], Any]] = []
+        # told of every message the network loses (``what, t, src, dst,
+        # msgs``; "cut", "drop", or "dup" for a copy): the direct-call
+        # connections break on a loss (penumbra.sim.direct)
+        self.net_watchers: list[Callable[[str, float, str, str, list], Any]] = []
         self._lost = 0
         self._undeliverable = 0
         self._running = False
@@ -732,6 +736,8 @@ class SimKernel:
     def _net_event(self, what: str, t: float, link: Any, msgs: list) -> None:
         if self.trace is not None:
             self.trace.network(what, t, link.src, link.dst, msgs)
+        for fn in self.net_watchers:
+            fn(what, t, link.src, link.dst, msgs)
 
     def _find_handler(self, host: Host, ct: type) -> Callable:
         for base in ct.__mro__:

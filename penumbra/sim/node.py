@@ -101,6 +101,7 @@ class NodeCluster(Protocol):
     nodes: dict[str, SimNode]
     disk_bytes: int
     on_task_done: list[Callable[[SimNode, TaskSpec, int, float], Any]]
+    direct: Any  # the direct-call world (``penumbra.sim.direct.SimDirect``)
 
     def crash_node(self, address: str, restart_after: float | None = None) -> bool: ...
 
@@ -147,7 +148,7 @@ class SimWorker:
     """A simulated worker process on a node."""
 
     __slots__ = ("worker_id", "alive", "started", "running", "actor_state", "tasks_run", "next_token", "sequential",
-                 "free_at", "actor_async", "cancelled", "began")
+                 "free_at", "actor_async", "cancelled", "began", "incarnation", "direct")
 
     def __init__(self, worker_id: str) -> None:
         self.worker_id = worker_id
@@ -170,6 +171,11 @@ class SimWorker:
         # its completion (one that runs code and may block: the run's bar
         # on the timeline starts there, see ``SimNode.complete``)
         self.began: dict[TaskId, float] = {}
+        # hosts an actor: the incarnation its creation started (as the node
+        # hosts it), and, once it takes direct calls, its inbox and endpoint
+        # (``penumbra.sim.direct``)
+        self.incarnation = 0
+        self.direct: Any = None
 
     def __repr__(self) -> str:
         return f"<SimWorker {self.worker_id} {'alive' if self.alive else 'dead'} running={len(self.running)}>"
@@ -245,6 +251,11 @@ class SimNode:
         if a is not None:
             w.sequential = a.max_concurrency <= 1
             w.actor_async = a.is_async
+            # (the incarnation this creation starts, as the node hosts it:
+            # the worker names it in direct calls, as the real daemon's Run does)
+            t = host.machine.scheduler.tasks.get(cmd.spec.task_id)
+            start = getattr(t, "actor", None)
+            w.incarnation = start.entry.incarnation if start is not None else 0
         # (behind the call before it on a sequential actor; an executor
         # that starts it later says so itself)
         w.began[cmd.spec.task_id] = w.free_at if w.sequential and w.free_at > host.now else host.now
@@ -305,6 +316,10 @@ class SimNode:
         host = self.host
         sid = cmd.stimulus_id
         kind = out.kind
+        c = self.cluster
+        if kind != "crash" and w.direct is not None and tid in w.direct.inbox.running:
+            c.direct.finished(self, w, cmd, out, elapsed, span)  # answered to its caller, reported to the node
+            return
         if kind == "ok":
             rids = spec.return_ids
             sizes = out.sizes or _EIGHT
@@ -316,12 +331,15 @@ class SimNode:
                 store[oid] = (size, values[i] if i < len(values) else None)
                 outputs.append((oid, size))
             self.finished += 1
-            c = self.cluster
             if c.on_task_done:
                 for hook in c.on_task_done:
                     hook(self, spec, cmd.attempt, host.now)
             host.deliver_now(TaskFinished(worker_id=w.worker_id, task_id=tid, outputs=tuple(outputs),
                                           duration=elapsed, span=span, stimulus_id=sid), urgent=True)
+            a = spec.actor_creation
+            if a is not None and not a.replay and c.direct.enabled and w.alive and w.direct is None:
+                # callers may call it directly now (after its creation's result)
+                c.direct.serve(self, w, spec, w.incarnation, cmd.gpu_ids, sid)
         elif kind == "raise":
             err = out.error or _error(ErrorKind.TASK_ERROR, f"{spec.display_name()} raised", spec.display_name())
             host.deliver_now(TaskRaised(worker_id=w.worker_id, task_id=tid, error=err,
@@ -340,6 +358,8 @@ class SimNode:
         w.began.clear()
         self.workers.pop(w.worker_id, None)
         self.cluster.executor.worker_gone(self, w)
+        if w.direct is not None:
+            self.cluster.direct.worker_gone(w)
 
     def on_kill_worker(self, host: Host, cmd: KillWorker) -> None:
         w = self.workers.get(cmd.worker_id)
@@ -481,6 +501,8 @@ class SimNode:
             w.alive = False
             w.running.clear()
             ex.worker_gone(self, w)
+            if w.direct is not None:
+                self.cluster.direct.worker_gone(w)
         self.workers.clear()
 
 

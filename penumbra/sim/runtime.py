@@ -145,7 +145,8 @@ class SimRuntime(_SimClient):
         self.executor = PythonExecutor(self)
         self.cluster = SimCluster(layout, costs=cfg.cost_model(), seed=cfg.seed, executor=self.executor,
                                   trace=cfg.trace, validate=cfg.validate, detect=cfg.detect,
-                                  detect_delay=cfg.detect_delay, disk_bytes=cfg.disk_bytes)
+                                  detect_delay=cfg.detect_delay, disk_bytes=cfg.disk_bytes,
+                                  direct_calls=cfg.direct_calls)
         self.kernel = self.cluster.kernel
         self.cluster.wait_ready(timeout=60.0)
         super().__init__(self, "driver", f"node:{cfg.driver_node}", job_id=0, is_worker=False, namespace=namespace)

@@ -110,6 +110,10 @@ class _SimClient(Runtime):
         self._functions: dict[bytes, Any] = {}
         self._exported: set[bytes] = set()
         self.client = sim.kernel.add_client(address, self._on_message, colocated_with=node, kind=self.kind)
+        # its actor calls go straight to the actors' workers (``penumbra.sim.direct``)
+        direct = sim.cluster.direct
+        self.direct = direct.port(self.client, address, node, self.machine, self._run_poke,
+                                  lambda: self.alive) if direct.enabled else None
 
     @property
     def namespace(self) -> str:
@@ -142,8 +146,12 @@ class _SimClient(Runtime):
             self._run(self.machine.on_reply(msg.req_id, msg))
         elif t is ActorRegistered:
             self._run(self.machine.handle(msg))
-        else:
+        elif self.direct is None or not self.direct.on_message(msg):  # (a DirectReply, an ActorWatched)
             return
+        self._poke()
+
+    def _run_poke(self, cmds: list) -> None:
+        self._run(cmds)
         self._poke()
 
     def _run(self, cmds: list) -> None:
@@ -211,6 +219,18 @@ class _SimClient(Runtime):
     def submit(self, spec: TaskSpec) -> None:
         self._send(SubmitTask(client=self.client_id, spec=spec))
 
+    def submit_actor_call(self, spec: TaskSpec, direct: bool) -> None:
+        if not direct or self.direct is None:
+            self.submit(spec)  # (the routed path: a replay=True actor's call, or direct calls off)
+            return
+        if not self.alive:
+            raise self._dead()
+        self.direct.submit(spec)
+
+    def hold_args(self, spec: TaskSpec, refs: list) -> None:
+        if self.direct is not None:
+            self.direct.hold(spec, refs)
+
     def create_actor(self, spec: TaskSpec, timeout: float | None) -> None:
         a = spec.actor_creation
         if not a.name:
@@ -241,9 +261,12 @@ class _SimClient(Runtime):
                 ) from None
             store = self._node().store
             vanished = []
-            for oid, (info, _) in results.items():
+            for oid, (info, att) in results.items():
                 if info.error is not None:
                     values[oid] = ErrorValue(info.error)
+                    continue
+                if att is not None and att[0] == "v":  # a direct call's result, inline in its reply
+                    values[oid] = _decode((info.size, att[1]))
                     continue
                 item = store.get(oid)
                 if item is None:
@@ -252,6 +275,8 @@ class _SimClient(Runtime):
                     values[oid] = _decode(item)
             if not vanished:
                 return [values[oid] for oid in ids]
+            if self.machine.local:
+                self.machine.forget_local(vanished)  # (a direct result elsewhere: ask the node)
             missing = vanished
         raise PenumbraError("objects kept vanishing from the simulated store while being read; the store is thrashing")
 
@@ -287,12 +312,20 @@ class _SimClient(Runtime):
             raise ObjectStoreFullError(reply.error.message)
 
     def release(self, oids: Sequence[ObjectId], free: bool = False) -> None:
+        if self.machine.local:
+            self.machine.forget_local(oids)
+            if self.direct is not None:
+                self.direct.caller.released(oids)
         self.sim.release(oids, free)
 
     def cancel(self, task_id: TaskId, force: bool, recursive: bool) -> None:
+        if self.direct is not None and self.alive and self.direct.cancel(task_id, force):
+            return  # (a direct call of ours: its caller machine decides)
         self._send(CancelTask(client=self.client_id, task_id=task_id, force=force, recursive=recursive))
 
     def kill_actor(self, actor_id: ActorId, no_restart: bool, exiting: TaskId | None = None) -> None:
+        if no_restart and exiting is None and self.direct is not None:
+            self.direct.killed(actor_id)  # (later calls fail at once)
         self._send(KillActor(client=self.client_id, actor_id=actor_id, no_restart=no_restart, exiting=exiting))
 
     def gcs_request(self, request: Any, timeout: float | None) -> Any:
@@ -380,6 +413,12 @@ class _WorkerRuntime(_SimClient):
             if w is not None and not w.scheduled and w.ready():
                 w.scheduled = True
                 sim.schedule_resume(f, w, _READY)
+
+    def kill_actor(self, actor_id: ActorId, no_restart: bool, exiting: TaskId | None = None) -> None:
+        w = self.worker
+        if exiting is not None and w is not None and self.sim.cluster.direct.exiting(w, exiting):
+            return  # (exit_actor() in a direct call: its inbox ends the actor once the calls with it end)
+        super().kill_actor(actor_id, no_restart, exiting)
 
     def shutdown(self) -> None:  # a worker does not shut the simulation down
         pass

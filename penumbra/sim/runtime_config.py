@@ -67,6 +67,10 @@ class SimConfig:
             ``node_timeout``, ``scheduler``...; ``spilling=False`` to make a
             full store fail puts instead of spilling them).
         disk_bytes: each node's disk for spilled objects (0: unbounded).
+        direct_calls: actor calls go straight from the caller to the
+            actor's worker, as on the real runtime (``penumbra.sim.direct``);
+            False: through the nodes.  Default: ``PENUMBRA_DIRECT_CALLS``
+            (on unless "0"), the real runtime's switch.
     """
 
     nodes: int | Sequence[Mapping[str, float] | NodeShape] = 1
@@ -88,6 +92,7 @@ class SimConfig:
     max_blocking_time: float = 60.0
     layout: Mapping[str, Any] = field(default_factory=dict)
     disk_bytes: int = 0
+    direct_calls: bool | None = None
 
     def cost_model(self) -> CostModel:
         c = self.costs

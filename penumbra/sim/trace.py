@@ -66,6 +66,7 @@ HEAVY_FIELDS = frozenset({
     "configs", "config", "load", "entry", "replay", "outputs", "objects", "error",
     "nodes", "resources", "payload", "data", "args", "request", "msg",
     "span",  # (a run's measured bar, for the timeline: it decides nothing)
+    "entries",  # (a direct-call report's runs: specs and values, as "outputs")
 })
 
 _ADDR = re.compile(r" at 0x[0-9a-fA-F]+")

@@ -25,6 +25,9 @@ whose commands this module carries out:
   the caller's node can find them);
 * ``EndActor``: the actor ends itself (``exit_actor()``,
   ``__ray_terminate__``): ``KillActor(exiting=...)`` to the node;
+* ``CheckRan``: a call sent again after its incarnation died: the GCS's
+  rows of its outputs are read (a thread of its own: ``gcs_request``
+  blocks) and handed back (``checked``);
 * ``SetTimer``: the inbox's batching timer, on the trio thread.
 
 The inbox is used under one lock, from the trio thread (calls, cancels)
@@ -41,8 +44,9 @@ from typing import Any
 
 import trio
 
-from ..core.actor_inbox import ActorInbox, EndActor, InterruptCall, Reply, ReportRan, RunCall
+from ..core.actor_inbox import ActorInbox, CheckRan, EndActor, InterruptCall, Reply, ReportRan, RunCall, from_record
 from ..core.messages import KillActor, SetTimer
+from ..core.tables import Get
 from ..core.msg_direct import ActorEndpoint, DirectCall, DirectCallsRan, DirectCancel, DirectFloor, DirectOutput, DirectReply
 from . import protocol as P
 from .direct_links import endpoint_of
@@ -159,6 +163,8 @@ class ActorServer:
                         pass
             elif t is ReportRan:
                 self._report(c.entries)
+            elif t is CheckRan:
+                threading.Thread(target=self._check, args=(c.spec,), name="penumbra-direct-check", daemon=True).start()
             elif t is SetTimer:
                 self._set_timer(c.at, c.key)
             elif t is InterruptCall:
@@ -168,6 +174,17 @@ class ActorServer:
                     self.rt.bridge.submit(self._end_actor, c.task_id)
                 except RuntimeError:  # the loop stopped: this worker is exiting anyway
                     pass
+
+    def _check(self, spec) -> None:
+        """(its own thread) Whether ``spec`` ran on an earlier incarnation:
+        the GCS's rows of its outputs, handed to the inbox."""
+        try:
+            rows = [self.rt.gcs_request(Get("objects", oid), timeout=30.0) for oid in spec.return_ids]
+        except Exception:  # noqa: BLE001 - no answer (the node is going): run it, as before the check
+            rows = []
+        recorded, outputs, error = from_record(spec, rows)
+        with self.lock:
+            self._carry(self.inbox.checked(spec.task_id, time.monotonic(), recorded, outputs, error))
 
     def _end_actor(self, task_id) -> None:
         """(trio thread, after every job before it) The replies of the calls

@@ -641,6 +641,8 @@ class ClientRuntime(Runtime):
         if self.machine.local:
             with self._mlock:
                 self.machine.forget_local(oids)
+                if self._direct is not None:
+                    self._direct.caller.released(oids)  # (nothing to record of them if their actor dies)
         for oid in oids:
             data = self._cache.pop(oid, None)
             if data is not None:

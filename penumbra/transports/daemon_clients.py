@@ -21,7 +21,7 @@ import trio
 import msgspec
 
 from ..core.messages import ClientDisconnected, PutObject, RegisterClient
-from ..core.msg_direct import DirectCallsRan
+from ..core.msg_direct import DirectCallsRan, DirectCallsRecorded
 from . import protocol as P
 from .wire import Channel, ConnectionClosed
 
@@ -41,6 +41,11 @@ class DaemonClients:
                 self.objects.put_inline(msg.object_id, att[1])
         elif t is DirectCallsRan:
             d = P.Deliver(d.to, self._direct_ran(msg), d.attachments, d.src)
+        elif t is DirectCallsRecorded:  # (a caller's results: their inline data goes into the store here)
+            for e in msg.entries:
+                for o in e.outputs:
+                    if o.data is not None:
+                        self.objects.put_inline(o.object_id, o.data)
         self.deliver_local(d)
 
     def _direct_ran(self, msg: DirectCallsRan) -> DirectCallsRan:

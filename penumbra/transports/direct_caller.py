@@ -17,6 +17,8 @@ machine's commands out and feeds it what happens:
   that node is ours (else fetched through our node, as any remote object);
 * ``StoreFailure``: ``DirectCallFailed`` to the node (which stores the
   error where other processes find it);
+* ``Republish(entries)``: ``DirectCallsRecorded`` to the node (results an
+  incarnation that died may not have reported);
 * ``Reroute(spec)`` / ``Skipped``: the call takes the routed path
   (``SubmitTask``), after ``CallsSkipped`` for the calls resolved here;
 * ``Log``: a warning in this process's log;
@@ -37,9 +39,9 @@ from typing import Any
 
 import trio
 
-from ..core.actor_caller import ActorCaller, Failed, Reroute, Resolved, Skipped, StoreFailure, Watch
+from ..core.actor_caller import ActorCaller, Failed, Republish, Reroute, Resolved, Skipped, StoreFailure, Watch
 from ..core.messages import Log, Send, SetTimer, SubmitTask
-from ..core.msg_direct import ActorWatched, CallsSkipped, DirectCallFailed, DirectReply, WatchActor
+from ..core.msg_direct import ActorWatched, CallsSkipped, DirectCallFailed, DirectCallsRecorded, DirectReply, WatchActor
 from ..core.records import ActorState, ObjectInfo
 from .direct_links import Links
 
@@ -186,6 +188,9 @@ class DirectCalls:
             elif t is StoreFailure:
                 node = True
                 self._to_node(DirectCallFailed(client=rt.client_id, spec=c.spec, error=c.error, attempt=c.attempt))
+            elif t is Republish:
+                node = True
+                self._to_node(DirectCallsRecorded(client=rt.client_id, entries=c.entries))
             elif t is Watch:
                 node = True
                 self._to_node(WatchActor(client=rt.client_id, actor_id=c.actor_id))

@@ -30,6 +30,7 @@ from . import planted_gcs as gcs
 from . import planted_actors as actors
 from . import planted_objects as objects
 from . import planted_recovery as recovery
+from . import planted_direct as direct
 
 __all__ = ["Bug", "BUGS", "REGRESSIONS", "MASKED", "NOT_CAUGHT_YET", "planted", "bug_named"]
 
@@ -49,7 +50,7 @@ BUGS: tuple[Bug, ...] = (
     Bug("retry-budget-off-by-one", "one retry fewer than max_retries", scheduling.retry_budget_off_by_one, seed=1),
     Bug("late-subscriber", "a subscriber that joins after a change is not sent the current value", gcs.late_subscriber_not_told, seed=0),
     Bug("head-acks-early", "the chain head acknowledges a write before the tail has it", gcs.head_acks_before_tail, seed=4),
-    Bug("actor-order-after-restart", "a restarted actor orders a caller's calls from whichever arrives first", actors.actor_ignores_floor_after_restart, seed=6),
+    Bug("actor-order-after-restart", "a restarted actor orders a caller's calls from whichever arrives first", actors.actor_ignores_floor_after_restart, seed=16),
     Bug("gcs-no-dedup", "the GCS applies a retried write again", gcs.gcs_no_dedup, seed=0),
     Bug("dead-node-tasks-lost", "tasks pending on a dead node are not re-submitted", recovery.dead_node_tasks_not_resubmitted, seed=5),
     Bug("blocked-worker-keeps-cpu", "a worker blocked in get does not lend its CPU", scheduling.blocked_worker_keeps_cpu, seed=0),
@@ -65,7 +66,7 @@ BUGS: tuple[Bug, ...] = (
         "wait needs fewer (it times out told of nothing)", scheduling.watch_ignores_need, seed=0),
     Bug("pause-kills-cluster", "the head judges liveness by its own clock: after a pause of the head, it declares "
         "every node dead before reading their queued heartbeats", recovery.pause_kills_cluster, seed=165),
-    Bug("fetching-waiter-told-early", "a wait that fetches is told an object is ready when its location is known, before the bytes arrive", objects.fetching_waiters_told_located, seed=34),
+    Bug("fetching-waiter-told-early", "a wait that fetches is told an object is ready when its location is known, before the bytes arrive", objects.fetching_waiters_told_located, seed=0),
     Bug("bundle-index-ignored", "a task bound to one bundle of a placement group asks for any bundle of it, so it "
         "may run on another bundle's node", scheduling.bundle_index_ignored, seed=7),
     # draws-faults
@@ -94,7 +95,7 @@ BUGS: tuple[Bug, ...] = (
     Bug("job-end-spares-pending-actors", "when a job ends only its ALIVE actors are killed: one still being created "
         "outlives its job", actors.job_end_kills_alive_actors_only, seed=2),
     Bug("restart-drops-name", "a named actor's name is released when it restarts, as when it dies",
-        actors.restart_drops_name, seed=6),
+        actors.restart_drops_name, seed=16),
     # client-machine
     Bug("watch-after-loss-waits", "a get or wait made after the driver lost its connection is registered anyway "
         "and waits forever (the hang after a lost daemon)", recovery.watch_after_loss_waits, seed=0),
@@ -157,6 +158,21 @@ BUGS: tuple[Bug, ...] = (
         seed=59),
     Bug("fence-spends-a-restart", "a recovered head's fence of a restart (or creation) its predecessor began counts "
         "as a restart", actors.fence_spends_a_restart, seed=136),
+    # simdirect (issue 16): the direct-call machines, driven by the simulator
+    Bug("inbox-runs-a-repeat", "an actor worker runs a direct call sent again after a lost connection, instead of "
+        "answering it from the result it kept", direct.inbox_runs_a_repeat, seed=27),
+    Bug("inbox-ignores-floor", "an actor worker starts each caller's order at 0, ignoring the floor its calls carry "
+        "(calls below it were resolved elsewhere)", direct.inbox_ignores_floor, seed=17),
+    Bug("resend-timer-keeps-actor-down", "after a lost connection the caller's resend timer does not mark the actor "
+        "reachable again: its calls wait for good", direct.resend_timer_keeps_actor_down, seed=27),
+    Bug("caller-ignores-newer-endpoint", "a caller keeps the first endpoint it learned of an actor: a restarted "
+        "incarnation's address is never used", direct.caller_ignores_newer_endpoint, seed=27),
+    Bug("unreported-results-not-republished", "a caller takes what an incarnation answered for recorded by its node: "
+        "when the worker dies before its batched report, the results are lost to everyone else",
+        direct.unreported_results_not_republished, seed=27),
+    Bug("retried-call-runs-unchecked", "a call sent again to a new incarnation runs without asking whether an "
+        "earlier incarnation ran it and its node recorded it: its objects hold two values",
+        direct.retried_call_runs_unchecked, seed=27),
 )
 
 # Changes that look like bugs but that the rest of the design makes harmless,

@@ -39,8 +39,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..core.actor_caller import ENDPOINT_TIMER, ActorCaller, Failed, Reroute, Resolved, StoreFailure, Watch
-from ..core.actor_inbox import ActorInbox, EndActor, InterruptCall, ReportRan, Reply, RunCall
+from ..core.actor_caller import ENDPOINT_TIMER, ActorCaller, Failed, Republish, Reroute, Resolved, StoreFailure, Watch
+from ..core.actor_inbox import ActorInbox, CheckRan, EndActor, InterruptCall, ReportRan, Reply, RunCall
 from ..core.ids import ActorId, actor_id_of, child_task_id, driver_task_id
 from ..core.msg_base import Send, SetTimer
 from ..core.msg_direct import (
@@ -109,6 +109,7 @@ class DirectNet:
     cancelled_unsent: set = field(default_factory=set)  # failed at once by a cancel
     stored: set = field(default_factory=set)  # task ids whose failure was stored (StoreFailure)
     reported: list = field(default_factory=list)  # (incarnation, DirectRan)
+    answered_from: dict = field(default_factory=dict)  # task id -> the incarnation whose record answered it
     count: int = 0
 
     def __post_init__(self) -> None:
@@ -300,6 +301,16 @@ class DirectNet:
                     self.timers.append((caller, c.key, c.at))
             elif t is Reroute:
                 raise Broken(f"a call to an actor without replay was rerouted: {c.spec!r}")
+            elif t is Republish:
+                # results handed to the node: each resolved here, by an
+                # incarnation the row says is gone
+                for e in c.entries:
+                    o = self.outcomes.get(e.spec.task_id)
+                    if o is None or o.kind != "resolved":
+                        raise Broken(f"republished {e.spec!r}, which was not resolved by a reply ({o})")
+                    if self.state is not ActorState.DEAD and o.incarnation >= self.incarnation:
+                        raise Broken(f"republished {e.spec!r}, answered by incarnation {o.incarnation}, "
+                                     f"which is live")
             else:
                 raise TypeError(f"direct_net: no handler for caller command {c!r}")
 
@@ -335,6 +346,15 @@ class DirectNet:
                     w.interrupted = True
             elif t is ReportRan:
                 self.reported += [(self.incarnation, e) for e in c.entries]
+            elif t is CheckRan:
+                # the node's record: what an earlier incarnation reported of it
+                rec = [(inc, e) for inc, e in self.reported if e.spec.task_id == c.spec.task_id]
+                if rec:
+                    inc, e = rec[-1]
+                    self.answered_from[c.spec.task_id] = inc
+                    self._from_worker(self.inbox.checked(c.spec.task_id, self.now, True, e.outputs, e.error))
+                else:
+                    self._from_worker(self.inbox.checked(c.spec.task_id, self.now, False))
             elif t is SetTimer:
                 self.timers.append(("inbox", c.key, c.at))
             elif t is EndActor:
@@ -362,7 +382,7 @@ class DirectNet:
         if reply.error is not None:
             return
         tid = reply.task_id
-        value = self.values.get((tid, reply.incarnation))
+        value = self.values.get((tid, self.answered_from.get(tid, reply.incarnation)))
         if value is None or any(o.data != value for o in reply.outputs):
             raise Broken(f"call {tid} resolved with {reply.outputs}, not what it returned in incarnation "
                          f"{reply.incarnation} ({value!r})")

@@ -49,6 +49,18 @@ def _install_faults(cluster: SimCluster, fp: FaultPlan, nodes: list[str], base: 
             if addr in live and len(live) > 1:  # never the last replica of a chain
                 cluster.crash_replica(addr, restart_after=restart)
         k.call_at(base + at, crash_replica)
+    for at, i, duration, drop, way in fp.direct_cuts:
+        def direct_cut(key=plan.workload.actors[i].key, duration=duration, drop=drop, way=way):
+            h = (actors or {}).get(key)
+            where = [s.node.address for s in cluster.direct.served.values()
+                     if h is not None and s.inbox.actor_id == h.actor_id]
+            callers = sorted(cluster.drivers)
+            if callers and where:  # (where its live worker is now)
+                if way != "replies":
+                    cluster.link_fault(callers, where, drop=drop, duration=duration)
+                if way != "calls":
+                    cluster.link_fault(where, callers, drop=drop, duration=duration)
+        k.call_at(base + at, direct_cut)
     for at, i, duration in fp.isolations:
         addr = nodes[i]
 

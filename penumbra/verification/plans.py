@@ -85,6 +85,13 @@ class FaultPlan:
     # while it is down: () or (shard, index, this long into the downtime,
     # restart after))
     head_crashes: tuple[tuple[float, float, str, tuple], ...] = ()
+    # (simdirect, issue 16) (time, actor index, duration, drop rate, "both" |
+    # "replies" | "calls"): the links between the driver programs and the
+    # machine of the actor's worker lose messages (both ways, or only one),
+    # which only the direct calls' connections to actor workers there use
+    # (each loss breaks its connection: penumbra.sim.direct).  Replies lost
+    # to calls that ran make the callers send those calls again.
+    direct_cuts: tuple[tuple[float, int, float, float, str], ...] = ()
 
     def items(self) -> list[tuple[str, Any]]:
         out: list[tuple[str, Any]] = [("crash", c) for c in self.crashes]
@@ -97,6 +104,7 @@ class FaultPlan:
         out += [("rejoin_crash", c) for c in self.rejoin_crashes]
         out += [("storm", c) for c in self.storms]
         out += [("head_crash", c) for c in self.head_crashes]
+        out += [("direct_cut", c) for c in self.direct_cuts]
         for name in ("gcs_drop", "gcs_duplicate", "delay", "worker_crash_rate", "blocked_crash_rate", "lost_driver"):
             if getattr(self, name):
                 out.append((name, getattr(self, name)))
@@ -106,7 +114,8 @@ class FaultPlan:
     def from_items(cls, items) -> "FaultPlan":
         names = {"crash": "crashes", "replica": "replica_crashes", "isolate": "isolations", "slow": "slow",
                  "actor_kill": "actor_kills", "pause": "pauses", "heartbeat_delay": "heartbeat_delays",
-                 "rejoin_crash": "rejoin_crashes", "storm": "storms", "head_crash": "head_crashes"}
+                 "rejoin_crash": "rejoin_crashes", "storm": "storms", "head_crash": "head_crashes",
+                 "direct_cut": "direct_cuts"}
         kw: dict[str, Any] = {v: [] for v in names.values()}
         for name, v in items:
             if name in names:
@@ -249,7 +258,25 @@ def plan_seed(seed: int) -> SeedPlan:
     layout = _draw_gcs_flush(layout, random.Random(f"penumbra-swarm-gcs-flush-{seed}"))
     layout, faults = _draw_placement(layout, faults, seed, faulty, horizon)
     workload = _keep_remote_puts_recorded(workload, faults)
+    faults = _draw_direct_cuts(faults, workload, random.Random(f"penumbra-swarm-direct-cuts-{seed}"), faulty, n, horizon)
     return SeedPlan(seed, layout, workload, faults, horizon)
+
+
+def _draw_direct_cuts(faults: FaultPlan, workload: Workload, rng: random.Random, faulty: bool, n: int,
+                      horizon: float) -> FaultPlan:
+    """On faulty seeds with actors (not all replay ones), three in five: one
+    or two stretches where the drivers' links to an actor's node lose messages (some,
+    or all), so the direct calls to an actor there break their connections
+    mid-stream and are sent again.  (Until these, no seed broke one: the
+    other network faults spare the drivers' links.)  Its own generator: the
+    rest of the plan is as before."""
+    if not faulty or n < 2 or not any(not a.replay for a in workload.actors) or rng.random() >= 0.6:
+        return faults
+    direct = [i for i, a in enumerate(workload.actors) if not a.replay]
+    cuts = tuple(sorted((round(rng.uniform(0.05, horizon), 3), rng.choice(direct), round(rng.uniform(0.05, 0.4), 3),
+                         rng.choice((0.3, 1.0)), rng.choice(("both", "replies", "replies", "calls")))
+                        for _ in range(rng.randint(1, 2))))
+    return dataclasses.replace(faults, direct_cuts=cuts)
 
 
 # how long add_remote_puts gives a put to be recorded before its node fails

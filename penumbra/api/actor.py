@@ -269,7 +269,7 @@ class ActorMethod:
                 name=self._options.get("name") or "",
             )
             # submitted under the lock: calls reach the node in sequence order
-            rt.submit_actor_call(spec, not h._replay)
+            rt.submit_actor_call(spec, not h._replay and (rt.direct_async_calls or not h._is_async))
         if deps:
             rt.hold_args(spec, keep + [a for a in (*args, *kwargs.values()) if type(a) is ObjectRef])
         del keep

@@ -47,6 +47,9 @@ class Runtime(abc.ABC):
     node_id: str
     namespace: str = ""
     is_worker: bool = False
+    # whether an async actor's calls may go direct (the simulator says no:
+    # see penumbra.sim.runtime_clients)
+    direct_async_calls: bool = True
     # functions and classes this process exported / loaded (set per instance)
     _exported: set[bytes]
     _functions: dict[bytes, Any]

@@ -216,6 +216,16 @@ class _SimClient(Runtime):
                 self._send(WorkerUnblocked(worker_id=cid))
 
     # ------------------------------------------------------------------ Runtime
+    # An async actor's calls keep the routed path here: the simulator runs
+    # each call to completion on an event loop of its own, one at a time
+    # (runtime_executor), so a call that awaits another's effect (a
+    # util.queue get before its put) can only finish if the calls arrive in
+    # that order, and going direct reorders calls of different callers (a
+    # task's get came before the driver's put: Ray's actor-queue doc
+    # program hung).  Routed, as before direct calls, until the simulator
+    # runs concurrent async calls (issue 13).
+    direct_async_calls = False
+
     def submit(self, spec: TaskSpec) -> None:
         self._send(SubmitTask(client=self.client_id, spec=spec))
 

@@ -50,7 +50,7 @@ BUGS: tuple[Bug, ...] = (
     Bug("retry-budget-off-by-one", "one retry fewer than max_retries", scheduling.retry_budget_off_by_one, seed=1),
     Bug("late-subscriber", "a subscriber that joins after a change is not sent the current value", gcs.late_subscriber_not_told, seed=0),
     Bug("head-acks-early", "the chain head acknowledges a write before the tail has it", gcs.head_acks_before_tail, seed=4),
-    Bug("actor-order-after-restart", "a restarted actor orders a caller's calls from whichever arrives first", actors.actor_ignores_floor_after_restart, seed=16),
+    Bug("actor-order-after-restart", "a restarted actor orders a caller's calls from whichever arrives first", actors.actor_ignores_floor_after_restart, seed=6),
     Bug("gcs-no-dedup", "the GCS applies a retried write again", gcs.gcs_no_dedup, seed=0),
     Bug("dead-node-tasks-lost", "tasks pending on a dead node are not re-submitted", recovery.dead_node_tasks_not_resubmitted, seed=5),
     Bug("blocked-worker-keeps-cpu", "a worker blocked in get does not lend its CPU", scheduling.blocked_worker_keeps_cpu, seed=0),
@@ -160,7 +160,7 @@ BUGS: tuple[Bug, ...] = (
         "as a restart", actors.fence_spends_a_restart, seed=136),
     # simdirect (issue 16): the direct-call machines, driven by the simulator
     Bug("inbox-runs-a-repeat", "an actor worker runs a direct call sent again after a lost connection, instead of "
-        "answering it from the result it kept", direct.inbox_runs_a_repeat, seed=27),
+        "answering it from the result it kept", direct.inbox_runs_a_repeat, seed=165),
     Bug("inbox-ignores-floor", "an actor worker starts each caller's order at 0, ignoring the floor its calls carry "
         "(calls below it were resolved elsewhere)", direct.inbox_ignores_floor, seed=17),
     Bug("resend-timer-keeps-actor-down", "after a lost connection the caller's resend timer does not mark the actor "
@@ -170,9 +170,6 @@ BUGS: tuple[Bug, ...] = (
     Bug("unreported-results-not-republished", "a caller takes what an incarnation answered for recorded by its node: "
         "when the worker dies before its batched report, the results are lost to everyone else",
         direct.unreported_results_not_republished, seed=27),
-    Bug("retried-call-runs-unchecked", "a call sent again to a new incarnation runs without asking whether an "
-        "earlier incarnation ran it and its node recorded it: its objects hold two values",
-        direct.retried_call_runs_unchecked, seed=27),
 )
 
 # Changes that look like bugs but that the rest of the design makes harmless,
@@ -272,6 +269,16 @@ NOT_CAUGHT_YET: tuple[Bug, ...] = (
         "found): the head's predecessor is the tail", gcs.predecessor_wraps_around),
     Bug("forwarded-task-keeps-pins", "a task forwarded for its large remote inputs keeps its local inputs pinned",
         scheduling.forwarded_task_keeps_pins),
+    # retried-call-runs-unchecked (actor_inbox.py): found at seed 27 when
+    # the simulator first drove direct calls; after the look-ahead drain's
+    # one-time reorder no seed of 600 tried finds it.  It needs a call that
+    # ran and was recorded, its reply lost, then the actor killed and the
+    # call retried on the next incarnation; the CheckRan rule it breaks is
+    # tested in tests/test_actor_inbox.py.  A draw that puts an actor kill
+    # inside a reply cut (tried: not enough in 300 seeds) is the next step.
+    Bug("retried-call-runs-unchecked", "a call sent again to a new incarnation runs without asking whether an "
+        "earlier incarnation ran it and its node recorded it: its objects hold two values",
+        direct.retried_call_runs_unchecked, seed=27),
 )
 
 

@@ -351,12 +351,19 @@ class _SimClient(Runtime):
         """Every simulated node's runs, read from its machine (virtual
         seconds: offset 0).  A node that crashed and restarted keeps only
         its new machine's runs, as a restarted daemon would."""
+        from ..core.actor_inbox import REPORT_DELAY
         from ..core.timeline import NodeRuns
 
         cluster = self.sim.cluster
         if cluster is None:
             raise PenumbraError("the simulation has been shut down: its timeline is gone; call "
                                 "penumbra.timeline() before penumbra.shutdown()")
+        if self.direct is not None and self.alive:
+            # an actor's worker reports the direct calls it ran to its node in
+            # batches, at most REPORT_DELAY after the first: let that much
+            # virtual time pass (twice, for the hop), so calls whose results
+            # the caller already has are on the timeline it reads
+            self._block(lambda: False, 2 * REPORT_DELAY)
         out = []
         for address, node in cluster.nodes.items():
             tl = getattr(node.machine, "timeline", None)
